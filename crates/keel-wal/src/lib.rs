@@ -1,0 +1,40 @@
+//! keel-wal: a write-ahead log that never acknowledges ahead of the disk.
+//!
+//! - Records are checksummed, 8-byte-aligned frames in preallocated segments ([`format`]).
+//! - Appends share syncs through group commit; under the default [`SyncPolicy::Always`] an
+//!   append returns only once its record is durable.
+//! - Recovery cuts a torn tail and fails closed on everything else, with a typed [`Corruption`].
+//! - After a failed write or sync the log is poisoned: nothing more is acknowledged.
+//! - All I/O goes through the [`Fs`] seam, so crash tests can run on a simulated file system.
+//!
+//! ```no_run
+//! use keel_wal::{Options, Wal};
+//! let (wal, report) = Wal::open("data/wal", Options::default())?;
+//! println!("{report}");
+//! let lsn = wal.append(b"hello")?; // durable when this returns
+//! for rec in wal.read_from(lsn)? {
+//!     println!("{} {:?}", rec?.lsn, "...");
+//! }
+//! # Ok::<(), keel_wal::Error>(())
+//! ```
+#![forbid(unsafe_code)]
+
+mod error;
+pub mod format;
+pub mod fs;
+mod options;
+mod read;
+mod recovery;
+mod report;
+mod wal;
+
+/// Log sequence number. The first record of a log is LSN 1; LSNs are consecutive.
+pub type Lsn = u64;
+
+pub use error::{Corruption, CorruptionKind, Error, Result};
+pub use fs::{Fs, FsFile, OpenMode, StdFs};
+pub use options::{Options, SyncPolicy, SEGMENT_BYTES_LIMIT};
+pub use read::{LogReader, Record, WalIter};
+pub use recovery::{SegmentInfo, TornReason, TornTail, LOCK_FILE, QUARANTINE_DIR, TORN_DIR};
+pub use report::{RecoveryReport, TornTailReport};
+pub use wal::{AppendFuture, Ticket, Wal, WalStats};

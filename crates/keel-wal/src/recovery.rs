@@ -1,0 +1,549 @@
+//! Recovery: read every segment, prove the log consistent, and tell a torn tail from corruption.
+//!
+//! A torn tail is what a crash leaves: frames at the end of the last segment that were written but
+//! never covered by a completed sync. They may be partly present, in any order, torn at sector
+//! boundaries. Recovery cuts them off. Everything else fails closed with a [`Corruption`].
+//!
+//! Telling the two apart: every frame records `durable_lsn`, the highest LSN that was durable when
+//! the frame was written. Suppose the first bad position in the last segment is where LSN `n`
+//! belongs. If a valid frame anywhere after it says `durable_lsn >= n`, then LSN `n` had been
+//! synced, so its damage is not a torn write: corruption. If no such frame exists, nothing from
+//! `n` on was ever proven durable and so nothing from `n` on was acknowledged under
+//! `SyncPolicy::Always`: a torn tail. A segment that has a successor, or a sealed name, was fully
+//! synced before that successor or name existed, so any damage in it is corruption.
+//!
+//! One case is ambiguous by nature: damage inside the last group-commit batch before a crash,
+//! when no later frame recorded that the batch was synced. It is treated as a torn tail; the cut
+//! bytes are kept in a side file and the report counts the valid frames that were cut.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Corruption, CorruptionKind, Error, Result};
+use crate::format::{
+    decode_frame, segment_seed, Decoded, FrameError, SegmentHeader, FRAME_ALIGN,
+    SEGMENT_HEADER_BYTES,
+};
+use crate::fs::{self, durable_create_dir_all, write_all_at, Fs, OpenMode};
+use crate::options::SEGMENT_BYTES_LIMIT;
+use crate::Lsn;
+
+/// Subdirectory where cut bytes are kept.
+pub const TORN_DIR: &str = "torn";
+/// Subdirectory where `repair --force` moves segments it cuts off.
+pub const QUARANTINE_DIR: &str = "quarantine";
+/// The lock file that keeps two writers out of one directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// A segment file name: `wal-<first>.open` while active, `wal-<first>-<last>.sealed` once sealed,
+/// `wal-<first>.tmp` while being created. LSNs are zero-padded to 20 digits so names sort by LSN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SegName {
+    Open { first: Lsn },
+    Sealed { first: Lsn, last: Lsn },
+    Tmp,
+}
+
+pub(crate) fn open_name(first: Lsn) -> String {
+    format!("wal-{first:020}.open")
+}
+pub(crate) fn sealed_name(first: Lsn, last: Lsn) -> String {
+    format!("wal-{first:020}-{last:020}.sealed")
+}
+pub(crate) fn tmp_name(first: Lsn) -> String {
+    format!("wal-{first:020}.tmp")
+}
+
+pub(crate) fn parse_name(name: &str) -> Option<SegName> {
+    let rest = name.strip_prefix("wal-")?;
+    let num = |s: &str| {
+        (s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok())?
+    };
+    if let Some(first) = rest.strip_suffix(".open") {
+        return Some(SegName::Open { first: num(first)? });
+    }
+    if let Some(first) = rest.strip_suffix(".tmp") {
+        num(first)?;
+        return Some(SegName::Tmp);
+    }
+    let (first, last) = rest.strip_suffix(".sealed")?.split_once('-')?;
+    Some(SegName::Sealed {
+        first: num(first)?,
+        last: num(last)?,
+    })
+}
+
+/// One segment as recovery found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub id: u64,
+    pub path: PathBuf,
+    pub first_lsn: Lsn,
+    /// `first_lsn - 1` when the segment holds no frame.
+    pub last_lsn: Lsn,
+    pub sealed: bool,
+    /// Offset just after the last complete frame.
+    pub end_offset: u64,
+    pub file_bytes: u64,
+}
+
+/// A torn tail that recovery would cut (or did cut).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    pub file: PathBuf,
+    /// Where the log ends after the cut.
+    pub offset: u64,
+    /// End of the non-zero bytes being cut (exclusive).
+    pub end: u64,
+    /// Why the frame at `offset` ends the log.
+    pub reason: TornReason,
+    /// Valid frames (written but never proven durable) inside the cut bytes.
+    pub valid_frames_cut: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TornReason {
+    /// A frame failed its checks.
+    Frame(FrameError),
+    /// A batch was not complete.
+    IncompleteBatch,
+    /// A frame with an unexpected LSN (left by unordered writes).
+    LsnOutOfOrder { expected: Lsn, found: Lsn },
+    /// Zeros, then stray bytes further on.
+    StrayBytes,
+}
+
+/// What a read-only pass over the directory found.
+#[derive(Clone, Debug, Default)]
+pub struct Layout {
+    pub segments: Vec<SegmentInfo>,
+    pub torn: Option<TornTail>,
+    /// Segment files left half-created by a crash.
+    pub tmp_files: Vec<PathBuf>,
+    pub bytes_scanned: u64,
+}
+
+impl Layout {
+    pub fn first_lsn(&self) -> Option<Lsn> {
+        self.segments.first().map(|s| s.first_lsn)
+    }
+    pub fn last_lsn(&self) -> Option<Lsn> {
+        self.segments.last().map(|s| s.last_lsn)
+    }
+}
+
+struct Listed {
+    path: PathBuf,
+    name: SegName,
+    first: Lsn,
+}
+
+/// Lists the segment files of `dir`, sorted by first LSN.
+fn list(fs: &dyn Fs, dir: &Path) -> Result<(Vec<Listed>, Vec<PathBuf>)> {
+    let names = fs
+        .read_dir(dir)
+        .map_err(|e| Error::io("list directory", dir, e))?;
+    let mut segs = Vec::new();
+    let mut tmps = Vec::new();
+    for n in names {
+        match parse_name(&n) {
+            Some(SegName::Tmp) => tmps.push(dir.join(&n)),
+            Some(name @ (SegName::Open { first } | SegName::Sealed { first, .. })) => {
+                segs.push(Listed {
+                    path: dir.join(&n),
+                    name,
+                    first,
+                })
+            }
+            None => {}
+        }
+    }
+    segs.sort_by_key(|s| s.first);
+    tmps.sort();
+    Ok((segs, tmps))
+}
+
+/// How a walk over a segment's frames stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    End,
+    Zero,
+    Bad(FrameError),
+    Lsn {
+        expected: Lsn,
+        found: Lsn,
+    },
+    /// Reached the LSN it was told to stop after.
+    Limit,
+}
+
+struct Walk {
+    /// Offset after the last frame that closed a batch.
+    complete_end: usize,
+    /// LSN of that frame, or first_lsn - 1.
+    last_complete: Lsn,
+    stop_offset: usize,
+    stop: Stop,
+}
+
+fn walk(buf: &[u8], seed: u32, first_lsn: Lsn, record_max: u32, stop_after: Option<Lsn>) -> Walk {
+    let mut off = SEGMENT_HEADER_BYTES;
+    let mut expected = first_lsn;
+    let mut w = Walk {
+        complete_end: off,
+        last_complete: first_lsn - 1,
+        stop_offset: off,
+        stop: Stop::End,
+    };
+    loop {
+        w.stop_offset = off;
+        if stop_after.is_some_and(|l| w.last_complete >= l && w.complete_end == off) {
+            w.stop = Stop::Limit;
+            return w;
+        }
+        match decode_frame(&buf[off..], seed, record_max) {
+            Decoded::Frame(f) if f.lsn == expected => {
+                off += f.total_bytes;
+                expected += 1;
+                if !f.batch_continues() {
+                    w.complete_end = off;
+                    w.last_complete = f.lsn;
+                }
+            }
+            Decoded::Frame(f) => {
+                w.stop = Stop::Lsn {
+                    expected,
+                    found: f.lsn,
+                };
+                return w;
+            }
+            Decoded::Zero => {
+                w.stop = Stop::Zero;
+                return w;
+            }
+            Decoded::End => {
+                w.stop = Stop::End;
+                return w;
+            }
+            Decoded::Bad(e) => {
+                w.stop = Stop::Bad(e);
+                return w;
+            }
+        }
+    }
+}
+
+/// Index just past the last non-zero byte, or 0.
+fn nonzero_end(buf: &[u8]) -> usize {
+    let mut end = buf.len();
+    // Word-at-a-time from the back: preallocated segments are mostly zeros.
+    while end >= 8 {
+        let w = u64::from_ne_bytes(buf[end - 8..end].try_into().expect("8 bytes"));
+        if w != 0 {
+            break;
+        }
+        end -= 8;
+    }
+    while end > 0 && buf[end - 1] == 0 {
+        end -= 1;
+    }
+    end
+}
+
+/// Valid frames in `buf[from..to)` at 8-aligned offsets: (offset, lsn, durable_lsn).
+fn valid_frames_in(
+    buf: &[u8],
+    seed: u32,
+    record_max: u32,
+    from: usize,
+    to: usize,
+) -> Vec<(usize, Lsn, Lsn)> {
+    let mut found = Vec::new();
+    let mut off = from;
+    while off < to {
+        if let Decoded::Frame(f) = decode_frame(&buf[off..], seed, record_max) {
+            found.push((off, f.lsn, f.durable_lsn));
+        }
+        off += FRAME_ALIGN;
+    }
+    found
+}
+
+/// Reads the directory and checks every segment. Changes nothing on disk. `progress` is called
+/// with (bytes done, bytes total) after each segment.
+pub fn analyze(
+    fs: &dyn Fs,
+    dir: &Path,
+    record_max: u32,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Layout> {
+    let (listed, tmp_files) = list(fs, dir)?;
+    let mut layout = Layout {
+        tmp_files,
+        ..Layout::default()
+    };
+    for pair in listed.windows(2) {
+        if pair[0].first == pair[1].first {
+            return Err(Corruption {
+                file: pair[1].path.clone(),
+                offset: 0,
+                last_good_lsn: None,
+                kind: CorruptionKind::DuplicateSegment {
+                    other: pair[0].path.clone(),
+                },
+                valid_frame_after: None,
+            }
+            .into());
+        }
+    }
+    let mut total = 0u64;
+    for l in &listed {
+        let f = fs
+            .open(&l.path, OpenMode::Read)
+            .map_err(|e| Error::io("open segment", &l.path, e))?;
+        total += f.len().map_err(|e| Error::io("stat segment", &l.path, e))?;
+    }
+    progress(0, total);
+
+    for (i, l) in listed.iter().enumerate() {
+        let prev = layout.segments.last();
+        let prev_last = prev.map(|p| p.last_lsn);
+        let corrupt = |offset: usize, last_good: Option<Lsn>, kind: CorruptionKind| -> Error {
+            Corruption {
+                file: l.path.clone(),
+                offset: offset as u64,
+                last_good_lsn: last_good.filter(|&g| g > 0),
+                kind,
+                valid_frame_after: None,
+            }
+            .into()
+        };
+        let buf = match fs::read_file(fs, &l.path, SEGMENT_BYTES_LIMIT) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                let len = fs
+                    .open(&l.path, OpenMode::Read)
+                    .and_then(|f| f.len())
+                    .unwrap_or(0);
+                return Err(corrupt(
+                    0,
+                    prev_last,
+                    CorruptionKind::FileTooLarge {
+                        len,
+                        max: SEGMENT_BYTES_LIMIT,
+                    },
+                ));
+            }
+            Err(e) => return Err(Error::io("read segment", &l.path, e)),
+        };
+        layout.bytes_scanned += buf.len() as u64;
+        let header = SegmentHeader::decode(&buf)
+            .map_err(|h| corrupt(0, prev_last, CorruptionKind::SegmentHeader(h)))?;
+        if header.first_lsn != l.first {
+            return Err(corrupt(
+                0,
+                prev_last,
+                CorruptionKind::NameMismatch {
+                    name_first_lsn: l.first,
+                    header_first_lsn: header.first_lsn,
+                },
+            ));
+        }
+        if let Some(p) = prev {
+            if header.segment_id != p.id + 1 {
+                return Err(corrupt(
+                    0,
+                    prev_last,
+                    CorruptionKind::SegmentIdGap {
+                        expected: p.id + 1,
+                        found: header.segment_id,
+                    },
+                ));
+            }
+            if header.first_lsn != p.last_lsn + 1 {
+                return Err(corrupt(
+                    0,
+                    prev_last,
+                    CorruptionKind::LsnGap {
+                        expected: p.last_lsn + 1,
+                        found: header.first_lsn,
+                    },
+                ));
+            }
+        }
+        let seed = segment_seed(header.segment_id);
+        let is_last = i + 1 == listed.len();
+        // A segment with a successor or a sealed name was fully synced: it must be complete.
+        let expected_last = match l.name {
+            SegName::Sealed { last, .. } => Some(last),
+            _ if !is_last => Some(listed[i + 1].first - 1),
+            _ => None,
+        };
+        let w = walk(&buf, seed, header.first_lsn, record_max, expected_last);
+        let good = |w: &Walk| {
+            Some(w.last_complete)
+                .filter(|&g| g >= header.first_lsn)
+                .or(prev_last)
+        };
+
+        if let Some(expected_last) = expected_last {
+            if w.stop != Stop::Limit {
+                let found_last = Some(w.last_complete).filter(|&g| g >= header.first_lsn);
+                let (offset, kind) = match w.stop {
+                    Stop::Bad(e) => (w.stop_offset, CorruptionKind::Frame(e)),
+                    Stop::Lsn { expected, found } => (
+                        w.stop_offset,
+                        CorruptionKind::LsnOutOfOrder { expected, found },
+                    ),
+                    _ => (
+                        w.complete_end,
+                        CorruptionKind::SegmentEndsEarly {
+                            expected_last,
+                            found_last,
+                        },
+                    ),
+                };
+                return Err(corrupt(offset, good(&w), kind));
+            }
+            if nonzero_end(&buf[w.complete_end..]) != 0 {
+                return Err(corrupt(
+                    w.complete_end,
+                    good(&w),
+                    CorruptionKind::DataAfterEnd,
+                ));
+            }
+        } else {
+            let tail_end = w.complete_end + nonzero_end(&buf[w.complete_end..]);
+            let clean = w.complete_end == w.stop_offset && tail_end == w.complete_end;
+            if !clean {
+                // Is there proof that something at or after the cut had been durable?
+                let frames = valid_frames_in(&buf, seed, record_max, w.complete_end, tail_end);
+                let cut_lsn = w.last_complete + 1;
+                if let Some(&(off, lsn, _)) =
+                    frames.iter().find(|&&(_, _, durable)| durable >= cut_lsn)
+                {
+                    let (offset, kind) = match w.stop {
+                        Stop::Bad(e) => (w.stop_offset, CorruptionKind::Frame(e)),
+                        Stop::Lsn { expected, found } => (
+                            w.stop_offset,
+                            CorruptionKind::LsnOutOfOrder { expected, found },
+                        ),
+                        _ => (w.stop_offset, CorruptionKind::Hole),
+                    };
+                    return Err(Corruption {
+                        file: l.path.clone(),
+                        offset: offset as u64,
+                        last_good_lsn: good(&w).filter(|&g| g > 0),
+                        kind,
+                        valid_frame_after: Some((off as u64, lsn)),
+                    }
+                    .into());
+                }
+                let reason = match w.stop {
+                    _ if w.complete_end != w.stop_offset
+                        && matches!(w.stop, Stop::Zero | Stop::End) =>
+                    {
+                        TornReason::IncompleteBatch
+                    }
+                    Stop::Bad(e) => TornReason::Frame(e),
+                    Stop::Lsn { expected, found } => TornReason::LsnOutOfOrder { expected, found },
+                    _ => TornReason::StrayBytes,
+                };
+                layout.torn = Some(TornTail {
+                    file: l.path.clone(),
+                    offset: w.complete_end as u64,
+                    end: (tail_end.div_ceil(FRAME_ALIGN) * FRAME_ALIGN) as u64,
+                    reason,
+                    valid_frames_cut: frames.len() as u64,
+                });
+            }
+        }
+        layout.segments.push(SegmentInfo {
+            id: header.segment_id,
+            path: l.path.clone(),
+            first_lsn: header.first_lsn,
+            last_lsn: w.last_complete,
+            sealed: matches!(l.name, SegName::Sealed { .. }),
+            end_offset: w.complete_end as u64,
+            file_bytes: buf.len() as u64,
+        });
+        progress(layout.bytes_scanned, total);
+    }
+    if let Some(t) = &mut layout.torn {
+        let len = layout.segments.last().map_or(0, |s| s.file_bytes);
+        t.end = t.end.min(len);
+    }
+    Ok(layout)
+}
+
+/// Copies `[offset, end)` of `file` into `dir/torn/<name>@<offset>`, synced. Returns its path.
+pub(crate) fn save_side_file(
+    fs: &dyn Fs,
+    dir: &Path,
+    file: &Path,
+    offset: u64,
+    end: u64,
+) -> std::io::Result<PathBuf> {
+    let torn_dir = dir.join(TORN_DIR);
+    durable_create_dir_all(fs, &torn_dir)?;
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let side = torn_dir.join(format!("{name}@{offset}"));
+    let src = fs.open(file, OpenMode::Read)?;
+    let mut bytes = vec![0u8; (end - offset) as usize];
+    fs::read_exact_at(&*src, &mut bytes, offset)?;
+    let result = (|| {
+        let out = fs.open(&side, OpenMode::CreateTruncate)?;
+        write_all_at(&*out, &bytes, 0)?;
+        out.sync_all()?;
+        fs.sync_dir(&torn_dir)
+    })();
+    if let Err(e) = result {
+        // Best effort: a half-written copy is worse than none.
+        let _ = fs.remove_file(&side);
+        return Err(e);
+    }
+    Ok(side)
+}
+
+/// Overwrites `[offset, end)` with zeros and syncs. Needs no free space: the blocks exist.
+pub(crate) fn zero_range(fs: &dyn Fs, file: &Path, offset: u64, end: u64) -> std::io::Result<()> {
+    let f = fs.open(file, OpenMode::ReadWrite)?;
+    let zeros = vec![0u8; ((end - offset) as usize).min(1 << 20)];
+    let mut at = offset;
+    while at < end {
+        let n = ((end - at) as usize).min(zeros.len());
+        write_all_at(&*f, &zeros[..n], at)?;
+        at += n as u64;
+    }
+    f.sync_data()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(parse_name(&open_name(5)), Some(SegName::Open { first: 5 }));
+        assert_eq!(
+            parse_name(&sealed_name(5, 90)),
+            Some(SegName::Sealed { first: 5, last: 90 })
+        );
+        assert_eq!(parse_name(&tmp_name(5)), Some(SegName::Tmp));
+        assert_eq!(parse_name("wal-12.open"), None);
+        assert_eq!(parse_name("LOCK"), None);
+        assert!(open_name(9) < open_name(10));
+    }
+
+    #[test]
+    fn nonzero_end_finds_last_byte() {
+        assert_eq!(nonzero_end(&[0; 100]), 0);
+        let mut b = vec![0u8; 100];
+        b[37] = 1;
+        assert_eq!(nonzero_end(&b), 38);
+        b[99] = 1;
+        assert_eq!(nonzero_end(&b), 100);
+    }
+}

@@ -1,0 +1,100 @@
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::recovery::TornReason;
+use crate::Lsn;
+
+/// What recovery found and did when the log was opened.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    /// First LSN in the log (`last_lsn + 1` when empty).
+    pub first_lsn: Lsn,
+    pub last_lsn: Lsn,
+    pub bytes_scanned: u64,
+    pub duration: Duration,
+    pub torn_tail: Option<TornTailReport>,
+    /// Half-created segment files (a crash during creation) that were removed.
+    pub removed_temp_files: Vec<PathBuf>,
+    /// Segments whose rotation a crash interrupted, sealed now.
+    pub sealed_on_open: Vec<PathBuf>,
+    /// A new active segment, when there was none to continue.
+    pub created_segment: Option<PathBuf>,
+}
+
+impl RecoveryReport {
+    pub fn records(&self) -> u64 {
+        (self.last_lsn + 1).saturating_sub(self.first_lsn)
+    }
+}
+
+/// A torn tail that recovery cut.
+#[derive(Clone, Debug)]
+pub struct TornTailReport {
+    pub file: PathBuf,
+    /// The log now ends here.
+    pub offset: u64,
+    pub bytes_cut: u64,
+    pub reason: TornReason,
+    /// Complete frames inside the cut bytes: written, never proven durable, never acknowledged
+    /// under `SyncPolicy::Always`.
+    pub valid_frames_cut: u64,
+    /// Where the cut bytes were kept.
+    pub side_file: Option<PathBuf>,
+    /// Why they could not be kept (for example, a full disk: recovery needs no free space, so it
+    /// cuts anyway).
+    pub side_file_error: Option<String>,
+}
+
+impl fmt::Display for TornTailReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "torn tail cut: {} bytes at offset {} of {} ({:?}; {} complete but unsynced frames)",
+            self.bytes_cut,
+            self.offset,
+            self.file.display(),
+            self.reason,
+            self.valid_frames_cut
+        )?;
+        match (&self.side_file, &self.side_file_error) {
+            (Some(p), _) => write!(f, "; cut bytes kept in {}", p.display()),
+            (None, Some(e)) => write!(f, "; cut bytes could NOT be kept: {e}"),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "recovered {} records (LSN {}..={}) from {} segments, {} bytes scanned in {:.1?}",
+            self.records(),
+            self.first_lsn,
+            self.last_lsn,
+            self.segments,
+            self.bytes_scanned,
+            self.duration
+        )?;
+        if let Some(t) = &self.torn_tail {
+            write!(f, "; {t}")?;
+        }
+        if !self.removed_temp_files.is_empty() {
+            write!(
+                f,
+                "; removed {} half-created segment(s)",
+                self.removed_temp_files.len()
+            )?;
+        }
+        if !self.sealed_on_open.is_empty() {
+            write!(
+                f,
+                "; sealed {} segment(s) after an interrupted rotation",
+                self.sealed_on_open.len()
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1171 @@
+//! The writer. One dedicated I/O thread owns the active segment. Appenders put records into a
+//! bounded queue and get their LSNs at once; the I/O thread takes everything queued, writes it with
+//! one write and one `fdatasync`, and then completes exactly the appends that sync covered.
+//! Appends that arrive meanwhile form the next batch (group commit).
+//!
+//! Invariants the I/O thread keeps:
+//! - A completion is signalled only after the sync that covers its record returned success
+//!   (under `SyncPolicy::Always`), and after `durable_lsn` was published.
+//! - After the first failed write or sync nothing is completed with success, nothing is synced
+//!   again, and every queued and later append fails with `Error::Poisoned`.
+//! - Every frame records the durable LSN at the time it was written (see `recovery`).
+
+use std::future::Future;
+use std::mem;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+use crate::format::{
+    encode_frame, frame_bytes, segment_seed, SegmentHeader, FLAG_BATCH_CONTINUES,
+    SEGMENT_HEADER_BYTES,
+};
+use crate::fs::{
+    durable_create_dir_all, durable_remove, durable_rename, write_all_at, FsFile, OpenMode,
+};
+use crate::options::{Options, SyncPolicy};
+use crate::read::{LogReader, WalIter};
+use crate::recovery::{
+    analyze, open_name, save_side_file, sealed_name, tmp_name, zero_range, SegmentInfo, LOCK_FILE,
+};
+use crate::report::{RecoveryReport, TornTailReport};
+use crate::Lsn;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks is a bug in keel; the data under them stays
+    // consistent (plain counters and queues), so carry on rather than cascade.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One waiter's result slot. Completed exactly once.
+#[derive(Default)]
+struct Completion {
+    slot: Mutex<Slot>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct Slot {
+    done: bool,
+    result: Option<Result<Lsn>>,
+    waker: Option<Waker>,
+}
+
+impl Completion {
+    fn complete(&self, r: Result<Lsn>) {
+        let mut s = lock(&self.slot);
+        if s.done {
+            return;
+        }
+        s.done = true;
+        s.result = Some(r);
+        let waker = s.waker.take();
+        drop(s);
+        self.cv.notify_one();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn wait(&self) -> Result<Lsn> {
+        let mut s = lock(&self.slot);
+        loop {
+            if let Some(r) = s.result.take() {
+                return r;
+            }
+            s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<Result<Lsn>> {
+        let mut s = lock(&self.slot);
+        match s.result.take() {
+            Some(r) => Poll::Ready(r),
+            None if s.done => Poll::Ready(Err(Error::Closed)),
+            None => {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+enum Item {
+    Append {
+        records: Vec<Vec<u8>>,
+        first_lsn: Lsn,
+        done: Arc<Completion>,
+    },
+    Sync(Arc<Completion>),
+    Prune(Lsn, Arc<Completion>),
+    Truncate(Lsn, Arc<Completion>),
+}
+
+impl Item {
+    fn done(&self) -> &Arc<Completion> {
+        match self {
+            Item::Append { done, .. }
+            | Item::Sync(done)
+            | Item::Prune(_, done)
+            | Item::Truncate(_, done) => done,
+        }
+    }
+}
+
+struct Queue {
+    items: Vec<Item>,
+    bytes: usize,
+    next_lsn: Lsn,
+    poisoned: Option<Arc<Error>>,
+    closed: bool,
+    /// A truncate is in flight: LSNs after it are not known yet, so appends wait.
+    truncating: bool,
+    io_idle: bool,
+    space_wakers: Vec<Waker>,
+}
+
+impl Queue {
+    fn check_open(&self) -> Result<()> {
+        if let Some(p) = &self.poisoned {
+            return Err(Error::Poisoned(p.clone()));
+        }
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn admits(&self, bytes: usize, max: usize) -> bool {
+        !self.truncating && (self.bytes == 0 || self.bytes + bytes <= max)
+    }
+}
+
+#[derive(Default)]
+struct Progress {
+    durable_lsn: Lsn,
+    acked_lsn: Lsn,
+    poisoned: Option<Arc<Error>>,
+}
+
+/// Counters since the log was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Records appended (acknowledged).
+    pub records: u64,
+    /// Append calls (a batch counts once).
+    pub appends: u64,
+    /// `write` calls that carried frames.
+    pub writes: u64,
+    /// Data syncs (`fdatasync`) issued for appends.
+    pub syncs: u64,
+    /// Total time spent in those syncs.
+    pub sync_nanos: u64,
+    pub bytes_written: u64,
+    pub segments_created: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    records: AtomicU64,
+    appends: AtomicU64,
+    writes: AtomicU64,
+    syncs: AtomicU64,
+    sync_nanos: AtomicU64,
+    bytes_written: AtomicU64,
+    segments_created: AtomicU64,
+}
+
+struct Shared {
+    dir: PathBuf,
+    opts: Options,
+    queue: Mutex<Queue>,
+    work_cv: Condvar,
+    space_cv: Condvar,
+    progress: Mutex<Progress>,
+    progress_cv: Condvar,
+    segments: RwLock<Vec<SegmentInfo>>,
+    counters: Counters,
+}
+
+impl Shared {
+    fn batch_bytes<T: AsRef<[u8]>>(&self, records: &[T]) -> Result<usize> {
+        if records.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        let mut bytes = 0usize;
+        for r in records {
+            let len = r.as_ref().len();
+            if len > self.opts.record_bytes_max as usize {
+                return Err(Error::RecordTooLarge {
+                    len,
+                    max: self.opts.record_bytes_max,
+                });
+            }
+            bytes += frame_bytes(len);
+        }
+        if bytes > self.opts.batch_bytes_max {
+            return Err(Error::BatchTooLarge {
+                bytes,
+                max: self.opts.batch_bytes_max,
+            });
+        }
+        Ok(bytes)
+    }
+
+    fn push(&self, q: &mut Queue, records: Vec<Vec<u8>>, bytes: usize) -> Ticket {
+        let first = q.next_lsn;
+        let last = first + records.len() as u64 - 1;
+        q.next_lsn = last + 1;
+        q.bytes += bytes;
+        let done = Arc::new(Completion::default());
+        q.items.push(Item::Append {
+            records,
+            first_lsn: first,
+            done: done.clone(),
+        });
+        if q.io_idle {
+            self.work_cv.notify_one();
+        }
+        Ticket { first, last, done }
+    }
+
+    /// Queues a control item behind every append queued so far and waits for it.
+    fn control(&self, make: impl FnOnce(Arc<Completion>) -> Item, truncate: bool) -> Result<Lsn> {
+        let done = Arc::new(Completion::default());
+        {
+            let mut q = lock(&self.queue);
+            while q.truncating {
+                q = self.space_cv.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            q.check_open()?;
+            q.truncating |= truncate;
+            q.items.push(make(done.clone()));
+            self.work_cv.notify_one();
+        }
+        done.wait()
+    }
+}
+
+/// An append that has been queued. Its LSNs are known; [`Ticket::wait`] (or `.await`) returns once
+/// the policy's acknowledgement point is reached: under `SyncPolicy::Always`, once durable.
+#[must_use = "an append is not acknowledged until its ticket is waited on"]
+pub struct Ticket {
+    first: Lsn,
+    last: Lsn,
+    done: Arc<Completion>,
+}
+
+impl Ticket {
+    pub fn lsns(&self) -> RangeInclusive<Lsn> {
+        self.first..=self.last
+    }
+
+    /// Blocks until acknowledged. Do not call from an async executor thread; `.await` instead.
+    pub fn wait(self) -> Result<RangeInclusive<Lsn>> {
+        self.done.wait().map(|_| self.first..=self.last)
+    }
+}
+
+impl Future for Ticket {
+    type Output = Result<RangeInclusive<Lsn>>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (first, last) = (self.first, self.last);
+        self.done.poll(cx).map(|r| r.map(|_| first..=last))
+    }
+}
+
+/// The future returned by [`Wal::append_batch_async`]: waits for queue space without blocking a
+/// thread, then for the acknowledgement.
+pub struct AppendFuture {
+    shared: Arc<Shared>,
+    state: AppendState,
+}
+
+enum AppendState {
+    Queue(Vec<Vec<u8>>, usize),
+    Wait(Ticket),
+    Failed(Option<Error>),
+}
+
+impl Future for AppendFuture {
+    type Output = Result<RangeInclusive<Lsn>>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                AppendState::Failed(e) => {
+                    return Poll::Ready(Err(e.take().unwrap_or(Error::Closed)))
+                }
+                AppendState::Wait(t) => return Pin::new(t).poll(cx),
+                AppendState::Queue(records, bytes) => {
+                    let mut q = lock(&this.shared.queue);
+                    if let Err(e) = q.check_open() {
+                        this.state = AppendState::Failed(Some(e));
+                        continue;
+                    }
+                    if !q.admits(*bytes, this.shared.opts.queue_bytes_max) {
+                        q.space_wakers.push(cx.waker().clone());
+                        return Poll::Pending;
+                    }
+                    let t = this.shared.push(&mut q, mem::take(records), *bytes);
+                    drop(q);
+                    this.state = AppendState::Wait(t);
+                }
+            }
+        }
+    }
+}
+
+/// The write-ahead log. Cheap to share between threads (`&Wal` is enough for every operation).
+pub struct Wal {
+    shared: Arc<Shared>,
+    io_thread: Mutex<Option<JoinHandle<()>>>,
+    _lock: Box<dyn FsFile>,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+struct Active {
+    file: Box<dyn FsFile>,
+    path: PathBuf,
+    id: u64,
+    first_lsn: Lsn,
+    offset: u64,
+}
+
+/// Creates a segment: header and zero fill into a temporary file, sync it, then rename it into
+/// place and sync the directory (P2). Only a complete, synced segment ever has a segment name.
+fn create_segment(opts: &Options, dir: &Path, id: u64, first_lsn: Lsn) -> Result<Active> {
+    let fs = &*opts.fs;
+    let tmp = dir.join(tmp_name(first_lsn));
+    let path = dir.join(open_name(first_lsn));
+    let io = |op, e| Error::io(op, &tmp, e);
+    let file = fs
+        .open(&tmp, OpenMode::CreateTruncate)
+        .map_err(|e| io("create segment", e))?;
+    let header = SegmentHeader {
+        segment_id: id,
+        first_lsn,
+        created_unix_ms: now_unix_ms(),
+    };
+    write_all_at(&*file, &header.encode(), 0).map_err(|e| io("write segment header", e))?;
+    if opts.zero_fill_segments {
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = SEGMENT_HEADER_BYTES as u64;
+        while at < opts.segment_bytes_max {
+            let n = ((opts.segment_bytes_max - at) as usize).min(zeros.len());
+            write_all_at(&*file, &zeros[..n], at).map_err(|e| io("zero-fill segment", e))?;
+            at += n as u64;
+        }
+    } else {
+        file.allocate(0, opts.segment_bytes_max)
+            .map_err(|e| io("preallocate segment", e))?;
+    }
+    file.sync_all().map_err(|e| io("sync new segment", e))?;
+    durable_rename(fs, &tmp, &path).map_err(|e| io("rename new segment", e))?;
+    Ok(Active {
+        file,
+        path,
+        id,
+        first_lsn,
+        offset: SEGMENT_HEADER_BYTES as u64,
+    })
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, running recovery first. See [`RecoveryReport`].
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<(Wal, RecoveryReport)> {
+        Self::open_with_progress(dir, options, &mut |_, _| {})
+    }
+
+    /// Like [`Wal::open`], calling `progress(bytes_done, bytes_total)` while recovery scans.
+    pub fn open_with_progress(
+        dir: impl AsRef<Path>,
+        opts: Options,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(Wal, RecoveryReport)> {
+        opts.validate()?;
+        let started = Instant::now();
+        let dir = dir.as_ref().to_path_buf();
+        let fs = opts.fs.clone();
+        durable_create_dir_all(&*fs, &dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock_file = fs
+            .open(&lock_path, OpenMode::CreateTruncate)
+            .map_err(|e| Error::io("open lock file", &lock_path, e))?;
+        if !lock_file
+            .try_lock()
+            .map_err(|e| Error::io("lock", &lock_path, e))?
+        {
+            return Err(Error::Locked { path: dir });
+        }
+
+        let mut layout = analyze(&*fs, &dir, opts.record_bytes_max, progress)?;
+        let mut report = RecoveryReport {
+            segments: layout.segments.len(),
+            bytes_scanned: layout.bytes_scanned,
+            ..RecoveryReport::default()
+        };
+        for tmp in &layout.tmp_files {
+            durable_remove(&*fs, tmp).map_err(|e| Error::io("remove temporary segment", tmp, e))?;
+            report.removed_temp_files.push(tmp.clone());
+        }
+        if let Some(t) = layout.torn.take() {
+            let (side_file, side_file_error) =
+                match save_side_file(&*fs, &dir, &t.file, t.offset, t.end) {
+                    Ok(p) => (Some(p), None),
+                    Err(e) => (None, Some(e.to_string())),
+                };
+            zero_range(&*fs, &t.file, t.offset, t.end)
+                .map_err(|e| Error::io("cut torn tail", &t.file, e))?;
+            let r = TornTailReport {
+                file: t.file,
+                offset: t.offset,
+                bytes_cut: t.end - t.offset,
+                reason: t.reason,
+                valid_frames_cut: t.valid_frames_cut,
+                side_file,
+                side_file_error,
+            };
+            tracing::warn!("{r}");
+            report.torn_tail = Some(r);
+        }
+        // Finish a rotation a crash interrupted: seal every complete segment but the last.
+        let n = layout.segments.len();
+        for s in layout
+            .segments
+            .iter_mut()
+            .take(n.saturating_sub(1))
+            .filter(|s| !s.sealed)
+        {
+            let sealed = dir.join(sealed_name(s.first_lsn, s.last_lsn));
+            let f = fs
+                .open(&s.path, OpenMode::ReadWrite)
+                .map_err(|e| Error::io("open segment", &s.path, e))?;
+            f.set_len(s.end_offset)
+                .map_err(|e| Error::io("shrink segment", &s.path, e))?;
+            f.sync_all()
+                .map_err(|e| Error::io("sync segment", &s.path, e))?;
+            durable_rename(&*fs, &s.path, &sealed)
+                .map_err(|e| Error::io("seal segment", &s.path, e))?;
+            report.sealed_on_open.push(sealed.clone());
+            s.path = sealed;
+            s.sealed = true;
+            s.file_bytes = s.end_offset;
+        }
+
+        let (first_lsn, last_lsn) = match (layout.first_lsn(), layout.last_lsn()) {
+            (Some(f), Some(l)) => (f, l),
+            _ => (1, 0),
+        };
+        let active = match layout.segments.last() {
+            Some(s) if !s.sealed => {
+                let file = fs
+                    .open(&s.path, OpenMode::ReadWrite)
+                    .map_err(|e| Error::io("open segment", &s.path, e))?;
+                Active {
+                    file,
+                    path: s.path.clone(),
+                    id: s.id,
+                    first_lsn: s.first_lsn,
+                    offset: s.end_offset,
+                }
+            }
+            last => {
+                let id = last.map_or(1, |s| s.id + 1);
+                let a = create_segment(&opts, &dir, id, last_lsn + 1)?;
+                report.created_segment = Some(a.path.clone());
+                layout.segments.push(SegmentInfo {
+                    id,
+                    path: a.path.clone(),
+                    first_lsn: last_lsn + 1,
+                    last_lsn,
+                    sealed: false,
+                    end_offset: a.offset,
+                    file_bytes: opts.segment_bytes_max,
+                });
+                a
+            }
+        };
+        report.first_lsn = first_lsn;
+        report.last_lsn = last_lsn;
+        report.duration = started.elapsed();
+
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            opts,
+            queue: Mutex::new(Queue {
+                items: Vec::new(),
+                bytes: 0,
+                next_lsn: last_lsn + 1,
+                poisoned: None,
+                closed: false,
+                truncating: false,
+                io_idle: false,
+                space_wakers: Vec::new(),
+            }),
+            work_cv: Condvar::new(),
+            space_cv: Condvar::new(),
+            progress: Mutex::new(Progress {
+                durable_lsn: last_lsn,
+                acked_lsn: last_lsn,
+                poisoned: None,
+            }),
+            progress_cv: Condvar::new(),
+            segments: RwLock::new(layout.segments),
+            counters: Counters::default(),
+        });
+        let writer = Writer {
+            shared: shared.clone(),
+            active,
+            next_lsn: last_lsn + 1,
+            written_lsn: last_lsn,
+            durable_lsn: last_lsn,
+            buf: Vec::new(),
+            pending: Vec::new(),
+            last_sync: Instant::now(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("keel-wal-io".into())
+            .spawn(move || writer.run())
+            .map_err(|e| Error::io("spawn I/O thread", &dir, e))?;
+        Ok((
+            Wal {
+                shared,
+                io_thread: Mutex::new(Some(handle)),
+                _lock: lock_file,
+            },
+            report,
+        ))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.shared.opts
+    }
+
+    /// Appends one record; returns its LSN once acknowledged (under the default policy: durable).
+    pub fn append(&self, record: &[u8]) -> Result<Lsn> {
+        Ok(*self.append_batch(&[record])?.end())
+    }
+
+    /// Appends records atomically: after any crash, all of them are present or none is.
+    pub fn append_batch<T: AsRef<[u8]>>(&self, records: &[T]) -> Result<RangeInclusive<Lsn>> {
+        self.submit_batch(records.iter().map(|r| r.as_ref().to_vec()).collect())?
+            .wait()
+    }
+
+    /// Queues one record and returns at once with a [`Ticket`]. Blocks only while the queue is
+    /// full (backpressure), never on a sync.
+    pub fn submit(&self, record: Vec<u8>) -> Result<Ticket> {
+        self.submit_batch(vec![record])
+    }
+
+    /// Queues an atomic batch; see [`Wal::submit`].
+    pub fn submit_batch(&self, records: Vec<Vec<u8>>) -> Result<Ticket> {
+        let s = &self.shared;
+        let bytes = s.batch_bytes(&records)?;
+        let mut q = lock(&s.queue);
+        loop {
+            q.check_open()?;
+            if q.admits(bytes, s.opts.queue_bytes_max) {
+                return Ok(s.push(&mut q, records, bytes));
+            }
+            q = s.space_cv.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Appends one record without blocking the calling thread, for async code.
+    pub fn append_async(&self, record: Vec<u8>) -> AppendFuture {
+        self.append_batch_async(vec![record])
+    }
+
+    /// Appends an atomic batch without blocking the calling thread, for async code.
+    pub fn append_batch_async(&self, records: Vec<Vec<u8>>) -> AppendFuture {
+        let state = match self.shared.batch_bytes(&records) {
+            Ok(bytes) => AppendState::Queue(records, bytes),
+            Err(e) => AppendState::Failed(Some(e)),
+        };
+        AppendFuture {
+            shared: self.shared.clone(),
+            state,
+        }
+    }
+
+    /// Highest LSN known durable: on the durable side of a completed sync.
+    pub fn durable_lsn(&self) -> Lsn {
+        lock(&self.shared.progress).durable_lsn
+    }
+
+    /// Highest LSN acknowledged to an appender. Equal to `durable_lsn()` under
+    /// `SyncPolicy::Always`; may be ahead of it under the weaker policies.
+    pub fn last_lsn(&self) -> Lsn {
+        lock(&self.shared.progress).acked_lsn
+    }
+
+    /// LSN of the oldest record still in the log (after pruning). If the log is empty, this is
+    /// `last_lsn() + 1`.
+    pub fn first_lsn(&self) -> Lsn {
+        self.shared
+            .segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())[0]
+            .first_lsn
+    }
+
+    /// Blocks until `lsn` is durable. Under `SyncPolicy::Never` only a segment seal, [`Wal::sync`]
+    /// or close makes records durable.
+    pub fn wait_durable(&self, lsn: Lsn) -> Result<()> {
+        let s = &self.shared;
+        let mut p = lock(&s.progress);
+        loop {
+            if p.durable_lsn >= lsn {
+                return Ok(());
+            }
+            if let Some(e) = &p.poisoned {
+                return Err(Error::Poisoned(e.clone()));
+            }
+            if lock(&s.queue).closed {
+                return Err(Error::Closed);
+            }
+            p = s.progress_cv.wait(p).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Makes everything appended so far durable, whatever the policy. Returns the durable LSN.
+    pub fn sync(&self) -> Result<Lsn> {
+        self.shared.control(Item::Sync, false)
+    }
+
+    /// Removes whole sealed segments whose records all lie below `lsn`. Never removes the active
+    /// segment, so records at or above `lsn` always stay. Returns the number of segments removed.
+    pub fn prune_before(&self, lsn: Lsn) -> Result<u64> {
+        self.shared.control(|d| Item::Prune(lsn, d), false)
+    }
+
+    /// Durably drops every record after `lsn`; the next append gets `lsn + 1`. `lsn` must lie in
+    /// `first_lsn() - 1 ..= last_lsn()` and must not fall inside an atomic batch. Appends wait
+    /// while a truncation runs.
+    pub fn truncate_after(&self, lsn: Lsn) -> Result<()> {
+        self.shared
+            .control(|d| Item::Truncate(lsn, d), true)
+            .map(|_| ())
+    }
+
+    /// Reads records from `from` up to `last_lsn()` as of this call.
+    pub fn read_from(&self, from: Lsn) -> Result<WalIter> {
+        let segments = self.segments();
+        let upper = self.last_lsn();
+        LogReader::from_parts(
+            self.shared.opts.fs.clone(),
+            segments,
+            self.shared.opts.record_bytes_max,
+        )
+        .iter_range(from, upper)
+    }
+
+    /// The segments as they are now; the last one is active.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.shared
+            .segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn stats(&self) -> WalStats {
+        let c = &self.shared.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WalStats {
+            records: l(&c.records),
+            appends: l(&c.appends),
+            writes: l(&c.writes),
+            syncs: l(&c.syncs),
+            sync_nanos: l(&c.sync_nanos),
+            bytes_written: l(&c.bytes_written),
+            segments_created: l(&c.segments_created),
+        }
+    }
+
+    /// Finishes queued appends, syncs, and stops the I/O thread. Returns the poisoning error if
+    /// the log was poisoned.
+    pub fn close(self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        {
+            let mut q = lock(&self.shared.queue);
+            q.closed = true;
+            self.shared.work_cv.notify_one();
+            self.shared.space_cv.notify_all();
+            for w in q.space_wakers.drain(..) {
+                w.wake();
+            }
+        }
+        if let Some(h) = lock(&self.io_thread).take() {
+            let _ = h.join();
+        }
+        self.shared.progress_cv.notify_all();
+        match &lock(&self.shared.progress).poisoned {
+            Some(e) => Err(Error::Poisoned(e.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!("closing the log at {}: {e}", self.shared.dir.display());
+        }
+    }
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    active: Active,
+    /// LSN the next frame gets.
+    next_lsn: Lsn,
+    /// Highest LSN handed to the OS.
+    written_lsn: Lsn,
+    /// Highest LSN covered by a completed sync.
+    durable_lsn: Lsn,
+    /// Frames encoded but not yet written; they start at `active.offset`.
+    buf: Vec<u8>,
+    /// Appends in `buf` (or written, awaiting their sync): completion and last LSN.
+    pending: Vec<(Arc<Completion>, Lsn)>,
+    last_sync: Instant,
+}
+
+impl Writer {
+    fn run(mut self) {
+        loop {
+            let items = {
+                let s = self.shared.clone();
+                let mut q = lock(&s.queue);
+                loop {
+                    if !q.items.is_empty() {
+                        break;
+                    }
+                    if q.closed || q.poisoned.is_some() {
+                        drop(q);
+                        self.finish();
+                        return;
+                    }
+                    q.io_idle = true;
+                    match self.sync_deadline() {
+                        Some(deadline) => {
+                            let now = Instant::now();
+                            if now >= deadline {
+                                q.io_idle = false;
+                                drop(q);
+                                if let Err(e) = self.sync() {
+                                    self.poison(e, Vec::new());
+                                }
+                                q = lock(&s.queue);
+                                continue;
+                            }
+                            q = s
+                                .work_cv
+                                .wait_timeout(q, deadline - now)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0;
+                        }
+                        None => q = s.work_cv.wait(q).unwrap_or_else(|p| p.into_inner()),
+                    }
+                    q.io_idle = false;
+                }
+                q.bytes = 0;
+                let items = mem::take(&mut q.items);
+                for w in q.space_wakers.drain(..) {
+                    w.wake();
+                }
+                s.space_cv.notify_all();
+                items
+            };
+            let mut items = items.into_iter();
+            while let Some(item) = items.next() {
+                let done = item.done().clone();
+                if let Err(e) = self.handle(item) {
+                    let first = self.poison(e, items.collect());
+                    done.complete(Err(Error::Poisoned(first)));
+                    break;
+                }
+            }
+            if let Err(e) = self.flush() {
+                self.poison(e, Vec::new());
+            }
+        }
+    }
+
+    fn sync_deadline(&self) -> Option<Instant> {
+        match self.shared.opts.sync_policy {
+            SyncPolicy::Interval(d) if self.durable_lsn < self.written_lsn => {
+                Some(self.last_sync + d)
+            }
+            _ => None,
+        }
+    }
+
+    fn handle(&mut self, item: Item) -> Result<()> {
+        match item {
+            Item::Append {
+                records,
+                first_lsn,
+                done,
+            } => {
+                debug_assert_eq!(first_lsn, self.next_lsn, "queue and writer agree on LSNs");
+                let need: u64 = records.iter().map(|r| frame_bytes(r.len()) as u64).sum();
+                if self.active.offset + (self.buf.len() as u64) + need
+                    > self.shared.opts.segment_bytes_max
+                {
+                    self.flush()?;
+                    self.rotate()?;
+                }
+                let seed = segment_seed(self.active.id);
+                let n = records.len();
+                for (i, r) in records.iter().enumerate() {
+                    let flags = if i + 1 < n { FLAG_BATCH_CONTINUES } else { 0 };
+                    encode_frame(
+                        &mut self.buf,
+                        seed,
+                        self.next_lsn,
+                        self.durable_lsn,
+                        flags,
+                        r,
+                    );
+                    self.next_lsn += 1;
+                }
+                self.pending.push((done, self.next_lsn - 1));
+                let c = &self.shared.counters;
+                c.records.fetch_add(n as u64, Ordering::Relaxed);
+                c.appends.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Item::Sync(done) => {
+                self.flush()?;
+                if self.durable_lsn < self.written_lsn {
+                    self.sync()?;
+                }
+                done.complete(Ok(self.durable_lsn));
+                Ok(())
+            }
+            Item::Prune(before, done) => {
+                self.flush()?;
+                let removed = self.prune(before)?;
+                done.complete(Ok(removed));
+                Ok(())
+            }
+            Item::Truncate(after, done) => {
+                self.flush()?;
+                let r = self.truncate(after);
+                let mut q = lock(&self.shared.queue);
+                q.truncating = false;
+                q.next_lsn = self.next_lsn;
+                self.shared.space_cv.notify_all();
+                for w in q.space_wakers.drain(..) {
+                    w.wake();
+                }
+                drop(q);
+                match r {
+                    Ok(Ok(())) => done.complete(Ok(after)),
+                    Ok(Err(refused)) => done.complete(Err(refused)),
+                    Err(fatal) => return Err(fatal),
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes `buf`, syncs as the policy says, then acknowledges the pending appends.
+    fn flush(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            let a = &self.active;
+            write_all_at(&*a.file, &self.buf, a.offset)
+                .map_err(|e| Error::io("write", &a.path, e))?;
+            let c = &self.shared.counters;
+            c.writes.fetch_add(1, Ordering::Relaxed);
+            c.bytes_written
+                .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+            self.active.offset += self.buf.len() as u64;
+            self.buf.clear();
+            self.written_lsn = self.next_lsn - 1;
+            match self.shared.opts.sync_policy {
+                SyncPolicy::Always => self.sync()?,
+                SyncPolicy::Interval(d) if self.last_sync.elapsed() >= d => self.sync()?,
+                _ => {}
+            }
+            {
+                let mut segs = self
+                    .shared
+                    .segments
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner());
+                let last = segs.last_mut().expect("the active segment is listed");
+                last.last_lsn = self.written_lsn;
+                last.end_offset = self.active.offset;
+            }
+            self.publish();
+        }
+        for (done, lsn) in self.pending.drain(..) {
+            done.complete(Ok(lsn));
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        let t = Instant::now();
+        let a = &self.active;
+        a.file
+            .sync_data()
+            .map_err(|e| Error::io("sync", &a.path, e))?;
+        let c = &self.shared.counters;
+        c.syncs.fetch_add(1, Ordering::Relaxed);
+        c.sync_nanos
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.durable_lsn = self.written_lsn;
+        self.last_sync = Instant::now();
+        self.publish();
+        Ok(())
+    }
+
+    fn publish(&self) {
+        let mut p = lock(&self.shared.progress);
+        p.durable_lsn = self.durable_lsn;
+        p.acked_lsn = self.written_lsn;
+        drop(p);
+        self.shared.progress_cv.notify_all();
+    }
+
+    /// Seals the active segment and starts the next. Everything written must be durable before
+    /// the seal: a sealed segment is complete by definition, and recovery relies on it.
+    fn rotate(&mut self) -> Result<()> {
+        debug_assert!(self.buf.is_empty());
+        let shared = self.shared.clone();
+        let (dir, opts) = (&shared.dir, &shared.opts);
+        if self.durable_lsn < self.written_lsn {
+            self.sync()?;
+        }
+        let old_first = self.active.first_lsn;
+        let last = self.written_lsn;
+        assert!(
+            last >= old_first,
+            "a segment is sealed only once it holds a frame"
+        );
+        let a = &self.active;
+        a.file
+            .set_len(a.offset)
+            .map_err(|e| Error::io("shrink sealed segment", &a.path, e))?;
+        a.file
+            .sync_all()
+            .map_err(|e| Error::io("sync sealed segment", &a.path, e))?;
+        let new = create_segment(opts, dir, self.active.id + 1, last + 1)?;
+        let sealed = dir.join(sealed_name(old_first, last));
+        durable_rename(&*opts.fs, &self.active.path, &sealed)
+            .map_err(|e| Error::io("seal segment", &self.active.path, e))?;
+        self.shared
+            .counters
+            .segments_created
+            .fetch_add(1, Ordering::Relaxed);
+        let mut segs = self
+            .shared
+            .segments
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let s = segs.last_mut().expect("the active segment is listed");
+        s.path = sealed;
+        s.sealed = true;
+        s.file_bytes = self.active.offset;
+        segs.push(SegmentInfo {
+            id: new.id,
+            path: new.path.clone(),
+            first_lsn: new.first_lsn,
+            last_lsn: last,
+            sealed: false,
+            end_offset: new.offset,
+            file_bytes: opts.segment_bytes_max,
+        });
+        drop(segs);
+        self.active = new;
+        Ok(())
+    }
+
+    fn prune(&mut self, before: Lsn) -> Result<u64> {
+        let victims: Vec<PathBuf> = {
+            let segs = self
+                .shared
+                .segments
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            segs.iter()
+                .take_while(|s| s.sealed && s.last_lsn < before)
+                .map(|s| s.path.clone())
+                .collect()
+        };
+        // Oldest first: a crash part-way leaves a log that starts later, never one with a hole.
+        for path in &victims {
+            durable_remove(&*self.shared.opts.fs, path)
+                .map_err(|e| Error::io("remove segment", path, e))?;
+            self.shared
+                .segments
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(0);
+        }
+        Ok(victims.len() as u64)
+    }
+
+    /// `Err` is fatal (the log is poisoned); `Ok(Err)` is a refusal that changed nothing.
+    fn truncate(&mut self, after: Lsn) -> Result<Result<()>> {
+        let fs = self.shared.opts.fs.clone();
+        let segs = self.segments_snapshot();
+        let first = segs[0].first_lsn;
+        if after >= self.written_lsn {
+            return Ok(Ok(()));
+        }
+        if after + 1 < first {
+            return Ok(Err(Error::LsnOutOfRange {
+                lsn: after,
+                first,
+                last: self.written_lsn,
+            }));
+        }
+        let t = segs
+            .iter()
+            .rposition(|s| s.first_lsn <= after + 1)
+            .expect("first segment qualifies");
+        let target = &segs[t];
+        // Find where LSN after + 1 starts, and refuse to split a batch.
+        let reader = LogReader::from_parts(
+            fs.clone(),
+            vec![target.clone()],
+            self.shared.opts.record_bytes_max,
+        );
+        let cut = match reader.offset_of(target, after + 1)? {
+            Ok(off) => off,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        // Newest first, so a crash part-way leaves a shorter log that is still contiguous.
+        for s in segs[t + 1..].iter().rev() {
+            durable_remove(&*fs, &s.path).map_err(|e| Error::io("remove segment", &s.path, e))?;
+        }
+        let path = self.shared.dir.join(open_name(target.first_lsn));
+        if target.sealed {
+            durable_rename(&*fs, &target.path, &path)
+                .map_err(|e| Error::io("reopen segment", &target.path, e))?;
+        }
+        // Shrinking is one metadata change: a crash shows the old length or the new one. Zeroing
+        // in place instead could leave durable frames after a hole, which recovery must refuse.
+        let shrink = |file: &dyn FsFile| -> Result<()> {
+            file.set_len(cut)
+                .map_err(|e| Error::io("truncate segment", &path, e))?;
+            file.sync_all()
+                .map_err(|e| Error::io("sync truncated segment", &path, e))
+        };
+        if t + 1 == segs.len() {
+            shrink(&*self.active.file)?;
+            self.active.offset = cut;
+        } else {
+            let file = fs
+                .open(&path, OpenMode::ReadWrite)
+                .map_err(|e| Error::io("open segment", &path, e))?;
+            shrink(&*file)?;
+            self.active = Active {
+                file,
+                path: path.clone(),
+                id: target.id,
+                first_lsn: target.first_lsn,
+                offset: cut,
+            };
+        }
+        self.next_lsn = after + 1;
+        self.written_lsn = after;
+        self.durable_lsn = self.durable_lsn.min(after);
+        {
+            let mut segs = self
+                .shared
+                .segments
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            segs.truncate(t + 1);
+            let s = &mut segs[t];
+            s.path = path;
+            s.sealed = false;
+            s.last_lsn = after;
+            s.end_offset = cut;
+            s.file_bytes = cut;
+        }
+        self.publish();
+        Ok(Ok(()))
+    }
+
+    fn segments_snapshot(&self) -> Vec<SegmentInfo> {
+        self.shared
+            .segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Marks the log poisoned and fails every pending, remaining and queued append. Returns the
+    /// first error, shared by all of them.
+    fn poison(&mut self, e: Error, remaining: Vec<Item>) -> Arc<Error> {
+        let first = {
+            let mut p = lock(&self.shared.progress);
+            p.poisoned.get_or_insert_with(|| Arc::new(e)).clone()
+        };
+        tracing::error!("write-ahead log poisoned: {first}");
+        self.shared.progress_cv.notify_all();
+        let queued = {
+            let mut q = lock(&self.shared.queue);
+            q.poisoned = Some(first.clone());
+            q.truncating = false;
+            q.bytes = 0;
+            for w in q.space_wakers.drain(..) {
+                w.wake();
+            }
+            self.shared.space_cv.notify_all();
+            mem::take(&mut q.items)
+        };
+        self.buf.clear();
+        for (done, _) in self.pending.drain(..) {
+            done.complete(Err(Error::Poisoned(first.clone())));
+        }
+        for item in remaining.into_iter().chain(queued) {
+            item.done().complete(Err(Error::Poisoned(first.clone())));
+        }
+        first
+    }
+
+    /// On close: make what was acknowledged under a weaker policy durable. Never after a failure.
+    fn finish(&mut self) {
+        let poisoned = lock(&self.shared.progress).poisoned.is_some();
+        if !poisoned && self.durable_lsn < self.written_lsn {
+            if let Err(e) = self.sync() {
+                self.poison(e, Vec::new());
+            }
+        }
+    }
+}
