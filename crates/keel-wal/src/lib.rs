@@ -25,6 +25,7 @@ pub mod fs;
 mod options;
 mod read;
 mod recovery;
+mod repair;
 mod report;
 mod wal;
 
@@ -36,5 +37,6 @@ pub use fs::{Fs, FsFile, OpenMode, StdFs};
 pub use options::{Options, SyncPolicy, SEGMENT_BYTES_LIMIT};
 pub use read::{LogReader, Record, WalIter};
 pub use recovery::{SegmentInfo, TornReason, TornTail, LOCK_FILE, QUARANTINE_DIR, TORN_DIR};
+pub use repair::{repair, ForcedCut, RepairReport};
 pub use report::{RecoveryReport, TornTailReport};
 pub use wal::{AppendFuture, Ticket, Wal, WalStats};

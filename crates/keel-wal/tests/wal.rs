@@ -30,7 +30,8 @@ fn concurrent_writers_every_ack_survives_reopen() {
                         let id = t * 1000 + i;
                         let len = ((id * 37) % 700) as usize;
                         if i % 10 == 0 {
-                            let batch: Vec<Vec<u8>> = (0..3).map(|k| payload(id * 10 + k, len)).collect();
+                            let batch: Vec<Vec<u8>> =
+                                (0..3).map(|k| payload(id * 10 + k, len)).collect();
                             let lsns = wal.append_batch(&batch).unwrap();
                             let mut a = acked.lock().unwrap();
                             for (lsn, p) in lsns.zip(batch) {
@@ -47,7 +48,10 @@ fn concurrent_writers_every_ack_survives_reopen() {
             }
         });
         let stats = wal.stats();
-        assert!(stats.segments_created > 0, "the workload should rotate: {stats:?}");
+        assert!(
+            stats.segments_created > 0,
+            "the workload should rotate: {stats:?}"
+        );
         assert!(stats.syncs <= stats.appends);
         wal.close().unwrap();
     }
@@ -55,10 +59,21 @@ fn concurrent_writers_every_ack_survives_reopen() {
     let (wal, report) = Wal::open(dir.path(), small()).unwrap();
     assert_eq!(report.records() as usize, acked.len());
     assert!(report.torn_tail.is_none());
-    let read: BTreeMap<u64, Vec<u8>> = wal.read_from(1).unwrap().map(|r| r.map(|r| (r.lsn, r.payload)).unwrap()).collect();
-    assert_eq!(read, *acked, "every acknowledged record, identical bytes, nothing else");
+    let read: BTreeMap<u64, Vec<u8>> = wal
+        .read_from(1)
+        .unwrap()
+        .map(|r| r.map(|r| (r.lsn, r.payload)).unwrap())
+        .collect();
+    assert_eq!(
+        read, *acked,
+        "every acknowledged record, identical bytes, nothing else"
+    );
     assert_eq!(*read.keys().next().unwrap(), 1);
-    assert_eq!(*read.keys().last().unwrap() as usize, read.len(), "LSNs are dense");
+    assert_eq!(
+        *read.keys().last().unwrap() as usize,
+        read.len(),
+        "LSNs are dense"
+    );
 }
 
 #[test]
@@ -68,7 +83,10 @@ fn appends_continue_after_reopen() {
         let (wal, report) = Wal::open(dir.path(), small()).unwrap();
         assert_eq!(report.last_lsn, round * 10);
         for i in 0..10 {
-            assert_eq!(wal.append(&payload(round * 10 + i, 50)).unwrap(), round * 10 + i + 1);
+            assert_eq!(
+                wal.append(&payload(round * 10 + i, 50)).unwrap(),
+                round * 10 + i + 1
+            );
         }
     }
     let all = read_all(dir.path(), &small());
@@ -106,26 +124,44 @@ fn cut_inside_final_record_at_every_offset_is_a_torn_tail() {
             }
             let dir = tempfile::tempdir().unwrap();
             copy_dir(base.path(), dir.path());
-            let f = std::fs::OpenOptions::new().write(true).open(dir.path().join(&name)).unwrap();
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.path().join(&name))
+                .unwrap();
             if zero_rest {
                 // A preallocated file: the record's tail reads as zeros.
                 use std::os::unix::fs::FileExt;
-                f.write_all_at(&vec![0u8; (end - cut) as usize], cut).unwrap();
+                f.write_all_at(&vec![0u8; (end - cut) as usize], cut)
+                    .unwrap();
             } else {
                 f.set_len(cut).unwrap();
             }
             drop(f);
-            let (wal, report) = Wal::open(dir.path(), small()).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
-            let torn = report.torn_tail.as_ref().unwrap_or_else(|| panic!("cut at {cut}: no torn tail reported"));
+            let (wal, report) =
+                Wal::open(dir.path(), small()).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+            let torn = report
+                .torn_tail
+                .as_ref()
+                .unwrap_or_else(|| panic!("cut at {cut}: no torn tail reported"));
             assert_eq!(torn.offset, start, "cut at {cut}");
-            assert!(torn.side_file.as_ref().is_some_and(|p| p.exists()), "cut bytes kept");
+            assert!(
+                torn.side_file.as_ref().is_some_and(|p| p.exists()),
+                "cut bytes kept"
+            );
             assert_eq!(report.last_lsn, 4, "cut at {cut}");
-            let got: Vec<_> = wal.read_from(1).unwrap().map(|r| r.unwrap().payload).collect();
+            let got: Vec<_> = wal
+                .read_from(1)
+                .unwrap()
+                .map(|r| r.unwrap().payload)
+                .collect();
             assert_eq!(got, (0..4).map(|i| payload(i, 100)).collect::<Vec<_>>());
             // Recovery is idempotent, and appending continues from the cut.
             drop(wal);
             let (wal, again) = Wal::open(dir.path(), small()).unwrap();
-            assert!(again.torn_tail.is_none(), "second recovery changed something at cut {cut}");
+            assert!(
+                again.torn_tail.is_none(),
+                "second recovery changed something at cut {cut}"
+            );
             assert_eq!(wal.append(b"next").unwrap(), 5);
         }
     }
@@ -143,14 +179,26 @@ fn flipped_byte_in_early_record_fails_closed_with_file_and_offset() {
     let before = std::fs::read(&seg).unwrap();
 
     let err = Wal::open(dir.path(), small()).unwrap_err();
-    let c = err.corruption().unwrap_or_else(|| panic!("not a corruption: {err}"));
+    let c = err
+        .corruption()
+        .unwrap_or_else(|| panic!("not a corruption: {err}"));
     assert_eq!(c.file, seg);
     assert_eq!(c.offset, 64 + 96);
     assert_eq!(c.last_good_lsn, Some(1));
-    assert!(matches!(c.kind, CorruptionKind::Frame(FrameError::PayloadChecksum { .. })), "{:?}", c.kind);
+    assert!(
+        matches!(
+            c.kind,
+            CorruptionKind::Frame(FrameError::PayloadChecksum { .. })
+        ),
+        "{:?}",
+        c.kind
+    );
     assert!(c.valid_frame_after.is_some());
     let msg = err.to_string();
-    assert!(msg.contains("keel wal verify") && msg.contains(&seg.display().to_string()), "{msg}");
+    assert!(
+        msg.contains("keel wal verify") && msg.contains(&seg.display().to_string()),
+        "{msg}"
+    );
     // The read-only check says the same, and failing closed touched nothing.
     let same = LogReader::open(dir.path(), &small()).unwrap_err();
     assert_eq!(same.corruption(), Some(c));
@@ -164,7 +212,8 @@ fn bad_frame_inside_one_synced_batch_followed_by_a_later_sync_is_corruption() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (wal, _) = Wal::open(dir.path(), small()).unwrap();
-        wal.append_batch(&[payload(0, 50), payload(1, 50), payload(2, 50)]).unwrap();
+        wal.append_batch(&[payload(0, 50), payload(1, 50), payload(2, 50)])
+            .unwrap();
         wal.append(&payload(3, 50)).unwrap();
     }
     let seg = segment_files(dir.path()).pop().unwrap();
@@ -172,7 +221,10 @@ fn bad_frame_inside_one_synced_batch_followed_by_a_later_sync_is_corruption() {
     bytes[64 + 33] ^= 1;
     std::fs::write(&seg, &bytes).unwrap();
     let err = Wal::open(dir.path(), small()).unwrap_err();
-    assert_eq!(err.corruption().unwrap().valid_frame_after.map(|v| v.1), Some(4));
+    assert_eq!(
+        err.corruption().unwrap().valid_frame_after.map(|v| v.1),
+        Some(4)
+    );
 }
 
 #[test]
@@ -190,7 +242,14 @@ fn missing_middle_segment_fails_closed() {
     let err = Wal::open(dir.path(), small()).unwrap_err();
     let c = err.corruption().unwrap();
     assert_eq!(c.file, segs[2]);
-    assert!(matches!(c.kind, CorruptionKind::SegmentIdGap { .. } | CorruptionKind::LsnGap { .. }), "{:?}", c.kind);
+    assert!(
+        matches!(
+            c.kind,
+            CorruptionKind::SegmentIdGap { .. } | CorruptionKind::LsnGap { .. }
+        ),
+        "{:?}",
+        c.kind
+    );
 }
 
 #[test]
@@ -203,7 +262,12 @@ fn unknown_format_version_fails_closed() {
     let err = Wal::open(dir.path(), small()).unwrap_err();
     let c = err.corruption().unwrap();
     assert_eq!((c.offset, c.file.clone()), (0, seg));
-    assert_eq!(c.kind, CorruptionKind::SegmentHeader(keel_wal::format::HeaderError::UnsupportedVersion { found: 2 }));
+    assert_eq!(
+        c.kind,
+        CorruptionKind::SegmentHeader(keel_wal::format::HeaderError::UnsupportedVersion {
+            found: 2
+        })
+    );
     assert!(err.to_string().contains("unsupported format version 2"));
 }
 
@@ -220,11 +284,18 @@ fn eio_on_sync_poisons_and_reopen_recovers_every_ack() {
     ffs.faults.fail_nth_sync(1);
     let err = wal.append(b"doomed").unwrap_err();
     assert!(matches!(err, Error::Poisoned(_)), "{err}");
-    assert_eq!(err.root().to_string().contains("Input/output error"), true, "{err}");
+    assert_eq!(
+        err.root().to_string().contains("Input/output error"),
+        true,
+        "{err}"
+    );
     // Nothing is acknowledged any more, even though the next sync would succeed.
     ffs.faults.fail_nth_sync(0);
     for _ in 0..3 {
-        assert!(matches!(wal.append(b"after").unwrap_err(), Error::Poisoned(_)));
+        assert!(matches!(
+            wal.append(b"after").unwrap_err(),
+            Error::Poisoned(_)
+        ));
     }
     assert!(matches!(wal.sync().unwrap_err(), Error::Poisoned(_)));
     assert!(matches!(wal.close().unwrap_err(), Error::Poisoned(_)));
@@ -246,7 +317,9 @@ fn waiters_in_the_failing_batch_all_get_errors() {
         std::thread::yield_now();
     }
     ffs.faults.fail_nth_sync(2);
-    let tickets: Vec<_> = (0..20).map(|i| wal.submit(payload(i, 10)).unwrap()).collect();
+    let tickets: Vec<_> = (0..20)
+        .map(|i| wal.submit(payload(i, 10)).unwrap())
+        .collect();
     ffs.faults.open_gate();
     assert!(t1.wait().is_ok(), "its sync succeeded");
     for t in tickets {
@@ -270,7 +343,10 @@ fn full_disk_gives_a_clear_error_and_loses_nothing_acknowledged() {
     };
     let root = err.root();
     assert!(matches!(root, Error::Io { .. }), "{err}");
-    assert!(root.to_string().contains("No space left on device"), "{err}");
+    assert!(
+        root.to_string().contains("No space left on device"),
+        "{err}"
+    );
     assert!(!acked.is_empty());
     drop(wal);
     // Still full: opening needs no free space and reads everything.
@@ -278,8 +354,16 @@ fn full_disk_gives_a_clear_error_and_loses_nothing_acknowledged() {
     assert_eq!(report.records() as usize, acked.len(), "{report}");
     drop(wal);
     let (wal, report) = Wal::open(dir.path(), small()).unwrap();
-    assert_eq!(report.removed_temp_files.len(), 0, "the first reopen already removed it");
-    let got: Vec<_> = wal.read_from(1).unwrap().map(|r| r.map(|r| (r.lsn, r.payload)).unwrap()).collect();
+    assert_eq!(
+        report.removed_temp_files.len(),
+        0,
+        "the first reopen already removed it"
+    );
+    let got: Vec<_> = wal
+        .read_from(1)
+        .unwrap()
+        .map(|r| r.map(|r| (r.lsn, r.payload)).unwrap())
+        .collect();
     assert_eq!(got, acked);
     assert_eq!(wal.append(b"more").unwrap(), acked.len() as u64 + 1);
 }
@@ -294,12 +378,19 @@ fn short_write_then_error_poisons_and_the_partial_frame_is_a_torn_tail() {
         acked.push((wal.append(&payload(i, 300)).unwrap(), payload(i, 300)));
     }
     ffs.faults.limit_writes(100); // the next write is cut short, then fails
-    assert!(matches!(wal.append(&payload(10, 300)), Err(Error::Poisoned(_))));
+    assert!(matches!(
+        wal.append(&payload(10, 300)),
+        Err(Error::Poisoned(_))
+    ));
     drop(wal);
     let (wal, report) = Wal::open(dir.path(), small()).unwrap();
     let torn = report.torn_tail.as_ref().expect("the partial frame is cut");
     assert_eq!(torn.bytes_cut, 104);
-    let got: Vec<_> = wal.read_from(1).unwrap().map(|r| r.map(|r| (r.lsn, r.payload)).unwrap()).collect();
+    let got: Vec<_> = wal
+        .read_from(1)
+        .unwrap()
+        .map(|r| r.map(|r| (r.lsn, r.payload)).unwrap())
+        .collect();
     assert_eq!(got, acked);
 }
 
@@ -331,14 +422,21 @@ fn rotation_prune_and_truncate_survive_reopen() {
     let (wal, report) = Wal::open(dir.path(), opts()).unwrap();
     assert!(report.torn_tail.is_none());
     assert_eq!((report.first_lsn, report.last_lsn), (keep_from, target + 1));
-    let got: Vec<_> = wal.read_from(keep_from).unwrap().map(|r| r.unwrap()).collect();
+    let got: Vec<_> = wal
+        .read_from(keep_from)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
     assert_eq!(got.len() as u64, target + 2 - keep_from);
     for r in &got[..got.len() - 1] {
         assert_eq!(r.payload, payload(r.lsn - 1, 400));
     }
     assert_eq!(got.last().unwrap().payload, b"x");
     assert!(matches!(wal.read_from(1), Err(Error::LsnOutOfRange { .. })));
-    assert!(matches!(wal.truncate_after(keep_from - 5), Err(Error::LsnOutOfRange { .. })));
+    assert!(matches!(
+        wal.truncate_after(keep_from - 5),
+        Err(Error::LsnOutOfRange { .. })
+    ));
 }
 
 #[test]
@@ -346,7 +444,10 @@ fn truncate_refuses_to_split_a_batch_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = Wal::open(dir.path(), small()).unwrap();
     wal.append_batch(&[b"a", b"b", b"c"]).unwrap();
-    assert!(matches!(wal.truncate_after(2), Err(Error::InsideBatch { lsn: 2 })));
+    assert!(matches!(
+        wal.truncate_after(2),
+        Err(Error::InsideBatch { lsn: 2 })
+    ));
     assert_eq!(wal.append(b"d").unwrap(), 4);
     wal.truncate_after(0).unwrap();
     assert_eq!(wal.append(b"e").unwrap(), 1);
@@ -374,7 +475,10 @@ fn async_appends_and_backpressure() {
     let mut fut = std::pin::pin!(wal.append_async(vec![2u8; 3000]));
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
-    assert!(fut.as_mut().poll(&mut cx).is_pending(), "a full queue must push back");
+    assert!(
+        fut.as_mut().poll(&mut cx).is_pending(),
+        "a full queue must push back"
+    );
     ffs.faults.open_gate();
     assert_eq!(held.wait().unwrap(), 2..=2);
     assert_eq!(queued.wait().unwrap(), 3..=3);
@@ -386,28 +490,46 @@ fn limits_are_enforced_with_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = Wal::open(dir.path(), small()).unwrap();
     let max = small().record_bytes_max as usize;
-    assert!(matches!(wal.append(&vec![0; max + 1]), Err(Error::RecordTooLarge { .. })));
-    assert!(matches!(wal.append_batch::<&[u8]>(&[]), Err(Error::EmptyBatch)));
+    assert!(matches!(
+        wal.append(&vec![0; max + 1]),
+        Err(Error::RecordTooLarge { .. })
+    ));
+    assert!(matches!(
+        wal.append_batch::<&[u8]>(&[]),
+        Err(Error::EmptyBatch)
+    ));
     let big: Vec<Vec<u8>> = (0..4).map(|_| vec![0; max]).collect();
-    assert!(matches!(wal.append_batch(&big), Err(Error::BatchTooLarge { .. })));
+    assert!(matches!(
+        wal.append_batch(&big),
+        Err(Error::BatchTooLarge { .. })
+    ));
     assert_eq!(wal.append(&vec![7; max]).unwrap(), 1);
     let bad = Options {
         segment_bytes_max: 1000,
         ..small()
     };
-    assert!(matches!(Wal::open(dir.path().join("x"), bad), Err(Error::InvalidOptions(_))));
+    assert!(matches!(
+        Wal::open(dir.path().join("x"), bad),
+        Err(Error::InvalidOptions(_))
+    ));
 }
 
 #[test]
 fn a_second_writer_is_locked_out() {
     let dir = tempfile::tempdir().unwrap();
     let (_wal, _) = Wal::open(dir.path(), small()).unwrap();
-    assert!(matches!(Wal::open(dir.path(), small()), Err(Error::Locked { .. })));
+    assert!(matches!(
+        Wal::open(dir.path(), small()),
+        Err(Error::Locked { .. })
+    ));
 }
 
 #[test]
 fn weaker_policies_acknowledge_before_sync_and_close_syncs() {
-    for policy in [SyncPolicy::Never, SyncPolicy::Interval(std::time::Duration::from_millis(20))] {
+    for policy in [
+        SyncPolicy::Never,
+        SyncPolicy::Interval(std::time::Duration::from_millis(20)),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let opts = Options {
             sync_policy: policy,
@@ -418,7 +540,8 @@ fn weaker_policies_acknowledge_before_sync_and_close_syncs() {
             wal.append(&payload(i, 30)).unwrap();
         }
         assert_eq!(wal.last_lsn(), 50);
-        wal.wait_durable(if policy == SyncPolicy::Never { 0 } else { 50 }).unwrap();
+        wal.wait_durable(if policy == SyncPolicy::Never { 0 } else { 50 })
+            .unwrap();
         assert!(wal.stats().syncs < 50, "{policy:?}: {:?}", wal.stats());
         assert_eq!(wal.sync().unwrap(), 50);
         assert_eq!(wal.durable_lsn(), 50);

@@ -1,0 +1,347 @@
+//! `keel bench wal`: durable appends against the disk's own limits, measured in the same run.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+use keel_wal::format::frame_bytes;
+use keel_wal::{Options, SyncPolicy, Wal};
+
+#[derive(clap::Args)]
+pub struct WalBenchArgs {
+    /// Directory on the disk to measure; a scratch subdirectory is created in it and removed.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Writer counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256")]
+    writers: Vec<usize>,
+    /// Record sizes in bytes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "128,4096")]
+    sizes: Vec<usize>,
+    /// Size of the log built for the recovery measurement, in MiB (0 skips it).
+    #[arg(long, default_value_t = 1024)]
+    recovery_mib: u64,
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("static bounds")
+}
+
+fn us(h: &Histogram<u64>, q: f64) -> u64 {
+    h.value_at_quantile(q)
+}
+
+struct RawResult {
+    ops_per_s: f64,
+    h: Histogram<u64>,
+}
+
+fn fdatasync(f: &File) -> std::io::Result<()> {
+    rustix::fs::fdatasync(f)?;
+    Ok(())
+}
+
+/// Bytes of zeros written and synced before an overwrite loop.
+const PREWRITE_BYTES: u64 = 64 << 20;
+
+fn prewrite(path: &Path, bytes: u64) -> Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < bytes {
+        f.write_all_at(&zeros, at)?;
+        at += zeros.len() as u64;
+    }
+    f.sync_all()?;
+    Ok(f)
+}
+
+/// Single thread: write `size` bytes, fdatasync, repeat. `overwrite`: into a pre-written file
+/// (wrapping around); otherwise appending, so every sync also commits a size change.
+fn raw_loop(dir: &Path, size: usize, overwrite: bool, secs: f64) -> Result<RawResult> {
+    let path = dir.join(format!("raw-{size}-{overwrite}"));
+    let f = if overwrite {
+        prewrite(&path, PREWRITE_BYTES)?
+    } else {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?
+    };
+    let buf = vec![0x5au8; size];
+    let mut h = hist();
+    let (mut off, mut ops) = (0u64, 0u64);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        f.write_all_at(&buf, off)?;
+        fdatasync(&f)?;
+        h.saturating_record(t.elapsed().as_micros() as u64);
+        ops += 1;
+        off += size as u64;
+        if overwrite && off + size as u64 > PREWRITE_BYTES {
+            off = 0;
+        }
+    }
+    let r = RawResult {
+        ops_per_s: ops as f64 / start.elapsed().as_secs_f64(),
+        h,
+    };
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(r)
+}
+
+/// Sequential 1 MiB write + fdatasync into a pre-written file: MB/s.
+fn seq_sync_bandwidth(dir: &Path, secs: f64) -> Result<f64> {
+    let path = dir.join("raw-seq");
+    let size = 256u64 << 20;
+    let f = prewrite(&path, size)?;
+    let buf = vec![0xa5u8; 1 << 20];
+    let (mut off, mut bytes) = (0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < secs {
+        f.write_all_at(&buf, off)?;
+        fdatasync(&f)?;
+        bytes += buf.len() as u64;
+        off = (off + buf.len() as u64) % size;
+    }
+    let mbps = bytes as f64 / 1e6 / start.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(mbps)
+}
+
+fn drop_cache(path: &Path) -> Result<()> {
+    let f = File::open(path)?;
+    rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed)?;
+    Ok(())
+}
+
+struct Cell {
+    ops_per_s: f64,
+    h: Histogram<u64>,
+    syncs_per_append: f64,
+}
+
+fn keel_cell(dir: &Path, writers: usize, size: usize, secs: f64) -> Result<Cell> {
+    let d = tempfile::tempdir_in(dir)?;
+    let (wal, _) = Wal::open(d.path(), Options::default())?;
+    let stop = AtomicBool::new(false);
+    let barrier = Barrier::new(writers + 1);
+    let (hists, start) =
+        std::thread::scope(|s| -> Result<(Vec<(Histogram<u64>, u64)>, Instant)> {
+            let handles: Vec<_> = (0..writers)
+                .map(|w| {
+                    let (wal, stop, barrier) = (&wal, &stop, &barrier);
+                    s.spawn(move || -> Result<(Histogram<u64>, u64)> {
+                        let payload = vec![(w % 251) as u8; size];
+                        let mut h = hist();
+                        let mut n = 0u64;
+                        barrier.wait();
+                        while !stop.load(Ordering::Relaxed) {
+                            let t = Instant::now();
+                            wal.append(&payload)?;
+                            h.saturating_record(t.elapsed().as_micros() as u64);
+                            n += 1;
+                        }
+                        Ok((h, n))
+                    })
+                })
+                .collect();
+            barrier.wait();
+            let start = Instant::now();
+            std::thread::sleep(Duration::from_secs_f64(secs));
+            stop.store(true, Ordering::Relaxed);
+            let mut out = Vec::new();
+            for h in handles {
+                out.push(h.join().expect("writer thread")?);
+            }
+            Ok((out, start))
+        })?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut h = hist();
+    let mut ops = 0;
+    for (x, n) in &hists {
+        h.add(x).expect("same bounds");
+        ops += n;
+    }
+    let st = wal.stats();
+    wal.close()?;
+    Ok(Cell {
+        ops_per_s: ops as f64 / elapsed,
+        h,
+        syncs_per_append: st.syncs as f64 / st.records.max(1) as f64,
+    })
+}
+
+fn recovery(dir: &Path, mib: u64) -> Result<(u64, f64, f64)> {
+    let d = tempfile::tempdir_in(dir)?;
+    let opts = Options {
+        sync_policy: SyncPolicy::Never,
+        ..Options::default()
+    };
+    {
+        let (wal, _) = Wal::open(d.path(), opts.clone())?;
+        let batch: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 4096]).collect();
+        while wal.stats().bytes_written < mib << 20 {
+            let tickets: Vec<_> = (0..8)
+                .map(|_| wal.submit_batch(batch.clone()))
+                .collect::<Result<_, _>>()?;
+            for t in tickets {
+                t.wait()?;
+            }
+        }
+        wal.close()?;
+    }
+    let files: Vec<PathBuf> = std::fs::read_dir(d.path())?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    let cold = || -> Result<()> {
+        for f in &files {
+            drop_cache(f)?;
+        }
+        Ok(())
+    };
+    // Baseline: read every byte of the same files, cold, 1 MiB at a time.
+    cold()?;
+    let t = Instant::now();
+    let mut bytes = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for f in files.iter().filter(|f| f.is_file()) {
+        let file = File::open(f)?;
+        let mut off = 0;
+        loop {
+            let n = file.read_at(&mut buf, off)?;
+            if n == 0 {
+                break;
+            }
+            off += n as u64;
+        }
+        bytes += off;
+    }
+    let read_mbps = bytes as f64 / 1e6 / t.elapsed().as_secs_f64();
+    cold()?;
+    let t = Instant::now();
+    let (wal, report) = Wal::open(d.path(), Options::default())?;
+    let secs = t.elapsed().as_secs_f64();
+    drop(wal);
+    Ok((
+        report.bytes_scanned,
+        report.bytes_scanned as f64 / 1e6 / secs,
+        read_mbps,
+    ))
+}
+
+pub fn wal(a: WalBenchArgs) -> Result<()> {
+    let scratch = tempfile::Builder::new()
+        .prefix("keel-bench-")
+        .tempdir_in(&a.dir)
+        .with_context(|| format!("creating a scratch directory in {}", a.dir.display()))?;
+    let dir = scratch.path();
+    let secs = a.seconds;
+    let progress = |m: &str| {
+        eprintln!("[bench] {m}");
+        let _ = std::io::stderr().flush();
+    };
+    println!("# keel bench wal\n");
+    println!(
+        "Directory: {} · {} s per cell · {} CPUs\n",
+        a.dir.display(),
+        secs,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    println!("## The disk's own limit: one thread, write + fdatasync\n");
+    println!("| pattern | record | ops/s | p50 µs | p99 µs |");
+    println!("|---|---:|---:|---:|---:|");
+    let mut best_p50 = std::collections::BTreeMap::new();
+    for &size in &a.sizes {
+        for overwrite in [false, true] {
+            let what = if overwrite {
+                "overwrite of a pre-written file"
+            } else {
+                "append (file grows)"
+            };
+            progress(&format!("raw {what}, {size} B"));
+            let r = raw_loop(dir, size, overwrite, secs)?;
+            println!(
+                "| {what} | {size} B | {:.0} | {} | {} |",
+                r.ops_per_s,
+                us(&r.h, 0.5),
+                us(&r.h, 0.99)
+            );
+            let e = best_p50.entry(size).or_insert(u64::MAX);
+            *e = (*e).min(us(&r.h, 0.5));
+        }
+    }
+    progress("sequential sync bandwidth");
+    let seq_mbps = seq_sync_bandwidth(dir, secs)?;
+    println!("\nSequential 1 MiB write + fdatasync: **{seq_mbps:.0} MB/s**\n");
+
+    println!("## keel-wal durable appends (`SyncPolicy::Always`)\n");
+    println!("Bound = min(writers / best raw fdatasync p50, sequential sync bandwidth / frame bytes): the most a group commit can do on this disk.\n");
+    println!("| record | writers | appends/s | p50 µs | p99 µs | p999 µs | fsyncs/append | bound/s | of bound |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut single = Vec::new();
+    for &size in &a.sizes {
+        let raw_p50_s = best_p50[&size].max(1) as f64 / 1e6;
+        for &w in &a.writers {
+            progress(&format!("keel-wal, {w} writers, {size} B"));
+            let c = keel_cell(dir, w, size, secs)?;
+            let bound = (w as f64 / raw_p50_s).min(seq_mbps * 1e6 / frame_bytes(size) as f64);
+            println!(
+                "| {size} B | {w} | {:.0} | {} | {} | {} | {:.3} | {:.0} | {:.0}% |",
+                c.ops_per_s,
+                us(&c.h, 0.5),
+                us(&c.h, 0.99),
+                us(&c.h, 0.999),
+                c.syncs_per_append,
+                bound,
+                100.0 * c.ops_per_s / bound
+            );
+            if w == 1 {
+                single.push((size, us(&c.h, 0.5), best_p50[&size]));
+            }
+        }
+    }
+    println!();
+    for (size, p50, raw) in single {
+        println!(
+            "Single writer, {size} B: keel p50 {p50} µs vs best raw fdatasync p50 {raw} µs = **{:.2}×**",
+            p50 as f64 / raw.max(1) as f64
+        );
+    }
+    if a.recovery_mib > 0 {
+        progress(&format!(
+            "building a {} MiB log for recovery",
+            a.recovery_mib
+        ));
+        let (bytes, rec_mbps, read_mbps) = recovery(dir, a.recovery_mib)?;
+        println!("\n## Recovery (page cache dropped with fadvise before each pass)\n");
+        println!("| log bytes | recovery MB/s | sequential read MB/s | ratio |");
+        println!("|---:|---:|---:|---:|");
+        println!(
+            "| {bytes} | {rec_mbps:.0} | {read_mbps:.0} | {:.0}% |",
+            100.0 * rec_mbps / read_mbps
+        );
+    }
+    Ok(())
+}
