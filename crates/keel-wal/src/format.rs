@@ -43,10 +43,10 @@ pub const KIND_DATA: u8 = 1;
 pub const FLAG_BATCH_CONTINUES: u8 = 0b0000_0001;
 const FLAGS_KNOWN: u8 = FLAG_BATCH_CONTINUES;
 
-const _: () = assert!(SEGMENT_HEADER_BYTES % FRAME_ALIGN == 0);
-const _: () = assert!(FRAME_HEADER_BYTES % FRAME_ALIGN == 0);
+const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(FRAME_ALIGN));
+const _: () = assert!(FRAME_HEADER_BYTES.is_multiple_of(FRAME_ALIGN));
 // The length word sits at offset 4 of an 8-aligned frame: it can never cross a 512-byte sector.
-const _: () = assert!(512 % FRAME_ALIGN == 0);
+const _: () = assert!(512usize.is_multiple_of(FRAME_ALIGN));
 
 /// Bytes a frame with `payload_len` bytes of payload takes on disk, padding included.
 pub const fn frame_bytes(payload_len: usize) -> usize {

@@ -39,6 +39,7 @@ pub trait Fs: Send + Sync + fmt::Debug {
 }
 
 /// An open file. All I/O is positional, so one handle can be shared by a writer and readers.
+#[allow(clippy::len_without_is_empty)]
 pub trait FsFile: Send + Sync + fmt::Debug {
     /// Reads up to `buf.len()` bytes at `offset`; returns 0 at end of file.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
@@ -52,6 +53,7 @@ pub trait FsFile: Send + Sync + fmt::Debug {
     /// Reserves space for `[offset, offset + len)` without writing it (`fallocate` where the
     /// platform has it, otherwise extends the file).
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// The file's size in bytes.
     fn len(&self) -> io::Result<u64>;
     /// Takes an exclusive advisory lock for as long as this handle lives. Returns false when
     /// someone else holds it.

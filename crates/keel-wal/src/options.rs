@@ -73,7 +73,7 @@ impl Options {
                 self.segment_bytes_max
             ));
         }
-        if self.segment_bytes_max % 4096 != 0 {
+        if !self.segment_bytes_max.is_multiple_of(4096) {
             return bad("segment_bytes_max must be a multiple of 4096".into());
         }
         if (SEGMENT_HEADER_BYTES + self.batch_bytes_max) as u64 > self.segment_bytes_max {

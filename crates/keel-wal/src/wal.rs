@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::format::{
@@ -127,6 +127,8 @@ struct Queue {
     /// A truncate is in flight: LSNs after it are not known yet, so appends wait.
     truncating: bool,
     io_idle: bool,
+    /// While `io_idle`, pushes wake the I/O thread once this many items are queued.
+    wake_at: usize,
     space_wakers: Vec<Waker>,
 }
 
@@ -229,7 +231,7 @@ impl Shared {
             first_lsn: first,
             done: done.clone(),
         });
-        if q.io_idle {
+        if q.io_idle && q.items.len() >= q.wake_at {
             self.work_cv.notify_one();
         }
         Ticket { first, last, done }
@@ -520,6 +522,7 @@ impl Wal {
                 closed: false,
                 truncating: false,
                 io_idle: false,
+                wake_at: 1,
                 space_wakers: Vec::new(),
             }),
             work_cv: Condvar::new(),
@@ -533,8 +536,21 @@ impl Wal {
             segments: RwLock::new(layout.segments),
             counters: Counters::default(),
         });
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel::<Acks>();
+        let acker_thread = std::thread::Builder::new()
+            .name("keel-wal-ack".into())
+            .spawn(move || {
+                for acks in ack_rx {
+                    for (done, lsn) in acks {
+                        done.complete(Ok(lsn));
+                    }
+                }
+            })
+            .map_err(|e| Error::io("spawn ack thread", &dir, e))?;
         let writer = Writer {
             shared: shared.clone(),
+            acker: Some(ack_tx),
+            acker_thread: Some(acker_thread),
             active,
             next_lsn: last_lsn + 1,
             written_lsn: last_lsn,
@@ -542,6 +558,8 @@ impl Wal {
             buf: Vec::new(),
             pending: Vec::new(),
             last_sync: Instant::now(),
+            last_sync_time: Duration::ZERO,
+            last_batch: 0,
         };
         let handle = std::thread::Builder::new()
             .name("keel-wal-io".into())
@@ -743,8 +761,17 @@ impl Drop for Wal {
     }
 }
 
+/// Batches of at most this many acknowledgements are completed by the I/O thread itself; larger
+/// ones go to the ack thread so that waking the writers overlaps with the next write and sync.
+const INLINE_ACKS: usize = 4;
+
+type Acks = Vec<(Arc<Completion>, Lsn)>;
+
 struct Writer {
     shared: Arc<Shared>,
+    /// To the ack thread; `None` once the writer is finishing.
+    acker: Option<std::sync::mpsc::Sender<Acks>>,
+    acker_thread: Option<JoinHandle<()>>,
     active: Active,
     /// LSN the next frame gets.
     next_lsn: Lsn,
@@ -757,6 +784,10 @@ struct Writer {
     /// Appends in `buf` (or written, awaiting their sync): completion and last LSN.
     pending: Vec<(Arc<Completion>, Lsn)>,
     last_sync: Instant,
+    /// Duration of the last data sync.
+    last_sync_time: Duration,
+    /// Items in the previous batch.
+    last_batch: usize,
 }
 
 impl Writer {
@@ -797,6 +828,32 @@ impl Writer {
                     }
                     q.io_idle = false;
                 }
+                // Adaptive group commit. The writers the previous sync released are on their way
+                // back; if fewer than last time have arrived, give the rest a moment to join this
+                // batch rather than paying a sync of their own. Bounded by a quarter of the last
+                // sync's duration, so a lone writer never waits (its batch size is 1).
+                if self.shared.opts.sync_policy == SyncPolicy::Always
+                    && q.items.len() < self.last_batch
+                {
+                    let deadline =
+                        Instant::now() + (self.last_sync_time / 4).min(Duration::from_micros(200));
+                    q.wake_at = self.last_batch;
+                    while q.items.len() < self.last_batch && !q.closed {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            break;
+                        }
+                        q.io_idle = true;
+                        q = s
+                            .work_cv
+                            .wait_timeout(q, deadline - now)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                        q.io_idle = false;
+                    }
+                    q.wake_at = 1;
+                }
+                self.last_batch = q.items.len();
                 q.bytes = 0;
                 let items = mem::take(&mut q.items);
                 for w in q.space_wakers.drain(..) {
@@ -928,6 +985,14 @@ impl Writer {
                 last.end_offset = self.active.offset;
             }
             self.publish();
+        }
+        // Only now, with durable_lsn published, may anyone learn that their append is done.
+        if self.pending.len() > INLINE_ACKS {
+            if let Some(acker) = &self.acker {
+                if acker.send(mem::take(&mut self.pending)).is_ok() {
+                    return Ok(());
+                }
+            }
         }
         for (done, lsn) in self.pending.drain(..) {
             done.complete(Ok(lsn));
@@ -1166,6 +1231,11 @@ impl Writer {
             if let Err(e) = self.sync() {
                 self.poison(e, Vec::new());
             }
+        }
+        // Deliver every acknowledgement already handed over before close returns.
+        self.acker = None;
+        if let Some(h) = self.acker_thread.take() {
+            let _ = h.join();
         }
     }
 }

@@ -284,9 +284,8 @@ fn eio_on_sync_poisons_and_reopen_recovers_every_ack() {
     ffs.faults.fail_nth_sync(1);
     let err = wal.append(b"doomed").unwrap_err();
     assert!(matches!(err, Error::Poisoned(_)), "{err}");
-    assert_eq!(
+    assert!(
         err.root().to_string().contains("Input/output error"),
-        true,
         "{err}"
     );
     // Nothing is acknowledged any more, even though the next sync would succeed.

@@ -135,6 +135,9 @@ fn drop_cache(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// One writer's latencies (µs) and append count.
+type WriterResult = (Histogram<u64>, u64);
+
 struct Cell {
     ops_per_s: f64,
     h: Histogram<u64>,
@@ -146,36 +149,35 @@ fn keel_cell(dir: &Path, writers: usize, size: usize, secs: f64) -> Result<Cell>
     let (wal, _) = Wal::open(d.path(), Options::default())?;
     let stop = AtomicBool::new(false);
     let barrier = Barrier::new(writers + 1);
-    let (hists, start) =
-        std::thread::scope(|s| -> Result<(Vec<(Histogram<u64>, u64)>, Instant)> {
-            let handles: Vec<_> = (0..writers)
-                .map(|w| {
-                    let (wal, stop, barrier) = (&wal, &stop, &barrier);
-                    s.spawn(move || -> Result<(Histogram<u64>, u64)> {
-                        let payload = vec![(w % 251) as u8; size];
-                        let mut h = hist();
-                        let mut n = 0u64;
-                        barrier.wait();
-                        while !stop.load(Ordering::Relaxed) {
-                            let t = Instant::now();
-                            wal.append(&payload)?;
-                            h.saturating_record(t.elapsed().as_micros() as u64);
-                            n += 1;
-                        }
-                        Ok((h, n))
-                    })
+    let (hists, start) = std::thread::scope(|s| -> Result<(Vec<WriterResult>, Instant)> {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let (wal, stop, barrier) = (&wal, &stop, &barrier);
+                s.spawn(move || -> Result<WriterResult> {
+                    let payload = vec![(w % 251) as u8; size];
+                    let mut h = hist();
+                    let mut n = 0u64;
+                    barrier.wait();
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        wal.append(&payload)?;
+                        h.saturating_record(t.elapsed().as_micros() as u64);
+                        n += 1;
+                    }
+                    Ok((h, n))
                 })
-                .collect();
-            barrier.wait();
-            let start = Instant::now();
-            std::thread::sleep(Duration::from_secs_f64(secs));
-            stop.store(true, Ordering::Relaxed);
-            let mut out = Vec::new();
-            for h in handles {
-                out.push(h.join().expect("writer thread")?);
-            }
-            Ok((out, start))
-        })?;
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        stop.store(true, Ordering::Relaxed);
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.join().expect("writer thread")?);
+        }
+        Ok((out, start))
+    })?;
     let elapsed = start.elapsed().as_secs_f64();
     let mut h = hist();
     let mut ops = 0;
