@@ -52,6 +52,10 @@ pub(crate) fn sealed_name(first: Lsn, last: Lsn) -> String {
 pub(crate) fn tmp_name(first: Lsn) -> String {
     format!("wal-{first:020}.tmp")
 }
+/// A blank segment prepared ahead of rotation; it becomes segment `id`.
+pub(crate) fn spare_name(id: u64) -> String {
+    format!("wal-spare-{id:020}.tmp")
+}
 
 pub(crate) fn parse_name(name: &str) -> Option<SegName> {
     let rest = name.strip_prefix("wal-")?;
@@ -61,8 +65,7 @@ pub(crate) fn parse_name(name: &str) -> Option<SegName> {
     if let Some(first) = rest.strip_suffix(".open") {
         return Some(SegName::Open { first: num(first)? });
     }
-    if let Some(first) = rest.strip_suffix(".tmp") {
-        num(first)?;
+    if rest.ends_with(".tmp") {
         return Some(SegName::Tmp);
     }
     let (first, last) = rest.strip_suffix(".sealed")?.split_once('-')?;
@@ -117,7 +120,7 @@ pub enum TornReason {
 pub struct Layout {
     pub segments: Vec<SegmentInfo>,
     pub torn: Option<TornTail>,
-    /// Segment files left half-created by a crash.
+    /// Segment files left half-created, or prepared and never used, by a crash.
     pub tmp_files: Vec<PathBuf>,
     pub bytes_scanned: u64,
 }
@@ -532,6 +535,7 @@ mod tests {
             Some(SegName::Sealed { first: 5, last: 90 })
         );
         assert_eq!(parse_name(&tmp_name(5)), Some(SegName::Tmp));
+        assert_eq!(parse_name(&spare_name(5)), Some(SegName::Tmp));
         assert_eq!(parse_name("wal-12.open"), None);
         assert_eq!(parse_name("LOCK"), None);
         assert!(open_name(9) < open_name(10));

@@ -32,7 +32,8 @@ use crate::fs::{
 use crate::options::{Options, SyncPolicy};
 use crate::read::{LogReader, WalIter};
 use crate::recovery::{
-    analyze, open_name, save_side_file, sealed_name, tmp_name, zero_range, SegmentInfo, LOCK_FILE,
+    analyze, open_name, save_side_file, sealed_name, spare_name, tmp_name, zero_range, SegmentInfo,
+    LOCK_FILE,
 };
 use crate::report::{RecoveryReport, TornTailReport};
 use crate::Lsn;
@@ -353,25 +354,17 @@ struct Active {
     offset: u64,
 }
 
-/// Creates a segment: header and zero fill into a temporary file, sync it, then rename it into
-/// place and sync the directory (P2). Only a complete, synced segment ever has a segment name.
-fn create_segment(opts: &Options, dir: &Path, id: u64, first_lsn: Lsn) -> Result<Active> {
-    let fs = &*opts.fs;
-    let tmp = dir.join(tmp_name(first_lsn));
-    let path = dir.join(open_name(first_lsn));
-    let io = |op, e| Error::io(op, &tmp, e);
-    let file = fs
-        .open(&tmp, OpenMode::CreateTruncate)
+/// Creates a blank segment file under a temporary name: zeros (or reserved space) up to
+/// `segment_bytes_max`, synced. It has no header yet, so it can never be mistaken for a segment.
+fn prepare_blank(opts: &Options, tmp: &Path) -> Result<Box<dyn FsFile>> {
+    let io = |op, e| Error::io(op, tmp, e);
+    let file = opts
+        .fs
+        .open(tmp, OpenMode::CreateTruncate)
         .map_err(|e| io("create segment", e))?;
-    let header = SegmentHeader {
-        segment_id: id,
-        first_lsn,
-        created_unix_ms: now_unix_ms(),
-    };
-    write_all_at(&*file, &header.encode(), 0).map_err(|e| io("write segment header", e))?;
     if opts.zero_fill_segments {
         let zeros = vec![0u8; 1 << 20];
-        let mut at = SEGMENT_HEADER_BYTES as u64;
+        let mut at = 0;
         while at < opts.segment_bytes_max {
             let n = ((opts.segment_bytes_max - at) as usize).min(zeros.len());
             write_all_at(&*file, &zeros[..n], at).map_err(|e| io("zero-fill segment", e))?;
@@ -382,7 +375,29 @@ fn create_segment(opts: &Options, dir: &Path, id: u64, first_lsn: Lsn) -> Result
             .map_err(|e| io("preallocate segment", e))?;
     }
     file.sync_all().map_err(|e| io("sync new segment", e))?;
-    durable_rename(fs, &tmp, &path).map_err(|e| io("rename new segment", e))?;
+    Ok(file)
+}
+
+/// Turns a blank file into segment `id`: write and sync its header, then rename it into place and
+/// sync the directory (P2). Only a complete, synced segment ever has a segment name.
+fn activate(
+    opts: &Options,
+    dir: &Path,
+    file: Box<dyn FsFile>,
+    tmp: &Path,
+    id: u64,
+    first_lsn: Lsn,
+) -> Result<Active> {
+    let io = |op, e| Error::io(op, tmp, e);
+    let header = SegmentHeader {
+        segment_id: id,
+        first_lsn,
+        created_unix_ms: now_unix_ms(),
+    };
+    write_all_at(&*file, &header.encode(), 0).map_err(|e| io("write segment header", e))?;
+    file.sync_data().map_err(|e| io("sync segment header", e))?;
+    let path = dir.join(open_name(first_lsn));
+    durable_rename(&*opts.fs, tmp, &path).map_err(|e| io("rename new segment", e))?;
     Ok(Active {
         file,
         path,
@@ -390,6 +405,18 @@ fn create_segment(opts: &Options, dir: &Path, id: u64, first_lsn: Lsn) -> Result
         first_lsn,
         offset: SEGMENT_HEADER_BYTES as u64,
     })
+}
+
+fn create_segment(opts: &Options, dir: &Path, id: u64, first_lsn: Lsn) -> Result<Active> {
+    let tmp = dir.join(tmp_name(first_lsn));
+    let file = prepare_blank(opts, &tmp)?;
+    activate(opts, dir, file, &tmp, id, first_lsn)
+}
+
+/// A blank segment being prepared in the background for the next rotation.
+struct Spare {
+    path: PathBuf,
+    thread: JoinHandle<Result<Box<dyn FsFile>>>,
 }
 
 impl Wal {
@@ -558,6 +585,7 @@ impl Wal {
             buf: Vec::new(),
             pending: Vec::new(),
             last_sync: Instant::now(),
+            spare: None,
             last_sync_time: Duration::ZERO,
             last_batch: 0,
         };
@@ -693,8 +721,10 @@ impl Wal {
 
     /// Reads records from `from` up to `last_lsn()` as of this call.
     pub fn read_from(&self, from: Lsn) -> Result<WalIter> {
+        // The segment list is updated only after a write (and, under `Always`, its sync), so its
+        // last LSN is a bound that the snapshot's byte ranges are sure to cover.
         let segments = self.segments();
-        let upper = self.last_lsn();
+        let upper = segments.last().map_or(0, |s| s.last_lsn);
         LogReader::from_parts(
             self.shared.opts.fs.clone(),
             segments,
@@ -784,6 +814,7 @@ struct Writer {
     /// Appends in `buf` (or written, awaiting their sync): completion and last LSN.
     pending: Vec<(Arc<Completion>, Lsn)>,
     last_sync: Instant,
+    spare: Option<Spare>,
     /// Duration of the last data sync.
     last_sync_time: Duration,
     /// Items in the previous batch.
@@ -968,6 +999,9 @@ impl Writer {
                 .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
             self.active.offset += self.buf.len() as u64;
             self.buf.clear();
+            if self.spare.is_none() && self.active.offset > self.shared.opts.segment_bytes_max / 2 {
+                self.start_spare();
+            }
             self.written_lsn = self.next_lsn - 1;
             match self.shared.opts.sync_policy {
                 SyncPolicy::Always => self.sync()?,
@@ -998,6 +1032,21 @@ impl Writer {
             done.complete(Ok(lsn));
         }
         Ok(())
+    }
+
+    /// Starts zero-filling the next segment on a helper thread, so that rotation does not stall
+    /// appends for the time it takes to write `segment_bytes_max` bytes.
+    fn start_spare(&mut self) {
+        let path = self.shared.dir.join(spare_name(self.active.id + 1));
+        let shared = self.shared.clone();
+        let p = path.clone();
+        match std::thread::Builder::new()
+            .name("keel-wal-prep".into())
+            .spawn(move || prepare_blank(&shared.opts, &p))
+        {
+            Ok(thread) => self.spare = Some(Spare { path, thread }),
+            Err(e) => tracing::warn!("cannot start segment preparation, rotation will do it: {e}"),
+        }
     }
 
     fn sync(&mut self) -> Result<()> {
@@ -1046,7 +1095,16 @@ impl Writer {
         a.file
             .sync_all()
             .map_err(|e| Error::io("sync sealed segment", &a.path, e))?;
-        let new = create_segment(opts, dir, self.active.id + 1, last + 1)?;
+        let (id, first) = (self.active.id + 1, last + 1);
+        let new = match self.spare.take() {
+            Some(spare) => match spare.thread.join() {
+                Ok(Ok(file)) => activate(opts, dir, file, &spare.path, id, first)?,
+                // Preparing it failed (a full disk, say): try once more here, where a failure
+                // poisons the log with its own error.
+                _ => create_segment(opts, dir, id, first)?,
+            },
+            None => create_segment(opts, dir, id, first)?,
+        };
         let sealed = dir.join(sealed_name(old_first, last));
         durable_rename(&*opts.fs, &self.active.path, &sealed)
             .map_err(|e| Error::io("seal segment", &self.active.path, e))?;
@@ -1231,6 +1289,10 @@ impl Writer {
             if let Err(e) = self.sync() {
                 self.poison(e, Vec::new());
             }
+        }
+        if let Some(spare) = self.spare.take() {
+            let _ = spare.thread.join();
+            let _ = self.shared.opts.fs.remove_file(&spare.path);
         }
         // Deliver every acknowledgement already handed over before close returns.
         self.acker = None;

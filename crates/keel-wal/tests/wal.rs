@@ -587,3 +587,47 @@ fn rewrite_durable_lsn(bytes: &mut [u8], off: usize, durable: u64) {
     keel_wal::format::encode_frame(&mut out, seed, f.0, durable, f.1, &f.2);
     bytes[off..off + out.len()].copy_from_slice(&out);
 }
+
+#[test]
+fn leftover_temporary_segments_are_removed_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (wal, _) = Wal::open(dir.path(), small()).unwrap();
+        for i in 0..300 {
+            wal.append(&payload(i, 400)).unwrap(); // several rotations, each with a spare
+        }
+    }
+    let tmps = |d: &std::path::Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".tmp")
+            })
+            .count()
+    };
+    assert_eq!(
+        tmps(dir.path()),
+        0,
+        "a clean close leaves no temporary files"
+    );
+    // What a crash can leave: a spare being prepared, a segment being created.
+    std::fs::write(
+        dir.path().join("wal-spare-00000000000000000042.tmp"),
+        vec![0u8; 4096],
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("wal-00000000000000099999.tmp"),
+        b"KEELWAL\0garbage",
+    )
+    .unwrap();
+    let (wal, report) = Wal::open(dir.path(), small()).unwrap();
+    assert_eq!(report.removed_temp_files.len(), 2, "{report}");
+    assert_eq!(tmps(dir.path()), 0);
+    assert_eq!(report.last_lsn, 300);
+    assert_eq!(wal.read_from(1).unwrap().count(), 300);
+}
