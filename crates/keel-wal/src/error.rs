@@ -110,6 +110,8 @@ pub enum CorruptionKind {
         expected_last: Lsn,
         found_last: Option<Lsn>,
     },
+    /// A sealed name claims an empty or backwards range; keel seals only segments with frames.
+    BadSealedRange { first: Lsn, last: Lsn },
     /// Bytes that are not zeros after the end of a complete segment.
     DataAfterEnd,
     /// The file name and the header disagree about the first LSN.
@@ -177,6 +179,10 @@ impl fmt::Display for CorruptionKind {
                 Some(l) => write!(f, "segment ends at LSN {l}, expected it to end at LSN {expected_last}"),
                 None => write!(f, "segment holds no frame, expected it to end at LSN {expected_last}"),
             },
+            CorruptionKind::BadSealedRange { first, last } => write!(
+                f,
+                "sealed name claims LSNs {first}..={last}, but a sealed segment holds at least one record"
+            ),
             CorruptionKind::DataAfterEnd => write!(f, "unexpected data after the end of a complete segment"),
             CorruptionKind::NameMismatch {
                 name_first_lsn,

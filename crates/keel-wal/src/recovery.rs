@@ -373,6 +373,15 @@ pub fn analyze(
                 ));
             }
         }
+        if let SegName::Sealed { first, last } = l.name {
+            if last < first {
+                return Err(corrupt(
+                    0,
+                    prev_last,
+                    CorruptionKind::BadSealedRange { first, last },
+                ));
+            }
+        }
         let seed = segment_seed(header.segment_id);
         let is_last = i + 1 == listed.len();
         // A segment with a successor or a sealed name was fully synced: it must be complete.

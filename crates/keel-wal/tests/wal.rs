@@ -631,3 +631,33 @@ fn leftover_temporary_segments_are_removed_and_reported() {
     assert_eq!(report.last_lsn, 300);
     assert_eq!(wal.read_from(1).unwrap().count(), 300);
 }
+
+/// Found by the `segment_recovery` fuzz target (input `0a`): a header-only segment with the sealed
+/// name `wal-1-0.sealed` passed verification, and the first open then created `wal-1.open` beside
+/// it, so that no later open succeeded. A sealed name with an empty range must fail closed.
+#[test]
+fn regression_fuzz_empty_sealed_segment_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = keel_wal::format::SegmentHeader {
+        segment_id: 1,
+        first_lsn: 1,
+        created_unix_ms: 0,
+    };
+    let name = "wal-00000000000000000001-00000000000000000000.sealed";
+    std::fs::write(dir.path().join(name), header.encode()).unwrap();
+    let c = LogReader::open(dir.path(), &small())
+        .unwrap_err()
+        .corruption()
+        .cloned()
+        .unwrap();
+    assert_eq!(c.kind, CorruptionKind::BadSealedRange { first: 1, last: 0 });
+    assert!(Wal::open(dir.path(), small()).is_err());
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.to_string_lossy().ends_with(".open")),
+        "failing closed created nothing: {names:?}"
+    );
+}
