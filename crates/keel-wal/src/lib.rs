@@ -29,6 +29,19 @@ mod repair;
 mod report;
 mod wal;
 
+/// True when the deliberate bug `name` is switched on (feature `mutations` plus
+/// `KEEL_MUTATION=name`). Always false, and compiled away, in real builds.
+#[cfg(feature = "mutations")]
+pub(crate) fn mutated(name: &str) -> bool {
+    static ACTIVE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ACTIVE.get_or_init(|| std::env::var("KEEL_MUTATION").unwrap_or_default()) == name
+}
+#[cfg(not(feature = "mutations"))]
+#[inline(always)]
+pub(crate) fn mutated(_: &str) -> bool {
+    false
+}
+
 /// Log sequence number. The first record of a log is LSN 1; LSNs are consecutive.
 pub type Lsn = u64;
 

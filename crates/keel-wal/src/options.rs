@@ -42,6 +42,10 @@ pub struct Options {
     /// allocated blocks and the following `fdatasync` need not commit a size change. Otherwise
     /// space is only reserved with `fallocate`. Default true.
     pub zero_fill_segments: bool,
+    /// Prepare the next segment on a helper thread once the active one is half full, so rotation
+    /// does not stall appends. Off in deterministic simulation, where all I/O must come from one
+    /// thread in a reproducible order. Default true.
+    pub prepare_segments_in_background: bool,
     /// The file system everything goes through. Default: the real one.
     pub fs: Arc<dyn Fs>,
 }
@@ -55,6 +59,7 @@ impl Default for Options {
             batch_bytes_max: 32 << 20,
             queue_bytes_max: 64 << 20,
             zero_fill_segments: true,
+            prepare_segments_in_background: true,
             fs: StdFs::shared(),
         }
     }

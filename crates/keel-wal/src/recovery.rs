@@ -430,8 +430,9 @@ pub fn analyze(
                 // Is there proof that something at or after the cut had been durable?
                 let frames = valid_frames_in(&buf, seed, record_max, w.complete_end, tail_end);
                 let cut_lsn = w.last_complete + 1;
+                let proof = frames.iter().find(|&&(_, _, durable)| durable >= cut_lsn);
                 if let Some(&(off, lsn, _)) =
-                    frames.iter().find(|&&(_, _, durable)| durable >= cut_lsn)
+                    proof.filter(|_| !crate::mutated("truncate_at_first_bad"))
                 {
                     let (offset, kind) = match w.stop {
                         Stop::Bad(e) => (w.stop_offset, CorruptionKind::Frame(e)),

@@ -999,10 +999,19 @@ impl Writer {
                 .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
             self.active.offset += self.buf.len() as u64;
             self.buf.clear();
-            if self.spare.is_none() && self.active.offset > self.shared.opts.segment_bytes_max / 2 {
+            let opts = &self.shared.opts;
+            if opts.prepare_segments_in_background
+                && self.spare.is_none()
+                && self.active.offset > opts.segment_bytes_max / 2
+            {
                 self.start_spare();
             }
             self.written_lsn = self.next_lsn - 1;
+            if crate::mutated("ack_before_sync") {
+                for (done, lsn) in self.pending.drain(..) {
+                    done.complete(Ok(lsn));
+                }
+            }
             match self.shared.opts.sync_policy {
                 SyncPolicy::Always => self.sync()?,
                 SyncPolicy::Interval(d) if self.last_sync.elapsed() >= d => self.sync()?,
@@ -1052,13 +1061,18 @@ impl Writer {
     fn sync(&mut self) -> Result<()> {
         let t = Instant::now();
         let a = &self.active;
-        a.file
-            .sync_data()
-            .map_err(|e| Error::io("sync", &a.path, e))?;
+        if !crate::mutated("skip_data_sync") {
+            if let Err(e) = a.file.sync_data() {
+                if !(crate::mutated("retry_failed_sync") && a.file.sync_data().is_ok()) {
+                    return Err(Error::io("sync", &a.path, e));
+                }
+            }
+        }
+        self.last_sync_time = t.elapsed();
         let c = &self.shared.counters;
         c.syncs.fetch_add(1, Ordering::Relaxed);
         c.sync_nanos
-            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            .fetch_add(self.last_sync_time.as_nanos() as u64, Ordering::Relaxed);
         self.durable_lsn = self.written_lsn;
         self.last_sync = Instant::now();
         self.publish();
