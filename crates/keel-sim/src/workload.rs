@@ -29,6 +29,10 @@ pub struct Case {
     pub rot_bits: u32,
     /// Also crash during recovery, then recover again, and compare.
     pub crash_during_recovery: bool,
+    /// More than one: that many threads append concurrently (no prune or truncate), so group
+    /// commit batches several appends per sync. The I/O order then depends on scheduling, so a
+    /// seed is not guaranteed to replay the same run.
+    pub threads: usize,
 }
 
 impl fmt::Display for Case {
@@ -47,6 +51,9 @@ impl fmt::Display for Case {
         if self.crash_during_recovery {
             write!(f, " crash_during_recovery")?;
         }
+        if self.threads > 1 {
+            write!(f, " threads={} (scheduling-dependent)", self.threads)?;
+        }
         Ok(())
     }
 }
@@ -56,6 +63,8 @@ impl fmt::Display for Case {
 pub struct Outcome {
     /// Operations the workload issued (including its close), crash or not.
     pub ops: u64,
+    /// File and directory syncs among them.
+    pub syncs: u64,
     pub acked: usize,
     pub recovered: u64,
     /// Recovery refused the image (only acceptable with rot).
@@ -170,6 +179,53 @@ fn workload(case: &Case, fs: &SimFs, opts: &Options, rng: &mut Rng) -> Result<Mo
     Ok(m)
 }
 
+/// `threads` writers append until their steps run out or the log fails.
+fn concurrent_workload(case: &Case, opts: &Options) -> Result<Model, String> {
+    let (wal, _) = match Wal::open(WAL_DIR, opts.clone()) {
+        Ok(w) => w,
+        Err(_) => return Ok(Model::default()),
+    };
+    let shared = std::sync::Mutex::new(Model::default());
+    std::thread::scope(|s| {
+        for t in 0..case.threads {
+            let (wal, shared) = (&wal, &shared);
+            s.spawn(move || {
+                let mut rng = Rng::new(case.seed ^ (t as u64 + 1).wrapping_mul(0x9E37));
+                for step in 0..case.steps {
+                    let n = if rng.chance(30) {
+                        2 + rng.below(3) as usize
+                    } else {
+                        1
+                    };
+                    let records: Vec<Vec<u8>> = (0..n)
+                        .map(|_| {
+                            let len = rng.below(400) as usize;
+                            payload(&mut rng, t * 100_000 + step, len)
+                        })
+                        .collect();
+                    let Ok(ticket) = wal.submit_batch(records.clone()) else {
+                        return;
+                    };
+                    let lsns = ticket.lsns();
+                    {
+                        let mut m = shared.lock().unwrap();
+                        for (lsn, p) in lsns.clone().zip(records) {
+                            m.attempted.insert(lsn, p);
+                        }
+                        m.batches.insert(*lsns.start(), *lsns.end());
+                    }
+                    if ticket.wait().is_err() {
+                        return;
+                    }
+                    shared.lock().unwrap().acked.extend(lsns);
+                }
+            });
+        }
+    });
+    drop(wal);
+    Ok(shared.into_inner().unwrap())
+}
+
 fn append(wal: &Wal, m: &mut Model, rng: &mut Rng, step: usize, n: usize) -> keel_wal::Result<()> {
     let records: Vec<Vec<u8>> = (0..n)
         .map(|_| {
@@ -220,9 +276,14 @@ pub fn run(case: &Case) -> Result<Outcome, String> {
     }
     let mut rng = Rng::new(case.seed);
     let opts = sim_options(&fs, &mut rng);
-    let m = workload(case, &fs, &opts, &mut rng)?;
+    let m = if case.threads > 1 {
+        concurrent_workload(case, &opts)?
+    } else {
+        workload(case, &fs, &opts, &mut rng)?
+    };
     let mut out = Outcome {
         ops: fs.counts().total,
+        syncs: fs.counts().syncs,
         acked: m.acked.len(),
         ..Outcome::default()
     };

@@ -93,24 +93,6 @@ pub fn write_all_at(file: &dyn FsFile, mut buf: &[u8], mut offset: u64) -> io::R
     Ok(())
 }
 
-/// Reads a whole file into memory, refusing files larger than `max_bytes` before allocating.
-pub fn read_file(fs: &dyn Fs, path: &Path, max_bytes: u64) -> io::Result<Vec<u8>> {
-    let file = fs.open(path, OpenMode::Read)?;
-    let len = file.len()?;
-    if len > max_bytes {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{} is {len} bytes, more than the limit of {max_bytes}",
-                path.display()
-            ),
-        ));
-    }
-    let mut buf = vec![0u8; len as usize];
-    read_exact_at(&*file, &mut buf, 0)?;
-    Ok(buf)
-}
-
 fn parent_of(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,

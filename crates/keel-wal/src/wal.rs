@@ -795,6 +795,9 @@ impl Drop for Wal {
 /// ones go to the ack thread so that waking the writers overlaps with the next write and sync.
 const INLINE_ACKS: usize = 4;
 
+/// Batches up to this many items wait briefly for stragglers (see `run`).
+const GATHER_BATCH_MAX: usize = 8;
+
 type Acks = Vec<(Arc<Completion>, Lsn)>;
 
 struct Writer {
@@ -862,9 +865,12 @@ impl Writer {
                 // Adaptive group commit. The writers the previous sync released are on their way
                 // back; if fewer than last time have arrived, give the rest a moment to join this
                 // batch rather than paying a sync of their own. Bounded by a quarter of the last
-                // sync's duration, so a lone writer never waits (its batch size is 1).
+                // sync's duration, so a lone writer never waits (its batch size is 1). Large
+                // batches fill during the sync itself, and a short timed wait oversleeps (timer
+                // slack), so only small ones gather.
                 if self.shared.opts.sync_policy == SyncPolicy::Always
                     && q.items.len() < self.last_batch
+                    && self.last_batch <= GATHER_BATCH_MAX
                 {
                     let deadline =
                         Instant::now() + (self.last_sync_time / 4).min(Duration::from_micros(200));

@@ -272,8 +272,8 @@ pub fn wal(a: WalBenchArgs) -> Result<()> {
     );
 
     println!("## The disk's own limit: one thread, write + fdatasync\n");
-    println!("| pattern | record | ops/s | p50 µs | p99 µs |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| pattern | record | ops/s | p50 µs | p99 µs | p999 µs |");
+    println!("|---|---:|---:|---:|---:|---:|");
     let mut best_p50 = std::collections::BTreeMap::new();
     for &size in &a.sizes {
         for overwrite in [false, true] {
