@@ -169,6 +169,15 @@ fn eio(msg: &str) -> io::Error {
     io::Error::other(format!("Input/output error (os error 5): {msg}"))
 }
 
+/// Counts down an "Nth call fails" fault: true on exactly the Nth call, then never again.
+fn fires(n: &mut u64) -> bool {
+    if *n == 0 {
+        return false;
+    }
+    *n -= 1;
+    *n == 0
+}
+
 /// `/a/./b/` → `/a/b`. Paths must be absolute.
 fn norm(p: &Path) -> io::Result<PathBuf> {
     let mut out = PathBuf::from("/");
@@ -535,11 +544,8 @@ impl Fs for SimFs {
         let mut s = self.lock();
         s.op()?;
         s.counts.syncs += 1;
-        if s.faults.eio_on_sync > 0 {
-            s.faults.eio_on_sync -= 1;
-            if s.faults.eio_on_sync == 0 {
-                return Err(eio("injected on directory sync"));
-            }
+        if fires(&mut s.faults.eio_on_sync) {
+            return Err(eio("injected on directory sync"));
         }
         let (now, later): (Vec<DirOp>, Vec<DirOp>) =
             s.pending_dir.drain(..).partition(|op| op.touches(&dir));
@@ -563,18 +569,15 @@ impl SimFile {
         let mut s = self.fs.lock();
         s.op()?;
         s.counts.syncs += 1;
-        if s.faults.eio_on_sync > 0 {
-            s.faults.eio_on_sync -= 1;
-            if s.faults.eio_on_sync == 0 {
-                // Linux marks the failed pages clean: they will never reach the disk, yet reads
-                // still return them until the cache is dropped.
-                s.inodes
-                    .get_mut(&self.ino)
-                    .expect("open inode exists")
-                    .pending
-                    .clear();
-                return Err(eio("injected on sync"));
-            }
+        if fires(&mut s.faults.eio_on_sync) {
+            // Linux marks the failed pages clean: they will never reach the disk, yet reads
+            // still return them until the cache is dropped.
+            s.inodes
+                .get_mut(&self.ino)
+                .expect("open inode exists")
+                .pending
+                .clear();
+            return Err(eio("injected on sync"));
         }
         // Persist exactly what is pending, in order. After a failed sync that is less than the
         // volatile view: the dropped writes never come back.
@@ -600,11 +603,8 @@ impl FsFile for SimFile {
         let mut s = self.fs.lock();
         s.op()?;
         s.counts.reads += 1;
-        if s.faults.eio_on_read > 0 {
-            s.faults.eio_on_read -= 1;
-            if s.faults.eio_on_read == 0 {
-                return Err(eio("injected on read"));
-            }
+        if fires(&mut s.faults.eio_on_read) {
+            return Err(eio("injected on read"));
         }
         let data = &s.inodes[&self.ino].data;
         let start = (offset as usize).min(data.len());
@@ -620,11 +620,8 @@ impl FsFile for SimFile {
         let mut s = self.fs.lock();
         s.op()?;
         s.counts.writes += 1;
-        if s.faults.eio_on_write > 0 {
-            s.faults.eio_on_write -= 1;
-            if s.faults.eio_on_write == 0 {
-                return Err(eio("injected on write"));
-            }
+        if fires(&mut s.faults.eio_on_write) {
+            return Err(eio("injected on write"));
         }
         let mut n = buf.len();
         let short = s.faults.short_write_percent;
