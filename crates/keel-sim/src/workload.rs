@@ -33,6 +33,10 @@ pub struct Case {
     /// commit batches several appends per sync. The I/O order then depends on scheduling, so a
     /// seed is not guaranteed to replay the same run.
     pub threads: usize,
+    /// The process dies at this operation index (kill -9: its page cache survives, so the file
+    /// system is forked with its unsynced writes), and a new one reopens the log and carries on.
+    /// `crash_at` then counts operations from the restart.
+    pub restart_at: Option<u64>,
 }
 
 impl fmt::Display for Case {
@@ -50,6 +54,9 @@ impl fmt::Display for Case {
         }
         if self.crash_during_recovery {
             write!(f, " crash_during_recovery")?;
+        }
+        if let Some(k) = self.restart_at {
+            write!(f, " restart_at={k}")?;
         }
         if self.threads > 1 {
             write!(f, " threads={} (scheduling-dependent)", self.threads)?;
@@ -113,12 +120,25 @@ fn payload(rng: &mut Rng, step: usize, len: usize) -> Vec<u8> {
 
 /// Runs the workload. Returns the model and the number of operations issued. The workload stops
 /// at its first error; in fault mode it then checks that nothing more is acknowledged.
-fn workload(case: &Case, fs: &SimFs, opts: &Options, rng: &mut Rng) -> Result<Model, String> {
+fn workload(
+    case: &Case,
+    fs: &SimFs,
+    opts: &Options,
+    rng: &mut Rng,
+) -> Result<(Model, SimFs), String> {
     let mut m = Model::default();
-    let wal = match Wal::open(WAL_DIR, opts.clone()) {
-        Ok((w, _)) => w,
-        Err(_) if fs.is_dead() => return Ok(m),
-        Err(e) => return Err(format!("open on a fresh file system failed: {e}")),
+    let mut fs = fs.clone();
+    let mut restart = case.restart_at;
+    if let Some(k) = restart {
+        fs.crash_at(k);
+    }
+    let mut wal = loop {
+        match Wal::open(WAL_DIR, with_fs(opts, &fs)) {
+            Ok((w, _)) => break w,
+            Err(_) if fs.is_dead() && restart.take().is_some() => fs = restarted(&fs, case),
+            Err(_) if fs.is_dead() => return Ok((m, fs)),
+            Err(e) => return Err(format!("open on a fresh file system failed: {e}")),
+        }
     };
     if let Some(f) = &case.faults {
         fs.set_faults(f.clone());
@@ -161,6 +181,29 @@ fn workload(case: &Case, fs: &SimFs, opts: &Options, rng: &mut Rng) -> Result<Mo
             if matches!(e, Error::InsideBatch { .. } | Error::LsnOutOfRange { .. }) {
                 return Err(format!("the workload asked for something invalid: {e}"));
             }
+            if fs.is_dead() && restart.take().is_some() {
+                // kill -9 and restart: reopen on what the page cache still holds.
+                fs = restarted(&fs, case);
+                drop(wal);
+                wal = match Wal::open(WAL_DIR, with_fs(opts, &fs)) {
+                    Ok((w, _)) => w,
+                    Err(_) if fs.is_dead() => return Ok((m, fs)),
+                    Err(e) => return Err(format!("reopen after a process crash failed: {e}")),
+                };
+                // A truncation cut short by the kill may or may not have happened.
+                if let Some(x) = m.truncate_in_flight.take() {
+                    let last = wal.last_lsn();
+                    if last <= x {
+                        m.attempted.split_off(&(last + 1));
+                        m.batches.split_off(&(last + 1));
+                        m.acked.retain(|&l| l <= last);
+                        m.last_acked = m.batches.range(..=last).next_back().map(|(&f, &l)| (f, l));
+                    } else {
+                        m.truncate_in_flight = Some(x);
+                    }
+                }
+                continue;
+            }
             failed = true;
             break;
         }
@@ -176,7 +219,7 @@ fn workload(case: &Case, fs: &SimFs, opts: &Options, rng: &mut Rng) -> Result<Mo
         }
     }
     drop(wal);
-    Ok(m)
+    Ok((m, fs))
 }
 
 /// `threads` writers append until their steps run out or the log fails.
@@ -226,6 +269,23 @@ fn concurrent_workload(case: &Case, opts: &Options) -> Result<Model, String> {
     Ok(shared.into_inner().unwrap())
 }
 
+fn with_fs(opts: &Options, fs: &SimFs) -> Options {
+    Options {
+        fs: Arc::new(fs.clone()),
+        ..opts.clone()
+    }
+}
+
+/// The machine after a process crash: the dead process's file system state, page cache
+/// included, carried on by a new process. The old handle stays dead.
+fn restarted(dead: &SimFs, case: &Case) -> SimFs {
+    let survivor = dead.fork();
+    if let Some(k) = case.crash_at {
+        survivor.crash_at(k);
+    }
+    survivor
+}
+
 fn append(wal: &Wal, m: &mut Model, rng: &mut Rng, step: usize, n: usize) -> keel_wal::Result<()> {
     let records: Vec<Vec<u8>> = (0..n)
         .map(|_| {
@@ -271,13 +331,13 @@ fn recover(fs: &SimFs, rng_seed: u64) -> Result<Recovered, Error> {
 /// Runs one case and checks every promise. `Err` describes the first violation.
 pub fn run(case: &Case) -> Result<Outcome, String> {
     let fs = SimFs::new(case.seed);
-    if let Some(k) = case.crash_at {
+    if let (Some(k), None) = (case.crash_at, case.restart_at) {
         fs.crash_at(k);
     }
     let mut rng = Rng::new(case.seed);
     let opts = sim_options(&fs, &mut rng);
-    let m = if case.threads > 1 {
-        concurrent_workload(case, &opts)?
+    let (m, fs) = if case.threads > 1 {
+        (concurrent_workload(case, &opts)?, fs)
     } else {
         workload(case, &fs, &opts, &mut rng)?
     };

@@ -28,7 +28,7 @@ fn must_pass(case: &Case) -> Outcome {
 fn replay_string(c: &Case) -> String {
     let f = c.faults.clone().unwrap_or_default();
     format!(
-        "{} {} {} {} {} {} {} {} {} {} {}",
+        "{} {} {} {} {} {} {} {} {} {} {} {}",
         c.seed,
         c.steps,
         c.crash_at.map_or(-1, |k| k as i64),
@@ -40,6 +40,7 @@ fn replay_string(c: &Case) -> String {
         f.short_write_percent,
         f.misdirect_write,
         c.threads,
+        c.restart_at.map_or(-1, |r| r as i64),
     )
 }
 
@@ -76,6 +77,7 @@ fn replay() {
         rot_bits: n[3] as u32,
         crash_during_recovery: n[4] != 0,
         threads: n.get(10).map_or(1, |&t| t as usize),
+        restart_at: n.get(11).filter(|&&r| r >= 0).map(|&r| r as u64),
     };
     println!("{:?}", must_pass(&case));
 }
@@ -170,6 +172,39 @@ fn concurrent_writers_crashed_at_random_points() {
         syncs < acked / 2,
         "group commit should share syncs: {syncs} syncs, {acked} records"
     );
+}
+
+/// A process crash (kill -9: the page cache survives, unsynced writes included) at a random
+/// operation, a restart that carries on, then a power cut at a random point after the restart.
+#[test]
+fn process_crash_restart_then_power_cut() {
+    let t = Instant::now();
+    let mut states = 0;
+    for seed in 0..seeds(400) {
+        let mut rng = Rng::new(seed ^ 0x4E57);
+        let steps = 10 + rng.below(40) as usize;
+        let clean = must_pass(&Case {
+            seed,
+            steps,
+            ..Case::default()
+        });
+        let restart_at = Some(rng.below(clean.ops));
+        let restarted = must_pass(&Case {
+            seed,
+            steps,
+            restart_at,
+            ..Case::default()
+        });
+        must_pass(&Case {
+            seed,
+            steps,
+            restart_at,
+            crash_at: Some(rng.below(restarted.ops.max(1))),
+            ..Case::default()
+        });
+        states += 1;
+    }
+    report("process crash, restart, power cut", states, t);
 }
 
 fn fault_campaign(name: &str, n: u64, make: impl Fn(&mut Rng) -> Faults) {

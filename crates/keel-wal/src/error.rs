@@ -110,6 +110,8 @@ pub enum CorruptionKind {
         expected_last: Lsn,
         found_last: Option<Lsn>,
     },
+    /// A batch runs past the LSN where a complete segment must end.
+    SegmentOverruns { expected_last: Lsn, found_last: Lsn },
     /// A sealed name claims an empty or backwards range; keel seals only segments with frames.
     BadSealedRange { first: Lsn, last: Lsn },
     /// Bytes that are not zeros after the end of a complete segment.
@@ -179,6 +181,13 @@ impl fmt::Display for CorruptionKind {
                 Some(l) => write!(f, "segment ends at LSN {l}, expected it to end at LSN {expected_last}"),
                 None => write!(f, "segment holds no frame, expected it to end at LSN {expected_last}"),
             },
+            CorruptionKind::SegmentOverruns {
+                expected_last,
+                found_last,
+            } => write!(
+                f,
+                "segment holds LSNs up to {found_last}, but must end at LSN {expected_last}"
+            ),
             CorruptionKind::BadSealedRange { first, last } => write!(
                 f,
                 "sealed name claims LSNs {first}..={last}, but a sealed segment holds at least one record"

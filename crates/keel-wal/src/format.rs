@@ -39,6 +39,10 @@ pub const SEGMENT_HEADER_BYTES: usize = 64;
 pub const FRAME_HEADER_BYTES: usize = 32;
 pub const FRAME_ALIGN: usize = 8;
 
+/// The largest LSN a frame or segment may carry. Far beyond any real log (2^62 records), and it
+/// leaves room so that `lsn + 1` never overflows on values read from disk.
+pub const LSN_MAX: Lsn = 1 << 62;
+
 pub const KIND_DATA: u8 = 1;
 pub const FLAG_BATCH_CONTINUES: u8 = 0b0000_0001;
 const FLAGS_KNOWN: u8 = FLAG_BATCH_CONTINUES;
@@ -122,7 +126,9 @@ impl SegmentHeader {
         if u32_at(b, 12) as usize != SEGMENT_HEADER_BYTES
             || b[40..60].iter().any(|&x| x != 0)
             || h.first_lsn == 0
+            || h.first_lsn > LSN_MAX
             || h.segment_id == 0
+            || h.segment_id > LSN_MAX
         {
             return Err(HeaderError::BadField);
         }
@@ -204,7 +210,8 @@ pub enum FrameError {
     BadFlags {
         flags: u8,
     },
-    /// Reserved bytes, padding, LSN 0, or a durable_lsn not below the frame's own LSN.
+    /// Reserved bytes, padding, LSN 0 or above `LSN_MAX`, or a durable_lsn not below the frame's
+    /// own LSN.
     BadField,
 }
 
@@ -260,7 +267,7 @@ pub fn decode_frame(buf: &[u8], seed: u32, record_bytes_max: u32) -> Decoded<'_>
     if flags & !FLAGS_KNOWN != 0 {
         return Decoded::Bad(FrameError::BadFlags { flags });
     }
-    if h[26..28] != [0, 0] || lsn == 0 || durable_lsn >= lsn {
+    if h[26..28] != [0, 0] || lsn == 0 || lsn > LSN_MAX || durable_lsn >= lsn {
         return Decoded::Bad(FrameError::BadField);
     }
     let total_bytes = frame_bytes(len as usize);

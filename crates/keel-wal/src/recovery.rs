@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Corruption, CorruptionKind, Error, Result};
 use crate::format::{
     decode_frame, segment_seed, Decoded, FrameError, SegmentHeader, FRAME_ALIGN,
-    FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    FRAME_HEADER_BYTES, LSN_MAX, SEGMENT_HEADER_BYTES,
 };
 use crate::fs::{self, durable_create_dir_all, write_all_at, Fs, FsFile, OpenMode};
 use crate::options::SEGMENT_BYTES_LIMIT;
@@ -478,7 +478,7 @@ pub fn analyze(
             }
         }
         if let SegName::Sealed { first, last } = l.name {
-            if last < first {
+            if last < first || last > LSN_MAX {
                 return Err(corrupt(
                     0,
                     prev_last,
@@ -504,6 +504,17 @@ pub fn analyze(
         };
 
         if let Some(expected_last) = expected_last {
+            if w.stop == Stop::Limit && w.last_complete != expected_last {
+                // A batch ran past the LSN where this segment must end.
+                return Err(corrupt(
+                    w.stop_offset,
+                    good(&w),
+                    CorruptionKind::SegmentOverruns {
+                        expected_last,
+                        found_last: w.last_complete,
+                    },
+                ));
+            }
             if w.stop != Stop::Limit {
                 let found_last = Some(w.last_complete).filter(|&g| g >= header.first_lsn);
                 let (offset, kind) = match w.stop {
@@ -610,12 +621,19 @@ pub(crate) fn save_side_file(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let side = torn_dir.join(format!("{name}@{offset}"));
     let src = fs.open(file, OpenMode::Read)?;
     let mut bytes = vec![0u8; (end - offset) as usize];
     fs::read_exact_at(&*src, &mut bytes, offset)?;
+    // Never overwrite an earlier copy: a recovery that crashed while zeroing left a good one,
+    // and the bytes now on disk may be half zeroed.
+    let mut side = torn_dir.join(format!("{name}@{offset}"));
+    let mut n = 0;
+    while fs.exists(&side)? {
+        n += 1;
+        side = torn_dir.join(format!("{name}@{offset}.{n}"));
+    }
     let result = (|| {
-        let out = fs.open(&side, OpenMode::CreateTruncate)?;
+        let out = fs.open(&side, OpenMode::CreateNew)?;
         write_all_at(&*out, &bytes, 0)?;
         out.sync_all()?;
         fs.sync_dir(&torn_dir)

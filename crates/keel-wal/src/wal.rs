@@ -80,6 +80,10 @@ impl Completion {
             if let Some(r) = s.result.take() {
                 return r;
             }
+            if s.done {
+                // Already taken by an earlier poll.
+                return Err(Error::Closed);
+            }
             s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
         }
     }
@@ -534,6 +538,16 @@ impl Wal {
                 a
             }
         };
+        // What recovery read may have come from the page cache of a process that died before its
+        // sync: make it durable before calling it durable (and before new frames say so).
+        if !crate::mutated("trust_page_cache_on_open") {
+            active
+                .file
+                .sync_data()
+                .map_err(|e| Error::io("sync recovered segment", &active.path, e))?;
+            fs.sync_dir(&dir)
+                .map_err(|e| Error::io("sync directory", &dir, e))?;
+        }
         report.first_lsn = first_lsn;
         report.last_lsn = last_lsn;
         report.duration = started.elapsed();

@@ -70,43 +70,83 @@ fn prewrite(path: &Path, bytes: u64) -> Result<File> {
     Ok(f)
 }
 
-/// Single thread: write `size` bytes, fdatasync, repeat. `overwrite`: into a pre-written file
-/// (wrapping around); otherwise appending, so every sync also commits a size change.
-fn raw_loop(dir: &Path, size: usize, overwrite: bool, secs: f64) -> Result<RawResult> {
-    let path = dir.join(format!("raw-{size}-{overwrite}"));
-    let f = if overwrite {
-        prewrite(&path, PREWRITE_BYTES)?
-    } else {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)?
-    };
-    let buf = vec![0x5au8; size];
-    let mut h = hist();
-    let (mut off, mut ops) = (0u64, 0u64);
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs_f64(secs);
-    while Instant::now() < deadline {
-        let t = Instant::now();
-        f.write_all_at(&buf, off)?;
-        fdatasync(&f)?;
-        h.saturating_record(t.elapsed().as_micros() as u64);
-        ops += 1;
-        off += size as u64;
-        if overwrite && off + size as u64 > PREWRITE_BYTES {
-            off = 0;
+/// `threads` threads, each with its own file: write `size` bytes, fdatasync, repeat. This is what
+/// durability costs without group commit. `overwrite`: into pre-written files (wrapping around);
+/// otherwise appending, so every sync also commits a size change.
+fn raw_loop(
+    dir: &Path,
+    size: usize,
+    overwrite: bool,
+    threads: usize,
+    secs: f64,
+) -> Result<RawResult> {
+    let prewrite_bytes = (PREWRITE_BYTES / threads as u64).max(1 << 20);
+    let files = (0..threads)
+        .map(|t| {
+            let path = dir.join(format!("raw-{size}-{overwrite}-{t}"));
+            let f = if overwrite {
+                prewrite(&path, prewrite_bytes)?
+            } else {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)?
+            };
+            Ok((path, f))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let barrier = Barrier::new(threads + 1);
+    let (results, start) = std::thread::scope(|s| -> Result<(Vec<WriterResult>, Instant)> {
+        let handles: Vec<_> = files
+            .iter()
+            .map(|(_, f)| {
+                let barrier = &barrier;
+                s.spawn(move || -> Result<WriterResult> {
+                    let buf = vec![0x5au8; size];
+                    let mut h = hist();
+                    let (mut off, mut ops) = (0u64, 0u64);
+                    barrier.wait();
+                    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        f.write_all_at(&buf, off)?;
+                        fdatasync(f)?;
+                        h.saturating_record(t.elapsed().as_micros() as u64);
+                        ops += 1;
+                        off += size as u64;
+                        if overwrite && off + size as u64 > prewrite_bytes {
+                            off = 0;
+                        }
+                    }
+                    Ok((h, ops))
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.join().expect("raw writer thread")?);
         }
+        Ok((out, start))
+    })?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut h = hist();
+    let mut ops = 0;
+    for (x, n) in &results {
+        h.add(x).expect("same bounds");
+        ops += n;
     }
-    let r = RawResult {
-        ops_per_s: ops as f64 / start.elapsed().as_secs_f64(),
+    for (path, f) in files {
+        drop(f);
+        std::fs::remove_file(&path)?;
+    }
+    Ok(RawResult {
+        ops_per_s: ops as f64 / elapsed,
         h,
-    };
-    drop(f);
-    std::fs::remove_file(&path)?;
-    Ok(r)
+    })
 }
 
 /// Sequential 1 MiB write + fdatasync into a pre-written file: MB/s.
@@ -283,7 +323,7 @@ pub fn wal(a: WalBenchArgs) -> Result<()> {
                 "append (file grows)"
             };
             progress(&format!("raw {what}, {size} B"));
-            let r = raw_loop(dir, size, overwrite, secs)?;
+            let r = raw_loop(dir, size, overwrite, 1, secs)?;
             println!(
                 "| {what} | {size} B | {:.0} | {} | {} | {} |",
                 r.ops_per_s,
@@ -301,24 +341,30 @@ pub fn wal(a: WalBenchArgs) -> Result<()> {
 
     println!("## keel-wal durable appends (`SyncPolicy::Always`)\n");
     println!("Bound = min(writers / best raw fdatasync p50, sequential sync bandwidth / frame bytes): the most a group commit can do on this disk.\n");
-    println!("| record | writers | appends/s | p50 µs | p99 µs | p999 µs | fsyncs/append | bound/s | of bound |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("Raw N threads = N threads each doing write + fdatasync on its own pre-written file: durability without group commit.\n");
+    println!("| record | writers | appends/s | p50 µs | p99 µs | p999 µs | fsyncs/append | bound/s | of bound | raw N threads ops/s | raw p999 µs | keel ÷ raw |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut single = Vec::new();
     for &size in &a.sizes {
         let raw_p50_s = best_p50[&size].max(1) as f64 / 1e6;
         for &w in &a.writers {
             progress(&format!("keel-wal, {w} writers, {size} B"));
             let c = keel_cell(dir, w, size, secs)?;
+            progress(&format!("raw, {w} threads, {size} B"));
+            let raw = raw_loop(dir, size, true, w, secs)?;
             let bound = (w as f64 / raw_p50_s).min(seq_mbps * 1e6 / frame_bytes(size) as f64);
             println!(
-                "| {size} B | {w} | {:.0} | {} | {} | {} | {:.3} | {:.0} | {:.0}% |",
+                "| {size} B | {w} | {:.0} | {} | {} | {} | {:.3} | {:.0} | {:.0}% | {:.0} | {} | {:.2}× |",
                 c.ops_per_s,
                 us(&c.h, 0.5),
                 us(&c.h, 0.99),
                 us(&c.h, 0.999),
                 c.syncs_per_append,
                 bound,
-                100.0 * c.ops_per_s / bound
+                100.0 * c.ops_per_s / bound,
+                raw.ops_per_s,
+                us(&raw.h, 0.999),
+                c.ops_per_s / raw.ops_per_s
             );
             if w == 1 {
                 single.push((size, us(&c.h, 0.5), best_p50[&size]));
