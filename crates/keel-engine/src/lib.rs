@@ -1,0 +1,564 @@
+//! keel-engine: an embedded key-value engine on keel-wal.
+//!
+//! Every write is one transaction: version guards, then writes evaluated in order. The
+//! **sequencer** decides each transaction against all earlier ones, durable or still in flight,
+//! under one lock, and hands its absolute effects to the WAL in that same order. The WAL's LSN is
+//! then both the commit order and the version of every key the transaction wrote.
+//!
+//! Two states exist:
+//! - the *pending* state, which the sequencer alone uses: every decided transaction, durable or
+//!   not;
+//! - the *visible* state, which readers use: only transactions whose WAL record is durable,
+//!   applied strictly in LSN order (P10). Readers never wait on a sync; a snapshot is an O(1)
+//!   clone of a persistent map.
+//!
+//! Recovery replays the WAL. Snapshots, the manifest, idempotency keys and point-in-time restore
+//! are not built yet.
+#![forbid(unsafe_code)]
+
+pub mod record;
+
+use std::collections::VecDeque;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use imbl::OrdMap;
+use keel_wal::{Lsn, RecoveryReport, Wal};
+
+pub use record::{Mutation, RecordError};
+
+/// A stored value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Bytes,
+    /// LSN of the write that produced it: the key's version for compare-and-set.
+    pub version: Lsn,
+    /// Absolute expiry, Unix milliseconds.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl Entry {
+    fn live(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_none_or(|t| t > now_ms)
+    }
+}
+
+type Map = OrdMap<Bytes, Entry>;
+
+/// A consistent, durable view. Cloning it is O(1); it never changes.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    map: Map,
+    lsn: Lsn,
+    now_ms: u64,
+}
+
+impl Snapshot {
+    /// The LSN up to which this view includes every write.
+    pub fn lsn(&self) -> Lsn {
+        self.lsn
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&Entry> {
+        self.map.get(key).filter(|e| e.live(self.now_ms))
+    }
+
+    /// Live entries in `range`, in key order, at most `limit`.
+    pub fn scan<R: RangeBounds<Bytes>>(&self, range: R, limit: usize) -> Vec<(Bytes, Entry)> {
+        self.map
+            .range(range)
+            .filter(|(_, e)| e.live(self.now_ms))
+            .take(limit)
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect()
+    }
+
+    /// Live entries whose key starts with `prefix`, starting after `after` (a cursor: the last
+    /// key of the previous page), at most `limit`.
+    pub fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Vec<(Bytes, Entry)> {
+        let start = match after {
+            Some(a) => Bound::Excluded(Bytes::copy_from_slice(a)),
+            None => Bound::Included(Bytes::copy_from_slice(prefix)),
+        };
+        self.map
+            .range((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, e)| e.live(self.now_ms))
+            .take(limit)
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect()
+    }
+
+    /// Number of live keys. O(n) when some keys carry an expiry.
+    pub fn count(&self) -> usize {
+        self.map.values().filter(|e| e.live(self.now_ms)).count()
+    }
+}
+
+/// When a put applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PutIf {
+    #[default]
+    Always,
+    /// Only if the key has no live value (SET NX).
+    Absent,
+    /// Only if the key has a live value (SET XX).
+    Present,
+}
+
+/// What to do with an existing expiry on put.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Ttl {
+    /// The new value never expires.
+    #[default]
+    None,
+    /// Expires at this Unix millisecond.
+    At(u64),
+    /// Keep the old value's expiry (SET KEEPTTL).
+    Keep,
+}
+
+/// One write in a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    Put {
+        key: Bytes,
+        value: Bytes,
+        ttl: Ttl,
+        only: PutIf,
+    },
+    Delete {
+        key: Bytes,
+    },
+    /// Adds `by` to a decimal integer value (absent counts as 0). Logs the result, not `by`.
+    Incr {
+        key: Bytes,
+        by: i64,
+    },
+    /// Sets (`Some`) or removes (`None`) the expiry of a live key.
+    Expire {
+        key: Bytes,
+        at_ms: Option<u64>,
+    },
+    DeleteAll,
+}
+
+/// A precondition checked before any write: the key's current version (`None`: no live value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Guard {
+    pub key: Bytes,
+    pub version: Option<Lsn>,
+}
+
+/// What one write did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteResult {
+    /// A put; `false` when its condition (`PutIf`) did not hold.
+    Put(bool),
+    /// A delete or an expiry change; whether the key had a live value.
+    Existed(bool),
+    /// The value an increment produced.
+    Int(i64),
+    DeletedAll,
+}
+
+/// The outcome of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every guard held. `lsn` is `None` when nothing needed writing (for example, only skipped
+    /// puts); otherwise the writes are durable and visible when this is returned.
+    Committed {
+        lsn: Option<Lsn>,
+        results: Vec<WriteResult>,
+    },
+    /// The guard at this index did not hold; nothing was written.
+    GuardFailed(usize),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Wal(#[from] keel_wal::Error),
+    #[error("key of {len} bytes exceeds key_bytes_max ({max})")]
+    KeyTooLarge { len: usize, max: usize },
+    #[error("value of {len} bytes exceeds value_bytes_max ({max})")]
+    ValueTooLarge { len: usize, max: usize },
+    #[error("transaction of {bytes} bytes exceeds the log's batch limit ({max})")]
+    TxnTooLarge { bytes: usize, max: usize },
+    #[error("value is not an integer or out of range")]
+    NotAnInteger,
+    #[error("increment or decrement would overflow")]
+    Overflow,
+    #[error("log record at LSN {lsn} is not a valid engine record: {source}")]
+    BadRecord {
+        lsn: Lsn,
+        #[source]
+        source: RecordError,
+    },
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Engine configuration.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub wal: keel_wal::Options,
+    /// Default 64 KiB.
+    pub key_bytes_max: usize,
+    /// Default 8 MiB. Must fit in one WAL record together with its key.
+    pub value_bytes_max: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            wal: keel_wal::Options::default(),
+            key_bytes_max: 64 << 10,
+            value_bytes_max: 8 << 20,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn apply(map: &mut Map, mutations: &[Mutation], lsn: Lsn) {
+    for m in mutations {
+        match m {
+            Mutation::Set {
+                key,
+                value,
+                expires_at_ms,
+            } => {
+                map.insert(
+                    key.clone(),
+                    Entry {
+                        value: value.clone(),
+                        version: lsn,
+                        expires_at_ms: *expires_at_ms,
+                    },
+                );
+            }
+            Mutation::Delete { key } => {
+                map.remove(key);
+            }
+            Mutation::DeleteAll => map.clear(),
+        }
+    }
+}
+
+struct Visible {
+    map: Map,
+    lsn: Lsn,
+}
+
+/// The embedded engine. Share it by reference or `Arc`; every method takes `&self`.
+pub struct Engine {
+    opts: Options,
+    wal: Wal,
+    /// Every decided transaction, durable or not. Held while deciding and submitting, so that LSN
+    /// order is decision order.
+    pending: Mutex<Map>,
+    /// Decided transactions not yet visible, in LSN order.
+    unpublished: Mutex<VecDeque<(Lsn, Arc<Vec<Mutation>>)>>,
+    visible: RwLock<Visible>,
+}
+
+impl Engine {
+    /// Opens (or creates) the engine in `dir`, replaying the log.
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<(Engine, RecoveryReport)> {
+        let max_record = opts.wal.record_bytes_max as usize;
+        if opts.key_bytes_max + opts.value_bytes_max + 32 > max_record {
+            return Err(Error::InvalidOptions(format!(
+                "key_bytes_max ({}) + value_bytes_max ({}) must fit in the log's record_bytes_max ({max_record})",
+                opts.key_bytes_max, opts.value_bytes_max
+            )));
+        }
+        let (wal, report) = Wal::open(dir.as_ref(), opts.wal.clone())?;
+        let mut map = Map::new();
+        let mut last = wal.first_lsn() - 1;
+        for rec in wal.read_from(wal.first_lsn())? {
+            let rec = rec?;
+            let mutations =
+                record::decode(&Bytes::from(rec.payload)).map_err(|source| Error::BadRecord {
+                    lsn: rec.lsn,
+                    source,
+                })?;
+            apply(&mut map, &mutations, rec.lsn);
+            last = rec.lsn;
+        }
+        Ok((
+            Engine {
+                opts,
+                wal,
+                pending: Mutex::new(map.clone()),
+                unpublished: Mutex::new(VecDeque::new()),
+                visible: RwLock::new(Visible { map, lsn: last }),
+            },
+            report,
+        ))
+    }
+
+    /// The durable state now.
+    pub fn snapshot(&self) -> Snapshot {
+        let v = self.visible.read().unwrap_or_else(|p| p.into_inner());
+        Snapshot {
+            map: v.map.clone(),
+            lsn: v.lsn,
+            now_ms: now_ms(),
+        }
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<Entry> {
+        let v = self.visible.read().unwrap_or_else(|p| p.into_inner());
+        v.map.get(key).filter(|e| e.live(now_ms())).cloned()
+    }
+
+    pub fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<Lsn> {
+        let w = Write::Put {
+            key: key.into(),
+            value: value.into(),
+            ttl: Ttl::None,
+            only: PutIf::Always,
+        };
+        match self.commit(Vec::new(), vec![w])? {
+            Outcome::Committed { lsn: Some(l), .. } => Ok(l),
+            other => unreachable!("an unconditional put always writes: {other:?}"),
+        }
+    }
+
+    /// Deletes `key`; returns whether it had a live value.
+    pub fn delete(&self, key: impl Into<Bytes>) -> Result<bool> {
+        match self.commit(Vec::new(), vec![Write::Delete { key: key.into() }])? {
+            Outcome::Committed { results, .. } => Ok(results[0] == WriteResult::Existed(true)),
+            other => unreachable!("no guards: {other:?}"),
+        }
+    }
+
+    /// Writes `value` only if the key's version is `expected` (`None`: no live value).
+    /// Returns the new version, or `None` if the version differed.
+    pub fn compare_and_set(
+        &self,
+        key: impl Into<Bytes>,
+        expected: Option<Lsn>,
+        value: impl Into<Bytes>,
+    ) -> Result<Option<Lsn>> {
+        let key = key.into();
+        let guard = Guard {
+            key: key.clone(),
+            version: expected,
+        };
+        let w = Write::Put {
+            key,
+            value: value.into(),
+            ttl: Ttl::None,
+            only: PutIf::Always,
+        };
+        Ok(match self.commit(vec![guard], vec![w])? {
+            Outcome::Committed { lsn, .. } => lsn,
+            Outcome::GuardFailed(_) => None,
+        })
+    }
+
+    pub fn incr(&self, key: impl Into<Bytes>, by: i64) -> Result<i64> {
+        match self.commit(
+            Vec::new(),
+            vec![Write::Incr {
+                key: key.into(),
+                by,
+            }],
+        )? {
+            Outcome::Committed { results, .. } => match results[0] {
+                WriteResult::Int(v) => Ok(v),
+                ref other => unreachable!("incr yields an integer: {other:?}"),
+            },
+            other => unreachable!("no guards: {other:?}"),
+        }
+    }
+
+    /// Checks `guards`, then applies `writes` in order, atomically: one WAL record, all or
+    /// nothing after any crash. Returns once the writes are durable and visible.
+    pub fn commit(&self, guards: Vec<Guard>, writes: Vec<Write>) -> Result<Outcome> {
+        for w in &writes {
+            self.check_limits(w)?;
+        }
+        let mut pending = lock(&self.pending);
+        let now = now_ms();
+        let live = |m: &Map, k: &[u8]| m.get(k).filter(|e| e.live(now)).cloned();
+        for (i, g) in guards.iter().enumerate() {
+            if live(&pending, &g.key).map(|e| e.version) != g.version {
+                return Ok(Outcome::GuardFailed(i));
+            }
+        }
+        // Decide every write against the state as the earlier writes of this transaction leave it.
+        let mut work = pending.clone();
+        let mut mutations = Vec::new();
+        let mut results = Vec::with_capacity(writes.len());
+        for w in writes {
+            let (result, m) = match w {
+                Write::Put {
+                    key,
+                    value,
+                    ttl,
+                    only,
+                } => {
+                    let old = live(&work, &key);
+                    let go = match only {
+                        PutIf::Always => true,
+                        PutIf::Absent => old.is_none(),
+                        PutIf::Present => old.is_some(),
+                    };
+                    let expires_at_ms = match ttl {
+                        Ttl::None => None,
+                        Ttl::At(t) => Some(t),
+                        Ttl::Keep => old.and_then(|e| e.expires_at_ms),
+                    };
+                    (
+                        WriteResult::Put(go),
+                        go.then_some(Mutation::Set {
+                            key,
+                            value,
+                            expires_at_ms,
+                        }),
+                    )
+                }
+                Write::Delete { key } => {
+                    let existed = live(&work, &key).is_some();
+                    (
+                        WriteResult::Existed(existed),
+                        existed.then_some(Mutation::Delete { key }),
+                    )
+                }
+                Write::Incr { key, by } => {
+                    let old = live(&work, &key);
+                    let cur = match &old {
+                        None => 0,
+                        Some(e) => std::str::from_utf8(&e.value)
+                            .ok()
+                            .and_then(|s| s.parse::<i64>().ok())
+                            .ok_or(Error::NotAnInteger)?,
+                    };
+                    let new = cur.checked_add(by).ok_or(Error::Overflow)?;
+                    let m = Mutation::Set {
+                        key,
+                        value: Bytes::from(new.to_string()),
+                        expires_at_ms: old.and_then(|e| e.expires_at_ms),
+                    };
+                    (WriteResult::Int(new), Some(m))
+                }
+                Write::Expire { key, at_ms } => match live(&work, &key) {
+                    Some(e) => (
+                        WriteResult::Existed(true),
+                        Some(Mutation::Set {
+                            key,
+                            value: e.value,
+                            expires_at_ms: at_ms,
+                        }),
+                    ),
+                    None => (WriteResult::Existed(false), None),
+                },
+                Write::DeleteAll => (WriteResult::DeletedAll, Some(Mutation::DeleteAll)),
+            };
+            if let Some(m) = m {
+                // Versions inside `work` are provisional (0) until the LSN is known.
+                apply(&mut work, std::slice::from_ref(&m), 0);
+                mutations.push(m);
+            }
+            results.push(result);
+        }
+        if mutations.is_empty() {
+            return Ok(Outcome::Committed { lsn: None, results });
+        }
+        let mut rec = Vec::new();
+        record::encode(&mutations, &mut rec);
+        let batch_max = self.opts.wal.batch_bytes_max;
+        if rec.len() + 64 > batch_max {
+            return Err(Error::TxnTooLarge {
+                bytes: rec.len(),
+                max: batch_max,
+            });
+        }
+        let ticket = self.wal.submit(rec)?;
+        let lsn = *ticket.lsns().end();
+        let mutations = Arc::new(mutations);
+        apply(&mut pending, &mutations, lsn);
+        lock(&self.unpublished).push_back((lsn, mutations));
+        drop(pending);
+
+        ticket.wait()?;
+        self.publish();
+        Ok(Outcome::Committed {
+            lsn: Some(lsn),
+            results,
+        })
+    }
+
+    /// Makes every acknowledged transaction visible, in LSN order. Under the default
+    /// `SyncPolicy::Always` acknowledged means durable (P10); under a weaker policy readers can
+    /// see what a power cut may take away, as the user chose.
+    fn publish(&self) {
+        let mut q = lock(&self.unpublished);
+        let durable = self.wal.last_lsn();
+        if q.front().is_none_or(|(l, _)| *l > durable) {
+            return;
+        }
+        let mut v = self.visible.write().unwrap_or_else(|p| p.into_inner());
+        while let Some((lsn, _)) = q.front() {
+            if *lsn > durable {
+                break;
+            }
+            let (lsn, m) = q.pop_front().expect("front exists");
+            apply(&mut v.map, &m, lsn);
+            v.lsn = lsn;
+        }
+    }
+
+    fn check_limits(&self, w: &Write) -> Result<()> {
+        let (key, value) = match w {
+            Write::Put { key, value, .. } => (Some(key), Some(value)),
+            Write::Delete { key } | Write::Incr { key, .. } | Write::Expire { key, .. } => {
+                (Some(key), None)
+            }
+            Write::DeleteAll => (None, None),
+        };
+        if let Some(k) = key.filter(|k| k.len() > self.opts.key_bytes_max) {
+            return Err(Error::KeyTooLarge {
+                len: k.len(),
+                max: self.opts.key_bytes_max,
+            });
+        }
+        if let Some(v) = value.filter(|v| v.len() > self.opts.value_bytes_max) {
+            return Err(Error::ValueTooLarge {
+                len: v.len(),
+                max: self.opts.value_bytes_max,
+            });
+        }
+        Ok(())
+    }
+
+    /// The LSN up to which every write is durable.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.wal.durable_lsn()
+    }
+
+    pub fn close(self) -> Result<()> {
+        Ok(self.wal.close()?)
+    }
+}

@@ -1,0 +1,251 @@
+//! keel-engine on the real disk.
+
+use bytes::Bytes;
+use keel_engine::{Engine, Error, Guard, Options, Outcome, PutIf, Ttl, Write, WriteResult};
+
+fn small() -> Options {
+    Options {
+        wal: keel_wal::Options::small_for_tests(),
+        key_bytes_max: 256,
+        value_bytes_max: 4096,
+    }
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn put(key: &str, value: &str, ttl: Ttl, only: PutIf) -> Write {
+    Write::Put {
+        key: b(key),
+        value: b(value),
+        ttl,
+        only,
+    }
+}
+
+#[test]
+fn writes_reads_and_conditions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let v1 = e.put("a", "1").unwrap();
+    assert_eq!(e.get(b"a").unwrap().value, "1");
+    assert_eq!(e.get(b"a").unwrap().version, v1);
+
+    // put-if-absent / put-if-present
+    let r = e
+        .commit(
+            vec![],
+            vec![
+                put("a", "x", Ttl::None, PutIf::Absent),
+                put("b", "2", Ttl::None, PutIf::Present),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        r,
+        Outcome::Committed {
+            lsn: None,
+            results: vec![WriteResult::Put(false), WriteResult::Put(false)]
+        }
+    );
+    assert_eq!(e.get(b"a").unwrap().value, "1");
+    assert!(e.get(b"b").is_none());
+
+    // compare-and-set on versions
+    assert_eq!(e.compare_and_set("a", Some(v1 + 100), "no").unwrap(), None);
+    let v2 = e.compare_and_set("a", Some(v1), "yes").unwrap().unwrap();
+    assert!(v2 > v1);
+    assert!(e.compare_and_set("new", None, "fresh").unwrap().is_some());
+    assert_eq!(e.compare_and_set("new", None, "again").unwrap(), None);
+
+    // increments log absolute values
+    assert_eq!(e.incr("n", 5).unwrap(), 5);
+    assert_eq!(e.incr("n", -7).unwrap(), -2);
+    assert!(matches!(e.incr("a", 1), Err(Error::NotAnInteger)));
+    e.put("max", i64::MAX.to_string()).unwrap();
+    assert!(matches!(e.incr("max", 1), Err(Error::Overflow)));
+
+    // a failed guard writes nothing, even the writes before it in the list
+    let r = e
+        .commit(
+            vec![Guard {
+                key: b("a"),
+                version: Some(v1),
+            }],
+            vec![put("z", "1", Ttl::None, PutIf::Always)],
+        )
+        .unwrap();
+    assert_eq!(r, Outcome::GuardFailed(0));
+    assert!(e.get(b"z").is_none());
+
+    // an atomic batch, where later writes see earlier ones
+    let r = e
+        .commit(
+            vec![],
+            vec![
+                Write::Incr { key: b("c"), by: 1 },
+                Write::Incr { key: b("c"), by: 1 },
+                Write::Delete { key: b("n") },
+            ],
+        )
+        .unwrap();
+    match r {
+        Outcome::Committed {
+            lsn: Some(_),
+            results,
+        } => {
+            assert_eq!(
+                results,
+                vec![
+                    WriteResult::Int(1),
+                    WriteResult::Int(2),
+                    WriteResult::Existed(true)
+                ]
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!e.delete("n").unwrap());
+
+    // expiry in the past hides the key; KEEPTTL keeps it
+    let r = e
+        .commit(
+            vec![],
+            vec![Write::Expire {
+                key: b("a"),
+                at_ms: Some(1),
+            }],
+        )
+        .unwrap();
+    assert!(matches!(r, Outcome::Committed { lsn: Some(_), .. }));
+    assert!(e.get(b"a").is_none(), "expired");
+    let far = 4_000_000_000_000;
+    e.commit(vec![], vec![put("t", "1", Ttl::At(far), PutIf::Always)])
+        .unwrap();
+    e.commit(vec![], vec![put("t", "2", Ttl::Keep, PutIf::Always)])
+        .unwrap();
+    assert_eq!(e.get(b"t").unwrap().expires_at_ms, Some(far));
+
+    // scans and counts see live keys only
+    let snap = e.snapshot();
+    let keys: Vec<Bytes> = snap.scan(.., 100).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, vec![b("c"), b("max"), b("new"), b("t")]);
+    assert_eq!(snap.count(), 4);
+    assert_eq!(snap.scan_prefix(b"m", None, 10).len(), 1);
+    assert_eq!(snap.scan_prefix(b"", Some(b"max"), 10).len(), 2);
+
+    e.commit(vec![], vec![Write::DeleteAll]).unwrap();
+    assert_eq!(e.snapshot().count(), 0);
+}
+
+#[test]
+fn limits_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    assert!(matches!(
+        e.put(vec![0u8; 257], "v"),
+        Err(Error::KeyTooLarge { len: 257, max: 256 })
+    ));
+    assert!(matches!(
+        e.put("k", vec![0u8; 4097]),
+        Err(Error::ValueTooLarge { .. })
+    ));
+    let many: Vec<Write> = (0..10)
+        .map(|i| Write::Put {
+            key: b(&format!("k{i}")),
+            value: Bytes::from(vec![0u8; 4000]),
+            ttl: Ttl::None,
+            only: PutIf::Always,
+        })
+        .collect();
+    assert!(matches!(
+        e.commit(vec![], many),
+        Err(Error::TxnTooLarge { .. })
+    ));
+    assert_eq!(
+        e.snapshot().count(),
+        0,
+        "nothing of a refused transaction is applied"
+    );
+    let bad = Options {
+        value_bytes_max: 1 << 30,
+        ..small()
+    };
+    assert!(matches!(
+        Engine::open(dir.path().join("x"), bad),
+        Err(Error::InvalidOptions(_))
+    ));
+}
+
+#[test]
+fn reopen_replays_state_and_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let (e, _) = Engine::open(dir.path(), small()).unwrap();
+        for i in 0..300 {
+            e.put(format!("k{}", i % 50), format!("v{i}-{}", "x".repeat(200)))
+                .unwrap();
+            if i % 7 == 0 {
+                e.delete(format!("k{}", (i + 3) % 50)).unwrap();
+            }
+            e.incr("counter", 1).unwrap();
+        }
+        let s = e.snapshot();
+        e.close().unwrap();
+        s.scan(.., usize::MAX)
+    };
+    let (e, report) = Engine::open(dir.path(), small()).unwrap();
+    assert!(report.segments > 1, "the workload should span segments");
+    assert_eq!(e.snapshot().scan(.., usize::MAX), before);
+    assert_eq!(e.get(b"counter").unwrap().value, "300");
+}
+
+#[test]
+fn concurrent_increments_lose_nothing_and_readers_see_only_durable_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // P10: whatever a reader sees is durable.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let snap = e.snapshot();
+                assert!(
+                    snap.lsn() <= e.durable_lsn(),
+                    "a reader saw LSN {} with only {} durable",
+                    snap.lsn(),
+                    e.durable_lsn()
+                );
+            }
+        });
+        let writers: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    for _ in 0..100 {
+                        e.incr("n", 1).unwrap();
+                        // a compare-and-set loop, the way a client would write one
+                        loop {
+                            let cur = e.get(b"m");
+                            let v: i64 = cur.as_ref().map_or(0, |c| {
+                                std::str::from_utf8(&c.value).unwrap().parse().unwrap()
+                            });
+                            if e.compare_and_set("m", cur.map(|c| c.version), (v + 1).to_string())
+                                .unwrap()
+                                .is_some()
+                            {
+                                break;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    assert_eq!(e.get(b"n").unwrap().value, "800");
+    assert_eq!(e.get(b"m").unwrap().value, "800");
+}
