@@ -48,6 +48,9 @@ impl Entry {
 
 type Map = OrdMap<Bytes, Entry>;
 
+/// The log's subdirectory of an engine directory.
+pub const WAL_DIR: &str = "wal";
+
 /// A consistent, durable view. Cloning it is O(1); it never changes.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
@@ -282,7 +285,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens (or creates) the engine in `dir`, replaying the log.
+    /// Opens (or creates) the engine in `dir`, replaying the log in `dir/wal/`. (`dir` will also
+    /// hold the manifest and snapshots.)
     pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<(Engine, RecoveryReport)> {
         let max_record = opts.wal.record_bytes_max as usize;
         if opts.key_bytes_max + opts.value_bytes_max + 32 > max_record {
@@ -291,7 +295,7 @@ impl Engine {
                 opts.key_bytes_max, opts.value_bytes_max
             )));
         }
-        let (wal, report) = Wal::open(dir.as_ref(), opts.wal.clone())?;
+        let (wal, report) = Wal::open(dir.as_ref().join(WAL_DIR), opts.wal.clone())?;
         let mut map = Map::new();
         let mut last = wal.first_lsn() - 1;
         for rec in wal.read_from(wal.first_lsn())? {
