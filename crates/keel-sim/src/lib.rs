@@ -205,14 +205,33 @@ impl SimFs {
     pub fn new(seed: u64) -> Self {
         let mut names = BTreeMap::new();
         names.insert(PathBuf::from("/"), Entry::Dir);
+        Self::from_files(
+            Rng::new(seed),
+            BTreeMap::new(),
+            1,
+            names.clone(),
+            names,
+            Vec::new(),
+        )
+    }
+
+    /// A healthy file system holding these files: no faults, no locks, counters at zero.
+    fn from_files(
+        rng: Rng,
+        inodes: BTreeMap<u64, Inode>,
+        next_ino: u64,
+        names: BTreeMap<PathBuf, Entry>,
+        durable_names: BTreeMap<PathBuf, Entry>,
+        pending_dir: Vec<DirOp>,
+    ) -> Self {
         SimFs {
             state: Arc::new(Mutex::new(State {
-                rng: Rng::new(seed),
-                inodes: BTreeMap::new(),
-                next_ino: 1,
-                durable_names: names.clone(),
+                rng,
+                inodes,
+                next_ino,
                 names,
-                pending_dir: Vec::new(),
+                durable_names,
+                pending_dir,
                 faults: Faults::default(),
                 counts: OpCounts::default(),
                 crash_at: None,
@@ -255,22 +274,14 @@ impl SimFs {
     /// An independent copy of the whole state, volatile and durable.
     pub fn fork(&self) -> SimFs {
         let s = self.lock();
-        SimFs {
-            state: Arc::new(Mutex::new(State {
-                rng: s.rng.clone(),
-                inodes: s.inodes.clone(),
-                next_ino: s.next_ino,
-                names: s.names.clone(),
-                durable_names: s.durable_names.clone(),
-                pending_dir: s.pending_dir.clone(),
-                faults: Faults::default(),
-                counts: OpCounts::default(),
-                crash_at: None,
-                dead: false,
-                locked: HashSet::new(),
-                space_used: 0,
-            })),
-        }
+        Self::from_files(
+            s.rng.clone(),
+            s.inodes.clone(),
+            s.next_ino,
+            s.names.clone(),
+            s.durable_names.clone(),
+            s.pending_dir.clone(),
+        )
     }
 
     /// The durable image after a power cut now, with every choice drawn from `seed`. The result
@@ -292,18 +303,17 @@ impl SimFs {
             }
             inodes.insert(ino, crash_inode(inode, &mut rng));
         }
-        let fresh = SimFs::new(seed);
-        {
-            let mut f = fresh.lock();
-            for inode in inodes.values_mut() {
-                inode.durable = inode.data.clone();
-            }
-            f.inodes = inodes;
-            f.next_ino = s.next_ino;
-            f.durable_names = names.clone();
-            f.names = names;
+        for inode in inodes.values_mut() {
+            inode.durable = inode.data.clone();
         }
-        fresh
+        Self::from_files(
+            Rng::new(seed),
+            inodes,
+            s.next_ino,
+            names.clone(),
+            names,
+            Vec::new(),
+        )
     }
 
     /// Flips `bits` random bits in the durable bytes of `path`, within `range` if given.

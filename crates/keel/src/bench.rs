@@ -4,7 +4,6 @@ use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -70,6 +69,53 @@ fn prewrite(path: &Path, bytes: u64) -> Result<File> {
     Ok(f)
 }
 
+/// Runs `threads` writers from a common start for `secs` seconds. Writer `t` calls `op(t, i)`
+/// for its i-th operation, and each call's latency is recorded. Returns the merged latencies and
+/// the operations per second.
+fn timed_writers(
+    threads: usize,
+    secs: f64,
+    op: impl Fn(usize, u64) -> Result<()> + Sync,
+) -> Result<(Histogram<u64>, f64)> {
+    let barrier = Barrier::new(threads + 1);
+    let (results, start) =
+        std::thread::scope(|s| -> Result<(Vec<(Histogram<u64>, u64)>, Instant)> {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (barrier, op) = (&barrier, &op);
+                    s.spawn(move || -> Result<(Histogram<u64>, u64)> {
+                        let mut h = hist();
+                        let mut n = 0u64;
+                        barrier.wait();
+                        let deadline = Instant::now() + Duration::from_secs_f64(secs);
+                        while Instant::now() < deadline {
+                            let t0 = Instant::now();
+                            op(t, n)?;
+                            h.saturating_record(t0.elapsed().as_micros() as u64);
+                            n += 1;
+                        }
+                        Ok((h, n))
+                    })
+                })
+                .collect();
+            barrier.wait();
+            let start = Instant::now();
+            let mut out = Vec::new();
+            for h in handles {
+                out.push(h.join().expect("writer thread")?);
+            }
+            Ok((out, start))
+        })?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut h = hist();
+    let mut ops = 0;
+    for (x, n) in &results {
+        h.add(x).expect("same bounds");
+        ops += n;
+    }
+    Ok((h, ops as f64 / elapsed))
+}
+
 /// `threads` threads, each with its own file: write `size` bytes, fdatasync, repeat. This is what
 /// durability costs without group commit. `overwrite`: into pre-written files (wrapping around);
 /// otherwise appending, so every sync also commits a size change.
@@ -97,56 +143,21 @@ fn raw_loop(
             Ok((path, f))
         })
         .collect::<Result<Vec<_>>>()?;
-    let barrier = Barrier::new(threads + 1);
-    let (results, start) = std::thread::scope(|s| -> Result<(Vec<WriterResult>, Instant)> {
-        let handles: Vec<_> = files
-            .iter()
-            .map(|(_, f)| {
-                let barrier = &barrier;
-                s.spawn(move || -> Result<WriterResult> {
-                    let buf = vec![0x5au8; size];
-                    let mut h = hist();
-                    let (mut off, mut ops) = (0u64, 0u64);
-                    barrier.wait();
-                    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-                    while Instant::now() < deadline {
-                        let t = Instant::now();
-                        f.write_all_at(&buf, off)?;
-                        fdatasync(f)?;
-                        h.saturating_record(t.elapsed().as_micros() as u64);
-                        ops += 1;
-                        off += size as u64;
-                        if overwrite && off + size as u64 > prewrite_bytes {
-                            off = 0;
-                        }
-                    }
-                    Ok((h, ops))
-                })
-            })
-            .collect();
-        barrier.wait();
-        let start = Instant::now();
-        let mut out = Vec::new();
-        for h in handles {
-            out.push(h.join().expect("raw writer thread")?);
+    let buf = vec![0x5au8; size];
+    let (h, ops_per_s) = timed_writers(threads, secs, |t, i| {
+        let mut off = i * size as u64;
+        if overwrite {
+            off %= prewrite_bytes - prewrite_bytes % size as u64;
         }
-        Ok((out, start))
+        files[t].1.write_all_at(&buf, off)?;
+        fdatasync(&files[t].1)?;
+        Ok(())
     })?;
-    let elapsed = start.elapsed().as_secs_f64();
-    let mut h = hist();
-    let mut ops = 0;
-    for (x, n) in &results {
-        h.add(x).expect("same bounds");
-        ops += n;
-    }
     for (path, f) in files {
         drop(f);
         std::fs::remove_file(&path)?;
     }
-    Ok(RawResult {
-        ops_per_s: ops as f64 / elapsed,
-        h,
-    })
+    Ok(RawResult { ops_per_s, h })
 }
 
 /// Sequential 1 MiB write + fdatasync into a pre-written file: MB/s.
@@ -175,9 +186,6 @@ fn drop_cache(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// One writer's latencies (µs) and append count.
-type WriterResult = (Histogram<u64>, u64);
-
 struct Cell {
     ops_per_s: f64,
     h: Histogram<u64>,
@@ -187,48 +195,15 @@ struct Cell {
 fn keel_cell(dir: &Path, writers: usize, size: usize, secs: f64) -> Result<Cell> {
     let d = tempfile::tempdir_in(dir)?;
     let (wal, _) = Wal::open(d.path(), Options::default())?;
-    let stop = AtomicBool::new(false);
-    let barrier = Barrier::new(writers + 1);
-    let (hists, start) = std::thread::scope(|s| -> Result<(Vec<WriterResult>, Instant)> {
-        let handles: Vec<_> = (0..writers)
-            .map(|w| {
-                let (wal, stop, barrier) = (&wal, &stop, &barrier);
-                s.spawn(move || -> Result<WriterResult> {
-                    let payload = vec![(w % 251) as u8; size];
-                    let mut h = hist();
-                    let mut n = 0u64;
-                    barrier.wait();
-                    while !stop.load(Ordering::Relaxed) {
-                        let t = Instant::now();
-                        wal.append(&payload)?;
-                        h.saturating_record(t.elapsed().as_micros() as u64);
-                        n += 1;
-                    }
-                    Ok((h, n))
-                })
-            })
-            .collect();
-        barrier.wait();
-        let start = Instant::now();
-        std::thread::sleep(Duration::from_secs_f64(secs));
-        stop.store(true, Ordering::Relaxed);
-        let mut out = Vec::new();
-        for h in handles {
-            out.push(h.join().expect("writer thread")?);
-        }
-        Ok((out, start))
+    let payloads: Vec<Vec<u8>> = (0..writers).map(|w| vec![(w % 251) as u8; size]).collect();
+    let (h, ops_per_s) = timed_writers(writers, secs, |w, _| {
+        wal.append(&payloads[w])?;
+        Ok(())
     })?;
-    let elapsed = start.elapsed().as_secs_f64();
-    let mut h = hist();
-    let mut ops = 0;
-    for (x, n) in &hists {
-        h.add(x).expect("same bounds");
-        ops += n;
-    }
     let st = wal.stats();
     wal.close()?;
     Ok(Cell {
-        ops_per_s: ops as f64 / elapsed,
+        ops_per_s,
         h,
         syncs_per_append: st.syncs as f64 / st.records.max(1) as f64,
     })
