@@ -69,6 +69,9 @@ fn prewrite(path: &Path, bytes: u64) -> Result<File> {
     Ok(f)
 }
 
+/// One writer's latencies (µs) and operation count.
+type WriterResult = (Histogram<u64>, u64);
+
 /// Runs `threads` writers from a common start for `secs` seconds. Writer `t` calls `op(t, i)`
 /// for its i-th operation, and each call's latency is recorded. Returns the merged latencies and
 /// the operations per second.
@@ -78,34 +81,33 @@ fn timed_writers(
     op: impl Fn(usize, u64) -> Result<()> + Sync,
 ) -> Result<(Histogram<u64>, f64)> {
     let barrier = Barrier::new(threads + 1);
-    let (results, start) =
-        std::thread::scope(|s| -> Result<(Vec<(Histogram<u64>, u64)>, Instant)> {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    let (barrier, op) = (&barrier, &op);
-                    s.spawn(move || -> Result<(Histogram<u64>, u64)> {
-                        let mut h = hist();
-                        let mut n = 0u64;
-                        barrier.wait();
-                        let deadline = Instant::now() + Duration::from_secs_f64(secs);
-                        while Instant::now() < deadline {
-                            let t0 = Instant::now();
-                            op(t, n)?;
-                            h.saturating_record(t0.elapsed().as_micros() as u64);
-                            n += 1;
-                        }
-                        Ok((h, n))
-                    })
+    let (results, start) = std::thread::scope(|s| -> Result<(Vec<WriterResult>, Instant)> {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (barrier, op) = (&barrier, &op);
+                s.spawn(move || -> Result<WriterResult> {
+                    let mut h = hist();
+                    let mut n = 0u64;
+                    barrier.wait();
+                    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+                    while Instant::now() < deadline {
+                        let t0 = Instant::now();
+                        op(t, n)?;
+                        h.saturating_record(t0.elapsed().as_micros() as u64);
+                        n += 1;
+                    }
+                    Ok((h, n))
                 })
-                .collect();
-            barrier.wait();
-            let start = Instant::now();
-            let mut out = Vec::new();
-            for h in handles {
-                out.push(h.join().expect("writer thread")?);
-            }
-            Ok((out, start))
-        })?;
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.join().expect("writer thread")?);
+        }
+        Ok((out, start))
+    })?;
     let elapsed = start.elapsed().as_secs_f64();
     let mut h = hist();
     let mut ops = 0;
