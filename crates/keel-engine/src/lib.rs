@@ -12,21 +12,29 @@
 //!   applied strictly in LSN order (P10). Readers never wait on a sync; a snapshot is an O(1)
 //!   clone of a persistent map.
 //!
-//! Recovery replays the WAL. Snapshots, the manifest, idempotency keys and point-in-time restore
-//! are not built yet.
+//! [`Engine::checkpoint`] writes a snapshot, commits it through an atomically replaced manifest
+//! and only then prunes the log (P6). Recovery loads the snapshot the manifest names and replays
+//! only the log after it (P7). Idempotency keys, point-in-time restore, backup and automatic
+//! checkpoint triggers are not built yet.
 #![forbid(unsafe_code)]
 
 pub mod record;
+pub mod snapshot;
 
 use std::collections::VecDeque;
 use std::ops::{Bound, RangeBounds};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use imbl::OrdMap;
-use keel_wal::{Lsn, RecoveryReport, Wal};
+use keel_wal::fs::{
+    durable_create_dir_all, durable_remove, durable_rename, durable_replace, write_all_at,
+};
+use keel_wal::{Fs, Lsn, OpenMode, RecoveryReport, Wal};
+
+use snapshot::{FileError, Manifest, MANIFEST, SNAPSHOT_DIR};
 
 pub use record::{Mutation, RecordError};
 
@@ -208,6 +216,31 @@ pub enum Error {
     },
     #[error("invalid options: {0}")]
     InvalidOptions(String),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The manifest or the snapshot it names is damaged or does not match: refusing to guess.
+    #[error("{path} is not usable: {source}. The database refuses to open rather than lose or invent data")]
+    BadFile {
+        path: PathBuf,
+        #[source]
+        source: FileError,
+    },
+    /// The log does not continue where the snapshot ends: records are missing.
+    #[error("the snapshot covers up to LSN {snapshot_lsn}, but the log {detail}; records are missing and the database refuses to open")]
+    Gap { snapshot_lsn: Lsn, detail: String },
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -267,6 +300,60 @@ fn apply(map: &mut Map, mutations: &[Mutation], lsn: Lsn) {
     }
 }
 
+fn read_all(fs: &dyn Fs, path: &Path, max: u64) -> Result<Vec<u8>> {
+    let f = fs.open(path, OpenMode::Read).map_err(io("open", path))?;
+    let len = f.len().map_err(io("stat", path))?;
+    if len > max {
+        return Err(Error::BadFile {
+            path: path.to_path_buf(),
+            source: FileError::Mismatch {
+                field: "file length",
+                expected: max,
+                found: len,
+            },
+        });
+    }
+    let mut b = vec![0u8; len as usize];
+    keel_wal::fs::read_exact_at(&*f, &mut b, 0).map_err(io("read", path))?;
+    Ok(b)
+}
+
+fn read_manifest(fs: &dyn Fs, dir: &Path) -> Result<Manifest> {
+    let path = dir.join(MANIFEST);
+    if !fs.exists(&path).map_err(io("stat", &path))? {
+        return Ok(Manifest::default());
+    }
+    let b = read_all(fs, &path, snapshot::MANIFEST_BYTES as u64)?;
+    Manifest::decode(&b).map_err(|source| Error::BadFile { path, source })
+}
+
+fn read_snapshot(fs: &dyn Fs, dir: &Path, m: &Manifest) -> Result<Map> {
+    let path = snapshot::snapshot_path(dir, m.snapshot_lsn);
+    // The manifest's length bounds the allocation; the file must have exactly that length.
+    let b = read_all(fs, &path, m.snapshot_bytes)?;
+    snapshot::decode_snapshot(&Bytes::from(b), m).map_err(|source| Error::BadFile { path, source })
+}
+
+/// Removes what a crash can leave behind: snapshot files the manifest does not name (a newer one
+/// never committed, an older one not yet deleted, temporaries) and a temporary manifest.
+fn remove_stale_snapshots(fs: &dyn Fs, dir: &Path, current: Lsn) -> Result<()> {
+    let sdir = dir.join(SNAPSHOT_DIR);
+    if fs.exists(&sdir).map_err(io("stat", &sdir))? {
+        let keep = snapshot::snapshot_name(current);
+        for name in fs.read_dir(&sdir).map_err(io("list", &sdir))? {
+            if name != keep && name.starts_with("snap-") {
+                let p = sdir.join(&name);
+                durable_remove(fs, &p).map_err(io("remove stale snapshot", &p))?;
+            }
+        }
+    }
+    let tmp = dir.join(format!("{MANIFEST}.tmp"));
+    if fs.exists(&tmp).map_err(io("stat", &tmp))? {
+        durable_remove(fs, &tmp).map_err(io("remove", &tmp))?;
+    }
+    Ok(())
+}
+
 struct Visible {
     map: Map,
     lsn: Lsn,
@@ -275,7 +362,10 @@ struct Visible {
 /// The embedded engine. Share it by reference or `Arc`; every method takes `&self`.
 pub struct Engine {
     opts: Options,
+    dir: PathBuf,
     wal: Wal,
+    /// The manifest in force; held while a checkpoint runs, so checkpoints do not overlap.
+    manifest: Mutex<Manifest>,
     /// Every decided transaction, durable or not. Held while deciding and submitting, so that LSN
     /// order is decision order.
     pending: Mutex<Map>,
@@ -295,10 +385,32 @@ impl Engine {
                 opts.key_bytes_max, opts.value_bytes_max
             )));
         }
-        let (wal, report) = Wal::open(dir.as_ref().join(WAL_DIR), opts.wal.clone())?;
-        let mut map = Map::new();
-        let mut last = wal.first_lsn() - 1;
-        for rec in wal.read_from(wal.first_lsn())? {
+        let dir = dir.as_ref().to_path_buf();
+        let fs = opts.wal.fs.clone();
+        durable_create_dir_all(&*fs, &dir).map_err(io("create directory", &dir))?;
+        let manifest = read_manifest(&*fs, &dir)?;
+        let (mut map, snapshot_lsn) = match manifest.snapshot_lsn {
+            0 => (Map::new(), 0),
+            lsn => (read_snapshot(&*fs, &dir, &manifest)?, lsn),
+        };
+        let (wal, report) = Wal::open(dir.join(WAL_DIR), opts.wal.clone())?;
+        let (first, last) = (wal.first_lsn(), wal.last_lsn());
+        // P4 between snapshot and log: the log must continue exactly where the snapshot ends.
+        if first > snapshot_lsn + 1 {
+            return Err(Error::Gap {
+                snapshot_lsn,
+                detail: format!("starts at LSN {first}"),
+            });
+        }
+        if last < snapshot_lsn {
+            return Err(Error::Gap {
+                snapshot_lsn,
+                detail: format!("ends at LSN {last}"),
+            });
+        }
+        // P7: records the snapshot already holds are skipped.
+        let mut applied = snapshot_lsn.max(first - 1);
+        for rec in wal.read_from(applied + 1)? {
             let rec = rec?;
             let mutations =
                 record::decode(&Bytes::from(rec.payload)).map_err(|source| Error::BadRecord {
@@ -306,18 +418,65 @@ impl Engine {
                     source,
                 })?;
             apply(&mut map, &mutations, rec.lsn);
-            last = rec.lsn;
+            applied = rec.lsn;
         }
+        remove_stale_snapshots(&*fs, &dir, snapshot_lsn)?;
         Ok((
             Engine {
                 opts,
+                dir,
                 wal,
+                manifest: Mutex::new(manifest),
                 pending: Mutex::new(map.clone()),
                 unpublished: Mutex::new(VecDeque::new()),
-                visible: RwLock::new(Visible { map, lsn: last }),
+                visible: RwLock::new(Visible { map, lsn: applied }),
             },
             report,
         ))
+    }
+
+    /// Writes a snapshot of the durable state and makes it current, then prunes the log it
+    /// covers. Writers are not blocked: the snapshot is an O(1) clone of the visible state.
+    ///
+    /// Order (P6): the snapshot holds only durable writes; it is written to a temporary file,
+    /// synced, renamed and its directory synced; then the manifest is replaced atomically; only
+    /// then are log segments and the previous snapshot removed. Returns the snapshot's LSN.
+    pub fn checkpoint(&self) -> Result<Lsn> {
+        let mut current = lock(&self.manifest);
+        let (map, lsn) = {
+            let v = self.visible.read().unwrap_or_else(|p| p.into_inner());
+            (v.map.clone(), v.lsn)
+        };
+        if lsn == current.snapshot_lsn {
+            return Ok(lsn);
+        }
+        let fs = &*self.opts.wal.fs;
+        let sdir = self.dir.join(SNAPSHOT_DIR);
+        durable_create_dir_all(fs, &sdir).map_err(io("create directory", &sdir))?;
+        let (bytes, crc) = snapshot::encode_snapshot(&map, lsn);
+        let path = snapshot::snapshot_path(&self.dir, lsn);
+        let tmp = path.with_extension("tmp");
+        let f = fs
+            .open(&tmp, OpenMode::CreateTruncate)
+            .map_err(io("create snapshot", &tmp))?;
+        write_all_at(&*f, &bytes, 0).map_err(io("write snapshot", &tmp))?;
+        f.sync_all().map_err(io("sync snapshot", &tmp))?;
+        drop(f);
+        durable_rename(fs, &tmp, &path).map_err(io("rename snapshot", &tmp))?;
+        let next = Manifest {
+            snapshot_lsn: lsn,
+            snapshot_bytes: bytes.len() as u64,
+            snapshot_crc: crc,
+        };
+        let mpath = self.dir.join(MANIFEST);
+        durable_replace(fs, &mpath, &next.encode()).map_err(io("replace manifest", &mpath))?;
+        let previous = std::mem::replace(&mut *current, next);
+        self.wal.prune_before(lsn + 1)?;
+        if previous.snapshot_lsn > 0 {
+            let old = snapshot::snapshot_path(&self.dir, previous.snapshot_lsn);
+            durable_remove(fs, &old).map_err(io("remove old snapshot", &old))?;
+        }
+        Ok(lsn)
     }
 
     /// The durable state now.

@@ -249,3 +249,127 @@ fn concurrent_increments_lose_nothing_and_readers_see_only_durable_state() {
     assert_eq!(e.get(b"n").unwrap().value, "800");
     assert_eq!(e.get(b"m").unwrap().value, "800");
 }
+
+fn wal_segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("wal-"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn checkpoint_prunes_the_log_and_reopens_without_applying_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    for i in 0..400 {
+        e.put(format!("k{}", i % 40), "x".repeat(300)).unwrap();
+        e.incr("counter", 1).unwrap();
+    }
+    let before = wal_segments(dir.path()).len();
+    let lsn = e.checkpoint().unwrap();
+    assert_eq!(lsn, e.durable_lsn());
+    assert!(
+        wal_segments(dir.path()).len() < before,
+        "the log it covers is pruned"
+    );
+    assert_eq!(e.checkpoint().unwrap(), lsn, "nothing new: no new snapshot");
+    for _ in 0..10 {
+        e.incr("counter", 1).unwrap();
+    }
+    let state = e.snapshot().scan(.., usize::MAX);
+    e.close().unwrap();
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    assert_eq!(
+        e.get(b"counter").unwrap().value,
+        "410",
+        "increments the snapshot holds are not replayed (P7)"
+    );
+    assert_eq!(e.snapshot().scan(.., usize::MAX), state);
+    // A second checkpoint replaces the first snapshot.
+    e.put("after", "1").unwrap();
+    e.checkpoint().unwrap();
+    let snaps = std::fs::read_dir(dir.path().join("snapshots"))
+        .unwrap()
+        .count();
+    assert_eq!(snaps, 1);
+}
+
+#[test]
+fn damaged_snapshot_manifest_or_log_gap_fails_closed() {
+    let setup = || {
+        let dir = tempfile::tempdir().unwrap();
+        let (e, _) = Engine::open(dir.path(), small()).unwrap();
+        for i in 0..300 {
+            e.put(format!("k{i}"), "y".repeat(300)).unwrap();
+        }
+        let lsn = e.checkpoint().unwrap();
+        for i in 0..300 {
+            e.put(format!("j{i}"), "z".repeat(300)).unwrap();
+        }
+        e.close().unwrap();
+        (dir, lsn)
+    };
+    // A flipped byte in the snapshot.
+    let (dir, lsn) = setup();
+    let snap = dir
+        .path()
+        .join("snapshots")
+        .join(format!("snap-{lsn:020}.keel"));
+    let mut b = std::fs::read(&snap).unwrap();
+    b[100] ^= 1;
+    std::fs::write(&snap, &b).unwrap();
+    let err = Engine::open(dir.path(), small()).err().unwrap();
+    assert!(matches!(err, Error::BadFile { .. }), "{err}");
+    assert!(err.to_string().contains("snap-"), "{err}");
+    // A damaged manifest.
+    let (dir, _) = setup();
+    let m = dir.path().join("MANIFEST");
+    let mut b = std::fs::read(&m).unwrap();
+    b[17] ^= 1;
+    std::fs::write(&m, &b).unwrap();
+    assert!(matches!(
+        Engine::open(dir.path(), small()),
+        Err(Error::BadFile { .. })
+    ));
+    // The snapshot the manifest names is missing.
+    let (dir, lsn) = setup();
+    std::fs::remove_file(
+        dir.path()
+            .join("snapshots")
+            .join(format!("snap-{lsn:020}.keel")),
+    )
+    .unwrap();
+    assert!(Engine::open(dir.path(), small()).is_err());
+    // The log no longer starts right after the snapshot.
+    let (dir, _) = setup();
+    std::fs::remove_file(&wal_segments(dir.path())[0]).unwrap();
+    let err = Engine::open(dir.path(), small()).err().unwrap();
+    assert!(matches!(err, Error::Gap { .. }), "{err}");
+}
+
+#[test]
+fn stale_files_from_a_crashed_checkpoint_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (e, _) = Engine::open(dir.path(), small()).unwrap();
+        e.put("a", "1").unwrap();
+        e.checkpoint().unwrap();
+        e.put("b", "2").unwrap();
+    }
+    // A crash can leave an uncommitted newer snapshot, a temporary one and a temporary manifest.
+    let sdir = dir.path().join("snapshots");
+    std::fs::write(
+        sdir.join(format!("snap-{:020}.keel", 99)),
+        b"never committed",
+    )
+    .unwrap();
+    std::fs::write(sdir.join(format!("snap-{:020}.tmp", 98)), b"half").unwrap();
+    std::fs::write(dir.path().join("MANIFEST.tmp"), b"half").unwrap();
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    assert_eq!(std::fs::read_dir(&sdir).unwrap().count(), 1);
+    assert!(!dir.path().join("MANIFEST.tmp").exists());
+    assert_eq!(e.get(b"b").unwrap().value, "2");
+}
