@@ -202,7 +202,7 @@ pub enum Error {
     KeyTooLarge { len: usize, max: usize },
     #[error("value of {len} bytes exceeds value_bytes_max ({max})")]
     ValueTooLarge { len: usize, max: usize },
-    #[error("transaction of {bytes} bytes exceeds the log's batch limit ({max})")]
+    #[error("transaction of {bytes} bytes exceeds the log's record_bytes_max ({max})")]
     TxnTooLarge { bytes: usize, max: usize },
     #[error("value is not an integer or out of range")]
     NotAnInteger,
@@ -651,11 +651,12 @@ impl Engine {
         }
         let mut rec = Vec::new();
         record::encode(&mutations, &mut rec);
-        let batch_max = self.opts.wal.batch_bytes_max;
-        if rec.len() + 64 > batch_max {
+        // One transaction is one log record.
+        let max = self.opts.wal.record_bytes_max as usize;
+        if rec.len() > max {
             return Err(Error::TxnTooLarge {
                 bytes: rec.len(),
-                max: batch_max,
+                max,
             });
         }
         let ticket = self.wal.submit(rec)?;
