@@ -14,14 +14,14 @@
 //!
 //! [`Engine::checkpoint`] writes a snapshot, commits it through an atomically replaced manifest
 //! and only then prunes the log (P6). Recovery loads the snapshot the manifest names and replays
-//! only the log after it (P7). Idempotency keys, point-in-time restore, backup and automatic
-//! checkpoint triggers are not built yet.
+//! only the log after it (P7). [`Engine::commit_request`] makes retries idempotent (P8).
+//! Point-in-time restore, backup and automatic checkpoint triggers are not built yet.
 #![forbid(unsafe_code)]
 
 pub mod record;
 pub mod snapshot;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -36,7 +36,7 @@ use keel_wal::{Fs, Lsn, OpenMode, RecoveryReport, Wal};
 
 use snapshot::{FileError, Manifest, MANIFEST, SNAPSHOT_DIR};
 
-pub use record::{Mutation, RecordError};
+pub use record::{Mutation, RecordError, Request, REQUEST_ID_BYTES_MAX};
 
 /// A stored value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -204,6 +204,8 @@ pub enum Error {
     ValueTooLarge { len: usize, max: usize },
     #[error("transaction of {bytes} bytes exceeds the log's record_bytes_max ({max})")]
     TxnTooLarge { bytes: usize, max: usize },
+    #[error("request id of {len} bytes exceeds {max}")]
+    RequestIdTooLong { len: usize, max: usize },
     #[error("value is not an integer or out of range")]
     NotAnInteger,
     #[error("increment or decrement would overflow")]
@@ -253,6 +255,12 @@ pub struct Options {
     pub key_bytes_max: usize,
     /// Default 8 MiB. Must fit in one WAL record together with its key.
     pub value_bytes_max: usize,
+    /// Request ids remembered for retries (P8): at most this many, the oldest forgotten first.
+    /// Default 100,000.
+    pub request_retention_count: usize,
+    /// ... and none older than this. Default 24 hours. A retry after either limit is a new
+    /// request.
+    pub request_retention_ms: u64,
 }
 
 impl Default for Options {
@@ -261,6 +269,8 @@ impl Default for Options {
             wal: keel_wal::Options::default(),
             key_bytes_max: 64 << 10,
             value_bytes_max: 8 << 20,
+            request_retention_count: 100_000,
+            request_retention_ms: 24 * 3600 * 1000,
         }
     }
 }
@@ -327,7 +337,7 @@ fn read_manifest(fs: &dyn Fs, dir: &Path) -> Result<Manifest> {
     Manifest::decode(&b).map_err(|source| Error::BadFile { path, source })
 }
 
-fn read_snapshot(fs: &dyn Fs, dir: &Path, m: &Manifest) -> Result<Map> {
+fn read_snapshot(fs: &dyn Fs, dir: &Path, m: &Manifest) -> Result<(Map, Vec<(Lsn, Request)>)> {
     let path = snapshot::snapshot_path(dir, m.snapshot_lsn);
     // The manifest's length bounds the allocation; the file must have exactly that length.
     let b = read_all(fs, &path, m.snapshot_bytes)?;
@@ -354,9 +364,155 @@ fn remove_stale_snapshots(fs: &dyn Fs, dir: &Path, current: Lsn) -> Result<()> {
     Ok(())
 }
 
+/// Request ids kept for retries, with the LSN of the record that holds each (P8).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Requests {
+    by_id: HashMap<Bytes, (Lsn, Request)>,
+    /// In LSN order, for eviction.
+    order: VecDeque<(Lsn, Bytes)>,
+}
+
+impl Requests {
+    fn get(&self, id: &[u8]) -> Option<&(Lsn, Request)> {
+        self.by_id.get(id)
+    }
+
+    fn insert(&mut self, lsn: Lsn, req: Request, opts: &Options, now: u64) {
+        self.order.push_back((lsn, req.id.clone()));
+        self.by_id.insert(req.id.clone(), (lsn, req));
+        while let Some((l, id)) = self.order.front() {
+            let (l, id) = (*l, id.clone());
+            let current = self.by_id.get(&id).map(|(el, r)| (*el, r.at_ms));
+            let stale = match current {
+                // A later record reused the id: this slot is obsolete.
+                Some((el, _)) if el != l => true,
+                Some((_, at)) => {
+                    self.order.len() > opts.request_retention_count
+                        || at.saturating_add(opts.request_retention_ms) < now
+                }
+                None => true,
+            };
+            if !stale {
+                break;
+            }
+            self.order.pop_front();
+            if current.is_some_and(|(el, _)| el == l) {
+                self.by_id.remove(&id);
+            }
+        }
+    }
+
+    /// Those recorded at or before `lsn`, in LSN order.
+    pub(crate) fn up_to(&self, lsn: Lsn) -> Vec<(Lsn, Request)> {
+        self.order
+            .iter()
+            .filter(|(l, _)| *l <= lsn)
+            .filter_map(|(l, id)| self.by_id.get(id).filter(|(el, _)| el == l).cloned())
+            .collect()
+    }
+}
+
+/// The sequencer's state: every decided transaction, durable or not.
+struct Seq {
+    map: Map,
+    requests: Requests,
+}
+
 struct Visible {
     map: Map,
     lsn: Lsn,
+}
+
+/// Decides a transaction against `state`: the guards, then every write against the state the
+/// earlier writes leave. Returns the outcome (without an LSN) and the absolute effects to log.
+fn decide(
+    state: &Map,
+    now: u64,
+    guards: &[Guard],
+    writes: Vec<Write>,
+) -> Result<(Outcome, Vec<Mutation>)> {
+    let live = |m: &Map, k: &[u8]| m.get(k).filter(|e| e.live(now)).cloned();
+    for (i, g) in guards.iter().enumerate() {
+        if live(state, &g.key).map(|e| e.version) != g.version {
+            return Ok((Outcome::GuardFailed(i), Vec::new()));
+        }
+    }
+    let mut work = state.clone();
+    let mut mutations = Vec::new();
+    let mut results = Vec::with_capacity(writes.len());
+    for w in writes {
+        let (result, m) = match w {
+            Write::Put {
+                key,
+                value,
+                ttl,
+                only,
+            } => {
+                let old = live(&work, &key);
+                let go = match only {
+                    PutIf::Always => true,
+                    PutIf::Absent => old.is_none(),
+                    PutIf::Present => old.is_some(),
+                };
+                let expires_at_ms = match ttl {
+                    Ttl::None => None,
+                    Ttl::At(t) => Some(t),
+                    Ttl::Keep => old.and_then(|e| e.expires_at_ms),
+                };
+                (
+                    WriteResult::Put(go),
+                    go.then_some(Mutation::Set {
+                        key,
+                        value,
+                        expires_at_ms,
+                    }),
+                )
+            }
+            Write::Delete { key } => {
+                let existed = live(&work, &key).is_some();
+                (
+                    WriteResult::Existed(existed),
+                    existed.then_some(Mutation::Delete { key }),
+                )
+            }
+            Write::Incr { key, by } => {
+                let old = live(&work, &key);
+                let cur = match &old {
+                    None => 0,
+                    Some(e) => std::str::from_utf8(&e.value)
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok())
+                        .ok_or(Error::NotAnInteger)?,
+                };
+                let new = cur.checked_add(by).ok_or(Error::Overflow)?;
+                let m = Mutation::Set {
+                    key,
+                    value: Bytes::from(new.to_string()),
+                    expires_at_ms: old.and_then(|e| e.expires_at_ms),
+                };
+                (WriteResult::Int(new), Some(m))
+            }
+            Write::Expire { key, at_ms } => match live(&work, &key) {
+                Some(e) => (
+                    WriteResult::Existed(true),
+                    Some(Mutation::Set {
+                        key,
+                        value: e.value,
+                        expires_at_ms: at_ms,
+                    }),
+                ),
+                None => (WriteResult::Existed(false), None),
+            },
+            Write::DeleteAll => (WriteResult::DeletedAll, Some(Mutation::DeleteAll)),
+        };
+        if let Some(m) = m {
+            // Versions inside `work` are provisional (0): only `live` and values are read from it.
+            apply(&mut work, std::slice::from_ref(&m), 0);
+            mutations.push(m);
+        }
+        results.push(result);
+    }
+    Ok((Outcome::Committed { lsn: None, results }, mutations))
 }
 
 /// The embedded engine. Share it by reference or `Arc`; every method takes `&self`.
@@ -368,7 +524,7 @@ pub struct Engine {
     manifest: Mutex<Manifest>,
     /// Every decided transaction, durable or not. Held while deciding and submitting, so that LSN
     /// order is decision order.
-    pending: Mutex<Map>,
+    pending: Mutex<Seq>,
     /// Decided transactions not yet visible, in LSN order.
     unpublished: Mutex<VecDeque<(Lsn, Arc<Vec<Mutation>>)>>,
     visible: RwLock<Visible>,
@@ -389,9 +545,17 @@ impl Engine {
         let fs = opts.wal.fs.clone();
         durable_create_dir_all(&*fs, &dir).map_err(io("create directory", &dir))?;
         let manifest = read_manifest(&*fs, &dir)?;
+        let now = now_ms();
+        let mut requests = Requests::default();
         let (mut map, snapshot_lsn) = match manifest.snapshot_lsn {
             0 => (Map::new(), 0),
-            lsn => (read_snapshot(&*fs, &dir, &manifest)?, lsn),
+            lsn => {
+                let (map, reqs) = read_snapshot(&*fs, &dir, &manifest)?;
+                for (l, r) in reqs {
+                    requests.insert(l, r, &opts, now);
+                }
+                (map, lsn)
+            }
         };
         let (wal, report) = Wal::open(dir.join(WAL_DIR), opts.wal.clone())?;
         let (first, last) = (wal.first_lsn(), wal.last_lsn());
@@ -412,12 +576,16 @@ impl Engine {
         let mut applied = snapshot_lsn.max(first - 1);
         for rec in wal.read_from(applied + 1)? {
             let rec = rec?;
-            let mutations =
-                record::decode(&Bytes::from(rec.payload)).map_err(|source| Error::BadRecord {
+            let decoded = record::decode(&Bytes::from(rec.payload), rec.lsn).map_err(|source| {
+                Error::BadRecord {
                     lsn: rec.lsn,
                     source,
-                })?;
-            apply(&mut map, &mutations, rec.lsn);
+                }
+            })?;
+            apply(&mut map, &decoded.mutations, rec.lsn);
+            if let Some(r) = decoded.request {
+                requests.insert(rec.lsn, r, &opts, now);
+            }
             applied = rec.lsn;
         }
         remove_stale_snapshots(&*fs, &dir, snapshot_lsn)?;
@@ -427,7 +595,10 @@ impl Engine {
                 dir,
                 wal,
                 manifest: Mutex::new(manifest),
-                pending: Mutex::new(map.clone()),
+                pending: Mutex::new(Seq {
+                    map: map.clone(),
+                    requests,
+                }),
                 unpublished: Mutex::new(VecDeque::new()),
                 visible: RwLock::new(Visible { map, lsn: applied }),
             },
@@ -453,7 +624,8 @@ impl Engine {
         let fs = &*self.opts.wal.fs;
         let sdir = self.dir.join(SNAPSHOT_DIR);
         durable_create_dir_all(fs, &sdir).map_err(io("create directory", &sdir))?;
-        let (bytes, crc) = snapshot::encode_snapshot(&map, lsn);
+        let requests = lock(&self.pending).requests.up_to(lsn);
+        let (bytes, crc) = snapshot::encode_snapshot(&map, &requests, lsn);
         let path = snapshot::snapshot_path(&self.dir, lsn);
         let tmp = path.with_extension("tmp");
         let f = fs
@@ -559,98 +731,66 @@ impl Engine {
     /// Checks `guards`, then applies `writes` in order, atomically: one WAL record, all or
     /// nothing after any crash. Returns once the writes are durable and visible.
     pub fn commit(&self, guards: Vec<Guard>, writes: Vec<Write>) -> Result<Outcome> {
+        self.commit_inner(None, guards, writes)
+    }
+
+    /// Like [`Engine::commit`], under a client request id (P8). The first call with an id is
+    /// decided and logged together with its outcome, even when it writes nothing; a retry with
+    /// the same id, also after a crash and restart, returns that same outcome and applies
+    /// nothing. Ids are remembered within `request_retention_count` and `request_retention_ms`.
+    pub fn commit_request(
+        &self,
+        id: impl Into<Bytes>,
+        guards: Vec<Guard>,
+        writes: Vec<Write>,
+    ) -> Result<Outcome> {
+        let id = id.into();
+        if id.len() > REQUEST_ID_BYTES_MAX {
+            return Err(Error::RequestIdTooLong {
+                len: id.len(),
+                max: REQUEST_ID_BYTES_MAX,
+            });
+        }
+        self.commit_inner(Some(id), guards, writes)
+    }
+
+    fn commit_inner(
+        &self,
+        id: Option<Bytes>,
+        guards: Vec<Guard>,
+        writes: Vec<Write>,
+    ) -> Result<Outcome> {
         for w in &writes {
             self.check_limits(w)?;
         }
-        let mut pending = lock(&self.pending);
+        let mut seq = lock(&self.pending);
+        if let Some((lsn, req)) = id.as_ref().and_then(|id| seq.requests.get(id)) {
+            // A retry. The original may not be durable yet: answer only once it is (P1).
+            let (lsn, outcome) = (*lsn, req.outcome.clone());
+            drop(seq);
+            self.wal.wait_durable(lsn)?;
+            self.publish();
+            return Ok(outcome);
+        }
         let now = now_ms();
-        let live = |m: &Map, k: &[u8]| m.get(k).filter(|e| e.live(now)).cloned();
-        for (i, g) in guards.iter().enumerate() {
-            if live(&pending, &g.key).map(|e| e.version) != g.version {
-                return Ok(Outcome::GuardFailed(i));
-            }
+        let (outcome, mutations) = decide(&seq.map, now, &guards, writes)?;
+        if mutations.is_empty() && id.is_none() {
+            return Ok(outcome);
         }
-        // Decide every write against the state as the earlier writes of this transaction leave it.
-        let mut work = pending.clone();
-        let mut mutations = Vec::new();
-        let mut results = Vec::with_capacity(writes.len());
-        for w in writes {
-            let (result, m) = match w {
-                Write::Put {
-                    key,
-                    value,
-                    ttl,
-                    only,
-                } => {
-                    let old = live(&work, &key);
-                    let go = match only {
-                        PutIf::Always => true,
-                        PutIf::Absent => old.is_none(),
-                        PutIf::Present => old.is_some(),
-                    };
-                    let expires_at_ms = match ttl {
-                        Ttl::None => None,
-                        Ttl::At(t) => Some(t),
-                        Ttl::Keep => old.and_then(|e| e.expires_at_ms),
-                    };
-                    (
-                        WriteResult::Put(go),
-                        go.then_some(Mutation::Set {
-                            key,
-                            value,
-                            expires_at_ms,
-                        }),
-                    )
-                }
-                Write::Delete { key } => {
-                    let existed = live(&work, &key).is_some();
-                    (
-                        WriteResult::Existed(existed),
-                        existed.then_some(Mutation::Delete { key }),
-                    )
-                }
-                Write::Incr { key, by } => {
-                    let old = live(&work, &key);
-                    let cur = match &old {
-                        None => 0,
-                        Some(e) => std::str::from_utf8(&e.value)
-                            .ok()
-                            .and_then(|s| s.parse::<i64>().ok())
-                            .ok_or(Error::NotAnInteger)?,
-                    };
-                    let new = cur.checked_add(by).ok_or(Error::Overflow)?;
-                    let m = Mutation::Set {
-                        key,
-                        value: Bytes::from(new.to_string()),
-                        expires_at_ms: old.and_then(|e| e.expires_at_ms),
-                    };
-                    (WriteResult::Int(new), Some(m))
-                }
-                Write::Expire { key, at_ms } => match live(&work, &key) {
-                    Some(e) => (
-                        WriteResult::Existed(true),
-                        Some(Mutation::Set {
-                            key,
-                            value: e.value,
-                            expires_at_ms: at_ms,
-                        }),
-                    ),
-                    None => (WriteResult::Existed(false), None),
+        let request = id.map(|id| Request {
+            id,
+            at_ms: now,
+            // A committed outcome with writes carries this record's LSN; the format says so.
+            outcome: match &outcome {
+                Outcome::Committed { results, .. } if !mutations.is_empty() => Outcome::Committed {
+                    lsn: Some(0),
+                    results: results.clone(),
                 },
-                Write::DeleteAll => (WriteResult::DeletedAll, Some(Mutation::DeleteAll)),
-            };
-            if let Some(m) = m {
-                // Versions inside `work` are provisional (0) until the LSN is known.
-                apply(&mut work, std::slice::from_ref(&m), 0);
-                mutations.push(m);
-            }
-            results.push(result);
-        }
-        if mutations.is_empty() {
-            return Ok(Outcome::Committed { lsn: None, results });
-        }
+                o => o.clone(),
+            },
+        });
         let mut rec = Vec::new();
-        record::encode(&mutations, &mut rec);
+        record::encode(request.as_ref(), &mutations, &mut rec);
         // One transaction is one log record.
         let max = self.opts.wal.record_bytes_max as usize;
         if rec.len() > max {
@@ -661,17 +801,26 @@ impl Engine {
         }
         let ticket = self.wal.submit(rec)?;
         let lsn = *ticket.lsns().end();
+        let outcome = match outcome {
+            Outcome::Committed { results, .. } if !mutations.is_empty() => Outcome::Committed {
+                lsn: Some(lsn),
+                results,
+            },
+            o => o,
+        };
+        if let Some(mut r) = request {
+            r.outcome = outcome.clone();
+            seq.requests.insert(lsn, r, &self.opts, now);
+        }
         let mutations = Arc::new(mutations);
-        apply(&mut pending, &mutations, lsn);
+        apply(&mut seq.map, &mutations, lsn);
+        // Request-only records are published too, so the visible LSN moves in order.
         lock(&self.unpublished).push_back((lsn, mutations));
-        drop(pending);
+        drop(seq);
 
         ticket.wait()?;
         self.publish();
-        Ok(Outcome::Committed {
-            lsn: Some(lsn),
-            results,
-        })
+        Ok(outcome)
     }
 
     /// Makes every acknowledged transaction visible, in LSN order. Under the default

@@ -4,9 +4,17 @@
 //! ```text
 //! offset size field
 //!      0    1 version        1
-//!      1    1 flags          0 (reserved)
-//!      2    4 count          number of mutations, u32 LE
-//!      6      mutations, each:
+//!      1    1 flags          bit 0 = REQUEST: a request section follows; other bits zero
+//!             request section (only with REQUEST):
+//!             2 id_len       u16 LE, then the client's request id (at most 256 bytes)
+//!             8 at_ms        Unix ms when the request was decided
+//!               outcome      1 = Committed: 1 wrote (0: nothing written; 1: the writes
+//!                                  are in this very record), 4 n, n results
+//!                                  (tag 1/2 Put false/true, 3/4 Existed false/true,
+//!                                   5 Int + i64 LE, 6 DeletedAll)
+//!                            2 = GuardFailed: 4 index
+//!             4 count        number of mutations, u32 LE
+//!               mutations, each:
 //!             1 tag          1 = Set, 2 = Delete, 3 = DeleteAll
 //!   Set:      4 key_len      u32 LE, then key bytes
 //!             4 value_len    u32 LE, then value bytes
@@ -21,10 +29,24 @@
 
 use bytes::Bytes;
 
+use crate::{Outcome, WriteResult};
+
 pub const RECORD_VERSION: u8 = 1;
 const TAG_SET: u8 = 1;
 const TAG_DELETE: u8 = 2;
 const TAG_DELETE_ALL: u8 = 3;
+const FLAG_REQUEST: u8 = 1;
+/// Longest client request id.
+pub const REQUEST_ID_BYTES_MAX: usize = 256;
+
+/// A client request id and the outcome it got, logged so that a retry returns the same outcome
+/// and applies nothing (P8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub id: Bytes,
+    pub at_ms: u64,
+    pub outcome: Outcome,
+}
 
 /// One absolute effect on the state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,11 +75,49 @@ pub enum RecordError {
     Tag { tag: u8, at: usize },
     #[error("{len} trailing bytes after the last mutation")]
     Trailing { len: usize },
+    #[error("bad request section: {0}")]
+    Request(&'static str),
 }
 
-pub fn encode(mutations: &[Mutation], out: &mut Vec<u8>) {
+pub(crate) fn encode_outcome(o: &Outcome, out: &mut Vec<u8>) {
+    match o {
+        Outcome::Committed { lsn, results } => {
+            out.push(1);
+            // A committed outcome's LSN is always that of the record that holds it.
+            out.push(lsn.is_some() as u8);
+            out.extend_from_slice(&(results.len() as u32).to_le_bytes());
+            for r in results {
+                match r {
+                    WriteResult::Put(b) => out.push(1 + *b as u8),
+                    WriteResult::Existed(b) => out.push(3 + *b as u8),
+                    WriteResult::Int(v) => {
+                        out.push(5);
+                        out.extend_from_slice(&v.to_le_bytes());
+                    }
+                    WriteResult::DeletedAll => out.push(6),
+                }
+            }
+        }
+        Outcome::GuardFailed(i) => {
+            out.push(2);
+            out.extend_from_slice(&(*i as u32).to_le_bytes());
+        }
+    }
+}
+
+pub fn encode(request: Option<&Request>, mutations: &[Mutation], out: &mut Vec<u8>) {
     out.push(RECORD_VERSION);
-    out.push(0);
+    match request {
+        Some(r) => {
+            debug_assert!(r.id.len() <= REQUEST_ID_BYTES_MAX);
+            out.push(FLAG_REQUEST);
+            out.extend_from_slice(&(r.id.len() as u16).to_le_bytes());
+            out.extend_from_slice(&r.id);
+            out.extend_from_slice(&r.at_ms.to_le_bytes());
+            encode_outcome(&r.outcome, out);
+        }
+        None => out.push(0),
+    }
     out.extend_from_slice(&(mutations.len() as u32).to_le_bytes());
     for m in mutations {
         match m {
@@ -120,19 +180,96 @@ impl Reader<'_> {
         self.take(len)?;
         Ok(all.slice(start..start + len))
     }
+    fn u16(&mut self) -> Result<u16, RecordError> {
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
+    }
+    /// A request id (u16 length), its time and outcome.
+    fn request(&mut self, all: &Bytes, lsn: u64) -> Result<Request, RecordError> {
+        let len = self.u16()? as usize;
+        if len > REQUEST_ID_BYTES_MAX {
+            return Err(RecordError::Request("id too long"));
+        }
+        let start = self.at;
+        self.take(len)?;
+        let id = all.slice(start..start + len);
+        let at_ms = self.u64()?;
+        let outcome = self.outcome(lsn)?;
+        Ok(Request { id, at_ms, outcome })
+    }
+    fn outcome(&mut self, record_lsn: u64) -> Result<Outcome, RecordError> {
+        match self.u8()? {
+            1 => {
+                let lsn = match self.u8()? {
+                    0 => None,
+                    1 => Some(record_lsn),
+                    _ => return Err(RecordError::Request("bad wrote flag")),
+                };
+                let n = self.u32()? as usize;
+                if n > self.buf.len() - self.at {
+                    return Err(RecordError::Short(self.at));
+                }
+                let mut results = Vec::with_capacity(n);
+                for _ in 0..n {
+                    results.push(match self.u8()? {
+                        1 => WriteResult::Put(false),
+                        2 => WriteResult::Put(true),
+                        3 => WriteResult::Existed(false),
+                        4 => WriteResult::Existed(true),
+                        5 => WriteResult::Int(self.u64()? as i64),
+                        6 => WriteResult::DeletedAll,
+                        _ => return Err(RecordError::Request("bad result tag")),
+                    });
+                }
+                Ok(Outcome::Committed { lsn, results })
+            }
+            2 => Ok(Outcome::GuardFailed(self.u32()? as usize)),
+            _ => Err(RecordError::Request("bad outcome kind")),
+        }
+    }
 }
 
-/// Decodes a record. `buf` is shared, so keys and values are slices of it, not copies.
-pub fn decode(buf: &Bytes) -> Result<Vec<Mutation>, RecordError> {
+/// Encodes a request as a snapshot stores it: its record's LSN, then the request section.
+pub(crate) fn encode_request(lsn: u64, r: &Request, out: &mut Vec<u8>) {
+    out.extend_from_slice(&lsn.to_le_bytes());
+    out.extend_from_slice(&(r.id.len() as u16).to_le_bytes());
+    out.extend_from_slice(&r.id);
+    out.extend_from_slice(&r.at_ms.to_le_bytes());
+    encode_outcome(&r.outcome, out);
+}
+
+/// Decodes one request from `buf[at..]` (see `encode_request`); returns it and the next offset.
+pub(crate) fn decode_request(buf: &Bytes, at: usize) -> Result<(u64, Request, usize), RecordError> {
+    let mut r = Reader { buf, at };
+    let lsn = r.u64()?;
+    let req = r.request(buf, lsn)?;
+    Ok((lsn, req, r.at))
+}
+
+/// A decoded record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    pub request: Option<Request>,
+    pub mutations: Vec<Mutation>,
+}
+
+/// Decodes the record at `lsn`. `buf` is shared, so keys and values are slices of it, not copies.
+pub fn decode(buf: &Bytes, lsn: u64) -> Result<Decoded, RecordError> {
     let mut r = Reader { buf, at: 0 };
     let version = r.u8()?;
     if version != RECORD_VERSION {
         return Err(RecordError::Version(version));
     }
     let flags = r.u8()?;
-    if flags != 0 {
+    if flags & !FLAG_REQUEST != 0 {
         return Err(RecordError::Flags(flags));
     }
+    let request = if flags & FLAG_REQUEST != 0 {
+        Some(r.request(buf, lsn)?)
+    } else {
+        None
+    };
     let count = r.u32()? as usize;
     // Every mutation takes at least one byte: a count beyond the bytes left is a lie, and is
     // refused before anything is allocated for it.
@@ -163,7 +300,10 @@ pub fn decode(buf: &Bytes) -> Result<Vec<Mutation>, RecordError> {
             len: buf.len() - r.at,
         });
     }
-    Ok(out)
+    Ok(Decoded {
+        request,
+        mutations: out,
+    })
 }
 
 #[cfg(test)]
@@ -189,37 +329,77 @@ mod tests {
         ]
     }
 
+    fn request() -> Request {
+        Request {
+            id: Bytes::from_static(b"req-1"),
+            at_ms: 123,
+            outcome: Outcome::Committed {
+                lsn: Some(9),
+                results: vec![
+                    WriteResult::Put(true),
+                    WriteResult::Existed(false),
+                    WriteResult::Int(-5),
+                    WriteResult::DeletedAll,
+                ],
+            },
+        }
+    }
+
     #[test]
     fn round_trip() {
         let mut out = Vec::new();
-        encode(&sample(), &mut out);
-        assert_eq!(decode(&Bytes::from(out)).unwrap(), sample());
+        encode(None, &sample(), &mut out);
+        assert_eq!(
+            decode(&Bytes::from(out), 9).unwrap(),
+            Decoded {
+                request: None,
+                mutations: sample()
+            }
+        );
+        for req in [
+            request(),
+            Request {
+                outcome: Outcome::GuardFailed(3),
+                ..request()
+            },
+        ] {
+            let mut out = Vec::new();
+            encode(Some(&req), &sample(), &mut out);
+            assert_eq!(
+                decode(&Bytes::from(out), 9).unwrap(),
+                Decoded {
+                    request: Some(req),
+                    mutations: sample()
+                }
+            );
+        }
     }
 
     #[test]
     fn every_truncation_and_garbage_is_an_error_not_a_panic() {
         let mut out = Vec::new();
-        encode(&sample(), &mut out);
+        encode(Some(&request()), &sample(), &mut out);
         for n in 0..out.len() {
             assert!(
-                decode(&Bytes::copy_from_slice(&out[..n])).is_err(),
+                decode(&Bytes::copy_from_slice(&out[..n]), 9).is_err(),
                 "prefix {n}"
             );
         }
         let mut extra = out.clone();
         extra.push(0);
         assert_eq!(
-            decode(&Bytes::from(extra)),
+            decode(&Bytes::from(extra), 9),
             Err(RecordError::Trailing { len: 1 })
         );
-        let mut huge = out.clone();
-        huge[2..6].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(decode(&Bytes::from(huge)).is_err());
+        let mut plain = Vec::new();
+        encode(None, &sample(), &mut plain);
+        plain[2..6].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode(&Bytes::from(plain), 9).is_err());
         for i in 0..out.len() {
             for x in [0u8, 0xff, 0x7f] {
                 let mut b = out.clone();
                 b[i] = x;
-                let _ = decode(&Bytes::from(b)); // must not panic
+                let _ = decode(&Bytes::from(b), 9); // must not panic
             }
         }
     }

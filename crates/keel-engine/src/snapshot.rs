@@ -19,6 +19,8 @@
 //!     24    8 count           number of entries
 //!     32      entries, in key order: key_len u32, key, value_len u32, value,
 //!             version u64, expires_at u64 (0 = never)
+//!             8 request_count, then each remembered request id (P8), in LSN order:
+//!             lsn u64, then the request section of the engine record (record.rs)
 //!   end-4   4 crc             CRC32C of every byte before it
 //! ```
 
@@ -27,6 +29,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use keel_wal::Lsn;
 
+use crate::record::{decode_request, encode_request, Request};
 use crate::{Entry, Map};
 
 pub const MANIFEST: &str = "MANIFEST";
@@ -120,7 +123,7 @@ impl Manifest {
 }
 
 /// Serializes `map` as the snapshot at `lsn`. Returns the bytes and their trailing CRC.
-pub fn encode_snapshot(map: &Map, lsn: Lsn) -> (Vec<u8>, u32) {
+pub fn encode_snapshot(map: &Map, requests: &[(Lsn, Request)], lsn: Lsn) -> (Vec<u8>, u32) {
     let mut b = Vec::with_capacity(32 + map.len() * 48);
     b.extend_from_slice(SNAPSHOT_MAGIC);
     b.extend_from_slice(&VERSION.to_le_bytes());
@@ -135,13 +138,17 @@ pub fn encode_snapshot(map: &Map, lsn: Lsn) -> (Vec<u8>, u32) {
         b.extend_from_slice(&e.version.to_le_bytes());
         b.extend_from_slice(&e.expires_at_ms.unwrap_or(0).to_le_bytes());
     }
+    b.extend_from_slice(&(requests.len() as u64).to_le_bytes());
+    for (l, r) in requests {
+        encode_request(*l, r, &mut b);
+    }
     let crc = crc32c::crc32c(&b);
     b.extend_from_slice(&crc.to_le_bytes());
     (b, crc)
 }
 
 /// Decodes and verifies a snapshot against its manifest. Every length is checked before use.
-pub fn decode_snapshot(buf: &Bytes, m: &Manifest) -> Result<Map, FileError> {
+pub fn decode_snapshot(buf: &Bytes, m: &Manifest) -> Result<(Map, Vec<(Lsn, Request)>), FileError> {
     if buf.len() as u64 != m.snapshot_bytes {
         return Err(FileError::Mismatch {
             field: "snapshot length",
@@ -206,10 +213,18 @@ pub fn decode_snapshot(buf: &Bytes, m: &Manifest) -> Result<Map, FileError> {
             },
         );
     }
+    let n = u64_at(buf, take(8)?);
+    let within = buf.slice(..body);
+    let mut requests = Vec::new();
+    for _ in 0..n {
+        let (l, r, next) = decode_request(&within, at).map_err(|_| FileError::Short)?;
+        requests.push((l, r));
+        at = next;
+    }
     if at != body {
         return Err(FileError::BadField);
     }
-    Ok(map)
+    Ok((map, requests))
 }
 
 #[cfg(test)]
@@ -233,7 +248,15 @@ mod tests {
 
     #[test]
     fn round_trip_and_every_flip_or_cut_is_refused() {
-        let (bytes, crc) = encode_snapshot(&sample(), 77);
+        let reqs = vec![(
+            5,
+            Request {
+                id: Bytes::from_static(b"r"),
+                at_ms: 9,
+                outcome: crate::Outcome::GuardFailed(0),
+            },
+        )];
+        let (bytes, crc) = encode_snapshot(&sample(), &reqs, 77);
         let m = Manifest {
             snapshot_lsn: 77,
             snapshot_bytes: bytes.len() as u64,
@@ -242,7 +265,7 @@ mod tests {
         assert_eq!(Manifest::decode(&m.encode()), Ok(m));
         assert_eq!(
             decode_snapshot(&Bytes::from(bytes.clone()), &m).unwrap(),
-            sample()
+            (sample(), reqs)
         );
         for i in 0..bytes.len() {
             let mut b = bytes.clone();

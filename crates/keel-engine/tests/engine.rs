@@ -8,6 +8,7 @@ fn small() -> Options {
         wal: keel_wal::Options::small_for_tests(),
         key_bytes_max: 256,
         value_bytes_max: 4096,
+        ..Options::default()
     }
 }
 
@@ -372,4 +373,63 @@ fn stale_files_from_a_crashed_checkpoint_are_removed() {
     assert_eq!(std::fs::read_dir(&sdir).unwrap().count(), 1);
     assert!(!dir.path().join("MANIFEST.tmp").exists());
     assert_eq!(e.get(b"b").unwrap().value, "2");
+}
+
+#[test]
+fn retries_with_a_request_id_return_the_first_outcome_and_apply_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        request_retention_count: 3,
+        ..small()
+    };
+    let incr = || vec![Write::Incr { key: b("n"), by: 5 }];
+    let absent = || {
+        vec![Guard {
+            key: b("n"),
+            version: None,
+        }]
+    };
+    let (e, _) = Engine::open(dir.path(), opts.clone()).unwrap();
+    let first = e.commit_request("r1", vec![], incr()).unwrap();
+    assert!(
+        matches!(&first, Outcome::Committed { lsn: Some(_), results } if results == &[WriteResult::Int(5)])
+    );
+    assert_eq!(e.commit_request("r1", vec![], incr()).unwrap(), first);
+    assert_eq!(e.get(b"n").unwrap().value, "5", "the retry applied nothing");
+
+    // A guard failure is an outcome too: the retry gets it even once the guard would hold.
+    let failed = e.commit_request("r2", absent(), incr()).unwrap();
+    assert_eq!(failed, Outcome::GuardFailed(0));
+    e.delete("n").unwrap();
+    assert_eq!(e.commit_request("r2", absent(), incr()).unwrap(), failed);
+    assert!(e.get(b"n").is_none());
+    e.close().unwrap();
+
+    // After a restart (replayed from the log) ...
+    let (e, _) = Engine::open(dir.path(), opts.clone()).unwrap();
+    assert_eq!(e.commit_request("r1", vec![], incr()).unwrap(), first);
+    assert_eq!(e.commit_request("r2", absent(), incr()).unwrap(), failed);
+    assert!(e.get(b"n").is_none());
+    // ... and after a checkpoint, when the ids live only in the snapshot.
+    e.checkpoint().unwrap();
+    e.close().unwrap();
+    let (e, _) = Engine::open(dir.path(), opts.clone()).unwrap();
+    assert_eq!(e.commit_request("r1", vec![], incr()).unwrap(), first);
+    assert!(e.get(b"n").is_none());
+
+    // Retention: with room for 3 ids, two more push r1 out, and its retry is a new request.
+    e.commit_request("r3", vec![], vec![Write::Delete { key: b("x") }])
+        .unwrap();
+    e.commit_request("r4", vec![], vec![Write::Delete { key: b("x") }])
+        .unwrap();
+    assert!(
+        matches!(e.commit_request("r1", vec![], incr()).unwrap(), Outcome::Committed { results, .. } if results == [WriteResult::Int(5)])
+    );
+    assert_eq!(e.get(b"n").unwrap().value, "5");
+
+    let long = vec![b'x'; keel_engine::REQUEST_ID_BYTES_MAX + 1];
+    assert!(matches!(
+        e.commit_request(long, vec![], incr()),
+        Err(Error::RequestIdTooLong { .. })
+    ));
 }
