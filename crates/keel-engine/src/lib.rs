@@ -768,6 +768,11 @@ impl Engine {
             // A retry. The original may not be durable yet: answer only once it is (P1).
             let (lsn, outcome) = (*lsn, req.outcome.clone());
             drop(seq);
+            if self.opts.wal.sync_policy != keel_wal::SyncPolicy::Always {
+                // Weaker policies sync late or never: force it. The sync is queued behind the
+                // original's record, so it covers it.
+                self.wal.sync()?;
+            }
             self.wal.wait_durable(lsn)?;
             self.publish();
             return Ok(outcome);

@@ -433,3 +433,31 @@ fn retries_with_a_request_id_return_the_first_outcome_and_apply_nothing() {
         Err(Error::RequestIdTooLong { .. })
     ));
 }
+
+#[test]
+fn a_retry_under_a_weaker_sync_policy_does_not_wait_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        wal: keel_wal::Options {
+            sync_policy: keel_wal::SyncPolicy::Never,
+            ..keel_wal::Options::small_for_tests()
+        },
+        ..small()
+    };
+    let (e, _) = Engine::open(dir.path(), opts).unwrap();
+    let e = std::sync::Arc::new(e);
+    let w = || vec![Write::Incr { key: b("n"), by: 1 }];
+    let first = e.commit_request("r", vec![], w()).unwrap();
+    // A liveness check, not a timing one: without the fix the retry never returns.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let e2 = e.clone();
+    std::thread::spawn(move || {
+        tx.send(e2.commit_request("r", vec![], w()).unwrap())
+            .unwrap()
+    });
+    let retried = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the retry must not wait for a sync that never comes");
+    assert_eq!(retried, first);
+    assert_eq!(e.get(b"n").unwrap().value, "1");
+}
