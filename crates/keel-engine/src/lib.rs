@@ -13,30 +13,44 @@
 //!   clone of a persistent map.
 //!
 //! [`Engine::checkpoint`] writes a snapshot, commits it through an atomically replaced manifest
-//! and only then prunes the log (P6). Recovery loads the snapshot the manifest names and replays
-//! only the log after it (P7). [`Engine::commit_request`] makes retries idempotent (P8).
-//! Point-in-time restore, backup and automatic checkpoint triggers are not built yet.
+//! and only then prunes the log (P6); a background thread does it by log size and by time.
+//! Recovery loads the snapshot the manifest names and replays only the log after it (P7).
+//! [`Engine::commit_request`] makes retries idempotent (P8). [`restore`] rebuilds the database as
+//! of any retained LSN or time into a new directory, and [`Engine::backup`] copies it online (P9).
+//!
+//! ```no_run
+//! use keel_engine::{Engine, Options};
+//! let (engine, report) = Engine::open("data", Options::default())?;
+//! println!("{report}");
+//! engine.put("k", "v")?; // durable and visible when this returns
+//! assert_eq!(engine.get(b"k").unwrap().value, "v");
+//! # Ok::<(), keel_engine::Error>(())
+//! ```
 #![forbid(unsafe_code)]
 
+mod checkpoint;
 pub mod record;
+mod restore;
 pub mod snapshot;
 
-use std::collections::{HashMap, VecDeque};
-use std::ops::{Bound, RangeBounds};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::ops::{Bound, Deref, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use imbl::OrdMap;
-use keel_wal::fs::{
-    durable_create_dir_all, durable_remove, durable_rename, durable_replace, write_all_at,
-};
-use keel_wal::{Fs, Lsn, OpenMode, RecoveryReport, Wal};
+use keel_wal::fs::durable_create_dir_all;
+use keel_wal::{Lsn, OpenMode, Ticket, Wal, WalStats};
 
-use snapshot::{FileError, Manifest, MANIFEST, SNAPSHOT_DIR};
+use snapshot::FileError;
 
+pub use checkpoint::CheckpointInfo;
 pub use record::{Mutation, RecordError, Request, REQUEST_ID_BYTES_MAX};
+pub use restore::{restore, RestoreReport, RestoreTarget};
 
 /// A stored value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +85,11 @@ impl Snapshot {
     /// The LSN up to which this view includes every write.
     pub fn lsn(&self) -> Lsn {
         self.lsn
+    }
+
+    /// The Unix time at which expiry is judged in this view.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&Entry> {
@@ -108,6 +127,11 @@ impl Snapshot {
             .collect()
     }
 
+    /// Every live entry, in key order, without copying the view.
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Entry)> {
+        self.map.iter().filter(|(_, e)| e.live(self.now_ms))
+    }
+
     /// Number of live keys. O(n) when some keys carry an expiry.
     pub fn count(&self) -> usize {
         self.map.values().filter(|e| e.live(self.now_ms)).count()
@@ -137,28 +161,39 @@ pub enum Ttl {
     Keep,
 }
 
-/// One write in a transaction.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One operation in a transaction. Each is decided against the state the earlier ones leave.
+#[derive(Clone, Debug, PartialEq)]
 pub enum Write {
+    /// Result: `Put(applied)`.
     Put {
         key: Bytes,
         value: Bytes,
         ttl: Ttl,
         only: PutIf,
     },
-    Delete {
-        key: Bytes,
+    /// Result: `Existed(had a live value)`.
+    Delete { key: Bytes },
+    /// Adds `by` to a decimal integer value (absent counts as 0) and keeps the expiry. Logs the
+    /// result, not `by`. Result: `Int(new value)`, or `Failed(NotAnInteger | Overflow)`.
+    Incr { key: Bytes, by: i64 },
+    /// Adds `by` to a decimal float value (absent counts as 0) and keeps the expiry. Result:
+    /// `Value(new value as written)`, or `Failed(NotAFloat | NotFinite)`.
+    IncrFloat { key: Bytes, by: f64 },
+    /// Appends to the value (absent counts as empty) and keeps the expiry. Result: `Int(new
+    /// length)`, or `Failed(ValueTooLarge)`.
+    Append { key: Bytes, suffix: Bytes },
+    /// Sets (`Some`) or removes (`None`) the expiry of a live key. Result: `Existed`.
+    Expire { key: Bytes, at_ms: Option<u64> },
+    /// Moves a value, with its expiry, to another key. With `only_if_absent` the move happens
+    /// only if `to` has no live value. Result: `Put(moved)`, or `Failed(NoSuchKey)`.
+    Rename {
+        from: Bytes,
+        to: Bytes,
+        only_if_absent: bool,
     },
-    /// Adds `by` to a decimal integer value (absent counts as 0). Logs the result, not `by`.
-    Incr {
-        key: Bytes,
-        by: i64,
-    },
-    /// Sets (`Some`) or removes (`None`) the expiry of a live key.
-    Expire {
-        key: Bytes,
-        at_ms: Option<u64>,
-    },
+    /// Reads the value as the transaction sees it at this point; writes nothing. Result: `Value`.
+    Get { key: Bytes },
+    /// Removes every key. Result: `DeletedAll`.
     DeleteAll,
 }
 
@@ -169,16 +204,57 @@ pub struct Guard {
     pub version: Option<Lsn>,
 }
 
+/// Why one write in a transaction did nothing. The transaction's other writes still apply, as in
+/// a Redis `EXEC`; use guards for all-or-nothing conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("value is not an integer or out of range")]
+    NotAnInteger,
+    #[error("increment or decrement would overflow")]
+    Overflow,
+    #[error("value is not a valid float")]
+    NotAFloat,
+    #[error("increment would produce NaN or Infinity")]
+    NotFinite,
+    #[error("no such key")]
+    NoSuchKey,
+    #[error("the result would exceed value_bytes_max")]
+    ValueTooLarge,
+}
+
+impl WriteError {
+    pub(crate) fn code(self) -> u8 {
+        self as u8 + 1
+    }
+    pub(crate) fn from_code(c: u8) -> Option<Self> {
+        use WriteError::*;
+        [
+            NotAnInteger,
+            Overflow,
+            NotAFloat,
+            NotFinite,
+            NoSuchKey,
+            ValueTooLarge,
+        ]
+        .get(usize::from(c).checked_sub(1)?)
+        .copied()
+    }
+}
+
 /// What one write did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteResult {
-    /// A put; `false` when its condition (`PutIf`) did not hold.
+    /// A put or rename; `false` when its condition did not hold.
     Put(bool),
     /// A delete or an expiry change; whether the key had a live value.
     Existed(bool),
-    /// The value an increment produced.
+    /// The value an increment produced, or the length an append produced.
     Int(i64),
+    /// A read, or the value a float increment produced.
+    Value(Option<Bytes>),
     DeletedAll,
+    /// The write did nothing, for this reason.
+    Failed(WriteError),
 }
 
 /// The outcome of a transaction.
@@ -235,9 +311,15 @@ pub enum Error {
     /// The log does not continue where the snapshot ends: records are missing.
     #[error("the snapshot covers up to LSN {snapshot_lsn}, but the log {detail}; records are missing and the database refuses to open")]
     Gap { snapshot_lsn: Lsn, detail: String },
+    /// A restore cannot reach the point asked for with what the source retains.
+    #[error("cannot restore: {0}")]
+    NotRestorable(String),
 }
 
-fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+pub(crate) fn io<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> Error + 'a {
     move |source| Error::Io {
         op,
         path: path.to_path_buf(),
@@ -247,7 +329,7 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Er
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Engine configuration.
+/// Engine configuration. `Options::default()` is the durable configuration.
 #[derive(Clone, Debug)]
 pub struct Options {
     pub wal: keel_wal::Options,
@@ -261,6 +343,20 @@ pub struct Options {
     /// ... and none older than this. Default 24 hours. A retry after either limit is a new
     /// request.
     pub request_retention_ms: u64,
+    /// Run a background thread for automatic checkpoints and active expiry. Default true. Off,
+    /// checkpoints happen only when [`Engine::checkpoint`] is called and expired keys are
+    /// removed only when overwritten (they are never visible either way).
+    pub background: bool,
+    /// Checkpoint once this many bytes were logged since the last one. Default 256 MiB;
+    /// 0 = never by size. Bounds the log that recovery replays.
+    pub checkpoint_log_bytes: u64,
+    /// Checkpoint this long after the last one, if anything was written. Default 10 minutes.
+    pub checkpoint_interval: Option<Duration>,
+    /// Keep older snapshots and the log after them for this long, so that [`restore`] can reach
+    /// any point in the window. Default 0: a checkpoint prunes everything it covers.
+    pub retention: Duration,
+    /// LZ4-compress snapshot blocks. Default true.
+    pub compress_snapshots: bool,
 }
 
 impl Default for Options {
@@ -271,21 +367,44 @@ impl Default for Options {
             value_bytes_max: 8 << 20,
             request_retention_count: 100_000,
             request_retention_ms: 24 * 3600 * 1000,
+            background: true,
+            checkpoint_log_bytes: 256 << 20,
+            checkpoint_interval: Some(Duration::from_secs(600)),
+            retention: Duration::ZERO,
+            compress_snapshots: true,
         }
     }
 }
 
-fn now_ms() -> u64 {
+impl Options {
+    fn validate(&self) -> Result<()> {
+        let max_record = self.wal.record_bytes_max as usize;
+        if self.key_bytes_max + self.value_bytes_max + 64 > max_record {
+            return Err(Error::InvalidOptions(format!(
+                "key_bytes_max ({}) + value_bytes_max ({}) must fit in the log's record_bytes_max ({max_record})",
+                self.key_bytes_max, self.value_bytes_max
+            )));
+        }
+        if self.checkpoint_interval.is_some_and(|d| d.is_zero()) {
+            return Err(Error::InvalidOptions(
+                "checkpoint_interval must be positive; use None to turn it off".into(),
+            ));
+        }
+        Ok(self.wal.validate()?)
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn apply(map: &mut Map, mutations: &[Mutation], lsn: Lsn) {
+pub(crate) fn apply(map: &mut Map, mutations: &[Mutation], lsn: Lsn) {
     for m in mutations {
         match m {
             Mutation::Set {
@@ -310,60 +429,6 @@ fn apply(map: &mut Map, mutations: &[Mutation], lsn: Lsn) {
     }
 }
 
-fn read_all(fs: &dyn Fs, path: &Path, max: u64) -> Result<Vec<u8>> {
-    let f = fs.open(path, OpenMode::Read).map_err(io("open", path))?;
-    let len = f.len().map_err(io("stat", path))?;
-    if len > max {
-        return Err(Error::BadFile {
-            path: path.to_path_buf(),
-            source: FileError::Mismatch {
-                field: "file length",
-                expected: max,
-                found: len,
-            },
-        });
-    }
-    let mut b = vec![0u8; len as usize];
-    keel_wal::fs::read_exact_at(&*f, &mut b, 0).map_err(io("read", path))?;
-    Ok(b)
-}
-
-fn read_manifest(fs: &dyn Fs, dir: &Path) -> Result<Manifest> {
-    let path = dir.join(MANIFEST);
-    if !fs.exists(&path).map_err(io("stat", &path))? {
-        return Ok(Manifest::default());
-    }
-    let b = read_all(fs, &path, snapshot::MANIFEST_BYTES as u64)?;
-    Manifest::decode(&b).map_err(|source| Error::BadFile { path, source })
-}
-
-fn read_snapshot(fs: &dyn Fs, dir: &Path, m: &Manifest) -> Result<(Map, Vec<(Lsn, Request)>)> {
-    let path = snapshot::snapshot_path(dir, m.snapshot_lsn);
-    // The manifest's length bounds the allocation; the file must have exactly that length.
-    let b = read_all(fs, &path, m.snapshot_bytes)?;
-    snapshot::decode_snapshot(&Bytes::from(b), m).map_err(|source| Error::BadFile { path, source })
-}
-
-/// Removes what a crash can leave behind: snapshot files the manifest does not name (a newer one
-/// never committed, an older one not yet deleted, temporaries) and a temporary manifest.
-fn remove_stale_snapshots(fs: &dyn Fs, dir: &Path, current: Lsn) -> Result<()> {
-    let sdir = dir.join(SNAPSHOT_DIR);
-    if fs.exists(&sdir).map_err(io("stat", &sdir))? {
-        let keep = snapshot::snapshot_name(current);
-        for name in fs.read_dir(&sdir).map_err(io("list", &sdir))? {
-            if name != keep && name.starts_with("snap-") {
-                let p = sdir.join(&name);
-                durable_remove(fs, &p).map_err(io("remove stale snapshot", &p))?;
-            }
-        }
-    }
-    let tmp = dir.join(format!("{MANIFEST}.tmp"));
-    if fs.exists(&tmp).map_err(io("stat", &tmp))? {
-        durable_remove(fs, &tmp).map_err(io("remove", &tmp))?;
-    }
-    Ok(())
-}
-
 /// Request ids kept for retries, with the LSN of the record that holds each (P8).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Requests {
@@ -377,7 +442,7 @@ impl Requests {
         self.by_id.get(id)
     }
 
-    fn insert(&mut self, lsn: Lsn, req: Request, opts: &Options, now: u64) {
+    pub(crate) fn insert(&mut self, lsn: Lsn, req: Request, opts: &Options, now: u64) {
         self.order.push_back((lsn, req.id.clone()));
         self.by_id.insert(req.id.clone(), (lsn, req));
         while let Some((l, id)) = self.order.front() {
@@ -416,11 +481,60 @@ impl Requests {
 struct Seq {
     map: Map,
     requests: Requests,
+    /// (expiry, key) of every value written with an expiry; entries go stale when the key is
+    /// rewritten and are checked against `map` before use.
+    expiry: BTreeSet<(u64, Bytes)>,
+    /// Decision time of the last record: record times never go backwards.
+    last_at_ms: u64,
+}
+
+impl Seq {
+    fn track_expiry(&mut self, mutations: &[Mutation]) {
+        for m in mutations {
+            if let Mutation::Set {
+                key,
+                expires_at_ms: Some(t),
+                ..
+            } = m
+            {
+                self.expiry.insert((*t, key.clone()));
+            }
+        }
+    }
 }
 
 struct Visible {
     map: Map,
     lsn: Lsn,
+    /// Decision time of the record at `lsn`.
+    at_ms: u64,
+}
+
+struct Unpublished {
+    lsn: Lsn,
+    at_ms: u64,
+    mutations: Arc<Vec<Mutation>>,
+}
+
+fn parse_int(v: &[u8]) -> Option<i64> {
+    // Redis's rules: plain decimal, optional '-', no '+', spaces or leading zeros.
+    let s = std::str::from_utf8(v).ok()?;
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    if digits.is_empty() || digits.len() > 19 || (digits.len() > 1 && digits.starts_with('0')) {
+        return None;
+    }
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || s == "-0" {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn parse_float(v: &[u8]) -> Option<f64> {
+    let s = std::str::from_utf8(v).ok()?;
+    if s.is_empty() || s.len() > 5000 || s.starts_with(char::is_whitespace) {
+        return None;
+    }
+    s.parse::<f64>().ok().filter(|f| !f.is_nan())
 }
 
 /// Decides a transaction against `state`: the guards, then every write against the state the
@@ -428,20 +542,22 @@ struct Visible {
 fn decide(
     state: &Map,
     now: u64,
+    value_max: usize,
     guards: &[Guard],
     writes: Vec<Write>,
-) -> Result<(Outcome, Vec<Mutation>)> {
+) -> (Outcome, Vec<Mutation>) {
     let live = |m: &Map, k: &[u8]| m.get(k).filter(|e| e.live(now)).cloned();
     for (i, g) in guards.iter().enumerate() {
         if live(state, &g.key).map(|e| e.version) != g.version {
-            return Ok((Outcome::GuardFailed(i), Vec::new()));
+            return (Outcome::GuardFailed(i), Vec::new());
         }
     }
     let mut work = state.clone();
     let mut mutations = Vec::new();
     let mut results = Vec::with_capacity(writes.len());
     for w in writes {
-        let (result, m) = match w {
+        let mut m = Vec::new();
+        let result = match w {
             Write::Put {
                 key,
                 value,
@@ -459,105 +575,248 @@ fn decide(
                     Ttl::At(t) => Some(t),
                     Ttl::Keep => old.and_then(|e| e.expires_at_ms),
                 };
-                (
-                    WriteResult::Put(go),
-                    go.then_some(Mutation::Set {
+                if go {
+                    m.push(Mutation::Set {
                         key,
                         value,
                         expires_at_ms,
-                    }),
-                )
+                    });
+                }
+                WriteResult::Put(go)
             }
             Write::Delete { key } => {
                 let existed = live(&work, &key).is_some();
-                (
-                    WriteResult::Existed(existed),
-                    existed.then_some(Mutation::Delete { key }),
-                )
+                if existed {
+                    m.push(Mutation::Delete { key });
+                }
+                WriteResult::Existed(existed)
             }
             Write::Incr { key, by } => {
                 let old = live(&work, &key);
-                let cur = match &old {
-                    None => 0,
-                    Some(e) => std::str::from_utf8(&e.value)
-                        .ok()
-                        .and_then(|s| s.parse::<i64>().ok())
-                        .ok_or(Error::NotAnInteger)?,
-                };
-                let new = cur.checked_add(by).ok_or(Error::Overflow)?;
-                let m = Mutation::Set {
-                    key,
-                    value: Bytes::from(new.to_string()),
-                    expires_at_ms: old.and_then(|e| e.expires_at_ms),
-                };
-                (WriteResult::Int(new), Some(m))
+                match old.as_ref().map_or(Some(0), |e| parse_int(&e.value)) {
+                    None => WriteResult::Failed(WriteError::NotAnInteger),
+                    Some(cur) => match cur.checked_add(by) {
+                        None => WriteResult::Failed(WriteError::Overflow),
+                        Some(new) => {
+                            m.push(Mutation::Set {
+                                key,
+                                value: Bytes::from(new.to_string()),
+                                expires_at_ms: old.and_then(|e| e.expires_at_ms),
+                            });
+                            WriteResult::Int(new)
+                        }
+                    },
+                }
+            }
+            Write::IncrFloat { key, by } => {
+                let old = live(&work, &key);
+                match old.as_ref().map_or(Some(0.0), |e| parse_float(&e.value)) {
+                    None => WriteResult::Failed(WriteError::NotAFloat),
+                    Some(cur) if !(cur + by).is_finite() || !by.is_finite() => {
+                        WriteResult::Failed(WriteError::NotFinite)
+                    }
+                    Some(cur) => {
+                        let value = Bytes::from((cur + by).to_string());
+                        m.push(Mutation::Set {
+                            key,
+                            value: value.clone(),
+                            expires_at_ms: old.and_then(|e| e.expires_at_ms),
+                        });
+                        WriteResult::Value(Some(value))
+                    }
+                }
+            }
+            Write::Append { key, suffix } => {
+                let old = live(&work, &key);
+                let len = old.as_ref().map_or(0, |e| e.value.len()) + suffix.len();
+                if len > value_max {
+                    WriteResult::Failed(WriteError::ValueTooLarge)
+                } else {
+                    let (value, expires_at_ms) = match old {
+                        Some(e) => {
+                            let mut v = Vec::with_capacity(len);
+                            v.extend_from_slice(&e.value);
+                            v.extend_from_slice(&suffix);
+                            (Bytes::from(v), e.expires_at_ms)
+                        }
+                        None => (suffix, None),
+                    };
+                    m.push(Mutation::Set {
+                        key,
+                        value,
+                        expires_at_ms,
+                    });
+                    WriteResult::Int(len as i64)
+                }
             }
             Write::Expire { key, at_ms } => match live(&work, &key) {
-                Some(e) => (
-                    WriteResult::Existed(true),
-                    Some(Mutation::Set {
+                Some(e) => {
+                    m.push(Mutation::Set {
                         key,
                         value: e.value,
                         expires_at_ms: at_ms,
-                    }),
-                ),
-                None => (WriteResult::Existed(false), None),
+                    });
+                    WriteResult::Existed(true)
+                }
+                None => WriteResult::Existed(false),
             },
-            Write::DeleteAll => (WriteResult::DeletedAll, Some(Mutation::DeleteAll)),
+            Write::Rename {
+                from,
+                to,
+                only_if_absent,
+            } => match live(&work, &from) {
+                None => WriteResult::Failed(WriteError::NoSuchKey),
+                Some(_) if only_if_absent && live(&work, &to).is_some() => WriteResult::Put(false),
+                Some(_) if from == to => WriteResult::Put(true),
+                Some(e) => {
+                    m.push(Mutation::Delete { key: from });
+                    m.push(Mutation::Set {
+                        key: to,
+                        value: e.value,
+                        expires_at_ms: e.expires_at_ms,
+                    });
+                    WriteResult::Put(true)
+                }
+            },
+            Write::Get { key } => WriteResult::Value(live(&work, &key).map(|e| e.value)),
+            Write::DeleteAll => {
+                m.push(Mutation::DeleteAll);
+                WriteResult::DeletedAll
+            }
         };
-        if let Some(m) = m {
-            // Versions inside `work` are provisional (0): only `live` and values are read from it.
-            apply(&mut work, std::slice::from_ref(&m), 0);
-            mutations.push(m);
-        }
+        // Versions inside `work` are provisional (0): only `live` and values are read from it.
+        apply(&mut work, &m, 0);
+        mutations.append(&mut m);
         results.push(result);
     }
-    Ok((Outcome::Committed { lsn: None, results }, mutations))
+    (Outcome::Committed { lsn: None, results }, mutations)
 }
 
-/// The embedded engine. Share it by reference or `Arc`; every method takes `&self`.
+/// What opening an engine found and did.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    /// The log's own recovery: segments, torn tail, files removed.
+    pub wal: keel_wal::RecoveryReport,
+    /// LSN of the snapshot loaded (0: none).
+    pub snapshot_lsn: Lsn,
+    pub snapshot_bytes: u64,
+    pub snapshot_load: Duration,
+    pub records_replayed: u64,
+    pub bytes_replayed: u64,
+    /// Live and expired keys held after recovery.
+    pub keys: usize,
+    /// The last LSN recovered.
+    pub lsn: Lsn,
+    pub duration: Duration,
+}
+
+impl fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.wal)?;
+        write!(
+            f,
+            "engine: snapshot at LSN {} ({} bytes, loaded in {:.2?}), replayed {} records ({} bytes), {} keys at LSN {}, in {:.2?}",
+            self.snapshot_lsn,
+            self.snapshot_bytes,
+            self.snapshot_load,
+            self.records_replayed,
+            self.bytes_replayed,
+            self.keys,
+            self.lsn,
+            self.duration
+        )
+    }
+}
+
+/// A prepared transaction: decided and queued, not yet acknowledged.
+enum Prepared {
+    Done(Outcome),
+    Wait(Ticket, Outcome),
+    /// A retry of request already logged at this LSN.
+    Retry(Lsn, Outcome),
+}
+
+/// The embedded engine. Every method takes `&self`; share it by reference or in an `Arc`. The
+/// operations live on [`Core`], which an `Engine` dereferences to. Dropping the engine stops its
+/// background thread; [`Engine::close`] also syncs and reports the log's final state.
 pub struct Engine {
+    // Declared first so that it is dropped (stopped and joined) before the core.
+    background: Option<checkpoint::Background>,
+    core: Arc<Core>,
+}
+
+/// The engine's operations. See [`Engine`].
+pub struct Core {
     opts: Options,
     dir: PathBuf,
     wal: Wal,
-    /// The manifest in force; held while a checkpoint runs, so checkpoints do not overlap.
-    manifest: Mutex<Manifest>,
+    /// The manifest in force and checkpoint bookkeeping; held while a checkpoint runs, so
+    /// checkpoints do not overlap.
+    checkpoints: Mutex<checkpoint::State>,
     /// Every decided transaction, durable or not. Held while deciding and submitting, so that LSN
     /// order is decision order.
     pending: Mutex<Seq>,
     /// Decided transactions not yet visible, in LSN order.
-    unpublished: Mutex<VecDeque<(Lsn, Arc<Vec<Mutation>>)>>,
+    unpublished: Mutex<VecDeque<Unpublished>>,
     visible: RwLock<Visible>,
+    /// Bytes logged since the last checkpoint, for the size trigger.
+    logged_since_checkpoint: AtomicU64,
+    recovery: RecoveryReport,
+}
+
+impl Deref for Engine {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
 }
 
 impl Engine {
-    /// Opens (or creates) the engine in `dir`, replaying the log in `dir/wal/`. (`dir` will also
-    /// hold the manifest and snapshots.)
+    /// Opens (or creates) the engine in `dir`: the manifest, the snapshot it names, then the log
+    /// in `dir/wal/` from the snapshot's LSN + 1.
     pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<(Engine, RecoveryReport)> {
-        let max_record = opts.wal.record_bytes_max as usize;
-        if opts.key_bytes_max + opts.value_bytes_max + 32 > max_record {
-            return Err(Error::InvalidOptions(format!(
-                "key_bytes_max ({}) + value_bytes_max ({}) must fit in the log's record_bytes_max ({max_record})",
-                opts.key_bytes_max, opts.value_bytes_max
-            )));
-        }
+        Self::open_with_progress(dir, opts, &mut |_, _| {})
+    }
+
+    /// Like [`Engine::open`], calling `progress(bytes_done, bytes_total)` while the log's
+    /// recovery scans.
+    pub fn open_with_progress(
+        dir: impl AsRef<Path>,
+        opts: Options,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(Engine, RecoveryReport)> {
+        let started = Instant::now();
+        opts.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let fs = opts.wal.fs.clone();
         durable_create_dir_all(&*fs, &dir).map_err(io("create directory", &dir))?;
-        let manifest = read_manifest(&*fs, &dir)?;
+        let manifest = checkpoint::read_manifest(&*fs, &dir)?;
         let now = now_ms();
         let mut requests = Requests::default();
-        let (mut map, snapshot_lsn) = match manifest.snapshot_lsn {
-            0 => (Map::new(), 0),
+        let mut report = RecoveryReport::default();
+        let (mut map, snapshot_lsn, mut at_ms) = match manifest.snapshot_lsn {
+            0 => (Map::new(), 0, 0),
             lsn => {
-                let (map, reqs) = read_snapshot(&*fs, &dir, &manifest)?;
-                for (l, r) in reqs {
+                let t = Instant::now();
+                let path = snapshot::snapshot_path(&dir, lsn);
+                let loaded = fs
+                    .open(&path, OpenMode::Read)
+                    .map_err(io("open snapshot", &path))
+                    .and_then(|f| {
+                        snapshot::read_snapshot(&*f, Some(&manifest))
+                            .map_err(|source| Error::BadFile { path, source })
+                    })?;
+                for (l, r) in loaded.requests {
                     requests.insert(l, r, &opts, now);
                 }
-                (map, lsn)
+                report.snapshot_load = t.elapsed();
+                report.snapshot_bytes = manifest.snapshot_bytes;
+                (loaded.map, lsn, loaded.header.at_ms)
             }
         };
-        let (wal, report) = Wal::open(dir.join(WAL_DIR), opts.wal.clone())?;
+        report.snapshot_lsn = snapshot_lsn;
+        let (wal, wal_report) =
+            Wal::open_with_progress(dir.join(WAL_DIR), opts.wal.clone(), progress)?;
         let (first, last) = (wal.first_lsn(), wal.last_lsn());
         // P4 between snapshot and log: the log must continue exactly where the snapshot ends.
         if first > snapshot_lsn + 1 {
@@ -576,6 +835,7 @@ impl Engine {
         let mut applied = snapshot_lsn.max(first - 1);
         for rec in wal.read_from(applied + 1)? {
             let rec = rec?;
+            report.bytes_replayed += rec.payload.len() as u64;
             let decoded = record::decode(&Bytes::from(rec.payload), rec.lsn).map_err(|source| {
                 Error::BadRecord {
                     lsn: rec.lsn,
@@ -586,69 +846,79 @@ impl Engine {
             if let Some(r) = decoded.request {
                 requests.insert(rec.lsn, r, &opts, now);
             }
+            at_ms = decoded.at_ms;
             applied = rec.lsn;
+            report.records_replayed += 1;
         }
-        remove_stale_snapshots(&*fs, &dir, snapshot_lsn)?;
-        Ok((
-            Engine {
-                opts,
-                dir,
-                wal,
-                manifest: Mutex::new(manifest),
-                pending: Mutex::new(Seq {
-                    map: map.clone(),
-                    requests,
-                }),
-                unpublished: Mutex::new(VecDeque::new()),
-                visible: RwLock::new(Visible { map, lsn: applied }),
-            },
-            report,
-        ))
+        checkpoint::remove_uncommitted(&*fs, &dir, snapshot_lsn)?;
+        let mut seq = Seq {
+            map: map.clone(),
+            requests,
+            expiry: BTreeSet::new(),
+            last_at_ms: at_ms,
+        };
+        for (k, e) in map.iter() {
+            if let Some(t) = e.expires_at_ms {
+                seq.expiry.insert((t, k.clone()));
+            }
+        }
+        report.wal = wal_report;
+        report.keys = map.len();
+        report.lsn = applied;
+        report.duration = started.elapsed();
+        let core = Arc::new(Core {
+            checkpoints: Mutex::new(checkpoint::State::new(manifest)),
+            opts,
+            dir,
+            wal,
+            pending: Mutex::new(seq),
+            unpublished: Mutex::new(VecDeque::new()),
+            visible: RwLock::new(Visible {
+                map,
+                lsn: applied,
+                at_ms,
+            }),
+            logged_since_checkpoint: AtomicU64::new(report.bytes_replayed),
+            recovery: report.clone(),
+        });
+        let background = core
+            .opts
+            .background
+            .then(|| checkpoint::Background::start(&core))
+            .transpose()?;
+        Ok((Engine { core, background }, report))
     }
 
-    /// Writes a snapshot of the durable state and makes it current, then prunes the log it
-    /// covers. Writers are not blocked: the snapshot is an O(1) clone of the visible state.
-    ///
-    /// Order (P6): the snapshot holds only durable writes; it is written to a temporary file,
-    /// synced, renamed and its directory synced; then the manifest is replaced atomically; only
-    /// then are log segments and the previous snapshot removed. Returns the snapshot's LSN.
-    pub fn checkpoint(&self) -> Result<Lsn> {
-        let mut current = lock(&self.manifest);
-        let (map, lsn) = {
-            let v = self.visible.read().unwrap_or_else(|p| p.into_inner());
-            (v.map.clone(), v.lsn)
-        };
-        if lsn == current.snapshot_lsn {
-            return Ok(lsn);
+    /// Stops the background thread, then finishes queued appends and syncs the log.
+    pub fn close(self) -> Result<()> {
+        let Engine { background, core } = self;
+        drop(background);
+        // With the background thread joined, nothing else holds the core.
+        match Arc::try_unwrap(core) {
+            Ok(core) => Ok(core.wal.close()?),
+            Err(core) => core.wal.sync().map(drop).map_err(Error::from),
         }
-        let fs = &*self.opts.wal.fs;
-        let sdir = self.dir.join(SNAPSHOT_DIR);
-        durable_create_dir_all(fs, &sdir).map_err(io("create directory", &sdir))?;
-        let requests = lock(&self.pending).requests.up_to(lsn);
-        let (bytes, crc) = snapshot::encode_snapshot(&map, &requests, lsn);
-        let path = snapshot::snapshot_path(&self.dir, lsn);
-        let tmp = path.with_extension("tmp");
-        let f = fs
-            .open(&tmp, OpenMode::CreateTruncate)
-            .map_err(io("create snapshot", &tmp))?;
-        write_all_at(&*f, &bytes, 0).map_err(io("write snapshot", &tmp))?;
-        f.sync_all().map_err(io("sync snapshot", &tmp))?;
-        drop(f);
-        durable_rename(fs, &tmp, &path).map_err(io("rename snapshot", &tmp))?;
-        let next = Manifest {
-            snapshot_lsn: lsn,
-            snapshot_bytes: bytes.len() as u64,
-            snapshot_crc: crc,
-        };
-        let mpath = self.dir.join(MANIFEST);
-        durable_replace(fs, &mpath, &next.encode()).map_err(io("replace manifest", &mpath))?;
-        let previous = std::mem::replace(&mut *current, next);
-        self.wal.prune_before(lsn + 1)?;
-        if previous.snapshot_lsn > 0 {
-            let old = snapshot::snapshot_path(&self.dir, previous.snapshot_lsn);
-            durable_remove(fs, &old).map_err(io("remove old snapshot", &old))?;
-        }
-        Ok(lsn)
+    }
+}
+
+impl Core {
+    /// The directory the engine lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// What opening the engine found.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// The log's counters: records, syncs, sync time, bytes.
+    pub fn wal_stats(&self) -> WalStats {
+        self.wal.stats()
     }
 
     /// The durable state now.
@@ -713,15 +983,15 @@ impl Engine {
     }
 
     pub fn incr(&self, key: impl Into<Bytes>, by: i64) -> Result<i64> {
-        match self.commit(
-            Vec::new(),
-            vec![Write::Incr {
-                key: key.into(),
-                by,
-            }],
-        )? {
+        let w = Write::Incr {
+            key: key.into(),
+            by,
+        };
+        match self.commit(Vec::new(), vec![w])? {
             Outcome::Committed { results, .. } => match results[0] {
                 WriteResult::Int(v) => Ok(v),
+                WriteResult::Failed(WriteError::Overflow) => Err(Error::Overflow),
+                WriteResult::Failed(_) => Err(Error::NotAnInteger),
                 ref other => unreachable!("incr yields an integer: {other:?}"),
             },
             other => unreachable!("no guards: {other:?}"),
@@ -729,12 +999,14 @@ impl Engine {
     }
 
     /// Checks `guards`, then applies `writes` in order, atomically: one WAL record, all or
-    /// nothing after any crash. Returns once the writes are durable and visible.
+    /// nothing after any crash. Returns once the writes are durable and visible. Blocks the
+    /// calling thread; use [`Core::commit_async`] from async code.
     pub fn commit(&self, guards: Vec<Guard>, writes: Vec<Write>) -> Result<Outcome> {
-        self.commit_inner(None, guards, writes)
+        let p = self.prepare(None, &guards, writes)?;
+        self.finish(p)
     }
 
-    /// Like [`Engine::commit`], under a client request id (P8). The first call with an id is
+    /// Like [`Core::commit`], under a client request id (P8). The first call with an id is
     /// decided and logged together with its outcome, even when it writes nothing; a retry with
     /// the same id, also after a crash and restart, returns that same outcome and applies
     /// nothing. Ids are remembered within `request_retention_count` and `request_retention_ms`.
@@ -744,70 +1016,107 @@ impl Engine {
         guards: Vec<Guard>,
         writes: Vec<Write>,
     ) -> Result<Outcome> {
-        let id = id.into();
-        if id.len() > REQUEST_ID_BYTES_MAX {
-            return Err(Error::RequestIdTooLong {
-                len: id.len(),
-                max: REQUEST_ID_BYTES_MAX,
-            });
-        }
-        self.commit_inner(Some(id), guards, writes)
+        let p = self.prepare(Some(check_id(id.into())?), &guards, writes)?;
+        self.finish(p)
     }
 
-    fn commit_inner(
+    /// [`Core::commit`] for async code: waits for durability without blocking a thread. (Only
+    /// the sequencer's short critical section, and log backpressure when 64 MiB are queued,
+    /// block.)
+    pub async fn commit_async(&self, guards: Vec<Guard>, writes: Vec<Write>) -> Result<Outcome> {
+        let p = self.prepare(None, &guards, writes)?;
+        self.finish_async(p).await
+    }
+
+    /// [`Core::commit_request`] for async code.
+    pub async fn commit_request_async(
         &self,
-        id: Option<Bytes>,
+        id: impl Into<Bytes>,
         guards: Vec<Guard>,
         writes: Vec<Write>,
     ) -> Result<Outcome> {
-        for w in &writes {
-            self.check_limits(w)?;
+        let p = self.prepare(Some(check_id(id.into())?), &guards, writes)?;
+        self.finish_async(p).await
+    }
+
+    fn finish(&self, p: Prepared) -> Result<Outcome> {
+        match p {
+            Prepared::Done(o) => Ok(o),
+            Prepared::Wait(ticket, o) => {
+                ticket.wait()?;
+                self.publish();
+                Ok(o)
+            }
+            Prepared::Retry(lsn, o) => {
+                self.wait_for_retry(lsn)?;
+                Ok(o)
+            }
         }
-        let mut seq = lock(&self.pending);
-        if let Some((lsn, req)) = id.as_ref().and_then(|id| seq.requests.get(id)) {
-            // A retry. The original may not be durable yet: answer only once it is (P1).
-            let (lsn, outcome) = (*lsn, req.outcome.clone());
-            drop(seq);
+    }
+
+    async fn finish_async(&self, p: Prepared) -> Result<Outcome> {
+        match p {
+            Prepared::Done(o) => Ok(o),
+            Prepared::Wait(ticket, o) => {
+                ticket.await?;
+                self.publish();
+                Ok(o)
+            }
+            // Rare, and the original is almost always durable already; otherwise this blocks
+            // for at most one sync.
+            Prepared::Retry(lsn, o) => {
+                self.wait_for_retry(lsn)?;
+                Ok(o)
+            }
+        }
+    }
+
+    /// A retry's original may not be durable yet: answer only once it is (P1).
+    fn wait_for_retry(&self, lsn: Lsn) -> Result<()> {
+        if self.wal.durable_lsn() < lsn {
             if self.opts.wal.sync_policy != keel_wal::SyncPolicy::Always {
                 // Weaker policies sync late or never: force it. The sync is queued behind the
                 // original's record, so it covers it.
                 self.wal.sync()?;
             }
             self.wal.wait_durable(lsn)?;
-            self.publish();
-            return Ok(outcome);
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// Decides the transaction and queues its record, under the sequencer lock.
+    fn prepare(&self, id: Option<Bytes>, guards: &[Guard], writes: Vec<Write>) -> Result<Prepared> {
+        for w in &writes {
+            self.check_limits(w)?;
+        }
+        let mut seq = lock(&self.pending);
+        if let Some((lsn, req)) = id.as_ref().and_then(|id| seq.requests.get(id)) {
+            return Ok(Prepared::Retry(*lsn, req.outcome.clone()));
         }
         let now = now_ms();
-        let (outcome, mutations) = decide(&seq.map, now, &guards, writes)?;
+        let (outcome, mutations) = decide(&seq.map, now, self.opts.value_bytes_max, guards, writes);
         if mutations.is_empty() && id.is_none() {
-            return Ok(outcome);
+            return Ok(Prepared::Done(outcome));
         }
+        let at_ms = now.max(seq.last_at_ms);
+        let wrote = !mutations.is_empty();
         let request = id.map(|id| Request {
             id,
-            at_ms: now,
+            at_ms,
             // A committed outcome with writes carries this record's LSN; the format says so.
             outcome: match &outcome {
-                Outcome::Committed { results, .. } if !mutations.is_empty() => Outcome::Committed {
+                Outcome::Committed { results, .. } if wrote => Outcome::Committed {
                     lsn: Some(0),
                     results: results.clone(),
                 },
                 o => o.clone(),
             },
         });
-        let mut rec = Vec::new();
-        record::encode(request.as_ref(), &mutations, &mut rec);
-        // One transaction is one log record.
-        let max = self.opts.wal.record_bytes_max as usize;
-        if rec.len() > max {
-            return Err(Error::TxnTooLarge {
-                bytes: rec.len(),
-                max,
-            });
-        }
-        let ticket = self.wal.submit(rec)?;
+        let ticket = self.log_locked(&mut seq, at_ms, request.as_ref(), mutations)?;
         let lsn = *ticket.lsns().end();
         let outcome = match outcome {
-            Outcome::Committed { results, .. } if !mutations.is_empty() => Outcome::Committed {
+            Outcome::Committed { results, .. } if wrote => Outcome::Committed {
                 lsn: Some(lsn),
                 results,
             },
@@ -817,15 +1126,7 @@ impl Engine {
             r.outcome = outcome.clone();
             seq.requests.insert(lsn, r, &self.opts, now);
         }
-        let mutations = Arc::new(mutations);
-        apply(&mut seq.map, &mutations, lsn);
-        // Request-only records are published too, so the visible LSN moves in order.
-        lock(&self.unpublished).push_back((lsn, mutations));
-        drop(seq);
-
-        ticket.wait()?;
-        self.publish();
-        Ok(outcome)
+        Ok(Prepared::Wait(ticket, outcome))
     }
 
     /// Makes every acknowledged transaction visible, in LSN order. Under the default
@@ -834,34 +1135,31 @@ impl Engine {
     fn publish(&self) {
         let mut q = lock(&self.unpublished);
         let durable = self.wal.last_lsn();
-        if q.front().is_none_or(|(l, _)| *l > durable) {
+        if q.front().is_none_or(|u| u.lsn > durable) {
             return;
         }
         let mut v = self.visible.write().unwrap_or_else(|p| p.into_inner());
-        while let Some((lsn, _)) = q.front() {
-            if *lsn > durable {
-                break;
-            }
-            let (lsn, m) = q.pop_front().expect("front exists");
-            apply(&mut v.map, &m, lsn);
-            v.lsn = lsn;
+        while q.front().is_some_and(|u| u.lsn <= durable) {
+            let u = q.pop_front().expect("front exists");
+            apply(&mut v.map, &u.mutations, u.lsn);
+            v.lsn = u.lsn;
+            v.at_ms = u.at_ms;
         }
     }
 
     fn check_limits(&self, w: &Write) -> Result<()> {
-        let (key, value) = match w {
-            Write::Put { key, value, .. } => (Some(key), Some(value)),
-            Write::Delete { key } | Write::Incr { key, .. } | Write::Expire { key, .. } => {
-                (Some(key), None)
-            }
-            Write::DeleteAll => (None, None),
+        let (keys, value): (&[&Bytes], _) = match w {
+            Write::Put { key, value, .. } => (&[key], Some(value)),
+            Write::Append { key, suffix } => (&[key], Some(suffix)),
+            Write::Delete { key }
+            | Write::Incr { key, .. }
+            | Write::IncrFloat { key, .. }
+            | Write::Expire { key, .. }
+            | Write::Get { key } => (&[key], None),
+            Write::Rename { from, to, .. } => return self.check_keys(&[from, to]),
+            Write::DeleteAll => (&[], None),
         };
-        if let Some(k) = key.filter(|k| k.len() > self.opts.key_bytes_max) {
-            return Err(Error::KeyTooLarge {
-                len: k.len(),
-                max: self.opts.key_bytes_max,
-            });
-        }
+        self.check_keys(keys)?;
         if let Some(v) = value.filter(|v| v.len() > self.opts.value_bytes_max) {
             return Err(Error::ValueTooLarge {
                 len: v.len(),
@@ -871,12 +1169,101 @@ impl Engine {
         Ok(())
     }
 
+    fn check_keys(&self, keys: &[&Bytes]) -> Result<()> {
+        match keys.iter().find(|k| k.len() > self.opts.key_bytes_max) {
+            Some(k) => Err(Error::KeyTooLarge {
+                len: k.len(),
+                max: self.opts.key_bytes_max,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes up to `limit` keys whose expiry has passed, in one log record. Returns how many.
+    /// Expired keys are never visible; this only frees their memory (the background thread
+    /// calls it).
+    pub fn remove_expired(&self, limit: usize) -> Result<usize> {
+        let now = now_ms();
+        let (ticket, n) = {
+            let mut seq = lock(&self.pending);
+            let mut mutations = Vec::new();
+            while mutations.len() < limit && seq.expiry.first().is_some_and(|(t, _)| *t <= now) {
+                let (t, key) = seq.expiry.pop_first().expect("checked");
+                // Stale if the key was rewritten since.
+                if seq
+                    .map
+                    .get(&key)
+                    .is_some_and(|e| e.expires_at_ms == Some(t))
+                {
+                    mutations.push(Mutation::Delete { key });
+                }
+            }
+            if mutations.is_empty() {
+                return Ok(0);
+            }
+            let n = mutations.len();
+            let at_ms = now.max(seq.last_at_ms);
+            (self.log_locked(&mut seq, at_ms, None, mutations)?, n)
+        };
+        ticket.wait()?;
+        self.publish();
+        Ok(n)
+    }
+
+    /// Logs one record under the held sequencer lock, then applies its mutations to the pending
+    /// state and queues them for publication.
+    fn log_locked(
+        &self,
+        seq: &mut Seq,
+        at_ms: u64,
+        request: Option<&Request>,
+        mutations: Vec<Mutation>,
+    ) -> Result<Ticket> {
+        let mut rec = Vec::new();
+        record::encode(at_ms, request, &mutations, &mut rec);
+        // One transaction is one log record.
+        let max = self.opts.wal.record_bytes_max as usize;
+        if rec.len() > max {
+            return Err(Error::TxnTooLarge {
+                bytes: rec.len(),
+                max,
+            });
+        }
+        let bytes = rec.len() as u64;
+        let ticket = self.wal.submit(rec)?;
+        self.logged_since_checkpoint
+            .fetch_add(bytes, Ordering::Relaxed);
+        let lsn = *ticket.lsns().end();
+        seq.last_at_ms = at_ms;
+        seq.track_expiry(&mutations);
+        let mutations = Arc::new(mutations);
+        apply(&mut seq.map, &mutations, lsn);
+        // Request-only records are published too, so the visible LSN moves in order.
+        lock(&self.unpublished).push_back(Unpublished {
+            lsn,
+            at_ms,
+            mutations,
+        });
+        Ok(ticket)
+    }
+
     /// The LSN up to which every write is durable.
     pub fn durable_lsn(&self) -> Lsn {
         self.wal.durable_lsn()
     }
 
-    pub fn close(self) -> Result<()> {
-        Ok(self.wal.close()?)
+    /// The LSN of the last write readers can see.
+    pub fn visible_lsn(&self) -> Lsn {
+        self.visible.read().unwrap_or_else(|p| p.into_inner()).lsn
     }
+}
+
+fn check_id(id: Bytes) -> Result<Bytes> {
+    if id.len() > REQUEST_ID_BYTES_MAX {
+        return Err(Error::RequestIdTooLong {
+            len: id.len(),
+            max: REQUEST_ID_BYTES_MAX,
+        });
+    }
+    Ok(id)
 }

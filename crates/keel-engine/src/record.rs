@@ -5,13 +5,19 @@
 //! offset size field
 //!      0    1 version        1
 //!      1    1 flags          bit 0 = REQUEST: a request section follows; other bits zero
+//!      2    8 at_ms          Unix ms when the transaction was decided, u64 LE; never less
+//!                            than the previous record's (point-in-time restore searches it)
 //!             request section (only with REQUEST):
 //!             2 id_len       u16 LE, then the client's request id (at most 256 bytes)
 //!             8 at_ms        Unix ms when the request was decided
 //!               outcome      1 = Committed: 1 wrote (0: nothing written; 1: the writes
 //!                                  are in this very record), 4 n, n results
 //!                                  (tag 1/2 Put false/true, 3/4 Existed false/true,
-//!                                   5 Int + i64 LE, 6 DeletedAll)
+//!                                   5 Int + i64 LE, 6 DeletedAll,
+//!                                   7 Value: 1 present, then u32 len + bytes if 1,
+//!                                   8 Failed + 1 reason: 1 not an integer, 2 overflow,
+//!                                     3 not a float, 4 not finite, 5 no such key,
+//!                                     6 value too large)
 //!                            2 = GuardFailed: 4 index
 //!             4 count        number of mutations, u32 LE
 //!               mutations, each:
@@ -29,7 +35,7 @@
 
 use bytes::Bytes;
 
-use crate::{Outcome, WriteResult};
+use crate::{Outcome, WriteError, WriteResult};
 
 pub const RECORD_VERSION: u8 = 1;
 const TAG_SET: u8 = 1;
@@ -95,6 +101,17 @@ pub(crate) fn encode_outcome(o: &Outcome, out: &mut Vec<u8>) {
                         out.extend_from_slice(&v.to_le_bytes());
                     }
                     WriteResult::DeletedAll => out.push(6),
+                    WriteResult::Failed(e) => {
+                        out.push(8);
+                        out.push(e.code());
+                    }
+                    WriteResult::Value(v) => {
+                        out.push(7);
+                        out.push(v.is_some() as u8);
+                        if let Some(v) = v {
+                            put_bytes(out, v);
+                        }
+                    }
                 }
             }
         }
@@ -105,18 +122,16 @@ pub(crate) fn encode_outcome(o: &Outcome, out: &mut Vec<u8>) {
     }
 }
 
-pub fn encode(request: Option<&Request>, mutations: &[Mutation], out: &mut Vec<u8>) {
+pub fn encode(at_ms: u64, request: Option<&Request>, mutations: &[Mutation], out: &mut Vec<u8>) {
     out.push(RECORD_VERSION);
-    match request {
-        Some(r) => {
-            debug_assert!(r.id.len() <= REQUEST_ID_BYTES_MAX);
-            out.push(FLAG_REQUEST);
-            out.extend_from_slice(&(r.id.len() as u16).to_le_bytes());
-            out.extend_from_slice(&r.id);
-            out.extend_from_slice(&r.at_ms.to_le_bytes());
-            encode_outcome(&r.outcome, out);
-        }
-        None => out.push(0),
+    out.push(if request.is_some() { FLAG_REQUEST } else { 0 });
+    out.extend_from_slice(&at_ms.to_le_bytes());
+    if let Some(r) = request {
+        debug_assert!(r.id.len() <= REQUEST_ID_BYTES_MAX);
+        out.extend_from_slice(&(r.id.len() as u16).to_le_bytes());
+        out.extend_from_slice(&r.id);
+        out.extend_from_slice(&r.at_ms.to_le_bytes());
+        encode_outcome(&r.outcome, out);
     }
     out.extend_from_slice(&(mutations.len() as u32).to_le_bytes());
     for m in mutations {
@@ -195,10 +210,10 @@ impl Reader<'_> {
         self.take(len)?;
         let id = all.slice(start..start + len);
         let at_ms = self.u64()?;
-        let outcome = self.outcome(lsn)?;
+        let outcome = self.outcome(all, lsn)?;
         Ok(Request { id, at_ms, outcome })
     }
-    fn outcome(&mut self, record_lsn: u64) -> Result<Outcome, RecordError> {
+    fn outcome(&mut self, all: &Bytes, record_lsn: u64) -> Result<Outcome, RecordError> {
         match self.u8()? {
             1 => {
                 let lsn = match self.u8()? {
@@ -219,6 +234,15 @@ impl Reader<'_> {
                         4 => WriteResult::Existed(true),
                         5 => WriteResult::Int(self.u64()? as i64),
                         6 => WriteResult::DeletedAll,
+                        8 => WriteResult::Failed(
+                            WriteError::from_code(self.u8()?)
+                                .ok_or(RecordError::Request("bad failure code"))?,
+                        ),
+                        7 => WriteResult::Value(match self.u8()? {
+                            0 => None,
+                            1 => Some(self.bytes(all)?),
+                            _ => return Err(RecordError::Request("bad value flag")),
+                        }),
                         _ => return Err(RecordError::Request("bad result tag")),
                     });
                 }
@@ -250,6 +274,7 @@ pub(crate) fn decode_request(buf: &Bytes, at: usize) -> Result<(u64, Request, us
 /// A decoded record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decoded {
+    pub at_ms: u64,
     pub request: Option<Request>,
     pub mutations: Vec<Mutation>,
 }
@@ -265,6 +290,7 @@ pub fn decode(buf: &Bytes, lsn: u64) -> Result<Decoded, RecordError> {
     if flags & !FLAG_REQUEST != 0 {
         return Err(RecordError::Flags(flags));
     }
+    let at_ms = r.u64()?;
     let request = if flags & FLAG_REQUEST != 0 {
         Some(r.request(buf, lsn)?)
     } else {
@@ -301,6 +327,7 @@ pub fn decode(buf: &Bytes, lsn: u64) -> Result<Decoded, RecordError> {
         });
     }
     Ok(Decoded {
+        at_ms,
         request,
         mutations: out,
     })
@@ -340,6 +367,9 @@ mod tests {
                     WriteResult::Existed(false),
                     WriteResult::Int(-5),
                     WriteResult::DeletedAll,
+                    WriteResult::Value(None),
+                    WriteResult::Failed(WriteError::NoSuchKey),
+                    WriteResult::Value(Some(Bytes::from_static(b"old"))),
                 ],
             },
         }
@@ -348,10 +378,11 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut out = Vec::new();
-        encode(None, &sample(), &mut out);
+        encode(77, None, &sample(), &mut out);
         assert_eq!(
             decode(&Bytes::from(out), 9).unwrap(),
             Decoded {
+                at_ms: 77,
                 request: None,
                 mutations: sample()
             }
@@ -364,10 +395,11 @@ mod tests {
             },
         ] {
             let mut out = Vec::new();
-            encode(Some(&req), &sample(), &mut out);
+            encode(78, Some(&req), &sample(), &mut out);
             assert_eq!(
                 decode(&Bytes::from(out), 9).unwrap(),
                 Decoded {
+                    at_ms: 78,
                     request: Some(req),
                     mutations: sample()
                 }
@@ -378,7 +410,7 @@ mod tests {
     #[test]
     fn every_truncation_and_garbage_is_an_error_not_a_panic() {
         let mut out = Vec::new();
-        encode(Some(&request()), &sample(), &mut out);
+        encode(1, Some(&request()), &sample(), &mut out);
         for n in 0..out.len() {
             assert!(
                 decode(&Bytes::copy_from_slice(&out[..n]), 9).is_err(),
@@ -392,8 +424,8 @@ mod tests {
             Err(RecordError::Trailing { len: 1 })
         );
         let mut plain = Vec::new();
-        encode(None, &sample(), &mut plain);
-        plain[2..6].copy_from_slice(&u32::MAX.to_le_bytes());
+        encode(1, None, &sample(), &mut plain);
+        plain[10..14].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode(&Bytes::from(plain), 9).is_err());
         for i in 0..out.len() {
             for x in [0u8, 0xff, 0x7f] {

@@ -14,20 +14,30 @@
 //! Snapshot file snapshots/snap-<lsn:020>.keel
 //!      0    8 magic           "KEELSNAP"
 //!      8    4 version         1
-//!     12    4 reserved        0
+//!     12    4 flags           bit 0 = blocks may be LZ4-compressed; other bits zero
 //!     16    8 lsn             every write up to this LSN is in the file, none after it
-//!     24    8 count           number of entries
-//!     32      entries, in key order: key_len u32, key, value_len u32, value,
-//!             version u64, expires_at u64 (0 = never)
-//!             8 request_count, then each remembered request id (P8), in LSN order:
-//!             lsn u64, then the request section of the engine record (record.rs)
+//!     24    8 at_ms           the decision time of the record at `lsn` (0 if lsn is 0)
+//!     32    8 count           number of entries
+//!     40    8 request_count   number of remembered request ids (P8)
+//!     48      blocks, each:   raw_len u32, stored_len u32, then stored_len bytes; the bytes
+//!                             are LZ4 block-compressed if stored_len < raw_len, raw if equal.
+//!                             raw_len is at most 1 MiB; a block with raw_len 0 ends the list.
+//!             The blocks' raw bytes, concatenated, are:
+//!               entries, in key order: key_len u32, key, value_len u32, value,
+//!                 version u64, expires_at u64 (0 = never)
+//!               requests, in LSN order: len u32, then lsn u64 and the request section of
+//!                 the engine record (record.rs)
 //!   end-4   4 crc             CRC32C of every byte before it
 //! ```
+//!
+//! Files are written and read as streams: neither side holds the whole file in memory.
 
+use std::io;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use keel_wal::Lsn;
+use keel_wal::fs::{read_exact_at, write_all_at};
+use keel_wal::{FsFile, Lsn};
 
 use crate::record::{decode_request, encode_request, Request};
 use crate::{Entry, Map};
@@ -37,10 +47,21 @@ pub const SNAPSHOT_DIR: &str = "snapshots";
 const MANIFEST_MAGIC: &[u8; 8] = b"KEELMAN\0";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSNAP";
 const VERSION: u32 = 1;
+const FLAG_LZ4: u32 = 1;
 pub const MANIFEST_BYTES: usize = 40;
+pub const SNAPSHOT_HEADER_BYTES: usize = 48;
+const BLOCK_RAW_MAX: usize = 1 << 20;
 
 pub fn snapshot_name(lsn: Lsn) -> String {
     format!("snap-{lsn:020}.keel")
+}
+
+/// The LSN a snapshot file name stands for.
+pub fn parse_snapshot_name(name: &str) -> Option<Lsn> {
+    let digits = name.strip_prefix("snap-")?.strip_suffix(".keel")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
 }
 
 pub fn snapshot_path(dir: &Path, lsn: Lsn) -> PathBuf {
@@ -56,7 +77,7 @@ pub struct Manifest {
 }
 
 /// Why a manifest or snapshot was refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum FileError {
     #[error("bad magic")]
     Magic,
@@ -66,7 +87,7 @@ pub enum FileError {
     Checksum { expected: u32, found: u32 },
     #[error("ends early")]
     Short,
-    #[error("reserved field or trailing bytes are not zero/empty")]
+    #[error("reserved field, block or trailing bytes are not valid")]
     BadField,
     #[error("{field} is {found}, the manifest says {expected}")]
     Mismatch {
@@ -74,6 +95,8 @@ pub enum FileError {
         expected: u64,
         found: u64,
     },
+    #[error("read: {0}")]
+    Io(#[from] io::Error),
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -122,122 +145,391 @@ impl Manifest {
     }
 }
 
-/// Serializes `map` as the snapshot at `lsn`. Returns the bytes and their trailing CRC.
-pub fn encode_snapshot(map: &Map, requests: &[(Lsn, Request)], lsn: Lsn) -> (Vec<u8>, u32) {
-    let mut b = Vec::with_capacity(32 + map.len() * 48);
-    b.extend_from_slice(SNAPSHOT_MAGIC);
-    b.extend_from_slice(&VERSION.to_le_bytes());
-    b.extend_from_slice(&0u32.to_le_bytes());
-    b.extend_from_slice(&lsn.to_le_bytes());
-    b.extend_from_slice(&(map.len() as u64).to_le_bytes());
-    for (k, e) in map.iter() {
-        b.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        b.extend_from_slice(k);
-        b.extend_from_slice(&(e.value.len() as u32).to_le_bytes());
-        b.extend_from_slice(&e.value);
-        b.extend_from_slice(&e.version.to_le_bytes());
-        b.extend_from_slice(&e.expires_at_ms.unwrap_or(0).to_le_bytes());
-    }
-    b.extend_from_slice(&(requests.len() as u64).to_le_bytes());
-    for (l, r) in requests {
-        encode_request(*l, r, &mut b);
-    }
-    let crc = crc32c::crc32c(&b);
-    b.extend_from_slice(&crc.to_le_bytes());
-    (b, crc)
+/// What a snapshot file's header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    pub lsn: Lsn,
+    pub at_ms: u64,
+    pub count: u64,
+    pub request_count: u64,
+    compressed: bool,
 }
 
-/// Decodes and verifies a snapshot against its manifest. Every length is checked before use.
-pub fn decode_snapshot(buf: &Bytes, m: &Manifest) -> Result<(Map, Vec<(Lsn, Request)>), FileError> {
-    if buf.len() as u64 != m.snapshot_bytes {
-        return Err(FileError::Mismatch {
-            field: "snapshot length",
-            expected: m.snapshot_bytes,
-            found: buf.len() as u64,
-        });
+impl SnapshotHeader {
+    fn encode(&self) -> [u8; SNAPSHOT_HEADER_BYTES] {
+        let mut b = [0u8; SNAPSHOT_HEADER_BYTES];
+        b[0..8].copy_from_slice(SNAPSHOT_MAGIC);
+        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        let flags = if self.compressed { FLAG_LZ4 } else { 0 };
+        b[12..16].copy_from_slice(&flags.to_le_bytes());
+        b[16..24].copy_from_slice(&self.lsn.to_le_bytes());
+        b[24..32].copy_from_slice(&self.at_ms.to_le_bytes());
+        b[32..40].copy_from_slice(&self.count.to_le_bytes());
+        b[40..48].copy_from_slice(&self.request_count.to_le_bytes());
+        b
     }
-    if buf.len() < 36 {
+
+    /// Checks magic, version and flags. Says nothing about the rest of the file.
+    pub fn decode(b: &[u8; SNAPSHOT_HEADER_BYTES]) -> Result<Self, FileError> {
+        if &b[0..8] != SNAPSHOT_MAGIC {
+            return Err(FileError::Magic);
+        }
+        let v = u32_at(b, 8);
+        if v != VERSION {
+            return Err(FileError::Version(v));
+        }
+        let flags = u32_at(b, 12);
+        if flags & !FLAG_LZ4 != 0 {
+            return Err(FileError::BadField);
+        }
+        Ok(SnapshotHeader {
+            compressed: flags & FLAG_LZ4 != 0,
+            lsn: u64_at(b, 16),
+            at_ms: u64_at(b, 24),
+            count: u64_at(b, 32),
+            request_count: u64_at(b, 40),
+        })
+    }
+
+    pub fn read(file: &dyn FsFile) -> Result<Self, FileError> {
+        let mut b = [0u8; SNAPSHOT_HEADER_BYTES];
+        read_exact_at(file, &mut b, 0).map_err(short)?;
+        Self::decode(&b)
+    }
+}
+
+fn short(e: io::Error) -> FileError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        FileError::Short
+    } else {
+        FileError::Io(e)
+    }
+}
+
+/// Streams blocks into a file, keeping the running CRC.
+struct BlockWriter<'a> {
+    file: &'a dyn FsFile,
+    offset: u64,
+    crc: u32,
+    raw: Vec<u8>,
+    compress: bool,
+}
+
+impl BlockWriter<'_> {
+    fn out(&mut self, b: &[u8]) -> io::Result<()> {
+        write_all_at(self.file, b, self.offset)?;
+        self.offset += b.len() as u64;
+        self.crc = crc32c::crc32c_append(self.crc, b);
+        Ok(())
+    }
+
+    fn push(&mut self, b: &[u8]) -> io::Result<()> {
+        self.raw.extend_from_slice(b);
+        if self.raw.len() >= BLOCK_RAW_MAX {
+            self.flush_block()?;
+        }
+        Ok(())
+    }
+
+    fn flush_block(&mut self) -> io::Result<()> {
+        while !self.raw.is_empty() {
+            let n = self.raw.len().min(BLOCK_RAW_MAX);
+            let raw: Vec<u8> = self.raw.drain(..n).collect();
+            let packed = self
+                .compress
+                .then(|| lz4_flex::block::compress(&raw))
+                .filter(|c| c.len() < raw.len());
+            let stored = packed.as_deref().unwrap_or(&raw);
+            let mut h = [0u8; 8];
+            h[..4].copy_from_slice(&(raw.len() as u32).to_le_bytes());
+            h[4..].copy_from_slice(&(stored.len() as u32).to_le_bytes());
+            self.out(&h)?;
+            self.out(stored)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the snapshot of `map` at `lsn` into `file` (from offset 0). Returns its length and its
+/// trailing CRC, which the manifest records. The caller syncs.
+pub fn write_snapshot(
+    file: &dyn FsFile,
+    map: &Map,
+    requests: &[(Lsn, Request)],
+    lsn: Lsn,
+    at_ms: u64,
+    compress: bool,
+) -> io::Result<(u64, u32)> {
+    let header = SnapshotHeader {
+        lsn,
+        at_ms,
+        count: map.len() as u64,
+        request_count: requests.len() as u64,
+        compressed: compress,
+    };
+    let mut w = BlockWriter {
+        file,
+        offset: 0,
+        crc: 0,
+        raw: Vec::with_capacity(BLOCK_RAW_MAX + 4096),
+        compress,
+    };
+    w.out(&header.encode())?;
+    for (k, e) in map.iter() {
+        w.push(&(k.len() as u32).to_le_bytes())?;
+        w.push(k)?;
+        w.push(&(e.value.len() as u32).to_le_bytes())?;
+        w.push(&e.value)?;
+        w.push(&e.version.to_le_bytes())?;
+        w.push(&e.expires_at_ms.unwrap_or(0).to_le_bytes())?;
+    }
+    let mut one = Vec::new();
+    for (l, r) in requests {
+        one.clear();
+        encode_request(*l, r, &mut one);
+        w.push(&(one.len() as u32).to_le_bytes())?;
+        w.push(&one)?;
+    }
+    w.flush_block()?;
+    w.out(&[0u8; 8])?;
+    let crc = w.crc;
+    write_all_at(file, &crc.to_le_bytes(), w.offset)?;
+    Ok((w.offset + 4, crc))
+}
+
+/// Checks a whole snapshot file's length and checksum in one streaming pass. Returns its header
+/// and its CRC.
+pub fn verify_snapshot(file: &dyn FsFile) -> Result<(SnapshotHeader, u64, u32), FileError> {
+    let len = file.len()?;
+    if len < (SNAPSHOT_HEADER_BYTES + 8 + 4) as u64 {
         return Err(FileError::Short);
     }
-    let body = buf.len() - 4;
-    let (expected, found) = (crc32c::crc32c(&buf[..body]), u32_at(buf, body));
-    if expected != found {
-        return Err(FileError::Checksum { expected, found });
+    let body = len - 4;
+    let mut crc = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < body {
+        let n = (body - at).min(buf.len() as u64) as usize;
+        read_exact_at(file, &mut buf[..n], at).map_err(short)?;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        at += n as u64;
     }
-    if found != m.snapshot_crc {
-        return Err(FileError::Mismatch {
-            field: "snapshot checksum",
-            expected: m.snapshot_crc.into(),
-            found: found.into(),
+    let mut t = [0u8; 4];
+    read_exact_at(file, &mut t, body).map_err(short)?;
+    let found = u32::from_le_bytes(t);
+    if crc != found {
+        return Err(FileError::Checksum {
+            expected: crc,
+            found,
         });
     }
-    if &buf[0..8] != SNAPSHOT_MAGIC {
-        return Err(FileError::Magic);
+    Ok((SnapshotHeader::read(file)?, len, crc))
+}
+
+/// Reads the raw stream back, block by block. The file's CRC must have been verified first, so
+/// lengths are trusted only as far as the blocks actually hold bytes.
+struct BlockReader<'a> {
+    file: &'a dyn FsFile,
+    offset: u64,
+    end: u64,
+    block: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl BlockReader<'_> {
+    fn next_block(&mut self) -> Result<(), FileError> {
+        if self.done || self.offset + 8 > self.end {
+            return Err(FileError::Short);
+        }
+        let mut h = [0u8; 8];
+        read_exact_at(self.file, &mut h, self.offset).map_err(short)?;
+        let (raw, stored) = (u32_at(&h, 0) as usize, u32_at(&h, 4) as usize);
+        self.offset += 8;
+        if raw == 0 {
+            self.done = true;
+            return if stored == 0 {
+                Err(FileError::Short)
+            } else {
+                Err(FileError::BadField)
+            };
+        }
+        if raw > BLOCK_RAW_MAX || stored > raw || self.offset + stored as u64 > self.end {
+            return Err(FileError::BadField);
+        }
+        let mut s = vec![0u8; stored];
+        read_exact_at(self.file, &mut s, self.offset).map_err(short)?;
+        self.offset += stored as u64;
+        self.block = if stored == raw {
+            s
+        } else {
+            lz4_flex::block::decompress(&s, raw).map_err(|_| FileError::BadField)?
+        };
+        if self.block.len() != raw {
+            return Err(FileError::BadField);
+        }
+        self.pos = 0;
+        Ok(())
     }
-    let v = u32_at(buf, 8);
-    if v != VERSION {
-        return Err(FileError::Version(v));
+
+    fn read(&mut self, mut out: &mut [u8]) -> Result<(), FileError> {
+        while !out.is_empty() {
+            if self.pos == self.block.len() {
+                self.next_block()?;
+            }
+            let n = out.len().min(self.block.len() - self.pos);
+            out[..n].copy_from_slice(&self.block[self.pos..self.pos + n]);
+            self.pos += n;
+            out = &mut out[n..];
+        }
+        Ok(())
     }
-    let lsn = u64_at(buf, 16);
-    if lsn != m.snapshot_lsn {
-        return Err(FileError::Mismatch {
-            field: "snapshot LSN",
-            expected: m.snapshot_lsn,
-            found: lsn,
-        });
+
+    fn u32(&mut self) -> Result<u32, FileError> {
+        let mut b = [0u8; 4];
+        self.read(&mut b)?;
+        Ok(u32::from_le_bytes(b))
     }
-    let count = u64_at(buf, 24);
-    let mut at: usize = 32;
-    let mut take = |n: usize| -> Result<usize, FileError> {
-        let start = at;
-        at = at
-            .checked_add(n)
-            .filter(|&e| e <= body)
-            .ok_or(FileError::Short)?;
-        Ok(start)
+
+    fn u64(&mut self) -> Result<u64, FileError> {
+        let mut b = [0u8; 8];
+        self.read(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// `len` bytes, copied out so that no block stays alive behind a value.
+    fn bytes(&mut self, len: usize) -> Result<Bytes, FileError> {
+        if self.pos + len <= self.block.len() {
+            let b = Bytes::copy_from_slice(&self.block[self.pos..self.pos + len]);
+            self.pos += len;
+            return Ok(b);
+        }
+        let mut v = Vec::with_capacity(len.min(BLOCK_RAW_MAX));
+        let mut left = len;
+        while left > 0 {
+            if self.pos == self.block.len() {
+                self.next_block()?;
+            }
+            let n = left.min(self.block.len() - self.pos);
+            v.extend_from_slice(&self.block[self.pos..self.pos + n]);
+            self.pos += n;
+            left -= n;
+        }
+        Ok(Bytes::from(v))
+    }
+
+    /// After the last item: no raw bytes left, then the end block, then exactly the CRC.
+    fn finish(mut self) -> Result<(), FileError> {
+        if self.pos != self.block.len() {
+            return Err(FileError::BadField);
+        }
+        match self.next_block() {
+            Err(FileError::Short) if self.done && self.offset == self.end => Ok(()),
+            Err(FileError::Short) if self.done => Err(FileError::BadField),
+            Err(e) => Err(e),
+            Ok(()) => Err(FileError::BadField),
+        }
+    }
+}
+
+/// A decoded snapshot.
+pub struct Loaded {
+    pub header: SnapshotHeader,
+    pub map: Map,
+    pub requests: Vec<(Lsn, Request)>,
+}
+
+/// Verifies and loads a snapshot file. `expect` is the manifest that names it, when there is one:
+/// the file must then have its length, CRC and LSN.
+pub fn read_snapshot(file: &dyn FsFile, expect: Option<&Manifest>) -> Result<Loaded, FileError> {
+    if let Some(m) = expect {
+        let len = file.len()?;
+        if len != m.snapshot_bytes {
+            return Err(FileError::Mismatch {
+                field: "snapshot length",
+                expected: m.snapshot_bytes,
+                found: len,
+            });
+        }
+    }
+    let (header, len, crc) = verify_snapshot(file)?;
+    if let Some(m) = expect {
+        if crc != m.snapshot_crc {
+            return Err(FileError::Mismatch {
+                field: "snapshot checksum",
+                expected: m.snapshot_crc.into(),
+                found: crc.into(),
+            });
+        }
+        if header.lsn != m.snapshot_lsn {
+            return Err(FileError::Mismatch {
+                field: "snapshot LSN",
+                expected: m.snapshot_lsn,
+                found: header.lsn,
+            });
+        }
+    }
+    let mut r = BlockReader {
+        file,
+        offset: SNAPSHOT_HEADER_BYTES as u64,
+        end: len - 4,
+        block: Vec::new(),
+        pos: 0,
+        done: false,
     };
     let mut map = Map::new();
-    for _ in 0..count {
-        let kl = u32_at(buf, take(4)?) as usize;
-        let k = take(kl)?;
-        let vl = u32_at(buf, take(4)?) as usize;
-        let vstart = take(vl)?;
-        let version = u64_at(buf, take(8)?);
-        let exp = u64_at(buf, take(8)?);
+    let mut last: Option<Bytes> = None;
+    for _ in 0..header.count {
+        let kl = r.u32()? as usize;
+        let key = r.bytes(kl)?;
+        let vl = r.u32()? as usize;
+        let value = r.bytes(vl)?;
+        let version = r.u64()?;
+        let exp = r.u64()?;
+        // Keys are written in order; anything else is not a file keel wrote.
+        if last.as_ref().is_some_and(|l| *l >= key) || version > header.lsn {
+            return Err(FileError::BadField);
+        }
+        last = Some(key.clone());
         map.insert(
-            buf.slice(k..k + kl),
+            key,
             Entry {
-                value: buf.slice(vstart..vstart + vl),
+                value,
                 version,
                 expires_at_ms: (exp != 0).then_some(exp),
             },
         );
     }
-    let n = u64_at(buf, take(8)?);
-    let within = buf.slice(..body);
     let mut requests = Vec::new();
-    for _ in 0..n {
-        let (l, r, next) = decode_request(&within, at).map_err(|_| FileError::Short)?;
-        requests.push((l, r));
-        at = next;
+    for _ in 0..header.request_count {
+        let n = r.u32()? as usize;
+        let one = r.bytes(n)?;
+        let (l, req, next) = decode_request(&one, 0).map_err(|_| FileError::BadField)?;
+        if next != one.len() || l > header.lsn {
+            return Err(FileError::BadField);
+        }
+        requests.push((l, req));
     }
-    if at != body {
-        return Err(FileError::BadField);
-    }
-    Ok((map, requests))
+    r.finish()?;
+    Ok(Loaded {
+        header,
+        map,
+        requests,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keel_wal::{Fs, OpenMode, StdFs};
 
-    fn sample() -> Map {
+    fn sample(n: u64) -> Map {
         let mut m = Map::new();
-        for i in 0..20u64 {
+        for i in 0..n {
             m.insert(
-                Bytes::from(format!("k{i}")),
+                Bytes::from(format!("k{i:06}")),
                 Entry {
-                    value: Bytes::from(vec![i as u8; i as usize]),
+                    value: Bytes::from(vec![i as u8; (i % 300) as usize]),
                     version: i + 1,
                     expires_at_ms: (i % 3 == 0).then_some(1000 + i),
                 },
@@ -246,41 +538,76 @@ mod tests {
         m
     }
 
-    #[test]
-    fn round_trip_and_every_flip_or_cut_is_refused() {
-        let reqs = vec![(
+    fn reqs() -> Vec<(Lsn, Request)> {
+        vec![(
             5,
             Request {
                 id: Bytes::from_static(b"r"),
                 at_ms: 9,
                 outcome: crate::Outcome::GuardFailed(0),
             },
-        )];
-        let (bytes, crc) = encode_snapshot(&sample(), &reqs, 77);
+        )]
+    }
+
+    fn write(dir: &Path, map: &Map, compress: bool) -> (PathBuf, Manifest) {
+        let path = dir.join(format!("s-{compress}"));
+        let f = StdFs.open(&path, OpenMode::CreateTruncate).unwrap();
+        let (len, crc) = write_snapshot(&*f, map, &reqs(), 77_000, 1234, compress).unwrap();
         let m = Manifest {
-            snapshot_lsn: 77,
-            snapshot_bytes: bytes.len() as u64,
+            snapshot_lsn: 77_000,
+            snapshot_bytes: len,
             snapshot_crc: crc,
         };
-        assert_eq!(Manifest::decode(&m.encode()), Ok(m));
-        assert_eq!(
-            decode_snapshot(&Bytes::from(bytes.clone()), &m).unwrap(),
-            (sample(), reqs)
+        (path, m)
+    }
+
+    fn load(path: &Path, m: Option<&Manifest>) -> Result<Loaded, FileError> {
+        let f = StdFs.open(path, OpenMode::Read).unwrap();
+        read_snapshot(&*f, m)
+    }
+
+    #[test]
+    fn round_trip_compressed_and_raw_across_many_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let map = sample(20_000); // ~3 MB raw: several blocks, entries spanning block edges
+        let mut sizes = Vec::new();
+        for compress in [true, false] {
+            let (path, m) = write(dir.path(), &map, compress);
+            let l = load(&path, Some(&m)).unwrap();
+            assert_eq!(l.map, map);
+            assert_eq!(l.requests, reqs());
+            assert_eq!((l.header.lsn, l.header.at_ms), (77_000, 1234));
+            sizes.push(m.snapshot_bytes);
+        }
+        assert!(
+            sizes[0] * 2 < sizes[1],
+            "repetitive values compress: {sizes:?}"
         );
+    }
+
+    #[test]
+    fn every_flip_or_cut_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, m) = write(dir.path(), &sample(40), true);
+        let bytes = std::fs::read(&path).unwrap();
+        let bad = dir.path().join("bad");
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 0x10;
-            assert!(decode_snapshot(&Bytes::from(b), &m).is_err(), "flip at {i}");
+            std::fs::write(&bad, &b).unwrap();
+            assert!(load(&bad, Some(&m)).is_err(), "flip at {i}");
+            assert!(load(&bad, None).is_err(), "flip at {i}, no manifest");
         }
         for n in 0..bytes.len() {
-            assert!(decode_snapshot(&Bytes::copy_from_slice(&bytes[..n]), &m).is_err());
+            std::fs::write(&bad, &bytes[..n]).unwrap();
+            assert!(load(&bad, None).is_err(), "cut at {n}");
         }
         let other = Manifest {
             snapshot_lsn: 78,
             ..m
         };
         assert!(matches!(
-            decode_snapshot(&Bytes::from(bytes), &other),
+            load(&path, Some(&other)),
             Err(FileError::Mismatch { .. })
         ));
         let mut mb = m.encode();
@@ -289,5 +616,12 @@ mod tests {
             Manifest::decode(&mb),
             Err(FileError::Checksum { .. })
         ));
+    }
+
+    #[test]
+    fn names_parse_back() {
+        assert_eq!(parse_snapshot_name(&snapshot_name(42)), Some(42));
+        assert_eq!(parse_snapshot_name("snap-42.keel"), None);
+        assert_eq!(parse_snapshot_name("snap-00000000000000000042.tmp"), None);
     }
 }

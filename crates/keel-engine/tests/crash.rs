@@ -25,6 +25,8 @@ fn options(fs: &SimFs) -> Options {
         },
         key_bytes_max: 64,
         value_bytes_max: 1024,
+        // All I/O from the test's own thread, in a reproducible order.
+        background: false,
         ..Options::default()
     }
 }

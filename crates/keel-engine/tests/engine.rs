@@ -197,7 +197,7 @@ fn reopen_replays_state_and_versions() {
         s.scan(.., usize::MAX)
     };
     let (e, report) = Engine::open(dir.path(), small()).unwrap();
-    assert!(report.segments > 1, "the workload should span segments");
+    assert!(report.wal.segments > 1, "the workload should span segments");
     assert_eq!(e.snapshot().scan(.., usize::MAX), before);
     assert_eq!(e.get(b"counter").unwrap().value, "300");
 }

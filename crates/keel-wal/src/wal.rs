@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    encode_frame, frame_bytes, segment_seed, SegmentHeader, FLAG_BATCH_CONTINUES,
+    encode_frame, frame_bytes, segment_seed, SegmentHeader, FLAG_BATCH_CONTINUES, LSN_MAX,
     SEGMENT_HEADER_BYTES,
 };
 use crate::fs::{
@@ -615,6 +615,29 @@ impl Wal {
             },
             report,
         ))
+    }
+
+    /// Creates an empty log in `dir` whose first record will get `first_lsn`, as a restored
+    /// database needs: its log continues where its snapshot ends. `dir` must hold no log yet.
+    pub fn create_at(dir: impl AsRef<Path>, first_lsn: Lsn, opts: Options) -> Result<()> {
+        opts.validate()?;
+        let dir = dir.as_ref();
+        if first_lsn == 0 || first_lsn > LSN_MAX {
+            return Err(Error::InvalidOptions(format!(
+                "a log's first LSN must be in 1..={LSN_MAX}, got {first_lsn}"
+            )));
+        }
+        let fs = &*opts.fs;
+        durable_create_dir_all(fs, dir).map_err(|e| Error::io("create directory", dir, e))?;
+        let layout = analyze(fs, dir, opts.record_bytes_max, &mut |_, _| {})?;
+        if !layout.segments.is_empty() || !layout.tmp_files.is_empty() {
+            return Err(Error::InvalidOptions(format!(
+                "{} already holds a log",
+                dir.display()
+            )));
+        }
+        // Synced, renamed and its directory synced by `activate`.
+        create_segment(&opts, dir, 1, first_lsn).map(drop)
     }
 
     pub fn dir(&self) -> &Path {

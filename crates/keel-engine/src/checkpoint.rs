@@ -1,0 +1,349 @@
+//! Checkpoints (P6): snapshot, manifest as the single commit point, then pruning; retention of
+//! older snapshots for point-in-time restore; and the background thread that triggers them.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use keel_wal::fs::{durable_create_dir_all, durable_remove, durable_rename, durable_replace};
+use keel_wal::{Fs, Lsn, OpenMode};
+
+use crate::snapshot::{self, FileError, Manifest, SnapshotHeader, MANIFEST, SNAPSHOT_DIR};
+use crate::{io, lock, now_ms, Core, Error, Map, Request, Result};
+
+/// What the last checkpoint did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointInfo {
+    /// Every write up to this LSN is in the snapshot.
+    pub lsn: Lsn,
+    pub snapshot_bytes: u64,
+    pub keys: usize,
+    /// Unix ms when it completed.
+    pub completed_ms: u64,
+    pub duration: Duration,
+    pub segments_pruned: u64,
+    pub snapshots_removed: usize,
+}
+
+pub(crate) struct State {
+    manifest: Manifest,
+    last: Option<CheckpointInfo>,
+    last_at: Instant,
+    failures: u32,
+    last_error: Option<String>,
+}
+
+impl State {
+    pub(crate) fn new(manifest: Manifest) -> Self {
+        State {
+            manifest,
+            last: None,
+            last_at: Instant::now(),
+            failures: 0,
+            last_error: None,
+        }
+    }
+}
+
+fn read_all(fs: &dyn Fs, path: &Path, max: u64) -> Result<Vec<u8>> {
+    let f = fs.open(path, OpenMode::Read).map_err(io("open", path))?;
+    let len = f.len().map_err(io("stat", path))?;
+    if len > max {
+        return Err(Error::BadFile {
+            path: path.to_path_buf(),
+            source: FileError::Mismatch {
+                field: "file length",
+                expected: max,
+                found: len,
+            },
+        });
+    }
+    let mut b = vec![0u8; len as usize];
+    keel_wal::fs::read_exact_at(&*f, &mut b, 0).map_err(io("read", path))?;
+    Ok(b)
+}
+
+pub(crate) fn read_manifest(fs: &dyn Fs, dir: &Path) -> Result<Manifest> {
+    let path = dir.join(MANIFEST);
+    if !fs.exists(&path).map_err(io("stat", &path))? {
+        return Ok(Manifest::default());
+    }
+    let b = read_all(fs, &path, snapshot::MANIFEST_BYTES as u64)?;
+    Manifest::decode(&b).map_err(|source| Error::BadFile { path, source })
+}
+
+/// The snapshot files in `dir/snapshots`, by LSN.
+pub(crate) fn list_snapshots(fs: &dyn Fs, dir: &Path) -> Result<Vec<Lsn>> {
+    let sdir = dir.join(SNAPSHOT_DIR);
+    if !fs.exists(&sdir).map_err(io("stat", &sdir))? {
+        return Ok(Vec::new());
+    }
+    let mut v: Vec<Lsn> = fs
+        .read_dir(&sdir)
+        .map_err(io("list", &sdir))?
+        .iter()
+        .filter_map(|n| snapshot::parse_snapshot_name(n))
+        .collect();
+    v.sort_unstable();
+    Ok(v)
+}
+
+/// Removes what a crash can leave behind: snapshots newer than the manifest's (written but never
+/// committed), temporaries, and a temporary manifest. Older snapshots are retention's business.
+pub(crate) fn remove_uncommitted(fs: &dyn Fs, dir: &Path, current: Lsn) -> Result<()> {
+    let sdir = dir.join(SNAPSHOT_DIR);
+    if fs.exists(&sdir).map_err(io("stat", &sdir))? {
+        for name in fs.read_dir(&sdir).map_err(io("list", &sdir))? {
+            let stale = match snapshot::parse_snapshot_name(&name) {
+                Some(lsn) => lsn > current,
+                None => name.starts_with("snap-"),
+            };
+            if stale {
+                let p = sdir.join(&name);
+                durable_remove(fs, &p).map_err(io("remove uncommitted snapshot", &p))?;
+            }
+        }
+    }
+    let tmp = dir.join(format!("{MANIFEST}.tmp"));
+    if fs.exists(&tmp).map_err(io("stat", &tmp))? {
+        durable_remove(fs, &tmp).map_err(io("remove", &tmp))?;
+    }
+    Ok(())
+}
+
+/// Writes a snapshot file durably (temporary file, sync, rename, directory sync) and returns the
+/// manifest that would commit it. Nothing refers to the file until that manifest is written.
+pub(crate) fn write_snapshot_file(
+    fs: &dyn Fs,
+    dir: &Path,
+    map: &Map,
+    requests: &[(Lsn, Request)],
+    lsn: Lsn,
+    at_ms: u64,
+    compress: bool,
+) -> Result<Manifest> {
+    let sdir = dir.join(SNAPSHOT_DIR);
+    durable_create_dir_all(fs, &sdir).map_err(io("create directory", &sdir))?;
+    let path = snapshot::snapshot_path(dir, lsn);
+    let tmp = path.with_extension("tmp");
+    let f = fs
+        .open(&tmp, OpenMode::CreateTruncate)
+        .map_err(io("create snapshot", &tmp))?;
+    let (bytes, crc) = snapshot::write_snapshot(&*f, map, requests, lsn, at_ms, compress)
+        .map_err(io("write snapshot", &tmp))?;
+    f.sync_all().map_err(io("sync snapshot", &tmp))?;
+    drop(f);
+    durable_rename(fs, &tmp, &path).map_err(io("rename snapshot", &tmp))?;
+    Ok(Manifest {
+        snapshot_lsn: lsn,
+        snapshot_bytes: bytes,
+        snapshot_crc: crc,
+    })
+}
+
+pub(crate) fn commit_manifest(fs: &dyn Fs, dir: &Path, m: &Manifest) -> Result<()> {
+    let path = dir.join(MANIFEST);
+    durable_replace(fs, &path, &m.encode()).map_err(io("replace manifest", &path))
+}
+
+impl Core {
+    /// Writes a snapshot of the durable state and makes it current, then prunes the log and the
+    /// snapshots that retention no longer needs. Writers are not blocked: the snapshot is an O(1)
+    /// clone of the visible state, written without holding the sequencer.
+    ///
+    /// Order (P6): the snapshot holds only durable writes; it is written to a temporary file,
+    /// synced, renamed and its directory synced; then the manifest is replaced atomically; only
+    /// then are log segments and older snapshots removed. Returns the snapshot's LSN.
+    pub fn checkpoint(&self) -> Result<Lsn> {
+        let mut st = lock(&self.checkpoints);
+        let r = self.checkpoint_locked(&mut st);
+        st.last_at = Instant::now();
+        match &r {
+            Ok(_) => {
+                st.failures = 0;
+                st.last_error = None;
+            }
+            Err(e) => {
+                st.failures += 1;
+                st.last_error = Some(e.to_string());
+            }
+        }
+        r
+    }
+
+    fn checkpoint_locked(&self, st: &mut State) -> Result<Lsn> {
+        let started = Instant::now();
+        let (map, lsn, at_ms) = {
+            let v = self.visible.read().unwrap_or_else(|p| p.into_inner());
+            (v.map.clone(), v.lsn, v.at_ms)
+        };
+        if lsn == st.manifest.snapshot_lsn {
+            return Ok(lsn);
+        }
+        let logged = self.logged_since_checkpoint.load(Ordering::Relaxed);
+        let fs = &*self.opts.wal.fs;
+        let requests = lock(&self.pending).requests.up_to(lsn);
+        let next = write_snapshot_file(
+            fs,
+            &self.dir,
+            &map,
+            &requests,
+            lsn,
+            at_ms,
+            self.opts.compress_snapshots,
+        )?;
+        commit_manifest(fs, &self.dir, &next)?;
+        st.manifest = next;
+        self.logged_since_checkpoint
+            .fetch_sub(logged, Ordering::Relaxed);
+        let (base, snapshots_removed) = self.retain(lsn)?;
+        let segments_pruned = self.wal.prune_before(base + 1)?;
+        let info = CheckpointInfo {
+            lsn,
+            snapshot_bytes: next.snapshot_bytes,
+            keys: map.len(),
+            completed_ms: now_ms(),
+            duration: started.elapsed(),
+            segments_pruned,
+            snapshots_removed,
+        };
+        tracing::info!(?info, "checkpoint");
+        st.last = Some(info);
+        Ok(lsn)
+    }
+
+    /// Applies the retention rule after a checkpoint at `current`. Keeps every snapshot decided
+    /// within the retention window, plus the newest one decided before it (the base that makes
+    /// the window's start restorable), and removes the rest. Returns the LSN the log is needed
+    /// after, and how many snapshots were removed.
+    fn retain(&self, current: Lsn) -> Result<(Lsn, usize)> {
+        let fs = &*self.opts.wal.fs;
+        let all = list_snapshots(fs, &self.dir)?;
+        let older = all.iter().copied().filter(|&l| l < current);
+        let (keep, base): (Vec<Lsn>, Lsn) = if self.opts.retention.is_zero() {
+            (vec![current], current)
+        } else {
+            let cutoff = now_ms().saturating_sub(self.opts.retention.as_millis() as u64);
+            let mut within = vec![current];
+            let mut before = None;
+            for l in older.clone() {
+                let path = snapshot::snapshot_path(&self.dir, l);
+                let at = fs
+                    .open(&path, OpenMode::Read)
+                    .map_err(FileError::from)
+                    .and_then(|f| SnapshotHeader::read(&*f));
+                match at {
+                    Ok(h) if h.at_ms < cutoff => before = Some(l),
+                    Ok(_) => within.push(l),
+                    Err(e) => {
+                        // Not primary data: leave it alone and say so.
+                        tracing::warn!(path = %path.display(), error = %e, "unreadable old snapshot kept");
+                        within.push(l);
+                    }
+                }
+            }
+            let base = match before {
+                Some(b) => b,
+                // Nothing older than the window: a log never pruned reaches back to the empty
+                // state, which is restorable too.
+                None if self.wal.first_lsn() == 1 => 0,
+                None => within.iter().copied().min().unwrap_or(current),
+            };
+            within.extend(before);
+            (within, base)
+        };
+        let mut removed = 0;
+        for l in older.filter(|l| !keep.contains(l)) {
+            let p = snapshot::snapshot_path(&self.dir, l);
+            durable_remove(fs, &p).map_err(io("remove old snapshot", &p))?;
+            removed += 1;
+        }
+        Ok((base, removed))
+    }
+
+    /// The last checkpoint's figures, and the last error if the latest attempt failed.
+    pub fn last_checkpoint(&self) -> (Option<CheckpointInfo>, Option<String>) {
+        let st = lock(&self.checkpoints);
+        (st.last.clone(), st.last_error.clone())
+    }
+
+    /// One round of background work: active expiry, then a checkpoint if one is due.
+    fn maintain(&self, stopping: &dyn Fn() -> bool) {
+        for _ in 0..20 {
+            match self.remove_expired(1000) {
+                Ok(1000) if !stopping() => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "active expiry failed");
+                    break;
+                }
+            }
+        }
+        let due = {
+            let st = lock(&self.checkpoints);
+            let backoff = Duration::from_secs(1 << st.failures.min(6));
+            let since = st.last_at.elapsed();
+            let by_size = self.opts.checkpoint_log_bytes > 0
+                && self.logged_since_checkpoint.load(Ordering::Relaxed)
+                    >= self.opts.checkpoint_log_bytes;
+            let by_time = self.opts.checkpoint_interval.is_some_and(|d| since >= d)
+                && self.visible_lsn() > st.manifest.snapshot_lsn;
+            (by_size || by_time) && (st.failures == 0 || since >= backoff)
+        };
+        if due {
+            if let Err(e) = self.checkpoint() {
+                tracing::error!(error = %e, "background checkpoint failed; will retry");
+            }
+        }
+    }
+}
+
+/// The background thread: expiry and checkpoint triggers, every 100 ms. It holds the engine only
+/// weakly, and stops when the engine is dropped.
+pub(crate) struct Background {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    pub(crate) fn start(core: &Arc<Core>) -> Result<Self> {
+        let weak: Weak<Core> = Arc::downgrade(core);
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("keel-engine-bg".into())
+            .spawn(move || {
+                let stopping = || *lock(&s.0);
+                loop {
+                    {
+                        let g = lock(&s.0);
+                        let (g, _) =
+                            s.1.wait_timeout(g, Duration::from_millis(100))
+                                .unwrap_or_else(|p| p.into_inner());
+                        if *g {
+                            return;
+                        }
+                    }
+                    let Some(core) = weak.upgrade() else { return };
+                    core.maintain(&stopping);
+                }
+            })
+            .map_err(io("spawn background thread", &core.dir))?;
+        Ok(Background {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        *lock(&self.stop.0) = true;
+        self.stop.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

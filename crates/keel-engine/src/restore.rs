@@ -1,0 +1,239 @@
+//! Point-in-time restore and online backup (P9). Both build a new database directory that opens
+//! as a normal database; neither writes a byte to the source.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use keel_wal::{Fs, LogReader, Lsn, OpenMode, Wal};
+
+use crate::checkpoint::{commit_manifest, list_snapshots, write_snapshot_file};
+use crate::snapshot::{self, SnapshotHeader};
+use crate::{
+    apply, io, now_ms, record, Core, Error, Map, Options, Request, Requests, Result, WAL_DIR,
+};
+
+/// The point a restore rebuilds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreTarget {
+    /// Every write up to and including this LSN, none after it.
+    Lsn(Lsn),
+    /// Every write decided at or before this Unix millisecond; the restore stops at the first
+    /// record decided later. (Record times never go backwards within a log.)
+    UnixMs(u64),
+    /// Everything the source's log holds. A torn tail is left out, as recovery would cut it.
+    Latest,
+}
+
+/// What a restore or backup built.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// The restored database holds every write up to this LSN.
+    pub lsn: Lsn,
+    /// Decision time of the record at `lsn` (0 for an empty database).
+    pub at_ms: u64,
+    /// The snapshot the restore started from (0: the empty state).
+    pub base_snapshot: Lsn,
+    /// Snapshots passed over because they failed verification.
+    pub damaged_snapshots: Vec<Lsn>,
+    pub records_replayed: u64,
+    pub keys: usize,
+    pub snapshot_bytes: u64,
+    pub duration: Duration,
+}
+
+fn check_target(fs: &dyn Fs, target: &Path) -> Result<()> {
+    if fs.exists(target).map_err(io("stat", target))?
+        && !fs.read_dir(target).map_err(io("list", target))?.is_empty()
+    {
+        return Err(Error::InvalidOptions(format!(
+            "restore target {} exists and is not empty; choose a new directory",
+            target.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes a complete database holding `map` at `lsn` into `target`: snapshot, manifest, and an
+/// empty log that continues at `lsn + 1`.
+fn write_database(
+    target: &Path,
+    map: &Map,
+    requests: &[(Lsn, Request)],
+    lsn: Lsn,
+    at_ms: u64,
+    opts: &Options,
+) -> Result<u64> {
+    let fs = &*opts.wal.fs;
+    keel_wal::fs::durable_create_dir_all(fs, target).map_err(io("create directory", target))?;
+    let mut bytes = 0;
+    if lsn > 0 {
+        let m = write_snapshot_file(
+            fs,
+            target,
+            map,
+            requests,
+            lsn,
+            at_ms,
+            opts.compress_snapshots,
+        )?;
+        commit_manifest(fs, target, &m)?;
+        bytes = m.snapshot_bytes;
+    }
+    Wal::create_at(target.join(WAL_DIR), lsn + 1, opts.wal.clone())?;
+    Ok(bytes)
+}
+
+/// Rebuilds the database in `source` as of `to` into the new directory `target`, from the
+/// newest usable snapshot at or before that point and the log after it. `source` is only read:
+/// it may be a live database. (A checkpoint that prunes while the restore reads can make it
+/// fail; run it again.) `opts` configures the new database's files.
+///
+/// What can be reached depends on `Options::retention` of the source: older points need older
+/// snapshots and the log after them.
+pub fn restore(
+    source: impl AsRef<Path>,
+    target: impl AsRef<Path>,
+    to: RestoreTarget,
+    opts: &Options,
+) -> Result<RestoreReport> {
+    let started = Instant::now();
+    let (source, target) = (source.as_ref(), target.as_ref());
+    opts.validate()?;
+    let fs = &*opts.wal.fs;
+    check_target(fs, target)?;
+    let log = LogReader::open(source.join(WAL_DIR), &opts.wal)?;
+    let (first, last) = (log.first_lsn(), log.last_lsn());
+    let end = match to {
+        RestoreTarget::Lsn(l) if l > last => {
+            return Err(Error::NotRestorable(format!(
+                "LSN {l} is beyond the end of the log (LSN {last})"
+            )))
+        }
+        RestoreTarget::Lsn(l) => l,
+        _ => last,
+    };
+    let mut report = RestoreReport::default();
+    // Candidate bases, newest first: snapshots at or before the target, then the empty state if
+    // the log reaches back to LSN 1.
+    let mut bases: Vec<(Lsn, Option<SnapshotHeader>)> = Vec::new();
+    if first == 1 {
+        bases.push((0, None));
+    }
+    for l in list_snapshots(fs, source)? {
+        let path = snapshot::snapshot_path(source, l);
+        let header = fs
+            .open(&path, OpenMode::Read)
+            .map_err(crate::snapshot::FileError::from)
+            .and_then(|f| SnapshotHeader::read(&*f));
+        match header {
+            Ok(h) if h.lsn == l => {
+                let fits = match to {
+                    RestoreTarget::UnixMs(t) => h.at_ms <= t,
+                    _ => l <= end,
+                };
+                // The log must continue where the snapshot ends (or not be needed at all).
+                if fits && (first <= l + 1 || l == end) {
+                    bases.push((l, Some(h)));
+                }
+            }
+            _ => report.damaged_snapshots.push(l),
+        }
+    }
+    let mut chosen = None;
+    while let Some((l, header)) = bases.pop() {
+        if header.is_none() {
+            chosen = Some((Map::new(), Vec::new(), 0, 0));
+            break;
+        }
+        let path = snapshot::snapshot_path(source, l);
+        let loaded = fs
+            .open(&path, OpenMode::Read)
+            .map_err(crate::snapshot::FileError::from)
+            .and_then(|f| snapshot::read_snapshot(&*f, None));
+        match loaded {
+            Ok(s) => {
+                chosen = Some((s.map, s.requests, l, s.header.at_ms));
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "damaged snapshot skipped");
+                report.damaged_snapshots.push(l);
+            }
+        }
+    }
+    let Some((mut map, snap_requests, base, mut at_ms)) = chosen else {
+        return Err(Error::NotRestorable(format!(
+            "no retained snapshot reaches {to:?} and the log starts at LSN {first}; \
+             keep snapshots longer with Options::retention"
+        )));
+    };
+    report.base_snapshot = base;
+    let now = now_ms();
+    let mut requests = Requests::default();
+    for (l, r) in snap_requests {
+        requests.insert(l, r, opts, now);
+    }
+    let mut lsn = base;
+    if base < end {
+        for rec in log.iter_from(base + 1)? {
+            let rec = rec?;
+            if rec.lsn > end {
+                break;
+            }
+            let d = record::decode(&Bytes::from(rec.payload), rec.lsn).map_err(|source| {
+                Error::BadRecord {
+                    lsn: rec.lsn,
+                    source,
+                }
+            })?;
+            if matches!(to, RestoreTarget::UnixMs(t) if d.at_ms > t) {
+                break;
+            }
+            apply(&mut map, &d.mutations, rec.lsn);
+            if let Some(r) = d.request {
+                requests.insert(rec.lsn, r, opts, now);
+            }
+            lsn = rec.lsn;
+            at_ms = d.at_ms;
+            report.records_replayed += 1;
+        }
+    }
+    if matches!(to, RestoreTarget::Lsn(l) if l != lsn) {
+        return Err(Error::NotRestorable(format!(
+            "the log stops at LSN {lsn} before the target"
+        )));
+    }
+    report.snapshot_bytes = write_database(target, &map, &requests.up_to(lsn), lsn, at_ms, opts)?;
+    report.lsn = lsn;
+    report.at_ms = at_ms;
+    report.keys = map.len();
+    report.duration = started.elapsed();
+    Ok(report)
+}
+
+impl Core {
+    /// Writes a consistent copy of the durable state into the new directory `target` while
+    /// writes continue: the O(1) clone of the visible state at one LSN, as a snapshot, with an
+    /// empty log after it. `target` opens as a normal database.
+    pub fn backup(&self, target: impl AsRef<Path>) -> Result<RestoreReport> {
+        let started = Instant::now();
+        let target = target.as_ref();
+        check_target(&*self.opts.wal.fs, target)?;
+        let (map, lsn, at_ms) = {
+            let v = self.visible.read().unwrap_or_else(|p| p.into_inner());
+            (v.map.clone(), v.lsn, v.at_ms)
+        };
+        let requests = crate::lock(&self.pending).requests.up_to(lsn);
+        let snapshot_bytes = write_database(target, &map, &requests, lsn, at_ms, &self.opts)?;
+        Ok(RestoreReport {
+            lsn,
+            at_ms,
+            base_snapshot: lsn,
+            keys: map.len(),
+            snapshot_bytes,
+            duration: started.elapsed(),
+            ..RestoreReport::default()
+        })
+    }
+}
