@@ -35,10 +35,13 @@ pub mod snapshot;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
+use std::future::Future;
 use std::ops::{Bound, Deref, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -736,6 +739,44 @@ enum Prepared {
     Retry(Lsn, Outcome),
 }
 
+/// A decided transaction on its way to the disk; see [`Engine::submit`]. It is `'static`, so it
+/// can be kept in a queue or moved to another task.
+#[must_use = "a transaction is not acknowledged until it is awaited or waited on"]
+pub struct Pending {
+    core: Arc<Core>,
+    state: Option<Prepared>,
+}
+
+impl Pending {
+    /// Blocks until the outcome is durable and visible.
+    pub fn wait(mut self) -> Result<Outcome> {
+        let p = self.state.take().expect("a Pending is consumed once");
+        self.core.finish(p)
+    }
+}
+
+impl Future for Pending {
+    type Output = Result<Outcome>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        match this.state.as_mut().expect("polled after completion") {
+            Prepared::Wait(ticket, _) => match Pin::new(ticket).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    this.state = None;
+                    return Poll::Ready(Err(e.into()));
+                }
+                Poll::Ready(Ok(_)) => {}
+            },
+            // Rare, and the original is almost always durable already; otherwise this blocks
+            // for at most one sync.
+            Prepared::Retry(..) | Prepared::Done(_) => {}
+        }
+        let p = this.state.take().expect("checked");
+        Poll::Ready(this.core.finish(p))
+    }
+}
+
 /// The embedded engine. Every method takes `&self`; share it by reference or in an `Arc`. The
 /// operations live on [`Core`], which an `Engine` dereferences to. Dropping the engine stops its
 /// background thread; [`Engine::close`] also syncs and reports the log's final state.
@@ -889,6 +930,34 @@ impl Engine {
         Ok((Engine { core, background }, report))
     }
 
+    /// Decides a transaction now, in the order of this call, and returns without waiting for
+    /// durability. Await the [`Pending`] (or [`Pending::wait`]) for the outcome: it resolves
+    /// once the record is durable and visible. A connection can so submit a pipeline of writes
+    /// that share one sync, and still see them decided in its own order.
+    pub fn submit(&self, guards: Vec<Guard>, writes: Vec<Write>) -> Result<Pending> {
+        let p = self.core.prepare(None, &guards, writes)?;
+        Ok(Pending {
+            core: self.core.clone(),
+            state: Some(p),
+        })
+    }
+
+    /// [`Engine::submit`] under a client request id (see [`Core::commit_request`]).
+    pub fn submit_request(
+        &self,
+        id: impl Into<Bytes>,
+        guards: Vec<Guard>,
+        writes: Vec<Write>,
+    ) -> Result<Pending> {
+        let p = self
+            .core
+            .prepare(Some(check_id(id.into())?), &guards, writes)?;
+        Ok(Pending {
+            core: self.core.clone(),
+            state: Some(p),
+        })
+    }
+
     /// Stops the background thread, then finishes queued appends and syncs the log.
     pub fn close(self) -> Result<()> {
         let Engine { background, core } = self;
@@ -1000,7 +1069,7 @@ impl Core {
 
     /// Checks `guards`, then applies `writes` in order, atomically: one WAL record, all or
     /// nothing after any crash. Returns once the writes are durable and visible. Blocks the
-    /// calling thread; use [`Core::commit_async`] from async code.
+    /// calling thread; async code uses [`Engine::submit`] and awaits it.
     pub fn commit(&self, guards: Vec<Guard>, writes: Vec<Write>) -> Result<Outcome> {
         let p = self.prepare(None, &guards, writes)?;
         self.finish(p)
@@ -1020,25 +1089,6 @@ impl Core {
         self.finish(p)
     }
 
-    /// [`Core::commit`] for async code: waits for durability without blocking a thread. (Only
-    /// the sequencer's short critical section, and log backpressure when 64 MiB are queued,
-    /// block.)
-    pub async fn commit_async(&self, guards: Vec<Guard>, writes: Vec<Write>) -> Result<Outcome> {
-        let p = self.prepare(None, &guards, writes)?;
-        self.finish_async(p).await
-    }
-
-    /// [`Core::commit_request`] for async code.
-    pub async fn commit_request_async(
-        &self,
-        id: impl Into<Bytes>,
-        guards: Vec<Guard>,
-        writes: Vec<Write>,
-    ) -> Result<Outcome> {
-        let p = self.prepare(Some(check_id(id.into())?), &guards, writes)?;
-        self.finish_async(p).await
-    }
-
     fn finish(&self, p: Prepared) -> Result<Outcome> {
         match p {
             Prepared::Done(o) => Ok(o),
@@ -1047,23 +1097,6 @@ impl Core {
                 self.publish();
                 Ok(o)
             }
-            Prepared::Retry(lsn, o) => {
-                self.wait_for_retry(lsn)?;
-                Ok(o)
-            }
-        }
-    }
-
-    async fn finish_async(&self, p: Prepared) -> Result<Outcome> {
-        match p {
-            Prepared::Done(o) => Ok(o),
-            Prepared::Wait(ticket, o) => {
-                ticket.await?;
-                self.publish();
-                Ok(o)
-            }
-            // Rare, and the original is almost always durable already; otherwise this blocks
-            // for at most one sync.
             Prepared::Retry(lsn, o) => {
                 self.wait_for_retry(lsn)?;
                 Ok(o)
@@ -1245,6 +1278,14 @@ impl Core {
             mutations,
         });
         Ok(ticket)
+    }
+
+    /// Makes every write decided so far durable, whatever the sync policy, and visible.
+    /// Returns the durable LSN.
+    pub fn sync(&self) -> Result<Lsn> {
+        let lsn = self.wal.sync()?;
+        self.publish();
+        Ok(lsn)
     }
 
     /// The LSN up to which every write is durable.
