@@ -759,20 +759,19 @@ impl Future for Pending {
     type Output = Result<Outcome>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        match this.state.as_mut().expect("polled after completion") {
-            Prepared::Wait(ticket, _) => match Pin::new(ticket).poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => {
-                    this.state = None;
-                    return Poll::Ready(Err(e.into()));
-                }
-                Poll::Ready(Ok(_)) => {}
-            },
-            // Rare, and the original is almost always durable already; otherwise this blocks
-            // for at most one sync.
-            Prepared::Retry(..) | Prepared::Done(_) => {}
+        if let Some(Prepared::Wait(ticket, _)) = &mut this.state {
+            let r = std::task::ready!(Pin::new(ticket).poll(cx));
+            let Some(Prepared::Wait(_, outcome)) = this.state.take() else {
+                unreachable!("checked")
+            };
+            return Poll::Ready(r.map_err(Error::from).map(|_| {
+                this.core.publish();
+                outcome
+            }));
         }
-        let p = this.state.take().expect("checked");
+        // Done, or a retry: rare, and its original is almost always durable already; otherwise
+        // this blocks for at most one sync.
+        let p = this.state.take().expect("polled after completion");
         Poll::Ready(this.core.finish(p))
     }
 }
