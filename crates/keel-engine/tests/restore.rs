@@ -68,7 +68,7 @@ fn history(e: &Engine) -> Vec<Model> {
         }
         let key = Bytes::from(format!("k{}", i % 13));
         let lsn = match i % 5 {
-            0 | 1 | 2 => {
+            0..=2 => {
                 let v = Bytes::from(format!("v{i}-{}", "y".repeat((i * 137 % 2000) as usize)));
                 m.insert(key.clone(), v.clone());
                 e.put(key, v).unwrap()
