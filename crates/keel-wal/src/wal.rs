@@ -175,10 +175,63 @@ pub struct WalStats {
     pub sync_nanos: u64,
     pub bytes_written: u64,
     pub segments_created: u64,
+    /// Sync latencies: bucket `i` counts syncs that took less than 2^i µs (and at least
+    /// 2^(i-1) µs); the last bucket also holds everything slower.
+    pub sync_latency_buckets: [u64; SYNC_BUCKETS],
+}
+
+/// Number of sync-latency buckets in [`WalStats`]: up to 2^31 µs, about 36 minutes.
+pub const SYNC_BUCKETS: usize = 32;
+
+impl WalStats {
+    /// Upper bound, in µs, of the sync latency below which a fraction `q` (0..=1) of syncs fell;
+    /// exact to a factor of two. `None` before the first sync.
+    pub fn sync_latency_quantile_us(&self, q: f64) -> Option<u64> {
+        let total: u64 = self.sync_latency_buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = ((total as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.sync_latency_buckets.iter().enumerate() {
+            seen += n;
+            if seen >= want {
+                return Some(1 << i);
+            }
+        }
+        Some(1 << (SYNC_BUCKETS - 1))
+    }
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use super::*;
+
+    #[test]
+    fn sync_buckets_and_quantiles() {
+        assert_eq!(sync_bucket(Duration::from_nanos(500)), 0);
+        assert_eq!(sync_bucket(Duration::from_micros(1)), 1);
+        assert_eq!(sync_bucket(Duration::from_micros(3)), 2);
+        assert_eq!(sync_bucket(Duration::from_micros(1000)), 10); // 512..1024
+        assert_eq!(sync_bucket(Duration::from_secs(1 << 40)), SYNC_BUCKETS - 1);
+        let mut s = WalStats::default();
+        assert_eq!(s.sync_latency_quantile_us(0.5), None);
+        s.sync_latency_buckets[10] = 99;
+        s.sync_latency_buckets[14] = 1;
+        assert_eq!(s.sync_latency_quantile_us(0.5), Some(1024));
+        assert_eq!(s.sync_latency_quantile_us(0.99), Some(1024));
+        assert_eq!(s.sync_latency_quantile_us(0.999), Some(16384));
+    }
+}
+
+fn sync_bucket(d: Duration) -> usize {
+    let us = d.as_micros() as u64;
+    ((u64::BITS - us.leading_zeros()) as usize).min(SYNC_BUCKETS - 1)
 }
 
 #[derive(Default)]
 struct Counters {
+    sync_latency_buckets: [AtomicU64; SYNC_BUCKETS],
     records: AtomicU64,
     appends: AtomicU64,
     writes: AtomicU64,
@@ -790,6 +843,7 @@ impl Wal {
             sync_nanos: l(&c.sync_nanos),
             bytes_written: l(&c.bytes_written),
             segments_created: l(&c.segments_created),
+            sync_latency_buckets: std::array::from_fn(|i| l(&c.sync_latency_buckets[i])),
         }
     }
 
@@ -1116,6 +1170,7 @@ impl Writer {
         c.syncs.fetch_add(1, Ordering::Relaxed);
         c.sync_nanos
             .fetch_add(self.last_sync_time.as_nanos() as u64, Ordering::Relaxed);
+        c.sync_latency_buckets[sync_bucket(self.last_sync_time)].fetch_add(1, Ordering::Relaxed);
         self.durable_lsn = self.written_lsn;
         self.last_sync = Instant::now();
         self.publish();
