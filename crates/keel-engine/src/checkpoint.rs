@@ -27,24 +27,28 @@ pub struct CheckpointInfo {
     pub snapshots_removed: usize,
 }
 
+/// Held while a checkpoint runs, so checkpoints do not overlap.
 pub(crate) struct State {
     manifest: Manifest,
-    last: Option<CheckpointInfo>,
     last_at: Instant,
     failures: u32,
-    last_error: Option<String>,
 }
 
 impl State {
     pub(crate) fn new(manifest: Manifest) -> Self {
         State {
             manifest,
-            last: None,
             last_at: Instant::now(),
             failures: 0,
-            last_error: None,
         }
     }
+}
+
+/// What the last checkpoint did; readable while the next one runs.
+#[derive(Default)]
+pub(crate) struct Status {
+    last: Option<CheckpointInfo>,
+    last_error: Option<String>,
 }
 
 fn read_all(fs: &dyn Fs, path: &Path, max: u64) -> Result<Vec<u8>> {
@@ -160,27 +164,31 @@ impl Core {
         let mut st = lock(&self.checkpoints);
         let r = self.checkpoint_locked(&mut st);
         st.last_at = Instant::now();
+        let mut status = lock(&self.checkpoint_status);
         match &r {
-            Ok(_) => {
+            Ok(Some(info)) => {
                 st.failures = 0;
-                st.last_error = None;
+                status.last = Some(info.clone());
+                status.last_error = None;
             }
+            Ok(None) => st.failures = 0,
             Err(e) => {
                 st.failures += 1;
-                st.last_error = Some(e.to_string());
+                status.last_error = Some(e.to_string());
             }
         }
-        r
+        r.map(|info| info.map_or(st.manifest.snapshot_lsn, |i| i.lsn))
     }
 
-    fn checkpoint_locked(&self, st: &mut State) -> Result<Lsn> {
+    /// `None` when the current snapshot is already up to date.
+    fn checkpoint_locked(&self, st: &mut State) -> Result<Option<CheckpointInfo>> {
         let started = Instant::now();
         let (map, lsn, at_ms) = {
             let v = self.visible.read().unwrap_or_else(|p| p.into_inner());
             (v.map.clone(), v.lsn, v.at_ms)
         };
         if lsn == st.manifest.snapshot_lsn {
-            return Ok(lsn);
+            return Ok(None);
         }
         let logged = self.logged_since_checkpoint.load(Ordering::Relaxed);
         let fs = &*self.opts.wal.fs;
@@ -210,8 +218,7 @@ impl Core {
             snapshots_removed,
         };
         tracing::info!(?info, "checkpoint");
-        st.last = Some(info);
-        Ok(lsn)
+        Ok(Some(info))
     }
 
     /// Applies the retention rule after a checkpoint at `current`. Keeps every snapshot decided
@@ -265,7 +272,7 @@ impl Core {
 
     /// The last checkpoint's figures, and the last error if the latest attempt failed.
     pub fn last_checkpoint(&self) -> (Option<CheckpointInfo>, Option<String>) {
-        let st = lock(&self.checkpoints);
+        let st = lock(&self.checkpoint_status);
         (st.last.clone(), st.last_error.clone())
     }
 
@@ -282,7 +289,10 @@ impl Core {
             }
         }
         let due = {
-            let st = lock(&self.checkpoints);
+            // Busy with a checkpoint someone asked for: nothing to decide now.
+            let Ok(st) = self.checkpoints.try_lock() else {
+                return;
+            };
             let backoff = Duration::from_secs(1 << st.failures.min(6));
             let since = st.last_at.elapsed();
             let by_size = self.opts.checkpoint_log_bytes > 0

@@ -793,6 +793,7 @@ pub struct Core {
     /// The manifest in force and checkpoint bookkeeping; held while a checkpoint runs, so
     /// checkpoints do not overlap.
     checkpoints: Mutex<checkpoint::State>,
+    checkpoint_status: Mutex<checkpoint::Status>,
     /// Every decided transaction, durable or not. Held while deciding and submitting, so that LSN
     /// order is decision order.
     pending: Mutex<Seq>,
@@ -908,6 +909,7 @@ impl Engine {
         report.duration = started.elapsed();
         let core = Arc::new(Core {
             checkpoints: Mutex::new(checkpoint::State::new(manifest)),
+            checkpoint_status: Mutex::new(checkpoint::Status::default()),
             opts,
             dir,
             wal,
