@@ -461,3 +461,80 @@ fn a_retry_under_a_weaker_sync_policy_does_not_wait_forever() {
     assert_eq!(retried, first);
     assert_eq!(e.get(b"n").unwrap().value, "1");
 }
+
+#[test]
+fn a_transaction_sees_its_own_earlier_writes_and_failures_do_not_abort_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    e.put("old", "1").unwrap();
+    e.put("text", "abc").unwrap();
+    let get = |k: &str| Write::Get { key: b(k) };
+    let r = e
+        .commit(
+            vec![],
+            vec![
+                put("a", "1", Ttl::None, PutIf::Always),
+                Write::DeleteAll,
+                get("a"),
+                get("old"),
+                put("b", "2", Ttl::None, PutIf::Absent),
+                Write::Append {
+                    key: b("b"),
+                    suffix: b("x"),
+                },
+                get("b"),
+                Write::Incr { key: b("b"), by: 1 }, // "2x" is not an integer
+                Write::Rename {
+                    from: b("b"),
+                    to: b("c"),
+                    only_if_absent: false,
+                },
+                get("b"),
+                get("c"),
+                Write::Rename {
+                    from: b("b"),
+                    to: b("d"),
+                    only_if_absent: false,
+                },
+                Write::IncrFloat {
+                    key: b("f"),
+                    by: 1.5,
+                },
+                Write::IncrFloat {
+                    key: b("f"),
+                    by: 0.25,
+                },
+            ],
+        )
+        .unwrap();
+    let Outcome::Committed {
+        lsn: Some(_),
+        results,
+    } = r
+    else {
+        panic!("{r:?}")
+    };
+    use keel_engine::WriteError;
+    assert_eq!(
+        results,
+        vec![
+            WriteResult::Put(true),
+            WriteResult::DeletedAll,
+            WriteResult::Value(None),
+            WriteResult::Value(None),
+            WriteResult::Put(true),
+            WriteResult::Int(2),
+            WriteResult::Value(Some(b("2x"))),
+            WriteResult::Failed(WriteError::NotAnInteger),
+            WriteResult::Put(true),
+            WriteResult::Value(None),
+            WriteResult::Value(Some(b("2x"))),
+            WriteResult::Failed(WriteError::NoSuchKey),
+            WriteResult::Value(Some(b("1.5"))),
+            WriteResult::Value(Some(b("1.75"))),
+        ]
+    );
+    let keys: Vec<_> = e.snapshot().iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys, vec![b("c"), b("f")]);
+    assert_eq!(e.get(b"f").unwrap().value, "1.75");
+}
