@@ -35,7 +35,7 @@ fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("static bounds")
 }
 
-fn us(h: &Histogram<u64>, q: f64) -> u64 {
+pub(crate) fn us(h: &Histogram<u64>, q: f64) -> u64 {
     h.value_at_quantile(q)
 }
 
@@ -75,7 +75,7 @@ type WriterResult = (Histogram<u64>, u64);
 /// Runs `threads` writers from a common start for `secs` seconds. Writer `t` calls `op(t, i)`
 /// for its i-th operation, and each call's latency is recorded. Returns the merged latencies and
 /// the operations per second.
-fn timed_writers(
+pub(crate) fn timed_writers(
     threads: usize,
     secs: f64,
     op: impl Fn(usize, u64) -> Result<()> + Sync,
@@ -182,19 +182,20 @@ fn seq_sync_bandwidth(dir: &Path, secs: f64) -> Result<f64> {
     Ok(mbps)
 }
 
-fn drop_cache(path: &Path) -> Result<()> {
+pub(crate) fn drop_cache(path: &Path) -> Result<()> {
     let f = File::open(path)?;
     rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed)?;
     Ok(())
 }
 
-struct Cell {
-    ops_per_s: f64,
-    h: Histogram<u64>,
-    syncs_per_append: f64,
+pub(crate) struct Cell {
+    pub(crate) ops_per_s: f64,
+    pub(crate) h: Histogram<u64>,
+    pub(crate) syncs_per_append: f64,
 }
 
-fn keel_cell(dir: &Path, writers: usize, size: usize, secs: f64) -> Result<Cell> {
+/// Raw keel-wal appends of `size`-byte records by `writers` threads, each waiting for its own.
+pub(crate) fn keel_cell(dir: &Path, writers: usize, size: usize, secs: f64) -> Result<Cell> {
     let d = tempfile::tempdir_in(dir)?;
     let (wal, _) = Wal::open(d.path(), Options::default())?;
     let payloads: Vec<Vec<u8>> = (0..writers).map(|w| vec![(w % 251) as u8; size]).collect();
@@ -209,6 +210,25 @@ fn keel_cell(dir: &Path, writers: usize, size: usize, secs: f64) -> Result<Cell>
         h,
         syncs_per_append: st.syncs as f64 / st.records.max(1) as f64,
     })
+}
+
+/// Reads every byte of the regular files among `files`, 1 MiB at a time. Returns the bytes read.
+pub(crate) fn read_files(files: &[PathBuf]) -> Result<u64> {
+    let mut bytes = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for f in files.iter().filter(|f| f.is_file()) {
+        let file = File::open(f)?;
+        let mut off = 0;
+        loop {
+            let n = file.read_at(&mut buf, off)?;
+            if n == 0 {
+                break;
+            }
+            off += n as u64;
+        }
+        bytes += off;
+    }
+    Ok(bytes)
 }
 
 fn recovery(dir: &Path, mib: u64) -> Result<(u64, f64, f64)> {
@@ -242,20 +262,7 @@ fn recovery(dir: &Path, mib: u64) -> Result<(u64, f64, f64)> {
     // Baseline: read every byte of the same files, cold, 1 MiB at a time.
     cold()?;
     let t = Instant::now();
-    let mut bytes = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
-    for f in files.iter().filter(|f| f.is_file()) {
-        let file = File::open(f)?;
-        let mut off = 0;
-        loop {
-            let n = file.read_at(&mut buf, off)?;
-            if n == 0 {
-                break;
-            }
-            off += n as u64;
-        }
-        bytes += off;
-    }
+    let bytes = read_files(&files)?;
     let read_mbps = bytes as f64 / 1e6 / t.elapsed().as_secs_f64();
     cold()?;
     let t = Instant::now();

@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_engine;
+mod db_cmd;
 mod wal_cmd;
 
 use std::path::PathBuf;
@@ -28,6 +30,16 @@ enum Command {
     /// Benchmarks that print tables, with ratios against the disk's own limits measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Checkpoint a database that no server has open: write a snapshot, then prune the log.
+    /// Exit code 0: done; 1: not possible (no database, or in use); 2: damaged; 3: failed.
+    Snapshot(db_cmd::SnapshotArgs),
+    /// Copy a database that no server has open into a new directory, as a snapshot.
+    /// Exit codes as for snapshot.
+    Backup(db_cmd::BackupArgs),
+    /// Rebuild a database as of an LSN or a time into a new directory. Reads the source only,
+    /// so it works on a live database. Exit code 0: done; 1: the point is not retained, or the
+    /// target is in use; 2: damaged; 3: failed.
+    Restore(db_cmd::RestoreArgs),
 }
 
 #[derive(Subcommand)]
@@ -70,13 +82,22 @@ pub enum BenchCommand {
     /// Durable appends at 1..256 writers against raw write+fdatasync loops and the group-commit
     /// bound, plus recovery speed against sequential read bandwidth.
     Wal(bench::WalBenchArgs),
+    /// Durable puts at 1..256 writers against raw keel-wal appends of the same record size, gets,
+    /// checkpoint and recovery times, each against a baseline measured in the same run.
+    Engine(bench_engine::EngineBenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Wal(c) => wal_cmd::run(c),
+        Command::Snapshot(a) => Ok(db_cmd::snapshot(a)),
+        Command::Backup(a) => Ok(db_cmd::backup(a)),
+        Command::Restore(a) => Ok(db_cmd::restore_cmd(a)),
         Command::Bench(BenchCommand::Wal(a)) => bench::wal(a).map(|()| ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::Engine(a)) => {
+            bench_engine::engine(a).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

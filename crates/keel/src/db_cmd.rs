@@ -1,0 +1,186 @@
+//! `keel snapshot`, `keel backup` and `keel restore`: offline work on an engine directory.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use keel_engine::{restore, Engine, Error, Options, RestoreTarget};
+
+/// Exit codes shared by the three commands.
+const NOT_POSSIBLE: u8 = 1;
+const DAMAGED: u8 = 2;
+const FAILED: u8 = 3;
+
+#[derive(clap::Args)]
+pub struct SnapshotArgs {
+    /// Database directory.
+    #[arg(long, default_value = "keel-data")]
+    dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct BackupArgs {
+    /// Database directory.
+    #[arg(long, default_value = "keel-data")]
+    dir: PathBuf,
+    /// New directory for the copy; must not exist or be empty.
+    #[arg(long)]
+    target: PathBuf,
+}
+
+#[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("to").args(["to_lsn", "to_timestamp_ms", "latest"]).required(true))]
+pub struct RestoreArgs {
+    /// Database directory to restore from. Only read; it may be in use by a running server.
+    #[arg(long)]
+    source: PathBuf,
+    /// New directory for the restored database; must not exist or be empty.
+    #[arg(long)]
+    target: PathBuf,
+    /// Every write up to and including this LSN.
+    #[arg(long)]
+    to_lsn: Option<u64>,
+    /// Every write decided at or before this Unix time in milliseconds.
+    #[arg(long)]
+    to_timestamp_ms: Option<u64>,
+    /// Everything the source holds.
+    #[arg(long)]
+    latest: bool,
+}
+
+fn spinner(msg: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("static"));
+    bar.set_message(msg.to_string());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// Opens the database for offline work, with a progress bar over the log's recovery scan.
+fn open(dir: &Path) -> Result<Engine, Error> {
+    if !dir.join("wal").exists() {
+        return Err(Error::InvalidOptions(format!(
+            "{} holds no keel database",
+            dir.display()
+        )));
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("recovering [{bar:40}] {bytes}/{total_bytes}")
+            .expect("static")
+            .progress_chars("=> "),
+    );
+    let opts = Options {
+        background: false,
+        ..Options::default()
+    };
+    let r = Engine::open_with_progress(dir, opts, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let (e, report) = r?;
+    eprintln!("{report}");
+    Ok(e)
+}
+
+/// Prints the error and maps it to the exit code the help text documents.
+fn fail(e: Error) -> ExitCode {
+    let code = match &e {
+        Error::NotRestorable(_) | Error::InvalidOptions(_) => NOT_POSSIBLE,
+        Error::BadFile { .. } | Error::Gap { .. } | Error::BadRecord { .. } => DAMAGED,
+        Error::Wal(keel_wal::Error::Corruption(_)) => DAMAGED,
+        Error::Wal(keel_wal::Error::Locked { .. }) => {
+            eprintln!("error: {e}");
+            eprintln!("the database is in use by a running `keel serve`: ask the server instead (redis-cli SAVE, or KEEL.BACKUP <dir>)");
+            return ExitCode::from(NOT_POSSIBLE);
+        }
+        _ => FAILED,
+    };
+    eprintln!("error: {e}");
+    ExitCode::from(code)
+}
+
+pub fn snapshot(a: SnapshotArgs) -> ExitCode {
+    let run = || -> Result<_, Error> {
+        let e = open(&a.dir)?;
+        let bar = spinner("writing snapshot");
+        let lsn = e.checkpoint();
+        bar.finish_and_clear();
+        let lsn = lsn?;
+        let (info, _) = e.last_checkpoint();
+        e.close()?;
+        Ok((lsn, info))
+    };
+    match run() {
+        Ok((lsn, Some(i))) => {
+            println!(
+                "snapshot at LSN {lsn}: {} keys, {} bytes, in {:.2?}; {} log segments pruned",
+                i.keys, i.snapshot_bytes, i.duration, i.segments_pruned
+            );
+            ExitCode::SUCCESS
+        }
+        Ok((lsn, None)) => {
+            println!("snapshot at LSN {lsn} is already current");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+pub fn backup(a: BackupArgs) -> ExitCode {
+    let run = || -> Result<_, Error> {
+        let e = open(&a.dir)?;
+        let bar = spinner("writing backup");
+        let r = e.backup(&a.target);
+        bar.finish_and_clear();
+        e.close()?;
+        r
+    };
+    match run() {
+        Ok(r) => {
+            println!(
+                "backup of LSN {} in {}: {} keys, {} bytes, in {:.2?}",
+                r.lsn,
+                a.target.display(),
+                r.keys,
+                r.snapshot_bytes,
+                r.duration
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+pub fn restore_cmd(a: RestoreArgs) -> ExitCode {
+    let to = match (a.to_lsn, a.to_timestamp_ms) {
+        (Some(l), _) => RestoreTarget::Lsn(l),
+        (_, Some(t)) => RestoreTarget::UnixMs(t),
+        _ => RestoreTarget::Latest,
+    };
+    let bar = spinner("restoring");
+    let r = restore(&a.source, &a.target, to, &Options::default());
+    bar.finish_and_clear();
+    match r {
+        Ok(r) => {
+            for l in &r.damaged_snapshots {
+                eprintln!("warning: snapshot at LSN {l} failed verification and was passed over");
+            }
+            println!(
+                "restored LSN {} (decided at Unix ms {}) into {}: {} keys, from the snapshot at LSN {} and {} log records, in {:.2?}",
+                r.lsn,
+                r.at_ms,
+                a.target.display(),
+                r.keys,
+                r.base_snapshot,
+                r.records_replayed,
+                r.duration
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
