@@ -821,8 +821,8 @@ impl Future for Pending {
             let Some(Prepared::Wait(_, outcome)) = this.state.take() else {
                 unreachable!("checked")
             };
-            return Poll::Ready(r.map_err(Error::from).map(|_| {
-                this.core.publish();
+            return Poll::Ready(r.map_err(Error::from).map(|lsns| {
+                this.core.publish(*lsns.end());
                 outcome
             }));
         }
@@ -857,6 +857,8 @@ pub struct Core {
     /// Decided transactions not yet visible, in LSN order.
     unpublished: Mutex<VecDeque<Unpublished>>,
     visible: RwLock<Visible>,
+    /// `visible.lsn`, readable without the lock.
+    published: AtomicU64,
     /// Bytes logged since the last checkpoint, for the size trigger.
     logged_since_checkpoint: AtomicU64,
     recovery: RecoveryReport,
@@ -977,6 +979,7 @@ impl Engine {
                 lsn: applied,
                 at_ms,
             }),
+            published: AtomicU64::new(applied),
             logged_since_checkpoint: AtomicU64::new(report.bytes_replayed),
             recovery: report.clone(),
         });
@@ -1151,8 +1154,8 @@ impl Core {
         match p {
             Prepared::Done(o) => Ok(o),
             Prepared::Wait(ticket, o) => {
-                ticket.wait()?;
-                self.publish();
+                let lsns = ticket.wait()?;
+                self.publish(*lsns.end());
                 Ok(o)
             }
             Prepared::Retry(lsn, o) => {
@@ -1172,7 +1175,7 @@ impl Core {
             }
             self.wal.wait_durable(lsn)?;
         }
-        self.publish();
+        self.publish(lsn);
         Ok(())
     }
 
@@ -1223,7 +1226,12 @@ impl Core {
     /// Makes every acknowledged transaction visible, in LSN order. Under the default
     /// `SyncPolicy::Always` acknowledged means durable (P10); under a weaker policy readers can
     /// see what a power cut may take away, as the user chose.
-    fn publish(&self) {
+    /// Returns at once if `upto` is already visible: of the many writers one sync acknowledges,
+    /// the first publishes for all, and the others take no lock.
+    fn publish(&self, upto: Lsn) {
+        if self.published.load(Ordering::Acquire) >= upto {
+            return;
+        }
         let mut q = lock(&self.unpublished);
         let durable = self.wal.last_lsn();
         if q.front().is_none_or(|u| u.lsn > durable) {
@@ -1236,6 +1244,7 @@ impl Core {
             v.lsn = u.lsn;
             v.at_ms = u.at_ms;
         }
+        self.published.store(v.lsn, Ordering::Release);
     }
 
     fn check_limits(&self, w: &Write) -> Result<()> {
@@ -1296,8 +1305,8 @@ impl Core {
             let at_ms = now.max(seq.last_at_ms);
             (self.log_locked(&mut seq, at_ms, None, mutations)?, n)
         };
-        ticket.wait()?;
-        self.publish();
+        let lsns = ticket.wait()?;
+        self.publish(*lsns.end());
         Ok(n)
     }
 
@@ -1342,7 +1351,7 @@ impl Core {
     /// Returns the durable LSN.
     pub fn sync(&self) -> Result<Lsn> {
         let lsn = self.wal.sync()?;
-        self.publish();
+        self.publish(lsn);
         Ok(lsn)
     }
 
