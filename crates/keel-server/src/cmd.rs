@@ -1,0 +1,645 @@
+//! The command table, and the translation of string and key commands into engine writes.
+//!
+//! Every data command compiles to a [`Part`]: guards, a list of engine [`Write`]s (reads become
+//! `Write::Get`) and a function that renders the reply from the writes' results. The same
+//! translation serves a lone command, each command queued in MULTI (EXEC concatenates the parts
+//! into one engine transaction) and KEEL.IDEM (whose reply is rendered again from the outcome the
+//! engine stored, so a retry after a restart gets the same reply).
+
+use bytes::Bytes;
+use keel_engine::{Guard, PutIf, Ttl, Write, WriteError, WriteResult};
+
+use crate::resp::{parse_i64, Reply};
+
+/// What a command needs to be allowed to run; the hook for ACL users.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Perm {
+    /// Connection housekeeping: always allowed once authenticated.
+    Conn,
+    Read,
+    Write,
+    Admin,
+}
+
+pub struct Spec {
+    pub name: &'static str,
+    /// Redis's convention: n > 0 exactly n arguments (the name included), n < 0 at least -n.
+    pub arity: i64,
+    pub perm: Perm,
+    pub first_key: i64,
+    pub last_key: i64,
+    pub step: i64,
+}
+
+const fn spec(name: &'static str, arity: i64, perm: Perm, keys: (i64, i64, i64)) -> Spec {
+    Spec {
+        name,
+        arity,
+        perm,
+        first_key: keys.0,
+        last_key: keys.1,
+        step: keys.2,
+    }
+}
+
+const NO_KEYS: (i64, i64, i64) = (0, 0, 0);
+const KEY1: (i64, i64, i64) = (1, 1, 1);
+const ALL_KEYS: (i64, i64, i64) = (1, -1, 1);
+
+use Perm::{Admin, Conn, Read, Write as W};
+
+/// Every command keel serves.
+pub const COMMANDS: &[Spec] = &[
+    spec("ping", -1, Conn, NO_KEYS),
+    spec("echo", 2, Conn, NO_KEYS),
+    spec("hello", -1, Conn, NO_KEYS),
+    spec("auth", -2, Conn, NO_KEYS),
+    spec("select", 2, Conn, NO_KEYS),
+    spec("quit", -1, Conn, NO_KEYS),
+    spec("reset", 1, Conn, NO_KEYS),
+    spec("client", -2, Conn, NO_KEYS),
+    spec("command", -1, Conn, NO_KEYS),
+    spec("info", -1, Conn, NO_KEYS),
+    spec("time", 1, Conn, NO_KEYS),
+    spec("config", -2, Admin, NO_KEYS),
+    spec("shutdown", -1, Admin, NO_KEYS),
+    spec("dbsize", 1, Read, NO_KEYS),
+    spec("flushdb", -1, W, NO_KEYS),
+    spec("flushall", -1, W, NO_KEYS),
+    spec("get", 2, Read, KEY1),
+    spec("set", -3, W, KEY1),
+    spec("setnx", 3, W, KEY1),
+    spec("setex", 4, W, KEY1),
+    spec("psetex", 4, W, KEY1),
+    spec("getset", 3, W, KEY1),
+    spec("getdel", 2, W, KEY1),
+    spec("getex", -2, W, KEY1),
+    spec("mget", -2, Read, ALL_KEYS),
+    spec("mset", -3, W, (1, -1, 2)),
+    spec("msetnx", -3, W, (1, -1, 2)),
+    spec("incr", 2, W, KEY1),
+    spec("decr", 2, W, KEY1),
+    spec("incrby", 3, W, KEY1),
+    spec("decrby", 3, W, KEY1),
+    spec("incrbyfloat", 3, W, KEY1),
+    spec("append", 3, W, KEY1),
+    spec("strlen", 2, Read, KEY1),
+    spec("getrange", 4, Read, KEY1),
+    spec("del", -2, W, ALL_KEYS),
+    spec("unlink", -2, W, ALL_KEYS),
+    spec("exists", -2, Read, ALL_KEYS),
+    spec("type", 2, Read, KEY1),
+    spec("rename", 3, W, (1, 2, 1)),
+    spec("renamenx", 3, W, (1, 2, 1)),
+    spec("expire", -3, W, KEY1),
+    spec("pexpire", -3, W, KEY1),
+    spec("expireat", -3, W, KEY1),
+    spec("pexpireat", -3, W, KEY1),
+    spec("ttl", 2, Read, KEY1),
+    spec("pttl", 2, Read, KEY1),
+    spec("expiretime", 2, Read, KEY1),
+    spec("pexpiretime", 2, Read, KEY1),
+    spec("persist", 2, W, KEY1),
+    spec("keys", 2, Read, NO_KEYS),
+    spec("scan", -2, Read, NO_KEYS),
+    spec("multi", 1, Conn, NO_KEYS),
+    spec("exec", 1, Conn, NO_KEYS),
+    spec("discard", 1, Conn, NO_KEYS),
+    spec("watch", -2, Conn, ALL_KEYS),
+    spec("unwatch", 1, Conn, NO_KEYS),
+    spec("waitaof", 4, Conn, NO_KEYS),
+    spec("wait", 3, Conn, NO_KEYS),
+    spec("keel.version", 2, Read, KEY1),
+    spec("keel.cas", 4, W, KEY1),
+    spec("keel.idem", -3, W, NO_KEYS),
+];
+
+pub fn lookup(name: &str) -> Option<&'static Spec> {
+    COMMANDS.iter().find(|s| s.name == name)
+}
+
+pub fn arity_ok(spec: &Spec, argc: usize) -> bool {
+    let argc = argc as i64;
+    if spec.arity >= 0 {
+        argc == spec.arity
+    } else {
+        argc >= -spec.arity
+    }
+}
+
+pub fn wrong_args(name: &str) -> Reply {
+    Reply::err(format!(
+        "ERR wrong number of arguments for '{name}' command"
+    ))
+}
+
+pub const NOT_INT: &str = "ERR value is not an integer or out of range";
+pub const SYNTAX: &str = "ERR syntax error";
+
+/// Renders a reply from this part's write results; `None` when a guard failed.
+pub type Render = Box<dyn FnOnce(Option<&[WriteResult]>) -> Reply + Send>;
+
+pub struct Part {
+    pub guards: Vec<Guard>,
+    pub writes: Vec<Write>,
+    pub render: Render,
+}
+
+impl Part {
+    fn new(
+        writes: Vec<Write>,
+        render: impl FnOnce(&[WriteResult]) -> Reply + Send + 'static,
+    ) -> Part {
+        Part {
+            guards: Vec::new(),
+            writes,
+            render: Box::new(move |r| match r {
+                Some(r) => render(r),
+                None => Reply::NilArray,
+            }),
+        }
+    }
+
+    /// A part whose reply does not depend on the database (PING inside MULTI).
+    pub fn fixed(reply: Reply) -> Part {
+        Part::new(Vec::new(), move |_| reply)
+    }
+
+    /// Only `Get`s and no guards: it can be answered from a snapshot of the visible state.
+    pub fn read_only(&self) -> bool {
+        self.guards.is_empty() && self.writes.iter().all(|w| matches!(w, Write::Get { .. }))
+    }
+}
+
+pub fn write_error(e: WriteError) -> Reply {
+    Reply::err(match e {
+        WriteError::NotAnInteger => NOT_INT,
+        WriteError::Overflow => "ERR increment or decrement would overflow",
+        WriteError::NotAFloat => "ERR value is not a valid float",
+        WriteError::NotFinite => "ERR increment would produce NaN or Infinity",
+        WriteError::NoSuchKey => "ERR no such key",
+        WriteError::ValueTooLarge => "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
+    })
+}
+
+/// Redis-style error reply for an engine error.
+pub fn engine_error(e: &keel_engine::Error) -> Reply {
+    match e {
+        keel_engine::Error::Wal(w) => Reply::err(format!(
+            "IOERR the write was not made durable and is not acknowledged: {w}"
+        )),
+        keel_engine::Error::ValueTooLarge { .. } => {
+            Reply::err(format!("ERR string exceeds maximum allowed size ({e})"))
+        }
+        other => Reply::err(format!("ERR {other}")),
+    }
+}
+
+fn unexpected(r: &WriteResult) -> Reply {
+    Reply::err(format!("ERR internal: unexpected engine result {r:?}"))
+}
+
+fn value_reply(r: &WriteResult) -> Reply {
+    match r {
+        WriteResult::Value(Some(v)) => Reply::Bulk(v.clone()),
+        WriteResult::Value(None) => Reply::Nil,
+        other => unexpected(other),
+    }
+}
+
+fn int_arg(b: &[u8]) -> Result<i64, Reply> {
+    parse_i64(b).ok_or_else(|| Reply::err(NOT_INT))
+}
+
+fn eq(a: &[u8], b: &str) -> bool {
+    a.eq_ignore_ascii_case(b.as_bytes())
+}
+
+fn invalid_expire(cmd: &str) -> Reply {
+    Reply::err(format!("ERR invalid expire time in '{cmd}' command"))
+}
+
+/// An absolute expiry in Unix ms from an EX/PX/EXAT/PXAT-style amount. `positive`: the amount
+/// must be > 0 (SET, SETEX, GETEX); EXPIRE accepts any value and a past time deletes the key.
+fn expiry_ms(
+    cmd: &str,
+    amount: i64,
+    unit_ms: i64,
+    absolute: bool,
+    positive: bool,
+    now_ms: u64,
+) -> Result<i64, Reply> {
+    if positive && amount <= 0 {
+        return Err(invalid_expire(cmd));
+    }
+    let ms = amount
+        .checked_mul(unit_ms)
+        .ok_or_else(|| invalid_expire(cmd))?;
+    if absolute {
+        Ok(ms)
+    } else {
+        ms.checked_add(now_ms as i64)
+            .ok_or_else(|| invalid_expire(cmd))
+    }
+}
+
+/// An expiry in the future, or the time it has already passed.
+fn ttl_of(at_ms: i64) -> Ttl {
+    Ttl::At(at_ms.max(0) as u64)
+}
+
+fn get(key: &Bytes) -> Write {
+    Write::Get { key: key.clone() }
+}
+
+fn put(key: &Bytes, value: &Bytes, ttl: Ttl, only: PutIf) -> Write {
+    Write::Put {
+        key: key.clone(),
+        value: value.clone(),
+        ttl,
+        only,
+    }
+}
+
+/// Translates a data command (`name` lowercased, `a[0]` the command itself, arity already
+/// checked). `None`: not a data command.
+pub fn compile(name: &str, a: &[Bytes], now_ms: u64) -> Option<Result<Part, Reply>> {
+    Some(match name {
+        "get" => Ok(Part::new(vec![get(&a[1])], |r| value_reply(&r[0]))),
+        "set" => compile_set(a, now_ms),
+        "setnx" => Ok(Part::new(
+            vec![put(&a[1], &a[2], Ttl::None, PutIf::Absent)],
+            |r| Reply::Int(matches!(r[0], WriteResult::Put(true)) as i64),
+        )),
+        "setex" | "psetex" => (|| {
+            let unit = if name == "setex" { 1000 } else { 1 };
+            let at = expiry_ms(name, int_arg(&a[2])?, unit, false, true, now_ms)?;
+            Ok(Part::new(
+                vec![put(&a[1], &a[3], ttl_of(at), PutIf::Always)],
+                |_| Reply::ok(),
+            ))
+        })(),
+        "getset" => Ok(Part::new(
+            vec![get(&a[1]), put(&a[1], &a[2], Ttl::None, PutIf::Always)],
+            |r| value_reply(&r[0]),
+        )),
+        "getdel" => Ok(Part::new(
+            vec![get(&a[1]), Write::Delete { key: a[1].clone() }],
+            |r| value_reply(&r[0]),
+        )),
+        "getex" => compile_getex(a, now_ms),
+        "mget" => Ok(Part::new(a[1..].iter().map(get).collect(), |r| {
+            Reply::Array(r.iter().map(value_reply).collect())
+        })),
+        "mset" | "msetnx" => {
+            if a.len().is_multiple_of(2) {
+                return Some(Err(wrong_args(name)));
+            }
+            let writes = a[1..]
+                .chunks(2)
+                .map(|kv| put(&kv[0], &kv[1], Ttl::None, PutIf::Always))
+                .collect();
+            if name == "mset" {
+                Ok(Part::new(writes, |_| Reply::ok()))
+            } else {
+                let guards = a[1..]
+                    .chunks(2)
+                    .map(|kv| Guard {
+                        key: kv[0].clone(),
+                        version: None,
+                    })
+                    .collect();
+                Ok(Part {
+                    guards,
+                    writes,
+                    render: Box::new(|r| Reply::Int(r.is_some() as i64)),
+                })
+            }
+        }
+        "incr" | "decr" | "incrby" | "decrby" => (|| {
+            let by = match name {
+                "incr" => 1,
+                "decr" => -1,
+                "incrby" => int_arg(&a[2])?,
+                _ => int_arg(&a[2])?
+                    .checked_neg()
+                    .ok_or_else(|| Reply::err("ERR decrement would overflow"))?,
+            };
+            Ok(Part::new(
+                vec![Write::Incr {
+                    key: a[1].clone(),
+                    by,
+                }],
+                |r| match r[0] {
+                    WriteResult::Int(v) => Reply::Int(v),
+                    WriteResult::Failed(e) => write_error(e),
+                    ref other => unexpected(other),
+                },
+            ))
+        })(),
+        "incrbyfloat" => {
+            let by = std::str::from_utf8(&a[2])
+                .ok()
+                .filter(|s| !s.is_empty() && !s.starts_with(char::is_whitespace))
+                .and_then(|s| s.parse::<f64>().ok())
+                .filter(|f| !f.is_nan());
+            match by {
+                None => Err(Reply::err("ERR value is not a valid float")),
+                Some(by) => Ok(Part::new(
+                    vec![Write::IncrFloat {
+                        key: a[1].clone(),
+                        by,
+                    }],
+                    |r| match &r[0] {
+                        WriteResult::Failed(e) => write_error(*e),
+                        other => value_reply(other),
+                    },
+                )),
+            }
+        }
+        "append" => Ok(Part::new(
+            vec![Write::Append {
+                key: a[1].clone(),
+                suffix: a[2].clone(),
+            }],
+            |r| match r[0] {
+                WriteResult::Int(v) => Reply::Int(v),
+                WriteResult::Failed(e) => write_error(e),
+                ref other => unexpected(other),
+            },
+        )),
+        "strlen" => Ok(Part::new(vec![get(&a[1])], |r| match &r[0] {
+            WriteResult::Value(v) => Reply::Int(v.as_ref().map_or(0, |v| v.len() as i64)),
+            other => unexpected(other),
+        })),
+        "getrange" => (|| {
+            let (start, end) = (int_arg(&a[2])?, int_arg(&a[3])?);
+            Ok(Part::new(vec![get(&a[1])], move |r| match &r[0] {
+                WriteResult::Value(v) => {
+                    let v = v.clone().unwrap_or_default();
+                    Reply::Bulk(getrange(&v, start, end))
+                }
+                other => unexpected(other),
+            }))
+        })(),
+        "del" | "unlink" => Ok(Part::new(
+            a[1..]
+                .iter()
+                .map(|k| Write::Delete { key: k.clone() })
+                .collect(),
+            |r| {
+                Reply::Int(
+                    r.iter()
+                        .filter(|x| **x == WriteResult::Existed(true))
+                        .count() as i64,
+                )
+            },
+        )),
+        "exists" => Ok(Part::new(a[1..].iter().map(get).collect(), |r| {
+            Reply::Int(
+                r.iter()
+                    .filter(|x| matches!(x, WriteResult::Value(Some(_))))
+                    .count() as i64,
+            )
+        })),
+        "type" => Ok(Part::new(vec![get(&a[1])], |r| {
+            Reply::Simple(
+                if matches!(r[0], WriteResult::Value(Some(_))) {
+                    "string"
+                } else {
+                    "none"
+                }
+                .into(),
+            )
+        })),
+        "rename" | "renamenx" => {
+            let nx = name == "renamenx";
+            Ok(Part::new(
+                vec![Write::Rename {
+                    from: a[1].clone(),
+                    to: a[2].clone(),
+                    only_if_absent: nx,
+                }],
+                move |r| match r[0] {
+                    WriteResult::Put(moved) if nx => Reply::Int(moved as i64),
+                    WriteResult::Put(_) => Reply::ok(),
+                    WriteResult::Failed(e) => write_error(e),
+                    ref other => unexpected(other),
+                },
+            ))
+        }
+        "expire" | "pexpire" | "expireat" | "pexpireat" => (|| {
+            if a.len() > 3 {
+                return Err(Reply::err(format!(
+                    "ERR keel does not support {} options (NX, XX, GT, LT) yet",
+                    name.to_uppercase()
+                )));
+            }
+            let unit = if name.starts_with('p') { 1 } else { 1000 };
+            let absolute = name.ends_with("at");
+            let at = expiry_ms(name, int_arg(&a[2])?, unit, absolute, false, now_ms)?;
+            let key = a[1].clone();
+            // A time already past deletes the key, as in Redis.
+            let w = if at <= now_ms as i64 {
+                Write::Delete { key }
+            } else {
+                Write::Expire {
+                    key,
+                    at_ms: Some(at as u64),
+                }
+            };
+            Ok(Part::new(vec![w], |r| {
+                Reply::Int((r[0] == WriteResult::Existed(true)) as i64)
+            }))
+        })(),
+        "flushdb" | "flushall" => {
+            if a.len() > 2 || (a.len() == 2 && !eq(&a[1], "sync") && !eq(&a[1], "async")) {
+                Err(Reply::err(SYNTAX))
+            } else {
+                Ok(Part::new(vec![Write::DeleteAll], |_| Reply::ok()))
+            }
+        }
+        "keel.cas" => (|| {
+            let v = parse_i64(&a[2])
+                .filter(|v| *v >= 0)
+                .ok_or_else(|| Reply::err("ERR version must be a non-negative integer"))?;
+            Ok(Part {
+                guards: vec![Guard {
+                    key: a[1].clone(),
+                    version: (v > 0).then_some(v as u64),
+                }],
+                writes: vec![put(&a[1], &a[3], Ttl::None, PutIf::Always)],
+                render: Box::new(|r| Reply::Int(r.is_some() as i64)),
+            })
+        })(),
+        _ => return None,
+    })
+}
+
+fn compile_set(a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
+    let (key, value) = (&a[1], &a[2]);
+    let mut only = PutIf::Always;
+    let mut ttl = Ttl::None;
+    let mut with_get = false;
+    let mut ttl_set = false;
+    let mut i = 3;
+    while i < a.len() {
+        let o = &a[i];
+        if eq(o, "nx") && only == PutIf::Always {
+            only = PutIf::Absent;
+        } else if eq(o, "xx") && only == PutIf::Always {
+            only = PutIf::Present;
+        } else if eq(o, "get") {
+            with_get = true;
+        } else if eq(o, "keepttl") && !ttl_set {
+            ttl = Ttl::Keep;
+            ttl_set = true;
+        } else if !ttl_set
+            && i + 1 < a.len()
+            && (eq(o, "ex") || eq(o, "px") || eq(o, "exat") || eq(o, "pxat"))
+        {
+            let unit = if eq(o, "ex") || eq(o, "exat") {
+                1000
+            } else {
+                1
+            };
+            let absolute = eq(o, "exat") || eq(o, "pxat");
+            let at = expiry_ms("set", int_arg(&a[i + 1])?, unit, absolute, true, now_ms)?;
+            ttl = ttl_of(at);
+            ttl_set = true;
+            i += 1;
+        } else {
+            return Err(Reply::err(SYNTAX));
+        }
+        i += 1;
+    }
+    let p = put(key, value, ttl, only);
+    Ok(if with_get {
+        Part::new(vec![get(key), p], |r| value_reply(&r[0]))
+    } else {
+        Part::new(vec![p], |r| match r[0] {
+            WriteResult::Put(true) => Reply::ok(),
+            WriteResult::Put(false) => Reply::Nil,
+            ref other => unexpected(other),
+        })
+    })
+}
+
+fn compile_getex(a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
+    let key = &a[1];
+    let mut writes = vec![get(key)];
+    match a.len() {
+        2 => {}
+        3 if eq(&a[2], "persist") => writes.push(Write::Expire {
+            key: key.clone(),
+            at_ms: None,
+        }),
+        4 => {
+            let o = &a[2];
+            let (unit, absolute) = if eq(o, "ex") {
+                (1000, false)
+            } else if eq(o, "px") {
+                (1, false)
+            } else if eq(o, "exat") {
+                (1000, true)
+            } else if eq(o, "pxat") {
+                (1, true)
+            } else {
+                return Err(Reply::err(SYNTAX));
+            };
+            let at = expiry_ms("getex", int_arg(&a[3])?, unit, absolute, true, now_ms)?;
+            writes.push(if at <= now_ms as i64 {
+                Write::Delete { key: key.clone() }
+            } else {
+                Write::Expire {
+                    key: key.clone(),
+                    at_ms: Some(at as u64),
+                }
+            });
+        }
+        _ => return Err(Reply::err(SYNTAX)),
+    }
+    Ok(Part::new(writes, |r| value_reply(&r[0])))
+}
+
+/// Redis's GETRANGE index rules: negative indexes count from the end, out-of-range ends clamp.
+pub fn getrange(v: &Bytes, start: i64, end: i64) -> Bytes {
+    let len = v.len() as i64;
+    if len == 0 || (start < 0 && end < 0 && start > end) {
+        return Bytes::new();
+    }
+    let mut s = if start < 0 { len + start } else { start };
+    let mut e = if end < 0 { len + end } else { end };
+    s = s.max(0);
+    e = e.max(0);
+    if e >= len {
+        e = len - 1;
+    }
+    if s > e {
+        return Bytes::new();
+    }
+    v.slice(s as usize..=e as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn getrange_matches_redis_examples() {
+        let v = Bytes::from_static(b"This is a string");
+        assert_eq!(getrange(&v, 0, 3), "This");
+        assert_eq!(getrange(&v, -3, -1), "ing");
+        assert_eq!(getrange(&v, 0, -1), "This is a string");
+        assert_eq!(getrange(&v, 10, 100), "string");
+        assert_eq!(getrange(&v, 5, 3), "");
+        assert_eq!(getrange(&v, -1, -5), "");
+    }
+
+    #[test]
+    fn every_command_has_a_sane_spec() {
+        for s in COMMANDS {
+            assert_eq!(s.name, s.name.to_lowercase());
+            assert!(s.arity != 0);
+            assert_eq!(
+                COMMANDS.iter().filter(|t| t.name == s.name).count(),
+                1,
+                "{}",
+                s.name
+            );
+        }
+    }
+
+    #[test]
+    fn set_options() {
+        let args = |v: &[&str]| -> Vec<Bytes> {
+            v.iter()
+                .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+                .collect()
+        };
+        let c = |v: &[&str]| compile("set", &args(v), 1_000).unwrap();
+        assert!(c(&["set", "k", "v", "nx", "xx"]).is_err());
+        assert!(c(&["set", "k", "v", "ex", "1", "px", "1"]).is_err());
+        assert!(c(&["set", "k", "v", "ex"]).is_err());
+        assert_eq!(
+            c(&["set", "k", "v", "ex", "0"]).err(),
+            Some(Reply::err("ERR invalid expire time in 'set' command"))
+        );
+        assert_eq!(
+            c(&["set", "k", "v", "ex", "x"]).err(),
+            Some(Reply::err(NOT_INT))
+        );
+        let p = c(&["set", "k", "v", "NX", "GET", "PX", "5"]).unwrap();
+        assert_eq!(p.writes.len(), 2);
+        assert_eq!(
+            p.writes[1],
+            put(
+                &Bytes::from("k"),
+                &Bytes::from("v"),
+                Ttl::At(1_005),
+                PutIf::Absent
+            )
+        );
+        assert!(c(&["set", "k", "v", "ex", "9223372036854775807"]).is_err());
+    }
+}

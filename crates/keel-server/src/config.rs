@@ -1,0 +1,200 @@
+//! Settings: defaults, then a TOML file, then `KEEL_*` environment variables, then flags.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use crate::resp::Limits;
+
+/// `keel serve` options. Every flag also reads the `KEEL_*` variable named in its help; a flag
+/// on the command line wins over the variable, and both win over the config file.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// TOML config file (keys: see the README).
+    #[arg(long, env = "KEEL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./keel-data].
+    #[arg(long, env = "KEEL_DIR")]
+    pub dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, env = "KEEL_BIND")]
+    pub bind: Option<String>,
+    /// Port to listen on; 0 picks a free one (the log says which) [default: 7379].
+    #[arg(long, env = "KEEL_PORT")]
+    pub port: Option<u16>,
+    /// Password clients must give with AUTH or HELLO. Prefer the environment variable or the
+    /// config file: a flag is visible in the process list.
+    #[arg(long, env = "KEEL_REQUIREPASS", hide_env_values = true)]
+    pub requirepass: Option<String>,
+    /// error, warn, info, debug or trace [default: info].
+    #[arg(long, env = "KEEL_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Most client connections at once [default: 1000].
+    #[arg(long, env = "KEEL_MAX_CLIENTS")]
+    pub max_clients: Option<usize>,
+    /// Close a connection idle this many seconds; 0 = never [default: 0].
+    #[arg(long, env = "KEEL_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+}
+
+/// The config file. Every key is optional.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub dir: Option<PathBuf>,
+    pub bind: Option<String>,
+    pub port: Option<u16>,
+    pub requirepass: Option<String>,
+    pub log_level: Option<String>,
+    pub max_clients: Option<usize>,
+    pub idle_timeout_secs: Option<u64>,
+    /// Largest bulk string in a request [default: the engine's value_bytes_max, 8 MiB].
+    pub max_bulk_bytes: Option<usize>,
+    /// Most arguments in one request [default: 1,048,576].
+    pub max_multibulk_len: Option<usize>,
+    /// Longest inline command [default: 64 KiB].
+    pub max_inline_bytes: Option<usize>,
+    /// Most unparsed request bytes buffered per connection [default: 32 MiB].
+    pub max_request_bytes: Option<usize>,
+    /// SCAN cursors remembered server-wide; the oldest is forgotten first [default: 10,000].
+    pub scan_cursors_max: Option<usize>,
+}
+
+/// Resolved settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub dir: PathBuf,
+    pub bind: IpAddr,
+    pub port: u16,
+    pub requirepass: Option<String>,
+    pub log_level: tracing::Level,
+    pub max_clients: usize,
+    pub idle_timeout: Option<Duration>,
+    pub limits: Limits,
+    pub max_request_bytes: usize,
+    pub scan_cursors_max: usize,
+    pub engine: keel_engine::Options,
+}
+
+impl Settings {
+    /// Defaults, overridden by the file `args.config` names (if any), overridden by `args`.
+    pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
+        let file = match &args.config {
+            Some(p) => load_file(p)?,
+            None => FileConfig::default(),
+        };
+        let engine = keel_engine::Options::default();
+        let bind = args
+            .bind
+            .clone()
+            .or(file.bind)
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let bind: IpAddr = bind
+            .parse()
+            .with_context(|| format!("bind address {bind:?} is not an IP address"))?;
+        let level = args
+            .log_level
+            .clone()
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".into());
+        let log_level = level.parse().map_err(|_| {
+            anyhow::anyhow!("log level {level:?}: use error, warn, info, debug or trace")
+        })?;
+        let limits = Limits {
+            bulk_bytes_max: file.max_bulk_bytes.unwrap_or(engine.value_bytes_max),
+            multibulk_len_max: file.max_multibulk_len.unwrap_or(1 << 20),
+            inline_bytes_max: file.max_inline_bytes.unwrap_or(64 << 10),
+        };
+        let s = Settings {
+            dir: args
+                .dir
+                .clone()
+                .or(file.dir)
+                .unwrap_or_else(|| "keel-data".into()),
+            bind,
+            port: args.port.or(file.port).unwrap_or(7379),
+            requirepass: args
+                .requirepass
+                .clone()
+                .or(file.requirepass)
+                .filter(|p| !p.is_empty()),
+            log_level,
+            max_clients: args.max_clients.or(file.max_clients).unwrap_or(1000),
+            idle_timeout: args
+                .idle_timeout_secs
+                .or(file.idle_timeout_secs)
+                .filter(|&s| s > 0)
+                .map(Duration::from_secs),
+            max_request_bytes: file.max_request_bytes.unwrap_or(32 << 20),
+            scan_cursors_max: file.scan_cursors_max.unwrap_or(10_000),
+            limits,
+            engine,
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.max_clients == 0 {
+            bail!("max_clients must be at least 1");
+        }
+        let l = &self.limits;
+        if l.bulk_bytes_max == 0 || l.multibulk_len_max == 0 || l.inline_bytes_max == 0 {
+            bail!("max_bulk_bytes, max_multibulk_len and max_inline_bytes must be positive");
+        }
+        if self.max_request_bytes < l.bulk_bytes_max.max(l.inline_bytes_max) {
+            bail!(
+                "max_request_bytes ({}) must hold at least one max_bulk_bytes ({}) and one max_inline_bytes ({}) request",
+                self.max_request_bytes,
+                l.bulk_bytes_max,
+                l.inline_bytes_max
+            );
+        }
+        if self.scan_cursors_max == 0 {
+            bail!("scan_cursors_max must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_defaults_apply() {
+        let dir = std::env::temp_dir().join(format!("keel-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keel.toml");
+        std::fs::write(
+            &path,
+            "port = 7000\nbind = \"0.0.0.0\"\nrequirepass = \"pw\"\nmax_multibulk_len = 10\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            port: Some(7001),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&args).unwrap();
+        assert_eq!(s.port, 7001);
+        assert_eq!(s.bind.to_string(), "0.0.0.0");
+        assert_eq!(s.requirepass.as_deref(), Some("pw"));
+        assert_eq!(s.limits.multibulk_len_max, 10);
+        assert_eq!(s.limits.bulk_bytes_max, 8 << 20);
+        assert_eq!(s.dir, PathBuf::from("keel-data"));
+        std::fs::write(&path, "prot = 1\n").unwrap();
+        let e = Settings::resolve(&args).unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field"), "{e:#}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,102 @@
+//! keel-server: `keel serve`, a Redis-protocol (RESP2 and RESP3) server on keel-engine.
+//!
+//! Every write reply leaves the socket only after the engine reports the write durable (P1);
+//! readers see only durable state (P10); a client can make a write retryable with
+//! `KEEL.IDEM` (P8); every input has a bound (P11). See [`server`] for how a connection
+//! pipelines, and [`resp`] for the parser.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cmd;
+pub mod config;
+pub mod glob;
+pub mod resp;
+pub mod server;
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use keel_engine::Engine;
+
+pub use config::{ServeArgs, Settings};
+
+/// Exit code when the database refuses to open (it failed closed, or is locked).
+pub const EXIT_OPEN_FAILED: u8 = 2;
+
+/// Runs `keel serve` until SIGTERM, SIGINT or SHUTDOWN. Returns the process exit code.
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::resolve(&args)?;
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(settings.log_level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+
+    let engine = match open_engine(&settings) {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            tracing::error!("keel refuses to start: {e}");
+            eprintln!("error: keel refuses to start: {e}");
+            return Ok(ExitCode::from(EXIT_OPEN_FAILED));
+        }
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let addr = SocketAddr::new(settings.bind, settings.port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let local = listener.local_addr()?;
+        if !settings.bind.is_loopback() && settings.requirepass.is_none() {
+            let warning = format!(
+                "keel is listening on {local}, which is not a loopback address, and no password is set: \
+                 anyone who can reach this port can read and overwrite every key. \
+                 Set requirepass (KEEL_REQUIREPASS or the config file) or bind to 127.0.0.1."
+            );
+            eprintln!("\n******** WARNING ********\n{warning}\n*************************\n");
+            tracing::warn!("{warning}");
+        }
+        let shared = server::Shared::new(engine.clone(), settings.clone(), local.port());
+        tracing::info!("listening on {local}");
+        server::serve(listener, shared).await
+    });
+    // Dropping the runtime drops every connection task, and with them their engine handles.
+    drop(runtime);
+    let durable = engine.sync();
+    match Arc::try_unwrap(engine) {
+        Ok(engine) => engine.close().context("closing the engine")?,
+        Err(_) => tracing::warn!("engine still referenced at exit; synced but not closed"),
+    }
+    result?;
+    let lsn = durable.context("final sync")?;
+    tracing::info!("shut down cleanly; durable LSN {lsn}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the engine, showing recovery progress on a terminal, and logs the recovery report.
+fn open_engine(settings: &Settings) -> Result<Engine, keel_engine::Error> {
+    tracing::info!("opening {} (recovery runs first)", settings.dir.display());
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("recovering {bar:40} {bytes}/{total_bytes} ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let opened = Engine::open_with_progress(&settings.dir, settings.engine.clone(), &mut |d, t| {
+        bar.set_length(t);
+        bar.set_position(d);
+    });
+    bar.finish_and_clear();
+    let (engine, report) = opened?;
+    for line in report.to_string().lines() {
+        tracing::info!("recovery: {line}");
+    }
+    Ok(engine)
+}

@@ -1,0 +1,1218 @@
+//! The listener and the connections.
+//!
+//! A connection parses every complete request it has buffered and executes them in order.
+//! Writes are submitted to the engine at once, without waiting, so a pipeline's writes (and the
+//! writes of every other connection) share group commit; their replies wait in an ordered queue
+//! until the engine reports them durable (P1). A read first waits for the connection's earlier
+//! writes, so it sees them, and then reads the durable, visible state (P10). Replies leave in
+//! request order.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use keel_engine::{Engine, Guard, Outcome, Write, WriteResult};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::auth::{User, Users, NOAUTH, WRONGPASS};
+use crate::cmd::{self, Part, Perm, NOT_INT, SYNTAX};
+use crate::config::Settings;
+use crate::glob;
+use crate::resp::{parse_i64, Parser, Reply};
+
+/// Replies are written out once this many bytes are ready, so a long pipeline of large reads
+/// holds a bounded amount of reply memory per connection.
+const FLUSH_BYTES: usize = 1 << 20;
+/// Writes in flight per connection before the connection waits for them.
+const PENDING_MAX: usize = 4096;
+/// How long shutdown waits for connections to finish what they were doing.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The Redis version keel reports, for clients that check features by version.
+pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
+
+/// State every connection shares.
+pub struct Shared {
+    pub engine: Arc<Engine>,
+    pub settings: Settings,
+    pub users: Users,
+    pub port: u16,
+    clients: AtomicUsize,
+    next_client_id: AtomicU64,
+    connections_received: AtomicU64,
+    commands_processed: AtomicU64,
+    rejected_connections: AtomicU64,
+    shutdown: watch::Sender<bool>,
+    scans: Mutex<ScanCursors>,
+    started: Instant,
+}
+
+impl Shared {
+    pub fn new(engine: Arc<Engine>, settings: Settings, port: u16) -> Arc<Shared> {
+        Arc::new(Shared {
+            engine,
+            users: Users::new(settings.requirepass.clone()),
+            scans: Mutex::new(ScanCursors::new(settings.scan_cursors_max)),
+            settings,
+            port,
+            clients: AtomicUsize::new(0),
+            next_client_id: AtomicU64::new(1),
+            connections_received: AtomicU64::new(0),
+            commands_processed: AtomicU64::new(0),
+            rejected_connections: AtomicU64::new(0),
+            shutdown: watch::channel(false).0,
+            started: Instant::now(),
+        })
+    }
+
+    /// Asks the server to shut down gracefully.
+    pub fn request_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+/// SCAN cursors: numeric ids mapped to the last key returned. Keys are visited in order, so
+/// every key present for the whole scan is returned exactly once. Bounded: the oldest cursors
+/// are forgotten first, by count and by total key bytes.
+struct ScanCursors {
+    next: u64,
+    by_id: HashMap<u64, Bytes>,
+    order: VecDeque<u64>,
+    bytes: usize,
+    count_max: usize,
+}
+
+const SCAN_CURSOR_BYTES_MAX: usize = 64 << 20;
+
+impl ScanCursors {
+    fn new(count_max: usize) -> ScanCursors {
+        ScanCursors {
+            next: 1,
+            by_id: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            count_max,
+        }
+    }
+
+    fn insert(&mut self, last: Bytes) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        self.bytes += last.len();
+        self.by_id.insert(id, last);
+        self.order.push_back(id);
+        while self.order.len() > self.count_max || self.bytes > SCAN_CURSOR_BYTES_MAX {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(k) = self.by_id.remove(&old) {
+                self.bytes -= k.len();
+            }
+        }
+        id
+    }
+
+    fn get(&self, id: u64) -> Option<Bytes> {
+        self.by_id.get(&id).cloned()
+    }
+}
+
+/// Accepts connections until a signal or SHUTDOWN, then drains them.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let mut stop = shared.shutdown.subscribe();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut conns = JoinSet::new();
+    loop {
+        while conns.try_join_next().is_some() {}
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    shared.connections_received.fetch_add(1, Ordering::Relaxed);
+                    let sh = shared.clone();
+                    conns.spawn(async move {
+                        if let Err(e) = connection(stream, sh).await {
+                            tracing::debug!("connection {peer}: {e}");
+                        }
+                    });
+                }
+                // Out of file descriptors and the like: keep serving the clients we have.
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = stop.wait_for(|s| *s) => { tracing::info!("SHUTDOWN: shutting down"); break; }
+        }
+    }
+    drop(listener);
+    shared.request_shutdown();
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "{} connections still busy after {DRAIN_TIMEOUT:?}; closing them",
+            conns.len()
+        );
+        conns.shutdown().await;
+    }
+    Ok(())
+}
+
+struct ClientSlot<'a>(&'a Shared);
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+enum Slot {
+    Ready(Reply),
+    Pending(ReplyFuture),
+}
+
+enum Flow {
+    Continue,
+    /// Send what is queued, then close (QUIT, protocol errors).
+    Close,
+    /// Send what is queued, close, and shut the server down.
+    Shutdown,
+}
+
+struct Conn {
+    sh: Arc<Shared>,
+    id: u64,
+    addr: String,
+    proto: u8,
+    user: Option<User>,
+    name: Option<Bytes>,
+    /// Commands queued since MULTI.
+    multi: Option<Vec<Part>>,
+    /// A command queued since MULTI was rejected: EXEC must abort.
+    multi_dirty: bool,
+    /// WATCHed keys with their versions when watched.
+    watched: Vec<Guard>,
+    out: BytesMut,
+    queue: VecDeque<Slot>,
+}
+
+async fn connection(mut stream: TcpStream, sh: Arc<Shared>) -> std::io::Result<()> {
+    if sh.clients.fetch_add(1, Ordering::Relaxed) >= sh.settings.max_clients {
+        sh.clients.fetch_sub(1, Ordering::Relaxed);
+        sh.rejected_connections.fetch_add(1, Ordering::Relaxed);
+        stream
+            .write_all(b"-ERR max number of clients reached\r\n")
+            .await?;
+        return Ok(());
+    }
+    let _slot = ClientSlot(&sh);
+    stream.set_nodelay(true)?;
+    let mut stop = sh.shutdown.subscribe();
+    let mut conn = Conn {
+        id: sh.next_client_id.fetch_add(1, Ordering::Relaxed),
+        addr: stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        sh: sh.clone(),
+        proto: 2,
+        user: sh.users.initial(),
+        name: None,
+        multi: None,
+        multi_dirty: false,
+        watched: Vec::new(),
+        out: BytesMut::new(),
+        queue: VecDeque::new(),
+    };
+    let limits = sh.settings.limits.clone();
+    let mut parser = Parser::default();
+    let mut buf = BytesMut::with_capacity(16 << 10);
+    loop {
+        // Execute every complete request buffered.
+        loop {
+            match parser.parse(&buf, &limits) {
+                Ok(Some((frame, n))) => {
+                    buf.advance(n);
+                    if frame.args.is_empty() {
+                        continue;
+                    }
+                    sh.commands_processed.fetch_add(1, Ordering::Relaxed);
+                    match conn.execute(frame.args).await {
+                        Flow::Continue => {}
+                        Flow::Close => return conn.flush(&mut stream).await,
+                        Flow::Shutdown => {
+                            conn.flush(&mut stream).await?;
+                            sh.request_shutdown();
+                            return Ok(());
+                        }
+                    }
+                    if conn.out.len() >= FLUSH_BYTES || conn.queue.len() >= PENDING_MAX {
+                        conn.flush(&mut stream).await?;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    conn.reply(Reply::err(format!("ERR Protocol error: {e}")));
+                    tracing::debug!("client {}: protocol error: {e}", conn.addr);
+                    return conn.flush(&mut stream).await;
+                }
+            }
+        }
+        conn.flush(&mut stream).await?;
+        if buf.len() >= sh.settings.max_request_bytes {
+            conn.reply(Reply::err(format!(
+                "ERR Protocol error: request exceeds max_request_bytes ({})",
+                sh.settings.max_request_bytes
+            )));
+            return conn.flush(&mut stream).await;
+        }
+        if *stop.borrow() {
+            return Ok(());
+        }
+        buf.reserve(16 << 10);
+        let read = stream.read_buf(&mut buf);
+        let n = tokio::select! {
+            r = async {
+                match sh.settings.idle_timeout {
+                    Some(t) => tokio::time::timeout(t, read).await.ok(),
+                    None => Some(read.await),
+                }
+            } => match r {
+                Some(r) => r?,
+                None => return Ok(()), // idle timeout
+            },
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn lower(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_lowercase()
+}
+
+fn eq(a: &[u8], b: &str) -> bool {
+    a.eq_ignore_ascii_case(b.as_bytes())
+}
+
+fn unknown_command(args: &[Bytes]) -> Reply {
+    let mut s = format!(
+        "ERR unknown command '{}', with args beginning with: ",
+        String::from_utf8_lossy(&args[0][..args[0].len().min(128)])
+    );
+    for a in args[1..].iter().take(10) {
+        s.push_str(&format!(
+            "'{}' ",
+            String::from_utf8_lossy(&a[..a.len().min(128)])
+        ));
+    }
+    Reply::err(s)
+}
+
+fn unknown_subcommand(sub: &[u8], cmd: &str) -> Reply {
+    Reply::err(format!(
+        "ERR unknown subcommand '{}'. Try {cmd} HELP.",
+        String::from_utf8_lossy(sub)
+    ))
+}
+
+/// Evaluates a read-only part against a snapshot of the visible (durable) state.
+fn eval_reads(snap: &keel_engine::Snapshot, writes: &[Write]) -> Vec<WriteResult> {
+    writes
+        .iter()
+        .map(|w| match w {
+            Write::Get { key } => WriteResult::Value(snap.get(key).map(|e| e.value.clone())),
+            other => unreachable!("read-only parts hold only gets: {other:?}"),
+        })
+        .collect()
+}
+
+fn render_outcome(render: cmd::Render, o: Outcome) -> Reply {
+    match o {
+        Outcome::Committed { results, .. } => render(Some(&results)),
+        Outcome::GuardFailed(_) => render(None),
+    }
+}
+
+impl Conn {
+    fn engine(&self) -> &Engine {
+        &self.sh.engine
+    }
+
+    /// Queues a reply behind everything already queued.
+    fn reply(&mut self, r: Reply) {
+        if self.queue.is_empty() {
+            r.encode(self.proto, &mut self.out);
+        } else {
+            self.queue.push_back(Slot::Ready(r));
+        }
+    }
+
+    /// Submits a transaction now; its reply waits in the queue until it is durable.
+    fn submit(&mut self, guards: Vec<Guard>, writes: Vec<Write>, render: cmd::Render) {
+        match self.engine().submit(guards, writes) {
+            Ok(p) => self.queue.push_back(Slot::Pending(Box::pin(async move {
+                match p.await {
+                    Ok(o) => render_outcome(render, o),
+                    Err(e) => cmd::engine_error(&e),
+                }
+            }))),
+            Err(e) => self.reply(cmd::engine_error(&e)),
+        }
+    }
+
+    /// Waits for every queued write and encodes every queued reply, in order.
+    async fn settle(&mut self) {
+        while let Some(slot) = self.queue.pop_front() {
+            let r = match slot {
+                Slot::Ready(r) => r,
+                Slot::Pending(f) => f.await,
+            };
+            r.encode(self.proto, &mut self.out);
+        }
+    }
+
+    async fn flush(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+        self.settle().await;
+        if !self.out.is_empty() {
+            stream.write_all(&self.out).await?;
+            self.out.clear();
+            if self.out.capacity() > 4 * FLUSH_BYTES {
+                self.out = BytesMut::new();
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a read-only part from the visible state, after this connection's earlier writes.
+    async fn read(&mut self, part: Part) {
+        self.settle().await;
+        let snap = self.engine().snapshot();
+        let results = eval_reads(&snap, &part.writes);
+        self.reply((part.render)(Some(&results)));
+    }
+
+    async fn execute(&mut self, args: Vec<Bytes>) -> Flow {
+        let name = lower(&args[0]);
+        let Some(spec) = cmd::lookup(&name) else {
+            if self.multi.is_some() {
+                self.multi_dirty = true;
+            }
+            self.reply(unknown_command(&args));
+            return Flow::Continue;
+        };
+        if !cmd::arity_ok(spec, args.len()) {
+            if self.multi.is_some() {
+                self.multi_dirty = true;
+            }
+            self.reply(cmd::wrong_args(&name));
+            return Flow::Continue;
+        }
+        let user = match &self.user {
+            Some(u) => u.clone(),
+            None if matches!(name.as_str(), "auth" | "hello" | "quit") => User(String::new()),
+            None => {
+                if self.multi.is_some() {
+                    self.multi_dirty = true;
+                }
+                self.reply(Reply::err(NOAUTH));
+                return Flow::Continue;
+            }
+        };
+        if self.user.is_some()
+            && spec.perm != Perm::Conn
+            && !self.sh.users.permits(&user, spec.perm)
+        {
+            self.reply(Reply::err(format!(
+                "NOPERM User {} has no permissions to run the '{name}' command",
+                user.0
+            )));
+            return Flow::Continue;
+        }
+        if self.multi.is_some()
+            && !matches!(
+                name.as_str(),
+                "exec" | "discard" | "multi" | "watch" | "quit" | "reset"
+            )
+        {
+            let queued = match name.as_str() {
+                "ping" | "echo" | "time" => Ok(Part::fixed(self.local(&name, &args))),
+                _ => match cmd::compile(&name, &args, now_ms()) {
+                    Some(Ok(p)) if !p.guards.is_empty() => Err(Reply::err(format!(
+                        "ERR {} is not supported inside MULTI by keel; use WATCH",
+                        name.to_uppercase()
+                    ))),
+                    Some(r) => r,
+                    None => Err(Reply::err(format!(
+                        "ERR {} is not supported inside MULTI by keel",
+                        name.to_uppercase()
+                    ))),
+                },
+            };
+            match queued {
+                Ok(p) => {
+                    self.multi.as_mut().expect("in MULTI").push(p);
+                    self.reply(Reply::Simple("QUEUED".into()));
+                }
+                Err(e) => {
+                    self.multi_dirty = true;
+                    self.reply(e);
+                }
+            }
+            return Flow::Continue;
+        }
+        if let Some(part) = cmd::compile(&name, &args, now_ms()) {
+            match part {
+                Err(e) => self.reply(e),
+                Ok(p) if p.read_only() => self.read(p).await,
+                Ok(p) => self.submit(p.guards, p.writes, p.render),
+            }
+            return Flow::Continue;
+        }
+        self.command(&name, args).await
+    }
+
+    /// Replies that depend on nothing but the arguments.
+    fn local(&self, name: &str, args: &[Bytes]) -> Reply {
+        match name {
+            "ping" if args.len() > 2 => cmd::wrong_args("ping"),
+            "ping" => match args.get(1) {
+                Some(m) => Reply::Bulk(m.clone()),
+                None => Reply::Simple("PONG".into()),
+            },
+            "echo" => Reply::Bulk(args[1].clone()),
+            _ => {
+                let d = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                Reply::Array(vec![
+                    Reply::bulk(d.as_secs().to_string()),
+                    Reply::bulk(d.subsec_micros().to_string()),
+                ])
+            }
+        }
+    }
+
+    /// Everything that is not a plain data command.
+    async fn command(&mut self, name: &str, args: Vec<Bytes>) -> Flow {
+        let reply = match name {
+            "ping" | "echo" | "time" => self.local(name, &args),
+            "quit" => {
+                self.reply(Reply::ok());
+                return Flow::Close;
+            }
+            "auth" => self.auth(&args),
+            "hello" => {
+                self.settle().await;
+                self.hello(&args)
+            }
+            "select" => match parse_i64(&args[1]) {
+                None => Reply::err(NOT_INT),
+                Some(0) => Reply::ok(),
+                Some(_) => Reply::err("ERR DB index is out of range"),
+            },
+            "reset" => {
+                self.settle().await;
+                self.multi = None;
+                self.multi_dirty = false;
+                self.watched.clear();
+                self.proto = 2;
+                self.name = None;
+                self.user = self.sh.users.initial();
+                Reply::Simple("RESET".into())
+            }
+            "client" => self.client(&args),
+            "command" => command_info(&args),
+            "info" => {
+                self.settle().await;
+                Reply::Verbatim(self.info(&args))
+            }
+            "config" => self.config(&args),
+            "shutdown" => {
+                if args.len() > 1 && args[1..].iter().any(|a| eq(a, "abort")) {
+                    Reply::err("ERR No shutdown in progress.")
+                } else {
+                    return Flow::Shutdown;
+                }
+            }
+            "dbsize" => {
+                self.settle().await;
+                Reply::Int(self.engine().snapshot().count() as i64)
+            }
+            "ttl" | "pttl" | "expiretime" | "pexpiretime" => {
+                self.settle().await;
+                match self.engine().get(&args[1]) {
+                    None => Reply::Int(-2),
+                    Some(e) => match e.expires_at_ms {
+                        None => Reply::Int(-1),
+                        Some(at) => {
+                            let left = at.saturating_sub(now_ms()) as i64;
+                            Reply::Int(match name {
+                                "ttl" => (left + 500) / 1000,
+                                "pttl" => left,
+                                "expiretime" => (at / 1000) as i64,
+                                _ => at as i64,
+                            })
+                        }
+                    },
+                }
+            }
+            "persist" => self.persist(&args[1]).await,
+            "keys" => {
+                self.settle().await;
+                let snap = self.engine().snapshot();
+                let pat = &args[1];
+                let prefix = glob::literal_prefix(pat);
+                let mut keys = Vec::new();
+                for (k, _) in snap.iter() {
+                    if k.as_ref() < prefix {
+                        continue;
+                    }
+                    if !k.starts_with(prefix) {
+                        break;
+                    }
+                    if glob::matches(pat, k) {
+                        keys.push(Reply::Bulk(k.clone()));
+                    }
+                }
+                Reply::Array(keys)
+            }
+            "scan" => {
+                self.settle().await;
+                self.scan(&args)
+            }
+            "multi" => {
+                if self.multi.is_some() {
+                    Reply::err("ERR MULTI calls can not be nested")
+                } else {
+                    self.multi = Some(Vec::new());
+                    self.multi_dirty = false;
+                    Reply::ok()
+                }
+            }
+            "discard" => match self.multi.take() {
+                None => Reply::err("ERR DISCARD without MULTI"),
+                Some(_) => {
+                    self.watched.clear();
+                    Reply::ok()
+                }
+            },
+            "exec" => {
+                self.exec().await;
+                return Flow::Continue;
+            }
+            "watch" => {
+                if self.multi.is_some() {
+                    Reply::err("ERR WATCH inside MULTI is not allowed")
+                } else {
+                    self.settle().await;
+                    for k in &args[1..] {
+                        let version = self.engine().get(k).map(|e| e.version);
+                        self.watched.push(Guard {
+                            key: k.clone(),
+                            version,
+                        });
+                    }
+                    Reply::ok()
+                }
+            }
+            "unwatch" => {
+                self.watched.clear();
+                Reply::ok()
+            }
+            "waitaof" => match (
+                parse_i64(&args[1]),
+                parse_i64(&args[2]),
+                parse_i64(&args[3]),
+            ) {
+                (Some(l), Some(r), Some(t)) if l >= 0 && r >= 0 => {
+                    if t < 0 {
+                        Reply::err("ERR timeout is negative")
+                    } else {
+                        self.settle().await;
+                        let engine = self.sh.engine.clone();
+                        match tokio::task::spawn_blocking(move || engine.sync()).await {
+                            Ok(Ok(_)) => Reply::Array(vec![Reply::Int(1), Reply::Int(0)]),
+                            Ok(Err(e)) => cmd::engine_error(&e),
+                            Err(e) => Reply::err(format!("ERR sync task failed: {e}")),
+                        }
+                    }
+                }
+                _ => Reply::err(NOT_INT),
+            },
+            "wait" => match (parse_i64(&args[1]), parse_i64(&args[2])) {
+                (Some(_), Some(t)) if t < 0 => Reply::err("ERR timeout is negative"),
+                (Some(_), Some(_)) => Reply::Int(0),
+                _ => Reply::err(NOT_INT),
+            },
+            "keel.version" => {
+                self.settle().await;
+                match self.engine().get(&args[1]) {
+                    Some(e) => Reply::Int(e.version as i64),
+                    None => Reply::Nil,
+                }
+            }
+            "keel.idem" => {
+                let inner = lower(&args[2]);
+                let part = match cmd::lookup(&inner) {
+                    Some(s) if !cmd::arity_ok(s, args.len() - 2) => Err(cmd::wrong_args(&inner)),
+                    Some(_) => cmd::compile(&inner, &args[2..], now_ms()).unwrap_or_else(|| {
+                        Err(Reply::err(format!(
+                            "ERR KEEL.IDEM wraps a string or key command, not '{inner}'"
+                        )))
+                    }),
+                    None => Err(unknown_command(&args[2..])),
+                };
+                match part {
+                    Err(e) => e,
+                    Ok(p) => {
+                        match self
+                            .engine()
+                            .submit_request(args[1].clone(), p.guards, p.writes)
+                        {
+                            Ok(pending) => {
+                                let render = p.render;
+                                self.queue.push_back(Slot::Pending(Box::pin(async move {
+                                    match pending.await {
+                                        Ok(o) => render_outcome(render, o),
+                                        Err(e) => cmd::engine_error(&e),
+                                    }
+                                })));
+                                return Flow::Continue;
+                            }
+                            Err(e) => cmd::engine_error(&e),
+                        }
+                    }
+                }
+            }
+            other => Reply::err(format!("ERR internal: no handler for '{other}'")),
+        };
+        self.reply(reply);
+        Flow::Continue
+    }
+
+    fn auth(&mut self, args: &[Bytes]) -> Reply {
+        let (user, pass) = match args.len() {
+            2 => (&b"default"[..], &args[1]),
+            3 => (&args[1][..], &args[2]),
+            _ => return Reply::err(SYNTAX),
+        };
+        if args.len() == 2 && !self.sh.users.password_required() {
+            return Reply::err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?");
+        }
+        match self.sh.users.authenticate(user, pass) {
+            Some(u) => {
+                self.user = Some(u);
+                Reply::ok()
+            }
+            None => Reply::err(WRONGPASS),
+        }
+    }
+
+    fn hello(&mut self, args: &[Bytes]) -> Reply {
+        let mut proto = self.proto;
+        if let Some(v) = args.get(1) {
+            match parse_i64(v) {
+                None => {
+                    return Reply::err("ERR Protocol version is not an integer or out of range")
+                }
+                Some(v @ (2 | 3)) => proto = v as u8,
+                Some(_) => return Reply::err("NOPROTO unsupported protocol version"),
+            }
+        }
+        let mut i = 2;
+        let mut auth = None;
+        let mut setname = None;
+        while i < args.len() {
+            if eq(&args[i], "auth") && i + 2 < args.len() {
+                auth = Some((args[i + 1].clone(), args[i + 2].clone()));
+                i += 3;
+            } else if eq(&args[i], "setname") && i + 1 < args.len() {
+                setname = Some(args[i + 1].clone());
+                i += 2;
+            } else {
+                return Reply::err(format!(
+                    "ERR Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(&args[i])
+                ));
+            }
+        }
+        if let Some((u, p)) = auth {
+            match self.sh.users.authenticate(&u, &p) {
+                Some(user) => self.user = Some(user),
+                None => return Reply::err(WRONGPASS),
+            }
+        }
+        if self.user.is_none() {
+            return Reply::err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        }
+        if let Some(n) = setname {
+            if let Err(e) = check_client_name(&n) {
+                return e;
+            }
+            self.name = Some(n).filter(|n| !n.is_empty());
+        }
+        self.proto = proto;
+        let s = |x: &str| Reply::bulk(x.to_string());
+        Reply::Map(vec![
+            (s("server"), s("keel")),
+            (s("version"), s(REDIS_COMPAT_VERSION)),
+            (s("proto"), Reply::Int(proto as i64)),
+            (s("id"), Reply::Int(self.id as i64)),
+            (s("mode"), s("standalone")),
+            (s("role"), s("master")),
+            (s("modules"), Reply::Array(Vec::new())),
+        ])
+    }
+
+    fn client(&mut self, args: &[Bytes]) -> Reply {
+        let sub = lower(&args[1]);
+        match (sub.as_str(), args.len()) {
+            ("id", 2) => Reply::Int(self.id as i64),
+            ("getname", 2) => self.name.clone().map_or(Reply::Nil, Reply::Bulk),
+            ("setname", 3) => match check_client_name(&args[2]) {
+                Ok(()) => {
+                    self.name = Some(args[2].clone()).filter(|n| !n.is_empty());
+                    Reply::ok()
+                }
+                Err(e) => e,
+            },
+            ("setinfo", 4) => Reply::ok(),
+            ("info", 2) => Reply::Verbatim(format!(
+                "id={} addr={} name={} db=0 multi={} resp={}\n",
+                self.id,
+                self.addr,
+                self.name
+                    .as_ref()
+                    .map(|n| String::from_utf8_lossy(n).into_owned())
+                    .unwrap_or_default(),
+                self.multi.as_ref().map_or(-1, |m| m.len() as i64),
+                self.proto
+            )),
+            ("id" | "getname" | "setname" | "setinfo" | "info", _) => {
+                cmd::wrong_args(&format!("client|{sub}"))
+            }
+            _ => unknown_subcommand(&args[1], "CLIENT"),
+        }
+    }
+
+    fn config(&self, args: &[Bytes]) -> Reply {
+        let sub = lower(&args[1]);
+        match sub.as_str() {
+            "get" if args.len() >= 3 => {
+                let st = &self.sh.settings;
+                let table: Vec<(&str, String)> = vec![
+                    ("appendonly", "yes".into()),
+                    ("appendfsync", "always".into()),
+                    ("save", String::new()),
+                    ("databases", "1".into()),
+                    ("maxmemory", "0".into()),
+                    ("maxmemory-policy", "noeviction".into()),
+                    ("maxclients", st.max_clients.to_string()),
+                    ("port", self.sh.port.to_string()),
+                    ("bind", st.bind.to_string()),
+                    ("dir", st.dir.display().to_string()),
+                    (
+                        "timeout",
+                        st.idle_timeout.map_or(0, |d| d.as_secs()).to_string(),
+                    ),
+                    ("proto-max-bulk-len", st.limits.bulk_bytes_max.to_string()),
+                    (
+                        "client-query-buffer-limit",
+                        st.max_request_bytes.to_string(),
+                    ),
+                    ("cluster-enabled", "no".into()),
+                ];
+                let pairs = table
+                    .into_iter()
+                    .filter(|(k, _)| {
+                        args[2..]
+                            .iter()
+                            .any(|p| glob::matches(&p.to_ascii_lowercase(), k.as_bytes()))
+                    })
+                    .map(|(k, v)| (Reply::bulk(k.to_string()), Reply::bulk(v)))
+                    .collect();
+                Reply::Map(pairs)
+            }
+            "set" => Reply::err(
+                "ERR keel does not change settings at run time; edit the config file and restart",
+            ),
+            "resetstat" => Reply::ok(),
+            "get" => cmd::wrong_args("config|get"),
+            _ => unknown_subcommand(&args[1], "CONFIG"),
+        }
+    }
+
+    /// PERSIST: removes the expiry only if there is one, which the engine cannot express in
+    /// one write; so read, then write guarded by the version read, and retry if it moved.
+    async fn persist(&mut self, key: &Bytes) -> Reply {
+        self.settle().await;
+        for _ in 0..100 {
+            let Some(e) = self.engine().get(key) else {
+                return Reply::Int(0);
+            };
+            if e.expires_at_ms.is_none() {
+                return Reply::Int(0);
+            }
+            let guard = Guard {
+                key: key.clone(),
+                version: Some(e.version),
+            };
+            let w = Write::Expire {
+                key: key.clone(),
+                at_ms: None,
+            };
+            match self.engine().submit(vec![guard], vec![w]) {
+                Err(e) => return cmd::engine_error(&e),
+                Ok(p) => match p.await {
+                    Err(e) => return cmd::engine_error(&e),
+                    Ok(Outcome::GuardFailed(_)) => continue,
+                    Ok(Outcome::Committed { .. }) => return Reply::Int(1),
+                },
+            }
+        }
+        Reply::err("ERR PERSIST lost too many races with concurrent writes; retry")
+    }
+
+    fn scan(&self, args: &[Bytes]) -> Reply {
+        let Some(cursor) = std::str::from_utf8(&args[1])
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            return Reply::err("ERR invalid cursor");
+        };
+        let mut pattern: Option<&Bytes> = None;
+        let mut count = 10usize;
+        let mut only_strings = true;
+        let mut i = 2;
+        while i < args.len() {
+            if i + 1 >= args.len() {
+                return Reply::err(SYNTAX);
+            }
+            if eq(&args[i], "match") {
+                pattern = Some(&args[i + 1]);
+            } else if eq(&args[i], "count") {
+                match parse_i64(&args[i + 1]) {
+                    Some(c) if c >= 1 => count = (c as usize).min(100_000),
+                    Some(_) => return Reply::err(SYNTAX),
+                    None => return Reply::err(NOT_INT),
+                }
+            } else if eq(&args[i], "type") {
+                only_strings = eq(&args[i + 1], "string");
+            } else {
+                return Reply::err(SYNTAX);
+            }
+            i += 2;
+        }
+        let after = match cursor {
+            0 => None,
+            id => match self
+                .sh
+                .scans
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(id)
+            {
+                Some(k) => Some(k),
+                None => return Reply::err("ERR invalid cursor"),
+            },
+        };
+        let snap = self.engine().snapshot();
+        let start = match after {
+            Some(k) => std::ops::Bound::Excluded(k),
+            None => std::ops::Bound::Unbounded,
+        };
+        let page = snap.scan((start, std::ops::Bound::Unbounded), count);
+        let next = if page.len() < count {
+            0
+        } else {
+            let last = page.last().expect("count >= 1").0.clone();
+            self.sh
+                .scans
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(last)
+        };
+        let keys = page
+            .into_iter()
+            .filter(|(k, _)| only_strings && pattern.is_none_or(|p| glob::matches(p, k)))
+            .map(|(k, _)| Reply::Bulk(k))
+            .collect();
+        Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(keys)])
+    }
+
+    async fn exec(&mut self) {
+        let Some(parts) = self.multi.take() else {
+            self.reply(Reply::err("ERR EXEC without MULTI"));
+            return;
+        };
+        let watched = std::mem::take(&mut self.watched);
+        if std::mem::take(&mut self.multi_dirty) {
+            self.reply(Reply::err(
+                "EXECABORT Transaction discarded because of previous errors.",
+            ));
+            return;
+        }
+        if parts.iter().all(Part::read_only) {
+            // Nothing to write: answer from one durable snapshot, checking WATCH against it.
+            self.settle().await;
+            let snap = self.engine().snapshot();
+            if watched
+                .iter()
+                .any(|g| snap.get(&g.key).map(|e| e.version) != g.version)
+            {
+                self.reply(Reply::NilArray);
+                return;
+            }
+            let replies = parts
+                .into_iter()
+                .map(|p| {
+                    let r = eval_reads(&snap, &p.writes);
+                    (p.render)(Some(&r))
+                })
+                .collect();
+            self.reply(Reply::Array(replies));
+            return;
+        }
+        // One engine transaction: one WAL record, WATCH versions as its guards.
+        let mut writes = Vec::new();
+        let mut renders = Vec::with_capacity(parts.len());
+        for p in parts {
+            let n = p.writes.len();
+            writes.extend(p.writes);
+            renders.push((n, p.render));
+        }
+        let render: cmd::Render = Box::new(move |results| {
+            let Some(results) = results else {
+                return Reply::NilArray;
+            };
+            let mut at = 0;
+            let mut replies = Vec::with_capacity(renders.len());
+            for (n, r) in renders {
+                replies.push(r(Some(&results[at..at + n])));
+                at += n;
+            }
+            Reply::Array(replies)
+        });
+        self.submit(watched, writes, render);
+    }
+
+    fn info(&self, args: &[Bytes]) -> String {
+        let want = |s: &str| {
+            args.len() == 1
+                || args[1..]
+                    .iter()
+                    .any(|a| eq(a, s) || eq(a, "all") || eq(a, "everything") || eq(a, "default"))
+        };
+        let e = self.engine();
+        let st = &self.sh.settings;
+        let mut o = String::new();
+        let line = |o: &mut String, k: &str, v: &dyn std::fmt::Display| {
+            o.push_str(&format!("{k}:{v}\r\n"));
+        };
+        if want("server") {
+            o.push_str("# Server\r\n");
+            line(&mut o, "redis_version", &REDIS_COMPAT_VERSION);
+            line(&mut o, "keel_version", &env!("CARGO_PKG_VERSION"));
+            line(&mut o, "redis_mode", &"standalone");
+            line(&mut o, "os", &std::env::consts::OS);
+            line(&mut o, "arch_bits", &64);
+            line(&mut o, "process_id", &std::process::id());
+            line(&mut o, "tcp_port", &self.sh.port);
+            let up = self.sh.started.elapsed().as_secs();
+            line(&mut o, "uptime_in_seconds", &up);
+            line(&mut o, "uptime_in_days", &(up / 86400));
+            line(&mut o, "data_dir", &st.dir.display());
+            o.push_str("\r\n");
+        }
+        if want("clients") {
+            o.push_str("# Clients\r\n");
+            line(
+                &mut o,
+                "connected_clients",
+                &self.sh.clients.load(Ordering::Relaxed),
+            );
+            line(&mut o, "maxclients", &st.max_clients);
+            o.push_str("\r\n");
+        }
+        if want("stats") {
+            o.push_str("# Stats\r\n");
+            line(
+                &mut o,
+                "total_connections_received",
+                &self.sh.connections_received.load(Ordering::Relaxed),
+            );
+            line(
+                &mut o,
+                "total_commands_processed",
+                &self.sh.commands_processed.load(Ordering::Relaxed),
+            );
+            line(
+                &mut o,
+                "rejected_connections",
+                &self.sh.rejected_connections.load(Ordering::Relaxed),
+            );
+            o.push_str("\r\n");
+        }
+        let ws = e.wal_stats();
+        if want("persistence") {
+            o.push_str("# Persistence\r\n");
+            line(&mut o, "loading", &0);
+            line(&mut o, "aof_enabled", &1);
+            line(&mut o, "aof_fsync", &"always");
+            line(&mut o, "durable_lsn", &e.durable_lsn());
+            line(&mut o, "visible_lsn", &e.visible_lsn());
+            line(&mut o, "wal_fsyncs", &ws.syncs);
+            let mean_us = ws.sync_nanos.checked_div(ws.syncs).unwrap_or(0) as f64 / 1000.0;
+            line(&mut o, "wal_fsync_mean_us", &format!("{mean_us:.1}"));
+            for (name, q) in [("p50", 0.5), ("p99", 0.99), ("p999", 0.999)] {
+                // Upper bounds of log2 buckets: exact to a factor of two.
+                let v = ws.sync_latency_quantile_us(q).unwrap_or(0);
+                line(&mut o, &format!("wal_fsync_{name}_us_max"), &v);
+            }
+            line(&mut o, "wal_records", &ws.records);
+            let batch = if ws.syncs == 0 {
+                0.0
+            } else {
+                ws.records as f64 / ws.syncs as f64
+            };
+            line(
+                &mut o,
+                "wal_group_commit_mean_records",
+                &format!("{batch:.2}"),
+            );
+            line(&mut o, "wal_bytes_written", &ws.bytes_written);
+            let (cp, cp_err) = e.last_checkpoint();
+            match cp {
+                Some(c) => {
+                    line(&mut o, "last_checkpoint_lsn", &c.lsn);
+                    line(&mut o, "last_checkpoint_keys", &c.keys);
+                    line(&mut o, "last_checkpoint_bytes", &c.snapshot_bytes);
+                    line(&mut o, "last_checkpoint_completed_ms", &c.completed_ms);
+                    line(
+                        &mut o,
+                        "last_checkpoint_duration_ms",
+                        &c.duration.as_millis(),
+                    );
+                }
+                None => line(&mut o, "last_checkpoint_lsn", &0),
+            }
+            line(
+                &mut o,
+                "last_checkpoint_status",
+                &cp_err.map_or("ok".to_string(), |e| format!("err ({e})")),
+            );
+            o.push_str("\r\n");
+        }
+        if want("keel") {
+            let r = e.recovery_report();
+            o.push_str("# Keel\r\n");
+            line(&mut o, "recovery_snapshot_lsn", &r.snapshot_lsn);
+            line(&mut o, "recovery_snapshot_bytes", &r.snapshot_bytes);
+            line(&mut o, "recovery_records_replayed", &r.records_replayed);
+            line(&mut o, "recovery_bytes_replayed", &r.bytes_replayed);
+            line(&mut o, "recovery_keys", &r.keys);
+            line(&mut o, "recovery_lsn", &r.lsn);
+            line(&mut o, "recovery_duration_ms", &r.duration.as_millis());
+            let wal = r.wal.to_string().replace(['\r', '\n'], " ");
+            line(&mut o, "recovery_wal", &wal.trim());
+            line(&mut o, "wal_appends", &ws.appends);
+            line(&mut o, "wal_writes", &ws.writes);
+            line(&mut o, "wal_segments_created", &ws.segments_created);
+            o.push_str("\r\n");
+        }
+        if want("keyspace") {
+            let snap = e.snapshot();
+            let (mut keys, mut expires) = (0, 0);
+            for (_, v) in snap.iter() {
+                keys += 1;
+                expires += v.expires_at_ms.is_some() as usize;
+            }
+            o.push_str("# Keyspace\r\n");
+            if keys > 0 {
+                line(
+                    &mut o,
+                    "db0",
+                    &format!("keys={keys},expires={expires},avg_ttl=0"),
+                );
+            }
+        }
+        o
+    }
+}
+
+fn check_client_name(n: &[u8]) -> Result<(), Reply> {
+    if n.iter().all(|&c| (b'!'..=b'~').contains(&c)) {
+        Ok(())
+    } else {
+        Err(Reply::err(
+            "ERR Client names cannot contain spaces, newlines or special characters.",
+        ))
+    }
+}
+
+fn spec_info(s: &cmd::Spec) -> Reply {
+    let flags: &[&str] = match s.perm {
+        Perm::Read => &["readonly", "fast"],
+        Perm::Write => &["write", "denyoom"],
+        Perm::Admin => &["admin", "noscript"],
+        Perm::Conn => &["fast"],
+    };
+    let category = match s.perm {
+        Perm::Read => "@read",
+        Perm::Write => "@write",
+        Perm::Admin => "@admin",
+        Perm::Conn => "@connection",
+    };
+    Reply::Array(vec![
+        Reply::bulk(s.name),
+        Reply::Int(s.arity),
+        Reply::Array(flags.iter().map(|f| Reply::Simple(f.to_string())).collect()),
+        Reply::Int(s.first_key),
+        Reply::Int(s.last_key),
+        Reply::Int(s.step),
+        Reply::Array(vec![Reply::Simple(category.into())]),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+    ])
+}
+
+fn command_info(args: &[Bytes]) -> Reply {
+    let Some(sub) = args.get(1).map(|s| lower(s)) else {
+        return Reply::Array(cmd::COMMANDS.iter().map(spec_info).collect());
+    };
+    match sub.as_str() {
+        "count" => Reply::Int(cmd::COMMANDS.len() as i64),
+        // No per-command docs yet: clients such as redis-cli fall back to their own hints.
+        "docs" => Reply::Map(Vec::new()),
+        "list" => Reply::Array(cmd::COMMANDS.iter().map(|s| Reply::bulk(s.name)).collect()),
+        "info" => Reply::Array(
+            args[2..]
+                .iter()
+                .map(|n| cmd::lookup(&lower(n)).map_or(Reply::Nil, spec_info))
+                .collect(),
+        ),
+        _ => unknown_subcommand(&args[1], "COMMAND"),
+    }
+}

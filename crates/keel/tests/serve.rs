@@ -1,0 +1,1039 @@
+//! `keel serve` as a real process on an ephemeral port, driven by the `redis` crate, `redis-cli`
+//! and raw RESP bytes. No assertion depends on timing: waits poll until a generous deadline.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct Server {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(dir: &Path, extra: &[&str]) -> Server {
+        Self::try_start(dir, extra).unwrap_or_else(|(status, log)| {
+            panic!("keel serve exited with {status:?}:\n{}", log.join("\n"))
+        })
+    }
+
+    /// Starts `keel serve`; `Err` with the exit status and log if it exits instead.
+    fn try_start(dir: &Path, extra: &[&str]) -> Result<Server, (Option<ExitStatus>, Vec<String>)> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .arg("serve")
+            .arg("--dir")
+            .arg(dir)
+            .args(["--port", "0", "--log-level", "info"])
+            .args(extra)
+            .env_remove("KEEL_REQUIREPASS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn keel");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let log2 = log.clone();
+        // Drains stderr for the process's whole life, so it never blocks on a full pipe.
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let port = rest.rsplit(':').next().unwrap().trim().parse::<u16>();
+                    let _ = tx.send(port.unwrap());
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        match rx.recv_timeout(DEADLINE) {
+            Ok(port) => Ok(Server { child, port, log }),
+            Err(_) => {
+                let status = child.try_wait().ok().flatten().or_else(|| {
+                    let _ = child.kill();
+                    child.wait().ok()
+                });
+                // Let the reader thread collect the last lines.
+                thread::sleep(Duration::from_millis(100));
+                let log = log.lock().unwrap().clone();
+                Err((status, log))
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn client(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    fn raw(&self) -> Raw {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        Raw { s }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli is installed (scripts/test installs redis-tools)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn sigterm(mut self) -> ExitStatus {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw RESP connection, for exact reply bytes.
+struct Raw {
+    s: TcpStream,
+}
+
+impl Raw {
+    fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
+    }
+
+    /// Reads until exactly `want` bytes arrived (or the connection closed).
+    fn read_exact_len(&mut self, want: usize) -> Vec<u8> {
+        let mut buf = vec![0; want];
+        let mut got = 0;
+        while got < want {
+            match self.s.read(&mut buf[got..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        buf.truncate(got);
+        buf
+    }
+
+    /// Reads whatever arrives until the server closes the connection.
+    fn read_to_close(&mut self) -> Vec<u8> {
+        let mut v = Vec::new();
+        let _ = self.s.read_to_end(&mut v);
+        v
+    }
+
+    fn roundtrip(&mut self, req: &[u8], expect: &[u8]) {
+        self.send(req);
+        let got = self.read_exact_len(expect.len());
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(expect),
+            "request {:?}",
+            String::from_utf8_lossy(req)
+        );
+    }
+}
+
+fn resp(args: &[&str]) -> Vec<u8> {
+    let mut v = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        v.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    v
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn data_dir(t: &tempfile::TempDir) -> PathBuf {
+    t.path().join("data")
+}
+
+/// Expected raw replies, taken from the Redis documentation's examples and error strings.
+#[test]
+fn command_reply_table() {
+    let t = tempdir();
+    let srv = Server::start(&data_dir(&t), &[]);
+    let mut c = srv.raw();
+    let table: &[(&[&str], &str)] = &[
+        (&["PING"], "+PONG\r\n"),
+        (&["PING", "hi"], "$2\r\nhi\r\n"),
+        (&["ECHO", "hey"], "$3\r\nhey\r\n"),
+        (&["SELECT", "0"], "+OK\r\n"),
+        (&["SELECT", "1"], "-ERR DB index is out of range\r\n"),
+        (&["GET", "nosuch"], "$-1\r\n"),
+        (&["SET", "k", "v"], "+OK\r\n"),
+        (&["GET", "k"], "$1\r\nv\r\n"),
+        (&["SET", "k", "w", "NX"], "$-1\r\n"),
+        (&["SET", "k", "w", "XX", "GET"], "$1\r\nv\r\n"),
+        (&["SET", "new", "1", "XX"], "$-1\r\n"),
+        (&["SET", "k", "v", "NX", "XX"], "-ERR syntax error\r\n"),
+        (&["SET", "k", "v", "EX", "0"], "-ERR invalid expire time in 'set' command\r\n"),
+        (&["SET", "k", "v", "EX", "x"], "-ERR value is not an integer or out of range\r\n"),
+        (&["SET", "k"], "-ERR wrong number of arguments for 'set' command\r\n"),
+        (&["SETNX", "k", "z"], ":0\r\n"),
+        (&["SETNX", "k2", "z"], ":1\r\n"),
+        (&["GETSET", "k2", "y"], "$1\r\nz\r\n"),
+        (&["GETDEL", "k2"], "$1\r\ny\r\n"),
+        (&["GETDEL", "k2"], "$-1\r\n"),
+        (&["MSET", "a", "1", "b", "2"], "+OK\r\n"),
+        (&["MSET", "a", "1", "b"], "-ERR wrong number of arguments for 'mset' command\r\n"),
+        (&["MGET", "a", "nosuch", "b"], "*3\r\n$1\r\n1\r\n$-1\r\n$1\r\n2\r\n"),
+        (&["MSETNX", "a", "3", "c", "3"], ":0\r\n"),
+        (&["MSETNX", "c", "3", "d", "4"], ":1\r\n"),
+        (&["INCR", "a"], ":2\r\n"),
+        (&["INCRBY", "a", "10"], ":12\r\n"),
+        (&["DECR", "a"], ":11\r\n"),
+        (&["DECRBY", "a", "20"], ":-9\r\n"),
+        (&["INCR", "k"], "-ERR value is not an integer or out of range\r\n"),
+        (&["INCRBY", "a", "1.5"], "-ERR value is not an integer or out of range\r\n"),
+        (&["SET", "max", "9223372036854775807"], "+OK\r\n"),
+        (&["INCR", "max"], "-ERR increment or decrement would overflow\r\n"),
+        (&["SET", "f", "10.50"], "+OK\r\n"),
+        (&["INCRBYFLOAT", "f", "0.1"], "$4\r\n10.6\r\n"),
+        (&["INCRBYFLOAT", "f", "abc"], "-ERR value is not a valid float\r\n"),
+        (&["INCRBYFLOAT", "k", "1"], "-ERR value is not a valid float\r\n"),
+        (&["APPEND", "s", "Hello"], ":5\r\n"),
+        (&["APPEND", "s", " World"], ":11\r\n"),
+        (&["STRLEN", "s"], ":11\r\n"),
+        (&["STRLEN", "nosuch"], ":0\r\n"),
+        (&["GETRANGE", "s", "0", "3"], "$4\r\nHell\r\n"),
+        (&["GETRANGE", "s", "-3", "-1"], "$3\r\nrld\r\n"),
+        (&["GETRANGE", "s", "10", "100"], "$1\r\nd\r\n"),
+        (&["EXISTS", "s", "nosuch", "s"], ":2\r\n"),
+        (&["TYPE", "s"], "+string\r\n"),
+        (&["TYPE", "nosuch"], "+none\r\n"),
+        (&["DEL", "s", "nosuch", "c"], ":2\r\n"),
+        (&["UNLINK", "d"], ":1\r\n"),
+        (&["RENAME", "nosuch", "x"], "-ERR no such key\r\n"),
+        (&["RENAME", "a", "a2"], "+OK\r\n"),
+        (&["GET", "a2"], "$2\r\n-9\r\n"),
+        (&["RENAMENX", "a2", "b"], ":0\r\n"),
+        (&["RENAMENX", "a2", "a3"], ":1\r\n"),
+        (&["TTL", "a3"], ":-1\r\n"),
+        (&["TTL", "nosuch"], ":-2\r\n"),
+        (&["PTTL", "nosuch"], ":-2\r\n"),
+        (&["EXPIRE", "nosuch", "10"], ":0\r\n"),
+        (&["EXPIRE", "a3", "100"], ":1\r\n"),
+        (&["TTL", "a3"], ":100\r\n"),
+        (&["PERSIST", "a3"], ":1\r\n"),
+        (&["PERSIST", "a3"], ":0\r\n"),
+        (&["TTL", "a3"], ":-1\r\n"),
+        (&["EXPIRE", "a3", "-1"], ":1\r\n"),
+        (&["EXISTS", "a3"], ":0\r\n"),
+        (&["PEXPIREAT", "b", "1"], ":1\r\n"),
+        (&["GET", "b"], "$-1\r\n"),
+        (&["SET", "e", "v", "EXAT", "1"], "+OK\r\n"),
+        (&["GET", "e"], "$-1\r\n"),
+        (&["SETEX", "e", "100", "v"], "+OK\r\n"),
+        (&["TTL", "e"], ":100\r\n"),
+        (&["SETEX", "e", "-1", "v"], "-ERR invalid expire time in 'setex' command\r\n"),
+        (&["SET", "e", "w", "KEEPTTL"], "+OK\r\n"),
+        (&["TTL", "e"], ":100\r\n"),
+        (&["GETEX", "e", "PERSIST"], "$1\r\nw\r\n"),
+        (&["TTL", "e"], ":-1\r\n"),
+        (&["GETEX", "e", "EX", "50"], "$1\r\nw\r\n"),
+        (&["TTL", "e"], ":50\r\n"),
+        (&["GETEX", "e", "FOO"], "-ERR syntax error\r\n"),
+        (&["FLUSHALL"], "+OK\r\n"),
+        (&["DBSIZE"], ":0\r\n"),
+        (&["MSET", "user:1", "a", "user:2", "b", "other", "c"], "+OK\r\n"),
+        (&["KEYS", "user:*"], "*2\r\n$6\r\nuser:1\r\n$6\r\nuser:2\r\n"),
+        (&["KEYS", "*er*"], "*3\r\n$5\r\nother\r\n$6\r\nuser:1\r\n$6\r\nuser:2\r\n"),
+        (&["DBSIZE"], ":3\r\n"),
+        (&["SCAN", "0", "COUNT", "100", "MATCH", "u*"], "*2\r\n$1\r\n0\r\n*2\r\n$6\r\nuser:1\r\n$6\r\nuser:2\r\n"),
+        (&["SCAN", "99999"], "-ERR invalid cursor\r\n"),
+        (&["KEEL.VERSION", "nosuch"], "$-1\r\n"),
+        (&["KEEL.CAS", "nosuch", "5", "v"], ":0\r\n"),
+        (&["KEEL.CAS", "cas", "0", "v"], ":1\r\n"),
+        (&["KEEL.CAS", "cas", "0", "v"], ":0\r\n"),
+        (&["NOSUCHCMD", "x"], "-ERR unknown command 'NOSUCHCMD', with args beginning with: 'x' \r\n"),
+        (&["CLIENT", "SETNAME", "bad name"], "-ERR Client names cannot contain spaces, newlines or special characters.\r\n"),
+        (&["CLIENT", "SETNAME", "worker"], "+OK\r\n"),
+        (&["CLIENT", "GETNAME"], "$6\r\nworker\r\n"),
+        (&["CONFIG", "GET", "appendonly"], "*2\r\n$10\r\nappendonly\r\n$3\r\nyes\r\n"),
+        (&["CONFIG", "GET", "nosuch"], "*0\r\n"),
+        (&["AUTH", "pw"], "-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n"),
+        (&["HELLO", "4"], "-NOPROTO unsupported protocol version\r\n"),
+        (&["MULTI"], "+OK\r\n"),
+        (&["MULTI"], "-ERR MULTI calls can not be nested\r\n"),
+        (&["DISCARD"], "+OK\r\n"),
+        (&["EXEC"], "-ERR EXEC without MULTI\r\n"),
+        (&["DISCARD"], "-ERR DISCARD without MULTI\r\n"),
+        (&["WAITAOF", "1", "0", "0"], "*2\r\n:1\r\n:0\r\n"),
+        (&["WAIT", "0", "0"], ":0\r\n"),
+        (&["SHUTDOWN", "ABORT"], "-ERR No shutdown in progress.\r\n"),
+    ];
+    for (args, expect) in table {
+        c.roundtrip(&resp(args), expect.as_bytes());
+    }
+    // Value-dependent replies, checked by shape.
+    c.send(&resp(&["KEEL.VERSION", "cas"]));
+    let mut v = Vec::new();
+    while !v.ends_with(b"\r\n") {
+        v.extend(c.read_exact_len(1));
+    }
+    let version: u64 = std::str::from_utf8(&v[1..v.len() - 2])
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(v[0], b':');
+    // The version CAS expects is the one KEEL.VERSION reports.
+    c.roundtrip(
+        &resp(&["KEEL.CAS", "cas", &version.to_string(), "w"]),
+        b":1\r\n",
+    );
+    c.roundtrip(
+        &resp(&["KEEL.CAS", "cas", &version.to_string(), "x"]),
+        b":0\r\n",
+    );
+    c.roundtrip(&resp(&["GET", "cas"]), b"$1\r\nw\r\n");
+    // Inline commands, as redis-benchmark's PING_INLINE sends them.
+    c.roundtrip(b"PING\r\n", b"+PONG\r\n");
+    c.roundtrip(
+        b"SET inline \"a b\"\r\nGET inline\r\n",
+        b"+OK\r\n$3\r\na b\r\n",
+    );
+    // RESP3 after HELLO 3: nil and maps change encoding.
+    c.send(&resp(&["HELLO", "3"]));
+    let hello = c.read_exact_len(4);
+    assert_eq!(&hello, b"%7\r\n");
+    let mut rest = Vec::new();
+    // Drain the rest of the HELLO map with a PING fence.
+    c.send(&resp(&["PING"]));
+    while !rest.ends_with(b"+PONG\r\n") {
+        rest.extend(c.read_exact_len(1));
+    }
+    c.roundtrip(&resp(&["GET", "nosuch"]), b"_\r\n");
+    c.roundtrip(
+        &resp(&["CONFIG", "GET", "appendfsync"]),
+        b"%1\r\n$11\r\nappendfsync\r\n$6\r\nalways\r\n",
+    );
+}
+
+#[test]
+fn redis_crate_and_redis_cli() {
+    let t = tempdir();
+    let srv = Server::start(&data_dir(&t), &[]);
+    let mut con = srv.client();
+    let _: () = redis::cmd("SET")
+        .arg("greeting")
+        .arg("hello")
+        .query(&mut con)
+        .unwrap();
+    let v: String = redis::cmd("GET").arg("greeting").query(&mut con).unwrap();
+    assert_eq!(v, "hello");
+    let n: i64 = redis::cmd("INCRBY")
+        .arg("n")
+        .arg(5)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(n, 5);
+    let e = redis::cmd("INCR")
+        .arg("greeting")
+        .query::<i64>(&mut con)
+        .unwrap_err();
+    assert!(e.to_string().contains("not an integer"), "{e}");
+    // RESP3 through the crate.
+    let mut con3 = redis::Client::open(format!("{}?protocol=resp3", srv.url()))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let v: Option<String> = redis::cmd("GET").arg("nosuch").query(&mut con3).unwrap();
+    assert_eq!(v, None);
+    let info: String = redis::cmd("INFO")
+        .arg("persistence")
+        .query(&mut con3)
+        .unwrap();
+    assert!(info.contains("durable_lsn:"), "{info}");
+
+    assert_eq!(srv.cli(&["PING"]), "PONG\n");
+    assert_eq!(srv.cli(&["SET", "cli", "from cli"]), "OK\n");
+    assert_eq!(srv.cli(&["GET", "cli"]), "from cli\n");
+    assert_eq!(srv.cli(&["GET", "greeting"]), "hello\n");
+    assert_eq!(srv.cli(&["-3", "GET", "nosuch"]), "\n");
+    let info = srv.cli(&["INFO"]);
+    for field in [
+        "redis_version:",
+        "connected_clients:",
+        "durable_lsn:",
+        "wal_fsyncs:",
+        "wal_fsync_mean_us:",
+        "wal_fsync_p99_us_max:",
+        "wal_group_commit_mean_records:",
+        "last_checkpoint_lsn:",
+        "recovery_records_replayed:",
+        "db0:keys=3",
+    ] {
+        assert!(info.contains(field), "INFO lacks {field}:\n{info}");
+    }
+    let cmds = srv.cli(&["COMMAND", "COUNT"]);
+    assert!(cmds.trim().parse::<i64>().unwrap() > 50);
+    // redis-cli's transaction and a pipe of commands.
+    let mut child = Command::new("redis-cli")
+        .args(["-p", &srv.port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"MULTI\nSET t 1\nINCR t\nGET t\nEXEC\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "OK\nQUEUED\nQUEUED\nQUEUED\nOK\n2\n2\n"
+    );
+}
+
+#[test]
+fn pipelining_reads_see_earlier_writes_and_replies_stay_in_order() {
+    let t = tempdir();
+    let srv = Server::start(&data_dir(&t), &[]);
+    let mut c = srv.raw();
+    let mut req = Vec::new();
+    let mut expect = Vec::new();
+    for i in 0..500 {
+        let v = format!("value-{i}");
+        req.extend(resp(&["SET", "p", &v]));
+        req.extend(resp(&["GET", "p"]));
+        req.extend(resp(&["INCR", "count"]));
+        expect.extend(b"+OK\r\n");
+        expect.extend(format!("${}\r\n{v}\r\n", v.len()).as_bytes());
+        expect.extend(format!(":{}\r\n", i + 1).as_bytes());
+    }
+    c.roundtrip(&req, &expect);
+
+    // The same through the redis crate's pipeline.
+    let mut con = srv.client();
+    let mut pipe = redis::pipe();
+    for i in 0..100 {
+        pipe.cmd("SET").arg(format!("k{i}")).arg(i).ignore();
+        pipe.cmd("GET").arg(format!("k{i}"));
+    }
+    let got: Vec<i64> = pipe.query(&mut con).unwrap();
+    assert_eq!(got, (0..100).collect::<Vec<_>>());
+}
+
+#[test]
+fn multi_exec_and_watch() {
+    let t = tempdir();
+    let srv = Server::start(&data_dir(&t), &[]);
+    let mut a = srv.raw();
+    let mut b = srv.client();
+    // A transaction is one commit; per-command failures do not abort the others.
+    a.roundtrip(&resp(&["SET", "s", "text"]), b"+OK\r\n");
+    let mut req = resp(&["MULTI"]);
+    req.extend(resp(&["SET", "x", "1"]));
+    req.extend(resp(&["INCR", "s"]));
+    req.extend(resp(&["INCR", "x"]));
+    req.extend(resp(&["GET", "x"]));
+    req.extend(resp(&["EXEC"]));
+    a.roundtrip(
+        &req,
+        b"+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*4\r\n+OK\r\n-ERR value is not an integer or out of range\r\n:2\r\n$1\r\n2\r\n",
+    );
+    // A command error while queueing aborts EXEC.
+    let mut req = resp(&["MULTI"]);
+    req.extend(resp(&["SET", "x"]));
+    req.extend(resp(&["SET", "x", "9"]));
+    req.extend(resp(&["EXEC"]));
+    a.roundtrip(
+        &req,
+        b"+OK\r\n-ERR wrong number of arguments for 'set' command\r\n+QUEUED\r\n-EXECABORT Transaction discarded because of previous errors.\r\n",
+    );
+    a.roundtrip(&resp(&["GET", "x"]), b"$1\r\n2\r\n");
+    // WATCH: another client's write aborts the transaction (nil array)...
+    a.roundtrip(&resp(&["WATCH", "x"]), b"+OK\r\n");
+    let _: () = redis::cmd("SET")
+        .arg("x")
+        .arg("other")
+        .query(&mut b)
+        .unwrap();
+    let mut req = resp(&["MULTI"]);
+    req.extend(resp(&["SET", "x", "mine"]));
+    req.extend(resp(&["EXEC"]));
+    a.roundtrip(&req, b"+OK\r\n+QUEUED\r\n*-1\r\n");
+    a.roundtrip(&resp(&["GET", "x"]), b"$5\r\nother\r\n");
+    // ... also for a read-only transaction ...
+    a.roundtrip(&resp(&["WATCH", "x"]), b"+OK\r\n");
+    let _: () = redis::cmd("DEL").arg("x").query(&mut b).unwrap();
+    let mut req = resp(&["MULTI"]);
+    req.extend(resp(&["GET", "x"]));
+    req.extend(resp(&["EXEC"]));
+    a.roundtrip(&req, b"+OK\r\n+QUEUED\r\n*-1\r\n");
+    // ... and an untouched watched key lets it commit; watching an absent key works too.
+    a.roundtrip(&resp(&["WATCH", "x", "y"]), b"+OK\r\n");
+    let mut req = resp(&["MULTI"]);
+    req.extend(resp(&["SET", "x", "mine"]));
+    req.extend(resp(&["EXEC"]));
+    a.roundtrip(&req, b"+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n");
+    // UNWATCH and DISCARD forget the watch.
+    a.roundtrip(&resp(&["WATCH", "x"]), b"+OK\r\n");
+    a.roundtrip(&resp(&["UNWATCH"]), b"+OK\r\n");
+    let _: () = redis::cmd("SET").arg("x").arg("b").query(&mut b).unwrap();
+    let mut req = resp(&["MULTI"]);
+    req.extend(resp(&["GET", "x"]));
+    req.extend(resp(&["EXEC"]));
+    a.roundtrip(&req, b"+OK\r\n+QUEUED\r\n*1\r\n$1\r\nb\r\n");
+    // Commands keel cannot run inside one atomic commit are refused while queueing.
+    let mut req = resp(&["MULTI"]);
+    req.extend(resp(&["KEYS", "*"]));
+    req.extend(resp(&["EXEC"]));
+    a.roundtrip(
+        &req,
+        b"+OK\r\n-ERR KEYS is not supported inside MULTI by keel\r\n-EXECABORT Transaction discarded because of previous errors.\r\n",
+    );
+    // The redis crate's atomic pipeline.
+    let (v, n): (String, i64) = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg("t")
+        .arg("1")
+        .ignore()
+        .cmd("GET")
+        .arg("t")
+        .cmd("INCR")
+        .arg("t")
+        .query(&mut b)
+        .unwrap();
+    assert_eq!((v.as_str(), n), ("1", 2));
+}
+
+#[test]
+fn expiry() {
+    let t = tempdir();
+    let srv = Server::start(&data_dir(&t), &[]);
+    let mut con = srv.client();
+    let _: () = redis::cmd("SET")
+        .arg("short")
+        .arg("v")
+        .arg("PX")
+        .arg(50)
+        .query(&mut con)
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("long")
+        .arg("v")
+        .arg("EX")
+        .arg(1000)
+        .query(&mut con)
+        .unwrap();
+    let pttl: i64 = redis::cmd("PTTL").arg("long").query(&mut con).unwrap();
+    assert!(pttl > 990_000 && pttl <= 1_000_000, "{pttl}");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let v: Option<String> = redis::cmd("GET").arg("short").query(&mut con).unwrap();
+        if v.is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "PX 50 never expired");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let ttl: i64 = redis::cmd("TTL").arg("short").query(&mut con).unwrap();
+    assert_eq!(ttl, -2);
+    let n: i64 = redis::cmd("EXISTS")
+        .arg("short")
+        .arg("long")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(n, 1);
+    // Expiry survives a restart: it is absolute.
+    let at: i64 = redis::cmd("EXPIRETIME")
+        .arg("long")
+        .query(&mut con)
+        .unwrap();
+    drop(con);
+    assert!(srv.sigterm().success());
+    let srv = Server::start(&data_dir(&t), &[]);
+    let mut con = srv.client();
+    let at2: i64 = redis::cmd("EXPIRETIME")
+        .arg("long")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(at, at2);
+    let v: Option<String> = redis::cmd("GET").arg("short").query(&mut con).unwrap();
+    assert_eq!(v, None);
+}
+
+#[test]
+fn scan_returns_every_stable_key_exactly_once() {
+    let t = tempdir();
+    let srv = Server::start(&data_dir(&t), &[]);
+    let mut con = srv.client();
+    let stable: Vec<String> = (0..600).map(|i| format!("stable:{i:04}")).collect();
+    let mut pipe = redis::pipe();
+    for k in &stable {
+        pipe.cmd("SET").arg(k).arg(1).ignore();
+    }
+    for i in 0..300 {
+        pipe.cmd("SET")
+            .arg(format!("volatile:{i:04}"))
+            .arg(1)
+            .ignore();
+    }
+    let _: () = pipe.query(&mut con).unwrap();
+    // Another client deletes the volatile keys and adds new ones while the scan runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        let mut c2 = srv.client();
+        thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) && i < 300 {
+                let _: () = redis::cmd("DEL")
+                    .arg(format!("volatile:{i:04}"))
+                    .query(&mut c2)
+                    .unwrap();
+                let _: () = redis::cmd("SET")
+                    .arg(format!("added:{i:04}"))
+                    .arg(1)
+                    .query(&mut c2)
+                    .unwrap();
+                let _: () = redis::cmd("SET")
+                    .arg(format!("stable:{i:04}x"))
+                    .arg(1)
+                    .query(&mut c2)
+                    .unwrap();
+                i += 1;
+            }
+        })
+    };
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("stable:*")
+            .arg("COUNT")
+            .arg(7)
+            .query(&mut con)
+            .unwrap();
+        for k in keys {
+            *seen.entry(k).or_default() += 1;
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    stop.store(true, Ordering::Relaxed);
+    churn.join().unwrap();
+    for k in &stable {
+        assert_eq!(seen.get(k), Some(&1), "{k}");
+    }
+    assert!(seen.values().all(|&n| n == 1));
+}
+
+#[test]
+fn requirepass_auth_and_hello() {
+    let t = tempdir();
+    let srv = Server::start(&data_dir(&t), &["--requirepass", "s3cret"]);
+    let mut c = srv.raw();
+    c.roundtrip(
+        &resp(&["GET", "k"]),
+        b"-NOAUTH Authentication required.\r\n",
+    );
+    c.roundtrip(&resp(&["PING"]), b"-NOAUTH Authentication required.\r\n");
+    c.roundtrip(
+        &resp(&["AUTH", "wrong"]),
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    );
+    c.roundtrip(
+        &resp(&["AUTH", "someone", "s3cret"]),
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    );
+    c.send(&resp(&["HELLO", "3"]));
+    let r = c.read_exact_len(6);
+    assert_eq!(&r, b"-NOAUTH"[..6].as_ref());
+    let mut c = srv.raw();
+    c.roundtrip(&resp(&["AUTH", "s3cret"]), b"+OK\r\n");
+    c.roundtrip(&resp(&["SET", "k", "v"]), b"+OK\r\n");
+    c.roundtrip(&resp(&["RESET"]), b"+RESET\r\n");
+    c.roundtrip(
+        &resp(&["GET", "k"]),
+        b"-NOAUTH Authentication required.\r\n",
+    );
+    c.roundtrip(&resp(&["AUTH", "default", "s3cret"]), b"+OK\r\n");
+    c.roundtrip(&resp(&["GET", "k"]), b"$1\r\nv\r\n");
+    // HELLO with AUTH authenticates and switches protocol at once.
+    let mut c = srv.raw();
+    c.send(&resp(&["HELLO", "3", "AUTH", "default", "s3cret"]));
+    assert_eq!(c.read_exact_len(4), b"%7\r\n");
+    // The redis crate with a password in the URL, and redis-cli -a.
+    let mut con = redis::Client::open(format!("redis://:s3cret@127.0.0.1:{}/", srv.port))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let v: String = redis::cmd("GET").arg("k").query(&mut con).unwrap();
+    assert_eq!(v, "v");
+    assert_eq!(
+        srv.cli(&["--no-auth-warning", "-a", "s3cret", "GET", "k"]),
+        "v\n"
+    );
+    assert!(srv.cli(&["GET", "k"]).contains("NOAUTH"));
+}
+
+#[test]
+fn protocol_errors_close_only_that_connection() {
+    let t = tempdir();
+    let srv = Server::start(&data_dir(&t), &["--max-clients", "64"]);
+    let mut bystander = srv.raw();
+    bystander.roundtrip(&resp(&["SET", "b", "1"]), b"+OK\r\n");
+    let cases: &[(&[u8], &str)] = &[
+        (
+            b"*1\r\n$999999999999\r\n",
+            "-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*1\r\n$9000000\r\n",
+            "-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*99999999\r\n",
+            "-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        (
+            b"*2\r\n*1\r\n$1\r\nx\r\n",
+            "-ERR Protocol error: expected '$', got '*'\r\n",
+        ),
+        (
+            b"*1\r\n$1\r\nxyz\r\n",
+            "-ERR Protocol error: expected CRLF after bulk string\r\n",
+        ),
+        (
+            b"*abc\r\n",
+            "-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        (
+            b"GET \"unbalanced\r\n",
+            "-ERR Protocol error: unbalanced quotes in request\r\n",
+        ),
+    ];
+    for (bytes, expect) in cases {
+        let mut c = srv.raw();
+        c.send(bytes);
+        assert_eq!(
+            String::from_utf8_lossy(&c.read_to_close()),
+            *expect,
+            "{:?}",
+            String::from_utf8_lossy(bytes)
+        );
+        bystander.roundtrip(&resp(&["INCR", "b"]), b":2\r\n");
+        bystander.roundtrip(&resp(&["DECR", "b"]), b":1\r\n");
+    }
+    // An inline line longer than 64 KiB without a newline.
+    let mut c = srv.raw();
+    c.send(&vec![b'a'; 70_000]);
+    assert_eq!(
+        c.read_to_close(),
+        b"-ERR Protocol error: too big inline request\r\n"
+    );
+    // Pseudo-random garbage on many connections: each gets an error or a reply, never a crash.
+    let mut x: u64 = 0x2545f4914f6cdd1d;
+    for _ in 0..50 {
+        let mut c = srv.raw();
+        let mut junk = Vec::new();
+        for _ in 0..512 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            junk.push(b"*$\r\n-:0123456789ab\" \x00\xff"[(x % 20) as usize]);
+        }
+        let _ = c.s.write_all(&junk);
+        let _ = c.s.shutdown(std::net::Shutdown::Write);
+        let _ = c.read_to_close();
+    }
+    // A client that disconnects mid-pipeline, with writes in flight.
+    {
+        let mut c = srv.raw();
+        let mut req = Vec::new();
+        for i in 0..200 {
+            req.extend(resp(&["SET", &format!("mid{i}"), "v"]));
+        }
+        req.extend(b"*3\r\n$3\r\nSET\r\n$1\r\n");
+        c.send(&req);
+    }
+    bystander.roundtrip(&resp(&["PING"]), b"+PONG\r\n");
+    bystander.roundtrip(&resp(&["GET", "b"]), b"$1\r\n1\r\n");
+    // Many idle connections at once are fine.
+    let conns: Vec<Raw> = (0..62).map(|_| srv.raw()).collect();
+    for mut c in conns.into_iter().take(3) {
+        c.roundtrip(&resp(&["PING"]), b"+PONG\r\n");
+    }
+}
+
+#[test]
+fn max_clients_refuses_extra_connections() {
+    let t = tempdir();
+    let srv = Server::start(&data_dir(&t), &["--max-clients", "2"]);
+    let mut a = srv.raw();
+    let mut b = srv.raw();
+    a.roundtrip(&resp(&["PING"]), b"+PONG\r\n");
+    b.roundtrip(&resp(&["PING"]), b"+PONG\r\n");
+    let mut c = srv.raw();
+    assert_eq!(c.read_to_close(), b"-ERR max number of clients reached\r\n");
+    drop(b);
+    // The slot frees once the server notices the close; poll until a new client gets in.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut d = srv.raw();
+        d.send(&resp(&["PING"]));
+        let r = d.read_exact_len(7);
+        if r == b"+PONG\r\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot never freed");
+        thread::sleep(Duration::from_millis(20));
+    }
+    a.roundtrip(&resp(&["PING"]), b"+PONG\r\n");
+}
+
+/// 16 clients write unique keys and record each acknowledged write; the server is killed with
+/// SIGKILL mid-load; after a restart every acknowledged write is present, and a write whose
+/// reply never came is either fully present or absent.
+#[test]
+fn kill_9_under_load_loses_no_acknowledged_write() {
+    let t = tempdir();
+    let dir = data_dir(&t);
+    let mut acked: HashMap<String, String> = HashMap::new();
+    let mut unacked: HashMap<String, String> = HashMap::new();
+    for cycle in 0..6 {
+        let srv = Server::start(&dir, &[]);
+        // Everything acknowledged so far, in every earlier cycle, is still there.
+        let mut con = srv.client();
+        let keys: Vec<&String> = acked.keys().collect();
+        for chunk in keys.chunks(500) {
+            let vals: Vec<Option<String>> = redis::cmd("MGET").arg(chunk).query(&mut con).unwrap();
+            for (k, v) in chunk.iter().zip(vals) {
+                assert_eq!(v.as_ref(), Some(&acked[*k]), "cycle {cycle}: {k} lost");
+            }
+        }
+        for (k, v) in unacked.drain() {
+            let got: Option<String> = redis::cmd("GET").arg(&k).query(&mut con).unwrap();
+            assert!(got.is_none() || got == Some(v), "cycle {cycle}: {k} torn");
+        }
+        let progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let writers: Vec<_> = (0..16)
+            .map(|w| {
+                let url = srv.url();
+                let progress = progress.clone();
+                thread::spawn(move || {
+                    let mut ok = Vec::new();
+                    let mut in_doubt = None;
+                    let Ok(mut con) = redis::Client::open(url).unwrap().get_connection() else {
+                        return (ok, in_doubt);
+                    };
+                    for i in 0..100_000 {
+                        let k = format!("c{cycle}:w{w}:{i}");
+                        let v = format!("{k}:{}", "x".repeat(i % 97));
+                        match redis::cmd("SET").arg(&k).arg(&v).query::<()>(&mut con) {
+                            Ok(()) => {
+                                ok.push((k, v));
+                                progress.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(_) => {
+                                in_doubt = Some((k, v));
+                                break;
+                            }
+                        }
+                    }
+                    (ok, in_doubt)
+                })
+            })
+            .collect();
+        // Kill at a point that varies by cycle: after some number of acknowledged writes.
+        let target = 300 + cycle * 700;
+        let deadline = Instant::now() + DEADLINE;
+        while progress.load(Ordering::Relaxed) < target && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        srv.kill9();
+        for h in writers {
+            let (ok, in_doubt) = h.join().unwrap();
+            acked.extend(ok);
+            unacked.extend(in_doubt);
+        }
+    }
+    assert!(
+        acked.len() > 1000,
+        "only {} writes acknowledged",
+        acked.len()
+    );
+    let srv = Server::start(&dir, &[]);
+    let mut con = srv.client();
+    for (k, v) in &acked {
+        let got: Option<String> = redis::cmd("GET").arg(k).query(&mut con).unwrap();
+        assert_eq!(got.as_ref(), Some(v), "{k} lost");
+    }
+}
+
+#[test]
+fn sigterm_drains_and_loses_nothing_acknowledged() {
+    let t = tempdir();
+    let dir = data_dir(&t);
+    let srv = Server::start(&dir, &[]);
+    let progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let url = srv.url();
+            let progress = progress.clone();
+            thread::spawn(move || {
+                let mut ok = Vec::new();
+                let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+                for i in 0..100_000 {
+                    let k = format!("t:w{w}:{i}");
+                    // Pipelines of 8, so replies are in flight when the signal lands.
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("SET").arg(&k).arg(i).ignore();
+                    for j in 0..7 {
+                        pipe.cmd("SET").arg(format!("{k}.{j}")).arg(j).ignore();
+                    }
+                    if pipe.query::<()>(&mut con).is_err() {
+                        break;
+                    }
+                    ok.push(k);
+                    progress.fetch_add(1, Ordering::Relaxed);
+                }
+                ok
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + DEADLINE;
+    while progress.load(Ordering::Relaxed) < 500 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let log = srv.log.clone();
+    let status = srv.sigterm();
+    assert!(status.success(), "{status:?}");
+    thread::sleep(Duration::from_millis(100)); // let the log reader catch the last line
+    assert!(
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("shut down cleanly")),
+        "{:?}",
+        log.lock().unwrap()
+    );
+    let acked: Vec<String> = writers
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert!(acked.len() >= 500);
+    let srv = Server::start(&dir, &[]);
+    let mut con = srv.client();
+    for k in &acked {
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(k)
+            .arg(format!("{k}.6"))
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(n, 2, "{k} lost");
+    }
+    // SHUTDOWN from a client also exits cleanly.
+    let mut c = srv.raw();
+    c.send(&resp(&["SHUTDOWN"]));
+    assert_eq!(c.read_to_close(), b"");
+    let mut child = srv;
+    let status = child.child.wait().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn keel_idem_returns_the_first_reply_even_after_restart() {
+    let t = tempdir();
+    let dir = data_dir(&t);
+    let srv = Server::start(&dir, &[]);
+    let mut c = srv.raw();
+    c.roundtrip(&resp(&["KEEL.IDEM", "req-1", "INCR", "counter"]), b":1\r\n");
+    c.roundtrip(&resp(&["KEEL.IDEM", "req-1", "INCR", "counter"]), b":1\r\n");
+    c.roundtrip(&resp(&["KEEL.IDEM", "req-2", "INCR", "counter"]), b":2\r\n");
+    c.roundtrip(
+        &resp(&["KEEL.IDEM", "req-3", "SET", "k", "v", "NX"]),
+        b"+OK\r\n",
+    );
+    c.roundtrip(
+        &resp(&["KEEL.IDEM", "req-4", "SET", "k", "w", "NX"]),
+        b"$-1\r\n",
+    );
+    c.roundtrip(
+        &resp(&["KEEL.IDEM", "req-5", "MSETNX", "k", "1"]),
+        b":0\r\n",
+    );
+    c.roundtrip(
+        &resp(&["KEEL.IDEM", "req-6", "PING"]),
+        b"-ERR KEEL.IDEM wraps a string or key command, not 'ping'\r\n",
+    );
+    drop(c);
+    srv.kill9();
+    let srv = Server::start(&dir, &[]);
+    let mut c = srv.raw();
+    c.roundtrip(&resp(&["KEEL.IDEM", "req-1", "INCR", "counter"]), b":1\r\n");
+    c.roundtrip(&resp(&["KEEL.IDEM", "req-2", "INCR", "counter"]), b":2\r\n");
+    c.roundtrip(
+        &resp(&["KEEL.IDEM", "req-3", "SET", "k", "v", "NX"]),
+        b"+OK\r\n",
+    );
+    c.roundtrip(
+        &resp(&["KEEL.IDEM", "req-4", "SET", "k", "w", "NX"]),
+        b"$-1\r\n",
+    );
+    c.roundtrip(&resp(&["GET", "counter"]), b"$1\r\n2\r\n");
+    c.roundtrip(&resp(&["GET", "k"]), b"$1\r\nv\r\n");
+}
+
+#[test]
+fn a_database_that_cannot_open_refuses_to_start() {
+    let t = tempdir();
+    let dir = data_dir(&t);
+    let _first = Server::start(&dir, &[]);
+    let Err((status, log)) = Server::try_start(&dir, &[]) else {
+        panic!("a second server opened a locked database");
+    };
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{log:?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("refuses to start") && l.contains("locked")),
+        "{log:?}"
+    );
+    // A bad config file is refused too.
+    let cfg = t.path().join("keel.toml");
+    std::fs::write(&cfg, "no_such_key = 1\n").unwrap();
+    let Err((status, log)) = Server::try_start(&dir, &["--config", cfg.to_str().unwrap()]) else {
+        panic!("bad config accepted");
+    };
+    assert_ne!(status.and_then(|s| s.code()), Some(0));
+    assert!(log.iter().any(|l| l.contains("unknown field")), "{log:?}");
+}
