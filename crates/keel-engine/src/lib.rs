@@ -179,14 +179,20 @@ pub enum Write {
     /// Adds `by` to a decimal integer value (absent counts as 0) and keeps the expiry. Logs the
     /// result, not `by`. Result: `Int(new value)`, or `Failed(NotAnInteger | Overflow)`.
     Incr { key: Bytes, by: i64 },
-    /// Adds `by` to a decimal float value (absent counts as 0) and keeps the expiry. Result:
-    /// `Value(new value as written)`, or `Failed(NotAFloat | NotFinite)`.
+    /// Adds `by` to a decimal float value (absent counts as 0) and keeps the expiry. The result
+    /// is written with at most 15 significant digits and no exponent, so 0.1 + 0.2 gives "0.3"
+    /// as in Redis. Result: `Value(new value as written)`, or `Failed(NotAFloat | NotFinite)`.
     IncrFloat { key: Bytes, by: f64 },
     /// Appends to the value (absent counts as empty) and keeps the expiry. Result: `Int(new
     /// length)`, or `Failed(ValueTooLarge)`.
     Append { key: Bytes, suffix: Bytes },
-    /// Sets (`Some`) or removes (`None`) the expiry of a live key. Result: `Existed`.
-    Expire { key: Bytes, at_ms: Option<u64> },
+    /// Sets (`Some`) or removes (`None`) the expiry of a live key, if `only` holds; a time
+    /// already past deletes the key, as in Redis. Result: `Existed(applied)`.
+    Expire {
+        key: Bytes,
+        at_ms: Option<u64>,
+        only: ExpireIf,
+    },
     /// Moves a value, with its expiry, to another key. With `only_if_absent` the move happens
     /// only if `to` has no live value. Result: `Put(moved)`, or `Failed(NoSuchKey)`.
     Rename {
@@ -198,6 +204,39 @@ pub enum Write {
     Get { key: Bytes },
     /// Removes every key. Result: `DeletedAll`.
     DeleteAll,
+}
+
+/// When an expiry change applies (Redis's EXPIRE options). A key without an expiry counts as
+/// expiring never, later than any time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ExpireIf {
+    #[default]
+    Always,
+    /// The key has no expiry (NX).
+    NoExpiry,
+    /// The key has an expiry (XX; with `at_ms: None`, PERSIST).
+    HasExpiry,
+    /// The new time is later than the current one (GT).
+    Later,
+    /// The new time is sooner than the current one (LT).
+    Sooner,
+    /// The key has an expiry and the new time is sooner (XX LT).
+    SoonerWithExpiry,
+}
+
+impl ExpireIf {
+    fn holds(self, current: Option<u64>, new: Option<u64>) -> bool {
+        let never = u64::MAX;
+        let (cur, new) = (current.unwrap_or(never), new.unwrap_or(never));
+        match self {
+            ExpireIf::Always => true,
+            ExpireIf::NoExpiry => current.is_none(),
+            ExpireIf::HasExpiry => current.is_some(),
+            ExpireIf::Later => new > cur,
+            ExpireIf::Sooner => new < cur,
+            ExpireIf::SoonerWithExpiry => current.is_some() && new < cur,
+        }
+    }
 }
 
 /// A precondition checked before any write: the key's current version (`None`: no live value).
@@ -489,6 +528,8 @@ struct Seq {
     expiry: BTreeSet<(u64, Bytes)>,
     /// Decision time of the last record: record times never go backwards.
     last_at_ms: u64,
+    /// LSN of the last record submitted.
+    last_lsn: Lsn,
 }
 
 impl Seq {
@@ -530,6 +571,18 @@ fn parse_int(v: &[u8]) -> Option<i64> {
         return None;
     }
     s.parse().ok()
+}
+
+/// A float as INCRBYFLOAT writes it: rounded to 15 significant digits (all an f64 holds
+/// exactly), then the shortest decimal form, never an exponent.
+fn format_float(x: f64) -> String {
+    let rounded: f64 = format!("{x:.14e}").parse().unwrap_or(x);
+    let s = rounded.to_string();
+    if s == "-0" {
+        "0".into()
+    } else {
+        s
+    }
 }
 
 fn parse_float(v: &[u8]) -> Option<f64> {
@@ -675,7 +728,7 @@ fn decide(
                         WriteResult::Failed(WriteError::NotFinite)
                     }
                     Some(cur) => {
-                        let value = Bytes::from((cur + by).to_string());
+                        let value = Bytes::from(format_float(cur + by));
                         m.push(Mutation::Set {
                             key,
                             value: value.clone(),
@@ -708,16 +761,19 @@ fn decide(
                     WriteResult::Int(len as i64)
                 }
             }
-            Write::Expire { key, at_ms } => match work.live(&key) {
-                Some(e) => {
-                    m.push(Mutation::Set {
-                        key,
-                        value: e.value,
-                        expires_at_ms: at_ms,
+            Write::Expire { key, at_ms, only } => match work.live(&key) {
+                Some(e) if only.holds(e.expires_at_ms, at_ms) => {
+                    m.push(match at_ms {
+                        Some(t) if t <= now => Mutation::Delete { key },
+                        _ => Mutation::Set {
+                            key,
+                            value: e.value,
+                            expires_at_ms: at_ms,
+                        },
                     });
                     WriteResult::Existed(true)
                 }
-                None => WriteResult::Existed(false),
+                _ => WriteResult::Existed(false),
             },
             Write::Rename {
                 from,
@@ -790,7 +846,10 @@ impl fmt::Display for RecoveryReport {
 
 /// A prepared transaction: decided and queued, not yet acknowledged.
 enum Prepared {
-    Done(Outcome),
+    /// Nothing to log. The outcome was decided against every earlier transaction, so it can be
+    /// answered only once the last of them (this LSN) is acknowledged: otherwise a crash could
+    /// take away a write the answer depended on (a SET NX refused because of it, say).
+    Done(Outcome, Lsn),
     Wait(Ticket, Outcome),
     /// A retry of request already logged at this LSN.
     Retry(Lsn, Outcome),
@@ -802,6 +861,7 @@ enum Prepared {
 pub struct Pending {
     core: Arc<Core>,
     state: Option<Prepared>,
+    waiting: Option<keel_wal::AckedFuture>,
 }
 
 impl Pending {
@@ -816,20 +876,39 @@ impl Future for Pending {
     type Output = Result<Outcome>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        if let Some(Prepared::Wait(ticket, _)) = &mut this.state {
-            let r = std::task::ready!(Pin::new(ticket).poll(cx));
-            let Some(Prepared::Wait(_, outcome)) = this.state.take() else {
-                unreachable!("checked")
-            };
-            return Poll::Ready(r.map_err(Error::from).map(|lsns| {
-                this.core.publish(*lsns.end());
-                outcome
-            }));
-        }
-        // Done, or a retry: rare, and its original is almost always durable already; otherwise
-        // this blocks for at most one sync.
-        let p = this.state.take().expect("polled after completion");
-        Poll::Ready(this.core.finish(p))
+        let upto = match this.state.as_mut().expect("polled after completion") {
+            Prepared::Wait(ticket, _) => match std::task::ready!(Pin::new(ticket).poll(cx)) {
+                Ok(lsns) => *lsns.end(),
+                Err(e) => {
+                    this.state = None;
+                    return Poll::Ready(Err(e.into()));
+                }
+            },
+            Prepared::Done(_, after) => {
+                let after = *after;
+                if this.core.published.load(Ordering::Acquire) < after {
+                    let acked = this
+                        .waiting
+                        .get_or_insert_with(|| this.core.wal.acked(after));
+                    if let Err(e) = std::task::ready!(Pin::new(acked).poll(cx)) {
+                        this.state = None;
+                        return Poll::Ready(Err(e.into()));
+                    }
+                }
+                after
+            }
+            // Rare, and its original is almost always durable already; otherwise this blocks
+            // for at most one sync.
+            Prepared::Retry(..) => {
+                let p = this.state.take().expect("checked");
+                return Poll::Ready(this.core.finish(p));
+            }
+        };
+        this.core.publish(upto);
+        Poll::Ready(Ok(match this.state.take() {
+            Some(Prepared::Wait(_, o) | Prepared::Done(o, _)) => o,
+            _ => unreachable!("checked"),
+        }))
     }
 }
 
@@ -956,6 +1035,7 @@ impl Engine {
             requests,
             expiry: BTreeSet::new(),
             last_at_ms: at_ms,
+            last_lsn: applied,
         };
         for (k, e) in map.iter() {
             if let Some(t) = e.expires_at_ms {
@@ -1000,6 +1080,7 @@ impl Engine {
         Ok(Pending {
             core: self.core.clone(),
             state: Some(p),
+            waiting: None,
         })
     }
 
@@ -1016,6 +1097,7 @@ impl Engine {
         Ok(Pending {
             core: self.core.clone(),
             state: Some(p),
+            waiting: None,
         })
     }
 
@@ -1152,7 +1234,13 @@ impl Core {
 
     fn finish(&self, p: Prepared) -> Result<Outcome> {
         match p {
-            Prepared::Done(o) => Ok(o),
+            Prepared::Done(o, after) => {
+                if self.published.load(Ordering::Acquire) < after {
+                    self.wal.wait_acked(after)?;
+                    self.publish(after);
+                }
+                Ok(o)
+            }
             Prepared::Wait(ticket, o) => {
                 let lsns = ticket.wait()?;
                 self.publish(*lsns.end());
@@ -1191,7 +1279,7 @@ impl Core {
         let now = now_ms();
         let (outcome, mutations) = decide(&seq.map, now, self.opts.value_bytes_max, guards, writes);
         if mutations.is_empty() && id.is_none() {
-            return Ok(Prepared::Done(outcome));
+            return Ok(Prepared::Done(outcome, seq.last_lsn));
         }
         let at_ms = now.max(seq.last_at_ms);
         let wrote = !mutations.is_empty();
@@ -1335,6 +1423,7 @@ impl Core {
             .fetch_add(bytes, Ordering::Relaxed);
         let lsn = *ticket.lsns().end();
         seq.last_at_ms = at_ms;
+        seq.last_lsn = lsn;
         seq.track_expiry(&mutations);
         let mutations = Arc::new(mutations);
         apply(&mut seq.map, &mutations, lsn);

@@ -114,6 +114,7 @@ fn writes_reads_and_conditions() {
         .commit(
             vec![],
             vec![Write::Expire {
+                only: keel_engine::ExpireIf::Always,
                 key: b("a"),
                 at_ms: Some(1),
             }],
@@ -504,6 +505,18 @@ fn a_transaction_sees_its_own_earlier_writes_and_failures_do_not_abort_it() {
                     key: b("f"),
                     by: 0.25,
                 },
+                Write::IncrFloat {
+                    key: b("g"),
+                    by: 0.1,
+                },
+                Write::IncrFloat {
+                    key: b("g"),
+                    by: 0.2,
+                },
+                Write::IncrFloat {
+                    key: b("g"),
+                    by: 1e20,
+                },
             ],
         )
         .unwrap();
@@ -532,9 +545,59 @@ fn a_transaction_sees_its_own_earlier_writes_and_failures_do_not_abort_it() {
             WriteResult::Failed(WriteError::NoSuchKey),
             WriteResult::Value(Some(b("1.5"))),
             WriteResult::Value(Some(b("1.75"))),
+            WriteResult::Value(Some(b("0.1"))),
+            WriteResult::Value(Some(b("0.3"))),
+            WriteResult::Value(Some(b("100000000000000000000"))),
         ]
     );
     let keys: Vec<_> = e.snapshot().iter().map(|(k, _)| k.clone()).collect();
-    assert_eq!(keys, vec![b("c"), b("f")]);
+    assert_eq!(keys, vec![b("c"), b("f"), b("g")]);
     assert_eq!(e.get(b"f").unwrap().value, "1.75");
+}
+
+#[test]
+fn conditional_expiry_follows_redis_options() {
+    use keel_engine::ExpireIf::*;
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let far = u64::MAX / 4;
+    let expire = |at: Option<u64>, only| match e
+        .commit(
+            vec![],
+            vec![Write::Expire {
+                key: b("k"),
+                at_ms: at,
+                only,
+            }],
+        )
+        .unwrap()
+    {
+        Outcome::Committed { results, .. } => results[0] == WriteResult::Existed(true),
+        o => panic!("{o:?}"),
+    };
+    let ttl = || e.get(b"k").and_then(|x| x.expires_at_ms);
+    assert!(!expire(Some(far), Always), "a missing key");
+    e.put("k", "v").unwrap();
+    assert!(!expire(Some(far), HasExpiry));
+    assert!(
+        !expire(Some(far), Later),
+        "no expiry counts as never: nothing is later"
+    );
+    assert!(!expire(None, HasExpiry), "PERSIST of a key without expiry");
+    assert!(expire(Some(far), NoExpiry));
+    assert_eq!(ttl(), Some(far));
+    assert!(!expire(Some(far + 1), NoExpiry));
+    assert!(!expire(Some(far - 1), Later));
+    assert!(expire(Some(far + 1), Later));
+    assert!(expire(Some(far - 5), SoonerWithExpiry));
+    assert!(!expire(Some(far), Sooner));
+    assert!(expire(None, HasExpiry), "PERSIST");
+    assert_eq!(ttl(), None);
+    assert!(expire(Some(far), Sooner), "anything is sooner than never");
+    assert!(expire(Some(1), Always), "a time already past deletes");
+    assert!(e.get(b"k").is_none());
+    e.close().unwrap();
+    let (e, report) = Engine::open(dir.path(), small()).unwrap();
+    assert_eq!(report.keys, 0, "the delete was logged, not just hidden");
+    assert!(e.get(b"k").is_none());
 }

@@ -428,3 +428,49 @@ fn submitted_writes_are_decided_in_order_and_awaited_later() {
         "fifty submitted writes share syncs"
     );
 }
+
+/// P1 for answers that write nothing: a SET NX refused because of a write still in flight must
+/// not be answered before that write is durable, or a crash could take away the reason.
+#[test]
+fn an_outcome_that_depends_on_a_write_in_flight_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    for round in 0..50 {
+        let key = Bytes::from(format!("k{round}"));
+        let first = e
+            .submit(
+                vec![],
+                vec![Write::Put {
+                    key: key.clone(),
+                    value: "1".into(),
+                    ttl: Ttl::None,
+                    only: PutIf::Always,
+                }],
+            )
+            .unwrap();
+        let refused = Write::Put {
+            key,
+            value: "2".into(),
+            ttl: Ttl::None,
+            only: PutIf::Absent,
+        };
+        let o = if round % 2 == 0 {
+            e.commit(vec![], vec![refused]).unwrap()
+        } else {
+            block_on(e.submit(vec![], vec![refused]).unwrap()).unwrap()
+        };
+        assert_eq!(
+            o,
+            Outcome::Committed {
+                lsn: None,
+                results: vec![WriteResult::Put(false)]
+            }
+        );
+        let lsn = e.snapshot().lsn();
+        assert!(
+            e.durable_lsn() >= lsn && lsn as usize == round + 1,
+            "round {round}: answered before the write it depends on was durable and visible"
+        );
+        first.wait().unwrap();
+    }
+}

@@ -7,7 +7,7 @@
 //! engine stored, so a retry after a restart gets the same reply).
 
 use bytes::Bytes;
-use keel_engine::{Guard, PutIf, Ttl, Write, WriteError, WriteResult};
+use keel_engine::{ExpireIf, Guard, PutIf, Ttl, Write, WriteError, WriteResult};
 
 use crate::resp::{parse_i64, Reply};
 
@@ -429,29 +429,29 @@ pub fn compile(name: &str, a: &[Bytes], now_ms: u64) -> Option<Result<Part, Repl
             ))
         }
         "expire" | "pexpire" | "expireat" | "pexpireat" => (|| {
-            if a.len() > 3 {
-                return Err(Reply::err(format!(
-                    "ERR keel does not support {} options (NX, XX, GT, LT) yet",
-                    name.to_uppercase()
-                )));
-            }
+            let only = expire_options(&a[3..])?;
             let unit = if name.starts_with('p') { 1 } else { 1000 };
             let absolute = name.ends_with("at");
             let at = expiry_ms(name, int_arg(&a[2])?, unit, absolute, false, now_ms)?;
-            let key = a[1].clone();
-            // A time already past deletes the key, as in Redis.
-            let w = if at <= now_ms as i64 {
-                Write::Delete { key }
-            } else {
-                Write::Expire {
-                    key,
-                    at_ms: Some(at as u64),
-                }
+            // A time already past deletes the key (if the option holds), as in Redis: the
+            // engine does that.
+            let w = Write::Expire {
+                key: a[1].clone(),
+                at_ms: Some(at.max(1) as u64),
+                only,
             };
             Ok(Part::new(vec![w], |r| {
                 Reply::Int((r[0] == WriteResult::Existed(true)) as i64)
             }))
         })(),
+        "persist" => Ok(Part::new(
+            vec![Write::Expire {
+                key: a[1].clone(),
+                at_ms: None,
+                only: ExpireIf::HasExpiry,
+            }],
+            |r| Reply::Int((r[0] == WriteResult::Existed(true)) as i64),
+        )),
         "flushdb" | "flushall" => {
             if a.len() > 2 || (a.len() == 2 && !eq(&a[1], "sync") && !eq(&a[1], "async")) {
                 Err(Reply::err(SYNTAX))
@@ -525,6 +525,46 @@ fn compile_set(a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
     })
 }
 
+/// EXPIRE's NX, XX, GT and LT options, with Redis's error for the combinations it refuses.
+fn expire_options(opts: &[Bytes]) -> Result<ExpireIf, Reply> {
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for o in opts {
+        if eq(o, "nx") {
+            nx = true;
+        } else if eq(o, "xx") {
+            xx = true;
+        } else if eq(o, "gt") {
+            gt = true;
+        } else if eq(o, "lt") {
+            lt = true;
+        } else {
+            return Err(Reply::err(format!(
+                "ERR Unsupported option {}",
+                String::from_utf8_lossy(o)
+            )));
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return Err(Reply::err(
+            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        ));
+    }
+    if gt && lt {
+        return Err(Reply::err(
+            "ERR GT and LT options at the same time are not compatible",
+        ));
+    }
+    Ok(match (nx, xx, gt, lt) {
+        (true, ..) => ExpireIf::NoExpiry,
+        // GT already needs an expiry: no expiry counts as never, and nothing is later.
+        (_, _, true, _) => ExpireIf::Later,
+        (_, true, _, true) => ExpireIf::SoonerWithExpiry,
+        (_, _, _, true) => ExpireIf::Sooner,
+        (_, true, ..) => ExpireIf::HasExpiry,
+        _ => ExpireIf::Always,
+    })
+}
+
 fn compile_getex(a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
     let key = &a[1];
     let mut writes = vec![get(key)];
@@ -533,6 +573,7 @@ fn compile_getex(a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
         3 if eq(&a[2], "persist") => writes.push(Write::Expire {
             key: key.clone(),
             at_ms: None,
+            only: ExpireIf::Always,
         }),
         4 => {
             let o = &a[2];
@@ -548,13 +589,10 @@ fn compile_getex(a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
                 return Err(Reply::err(SYNTAX));
             };
             let at = expiry_ms("getex", int_arg(&a[3])?, unit, absolute, true, now_ms)?;
-            writes.push(if at <= now_ms as i64 {
-                Write::Delete { key: key.clone() }
-            } else {
-                Write::Expire {
-                    key: key.clone(),
-                    at_ms: Some(at as u64),
-                }
+            writes.push(Write::Expire {
+                key: key.clone(),
+                at_ms: Some(at.max(1) as u64),
+                only: ExpireIf::Always,
             });
         }
         _ => return Err(Reply::err(SYNTAX)),

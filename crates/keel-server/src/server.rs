@@ -577,7 +577,6 @@ impl Conn {
                     },
                 }
             }
-            "persist" => self.persist(&args[1]).await,
             "keys" => {
                 self.settle().await;
                 let snap = self.engine().snapshot();
@@ -861,37 +860,6 @@ impl Conn {
             "get" => cmd::wrong_args("config|get"),
             _ => unknown_subcommand(&args[1], "CONFIG"),
         }
-    }
-
-    /// PERSIST: removes the expiry only if there is one, which the engine cannot express in
-    /// one write; so read, then write guarded by the version read, and retry if it moved.
-    async fn persist(&mut self, key: &Bytes) -> Reply {
-        self.settle().await;
-        for _ in 0..100 {
-            let Some(e) = self.engine().get(key) else {
-                return Reply::Int(0);
-            };
-            if e.expires_at_ms.is_none() {
-                return Reply::Int(0);
-            }
-            let guard = Guard {
-                key: key.clone(),
-                version: Some(e.version),
-            };
-            let w = Write::Expire {
-                key: key.clone(),
-                at_ms: None,
-            };
-            match self.engine().submit(vec![guard], vec![w]) {
-                Err(e) => return cmd::engine_error(&e),
-                Ok(p) => match p.await {
-                    Err(e) => return cmd::engine_error(&e),
-                    Ok(Outcome::GuardFailed(_)) => continue,
-                    Ok(Outcome::Committed { .. }) => return Reply::Int(1),
-                },
-            }
-        }
-        Reply::err("ERR PERSIST lost too many races with concurrent writes; retry")
     }
 
     fn scan(&self, args: &[Bytes]) -> Reply {

@@ -158,6 +158,21 @@ struct Progress {
     durable_lsn: Lsn,
     acked_lsn: Lsn,
     poisoned: Option<Arc<Error>>,
+    /// Futures waiting for `acked_lsn` to reach an LSN.
+    ack_wakers: Vec<(Lsn, Waker)>,
+}
+
+impl Progress {
+    fn wake(&mut self, all: bool) {
+        let acked = self.acked_lsn;
+        self.ack_wakers.retain(|(l, w)| {
+            let done = all || *l <= acked;
+            if done {
+                w.wake_by_ref();
+            }
+            !done
+        });
+    }
 }
 
 /// Counters since the log was opened.
@@ -337,6 +352,42 @@ impl Future for Ticket {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (first, last) = (self.first, self.last);
         self.done.poll(cx).map(|r| r.map(|_| first..=last))
+    }
+}
+
+impl Shared {
+    /// `Some` once waiting for `lsn` to be acknowledged is over, one way or the other.
+    fn acked_state(&self, p: &Progress, lsn: Lsn) -> Option<Result<()>> {
+        if p.acked_lsn >= lsn {
+            return Some(Ok(()));
+        }
+        if let Some(e) = &p.poisoned {
+            return Some(Err(Error::Poisoned(e.clone())));
+        }
+        if lock(&self.queue).closed {
+            return Some(Err(Error::Closed));
+        }
+        None
+    }
+}
+
+/// The future returned by [`Wal::acked`].
+pub struct AckedFuture {
+    shared: Arc<Shared>,
+    lsn: Lsn,
+}
+
+impl Future for AckedFuture {
+    type Output = Result<()>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut p = lock(&self.shared.progress);
+        match self.shared.acked_state(&p, self.lsn) {
+            Some(r) => Poll::Ready(r),
+            None => {
+                p.ack_wakers.push((self.lsn, cx.waker().clone()));
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -625,6 +676,7 @@ impl Wal {
                 durable_lsn: last_lsn,
                 acked_lsn: last_lsn,
                 poisoned: None,
+                ack_wakers: Vec::new(),
             }),
             progress_cv: Condvar::new(),
             segments: RwLock::new(layout.segments),
@@ -789,6 +841,27 @@ impl Wal {
         }
     }
 
+    /// Blocks until `lsn` is acknowledged: durable under `SyncPolicy::Always`, written under the
+    /// weaker policies (see [`Wal::last_lsn`]).
+    pub fn wait_acked(&self, lsn: Lsn) -> Result<()> {
+        let s = &self.shared;
+        let mut p = lock(&s.progress);
+        loop {
+            if let Some(r) = s.acked_state(&p, lsn) {
+                return r;
+            }
+            p = s.progress_cv.wait(p).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// [`Wal::wait_acked`] as a future, for async code: no thread waits.
+    pub fn acked(&self, lsn: Lsn) -> AckedFuture {
+        AckedFuture {
+            shared: self.shared.clone(),
+            lsn,
+        }
+    }
+
     /// Makes everything appended so far durable, whatever the policy. Returns the durable LSN.
     pub fn sync(&self) -> Result<Lsn> {
         self.shared.control(Item::Sync, false)
@@ -866,6 +939,7 @@ impl Wal {
         if let Some(h) = lock(&self.io_thread).take() {
             let _ = h.join();
         }
+        lock(&self.shared.progress).wake(true);
         self.shared.progress_cv.notify_all();
         match &lock(&self.shared.progress).poisoned {
             Some(e) => Err(Error::Poisoned(e.clone())),
@@ -1181,6 +1255,7 @@ impl Writer {
         let mut p = lock(&self.shared.progress);
         p.durable_lsn = self.durable_lsn;
         p.acked_lsn = self.written_lsn;
+        p.wake(false);
         drop(p);
         self.shared.progress_cv.notify_all();
     }
@@ -1369,7 +1444,9 @@ impl Writer {
     fn poison(&mut self, e: Error, remaining: Vec<Item>) -> Arc<Error> {
         let first = {
             let mut p = lock(&self.shared.progress);
-            p.poisoned.get_or_insert_with(|| Arc::new(e)).clone()
+            let first = p.poisoned.get_or_insert_with(|| Arc::new(e)).clone();
+            p.wake(true);
+            first
         };
         tracing::error!("write-ahead log poisoned: {first}");
         self.shared.progress_cv.notify_all();
