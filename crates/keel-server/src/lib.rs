@@ -10,8 +10,10 @@ pub mod auth;
 pub mod cmd;
 pub mod config;
 pub mod glob;
-pub mod resp;
 pub mod server;
+
+/// The protocol, in its own small crate so that it can be fuzzed without the server.
+pub use keel_resp as resp;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! RESP requests in, RESP2/RESP3 replies out.
+//! keel-resp: RESP requests in, RESP2/RESP3 replies out.
 //!
 //! The parser is the server's attack surface, so it is strict, bounded and pure: [`parse`] takes
 //! bytes and limits and returns a frame, "need more bytes", or an error, and never panics or
@@ -9,6 +9,8 @@
 //! - an inline command: one line of space-separated arguments, with Redis's quoting rules.
 //!
 //! Error strings match Redis's own (`Protocol error: invalid bulk length`, ...).
+
+#![forbid(unsafe_code)]
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -102,7 +104,7 @@ fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
 }
 
 /// Redis's `string2ll`: optional '-', decimal digits, no '+', spaces or leading zeros.
-pub(crate) fn parse_i64(s: &[u8]) -> Option<i64> {
+pub fn parse_i64(s: &[u8]) -> Option<i64> {
     let digits = s.strip_prefix(b"-").unwrap_or(s);
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -225,7 +227,9 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Bytes>> {
     let mut i = 0;
     let n = line.len();
     loop {
-        while i < n && line[i].is_ascii_whitespace() {
+        // NUL ends an unquoted argument below, so it must also be skipped here, or the loop
+        // would push empty arguments forever (found by the resp_parse fuzz target).
+        while i < n && (line[i].is_ascii_whitespace() || line[i] == 0) {
             i += 1;
         }
         if i >= n {
@@ -556,5 +560,25 @@ mod tests {
         assert_eq!(enc(&m, 3), "%1\r\n$1\r\na\r\n:1\r\n");
         assert_eq!(enc(&Reply::Verbatim("x".into()), 3), "=5\r\ntxt:x\r\n");
         assert_eq!(enc(&Reply::err("ERR a\r\nb"), 2), "-ERR a  b\r\n");
+    }
+}
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+
+    /// fuzz/artifacts/resp_parse/oom-81ac6f70…: an inline request with a NUL byte made
+    /// `split_args` push empty arguments until memory ran out.
+    #[test]
+    fn inline_nul_byte_is_a_separator_not_an_endless_loop() {
+        let r = parse(b"j\x00\xd3\n", &Limits::default()).unwrap().unwrap();
+        assert_eq!(
+            r.0.args,
+            vec![Bytes::from_static(b"j"), Bytes::from_static(b"\xd3")]
+        );
+        assert_eq!(r.1, 4);
+        assert_eq!(
+            split_args(b"\0\0a\0b\0").unwrap(),
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+        );
     }
 }
