@@ -1,49 +1,319 @@
 //! Who a connection is and what it may run.
 //!
-//! Today there is one user, `default`, with the optional `requirepass`. ACL users with hashed
-//! passwords and read/write/admin permissions slot in here: [`Users::authenticate`] returns the
-//! user, and [`Users::permits`] decides per command class.
+//! Two sources of users:
+//! - `requirepass` is the password of the user `default`, which may run every command;
+//! - `[[users]]` tables in the config file add named users, each with the SHA-256 of its
+//!   password (`password_sha256`, 64 hex digits; `keel hash-password` prints it) and a list of
+//!   permissions out of `read`, `write` and `admin`. An entry named `default` configures the
+//!   default user instead (and then `requirepass` must not be set).
+//!
+//! A connection starts as `default` only when `default` needs no password: that is, when
+//! neither `requirepass` nor any `[[users]]` entry is configured. Configuring any user turns
+//! authentication on; the default user is then disabled unless it is configured itself.
+//!
+//! Why SHA-256 and not a slow KDF: these passwords are shared secrets between a server and its
+//! client programs, not something a person memorises, and AUTH runs on every new connection,
+//! before the client is known. A slow KDF (argon2, scrypt) would let anyone who can reach the
+//! port burn tens of milliseconds of CPU and megabytes of memory per AUTH attempt, which is a
+//! cheap way to starve the durable write path. A random password of 128 bits or more
+//! (`keel hash-password --generate` makes one) cannot be brute-forced from its SHA-256, and the
+//! hash is the one Redis's ACL stores, so hashes move between the two. Comparison is constant
+//! time, and an unknown user costs the same hash and comparison as a known one.
+//!
+//! Passwords never reach a log or an error message, and neither do rejected user names (people
+//! type passwords into user name fields).
 
-use crate::cmd::Perm;
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{IsTerminal, Read};
 
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use serde::Deserialize;
+
+use crate::cmd::{self, Perm, Spec};
+
+pub const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+pub const NOAUTH: &str = "NOAUTH Authentication required.";
+
+/// The user that `requirepass` and a bare `AUTH <password>` refer to.
+pub const DEFAULT_USER: &str = "default";
+/// Longest user name accepted in the config file.
+const USER_NAME_BYTES_MAX: usize = 128;
+/// Longest password `keel hash-password` reads.
+const PASSWORD_BYTES_MAX: usize = 4096;
+
+/// A permission a `[[users]]` entry can grant.
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    /// Commands that read keys: GET, MGET, EXISTS, TTL, SCAN, KEYS, DBSIZE, KEEL.VERSION, …
+    Read,
+    /// Commands that change keys: SET, DEL, INCR, EXPIRE, KEEL.CAS, KEEL.IDEM, … Several of
+    /// them also return a value (GETSET, GETDEL, SET … GET, INCR), as in Redis's `@write`.
+    Write,
+    /// Commands that act on the whole server: CONFIG, SHUTDOWN, FLUSHALL, FLUSHDB, SAVE,
+    /// BGSAVE, KEEL.BACKUP.
+    Admin,
+}
+
+/// One `[[users]]` table of the config file.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// SHA-256 of the password, as 64 hexadecimal digits. Checked in [`Users::new`], not by
+    /// serde, so that a password pasted here by mistake is never echoed in an error.
+    pub password_sha256: String,
+    pub permissions: Vec<Permission>,
+}
+
+impl fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("permissions", &self.permissions)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one user may do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Perms {
+    read: bool,
+    write: bool,
+    admin: bool,
+}
+
+impl Perms {
+    const ALL: Perms = Perms {
+        read: true,
+        write: true,
+        admin: true,
+    };
+
+    fn allows(self, p: Perm) -> bool {
+        match p {
+            Perm::Conn => true,
+            Perm::Read => self.read,
+            Perm::Write => self.write,
+            Perm::Admin => self.admin,
+        }
+    }
+}
+
+struct Account {
+    /// SHA-256 of the password; `None` only for a default user that needs no password.
+    password_sha256: Option<[u8; 32]>,
+    perms: Perms,
+}
+
+/// Every user the server knows, fixed at start-up.
 pub struct Users {
-    requirepass: Option<String>,
+    accounts: HashMap<String, Account>,
 }
 
 /// An authenticated user's name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User(pub String);
 
-pub const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
-pub const NOAUTH: &str = "NOAUTH Authentication required.";
+impl fmt::Debug for Users {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<_> = self
+            .accounts
+            .iter()
+            .map(|(n, a)| (n.as_str(), a.perms))
+            .collect();
+        names.sort_by_key(|(n, _)| *n);
+        f.debug_struct("Users").field("accounts", &names).finish()
+    }
+}
 
 impl Users {
-    pub fn new(requirepass: Option<String>) -> Users {
-        Users { requirepass }
+    /// Builds the user table from `requirepass` and the config file's `[[users]]`. Errors name
+    /// the offending user and say what to change; they never contain a password or hash.
+    pub fn new(requirepass: Option<String>, users: &[UserConfig]) -> anyhow::Result<Users> {
+        let mut accounts = HashMap::new();
+        for u in users {
+            check_user_name(&u.name)?;
+            let hash = parse_sha256_hex(&u.password_sha256).with_context(|| {
+                format!(
+                    "user {:?}: password_sha256 must be 64 hexadecimal digits, the SHA-256 of the \
+                     password (`keel hash-password` prints it), never the password itself",
+                    u.name
+                )
+            })?;
+            let mut perms = Perms::default();
+            for p in &u.permissions {
+                match p {
+                    Permission::Read => perms.read = true,
+                    Permission::Write => perms.write = true,
+                    Permission::Admin => perms.admin = true,
+                }
+            }
+            let account = Account {
+                password_sha256: Some(hash),
+                perms,
+            };
+            if accounts.insert(u.name.clone(), account).is_some() {
+                bail!("user {:?} is configured twice", u.name);
+            }
+        }
+        match requirepass {
+            Some(_) if accounts.contains_key(DEFAULT_USER) => bail!(
+                "requirepass and a [[users]] entry named \"default\" both set the default user's \
+                 password: keep one"
+            ),
+            Some(p) => {
+                accounts.insert(
+                    DEFAULT_USER.into(),
+                    Account {
+                        password_sha256: Some(sha256(p.as_bytes())),
+                        perms: Perms::ALL,
+                    },
+                );
+            }
+            // Nothing configured at all: an open server, as before ACLs existed.
+            None if accounts.is_empty() => {
+                accounts.insert(
+                    DEFAULT_USER.into(),
+                    Account {
+                        password_sha256: None,
+                        perms: Perms::ALL,
+                    },
+                );
+            }
+            // Named users and no default entry: the default user is disabled.
+            None => {}
+        }
+        Ok(Users { accounts })
     }
 
+    /// Whether a new connection must authenticate before it can run anything.
     pub fn password_required(&self) -> bool {
-        self.requirepass.is_some()
+        self.initial().is_none()
     }
 
-    /// The user a new connection starts as: `default` when no password is needed.
+    /// The user a new connection starts as: `default` when it needs no password.
     pub fn initial(&self) -> Option<User> {
-        (!self.password_required()).then(|| User("default".into()))
+        self.accounts
+            .get(DEFAULT_USER)
+            .filter(|a| a.password_sha256.is_none())
+            .map(|_| User(DEFAULT_USER.into()))
     }
 
+    /// Names of the configured users, sorted, for the start-up log.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.accounts.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The user, if `password` is theirs. Takes the same time whether or not the user exists
+    /// and however much of the password matches.
     pub fn authenticate(&self, user: &[u8], password: &[u8]) -> Option<User> {
-        if user != b"default" {
-            return None;
-        }
-        match &self.requirepass {
-            None => Some(User("default".into())),
-            Some(p) => constant_time_eq(p.as_bytes(), password).then(|| User("default".into())),
+        let given = sha256(password);
+        let account = std::str::from_utf8(user)
+            .ok()
+            .and_then(|u| self.accounts.get_key_value(u));
+        // An unknown user is compared against a hash no password has, for equal work.
+        let expected = match account {
+            Some((_, a)) => a.password_sha256,
+            None => Some([0; 32]),
+        };
+        let matched = match expected {
+            Some(h) => constant_time_eq(&h, &given),
+            None => true, // the default user without a password accepts any, as in Redis
+        };
+        match account {
+            Some((name, _)) if matched => Some(User(name.clone())),
+            _ => None,
         }
     }
 
-    pub fn permits(&self, _user: &User, _perm: Perm) -> bool {
-        true
+    pub fn permits(&self, user: &User, perm: Perm) -> bool {
+        perm == Perm::Conn
+            || self
+                .accounts
+                .get(&user.0)
+                .is_some_and(|a| a.perms.allows(perm))
     }
+
+    /// Whether `user` may run the command `args` (already looked up as `spec` and arity-checked).
+    /// `Err` holds Redis's NOPERM error text. KEEL.IDEM also needs the permission of the
+    /// command it wraps.
+    pub fn check(&self, user: &User, spec: &Spec, args: &[Bytes]) -> Result<(), String> {
+        let mut shown = spec.name.to_string();
+        if !self.permits(user, spec.perm) {
+            // Redis names a subcommand as `container|sub`, for example 'config|get'.
+            if spec.name == "config" {
+                if let Some(sub) = args.get(1) {
+                    shown = format!("config|{}", lossy_lower(sub));
+                }
+            }
+            return Err(noperm(user, &shown));
+        }
+        if spec.name == "keel.idem" {
+            if let Some(inner) = args.get(2).and_then(|n| cmd::lookup(&lossy_lower(n))) {
+                if !self.permits(user, inner.perm) {
+                    return Err(noperm(user, inner.name));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn noperm(user: &User, command: &str) -> String {
+    format!(
+        "NOPERM User {} has no permissions to run the '{command}' command",
+        user.0
+    )
+}
+
+fn lossy_lower(b: &[u8]) -> String {
+    String::from_utf8_lossy(&b[..b.len().min(64)]).to_lowercase()
+}
+
+fn check_user_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty()
+        || name.len() > USER_NAME_BYTES_MAX
+        || !name.bytes().all(|c| (b'!'..=b'~').contains(&c))
+    {
+        bail!(
+            "user name {name:?}: use 1 to {USER_NAME_BYTES_MAX} printable ASCII characters \
+             without spaces"
+        );
+    }
+    Ok(())
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_sha256_hex(s: &str) -> anyhow::Result<[u8; 32]> {
+    let s = s.as_bytes();
+    if s.len() != 64 {
+        bail!("not 64 characters long");
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0; 32];
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        match (digit(pair[0]), digit(pair[1])) {
+            (Some(hi), Some(lo)) => out[i] = (hi << 4) | lo,
+            _ => bail!("not hexadecimal"),
+        }
+    }
+    Ok(out)
 }
 
 /// Compares without an early exit, so timing does not reveal a matching prefix.
@@ -52,23 +322,207 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     for i in 0..a.len().max(b.len()) {
         diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
     }
-    diff == 0
+    std::hint::black_box(diff) == 0
+}
+
+/// `keel hash-password`: prints the `password_sha256` of a password for a `[[users]]` entry.
+#[derive(clap::Args, Debug)]
+pub struct HashPasswordArgs {
+    /// Make a random password (256 bits, as 64 hex digits) instead of reading one; print the
+    /// password on the first line and its password_sha256 on the second.
+    #[arg(long)]
+    pub generate: bool,
+}
+
+/// Runs `keel hash-password`. The password is read from standard input (one line; a trailing
+/// newline is not part of it), never from the command line, where the process list would show
+/// it.
+pub fn hash_password_cmd(args: HashPasswordArgs) -> anyhow::Result<std::process::ExitCode> {
+    if args.generate {
+        let mut raw = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+            .map_err(|_| anyhow::anyhow!("the system's random number generator failed"))?;
+        let password = hex(&raw);
+        eprintln!(
+            "line 1: a new password, for the client; line 2: its password_sha256, for [[users]]"
+        );
+        println!("{password}\n{}", hex(&sha256(password.as_bytes())));
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("password (it is shown as you type; pipe it in to avoid that), then Enter:");
+    }
+    let mut buf = Vec::new();
+    stdin
+        .lock()
+        .take(PASSWORD_BYTES_MAX as u64 + 3)
+        .read_to_end(&mut buf)
+        .context("reading the password from standard input")?;
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let password = line.strip_suffix(b"\r").unwrap_or(line);
+    if password.is_empty() {
+        bail!("no password on standard input");
+    }
+    if password.len() > PASSWORD_BYTES_MAX {
+        bail!("password longer than {PASSWORD_BYTES_MAX} bytes");
+    }
+    if password.len() < 16 {
+        eprintln!(
+            "warning: a short password can be guessed from its SHA-256; prefer \
+             `keel hash-password --generate`"
+        );
+    }
+    println!("{}", hex(&sha256(password)));
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn user(name: &str, password: &str, permissions: &[Permission]) -> UserConfig {
+        UserConfig {
+            name: name.into(),
+            password_sha256: hex(&sha256(password.as_bytes())),
+            permissions: permissions.to_vec(),
+        }
+    }
+
     #[test]
     fn passwords() {
-        let u = Users::new(Some("secret".into()));
+        let u = Users::new(Some("secret".into()), &[]).unwrap();
         assert!(u.initial().is_none());
         assert!(u.authenticate(b"default", b"secret").is_some());
         assert!(u.authenticate(b"default", b"secreT").is_none());
         assert!(u.authenticate(b"default", b"secret1").is_none());
         assert!(u.authenticate(b"default", b"").is_none());
         assert!(u.authenticate(b"other", b"secret").is_none());
-        let open = Users::new(None);
+        let open = Users::new(None, &[]).unwrap();
         assert!(open.initial().is_some());
+        assert!(!open.password_required());
+    }
+
+    #[test]
+    fn sha256_matches_the_known_vector() {
+        // FIPS 180-2, "abc".
+        assert_eq!(
+            hex(&sha256(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            parse_sha256_hex(&hex(&sha256(b"abc"))).unwrap(),
+            sha256(b"abc")
+        );
+        let upper = hex(&sha256(b"abc")).to_uppercase();
+        assert_eq!(parse_sha256_hex(&upper).unwrap(), sha256(b"abc"));
+        assert!(parse_sha256_hex("abc").is_err());
+        assert!(parse_sha256_hex(&"g".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn acl_users_and_permissions() {
+        use Permission::*;
+        let u = Users::new(
+            None,
+            &[
+                user("reader", "r-pass", &[Read]),
+                user("writer", "w-pass", &[Write]),
+                user("boss", "b-pass", &[Read, Write, Admin]),
+            ],
+        )
+        .unwrap();
+        // Users configured and no default entry: the default user is disabled.
+        assert!(u.initial().is_none());
+        assert!(u.password_required());
+        assert!(u.authenticate(b"default", b"").is_none());
+        assert!(u.authenticate(b"default", b"r-pass").is_none());
+        assert!(u.authenticate(b"reader", b"w-pass").is_none());
+        assert!(u.authenticate(b"nobody", b"r-pass").is_none());
+        assert!(u.authenticate(b"\xff", b"r-pass").is_none());
+        let r = u.authenticate(b"reader", b"r-pass").unwrap();
+        let w = u.authenticate(b"writer", b"w-pass").unwrap();
+        let b = u.authenticate(b"boss", b"b-pass").unwrap();
+        assert_eq!(r, User("reader".into()));
+        for (who, read, write, admin) in [(&r, true, false, false), (&w, false, true, false)] {
+            assert!(u.permits(who, Perm::Conn));
+            assert_eq!(u.permits(who, Perm::Read), read);
+            assert_eq!(u.permits(who, Perm::Write), write);
+            assert_eq!(u.permits(who, Perm::Admin), admin);
+        }
+        assert!(u.permits(&b, Perm::Admin));
+        assert!(!u.permits(&User("ghost".into()), Perm::Read));
+
+        let set = cmd::lookup("set").unwrap();
+        let args = |a: &[&str]| -> Vec<Bytes> {
+            a.iter()
+                .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+                .collect()
+        };
+        assert_eq!(
+            u.check(&r, set, &args(&["SET", "k", "v"])).unwrap_err(),
+            "NOPERM User reader has no permissions to run the 'set' command"
+        );
+        let config = cmd::lookup("config").unwrap();
+        assert_eq!(
+            u.check(&w, config, &args(&["CONFIG", "GET", "port"]))
+                .unwrap_err(),
+            "NOPERM User writer has no permissions to run the 'config|get' command"
+        );
+        // KEEL.IDEM needs the wrapped command's permission too.
+        let idem = cmd::lookup("keel.idem").unwrap();
+        assert!(u
+            .check(&w, idem, &args(&["KEEL.IDEM", "id", "SET", "k", "v"]))
+            .is_ok());
+        assert_eq!(
+            u.check(&w, idem, &args(&["KEEL.IDEM", "id", "GET", "k"]))
+                .unwrap_err(),
+            "NOPERM User writer has no permissions to run the 'get' command"
+        );
+    }
+
+    #[test]
+    fn a_default_entry_configures_the_default_user() {
+        let u = Users::new(None, &[user("default", "d", &[Permission::Read])]).unwrap();
+        assert!(u.initial().is_none());
+        let d = u.authenticate(b"default", b"d").unwrap();
+        assert!(u.permits(&d, Perm::Read));
+        assert!(!u.permits(&d, Perm::Write));
+    }
+
+    #[test]
+    fn bad_configs_are_refused_without_echoing_secrets() {
+        let both = Users::new(Some("x".into()), &[user("default", "d", &[])]);
+        assert!(format!("{:#}", both.unwrap_err()).contains("keep one"));
+        let twice = Users::new(None, &[user("a", "1", &[]), user("a", "2", &[])]);
+        assert!(format!("{:#}", twice.unwrap_err()).contains("twice"));
+        let spaced = Users::new(None, &[user("a b", "1", &[])]);
+        assert!(format!("{:#}", spaced.unwrap_err()).contains("printable"));
+        let mut plain = user("app", "", &[]);
+        plain.password_sha256 = "hunter2-hunter2".into();
+        let e = format!("{:#}", Users::new(None, &[plain.clone()]).unwrap_err());
+        assert!(e.contains("64 hexadecimal digits"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(!format!("{plain:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn config_syntax() {
+        #[derive(Deserialize)]
+        struct F {
+            users: Vec<UserConfig>,
+        }
+        let f: F = toml::from_str(
+            "[[users]]\nname = \"app\"\npassword_sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\npermissions = [\"read\", \"write\"]\n",
+        )
+        .unwrap();
+        let u = Users::new(None, &f.users).unwrap();
+        let app = u.authenticate(b"app", b"abc").unwrap();
+        assert!(u.permits(&app, Perm::Write) && !u.permits(&app, Perm::Admin));
+        let bad = toml::from_str::<F>(
+            "[[users]]\nname = \"app\"\npassword_sha256 = \"\"\npermissions = [\"reed\"]\n",
+        );
+        let e = bad.err().unwrap().to_string();
+        assert!(e.contains("unknown variant"), "{e}");
     }
 }

@@ -64,8 +64,8 @@ pub const COMMANDS: &[Spec] = &[
     spec("config", -2, Admin, NO_KEYS),
     spec("shutdown", -1, Admin, NO_KEYS),
     spec("dbsize", 1, Read, NO_KEYS),
-    spec("flushdb", -1, W, NO_KEYS),
-    spec("flushall", -1, W, NO_KEYS),
+    spec("flushdb", -1, Admin, NO_KEYS),
+    spec("flushall", -1, Admin, NO_KEYS),
     spec("get", 2, Read, KEY1),
     spec("set", -3, W, KEY1),
     spec("setnx", 3, W, KEY1),
@@ -112,6 +112,10 @@ pub const COMMANDS: &[Spec] = &[
     spec("keel.version", 2, Read, KEY1),
     spec("keel.cas", 4, W, KEY1),
     spec("keel.idem", -3, W, NO_KEYS),
+    spec("save", 1, Admin, NO_KEYS),
+    spec("bgsave", -1, Admin, NO_KEYS), // [SCHEDULE] is accepted and ignored,
+    spec("lastsave", 1, Conn, NO_KEYS),
+    spec("keel.backup", 2, Admin, NO_KEYS),
 ];
 
 pub fn lookup(name: &str) -> Option<&'static Spec> {

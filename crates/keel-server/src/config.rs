@@ -2,12 +2,15 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use crate::auth::{UserConfig, Users};
 use crate::resp::Limits;
+use crate::tls::{self, Tls};
 
 /// `keel serve` options. Every flag also reads the `KEEL_*` variable named in its help; a flag
 /// on the command line wins over the variable, and both win over the config file.
@@ -29,6 +32,15 @@ pub struct ServeArgs {
     /// config file: a flag is visible in the process list.
     #[arg(long, env = "KEEL_REQUIREPASS", hide_env_values = true)]
     pub requirepass: Option<String>,
+    /// PEM certificate chain; with --tls-key, the port speaks TLS only.
+    #[arg(long, env = "KEEL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "KEEL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: every client must present a certificate one of them signed (mTLS).
+    #[arg(long, env = "KEEL_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// error, warn, info, debug or trace [default: info].
     #[arg(long, env = "KEEL_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -38,6 +50,10 @@ pub struct ServeArgs {
     /// Close a connection idle this many seconds; 0 = never [default: 0].
     #[arg(long, env = "KEEL_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
+    /// Serve Prometheus metrics at http://BIND:PORT/metrics; 0 picks a free port (the log says
+    /// which) [default: off].
+    #[arg(long, env = "KEEL_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
 }
 
 /// The config file. Every key is optional.
@@ -48,9 +64,19 @@ pub struct FileConfig {
     pub bind: Option<String>,
     pub port: Option<u16>,
     pub requirepass: Option<String>,
+    /// ACL users: `[[users]]` tables with `name`, `password_sha256`, `permissions`. See [`crate::auth`].
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// TLS certificate chain and key (PEM); setting both makes the port TLS-only. See [`tls`].
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that must have signed every client's certificate [default: none].
+    pub tls_ca_file: Option<PathBuf>,
     pub log_level: Option<String>,
     pub max_clients: Option<usize>,
     pub idle_timeout_secs: Option<u64>,
+    /// Port of the Prometheus metrics endpoint, on the same address as the server [default: off].
+    pub metrics_port: Option<u16>,
     /// Largest bulk string in a request [default: the engine's value_bytes_max, 8 MiB].
     pub max_bulk_bytes: Option<usize>,
     /// Most arguments in one request [default: 1,048,576].
@@ -70,9 +96,15 @@ pub struct Settings {
     pub bind: IpAddr,
     pub port: u16,
     pub requirepass: Option<String>,
+    /// Every user, `default` included; built from `requirepass` and `[[users]]`.
+    pub users: Arc<Users>,
+    /// `Some`: the port speaks TLS only.
+    pub tls: Option<Tls>,
     pub log_level: tracing::Level,
     pub max_clients: usize,
     pub idle_timeout: Option<Duration>,
+    /// Port of the Prometheus endpoint (`None`: no endpoint).
+    pub metrics_port: Option<u16>,
     pub limits: Limits,
     pub max_request_bytes: usize,
     pub scan_cursors_max: usize,
@@ -108,6 +140,21 @@ impl Settings {
             multibulk_len_max: file.max_multibulk_len.unwrap_or(1 << 20),
             inline_bytes_max: file.max_inline_bytes.unwrap_or(64 << 10),
         };
+        let requirepass = args
+            .requirepass
+            .clone()
+            .or(file.requirepass)
+            .filter(|p| !p.is_empty());
+        // Only a config file has [[users]], so Users::new fails only when there is one.
+        let users = Users::new(requirepass.clone(), &file.users).with_context(|| {
+            let path = args.config.as_deref().unwrap_or(Path::new("?"));
+            format!("[[users]] in config file {}", path.display())
+        })?;
+        let tls = tls::configure(
+            args.tls_cert.clone().or(file.tls_cert_file),
+            args.tls_key.clone().or(file.tls_key_file),
+            args.tls_ca.clone().or(file.tls_ca_file),
+        )?;
         let s = Settings {
             dir: args
                 .dir
@@ -116,11 +163,9 @@ impl Settings {
                 .unwrap_or_else(|| "keel-data".into()),
             bind,
             port: args.port.or(file.port).unwrap_or(7379),
-            requirepass: args
-                .requirepass
-                .clone()
-                .or(file.requirepass)
-                .filter(|p| !p.is_empty()),
+            requirepass,
+            users: Arc::new(users),
+            tls,
             log_level,
             max_clients: args.max_clients.or(file.max_clients).unwrap_or(1000),
             idle_timeout: args
@@ -128,6 +173,7 @@ impl Settings {
                 .or(file.idle_timeout_secs)
                 .filter(|&s| s > 0)
                 .map(Duration::from_secs),
+            metrics_port: args.metrics_port.or(file.metrics_port),
             max_request_bytes: file.max_request_bytes.unwrap_or(32 << 20),
             scan_cursors_max: file.scan_cursors_max.unwrap_or(10_000),
             limits,

@@ -10,7 +10,9 @@ pub mod auth;
 pub mod cmd;
 pub mod config;
 pub mod glob;
+pub mod metrics;
 pub mod server;
+pub mod tls;
 
 /// The protocol, in its own small crate so that it can be fuzzed without the server.
 pub use keel_resp as resp;
@@ -57,7 +59,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;
-        if !settings.bind.is_loopback() && settings.requirepass.is_none() {
+        let client_certs = settings.tls.as_ref().is_some_and(|t| t.verifies_clients());
+        if !settings.bind.is_loopback() && !settings.users.password_required() && !client_certs {
             let warning = format!(
                 "keel is listening on {local}, which is not a loopback address, and no password is set: \
                  anyone who can reach this port can read and overwrite every key. \
@@ -67,6 +70,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!("{warning}");
         }
         let shared = server::Shared::new(engine.clone(), settings.clone(), local.port());
+        if let Some(port) = settings.metrics_port {
+            metrics::spawn(SocketAddr::new(settings.bind, port), shared.clone()).await?;
+        }
+        if settings.users.password_required() {
+            tracing::info!("users: {}", settings.users.names().join(", "));
+        }
+        if let Some(tls) = &settings.tls {
+            tracing::info!("TLS only: {tls}");
+        }
         tracing::info!("listening on {local}");
         server::serve(listener, shared).await
     });

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use keel_engine::{Engine, Guard, Outcome, Write, WriteResult};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -25,6 +25,7 @@ use crate::auth::{User, Users, NOAUTH, WRONGPASS};
 use crate::cmd::{self, Part, Perm, NOT_INT, SYNTAX};
 use crate::config::Settings;
 use crate::glob;
+use crate::metrics::{CommandTimer, Metrics};
 use crate::resp::{parse_i64, Parser, Reply};
 
 /// Replies are written out once this many bytes are ready, so a long pipeline of large reads
@@ -41,8 +42,9 @@ pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
 pub struct Shared {
     pub engine: Arc<Engine>,
     pub settings: Settings,
-    pub users: Users,
+    pub users: Arc<Users>,
     pub port: u16,
+    pub metrics: Arc<Metrics>,
     clients: AtomicUsize,
     next_client_id: AtomicU64,
     connections_received: AtomicU64,
@@ -57,10 +59,11 @@ impl Shared {
     pub fn new(engine: Arc<Engine>, settings: Settings, port: u16) -> Arc<Shared> {
         Arc::new(Shared {
             engine,
-            users: Users::new(settings.requirepass.clone()),
+            users: settings.users.clone(),
             scans: Mutex::new(ScanCursors::new(settings.scan_cursors_max)),
             settings,
             port,
+            metrics: Arc::new(Metrics::new()),
             clients: AtomicUsize::new(0),
             next_client_id: AtomicU64::new(1),
             connections_received: AtomicU64::new(0),
@@ -74,6 +77,15 @@ impl Shared {
     /// Asks the server to shut down gracefully.
     pub fn request_shutdown(&self) {
         self.shutdown.send_replace(true);
+    }
+
+    /// Client connections open now, accepted since start, and refused at `max_clients`.
+    pub fn connection_counts(&self) -> (usize, u64, u64) {
+        (
+            self.clients.load(Ordering::Relaxed),
+            self.connections_received.load(Ordering::Relaxed),
+            self.rejected_connections.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -219,13 +231,32 @@ async fn connection(mut stream: TcpStream, sh: Arc<Shared>) -> std::io::Result<(
     }
     let _slot = ClientSlot(&sh);
     stream.set_nodelay(true)?;
+    let addr = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    match &sh.settings.tls {
+        None => session(&mut stream, addr, sh.clone()).await,
+        Some(tls) => {
+            // The handshake holds the client slot taken above, and has a deadline.
+            let mut stream = tls.accept(stream).await?;
+            let r = session(&mut stream, addr, sh.clone()).await;
+            crate::tls::close(&mut stream).await;
+            r
+        }
+    }
+}
+
+/// Serves one client over a plain or TLS stream until it leaves or the server shuts down.
+async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    mut stream: S,
+    addr: String,
+    sh: Arc<Shared>,
+) -> std::io::Result<()> {
     let mut stop = sh.shutdown.subscribe();
     let mut conn = Conn {
         id: sh.next_client_id.fetch_add(1, Ordering::Relaxed),
-        addr: stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
+        addr,
         sh: sh.clone(),
         proto: 2,
         user: sh.users.initial(),
@@ -249,7 +280,11 @@ async fn connection(mut stream: TcpStream, sh: Arc<Shared>) -> std::io::Result<(
                         continue;
                     }
                     sh.commands_processed.fetch_add(1, Ordering::Relaxed);
-                    match conn.execute(frame.args).await {
+                    let timer = sh.metrics.start(&frame.args[0]);
+                    let queued = conn.queue.len();
+                    let flow = conn.execute(frame.args).await;
+                    observe(&mut conn, timer, queued);
+                    match flow {
                         Flow::Continue => {}
                         Flow::Close => return conn.flush(&mut stream).await,
                         Flow::Shutdown => {
@@ -299,6 +334,22 @@ async fn connection(mut stream: TcpStream, sh: Arc<Shared>) -> std::io::Result<(
             return Ok(());
         }
     }
+}
+
+/// Finishes a command's timer now if its reply is ready, or once it is durable if the command
+/// left a pending write at the back of the queue.
+fn observe(conn: &mut Conn, timer: CommandTimer, queued_before: usize) {
+    if conn.queue.len() > queued_before && matches!(conn.queue.back(), Some(Slot::Pending(_))) {
+        if let Some(Slot::Pending(f)) = conn.queue.pop_back() {
+            conn.queue.push_back(Slot::Pending(Box::pin(async move {
+                let reply = f.await;
+                timer.finish();
+                reply
+            })));
+        }
+        return;
+    }
+    timer.finish();
 }
 
 fn now_ms() -> u64 {
@@ -392,7 +443,7 @@ impl Conn {
         }
     }
 
-    async fn flush(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, stream: &mut W) -> std::io::Result<()> {
         self.settle().await;
         if !self.out.is_empty() {
             stream.write_all(&self.out).await?;
@@ -439,15 +490,14 @@ impl Conn {
                 return Flow::Continue;
             }
         };
-        if self.user.is_some()
-            && spec.perm != Perm::Conn
-            && !self.sh.users.permits(&user, spec.perm)
-        {
-            self.reply(Reply::err(format!(
-                "NOPERM User {} has no permissions to run the '{name}' command",
-                user.0
-            )));
-            return Flow::Continue;
+        if self.user.is_some() {
+            if let Err(e) = self.sh.users.check(&user, spec, &args) {
+                if self.multi.is_some() {
+                    self.multi_dirty = true;
+                }
+                self.reply(Reply::err(e));
+                return Flow::Continue;
+            }
         }
         if self.multi.is_some()
             && !matches!(
@@ -599,6 +649,39 @@ impl Conn {
             "scan" => {
                 self.settle().await;
                 self.scan(&args)
+            }
+            // A checkpoint (snapshot, manifest, prune) on a blocking thread: it can take seconds.
+            "save" | "bgsave" => {
+                let engine = self.sh.engine.clone();
+                let job = tokio::task::spawn_blocking(move || engine.checkpoint());
+                if name == "bgsave" {
+                    Reply::Simple("Background saving started".into())
+                } else {
+                    match job.await {
+                        Ok(Ok(_)) => Reply::ok(),
+                        Ok(Err(e)) => cmd::engine_error(&e),
+                        Err(_) => Reply::err("ERR the checkpoint thread failed"),
+                    }
+                }
+            }
+            "lastsave" => {
+                let at = self
+                    .engine()
+                    .last_checkpoint()
+                    .0
+                    .map(|i| i.completed_ms / 1000);
+                let started = now_ms() / 1000 - self.sh.started.elapsed().as_secs();
+                Reply::Int(at.unwrap_or(started) as i64)
+            }
+            "keel.backup" => {
+                let engine = self.sh.engine.clone();
+                let target =
+                    std::path::PathBuf::from(String::from_utf8_lossy(&args[1]).into_owned());
+                match tokio::task::spawn_blocking(move || engine.backup(target)).await {
+                    Ok(Ok(r)) => Reply::Int(r.lsn as i64),
+                    Ok(Err(e)) => cmd::engine_error(&e),
+                    Err(_) => Reply::err("ERR the backup thread failed"),
+                }
             }
             "multi" => {
                 if self.multi.is_some() {

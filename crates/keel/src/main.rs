@@ -44,6 +44,9 @@ enum Command {
     /// so it works on a live database. Exit code 0: done; 1: the point is not retained, or the
     /// target is in use; 2: damaged; 3: failed.
     Restore(db_cmd::RestoreArgs),
+    /// Print the password_sha256 of a password read from standard input, for a [[users]] entry
+    /// of the config file; or, with --generate, make a random password and print both.
+    HashPassword(keel_server::auth::HashPasswordArgs),
 }
 
 #[derive(Subcommand)]
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         Command::Snapshot(a) => Ok(db_cmd::snapshot(a)),
         Command::Backup(a) => Ok(db_cmd::backup(a)),
         Command::Restore(a) => Ok(db_cmd::restore_cmd(a)),
+        Command::HashPassword(a) => keel_server::auth::hash_password_cmd(a),
         Command::Bench(BenchCommand::Wal(a)) => bench::wal(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::Engine(a)) => {
             bench_engine::engine(a).map(|()| ExitCode::SUCCESS)

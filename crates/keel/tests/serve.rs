@@ -844,32 +844,71 @@ fn max_clients_refuses_extra_connections() {
     a.roundtrip(&resp(&["PING"]), b"+PONG\r\n");
 }
 
+/// Everything in `acked` is present with its value; each key in `unacked` (a write whose reply
+/// never came) is either present with its full value or absent.
+fn check_acked(
+    con: &mut redis::Connection,
+    acked: &HashMap<String, String>,
+    unacked: &HashMap<String, String>,
+    when: &str,
+) {
+    let keys: Vec<&String> = acked.keys().chain(unacked.keys()).collect();
+    for chunk in keys.chunks(500) {
+        let vals: Vec<Option<String>> = redis::cmd("MGET").arg(chunk).query(con).unwrap();
+        for (k, v) in chunk.iter().zip(vals) {
+            match acked.get(*k) {
+                Some(want) => assert_eq!(v.as_ref(), Some(want), "{when}: {k} lost"),
+                None => assert!(
+                    v.is_none() || v.as_ref() == unacked.get(*k),
+                    "{when}: {k} torn: {v:?}"
+                ),
+            }
+        }
+    }
+}
+
 /// 16 clients write unique keys and record each acknowledged write; the server is killed with
-/// SIGKILL mid-load; after a restart every acknowledged write is present, and a write whose
-/// reply never came is either fully present or absent.
+/// SIGKILL mid-load, 20 times, at a pseudo-random point; after each restart every acknowledged
+/// write is present, and a write whose reply never came is either fully present or absent.
+/// `KEEL_TEST_SEED` replays a run's kill points (the seed is printed).
 #[test]
 fn kill_9_under_load_loses_no_acknowledged_write() {
+    const CYCLES: usize = 20;
+    const WRITERS: usize = 16;
+    let seed: u64 = std::env::var("KEEL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("kill_9_under_load: KEEL_TEST_SEED={seed}");
+    let mut x = seed | 1;
+    let mut rand = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
     let t = tempdir();
     let dir = data_dir(&t);
     let mut acked: HashMap<String, String> = HashMap::new();
     let mut unacked: HashMap<String, String> = HashMap::new();
-    for cycle in 0..6 {
+    for cycle in 0..CYCLES {
         let srv = Server::start(&dir, &[]);
         // Everything acknowledged so far, in every earlier cycle, is still there.
         let mut con = srv.client();
-        let keys: Vec<&String> = acked.keys().collect();
-        for chunk in keys.chunks(500) {
-            let vals: Vec<Option<String>> = redis::cmd("MGET").arg(chunk).query(&mut con).unwrap();
-            for (k, v) in chunk.iter().zip(vals) {
-                assert_eq!(v.as_ref(), Some(&acked[*k]), "cycle {cycle}: {k} lost");
-            }
-        }
-        for (k, v) in unacked.drain() {
-            let got: Option<String> = redis::cmd("GET").arg(&k).query(&mut con).unwrap();
-            assert!(got.is_none() || got == Some(v), "cycle {cycle}: {k} torn");
-        }
+        check_acked(
+            &mut con,
+            &acked,
+            &unacked,
+            &format!("seed {seed} cycle {cycle}"),
+        );
+        unacked.clear();
         let progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let writers: Vec<_> = (0..16)
+        let writers: Vec<_> = (0..WRITERS)
             .map(|w| {
                 let url = srv.url();
                 let progress = progress.clone();
@@ -897,12 +936,13 @@ fn kill_9_under_load_loses_no_acknowledged_write() {
                 })
             })
             .collect();
-        // Kill at a point that varies by cycle: after some number of acknowledged writes.
-        let target = 300 + cycle * 700;
+        // Kill at a pseudo-random point: after some acknowledged writes, plus a little while.
+        let target = 100 + rand(1500) as usize;
         let deadline = Instant::now() + DEADLINE;
         while progress.load(Ordering::Relaxed) < target && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(5));
+            thread::sleep(Duration::from_millis(2));
         }
+        thread::sleep(Duration::from_millis(rand(20)));
         srv.kill9();
         for h in writers {
             let (ok, in_doubt) = h.join().unwrap();
@@ -911,16 +951,13 @@ fn kill_9_under_load_loses_no_acknowledged_write() {
         }
     }
     assert!(
-        acked.len() > 1000,
+        acked.len() > CYCLES * 100,
         "only {} writes acknowledged",
         acked.len()
     );
     let srv = Server::start(&dir, &[]);
     let mut con = srv.client();
-    for (k, v) in &acked {
-        let got: Option<String> = redis::cmd("GET").arg(k).query(&mut con).unwrap();
-        assert_eq!(got.as_ref(), Some(v), "{k} lost");
-    }
+    check_acked(&mut con, &acked, &unacked, &format!("seed {seed} final"));
 }
 
 #[test]
@@ -1059,4 +1096,406 @@ fn a_database_that_cannot_open_refuses_to_start() {
     };
     assert_ne!(status.and_then(|s| s.code()), Some(0));
     assert!(log.iter().any(|l| l.contains("unknown field")), "{log:?}");
+}
+
+/// The metrics endpoint's port, as the log announced it.
+fn metrics_port(srv: &Server) -> u16 {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let found = srv.log.lock().unwrap().iter().find_map(|l| {
+            let rest = l.split("metrics at http://").nth(1)?;
+            rest.split('/').next()?.rsplit(':').next()?.parse().ok()
+        });
+        if let Some(port) = found {
+            return port;
+        }
+        assert!(Instant::now() < deadline, "no metrics line in the log");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sends one raw HTTP request and returns the whole answer (the server closes after it).
+fn http(port: u16, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(request).unwrap();
+    let mut v = Vec::new();
+    let _ = s.read_to_end(&mut v);
+    String::from_utf8_lossy(&v).into_owned()
+}
+
+fn scrape(port: u16) -> String {
+    let answer = http(port, b"GET /metrics HTTP/1.1\r\nHost: keel\r\n\r\n");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// The value of one series (name and labels exactly as rendered) in a scrape.
+fn metric(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in the scrape:\n{body}"))
+        .parse()
+        .unwrap()
+}
+
+/// Checks that every histogram in a scrape is cumulative and ends with +Inf = _count.
+fn check_histograms(body: &str) {
+    let mut last: Option<(String, f64)> = None;
+    for l in body.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = l.rsplit_once(' ').unwrap();
+        let value: f64 = value.parse().unwrap();
+        if let Some((name, _)) = series.split_once("_bucket{") {
+            let group = format!("{name}{}", series.split("le=").next().unwrap());
+            if let Some((g, prev)) = &last {
+                if *g == group {
+                    assert!(value >= *prev, "{series} not cumulative");
+                }
+            }
+            last = Some((group, value));
+            if series.contains("le=\"+Inf\"") {
+                let labels = series
+                    .split_once('{')
+                    .unwrap()
+                    .1
+                    .split("le=")
+                    .next()
+                    .unwrap()
+                    .trim_end_matches(',');
+                let count = if labels.is_empty() {
+                    format!("{name}_count")
+                } else {
+                    format!("{name}_count{{{labels}}}")
+                };
+                assert_eq!(metric(body, &count), value, "{count}");
+            }
+        }
+    }
+}
+
+#[test]
+fn metrics_endpoint_counts_commands_fsyncs_and_connections() {
+    let t = tempdir();
+    let srv = Server::start(
+        &data_dir(&t),
+        &["--metrics-port", "0", "--max-clients", "2"],
+    );
+    let port = metrics_port(&srv);
+    let before = scrape(port);
+    assert_eq!(metric(&before, "keel_commands_total{cmd=\"set\"}"), 0.0);
+    check_histograms(&before);
+
+    let mut c = srv.raw();
+    for i in 0..25 {
+        c.roundtrip(&resp(&["SET", &format!("k{i}"), "v"]), b"+OK\r\n");
+    }
+    for _ in 0..7 {
+        c.roundtrip(&resp(&["GET", "k1"]), b"$1\r\nv\r\n");
+    }
+    c.roundtrip(&resp(&["INCR", "n"]), b":1\r\n");
+    for name in ["FOO", "bar", "no.such"] {
+        c.send(&resp(&[name]));
+        let r = c.read_exact_len(6);
+        assert_eq!(r, b"-ERR u", "{name}");
+        let mut rest = Vec::new();
+        while !rest.ends_with(b"\r\n") {
+            rest.extend(c.read_exact_len(1));
+        }
+    }
+    // A second client, and a third that max_clients refuses.
+    let mut d = srv.raw();
+    d.roundtrip(&resp(&["PING"]), b"+PONG\r\n");
+    assert_eq!(
+        srv.raw().read_to_close(),
+        b"-ERR max number of clients reached\r\n"
+    );
+    c.send(&resp(&["INFO", "persistence"]));
+    let mut info = Vec::new();
+    while !info.ends_with(b"\r\n\r\n") {
+        info.extend(c.read_exact_len(1));
+    }
+    let info = String::from_utf8_lossy(&info).into_owned();
+    let durable_lsn: f64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("durable_lsn:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    let m = scrape(port);
+    assert_eq!(metric(&m, "keel_commands_total{cmd=\"set\"}"), 25.0);
+    assert_eq!(metric(&m, "keel_commands_total{cmd=\"get\"}"), 7.0);
+    assert_eq!(metric(&m, "keel_commands_total{cmd=\"incr\"}"), 1.0);
+    assert_eq!(metric(&m, "keel_commands_total{cmd=\"other\"}"), 3.0);
+    assert_eq!(metric(&m, "keel_commands_total{cmd=\"info\"}"), 1.0);
+    assert!(
+        !m.contains("cmd=\"foo\"") && !m.contains("cmd=\"no.such\""),
+        "unknown names get no label of their own"
+    );
+    assert!(metric(&m, "keel_command_duration_seconds_count{family=\"write\"}") >= 26.0);
+    assert!(metric(&m, "keel_command_duration_seconds_count{family=\"read\"}") >= 7.0);
+    let fsyncs = metric(&m, "keel_wal_fsyncs_total");
+    assert!(fsyncs > 0.0, "{m}");
+    assert_eq!(metric(&m, "keel_wal_fsync_duration_seconds_count"), fsyncs);
+    assert!(metric(&m, "keel_wal_records_total") >= 26.0);
+    assert!(metric(&m, "keel_wal_group_commit_records_mean") >= 1.0);
+    assert_eq!(metric(&m, "keel_durable_lsn"), durable_lsn);
+    assert!(durable_lsn >= 26.0, "{info}");
+    assert_eq!(metric(&m, "keel_connections"), 2.0);
+    assert_eq!(metric(&m, "keel_connections_total"), 3.0);
+    assert_eq!(metric(&m, "keel_rejected_connections_total"), 1.0);
+    check_histograms(&m);
+
+    // Only /metrics is served; the endpoint answers and closes, and bad requests are bounded.
+    let other = http(port, b"GET / HTTP/1.1\r\n\r\n");
+    assert!(other.starts_with("HTTP/1.1 404 "), "{other}");
+    let other = http(port, b"POST /metrics HTTP/1.1\r\n\r\n");
+    assert!(other.starts_with("HTTP/1.1 405 "), "{other}");
+    let other = http(port, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n");
+    assert!(other.starts_with("HTTP/1.1 200 "), "{other}");
+    let other = http(port, b"garbage\r\n\r\n");
+    assert!(other.starts_with("HTTP/1.1 400 "), "{other}");
+    let mut huge = b"GET /metrics HTTP/1.1\r\n".to_vec();
+    huge.extend(std::iter::repeat_n(b'x', 64 << 10));
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let _ = s.write_all(&huge);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 431 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // A scraper that connects and says nothing holds up no one.
+    let _silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let m = scrape(port);
+    assert_eq!(metric(&m, "keel_commands_total{cmd=\"set\"}"), 25.0);
+    d.roundtrip(&resp(&["PING"]), b"+PONG\r\n");
+}
+
+/// Slow clients that send their commands a byte at a time hold up nobody and are answered
+/// correctly once a command is complete; a client that stays idle past idle_timeout_secs is
+/// disconnected.
+#[test]
+fn slow_clients_do_not_block_others_and_idle_clients_are_closed() {
+    let t = tempdir();
+    let srv = Server::start(&data_dir(&t), &["--idle-timeout-secs", "2"]);
+    let mut slow: Vec<(Raw, Vec<u8>)> = (0..4)
+        .map(|i| {
+            let req = resp(&["SET", &format!("slow{i}"), &format!("patient{i}")]);
+            (srv.raw(), req)
+        })
+        .collect();
+    let mut other = srv.raw();
+    let len = slow[0].1.len();
+    for at in 0..len {
+        for (c, req) in &mut slow {
+            c.send(&req[at..at + 1]);
+        }
+        // Between two bytes of the slow requests, another client is served in full.
+        other.roundtrip(&resp(&["INCR", "n"]), format!(":{}\r\n", at + 1).as_bytes());
+        thread::sleep(Duration::from_millis(50));
+    }
+    for (i, (c, _)) in slow.iter_mut().enumerate() {
+        assert_eq!(c.read_exact_len(5), b"+OK\r\n");
+        let want = format!("$8\r\npatient{i}\r\n");
+        c.roundtrip(&resp(&["GET", &format!("slow{i}")]), want.as_bytes());
+    }
+    // A client that says nothing is closed by the server (the read would otherwise wait for
+    // the 60 s DEADLINE and fail).
+    let mut idle = srv.raw();
+    assert_eq!(idle.read_to_close(), b"");
+    // The others were idle just as long, so they are gone too; a new client is served.
+    srv.raw().roundtrip(
+        &resp(&["GET", "n"]),
+        format!("${}\r\n{len}\r\n", len.to_string().len()).as_bytes(),
+    );
+}
+
+/// Resident memory of a process, from /proc/<pid>/status, in KiB.
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// Sends `head`, then `chunk` over and over until `total` bytes are sent or the server stops
+/// reading; returns the bytes sent and everything the server answered before closing.
+fn flood(port: u16, head: &[u8], chunk: &[u8], total: usize) -> (usize, Vec<u8>) {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut w = s.try_clone().unwrap();
+    w.set_write_timeout(Some(DEADLINE)).unwrap();
+    let (head, chunk) = (head.to_vec(), chunk.to_vec());
+    let writer = thread::spawn(move || {
+        if w.write_all(&head).is_err() {
+            return 0;
+        }
+        let mut sent = head.len();
+        while sent < total {
+            if w.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        sent
+    });
+    let mut answer = Vec::new();
+    let _ = (&s).read_to_end(&mut answer);
+    // The server has closed; shut down our side too, so a writer blocked on a full socket
+    // buffer fails at once instead of waiting for its timeout.
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    (writer.join().unwrap(), answer)
+}
+
+/// A huge declared bulk is refused at its header, and requests that grow past
+/// max_request_bytes are cut off, several at once: the server answers each with a protocol
+/// error and closes it long before it has buffered the flood, its memory stays under a
+/// generous bound throughout, and other clients are served. A long pipeline of valid requests,
+/// larger in total than max_request_bytes, is simply served.
+#[test]
+fn floods_are_cut_off_and_memory_stays_bounded() {
+    const RSS_BOUND_KIB: u64 = 512 << 10;
+    let t = tempdir();
+    let srv = Server::start(&data_dir(&t), &[]);
+    let pid = srv.child.id();
+    let port = srv.port;
+    let mut bystander = srv.raw();
+    bystander.roundtrip(&resp(&["SET", "b", "1"]), b"+OK\r\n");
+
+    let junk = vec![b'x'; 64 << 10];
+    let declared = 100_000_000;
+    let (sent, answer) = flood(port, b"*1\r\n$100000000\r\n", &junk, declared + 32);
+    assert!(
+        answer.starts_with(b"-ERR Protocol error: invalid bulk length"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(sent < declared, "the server read all {sent} bytes");
+
+    // Several clients at once, each streaming one request of 1 MiB arguments (each within
+    // max_bulk_bytes) that grows past max_request_bytes (32 MiB).
+    let mut bulk = b"$1048576\r\n".to_vec();
+    bulk.extend(std::iter::repeat_n(b'y', 1 << 20));
+    bulk.extend(b"\r\n");
+    let total = 256 << 20;
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(Ordering::Relaxed) {
+                peak = peak.max(vm_rss_kib(pid));
+                thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        })
+    };
+    let flooders: Vec<_> = (0..4)
+        .map(|_| {
+            let bulk = bulk.clone();
+            thread::spawn(move || flood(port, b"*1000\r\n", &bulk, total))
+        })
+        .collect();
+    for f in flooders {
+        let (sent, answer) = f.join().unwrap();
+        assert!(
+            answer.starts_with(b"-ERR Protocol error: request exceeds max_request_bytes"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        assert!(sent < total, "the server read all {sent} bytes");
+        bystander.roundtrip(&resp(&["INCR", "b"]), b":2\r\n");
+        bystander.roundtrip(&resp(&["DECR", "b"]), b":1\r\n");
+    }
+
+    // A valid pipeline of 48 MiB in 256 KiB values: more than max_request_bytes in total, but
+    // each request is small, so all are served.
+    let value = "v".repeat(256 << 10);
+    let one = resp(&["SET", "big", &value]);
+    let n = (48 << 20) / one.len();
+    let mut c = srv.raw();
+    let mut w = c.s.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        for _ in 0..n {
+            w.write_all(&one).unwrap();
+        }
+    });
+    let replies = c.read_exact_len(5 * n);
+    writer.join().unwrap();
+    assert!(
+        replies.chunks(5).all(|r| r == b"+OK\r\n") && replies.len() == 5 * n,
+        "{}",
+        String::from_utf8_lossy(&replies[..replies.len().min(200)])
+    );
+    c.roundtrip(
+        &resp(&["STRLEN", "big"]),
+        format!(":{}\r\n", 256 << 10).as_bytes(),
+    );
+
+    done.store(true, Ordering::Relaxed);
+    let peak = sampler.join().unwrap().max(vm_rss_kib(pid));
+    eprintln!("peak VmRSS during the floods: {} MiB", peak >> 10);
+    assert!(peak < RSS_BOUND_KIB, "VmRSS reached {} MiB", peak >> 10);
+    bystander.roundtrip(&resp(&["GET", "b"]), b"$1\r\n1\r\n");
+    srv.raw().roundtrip(&resp(&["PING"]), b"+PONG\r\n");
+}
+
+#[test]
+fn save_bgsave_lastsave_and_online_backup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let srv = Server::start(&data, &[]);
+    let mut c = srv.client();
+    for i in 0..100 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(i)
+            .query(&mut c)
+            .unwrap();
+    }
+    let started: i64 = redis::cmd("LASTSAVE").query(&mut c).unwrap();
+    let ok: String = redis::cmd("SAVE").query(&mut c).unwrap();
+    assert_eq!(ok, "OK");
+    assert!(data.join("MANIFEST").exists(), "SAVE wrote a checkpoint");
+    let saved: i64 = redis::cmd("LASTSAVE").query(&mut c).unwrap();
+    assert!(saved >= started);
+    let _: () = redis::cmd("SET")
+        .arg("after")
+        .arg("1")
+        .query(&mut c)
+        .unwrap();
+    let started: String = redis::cmd("BGSAVE").query(&mut c).unwrap();
+    assert_eq!(started, "Background saving started");
+
+    // An online backup: a consistent copy that opens as a database of its own.
+    let target = tmp.path().join("backup");
+    let lsn: i64 = redis::cmd("KEEL.BACKUP")
+        .arg(target.to_str().unwrap())
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(lsn, 101);
+    let again: redis::RedisResult<i64> = redis::cmd("KEEL.BACKUP")
+        .arg(target.to_str().unwrap())
+        .query(&mut c);
+    let err = again.unwrap_err().to_string();
+    assert!(err.contains("not empty"), "{err}");
+    drop(c);
+    srv.kill9();
+    let copy = Server::start(&target, &[]);
+    let mut c = copy.client();
+    let n: i64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(n, 101);
+    let v: String = redis::cmd("GET").arg("k42").query(&mut c).unwrap();
+    assert_eq!(v, "42");
 }

@@ -1,0 +1,439 @@
+//! Prometheus metrics: counters the connections update, and a small HTTP endpoint that renders
+//! them, with the engine's WAL statistics, in the text exposition format, version 0.0.4.
+//!
+//! The endpoint is deliberately tiny: it reads one request head (bounded in bytes and time),
+//! answers `GET /metrics` and closes. Every label takes values from a fixed set (the command
+//! table, plus "other"), so the output has a bound too (P11).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::cmd::{self, Perm};
+use crate::server::Shared;
+
+/// Upper bounds of the command latency buckets, in µs; a `+Inf` bucket follows them.
+const LATENCY_BOUNDS_US: [u64; 13] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 250_000, 1_000_000, 5_000_000,
+];
+const _: () = assert!(LATENCY_BOUNDS_US[0] > 0);
+
+/// Command families, the label of the latency histogram.
+const FAMILIES: [&str; 3] = ["read", "write", "other"];
+
+/// Longest request head the endpoint reads; anything longer is refused.
+const HTTP_REQUEST_BYTES_MAX: usize = 8 << 10;
+/// How long one scrape may take, from accept to the last byte of the answer.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Scrapes served at once; more connections are closed at once.
+const HTTP_CONNECTIONS_MAX: usize = 16;
+
+/// A histogram of durations over fixed bounds (not cumulative; the last bucket is `+Inf`).
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    fn new() -> Histogram {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = LATENCY_BOUNDS_US.partition_point(|&b| b < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+}
+
+/// Counters the server keeps for the metrics endpoint.
+pub struct Metrics {
+    /// One counter per entry of [`cmd::COMMANDS`], then one for every other name.
+    commands: Box<[AtomicU64]>,
+    /// One histogram per entry of [`FAMILIES`].
+    latency: [Histogram; FAMILIES.len()],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics {
+            commands: (0..=cmd::COMMANDS.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            latency: std::array::from_fn(|_| Histogram::new()),
+        }
+    }
+
+    /// Counts a command (by the name the client sent, in any case) and starts its timer; the
+    /// caller finishes the timer when the reply is ready, for a write once it is durable.
+    pub fn start(self: &Arc<Self>, name: &[u8]) -> CommandTimer {
+        let index = cmd::COMMANDS
+            .iter()
+            .position(|s| name.eq_ignore_ascii_case(s.name.as_bytes()))
+            .unwrap_or(cmd::COMMANDS.len());
+        self.commands[index].fetch_add(1, Ordering::Relaxed);
+        CommandTimer {
+            metrics: self.clone(),
+            index,
+            started: Instant::now(),
+        }
+    }
+
+    /// Renders every metric in the Prometheus text format 0.0.4.
+    pub fn render(&self, sh: &Shared) -> String {
+        let mut o = String::with_capacity(16 << 10);
+        header(
+            &mut o,
+            "keel_commands_total",
+            "counter",
+            "Commands received, by command name; names keel does not serve count as \"other\".",
+        );
+        for (i, n) in self.commands.iter().enumerate() {
+            let name = cmd::COMMANDS.get(i).map_or("other", |s| s.name);
+            let _ = writeln!(
+                o,
+                "keel_commands_total{{cmd=\"{name}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            &mut o,
+            "keel_command_duration_seconds",
+            "histogram",
+            "Time from parsing a command to its reply being ready (for a write: durable), by family.",
+        );
+        for (family, h) in FAMILIES.iter().zip(&self.latency) {
+            let counts: Vec<u64> = h
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect();
+            let bounds = LATENCY_BOUNDS_US.iter().map(|&us| us as f64 / 1e6);
+            histogram(
+                &mut o,
+                "keel_command_duration_seconds",
+                &format!("family=\"{family}\","),
+                bounds,
+                &counts,
+                h.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+            );
+        }
+
+        let e = &sh.engine;
+        let ws = e.wal_stats();
+        header(
+            &mut o,
+            "keel_wal_fsyncs_total",
+            "counter",
+            "Data syncs (fdatasync) the WAL issued for appends.",
+        );
+        let _ = writeln!(o, "keel_wal_fsyncs_total {}", ws.syncs);
+        header(
+            &mut o,
+            "keel_wal_fsync_duration_seconds",
+            "histogram",
+            "Latency of the WAL's data syncs; bucket bounds are powers of two microseconds.",
+        );
+        // Bucket i of the WAL counts syncs below 2^i µs; its last bucket also holds everything
+        // slower, so it becomes the +Inf bucket here.
+        let last = ws.sync_latency_buckets.len() - 1;
+        let bounds = (0..last).map(|i| (1u64 << i) as f64 / 1e6);
+        histogram(
+            &mut o,
+            "keel_wal_fsync_duration_seconds",
+            "",
+            bounds,
+            &ws.sync_latency_buckets,
+            ws.sync_nanos as f64 / 1e9,
+        );
+        header(
+            &mut o,
+            "keel_wal_records_total",
+            "counter",
+            "Records appended to the WAL and acknowledged.",
+        );
+        let _ = writeln!(o, "keel_wal_records_total {}", ws.records);
+        header(
+            &mut o,
+            "keel_wal_bytes_written_total",
+            "counter",
+            "Bytes written to WAL segments.",
+        );
+        let _ = writeln!(o, "keel_wal_bytes_written_total {}", ws.bytes_written);
+        header(
+            &mut o,
+            "keel_wal_group_commit_records_mean",
+            "gauge",
+            "Mean group-commit batch: records per data sync since start.",
+        );
+        let mean = match ws.syncs {
+            0 => 0.0,
+            s => ws.records as f64 / s as f64,
+        };
+        let _ = writeln!(o, "keel_wal_group_commit_records_mean {mean}");
+        header(
+            &mut o,
+            "keel_durable_lsn",
+            "gauge",
+            "Highest LSN on the durable side of a completed sync.",
+        );
+        let _ = writeln!(o, "keel_durable_lsn {}", e.durable_lsn());
+        header(
+            &mut o,
+            "keel_visible_lsn",
+            "gauge",
+            "LSN of the last write readers can see.",
+        );
+        let _ = writeln!(o, "keel_visible_lsn {}", e.visible_lsn());
+
+        let (current, total, rejected) = sh.connection_counts();
+        header(
+            &mut o,
+            "keel_connections",
+            "gauge",
+            "Client connections open now.",
+        );
+        let _ = writeln!(o, "keel_connections {current}");
+        header(
+            &mut o,
+            "keel_connections_total",
+            "counter",
+            "Client connections accepted since start, the rejected ones included.",
+        );
+        let _ = writeln!(o, "keel_connections_total {total}");
+        header(
+            &mut o,
+            "keel_rejected_connections_total",
+            "counter",
+            "Client connections refused because max_clients were open.",
+        );
+        let _ = writeln!(o, "keel_rejected_connections_total {rejected}");
+        o
+    }
+}
+
+/// A command in flight; [`CommandTimer::finish`] records its latency.
+pub struct CommandTimer {
+    metrics: Arc<Metrics>,
+    index: usize,
+    started: Instant,
+}
+
+impl CommandTimer {
+    pub fn finish(self) {
+        let family = match cmd::COMMANDS.get(self.index).map(|s| s.perm) {
+            Some(Perm::Read) => 0,
+            Some(Perm::Write) => 1,
+            _ => 2,
+        };
+        self.metrics.latency[family].observe(self.started.elapsed());
+    }
+}
+
+fn header(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Writes one histogram series: `counts` are per bucket, not cumulative, and have one more
+/// entry than `bounds` (the `+Inf` bucket). `labels` is empty or ends with a comma.
+fn histogram(
+    o: &mut String,
+    name: &str,
+    labels: &str,
+    bounds: impl Iterator<Item = f64>,
+    counts: &[u64],
+    sum: f64,
+) {
+    let mut cumulative = 0u64;
+    for (le, n) in bounds.zip(counts) {
+        cumulative += n;
+        let _ = writeln!(o, "{name}_bucket{{{labels}le=\"{le}\"}} {cumulative}");
+    }
+    let total: u64 = counts.iter().sum();
+    let _ = writeln!(o, "{name}_bucket{{{labels}le=\"+Inf\"}} {total}");
+    let labels = labels.trim_end_matches(',');
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(o, "{name}_sum{braces} {sum}");
+    let _ = writeln!(o, "{name}_count{braces} {total}");
+}
+
+/// Binds the metrics endpoint and serves it in the background for the life of the runtime.
+pub async fn spawn(addr: SocketAddr, sh: Arc<Shared>) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!("metrics at http://{local}/metrics");
+    tokio::spawn(serve(listener, sh));
+    Ok(local)
+}
+
+async fn serve(listener: TcpListener, sh: Arc<Shared>) {
+    let permits = Arc::new(Semaphore::new(HTTP_CONNECTIONS_MAX));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("metrics: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!("metrics: {peer} refused, {HTTP_CONNECTIONS_MAX} scrapes in progress");
+            continue;
+        };
+        let sh = sh.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(HTTP_TIMEOUT, answer(stream, &sh)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!("metrics: {peer}: {e}"),
+                Err(_) => tracing::debug!("metrics: {peer}: timed out"),
+            }
+        });
+    }
+}
+
+/// Reads one request head and answers it; the connection then closes.
+async fn answer(mut stream: TcpStream, sh: &Shared) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let complete = loop {
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
+            break true;
+        }
+        if head.len() >= HTTP_REQUEST_BYTES_MAX {
+            break false;
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&chunk[..n]);
+    };
+    let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    let line = std::str::from_utf8(&head[..line_end]).unwrap_or("");
+    let mut words = line.trim_end_matches('\r').split(' ');
+    let (method, target, version) = (words.next(), words.next(), words.next());
+    let path = target.map(|t| t.split('?').next().unwrap_or(t));
+    let (status, body, head_only) = if !complete {
+        ("431 Request Header Fields Too Large", String::new(), false)
+    } else if !version.is_some_and(|v| v.starts_with("HTTP/1.")) || words.next().is_some() {
+        ("400 Bad Request", "bad request\n".to_string(), false)
+    } else if path != Some("/metrics") {
+        (
+            "404 Not Found",
+            "not found; try /metrics\n".to_string(),
+            false,
+        )
+    } else {
+        match method {
+            Some("GET") => ("200 OK", sh.metrics.render(sh), false),
+            Some("HEAD") => ("200 OK", sh.metrics.render(sh), true),
+            _ => ("405 Method Not Allowed", "use GET\n".to_string(), false),
+        }
+    };
+    let content_type = if status.starts_with("200") {
+        "text/plain; version=0.0.4; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let mut reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if status.starts_with("405") {
+        reply.push_str("Allow: GET, HEAD\r\n");
+    }
+    reply.push_str("\r\n");
+    if !head_only {
+        reply.push_str(&body);
+    }
+    stream.write_all(reply.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative_and_ends_with_inf() {
+        let mut o = String::new();
+        histogram(
+            &mut o,
+            "x",
+            "f=\"a\",",
+            [0.5, 1.0].into_iter(),
+            &[1, 2, 3],
+            4.5,
+        );
+        assert_eq!(
+            o,
+            "x_bucket{f=\"a\",le=\"0.5\"} 1\nx_bucket{f=\"a\",le=\"1\"} 3\n\
+             x_bucket{f=\"a\",le=\"+Inf\"} 6\nx_sum{f=\"a\"} 4.5\nx_count{f=\"a\"} 6\n"
+        );
+        let mut o = String::new();
+        histogram(&mut o, "y", "", [1e-6].into_iter(), &[0, 1], 0.25);
+        assert_eq!(
+            o,
+            "y_bucket{le=\"0.000001\"} 0\ny_bucket{le=\"+Inf\"} 1\ny_sum 0.25\ny_count 1\n"
+        );
+    }
+
+    #[test]
+    fn commands_count_by_name_and_unknown_names_share_one_label() {
+        let m = Arc::new(Metrics::new());
+        m.start(b"SET").finish();
+        m.start(b"set").finish();
+        m.start(b"no-such-command").finish();
+        m.start(b"\xff\x00").finish();
+        let set = cmd::COMMANDS.iter().position(|s| s.name == "set").unwrap();
+        assert_eq!(m.commands[set].load(Ordering::Relaxed), 2);
+        assert_eq!(m.commands[cmd::COMMANDS.len()].load(Ordering::Relaxed), 2);
+        let observed: u64 = m.latency[1]
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum();
+        assert_eq!(observed, 2, "two writes timed");
+    }
+
+    #[test]
+    fn latency_buckets_split_at_their_bounds() {
+        let h = Histogram::new();
+        h.observe(Duration::from_micros(50));
+        h.observe(Duration::from_micros(51));
+        h.observe(Duration::from_secs(3600));
+        let counts: Vec<u64> = h
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(counts[0], 1);
+        assert_eq!(counts[1], 1);
+        assert_eq!(counts[LATENCY_BOUNDS_US.len()], 1);
+    }
+}

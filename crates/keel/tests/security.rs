@@ -1,0 +1,722 @@
+//! `keel serve` security as a real process on an ephemeral port: ACL users from the config file
+//! (AUTH, HELLO AUTH, NOAUTH, WRONGPASS, NOPERM), `keel hash-password`, TLS with certificates made
+//! in the test by rcgen, mutual TLS, and start-up errors for bad security settings.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct Server {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(dir: &Path, extra: &[&str]) -> Server {
+        Self::try_start(dir, extra).unwrap_or_else(|(status, log)| {
+            panic!("keel serve exited with {status:?}:\n{}", log.join("\n"))
+        })
+    }
+
+    /// Starts `keel serve`; `Err` with the exit status and log if it exits instead.
+    fn try_start(dir: &Path, extra: &[&str]) -> Result<Server, (Option<ExitStatus>, Vec<String>)> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .arg("serve")
+            .arg("--dir")
+            .arg(dir)
+            .args(["--port", "0", "--log-level", "debug"])
+            .args(extra)
+            .env_remove("KEEL_REQUIREPASS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn keel");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let log2 = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let port = rest.rsplit(':').next().unwrap().trim().parse::<u16>();
+                    let _ = tx.send(port.unwrap());
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        match rx.recv_timeout(DEADLINE) {
+            Ok(port) => Ok(Server { child, port, log }),
+            Err(_) => {
+                let status = child.try_wait().ok().flatten().or_else(|| {
+                    let _ = child.kill();
+                    child.wait().ok()
+                });
+                thread::sleep(Duration::from_millis(100));
+                let log = log.lock().unwrap().clone();
+                Err((status, log))
+            }
+        }
+    }
+
+    fn raw(&self) -> Raw<TcpStream> {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        Raw { s }
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn wait(mut self) -> ExitStatus {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(std::time::Instant::now() < deadline, "server did not exit");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A RESP connection over any byte stream, for exact reply bytes.
+struct Raw<S: Read + Write> {
+    s: S,
+}
+
+impl<S: Read + Write> Raw<S> {
+    fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
+        self.s.flush().unwrap();
+    }
+
+    /// Reads until exactly `want` bytes arrived (or the connection closed or failed).
+    fn read_exact_len(&mut self, want: usize) -> Vec<u8> {
+        let mut buf = vec![0; want];
+        let mut got = 0;
+        while got < want {
+            match self.s.read(&mut buf[got..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        buf.truncate(got);
+        buf
+    }
+
+    fn roundtrip(&mut self, args: &[&str], expect: &str) {
+        self.send(&resp(args));
+        let got = self.read_exact_len(expect.len());
+        assert_eq!(String::from_utf8_lossy(&got), expect, "request {args:?}");
+    }
+}
+
+fn resp(args: &[&str]) -> Vec<u8> {
+    let mut v = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        v.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    v
+}
+
+const NOAUTH: &str = "-NOAUTH Authentication required.\r\n";
+const WRONGPASS: &str = "-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+
+fn noperm(user: &str, cmd: &str) -> String {
+    format!("-NOPERM User {user} has no permissions to run the '{cmd}' command\r\n")
+}
+
+/// `keel hash-password` with `input` on standard input: its standard output.
+fn hash_password(args: &[&str], input: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .arg("hash-password")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("keel.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn hash_password_prints_sha256_hex_and_generates_passwords() {
+    // FIPS 180-2's "abc" vector; a trailing newline is not part of the password.
+    let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n";
+    assert_eq!(hash_password(&[], "abc"), abc);
+    assert_eq!(hash_password(&[], "abc\n"), abc);
+    assert_eq!(hash_password(&[], "abc\r\n"), abc);
+    let generated = hash_password(&["--generate"], "");
+    let lines: Vec<&str> = generated.lines().collect();
+    assert_eq!(lines.len(), 2, "{generated}");
+    assert_eq!(lines[0].len(), 64);
+    assert_eq!(format!("{}\n", lines[1]), hash_password(&[], lines[0]));
+    let empty = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .arg("hash-password")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!empty.status.success());
+}
+
+#[test]
+fn acl_users_from_the_config_file() {
+    let t = tempfile::tempdir().unwrap();
+    let generated = hash_password(&["--generate"], "");
+    let (boss_pass, boss_hash) = generated.split_once('\n').unwrap();
+    let conf = write_config(
+        t.path(),
+        &format!(
+            "requirepass = \"default-pass\"\n\n\
+             [[users]]\nname = \"reader\"\npassword_sha256 = \"{}\"\npermissions = [\"read\"]\n\n\
+             [[users]]\nname = \"writer\"\npassword_sha256 = \"{}\"\npermissions = [\"write\"]\n\n\
+             [[users]]\nname = \"app\"\npassword_sha256 = \"{}\"\npermissions = [\"read\", \"write\"]\n\n\
+             [[users]]\nname = \"boss\"\npassword_sha256 = \"{}\"\npermissions = [\"read\", \"write\", \"admin\"]\n",
+            hash_password(&[], "reader-pass").trim(),
+            hash_password(&[], "writer-pass").trim(),
+            hash_password(&[], "app-pass").trim(),
+            boss_hash.trim(),
+        ),
+    );
+    let srv = Server::start(
+        &t.path().join("data"),
+        &["--config", conf.to_str().unwrap()],
+    );
+
+    // Nothing but AUTH, HELLO and QUIT before authenticating.
+    let mut c = srv.raw();
+    c.roundtrip(&["GET", "k"], NOAUTH);
+    c.roundtrip(&["PING"], NOAUTH);
+    c.roundtrip(&["FLUSHALL"], NOAUTH);
+    c.roundtrip(&["AUTH", "reader", "writer-pass"], WRONGPASS);
+    c.roundtrip(&["AUTH", "reader", "reader-pass "], WRONGPASS);
+    c.roundtrip(&["AUTH", "nobody", "reader-pass"], WRONGPASS);
+    c.roundtrip(&["AUTH", "reader-pass"], WRONGPASS);
+    c.roundtrip(&["HELLO", "3", "AUTH", "reader", "wrong"], WRONGPASS);
+    c.roundtrip(&["GET", "k"], NOAUTH);
+
+    // requirepass is the default user's password, and the default user may do everything.
+    c.roundtrip(&["AUTH", "default-pass"], "+OK\r\n");
+    c.roundtrip(&["SET", "k", "v"], "+OK\r\n");
+    c.roundtrip(
+        &["CONFIG", "GET", "maxclients"],
+        "*2\r\n$10\r\nmaxclients\r\n",
+    );
+
+    // read only.
+    let mut r = srv.raw();
+    r.roundtrip(&["AUTH", "reader", "reader-pass"], "+OK\r\n");
+    r.roundtrip(&["PING"], "+PONG\r\n");
+    r.roundtrip(&["GET", "k"], "$1\r\nv\r\n");
+    r.roundtrip(&["EXISTS", "k"], ":1\r\n");
+    r.roundtrip(&["SET", "k", "w"], &noperm("reader", "set"));
+    r.roundtrip(&["DEL", "k"], &noperm("reader", "del"));
+    r.roundtrip(
+        &["KEEL.IDEM", "id1", "SET", "k", "w"],
+        &noperm("reader", "keel.idem"),
+    );
+    r.roundtrip(&["FLUSHALL"], &noperm("reader", "flushall"));
+    r.roundtrip(&["FLUSHDB"], &noperm("reader", "flushdb"));
+    r.roundtrip(&["SHUTDOWN"], &noperm("reader", "shutdown"));
+    r.roundtrip(&["CONFIG", "GET", "port"], &noperm("reader", "config|get"));
+    // A denied command inside MULTI aborts the transaction, as in Redis.
+    r.roundtrip(&["MULTI"], "+OK\r\n");
+    r.roundtrip(&["GET", "k"], "+QUEUED\r\n");
+    r.roundtrip(&["SET", "k", "w"], &noperm("reader", "set"));
+    r.roundtrip(
+        &["EXEC"],
+        "-EXECABORT Transaction discarded because of previous errors.\r\n",
+    );
+    r.roundtrip(&["GET", "k"], "$1\r\nv\r\n");
+    // A failed AUTH leaves the connection as it was; a good one switches user.
+    r.roundtrip(&["AUTH", "writer", "nope"], WRONGPASS);
+    r.roundtrip(&["GET", "k"], "$1\r\nv\r\n");
+    r.roundtrip(&["AUTH", "writer", "writer-pass"], "+OK\r\n");
+    r.roundtrip(&["GET", "k"], &noperm("writer", "get"));
+
+    // write only: may change keys, not read them, not even through KEEL.IDEM.
+    let mut w = srv.raw();
+    w.send(&resp(&["HELLO", "3", "AUTH", "writer", "writer-pass"]));
+    let mut hello = Vec::new();
+    while !hello.ends_with(b"modules\r\n*0\r\n") {
+        let b = w.read_exact_len(1);
+        assert_eq!(b.len(), 1, "{}", String::from_utf8_lossy(&hello));
+        hello.extend(b);
+    }
+    assert!(hello.starts_with(b"%7\r\n"));
+    // RESP3 from here on: the replies below are the same bytes in RESP2 and RESP3.
+    w.roundtrip(&["SET", "k", "w"], "+OK\r\n");
+    w.roundtrip(&["INCR", "n"], ":1\r\n");
+    w.roundtrip(&["KEEL.IDEM", "id2", "SET", "k2", "x"], "+OK\r\n");
+    w.roundtrip(&["KEEL.IDEM", "id3", "GET", "k"], &noperm("writer", "get"));
+    w.roundtrip(&["GET", "k"], &noperm("writer", "get"));
+    w.roundtrip(&["MGET", "k"], &noperm("writer", "mget"));
+    w.roundtrip(&["FLUSHALL"], &noperm("writer", "flushall"));
+    w.roundtrip(&["SHUTDOWN"], &noperm("writer", "shutdown"));
+    w.roundtrip(
+        &["CONFIG", "SET", "x", "y"],
+        &noperm("writer", "config|set"),
+    );
+    w.roundtrip(&["SAVE"], &noperm("writer", "save"));
+
+    // read and write, still no admin.
+    let mut a = srv.raw();
+    a.roundtrip(&["AUTH", "app", "app-pass"], "+OK\r\n");
+    a.roundtrip(&["GET", "k"], "$1\r\nw\r\n");
+    a.roundtrip(&["SET", "k", "a"], "+OK\r\n");
+    a.roundtrip(&["FLUSHALL"], &noperm("app", "flushall"));
+    a.roundtrip(&["SHUTDOWN"], &noperm("app", "shutdown"));
+    a.roundtrip(&["CONFIG", "GET", "port"], &noperm("app", "config|get"));
+    // RESET logs out: the default user needs a password here.
+    a.roundtrip(&["RESET"], "+RESET\r\n");
+    a.roundtrip(&["GET", "k"], NOAUTH);
+
+    // The redis crate with a user name in the URL.
+    let url = |u: &str, p: &str| format!("redis://{u}:{p}@127.0.0.1:{}/", srv.port);
+    let mut con = redis::Client::open(url("reader", "reader-pass"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let v: String = redis::cmd("GET").arg("k").query(&mut con).unwrap();
+    assert_eq!(v, "a");
+    let e = redis::cmd("SET")
+        .arg("k")
+        .arg("b")
+        .query::<()>(&mut con)
+        .unwrap_err();
+    assert_eq!(e.code(), Some("NOPERM"), "{e}");
+    assert!(redis::Client::open(url("reader", "bad"))
+        .unwrap()
+        .get_connection()
+        .is_err());
+
+    // admin: the generated password works, FLUSHALL and SHUTDOWN are allowed.
+    let mut b = srv.raw();
+    b.roundtrip(&["AUTH", "boss", boss_pass], "+OK\r\n");
+    b.roundtrip(
+        &["CONFIG", "GET", "maxclients"],
+        "*2\r\n$10\r\nmaxclients\r\n$4\r\n1000\r\n",
+    );
+    b.roundtrip(&["FLUSHALL"], "+OK\r\n");
+    b.roundtrip(&["DBSIZE"], ":0\r\n");
+
+    // No password reached the log.
+    let log = srv.log_text();
+    for secret in [
+        "reader-pass",
+        "writer-pass",
+        "app-pass",
+        "default-pass",
+        boss_pass,
+    ] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+    b.send(&resp(&["SHUTDOWN"]));
+    assert!(srv.wait().success());
+}
+
+#[test]
+fn users_without_a_default_entry_disable_the_default_user() {
+    let t = tempfile::tempdir().unwrap();
+    let conf = write_config(
+        t.path(),
+        &format!(
+            "[[users]]\nname = \"app\"\npassword_sha256 = \"{}\"\npermissions = [\"read\", \"write\"]\n",
+            hash_password(&[], "app-pass").trim()
+        ),
+    );
+    let srv = Server::start(
+        &t.path().join("data"),
+        &["--config", conf.to_str().unwrap()],
+    );
+    let mut c = srv.raw();
+    c.roundtrip(&["GET", "k"], NOAUTH);
+    c.roundtrip(&["AUTH", "anything"], WRONGPASS);
+    c.roundtrip(&["AUTH", "default", ""], WRONGPASS);
+    c.send(&resp(&["HELLO", "3"]));
+    assert_eq!(c.read_exact_len(7), b"-NOAUTH");
+    let mut c = srv.raw();
+    c.roundtrip(&["AUTH", "app", "app-pass"], "+OK\r\n");
+    c.roundtrip(&["SET", "k", "v"], "+OK\r\n");
+}
+
+/// Runs `keel serve` expecting it to refuse to start; returns its log.
+fn refuses_to_start(dir: &Path, extra: &[&str]) -> String {
+    match Server::try_start(dir, extra) {
+        Ok(_) => panic!("keel serve started with {extra:?}"),
+        Err((status, log)) => {
+            let status = status.expect("exited");
+            assert!(!status.success(), "{status:?}");
+            log.join("\n")
+        }
+    }
+}
+
+#[test]
+fn bad_security_settings_stop_the_server_at_start_up() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    // A password where its hash belongs is refused without being echoed.
+    let conf = write_config(
+        t.path(),
+        "[[users]]\nname = \"app\"\npassword_sha256 = \"hunter2\"\npermissions = [\"read\"]\n",
+    );
+    let log = refuses_to_start(&data, &["--config", conf.to_str().unwrap()]);
+    assert!(log.contains("64 hexadecimal digits"), "{log}");
+    assert!(!log.contains("hunter2"), "{log}");
+    let conf = write_config(
+        t.path(),
+        "[[users]]\nname = \"app\"\npassword_sha256 = \"\"\npermissions = [\"sudo\"]\n",
+    );
+    let log = refuses_to_start(&data, &["--config", conf.to_str().unwrap()]);
+    assert!(log.contains("unknown variant"), "{log}");
+
+    // TLS files: missing, not PEM, a key of another certificate.
+    let pki = Pki::new(t.path());
+    let missing = t.path().join("missing.pem");
+    let junk = t.path().join("junk.pem");
+    std::fs::write(&junk, "hello\n").unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "--tls-cert".into(),
+                s(&missing),
+                "--tls-key".into(),
+                s(&pki.server_key),
+            ],
+            "missing.pem",
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                s(&junk),
+                "--tls-key".into(),
+                s(&pki.server_key),
+            ],
+            "junk.pem",
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                s(&pki.server_cert),
+                "--tls-key".into(),
+                s(&junk),
+            ],
+            "junk.pem",
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                s(&pki.server_cert),
+                "--tls-key".into(),
+                s(&pki.client_key),
+            ],
+            "do not make a usable pair",
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                s(&pki.server_cert),
+                "--tls-key".into(),
+                s(&pki.server_key),
+                "--tls-ca".into(),
+                s(&junk),
+            ],
+            "junk.pem",
+        ),
+        (
+            vec!["--tls-cert".into(), s(&pki.server_cert)],
+            "go together",
+        ),
+    ];
+    for (args, want) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let log = refuses_to_start(&data, &args);
+        assert!(log.contains(want), "{args:?}: wanted {want:?} in:\n{log}");
+        assert!(!log.contains("PRIVATE KEY"), "{log}");
+    }
+}
+
+/// A throwaway CA, a server certificate for localhost and 127.0.0.1, a client certificate, and
+/// a client certificate from another CA; PEM files in `dir`.
+struct Pki {
+    ca_cert: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_key: PathBuf,
+    client_cert: PathBuf,
+    ca_der: CertificateDer<'static>,
+    client: (CertificateDer<'static>, Vec<u8>),
+    stranger: (CertificateDer<'static>, Vec<u8>),
+}
+
+fn new_ca(name: &str) -> (rcgen::Certificate, Issuer<'static, KeyPair>) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::CrlSign,
+    ];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert, Issuer::new(params, key))
+}
+
+fn leaf(
+    issuer: &Issuer<'static, KeyPair>,
+    names: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+) -> (rcgen::Certificate, KeyPair) {
+    let mut params =
+        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(
+        DnType::CommonName,
+        names.first().copied().unwrap_or("client"),
+    );
+    params.extended_key_usages = vec![usage];
+    params.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, issuer).unwrap();
+    (cert, key)
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Pki {
+        let (ca, issuer) = new_ca("keel test CA");
+        let (server, server_key) = leaf(
+            &issuer,
+            &["localhost", "127.0.0.1"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client, client_key) = leaf(&issuer, &["client"], ExtendedKeyUsagePurpose::ClientAuth);
+        let (_, other_issuer) = new_ca("another CA");
+        let (stranger, stranger_key) = leaf(
+            &other_issuer,
+            &["stranger"],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let write = |name: &str, pem: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, pem).unwrap();
+            p
+        };
+        Pki {
+            ca_cert: write("ca.pem", ca.pem()),
+            server_cert: write("server.pem", server.pem()),
+            server_key: write("server-key.pem", server_key.serialize_pem()),
+            client_cert: write("client.pem", client.pem()),
+            client_key: write("client-key.pem", client_key.serialize_pem()),
+            ca_der: ca.der().clone(),
+            client: (client.der().clone(), client_key.serialize_der()),
+            stranger: (stranger.der().clone(), stranger_key.serialize_der()),
+        }
+    }
+
+    fn server_args(&self, mtls: bool) -> Vec<String> {
+        let mut v = vec![
+            "--tls-cert".to_string(),
+            self.server_cert.to_str().unwrap().into(),
+            "--tls-key".into(),
+            self.server_key.to_str().unwrap().into(),
+        ];
+        if mtls {
+            v.push("--tls-ca".into());
+            v.push(self.ca_cert.to_str().unwrap().into());
+        }
+        v
+    }
+
+    /// A TLS connection to `port` that trusts the test CA, presenting `client` if given.
+    fn connect(
+        &self,
+        port: u16,
+        client: Option<&(CertificateDer<'static>, Vec<u8>)>,
+    ) -> Raw<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    vec![cert.clone()],
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.clone())),
+                )
+                .unwrap(),
+        };
+        let conn = rustls::ClientConnection::new(
+            Arc::new(config),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+        Raw {
+            s: rustls::StreamOwned::new(conn, tcp),
+        }
+    }
+}
+
+fn strings(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn redis_cli_has_tls() -> bool {
+    Command::new("redis-cli")
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout).contains("--tls")
+                || String::from_utf8_lossy(&o.stderr).contains("--tls")
+        })
+}
+
+#[test]
+fn tls_serves_commands_and_refuses_plaintext() {
+    let t = tempfile::tempdir().unwrap();
+    let pki = Pki::new(t.path());
+    let srv = Server::start(&t.path().join("data"), &strings(&pki.server_args(false)));
+    assert!(srv.log_text().contains("TLS only"), "{}", srv.log_text());
+
+    let mut c = pki.connect(srv.port, None);
+    c.roundtrip(&["PING"], "+PONG\r\n");
+    c.roundtrip(&["SET", "k", "over tls"], "+OK\r\n");
+    c.roundtrip(&["GET", "k"], "$8\r\nover tls\r\n");
+
+    // A plaintext client gets no reply and is disconnected; the server carries on.
+    let mut plain = srv.raw();
+    plain.send(&resp(&["PING"]));
+    let got = plain.read_exact_len(7);
+    assert!(!got.starts_with(b"+PONG"), "{got:?}");
+    let mut garbage = srv.raw();
+    garbage.send(&[0x16, 0x03, 0x01, 0xff, 0xff, 0, 0, 0, 0]);
+    assert!(!garbage.read_exact_len(64).starts_with(b"+"));
+
+    c.roundtrip(&["GET", "k"], "$8\r\nover tls\r\n");
+    let mut c2 = pki.connect(srv.port, None);
+    c2.roundtrip(&["PING"], "+PONG\r\n");
+    // A client certificate nobody asked for does no harm.
+    let mut c3 = pki.connect(srv.port, Some(&pki.client));
+    c3.roundtrip(&["GET", "k"], "$8\r\nover tls\r\n");
+
+    if redis_cli_has_tls() {
+        let out = Command::new("redis-cli")
+            .args(["--tls", "--cacert"])
+            .arg(&pki.ca_cert)
+            .args(["-h", "localhost", "-p", &srv.port.to_string(), "GET", "k"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "over tls\n",
+            "{out:?}"
+        );
+    }
+}
+
+#[test]
+fn mutual_tls_requires_a_client_certificate_from_the_ca() {
+    let t = tempfile::tempdir().unwrap();
+    let pki = Pki::new(t.path());
+    // TLS and ACL users together.
+    let conf = write_config(
+        t.path(),
+        &format!(
+            "[[users]]\nname = \"app\"\npassword_sha256 = \"{}\"\npermissions = [\"read\", \"write\"]\n",
+            hash_password(&[], "app-pass").trim()
+        ),
+    );
+    let mut args = pki.server_args(true);
+    args.extend(["--config".to_string(), conf.to_str().unwrap().to_string()]);
+    let srv = Server::start(&t.path().join("data"), &strings(&args));
+
+    // No certificate: the handshake fails (with TLS 1.3 the client learns it on its first read).
+    let mut none = pki.connect(srv.port, None);
+    let _ = none.s.write_all(&resp(&["PING"]));
+    let got = none.read_exact_len(7);
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    // A certificate from another CA: refused the same way.
+    let mut stranger = pki.connect(srv.port, Some(&pki.stranger));
+    let _ = stranger.s.write_all(&resp(&["PING"]));
+    let got = stranger.read_exact_len(7);
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+
+    // The CA's client certificate gets through TLS, and the ACL still applies after it.
+    let mut c = pki.connect(srv.port, Some(&pki.client));
+    c.roundtrip(&["GET", "k"], NOAUTH);
+    c.roundtrip(&["AUTH", "app", "app-pass"], "+OK\r\n");
+    c.roundtrip(&["SET", "k", "mtls"], "+OK\r\n");
+    c.roundtrip(&["GET", "k"], "$4\r\nmtls\r\n");
+    c.roundtrip(&["SHUTDOWN"], &noperm("app", "shutdown"));
+
+    if redis_cli_has_tls() {
+        let cli = |with_cert: bool| {
+            let mut cmd = Command::new("redis-cli");
+            cmd.args(["--tls", "--cacert"]).arg(&pki.ca_cert);
+            if with_cert {
+                cmd.arg("--cert")
+                    .arg(&pki.client_cert)
+                    .arg("--key")
+                    .arg(&pki.client_key);
+            }
+            cmd.args(["-h", "localhost", "-p", &srv.port.to_string()])
+                .args(["--user", "app", "--pass", "app-pass", "--no-auth-warning"])
+                .args(["GET", "k"]);
+            cmd.output().unwrap()
+        };
+        let ok = cli(true);
+        assert_eq!(String::from_utf8_lossy(&ok.stdout), "mtls\n", "{ok:?}");
+        let refused = cli(false);
+        assert!(
+            !String::from_utf8_lossy(&refused.stdout).contains("mtls"),
+            "{refused:?}"
+        );
+    }
+    // The server is still serving.
+    c.roundtrip(&["PING"], "+PONG\r\n");
+}
