@@ -2,172 +2,17 @@
 //! and raw RESP bytes. No assertion depends on timing: waits poll until a generous deadline.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write as _};
+use std::io::{Read, Write as _};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-const DEADLINE: Duration = Duration::from_secs(60);
-
-struct Server {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn start(dir: &Path, extra: &[&str]) -> Server {
-        Self::try_start(dir, extra).unwrap_or_else(|(status, log)| {
-            panic!("keel serve exited with {status:?}:\n{}", log.join("\n"))
-        })
-    }
-
-    /// Starts `keel serve`; `Err` with the exit status and log if it exits instead.
-    fn try_start(dir: &Path, extra: &[&str]) -> Result<Server, (Option<ExitStatus>, Vec<String>)> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .arg("serve")
-            .arg("--dir")
-            .arg(dir)
-            .args(["--port", "0", "--log-level", "info"])
-            .args(extra)
-            .env_remove("KEEL_REQUIREPASS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn keel");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let log2 = log.clone();
-        // Drains stderr for the process's whole life, so it never blocks on a full pipe.
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let port = rest.rsplit(':').next().unwrap().trim().parse::<u16>();
-                    let _ = tx.send(port.unwrap());
-                }
-                log2.lock().unwrap().push(line);
-            }
-        });
-        match rx.recv_timeout(DEADLINE) {
-            Ok(port) => Ok(Server { child, port, log }),
-            Err(_) => {
-                let status = child.try_wait().ok().flatten().or_else(|| {
-                    let _ = child.kill();
-                    child.wait().ok()
-                });
-                // Let the reader thread collect the last lines.
-                thread::sleep(Duration::from_millis(100));
-                let log = log.lock().unwrap().clone();
-                Err((status, log))
-            }
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn client(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
-    }
-
-    fn raw(&self) -> Raw {
-        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(DEADLINE)).unwrap();
-        Raw { s }
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli is installed (scripts/test installs redis-tools)");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn sigterm(mut self) -> ExitStatus {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A raw RESP connection, for exact reply bytes.
-struct Raw {
-    s: TcpStream,
-}
-
-impl Raw {
-    fn send(&mut self, bytes: &[u8]) {
-        self.s.write_all(bytes).unwrap();
-    }
-
-    /// Reads until exactly `want` bytes arrived (or the connection closed).
-    fn read_exact_len(&mut self, want: usize) -> Vec<u8> {
-        let mut buf = vec![0; want];
-        let mut got = 0;
-        while got < want {
-            match self.s.read(&mut buf[got..]) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got += n,
-            }
-        }
-        buf.truncate(got);
-        buf
-    }
-
-    /// Reads whatever arrives until the server closes the connection.
-    fn read_to_close(&mut self) -> Vec<u8> {
-        let mut v = Vec::new();
-        let _ = self.s.read_to_end(&mut v);
-        v
-    }
-
-    fn roundtrip(&mut self, req: &[u8], expect: &[u8]) {
-        self.send(req);
-        let got = self.read_exact_len(expect.len());
-        assert_eq!(
-            String::from_utf8_lossy(&got),
-            String::from_utf8_lossy(expect),
-            "request {:?}",
-            String::from_utf8_lossy(req)
-        );
-    }
-}
-
-fn resp(args: &[&str]) -> Vec<u8> {
-    let mut v = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        v.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-    }
-    v
-}
+mod common;
+use common::*;
 
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()

@@ -1,0 +1,199 @@
+//! The real `keel serve` as a child process on an ephemeral port, for the integration tests.
+#![allow(dead_code)] // each test file uses a different part of it
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        Self::try_start(dir, extra).unwrap_or_else(|(status, log)| {
+            panic!("keel serve exited with {status:?}:\n{}", log.join("\n"))
+        })
+    }
+
+    /// Starts `keel serve`; `Err` with the exit status and log if it exits instead.
+    pub fn try_start(
+        dir: &Path,
+        extra: &[&str],
+    ) -> Result<Server, (Option<ExitStatus>, Vec<String>)> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .arg("serve")
+            .arg("--dir")
+            .arg(dir)
+            .args(["--port", "0"])
+            .args(
+                ["--log-level", "info"]
+                    .iter()
+                    .filter(|_| !extra.contains(&"--log-level")),
+            )
+            .args(extra)
+            .env_remove("KEEL_REQUIREPASS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn keel");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let log2 = log.clone();
+        // Drains stderr for the process's whole life, so it never blocks on a full pipe.
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let port = rest.rsplit(':').next().unwrap().trim().parse::<u16>();
+                    let _ = tx.send(port.unwrap());
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        match rx.recv_timeout(DEADLINE) {
+            Ok(port) => Ok(Server { child, port, log }),
+            Err(_) => {
+                let status = child.try_wait().ok().flatten().or_else(|| {
+                    let _ = child.kill();
+                    child.wait().ok()
+                });
+                // Let the reader thread collect the last lines.
+                thread::sleep(Duration::from_millis(100));
+                let log = log.lock().unwrap().clone();
+                Err((status, log))
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn client(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    pub fn raw(&self) -> Raw {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        Raw { s }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli is installed (scripts/test installs redis-tools)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits for the server to exit by itself (after SHUTDOWN, say).
+    pub fn wait(mut self) -> ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "server did not exit");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn sigterm(mut self) -> ExitStatus {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw RESP connection, for exact reply bytes.
+/// A RESP connection over any byte stream, for exact reply bytes.
+pub struct Raw<S: Read + Write = TcpStream> {
+    pub s: S,
+}
+
+impl<S: Read + Write> Raw<S> {
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
+        self.s.flush().unwrap();
+    }
+
+    /// Reads until exactly `want` bytes arrived (or the connection closed).
+    pub fn read_exact_len(&mut self, want: usize) -> Vec<u8> {
+        let mut buf = vec![0; want];
+        let mut got = 0;
+        while got < want {
+            match self.s.read(&mut buf[got..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        buf.truncate(got);
+        buf
+    }
+
+    /// Reads whatever arrives until the server closes the connection.
+    pub fn read_to_close(&mut self) -> Vec<u8> {
+        let mut v = Vec::new();
+        let _ = self.s.read_to_end(&mut v);
+        v
+    }
+
+    pub fn roundtrip(&mut self, req: &[u8], expect: &[u8]) {
+        self.send(req);
+        let got = self.read_exact_len(expect.len());
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(expect),
+            "request {:?}",
+            String::from_utf8_lossy(req)
+        );
+    }
+
+    /// Sends one command and expects exactly `expect` back.
+    pub fn cmd(&mut self, args: &[&str], expect: &str) {
+        self.roundtrip(&resp(args), expect.as_bytes());
+    }
+}
+
+pub fn resp(args: &[&str]) -> Vec<u8> {
+    let mut v = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        v.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    v
+}
