@@ -87,6 +87,45 @@ pub struct FileConfig {
     pub max_request_bytes: Option<usize>,
     /// SCAN cursors remembered server-wide; the oldest is forgotten first [default: 10,000].
     pub scan_cursors_max: Option<usize>,
+    /// When a write is acknowledged: "always" (after its fsync; the default), "interval" (once
+    /// written; an fsync at least every `sync_interval_ms`) or "never" (once written; fsync only
+    /// on rotation, SAVE and shutdown). See the README for what a crash can take under each.
+    pub sync_policy: Option<String>,
+    /// With sync_policy = "interval" [default: 1000].
+    pub sync_interval_ms: Option<u64>,
+    /// Checkpoint after this many bytes of log; 0 = never by size [default: 256 MiB].
+    pub checkpoint_log_bytes: Option<u64>,
+    /// Checkpoint this long after the last one if anything was written; 0 = off [default: 600].
+    pub checkpoint_interval_secs: Option<u64>,
+    /// Keep older snapshots and the log after them this long, for `keel restore` [default: 0].
+    pub retention_secs: Option<u64>,
+}
+
+/// The engine's options from the config file's keys.
+fn engine_options(file: &FileConfig) -> anyhow::Result<keel_engine::Options> {
+    let mut o = keel_engine::Options::default();
+    o.wal.sync_policy = match (file.sync_policy.as_deref(), file.sync_interval_ms) {
+        (None | Some("always"), None) => keel_wal::SyncPolicy::Always,
+        (Some("interval"), Some(0)) => bail!("sync_interval_ms must be positive"),
+        (Some("interval"), ms) => {
+            keel_wal::SyncPolicy::Interval(Duration::from_millis(ms.unwrap_or(1000)))
+        }
+        (Some("never"), None) => keel_wal::SyncPolicy::Never,
+        (_, Some(_)) => bail!("sync_interval_ms needs sync_policy = \"interval\""),
+        (Some(other), _) => {
+            bail!("sync_policy {other:?}: use \"always\", \"interval\" or \"never\"")
+        }
+    };
+    if let Some(b) = file.checkpoint_log_bytes {
+        o.checkpoint_log_bytes = b;
+    }
+    if let Some(secs) = file.checkpoint_interval_secs {
+        o.checkpoint_interval = (secs > 0).then(|| Duration::from_secs(secs));
+    }
+    if let Some(secs) = file.retention_secs {
+        o.retention = Duration::from_secs(secs);
+    }
+    Ok(o)
 }
 
 /// Resolved settings.
@@ -118,7 +157,7 @@ impl Settings {
             Some(p) => load_file(p)?,
             None => FileConfig::default(),
         };
-        let engine = keel_engine::Options::default();
+        let engine = engine_options(&file)?;
         let bind = args
             .bind
             .clone()
@@ -242,5 +281,38 @@ mod tests {
         let e = Settings::resolve(&args).unwrap_err();
         assert!(format!("{e:#}").contains("unknown field"), "{e:#}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn engine_keys_from_the_file() {
+        let parse = |text: &str| -> anyhow::Result<keel_engine::Options> {
+            engine_options(&toml::from_str::<FileConfig>(text)?)
+        };
+        let d = parse("").unwrap();
+        assert_eq!(d.wal.sync_policy, keel_wal::SyncPolicy::Always);
+        assert_eq!(d.retention, Duration::ZERO);
+        let o = parse(
+            "sync_policy = \"interval\"\nsync_interval_ms = 250\ncheckpoint_log_bytes = 1000\n\
+             checkpoint_interval_secs = 0\nretention_secs = 3600\n",
+        )
+        .unwrap();
+        assert_eq!(
+            o.wal.sync_policy,
+            keel_wal::SyncPolicy::Interval(Duration::from_millis(250))
+        );
+        assert_eq!(o.checkpoint_log_bytes, 1000);
+        assert_eq!(o.checkpoint_interval, None);
+        assert_eq!(o.retention, Duration::from_secs(3600));
+        assert_eq!(
+            parse("sync_policy = \"never\"").unwrap().wal.sync_policy,
+            keel_wal::SyncPolicy::Never
+        );
+        for bad in [
+            "sync_policy = \"sometimes\"",
+            "sync_interval_ms = 5",
+            "sync_policy = \"interval\"\nsync_interval_ms = 0",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 }

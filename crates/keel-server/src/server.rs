@@ -905,7 +905,15 @@ impl Conn {
                 let st = &self.sh.settings;
                 let table: Vec<(&str, String)> = vec![
                     ("appendonly", "yes".into()),
-                    ("appendfsync", "always".into()),
+                    (
+                        "appendfsync",
+                        match self.engine().options().wal.sync_policy {
+                            keel_wal::SyncPolicy::Always => "always",
+                            keel_wal::SyncPolicy::Interval(_) => "everysec",
+                            keel_wal::SyncPolicy::Never => "no",
+                        }
+                        .into(),
+                    ),
                     ("save", String::new()),
                     ("databases", "1".into()),
                     ("maxmemory", "0".into()),

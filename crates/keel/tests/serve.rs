@@ -1344,3 +1344,33 @@ fn save_bgsave_lastsave_and_online_backup() {
     let v: String = redis::cmd("GET").arg("k42").query(&mut c).unwrap();
     assert_eq!(v, "42");
 }
+
+#[test]
+fn a_weaker_sync_policy_from_the_config_file_is_reported_and_a_clean_stop_keeps_everything() {
+    let tmp = tempdir();
+    let conf = tmp.path().join("keel.toml");
+    std::fs::write(&conf, "sync_policy = \"never\"\nretention_secs = 60\n").unwrap();
+    let args = ["--config", conf.to_str().unwrap()];
+    let srv = Server::start(&data_dir(&tmp), &args);
+    let mut c = srv.client();
+    let fsync: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("appendfsync")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(fsync, ["appendfsync", "no"]);
+    for i in 0..50 {
+        let _: () = redis::cmd("SET").arg(i).arg(i).query(&mut c).unwrap();
+    }
+    drop(c);
+    assert!(srv.sigterm().success());
+    let srv = Server::start(&data_dir(&tmp), &args);
+    let n: i64 = redis::cmd("DBSIZE").query(&mut srv.client()).unwrap();
+    assert_eq!(n, 50, "shutdown syncs whatever the policy");
+    std::fs::write(&conf, "sync_policy = \"sometimes\"\n").unwrap();
+    drop(srv);
+    let err = Server::try_start(&data_dir(&tmp), &args)
+        .err()
+        .expect("refused");
+    assert!(err.1.join("\n").contains("sometimes"), "{:?}", err.1);
+}
