@@ -183,16 +183,12 @@ impl Core {
     /// `None` when the current snapshot is already up to date.
     fn checkpoint_locked(&self, st: &mut State) -> Result<Option<CheckpointInfo>> {
         let started = Instant::now();
-        let (map, lsn, at_ms) = {
-            let v = self.visible.read().unwrap_or_else(|p| p.into_inner());
-            (v.map.clone(), v.lsn, v.at_ms)
-        };
-        if lsn == st.manifest.snapshot_lsn {
+        if self.visible_lsn() == st.manifest.snapshot_lsn {
             return Ok(None);
         }
         let logged = self.logged_since_checkpoint.load(Ordering::Relaxed);
         let fs = &*self.opts.wal.fs;
-        let requests = lock(&self.pending).requests.up_to(lsn);
+        let (map, lsn, at_ms, requests) = self.durable_view();
         let next = write_snapshot_file(
             fs,
             &self.dir,

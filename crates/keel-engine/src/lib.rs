@@ -1076,12 +1076,7 @@ impl Engine {
     /// once the record is durable and visible. A connection can so submit a pipeline of writes
     /// that share one sync, and still see them decided in its own order.
     pub fn submit(&self, guards: Vec<Guard>, writes: Vec<Write>) -> Result<Pending> {
-        let p = self.core.prepare(None, &guards, writes)?;
-        Ok(Pending {
-            core: self.core.clone(),
-            state: Some(p),
-            waiting: None,
-        })
+        self.pending(None, guards, writes)
     }
 
     /// [`Engine::submit`] under a client request id (see [`Core::commit_request`]).
@@ -1091,9 +1086,16 @@ impl Engine {
         guards: Vec<Guard>,
         writes: Vec<Write>,
     ) -> Result<Pending> {
-        let p = self
-            .core
-            .prepare(Some(check_id(id.into())?), &guards, writes)?;
+        self.pending(Some(check_id(id.into())?), guards, writes)
+    }
+
+    fn pending(
+        &self,
+        id: Option<Bytes>,
+        guards: Vec<Guard>,
+        writes: Vec<Write>,
+    ) -> Result<Pending> {
+        let p = self.core.prepare(id, &guards, writes)?;
         Ok(Pending {
             core: self.core.clone(),
             state: Some(p),
@@ -1131,6 +1133,17 @@ impl Core {
     /// The log's counters: records, syncs, sync time, bytes.
     pub fn wal_stats(&self) -> WalStats {
         self.wal.stats()
+    }
+
+    /// The visible state with its LSN and decision time, and the request ids it holds: what a
+    /// checkpoint or a backup writes.
+    pub(crate) fn durable_view(&self) -> (Map, Lsn, u64, Vec<(Lsn, Request)>) {
+        let (map, lsn, at_ms) = {
+            let v = self.visible.read().unwrap_or_else(|p| p.into_inner());
+            (v.map.clone(), v.lsn, v.at_ms)
+        };
+        let requests = lock(&self.pending).requests.up_to(lsn);
+        (map, lsn, at_ms, requests)
     }
 
     /// The durable state now.

@@ -220,11 +220,7 @@ impl Core {
         let started = Instant::now();
         let target = target.as_ref();
         check_target(&*self.opts.wal.fs, target)?;
-        let (map, lsn, at_ms) = {
-            let v = self.visible.read().unwrap_or_else(|p| p.into_inner());
-            (v.map.clone(), v.lsn, v.at_ms)
-        };
-        let requests = crate::lock(&self.pending).requests.up_to(lsn);
+        let (map, lsn, at_ms, requests) = self.durable_view();
         let snapshot_bytes = write_database(target, &map, &requests, lsn, at_ms, &self.opts)?;
         Ok(RestoreReport {
             lsn,

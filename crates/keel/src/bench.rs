@@ -12,17 +12,43 @@ use hdrhistogram::Histogram;
 use keel_wal::format::frame_bytes;
 use keel_wal::{Options, SyncPolicy, Wal};
 
+/// Options every benchmark takes.
 #[derive(clap::Args)]
-pub struct WalBenchArgs {
+pub struct Common {
     /// Directory on the disk to measure; a scratch subdirectory is created in it and removed.
     #[arg(long, default_value = ".")]
-    dir: PathBuf,
-    /// Seconds per measurement.
+    pub dir: PathBuf,
+    /// Seconds per measured point.
     #[arg(long, default_value_t = 3.0)]
-    seconds: f64,
-    /// Writer counts, comma-separated.
+    pub seconds: f64,
+    /// Writer thread counts, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256")]
-    writers: Vec<usize>,
+    pub writers: Vec<usize>,
+}
+
+impl Common {
+    /// Checks the options and creates the scratch directory, removed when dropped.
+    pub fn scratch(&self) -> Result<tempfile::TempDir> {
+        if self.writers.iter().any(|&w| w == 0 || w > 1000) {
+            anyhow::bail!("--writers must be between 1 and 1000");
+        }
+        tempfile::Builder::new()
+            .prefix("keel-bench-")
+            .tempdir_in(&self.dir)
+            .with_context(|| format!("creating a scratch directory in {}", self.dir.display()))
+    }
+}
+
+/// A progress line on stderr, flushed at once.
+pub(crate) fn progress(m: &str) {
+    eprintln!("[bench] {m}");
+    let _ = std::io::stderr().flush();
+}
+
+#[derive(clap::Args)]
+pub struct WalBenchArgs {
+    #[command(flatten)]
+    common: Common,
     /// Record sizes in bytes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "128,4096")]
     sizes: Vec<usize>,
@@ -277,20 +303,13 @@ fn recovery(dir: &Path, mib: u64) -> Result<(u64, f64, f64)> {
 }
 
 pub fn wal(a: WalBenchArgs) -> Result<()> {
-    let scratch = tempfile::Builder::new()
-        .prefix("keel-bench-")
-        .tempdir_in(&a.dir)
-        .with_context(|| format!("creating a scratch directory in {}", a.dir.display()))?;
+    let scratch = a.common.scratch()?;
     let dir = scratch.path();
-    let secs = a.seconds;
-    let progress = |m: &str| {
-        eprintln!("[bench] {m}");
-        let _ = std::io::stderr().flush();
-    };
+    let secs = a.common.seconds;
     println!("# keel bench wal\n");
     println!(
         "Directory: {} · {} s per cell · {} CPUs\n",
-        a.dir.display(),
+        a.common.dir.display(),
         secs,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
@@ -331,7 +350,7 @@ pub fn wal(a: WalBenchArgs) -> Result<()> {
     let mut single = Vec::new();
     for &size in &a.sizes {
         let raw_p50_s = best_p50[&size].max(1) as f64 / 1e6;
-        for &w in &a.writers {
+        for &w in &a.common.writers {
             progress(&format!("keel-wal, {w} writers, {size} B"));
             let c = keel_cell(dir, w, size, secs)?;
             progress(&format!("raw, {w} threads, {size} B"));

@@ -8,7 +8,6 @@
 //!    (log only, then snapshot) against a cold sequential read of the same files.
 
 use std::collections::VecDeque;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use keel_engine::record::{self, Mutation};
 use keel_engine::{Engine, Options, PutIf, RecoveryReport, Ttl, Write};
 
-use crate::bench::{drop_cache, keel_cell, read_files, timed_writers, us};
+use crate::bench::{drop_cache, keel_cell, progress, read_files, timed_writers, us, Common};
 
 /// Every key is this long.
 const KEY_BYTES: usize = 16;
@@ -33,26 +32,14 @@ const TARGET_KEYS: u64 = 10_000_000;
 
 #[derive(clap::Args)]
 pub struct EngineBenchArgs {
-    /// Directory on the disk to measure; a scratch subdirectory is created in it and removed.
-    #[arg(long, default_value = ".")]
-    dir: PathBuf,
-    /// Seconds per measured point.
-    #[arg(long, default_value_t = 3.0)]
-    seconds: f64,
-    /// Writer counts for durable puts, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256")]
-    writers: Vec<usize>,
+    #[command(flatten)]
+    common: Common,
     /// Keys loaded for the get, checkpoint and recovery phases (0 skips them).
     #[arg(long, default_value_t = 1_000_000)]
     keys: u64,
     /// Value size in bytes (keys are 16 bytes).
     #[arg(long, default_value_t = 100)]
     value_bytes: usize,
-}
-
-fn progress(m: &str) {
-    eprintln!("[bench] {m}");
-    let _ = std::io::stderr().flush();
 }
 
 fn bar(len: u64, template: &str, what: &str) -> ProgressBar {
@@ -393,15 +380,9 @@ fn write_sync_file(path: &Path, bytes: u64) -> Result<f64> {
 }
 
 pub fn engine(a: EngineBenchArgs) -> Result<()> {
-    if a.writers.iter().any(|&w| w == 0 || w > 1000) {
-        bail!("--writers must be between 1 and 1000");
-    }
-    let scratch = tempfile::Builder::new()
-        .prefix("keel-bench-")
-        .tempdir_in(&a.dir)
-        .with_context(|| format!("creating a scratch directory in {}", a.dir.display()))?;
+    let scratch = a.common.scratch()?;
     let dir = scratch.path();
-    let secs_per = a.seconds;
+    let secs_per = a.common.seconds;
     let rec_bytes = put_record_bytes(a.value_bytes);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
 
@@ -409,7 +390,7 @@ pub fn engine(a: EngineBenchArgs) -> Result<()> {
     println!("Machine: {}\n", machine(dir));
     println!(
         "Directory: {} · {secs_per} s per point · {KEY_BYTES} B keys · {} B values · {} keys loaded\n",
-        a.dir.display(),
+        a.common.dir.display(),
         a.value_bytes,
         a.keys
     );
@@ -423,7 +404,7 @@ pub fn engine(a: EngineBenchArgs) -> Result<()> {
     println!("| writers | puts/s | p50 µs | p99 µs | p999 µs | fsyncs/put | keel-wal appends/s | wal p50 µs | wal p99 µs | wal p999 µs | wal fsyncs/append | engine ÷ wal |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut at64 = None;
-    for &w in &a.writers {
+    for &w in &a.common.writers {
         progress(&format!("keel-wal, {w} writers, {rec_bytes} B"));
         let wal = keel_cell(dir, w, rec_bytes, secs_per)?;
         progress(&format!("engine puts, {w} writers"));

@@ -66,12 +66,7 @@ fn open(dir: &Path) -> Result<Engine, Error> {
             dir.display()
         )));
     }
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("recovering [{bar:40}] {bytes}/{total_bytes}")
-            .expect("static")
-            .progress_chars("=> "),
-    );
+    let bar = crate::wal_cmd::scan_bar("recovering");
     let opts = Options {
         background: false,
         ..Options::default()

@@ -18,7 +18,7 @@ pub fn run(cmd: WalCommand) -> Result<ExitCode> {
 }
 
 /// A byte progress bar on stderr; invisible when stderr is not a terminal.
-fn scan_bar(what: &str) -> ProgressBar {
+pub(crate) fn scan_bar(what: &str) -> ProgressBar {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})")
