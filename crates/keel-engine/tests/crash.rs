@@ -328,3 +328,52 @@ fn a_crash_at_every_step_of_a_checkpoint_recovers_the_same_state() {
         assert_eq!(state(&e).len(), expected.len(), "crash at op {k}: reopen");
     }
 }
+
+/// P2 and P9 for new directories: once `backup` or `restore` returns, a power cut takes nothing
+/// from the copy (every file and directory entry was synced), and the source's durable bytes
+/// are untouched.
+#[test]
+fn a_backup_or_restore_survives_a_power_cut_right_after_it_returns() {
+    for (seed, use_restore) in [(11, false), (12, true)] {
+        let fs = SimFs::new(seed);
+        let (e, _) = Engine::open(DIR, options(&fs)).unwrap();
+        fill(&e, 0);
+        e.checkpoint().unwrap();
+        fill(&e, 1);
+        let expected = state(&e);
+        let source_files = |fs: &SimFs| -> Vec<(String, Option<Vec<u8>>)> {
+            ["", "/wal", "/snapshots"]
+                .iter()
+                .flat_map(|d| {
+                    let dir = format!("{DIR}{d}");
+                    fs.list(std::path::Path::new(&dir))
+                        .into_iter()
+                        .map(move |n| format!("{dir}/{n}"))
+                })
+                .map(|p| {
+                    let b = fs.durable_bytes(std::path::Path::new(&p));
+                    (p, b)
+                })
+                .collect()
+        };
+        let before = source_files(&fs);
+        if use_restore {
+            keel_engine::restore(
+                DIR,
+                "/copy",
+                keel_engine::RestoreTarget::Latest,
+                &options(&fs),
+            )
+            .unwrap();
+        } else {
+            e.backup("/copy").unwrap();
+        }
+        assert_eq!(source_files(&fs), before, "seed {seed}: the source changed");
+        for cut in 0..20 {
+            let image = fs.crash(seed * 100 + cut);
+            let (copy, _) = Engine::open("/copy", options(&image))
+                .unwrap_or_else(|err| panic!("seed {seed} cut {cut}: {err}"));
+            assert_eq!(state(&copy), expected, "seed {seed} cut {cut}");
+        }
+    }
+}
