@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 mod checkpoint;
+mod combine;
 pub mod record;
 mod restore;
 pub mod snapshot;
@@ -47,7 +48,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use imbl::OrdMap;
 use keel_wal::fs::durable_create_dir_all;
-use keel_wal::{Lsn, OpenMode, Ticket, Wal, WalStats};
+use keel_wal::{Completion, Lsn, OpenMode, Ticket, Wal, WalStats};
 
 use snapshot::FileError;
 
@@ -521,7 +522,8 @@ impl Requests {
 
 /// The sequencer's state: every decided transaction, durable or not.
 struct Seq {
-    map: Map,
+    /// The newest decided writes not yet known to be visible.
+    recent: Recent,
     requests: Requests,
     /// (expiry, key) of every value written with an expiry; entries go stale when the key is
     /// rewritten and are checked against `map` before use.
@@ -530,6 +532,75 @@ struct Seq {
     last_at_ms: u64,
     /// LSN of the last record submitted.
     last_lsn: Lsn,
+}
+
+/// Writes decided but maybe not yet visible, laid over the visible state: the decided state
+/// is the visible state with these on top. A key absent here has its newest decided value in
+/// the visible state. This replaces a second copy of the whole ordered map, whose every insert
+/// cost a descent and a path copy.
+#[derive(Default)]
+struct Recent {
+    /// The newest decided entry of each key written lately, with its LSN; `None` = deleted.
+    by_key: HashMap<Bytes, (Lsn, Option<Entry>)>,
+    /// (LSN, key) in LSN order, to forget entries once visible.
+    order: VecDeque<(Lsn, Bytes)>,
+    /// LSN of a DeleteAll that may not be visible yet: keys not in `by_key` are gone.
+    cleared: Option<Lsn>,
+}
+
+impl Recent {
+    /// The decided entry of `key`, expired or not, given `vis`, the visible state now.
+    fn get<'a>(&'a self, vis: &'a Visible, key: &[u8]) -> Option<&'a Entry> {
+        match self.by_key.get(key) {
+            Some((_, e)) => e.as_ref(),
+            None if self.cleared.is_some_and(|l| l > vis.lsn) => None,
+            None => vis.index.get(key),
+        }
+    }
+
+    fn record(&mut self, mutations: &[Mutation], lsn: Lsn) {
+        for m in mutations {
+            let (key, e) = match m {
+                Mutation::Set {
+                    key,
+                    value,
+                    expires_at_ms,
+                } => (
+                    key,
+                    Some(Entry {
+                        value: value.clone(),
+                        version: lsn,
+                        expires_at_ms: *expires_at_ms,
+                    }),
+                ),
+                Mutation::Delete { key } => (key, None),
+                Mutation::DeleteAll => {
+                    self.by_key.clear();
+                    self.order.clear();
+                    self.cleared = Some(lsn);
+                    continue;
+                }
+            };
+            self.by_key.insert(key.clone(), (lsn, e));
+            self.order.push_back((lsn, key.clone()));
+        }
+    }
+
+    /// Forgets entries that `visible_lsn` covers: the visible state holds them (or newer).
+    fn forget_up_to(&mut self, visible_lsn: Lsn) {
+        while let Some((lsn, _)) = self.order.front() {
+            if *lsn > visible_lsn {
+                break;
+            }
+            let (lsn, key) = self.order.pop_front().expect("checked");
+            if self.by_key.get(&key).is_some_and(|(l, _)| *l == lsn) {
+                self.by_key.remove(&key);
+            }
+        }
+        if self.cleared.is_some_and(|l| l <= visible_lsn) {
+            self.cleared = None;
+        }
+    }
 }
 
 impl Seq {
@@ -549,9 +620,56 @@ impl Seq {
 
 struct Visible {
     map: Map,
+    /// The same entries as `map`, hashed: a point read is one hash probe instead of a descent
+    /// through the ordered map, whose key comparisons were most of a GET's CPU. It costs about
+    /// 90 bytes per key; key and value bytes are shared with `map`.
+    index: HashMap<Bytes, Entry>,
     lsn: Lsn,
     /// Decision time of the record at `lsn`.
     at_ms: u64,
+}
+
+impl Visible {
+    fn new(map: Map, lsn: Lsn, at_ms: u64) -> Visible {
+        let mut index = HashMap::with_capacity(map.len());
+        index.extend(map.iter().map(|(k, e)| (k.clone(), e.clone())));
+        Visible {
+            map,
+            index,
+            lsn,
+            at_ms,
+        }
+    }
+
+    fn apply(&mut self, mutations: &[Mutation], lsn: Lsn, at_ms: u64) {
+        for m in mutations {
+            match m {
+                Mutation::Set {
+                    key,
+                    value,
+                    expires_at_ms,
+                } => {
+                    let e = Entry {
+                        value: value.clone(),
+                        version: lsn,
+                        expires_at_ms: *expires_at_ms,
+                    };
+                    self.map.insert(key.clone(), e.clone());
+                    self.index.insert(key.clone(), e);
+                }
+                Mutation::Delete { key } => {
+                    self.map.remove(key);
+                    self.index.remove(key);
+                }
+                Mutation::DeleteAll => {
+                    self.map.clear();
+                    self.index = HashMap::new();
+                }
+            }
+        }
+        self.lsn = lsn;
+        self.at_ms = at_ms;
+    }
 }
 
 struct Unpublished {
@@ -597,7 +715,7 @@ fn parse_float(v: &[u8]) -> Option<f64> {
 /// writes changed. Cheaper than cloning the map: the common single-write transaction never
 /// touches the tree, and the sequencer's map is then updated in place, once.
 struct Overlay<'a> {
-    base: &'a Map,
+    base: View<'a>,
     /// Keys the transaction wrote so far: `None` = deleted.
     changed: HashMap<Bytes, Option<Entry>>,
     /// A DeleteAll came earlier: keys not in `changed` are gone.
@@ -645,16 +763,28 @@ impl Overlay<'_> {
 
 /// Decides a transaction against `state`: the guards, then every write against the state the
 /// earlier writes leave. Returns the outcome (without an LSN) and the absolute effects to log.
+/// The decided state: recent writes over the visible state.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    recent: &'a Recent,
+    visible: &'a Visible,
+}
+
+impl<'a> View<'a> {
+    fn get(&self, key: &[u8]) -> Option<&'a Entry> {
+        self.recent.get(self.visible, key)
+    }
+}
+
 fn decide(
-    state: &Map,
+    state: View<'_>,
     now: u64,
     value_max: usize,
     guards: &[Guard],
     writes: Vec<Write>,
 ) -> (Outcome, Vec<Mutation>) {
-    let live = |m: &Map, k: &[u8]| m.get(k).filter(|e| e.live(now)).cloned();
     for (i, g) in guards.iter().enumerate() {
-        if live(state, &g.key).map(|e| e.version) != g.version {
+        if state.get(&g.key).filter(|e| e.live(now)).map(|e| e.version) != g.version {
             return (Outcome::GuardFailed(i), Vec::new());
         }
     }
@@ -676,7 +806,11 @@ fn decide(
                 ttl,
                 only,
             } => {
-                let old = work.live(&key);
+                // A plain put reads nothing: skip the lookup.
+                let old = match (&only, &ttl) {
+                    (PutIf::Always, Ttl::None | Ttl::At(_)) => None,
+                    _ => work.live(&key),
+                };
                 let go = match only {
                     PutIf::Always => true,
                     PutIf::Absent => old.is_none(),
@@ -931,8 +1065,10 @@ pub struct Core {
     checkpoints: Mutex<checkpoint::State>,
     checkpoint_status: Mutex<checkpoint::Status>,
     /// Every decided transaction, durable or not. Held while deciding and submitting, so that LSN
-    /// order is decision order.
+    /// order is decision order. Taken through [`Core::seq`] only (see the `combine` module).
     pending: Mutex<Seq>,
+    /// Transactions of blocking writers, left for whoever holds `pending` to decide.
+    incoming: Mutex<Vec<combine::Job>>,
     /// Decided transactions not yet visible, in LSN order.
     unpublished: Mutex<VecDeque<Unpublished>>,
     visible: RwLock<Visible>,
@@ -1031,7 +1167,7 @@ impl Engine {
         }
         checkpoint::remove_uncommitted(&*fs, &dir, snapshot_lsn)?;
         let mut seq = Seq {
-            map: map.clone(),
+            recent: Recent::default(),
             requests,
             expiry: BTreeSet::new(),
             last_at_ms: at_ms,
@@ -1053,12 +1189,9 @@ impl Engine {
             dir,
             wal,
             pending: Mutex::new(seq),
+            incoming: Mutex::new(Vec::new()),
             unpublished: Mutex::new(VecDeque::new()),
-            visible: RwLock::new(Visible {
-                map,
-                lsn: applied,
-                at_ms,
-            }),
+            visible: RwLock::new(Visible::new(map, applied, at_ms)),
             published: AtomicU64::new(applied),
             logged_since_checkpoint: AtomicU64::new(report.bytes_replayed),
             recovery: report.clone(),
@@ -1142,7 +1275,7 @@ impl Core {
             let v = self.visible.read().unwrap_or_else(|p| p.into_inner());
             (v.map.clone(), v.lsn, v.at_ms)
         };
-        let requests = lock(&self.pending).requests.up_to(lsn);
+        let requests = self.seq().requests.up_to(lsn);
         (map, lsn, at_ms, requests)
     }
 
@@ -1156,9 +1289,20 @@ impl Core {
         }
     }
 
+    /// The live entry of `key` in the durable state now.
     pub fn get(&self, key: &[u8]) -> Option<Entry> {
         let v = self.visible.read().unwrap_or_else(|p| p.into_inner());
-        v.map.get(key).filter(|e| e.live(now_ms())).cloned()
+        v.index.get(key).filter(|e| e.live(now_ms())).cloned()
+    }
+
+    /// The live entries of `keys`, all read from one durable state (as one snapshot would,
+    /// without taking one).
+    pub fn get_many<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) -> Vec<Option<Entry>> {
+        let now = now_ms();
+        let v = self.visible.read().unwrap_or_else(|p| p.into_inner());
+        keys.into_iter()
+            .map(|k| v.index.get(k).filter(|e| e.live(now)).cloned())
+            .collect()
     }
 
     pub fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<Lsn> {
@@ -1227,8 +1371,8 @@ impl Core {
     /// nothing after any crash. Returns once the writes are durable and visible. Blocks the
     /// calling thread; async code uses [`Engine::submit`] and awaits it.
     pub fn commit(&self, guards: Vec<Guard>, writes: Vec<Write>) -> Result<Outcome> {
-        let p = self.prepare(None, &guards, writes)?;
-        self.finish(p)
+        self.check_writes(&writes)?;
+        self.commit_combined(None, guards, writes)
     }
 
     /// Like [`Core::commit`], under a client request id (P8). The first call with an id is
@@ -1241,8 +1385,9 @@ impl Core {
         guards: Vec<Guard>,
         writes: Vec<Write>,
     ) -> Result<Outcome> {
-        let p = self.prepare(Some(check_id(id.into())?), &guards, writes)?;
-        self.finish(p)
+        let id = check_id(id.into())?;
+        self.check_writes(&writes)?;
+        self.commit_combined(Some(id), guards, writes)
     }
 
     fn finish(&self, p: Prepared) -> Result<Outcome> {
@@ -1282,15 +1427,33 @@ impl Core {
 
     /// Decides the transaction and queues its record, under the sequencer lock.
     fn prepare(&self, id: Option<Bytes>, guards: &[Guard], writes: Vec<Write>) -> Result<Prepared> {
-        for w in &writes {
-            self.check_limits(w)?;
-        }
-        let mut seq = lock(&self.pending);
+        self.check_writes(&writes)?;
+        self.prepare_locked(&mut self.seq(), id, guards, writes, None)
+    }
+
+    /// Decides the transaction against `seq` and queues its record, its acknowledgement going to
+    /// `done` if given.
+    fn prepare_locked(
+        &self,
+        seq: &mut Seq,
+        id: Option<Bytes>,
+        guards: &[Guard],
+        writes: Vec<Write>,
+        done: Option<&Arc<Completion>>,
+    ) -> Result<Prepared> {
         if let Some((lsn, req)) = id.as_ref().and_then(|id| seq.requests.get(id)) {
             return Ok(Prepared::Retry(*lsn, req.outcome.clone()));
         }
         let now = now_ms();
-        let (outcome, mutations) = decide(&seq.map, now, self.opts.value_bytes_max, guards, writes);
+        let (outcome, mutations) = {
+            let vis = self.visible.read().unwrap_or_else(|p| p.into_inner());
+            seq.recent.forget_up_to(vis.lsn);
+            let view = View {
+                recent: &seq.recent,
+                visible: &vis,
+            };
+            decide(view, now, self.opts.value_bytes_max, guards, writes)
+        };
         if mutations.is_empty() && id.is_none() {
             return Ok(Prepared::Done(outcome, seq.last_lsn));
         }
@@ -1308,7 +1471,7 @@ impl Core {
                 o => o.clone(),
             },
         });
-        let ticket = self.log_locked(&mut seq, at_ms, request.as_ref(), mutations)?;
+        let ticket = self.log_locked(seq, at_ms, request.as_ref(), mutations, done)?;
         let lsn = *ticket.lsns().end();
         let outcome = match outcome {
             Outcome::Committed { results, .. } if wrote => Outcome::Committed {
@@ -1341,11 +1504,13 @@ impl Core {
         let mut v = self.visible.write().unwrap_or_else(|p| p.into_inner());
         while q.front().is_some_and(|u| u.lsn <= durable) {
             let u = q.pop_front().expect("front exists");
-            apply(&mut v.map, &u.mutations, u.lsn);
-            v.lsn = u.lsn;
-            v.at_ms = u.at_ms;
+            v.apply(&u.mutations, u.lsn, u.at_ms);
         }
         self.published.store(v.lsn, Ordering::Release);
+    }
+
+    fn check_writes(&self, writes: &[Write]) -> Result<()> {
+        writes.iter().try_for_each(|w| self.check_limits(w))
     }
 
     fn check_limits(&self, w: &Write) -> Result<()> {
@@ -1386,17 +1551,22 @@ impl Core {
     pub fn remove_expired(&self, limit: usize) -> Result<usize> {
         let now = now_ms();
         let (ticket, n) = {
-            let mut seq = lock(&self.pending);
+            let mut seq = self.seq();
             let mut mutations = Vec::new();
-            while mutations.len() < limit && seq.expiry.first().is_some_and(|(t, _)| *t <= now) {
-                let (t, key) = seq.expiry.pop_first().expect("checked");
-                // Stale if the key was rewritten since.
-                if seq
-                    .map
-                    .get(&key)
-                    .is_some_and(|e| e.expires_at_ms == Some(t))
+            {
+                let vis = self.visible.read().unwrap_or_else(|p| p.into_inner());
+                let seq = &mut *seq;
+                while mutations.len() < limit && seq.expiry.first().is_some_and(|(t, _)| *t <= now)
                 {
-                    mutations.push(Mutation::Delete { key });
+                    let (t, key) = seq.expiry.pop_first().expect("checked");
+                    // Stale if the key was rewritten since.
+                    if seq
+                        .recent
+                        .get(&vis, &key)
+                        .is_some_and(|e| e.expires_at_ms == Some(t))
+                    {
+                        mutations.push(Mutation::Delete { key });
+                    }
                 }
             }
             if mutations.is_empty() {
@@ -1404,7 +1574,7 @@ impl Core {
             }
             let n = mutations.len();
             let at_ms = now.max(seq.last_at_ms);
-            (self.log_locked(&mut seq, at_ms, None, mutations)?, n)
+            (self.log_locked(&mut seq, at_ms, None, mutations, None)?, n)
         };
         let lsns = ticket.wait()?;
         self.publish(*lsns.end());
@@ -1419,6 +1589,7 @@ impl Core {
         at_ms: u64,
         request: Option<&Request>,
         mutations: Vec<Mutation>,
+        done: Option<&Arc<Completion>>,
     ) -> Result<Ticket> {
         let mut rec = Vec::new();
         record::encode(at_ms, request, &mutations, &mut rec);
@@ -1431,7 +1602,10 @@ impl Core {
             });
         }
         let bytes = rec.len() as u64;
-        let ticket = self.wal.submit(rec)?;
+        let ticket = match done {
+            Some(done) => self.wal.submit_to(rec, done.clone())?,
+            None => self.wal.submit(rec)?,
+        };
         self.logged_since_checkpoint
             .fetch_add(bytes, Ordering::Relaxed);
         let lsn = *ticket.lsns().end();
@@ -1439,7 +1613,7 @@ impl Core {
         seq.last_lsn = lsn;
         seq.track_expiry(&mutations);
         let mutations = Arc::new(mutations);
-        apply(&mut seq.map, &mutations, lsn);
+        seq.recent.record(&mutations, lsn);
         // Request-only records are published too, so the visible LSN moves in order.
         lock(&self.unpublished).push_back(Unpublished {
             lsn,

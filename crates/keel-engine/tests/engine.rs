@@ -601,3 +601,81 @@ fn conditional_expiry_follows_redis_options() {
     assert_eq!(report.keys, 0, "the delete was logged, not just hidden");
     assert!(e.get(b"k").is_none());
 }
+
+fn results(o: Outcome) -> Vec<WriteResult> {
+    match o {
+        Outcome::Committed { results, .. } => results,
+        o => panic!("expected a commit, got {o:?}"),
+    }
+}
+
+/// Transactions decided while earlier ones are still on their way to the disk see them: the
+/// sequencer's view of the newest writes, including a DeleteAll, lies over the visible state.
+#[test]
+fn decisions_see_writes_still_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let incr = |key: &str| Write::Incr { key: b(key), by: 1 };
+    let one = |w: Write| e.submit(vec![], vec![w]).unwrap();
+    e.put("k", "5").unwrap();
+    // Nothing is waited on until every transaction is decided, so none of them is visible yet
+    // (only a waiter publishes).
+    let pending = vec![
+        one(incr("k")),
+        one(Write::DeleteAll),
+        one(incr("k")),
+        one(put("j", "x", Ttl::None, PutIf::Absent)),
+        one(put("j", "y", Ttl::None, PutIf::Absent)),
+        one(Write::Get { key: b("j") }),
+        one(Write::Delete { key: b("j") }),
+        one(Write::Get { key: b("j") }),
+    ];
+    let got: Vec<_> = pending
+        .into_iter()
+        .map(|p| results(p.wait().unwrap()).remove(0))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            WriteResult::Int(6),
+            WriteResult::DeletedAll,
+            WriteResult::Int(1),
+            WriteResult::Put(true),
+            WriteResult::Put(false),
+            WriteResult::Value(Some(b("x"))),
+            WriteResult::Existed(true),
+            WriteResult::Value(None),
+        ]
+    );
+    assert_eq!(e.get(b"k").unwrap().value, "1");
+    assert!(e.get(b"j").is_none());
+
+    // Pipelines from several threads at once, mixed with blocking commits.
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let e = &e;
+            s.spawn(move || {
+                let seen: Vec<i64> = if t % 2 == 0 {
+                    let pending: Vec<_> = (0..200)
+                        .map(|_| e.submit(vec![], vec![incr("c")]).unwrap())
+                        .collect();
+                    pending
+                        .into_iter()
+                        .map(|p| match results(p.wait().unwrap()).remove(0) {
+                            WriteResult::Int(n) => n,
+                            r => panic!("{r:?}"),
+                        })
+                        .collect()
+                } else {
+                    (0..200).map(|_| e.incr("c", 1).unwrap()).collect()
+                };
+                assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+            });
+        }
+    });
+    assert_eq!(e.get(b"c").unwrap().value, "800");
+    drop(e);
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    assert_eq!(e.get(b"c").unwrap().value, "800");
+    assert_eq!(e.get(b"k").unwrap().value, "1");
+}

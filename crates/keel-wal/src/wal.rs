@@ -44,9 +44,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One waiter's result slot. Completed exactly once.
+/// One waiter's result slot, completed exactly once: by the log when the append it was queued
+/// with ([`Wal::submit_to`]) is acknowledged or fails, or by its owner. A caller can create it
+/// before the append exists, hand the work to another thread, and be woken once, when the
+/// append is acknowledged.
 #[derive(Default)]
-struct Completion {
+pub struct Completion {
     slot: Mutex<Slot>,
     cv: Condvar,
 }
@@ -59,7 +62,12 @@ struct Slot {
 }
 
 impl Completion {
-    fn complete(&self, r: Result<Lsn>) {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Delivers `r` and wakes the waiter. Later calls are ignored.
+    pub fn complete(&self, r: Result<Lsn>) {
         let mut s = lock(&self.slot);
         if s.done {
             return;
@@ -74,7 +82,9 @@ impl Completion {
         }
     }
 
-    fn wait(&self) -> Result<Lsn> {
+    /// Blocks until completed and takes the result; the log delivers the highest LSN of the
+    /// append. A second call returns [`Error::Closed`].
+    pub fn wait(&self) -> Result<Lsn> {
         let mut s = lock(&self.slot);
         loop {
             if let Some(r) = s.result.take() {
@@ -293,12 +303,17 @@ impl Shared {
         Ok(bytes)
     }
 
-    fn push(&self, q: &mut Queue, records: Vec<Vec<u8>>, bytes: usize) -> Ticket {
+    fn push(
+        &self,
+        q: &mut Queue,
+        records: Vec<Vec<u8>>,
+        bytes: usize,
+        done: Arc<Completion>,
+    ) -> Ticket {
         let first = q.next_lsn;
         let last = first + records.len() as u64 - 1;
         q.next_lsn = last + 1;
         q.bytes += bytes;
-        let done = Arc::new(Completion::default());
         q.items.push(Item::Append {
             records,
             first_lsn: first,
@@ -424,7 +439,9 @@ impl Future for AppendFuture {
                         q.space_wakers.push(cx.waker().clone());
                         return Poll::Pending;
                     }
-                    let t = this.shared.push(&mut q, mem::take(records), *bytes);
+                    let t = this
+                        .shared
+                        .push(&mut q, mem::take(records), *bytes, Completion::new());
                     drop(q);
                     this.state = AppendState::Wait(t);
                 }
@@ -772,13 +789,23 @@ impl Wal {
 
     /// Queues an atomic batch; see [`Wal::submit`].
     pub fn submit_batch(&self, records: Vec<Vec<u8>>) -> Result<Ticket> {
+        self.submit_batch_to(records, Completion::new())
+    }
+
+    /// [`Wal::submit`], delivering the acknowledgement to `done`, a fresh [`Completion`] (one
+    /// already completed never hears of the append). On an error `done` is left alone.
+    pub fn submit_to(&self, record: Vec<u8>, done: Arc<Completion>) -> Result<Ticket> {
+        self.submit_batch_to(vec![record], done)
+    }
+
+    fn submit_batch_to(&self, records: Vec<Vec<u8>>, done: Arc<Completion>) -> Result<Ticket> {
         let s = &self.shared;
         let bytes = s.batch_bytes(&records)?;
         let mut q = lock(&s.queue);
         loop {
             q.check_open()?;
             if q.admits(bytes, s.opts.queue_bytes_max) {
-                return Ok(s.push(&mut q, records, bytes));
+                return Ok(s.push(&mut q, records, bytes, done));
             }
             q = s.space_cv.wait(q).unwrap_or_else(|p| p.into_inner());
         }
