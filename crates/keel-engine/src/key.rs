@@ -106,4 +106,38 @@ mod tests {
             }
         }
     }
+
+    /// Random keys over the bytes where padding matters (0, 1, 0xff) and lengths around 16: the
+    /// map sorts them as the bytes sort, and finds each by its bytes.
+    #[test]
+    fn a_map_of_random_keys_sorts_and_finds_them_by_their_bytes() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let mut keys: Vec<Vec<u8>> = (0..3000)
+            .map(|_| {
+                let len = (next() % 22) as usize;
+                (0..len)
+                    .map(|_| [0u8, 1, b'a', 0xff][(next() % 4) as usize])
+                    .collect()
+            })
+            .collect();
+        let mut map = imbl::OrdMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            map.insert(key(k), i);
+        }
+        keys.sort();
+        keys.dedup();
+        let in_map: Vec<&[u8]> = map.keys().map(|k| &k[..]).collect();
+        let sorted: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+        assert_eq!(in_map, sorted);
+        for k in &keys {
+            assert!(map.get(&k[..]).is_some(), "{k:?} not found by its bytes");
+        }
+    }
 }
