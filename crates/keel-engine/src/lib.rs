@@ -810,6 +810,18 @@ fn decide(
     };
     let mut mutations = Vec::new();
     let n = writes.len();
+    // A transaction of plain puts (a bulk load, MSET) reads nothing back, so its writes need
+    // not be laid over the state one by one.
+    let reads = !writes.iter().all(|w| {
+        matches!(
+            w,
+            Write::Put {
+                only: PutIf::Always,
+                ttl: Ttl::None | Ttl::At(_),
+                ..
+            }
+        )
+    });
     let mut results = Vec::with_capacity(n);
     for (i, w) in writes.into_iter().enumerate() {
         let mut m = Vec::new();
@@ -947,7 +959,7 @@ fn decide(
                 WriteResult::DeletedAll
             }
         };
-        if i + 1 < n {
+        if reads && i + 1 < n {
             work.apply(&m);
         }
         mutations.append(&mut m);
