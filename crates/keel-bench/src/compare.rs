@@ -90,11 +90,11 @@ pub fn child(a: ChildArgs) -> Result<()> {
             let s = peers::open(a.peer, &a.dir, Purpose::Fill)?;
             let t = Instant::now();
             let mut shown = 0;
-            let n = peers::fill(&*s, a.mib << 20, |bytes| {
+            let (n, logged) = peers::fill(&*s, &a.dir, a.mib << 20, |bytes| {
                 if bytes >> 27 > shown {
                     shown = bytes >> 27;
                     eprintln!(
-                        "    {}: {} MiB of puts in {:.1} s",
+                        "    {}: {} MiB of log in {:.1} s",
                         a.peer,
                         bytes >> 20,
                         t.elapsed().as_secs_f64()
@@ -104,7 +104,7 @@ pub fn child(a: ChildArgs) -> Result<()> {
             s.sync()?;
             s.put(0, &marker_key(), &peers::value(0, 0))?;
             let mut o = stdout.lock();
-            writeln!(o, "FILLED {n}")?;
+            writeln!(o, "FILLED {n} {logged}")?;
             o.flush()?;
             drop(o);
             loop {
@@ -273,7 +273,7 @@ fn batch_point(peer: Peer, dir: &Path, writers: usize, batch: usize, secs: f64) 
 }
 
 pub struct Recovery {
-    /// Bytes of the files under the store's directory at the kill (preallocated space included).
+    /// Bytes of log at the kill, as [`peers::Store::log_bytes`] counts them.
     pub log_bytes: u64,
     pub puts: u64,
     pub fill_secs: f64,
@@ -287,11 +287,11 @@ fn recovery(peer: Peer, dir: &Path, mib: u64) -> Result<Recovery> {
     let (child, line) = spawn_child(peer, &d, "fill", mib, Duration::from_secs(3600))?;
     kill9(child)?;
     let fill_secs = t.elapsed().as_secs_f64();
-    let puts = line
+    let (puts, log_bytes) = line
         .strip_prefix("FILLED ")
-        .and_then(|n| n.parse().ok())
+        .and_then(|rest| rest.split_once(' '))
+        .and_then(|(n, b)| Some((n.parse().ok()?, b.parse().ok()?)))
         .with_context(|| format!("child said {line:?}"))?;
-    let log_bytes = peers::dir_bytes(&d)?;
     peers::drop_cache(&d)?;
     let t = Instant::now();
     let s = peers::open(peer, &d, Purpose::Recover)?;
@@ -463,7 +463,7 @@ pub fn compare(args: CompareArgs, command: String) -> Result<Run> {
         };
         match &r {
             Ok(r) => progress(&format!(
-                "  {peer:<18} {} MiB on disk, {} puts (filled in {:.1} s): reopened in {:.2} s",
+                "  {peer:<18} {} MiB of log, {} puts (filled in {:.1} s): reopened in {:.2} s",
                 r.log_bytes >> 20,
                 r.puts,
                 r.fill_secs,

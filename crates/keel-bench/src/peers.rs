@@ -27,6 +27,11 @@ pub trait Store: Send + Sync {
     fn sync(&self) -> Result<()> {
         Ok(())
     }
+    /// Bytes of log the store holds in `dir`: by default the bytes its files use, not counting
+    /// space reserved but not written (sparse or `fallocate`d past the end).
+    fn log_bytes(&self, dir: &Path) -> Result<u64> {
+        used_bytes(dir)
+    }
 }
 
 /// Why a store is being opened.
@@ -68,7 +73,7 @@ pub const ALL: [Peer; 9] = [
 
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.pad(self.name())
     }
 }
 
@@ -144,10 +149,15 @@ impl Peer {
     }
 
     pub fn available(self) -> Result<(), &'static str> {
-        if self.is_external() && !cfg!(feature = "peers") {
-            Err("not built: keel-bench was built without `--features peers`")
-        } else {
+        let built = match self {
+            Peer::RocksDb => cfg!(feature = "peers"),
+            p if p.is_external() => cfg!(feature = "peers-quick"),
+            _ => true,
+        };
+        if built {
             Ok(())
+        } else {
+            Err("not built: keel-bench was built without `--features peers`")
         }
     }
 }
@@ -163,50 +173,63 @@ pub fn open(peer: Peer, dir: &Path, purpose: Purpose) -> Result<Box<dyn Store>> 
         Peer::KeelWal => Box::new(keel::KeelWal::open(dir, purpose)?),
         Peer::Fdatasync => Box::new(Fdatasync::open(dir, purpose)?),
         #[cfg(feature = "peers")]
-        Peer::RocksDb => Box::new(ext::Rocks::open(dir, purpose)?),
-        #[cfg(feature = "peers")]
+        Peer::RocksDb => Box::new(rocks::Rocks::open(dir, purpose)?),
+        #[cfg(feature = "peers-quick")]
         Peer::Sqlite => Box::new(ext::Sqlite::open(dir, purpose, false)?),
-        #[cfg(feature = "peers")]
+        #[cfg(feature = "peers-quick")]
         Peer::SqlitePerWriter => Box::new(ext::Sqlite::open(dir, purpose, true)?),
-        #[cfg(feature = "peers")]
+        #[cfg(feature = "peers-quick")]
         Peer::Redb => Box::new(ext::Redb::open(dir, purpose)?),
-        #[cfg(feature = "peers")]
+        #[cfg(feature = "peers-quick")]
         Peer::Fjall => Box::new(ext::Fjall::open(dir, purpose)?),
-        #[cfg(feature = "peers")]
+        #[cfg(feature = "peers-quick")]
         Peer::OkayWal => Box::new(ext::OkayWal::open(dir, purpose)?),
-        #[cfg(not(feature = "peers"))]
+        #[allow(unreachable_patterns)]
         _ => unreachable!("checked by available()"),
     })
 }
 
-/// Fills `store` with `bytes` of key+value payload (16 + 100 bytes a put; the same puts for every
-/// store), in batches of 1000 that need not be durable; returns the number of puts.
-pub fn fill(store: &dyn Store, bytes: u64, mut progress: impl FnMut(u64)) -> Result<u64> {
-    let puts = bytes.div_ceil((KEY_BYTES + VALUE_BYTES) as u64);
+/// Fills `store` until its log holds `bytes`, in batches of 1000 puts that need not be durable;
+/// returns the number of puts and the log bytes.
+pub fn fill(
+    store: &dyn Store,
+    dir: &Path,
+    bytes: u64,
+    mut progress: impl FnMut(u64),
+) -> Result<(u64, u64)> {
     let mut n = 0u64;
     let mut batch = Vec::with_capacity(FILL_BATCH);
-    while n < puts {
-        batch.clear();
-        for _ in 0..FILL_BATCH.min((puts - n) as usize) {
-            batch.push((
-                key(u32::MAX as usize, n).to_vec(),
-                value(u32::MAX as usize, n),
-            ));
-            n += 1;
+    loop {
+        for _ in 0..16 {
+            batch.clear();
+            for _ in 0..FILL_BATCH {
+                batch.push((
+                    key(u32::MAX as usize, n).to_vec(),
+                    value(u32::MAX as usize, n),
+                ));
+                n += 1;
+            }
+            store.put_batch(0, &batch)?;
         }
-        store.put_batch(0, &batch)?;
-        progress(n * (KEY_BYTES + VALUE_BYTES) as u64);
+        let logged = store.log_bytes(dir)?;
+        progress(logged);
+        if logged >= bytes {
+            return Ok((n, logged));
+        }
     }
-    Ok(n)
 }
 
 const FILL_BATCH: usize = 1000;
 
-/// Total bytes of the regular files under `dir`.
-pub fn dir_bytes(dir: &Path) -> Result<u64> {
+/// Bytes the files under `dir` use: per file the smaller of its length and its allocated blocks,
+/// so that neither sparse nor `fallocate(KEEP_SIZE)` preallocation counts.
+pub fn used_bytes(dir: &Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     for f in files_under(dir)? {
-        total += std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
+        if let Ok(m) = std::fs::metadata(&f) {
+            total += m.len().min(m.blocks() * 512);
+        }
     }
     Ok(total)
 }
@@ -433,6 +456,11 @@ mod keel {
             self.engine.sync()?;
             Ok(())
         }
+
+        /// Bytes appended to the log (its segments are preallocated with `fallocate`).
+        fn log_bytes(&self, _dir: &Path) -> Result<u64> {
+            Ok(self.engine.wal_stats().bytes_written)
+        }
     }
 
     pub struct KeelWal {
@@ -486,64 +514,20 @@ mod keel {
             self.wal.sync()?;
             Ok(())
         }
+
+        /// Bytes appended to the log (its segments are preallocated with `fallocate`).
+        fn log_bytes(&self, _dir: &Path) -> Result<u64> {
+            Ok(self.wal.stats().bytes_written)
+        }
     }
 }
 
-#[cfg(feature = "peers")]
+#[cfg(feature = "peers-quick")]
 mod ext {
     use super::*;
     use anyhow::Context;
+    use redb::ReadableDatabase as _;
     use std::sync::Arc;
-
-    pub struct Rocks {
-        db: rocksdb::DB,
-        /// For puts: always sync.
-        sync: rocksdb::WriteOptions,
-        /// For batches: sync, except in the fill.
-        batch: rocksdb::WriteOptions,
-    }
-
-    impl Rocks {
-        pub fn open(dir: &Path, purpose: Purpose) -> Result<Self> {
-            let mut o = rocksdb::Options::default();
-            o.create_if_missing(true);
-            o.set_compression_type(rocksdb::DBCompressionType::None);
-            o.set_enable_pipelined_write(true);
-            o.increase_parallelism(2);
-            if !matches!(purpose, Purpose::Bench { .. }) {
-                // Keep the whole fill in the WAL: no memtable flush, no WAL-size-triggered flush.
-                o.set_write_buffer_size(8 << 30);
-                o.set_max_total_wal_size(16 << 30);
-                o.set_db_write_buffer_size(0);
-            }
-            let db = rocksdb::DB::open(&o, dir)?;
-            let mut sync = rocksdb::WriteOptions::default();
-            sync.set_sync(true);
-            let mut batch = rocksdb::WriteOptions::default();
-            batch.set_sync(purpose != Purpose::Fill);
-            Ok(Rocks { db, sync, batch })
-        }
-    }
-
-    impl Store for Rocks {
-        fn put(&self, _w: usize, key: &[u8], value: &[u8]) -> Result<()> {
-            self.db.put_opt(key, value, &self.sync)?;
-            Ok(())
-        }
-
-        fn put_batch(&self, _w: usize, kvs: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
-            let mut b = rocksdb::WriteBatch::default();
-            for (k, v) in kvs {
-                b.put(k, v);
-            }
-            self.db.write_opt(b, &self.batch)?;
-            Ok(())
-        }
-
-        fn contains(&self, key: &[u8]) -> Result<bool> {
-            Ok(self.db.get_pinned(key)?.is_some())
-        }
-    }
 
     pub struct Sqlite {
         conns: Vec<Mutex<rusqlite::Connection>>,
@@ -799,6 +783,61 @@ mod ext {
                 .unwrap_or_else(|p| p.into_inner())
                 .as_deref()
                 == Some(key))
+        }
+    }
+}
+
+#[cfg(feature = "peers")]
+mod rocks {
+    use super::*;
+
+    pub struct Rocks {
+        db: rocksdb::DB,
+        /// For puts: always sync.
+        sync: rocksdb::WriteOptions,
+        /// For batches: sync, except in the fill.
+        batch: rocksdb::WriteOptions,
+    }
+
+    impl Rocks {
+        pub fn open(dir: &Path, purpose: Purpose) -> Result<Self> {
+            let mut o = rocksdb::Options::default();
+            o.create_if_missing(true);
+            o.set_compression_type(rocksdb::DBCompressionType::None);
+            o.set_enable_pipelined_write(true);
+            o.increase_parallelism(2);
+            if !matches!(purpose, Purpose::Bench { .. }) {
+                // Keep the whole fill in the WAL: no memtable flush, no WAL-size-triggered flush.
+                o.set_write_buffer_size(8 << 30);
+                o.set_max_total_wal_size(16 << 30);
+                o.set_db_write_buffer_size(0);
+            }
+            let db = rocksdb::DB::open(&o, dir)?;
+            let mut sync = rocksdb::WriteOptions::default();
+            sync.set_sync(true);
+            let mut batch = rocksdb::WriteOptions::default();
+            batch.set_sync(purpose != Purpose::Fill);
+            Ok(Rocks { db, sync, batch })
+        }
+    }
+
+    impl Store for Rocks {
+        fn put(&self, _w: usize, key: &[u8], value: &[u8]) -> Result<()> {
+            self.db.put_opt(key, value, &self.sync)?;
+            Ok(())
+        }
+
+        fn put_batch(&self, _w: usize, kvs: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+            let mut b = rocksdb::WriteBatch::default();
+            for (k, v) in kvs {
+                b.put(k, v);
+            }
+            self.db.write_opt(b, &self.batch)?;
+            Ok(())
+        }
+
+        fn contains(&self, key: &[u8]) -> Result<bool> {
+            Ok(self.db.get_pinned(key)?.is_some())
         }
     }
 }

@@ -379,14 +379,14 @@ pub fn markdown(run: &Run, svg_prefix: &str, plots: &[(String, String)]) -> Stri
     if a.recovery_mib > 0 {
         let _ = writeln!(
             out,
-            "### Recovery after kill -9 with {} MiB of unsnapshotted log\n\nA child process makes the same puts in every store, {} MiB of keys and values in batches of 1000 (nothing checkpointed, flushed or compacted: each store is configured so; the fill itself need not be durable), then one durable marker put, and is killed with SIGKILL. The parent drops the store's files from the page cache and times the reopen until the marker is readable. For keel-wal and okaywal, reopening includes handing every record to the application. Time × keel-engine: lower is better.\n",
+            "### Recovery after kill -9 with {} MiB of unsnapshotted log\n\nA child process puts keys and values in batches of 1000 until the store's log holds {} MiB (nothing checkpointed, flushed or compacted: each store is configured so; the fill itself need not be durable), then makes one durable marker put, and is killed with SIGKILL. The parent drops the store's files from the page cache and times the reopen until the marker is readable. For keel-wal and okaywal, reopening includes handing every record to the application. Log bytes are what the store appended (keel: the log's own count; others: the bytes their files use, preallocated space not counted). SQLite's WAL holds whole B-tree pages, so the same log size holds far fewer puts. Time × keel-engine: lower is better.\n",
             a.recovery_mib, a.recovery_mib
         );
         let engine = find(run, Peer::KeelEngine).and_then(|r| r.recovery.as_ref().ok());
         let wal = find(run, Peer::KeelWal).and_then(|r| r.recovery.as_ref().ok());
         let _ = writeln!(
             out,
-            "| store | files at the kill | puts in it | reopen s | puts recovered/s | × keel-engine | × keel-wal |\n|---|---:|---:|---:|---:|---:|---:|"
+            "| store | log at the kill | puts in it | reopen s | puts recovered/s | × keel-engine | × keel-wal |\n|---|---:|---:|---:|---:|---:|---:|"
         );
         for r in &run.results {
             match &r.recovery {
