@@ -447,7 +447,11 @@ pub fn plot_throughput(run: &Run, path: &Path) -> Result<()> {
             let pts = r
                 .puts
                 .iter()
-                .filter_map(|(w, p)| p.as_ref().ok().map(|p| (*w as f64, p.ops_per_s.max(1.0))))
+                .filter_map(|(w, p)| {
+                    p.as_ref()
+                        .ok()
+                        .map(|p| ((*w as f64).log2(), p.ops_per_s.max(1.0)))
+                })
                 .collect();
             (r.peer, pts)
         })
@@ -455,7 +459,8 @@ pub fn plot_throughput(run: &Run, path: &Path) -> Result<()> {
         .collect();
     let ys = series.iter().flat_map(|(_, p)| p.iter().map(|x| x.1));
     let (lo, hi) = ys.fold((f64::MAX, 1.0f64), |(lo, hi), y| (lo.min(y), hi.max(y)));
-    let xmax = run.args.writers.iter().copied().max().unwrap_or(1) as f64;
+    // x is log2(writers), labelled with the writer count: a tick at every power of two.
+    let xmax = (run.args.writers.iter().copied().max().unwrap_or(1) as f64).log2();
     let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -467,14 +472,15 @@ pub fn plot_throughput(run: &Run, path: &Path) -> Result<()> {
         .x_label_area_size(50)
         .y_label_area_size(80)
         .build_cartesian_2d(
-            (0.8f64..xmax * 1.25).log_scale(),
+            -0.3f64..xmax + 0.3,
             ((lo.min(hi) / 1.5).max(1.0)..hi * 1.5).log_scale(),
         )?;
     chart
         .configure_mesh()
         .x_desc("writers (each waits for its own put)")
         .y_desc("durable puts/s")
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_labels(xmax as usize + 2)
+        .x_label_formatter(&|x| format!("{:.0}", 2f64.powf(*x)))
         .y_label_formatter(&|y| thousands(*y))
         .draw()?;
     for (peer, pts) in &series {
