@@ -461,27 +461,65 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub(crate) fn apply(map: &mut Map, mutations: &[Mutation], lsn: Lsn) {
-    for m in mutations {
-        match m {
-            Mutation::Set {
-                key,
-                value,
-                expires_at_ms,
-            } => {
-                map.insert(
-                    Key::new(key.clone()),
-                    Entry {
+/// Log records replayed onto a map (recovery, restore). Mutations are gathered per key and
+/// merged into the map in key order at the end: inserting random keys one by one into a large
+/// tree misses the cache at every level, and was about ten times slower per key than inserting
+/// them in order.
+#[derive(Default)]
+pub(crate) struct Replay {
+    /// The newest mutation of each key: `None` = deleted.
+    changed: HashMap<Bytes, Option<Entry>>,
+    /// A DeleteAll came: the map's own entries are gone.
+    cleared: bool,
+}
+
+impl Replay {
+    pub(crate) fn apply(&mut self, mutations: &[Mutation], lsn: Lsn) {
+        for m in mutations {
+            match m {
+                Mutation::Set {
+                    key,
+                    value,
+                    expires_at_ms,
+                } => {
+                    let e = Entry {
                         value: value.clone(),
                         version: lsn,
                         expires_at_ms: *expires_at_ms,
-                    },
-                );
+                    };
+                    self.changed.insert(key.clone(), Some(e));
+                }
+                Mutation::Delete { key } => {
+                    self.changed.insert(key.clone(), None);
+                }
+                Mutation::DeleteAll => {
+                    self.changed.clear();
+                    self.cleared = true;
+                }
             }
-            Mutation::Delete { key } => {
-                map.remove(&key[..]);
+        }
+    }
+
+    /// Merges what was replayed into `map`.
+    pub(crate) fn finish(self, map: &mut Map) {
+        if self.cleared {
+            map.clear();
+        }
+        let mut changed: Vec<(Key, Option<Entry>)> = self
+            .changed
+            .into_iter()
+            .map(|(k, e)| (Key::new(k), e))
+            .collect();
+        changed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (k, e) in changed {
+            match e {
+                Some(e) => {
+                    map.insert(k, e);
+                }
+                None => {
+                    map.remove(&k[..]);
+                }
             }
-            Mutation::DeleteAll => map.clear(),
         }
     }
 }
@@ -1174,6 +1212,7 @@ impl Engine {
         }
         // P7: records the snapshot already holds are skipped.
         let mut applied = snapshot_lsn.max(first - 1);
+        let mut replay = Replay::default();
         for rec in wal.read_from(applied + 1)? {
             let rec = rec?;
             report.bytes_replayed += rec.payload.len() as u64;
@@ -1183,7 +1222,7 @@ impl Engine {
                     source,
                 }
             })?;
-            apply(&mut map, &decoded.mutations, rec.lsn);
+            replay.apply(&decoded.mutations, rec.lsn);
             if let Some(r) = decoded.request {
                 requests.insert(rec.lsn, r, &opts, now);
             }
@@ -1191,6 +1230,7 @@ impl Engine {
             applied = rec.lsn;
             report.records_replayed += 1;
         }
+        replay.finish(&mut map);
         checkpoint::remove_uncommitted(&*fs, &dir, snapshot_lsn)?;
         let mut seq = Seq {
             recent: Recent::default(),

@@ -10,7 +10,7 @@ use keel_wal::{Fs, LogReader, Lsn, OpenMode, Wal};
 use crate::checkpoint::{commit_manifest, list_snapshots, write_snapshot_file};
 use crate::snapshot::{self, SnapshotHeader};
 use crate::{
-    apply, io, now_ms, record, Core, Error, Map, Options, Request, Requests, Result, WAL_DIR,
+    io, now_ms, record, Core, Error, Map, Options, Replay, Request, Requests, Result, WAL_DIR,
 };
 
 /// The point a restore rebuilds.
@@ -175,6 +175,7 @@ pub fn restore(
         requests.insert(l, r, opts, now);
     }
     let mut lsn = base;
+    let mut replay = Replay::default();
     if base < end {
         for rec in log.iter_from(base + 1)? {
             let rec = rec?;
@@ -190,7 +191,7 @@ pub fn restore(
             if matches!(to, RestoreTarget::UnixMs(t) if d.at_ms > t) {
                 break;
             }
-            apply(&mut map, &d.mutations, rec.lsn);
+            replay.apply(&d.mutations, rec.lsn);
             if let Some(r) = d.request {
                 requests.insert(rec.lsn, r, opts, now);
             }
@@ -199,6 +200,7 @@ pub fn restore(
             report.records_replayed += 1;
         }
     }
+    replay.finish(&mut map);
     if matches!(to, RestoreTarget::Lsn(l) if l != lsn) {
         return Err(Error::NotRestorable(format!(
             "the log stops at LSN {lsn} before the target"
