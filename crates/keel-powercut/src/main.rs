@@ -799,9 +799,14 @@ fn replay(
     let marks: Vec<usize> = (0..entries.len())
         .filter(|&i| entries[i].mark.is_some())
         .collect();
+    // The workload's marks are m0, m1, ...; dm-log-writes adds "dm-log-writes-end" when the
+    // device is removed, after the workload closed keel: everything acknowledged is behind it.
     let last_mark_upto = |i: usize| -> Option<String> {
         let k = marks.partition_point(|&m| m <= i);
-        (k > 0).then(|| entries[marks[k - 1]].mark.clone().unwrap())
+        (k > 0).then(|| match entries[marks[k - 1]].mark.as_deref() {
+            Some("dm-log-writes-end") => "all".to_string(),
+            m => m.unwrap_or_default().to_string(),
+        })
     };
     let mut rng = Rng(mix(seed ^ 0xc0ffee));
     let mut plan: Vec<State> = Vec::new();
