@@ -8,7 +8,7 @@
 //!   record, or the typed error recovery failed with.
 //! - `verify`: checks a dump (or a directory) against the acknowledgements in a serial log.
 //! - `replay` (on the host): reads a dm-log-writes log and writes crash states of the disk.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -359,14 +359,18 @@ fn workload(
             while !stop.load(Ordering::Relaxed) {
                 let n = out.lock().unwrap_or_else(|p| p.into_inner()).acks;
                 if n == last {
-                    std::thread::sleep(Duration::from_millis(20));
+                    std::thread::sleep(Duration::from_millis(1));
                     continue;
                 }
                 let name = format!("m{k}");
-                let ok = std::process::Command::new("dmsetup")
-                    .args(["message", &dev, "0", "mark", &name])
-                    .status()
-                    .is_ok_and(|s| s.success());
+                let ok = match dm_message(&dev, &format!("mark {name}")) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        say(&out, &format!("MARK-ERR {e}"), false);
+                        std::thread::sleep(Duration::from_millis(100));
+                        false
+                    }
+                };
                 if ok {
                     // Every ack counted in n was printed before the mark entered the log.
                     say(&out, &format!("MARK {name} {n}"), false);
@@ -392,6 +396,45 @@ fn workload(
         Err(e) => say(&out, &format!("CLOSE-ERR {e}"), false),
     }
     say(&out, "WORKLOAD-END", false);
+    Ok(())
+}
+
+/// Sends a message to a device-mapper target, as `dmsetup message <dev> 0 <msg>` does, but
+/// without starting a process: a mark must land in the log right after the acknowledgements it
+/// covers, before the page cache has had time to write back what a missing sync left behind.
+///
+/// The buffer is a `struct dm_ioctl` (include/uapi/linux/dm-ioctl.h, 312 bytes) followed by a
+/// `struct dm_target_msg`: a u64 sector and the NUL-terminated message.
+#[allow(unsafe_code)]
+fn dm_message(dev: &str, msg: &str) -> std::io::Result<()> {
+    use rustix::ioctl::{ioctl, opcode, Updater};
+    const DM_IOCTL_BYTES: usize = 312;
+    const DM_TARGET_MSG: rustix::ioctl::Opcode =
+        opcode::read_write::<[u8; DM_IOCTL_BYTES]>(0xfd, 14);
+    #[repr(C, align(8))]
+    struct Buf([u8; 1024]);
+    let invalid = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, m.to_string());
+    if dev.len() >= 128 || dev.contains('\0') {
+        return Err(invalid("bad device name"));
+    }
+    let total = DM_IOCTL_BYTES + 8 + msg.len() + 1;
+    if total > 1024 || msg.contains('\0') {
+        return Err(invalid("message too long"));
+    }
+    let mut b = Buf([0u8; 1024]);
+    let put = |b: &mut Buf, at: usize, v: u32| b.0[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    put(&mut b, 0, 4); // version 4.0.0
+    put(&mut b, 12, 1024); // data_size
+    put(&mut b, 16, DM_IOCTL_BYTES as u32); // data_start
+    b.0[48..48 + dev.len()].copy_from_slice(dev.as_bytes()); // name
+                                                             // dm_target_msg: sector 0, then the message.
+    let m = DM_IOCTL_BYTES + 8;
+    b.0[m..m + msg.len()].copy_from_slice(msg.as_bytes());
+    let control = File::open("/dev/mapper/control")?;
+    // SAFETY: DM_TARGET_MSG reads and writes a `struct dm_ioctl` whose data_size (1024) says how
+    // many bytes the kernel may access; `Buf` is exactly that long, 8-aligned like the C
+    // struct, and lives until the call returns.
+    unsafe { ioctl(&control, Updater::<DM_TARGET_MSG, Buf>::new(&mut b)) }?;
     Ok(())
 }
 
@@ -810,19 +853,28 @@ fn replay(
     };
     let mut rng = Rng(mix(seed ^ 0xc0ffee));
     let mut plan: Vec<State> = Vec::new();
-    // Every mark, and the flushes evenly spread, take up to half of the budget.
-    let prefix_budget = want / 2;
-    let mut prefixes: Vec<(usize, &'static str)> = marks.iter().map(|&m| (m, "mark")).collect();
-    let room = prefix_budget.saturating_sub(prefixes.len());
-    if !boundaries.is_empty() && room > 0 {
-        let step = (boundaries.len() as f64 / room as f64).max(1.0);
+    // Marks and flushes, evenly spread over the log (all of them if they fit), take up to half
+    // of the budget.
+    let mut candidates: Vec<(usize, &'static str)> = marks.iter().map(|&m| (m, "mark")).collect();
+    candidates.extend(boundaries.iter().map(|&b| (b, "flush")));
+    candidates.sort_unstable();
+    let prefix_budget = (want / 2).max(1);
+    let mut prefixes = Vec::new();
+    if !candidates.is_empty() {
+        let step = (candidates.len() as f64 / prefix_budget as f64).max(1.0);
         let mut x = 0.0;
-        while (x as usize) < boundaries.len() {
-            prefixes.push((boundaries[x as usize], "flush"));
+        while (x as usize) < candidates.len() && prefixes.len() < prefix_budget {
+            prefixes.push(candidates[x as usize]);
             x += step;
         }
+        // Always the end of the log.
+        if let Some(&last) = candidates.last() {
+            if prefixes.last() != Some(&last) {
+                prefixes.pop();
+                prefixes.push(last);
+            }
+        }
     }
-    prefixes.truncate(prefix_budget.max(1));
     for (i, what) in prefixes {
         plan.push(State {
             upto: i,
