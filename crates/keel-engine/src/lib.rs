@@ -30,11 +30,16 @@
 
 mod checkpoint;
 mod combine;
+mod key;
 pub mod record;
 mod restore;
 pub mod snapshot;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+/// Every hash map keyed by client bytes: foldhash is several times cheaper than SipHash on
+/// short keys and is seeded at random per map, so clients cannot aim collisions at it.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::fmt;
 use std::future::Future;
 use std::ops::{Bound, Deref, RangeBounds};
@@ -72,7 +77,9 @@ impl Entry {
     }
 }
 
-type Map = OrdMap<Bytes, Entry>;
+pub use key::Key;
+
+type Map = OrdMap<Key, Entry>;
 
 /// The log's subdirectory of an engine directory.
 pub const WAL_DIR: &str = "wal";
@@ -102,11 +109,15 @@ impl Snapshot {
 
     /// Live entries in `range`, in key order, at most `limit`.
     pub fn scan<R: RangeBounds<Bytes>>(&self, range: R, limit: usize) -> Vec<(Bytes, Entry)> {
+        let range: (Bound<&[u8]>, Bound<&[u8]>) = (
+            range.start_bound().map(|k| &k[..]),
+            range.end_bound().map(|k| &k[..]),
+        );
         self.map
-            .range(range)
+            .range::<_, [u8]>(range)
             .filter(|(_, e)| e.live(self.now_ms))
             .take(limit)
-            .map(|(k, e)| (k.clone(), e.clone()))
+            .map(|(k, e)| (Bytes::clone(k), e.clone()))
             .collect()
     }
 
@@ -119,21 +130,24 @@ impl Snapshot {
         limit: usize,
     ) -> Vec<(Bytes, Entry)> {
         let start = match after {
-            Some(a) => Bound::Excluded(Bytes::copy_from_slice(a)),
-            None => Bound::Included(Bytes::copy_from_slice(prefix)),
+            Some(a) => Bound::Excluded(a),
+            None => Bound::Included(prefix),
         };
         self.map
-            .range((start, Bound::Unbounded))
+            .range::<_, [u8]>((start, Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .filter(|(_, e)| e.live(self.now_ms))
             .take(limit)
-            .map(|(k, e)| (k.clone(), e.clone()))
+            .map(|(k, e)| (Bytes::clone(k), e.clone()))
             .collect()
     }
 
     /// Every live entry, in key order, without copying the view.
     pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Entry)> {
-        self.map.iter().filter(|(_, e)| e.live(self.now_ms))
+        self.map
+            .iter()
+            .filter(|(_, e)| e.live(self.now_ms))
+            .map(|(k, e)| (&**k, e))
     }
 
     /// Number of live keys. O(n) when some keys carry an expiry.
@@ -456,7 +470,7 @@ pub(crate) fn apply(map: &mut Map, mutations: &[Mutation], lsn: Lsn) {
                 expires_at_ms,
             } => {
                 map.insert(
-                    key.clone(),
+                    Key::new(key.clone()),
                     Entry {
                         value: value.clone(),
                         version: lsn,
@@ -465,7 +479,7 @@ pub(crate) fn apply(map: &mut Map, mutations: &[Mutation], lsn: Lsn) {
                 );
             }
             Mutation::Delete { key } => {
-                map.remove(key);
+                map.remove(&key[..]);
             }
             Mutation::DeleteAll => map.clear(),
         }
@@ -631,8 +645,8 @@ struct Visible {
 
 impl Visible {
     fn new(map: Map, lsn: Lsn, at_ms: u64) -> Visible {
-        let mut index = HashMap::with_capacity(map.len());
-        index.extend(map.iter().map(|(k, e)| (k.clone(), e.clone())));
+        let mut index = HashMap::with_capacity_and_hasher(map.len(), Default::default());
+        index.extend(map.iter().map(|(k, e)| (Bytes::clone(k), e.clone())));
         Visible {
             map,
             index,
@@ -654,16 +668,16 @@ impl Visible {
                         version: lsn,
                         expires_at_ms: *expires_at_ms,
                     };
-                    self.map.insert(key.clone(), e.clone());
+                    self.map.insert(Key::new(key.clone()), e.clone());
                     self.index.insert(key.clone(), e);
                 }
                 Mutation::Delete { key } => {
-                    self.map.remove(key);
+                    self.map.remove(&key[..]);
                     self.index.remove(key);
                 }
                 Mutation::DeleteAll => {
                     self.map.clear();
-                    self.index = HashMap::new();
+                    self.index = HashMap::default();
                 }
             }
         }
@@ -790,12 +804,24 @@ fn decide(
     }
     let mut work = Overlay {
         base: state,
-        changed: HashMap::new(),
+        changed: HashMap::default(),
         cleared: false,
         now,
     };
     let mut mutations = Vec::new();
     let n = writes.len();
+    // A transaction of plain puts (a bulk load, MSET) reads nothing back, so its writes need
+    // not be laid over the state one by one.
+    let reads = !writes.iter().all(|w| {
+        matches!(
+            w,
+            Write::Put {
+                only: PutIf::Always,
+                ttl: Ttl::None | Ttl::At(_),
+                ..
+            }
+        )
+    });
     let mut results = Vec::with_capacity(n);
     for (i, w) in writes.into_iter().enumerate() {
         let mut m = Vec::new();
@@ -933,7 +959,7 @@ fn decide(
                 WriteResult::DeletedAll
             }
         };
-        if i + 1 < n {
+        if reads && i + 1 < n {
             work.apply(&m);
         }
         mutations.append(&mut m);
@@ -1175,7 +1201,7 @@ impl Engine {
         };
         for (k, e) in map.iter() {
             if let Some(t) = e.expires_at_ms {
-                seq.expiry.insert((t, k.clone()));
+                seq.expiry.insert((t, Bytes::clone(k)));
             }
         }
         report.wal = wal_report;

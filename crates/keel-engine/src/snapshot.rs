@@ -40,7 +40,7 @@ use keel_wal::fs::{read_exact_at, write_all_at};
 use keel_wal::{FsFile, Lsn};
 
 use crate::record::{decode_request, encode_request, Request};
-use crate::{Entry, Map};
+use crate::{Entry, Key, Map};
 
 pub const MANIFEST: &str = "MANIFEST";
 pub const SNAPSHOT_DIR: &str = "snapshots";
@@ -492,7 +492,7 @@ pub fn read_snapshot(file: &dyn FsFile, expect: Option<&Manifest>) -> Result<Loa
         }
         last = Some(key.clone());
         map.insert(
-            key,
+            Key::new(key),
             Entry {
                 value,
                 version,
@@ -527,7 +527,7 @@ mod tests {
         let mut m = Map::new();
         for i in 0..n {
             m.insert(
-                Bytes::from(format!("k{i:06}")),
+                Key::new(Bytes::from(format!("k{i:06}"))),
                 Entry {
                     value: Bytes::from(vec![i as u8; (i % 300) as usize]),
                     version: i + 1,

@@ -119,7 +119,14 @@ pub const COMMANDS: &[Spec] = &[
 ];
 
 pub fn lookup(name: &str) -> Option<&'static Spec> {
-    COMMANDS.iter().find(|s| s.name == name)
+    find(name.as_bytes()).map(|i| &COMMANDS[i])
+}
+
+/// The index in [`COMMANDS`] of the command a client named, in any case.
+pub fn find(name: &[u8]) -> Option<usize> {
+    COMMANDS
+        .iter()
+        .position(|s| name.eq_ignore_ascii_case(s.name.as_bytes()))
 }
 
 pub fn arity_ok(spec: &Spec, argc: usize) -> bool {

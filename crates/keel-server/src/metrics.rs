@@ -81,13 +81,11 @@ impl Metrics {
         }
     }
 
-    /// Counts a command (by the name the client sent, in any case) and starts its timer; the
-    /// caller finishes the timer when the reply is ready, for a write once it is durable.
-    pub fn start(self: &Arc<Self>, name: &[u8]) -> CommandTimer {
-        let index = cmd::COMMANDS
-            .iter()
-            .position(|s| name.eq_ignore_ascii_case(s.name.as_bytes()))
-            .unwrap_or(cmd::COMMANDS.len());
+    /// Counts a command (its index in `cmd::COMMANDS`; `None`: one keel does not serve) and
+    /// starts its timer; the caller finishes the timer when the reply is ready, for a write once
+    /// it is durable.
+    pub fn start(self: &Arc<Self>, found: Option<usize>) -> CommandTimer {
+        let index = found.unwrap_or(cmd::COMMANDS.len());
         self.commands[index].fetch_add(1, Ordering::Relaxed);
         CommandTimer {
             metrics: self.clone(),
@@ -406,10 +404,10 @@ mod tests {
     #[test]
     fn commands_count_by_name_and_unknown_names_share_one_label() {
         let m = Arc::new(Metrics::new());
-        m.start(b"SET").finish();
-        m.start(b"set").finish();
-        m.start(b"no-such-command").finish();
-        m.start(b"\xff\x00").finish();
+        m.start(cmd::find(b"SET")).finish();
+        m.start(cmd::find(b"set")).finish();
+        m.start(cmd::find(b"no-such-command")).finish();
+        m.start(cmd::find(b"\xff\x00")).finish();
         let set = cmd::COMMANDS.iter().position(|s| s.name == "set").unwrap();
         assert_eq!(m.commands[set].load(Ordering::Relaxed), 2);
         assert_eq!(m.commands[cmd::COMMANDS.len()].load(Ordering::Relaxed), 2);

@@ -280,9 +280,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                         continue;
                     }
                     sh.commands_processed.fetch_add(1, Ordering::Relaxed);
-                    let timer = sh.metrics.start(&frame.args[0]);
+                    let found = cmd::find(&frame.args[0]);
+                    let timer = sh.metrics.start(found);
                     let queued = conn.queue.len();
-                    let flow = conn.execute(frame.args).await;
+                    let flow = conn.execute(found, frame.args).await;
                     observe(&mut conn, timer, queued);
                     match flow {
                         Flow::Continue => {}
@@ -471,25 +472,26 @@ impl Conn {
         self.reply((part.render)(Some(&results)));
     }
 
-    async fn execute(&mut self, args: Vec<Bytes>) -> Flow {
-        let name = lower(&args[0]);
-        let Some(spec) = cmd::lookup(&name) else {
+    /// Executes one request; `found` is its command's index in [`cmd::COMMANDS`].
+    async fn execute(&mut self, found: Option<usize>, args: Vec<Bytes>) -> Flow {
+        let Some(spec) = found.map(|i| &cmd::COMMANDS[i]) else {
             if self.multi.is_some() {
                 self.multi_dirty = true;
             }
             self.reply(unknown_command(&args));
             return Flow::Continue;
         };
+        let name = spec.name;
         if !cmd::arity_ok(spec, args.len()) {
             if self.multi.is_some() {
                 self.multi_dirty = true;
             }
-            self.reply(cmd::wrong_args(&name));
+            self.reply(cmd::wrong_args(name));
             return Flow::Continue;
         }
         let user = match &self.user {
             Some(u) => u.clone(),
-            None if matches!(name.as_str(), "auth" | "hello" | "quit") => User(String::new()),
+            None if matches!(name, "auth" | "hello" | "quit") => User(String::new()),
             None => {
                 if self.multi.is_some() {
                     self.multi_dirty = true;
@@ -509,13 +511,13 @@ impl Conn {
         }
         if self.multi.is_some()
             && !matches!(
-                name.as_str(),
+                name,
                 "exec" | "discard" | "multi" | "watch" | "quit" | "reset"
             )
         {
-            let queued = match name.as_str() {
-                "ping" | "echo" | "time" => Ok(Part::fixed(self.local(&name, &args))),
-                _ => match cmd::compile(&name, &args, now_ms()) {
+            let queued = match name {
+                "ping" | "echo" | "time" => Ok(Part::fixed(self.local(name, &args))),
+                _ => match cmd::compile(name, &args, now_ms()) {
                     Some(Ok(p)) if !p.guards.is_empty() => Err(Reply::err(format!(
                         "ERR {} is not supported inside MULTI by keel; use WATCH",
                         name.to_uppercase()
@@ -539,7 +541,7 @@ impl Conn {
             }
             return Flow::Continue;
         }
-        if let Some(part) = cmd::compile(&name, &args, now_ms()) {
+        if let Some(part) = cmd::compile(name, &args, now_ms()) {
             match part {
                 Err(e) => self.reply(e),
                 Ok(p) if p.read_only() => self.read(p).await,
@@ -547,7 +549,7 @@ impl Conn {
             }
             return Flow::Continue;
         }
-        self.command(&name, args).await
+        self.command(name, args).await
     }
 
     /// Replies that depend on nothing but the arguments.
