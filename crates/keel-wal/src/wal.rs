@@ -522,7 +522,7 @@ fn activate(
     write_all_at(&*file, &header.encode(), 0).map_err(|e| io("write segment header", e))?;
     file.sync_data().map_err(|e| io("sync segment header", e))?;
     let path = dir.join(open_name(first_lsn));
-    durable_rename(&*opts.fs, tmp, &path).map_err(|e| io("rename new segment", e))?;
+    segment_rename(&*opts.fs, tmp, &path).map_err(|e| io("rename new segment", e))?;
     Ok(Active {
         file,
         path,
@@ -530,6 +530,18 @@ fn activate(
         first_lsn,
         offset: SEGMENT_HEADER_BYTES as u64,
     })
+}
+
+/// Renames a segment file durably: activation and sealing.
+#[cfg(not(feature = "fault-skip-dir-sync"))]
+fn segment_rename(fs: &dyn crate::fs::Fs, from: &Path, to: &Path) -> std::io::Result<()> {
+    durable_rename(fs, from, to)
+}
+
+/// Negative control (tests/powercut): the rename without the directory sync after it.
+#[cfg(feature = "fault-skip-dir-sync")]
+fn segment_rename(fs: &dyn crate::fs::Fs, from: &Path, to: &Path) -> std::io::Result<()> {
+    fs.rename(from, to)
 }
 
 fn create_segment(opts: &Options, dir: &Path, id: u64, first_lsn: Lsn) -> Result<Active> {
@@ -666,6 +678,7 @@ impl Wal {
                 .file
                 .sync_data()
                 .map_err(|e| Error::io("sync recovered segment", &active.path, e))?;
+            #[cfg(not(feature = "fault-skip-dir-sync"))]
             fs.sync_dir(&dir)
                 .map_err(|e| Error::io("sync directory", &dir, e))?;
         }
@@ -1259,7 +1272,12 @@ impl Writer {
     fn sync(&mut self) -> Result<()> {
         let t = Instant::now();
         let a = &self.active;
-        if !crate::mutated("skip_data_sync") {
+        #[cfg(not(feature = "fault-skip-data-sync"))]
+        let skip = crate::mutated("skip_data_sync");
+        // Negative control (tests/powercut): never make appended records durable.
+        #[cfg(feature = "fault-skip-data-sync")]
+        let skip = true;
+        if !skip {
             if let Err(e) = a.file.sync_data() {
                 if !(crate::mutated("retry_failed_sync") && a.file.sync_data().is_ok()) {
                     return Err(Error::io("sync", &a.path, e));
@@ -1320,7 +1338,7 @@ impl Writer {
             None => create_segment(opts, dir, id, first)?,
         };
         let sealed = dir.join(sealed_name(old_first, last));
-        durable_rename(&*opts.fs, &self.active.path, &sealed)
+        segment_rename(&*opts.fs, &self.active.path, &sealed)
             .map_err(|e| Error::io("seal segment", &self.active.path, e))?;
         self.shared
             .counters
