@@ -704,12 +704,18 @@ fn replay_onto_a_snapshot_keeps_the_log_order_of_delete_all_deletes_and_rewrites
         e.put("back", "y").unwrap();
     }
     let (e, report) = Engine::open(dir.path(), small()).unwrap();
-    assert!(report.snapshot_lsn > 0, "recovery must start from the snapshot");
+    assert!(
+        report.snapshot_lsn > 0,
+        "recovery must start from the snapshot"
+    );
     let keys: Vec<(Bytes, Bytes)> = e
         .snapshot()
         .iter()
         .map(|(k, v)| (k.clone(), v.value.clone()))
         .collect();
     assert_eq!(keys, vec![(b("after"), b("2")), (b("back"), b("y"))]);
-    assert!(e.get(b"snap00").is_none(), "DeleteAll came after the rewrite");
+    assert!(
+        e.get(b"snap00").is_none(),
+        "DeleteAll came after the rewrite"
+    );
 }
