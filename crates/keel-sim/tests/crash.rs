@@ -168,8 +168,11 @@ fn concurrent_writers_crashed_at_random_points() {
     }
     report("concurrent writers, random crash points", states, t);
     println!("  {syncs} syncs for {acked} acknowledged records in the uncrashed runs");
+    // How many records a sync covers depends on scheduling (a loaded 2-core CI machine gave
+    // 0.52 syncs per record once, where 0.3 is usual), so this asks only that syncs are shared
+    // at all: without group commit there is one sync per record.
     assert!(
-        syncs < acked / 2,
+        syncs < acked,
         "group commit should share syncs: {syncs} syncs, {acked} records"
     );
 }
