@@ -3,7 +3,6 @@
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -180,10 +179,6 @@ fn honesty(peer: Peer, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 120_000_000, 3).expect("static bounds")
-}
-
 /// One timed point.
 pub struct Point {
     pub ops_per_s: f64,
@@ -194,45 +189,8 @@ pub struct Point {
 /// `writers` threads from a common start for `secs`; writer `w` calls `op(w, i)` for its i-th
 /// operation and each call's latency is recorded.
 fn timed(writers: usize, secs: f64, op: impl Fn(usize, u64) -> Result<()> + Sync) -> Result<Point> {
-    let barrier = Barrier::new(writers + 1);
-    let (results, start) = std::thread::scope(|s| -> Result<_> {
-        let handles: Vec<_> = (0..writers)
-            .map(|w| {
-                let (barrier, op) = (&barrier, &op);
-                s.spawn(move || -> Result<(Histogram<u64>, u64)> {
-                    let mut h = hist();
-                    let mut n = 0u64;
-                    barrier.wait();
-                    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-                    while Instant::now() < deadline {
-                        let t0 = Instant::now();
-                        op(w, n)?;
-                        h.saturating_record(t0.elapsed().as_micros() as u64);
-                        n += 1;
-                    }
-                    Ok((h, n))
-                })
-            })
-            .collect();
-        barrier.wait();
-        let start = Instant::now();
-        let mut out = Vec::new();
-        for h in handles {
-            out.push(h.join().expect("writer thread")?);
-        }
-        Ok((out, start))
-    })?;
-    let elapsed = start.elapsed().as_secs_f64();
-    let mut h = hist();
-    let mut ops = 0;
-    for (x, n) in &results {
-        h.add(x).expect("same bounds");
-        ops += n;
-    }
-    Ok(Point {
-        ops_per_s: ops as f64 / elapsed,
-        h,
-    })
+    let (h, ops_per_s) = keel_measure::timed_writers(writers, secs, op)?;
+    Ok(Point { ops_per_s, h })
 }
 
 fn fresh(dir: &Path, name: &str) -> Result<PathBuf> {

@@ -1,7 +1,7 @@
 //! The Markdown report and the SVG plots of a comparison run.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Result;
 use plotters::prelude::*;
@@ -9,69 +9,7 @@ use plotters::prelude::*;
 use crate::compare::{PeerResult, Point, Run};
 use crate::peers::{self, Peer};
 
-fn first_field<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim())
-}
-
-/// The file system `dir` is on, from /proc/self/mountinfo: type, device, mount point, options.
-/// (As `keel bench` prints it.)
-fn filesystem(dir: &Path) -> String {
-    let Ok(dir) = dir.canonicalize() else {
-        return "unknown".into();
-    };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return "unknown".into();
-    };
-    let unescape = |s: &str| s.replace("\\040", " ").replace("\\011", "\t");
-    let mut best: Option<(PathBuf, String)> = None;
-    for line in info.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let l: Vec<&str> = left.split(' ').collect();
-        let r: Vec<&str> = right.split(' ').collect();
-        if l.len() < 6 || r.len() < 3 {
-            continue;
-        }
-        let mount = PathBuf::from(unescape(l[4]));
-        if dir.starts_with(&mount)
-            && best
-                .as_ref()
-                .is_none_or(|(m, _)| mount.as_os_str().len() >= m.as_os_str().len())
-        {
-            let desc = format!(
-                "{} ({} at {}; {} / {})",
-                r[0],
-                r[1],
-                mount.display(),
-                l[5],
-                r[2]
-            );
-            best = Some((mount, desc));
-        }
-    }
-    best.map_or_else(|| "unknown".into(), |(_, d)| d)
-}
-
-/// One line naming the machine: CPU model, cores, memory, kernel, file system of `dir`.
-pub fn machine(dir: &Path) -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = first_field(&cpuinfo, "model name").unwrap_or("unknown CPU");
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_gib = first_field(&meminfo, "MemTotal")
-        .and_then(|v| v.trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or("?".into(), |kb| format!("{:.1}", kb / (1 << 20) as f64));
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_or("?".into(), |s| s.trim().to_string());
-    format!(
-        "{cpu} · nproc {} · {mem_gib} GiB · Linux {kernel} · {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        filesystem(dir)
-    )
-}
+pub use keel_measure::machine;
 
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")

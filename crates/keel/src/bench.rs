@@ -4,11 +4,11 @@ use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Barrier;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
+use keel_measure::timed_writers;
 use keel_wal::format::frame_bytes;
 use keel_wal::{Options, SyncPolicy, Wal};
 
@@ -57,10 +57,6 @@ pub struct WalBenchArgs {
     recovery_mib: u64,
 }
 
-fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 120_000_000, 3).expect("static bounds")
-}
-
 pub(crate) fn us(h: &Histogram<u64>, q: f64) -> u64 {
     h.value_at_quantile(q)
 }
@@ -96,54 +92,6 @@ fn prewrite(path: &Path, bytes: u64) -> Result<File> {
 }
 
 /// One writer's latencies (µs) and operation count.
-type WriterResult = (Histogram<u64>, u64);
-
-/// Runs `threads` writers from a common start for `secs` seconds. Writer `t` calls `op(t, i)`
-/// for its i-th operation, and each call's latency is recorded. Returns the merged latencies and
-/// the operations per second.
-pub(crate) fn timed_writers(
-    threads: usize,
-    secs: f64,
-    op: impl Fn(usize, u64) -> Result<()> + Sync,
-) -> Result<(Histogram<u64>, f64)> {
-    let barrier = Barrier::new(threads + 1);
-    let (results, start) = std::thread::scope(|s| -> Result<(Vec<WriterResult>, Instant)> {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let (barrier, op) = (&barrier, &op);
-                s.spawn(move || -> Result<WriterResult> {
-                    let mut h = hist();
-                    let mut n = 0u64;
-                    barrier.wait();
-                    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-                    while Instant::now() < deadline {
-                        let t0 = Instant::now();
-                        op(t, n)?;
-                        h.saturating_record(t0.elapsed().as_micros() as u64);
-                        n += 1;
-                    }
-                    Ok((h, n))
-                })
-            })
-            .collect();
-        barrier.wait();
-        let start = Instant::now();
-        let mut out = Vec::new();
-        for h in handles {
-            out.push(h.join().expect("writer thread")?);
-        }
-        Ok((out, start))
-    })?;
-    let elapsed = start.elapsed().as_secs_f64();
-    let mut h = hist();
-    let mut ops = 0;
-    for (x, n) in &results {
-        h.add(x).expect("same bounds");
-        ops += n;
-    }
-    Ok((h, ops as f64 / elapsed))
-}
-
 /// `threads` threads, each with its own file: write `size` bytes, fdatasync, repeat. This is what
 /// durability costs without group commit. `overwrite`: into pre-written files (wrapping around);
 /// otherwise appending, so every sync also commits a size change.
