@@ -461,37 +461,47 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Log records replayed onto a map (recovery, restore). Mutations are gathered per key and
-/// merged into the map in key order at the end: inserting random keys one by one into a large
-/// tree misses the cache at every level, while inserts in key order keep the path cached.
+/// The entry a mutation leaves under its key at `version` (`None`: deleted), or `None` for a
+/// DeleteAll. Every structure that follows mutations goes through this.
+fn change(m: &Mutation, version: Lsn) -> Option<(&Bytes, Option<Entry>)> {
+    match m {
+        Mutation::Set {
+            key,
+            value,
+            expires_at_ms,
+        } => Some((
+            key,
+            Some(Entry {
+                value: value.clone(),
+                version,
+                expires_at_ms: *expires_at_ms,
+            }),
+        )),
+        Mutation::Delete { key } => Some((key, None)),
+        Mutation::DeleteAll => None,
+    }
+}
+
+/// Mutations gathered per key: the newest entry of each key written, and whether a DeleteAll
+/// came. A transaction's overlay uses it while deciding, and recovery and restore replay the log
+/// into it, then merge it into the map in key order: inserting random keys one by one into a
+/// large tree misses the cache at every level, while inserts in key order keep the path cached.
 #[derive(Default)]
-pub(crate) struct Replay {
-    /// The newest mutation of each key: `None` = deleted.
+pub(crate) struct Changes {
+    /// The newest entry of each key: `None` = deleted.
     changed: HashMap<Bytes, Option<Entry>>,
-    /// A DeleteAll came: the map's own entries are gone.
+    /// A DeleteAll came: entries not in `changed` are gone.
     cleared: bool,
 }
 
-impl Replay {
-    pub(crate) fn apply(&mut self, mutations: &[Mutation], lsn: Lsn) {
+impl Changes {
+    pub(crate) fn apply(&mut self, mutations: &[Mutation], version: Lsn) {
         for m in mutations {
-            match m {
-                Mutation::Set {
-                    key,
-                    value,
-                    expires_at_ms,
-                } => {
-                    let e = Entry {
-                        value: value.clone(),
-                        version: lsn,
-                        expires_at_ms: *expires_at_ms,
-                    };
-                    self.changed.insert(key.clone(), Some(e));
+            match change(m, version) {
+                Some((key, e)) => {
+                    self.changed.insert(key.clone(), e);
                 }
-                Mutation::Delete { key } => {
-                    self.changed.insert(key.clone(), None);
-                }
-                Mutation::DeleteAll => {
+                None => {
                     self.changed.clear();
                     self.cleared = true;
                 }
@@ -499,8 +509,8 @@ impl Replay {
         }
     }
 
-    /// Merges what was replayed into `map`.
-    pub(crate) fn finish(self, map: &mut Map) {
+    /// Merges the changes into `map`.
+    pub(crate) fn merge_into(self, map: &mut Map) {
         if self.cleared {
             map.clear();
         }
@@ -611,29 +621,17 @@ impl Recent {
 
     fn record(&mut self, mutations: &[Mutation], lsn: Lsn) {
         for m in mutations {
-            let (key, e) = match m {
-                Mutation::Set {
-                    key,
-                    value,
-                    expires_at_ms,
-                } => (
-                    key,
-                    Some(Entry {
-                        value: value.clone(),
-                        version: lsn,
-                        expires_at_ms: *expires_at_ms,
-                    }),
-                ),
-                Mutation::Delete { key } => (key, None),
-                Mutation::DeleteAll => {
+            match change(m, lsn) {
+                Some((key, e)) => {
+                    self.by_key.insert(key.clone(), (lsn, e));
+                    self.order.push_back((lsn, key.clone()));
+                }
+                None => {
                     self.by_key.clear();
                     self.order.clear();
                     self.cleared = Some(lsn);
-                    continue;
                 }
-            };
-            self.by_key.insert(key.clone(), (lsn, e));
-            self.order.push_back((lsn, key.clone()));
+            }
         }
     }
 
@@ -694,25 +692,16 @@ impl Visible {
 
     fn apply(&mut self, mutations: &[Mutation], lsn: Lsn, at_ms: u64) {
         for m in mutations {
-            match m {
-                Mutation::Set {
-                    key,
-                    value,
-                    expires_at_ms,
-                } => {
-                    let e = Entry {
-                        value: value.clone(),
-                        version: lsn,
-                        expires_at_ms: *expires_at_ms,
-                    };
+            match change(m, lsn) {
+                Some((key, Some(e))) => {
                     self.map.insert(Key::new(key.clone()), e.clone());
                     self.index.insert(key.clone(), e);
                 }
-                Mutation::Delete { key } => {
+                Some((key, None)) => {
                     self.map.remove(&key[..]);
                     self.index.remove(key);
                 }
-                Mutation::DeleteAll => {
+                None => {
                     self.map.clear();
                     self.index = HashMap::default();
                 }
@@ -767,48 +756,24 @@ fn parse_float(v: &[u8]) -> Option<f64> {
 /// touches the tree, and the sequencer's map is then updated in place, once.
 struct Overlay<'a> {
     base: View<'a>,
-    /// Keys the transaction wrote so far: `None` = deleted.
-    changed: HashMap<Bytes, Option<Entry>>,
-    /// A DeleteAll came earlier: keys not in `changed` are gone.
-    cleared: bool,
+    /// What the transaction wrote so far.
+    changes: Changes,
     now: u64,
 }
 
 impl Overlay<'_> {
     fn live(&self, k: &[u8]) -> Option<Entry> {
-        let e = match self.changed.get(k) {
+        let e = match self.changes.changed.get(k) {
             Some(e) => e.as_ref(),
-            None if self.cleared => None,
+            None if self.changes.cleared => None,
             None => self.base.get(k),
         };
         e.filter(|e| e.live(self.now)).cloned()
     }
 
     fn apply(&mut self, mutations: &[Mutation]) {
-        for m in mutations {
-            match m {
-                Mutation::Set {
-                    key,
-                    value,
-                    expires_at_ms,
-                } => {
-                    // The version is provisional: only liveness and values are read back.
-                    let e = Entry {
-                        value: value.clone(),
-                        version: 0,
-                        expires_at_ms: *expires_at_ms,
-                    };
-                    self.changed.insert(key.clone(), Some(e));
-                }
-                Mutation::Delete { key } => {
-                    self.changed.insert(key.clone(), None);
-                }
-                Mutation::DeleteAll => {
-                    self.changed.clear();
-                    self.cleared = true;
-                }
-            }
-        }
+        // The version is provisional: only liveness and values are read back.
+        self.changes.apply(mutations, 0);
     }
 }
 
@@ -841,8 +806,7 @@ fn decide(
     }
     let mut work = Overlay {
         base: state,
-        changed: HashMap::default(),
-        cleared: false,
+        changes: Changes::default(),
         now,
     };
     let mut mutations = Vec::new();
@@ -1211,7 +1175,7 @@ impl Engine {
         }
         // P7: records the snapshot already holds are skipped.
         let mut applied = snapshot_lsn.max(first - 1);
-        let mut replay = Replay::default();
+        let mut replay = Changes::default();
         for rec in wal.read_from(applied + 1)? {
             let rec = rec?;
             report.bytes_replayed += rec.payload.len() as u64;
@@ -1229,7 +1193,7 @@ impl Engine {
             applied = rec.lsn;
             report.records_replayed += 1;
         }
-        replay.finish(&mut map);
+        replay.merge_into(&mut map);
         checkpoint::remove_uncommitted(&*fs, &dir, snapshot_lsn)?;
         let mut seq = Seq {
             recent: Recent::default(),

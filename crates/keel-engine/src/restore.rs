@@ -10,7 +10,7 @@ use keel_wal::{Fs, LogReader, Lsn, OpenMode, Wal};
 use crate::checkpoint::{commit_manifest, list_snapshots, write_snapshot_file};
 use crate::snapshot::{self, SnapshotHeader};
 use crate::{
-    io, now_ms, record, Core, Error, Map, Options, Replay, Request, Requests, Result, WAL_DIR,
+    io, now_ms, record, Changes, Core, Error, Map, Options, Request, Requests, Result, WAL_DIR,
 };
 
 /// The point a restore rebuilds.
@@ -175,7 +175,7 @@ pub fn restore(
         requests.insert(l, r, opts, now);
     }
     let mut lsn = base;
-    let mut replay = Replay::default();
+    let mut replay = Changes::default();
     if base < end {
         for rec in log.iter_from(base + 1)? {
             let rec = rec?;
@@ -200,7 +200,7 @@ pub fn restore(
             report.records_replayed += 1;
         }
     }
-    replay.finish(&mut map);
+    replay.merge_into(&mut map);
     if matches!(to, RestoreTarget::Lsn(l) if l != lsn) {
         return Err(Error::NotRestorable(format!(
             "the log stops at LSN {lsn} before the target"
