@@ -37,6 +37,10 @@ fn command_reply_table() {
         (&["GET", "nosuch"], "$-1\r\n"),
         (&["SET", "k", "v"], "+OK\r\n"),
         (&["GET", "k"], "$1\r\nv\r\n"),
+        // Command names match in any case; errors name the command in lower case, as Redis does.
+        (&["sEt", "mixed", "1"], "+OK\r\n"),
+        (&["gEt", "mixed"], "$1\r\n1\r\n"),
+        (&["GeT"], "-ERR wrong number of arguments for 'get' command\r\n"),
         (&["SET", "k", "w", "NX"], "$-1\r\n"),
         (&["SET", "k", "w", "XX", "GET"], "$1\r\nv\r\n"),
         (&["SET", "new", "1", "XX"], "$-1\r\n"),
