@@ -275,6 +275,9 @@ impl Core {
     /// One round of background work: active expiry, then a checkpoint if one is due.
     fn maintain(&self, stopping: &dyn Fn() -> bool) {
         for _ in 0..20 {
+            if !self.opts.active_expiry {
+                break;
+            }
             match self.remove_expired(1000) {
                 Ok(1000) if !stopping() => continue,
                 Ok(_) => break,

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use bytes::Bytes;
 use keel_wal::Completion;
 
-use crate::{lock, Core, Guard, Outcome, Prepared, Result, Seq, Write};
+use crate::{lock, now_ms, Core, Guard, Outcome, Prepared, Result, Seq, Write};
 
 /// A transaction left for the combiner.
 pub(crate) struct Job {
@@ -113,7 +113,7 @@ impl Core {
             slot,
         } = job;
         let mut decided = lock(&slot.decided);
-        let r = self.prepare_locked(seq, id, &guards, writes, Some(&slot.done));
+        let r = self.prepare_locked(seq, id, now_ms(), &guards, writes, Some(&slot.done));
         let logged = matches!(r, Ok(Prepared::Wait(..)));
         *decided = Some(r);
         drop(decided);

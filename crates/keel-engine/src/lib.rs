@@ -55,7 +55,7 @@ use snapshot::FileError;
 
 pub use checkpoint::CheckpointInfo;
 pub use record::{Mutation, RecordError, Request, REQUEST_ID_BYTES_MAX};
-pub use restore::{restore, RestoreReport, RestoreTarget};
+pub use restore::{create_from_snapshot, restore, BackupView, RestoreReport, RestoreTarget};
 
 /// A stored value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,6 +157,7 @@ impl Snapshot {
 }
 
 /// When a put applies.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum PutIf {
     #[default]
@@ -168,6 +169,7 @@ pub enum PutIf {
 }
 
 /// What to do with an existing expiry on put.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Ttl {
     /// The new value never expires.
@@ -180,6 +182,7 @@ pub enum Ttl {
 }
 
 /// One operation in a transaction. Each is decided against the state the earlier ones leave.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write {
     /// Result: `Put(applied)`.
@@ -223,6 +226,7 @@ pub enum Write {
 
 /// When an expiry change applies (Redis's EXPIRE options). A key without an expiry counts as
 /// expiring never, later than any time.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ExpireIf {
     #[default]
@@ -255,6 +259,7 @@ impl ExpireIf {
 }
 
 /// A precondition checked before any write: the key's current version (`None`: no live value).
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Guard {
     pub key: Bytes,
@@ -263,6 +268,7 @@ pub struct Guard {
 
 /// Why one write in a transaction did nothing. The transaction's other writes still apply, as in
 /// a Redis `EXEC`; use guards for all-or-nothing conditions.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
     #[error("value is not an integer or out of range")]
@@ -299,6 +305,7 @@ impl WriteError {
 }
 
 /// What one write did.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteResult {
     /// A put or rename; `false` when its condition did not hold.
@@ -315,6 +322,7 @@ pub enum WriteResult {
 }
 
 /// The outcome of a transaction.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Every guard held. `lsn` is `None` when nothing needed writing (for example, only skipped
@@ -404,6 +412,10 @@ pub struct Options {
     /// checkpoints happen only when [`Engine::checkpoint`] is called and expired keys are
     /// removed only when overwritten (they are never visible either way).
     pub background: bool,
+    /// With `background`, also delete expired keys in the background (active expiry). Default
+    /// true. Replicas turn it off: the deletions would be log records that only this machine
+    /// decided.
+    pub active_expiry: bool,
     /// Checkpoint once this many bytes were logged since the last one. Default 256 MiB;
     /// 0 = never by size. Bounds the log that recovery replays.
     pub checkpoint_log_bytes: u64,
@@ -425,6 +437,7 @@ impl Default for Options {
             request_retention_count: 100_000,
             request_retention_ms: 24 * 3600 * 1000,
             background: true,
+            active_expiry: true,
             checkpoint_log_bytes: 256 << 20,
             checkpoint_interval: Some(Duration::from_secs(600)),
             retention: Duration::ZERO,
@@ -1251,6 +1264,29 @@ impl Engine {
         self.pending(Some(check_id(id.into())?), guards, writes)
     }
 
+    /// [`Engine::submit`] (or, with `id`, [`Engine::submit_request`]) decided as of `now_ms`
+    /// rather than this machine's clock: expiry, liveness and request retention all use that
+    /// time. Replicas that apply the same transactions with the same times, in the same order,
+    /// from the same state, reach the same state and the same LSNs (keel cluster relies on it).
+    pub fn submit_at(
+        &self,
+        id: Option<Bytes>,
+        now_ms: u64,
+        guards: Vec<Guard>,
+        writes: Vec<Write>,
+    ) -> Result<Pending> {
+        let id = id.map(check_id).transpose()?;
+        self.core.check_writes(&writes)?;
+        let p =
+            self.core
+                .prepare_locked(&mut self.core.seq(), id, now_ms, &guards, writes, None)?;
+        Ok(Pending {
+            core: self.core.clone(),
+            state: Some(p),
+            waiting: None,
+        })
+    }
+
     fn pending(
         &self,
         id: Option<Bytes>,
@@ -1457,7 +1493,7 @@ impl Core {
     /// Decides the transaction and queues its record, under the sequencer lock.
     fn prepare(&self, id: Option<Bytes>, guards: &[Guard], writes: Vec<Write>) -> Result<Prepared> {
         self.check_writes(&writes)?;
-        self.prepare_locked(&mut self.seq(), id, guards, writes, None)
+        self.prepare_locked(&mut self.seq(), id, now_ms(), guards, writes, None)
     }
 
     /// Decides the transaction against `seq` and queues its record, its acknowledgement going to
@@ -1466,6 +1502,7 @@ impl Core {
         &self,
         seq: &mut Seq,
         id: Option<Bytes>,
+        now: u64,
         guards: &[Guard],
         writes: Vec<Write>,
         done: Option<&Arc<Completion>>,
@@ -1473,7 +1510,6 @@ impl Core {
         if let Some((lsn, req)) = id.as_ref().and_then(|id| seq.requests.get(id)) {
             return Ok(Prepared::Retry(*lsn, req.outcome.clone()));
         }
-        let now = now_ms();
         let (outcome, mutations) = {
             let vis = self.visible.read().unwrap_or_else(|p| p.into_inner());
             seq.recent.forget_up_to(vis.lsn);

@@ -214,24 +214,124 @@ pub fn restore(
     Ok(report)
 }
 
-impl Core {
-    /// Writes a consistent copy of the durable state into the new directory `target` while
-    /// writes continue: the O(1) clone of the visible state at one LSN, as a snapshot, with an
-    /// empty log after it. `target` opens as a normal database.
-    pub fn backup(&self, target: impl AsRef<Path>) -> Result<RestoreReport> {
+/// The durable state at one LSN, held by an O(1) clone, that can be read and then written out
+/// as a new database while writes continue. See [`Core::backup_view`].
+pub struct BackupView {
+    map: Map,
+    lsn: Lsn,
+    at_ms: u64,
+    requests: Vec<(Lsn, Request)>,
+}
+
+impl BackupView {
+    pub fn lsn(&self) -> Lsn {
+        self.lsn
+    }
+
+    /// The entry of `key` in this state, expired or not.
+    pub fn get(&self, key: &[u8]) -> Option<&crate::Entry> {
+        self.map.get(key)
+    }
+
+    /// Writes this state into the new directory `target` as a database that opens normally: a
+    /// snapshot, and an empty log that continues at `lsn + 1`.
+    pub fn write_database(
+        &self,
+        target: impl AsRef<Path>,
+        opts: &Options,
+    ) -> Result<RestoreReport> {
         let started = Instant::now();
         let target = target.as_ref();
-        check_target(&*self.opts.wal.fs, target)?;
-        let (map, lsn, at_ms, requests) = self.durable_view();
-        let snapshot_bytes = write_database(target, &map, &requests, lsn, at_ms, &self.opts)?;
+        check_target(&*opts.wal.fs, target)?;
+        let snapshot_bytes = write_database(
+            target,
+            &self.map,
+            &self.requests,
+            self.lsn,
+            self.at_ms,
+            opts,
+        )?;
         Ok(RestoreReport {
-            lsn,
-            at_ms,
-            base_snapshot: lsn,
-            keys: map.len(),
+            lsn: self.lsn,
+            at_ms: self.at_ms,
+            base_snapshot: self.lsn,
+            keys: self.map.len(),
             snapshot_bytes,
             duration: started.elapsed(),
             ..RestoreReport::default()
         })
     }
+}
+
+impl Core {
+    /// Writes a consistent copy of the durable state into the new directory `target` while
+    /// writes continue: the O(1) clone of the visible state at one LSN, as a snapshot, with an
+    /// empty log after it. `target` opens as a normal database.
+    pub fn backup(&self, target: impl AsRef<Path>) -> Result<RestoreReport> {
+        self.backup_view().write_database(target, &self.opts)
+    }
+
+    /// The durable state now, to read and then write out with [`BackupView::write_database`].
+    pub fn backup_view(&self) -> BackupView {
+        let (map, lsn, at_ms, requests) = self.durable_view();
+        BackupView {
+            map,
+            lsn,
+            at_ms,
+            requests,
+        }
+    }
+}
+
+/// Builds a database in the new directory `target` from one snapshot file (as written by
+/// [`BackupView::write_database`] or a checkpoint, possibly copied from another machine): the
+/// file is verified whole, copied in, committed by a manifest, and given an empty log that
+/// continues after it. Returns the snapshot's LSN.
+pub fn create_from_snapshot(
+    snapshot_file: impl AsRef<Path>,
+    target: impl AsRef<Path>,
+    opts: &Options,
+) -> Result<Lsn> {
+    let (file, target) = (snapshot_file.as_ref(), target.as_ref());
+    opts.validate()?;
+    let fs = &*opts.wal.fs;
+    check_target(fs, target)?;
+    let bad = |source| Error::BadFile {
+        path: file.to_path_buf(),
+        source,
+    };
+    let f = fs
+        .open(file, OpenMode::Read)
+        .map_err(io("open snapshot", file))?;
+    let (header, bytes, crc) = snapshot::verify_snapshot(&*f).map_err(bad)?;
+    let lsn = header.lsn;
+    keel_wal::fs::durable_create_dir_all(fs, target).map_err(io("create directory", target))?;
+    if lsn > 0 {
+        let dst = snapshot::snapshot_path(target, lsn);
+        let sdir = dst.parent().expect("snapshot paths have a directory");
+        keel_wal::fs::durable_create_dir_all(fs, sdir).map_err(io("create directory", sdir))?;
+        let tmp = dst.with_extension("tmp");
+        let copy = || -> std::io::Result<()> {
+            let t = fs.open(&tmp, OpenMode::CreateTruncate)?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut at = 0;
+            while at < bytes {
+                let n = (bytes - at).min(buf.len() as u64) as usize;
+                keel_wal::fs::read_exact_at(&*f, &mut buf[..n], at)?;
+                keel_wal::fs::write_all_at(&*t, &buf[..n], at)?;
+                at += n as u64;
+            }
+            t.sync_all()
+        };
+        copy().map_err(io("copy snapshot", &tmp))?;
+        keel_wal::fs::durable_rename(fs, &tmp, &dst).map_err(io("rename snapshot", &tmp))?;
+        let m = crate::snapshot::Manifest {
+            snapshot_lsn: lsn,
+            snapshot_bytes: bytes,
+            snapshot_crc: crc,
+        };
+        commit_manifest(fs, target, &m)?;
+    }
+    Wal::create_at(target.join(WAL_DIR), lsn + 1, opts.wal.clone())?;
+    Ok(lsn)
 }

@@ -1,0 +1,392 @@
+//! keel cluster: keel-engine replicated through openraft (P12).
+//!
+//! A write is one raft entry holding the engine transaction and the leader's decision time. It
+//! is acknowledged only after a quorum has it durably in its raft log (keel-wal, group commit)
+//! and the leader has applied it to its engine (durably too). Reads are linearizable through
+//! openraft's read index: the leader confirms its leadership with a quorum and waits until its
+//! engine has applied everything committed before the read. Followers answer reads only when
+//! stale reads are enabled.
+//!
+//! Layout of a node's directory: `raft/` (the raft log and its meta file), `engine-N/` (the
+//! engine; `ENGINE` names the current one), `snapshots/` (the latest raft snapshot).
+
+// openraft's traits fix the storage error type (`StorageError`, over 200 bytes); the helpers
+// that build it return it as is.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use keel_engine::{Engine, Guard, Outcome, Write};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Raft, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+mod log;
+pub mod net;
+mod sm;
+
+pub use log::LogStore;
+pub use sm::{Engines, StateMachine, RESERVED_PREFIX};
+
+pub type NodeId = u64;
+
+/// How peers and clients reach a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// The raft RPC address.
+    pub raft: String,
+    /// The Redis-protocol address clients use; `-MOVED` replies name it.
+    pub client: String,
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "raft {} client {}", self.raft, self.client)
+    }
+}
+
+/// One replicated transaction: what the engine decides at `at_ms` on every replica.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Txn {
+    /// A client request id (KEEL.IDEM): a retry returns the first outcome (P8).
+    pub id: Option<Bytes>,
+    pub at_ms: u64,
+    pub guards: Vec<Guard>,
+    pub writes: Vec<Write>,
+}
+
+/// What applying an entry gave.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Applied {
+    Done(Outcome),
+    /// The engine refused the transaction before deciding it (a limit), on every replica alike.
+    Rejected(String),
+    /// A blank or membership entry.
+    Internal,
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Txn,
+        R = Applied,
+        NodeId = NodeId,
+        Node = Node,
+        SnapshotData = tokio::fs::File,
+);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Engine(#[from] keel_engine::Error),
+    #[error(transparent)]
+    Wal(#[from] keel_wal::Error),
+    #[error("{0}")]
+    Io(String),
+    #[error("{0}")]
+    Corrupt(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+        move |e| Error::Io(format!("{}: {e}", path.display()))
+    }
+}
+
+/// Why a cluster operation did not happen (or may not have).
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("this node is not the leader")]
+    NotLeader(Option<(NodeId, Node)>),
+    #[error("not confirmed by a quorum within {0:?}; a write may still be applied")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Rejected(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Settings of one node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: NodeId,
+    pub dir: PathBuf,
+    /// This node's addresses, as peers and clients should use them.
+    pub node: Node,
+    pub engine: keel_engine::Options,
+    /// The raft log's options (its `fs` and limits; group commit as in the engine).
+    pub log: keel_wal::Options,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: (u64, u64),
+    /// Build a snapshot after this many entries; the log before it is then purged.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot, for followers that are only a little behind.
+    pub keep_behind_snapshot: u64,
+    pub write_timeout: Duration,
+}
+
+impl Config {
+    pub fn new(id: NodeId, dir: impl Into<PathBuf>, node: Node) -> Config {
+        Config {
+            id,
+            dir: dir.into(),
+            node,
+            engine: keel_engine::Options::default(),
+            log: keel_wal::Options::default(),
+            heartbeat_ms: 100,
+            election_timeout_ms: (800, 1600),
+            snapshot_every: 100_000,
+            keep_behind_snapshot: 10_000,
+            write_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A running node.
+pub struct Cluster {
+    pub raft: Raft<TypeConfig>,
+    pub id: NodeId,
+    pub node: Node,
+    engines: Arc<Engines>,
+    log: LogStore,
+    write_timeout: Duration,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+/// A node's view of the cluster, for `keel cluster status` and INFO.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub id: NodeId,
+    pub state: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    /// Voters and learners with their addresses.
+    pub members: BTreeMap<NodeId, (Node, bool)>,
+    /// On the leader: each node's matched index, and how far it lags the leader's log.
+    pub replication: BTreeMap<NodeId, (Option<u64>, u64)>,
+}
+
+impl Cluster {
+    /// Opens the node's log and engine (recovering both) and starts raft and its listener.
+    pub async fn start(mut cfg: Config, listener: TcpListener) -> Result<Arc<Cluster>, Error> {
+        std::fs::create_dir_all(&cfg.dir).map_err(Error::io(&cfg.dir))?;
+        // Active expiry would log deletions only this replica decided.
+        cfg.engine.active_expiry = false;
+        let dir = cfg.dir.clone();
+        let (log, engines) = tokio::task::spawn_blocking({
+            let cfg = cfg.clone();
+            move || -> Result<_, Error> {
+                let log = LogStore::open(&dir.join("raft"), cfg.log.clone())?;
+                let engines = Engines::open(&dir, cfg.engine.clone())?;
+                Ok((log, Arc::new(engines)))
+            }
+        })
+        .await
+        .map_err(|e| Error::Raft(e.to_string()))??;
+        let sm = StateMachine::new(engines.clone())?;
+        let rc = openraft::Config {
+            cluster_name: "keel".into(),
+            heartbeat_interval: cfg.heartbeat_ms,
+            election_timeout_min: cfg.election_timeout_ms.0,
+            election_timeout_max: cfg.election_timeout_ms.1,
+            max_payload_entries: 50,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+            max_in_snapshot_log_to_keep: cfg.keep_behind_snapshot,
+            snapshot_max_chunk_size: 1 << 20,
+            install_snapshot_timeout: 2_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Raft(e.to_string()))?;
+        let raft = Raft::new(cfg.id, Arc::new(rc), net::Network, log.clone(), sm)
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        let listener = tokio::spawn(net::serve(
+            listener,
+            raft.clone(),
+            (cfg.id, cfg.node.clone()),
+        ));
+        Ok(Arc::new(Cluster {
+            listener,
+            raft,
+            id: cfg.id,
+            node: cfg.node,
+            engines,
+            log,
+            write_timeout: cfg.write_timeout,
+        }))
+    }
+
+    /// The engine this node serves reads from (replaced when a snapshot is installed).
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engines.get()
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        self.write_timeout
+    }
+
+    /// Replicates a transaction; returns its outcome once a quorum holds it durably and this
+    /// node (the leader) has applied it.
+    pub async fn write(&self, txn: Txn) -> Result<Outcome, ClusterError> {
+        let r = tokio::time::timeout(self.write_timeout, self.raft.client_write(txn)).await;
+        match r {
+            Err(_) => Err(ClusterError::Timeout(self.write_timeout)),
+            Ok(Ok(resp)) => match resp.data {
+                Applied::Done(o) => Ok(o),
+                Applied::Rejected(m) => Err(ClusterError::Rejected(m)),
+                Applied::Internal => Err(ClusterError::Failed(
+                    "internal entry answered a write".into(),
+                )),
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(ClusterError::NotLeader(f.leader_id.zip(f.leader_node)))
+            }
+            Ok(Err(e)) => Err(ClusterError::Failed(e.to_string())),
+        }
+    }
+
+    /// Returns once a read on this node's engine is linearizable: this node is the leader, a
+    /// quorum confirmed it, and everything committed before now is applied.
+    pub async fn read_barrier(&self) -> Result<(), ClusterError> {
+        let r = tokio::time::timeout(self.write_timeout, self.raft.ensure_linearizable()).await;
+        match r {
+            Err(_) => Err(ClusterError::Timeout(self.write_timeout)),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(ClusterError::NotLeader(f.leader_id.zip(f.leader_node)))
+            }
+            Ok(Err(e)) => Err(ClusterError::Failed(e.to_string())),
+        }
+    }
+
+    /// The leader as this node knows it.
+    pub fn leader(&self) -> Option<(NodeId, Node)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    /// Forms a new cluster of this node and the nodes listening on `peers` (raft addresses).
+    /// Every node must be up. Run it once, on one node.
+    pub async fn init(&self, peers: &[String]) -> Result<BTreeMap<NodeId, Node>, ClusterError> {
+        let mut members = BTreeMap::from([(self.id, self.node.clone())]);
+        for addr in peers {
+            let (id, node) = net::hello(addr)
+                .await
+                .map_err(|e| ClusterError::Failed(format!("cannot reach {addr}: {e}")))?;
+            if let Some(prev) = members.insert(id, node) {
+                if prev.raft != *addr && id != self.id {
+                    return Err(ClusterError::Failed(format!("node id {id} is used twice")));
+                }
+            }
+        }
+        self.raft
+            .initialize(members.clone())
+            .await
+            .map_err(|e| ClusterError::Failed(e.to_string()))?;
+        Ok(members)
+    }
+
+    /// Adds the node listening on `addr` (raft address): first as a learner that catches up
+    /// (by snapshot if the log was purged), then as a voter.
+    pub async fn add_node(&self, addr: &str) -> Result<NodeId, ClusterError> {
+        let (id, node) = net::hello(addr)
+            .await
+            .map_err(|e| ClusterError::Failed(format!("cannot reach {addr}: {e}")))?;
+        self.raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(membership_error)?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(membership_error)?;
+        Ok(id)
+    }
+
+    /// Removes a node from the cluster (it stops receiving entries).
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), ClusterError> {
+        self.raft
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            .await
+            .map_err(membership_error)?;
+        Ok(())
+    }
+
+    pub fn status(&self) -> Status {
+        let m = self.raft.metrics().borrow().clone();
+        let mem = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
+        let members = mem
+            .nodes()
+            .map(|(id, n)| (*id, (n.clone(), voters.contains(id))))
+            .collect();
+        let last = m.last_log_index.unwrap_or(0);
+        let replication = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, l)| {
+                        let matched = l.map(|l| l.index);
+                        (*id, (matched, last.saturating_sub(matched.unwrap_or(0))))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Status {
+            id: self.id,
+            state: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            }
+            .into(),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            members,
+            replication,
+        }
+    }
+
+    /// Syncs counters of the raft log: (syncs, durable LSN).
+    pub fn log_stats(&self) -> (u64, u64) {
+        self.log.stats()
+    }
+
+    /// Stops raft (the logs stay as they are: everything acknowledged is already durable).
+    pub async fn shutdown(&self) {
+        self.listener.abort();
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> ClusterError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ClusterError::NotLeader(f.leader_id.zip(f.leader_node))
+        }
+        e => ClusterError::Failed(e.to_string()),
+    }
+}

@@ -1,0 +1,342 @@
+//! The raft log on keel-wal. Entry `i` is the log record at LSN `i + offset`; appends go
+//! through the log's group commit, and openraft hears of them only once they are durable (a
+//! follower so never acknowledges an entry it could lose). The vote, the last purged log id
+//! and the offset live in a small file that is replaced atomically (`raft-meta`).
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use keel_wal::{Lsn, Wal};
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    Entry, ErrorSubject, ErrorVerb, LogId, LogState, RaftLogId, RaftLogReader, StorageError,
+    StorageIOError, Vote,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{NodeId, TypeConfig};
+
+const META: &str = "raft-meta";
+const WAL_DIR: &str = "log";
+
+/// What the log keeps beside its entries.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Meta {
+    vote: Option<Vote<NodeId>>,
+    purged: Option<LogId<NodeId>>,
+    /// LSN of entry `i` is `i + offset`. Starts at 1 (entry 0 at LSN 1); moves on when a
+    /// snapshot installed past the end of the log leaves a gap in the indexes.
+    offset: i64,
+}
+
+/// The raft log. Cheap to clone: clones share one log.
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    wal: Wal,
+    dir: PathBuf,
+    meta: Mutex<Meta>,
+    /// Entries appended but not yet durable, by index. The leader replicates an entry while its
+    /// own sync runs, so readers must see it before the log can give it back.
+    unsynced: Mutex<BTreeMap<u64, Entry<TypeConfig>>>,
+}
+
+pub(crate) fn io_err(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: impl std::fmt::Display,
+) -> StorageError<NodeId> {
+    StorageIOError::new(subject, verb, openraft::AnyError::error(e.to_string())).into()
+}
+
+/// The LSN of entry `index`.
+fn at(index: u64, offset: i64) -> Lsn {
+    (index as i64 + offset) as u64
+}
+
+fn read_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    io_err(ErrorSubject::Logs, ErrorVerb::Read, e)
+}
+
+fn write_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    io_err(ErrorSubject::Logs, ErrorVerb::Write, e)
+}
+
+/// Encodes a small value with a CRC32C after it, so a damaged file is refused, not misread.
+pub(crate) fn encode_checked<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut b = postcard::to_allocvec(v).expect("in-memory serialization does not fail");
+    let crc = crc32(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b
+}
+
+pub(crate) fn decode_checked<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, String> {
+    if b.len() < 4 {
+        return Err("too short".into());
+    }
+    let (body, crc) = b.split_at(b.len() - 4);
+    if crc32(body).to_le_bytes() != crc {
+        return Err("checksum mismatch".into());
+    }
+    postcard::from_bytes(body).map_err(|e| e.to_string())
+}
+
+fn crc32(b: &[u8]) -> u32 {
+    crc32c::crc32c(b)
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir`. A damaged meta file or log refuses to open.
+    pub fn open(dir: &Path, opts: keel_wal::Options) -> Result<LogStore, crate::Error> {
+        let fs = opts.fs.clone();
+        keel_wal::fs::durable_create_dir_all(&*fs, dir)
+            .map_err(|e| crate::Error::Io(format!("create {}: {e}", dir.display())))?;
+        let meta_path = dir.join(META);
+        let meta = match std::fs::read(&meta_path) {
+            Ok(b) => decode_checked(&b).map_err(|e| {
+                crate::Error::Corrupt(format!(
+                    "{} is damaged ({e}); the node refuses to start rather than forget its vote",
+                    meta_path.display()
+                ))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Meta {
+                offset: 1,
+                ..Meta::default()
+            },
+            Err(e) => {
+                return Err(crate::Error::Io(format!(
+                    "read {}: {e}",
+                    meta_path.display()
+                )))
+            }
+        };
+        let (wal, _report) = Wal::open(dir.join(WAL_DIR), opts)?;
+        Ok(LogStore {
+            inner: Arc::new(Inner {
+                wal,
+                dir: dir.to_path_buf(),
+                meta: Mutex::new(meta),
+                unsynced: Mutex::new(BTreeMap::new()),
+            }),
+        })
+    }
+
+    fn meta(&self) -> std::sync::MutexGuard<'_, Meta> {
+        self.inner.meta.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn save_meta(&self, m: &Meta) -> Result<(), StorageError<NodeId>> {
+        let path = self.inner.dir.join(META);
+        keel_wal::fs::durable_replace(&*self.inner.wal.options().fs, &path, &encode_checked(m))
+            .map_err(|e| {
+                io_err(
+                    ErrorSubject::Store,
+                    ErrorVerb::Write,
+                    format!("{}: {e}", path.display()),
+                )
+            })
+    }
+
+    fn unsynced(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
+        self.inner
+            .unsynced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops the cached entries that the log can give back now.
+    fn evict_readable(&self) {
+        let readable = self.inner.wal.segments().last().map_or(0, |s| s.last_lsn);
+        let offset = self.meta().offset;
+        let mut u = self.unsynced();
+        while u
+            .first_key_value()
+            .is_some_and(|(i, _)| at(*i, offset) <= readable)
+        {
+            u.pop_first();
+        }
+    }
+
+    fn lsn(&self, index: u64) -> Lsn {
+        at(index, self.meta().offset)
+    }
+
+    /// Log records on the disk, the first entry index still readable, and the last.
+    pub fn stats(&self) -> (u64, Lsn) {
+        (self.inner.wal.stats().syncs, self.inner.wal.durable_lsn())
+    }
+
+    fn last_entry(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        if let Some((_, e)) = self.unsynced().last_key_value() {
+            return Ok(Some(e.log_id));
+        }
+        let (offset, purged) = {
+            let m = self.meta();
+            (m.offset, m.purged)
+        };
+        let last = self.inner.wal.last_lsn();
+        let first_live = at(purged.map_or(0, |p| p.index + 1), offset);
+        if last < first_live || last < self.inner.wal.first_lsn() {
+            return Ok(None);
+        }
+        let mut it = self.inner.wal.read_from(last).map_err(read_err)?;
+        match it.next() {
+            Some(r) => {
+                let r = r.map_err(read_err)?;
+                let e: Entry<TypeConfig> = postcard::from_bytes(&r.payload).map_err(read_err)?;
+                Ok(Some(*e.get_log_id()))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        use std::ops::Bound::*;
+        let start = match range.start_bound() {
+            Included(&s) => s,
+            Excluded(&s) => s + 1,
+            Unbounded => 0,
+        };
+        let offset = self.meta().offset;
+        let wal = &self.inner.wal;
+        let from = at(start, offset).max(wal.first_lsn());
+        let mut out: Vec<Entry<TypeConfig>> = Vec::new();
+        if from <= wal.last_lsn() {
+            for r in wal.read_from(from).map_err(read_err)? {
+                let r = r.map_err(read_err)?;
+                let index = (r.lsn as i64 - offset) as u64;
+                if !range.contains(&index) {
+                    break;
+                }
+                out.push(postcard::from_bytes(&r.payload).map_err(read_err)?);
+            }
+        }
+        let next = out.last().map_or(start, |e| e.log_id.index + 1);
+        let unsynced = self.unsynced();
+        out.extend(
+            unsynced
+                .range(next..)
+                .take_while(|(i, _)| range.contains(*i))
+                .map(|(_, e)| e.clone()),
+        );
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let purged = self.meta().purged;
+        let last = self.last_entry()?.or(purged);
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut m = self.meta().clone();
+        m.vote = Some(*vote);
+        self.save_meta(&m)?;
+        *self.meta() = m;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        Ok(self.meta().vote)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let Some(first) = entries.first().map(|e| e.log_id.index) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let records: Vec<Vec<u8>> = entries
+            .iter()
+            .map(|e| postcard::to_allocvec(e).map_err(write_err))
+            .collect::<Result<_, _>>()?;
+        {
+            let mut u = self.unsynced();
+            for e in entries {
+                u.insert(e.log_id.index, e);
+            }
+        }
+        let expect = self.lsn(first);
+        let ticket = self.inner.wal.submit_batch(records).map_err(write_err)?;
+        let lsns = ticket.lsns();
+        if *lsns.start() != expect {
+            return Err(write_err(format!(
+                "entry {first} landed at LSN {} instead of {expect}; the log and its index disagree",
+                lsns.start()
+            )));
+        }
+        let acked = self.inner.wal.acked(*lsns.end());
+        drop(ticket);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let r = acked.await.map_err(std::io::Error::other);
+            if r.is_ok() {
+                this.evict_readable();
+            }
+            callback.log_io_completed(r);
+        });
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        // Entries still queued must reach the log before it can be cut behind them.
+        let wal = &self.inner.wal;
+        wal.sync().map_err(write_err)?;
+        self.unsynced().split_off(&log_id.index);
+        let keep = self.lsn(log_id.index) - 1;
+        if keep >= wal.last_lsn() {
+            return Ok(());
+        }
+        wal.truncate_after(keep.max(wal.first_lsn() - 1))
+            .map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut m = self.meta().clone();
+        if m.purged.is_some_and(|p| p.index >= log_id.index) {
+            return Ok(());
+        }
+        m.purged = Some(log_id);
+        // A purge past the end (a snapshot was installed): the next entry, `log_id.index + 1`,
+        // is the log's next record.
+        let next = self.inner.wal.last_lsn() + 1;
+        if at(log_id.index, m.offset) >= next {
+            m.offset = next as i64 - (log_id.index as i64 + 1);
+        }
+        self.save_meta(&m)?;
+        let upto = at(log_id.index, m.offset);
+        *self.meta() = m;
+        self.inner.wal.prune_before(upto + 1).map_err(write_err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,258 @@
+//! Node-to-node RPC: length-prefixed postcard frames over TCP.
+//!
+//! Why this and not gRPC: openraft's messages are already serde types, so a framed codec needs
+//! no schema or code generation, and postcard (compact, maintained, no_std-grade careful about
+//! lengths) keeps an append of small writes to a few bytes over the entries themselves. tonic
+//! would add HTTP/2 and protobuf for one request/response pair per call.
+//!
+//! Each outgoing connection carries one call at a time (openraft holds one client per target
+//! and awaits each call), is opened lazily, and is dropped on any error so the next call
+//! reconnects. Every call is bounded by openraft's deadline for it. Snapshots travel in chunks
+//! (`snapshot_max_chunk_size`) through openraft's chunked transport.
+
+use std::io;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::Raft;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::{Node, NodeId, TypeConfig};
+
+/// The largest frame accepted: bounds the memory one peer can make this node allocate. An
+/// append carries at most `max_payload_entries` (50) entries of at most one value limit each.
+pub const FRAME_BYTES_MAX: usize = 512 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Serialize, Deserialize)]
+enum Request {
+    Hello,
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+#[derive(Serialize, Deserialize)]
+enum Response {
+    Hello(NodeId, Node),
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+}
+
+async fn write_frame<T: Serialize>(s: &mut TcpStream, v: &T) -> io::Result<()> {
+    let body = postcard::to_allocvec(v).map_err(io::Error::other)?;
+    if body.len() > FRAME_BYTES_MAX {
+        return Err(io::Error::other(format!(
+            "frame of {} bytes exceeds {FRAME_BYTES_MAX}",
+            body.len()
+        )));
+    }
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&body);
+    s.write_all(&buf).await
+}
+
+async fn read_frame<T: for<'a> Deserialize<'a>>(s: &mut TcpStream) -> io::Result<T> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > FRAME_BYTES_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("peer sent a frame of {len} bytes; the limit is {FRAME_BYTES_MAX}"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await?;
+    postcard::from_bytes(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Asks the node listening on `addr` who it is.
+pub async fn hello(addr: &str) -> io::Result<(NodeId, Node)> {
+    let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr}")))??;
+    write_frame(&mut s, &Request::Hello).await?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut s)).await {
+        Ok(Ok(Response::Hello(id, node))) => Ok((id, node)),
+        Ok(Ok(_)) => Err(io::Error::other("unexpected reply to hello")),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no reply from {addr}"),
+        )),
+    }
+}
+
+/// Serves raft RPCs from peers until the listener fails.
+pub async fn serve(listener: TcpListener, raft: Raft<TypeConfig>, me: (NodeId, Node)) {
+    loop {
+        let (mut s, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "raft listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = s.set_nodelay(true);
+        let raft = raft.clone();
+        let me = me.clone();
+        tokio::spawn(async move {
+            loop {
+                let req: Request = match read_frame(&mut s).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        if e.kind() != io::ErrorKind::UnexpectedEof {
+                            tracing::debug!(%peer, error = %e, "raft connection closed");
+                        }
+                        return;
+                    }
+                };
+                let resp = match req {
+                    Request::Hello => Response::Hello(me.0, me.1.clone()),
+                    Request::Append(r) => Response::Append(raft.append_entries(r).await),
+                    Request::Vote(r) => Response::Vote(raft.vote(r).await),
+                    Request::Snapshot(r) => Response::Snapshot(raft.install_snapshot(r).await),
+                };
+                if write_frame(&mut s, &resp).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Makes a client per peer.
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> Peer {
+        Peer {
+            target,
+            addr: node.raft.clone(),
+            stream: None,
+        }
+    }
+}
+
+/// A connection to one peer.
+pub struct Peer {
+    target: NodeId,
+    addr: String,
+    stream: Option<TcpStream>,
+}
+
+/// Why a call failed before the peer answered.
+enum CallError {
+    Connect(io::Error),
+    Io(io::Error),
+}
+
+impl<E: std::error::Error> From<CallError> for RPCError<NodeId, Node, E> {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Connect(e) => RPCError::Unreachable(Unreachable::new(&e)),
+            CallError::Io(e) => RPCError::Network(NetworkError::new(&e)),
+        }
+    }
+}
+
+impl Peer {
+    async fn call(&mut self, req: &Request, ttl: Duration) -> Result<Response, CallError> {
+        let r = tokio::time::timeout(ttl, self.call_inner(req)).await;
+        let r = r.unwrap_or_else(|_| {
+            Err(CallError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no reply from node {} ({}) within {ttl:?}",
+                    self.target, self.addr
+                ),
+            )))
+        });
+        if r.is_err() {
+            self.stream = None;
+        }
+        r
+    }
+
+    async fn call_inner(&mut self, req: &Request) -> Result<Response, CallError> {
+        if self.stream.is_none() {
+            let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
+                .await
+                .map_err(|_| CallError::Connect(io::ErrorKind::TimedOut.into()))?
+                .map_err(CallError::Connect)?;
+            let _ = s.set_nodelay(true);
+            self.stream = Some(s);
+        }
+        let s = self.stream.as_mut().expect("connected above");
+        write_frame(s, req).await.map_err(CallError::Io)?;
+        read_frame(s).await.map_err(CallError::Io)
+    }
+}
+
+fn unexpected<E: std::error::Error>() -> RPCError<NodeId, Node, E> {
+    RPCError::Network(NetworkError::new(&io::Error::other(
+        "peer sent a reply of the wrong kind",
+    )))
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        match self.call(&Request::Append(rpc), option.hard_ttl()).await? {
+            Response::Append(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        match self
+            .call(&Request::Snapshot(rpc), option.hard_ttl())
+            .await?
+        {
+            Response::Snapshot(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        match self.call(&Request::Vote(rpc), option.hard_ttl()).await? {
+            Response::Vote(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(unexpected()),
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! The state machine on keel-engine.
+//!
+//! Each applied entry is one engine transaction, decided at the time the leader gave it, that
+//! also writes the entry's log id under a reserved key (and, for membership entries, the
+//! membership). The applied log id is so made durable atomically with the state it describes,
+//! and a restart applies nothing twice. Because every replica decides the same transactions at
+//! the same times from the same state, every replica reaches the same state at the same LSNs,
+//! so WATCH and KEEL.CAS versions mean the same thing on every node.
+//!
+//! Snapshots are engine snapshot files. Installing one builds a new engine directory from the
+//! file, switches the `ENGINE` pointer file atomically, and swaps the engine readers use.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use keel_engine::{Engine, Outcome, PutIf, Ttl, Write};
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
+    StorageError, StoredMembership,
+};
+use tokio::io::AsyncWriteExt;
+
+use crate::log::{decode_checked, encode_checked, io_err};
+use crate::{Applied, Node, NodeId, TypeConfig};
+
+/// Keys under this prefix hold the replication state inside the engine. The server hides them
+/// from KEYS, SCAN, DBSIZE and RANDOMKEY.
+pub const RESERVED_PREFIX: &[u8] = b"\xffkeel.raft.";
+const APPLIED_KEY: &[u8] = b"\xffkeel.raft.applied";
+const MEMBERSHIP_KEY: &[u8] = b"\xffkeel.raft.membership";
+const ENGINE_POINTER: &str = "ENGINE";
+const SNAPSHOTS: &str = "snapshots";
+
+type Membership = StoredMembership<NodeId, Node>;
+type Meta = SnapshotMeta<NodeId, Node>;
+
+/// The engine the node serves from, swapped when a snapshot is installed.
+pub struct Engines {
+    current: ArcSwap<Engine>,
+    dir: PathBuf,
+    opts: keel_engine::Options,
+}
+
+impl Engines {
+    pub fn get(&self) -> Arc<Engine> {
+        self.current.load_full()
+    }
+
+    /// Opens the engine the pointer file names, and removes engine directories left by an
+    /// install that a crash interrupted.
+    pub fn open(dir: &Path, opts: keel_engine::Options) -> Result<Engines, crate::Error> {
+        let name = current_engine_name(dir)?;
+        for e in std::fs::read_dir(dir).map_err(crate::Error::io(dir))? {
+            let e = e.map_err(crate::Error::io(dir))?;
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("engine-") && n != name {
+                tracing::info!(dir = %e.path().display(), "removing an engine directory no longer in use");
+                std::fs::remove_dir_all(e.path()).map_err(crate::Error::io(&e.path()))?;
+            }
+        }
+        let (engine, report) = Engine::open(dir.join(&name), opts.clone())?;
+        tracing::info!(?report, "engine recovered");
+        Ok(Engines {
+            current: ArcSwap::from_pointee(engine),
+            dir: dir.to_path_buf(),
+            opts,
+        })
+    }
+}
+
+fn current_engine_name(dir: &Path) -> Result<String, crate::Error> {
+    let p = dir.join(ENGINE_POINTER);
+    match std::fs::read(&p) {
+        Ok(b) => decode_checked::<String>(&b)
+            .map_err(|e| crate::Error::Corrupt(format!("{} is damaged: {e}", p.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok("engine-0".into()),
+        Err(e) => Err(crate::Error::io(&p)(e)),
+    }
+}
+
+fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<NodeId> {
+    io_err(ErrorSubject::StateMachine, verb, e)
+}
+
+fn snap_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e)
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    engines: Arc<Engines>,
+    membership: Arc<Mutex<Membership>>,
+    /// The file a snapshot is being received into.
+    receiving: Arc<Mutex<Option<PathBuf>>>,
+}
+
+fn put(key: &'static [u8], value: Vec<u8>) -> Write {
+    Write::Put {
+        key: Bytes::from_static(key),
+        value: value.into(),
+        ttl: Ttl::None,
+        only: PutIf::Always,
+    }
+}
+
+impl StateMachine {
+    pub fn new(engines: Arc<Engines>) -> Result<StateMachine, crate::Error> {
+        let membership = read_membership(&engines.get())
+            .map_err(|e| crate::Error::Corrupt(format!("stored membership: {e}")))?;
+        std::fs::create_dir_all(engines.dir.join(SNAPSHOTS))
+            .map_err(crate::Error::io(&engines.dir))?;
+        Ok(StateMachine {
+            engines,
+            membership: Arc::new(Mutex::new(membership)),
+            receiving: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    fn snapshots(&self) -> PathBuf {
+        self.engines.dir.join(SNAPSHOTS)
+    }
+}
+
+fn read_membership(e: &Engine) -> Result<Membership, String> {
+    match e.get(MEMBERSHIP_KEY) {
+        Some(v) => decode_checked(&v.value),
+        None => Ok(Membership::default()),
+    }
+}
+
+fn read_applied(e: &Engine) -> Result<Option<LogId<NodeId>>, String> {
+    match e.get(APPLIED_KEY) {
+        Some(v) => decode_checked(&v.value).map(Some),
+        None => Ok(None),
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
+        let e = self.engines.get();
+        let applied = read_applied(&e).map_err(|m| sm_err(ErrorVerb::Read, m))?;
+        let membership = self
+            .membership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let engine = self.engines.get();
+        // Submit the whole batch, then wait: the entries share one sync of the engine's log.
+        let mut pending = Vec::new();
+        for entry in entries {
+            let applied = put(APPLIED_KEY, encode_checked(&entry.log_id));
+            let (id, at_ms, guards, mut writes, user) = match entry.payload {
+                EntryPayload::Blank => (None, 0, vec![], vec![], None),
+                EntryPayload::Normal(t) => {
+                    let n = t.writes.len();
+                    (t.id, t.at_ms, t.guards, t.writes, Some(n))
+                }
+                EntryPayload::Membership(m) => {
+                    let stored = Membership::new(Some(entry.log_id), m);
+                    let w = put(MEMBERSHIP_KEY, encode_checked(&stored));
+                    *self.membership.lock().unwrap_or_else(|p| p.into_inner()) = stored;
+                    (None, 0, vec![], vec![w], None)
+                }
+            };
+            // A FLUSHALL must not take the membership with it.
+            if writes.iter().any(|w| matches!(w, Write::DeleteAll)) {
+                let m = self
+                    .membership
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                writes.push(put(MEMBERSHIP_KEY, encode_checked(&m)));
+            }
+            writes.push(applied);
+            match engine.submit_at(id, at_ms, guards, writes) {
+                Ok(p) => pending.push((user, Some(p), None)),
+                // Decided the same way on every replica (a limit): the client hears why.
+                Err(keel_engine::Error::Wal(e)) => return Err(sm_err(ErrorVerb::Write, e)),
+                Err(e) => pending.push((user, None, Some(e.to_string()))),
+            }
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for (user, p, err) in pending {
+            let o = match (p, err) {
+                (Some(p), _) => p.await.map_err(|e| sm_err(ErrorVerb::Write, e))?,
+                (None, e) => {
+                    out.push(Applied::Rejected(e.unwrap_or_default()));
+                    continue;
+                }
+            };
+            out.push(match user {
+                Some(user) => Applied::Done(match o {
+                    Outcome::Committed { lsn, mut results } => {
+                        results.truncate(user);
+                        Outcome::Committed { lsn, results }
+                    }
+                    g => g,
+                }),
+                None => Applied::Internal,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<tokio::fs::File>, StorageError<NodeId>> {
+        let path = self.snapshots().join("incoming.snap");
+        let f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .await
+            .map_err(snap_err)?;
+        *self.receiving.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
+        Ok(Box::new(f))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        mut snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError<NodeId>> {
+        snapshot.flush().await.map_err(snap_err)?;
+        snapshot.sync_all().await.map_err(snap_err)?;
+        drop(snapshot);
+        let incoming = self
+            .receiving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| snap_err("install_snapshot without begin_receiving_snapshot"))?;
+        let this = self.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || this.install_blocking(&meta, &incoming))
+            .await
+            .map_err(snap_err)?
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let Some((meta, path)) = latest_snapshot(&self.snapshots()).map_err(snap_err)? else {
+            return Ok(None);
+        };
+        let f = tokio::fs::File::open(&path).await.map_err(snap_err)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(f),
+        }))
+    }
+}
+
+/// The newest complete snapshot in `dir`: its meta, and the path of its engine snapshot file.
+fn latest_snapshot(dir: &Path) -> Result<Option<(Meta, PathBuf)>, String> {
+    let mut best: Option<(Meta, PathBuf)> = None;
+    for e in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
+        let p = e.map_err(|e| e.to_string())?.path();
+        if p.extension().is_some_and(|x| x == "meta") {
+            let b = std::fs::read(&p).map_err(|e| e.to_string())?;
+            let m: Meta = decode_checked(&b).map_err(|e| format!("{}: {e}", p.display()))?;
+            if best
+                .as_ref()
+                .is_none_or(|(b, _)| m.last_log_id > b.last_log_id)
+            {
+                best = Some((m, p.with_extension("snap")));
+            }
+        }
+    }
+    Ok(best)
+}
+
+/// Keeps only the snapshot named `keep` (and any file being received).
+fn remove_other_snapshots(dir: &Path, keep: &str) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !n.starts_with(keep) && !n.starts_with("incoming") {
+                let _ = std::fs::remove_file(e.path());
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Publishes a snapshot file and its meta under `id`: the file first, then the meta that makes
+/// it visible, both durably.
+fn publish_snapshot(dir: &Path, meta: &Meta, file: &Path) -> Result<(), String> {
+    let fs = keel_wal::StdFs;
+    let id = &meta.snapshot_id;
+    let snap = dir.join(format!("{id}.snap"));
+    keel_wal::fs::durable_rename(&fs, file, &snap).map_err(|e| e.to_string())?;
+    keel_wal::fs::durable_replace(&fs, &dir.join(format!("{id}.meta")), &encode_checked(meta))
+        .map_err(|e| e.to_string())?;
+    remove_other_snapshots(dir, &format!("{id}."));
+    Ok(())
+}
+
+impl StateMachine {
+    fn install_blocking(&self, meta: &Meta, incoming: &Path) -> Result<(), StorageError<NodeId>> {
+        let dir = &self.engines.dir;
+        let next = format!(
+            "engine-{}",
+            current_engine_name(dir)
+                .ok()
+                .and_then(|n| n.strip_prefix("engine-")?.parse::<u64>().ok())
+                .map_or(1, |n| n + 1)
+        );
+        let target = dir.join(&next);
+        let _ = std::fs::remove_dir_all(&target);
+        keel_engine::create_from_snapshot(incoming, &target, &self.engines.opts)
+            .map_err(snap_err)?;
+        let (engine, _) = Engine::open(&target, self.engines.opts.clone()).map_err(snap_err)?;
+        let stored = read_membership(&engine).map_err(snap_err)?;
+        keel_wal::fs::durable_replace(
+            &keel_wal::StdFs,
+            &dir.join(ENGINE_POINTER),
+            &encode_checked(&next),
+        )
+        .map_err(snap_err)?;
+        let old = self.engines.current.swap(Arc::new(engine));
+        *self.membership.lock().unwrap_or_else(|p| p.into_inner()) = stored;
+        publish_snapshot(&dir.join(SNAPSHOTS), meta, incoming).map_err(snap_err)?;
+        retire(old, dir);
+        tracing::info!(snapshot = %meta.snapshot_id, "installed a snapshot from the leader");
+        Ok(())
+    }
+}
+
+/// Closes a replaced engine once no reader holds it, then removes its directory.
+fn retire(old: Arc<Engine>, dir: &Path) {
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        let mut old = old;
+        for _ in 0..600 {
+            match Arc::try_unwrap(old) {
+                Ok(e) => {
+                    let path = e.dir().to_path_buf();
+                    let _ = e.close();
+                    let _ = std::fs::remove_dir_all(&path);
+                    return;
+                }
+                Err(o) => old = o,
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        tracing::warn!(dir = %dir.display(), "a replaced engine is still in use; it is removed at the next start");
+    });
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let this = self.clone();
+        let (meta, path) = tokio::task::spawn_blocking(move || this.build_blocking())
+            .await
+            .map_err(snap_err)??;
+        let f = tokio::fs::File::open(&path).await.map_err(snap_err)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(f),
+        })
+    }
+}
+
+impl StateMachine {
+    fn build_blocking(&self) -> Result<(Meta, PathBuf), StorageError<NodeId>> {
+        let engine = self.engines.get();
+        let view = engine.backup_view();
+        let decode = |k: &[u8]| view.get(k).map(|e| e.value.clone());
+        let last_log_id: Option<LogId<NodeId>> = decode(APPLIED_KEY)
+            .map(|v| decode_checked(&v))
+            .transpose()
+            .map_err(snap_err)?;
+        let membership: Membership = decode(MEMBERSHIP_KEY)
+            .map(|v| decode_checked(&v))
+            .transpose()
+            .map_err(snap_err)?
+            .unwrap_or_default();
+        let Some(last) = last_log_id else {
+            return Err(snap_err("nothing applied yet: no snapshot to build"));
+        };
+        let id = format!("{}-{}-{}", last.leader_id.term, last.index, view.lsn());
+        let dir = self.snapshots();
+        let tmp = dir.join(format!("{id}.building"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        view.write_database(&tmp, &self.engines.opts)
+            .map_err(snap_err)?;
+        let file = keel_engine::snapshot::snapshot_path(&tmp, view.lsn());
+        let meta = SnapshotMeta {
+            last_log_id: Some(last),
+            last_membership: membership,
+            snapshot_id: id.clone(),
+        };
+        publish_snapshot(&dir, &meta, &file).map_err(snap_err)?;
+        let _ = std::fs::remove_dir_all(&tmp);
+        tracing::info!(snapshot = %id, "built a snapshot");
+        Ok((meta, dir.join(format!("{id}.snap"))))
+    }
+}
