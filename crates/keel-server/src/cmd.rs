@@ -116,6 +116,7 @@ pub const COMMANDS: &[Spec] = &[
     spec("bgsave", -1, Admin, NO_KEYS), // [SCHEDULE] is accepted and ignored,
     spec("lastsave", 1, Conn, NO_KEYS),
     spec("keel.backup", 2, Admin, NO_KEYS),
+    spec("keel.cluster", -2, Admin, NO_KEYS),
 ];
 
 pub fn lookup(name: &str) -> Option<&'static Spec> {

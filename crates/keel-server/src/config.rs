@@ -54,6 +54,25 @@ pub struct ServeArgs {
     /// which) [default: off].
     #[arg(long, env = "KEEL_METRICS_PORT")]
     pub metrics_port: Option<u16>,
+    /// Run as node N of a keel cluster (see the README's "keel cluster"). Writes then go
+    /// through raft and are acknowledged once a quorum holds them durably.
+    #[arg(long, env = "KEEL_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Port of this node's raft RPC listener, on --bind [default with --node-id: --port + 10000].
+    #[arg(long, env = "KEEL_RAFT_PORT")]
+    pub raft_port: Option<u16>,
+    /// The other nodes' raft addresses, `ID=HOST:PORT,...`; `keel cluster init` forms the
+    /// cluster from them.
+    #[arg(long, env = "KEEL_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Let this node answer reads from its own state when it is not the leader (possibly stale)
+    /// instead of replying -MOVED.
+    #[arg(long, env = "KEEL_STALE_READS")]
+    pub stale_reads: bool,
+    /// Build a raft snapshot (and purge the raft log before it) every this many entries
+    /// [default: 100000].
+    #[arg(long, env = "KEEL_RAFT_SNAPSHOT_EVERY")]
+    pub raft_snapshot_every: Option<u64>,
 }
 
 /// The config file. Every key is optional.
@@ -148,6 +167,58 @@ pub struct Settings {
     pub max_request_bytes: usize,
     pub scan_cursors_max: usize,
     pub engine: keel_engine::Options,
+    /// `Some`: run as a cluster node.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// `keel serve --node-id` settings.
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    pub node_id: u64,
+    pub raft_port: u16,
+    /// The peers' ids and raft addresses.
+    pub peers: Vec<(u64, String)>,
+    pub stale_reads: bool,
+    pub snapshot_every: u64,
+}
+
+fn cluster_settings(args: &ServeArgs, port: u16) -> anyhow::Result<Option<ClusterSettings>> {
+    let Some(node_id) = args.node_id else {
+        if !args.peers.is_empty() || args.raft_port.is_some() {
+            bail!("--peers and --raft-port need --node-id");
+        }
+        return Ok(None);
+    };
+    let peers = args
+        .peers
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (id, addr) = p
+                .split_once('=')
+                .with_context(|| format!("peer {p:?}: expected ID=HOST:PORT"))?;
+            let id: u64 = id
+                .parse()
+                .with_context(|| format!("peer {p:?}: the id must be a number"))?;
+            if id == node_id {
+                bail!("peer {p:?} has this node's own id {node_id}");
+            }
+            Ok((id, addr.to_string()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let raft_port = match args.raft_port {
+        Some(p) => p,
+        None => port
+            .checked_add(10_000)
+            .context("--port + 10000 is not a port; give --raft-port")?,
+    };
+    Ok(Some(ClusterSettings {
+        node_id,
+        raft_port,
+        peers,
+        stale_reads: args.stale_reads,
+        snapshot_every: args.raft_snapshot_every.unwrap_or(100_000).max(1),
+    }))
 }
 
 impl Settings {
@@ -194,6 +265,8 @@ impl Settings {
             args.tls_key.clone().or(file.tls_key_file),
             args.tls_ca.clone().or(file.tls_ca_file),
         )?;
+        let port = args.port.or(file.port).unwrap_or(7379);
+        let cluster = cluster_settings(args, port)?;
         let s = Settings {
             dir: args
                 .dir
@@ -201,7 +274,7 @@ impl Settings {
                 .or(file.dir)
                 .unwrap_or_else(|| "keel-data".into()),
             bind,
-            port: args.port.or(file.port).unwrap_or(7379),
+            port,
             requirepass,
             users: Arc::new(users),
             tls,
@@ -217,6 +290,7 @@ impl Settings {
             scan_cursors_max: file.scan_cursors_max.unwrap_or(10_000),
             limits,
             engine,
+            cluster,
         };
         s.validate()?;
         Ok(s)

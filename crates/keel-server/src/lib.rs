@@ -40,25 +40,37 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 
-    let engine = match open_engine(&settings) {
-        Ok(e) => Arc::new(e),
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Bound before recovery, so that a cluster node can advertise its real client port.
+    let addr = SocketAddr::new(settings.bind, settings.port);
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    let opened = match &settings.cluster {
+        None => open_engine(&settings)
+            .map(|e| server::Backend::Local(Arc::new(e)))
+            .map_err(anyhow::Error::from),
+        Some(cs) => runtime
+            .block_on(start_node(&settings, cs, local))
+            .map(server::Backend::Cluster),
+    };
+    let backend = match opened {
+        Ok(b) => b,
         Err(e) => {
             tracing::error!("keel refuses to start: {e}");
             eprintln!("error: keel refuses to start: {e}");
             return Ok(ExitCode::from(EXIT_OPEN_FAILED));
         }
     };
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let (engine, cluster) = match &backend {
+        server::Backend::Local(e) => (e.clone(), None),
+        server::Backend::Cluster(c) => (c.engine(), Some(c.clone())),
+    };
     let result = runtime.block_on(async {
-        let addr = SocketAddr::new(settings.bind, settings.port);
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
-        let local = listener.local_addr()?;
         let client_certs = settings.tls.as_ref().is_some_and(|t| t.verifies_clients());
         if !settings.bind.is_loopback() && !settings.users.password_required() && !client_certs {
             let warning = format!(
@@ -69,7 +81,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             eprintln!("\n******** WARNING ********\n{warning}\n*************************\n");
             tracing::warn!("{warning}");
         }
-        let shared = server::Shared::new(engine.clone(), settings.clone(), local.port());
+        let shared = server::Shared::new(
+            backend,
+            settings.clone(),
+            local.port(),
+        );
         if let Some(port) = settings.metrics_port {
             metrics::spawn(SocketAddr::new(settings.bind, port), shared.clone()).await?;
         }
@@ -82,6 +98,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("listening on {local}");
         server::serve(listener, shared).await
     });
+    if let Some(c) = cluster {
+        runtime.block_on(c.shutdown());
+    }
     // Dropping the runtime drops every connection task, and with them their engine handles.
     drop(runtime);
     let durable = engine.sync();
@@ -93,6 +112,34 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let lsn = durable.context("final sync")?;
     tracing::info!("shut down cleanly; durable LSN {lsn}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts this process as a cluster node: recovers its raft log and engine, and listens for
+/// raft RPCs on the raft port.
+async fn start_node(
+    settings: &Settings,
+    cs: &config::ClusterSettings,
+    client: SocketAddr,
+) -> anyhow::Result<Arc<keel_cluster::Cluster>> {
+    let raft_addr = SocketAddr::new(settings.bind, cs.raft_port);
+    let listener = tokio::net::TcpListener::bind(raft_addr)
+        .await
+        .with_context(|| format!("binding the raft port {raft_addr}"))?;
+    let node = keel_cluster::Node {
+        raft: raft_addr.to_string(),
+        client: client.to_string(),
+    };
+    let mut cfg = keel_cluster::Config::new(cs.node_id, &settings.dir, node);
+    cfg.engine = settings.engine.clone();
+    cfg.log.sync_policy = settings.engine.wal.sync_policy;
+    cfg.snapshot_every = cs.snapshot_every;
+    cfg.keep_behind_snapshot = (cs.snapshot_every / 10).max(1);
+    tracing::info!(
+        "cluster node {} opening {} (raft on {raft_addr})",
+        cs.node_id,
+        settings.dir.display()
+    );
+    Ok(keel_cluster::Cluster::start(cfg, listener).await?)
 }
 
 /// Opens the engine, showing recovery progress on a terminal, and logs the recovery report.

@@ -134,7 +134,7 @@ impl Metrics {
             );
         }
 
-        let e = &sh.engine;
+        let e = sh.engine();
         let ws = e.wal_stats();
         header(
             &mut o,

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
+use keel_cluster::{Cluster, ClusterError, Txn};
 use keel_engine::{Engine, Guard, Outcome, Write, WriteResult};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -38,9 +39,120 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The Redis version keel reports, for clients that check features by version.
 pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
 
+/// Where writes go: the local engine, or the cluster (through raft).
+pub enum Backend {
+    Local(Arc<Engine>),
+    Cluster(Arc<Cluster>),
+}
+
+/// The reply to a cluster operation that did not happen (or may not have). A follower answers
+/// `-MOVED 0 HOST:PORT` with the leader's client address (slot 0: keel has no slots).
+pub fn cluster_error(e: &ClusterError) -> Reply {
+    Reply::err(match e {
+        ClusterError::NotLeader(Some((_, node))) => format!("MOVED 0 {}", node.client),
+        ClusterError::NotLeader(None) => "CLUSTERDOWN no leader is known; retry shortly".into(),
+        ClusterError::Timeout(d) => format!(
+            "CLUSTERDOWN not confirmed by a quorum within {} ms; a write may still be applied",
+            d.as_millis()
+        ),
+        ClusterError::Rejected(m) => format!("ERR {m}"),
+        ClusterError::Failed(m) => format!("ERR cluster: {m}"),
+    })
+}
+
+/// In a cluster, makes the next read linearizable: this node must be the leader, confirmed by a
+/// quorum, with everything committed applied. With stale reads on, a follower reads its own
+/// state instead.
+async fn linearize(sh: Arc<Shared>) -> Result<(), Reply> {
+    let Some(c) = sh.cluster() else {
+        return Ok(());
+    };
+    let stale_ok = sh.settings.cluster.as_ref().is_some_and(|s| s.stale_reads);
+    if stale_ok && c.leader().is_none_or(|(id, _)| id != c.id) {
+        return Ok(());
+    }
+    c.read_barrier().await.map_err(|e| cluster_error(&e))
+}
+
+/// `KEEL.CLUSTER INIT | ADD-NODE RAFT-ADDR | REMOVE-NODE ID | STATUS`.
+async fn cluster_command(sh: Arc<Shared>, args: Vec<Bytes>) -> Reply {
+    let Some(c) = sh.cluster() else {
+        return Reply::err(
+            "ERR This instance has cluster support disabled (start it with --node-id)",
+        );
+    };
+    let sub = lower(&args[1]);
+    match (sub.as_str(), args.len()) {
+        ("init", 2) => {
+            let peers: Vec<String> = sh
+                .settings
+                .cluster
+                .as_ref()
+                .map(|s| s.peers.iter().map(|(_, a)| a.clone()).collect())
+                .unwrap_or_default();
+            match c.init(&peers).await {
+                Ok(m) => Reply::bulk(format!(
+                    "initialized a cluster of {} nodes: {}",
+                    m.len(),
+                    m.keys()
+                        .map(|id| id.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                Err(e) => cluster_error(&e),
+            }
+        }
+        ("add-node", 3) => match c.add_node(&String::from_utf8_lossy(&args[2])).await {
+            Ok(id) => Reply::Int(id as i64),
+            Err(e) => cluster_error(&e),
+        },
+        ("remove-node", 3) => match std::str::from_utf8(&args[2])
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            None => Reply::err("ERR node id must be a number"),
+            Some(id) => match c.remove_node(id).await {
+                Ok(()) => Reply::ok(),
+                Err(e) => cluster_error(&e),
+            },
+        },
+        ("status", 2) => Reply::bulk(status_text(&c.status())),
+        ("init" | "add-node" | "remove-node" | "status", _) => cmd::wrong_args("keel.cluster"),
+        _ => unknown_subcommand(&args[1], "KEEL.CLUSTER"),
+    }
+}
+
+/// `KEEL.CLUSTER STATUS` as `key:value` lines, like INFO.
+pub fn status_text(s: &keel_cluster::Status) -> String {
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    let mut o = format!(
+        "node_id:{}\r\nstate:{}\r\nterm:{}\r\nleader:{}\r\nlast_log_index:{}\r\napplied_index:{}\r\nsnapshot_index:{}\r\npurged_index:{}\r\n",
+        s.id,
+        s.state,
+        s.term,
+        opt(s.leader),
+        opt(s.last_log_index),
+        opt(s.applied_index),
+        opt(s.snapshot_index),
+        opt(s.purged_index),
+    );
+    for (id, (node, voter)) in &s.members {
+        let role = if *voter { "voter" } else { "learner" };
+        o.push_str(&format!(
+            "member_{id}:{role},raft={},client={}",
+            node.raft, node.client
+        ));
+        if let Some((matched, lag)) = s.replication.get(id) {
+            o.push_str(&format!(",match_index={},lag={lag}", opt(*matched)));
+        }
+        o.push_str("\r\n");
+    }
+    o
+}
+
 /// State every connection shares.
 pub struct Shared {
-    pub engine: Arc<Engine>,
+    backend: Backend,
     pub settings: Settings,
     pub users: Arc<Users>,
     pub port: u16,
@@ -56,9 +168,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(engine: Arc<Engine>, settings: Settings, port: u16) -> Arc<Shared> {
+    pub fn new(backend: Backend, settings: Settings, port: u16) -> Arc<Shared> {
         Arc::new(Shared {
-            engine,
+            backend,
             users: settings.users.clone(),
             scans: Mutex::new(ScanCursors::new(settings.scan_cursors_max)),
             settings,
@@ -72,6 +184,26 @@ impl Shared {
             shutdown: watch::channel(false).0,
             started: Instant::now(),
         })
+    }
+
+    /// The engine reads come from (in a cluster, this node's replica).
+    pub fn engine(&self) -> Arc<Engine> {
+        match &self.backend {
+            Backend::Local(e) => e.clone(),
+            Backend::Cluster(c) => c.engine(),
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        match &self.backend {
+            Backend::Local(_) => None,
+            Backend::Cluster(c) => Some(c),
+        }
+    }
+
+    /// Whether `key` holds replication state that clients do not see listed.
+    fn hidden(&self, key: &[u8]) -> bool {
+        self.cluster().is_some() && key.starts_with(keel_cluster::RESERVED_PREFIX)
     }
 
     /// Asks the server to shut down gracefully.
@@ -407,8 +539,8 @@ fn render_outcome(render: cmd::Render, o: Outcome) -> Reply {
 }
 
 impl Conn {
-    fn engine(&self) -> &Engine {
-        &self.sh.engine
+    fn engine(&self) -> Arc<Engine> {
+        self.sh.engine()
     }
 
     /// Queues a reply behind everything already queued.
@@ -420,9 +552,36 @@ impl Conn {
         }
     }
 
-    /// Submits a transaction now; its reply waits in the queue until it is durable.
-    fn submit(&mut self, guards: Vec<Guard>, writes: Vec<Write>, render: cmd::Render) {
-        match self.engine().submit(guards, writes) {
+    /// Submits a transaction now (with `id`, as a KEEL.IDEM request); its reply waits in the
+    /// queue until it is durable. In a cluster: until a quorum holds it durably and this node
+    /// applied it; the connection's writes are proposed one after another, in order.
+    fn submit(
+        &mut self,
+        id: Option<Bytes>,
+        guards: Vec<Guard>,
+        writes: Vec<Write>,
+        render: cmd::Render,
+    ) {
+        if let Some(c) = self.sh.cluster().cloned() {
+            let txn = Txn {
+                id,
+                at_ms: now_ms(),
+                guards,
+                writes,
+            };
+            self.queue.push_back(Slot::Pending(Box::pin(async move {
+                match c.write(txn).await {
+                    Ok(o) => render_outcome(render, o),
+                    Err(e) => cluster_error(&e),
+                }
+            })));
+            return;
+        }
+        let submitted = match id {
+            Some(id) => self.engine().submit_request(id, guards, writes),
+            None => self.engine().submit(guards, writes),
+        };
+        match submitted {
             Ok(p) => self.queue.push_back(Slot::Pending(Box::pin(async move {
                 match p.await {
                     Ok(o) => render_outcome(render, o),
@@ -541,11 +700,17 @@ impl Conn {
             }
             return Flow::Continue;
         }
+        if spec.perm == Perm::Read {
+            if let Err(r) = linearize(self.sh.clone()).await {
+                self.reply(r);
+                return Flow::Continue;
+            }
+        }
         if let Some(part) = cmd::compile(name, &args, now_ms()) {
             match part {
                 Err(e) => self.reply(e),
                 Ok(p) if p.read_only() => self.read(p).await,
-                Ok(p) => self.submit(p.guards, p.writes, p.render),
+                Ok(p) => self.submit(None, p.guards, p.writes, p.render),
             }
             return Flow::Continue;
         }
@@ -617,7 +782,17 @@ impl Conn {
             }
             "dbsize" => {
                 self.settle().await;
-                Reply::Int(self.engine().snapshot().count() as i64)
+                let snap = self.engine().snapshot();
+                let hidden = [b"applied".as_slice(), b"membership"]
+                    .iter()
+                    .filter(|k| {
+                        self.sh.cluster().is_some()
+                            && snap
+                                .get(&[keel_cluster::RESERVED_PREFIX, k].concat())
+                                .is_some()
+                    })
+                    .count();
+                Reply::Int((snap.count() - hidden) as i64)
             }
             "ttl" | "pttl" | "expiretime" | "pexpiretime" => {
                 self.settle().await;
@@ -650,7 +825,7 @@ impl Conn {
                     if !k.starts_with(prefix) {
                         break;
                     }
-                    if glob::matches(pat, k) {
+                    if glob::matches(pat, k) && !self.sh.hidden(k) {
                         keys.push(Reply::Bulk(k.clone()));
                     }
                 }
@@ -662,7 +837,7 @@ impl Conn {
             }
             // A checkpoint (snapshot, manifest, prune) on a blocking thread: it can take seconds.
             "save" | "bgsave" => {
-                let engine = self.sh.engine.clone();
+                let engine = self.sh.engine();
                 let job = tokio::task::spawn_blocking(move || engine.checkpoint());
                 if name == "bgsave" {
                     Reply::Simple("Background saving started".into())
@@ -683,8 +858,9 @@ impl Conn {
                 let started = now_ms() / 1000 - self.sh.started.elapsed().as_secs();
                 Reply::Int(at.unwrap_or(started) as i64)
             }
+            "keel.cluster" => cluster_command(self.sh.clone(), args).await,
             "keel.backup" => {
-                let engine = self.sh.engine.clone();
+                let engine = self.sh.engine();
                 let target =
                     std::path::PathBuf::from(String::from_utf8_lossy(&args[1]).into_owned());
                 match tokio::task::spawn_blocking(move || engine.backup(target)).await {
@@ -742,7 +918,7 @@ impl Conn {
                         Reply::err("ERR timeout is negative")
                     } else {
                         self.settle().await;
-                        let engine = self.sh.engine.clone();
+                        let engine = self.sh.engine();
                         match tokio::task::spawn_blocking(move || engine.sync()).await {
                             Ok(Ok(_)) => Reply::Array(vec![Reply::Int(1), Reply::Int(0)]),
                             Ok(Err(e)) => cmd::engine_error(&e),
@@ -778,22 +954,8 @@ impl Conn {
                 match part {
                     Err(e) => e,
                     Ok(p) => {
-                        match self
-                            .engine()
-                            .submit_request(args[1].clone(), p.guards, p.writes)
-                        {
-                            Ok(pending) => {
-                                let render = p.render;
-                                self.queue.push_back(Slot::Pending(Box::pin(async move {
-                                    match pending.await {
-                                        Ok(o) => render_outcome(render, o),
-                                        Err(e) => cmd::engine_error(&e),
-                                    }
-                                })));
-                                return Flow::Continue;
-                            }
-                            Err(e) => cmd::engine_error(&e),
-                        }
+                        self.submit(Some(args[1].clone()), p.guards, p.writes, p.render);
+                        return Flow::Continue;
                     }
                 }
             }
@@ -941,7 +1103,15 @@ impl Conn {
                         "client-query-buffer-limit",
                         st.max_request_bytes.to_string(),
                     ),
-                    ("cluster-enabled", "no".into()),
+                    (
+                        "cluster-enabled",
+                        if self.sh.cluster().is_some() {
+                            "yes"
+                        } else {
+                            "no"
+                        }
+                        .into(),
+                    ),
                 ];
                 let pairs = table
                     .into_iter()
@@ -1024,7 +1194,9 @@ impl Conn {
         };
         let keys = page
             .into_iter()
-            .filter(|(k, _)| only_strings && pattern.is_none_or(|p| glob::matches(p, k)))
+            .filter(|(k, _)| {
+                only_strings && pattern.is_none_or(|p| glob::matches(p, k)) && !self.sh.hidden(k)
+            })
             .map(|(k, _)| Reply::Bulk(k))
             .collect();
         Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(keys)])
@@ -1083,7 +1255,7 @@ impl Conn {
             }
             Reply::Array(replies)
         });
-        self.submit(watched, writes, render);
+        self.submit(None, watched, writes, render);
     }
 
     fn info(&self, args: &[Bytes]) -> String {
@@ -1191,6 +1363,12 @@ impl Conn {
                 "last_checkpoint_status",
                 &cp_err.map_or("ok".to_string(), |e| format!("err ({e})")),
             );
+            o.push_str("\r\n");
+        }
+        if let Some(c) = self.sh.cluster().filter(|_| want("cluster")) {
+            o.push_str("# Cluster\r\n");
+            line(&mut o, "cluster_enabled", &1);
+            o.push_str(&status_text(&c.status()));
             o.push_str("\r\n");
         }
         if want("keel") {

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_engine;
+mod cluster_cmd;
 mod db_cmd;
 mod wal_cmd;
 
@@ -34,6 +35,8 @@ enum Command {
     /// once the write is durable. Exit code 0: shut down cleanly (SIGTERM, SIGINT or SHUTDOWN);
     /// 2: the database refused to open (the error says why and what to run); 3: other errors.
     Serve(keel_server::ServeArgs),
+    /// Manage a keel cluster through one of its nodes: init, add-node, remove-node, status.
+    Cluster(cluster_cmd::ClusterArgs),
     /// Inspect, verify, repair and append to a write-ahead log directory.
     #[command(subcommand)]
     Wal(WalCommand),
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
         Command::Snapshot(a) => Ok(db_cmd::snapshot(a)),
         Command::Backup(a) => Ok(db_cmd::backup(a)),
         Command::Restore(a) => Ok(db_cmd::restore_cmd(a)),
+        Command::Cluster(a) => Ok(cluster_cmd::run(a)),
         Command::HashPassword(a) => keel_server::auth::hash_password_cmd(a),
         Command::Bench(BenchCommand::Wal(a)) => bench::wal(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::Engine(a)) => {

@@ -33,7 +33,11 @@ impl Server {
             .arg("serve")
             .arg("--dir")
             .arg(dir)
-            .args(["--port", "0"])
+            .args(
+                ["--port", "0"]
+                    .iter()
+                    .filter(|_| !extra.contains(&"--port")),
+            )
             .args(
                 ["--log-level", "info"]
                     .iter()
