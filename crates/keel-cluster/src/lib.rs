@@ -107,6 +107,9 @@ pub enum ClusterError {
     NotLeader(Option<(NodeId, Node)>),
     #[error("not confirmed by a quorum within {0:?}; a write may still be applied")]
     Timeout(Duration),
+    /// The leader could not reach a quorum to confirm a read.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
     #[error("{0}")]
     Rejected(String),
     #[error("{0}")]
@@ -130,6 +133,8 @@ pub struct Config {
     /// Entries kept in the log behind a snapshot, for followers that are only a little behind.
     pub keep_behind_snapshot: u64,
     pub write_timeout: Duration,
+    /// Make outgoing raft connections from this address (`None`: the system chooses).
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 impl Config {
@@ -145,6 +150,7 @@ impl Config {
             snapshot_every: 100_000,
             keep_behind_snapshot: 10_000,
             write_timeout: Duration::from_secs(5),
+            source_ip: None,
         }
     }
 }
@@ -209,9 +215,17 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| Error::Raft(e.to_string()))?;
-        let raft = Raft::new(cfg.id, Arc::new(rc), net::Network, log.clone(), sm)
-            .await
-            .map_err(|e| Error::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            cfg.id,
+            Arc::new(rc),
+            net::Network {
+                source: cfg.source_ip,
+            },
+            log.clone(),
+            sm,
+        )
+        .await
+        .map_err(|e| Error::Raft(e.to_string()))?;
         let listener = tokio::spawn(net::serve(
             listener,
             raft.clone(),
@@ -267,6 +281,9 @@ impl Cluster {
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Err(ClusterError::NotLeader(f.leader_id.zip(f.leader_node)))
             }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => Err(
+                ClusterError::NoQuorum(format!("the leader heard only from {:?}", q.got)),
+            ),
             Ok(Err(e)) => Err(ClusterError::Failed(e.to_string())),
         }
     }

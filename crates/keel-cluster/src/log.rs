@@ -150,9 +150,14 @@ impl LogStore {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The last LSN the log's readers can reach now.
+    fn readable_lsn(&self) -> Lsn {
+        self.inner.wal.segments().last().map_or(0, |s| s.last_lsn)
+    }
+
     /// Drops the cached entries that the log can give back now.
     fn evict_readable(&self) {
-        let readable = self.inner.wal.segments().last().map_or(0, |s| s.last_lsn);
+        let readable = self.readable_lsn();
         let offset = self.meta().offset;
         let mut u = self.unsynced();
         while u
@@ -180,7 +185,7 @@ impl LogStore {
             let m = self.meta();
             (m.offset, m.purged)
         };
-        let last = self.inner.wal.last_lsn();
+        let last = self.readable_lsn();
         let first_live = at(purged.map_or(0, |p| p.index + 1), offset);
         if last < first_live || last < self.inner.wal.first_lsn() {
             return Ok(None);
@@ -212,7 +217,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let wal = &self.inner.wal;
         let from = at(start, offset).max(wal.first_lsn());
         let mut out: Vec<Entry<TypeConfig>> = Vec::new();
-        if from <= wal.last_lsn() {
+        // What the log can give back now; later entries are still in `unsynced`. (The
+        // acknowledged LSN can be ahead of it for a moment.)
+        if from <= self.readable_lsn() {
             for r in wal.read_from(from).map_err(read_err)? {
                 let r = r.map_err(read_err)?;
                 let index = (r.lsn as i64 - offset) as u64;

@@ -11,6 +11,7 @@
 //! (`snapshot_max_chunk_size`) through openraft's chunked transport.
 
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use openraft::error::{
@@ -24,7 +25,7 @@ use openraft::raft::{
 use openraft::Raft;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::{Node, NodeId, TypeConfig};
 
@@ -135,7 +136,11 @@ pub async fn serve(listener: TcpListener, raft: Raft<TypeConfig>, me: (NodeId, N
 }
 
 /// Makes a client per peer.
-pub struct Network;
+pub struct Network {
+    /// Outgoing connections come from this address (the node's bind address), so that peers
+    /// and firewalls see one address per node.
+    pub source: Option<IpAddr>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
@@ -144,6 +149,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Peer {
             target,
             addr: node.raft.clone(),
+            source: self.source,
             stream: None,
         }
     }
@@ -153,7 +159,26 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Peer {
     target: NodeId,
     addr: String,
+    source: Option<IpAddr>,
     stream: Option<TcpStream>,
+}
+
+/// Connects to `addr`, from `source` if given.
+async fn connect(addr: &str, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let Some(ip) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let to = tokio::net::lookup_host(addr)
+        .await?
+        .find(|a| a.is_ipv4() == ip.is_ipv4())
+        .ok_or_else(|| io::Error::other(format!("{addr} has no address of {ip}'s family")))?;
+    let socket = if ip.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(to).await
 }
 
 /// Why a call failed before the peer answered.
@@ -191,7 +216,7 @@ impl Peer {
 
     async fn call_inner(&mut self, req: &Request) -> Result<Response, CallError> {
         if self.stream.is_none() {
-            let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
+            let s = tokio::time::timeout(CONNECT_TIMEOUT, connect(&self.addr, self.source))
                 .await
                 .map_err(|_| CallError::Connect(io::ErrorKind::TimedOut.into()))?
                 .map_err(CallError::Connect)?;

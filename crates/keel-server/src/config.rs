@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// Port of this node's raft RPC listener, on --bind [default with --node-id: --port + 10000].
     #[arg(long, env = "KEEL_RAFT_PORT")]
     pub raft_port: Option<u16>,
+    /// The raft address other nodes should use for this one, if not --bind:--raft-port (behind
+    /// NAT or a proxy).
+    #[arg(long, env = "KEEL_RAFT_ADVERTISE")]
+    pub raft_advertise: Option<String>,
     /// The other nodes' raft addresses, `ID=HOST:PORT,...`; `keel cluster init` forms the
     /// cluster from them.
     #[arg(long, env = "KEEL_PEERS", value_delimiter = ',')]
@@ -176,6 +180,7 @@ pub struct Settings {
 pub struct ClusterSettings {
     pub node_id: u64,
     pub raft_port: u16,
+    pub raft_advertise: Option<String>,
     /// The peers' ids and raft addresses.
     pub peers: Vec<(u64, String)>,
     pub stale_reads: bool,
@@ -184,8 +189,8 @@ pub struct ClusterSettings {
 
 fn cluster_settings(args: &ServeArgs, port: u16) -> anyhow::Result<Option<ClusterSettings>> {
     let Some(node_id) = args.node_id else {
-        if !args.peers.is_empty() || args.raft_port.is_some() {
-            bail!("--peers and --raft-port need --node-id");
+        if !args.peers.is_empty() || args.raft_port.is_some() || args.raft_advertise.is_some() {
+            bail!("--peers, --raft-port and --raft-advertise need --node-id");
         }
         return Ok(None);
     };
@@ -215,6 +220,7 @@ fn cluster_settings(args: &ServeArgs, port: u16) -> anyhow::Result<Option<Cluste
     Ok(Some(ClusterSettings {
         node_id,
         raft_port,
+        raft_advertise: args.raft_advertise.clone(),
         peers,
         stale_reads: args.stale_reads,
         snapshot_every: args.raft_snapshot_every.unwrap_or(100_000).max(1),

@@ -126,13 +126,17 @@ async fn start_node(
         .await
         .with_context(|| format!("binding the raft port {raft_addr}"))?;
     let node = keel_cluster::Node {
-        raft: raft_addr.to_string(),
+        raft: cs
+            .raft_advertise
+            .clone()
+            .unwrap_or_else(|| raft_addr.to_string()),
         client: client.to_string(),
     };
     let mut cfg = keel_cluster::Config::new(cs.node_id, &settings.dir, node);
     cfg.engine = settings.engine.clone();
     cfg.log.sync_policy = settings.engine.wal.sync_policy;
     cfg.snapshot_every = cs.snapshot_every;
+    cfg.source_ip = Some(settings.bind).filter(|ip| !ip.is_unspecified());
     cfg.keep_behind_snapshot = (cs.snapshot_every / 10).max(1);
     tracing::info!(
         "cluster node {} opening {} (raft on {raft_addr})",

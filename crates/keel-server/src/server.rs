@@ -55,6 +55,7 @@ pub fn cluster_error(e: &ClusterError) -> Reply {
             "CLUSTERDOWN not confirmed by a quorum within {} ms; a write may still be applied",
             d.as_millis()
         ),
+        ClusterError::NoQuorum(m) => format!("CLUSTERDOWN {m}; retry shortly"),
         ClusterError::Rejected(m) => format!("ERR {m}"),
         ClusterError::Failed(m) => format!("ERR cluster: {m}"),
     })
@@ -700,7 +701,9 @@ impl Conn {
             }
             return Flow::Continue;
         }
-        if spec.perm == Perm::Read {
+        // WATCH too: a version read before the leader applied everything committed would fail
+        // the EXEC of a key that did not change while watched.
+        if spec.perm == Perm::Read || name == "watch" {
             if let Err(r) = linearize(self.sh.clone()).await {
                 self.reply(r);
                 return Flow::Continue;

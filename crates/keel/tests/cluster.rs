@@ -13,12 +13,44 @@ use std::time::{Duration, Instant};
 
 use common::Server;
 
+/// A port below the kernel's ephemeral range (32768 and up here), so that no outgoing
+/// connection takes it while its node is down between a kill and a restart.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
+    loop {
+        let p = base + NEXT.fetch_add(1, Ordering::Relaxed) % 10_000;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// GET through whichever node leads, retrying through elections.
+fn get_from_leader(
+    nodes: &[Node],
+    conn: &mut Option<redis::Connection>,
+    k: &str,
+) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if conn.is_none() {
+            let lead = leader(nodes);
+            *conn = redis::Client::open(format!("redis://{lead}/"))
+                .and_then(|c| c.get_connection())
+                .ok();
+        }
+        if let Some(c) = conn.as_mut() {
+            match redis::cmd("GET").arg(k).query::<Option<String>>(c) {
+                Ok(v) => return v,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "GET {k}: {e}");
+                    *conn = None;
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 struct Node {
@@ -239,21 +271,17 @@ fn leader_loss_under_load_loses_no_acknowledged_write() {
         w.join().unwrap();
     }
 
-    let lead = leader(&nodes);
-    let mut c = redis::Client::open(format!("redis://{lead}/"))
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut c = None;
     let (mut n_acked, mut n_unknown, mut unknown_present) = (0, 0, 0);
     for l in &ledgers {
         let l = l.lock().unwrap();
         for (k, v) in &l.acked {
-            let got: Option<String> = redis::cmd("GET").arg(k).query(&mut c).unwrap();
+            let got = get_from_leader(&nodes, &mut c, k);
             assert_eq!(got.as_deref(), Some(v.as_str()), "acknowledged {k} lost");
             n_acked += 1;
         }
         for (k, v) in &l.unknown {
-            let got: Option<String> = redis::cmd("GET").arg(k).query(&mut c).unwrap();
+            let got = get_from_leader(&nodes, &mut c, k);
             assert!(
                 got.is_none() || got.as_deref() == Some(v.as_str()),
                 "{k} torn: {got:?}"
@@ -373,5 +401,222 @@ fn a_node_behind_a_purged_log_catches_up_by_snapshot_and_membership_changes_unde
     for (k, v) in l.acked.iter() {
         let got: Option<String> = redis::cmd("GET").arg(k).query(&mut c).unwrap();
         assert_eq!(got.as_deref(), Some(v.as_str()));
+    }
+}
+
+/// A TCP proxy in front of one node's raft port that drops connections from blocked source
+/// addresses (each node connects out from its own --bind address).
+struct Proxy {
+    port: u16,
+    blocked: Arc<Mutex<Vec<std::net::IpAddr>>>,
+}
+
+impl Proxy {
+    fn start(to: std::net::SocketAddr) -> Proxy {
+        let l = std::net::TcpListener::bind(("127.0.0.1", free_port())).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let blocked: Arc<Mutex<Vec<std::net::IpAddr>>> = Arc::default();
+        let b = blocked.clone();
+        thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(a) = conn else { continue };
+                let src = a.peer_addr().unwrap().ip();
+                if b.lock().unwrap().contains(&src) {
+                    continue; // dropped: the peer sees the connection close
+                }
+                let Ok(z) = std::net::TcpStream::connect(to) else {
+                    continue;
+                };
+                for (mut from, mut into) in
+                    [(a.try_clone().unwrap(), z.try_clone().unwrap()), (z, a)]
+                {
+                    let b = b.clone();
+                    thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        from.set_read_timeout(Some(Duration::from_millis(50)))
+                            .unwrap();
+                        let mut buf = vec![0u8; 64 << 10];
+                        loop {
+                            if b.lock().unwrap().contains(&src) {
+                                break;
+                            }
+                            match from.read(&mut buf) {
+                                Ok(0) => break,
+                                // Checked again: nothing read after the cut goes through.
+                                Ok(n) if !b.lock().unwrap().contains(&src) => {
+                                    if into.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Ok(_) => break,
+                                Err(e)
+                                    if e.kind() == std::io::ErrorKind::WouldBlock
+                                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                                Err(_) => break,
+                            }
+                        }
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                        let _ = into.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, blocked }
+    }
+}
+
+#[test]
+fn an_isolated_leader_acknowledges_nothing_and_its_entries_are_discarded_on_healing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ip = |id: u64| -> std::net::IpAddr { format!("127.0.0.{}", 10 + id).parse().unwrap() };
+    let raft: Vec<u16> = (1..=3).map(|_| free_port()).collect();
+    let proxies: Vec<Proxy> = (1..=3u64)
+        .map(|id| Proxy::start(std::net::SocketAddr::new(ip(id), raft[id as usize - 1])))
+        .collect();
+    let mut nodes: Vec<Node> = (1..=3u64)
+        .map(|id| {
+            let peers = (1..=3u64)
+                .filter(|&j| j != id)
+                .map(|j| format!("{j}=127.0.0.1:{}", proxies[j as usize - 1].port))
+                .collect::<Vec<_>>()
+                .join(",");
+            Node {
+                id,
+                port: free_port(),
+                raft: raft[id as usize - 1],
+                dir: tmp.path().join(format!("n{id}")),
+                peers,
+                extra: vec![
+                    "--bind".into(),
+                    ip(id).to_string(),
+                    "--raft-advertise".into(),
+                    format!("127.0.0.1:{}", proxies[id as usize - 1].port),
+                ],
+                server: None,
+            }
+        })
+        .collect();
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    let addr = |n: &Node| format!("{}:{}", ip(n.id), n.port);
+    let (ok, text) = cluster_cli(&addr(&nodes[0]), &["init"]);
+    assert!(ok, "{text}");
+    let status_of = |n: &Node| status(&addr(n));
+    // `leader` reads addresses from status, which names the client addresses.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let old = loop {
+        if let Some(l) = nodes
+            .iter()
+            .find(|n| status_of(n).get("state").map(String::as_str) == Some("leader"))
+        {
+            break l.id;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        thread::sleep(Duration::from_millis(100));
+    };
+    let li = old as usize - 1;
+    let client = |n: &Node| {
+        let c = redis::Client::open(format!("redis://{}/", addr(n))).unwrap();
+        let c = c.get_connection().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c
+    };
+    let mut c = client(&nodes[li]);
+    for i in 0..50 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("before{i}"))
+            .arg(i)
+            .query(&mut c)
+            .unwrap();
+    }
+
+    // Cut the leader off, both ways.
+    for (j, p) in proxies.iter().enumerate() {
+        let mut b = p.blocked.lock().unwrap();
+        if j == li {
+            b.extend((1..=3u64).filter(|&id| id != old).map(ip));
+        } else {
+            b.push(ip(old));
+        }
+    }
+    for i in 0..2 {
+        let r: redis::RedisResult<String> = redis::cmd("SET")
+            .arg(format!("isolated{i}"))
+            .arg("x")
+            .query(&mut c);
+        let e = r.expect_err("an isolated leader acknowledged a write");
+        assert_eq!(e.code(), Some("CLUSTERDOWN"), "{e}");
+    }
+    let r: redis::RedisResult<Option<String>> = redis::cmd("GET").arg("before1").query(&mut c);
+    assert!(
+        r.is_err(),
+        "an isolated leader answered a linearizable read: {r:?}"
+    );
+
+    // The majority elects a new leader and goes on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new = loop {
+        let found = nodes
+            .iter()
+            .filter(|n| n.id != old)
+            .find(|n| status_of(n).get("state").map(String::as_str) == Some("leader"));
+        if let Some(n) = found {
+            break n.id;
+        }
+        assert!(Instant::now() < deadline, "the majority elected no leader");
+        thread::sleep(Duration::from_millis(100));
+    };
+    let mut m = client(&nodes[new as usize - 1]);
+    for i in 0..50 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("after{i}"))
+            .arg(i)
+            .query(&mut m)
+            .unwrap();
+    }
+
+    // Heal: the old leader follows, its log is overwritten past the last committed entry (its
+    // two unacknowledged entries are discarded), and it catches up.
+    let target: u64 = status_of(&nodes[new as usize - 1])["applied_index"]
+        .parse()
+        .unwrap();
+    for p in &proxies {
+        p.blocked.lock().unwrap().clear();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = status_of(&nodes[li]);
+        let applied: u64 = st["applied_index"].parse().unwrap_or(0);
+        if st["state"] == "follower" && st["leader"] == new.to_string() && applied >= target {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old leader did not rejoin: {st:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    // A follower sends clients to the leader.
+    let r: redis::RedisResult<Option<String>> = redis::cmd("GET").arg("before1").query(&mut c);
+    assert_eq!(r.unwrap_err().code(), Some("MOVED"));
+    {
+        let conn = &mut m;
+        for i in 0..2 {
+            let got: Option<String> = redis::cmd("GET")
+                .arg(format!("isolated{i}"))
+                .query(conn)
+                .unwrap();
+            assert_eq!(
+                got, None,
+                "an unacknowledged write of the isolated leader survived"
+            );
+        }
+        for i in 0..50 {
+            for k in [format!("before{i}"), format!("after{i}")] {
+                let got: Option<String> = redis::cmd("GET").arg(&k).query(conn).unwrap();
+                assert_eq!(got, Some(i.to_string()), "{k}");
+            }
+        }
     }
 }
