@@ -34,7 +34,7 @@ enum Command {
     /// Serve the database over the Redis protocol (RESP2/RESP3). A write's reply leaves only
     /// once the write is durable. Exit code 0: shut down cleanly (SIGTERM, SIGINT or SHUTDOWN);
     /// 2: the database refused to open (the error says why and what to run); 3: other errors.
-    Serve(keel_server::ServeArgs),
+    Serve(Box<keel_server::ServeArgs>),
     /// Manage a keel cluster through one of its nodes: init, add-node, remove-node, status.
     Cluster(cluster_cmd::ClusterArgs),
     /// Inspect, verify, repair and append to a write-ahead log directory.
@@ -106,7 +106,7 @@ pub enum BenchCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(a) => keel_server::run(a),
+        Command::Serve(a) => keel_server::run(*a),
         Command::Wal(c) => wal_cmd::run(c),
         Command::Snapshot(a) => Ok(db_cmd::snapshot(a)),
         Command::Backup(a) => Ok(db_cmd::backup(a)),
