@@ -42,10 +42,21 @@ struct Inner {
     wal: Wal,
     dir: PathBuf,
     meta: Mutex<Meta>,
-    /// Entries appended but not yet durable, by index. The leader replicates an entry while its
-    /// own sync runs, so readers must see it before the log can give it back.
-    unsynced: Mutex<BTreeMap<u64, Entry<TypeConfig>>>,
+    recent: Mutex<Recent>,
 }
+
+/// The newest entries, by index, with their encoded sizes. Every entry appended but not yet
+/// readable from the log is here (the leader replicates an entry while its own sync runs), and
+/// so are the last few thousand readable ones, so that replication to followers that keep up
+/// never reads the log back from disk (a read from the log scans its segment from the start).
+#[derive(Default)]
+struct Recent {
+    entries: BTreeMap<u64, (Entry<TypeConfig>, usize)>,
+    bytes: usize,
+}
+
+const RECENT_ENTRIES_MAX: usize = 16_384;
+const RECENT_BYTES_MAX: usize = 64 << 20;
 
 pub(crate) fn io_err(
     subject: ErrorSubject<NodeId>,
@@ -122,7 +133,7 @@ impl LogStore {
                 wal,
                 dir: dir.to_path_buf(),
                 meta: Mutex::new(meta),
-                unsynced: Mutex::new(BTreeMap::new()),
+                recent: Mutex::default(),
             }),
         })
     }
@@ -143,11 +154,8 @@ impl LogStore {
             })
     }
 
-    fn unsynced(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
-        self.inner
-            .unsynced
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.inner.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The last LSN the log's readers can reach now.
@@ -155,16 +163,19 @@ impl LogStore {
         self.inner.wal.segments().last().map_or(0, |s| s.last_lsn)
     }
 
-    /// Drops the cached entries that the log can give back now.
-    fn evict_readable(&self) {
+    /// Drops the oldest cached entries beyond the cache's bounds, if the log can give them back.
+    fn evict(&self) {
         let readable = self.readable_lsn();
         let offset = self.meta().offset;
-        let mut u = self.unsynced();
-        while u
-            .first_key_value()
-            .is_some_and(|(i, _)| at(*i, offset) <= readable)
-        {
-            u.pop_first();
+        let mut r = self.recent();
+        while r.entries.len() > RECENT_ENTRIES_MAX || r.bytes > RECENT_BYTES_MAX {
+            match r.entries.first_key_value() {
+                Some((i, _)) if at(*i, offset) <= readable => {
+                    let (_, (_, n)) = r.entries.pop_first().expect("checked");
+                    r.bytes -= n;
+                }
+                _ => break,
+            }
         }
     }
 
@@ -178,7 +189,7 @@ impl LogStore {
     }
 
     fn last_entry(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        if let Some((_, e)) = self.unsynced().last_key_value() {
+        if let Some((_, (e, _))) = self.recent().entries.last_key_value() {
             return Ok(Some(e.log_id));
         }
         let (offset, purged) = {
@@ -216,27 +227,32 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let offset = self.meta().offset;
         let wal = &self.inner.wal;
         let from = at(start, offset).max(wal.first_lsn());
+        // The cached part first: entries older than the cache's first one are all readable from
+        // the log (the cache drops only those), newer ones are all in it.
+        let (cached, first_cached): (Vec<Entry<TypeConfig>>, Option<u64>) = {
+            let r = self.recent();
+            let first = r.entries.first_key_value().map(|(i, _)| *i);
+            let from_cache = first.map_or(u64::MAX, |f| f.max(start));
+            let cached = r
+                .entries
+                .range(from_cache..)
+                .take_while(|(i, _)| range.contains(*i))
+                .map(|(_, (e, _))| e.clone())
+                .collect();
+            (cached, first)
+        };
         let mut out: Vec<Entry<TypeConfig>> = Vec::new();
-        // What the log can give back now; later entries are still in `unsynced`. (The
-        // acknowledged LSN can be ahead of it for a moment.)
-        if from <= self.readable_lsn() {
+        if first_cached.is_none_or(|f| start < f) && from <= self.readable_lsn() {
             for r in wal.read_from(from).map_err(read_err)? {
                 let r = r.map_err(read_err)?;
                 let index = (r.lsn as i64 - offset) as u64;
-                if !range.contains(&index) {
+                if !range.contains(&index) || first_cached.is_some_and(|f| index >= f) {
                     break;
                 }
                 out.push(postcard::from_bytes(&r.payload).map_err(read_err)?);
             }
         }
-        let next = out.last().map_or(start, |e| e.log_id.index + 1);
-        let unsynced = self.unsynced();
-        out.extend(
-            unsynced
-                .range(next..)
-                .take_while(|(i, _)| range.contains(*i))
-                .map(|(_, e)| e.clone()),
-        );
+        out.extend(cached);
         Ok(out)
     }
 }
@@ -288,9 +304,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|e| postcard::to_allocvec(e).map_err(write_err))
             .collect::<Result<_, _>>()?;
         {
-            let mut u = self.unsynced();
-            for e in entries {
-                u.insert(e.log_id.index, e);
+            let mut r = self.recent();
+            for (e, rec) in entries.into_iter().zip(&records) {
+                r.bytes += rec.len();
+                if let Some((_, n)) = r.entries.insert(e.log_id.index, (e, rec.len())) {
+                    r.bytes -= n;
+                }
             }
         }
         let expect = self.lsn(first);
@@ -308,7 +327,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         tokio::spawn(async move {
             let r = acked.await.map_err(std::io::Error::other);
             if r.is_ok() {
-                this.evict_readable();
+                this.evict();
             }
             callback.log_io_completed(r);
         });
@@ -319,7 +338,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Entries still queued must reach the log before it can be cut behind them.
         let wal = &self.inner.wal;
         wal.sync().map_err(write_err)?;
-        self.unsynced().split_off(&log_id.index);
+        {
+            let mut r = self.recent();
+            let cut = r.entries.split_off(&log_id.index);
+            r.bytes -= cut.values().map(|(_, n)| n).sum::<usize>();
+        }
         let keep = self.lsn(log_id.index) - 1;
         if keep >= wal.last_lsn() {
             return Ok(());
@@ -341,6 +364,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             m.offset = next as i64 - (log_id.index as i64 + 1);
         }
         self.save_meta(&m)?;
+        {
+            let mut r = self.recent();
+            let keep = r.entries.split_off(&(log_id.index + 1));
+            let dropped = std::mem::replace(&mut r.entries, keep);
+            r.bytes -= dropped.values().map(|(_, n)| n).sum::<usize>();
+        }
         let upto = at(log_id.index, m.offset);
         *self.meta() = m;
         self.inner.wal.prune_before(upto + 1).map_err(write_err)?;

@@ -620,3 +620,168 @@ fn an_isolated_leader_acknowledges_nothing_and_its_entries_are_discarded_on_heal
         }
     }
 }
+
+/// One client's view of an op, for the linearizability check.
+type Op = (String, keel_lincheck::RegisterOp<String>);
+
+/// A client that runs reads, writes and compare-and-sets (WATCH, GET, MULTI, SET, EXEC) on a
+/// few keys against whichever node leads, recording each op with its invoke and completion
+/// ticks on one shared clock. -MOVED means the op was refused before it was proposed, so it is
+/// not recorded; any other failure leaves a write or CAS indeterminate (it may or may not have
+/// taken effect) and drops a read.
+fn lin_client(
+    t: usize,
+    addrs: Vec<String>,
+    clock: Instant,
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<keel_lincheck::History<Op>>>,
+) {
+    use keel_lincheck::RegisterOp;
+    let tick = || clock.elapsed().as_micros() as u64;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (t as u64 + 1);
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut node = t;
+    let mut conn: Option<redis::Connection> = None;
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(c) = conn.as_mut() else {
+            node += 1;
+            conn = redis::Client::open(format!("redis://{}/", addrs[node % addrs.len()]))
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+                .ok();
+            if let Some(c) = conn.as_ref() {
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            } else {
+                thread::sleep(Duration::from_millis(50));
+            }
+            continue;
+        };
+        let key = format!("lin{}", next() % 3);
+        i += 1;
+        let value = format!("{t}-{i}");
+        let invoke = tick();
+        let (op, result): (RegisterOp<String>, redis::RedisResult<bool>) = match next() % 3 {
+            0 => {
+                let r: redis::RedisResult<Option<String>> = redis::cmd("GET").arg(&key).query(c);
+                match r {
+                    Ok(v) => (RegisterOp::Read { returned: v }, Ok(true)),
+                    Err(e) => (RegisterOp::Read { returned: None }, Err(e)),
+                }
+            }
+            1 => {
+                let r: redis::RedisResult<()> = redis::cmd("SET").arg(&key).arg(&value).query(c);
+                (
+                    RegisterOp::Write {
+                        value: value.clone(),
+                    },
+                    r.map(|_| true),
+                )
+            }
+            _ => {
+                let r = (|| -> redis::RedisResult<(Option<String>, bool)> {
+                    redis::cmd("WATCH").arg(&key).query::<()>(c)?;
+                    let seen: Option<String> = redis::cmd("GET").arg(&key).query(c)?;
+                    redis::cmd("MULTI").query::<()>(c)?;
+                    redis::cmd("SET").arg(&key).arg(&value).query::<()>(c)?;
+                    let done: Option<Vec<String>> = redis::cmd("EXEC").query(c)?;
+                    Ok((seen, done.is_some()))
+                })();
+                match r {
+                    Ok((seen, ok)) => (
+                        RegisterOp::Cas {
+                            expected: seen,
+                            new: value.clone(),
+                            succeeded: ok,
+                        },
+                        Ok(true),
+                    ),
+                    // Unknown: recorded as a CAS that succeeded if it took effect at all. What
+                    // it expected is unknown too, so it is recorded only if EXEC may have run.
+                    Err(e) => (
+                        RegisterOp::Write {
+                            value: value.clone(),
+                        },
+                        Err(e),
+                    ),
+                }
+            }
+        };
+        let done = tick();
+        match result {
+            Ok(_) => {
+                history.lock().unwrap().push(invoke, Some(done), (key, op));
+            }
+            Err(e) if e.code() == Some("MOVED") => {
+                let detail = e.detail().unwrap_or("").to_string();
+                let leader = detail.split_whitespace().last().unwrap_or("").to_string();
+                if let Some(p) = addrs.iter().position(|a| *a == leader) {
+                    node = p + addrs.len() - 1;
+                }
+                conn = None;
+            }
+            Err(_) => {
+                // A read that failed proves nothing; a write or CAS may still take effect.
+                // (A CAS that failed before EXEC never wrote: recording it as a write that may
+                // have happened only widens what the checker accepts for this one op.)
+                if !matches!(op, RegisterOp::Read { .. }) {
+                    history.lock().unwrap().push(invoke, None, (key, op));
+                }
+                conn = None;
+            }
+        }
+    }
+}
+
+#[test]
+fn reads_writes_and_cas_stay_linearizable_while_leaders_are_killed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = make(3, &[], tmp.path());
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    assert!(cluster_cli(&nodes[0].addr(), &["init"]).0);
+    leader(&nodes);
+    let clock = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let history = Arc::new(Mutex::new(keel_lincheck::History::new()));
+    let addrs: Vec<String> = nodes.iter().map(Node::addr).collect();
+    let clients: Vec<_> = (0..6)
+        .map(|t| {
+            let (addrs, stop, history) = (addrs.clone(), stop.clone(), history.clone());
+            thread::spawn(move || lin_client(t, addrs, clock, stop, history))
+        })
+        .collect();
+    for _ in 0..3 {
+        thread::sleep(Duration::from_millis(1500));
+        let lead = leader(&nodes);
+        let vi = nodes.iter().position(|n| n.addr() == lead).unwrap();
+        nodes[vi].server.take().unwrap().kill9();
+        thread::sleep(Duration::from_millis(1500));
+        nodes[vi].start();
+    }
+    thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let history = history.lock().unwrap().clone();
+    let completed = history
+        .ops
+        .iter()
+        .filter(|o| o.completion.is_some())
+        .count();
+    let verdict =
+        keel_lincheck::check_keyed(&keel_lincheck::Register::default(), &history, 50_000_000);
+    eprintln!(
+        "{} ops recorded ({completed} completed, {} indeterminate): {verdict:?}",
+        history.ops.len(),
+        history.ops.len() - completed
+    );
+    assert!(completed > 100, "too few ops completed to judge");
+    assert!(verdict.is_linearizable(), "{verdict:?}");
+}
