@@ -187,6 +187,13 @@ impl Core {
             return Ok(None);
         }
         let logged = self.logged_since_checkpoint.load(Ordering::Relaxed);
+        // Under a weaker sync policy the visible state can be ahead of the durable log. A
+        // snapshot of it, then a power cut, would leave a log that ends before the snapshot,
+        // which the next open refuses (a gap). Sync first, so the snapshot holds only what the
+        // log holds durably.
+        if self.opts.wal.sync_policy != keel_wal::SyncPolicy::Always {
+            self.wal.sync()?;
+        }
         let fs = &*self.opts.wal.fs;
         let (map, lsn, at_ms, requests) = self.durable_view();
         let next = write_snapshot_file(
