@@ -61,20 +61,32 @@ pub struct Txn {
     pub writes: Vec<Write>,
 }
 
-/// What applying an entry gave.
+/// One raft entry: the transactions of many clients that arrived together. openraft waits for
+/// each append to be durable before it appends the next, so one entry per transaction would
+/// cost one sync each on the leader; a batch shares it. Each transaction is still decided and
+/// logged in the engine on its own, in order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Batch {
+    pub txns: Vec<Txn>,
+}
+
+/// What applying one transaction gave.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Applied {
     Done(Outcome),
     /// The engine refused the transaction before deciding it (a limit), on every replica alike.
     Rejected(String),
-    /// A blank or membership entry.
-    Internal,
 }
+
+/// What applying an entry gave: one result per transaction (none for blank and membership
+/// entries).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Results(pub Vec<Applied>);
 
 openraft::declare_raft_types!(
     pub TypeConfig:
-        D = Txn,
-        R = Applied,
+        D = Batch,
+        R = Results,
         NodeId = NodeId,
         Node = Node,
         SnapshotData = tokio::fs::File,
@@ -101,7 +113,7 @@ impl Error {
 }
 
 /// Why a cluster operation did not happen (or may not have).
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("this node is not the leader")]
     NotLeader(Option<(NodeId, Node)>),
@@ -164,6 +176,96 @@ pub struct Cluster {
     log: LogStore,
     write_timeout: Duration,
     listener: tokio::task::JoinHandle<()>,
+    queue: tokio::sync::mpsc::Sender<Waiter>,
+}
+
+/// A transaction waiting for its batch.
+struct Waiter {
+    txn: Txn,
+    reply: tokio::sync::oneshot::Sender<Result<Outcome, ClusterError>>,
+}
+
+/// Batches in flight at once: the next forms while earlier ones replicate and apply. (1, 2, 3
+/// and 6 measured the same within noise at 64 clients here, 14–19k SET/s; 6 was slower.)
+const BATCHES_IN_FLIGHT: usize = 2;
+const BATCH_TXNS_MAX: usize = 4096;
+const BATCH_BYTES_MAX: usize = 4 << 20;
+
+fn txn_bytes(t: &Txn) -> usize {
+    t.writes
+        .iter()
+        .map(|w| match w {
+            Write::Put { key, value, .. } => key.len() + value.len(),
+            Write::Append { key, suffix } => key.len() + suffix.len(),
+            Write::Rename { from, to, .. } => from.len() + to.len(),
+            Write::Delete { key }
+            | Write::Incr { key, .. }
+            | Write::IncrFloat { key, .. }
+            | Write::Expire { key, .. }
+            | Write::Get { key } => key.len(),
+            Write::DeleteAll => 0,
+        } + 32)
+        .sum::<usize>()
+        + t.guards.iter().map(|g| g.key.len() + 16).sum::<usize>()
+}
+
+/// Gathers the transactions that arrive while earlier batches are in flight into one entry.
+async fn batcher(
+    raft: Raft<TypeConfig>,
+    mut queue: tokio::sync::mpsc::Receiver<Waiter>,
+    timeout: Duration,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = txn_bytes(&first.txn);
+        let mut batch = vec![first];
+        while batch.len() < BATCH_TXNS_MAX && bytes < BATCH_BYTES_MAX {
+            match queue.try_recv() {
+                Ok(w) => {
+                    bytes += txn_bytes(&w.txn);
+                    batch.push(w);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (txns, replies): (Vec<Txn>, Vec<_>) =
+                batch.into_iter().map(|w| (w.txn, w.reply)).unzip();
+            let n = txns.len();
+            let r = tokio::time::timeout(timeout, raft.client_write(Batch { txns })).await;
+            drop(slot);
+            let results: Vec<Result<Outcome, ClusterError>> = match r {
+                Err(_) => vec![Err(ClusterError::Timeout(timeout)); n],
+                Ok(Ok(resp)) if resp.data.0.len() == n => resp
+                    .data
+                    .0
+                    .into_iter()
+                    .map(|a| match a {
+                        Applied::Done(o) => Ok(o),
+                        Applied::Rejected(m) => Err(ClusterError::Rejected(m)),
+                    })
+                    .collect(),
+                Ok(Ok(resp)) => vec![
+                    Err(ClusterError::Failed(format!(
+                        "a batch of {n} transactions gave {} results",
+                        resp.data.0.len()
+                    )));
+                    n
+                ],
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    vec![Err(ClusterError::NotLeader(f.leader_id.zip(f.leader_node))); n]
+                }
+                Ok(Err(e)) => vec![Err(ClusterError::Failed(e.to_string())); n],
+            };
+            for (reply, r) in replies.into_iter().zip(results) {
+                let _ = reply.send(r);
+            }
+        });
+    }
 }
 
 /// A node's view of the cluster, for `keel cluster status` and INFO.
@@ -181,6 +283,10 @@ pub struct Status {
     pub members: BTreeMap<NodeId, (Node, bool)>,
     /// On the leader: each node's matched index, and how far it lags the leader's log.
     pub replication: BTreeMap<NodeId, (Option<u64>, u64)>,
+    /// The raft log's records and syncs since start, and their mean sync time.
+    pub log_records: u64,
+    pub log_syncs: u64,
+    pub log_sync_mean_us: u64,
 }
 
 impl Cluster {
@@ -220,12 +326,15 @@ impl Cluster {
             Arc::new(rc),
             net::Network {
                 source: cfg.source_ip,
+                pool: net::Pool::default(),
             },
             log.clone(),
             sm,
         )
         .await
         .map_err(|e| Error::Raft(e.to_string()))?;
+        let (queue, rx) = tokio::sync::mpsc::channel(BATCH_TXNS_MAX * BATCHES_IN_FLIGHT);
+        tokio::spawn(batcher(raft.clone(), rx, cfg.write_timeout));
         let listener = tokio::spawn(net::serve(
             listener,
             raft.clone(),
@@ -233,6 +342,7 @@ impl Cluster {
         ));
         Ok(Arc::new(Cluster {
             listener,
+            queue,
             raft,
             id: cfg.id,
             node: cfg.node,
@@ -254,21 +364,13 @@ impl Cluster {
     /// Replicates a transaction; returns its outcome once a quorum holds it durably and this
     /// node (the leader) has applied it.
     pub async fn write(&self, txn: Txn) -> Result<Outcome, ClusterError> {
-        let r = tokio::time::timeout(self.write_timeout, self.raft.client_write(txn)).await;
-        match r {
-            Err(_) => Err(ClusterError::Timeout(self.write_timeout)),
-            Ok(Ok(resp)) => match resp.data {
-                Applied::Done(o) => Ok(o),
-                Applied::Rejected(m) => Err(ClusterError::Rejected(m)),
-                Applied::Internal => Err(ClusterError::Failed(
-                    "internal entry answered a write".into(),
-                )),
-            },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(ClusterError::NotLeader(f.leader_id.zip(f.leader_node)))
-            }
-            Ok(Err(e)) => Err(ClusterError::Failed(e.to_string())),
-        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.queue
+            .send(Waiter { txn, reply })
+            .await
+            .map_err(|_| ClusterError::Failed("the node is shutting down".into()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(ClusterError::Failed("the node is shutting down".into())))
     }
 
     /// Returns once a read on this node's engine is linearizable: this node is the leader, a
@@ -352,6 +454,7 @@ impl Cluster {
             .map(|(id, n)| (*id, (n.clone(), voters.contains(id))))
             .collect();
         let last = m.last_log_index.unwrap_or(0);
+        let ls = self.log.stats();
         let replication = m
             .replication
             .as_ref()
@@ -382,12 +485,10 @@ impl Cluster {
             purged_index: m.purged.map(|l| l.index),
             members,
             replication,
+            log_records: ls.records,
+            log_syncs: ls.syncs,
+            log_sync_mean_us: ls.sync_nanos / ls.syncs.max(1) / 1000,
         }
-    }
-
-    /// Syncs counters of the raft log: (syncs, durable LSN).
-    pub fn log_stats(&self) -> (u64, u64) {
-        self.log.stats()
     }
 
     /// Stops raft (the logs stay as they are: everything acknowledged is already durable).

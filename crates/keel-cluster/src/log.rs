@@ -183,9 +183,9 @@ impl LogStore {
         at(index, self.meta().offset)
     }
 
-    /// Log records on the disk, the first entry index still readable, and the last.
-    pub fn stats(&self) -> (u64, Lsn) {
-        (self.inner.wal.stats().syncs, self.inner.wal.durable_lsn())
+    /// The raft log's counters (records, syncs, sync time).
+    pub fn stats(&self) -> keel_wal::WalStats {
+        self.inner.wal.stats()
     }
 
     fn last_entry(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
@@ -323,11 +323,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let acked = self.inner.wal.acked(*lsns.end());
         drop(ticket);
-        let this = self.clone();
+        // Weak: a task waiting here must not keep the log (and its lock) open after raft stops.
+        let this = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             let r = acked.await.map_err(std::io::Error::other);
-            if r.is_ok() {
-                this.evict();
+            if let (Ok(()), Some(inner)) = (&r, this.upgrade()) {
+                LogStore { inner }.evict();
             }
             callback.log_io_completed(r);
         });

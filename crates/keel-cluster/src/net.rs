@@ -10,8 +10,10 @@
 //! reconnects. Every call is bounded by openraft's deadline for it. Snapshots travel in chunks
 //! (`snapshot_max_chunk_size`) through openraft's chunked transport.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{
@@ -140,7 +142,15 @@ pub struct Network {
     /// Outgoing connections come from this address (the node's bind address), so that peers
     /// and firewalls see one address per node.
     pub source: Option<IpAddr>,
+    /// Idle connections by address. openraft makes a new client for every leadership check
+    /// (each linearizable read); without reuse, each read opened a connection to every peer,
+    /// and a read-heavy load ran the machine out of ports (28,000 sockets in TIME_WAIT).
+    pub pool: Pool,
 }
+
+/// Idle connections by peer address, at most [`POOL_PER_PEER`] each.
+pub type Pool = Arc<Mutex<HashMap<String, Vec<TcpStream>>>>;
+const POOL_PER_PEER: usize = 8;
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
@@ -151,6 +161,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.raft.clone(),
             source: self.source,
             stream: None,
+            pool: self.pool.clone(),
         }
     }
 }
@@ -161,6 +172,20 @@ pub struct Peer {
     addr: String,
     source: Option<IpAddr>,
     stream: Option<TcpStream>,
+    pool: Pool,
+}
+
+impl Drop for Peer {
+    /// A connection that finished its last call cleanly goes back to the pool.
+    fn drop(&mut self) {
+        if let Some(s) = self.stream.take() {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            let idle = pool.entry(self.addr.clone()).or_default();
+            if idle.len() < POOL_PER_PEER {
+                idle.push(s);
+            }
+        }
+    }
 }
 
 /// Connects to `addr`, from `source` if given.
@@ -216,6 +241,25 @@ impl Peer {
 
     async fn call_inner(&mut self, req: &Request) -> Result<Response, CallError> {
         if self.stream.is_none() {
+            let pooled = {
+                let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+                pool.get_mut(&self.addr).and_then(Vec::pop)
+            };
+            if let Some(mut s) = pooled {
+                // An idle connection may have been closed by the peer (a restart): then the
+                // call is sent again on a new one. Raft's RPCs may be repeated safely.
+                match Self::exchange(&mut s, req).await {
+                    Ok(r) => {
+                        self.stream = Some(s);
+                        return Ok(r);
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %self.addr, error = %e, "pooled connection failed; reconnecting")
+                    }
+                }
+            }
+        }
+        if self.stream.is_none() {
             let s = tokio::time::timeout(CONNECT_TIMEOUT, connect(&self.addr, self.source))
                 .await
                 .map_err(|_| CallError::Connect(io::ErrorKind::TimedOut.into()))?
@@ -224,8 +268,12 @@ impl Peer {
             self.stream = Some(s);
         }
         let s = self.stream.as_mut().expect("connected above");
-        write_frame(s, req).await.map_err(CallError::Io)?;
-        read_frame(s).await.map_err(CallError::Io)
+        Self::exchange(s, req).await.map_err(CallError::Io)
+    }
+
+    async fn exchange(s: &mut TcpStream, req: &Request) -> io::Result<Response> {
+        write_frame(s, req).await?;
+        read_frame(s).await
     }
 }
 

@@ -24,7 +24,7 @@ use openraft::{
 use tokio::io::AsyncWriteExt;
 
 use crate::log::{decode_checked, encode_checked, io_err};
-use crate::{Applied, Node, NodeId, TypeConfig};
+use crate::{Applied, Node, NodeId, Results, TypeConfig};
 
 /// Keys under this prefix hold the replication state inside the engine. The server hides them
 /// from KEYS, SCAN, DBSIZE and RANDOMKEY.
@@ -95,6 +95,17 @@ pub struct StateMachine {
     membership: Arc<Mutex<Membership>>,
     /// The file a snapshot is being received into.
     receiving: Arc<Mutex<Option<PathBuf>>>,
+    /// How far the engine has applied, as its reserved key says.
+    marker: Arc<Mutex<Marker>>,
+}
+
+/// The applied position kept in the engine (under `APPLIED_KEY`), written in the same engine
+/// transaction as each applied transaction: the last entry applied whole, and how many
+/// transactions of the next entry are applied already.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Marker {
+    full: Option<LogId<NodeId>>,
+    partial: Option<(LogId<NodeId>, u32)>,
 }
 
 fn put(key: &'static [u8], value: Vec<u8>) -> Write {
@@ -106,16 +117,48 @@ fn put(key: &'static [u8], value: Vec<u8>) -> Write {
     }
 }
 
+/// One transaction of an entry being applied.
+enum Slot {
+    Ready(Applied),
+    /// A client's transaction, and how many results are the client's.
+    Wait(keel_engine::Pending, usize),
+    /// A blank or membership entry's bookkeeping.
+    Internal(keel_engine::Pending),
+}
+
 impl StateMachine {
+    /// Decides one transaction now; `user` is how many of its writes are the client's.
+    fn submit(
+        &self,
+        engine: &Engine,
+        id: Option<Bytes>,
+        at_ms: u64,
+        guards: Vec<keel_engine::Guard>,
+        writes: Vec<Write>,
+        user: Option<usize>,
+    ) -> Result<Slot, StorageError<NodeId>> {
+        match (engine.submit_at(id, at_ms, guards, writes), user) {
+            (Ok(p), Some(n)) => Ok(Slot::Wait(p, n)),
+            (Ok(p), None) => Ok(Slot::Internal(p)),
+            (Err(keel_engine::Error::Wal(e)), _) => Err(sm_err(ErrorVerb::Write, e)),
+            // Decided the same way on every replica (a limit): the client hears why.
+            (Err(e), Some(_)) => Ok(Slot::Ready(Applied::Rejected(e.to_string()))),
+            (Err(e), None) => Err(sm_err(ErrorVerb::Write, e)),
+        }
+    }
+
     pub fn new(engines: Arc<Engines>) -> Result<StateMachine, crate::Error> {
         let membership = read_membership(&engines.get())
             .map_err(|e| crate::Error::Corrupt(format!("stored membership: {e}")))?;
         std::fs::create_dir_all(engines.dir.join(SNAPSHOTS))
             .map_err(crate::Error::io(&engines.dir))?;
         Ok(StateMachine {
-            engines,
             membership: Arc::new(Mutex::new(membership)),
             receiving: Arc::new(Mutex::new(None)),
+            marker: Arc::new(Mutex::new(read_marker(&engines.get()).map_err(|e| {
+                crate::Error::Corrupt(format!("stored applied position: {e}"))
+            })?)),
+            engines,
         })
     }
 
@@ -131,10 +174,10 @@ fn read_membership(e: &Engine) -> Result<Membership, String> {
     }
 }
 
-fn read_applied(e: &Engine) -> Result<Option<LogId<NodeId>>, String> {
+fn read_marker(e: &Engine) -> Result<Marker, String> {
     match e.get(APPLIED_KEY) {
-        Some(v) => decode_checked(&v.value).map(Some),
-        None => Ok(None),
+        Some(v) => decode_checked(&v.value),
+        None => Ok(Marker::default()),
     }
 }
 
@@ -144,8 +187,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
-        let e = self.engines.get();
-        let applied = read_applied(&e).map_err(|m| sm_err(ErrorVerb::Read, m))?;
+        let applied = self.marker.lock().unwrap_or_else(|p| p.into_inner()).full;
         let membership = self
             .membership
             .lock()
@@ -154,65 +196,108 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((applied, membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Results>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
         let engine = self.engines.get();
-        // Submit the whole batch, then wait: the entries share one sync of the engine's log.
-        let mut pending = Vec::new();
+        let mut marker = *self.marker.lock().unwrap_or_else(|p| p.into_inner());
+        // Submit everything, then wait: the transactions share the engine log's syncs.
+        let mut pending: Vec<Vec<Slot>> = Vec::new();
         for entry in entries {
-            let applied = put(APPLIED_KEY, encode_checked(&entry.log_id));
-            let (id, at_ms, guards, mut writes, user) = match entry.payload {
-                EntryPayload::Blank => (None, 0, vec![], vec![], None),
-                EntryPayload::Normal(t) => {
-                    let n = t.writes.len();
-                    (t.id, t.at_ms, t.guards, t.writes, Some(n))
+            let id = entry.log_id;
+            let done = Marker {
+                full: Some(id),
+                partial: None,
+            };
+            let mut slots = Vec::new();
+            match entry.payload {
+                EntryPayload::Blank => {
+                    let w = vec![put(APPLIED_KEY, encode_checked(&done))];
+                    self.submit(&engine, None, 0, vec![], w, None)?;
                 }
                 EntryPayload::Membership(m) => {
-                    let stored = Membership::new(Some(entry.log_id), m);
-                    let w = put(MEMBERSHIP_KEY, encode_checked(&stored));
+                    let stored = Membership::new(Some(id), m);
+                    let w = vec![
+                        put(MEMBERSHIP_KEY, encode_checked(&stored)),
+                        put(APPLIED_KEY, encode_checked(&done)),
+                    ];
                     *self.membership.lock().unwrap_or_else(|p| p.into_inner()) = stored;
-                    (None, 0, vec![], vec![w], None)
+                    self.submit(&engine, None, 0, vec![], w, None)?;
                 }
-            };
-            // A FLUSHALL must not take the membership with it.
-            if writes.iter().any(|w| matches!(w, Write::DeleteAll)) {
-                let m = self
-                    .membership
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                writes.push(put(MEMBERSHIP_KEY, encode_checked(&m)));
-            }
-            writes.push(applied);
-            match engine.submit_at(id, at_ms, guards, writes) {
-                Ok(p) => pending.push((user, Some(p), None)),
-                // Decided the same way on every replica (a limit): the client hears why.
-                Err(keel_engine::Error::Wal(e)) => return Err(sm_err(ErrorVerb::Write, e)),
-                Err(e) => pending.push((user, None, Some(e.to_string()))),
-            }
-        }
-        let mut out = Vec::with_capacity(pending.len());
-        for (user, p, err) in pending {
-            let o = match (p, err) {
-                (Some(p), _) => p.await.map_err(|e| sm_err(ErrorVerb::Write, e))?,
-                (None, e) => {
-                    out.push(Applied::Rejected(e.unwrap_or_default()));
-                    continue;
-                }
-            };
-            out.push(match user {
-                Some(user) => Applied::Done(match o {
-                    Outcome::Committed { lsn, mut results } => {
-                        results.truncate(user);
-                        Outcome::Committed { lsn, results }
+                EntryPayload::Normal(batch) => {
+                    // After a restart inside this entry, its first transactions are already in
+                    // the engine: skip them (nobody waits for their replies any more).
+                    let skip = match marker.partial {
+                        Some((l, n)) if l == id => n as usize,
+                        _ => 0,
+                    };
+                    let n = batch.txns.len();
+                    for (i, t) in batch.txns.into_iter().enumerate() {
+                        if i < skip {
+                            slots.push(Slot::Ready(Applied::Rejected(
+                                "applied before a restart".into(),
+                            )));
+                            continue;
+                        }
+                        let progress = if i + 1 == n {
+                            done
+                        } else {
+                            Marker {
+                                full: marker.full,
+                                partial: Some((id, i as u32 + 1)),
+                            }
+                        };
+                        let mut writes = t.writes;
+                        let user = writes.len();
+                        // A FLUSHALL must not take the membership with it.
+                        if writes.iter().any(|w| matches!(w, Write::DeleteAll)) {
+                            let m = self
+                                .membership
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .clone();
+                            writes.push(put(MEMBERSHIP_KEY, encode_checked(&m)));
+                        }
+                        writes.push(put(APPLIED_KEY, encode_checked(&progress)));
+                        slots.push(self.submit(
+                            &engine,
+                            t.id,
+                            t.at_ms,
+                            t.guards,
+                            writes,
+                            Some(user),
+                        )?);
                     }
-                    g => g,
-                }),
-                None => Applied::Internal,
-            });
+                }
+            }
+            marker = done;
+            pending.push(slots);
+        }
+        *self.marker.lock().unwrap_or_else(|p| p.into_inner()) = marker;
+        let mut out = Vec::with_capacity(pending.len());
+        for slots in pending {
+            let mut results = Vec::with_capacity(slots.len());
+            for slot in slots {
+                results.push(match slot {
+                    Slot::Ready(a) => a,
+                    Slot::Wait(p, user) => {
+                        match p.await.map_err(|e| sm_err(ErrorVerb::Write, e))? {
+                            Outcome::Committed { lsn, mut results } => {
+                                results.truncate(user);
+                                Applied::Done(Outcome::Committed { lsn, results })
+                            }
+                            g => Applied::Done(g),
+                        }
+                    }
+                    Slot::Internal(p) => {
+                        p.await.map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                        continue;
+                    }
+                });
+            }
+            out.push(Results(results));
         }
         Ok(out)
     }
@@ -333,6 +418,7 @@ impl StateMachine {
             .map_err(snap_err)?;
         let (engine, _) = Engine::open(&target, self.engines.opts.clone()).map_err(snap_err)?;
         let stored = read_membership(&engine).map_err(snap_err)?;
+        let marker = read_marker(&engine).map_err(snap_err)?;
         keel_wal::fs::durable_replace(
             &keel_wal::StdFs,
             &dir.join(ENGINE_POINTER),
@@ -341,6 +427,7 @@ impl StateMachine {
         .map_err(snap_err)?;
         let old = self.engines.current.swap(Arc::new(engine));
         *self.membership.lock().unwrap_or_else(|p| p.into_inner()) = stored;
+        *self.marker.lock().unwrap_or_else(|p| p.into_inner()) = marker;
         publish_snapshot(&dir.join(SNAPSHOTS), meta, incoming).map_err(snap_err)?;
         retire(old, dir);
         tracing::info!(snapshot = %meta.snapshot_id, "installed a snapshot from the leader");
@@ -388,10 +475,11 @@ impl StateMachine {
         let engine = self.engines.get();
         let view = engine.backup_view();
         let decode = |k: &[u8]| view.get(k).map(|e| e.value.clone());
-        let last_log_id: Option<LogId<NodeId>> = decode(APPLIED_KEY)
-            .map(|v| decode_checked(&v))
+        let last_log_id = decode(APPLIED_KEY)
+            .map(|v| decode_checked::<Marker>(&v))
             .transpose()
-            .map_err(snap_err)?;
+            .map_err(snap_err)?
+            .and_then(|m| m.full);
         let membership: Membership = decode(MEMBERSHIP_KEY)
             .map(|v| decode_checked(&v))
             .transpose()

@@ -137,6 +137,10 @@ pub fn status_text(s: &keel_cluster::Status) -> String {
         opt(s.snapshot_index),
         opt(s.purged_index),
     );
+    o.push_str(&format!(
+        "raft_log_records:{}\r\nraft_log_fsyncs:{}\r\nraft_log_fsync_mean_us:{}\r\n",
+        s.log_records, s.log_syncs, s.log_sync_mean_us
+    ));
     for (id, (node, voter)) in &s.members {
         let role = if *voter { "voter" } else { "learner" };
         o.push_str(&format!(
