@@ -177,7 +177,38 @@ pub struct Cluster {
     write_timeout: Duration,
     listener: tokio::task::JoinHandle<()>,
     queue: tokio::sync::mpsc::Sender<Waiter>,
+    reads: tokio::sync::mpsc::Sender<ReadWaiter>,
 }
+
+/// Confirms leadership for every read that arrived before the confirmation started.
+async fn read_barriers(
+    raft: Raft<TypeConfig>,
+    mut reads: tokio::sync::mpsc::Receiver<ReadWaiter>,
+    timeout: Duration,
+) {
+    while let Some(first) = reads.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(w) = reads.try_recv() {
+            waiting.push(w);
+        }
+        let r = match tokio::time::timeout(timeout, raft.ensure_linearizable()).await {
+            Err(_) => Err(ClusterError::Timeout(timeout)),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(ClusterError::NotLeader(f.leader_id.zip(f.leader_node)))
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => Err(
+                ClusterError::NoQuorum(format!("the leader heard only from {:?}", q.got)),
+            ),
+            Ok(Err(e)) => Err(ClusterError::Failed(e.to_string())),
+        };
+        for w in waiting {
+            let _ = w.send(r.clone());
+        }
+    }
+}
+
+type ReadWaiter = tokio::sync::oneshot::Sender<Result<(), ClusterError>>;
 
 /// A transaction waiting for its batch.
 struct Waiter {
@@ -335,6 +366,8 @@ impl Cluster {
         .map_err(|e| Error::Raft(e.to_string()))?;
         let (queue, rx) = tokio::sync::mpsc::channel(BATCH_TXNS_MAX * BATCHES_IN_FLIGHT);
         tokio::spawn(batcher(raft.clone(), rx, cfg.write_timeout));
+        let (reads, rx) = tokio::sync::mpsc::channel(BATCH_TXNS_MAX);
+        tokio::spawn(read_barriers(raft.clone(), rx, cfg.write_timeout));
         let listener = tokio::spawn(net::serve(
             listener,
             raft.clone(),
@@ -343,6 +376,7 @@ impl Cluster {
         Ok(Arc::new(Cluster {
             listener,
             queue,
+            reads,
             raft,
             id: cfg.id,
             node: cfg.node,
@@ -374,20 +408,16 @@ impl Cluster {
     }
 
     /// Returns once a read on this node's engine is linearizable: this node is the leader, a
-    /// quorum confirmed it, and everything committed before now is applied.
+    /// quorum confirmed it, and everything committed before now is applied. Concurrent reads
+    /// share one confirmation: a read waits for the first one that starts after it arrived.
     pub async fn read_barrier(&self) -> Result<(), ClusterError> {
-        let r = tokio::time::timeout(self.write_timeout, self.raft.ensure_linearizable()).await;
-        match r {
-            Err(_) => Err(ClusterError::Timeout(self.write_timeout)),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                Err(ClusterError::NotLeader(f.leader_id.zip(f.leader_node)))
-            }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => Err(
-                ClusterError::NoQuorum(format!("the leader heard only from {:?}", q.got)),
-            ),
-            Ok(Err(e)) => Err(ClusterError::Failed(e.to_string())),
-        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.reads
+            .send(reply)
+            .await
+            .map_err(|_| ClusterError::Failed("the node is shutting down".into()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(ClusterError::Failed("the node is shutting down".into())))
     }
 
     /// The leader as this node knows it.
