@@ -147,6 +147,8 @@ pub struct Config {
     pub write_timeout: Duration,
     /// Make outgoing raft connections from this address (`None`: the system chooses).
     pub source_ip: Option<std::net::IpAddr>,
+    /// Mutual TLS on raft traffic (`None`: plain TCP).
+    pub tls: Option<net::NodeTls>,
 }
 
 impl Config {
@@ -163,6 +165,7 @@ impl Config {
             keep_behind_snapshot: 10_000,
             write_timeout: Duration::from_secs(5),
             source_ip: None,
+            tls: None,
         }
     }
 }
@@ -178,6 +181,7 @@ pub struct Cluster {
     listener: tokio::task::JoinHandle<()>,
     queue: tokio::sync::mpsc::Sender<Waiter>,
     reads: tokio::sync::mpsc::Sender<ReadWaiter>,
+    transport: net::Transport,
 }
 
 /// Confirms leadership for every read that arrived before the confirmation started.
@@ -352,11 +356,15 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| Error::Raft(e.to_string()))?;
+        let transport = net::Transport {
+            source: cfg.source_ip,
+            tls: cfg.tls.clone(),
+        };
         let raft = Raft::new(
             cfg.id,
             Arc::new(rc),
             net::Network {
-                source: cfg.source_ip,
+                transport: transport.clone(),
                 pool: net::Pool::default(),
             },
             log.clone(),
@@ -372,11 +380,13 @@ impl Cluster {
             listener,
             raft.clone(),
             (cfg.id, cfg.node.clone()),
+            cfg.tls.as_ref().map(|t| t.acceptor.clone()),
         ));
         Ok(Arc::new(Cluster {
             listener,
             queue,
             reads,
+            transport,
             raft,
             id: cfg.id,
             node: cfg.node,
@@ -433,7 +443,7 @@ impl Cluster {
     pub async fn init(&self, peers: &[String]) -> Result<BTreeMap<NodeId, Node>, ClusterError> {
         let mut members = BTreeMap::from([(self.id, self.node.clone())]);
         for addr in peers {
-            let (id, node) = net::hello(addr)
+            let (id, node) = net::hello(addr, &self.transport)
                 .await
                 .map_err(|e| ClusterError::Failed(format!("cannot reach {addr}: {e}")))?;
             if let Some(prev) = members.insert(id, node) {
@@ -452,7 +462,7 @@ impl Cluster {
     /// Adds the node listening on `addr` (raft address): first as a learner that catches up
     /// (by snapshot if the log was purged), then as a voter.
     pub async fn add_node(&self, addr: &str) -> Result<NodeId, ClusterError> {
-        let (id, node) = net::hello(addr)
+        let (id, node) = net::hello(addr, &self.transport)
             .await
             .map_err(|e| ClusterError::Failed(format!("cannot reach {addr}: {e}")))?;
         self.raft

@@ -26,8 +26,9 @@ use openraft::raft::{
 };
 use openraft::Raft;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_rustls::rustls;
 
 use crate::{Node, NodeId, TypeConfig};
 
@@ -52,7 +53,61 @@ enum Response {
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
 }
 
-async fn write_frame<T: Serialize>(s: &mut TcpStream, v: &T) -> io::Result<()> {
+/// A connection between nodes: plain TCP, or TLS over it.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for S {}
+type Conn = Box<dyn Stream>;
+
+/// Mutual TLS between nodes: each node's certificate serves its raft port and identifies it when
+/// it connects out, and both sides require a certificate the cluster's CA signed.
+#[derive(Clone)]
+pub struct NodeTls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub connector: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeTls")
+    }
+}
+
+/// How this node reaches its peers.
+#[derive(Clone, Default)]
+pub struct Transport {
+    /// Outgoing connections come from this address (the node's bind address), so that peers
+    /// and firewalls see one address per node.
+    pub source: Option<IpAddr>,
+    pub tls: Option<NodeTls>,
+}
+
+impl Transport {
+    /// Connects to `addr` (and, with TLS, completes the handshake, checking the peer's
+    /// certificate against the host part of `addr`), within [`CONNECT_TIMEOUT`].
+    async fn connect(&self, addr: &str) -> io::Result<Conn> {
+        let timed_out = || io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr}"));
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect(addr, self.source))
+            .await
+            .map_err(|_| timed_out())??;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
+        let s = tokio::time::timeout(CONNECT_TIMEOUT, tls.connector.connect(name, tcp))
+            .await
+            .map_err(|_| timed_out())??;
+        Ok(Box::new(s))
+    }
+}
+
+async fn write_frame<T: Serialize, S: AsyncWrite + Unpin + ?Sized>(
+    s: &mut S,
+    v: &T,
+) -> io::Result<()> {
     let body = postcard::to_allocvec(v).map_err(io::Error::other)?;
     if body.len() > FRAME_BYTES_MAX {
         return Err(io::Error::other(format!(
@@ -66,7 +121,9 @@ async fn write_frame<T: Serialize>(s: &mut TcpStream, v: &T) -> io::Result<()> {
     s.write_all(&buf).await
 }
 
-async fn read_frame<T: for<'a> Deserialize<'a>>(s: &mut TcpStream) -> io::Result<T> {
+async fn read_frame<T: for<'a> Deserialize<'a>, S: AsyncRead + Unpin + ?Sized>(
+    s: &mut S,
+) -> io::Result<T> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).await?;
     let len = u32::from_le_bytes(len) as usize;
@@ -82,10 +139,8 @@ async fn read_frame<T: for<'a> Deserialize<'a>>(s: &mut TcpStream) -> io::Result
 }
 
 /// Asks the node listening on `addr` who it is.
-pub async fn hello(addr: &str) -> io::Result<(NodeId, Node)> {
-    let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr}")))??;
+pub async fn hello(addr: &str, transport: &Transport) -> io::Result<(NodeId, Node)> {
+    let mut s = transport.connect(addr).await?;
     write_frame(&mut s, &Request::Hello).await?;
     match tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut s)).await {
         Ok(Ok(Response::Hello(id, node))) => Ok((id, node)),
@@ -98,10 +153,15 @@ pub async fn hello(addr: &str) -> io::Result<(NodeId, Node)> {
     }
 }
 
-/// Serves raft RPCs from peers until the listener fails.
-pub async fn serve(listener: TcpListener, raft: Raft<TypeConfig>, me: (NodeId, Node)) {
+/// Serves raft RPCs from peers until the listener fails; with `tls`, only over mutual TLS.
+pub async fn serve(
+    listener: TcpListener,
+    raft: Raft<TypeConfig>,
+    me: (NodeId, Node),
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
-        let (mut s, peer) = match listener.accept().await {
+        let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "raft listener: accept failed");
@@ -109,10 +169,25 @@ pub async fn serve(listener: TcpListener, raft: Raft<TypeConfig>, me: (NodeId, N
                 continue;
             }
         };
-        let _ = s.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
         let raft = raft.clone();
         let me = me.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
+            let mut s: Conn = match tls {
+                None => Box::new(tcp),
+                Some(a) => match tokio::time::timeout(CONNECT_TIMEOUT, a.accept(tcp)).await {
+                    Ok(Ok(s)) => Box::new(s),
+                    Ok(Err(e)) => {
+                        tracing::warn!(%peer, error = %e, "raft connection refused: TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, "raft connection refused: TLS handshake timed out");
+                        return;
+                    }
+                },
+            };
             loop {
                 let req: Request = match read_frame(&mut s).await {
                     Ok(r) => r,
@@ -139,9 +214,7 @@ pub async fn serve(listener: TcpListener, raft: Raft<TypeConfig>, me: (NodeId, N
 
 /// Makes a client per peer.
 pub struct Network {
-    /// Outgoing connections come from this address (the node's bind address), so that peers
-    /// and firewalls see one address per node.
-    pub source: Option<IpAddr>,
+    pub transport: Transport,
     /// Idle connections by address. openraft makes a new client for every leadership check
     /// (each linearizable read); without reuse, each read opened a connection to every peer,
     /// and a read-heavy load ran the machine out of ports (28,000 sockets in TIME_WAIT).
@@ -149,7 +222,7 @@ pub struct Network {
 }
 
 /// Idle connections by peer address, at most [`POOL_PER_PEER`] each.
-pub type Pool = Arc<Mutex<HashMap<String, Vec<TcpStream>>>>;
+pub type Pool = Arc<Mutex<HashMap<String, Vec<Conn>>>>;
 const POOL_PER_PEER: usize = 8;
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -159,7 +232,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Peer {
             target,
             addr: node.raft.clone(),
-            source: self.source,
+            transport: self.transport.clone(),
             stream: None,
             pool: self.pool.clone(),
         }
@@ -170,8 +243,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Peer {
     target: NodeId,
     addr: String,
-    source: Option<IpAddr>,
-    stream: Option<TcpStream>,
+    transport: Transport,
+    stream: Option<Conn>,
     pool: Pool,
 }
 
@@ -260,18 +333,18 @@ impl Peer {
             }
         }
         if self.stream.is_none() {
-            let s = tokio::time::timeout(CONNECT_TIMEOUT, connect(&self.addr, self.source))
-                .await
-                .map_err(|_| CallError::Connect(io::ErrorKind::TimedOut.into()))?
-                .map_err(CallError::Connect)?;
-            let _ = s.set_nodelay(true);
-            self.stream = Some(s);
+            self.stream = Some(
+                self.transport
+                    .connect(&self.addr)
+                    .await
+                    .map_err(CallError::Connect)?,
+            );
         }
         let s = self.stream.as_mut().expect("connected above");
         Self::exchange(s, req).await.map_err(CallError::Io)
     }
 
-    async fn exchange(s: &mut TcpStream, req: &Request) -> io::Result<Response> {
+    async fn exchange(s: &mut Conn, req: &Request) -> io::Result<Response> {
         write_frame(s, req).await?;
         read_frame(s).await
     }

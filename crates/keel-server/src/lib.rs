@@ -137,6 +137,7 @@ async fn start_node(
     cfg.log.sync_policy = settings.engine.wal.sync_policy;
     cfg.snapshot_every = cs.snapshot_every;
     cfg.source_ip = Some(settings.bind).filter(|ip| !ip.is_unspecified());
+    cfg.tls = settings.tls.as_ref().map(|t| t.node_tls()).transpose()?;
     cfg.keep_behind_snapshot = (cs.snapshot_every / 10).max(1);
     tracing::info!(
         "cluster node {} opening {} (raft on {raft_addr})",

@@ -123,6 +123,36 @@ impl Tls {
         })
     }
 
+    /// TLS between cluster nodes: this certificate serves the raft port and identifies this node
+    /// when it connects out; peers must present a certificate the CA signed, and their raft
+    /// address must match their certificate. Needs the CA.
+    pub fn node_tls(&self) -> anyhow::Result<keel_cluster::net::NodeTls> {
+        let Some(ca) = &self.files.ca else {
+            bail!(
+                "a cluster node with TLS needs tls_ca_file (--tls-ca): nodes verify each other's certificates with it"
+            );
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        for c in read_certs(ca, "TLS CA file")? {
+            roots.add(c).with_context(|| {
+                format!("TLS CA file {}: not a usable CA certificate", ca.display())
+            })?;
+        }
+        let certs = read_certs(&self.files.cert, "TLS certificate file")?;
+        let key = read_key(&self.files.key)?;
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .context("the node's certificate as a client certificate")?;
+        Ok(keel_cluster::net::NodeTls {
+            acceptor: self.acceptor.clone(),
+            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        })
+    }
+
     /// Whether every client must present a certificate signed by the configured CA.
     pub fn verifies_clients(&self) -> bool {
         self.files.ca.is_some()

@@ -1,10 +1,15 @@
 //! `keel cluster`: membership and status of a keel cluster, through any node's client port
 //! (`KEEL.CLUSTER` over the Redis protocol).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use anyhow::{bail, Context};
 
@@ -26,6 +31,14 @@ pub struct ClusterArgs {
     password: Option<String>,
     #[arg(long, global = true, env = "KEEL_USER")]
     user: Option<String>,
+    /// CA certificate (PEM) to verify a TLS-only node with; turns TLS on.
+    #[arg(long, global = true, env = "KEEL_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a node that requires one (mTLS), with --tls-key.
+    #[arg(long, global = true, env = "KEEL_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, global = true, env = "KEEL_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(clap::Subcommand)]
@@ -71,24 +84,62 @@ pub fn run(a: ClusterArgs) -> ExitCode {
     }
 }
 
-fn call(a: &ClusterArgs, args: &[String]) -> anyhow::Result<Result<String, String>> {
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// A connection to the node: plain, or TLS when --tls-ca is given.
+fn open(a: &ClusterArgs) -> anyhow::Result<Box<dyn ReadWrite>> {
     let s = TcpStream::connect(&a.addr).with_context(|| format!("connecting to {}", a.addr))?;
     // Membership changes wait for a learner to catch up.
     s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let mut w = s.try_clone()?;
-    let mut r = BufReader::new(s);
+    let Some(ca) = &a.tls_ca else {
+        return Ok(Box::new(s));
+    };
+    let pem = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&pem(ca)?) {
+        roots
+            .add(c.with_context(|| format!("{}: not a PEM certificate", ca.display()))?)
+            .with_context(|| format!("{}: not a usable CA certificate", ca.display()))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots);
+    let config = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => {
+            let certs = CertificateDer::pem_slice_iter(&pem(c)?)
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("{}: not a PEM certificate", c.display()))?;
+            let key = PrivateKeyDer::from_pem_slice(&pem(k)?)
+                .with_context(|| format!("{}: no private key", k.display()))?;
+            builder.with_client_auth_cert(certs, key)?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => bail!("--tls-cert and --tls-key go together"),
+    };
+    let host = a.addr.rsplit_once(':').map_or(a.addr.as_str(), |(h, _)| h);
+    let name = ServerName::try_from(host.to_string())
+        .with_context(|| format!("{host} is not a host name or address"))?;
+    let conn = rustls::ClientConnection::new(Arc::new(config), name)?;
+    Ok(Box::new(rustls::StreamOwned::new(conn, s)))
+}
+
+fn call(a: &ClusterArgs, args: &[String]) -> anyhow::Result<Result<String, String>> {
+    let mut r = BufReader::new(open(a)?);
     if let Some(p) = &a.password {
         let mut auth = vec!["AUTH".to_string()];
         auth.extend(a.user.clone());
         auth.push(p.clone());
-        send(&mut w, &auth)?;
+        send(r.get_mut(), &auth)?;
         if let Err(e) = reply(&mut r)? {
             return Ok(Err(e));
         }
     }
     let mut cmd = vec!["KEEL.CLUSTER".to_string()];
     cmd.extend(args.iter().cloned());
-    send(&mut w, &cmd)?;
+    send(r.get_mut(), &cmd)?;
     reply(&mut r)
 }
 

@@ -785,3 +785,151 @@ fn reads_writes_and_cas_stay_linearizable_while_leaders_are_killed() {
     assert!(completed > 100, "too few ops completed to judge");
     assert!(verdict.is_linearizable(), "{verdict:?}");
 }
+
+/// A CA, and a certificate it signed for 127.0.0.1 and localhost that serves and identifies a
+/// node; written as PEM files into `dir`. Returns (ca, cert, key) paths.
+fn node_pki(dir: &std::path::Path) -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "keel cluster test CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "keel node");
+    leaf.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    leaf.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let write = |name: &str, pem: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    (
+        write("ca.pem", ca_cert.pem()),
+        write("node.pem", cert.pem()),
+        write("node-key.pem", key.serialize_pem()),
+    )
+}
+
+#[test]
+fn nodes_talk_mutual_tls_and_refuse_plaintext_peers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = node_pki(tmp.path());
+    let tls = ["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca];
+    let mut nodes = make(3, &tls, tmp.path());
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    let cli_tls = [
+        "--tls-ca",
+        ca.as_str(),
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ];
+    let run = |addr: &str, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(cli_tls);
+        cluster_cli(addr, &all)
+    };
+    let (ok, text) = run(&nodes[0].addr(), &["init"]);
+    assert!(ok, "{text}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lead = loop {
+        let (_, text) = run(&nodes[0].addr(), &["status"]);
+        let st: HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once(':')).collect();
+        if let Some(m) = st
+            .get("leader")
+            .and_then(|l| st.get(format!("member_{l}").as_str()))
+        {
+            break m
+                .split("client=")
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap()
+                .to_string();
+        }
+        assert!(Instant::now() < deadline, "no leader: {text}");
+        thread::sleep(Duration::from_millis(100));
+    };
+    // A write replicated over TLS: every member's match index reaches it.
+    let (host, port) = lead.rsplit_once(':').unwrap();
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args([
+                "--tls", "--cacert", &ca, "--cert", &cert, "--key", &key, "-h", host, "-p", port,
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(cli(&["SET", "k", "over-tls"]), "OK");
+    assert_eq!(cli(&["GET", "k"]), "over-tls");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = run(&lead, &["status"]);
+        let applied: Vec<&str> = text.lines().filter(|l| l.starts_with("member_")).collect();
+        if applied.len() == 3 && applied.iter().all(|l| l.contains("lag=0")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "followers did not catch up over TLS: {text}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    // A plaintext peer gets no answer from a raft port.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", nodes[0].raft)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&[1, 0, 0, 0, 0]).unwrap(); // a hello frame
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        buf.is_empty() || buf[0] == 0x15,
+        "a plaintext hello got {buf:?}"
+    );
+    // TLS on a cluster node without a CA to verify peers with refuses to start.
+    let dir = tmp.path().join("no-ca");
+    let port = free_port().to_string();
+    let err = Server::try_start(
+        &dir,
+        &[
+            "--port",
+            &port,
+            "--node-id",
+            "9",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+    )
+    .err()
+    .expect("a TLS node without a CA started");
+    assert!(
+        err.1.join("\n").contains("needs tls_ca_file"),
+        "{:?}",
+        err.1
+    );
+}
