@@ -350,6 +350,14 @@ impl Peer {
     }
 }
 
+/// A peer's own answer that the call failed.
+fn remote<T, E: std::error::Error>(
+    target: NodeId,
+    r: Result<T, RaftError<NodeId, E>>,
+) -> Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>> {
+    r.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
+}
+
 fn unexpected<E: std::error::Error>() -> RPCError<NodeId, Node, E> {
     RPCError::Network(NetworkError::new(&io::Error::other(
         "peer sent a reply of the wrong kind",
@@ -363,9 +371,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         match self.call(&Request::Append(rpc), option.hard_ttl()).await? {
-            Response::Append(r) => {
-                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
+            Response::Append(r) => remote(self.target, r),
             _ => Err(unexpected()),
         }
     }
@@ -382,9 +388,7 @@ impl RaftNetwork<TypeConfig> for Peer {
             .call(&Request::Snapshot(rpc), option.hard_ttl())
             .await?
         {
-            Response::Snapshot(r) => {
-                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
+            Response::Snapshot(r) => remote(self.target, r),
             _ => Err(unexpected()),
         }
     }
@@ -395,9 +399,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         match self.call(&Request::Vote(rpc), option.hard_ttl()).await? {
-            Response::Vote(r) => {
-                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
+            Response::Vote(r) => remote(self.target, r),
             _ => Err(unexpected()),
         }
     }

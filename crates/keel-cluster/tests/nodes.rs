@@ -85,6 +85,22 @@ async fn write(nodes: &[Slot], txn: Txn) -> Outcome {
     }
 }
 
+/// INCR n 7 through the leader; the reply must be `expect`.
+async fn incr_by_7(nodes: &[Slot], expect: i64) {
+    let incr = Txn {
+        writes: vec![Write::Incr {
+            key: "n".into(),
+            by: 7,
+        }],
+        ..put("x", "x")
+    };
+    let o = write(nodes, incr).await;
+    assert!(
+        matches!(o, Outcome::Committed { ref results, .. } if results == &[WriteResult::Int(expect)]),
+        "{o:?}"
+    );
+}
+
 async fn wait_applied(n: &Cluster, key: &str, value: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while n.engine().get(key.as_bytes()).map(|e| e.value)
@@ -126,18 +142,7 @@ async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
     for i in 0..20 {
         write(&nodes, put(&format!("k{i}"), &format!("v{i}"))).await;
     }
-    let incr = Txn {
-        writes: vec![Write::Incr {
-            key: "n".into(),
-            by: 7,
-        }],
-        ..put("x", "x")
-    };
-    let o = write(&nodes, incr).await;
-    assert!(
-        matches!(o, Outcome::Committed { ref results, .. } if results == &[WriteResult::Int(7)]),
-        "{o:?}"
-    );
+    incr_by_7(&nodes, 7).await;
     for s in &nodes {
         wait_applied(s.node.as_ref().unwrap(), "k19", "v19").await;
         wait_applied(s.node.as_ref().unwrap(), "n", "7").await;
@@ -188,18 +193,7 @@ async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
             "7"
         );
     }
-    let incr = Txn {
-        writes: vec![Write::Incr {
-            key: "n".into(),
-            by: 7,
-        }],
-        ..put("x", "x")
-    };
-    let o = write(&nodes, incr).await;
-    assert!(
-        matches!(o, Outcome::Committed { ref results, .. } if results == &[WriteResult::Int(14)]),
-        "{o:?}"
-    );
+    incr_by_7(&nodes, 14).await;
     write(&nodes, put("last", "1")).await;
     for s in &nodes {
         wait_applied(s.node.as_ref().unwrap(), "last", "1").await;

@@ -125,6 +125,17 @@ fn make(n: u64, extra: &[&str], tmp: &std::path::Path) -> Vec<Node> {
         .collect()
 }
 
+/// Three nodes started with `extra` flags and formed into a cluster with `keel cluster init`.
+fn started_cluster(extra: &[&str], tmp: &std::path::Path) -> Vec<Node> {
+    let mut nodes = make(3, extra, tmp);
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    let (ok, text) = cluster_cli(&nodes[0].addr(), &["init"]);
+    assert!(ok, "{text}");
+    nodes
+}
+
 /// The leader's client address, once some node knows it.
 fn leader(nodes: &[Node]) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -209,12 +220,7 @@ fn writer(t: usize, addrs: Vec<String>, stop: Arc<AtomicBool>, ledger: Arc<Mutex
 #[test]
 fn leader_loss_under_load_loses_no_acknowledged_write() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut nodes = make(3, &[], tmp.path());
-    for n in nodes.iter_mut() {
-        n.start();
-    }
-    let (ok, text) = cluster_cli(&nodes[0].addr(), &["init"]);
-    assert!(ok, "{text}");
+    let mut nodes = started_cluster(&[], tmp.path());
     let first = leader(&nodes);
 
     // A follower names the leader.
@@ -298,11 +304,7 @@ fn leader_loss_under_load_loses_no_acknowledged_write() {
 fn a_node_behind_a_purged_log_catches_up_by_snapshot_and_membership_changes_under_writes() {
     let tmp = tempfile::tempdir().unwrap();
     let extra = ["--raft-snapshot-every", "100", "--stale-reads"];
-    let mut nodes = make(3, &extra, tmp.path());
-    for n in nodes.iter_mut() {
-        n.start();
-    }
-    assert!(cluster_cli(&nodes[0].addr(), &["init"]).0);
+    let mut nodes = started_cluster(&extra, tmp.path());
     let lead = leader(&nodes);
     let li = nodes.iter().position(|n| n.addr() == lead).unwrap();
     let lagger = (li + 1) % 3;
@@ -740,11 +742,7 @@ fn lin_client(
 #[test]
 fn reads_writes_and_cas_stay_linearizable_while_leaders_are_killed() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut nodes = make(3, &[], tmp.path());
-    for n in nodes.iter_mut() {
-        n.start();
-    }
-    assert!(cluster_cli(&nodes[0].addr(), &["init"]).0);
+    let mut nodes = started_cluster(&[], tmp.path());
     leader(&nodes);
     let clock = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
