@@ -201,6 +201,10 @@ impl Metrics {
         );
         let _ = writeln!(o, "keel_visible_lsn {}", e.visible_lsn());
 
+        if let Some(c) = sh.cluster() {
+            raft_metrics(&mut o, &c.status());
+        }
+
         let (current, total, rejected) = sh.connection_counts();
         header(
             &mut o,
@@ -224,6 +228,68 @@ impl Metrics {
         );
         let _ = writeln!(o, "keel_rejected_connections_total {rejected}");
         o
+    }
+}
+
+/// A cluster node's raft state.
+fn raft_metrics(o: &mut String, st: &keel_cluster::Status) {
+    let mut gauge = |name: &str, help: &str, v: u64| {
+        header(o, name, "gauge", help);
+        let _ = writeln!(o, "{name} {v}");
+    };
+    gauge("keel_raft_term", "The current raft term.", st.term);
+    gauge(
+        "keel_raft_leader_id",
+        "The node this node knows as leader (0: none known).",
+        st.leader.unwrap_or(0),
+    );
+    gauge(
+        "keel_raft_last_log_index",
+        "Index of the last entry in this node's raft log.",
+        st.last_log_index.unwrap_or(0),
+    );
+    gauge(
+        "keel_raft_applied_index",
+        "Index of the last entry this node applied to its engine.",
+        st.applied_index.unwrap_or(0),
+    );
+    gauge(
+        "keel_raft_snapshot_index",
+        "Index of the last entry in this node's raft snapshot.",
+        st.snapshot_index.unwrap_or(0),
+    );
+    gauge(
+        "keel_raft_voters",
+        "Voting members of the cluster, as this node knows them.",
+        st.members.values().filter(|(_, voter)| *voter).count() as u64,
+    );
+    header(
+        o,
+        "keel_raft_state",
+        "gauge",
+        "1 for this node's raft role (leader, follower, candidate, learner, shutdown).",
+    );
+    let _ = writeln!(o, "keel_raft_state{{state=\"{}\"}} 1", st.state);
+    header(
+        o,
+        "keel_raft_log_fsyncs_total",
+        "counter",
+        "Data syncs of the raft log.",
+    );
+    let _ = writeln!(o, "keel_raft_log_fsyncs_total {}", st.log_syncs);
+    if !st.replication.is_empty() {
+        header(
+            o,
+            "keel_raft_replication_lag_entries",
+            "gauge",
+            "On the leader: entries each member's log lacks of the leader's.",
+        );
+        for (id, (_, lag)) in &st.replication {
+            let _ = writeln!(
+                o,
+                "keel_raft_replication_lag_entries{{node=\"{id}\"}} {lag}"
+            );
+        }
     }
 }
 

@@ -26,12 +26,13 @@ fn free_port() -> u16 {
     }
 }
 
-/// GET through whichever node leads, retrying through elections.
-fn get_from_leader(
+/// Runs `cmd` on whichever node leads, retrying through elections (a connection error, -MOVED
+/// or -CLUSTERDOWN). Only for commands that are safe to repeat: reads, and KEEL.IDEM.
+fn on_leader<T: redis::FromRedisValue>(
     nodes: &[Node],
     conn: &mut Option<redis::Connection>,
-    k: &str,
-) -> Option<String> {
+    cmd: &redis::Cmd,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if conn.is_none() {
@@ -41,16 +42,29 @@ fn get_from_leader(
                 .ok();
         }
         if let Some(c) = conn.as_mut() {
-            match redis::cmd("GET").arg(k).query::<Option<String>>(c) {
+            match cmd.query::<T>(c) {
                 Ok(v) => return v,
                 Err(e) => {
-                    assert!(Instant::now() < deadline, "GET {k}: {e}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "{:?}: {e}",
+                        cmd.args_iter().count()
+                    );
                     *conn = None;
                 }
             }
         }
         thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// GET through whichever node leads.
+fn get_from_leader(
+    nodes: &[Node],
+    conn: &mut Option<redis::Connection>,
+    k: &str,
+) -> Option<String> {
+    on_leader(nodes, conn, redis::cmd("GET").arg(k))
 }
 
 struct Node {
@@ -277,7 +291,50 @@ fn leader_loss_under_load_loses_no_acknowledged_write() {
         w.join().unwrap();
     }
 
+    // KEEL.IDEM across a leader change: the retry, on the new leader, returns the first reply
+    // and applies nothing. KEEL.CAS by version there.
     let mut c = None;
+    let idem = || {
+        redis::cmd("KEEL.IDEM")
+            .arg("req-1")
+            .arg("INCR")
+            .arg("idem-ctr")
+            .clone()
+    };
+    assert_eq!(on_leader::<i64>(&nodes, &mut c, &idem()), 1);
+    let lead = leader(&nodes);
+    let vi = nodes.iter().position(|n| n.addr() == lead).unwrap();
+    nodes[vi].server.take().unwrap().kill9();
+    c = None;
+    assert_eq!(
+        on_leader::<i64>(&nodes, &mut c, &idem()),
+        1,
+        "KEEL.IDEM applied twice"
+    );
+    nodes[vi].start();
+    assert_eq!(
+        get_from_leader(&nodes, &mut c, "idem-ctr").as_deref(),
+        Some("1")
+    );
+    let v: i64 = on_leader(&nodes, &mut c, redis::cmd("KEEL.VERSION").arg("idem-ctr"));
+    let cas = |value: &str| {
+        redis::cmd("KEEL.CAS")
+            .arg("idem-ctr")
+            .arg(v)
+            .arg(value)
+            .clone()
+    };
+    assert_eq!(on_leader::<i64>(&nodes, &mut c, &cas("x")), 1);
+    assert_eq!(
+        on_leader::<i64>(&nodes, &mut c, &cas("y")),
+        0,
+        "a stale version was accepted"
+    );
+    assert_eq!(
+        get_from_leader(&nodes, &mut c, "idem-ctr").as_deref(),
+        Some("x")
+    );
+
     let (mut n_acked, mut n_unknown, mut unknown_present) = (0, 0, 0);
     for l in &ledgers {
         let l = l.lock().unwrap();
@@ -303,7 +360,13 @@ fn leader_loss_under_load_loses_no_acknowledged_write() {
 #[test]
 fn a_node_behind_a_purged_log_catches_up_by_snapshot_and_membership_changes_under_writes() {
     let tmp = tempfile::tempdir().unwrap();
-    let extra = ["--raft-snapshot-every", "100", "--stale-reads"];
+    let extra = [
+        "--raft-snapshot-every",
+        "100",
+        "--stale-reads",
+        "--metrics-port",
+        "0",
+    ];
     let mut nodes = started_cluster(&extra, tmp.path());
     let lead = leader(&nodes);
     let li = nodes.iter().position(|n| n.addr() == lead).unwrap();
@@ -348,6 +411,18 @@ fn a_node_behind_a_purged_log_catches_up_by_snapshot_and_membership_changes_unde
     );
     let got: Option<String> = redis::cmd("GET").arg("k0").query(&mut f).unwrap();
     assert_eq!(got.as_deref(), Some("0"));
+    // The metrics endpoint reports the raft state.
+    let leader_node = nodes.iter().find(|n| n.addr() == lead).unwrap();
+    let port = common::metrics_port(leader_node.server.as_ref().unwrap());
+    let text = common::http(port, b"GET /metrics HTTP/1.1\r\nHost: keel\r\n\r\n");
+    for want in [
+        "keel_raft_state{state=\"leader\"} 1",
+        "keel_raft_voters 3",
+        "keel_raft_replication_lag_entries{node=",
+        "keel_raft_log_fsyncs_total ",
+    ] {
+        assert!(text.contains(want), "no {want} in:\n{text}");
+    }
     // Replication state stays hidden from clients.
     let size: i64 = redis::cmd("DBSIZE").query(&mut f).unwrap();
     assert_eq!(size, 600);

@@ -947,34 +947,8 @@ fn a_database_that_cannot_open_refuses_to_start() {
     assert!(log.iter().any(|l| l.contains("unknown field")), "{log:?}");
 }
 
-/// The metrics endpoint's port, as the log announced it.
-fn metrics_port(srv: &Server) -> u16 {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let found = srv.log.lock().unwrap().iter().find_map(|l| {
-            let rest = l.split("metrics at http://").nth(1)?;
-            rest.split('/').next()?.rsplit(':').next()?.parse().ok()
-        });
-        if let Some(port) = found {
-            return port;
-        }
-        assert!(Instant::now() < deadline, "no metrics line in the log");
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Sends one raw HTTP request and returns the whole answer (the server closes after it).
-fn http(port: u16, request: &[u8]) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    s.write_all(request).unwrap();
-    let mut v = Vec::new();
-    let _ = s.read_to_end(&mut v);
-    String::from_utf8_lossy(&v).into_owned()
-}
-
 fn scrape(port: u16) -> String {
-    let answer = http(port, b"GET /metrics HTTP/1.1\r\nHost: keel\r\n\r\n");
+    let answer = common::http(port, b"GET /metrics HTTP/1.1\r\nHost: keel\r\n\r\n");
     let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     assert!(
@@ -1034,7 +1008,7 @@ fn metrics_endpoint_counts_commands_fsyncs_and_connections() {
         &data_dir(&t),
         &["--metrics-port", "0", "--max-clients", "2"],
     );
-    let port = metrics_port(&srv);
+    let port = common::metrics_port(&srv);
     let before = scrape(port);
     assert_eq!(metric(&before, "keel_commands_total{cmd=\"set\"}"), 0.0);
     check_histograms(&before);
@@ -1102,13 +1076,13 @@ fn metrics_endpoint_counts_commands_fsyncs_and_connections() {
     check_histograms(&m);
 
     // Only /metrics is served; the endpoint answers and closes, and bad requests are bounded.
-    let other = http(port, b"GET / HTTP/1.1\r\n\r\n");
+    let other = common::http(port, b"GET / HTTP/1.1\r\n\r\n");
     assert!(other.starts_with("HTTP/1.1 404 "), "{other}");
-    let other = http(port, b"POST /metrics HTTP/1.1\r\n\r\n");
+    let other = common::http(port, b"POST /metrics HTTP/1.1\r\n\r\n");
     assert!(other.starts_with("HTTP/1.1 405 "), "{other}");
-    let other = http(port, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n");
+    let other = common::http(port, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n");
     assert!(other.starts_with("HTTP/1.1 200 "), "{other}");
-    let other = http(port, b"garbage\r\n\r\n");
+    let other = common::http(port, b"garbage\r\n\r\n");
     assert!(other.starts_with("HTTP/1.1 400 "), "{other}");
     let mut huge = b"GET /metrics HTTP/1.1\r\n".to_vec();
     huge.extend(std::iter::repeat_n(b'x', 64 << 10));

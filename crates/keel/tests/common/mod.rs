@@ -201,3 +201,29 @@ pub fn resp(args: &[&str]) -> Vec<u8> {
     }
     v
 }
+
+/// The metrics endpoint's port, as the log announced it.
+pub fn metrics_port(srv: &Server) -> u16 {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let found = srv.log.lock().unwrap().iter().find_map(|l| {
+            let rest = l.split("metrics at http://").nth(1)?;
+            rest.split('/').next()?.rsplit(':').next()?.parse().ok()
+        });
+        if let Some(port) = found {
+            return port;
+        }
+        assert!(Instant::now() < deadline, "no metrics line in the log");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sends one raw HTTP request and returns the whole answer (the server closes after it).
+pub fn http(port: u16, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(request).unwrap();
+    let mut v = Vec::new();
+    let _ = s.read_to_end(&mut v);
+    String::from_utf8_lossy(&v).into_owned()
+}
