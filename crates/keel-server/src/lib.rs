@@ -66,9 +66,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_OPEN_FAILED));
         }
     };
-    let (engine, cluster) = match &backend {
-        server::Backend::Local(e) => (e.clone(), None),
-        server::Backend::Cluster(c) => (c.engine(), Some(c.clone())),
+    let (local_engine, cluster) = match &backend {
+        server::Backend::Local(e) => (Some(e.clone()), None),
+        server::Backend::Cluster(c) => (None, Some(c.clone())),
     };
     let result = runtime.block_on(async {
         let client_certs = settings.tls.as_ref().is_some_and(|t| t.verifies_clients());
@@ -98,9 +98,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("listening on {local}");
         server::serve(listener, shared).await
     });
-    if let Some(c) = cluster {
-        runtime.block_on(c.shutdown());
-    }
+    // A cluster node's engine is the one in use now (a snapshot install replaces it).
+    let engine = match (local_engine, cluster) {
+        (Some(e), _) => e,
+        (None, Some(c)) => {
+            runtime.block_on(c.shutdown());
+            c.engine()
+        }
+        (None, None) => unreachable!("a backend is local or a cluster"),
+    };
     // Dropping the runtime drops every connection task, and with them their engine handles.
     drop(runtime);
     let durable = engine.sync();
