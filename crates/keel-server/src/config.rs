@@ -62,9 +62,13 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEL_RAFT_PORT")]
     pub raft_port: Option<u16>,
     /// The raft address other nodes should use for this one, if not --bind:--raft-port (behind
-    /// NAT or a proxy).
+    /// NAT or a proxy). Required with an unspecified --bind such as 0.0.0.0.
     #[arg(long, env = "KEEL_RAFT_ADVERTISE")]
     pub raft_advertise: Option<String>,
+    /// The client address -MOVED replies give for this node when it leads, if not --bind:--port.
+    /// Required with an unspecified --bind such as 0.0.0.0.
+    #[arg(long, env = "KEEL_ADVERTISE")]
+    pub advertise: Option<String>,
     /// The other nodes' raft addresses, `ID=HOST:PORT,...`; `keel cluster init` forms the
     /// cluster from them.
     #[arg(long, env = "KEEL_PEERS", value_delimiter = ',')]
@@ -181,6 +185,7 @@ pub struct ClusterSettings {
     pub node_id: u64,
     pub raft_port: u16,
     pub raft_advertise: Option<String>,
+    pub advertise: Option<String>,
     /// The peers' ids and raft addresses.
     pub peers: Vec<(u64, String)>,
     pub stale_reads: bool,
@@ -189,8 +194,12 @@ pub struct ClusterSettings {
 
 fn cluster_settings(args: &ServeArgs, port: u16) -> anyhow::Result<Option<ClusterSettings>> {
     let Some(node_id) = args.node_id else {
-        if !args.peers.is_empty() || args.raft_port.is_some() || args.raft_advertise.is_some() {
-            bail!("--peers, --raft-port and --raft-advertise need --node-id");
+        if !args.peers.is_empty()
+            || args.raft_port.is_some()
+            || args.raft_advertise.is_some()
+            || args.advertise.is_some()
+        {
+            bail!("--peers, --raft-port, --raft-advertise and --advertise need --node-id");
         }
         return Ok(None);
     };
@@ -221,6 +230,7 @@ fn cluster_settings(args: &ServeArgs, port: u16) -> anyhow::Result<Option<Cluste
         node_id,
         raft_port,
         raft_advertise: args.raft_advertise.clone(),
+        advertise: args.advertise.clone(),
         peers,
         stale_reads: args.stale_reads,
         snapshot_every: args.raft_snapshot_every.unwrap_or(100_000).max(1),

@@ -127,6 +127,13 @@ async fn start_node(
     cs: &config::ClusterSettings,
     client: SocketAddr,
 ) -> anyhow::Result<Arc<keel_cluster::Cluster>> {
+    if settings.bind.is_unspecified() && (cs.advertise.is_none() || cs.raft_advertise.is_none()) {
+        anyhow::bail!(
+            "with --bind {} (every address), a cluster node needs --advertise and --raft-advertise: \
+             -MOVED replies and peers must be given an address they can reach",
+            settings.bind
+        );
+    }
     let raft_addr = SocketAddr::new(settings.bind, cs.raft_port);
     let listener = tokio::net::TcpListener::bind(raft_addr)
         .await
@@ -136,7 +143,7 @@ async fn start_node(
             .raft_advertise
             .clone()
             .unwrap_or_else(|| raft_addr.to_string()),
-        client: client.to_string(),
+        client: cs.advertise.clone().unwrap_or_else(|| client.to_string()),
     };
     let mut cfg = keel_cluster::Config::new(cs.node_id, &settings.dir, node);
     cfg.engine = settings.engine.clone();
