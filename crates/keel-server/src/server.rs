@@ -211,6 +211,16 @@ impl Shared {
         self.cluster().is_some() && key.starts_with(keel_cluster::RESERVED_PREFIX)
     }
 
+    /// How many of `snap`'s keys are [hidden](Shared::hidden).
+    fn hidden_count(&self, snap: &keel_engine::Snapshot) -> usize {
+        match self.cluster() {
+            Some(_) => snap
+                .scan_prefix(keel_cluster::RESERVED_PREFIX, None, usize::MAX)
+                .len(),
+            None => 0,
+        }
+    }
+
     /// Asks the server to shut down gracefully.
     pub fn request_shutdown(&self) {
         self.shutdown.send_replace(true);
@@ -790,16 +800,7 @@ impl Conn {
             "dbsize" => {
                 self.settle().await;
                 let snap = self.engine().snapshot();
-                let hidden = [b"applied".as_slice(), b"membership"]
-                    .iter()
-                    .filter(|k| {
-                        self.sh.cluster().is_some()
-                            && snap
-                                .get(&[keel_cluster::RESERVED_PREFIX, k].concat())
-                                .is_some()
-                    })
-                    .count();
-                Reply::Int((snap.count() - hidden) as i64)
+                Reply::Int((snap.count() - self.sh.hidden_count(&snap)) as i64)
             }
             "ttl" | "pttl" | "expiretime" | "pexpiretime" => {
                 self.settle().await;
@@ -1398,7 +1399,7 @@ impl Conn {
         if want("keyspace") {
             let snap = e.snapshot();
             let (mut keys, mut expires) = (0, 0);
-            for (_, v) in snap.iter() {
+            for (_, v) in snap.iter().filter(|(k, _)| !self.sh.hidden(k)) {
                 keys += 1;
                 expires += v.expires_at_ms.is_some() as usize;
             }

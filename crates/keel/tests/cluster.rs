@@ -439,6 +439,10 @@ fn a_node_behind_a_purged_log_catches_up_by_snapshot_and_membership_changes_unde
     // Replication state stays hidden from clients.
     let size: i64 = redis::cmd("DBSIZE").query(&mut f).unwrap();
     assert_eq!(size, 600);
+    let info: String = redis::cmd("INFO").arg("keyspace").query(&mut f).unwrap();
+    assert!(info.contains("db0:keys=600,"), "{info}");
+    let all: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut f).unwrap();
+    assert_eq!(all.len(), 600);
 
     // Membership: add a fourth node while a client writes, then remove one.
     let stop = Arc::new(AtomicBool::new(false));
