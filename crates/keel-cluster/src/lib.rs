@@ -225,6 +225,10 @@ struct Waiter {
 const BATCHES_IN_FLIGHT: usize = 2;
 const BATCH_TXNS_MAX: usize = 4096;
 const BATCH_BYTES_MAX: usize = 4 << 20;
+/// The largest transaction a cluster takes: its raft entry must fit in one raft-log record
+/// (16 MiB), and `MAX_PAYLOAD_ENTRIES` such entries in one frame ([`net::FRAME_BYTES_MAX`]).
+pub const TXN_BYTES_MAX: usize = 12 << 20;
+const MAX_PAYLOAD_ENTRIES: u64 = 32;
 
 fn txn_bytes(t: &Txn) -> usize {
     t.writes
@@ -251,14 +255,27 @@ async fn batcher(
     timeout: Duration,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
-    while let Some(first) = queue.recv().await {
+    // A transaction that would have made a batch too large starts the next one.
+    let mut carry: Option<Waiter> = None;
+    loop {
+        let first = match carry.take() {
+            Some(w) => w,
+            None => match queue.recv().await {
+                Some(w) => w,
+                None => return,
+            },
+        };
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
         let mut bytes = txn_bytes(&first.txn);
         let mut batch = vec![first];
-        while batch.len() < BATCH_TXNS_MAX && bytes < BATCH_BYTES_MAX {
+        while batch.len() < BATCH_TXNS_MAX {
             match queue.try_recv() {
+                Ok(w) if bytes + txn_bytes(&w.txn) > BATCH_BYTES_MAX => {
+                    carry = Some(w);
+                    break;
+                }
                 Ok(w) => {
                     bytes += txn_bytes(&w.txn);
                     batch.push(w);
@@ -347,7 +364,7 @@ impl Cluster {
             heartbeat_interval: cfg.heartbeat_ms,
             election_timeout_min: cfg.election_timeout_ms.0,
             election_timeout_max: cfg.election_timeout_ms.1,
-            max_payload_entries: 50,
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
             max_in_snapshot_log_to_keep: cfg.keep_behind_snapshot,
             snapshot_max_chunk_size: 1 << 20,
@@ -408,6 +425,35 @@ impl Cluster {
     /// Replicates a transaction; returns its outcome once a quorum holds it durably and this
     /// node (the leader) has applied it.
     pub async fn write(&self, txn: Txn) -> Result<Outcome, ClusterError> {
+        let size = txn_bytes(&txn);
+        if size > TXN_BYTES_MAX {
+            return Err(ClusterError::Rejected(format!(
+                "transaction of {size} bytes exceeds the cluster's limit of {TXN_BYTES_MAX}"
+            )));
+        }
+        let keys = txn
+            .guards
+            .iter()
+            .map(|g| &g.key)
+            .chain(txn.writes.iter().flat_map(|w| match w {
+                Write::Rename { from, to, .. } => vec![from, to],
+                Write::Put { key, .. }
+                | Write::Append { key, .. }
+                | Write::Delete { key }
+                | Write::Incr { key, .. }
+                | Write::IncrFloat { key, .. }
+                | Write::Expire { key, .. }
+                | Write::Get { key } => vec![key],
+                Write::DeleteAll => vec![],
+            }));
+        for k in keys {
+            if k.starts_with(RESERVED_PREFIX) {
+                return Err(ClusterError::Rejected(
+                    "keys starting with \\xffkeel.raft. hold replication state and cannot be written"
+                        .into(),
+                ));
+            }
+        }
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.queue
             .send(Waiter { txn, reply })

@@ -165,9 +165,10 @@ impl LogStore {
 
     /// Drops the oldest cached entries beyond the cache's bounds, if the log can give them back.
     fn evict(&self) {
-        let readable = self.readable_lsn();
         let offset = self.meta().offset;
         let mut r = self.recent();
+        // Read under the cache's lock: a truncation and a new append cannot slip in between.
+        let readable = self.readable_lsn();
         while r.entries.len() > RECENT_ENTRIES_MAX || r.bytes > RECENT_BYTES_MAX {
             match r.entries.first_key_value() {
                 Some((i, _)) if at(*i, offset) <= readable => {
@@ -226,7 +227,20 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         let offset = self.meta().offset;
         let wal = &self.inner.wal;
-        let from = at(start, offset).max(wal.first_lsn());
+        let from = at(start, offset);
+        if from < wal.first_lsn()
+            && self
+                .recent()
+                .entries
+                .first_key_value()
+                .is_none_or(|(i, _)| *i > start)
+        {
+            return Err(read_err(format!(
+                "entry {start} is no longer in the log (it starts at LSN {})",
+                wal.first_lsn()
+            )));
+        }
+        let from = from.max(wal.first_lsn());
         // The cached part first: entries older than the cache's first one are all readable from
         // the log (the cache drops only those), newer ones are all in it.
         let (cached, first_cached): (Vec<Entry<TypeConfig>>, Option<u64>) = {
@@ -312,17 +326,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
             }
         }
+        // One record per entry, not one atomic batch: raft may later cut the log between any
+        // two entries (keel-wal refuses to cut inside a batch). They still share a sync.
         let expect = self.lsn(first);
-        let ticket = self.inner.wal.submit_batch(records).map_err(write_err)?;
-        let lsns = ticket.lsns();
-        if *lsns.start() != expect {
-            return Err(write_err(format!(
-                "entry {first} landed at LSN {} instead of {expect}; the log and its index disagree",
-                lsns.start()
-            )));
+        let mut end = 0;
+        for (k, rec) in records.into_iter().enumerate() {
+            let ticket = self.inner.wal.submit(rec).map_err(write_err)?;
+            let lsn = *ticket.lsns().start();
+            if lsn != expect + k as u64 {
+                return Err(write_err(format!(
+                    "entry {} landed at LSN {lsn} instead of {}; the log and its index disagree",
+                    first + k as u64,
+                    expect + k as u64
+                )));
+            }
+            end = lsn;
         }
-        let acked = self.inner.wal.acked(*lsns.end());
-        drop(ticket);
+        let acked = self.inner.wal.acked(end);
         // Weak: a task waiting here must not keep the log (and its lock) open after raft stops.
         let this = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
@@ -360,6 +380,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         m.purged = Some(log_id);
         // A purge past the end (a snapshot was installed): the next entry, `log_id.index + 1`,
         // is the log's next record.
+        // Appends still queued count: sync them first, so the next LSN is the real one.
+        self.inner.wal.sync().map_err(write_err)?;
         let next = self.inner.wal.last_lsn() + 1;
         if at(log_id.index, m.offset) >= next {
             m.offset = next as i64 - (log_id.index as i64 + 1);

@@ -33,7 +33,7 @@ use tokio_rustls::rustls;
 use crate::{Node, NodeId, TypeConfig};
 
 /// The largest frame accepted: bounds the memory one peer can make this node allocate. An
-/// append carries at most `max_payload_entries` (50) entries of at most one value limit each.
+/// append carries at most 32 entries of at most [`crate::TXN_BYTES_MAX`] (12 MiB) each.
 pub const FRAME_BYTES_MAX: usize = 512 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -296,8 +296,11 @@ impl<E: std::error::Error> From<CallError> for RPCError<NodeId, Node, E> {
 
 impl Peer {
     async fn call(&mut self, req: &Request, ttl: Duration) -> Result<Response, CallError> {
+        // The connection is out of `self` while the call runs and comes back only with a whole
+        // reply: if the call is dropped half way (openraft's own deadline), the connection goes
+        // with it, so no later call can read this call's late reply as its own.
         let r = tokio::time::timeout(ttl, self.call_inner(req)).await;
-        let r = r.unwrap_or_else(|_| {
+        r.unwrap_or_else(|_| {
             Err(CallError::Io(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(
@@ -305,43 +308,38 @@ impl Peer {
                     self.target, self.addr
                 ),
             )))
-        });
-        if r.is_err() {
-            self.stream = None;
-        }
-        r
+        })
     }
 
     async fn call_inner(&mut self, req: &Request) -> Result<Response, CallError> {
-        if self.stream.is_none() {
-            let pooled = {
+        let mut conn = match self.stream.take() {
+            Some(c) => Some(c),
+            None => {
                 let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
                 pool.get_mut(&self.addr).and_then(Vec::pop)
-            };
-            if let Some(mut s) = pooled {
-                // An idle connection may have been closed by the peer (a restart): then the
-                // call is sent again on a new one. Raft's RPCs may be repeated safely.
-                match Self::exchange(&mut s, req).await {
-                    Ok(r) => {
-                        self.stream = Some(s);
-                        return Ok(r);
-                    }
-                    Err(e) => {
-                        tracing::debug!(peer = %self.addr, error = %e, "pooled connection failed; reconnecting")
-                    }
+            }
+        };
+        if let Some(mut c) = conn.take() {
+            // An idle connection may have been closed by the peer (a restart): then the call
+            // is sent again on a new one. Raft's RPCs may be repeated safely.
+            match Self::exchange(&mut c, req).await {
+                Ok(r) => {
+                    self.stream = Some(c);
+                    return Ok(r);
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %self.addr, error = %e, "idle connection failed; reconnecting")
                 }
             }
         }
-        if self.stream.is_none() {
-            self.stream = Some(
-                self.transport
-                    .connect(&self.addr)
-                    .await
-                    .map_err(CallError::Connect)?,
-            );
-        }
-        let s = self.stream.as_mut().expect("connected above");
-        Self::exchange(s, req).await.map_err(CallError::Io)
+        let mut c = self
+            .transport
+            .connect(&self.addr)
+            .await
+            .map_err(CallError::Connect)?;
+        let r = Self::exchange(&mut c, req).await.map_err(CallError::Io)?;
+        self.stream = Some(c);
+        Ok(r)
     }
 
     async fn exchange(s: &mut Conn, req: &Request) -> io::Result<Response> {

@@ -147,6 +147,30 @@ async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
         wait_applied(s.node.as_ref().unwrap(), "k19", "v19").await;
         wait_applied(s.node.as_ref().unwrap(), "n", "7").await;
     }
+    // Replication state cannot be written by clients, and a transaction too large for one
+    // raft entry is refused before it is proposed.
+    let leader_node = nodes
+        .iter()
+        .filter_map(|s| s.node.as_ref())
+        .find(|n| n.leader().is_some_and(|(id, _)| id == n.id))
+        .unwrap();
+    for txn in [
+        Txn {
+            writes: vec![Write::Delete {
+                key: Bytes::from_static(b"\xffkeel.raft.applied"),
+            }],
+            ..put("x", "x")
+        },
+        put("k0", &"x".repeat(keel_cluster::TXN_BYTES_MAX)),
+    ] {
+        match leader_node.write(txn).await {
+            Err(ClusterError::Rejected(m)) => assert!(
+                m.contains("replication state") || m.contains("exceeds"),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
     // Every replica reached the same engine LSN: versions mean the same on every node.
     let lsns: Vec<u64> = nodes
         .iter()
