@@ -381,7 +381,8 @@ fn remove_other_snapshots(dir: &Path, keep: &str) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if !n.starts_with(keep) && !n.starts_with("incoming") {
+            // A snapshot being received or built is not in the way.
+            if !n.starts_with(keep) && !n.starts_with("incoming") && !n.ends_with(".building") {
                 let _ = std::fs::remove_file(e.path());
                 let _ = std::fs::remove_dir_all(e.path());
             }
@@ -391,7 +392,17 @@ fn remove_other_snapshots(dir: &Path, keep: &str) {
 
 /// Publishes a snapshot file and its meta under `id`: the file first, then the meta that makes
 /// it visible, both durably.
-fn publish_snapshot(dir: &Path, meta: &Meta, file: &Path) -> Result<(), String> {
+/// A build and an install may publish at once; the newer snapshot must win. Returns the
+/// snapshot that is current afterwards (a newer one already there, if any).
+fn publish_snapshot(dir: &Path, meta: &Meta, file: &Path) -> Result<(Meta, PathBuf), String> {
+    static PUBLISH: Mutex<()> = Mutex::new(());
+    let _one = PUBLISH.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((newer, path)) =
+        latest_snapshot(dir)?.filter(|(m, _)| m.last_log_id > meta.last_log_id)
+    {
+        let _ = std::fs::remove_file(file);
+        return Ok((newer, path));
+    }
     let fs = keel_wal::StdFs;
     let id = &meta.snapshot_id;
     let snap = dir.join(format!("{id}.snap"));
@@ -399,7 +410,7 @@ fn publish_snapshot(dir: &Path, meta: &Meta, file: &Path) -> Result<(), String> 
     keel_wal::fs::durable_replace(&fs, &dir.join(format!("{id}.meta")), &encode_checked(meta))
         .map_err(|e| e.to_string())?;
     remove_other_snapshots(dir, &format!("{id}."));
-    Ok(())
+    Ok((meta.clone(), snap))
 }
 
 impl StateMachine {
@@ -503,9 +514,9 @@ impl StateMachine {
             last_membership: membership,
             snapshot_id: id.clone(),
         };
-        publish_snapshot(&dir, &meta, &file).map_err(snap_err)?;
+        let current = publish_snapshot(&dir, &meta, &file).map_err(snap_err)?;
         let _ = std::fs::remove_dir_all(&tmp);
         tracing::info!(snapshot = %id, "built a snapshot");
-        Ok((meta, dir.join(format!("{id}.snap"))))
+        Ok(current)
     }
 }
