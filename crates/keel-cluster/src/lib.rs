@@ -217,6 +217,8 @@ type ReadWaiter = tokio::sync::oneshot::Sender<Result<(), ClusterError>>;
 /// A transaction waiting for its batch.
 struct Waiter {
     txn: Txn,
+    /// [`txn_bytes`] of `txn`.
+    bytes: usize,
     reply: tokio::sync::oneshot::Sender<Result<Outcome, ClusterError>>,
 }
 
@@ -268,16 +270,16 @@ async fn batcher(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let mut bytes = txn_bytes(&first.txn);
+        let mut bytes = first.bytes;
         let mut batch = vec![first];
         while batch.len() < BATCH_TXNS_MAX {
             match queue.try_recv() {
-                Ok(w) if bytes + txn_bytes(&w.txn) > BATCH_BYTES_MAX => {
+                Ok(w) if bytes + w.bytes > BATCH_BYTES_MAX => {
                     carry = Some(w);
                     break;
                 }
                 Ok(w) => {
-                    bytes += txn_bytes(&w.txn);
+                    bytes += w.bytes;
                     batch.push(w);
                 }
                 Err(_) => break,
@@ -308,10 +310,7 @@ async fn batcher(
                     )));
                     n
                 ],
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                    vec![Err(ClusterError::NotLeader(f.leader_id.zip(f.leader_node))); n]
-                }
-                Ok(Err(e)) => vec![Err(ClusterError::Failed(e.to_string())); n],
+                Ok(Err(e)) => vec![Err(write_error(e)); n],
             };
             for (reply, r) in replies.into_iter().zip(results) {
                 let _ = reply.send(r);
@@ -456,7 +455,11 @@ impl Cluster {
         }
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.queue
-            .send(Waiter { txn, reply })
+            .send(Waiter {
+                txn,
+                bytes: size,
+                reply,
+            })
             .await
             .map_err(|_| ClusterError::Failed("the node is shutting down".into()))?;
         rx.await
@@ -514,11 +517,11 @@ impl Cluster {
         self.raft
             .add_learner(id, node, true)
             .await
-            .map_err(membership_error)?;
+            .map_err(write_error)?;
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
-            .map_err(membership_error)?;
+            .map_err(write_error)?;
         Ok(id)
     }
 
@@ -527,7 +530,7 @@ impl Cluster {
         self.raft
             .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
             .await
-            .map_err(membership_error)?;
+            .map_err(write_error)?;
         Ok(())
     }
 
@@ -586,7 +589,8 @@ impl Cluster {
     }
 }
 
-fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> ClusterError {
+/// A write (or membership change) openraft refused: not the leader, or something else.
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> ClusterError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
             ClusterError::NotLeader(f.leader_id.zip(f.leader_node))

@@ -160,13 +160,16 @@ impl LogStore {
 
     /// The last LSN the log's readers can reach now.
     fn readable_lsn(&self) -> Lsn {
-        self.inner.wal.segments().last().map_or(0, |s| s.last_lsn)
+        self.inner.wal.readable_lsn()
     }
 
     /// Drops the oldest cached entries beyond the cache's bounds, if the log can give them back.
     fn evict(&self) {
         let offset = self.meta().offset;
         let mut r = self.recent();
+        if r.entries.len() <= RECENT_ENTRIES_MAX && r.bytes <= RECENT_BYTES_MAX {
+            return;
+        }
         // Read under the cache's lock: a truncation and a new append cannot slip in between.
         let readable = self.readable_lsn();
         while r.entries.len() > RECENT_ENTRIES_MAX || r.bytes > RECENT_BYTES_MAX {

@@ -924,8 +924,6 @@ impl Wal {
 
     /// Reads records from `from` up to `last_lsn()` as of this call.
     pub fn read_from(&self, from: Lsn) -> Result<WalIter> {
-        // The segment list is updated only after a write (and, under `Always`, its sync), so its
-        // last LSN is a bound that the snapshot's byte ranges are sure to cover.
         let segments = self.segments();
         let upper = segments.last().map_or(0, |s| s.last_lsn);
         LogReader::from_parts(
@@ -934,6 +932,18 @@ impl Wal {
             self.shared.opts.record_bytes_max,
         )
         .iter_range(from, upper)
+    }
+
+    /// The last LSN [`Wal::read_from`] can reach now. The segment list is updated only after a
+    /// write (and, under `Always`, its sync), so this can trail [`Wal::last_lsn`] for a moment,
+    /// and every record up to it is readable.
+    pub fn readable_lsn(&self) -> Lsn {
+        self.shared
+            .segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .last()
+            .map_or(0, |s| s.last_lsn)
     }
 
     /// The segments as they are now; the last one is active.

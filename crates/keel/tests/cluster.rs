@@ -150,6 +150,20 @@ fn started_cluster(extra: &[&str], tmp: &std::path::Path) -> Vec<Node> {
     nodes
 }
 
+/// Prints every running node's status and the end of its log, for a failure message.
+fn dump(nodes: &[Node]) {
+    for n in nodes.iter().filter(|n| n.server.is_some()) {
+        let log = n.server.as_ref().unwrap().log_text();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        eprintln!(
+            "node {}: {:?}\n{}",
+            n.id,
+            status(&n.addr()),
+            tail.join("\n")
+        );
+    }
+}
+
 /// The leader's client address, once some node knows it.
 fn leader(nodes: &[Node]) -> String {
     // Generous: two cluster tests run at once on two shared cores.
@@ -171,16 +185,7 @@ fn leader(nodes: &[Node]) -> String {
             }
         }
         if Instant::now() > deadline {
-            for n in nodes.iter().filter(|n| n.server.is_some()) {
-                let log = n.server.as_ref().unwrap().log_text();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                eprintln!(
-                    "node {}: {:?}\n{}",
-                    n.id,
-                    status(&n.addr()),
-                    tail.join("\n")
-                );
-            }
+            dump(nodes);
             panic!("no leader elected");
         }
         thread::sleep(Duration::from_millis(100));
@@ -283,16 +288,7 @@ fn leader_loss_under_load_loses_no_acknowledged_write() {
         let deadline = Instant::now() + Duration::from_secs(30);
         while acked(&ledgers) <= before + 10 {
             if Instant::now() > deadline {
-                for n in nodes.iter().filter(|n| n.server.is_some()) {
-                    let log = n.server.as_ref().unwrap().log_text();
-                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                    eprintln!(
-                        "node {}: {:?}\n{}",
-                        n.id,
-                        status(&n.addr()),
-                        tail.join("\n")
-                    );
-                }
+                dump(&nodes);
                 panic!("cycle {cycle}: writes did not resume");
             }
             thread::sleep(Duration::from_millis(50));
@@ -436,6 +432,23 @@ fn a_node_behind_a_purged_log_catches_up_by_snapshot_and_membership_changes_unde
     ] {
         assert!(text.contains(want), "no {want} in:\n{text}");
     }
+    // Bad input on a raft port (P11): a frame longer than the limit, and bytes that are no
+    // request, each close that connection and nothing else.
+    use std::io::{Read, Write};
+    for bad in [
+        &[0xff, 0xff, 0xff, 0x7f][..],
+        &[3, 0, 0, 0, 0xee, 0xee, 0xee],
+    ] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", nodes[lagger].raft)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(bad).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        assert!(buf.is_empty(), "{bad:?} got an answer: {buf:?}");
+    }
+    // The node still serves its peers: the leader still reaches a quorum.
+    let got: Option<String> = redis::cmd("GET").arg("k0").query(&mut c).unwrap();
+    assert_eq!(got.as_deref(), Some("0"));
     // Replication state stays hidden from clients.
     let size: i64 = redis::cmd("DBSIZE").query(&mut f).unwrap();
     assert_eq!(size, 600);
