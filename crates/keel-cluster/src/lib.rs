@@ -135,8 +135,13 @@ pub struct Config {
     pub dir: PathBuf,
     /// This node's addresses, as peers and clients should use them.
     pub node: Node,
+    /// The state machine's engine. Its log's `sync_policy` is ignored: the raft log is this
+    /// node's write-ahead log, so the engine's own log is synced only where raft needs it (before
+    /// a snapshot, at a checkpoint and at shutdown); what a power cut takes from it, raft applies
+    /// again from the raft log on restart.
     pub engine: keel_engine::Options,
-    /// The raft log's options (its `fs` and limits; group commit as in the engine).
+    /// The raft log's options (its `fs` and limits; group commit as in the engine). Its
+    /// `sync_policy` is ignored too: it always syncs before an entry counts as held (P12).
     pub log: keel_wal::Options,
     pub heartbeat_ms: u64,
     pub election_timeout_ms: (u64, u64),
@@ -346,6 +351,13 @@ impl Cluster {
         std::fs::create_dir_all(&cfg.dir).map_err(Error::io(&cfg.dir))?;
         // Active expiry would log deletions only this replica decided.
         cfg.engine.active_expiry = false;
+        // The raft log makes each entry durable before raft counts it; the engine's log is a
+        // redo of entries raft still holds, so syncing it on every apply would be a second fsync
+        // per batch on every node for nothing. The applied position travels inside each engine
+        // transaction, so the engine recovers a prefix of what it applied, and raft re-applies
+        // the rest (tests/nodes.rs cuts an engine log's tail to show it).
+        cfg.engine.wal.sync_policy = keel_wal::SyncPolicy::Never;
+        cfg.log.sync_policy = keel_wal::SyncPolicy::Always;
         let dir = cfg.dir.clone();
         let (log, engines) = tokio::task::spawn_blocking({
             let cfg = cfg.clone();

@@ -484,8 +484,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 impl StateMachine {
     fn build_blocking(&self) -> Result<(Meta, PathBuf), StorageError<NodeId>> {
         let engine = self.engines.get();
-        // Raft purges the log behind this snapshot: under a weaker sync_policy, what the engine
-        // applied must be made durable first.
+        // Raft purges the log behind this snapshot, and the engine's log is not synced on
+        // apply: what the engine applied must be made durable first.
         engine.sync().map_err(snap_err)?;
         let view = engine.backup_view();
         let decode = |k: &[u8]| view.get(k).map(|e| e.value.clone());

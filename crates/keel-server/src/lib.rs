@@ -127,6 +127,13 @@ async fn start_node(
     cs: &config::ClusterSettings,
     client: SocketAddr,
 ) -> anyhow::Result<Arc<keel_cluster::Cluster>> {
+    if settings.engine.wal.sync_policy != keel_wal::SyncPolicy::Always {
+        anyhow::bail!(
+            "sync_policy does not apply to a cluster node: its raft log syncs every entry before \
+             the entry counts as held, and the engine's log is a copy raft can replay; remove \
+             sync_policy from the config"
+        );
+    }
     if settings.bind.is_unspecified() && (cs.advertise.is_none() || cs.raft_advertise.is_none()) {
         anyhow::bail!(
             "with --bind {} (every address), a cluster node needs --advertise and --raft-advertise: \
@@ -147,7 +154,6 @@ async fn start_node(
     };
     let mut cfg = keel_cluster::Config::new(cs.node_id, &settings.dir, node);
     cfg.engine = settings.engine.clone();
-    // The raft log always syncs before it acknowledges (P12), whatever sync_policy says.
     cfg.snapshot_every = cs.snapshot_every;
     cfg.source_ip = Some(settings.bind).filter(|ip| !ip.is_unspecified());
     cfg.tls = settings.tls.as_ref().map(|t| t.node_tls()).transpose()?;

@@ -1087,7 +1087,10 @@ impl Conn {
                     ("appendonly", "yes".into()),
                     (
                         "appendfsync",
+                        // A cluster node's raft log syncs every write (its engine's log
+                        // need not).
                         match self.engine().options().wal.sync_policy {
+                            _ if self.sh.cluster().is_some() => "always",
                             keel_wal::SyncPolicy::Always => "always",
                             keel_wal::SyncPolicy::Interval(_) => "everysec",
                             keel_wal::SyncPolicy::Never => "no",

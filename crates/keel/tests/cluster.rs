@@ -1048,4 +1048,28 @@ fn nodes_talk_mutual_tls_and_refuse_plaintext_peers() {
         "{:?}",
         err.1
     );
+    // A weaker sync_policy would be a false promise on a cluster node: refused, not ignored.
+    let conf = tmp.path().join("never.toml");
+    std::fs::write(&conf, "sync_policy = \"never\"\n").unwrap();
+    let port = free_port().to_string();
+    let err = Server::try_start(
+        &tmp.path().join("never"),
+        &[
+            "--config",
+            conf.to_str().unwrap(),
+            "--port",
+            &port,
+            "--node-id",
+            "9",
+        ],
+    )
+    .err()
+    .expect("a cluster node with sync_policy = never started");
+    assert!(
+        err.1
+            .join("\n")
+            .contains("sync_policy does not apply to a cluster node"),
+        "{:?}",
+        err.1
+    );
 }
