@@ -59,6 +59,9 @@ struct Slot {
     done: bool,
     result: Option<Result<Lsn>>,
     waker: Option<Waker>,
+    /// Threads blocked in [`Completion::wait`]. Notifying the condition variable is a syscall
+    /// even with nobody waiting, and most completions are awaited, not waited on.
+    blocked: u32,
 }
 
 impl Completion {
@@ -75,8 +78,11 @@ impl Completion {
         s.done = true;
         s.result = Some(r);
         let waker = s.waker.take();
+        let blocked = s.blocked > 0;
         drop(s);
-        self.cv.notify_one();
+        if blocked {
+            self.cv.notify_all();
+        }
         if let Some(w) = waker {
             w.wake();
         }
@@ -94,7 +100,9 @@ impl Completion {
                 // Already taken by an earlier poll.
                 return Err(Error::Closed);
             }
+            s.blocked += 1;
             s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+            s.blocked -= 1;
         }
     }
 
@@ -145,6 +153,9 @@ struct Queue {
     /// While `io_idle`, pushes wake the I/O thread once this many items are queued.
     wake_at: usize,
     space_wakers: Vec<Waker>,
+    /// Threads blocked on `space_cv`. A condition variable's notify is a syscall even when
+    /// nobody waits, and the I/O thread would pay it on every batch.
+    space_waiters: usize,
 }
 
 impl Queue {
@@ -170,6 +181,8 @@ struct Progress {
     poisoned: Option<Arc<Error>>,
     /// Futures waiting for `acked_lsn` to reach an LSN.
     ack_wakers: Vec<(Lsn, Waker)>,
+    /// Threads blocked on `progress_cv` (see `Queue::space_waiters`).
+    waiters: usize,
 }
 
 impl Progress {
@@ -320,6 +333,8 @@ impl Shared {
             done: done.clone(),
         });
         if q.io_idle && q.items.len() >= q.wake_at {
+            // One wake per idle spell: the appends queued before the I/O thread runs need none.
+            q.io_idle = false;
             self.work_cv.notify_one();
         }
         Ticket { first, last, done }
@@ -331,7 +346,9 @@ impl Shared {
         {
             let mut q = lock(&self.queue);
             while q.truncating {
+                q.space_waiters += 1;
                 q = self.space_cv.wait(q).unwrap_or_else(|p| p.into_inner());
+                q.space_waiters -= 1;
             }
             q.check_open()?;
             q.truncating |= truncate;
@@ -699,6 +716,7 @@ impl Wal {
                 io_idle: false,
                 wake_at: 1,
                 space_wakers: Vec::new(),
+                space_waiters: 0,
             }),
             work_cv: Condvar::new(),
             space_cv: Condvar::new(),
@@ -707,6 +725,7 @@ impl Wal {
                 acked_lsn: last_lsn,
                 poisoned: None,
                 ack_wakers: Vec::new(),
+                waiters: 0,
             }),
             progress_cv: Condvar::new(),
             segments: RwLock::new(layout.segments),
@@ -820,7 +839,9 @@ impl Wal {
             if q.admits(bytes, s.opts.queue_bytes_max) {
                 return Ok(s.push(&mut q, records, bytes, done));
             }
+            q.space_waiters += 1;
             q = s.space_cv.wait(q).unwrap_or_else(|p| p.into_inner());
+            q.space_waiters -= 1;
         }
     }
 
@@ -877,7 +898,9 @@ impl Wal {
             if lock(&s.queue).closed {
                 return Err(Error::Closed);
             }
+            p.waiters += 1;
             p = s.progress_cv.wait(p).unwrap_or_else(|p| p.into_inner());
+            p.waiters -= 1;
         }
     }
 
@@ -890,7 +913,9 @@ impl Wal {
             if let Some(r) = s.acked_state(&p, lsn) {
                 return r;
             }
+            p.waiters += 1;
             p = s.progress_cv.wait(p).unwrap_or_else(|p| p.into_inner());
+            p.waiters -= 1;
         }
     }
 
@@ -1111,7 +1136,9 @@ impl Writer {
                 for w in q.space_wakers.drain(..) {
                     w.wake();
                 }
-                s.space_cv.notify_all();
+                if q.space_waiters > 0 {
+                    s.space_cv.notify_all();
+                }
                 items
             };
             let mut items = items.into_iter();
@@ -1311,8 +1338,11 @@ impl Writer {
         p.durable_lsn = self.durable_lsn;
         p.acked_lsn = self.written_lsn;
         p.wake(false);
+        let waiters = p.waiters > 0;
         drop(p);
-        self.shared.progress_cv.notify_all();
+        if waiters {
+            self.shared.progress_cv.notify_all();
+        }
     }
 
     /// Seals the active segment and starts the next. Everything written must be durable before
