@@ -227,9 +227,12 @@ struct Waiter {
     reply: tokio::sync::oneshot::Sender<Result<Outcome, ClusterError>>,
 }
 
-/// Batches in flight at once: the next forms while earlier ones replicate and apply. (1, 2, 3
-/// and 6 measured the same within noise at 64 clients here, 14–19k SET/s; 6 was slower.)
-const BATCHES_IN_FLIGHT: usize = 2;
+/// Batches in flight at once: the next forms while the previous one replicates and applies.
+/// One makes the batches largest, and what a batch costs (raft entry, fsyncs, messages, wake-ups)
+/// is shared by the most transactions. Measured on the 2-core machine of BENCHMARKS.md, SET/s at
+/// -c 16 / 64 / 256: one in flight 10.8k / 27.9k / 41.3k; two 10.0k / 23.6k / 37.3k; three and
+/// four slower at 64 still.
+const BATCHES_IN_FLIGHT: usize = 1;
 const BATCH_TXNS_MAX: usize = 4096;
 const BATCH_BYTES_MAX: usize = 4 << 20;
 /// The largest transaction a cluster takes: its raft entry must fit in one raft-log record
