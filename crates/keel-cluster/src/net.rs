@@ -133,8 +133,19 @@ async fn read_frame<T: for<'a> Deserialize<'a>, S: AsyncRead + Unpin + ?Sized>(
             format!("peer sent a frame of {len} bytes; the limit is {FRAME_BYTES_MAX}"),
         ));
     }
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).await?;
+    // Grown as bytes arrive, not allocated from the declared length: a peer that announces
+    // 512 MiB and sends nothing costs nothing.
+    let mut body = Vec::with_capacity(len.min(1 << 20));
+    (&mut *s).take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "the peer closed the connection after {} of {len} bytes of a frame",
+                body.len()
+            ),
+        ));
+    }
     postcard::from_bytes(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
