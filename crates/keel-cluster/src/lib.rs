@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,6 +186,8 @@ pub struct Cluster {
     write_timeout: Duration,
     listener: tokio::task::JoinHandle<()>,
     queue: tokio::sync::mpsc::Sender<Waiter>,
+    /// Transactions handed to the batcher so far.
+    arrivals: Arc<AtomicU64>,
     reads: tokio::sync::mpsc::Sender<ReadWaiter>,
     transport: net::Transport,
 }
@@ -227,12 +230,11 @@ struct Waiter {
     reply: tokio::sync::oneshot::Sender<Result<Outcome, ClusterError>>,
 }
 
-/// Batches in flight at once: the next forms while the previous one replicates and applies.
-/// One makes the batches largest, and what a batch costs (raft entry, fsyncs, messages, wake-ups)
-/// is shared by the most transactions. Measured on the 2-core machine of BENCHMARKS.md, SET/s at
-/// -c 16 / 64 / 256: one in flight 10.8k / 27.9k / 41.3k; two 10.0k / 23.6k / 37.3k; three and
-/// four slower at 64 still.
-const BATCHES_IN_FLIGHT: usize = 1;
+/// How long a new batch waits for the clients answered by the previous one to send again
+/// (tokio's timer rounds it up to its 1 ms tick). Without the wait, the clients split into two
+/// groups that take turns, each in half-size entries; what an entry costs (fsyncs on three
+/// nodes, messages, wake-ups) is then paid twice as often.
+const GATHER_MAX: Duration = Duration::from_millis(1);
 const BATCH_TXNS_MAX: usize = 4096;
 const BATCH_BYTES_MAX: usize = 4 << 20;
 /// The largest transaction a cluster takes: its raft entry must fit in one raft-log record
@@ -258,15 +260,20 @@ fn txn_bytes(t: &Txn) -> usize {
         + t.guards.iter().map(|g| g.key.len() + 16).sum::<usize>()
 }
 
-/// Gathers the transactions that arrive while earlier batches are in flight into one entry.
+/// Proposes the waiting transactions as one entry, one entry at a time: those that arrive while
+/// an entry replicates and applies make the next. One entry in flight makes entries largest, and
+/// what an entry costs is shared by the most transactions (measured on the 2-core machine of
+/// BENCHMARKS.md, -c 64: one in flight 27.9k SET/s, two 23.6k, three and four slower).
 async fn batcher(
     raft: Raft<TypeConfig>,
     mut queue: tokio::sync::mpsc::Receiver<Waiter>,
+    arrivals: Arc<AtomicU64>,
     timeout: Duration,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     // A transaction that would have made a batch too large starts the next one.
     let mut carry: Option<Waiter> = None;
+    // When the last batch was answered: the arrival count then, and how many it answered.
+    let mut answered = (0u64, 0u64);
     loop {
         let first = match carry.take() {
             Some(w) => w,
@@ -275,55 +282,61 @@ async fn batcher(
                 None => return,
             },
         };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let mut bytes = first.bytes;
         let mut batch = vec![first];
-        while batch.len() < BATCH_TXNS_MAX {
-            match queue.try_recv() {
-                Ok(w) if bytes + w.bytes > BATCH_BYTES_MAX => {
-                    carry = Some(w);
-                    break;
+        let deadline = tokio::time::Instant::now() + GATHER_MAX;
+        loop {
+            while batch.len() < BATCH_TXNS_MAX && carry.is_none() {
+                match queue.try_recv() {
+                    Ok(w) if bytes + w.bytes > BATCH_BYTES_MAX => carry = Some(w),
+                    Ok(w) => {
+                        bytes += w.bytes;
+                        batch.push(w);
+                    }
+                    Err(_) => break,
                 }
-                Ok(w) => {
+            }
+            let back = arrivals.load(Ordering::Acquire) >= answered.0 + answered.1;
+            if back || carry.is_some() || batch.len() >= BATCH_TXNS_MAX {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some(w)) if bytes + w.bytes > BATCH_BYTES_MAX => carry = Some(w),
+                Ok(Some(w)) => {
                     bytes += w.bytes;
                     batch.push(w);
                 }
-                Err(_) => break,
+                Ok(None) | Err(_) => break,
             }
         }
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            let (txns, replies): (Vec<Txn>, Vec<_>) =
-                batch.into_iter().map(|w| (w.txn, w.reply)).unzip();
-            let n = txns.len();
-            let r = tokio::time::timeout(timeout, raft.client_write(Batch { txns })).await;
-            drop(slot);
-            let results: Vec<Result<Outcome, ClusterError>> = match r {
-                Err(_) => vec![Err(ClusterError::Timeout(timeout)); n],
-                Ok(Ok(resp)) if resp.data.0.len() == n => resp
-                    .data
-                    .0
-                    .into_iter()
-                    .map(|a| match a {
-                        Applied::Done(o) => Ok(o),
-                        Applied::Rejected(m) => Err(ClusterError::Rejected(m)),
-                    })
-                    .collect(),
-                Ok(Ok(resp)) => vec![
-                    Err(ClusterError::Failed(format!(
-                        "a batch of {n} transactions gave {} results",
-                        resp.data.0.len()
-                    )));
-                    n
-                ],
-                Ok(Err(e)) => vec![Err(write_error(e)); n],
-            };
-            for (reply, r) in replies.into_iter().zip(results) {
-                let _ = reply.send(r);
-            }
-        });
+        let (txns, replies): (Vec<Txn>, Vec<_>) =
+            batch.into_iter().map(|w| (w.txn, w.reply)).unzip();
+        let n = txns.len();
+        let r = tokio::time::timeout(timeout, raft.client_write(Batch { txns })).await;
+        answered = (arrivals.load(Ordering::Acquire), n as u64);
+        let results: Vec<Result<Outcome, ClusterError>> = match r {
+            Err(_) => vec![Err(ClusterError::Timeout(timeout)); n],
+            Ok(Ok(resp)) if resp.data.0.len() == n => resp
+                .data
+                .0
+                .into_iter()
+                .map(|a| match a {
+                    Applied::Done(o) => Ok(o),
+                    Applied::Rejected(m) => Err(ClusterError::Rejected(m)),
+                })
+                .collect(),
+            Ok(Ok(resp)) => vec![
+                Err(ClusterError::Failed(format!(
+                    "a batch of {n} transactions gave {} results",
+                    resp.data.0.len()
+                )));
+                n
+            ],
+            Ok(Err(e)) => vec![Err(write_error(e)); n],
+        };
+        for (reply, r) in replies.into_iter().zip(results) {
+            let _ = reply.send(r);
+        }
     }
 }
 
@@ -403,8 +416,14 @@ impl Cluster {
         )
         .await
         .map_err(|e| Error::Raft(e.to_string()))?;
-        let (queue, rx) = tokio::sync::mpsc::channel(BATCH_TXNS_MAX * BATCHES_IN_FLIGHT);
-        tokio::spawn(batcher(raft.clone(), rx, cfg.write_timeout));
+        let (queue, rx) = tokio::sync::mpsc::channel(BATCH_TXNS_MAX);
+        let arrivals = Arc::new(AtomicU64::new(0));
+        tokio::spawn(batcher(
+            raft.clone(),
+            rx,
+            arrivals.clone(),
+            cfg.write_timeout,
+        ));
         let (reads, rx) = tokio::sync::mpsc::channel(BATCH_TXNS_MAX);
         tokio::spawn(read_barriers(raft.clone(), rx, cfg.write_timeout));
         let listener = tokio::spawn(net::serve(
@@ -416,6 +435,7 @@ impl Cluster {
         Ok(Arc::new(Cluster {
             listener,
             queue,
+            arrivals,
             reads,
             transport,
             raft,
@@ -469,6 +489,7 @@ impl Cluster {
             }
         }
         let (reply, rx) = tokio::sync::oneshot::channel();
+        self.arrivals.fetch_add(1, Ordering::Release);
         self.queue
             .send(Waiter {
                 txn,
