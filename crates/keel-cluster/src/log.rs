@@ -109,7 +109,14 @@ impl LogStore {
         keel_wal::fs::durable_create_dir_all(&*fs, dir)
             .map_err(|e| crate::Error::Io(format!("create {}: {e}", dir.display())))?;
         let meta_path = dir.join(META);
-        let meta = match std::fs::read(&meta_path) {
+        // Through the log's file system, like its writes (a simulated one in tests).
+        let read = |fs: &dyn keel_wal::fs::Fs| -> std::io::Result<Vec<u8>> {
+            let f = fs.open(&meta_path, keel_wal::fs::OpenMode::Read)?;
+            let mut b = vec![0; f.len()? as usize];
+            keel_wal::fs::read_exact_at(&*f, &mut b, 0)?;
+            Ok(b)
+        };
+        let meta = match read(&*fs) {
             Ok(b) => decode_checked(&b).map_err(|e| {
                 crate::Error::Corrupt(format!(
                     "{} is damaged ({e}); the node refuses to start rather than forget its vote",
