@@ -7,8 +7,10 @@
 //! the same times from the same state, every replica reaches the same state at the same LSNs,
 //! so WATCH and KEEL.CAS versions mean the same thing on every node.
 //!
-//! Snapshots are engine snapshot files. Installing one builds a new engine directory from the
-//! file, switches the `ENGINE` pointer file atomically, and swaps the engine readers use.
+//! Snapshots are engine snapshot files. Installing one publishes the file, then builds a new
+//! engine directory from it, switches the `ENGINE` pointer file atomically, and swaps the engine
+//! readers use. A published snapshot newer than the engine is an install a crash interrupted;
+//! opening the node finishes it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -150,16 +152,24 @@ impl StateMachine {
     pub fn new(engines: Arc<Engines>) -> Result<StateMachine, crate::Error> {
         let membership = read_membership(&engines.get())
             .map_err(|e| crate::Error::Corrupt(format!("stored membership: {e}")))?;
-        std::fs::create_dir_all(engines.dir.join(SNAPSHOTS))
-            .map_err(crate::Error::io(&engines.dir))?;
-        Ok(StateMachine {
+        let snapshots = engines.dir.join(SNAPSHOTS);
+        std::fs::create_dir_all(&snapshots).map_err(crate::Error::io(&engines.dir))?;
+        let marker = read_marker(&engines.get())
+            .map_err(|e| crate::Error::Corrupt(format!("stored applied position: {e}")))?;
+        let sm = StateMachine {
             membership: Arc::new(Mutex::new(membership)),
             receiving: Arc::new(Mutex::new(None)),
-            marker: Arc::new(Mutex::new(read_marker(&engines.get()).map_err(|e| {
-                crate::Error::Corrupt(format!("stored applied position: {e}"))
-            })?)),
+            marker: Arc::new(Mutex::new(marker)),
             engines,
-        })
+        };
+        let latest = latest_snapshot(&snapshots).map_err(crate::Error::Corrupt)?;
+        if let Some((meta, path)) = latest.filter(|(m, _)| m.last_log_id > marker.full) {
+            tracing::info!(snapshot = %meta.snapshot_id, "finishing a snapshot install a crash interrupted");
+            sm.switch_engine(&path).map_err(|e| {
+                crate::Error::Corrupt(format!("installing {}: {e}", path.display()))
+            })?;
+        }
+        Ok(sm)
     }
 
     fn snapshots(&self) -> PathBuf {
@@ -414,7 +424,23 @@ fn publish_snapshot(dir: &Path, meta: &Meta, file: &Path) -> Result<(Meta, PathB
 }
 
 impl StateMachine {
+    /// Publishes the received snapshot first, so that a crash from here on leaves a snapshot
+    /// newer than the engine, which opening the node installs (see [`StateMachine::new`]).
     fn install_blocking(&self, meta: &Meta, incoming: &Path) -> Result<(), StorageError<NodeId>> {
+        let (current, path) = publish_snapshot(&self.engines.dir.join(SNAPSHOTS), meta, incoming)
+            .map_err(snap_err)?;
+        if current.last_log_id != meta.last_log_id {
+            // A newer snapshot was published meanwhile: the engine is that far already.
+            return Ok(());
+        }
+        self.switch_engine(&path)?;
+        tracing::info!(snapshot = %meta.snapshot_id, "installed a snapshot from the leader");
+        Ok(())
+    }
+
+    /// Builds a new engine directory from a snapshot file, points `ENGINE` at it and serves
+    /// from it; the old engine is closed and removed once no reader holds it.
+    fn switch_engine(&self, snapshot: &Path) -> Result<(), StorageError<NodeId>> {
         let dir = &self.engines.dir;
         let next = format!(
             "engine-{}",
@@ -425,7 +451,7 @@ impl StateMachine {
         );
         let target = dir.join(&next);
         let _ = std::fs::remove_dir_all(&target);
-        keel_engine::create_from_snapshot(incoming, &target, &self.engines.opts)
+        keel_engine::create_from_snapshot(snapshot, &target, &self.engines.opts)
             .map_err(snap_err)?;
         let (engine, _) = Engine::open(&target, self.engines.opts.clone()).map_err(snap_err)?;
         let stored = read_membership(&engine).map_err(snap_err)?;
@@ -439,9 +465,7 @@ impl StateMachine {
         let old = self.engines.current.swap(Arc::new(engine));
         *self.membership.lock().unwrap_or_else(|p| p.into_inner()) = stored;
         *self.marker.lock().unwrap_or_else(|p| p.into_inner()) = marker;
-        publish_snapshot(&dir.join(SNAPSHOTS), meta, incoming).map_err(snap_err)?;
         retire(old, dir);
-        tracing::info!(snapshot = %meta.snapshot_id, "installed a snapshot from the leader");
         Ok(())
     }
 }

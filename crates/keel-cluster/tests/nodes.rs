@@ -342,3 +342,76 @@ async fn a_power_cut_that_takes_the_engines_unsynced_tails_is_replayed_from_the_
         s.node.as_ref().unwrap().shutdown().await;
     }
 }
+
+/// Installing a snapshot publishes it before the engine is rebuilt from it. A crash in between
+/// leaves a published snapshot newer than the engine: opening the node must finish the install
+/// by itself, before it hears from any peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_install_a_crash_interrupted_is_finished_on_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = slots(tmp.path(), 50);
+    for s in nodes.iter_mut() {
+        start(s).await;
+    }
+    let peers: Vec<String> = nodes[1..].iter().map(|s| s.addr.clone()).collect();
+    nodes[0].node.as_ref().unwrap().init(&peers).await.unwrap();
+    for i in 0..20 {
+        write(&nodes, put(&format!("k{i}"), &format!("v{i}"))).await;
+    }
+    // A follower stops; the others go on and snapshot (every 50 entries).
+    let leader = nodes[0].node.as_ref().unwrap().leader().unwrap().0;
+    let f = nodes.iter().position(|s| s.id != leader).unwrap();
+    let n = nodes[f].node.take().unwrap();
+    wait_applied(&n, "k19", "v19").await;
+    n.shutdown().await;
+    drop(n);
+    for i in 20..130 {
+        write(&nodes, put(&format!("k{i}"), &format!("v{i}"))).await;
+    }
+    let l = nodes.iter().position(|s| s.id == leader).unwrap();
+    let snap_index = nodes[l].node.as_ref().unwrap().status().snapshot_index;
+    assert!(snap_index.is_some_and(|i| i >= 90), "{snap_index:?}");
+    for s in nodes.iter_mut() {
+        if let Some(n) = s.node.take() {
+            n.shutdown().await;
+            drop(n);
+        }
+    }
+    // The crash: the leader's snapshot published in the follower's directory, its engine not
+    // yet rebuilt from it.
+    let theirs = nodes[l].dir.join("snapshots");
+    let mine = nodes[f].dir.join("snapshots");
+    for e in std::fs::read_dir(&mine).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    for e in std::fs::read_dir(&theirs).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, mine.join(p.file_name().unwrap())).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    start(&mut nodes[f]).await;
+    {
+        let n = nodes[f].node.as_ref().unwrap();
+        // Every other node is down: what it serves came from its own disk.
+        assert_eq!(n.engine().get(b"k80").unwrap().value, "v80");
+    }
+    for (i, s) in nodes.iter_mut().enumerate() {
+        if i != f {
+            start(s).await;
+        }
+    }
+    write(&nodes, put("last", "1")).await;
+    for s in &nodes {
+        let n = s.node.as_ref().unwrap();
+        wait_applied(n, "last", "1").await;
+        assert_eq!(n.engine().get(b"k129").unwrap().value, "v129");
+    }
+    let lsns: Vec<u64> = nodes
+        .iter()
+        .map(|s| s.node.as_ref().unwrap().engine().visible_lsn())
+        .collect();
+    assert!(lsns.windows(2).all(|w| w[0] == w[1]), "{lsns:?}");
+    for s in &nodes {
+        s.node.as_ref().unwrap().shutdown().await;
+    }
+}
