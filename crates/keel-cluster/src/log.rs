@@ -190,6 +190,40 @@ impl LogStore {
         }
     }
 
+    /// A log that never held an entry starts wherever raft's first append does (raft logs need
+    /// not start at index 0): entry `first` becomes the log's next record.
+    fn start_at(&self, first: u64) -> Result<(), StorageError<NodeId>> {
+        let mut m = self.meta().clone();
+        if m.purged.is_some() || !self.recent().entries.is_empty() || self.last_entry()?.is_some() {
+            return Ok(());
+        }
+        // Nothing queued either: the cache holds every entry not yet readable.
+        let next = self.inner.wal.last_lsn() + 1;
+        if at(first, m.offset) == next {
+            return Ok(());
+        }
+        m.offset = next as i64 - first as i64;
+        self.save_meta(&m)?;
+        *self.meta() = m;
+        Ok(())
+    }
+
+    /// Refuses, before anything is written, an append that does not continue the log.
+    fn check_next(&self, first: u64) -> Result<(), StorageError<NodeId>> {
+        let offset = self.meta().offset;
+        // Every entry not yet readable is in the cache, so with an empty cache nothing is queued.
+        let next = match self.recent().entries.last_key_value() {
+            Some((i, _)) => i + 1,
+            None => ((self.inner.wal.last_lsn() + 1) as i64 - offset) as u64,
+        };
+        if first == next {
+            return Ok(());
+        }
+        Err(write_err(format!(
+            "an append of entry {first} does not continue the log, whose next entry is {next}"
+        )))
+    }
+
     fn lsn(&self, index: u64) -> Lsn {
         at(index, self.meta().offset)
     }
@@ -235,21 +269,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Excluded(&s) => s + 1,
             Unbounded => 0,
         };
-        let offset = self.meta().offset;
+        let (offset, purged) = {
+            let m = self.meta();
+            (m.offset, m.purged)
+        };
+        // Purged entries (some may still sit in a segment not yet removed) and entries before
+        // the log started are not found, which the trait allows: the rest of the range is
+        // returned. openraft reads only what it has not purged, and its checked reads
+        // (`get_log_entries`) refuse a gap themselves.
+        let start = start.max(purged.map_or(0, |p| p.index + 1));
         let wal = &self.inner.wal;
         let from = at(start, offset);
-        if from < wal.first_lsn()
-            && self
-                .recent()
-                .entries
-                .first_key_value()
-                .is_none_or(|(i, _)| *i > start)
-        {
-            return Err(read_err(format!(
-                "entry {start} is no longer in the log (it starts at LSN {})",
-                wal.first_lsn()
-            )));
-        }
         let from = from.max(wal.first_lsn());
         // The cached part first: entries older than the cache's first one are all readable from
         // the log (the cache drops only those), newer ones are all in it.
@@ -327,6 +357,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .iter()
             .map(|e| postcard::to_allocvec(e).map_err(write_err))
             .collect::<Result<_, _>>()?;
+        self.start_at(first)?;
+        self.check_next(first)?;
         {
             let mut r = self.recent();
             for (e, rec) in entries.into_iter().zip(&records) {

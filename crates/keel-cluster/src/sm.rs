@@ -23,7 +23,7 @@ use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
     StorageError, StoredMembership,
 };
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::log::{decode_checked, encode_checked, io_err};
 use crate::{Applied, Node, NodeId, Results, TypeConfig};
@@ -338,14 +338,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         mut snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<NodeId>> {
         snapshot.flush().await.map_err(snap_err)?;
-        snapshot.sync_all().await.map_err(snap_err)?;
-        drop(snapshot);
         let incoming = self
             .receiving
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .ok_or_else(|| snap_err("install_snapshot without begin_receiving_snapshot"))?;
+        // Raft hands back the file begin_receiving_snapshot gave it, written; a caller may also
+        // hand over another snapshot's file (openraft's storage suite does): then copy it in.
+        let ino = |m: std::fs::Metadata| std::os::unix::fs::MetadataExt::ino(&m);
+        let given = ino(snapshot.metadata().await.map_err(snap_err)?);
+        if std::fs::metadata(&incoming).map(ino).ok() != Some(given) {
+            let mut to = tokio::fs::File::create(&incoming).await.map_err(snap_err)?;
+            snapshot
+                .seek(std::io::SeekFrom::Start(0))
+                .await
+                .map_err(snap_err)?;
+            tokio::io::copy(&mut *snapshot, &mut to)
+                .await
+                .map_err(snap_err)?;
+            snapshot = Box::new(to);
+        }
+        snapshot.sync_all().await.map_err(snap_err)?;
+        drop(snapshot);
         let this = self.clone();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || this.install_blocking(&meta, &incoming))
