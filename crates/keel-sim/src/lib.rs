@@ -316,6 +316,34 @@ impl SimFs {
         )
     }
 
+    /// The durable image after a power cut that kept none of the unsynced writes or directory
+    /// changes: exactly what was synced.
+    pub fn crash_to_synced(&self) -> SimFs {
+        let s = self.lock();
+        let names = s.durable_names.clone();
+        let inodes = s
+            .inodes
+            .iter()
+            .filter(|(&ino, _)| names.values().any(|e| *e == Entry::File(ino)))
+            .map(|(&ino, inode)| {
+                let kept = Inode {
+                    data: inode.durable.clone(),
+                    durable: inode.durable.clone(),
+                    pending: Vec::new(),
+                };
+                (ino, kept)
+            })
+            .collect();
+        Self::from_files(
+            s.rng.clone(),
+            inodes,
+            s.next_ino,
+            names.clone(),
+            names,
+            Vec::new(),
+        )
+    }
+
     /// Flips `bits` random bits in the durable bytes of `path`, within `range` if given.
     pub fn rot(
         &self,
