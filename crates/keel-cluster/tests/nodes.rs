@@ -146,16 +146,55 @@ fn free_addr() -> String {
     l.local_addr().unwrap().to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut nodes = slots(tmp.path(), 50);
-    for s in nodes.iter_mut() {
-        start(s).await;
-    }
+/// Three nodes started and joined into one cluster.
+async fn cluster(dir: &std::path::Path, snapshot_every: u64) -> Vec<Slot> {
+    let mut nodes = slots(dir, snapshot_every);
+    start_all(&mut nodes).await;
     let peers: Vec<String> = nodes[1..].iter().map(|s| s.addr.clone()).collect();
     let members = nodes[0].node.as_ref().unwrap().init(&peers).await.unwrap();
     assert_eq!(members.len(), 3);
+    nodes
+}
+
+/// The running node that is leader by its own account.
+fn leader_of(nodes: &[Slot]) -> Arc<Cluster> {
+    nodes
+        .iter()
+        .filter_map(|s| s.node.clone())
+        .find(|n| n.leader().is_some_and(|(id, _)| id == n.id))
+        .expect("a leader")
+}
+
+/// Every replica reached the same engine LSN: versions mean the same on every node.
+fn assert_same_lsns(nodes: &[Slot]) {
+    let lsns: Vec<u64> = nodes
+        .iter()
+        .map(|s| s.node.as_ref().unwrap().engine().visible_lsn())
+        .collect();
+    assert!(lsns.windows(2).all(|w| w[0] == w[1]), "{lsns:?}");
+}
+
+/// Shuts every running node down (a clean stop: engines synced).
+async fn stop_all(nodes: &mut [Slot]) {
+    for s in nodes.iter_mut() {
+        if let Some(n) = s.node.take() {
+            n.shutdown().await;
+        }
+    }
+    // Raft's detached tasks let go of the logs shortly after.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+async fn start_all(nodes: &mut [Slot]) {
+    for s in nodes.iter_mut() {
+        start(s).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(tmp.path(), 50).await;
 
     // Replication, and an INCR decided once on every replica.
     for i in 0..20 {
@@ -168,11 +207,7 @@ async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
     }
     // Replication state cannot be written by clients, and a transaction too large for one
     // raft entry is refused before it is proposed.
-    let leader_node = nodes
-        .iter()
-        .filter_map(|s| s.node.as_ref())
-        .find(|n| n.leader().is_some_and(|(id, _)| id == n.id))
-        .unwrap();
+    let leader_node = leader_of(&nodes);
     for txn in [
         Txn {
             writes: vec![Write::Delete {
@@ -190,12 +225,9 @@ async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
             other => panic!("{other:?}"),
         }
     }
+    drop(leader_node);
     // Every replica reached the same engine LSN: versions mean the same on every node.
-    let lsns: Vec<u64> = nodes
-        .iter()
-        .map(|s| s.node.as_ref().unwrap().engine().visible_lsn())
-        .collect();
-    assert!(lsns.windows(2).all(|w| w[0] == w[1]), "{lsns:?}");
+    assert_same_lsns(&nodes);
 
     // Kill the leader; the others elect a new one and keep accepting writes.
     let leader = nodes[0].node.as_ref().unwrap().leader().unwrap().0;
@@ -221,15 +253,8 @@ async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
     // A full restart replays the raft log after each engine's applied log id and applies
     // nothing twice: the counter stays at 7, then one more INCR makes it 14 everywhere, and
     // every replica is at the same LSN.
-    for s in nodes.iter_mut() {
-        let n = s.node.take().unwrap();
-        n.shutdown().await;
-        drop(n);
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    for s in nodes.iter_mut() {
-        start(s).await;
-    }
+    stop_all(&mut nodes).await;
+    start_all(&mut nodes).await;
     for s in &nodes {
         assert_eq!(
             s.node.as_ref().unwrap().engine().get(b"n").unwrap().value,
@@ -241,14 +266,8 @@ async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
     for s in &nodes {
         wait_applied(s.node.as_ref().unwrap(), "last", "1").await;
     }
-    let lsns: Vec<u64> = nodes
-        .iter()
-        .map(|s| s.node.as_ref().unwrap().engine().visible_lsn())
-        .collect();
-    assert!(lsns.windows(2).all(|w| w[0] == w[1]), "{lsns:?}");
-    for s in &nodes {
-        s.node.as_ref().unwrap().shutdown().await;
-    }
+    assert_same_lsns(&nodes);
+    stop_all(&mut nodes).await;
 }
 
 /// Zeroes an engine log from `keep` (a fraction of its written bytes) on, as a power cut does to
@@ -278,21 +297,12 @@ fn cut_engine_log(node_dir: &std::path::Path, keep: f64) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_power_cut_that_takes_the_engines_unsynced_tails_is_replayed_from_the_raft_log() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut nodes = slots(tmp.path(), 100_000);
-    for s in nodes.iter_mut() {
-        start(s).await;
-    }
-    let peers: Vec<String> = nodes[1..].iter().map(|s| s.addr.clone()).collect();
-    nodes[0].node.as_ref().unwrap().init(&peers).await.unwrap();
+    let mut nodes = cluster(tmp.path(), 100_000).await;
     for i in 0..30 {
         write(&nodes, put(&format!("k{i}"), &format!("v{i}"))).await;
     }
     // Concurrent increments share raft entries: a cut can fall inside one.
-    let leader = nodes
-        .iter()
-        .filter_map(|s| s.node.clone())
-        .find(|n| n.leader().is_some_and(|(id, _)| id == n.id))
-        .unwrap();
+    let leader = leader_of(&nodes);
     let mut incrs = tokio::task::JoinSet::new();
     for _ in 0..60 {
         let l = leader.clone();
@@ -317,19 +327,12 @@ async fn a_power_cut_that_takes_the_engines_unsynced_tails_is_replayed_from_the_
         wait_applied(s.node.as_ref().unwrap(), "last", "1").await;
     }
     let lsn = nodes[0].node.as_ref().unwrap().engine().visible_lsn();
-    for s in nodes.iter_mut() {
-        let n = s.node.take().unwrap();
-        n.shutdown().await;
-        drop(n);
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_all(&mut nodes).await;
     for (s, keep) in nodes.iter().zip([0.0, 0.5, 0.93]) {
         assert!(cut_engine_log(&s.dir, keep) > 0);
     }
 
-    for s in nodes.iter_mut() {
-        start(s).await;
-    }
+    start_all(&mut nodes).await;
     for s in &nodes {
         let n = s.node.as_ref().unwrap();
         let recovered = n.engine().recovery_report().lsn;
@@ -348,9 +351,7 @@ async fn a_power_cut_that_takes_the_engines_unsynced_tails_is_replayed_from_the_
         assert_eq!(n.engine().get(b"n").unwrap().value, "60", "node {}", s.id);
         assert_eq!(n.engine().visible_lsn(), lsn, "node {}", s.id);
     }
-    for s in &nodes {
-        s.node.as_ref().unwrap().shutdown().await;
-    }
+    stop_all(&mut nodes).await;
 }
 
 /// Installing a snapshot publishes it before the engine is rebuilt from it. A crash in between
@@ -359,12 +360,7 @@ async fn a_power_cut_that_takes_the_engines_unsynced_tails_is_replayed_from_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_install_a_crash_interrupted_is_finished_on_open() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut nodes = slots(tmp.path(), 50);
-    for s in nodes.iter_mut() {
-        start(s).await;
-    }
-    let peers: Vec<String> = nodes[1..].iter().map(|s| s.addr.clone()).collect();
-    nodes[0].node.as_ref().unwrap().init(&peers).await.unwrap();
+    let mut nodes = cluster(tmp.path(), 50).await;
     for i in 0..20 {
         write(&nodes, put(&format!("k{i}"), &format!("v{i}"))).await;
     }
@@ -381,12 +377,7 @@ async fn a_snapshot_install_a_crash_interrupted_is_finished_on_open() {
     let l = nodes.iter().position(|s| s.id == leader).unwrap();
     let snap_index = nodes[l].node.as_ref().unwrap().status().snapshot_index;
     assert!(snap_index.is_some_and(|i| i >= 90), "{snap_index:?}");
-    for s in nodes.iter_mut() {
-        if let Some(n) = s.node.take() {
-            n.shutdown().await;
-            drop(n);
-        }
-    }
+    stop_all(&mut nodes).await;
     // The crash: the leader's snapshot published in the follower's directory, its engine not
     // yet rebuilt from it.
     let theirs = nodes[l].dir.join("snapshots");
@@ -398,7 +389,6 @@ async fn a_snapshot_install_a_crash_interrupted_is_finished_on_open() {
         let p = e.unwrap().path();
         std::fs::copy(&p, mine.join(p.file_name().unwrap())).unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     start(&mut nodes[f]).await;
     {
         let n = nodes[f].node.as_ref().unwrap();
@@ -416,14 +406,8 @@ async fn a_snapshot_install_a_crash_interrupted_is_finished_on_open() {
         wait_applied(n, "last", "1").await;
         assert_eq!(n.engine().get(b"k129").unwrap().value, "v129");
     }
-    let lsns: Vec<u64> = nodes
-        .iter()
-        .map(|s| s.node.as_ref().unwrap().engine().visible_lsn())
-        .collect();
-    assert!(lsns.windows(2).all(|w| w[0] == w[1]), "{lsns:?}");
-    for s in &nodes {
-        s.node.as_ref().unwrap().shutdown().await;
-    }
+    assert_same_lsns(&nodes);
+    stop_all(&mut nodes).await;
 }
 
 /// P12: a write is acknowledged only once a quorum holds it durably. Every node's raft log and
@@ -456,11 +440,7 @@ async fn acknowledged_writes_survive_a_power_cut_on_every_node() {
         let peers: Vec<String> = nodes[1..].iter().map(|s| s.addr.clone()).collect();
         nodes[0].node.as_ref().unwrap().init(&peers).await.unwrap();
         write(&nodes, put("first", "1")).await;
-        let leader = nodes
-            .iter()
-            .filter_map(|s| s.node.clone())
-            .find(|n| n.leader().is_some_and(|(id, _)| id == n.id))
-            .unwrap();
+        let leader = leader_of(&nodes);
         let acked = Arc::new(Mutex::new(Vec::new()));
         let mut writers = tokio::task::JoinSet::new();
         for w in 0..8 {
@@ -502,11 +482,7 @@ async fn acknowledged_writes_survive_a_power_cut_on_every_node() {
             start(s).await;
         }
         write(&nodes, put("after", "1")).await;
-        let leader = nodes
-            .iter()
-            .filter_map(|s| s.node.clone())
-            .find(|n| n.leader().is_some_and(|(id, _)| id == n.id))
-            .unwrap();
+        let leader = leader_of(&nodes);
         wait_applied(&leader, "after", "1").await;
         let lost: Vec<&String> = acked
             .iter()
@@ -523,9 +499,8 @@ async fn acknowledged_writes_survive_a_power_cut_on_every_node() {
             "seed {seed}: {} acknowledged writes, all present after the power cut",
             acked.len()
         );
-        for s in &nodes {
-            s.node.as_ref().unwrap().shutdown().await;
-        }
+        drop(leader);
+        stop_all(&mut nodes).await;
     }
 }
 
@@ -537,12 +512,7 @@ async fn acknowledged_writes_survive_a_power_cut_on_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_ahead_of_its_raft_log_after_a_power_cut_starts_from_a_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut nodes = slots(tmp.path(), 100_000);
-    for s in nodes.iter_mut() {
-        start(s).await;
-    }
-    let peers: Vec<String> = nodes[1..].iter().map(|s| s.addr.clone()).collect();
-    nodes[0].node.as_ref().unwrap().init(&peers).await.unwrap();
+    let mut nodes = cluster(tmp.path(), 100_000).await;
     for i in 0..30 {
         write(&nodes, put(&format!("k{i}"), &format!("v{i}"))).await;
     }
@@ -558,12 +528,7 @@ async fn an_engine_ahead_of_its_raft_log_after_a_power_cut_starts_from_a_snapsho
         .status()
         .applied_index
         .unwrap();
-    for s in nodes.iter_mut() {
-        let n = s.node.take().unwrap();
-        n.shutdown().await;
-        drop(n);
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_all(&mut nodes).await;
     // The follower's raft log loses its last record (torn), its engine keeps everything.
     let log = nodes[f].dir.join("raft").join("log");
     let seg = std::fs::read_dir(&log)
@@ -576,9 +541,7 @@ async fn an_engine_ahead_of_its_raft_log_after_a_power_cut_starts_from_a_snapsho
     bytes[end - 16..end].fill(0);
     std::fs::write(&seg, &bytes).unwrap();
 
-    for s in nodes.iter_mut() {
-        start(s).await;
-    }
+    start_all(&mut nodes).await;
     let st = nodes[f].node.as_ref().unwrap().status();
     assert_eq!(st.purged_index, Some(applied), "{st:?}");
     assert_eq!(st.snapshot_index, Some(applied), "{st:?}");
@@ -588,12 +551,6 @@ async fn an_engine_ahead_of_its_raft_log_after_a_power_cut_starts_from_a_snapsho
         wait_applied(n, "last", "1").await;
         assert_eq!(n.engine().get(b"k29").unwrap().value, "v29");
     }
-    let lsns: Vec<u64> = nodes
-        .iter()
-        .map(|s| s.node.as_ref().unwrap().engine().visible_lsn())
-        .collect();
-    assert!(lsns.windows(2).all(|w| w[0] == w[1]), "{lsns:?}");
-    for s in &nodes {
-        s.node.as_ref().unwrap().shutdown().await;
-    }
+    assert_same_lsns(&nodes);
+    stop_all(&mut nodes).await;
 }
