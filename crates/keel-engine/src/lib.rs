@@ -1688,6 +1688,14 @@ impl Core {
         Ok(ticket)
     }
 
+    /// Waits, without blocking a thread, until the log would queue a transaction of about
+    /// `bytes` without waiting for room: [`Engine::submit`] blocks its thread while the log's
+    /// queue is full, which in async code stalls every task on that thread. Room is not
+    /// reserved; another writer may take it first.
+    pub fn room(&self, bytes: usize) -> keel_wal::RoomFuture {
+        self.wal.room(bytes)
+    }
+
     /// Makes every write decided so far durable, whatever the sync policy, and visible.
     /// Returns the durable LSN.
     pub fn sync(&self) -> Result<Lsn> {

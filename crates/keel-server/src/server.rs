@@ -683,6 +683,14 @@ impl Conn {
                 return Flow::Continue;
             }
         }
+        // While the log's queue is full, Engine::submit blocks its thread, and with it every
+        // connection on this worker: wait for room here instead. (Cluster writes go to raft.)
+        if ((spec.perm == Perm::Write && self.multi.is_none()) || name == "exec")
+            && self.sh.cluster().is_none()
+        {
+            let bytes = args.iter().map(Bytes::len).sum();
+            self.engine().room(bytes).await;
+        }
         if self.multi.is_some()
             && !matches!(
                 name,

@@ -52,4 +52,6 @@ pub use read::{LogReader, Record, WalIter};
 pub use recovery::{SegmentInfo, TornReason, TornTail, LOCK_FILE, QUARANTINE_DIR, TORN_DIR};
 pub use repair::{repair, ForcedCut, RepairReport};
 pub use report::{RecoveryReport, TornTailReport};
-pub use wal::{AckedFuture, AppendFuture, Completion, Ticket, Wal, WalStats, SYNC_BUCKETS};
+pub use wal::{
+    AckedFuture, AppendFuture, Completion, RoomFuture, Ticket, Wal, WalStats, SYNC_BUCKETS,
+};

@@ -423,6 +423,25 @@ impl Future for AckedFuture {
     }
 }
 
+/// The future returned by [`Wal::room`]: resolves once an append of its size would be queued
+/// without waiting, or the log is closed or poisoned (the append then says so).
+pub struct RoomFuture {
+    shared: Arc<Shared>,
+    bytes: usize,
+}
+
+impl Future for RoomFuture {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut q = lock(&self.shared.queue);
+        if q.check_open().is_err() || q.admits(self.bytes, self.shared.opts.queue_bytes_max) {
+            return Poll::Ready(());
+        }
+        q.space_wakers.push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
 /// The future returned by [`Wal::append_batch_async`]: waits for queue space without blocking a
 /// thread, then for the acknowledgement.
 pub struct AppendFuture {
@@ -842,6 +861,16 @@ impl Wal {
             q.space_waiters += 1;
             q = s.space_cv.wait(q).unwrap_or_else(|p| p.into_inner());
             q.space_waiters -= 1;
+        }
+    }
+
+    /// Waits, without blocking a thread, until `bytes` of records would be queued at once (see
+    /// `Options::queue_bytes_max`). For async callers of the blocking appends: room is not
+    /// reserved, so another appender may still take it first.
+    pub fn room(&self, bytes: usize) -> RoomFuture {
+        RoomFuture {
+            shared: self.shared.clone(),
+            bytes: frame_bytes(bytes),
         }
     }
 

@@ -478,7 +478,12 @@ fn async_appends_and_backpressure() {
         fut.as_mut().poll(&mut cx).is_pending(),
         "a full queue must push back"
     );
+    // Async callers of the blocking appends wait for room the same way; a small record fits.
+    let mut room = std::pin::pin!(wal.room(3000));
+    assert!(room.as_mut().poll(&mut cx).is_pending(), "no room yet");
+    assert!(std::pin::pin!(wal.room(10)).poll(&mut cx).is_ready());
     ffs.faults.open_gate();
+    block_on(room);
     assert_eq!(held.wait().unwrap(), 2..=2);
     assert_eq!(queued.wait().unwrap(), 3..=3);
     assert_eq!(block_on(fut).unwrap(), 4..=4);
