@@ -71,6 +71,13 @@ fn at(index: u64, offset: i64) -> Lsn {
     (index as i64 + offset) as u64
 }
 
+/// The first index the log can hold: after the purged entry, and not below LSN 1 (a log that
+/// started at a later index, or past a snapshot, has a negative offset).
+fn first_index(offset: i64, purged: Option<LogId<NodeId>>) -> u64 {
+    let by_lsn = (1 - offset).max(0) as u64;
+    purged.map_or(by_lsn, |p| (p.index + 1).max(by_lsn))
+}
+
 fn read_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
     io_err(ErrorSubject::Logs, ErrorVerb::Read, e)
 }
@@ -242,7 +249,7 @@ impl LogStore {
             (m.offset, m.purged)
         };
         let last = self.readable_lsn();
-        let first_live = at(purged.map_or(0, |p| p.index + 1), offset);
+        let first_live = at(first_index(offset, purged), offset);
         if last < first_live || last < self.inner.wal.first_lsn() {
             return Ok(None);
         }
@@ -277,7 +284,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // the log started are not found, which the trait allows: the rest of the range is
         // returned. openraft reads only what it has not purged, and its checked reads
         // (`get_log_entries`) refuse a gap themselves.
-        let start = start.max(purged.map_or(0, |p| p.index + 1));
+        let start = start.max(first_index(offset, purged));
         let wal = &self.inner.wal;
         let from = at(start, offset);
         let from = from.max(wal.first_lsn());

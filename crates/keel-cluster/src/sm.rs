@@ -7,8 +7,8 @@
 //! the same times from the same state, every replica reaches the same state at the same LSNs,
 //! so WATCH and KEEL.CAS versions mean the same thing on every node.
 //!
-//! Snapshots are engine snapshot files. Installing one publishes the file, then builds a new
-//! engine directory from it, switches the `ENGINE` pointer file atomically, and swaps the engine
+//! Snapshots are engine snapshot files. Installing one builds a new engine directory from the
+//! file, publishes the file, switches the `ENGINE` pointer file atomically, and swaps the engine
 //! readers use. A published snapshot newer than the engine is an install a crash interrupted;
 //! opening the node finishes it.
 
@@ -165,15 +165,39 @@ impl StateMachine {
         let latest = latest_snapshot(&snapshots).map_err(crate::Error::Corrupt)?;
         if let Some((meta, path)) = latest.filter(|(m, _)| m.last_log_id > marker.full) {
             tracing::info!(snapshot = %meta.snapshot_id, "finishing a snapshot install a crash interrupted");
-            sm.switch_engine(&path).map_err(|e| {
-                crate::Error::Corrupt(format!("installing {}: {e}", path.display()))
-            })?;
+            sm.build_engine(&path)
+                .and_then(|next| sm.switch_engine(next))
+                .map_err(|e| {
+                    crate::Error::Corrupt(format!("installing {}: {e}", path.display()))
+                })?;
         }
         Ok(sm)
     }
 
     fn snapshots(&self) -> PathBuf {
         self.engines.dir.join(SNAPSHOTS)
+    }
+
+    /// Builds a snapshot if the engine has applied past `last_log` (the raft log's last entry)
+    /// and past the newest snapshot.
+    pub(crate) fn snapshot_if_ahead_of(
+        &self,
+        last_log: Option<LogId<NodeId>>,
+    ) -> Result<(), crate::Error> {
+        let applied = self.marker.lock().unwrap_or_else(|p| p.into_inner()).full;
+        let snapshot = latest_snapshot(&self.snapshots())
+            .map_err(crate::Error::Corrupt)?
+            .and_then(|(m, _)| m.last_log_id);
+        if applied > last_log && applied > snapshot {
+            tracing::info!(
+                ?applied,
+                ?last_log,
+                "the engine applied past the raft log (a power cut took the log's unsynced tail); building a snapshot"
+            );
+            self.build_blocking()
+                .map_err(|e| crate::Error::Corrupt(format!("snapshot of the engine: {e}")))?;
+        }
+        Ok(())
     }
 }
 
@@ -213,7 +237,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let engine = self.engines.get();
         let mut marker = *self.marker.lock().unwrap_or_else(|p| p.into_inner());
-        // Submit everything, then wait: the transactions share the engine log's syncs.
+        // Submit everything, then wait: the transactions share the engine log's writes.
         let mut pending: Vec<Vec<Slot>> = Vec::new();
         for entry in entries {
             let id = entry.log_id;
@@ -225,7 +249,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match entry.payload {
                 EntryPayload::Blank => {
                     let w = vec![put(APPLIED_KEY, encode_checked(&done))];
-                    self.submit(&engine, None, 0, vec![], w, None)?;
+                    slots.push(self.submit(&engine, None, 0, vec![], w, None)?);
                 }
                 EntryPayload::Membership(m) => {
                     let stored = Membership::new(Some(id), m);
@@ -234,7 +258,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         put(APPLIED_KEY, encode_checked(&done)),
                     ];
                     *self.membership.lock().unwrap_or_else(|p| p.into_inner()) = stored;
-                    self.submit(&engine, None, 0, vec![], w, None)?;
+                    slots.push(self.submit(&engine, None, 0, vec![], w, None)?);
                 }
                 EntryPayload::Normal(batch) => {
                     // After a restart inside this entry, its first transactions are already in
@@ -439,50 +463,69 @@ fn publish_snapshot(dir: &Path, meta: &Meta, file: &Path) -> Result<(Meta, PathB
 }
 
 impl StateMachine {
-    /// Publishes the received snapshot first, so that a crash from here on leaves a snapshot
-    /// newer than the engine, which opening the node installs (see [`StateMachine::new`]).
+    /// Builds the next engine from the received snapshot (which checks the file), then
+    /// publishes the snapshot, then switches to the engine. A crash before the publish leaves
+    /// an engine directory `ENGINE` does not name, which opening removes; a crash after it
+    /// leaves a published snapshot newer than the engine, which opening installs (see
+    /// [`StateMachine::new`]). A damaged file is refused before it replaces the last good one.
     fn install_blocking(&self, meta: &Meta, incoming: &Path) -> Result<(), StorageError<NodeId>> {
-        let (current, path) = publish_snapshot(&self.engines.dir.join(SNAPSHOTS), meta, incoming)
+        let next = self.build_engine(incoming)?;
+        let (current, _) = publish_snapshot(&self.engines.dir.join(SNAPSHOTS), meta, incoming)
             .map_err(snap_err)?;
         if current.last_log_id != meta.last_log_id {
             // A newer snapshot was published meanwhile: the engine is that far already.
+            let path = next.engine.dir().to_path_buf();
+            drop(next);
+            let _ = std::fs::remove_dir_all(path);
             return Ok(());
         }
-        self.switch_engine(&path)?;
+        self.switch_engine(next)?;
         tracing::info!(snapshot = %meta.snapshot_id, "installed a snapshot from the leader");
         Ok(())
     }
 
-    /// Builds a new engine directory from a snapshot file, points `ENGINE` at it and serves
-    /// from it; the old engine is closed and removed once no reader holds it.
-    fn switch_engine(&self, snapshot: &Path) -> Result<(), StorageError<NodeId>> {
+    /// Builds and opens the next engine directory from a snapshot file.
+    fn build_engine(&self, snapshot: &Path) -> Result<NextEngine, StorageError<NodeId>> {
         let dir = &self.engines.dir;
-        let next = format!(
+        let name = format!(
             "engine-{}",
             current_engine_name(dir)
                 .ok()
                 .and_then(|n| n.strip_prefix("engine-")?.parse::<u64>().ok())
                 .map_or(1, |n| n + 1)
         );
-        let target = dir.join(&next);
+        let target = dir.join(&name);
         let _ = std::fs::remove_dir_all(&target);
         keel_engine::create_from_snapshot(snapshot, &target, &self.engines.opts)
             .map_err(snap_err)?;
         let (engine, _) = Engine::open(&target, self.engines.opts.clone()).map_err(snap_err)?;
-        let stored = read_membership(&engine).map_err(snap_err)?;
-        let marker = read_marker(&engine).map_err(snap_err)?;
+        Ok(NextEngine { name, engine })
+    }
+
+    /// Points `ENGINE` at a built engine and serves from it; the old engine is closed and
+    /// removed once no reader holds it.
+    fn switch_engine(&self, next: NextEngine) -> Result<(), StorageError<NodeId>> {
+        let dir = &self.engines.dir;
+        let stored = read_membership(&next.engine).map_err(snap_err)?;
+        let marker = read_marker(&next.engine).map_err(snap_err)?;
         keel_wal::fs::durable_replace(
             &keel_wal::StdFs,
             &dir.join(ENGINE_POINTER),
-            &encode_checked(&next),
+            &encode_checked(&next.name),
         )
         .map_err(snap_err)?;
-        let old = self.engines.current.swap(Arc::new(engine));
+        let old = self.engines.current.swap(Arc::new(next.engine));
         *self.membership.lock().unwrap_or_else(|p| p.into_inner()) = stored;
         *self.marker.lock().unwrap_or_else(|p| p.into_inner()) = marker;
         retire(old, dir);
         Ok(())
     }
+}
+
+/// An engine built from a snapshot, not yet the one in use.
+struct NextEngine {
+    name: String,
+    engine: Engine,
 }
 
 /// Closes a replaced engine once no reader holds it, then removes its directory.
@@ -523,10 +566,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 impl StateMachine {
     fn build_blocking(&self) -> Result<(Meta, PathBuf), StorageError<NodeId>> {
         let engine = self.engines.get();
-        // Raft purges the log behind this snapshot, and the engine's log is not synced on
-        // apply: what the engine applied must be made durable first.
-        engine.sync().map_err(snap_err)?;
         let view = engine.backup_view();
+        // Raft purges the log behind this snapshot, and the engine's log is not synced on
+        // apply: what the view holds must be durable in the engine too, or a power cut would
+        // leave the engine behind the purged log. (Applies go on meanwhile; syncing after
+        // taking the view covers all of it.)
+        engine.sync().map_err(snap_err)?;
         let decode = |k: &[u8]| view.get(k).map(|e| e.value.clone());
         let last_log_id = decode(APPLIED_KEY)
             .map(|v| decode_checked::<Marker>(&v))

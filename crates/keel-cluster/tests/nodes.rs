@@ -304,7 +304,7 @@ async fn a_power_cut_that_takes_the_engines_unsynced_tails_is_replayed_from_the_
     // Concurrent increments share raft entries: a cut can fall inside one.
     let leader = leader_of(&nodes);
     let mut incrs = tokio::task::JoinSet::new();
-    for _ in 0..60 {
+    for _ in 0..200 {
         let l = leader.clone();
         incrs.spawn(async move {
             l.write(Txn {
@@ -348,7 +348,7 @@ async fn a_power_cut_that_takes_the_engines_unsynced_tails_is_replayed_from_the_
                 format!("v{i}")
             );
         }
-        assert_eq!(n.engine().get(b"n").unwrap().value, "60", "node {}", s.id);
+        assert_eq!(n.engine().get(b"n").unwrap().value, "200", "node {}", s.id);
         assert_eq!(n.engine().visible_lsn(), lsn, "node {}", s.id);
     }
     stop_all(&mut nodes).await;
@@ -506,13 +506,14 @@ async fn acknowledged_writes_survive_a_power_cut_on_every_node() {
 
 /// A follower may apply an entry before its own raft log has synced it (the leader and the
 /// other follower made it committed). A power cut can then leave its engine holding an entry
-/// its raft log lost. On restart the node must take its engine's position as purged, build a
-/// snapshot of it, and go on: here a follower's raft log loses its last entry after all nodes
-/// applied it.
+/// its raft log lost. On restart the node must take its engine's position as purged, and its
+/// snapshot must cover that position (raft builds one only where there is none; here an older
+/// one exists), or a lagging peer could be sent a snapshot that stops short of the log: here a
+/// follower's raft log loses its last entry after all nodes applied it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_ahead_of_its_raft_log_after_a_power_cut_starts_from_a_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut nodes = cluster(tmp.path(), 100_000).await;
+    let mut nodes = cluster(tmp.path(), 20).await;
     for i in 0..30 {
         write(&nodes, put(&format!("k{i}"), &format!("v{i}"))).await;
     }
@@ -542,9 +543,10 @@ async fn an_engine_ahead_of_its_raft_log_after_a_power_cut_starts_from_a_snapsho
     std::fs::write(&seg, &bytes).unwrap();
 
     start_all(&mut nodes).await;
+    // (A re-election while the nodes stopped may have added an entry after `applied`.)
     let st = nodes[f].node.as_ref().unwrap().status();
-    assert_eq!(st.purged_index, Some(applied), "{st:?}");
-    assert_eq!(st.snapshot_index, Some(applied), "{st:?}");
+    assert!(st.purged_index >= Some(applied), "{st:?}");
+    assert_eq!(st.snapshot_index, st.purged_index, "{st:?}");
     write(&nodes, put("last", "1")).await;
     for s in &nodes {
         let n = s.node.as_ref().unwrap();

@@ -130,8 +130,8 @@ async fn start_node(
     if settings.engine.wal.sync_policy != keel_wal::SyncPolicy::Always {
         anyhow::bail!(
             "sync_policy does not apply to a cluster node: its raft log syncs every entry before \
-             the entry counts as held, and the engine's log is a copy raft can replay; remove \
-             sync_policy from the config"
+             the entry counts as held, and the engine's log is a copy raft can replay; set \
+             sync_policy = \"always\" or leave it out"
         );
     }
     if settings.bind.is_unspecified() && (cs.advertise.is_none() || cs.raft_advertise.is_none()) {
