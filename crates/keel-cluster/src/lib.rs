@@ -232,9 +232,9 @@ struct Waiter {
 }
 
 /// How long a new batch waits for the clients answered by the previous one to send again
-/// (tokio's timer rounds it up to its next 1 ms tick, so 1–2 ms). Without the wait, the clients split into two
-/// groups that take turns, each in half-size entries; what an entry costs (fsyncs on three
-/// nodes, messages, wake-ups) is then paid twice as often.
+/// (tokio's timer rounds it up to its next 1 ms tick, so 1–2 ms). Without the wait, the clients
+/// split into two groups that take turns, each in half-size entries; what an entry costs (fsyncs
+/// on three nodes, messages, wake-ups) is then paid twice as often.
 const GATHER_MAX: Duration = Duration::from_millis(1);
 const BATCH_TXNS_MAX: usize = 4096;
 const BATCH_BYTES_MAX: usize = 4 << 20;
