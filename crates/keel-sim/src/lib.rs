@@ -800,6 +800,26 @@ mod tests {
     }
 
     #[test]
+    fn crash_to_synced_keeps_exactly_what_was_synced() {
+        let fs = SimFs::new(9);
+        fs.create_dir(Path::new("/d")).unwrap();
+        fs.sync_dir(Path::new("/")).unwrap();
+        write(&fs, "/d/kept", b"synced", true);
+        fs.sync_dir(Path::new("/d")).unwrap();
+        // Unsynced: more data in a synced file, and a new file whose entry was never synced.
+        let f = fs.open(Path::new("/d/kept"), OpenMode::ReadWrite).unwrap();
+        keel_wal::fs::write_all_at(&*f, b"-and-more", 6).unwrap();
+        write(&fs, "/d/new", b"x", true);
+        let img = fs.crash_to_synced();
+        assert_eq!(img.durable_bytes(Path::new("/d/kept")).unwrap(), b"synced");
+        assert!(img.durable_bytes(Path::new("/d/new")).is_none());
+        // A healthy file system that reads back what it holds.
+        let f = img.open(Path::new("/d/kept"), OpenMode::Read).unwrap();
+        assert_eq!(f.len().unwrap(), 6);
+        assert_eq!(img.list(Path::new("/d")), vec!["kept".to_string()]);
+    }
+
+    #[test]
     fn unsynced_entries_and_data_can_vanish_and_tear() {
         let fs = SimFs::new(1);
         write(&fs, "/a", &[7u8; 2048], false);
