@@ -487,17 +487,7 @@ impl Cluster {
             .guards
             .iter()
             .map(|g| &g.key)
-            .chain(txn.writes.iter().flat_map(|w| match w {
-                Write::Rename { from, to, .. } => vec![from, to],
-                Write::Put { key, .. }
-                | Write::Append { key, .. }
-                | Write::Delete { key }
-                | Write::Incr { key, .. }
-                | Write::IncrFloat { key, .. }
-                | Write::Expire { key, .. }
-                | Write::Get { key } => vec![key],
-                Write::DeleteAll => vec![],
-            }));
+            .chain(txn.writes.iter().flat_map(Write::keys));
         for k in keys {
             if k.starts_with(RESERVED_PREFIX) {
                 return Err(ClusterError::Rejected(

@@ -197,33 +197,30 @@ impl LogStore {
         }
     }
 
-    /// A log that never held an entry starts wherever raft's first append does (raft logs need
-    /// not start at index 0): entry `first` becomes the log's next record.
-    fn start_at(&self, first: u64) -> Result<(), StorageError<NodeId>> {
-        let mut m = self.meta().clone();
-        if m.purged.is_some() || !self.recent().entries.is_empty() || self.last_entry()?.is_some() {
-            return Ok(());
-        }
-        // Nothing queued either: the cache holds every entry not yet readable.
-        let next = self.inner.wal.last_lsn() + 1;
-        if at(first, m.offset) == next {
-            return Ok(());
-        }
-        m.offset = next as i64 - first as i64;
-        self.save_meta(&m)?;
-        *self.meta() = m;
-        Ok(())
-    }
-
-    /// Refuses, before anything is written, an append that does not continue the log.
-    fn check_next(&self, first: u64) -> Result<(), StorageError<NodeId>> {
-        let offset = self.meta().offset;
+    /// Refuses, before anything is written, an append of entry `first` that does not continue
+    /// the log; except that a log that never held an entry starts wherever raft's first append
+    /// does (raft logs need not start at index 0).
+    fn place(&self, first: u64) -> Result<(), StorageError<NodeId>> {
+        let (offset, purged) = {
+            let m = self.meta();
+            (m.offset, m.purged)
+        };
         // Every entry not yet readable is in the cache, so with an empty cache nothing is queued.
-        let next = match self.recent().entries.last_key_value() {
-            Some((i, _)) => i + 1,
-            None => ((self.inner.wal.last_lsn() + 1) as i64 - offset) as u64,
+        let (next, cached) = match self.recent().entries.last_key_value() {
+            Some((i, _)) => (i + 1, true),
+            None => (
+                ((self.inner.wal.last_lsn() + 1) as i64 - offset) as u64,
+                false,
+            ),
         };
         if first == next {
+            return Ok(());
+        }
+        if !cached && purged.is_none() && self.last_entry()?.is_none() {
+            let mut m = self.meta().clone();
+            m.offset = (self.inner.wal.last_lsn() + 1) as i64 - first as i64;
+            self.save_meta(&m)?;
+            *self.meta() = m;
             return Ok(());
         }
         Err(write_err(format!(
@@ -364,8 +361,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .iter()
             .map(|e| postcard::to_allocvec(e).map_err(write_err))
             .collect::<Result<_, _>>()?;
-        self.start_at(first)?;
-        self.check_next(first)?;
+        self.place(first)?;
         {
             let mut r = self.recent();
             for (e, rec) in entries.into_iter().zip(&records) {

@@ -224,6 +224,24 @@ pub enum Write {
     DeleteAll,
 }
 
+impl Write {
+    /// The keys this write touches (none for `DeleteAll`, two for `Rename`).
+    pub fn keys(&self) -> impl Iterator<Item = &Bytes> {
+        let (a, b) = match self {
+            Write::Put { key, .. }
+            | Write::Delete { key }
+            | Write::Incr { key, .. }
+            | Write::IncrFloat { key, .. }
+            | Write::Append { key, .. }
+            | Write::Expire { key, .. }
+            | Write::Get { key } => (Some(key), None),
+            Write::Rename { from, to, .. } => (Some(from), Some(to)),
+            Write::DeleteAll => (None, None),
+        };
+        a.into_iter().chain(b)
+    }
+}
+
 /// When an expiry change applies (Redis's EXPIRE options). A key without an expiry counts as
 /// expiring never, later than any time.
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -1579,18 +1597,17 @@ impl Core {
     }
 
     fn check_limits(&self, w: &Write) -> Result<()> {
-        let (keys, value): (&[&Bytes], _) = match w {
-            Write::Put { key, value, .. } => (&[key], Some(value)),
-            Write::Append { key, suffix } => (&[key], Some(suffix)),
-            Write::Delete { key }
-            | Write::Incr { key, .. }
-            | Write::IncrFloat { key, .. }
-            | Write::Expire { key, .. }
-            | Write::Get { key } => (&[key], None),
-            Write::Rename { from, to, .. } => return self.check_keys(&[from, to]),
-            Write::DeleteAll => (&[], None),
+        if let Some(k) = w.keys().find(|k| k.len() > self.opts.key_bytes_max) {
+            return Err(Error::KeyTooLarge {
+                len: k.len(),
+                max: self.opts.key_bytes_max,
+            });
+        }
+        let value = match w {
+            Write::Put { value, .. } => Some(value),
+            Write::Append { suffix, .. } => Some(suffix),
+            _ => None,
         };
-        self.check_keys(keys)?;
         if let Some(v) = value.filter(|v| v.len() > self.opts.value_bytes_max) {
             return Err(Error::ValueTooLarge {
                 len: v.len(),
@@ -1598,16 +1615,6 @@ impl Core {
             });
         }
         Ok(())
-    }
-
-    fn check_keys(&self, keys: &[&Bytes]) -> Result<()> {
-        match keys.iter().find(|k| k.len() > self.opts.key_bytes_max) {
-            Some(k) => Err(Error::KeyTooLarge {
-                len: k.len(),
-                max: self.opts.key_bytes_max,
-            }),
-            None => Ok(()),
-        }
     }
 
     /// Deletes up to `limit` keys whose expiry has passed, in one log record. Returns how many.
