@@ -127,6 +127,13 @@ async fn incr_by_7(nodes: &[Slot], expect: i64) {
     );
 }
 
+/// Writes `k{i}` = `v{i}` for each `i`, one after another, through the leader.
+async fn write_keys(nodes: &[Slot], range: std::ops::Range<u32>) {
+    for i in range {
+        write(nodes, put(&format!("k{i}"), &format!("v{i}"))).await;
+    }
+}
+
 async fn wait_applied(n: &Cluster, key: &str, value: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while n.engine().get(key.as_bytes()).map(|e| e.value)
@@ -197,9 +204,7 @@ async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
     let mut nodes = cluster(tmp.path(), 50).await;
 
     // Replication, and an INCR decided once on every replica.
-    for i in 0..20 {
-        write(&nodes, put(&format!("k{i}"), &format!("v{i}"))).await;
-    }
+    write_keys(&nodes, 0..20).await;
     incr_by_7(&nodes, 7).await;
     for s in &nodes {
         wait_applied(s.node.as_ref().unwrap(), "k19", "v19").await;
@@ -235,9 +240,7 @@ async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
     let old = nodes[li].node.take().unwrap();
     old.shutdown().await;
     drop(old);
-    for i in 20..120 {
-        write(&nodes, put(&format!("k{i}"), &format!("v{i}"))).await;
-    }
+    write_keys(&nodes, 20..120).await;
     // The survivors snapshotted and purged (snapshot_every = 50): the old leader must catch up
     // by installing a snapshot, and must not apply anything twice after its restart.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -298,9 +301,7 @@ fn cut_engine_log(node_dir: &std::path::Path, keep: f64) -> usize {
 async fn a_power_cut_that_takes_the_engines_unsynced_tails_is_replayed_from_the_raft_log() {
     let tmp = tempfile::tempdir().unwrap();
     let mut nodes = cluster(tmp.path(), 100_000).await;
-    for i in 0..30 {
-        write(&nodes, put(&format!("k{i}"), &format!("v{i}"))).await;
-    }
+    write_keys(&nodes, 0..30).await;
     // Concurrent increments share raft entries: a cut can fall inside one.
     let leader = leader_of(&nodes);
     let mut incrs = tokio::task::JoinSet::new();
@@ -354,16 +355,14 @@ async fn a_power_cut_that_takes_the_engines_unsynced_tails_is_replayed_from_the_
     stop_all(&mut nodes).await;
 }
 
-/// Installing a snapshot publishes it before the engine is rebuilt from it. A crash in between
-/// leaves a published snapshot newer than the engine: opening the node must finish the install
-/// by itself, before it hears from any peer.
+/// Installing a snapshot publishes it before switching to the engine rebuilt from it. A crash in
+/// between leaves a published snapshot newer than the engine: opening the node must finish the
+/// install by itself, before it hears from any peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_install_a_crash_interrupted_is_finished_on_open() {
     let tmp = tempfile::tempdir().unwrap();
     let mut nodes = cluster(tmp.path(), 50).await;
-    for i in 0..20 {
-        write(&nodes, put(&format!("k{i}"), &format!("v{i}"))).await;
-    }
+    write_keys(&nodes, 0..20).await;
     // A follower stops; the others go on and snapshot (every 50 entries).
     let leader = nodes[0].node.as_ref().unwrap().leader().unwrap().0;
     let f = nodes.iter().position(|s| s.id != leader).unwrap();
@@ -371,9 +370,7 @@ async fn a_snapshot_install_a_crash_interrupted_is_finished_on_open() {
     wait_applied(&n, "k19", "v19").await;
     n.shutdown().await;
     drop(n);
-    for i in 20..130 {
-        write(&nodes, put(&format!("k{i}"), &format!("v{i}"))).await;
-    }
+    write_keys(&nodes, 20..130).await;
     let l = nodes.iter().position(|s| s.id == leader).unwrap();
     let snap_index = nodes[l].node.as_ref().unwrap().status().snapshot_index;
     assert!(snap_index.is_some_and(|i| i >= 90), "{snap_index:?}");
@@ -514,9 +511,7 @@ async fn acknowledged_writes_survive_a_power_cut_on_every_node() {
 async fn an_engine_ahead_of_its_raft_log_after_a_power_cut_starts_from_a_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
     let mut nodes = cluster(tmp.path(), 20).await;
-    for i in 0..30 {
-        write(&nodes, put(&format!("k{i}"), &format!("v{i}"))).await;
-    }
+    write_keys(&nodes, 0..30).await;
     for s in &nodes {
         wait_applied(s.node.as_ref().unwrap(), "k29", "v29").await;
     }

@@ -386,13 +386,7 @@ fn a_node_behind_a_purged_log_catches_up_by_snapshot_and_membership_changes_unde
         .unwrap()
         .get_connection()
         .unwrap();
-    for i in 0..600 {
-        let _: () = redis::cmd("SET")
-            .arg(format!("k{i}"))
-            .arg(i)
-            .query(&mut c)
-            .unwrap();
-    }
+    common::set_numbered(&mut c, "k", 600);
     let st = status(&lead);
     let purged: u64 = st["purged_index"]
         .parse()
@@ -630,13 +624,7 @@ fn an_isolated_leader_acknowledges_nothing_and_its_entries_are_discarded_on_heal
         c
     };
     let mut c = client(&nodes[li]);
-    for i in 0..50 {
-        let _: () = redis::cmd("SET")
-            .arg(format!("before{i}"))
-            .arg(i)
-            .query(&mut c)
-            .unwrap();
-    }
+    common::set_numbered(&mut c, "before", 50);
 
     // Cut the leader off, both ways.
     for (j, p) in proxies.iter().enumerate() {
@@ -675,13 +663,7 @@ fn an_isolated_leader_acknowledges_nothing_and_its_entries_are_discarded_on_heal
         thread::sleep(Duration::from_millis(100));
     };
     let mut m = client(&nodes[new as usize - 1]);
-    for i in 0..50 {
-        let _: () = redis::cmd("SET")
-            .arg(format!("after{i}"))
-            .arg(i)
-            .query(&mut m)
-            .unwrap();
-    }
+    common::set_numbered(&mut m, "after", 50);
 
     // Heal: the old leader follows, its log is overwritten past the last committed entry (its
     // two unacknowledged entries are discarded), and it catches up.

@@ -1280,13 +1280,7 @@ fn save_bgsave_lastsave_and_online_backup() {
     let data = tmp.path().join("data");
     let srv = Server::start(&data, &[]);
     let mut c = srv.client();
-    for i in 0..100 {
-        let _: () = redis::cmd("SET")
-            .arg(format!("k{i}"))
-            .arg(i)
-            .query(&mut c)
-            .unwrap();
-    }
+    set_numbered(&mut c, "k", 100);
     let started: i64 = redis::cmd("LASTSAVE").query(&mut c).unwrap();
     let ok: String = redis::cmd("SAVE").query(&mut c).unwrap();
     assert_eq!(ok, "OK");

@@ -227,3 +227,14 @@ pub fn http(port: u16, request: &[u8]) -> String {
     let _ = s.read_to_end(&mut v);
     String::from_utf8_lossy(&v).into_owned()
 }
+
+/// SETs `{prefix}{i}` to `i` for every `i` below `n`, one request at a time.
+pub fn set_numbered(c: &mut redis::Connection, prefix: &str, n: usize) {
+    for i in 0..n {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{prefix}{i}"))
+            .arg(i)
+            .query(c)
+            .unwrap();
+    }
+}
