@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod cmd;
 pub mod config;
+pub mod docs;
 pub mod glob;
 pub mod metrics;
 pub mod server;

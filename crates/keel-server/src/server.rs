@@ -1470,8 +1470,7 @@ fn command_info(args: &[Bytes]) -> Reply {
     };
     match sub.as_str() {
         "count" => Reply::Int(cmd::COMMANDS.len() as i64),
-        // No per-command docs yet: clients such as redis-cli fall back to their own hints.
-        "docs" => Reply::Map(Vec::new()),
+        "docs" => crate::docs::reply(&args[2..]),
         "list" => Reply::Array(cmd::COMMANDS.iter().map(|s| Reply::bulk(s.name)).collect()),
         "info" => Reply::Array(
             args[2..]

@@ -269,6 +269,19 @@ fn redis_crate_and_redis_cli() {
     }
     let cmds = srv.cli(&["COMMAND", "COUNT"]);
     assert!(cmds.trim().parse::<i64>().unwrap() > 50);
+    // redis-cli builds `help` (and its typing hints) from COMMAND DOCS.
+    let help = srv.cli(&["HELP", "SET"]);
+    assert!(
+        help.contains("key value [NX|XX] [GET] [EX seconds|PX milliseconds|EXAT unix-time-seconds|PXAT unix-time-milliseconds|KEEPTTL]")
+            && help.contains("group:")
+            && help.contains("string"),
+        "{help}"
+    );
+    let help = srv.cli(&["HELP", "CLIENT", "SETNAME"]);
+    assert!(
+        help.contains("CLIENT SETNAME") && help.contains("connection-name"),
+        "{help}"
+    );
     // redis-cli's transaction and a pipe of commands.
     let mut child = Command::new("redis-cli")
         .args(["-p", &srv.port.to_string()])

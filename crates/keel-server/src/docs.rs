@@ -1,0 +1,746 @@
+//! COMMAND DOCS: a summary, a group and an argument tree for every command keel serves, so that
+//! redis-cli's `help` and its typing hints work against keel.
+//!
+//! Each command's arguments are written once, as the syntax line a user reads
+//! (`key value [NX|XX] [GET] …`), and parsed into the tree COMMAND DOCS replies with. The tests
+//! render every tree back the way redis-cli does and check that it gives the same line, so the
+//! table and the reply cannot drift apart. A value's type is inferred from its name (`key`,
+//! `seconds`, `pattern`, …) or written after a colon (`increment:double`); the colon part is not
+//! shown.
+
+use bytes::Bytes;
+
+use crate::resp::Reply;
+
+pub struct Doc {
+    pub name: &'static str,
+    /// redis-cli's command group (`help @string`).
+    pub group: &'static str,
+    pub syntax: &'static str,
+    pub summary: &'static str,
+    pub subcommands: &'static [Doc],
+}
+
+const fn doc(
+    name: &'static str,
+    group: &'static str,
+    syntax: &'static str,
+    summary: &'static str,
+) -> Doc {
+    Doc {
+        name,
+        group,
+        syntax,
+        summary,
+        subcommands: &[],
+    }
+}
+
+const fn container(
+    name: &'static str,
+    group: &'static str,
+    summary: &'static str,
+    subcommands: &'static [Doc],
+) -> Doc {
+    Doc {
+        name,
+        group,
+        syntax: "",
+        summary,
+        subcommands,
+    }
+}
+
+/// One entry per command in [`crate::cmd::COMMANDS`], in the same order (a test checks).
+pub const DOCS: &[Doc] = &[
+    doc("ping", "connection", "[message]", "Replies PONG, or the message if one is given."),
+    doc("echo", "connection", "message", "Replies with the message."),
+    doc(
+        "hello",
+        "connection",
+        "[protover [AUTH username password] [SETNAME clientname]]",
+        "Chooses RESP2 or RESP3, optionally authenticates and names the connection, and describes the server.",
+    ),
+    doc(
+        "auth",
+        "connection",
+        "[username] password",
+        "Authenticates the connection as a user (the default user if none is named).",
+    ),
+    doc("select", "connection", "index", "Selects the database; keel has only database 0."),
+    doc("quit", "connection", "", "Closes the connection after the reply."),
+    doc(
+        "reset",
+        "connection",
+        "",
+        "Ends any transaction, forgets watched keys, returns to RESP2 and to the initial user.",
+    ),
+    container(
+        "client",
+        "connection",
+        "Inspects or names the connection.",
+        &[
+            doc("id", "connection", "", "Returns the connection's unique id."),
+            doc("getname", "connection", "", "Returns the connection's name, or nil."),
+            doc("setname", "connection", "connection-name", "Names the connection."),
+            doc(
+                "setinfo",
+                "connection",
+                "attribute value",
+                "Accepted for client libraries; keel does not keep the value.",
+            ),
+            doc("info", "connection", "", "Describes the connection in one line."),
+        ],
+    ),
+    container(
+        "command",
+        "server",
+        "Describes the commands keel serves.",
+        &[
+            doc("count", "server", "", "Returns how many commands keel serves."),
+            doc(
+                "docs",
+                "server",
+                "[command-name [command-name ...]]",
+                "Returns the summary, group and arguments of the named commands, or of all.",
+            ),
+            doc(
+                "info",
+                "server",
+                "[command-name [command-name ...]]",
+                "Returns the arity, flags and key positions of the named commands.",
+            ),
+            doc("list", "server", "", "Returns the names of all commands."),
+        ],
+    ),
+    doc(
+        "info",
+        "server",
+        "[section [section ...]]",
+        "Reports server, client, persistence (durable LSN, fsyncs, group commit), stats, keyspace and keel sections.",
+    ),
+    doc("time", "server", "", "Returns the server's clock as seconds and microseconds."),
+    container(
+        "config",
+        "server",
+        "Reads the settings clients commonly ask about.",
+        &[
+            doc(
+                "get",
+                "server",
+                "parameter [parameter ...]",
+                "Returns the settings whose names match the glob patterns.",
+            ),
+            doc(
+                "set",
+                "server",
+                "parameter value [parameter value ...]",
+                "Refused: keel's settings come from its config file, flags and environment.",
+            ),
+            doc("resetstat", "server", "", "Accepted; keel's counters are not reset."),
+        ],
+    ),
+    doc(
+        "shutdown",
+        "server",
+        "[NOSAVE|SAVE] [NOW] [FORCE] [ABORT]",
+        "Stops accepting connections, answers what is in flight, syncs the log and exits.",
+    ),
+    doc("dbsize", "server", "", "Returns the number of keys."),
+    doc("flushdb", "server", "[ASYNC|SYNC]", "Deletes every key, durably, in one log record."),
+    doc("flushall", "server", "[ASYNC|SYNC]", "Deletes every key, durably, in one log record."),
+    doc("get", "string", "key", "Returns the value of a key, or nil."),
+    doc(
+        "set",
+        "string",
+        "key value [NX|XX] [GET] [EX seconds|PX milliseconds|EXAT unix-time-seconds|PXAT unix-time-milliseconds|KEEPTTL]",
+        "Sets a key's value, optionally only if it exists or not, with an expiry, returning the old value.",
+    ),
+    doc("setnx", "string", "key value", "Sets a key's value only if the key does not exist."),
+    doc("setex", "string", "key seconds value", "Sets a key's value with an expiry in seconds."),
+    doc(
+        "psetex",
+        "string",
+        "key milliseconds value",
+        "Sets a key's value with an expiry in milliseconds.",
+    ),
+    doc("getset", "string", "key value", "Sets a key's value and returns the old one."),
+    doc("getdel", "string", "key", "Returns a key's value and deletes the key."),
+    doc(
+        "getex",
+        "string",
+        "key [EX seconds|PX milliseconds|EXAT unix-time-seconds|PXAT unix-time-milliseconds|PERSIST]",
+        "Returns a key's value and changes or removes its expiry.",
+    ),
+    doc("mget", "string", "key [key ...]", "Returns the values of several keys."),
+    doc(
+        "mset",
+        "string",
+        "key value [key value ...]",
+        "Sets several keys in one atomic log record.",
+    ),
+    doc(
+        "msetnx",
+        "string",
+        "key value [key value ...]",
+        "Sets several keys atomically, only if none of them exists.",
+    ),
+    doc("incr", "string", "key", "Adds one to a key's integer value."),
+    doc("decr", "string", "key", "Subtracts one from a key's integer value."),
+    doc("incrby", "string", "key increment", "Adds an integer to a key's integer value."),
+    doc(
+        "decrby",
+        "string",
+        "key decrement",
+        "Subtracts an integer from a key's integer value.",
+    ),
+    doc(
+        "incrbyfloat",
+        "string",
+        "key increment:double",
+        "Adds a number to a key's numeric value; the log holds the result, not the increment.",
+    ),
+    doc("append", "string", "key value", "Appends to a key's value and returns the new length."),
+    doc("strlen", "string", "key", "Returns the length of a key's value."),
+    doc(
+        "getrange",
+        "string",
+        "key start end",
+        "Returns part of a key's value; negative offsets count from the end.",
+    ),
+    doc("del", "generic", "key [key ...]", "Deletes keys and returns how many existed."),
+    doc(
+        "unlink",
+        "generic",
+        "key [key ...]",
+        "Deletes keys and returns how many existed (the same as DEL in keel).",
+    ),
+    doc("exists", "generic", "key [key ...]", "Counts how many of the keys exist."),
+    doc("type", "generic", "key", "Returns the type of a key's value: string, or none."),
+    doc("rename", "generic", "key newkey", "Renames a key, replacing any key of the new name."),
+    doc(
+        "renamenx",
+        "generic",
+        "key newkey",
+        "Renames a key only if the new name is not taken.",
+    ),
+    doc(
+        "expire",
+        "generic",
+        "key seconds [NX|XX|GT|LT]",
+        "Sets a key's expiry in seconds from now.",
+    ),
+    doc(
+        "pexpire",
+        "generic",
+        "key milliseconds [NX|XX|GT|LT]",
+        "Sets a key's expiry in milliseconds from now.",
+    ),
+    doc(
+        "expireat",
+        "generic",
+        "key unix-time-seconds [NX|XX|GT|LT]",
+        "Sets a key's expiry to a Unix time in seconds.",
+    ),
+    doc(
+        "pexpireat",
+        "generic",
+        "key unix-time-milliseconds [NX|XX|GT|LT]",
+        "Sets a key's expiry to a Unix time in milliseconds.",
+    ),
+    doc("ttl", "generic", "key", "Returns a key's remaining time to live in seconds."),
+    doc("pttl", "generic", "key", "Returns a key's remaining time to live in milliseconds."),
+    doc(
+        "expiretime",
+        "generic",
+        "key",
+        "Returns the Unix time in seconds at which a key expires.",
+    ),
+    doc(
+        "pexpiretime",
+        "generic",
+        "key",
+        "Returns the Unix time in milliseconds at which a key expires.",
+    ),
+    doc("persist", "generic", "key", "Removes a key's expiry."),
+    doc("keys", "generic", "pattern", "Returns every key matching a glob pattern."),
+    doc(
+        "scan",
+        "generic",
+        "cursor [MATCH pattern] [COUNT count] [TYPE type]",
+        "Iterates over the keys in order with a cursor that stays valid across writes.",
+    ),
+    doc("multi", "transactions", "", "Starts a transaction: later commands are queued."),
+    doc(
+        "exec",
+        "transactions",
+        "",
+        "Runs the queued commands as one atomic log record, unless a watched key changed.",
+    ),
+    doc("discard", "transactions", "", "Drops the queued commands and the watched keys."),
+    doc(
+        "watch",
+        "transactions",
+        "key [key ...]",
+        "Makes the next EXEC fail if any of the keys changes before it.",
+    ),
+    doc("unwatch", "transactions", "", "Forgets the watched keys."),
+    doc(
+        "waitaof",
+        "generic",
+        "numlocal numreplicas timeout",
+        "Returns once earlier writes are on disk; in keel they already are when acknowledged.",
+    ),
+    doc(
+        "wait",
+        "generic",
+        "numreplicas timeout",
+        "Returns 0 at once: keel serve has no Redis-style replicas.",
+    ),
+    doc(
+        "keel.version",
+        "string",
+        "key",
+        "Returns the version of a key (for KEEL.CAS), or nil if it does not exist.",
+    ),
+    doc(
+        "keel.cas",
+        "string",
+        "key version value",
+        "Sets a key's value only if its version is still the one given; 0 means the key must not exist.",
+    ),
+    doc(
+        "keel.idem",
+        "string",
+        "request-id command [arg [arg ...]]",
+        "Runs a write once per request id; a retry, also after a restart, gets the first reply.",
+    ),
+    doc(
+        "save",
+        "server",
+        "",
+        "Writes a checkpoint (snapshot and manifest) and prunes the log behind it.",
+    ),
+    doc("bgsave", "server", "[SCHEDULE]", "Starts a checkpoint in the background."),
+    doc(
+        "lastsave",
+        "server",
+        "",
+        "Returns the Unix time in seconds of the last checkpoint.",
+    ),
+    doc(
+        "keel.backup",
+        "server",
+        "directory",
+        "Copies a consistent backup into a directory on the server and returns its LSN.",
+    ),
+    container(
+        "keel.cluster",
+        "cluster",
+        "Manages a keel cluster (a node started with --node-id).",
+        &[
+            doc("init", "cluster", "", "Makes this node and its peers a new cluster."),
+            doc(
+                "add-node",
+                "cluster",
+                "raft-address",
+                "Adds the node at a raft address, first as a learner, then as a voter.",
+            ),
+            doc("remove-node", "cluster", "node-id", "Removes a node from the cluster."),
+            doc("status", "cluster", "", "Describes the cluster as this node sees it."),
+        ],
+    ),
+];
+
+/// One argument in a command's syntax, as COMMAND DOCS describes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Arg {
+    name: String,
+    kind: Kind,
+    /// The literal word before the value (`EX` in `EX seconds`), or the word itself for a
+    /// pure token.
+    token: Option<String>,
+    optional: bool,
+    multiple: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Kind {
+    /// A value, with its type: key, string, integer, double, pattern or unix-time.
+    Value(&'static str),
+    PureToken,
+    OneOf(Vec<Arg>),
+    Block(Vec<Arg>),
+    /// `...` while parsing; never in a finished tree.
+    Ellipsis,
+}
+
+fn value_type(name: &str) -> &'static str {
+    match name {
+        "key" | "newkey" => "key",
+        "pattern" => "pattern",
+        "unix-time-seconds" | "unix-time-milliseconds" => "unix-time",
+        "seconds" | "milliseconds" | "count" | "increment" | "decrement" | "start" | "end"
+        | "cursor" | "version" | "numlocal" | "numreplicas" | "timeout" | "protover" | "index"
+        | "node-id" => "integer",
+        _ => "string",
+    }
+}
+
+fn is_token(word: &str) -> bool {
+    word.bytes().any(|b| b.is_ascii_uppercase()) && !word.bytes().any(|b| b.is_ascii_lowercase())
+}
+
+fn value(word: &str) -> Result<Arg, String> {
+    let (name, ty) = match word.split_once(':') {
+        Some((n, "double")) => (n, "double"),
+        Some((n, "string")) => (n, "string"),
+        Some((_, t)) => return Err(format!("unknown type '{t}'")),
+        None => (word, value_type(word)),
+    };
+    Ok(Arg {
+        name: name.to_string(),
+        kind: Kind::Value(ty),
+        token: None,
+        optional: false,
+        multiple: false,
+    })
+}
+
+/// Several arguments as one: a block named after its first.
+fn group(mut args: Vec<Arg>) -> Arg {
+    if args.len() == 1 {
+        return args.pop().expect("one");
+    }
+    Arg {
+        name: args.first().map_or_else(String::new, |a| a.name.clone()),
+        kind: Kind::Block(args),
+        token: None,
+        optional: false,
+        multiple: false,
+    }
+}
+
+/// Parses a syntax line into its arguments.
+pub fn parse(syntax: &str) -> Result<Vec<Arg>, String> {
+    let spaced = syntax
+        .replace('[', " [ ")
+        .replace(']', " ] ")
+        .replace('|', " | ");
+    let words: Vec<&str> = spaced.split_whitespace().collect();
+    let mut pos = 0;
+    let args = seq(&words, &mut pos)?;
+    match words.get(pos) {
+        None => Ok(args),
+        Some(w) => Err(format!("unexpected '{w}'")),
+    }
+}
+
+fn seq(words: &[&str], pos: &mut usize) -> Result<Vec<Arg>, String> {
+    let mut out: Vec<Arg> = Vec::new();
+    while let Some(&w) = words.get(*pos) {
+        match w {
+            "]" | "|" => break,
+            "[" => {
+                *pos += 1;
+                let mut alts = vec![seq(words, pos)?];
+                while words.get(*pos) == Some(&"|") {
+                    *pos += 1;
+                    alts.push(seq(words, pos)?);
+                }
+                if words.get(*pos) != Some(&"]") {
+                    return Err("unclosed '['".into());
+                }
+                *pos += 1;
+                let a = bracket(&mut out, alts)?;
+                out.push(a);
+            }
+            "..." => {
+                *pos += 1;
+                out.push(Arg {
+                    name: String::new(),
+                    kind: Kind::Ellipsis,
+                    token: None,
+                    optional: false,
+                    multiple: false,
+                });
+            }
+            w if is_token(w) => {
+                *pos += 1;
+                let mut values = Vec::new();
+                while let Some(&v) = words.get(*pos) {
+                    if matches!(v, "[" | "]" | "|" | "...") || is_token(v) {
+                        break;
+                    }
+                    values.push(value(v)?);
+                    *pos += 1;
+                }
+                let mut a = match values.len() {
+                    0 => Arg {
+                        name: w.to_ascii_lowercase(),
+                        kind: Kind::PureToken,
+                        token: None,
+                        optional: false,
+                        multiple: false,
+                    },
+                    _ => group(values),
+                };
+                if matches!(a.kind, Kind::Block(_)) {
+                    a.name = w.to_ascii_lowercase();
+                }
+                a.token = Some(w.to_string());
+                out.push(a);
+            }
+            w => {
+                *pos += 1;
+                out.push(value(w)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The argument a `[ … ]` stands for. `[x ...]` after `x` marks `x` as repeatable (it takes `x`
+/// off `before`); a single alternative is optional; several are a choice.
+fn bracket(before: &mut Vec<Arg>, mut alts: Vec<Vec<Arg>>) -> Result<Arg, String> {
+    if alts.len() == 1 && matches!(alts[0].last(), Some(a) if a.kind == Kind::Ellipsis) {
+        let mut repeated = alts.pop().expect("one");
+        repeated.pop();
+        let n = repeated.len();
+        if n == 0 || before.len() < n || before[before.len() - n..] != repeated[..] {
+            return Err("'...' must repeat the arguments just before it".into());
+        }
+        before.truncate(before.len() - n);
+        let mut a = group(repeated);
+        a.multiple = true;
+        return Ok(a);
+    }
+    if alts.iter().any(|s| s.is_empty()) {
+        return Err("empty '[ ]' or alternative".into());
+    }
+    let mut a = if alts.len() == 1 {
+        group(alts.pop().expect("one"))
+    } else {
+        let choices: Vec<Arg> = alts.into_iter().map(group).collect();
+        Arg {
+            name: choices
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join("-or-"),
+            kind: Kind::OneOf(choices),
+            token: None,
+            optional: false,
+            multiple: false,
+        }
+    };
+    a.optional = true;
+    Ok(a)
+}
+
+fn bulk(s: &str) -> Reply {
+    Reply::bulk(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+fn arg_reply(a: &Arg) -> Reply {
+    let ty = match &a.kind {
+        Kind::Value(t) => t,
+        Kind::PureToken => "pure-token",
+        Kind::OneOf(_) => "oneof",
+        Kind::Block(_) => "block",
+        Kind::Ellipsis => unreachable!("parse removes '...'"),
+    };
+    let mut fields = vec![(bulk("name"), bulk(&a.name)), (bulk("type"), bulk(ty))];
+    if let Some(t) = &a.token {
+        fields.push((bulk("token"), bulk(t)));
+    }
+    let flags: Vec<Reply> = [("optional", a.optional), ("multiple", a.multiple)]
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(f, _)| Reply::Simple(f.to_string()))
+        .collect();
+    if !flags.is_empty() {
+        fields.push((bulk("flags"), Reply::Array(flags)));
+    }
+    if let Kind::OneOf(xs) | Kind::Block(xs) = &a.kind {
+        fields.push((
+            bulk("arguments"),
+            Reply::Array(xs.iter().map(arg_reply).collect()),
+        ));
+    }
+    Reply::Map(fields)
+}
+
+fn doc_reply(d: &Doc, parent: Option<&str>) -> (Reply, Reply) {
+    let name = match parent {
+        Some(p) => format!("{p}|{}", d.name),
+        None => d.name.to_string(),
+    };
+    let mut fields = vec![
+        (bulk("summary"), bulk(d.summary)),
+        (bulk("since"), bulk(env!("CARGO_PKG_VERSION"))),
+        (bulk("group"), bulk(d.group)),
+    ];
+    // The table is checked by the tests; a bad line gives no arguments rather than a panic.
+    let args = parse(d.syntax).unwrap_or_default();
+    if !args.is_empty() {
+        fields.push((
+            bulk("arguments"),
+            Reply::Array(args.iter().map(arg_reply).collect()),
+        ));
+    }
+    if !d.subcommands.is_empty() {
+        let subs = d
+            .subcommands
+            .iter()
+            .map(|s| doc_reply(s, Some(d.name)))
+            .collect();
+        fields.push((bulk("subcommands"), Reply::Map(subs)));
+    }
+    (bulk(&name), Reply::Map(fields))
+}
+
+/// The reply to `COMMAND DOCS [name ...]`: every command, or the named ones (unknown names are
+/// left out, as Redis does).
+pub fn reply(names: &[Bytes]) -> Reply {
+    let wanted = |d: &Doc| {
+        names.is_empty()
+            || names
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(d.name.as_bytes()))
+    };
+    Reply::Map(
+        DOCS.iter()
+            .filter(|d| wanted(d))
+            .map(|d| doc_reply(d, None))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How redis-cli turns an argument tree back into a syntax line (its `help` output and hints).
+    fn render(args: &[Arg], sep: &str) -> String {
+        args.iter().map(render_one).collect::<Vec<_>>().join(sep)
+    }
+
+    fn render_one(a: &Arg) -> String {
+        let repeat = match &a.kind {
+            Kind::Value(_) => a.name.clone(),
+            Kind::PureToken => String::new(),
+            Kind::OneOf(xs) => render(xs, "|"),
+            Kind::Block(xs) => render(xs, " "),
+            Kind::Ellipsis => panic!("ellipsis left in the tree"),
+        };
+        let mut token = a.token.clone().unwrap_or_default();
+        if !token.is_empty() && a.kind != Kind::PureToken {
+            token.push(' ');
+        }
+        let mut s = format!("{token}{repeat}");
+        if a.multiple {
+            s = format!("{s} [{repeat} ...]");
+        }
+        if a.optional {
+            s = format!("[{s}]");
+        }
+        s
+    }
+
+    fn all_docs() -> Vec<&'static Doc> {
+        DOCS.iter()
+            .flat_map(|d| std::iter::once(d).chain(d.subcommands.iter()))
+            .collect()
+    }
+
+    #[test]
+    fn every_command_has_docs_in_table_order() {
+        let names: Vec<&str> = DOCS.iter().map(|d| d.name).collect();
+        let served: Vec<&str> = crate::cmd::COMMANDS.iter().map(|s| s.name).collect();
+        assert_eq!(names, served);
+    }
+
+    #[test]
+    fn every_syntax_line_parses_and_renders_back_unchanged() {
+        for d in all_docs() {
+            let args = parse(d.syntax).unwrap_or_else(|e| panic!("{}: {e}", d.name));
+            let shown = d.syntax.replace(":double", "");
+            assert_eq!(render(&args, " "), shown, "{}", d.name);
+            assert!(!d.summary.is_empty() && !d.group.is_empty(), "{}", d.name);
+        }
+    }
+
+    #[test]
+    fn set_parses_into_redis_shaped_arguments() {
+        let args = parse(DOCS.iter().find(|d| d.name == "set").unwrap().syntax).unwrap();
+        assert_eq!(args.len(), 5);
+        assert_eq!(args[0].kind, Kind::Value("key"));
+        assert_eq!(args[1].kind, Kind::Value("string"));
+        let Kind::OneOf(cond) = &args[2].kind else {
+            panic!("{:?}", args[2])
+        };
+        assert!(args[2].optional);
+        assert_eq!(cond[0].kind, Kind::PureToken);
+        assert_eq!(cond[0].token.as_deref(), Some("NX"));
+        let Kind::OneOf(expiry) = &args[4].kind else {
+            panic!()
+        };
+        assert_eq!(expiry[0].token.as_deref(), Some("EX"));
+        assert_eq!(expiry[0].name, "seconds");
+        assert_eq!(expiry[0].kind, Kind::Value("integer"));
+        assert_eq!(expiry[2].kind, Kind::Value("unix-time"));
+    }
+
+    #[test]
+    fn repeats_and_blocks() {
+        let mset = parse("key value [key value ...]").unwrap();
+        assert_eq!(mset.len(), 1);
+        assert!(mset[0].multiple && !mset[0].optional);
+        assert!(matches!(&mset[0].kind, Kind::Block(xs) if xs.len() == 2));
+        let hello = parse("[protover [AUTH username password] [SETNAME clientname]]").unwrap();
+        let Kind::Block(inner) = &hello[0].kind else {
+            panic!()
+        };
+        assert_eq!(inner[1].token.as_deref(), Some("AUTH"));
+        assert!(matches!(&inner[1].kind, Kind::Block(xs) if xs.len() == 2));
+        assert_eq!(parse("x:double").unwrap()[0].kind, Kind::Value("double"));
+    }
+
+    #[test]
+    fn malformed_syntax_lines_are_refused() {
+        for bad in [
+            "[key",
+            "key]",
+            "a [b ...]",
+            "[ ]",
+            "[a|]",
+            "x:float",
+            "[...]",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn docs_reply_names_subcommands_with_a_pipe_and_skips_unknown_names() {
+        let Reply::Map(all) = reply(&[]) else {
+            panic!()
+        };
+        assert_eq!(all.len(), DOCS.len());
+        let Reply::Map(some) = reply(&[Bytes::from("CLIENT"), Bytes::from("nosuch")]) else {
+            panic!()
+        };
+        assert_eq!(some.len(), 1);
+        let Reply::Map(fields) = &some[0].1 else {
+            panic!()
+        };
+        let subs = &fields
+            .iter()
+            .find(|(k, _)| *k == bulk("subcommands"))
+            .unwrap()
+            .1;
+        let Reply::Map(subs) = subs else { panic!() };
+        assert!(subs.iter().any(|(k, _)| *k == bulk("client|setname")));
+    }
+}
