@@ -71,14 +71,25 @@ impl Completion {
 
     /// Delivers `r` and wakes the waiter. Later calls are ignored.
     pub fn complete(&self, r: Result<Lsn>) {
+        self.deliver(r, true);
+    }
+
+    /// Delivers `r` as [`Completion::complete`] does. With `wake_threads` false, a completion
+    /// that a thread is blocked on (in [`Completion::wait`]) is left alone and false returned:
+    /// waking a task is cheap, but waking a thread is a syscall and a context switch, which the
+    /// I/O thread leaves to the ack thread.
+    fn deliver(&self, r: Result<Lsn>, wake_threads: bool) -> bool {
         let mut s = lock(&self.slot);
+        let blocked = s.blocked > 0;
+        if blocked && !wake_threads {
+            return false;
+        }
         if s.done {
-            return;
+            return true;
         }
         s.done = true;
         s.result = Some(r);
         let waker = s.waker.take();
-        let blocked = s.blocked > 0;
         drop(s);
         if blocked {
             self.cv.notify_all();
@@ -86,6 +97,7 @@ impl Completion {
         if let Some(w) = waker {
             w.wake();
         }
+        true
     }
 
     /// Blocks until completed and takes the result; the log delivers the highest LSN of the
@@ -1307,6 +1319,10 @@ impl Writer {
             self.publish();
         }
         // Only now, with durable_lsn published, may anyone learn that their append is done.
+        // Tasks are woken here; blocked threads, if there are more than a few, by the ack
+        // thread, so that their wake-ups overlap with the next write and sync.
+        self.pending
+            .retain(|(done, lsn)| !done.deliver(Ok(*lsn), false));
         if self.pending.len() > INLINE_ACKS {
             if let Some(acker) = &self.acker {
                 if acker.send(mem::take(&mut self.pending)).is_ok() {
