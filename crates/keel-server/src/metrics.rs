@@ -177,6 +177,13 @@ impl Metrics {
         let _ = writeln!(o, "keel_wal_bytes_written_total {}", ws.bytes_written);
         header(
             &mut o,
+            "keel_wal_queued_bytes",
+            "gauge",
+            "Bytes of records waiting for the WAL's I/O thread; writes wait near the queue's limit.",
+        );
+        let _ = writeln!(o, "keel_wal_queued_bytes {}", ws.queued_bytes);
+        header(
+            &mut o,
             "keel_wal_group_commit_records_mean",
             "gauge",
             "Mean group-commit batch: records per data sync since start.",

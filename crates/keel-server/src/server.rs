@@ -1362,6 +1362,7 @@ impl Conn {
                 &format!("{batch:.2}"),
             );
             line(&mut o, "wal_bytes_written", &ws.bytes_written);
+            line(&mut o, "wal_queued_bytes", &ws.queued_bytes);
             let (cp, cp_err) = e.last_checkpoint();
             match cp {
                 Some(c) => {

@@ -228,6 +228,9 @@ pub struct WalStats {
     /// Sync latencies: bucket `i` counts syncs that took less than 2^i µs (and at least
     /// 2^(i-1) µs); the last bucket also holds everything slower.
     pub sync_latency_buckets: [u64; SYNC_BUCKETS],
+    /// Not a counter: bytes of records queued now, not yet taken by the I/O thread. Near
+    /// `queue_bytes_max`, appends wait: the disk is not keeping up, or is stalled.
+    pub queued_bytes: u64,
 }
 
 /// Number of sync-latency buckets in [`WalStats`]: up to 2^31 µs, about 36 minutes.
@@ -1033,6 +1036,7 @@ impl Wal {
             bytes_written: l(&c.bytes_written),
             segments_created: l(&c.segments_created),
             sync_latency_buckets: std::array::from_fn(|i| l(&c.sync_latency_buckets[i])),
+            queued_bytes: lock(&self.shared.queue).bytes as u64,
         }
     }
 

@@ -84,11 +84,15 @@ impl Server {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// A `redis` crate connection; a server that stops answering fails the test instead of
+    /// hanging it.
     pub fn client(&self) -> redis::Connection {
-        redis::Client::open(self.url())
+        let c = redis::Client::open(self.url())
             .unwrap()
             .get_connection()
-            .unwrap()
+            .unwrap();
+        c.set_read_timeout(Some(DEADLINE)).unwrap();
+        c
     }
 
     pub fn raw(&self) -> Raw {
