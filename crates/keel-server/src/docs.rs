@@ -456,6 +456,9 @@ fn seq(words: &[&str], pos: &mut usize) -> Result<Vec<Arg>, String> {
                 out.push(a);
             }
             "..." => {
+                if words.get(*pos + 1) != Some(&"]") {
+                    return Err("'...' must end a '[ ]'".into());
+                }
                 *pos += 1;
                 out.push(Arg {
                     name: String::new(),
@@ -517,6 +520,9 @@ fn bracket(before: &mut Vec<Arg>, mut alts: Vec<Vec<Arg>>) -> Result<Arg, String
     }
     if alts.iter().any(|s| s.is_empty()) {
         return Err("empty '[ ]' or alternative".into());
+    }
+    if alts.iter().flatten().any(|a| a.kind == Kind::Ellipsis) {
+        return Err("'...' in a choice".into());
     }
     let mut a = if alts.len() == 1 {
         group(alts.pop().expect("one"))
@@ -717,6 +723,9 @@ mod tests {
             "[a|]",
             "x:float",
             "[...]",
+            "key ...",
+            "a [a ... b]",
+            "a [x|a ...]",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }

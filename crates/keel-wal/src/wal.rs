@@ -1076,8 +1076,9 @@ impl Drop for Wal {
     }
 }
 
-/// Batches of at most this many acknowledgements are completed by the I/O thread itself; larger
-/// ones go to the ack thread so that waking the writers overlaps with the next write and sync.
+/// Threads blocked on their appends are woken by the I/O thread itself when a batch has at most
+/// this many of them; more go to the ack thread, so that waking them overlaps with the next write
+/// and sync. (Tasks are always woken by the I/O thread: that is cheap.)
 const INLINE_ACKS: usize = 4;
 
 /// Batches up to this many items wait briefly for stragglers (see `run`).
