@@ -606,19 +606,27 @@ fn doc_reply(d: &Doc, parent: Option<&str>) -> (Reply, Reply) {
     (bulk(&name), Reply::Map(fields))
 }
 
-/// The reply to `COMMAND DOCS [name ...]`: every command, or the named ones (unknown names are
-/// left out, as Redis does).
+/// The reply to `COMMAND DOCS [name ...]`: every command, or the named ones, in the order
+/// named. A subcommand is named `container|sub` (`config|get`); unknown names are left out, as
+/// Redis does.
 pub fn reply(names: &[Bytes]) -> Reply {
-    let wanted = |d: &Doc| {
-        names.is_empty()
-            || names
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(d.name.as_bytes()))
+    if names.is_empty() {
+        return Reply::Map(DOCS.iter().map(|d| doc_reply(d, None)).collect());
+    }
+    let find = |list: &'static [Doc], name: &[u8]| {
+        list.iter()
+            .find(|d| name.eq_ignore_ascii_case(d.name.as_bytes()))
     };
     Reply::Map(
-        DOCS.iter()
-            .filter(|d| wanted(d))
-            .map(|d| doc_reply(d, None))
+        names
+            .iter()
+            .filter_map(|n| match n.iter().position(|&b| b == b'|') {
+                None => find(DOCS, n).map(|d| doc_reply(d, None)),
+                Some(i) => {
+                    let parent = find(DOCS, &n[..i])?;
+                    find(parent.subcommands, &n[i + 1..]).map(|d| doc_reply(d, Some(parent.name)))
+                }
+            })
             .collect(),
     )
 }
@@ -751,5 +759,11 @@ mod tests {
             .1;
         let Reply::Map(subs) = subs else { panic!() };
         assert!(subs.iter().any(|(k, _)| *k == bulk("client|setname")));
+        let Reply::Map(one) = reply(&[Bytes::from("CONFIG|get"), Bytes::from("config|nosuch")])
+        else {
+            panic!()
+        };
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].0, bulk("config|get"));
     }
 }

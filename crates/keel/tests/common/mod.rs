@@ -24,10 +24,25 @@ impl Server {
         })
     }
 
+    /// Starts `keel serve` with extra environment variables.
+    pub fn start_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::try_start_env(dir, extra, env).unwrap_or_else(|(status, log)| {
+            panic!("keel serve exited with {status:?}:\n{}", log.join("\n"))
+        })
+    }
+
     /// Starts `keel serve`; `Err` with the exit status and log if it exits instead.
     pub fn try_start(
         dir: &Path,
         extra: &[&str],
+    ) -> Result<Server, (Option<ExitStatus>, Vec<String>)> {
+        Self::try_start_env(dir, extra, &[])
+    }
+
+    fn try_start_env(
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
     ) -> Result<Server, (Option<ExitStatus>, Vec<String>)> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
             .arg("serve")
@@ -45,6 +60,7 @@ impl Server {
             )
             .args(extra)
             .env_remove("KEEL_REQUIREPASS")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -89,7 +105,7 @@ impl Server {
     pub fn client(&self) -> redis::Connection {
         let c = redis::Client::open(self.url())
             .unwrap()
-            .get_connection()
+            .get_connection_with_timeout(DEADLINE)
             .unwrap();
         c.set_read_timeout(Some(DEADLINE)).unwrap();
         c
@@ -101,8 +117,12 @@ impl Server {
         Raw { s }
     }
 
+    /// Runs redis-cli against the server (killed after [`DEADLINE`], so a server that stops
+    /// answering fails the test instead of hanging it).
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
+        let out = Command::new("timeout")
+            .arg(DEADLINE.as_secs().to_string())
+            .arg("redis-cli")
             .args(["-p", &self.port.to_string()])
             .args(args)
             .output()
