@@ -229,7 +229,9 @@ pub struct WalStats {
     /// 2^(i-1) µs); the last bucket also holds everything slower.
     pub sync_latency_buckets: [u64; SYNC_BUCKETS],
     /// Not a counter: bytes of records queued now, not yet taken by the I/O thread. Near
-    /// `queue_bytes_max`, appends wait: the disk is not keeping up, or is stalled.
+    /// `queue_bytes_max`, appends wait: the disk is not keeping up, or is stalled. The batch the
+    /// I/O thread is writing is not counted, so records held in memory can reach about twice
+    /// `queue_bytes_max`.
     pub queued_bytes: u64,
 }
 
