@@ -172,6 +172,13 @@ fn leader_of(nodes: &[Slot]) -> Arc<Cluster> {
         .expect("a leader")
 }
 
+/// The slot indices of the leader (as node 1 sees it) and of a follower.
+fn leader_and_follower(nodes: &[Slot]) -> (usize, usize) {
+    let leader = nodes[0].node.as_ref().unwrap().leader().unwrap().0;
+    let at = |pred: &dyn Fn(u64) -> bool| nodes.iter().position(|s| pred(s.id)).unwrap();
+    (at(&|id| id == leader), at(&|id| id != leader))
+}
+
 /// Every replica reached the same engine LSN: versions mean the same on every node.
 fn assert_same_lsns(nodes: &[Slot]) {
     let lsns: Vec<u64> = nodes
@@ -235,8 +242,7 @@ async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
     assert_same_lsns(&nodes);
 
     // Kill the leader; the others elect a new one and keep accepting writes.
-    let leader = nodes[0].node.as_ref().unwrap().leader().unwrap().0;
-    let li = nodes.iter().position(|s| s.id == leader).unwrap();
+    let (li, _) = leader_and_follower(&nodes);
     let old = nodes[li].node.take().unwrap();
     old.shutdown().await;
     drop(old);
@@ -364,14 +370,12 @@ async fn a_snapshot_install_a_crash_interrupted_is_finished_on_open() {
     let mut nodes = cluster(tmp.path(), 50).await;
     write_keys(&nodes, 0..20).await;
     // A follower stops; the others go on and snapshot (every 50 entries).
-    let leader = nodes[0].node.as_ref().unwrap().leader().unwrap().0;
-    let f = nodes.iter().position(|s| s.id != leader).unwrap();
+    let (l, f) = leader_and_follower(&nodes);
     let n = nodes[f].node.take().unwrap();
     wait_applied(&n, "k19", "v19").await;
     n.shutdown().await;
     drop(n);
     write_keys(&nodes, 20..130).await;
-    let l = nodes.iter().position(|s| s.id == leader).unwrap();
     let snap_index = nodes[l].node.as_ref().unwrap().status().snapshot_index;
     assert!(snap_index.is_some_and(|i| i >= 90), "{snap_index:?}");
     stop_all(&mut nodes).await;
@@ -515,8 +519,7 @@ async fn an_engine_ahead_of_its_raft_log_after_a_power_cut_starts_from_a_snapsho
     for s in &nodes {
         wait_applied(s.node.as_ref().unwrap(), "k29", "v29").await;
     }
-    let leader = nodes[0].node.as_ref().unwrap().leader().unwrap().0;
-    let f = nodes.iter().position(|s| s.id != leader).unwrap();
+    let (_, f) = leader_and_follower(&nodes);
     let applied = nodes[f]
         .node
         .as_ref()

@@ -296,52 +296,43 @@ impl SimFs {
                 op.apply(&mut names);
             }
         }
-        let mut inodes = BTreeMap::new();
-        for (&ino, inode) in &s.inodes {
-            if !names.values().any(|e| *e == Entry::File(ino)) {
-                continue;
-            }
-            inodes.insert(ino, crash_inode(inode, &mut rng));
-        }
-        for inode in inodes.values_mut() {
-            inode.durable = inode.data.clone();
-        }
-        Self::from_files(
-            Rng::new(seed),
-            inodes,
-            s.next_ino,
-            names.clone(),
-            names,
-            Vec::new(),
-        )
+        Self::image(&s, Rng::new(seed), names, |inode| {
+            crash_bytes(inode, &mut rng)
+        })
     }
 
     /// The durable image after a power cut that kept none of the unsynced writes or directory
     /// changes: exactly what was synced.
     pub fn crash_to_synced(&self) -> SimFs {
         let s = self.lock();
-        let names = s.durable_names.clone();
+        Self::image(&s, s.rng.clone(), s.durable_names.clone(), |inode| {
+            inode.durable.clone()
+        })
+    }
+
+    /// A fresh, healthy file system holding `names` and, for each file they name, the bytes
+    /// `bytes` gives it as both its volatile and its durable contents.
+    fn image(
+        s: &State,
+        rng: Rng,
+        names: BTreeMap<PathBuf, Entry>,
+        mut bytes: impl FnMut(&Inode) -> Vec<u8>,
+    ) -> SimFs {
         let inodes = s
             .inodes
             .iter()
             .filter(|(&ino, _)| names.values().any(|e| *e == Entry::File(ino)))
             .map(|(&ino, inode)| {
+                let data = bytes(inode);
                 let kept = Inode {
-                    data: inode.durable.clone(),
-                    durable: inode.durable.clone(),
+                    durable: data.clone(),
+                    data,
                     pending: Vec::new(),
                 };
                 (ino, kept)
             })
             .collect();
-        Self::from_files(
-            s.rng.clone(),
-            inodes,
-            s.next_ino,
-            names.clone(),
-            names,
-            Vec::new(),
-        )
+        Self::from_files(rng, inodes, s.next_ino, names.clone(), names, Vec::new())
     }
 
     /// Flips `bits` random bits in the durable bytes of `path`, within `range` if given.
@@ -399,7 +390,7 @@ impl SimFs {
 }
 
 /// One file after a power cut.
-fn crash_inode(inode: &Inode, rng: &mut Rng) -> Inode {
+fn crash_bytes(inode: &Inode, rng: &mut Rng) -> Vec<u8> {
     let mut img = inode.durable.clone();
     let volatile_len = inode.data.len();
     let durable_len = inode.durable.len();
@@ -439,11 +430,7 @@ fn crash_inode(inode: &Inode, rng: &mut Rng) -> Inode {
         volatile_len
     };
     img.resize(len, 0);
-    Inode {
-        data: img,
-        durable: Vec::new(),
-        pending: Vec::new(),
-    }
+    img
 }
 
 impl State {

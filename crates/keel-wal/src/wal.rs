@@ -44,6 +44,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Waits on `cv` once, counted in the field `count` picks out of the guarded state while it
+/// waits. A condition variable's notify is a syscall even when nobody waits, so notifiers check
+/// the count first; the threads that wait here are few, and most waiting is done by futures.
+fn counted_wait<'a, T>(
+    cv: &Condvar,
+    mut g: MutexGuard<'a, T>,
+    count: fn(&mut T) -> &mut usize,
+) -> MutexGuard<'a, T> {
+    *count(&mut g) += 1;
+    let mut g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+    *count(&mut g) -= 1;
+    g
+}
+
 /// One waiter's result slot, completed exactly once: by the log when the append it was queued
 /// with ([`Wal::submit_to`]) is acknowledged or fails, or by its owner. A caller can create it
 /// before the append exists, hand the work to another thread, and be woken once, when the
@@ -61,7 +75,7 @@ struct Slot {
     waker: Option<Waker>,
     /// Threads blocked in [`Completion::wait`]. Notifying the condition variable is a syscall
     /// even with nobody waiting, and most completions are awaited, not waited on.
-    blocked: u32,
+    blocked: usize,
 }
 
 impl Completion {
@@ -112,9 +126,7 @@ impl Completion {
                 // Already taken by an earlier poll.
                 return Err(Error::Closed);
             }
-            s.blocked += 1;
-            s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
-            s.blocked -= 1;
+            s = counted_wait(&self.cv, s, |s| &mut s.blocked);
         }
     }
 
@@ -363,9 +375,7 @@ impl Shared {
         {
             let mut q = lock(&self.queue);
             while q.truncating {
-                q.space_waiters += 1;
-                q = self.space_cv.wait(q).unwrap_or_else(|p| p.into_inner());
-                q.space_waiters -= 1;
+                q = counted_wait(&self.space_cv, q, |q| &mut q.space_waiters);
             }
             q.check_open()?;
             q.truncating |= truncate;
@@ -875,9 +885,7 @@ impl Wal {
             if q.admits(bytes, s.opts.queue_bytes_max) {
                 return Ok(s.push(&mut q, records, bytes, done));
             }
-            q.space_waiters += 1;
-            q = s.space_cv.wait(q).unwrap_or_else(|p| p.into_inner());
-            q.space_waiters -= 1;
+            q = counted_wait(&s.space_cv, q, |q| &mut q.space_waiters);
         }
     }
 
@@ -944,9 +952,7 @@ impl Wal {
             if lock(&s.queue).closed {
                 return Err(Error::Closed);
             }
-            p.waiters += 1;
-            p = s.progress_cv.wait(p).unwrap_or_else(|p| p.into_inner());
-            p.waiters -= 1;
+            p = counted_wait(&s.progress_cv, p, |p| &mut p.waiters);
         }
     }
 
@@ -959,9 +965,7 @@ impl Wal {
             if let Some(r) = s.acked_state(&p, lsn) {
                 return r;
             }
-            p.waiters += 1;
-            p = s.progress_cv.wait(p).unwrap_or_else(|p| p.into_inner());
-            p.waiters -= 1;
+            p = counted_wait(&s.progress_cv, p, |p| &mut p.waiters);
         }
     }
 
