@@ -49,7 +49,9 @@ pub use error::{Corruption, CorruptionKind, Error, Result};
 pub use fs::{Fs, FsFile, OpenMode, StdFs};
 pub use options::{Options, SyncPolicy, SEGMENT_BYTES_LIMIT};
 pub use read::{LogReader, Record, WalIter};
-pub use recovery::{SegmentInfo, TornReason, TornTail, LOCK_FILE, QUARANTINE_DIR, TORN_DIR};
+pub use recovery::{
+    EndMark, SegmentInfo, TornReason, TornTail, LOCK_FILE, QUARANTINE_DIR, TORN_DIR,
+};
 pub use repair::{repair, ForcedCut, RepairReport};
 pub use report::{RecoveryReport, TornTailReport};
 pub use wal::{

@@ -112,10 +112,21 @@ fn log_with_records(dir: &std::path::Path, n: u64, len: usize) -> (std::path::Pa
     (segment_files(dir).pop().unwrap(), last_start, end)
 }
 
+/// Zeros the mark after the last frame (at `end`), leaving what a crash leaves when the last
+/// sync, or the mark written after it, never reached the disk.
+fn drop_end_mark(seg: &std::path::Path, end: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(seg).unwrap();
+    f.write_all_at(&[0u8; keel_wal::format::MARK_BYTES], end)
+        .unwrap();
+}
+
 #[test]
 fn cut_inside_final_record_at_every_offset_is_a_torn_tail() {
     let base = tempfile::tempdir().unwrap();
     let (seg, start, end) = log_with_records(base.path(), 5, 100);
+    // A crash state: the last record's sync never returned, so no mark follows it.
+    drop_end_mark(&seg, end);
     let name = seg.file_name().unwrap().to_owned();
     for cut in start + 1..end {
         for zero_rest in [false, true] {
@@ -559,7 +570,8 @@ fn unsynced_debris_after_the_tail_is_a_torn_tail_not_corruption() {
     // Frames that a crash kept out of order (a later unsynced frame present, an earlier one
     // missing) carry durable_lsn below the cut, so recovery cuts them.
     let dir = tempfile::tempdir().unwrap();
-    let (seg, start, _) = log_with_records(dir.path(), 6, 40);
+    let (seg, start, end) = log_with_records(dir.path(), 6, 40);
+    drop_end_mark(&seg, end); // a crash, not a clean close
     // Make record 5 (the second-to-last) vanish: zeros, with record 6 still intact after it.
     let rec5 = start - keel_wal::format::frame_bytes(40) as u64;
     let mut bytes = std::fs::read(&seg).unwrap();
@@ -665,4 +677,77 @@ fn regression_fuzz_empty_sealed_segment_fails_closed() {
         !names.iter().any(|n| n.to_string_lossy().ends_with(".open")),
         "failing closed created nothing: {names:?}"
     );
+}
+
+/// Offsets of the frames of the last batch in a segment: walks the frames with the public decoder.
+fn frames_of(bytes: &[u8]) -> Vec<(usize, keel_wal::format::Frame<'_>)> {
+    use keel_wal::format::{decode_frame, segment_seed, Decoded, SegmentHeader};
+    let seed = segment_seed(SegmentHeader::decode(bytes).unwrap().segment_id);
+    let mut off = 64;
+    let mut out = Vec::new();
+    while let Decoded::Frame(f) = decode_frame(&bytes[off..], seed, 1 << 20) {
+        out.push((off, f));
+        off += f.total_bytes;
+    }
+    out
+}
+
+/// Where the last batch of the last segment starts (the frame after the last frame without
+/// BATCH_CONTINUES that is not itself the last one).
+fn last_batch_start(seg: &std::path::Path) -> usize {
+    let bytes = std::fs::read(seg).unwrap();
+    let frames = frames_of(&bytes);
+    let n = frames.len();
+    assert!(n > 0);
+    let mut start = frames[0].0;
+    for (i, (_, f)) in frames.iter().enumerate().take(n - 1) {
+        if !f.batch_continues() {
+            start = frames[i + 1].0;
+        }
+    }
+    start
+}
+
+fn flip(seg: &std::path::Path, at: usize) {
+    let mut bytes = std::fs::read(seg).unwrap();
+    bytes[at] ^= 0x01;
+    std::fs::write(seg, &bytes).unwrap();
+}
+
+/// Issue #17, item 1: after a clean close the whole log is durable, so damage in the last batch
+/// is corruption, not a torn tail.
+#[test]
+fn damage_in_the_last_batch_after_a_clean_close_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (wal, _) = Wal::open(dir.path(), small()).unwrap();
+        for i in 0..5 {
+            wal.append(&payload(i, 60)).unwrap();
+        }
+        let batch: Vec<Vec<u8>> = (5..9).map(|i| payload(i, 60)).collect();
+        wal.append_batch(&batch).unwrap();
+        wal.close().unwrap();
+    }
+    let seg = segment_files(dir.path()).pop().unwrap();
+    let start = last_batch_start(&seg);
+    flip(&seg, start + 32 + 3); // a payload byte of the batch's first frame
+    let before = std::fs::read(&seg).unwrap();
+    let err = Wal::open(dir.path(), small()).unwrap_err();
+    let c = err
+        .corruption()
+        .unwrap_or_else(|| panic!("not a corruption: {err}"));
+    assert_eq!((c.file.clone(), c.offset), (seg.clone(), start as u64));
+    assert_eq!(c.last_good_lsn, Some(5));
+    assert!(
+        matches!(
+            c.kind,
+            CorruptionKind::Frame(FrameError::PayloadChecksum { .. })
+        ),
+        "{:?}",
+        c.kind
+    );
+    assert!(err.to_string().contains("keel wal repair"), "{err}");
+    assert_eq!(std::fs::read(&seg).unwrap(), before, "failing closed changed nothing");
+    let same = LogReader::open(dir.path(), &small()).unwrap_err();
+    assert_eq!(same.corruption(), Some(c));
 }
