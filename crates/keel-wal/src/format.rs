@@ -469,7 +469,10 @@ mod tests {
         m.extend_from_slice(&[0; 8]);
         m[28..32].copy_from_slice(&crc32c::crc32c_append(seed, &[0; 8]).to_le_bytes());
         reseal(&mut m);
-        assert_eq!(decode_frame(&m, seed, 1024), Decoded::Bad(FrameError::BadField));
+        assert_eq!(
+            decode_frame(&m, seed, 1024),
+            Decoded::Bad(FrameError::BadField)
+        );
         let mut m = encode_mark(seed, 10, 9, false);
         m[25] = FLAG_BATCH_CONTINUES;
         reseal(&mut m);

@@ -726,7 +726,8 @@ impl Wal {
                     if m.closed {
                         // The log is open again: from now on, only a clean close may say so.
                         // Synced below with what recovery read.
-                        let open = encode_mark(segment_seed(s.id), s.last_lsn + 1, m.durable_lsn, false);
+                        let open =
+                            encode_mark(segment_seed(s.id), s.last_lsn + 1, m.durable_lsn, false);
                         write_all_at(&*file, &open, m.offset)
                             .map_err(|e| Error::io("write mark", &s.path, e))?;
                     }
