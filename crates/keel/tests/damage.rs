@@ -103,7 +103,11 @@ fn damage_in_the_last_group_commit_after_a_clean_shutdown_refuses_to_start() {
         .iter()
         .any(|l| l.contains("shut down cleanly"))
     {
-        assert!(std::time::Instant::now() < deadline, "{:?}", log.lock().unwrap());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            log.lock().unwrap()
+        );
         thread::sleep(std::time::Duration::from_millis(10));
     }
 
@@ -125,7 +129,10 @@ fn damage_in_the_last_group_commit_after_a_clean_shutdown_refuses_to_start() {
     assert_eq!(status.and_then(|s| s.code()), Some(2), "{log:?}");
     let text = log.join("\n");
     assert!(text.contains("refuses to start"), "{text}");
-    assert!(text.contains(&seg.display().to_string()), "names the file: {text}");
+    assert!(
+        text.contains(&seg.display().to_string()),
+        "names the file: {text}"
+    );
     assert!(
         text.contains(&format!("offset {offset}")),
         "names the offset {offset}: {text}"
