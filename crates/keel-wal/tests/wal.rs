@@ -1039,3 +1039,37 @@ fn marks_across_segment_boundaries() {
         "{report}"
     );
 }
+
+#[test]
+fn no_mark_after_a_failed_sync_and_no_close_mark_once_poisoned() {
+    let dir = tempfile::tempdir().unwrap();
+    let ffs = FaultFs::new();
+    let (wal, _) = Wal::open(dir.path(), ffs.options(small())).unwrap();
+    for i in 0..3 {
+        wal.append(&payload(i, 80)).unwrap();
+    }
+    let seg = segment_files(dir.path()).pop().unwrap();
+    let tail = wal.segments().last().unwrap().end_offset;
+    assert!(mark_at(&seg, tail).is_some(), "a mark after the idle sync");
+    ffs.faults.fail_nth_sync(1);
+    assert!(matches!(
+        wal.append(&payload(3, 80)).unwrap_err(),
+        Error::Poisoned(_)
+    ));
+    let marks = wal.stats().marks;
+    assert!(matches!(wal.close().unwrap_err(), Error::Poisoned(_)));
+    // LSN 4 was written over the old mark, and nothing vouches for it: no mark after it.
+    let bytes = std::fs::read(&seg).unwrap();
+    let frames = frames_of(&bytes);
+    let (off, last) = *frames.last().unwrap();
+    assert_eq!(last.lsn, 4);
+    let after = (off + last.total_bytes) as u64;
+    assert!(mark_at(&seg, after).is_none(), "a mark after a failed sync");
+    assert!(bytes[after as usize..after as usize + 32]
+        .iter()
+        .all(|&b| b == 0));
+    assert_eq!(marks, 3, "no mark was written after the failure");
+    // Reopened, LSN 4 (written, never acknowledged) is kept or cut, and LSNs 1..=3 are there.
+    let got = read_all(dir.path(), &small());
+    assert!(got.len() >= 3);
+}
