@@ -8,7 +8,8 @@
 #![no_main]
 
 use keel_wal::format::{
-    decode_frame, encode_frame, frame_bytes, segment_seed, Decoded, FrameError,
+    decode_frame, encode_frame, encode_mark, frame_bytes, segment_seed, Decoded, FrameError,
+    MARK_BYTES,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -58,6 +59,19 @@ fuzz_target!(|data: &[u8]| {
         "{d:?}"
     );
 
+    if let Decoded::Mark(m) = d {
+        // A mark is a bare header: it re-encodes to exactly its bytes, claims no LSN it precedes,
+        // and one byte less is truncated.
+        assert!(buf.len() >= MARK_BYTES);
+        assert!(m.lsn > m.durable_lsn && m.lsn >= 1, "{m:?}");
+        assert!(encode_mark(seed, m.lsn, m.durable_lsn, m.closed) == buf[..MARK_BYTES]);
+        assert_eq!(decode_frame(&buf[..MARK_BYTES], seed, 0), d);
+        assert!(matches!(
+            decode_frame(&buf[..MARK_BYTES - 1], seed, record_bytes_max),
+            Decoded::Bad(FrameError::Truncated { .. })
+        ));
+        return;
+    }
     let Decoded::Frame(f) = d else {
         return;
     };

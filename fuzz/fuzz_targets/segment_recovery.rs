@@ -8,6 +8,7 @@
 //! - first_lsn = 1 + b % 16, segment_id = 1 + b % 4, second-segment skew, header-flip position.
 //! - ops (`op % 8`): 0-1 a valid frame, 2 a frame checksummed with another segment's seed,
 //!   3 raw bytes, 4 zeros, 5 flip one bit, 6 start the second segment, 7 cut bytes off the end.
+//!   A length byte of 255 in ops 0-2 makes the frame a mark (no payload, consumes no LSN).
 //!
 //! Properties:
 //! - `LogReader::open` returns `Ok` or `Err(Corruption)`, never panics.
@@ -22,7 +23,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, Once};
 
-use keel_wal::format::{encode_frame, segment_seed, SegmentHeader};
+use keel_wal::format::{encode_frame, encode_mark, segment_seed, SegmentHeader};
 use keel_wal::{LogReader, Options, Record, Wal};
 use libfuzzer_sys::fuzz_target;
 
@@ -187,18 +188,22 @@ fn run(data: &[u8], dir: &Path) {
                 } else {
                     segment_seed(seg.id)
                 };
-                // Encoded apart, so that a frame can also land at an unaligned offset.
-                let mut frame = Vec::new();
-                encode_frame(
-                    &mut frame,
-                    seed,
-                    lsn,
-                    d,
-                    u8::from(batch_continues),
-                    &payload,
-                );
-                buf.extend_from_slice(&frame);
-                next_lsn = lsn + 1;
+                if len_b == 255 {
+                    buf.extend_from_slice(&encode_mark(seed, lsn, d, fill & 1 != 0));
+                } else {
+                    // Encoded apart, so that a frame can also land at an unaligned offset.
+                    let mut frame = Vec::new();
+                    encode_frame(
+                        &mut frame,
+                        seed,
+                        lsn,
+                        d,
+                        u8::from(batch_continues),
+                        &payload,
+                    );
+                    buf.extend_from_slice(&frame);
+                    next_lsn = lsn + 1;
+                }
                 durable = d;
             }
             3 => {

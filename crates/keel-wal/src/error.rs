@@ -101,6 +101,8 @@ pub enum CorruptionKind {
     LsnOutOfOrder { expected: Lsn, found: Lsn },
     /// Zeros where a durable frame should be.
     Hole,
+    /// A mark frame (the end of the log when it was written) where durable record `lsn` belongs.
+    MisplacedMark { lsn: Lsn },
     /// A segment does not start where the previous one ended: a segment is missing.
     LsnGap { expected: Lsn, found: Lsn },
     /// Segment ids are not consecutive: a segment is missing.
@@ -167,6 +169,9 @@ impl fmt::Display for CorruptionKind {
                 write!(f, "frame holds LSN {found} where LSN {expected} belongs")
             }
             CorruptionKind::Hole => write!(f, "zeros where a durable frame belongs"),
+            CorruptionKind::MisplacedMark { lsn } => {
+                write!(f, "an end-of-log mark stands where durable LSN {lsn} belongs")
+            }
             CorruptionKind::LsnGap { expected, found } => write!(
                 f,
                 "LSN gap: segment starts at LSN {found}, the previous segment ends before LSN {expected}"

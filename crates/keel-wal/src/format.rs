@@ -18,13 +18,30 @@
 //!      4    4 payload_len  bytes of payload, at most the configured record_bytes_max
 //!      8    8 lsn          >= 1; consecutive across frames and segments
 //!     16    8 durable_lsn  every LSN <= this was durable before this frame was written
-//!     24    1 kind         1 = data; other values are invalid
-//!     25    1 flags        bit 0 = BATCH_CONTINUES (the next frame belongs to the same batch)
+//!     24    1 kind         1 = data, 2 = mark; other values are invalid
+//!     25    1 flags        data: bit 0 = BATCH_CONTINUES (the next frame belongs to the same
+//!                          batch); mark: bit 1 = CLOSED (written by a clean close)
 //!     26    2 reserved     zero
 //!     28    4 payload_crc  CRC32C(seed, payload)
 //!     32    n payload
 //!   32+n    p zero padding up to the next multiple of 8
+//!
+//! Mark frame: the same 32-byte header, kind 2, payload_len 0, no payload
+//!      4    4 payload_len  0
+//!      8    8 lsn          the NEXT LSN (last record + 1); a mark consumes no LSN
+//!     16    8 durable_lsn  every LSN <= this was durable (a sync covering it had returned)
+//!                          before the mark was written
+//!     25    1 flags        bit 1 = CLOSED; no other bit may be set
+//!     28    4 payload_crc  CRC32C(seed, empty) = seed
 //! ```
+//!
+//! A mark is written right after the last frame, at the offset where the next batch will start
+//! (and which that batch overwrites): after a sync when no further batch is queued (not synced),
+//! and on close after the final sync (synced, with CLOSED). It is not a record. A mark whose
+//! durable_lsn covers every frame before it proves the whole log durable, so recovery treats
+//! damage before it as corruption, never as a torn tail (see `recovery`). It is only ever written
+//! after a sync returned success, so a mark that survives a crash never claims more than was
+//! durable.
 //!
 //! Frames are 8-byte aligned, so the length word never straddles a sector boundary. Both CRCs are
 //! seeded with the segment id, so a frame left over from another segment (a reused or recycled
@@ -44,8 +61,15 @@ pub const FRAME_ALIGN: usize = 8;
 pub const LSN_MAX: Lsn = 1 << 62;
 
 pub const KIND_DATA: u8 = 1;
+pub const KIND_MARK: u8 = 2;
+/// On a data frame: the next frame belongs to the same atomic batch.
 pub const FLAG_BATCH_CONTINUES: u8 = 0b0000_0001;
-const FLAGS_KNOWN: u8 = FLAG_BATCH_CONTINUES;
+/// On a mark: written by a clean close, after the final sync, and synced itself.
+pub const FLAG_CLOSED: u8 = 0b0000_0010;
+const DATA_FLAGS_KNOWN: u8 = FLAG_BATCH_CONTINUES;
+const MARK_FLAGS_KNOWN: u8 = FLAG_CLOSED;
+/// Bytes a mark takes on disk: a frame header and nothing else.
+pub const MARK_BYTES: usize = FRAME_HEADER_BYTES;
 
 const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(FRAME_ALIGN));
 const _: () = assert!(FRAME_HEADER_BYTES.is_multiple_of(FRAME_ALIGN));
@@ -167,6 +191,21 @@ pub fn encode_frame(
     out.resize(start + frame_bytes(payload.len()), 0);
 }
 
+/// The mark frame (layout above) that says: the next record gets `next_lsn`, and everything up
+/// to `durable_lsn` was durable when this was written.
+pub fn encode_mark(seed: u32, next_lsn: Lsn, durable_lsn: Lsn, closed: bool) -> [u8; MARK_BYTES] {
+    debug_assert!(next_lsn > durable_lsn, "a mark claims no LSN it precedes");
+    let mut h = [0u8; MARK_BYTES];
+    h[8..16].copy_from_slice(&next_lsn.to_le_bytes());
+    h[16..24].copy_from_slice(&durable_lsn.to_le_bytes());
+    h[24] = KIND_MARK;
+    h[25] = if closed { FLAG_CLOSED } else { 0 };
+    h[28..32].copy_from_slice(&crc32c::crc32c_append(seed, &[]).to_le_bytes());
+    let header_crc = crc32c::crc32c_append(seed, &h[4..32]);
+    h[0..4].copy_from_slice(&header_crc.to_le_bytes());
+    h
+}
+
 /// A frame that decoded and passed every check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Frame<'a> {
@@ -182,6 +221,17 @@ impl Frame<'_> {
     pub fn batch_continues(&self) -> bool {
         self.flags & FLAG_BATCH_CONTINUES != 0
     }
+}
+
+/// A mark frame that decoded and passed every check. It is not a record: it ends the records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    /// The LSN the next record gets.
+    pub lsn: Lsn,
+    /// Every LSN up to this was durable when the mark was written.
+    pub durable_lsn: Lsn,
+    /// Written by a clean close.
+    pub closed: bool,
 }
 
 /// Why the bytes at a position are not a frame.
@@ -210,8 +260,8 @@ pub enum FrameError {
     BadFlags {
         flags: u8,
     },
-    /// Reserved bytes, padding, LSN 0 or above `LSN_MAX`, or a durable_lsn not below the frame's
-    /// own LSN.
+    /// Reserved bytes, padding, LSN 0 or above `LSN_MAX`, a durable_lsn not below the frame's
+    /// own LSN, or a mark with a payload.
     BadField,
 }
 
@@ -219,6 +269,8 @@ pub enum FrameError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decoded<'a> {
     Frame(Frame<'a>),
+    /// A mark frame: the records end here.
+    Mark(Mark),
     /// An all-zero header: the end of the log in preallocated space.
     Zero,
     /// No bytes left at all.
@@ -261,13 +313,20 @@ pub fn decode_frame(buf: &[u8], seed: u32, record_bytes_max: u32) -> Decoded<'_>
     let lsn = u64_at(h, 8);
     let durable_lsn = u64_at(h, 16);
     let (kind, flags) = (h[24], h[25]);
-    if kind != KIND_DATA {
-        return Decoded::Bad(FrameError::BadKind { kind });
-    }
-    if flags & !FLAGS_KNOWN != 0 {
+    let flags_known = match kind {
+        KIND_DATA => DATA_FLAGS_KNOWN,
+        KIND_MARK => MARK_FLAGS_KNOWN,
+        _ => return Decoded::Bad(FrameError::BadKind { kind }),
+    };
+    if flags & !flags_known != 0 {
         return Decoded::Bad(FrameError::BadFlags { flags });
     }
-    if h[26..28] != [0, 0] || lsn == 0 || lsn > LSN_MAX || durable_lsn >= lsn {
+    if h[26..28] != [0, 0]
+        || lsn == 0
+        || lsn > LSN_MAX
+        || durable_lsn >= lsn
+        || (kind == KIND_MARK && len != 0)
+    {
         return Decoded::Bad(FrameError::BadField);
     }
     let total_bytes = frame_bytes(len as usize);
@@ -288,6 +347,13 @@ pub fn decode_frame(buf: &[u8], seed: u32, record_bytes_max: u32) -> Decoded<'_>
         .any(|&b| b != 0)
     {
         return Decoded::Bad(FrameError::BadField);
+    }
+    if kind == KIND_MARK {
+        return Decoded::Mark(Mark {
+            lsn,
+            durable_lsn,
+            closed: flags & FLAG_CLOSED != 0,
+        });
     }
     Decoded::Frame(Frame {
         lsn,
@@ -364,6 +430,64 @@ mod tests {
                 "bit {bit} flipped and the frame still decoded"
             );
         }
+    }
+
+    #[test]
+    fn mark_round_trip_and_every_bit_flip_is_caught() {
+        let seed = segment_seed(4);
+        for closed in [false, true] {
+            let m = encode_mark(seed, 10, 9, closed);
+            assert_eq!(
+                decode_frame(&m, seed, 1024),
+                Decoded::Mark(Mark {
+                    lsn: 10,
+                    durable_lsn: 9,
+                    closed
+                })
+            );
+            for bit in 0..m.len() * 8 {
+                let mut bad = m;
+                bad[bit / 8] ^= 1 << (bit % 8);
+                assert!(
+                    matches!(decode_frame(&bad, seed, 1024), Decoded::Bad(_)),
+                    "bit {bit} flipped and the mark still decoded"
+                );
+            }
+            assert!(matches!(
+                decode_frame(&m, segment_seed(5), 1024),
+                Decoded::Bad(FrameError::HeaderChecksum { .. })
+            ));
+        }
+        // A mark carries no payload, and no data flag; a data frame no mark flag. Forged with
+        // valid checksums, each is refused.
+        let reseal = |h: &mut [u8]| {
+            let crc = crc32c::crc32c_append(seed, &h[4..32]);
+            h[0..4].copy_from_slice(&crc.to_le_bytes());
+        };
+        let mut m = encode_mark(seed, 10, 9, false).to_vec();
+        m[4] = 8;
+        m.extend_from_slice(&[0; 8]);
+        m[28..32].copy_from_slice(&crc32c::crc32c_append(seed, &[0; 8]).to_le_bytes());
+        reseal(&mut m);
+        assert_eq!(
+            decode_frame(&m, seed, 1024),
+            Decoded::Bad(FrameError::BadField)
+        );
+        let mut m = encode_mark(seed, 10, 9, false);
+        m[25] = FLAG_BATCH_CONTINUES;
+        reseal(&mut m);
+        assert_eq!(
+            decode_frame(&m, seed, 1024),
+            Decoded::Bad(FrameError::BadFlags { flags: 1 })
+        );
+        let mut d = Vec::new();
+        encode_frame(&mut d, seed, 10, 9, 0, b"x");
+        d[25] = FLAG_CLOSED;
+        reseal(&mut d);
+        assert_eq!(
+            decode_frame(&d, seed, 1024),
+            Decoded::Bad(FrameError::BadFlags { flags: 2 })
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::format::{frame_bytes, SEGMENT_HEADER_BYTES};
+use crate::format::{frame_bytes, MARK_BYTES, SEGMENT_HEADER_BYTES};
 use crate::fs::{Fs, StdFs};
 
 /// When an append is acknowledged, and so what a crash can take away.
@@ -81,10 +81,16 @@ impl Options {
         if !self.segment_bytes_max.is_multiple_of(4096) {
             return bad("segment_bytes_max must be a multiple of 4096".into());
         }
-        if (SEGMENT_HEADER_BYTES + self.batch_bytes_max) as u64 > self.segment_bytes_max {
+        // A batch, and the mark frame written after it, always fit in an empty segment.
+        if (SEGMENT_HEADER_BYTES + self.batch_bytes_max + MARK_BYTES) as u64
+            > self.segment_bytes_max
+        {
             return bad(format!(
-                "batch_bytes_max ({}) plus the segment header must fit in segment_bytes_max ({})",
-                self.batch_bytes_max, self.segment_bytes_max
+                "batch_bytes_max ({}) plus the segment header and a mark frame ({} bytes) must \
+                 fit in segment_bytes_max ({})",
+                self.batch_bytes_max,
+                SEGMENT_HEADER_BYTES + MARK_BYTES,
+                self.segment_bytes_max
             ));
         }
         if frame_bytes(self.record_bytes_max as usize) > self.batch_bytes_max {

@@ -7,7 +7,7 @@ use crate::error::{Corruption, CorruptionKind, Error, Result};
 use crate::format::{decode_frame, segment_seed, Decoded, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::fs::{read_exact_at, Fs, OpenMode};
 use crate::options::Options;
-use crate::recovery::{analyze, SegmentInfo, TornTail};
+use crate::recovery::{analyze, EndMark, SegmentInfo, TornTail};
 use crate::Lsn;
 
 /// One record read back from the log.
@@ -27,6 +27,7 @@ pub struct LogReader {
     segments: Vec<SegmentInfo>,
     record_max: u32,
     torn: Option<TornTail>,
+    end_mark: Option<EndMark>,
     bytes_scanned: u64,
 }
 
@@ -58,6 +59,7 @@ impl LogReader {
             segments: layout.segments,
             record_max: options.record_bytes_max,
             torn: layout.torn,
+            end_mark: layout.end_mark,
             bytes_scanned: layout.bytes_scanned,
         })
     }
@@ -68,6 +70,7 @@ impl LogReader {
             segments,
             record_max,
             torn: None,
+            end_mark: None,
             bytes_scanned: 0,
         }
     }
@@ -79,6 +82,13 @@ impl LogReader {
     /// The torn tail that opening the log for writing would cut.
     pub fn torn_tail(&self) -> Option<&TornTail> {
         self.torn.as_ref()
+    }
+
+    /// The mark after the last record, if the log ends with one: `closed` when the last writer
+    /// closed the log cleanly. Its `durable_lsn` covers every record before it when the whole
+    /// log is proven durable.
+    pub fn end_mark(&self) -> Option<EndMark> {
+        self.end_mark
     }
 
     pub fn bytes_scanned(&self) -> u64 {
@@ -184,6 +194,7 @@ fn changed(seg: &SegmentInfo, off: usize, expected: Lsn, found: Decoded<'_>) -> 
             expected,
             found: f.lsn,
         },
+        Decoded::Mark(_) => CorruptionKind::MisplacedMark { lsn: expected },
         Decoded::Zero | Decoded::End => CorruptionKind::Hole,
     };
     Corruption {

@@ -12,16 +12,26 @@
 //! `SyncPolicy::Always`: a torn tail. A segment that has a successor, or a sealed name, was fully
 //! synced before that successor or name existed, so any damage in it is corruption.
 //!
-//! One case is ambiguous by nature: damage inside the last group-commit batch before a crash,
-//! when no later frame recorded that the batch was synced. It is treated as a torn tail; the cut
-//! bytes are kept in a side file and the report counts the valid frames that were cut.
+//! A mark frame (see [`crate::format`]) is such proof too: it is written right after the last
+//! frame, only once a sync covering that frame has returned, and its durable_lsn says so. A mark
+//! at the position where the next record belongs, at a batch boundary, ends the records, as
+//! zeros do. After a clean close the log ends with a synced mark that covers every frame, so
+//! damage anywhere in the log is corruption. The bytes after a mark must be zeros; anything else
+//! there is analysed as above, starting after the mark (the mark itself is true and stays). A
+//! mark right after the last frame of a segment that must be complete is accepted.
+//!
+//! One case stays ambiguous by nature: damage inside the last group-commit batch before a crash,
+//! when neither its mark nor any later frame recording that it was synced reached the disk
+//! (its sync had not returned, or the mark written after it, or the next batch that overwrote
+//! that mark, was lost in the crash). It is treated as a torn tail; the cut bytes are kept in a
+//! side file and the report counts the valid frames that were cut.
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Corruption, CorruptionKind, Error, Result};
 use crate::format::{
     decode_frame, segment_seed, Decoded, FrameError, SegmentHeader, FRAME_ALIGN,
-    FRAME_HEADER_BYTES, LSN_MAX, SEGMENT_HEADER_BYTES,
+    FRAME_HEADER_BYTES, LSN_MAX, MARK_BYTES, SEGMENT_HEADER_BYTES,
 };
 use crate::fs::{self, durable_create_dir_all, write_all_at, Fs, FsFile, OpenMode};
 use crate::options::SEGMENT_BYTES_LIMIT;
@@ -115,11 +125,25 @@ pub enum TornReason {
     StrayBytes,
 }
 
+/// The mark frame that ends the log (see [`crate::format`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndMark {
+    /// Offset of the mark in the last segment: right after the last frame.
+    pub offset: u64,
+    /// Every LSN up to this was durable when the mark was written.
+    pub durable_lsn: Lsn,
+    /// Written by a clean close, after its final sync.
+    pub closed: bool,
+}
+
 /// What a read-only pass over the directory found.
 #[derive(Clone, Debug, Default)]
 pub struct Layout {
     pub segments: Vec<SegmentInfo>,
     pub torn: Option<TornTail>,
+    /// The mark after the last frame of the last segment, if there is one (it stays when a torn
+    /// tail after it is cut).
+    pub end_mark: Option<EndMark>,
     /// Segment files left half-created, or prepared and never used, by a crash.
     pub tmp_files: Vec<PathBuf>,
     pub bytes_scanned: u64,
@@ -175,6 +199,12 @@ enum Stop {
         expected: Lsn,
         found: Lsn,
     },
+    /// A mark where LSN `lsn` belongs (the walk's next LSN).
+    Mark {
+        lsn: Lsn,
+        durable_lsn: Lsn,
+        closed: bool,
+    },
     /// Reached the LSN it was told to stop after.
     Limit,
 }
@@ -210,6 +240,11 @@ enum Found {
         durable_lsn: Lsn,
         continues: bool,
         total: usize,
+    },
+    Mark {
+        lsn: Lsn,
+        durable_lsn: Lsn,
+        closed: bool,
     },
     Zero,
     End,
@@ -253,6 +288,11 @@ impl<'a> Window<'a> {
                 continues: f.batch_continues(),
                 total: f.total_bytes,
             },
+            Decoded::Mark(m) => Found::Mark {
+                lsn: m.lsn,
+                durable_lsn: m.durable_lsn,
+                closed: m.closed,
+            },
             Decoded::Zero => Found::Zero,
             Decoded::End => Found::End,
             Decoded::Bad(e) => Found::Bad(e),
@@ -286,22 +326,35 @@ impl<'a> Window<'a> {
         Ok(from)
     }
 
-    /// Valid frames in `[from, to)` at 8-aligned offsets: (offset, lsn, durable_lsn).
+    /// Valid frames and marks in `[from, to)` at 8-aligned offsets.
     fn valid_frames_in(
         &mut self,
         seed: u32,
         record_max: u32,
         from: usize,
         to: usize,
-    ) -> std::io::Result<Vec<(usize, Lsn, Lsn)>> {
+    ) -> std::io::Result<Vec<Valid>> {
         let mut found = Vec::new();
         let mut off = from;
         while off < to {
-            if let Found::Frame {
-                lsn, durable_lsn, ..
-            } = self.decode(off, seed, record_max)?
-            {
-                found.push((off, lsn, durable_lsn));
+            match self.decode(off, seed, record_max)? {
+                Found::Frame {
+                    lsn, durable_lsn, ..
+                } => found.push(Valid {
+                    offset: off,
+                    lsn,
+                    durable_lsn,
+                    mark: false,
+                }),
+                Found::Mark {
+                    lsn, durable_lsn, ..
+                } => found.push(Valid {
+                    offset: off,
+                    lsn,
+                    durable_lsn,
+                    mark: true,
+                }),
+                _ => {}
             }
             off += FRAME_ALIGN;
         }
@@ -344,7 +397,16 @@ impl<'a> Window<'a> {
                     }
                     continue;
                 }
-                Found::Frame { lsn, .. } => Stop::Lsn {
+                Found::Mark {
+                    lsn,
+                    durable_lsn,
+                    closed,
+                } if lsn == expected => Stop::Mark {
+                    lsn,
+                    durable_lsn,
+                    closed,
+                },
+                Found::Frame { lsn, .. } | Found::Mark { lsn, .. } => Stop::Lsn {
                     expected,
                     found: lsn,
                 },
@@ -355,6 +417,15 @@ impl<'a> Window<'a> {
             return Ok(w);
         }
     }
+}
+
+/// A valid frame or mark found by the scan after the first bad position.
+#[derive(Clone, Copy, Debug)]
+struct Valid {
+    offset: usize,
+    lsn: Lsn,
+    durable_lsn: Lsn,
+    mark: bool,
 }
 
 /// Index just past the last non-zero byte, or 0.
@@ -533,46 +604,89 @@ pub fn analyze(
                 };
                 return Err(corrupt(offset, good(&w), kind));
             }
-            if win.nonzero_end(w.complete_end).map_err(read_err)? != w.complete_end {
-                return Err(corrupt(
-                    w.complete_end,
-                    good(&w),
-                    CorruptionKind::DataAfterEnd,
-                ));
+            // Rotation shrinks a segment to its last frame, but a mark right after it is true
+            // and harmless: accept it.
+            let mut data_end = w.complete_end;
+            if let Found::Mark { lsn, .. } = win
+                .decode(w.complete_end, seed, record_max)
+                .map_err(read_err)?
+            {
+                if lsn == expected_last + 1 {
+                    data_end += MARK_BYTES;
+                }
+            }
+            if win.nonzero_end(data_end).map_err(read_err)? != data_end {
+                return Err(corrupt(data_end, good(&w), CorruptionKind::DataAfterEnd));
             }
         } else {
-            let tail_end = win.nonzero_end(w.complete_end).map_err(read_err)?;
-            let clean = w.complete_end == w.stop_offset && tail_end == w.complete_end;
+            // A mark at a batch boundary ends the records; what follows it must be zeros, and
+            // anything else is analysed from just after it.
+            let mut cut = w.complete_end;
+            let (mut stop, mut stop_offset) = (w.stop, w.stop_offset);
+            let mut mark_at = None;
+            if let Stop::Mark {
+                lsn,
+                durable_lsn,
+                closed,
+            } = w.stop
+            {
+                if w.stop_offset == w.complete_end {
+                    mark_at = Some((w.stop_offset, lsn));
+                    layout.end_mark = Some(EndMark {
+                        offset: w.stop_offset as u64,
+                        durable_lsn,
+                        closed,
+                    });
+                    cut = w.stop_offset + MARK_BYTES;
+                    stop_offset = cut;
+                    stop = match win.decode(cut, seed, record_max).map_err(read_err)? {
+                        Found::Zero => Stop::Zero,
+                        Found::End => Stop::End,
+                        Found::Bad(e) => Stop::Bad(e),
+                        Found::Frame { lsn: found, .. } | Found::Mark { lsn: found, .. } => {
+                            Stop::Lsn {
+                                expected: lsn,
+                                found,
+                            }
+                        }
+                    };
+                }
+            }
+            let tail_end = win.nonzero_end(cut).map_err(read_err)?;
+            let clean = cut == stop_offset && tail_end == cut;
             if !clean {
                 // Is there proof that something at or after the cut had been durable?
-                let frames = win
-                    .valid_frames_in(seed, record_max, w.complete_end, tail_end)
+                let found = win
+                    .valid_frames_in(seed, record_max, cut, tail_end)
                     .map_err(read_err)?;
                 let cut_lsn = w.last_complete + 1;
-                let proof = frames.iter().find(|&&(_, _, durable)| durable >= cut_lsn);
-                if let Some(&(off, lsn, _)) =
-                    proof.filter(|_| !crate::mutated("truncate_at_first_bad"))
-                {
-                    let (offset, kind) = match w.stop {
-                        Stop::Bad(e) => (w.stop_offset, CorruptionKind::Frame(e)),
-                        Stop::Lsn { expected, found } => (
-                            w.stop_offset,
+                let proof = found.iter().find(|v| v.durable_lsn >= cut_lsn);
+                if let Some(v) = proof.filter(|_| !crate::mutated("truncate_at_first_bad")) {
+                    let (offset, kind) = match (mark_at, stop) {
+                        // Durable records follow where the mark stands: the mark is stale.
+                        (Some((at, lsn)), _) => (at, CorruptionKind::MisplacedMark { lsn }),
+                        (None, Stop::Bad(e)) => (stop_offset, CorruptionKind::Frame(e)),
+                        (None, Stop::Lsn { expected, found }) => (
+                            stop_offset,
                             CorruptionKind::LsnOutOfOrder { expected, found },
                         ),
-                        _ => (w.stop_offset, CorruptionKind::Hole),
+                        (None, Stop::Mark { lsn, .. }) => {
+                            (stop_offset, CorruptionKind::MisplacedMark { lsn })
+                        }
+                        (None, _) => (stop_offset, CorruptionKind::Hole),
                     };
                     return Err(Corruption {
                         file: l.path.clone(),
                         offset: offset as u64,
                         last_good_lsn: good(&w).filter(|&g| g > 0),
                         kind,
-                        valid_frame_after: Some((off as u64, lsn)),
+                        valid_frame_after: Some((v.offset as u64, v.lsn)),
                     }
                     .into());
                 }
-                let reason = match w.stop {
-                    _ if w.complete_end != w.stop_offset
-                        && matches!(w.stop, Stop::Zero | Stop::End) =>
+                let reason = match stop {
+                    _ if cut != stop_offset
+                        && matches!(stop, Stop::Zero | Stop::End | Stop::Mark { .. }) =>
                     {
                         TornReason::IncompleteBatch
                     }
@@ -582,10 +696,11 @@ pub fn analyze(
                 };
                 layout.torn = Some(TornTail {
                     file: l.path.clone(),
-                    offset: w.complete_end as u64,
+                    offset: cut as u64,
                     end: (tail_end.div_ceil(FRAME_ALIGN) * FRAME_ALIGN) as u64,
                     reason,
-                    valid_frames_cut: frames.len() as u64,
+                    // Marks hold no data.
+                    valid_frames_cut: found.iter().filter(|v| !v.mark).count() as u64,
                 });
             }
         }

@@ -2,7 +2,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::recovery::TornReason;
+use crate::recovery::{EndMark, TornReason};
 use crate::Lsn;
 
 /// What recovery found and did when the log was opened.
@@ -15,6 +15,10 @@ pub struct RecoveryReport {
     pub bytes_scanned: u64,
     pub duration: Duration,
     pub torn_tail: Option<TornTailReport>,
+    /// The mark after the last record, as found before the log was opened: `closed` after a
+    /// clean close. `None` after a crash that lost the last mark, or for a log written by a keel
+    /// that did not write marks.
+    pub end_mark: Option<EndMark>,
     /// Half-created segment files (a crash during creation) that were removed.
     pub removed_temp_files: Vec<PathBuf>,
     /// Segments whose rotation a crash interrupted, sealed now.
@@ -78,6 +82,23 @@ impl fmt::Display for RecoveryReport {
             self.bytes_scanned,
             self.duration
         )?;
+        match self.end_mark {
+            Some(m) if m.closed && m.durable_lsn == self.last_lsn => {
+                write!(f, "; closed cleanly at LSN {}", m.durable_lsn)?
+            }
+            Some(m) if m.durable_lsn == self.last_lsn => write!(
+                f,
+                "; not closed cleanly, but a mark proves the log durable through LSN {}",
+                m.durable_lsn
+            )?,
+            Some(m) => write!(
+                f,
+                "; not closed cleanly (the end mark covers LSN {} only)",
+                m.durable_lsn
+            )?,
+            None if self.records() == 0 => {}
+            None => write!(f, "; not closed cleanly (no end mark)")?,
+        }
         if let Some(t) = &self.torn_tail {
             write!(f, "; {t}")?;
         }

@@ -9,6 +9,9 @@
 //! - After the first failed write or sync nothing is completed with success, nothing is synced
 //!   again, and every queued and later append fails with `Error::Poisoned`.
 //! - Every frame records the durable LSN at the time it was written (see `recovery`).
+//! - A mark frame (see `format`) is written at the tail only after a sync returned success:
+//!   when that sync leaves nothing queued (not synced itself; the next batch overwrites it), and
+//!   on close after the final sync (synced). It is never written after a failure.
 
 use std::future::Future;
 use std::mem;
@@ -23,8 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    encode_frame, frame_bytes, segment_seed, SegmentHeader, FLAG_BATCH_CONTINUES, LSN_MAX,
-    SEGMENT_HEADER_BYTES,
+    encode_frame, encode_mark, frame_bytes, segment_seed, SegmentHeader, FLAG_BATCH_CONTINUES,
+    LSN_MAX, MARK_BYTES, SEGMENT_HEADER_BYTES,
 };
 use crate::fs::{
     durable_create_dir_all, durable_remove, durable_rename, write_all_at, FsFile, OpenMode,
@@ -237,6 +240,9 @@ pub struct WalStats {
     pub sync_nanos: u64,
     pub bytes_written: u64,
     pub segments_created: u64,
+    /// Mark frames written (see `format`): after a sync that left nothing queued, and on close.
+    /// Not counted in `writes` or `bytes_written`.
+    pub marks: u64,
     /// Sync latencies: bucket `i` counts syncs that took less than 2^i µs (and at least
     /// 2^(i-1) µs); the last bucket also holds everything slower.
     pub sync_latency_buckets: [u64; SYNC_BUCKETS],
@@ -306,6 +312,7 @@ struct Counters {
     sync_nanos: AtomicU64,
     bytes_written: AtomicU64,
     segments_created: AtomicU64,
+    marks: AtomicU64,
 }
 
 struct Shared {
@@ -705,11 +712,31 @@ impl Wal {
             (Some(f), Some(l)) => (f, l),
             _ => (1, 0),
         };
+        report.end_mark = layout.end_mark;
+        let mut tail_mark = None;
         let active = match layout.segments.last() {
             Some(s) if !s.sealed => {
                 let file = fs
                     .open(&s.path, OpenMode::ReadWrite)
                     .map_err(|e| Error::io("open segment", &s.path, e))?;
+                if let Some(m) = layout
+                    .end_mark
+                    .filter(|m| m.durable_lsn == s.last_lsn && m.offset == s.end_offset)
+                {
+                    if m.closed {
+                        // The log is open again: from now on, only a clean close may say so.
+                        // Synced below with what recovery read.
+                        let open =
+                            encode_mark(segment_seed(s.id), s.last_lsn + 1, m.durable_lsn, false);
+                        write_all_at(&*file, &open, m.offset)
+                            .map_err(|e| Error::io("write mark", &s.path, e))?;
+                    }
+                    tail_mark = Some(TailMark {
+                        durable_lsn: m.durable_lsn,
+                        closed: false,
+                        synced: true,
+                    });
+                }
                 Active {
                     file,
                     path: s.path.clone(),
@@ -802,6 +829,7 @@ impl Wal {
             spare: None,
             last_sync_time: Duration::ZERO,
             last_batch: 0,
+            tail_mark,
         };
         let handle = std::thread::Builder::new()
             .name("keel-wal-io".into())
@@ -1041,6 +1069,7 @@ impl Wal {
             sync_nanos: l(&c.sync_nanos),
             bytes_written: l(&c.bytes_written),
             segments_created: l(&c.segments_created),
+            marks: l(&c.marks),
             sync_latency_buckets: std::array::from_fn(|i| l(&c.sync_latency_buckets[i])),
             queued_bytes: lock(&self.shared.queue).bytes as u64,
         }
@@ -1114,6 +1143,16 @@ struct Writer {
     last_sync_time: Duration,
     /// Items in the previous batch.
     last_batch: usize,
+    /// The mark at `active.offset`, right after the last frame, if there is one.
+    tail_mark: Option<TailMark>,
+}
+
+/// A mark frame the writer left after the last frame of the active segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TailMark {
+    durable_lsn: Lsn,
+    closed: bool,
+    synced: bool,
 }
 
 impl Writer {
@@ -1138,7 +1177,7 @@ impl Writer {
                             if now >= deadline {
                                 q.io_idle = false;
                                 drop(q);
-                                if let Err(e) = self.sync() {
+                                if let Err(e) = self.sync(true) {
                                     self.poison(e, Vec::new());
                                 }
                                 q = lock(&s.queue);
@@ -1226,7 +1265,9 @@ impl Writer {
             } => {
                 debug_assert_eq!(first_lsn, self.next_lsn, "queue and writer agree on LSNs");
                 let need: u64 = records.iter().map(|r| frame_bytes(r.len()) as u64).sum();
-                if self.active.offset + (self.buf.len() as u64) + need
+                // Leave room for a mark after the batch (`Options::validate` makes sure a batch
+                // of any allowed size and its mark fit in an empty segment).
+                if self.active.offset + (self.buf.len() + MARK_BYTES) as u64 + need
                     > self.shared.opts.segment_bytes_max
                 {
                     self.flush()?;
@@ -1255,7 +1296,7 @@ impl Writer {
             Item::Sync(done) => {
                 self.flush()?;
                 if self.durable_lsn < self.written_lsn {
-                    self.sync()?;
+                    self.sync(true)?;
                 }
                 done.complete(Ok(self.durable_lsn));
                 Ok(())
@@ -1291,6 +1332,8 @@ impl Writer {
     fn flush(&mut self) -> Result<()> {
         if !self.buf.is_empty() {
             let a = &self.active;
+            // Overwrites the mark at the tail, if any, with the frames that follow it.
+            self.tail_mark = None;
             write_all_at(&*a.file, &self.buf, a.offset)
                 .map_err(|e| Error::io("write", &a.path, e))?;
             let c = &self.shared.counters;
@@ -1313,8 +1356,8 @@ impl Writer {
                 }
             }
             match self.shared.opts.sync_policy {
-                SyncPolicy::Always => self.sync()?,
-                SyncPolicy::Interval(d) if self.last_sync.elapsed() >= d => self.sync()?,
+                SyncPolicy::Always => self.sync(true)?,
+                SyncPolicy::Interval(d) if self.last_sync.elapsed() >= d => self.sync(true)?,
                 _ => {}
             }
             {
@@ -1362,8 +1405,8 @@ impl Writer {
         }
     }
 
-    fn sync(&mut self) -> Result<()> {
-        let t = Instant::now();
+    /// `fdatasync` of the active segment.
+    fn sync_active(&self) -> Result<()> {
         let a = &self.active;
         #[cfg(not(feature = "fault-skip-data-sync"))]
         let skip = crate::mutated("skip_data_sync");
@@ -1377,6 +1420,15 @@ impl Writer {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Makes everything written durable and publishes it. With `mark`, and nothing more queued,
+    /// then writes a mark saying so (before anyone learns of the sync: the I/O a workload causes
+    /// stays in one order, which the simulator's seeds rely on).
+    fn sync(&mut self, mark: bool) -> Result<()> {
+        let t = Instant::now();
+        self.sync_active()?;
         self.last_sync_time = t.elapsed();
         let c = &self.shared.counters;
         c.syncs.fetch_add(1, Ordering::Relaxed);
@@ -1385,7 +1437,55 @@ impl Writer {
         c.sync_latency_buckets[sync_bucket(self.last_sync_time)].fetch_add(1, Ordering::Relaxed);
         self.durable_lsn = self.written_lsn;
         self.last_sync = Instant::now();
+        if let Some(m) = &mut self.tail_mark {
+            m.synced = true;
+        }
+        if mark && self.buf.is_empty() && lock(&self.shared.queue).items.is_empty() {
+            self.write_mark(false)?;
+        }
         self.publish();
+        Ok(())
+    }
+
+    /// Writes a mark after the last frame, saying that everything up to `durable_lsn` is
+    /// durable. Only ever called once a sync covering every frame written has returned.
+    fn write_mark(&mut self, closed: bool) -> Result<()> {
+        debug_assert!(self.buf.is_empty());
+        debug_assert_eq!(self.durable_lsn, self.written_lsn);
+        debug_assert_eq!(self.next_lsn, self.written_lsn + 1);
+        if self.active.offset + MARK_BYTES as u64 > self.shared.opts.segment_bytes_max {
+            // A segment an older keel filled to the brim: no room, and nothing is lost by going
+            // without (the mark only shrinks what recovery must call ambiguous).
+            return Ok(());
+        }
+        let a = &self.active;
+        let m = encode_mark(segment_seed(a.id), self.next_lsn, self.durable_lsn, closed);
+        write_all_at(&*a.file, &m, a.offset).map_err(|e| Error::io("write mark", &a.path, e))?;
+        self.tail_mark = Some(TailMark {
+            durable_lsn: self.durable_lsn,
+            closed,
+            synced: false,
+        });
+        self.shared.counters.marks.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// On a clean close, after the final sync: a synced mark with CLOSED that covers every frame,
+    /// so that recovery knows the whole log was durable.
+    fn close_mark(&mut self) -> Result<()> {
+        let done = TailMark {
+            durable_lsn: self.written_lsn,
+            closed: true,
+            synced: true,
+        };
+        if self.tail_mark == Some(done) {
+            return Ok(());
+        }
+        self.write_mark(true)?;
+        self.sync_active()?;
+        if let Some(m) = &mut self.tail_mark {
+            m.synced = true;
+        }
         Ok(())
     }
 
@@ -1408,7 +1508,7 @@ impl Writer {
         let shared = self.shared.clone();
         let (dir, opts) = (&shared.dir, &shared.opts);
         if self.durable_lsn < self.written_lsn {
-            self.sync()?;
+            self.sync(false)?;
         }
         let old_first = self.active.first_lsn;
         let last = self.written_lsn;
@@ -1460,6 +1560,7 @@ impl Writer {
         });
         drop(segs);
         self.active = new;
+        self.tail_mark = None;
         Ok(())
     }
 
@@ -1551,6 +1652,8 @@ impl Writer {
                 offset: cut,
             };
         }
+        // The shrink took any mark with it.
+        self.tail_mark = None;
         self.next_lsn = after + 1;
         self.written_lsn = after;
         self.durable_lsn = self.durable_lsn.min(after);
@@ -1615,8 +1718,13 @@ impl Writer {
     /// On close: make what was acknowledged under a weaker policy durable. Never after a failure.
     fn finish(&mut self) {
         let poisoned = lock(&self.shared.progress).poisoned.is_some();
-        if !poisoned && self.durable_lsn < self.written_lsn {
-            if let Err(e) = self.sync() {
+        if !poisoned {
+            let r = if self.durable_lsn < self.written_lsn {
+                self.sync(false)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = r.and_then(|()| self.close_mark()) {
                 self.poison(e, Vec::new());
             }
         }

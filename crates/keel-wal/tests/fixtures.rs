@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use keel_wal::format::{
-    encode_frame, segment_seed, FrameError, HeaderError, SegmentHeader, FLAG_BATCH_CONTINUES,
+    encode_frame, encode_mark, segment_seed, FrameError, HeaderError, SegmentHeader,
+    FLAG_BATCH_CONTINUES,
 };
 use keel_wal::{CorruptionKind, LogReader, Options, TornReason, Wal};
 
@@ -46,6 +47,20 @@ fn segment(
 
 const C: u8 = FLAG_BATCH_CONTINUES;
 
+/// `seg` with a mark (next LSN `lsn`, durable through `durable`) after its last frame, then
+/// `zeros` bytes.
+fn with_mark(mut seg: Seg, lsn: u64, durable: u64, closed: bool, zeros: usize) -> Seg {
+    let h = SegmentHeader::decode(&seg.bytes).unwrap();
+    seg.bytes.extend_from_slice(&encode_mark(
+        segment_seed(h.segment_id),
+        lsn,
+        durable,
+        closed,
+    ));
+    seg.bytes.resize(seg.bytes.len() + zeros, 0);
+    seg
+}
+
 fn fixtures() -> Vec<(&'static str, Vec<Seg>)> {
     let good = || {
         vec![
@@ -82,6 +97,20 @@ fn fixtures() -> Vec<(&'static str, Vec<Seg>)> {
     bad_version[0].bytes[8] = 2;
     let mut gap = good();
     gap[1] = segment(2, 5, &[(5, 3, 0, b"x")], 0, None);
+    // As keel leaves it after a clean close: the last batch (LSN 6) is followed by a synced mark
+    // with CLOSED that covers it.
+    let clean_close = || {
+        let mut segs = good();
+        let frames: &[(u64, u64, u8, &[u8])] = &[
+            (4, 3, C, b"batch-1"),
+            (5, 3, 0, b"batch-2"),
+            (6, 5, 0, b"gamma"),
+        ];
+        segs[1] = with_mark(segment(2, 4, frames, 0, None), 7, 6, true, 256);
+        segs
+    };
+    let mut damaged_after_close = clean_close();
+    damaged_after_close[1].bytes[64 + 40 + 40 + 32 + 1] ^= 0x01; // payload of LSN 6
     vec![
         ("good", good()),
         ("torn-tail", torn),
@@ -89,6 +118,8 @@ fn fixtures() -> Vec<(&'static str, Vec<Seg>)> {
         ("corrupt-mid-log", corrupt),
         ("unknown-version", bad_version),
         ("lsn-gap", gap),
+        ("clean-close", clean_close()),
+        ("damaged-last-batch-after-close", damaged_after_close),
     ]
 }
 
@@ -202,6 +233,52 @@ fn damaged_fixtures_fail_closed() {
             expected: 4,
             found: 5
         }
+    );
+}
+
+#[test]
+fn clean_close_fixture_reads_back_and_says_so() {
+    let r = check("clean-close").unwrap();
+    assert!(r.torn_tail().is_none());
+    assert_eq!((r.first_lsn(), r.last_lsn()), (1, 6));
+    assert_eq!(r.iter_from(1).unwrap().count(), 6, "the mark is no record");
+    let m = r.end_mark().unwrap();
+    assert_eq!(
+        (m.offset, m.durable_lsn, m.closed),
+        (64 + 40 + 40 + 40, 6, true)
+    );
+    assert_eq!(
+        r.segments()[1].end_offset,
+        m.offset,
+        "writers start at the mark"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(root().join("clean-close")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    let (wal, report) = Wal::open(dir.path(), Options::default()).unwrap();
+    assert!(
+        report.to_string().contains("closed cleanly at LSN 6"),
+        "{report}"
+    );
+    assert_eq!(wal.append(b"delta").unwrap(), 7);
+}
+
+#[test]
+fn damage_in_the_last_batch_of_a_cleanly_closed_log_fails_closed() {
+    let c = corruption("damaged-last-batch-after-close");
+    assert_eq!(c.offset, 64 + 40 + 40);
+    assert!(matches!(
+        c.kind,
+        CorruptionKind::Frame(FrameError::PayloadChecksum { .. })
+    ));
+    assert_eq!(c.last_good_lsn, Some(5));
+    assert_eq!(
+        c.valid_frame_after,
+        Some((64 + 40 + 40 + 40, 7)),
+        "the mark"
     );
 }
 

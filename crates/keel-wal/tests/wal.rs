@@ -112,10 +112,21 @@ fn log_with_records(dir: &std::path::Path, n: u64, len: usize) -> (std::path::Pa
     (segment_files(dir).pop().unwrap(), last_start, end)
 }
 
+/// Zeros the mark after the last frame (at `end`), leaving what a crash leaves when the last
+/// sync, or the mark written after it, never reached the disk.
+fn drop_end_mark(seg: &std::path::Path, end: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(seg).unwrap();
+    f.write_all_at(&[0u8; keel_wal::format::MARK_BYTES], end)
+        .unwrap();
+}
+
 #[test]
 fn cut_inside_final_record_at_every_offset_is_a_torn_tail() {
     let base = tempfile::tempdir().unwrap();
     let (seg, start, end) = log_with_records(base.path(), 5, 100);
+    // A crash state: the last record's sync never returned, so no mark follows it.
+    drop_end_mark(&seg, end);
     let name = seg.file_name().unwrap().to_owned();
     for cut in start + 1..end {
         for zero_rest in [false, true] {
@@ -559,8 +570,9 @@ fn unsynced_debris_after_the_tail_is_a_torn_tail_not_corruption() {
     // Frames that a crash kept out of order (a later unsynced frame present, an earlier one
     // missing) carry durable_lsn below the cut, so recovery cuts them.
     let dir = tempfile::tempdir().unwrap();
-    let (seg, start, _) = log_with_records(dir.path(), 6, 40);
-    // Make record 5 (the second-to-last) vanish: zeros, with record 6 still intact after it.
+    let (seg, start, end) = log_with_records(dir.path(), 6, 40);
+    drop_end_mark(&seg, end); // a crash, not a clean close
+                              // Make record 5 (the second-to-last) vanish: zeros, with record 6 still intact after it.
     let rec5 = start - keel_wal::format::frame_bytes(40) as u64;
     let mut bytes = std::fs::read(&seg).unwrap();
     // Record 6 was written after record 5 was synced, so it proves record 5 durable: corruption.
@@ -665,4 +677,399 @@ fn regression_fuzz_empty_sealed_segment_fails_closed() {
         !names.iter().any(|n| n.to_string_lossy().ends_with(".open")),
         "failing closed created nothing: {names:?}"
     );
+}
+
+/// Offsets of the frames of the last batch in a segment: walks the frames with the public decoder.
+fn frames_of(bytes: &[u8]) -> Vec<(usize, keel_wal::format::Frame<'_>)> {
+    use keel_wal::format::{decode_frame, segment_seed, Decoded, SegmentHeader};
+    let seed = segment_seed(SegmentHeader::decode(bytes).unwrap().segment_id);
+    let mut off = 64;
+    let mut out = Vec::new();
+    while let Decoded::Frame(f) = decode_frame(&bytes[off..], seed, 1 << 20) {
+        out.push((off, f));
+        off += f.total_bytes;
+    }
+    out
+}
+
+/// Where the last batch of the last segment starts (the frame after the last frame without
+/// BATCH_CONTINUES that is not itself the last one).
+fn last_batch_start(seg: &std::path::Path) -> usize {
+    let bytes = std::fs::read(seg).unwrap();
+    let frames = frames_of(&bytes);
+    let n = frames.len();
+    assert!(n > 0);
+    let mut start = frames[0].0;
+    for (i, (_, f)) in frames.iter().enumerate().take(n - 1) {
+        if !f.batch_continues() {
+            start = frames[i + 1].0;
+        }
+    }
+    start
+}
+
+fn flip(seg: &std::path::Path, at: usize) {
+    let mut bytes = std::fs::read(seg).unwrap();
+    bytes[at] ^= 0x01;
+    std::fs::write(seg, &bytes).unwrap();
+}
+
+/// Issue #17, item 1: after a clean close the whole log is durable, so damage in the last batch
+/// is corruption, not a torn tail.
+#[test]
+fn damage_in_the_last_batch_after_a_clean_close_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (wal, _) = Wal::open(dir.path(), small()).unwrap();
+        for i in 0..5 {
+            wal.append(&payload(i, 60)).unwrap();
+        }
+        let batch: Vec<Vec<u8>> = (5..9).map(|i| payload(i, 60)).collect();
+        wal.append_batch(&batch).unwrap();
+        wal.close().unwrap();
+    }
+    let seg = segment_files(dir.path()).pop().unwrap();
+    let start = last_batch_start(&seg);
+    flip(&seg, start + 32 + 3); // a payload byte of the batch's first frame
+    let before = std::fs::read(&seg).unwrap();
+    let err = Wal::open(dir.path(), small()).unwrap_err();
+    let c = err
+        .corruption()
+        .unwrap_or_else(|| panic!("not a corruption: {err}"));
+    assert_eq!((c.file.clone(), c.offset), (seg.clone(), start as u64));
+    assert_eq!(c.last_good_lsn, Some(5));
+    assert!(
+        matches!(
+            c.kind,
+            CorruptionKind::Frame(FrameError::PayloadChecksum { .. })
+        ),
+        "{:?}",
+        c.kind
+    );
+    assert!(err.to_string().contains("keel wal repair"), "{err}");
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        before,
+        "failing closed changed nothing"
+    );
+    let same = LogReader::open(dir.path(), &small()).unwrap_err();
+    assert_eq!(same.corruption(), Some(c));
+}
+
+/// The mark at `off` in `seg`, if one is there.
+fn mark_at(seg: &std::path::Path, off: u64) -> Option<keel_wal::format::Mark> {
+    use keel_wal::format::{decode_frame, segment_seed, Decoded, SegmentHeader};
+    let bytes = std::fs::read(seg).unwrap();
+    let seed = segment_seed(SegmentHeader::decode(&bytes).unwrap().segment_id);
+    match decode_frame(bytes.get(off as usize..)?, seed, 1 << 20) {
+        Decoded::Mark(m) => Some(m),
+        _ => None,
+    }
+}
+
+#[test]
+fn without_a_mark_damage_in_the_last_batch_is_still_a_torn_tail() {
+    // What a crash leaves when the batch's sync had not returned (or its mark was lost): the
+    // documented ambiguity. The valid frames cut are counted and kept in a side file.
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, _, end) = {
+        let (wal, _) = Wal::open(dir.path(), small()).unwrap();
+        for i in 0..5 {
+            wal.append(&payload(i, 60)).unwrap();
+        }
+        let batch: Vec<Vec<u8>> = (5..9).map(|i| payload(i, 60)).collect();
+        wal.append_batch(&batch).unwrap();
+        let end = wal.segments().last().unwrap().end_offset;
+        wal.close().unwrap();
+        (segment_files(dir.path()).pop().unwrap(), 0, end)
+    };
+    let m = mark_at(&seg, end).expect("a clean close leaves a mark");
+    assert!(m.closed && m.lsn == 10 && m.durable_lsn == 9, "{m:?}");
+    drop_end_mark(&seg, end);
+    let start = last_batch_start(&seg);
+    flip(&seg, start + 32 + 3);
+    let (wal, report) = Wal::open(dir.path(), small()).unwrap();
+    let torn = report.torn_tail.as_ref().unwrap();
+    assert_eq!((torn.offset, torn.valid_frames_cut), (start as u64, 3));
+    assert_eq!(report.last_lsn, 5);
+    assert!(report.end_mark.is_none());
+    assert!(
+        report.to_string().contains("not closed cleanly"),
+        "{report}"
+    );
+    assert_eq!(wal.append(b"next").unwrap(), 6);
+}
+
+#[test]
+fn a_mark_after_an_idle_sync_proves_the_batch_durable_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), small()).unwrap();
+    for i in 0..3 {
+        wal.append(&payload(i, 60)).unwrap();
+    }
+    let batch: Vec<Vec<u8>> = (3..7).map(|i| payload(i, 60)).collect();
+    wal.append_batch(&batch).unwrap();
+    // The mark is written before the append is acknowledged: it is there now.
+    let end = wal.segments().last().unwrap().end_offset;
+    let seg = segment_files(dir.path()).pop().unwrap();
+    let m = mark_at(&seg, end).expect("an idle sync leaves a mark");
+    assert_eq!((m.lsn, m.durable_lsn, m.closed), (8, 7, false));
+    assert!(wal.stats().marks >= 4, "{:?}", wal.stats());
+    // A crash now: the files as they are, the log never closed.
+    copy_dir(dir.path(), crashed.path());
+    drop(wal);
+    let copy = crashed.path().join(seg.file_name().unwrap());
+    let start = last_batch_start(&copy);
+    flip(&copy, start + 32 + 3);
+    let err = Wal::open(crashed.path(), small()).unwrap_err();
+    let c = err.corruption().unwrap_or_else(|| panic!("{err}"));
+    assert_eq!((c.offset, c.last_good_lsn), (start as u64, Some(3)));
+    assert_eq!(c.valid_frame_after, Some((end, 8)), "the mark is the proof");
+    // Undamaged, the crashed copy opens as durable but not cleanly closed.
+    flip(&copy, start + 32 + 3);
+    let (wal, report) = Wal::open(crashed.path(), small()).unwrap();
+    assert!(report.torn_tail.is_none());
+    assert_eq!(report.last_lsn, 7);
+    let em = report.end_mark.unwrap();
+    assert!(!em.closed && em.durable_lsn == 7, "{em:?}");
+    assert!(
+        report
+            .to_string()
+            .contains("not closed cleanly, but a mark proves"),
+        "{report}"
+    );
+    assert_eq!(wal.append(b"next").unwrap(), 8);
+}
+
+#[test]
+fn a_torn_write_over_a_mark_is_cut_after_the_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, _, end) = log_with_records(dir.path(), 4, 50);
+    assert!(mark_at(&seg, end).unwrap().closed);
+    // The next batch was being written over the mark when the power failed: its first sector
+    // never arrived, later bytes did. They never were acknowledged.
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let debris = end as usize + keel_wal::format::MARK_BYTES;
+    bytes[debris..debris + 100].fill(0x5A);
+    std::fs::write(&seg, &bytes).unwrap();
+    let r = LogReader::open(dir.path(), &small()).unwrap();
+    let t = r.torn_tail().unwrap();
+    assert_eq!(t.offset, debris as u64, "the mark stays");
+    assert_eq!(r.end_mark().map(|m| m.offset), Some(end));
+    let (wal, report) = Wal::open(dir.path(), small()).unwrap();
+    assert_eq!(report.torn_tail.as_ref().unwrap().valid_frames_cut, 0);
+    assert!(
+        report.to_string().contains("closed cleanly at LSN 4"),
+        "{report}"
+    );
+    assert_eq!(wal.append(b"five").unwrap(), 5);
+    wal.close().unwrap();
+    let (_wal, again) = Wal::open(dir.path(), small()).unwrap();
+    assert!(again.torn_tail.is_none());
+    assert_eq!(again.last_lsn, 5);
+    assert!(again.end_mark.unwrap().closed);
+}
+
+#[test]
+fn durable_frames_after_a_mark_make_the_mark_corruption() {
+    // A mark where a frame belongs, with a later frame that says that frame was durable: a
+    // lost or misdirected write, not a torn tail.
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, _, end) = log_with_records(dir.path(), 4, 50);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let header = keel_wal::format::SegmentHeader::decode(&bytes).unwrap();
+    let seed = keel_wal::format::segment_seed(header.segment_id);
+    let mut later = Vec::new();
+    keel_wal::format::encode_frame(&mut later, seed, 6, 5, 0, b"six");
+    let at = end as usize + 96;
+    bytes[at..at + later.len()].copy_from_slice(&later);
+    std::fs::write(&seg, &bytes).unwrap();
+    let err = Wal::open(dir.path(), small()).unwrap_err();
+    let c = err.corruption().unwrap();
+    assert_eq!(c.kind, CorruptionKind::MisplacedMark { lsn: 5 });
+    assert_eq!((c.offset, c.valid_frame_after), (end, Some((at as u64, 6))));
+    assert_eq!(c.last_good_lsn, Some(4));
+}
+
+#[test]
+fn reopen_append_close_cycles_keep_one_true_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..4u64 {
+        let (wal, report) = Wal::open(dir.path(), small()).unwrap();
+        assert_eq!(report.last_lsn, round * 3);
+        if round > 0 {
+            let m = report.end_mark.unwrap();
+            assert!(m.closed && m.durable_lsn == round * 3, "{m:?}");
+            assert!(
+                report
+                    .to_string()
+                    .contains(&format!("closed cleanly at LSN {}", round * 3)),
+                "{report}"
+            );
+            // Open again, the log no longer claims a clean close: a crash now must not say so.
+            let seg = segment_files(dir.path()).pop().unwrap();
+            assert!(!mark_at(&seg, m.offset).unwrap().closed);
+        }
+        for i in 0..3 {
+            wal.append(&payload(round * 3 + i, 70)).unwrap();
+        }
+        wal.close().unwrap();
+    }
+    // A close with nothing appended keeps the mark as it is, and writes nothing.
+    let seg = segment_files(dir.path()).pop().unwrap();
+    let before = std::fs::read(&seg).unwrap();
+    let (wal, _) = Wal::open(dir.path(), small()).unwrap();
+    wal.close().unwrap();
+    let after = std::fs::read(&seg).unwrap();
+    assert_eq!(before, after, "open rewrote the mark, close restored it");
+    assert_eq!(read_all(dir.path(), &small()).len(), 12);
+    let all = read_all(dir.path(), &small());
+    for (i, (lsn, p)) in all.iter().enumerate() {
+        assert_eq!((*lsn, p), (i as u64 + 1, &payload(i as u64, 70)));
+    }
+}
+
+#[test]
+fn truncate_after_over_a_mark_and_damage_after_the_next_close() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (wal, _) = Wal::open(dir.path(), small()).unwrap();
+        for i in 0..8 {
+            wal.append(&payload(i, 40)).unwrap();
+        }
+        wal.close().unwrap();
+    }
+    {
+        let (wal, _) = Wal::open(dir.path(), small()).unwrap();
+        wal.truncate_after(5).unwrap();
+        assert_eq!(wal.append(&payload(99, 40)).unwrap(), 6);
+        wal.truncate_after(6).unwrap(); // a no-op: keeps the mark that follows LSN 6
+        wal.close().unwrap();
+    }
+    let r = LogReader::open(dir.path(), &small()).unwrap();
+    assert!(r.torn_tail().is_none());
+    assert_eq!(r.last_lsn(), 6);
+    let m = r.end_mark().unwrap();
+    assert!(m.closed && m.durable_lsn == 6);
+    let seg = segment_files(dir.path()).pop().unwrap();
+    assert_eq!(m.offset, r.segments().last().unwrap().end_offset);
+    let start = last_batch_start(&seg);
+    flip(&seg, start + 40);
+    let c = Wal::open(dir.path(), small()).unwrap_err();
+    assert_eq!(c.corruption().unwrap().last_good_lsn, Some(5), "{c}");
+}
+
+#[test]
+fn marks_across_segment_boundaries() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (wal, _) = Wal::open(dir.path(), small()).unwrap();
+        for i in 0..400 {
+            wal.append(&payload(i, 500)).unwrap();
+        }
+        wal.close().unwrap();
+    }
+    let segs = segment_files(dir.path());
+    assert!(segs.len() >= 3);
+    // Rotation shrinks a sealed segment to its last frame: no mark stays in it.
+    for s in &segs[..segs.len() - 1] {
+        let len = std::fs::metadata(s).unwrap().len();
+        let frames = frames_of(&std::fs::read(s).unwrap()).len();
+        assert!(frames > 0 && mark_at(s, len).is_none());
+    }
+    // A mark right after the last frame of a sealed segment is true and accepted.
+    let sealed = &segs[segs.len() - 2];
+    let bytes = std::fs::read(sealed).unwrap();
+    let frames = frames_of(&bytes);
+    let (off, last) = *frames.last().unwrap();
+    let header = keel_wal::format::SegmentHeader::decode(&bytes).unwrap();
+    let mark = keel_wal::format::encode_mark(
+        keel_wal::format::segment_seed(header.segment_id),
+        last.lsn + 1,
+        last.lsn,
+        false,
+    );
+    let mut with_mark = bytes.clone();
+    with_mark.truncate(off + last.total_bytes);
+    with_mark.extend_from_slice(&mark);
+    std::fs::write(sealed, &with_mark).unwrap();
+    let r = LogReader::open(dir.path(), &small()).unwrap();
+    assert_eq!(r.last_lsn(), 400);
+    assert!(r.end_mark().unwrap().closed);
+    // Anything else after it is still refused.
+    with_mark.extend_from_slice(&[1u8; 8]);
+    std::fs::write(sealed, &with_mark).unwrap();
+    let c = LogReader::open(dir.path(), &small()).unwrap_err();
+    assert_eq!(c.corruption().unwrap().kind, CorruptionKind::DataAfterEnd);
+    std::fs::write(sealed, &bytes).unwrap();
+    // A log whose last segment is sealed gets a fresh one; its close mark is its only frame.
+    let last_seg = segs.last().unwrap();
+    let n = frames_of(&std::fs::read(last_seg).unwrap())
+        .last()
+        .unwrap()
+        .1
+        .lsn;
+    let first = frames_of(&std::fs::read(last_seg).unwrap())[0].1.lsn;
+    let len = frames_of(&std::fs::read(last_seg).unwrap())
+        .last()
+        .map(|(o, f)| o + f.total_bytes)
+        .unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(last_seg)
+        .unwrap();
+    f.set_len(len as u64).unwrap();
+    drop(f);
+    std::fs::rename(
+        last_seg,
+        dir.path().join(format!("wal-{first:020}-{n:020}.sealed")),
+    )
+    .unwrap();
+    let (wal, report) = Wal::open(dir.path(), small()).unwrap();
+    assert!(report.created_segment.is_some());
+    wal.close().unwrap();
+    let fresh = segment_files(dir.path()).pop().unwrap();
+    let m = mark_at(&fresh, 64).unwrap();
+    assert_eq!((m.lsn, m.durable_lsn, m.closed), (n + 1, n, true));
+    let (_wal, report) = Wal::open(dir.path(), small()).unwrap();
+    assert_eq!(report.last_lsn, 400);
+    assert!(
+        report.to_string().contains("closed cleanly at LSN 400"),
+        "{report}"
+    );
+}
+
+#[test]
+fn no_mark_after_a_failed_sync_and_no_close_mark_once_poisoned() {
+    let dir = tempfile::tempdir().unwrap();
+    let ffs = FaultFs::new();
+    let (wal, _) = Wal::open(dir.path(), ffs.options(small())).unwrap();
+    for i in 0..3 {
+        wal.append(&payload(i, 80)).unwrap();
+    }
+    let seg = segment_files(dir.path()).pop().unwrap();
+    let tail = wal.segments().last().unwrap().end_offset;
+    assert!(mark_at(&seg, tail).is_some(), "a mark after the idle sync");
+    ffs.faults.fail_nth_sync(1);
+    assert!(matches!(
+        wal.append(&payload(3, 80)).unwrap_err(),
+        Error::Poisoned(_)
+    ));
+    let marks = wal.stats().marks;
+    assert!(matches!(wal.close().unwrap_err(), Error::Poisoned(_)));
+    // LSN 4 was written over the old mark, and nothing vouches for it: no mark after it.
+    let bytes = std::fs::read(&seg).unwrap();
+    let frames = frames_of(&bytes);
+    let (off, last) = *frames.last().unwrap();
+    assert_eq!(last.lsn, 4);
+    let after = (off + last.total_bytes) as u64;
+    assert!(mark_at(&seg, after).is_none(), "a mark after a failed sync");
+    assert!(bytes[after as usize..after as usize + 32]
+        .iter()
+        .all(|&b| b == 0));
+    assert_eq!(marks, 3, "no mark was written after the failure");
+    // Reopened, LSN 4 (written, never acknowledged) is kept or cut, and LSNs 1..=3 are there.
+    let got = read_all(dir.path(), &small());
+    assert!(got.len() >= 3);
 }

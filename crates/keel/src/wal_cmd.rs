@@ -98,6 +98,19 @@ fn verify(dir: &Path) -> Result<ExitCode> {
                 r.last_lsn(),
                 r.bytes_scanned()
             );
+            match r.end_mark() {
+                Some(m) if m.durable_lsn == r.last_lsn() && m.closed => {
+                    println!("closed cleanly at LSN {}", m.durable_lsn)
+                }
+                Some(m) if m.durable_lsn == r.last_lsn() => println!(
+                    "not closed cleanly, but a mark proves every record durable (LSN {})",
+                    m.durable_lsn
+                ),
+                _ if records > 0 => println!(
+                    "not closed cleanly (no end mark): damage in the last batch would read as a torn tail"
+                ),
+                _ => {}
+            }
             match r.torn_tail() {
                 None => {
                     println!("clean");

@@ -79,7 +79,15 @@ fn verify_and_repair_a_torn_tail() {
     keel(&["wal", "append", d], Some(b"one\ntwo\nthree\n"));
     let seg = segments(dir.path()).pop().unwrap();
     let mut bytes = std::fs::read(&seg).unwrap();
-    // LSN 3's frame starts at 64 + 40 + 40; garble its header.
+    let out = keel(&["wal", "verify", d], None);
+    assert!(
+        text(&out.stdout).contains("closed cleanly at LSN 3"),
+        "{}",
+        text(&out.stdout)
+    );
+    // A crash state: the mark a clean close leaves after the last frame (LSN 3's, at
+    // 64 + 40 + 40) never reached the disk. Then garble LSN 3's header.
+    bytes[64 + 120..64 + 120 + 32].fill(0);
     bytes[64 + 80 + 5] ^= 0xff;
     std::fs::write(&seg, &bytes).unwrap();
 
