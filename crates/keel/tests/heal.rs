@@ -211,7 +211,8 @@ fn a_full_disk_heals_without_a_restart_and_loses_nothing_acknowledged() {
     assert!(e.to_string().contains("refuses writes"), "{e}");
     drop(c);
     let log = srv.log.clone();
-    let status = srv.sigterm();
+    run("kill", &["-TERM", &srv.child.id().to_string()]);
+    let status = srv.wait(); // bounded: a server that does not exit fails the test
     let log = log.lock().unwrap().join("\n");
     assert_eq!(status.code(), Some(EXIT_POISONED), "{status}:\n{log}");
     assert!(
