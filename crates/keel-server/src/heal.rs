@@ -79,7 +79,7 @@ pub struct Health {
 }
 
 /// An error on one line, for a RESP error or an INFO field.
-fn one_line(e: &dyn std::fmt::Display) -> String {
+pub fn one_line(e: &dyn std::fmt::Display) -> String {
     e.to_string().replace(['\r', '\n'], " ")
 }
 

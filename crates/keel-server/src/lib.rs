@@ -112,7 +112,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .clone()
             .map(|l| tokio::spawn(l.heal(shared.stopping())));
         tracing::info!("listening on {local_addr}");
-        let served = server::serve(listener, shared).await;
+        let served = server::serve(listener, shared.clone()).await;
+        // Also when serving failed early: the healer stops only once asked to.
+        shared.request_shutdown();
         if let Some(h) = healer {
             let _ = h.await;
         }
@@ -152,7 +154,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_POISONED));
     }
     let durable = engine.sync();
-    // Other handles may remain (a cluster's retired engine, say): halt closes it through them.
+    // Other handles may remain (a cluster's state machine holds its engine): halt closes the
+    // engine through them.
     engine.halt().context("closing the engine")?;
     result?;
     let lsn = durable.context("final sync")?;

@@ -215,7 +215,10 @@ impl Shared {
         match &self.backend {
             Backend::Local(l) => l.health(),
             Backend::Cluster(c) => Health {
-                poisoned: c.engine().poisoned().map(|e| e.root().to_string()),
+                poisoned: c
+                    .engine()
+                    .poisoned()
+                    .map(|e| crate::heal::one_line(e.root())),
                 ..Health::default()
             },
         }
