@@ -168,10 +168,14 @@ impl Local {
             // The directory's lock must be free before it can be opened again. Connections may
             // still hold the old engine: they read from it, and their writes fail.
             let old = self.engine();
-            let acked = old.visible_lsn();
-            if let Err(e) = tokio::task::spawn_blocking(move || old.halt()).await {
+            let halting = old.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || halting.halt()).await {
                 tracing::error!("halting the poisoned engine failed: {e}");
             }
+            // With its log closed, these are final: everything readers were shown or the log
+            // called durable, which recovery must bring back.
+            let acked = old.visible_lsn().max(old.durable_lsn());
+            drop(old);
             loop {
                 let n = self.attempts.fetch_add(1, Ordering::Relaxed) + 1;
                 let this = self.clone();
@@ -208,8 +212,9 @@ impl Local {
         }
     }
 
-    /// One reopen attempt: the space check, then recovery. `acked` is the LSN readers were
-    /// shown; a recovered state that ends before it is refused.
+    /// One reopen attempt: the space check, then recovery. `acked` is the highest LSN readers
+    /// were shown or the old log called durable; a recovered state that ends before it is
+    /// refused.
     fn reopen(&self, acked: keel_wal::Lsn) -> Result<Engine, String> {
         let fs = &*self.opts.wal.fs;
         let probe = self.dir.join(SPACE_PROBE);
