@@ -32,6 +32,9 @@ pub(crate) struct State {
     manifest: Manifest,
     last_at: Instant,
     failures: u32,
+    /// Set by [`crate::Engine::halt`]: the directory may belong to another engine now, so this
+    /// one writes no snapshot or manifest there again.
+    pub(crate) halted: bool,
 }
 
 impl State {
@@ -40,6 +43,7 @@ impl State {
             manifest,
             last_at: Instant::now(),
             failures: 0,
+            halted: false,
         }
     }
 }
@@ -183,6 +187,12 @@ impl Core {
     /// `None` when the current snapshot is already up to date.
     fn checkpoint_locked(&self, st: &mut State) -> Result<Option<CheckpointInfo>> {
         let started = Instant::now();
+        if st.halted {
+            return Err(Error::Wal(match self.wal.poisoned() {
+                Some(first) => keel_wal::Error::Poisoned(first),
+                None => keel_wal::Error::Closed,
+            }));
+        }
         if self.visible_lsn() == st.manifest.snapshot_lsn {
             return Ok(None);
         }

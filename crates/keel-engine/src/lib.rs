@@ -1108,8 +1108,9 @@ impl Future for Pending {
 /// operations live on [`Core`], which an `Engine` dereferences to. Dropping the engine stops its
 /// background thread; [`Engine::close`] also syncs and reports the log's final state.
 pub struct Engine {
-    // Declared first so that it is dropped (stopped and joined) before the core.
-    background: Option<checkpoint::Background>,
+    // Declared first so that it is dropped (stopped and joined) before the core. Taken (and
+    // joined) by [`Engine::halt`].
+    background: Mutex<Option<checkpoint::Background>>,
     core: Arc<Core>,
 }
 
@@ -1261,7 +1262,13 @@ impl Engine {
             .background
             .then(|| checkpoint::Background::start(&core))
             .transpose()?;
-        Ok((Engine { core, background }, report))
+        Ok((
+            Engine {
+                core,
+                background: Mutex::new(background),
+            },
+            report,
+        ))
     }
 
     /// Decides a transaction now, in the order of this call, and returns without waiting for
@@ -1319,15 +1326,28 @@ impl Engine {
         })
     }
 
-    /// Stops the background thread, then finishes queued appends and syncs the log.
+    /// Stops the background thread, then finishes queued appends, syncs and closes the log.
+    /// Returns the first failure if the log was poisoned.
     pub fn close(self) -> Result<()> {
-        let Engine { background, core } = self;
+        self.halt()
+    }
+
+    /// [`Engine::close`] through a shared reference, for an engine that other threads may still
+    /// hold (a server's connections in the middle of a command, say). Once it returns, the
+    /// background thread has stopped, no checkpoint runs or will run, the log is closed and the
+    /// directory is unlocked, so that [`Engine::open`] can open it again in this process, which
+    /// is how a server recovers from a poisoned log without a restart. Reads keep answering
+    /// from the last visible (durable) state; every later write fails, with the log's first
+    /// failure if it was poisoned. Calling it again changes nothing.
+    pub fn halt(&self) -> Result<()> {
+        let background = lock(&self.background).take();
         drop(background);
-        // With the background thread joined, nothing else holds the core.
-        match Arc::try_unwrap(core) {
-            Ok(core) => Ok(core.wal.close()?),
-            Err(core) => core.wal.sync().map(drop).map_err(Error::from),
+        {
+            // Waits for a checkpoint in progress; none starts after this.
+            let mut st = lock(&self.core.checkpoints);
+            st.halted = true;
         }
+        Ok(self.core.wal.halt()?)
     }
 }
 
@@ -1344,6 +1364,12 @@ impl Core {
     /// What opening the engine found.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.recovery
+    }
+
+    /// The log's first failure, if a failed write or sync has poisoned it (P5): the engine then
+    /// refuses every write until the directory is opened again (see [`Engine::halt`]).
+    pub fn poisoned(&self) -> Option<Arc<keel_wal::Error>> {
+        self.wal.poisoned()
     }
 
     /// The log's counters: records, syncs, sync time, bytes.

@@ -400,3 +400,60 @@ fn a_power_cut_after_a_checkpoint_under_sync_never_still_opens() {
         assert_eq!(state(&e), expected, "seed {seed}");
     }
 }
+
+#[test]
+fn a_full_disk_poisons_and_a_halted_engine_reopens_in_the_same_process_with_every_ack() {
+    let fs = SimFs::new(11);
+    let (e, _) = Engine::open(DIR, options(&fs)).unwrap();
+    let e = Arc::new(e);
+    let held = e.clone(); // a connection in the middle of a command, say
+    let mut acked = Model::new();
+    for i in 0..20 {
+        let (k, v) = (Bytes::from(format!("k{i}")), Bytes::from(format!("v{i}")));
+        let lsn = e.put(k.clone(), v.clone()).unwrap();
+        acked.insert(k, (v, lsn));
+    }
+    assert!(e.poisoned().is_none());
+    fs.set_faults(Faults {
+        space_bytes: Some(3000),
+        ..Faults::default()
+    });
+    let err = (20..200)
+        .find_map(|i| e.put(format!("k{i}"), "x".repeat(200)).err())
+        .expect("a full disk fails a write");
+    let first = e.poisoned().expect("poisoned");
+    assert!(
+        first.to_string().contains("No space left"),
+        "{err}: {first}"
+    );
+    // Writes that fit the queue and the old segment fail too: nothing more is acknowledged.
+    assert!(e.put("late", "x").is_err());
+    // The poisoned engine still holds the directory...
+    assert!(matches!(
+        Engine::open(DIR, options(&fs)),
+        Err(keel_engine::Error::Wal(keel_wal::Error::Locked { .. }))
+    ));
+    // ... until it is halted, through any handle, while the other still reads.
+    assert!(held.halt().is_err(), "the poisoning error is returned");
+    assert!(
+        e.checkpoint().is_err(),
+        "a halted engine writes no checkpoint"
+    );
+    let seen = state(&e);
+    fs.set_faults(Faults::default());
+    let (again, _) = Engine::open(DIR, options(&fs)).unwrap();
+    assert!(again.poisoned().is_none());
+    let recovered = state(&again);
+    for (k, v) in &acked {
+        assert_eq!(recovered.get(k), Some(v), "acknowledged {k:?}");
+    }
+    for (k, v) in &seen {
+        assert_eq!(recovered.get(k), Some(v), "read before the reopen: {k:?}");
+    }
+    again.put("healed", "yes").unwrap();
+    again.checkpoint().unwrap();
+    drop((e, held));
+    again.close().unwrap();
+    let (reopened, _) = Engine::open(DIR, options(&fs)).unwrap();
+    assert_eq!(reopened.get(b"healed").unwrap().value, "yes");
+}

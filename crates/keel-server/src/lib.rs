@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod config;
 pub mod docs;
 pub mod glob;
+pub mod heal;
 pub mod metrics;
 pub mod server;
 pub mod tls;
@@ -31,6 +32,10 @@ pub use config::{ServeArgs, Settings};
 
 /// Exit code when the database refuses to open (it failed closed, or is locked).
 pub const EXIT_OPEN_FAILED: u8 = 2;
+/// Exit code of a shutdown while the log was poisoned (a write or sync had failed and no reopen
+/// had succeeded yet): every write acknowledged before the failure is in the log, but the log
+/// was not closed cleanly, and the next start runs recovery. (3 is every other error.)
+pub const EXIT_POISONED: u8 = 4;
 
 /// Runs `keel serve` until SIGTERM, SIGINT or SHUTDOWN. Returns the process exit code.
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -50,13 +55,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(addr))
         .with_context(|| format!("binding {addr}"))?;
-    let local = listener.local_addr()?;
+    let local_addr = listener.local_addr()?;
     let opened = match &settings.cluster {
         None => open_engine(&settings)
-            .map(|e| server::Backend::Local(Arc::new(e)))
+            .map(|e| {
+                server::Backend::Local(heal::Local::new(
+                    e,
+                    settings.dir.clone(),
+                    settings.engine.clone(),
+                ))
+            })
             .map_err(anyhow::Error::from),
         Some(cs) => runtime
-            .block_on(start_node(&settings, cs, local))
+            .block_on(start_node(&settings, cs, local_addr))
             .map(server::Backend::Cluster),
     };
     let backend = match opened {
@@ -67,15 +78,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_OPEN_FAILED));
         }
     };
-    let (local_engine, cluster) = match &backend {
-        server::Backend::Local(e) => (Some(e.clone()), None),
+    let (local, cluster) = match &backend {
+        server::Backend::Local(l) => (Some(l.clone()), None),
         server::Backend::Cluster(c) => (None, Some(c.clone())),
     };
     let result = runtime.block_on(async {
         let client_certs = settings.tls.as_ref().is_some_and(|t| t.verifies_clients());
         if !settings.bind.is_loopback() && !settings.users.password_required() && !client_certs {
             let warning = format!(
-                "keel is listening on {local}, which is not a loopback address, and no password is set: \
+                "keel is listening on {local_addr}, which is not a loopback address, and no password is set: \
                  anyone who can reach this port can read and overwrite every key. \
                  Set requirepass (KEEL_REQUIREPASS or the config file) or bind to 127.0.0.1."
             );
@@ -85,7 +96,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let shared = server::Shared::new(
             backend,
             settings.clone(),
-            local.port(),
+            local_addr.port(),
         );
         if let Some(port) = settings.metrics_port {
             metrics::spawn(SocketAddr::new(settings.bind, port), shared.clone()).await?;
@@ -96,12 +107,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(tls) = &settings.tls {
             tracing::info!("TLS only: {tls}");
         }
-        tracing::info!("listening on {local}");
-        server::serve(listener, shared).await
+        // Reopens the log after a failure poisons it; stops when the server shuts down.
+        let healer = local
+            .clone()
+            .map(|l| tokio::spawn(l.heal(shared.stopping())));
+        tracing::info!("listening on {local_addr}");
+        let served = server::serve(listener, shared.clone()).await;
+        // Also when serving failed early: the healer stops only once asked to.
+        shared.request_shutdown();
+        if let Some(h) = healer {
+            let _ = h.await;
+        }
+        served
     });
     // A cluster node's engine is the one in use now (a snapshot install replaces it).
-    let engine = match (local_engine, cluster) {
-        (Some(e), _) => e,
+    let engine = match (local, cluster) {
+        (Some(l), _) => l.engine(),
         (None, Some(c)) => {
             runtime.block_on(c.shutdown());
             c.engine()
@@ -110,11 +131,32 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     // Dropping the runtime drops every connection task, and with them their engine handles.
     drop(runtime);
-    let durable = engine.sync();
-    match Arc::try_unwrap(engine) {
-        Ok(engine) => engine.close().context("closing the engine")?,
-        Err(_) => tracing::warn!("engine still referenced at exit; synced but not closed"),
+    if let Some(first) = engine.poisoned() {
+        // Nothing more can be made durable: close without a sync (P5), and say what holds.
+        let _ = engine.halt();
+        result?;
+        let policy = engine.options().wal.sync_policy;
+        let unsynced = match policy {
+            keel_wal::SyncPolicy::Always => String::new(),
+            p => format!(
+                " (sync_policy {p:?}: writes acknowledged after that LSN were written but never synced)"
+            ),
+        };
+        let msg = format!(
+            "shut down with the log poisoned since a failure ({}): every write acknowledged \
+             before it is in the log, durable up to LSN {}{unsynced}; the log was not closed \
+             cleanly and the next start runs recovery. Exit code {EXIT_POISONED}",
+            first.root(),
+            engine.durable_lsn()
+        );
+        tracing::error!("{msg}");
+        eprintln!("error: {msg}");
+        return Ok(ExitCode::from(EXIT_POISONED));
     }
+    let durable = engine.sync();
+    // Other handles may remain (a cluster's state machine holds its engine): halt closes the
+    // engine through them.
+    engine.halt().context("closing the engine")?;
     result?;
     let lsn = durable.context("final sync")?;
     tracing::info!("shut down cleanly; durable LSN {lsn}");

@@ -207,6 +207,28 @@ impl Metrics {
             "LSN of the last write readers can see.",
         );
         let _ = writeln!(o, "keel_visible_lsn {}", e.visible_lsn());
+        let h = sh.wal_health();
+        header(
+            &mut o,
+            "keel_wal_poisoned",
+            "gauge",
+            "1 while a failed write or sync has poisoned the WAL: writes are refused until it is reopened.",
+        );
+        let _ = writeln!(o, "keel_wal_poisoned {}", h.poisoned.is_some() as u8);
+        header(
+            &mut o,
+            "keel_wal_reopen_attempts_total",
+            "counter",
+            "Attempts to reopen a poisoned WAL (recovery from disk), successful or not.",
+        );
+        let _ = writeln!(o, "keel_wal_reopen_attempts_total {}", h.reopen_attempts);
+        header(
+            &mut o,
+            "keel_wal_reopens_total",
+            "counter",
+            "Successful reopens of a poisoned WAL: writes were taken again without a restart.",
+        );
+        let _ = writeln!(o, "keel_wal_reopens_total {}", h.reopens);
 
         if let Some(c) = sh.cluster() {
             raft_metrics(&mut o, &c.status());

@@ -26,6 +26,7 @@ use crate::auth::{User, Users, NOAUTH, WRONGPASS};
 use crate::cmd::{self, Part, Perm, NOT_INT, SYNTAX};
 use crate::config::Settings;
 use crate::glob;
+use crate::heal::{Health, Local};
 use crate::metrics::{CommandTimer, Metrics};
 use crate::resp::{parse_i64, Parser, Reply};
 
@@ -39,9 +40,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The Redis version keel reports, for clients that check features by version.
 pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
 
-/// Where writes go: the local engine, or the cluster (through raft).
+/// Where writes go: the local engine (which the healer replaces after a failure poisons its
+/// log, see [`crate::heal`]), or the cluster (through raft).
 pub enum Backend {
-    Local(Arc<Engine>),
+    Local(Arc<Local>),
     Cluster(Arc<Cluster>),
 }
 
@@ -194,9 +196,40 @@ impl Shared {
     /// The engine reads come from (in a cluster, this node's replica).
     pub fn engine(&self) -> Arc<Engine> {
         match &self.backend {
-            Backend::Local(e) => e.clone(),
+            Backend::Local(l) => l.engine(),
             Backend::Cluster(c) => c.engine(),
         }
+    }
+
+    /// The single-node engine and its healer.
+    pub fn local(&self) -> Option<&Arc<Local>> {
+        match &self.backend {
+            Backend::Local(l) => Some(l),
+            Backend::Cluster(_) => None,
+        }
+    }
+
+    /// The log's health: poisoned or not, and the healer's reopen attempts. A cluster node does
+    /// not reopen its engine (see the README): its counters stay 0.
+    pub fn wal_health(&self) -> Health {
+        match &self.backend {
+            Backend::Local(l) => l.health(),
+            Backend::Cluster(c) => Health {
+                poisoned: c
+                    .engine()
+                    .poisoned()
+                    .map(|e| crate::heal::one_line(e.root())),
+                ..Health::default()
+            },
+        }
+    }
+
+    /// The reply to an engine error: a poisoned log's refusal names its cause and the healer's
+    /// retry interval.
+    pub fn engine_error(&self, e: &keel_engine::Error) -> Reply {
+        self.local()
+            .and_then(|l| l.refusal(e))
+            .unwrap_or_else(|| cmd::engine_error(e))
     }
 
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
@@ -224,6 +257,11 @@ impl Shared {
     /// Asks the server to shut down gracefully.
     pub fn request_shutdown(&self) {
         self.shutdown.send_replace(true);
+    }
+
+    /// Turns true when the server starts shutting down.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
     }
 
     /// Client connections open now, accepted since start, and refused at `max_clients`.
@@ -597,13 +635,19 @@ impl Conn {
             None => self.engine().submit(guards, writes),
         };
         match submitted {
-            Ok(p) => self.queue.push_back(Slot::Pending(Box::pin(async move {
-                match p.await {
-                    Ok(o) => render_outcome(render, o),
-                    Err(e) => cmd::engine_error(&e),
-                }
-            }))),
-            Err(e) => self.reply(cmd::engine_error(&e)),
+            Ok(p) => {
+                let sh = self.sh.clone();
+                self.queue.push_back(Slot::Pending(Box::pin(async move {
+                    match p.await {
+                        Ok(o) => render_outcome(render, o),
+                        Err(e) => sh.engine_error(&e),
+                    }
+                })))
+            }
+            Err(e) => {
+                let r = self.sh.engine_error(&e);
+                self.reply(r)
+            }
         }
     }
 
@@ -860,7 +904,7 @@ impl Conn {
                 } else {
                     match job.await {
                         Ok(Ok(_)) => Reply::ok(),
-                        Ok(Err(e)) => cmd::engine_error(&e),
+                        Ok(Err(e)) => self.sh.engine_error(&e),
                         Err(_) => Reply::err("ERR the checkpoint thread failed"),
                     }
                 }
@@ -881,7 +925,7 @@ impl Conn {
                     std::path::PathBuf::from(String::from_utf8_lossy(&args[1]).into_owned());
                 match tokio::task::spawn_blocking(move || engine.backup(target)).await {
                     Ok(Ok(r)) => Reply::Int(r.lsn as i64),
-                    Ok(Err(e)) => cmd::engine_error(&e),
+                    Ok(Err(e)) => self.sh.engine_error(&e),
                     Err(_) => Reply::err("ERR the backup thread failed"),
                 }
             }
@@ -937,7 +981,7 @@ impl Conn {
                         let engine = self.sh.engine();
                         match tokio::task::spawn_blocking(move || engine.sync()).await {
                             Ok(Ok(_)) => Reply::Array(vec![Reply::Int(1), Reply::Int(0)]),
-                            Ok(Err(e)) => cmd::engine_error(&e),
+                            Ok(Err(e)) => self.sh.engine_error(&e),
                             Err(e) => Reply::err(format!("ERR sync task failed: {e}")),
                         }
                     }
@@ -1363,6 +1407,21 @@ impl Conn {
             );
             line(&mut o, "wal_bytes_written", &ws.bytes_written);
             line(&mut o, "wal_queued_bytes", &ws.queued_bytes);
+            let h = self.sh.wal_health();
+            line(&mut o, "wal_poisoned", &(h.poisoned.is_some() as u8));
+            line(
+                &mut o,
+                "wal_poison_cause",
+                &h.poisoned.as_deref().unwrap_or(""),
+            );
+            line(&mut o, "wal_reopen_attempts", &h.reopen_attempts);
+            line(&mut o, "wal_reopens", &h.reopens);
+            line(&mut o, "wal_reopen_retry_ms", &h.retry.as_millis());
+            line(
+                &mut o,
+                "wal_reopen_last_error",
+                &h.last_error.as_deref().unwrap_or(""),
+            );
             let (cp, cp_err) = e.last_checkpoint();
             match cp {
                 Some(c) => {

@@ -524,7 +524,8 @@ impl Future for AppendFuture {
 pub struct Wal {
     shared: Arc<Shared>,
     io_thread: Mutex<Option<JoinHandle<()>>>,
-    _lock: Box<dyn FsFile>,
+    /// The directory's lock, held until the I/O thread has stopped (see [`Wal::halt`]).
+    lock_file: Mutex<Option<Box<dyn FsFile>>>,
 }
 
 impl std::fmt::Debug for Wal {
@@ -839,7 +840,7 @@ impl Wal {
             Wal {
                 shared,
                 io_thread: Mutex::new(Some(handle)),
-                _lock: lock_file,
+                lock_file: Mutex::new(Some(lock_file)),
             },
             report,
         ))
@@ -1075,9 +1076,24 @@ impl Wal {
         }
     }
 
+    /// The first failure, if a failed write or sync has poisoned the log. A poisoned log
+    /// acknowledges nothing more; [`Wal::halt`] it and open the directory again to recover.
+    pub fn poisoned(&self) -> Option<Arc<Error>> {
+        lock(&self.shared.progress).poisoned.clone()
+    }
+
     /// Finishes queued appends, syncs, and stops the I/O thread. Returns the poisoning error if
     /// the log was poisoned.
     pub fn close(self) -> Result<()> {
+        self.shutdown()
+    }
+
+    /// [`Wal::close`] through a shared reference, for a log other threads still hold: once it
+    /// returns, the I/O thread has stopped, the directory's lock is released (so the directory
+    /// can be opened again, in this process too), and every later append fails (with
+    /// `Error::Poisoned` if the log was poisoned, otherwise `Error::Closed`). Reads of what
+    /// was written keep working. Calling it again changes nothing.
+    pub fn halt(&self) -> Result<()> {
         self.shutdown()
     }
 
@@ -1094,6 +1110,9 @@ impl Wal {
         if let Some(h) = lock(&self.io_thread).take() {
             let _ = h.join();
         }
+        // Nothing writes to the directory any more (the I/O thread also joined the thread that
+        // prepares spare segments): another open may have it now.
+        lock(&self.lock_file).take();
         lock(&self.shared.progress).wake(true);
         self.shared.progress_cv.notify_all();
         match &lock(&self.shared.progress).poisoned {
@@ -1105,6 +1124,9 @@ impl Wal {
 
 impl Drop for Wal {
     fn drop(&mut self) {
+        if lock(&self.io_thread).is_none() {
+            return; // closed or halted already, and that said how
+        }
         if let Err(e) = self.shutdown() {
             tracing::error!("closing the log at {}: {e}", self.shared.dir.display());
         }

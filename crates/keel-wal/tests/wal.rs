@@ -540,6 +540,70 @@ fn a_second_writer_is_locked_out() {
 }
 
 #[test]
+fn a_poisoned_log_halted_through_a_shared_handle_reopens_in_the_same_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let ffs = FaultFs::new();
+    let (wal, _) = Wal::open(dir.path(), ffs.options(small())).unwrap();
+    let wal = Arc::new(wal);
+    let other = wal.clone(); // a handle someone else still holds
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        acked.push((wal.append(&payload(i, 100)).unwrap(), payload(i, 100)));
+    }
+    assert!(wal.poisoned().is_none());
+    ffs.faults.fail_nth_sync(1);
+    assert!(matches!(
+        wal.append(b"doomed").unwrap_err(),
+        Error::Poisoned(_)
+    ));
+    let first = wal.poisoned().expect("the log says it is poisoned");
+    assert!(first.to_string().contains("Input/output error"), "{first}");
+    // Still locked while the poisoned log is open, even though it writes nothing more.
+    assert!(matches!(
+        Wal::open(dir.path(), small()),
+        Err(Error::Locked { .. })
+    ));
+    // Halted through a shared handle: the lock is free, appends fail, reads go on.
+    assert!(matches!(other.halt().unwrap_err(), Error::Poisoned(_)));
+    assert!(
+        matches!(other.halt().unwrap_err(), Error::Poisoned(_)),
+        "twice"
+    );
+    assert!(matches!(
+        wal.append(b"after").unwrap_err(),
+        Error::Poisoned(_)
+    ));
+    let read: Vec<_> = wal
+        .read_from(1)
+        .unwrap()
+        .take(acked.len())
+        .map(|r| r.map(|r| (r.lsn, r.payload)).unwrap())
+        .collect();
+    assert_eq!(read, acked);
+    let (again, _) = Wal::open(dir.path(), small()).unwrap();
+    let got: Vec<_> = again
+        .read_from(1)
+        .unwrap()
+        .map(|r| r.map(|r| (r.lsn, r.payload)).unwrap())
+        .collect();
+    assert!(got.len() >= acked.len(), "the doomed record may be there");
+    assert_eq!(&got[..acked.len()], &acked[..]);
+    assert_eq!(again.append(b"more").unwrap(), got.len() as u64 + 1);
+    drop((wal, other));
+}
+
+#[test]
+fn a_halted_log_that_was_healthy_says_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), small()).unwrap();
+    let lsn = wal.append(b"kept").unwrap();
+    wal.halt().unwrap();
+    assert!(matches!(wal.append(b"late").unwrap_err(), Error::Closed));
+    let (again, _) = Wal::open(dir.path(), small()).unwrap();
+    assert_eq!(again.last_lsn(), lsn);
+}
+
+#[test]
 fn weaker_policies_acknowledge_before_sync_and_close_syncs() {
     for policy in [
         SyncPolicy::Never,

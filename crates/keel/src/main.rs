@@ -33,7 +33,9 @@ struct Cli {
 enum Command {
     /// Serve the database over the Redis protocol (RESP2/RESP3). A write's reply leaves only
     /// once the write is durable. Exit code 0: shut down cleanly (SIGTERM, SIGINT or SHUTDOWN);
-    /// 2: the database refused to open (the error says why and what to run); 3: other errors.
+    /// 2: the database refused to open (the error says why and what to run), or a bad flag;
+    /// 3: other errors; 4: shut down while the log was poisoned by a failed write or sync
+    /// (everything acknowledged is in the log; the next start runs recovery).
     Serve(Box<keel_server::ServeArgs>),
     /// Manage a keel cluster through one of its nodes: init, add-node, remove-node, status.
     Cluster(cluster_cmd::ClusterArgs),

@@ -12,108 +12,14 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::loopfs::LoopFs;
 use common::{resp, Server, DEADLINE};
 use redis::Commands;
-
-/// A loop-mounted ext4 file system, unfrozen and unmounted on drop (also when a test panics).
-struct LoopFs {
-    mnt: PathBuf,
-}
-
-impl LoopFs {
-    fn mount(base: &Path) -> Result<LoopFs, String> {
-        let uid = Command::new("id")
-            .arg("-u")
-            .output()
-            .map_err(|e| e.to_string())?;
-        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-            return Err("mounting a loop file system needs root".into());
-        }
-        let img = base.join("fs.img");
-        let mnt = base.join("mnt");
-        std::fs::create_dir_all(&mnt).unwrap();
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(1 << 30)
-            .unwrap();
-        run("mkfs.ext4", &["-q", "-F", img.to_str().unwrap()]);
-        let out = Command::new("mount")
-            .args(["-o", "loop", img.to_str().unwrap(), mnt.to_str().unwrap()])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "cannot loop-mount ({})",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(LoopFs { mnt })
-    }
-
-    /// Freezes the file system until the guard is dropped. A process killed while it waits on
-    /// the frozen file system cannot finish exiting, so the guard must go before the server. A
-    /// detached watchdog thaws it after five minutes in case this process dies frozen.
-    fn freeze(&self) -> Frozen {
-        let m = self.mnt.to_str().unwrap();
-        // `setsid --fork` returns at once; the watchdog lives on in its own session.
-        let watchdog = Command::new("setsid")
-            .args([
-                "--fork",
-                "sh",
-                "-c",
-                &format!("sleep 300; fsfreeze -u '{m}' 2>/dev/null"),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("setsid");
-        assert!(watchdog.success(), "setsid: {watchdog}");
-        run("fsfreeze", &["-f", m]);
-        Frozen(self.mnt.clone())
-    }
-}
-
-struct Frozen(PathBuf);
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        // No panic here: a panic while unwinding would abort before the unmount.
-        let _ = Command::new("fsfreeze")
-            .arg("-u")
-            .arg(&self.0)
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&self.mnt)
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| {
-        panic!("{cmd}: {e}");
-    });
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn info_field(c: &mut redis::Connection, name: &str) -> u64 {
     let info: String = redis::cmd("INFO")
@@ -140,7 +46,7 @@ fn a_frozen_disk_stops_acknowledgements_but_not_reads_or_other_clients() {
         .prefix("keel-stall-")
         .tempdir()
         .unwrap();
-    let fs = match LoopFs::mount(t.path()) {
+    let fs = match LoopFs::mount(t.path(), 1 << 30) {
         Ok(fs) => fs,
         Err(why) => {
             eprintln!("skipped: {why}");
