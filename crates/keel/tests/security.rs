@@ -596,3 +596,153 @@ fn mutual_tls_requires_a_client_certificate_from_the_ca() {
     // The server is still serving.
     c.cmd(&["PING"], "+PONG\r\n");
 }
+
+/// `keel serve` run to completion (it is expected to exit at once): its status and stderr.
+fn serve_output(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .arg("serve")
+        .arg("--dir")
+        .arg(dir)
+        .args(["--port", "0"])
+        .args(args)
+        .env_remove("KEEL_REQUIREPASS")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn config_errors_name_the_line_and_key_but_never_a_secret() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let hash = hash_password(&[], "hash-me").trim().to_string();
+    // (file, secret, what stderr must say, line)
+    let cases: Vec<(String, String, &str, usize)> = vec![
+        // A typo in the key: the whole line used to be quoted.
+        (
+            "port = 0\nrequirepas = \"typo-secret-A1\"\n".into(),
+            "typo-secret-A1".into(),
+            "requirepas",
+            2,
+        ),
+        // An unquoted value.
+        (
+            "requirepass = unquoted-secret-B2\n".into(),
+            "unquoted-secret-B2".into(),
+            "requirepass",
+            1,
+        ),
+        // A password where its hash belongs, under a key that does not exist.
+        (
+            "[[users]]\nname = \"app\"\npassword = \"users-secret-C3\"\npermissions = [\"read\"]\n"
+                .into(),
+            "users-secret-C3".into(),
+            "password",
+            3,
+        ),
+        // A number: serde's own message quotes the value.
+        (
+            "requirepass = 31415926535\n".into(),
+            "31415926535".into(),
+            "requirepass",
+            1,
+        ),
+        (
+            "[[users]]\nname = \"app\"\npassword_sha256 = 27182818284590452353\npermissions = []\n"
+                .into(),
+            "27182818284590452353".into(),
+            "password_sha256",
+            3,
+        ),
+        // The same key twice.
+        (
+            "requirepass = \"dup-secret-D4\"\nrequirepass = \"dup-secret-D4\"\n".into(),
+            "dup-secret-D4".into(),
+            "requirepass",
+            2,
+        ),
+        // Trailing text after a good hash.
+        (
+            format!("[[users]]\nname = \"app\"\npassword_sha256 = \"{hash}\" permissions = [\"read\"]\n"),
+            hash.clone(),
+            "password_sha256",
+            3,
+        ),
+        // Unterminated strings, basic and multi-line.
+        (
+            "requirepass = \"unterminated-secret-E5\n".into(),
+            "unterminated-secret-E5".into(),
+            "requirepass",
+            1,
+        ),
+        (
+            "port = 0\nrequirepass = \"\"\"multi-secret-F6\nstill-secret-F6\n".into(),
+            "secret-F6".into(),
+            // Reported where the file ends without closing it.
+            "multi-line",
+            4,
+        ),
+        // A value of the wrong kind in a literal string.
+        (
+            "requirepass = ['array-secret-G7']\n".into(),
+            "array-secret-G7".into(),
+            "requirepass",
+            1,
+        ),
+    ];
+    for (i, (text, secret, key, line)) in cases.iter().enumerate() {
+        let conf = t.path().join(format!("bad{i}.toml"));
+        std::fs::write(&conf, text).unwrap();
+        let (ok, out) = serve_output(&data, &["--config", conf.to_str().unwrap()], &[]);
+        assert!(!ok, "{text:?} was accepted:\n{out}");
+        assert!(
+            !out.contains(secret.as_str()),
+            "{text:?}: the secret leaked:\n{out}"
+        );
+        assert!(out.contains(key), "{text:?}: {key:?} not named:\n{out}");
+        assert!(
+            out.contains(&format!("line {line}")),
+            "{text:?}: line {line} not named:\n{out}"
+        );
+        assert!(out.contains(conf.to_str().unwrap()), "{out}");
+    }
+
+    // The password flag and variable: never echoed, also when the command line is wrong.
+    let (ok, out) = serve_output(
+        &data,
+        &["--port", "not-a-port"],
+        &[("KEEL_REQUIREPASS", "env-secret-H8")],
+    );
+    assert!(!ok);
+    assert!(!out.contains("env-secret-H8"), "{out}");
+    let (ok, out) = serve_output(
+        &data,
+        &["--requirepass", "flag-secret-I9", "--max-clients", "many"],
+        &[],
+    );
+    assert!(!ok);
+    assert!(!out.contains("flag-secret-I9"), "{out}");
+    let (ok, out) = serve_output(
+        &data,
+        &["--help"],
+        &[("KEEL_REQUIREPASS", "help-secret-J10")],
+    );
+    assert!(ok, "{out}");
+    assert!(!out.contains("help-secret-J10"), "{out}");
+    // A password that starts with a dash is a value, not a flag clap would echo back.
+    let (ok, out) = serve_output(
+        &data,
+        &["--requirepass", "-dash-secret-K11", "--max-clients", "0"],
+        &[],
+    );
+    assert!(!ok);
+    assert!(!out.contains("dash-secret"), "{out}");
+    assert!(out.contains("max_clients"), "{out}");
+}
