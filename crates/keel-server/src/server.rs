@@ -420,6 +420,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     loop {
         // Execute every complete request buffered.
         loop {
+            // Until the client logs in, a request is bounded tightly (Redis's 10 arguments of
+            // 16 KiB), so nobody who cannot authenticate makes us hold megabytes.
+            parser.set_unauthenticated(conn.user.is_none());
             match parser.parse(&buf, &limits) {
                 Ok(Some((frame, n))) => {
                     buf.advance(n);

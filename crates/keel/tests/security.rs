@@ -746,3 +746,78 @@ fn config_errors_name_the_line_and_key_but_never_a_secret() {
     assert!(!out.contains("dash-secret"), "{out}");
     assert!(out.contains("max_clients"), "{out}");
 }
+
+#[test]
+fn unauthenticated_clients_cannot_send_big_requests() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(&t.path().join("data"), &["--requirepass", "pw"]);
+    let refused = |bytes: &[u8], expect: &str| {
+        let mut c = srv.raw();
+        c.send(bytes);
+        // The reply, then the close: the server does not wait for the declared bytes (a read
+        // that had to wait for them would run into the test's deadline instead).
+        assert_eq!(
+            String::from_utf8_lossy(&c.read_to_close()),
+            expect,
+            "{:?}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
+        );
+    };
+    let mbulk = "-ERR Protocol error: unauthenticated multibulk length\r\n";
+    let bulk = "-ERR Protocol error: unauthenticated bulk length\r\n";
+    // Redis's tests/unit/auth.tcl cases, and the edges of Redis's limits (10 and 16384).
+    refused(b"*100\r\n", mbulk);
+    refused(b"*11\r\n", mbulk);
+    refused(b"*1\r\n$100000000\r\n", bulk);
+    refused(b"*2\r\n$4\r\nAUTH\r\n$16385\r\n", bulk);
+    // Past the absolute limits too (max_bulk_bytes is 8 MiB): the client must log in first.
+    refused(b"*99999999\r\n", mbulk);
+    refused(
+        b"*abc\r\n",
+        "-ERR Protocol error: invalid multibulk length\r\n",
+    );
+    // An inline command is bounded the same way (16 KiB), and waits for no newline.
+    let mut line = b"AUTH ".to_vec();
+    line.extend(vec![b'a'; 16 << 10]);
+    refused(&line, "-ERR Protocol error: too big inline request\r\n");
+
+    // At the limits a request is read, and answered NOAUTH.
+    let mut c = srv.raw();
+    let ten: Vec<String> = (0..9).map(|i| format!("k{i}")).collect();
+    let ten: Vec<&str> = ["MGET"]
+        .into_iter()
+        .chain(ten.iter().map(String::as_str))
+        .collect();
+    c.cmd(&ten, "-NOAUTH Authentication required.\r\n");
+    let big = "x".repeat(16384);
+    c.cmd(&["GET", &big], "-NOAUTH Authentication required.\r\n");
+    c.send(format!("GET {}\r\n", "y".repeat(16000)).as_bytes());
+    assert_eq!(
+        c.read_exact_len(NOAUTH.len()),
+        NOAUTH.as_bytes(),
+        "inline at the limit"
+    );
+    // After AUTH the normal limits apply: 100 arguments, a 100 kB value, a long inline line;
+    // also when the big request comes in the same packet as the AUTH.
+    let mut del = vec!["DEL"];
+    let keys: Vec<String> = (0..99).map(|i| format!("k{i}")).collect();
+    del.extend(keys.iter().map(String::as_str));
+    let value = "v".repeat(100_000);
+    let mut req = resp(&["AUTH", "pw"]);
+    req.extend(resp(&del));
+    req.extend(resp(&["SET", "k", &value]));
+    req.extend(format!("SET inline {}\r\n", "i".repeat(30_000)).as_bytes());
+    c.roundtrip(&req, b"+OK\r\n:0\r\n+OK\r\n+OK\r\n");
+    c.cmd(&["STRLEN", "k"], ":100000\r\n");
+    c.cmd(&["STRLEN", "inline"], ":30000\r\n");
+    // RESET logs out, and the tight limits are back.
+    c.cmd(&["RESET"], "+RESET\r\n");
+    c.send(b"*11\r\n");
+    assert_eq!(String::from_utf8_lossy(&c.read_to_close()), mbulk);
+
+    // Without a password nobody is unauthenticated: the normal limits apply at once.
+    let open = Server::start(&t.path().join("open"), &[]);
+    let mut c = open.raw();
+    c.cmd(&del, ":0\r\n");
+    c.cmd(&["SET", "k", &value], "+OK\r\n");
+}
