@@ -53,7 +53,8 @@ pub struct ServeArgs {
     /// Most client connections at once [default: 1000].
     #[arg(long, env = "KEEL_MAX_CLIENTS")]
     pub max_clients: Option<usize>,
-    /// Close a connection idle this many seconds; 0 = never [default: 0].
+    /// Close a connection idle this many seconds, or whose request has not arrived whole
+    /// within this many seconds of waiting for it (slow clients); 0 = never [default: 0].
     #[arg(long, env = "KEEL_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
     /// Serve Prometheus metrics at http://BIND:PORT/metrics; 0 picks a free port (the log says

@@ -417,6 +417,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let limits = sh.settings.limits.clone();
     let mut parser = Parser::default();
     let mut buf = BytesMut::with_capacity(16 << 10);
+    // Time spent waiting for the bytes of the request now arriving. The idle timeout bounds
+    // this sum, not the gap between two reads: a client that dribbles a byte at a time
+    // (slowloris) is cut off once its request has taken the timeout in all.
+    let mut waited = Duration::ZERO;
     loop {
         // Execute every complete request buffered.
         loop {
@@ -426,6 +430,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
             match parser.parse(&buf, &limits) {
                 Ok(Some((frame, n))) => {
                     buf.advance(n);
+                    waited = Duration::ZERO;
                     if frame.args.is_empty() {
                         continue;
                     }
@@ -467,20 +472,25 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
         if *stop.borrow() {
             return Ok(());
         }
+        if buf.is_empty() {
+            waited = Duration::ZERO;
+        }
         buf.reserve(16 << 10);
         let read = stream.read_buf(&mut buf);
+        let read_started = Instant::now();
         let n = tokio::select! {
             r = async {
                 match sh.settings.idle_timeout {
-                    Some(t) => tokio::time::timeout(t, read).await.ok(),
+                    Some(t) => tokio::time::timeout(t.saturating_sub(waited), read).await.ok(),
                     None => Some(read.await),
                 }
             } => match r {
                 Some(r) => r?,
-                None => return Ok(()), // idle timeout
+                None => return Ok(()), // idle, or a request not complete in time
             },
             _ = stop.wait_for(|s| *s) => return Ok(()),
         };
+        waited += read_started.elapsed();
         if n == 0 {
             return Ok(());
         }
