@@ -159,7 +159,8 @@ fn acl_users_from_the_config_file() {
     assert!(hello.starts_with(b"%7\r\n"));
     // RESP3 from here on: the replies below are the same bytes in RESP2 and RESP3.
     w.cmd(&["SET", "k", "w"], "+OK\r\n");
-    w.cmd(&["INCR", "n"], ":1\r\n");
+    w.cmd(&["INCR", "n"], &noperm("writer", "incr"));
+    w.cmd(&["APPEND", "n", "1"], ":1\r\n");
     w.cmd(&["KEEL.IDEM", "id2", "SET", "k2", "x"], "+OK\r\n");
     w.cmd(&["KEEL.IDEM", "id3", "GET", "k"], &noperm("writer", "get"));
     w.cmd(&["GET", "k"], &noperm("writer", "get"));
@@ -820,4 +821,264 @@ fn unauthenticated_clients_cannot_send_big_requests() {
     let mut c = open.raw();
     c.cmd(&del, ":0\r\n");
     c.cmd(&["SET", "k", &value], "+OK\r\n");
+}
+
+/// Reads one RESP2/RESP3 reply and returns its bytes (an error or a closed connection ends it).
+fn read_reply<S: std::io::Read + Write>(c: &mut Raw<S>) -> Vec<u8> {
+    fn line<S: std::io::Read + Write>(c: &mut Raw<S>, out: &mut Vec<u8>) -> Vec<u8> {
+        let start = out.len();
+        while !out[start..].ends_with(b"\r\n") {
+            let b = c.read_exact_len(1);
+            assert_eq!(
+                b.len(),
+                1,
+                "closed mid-reply: {}",
+                String::from_utf8_lossy(out)
+            );
+            out.extend(b);
+        }
+        out[start + 1..out.len() - 2].to_vec()
+    }
+    fn one<S: std::io::Read + Write>(c: &mut Raw<S>, out: &mut Vec<u8>) {
+        let tag = out.len();
+        let head = line(c, out);
+        let n: i64 = std::str::from_utf8(&head)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        match out[tag] {
+            b'$' | b'=' if n >= 0 => out.extend(c.read_exact_len(n as usize + 2)),
+            b'*' | b'~' | b'>' => (0..n).for_each(|_| one(c, out)),
+            b'%' => (0..2 * n).for_each(|_| one(c, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    one(c, &mut out);
+    out
+}
+
+/// Every command keel serves, run by users with each permission. A command that returns stored
+/// data needs `read`, one that changes data needs `write`, many need both, and the list below
+/// must name every command in keel's table, so a new command cannot be left out. Independently
+/// of what each command is declared to need, a write-only user never gets a stored value or key
+/// name back.
+#[test]
+fn permissions_follow_what_each_command_does() {
+    const R: u8 = 1;
+    const W: u8 = 2;
+    const A: u8 = 4;
+    const RW: u8 = R | W;
+    const AW: u8 = A | W;
+    // (command, what it needs). Keys: k holds a string, n a number, both secrets.
+    let cases: &[(&[&str], u8)] = &[
+        (&["PING"], 0),
+        (&["ECHO", "x"], 0),
+        (&["HELLO", "2"], 0),
+        (&["AUTH", "nobody", "x"], 0),
+        (&["SELECT", "0"], 0),
+        (&["QUIT"], 0),
+        (&["RESET"], 0),
+        (&["CLIENT", "ID"], 0),
+        (&["COMMAND", "COUNT"], 0),
+        (&["INFO", "server"], 0),
+        (&["TIME"], 0),
+        (&["CONFIG", "GET", "port"], A),
+        (&["SHUTDOWN"], A),
+        (&["DBSIZE"], R),
+        (&["FLUSHDB"], AW),
+        (&["FLUSHALL"], AW),
+        (&["GET", "k"], R),
+        (&["SET", "k", "v"], W),
+        (&["SET", "k", "v", "NX", "EX", "100"], W),
+        (&["SET", "k", "v", "GET"], RW),
+        (&["SET", "k", "v", "XX", "GET", "KEEPTTL"], RW),
+        (&["SETNX", "k", "v"], W),
+        (&["SETEX", "k", "100", "v"], W),
+        (&["PSETEX", "k", "100000", "v"], W),
+        (&["GETSET", "k", "v"], RW),
+        (&["GETDEL", "k"], RW),
+        // GETEX without an option only reads; with one it also changes the expiry.
+        (&["GETEX", "k"], R),
+        (&["GETEX", "k", "PERSIST"], RW),
+        (&["GETEX", "k", "EX", "100"], RW),
+        (&["MGET", "k", "n"], R),
+        (&["MSET", "k", "v", "n", "1"], W),
+        (&["MSETNX", "new1", "v", "new2", "v"], W),
+        // The counters return the stored number plus the increment.
+        (&["INCR", "n"], RW),
+        (&["DECR", "n"], RW),
+        (&["INCRBY", "n", "2"], RW),
+        (&["DECRBY", "n", "2"], RW),
+        (&["INCRBYFLOAT", "n", "0.5"], RW),
+        (&["APPEND", "k", "x"], W),
+        (&["STRLEN", "k"], R),
+        (&["GETRANGE", "k", "0", "-1"], R),
+        (&["DEL", "k"], W),
+        (&["UNLINK", "k"], W),
+        (&["EXISTS", "k"], R),
+        (&["TYPE", "k"], R),
+        // As Redis's key specs say (ACCESS on the source): moving a value uses it.
+        (&["RENAME", "k", "k2"], RW),
+        (&["RENAMENX", "k", "k2"], RW),
+        (&["EXPIRE", "k", "100"], W),
+        (&["PEXPIRE", "k", "100000"], W),
+        (&["EXPIREAT", "k", "4000000000"], W),
+        (&["PEXPIREAT", "k", "4000000000000"], W),
+        (&["TTL", "k"], R),
+        (&["PTTL", "k"], R),
+        (&["EXPIRETIME", "k"], R),
+        (&["PEXPIRETIME", "k"], R),
+        (&["PERSIST", "k"], W),
+        (&["KEYS", "*"], R),
+        (&["SCAN", "0"], R),
+        (&["MULTI"], 0),
+        (&["EXEC"], 0),
+        (&["DISCARD"], 0),
+        (&["WATCH", "k"], R),
+        (&["UNWATCH"], 0),
+        (&["WAITAOF", "1", "0", "0"], 0),
+        (&["WAIT", "0", "0"], 0),
+        (&["KEEL.VERSION", "k"], R),
+        (&["KEEL.CAS", "k", "0", "v"], W),
+        (&["KEEL.IDEM", "id-set", "SET", "k", "v"], W),
+        (&["KEEL.IDEM", "id-getset", "GETSET", "k", "v"], RW),
+        (&["KEEL.IDEM", "id-get", "GET", "k"], RW),
+        (&["KEEL.IDEM", "id-incr", "INCR", "n"], RW),
+        (&["KEEL.IDEM", "id-flush", "FLUSHALL"], AW),
+        (&["SAVE"], A),
+        (&["BGSAVE"], A),
+        (&["LASTSAVE"], 0),
+        (&["KEEL.BACKUP", "/nonexistent/keel-backup-target"], A),
+        (&["KEEL.CLUSTER", "STATUS"], A),
+    ];
+
+    let t = tempfile::tempdir().unwrap();
+    let user = |name: &str, perms: &str| {
+        format!(
+            "[[users]]\nname = \"{name}\"\npassword_sha256 = \"{}\"\npermissions = [{perms}]\n\n",
+            hash_password(&[], &format!("{name}-pass")).trim()
+        )
+    };
+    let conf = write_config(
+        t.path(),
+        &[
+            user("reader", "\"read\""),
+            user("writer", "\"write\""),
+            user("app", "\"read\", \"write\""),
+            user("boss", "\"read\", \"write\", \"admin\""),
+        ]
+        .concat(),
+    );
+    let srv = Server::start(
+        &t.path().join("data"),
+        &["--config", conf.to_str().unwrap()],
+    );
+    // Every command in keel's table has a case.
+    let mut listing = srv.raw();
+    listing.cmd(&["AUTH", "boss", "boss-pass"], "+OK\r\n");
+    listing.send(&resp(&["COMMAND", "LIST"]));
+    let list = String::from_utf8(read_reply(&mut listing)).unwrap();
+    let names: Vec<&str> = list
+        .split("\r\n")
+        .filter(|l| !l.is_empty() && !l.starts_with(['*', '$']))
+        .collect();
+    assert!(names.len() > 50, "{list}");
+    for name in &names {
+        assert!(
+            cases.iter().any(|(a, _)| a[0].eq_ignore_ascii_case(name)),
+            "no permission case for {name}: add it above"
+        );
+    }
+
+    let secret_value = "SECRETVALUE";
+    let secret_number = "4242424242";
+    let secret_key = "secretkeyname";
+    let mut boss = srv.raw();
+    boss.cmd(&["AUTH", "boss", "boss-pass"], "+OK\r\n");
+    // Each command meets the same data.
+    let reset = |boss: &mut Raw| {
+        boss.cmd(&["FLUSHALL"], "+OK\r\n");
+        boss.cmd(
+            &[
+                "MSET",
+                "k",
+                secret_value,
+                "n",
+                secret_number,
+                secret_key,
+                secret_value,
+            ],
+            "+OK\r\n",
+        );
+    };
+    let login = |name: &str| {
+        let mut c = srv.raw();
+        c.cmd(&["AUTH", name, &format!("{name}-pass")], "+OK\r\n");
+        c
+    };
+    for (args, needs) in cases {
+        for (name, has) in [("reader", R), ("writer", W), ("app", RW)] {
+            // Nobody here is an admin, so SHUTDOWN and the like are only ever refused.
+            reset(&mut boss);
+            let mut c = login(name);
+            c.send(&resp(args));
+            let reply = String::from_utf8_lossy(&read_reply(&mut c)).into_owned();
+            let denied = needs & !has != 0;
+            if denied {
+                let shown = match args[0] {
+                    "CONFIG" => "config|get".to_string(),
+                    // KEEL.IDEM's own need (write) first, then the wrapped command's.
+                    "KEEL.IDEM" if has & W != 0 => args[2].to_lowercase(),
+                    other => other.to_lowercase(),
+                };
+                assert_eq!(reply, noperm(name, &shown), "{name} ran {args:?}");
+            } else {
+                assert!(!reply.starts_with("-NOPERM"), "{name} {args:?}: {reply}");
+            }
+            if has & R == 0 {
+                for secret in [secret_value, &secret_number[..8], secret_key] {
+                    assert!(
+                        !reply.contains(secret),
+                        "{name} {args:?} got stored data back: {reply}"
+                    );
+                }
+            }
+        }
+    }
+
+    // Queued commands are checked as they are queued, and EXEC then aborts.
+    reset(&mut boss);
+    let mut w = login("writer");
+    w.cmd(&["MULTI"], "+OK\r\n");
+    w.cmd(&["SET", "k", "v"], "+QUEUED\r\n");
+    w.cmd(&["SET", "k", "v", "GET"], &noperm("writer", "set"));
+    w.cmd(&["GETEX", "k", "PERSIST"], &noperm("writer", "getex"));
+    w.cmd(&["GETSET", "k", "v"], &noperm("writer", "getset"));
+    w.cmd(
+        &["EXEC"],
+        "-EXECABORT Transaction discarded because of previous errors.\r\n",
+    );
+    let mut r = login("reader");
+    r.cmd(&["MULTI"], "+OK\r\n");
+    r.cmd(&["GETEX", "k"], "+QUEUED\r\n");
+    r.cmd(&["EXEC"], &format!("*1\r\n$11\r\n{secret_value}\r\n"));
+    r.cmd(&["MULTI"], "+OK\r\n");
+    r.cmd(&["GETEX", "k", "EX", "100"], &noperm("reader", "getex"));
+    r.cmd(&["DISCARD"], "+OK\r\n");
+    // A request id reused by a write-only user does not hand over the first command's reply
+    // data (the first was a GETSET: its outcome holds the old value).
+    boss.cmd(
+        &["KEEL.IDEM", "shared-id", "GETSET", "k", "new"],
+        &format!("$11\r\n{secret_value}\r\n"),
+    );
+    for args in [
+        &["KEEL.IDEM", "shared-id", "SET", "k", "v"][..],
+        &["KEEL.IDEM", "shared-id", "APPEND", "k", "v"],
+        &["KEEL.IDEM", "shared-id", "SETNX", "k", "v"],
+    ] {
+        w.send(&resp(args));
+        let reply = String::from_utf8_lossy(&read_reply(&mut w)).into_owned();
+        assert!(!reply.contains(secret_value), "{args:?}: {reply}");
+    }
 }
