@@ -135,8 +135,8 @@ impl Users {
     /// the offending user and say what to change; they never contain a password or hash.
     pub fn new(requirepass: Option<String>, users: &[UserConfig]) -> anyhow::Result<Users> {
         let mut accounts = HashMap::new();
-        for u in users {
-            check_user_name(&u.name)?;
+        for (i, u) in users.iter().enumerate() {
+            check_user_name(&u.name).with_context(|| format!("[[users]] entry {}", i + 1))?;
             let hash = parse_sha256_hex(&u.password_sha256).with_context(|| {
                 format!(
                     "user {:?}: password_sha256 must be 64 hexadecimal digits, the SHA-256 of the \
@@ -283,8 +283,10 @@ fn check_user_name(name: &str) -> anyhow::Result<()> {
         || name.len() > USER_NAME_BYTES_MAX
         || !name.bytes().all(|c| (b'!'..=b'~').contains(&c))
     {
+        // The name is not echoed: a name that is not one may be a password typed in the
+        // wrong field.
         bail!(
-            "user name {name:?}: use 1 to {USER_NAME_BYTES_MAX} printable ASCII characters \
+            "the user name must be 1 to {USER_NAME_BYTES_MAX} printable ASCII characters \
              without spaces"
         );
     }
@@ -499,8 +501,10 @@ mod tests {
         assert!(format!("{:#}", both.unwrap_err()).contains("keep one"));
         let twice = Users::new(None, &[user("a", "1", &[]), user("a", "2", &[])]);
         assert!(format!("{:#}", twice.unwrap_err()).contains("twice"));
-        let spaced = Users::new(None, &[user("a b", "1", &[])]);
-        assert!(format!("{:#}", spaced.unwrap_err()).contains("printable"));
+        let spaced = Users::new(None, &[user("a", "1", &[]), user("my pass", "1", &[])]);
+        let e = format!("{:#}", spaced.unwrap_err());
+        assert!(e.contains("printable") && e.contains("entry 2"), "{e}");
+        assert!(!e.contains("my pass"), "{e}");
         let mut plain = user("app", "", &[]);
         plain.password_sha256 = "hunter2-hunter2".into();
         let e = format!("{:#}", Users::new(None, &[plain.clone()]).unwrap_err());
