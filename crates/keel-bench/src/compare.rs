@@ -25,8 +25,10 @@ pub struct CompareArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256")]
     pub writers: Vec<usize>,
     /// Writer counts for durable batches (empty: skip batches).
-    #[arg(long, value_delimiter = ',', default_value = "1,16")]
-    pub batch_writers: Vec<usize>,
+    // One value parsed whole (`::std::vec::Vec` keeps clap from treating it as a repeated
+    // argument): clap's value_delimiter would split "" into one empty, unparsable count.
+    #[arg(long, value_parser = writer_counts, default_value = "1,16")]
+    pub batch_writers: ::std::vec::Vec<usize>,
     /// Puts per batch.
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
@@ -40,6 +42,20 @@ pub struct CompareArgs {
     /// MiB of unsnapshotted log to recover after a kill -9 (0 skips recovery).
     #[arg(long, default_value_t = 1024)]
     pub recovery_mib: u64,
+}
+
+/// A comma-separated list of writer counts; the empty string is the empty list.
+fn writer_counts(s: &str) -> Result<Vec<usize>, String> {
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .map_err(|e| format!("writer count {n:?}: {e}"))
+        })
+        .collect()
 }
 
 /// What the hidden child subcommand does.

@@ -49,3 +49,34 @@ fn main() -> Result<()> {
         Cmd::Child(a) => compare::child(a),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compare_args(extra: &[&str]) -> compare::CompareArgs {
+        let argv = ["keel-bench", "compare"].iter().chain(extra);
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                cmd: Cmd::Compare(a),
+            }) => a,
+            Ok(_) => panic!("not parsed as compare"),
+            Err(e) => panic!("{extra:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_batch_writers_list_skips_batches() {
+        assert!(compare_args(&["--batch-writers", ""])
+            .batch_writers
+            .is_empty());
+        assert!(compare_args(&["--batch-writers="]).batch_writers.is_empty());
+        assert_eq!(compare_args(&[]).batch_writers, vec![1, 16]);
+        assert_eq!(
+            compare_args(&["--batch-writers", "2,8"]).batch_writers,
+            vec![2, 8]
+        );
+        assert!(Cli::try_parse_from(["keel-bench", "compare", "--batch-writers", "1,x"]).is_err());
+        assert!(Cli::try_parse_from(["keel-bench", "compare", "--batch-writers", "1,,2"]).is_err());
+    }
+}

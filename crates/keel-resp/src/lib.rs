@@ -38,6 +38,16 @@ impl Default for Limits {
 /// Longest `*<n>` or `$<len>` header line accepted, as in Redis.
 const HEADER_LINE_MAX: usize = 64 << 10;
 
+/// Most arguments in a request from a client that has not authenticated, as in Redis 7.2
+/// (`processMultibulkBuffer`: a count over 10 is refused while `authRequired`).
+pub const UNAUTHENTICATED_MULTIBULK_LEN_MAX: usize = 10;
+/// Largest bulk string from a client that has not authenticated, as in Redis 7.2.
+pub const UNAUTHENTICATED_BULK_BYTES_MAX: usize = 16 << 10;
+/// Longest inline request from a client that has not authenticated. Redis bounds inline
+/// requests only by its 64 KiB inline limit; keel applies the bulk bound, since an inline line
+/// carries the same arguments.
+pub const UNAUTHENTICATED_INLINE_BYTES_MAX: usize = UNAUTHENTICATED_BULK_BYTES_MAX;
+
 /// One client request. `args` is empty for requests Redis ignores (`*0`, `*-1`, a blank line).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
@@ -52,6 +62,12 @@ pub enum ProtocolError {
     InvalidMultibulkLength,
     #[error("invalid bulk length")]
     InvalidBulkLength,
+    /// More than [`UNAUTHENTICATED_MULTIBULK_LEN_MAX`] arguments before authentication.
+    #[error("unauthenticated multibulk length")]
+    UnauthenticatedMultibulkLength,
+    /// A bulk over [`UNAUTHENTICATED_BULK_BYTES_MAX`] before authentication.
+    #[error("unauthenticated bulk length")]
+    UnauthenticatedBulkLength,
     #[error("expected '$', got '{}'", char::from(*.0).escape_default())]
     ExpectedBulk(u8),
     #[error("too big mbulk count string")]
@@ -84,6 +100,8 @@ pub struct Parser {
     /// Arguments the current multibulk declared (0: not inside one).
     expected: usize,
     args: Vec<Bytes>,
+    /// The client has not authenticated: the tighter `UNAUTHENTICATED_*` bounds apply too.
+    unauthenticated: bool,
 }
 
 fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
@@ -116,6 +134,15 @@ pub fn parse_i64(s: &[u8]) -> Option<i64> {
 }
 
 impl Parser {
+    /// Whether the client has not authenticated yet (default: it has, or needs not). Until it
+    /// has, a request may hold at most [`UNAUTHENTICATED_MULTIBULK_LEN_MAX`] arguments of
+    /// [`UNAUTHENTICATED_BULK_BYTES_MAX`] bytes, so that nobody who cannot log in makes the
+    /// server hold megabytes for them. Set it before each request: it is read as the request's
+    /// headers arrive.
+    pub fn set_unauthenticated(&mut self, unauthenticated: bool) {
+        self.unauthenticated = unauthenticated;
+    }
+
     pub fn parse(
         &mut self,
         buf: &[u8],
@@ -126,7 +153,14 @@ impl Parser {
                 return Ok(None);
             };
             if first != b'*' {
-                return parse_inline(buf, limits);
+                let inline_max = if self.unauthenticated {
+                    limits
+                        .inline_bytes_max
+                        .min(UNAUTHENTICATED_INLINE_BYTES_MAX)
+                } else {
+                    limits.inline_bytes_max
+                };
+                return parse_inline(buf, inline_max);
             }
             let Some(end) = find_crlf(buf, 1) else {
                 if buf.len() > HEADER_LINE_MAX {
@@ -138,6 +172,12 @@ impl Parser {
                 return Err(ProtocolError::MultibulkHeaderTooLong);
             }
             let n = parse_i64(&buf[1..end]).ok_or(ProtocolError::InvalidMultibulkLength)?;
+            // The bound before authentication first. Redis checks its absolute bounds first,
+            // but those (512 MB bulks) are above anything its tests send before AUTH; keel's
+            // are lower (8 MiB), and this order gives Redis's reply to `$100000000`.
+            if self.unauthenticated && n > UNAUTHENTICATED_MULTIBULK_LEN_MAX as i64 {
+                return Err(ProtocolError::UnauthenticatedMultibulkLength);
+            }
             if n > limits.multibulk_len_max as i64 {
                 return Err(ProtocolError::InvalidMultibulkLength);
             }
@@ -170,6 +210,9 @@ impl Parser {
                 return Err(self.fail(ProtocolError::BulkHeaderTooLong));
             }
             let len = match parse_i64(&buf[self.pos + 1..end]) {
+                Some(l) if self.unauthenticated && l > UNAUTHENTICATED_BULK_BYTES_MAX as i64 => {
+                    return Err(self.fail(ProtocolError::UnauthenticatedBulkLength))
+                }
                 Some(l) if l >= 0 && l as u64 <= limits.bulk_bytes_max as u64 => l as usize,
                 _ => return Err(self.fail(ProtocolError::InvalidBulkLength)),
             };
@@ -195,19 +238,22 @@ impl Parser {
     }
 
     fn fail(&mut self, e: ProtocolError) -> ProtocolError {
-        *self = Parser::default();
+        *self = Parser {
+            unauthenticated: self.unauthenticated,
+            ..Parser::default()
+        };
         e
     }
 }
 
-fn parse_inline(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)>, ProtocolError> {
+fn parse_inline(buf: &[u8], inline_max: usize) -> Result<Option<(Frame, usize)>, ProtocolError> {
     let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
-        if buf.len() > limits.inline_bytes_max {
+        if buf.len() > inline_max {
             return Err(ProtocolError::InlineTooLong);
         }
         return Ok(None);
     };
-    if nl > limits.inline_bytes_max {
+    if nl > inline_max {
         return Err(ProtocolError::InlineTooLong);
     }
     let line = buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]);
@@ -489,6 +535,53 @@ mod tests {
         assert_eq!(
             ProtocolError::ExpectedBulk(b'\n').to_string(),
             "expected '$', got '\\n'"
+        );
+    }
+
+    #[test]
+    fn unauthenticated_limits() {
+        let mut p = Parser::default();
+        p.set_unauthenticated(true);
+        let d = Limits::default();
+        assert_eq!(
+            p.parse(b"*11\r\n", &d),
+            Err(ProtocolError::UnauthenticatedMultibulkLength)
+        );
+        assert_eq!(
+            p.parse(b"*99999999\r\n", &d),
+            Err(ProtocolError::UnauthenticatedMultibulkLength)
+        );
+        assert_eq!(
+            p.parse(b"*abc\r\n", &d),
+            Err(ProtocolError::InvalidMultibulkLength)
+        );
+        assert_eq!(
+            p.parse(b"*1\r\n$16385\r\n", &d),
+            Err(ProtocolError::UnauthenticatedBulkLength)
+        );
+        // A failed request leaves the parser unauthenticated.
+        assert_eq!(
+            p.parse(b"*1\r\n$100000000\r\n", &d),
+            Err(ProtocolError::UnauthenticatedBulkLength)
+        );
+        assert_eq!(
+            p.parse(&vec![b'a'; 16385], &d),
+            Err(ProtocolError::InlineTooLong)
+        );
+        assert_eq!(p.parse(&vec![b'a'; 16384], &d), Ok(None));
+        let mut req = b"*10\r\n".to_vec();
+        for _ in 0..10 {
+            req.extend(b"$16384\r\n");
+            req.extend(vec![b'x'; 16384]);
+            req.extend(b"\r\n");
+        }
+        let (f, n) = p.parse(&req, &d).unwrap().unwrap();
+        assert_eq!((f.args.len(), n), (10, req.len()));
+        p.set_unauthenticated(false);
+        assert!(p.parse(b"*1\r\n$16385\r\n", &d).unwrap().is_none());
+        assert_eq!(
+            ProtocolError::UnauthenticatedBulkLength.to_string(),
+            "unauthenticated bulk length"
         );
     }
 

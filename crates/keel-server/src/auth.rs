@@ -31,7 +31,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::cmd::{self, Perm, Spec};
+use crate::cmd::{self, Flags, Spec};
 
 pub const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 pub const NOAUTH: &str = "NOAUTH Authentication required.";
@@ -43,17 +43,20 @@ const USER_NAME_BYTES_MAX: usize = 128;
 /// Longest password `keel hash-password` reads.
 const PASSWORD_BYTES_MAX: usize = 4096;
 
-/// A permission a `[[users]]` entry can grant.
+/// A permission a `[[users]]` entry can grant. What each command needs comes from its
+/// [`Flags`] in the command table ([`cmd::COMMANDS`]), and nowhere else.
 #[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Permission {
-    /// Commands that read keys: GET, MGET, EXISTS, TTL, SCAN, KEYS, DBSIZE, KEEL.VERSION, …
+    /// Commands that return stored data ([`Flags::READ`]): GET, MGET, EXISTS, TTL, SCAN, KEYS,
+    /// DBSIZE, KEEL.VERSION, WATCH, and with `write` also GETSET, GETDEL, GETEX with an
+    /// option, SET … GET, INCR and the other counters, RENAME.
     Read,
-    /// Commands that change keys: SET, DEL, INCR, EXPIRE, KEEL.CAS, KEEL.IDEM, … Several of
-    /// them also return a value (GETSET, GETDEL, SET … GET, INCR), as in Redis's `@write`.
+    /// Commands that change data ([`Flags::WRITE`]): SET, DEL, APPEND, EXPIRE, KEEL.CAS,
+    /// KEEL.IDEM, …
     Write,
-    /// Commands that act on the whole server: CONFIG, SHUTDOWN, FLUSHALL, FLUSHDB, SAVE,
-    /// BGSAVE, KEEL.BACKUP.
+    /// Commands that act on the whole server ([`Flags::ADMIN`]): CONFIG, SHUTDOWN, SAVE,
+    /// BGSAVE, KEEL.BACKUP, KEEL.CLUSTER, and with `write` FLUSHALL and FLUSHDB.
     Admin,
 }
 
@@ -92,13 +95,11 @@ impl Perms {
         admin: true,
     };
 
-    fn allows(self, p: Perm) -> bool {
-        match p {
-            Perm::Conn => true,
-            Perm::Read => self.read,
-            Perm::Write => self.write,
-            Perm::Admin => self.admin,
-        }
+    /// Whether these permissions cover everything `need` asks for.
+    fn allows(self, need: Flags) -> bool {
+        (self.read || !need.contains(Flags::READ))
+            && (self.write || !need.contains(Flags::WRITE))
+            && (self.admin || !need.contains(Flags::ADMIN))
     }
 }
 
@@ -134,8 +135,8 @@ impl Users {
     /// the offending user and say what to change; they never contain a password or hash.
     pub fn new(requirepass: Option<String>, users: &[UserConfig]) -> anyhow::Result<Users> {
         let mut accounts = HashMap::new();
-        for u in users {
-            check_user_name(&u.name)?;
+        for (i, u) in users.iter().enumerate() {
+            check_user_name(&u.name).with_context(|| format!("[[users]] entry {}", i + 1))?;
             let hash = parse_sha256_hex(&u.password_sha256).with_context(|| {
                 format!(
                     "user {:?}: password_sha256 must be 64 hexadecimal digits, the SHA-256 of the \
@@ -231,20 +232,22 @@ impl Users {
         }
     }
 
-    pub fn permits(&self, user: &User, perm: Perm) -> bool {
-        perm == Perm::Conn
+    /// Whether `user` may run what needs `need` (a connection command needs nothing).
+    pub fn permits(&self, user: &User, need: Flags) -> bool {
+        need.is_connection()
             || self
                 .accounts
                 .get(&user.0)
-                .is_some_and(|a| a.perms.allows(perm))
+                .is_some_and(|a| a.perms.allows(need))
     }
 
     /// Whether `user` may run the command `args` (already looked up as `spec` and arity-checked).
-    /// `Err` holds Redis's NOPERM error text. KEEL.IDEM also needs the permission of the
-    /// command it wraps.
+    /// `Err` holds Redis's NOPERM error text. What is needed comes from the command table,
+    /// narrowed by the arguments ([`cmd::flags`]: SET without GET does not read). KEEL.IDEM
+    /// also needs what the command it wraps needs, with that command's arguments.
     pub fn check(&self, user: &User, spec: &Spec, args: &[Bytes]) -> Result<(), String> {
         let mut shown = spec.name.to_string();
-        if !self.permits(user, spec.perm) {
+        if !self.permits(user, cmd::flags(spec, args)) {
             // Redis names a subcommand as `container|sub`, for example 'config|get'.
             if spec.name == "config" {
                 if let Some(sub) = args.get(1) {
@@ -255,7 +258,7 @@ impl Users {
         }
         if spec.name == "keel.idem" {
             if let Some(inner) = args.get(2).and_then(|n| cmd::lookup(&lossy_lower(n))) {
-                if !self.permits(user, inner.perm) {
+                if !self.permits(user, cmd::flags(inner, &args[2..])) {
                     return Err(noperm(user, inner.name));
                 }
             }
@@ -280,8 +283,10 @@ fn check_user_name(name: &str) -> anyhow::Result<()> {
         || name.len() > USER_NAME_BYTES_MAX
         || !name.bytes().all(|c| (b'!'..=b'~').contains(&c))
     {
+        // The name is not echoed: a name that is not one may be a password typed in the
+        // wrong field.
         bail!(
-            "user name {name:?}: use 1 to {USER_NAME_BYTES_MAX} printable ASCII characters \
+            "the user name must be 1 to {USER_NAME_BYTES_MAX} printable ASCII characters \
              without spaces"
         );
     }
@@ -445,13 +450,13 @@ mod tests {
         let b = u.authenticate(b"boss", b"b-pass").unwrap();
         assert_eq!(r, User("reader".into()));
         for (who, read, write, admin) in [(&r, true, false, false), (&w, false, true, false)] {
-            assert!(u.permits(who, Perm::Conn));
-            assert_eq!(u.permits(who, Perm::Read), read);
-            assert_eq!(u.permits(who, Perm::Write), write);
-            assert_eq!(u.permits(who, Perm::Admin), admin);
+            assert!(u.permits(who, Flags::NONE));
+            assert_eq!(u.permits(who, Flags::READ), read);
+            assert_eq!(u.permits(who, Flags::WRITE), write);
+            assert_eq!(u.permits(who, Flags::ADMIN), admin);
         }
-        assert!(u.permits(&b, Perm::Admin));
-        assert!(!u.permits(&User("ghost".into()), Perm::Read));
+        assert!(u.permits(&b, Flags::ADMIN));
+        assert!(!u.permits(&User("ghost".into()), Flags::READ));
 
         let set = cmd::lookup("set").unwrap();
         let args = |a: &[&str]| -> Vec<Bytes> {
@@ -486,8 +491,8 @@ mod tests {
         let u = Users::new(None, &[user("default", "d", &[Permission::Read])]).unwrap();
         assert!(u.initial().is_none());
         let d = u.authenticate(b"default", b"d").unwrap();
-        assert!(u.permits(&d, Perm::Read));
-        assert!(!u.permits(&d, Perm::Write));
+        assert!(u.permits(&d, Flags::READ));
+        assert!(!u.permits(&d, Flags::WRITE));
     }
 
     #[test]
@@ -496,8 +501,10 @@ mod tests {
         assert!(format!("{:#}", both.unwrap_err()).contains("keep one"));
         let twice = Users::new(None, &[user("a", "1", &[]), user("a", "2", &[])]);
         assert!(format!("{:#}", twice.unwrap_err()).contains("twice"));
-        let spaced = Users::new(None, &[user("a b", "1", &[])]);
-        assert!(format!("{:#}", spaced.unwrap_err()).contains("printable"));
+        let spaced = Users::new(None, &[user("a", "1", &[]), user("my pass", "1", &[])]);
+        let e = format!("{:#}", spaced.unwrap_err());
+        assert!(e.contains("printable") && e.contains("entry 2"), "{e}");
+        assert!(!e.contains("my pass"), "{e}");
         let mut plain = user("app", "", &[]);
         plain.password_sha256 = "hunter2-hunter2".into();
         let e = format!("{:#}", Users::new(None, &[plain.clone()]).unwrap_err());
@@ -518,7 +525,7 @@ mod tests {
         .unwrap();
         let u = Users::new(None, &f.users).unwrap();
         let app = u.authenticate(b"app", b"abc").unwrap();
-        assert!(u.permits(&app, Perm::Write) && !u.permits(&app, Perm::Admin));
+        assert!(u.permits(&app, Flags::WRITE) && !u.permits(&app, Flags::ADMIN));
         let bad = toml::from_str::<F>(
             "[[users]]\nname = \"app\"\npassword_sha256 = \"\"\npermissions = [\"reed\"]\n",
         );

@@ -11,31 +11,65 @@ use keel_engine::{ExpireIf, Guard, PutIf, Ttl, Write, WriteError, WriteResult};
 
 use crate::resp::{parse_i64, Reply};
 
-/// What a command needs to be allowed to run; the hook for ACL users.
+/// What a command does with the data, which decides who may run it (see [`crate::auth`]) and
+/// what COMMAND INFO reports. One entry per command in [`COMMANDS`]; nothing else lists them.
+///
+/// The rule: a command that returns stored data needs `read`, one that changes data needs
+/// `write`, and many need both. It follows Redis 7.2's command table: `READ` is a readonly
+/// command, or a key spec with ACCESS ("returns, copies or uses the user data": GETSET, GETDEL,
+/// INCR, RENAME, SET … GET); `WRITE` is Redis's `write` flag. A write's reply may still say
+/// whether a key existed or a value's new length (DEL, SETNX, APPEND), as in Redis; it never
+/// holds a stored value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Perm {
-    /// Connection housekeeping: always allowed once authenticated.
-    Conn,
-    Read,
-    Write,
-    Admin,
+pub struct Flags(u8);
+
+impl Flags {
+    /// Connection housekeeping: any authenticated user may run it.
+    pub const NONE: Flags = Flags(0);
+    /// Returns stored data: values, anything computed from one, key names, counts, TTLs.
+    pub const READ: Flags = Flags(1);
+    /// Changes stored data.
+    pub const WRITE: Flags = Flags(2);
+    /// Acts on the server as a whole (CONFIG, SHUTDOWN, SAVE, FLUSHALL, …).
+    pub const ADMIN: Flags = Flags(4);
+    /// The arguments decide whether READ or WRITE applies; the table holds the most a command
+    /// can need, and [`flags`] works out what a given invocation needs.
+    pub const VARIES: Flags = Flags(8);
+
+    pub const fn with(self, other: Flags) -> Flags {
+        Flags(self.0 | other.0)
+    }
+
+    pub const fn without(self, other: Flags) -> Flags {
+        Flags(self.0 & !other.0)
+    }
+
+    pub const fn contains(self, other: Flags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Neither READ, WRITE nor ADMIN.
+    pub const fn is_connection(self) -> bool {
+        self.0 & (Flags::READ.0 | Flags::WRITE.0 | Flags::ADMIN.0) == 0
+    }
 }
 
 pub struct Spec {
     pub name: &'static str,
     /// Redis's convention: n > 0 exactly n arguments (the name included), n < 0 at least -n.
     pub arity: i64,
-    pub perm: Perm,
+    /// The most this command can need; [`flags`] gives what one invocation needs.
+    pub flags: Flags,
     pub first_key: i64,
     pub last_key: i64,
     pub step: i64,
 }
 
-const fn spec(name: &'static str, arity: i64, perm: Perm, keys: (i64, i64, i64)) -> Spec {
+const fn spec(name: &'static str, arity: i64, flags: Flags, keys: (i64, i64, i64)) -> Spec {
     Spec {
         name,
         arity,
-        perm,
+        flags,
         first_key: keys.0,
         last_key: keys.1,
         step: keys.2,
@@ -46,78 +80,111 @@ const NO_KEYS: (i64, i64, i64) = (0, 0, 0);
 const KEY1: (i64, i64, i64) = (1, 1, 1);
 const ALL_KEYS: (i64, i64, i64) = (1, -1, 1);
 
-use Perm::{Admin, Conn, Read, Write as W};
+const CONN: Flags = Flags::NONE;
+const R: Flags = Flags::READ;
+const W: Flags = Flags::WRITE;
+const RW: Flags = Flags::READ.with(Flags::WRITE);
+const ADMIN: Flags = Flags::ADMIN;
+const ADMIN_W: Flags = Flags::ADMIN.with(Flags::WRITE);
+const VARIES: Flags = Flags::VARIES;
 
 /// Every command keel serves.
 pub const COMMANDS: &[Spec] = &[
-    spec("ping", -1, Conn, NO_KEYS),
-    spec("echo", 2, Conn, NO_KEYS),
-    spec("hello", -1, Conn, NO_KEYS),
-    spec("auth", -2, Conn, NO_KEYS),
-    spec("select", 2, Conn, NO_KEYS),
-    spec("quit", -1, Conn, NO_KEYS),
-    spec("reset", 1, Conn, NO_KEYS),
-    spec("client", -2, Conn, NO_KEYS),
-    spec("command", -1, Conn, NO_KEYS),
-    spec("info", -1, Conn, NO_KEYS),
-    spec("time", 1, Conn, NO_KEYS),
-    spec("config", -2, Admin, NO_KEYS),
-    spec("shutdown", -1, Admin, NO_KEYS),
-    spec("dbsize", 1, Read, NO_KEYS),
-    spec("flushdb", -1, Admin, NO_KEYS),
-    spec("flushall", -1, Admin, NO_KEYS),
-    spec("get", 2, Read, KEY1),
-    spec("set", -3, W, KEY1),
+    spec("ping", -1, CONN, NO_KEYS),
+    spec("echo", 2, CONN, NO_KEYS),
+    spec("hello", -1, CONN, NO_KEYS),
+    spec("auth", -2, CONN, NO_KEYS),
+    spec("select", 2, CONN, NO_KEYS),
+    spec("quit", -1, CONN, NO_KEYS),
+    spec("reset", 1, CONN, NO_KEYS),
+    spec("client", -2, CONN, NO_KEYS),
+    spec("command", -1, CONN, NO_KEYS),
+    spec("info", -1, CONN, NO_KEYS),
+    spec("time", 1, CONN, NO_KEYS),
+    spec("config", -2, ADMIN, NO_KEYS),
+    spec("shutdown", -1, ADMIN, NO_KEYS),
+    spec("dbsize", 1, R, NO_KEYS),
+    spec("flushdb", -1, ADMIN_W, NO_KEYS),
+    spec("flushall", -1, ADMIN_W, NO_KEYS),
+    spec("get", 2, R, KEY1),
+    // READ only with GET.
+    spec("set", -3, RW.with(VARIES), KEY1),
     spec("setnx", 3, W, KEY1),
     spec("setex", 4, W, KEY1),
     spec("psetex", 4, W, KEY1),
-    spec("getset", 3, W, KEY1),
-    spec("getdel", 2, W, KEY1),
-    spec("getex", -2, W, KEY1),
-    spec("mget", -2, Read, ALL_KEYS),
+    spec("getset", 3, RW, KEY1),
+    spec("getdel", 2, RW, KEY1),
+    // WRITE only with an option (EX, PX, EXAT, PXAT, PERSIST): without, it is a plain read.
+    // Redis flags GETEX `write` always; keel lets a read-only user run the pure read.
+    spec("getex", -2, RW.with(VARIES), KEY1),
+    spec("mget", -2, R, ALL_KEYS),
     spec("mset", -3, W, (1, -1, 2)),
     spec("msetnx", -3, W, (1, -1, 2)),
-    spec("incr", 2, W, KEY1),
-    spec("decr", 2, W, KEY1),
-    spec("incrby", 3, W, KEY1),
-    spec("decrby", 3, W, KEY1),
-    spec("incrbyfloat", 3, W, KEY1),
+    // The counters return the stored number plus the increment (Redis: ACCESS).
+    spec("incr", 2, RW, KEY1),
+    spec("decr", 2, RW, KEY1),
+    spec("incrby", 3, RW, KEY1),
+    spec("decrby", 3, RW, KEY1),
+    spec("incrbyfloat", 3, RW, KEY1),
     spec("append", 3, W, KEY1),
-    spec("strlen", 2, Read, KEY1),
-    spec("getrange", 4, Read, KEY1),
+    spec("strlen", 2, R, KEY1),
+    spec("getrange", 4, R, KEY1),
     spec("del", -2, W, ALL_KEYS),
     spec("unlink", -2, W, ALL_KEYS),
-    spec("exists", -2, Read, ALL_KEYS),
-    spec("type", 2, Read, KEY1),
-    spec("rename", 3, W, (1, 2, 1)),
-    spec("renamenx", 3, W, (1, 2, 1)),
+    spec("exists", -2, R, ALL_KEYS),
+    spec("type", 2, R, KEY1),
+    // Moving a value uses it (Redis: ACCESS on the source key).
+    spec("rename", 3, RW, (1, 2, 1)),
+    spec("renamenx", 3, RW, (1, 2, 1)),
     spec("expire", -3, W, KEY1),
     spec("pexpire", -3, W, KEY1),
     spec("expireat", -3, W, KEY1),
     spec("pexpireat", -3, W, KEY1),
-    spec("ttl", 2, Read, KEY1),
-    spec("pttl", 2, Read, KEY1),
-    spec("expiretime", 2, Read, KEY1),
-    spec("pexpiretime", 2, Read, KEY1),
+    spec("ttl", 2, R, KEY1),
+    spec("pttl", 2, R, KEY1),
+    spec("expiretime", 2, R, KEY1),
+    spec("pexpiretime", 2, R, KEY1),
     spec("persist", 2, W, KEY1),
-    spec("keys", 2, Read, NO_KEYS),
-    spec("scan", -2, Read, NO_KEYS),
-    spec("multi", 1, Conn, NO_KEYS),
-    spec("exec", 1, Conn, NO_KEYS),
-    spec("discard", 1, Conn, NO_KEYS),
-    spec("watch", -2, Conn, ALL_KEYS),
-    spec("unwatch", 1, Conn, NO_KEYS),
-    spec("waitaof", 4, Conn, NO_KEYS),
-    spec("wait", 3, Conn, NO_KEYS),
-    spec("keel.version", 2, Read, KEY1),
+    spec("keys", 2, R, NO_KEYS),
+    spec("scan", -2, R, NO_KEYS),
+    spec("multi", 1, CONN, NO_KEYS),
+    // Each queued command was checked as it was queued.
+    spec("exec", 1, CONN, NO_KEYS),
+    spec("discard", 1, CONN, NO_KEYS),
+    // Reads the keys' versions (Redis: an RO key spec).
+    spec("watch", -2, R, ALL_KEYS),
+    spec("unwatch", 1, CONN, NO_KEYS),
+    spec("waitaof", 4, CONN, NO_KEYS),
+    spec("wait", 3, CONN, NO_KEYS),
+    spec("keel.version", 2, R, KEY1),
     spec("keel.cas", 4, W, KEY1),
+    // Stores its outcome; also needs what the wrapped command needs (see `crate::auth`).
     spec("keel.idem", -3, W, NO_KEYS),
-    spec("save", 1, Admin, NO_KEYS),
-    spec("bgsave", -1, Admin, NO_KEYS), // [SCHEDULE] is accepted and ignored,
-    spec("lastsave", 1, Conn, NO_KEYS),
-    spec("keel.backup", 2, Admin, NO_KEYS),
-    spec("keel.cluster", -2, Admin, NO_KEYS),
+    spec("save", 1, ADMIN, NO_KEYS),
+    spec("bgsave", -1, ADMIN, NO_KEYS), // [SCHEDULE] is accepted and ignored,
+    spec("lastsave", 1, CONN, NO_KEYS),
+    spec("keel.backup", 2, ADMIN, NO_KEYS),
+    spec("keel.cluster", -2, ADMIN, NO_KEYS),
 ];
+
+/// What running `args` (`args[0]` the command, looked up as `spec`) needs: the table's flags,
+/// narrowed by the arguments for the commands marked [`Flags::VARIES`]. Any `args` is fine,
+/// arity-checked or not: an argument list it cannot make sense of gets the table's flags.
+pub fn flags(spec: &Spec, args: &[Bytes]) -> Flags {
+    let f = spec.flags;
+    if !f.contains(Flags::VARIES) {
+        return f;
+    }
+    let f = f.without(Flags::VARIES);
+    let options = args.get(3..).unwrap_or_default();
+    match spec.name {
+        // An option token equal to GET may also be EX's amount ("SET k v EX get"), which
+        // fails to parse anyway: needing READ for it refuses nothing that would work.
+        "set" if !options.iter().any(|o| eq(o, "get")) => f.without(Flags::READ),
+        "getex" if args.len() <= 2 => f.without(Flags::WRITE),
+        _ => f,
+    }
+}
 
 pub fn lookup(name: &str) -> Option<&'static Spec> {
     find(name.as_bytes()).map(|i| &COMMANDS[i])
@@ -207,8 +274,22 @@ pub fn engine_error(e: &keel_engine::Error) -> Reply {
     }
 }
 
+/// A result that does not fit the command. It happens when a KEEL.IDEM id is reused for
+/// another command: the retry gets the first command's stored outcome. Only the kind of result
+/// is named: its value may be stored data the caller has no permission to read.
 fn unexpected(r: &WriteResult) -> Reply {
-    Reply::err(format!("ERR internal: unexpected engine result {r:?}"))
+    let kind = match r {
+        WriteResult::Value(_) => "a value",
+        WriteResult::Int(_) => "an integer",
+        WriteResult::Put(_) => "a put",
+        WriteResult::Existed(_) => "an existence flag",
+        WriteResult::Failed(_) => "a failure",
+        WriteResult::DeletedAll => "a flush",
+    };
+    Reply::err(format!(
+        "ERR unexpected stored result ({kind}) for this command; was its KEEL.IDEM id used for \
+         another command?"
+    ))
 }
 
 fn value_reply(r: &WriteResult) -> Reply {
@@ -657,6 +738,94 @@ mod tests {
                 "{}",
                 s.name
             );
+        }
+    }
+
+    /// Every data command's flags agree with what its compiled writes do: any engine write or
+    /// guard needs WRITE, any read of a stored value needs READ, and a command that compiles
+    /// to reads only does not need WRITE. `cases` must cover every data command in the table.
+    #[test]
+    fn flags_agree_with_the_compiled_writes() {
+        let args = |v: &[&str]| -> Vec<Bytes> {
+            v.iter()
+                .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+                .collect()
+        };
+        // (invocation, whether it needs READ, whether it needs WRITE): said here, not read
+        // from the table.
+        let cases: &[(&[&str], bool, bool)] = &[
+            (&["get", "k"], true, false),
+            (&["set", "k", "v"], false, true),
+            (&["set", "k", "v", "nx", "px", "5"], false, true),
+            (&["set", "k", "v", "get"], true, true),
+            (&["set", "k", "v", "xx", "GET", "keepttl"], true, true),
+            (&["setnx", "k", "v"], false, true),
+            (&["setex", "k", "5", "v"], false, true),
+            (&["psetex", "k", "5", "v"], false, true),
+            (&["getset", "k", "v"], true, true),
+            (&["getdel", "k"], true, true),
+            (&["getex", "k"], true, false),
+            (&["getex", "k", "persist"], true, true),
+            (&["getex", "k", "pxat", "5"], true, true),
+            (&["mget", "a", "b"], true, false),
+            (&["mset", "a", "1", "b", "2"], false, true),
+            (&["msetnx", "a", "1"], false, true),
+            (&["incr", "n"], true, true),
+            (&["decr", "n"], true, true),
+            (&["incrby", "n", "2"], true, true),
+            (&["decrby", "n", "2"], true, true),
+            (&["incrbyfloat", "n", "0.5"], true, true),
+            (&["append", "k", "x"], false, true),
+            (&["strlen", "k"], true, false),
+            (&["getrange", "k", "0", "-1"], true, false),
+            (&["del", "a", "b"], false, true),
+            (&["unlink", "a"], false, true),
+            (&["exists", "a", "b"], true, false),
+            (&["type", "k"], true, false),
+            (&["rename", "a", "b"], true, true),
+            (&["renamenx", "a", "b"], true, true),
+            (&["expire", "k", "5", "nx"], false, true),
+            (&["pexpire", "k", "5"], false, true),
+            (&["expireat", "k", "5"], false, true),
+            (&["pexpireat", "k", "5"], false, true),
+            (&["persist", "k"], false, true),
+            (&["flushdb"], false, true),
+            (&["flushall", "sync"], false, true),
+            (&["keel.cas", "k", "0", "v"], false, true),
+        ];
+        for s in COMMANDS {
+            let probe = args(&[s.name, "1", "1", "1", "1"]);
+            if compile(s.name, &probe, 0).is_some() {
+                assert!(
+                    cases.iter().any(|(a, ..)| a[0] == s.name),
+                    "{}: a data command without a case",
+                    s.name
+                );
+            }
+        }
+        for &(a, read, write) in cases {
+            let spec = lookup(a[0]).unwrap();
+            let a = args(a);
+            assert!(arity_ok(spec, a.len()), "{a:?}");
+            let f = flags(spec, &a);
+            assert_eq!(f.contains(Flags::READ), read, "{a:?}: READ");
+            assert_eq!(f.contains(Flags::WRITE), write, "{a:?}: WRITE");
+            assert!(!f.contains(Flags::VARIES));
+            // The table holds the most a command can need.
+            assert!(spec.flags.contains(f), "{a:?}");
+            let p = compile(spec.name, &a, 1_000).unwrap().unwrap();
+            let gets = p.writes.iter().any(|w| matches!(w, Write::Get { .. }));
+            let changes = !p.guards.is_empty() || !p.read_only();
+            assert!(!gets || read, "{a:?} reads a stored value without READ");
+            assert!(!changes || write, "{a:?} writes without WRITE");
+            assert!(changes || !write, "{a:?} only reads, yet needs WRITE");
+        }
+        // Nonsense arguments get the table's flags, and never a panic.
+        for s in COMMANDS {
+            for n in 0..5 {
+                let f = flags(s, &args(&vec!["x"; n]));
+                assert!(s.flags.contains(f));
+            }
         }
     }
 

@@ -30,8 +30,14 @@ pub struct ServeArgs {
     pub port: Option<u16>,
     /// Password clients must give with AUTH or HELLO. Prefer the environment variable or the
     /// config file: a flag is visible in the process list.
-    #[arg(long, env = "KEEL_REQUIREPASS", hide_env_values = true)]
-    pub requirepass: Option<String>,
+    // A password may start with '-': taken as a flag, clap would echo it back in its error.
+    #[arg(
+        long,
+        env = "KEEL_REQUIREPASS",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub requirepass: Option<Secret>,
     /// PEM certificate chain; with --tls-key, the port speaks TLS only.
     #[arg(long, env = "KEEL_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -47,7 +53,8 @@ pub struct ServeArgs {
     /// Most client connections at once [default: 1000].
     #[arg(long, env = "KEEL_MAX_CLIENTS")]
     pub max_clients: Option<usize>,
-    /// Close a connection idle this many seconds; 0 = never [default: 0].
+    /// Close a connection idle this many seconds, or whose request has not arrived whole
+    /// within this many seconds of waiting for it (slow clients); 0 = never [default: 0].
     #[arg(long, env = "KEEL_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
     /// Serve Prometheus metrics at http://BIND:PORT/metrics; 0 picks a free port (the log says
@@ -83,6 +90,25 @@ pub struct ServeArgs {
     pub raft_snapshot_every: Option<u64>,
 }
 
+/// A password as given on the command line, in the environment or in the config file. Its
+/// `Debug` does not show it, so that no settings dump can (P14).
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
 /// The config file. Every key is optional.
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
@@ -90,7 +116,7 @@ pub struct FileConfig {
     pub dir: Option<PathBuf>,
     pub bind: Option<String>,
     pub port: Option<u16>,
-    pub requirepass: Option<String>,
+    pub requirepass: Option<Secret>,
     /// ACL users: `[[users]]` tables with `name`, `password_sha256`, `permissions`. See [`crate::auth`].
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -161,8 +187,8 @@ pub struct Settings {
     pub dir: PathBuf,
     pub bind: IpAddr,
     pub port: u16,
-    pub requirepass: Option<String>,
-    /// Every user, `default` included; built from `requirepass` and `[[users]]`.
+    /// Every user, `default` included; built from `requirepass` and `[[users]]` (which hold
+    /// only the passwords' SHA-256).
     pub users: Arc<Users>,
     /// `Some`: the port speaks TLS only.
     pub tls: Option<Tls>,
@@ -270,9 +296,10 @@ impl Settings {
             .requirepass
             .clone()
             .or(file.requirepass)
+            .map(|p| p.0)
             .filter(|p| !p.is_empty());
         // Only a config file has [[users]], so Users::new fails only when there is one.
-        let users = Users::new(requirepass.clone(), &file.users).with_context(|| {
+        let users = Users::new(requirepass, &file.users).with_context(|| {
             let path = args.config.as_deref().unwrap_or(Path::new("?"));
             format!("[[users]] in config file {}", path.display())
         })?;
@@ -291,7 +318,6 @@ impl Settings {
                 .unwrap_or_else(|| "keel-data".into()),
             bind,
             port,
-            requirepass,
             users: Arc::new(users),
             tls,
             log_level,
@@ -338,7 +364,84 @@ impl Settings {
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+    toml::from_str(&text).map_err(|e| config_error(path, &text, &e))
+}
+
+/// A config file error that quotes nothing from the file (P14). toml's own `Display` prints the
+/// offending line, and serde's messages quote the value ("invalid type: integer `123`"); either
+/// can be a password or a hash. This names the file, the line, the column and the key instead,
+/// and keeps the message without the value. The error carries no source, so the toml error
+/// cannot be printed further down the chain either.
+fn config_error(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let mut at = format!("config file {}", path.display());
+    let mut value = None;
+    if let Some(span) = e.span() {
+        let (line, column) = line_column(text, span.start);
+        at.push_str(&format!(", line {}, column {}", line + 1, column + 1));
+        let line_text = text.split('\n').nth(line).unwrap_or("");
+        if let Some((key, v)) = line_text.split_once('=') {
+            let key = key.trim();
+            if !key.is_empty()
+                && key
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+            {
+                at.push_str(&format!(", key `{key}`"));
+            }
+            value = Some(v.trim_matches(|c: char| c.is_whitespace() || "\"'[]{},".contains(c)));
+        }
+        if let Some(table) = text
+            .split('\n')
+            .take(line + 1)
+            .map(str::trim)
+            .filter(|l| l.starts_with('['))
+            .last()
+            .filter(|l| l.ends_with(']'))
+        {
+            at.push_str(&format!(" in {table}"));
+        }
+    }
+    let mut message = redact(e.message().trim());
+    // Belt and braces: whatever the message says, it must not contain the value on that line.
+    if value.is_some_and(|v| v.len() >= 3 && message.contains(v)) {
+        message = "invalid value".into();
+    }
+    anyhow::anyhow!("{at}: {message}")
+}
+
+/// Zero-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count();
+    let start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&before[start..]).chars().count();
+    (line, column)
+}
+
+/// A toml or serde error message without the value it may quote. serde's shapes are
+/// "invalid type: KIND `VALUE`, expected WHAT", the same with "invalid value", and "unknown
+/// variant `VALUE`, expected ONE OF"; toml's parser messages describe syntax and quote only
+/// the tokens it expected. An unknown field's name is kept: it is the key, not a value.
+fn redact(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let kind = rest.split(['`', '"', ',']).next().unwrap_or("").trim();
+            let expected = rest
+                .rsplit_once(", expected ")
+                .map_or(String::new(), |(_, w)| format!(", expected {w}"));
+            return format!("{prefix}{kind}{expected}");
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ") {
+        let expected = rest
+            .split_once(", expected ")
+            .map_or(String::new(), |(_, w)| format!(", expected {w}"));
+        return format!("unknown variant{expected}");
+    }
+    message.to_string()
 }
 
 #[cfg(test)]
@@ -363,7 +466,17 @@ mod tests {
         let s = Settings::resolve(&args).unwrap();
         assert_eq!(s.port, 7001);
         assert_eq!(s.bind.to_string(), "0.0.0.0");
-        assert_eq!(s.requirepass.as_deref(), Some("pw"));
+        assert!(s.users.authenticate(b"default", b"pw").is_some());
+        let flagged = ServeArgs {
+            requirepass: Some(Secret("flag-secret".into())),
+            ..Default::default()
+        };
+        let with_flag = Settings::resolve(&flagged).unwrap();
+        assert!(with_flag
+            .users
+            .authenticate(b"default", b"flag-secret")
+            .is_some());
+        assert!(!format!("{flagged:?} {with_flag:?}").contains("flag-secret"));
         assert_eq!(s.limits.multibulk_len_max, 10);
         assert_eq!(s.limits.bulk_bytes_max, 8 << 20);
         assert_eq!(s.dir, PathBuf::from("keel-data"));
@@ -371,6 +484,27 @@ mod tests {
         let e = Settings::resolve(&args).unwrap_err();
         assert!(format!("{e:#}").contains("unknown field"), "{e:#}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn config_errors_quote_no_value() {
+        let e = |text: &str| {
+            let err = toml::from_str::<FileConfig>(text).unwrap_err();
+            config_error(Path::new("k.toml"), text, &err).to_string()
+        };
+        assert_eq!(
+            e("port = 1\nrequirepass = 12345678\n"),
+            "config file k.toml, line 2, column 15, key `requirepass`: invalid type: integer, \
+             expected a string"
+        );
+        let m = e("[[users]]\nname = \"a\"\npassword_sha256 = \"x\"\npermissions = [\"s3cret\"]\n");
+        assert!(m.starts_with("config file k.toml, line 4, column 16, key `permissions` in [[users]]: unknown variant, expected one of `read`"), "{m}");
+        assert!(!e("requirepass = s3cret\n").contains("s3cret"));
+        assert_eq!(
+            redact("invalid value: string \"s3cret\", expected a port"),
+            "invalid value: string, expected a port"
+        );
+        assert_eq!(line_column("a\nbé c", 6), (1, 3));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::cmd::{self, Perm};
+use crate::cmd::{self, Flags};
 use crate::server::Shared;
 
 /// Upper bounds of the command latency buckets, in µs; a `+Inf` bucket follows them.
@@ -331,9 +331,10 @@ pub struct CommandTimer {
 
 impl CommandTimer {
     pub fn finish(self) {
-        let family = match cmd::COMMANDS.get(self.index).map(|s| s.perm) {
-            Some(Perm::Read) => 0,
-            Some(Perm::Write) => 1,
+        let family = match cmd::COMMANDS.get(self.index).map(|s| s.flags) {
+            Some(f) if f.contains(Flags::ADMIN) => 2,
+            Some(f) if f.contains(Flags::WRITE) => 1,
+            Some(f) if f.contains(Flags::READ) => 0,
             _ => 2,
         };
         self.metrics.latency[family].observe(self.started.elapsed());

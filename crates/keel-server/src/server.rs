@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::auth::{User, Users, NOAUTH, WRONGPASS};
-use crate::cmd::{self, Part, Perm, NOT_INT, SYNTAX};
+use crate::cmd::{self, Flags, Part, NOT_INT, SYNTAX};
 use crate::config::Settings;
 use crate::glob;
 use crate::heal::{Health, Local};
@@ -455,12 +455,20 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let limits = sh.settings.limits.clone();
     let mut parser = Parser::default();
     let mut buf = BytesMut::with_capacity(16 << 10);
+    // Time spent waiting for the bytes of the request now arriving. The idle timeout bounds
+    // this sum, not the gap between two reads: a client that dribbles a byte at a time
+    // (slowloris) is cut off once its request has taken the timeout in all.
+    let mut waited = Duration::ZERO;
     loop {
         // Execute every complete request buffered.
         loop {
+            // Until the client logs in, a request is bounded tightly (Redis's 10 arguments of
+            // 16 KiB), so nobody who cannot authenticate makes us hold megabytes.
+            parser.set_unauthenticated(conn.user.is_none());
             match parser.parse(&buf, &limits) {
                 Ok(Some((frame, n))) => {
                     buf.advance(n);
+                    waited = Duration::ZERO;
                     if frame.args.is_empty() {
                         continue;
                     }
@@ -502,20 +510,25 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
         if *stop.borrow() {
             return Ok(());
         }
+        if buf.is_empty() {
+            waited = Duration::ZERO;
+        }
         buf.reserve(16 << 10);
         let read = stream.read_buf(&mut buf);
+        let read_started = Instant::now();
         let n = tokio::select! {
             r = async {
                 match sh.settings.idle_timeout {
-                    Some(t) => tokio::time::timeout(t, read).await.ok(),
+                    Some(t) => tokio::time::timeout(t.saturating_sub(waited), read).await.ok(),
                     None => Some(read.await),
                 }
             } => match r {
                 Some(r) => r?,
-                None => return Ok(()), // idle timeout
+                None => return Ok(()), // idle, or a request not complete in time
             },
             _ = stop.wait_for(|s| *s) => return Ok(()),
         };
+        waited += read_started.elapsed();
         if n == 0 {
             return Ok(());
         }
@@ -727,9 +740,10 @@ impl Conn {
                 return Flow::Continue;
             }
         }
+        let need = cmd::flags(spec, &args);
         // While the log's queue is full, Engine::submit blocks its thread, and with it every
         // connection on this worker: wait for room here instead. (Cluster writes go to raft.)
-        if ((spec.perm == Perm::Write && self.multi.is_none()) || name == "exec")
+        if ((need.contains(Flags::WRITE) && self.multi.is_none()) || name == "exec")
             && self.sh.cluster().is_none()
         {
             let bytes = args.iter().map(Bytes::len).sum();
@@ -767,9 +781,10 @@ impl Conn {
             }
             return Flow::Continue;
         }
-        // WATCH too: a version read before the leader applied everything committed would fail
-        // the EXEC of a key that did not change while watched.
-        if spec.perm == Perm::Read || name == "watch" {
+        // A pure read (GETEX without an option too) is answered from this node's state. WATCH
+        // is one: a version read before the leader applied everything committed would fail the
+        // EXEC of a key that did not change while watched.
+        if need.contains(Flags::READ) && !need.contains(Flags::WRITE) {
             if let Err(r) = linearize(self.sh.clone()).await {
                 self.reply(r);
                 return Flow::Continue;
@@ -1497,19 +1512,27 @@ fn check_client_name(n: &[u8]) -> Result<(), Reply> {
     }
 }
 
+/// COMMAND INFO for one command, from its flags in the command table: `write` for anything
+/// that can change data (GETEX too, as in Redis), `readonly` for the rest that reads.
 fn spec_info(s: &cmd::Spec) -> Reply {
-    let flags: &[&str] = match s.perm {
-        Perm::Read => &["readonly", "fast"],
-        Perm::Write => &["write", "denyoom"],
-        Perm::Admin => &["admin", "noscript"],
-        Perm::Conn => &["fast"],
-    };
-    let category = match s.perm {
-        Perm::Read => "@read",
-        Perm::Write => "@write",
-        Perm::Admin => "@admin",
-        Perm::Conn => "@connection",
-    };
+    let f = s.flags;
+    let mut flags = Vec::new();
+    let mut categories = Vec::new();
+    if f.contains(Flags::WRITE) {
+        flags.extend(["write", "denyoom"]);
+        categories.push("@write");
+    } else if f.contains(Flags::READ) {
+        flags.extend(["readonly", "fast"]);
+        categories.push("@read");
+    }
+    if f.contains(Flags::ADMIN) {
+        flags.extend(["admin", "noscript"]);
+        categories.extend(["@admin", "@dangerous"]);
+    }
+    if f.is_connection() {
+        flags.push("fast");
+        categories.push("@connection");
+    }
     Reply::Array(vec![
         Reply::bulk(s.name),
         Reply::Int(s.arity),
@@ -1517,7 +1540,12 @@ fn spec_info(s: &cmd::Spec) -> Reply {
         Reply::Int(s.first_key),
         Reply::Int(s.last_key),
         Reply::Int(s.step),
-        Reply::Array(vec![Reply::Simple(category.into())]),
+        Reply::Array(
+            categories
+                .iter()
+                .map(|c| Reply::Simple(c.to_string()))
+                .collect(),
+        ),
         Reply::Array(Vec::new()),
         Reply::Array(Vec::new()),
         Reply::Array(Vec::new()),

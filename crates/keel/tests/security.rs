@@ -159,7 +159,8 @@ fn acl_users_from_the_config_file() {
     assert!(hello.starts_with(b"%7\r\n"));
     // RESP3 from here on: the replies below are the same bytes in RESP2 and RESP3.
     w.cmd(&["SET", "k", "w"], "+OK\r\n");
-    w.cmd(&["INCR", "n"], ":1\r\n");
+    w.cmd(&["INCR", "n"], &noperm("writer", "incr"));
+    w.cmd(&["APPEND", "n", "1"], ":1\r\n");
     w.cmd(&["KEEL.IDEM", "id2", "SET", "k2", "x"], "+OK\r\n");
     w.cmd(&["KEEL.IDEM", "id3", "GET", "k"], &noperm("writer", "get"));
     w.cmd(&["GET", "k"], &noperm("writer", "get"));
@@ -595,4 +596,489 @@ fn mutual_tls_requires_a_client_certificate_from_the_ca() {
     }
     // The server is still serving.
     c.cmd(&["PING"], "+PONG\r\n");
+}
+
+/// `keel serve` run to completion (it is expected to exit at once): its status and stderr.
+fn serve_output(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .arg("serve")
+        .arg("--dir")
+        .arg(dir)
+        .args(["--port", "0"])
+        .args(args)
+        .env_remove("KEEL_REQUIREPASS")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn config_errors_name_the_line_and_key_but_never_a_secret() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let hash = hash_password(&[], "hash-me").trim().to_string();
+    // (file, secret, what stderr must say, line)
+    let cases: Vec<(String, String, &str, usize)> = vec![
+        // A typo in the key: the whole line used to be quoted.
+        (
+            "port = 0\nrequirepas = \"typo-secret-A1\"\n".into(),
+            "typo-secret-A1".into(),
+            "requirepas",
+            2,
+        ),
+        // An unquoted value.
+        (
+            "requirepass = unquoted-secret-B2\n".into(),
+            "unquoted-secret-B2".into(),
+            "requirepass",
+            1,
+        ),
+        // A password where its hash belongs, under a key that does not exist.
+        (
+            "[[users]]\nname = \"app\"\npassword = \"users-secret-C3\"\npermissions = [\"read\"]\n"
+                .into(),
+            "users-secret-C3".into(),
+            "password",
+            3,
+        ),
+        // A number: serde's own message quotes the value.
+        (
+            "requirepass = 31415926535\n".into(),
+            "31415926535".into(),
+            "requirepass",
+            1,
+        ),
+        (
+            "[[users]]\nname = \"app\"\npassword_sha256 = 27182818284590452353\npermissions = []\n"
+                .into(),
+            "27182818284590452353".into(),
+            "password_sha256",
+            3,
+        ),
+        // The same key twice.
+        (
+            "requirepass = \"dup-secret-D4\"\nrequirepass = \"dup-secret-D4\"\n".into(),
+            "dup-secret-D4".into(),
+            "requirepass",
+            2,
+        ),
+        // Trailing text after a good hash.
+        (
+            format!("[[users]]\nname = \"app\"\npassword_sha256 = \"{hash}\" permissions = [\"read\"]\n"),
+            hash.clone(),
+            "password_sha256",
+            3,
+        ),
+        // Unterminated strings, basic and multi-line.
+        (
+            "requirepass = \"unterminated-secret-E5\n".into(),
+            "unterminated-secret-E5".into(),
+            "requirepass",
+            1,
+        ),
+        (
+            "port = 0\nrequirepass = \"\"\"multi-secret-F6\nstill-secret-F6\n".into(),
+            "secret-F6".into(),
+            // Reported where the file ends without closing it.
+            "multi-line",
+            4,
+        ),
+        // A value of the wrong kind in a literal string.
+        (
+            "requirepass = ['array-secret-G7']\n".into(),
+            "array-secret-G7".into(),
+            "requirepass",
+            1,
+        ),
+    ];
+    for (i, (text, secret, key, line)) in cases.iter().enumerate() {
+        let conf = t.path().join(format!("bad{i}.toml"));
+        std::fs::write(&conf, text).unwrap();
+        let (ok, out) = serve_output(&data, &["--config", conf.to_str().unwrap()], &[]);
+        assert!(!ok, "{text:?} was accepted:\n{out}");
+        assert!(
+            !out.contains(secret.as_str()),
+            "{text:?}: the secret leaked:\n{out}"
+        );
+        assert!(out.contains(key), "{text:?}: {key:?} not named:\n{out}");
+        assert!(
+            out.contains(&format!("line {line}")),
+            "{text:?}: line {line} not named:\n{out}"
+        );
+        assert!(out.contains(conf.to_str().unwrap()), "{out}");
+    }
+
+    // The password flag and variable: never echoed, also when the command line is wrong.
+    let (ok, out) = serve_output(
+        &data,
+        &["--port", "not-a-port"],
+        &[("KEEL_REQUIREPASS", "env-secret-H8")],
+    );
+    assert!(!ok);
+    assert!(!out.contains("env-secret-H8"), "{out}");
+    let (ok, out) = serve_output(
+        &data,
+        &["--requirepass", "flag-secret-I9", "--max-clients", "many"],
+        &[],
+    );
+    assert!(!ok);
+    assert!(!out.contains("flag-secret-I9"), "{out}");
+    let (ok, out) = serve_output(
+        &data,
+        &["--help"],
+        &[("KEEL_REQUIREPASS", "help-secret-J10")],
+    );
+    assert!(ok, "{out}");
+    assert!(!out.contains("help-secret-J10"), "{out}");
+    // A password that starts with a dash is a value, not a flag clap would echo back.
+    let (ok, out) = serve_output(
+        &data,
+        &["--requirepass", "-dash-secret-K11", "--max-clients", "0"],
+        &[],
+    );
+    assert!(!ok);
+    assert!(!out.contains("dash-secret"), "{out}");
+    assert!(out.contains("max_clients"), "{out}");
+}
+
+#[test]
+fn unauthenticated_clients_cannot_send_big_requests() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(&t.path().join("data"), &["--requirepass", "pw"]);
+    let refused = |bytes: &[u8], expect: &str| {
+        let mut c = srv.raw();
+        c.send(bytes);
+        // The reply, then the close: the server does not wait for the declared bytes (a read
+        // that had to wait for them would run into the test's deadline instead).
+        assert_eq!(
+            String::from_utf8_lossy(&c.read_to_close()),
+            expect,
+            "{:?}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
+        );
+    };
+    let mbulk = "-ERR Protocol error: unauthenticated multibulk length\r\n";
+    let bulk = "-ERR Protocol error: unauthenticated bulk length\r\n";
+    // Redis's tests/unit/auth.tcl cases, and the edges of Redis's limits (10 and 16384).
+    refused(b"*100\r\n", mbulk);
+    refused(b"*11\r\n", mbulk);
+    refused(b"*1\r\n$100000000\r\n", bulk);
+    refused(b"*2\r\n$4\r\nAUTH\r\n$16385\r\n", bulk);
+    // Past the absolute limits too (max_bulk_bytes is 8 MiB): the client must log in first.
+    refused(b"*99999999\r\n", mbulk);
+    refused(
+        b"*abc\r\n",
+        "-ERR Protocol error: invalid multibulk length\r\n",
+    );
+    // An inline command is bounded the same way (16 KiB), and waits for no newline.
+    let mut line = b"AUTH ".to_vec();
+    line.extend(vec![b'a'; 16 << 10]);
+    refused(&line, "-ERR Protocol error: too big inline request\r\n");
+
+    // At the limits a request is read, and answered NOAUTH.
+    let mut c = srv.raw();
+    let ten: Vec<String> = (0..9).map(|i| format!("k{i}")).collect();
+    let ten: Vec<&str> = ["MGET"]
+        .into_iter()
+        .chain(ten.iter().map(String::as_str))
+        .collect();
+    c.cmd(&ten, "-NOAUTH Authentication required.\r\n");
+    let big = "x".repeat(16384);
+    c.cmd(&["GET", &big], "-NOAUTH Authentication required.\r\n");
+    c.send(format!("GET {}\r\n", "y".repeat(16000)).as_bytes());
+    assert_eq!(
+        c.read_exact_len(NOAUTH.len()),
+        NOAUTH.as_bytes(),
+        "inline at the limit"
+    );
+    // After AUTH the normal limits apply: 100 arguments, a 100 kB value, a long inline line;
+    // also when the big request comes in the same packet as the AUTH.
+    let mut del = vec!["DEL"];
+    let keys: Vec<String> = (0..99).map(|i| format!("k{i}")).collect();
+    del.extend(keys.iter().map(String::as_str));
+    let value = "v".repeat(100_000);
+    let mut req = resp(&["AUTH", "pw"]);
+    req.extend(resp(&del));
+    req.extend(resp(&["SET", "k", &value]));
+    req.extend(format!("SET inline {}\r\n", "i".repeat(30_000)).as_bytes());
+    c.roundtrip(&req, b"+OK\r\n:0\r\n+OK\r\n+OK\r\n");
+    c.cmd(&["STRLEN", "k"], ":100000\r\n");
+    c.cmd(&["STRLEN", "inline"], ":30000\r\n");
+    // RESET logs out, and the tight limits are back.
+    c.cmd(&["RESET"], "+RESET\r\n");
+    c.send(b"*11\r\n");
+    assert_eq!(String::from_utf8_lossy(&c.read_to_close()), mbulk);
+
+    // Without a password nobody is unauthenticated: the normal limits apply at once.
+    let open = Server::start(&t.path().join("open"), &[]);
+    let mut c = open.raw();
+    c.cmd(&del, ":0\r\n");
+    c.cmd(&["SET", "k", &value], "+OK\r\n");
+}
+
+/// Reads one RESP2/RESP3 reply and returns its bytes (an error or a closed connection ends it).
+fn read_reply<S: std::io::Read + Write>(c: &mut Raw<S>) -> Vec<u8> {
+    fn line<S: std::io::Read + Write>(c: &mut Raw<S>, out: &mut Vec<u8>) -> Vec<u8> {
+        let start = out.len();
+        while !out[start..].ends_with(b"\r\n") {
+            let b = c.read_exact_len(1);
+            assert_eq!(
+                b.len(),
+                1,
+                "closed mid-reply: {}",
+                String::from_utf8_lossy(out)
+            );
+            out.extend(b);
+        }
+        out[start + 1..out.len() - 2].to_vec()
+    }
+    fn one<S: std::io::Read + Write>(c: &mut Raw<S>, out: &mut Vec<u8>) {
+        let tag = out.len();
+        let head = line(c, out);
+        let n: i64 = std::str::from_utf8(&head)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        match out[tag] {
+            b'$' | b'=' if n >= 0 => out.extend(c.read_exact_len(n as usize + 2)),
+            b'*' | b'~' | b'>' => (0..n).for_each(|_| one(c, out)),
+            b'%' => (0..2 * n).for_each(|_| one(c, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    one(c, &mut out);
+    out
+}
+
+/// Every command keel serves, run by users with each permission. A command that returns stored
+/// data needs `read`, one that changes data needs `write`, many need both, and the list below
+/// must name every command in keel's table, so a new command cannot be left out. Independently
+/// of what each command is declared to need, a write-only user never gets a stored value or key
+/// name back.
+#[test]
+fn permissions_follow_what_each_command_does() {
+    const R: u8 = 1;
+    const W: u8 = 2;
+    const A: u8 = 4;
+    const RW: u8 = R | W;
+    const AW: u8 = A | W;
+    // (command, what it needs). Keys: k holds a string, n a number, both secrets.
+    let cases: &[(&[&str], u8)] = &[
+        (&["PING"], 0),
+        (&["ECHO", "x"], 0),
+        (&["HELLO", "2"], 0),
+        (&["AUTH", "nobody", "x"], 0),
+        (&["SELECT", "0"], 0),
+        (&["QUIT"], 0),
+        (&["RESET"], 0),
+        (&["CLIENT", "ID"], 0),
+        (&["COMMAND", "COUNT"], 0),
+        (&["INFO", "server"], 0),
+        (&["TIME"], 0),
+        (&["CONFIG", "GET", "port"], A),
+        (&["SHUTDOWN"], A),
+        (&["DBSIZE"], R),
+        (&["FLUSHDB"], AW),
+        (&["FLUSHALL"], AW),
+        (&["GET", "k"], R),
+        (&["SET", "k", "v"], W),
+        (&["SET", "k", "v", "NX", "EX", "100"], W),
+        (&["SET", "k", "v", "GET"], RW),
+        (&["SET", "k", "v", "XX", "GET", "KEEPTTL"], RW),
+        (&["SETNX", "k", "v"], W),
+        (&["SETEX", "k", "100", "v"], W),
+        (&["PSETEX", "k", "100000", "v"], W),
+        (&["GETSET", "k", "v"], RW),
+        (&["GETDEL", "k"], RW),
+        // GETEX without an option only reads; with one it also changes the expiry.
+        (&["GETEX", "k"], R),
+        (&["GETEX", "k", "PERSIST"], RW),
+        (&["GETEX", "k", "EX", "100"], RW),
+        (&["MGET", "k", "n"], R),
+        (&["MSET", "k", "v", "n", "1"], W),
+        (&["MSETNX", "new1", "v", "new2", "v"], W),
+        // The counters return the stored number plus the increment.
+        (&["INCR", "n"], RW),
+        (&["DECR", "n"], RW),
+        (&["INCRBY", "n", "2"], RW),
+        (&["DECRBY", "n", "2"], RW),
+        (&["INCRBYFLOAT", "n", "0.5"], RW),
+        (&["APPEND", "k", "x"], W),
+        (&["STRLEN", "k"], R),
+        (&["GETRANGE", "k", "0", "-1"], R),
+        (&["DEL", "k"], W),
+        (&["UNLINK", "k"], W),
+        (&["EXISTS", "k"], R),
+        (&["TYPE", "k"], R),
+        // As Redis's key specs say (ACCESS on the source): moving a value uses it.
+        (&["RENAME", "k", "k2"], RW),
+        (&["RENAMENX", "k", "k2"], RW),
+        (&["EXPIRE", "k", "100"], W),
+        (&["PEXPIRE", "k", "100000"], W),
+        (&["EXPIREAT", "k", "4000000000"], W),
+        (&["PEXPIREAT", "k", "4000000000000"], W),
+        (&["TTL", "k"], R),
+        (&["PTTL", "k"], R),
+        (&["EXPIRETIME", "k"], R),
+        (&["PEXPIRETIME", "k"], R),
+        (&["PERSIST", "k"], W),
+        (&["KEYS", "*"], R),
+        (&["SCAN", "0"], R),
+        (&["MULTI"], 0),
+        (&["EXEC"], 0),
+        (&["DISCARD"], 0),
+        (&["WATCH", "k"], R),
+        (&["UNWATCH"], 0),
+        (&["WAITAOF", "1", "0", "0"], 0),
+        (&["WAIT", "0", "0"], 0),
+        (&["KEEL.VERSION", "k"], R),
+        (&["KEEL.CAS", "k", "0", "v"], W),
+        (&["KEEL.IDEM", "id-set", "SET", "k", "v"], W),
+        (&["KEEL.IDEM", "id-getset", "GETSET", "k", "v"], RW),
+        (&["KEEL.IDEM", "id-get", "GET", "k"], RW),
+        (&["KEEL.IDEM", "id-incr", "INCR", "n"], RW),
+        (&["KEEL.IDEM", "id-flush", "FLUSHALL"], AW),
+        (&["SAVE"], A),
+        (&["BGSAVE"], A),
+        (&["LASTSAVE"], 0),
+        (&["KEEL.BACKUP", "/nonexistent/keel-backup-target"], A),
+        (&["KEEL.CLUSTER", "STATUS"], A),
+    ];
+
+    let t = tempfile::tempdir().unwrap();
+    let user = |name: &str, perms: &str| {
+        format!(
+            "[[users]]\nname = \"{name}\"\npassword_sha256 = \"{}\"\npermissions = [{perms}]\n\n",
+            hash_password(&[], &format!("{name}-pass")).trim()
+        )
+    };
+    let conf = write_config(
+        t.path(),
+        &[
+            user("reader", "\"read\""),
+            user("writer", "\"write\""),
+            user("app", "\"read\", \"write\""),
+            user("boss", "\"read\", \"write\", \"admin\""),
+        ]
+        .concat(),
+    );
+    let srv = Server::start(
+        &t.path().join("data"),
+        &["--config", conf.to_str().unwrap()],
+    );
+    // Every command in keel's table has a case.
+    let mut listing = srv.raw();
+    listing.cmd(&["AUTH", "boss", "boss-pass"], "+OK\r\n");
+    listing.send(&resp(&["COMMAND", "LIST"]));
+    let list = String::from_utf8(read_reply(&mut listing)).unwrap();
+    let names: Vec<&str> = list
+        .split("\r\n")
+        .filter(|l| !l.is_empty() && !l.starts_with(['*', '$']))
+        .collect();
+    assert!(names.len() > 50, "{list}");
+    for name in &names {
+        assert!(
+            cases.iter().any(|(a, _)| a[0].eq_ignore_ascii_case(name)),
+            "no permission case for {name}: add it above"
+        );
+    }
+
+    let secret_value = "SECRETVALUE";
+    let secret_number = "4242424242";
+    let secret_key = "secretkeyname";
+    let mut boss = srv.raw();
+    boss.cmd(&["AUTH", "boss", "boss-pass"], "+OK\r\n");
+    // Each command meets the same data.
+    let reset = |boss: &mut Raw| {
+        boss.cmd(&["FLUSHALL"], "+OK\r\n");
+        boss.cmd(
+            &[
+                "MSET",
+                "k",
+                secret_value,
+                "n",
+                secret_number,
+                secret_key,
+                secret_value,
+            ],
+            "+OK\r\n",
+        );
+    };
+    let login = |name: &str| {
+        let mut c = srv.raw();
+        c.cmd(&["AUTH", name, &format!("{name}-pass")], "+OK\r\n");
+        c
+    };
+    for (args, needs) in cases {
+        for (name, has) in [("reader", R), ("writer", W), ("app", RW)] {
+            // Nobody here is an admin, so SHUTDOWN and the like are only ever refused.
+            reset(&mut boss);
+            let mut c = login(name);
+            c.send(&resp(args));
+            let reply = String::from_utf8_lossy(&read_reply(&mut c)).into_owned();
+            let denied = needs & !has != 0;
+            if denied {
+                let shown = match args[0] {
+                    "CONFIG" => "config|get".to_string(),
+                    // KEEL.IDEM's own need (write) first, then the wrapped command's.
+                    "KEEL.IDEM" if has & W != 0 => args[2].to_lowercase(),
+                    other => other.to_lowercase(),
+                };
+                assert_eq!(reply, noperm(name, &shown), "{name} ran {args:?}");
+            } else {
+                assert!(!reply.starts_with("-NOPERM"), "{name} {args:?}: {reply}");
+            }
+            if has & R == 0 {
+                for secret in [secret_value, &secret_number[..8], secret_key] {
+                    assert!(
+                        !reply.contains(secret),
+                        "{name} {args:?} got stored data back: {reply}"
+                    );
+                }
+            }
+        }
+    }
+
+    // Queued commands are checked as they are queued, and EXEC then aborts.
+    reset(&mut boss);
+    let mut w = login("writer");
+    w.cmd(&["MULTI"], "+OK\r\n");
+    w.cmd(&["SET", "k", "v"], "+QUEUED\r\n");
+    w.cmd(&["SET", "k", "v", "GET"], &noperm("writer", "set"));
+    w.cmd(&["GETEX", "k", "PERSIST"], &noperm("writer", "getex"));
+    w.cmd(&["GETSET", "k", "v"], &noperm("writer", "getset"));
+    w.cmd(
+        &["EXEC"],
+        "-EXECABORT Transaction discarded because of previous errors.\r\n",
+    );
+    let mut r = login("reader");
+    r.cmd(&["MULTI"], "+OK\r\n");
+    r.cmd(&["GETEX", "k"], "+QUEUED\r\n");
+    r.cmd(&["EXEC"], &format!("*1\r\n$11\r\n{secret_value}\r\n"));
+    r.cmd(&["MULTI"], "+OK\r\n");
+    r.cmd(&["GETEX", "k", "EX", "100"], &noperm("reader", "getex"));
+    r.cmd(&["DISCARD"], "+OK\r\n");
+    // A request id reused by a write-only user does not hand over the first command's reply
+    // data (the first was a GETSET: its outcome holds the old value).
+    boss.cmd(
+        &["KEEL.IDEM", "shared-id", "GETSET", "k", "new"],
+        &format!("$11\r\n{secret_value}\r\n"),
+    );
+    for args in [
+        &["KEEL.IDEM", "shared-id", "SET", "k", "v"][..],
+        &["KEEL.IDEM", "shared-id", "APPEND", "k", "v"],
+        &["KEEL.IDEM", "shared-id", "SETNX", "k", "v"],
+    ] {
+        w.send(&resp(args));
+        let reply = String::from_utf8_lossy(&read_reply(&mut w)).into_owned();
+        assert!(!reply.contains(secret_value), "{args:?}: {reply}");
+    }
 }

@@ -1137,7 +1137,8 @@ fn slow_clients_do_not_block_others_and_idle_clients_are_closed() {
         }
         // Between two bytes of the slow requests, another client is served in full.
         other.roundtrip(&resp(&["INCR", "n"]), format!(":{}\r\n", at + 1).as_bytes());
-        thread::sleep(Duration::from_millis(50));
+        // Short enough that each whole request arrives well within the idle timeout.
+        thread::sleep(Duration::from_millis(10));
     }
     for (i, (c, _)) in slow.iter_mut().enumerate() {
         assert_eq!(c.read_exact_len(5), b"+OK\r\n");
@@ -1153,6 +1154,58 @@ fn slow_clients_do_not_block_others_and_idle_clients_are_closed() {
         &resp(&["GET", "n"]),
         format!("${}\r\n{len}\r\n", len.to_string().len()).as_bytes(),
     );
+}
+
+/// A slowloris: one byte every half second keeps a connection busy but never finishes a
+/// request. The idle timeout bounds a whole request, not the gap between two bytes, so the
+/// server closes it; the dribble alone would take a minute.
+#[test]
+fn a_request_dribbled_a_byte_at_a_time_is_cut_off_by_the_idle_timeout() {
+    let t = tempdir();
+    let srv = Server::start(&data_dir(&t), &["--idle-timeout-secs", "2"]);
+    let req = resp(&["SET", "loris", &"z".repeat(90)]);
+    assert!(
+        req.len() >= 120,
+        "{} bytes: a minute at two a second",
+        req.len()
+    );
+    let mut c = srv.raw();
+    c.s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for b in &req {
+        if c.s.write_all(std::slice::from_ref(b)).is_err() {
+            closed = true;
+            break;
+        }
+        // Waits half a second for the server to say something or close.
+        let mut buf = [0u8; 64];
+        match c.s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => panic!("unexpected reply {:?}", String::from_utf8_lossy(&buf[..n])),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    let took = started.elapsed();
+    assert!(closed, "the dribbling client was never cut off");
+    assert!(
+        took < Duration::from_secs(10),
+        "cut off only after {took:?}"
+    );
+    // Nothing of the request was applied, and others are served.
+    srv.raw().roundtrip(&resp(&["EXISTS", "loris"]), b":0\r\n");
 }
 
 /// Resident memory of a process, from /proc/<pid>/status, in KiB.
