@@ -6,8 +6,9 @@ use std::sync::Arc;
 use crate::error::{Corruption, CorruptionKind, Error, Result};
 use crate::format::{decode_frame, segment_seed, Decoded, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::fs::{read_exact_at, Fs, OpenMode};
+use crate::needed::{analyze_from, UnneededDamage};
 use crate::options::Options;
-use crate::recovery::{analyze, SegmentInfo, TornTail};
+use crate::recovery::{SegmentInfo, TornTail};
 use crate::Lsn;
 
 /// One record read back from the log.
@@ -28,6 +29,7 @@ pub struct LogReader {
     record_max: u32,
     torn: Option<TornTail>,
     bytes_scanned: u64,
+    unneeded_damage: Vec<UnneededDamage>,
 }
 
 impl LogReader {
@@ -38,6 +40,18 @@ impl LogReader {
     pub fn open_with_progress(
         dir: impl AsRef<Path>,
         options: &Options,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self> {
+        Self::open_from(dir, options, 1, progress)
+    }
+
+    /// Like [`LogReader::open_with_progress`], needing only the records from `needed_from` on:
+    /// damage wholly below it is left out of the view and listed in
+    /// [`LogReader::unneeded_damage`], as [`crate::Wal::open_from`] does.
+    pub fn open_from(
+        dir: impl AsRef<Path>,
+        options: &Options,
+        needed_from: Lsn,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Self> {
         let dir = dir.as_ref();
@@ -52,8 +66,15 @@ impl LogReader {
                 std::io::ErrorKind::NotFound.into(),
             ));
         }
-        let layout = analyze(&*options.fs, dir, options.record_bytes_max, progress)?;
+        let (layout, unneeded_damage) = analyze_from(
+            &*options.fs,
+            dir,
+            options.record_bytes_max,
+            needed_from,
+            progress,
+        )?;
         Ok(LogReader {
+            unneeded_damage,
             fs: options.fs.clone(),
             segments: layout.segments,
             record_max: options.record_bytes_max,
@@ -69,6 +90,7 @@ impl LogReader {
             record_max,
             torn: None,
             bytes_scanned: 0,
+            unneeded_damage: Vec::new(),
         }
     }
 
@@ -79,6 +101,11 @@ impl LogReader {
     /// The torn tail that opening the log for writing would cut.
     pub fn torn_tail(&self) -> Option<&TornTail> {
         self.torn.as_ref()
+    }
+
+    /// Damage below the LSNs asked for, left out of this view (see [`LogReader::open_from`]).
+    pub fn unneeded_damage(&self) -> &[UnneededDamage] {
+        &self.unneeded_damage
     }
 
     pub fn bytes_scanned(&self) -> u64 {

@@ -4,10 +4,12 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Corruption, Error, Result};
 use crate::fs::{durable_create_dir_all, durable_rename, read_exact_at, write_all_at, OpenMode};
+use crate::needed::analyze_from;
 use crate::options::Options;
-use crate::recovery::{analyze, open_name, parse_name, SegName, QUARANTINE_DIR};
+use crate::recovery::{open_name, parse_name, SegName, QUARANTINE_DIR};
 use crate::report::RecoveryReport;
 use crate::wal::Wal;
+use crate::Lsn;
 
 /// What a forced cut did.
 #[derive(Clone, Debug)]
@@ -31,18 +33,45 @@ pub struct RepairReport {
 /// `force` is set; then the log is cut just before the damage, and everything after it (the rest
 /// of that segment and every later segment) is moved into `dir/quarantine/`, never deleted.
 pub fn repair(dir: impl AsRef<Path>, options: Options, force: bool) -> Result<RepairReport> {
+    repair_from(dir, options, force, 1)
+}
+
+/// [`repair`] for a log of which only LSNs `>= needed_from` are needed (a database's log: the
+/// LSN after its snapshot). Damage wholly below `needed_from` is left in place, as
+/// [`Wal::open_from`] leaves it, and a cut that would end the log before `needed_from - 1` is
+/// refused with [`Error::CutBelowNeeded`]: it would leave the database unopenable.
+pub fn repair_from(
+    dir: impl AsRef<Path>,
+    options: Options,
+    force: bool,
+    needed_from: Lsn,
+) -> Result<RepairReport> {
     let dir = dir.as_ref();
     let fs = options.fs.clone();
     let mut forced_cuts = Vec::new();
     loop {
-        let c = match analyze(&*fs, dir, options.record_bytes_max, &mut |_, _| {}) {
+        let c = match analyze_from(
+            &*fs,
+            dir,
+            options.record_bytes_max,
+            needed_from,
+            &mut |_, _| {},
+        ) {
             Ok(_) => break,
             Err(Error::Corruption(c)) if force => *c,
             Err(e) => return Err(e),
         };
+        let kept_end = c.last_good_lsn.unwrap_or(0);
+        if kept_end + 1 < needed_from {
+            return Err(Error::CutBelowNeeded {
+                corruption: Box::new(c),
+                kept_end,
+                needed_from,
+            });
+        }
         forced_cuts.push(cut_at(&options, dir, c)?);
     }
-    let (wal, recovery) = Wal::open(dir, options)?;
+    let (wal, recovery) = Wal::open_from(dir, options, needed_from, &mut |_, _| {})?;
     wal.close()?;
     Ok(RepairReport {
         forced_cuts,
