@@ -75,7 +75,7 @@ pub(crate) fn read_manifest_state(fs: &dyn Fs, dir: &Path) -> Result<ManifestSta
     match Manifest::decode(&b) {
         Ok(m) => Ok(ManifestState::Valid(m)),
         Err(source @ FileError::Version(_)) => Err(Error::BadFile { path, source }),
-        Err(e) => Ok(ManifestState::Damaged(format!("damaged: {e}"))),
+        Err(e) => Ok(ManifestState::Damaged(e.to_string())),
     }
 }
 
@@ -89,13 +89,18 @@ pub(crate) struct Choice<T> {
     pub damaged: Vec<DamagedFile>,
 }
 
+/// Checks (and loads) one snapshot file, against the manifest that names it if any; returns the
+/// LSN its header holds.
+pub(crate) type Loader<'a, T> =
+    dyn FnMut(&Path, Option<&Manifest>) -> Result<(Lsn, T), FileError> + 'a;
+
 /// Chooses the base (see the module comment). `load(path, manifest)` checks a snapshot file
 /// (against the manifest that names it, if any) and returns the LSN its header holds.
 pub(crate) fn choose<T>(
     fs: &dyn Fs,
     dir: &Path,
     manifest: &ManifestState,
-    load: &mut dyn FnMut(&Path, Option<&Manifest>) -> Result<(Lsn, T), FileError>,
+    load: &mut Loader<'_, T>,
 ) -> Result<Choice<T>> {
     let mut damaged = Vec::new();
     let named = match manifest {
@@ -130,7 +135,7 @@ pub(crate) fn choose<T>(
                     Ok((_, t)) => return Ok(done(s, Some(t), damaged)),
                     Err(e) => damaged.push(DamagedFile {
                         path,
-                        problem: format!("damaged: {e}"),
+                        problem: e.to_string(),
                         moved_to: None,
                     }),
                 }
@@ -146,7 +151,7 @@ pub(crate) fn choose<T>(
         let problem = match load(&path, None) {
             Ok((found, t)) if found == l => return Ok(done(l, Some(t), damaged)),
             Ok((found, _)) => format!("its header says LSN {found}, its name LSN {l}"),
-            Err(e) => format!("damaged: {e}"),
+            Err(e) => e.to_string(),
         };
         damaged.push(DamagedFile {
             path,
@@ -158,6 +163,14 @@ pub(crate) fn choose<T>(
 }
 
 /// Whether the log (`first..=last`) continues the base: `Ok` or the unreachable LSN range.
+/// "the snapshot at LSN n", or "the empty state" for 0.
+pub(crate) fn base_name(base: Lsn) -> String {
+    match base {
+        0 => "the empty state".to_string(),
+        l => format!("the snapshot at LSN {l}"),
+    }
+}
+
 pub(crate) fn reach(base: Lsn, first: Lsn, last: Lsn) -> std::result::Result<(), (Lsn, Lsn)> {
     if first > base + 1 {
         Err((base + 1, first - 1))
@@ -296,10 +309,7 @@ impl fmt::Display for Inspection {
         if let Some(t) = &self.torn_tail {
             writeln!(f, "log: {t}")?;
         }
-        let base = match self.base {
-            0 => "the empty state".to_string(),
-            l => format!("the snapshot at LSN {l}"),
-        };
+        let base = base_name(self.base);
         match &self.health {
             Health::Healthy => write!(
                 f,
@@ -361,7 +371,7 @@ pub fn inspect(dir: impl AsRef<Path>, opts: &Options) -> Result<Inspection> {
             None => match verify_file(fs, &path, None) {
                 Ok(found) if found == l => None,
                 Ok(found) => Some(format!("its header says LSN {found}, its name LSN {l}")),
-                Err(e) => Some(format!("damaged: {e}")),
+                Err(e) => Some(e.to_string()),
             },
         };
         snapshots.push(SnapshotCheck {
@@ -415,7 +425,7 @@ pub fn inspect(dir: impl AsRef<Path>, opts: &Options) -> Result<Inspection> {
         }
         Err(keel_wal::Error::Corruption(c)) => {
             inspection.health = Health::Unreachable {
-                from: c.last_good_lsn.unwrap_or(choice.base) + 1,
+                from: c.last_good_lsn.unwrap_or(0).max(choice.base) + 1,
                 to: None,
             };
             inspection.log_corruption = Some(*c);

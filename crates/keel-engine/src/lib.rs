@@ -1067,8 +1067,8 @@ impl fmt::Display for RecoveryReport {
         for d in &self.damaged {
             write!(
                 f,
-                "\nDAMAGED {d}; opened from the snapshot at LSN {} and the log after it instead, losing nothing",
-                self.snapshot_lsn
+                "\nDAMAGED {d}; opened from {} and the log after it instead, losing nothing",
+                damage::base_name(self.snapshot_lsn)
             )?;
         }
         Ok(())
@@ -1251,7 +1251,9 @@ impl Engine {
                     dir: dir.clone(),
                     damaged: damaged.iter().map(|d| d.to_string()).collect(),
                     detail: format!(
-                        "the log after the snapshot at LSN {snapshot_lsn} is damaged too: {c}"
+                        "LSNs from {} on are unreachable: the newest usable base is {}, and the log after it is damaged too: {c}",
+                        c.last_good_lsn.unwrap_or(snapshot_lsn).max(snapshot_lsn) + 1,
+                        damage::base_name(snapshot_lsn)
                     ),
                 });
             }
@@ -1260,10 +1262,7 @@ impl Engine {
         let (first, last) = (wal.first_lsn(), wal.last_lsn());
         // P4 between snapshot and log: the log must continue exactly where the snapshot ends.
         if let Err((from, to)) = damage::reach(snapshot_lsn, first, last) {
-            let base = match snapshot_lsn {
-                0 => "the empty state".to_string(),
-                l => format!("the snapshot at LSN {l}"),
-            };
+            let base = damage::base_name(snapshot_lsn);
             return Err(Error::NoCompletePath {
                 dir: dir.clone(),
                 damaged: damaged.iter().map(|d| d.to_string()).collect(),
@@ -1282,7 +1281,10 @@ impl Engine {
             }
             checkpoint::commit_manifest(&*fs, &dir, &manifest)?;
             for d in &damaged {
-                tracing::warn!("damaged file set aside: {d}; opened from the snapshot at LSN {snapshot_lsn} and the log after it, losing nothing");
+                tracing::warn!(
+                    "damaged file set aside: {d}; opened from {} and the log after it, losing nothing",
+                    damage::base_name(snapshot_lsn)
+                );
             }
         }
         report.damaged = damaged;
