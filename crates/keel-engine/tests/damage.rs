@@ -169,6 +169,27 @@ fn damage_in_the_log_the_snapshot_covers_does_not_block_opening() {
         covered[0].exists(),
         "the damaged segment stays for inspection"
     );
+    // Restore needs the log only from its base: the latest point is restorable, and a point
+    // that needs the damaged range fails closed, saying why.
+    let r = keel_engine::restore(
+        dir.path(),
+        dir.path().join("restored"),
+        keel_engine::RestoreTarget::Latest,
+        &small(),
+    )
+    .unwrap();
+    assert_eq!(r.unneeded_log_damage.len(), 1);
+    check_all(&dir.path().join("restored"));
+    let err = keel_engine::restore(
+        dir.path(),
+        dir.path().join("old"),
+        keel_engine::RestoreTarget::Lsn(2),
+        &small(),
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, Error::NotRestorable(_)), "{err}");
+    assert!(err.to_string().contains("damaged"), "{err}");
     // `keel wal repair --force` on the database's log must not cut below what the snapshot
     // needs: it leaves the covered damage alone.
     let r = keel_wal::repair_from(dir.path().join("wal"), small().wal, true, lsns[1] + 1).unwrap();

@@ -171,6 +171,9 @@ pub fn restore_cmd(a: RestoreArgs) -> ExitCode {
             for l in &r.damaged_snapshots {
                 eprintln!("warning: snapshot at LSN {l} failed verification and was passed over");
             }
+            for d in &r.unneeded_log_damage {
+                eprintln!("warning: the source's log has {d}; the restore did not need it");
+            }
             println!(
                 "restored LSN {} (decided at Unix ms {}) into {}: {} keys, from the snapshot at LSN {} and {} log records, in {:.2?}",
                 r.lsn,

@@ -133,7 +133,12 @@ fn snapshot_backup_and_restore_work_and_fail_with_documented_codes() {
     let seg = std::fs::read_dir(db.join("wal"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("wal-0"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("wal-0")
+        })
         .unwrap();
     flip(&seg, 20);
     let o = keel(&["snapshot", "--dir", dbs]);
