@@ -28,7 +28,7 @@ fn fill(dir: &Path) -> u64 {
     let (wal, _) = Wal::open(dir, Options::small_for_tests()).unwrap();
     let mut last = 0;
     for i in 0..1500u32 {
-        last = wal.append(&vec![(i % 251) as u8; 200]).unwrap();
+        last = wal.append(&[(i % 251) as u8; 200]).unwrap();
     }
     wal.close().unwrap();
     last
