@@ -290,7 +290,9 @@ impl fmt::Display for Inspection {
                 Some(p) => writeln!(f, "snapshot {}: DAMAGED: {p}", s.path.display())?,
             }
         }
-        if self.log_first > self.log_last {
+        if self.log_corruption.is_some() {
+            // The range was not established: the damage stopped the scan.
+        } else if self.log_first > self.log_last {
             writeln!(f, "log: empty, continues at LSN {}", self.log_first)?;
         } else {
             writeln!(f, "log: LSN {}..={}", self.log_first, self.log_last)?;

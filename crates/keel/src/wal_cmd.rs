@@ -243,6 +243,12 @@ fn repair(dir: &Path, force: bool) -> Result<ExitCode> {
         }
         Err(e @ Error::CutBelowNeeded { .. }) => {
             println!("{e}");
+            if let Some(db) = dir.parent() {
+                println!(
+                    "Run `keel verify {}` to see what is damaged and what opening the database would do",
+                    db.display()
+                );
+            }
             Ok(ExitCode::from(2))
         }
         Err(e) => Err(e.into()),
