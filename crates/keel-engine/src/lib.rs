@@ -419,7 +419,7 @@ fn no_path_message(dir: &Path, damaged: &[String], detail: &str) -> String {
     }
     m.push_str(detail);
     m.push_str(&format!(
-        ". Nothing was changed. Inspect with `keel verify {}`, and keep a copy of the directory before changing anything",
+        ". No file was moved or removed. Inspect with `keel verify {}`, and keep a copy of the directory before changing anything",
         dir.display()
     ));
     m
