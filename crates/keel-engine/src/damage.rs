@@ -60,6 +60,15 @@ pub(crate) enum ManifestState {
 pub(crate) fn read_manifest_state(fs: &dyn Fs, dir: &Path) -> Result<ManifestState> {
     let path = dir.join(MANIFEST);
     if !fs.exists(&path).map_err(io("stat", &path))? {
+        // No MANIFEST is a database that never checkpointed, whose base is the empty state;
+        // unless the log no longer starts at LSN 1 and snapshot files exist: then a MANIFEST was
+        // lost, and a snapshot may still be the base of a complete path.
+        if !list_snapshots(fs, dir)?.is_empty() && log_first_named(fs, dir)?.is_some_and(|f| f > 1)
+        {
+            return Ok(ManifestState::Damaged(
+                "missing, though snapshots exist and the log no longer starts at LSN 1".into(),
+            ));
+        }
         return Ok(ManifestState::Missing);
     }
     let f = fs.open(&path, OpenMode::Read).map_err(io("open", &path))?;
@@ -77,6 +86,21 @@ pub(crate) fn read_manifest_state(fs: &dyn Fs, dir: &Path) -> Result<ManifestSta
         Err(source @ FileError::Version(_)) => Err(Error::BadFile { path, source }),
         Err(e) => Ok(ManifestState::Damaged(e.to_string())),
     }
+}
+
+/// The lowest first LSN the log's segment file names claim (`wal-<first:020>…`), if any.
+fn log_first_named(fs: &dyn Fs, dir: &Path) -> Result<Option<Lsn>> {
+    let wal = dir.join(WAL_DIR);
+    if !fs.exists(&wal).map_err(io("stat", &wal))? {
+        return Ok(None);
+    }
+    Ok(fs
+        .read_dir(&wal)
+        .map_err(io("list", &wal))?
+        .iter()
+        .filter(|n| n.ends_with(".open") || n.ends_with(".sealed"))
+        .filter_map(|n| n.get(4..24)?.parse::<Lsn>().ok())
+        .min())
 }
 
 /// The base a complete path starts from, and what failed on the way to it.

@@ -241,3 +241,23 @@ fn no_complete_path_fails_closed_naming_files_range_and_command() {
     assert_eq!(snaps(dir.path()), all);
     assert!(!dir.path().join("damaged").exists());
 }
+
+#[test]
+fn a_lost_manifest_falls_back_to_the_newest_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let lsns = setup(dir.path());
+    std::fs::remove_file(dir.path().join("MANIFEST")).unwrap();
+    let i = inspect(dir.path(), &small()).unwrap();
+    assert_eq!(
+        (i.health.clone(), i.base),
+        (Health::Openable, lsns[1]),
+        "{i}"
+    );
+    let report = check_all(dir.path());
+    assert_eq!(report.snapshot_lsn, lsns[1], "{report}");
+    assert!(
+        dir.path().join("MANIFEST").exists(),
+        "a correct MANIFEST is written"
+    );
+    assert!(check_all(dir.path()).damaged.is_empty());
+}
