@@ -6,14 +6,15 @@
 //!
 //! A damaged segment that also holds needed records (the one containing `needed_from`, with the
 //! damage below `needed_from`) is not skipped: the segment's chain of frames is read from its
-//! start, so a bad frame before `needed_from` hides the frames after it. It fails closed.
+//! start, so a bad frame before `needed_from` hides the frames after it. It fails closed;
+//! `repair_from` can then restart that segment at `needed_from` (see `repair.rs`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Corruption, CorruptionKind, Error, Result};
 use crate::fs::Fs;
-use crate::recovery::{analyze_listed, list, Layout, SegName};
+use crate::recovery::{analyze_listed, list, Layout};
 use crate::Lsn;
 
 /// Damage that the log was opened past, because it lies wholly below the LSNs that were needed.
@@ -88,20 +89,14 @@ pub(crate) fn analyze_from(
                 Some(i)
             }
             CorruptionKind::LsnGap { .. } | CorruptionKind::SegmentIdGap { .. } => None,
-            // Damage inside this segment: skip it if all it was meant to hold lies below.
-            _ => {
-                let last = match listed[i].name {
-                    SegName::Sealed { last, .. } => Some(last),
-                    _ => listed.get(i + 1).map(|n| n.first.saturating_sub(1)),
-                };
-                let next_first = listed.get(i + 1).map(|n| n.first);
-                match (last, next_first) {
-                    (Some(last), Some(nf)) if last < needed_from && nf <= needed_from => {
-                        Some(i + 1)
-                    }
-                    _ => None,
-                }
-            }
+            // Damage inside this segment: skip it if the next segment starts at or below
+            // `needed_from`, so that every needed LSN lies there or after. (Normally that means
+            // all this segment holds lies below; after `repair_from` restarted the needed part of
+            // a damaged segment as a new one, a crash can leave both, and the new one is used.)
+            _ => listed
+                .get(i + 1)
+                .is_some_and(|n| n.first <= needed_from)
+                .then_some(i + 1),
         };
         let Some(restart) = restart else {
             return Err(Error::Corruption(c));

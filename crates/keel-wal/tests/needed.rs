@@ -135,9 +135,9 @@ fn a_forced_repair_never_cuts_below_needed_from() {
     let last = fill(dir.path());
     let segs = segments(dir.path());
     let (first, seg_last) = range(&segs[1]);
-    flip(&segs[1], 64 + 100);
-    // The snapshot needs the log from inside the damaged segment: a cut there would end the
-    // log before it. Refused; nothing changed.
+    flip(&segs[1], 20); // its header: no frame of it can be trusted
+                        // The snapshot needs the log from inside the damaged segment: a cut there would end the
+                        // log before it. Refused; nothing changed.
     let err = keel_wal::repair_from(dir.path(), Options::small_for_tests(), true, seg_last)
         .err()
         .unwrap();
@@ -152,5 +152,61 @@ fn a_forced_repair_never_cuts_below_needed_from() {
     // Needed from the start: the old forced cut.
     let r = keel_wal::repair_from(dir.path(), Options::small_for_tests(), true, 1).unwrap();
     assert_eq!(r.forced_cuts.len(), 1);
-    assert!(r.recovery.last_lsn >= first - 1 && r.recovery.last_lsn < seg_last);
+    assert_eq!(r.recovery.last_lsn, first - 1);
+}
+
+#[test]
+fn a_forced_repair_restarts_the_segment_holding_needed_from_past_damage_below_it() {
+    for open_segment in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let last = fill(dir.path());
+        let segs = segments(dir.path());
+        let (target, first) = if open_segment {
+            let p = segs.last().unwrap().clone();
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            let first: u64 = n[4..24].parse().unwrap();
+            (p, first)
+        } else {
+            (segs[2].clone(), range(&segs[2]).0)
+        };
+        flip(&target, 64 + 100); // the first frame: LSN `first`
+        let needed = first + 5;
+        assert!(Wal::open_from(
+            dir.path(),
+            Options::small_for_tests(),
+            needed,
+            &mut |_, _| {}
+        )
+        .is_err());
+        let r =
+            keel_wal::repair_from(dir.path(), Options::small_for_tests(), true, needed).unwrap();
+        assert_eq!(r.forced_cuts.len(), 1, "open {open_segment}");
+        let cut = &r.forced_cuts[0];
+        assert!(cut.restarted_at.is_some());
+        assert!(cut
+            .quarantined
+            .iter()
+            .any(|q| q.file_name() == target.file_name()));
+        let (wal, _) = Wal::open_from(
+            dir.path(),
+            Options::small_for_tests(),
+            needed,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!((wal.first_lsn(), wal.last_lsn()), (needed, last));
+        let lsns: Vec<u64> = wal
+            .read_from(needed)
+            .unwrap()
+            .map(|r| r.unwrap().lsn)
+            .collect();
+        assert_eq!(lsns, (needed..=last).collect::<Vec<_>>());
+        // The log goes on: appends after it, and a full open needs nothing below.
+        assert_eq!(wal.append(b"next").unwrap(), last + 1);
+        wal.close().unwrap();
+        let (wal, report) = Wal::open(dir.path(), Options::small_for_tests()).unwrap();
+        assert!(report.unneeded_damage.is_empty(), "{report}");
+        assert_eq!((wal.first_lsn(), wal.last_lsn()), (needed, last + 1));
+        wal.close().unwrap();
+    }
 }

@@ -220,6 +220,17 @@ fn repair(dir: &Path, force: bool) -> Result<ExitCode> {
     match keel_wal::repair_from(dir, Options::default(), force, needed) {
         Ok(r) => {
             for cut in &r.forced_cuts {
+                if let Some(p) = &cut.restarted_at {
+                    println!(
+                        "damage below the LSNs needed: {}\n  nothing needed was cut: the needed frames now start {}",
+                        cut.corruption,
+                        p.display()
+                    );
+                    for q in &cut.quarantined {
+                        println!("  segment moved to {}", q.display());
+                    }
+                    continue;
+                }
                 println!("cut before corruption: {}", cut.corruption);
                 if let Some(p) = &cut.side_file {
                     println!("  cut bytes kept in {}", p.display());
