@@ -58,6 +58,11 @@ pub(crate) fn analyze_from(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(Layout, Vec<UnneededDamage>)> {
     let (listed, tmp_files) = list(fs, dir)?;
+    if needed_from <= 1 {
+        // Everything is needed: exactly the log's own recovery.
+        return analyze_listed(fs, &listed, tmp_files, record_max, progress)
+            .map(|l| (l, Vec::new()));
+    }
     let mut skipped = Vec::new();
     let mut start = 0;
     loop {
@@ -93,9 +98,11 @@ pub(crate) fn analyze_from(
             // `needed_from`, so that every needed LSN lies there or after. (Normally that means
             // all this segment holds lies below; after `repair_from` restarted the needed part of
             // a damaged segment as a new one, a crash can leave both, and the new one is used.)
+            // Two segments claiming the same first LSN are ambiguous: never guess between them.
+            CorruptionKind::DuplicateSegment { .. } => None,
             _ => listed
                 .get(i + 1)
-                .is_some_and(|n| n.first <= needed_from)
+                .is_some_and(|n| n.first > listed[i].first && n.first <= needed_from)
                 .then_some(i + 1),
         };
         let Some(restart) = restart else {
