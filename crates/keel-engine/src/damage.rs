@@ -158,8 +158,8 @@ pub(crate) fn choose<T>(
                 match load(&path, Some(m)) {
                     Ok((_, t)) => return Ok(done(s, Some(t), damaged)),
                     Err(e) => damaged.push(DamagedFile {
+                        problem: not_damage(e, &path)?,
                         path,
-                        problem: e.to_string(),
                         moved_to: None,
                     }),
                 }
@@ -175,7 +175,7 @@ pub(crate) fn choose<T>(
         let problem = match load(&path, None) {
             Ok((found, t)) if found == l => return Ok(done(l, Some(t), damaged)),
             Ok((found, _)) => format!("its header says LSN {found}, its name LSN {l}"),
-            Err(e) => e.to_string(),
+            Err(e) => not_damage(e, &path)?,
         };
         damaged.push(DamagedFile {
             path,
@@ -186,7 +186,29 @@ pub(crate) fn choose<T>(
     Ok(done(0, None, damaged))
 }
 
-/// Whether the log (`first..=last`) continues the base: `Ok` or the unreachable LSN range.
+/// A file that could not be read for a reason that says nothing about its bytes (permissions,
+/// too many open files) is an error, not damage: falling back would set a good file aside.
+/// Returns the problem text for real damage.
+fn not_damage(e: FileError, path: &Path) -> Result<String> {
+    match e {
+        FileError::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::OutOfMemory
+                    | std::io::ErrorKind::Interrupted
+            ) || e.raw_os_error() == Some(24) =>
+        {
+            Err(Error::Io {
+                op: "read snapshot",
+                path: path.to_path_buf(),
+                source: e,
+            })
+        }
+        e => Ok(e.to_string()),
+    }
+}
+
 /// "the snapshot at LSN n", or "the empty state" for 0.
 pub(crate) fn base_name(base: Lsn) -> String {
     match base {
@@ -195,6 +217,7 @@ pub(crate) fn base_name(base: Lsn) -> String {
     }
 }
 
+/// Whether the log (`first..=last`) continues the base: `Ok` or the unreachable LSN range.
 pub(crate) fn reach(base: Lsn, first: Lsn, last: Lsn) -> std::result::Result<(), (Lsn, Lsn)> {
     if first > base + 1 {
         Err((base + 1, first - 1))
