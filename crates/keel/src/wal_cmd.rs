@@ -115,7 +115,8 @@ fn not_a_log(dir: &Path) -> Option<String> {
 /// snapshot that opening the database would start from.
 fn database_needs(dir: &Path) -> Option<Result<(std::path::PathBuf, u64)>> {
     let db = dir.parent()?;
-    if dir.file_name()? != "wal" || !db.join("MANIFEST").exists() {
+    if dir.file_name()? != "wal" || !(db.join("MANIFEST").exists() || db.join("snapshots").is_dir())
+    {
         return None;
     }
     Some(
