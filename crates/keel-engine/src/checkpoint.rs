@@ -55,33 +55,6 @@ pub(crate) struct Status {
     last_error: Option<String>,
 }
 
-fn read_all(fs: &dyn Fs, path: &Path, max: u64) -> Result<Vec<u8>> {
-    let f = fs.open(path, OpenMode::Read).map_err(io("open", path))?;
-    let len = f.len().map_err(io("stat", path))?;
-    if len > max {
-        return Err(Error::BadFile {
-            path: path.to_path_buf(),
-            source: FileError::Mismatch {
-                field: "file length",
-                expected: max,
-                found: len,
-            },
-        });
-    }
-    let mut b = vec![0u8; len as usize];
-    keel_wal::fs::read_exact_at(&*f, &mut b, 0).map_err(io("read", path))?;
-    Ok(b)
-}
-
-pub(crate) fn read_manifest(fs: &dyn Fs, dir: &Path) -> Result<Manifest> {
-    let path = dir.join(MANIFEST);
-    if !fs.exists(&path).map_err(io("stat", &path))? {
-        return Ok(Manifest::default());
-    }
-    let b = read_all(fs, &path, snapshot::MANIFEST_BYTES as u64)?;
-    Manifest::decode(&b).map_err(|source| Error::BadFile { path, source })
-}
-
 /// The snapshot files in `dir/snapshots`, by LSN.
 pub(crate) fn list_snapshots(fs: &dyn Fs, dir: &Path) -> Result<Vec<Lsn>> {
     let sdir = dir.join(SNAPSHOT_DIR);
@@ -243,7 +216,14 @@ impl Core {
         let all = list_snapshots(fs, &self.dir)?;
         let older = all.iter().copied().filter(|&l| l < current);
         let (keep, base): (Vec<Lsn>, Lsn) = if self.opts.retention.is_zero() {
-            (vec![current], current)
+            // P13: keep the snapshot before this one and the log after it, so that one damaged
+            // snapshot or manifest costs nothing (recovery falls back to it). Before there is
+            // one, a log that was never pruned is that fallback: the empty state plus the log.
+            match older.clone().max() {
+                Some(prev) => (vec![current, prev], prev),
+                None if self.wal.first_lsn() == 1 => (vec![current], 0),
+                None => (vec![current], current),
+            }
         } else {
             let cutoff = now_ms().saturating_sub(self.opts.retention.as_millis() as u64);
             let mut within = vec![current];

@@ -30,6 +30,7 @@
 
 mod checkpoint;
 mod combine;
+mod damage;
 mod key;
 pub mod record;
 mod restore;
@@ -51,9 +52,10 @@ use imbl::OrdMap;
 use keel_wal::fs::durable_create_dir_all;
 use keel_wal::{Completion, Lsn, OpenMode, Ticket, Wal, WalStats};
 
-use snapshot::FileError;
+use snapshot::{FileError, Manifest};
 
 pub use checkpoint::CheckpointInfo;
+pub use damage::{inspect, DamagedFile, Health, Inspection, SnapshotCheck, DAMAGED_DIR};
 pub use record::{Mutation, RecordError, Request, REQUEST_ID_BYTES_MAX};
 pub use restore::{create_from_snapshot, restore, BackupView, RestoreReport, RestoreTarget};
 
@@ -391,12 +393,36 @@ pub enum Error {
         #[source]
         source: FileError,
     },
-    /// The log does not continue where the snapshot ends: records are missing.
-    #[error("the snapshot covers up to LSN {snapshot_lsn}, but the log {detail}; records are missing and the database refuses to open")]
-    Gap { snapshot_lsn: Lsn, detail: String },
+    /// No complete path from a snapshot (or the empty state) to the end of the log exists:
+    /// records are missing or damaged beyond what any retained file can make up for (P13).
+    #[error("{}", no_path_message(.dir, .damaged, .detail))]
+    NoCompletePath {
+        dir: PathBuf,
+        /// Every damaged file found on the way, with what is wrong with it.
+        damaged: Vec<String>,
+        /// Which LSNs cannot be reached, and why.
+        detail: String,
+    },
     /// A restore cannot reach the point asked for with what the source retains.
     #[error("cannot restore: {0}")]
     NotRestorable(String),
+}
+
+fn no_path_message(dir: &Path, damaged: &[String], detail: &str) -> String {
+    let mut m = String::from(
+        "the database refuses to open: no complete path to the acknowledged state exists. ",
+    );
+    if !damaged.is_empty() {
+        m.push_str("Damaged: ");
+        m.push_str(&damaged.join("; "));
+        m.push_str(". ");
+    }
+    m.push_str(detail);
+    m.push_str(&format!(
+        ". No file was moved or removed. Inspect with `keel verify {}`, and keep a copy of the directory before changing anything",
+        dir.display()
+    ));
+    m
 }
 
 pub(crate) fn io<'a>(
@@ -440,7 +466,9 @@ pub struct Options {
     /// Checkpoint this long after the last one, if anything was written. Default 10 minutes.
     pub checkpoint_interval: Option<Duration>,
     /// Keep older snapshots and the log after them for this long, so that [`restore`] can reach
-    /// any point in the window. Default 0: a checkpoint prunes everything it covers.
+    /// any point in the window. Default 0: a checkpoint keeps only the snapshot before its own
+    /// and the log after that one (at most about `checkpoint_log_bytes` more than the newest
+    /// snapshot needs), so that a damaged snapshot or manifest costs nothing (P13).
     pub retention: Duration,
     /// LZ4-compress snapshot blocks. Default true.
     pub compress_snapshots: bool,
@@ -1016,6 +1044,9 @@ pub struct RecoveryReport {
     /// The last LSN recovered.
     pub lsn: Lsn,
     pub duration: Duration,
+    /// The manifest and snapshots that failed their checks and were moved into `DIR/damaged/`;
+    /// recovery then used an older snapshot (`snapshot_lsn`) and the log after it (P13).
+    pub damaged: Vec<DamagedFile>,
 }
 
 impl fmt::Display for RecoveryReport {
@@ -1032,7 +1063,15 @@ impl fmt::Display for RecoveryReport {
             self.keys,
             self.lsn,
             self.duration
-        )
+        )?;
+        for d in &self.damaged {
+            write!(
+                f,
+                "\nDAMAGED {d}; opened from {} and the log after it instead, losing nothing",
+                damage::base_name(self.snapshot_lsn)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -1164,47 +1203,92 @@ impl Engine {
         let dir = dir.as_ref().to_path_buf();
         let fs = opts.wal.fs.clone();
         durable_create_dir_all(&*fs, &dir).map_err(io("create directory", &dir))?;
-        let manifest = checkpoint::read_manifest(&*fs, &dir)?;
+        let state = damage::read_manifest_state(&*fs, &dir)?;
         let now = now_ms();
         let mut requests = Requests::default();
         let mut report = RecoveryReport::default();
-        let (mut map, snapshot_lsn, mut at_ms) = match manifest.snapshot_lsn {
-            0 => (Map::new(), 0, 0),
-            lsn => {
-                let t = Instant::now();
-                let path = snapshot::snapshot_path(&dir, lsn);
-                let loaded = fs
-                    .open(&path, OpenMode::Read)
-                    .map_err(io("open snapshot", &path))
-                    .and_then(|f| {
-                        snapshot::read_snapshot(&*f, Some(&manifest))
-                            .map_err(|source| Error::BadFile { path, source })
-                    })?;
+        let t = Instant::now();
+        // P13: the manifest's snapshot if it and the manifest pass their checks, else the newest
+        // snapshot that does (or the empty state). `inspect` chooses the same way.
+        let choice = damage::choose(&*fs, &dir, &state, &mut |path, expect| {
+            let f = fs.open(path, OpenMode::Read)?;
+            let bytes = f.len()?;
+            let loaded = snapshot::read_snapshot(&*f, expect)?;
+            // Its trailing CRC, which `read_snapshot` checked, for a manifest that names it.
+            let mut crc = [0u8; 4];
+            keel_wal::fs::read_exact_at(&*f, &mut crc, bytes - 4)?;
+            let m = Manifest {
+                snapshot_lsn: loaded.header.lsn,
+                snapshot_bytes: bytes,
+                snapshot_crc: u32::from_le_bytes(crc),
+            };
+            Ok((loaded.header.lsn, (loaded, m)))
+        })?;
+        let snapshot_lsn = choice.base;
+        let (mut map, mut at_ms, manifest) = match choice.loaded {
+            None => (Map::new(), 0, Manifest::default()),
+            Some((loaded, m)) => {
                 for (l, r) in loaded.requests {
                     requests.insert(l, r, &opts, now);
                 }
                 report.snapshot_load = t.elapsed();
-                report.snapshot_bytes = manifest.snapshot_bytes;
-                (loaded.map, lsn, loaded.header.at_ms)
+                report.snapshot_bytes = m.snapshot_bytes;
+                (loaded.map, loaded.header.at_ms, m)
             }
         };
         report.snapshot_lsn = snapshot_lsn;
-        let (wal, wal_report) =
-            Wal::open_with_progress(dir.join(WAL_DIR), opts.wal.clone(), progress)?;
+        let mut damaged = choice.damaged;
+        // Only the log after the base is needed: damage wholly below it is left out, not fatal.
+        let opened = Wal::open_from(
+            dir.join(WAL_DIR),
+            opts.wal.clone(),
+            snapshot_lsn + 1,
+            progress,
+        );
+        let (wal, wal_report) = match opened {
+            Ok(w) => w,
+            Err(keel_wal::Error::Corruption(c)) if !damaged.is_empty() => {
+                return Err(Error::NoCompletePath {
+                    dir: dir.clone(),
+                    damaged: damaged.iter().map(|d| d.to_string()).collect(),
+                    detail: format!(
+                        "LSNs from {} on are unreachable: the newest usable base is {}, and the log after it is damaged too: {c}",
+                        c.last_good_lsn.unwrap_or(snapshot_lsn).max(snapshot_lsn) + 1,
+                        damage::base_name(snapshot_lsn)
+                    ),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         let (first, last) = (wal.first_lsn(), wal.last_lsn());
         // P4 between snapshot and log: the log must continue exactly where the snapshot ends.
-        if first > snapshot_lsn + 1 {
-            return Err(Error::Gap {
-                snapshot_lsn,
-                detail: format!("starts at LSN {first}"),
+        if let Err((from, to)) = damage::reach(snapshot_lsn, first, last) {
+            let base = damage::base_name(snapshot_lsn);
+            return Err(Error::NoCompletePath {
+                dir: dir.clone(),
+                damaged: damaged.iter().map(|d| d.to_string()).collect(),
+                detail: format!(
+                    "LSNs {from}..={to} are unreachable: the newest usable base is {base}, and the log holds LSNs {first}..={last}"
+                ),
             });
         }
-        if last < snapshot_lsn {
-            return Err(Error::Gap {
-                snapshot_lsn,
-                detail: format!("ends at LSN {last}"),
-            });
+        // A complete path exists: set the damaged files aside (never deleted) and commit a
+        // manifest that names the base, before anything new is logged.
+        if !damaged.is_empty() {
+            for d in &mut damaged {
+                if fs.exists(&d.path).map_err(io("stat", &d.path))? {
+                    d.moved_to = Some(damage::move_aside(&*fs, &dir, &d.path)?);
+                }
+            }
+            checkpoint::commit_manifest(&*fs, &dir, &manifest)?;
+            for d in &damaged {
+                tracing::warn!(
+                    "damaged file set aside: {d}; opened from {} and the log after it, losing nothing",
+                    damage::base_name(snapshot_lsn)
+                );
+            }
         }
+        report.damaged = damaged;
         // P7: records the snapshot already holds are skipped.
         let mut applied = snapshot_lsn.max(first - 1);
         let mut replay = Changes::default();

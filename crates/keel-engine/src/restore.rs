@@ -36,6 +36,8 @@ pub struct RestoreReport {
     pub base_snapshot: Lsn,
     /// Snapshots passed over because they failed verification.
     pub damaged_snapshots: Vec<Lsn>,
+    /// Damage in the source's log below the point restored, which the restore did not need.
+    pub unneeded_log_damage: Vec<keel_wal::UnneededDamage>,
     pub records_replayed: u64,
     pub keys: usize,
     pub snapshot_bytes: u64,
@@ -102,7 +104,30 @@ pub fn restore(
     opts.validate()?;
     let fs = &*opts.wal.fs;
     check_target(fs, target)?;
-    let log = LogReader::open(source.join(WAL_DIR), &opts.wal)?;
+    let wal_dir = source.join(WAL_DIR);
+    let (log, damage_note) = match LogReader::open(&wal_dir, &opts.wal) {
+        Ok(l) => (l, String::new()),
+        // Damage below the newest snapshot need not stop a restore that does not reach back to
+        // it (P13): read the log from there, and fail closed below.
+        Err(keel_wal::Error::Corruption(c)) => {
+            let newest = list_snapshots(fs, source)?.last().copied().unwrap_or(0);
+            match LogReader::open_from(&wal_dir, &opts.wal, newest + 1, &mut |_, _| {}) {
+                Ok(l) => {
+                    let note = format!(
+                        "; the log is damaged below LSN {} ({c}), so no point before it can be restored",
+                        l.first_lsn()
+                    );
+                    (l, note)
+                }
+                Err(_) => return Err(keel_wal::Error::Corruption(c).into()),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut report = RestoreReport {
+        unneeded_log_damage: log.unneeded_damage().to_vec(),
+        ..RestoreReport::default()
+    };
     let (first, last) = (log.first_lsn(), log.last_lsn());
     let end = match to {
         RestoreTarget::Lsn(l) if l > last => {
@@ -113,7 +138,6 @@ pub fn restore(
         RestoreTarget::Lsn(l) => l,
         _ => last,
     };
-    let mut report = RestoreReport::default();
     // Candidate bases, newest first: snapshots at or before the target, then the empty state if
     // the log reaches back to LSN 1.
     let mut bases: Vec<(Lsn, Option<SnapshotHeader>)> = Vec::new();
@@ -165,7 +189,7 @@ pub fn restore(
     let Some((mut map, snap_requests, base, mut at_ms)) = chosen else {
         return Err(Error::NotRestorable(format!(
             "no retained snapshot reaches {to:?} and the log starts at LSN {first}; \
-             keep snapshots longer with Options::retention"
+             keep snapshots longer with Options::retention{damage_note}"
         )));
     };
     report.base_snapshot = base;

@@ -119,9 +119,22 @@ impl Manifest {
         b
     }
 
+    /// The checksum is checked before the version: a flipped bit in the version field is damage,
+    /// and only a manifest whose bytes check out (or one of another length that a newer keel
+    /// could have written) is reported as an unsupported version.
     pub fn decode(b: &[u8]) -> Result<Self, FileError> {
+        let newer =
+            |b: &[u8]| b.len() >= 12 && &b[0..8] == MANIFEST_MAGIC && u32_at(b, 8) != VERSION;
         if b.len() != MANIFEST_BYTES {
-            return Err(FileError::Short);
+            return Err(if newer(b) {
+                FileError::Version(u32_at(b, 8))
+            } else {
+                FileError::Short
+            });
+        }
+        let (expected, found) = (crc32c::crc32c(&b[..36]), u32_at(b, 36));
+        if expected != found {
+            return Err(FileError::Checksum { expected, found });
         }
         if &b[0..8] != MANIFEST_MAGIC {
             return Err(FileError::Magic);
@@ -129,10 +142,6 @@ impl Manifest {
         let v = u32_at(b, 8);
         if v != VERSION {
             return Err(FileError::Version(v));
-        }
-        let (expected, found) = (crc32c::crc32c(&b[..36]), u32_at(b, 36));
-        if expected != found {
-            return Err(FileError::Checksum { expected, found });
         }
         if u32_at(b, 12) != 0 {
             return Err(FileError::BadField);
@@ -616,6 +625,21 @@ mod tests {
             Manifest::decode(&mb),
             Err(FileError::Checksum { .. })
         ));
+        // A flipped byte in the version field is damage, not a newer format.
+        for i in 0..MANIFEST_BYTES {
+            let mut mb = m.encode();
+            mb[i] ^= 0x01;
+            assert!(
+                matches!(Manifest::decode(&mb), Err(FileError::Checksum { .. })),
+                "flip at {i}"
+            );
+        }
+        // A version that checks out is reported as a version.
+        let mut mb = m.encode();
+        mb[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let crc = crc32c::crc32c(&mb[..36]);
+        mb[36..40].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(Manifest::decode(&mb), Err(FileError::Version(2))));
     }
 
     #[test]

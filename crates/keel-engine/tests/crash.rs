@@ -457,3 +457,121 @@ fn a_full_disk_poisons_and_a_halted_engine_reopens_in_the_same_process_with_ever
     let (reopened, _) = Engine::open(DIR, options(&fs)).unwrap();
     assert_eq!(reopened.get(b"healed").unwrap().value, "yes");
 }
+
+/// P13 with P2: opening a database whose newest snapshot is damaged moves the file aside and
+/// rewrites the MANIFEST. A power cut at every single file-system operation of that open still
+/// recovers every write, and so does the open after it.
+#[test]
+fn a_crash_at_every_step_of_a_fallback_open_loses_nothing() {
+    use keel_wal::{Fs, OpenMode};
+    let prepare = |fs: &SimFs| {
+        let (e, _) = Engine::open(DIR, options(fs)).unwrap();
+        fill(&e, 0);
+        e.checkpoint().unwrap();
+        fill(&e, 1);
+        let newest = e.checkpoint().unwrap();
+        fill(&e, 2);
+        let expected = state(&e);
+        e.close().unwrap();
+        let path = format!("{DIR}/snapshots/snap-{newest:020}.keel");
+        let f = fs.open(path.as_ref(), OpenMode::ReadWrite).unwrap();
+        let mut b = [0u8; 1];
+        keel_wal::fs::read_exact_at(&*f, &mut b, 60).unwrap();
+        keel_wal::fs::write_all_at(&*f, &[b[0] ^ 1], 60).unwrap();
+        f.sync_all().unwrap();
+        expected
+    };
+    let fs = SimFs::new(11);
+    let expected = prepare(&fs);
+    let a = fs.counts().total;
+    let (e, report) = Engine::open(DIR, options(&fs)).unwrap();
+    let b = fs.counts().total;
+    assert_eq!(report.damaged.len(), 1, "{report}");
+    assert_eq!(state(&e), expected);
+    assert!(b - a > 10, "the open is many operations ({a}..{b})");
+    drop(e);
+    for k in a..=b {
+        let fs = SimFs::new(11);
+        let expected = prepare(&fs);
+        fs.crash_at(k);
+        let _ = Engine::open(DIR, options(&fs));
+        let image = fs.crash(k);
+        let (e, _) = Engine::open(DIR, options(&image))
+            .unwrap_or_else(|err| panic!("crash at op {k} of {a}..{b}: recovery failed: {err}"));
+        assert_eq!(state(&e), expected, "crash at op {k} of {a}..{b}");
+        e.checkpoint().unwrap();
+        drop(e);
+        let (e, report) = Engine::open(DIR, options(&image)).unwrap();
+        assert_eq!(state(&e), expected, "crash at op {k}: reopen");
+        assert!(report.damaged.is_empty(), "crash at op {k}: {report}");
+    }
+}
+
+/// P13 with P2 for the advice on damage below the snapshot inside the segment that holds its
+/// LSN + 1: `keel wal repair --force` (here `repair_from`) restarts that segment at the needed
+/// LSN. A power cut at every operation of it leaves a database that either opens with every
+/// write, or does after the same repair is run again.
+#[test]
+fn a_crash_at_every_step_of_a_restarting_repair_loses_nothing() {
+    use keel_wal::{Fs, OpenMode};
+    let wal_dir = format!("{DIR}/wal");
+    let prepare = |fs: &SimFs| {
+        let (e, _) = Engine::open(DIR, options(fs)).unwrap();
+        fill(&e, 0);
+        e.checkpoint().unwrap();
+        fill(&e, 1);
+        e.put("odd", "one").unwrap(); // so that the snapshot ends inside a segment
+        let s = e.checkpoint().unwrap();
+        fill(&e, 2);
+        let expected = state(&e);
+        e.close().unwrap();
+        let names = fs.read_dir(wal_dir.as_ref()).unwrap();
+        let (name, _) = names
+            .iter()
+            .filter_map(|n| Some((n, n.get(4..24)?.parse::<u64>().ok()?)))
+            .filter(|(_, first)| *first <= s)
+            .max_by_key(|(_, first)| *first)
+            .unwrap();
+        assert!(name.get(4..24).unwrap().parse::<u64>().unwrap() < s);
+        let path = format!("{wal_dir}/{name}");
+        let f = fs.open(path.as_ref(), OpenMode::ReadWrite).unwrap();
+        let mut b = [0u8; 1];
+        keel_wal::fs::read_exact_at(&*f, &mut b, 64 + 40).unwrap();
+        keel_wal::fs::write_all_at(&*f, &[b[0] ^ 1], 64 + 40).unwrap();
+        f.sync_all().unwrap();
+        (expected, s + 1)
+    };
+    let repair =
+        |fs: &SimFs, needed| keel_wal::repair_from(&wal_dir, options(fs).wal, true, needed);
+    let fs = SimFs::new(13);
+    let (expected, needed) = prepare(&fs);
+    assert!(Engine::open(DIR, options(&fs)).is_err(), "refuses before");
+    let a = fs.counts().total;
+    let r = repair(&fs, needed).unwrap();
+    let b = fs.counts().total;
+    assert!(r.forced_cuts.iter().all(|c| c.restarted_at.is_some()));
+    assert!(!r.forced_cuts.is_empty() && b - a > 5, "{a}..{b}");
+    let (e, _) = Engine::open(DIR, options(&fs)).unwrap();
+    assert_eq!(state(&e), expected);
+    drop(e);
+    for k in a..=b {
+        let fs = SimFs::new(13);
+        let (expected, needed) = prepare(&fs);
+        let _ = Engine::open(DIR, options(&fs)); // refuses; as the operator would see it
+        let a2 = fs.counts().total;
+        fs.crash_at(a2 + (k - a));
+        let _ = repair(&fs, needed);
+        let image = fs.crash(k);
+        let e = match Engine::open(DIR, options(&image)) {
+            Ok((e, _)) => e,
+            Err(_) => {
+                repair(&image, needed)
+                    .unwrap_or_else(|err| panic!("crash at op {k}: repair again: {err}"));
+                Engine::open(DIR, options(&image))
+                    .unwrap_or_else(|err| panic!("crash at op {k}: after repair: {err}"))
+                    .0
+            }
+        };
+        assert_eq!(state(&e), expected, "crash at op {k} of {a}..{b}");
+    }
+}

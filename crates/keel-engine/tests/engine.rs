@@ -269,13 +269,19 @@ fn checkpoint_prunes_the_log_and_reopens_without_applying_twice() {
     for i in 0..400 {
         e.put(format!("k{}", i % 40), "x".repeat(300)).unwrap();
         e.incr("counter", 1).unwrap();
+        if i == 199 {
+            // The first checkpoint keeps the whole log: the empty state is its fallback (P13).
+            let before = wal_segments(dir.path()).len();
+            e.checkpoint().unwrap();
+            assert_eq!(wal_segments(dir.path()).len(), before);
+        }
     }
     let before = wal_segments(dir.path()).len();
     let lsn = e.checkpoint().unwrap();
     assert_eq!(lsn, e.durable_lsn());
     assert!(
         wal_segments(dir.path()).len() < before,
-        "the log it covers is pruned"
+        "the log the previous snapshot covers is pruned"
     );
     assert_eq!(e.checkpoint().unwrap(), lsn, "nothing new: no new snapshot");
     for _ in 0..10 {
@@ -290,17 +296,19 @@ fn checkpoint_prunes_the_log_and_reopens_without_applying_twice() {
         "increments the snapshot holds are not replayed (P7)"
     );
     assert_eq!(e.snapshot().scan(.., usize::MAX), state);
-    // A second checkpoint replaces the first snapshot.
-    e.put("after", "1").unwrap();
-    e.checkpoint().unwrap();
+    // By default a checkpoint keeps the snapshot before it (P13), and no older one.
+    for i in 0..2 {
+        e.put(format!("after{i}"), "1").unwrap();
+        e.checkpoint().unwrap();
+    }
     let snaps = std::fs::read_dir(dir.path().join("snapshots"))
         .unwrap()
         .count();
-    assert_eq!(snaps, 1);
+    assert_eq!(snaps, 2);
 }
 
 #[test]
-fn damaged_snapshot_manifest_or_log_gap_fails_closed() {
+fn damaged_snapshot_or_manifest_falls_back_and_a_missing_path_fails_closed() {
     let setup = || {
         let dir = tempfile::tempdir().unwrap();
         let (e, _) = Engine::open(dir.path(), small()).unwrap();
@@ -314,42 +322,54 @@ fn damaged_snapshot_manifest_or_log_gap_fails_closed() {
         e.close().unwrap();
         (dir, lsn)
     };
-    // A flipped byte in the snapshot.
+    let snap = |dir: &std::path::Path, lsn: u64| {
+        dir.join("snapshots").join(format!("snap-{lsn:020}.keel"))
+    };
+    let flip = |p: &std::path::Path, at: usize| {
+        let mut b = std::fs::read(p).unwrap();
+        b[at] ^= 1;
+        std::fs::write(p, &b).unwrap();
+    };
+    let all_there = |dir: &std::path::Path| {
+        let (e, report) = Engine::open(dir, small()).unwrap();
+        for i in 0..300 {
+            assert!(e.get(format!("k{i}").as_bytes()).is_some(), "k{i}");
+            assert!(e.get(format!("j{i}").as_bytes()).is_some(), "j{i}");
+        }
+        e.close().unwrap();
+        report
+    };
+    // The first checkpoint keeps the whole log (the empty state is its fallback): a flipped
+    // byte in the snapshot, in the manifest, or a missing snapshot costs nothing.
     let (dir, lsn) = setup();
-    let snap = dir
-        .path()
-        .join("snapshots")
-        .join(format!("snap-{lsn:020}.keel"));
-    let mut b = std::fs::read(&snap).unwrap();
-    b[100] ^= 1;
-    std::fs::write(&snap, &b).unwrap();
-    let err = Engine::open(dir.path(), small()).err().unwrap();
-    assert!(matches!(err, Error::BadFile { .. }), "{err}");
-    assert!(err.to_string().contains("snap-"), "{err}");
-    // A damaged manifest.
+    flip(&snap(dir.path(), lsn), 100);
+    let report = all_there(dir.path());
+    assert_eq!(report.damaged.len(), 1, "{report}");
+    assert_eq!(report.snapshot_lsn, 0);
+    assert!(report.damaged[0].moved_to.as_ref().unwrap().exists());
+    assert!(
+        all_there(dir.path()).damaged.is_empty(),
+        "a correct manifest was written"
+    );
     let (dir, _) = setup();
-    let m = dir.path().join("MANIFEST");
-    let mut b = std::fs::read(&m).unwrap();
-    b[17] ^= 1;
-    std::fs::write(&m, &b).unwrap();
-    assert!(matches!(
-        Engine::open(dir.path(), small()),
-        Err(Error::BadFile { .. })
-    ));
-    // The snapshot the manifest names is missing.
+    flip(&dir.path().join("MANIFEST"), 17);
+    let report = all_there(dir.path());
+    assert!(report.to_string().contains("MANIFEST"), "{report}");
     let (dir, lsn) = setup();
-    std::fs::remove_file(
-        dir.path()
-            .join("snapshots")
-            .join(format!("snap-{lsn:020}.keel")),
-    )
-    .unwrap();
-    assert!(Engine::open(dir.path(), small()).is_err());
-    // The log no longer starts right after the snapshot.
-    let (dir, _) = setup();
+    std::fs::remove_file(snap(dir.path(), lsn)).unwrap();
+    assert_eq!(all_there(dir.path()).damaged.len(), 1);
+    // No complete path: the snapshot is damaged and the log no longer starts at LSN 1.
+    let (dir, lsn) = setup();
+    flip(&snap(dir.path(), lsn), 100);
     std::fs::remove_file(&wal_segments(dir.path())[0]).unwrap();
     let err = Engine::open(dir.path(), small()).err().unwrap();
-    assert!(matches!(err, Error::Gap { .. }), "{err}");
+    assert!(matches!(err, Error::NoCompletePath { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("snap-") && msg.contains("keel verify") && msg.contains("LSNs 1..="),
+        "{msg}"
+    );
+    assert!(snap(dir.path(), lsn).exists(), "refusing moves nothing");
 }
 
 #[test]

@@ -164,9 +164,17 @@ fn without_retention_only_the_recent_past_is_restorable() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     let (e, _) = Engine::open(&src, small()).unwrap();
-    let models = history(&e);
-    let last = models.len() as Lsn - 1;
-    e.checkpoint().unwrap();
+    history(&e);
+    // By default the snapshot before the newest one and the log after it are kept (P13), and
+    // nothing older: two more checkpoints, with a segment's worth of writes between them.
+    let mut prev = 0;
+    for r in 0..2 {
+        for i in 0..100 {
+            e.put(format!("more{r}-{i}"), "m".repeat(1000)).unwrap();
+        }
+        prev = e.checkpoint().unwrap();
+    }
+    let last = e.durable_lsn();
     let err = restore(
         &src,
         dir.path().join("old"),
@@ -176,14 +184,16 @@ fn without_retention_only_the_recent_past_is_restorable() {
     .expect_err("LSN 1 is pruned");
     assert!(matches!(err, Error::NotRestorable(_)), "{err}");
     assert!(err.to_string().contains("retention"), "{err}");
-    let r = restore(
-        &src,
-        dir.path().join("new"),
-        RestoreTarget::Lsn(last),
-        &small(),
-    )
-    .unwrap();
-    assert_eq!(r.lsn, last);
+    for (name, to) in [("new", last), ("prev", prev)] {
+        let r = restore(
+            &src,
+            dir.path().join(name),
+            RestoreTarget::Lsn(to),
+            &small(),
+        )
+        .unwrap();
+        assert_eq!(r.lsn, to);
+    }
 }
 
 #[test]

@@ -1477,6 +1477,17 @@ impl Conn {
             line(&mut o, "recovery_duration_ms", &r.duration.as_millis());
             let wal = r.wal.to_string().replace(['\r', '\n'], " ");
             line(&mut o, "recovery_wal", &wal.trim());
+            // P13: files recovery found damaged and moved aside (or log damage it could open
+            // past). "none" when there were none; otherwise each file and what was done.
+            let mut damaged: Vec<String> = r.damaged.iter().map(|d| d.to_string()).collect();
+            damaged.extend(r.wal.unneeded_damage.iter().map(|d| d.to_string()));
+            line(&mut o, "recovery_damaged_files", &damaged.len());
+            let text = if damaged.is_empty() {
+                "none".to_string()
+            } else {
+                damaged.join("; ").replace(['\r', '\n'], " ")
+            };
+            line(&mut o, "recovery_damaged", &text);
             line(&mut o, "wal_appends", &ws.appends);
             line(&mut o, "wal_writes", &ws.writes);
             line(&mut o, "wal_segments_created", &ws.segments_created);

@@ -42,6 +42,15 @@ pub enum Error {
     Locked { path: PathBuf },
     #[error("the log is closed")]
     Closed,
+    /// `repair --force` would cut the log below `needed_from`, the first LSN its owner needs
+    /// (for a database: the LSN after the snapshot it opens from). Cutting would make things
+    /// worse, so nothing was changed.
+    #[error("refusing to cut: {corruption}. Cutting there would end the log at LSN {kept_end}, but its owner (a database's snapshot) needs the log from LSN {needed_from} on, so it could no longer open; nothing was changed")]
+    CutBelowNeeded {
+        corruption: Box<Corruption>,
+        kept_end: Lsn,
+        needed_from: Lsn,
+    },
 }
 
 impl Error {

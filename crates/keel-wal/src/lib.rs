@@ -24,6 +24,7 @@
 mod error;
 pub mod format;
 pub mod fs;
+mod needed;
 mod options;
 mod read;
 mod recovery;
@@ -49,12 +50,13 @@ pub type Lsn = u64;
 
 pub use error::{Corruption, CorruptionKind, Error, Result};
 pub use fs::{Fs, FsFile, OpenMode, StdFs};
+pub use needed::UnneededDamage;
 pub use options::{Options, SyncPolicy, SEGMENT_BYTES_LIMIT};
 pub use read::{LogReader, Record, WalIter};
 pub use recovery::{
     EndMark, SegmentInfo, TornReason, TornTail, LOCK_FILE, QUARANTINE_DIR, TORN_DIR,
 };
-pub use repair::{repair, ForcedCut, RepairReport};
+pub use repair::{repair, repair_from, ForcedCut, RepairReport};
 pub use report::{RecoveryReport, TornTailReport};
 pub use wal::{
     AckedFuture, AppendFuture, Completion, RoomFuture, Ticket, Wal, WalStats, SYNC_BUCKETS,

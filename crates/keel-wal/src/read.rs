@@ -6,8 +6,9 @@ use std::sync::Arc;
 use crate::error::{Corruption, CorruptionKind, Error, Result};
 use crate::format::{decode_frame, segment_seed, Decoded, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::fs::{read_exact_at, Fs, OpenMode};
+use crate::needed::{analyze_from, UnneededDamage};
 use crate::options::Options;
-use crate::recovery::{analyze, EndMark, SegmentInfo, TornTail};
+use crate::recovery::{EndMark, SegmentInfo, TornTail};
 use crate::Lsn;
 
 /// One record read back from the log.
@@ -29,6 +30,7 @@ pub struct LogReader {
     torn: Option<TornTail>,
     end_mark: Option<EndMark>,
     bytes_scanned: u64,
+    unneeded_damage: Vec<UnneededDamage>,
 }
 
 impl LogReader {
@@ -39,6 +41,18 @@ impl LogReader {
     pub fn open_with_progress(
         dir: impl AsRef<Path>,
         options: &Options,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self> {
+        Self::open_from(dir, options, 1, progress)
+    }
+
+    /// Like [`LogReader::open_with_progress`], needing only the records from `needed_from` on:
+    /// damage wholly below it is left out of the view and listed in
+    /// [`LogReader::unneeded_damage`], as [`crate::Wal::open_from`] does.
+    pub fn open_from(
+        dir: impl AsRef<Path>,
+        options: &Options,
+        needed_from: Lsn,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Self> {
         let dir = dir.as_ref();
@@ -53,8 +67,15 @@ impl LogReader {
                 std::io::ErrorKind::NotFound.into(),
             ));
         }
-        let layout = analyze(&*options.fs, dir, options.record_bytes_max, progress)?;
+        let (layout, unneeded_damage) = analyze_from(
+            &*options.fs,
+            dir,
+            options.record_bytes_max,
+            needed_from,
+            progress,
+        )?;
         Ok(LogReader {
+            unneeded_damage,
             fs: options.fs.clone(),
             segments: layout.segments,
             record_max: options.record_bytes_max,
@@ -72,6 +93,7 @@ impl LogReader {
             torn: None,
             end_mark: None,
             bytes_scanned: 0,
+            unneeded_damage: Vec::new(),
         }
     }
 
@@ -89,6 +111,11 @@ impl LogReader {
     /// log is proven durable.
     pub fn end_mark(&self) -> Option<EndMark> {
         self.end_mark
+    }
+
+    /// Damage below the LSNs asked for, left out of this view (see [`LogReader::open_from`]).
+    pub fn unneeded_damage(&self) -> &[UnneededDamage] {
+        &self.unneeded_damage
     }
 
     pub fn bytes_scanned(&self) -> u64 {

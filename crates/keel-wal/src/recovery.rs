@@ -158,14 +158,14 @@ impl Layout {
     }
 }
 
-struct Listed {
-    path: PathBuf,
-    name: SegName,
-    first: Lsn,
+pub(crate) struct Listed {
+    pub(crate) path: PathBuf,
+    pub(crate) name: SegName,
+    pub(crate) first: Lsn,
 }
 
 /// Lists the segment files of `dir`, sorted by first LSN.
-fn list(fs: &dyn Fs, dir: &Path) -> Result<(Vec<Listed>, Vec<PathBuf>)> {
+pub(crate) fn list(fs: &dyn Fs, dir: &Path) -> Result<(Vec<Listed>, Vec<PathBuf>)> {
     let names = fs
         .read_dir(dir)
         .map_err(|e| Error::io("list directory", dir, e))?;
@@ -454,6 +454,18 @@ pub fn analyze(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Layout> {
     let (listed, tmp_files) = list(fs, dir)?;
+    analyze_listed(fs, &listed, tmp_files, record_max, progress)
+}
+
+/// [`analyze`] over segment files already listed (a suffix of the directory's, see
+/// `needed::analyze_from`).
+pub(crate) fn analyze_listed(
+    fs: &dyn Fs,
+    listed: &[Listed],
+    tmp_files: Vec<PathBuf>,
+    record_max: u32,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Layout> {
     let mut layout = Layout {
         tmp_files,
         ..Layout::default()
@@ -473,7 +485,7 @@ pub fn analyze(
         }
     }
     let mut lens = Vec::with_capacity(listed.len());
-    for l in &listed {
+    for l in listed {
         let f = fs
             .open(&l.path, OpenMode::Read)
             .map_err(|e| Error::io("open segment", &l.path, e))?;

@@ -2,6 +2,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::needed::UnneededDamage;
 use crate::recovery::{EndMark, TornReason};
 use crate::Lsn;
 
@@ -25,6 +26,9 @@ pub struct RecoveryReport {
     pub sealed_on_open: Vec<PathBuf>,
     /// A new active segment, when there was none to continue.
     pub created_segment: Option<PathBuf>,
+    /// Damage below the LSNs the caller needed ([`crate::Wal::open_from`]): left out of the log,
+    /// not fatal. The files stay on disk.
+    pub unneeded_damage: Vec<UnneededDamage>,
 }
 
 impl RecoveryReport {
@@ -115,6 +119,9 @@ impl fmt::Display for RecoveryReport {
                 "; sealed {} segment(s) after an interrupted rotation",
                 self.sealed_on_open.len()
             )?;
+        }
+        for d in &self.unneeded_damage {
+            write!(f, "; {d}")?;
         }
         Ok(())
     }

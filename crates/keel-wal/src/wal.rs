@@ -32,6 +32,7 @@ use crate::format::{
 use crate::fs::{
     durable_create_dir_all, durable_remove, durable_rename, write_all_at, FsFile, OpenMode,
 };
+use crate::needed::analyze_from;
 use crate::options::{Options, SyncPolicy};
 use crate::read::{LogReader, WalIter};
 use crate::recovery::{
@@ -639,6 +640,20 @@ impl Wal {
         opts: Options,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<(Wal, RecoveryReport)> {
+        Self::open_from(dir, opts, 1, progress)
+    }
+
+    /// Like [`Wal::open_with_progress`], for a caller that needs only the records from
+    /// `needed_from` on (an engine whose snapshot holds everything before it). Damage in segments
+    /// that lie wholly below `needed_from` is not fatal: the log starts after it, the files stay
+    /// where they are, and [`RecoveryReport::unneeded_damage`] says what was left out. Damage that
+    /// touches a needed LSN fails closed as in [`Wal::open`].
+    pub fn open_from(
+        dir: impl AsRef<Path>,
+        opts: Options,
+        needed_from: Lsn,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(Wal, RecoveryReport)> {
         opts.validate()?;
         let started = Instant::now();
         let dir = dir.as_ref().to_path_buf();
@@ -655,8 +670,13 @@ impl Wal {
             return Err(Error::Locked { path: dir });
         }
 
-        let mut layout = analyze(&*fs, &dir, opts.record_bytes_max, progress)?;
+        let (mut layout, unneeded_damage) =
+            analyze_from(&*fs, &dir, opts.record_bytes_max, needed_from, progress)?;
+        for d in &unneeded_damage {
+            tracing::warn!("{d}");
+        }
         let mut report = RecoveryReport {
+            unneeded_damage,
             segments: layout.segments.len(),
             bytes_scanned: layout.bytes_scanned,
             ..RecoveryReport::default()

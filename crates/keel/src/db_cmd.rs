@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use keel_engine::{restore, Engine, Error, Options, RestoreTarget};
+use keel_engine::{inspect, restore, Engine, Error, Options, RestoreTarget};
 
 /// Exit codes shared by the three commands.
 const NOT_POSSIBLE: u8 = 1;
@@ -17,6 +17,13 @@ const FAILED: u8 = 3;
 pub struct SnapshotArgs {
     /// Database directory.
     #[arg(long, default_value = "keel-data")]
+    dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// Database directory (the one `keel serve --dir` uses).
+    #[arg(default_value = "keel-data")]
     dir: PathBuf,
 }
 
@@ -85,7 +92,7 @@ fn open(dir: &Path) -> Result<Engine, Error> {
 fn fail(e: Error) -> ExitCode {
     let code = match &e {
         Error::NotRestorable(_) | Error::InvalidOptions(_) => NOT_POSSIBLE,
-        Error::BadFile { .. } | Error::Gap { .. } | Error::BadRecord { .. } => DAMAGED,
+        Error::BadFile { .. } | Error::NoCompletePath { .. } | Error::BadRecord { .. } => DAMAGED,
         Error::Wal(keel_wal::Error::Corruption(_)) => DAMAGED,
         Error::Wal(keel_wal::Error::Locked { .. }) => {
             eprintln!("error: {e}");
@@ -164,6 +171,9 @@ pub fn restore_cmd(a: RestoreArgs) -> ExitCode {
             for l in &r.damaged_snapshots {
                 eprintln!("warning: snapshot at LSN {l} failed verification and was passed over");
             }
+            for d in &r.unneeded_log_damage {
+                eprintln!("warning: the source's log has {d}; the restore did not need it");
+            }
             println!(
                 "restored LSN {} (decided at Unix ms {}) into {}: {} keys, from the snapshot at LSN {} and {} log records, in {:.2?}",
                 r.lsn,
@@ -177,5 +187,36 @@ pub fn restore_cmd(a: RestoreArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
+    }
+}
+
+/// True when `dir` looks like a keel database directory (not a log directory).
+pub(crate) fn is_database(dir: &Path) -> bool {
+    dir.join("MANIFEST").exists() || dir.join("wal").is_dir() || dir.join("snapshots").is_dir()
+}
+
+/// `keel verify DIR`: the MANIFEST, every snapshot, the log, and whether a complete path to the
+/// durable end exists. The same choice `keel serve` makes when it opens the directory.
+pub fn verify(a: VerifyArgs) -> ExitCode {
+    if !is_database(&a.dir) {
+        eprintln!(
+            "error: {} holds no keel database (no MANIFEST, wal/ or snapshots/); for a log directory run `keel wal verify {}`",
+            a.dir.display(),
+            a.dir.display()
+        );
+        return ExitCode::from(FAILED);
+    }
+    let bar = spinner("verifying");
+    let r = inspect(&a.dir, &Options::default());
+    bar.finish_and_clear();
+    match r {
+        Ok(i) => {
+            println!("{i}");
+            ExitCode::from(i.exit_code())
+        }
+        Err(e) => {
+            eprintln!("error: could not read {}: {e}", a.dir.display());
+            ExitCode::from(FAILED)
+        }
     }
 }

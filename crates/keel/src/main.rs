@@ -48,6 +48,11 @@ enum Command {
     /// Checkpoint a database that no server has open: write a snapshot, then prune the log.
     /// Exit code 0: done; 1: not possible (no database, or in use); 2: damaged; 3: failed.
     Snapshot(db_cmd::SnapshotArgs),
+    /// Check a whole database directory without changing it: the MANIFEST, every snapshot, the
+    /// log, and whether a complete path from a snapshot to the durable end exists; says what
+    /// opening would do. Exit code 0: healthy; 1: damaged, but opening loses no acknowledged
+    /// write; 2: acknowledged writes are unreachable (opening refuses); 3: could not read.
+    Verify(db_cmd::VerifyArgs),
     /// Copy a database that no server has open into a new directory, as a snapshot.
     /// Exit codes as for snapshot.
     Backup(db_cmd::BackupArgs),
@@ -74,13 +79,17 @@ pub enum WalCommand {
         json: bool,
     },
     /// Check every segment and frame without changing anything. Exit code 0: clean; 1: a torn
-    /// tail (opening the log, or `keel wal repair`, cuts it); 2: corruption; 3: could not read.
+    /// tail (opening the log, or `keel wal repair`, cuts it); 2: corruption; 3: could not read,
+    /// or DIR is not a log (a database directory, or no segments at all).
     Verify {
         /// Log directory.
         dir: PathBuf,
     },
     /// Cut a torn tail. With --force, also cut the log just before mid-log corruption; the cut
-    /// bytes and every later segment are moved to DIR/quarantine/, never deleted.
+    /// bytes and every later segment are moved to DIR/quarantine/, never deleted. On a
+    /// database's log (DB/wal) it never cuts below what the database's snapshot needs: damage
+    /// the snapshot covers is left alone, and a cut that would leave the database unopenable is
+    /// refused (exit 2).
     Repair {
         /// Log directory.
         dir: PathBuf,
@@ -112,6 +121,7 @@ fn main() -> ExitCode {
         Command::Wal(c) => wal_cmd::run(c),
         Command::Snapshot(a) => Ok(db_cmd::snapshot(a)),
         Command::Backup(a) => Ok(db_cmd::backup(a)),
+        Command::Verify(a) => Ok(db_cmd::verify(a)),
         Command::Restore(a) => Ok(db_cmd::restore_cmd(a)),
         Command::Cluster(a) => Ok(cluster_cmd::run(a)),
         Command::HashPassword(a) => keel_server::auth::hash_password_cmd(a),

@@ -85,7 +85,52 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Refuses a directory that is not a log: a database directory, or one with no segment at all
+/// (an empty log would otherwise read as "clean, 0 segments").
+fn not_a_log(dir: &Path) -> Option<String> {
+    if crate::db_cmd::is_database(dir) {
+        return Some(format!(
+            "{} is a keel database, not a log; run `keel verify {}` (the whole database) or `keel wal verify {}` (its log)",
+            dir.display(),
+            dir.display(),
+            dir.join("wal").display()
+        ));
+    }
+    let segments = std::fs::read_dir(dir).ok().map(|r| {
+        r.filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().starts_with("wal-"))
+    });
+    match segments {
+        Some(true) => None,
+        Some(false) => Some(format!(
+            "{} holds no log segment (wal-*); it is not a keel log",
+            dir.display()
+        )),
+        // Missing or unreadable: the reader says why.
+        None => None,
+    }
+}
+
+/// The database whose log `dir` is (`DB/wal`), and the first LSN it needs: the LSN after the
+/// snapshot that opening the database would start from.
+fn database_needs(dir: &Path) -> Option<Result<(std::path::PathBuf, u64)>> {
+    let db = dir.parent()?;
+    if dir.file_name()? != "wal" || !(db.join("MANIFEST").exists() || db.join("snapshots").is_dir())
+    {
+        return None;
+    }
+    Some(
+        keel_engine::inspect(db, &keel_engine::Options::default())
+            .map(|i| (db.to_path_buf(), i.base + 1))
+            .with_context(|| format!("checking the database {} that owns this log", db.display())),
+    )
+}
+
 fn verify(dir: &Path) -> Result<ExitCode> {
+    if let Some(why) = not_a_log(dir) {
+        println!("{why}");
+        return Ok(ExitCode::from(3));
+    }
     match open_reader(dir) {
         Ok(r) => {
             let records = (r.last_lsn() + 1).saturating_sub(r.first_lsn());
@@ -132,6 +177,25 @@ fn verify(dir: &Path) -> Result<ExitCode> {
         }
         Err(Error::Corruption(c)) => {
             println!("CORRUPT: {c}");
+            if let Some(Ok((db, needed))) = database_needs(dir) {
+                let blocks = keel_wal::LogReader::open_from(
+                    dir,
+                    &Options::default(),
+                    needed,
+                    &mut |_, _| {},
+                )
+                .is_err();
+                let what = if blocks {
+                    "the damage reaches into that range"
+                } else {
+                    "the damage lies below it, so it does not block opening the database"
+                };
+                println!(
+                    "note: this is the log of the database {}, which needs it from LSN {needed} on; {what}. Run `keel verify {}` to see what opening it would do",
+                    db.display(),
+                    db.display()
+                );
+            }
             Ok(ExitCode::from(2))
         }
         Err(e) => Err(e.into()),
@@ -139,9 +203,48 @@ fn verify(dir: &Path) -> Result<ExitCode> {
 }
 
 fn repair(dir: &Path, force: bool) -> Result<ExitCode> {
-    match keel_wal::repair(dir, Options::default(), force) {
+    if crate::db_cmd::is_database(dir) {
+        println!(
+            "{} is a keel database, not a log: nothing was changed. Run `keel verify {}` to see what is damaged and what opening would do",
+            dir.display(),
+            dir.display()
+        );
+        return Ok(ExitCode::from(3));
+    }
+    // On a database's log, never cut below what the database's snapshot needs.
+    let needed = match database_needs(dir) {
+        None => 1,
+        Some(Err(e)) => {
+            println!(
+                "{} is a database's log, and what the database needs could not be determined ({e:#}): nothing was changed. Run `keel verify {}`",
+                dir.display(),
+                dir.parent().map_or(dir, |p| p).display()
+            );
+            return Ok(ExitCode::from(3));
+        }
+        Some(Ok((db, needed))) => {
+            println!(
+                "{} is the log of the database {}, which needs it from LSN {needed} on: damage below that is left in place, and no cut goes below it",
+                dir.display(),
+                db.display()
+            );
+            needed
+        }
+    };
+    match keel_wal::repair_from(dir, Options::default(), force, needed) {
         Ok(r) => {
             for cut in &r.forced_cuts {
+                if let Some(p) = &cut.restarted_at {
+                    println!(
+                        "damage below the LSNs needed: {}\n  nothing needed was cut: the needed frames now start {}",
+                        cut.corruption,
+                        p.display()
+                    );
+                    for q in &cut.quarantined {
+                        println!("  segment moved to {}", q.display());
+                    }
+                    continue;
+                }
                 println!("cut before corruption: {}", cut.corruption);
                 if let Some(p) = &cut.side_file {
                     println!("  cut bytes kept in {}", p.display());
@@ -161,6 +264,16 @@ fn repair(dir: &Path, force: bool) -> Result<ExitCode> {
         Err(Error::Corruption(c)) => {
             println!("CORRUPT: {c}");
             println!("refusing to cut acknowledged data without --force");
+            Ok(ExitCode::from(2))
+        }
+        Err(e @ Error::CutBelowNeeded { .. }) => {
+            println!("{e}");
+            if let Some(db) = dir.parent() {
+                println!(
+                    "Run `keel verify {}` to see what is damaged and what opening the database would do",
+                    db.display()
+                );
+            }
             Ok(ExitCode::from(2))
         }
         Err(e) => Err(e.into()),

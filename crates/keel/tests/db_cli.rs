@@ -115,12 +115,33 @@ fn snapshot_backup_and_restore_work_and_fail_with_documented_codes() {
     assert_eq!(code(&o), 0, "{}", text(&o));
     drop(e);
 
-    // Damaged: a flipped byte in the manifest.
-    let m = db.join("MANIFEST");
-    let mut b = std::fs::read(&m).unwrap();
-    b[20] ^= 1;
-    std::fs::write(&m, b).unwrap();
+    // A flipped byte in the manifest costs nothing: the snapshot it named and the log after
+    // it are a complete path (P13). The damage is reported and the file moved aside.
+    let flip = |p: &Path, at: usize| {
+        let mut b = std::fs::read(p).unwrap();
+        b[at] ^= 1;
+        std::fs::write(p, b).unwrap();
+    };
+    flip(&db.join("MANIFEST"), 20);
+    let o = keel(&["snapshot", "--dir", dbs]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(text(&o).contains("DAMAGED"), "{}", text(&o));
+    assert!(db.join("damaged").read_dir().unwrap().count() == 1);
+    assert_eq!(keys(&db), 10);
+
+    // Damaged with no way around it: the log's only segment has a bad header.
+    let seg = std::fs::read_dir(db.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("wal-0")
+        })
+        .unwrap();
+    flip(&seg, 20);
     let o = keel(&["snapshot", "--dir", dbs]);
     assert_eq!(code(&o), 2, "{}", text(&o));
-    assert!(text(&o).contains("refuses to open"), "{}", text(&o));
+    assert!(text(&o).contains("keel wal verify"), "{}", text(&o));
 }
