@@ -11,6 +11,7 @@ use std::process::Command;
 
 use common::Server;
 use keel_engine::{Engine, Options};
+use keel_wal::format::{decode_frame, segment_seed, Decoded, SegmentHeader};
 
 const KEYS: u64 = 2400;
 
@@ -268,5 +269,38 @@ fn damage_below_the_snapshot_inside_the_segment_it_needs() {
         assert!(first < snaps[1], "damage below the snapshot's LSN");
         flip(&p, 64 + 60);
         Some(1..=KEYS)
+    });
+}
+
+#[test]
+fn the_last_record_after_a_clean_close_damaged() {
+    // Issue #17, item 1: the log was closed cleanly, so its last record was synced. Damage there
+    // is not a torn tail to cut: keel refuses, and the advice keeps every record before it.
+    case("closed", |db, _| {
+        let (p, first, _) = segments(db)
+            .into_iter()
+            .rev()
+            .find(|(_, first, _)| *first <= KEYS)
+            .expect("the segment holding the last record");
+        let bytes = std::fs::read(&p).unwrap();
+        let seed = segment_seed(SegmentHeader::decode(&bytes).unwrap().segment_id);
+        let (mut off, mut last) = (64, None);
+        loop {
+            match decode_frame(&bytes[off..], seed, 1 << 20) {
+                Decoded::Frame(f) => {
+                    last = Some((off, f.lsn));
+                    off += f.total_bytes;
+                }
+                Decoded::Mark(m) => {
+                    assert!(m.closed, "the log ends with a close mark");
+                    break;
+                }
+                other => panic!("{p:?} at {off}: {other:?}"),
+            }
+        }
+        let (at, lsn) = last.expect("a record in the last segment");
+        assert!(lsn == KEYS && first <= lsn);
+        flip(&p, at + 40); // its payload
+        Some(1..=KEYS - 1)
     });
 }
