@@ -215,11 +215,15 @@ fn split_at(
         .max(SEGMENT_HEADER_BYTES)
         .div_ceil(FRAME_ALIGN)
         * FRAME_ALIGN;
+    // The needed part starts at the frame of LSN `needed_from` or, when the log holds nothing
+    // after the snapshot (a checkpoint at the last LSN, then a clean close), at the mark that
+    // ends the log there: the restarted segment then holds only that mark.
     let start = (from..bytes.len()).step_by(FRAME_ALIGN).find(|&at| {
-        matches!(
-            decode_frame(&bytes[at..], seed, options.record_bytes_max),
-            Decoded::Frame(f) if f.lsn == needed_from
-        )
+        match decode_frame(&bytes[at..], seed, options.record_bytes_max) {
+            Decoded::Frame(f) => f.lsn == needed_from,
+            Decoded::Mark(m) => m.lsn == needed_from,
+            _ => false,
+        }
     });
     let Some(start) = start else {
         return Ok(None);
