@@ -1198,9 +1198,33 @@ impl Engine {
         opts: Options,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<(Engine, RecoveryReport)> {
+        Self::open_inner(dir.as_ref(), opts, progress, None)
+    }
+
+    /// Opens `dir` again after a failed write or sync poisoned the engine that had it (which
+    /// must be halted), dropping every record after `durable_lsn`, that engine's last durable
+    /// LSN, before replay. Linux keeps the pages of a failed sync readable but marks them clean
+    /// ("fsyncgate"): recovery would read those records from the cache and sync them without
+    /// anything reaching the disk, and records acknowledged later would stand behind a hole
+    /// after a power cut. Under [`keel_wal::SyncPolicy::Always`] none of them was acknowledged.
+    /// The cut is durable before anything new is logged.
+    pub fn reopen_after_failure(
+        dir: impl AsRef<Path>,
+        opts: Options,
+        durable_lsn: Lsn,
+    ) -> Result<(Engine, RecoveryReport)> {
+        Self::open_inner(dir.as_ref(), opts, &mut |_, _| {}, Some(durable_lsn))
+    }
+
+    fn open_inner(
+        dir: &Path,
+        opts: Options,
+        progress: &mut dyn FnMut(u64, u64),
+        discard_after: Option<Lsn>,
+    ) -> Result<(Engine, RecoveryReport)> {
         let started = Instant::now();
         opts.validate()?;
-        let dir = dir.as_ref().to_path_buf();
+        let dir = dir.to_path_buf();
         let fs = opts.wal.fs.clone();
         durable_create_dir_all(&*fs, &dir).map_err(io("create directory", &dir))?;
         let state = damage::read_manifest_state(&*fs, &dir)?;
@@ -1260,6 +1284,15 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         };
+        if let Some(keep) = discard_after.filter(|&k| k < wal.last_lsn()) {
+            tracing::warn!(
+                "dropping LSNs {}..={} from the log: a sync of them failed, so they may exist \
+                 only in the page cache, and none was acknowledged",
+                keep + 1,
+                wal.last_lsn()
+            );
+            wal.truncate_after(keep)?;
+        }
         let (first, last) = (wal.first_lsn(), wal.last_lsn());
         // P4 between snapshot and log: the log must continue exactly where the snapshot ends.
         if let Err((from, to)) = damage::reach(snapshot_lsn, first, last) {

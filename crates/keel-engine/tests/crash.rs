@@ -575,3 +575,44 @@ fn a_crash_at_every_step_of_a_restarting_repair_loses_nothing() {
         assert_eq!(state(&e), expected, "crash at op {k} of {a}..{b}");
     }
 }
+
+/// P5 with P1 ("fsyncgate"): after a failed sync, the frames of the failing batch stay readable
+/// in the page cache but never reach the disk, and a second sync of them succeeds without
+/// writing anything. A plain reopen in the same process reads them from the cache and calls them
+/// durable, so the writes acknowledged after it stand behind a hole after a power cut, and
+/// recovery refuses to reach them. `reopen_after_failure` (keel serve's healer) drops them.
+#[test]
+fn a_reopen_after_a_failed_sync_drops_what_only_the_page_cache_held() {
+    for seed in 0..20 {
+        let fs = SimFs::new(seed);
+        let (e, _) = Engine::open(DIR, options(&fs)).unwrap();
+        let mut acked = Model::new();
+        for i in 0..5 {
+            let (k, v) = (Bytes::from(format!("k{i}")), Bytes::from(format!("v{i}")));
+            let lsn = e.put(k.clone(), v.clone()).unwrap();
+            acked.insert(k, (v, lsn));
+        }
+        fs.set_faults(Faults {
+            eio_on_sync: 1,
+            ..Faults::default()
+        });
+        assert!(e.put("doomed", "x").is_err(), "seed {seed}");
+        assert!(e.poisoned().is_some());
+        assert!(e.halt().is_err());
+        fs.set_faults(Faults::default());
+        let (again, _) = Engine::reopen_after_failure(DIR, options(&fs), e.durable_lsn()).unwrap();
+        assert!(again.get(b"doomed").is_none(), "seed {seed}");
+        for i in 5..10 {
+            let (k, v) = (Bytes::from(format!("k{i}")), Bytes::from(format!("v{i}")));
+            let lsn = again.put(k.clone(), v.clone()).unwrap();
+            acked.insert(k, (v, lsn));
+        }
+        let image = fs.crash(seed);
+        let (back, _) = Engine::open(DIR, options(&image))
+            .unwrap_or_else(|err| panic!("seed {seed}: recovery after the power cut: {err}"));
+        let got = state(&back);
+        for (k, v) in &acked {
+            assert_eq!(got.get(k), Some(v), "seed {seed}: acknowledged {k:?}");
+        }
+    }
+}

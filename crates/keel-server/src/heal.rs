@@ -175,11 +175,16 @@ impl Local {
             // With its log closed, these are final: everything readers were shown or the log
             // called durable, which recovery must bring back.
             let acked = old.visible_lsn().max(old.durable_lsn());
+            // Under `always`, what lies past the last good sync was never acknowledged, and may
+            // live only in the page cache: the reopen drops it. Under a weaker policy readers
+            // may have seen it, so it stays (see the README).
+            let durable = (self.opts.wal.sync_policy == keel_wal::SyncPolicy::Always)
+                .then(|| old.durable_lsn());
             drop(old);
             loop {
                 let n = self.attempts.fetch_add(1, Ordering::Relaxed) + 1;
                 let this = self.clone();
-                let opened = tokio::task::spawn_blocking(move || this.reopen(acked))
+                let opened = tokio::task::spawn_blocking(move || this.reopen(acked, durable))
                     .await
                     .unwrap_or_else(|e| Err(format!("the reopen thread failed: {e}")));
                 match opened {
@@ -214,8 +219,13 @@ impl Local {
 
     /// One reopen attempt: the space check, then recovery. `acked` is the highest LSN readers
     /// were shown or the old log called durable; a recovered state that ends before it is
-    /// refused.
-    fn reopen(&self, acked: keel_wal::Lsn) -> Result<Engine, String> {
+    /// refused. With `durable`, the log is cut after that LSN first
+    /// ([`Engine::reopen_after_failure`]).
+    fn reopen(
+        &self,
+        acked: keel_wal::Lsn,
+        durable: Option<keel_wal::Lsn>,
+    ) -> Result<Engine, String> {
         let fs = &*self.opts.wal.fs;
         let probe = self.dir.join(SPACE_PROBE);
         let bytes = self.opts.wal.segment_bytes_max;
@@ -229,16 +239,20 @@ impl Local {
                 self.dir.display()
             )
         })?;
-        let (engine, report) = Engine::open(&self.dir, self.opts.clone())
-            .map_err(|e| format!("recovery failed: {e}"))?;
+        let opts = self.opts.clone();
+        let (engine, report) = match durable {
+            Some(lsn) => Engine::reopen_after_failure(&self.dir, opts, lsn),
+            None => Engine::open(&self.dir, opts),
+        }
+        .map_err(|e| format!("recovery failed: {e}"))?;
         if engine.visible_lsn() < acked {
             let lsn = engine.visible_lsn();
             let _ = engine.close();
             return Err(format!(
                 "recovery ends at LSN {lsn}, but LSN {acked} was already acknowledged: the disk \
                  lost synced data; keel goes on refusing writes. Stop keel, check the disk and \
-                 run `keel wal verify {}`",
-                self.dir.join(keel_engine::WAL_DIR).display()
+                 run `keel verify {}`",
+                self.dir.display()
             ));
         }
         for line in report.to_string().lines() {
