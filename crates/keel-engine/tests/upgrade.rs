@@ -660,3 +660,49 @@ fn the_v1_fixture_opens_from_its_older_snapshot_and_log() {
     e.close().unwrap();
     assert_fixture_frozen();
 }
+
+/// The other direction, which only a release from before a format change can get right: a
+/// snapshot whose checksum holds but whose version this code does not know was written by a
+/// newer keel. Opening refuses, as it does for such a MANIFEST, and moves nothing: taking it for
+/// damage would set the newer snapshot aside, rewrite the MANIFEST to an older base and replay
+/// newer records with older code (or, with no older base left, report damage that is not there).
+#[test]
+fn a_snapshot_of_a_newer_version_is_refused_not_taken_for_damage() {
+    let (_tmp, db) = copy_of_fixture();
+    let crc = |b: &[u8]| crc32c::crc32c(b).to_le_bytes();
+    let newest = db.join(FIXTURE_FILES[2].0);
+    let mut snap = std::fs::read(&newest).unwrap();
+    snap[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let end = snap.len() - 4;
+    let snap_crc = crc(&snap[..end]);
+    snap[end..].copy_from_slice(&snap_crc);
+    std::fs::write(&newest, &snap).unwrap();
+    // The MANIFEST a newer keel would have written for it: same version, the new file's CRC.
+    let manifest = db.join("MANIFEST");
+    let mut m = std::fs::read(&manifest).unwrap();
+    m[32..36].copy_from_slice(&snap_crc);
+    let m_crc = crc(&m[..36]);
+    m[36..40].copy_from_slice(&m_crc);
+    std::fs::write(&manifest, &m).unwrap();
+    let before = files(&db);
+
+    for opened in [
+        Engine::open(&db, reader_options()).map(|_| ()),
+        keel_engine::inspect(&db, &reader_options()).map(|_| ()),
+    ] {
+        let err = opened.expect_err("a newer snapshot version must not open");
+        assert!(
+            matches!(
+                &err,
+                keel_engine::Error::BadFile {
+                    source: keel_engine::snapshot::FileError::Version(2),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("unsupported version 2"), "{err}");
+    }
+    assert_eq!(files(&db), before, "nothing moved or removed");
+    assert_eq!(std::fs::read(&newest).unwrap(), snap);
+}
