@@ -4,10 +4,13 @@
 //!
 //! The directory is `tests/fixtures/v1-database/`, committed once and **frozen**: it was written
 //! by [`write_v1_fixture`] with the v1 code, and it must never be written again. The expected
-//! state below is spelled out as literals (and three deterministic byte patterns), not read back
-//! from the fixture, and the fixture's every file is pinned by length and CRC32C, so neither a
+//! state below is spelled out as literals (and two deterministic byte patterns), not read back
+//! from the fixture, and the fixture's every file is pinned by length and hash, so neither a
 //! format change nor a regenerated fixture can pass unnoticed. docs/FORMAT.md names the
 //! fixture as the reference sample of v1.
+//!
+//! The last test goes the other way: a snapshot of a version this code does not know is refused,
+//! not taken for damage.
 
 use std::path::{Path, PathBuf};
 
@@ -88,9 +91,10 @@ fn writer_options() -> Options {
 /// cp -r /tmp/v1-database crates/keel-engine/tests/fixtures/v1-database
 /// ```
 ///
-/// After the keyspace or a format changes, this function writes something else (or fails to
-/// compile), and that is fine: it stays as the recipe of what the fixture holds. The LSNs it
-/// asserts after each step are the versions that [`expected_entries`] lists.
+/// After the keyspace or a format changes, this function no longer writes v1. Keep it (adapted
+/// only as far as it must be to compile) as the recipe of what the fixture holds, or delete it:
+/// the fixture and the literals below are what count. The LSNs it asserts after each step are
+/// the versions that [`expected_entries`] lists.
 #[test]
 #[ignore = "writes the frozen v1 fixture; see the doc comment, never re-run"]
 fn write_v1_fixture() {
