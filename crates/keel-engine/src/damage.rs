@@ -187,10 +187,16 @@ pub(crate) fn choose<T>(
 }
 
 /// A file that could not be read for a reason that says nothing about its bytes (permissions,
-/// too many open files) is an error, not damage: falling back would set a good file aside.
-/// Returns the problem text for real damage.
+/// too many open files) is an error, not damage: falling back would set a good file aside. So
+/// is a snapshot whose checksum holds but whose version is unknown: a newer keel wrote it, and
+/// falling back would downgrade the database, as for such a MANIFEST. Returns the problem text
+/// for real damage.
 fn not_damage(e: FileError, path: &Path) -> Result<String> {
     match e {
+        FileError::Version(_) => Err(Error::BadFile {
+            path: path.to_path_buf(),
+            source: e,
+        }),
         FileError::Io(e)
             if matches!(
                 e.kind(),

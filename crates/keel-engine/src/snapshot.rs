@@ -15,9 +15,10 @@
 //!      0    8 magic           "KEELSNAP"
 //!      8    4 version         1
 //!     12    4 flags           bit 0 = blocks may be LZ4-compressed; other bits zero
+//!                             (informational: each block says whether it is compressed)
 //!     16    8 lsn             every write up to this LSN is in the file, none after it
 //!     24    8 at_ms           the decision time of the record at `lsn` (0 if lsn is 0)
-//!     32    8 count           number of entries
+//!     32    8 count           number of entries, expired ones included
 //!     40    8 request_count   number of remembered request ids (P8)
 //!     48      blocks, each:   raw_len u32, stored_len u32, then stored_len bytes; the bytes
 //!                             are LZ4 block-compressed if stored_len < raw_len, raw if equal.
