@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 use keel_wal::fs::{durable_create_dir_all, durable_remove, durable_rename, durable_replace};
 use keel_wal::{Fs, Lsn, OpenMode};
 
+use crate::error::{io, Error, Result};
+use crate::record::Request;
 use crate::snapshot::{self, FileError, Manifest, SnapshotHeader, MANIFEST, SNAPSHOT_DIR};
-use crate::{io, lock, now_ms, Core, Error, Map, Request, Result};
+use crate::util::{lock, now_ms};
+use crate::{Core, Map};
 
 /// What the last checkpoint did.
 #[derive(Clone, Debug, PartialEq, Eq)]

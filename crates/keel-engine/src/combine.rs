@@ -20,7 +20,10 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use bytes::Bytes;
 use keel_wal::Completion;
 
-use crate::{lock, now_ms, Core, Guard, Outcome, Prepared, Result, Seq, Write};
+use crate::error::Result;
+use crate::types::{Guard, Outcome, Write};
+use crate::util::{lock, now_ms};
+use crate::{Core, Prepared, Seq};
 
 /// A transaction left for the combiner.
 pub(crate) struct Job {

@@ -31,10 +31,14 @@
 mod checkpoint;
 mod combine;
 mod damage;
+mod error;
 mod key;
+mod options;
 pub mod record;
 mod restore;
 pub mod snapshot;
+mod types;
+mod util;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
@@ -43,48 +47,32 @@ use std::ops::{Bound, Deref, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use imbl::OrdMap;
 use keel_wal::fs::durable_create_dir_all;
 use keel_wal::{Completion, Lsn, OpenMode, Ticket, Wal, WalStats};
 
-use snapshot::{FileError, Manifest};
+use snapshot::Manifest;
 
 pub use checkpoint::CheckpointInfo;
 pub use damage::{inspect, DamagedFile, Health, Inspection, SnapshotCheck, DAMAGED_DIR};
 pub use record::{Mutation, RecordError, Request, REQUEST_ID_BYTES_MAX};
 pub use restore::{create_from_snapshot, restore, BackupView, RestoreReport, RestoreTarget};
 
-/// A stored value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    pub value: Bytes,
-    /// LSN of the write that produced it: the key's version for compare-and-set.
-    pub version: Lsn,
-    /// Absolute expiry, Unix milliseconds.
-    pub expires_at_ms: Option<u64>,
-}
+pub use error::{Error, Result};
+pub use options::{Options, WAL_DIR};
+pub use types::{Entry, ExpireIf, Guard, Outcome, PutIf, Ttl, Write, WriteError, WriteResult};
 
-impl Entry {
-    fn live(&self, now_ms: u64) -> bool {
-        self.expires_at_ms.is_none_or(|t| t > now_ms)
-    }
-}
+use error::io;
+use util::{lock, now_ms, HashMap};
 
 pub use key::Key;
 
 type Map = OrdMap<Key, Entry>;
-
-/// Every hash map keyed by client bytes: foldhash is several times cheaper than SipHash on
-/// short keys and is seeded at random per map, so clients cannot aim collisions at it.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-
-/// The log's subdirectory of an engine directory.
-pub const WAL_DIR: &str = "wal";
 
 /// A consistent, durable view. Cloning it is O(1); it never changes.
 #[derive(Clone, Debug)]
@@ -156,368 +144,6 @@ impl Snapshot {
     pub fn count(&self) -> usize {
         self.map.values().filter(|e| e.live(self.now_ms)).count()
     }
-}
-
-/// When a put applies.
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum PutIf {
-    #[default]
-    Always,
-    /// Only if the key has no live value (SET NX).
-    Absent,
-    /// Only if the key has a live value (SET XX).
-    Present,
-}
-
-/// What to do with an existing expiry on put.
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Ttl {
-    /// The new value never expires.
-    #[default]
-    None,
-    /// Expires at this Unix millisecond.
-    At(u64),
-    /// Keep the old value's expiry (SET KEEPTTL).
-    Keep,
-}
-
-/// One operation in a transaction. Each is decided against the state the earlier ones leave.
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[derive(Clone, Debug, PartialEq)]
-pub enum Write {
-    /// Result: `Put(applied)`.
-    Put {
-        key: Bytes,
-        value: Bytes,
-        ttl: Ttl,
-        only: PutIf,
-    },
-    /// Result: `Existed(had a live value)`.
-    Delete { key: Bytes },
-    /// Adds `by` to a decimal integer value (absent counts as 0) and keeps the expiry. Logs the
-    /// result, not `by`. Result: `Int(new value)`, or `Failed(NotAnInteger | Overflow)`.
-    Incr { key: Bytes, by: i64 },
-    /// Adds `by` to a decimal float value (absent counts as 0) and keeps the expiry. The result
-    /// is written with at most 15 significant digits and no exponent, so 0.1 + 0.2 gives "0.3"
-    /// as in Redis. Result: `Value(new value as written)`, or `Failed(NotAFloat | NotFinite)`.
-    IncrFloat { key: Bytes, by: f64 },
-    /// Appends to the value (absent counts as empty) and keeps the expiry. Result: `Int(new
-    /// length)`, or `Failed(ValueTooLarge)`.
-    Append { key: Bytes, suffix: Bytes },
-    /// Sets (`Some`) or removes (`None`) the expiry of a live key, if `only` holds; a time
-    /// already past deletes the key, as in Redis. Result: `Existed(applied)`.
-    Expire {
-        key: Bytes,
-        at_ms: Option<u64>,
-        only: ExpireIf,
-    },
-    /// Moves a value, with its expiry, to another key. With `only_if_absent` the move happens
-    /// only if `to` has no live value. Result: `Put(moved)`, or `Failed(NoSuchKey)`.
-    Rename {
-        from: Bytes,
-        to: Bytes,
-        only_if_absent: bool,
-    },
-    /// Reads the value as the transaction sees it at this point; writes nothing. Result: `Value`.
-    Get { key: Bytes },
-    /// Removes every key. Result: `DeletedAll`.
-    DeleteAll,
-}
-
-impl Write {
-    /// The keys this write touches (none for `DeleteAll`, two for `Rename`).
-    pub fn keys(&self) -> impl Iterator<Item = &Bytes> {
-        let (a, b) = match self {
-            Write::Put { key, .. }
-            | Write::Delete { key }
-            | Write::Incr { key, .. }
-            | Write::IncrFloat { key, .. }
-            | Write::Append { key, .. }
-            | Write::Expire { key, .. }
-            | Write::Get { key } => (Some(key), None),
-            Write::Rename { from, to, .. } => (Some(from), Some(to)),
-            Write::DeleteAll => (None, None),
-        };
-        a.into_iter().chain(b)
-    }
-}
-
-/// When an expiry change applies (Redis's EXPIRE options). A key without an expiry counts as
-/// expiring never, later than any time.
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum ExpireIf {
-    #[default]
-    Always,
-    /// The key has no expiry (NX).
-    NoExpiry,
-    /// The key has an expiry (XX; with `at_ms: None`, PERSIST).
-    HasExpiry,
-    /// The new time is later than the current one (GT).
-    Later,
-    /// The new time is sooner than the current one (LT).
-    Sooner,
-    /// The key has an expiry and the new time is sooner (XX LT).
-    SoonerWithExpiry,
-}
-
-impl ExpireIf {
-    fn holds(self, current: Option<u64>, new: Option<u64>) -> bool {
-        let never = u64::MAX;
-        let (cur, new) = (current.unwrap_or(never), new.unwrap_or(never));
-        match self {
-            ExpireIf::Always => true,
-            ExpireIf::NoExpiry => current.is_none(),
-            ExpireIf::HasExpiry => current.is_some(),
-            ExpireIf::Later => new > cur,
-            ExpireIf::Sooner => new < cur,
-            ExpireIf::SoonerWithExpiry => current.is_some() && new < cur,
-        }
-    }
-}
-
-/// A precondition checked before any write: the key's current version (`None`: no live value).
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Guard {
-    pub key: Bytes,
-    pub version: Option<Lsn>,
-}
-
-/// Why one write in a transaction did nothing. The transaction's other writes still apply, as in
-/// a Redis `EXEC`; use guards for all-or-nothing conditions.
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum WriteError {
-    #[error("value is not an integer or out of range")]
-    NotAnInteger,
-    #[error("increment or decrement would overflow")]
-    Overflow,
-    #[error("value is not a valid float")]
-    NotAFloat,
-    #[error("increment would produce NaN or Infinity")]
-    NotFinite,
-    #[error("no such key")]
-    NoSuchKey,
-    #[error("the result would exceed value_bytes_max")]
-    ValueTooLarge,
-}
-
-impl WriteError {
-    pub(crate) fn code(self) -> u8 {
-        self as u8 + 1
-    }
-    pub(crate) fn from_code(c: u8) -> Option<Self> {
-        use WriteError::*;
-        [
-            NotAnInteger,
-            Overflow,
-            NotAFloat,
-            NotFinite,
-            NoSuchKey,
-            ValueTooLarge,
-        ]
-        .get(usize::from(c).checked_sub(1)?)
-        .copied()
-    }
-}
-
-/// What one write did.
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WriteResult {
-    /// A put or rename; `false` when its condition did not hold.
-    Put(bool),
-    /// A delete or an expiry change; whether the key had a live value.
-    Existed(bool),
-    /// The value an increment produced, or the length an append produced.
-    Int(i64),
-    /// A read, or the value a float increment produced.
-    Value(Option<Bytes>),
-    DeletedAll,
-    /// The write did nothing, for this reason.
-    Failed(WriteError),
-}
-
-/// The outcome of a transaction.
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every guard held. `lsn` is `None` when nothing needed writing (for example, only skipped
-    /// puts); otherwise the writes are durable and visible when this is returned.
-    Committed {
-        lsn: Option<Lsn>,
-        results: Vec<WriteResult>,
-    },
-    /// The guard at this index did not hold; nothing was written.
-    GuardFailed(usize),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Wal(#[from] keel_wal::Error),
-    #[error("key of {len} bytes exceeds key_bytes_max ({max})")]
-    KeyTooLarge { len: usize, max: usize },
-    #[error("value of {len} bytes exceeds value_bytes_max ({max})")]
-    ValueTooLarge { len: usize, max: usize },
-    #[error("transaction of {bytes} bytes exceeds the log's record_bytes_max ({max})")]
-    TxnTooLarge { bytes: usize, max: usize },
-    #[error("request id of {len} bytes exceeds {max}")]
-    RequestIdTooLong { len: usize, max: usize },
-    #[error("value is not an integer or out of range")]
-    NotAnInteger,
-    #[error("increment or decrement would overflow")]
-    Overflow,
-    #[error("log record at LSN {lsn} is not a valid engine record: {source}")]
-    BadRecord {
-        lsn: Lsn,
-        #[source]
-        source: RecordError,
-    },
-    #[error("invalid options: {0}")]
-    InvalidOptions(String),
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The manifest or the snapshot it names is damaged or does not match: refusing to guess.
-    #[error("{path} is not usable: {source}. The database refuses to open rather than lose or invent data")]
-    BadFile {
-        path: PathBuf,
-        #[source]
-        source: FileError,
-    },
-    /// No complete path from a snapshot (or the empty state) to the end of the log exists:
-    /// records are missing or damaged beyond what any retained file can make up for (P13).
-    #[error("{}", no_path_message(.dir, .damaged, .detail))]
-    NoCompletePath {
-        dir: PathBuf,
-        /// Every damaged file found on the way, with what is wrong with it.
-        damaged: Vec<String>,
-        /// Which LSNs cannot be reached, and why.
-        detail: String,
-    },
-    /// A restore cannot reach the point asked for with what the source retains.
-    #[error("cannot restore: {0}")]
-    NotRestorable(String),
-}
-
-fn no_path_message(dir: &Path, damaged: &[String], detail: &str) -> String {
-    let mut m = String::from(
-        "the database refuses to open: no complete path to the acknowledged state exists. ",
-    );
-    if !damaged.is_empty() {
-        m.push_str("Damaged: ");
-        m.push_str(&damaged.join("; "));
-        m.push_str(". ");
-    }
-    m.push_str(detail);
-    m.push_str(&format!(
-        ". No file was moved or removed. Inspect with `keel verify {}`, and keep a copy of the directory before changing anything",
-        dir.display()
-    ));
-    m
-}
-
-pub(crate) fn io<'a>(
-    op: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Engine configuration. `Options::default()` is the durable configuration.
-#[derive(Clone, Debug)]
-pub struct Options {
-    pub wal: keel_wal::Options,
-    /// Default 64 KiB.
-    pub key_bytes_max: usize,
-    /// Default 8 MiB. Must fit in one WAL record together with its key.
-    pub value_bytes_max: usize,
-    /// Request ids remembered for retries (P8): at most this many, the oldest forgotten first.
-    /// Default 100,000.
-    pub request_retention_count: usize,
-    /// ... and none older than this. Default 24 hours. A retry after either limit is a new
-    /// request.
-    pub request_retention_ms: u64,
-    /// Run a background thread for automatic checkpoints and active expiry. Default true. Off,
-    /// checkpoints happen only when [`Engine::checkpoint`] is called and expired keys are
-    /// removed only when overwritten (they are never visible either way).
-    pub background: bool,
-    /// With `background`, also delete expired keys in the background (active expiry). Default
-    /// true. Replicas turn it off: the deletions would be log records that only this machine
-    /// decided.
-    pub active_expiry: bool,
-    /// Checkpoint once this many bytes were logged since the last one. Default 256 MiB;
-    /// 0 = never by size. Bounds the log that recovery replays.
-    pub checkpoint_log_bytes: u64,
-    /// Checkpoint this long after the last one, if anything was written. Default 10 minutes.
-    pub checkpoint_interval: Option<Duration>,
-    /// Keep older snapshots and the log after them for this long, so that [`restore`] can reach
-    /// any point in the window. Default 0: a checkpoint keeps only the snapshot before its own
-    /// and the log after that one (at most about `checkpoint_log_bytes` more than the newest
-    /// snapshot needs), so that a damaged snapshot or manifest costs nothing (P13).
-    pub retention: Duration,
-    /// LZ4-compress snapshot blocks. Default true.
-    pub compress_snapshots: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            wal: keel_wal::Options::default(),
-            key_bytes_max: 64 << 10,
-            value_bytes_max: 8 << 20,
-            request_retention_count: 100_000,
-            request_retention_ms: 24 * 3600 * 1000,
-            background: true,
-            active_expiry: true,
-            checkpoint_log_bytes: 256 << 20,
-            checkpoint_interval: Some(Duration::from_secs(600)),
-            retention: Duration::ZERO,
-            compress_snapshots: true,
-        }
-    }
-}
-
-impl Options {
-    fn validate(&self) -> Result<()> {
-        let max_record = self.wal.record_bytes_max as usize;
-        if self.key_bytes_max + self.value_bytes_max + 64 > max_record {
-            return Err(Error::InvalidOptions(format!(
-                "key_bytes_max ({}) + value_bytes_max ({}) must fit in the log's record_bytes_max ({max_record})",
-                self.key_bytes_max, self.value_bytes_max
-            )));
-        }
-        if self.checkpoint_interval.is_some_and(|d| d.is_zero()) {
-            return Err(Error::InvalidOptions(
-                "checkpoint_interval must be positive; use None to turn it off".into(),
-            ));
-        }
-        Ok(self.wal.validate()?)
-    }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The entry a mutation leaves under its key at `version` (`None`: deleted), or `None` for a

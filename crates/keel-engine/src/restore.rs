@@ -8,10 +8,13 @@ use bytes::Bytes;
 use keel_wal::{Fs, LogReader, Lsn, OpenMode, Wal};
 
 use crate::checkpoint::{commit_manifest, list_snapshots, write_snapshot_file};
+use crate::error::{io, Error, Result};
+use crate::options::{Options, WAL_DIR};
+use crate::record::{self, Request};
 use crate::snapshot::{self, SnapshotHeader};
-use crate::{
-    io, now_ms, record, Changes, Core, Error, Map, Options, Request, Requests, Result, WAL_DIR,
-};
+use crate::types::Entry;
+use crate::util::now_ms;
+use crate::{Changes, Core, Map, Requests};
 
 /// The point a restore rebuilds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,7 +256,7 @@ impl BackupView {
     }
 
     /// The entry of `key` in this state, expired or not.
-    pub fn get(&self, key: &[u8]) -> Option<&crate::Entry> {
+    pub fn get(&self, key: &[u8]) -> Option<&Entry> {
         self.map.get(key)
     }
 
