@@ -11,10 +11,11 @@ use keel_wal::fs::{durable_create_dir_all, durable_remove, durable_rename, durab
 use keel_wal::{Fs, Lsn, OpenMode};
 
 use crate::error::{io, Error, Result};
+use crate::keyspace::Map;
 use crate::record::Request;
 use crate::snapshot::{self, FileError, Manifest, SnapshotHeader, MANIFEST, SNAPSHOT_DIR};
 use crate::util::{lock, now_ms};
-use crate::{Core, Map};
+use crate::Core;
 
 /// What the last checkpoint did.
 #[derive(Clone, Debug, PartialEq, Eq)]

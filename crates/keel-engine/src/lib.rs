@@ -31,11 +31,15 @@
 mod checkpoint;
 mod combine;
 mod damage;
+mod decide;
 mod error;
 mod key;
+mod keyspace;
 mod options;
+mod publish;
 pub mod record;
 mod restore;
+mod seq;
 pub mod snapshot;
 mod types;
 mod util;
@@ -43,7 +47,7 @@ mod util;
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::future::Future;
-use std::ops::{Bound, Deref, RangeBounds};
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,7 +56,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use imbl::OrdMap;
 use keel_wal::fs::durable_create_dir_all;
 use keel_wal::{Completion, Lsn, OpenMode, Ticket, Wal, WalStats};
 
@@ -68,591 +71,15 @@ pub use options::{Options, WAL_DIR};
 pub use types::{Entry, ExpireIf, Guard, Outcome, PutIf, Ttl, Write, WriteError, WriteResult};
 
 use error::io;
-use util::{lock, now_ms, HashMap};
+use util::{lock, now_ms};
 
 pub use key::Key;
+pub use keyspace::Snapshot;
 
-type Map = OrdMap<Key, Entry>;
-
-/// A consistent, durable view. Cloning it is O(1); it never changes.
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    map: Map,
-    lsn: Lsn,
-    now_ms: u64,
-}
-
-impl Snapshot {
-    /// The LSN up to which this view includes every write.
-    pub fn lsn(&self) -> Lsn {
-        self.lsn
-    }
-
-    /// The Unix time at which expiry is judged in this view.
-    pub fn now_ms(&self) -> u64 {
-        self.now_ms
-    }
-
-    pub fn get(&self, key: &[u8]) -> Option<&Entry> {
-        self.map.get(key).filter(|e| e.live(self.now_ms))
-    }
-
-    /// Live entries in `range`, in key order, at most `limit`.
-    pub fn scan<R: RangeBounds<Bytes>>(&self, range: R, limit: usize) -> Vec<(Bytes, Entry)> {
-        let range: (Bound<&[u8]>, Bound<&[u8]>) = (
-            range.start_bound().map(|k| &k[..]),
-            range.end_bound().map(|k| &k[..]),
-        );
-        self.map
-            .range::<_, [u8]>(range)
-            .filter(|(_, e)| e.live(self.now_ms))
-            .take(limit)
-            .map(|(k, e)| (Bytes::clone(k), e.clone()))
-            .collect()
-    }
-
-    /// Live entries whose key starts with `prefix`, starting after `after` (a cursor: the last
-    /// key of the previous page), at most `limit`.
-    pub fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Vec<(Bytes, Entry)> {
-        let start = match after {
-            Some(a) => Bound::Excluded(a),
-            None => Bound::Included(prefix),
-        };
-        self.map
-            .range::<_, [u8]>((start, Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .filter(|(_, e)| e.live(self.now_ms))
-            .take(limit)
-            .map(|(k, e)| (Bytes::clone(k), e.clone()))
-            .collect()
-    }
-
-    /// Every live entry, in key order, without copying the view.
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Entry)> {
-        self.map
-            .iter()
-            .filter(|(_, e)| e.live(self.now_ms))
-            .map(|(k, e)| (&**k, e))
-    }
-
-    /// Number of live keys. O(n) when some keys carry an expiry.
-    pub fn count(&self) -> usize {
-        self.map.values().filter(|e| e.live(self.now_ms)).count()
-    }
-}
-
-/// The entry a mutation leaves under its key at `version` (`None`: deleted), or `None` for a
-/// DeleteAll. Every structure that follows mutations goes through this.
-fn change(m: &Mutation, version: Lsn) -> Option<(&Bytes, Option<Entry>)> {
-    match m {
-        Mutation::Set {
-            key,
-            value,
-            expires_at_ms,
-        } => Some((
-            key,
-            Some(Entry {
-                value: value.clone(),
-                version,
-                expires_at_ms: *expires_at_ms,
-            }),
-        )),
-        Mutation::Delete { key } => Some((key, None)),
-        Mutation::DeleteAll => None,
-    }
-}
-
-/// Mutations gathered per key: the newest entry of each key written, and whether a DeleteAll
-/// came. A transaction's overlay uses it while deciding, and recovery and restore replay the log
-/// into it, then merge it into the map in key order: inserting random keys one by one into a
-/// large tree misses the cache at every level, while inserts in key order keep the path cached.
-#[derive(Default)]
-pub(crate) struct Changes {
-    /// The newest entry of each key: `None` = deleted.
-    changed: HashMap<Bytes, Option<Entry>>,
-    /// A DeleteAll came: entries not in `changed` are gone.
-    cleared: bool,
-}
-
-impl Changes {
-    pub(crate) fn apply(&mut self, mutations: &[Mutation], version: Lsn) {
-        for m in mutations {
-            match change(m, version) {
-                Some((key, e)) => {
-                    self.changed.insert(key.clone(), e);
-                }
-                None => {
-                    self.changed.clear();
-                    self.cleared = true;
-                }
-            }
-        }
-    }
-
-    /// Merges the changes into `map`.
-    pub(crate) fn merge_into(self, map: &mut Map) {
-        if self.cleared {
-            map.clear();
-        }
-        let mut changed: Vec<(Key, Option<Entry>)> = self
-            .changed
-            .into_iter()
-            .map(|(k, e)| (Key::new(k), e))
-            .collect();
-        changed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (k, e) in changed {
-            match e {
-                Some(e) => {
-                    map.insert(k, e);
-                }
-                None => {
-                    map.remove(&k[..]);
-                }
-            }
-        }
-    }
-}
-
-/// Request ids kept for retries, with the LSN of the record that holds each (P8).
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Requests {
-    by_id: HashMap<Bytes, (Lsn, Request)>,
-    /// In LSN order, for eviction.
-    order: VecDeque<(Lsn, Bytes)>,
-}
-
-impl Requests {
-    fn get(&self, id: &[u8]) -> Option<&(Lsn, Request)> {
-        self.by_id.get(id)
-    }
-
-    pub(crate) fn insert(&mut self, lsn: Lsn, req: Request, opts: &Options, now: u64) {
-        self.order.push_back((lsn, req.id.clone()));
-        self.by_id.insert(req.id.clone(), (lsn, req));
-        while let Some((l, id)) = self.order.front() {
-            let (l, id) = (*l, id.clone());
-            let current = self.by_id.get(&id).map(|(el, r)| (*el, r.at_ms));
-            let stale = match current {
-                // A later record reused the id: this slot is obsolete.
-                Some((el, _)) if el != l => true,
-                Some((_, at)) => {
-                    self.order.len() > opts.request_retention_count
-                        || at.saturating_add(opts.request_retention_ms) < now
-                }
-                None => true,
-            };
-            if !stale {
-                break;
-            }
-            self.order.pop_front();
-            if current.is_some_and(|(el, _)| el == l) {
-                self.by_id.remove(&id);
-            }
-        }
-    }
-
-    /// Those recorded at or before `lsn`, in LSN order.
-    pub(crate) fn up_to(&self, lsn: Lsn) -> Vec<(Lsn, Request)> {
-        self.order
-            .iter()
-            .filter(|(l, _)| *l <= lsn)
-            .filter_map(|(l, id)| self.by_id.get(id).filter(|(el, _)| el == l).cloned())
-            .collect()
-    }
-}
-
-/// The sequencer's state: every decided transaction, durable or not.
-struct Seq {
-    /// The newest decided writes not yet known to be visible.
-    recent: Recent,
-    requests: Requests,
-    /// (expiry, key) of every value written with an expiry; entries go stale when the key is
-    /// rewritten and are checked against `map` before use.
-    expiry: BTreeSet<(u64, Bytes)>,
-    /// Decision time of the last record: record times never go backwards.
-    last_at_ms: u64,
-    /// LSN of the last record submitted.
-    last_lsn: Lsn,
-}
-
-/// Writes decided but maybe not yet visible, laid over the visible state: the decided state
-/// is the visible state with these on top. A key absent here has its newest decided value in
-/// the visible state. This replaces a second copy of the whole ordered map, whose every insert
-/// cost a descent and a path copy.
-#[derive(Default)]
-struct Recent {
-    /// The newest decided entry of each key written lately, with its LSN; `None` = deleted.
-    by_key: HashMap<Bytes, (Lsn, Option<Entry>)>,
-    /// (LSN, key) in LSN order, to forget entries once visible.
-    order: VecDeque<(Lsn, Bytes)>,
-    /// LSN of a DeleteAll that may not be visible yet: keys not in `by_key` are gone.
-    cleared: Option<Lsn>,
-}
-
-impl Recent {
-    /// The decided entry of `key`, expired or not, given `vis`, the visible state now.
-    fn get<'a>(&'a self, vis: &'a Visible, key: &[u8]) -> Option<&'a Entry> {
-        match self.by_key.get(key) {
-            Some((_, e)) => e.as_ref(),
-            None if self.cleared.is_some_and(|l| l > vis.lsn) => None,
-            None => vis.index.get(key),
-        }
-    }
-
-    fn record(&mut self, mutations: &[Mutation], lsn: Lsn) {
-        for m in mutations {
-            match change(m, lsn) {
-                Some((key, e)) => {
-                    self.by_key.insert(key.clone(), (lsn, e));
-                    self.order.push_back((lsn, key.clone()));
-                }
-                None => {
-                    self.by_key.clear();
-                    self.order.clear();
-                    self.cleared = Some(lsn);
-                }
-            }
-        }
-    }
-
-    /// Forgets entries that `visible_lsn` covers: the visible state holds them (or newer).
-    fn forget_up_to(&mut self, visible_lsn: Lsn) {
-        while let Some((lsn, _)) = self.order.front() {
-            if *lsn > visible_lsn {
-                break;
-            }
-            let (lsn, key) = self.order.pop_front().expect("checked");
-            if self.by_key.get(&key).is_some_and(|(l, _)| *l == lsn) {
-                self.by_key.remove(&key);
-            }
-        }
-        if self.cleared.is_some_and(|l| l <= visible_lsn) {
-            self.cleared = None;
-        }
-    }
-}
-
-impl Seq {
-    fn track_expiry(&mut self, mutations: &[Mutation]) {
-        for m in mutations {
-            if let Mutation::Set {
-                key,
-                expires_at_ms: Some(t),
-                ..
-            } = m
-            {
-                self.expiry.insert((*t, key.clone()));
-            }
-        }
-    }
-}
-
-struct Visible {
-    map: Map,
-    /// The same entries as `map`, hashed: a point read is one hash probe instead of a descent
-    /// through the ordered map, whose key comparisons were most of a GET's CPU. It costs about
-    /// 90 bytes per key; key and value bytes are shared with `map`.
-    index: HashMap<Bytes, Entry>,
-    lsn: Lsn,
-    /// Decision time of the record at `lsn`.
-    at_ms: u64,
-}
-
-impl Visible {
-    fn new(map: Map, lsn: Lsn, at_ms: u64) -> Visible {
-        let mut index = HashMap::with_capacity_and_hasher(map.len(), Default::default());
-        index.extend(map.iter().map(|(k, e)| (Bytes::clone(k), e.clone())));
-        Visible {
-            map,
-            index,
-            lsn,
-            at_ms,
-        }
-    }
-
-    fn apply(&mut self, mutations: &[Mutation], lsn: Lsn, at_ms: u64) {
-        for m in mutations {
-            match change(m, lsn) {
-                Some((key, Some(e))) => {
-                    self.map.insert(Key::new(key.clone()), e.clone());
-                    self.index.insert(key.clone(), e);
-                }
-                Some((key, None)) => {
-                    self.map.remove(&key[..]);
-                    self.index.remove(key);
-                }
-                None => {
-                    self.map.clear();
-                    self.index = HashMap::default();
-                }
-            }
-        }
-        self.lsn = lsn;
-        self.at_ms = at_ms;
-    }
-}
-
-struct Unpublished {
-    lsn: Lsn,
-    at_ms: u64,
-    mutations: Arc<Vec<Mutation>>,
-}
-
-fn parse_int(v: &[u8]) -> Option<i64> {
-    // Redis's rules: plain decimal, optional '-', no '+', spaces or leading zeros.
-    let s = std::str::from_utf8(v).ok()?;
-    let digits = s.strip_prefix('-').unwrap_or(s);
-    if digits.is_empty() || digits.len() > 19 || (digits.len() > 1 && digits.starts_with('0')) {
-        return None;
-    }
-    if !digits.bytes().all(|b| b.is_ascii_digit()) || s == "-0" {
-        return None;
-    }
-    s.parse().ok()
-}
-
-/// A float as INCRBYFLOAT writes it: rounded to 15 significant digits (all an f64 holds
-/// exactly), then the shortest decimal form, never an exponent.
-fn format_float(x: f64) -> String {
-    let rounded: f64 = format!("{x:.14e}").parse().unwrap_or(x);
-    let s = rounded.to_string();
-    if s == "-0" {
-        "0".into()
-    } else {
-        s
-    }
-}
-
-fn parse_float(v: &[u8]) -> Option<f64> {
-    let s = std::str::from_utf8(v).ok()?;
-    if s.is_empty() || s.len() > 5000 || s.starts_with(char::is_whitespace) {
-        return None;
-    }
-    s.parse::<f64>().ok().filter(|f| !f.is_nan())
-}
-
-/// The state a transaction sees part-way through: the state before it, plus what its earlier
-/// writes changed. Cheaper than cloning the map: the common single-write transaction never
-/// touches the tree, and the sequencer's map is then updated in place, once.
-struct Overlay<'a> {
-    base: View<'a>,
-    /// What the transaction wrote so far.
-    changes: Changes,
-    now: u64,
-}
-
-impl Overlay<'_> {
-    fn live(&self, k: &[u8]) -> Option<Entry> {
-        let e = match self.changes.changed.get(k) {
-            Some(e) => e.as_ref(),
-            None if self.changes.cleared => None,
-            None => self.base.get(k),
-        };
-        e.filter(|e| e.live(self.now)).cloned()
-    }
-
-    fn apply(&mut self, mutations: &[Mutation]) {
-        // The version is provisional: only liveness and values are read back.
-        self.changes.apply(mutations, 0);
-    }
-}
-
-/// Decides a transaction against `state`: the guards, then every write against the state the
-/// earlier writes leave. Returns the outcome (without an LSN) and the absolute effects to log.
-/// The decided state: recent writes over the visible state.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    recent: &'a Recent,
-    visible: &'a Visible,
-}
-
-impl<'a> View<'a> {
-    fn get(&self, key: &[u8]) -> Option<&'a Entry> {
-        self.recent.get(self.visible, key)
-    }
-}
-
-fn decide(
-    state: View<'_>,
-    now: u64,
-    value_max: usize,
-    guards: &[Guard],
-    writes: Vec<Write>,
-) -> (Outcome, Vec<Mutation>) {
-    for (i, g) in guards.iter().enumerate() {
-        if state.get(&g.key).filter(|e| e.live(now)).map(|e| e.version) != g.version {
-            return (Outcome::GuardFailed(i), Vec::new());
-        }
-    }
-    let mut work = Overlay {
-        base: state,
-        changes: Changes::default(),
-        now,
-    };
-    let mut mutations = Vec::new();
-    let n = writes.len();
-    // A transaction of plain puts (a bulk load, MSET) reads nothing back, so its writes need
-    // not be laid over the state one by one.
-    let reads = !writes.iter().all(|w| {
-        matches!(
-            w,
-            Write::Put {
-                only: PutIf::Always,
-                ttl: Ttl::None | Ttl::At(_),
-                ..
-            }
-        )
-    });
-    let mut results = Vec::with_capacity(n);
-    for (i, w) in writes.into_iter().enumerate() {
-        let mut m = Vec::new();
-        let result = match w {
-            Write::Put {
-                key,
-                value,
-                ttl,
-                only,
-            } => {
-                // A plain put reads nothing: skip the lookup.
-                let old = match (&only, &ttl) {
-                    (PutIf::Always, Ttl::None | Ttl::At(_)) => None,
-                    _ => work.live(&key),
-                };
-                let go = match only {
-                    PutIf::Always => true,
-                    PutIf::Absent => old.is_none(),
-                    PutIf::Present => old.is_some(),
-                };
-                let expires_at_ms = match ttl {
-                    Ttl::None => None,
-                    Ttl::At(t) => Some(t),
-                    Ttl::Keep => old.and_then(|e| e.expires_at_ms),
-                };
-                if go {
-                    m.push(Mutation::Set {
-                        key,
-                        value,
-                        expires_at_ms,
-                    });
-                }
-                WriteResult::Put(go)
-            }
-            Write::Delete { key } => {
-                let existed = work.live(&key).is_some();
-                if existed {
-                    m.push(Mutation::Delete { key });
-                }
-                WriteResult::Existed(existed)
-            }
-            Write::Incr { key, by } => {
-                let old = work.live(&key);
-                match old.as_ref().map_or(Some(0), |e| parse_int(&e.value)) {
-                    None => WriteResult::Failed(WriteError::NotAnInteger),
-                    Some(cur) => match cur.checked_add(by) {
-                        None => WriteResult::Failed(WriteError::Overflow),
-                        Some(new) => {
-                            m.push(Mutation::Set {
-                                key,
-                                value: Bytes::from(new.to_string()),
-                                expires_at_ms: old.and_then(|e| e.expires_at_ms),
-                            });
-                            WriteResult::Int(new)
-                        }
-                    },
-                }
-            }
-            Write::IncrFloat { key, by } => {
-                let old = work.live(&key);
-                match old.as_ref().map_or(Some(0.0), |e| parse_float(&e.value)) {
-                    None => WriteResult::Failed(WriteError::NotAFloat),
-                    Some(cur) if !(cur + by).is_finite() || !by.is_finite() => {
-                        WriteResult::Failed(WriteError::NotFinite)
-                    }
-                    Some(cur) => {
-                        let value = Bytes::from(format_float(cur + by));
-                        m.push(Mutation::Set {
-                            key,
-                            value: value.clone(),
-                            expires_at_ms: old.and_then(|e| e.expires_at_ms),
-                        });
-                        WriteResult::Value(Some(value))
-                    }
-                }
-            }
-            Write::Append { key, suffix } => {
-                let old = work.live(&key);
-                let len = old.as_ref().map_or(0, |e| e.value.len()) + suffix.len();
-                if len > value_max {
-                    WriteResult::Failed(WriteError::ValueTooLarge)
-                } else {
-                    let (value, expires_at_ms) = match old {
-                        Some(e) => {
-                            let mut v = Vec::with_capacity(len);
-                            v.extend_from_slice(&e.value);
-                            v.extend_from_slice(&suffix);
-                            (Bytes::from(v), e.expires_at_ms)
-                        }
-                        None => (suffix, None),
-                    };
-                    m.push(Mutation::Set {
-                        key,
-                        value,
-                        expires_at_ms,
-                    });
-                    WriteResult::Int(len as i64)
-                }
-            }
-            Write::Expire { key, at_ms, only } => match work.live(&key) {
-                Some(e) if only.holds(e.expires_at_ms, at_ms) => {
-                    m.push(match at_ms {
-                        Some(t) if t <= now => Mutation::Delete { key },
-                        _ => Mutation::Set {
-                            key,
-                            value: e.value,
-                            expires_at_ms: at_ms,
-                        },
-                    });
-                    WriteResult::Existed(true)
-                }
-                _ => WriteResult::Existed(false),
-            },
-            Write::Rename {
-                from,
-                to,
-                only_if_absent,
-            } => match work.live(&from) {
-                None => WriteResult::Failed(WriteError::NoSuchKey),
-                Some(_) if only_if_absent && work.live(&to).is_some() => WriteResult::Put(false),
-                Some(_) if from == to => WriteResult::Put(true),
-                Some(e) => {
-                    m.push(Mutation::Delete { key: from });
-                    m.push(Mutation::Set {
-                        key: to,
-                        value: e.value,
-                        expires_at_ms: e.expires_at_ms,
-                    });
-                    WriteResult::Put(true)
-                }
-            },
-            Write::Get { key } => WriteResult::Value(work.live(&key).map(|e| e.value)),
-            Write::DeleteAll => {
-                m.push(Mutation::DeleteAll);
-                WriteResult::DeletedAll
-            }
-        };
-        if reads && i + 1 < n {
-            work.apply(&m);
-        }
-        mutations.append(&mut m);
-        results.push(result);
-    }
-    (Outcome::Committed { lsn: None, results }, mutations)
-}
+use decide::decide;
+use keyspace::{Changes, Map};
+use publish::{Unpublished, Visible};
+use seq::{Recent, Requests, Seq, View};
 
 /// What opening an engine found and did.
 #[derive(Clone, Debug, Default)]
@@ -1092,7 +519,7 @@ impl Core {
     pub(crate) fn durable_view(&self) -> (Map, Lsn, u64, Vec<(Lsn, Request)>) {
         let (map, lsn, at_ms) = {
             let v = self.visible.read().unwrap_or_else(|p| p.into_inner());
-            (v.map.clone(), v.lsn, v.at_ms)
+            (v.keyspace.image(), v.lsn, v.at_ms)
         };
         let requests = self.seq().requests.up_to(lsn);
         (map, lsn, at_ms, requests)
@@ -1101,17 +528,13 @@ impl Core {
     /// The durable state now.
     pub fn snapshot(&self) -> Snapshot {
         let v = self.visible.read().unwrap_or_else(|p| p.into_inner());
-        Snapshot {
-            map: v.map.clone(),
-            lsn: v.lsn,
-            now_ms: now_ms(),
-        }
+        v.keyspace.snapshot(v.lsn, now_ms())
     }
 
     /// The live entry of `key` in the durable state now.
     pub fn get(&self, key: &[u8]) -> Option<Entry> {
         let v = self.visible.read().unwrap_or_else(|p| p.into_inner());
-        v.index.get(key).filter(|e| e.live(now_ms())).cloned()
+        v.get(key).filter(|e| e.live(now_ms())).cloned()
     }
 
     /// The live entries of `keys`, all read from one durable state (as one snapshot would,
@@ -1120,7 +543,7 @@ impl Core {
         let now = now_ms();
         let v = self.visible.read().unwrap_or_else(|p| p.into_inner());
         keys.into_iter()
-            .map(|k| v.index.get(k).filter(|e| e.live(now)).cloned())
+            .map(|k| v.get(k).filter(|e| e.live(now)).cloned())
             .collect()
     }
 

@@ -9,12 +9,14 @@ use keel_wal::{Fs, LogReader, Lsn, OpenMode, Wal};
 
 use crate::checkpoint::{commit_manifest, list_snapshots, write_snapshot_file};
 use crate::error::{io, Error, Result};
+use crate::keyspace::{Changes, Map};
 use crate::options::{Options, WAL_DIR};
 use crate::record::{self, Request};
+use crate::seq::Requests;
 use crate::snapshot::{self, SnapshotHeader};
 use crate::types::Entry;
 use crate::util::now_ms;
-use crate::{Changes, Core, Map, Requests};
+use crate::Core;
 
 /// The point a restore rebuilds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

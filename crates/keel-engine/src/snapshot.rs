@@ -39,9 +39,10 @@ use bytes::Bytes;
 use keel_wal::fs::{read_exact_at, write_all_at};
 use keel_wal::{FsFile, Lsn};
 
+use crate::key::Key;
+use crate::keyspace::Map;
 use crate::record::{decode_request, encode_request, Request};
 use crate::types::Entry;
-use crate::{Key, Map};
 
 pub const MANIFEST: &str = "MANIFEST";
 pub const SNAPSHOT_DIR: &str = "snapshots";
