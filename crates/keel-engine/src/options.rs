@@ -22,7 +22,7 @@ pub struct Options {
     /// request.
     pub request_retention_ms: u64,
     /// Run a background thread for automatic checkpoints and active expiry. Default true. Off,
-    /// checkpoints happen only when [`Engine::checkpoint`] is called and expired keys are
+    /// checkpoints happen only when [`Core::checkpoint`](crate::Core::checkpoint) is called and expired keys are
     /// removed only when overwritten (they are never visible either way).
     pub background: bool,
     /// With `background`, also delete expired keys in the background (active expiry). Default
@@ -34,7 +34,7 @@ pub struct Options {
     pub checkpoint_log_bytes: u64,
     /// Checkpoint this long after the last one, if anything was written. Default 10 minutes.
     pub checkpoint_interval: Option<Duration>,
-    /// Keep older snapshots and the log after them for this long, so that [`restore`] can reach
+    /// Keep older snapshots and the log after them for this long, so that [`restore`](crate::restore()) can reach
     /// any point in the window. Default 0: a checkpoint keeps only the snapshot before its own
     /// and the log after that one (at most about `checkpoint_log_bytes` more than the newest
     /// snapshot needs), so that a damaged snapshot or manifest costs nothing (P13).

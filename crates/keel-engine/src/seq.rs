@@ -95,7 +95,7 @@ impl Recent {
     pub(crate) fn get<'a>(&'a self, vis: &'a Visible, key: &[u8]) -> Option<&'a Entry> {
         match self.by_key.get(key) {
             Some((_, e)) => e.as_ref(),
-            None if self.cleared.is_some_and(|l| l > vis.lsn) => None,
+            None if self.cleared.is_some_and(|l| l > vis.lsn()) => None,
             None => vis.get(key),
         }
     }
