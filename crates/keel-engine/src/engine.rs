@@ -2,7 +2,6 @@
 //! thread, and [`Core`], the operations, which hand each role its part: the sequencer decides
 //! and logs, the publisher serves reads, the checkpoints snapshot and prune.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
@@ -25,7 +24,7 @@ use crate::options::{Options, WAL_DIR};
 use crate::publish::Publisher;
 use crate::record::{self, REQUEST_ID_BYTES_MAX};
 use crate::restore::{BackupView, RestoreReport};
-use crate::seq::{Recent, Requests, Seq};
+use crate::seq::{Requests, Seq};
 use crate::sequencer::{Prepared, Sequencer};
 use crate::snapshot::{self, Manifest};
 use crate::types::{Entry, Guard, Outcome, PutIf, Ttl, Write, WriteError, WriteResult};
@@ -288,18 +287,7 @@ impl Engine {
         }
         replay.merge_into(&mut map);
         checkpoint::remove_uncommitted(&*fs, &dir, snapshot_lsn)?;
-        let mut seq = Seq {
-            recent: Recent::default(),
-            requests,
-            expiry: BTreeSet::new(),
-            last_at_ms: at_ms,
-            last_lsn: applied,
-        };
-        for (k, e) in map.iter() {
-            if let Some(t) = e.expires_at_ms {
-                seq.expiry.insert((t, Bytes::clone(k)));
-            }
-        }
+        let seq = Seq::recovered(requests, &map, at_ms, applied);
         report.wal = wal_report;
         report.keys = map.len();
         report.lsn = applied;

@@ -57,10 +57,10 @@ impl Visible {
 }
 
 /// A decided transaction's effects, waiting for its record to be acknowledged.
-pub(crate) struct Unpublished {
-    pub(crate) lsn: Lsn,
-    pub(crate) at_ms: u64,
-    pub(crate) mutations: Arc<Vec<Mutation>>,
+struct Unpublished {
+    lsn: Lsn,
+    at_ms: u64,
+    mutations: Arc<Vec<Mutation>>,
 }
 
 /// The visible state, and the decided transactions on their way into it.
@@ -92,9 +92,14 @@ impl Publisher {
         self.published.load(Ordering::Acquire)
     }
 
-    /// Queues a decided transaction, in LSN order, to become visible once acknowledged.
-    pub(crate) fn queue(&self, u: Unpublished) {
-        lock(&self.unpublished).push_back(u);
+    /// Queues the mutations of the record at `lsn`, decided at `at_ms`, to become visible once
+    /// it is acknowledged. Records are queued in LSN order.
+    pub(crate) fn queue(&self, lsn: Lsn, at_ms: u64, mutations: Arc<Vec<Mutation>>) {
+        lock(&self.unpublished).push_back(Unpublished {
+            lsn,
+            at_ms,
+            mutations,
+        });
     }
 
     /// Makes every acknowledged transaction visible, in LSN order. Under the default

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use keel_wal::Lsn;
 
 use crate::decide::Decided;
-use crate::keyspace::change;
+use crate::keyspace::{change, Map};
 use crate::options::Options;
 use crate::publish::Visible;
 use crate::record::{Mutation, Request};
@@ -134,6 +134,24 @@ impl Recent {
 }
 
 impl Seq {
+    /// The state recovery leaves: `map` and the `requests` it holds, the last record at `lsn`
+    /// decided at `at_ms`.
+    pub(crate) fn recovered(requests: Requests, map: &Map, at_ms: u64, lsn: Lsn) -> Seq {
+        let mut seq = Seq {
+            recent: Recent::default(),
+            requests,
+            expiry: BTreeSet::new(),
+            last_at_ms: at_ms,
+            last_lsn: lsn,
+        };
+        for (k, e) in map.iter() {
+            if let Some(t) = e.expires_at_ms {
+                seq.expiry.insert((t, Bytes::clone(k)));
+            }
+        }
+        seq
+    }
+
     pub(crate) fn track_expiry(&mut self, mutations: &[Mutation]) {
         for m in mutations {
             if let Mutation::Set {

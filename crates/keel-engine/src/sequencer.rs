@@ -29,7 +29,7 @@ use crate::decide::decide;
 use crate::error::{Error, Result};
 use crate::keyspace::Map;
 use crate::options::Options;
-use crate::publish::{Publisher, Unpublished};
+use crate::publish::Publisher;
 use crate::record::{self, Mutation, Request};
 use crate::seq::{Seq, View};
 use crate::types::{Guard, Outcome, Write};
@@ -389,11 +389,7 @@ impl Sequencer {
         let mutations = Arc::new(mutations);
         seq.recent.record(&mutations, lsn);
         // Request-only records are published too, so the visible LSN moves in order.
-        self.publisher.queue(Unpublished {
-            lsn,
-            at_ms,
-            mutations,
-        });
+        self.publisher.queue(lsn, at_ms, mutations);
         Ok(ticket)
     }
 }
