@@ -10,8 +10,12 @@ use std::time::{Duration, Instant};
 use keel_wal::fs::{durable_create_dir_all, durable_remove, durable_rename, durable_replace};
 use keel_wal::{Fs, Lsn, OpenMode};
 
+use crate::error::{io, Error, Result};
+use crate::keyspace::Map;
+use crate::record::Request;
+use crate::sequencer::Sequencer;
 use crate::snapshot::{self, FileError, Manifest, SnapshotHeader, MANIFEST, SNAPSHOT_DIR};
-use crate::{io, lock, now_ms, Core, Error, Map, Request, Result};
+use crate::util::{lock, now_ms};
 
 /// What the last checkpoint did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,24 +32,42 @@ pub struct CheckpointInfo {
 }
 
 /// Held while a checkpoint runs, so checkpoints do not overlap.
-pub(crate) struct State {
+struct State {
     manifest: Manifest,
     last_at: Instant,
     failures: u32,
-    /// Set by [`crate::Engine::halt`]: the directory may belong to another engine now, so this
+    /// Set by `Engine::halt`: the directory may belong to another engine now, so this
     /// one writes no snapshot or manifest there again.
-    pub(crate) halted: bool,
+    halted: bool,
 }
 
-impl State {
+impl Checkpoints {
+    /// The bookkeeping of an engine whose manifest in force is `manifest`.
     pub(crate) fn new(manifest: Manifest) -> Self {
-        State {
-            manifest,
-            last_at: Instant::now(),
-            failures: 0,
-            halted: false,
+        Checkpoints {
+            state: Mutex::new(State {
+                manifest,
+                last_at: Instant::now(),
+                failures: 0,
+                halted: false,
+            }),
+            status: Mutex::new(Status::default()),
         }
     }
+
+    /// Waits for a checkpoint in progress; none starts after this (see `Engine::halt`).
+    pub(crate) fn halt(&self) {
+        let mut st = lock(&self.state);
+        st.halted = true;
+    }
+}
+
+/// The checkpoint bookkeeping of one engine.
+pub(crate) struct Checkpoints {
+    /// The manifest in force and checkpoint bookkeeping; held while a checkpoint runs, so
+    /// checkpoints do not overlap.
+    state: Mutex<State>,
+    status: Mutex<Status>,
 }
 
 /// What the last checkpoint did; readable while the next one runs.
@@ -129,19 +151,13 @@ pub(crate) fn commit_manifest(fs: &dyn Fs, dir: &Path, m: &Manifest) -> Result<(
     durable_replace(fs, &path, &m.encode()).map_err(io("replace manifest", &path))
 }
 
-impl Core {
-    /// Writes a snapshot of the durable state and makes it current, then prunes the log and the
-    /// snapshots that retention no longer needs. Writers are not blocked: the snapshot is an O(1)
-    /// clone of the visible state, written without holding the sequencer.
-    ///
-    /// Order (P6): the snapshot holds only durable writes; it is written to a temporary file,
-    /// synced, renamed and its directory synced; then the manifest is replaced atomically; only
-    /// then are log segments and older snapshots removed. Returns the snapshot's LSN.
-    pub fn checkpoint(&self) -> Result<Lsn> {
-        let mut st = lock(&self.checkpoints);
-        let r = self.checkpoint_locked(&mut st);
+impl Checkpoints {
+    /// Checkpoints the state `seq` publishes into `dir`; see `Core::checkpoint`.
+    pub(crate) fn checkpoint(&self, seq: &Sequencer, dir: &Path) -> Result<Lsn> {
+        let mut st = lock(&self.state);
+        let r = checkpoint_locked(seq, dir, &mut st);
         st.last_at = Instant::now();
-        let mut status = lock(&self.checkpoint_status);
+        let mut status = lock(&self.status);
         match &r {
             Ok(Some(info)) => {
                 st.failures = 0;
@@ -157,125 +173,19 @@ impl Core {
         r.map(|info| info.map_or(st.manifest.snapshot_lsn, |i| i.lsn))
     }
 
-    /// `None` when the current snapshot is already up to date.
-    fn checkpoint_locked(&self, st: &mut State) -> Result<Option<CheckpointInfo>> {
-        let started = Instant::now();
-        if st.halted {
-            return Err(Error::Wal(match self.wal.poisoned() {
-                Some(first) => keel_wal::Error::Poisoned(first),
-                None => keel_wal::Error::Closed,
-            }));
-        }
-        if self.visible_lsn() == st.manifest.snapshot_lsn {
-            return Ok(None);
-        }
-        let logged = self.logged_since_checkpoint.load(Ordering::Relaxed);
-        // Under a weaker sync policy the visible state can be ahead of the durable log. A
-        // snapshot of it, then a power cut, would leave a log that ends before the snapshot,
-        // which the next open refuses (a gap). Sync first, so the snapshot holds only what the
-        // log holds durably.
-        if self.opts.wal.sync_policy != keel_wal::SyncPolicy::Always {
-            self.wal.sync()?;
-        }
-        let fs = &*self.opts.wal.fs;
-        let (map, lsn, at_ms, requests) = self.durable_view();
-        let next = write_snapshot_file(
-            fs,
-            &self.dir,
-            &map,
-            &requests,
-            lsn,
-            at_ms,
-            self.opts.compress_snapshots,
-        )?;
-        commit_manifest(fs, &self.dir, &next)?;
-        st.manifest = next;
-        self.logged_since_checkpoint
-            .fetch_sub(logged, Ordering::Relaxed);
-        let (base, snapshots_removed) = self.retain(lsn)?;
-        let segments_pruned = self.wal.prune_before(base + 1)?;
-        let info = CheckpointInfo {
-            lsn,
-            snapshot_bytes: next.snapshot_bytes,
-            keys: map.len(),
-            completed_ms: now_ms(),
-            duration: started.elapsed(),
-            segments_pruned,
-            snapshots_removed,
-        };
-        tracing::info!(?info, "checkpoint");
-        Ok(Some(info))
-    }
-
-    /// Applies the retention rule after a checkpoint at `current`. Keeps every snapshot decided
-    /// within the retention window, plus the newest one decided before it (the base that makes
-    /// the window's start restorable), and removes the rest. Returns the LSN the log is needed
-    /// after, and how many snapshots were removed.
-    fn retain(&self, current: Lsn) -> Result<(Lsn, usize)> {
-        let fs = &*self.opts.wal.fs;
-        let all = list_snapshots(fs, &self.dir)?;
-        let older = all.iter().copied().filter(|&l| l < current);
-        let (keep, base): (Vec<Lsn>, Lsn) = if self.opts.retention.is_zero() {
-            // P13: keep the snapshot before this one and the log after it, so that one damaged
-            // snapshot or manifest costs nothing (recovery falls back to it). Before there is
-            // one, a log that was never pruned is that fallback: the empty state plus the log.
-            match older.clone().max() {
-                Some(prev) => (vec![current, prev], prev),
-                None if self.wal.first_lsn() == 1 => (vec![current], 0),
-                None => (vec![current], current),
-            }
-        } else {
-            let cutoff = now_ms().saturating_sub(self.opts.retention.as_millis() as u64);
-            let mut within = vec![current];
-            let mut before = None;
-            for l in older.clone() {
-                let path = snapshot::snapshot_path(&self.dir, l);
-                let at = fs
-                    .open(&path, OpenMode::Read)
-                    .map_err(FileError::from)
-                    .and_then(|f| SnapshotHeader::read(&*f));
-                match at {
-                    Ok(h) if h.at_ms < cutoff => before = Some(l),
-                    Ok(_) => within.push(l),
-                    Err(e) => {
-                        // Not primary data: leave it alone and say so.
-                        tracing::warn!(path = %path.display(), error = %e, "unreadable old snapshot kept");
-                        within.push(l);
-                    }
-                }
-            }
-            let base = match before {
-                Some(b) => b,
-                // Nothing older than the window: a log never pruned reaches back to the empty
-                // state, which is restorable too.
-                None if self.wal.first_lsn() == 1 => 0,
-                None => within.iter().copied().min().unwrap_or(current),
-            };
-            within.extend(before);
-            (within, base)
-        };
-        let mut removed = 0;
-        for l in older.filter(|l| !keep.contains(l)) {
-            let p = snapshot::snapshot_path(&self.dir, l);
-            durable_remove(fs, &p).map_err(io("remove old snapshot", &p))?;
-            removed += 1;
-        }
-        Ok((base, removed))
-    }
-
     /// The last checkpoint's figures, and the last error if the latest attempt failed.
-    pub fn last_checkpoint(&self) -> (Option<CheckpointInfo>, Option<String>) {
-        let st = lock(&self.checkpoint_status);
+    pub(crate) fn last(&self) -> (Option<CheckpointInfo>, Option<String>) {
+        let st = lock(&self.status);
         (st.last.clone(), st.last_error.clone())
     }
 
     /// One round of background work: active expiry, then a checkpoint if one is due.
-    fn maintain(&self, stopping: &dyn Fn() -> bool) {
+    pub(crate) fn maintain(&self, seq: &Sequencer, dir: &Path, stopping: &dyn Fn() -> bool) {
         for _ in 0..20 {
-            if !self.opts.active_expiry {
+            if !seq.opts.active_expiry {
                 break;
             }
-            match self.remove_expired(1000) {
+            match seq.remove_expired(1000) {
                 Ok(1000) if !stopping() => continue,
                 Ok(_) => break,
                 Err(e) => {
@@ -286,24 +196,134 @@ impl Core {
         }
         let due = {
             // Busy with a checkpoint someone asked for: nothing to decide now.
-            let Ok(st) = self.checkpoints.try_lock() else {
+            let Ok(st) = self.state.try_lock() else {
                 return;
             };
             let backoff = Duration::from_secs(1 << st.failures.min(6));
             let since = st.last_at.elapsed();
-            let by_size = self.opts.checkpoint_log_bytes > 0
-                && self.logged_since_checkpoint.load(Ordering::Relaxed)
-                    >= self.opts.checkpoint_log_bytes;
-            let by_time = self.opts.checkpoint_interval.is_some_and(|d| since >= d)
-                && self.visible_lsn() > st.manifest.snapshot_lsn;
+            let by_size = seq.opts.checkpoint_log_bytes > 0
+                && seq.logged_since_checkpoint.load(Ordering::Relaxed)
+                    >= seq.opts.checkpoint_log_bytes;
+            let by_time = seq.opts.checkpoint_interval.is_some_and(|d| since >= d)
+                && seq.publisher.visible().lsn() > st.manifest.snapshot_lsn;
             (by_size || by_time) && (st.failures == 0 || since >= backoff)
         };
         if due {
-            if let Err(e) = self.checkpoint() {
+            if let Err(e) = self.checkpoint(seq, dir) {
                 tracing::error!(error = %e, "background checkpoint failed; will retry");
             }
         }
     }
+}
+
+/// `None` when the current snapshot is already up to date.
+fn checkpoint_locked(
+    seq: &Sequencer,
+    dir: &Path,
+    st: &mut State,
+) -> Result<Option<CheckpointInfo>> {
+    let started = Instant::now();
+    if st.halted {
+        return Err(Error::Wal(match seq.wal.poisoned() {
+            Some(first) => keel_wal::Error::Poisoned(first),
+            None => keel_wal::Error::Closed,
+        }));
+    }
+    if seq.publisher.visible().lsn() == st.manifest.snapshot_lsn {
+        return Ok(None);
+    }
+    let logged = seq.logged_since_checkpoint.load(Ordering::Relaxed);
+    // Under a weaker sync policy the visible state can be ahead of the durable log. A
+    // snapshot of it, then a power cut, would leave a log that ends before the snapshot,
+    // which the next open refuses (a gap). Sync first, so the snapshot holds only what the
+    // log holds durably.
+    if seq.opts.wal.sync_policy != keel_wal::SyncPolicy::Always {
+        seq.wal.sync()?;
+    }
+    let fs = &*seq.opts.wal.fs;
+    let (map, lsn, at_ms, requests) = seq.durable_view();
+    let next = write_snapshot_file(
+        fs,
+        dir,
+        &map,
+        &requests,
+        lsn,
+        at_ms,
+        seq.opts.compress_snapshots,
+    )?;
+    commit_manifest(fs, dir, &next)?;
+    st.manifest = next;
+    seq.logged_since_checkpoint
+        .fetch_sub(logged, Ordering::Relaxed);
+    let (base, snapshots_removed) = retain(seq, dir, lsn)?;
+    let segments_pruned = seq.wal.prune_before(base + 1)?;
+    let info = CheckpointInfo {
+        lsn,
+        snapshot_bytes: next.snapshot_bytes,
+        keys: map.len(),
+        completed_ms: now_ms(),
+        duration: started.elapsed(),
+        segments_pruned,
+        snapshots_removed,
+    };
+    tracing::info!(?info, "checkpoint");
+    Ok(Some(info))
+}
+
+/// Applies the retention rule after a checkpoint at `current`. Keeps every snapshot decided
+/// within the retention window, plus the newest one decided before it (the base that makes
+/// the window's start restorable), and removes the rest. Returns the LSN the log is needed
+/// after, and how many snapshots were removed.
+fn retain(seq: &Sequencer, dir: &Path, current: Lsn) -> Result<(Lsn, usize)> {
+    let fs = &*seq.opts.wal.fs;
+    let all = list_snapshots(fs, dir)?;
+    let older = all.iter().copied().filter(|&l| l < current);
+    let (keep, base): (Vec<Lsn>, Lsn) = if seq.opts.retention.is_zero() {
+        // P13: keep the snapshot before this one and the log after it, so that one damaged
+        // snapshot or manifest costs nothing (recovery falls back to it). Before there is
+        // one, a log that was never pruned is that fallback: the empty state plus the log.
+        match older.clone().max() {
+            Some(prev) => (vec![current, prev], prev),
+            None if seq.wal.first_lsn() == 1 => (vec![current], 0),
+            None => (vec![current], current),
+        }
+    } else {
+        let cutoff = now_ms().saturating_sub(seq.opts.retention.as_millis() as u64);
+        let mut within = vec![current];
+        let mut before = None;
+        for l in older.clone() {
+            let path = snapshot::snapshot_path(dir, l);
+            let at = fs
+                .open(&path, OpenMode::Read)
+                .map_err(FileError::from)
+                .and_then(|f| SnapshotHeader::read(&*f));
+            match at {
+                Ok(h) if h.at_ms < cutoff => before = Some(l),
+                Ok(_) => within.push(l),
+                Err(e) => {
+                    // Not primary data: leave it alone and say so.
+                    tracing::warn!(path = %path.display(), error = %e, "unreadable old snapshot kept");
+                    within.push(l);
+                }
+            }
+        }
+        let base = match before {
+            Some(b) => b,
+            // Nothing older than the window: a log never pruned reaches back to the empty
+            // state, which is restorable too.
+            None if seq.wal.first_lsn() == 1 => 0,
+            None => within.iter().copied().min().unwrap_or(current),
+        };
+        within.extend(before);
+        (within, base)
+    };
+    let mut removed = 0;
+    for l in older.filter(|l| !keep.contains(l)) {
+        let p = snapshot::snapshot_path(dir, l);
+        durable_remove(fs, &p).map_err(io("remove old snapshot", &p))?;
+        removed += 1;
+    }
+    Ok((base, removed))
 }
 
 /// The background thread: expiry and checkpoint triggers, every 100 ms. It holds the engine only
@@ -314,8 +334,14 @@ pub(crate) struct Background {
 }
 
 impl Background {
-    pub(crate) fn start(core: &Arc<Core>) -> Result<Self> {
-        let weak: Weak<Core> = Arc::downgrade(core);
+    /// Starts the thread for `engine`, which lives in `dir`: every 100 ms, while the engine
+    /// lives, it calls `maintain` on it.
+    pub(crate) fn start<T: Send + Sync + 'static>(
+        engine: &Arc<T>,
+        dir: &Path,
+        maintain: fn(&T, &dyn Fn() -> bool),
+    ) -> Result<Self> {
+        let weak: Weak<T> = Arc::downgrade(engine);
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let s = stop.clone();
         let thread = std::thread::Builder::new()
@@ -333,10 +359,10 @@ impl Background {
                         }
                     }
                     let Some(core) = weak.upgrade() else { return };
-                    core.maintain(&stopping);
+                    maintain(&core, &stopping);
                 }
             })
-            .map_err(io("spawn background thread", &core.dir))?;
+            .map_err(io("spawn background thread", dir))?;
         Ok(Background {
             stop,
             thread: Some(thread),

@@ -17,8 +17,10 @@ use keel_wal::fs::{durable_create_dir_all, durable_rename};
 use keel_wal::{Fs, LogReader, Lsn, OpenMode, UnneededDamage};
 
 use crate::checkpoint::list_snapshots;
+use crate::error::{io, Error, Result};
+use crate::options::{Options, WAL_DIR};
 use crate::snapshot::{self, FileError, Manifest, MANIFEST, MANIFEST_BYTES};
-use crate::{io, now_ms, Error, Options, Result, WAL_DIR};
+use crate::util::now_ms;
 
 /// Where damaged files are moved, inside the database directory. Nothing in it is ever read or
 /// removed by keel.

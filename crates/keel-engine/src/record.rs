@@ -35,7 +35,7 @@
 
 use bytes::Bytes;
 
-use crate::{Outcome, WriteError, WriteResult};
+use crate::types::{Outcome, WriteError, WriteResult};
 
 pub const RECORD_VERSION: u8 = 1;
 const TAG_SET: u8 = 1;

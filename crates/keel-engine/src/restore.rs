@@ -8,10 +8,15 @@ use bytes::Bytes;
 use keel_wal::{Fs, LogReader, Lsn, OpenMode, Wal};
 
 use crate::checkpoint::{commit_manifest, list_snapshots, write_snapshot_file};
+use crate::error::{io, Error, Result};
+use crate::keyspace::{Changes, Map};
+use crate::options::{Options, WAL_DIR};
+use crate::record::{self, Request};
+use crate::seq::Requests;
+use crate::sequencer::Sequencer;
 use crate::snapshot::{self, SnapshotHeader};
-use crate::{
-    io, now_ms, record, Changes, Core, Error, Map, Options, Request, Requests, Result, WAL_DIR,
-};
+use crate::types::Entry;
+use crate::util::now_ms;
 
 /// The point a restore rebuilds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,7 +244,7 @@ pub fn restore(
 }
 
 /// The durable state at one LSN, held by an O(1) clone, that can be read and then written out
-/// as a new database while writes continue. See [`Core::backup_view`].
+/// as a new database while writes continue. See [`Core::backup_view`](crate::Core::backup_view).
 pub struct BackupView {
     map: Map,
     lsn: Lsn,
@@ -248,12 +253,23 @@ pub struct BackupView {
 }
 
 impl BackupView {
+    /// The durable state `seq` publishes now.
+    pub(crate) fn of(seq: &Sequencer) -> BackupView {
+        let (map, lsn, at_ms, requests) = seq.durable_view();
+        BackupView {
+            map,
+            lsn,
+            at_ms,
+            requests,
+        }
+    }
+
     pub fn lsn(&self) -> Lsn {
         self.lsn
     }
 
     /// The entry of `key` in this state, expired or not.
-    pub fn get(&self, key: &[u8]) -> Option<&crate::Entry> {
+    pub fn get(&self, key: &[u8]) -> Option<&Entry> {
         self.map.get(key)
     }
 
@@ -284,26 +300,6 @@ impl BackupView {
             duration: started.elapsed(),
             ..RestoreReport::default()
         })
-    }
-}
-
-impl Core {
-    /// Writes a consistent copy of the durable state into the new directory `target` while
-    /// writes continue: the O(1) clone of the visible state at one LSN, as a snapshot, with an
-    /// empty log after it. `target` opens as a normal database.
-    pub fn backup(&self, target: impl AsRef<Path>) -> Result<RestoreReport> {
-        self.backup_view().write_database(target, &self.opts)
-    }
-
-    /// The durable state now, to read and then write out with [`BackupView::write_database`].
-    pub fn backup_view(&self) -> BackupView {
-        let (map, lsn, at_ms, requests) = self.durable_view();
-        BackupView {
-            map,
-            lsn,
-            at_ms,
-            requests,
-        }
     }
 }
 

@@ -40,8 +40,10 @@ use bytes::Bytes;
 use keel_wal::fs::{read_exact_at, write_all_at};
 use keel_wal::{FsFile, Lsn};
 
+use crate::key::Key;
+use crate::keyspace::Map;
 use crate::record::{decode_request, encode_request, Request};
-use crate::{Entry, Key, Map};
+use crate::types::Entry;
 
 pub const MANIFEST: &str = "MANIFEST";
 pub const SNAPSHOT_DIR: &str = "snapshots";
@@ -554,7 +556,7 @@ mod tests {
             Request {
                 id: Bytes::from_static(b"r"),
                 at_ms: 9,
-                outcome: crate::Outcome::GuardFailed(0),
+                outcome: crate::types::Outcome::GuardFailed(0),
             },
         )]
     }

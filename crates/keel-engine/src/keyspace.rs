@@ -1,0 +1,231 @@
+//! The keyspace: every key's entry, in an ordered map with a hash index beside it, and the views
+//! and change sets that read and update it.
+//!
+//! The map's concrete type ([`Map`]) is this module's business. Other modules still name it
+//! where a whole image of the keyspace is cloned, loaded or written (checkpoints, backups,
+//! restore and the snapshot file), and nowhere else.
+
+use std::ops::{Bound, RangeBounds};
+
+use bytes::Bytes;
+use imbl::OrdMap;
+use keel_wal::Lsn;
+
+use crate::key::Key;
+use crate::record::Mutation;
+use crate::types::Entry;
+use crate::util::HashMap;
+
+/// Every key's entry, in key order. Cloning it is O(1): a checkpoint or a backup holds an
+/// image of it while writes go on.
+pub(crate) type Map = OrdMap<Key, Entry>;
+
+/// A consistent, durable view. Cloning it is O(1); it never changes.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    map: Map,
+    lsn: Lsn,
+    now_ms: u64,
+}
+
+impl Snapshot {
+    /// The LSN up to which this view includes every write.
+    pub fn lsn(&self) -> Lsn {
+        self.lsn
+    }
+
+    /// The Unix time at which expiry is judged in this view.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&Entry> {
+        self.map.get(key).filter(|e| e.live(self.now_ms))
+    }
+
+    /// Live entries in `range`, in key order, at most `limit`.
+    pub fn scan<R: RangeBounds<Bytes>>(&self, range: R, limit: usize) -> Vec<(Bytes, Entry)> {
+        let range: (Bound<&[u8]>, Bound<&[u8]>) = (
+            range.start_bound().map(|k| &k[..]),
+            range.end_bound().map(|k| &k[..]),
+        );
+        self.map
+            .range::<_, [u8]>(range)
+            .filter(|(_, e)| e.live(self.now_ms))
+            .take(limit)
+            .map(|(k, e)| (Bytes::clone(k), e.clone()))
+            .collect()
+    }
+
+    /// Live entries whose key starts with `prefix`, starting after `after` (a cursor: the last
+    /// key of the previous page), at most `limit`.
+    pub fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Vec<(Bytes, Entry)> {
+        let start = match after {
+            Some(a) => Bound::Excluded(a),
+            None => Bound::Included(prefix),
+        };
+        self.map
+            .range::<_, [u8]>((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, e)| e.live(self.now_ms))
+            .take(limit)
+            .map(|(k, e)| (Bytes::clone(k), e.clone()))
+            .collect()
+    }
+
+    /// Every live entry, in key order, without copying the view.
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Entry)> {
+        self.map
+            .iter()
+            .filter(|(_, e)| e.live(self.now_ms))
+            .map(|(k, e)| (&**k, e))
+    }
+
+    /// Number of live keys. O(n) when some keys carry an expiry.
+    pub fn count(&self) -> usize {
+        self.map.values().filter(|e| e.live(self.now_ms)).count()
+    }
+}
+
+/// The keyspace readers see: the ordered map, and the same entries hashed.
+pub(crate) struct Keyspace {
+    map: Map,
+    /// The same entries as `map`, hashed: a point read is one hash probe instead of a descent
+    /// through the ordered map, whose key comparisons were most of a GET's CPU. It costs about
+    /// 90 bytes per key; key and value bytes are shared with `map`.
+    index: HashMap<Bytes, Entry>,
+}
+
+impl Keyspace {
+    pub(crate) fn new(map: Map) -> Keyspace {
+        let mut index = HashMap::with_capacity_and_hasher(map.len(), Default::default());
+        index.extend(map.iter().map(|(k, e)| (Bytes::clone(k), e.clone())));
+        Keyspace { map, index }
+    }
+
+    /// The entry of `key`, expired or not.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&Entry> {
+        self.index.get(key)
+    }
+
+    /// An O(1) image of the whole keyspace, as checkpoints and backups write it.
+    pub(crate) fn image(&self) -> Map {
+        self.map.clone()
+    }
+
+    /// A view of the keyspace as of `lsn`, judging expiry at `now_ms`.
+    pub(crate) fn snapshot(&self, lsn: Lsn, now_ms: u64) -> Snapshot {
+        Snapshot {
+            map: self.map.clone(),
+            lsn,
+            now_ms,
+        }
+    }
+
+    /// Applies `mutations`, giving every entry they write the version `version`.
+    pub(crate) fn apply(&mut self, mutations: &[Mutation], version: Lsn) {
+        for m in mutations {
+            match change(m, version) {
+                Some((key, Some(e))) => {
+                    self.map.insert(Key::new(key.clone()), e.clone());
+                    self.index.insert(key.clone(), e);
+                }
+                Some((key, None)) => {
+                    self.map.remove(&key[..]);
+                    self.index.remove(key);
+                }
+                None => {
+                    self.map.clear();
+                    self.index = HashMap::default();
+                }
+            }
+        }
+    }
+}
+
+/// The entry a mutation leaves under its key at `version` (`None`: deleted), or `None` for a
+/// DeleteAll. Every structure that follows mutations goes through this.
+pub(crate) fn change(m: &Mutation, version: Lsn) -> Option<(&Bytes, Option<Entry>)> {
+    match m {
+        Mutation::Set {
+            key,
+            value,
+            expires_at_ms,
+        } => Some((
+            key,
+            Some(Entry {
+                value: value.clone(),
+                version,
+                expires_at_ms: *expires_at_ms,
+            }),
+        )),
+        Mutation::Delete { key } => Some((key, None)),
+        Mutation::DeleteAll => None,
+    }
+}
+
+/// Mutations gathered per key: the newest entry of each key written, and whether a DeleteAll
+/// came. A transaction's overlay uses it while deciding, and recovery and restore replay the log
+/// into it, then merge it into the map in key order: inserting random keys one by one into a
+/// large tree misses the cache at every level, while inserts in key order keep the path cached.
+#[derive(Default)]
+pub(crate) struct Changes {
+    /// The newest entry of each key: `None` = deleted.
+    changed: HashMap<Bytes, Option<Entry>>,
+    /// A DeleteAll came: entries not in `changed` are gone.
+    cleared: bool,
+}
+
+impl Changes {
+    pub(crate) fn apply(&mut self, mutations: &[Mutation], version: Lsn) {
+        for m in mutations {
+            match change(m, version) {
+                Some((key, e)) => {
+                    self.changed.insert(key.clone(), e);
+                }
+                None => {
+                    self.changed.clear();
+                    self.cleared = true;
+                }
+            }
+        }
+    }
+
+    /// What the changes leave under `key`: `Some(None)` if they deleted it (or everything),
+    /// `None` if they leave it as it was.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Option<&Entry>> {
+        match self.changed.get(key) {
+            Some(e) => Some(e.as_ref()),
+            None if self.cleared => Some(None),
+            None => None,
+        }
+    }
+
+    /// Merges the changes into `map`.
+    pub(crate) fn merge_into(self, map: &mut Map) {
+        if self.cleared {
+            map.clear();
+        }
+        let mut changed: Vec<(Key, Option<Entry>)> = self
+            .changed
+            .into_iter()
+            .map(|(k, e)| (Key::new(k), e))
+            .collect();
+        changed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (k, e) in changed {
+            match e {
+                Some(e) => {
+                    map.insert(k, e);
+                }
+                None => {
+                    map.remove(&k[..]);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Publishing: decided transactions become visible to readers strictly in LSN order, once their
+//! records are acknowledged (P10). Readers never wait on a sync: they read the visible state.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+use keel_wal::{Lsn, Wal};
+
+use crate::keyspace::{Keyspace, Map, Snapshot};
+use crate::record::Mutation;
+use crate::types::Entry;
+use crate::util::lock;
+
+/// The state readers see: every transaction up to `lsn`, applied in LSN order.
+pub(crate) struct Visible {
+    keyspace: Keyspace,
+    lsn: Lsn,
+    /// Decision time of the record at `lsn`.
+    at_ms: u64,
+}
+
+impl Visible {
+    fn new(map: Map, lsn: Lsn, at_ms: u64) -> Visible {
+        Visible {
+            keyspace: Keyspace::new(map),
+            lsn,
+            at_ms,
+        }
+    }
+
+    /// The entry of `key`, expired or not.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&Entry> {
+        self.keyspace.get(key)
+    }
+
+    /// The LSN of the last transaction applied.
+    pub(crate) fn lsn(&self) -> Lsn {
+        self.lsn
+    }
+
+    /// An O(1) image of this state: the keyspace, its LSN and the decision time at that LSN.
+    pub(crate) fn image(&self) -> (Map, Lsn, u64) {
+        (self.keyspace.image(), self.lsn, self.at_ms)
+    }
+
+    /// A reader's view of this state, judging expiry at `now_ms`.
+    pub(crate) fn snapshot(&self, now_ms: u64) -> Snapshot {
+        self.keyspace.snapshot(self.lsn, now_ms)
+    }
+
+    fn apply(&mut self, mutations: &[Mutation], lsn: Lsn, at_ms: u64) {
+        self.keyspace.apply(mutations, lsn);
+        self.lsn = lsn;
+        self.at_ms = at_ms;
+    }
+}
+
+/// A decided transaction's effects, waiting for its record to be acknowledged.
+struct Unpublished {
+    lsn: Lsn,
+    at_ms: u64,
+    mutations: Arc<Vec<Mutation>>,
+}
+
+/// The visible state, and the decided transactions on their way into it.
+pub(crate) struct Publisher {
+    /// Decided transactions not yet visible, in LSN order.
+    unpublished: Mutex<VecDeque<Unpublished>>,
+    visible: RwLock<Visible>,
+    /// `visible.lsn`, readable without the lock.
+    published: AtomicU64,
+}
+
+impl Publisher {
+    /// Publishes `map`, the state at `lsn` decided at `at_ms`.
+    pub(crate) fn new(map: Map, lsn: Lsn, at_ms: u64) -> Publisher {
+        Publisher {
+            unpublished: Mutex::new(VecDeque::new()),
+            visible: RwLock::new(Visible::new(map, lsn, at_ms)),
+            published: AtomicU64::new(lsn),
+        }
+    }
+
+    /// The visible state, read-locked.
+    pub(crate) fn visible(&self) -> RwLockReadGuard<'_, Visible> {
+        self.visible.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The visible LSN, without the lock.
+    pub(crate) fn published(&self) -> Lsn {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// Queues the mutations of the record at `lsn`, decided at `at_ms`, to become visible once
+    /// it is acknowledged. Records are queued in LSN order.
+    pub(crate) fn queue(&self, lsn: Lsn, at_ms: u64, mutations: Arc<Vec<Mutation>>) {
+        lock(&self.unpublished).push_back(Unpublished {
+            lsn,
+            at_ms,
+            mutations,
+        });
+    }
+
+    /// Makes every acknowledged transaction visible, in LSN order. Under the default
+    /// `SyncPolicy::Always` acknowledged means durable (P10); under a weaker policy readers can
+    /// see what a power cut may take away, as the user chose.
+    /// Returns at once if `upto` is already visible: of the many writers one sync acknowledges,
+    /// the first publishes for all, and the others take no lock.
+    pub(crate) fn publish(&self, wal: &Wal, upto: Lsn) {
+        if self.published.load(Ordering::Acquire) >= upto {
+            return;
+        }
+        let mut q = lock(&self.unpublished);
+        let durable = wal.last_lsn();
+        if q.front().is_none_or(|u| u.lsn > durable) {
+            return;
+        }
+        let mut v = self.visible.write().unwrap_or_else(|p| p.into_inner());
+        while q.front().is_some_and(|u| u.lsn <= durable) {
+            let u = q.pop_front().expect("front exists");
+            v.apply(&u.mutations, u.lsn, u.at_ms);
+        }
+        self.published.store(v.lsn, Ordering::Release);
+    }
+}

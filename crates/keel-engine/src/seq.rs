@@ -1,0 +1,180 @@
+//! The sequencer's state: every decided transaction, durable or not, as the sequencer sees it
+//! under its lock. See the `sequencer` module for how it is used.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use keel_wal::Lsn;
+
+use crate::decide::Decided;
+use crate::keyspace::{change, Map};
+use crate::options::Options;
+use crate::publish::Visible;
+use crate::record::{Mutation, Request};
+use crate::types::Entry;
+use crate::util::HashMap;
+
+/// Request ids kept for retries, with the LSN of the record that holds each (P8).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Requests {
+    by_id: HashMap<Bytes, (Lsn, Request)>,
+    /// In LSN order, for eviction.
+    order: VecDeque<(Lsn, Bytes)>,
+}
+
+impl Requests {
+    pub(crate) fn get(&self, id: &[u8]) -> Option<&(Lsn, Request)> {
+        self.by_id.get(id)
+    }
+
+    pub(crate) fn insert(&mut self, lsn: Lsn, req: Request, opts: &Options, now: u64) {
+        self.order.push_back((lsn, req.id.clone()));
+        self.by_id.insert(req.id.clone(), (lsn, req));
+        while let Some((l, id)) = self.order.front() {
+            let (l, id) = (*l, id.clone());
+            let current = self.by_id.get(&id).map(|(el, r)| (*el, r.at_ms));
+            let stale = match current {
+                // A later record reused the id: this slot is obsolete.
+                Some((el, _)) if el != l => true,
+                Some((_, at)) => {
+                    self.order.len() > opts.request_retention_count
+                        || at.saturating_add(opts.request_retention_ms) < now
+                }
+                None => true,
+            };
+            if !stale {
+                break;
+            }
+            self.order.pop_front();
+            if current.is_some_and(|(el, _)| el == l) {
+                self.by_id.remove(&id);
+            }
+        }
+    }
+
+    /// Those recorded at or before `lsn`, in LSN order.
+    pub(crate) fn up_to(&self, lsn: Lsn) -> Vec<(Lsn, Request)> {
+        self.order
+            .iter()
+            .filter(|(l, _)| *l <= lsn)
+            .filter_map(|(l, id)| self.by_id.get(id).filter(|(el, _)| el == l).cloned())
+            .collect()
+    }
+}
+
+/// The sequencer's state: every decided transaction, durable or not.
+pub(crate) struct Seq {
+    /// The newest decided writes not yet known to be visible.
+    pub(crate) recent: Recent,
+    pub(crate) requests: Requests,
+    /// (expiry, key) of every value written with an expiry; entries go stale when the key is
+    /// rewritten and are checked against `map` before use.
+    pub(crate) expiry: BTreeSet<(u64, Bytes)>,
+    /// Decision time of the last record: record times never go backwards.
+    pub(crate) last_at_ms: u64,
+    /// LSN of the last record submitted.
+    pub(crate) last_lsn: Lsn,
+}
+
+/// Writes decided but maybe not yet visible, laid over the visible state: the decided state
+/// is the visible state with these on top. A key absent here has its newest decided value in
+/// the visible state. This replaces a second copy of the whole ordered map, whose every insert
+/// cost a descent and a path copy.
+#[derive(Default)]
+pub(crate) struct Recent {
+    /// The newest decided entry of each key written lately, with its LSN; `None` = deleted.
+    by_key: HashMap<Bytes, (Lsn, Option<Entry>)>,
+    /// (LSN, key) in LSN order, to forget entries once visible.
+    order: VecDeque<(Lsn, Bytes)>,
+    /// LSN of a DeleteAll that may not be visible yet: keys not in `by_key` are gone.
+    cleared: Option<Lsn>,
+}
+
+impl Recent {
+    /// The decided entry of `key`, expired or not, given `vis`, the visible state now.
+    pub(crate) fn get<'a>(&'a self, vis: &'a Visible, key: &[u8]) -> Option<&'a Entry> {
+        match self.by_key.get(key) {
+            Some((_, e)) => e.as_ref(),
+            None if self.cleared.is_some_and(|l| l > vis.lsn()) => None,
+            None => vis.get(key),
+        }
+    }
+
+    pub(crate) fn record(&mut self, mutations: &[Mutation], lsn: Lsn) {
+        for m in mutations {
+            match change(m, lsn) {
+                Some((key, e)) => {
+                    self.by_key.insert(key.clone(), (lsn, e));
+                    self.order.push_back((lsn, key.clone()));
+                }
+                None => {
+                    self.by_key.clear();
+                    self.order.clear();
+                    self.cleared = Some(lsn);
+                }
+            }
+        }
+    }
+
+    /// Forgets entries that `visible_lsn` covers: the visible state holds them (or newer).
+    pub(crate) fn forget_up_to(&mut self, visible_lsn: Lsn) {
+        while let Some((lsn, _)) = self.order.front() {
+            if *lsn > visible_lsn {
+                break;
+            }
+            let (lsn, key) = self.order.pop_front().expect("checked");
+            if self.by_key.get(&key).is_some_and(|(l, _)| *l == lsn) {
+                self.by_key.remove(&key);
+            }
+        }
+        if self.cleared.is_some_and(|l| l <= visible_lsn) {
+            self.cleared = None;
+        }
+    }
+}
+
+impl Seq {
+    /// The state recovery leaves: `map` and the `requests` it holds, the last record at `lsn`
+    /// decided at `at_ms`.
+    pub(crate) fn recovered(requests: Requests, map: &Map, at_ms: u64, lsn: Lsn) -> Seq {
+        let mut seq = Seq {
+            recent: Recent::default(),
+            requests,
+            expiry: BTreeSet::new(),
+            last_at_ms: at_ms,
+            last_lsn: lsn,
+        };
+        for (k, e) in map.iter() {
+            if let Some(t) = e.expires_at_ms {
+                seq.expiry.insert((t, Bytes::clone(k)));
+            }
+        }
+        seq
+    }
+
+    pub(crate) fn track_expiry(&mut self, mutations: &[Mutation]) {
+        for m in mutations {
+            if let Mutation::Set {
+                key,
+                expires_at_ms: Some(t),
+                ..
+            } = m
+            {
+                self.expiry.insert((*t, key.clone()));
+            }
+        }
+    }
+}
+
+/// The decided state: recent writes over the visible state.
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    pub(crate) recent: &'a Recent,
+    pub(crate) visible: &'a Visible,
+}
+
+impl Decided for View<'_> {
+    fn get(&self, key: &[u8]) -> Option<&Entry> {
+        self.recent.get(self.visible, key)
+    }
+}

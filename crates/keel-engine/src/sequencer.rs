@@ -1,0 +1,395 @@
+//! The sequencer: decides each transaction against every earlier one, durable or still in
+//! flight, under one lock, and hands its absolute effects to the log in that same order. The
+//! log's LSN is then both the commit order and the version of every key the transaction wrote.
+//!
+//! # Flat combining in front of the sequencer lock
+//!
+//! A blocking writer (`Core::commit`) does not queue on the sequencer
+//! lock. It leaves its transaction in `Sequencer::incoming` and tries the lock once. Whoever
+//! holds the lock (the combiner) decides and submits every queued transaction before letting go.
+//! The writer then sleeps once, on its own [`Completion`], which the log completes when the
+//! record is acknowledged: one wake per put, where waiting for the lock and then for the log cost
+//! two or more, each a futex wake and a context switch on a busy machine.
+//!
+//! Every holder of the lock combines when it lets go ([`SeqGuard`]'s drop) and re-checks the
+//! queue after unlocking, so a transaction is never left behind: its writer pushed it before a
+//! failed `try_lock`, so before the holder's unlock, so before the holder's re-check.
+//! Transactions are decided in the order the combiner takes them from the queue, which is the
+//! order their writers pushed them; the LSN order is that decision order, as before.
+
+use std::mem;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+
+use bytes::Bytes;
+use keel_wal::{Completion, Lsn, Ticket, Wal};
+
+use crate::decide::decide;
+use crate::error::{Error, Result};
+use crate::keyspace::Map;
+use crate::options::Options;
+use crate::publish::Publisher;
+use crate::record::{self, Mutation, Request};
+use crate::seq::{Seq, View};
+use crate::types::{Guard, Outcome, Write};
+use crate::util::{lock, now_ms};
+
+/// A prepared transaction: decided and queued, not yet acknowledged.
+pub(crate) enum Prepared {
+    /// Nothing to log. The outcome was decided against every earlier transaction, so it can be
+    /// answered only once the last of them (this LSN) is acknowledged: otherwise a crash could
+    /// take away a write the answer depended on (a SET NX refused because of it, say).
+    Done(Outcome, Lsn),
+    Wait(Ticket, Outcome),
+    /// A retry of request already logged at this LSN.
+    Retry(Lsn, Outcome),
+}
+
+/// The sequencer: the decided state under its lock, the log it hands records to, and the
+/// publisher that makes them visible.
+pub(crate) struct Sequencer {
+    pub(crate) opts: Options,
+    pub(crate) wal: Wal,
+    /// Every decided transaction, durable or not. Held while deciding and submitting, so that LSN
+    /// order is decision order. Taken through [`Sequencer::seq`] only.
+    pending: Mutex<Seq>,
+    /// Transactions of blocking writers, left for whoever holds `pending` to decide.
+    incoming: Mutex<Vec<Job>>,
+    pub(crate) publisher: Publisher,
+    /// Bytes logged since the last checkpoint, for the size trigger.
+    pub(crate) logged_since_checkpoint: AtomicU64,
+}
+
+/// A transaction left for the combiner.
+pub(crate) struct Job {
+    id: Option<Bytes>,
+    guards: Vec<Guard>,
+    writes: Vec<Write>,
+    slot: Arc<Slot>,
+}
+
+/// Where the combiner leaves a job's decision, and how its writer is woken.
+#[derive(Default)]
+struct Slot {
+    /// Completed by the log when the job's record is acknowledged, or by the combiner when the
+    /// job logs nothing or failed.
+    done: Arc<Completion>,
+    /// Held by the combiner from before the record is submitted until the decision is stored,
+    /// so a writer woken early by the log waits here for it.
+    decided: Mutex<Option<Result<Prepared>>>,
+}
+
+/// The sequencer lock. Dropping it first decides every transaction left in the queue.
+pub(crate) struct SeqGuard<'a> {
+    sequencer: &'a Sequencer,
+    seq: Option<MutexGuard<'a, Seq>>,
+}
+
+impl Deref for SeqGuard<'_> {
+    type Target = Seq;
+    fn deref(&self) -> &Seq {
+        self.seq.as_ref().expect("held until dropped")
+    }
+}
+
+impl DerefMut for SeqGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Seq {
+        self.seq.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for SeqGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(seq) = self.seq.take() {
+            self.sequencer.combine(seq);
+        }
+    }
+}
+
+impl Sequencer {
+    /// Takes the sequencer lock. Every user of the sequencer's state goes through this, so that
+    /// every release combines.
+    pub(crate) fn seq(&self) -> SeqGuard<'_> {
+        SeqGuard {
+            sequencer: self,
+            seq: Some(lock(&self.pending)),
+        }
+    }
+
+    fn try_seq(&self) -> Option<MutexGuard<'_, Seq>> {
+        match self.pending.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Decides queued jobs until the queue is empty after an unlock, or another thread holds
+    /// the lock (and will do the same).
+    fn combine<'a>(&'a self, mut seq: MutexGuard<'a, Seq>) {
+        loop {
+            let jobs = mem::take(&mut *lock(&self.incoming));
+            for job in jobs {
+                self.decide_job(&mut seq, job);
+            }
+            drop(seq);
+            if lock(&self.incoming).is_empty() {
+                return;
+            }
+            match self.try_seq() {
+                Some(g) => seq = g,
+                None => return,
+            }
+        }
+    }
+
+    fn decide_job(&self, seq: &mut Seq, job: Job) {
+        let Job {
+            id,
+            guards,
+            writes,
+            slot,
+        } = job;
+        let mut decided = lock(&slot.decided);
+        let r = self.prepare_locked(seq, id, now_ms(), &guards, writes, Some(&slot.done));
+        let logged = matches!(r, Ok(Prepared::Wait(..)));
+        *decided = Some(r);
+        drop(decided);
+        if !logged {
+            slot.done.complete(Ok(0));
+        }
+    }
+
+    /// Decides the transaction through the combiner and blocks until its outcome is durable and
+    /// visible. `writes` have passed the limit checks.
+    pub(crate) fn commit_combined(
+        &self,
+        id: Option<Bytes>,
+        guards: Vec<Guard>,
+        writes: Vec<Write>,
+    ) -> Result<Outcome> {
+        let slot = Arc::new(Slot::default());
+        lock(&self.incoming).push(Job {
+            id,
+            guards,
+            writes,
+            slot: slot.clone(),
+        });
+        if let Some(seq) = self.try_seq() {
+            self.combine(seq);
+        }
+        let acked = slot.done.wait();
+        let decided = lock(&slot.decided)
+            .take()
+            .expect("decided before completed")?;
+        match decided {
+            Prepared::Wait(ticket, outcome) => {
+                acked?;
+                self.publish(*ticket.lsns().end());
+                Ok(outcome)
+            }
+            p => self.finish(p),
+        }
+    }
+}
+
+impl Sequencer {
+    /// The sequencer over `seq`, the decided state recovery found, logging into `wal`, with
+    /// `logged` bytes logged since the snapshot that recovery loaded.
+    pub(crate) fn new(
+        opts: Options,
+        wal: Wal,
+        seq: Seq,
+        publisher: Publisher,
+        logged: u64,
+    ) -> Sequencer {
+        Sequencer {
+            opts,
+            wal,
+            pending: Mutex::new(seq),
+            incoming: Mutex::new(Vec::new()),
+            publisher,
+            logged_since_checkpoint: AtomicU64::new(logged),
+        }
+    }
+
+    /// The visible state with its LSN and decision time, and the request ids it holds: what a
+    /// checkpoint or a backup writes.
+    pub(crate) fn durable_view(&self) -> (Map, Lsn, u64, Vec<(Lsn, Request)>) {
+        let (map, lsn, at_ms) = self.publisher.visible().image();
+        let requests = self.seq().requests.up_to(lsn);
+        (map, lsn, at_ms, requests)
+    }
+
+    /// Waits until a prepared transaction is acknowledged and visible, and returns its outcome.
+    pub(crate) fn finish(&self, p: Prepared) -> Result<Outcome> {
+        match p {
+            Prepared::Done(o, after) => {
+                if self.publisher.published() < after {
+                    self.wal.wait_acked(after)?;
+                    self.publish(after);
+                }
+                Ok(o)
+            }
+            Prepared::Wait(ticket, o) => {
+                let lsns = ticket.wait()?;
+                self.publish(*lsns.end());
+                Ok(o)
+            }
+            Prepared::Retry(lsn, o) => {
+                self.wait_for_retry(lsn)?;
+                Ok(o)
+            }
+        }
+    }
+
+    /// A retry's original may not be durable yet: answer only once it is (P1).
+    fn wait_for_retry(&self, lsn: Lsn) -> Result<()> {
+        if self.wal.durable_lsn() < lsn {
+            if self.opts.wal.sync_policy != keel_wal::SyncPolicy::Always {
+                // Weaker policies sync late or never: force it. The sync is queued behind the
+                // original's record, so it covers it.
+                self.wal.sync()?;
+            }
+            self.wal.wait_durable(lsn)?;
+        }
+        self.publish(lsn);
+        Ok(())
+    }
+
+    /// Decides the transaction against `seq` and queues its record, its acknowledgement going to
+    /// `done` if given.
+    pub(crate) fn prepare_locked(
+        &self,
+        seq: &mut Seq,
+        id: Option<Bytes>,
+        now: u64,
+        guards: &[Guard],
+        writes: Vec<Write>,
+        done: Option<&Arc<Completion>>,
+    ) -> Result<Prepared> {
+        if let Some((lsn, req)) = id.as_ref().and_then(|id| seq.requests.get(id)) {
+            return Ok(Prepared::Retry(*lsn, req.outcome.clone()));
+        }
+        let (outcome, mutations) = {
+            let vis = self.publisher.visible();
+            seq.recent.forget_up_to(vis.lsn());
+            let view = View {
+                recent: &seq.recent,
+                visible: &vis,
+            };
+            decide(view, now, self.opts.value_bytes_max, guards, writes)
+        };
+        if mutations.is_empty() && id.is_none() {
+            return Ok(Prepared::Done(outcome, seq.last_lsn));
+        }
+        let at_ms = now.max(seq.last_at_ms);
+        let wrote = !mutations.is_empty();
+        let request = id.map(|id| Request {
+            id,
+            at_ms,
+            // A committed outcome with writes carries this record's LSN; the format says so.
+            outcome: match &outcome {
+                Outcome::Committed { results, .. } if wrote => Outcome::Committed {
+                    lsn: Some(0),
+                    results: results.clone(),
+                },
+                o => o.clone(),
+            },
+        });
+        let ticket = self.log_locked(seq, at_ms, request.as_ref(), mutations, done)?;
+        let lsn = *ticket.lsns().end();
+        let outcome = match outcome {
+            Outcome::Committed { results, .. } if wrote => Outcome::Committed {
+                lsn: Some(lsn),
+                results,
+            },
+            o => o,
+        };
+        if let Some(mut r) = request {
+            r.outcome = outcome.clone();
+            seq.requests.insert(lsn, r, &self.opts, now);
+        }
+        Ok(Prepared::Wait(ticket, outcome))
+    }
+
+    /// Publishes every acknowledged transaction up to `upto` (see [`Publisher::publish`]).
+    pub(crate) fn publish(&self, upto: Lsn) {
+        self.publisher.publish(&self.wal, upto);
+    }
+
+    /// Deletes up to `limit` keys whose expiry has passed, in one log record. Returns how many.
+    /// Expired keys are never visible; this only frees their memory (the background thread
+    /// calls it).
+    pub(crate) fn remove_expired(&self, limit: usize) -> Result<usize> {
+        let now = now_ms();
+        let (ticket, n) = {
+            let mut seq = self.seq();
+            let mut mutations = Vec::new();
+            {
+                let vis = self.publisher.visible();
+                let seq = &mut *seq;
+                while mutations.len() < limit && seq.expiry.first().is_some_and(|(t, _)| *t <= now)
+                {
+                    let (t, key) = seq.expiry.pop_first().expect("checked");
+                    // Stale if the key was rewritten since.
+                    if seq
+                        .recent
+                        .get(&vis, &key)
+                        .is_some_and(|e| e.expires_at_ms == Some(t))
+                    {
+                        mutations.push(Mutation::Delete { key });
+                    }
+                }
+            }
+            if mutations.is_empty() {
+                return Ok(0);
+            }
+            let n = mutations.len();
+            let at_ms = now.max(seq.last_at_ms);
+            (self.log_locked(&mut seq, at_ms, None, mutations, None)?, n)
+        };
+        let lsns = ticket.wait()?;
+        self.publish(*lsns.end());
+        Ok(n)
+    }
+
+    /// Logs one record under the held sequencer lock, then applies its mutations to the pending
+    /// state and queues them for publication.
+    fn log_locked(
+        &self,
+        seq: &mut Seq,
+        at_ms: u64,
+        request: Option<&Request>,
+        mutations: Vec<Mutation>,
+        done: Option<&Arc<Completion>>,
+    ) -> Result<Ticket> {
+        let mut rec = Vec::new();
+        record::encode(at_ms, request, &mutations, &mut rec);
+        // One transaction is one log record.
+        let max = self.opts.wal.record_bytes_max as usize;
+        if rec.len() > max {
+            return Err(Error::TxnTooLarge {
+                bytes: rec.len(),
+                max,
+            });
+        }
+        let bytes = rec.len() as u64;
+        let ticket = match done {
+            Some(done) => self.wal.submit_to(rec, done.clone())?,
+            None => self.wal.submit(rec)?,
+        };
+        self.logged_since_checkpoint
+            .fetch_add(bytes, Ordering::Relaxed);
+        let lsn = *ticket.lsns().end();
+        seq.last_at_ms = at_ms;
+        seq.last_lsn = lsn;
+        seq.track_expiry(&mutations);
+        let mutations = Arc::new(mutations);
+        seq.recent.record(&mutations, lsn);
+        // Request-only records are published too, so the visible LSN moves in order.
+        self.publisher.queue(lsn, at_ms, mutations);
+        Ok(ticket)
+    }
+}

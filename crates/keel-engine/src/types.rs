@@ -1,0 +1,217 @@
+//! The engine's vocabulary: entries, the writes a transaction holds, and what they did.
+
+use bytes::Bytes;
+use keel_wal::Lsn;
+
+/// A stored value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Bytes,
+    /// LSN of the write that produced it: the key's version for compare-and-set.
+    pub version: Lsn,
+    /// Absolute expiry, Unix milliseconds.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl Entry {
+    pub(crate) fn live(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_none_or(|t| t > now_ms)
+    }
+}
+
+/// When a put applies.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PutIf {
+    #[default]
+    Always,
+    /// Only if the key has no live value (SET NX).
+    Absent,
+    /// Only if the key has a live value (SET XX).
+    Present,
+}
+
+/// What to do with an existing expiry on put.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Ttl {
+    /// The new value never expires.
+    #[default]
+    None,
+    /// Expires at this Unix millisecond.
+    At(u64),
+    /// Keep the old value's expiry (SET KEEPTTL).
+    Keep,
+}
+
+/// One operation in a transaction. Each is decided against the state the earlier ones leave.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// Result: `Put(applied)`.
+    Put {
+        key: Bytes,
+        value: Bytes,
+        ttl: Ttl,
+        only: PutIf,
+    },
+    /// Result: `Existed(had a live value)`.
+    Delete { key: Bytes },
+    /// Adds `by` to a decimal integer value (absent counts as 0) and keeps the expiry. Logs the
+    /// result, not `by`. Result: `Int(new value)`, or `Failed(NotAnInteger | Overflow)`.
+    Incr { key: Bytes, by: i64 },
+    /// Adds `by` to a decimal float value (absent counts as 0) and keeps the expiry. The result
+    /// is written with at most 15 significant digits and no exponent, so 0.1 + 0.2 gives "0.3"
+    /// as in Redis. Result: `Value(new value as written)`, or `Failed(NotAFloat | NotFinite)`.
+    IncrFloat { key: Bytes, by: f64 },
+    /// Appends to the value (absent counts as empty) and keeps the expiry. Result: `Int(new
+    /// length)`, or `Failed(ValueTooLarge)`.
+    Append { key: Bytes, suffix: Bytes },
+    /// Sets (`Some`) or removes (`None`) the expiry of a live key, if `only` holds; a time
+    /// already past deletes the key, as in Redis. Result: `Existed(applied)`.
+    Expire {
+        key: Bytes,
+        at_ms: Option<u64>,
+        only: ExpireIf,
+    },
+    /// Moves a value, with its expiry, to another key. With `only_if_absent` the move happens
+    /// only if `to` has no live value. Result: `Put(moved)`, or `Failed(NoSuchKey)`.
+    Rename {
+        from: Bytes,
+        to: Bytes,
+        only_if_absent: bool,
+    },
+    /// Reads the value as the transaction sees it at this point; writes nothing. Result: `Value`.
+    Get { key: Bytes },
+    /// Removes every key. Result: `DeletedAll`.
+    DeleteAll,
+}
+
+impl Write {
+    /// The keys this write touches (none for `DeleteAll`, two for `Rename`).
+    pub fn keys(&self) -> impl Iterator<Item = &Bytes> {
+        let (a, b) = match self {
+            Write::Put { key, .. }
+            | Write::Delete { key }
+            | Write::Incr { key, .. }
+            | Write::IncrFloat { key, .. }
+            | Write::Append { key, .. }
+            | Write::Expire { key, .. }
+            | Write::Get { key } => (Some(key), None),
+            Write::Rename { from, to, .. } => (Some(from), Some(to)),
+            Write::DeleteAll => (None, None),
+        };
+        a.into_iter().chain(b)
+    }
+}
+
+/// When an expiry change applies (Redis's EXPIRE options). A key without an expiry counts as
+/// expiring never, later than any time.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ExpireIf {
+    #[default]
+    Always,
+    /// The key has no expiry (NX).
+    NoExpiry,
+    /// The key has an expiry (XX; with `at_ms: None`, PERSIST).
+    HasExpiry,
+    /// The new time is later than the current one (GT).
+    Later,
+    /// The new time is sooner than the current one (LT).
+    Sooner,
+    /// The key has an expiry and the new time is sooner (XX LT).
+    SoonerWithExpiry,
+}
+
+impl ExpireIf {
+    pub(crate) fn holds(self, current: Option<u64>, new: Option<u64>) -> bool {
+        let never = u64::MAX;
+        let (cur, new) = (current.unwrap_or(never), new.unwrap_or(never));
+        match self {
+            ExpireIf::Always => true,
+            ExpireIf::NoExpiry => current.is_none(),
+            ExpireIf::HasExpiry => current.is_some(),
+            ExpireIf::Later => new > cur,
+            ExpireIf::Sooner => new < cur,
+            ExpireIf::SoonerWithExpiry => current.is_some() && new < cur,
+        }
+    }
+}
+
+/// A precondition checked before any write: the key's current version (`None`: no live value).
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Guard {
+    pub key: Bytes,
+    pub version: Option<Lsn>,
+}
+
+/// Why one write in a transaction did nothing. The transaction's other writes still apply, as in
+/// a Redis `EXEC`; use guards for all-or-nothing conditions.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("value is not an integer or out of range")]
+    NotAnInteger,
+    #[error("increment or decrement would overflow")]
+    Overflow,
+    #[error("value is not a valid float")]
+    NotAFloat,
+    #[error("increment would produce NaN or Infinity")]
+    NotFinite,
+    #[error("no such key")]
+    NoSuchKey,
+    #[error("the result would exceed value_bytes_max")]
+    ValueTooLarge,
+}
+
+impl WriteError {
+    pub(crate) fn code(self) -> u8 {
+        self as u8 + 1
+    }
+    pub(crate) fn from_code(c: u8) -> Option<Self> {
+        use WriteError::*;
+        [
+            NotAnInteger,
+            Overflow,
+            NotAFloat,
+            NotFinite,
+            NoSuchKey,
+            ValueTooLarge,
+        ]
+        .get(usize::from(c).checked_sub(1)?)
+        .copied()
+    }
+}
+
+/// What one write did.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteResult {
+    /// A put or rename; `false` when its condition did not hold.
+    Put(bool),
+    /// A delete or an expiry change; whether the key had a live value.
+    Existed(bool),
+    /// The value an increment produced, or the length an append produced.
+    Int(i64),
+    /// A read, or the value a float increment produced.
+    Value(Option<Bytes>),
+    DeletedAll,
+    /// The write did nothing, for this reason.
+    Failed(WriteError),
+}
+
+/// The outcome of a transaction.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every guard held. `lsn` is `None` when nothing needed writing (for example, only skipped
+    /// puts); otherwise the writes are durable and visible when this is returned.
+    Committed {
+        lsn: Option<Lsn>,
+        results: Vec<WriteResult>,
+    },
+    /// The guard at this index did not hold; nothing was written.
+    GuardFailed(usize),
+}
