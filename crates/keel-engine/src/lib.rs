@@ -35,6 +35,7 @@ mod key;
 pub mod record;
 mod restore;
 pub mod snapshot;
+pub mod table;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
