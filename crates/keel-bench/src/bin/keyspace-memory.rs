@@ -11,8 +11,9 @@
 //!   `HashMap<Bytes, Entry>` index beside it, key and value bytes shared between the two;
 //! - `engine-strings`: a real `Engine` (no background thread, log never synced) given N puts,
 //!   which adds the sequencer's state and the log's buffers to the above;
-//! - `table-hashes`, `table-sets`, `table-lists`: the new table with N/10 hashes of 20 fields,
-//!   N/10 sets of 20 members, N/100 lists of 1000 elements.
+//! - `table-hashes`, `table-sets`, `table-zsets`, `table-lists`: the new table with N/10 hashes
+//!   of 20 fields, N/10 sets of 20 members, N/10 sorted sets of 20 members, N/100 lists of 1000
+//!   elements.
 //!
 //! `cargo run --release -p keel-bench --bin keyspace-memory -- [--keys N] [WORKLOAD...]`
 
@@ -21,7 +22,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use keel_engine::table::{HashValue, ListValue, SetValue, Table, Value, ValueMut};
+use keel_engine::table::{HashValue, ListValue, SetValue, Table, Value, ValueMut, ZSetValue};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -32,6 +33,7 @@ const WORKLOADS: &[&str] = &[
     "engine-strings",
     "table-hashes",
     "table-sets",
+    "table-zsets",
     "table-lists",
 ];
 
@@ -167,6 +169,27 @@ fn load(workload: &str, n: usize) -> Result<Loaded> {
             }
             Loaded {
                 what: "sets of 20 members (member:N)".into(),
+                items: keys,
+                estimate: Some(t.memory_bytes()),
+                keep: Box::new(t),
+            }
+        }
+        "table-zsets" => {
+            let keys = n / 10;
+            let mut t = Table::with_expected_keys(keys);
+            for i in 0..keys {
+                let ValueMut::ZSet(z) = t
+                    .get_or_insert_with(&key16(i), || Value::ZSet(ZSetValue::new()), 1)
+                    .value_mut()
+                else {
+                    bail!("a sorted set");
+                };
+                for m in 0..20 {
+                    z.insert(format!("member:{m}").as_bytes(), (i + m) as f64);
+                }
+            }
+            Loaded {
+                what: "sorted sets of 20 members (member:N, integral scores)".into(),
                 items: keys,
                 estimate: Some(t.memory_bytes()),
                 keep: Box::new(t),

@@ -16,7 +16,8 @@
 //!
 //! ```text
 //! block   := flags u8, varint(key length), version u64 LE, [expiry u64 LE], key, value
-//! flags   := kind (bits 0-2: 0 string, 1 hash, 2 set, 3 list) | 0x80 if an expiry follows
+//! flags   := kind (bits 0-2: 0 string, 1 hash, 2 set, 3 list, 4 sorted set; 5-7 free, for
+//!            streams) | 0x80 if an expiry follows
 //! version := LSN of the entry's last change
 //! expiry  := absolute Unix milliseconds
 //! value   := a string's bytes, inline; for a collection, its index (u32 LE) in the shard's slab
@@ -25,6 +26,14 @@
 //! So a string entry costs its block (10 bytes of header plus key and value, one allocation)
 //! plus one slot (16 bytes and one control byte, at hashbrown's load factor). A collection
 //! lives in its shard's slab; its block holds the index. Expiry is stored only when set.
+//!
+//! The slot is a `Box<[u8]>`, a 16-byte fat pointer, not a thin 8-byte one: a thin pointer to a
+//! length-prefixed block needs `unsafe`, which this crate forbids (DESIGN.md: only where truly
+//! needed), and no thin-box crate is a dependency. It costs about 8 bytes per slot, 12–17 per
+//! key at hashbrown's load factors, and the table is already below Redis's per-key figure
+//! (BENCHMARKS.md). The block's length lives in the fat pointer, which is why the header needs no
+//! value length. Collections sit in a slab and not behind a pointer in the block for the same
+//! reason: a pointer cannot be stored in a byte block without `unsafe`.
 //!
 //! # Locking
 //!
@@ -49,6 +58,7 @@ pub(crate) mod packed;
 mod set;
 #[cfg(test)]
 mod tests;
+mod zset;
 
 use std::hash::BuildHasher;
 
@@ -61,6 +71,7 @@ pub use set::{
     SetEncoding, SetIter, SetValue, SET_INTSET_ENTRIES_MAX, SET_PACKED_BYTES_MAX,
     SET_PACKED_ENTRIES_MAX,
 };
+pub use zset::{ZSetValue, ZSET_PACKED_BYTES_MAX, ZSET_PACKED_ENTRIES_MAX};
 
 use packed::{get_varint, put_varint, varint_len};
 
@@ -72,6 +83,7 @@ pub enum Kind {
     Hash = 1,
     Set = 2,
     List = 3,
+    ZSet = 4,
 }
 
 impl Kind {
@@ -81,6 +93,7 @@ impl Kind {
             1 => Kind::Hash,
             2 => Kind::Set,
             3 => Kind::List,
+            4 => Kind::ZSet,
             k => unreachable!("kind {k} in a block the table encoded itself"),
         }
     }
@@ -96,6 +109,7 @@ pub enum Value {
     Hash(HashValue),
     Set(SetValue),
     List(ListValue),
+    ZSet(ZSetValue),
 }
 
 impl Value {
@@ -105,6 +119,7 @@ impl Value {
             Value::Hash(_) => Kind::Hash,
             Value::Set(_) => Kind::Set,
             Value::List(_) => Kind::List,
+            Value::ZSet(_) => Kind::ZSet,
         }
     }
 }
@@ -116,6 +131,7 @@ pub enum ValueRef<'a> {
     Hash(&'a HashValue),
     Set(&'a SetValue),
     List(&'a ListValue),
+    ZSet(&'a ZSetValue),
 }
 
 /// A value to change in place. A string is replaced by inserting anew (its bytes are inline in
@@ -126,6 +142,7 @@ pub enum ValueMut<'a> {
     Hash(&'a mut HashValue),
     Set(&'a mut SetValue),
     List(&'a mut ListValue),
+    ZSet(&'a mut ZSetValue),
 }
 
 /// A collection in a shard's slab.
@@ -134,6 +151,7 @@ enum Coll {
     Hash(HashValue),
     Set(SetValue),
     List(ListValue),
+    ZSet(ZSetValue),
 }
 
 impl Coll {
@@ -142,6 +160,7 @@ impl Coll {
             Coll::Hash(h) => h.memory_bytes(),
             Coll::Set(s) => s.memory_bytes(),
             Coll::List(l) => l.memory_bytes(),
+            Coll::ZSet(z) => z.memory_bytes(),
         }
     }
 }
@@ -308,6 +327,7 @@ impl Shard {
             Value::Hash(h) => self.encode_coll(kind, key, version, expiry, Coll::Hash(h)),
             Value::Set(s) => self.encode_coll(kind, key, version, expiry, Coll::Set(s)),
             Value::List(l) => self.encode_coll(kind, key, version, expiry, Coll::List(l)),
+            Value::ZSet(z) => self.encode_coll(kind, key, version, expiry, Coll::ZSet(z)),
         }
     }
 
@@ -411,6 +431,7 @@ impl Shard {
             Some(Coll::Hash(x)) => Value::Hash(x),
             Some(Coll::Set(x)) => Value::Set(x),
             Some(Coll::List(x)) => Value::List(x),
+            Some(Coll::ZSet(x)) => Value::ZSet(x),
         };
         Some(Removed {
             value,
@@ -529,6 +550,7 @@ fn value_of<'a>(block: &'a [u8], colls: &'a [Option<Coll>]) -> ValueRef<'a> {
                 Coll::Hash(x) => ValueRef::Hash(x),
                 Coll::Set(x) => ValueRef::Set(x),
                 Coll::List(x) => ValueRef::List(x),
+                Coll::ZSet(x) => ValueRef::ZSet(x),
             }
         }
     }
@@ -612,6 +634,7 @@ impl<'a> EntryMut<'a> {
                     Coll::Hash(x) => ValueMut::Hash(x),
                     Coll::Set(x) => ValueMut::Set(x),
                     Coll::List(x) => ValueMut::List(x),
+                    Coll::ZSet(x) => ValueMut::ZSet(x),
                 }
             }
         }

@@ -4,6 +4,7 @@
 //! without shrinking.)
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Bound;
 
 use super::*;
 
@@ -51,6 +52,7 @@ enum MValue {
     Hash(BTreeMap<Vec<u8>, Vec<u8>>),
     Set(BTreeSet<Vec<u8>>),
     List(VecDeque<Vec<u8>>),
+    ZSet(BTreeMap<Vec<u8>, f64>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -77,6 +79,11 @@ fn observe(v: ValueRef<'_>) -> MValue {
             let m: VecDeque<_> = l.iter().map(|e| e.to_vec()).collect();
             assert_eq!(m.len(), l.len());
             MValue::List(m)
+        }
+        ValueRef::ZSet(z) => {
+            let m: BTreeMap<_, _> = z.iter().into_iter().map(|(m, s)| (m.to_vec(), s)).collect();
+            assert_eq!(m.len(), z.len());
+            MValue::ZSet(m)
         }
     }
 }
@@ -105,13 +112,21 @@ fn build(m: &MValue) -> Value {
             }
             Value::List(x)
         }
+        MValue::ZSet(z) => {
+            let mut x = ZSetValue::new();
+            for (m, s) in z {
+                x.insert(m, *s);
+            }
+            Value::ZSet(x)
+        }
     }
 }
 
 fn random_value(r: &mut Rng) -> MValue {
     let n = r.below(6) as usize;
-    match r.below(4) {
+    match r.below(5) {
         0 => MValue::String(r.bytes(6)),
+        4 => MValue::ZSet((0..n).map(|_| (r.bytes(6), r.below(5) as f64)).collect()),
         1 => MValue::Hash((0..n).map(|_| (r.bytes(6), r.bytes(6))).collect()),
         2 => MValue::Set((0..n).map(|_| r.bytes(6)).collect()),
         _ => MValue::List((0..n).map(|_| r.bytes(6)).collect()),
@@ -185,6 +200,7 @@ fn the_table_matches_a_map_model() {
                             Value::Hash(h) => ValueRef::Hash(h),
                             Value::Set(s) => ValueRef::Set(s),
                             Value::List(l) => ValueRef::List(l),
+                            Value::ZSet(z) => ValueRef::ZSet(z),
                         }),
                         version: r.version,
                         expiry: r.expires_at_ms,
@@ -233,6 +249,9 @@ fn the_table_matches_a_map_model() {
                         (ValueMut::List(l), MValue::List(ml)) => {
                             l.push_front(&f);
                             ml.push_front(f);
+                        }
+                        (ValueMut::ZSet(z), MValue::ZSet(mz)) => {
+                            assert_eq!(z.insert(&f, 1.0), mz.insert(f, 1.0).is_none());
                         }
                         (ValueMut::String(s), MValue::String(ms)) => assert_eq!(s, &ms[..]),
                         (got, want) => panic!("seed {seed}: {got:?} vs {want:?}"),
@@ -531,4 +550,118 @@ fn a_string_entry_is_one_block_with_a_ten_byte_header() {
     let e = t.get(&[1u8; 16]).expect("present");
     assert_eq!((e.version(), e.expires_at_ms()), (8, Some(5)));
     assert!(e.live(4) && !e.live(5));
+}
+
+/// Sorted sets against a member → score map: ZADD (new members and score changes, ties broken
+/// by member), ZREM, ZSCORE, ZRANK, ranges by rank and by score with every kind of bound,
+/// across the conversion at 128 members or a 65-byte member, up to a few thousand members so
+/// the skip list grows several levels.
+#[test]
+fn sorted_sets_match_a_model_and_convert_as_redis_does() {
+    for seed in seeds(20) {
+        let mut r = Rng(seed);
+        let mut z = ZSetValue::new();
+        let mut m: BTreeMap<Vec<u8>, f64> = BTreeMap::new();
+        let mut should_be_packed = true;
+        let space = [100, 300, 3000][(seed % 3) as usize];
+        let steps = [1500, 1500, 4000][(seed % 3) as usize];
+        for step in 0..steps {
+            let member = if r.chance(98) || seed % 2 == 1 {
+                format!("m{}", r.below(space)).into_bytes()
+            } else {
+                r.bytes(6)
+            };
+            // Few distinct scores, so ties (ordered by member) are common; -0.0 and 0.0 too.
+            let score = [
+                -0.0,
+                0.0,
+                1.5,
+                -3.0,
+                1e300,
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+            ][r.below(7) as usize]
+                + (r.below(4) as f64);
+            let sorted = || {
+                let mut s: Vec<(Vec<u8>, f64)> = m.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                s.sort_by(|a, b| a.1.partial_cmp(&b.1).unwrap().then_with(|| a.0.cmp(&b.0)));
+                s
+            };
+            match r.below(8) {
+                0..=2 => {
+                    let new = z.insert(&member, score);
+                    assert_eq!(
+                        new,
+                        m.insert(member.clone(), score).is_none(),
+                        "seed {seed} step {step}"
+                    );
+                    if member.len() > ZSET_PACKED_BYTES_MAX || m.len() > ZSET_PACKED_ENTRIES_MAX {
+                        should_be_packed = false;
+                    }
+                }
+                3 => assert_eq!(z.remove(&member), m.remove(&member).is_some()),
+                4 => assert_eq!(z.score(&member), m.get(&member).copied()),
+                5 => assert_eq!(
+                    z.rank(&member),
+                    sorted().iter().position(|(k, _)| *k == member),
+                    "seed {seed} step {step}"
+                ),
+                6 => {
+                    let sorted = sorted();
+                    let a = r.below(sorted.len() as u64 + 3) as usize;
+                    let b = r.below(sorted.len() as u64 + 3) as usize;
+                    let got: Vec<(Vec<u8>, f64)> = z
+                        .range_by_rank(a, b)
+                        .into_iter()
+                        .map(|(k, s)| (k.to_vec(), s))
+                        .collect();
+                    let want: Vec<(Vec<u8>, f64)> = sorted
+                        .iter()
+                        .skip(a)
+                        .take(b.saturating_sub(a))
+                        .cloned()
+                        .collect();
+                    assert_eq!(got, want, "seed {seed} step {step}: ranks {a}..{b}");
+                }
+                _ => {
+                    let sorted = sorted();
+                    let bound = |r: &mut Rng| {
+                        let v = r.below(8) as f64 - 2.0;
+                        match r.below(3) {
+                            0 => Bound::Included(v),
+                            1 => Bound::Excluded(v),
+                            _ => Bound::Unbounded,
+                        }
+                    };
+                    let (lo, hi) = (bound(&mut r), bound(&mut r));
+                    let limit = [usize::MAX, 3][r.below(2) as usize];
+                    let inside = |s: f64| {
+                        (match lo {
+                            Bound::Included(v) => s >= v,
+                            Bound::Excluded(v) => s > v,
+                            Bound::Unbounded => true,
+                        }) && (match hi {
+                            Bound::Included(v) => s <= v,
+                            Bound::Excluded(v) => s < v,
+                            Bound::Unbounded => true,
+                        })
+                    };
+                    let got: Vec<(Vec<u8>, f64)> = z
+                        .range_by_score(lo, hi, limit)
+                        .into_iter()
+                        .map(|(k, s)| (k.to_vec(), s))
+                        .collect();
+                    let want: Vec<(Vec<u8>, f64)> = sorted
+                        .iter()
+                        .filter(|(_, s)| inside(*s))
+                        .take(limit)
+                        .cloned()
+                        .collect();
+                    assert_eq!(got, want, "seed {seed} step {step}: scores {lo:?}..{hi:?}");
+                }
+            }
+            assert_eq!(z.len(), m.len(), "seed {seed} step {step}");
+            assert_eq!(z.is_packed(), should_be_packed, "seed {seed} step {step}");
+        }
+    }
 }
