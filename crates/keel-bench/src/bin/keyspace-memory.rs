@@ -15,6 +15,9 @@
 //!   of 20 fields, N/10 sets of 20 members, N/10 sorted sets of 20 members, N/100 lists of 1000
 //!   elements.
 //!
+//! For the string workloads of the table and of today's map, the child then overwrites every key
+//! and reads every key, in a scattered order, and reports the time per key of each.
+//!
 //! `cargo run --release -p keel-bench --bin keyspace-memory -- [--keys N] [WORKLOAD...]`
 
 use std::process::Command;
@@ -220,15 +223,77 @@ fn load(workload: &str, n: usize) -> Result<Loaded> {
     })
 }
 
+/// The i-th key of a scattered walk over all `n` keys: 2654435761 is a prime above any `n`
+/// used here, so `i -> i * p mod n` visits each key once, in an order with no locality.
+fn scattered(i: usize, n: usize) -> usize {
+    ((i as u128 * 2_654_435_761) % n as u128) as usize
+}
+
+/// With the string keys loaded: ns per overwrite of an existing key (the publish step's work:
+/// new key and value bytes arrive from a request) and per point read, in a scattered order.
+fn steady(workload: &str, keep: &mut dyn std::any::Any, n: usize) -> Option<(f64, f64)> {
+    type OrdMapAndIndex = (
+        imbl::OrdMap<keel_engine::Key, keel_engine::Entry>,
+        std::collections::HashMap<Bytes, keel_engine::Entry, foldhash::fast::RandomState>,
+    );
+    let per = |t: Instant| t.elapsed().as_secs_f64() * 1e9 / n as f64;
+    let mut found = 0usize;
+    let r = match workload {
+        "table-strings" => {
+            let t: &mut Table = keep.downcast_mut()?;
+            let t0 = Instant::now();
+            for i in 0..n {
+                let k = scattered(i, n);
+                t.insert_string(&key16(k), &value100(k + 1), None, 2);
+            }
+            let replace = per(t0);
+            let t0 = Instant::now();
+            for i in 0..n {
+                let k = scattered(i, n);
+                found += t.get(&key16(k)).is_some() as usize;
+            }
+            (replace, per(t0))
+        }
+        "ordmap-strings" => {
+            let (map, index): &mut OrdMapAndIndex = keep.downcast_mut()?;
+            let t0 = Instant::now();
+            for i in 0..n {
+                let k = scattered(i, n);
+                let key = Bytes::copy_from_slice(&key16(k));
+                let e = keel_engine::Entry {
+                    value: Bytes::copy_from_slice(&value100(k + 1)),
+                    version: 2,
+                    expires_at_ms: None,
+                };
+                map.insert(keel_engine::Key::new(key.clone()), e.clone());
+                index.insert(key, e);
+            }
+            let replace = per(t0);
+            let t0 = Instant::now();
+            for i in 0..n {
+                let k = scattered(i, n);
+                found += index.get(&key16(k)[..]).is_some() as usize;
+            }
+            (replace, per(t0))
+        }
+        _ => return None,
+    };
+    assert_eq!(found, n, "every key is found");
+    Some(r)
+}
+
 fn child(workload: &str, n: usize) -> Result<()> {
     let before = rss_bytes()?;
     let t0 = Instant::now();
-    let loaded = load(workload, n)?;
+    let mut loaded = load(workload, n)?;
     let secs = t0.elapsed().as_secs_f64();
     let after = rss_bytes()?;
-    // One line for the parent: workload, items, rss growth, seconds, estimate, description.
+    let steady = steady(workload, loaded.keep.as_mut(), n)
+        .map_or("-\t-".to_string(), |(r, g)| format!("{r:.0} ns\t{g:.0} ns"));
+    // One line for the parent: workload, items, rss growth, seconds, estimate, description,
+    // overwrite and read times.
     println!(
-        "{workload}\t{}\t{}\t{secs}\t{}\t{}",
+        "{workload}\t{}\t{}\t{secs}\t{}\t{}\t{steady}",
         loaded.items,
         after.saturating_sub(before),
         loaded.estimate.map_or("-".to_string(), |e| e.to_string()),
@@ -259,9 +324,9 @@ fn main() -> Result<()> {
     };
     let exe = std::env::current_exe()?;
     println!(
-        "| workload | shape | items | RSS growth | bytes per item | table's estimate per item | insert time per item |"
+        "| workload | shape | items | RSS growth | bytes per item | table's estimate per item | insert time per item | overwrite per key | read per key |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for w in &workloads {
         let out = Command::new(&exe)
             .args(["--keys", &n.to_string(), "--child", w])
@@ -275,7 +340,7 @@ fn main() -> Result<()> {
         }
         let line = String::from_utf8(out.stdout)?;
         let f: Vec<&str> = line.trim().split('\t').collect();
-        let [_, items, grown, secs, estimate, what] = f[..] else {
+        let [_, items, grown, secs, estimate, what, overwrite, read] = f[..] else {
             bail!("child {w} printed {line:?}");
         };
         let (items, grown, secs): (f64, f64, f64) = (items.parse()?, grown.parse()?, secs.parse()?);
@@ -283,7 +348,7 @@ fn main() -> Result<()> {
             .parse::<f64>()
             .map_or("-".to_string(), |e| format!("{:.0} B", e / items));
         println!(
-            "| {w} | {what} | {items} | {:.1} MiB | {:.0} B | {estimate} | {:.0} ns |",
+            "| {w} | {what} | {items} | {:.1} MiB | {:.0} B | {estimate} | {:.0} ns | {overwrite} | {read} |",
             grown / (1 << 20) as f64,
             grown / items,
             secs * 1e9 / items
