@@ -388,7 +388,9 @@ impl Shard {
         }
     }
 
-    /// The entry of `key`, first inserting `make()` at `version` if there is none.
+    /// The entry of `key`, first inserting `make()` at `version` if there is none. An entry
+    /// already there is returned whatever its kind and expiry: the caller answers WRONGTYPE, and
+    /// removes an expired entry first, as judged at its own time.
     pub fn get_or_insert_with(
         &mut self,
         hash: u64,
@@ -713,6 +715,7 @@ impl Table {
         self.shards
     }
 
+    /// Entries stored, expired ones included: the table stores expiry, it does not judge it.
     pub fn len(&self) -> usize {
         self.len
     }
