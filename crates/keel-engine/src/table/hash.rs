@@ -171,6 +171,18 @@ impl HashValue {
         }
     }
 
+    /// HRANDFIELD's pick: a uniformly random (field, value), `rand` giving the randomness.
+    /// O(1) expected for a table, O(n) over at most 128 pairs when packed.
+    pub fn random(&self, rand: &mut dyn FnMut() -> u64) -> Option<(&[u8], &[u8])> {
+        if self.is_empty() {
+            return None;
+        }
+        match &self.0 {
+            Repr::Packed { .. } => self.iter().nth((rand() % self.len() as u64) as usize),
+            Repr::Table { pairs, .. } => packed::random_in(pairs, rand).map(|p| split_pair(p)),
+        }
+    }
+
     /// HGETALL: every (field, value), in no particular order.
     pub fn iter(&self) -> HashIter<'_> {
         HashIter(match &self.0 {

@@ -810,6 +810,36 @@ impl Table {
         self.len = 0;
     }
 
+    /// RANDOMKEY's pick: a uniformly random entry (expired ones included), `rand` giving the
+    /// randomness. Rejection sampling: a random shard, a random bucket of it, kept if full and
+    /// with probability (the shard's buckets / the most any shard has), so that every entry has
+    /// the same chance. O(shards) to find the largest shard, then 2/load tries expected; after
+    /// 256 misses, the n-th entry by iteration, O(n).
+    pub fn random(&self, rand: &mut dyn FnMut() -> u64) -> Option<EntryRef<'_>> {
+        if self.is_empty() {
+            return None;
+        }
+        let most = self
+            .shards
+            .iter()
+            .map(|s| s.slots.num_buckets())
+            .max()
+            .unwrap_or(0) as u64;
+        for _ in 0..256 {
+            let s = &self.shards[(rand() % self.shards.len() as u64) as usize];
+            let pick = rand() % most;
+            // `pick` is uniform below `most`; the bucket exists with probability
+            // buckets/most, and then is uniform among the shard's buckets.
+            if let Some(b) = s.slots.get_bucket(pick as usize) {
+                return Some(EntryRef {
+                    block: b,
+                    colls: &s.colls,
+                });
+            }
+        }
+        self.iter().nth((rand() % self.len as u64) as usize)
+    }
+
     /// Every entry, shard by shard, in no particular order within a shard.
     pub fn iter(&self) -> impl Iterator<Item = EntryRef<'_>> + '_ {
         self.shards.iter().flat_map(Shard::iter)

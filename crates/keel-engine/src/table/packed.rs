@@ -97,6 +97,25 @@ pub(crate) fn splice(buf: &mut Vec<u8>, range: std::ops::Range<usize>, elements:
     buf.shrink_to_fit();
 }
 
+/// A uniformly random element of a hashbrown table, `rand` giving the randomness (so that the
+/// sequencer can decide it once and log the result): random buckets until a full one, 1/load
+/// tries expected, and after 64 empty ones the n-th element by iteration, O(n).
+pub(crate) fn random_in<'a, T>(
+    t: &'a hashbrown::HashTable<T>,
+    rand: &mut dyn FnMut() -> u64,
+) -> Option<&'a T> {
+    if t.is_empty() {
+        return None;
+    }
+    let buckets = t.num_buckets() as u64;
+    for _ in 0..64 {
+        if let Some(x) = t.get_bucket((rand() % buckets) as usize) {
+            return Some(x);
+        }
+    }
+    t.iter().nth((rand() % t.len() as u64) as usize)
+}
+
 /// Redis's test for a member an intset may hold: the canonical decimal form of an `i64` (no
 /// sign on zero, no leading zeros, no '+', no spaces), so that rendering it back gives the very
 /// same bytes.

@@ -191,6 +191,26 @@ impl SetValue {
         }
     }
 
+    /// SRANDMEMBER/SPOP's pick: a uniformly random member, `rand` giving the randomness.
+    /// O(1) for an intset, O(n) over at most 128 members when packed, O(1) expected for a table.
+    pub fn random(&self, rand: &mut dyn FnMut() -> u64) -> Option<Cow<'_, [u8]>> {
+        if self.is_empty() {
+            return None;
+        }
+        let len = self.len() as u64;
+        match &self.0 {
+            Repr::Ints(i) => Some(Cow::Owned(
+                i.get((rand() % len) as usize).to_string().into_bytes(),
+            )),
+            Repr::Packed { buf, .. } => Elements::new(buf)
+                .nth((rand() % len) as usize)
+                .map(Cow::Borrowed),
+            Repr::Table { members, .. } => {
+                packed::random_in(members, rand).map(|m| Cow::Borrowed(&m[..]))
+            }
+        }
+    }
+
     /// SMEMBERS: every member, in no particular order (an intset's in ascending order).
     pub fn iter(&self) -> SetIter<'_> {
         SetIter(match &self.0 {

@@ -665,3 +665,92 @@ fn sorted_sets_match_a_model_and_convert_as_redis_does() {
         }
     }
 }
+
+/// The random picks reach every member, with roughly equal frequency, in every encoding: 40
+/// members drawn 8000 times each, so each is expected 200 times; fewer than 100 or more than 300
+/// would be off by over seven standard deviations.
+#[test]
+fn random_picks_are_uniform_in_every_encoding() {
+    let mut r = Rng(7);
+    let mut rand = move || r.next();
+    let check = |counts: BTreeMap<Vec<u8>, usize>, what: &str| {
+        assert_eq!(counts.len(), 40, "{what}: every member drawn");
+        for (m, n) in counts {
+            assert!((100..=300).contains(&n), "{what}: {m:?} drawn {n} times");
+        }
+    };
+    for (what, members) in [
+        (
+            "intset",
+            (0..40)
+                .map(|i| i.to_string().into_bytes())
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "packed",
+            (0..40).map(|i| format!("m{i}").into_bytes()).collect(),
+        ),
+        ("table", (0..40).map(|i| vec![b'x'; 65 + i]).collect()),
+    ] {
+        let mut s = SetValue::new();
+        let mut h = HashValue::new();
+        let mut z = ZSetValue::new();
+        for m in &members {
+            s.insert(m);
+            h.insert(m, b"v");
+            z.insert(m, 1.0);
+        }
+        // Many removals leave the tables sparse, which the bucket sampling must not skew; the
+        // churned members keep each set in its encoding.
+        for i in 0..2000usize {
+            let m = match what {
+                "intset" => (1000 + i).to_string().into_bytes(),
+                "packed" => format!("gone{i}").into_bytes(),
+                _ => vec![b'y'; 65 + i],
+            };
+            s.insert(&m);
+            s.remove(&m);
+            h.insert(&m, b"v");
+            h.remove(&m);
+        }
+        let want = match what {
+            "intset" => SetEncoding::Ints,
+            "packed" => SetEncoding::Packed,
+            _ => SetEncoding::Table,
+        };
+        assert_eq!(s.encoding(), want);
+        assert_eq!(h.is_packed(), what != "table");
+        assert_eq!(z.is_packed(), what != "table");
+        let mut counts = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        for _ in 0..8000 {
+            *counts
+                .0
+                .entry(s.random(&mut rand).unwrap().into_owned())
+                .or_default() += 1;
+            *counts
+                .1
+                .entry(h.random(&mut rand).unwrap().0.to_vec())
+                .or_default() += 1;
+            *counts
+                .2
+                .entry(z.random(&mut rand).unwrap().0.to_vec())
+                .or_default() += 1;
+        }
+        check(counts.0, &format!("set {what}"));
+        check(counts.1, &format!("hash {what}"));
+        check(counts.2, &format!("sorted set {what}"));
+    }
+    // Keys over many shards of unequal sizes.
+    let mut t = Table::with_shard_bits(3);
+    for i in 0..40u32 {
+        t.insert_string(&i.to_be_bytes(), b"", None, 1);
+    }
+    let mut counts = BTreeMap::new();
+    for _ in 0..8000 {
+        *counts
+            .entry(t.random(&mut rand).unwrap().key().to_vec())
+            .or_default() += 1;
+    }
+    check(counts, "table");
+    assert!(Table::new().random(&mut rand).is_none());
+}

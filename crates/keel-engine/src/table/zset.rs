@@ -247,6 +247,16 @@ impl ZSetValue {
         }
     }
 
+    /// ZRANDMEMBER's pick: a uniformly random (member, score), `rand` giving the randomness.
+    /// O(log n) by rank.
+    pub fn random(&self, rand: &mut dyn FnMut() -> u64) -> Option<(&[u8], f64)> {
+        if self.is_empty() {
+            return None;
+        }
+        let i = (rand() % self.len() as u64) as usize;
+        self.range_by_rank(i, i + 1).pop()
+    }
+
     /// Every (member, score), ascending.
     pub fn iter(&self) -> Vec<(&[u8], f64)> {
         self.range_by_rank(0, self.len())
