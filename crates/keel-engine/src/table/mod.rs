@@ -39,8 +39,8 @@
 //!
 //! A [`Shard`] is a plain struct with `&mut` writes; the [`Table`] is the same over all shards.
 //! Locking is left to the owner: the engine can keep one `Table` behind one writer (its publish
-//! step) or split it with [`Table::into_shards`] and put each shard behind its own lock, using
-//! [`Table::hash`]/[`Table::shard_index`] to route and the `Shard` methods that take the hash.
+//! step) or split it with [`Table::into_parts`] and put each shard behind its own lock, using
+//! the [`Router`] to hash and route and the `Shard` methods that take the hash.
 //!
 //! # SCAN
 //!
@@ -48,9 +48,12 @@
 //! visit: everything with a smaller hash has been returned. Because the shard is the hash's top
 //! bits, this is shard by shard. A key present for the whole scan keeps its hash, so it is
 //! returned exactly once unless its hash collides in all 64 bits with another (then both come
-//! in the same call), whatever inserts, removes and table growths happen between calls. The
-//! price: hashbrown gives no stable bucket positions, so a call hashes every key of the shard
-//! it reads, O(shard length) per call, not O(COUNT) as in Redis (see [`Table::scan`]).
+//! in the same call), whatever inserts, removes and table growths happen between calls.
+//!
+//! The price: a call hashes every key of the shards it reads, O(shard length) per call, not
+//! O(COUNT) as in Redis (see [`Table::scan`]). Redis's bucket cursor does not carry over:
+//! hashbrown is open-addressed, so an entry need not sit in its home bucket, and a resize moves
+//! entries to positions that no cursor order predicts.
 
 mod hash;
 mod list;
@@ -243,7 +246,10 @@ pub struct Removed {
 }
 
 /// One shard: a hash table of blocks and a slab of the collections they point to.
-#[derive(Clone, Debug, Default)]
+///
+/// Shards are made only by a [`Table`]: every shard of a table rehashes its keys with the
+/// table's seed, so a shard from elsewhere would lose its keys when it grows.
+#[derive(Clone, Debug)]
 pub struct Shard {
     slots: HashTable<Box<[u8]>>,
     colls: Vec<Option<Coll>>,
@@ -255,8 +261,10 @@ pub struct Shard {
 impl Shard {
     fn with_state(state: RandomState) -> Shard {
         Shard {
+            slots: HashTable::new(),
+            colls: Vec::new(),
+            free: Vec::new(),
             state,
-            ..Shard::default()
         }
     }
 
@@ -643,6 +651,26 @@ impl<'a> EntryMut<'a> {
     }
 }
 
+/// A table's hashing and routing, kept by an owner that has taken the shards apart
+/// ([`Table::into_parts`]).
+#[derive(Clone, Debug)]
+pub struct Router {
+    state: RandomState,
+    shard_bits: u32,
+}
+
+impl Router {
+    /// The key's hash, as [`Table::hash`].
+    pub fn hash(&self, key: &[u8]) -> u64 {
+        self.state.hash_one(key)
+    }
+
+    /// The shard of a hash, as [`Table::shard_index`].
+    pub fn shard_index(&self, hash: u64) -> usize {
+        (hash >> (64 - self.shard_bits)) as usize
+    }
+}
+
 /// Shard count when the expected size is unknown.
 pub const SHARD_BITS_DEFAULT: u32 = 10;
 /// Fewest and most shards (as powers of two).
@@ -711,8 +739,14 @@ impl Table {
     }
 
     /// The shards, in hash order, to lock separately (see the module's documentation).
-    pub fn into_shards(self) -> Box<[Shard]> {
-        self.shards
+    pub fn into_parts(self) -> (Router, Box<[Shard]>) {
+        (
+            Router {
+                state: self.state,
+                shard_bits: self.shard_bits,
+            },
+            self.shards,
+        )
     }
 
     /// Entries stored, expired ones included: the table stores expiry, it does not judge it.

@@ -754,3 +754,25 @@ fn random_picks_are_uniform_in_every_encoding() {
     check(counts, "table");
     assert!(Table::new().random(&mut rand).is_none());
 }
+
+/// Shards taken apart and routed by the router find the same keys, and keep them as they grow.
+#[test]
+fn shards_taken_apart_route_as_the_table_did() {
+    let mut t = Table::with_shard_bits(4);
+    for i in 0..100u32 {
+        t.insert_string(&i.to_le_bytes(), b"v", None, 1);
+    }
+    let (router, mut shards) = t.into_parts();
+    for i in 100..3000u32 {
+        let k = i.to_le_bytes();
+        let h = router.hash(&k);
+        shards[router.shard_index(h)].insert_string(h, &k, b"w", None, 2);
+    }
+    for i in 0..3000u32 {
+        let k = i.to_le_bytes();
+        let h = router.hash(&k);
+        let e = shards[router.shard_index(h)].get(h, &k).expect("present");
+        assert_eq!(e.version(), if i < 100 { 1 } else { 2 });
+    }
+    assert_eq!(shards.iter().map(Shard::len).sum::<usize>(), 3000);
+}
