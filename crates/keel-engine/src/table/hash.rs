@@ -163,6 +163,7 @@ impl HashValue {
                 match pairs.find_entry(state.hash_one(field), |p| split_pair(p).0 == field) {
                     Ok(o) => {
                         o.remove();
+                        packed::shrink_if_sparse(pairs, |p| state.hash_one(split_pair(p).0));
                         true
                     }
                     Err(_) => false,

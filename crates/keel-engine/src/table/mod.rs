@@ -422,10 +422,18 @@ impl Shard {
             Ok(o) => {
                 let (old, _) = o.remove();
                 Self::release(&mut self.colls, &mut self.free, &old);
+                self.shrink_if_sparse();
                 true
             }
             Err(_) => false,
         }
+    }
+
+    fn shrink_if_sparse(&mut self) {
+        let state = &self.state;
+        packed::shrink_if_sparse(&mut self.slots, |b| {
+            probe_hash(state.hash_one(block_key(b)))
+        });
     }
 
     /// Removes `key` and returns its entry (for RENAME, or to log what was deleted).
@@ -435,6 +443,7 @@ impl Shard {
             .find_entry(probe_hash(hash), |b| block_key(b) == key)
             .ok()?;
         let (old, _) = o.remove();
+        self.shrink_if_sparse();
         let h = header(&old);
         let value = match Self::release(&mut self.colls, &mut self.free, &old) {
             None => Value::String(old[h.value_at..].to_vec()),

@@ -116,6 +116,15 @@ pub(crate) fn random_in<'a, T>(
     t.iter().nth((rand() % t.len() as u64) as usize)
 }
 
+/// Gives memory back after removals, as Redis shrinks a dict under 1/8 full (hashbrown never
+/// shrinks by itself): when a table of more than 64 slots holds under an eighth of its
+/// capacity, it shrinks to twice its length, so that growing back costs as much as the shrink.
+pub(crate) fn shrink_if_sparse<T>(t: &mut hashbrown::HashTable<T>, hasher: impl Fn(&T) -> u64) {
+    if t.capacity() > 64 && t.len() < t.capacity() / 8 {
+        t.shrink_to(t.len() * 2, hasher);
+    }
+}
+
 /// Redis's test for a member an intset may hold: the canonical decimal form of an `i64` (no
 /// sign on zero, no leading zeros, no '+', no spaces), so that rendering it back gives the very
 /// same bytes.

@@ -183,6 +183,7 @@ impl SetValue {
                 match members.find_entry(state.hash_one(member), |m| &m[..] == member) {
                     Ok(o) => {
                         o.remove();
+                        packed::shrink_if_sparse(members, |m| state.hash_one(&m[..]));
                         true
                     }
                     Err(_) => false,

@@ -776,3 +776,47 @@ fn shards_taken_apart_route_as_the_table_did() {
     }
     assert_eq!(shards.iter().map(Shard::len).sum::<usize>(), 3000);
 }
+
+/// Removing most keys, fields or members gives the tables' memory back, as Redis's dicts shrink;
+/// the survivors stay findable.
+#[test]
+fn tables_shrink_after_most_entries_are_removed() {
+    let mut t = Table::with_shard_bits(1);
+    let mut h = HashValue::new();
+    let mut s = SetValue::new();
+    let mut z = ZSetValue::new();
+    let n = 20_000u32;
+    for i in 0..n {
+        let k = format!("k{i}").into_bytes();
+        t.insert_string(&k, b"", None, 1);
+        h.insert(&k, b"");
+        s.insert(&k);
+        z.insert(&k, f64::from(i));
+    }
+    let full = (
+        t.memory_bytes(),
+        h.memory_bytes(),
+        s.memory_bytes(),
+        z.memory_bytes(),
+    );
+    for i in 10..n {
+        let k = format!("k{i}").into_bytes();
+        assert!(t.remove(&k) && h.remove(&k) && s.remove(&k) && z.remove(&k));
+    }
+    let after = (
+        t.memory_bytes(),
+        h.memory_bytes(),
+        s.memory_bytes(),
+        z.memory_bytes(),
+    );
+    assert!(after.0 * 20 < full.0, "table: {after:?} vs {full:?}");
+    assert!(after.1 * 20 < full.1, "hash: {after:?} vs {full:?}");
+    assert!(after.2 * 20 < full.2, "set: {after:?} vs {full:?}");
+    // The skip list's node arena keeps its slots for reuse; its member index shrinks.
+    assert!(after.3 < full.3, "sorted set: {after:?} vs {full:?}");
+    for i in 0..10 {
+        let k = format!("k{i}").into_bytes();
+        assert!(t.get(&k).is_some() && h.get(&k).is_some() && s.contains(&k));
+        assert_eq!(z.score(&k), Some(f64::from(i)));
+    }
+}

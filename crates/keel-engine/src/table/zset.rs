@@ -505,6 +505,10 @@ impl SkipList {
             .find_entry(hash, |&i| i == x)
             .unwrap_or_else(|_| panic!("a present member is in the index"))
             .remove();
+        let (nodes, state) = (&self.nodes, &self.state);
+        packed::shrink_if_sparse(&mut self.dict, |&i| {
+            state.hash_one(&nodes[i as usize].member[..])
+        });
         self.nodes[x as usize].member = Box::new([]);
         self.nodes[x as usize].levels = Box::new([]);
         self.free.push(x);
