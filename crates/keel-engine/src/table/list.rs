@@ -222,6 +222,162 @@ impl ListValue {
         true
     }
 
+    /// LTRIM once the caller has turned Redis's inclusive, possibly negative bounds into a
+    /// half-open range: keeps elements `start..end` (clamped), drops the rest. O(removed /
+    /// elements per chunk + elements per chunk): whole chunks go at once.
+    pub fn trim(&mut self, start: usize, end: usize) {
+        let end = end.min(self.len);
+        if start >= end {
+            *self = ListValue::new();
+            return;
+        }
+        let mut drop_back = self.len - end;
+        while let Some(c) = self.chunks.back_mut() {
+            if c.len <= drop_back {
+                drop_back -= c.len;
+                self.len -= c.len;
+                self.chunks.pop_back();
+            } else {
+                if drop_back > 0 {
+                    let keep = c.len - drop_back;
+                    let off = c.offset(keep);
+                    c.buf.truncate(off);
+                    c.len = keep;
+                    self.len -= drop_back;
+                    c.shrink_if_sparse();
+                }
+                break;
+            }
+        }
+        let mut drop_front = start;
+        while let Some(c) = self.chunks.front_mut() {
+            if c.len <= drop_front {
+                drop_front -= c.len;
+                self.len -= c.len;
+                self.chunks.pop_front();
+            } else {
+                if drop_front > 0 {
+                    let off = c.offset(drop_front);
+                    c.buf.drain(..off);
+                    c.len -= drop_front;
+                    self.len -= drop_front;
+                    c.shrink_if_sparse();
+                }
+                break;
+            }
+        }
+    }
+
+    /// LREM: removes elements equal to `v`, at most `count` of them from the head if `count` is
+    /// positive, from the tail if negative, all if zero. Returns how many. O(n).
+    pub fn remove_matching(&mut self, v: &[u8], count: i64) -> usize {
+        let mut budget = if count == 0 {
+            usize::MAX
+        } else {
+            count.unsigned_abs() as usize
+        };
+        let mut removed = 0;
+        let order: Vec<usize> = if count < 0 {
+            (0..self.chunks.len()).rev().collect()
+        } else {
+            (0..self.chunks.len()).collect()
+        };
+        for ci in order {
+            if budget == 0 {
+                break;
+            }
+            let c = &mut self.chunks[ci];
+            let mut spans = Vec::with_capacity(c.len);
+            let mut at = 0;
+            while at < c.buf.len() {
+                let (e, next) = forward(&c.buf, at);
+                spans.push((at, next, e == v));
+                at = next;
+            }
+            let mut drop = vec![false; spans.len()];
+            let idx: Vec<usize> = if count < 0 {
+                (0..spans.len()).rev().collect()
+            } else {
+                (0..spans.len()).collect()
+            };
+            for i in idx {
+                if budget == 0 {
+                    break;
+                }
+                if spans[i].2 {
+                    drop[i] = true;
+                    budget -= 1;
+                }
+            }
+            let n = drop.iter().filter(|d| **d).count();
+            if n == 0 {
+                continue;
+            }
+            let mut buf = Vec::with_capacity(c.buf.len());
+            for (i, (a, b, _)) in spans.iter().enumerate() {
+                if !drop[i] {
+                    buf.extend_from_slice(&c.buf[*a..*b]);
+                }
+            }
+            c.buf = buf;
+            c.len -= n;
+            removed += n;
+        }
+        self.chunks.retain(|c| c.len > 0);
+        self.len -= removed;
+        removed
+    }
+
+    /// LINSERT: puts `v` before or after the first element equal to `pivot`; false if there is
+    /// none. O(n) to find the pivot; a chunk that would overflow is split there.
+    pub fn insert_at_pivot(&mut self, pivot: &[u8], after: bool, v: &[u8]) -> bool {
+        let mut found = None;
+        'chunks: for (ci, c) in self.chunks.iter().enumerate() {
+            let mut at = 0;
+            let mut ei = 0;
+            while at < c.buf.len() {
+                let (e, next) = forward(&c.buf, at);
+                if e == pivot {
+                    found = Some((ci, ei + usize::from(after), if after { next } else { at }));
+                    break 'chunks;
+                }
+                at = next;
+                ei += 1;
+            }
+        }
+        let Some((ci, ei, off)) = found else {
+            return false;
+        };
+        let mut e = Vec::with_capacity(element_size(v.len()));
+        encode(v, &mut e);
+        let c = &mut self.chunks[ci];
+        if c.fits(v) {
+            c.grow(e.len());
+            c.buf.splice(off..off, e);
+            c.len += 1;
+        } else {
+            // Split at the insertion point: [head] [v] [tail], dropping an empty side.
+            let tail = Chunk {
+                buf: c.buf.split_off(off),
+                len: c.len - ei,
+            };
+            c.len = ei;
+            c.buf.shrink_to_fit();
+            let mid = Chunk { len: 1, buf: e };
+            let mut at = ci + 1;
+            if c.len == 0 {
+                self.chunks.remove(ci);
+                at = ci;
+            }
+            self.chunks.insert(at, mid);
+            if tail.len > 0 {
+                self.chunks.insert(at + 1, tail);
+            }
+        }
+        self.len += 1;
+        true
+    }
+
     /// Elements `start..end` (clamped to the list), in order: LRANGE once the caller has turned
     /// Redis's inclusive, possibly negative bounds into a half-open range.
     pub fn range(&self, start: usize, end: usize) -> impl Iterator<Item = &[u8]> + '_ {

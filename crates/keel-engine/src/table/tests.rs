@@ -394,8 +394,10 @@ fn lists_match_a_deque_model() {
             let v = if r.chance(2) {
                 vec![7u8; LIST_CHUNK_BYTES_MAX + r.below(100) as usize]
             } else {
+                // Few distinct contents of each length, so LREM and LINSERT find matches.
                 let n = [0, 1, 20, 127, 128, 300][r.below(6) as usize];
-                (0..n).map(|_| r.below(256) as u8).collect()
+                let fill = r.below(3) as u8;
+                vec![fill; n]
             };
             match r.below(100) {
                 x if x < push_bias => {
@@ -415,6 +417,70 @@ fn lists_match_a_deque_model() {
                     if let Some(e) = m.get_mut(i) {
                         *e = v;
                     }
+                }
+                x if x < push_bias + 37 => {
+                    // LREM of a value that is often there: lists hold few distinct values.
+                    let target = m
+                        .get(r.below(m.len() as u64 + 1) as usize)
+                        .cloned()
+                        .unwrap_or_default();
+                    let count = r.below(7) as i64 - 3;
+                    let mut want = 0;
+                    let mut budget = if count == 0 {
+                        usize::MAX
+                    } else {
+                        count.unsigned_abs() as usize
+                    };
+                    let idx: Vec<usize> = if count < 0 {
+                        (0..m.len()).rev().collect()
+                    } else {
+                        (0..m.len()).collect()
+                    };
+                    let mut drop = BTreeSet::new();
+                    for i in idx {
+                        if budget > 0 && m[i] == target {
+                            drop.insert(i);
+                            budget -= 1;
+                            want += 1;
+                        }
+                    }
+                    let mut i = 0;
+                    m.retain(|_| {
+                        i += 1;
+                        !drop.contains(&(i - 1))
+                    });
+                    assert_eq!(
+                        l.remove_matching(&target, count),
+                        want,
+                        "seed {seed} step {step}"
+                    );
+                }
+                x if x < push_bias + 39 => {
+                    let pivot = m
+                        .get(r.below(m.len() as u64 + 1) as usize)
+                        .cloned()
+                        .unwrap_or_else(|| b"none".to_vec());
+                    let after = r.chance(50);
+                    let at = m.iter().position(|e| *e == pivot);
+                    assert_eq!(
+                        l.insert_at_pivot(&pivot, after, &v),
+                        at.is_some(),
+                        "seed {seed} step {step}"
+                    );
+                    if let Some(at) = at {
+                        m.insert(at + usize::from(after), v);
+                    }
+                }
+                x if x < push_bias + 40 => {
+                    let a = r.below(m.len() as u64 / 4 + 2) as usize;
+                    let b = m.len() + 1 - r.below(m.len() as u64 / 4 + 2) as usize;
+                    l.trim(a, b);
+                    let b = b.min(m.len());
+                    m = if a < b {
+                        m.iter().skip(a).take(b - a).cloned().collect()
+                    } else {
+                        VecDeque::new()
+                    };
                 }
                 x if x < push_bias + 42 => {
                     let a = r.below(m.len() as u64 + 3) as usize;
