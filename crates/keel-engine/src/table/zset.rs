@@ -190,6 +190,7 @@ impl ZSetValue {
                 Some(i) => {
                     let score = s.nodes[i as usize].score;
                     s.remove(member, score);
+                    s.compact_if_sparse();
                     true
                 }
                 None => false,
@@ -255,6 +256,21 @@ impl ZSetValue {
         }
         let i = (rand() % self.len() as u64) as usize;
         self.range_by_rank(i, i + 1).pop()
+    }
+
+    /// ZCOUNT: how many members have a score within `min` and `max`. O(log n) in the large
+    /// form.
+    pub fn count_by_score(&self, min: Bound<f64>, max: Bound<f64>) -> usize {
+        match &self.0 {
+            Repr::Packed { buf, .. } => packed_pairs(buf)
+                .filter(|(_, _, _, s)| above_min(*s, min) && below_max(*s, max))
+                .count(),
+            Repr::Skip(s) => {
+                let (_, first) = s.first_where(|sc| above_min(sc, min));
+                let (_, past) = s.first_where(|sc| !below_max(sc, max));
+                past.saturating_sub(first)
+            }
+        }
     }
 
     /// Every (member, score), ascending.
@@ -561,17 +577,37 @@ impl SkipList {
 
     /// The first node whose score is within `min`, or NIL.
     fn first_at_least(&self, min: Bound<f64>) -> u32 {
+        self.first_where(|s| above_min(s, min)).0
+    }
+
+    /// The first node whose score satisfies `at_or_past` (which must hold from some node on,
+    /// in order), and its 0-based rank (`len` if there is none). O(log n).
+    fn first_where(&self, at_or_past: impl Fn(f64) -> bool) -> (u32, usize) {
         let mut x = HEAD;
+        let mut rank = 0usize;
         for i in (0..self.level).rev() {
             loop {
                 let f = self.fwd(x, i);
-                if f == NIL || above_min(self.node(f).score, min) {
+                if f == NIL || at_or_past(self.node(f).score) {
                     break;
                 }
+                rank += self.nodes[x as usize].levels[i].span as usize;
                 x = f;
             }
         }
-        self.fwd(x, 0)
+        (self.fwd(x, 0), rank)
+    }
+
+    /// Rebuilds the list when most of its node arena is free slots, so that a sorted set that
+    /// shrank gives its memory back: O(n log n) once per n/2 removals.
+    fn compact_if_sparse(&mut self) {
+        if self.nodes.len() > 64 && self.free.len() > self.nodes.len() / 2 {
+            let mut fresh = SkipList::new();
+            for (m, s) in self.walk_from(self.fwd(HEAD, 0)) {
+                fresh.insert(m, s);
+            }
+            *self = fresh;
+        }
     }
 
     fn walk_from(&self, mut x: u32) -> impl Iterator<Item = (&[u8], f64)> + '_ {
