@@ -86,15 +86,20 @@ impl<'a> Iterator for Elements<'a> {
     }
 }
 
-/// Replaces `buf[range]` with the encoding of `elements`, keeping the allocation exact: a
-/// packed buffer is small by construction, and its spare capacity would be paid per key.
+/// Replaces `buf[range]` with the encoding of `elements`, in a new allocation of exactly the
+/// new size: a packed buffer is small by construction, and its spare capacity would be paid per
+/// key. (Growing in place and then shrinking would not give it back: mimalloc's realloc keeps a
+/// block that shrinks by less than half.)
 pub(crate) fn splice(buf: &mut Vec<u8>, range: std::ops::Range<usize>, elements: &[&[u8]]) {
-    let mut enc = Vec::with_capacity(elements.iter().map(|e| element_size(e.len())).sum());
+    let added: usize = elements.iter().map(|e| element_size(e.len())).sum();
+    let mut out = Vec::with_capacity(buf.len() - range.len() + added);
+    out.extend_from_slice(&buf[..range.start]);
     for e in elements {
-        push_element(&mut enc, e);
+        put_varint(&mut out, e.len());
+        out.extend_from_slice(e);
     }
-    buf.splice(range, enc);
-    buf.shrink_to_fit();
+    out.extend_from_slice(&buf[range.end..]);
+    *buf = out;
 }
 
 /// A uniformly random element of a hashbrown table, `rand` giving the randomness (so that the

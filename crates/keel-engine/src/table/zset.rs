@@ -9,6 +9,7 @@
 //! unsafe.
 //!
 //! Scores are never NaN: the command layer rejects NaN, as Redis does, before it gets here.
+//! Packed, an integral score takes as few bytes as hold it (see `encode_score`).
 
 use std::cmp::Ordering;
 use std::hash::BuildHasher;
@@ -29,7 +30,7 @@ pub struct ZSetValue(Repr);
 
 #[derive(Clone)]
 enum Repr {
-    /// member, score (8 bytes LE f64), member, score, ... ordered by (score, member).
+    /// member, score (see `encode_score`), member, score, ... ordered by (score, member).
     Packed {
         buf: Vec<u8>,
         len: usize,
@@ -53,8 +54,38 @@ fn cmp(a_score: f64, a_member: &[u8], b_score: f64, b_member: &[u8]) -> Ordering
         .then_with(|| a_member.cmp(b_member))
 }
 
+/// A packed score: an integral score of magnitude below 2^55 as the fewest little-endian
+/// two's-complement bytes that hold it (none for 0; at most 7), as Redis's listpack stores
+/// integral scores as integers; any other score as its 8 bytes of f64. -0.0 stays a float, so
+/// that its sign survives.
+fn encode_score(score: f64) -> ([u8; 8], usize) {
+    const INT_LIMIT: f64 = (1u64 << 55) as f64;
+    let negative_zero = score == 0.0 && score.is_sign_negative();
+    if score.fract() == 0.0 && score.abs() < INT_LIMIT && !negative_zero {
+        let v = score as i64;
+        let n = (1..=7)
+            .find(|&n| {
+                let bits = 8 * n;
+                v >= -(1i64 << (bits - 1)) && v < (1i64 << (bits - 1))
+            })
+            .expect("|v| < 2^55 fits in 7 bytes");
+        let n = if v == 0 { 0 } else { n };
+        (v.to_le_bytes(), n)
+    } else {
+        (score.to_le_bytes(), 8)
+    }
+}
+
 fn score_of(b: &[u8]) -> f64 {
-    f64::from_le_bytes(b.try_into().expect("8-byte score"))
+    match b.len() {
+        8 => f64::from_le_bytes(b.try_into().expect("8 bytes")),
+        0 => 0.0,
+        n => {
+            let mut bytes = [if b[n - 1] & 0x80 != 0 { 0xff } else { 0 }; 8];
+            bytes[..n].copy_from_slice(b);
+            i64::from_le_bytes(bytes) as f64
+        }
+    }
 }
 
 fn above_min(score: f64, min: Bound<f64>) -> bool {
@@ -146,7 +177,8 @@ impl ZSetValue {
                 let at = packed_pairs(buf)
                     .find(|(_, _, m, s)| cmp(*s, m, score, member) == Ordering::Greater)
                     .map_or(buf.len(), |(start, ..)| start);
-                packed::splice(buf, at..at, &[member, &score.to_le_bytes()]);
+                let (bytes, n) = encode_score(score);
+                packed::splice(buf, at..at, &[member, &bytes[..n]]);
                 *len += 1;
                 return !existed;
             }
@@ -629,5 +661,53 @@ impl SkipList {
                 .sum::<usize>()
             + self.free.capacity() * 4
             + self.dict.allocation_size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every score comes back bit for bit, through the integer form wherever it applies.
+    #[test]
+    fn packed_scores_round_trip_bit_for_bit() {
+        let mut scores = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            127.0,
+            128.0,
+            -128.0,
+            -129.0,
+            0.5,
+            -2.5,
+            1e300,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MIN_POSITIVE,
+            (1u64 << 53) as f64,
+            (1u64 << 55) as f64,
+            -((1u64 << 55) as f64),
+            ((1u64 << 55) - 8) as f64,
+        ];
+        for b in 0..63 {
+            scores.push((1i64 << b) as f64);
+            scores.push(-((1i64 << b) as f64));
+            scores.push(((1i64 << b) - 1) as f64);
+        }
+        for s in scores {
+            let (bytes, n) = encode_score(s);
+            assert_eq!(
+                score_of(&bytes[..n]).to_bits(),
+                s.to_bits(),
+                "{s} in {n} bytes"
+            );
+        }
+        assert_eq!(encode_score(0.0).1, 0);
+        assert_eq!(encode_score(-0.0).1, 8);
+        assert_eq!(encode_score(100.0).1, 1);
+        assert_eq!(encode_score(100_000.0).1, 3);
+        assert_eq!(encode_score(0.5).1, 8);
     }
 }
