@@ -64,6 +64,7 @@ mod keyspace;
 
 // The snapshot file.
 pub mod snapshot;
+pub mod table;
 
 // Errors and options.
 mod error;

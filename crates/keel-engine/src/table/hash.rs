@@ -1,0 +1,238 @@
+//! The hash value type: field → value.
+//!
+//! Small hashes are one packed buffer of alternating fields and values (Redis's listpack
+//! encoding): O(n) per operation over at most [`HASH_PACKED_ENTRIES_MAX`] pairs, about two bytes
+//! of overhead per field and value. Past [`HASH_PACKED_ENTRIES_MAX`] pairs, or when a field or a
+//! value is longer than [`HASH_PACKED_BYTES_MAX`], the hash converts, once and for good as in
+//! Redis, to a `hashbrown` table of pairs: O(1) HSET, HGET and HDEL.
+
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
+use hashbrown::HashTable;
+
+use super::packed::{self, element, get_varint, put_varint, varint_len, Elements};
+
+/// Redis's `hash-max-listpack-entries`.
+pub const HASH_PACKED_ENTRIES_MAX: usize = 128;
+/// Redis's `hash-max-listpack-value`: a longer field or value converts the hash to a table.
+pub const HASH_PACKED_BYTES_MAX: usize = 64;
+
+/// A hash value. Empty hashes exist only transiently: the keyspace deletes a key whose hash
+/// becomes empty, as Redis does.
+#[derive(Clone, Debug)]
+pub struct HashValue(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// field, value, field, value, ... (see `packed`); `len` counts pairs.
+    Packed { buf: Vec<u8>, len: usize },
+    /// One allocation per pair: varint(field length), field, value.
+    Table {
+        pairs: HashTable<Box<[u8]>>,
+        state: RandomState,
+    },
+}
+
+impl std::fmt::Debug for Repr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Repr::Packed { len, .. } => write!(f, "Packed({len} pairs)"),
+            Repr::Table { pairs, .. } => write!(f, "Table({} pairs)", pairs.len()),
+        }
+    }
+}
+
+fn pair(field: &[u8], value: &[u8]) -> Box<[u8]> {
+    let mut b = Vec::with_capacity(varint_len(field.len()) + field.len() + value.len());
+    put_varint(&mut b, field.len());
+    b.extend_from_slice(field);
+    b.extend_from_slice(value);
+    b.into_boxed_slice()
+}
+
+fn split_pair(p: &[u8]) -> (&[u8], &[u8]) {
+    let (flen, n) = get_varint(p);
+    (&p[n..n + flen], &p[n + flen..])
+}
+
+/// In a packed hash: (offset of the pair, offset past it, the value) of `field`.
+fn find_packed<'a>(buf: &'a [u8], field: &[u8]) -> Option<(usize, usize, &'a [u8])> {
+    let mut at = 0;
+    while at < buf.len() {
+        let (f, v_at) = element(buf, at);
+        let (v, next) = element(buf, v_at);
+        if f == field {
+            return Some((at, next, v));
+        }
+        at = next;
+    }
+    None
+}
+
+impl Default for HashValue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HashValue {
+    pub fn new() -> Self {
+        HashValue(Repr::Packed {
+            buf: Vec::new(),
+            len: 0,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Repr::Packed { len, .. } => *len,
+            Repr::Table { pairs, .. } => pairs.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the hash is in its small, packed form.
+    pub fn is_packed(&self) -> bool {
+        matches!(self.0, Repr::Packed { .. })
+    }
+
+    /// HGET.
+    pub fn get(&self, field: &[u8]) -> Option<&[u8]> {
+        match &self.0 {
+            Repr::Packed { buf, .. } => find_packed(buf, field).map(|(_, _, v)| v),
+            Repr::Table { pairs, state } => pairs
+                .find(state.hash_one(field), |p| split_pair(p).0 == field)
+                .map(|p| split_pair(p).1),
+        }
+    }
+
+    /// HSET of one field; true if the field is new.
+    pub fn insert(&mut self, field: &[u8], value: &[u8]) -> bool {
+        if let Repr::Packed { buf, len } = &mut self.0 {
+            let fits = field.len() <= HASH_PACKED_BYTES_MAX && value.len() <= HASH_PACKED_BYTES_MAX;
+            match find_packed(buf, field) {
+                Some((start, end, _)) if fits => {
+                    packed::splice(buf, start..end, &[field, value]);
+                    return false;
+                }
+                None if fits && *len < HASH_PACKED_ENTRIES_MAX => {
+                    packed::push_element(buf, field);
+                    packed::push_element(buf, value);
+                    *len += 1;
+                    return true;
+                }
+                _ => self.convert_to_table(),
+            }
+        }
+        let Repr::Table { pairs, state } = &mut self.0 else {
+            unreachable!("converted above")
+        };
+        let h = state.hash_one(field);
+        match pairs.entry(
+            h,
+            |p| split_pair(p).0 == field,
+            |p| state.hash_one(split_pair(p).0),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut o) => {
+                *o.get_mut() = pair(field, value);
+                false
+            }
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(pair(field, value));
+                true
+            }
+        }
+    }
+
+    /// HDEL of one field; true if it was there.
+    pub fn remove(&mut self, field: &[u8]) -> bool {
+        match &mut self.0 {
+            Repr::Packed { buf, len } => match find_packed(buf, field) {
+                Some((start, end, _)) => {
+                    packed::splice(buf, start..end, &[]);
+                    *len -= 1;
+                    true
+                }
+                None => false,
+            },
+            Repr::Table { pairs, state } => {
+                match pairs.find_entry(state.hash_one(field), |p| split_pair(p).0 == field) {
+                    Ok(o) => {
+                        o.remove();
+                        packed::shrink_if_sparse(pairs, |p| state.hash_one(split_pair(p).0));
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+        }
+    }
+
+    /// HRANDFIELD's pick: a uniformly random (field, value), `rand` giving the randomness.
+    /// O(1) expected for a table, O(n) over at most 128 pairs when packed.
+    pub fn random(&self, rand: &mut dyn FnMut() -> u64) -> Option<(&[u8], &[u8])> {
+        if self.is_empty() {
+            return None;
+        }
+        match &self.0 {
+            Repr::Packed { .. } => self.iter().nth((rand() % self.len() as u64) as usize),
+            Repr::Table { pairs, .. } => packed::random_in(pairs, rand).map(|p| split_pair(p)),
+        }
+    }
+
+    /// HGETALL: every (field, value), in no particular order.
+    pub fn iter(&self) -> HashIter<'_> {
+        HashIter(match &self.0 {
+            Repr::Packed { buf, .. } => IterRepr::Packed(Elements::new(buf)),
+            Repr::Table { pairs, .. } => IterRepr::Table(pairs.iter()),
+        })
+    }
+
+    /// Heap bytes this value holds, as requested from the allocator (an estimate: the
+    /// allocator's rounding is not counted).
+    pub fn memory_bytes(&self) -> usize {
+        match &self.0 {
+            Repr::Packed { buf, .. } => buf.capacity(),
+            Repr::Table { pairs, .. } => {
+                pairs.allocation_size() + pairs.iter().map(|p| p.len()).sum::<usize>()
+            }
+        }
+    }
+
+    fn convert_to_table(&mut self) {
+        let Repr::Packed { buf, len } = &self.0 else {
+            return;
+        };
+        let state = RandomState::default();
+        let mut pairs = HashTable::with_capacity(len + 1);
+        let mut e = Elements::new(buf);
+        while let (Some(f), Some(v)) = (e.next(), e.next()) {
+            pairs.insert_unique(state.hash_one(f), pair(f, v), |p| {
+                state.hash_one(split_pair(p).0)
+            });
+        }
+        self.0 = Repr::Table { pairs, state };
+    }
+}
+
+/// The pairs of a [`HashValue`].
+pub struct HashIter<'a>(IterRepr<'a>);
+
+enum IterRepr<'a> {
+    Packed(Elements<'a>),
+    Table(hashbrown::hash_table::Iter<'a, Box<[u8]>>),
+}
+
+impl<'a> Iterator for HashIter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.0 {
+            IterRepr::Packed(e) => Some((e.next()?, e.next()?)),
+            IterRepr::Table(t) => t.next().map(|p| split_pair(p)),
+        }
+    }
+}

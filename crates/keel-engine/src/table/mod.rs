@@ -1,0 +1,931 @@
+//! The typed keyspace's storage: a sharded hash table of entries, each one allocation.
+//!
+//! Not yet wired into [`Engine`](crate::Engine); this is the structure that will replace the
+//! persistent ordered map and the hash index beside it (issue 18).
+//!
+//! # Layout
+//!
+//! A [`Table`] is `2^shard_bits` [`Shard`]s. A key is hashed once with foldhash (seeded at
+//! random per table, so clients cannot aim collisions); the hash's top `shard_bits` bits pick
+//! the shard, and the shard's `hashbrown::HashTable` probes with the same hash rotated so that
+//! its control byte (the top 7 bits) and its bucket index (the low bits) both come from bits the
+//! shard choice did not use.
+//!
+//! Each slot of a shard's table is one `Box<[u8]>`, the entry's **block**: one heap allocation
+//! holding the whole entry:
+//!
+//! ```text
+//! block   := flags u8, varint(key length), version u64 LE, [expiry u64 LE], key, value
+//! flags   := kind (bits 0-2: 0 string, 1 hash, 2 set, 3 list, 4 sorted set; 5-7 free, for
+//!            streams) | 0x80 if an expiry follows
+//! version := LSN of the entry's last change
+//! expiry  := absolute Unix milliseconds
+//! value   := a string's bytes, inline; for a collection, its index (u32 LE) in the shard's slab
+//! ```
+//!
+//! So a string entry costs its block (10 bytes of header plus key and value, one allocation)
+//! plus one slot (16 bytes and one control byte, at hashbrown's load factor). A collection
+//! lives in its shard's slab; its block holds the index. Expiry is stored only when set.
+//!
+//! The slot is a `Box<[u8]>`, a 16-byte fat pointer, not a thin 8-byte one: a thin pointer to a
+//! length-prefixed block needs `unsafe`, which this crate forbids (DESIGN.md: only where truly
+//! needed), and no thin-box crate is a dependency. It costs about 8 bytes per slot, 12–17 per
+//! key at hashbrown's load factors, and the table is already below Redis's per-key figure
+//! (BENCHMARKS.md). The block's length lives in the fat pointer, which is why the header needs no
+//! value length. Collections sit in a slab and not behind a pointer in the block for the same
+//! reason: a pointer cannot be stored in a byte block without `unsafe`.
+//!
+//! # Locking
+//!
+//! A [`Shard`] is a plain struct with `&mut` writes; the [`Table`] is the same over all shards.
+//! Locking is left to the owner: the engine can keep one `Table` behind one writer (its publish
+//! step) or split it with [`Table::into_parts`] and put each shard behind its own lock, using
+//! the [`Router`] to hash and route and the `Shard` methods that take the hash.
+//!
+//! # SCAN
+//!
+//! Entries are visited in the order of their 64-bit hash, and the cursor is the next hash to
+//! visit: everything with a smaller hash has been returned. Because the shard is the hash's top
+//! bits, this is shard by shard. A key present for the whole scan keeps its hash, so it is
+//! returned exactly once unless its hash collides in all 64 bits with another (then both come
+//! in the same call), whatever inserts, removes and table growths happen between calls.
+//!
+//! The price: a call hashes every key of the shards it reads, O(shard length) per call, not
+//! O(COUNT) as in Redis (see [`Table::scan`]). Redis's bucket cursor does not carry over:
+//! hashbrown is open-addressed, so an entry need not sit in its home bucket, and a resize moves
+//! entries to positions that no cursor order predicts.
+
+mod hash;
+mod list;
+pub(crate) mod packed;
+mod set;
+#[cfg(test)]
+mod tests;
+mod zset;
+
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
+use hashbrown::HashTable;
+
+pub use hash::{HashIter, HashValue, HASH_PACKED_BYTES_MAX, HASH_PACKED_ENTRIES_MAX};
+pub use list::{ListValue, LIST_CHUNK_BYTES_MAX};
+pub use set::{
+    SetEncoding, SetIter, SetValue, SET_INTSET_ENTRIES_MAX, SET_PACKED_BYTES_MAX,
+    SET_PACKED_ENTRIES_MAX,
+};
+pub use zset::{ZSetValue, ZSET_PACKED_BYTES_MAX, ZSET_PACKED_ENTRIES_MAX};
+
+use packed::{get_varint, put_varint, varint_len};
+
+/// The type of a key's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    String = 0,
+    Hash = 1,
+    Set = 2,
+    List = 3,
+    ZSet = 4,
+}
+
+impl Kind {
+    fn from_flags(f: u8) -> Kind {
+        match f & KIND_MASK {
+            0 => Kind::String,
+            1 => Kind::Hash,
+            2 => Kind::Set,
+            3 => Kind::List,
+            4 => Kind::ZSet,
+            k => unreachable!("kind {k} in a block the table encoded itself"),
+        }
+    }
+}
+
+const KIND_MASK: u8 = 0x07;
+const HAS_EXPIRY: u8 = 0x80;
+
+/// An owned value, to insert.
+#[derive(Clone, Debug)]
+pub enum Value {
+    String(Vec<u8>),
+    Hash(HashValue),
+    Set(SetValue),
+    List(ListValue),
+    ZSet(ZSetValue),
+}
+
+impl Value {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Value::String(_) => Kind::String,
+            Value::Hash(_) => Kind::Hash,
+            Value::Set(_) => Kind::Set,
+            Value::List(_) => Kind::List,
+            Value::ZSet(_) => Kind::ZSet,
+        }
+    }
+}
+
+/// A value as stored.
+#[derive(Clone, Copy, Debug)]
+pub enum ValueRef<'a> {
+    String(&'a [u8]),
+    Hash(&'a HashValue),
+    Set(&'a SetValue),
+    List(&'a ListValue),
+    ZSet(&'a ZSetValue),
+}
+
+/// A value to change in place. A string is replaced by inserting anew (its bytes are inline in
+/// the block, whose size is fixed).
+#[derive(Debug)]
+pub enum ValueMut<'a> {
+    String(&'a [u8]),
+    Hash(&'a mut HashValue),
+    Set(&'a mut SetValue),
+    List(&'a mut ListValue),
+    ZSet(&'a mut ZSetValue),
+}
+
+/// A collection in a shard's slab.
+#[derive(Clone, Debug)]
+enum Coll {
+    Hash(HashValue),
+    Set(SetValue),
+    List(ListValue),
+    ZSet(ZSetValue),
+}
+
+impl Coll {
+    fn memory_bytes(&self) -> usize {
+        match self {
+            Coll::Hash(h) => h.memory_bytes(),
+            Coll::Set(s) => s.memory_bytes(),
+            Coll::List(l) => l.memory_bytes(),
+            Coll::ZSet(z) => z.memory_bytes(),
+        }
+    }
+}
+
+/// The parsed header of a block.
+struct Header {
+    flags: u8,
+    version_at: usize,
+    expiry: Option<u64>,
+    key_at: usize,
+    value_at: usize,
+}
+
+fn header(b: &[u8]) -> Header {
+    let flags = b[0];
+    let (key_len, n) = get_varint(&b[1..]);
+    let version_at = 1 + n;
+    let mut at = version_at + 8;
+    let expiry = (flags & HAS_EXPIRY != 0).then(|| {
+        at += 8;
+        u64_at(b, at - 8)
+    });
+    Header {
+        flags,
+        version_at,
+        expiry,
+        key_at: at,
+        value_at: at + key_len,
+    }
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn block_key(b: &[u8]) -> &[u8] {
+    let h = header(b);
+    &b[h.key_at..h.value_at]
+}
+
+fn encode_block(
+    kind: Kind,
+    key: &[u8],
+    version: u64,
+    expiry: Option<u64>,
+    value: &[u8],
+) -> Box<[u8]> {
+    let len = 1
+        + varint_len(key.len())
+        + 8
+        + if expiry.is_some() { 8 } else { 0 }
+        + key.len()
+        + value.len();
+    let mut b = Vec::with_capacity(len);
+    b.push(kind as u8 | if expiry.is_some() { HAS_EXPIRY } else { 0 });
+    put_varint(&mut b, key.len());
+    b.extend_from_slice(&version.to_le_bytes());
+    if let Some(t) = expiry {
+        b.extend_from_slice(&t.to_le_bytes());
+    }
+    b.extend_from_slice(key);
+    b.extend_from_slice(value);
+    debug_assert_eq!(b.len(), len);
+    b.into_boxed_slice()
+}
+
+/// The probe hash inside a shard: the key's hash with its low 7 bits moved to the top, so that
+/// hashbrown's control byte (top 7 bits) and bucket index (low bits) both avoid the top bits
+/// that chose the shard, which are equal for every key of a shard.
+fn probe_hash(h: u64) -> u64 {
+    h.rotate_right(7)
+}
+
+/// A removed entry.
+#[derive(Clone, Debug)]
+pub struct Removed {
+    pub value: Value,
+    pub version: u64,
+    pub expires_at_ms: Option<u64>,
+}
+
+/// One shard: a hash table of blocks and a slab of the collections they point to.
+///
+/// Shards are made only by a [`Table`]: every shard of a table rehashes its keys with the
+/// table's seed, so a shard from elsewhere would lose its keys when it grows.
+#[derive(Clone, Debug)]
+pub struct Shard {
+    slots: HashTable<Box<[u8]>>,
+    colls: Vec<Option<Coll>>,
+    /// Free indices in `colls`.
+    free: Vec<u32>,
+    state: RandomState,
+}
+
+impl Shard {
+    fn with_state(state: RandomState) -> Shard {
+        Shard {
+            slots: HashTable::new(),
+            colls: Vec::new(),
+            free: Vec::new(),
+            state,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    fn hash_key(&self, key: &[u8]) -> u64 {
+        self.state.hash_one(key)
+    }
+
+    /// The entry of `key`, whose hash is `hash` (from [`Table::hash`]).
+    pub fn get(&self, hash: u64, key: &[u8]) -> Option<EntryRef<'_>> {
+        self.slots
+            .find(probe_hash(hash), |b| block_key(b) == key)
+            .map(|b| EntryRef {
+                block: b,
+                colls: &self.colls,
+            })
+    }
+
+    pub fn get_mut(&mut self, hash: u64, key: &[u8]) -> Option<EntryMut<'_>> {
+        self.slots
+            .find_mut(probe_hash(hash), |b| block_key(b) == key)
+            .map(|b| EntryMut {
+                block: b,
+                colls: &mut self.colls,
+            })
+    }
+
+    fn alloc(&mut self, c: Coll) -> u32 {
+        match self.free.pop() {
+            Some(i) => {
+                self.colls[i as usize] = Some(c);
+                i
+            }
+            None => {
+                let i = u32::try_from(self.colls.len()).expect("fewer than 2^32 collections");
+                self.colls.push(Some(c));
+                i
+            }
+        }
+    }
+
+    /// Takes the collection out of a block's slab slot, if it has one, and frees the slot.
+    fn release(colls: &mut [Option<Coll>], free: &mut Vec<u32>, block: &[u8]) -> Option<Coll> {
+        let h = header(block);
+        if Kind::from_flags(h.flags) == Kind::String {
+            return None;
+        }
+        let i = u32::from_le_bytes(block[h.value_at..].try_into().expect("4-byte index"));
+        free.push(i);
+        Some(
+            colls[i as usize]
+                .take()
+                .expect("a live entry's slab slot is full"),
+        )
+    }
+
+    fn encode(&mut self, key: &[u8], value: Value, expiry: Option<u64>, version: u64) -> Box<[u8]> {
+        let kind = value.kind();
+        match value {
+            Value::String(s) => encode_block(kind, key, version, expiry, &s),
+            Value::Hash(h) => self.encode_coll(kind, key, version, expiry, Coll::Hash(h)),
+            Value::Set(s) => self.encode_coll(kind, key, version, expiry, Coll::Set(s)),
+            Value::List(l) => self.encode_coll(kind, key, version, expiry, Coll::List(l)),
+            Value::ZSet(z) => self.encode_coll(kind, key, version, expiry, Coll::ZSet(z)),
+        }
+    }
+
+    fn encode_coll(
+        &mut self,
+        kind: Kind,
+        key: &[u8],
+        version: u64,
+        expiry: Option<u64>,
+        c: Coll,
+    ) -> Box<[u8]> {
+        let i = self.alloc(c);
+        encode_block(kind, key, version, expiry, &i.to_le_bytes())
+    }
+
+    /// Sets `key` to `value`, replacing any entry; true if one was replaced.
+    pub fn insert(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        value: Value,
+        expires_at_ms: Option<u64>,
+        version: u64,
+    ) -> bool {
+        let block = self.encode(key, value, expires_at_ms, version);
+        self.put_block(hash, key, block)
+    }
+
+    /// Sets `key` to the string `value`, without building a [`Value`].
+    pub fn insert_string(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+        expires_at_ms: Option<u64>,
+        version: u64,
+    ) -> bool {
+        let block = encode_block(Kind::String, key, version, expires_at_ms, value);
+        self.put_block(hash, key, block)
+    }
+
+    fn put_block(&mut self, hash: u64, key: &[u8], block: Box<[u8]>) -> bool {
+        let state = &self.state;
+        match self.slots.entry(
+            probe_hash(hash),
+            |b| block_key(b) == key,
+            |b| probe_hash(state.hash_one(block_key(b))),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut o) => {
+                let old = std::mem::replace(o.get_mut(), block);
+                Self::release(&mut self.colls, &mut self.free, &old);
+                true
+            }
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(block);
+                false
+            }
+        }
+    }
+
+    /// The entry of `key`, first inserting `make()` at `version` if there is none. An entry
+    /// already there is returned whatever its kind and expiry: the caller answers WRONGTYPE, and
+    /// removes an expired entry first, as judged at its own time.
+    pub fn get_or_insert_with(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        make: impl FnOnce() -> Value,
+        version: u64,
+    ) -> EntryMut<'_> {
+        if self.get(hash, key).is_none() {
+            let block = self.encode(key, make(), None, version);
+            self.put_block(hash, key, block);
+        }
+        self.get_mut(hash, key).expect("inserted above")
+    }
+
+    /// Removes `key`; true if it was there.
+    pub fn remove(&mut self, hash: u64, key: &[u8]) -> bool {
+        match self
+            .slots
+            .find_entry(probe_hash(hash), |b| block_key(b) == key)
+        {
+            Ok(o) => {
+                let (old, _) = o.remove();
+                Self::release(&mut self.colls, &mut self.free, &old);
+                self.shrink_if_sparse();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn shrink_if_sparse(&mut self) {
+        let state = &self.state;
+        packed::shrink_if_sparse(&mut self.slots, |b| {
+            probe_hash(state.hash_one(block_key(b)))
+        });
+    }
+
+    /// Removes `key` and returns its entry (for RENAME, or to log what was deleted).
+    pub fn take(&mut self, hash: u64, key: &[u8]) -> Option<Removed> {
+        let o = self
+            .slots
+            .find_entry(probe_hash(hash), |b| block_key(b) == key)
+            .ok()?;
+        let (old, _) = o.remove();
+        self.shrink_if_sparse();
+        let h = header(&old);
+        let value = match Self::release(&mut self.colls, &mut self.free, &old) {
+            None => Value::String(old[h.value_at..].to_vec()),
+            Some(Coll::Hash(x)) => Value::Hash(x),
+            Some(Coll::Set(x)) => Value::Set(x),
+            Some(Coll::List(x)) => Value::List(x),
+            Some(Coll::ZSet(x)) => Value::ZSet(x),
+        };
+        Some(Removed {
+            value,
+            version: u64_at(&old, h.version_at),
+            expires_at_ms: h.expiry,
+        })
+    }
+
+    /// Sets (`Some`) or clears (`None`) the expiry of `key` and its version; false if absent.
+    /// Re-encodes the block, whose size changes.
+    pub fn set_expiry(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        expires_at_ms: Option<u64>,
+        version: u64,
+    ) -> bool {
+        let Some(b) = self
+            .slots
+            .find_mut(probe_hash(hash), |b| block_key(b) == key)
+        else {
+            return false;
+        };
+        let h = header(b);
+        *b = encode_block(
+            Kind::from_flags(h.flags),
+            &b[h.key_at..h.value_at],
+            version,
+            expires_at_ms,
+            &b[h.value_at..],
+        );
+        true
+    }
+
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = EntryRef<'_>> + '_ {
+        self.slots.iter().map(|b| EntryRef {
+            block: b,
+            colls: &self.colls,
+        })
+    }
+
+    /// Removes every entry, keeping nothing allocated.
+    pub fn clear(&mut self) {
+        self.slots = HashTable::new();
+        self.colls = Vec::new();
+        self.free = Vec::new();
+    }
+
+    /// The entries whose hash is at least `from`, smallest hashes first: the `want` smallest,
+    /// plus any others sharing the largest of those hashes. Returns the entries and whether the
+    /// shard had more past them. O(shard length).
+    pub fn scan_from(&self, from: u64, want: usize) -> (Vec<(u64, EntryRef<'_>)>, bool) {
+        let mut c: Vec<(u64, EntryRef<'_>)> = self
+            .iter()
+            .map(|e| (self.hash_key(e.key()), e))
+            .filter(|(h, _)| *h >= from)
+            .collect();
+        let want = want.max(1);
+        if c.len() <= want {
+            c.sort_unstable_by_key(|(h, _)| *h);
+            return (c, false);
+        }
+        c.select_nth_unstable_by_key(want - 1, |(h, _)| *h);
+        let cut = c[want - 1].0;
+        let more = c.iter().any(|(h, _)| *h > cut);
+        c.retain(|(h, _)| *h <= cut);
+        c.sort_unstable_by_key(|(h, _)| *h);
+        (c, more)
+    }
+
+    /// Heap bytes held, as requested from the allocator (its rounding is not counted).
+    pub fn memory_bytes(&self) -> usize {
+        self.slots.allocation_size()
+            + self.slots.iter().map(|b| b.len()).sum::<usize>()
+            + self.colls.capacity() * std::mem::size_of::<Option<Coll>>()
+            + self.free.capacity() * 4
+            + self
+                .colls
+                .iter()
+                .flatten()
+                .map(Coll::memory_bytes)
+                .sum::<usize>()
+    }
+}
+
+/// A stored entry, read-only.
+#[derive(Clone, Copy)]
+pub struct EntryRef<'a> {
+    block: &'a [u8],
+    colls: &'a [Option<Coll>],
+}
+
+impl std::fmt::Debug for EntryRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntryRef")
+            .field("key", &self.key())
+            .field("version", &self.version())
+            .field("expires_at_ms", &self.expires_at_ms())
+            .field("value", &self.value())
+            .finish()
+    }
+}
+
+fn value_of<'a>(block: &'a [u8], colls: &'a [Option<Coll>]) -> ValueRef<'a> {
+    let h = header(block);
+    let v = &block[h.value_at..];
+    match Kind::from_flags(h.flags) {
+        Kind::String => ValueRef::String(v),
+        _ => {
+            let i = u32::from_le_bytes(v.try_into().expect("4-byte index"));
+            match colls[i as usize]
+                .as_ref()
+                .expect("a live entry's slab slot is full")
+            {
+                Coll::Hash(x) => ValueRef::Hash(x),
+                Coll::Set(x) => ValueRef::Set(x),
+                Coll::List(x) => ValueRef::List(x),
+                Coll::ZSet(x) => ValueRef::ZSet(x),
+            }
+        }
+    }
+}
+
+impl<'a> EntryRef<'a> {
+    pub fn key(&self) -> &'a [u8] {
+        block_key(self.block)
+    }
+
+    pub fn kind(&self) -> Kind {
+        Kind::from_flags(self.block[0])
+    }
+
+    /// LSN of the entry's last change.
+    pub fn version(&self) -> u64 {
+        u64_at(self.block, header(self.block).version_at)
+    }
+
+    /// Absolute expiry, Unix milliseconds.
+    pub fn expires_at_ms(&self) -> Option<u64> {
+        header(self.block).expiry
+    }
+
+    /// Whether the entry has not expired at `now_ms`.
+    pub fn live(&self, now_ms: u64) -> bool {
+        self.expires_at_ms().is_none_or(|t| t > now_ms)
+    }
+
+    pub fn value(&self) -> ValueRef<'a> {
+        value_of(self.block, self.colls)
+    }
+}
+
+/// A stored entry, to change in place: its version, or its collection.
+pub struct EntryMut<'a> {
+    block: &'a mut Box<[u8]>,
+    colls: &'a mut Vec<Option<Coll>>,
+}
+
+impl<'a> EntryMut<'a> {
+    pub fn key(&self) -> &[u8] {
+        block_key(self.block)
+    }
+
+    pub fn kind(&self) -> Kind {
+        Kind::from_flags(self.block[0])
+    }
+
+    pub fn version(&self) -> u64 {
+        u64_at(self.block, header(self.block).version_at)
+    }
+
+    /// Records that the entry changed at `lsn`: every write to a collection sets it.
+    pub fn set_version(&mut self, lsn: u64) {
+        let at = header(self.block).version_at;
+        self.block[at..at + 8].copy_from_slice(&lsn.to_le_bytes());
+    }
+
+    pub fn expires_at_ms(&self) -> Option<u64> {
+        header(self.block).expiry
+    }
+
+    pub fn value(&self) -> ValueRef<'_> {
+        value_of(self.block, self.colls)
+    }
+
+    pub fn value_mut(self) -> ValueMut<'a> {
+        let EntryMut { block, colls } = self;
+        let block: &'a [u8] = block;
+        let h = header(block);
+        let v = &block[h.value_at..];
+        match Kind::from_flags(h.flags) {
+            Kind::String => ValueMut::String(v),
+            _ => {
+                let i = u32::from_le_bytes(v.try_into().expect("4-byte index"));
+                match colls[i as usize]
+                    .as_mut()
+                    .expect("a live entry's slab slot is full")
+                {
+                    Coll::Hash(x) => ValueMut::Hash(x),
+                    Coll::Set(x) => ValueMut::Set(x),
+                    Coll::List(x) => ValueMut::List(x),
+                    Coll::ZSet(x) => ValueMut::ZSet(x),
+                }
+            }
+        }
+    }
+}
+
+/// A table's hashing and routing, kept by an owner that has taken the shards apart
+/// ([`Table::into_parts`]).
+#[derive(Clone, Debug)]
+pub struct Router {
+    state: RandomState,
+    shard_bits: u32,
+}
+
+impl Router {
+    /// The key's hash, as [`Table::hash`].
+    pub fn hash(&self, key: &[u8]) -> u64 {
+        self.state.hash_one(key)
+    }
+
+    /// The shard of a hash, as [`Table::shard_index`].
+    pub fn shard_index(&self, hash: u64) -> usize {
+        (hash >> (64 - self.shard_bits)) as usize
+    }
+}
+
+/// Shard count when the expected size is unknown.
+pub const SHARD_BITS_DEFAULT: u32 = 10;
+/// Fewest and most shards (as powers of two).
+pub const SHARD_BITS_MIN: u32 = 1;
+pub const SHARD_BITS_MAX: u32 = 16;
+/// Keys per shard [`Table::with_expected_keys`] aims at: small enough that a SCAN call, which
+/// reads a whole shard, stays cheap, large enough that the shards' fixed costs vanish.
+pub const KEYS_PER_SHARD_TARGET: usize = 256;
+
+/// The keyspace: `2^shard_bits` shards, a key's shard chosen by its hash's top bits.
+#[derive(Clone, Debug)]
+pub struct Table {
+    shards: Box<[Shard]>,
+    shard_bits: u32,
+    state: RandomState,
+    len: usize,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table::with_shard_bits(SHARD_BITS_DEFAULT)
+    }
+}
+
+impl Table {
+    pub fn new() -> Table {
+        Table::default()
+    }
+
+    /// `2^bits` shards, `bits` clamped to `SHARD_BITS_MIN..=SHARD_BITS_MAX`.
+    pub fn with_shard_bits(bits: u32) -> Table {
+        let bits = bits.clamp(SHARD_BITS_MIN, SHARD_BITS_MAX);
+        let state = RandomState::default();
+        Table {
+            shards: (0..1usize << bits)
+                .map(|_| Shard::with_state(state.clone()))
+                .collect(),
+            shard_bits: bits,
+            state,
+            len: 0,
+        }
+    }
+
+    /// Shards for about [`KEYS_PER_SHARD_TARGET`] keys each at `keys` keys.
+    pub fn with_expected_keys(keys: usize) -> Table {
+        let shards = (keys / KEYS_PER_SHARD_TARGET).max(1).next_power_of_two();
+        Table::with_shard_bits(shards.trailing_zeros())
+    }
+
+    /// The key's hash: the same for the table's whole life, and the SCAN order.
+    pub fn hash(&self, key: &[u8]) -> u64 {
+        self.state.hash_one(key)
+    }
+
+    /// The shard of a hash.
+    pub fn shard_index(&self, hash: u64) -> usize {
+        (hash >> (64 - self.shard_bits)) as usize
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub fn shard(&self, i: usize) -> &Shard {
+        &self.shards[i]
+    }
+
+    /// The shards, in hash order, to lock separately (see the module's documentation).
+    pub fn into_parts(self) -> (Router, Box<[Shard]>) {
+        (
+            Router {
+                state: self.state,
+                shard_bits: self.shard_bits,
+            },
+            self.shards,
+        )
+    }
+
+    /// Entries stored, expired ones included: the table stores expiry, it does not judge it.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<EntryRef<'_>> {
+        let h = self.hash(key);
+        self.shards[self.shard_index(h)].get(h, key)
+    }
+
+    pub fn get_mut(&mut self, key: &[u8]) -> Option<EntryMut<'_>> {
+        let h = self.hash(key);
+        let s = self.shard_index(h);
+        self.shards[s].get_mut(h, key)
+    }
+
+    fn route(&mut self, key: &[u8]) -> (u64, &mut Shard) {
+        let h = self.hash(key);
+        let s = self.shard_index(h);
+        (h, &mut self.shards[s])
+    }
+
+    /// Sets `key` to `value` (replacing any entry, expiry included); true if one was replaced.
+    pub fn insert(
+        &mut self,
+        key: &[u8],
+        value: Value,
+        expires_at_ms: Option<u64>,
+        version: u64,
+    ) -> bool {
+        let (h, s) = self.route(key);
+        let replaced = s.insert(h, key, value, expires_at_ms, version);
+        self.len += usize::from(!replaced);
+        replaced
+    }
+
+    pub fn insert_string(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        expires_at_ms: Option<u64>,
+        version: u64,
+    ) -> bool {
+        let (h, s) = self.route(key);
+        let replaced = s.insert_string(h, key, value, expires_at_ms, version);
+        self.len += usize::from(!replaced);
+        replaced
+    }
+
+    pub fn get_or_insert_with(
+        &mut self,
+        key: &[u8],
+        make: impl FnOnce() -> Value,
+        version: u64,
+    ) -> EntryMut<'_> {
+        let h = self.hash(key);
+        let s = self.shard_index(h);
+        let shard = &mut self.shards[s];
+        if shard.get(h, key).is_none() {
+            self.len += 1;
+        }
+        shard.get_or_insert_with(h, key, make, version)
+    }
+
+    pub fn remove(&mut self, key: &[u8]) -> bool {
+        let (h, s) = self.route(key);
+        let removed = s.remove(h, key);
+        self.len -= usize::from(removed);
+        removed
+    }
+
+    pub fn take(&mut self, key: &[u8]) -> Option<Removed> {
+        let (h, s) = self.route(key);
+        let r = s.take(h, key);
+        self.len -= usize::from(r.is_some());
+        r
+    }
+
+    pub fn set_expiry(&mut self, key: &[u8], expires_at_ms: Option<u64>, version: u64) -> bool {
+        let (h, s) = self.route(key);
+        s.set_expiry(h, key, expires_at_ms, version)
+    }
+
+    /// Removes every key.
+    pub fn clear(&mut self) {
+        for s in self.shards.iter_mut() {
+            s.clear();
+        }
+        self.len = 0;
+    }
+
+    /// RANDOMKEY's pick: a uniformly random entry (expired ones included), `rand` giving the
+    /// randomness. Rejection sampling: a random shard, a random bucket of it, kept if full and
+    /// with probability (the shard's buckets / the most any shard has), so that every entry has
+    /// the same chance. O(shards) to find the largest shard, then 2/load tries expected; after
+    /// 256 misses, the n-th entry by iteration, O(n).
+    pub fn random(&self, rand: &mut dyn FnMut() -> u64) -> Option<EntryRef<'_>> {
+        if self.is_empty() {
+            return None;
+        }
+        let most = self
+            .shards
+            .iter()
+            .map(|s| s.slots.num_buckets())
+            .max()
+            .unwrap_or(0) as u64;
+        for _ in 0..256 {
+            let s = &self.shards[(rand() % self.shards.len() as u64) as usize];
+            let pick = rand() % most;
+            // `pick` is uniform below `most`; the bucket exists with probability
+            // buckets/most, and then is uniform among the shard's buckets.
+            if let Some(b) = s.slots.get_bucket(pick as usize) {
+                return Some(EntryRef {
+                    block: b,
+                    colls: &s.colls,
+                });
+            }
+        }
+        self.iter().nth((rand() % self.len as u64) as usize)
+    }
+
+    /// Every entry, shard by shard, in no particular order within a shard.
+    pub fn iter(&self) -> impl Iterator<Item = EntryRef<'_>> + '_ {
+        self.shards.iter().flat_map(Shard::iter)
+    }
+
+    /// One SCAN step: entries from `cursor` on in hash order, at least `count` of them unless
+    /// the table runs out (more when several share a hash), and the next cursor, 0 when the
+    /// scan is complete. Start with cursor 0.
+    ///
+    /// A key present from the first call to the last is returned at least once, whatever is
+    /// inserted or removed, and however the shards' tables grow or shrink, between calls: the
+    /// cursor says "every hash below this one is done", and hashes never change.
+    ///
+    /// Cost: O(length of each shard read) — a call reads whole shards (about
+    /// [`KEYS_PER_SHARD_TARGET`] keys each with [`Table::with_expected_keys`]), hashing every
+    /// key in them, where Redis reads O(COUNT) buckets.
+    pub fn scan(&self, cursor: u64, count: usize) -> (Vec<EntryRef<'_>>, u64) {
+        let count = count.max(1);
+        let shift = 64 - self.shard_bits;
+        let mut out = Vec::new();
+        let mut from = cursor;
+        loop {
+            let s = self.shard_index(from);
+            let (found, more) = self.shards[s].scan_from(from, count - out.len());
+            let last = found.last().map(|(h, _)| *h);
+            out.extend(found.into_iter().map(|(_, e)| e));
+            if more {
+                // `more` means a larger hash exists in this shard, so `last` < u64::MAX.
+                return (out, last.expect("more implies something was returned") + 1);
+            }
+            if s + 1 == self.shards.len() {
+                return (out, 0);
+            }
+            from = ((s + 1) as u64) << shift;
+            if out.len() >= count {
+                return (out, from);
+            }
+        }
+    }
+
+    /// Heap bytes held, as requested from the allocator (its rounding is not counted).
+    pub fn memory_bytes(&self) -> usize {
+        self.shards.len() * std::mem::size_of::<Shard>()
+            + self.shards.iter().map(Shard::memory_bytes).sum::<usize>()
+    }
+}

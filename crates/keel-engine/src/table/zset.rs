@@ -1,0 +1,713 @@
+//! The sorted set value type: members ordered by (score, member).
+//!
+//! Small sorted sets are one packed buffer of (member, score) pairs kept in order (Redis's
+//! listpack encoding): O(n) per operation over at most [`ZSET_PACKED_ENTRIES_MAX`] members of at
+//! most [`ZSET_PACKED_BYTES_MAX`] bytes. Past that they convert, once and for good, to Redis's
+//! large form: a skip list with spans (O(log n) ZADD, ZREM, ZRANK, and rank or score range
+//! starts) beside a `hashbrown` table from member to node (O(1) ZSCORE). The skip list lives in
+//! an arena of nodes addressed by `u32`, so the table holds 4-byte indices and no code is
+//! unsafe.
+//!
+//! Scores are never NaN: the command layer rejects NaN, as Redis does, before it gets here.
+//! Packed, an integral score takes as few bytes as hold it (see `encode_score`).
+
+use std::cmp::Ordering;
+use std::hash::BuildHasher;
+use std::ops::Bound;
+
+use foldhash::fast::RandomState;
+use hashbrown::HashTable;
+
+use super::packed::{self, element, Elements};
+
+/// Redis's `zset-max-listpack-entries`.
+pub const ZSET_PACKED_ENTRIES_MAX: usize = 128;
+/// Redis's `zset-max-listpack-value`.
+pub const ZSET_PACKED_BYTES_MAX: usize = 64;
+
+#[derive(Clone, Debug)]
+pub struct ZSetValue(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// member, score (see `encode_score`), member, score, ... ordered by (score, member).
+    Packed {
+        buf: Vec<u8>,
+        len: usize,
+    },
+    Skip(Box<SkipList>),
+}
+
+impl std::fmt::Debug for Repr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Repr::Packed { len, .. } => write!(f, "Packed({len} members)"),
+            Repr::Skip(s) => write!(f, "SkipList({} members)", s.len),
+        }
+    }
+}
+
+fn cmp(a_score: f64, a_member: &[u8], b_score: f64, b_member: &[u8]) -> Ordering {
+    a_score
+        .partial_cmp(&b_score)
+        .expect("scores are never NaN")
+        .then_with(|| a_member.cmp(b_member))
+}
+
+/// A packed score: an integral score of magnitude below 2^55 as the fewest little-endian
+/// two's-complement bytes that hold it (none for 0; at most 7), as Redis's listpack stores
+/// integral scores as integers; any other score as its 8 bytes of f64. -0.0 stays a float, so
+/// that its sign survives.
+fn encode_score(score: f64) -> ([u8; 8], usize) {
+    const INT_LIMIT: f64 = (1u64 << 55) as f64;
+    let negative_zero = score == 0.0 && score.is_sign_negative();
+    if score.fract() == 0.0 && score.abs() < INT_LIMIT && !negative_zero {
+        let v = score as i64;
+        let n = (1..=7)
+            .find(|&n| {
+                let bits = 8 * n;
+                v >= -(1i64 << (bits - 1)) && v < (1i64 << (bits - 1))
+            })
+            .expect("|v| < 2^55 fits in 7 bytes");
+        let n = if v == 0 { 0 } else { n };
+        (v.to_le_bytes(), n)
+    } else {
+        (score.to_le_bytes(), 8)
+    }
+}
+
+fn score_of(b: &[u8]) -> f64 {
+    match b.len() {
+        8 => f64::from_le_bytes(b.try_into().expect("8 bytes")),
+        0 => 0.0,
+        n => {
+            let mut bytes = [if b[n - 1] & 0x80 != 0 { 0xff } else { 0 }; 8];
+            bytes[..n].copy_from_slice(b);
+            i64::from_le_bytes(bytes) as f64
+        }
+    }
+}
+
+fn above_min(score: f64, min: Bound<f64>) -> bool {
+    match min {
+        Bound::Included(m) => score >= m,
+        Bound::Excluded(m) => score > m,
+        Bound::Unbounded => true,
+    }
+}
+
+fn below_max(score: f64, max: Bound<f64>) -> bool {
+    match max {
+        Bound::Included(m) => score <= m,
+        Bound::Excluded(m) => score < m,
+        Bound::Unbounded => true,
+    }
+}
+
+/// A packed sorted set's pairs: (offset of the pair, offset past it, member, score).
+fn packed_pairs(buf: &[u8]) -> impl Iterator<Item = (usize, usize, &[u8], f64)> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        (at < buf.len()).then(|| {
+            let (m, s_at) = element(buf, at);
+            let (s, next) = element(buf, s_at);
+            let start = at;
+            at = next;
+            (start, next, m, score_of(s))
+        })
+    })
+}
+
+impl Default for ZSetValue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ZSetValue {
+    pub fn new() -> Self {
+        ZSetValue(Repr::Packed {
+            buf: Vec::new(),
+            len: 0,
+        })
+    }
+
+    /// ZCARD.
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Repr::Packed { len, .. } => *len,
+            Repr::Skip(s) => s.len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn is_packed(&self) -> bool {
+        matches!(self.0, Repr::Packed { .. })
+    }
+
+    /// ZSCORE.
+    pub fn score(&self, member: &[u8]) -> Option<f64> {
+        match &self.0 {
+            Repr::Packed { buf, .. } => packed_pairs(buf)
+                .find(|(_, _, m, _)| *m == member)
+                .map(|(_, _, _, s)| s),
+            Repr::Skip(s) => s.find(member).map(|i| s.nodes[i as usize].score),
+        }
+    }
+
+    /// ZADD of one member: sets its score; true if the member is new.
+    pub fn insert(&mut self, member: &[u8], score: f64) -> bool {
+        assert!(!score.is_nan(), "the command layer rejects NaN scores");
+        if let Repr::Packed { buf, len } = &mut self.0 {
+            let old = packed_pairs(buf).find(|(_, _, m, _)| *m == member);
+            let fits = member.len() <= ZSET_PACKED_BYTES_MAX
+                && (old.is_some() || *len < ZSET_PACKED_ENTRIES_MAX);
+            if fits {
+                let existed = old.is_some();
+                if let Some((start, end, _, s)) = old {
+                    if s == score {
+                        return false;
+                    }
+                    packed::splice(buf, start..end, &[]);
+                    *len -= 1;
+                }
+                let at = packed_pairs(buf)
+                    .find(|(_, _, m, s)| cmp(*s, m, score, member) == Ordering::Greater)
+                    .map_or(buf.len(), |(start, ..)| start);
+                let (bytes, n) = encode_score(score);
+                packed::splice(buf, at..at, &[member, &bytes[..n]]);
+                *len += 1;
+                return !existed;
+            }
+            self.convert_to_skip_list();
+        }
+        let Repr::Skip(s) = &mut self.0 else {
+            unreachable!("converted above")
+        };
+        match s.find(member) {
+            Some(i) if s.nodes[i as usize].score == score => false,
+            Some(i) => {
+                let old = s.nodes[i as usize].score;
+                s.remove(member, old);
+                s.insert(member, score);
+                false
+            }
+            None => {
+                s.insert(member, score);
+                true
+            }
+        }
+    }
+
+    /// ZREM of one member; true if it was there.
+    pub fn remove(&mut self, member: &[u8]) -> bool {
+        match &mut self.0 {
+            Repr::Packed { buf, len } => {
+                let found = packed_pairs(buf)
+                    .find(|(_, _, m, _)| *m == member)
+                    .map(|(start, end, ..)| (start, end));
+                match found {
+                    Some((start, end)) => {
+                        packed::splice(buf, start..end, &[]);
+                        *len -= 1;
+                        true
+                    }
+                    None => false,
+                }
+            }
+            Repr::Skip(s) => match s.find(member) {
+                Some(i) => {
+                    let score = s.nodes[i as usize].score;
+                    s.remove(member, score);
+                    s.compact_if_sparse();
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
+    /// ZRANK: the member's 0-based position in ascending order (ZREVRANK is `len - 1 - rank`).
+    pub fn rank(&self, member: &[u8]) -> Option<usize> {
+        match &self.0 {
+            Repr::Packed { buf, .. } => packed_pairs(buf).position(|(_, _, m, _)| m == member),
+            Repr::Skip(s) => {
+                let i = s.find(member)?;
+                Some(s.rank(s.nodes[i as usize].score, member))
+            }
+        }
+    }
+
+    /// ZRANGE by rank: members at ranks `start..end` (clamped), ascending, with their scores.
+    pub fn range_by_rank(&self, start: usize, end: usize) -> Vec<(&[u8], f64)> {
+        let end = end.min(self.len());
+        if start >= end {
+            return Vec::new();
+        }
+        match &self.0 {
+            Repr::Packed { buf, .. } => packed_pairs(buf)
+                .skip(start)
+                .take(end - start)
+                .map(|(_, _, m, s)| (m, s))
+                .collect(),
+            Repr::Skip(s) => s.walk_from(s.by_rank(start)).take(end - start).collect(),
+        }
+    }
+
+    /// ZRANGEBYSCORE: members with `min <= score <= max` (each bound inclusive, exclusive or
+    /// open), ascending, at most `limit`.
+    pub fn range_by_score(
+        &self,
+        min: Bound<f64>,
+        max: Bound<f64>,
+        limit: usize,
+    ) -> Vec<(&[u8], f64)> {
+        match &self.0 {
+            Repr::Packed { buf, .. } => packed_pairs(buf)
+                .map(|(_, _, m, s)| (m, s))
+                .skip_while(|(_, s)| !above_min(*s, min))
+                .take_while(|(_, s)| below_max(*s, max))
+                .take(limit)
+                .collect(),
+            Repr::Skip(s) => s
+                .walk_from(s.first_at_least(min))
+                .take_while(|(_, sc)| below_max(*sc, max))
+                .take(limit)
+                .collect(),
+        }
+    }
+
+    /// ZRANDMEMBER's pick: a uniformly random (member, score), `rand` giving the randomness.
+    /// O(log n) by rank.
+    pub fn random(&self, rand: &mut dyn FnMut() -> u64) -> Option<(&[u8], f64)> {
+        if self.is_empty() {
+            return None;
+        }
+        let i = (rand() % self.len() as u64) as usize;
+        self.range_by_rank(i, i + 1).pop()
+    }
+
+    /// ZCOUNT: how many members have a score within `min` and `max`. O(log n) in the large
+    /// form.
+    pub fn count_by_score(&self, min: Bound<f64>, max: Bound<f64>) -> usize {
+        match &self.0 {
+            Repr::Packed { buf, .. } => packed_pairs(buf)
+                .filter(|(_, _, _, s)| above_min(*s, min) && below_max(*s, max))
+                .count(),
+            Repr::Skip(s) => {
+                let (_, first) = s.first_where(|sc| above_min(sc, min));
+                let (_, past) = s.first_where(|sc| !below_max(sc, max));
+                past.saturating_sub(first)
+            }
+        }
+    }
+
+    /// Every (member, score), ascending.
+    pub fn iter(&self) -> Vec<(&[u8], f64)> {
+        self.range_by_rank(0, self.len())
+    }
+
+    /// Heap bytes this value holds, as requested from the allocator.
+    pub fn memory_bytes(&self) -> usize {
+        match &self.0 {
+            Repr::Packed { buf, .. } => buf.capacity(),
+            Repr::Skip(s) => s.memory_bytes(),
+        }
+    }
+
+    fn convert_to_skip_list(&mut self) {
+        let Repr::Packed { buf, .. } = &self.0 else {
+            return;
+        };
+        let mut s = SkipList::new();
+        let mut e = Elements::new(buf);
+        while let (Some(m), Some(sc)) = (e.next(), e.next()) {
+            s.insert(m, score_of(sc));
+        }
+        self.0 = Repr::Skip(Box::new(s));
+    }
+}
+
+const NIL: u32 = u32::MAX;
+const HEAD: u32 = 0;
+/// Redis's ZSKIPLIST_MAXLEVEL and ZSKIPLIST_P.
+const LEVEL_MAX: usize = 32;
+const LEVEL_P_PERCENT: u64 = 25;
+
+#[derive(Clone, Copy, Debug)]
+struct Level {
+    forward: u32,
+    /// Nodes this link jumps over, counting its target: what ranks are summed from.
+    span: u32,
+}
+
+#[derive(Clone, Debug)]
+struct Node {
+    member: Box<[u8]>,
+    score: f64,
+    backward: u32,
+    levels: Box<[Level]>,
+}
+
+/// Redis's zskiplist with an arena for nodes (node 0 is the head) and a member index.
+#[derive(Clone, Debug)]
+struct SkipList {
+    nodes: Vec<Node>,
+    free: Vec<u32>,
+    tail: u32,
+    level: usize,
+    len: usize,
+    /// member → node.
+    dict: HashTable<u32>,
+    state: RandomState,
+    /// xorshift state for node levels. Levels only shape the list, never its contents, so
+    /// they need not be reproducible.
+    rng: u64,
+}
+
+// The level loops index `update`, `rank` and each node's levels in step, as Redis's zskiplist
+// code does; iterators over one of them would hide that.
+#[allow(clippy::needless_range_loop)]
+impl SkipList {
+    fn new() -> SkipList {
+        let state = RandomState::default();
+        SkipList {
+            nodes: vec![Node {
+                member: Box::new([]),
+                score: 0.0,
+                backward: NIL,
+                levels: vec![
+                    Level {
+                        forward: NIL,
+                        span: 0
+                    };
+                    LEVEL_MAX
+                ]
+                .into_boxed_slice(),
+            }],
+            free: Vec::new(),
+            tail: NIL,
+            level: 1,
+            len: 0,
+            dict: HashTable::new(),
+            rng: state.hash_one(0u64) | 1,
+            state,
+        }
+    }
+
+    fn random_level(&mut self) -> usize {
+        let mut level = 1;
+        loop {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            if level < LEVEL_MAX && self.rng % 100 < LEVEL_P_PERCENT {
+                level += 1;
+            } else {
+                return level;
+            }
+        }
+    }
+
+    fn node(&self, i: u32) -> &Node {
+        &self.nodes[i as usize]
+    }
+
+    fn fwd(&self, i: u32, l: usize) -> u32 {
+        self.nodes[i as usize].levels[l].forward
+    }
+
+    fn find(&self, member: &[u8]) -> Option<u32> {
+        self.dict
+            .find(self.state.hash_one(member), |&i| {
+                &self.nodes[i as usize].member[..] == member
+            })
+            .copied()
+    }
+
+    /// Inserts a member that is not present.
+    fn insert(&mut self, member: &[u8], score: f64) {
+        let mut update = [HEAD; LEVEL_MAX];
+        let mut rank = [0u32; LEVEL_MAX];
+        let mut x = HEAD;
+        for i in (0..self.level).rev() {
+            rank[i] = if i == self.level - 1 { 0 } else { rank[i + 1] };
+            loop {
+                let f = self.fwd(x, i);
+                if f == NIL
+                    || cmp(self.node(f).score, &self.node(f).member, score, member)
+                        != Ordering::Less
+                {
+                    break;
+                }
+                rank[i] += self.nodes[x as usize].levels[i].span;
+                x = f;
+            }
+            update[i] = x;
+        }
+        let level = self.random_level();
+        if level > self.level {
+            for i in self.level..level {
+                rank[i] = 0;
+                update[i] = HEAD;
+                self.nodes[HEAD as usize].levels[i].span = self.len as u32;
+            }
+            self.level = level;
+        }
+        let node = Node {
+            member: member.into(),
+            score,
+            backward: if update[0] == HEAD { NIL } else { update[0] },
+            levels: vec![
+                Level {
+                    forward: NIL,
+                    span: 0
+                };
+                level
+            ]
+            .into_boxed_slice(),
+        };
+        let new = match self.free.pop() {
+            Some(i) => {
+                self.nodes[i as usize] = node;
+                i
+            }
+            None => {
+                self.nodes.push(node);
+                u32::try_from(self.nodes.len() - 1).expect("fewer than 2^32 members")
+            }
+        };
+        for i in 0..level {
+            let u = update[i] as usize;
+            let ul = self.nodes[u].levels[i];
+            self.nodes[new as usize].levels[i] = Level {
+                forward: ul.forward,
+                span: ul.span - (rank[0] - rank[i]),
+            };
+            self.nodes[u].levels[i] = Level {
+                forward: new,
+                span: rank[0] - rank[i] + 1,
+            };
+        }
+        for i in level..self.level {
+            self.nodes[update[i] as usize].levels[i].span += 1;
+        }
+        match self.fwd(new, 0) {
+            NIL => self.tail = new,
+            f => self.nodes[f as usize].backward = new,
+        }
+        self.len += 1;
+        let (nodes, state) = (&self.nodes, &self.state);
+        self.dict.insert_unique(state.hash_one(member), new, |&i| {
+            state.hash_one(&nodes[i as usize].member[..])
+        });
+    }
+
+    /// Removes a member that is present with this score.
+    fn remove(&mut self, member: &[u8], score: f64) {
+        let mut update = [HEAD; LEVEL_MAX];
+        let mut x = HEAD;
+        for i in (0..self.level).rev() {
+            loop {
+                let f = self.fwd(x, i);
+                if f == NIL
+                    || cmp(self.node(f).score, &self.node(f).member, score, member)
+                        != Ordering::Less
+                {
+                    break;
+                }
+                x = f;
+            }
+            update[i] = x;
+        }
+        let x = self.fwd(update[0], 0);
+        assert!(
+            x != NIL && &self.node(x).member[..] == member,
+            "removing a member that is present"
+        );
+        for i in 0..self.level {
+            let u = update[i] as usize;
+            if self.nodes[u].levels[i].forward == x {
+                let xl = self.nodes[x as usize].levels[i];
+                self.nodes[u].levels[i].span += xl.span;
+                self.nodes[u].levels[i].span -= 1;
+                self.nodes[u].levels[i].forward = xl.forward;
+            } else {
+                self.nodes[u].levels[i].span -= 1;
+            }
+        }
+        let back = self.node(x).backward;
+        match self.fwd(x, 0) {
+            NIL => self.tail = back,
+            f => self.nodes[f as usize].backward = back,
+        }
+        while self.level > 1 && self.fwd(HEAD, self.level - 1) == NIL {
+            self.level -= 1;
+        }
+        self.len -= 1;
+        let hash = self.state.hash_one(member);
+        self.dict
+            .find_entry(hash, |&i| i == x)
+            .unwrap_or_else(|_| panic!("a present member is in the index"))
+            .remove();
+        let (nodes, state) = (&self.nodes, &self.state);
+        packed::shrink_if_sparse(&mut self.dict, |&i| {
+            state.hash_one(&nodes[i as usize].member[..])
+        });
+        self.nodes[x as usize].member = Box::new([]);
+        self.nodes[x as usize].levels = Box::new([]);
+        self.free.push(x);
+    }
+
+    /// 0-based rank of a present (score, member).
+    fn rank(&self, score: f64, member: &[u8]) -> usize {
+        let mut x = HEAD;
+        let mut rank = 0usize;
+        for i in (0..self.level).rev() {
+            loop {
+                let f = self.fwd(x, i);
+                if f == NIL
+                    || cmp(self.node(f).score, &self.node(f).member, score, member)
+                        == Ordering::Greater
+                {
+                    break;
+                }
+                rank += self.nodes[x as usize].levels[i].span as usize;
+                x = f;
+            }
+            if x != HEAD && &self.node(x).member[..] == member {
+                return rank - 1;
+            }
+        }
+        unreachable!("the member is present")
+    }
+
+    /// The node at 0-based rank `r` (< len).
+    fn by_rank(&self, r: usize) -> u32 {
+        let target = r + 1;
+        let mut x = HEAD;
+        let mut traversed = 0usize;
+        for i in (0..self.level).rev() {
+            loop {
+                let f = self.fwd(x, i);
+                let span = self.nodes[x as usize].levels[i].span as usize;
+                if f == NIL || traversed + span > target {
+                    break;
+                }
+                traversed += span;
+                x = f;
+            }
+            if traversed == target {
+                return x;
+            }
+        }
+        unreachable!("rank {r} is below the length {}", self.len)
+    }
+
+    /// The first node whose score is within `min`, or NIL.
+    fn first_at_least(&self, min: Bound<f64>) -> u32 {
+        self.first_where(|s| above_min(s, min)).0
+    }
+
+    /// The first node whose score satisfies `at_or_past` (which must hold from some node on,
+    /// in order), and its 0-based rank (`len` if there is none). O(log n).
+    fn first_where(&self, at_or_past: impl Fn(f64) -> bool) -> (u32, usize) {
+        let mut x = HEAD;
+        let mut rank = 0usize;
+        for i in (0..self.level).rev() {
+            loop {
+                let f = self.fwd(x, i);
+                if f == NIL || at_or_past(self.node(f).score) {
+                    break;
+                }
+                rank += self.nodes[x as usize].levels[i].span as usize;
+                x = f;
+            }
+        }
+        (self.fwd(x, 0), rank)
+    }
+
+    /// Rebuilds the list when most of its node arena is free slots, so that a sorted set that
+    /// shrank gives its memory back: O(n log n) once per n/2 removals.
+    fn compact_if_sparse(&mut self) {
+        if self.nodes.len() > 64 && self.free.len() > self.nodes.len() / 2 {
+            let mut fresh = SkipList::new();
+            for (m, s) in self.walk_from(self.fwd(HEAD, 0)) {
+                fresh.insert(m, s);
+            }
+            *self = fresh;
+        }
+    }
+
+    fn walk_from(&self, mut x: u32) -> impl Iterator<Item = (&[u8], f64)> + '_ {
+        std::iter::from_fn(move || {
+            (x != NIL).then(|| {
+                let n = self.node(x);
+                x = n.levels[0].forward;
+                (&n.member[..], n.score)
+            })
+        })
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.nodes.capacity() * std::mem::size_of::<Node>()
+            + self
+                .nodes
+                .iter()
+                .map(|n| n.member.len() + n.levels.len() * std::mem::size_of::<Level>())
+                .sum::<usize>()
+            + self.free.capacity() * 4
+            + self.dict.allocation_size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every score comes back bit for bit, through the integer form wherever it applies.
+    #[test]
+    fn packed_scores_round_trip_bit_for_bit() {
+        let mut scores = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            127.0,
+            128.0,
+            -128.0,
+            -129.0,
+            0.5,
+            -2.5,
+            1e300,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MIN_POSITIVE,
+            (1u64 << 53) as f64,
+            (1u64 << 55) as f64,
+            -((1u64 << 55) as f64),
+            ((1u64 << 55) - 8) as f64,
+        ];
+        for b in 0..63 {
+            scores.push((1i64 << b) as f64);
+            scores.push(-((1i64 << b) as f64));
+            scores.push(((1i64 << b) - 1) as f64);
+        }
+        for s in scores {
+            let (bytes, n) = encode_score(s);
+            assert_eq!(
+                score_of(&bytes[..n]).to_bits(),
+                s.to_bits(),
+                "{s} in {n} bytes"
+            );
+        }
+        assert_eq!(encode_score(0.0).1, 0);
+        assert_eq!(encode_score(-0.0).1, 8);
+        assert_eq!(encode_score(100.0).1, 1);
+        assert_eq!(encode_score(100_000.0).1, 3);
+        assert_eq!(encode_score(0.5).1, 8);
+    }
+}
