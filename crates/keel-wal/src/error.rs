@@ -236,7 +236,8 @@ impl fmt::Display for Corruption {
         if let Some((offset, lsn)) = self.valid_frame_after {
             write!(
                 f,
-                "; a durable frame (LSN {lsn}) follows at offset {offset}, so this is not a torn tail"
+                "; the frame or mark at offset {offset} (LSN {lsn}) records a sync that covers \
+                 this place, so this is not a torn tail"
             )?;
         }
         match self.last_good_lsn {
