@@ -189,7 +189,7 @@ pub(crate) fn choose<T>(
 }
 
 /// A file that could not be read for a reason that says nothing about its bytes (permissions,
-/// too many open files) is an error, not damage: falling back would set a good file aside. So
+/// too many open files in the process or the system) is an error, not damage: falling back would set a good file aside. So
 /// is a snapshot whose checksum holds but whose version is unknown: a newer keel wrote it, and
 /// falling back would downgrade the database, as for such a MANIFEST. Returns the problem text
 /// for real damage.
@@ -205,7 +205,7 @@ fn not_damage(e: FileError, path: &Path) -> Result<String> {
                 std::io::ErrorKind::PermissionDenied
                     | std::io::ErrorKind::OutOfMemory
                     | std::io::ErrorKind::Interrupted
-            ) || e.raw_os_error() == Some(24) =>
+            ) || matches!(e.raw_os_error(), Some(23 | 24)) =>
         {
             Err(Error::Io {
                 op: "read snapshot",
