@@ -9,21 +9,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::files::{flip, small_engine, sorted};
 use common::Server;
-use keel_engine::{Engine, Options};
+use keel_engine::Engine;
 use keel_wal::format::{decode_frame, segment_seed, Decoded, SegmentHeader};
 
 const KEYS: u64 = 2400;
-
-fn small_engine() -> Options {
-    Options {
-        wal: keel_wal::Options::small_for_tests(),
-        key_bytes_max: 256,
-        value_bytes_max: 4096,
-        background: false,
-        ..Options::default()
-    }
-}
 
 /// Key `k{i}` is written by the record at LSN `i + 1` (one put per record, nothing else logged).
 /// Checkpoints after 1000 and 2000 keys: two snapshots, 64 KiB segments. Returns the snapshot
@@ -39,14 +30,6 @@ fn build(db: &Path) -> Vec<u64> {
     }
     e.close().unwrap();
     snaps
-}
-
-fn sorted(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .map(|r| r.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 /// Segment files with their first and last LSN (`u64::MAX` for the open one).
@@ -65,12 +48,6 @@ fn segments(db: &Path) -> Vec<(PathBuf, u64, u64)> {
             }
         })
         .collect()
-}
-
-fn flip(p: &Path, at: usize) {
-    let mut b = std::fs::read(p).unwrap();
-    b[at] ^= 0x01;
-    std::fs::write(p, &b).unwrap();
 }
 
 /// Every file under `dir` with its bytes, to prove a step changed nothing.

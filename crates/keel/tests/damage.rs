@@ -6,67 +6,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::thread;
 
+use common::files::{copy_dir, flip, keel, small_engine, sorted, text};
 use common::{Server, DEADLINE};
-use keel_engine::{Engine, Options};
+use keel_engine::Engine;
 use keel_wal::format::{decode_frame, segment_seed, Decoded, SegmentHeader};
-
-fn keel(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(args)
-        .output()
-        .expect("run keel")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let p = e.path();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&p, &to.join(e.file_name()));
-        } else {
-            std::fs::copy(&p, to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
-fn sorted(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .map(|r| r.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
-}
 
 fn snapshots(db: &Path) -> Vec<PathBuf> {
     sorted(&db.join("snapshots"))
-}
-
-fn flip(p: &Path, at: usize) {
-    let mut b = std::fs::read(p).unwrap();
-    b[at] ^= 0x01;
-    std::fs::write(p, &b).unwrap();
-}
-
-fn small_engine() -> Options {
-    Options {
-        wal: keel_wal::Options::small_for_tests(),
-        key_bytes_max: 256,
-        value_bytes_max: 4096,
-        background: false,
-        ..Options::default()
-    }
 }
 
 /// Keys written, by prefix and count.
