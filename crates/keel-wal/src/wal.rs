@@ -836,6 +836,8 @@ impl Wal {
                 }
             })
             .map_err(|e| Error::io("spawn ack thread", &dir, e))?;
+        // Recovery synced the active segment.
+        let synced_offset = active.offset;
         let writer = Writer {
             shared: shared.clone(),
             acker: Some(ack_tx),
@@ -844,6 +846,7 @@ impl Wal {
             next_lsn: last_lsn + 1,
             written_lsn: last_lsn,
             durable_lsn: last_lsn,
+            synced_offset,
             buf: Vec::new(),
             pending: Vec::new(),
             last_sync: Instant::now(),
@@ -1175,6 +1178,8 @@ struct Writer {
     written_lsn: Lsn,
     /// Highest LSN covered by a completed sync.
     durable_lsn: Lsn,
+    /// How far into the active segment the last completed sync reached.
+    synced_offset: u64,
     /// Frames encoded but not yet written; they start at `active.offset`.
     buf: Vec<u8>,
     /// Appends in `buf` (or written, awaiting their sync): completion and last LSN.
@@ -1470,7 +1475,9 @@ impl Writer {
     /// stays in one order, which the simulator's seeds rely on).
     fn sync(&mut self, mark: bool) -> Result<()> {
         let t = Instant::now();
+        let upto = self.active.offset;
         self.sync_active()?;
+        self.synced_offset = upto;
         self.last_sync_time = t.elapsed();
         let c = &self.shared.counters;
         c.syncs.fetch_add(1, Ordering::Relaxed);
@@ -1601,6 +1608,7 @@ impl Writer {
             file_bytes: opts.segment_bytes_max,
         });
         drop(segs);
+        self.synced_offset = new.offset;
         self.active = new;
         self.tail_mark = None;
         Ok(())
@@ -1681,6 +1689,7 @@ impl Writer {
         if t + 1 == segs.len() {
             shrink(&*self.active.file)?;
             self.active.offset = cut;
+            self.synced_offset = self.synced_offset.min(cut);
         } else {
             let file = fs
                 .open(&path, OpenMode::ReadWrite)
@@ -1693,6 +1702,7 @@ impl Writer {
                 first_lsn: target.first_lsn,
                 offset: cut,
             };
+            self.synced_offset = cut;
         }
         // The shrink took any mark with it.
         self.tail_mark = None;
@@ -1748,6 +1758,7 @@ impl Writer {
             mem::take(&mut q.items)
         };
         self.buf.clear();
+        self.forget_unsynced();
         for (done, _) in self.pending.drain(..) {
             done.complete(Err(Error::Poisoned(first.clone())));
         }
@@ -1755,6 +1766,32 @@ impl Writer {
             item.done().complete(Err(Error::Poisoned(first.clone())));
         }
         first
+    }
+
+    /// After a failure under `Always`: overwrite with zeros the frames written since the last
+    /// good sync, none of which was acknowledged. After a failed fdatasync, Linux keeps their
+    /// pages readable but marks them clean ("fsyncgate"), so the next open would read them back,
+    /// sync them (writing nothing) and call them durable, and records acknowledged after that
+    /// would stand behind a hole after a power cut. Zeros are new dirty pages, so that next
+    /// open's sync writes them. Best effort: if this write fails too, the next open finds the
+    /// frames, as before.
+    fn forget_unsynced(&mut self) {
+        let a = &self.active;
+        if self.shared.opts.sync_policy != SyncPolicy::Always || self.synced_offset >= a.offset {
+            return;
+        }
+        let zeros = vec![0u8; (a.offset - self.synced_offset) as usize];
+        match write_all_at(&*a.file, &zeros, self.synced_offset) {
+            Ok(()) => tracing::warn!(
+                "zeroed {} bytes of unacknowledged frames after the last good sync in {}",
+                zeros.len(),
+                a.path.display()
+            ),
+            Err(e) => tracing::error!(
+                "could not zero the unacknowledged frames after the last good sync in {}: {e}",
+                a.path.display()
+            ),
+        }
     }
 
     /// On close: make what was acknowledged under a weaker policy durable. Never after a failure.
