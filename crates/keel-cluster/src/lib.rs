@@ -34,7 +34,7 @@ pub mod net;
 mod sm;
 
 pub use log::LogStore;
-pub use sm::{Engines, StateMachine, RESERVED_PREFIX};
+pub use sm::{Engines, StateMachine};
 
 pub type NodeId = u64;
 
@@ -247,7 +247,7 @@ fn txn_bytes(t: &Txn) -> usize {
     t.writes
         .iter()
         .map(|w| match w {
-            Write::Put { key, value, .. } => key.len() + value.len(),
+            Write::Put { key, value, .. } | Write::System { key, value } => key.len() + value.len(),
             Write::Append { key, suffix } => key.len() + suffix.len(),
             Write::Rename { from, to, .. } => from.len() + to.len(),
             Write::Delete { key }
@@ -483,18 +483,10 @@ impl Cluster {
                 "transaction of {size} bytes exceeds the cluster's limit of {TXN_BYTES_MAX}"
             )));
         }
-        let keys = txn
-            .guards
-            .iter()
-            .map(|g| &g.key)
-            .chain(txn.writes.iter().flat_map(Write::keys));
-        for k in keys {
-            if k.starts_with(RESERVED_PREFIX) {
-                return Err(ClusterError::Rejected(
-                    "keys starting with \\xffkeel.raft. hold replication state and cannot be written"
-                        .into(),
-                ));
-            }
+        if txn.writes.iter().any(|w| matches!(w, Write::System { .. })) {
+            return Err(ClusterError::Rejected(
+                "a client transaction cannot write the system namespace, which holds the replication state".into(),
+            ));
         }
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.arrivals.fetch_add(1, Ordering::Release);

@@ -1,9 +1,14 @@
 //! The state machine on keel-engine.
 //!
 //! Each applied entry is one engine transaction, decided at the time the leader gave it, that
-//! also writes the entry's log id under a reserved key (and, for membership entries, the
-//! membership). The applied log id is so made durable atomically with the state it describes,
-//! and a restart applies nothing twice. Because every replica decides the same transactions at
+//! also writes the entry's log id into the engine's system namespace (and, for membership
+//! entries, the membership). The applied log id is so made durable atomically with the state it
+//! describes, and a restart applies nothing twice. The system namespace is apart from the user
+//! keyspace: clients never see these entries, and FLUSHALL leaves them.
+//!
+//! Before the system namespace (snapshot format v2) they were user keys (`\xffkeel.raft.applied` and `\xffkeel.raft.membership`).
+//! An engine written then is read through them until its next applied transaction, which writes
+//! the system entries and deletes the old keys in one record. Because every replica decides the same transactions at
 //! the same times from the same state, every replica reaches the same state at the same LSNs,
 //! so WATCH and KEEL.CAS versions mean the same thing on every node.
 //!
@@ -17,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use keel_engine::{Engine, Outcome, PutIf, Ttl, Write};
+use keel_engine::{Engine, Outcome, Write};
 use openraft::storage::RaftStateMachine;
 use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
@@ -28,11 +33,12 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use crate::log::{decode_checked, encode_checked, io_err};
 use crate::{Applied, Node, NodeId, Results, TypeConfig};
 
-/// Keys under this prefix hold the replication state inside the engine. The server hides them
-/// from KEYS, SCAN, DBSIZE and RANDOMKEY.
-pub const RESERVED_PREFIX: &[u8] = b"\xffkeel.raft.";
-const APPLIED_KEY: &[u8] = b"\xffkeel.raft.applied";
-const MEMBERSHIP_KEY: &[u8] = b"\xffkeel.raft.membership";
+/// The system entries that hold the replication state inside the engine.
+const APPLIED_KEY: &[u8] = b"raft.applied";
+const MEMBERSHIP_KEY: &[u8] = b"raft.membership";
+/// Where engines written before the system namespace keep them, as user keys.
+const LEGACY_APPLIED_KEY: &[u8] = b"\xffkeel.raft.applied";
+const LEGACY_MEMBERSHIP_KEY: &[u8] = b"\xffkeel.raft.membership";
 const ENGINE_POINTER: &str = "ENGINE";
 const SNAPSHOTS: &str = "snapshots";
 
@@ -111,12 +117,30 @@ struct Marker {
 }
 
 fn put(key: &'static [u8], value: Vec<u8>) -> Write {
-    Write::Put {
+    Write::System {
         key: Bytes::from_static(key),
         value: value.into(),
-        ttl: Ttl::None,
-        only: PutIf::Always,
     }
+}
+
+/// For an engine written before the system namespace: the writes that move its replication
+/// state there (the membership `m` into the system namespace, deletes of the legacy user keys),
+/// to go into its next applied transaction, beside the applied position. Empty otherwise.
+fn migration(e: &Engine, m: &Membership) -> Vec<Write> {
+    let legacy: Vec<Write> = [LEGACY_APPLIED_KEY, LEGACY_MEMBERSHIP_KEY]
+        .into_iter()
+        .filter(|k| e.system(APPLIED_KEY).is_none() && e.get(k).is_some())
+        .map(|k| Write::Delete {
+            key: Bytes::from_static(k),
+        })
+        .collect();
+    if legacy.is_empty() {
+        return legacy;
+    }
+    tracing::info!("moving the replication state out of the user keyspace (written before the system namespace)");
+    let mut w = vec![put(MEMBERSHIP_KEY, encode_checked(m))];
+    w.extend(legacy);
+    w
 }
 
 /// One transaction of an entry being applied.
@@ -202,15 +226,17 @@ impl StateMachine {
 }
 
 fn read_membership(e: &Engine) -> Result<Membership, String> {
-    match e.get(MEMBERSHIP_KEY) {
-        Some(v) => decode_checked(&v.value),
+    let legacy = || e.get(LEGACY_MEMBERSHIP_KEY).map(|v| v.value);
+    match e.system(MEMBERSHIP_KEY).or_else(legacy) {
+        Some(v) => decode_checked(&v),
         None => Ok(Membership::default()),
     }
 }
 
 fn read_marker(e: &Engine) -> Result<Marker, String> {
-    match e.get(APPLIED_KEY) {
-        Some(v) => decode_checked(&v.value),
+    let legacy = || e.get(LEGACY_APPLIED_KEY).map(|v| v.value);
+    match e.system(APPLIED_KEY).or_else(legacy) {
+        Some(v) => decode_checked(&v),
         None => Ok(Marker::default()),
     }
 }
@@ -237,6 +263,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let engine = self.engines.get();
         let mut marker = *self.marker.lock().unwrap_or_else(|p| p.into_inner());
+        let mut legacy = migration(
+            &engine,
+            &self.membership.lock().unwrap_or_else(|p| p.into_inner()),
+        );
         // Submit everything, then wait: the transactions share the engine log's writes.
         let mut pending: Vec<Vec<Slot>> = Vec::new();
         for entry in entries {
@@ -248,15 +278,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut slots = Vec::new();
             match entry.payload {
                 EntryPayload::Blank => {
-                    let w = vec![put(APPLIED_KEY, encode_checked(&done))];
+                    let mut w = std::mem::take(&mut legacy);
+                    w.push(put(APPLIED_KEY, encode_checked(&done)));
                     slots.push(self.submit(&engine, None, 0, vec![], w, None)?);
                 }
                 EntryPayload::Membership(m) => {
                     let stored = Membership::new(Some(id), m);
-                    let w = vec![
-                        put(MEMBERSHIP_KEY, encode_checked(&stored)),
-                        put(APPLIED_KEY, encode_checked(&done)),
-                    ];
+                    // The new membership is written after the migration's copy of the old.
+                    let mut w = std::mem::take(&mut legacy);
+                    w.push(put(MEMBERSHIP_KEY, encode_checked(&stored)));
+                    w.push(put(APPLIED_KEY, encode_checked(&done)));
                     *self.membership.lock().unwrap_or_else(|p| p.into_inner()) = stored;
                     slots.push(self.submit(&engine, None, 0, vec![], w, None)?);
                 }
@@ -285,16 +316,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         };
                         let mut writes = t.writes;
                         let user = writes.len();
-                        // A FLUSHALL must not take the membership with it.
-                        if writes.iter().any(|w| matches!(w, Write::DeleteAll)) {
-                            let m = self
-                                .membership
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .clone();
-                            writes.push(put(MEMBERSHIP_KEY, encode_checked(&m)));
-                        }
+                        // The client's results come first; the bookkeeping follows.
                         writes.push(put(APPLIED_KEY, encode_checked(&progress)));
+                        writes.append(&mut legacy);
                         slots.push(self.submit(
                             &engine,
                             t.id,
@@ -572,13 +596,15 @@ impl StateMachine {
         // leave the engine behind the purged log. (Applies go on meanwhile; syncing after
         // taking the view covers all of it.)
         engine.sync().map_err(snap_err)?;
-        let decode = |k: &[u8]| view.get(k).map(|e| e.value.clone());
-        let last_log_id = decode(APPLIED_KEY)
+        let decode = |k: &[u8], legacy: &[u8]| {
+            (view.system(k).cloned()).or_else(|| view.get(legacy).map(|e| e.value.clone()))
+        };
+        let last_log_id = decode(APPLIED_KEY, LEGACY_APPLIED_KEY)
             .map(|v| decode_checked::<Marker>(&v))
             .transpose()
             .map_err(snap_err)?
             .and_then(|m| m.full);
-        let membership: Membership = decode(MEMBERSHIP_KEY)
+        let membership: Membership = decode(MEMBERSHIP_KEY, LEGACY_MEMBERSHIP_KEY)
             .map(|v| decode_checked(&v))
             .transpose()
             .map_err(snap_err)?

@@ -217,13 +217,14 @@ async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
         wait_applied(s.node.as_ref().unwrap(), "k19", "v19").await;
         wait_applied(s.node.as_ref().unwrap(), "n", "7").await;
     }
-    // Replication state cannot be written by clients, and a transaction too large for one
-    // raft entry is refused before it is proposed.
+    // Replication state (the engine's system namespace) cannot be written by clients, and a
+    // transaction too large for one raft entry is refused before it is proposed.
     let leader_node = leader_of(&nodes);
     for txn in [
         Txn {
-            writes: vec![Write::Delete {
-                key: Bytes::from_static(b"\xffkeel.raft.applied"),
+            writes: vec![Write::System {
+                key: Bytes::from_static(b"raft.applied"),
+                value: Bytes::new(),
             }],
             ..put("x", "x")
         },
@@ -231,7 +232,7 @@ async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
     ] {
         match leader_node.write(txn).await {
             Err(ClusterError::Rejected(m)) => assert!(
-                m.contains("replication state") || m.contains("exceeds"),
+                m.contains("system namespace") || m.contains("exceeds"),
                 "{m}"
             ),
             other => panic!("{other:?}"),
@@ -274,6 +275,41 @@ async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
     write(&nodes, put("last", "1")).await;
     for s in &nodes {
         wait_applied(s.node.as_ref().unwrap(), "last", "1").await;
+    }
+    assert_same_lsns(&nodes);
+
+    // The replication state is not among the user keys: the key that held it before the system
+    // namespace is an ordinary key now, and a FLUSHALL removes every user key but leaves the
+    // membership and the applied position. After a full restart the nodes still elect a leader
+    // from the stored membership and apply nothing twice.
+    let legacy = Bytes::from_static(b"\xffkeel.raft.applied");
+    let mut own = put("x", "x");
+    own.writes[0] = Write::Put {
+        key: legacy.clone(),
+        value: Bytes::from_static(b"a user's value"),
+        ttl: Ttl::None,
+        only: PutIf::Always,
+    };
+    write(&nodes, own).await;
+    assert_eq!(
+        leader_of(&nodes).engine().get(&legacy).unwrap().value,
+        "a user's value"
+    );
+    let flush = Txn {
+        writes: vec![Write::DeleteAll],
+        ..put("x", "x")
+    };
+    write(&nodes, flush).await;
+    incr_by_7(&nodes, 7).await;
+    stop_all(&mut nodes).await;
+    start_all(&mut nodes).await;
+    incr_by_7(&nodes, 14).await;
+    for s in &nodes {
+        let n = s.node.as_ref().unwrap();
+        wait_applied(n, "n", "14").await;
+        let snap = n.engine().snapshot();
+        let keys: Vec<_> = snap.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(keys, ["n"], "node {}: only the user's keys", n.id);
     }
     assert_same_lsns(&nodes);
     stop_all(&mut nodes).await;
@@ -564,6 +600,94 @@ async fn an_engine_ahead_of_its_raft_log_after_a_power_cut_starts_from_a_snapsho
         let n = s.node.as_ref().unwrap();
         wait_applied(n, "last", "1").await;
         assert_eq!(n.engine().get(b"k29").unwrap().value, "v29");
+    }
+    assert_same_lsns(&nodes);
+    stop_all(&mut nodes).await;
+}
+
+/// Rewrites a stopped node's engine as a release before the system namespace left it: the same
+/// user entries, and the replication state as user keys (`\xffkeel.raft.applied` and
+/// `\xffkeel.raft.membership`, whose values were encoded as they are now) instead of system
+/// entries.
+fn make_legacy_engine(node_dir: &std::path::Path) {
+    let dir = node_dir.join("engine-0");
+    let opts = || {
+        let mut o = config(0, node_dir, "").engine;
+        o.background = false;
+        o
+    };
+    let (e, _) = keel_engine::Engine::open(&dir, opts()).unwrap();
+    let plain = |key: Bytes, value: Bytes| Write::Put {
+        key,
+        value,
+        ttl: Ttl::None,
+        only: PutIf::Always,
+    };
+    let mut writes: Vec<Write> = e
+        .snapshot()
+        .iter()
+        .map(|(k, v)| plain(k.clone(), v.value.clone()))
+        .collect();
+    for (system, legacy) in [
+        (&b"raft.applied"[..], &b"\xffkeel.raft.applied"[..]),
+        (b"raft.membership", b"\xffkeel.raft.membership"),
+    ] {
+        let value = e
+            .system(system)
+            .expect("the node stored its replication state");
+        writes.push(plain(Bytes::copy_from_slice(legacy), value));
+    }
+    e.close().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let (e, _) = keel_engine::Engine::open(&dir, opts()).unwrap();
+    e.commit(vec![], writes).unwrap();
+    e.checkpoint().unwrap();
+    e.close().unwrap();
+}
+
+/// Engines written before the system namespace kept the replication state in user keys. Such a
+/// node reads it from there, applies nothing twice, and its next applied transaction moves the
+/// state into the system namespace and deletes the old keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_with_the_replication_state_in_user_keys_are_read_and_moved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(tmp.path(), 1000).await;
+    write_keys(&nodes, 0..5).await;
+    incr_by_7(&nodes, 7).await;
+    for s in &nodes {
+        wait_applied(s.node.as_ref().unwrap(), "n", "7").await;
+    }
+    stop_all(&mut nodes).await;
+    for s in &nodes {
+        make_legacy_engine(&s.dir);
+    }
+
+    start_all(&mut nodes).await;
+    let legacy = [&b"\xffkeel.raft.applied"[..], b"\xffkeel.raft.membership"];
+    for s in &nodes {
+        let e = s.node.as_ref().unwrap().engine();
+        assert_eq!(e.get(b"n").unwrap().value, "7", "nothing applied twice");
+    }
+    // The stored membership elects a leader; the next entries move the state.
+    incr_by_7(&nodes, 14).await;
+    for s in &nodes {
+        let n = s.node.as_ref().unwrap();
+        wait_applied(n, "n", "14").await;
+        let e = n.engine();
+        for k in legacy {
+            assert_eq!(e.get(k), None, "node {}: the old key is gone", n.id);
+        }
+        assert!(e.system(b"raft.applied").is_some());
+        assert!(e.system(b"raft.membership").is_some());
+        assert_eq!(e.snapshot().count(), 6, "k0..k4 and n");
+    }
+    assert_same_lsns(&nodes);
+    // And from the system namespace after a restart.
+    stop_all(&mut nodes).await;
+    start_all(&mut nodes).await;
+    incr_by_7(&nodes, 21).await;
+    for s in &nodes {
+        wait_applied(s.node.as_ref().unwrap(), "n", "21").await;
     }
     assert_same_lsns(&nodes);
     stop_all(&mut nodes).await;

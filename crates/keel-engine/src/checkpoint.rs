@@ -11,7 +11,7 @@ use keel_wal::fs::{durable_create_dir_all, durable_remove, durable_rename, durab
 use keel_wal::{Fs, Lsn, OpenMode};
 
 use crate::error::{io, Error, Result};
-use crate::keyspace::Map;
+use crate::keyspace::Image;
 use crate::record::Request;
 use crate::sequencer::Sequencer;
 use crate::snapshot::{self, FileError, Manifest, SnapshotHeader, MANIFEST, SNAPSHOT_DIR};
@@ -121,7 +121,7 @@ pub(crate) fn remove_uncommitted(fs: &dyn Fs, dir: &Path, current: Lsn) -> Resul
 pub(crate) fn write_snapshot_file(
     fs: &dyn Fs,
     dir: &Path,
-    map: &Map,
+    image: &Image,
     requests: &[(Lsn, Request)],
     lsn: Lsn,
     at_ms: u64,
@@ -134,7 +134,7 @@ pub(crate) fn write_snapshot_file(
     let f = fs
         .open(&tmp, OpenMode::CreateTruncate)
         .map_err(io("create snapshot", &tmp))?;
-    let (bytes, crc) = snapshot::write_snapshot(&*f, map, requests, lsn, at_ms, compress)
+    let (bytes, crc) = snapshot::write_snapshot(&*f, image, requests, lsn, at_ms, compress)
         .map_err(io("write snapshot", &tmp))?;
     f.sync_all().map_err(io("sync snapshot", &tmp))?;
     drop(f);
@@ -241,11 +241,11 @@ fn checkpoint_locked(
         seq.wal.sync()?;
     }
     let fs = &*seq.opts.wal.fs;
-    let (map, lsn, at_ms, requests) = seq.durable_view();
+    let (image, lsn, at_ms, requests) = seq.durable_view();
     let next = write_snapshot_file(
         fs,
         dir,
-        &map,
+        &image,
         &requests,
         lsn,
         at_ms,
@@ -260,7 +260,7 @@ fn checkpoint_locked(
     let info = CheckpointInfo {
         lsn,
         snapshot_bytes: next.snapshot_bytes,
-        keys: map.len(),
+        keys: image.map.len(),
         completed_ms: now_ms(),
         duration: started.elapsed(),
         segments_pruned,

@@ -241,6 +241,10 @@ pub(crate) fn decide(
                 m.push(Mutation::DeleteAll);
                 WriteResult::DeletedAll
             }
+            Write::System { key, value } => {
+                m.push(Mutation::System { key, value });
+                WriteResult::Put(true)
+            }
         };
         if reads && i + 1 < n {
             work.apply(&m);

@@ -19,7 +19,7 @@ use crate::checkpoint::CheckpointInfo;
 use crate::checkpoint::{self, Checkpoints};
 use crate::damage::{self, DamagedFile};
 use crate::error::{io, Error, Result};
-use crate::keyspace::{Changes, Map, Snapshot};
+use crate::keyspace::{Changes, Image, Snapshot};
 use crate::options::{Options, WAL_DIR};
 use crate::publish::Publisher;
 use crate::record::{self, REQUEST_ID_BYTES_MAX};
@@ -225,15 +225,15 @@ impl Engine {
             Ok((loaded.header.lsn, (loaded, m)))
         })?;
         let snapshot_lsn = choice.base;
-        let (mut map, mut at_ms, manifest) = match choice.loaded {
-            None => (Map::new(), 0, Manifest::default()),
+        let (mut image, mut at_ms, manifest) = match choice.loaded {
+            None => (Image::default(), 0, Manifest::default()),
             Some((loaded, m)) => {
                 for (l, r) in loaded.requests {
                     requests.insert(l, r, &opts, now);
                 }
                 report.snapshot_load = t.elapsed();
                 report.snapshot_bytes = m.snapshot_bytes;
-                (loaded.map, loaded.header.at_ms, m)
+                (loaded.image, loaded.header.at_ms, m)
             }
         };
         report.snapshot_lsn = snapshot_lsn;
@@ -318,11 +318,11 @@ impl Engine {
             applied = rec.lsn;
             report.records_replayed += 1;
         }
-        replay.merge_into(&mut map);
+        replay.merge_into(&mut image);
         checkpoint::remove_uncommitted(&*fs, &dir, snapshot_lsn)?;
-        let seq = Seq::recovered(requests, &map, at_ms, applied);
+        let seq = Seq::recovered(requests, &image.map, at_ms, applied);
         report.wal = wal_report;
-        report.keys = map.len();
+        report.keys = image.map.len();
         report.lsn = applied;
         report.duration = started.elapsed();
         let core = Arc::new(Core {
@@ -331,7 +331,7 @@ impl Engine {
                 opts,
                 wal,
                 seq,
-                Publisher::new(map, applied, at_ms),
+                Publisher::new(image, applied, at_ms),
                 report.bytes_replayed,
             ),
             dir,
@@ -463,6 +463,11 @@ impl Core {
     pub fn get(&self, key: &[u8]) -> Option<Entry> {
         let v = self.sequencer.publisher.visible();
         v.get(key).filter(|e| e.live(now_ms())).cloned()
+    }
+
+    /// The value of `key` in the durable state's system namespace (see [`Write::System`]).
+    pub fn system(&self, key: &[u8]) -> Option<Bytes> {
+        self.sequencer.publisher.visible().system(key).cloned()
     }
 
     /// The live entries of `keys`, all read from one durable state (as one snapshot would,

@@ -4,6 +4,10 @@
 //! The map's concrete type ([`Map`]) is this module's business. Other modules still name it
 //! where a whole image of the keyspace is cloned, loaded or written (checkpoints, backups,
 //! restore and the snapshot file), and nowhere else.
+//!
+//! Beside the user keyspace lies the **system namespace** ([`System`]): a few entries an
+//! embedder keeps atomically with the state (the cluster's applied position and membership).
+//! User reads, scans, counts and `DeleteAll` never see it.
 
 use std::ops::{Bound, RangeBounds};
 
@@ -20,10 +24,21 @@ use crate::util::HashMap;
 /// image of it while writes go on.
 pub(crate) type Map = OrdMap<Key, Entry>;
 
+/// The system namespace: key to value, in key order. Cloning it is O(1), as for [`Map`].
+pub(crate) type System = OrdMap<Bytes, Bytes>;
+
+/// A whole image of the state: the user keyspace and the system namespace. Cloning is O(1).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Image {
+    pub(crate) map: Map,
+    pub(crate) system: System,
+}
+
 /// A consistent, durable view. Cloning it is O(1); it never changes.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     map: Map,
+    system: System,
     lsn: Lsn,
     now_ms: u64,
 }
@@ -41,6 +56,11 @@ impl Snapshot {
 
     pub fn get(&self, key: &[u8]) -> Option<&Entry> {
         self.map.get(key).filter(|e| e.live(self.now_ms))
+    }
+
+    /// The value of `key` in the system namespace (see [`Write::System`](crate::Write::System)).
+    pub fn system(&self, key: &[u8]) -> Option<&Bytes> {
+        self.system.get(key)
     }
 
     /// Live entries in `range`, in key order, at most `limit`.
@@ -95,6 +115,7 @@ impl Snapshot {
 /// The keyspace readers see: the ordered map, and the same entries hashed.
 pub(crate) struct Keyspace {
     map: Map,
+    system: System,
     /// The same entries as `map`, hashed: a point read is one hash probe instead of a descent
     /// through the ordered map, whose key comparisons were most of a GET's CPU. It costs about
     /// 90 bytes per key; key and value bytes are shared with `map`.
@@ -102,10 +123,11 @@ pub(crate) struct Keyspace {
 }
 
 impl Keyspace {
-    pub(crate) fn new(map: Map) -> Keyspace {
+    pub(crate) fn new(image: Image) -> Keyspace {
+        let Image { map, system } = image;
         let mut index = HashMap::with_capacity_and_hasher(map.len(), Default::default());
         index.extend(map.iter().map(|(k, e)| (Bytes::clone(k), e.clone())));
-        Keyspace { map, index }
+        Keyspace { map, system, index }
     }
 
     /// The entry of `key`, expired or not.
@@ -113,15 +135,24 @@ impl Keyspace {
         self.index.get(key)
     }
 
-    /// An O(1) image of the whole keyspace, as checkpoints and backups write it.
-    pub(crate) fn image(&self) -> Map {
-        self.map.clone()
+    /// The value of `key` in the system namespace.
+    pub(crate) fn system(&self, key: &[u8]) -> Option<&Bytes> {
+        self.system.get(key)
+    }
+
+    /// An O(1) image of the whole state, as checkpoints and backups write it.
+    pub(crate) fn image(&self) -> Image {
+        Image {
+            map: self.map.clone(),
+            system: self.system.clone(),
+        }
     }
 
     /// A view of the keyspace as of `lsn`, judging expiry at `now_ms`.
     pub(crate) fn snapshot(&self, lsn: Lsn, now_ms: u64) -> Snapshot {
         Snapshot {
             map: self.map.clone(),
+            system: self.system.clone(),
             lsn,
             now_ms,
         }
@@ -131,41 +162,54 @@ impl Keyspace {
     pub(crate) fn apply(&mut self, mutations: &[Mutation], version: Lsn) {
         for m in mutations {
             match change(m, version) {
-                Some((key, Some(e))) => {
+                Change::Key(key, Some(e)) => {
                     self.map.insert(Key::new(key.clone()), e.clone());
                     self.index.insert(key.clone(), e);
                 }
-                Some((key, None)) => {
+                Change::Key(key, None) => {
                     self.map.remove(&key[..]);
                     self.index.remove(key);
                 }
-                None => {
+                Change::All => {
                     self.map.clear();
                     self.index = HashMap::default();
+                }
+                Change::System(key, value) => {
+                    self.system.insert(key.clone(), value.clone());
                 }
             }
         }
     }
 }
 
-/// The entry a mutation leaves under its key at `version` (`None`: deleted), or `None` for a
-/// DeleteAll. Every structure that follows mutations goes through this.
-pub(crate) fn change(m: &Mutation, version: Lsn) -> Option<(&Bytes, Option<Entry>)> {
+/// What one mutation does.
+pub(crate) enum Change<'a> {
+    /// The entry it leaves under a user key (`None`: deleted).
+    Key(&'a Bytes, Option<Entry>),
+    /// Every user key is gone.
+    All,
+    /// A system entry is set.
+    System(&'a Bytes, &'a Bytes),
+}
+
+/// What a mutation does at `version`. Every structure that follows mutations goes through this.
+pub(crate) fn change(m: &Mutation, version: Lsn) -> Change<'_> {
     match m {
         Mutation::Set {
             key,
             value,
             expires_at_ms,
-        } => Some((
+        } => Change::Key(
             key,
             Some(Entry {
                 value: value.clone(),
                 version,
                 expires_at_ms: *expires_at_ms,
             }),
-        )),
-        Mutation::Delete { key } => Some((key, None)),
-        Mutation::DeleteAll => None,
+        ),
+        Mutation::Delete { key } => Change::Key(key, None),
+        Mutation::DeleteAll => Change::All,
+        Mutation::System { key, value } => Change::System(key, value),
     }
 }
 
@@ -179,18 +223,23 @@ pub(crate) struct Changes {
     changed: HashMap<Bytes, Option<Entry>>,
     /// A DeleteAll came: entries not in `changed` are gone.
     cleared: bool,
+    /// The newest value of each system entry written.
+    system: HashMap<Bytes, Bytes>,
 }
 
 impl Changes {
     pub(crate) fn apply(&mut self, mutations: &[Mutation], version: Lsn) {
         for m in mutations {
             match change(m, version) {
-                Some((key, e)) => {
+                Change::Key(key, e) => {
                     self.changed.insert(key.clone(), e);
                 }
-                None => {
+                Change::All => {
                     self.changed.clear();
                     self.cleared = true;
+                }
+                Change::System(key, value) => {
+                    self.system.insert(key.clone(), value.clone());
                 }
             }
         }
@@ -206,8 +255,10 @@ impl Changes {
         }
     }
 
-    /// Merges the changes into `map`.
-    pub(crate) fn merge_into(self, map: &mut Map) {
+    /// Merges the changes into `image`.
+    pub(crate) fn merge_into(self, image: &mut Image) {
+        image.system.extend(self.system);
+        let map = &mut image.map;
         if self.cleared {
             map.clear();
         }

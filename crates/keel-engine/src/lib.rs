@@ -33,9 +33,10 @@
 //!
 //! 1. the vocabulary: `types` (entries, writes, outcomes) and `util` (clock, locks, hashing);
 //! 2. `record`, the log record's format;
-//! 3. the keyspace: `key` and `keyspace` (the map, its index, [`Snapshot`], change sets). Reads
-//!    and writes of single keys go through it; above it, only whole images of the map are
-//!    handled (loaded, merged, cloned and written by recovery, checkpoints, backup and restore);
+//! 3. the keyspace: `key` and `keyspace` (the map, its index, the system namespace beside it,
+//!    [`Snapshot`], change sets). Reads and writes of single keys go through it; above it, only
+//!    whole images of the state are handled (loaded, merged, cloned and written by recovery,
+//!    checkpoints, backup and restore);
 //! 4. `snapshot`, the snapshot file's and the manifest's format;
 //! 5. `error` and `options` ([`Error`] names the record's and the snapshot file's errors);
 //! 6. `decide` (a transaction against a decided state) and `publish` (the visible state);

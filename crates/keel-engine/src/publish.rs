@@ -5,9 +5,10 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
+use bytes::Bytes;
 use keel_wal::{Lsn, Wal};
 
-use crate::keyspace::{Keyspace, Map, Snapshot};
+use crate::keyspace::{Image, Keyspace, Snapshot};
 use crate::record::Mutation;
 use crate::types::Entry;
 use crate::util::lock;
@@ -21,9 +22,9 @@ pub(crate) struct Visible {
 }
 
 impl Visible {
-    fn new(map: Map, lsn: Lsn, at_ms: u64) -> Visible {
+    fn new(image: Image, lsn: Lsn, at_ms: u64) -> Visible {
         Visible {
-            keyspace: Keyspace::new(map),
+            keyspace: Keyspace::new(image),
             lsn,
             at_ms,
         }
@@ -34,13 +35,18 @@ impl Visible {
         self.keyspace.get(key)
     }
 
+    /// The value of `key` in the system namespace.
+    pub(crate) fn system(&self, key: &[u8]) -> Option<&Bytes> {
+        self.keyspace.system(key)
+    }
+
     /// The LSN of the last transaction applied.
     pub(crate) fn lsn(&self) -> Lsn {
         self.lsn
     }
 
-    /// An O(1) image of this state: the keyspace, its LSN and the decision time at that LSN.
-    pub(crate) fn image(&self) -> (Map, Lsn, u64) {
+    /// An O(1) image of this state, its LSN and the decision time at that LSN.
+    pub(crate) fn image(&self) -> (Image, Lsn, u64) {
         (self.keyspace.image(), self.lsn, self.at_ms)
     }
 
@@ -73,11 +79,11 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
-    /// Publishes `map`, the state at `lsn` decided at `at_ms`.
-    pub(crate) fn new(map: Map, lsn: Lsn, at_ms: u64) -> Publisher {
+    /// Publishes `image`, the state at `lsn` decided at `at_ms`.
+    pub(crate) fn new(image: Image, lsn: Lsn, at_ms: u64) -> Publisher {
         Publisher {
             unpublished: Mutex::new(VecDeque::new()),
-            visible: RwLock::new(Visible::new(map, lsn, at_ms)),
+            visible: RwLock::new(Visible::new(image, lsn, at_ms)),
             published: AtomicU64::new(lsn),
         }
     }

@@ -21,13 +21,18 @@
 //!                            2 = GuardFailed: 4 index
 //!             4 count        number of mutations, u32 LE
 //!               mutations, each:
-//!             1 tag          1 = Set, 2 = Delete, 3 = DeleteAll
+//!             1 tag          1 = Set, 2 = Delete, 3 = DeleteAll, 4 = System
 //!   Set:      4 key_len      u32 LE, then key bytes
 //!             4 value_len    u32 LE, then value bytes
 //!             8 expires_at   Unix ms, u64 LE; 0 = never
 //!   Delete:   4 key_len      u32 LE, then key bytes
-//!   DeleteAll: nothing
+//!   DeleteAll: nothing (removes every user key; the system namespace stays)
+//!   System:   4 key_len      u32 LE, then key bytes   (an entry of the system namespace)
+//!             4 value_len    u32 LE, then value bytes
 //! ```
+//!
+//! Tag 4 came with the system namespace (snapshot format v2) and needs no new record version: an older keel meets it only in a
+//! log the new code wrote, and refuses it as an unknown tag instead of misreading it.
 //!
 //! Records carry results, never deltas: an increment logs the value it produced, an expiry its
 //! absolute time. Replaying a record twice therefore changes nothing (P7). The WAL frame already
@@ -41,6 +46,7 @@ pub const RECORD_VERSION: u8 = 1;
 const TAG_SET: u8 = 1;
 const TAG_DELETE: u8 = 2;
 const TAG_DELETE_ALL: u8 = 3;
+const TAG_SYSTEM: u8 = 4;
 const FLAG_REQUEST: u8 = 1;
 /// Longest client request id.
 pub const REQUEST_ID_BYTES_MAX: usize = 256;
@@ -65,7 +71,13 @@ pub enum Mutation {
     Delete {
         key: Bytes,
     },
+    /// Removes every user key. The system namespace stays.
     DeleteAll,
+    /// Sets an entry of the system namespace (see [`Write::System`](crate::Write::System)).
+    System {
+        key: Bytes,
+        value: Bytes,
+    },
 }
 
 /// Why a record could not be decoded.
@@ -151,6 +163,11 @@ pub fn encode(at_ms: u64, request: Option<&Request>, mutations: &[Mutation], out
                 put_bytes(out, key);
             }
             Mutation::DeleteAll => out.push(TAG_DELETE_ALL),
+            Mutation::System { key, value } => {
+                out.push(TAG_SYSTEM);
+                put_bytes(out, key);
+                put_bytes(out, value);
+            }
         }
     }
 }
@@ -318,6 +335,10 @@ pub fn decode(buf: &Bytes, lsn: u64) -> Result<Decoded, RecordError> {
             }
             TAG_DELETE => Mutation::Delete { key: r.bytes(buf)? },
             TAG_DELETE_ALL => Mutation::DeleteAll,
+            TAG_SYSTEM => Mutation::System {
+                key: r.bytes(buf)?,
+                value: r.bytes(buf)?,
+            },
             tag => return Err(RecordError::Tag { tag, at }),
         });
     }
@@ -352,6 +373,10 @@ mod tests {
                 key: Bytes::new(),
                 value: Bytes::new(),
                 expires_at_ms: None,
+            },
+            Mutation::System {
+                key: Bytes::from_static(b"applied"),
+                value: Bytes::from_static(b"\x00\x01"),
             },
         ]
     }

@@ -9,7 +9,7 @@ use keel_wal::{Fs, LogReader, Lsn, OpenMode, Wal};
 
 use crate::checkpoint::{commit_manifest, list_snapshots, write_snapshot_file};
 use crate::error::{io, Error, Result};
-use crate::keyspace::{Changes, Map};
+use crate::keyspace::{Changes, Image};
 use crate::options::{Options, WAL_DIR};
 use crate::record::{self, Request};
 use crate::seq::Requests;
@@ -61,11 +61,11 @@ fn check_target(fs: &dyn Fs, target: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes a complete database holding `map` at `lsn` into `target`: snapshot, manifest, and an
-/// empty log that continues at `lsn + 1`.
+/// Writes a complete database holding `image` at `lsn` into `target`: snapshot, manifest, and
+/// an empty log that continues at `lsn + 1`.
 fn write_database(
     target: &Path,
-    map: &Map,
+    image: &Image,
     requests: &[(Lsn, Request)],
     lsn: Lsn,
     at_ms: u64,
@@ -78,7 +78,7 @@ fn write_database(
         let m = write_snapshot_file(
             fs,
             target,
-            map,
+            image,
             requests,
             lsn,
             at_ms,
@@ -172,7 +172,7 @@ pub fn restore(
     let mut chosen = None;
     while let Some((l, header)) = bases.pop() {
         if header.is_none() {
-            chosen = Some((Map::new(), Vec::new(), 0, 0));
+            chosen = Some((Image::default(), Vec::new(), 0, 0));
             break;
         }
         let path = snapshot::snapshot_path(source, l);
@@ -182,7 +182,7 @@ pub fn restore(
             .and_then(|f| snapshot::read_snapshot(&*f, None));
         match loaded {
             Ok(s) => {
-                chosen = Some((s.map, s.requests, l, s.header.at_ms));
+                chosen = Some((s.image, s.requests, l, s.header.at_ms));
                 break;
             }
             Err(e) => {
@@ -191,7 +191,7 @@ pub fn restore(
             }
         }
     }
-    let Some((mut map, snap_requests, base, mut at_ms)) = chosen else {
+    let Some((mut image, snap_requests, base, mut at_ms)) = chosen else {
         return Err(Error::NotRestorable(format!(
             "no retained snapshot reaches {to:?} and the log starts at LSN {first}; \
              keep snapshots longer with Options::retention{damage_note}"
@@ -229,16 +229,16 @@ pub fn restore(
             report.records_replayed += 1;
         }
     }
-    replay.merge_into(&mut map);
+    replay.merge_into(&mut image);
     if matches!(to, RestoreTarget::Lsn(l) if l != lsn) {
         return Err(Error::NotRestorable(format!(
             "the log stops at LSN {lsn} before the target"
         )));
     }
-    report.snapshot_bytes = write_database(target, &map, &requests.up_to(lsn), lsn, at_ms, opts)?;
+    report.snapshot_bytes = write_database(target, &image, &requests.up_to(lsn), lsn, at_ms, opts)?;
     report.lsn = lsn;
     report.at_ms = at_ms;
-    report.keys = map.len();
+    report.keys = image.map.len();
     report.duration = started.elapsed();
     Ok(report)
 }
@@ -246,7 +246,7 @@ pub fn restore(
 /// The durable state at one LSN, held by an O(1) clone, that can be read and then written out
 /// as a new database while writes continue. See [`Core::backup_view`](crate::Core::backup_view).
 pub struct BackupView {
-    map: Map,
+    image: Image,
     lsn: Lsn,
     at_ms: u64,
     requests: Vec<(Lsn, Request)>,
@@ -255,9 +255,9 @@ pub struct BackupView {
 impl BackupView {
     /// The durable state `seq` publishes now.
     pub(crate) fn of(seq: &Sequencer) -> BackupView {
-        let (map, lsn, at_ms, requests) = seq.durable_view();
+        let (image, lsn, at_ms, requests) = seq.durable_view();
         BackupView {
-            map,
+            image,
             lsn,
             at_ms,
             requests,
@@ -270,7 +270,12 @@ impl BackupView {
 
     /// The entry of `key` in this state, expired or not.
     pub fn get(&self, key: &[u8]) -> Option<&Entry> {
-        self.map.get(key)
+        self.image.map.get(key)
+    }
+
+    /// The value of `key` in the system namespace of this state.
+    pub fn system(&self, key: &[u8]) -> Option<&Bytes> {
+        self.image.system.get(key)
     }
 
     /// Writes this state into the new directory `target` as a database that opens normally: a
@@ -285,7 +290,7 @@ impl BackupView {
         check_target(&*opts.wal.fs, target)?;
         let snapshot_bytes = write_database(
             target,
-            &self.map,
+            &self.image,
             &self.requests,
             self.lsn,
             self.at_ms,
@@ -295,7 +300,7 @@ impl BackupView {
             lsn: self.lsn,
             at_ms: self.at_ms,
             base_snapshot: self.lsn,
-            keys: self.map.len(),
+            keys: self.image.map.len(),
             snapshot_bytes,
             duration: started.elapsed(),
             ..RestoreReport::default()

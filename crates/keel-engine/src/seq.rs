@@ -7,7 +7,7 @@ use bytes::Bytes;
 use keel_wal::Lsn;
 
 use crate::decide::Decided;
-use crate::keyspace::{change, Map};
+use crate::keyspace::{change, Change, Map};
 use crate::options::Options;
 use crate::publish::Visible;
 use crate::record::{Mutation, Request};
@@ -103,15 +103,17 @@ impl Recent {
     pub(crate) fn record(&mut self, mutations: &[Mutation], lsn: Lsn) {
         for m in mutations {
             match change(m, lsn) {
-                Some((key, e)) => {
+                Change::Key(key, e) => {
                     self.by_key.insert(key.clone(), (lsn, e));
                     self.order.push_back((lsn, key.clone()));
                 }
-                None => {
+                Change::All => {
                     self.by_key.clear();
                     self.order.clear();
                     self.cleared = Some(lsn);
                 }
+                // No decision reads the system namespace.
+                Change::System(..) => {}
             }
         }
     }

@@ -27,7 +27,7 @@ use keel_wal::{Completion, Lsn, Ticket, Wal};
 
 use crate::decide::decide;
 use crate::error::{Error, Result};
-use crate::keyspace::Map;
+use crate::keyspace::Image;
 use crate::options::Options;
 use crate::publish::Publisher;
 use crate::record::{self, Mutation, Request};
@@ -216,10 +216,10 @@ impl Sequencer {
 
     /// The visible state with its LSN and decision time, and the request ids it holds: what a
     /// checkpoint or a backup writes.
-    pub(crate) fn durable_view(&self) -> (Map, Lsn, u64, Vec<(Lsn, Request)>) {
-        let (map, lsn, at_ms) = self.publisher.visible().image();
+    pub(crate) fn durable_view(&self) -> (Image, Lsn, u64, Vec<(Lsn, Request)>) {
+        let (image, lsn, at_ms) = self.publisher.visible().image();
         let requests = self.seq().requests.up_to(lsn);
-        (map, lsn, at_ms, requests)
+        (image, lsn, at_ms, requests)
     }
 
     /// Waits until a prepared transaction is acknowledged and visible, and returns its outcome.

@@ -4,7 +4,7 @@
 //! MANIFEST (40 bytes, replaced atomically: temp file, fsync, rename, fsync directory)
 //! offset size field
 //!      0    8 magic           "KEELMAN\0"
-//!      8    4 version         1
+//!      8    4 version         2 (1 is read too; the layout is the same)
 //!     12    4 reserved        0
 //!     16    8 snapshot_lsn    0 = no snapshot; the WAL is needed from snapshot_lsn + 1
 //!     24    8 snapshot_bytes  length of snapshots/snap-<snapshot_lsn>.keel
@@ -13,7 +13,7 @@
 //!
 //! Snapshot file snapshots/snap-<lsn:020>.keel
 //!      0    8 magic           "KEELSNAP"
-//!      8    4 version         1
+//!      8    4 version         2 (1 is read too: it has no system section)
 //!     12    4 flags           bit 0 = blocks may be LZ4-compressed; other bits zero
 //!                             (informational: each block says whether it is compressed)
 //!     16    8 lsn             every write up to this LSN is in the file, none after it
@@ -28,6 +28,8 @@
 //!                 version u64, expires_at u64 (0 = never)
 //!               requests, in LSN order: len u32, then lsn u64 and the request section of
 //!                 the engine record (record.rs)
+//!               v2 only: the system namespace: count u32, then in key order
+//!                 key_len u32, key, value_len u32, value
 //!   end-4   4 crc             CRC32C of every byte before it
 //! ```
 //!
@@ -41,7 +43,7 @@ use keel_wal::fs::{read_exact_at, write_all_at};
 use keel_wal::{FsFile, Lsn};
 
 use crate::key::Key;
-use crate::keyspace::Map;
+use crate::keyspace::{Image, Map, System};
 use crate::record::{decode_request, encode_request, Request};
 use crate::types::Entry;
 
@@ -49,7 +51,13 @@ pub const MANIFEST: &str = "MANIFEST";
 pub const SNAPSHOT_DIR: &str = "snapshots";
 const MANIFEST_MAGIC: &[u8; 8] = b"KEELMAN\0";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSNAP";
-const VERSION: u32 = 1;
+/// The MANIFEST's format version. Version 2 has version 1's layout; it came with snapshot v2, so
+/// that a keel from before the rule that an unknown snapshot version is not damage refuses the
+/// directory instead of setting a v2 snapshot aside (docs/FORMAT.md, "A new version"). Version 1
+/// is read too.
+pub const MANIFEST_VERSION: u32 = 2;
+/// The snapshot format this code writes. Version 1 (before the system namespace) is read too.
+pub const SNAPSHOT_VERSION: u32 = 2;
 const FLAG_LZ4: u32 = 1;
 pub const MANIFEST_BYTES: usize = 40;
 pub const SNAPSHOT_HEADER_BYTES: usize = 48;
@@ -113,7 +121,7 @@ impl Manifest {
     pub fn encode(&self) -> [u8; MANIFEST_BYTES] {
         let mut b = [0u8; MANIFEST_BYTES];
         b[0..8].copy_from_slice(MANIFEST_MAGIC);
-        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&MANIFEST_VERSION.to_le_bytes());
         b[16..24].copy_from_slice(&self.snapshot_lsn.to_le_bytes());
         b[24..32].copy_from_slice(&self.snapshot_bytes.to_le_bytes());
         b[32..36].copy_from_slice(&self.snapshot_crc.to_le_bytes());
@@ -126,8 +134,8 @@ impl Manifest {
     /// and only a manifest whose bytes check out (or one of another length that a newer keel
     /// could have written) is reported as an unsupported version.
     pub fn decode(b: &[u8]) -> Result<Self, FileError> {
-        let newer =
-            |b: &[u8]| b.len() >= 12 && &b[0..8] == MANIFEST_MAGIC && u32_at(b, 8) != VERSION;
+        let known = |v: u32| (1..=MANIFEST_VERSION).contains(&v);
+        let newer = |b: &[u8]| b.len() >= 12 && &b[0..8] == MANIFEST_MAGIC && !known(u32_at(b, 8));
         if b.len() != MANIFEST_BYTES {
             return Err(if newer(b) {
                 FileError::Version(u32_at(b, 8))
@@ -143,7 +151,7 @@ impl Manifest {
             return Err(FileError::Magic);
         }
         let v = u32_at(b, 8);
-        if v != VERSION {
+        if !known(v) {
             return Err(FileError::Version(v));
         }
         if u32_at(b, 12) != 0 {
@@ -160,6 +168,8 @@ impl Manifest {
 /// What a snapshot file's header says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotHeader {
+    /// The format version (1 or 2).
+    pub version: u32,
     pub lsn: Lsn,
     pub at_ms: u64,
     pub count: u64,
@@ -171,7 +181,7 @@ impl SnapshotHeader {
     fn encode(&self) -> [u8; SNAPSHOT_HEADER_BYTES] {
         let mut b = [0u8; SNAPSHOT_HEADER_BYTES];
         b[0..8].copy_from_slice(SNAPSHOT_MAGIC);
-        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
         let flags = if self.compressed { FLAG_LZ4 } else { 0 };
         b[12..16].copy_from_slice(&flags.to_le_bytes());
         b[16..24].copy_from_slice(&self.lsn.to_le_bytes());
@@ -186,15 +196,16 @@ impl SnapshotHeader {
         if &b[0..8] != SNAPSHOT_MAGIC {
             return Err(FileError::Magic);
         }
-        let v = u32_at(b, 8);
-        if v != VERSION {
-            return Err(FileError::Version(v));
+        let version = u32_at(b, 8);
+        if !(1..=SNAPSHOT_VERSION).contains(&version) {
+            return Err(FileError::Version(version));
         }
         let flags = u32_at(b, 12);
         if flags & !FLAG_LZ4 != 0 {
             return Err(FileError::BadField);
         }
         Ok(SnapshotHeader {
+            version,
             compressed: flags & FLAG_LZ4 != 0,
             lsn: u64_at(b, 16),
             at_ms: u64_at(b, 24),
@@ -262,17 +273,19 @@ impl BlockWriter<'_> {
     }
 }
 
-/// Writes the snapshot of `map` at `lsn` into `file` (from offset 0). Returns its length and its
-/// trailing CRC, which the manifest records. The caller syncs.
-pub fn write_snapshot(
+/// Writes the snapshot of `image` at `lsn` into `file` (from offset 0). Returns its length and
+/// its trailing CRC, which the manifest records. The caller syncs.
+pub(crate) fn write_snapshot(
     file: &dyn FsFile,
-    map: &Map,
+    image: &Image,
     requests: &[(Lsn, Request)],
     lsn: Lsn,
     at_ms: u64,
     compress: bool,
 ) -> io::Result<(u64, u32)> {
+    let map = &image.map;
     let header = SnapshotHeader {
+        version: SNAPSHOT_VERSION,
         lsn,
         at_ms,
         count: map.len() as u64,
@@ -301,6 +314,13 @@ pub fn write_snapshot(
         encode_request(*l, r, &mut one);
         w.push(&(one.len() as u32).to_le_bytes())?;
         w.push(&one)?;
+    }
+    w.push(&(image.system.len() as u32).to_le_bytes())?;
+    for (k, v) in image.system.iter() {
+        w.push(&(k.len() as u32).to_le_bytes())?;
+        w.push(k)?;
+        w.push(&(v.len() as u32).to_le_bytes())?;
+        w.push(v)?;
     }
     w.flush_block()?;
     w.out(&[0u8; 8])?;
@@ -447,8 +467,20 @@ impl BlockReader<'_> {
 /// A decoded snapshot.
 pub struct Loaded {
     pub header: SnapshotHeader,
-    pub map: Map,
+    pub(crate) image: Image,
     pub requests: Vec<(Lsn, Request)>,
+}
+
+impl Loaded {
+    /// The entry of user key `key`, expired or not.
+    pub fn get(&self, key: &[u8]) -> Option<&Entry> {
+        self.image.map.get(key)
+    }
+
+    /// The value of `key` in the system namespace.
+    pub fn system(&self, key: &[u8]) -> Option<&Bytes> {
+        self.image.system.get(key)
+    }
 }
 
 /// Verifies and loads a snapshot file. `expect` is the manifest that names it, when there is one:
@@ -522,10 +554,25 @@ pub fn read_snapshot(file: &dyn FsFile, expect: Option<&Manifest>) -> Result<Loa
         }
         requests.push((l, req));
     }
+    let mut system = System::new();
+    if header.version >= 2 {
+        let mut last: Option<Bytes> = None;
+        for _ in 0..r.u32()? {
+            let kl = r.u32()? as usize;
+            let key = r.bytes(kl)?;
+            let vl = r.u32()? as usize;
+            let value = r.bytes(vl)?;
+            if last.as_ref().is_some_and(|l| *l >= key) {
+                return Err(FileError::BadField);
+            }
+            last = Some(key.clone());
+            system.insert(key, value);
+        }
+    }
     r.finish()?;
     Ok(Loaded {
         header,
-        map,
+        image: Image { map, system },
         requests,
     })
 }
@@ -535,7 +582,7 @@ mod tests {
     use super::*;
     use keel_wal::{Fs, OpenMode, StdFs};
 
-    fn sample(n: u64) -> Map {
+    fn sample(n: u64) -> Image {
         let mut m = Map::new();
         for i in 0..n {
             m.insert(
@@ -547,7 +594,10 @@ mod tests {
                 },
             );
         }
-        m
+        let mut system = System::new();
+        system.insert(Bytes::from_static(b"applied"), Bytes::from_static(b"3-17"));
+        system.insert(Bytes::from_static(b"membership"), Bytes::new());
+        Image { map: m, system }
     }
 
     fn reqs() -> Vec<(Lsn, Request)> {
@@ -561,7 +611,7 @@ mod tests {
         )]
     }
 
-    fn write(dir: &Path, map: &Map, compress: bool) -> (PathBuf, Manifest) {
+    fn write(dir: &Path, map: &Image, compress: bool) -> (PathBuf, Manifest) {
         let path = dir.join(format!("s-{compress}"));
         let f = StdFs.open(&path, OpenMode::CreateTruncate).unwrap();
         let (len, crc) = write_snapshot(&*f, map, &reqs(), 77_000, 1234, compress).unwrap();
@@ -586,7 +636,9 @@ mod tests {
         for compress in [true, false] {
             let (path, m) = write(dir.path(), &map, compress);
             let l = load(&path, Some(&m)).unwrap();
-            assert_eq!(l.map, map);
+            assert_eq!(l.image.map, map.map);
+            assert_eq!(l.image.system, map.system);
+            assert_eq!(l.header.version, SNAPSHOT_VERSION);
             assert_eq!(l.requests, reqs());
             assert_eq!((l.header.lsn, l.header.at_ms), (77_000, 1234));
             sizes.push(m.snapshot_bytes);
@@ -637,12 +689,17 @@ mod tests {
                 "flip at {i}"
             );
         }
-        // A version that checks out is reported as a version.
-        let mut mb = m.encode();
-        mb[8..12].copy_from_slice(&2u32.to_le_bytes());
-        let crc = crc32c::crc32c(&mb[..36]);
-        mb[36..40].copy_from_slice(&crc.to_le_bytes());
-        assert!(matches!(Manifest::decode(&mb), Err(FileError::Version(2))));
+        // A version that checks out is reported as a version; v1 is read as v2.
+        let with_version = |v: u32| {
+            let mut mb = m.encode();
+            mb[8..12].copy_from_slice(&v.to_le_bytes());
+            let crc = crc32c::crc32c(&mb[..36]);
+            mb[36..40].copy_from_slice(&crc.to_le_bytes());
+            Manifest::decode(&mb)
+        };
+        assert!(matches!(with_version(3), Err(FileError::Version(3))));
+        assert_eq!(with_version(1).unwrap(), m);
+        assert_eq!(with_version(MANIFEST_VERSION).unwrap(), m);
     }
 
     #[test]

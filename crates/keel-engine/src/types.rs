@@ -83,12 +83,19 @@ pub enum Write {
     },
     /// Reads the value as the transaction sees it at this point; writes nothing. Result: `Value`.
     Get { key: Bytes },
-    /// Removes every key. Result: `DeletedAll`.
+    /// Removes every user key; the system namespace stays. Result: `DeletedAll`.
     DeleteAll,
+    /// Sets `key` of the **system namespace** to `value`: an embedder's own bookkeeping (the
+    /// cluster keeps its applied position and membership there), written atomically with the
+    /// rest of the transaction and kept in the log, snapshots, backups and restores. It is
+    /// apart from the user keyspace: no user read, scan, count, guard or `DeleteAll` sees or
+    /// touches it; read it with [`Snapshot::system`](crate::Snapshot::system). Result:
+    /// `Put(true)`.
+    System { key: Bytes, value: Bytes },
 }
 
 impl Write {
-    /// The keys this write touches (none for `DeleteAll`, two for `Rename`).
+    /// The user keys this write touches (none for `DeleteAll` and `System`, two for `Rename`).
     pub fn keys(&self) -> impl Iterator<Item = &Bytes> {
         let (a, b) = match self {
             Write::Put { key, .. }
@@ -99,7 +106,7 @@ impl Write {
             | Write::Expire { key, .. }
             | Write::Get { key } => (Some(key), None),
             Write::Rename { from, to, .. } => (Some(from), Some(to)),
-            Write::DeleteAll => (None, None),
+            Write::DeleteAll | Write::System { .. } => (None, None),
         };
         a.into_iter().chain(b)
     }

@@ -10,6 +10,28 @@ use keel_wal::Lsn;
 
 const DIR: &str = "/db";
 type Model = BTreeMap<Bytes, (Bytes, Lsn)>;
+
+/// System entries the workload writes, and the model key each stands under (user keys never
+/// start with `sys/`). System entries have no version: the model gives them 0.
+const SYSTEM_KEYS: [&str; 2] = ["applied", "membership"];
+fn system_model_key(key: &[u8]) -> Bytes {
+    [&b"sys/"[..], key].concat().into()
+}
+
+/// What a reader of `snap` sees: every live user entry with its version, and the system entries.
+fn observed(snap: &keel_engine::Snapshot) -> Model {
+    let mut m: Model = snap
+        .scan(.., usize::MAX)
+        .into_iter()
+        .map(|(k, v)| (k, (v.value, v.version)))
+        .collect();
+    for k in SYSTEM_KEYS {
+        if let Some(v) = snap.system(k.as_bytes()) {
+            m.insert(system_model_key(k.as_bytes()), (v.clone(), 0));
+        }
+    }
+    m
+}
 /// An expiry already in the past: the put lands in the log but the key reads as absent.
 const PAST: u64 = 1;
 
@@ -61,6 +83,10 @@ fn model_apply(
                 results.push(WriteResult::Put(true));
             }
             Write::Delete { key } => results.push(WriteResult::Existed(m.remove(key).is_some())),
+            Write::System { key, value } => {
+                m.insert(system_model_key(key), (value.clone(), 0));
+                results.push(WriteResult::Put(true));
+            }
             Write::Incr { key, by } => {
                 let cur: i64 = m
                     .get(key)
@@ -105,6 +131,11 @@ fn random_txn(rng: &mut Rng, m: &Model, step: usize) -> (Vec<Guard>, Vec<Write>)
                 }
             }
             5 | 6 => Write::Delete { key: plain(rng) },
+            // The cluster's bookkeeping: written beside user writes, in the same record.
+            7 => Write::System {
+                key: Bytes::from_static(SYSTEM_KEYS[rng.below(2) as usize].as_bytes()),
+                value: Bytes::from(format!("at step {step}")),
+            },
             _ => Write::Incr {
                 key: counter(rng),
                 by: rng.below(100) as i64 - 50,
@@ -217,11 +248,7 @@ fn run(seed: u64, steps: usize, crash_at: Option<u64>) -> Result<u64, String> {
             snap.lsn()
         ));
     }
-    let got: Model = snap
-        .scan(.., usize::MAX)
-        .into_iter()
-        .map(|(k, v)| (k, (v.value, v.version)))
-        .collect();
+    let got = observed(&snap);
     // The one unacknowledged transaction may have made it, whole, or not at all.
     let with_in_flight = in_flight
         .as_ref()
@@ -239,12 +266,7 @@ fn run(seed: u64, steps: usize, crash_at: Option<u64>) -> Result<u64, String> {
     if let Some((Some(id), g, w)) = in_flight {
         e.commit_request(id, g.clone(), w.clone())
             .map_err(|e| format!("retry failed: {e}"))?;
-        let after: Model = e
-            .snapshot()
-            .scan(.., usize::MAX)
-            .into_iter()
-            .map(|(k, v)| (k, (v.value, v.version)))
-            .collect();
+        let after = observed(&e.snapshot());
         let once =
             model_apply(&model, &g, &w, 0).map_or_else(|| values(&model), |(m, _)| values(&m));
         if values(&after) != once {
@@ -273,11 +295,7 @@ fn engine_matches_the_model_across_power_cuts() {
 }
 
 fn state(e: &Engine) -> Model {
-    e.snapshot()
-        .scan(.., usize::MAX)
-        .into_iter()
-        .map(|(k, v)| (k, (v.value, v.version)))
-        .collect()
+    observed(&e.snapshot())
 }
 
 /// Puts enough to span several 4 KiB segments.

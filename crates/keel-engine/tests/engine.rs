@@ -180,6 +180,88 @@ fn limits_give_clear_errors() {
     ));
 }
 
+fn system(key: &str, value: &str) -> Write {
+    Write::System {
+        key: b(key),
+        value: b(value),
+    }
+}
+
+/// The system namespace holds an embedder's bookkeeping beside the keyspace: written atomically
+/// with user writes, kept by the log, checkpoints, backups and point-in-time restores, and
+/// invisible to every user read; a DeleteAll leaves it.
+#[test]
+fn the_system_namespace_is_durable_and_apart_from_user_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let (e, _) = Engine::open(&db, small()).unwrap();
+    let o = e
+        .commit(
+            vec![],
+            vec![
+                put("pos", "user value", Ttl::None, PutIf::Always),
+                system("pos", "1"),
+            ],
+        )
+        .unwrap();
+    assert!(matches!(o, Outcome::Committed { ref results, .. }
+        if results == &[WriteResult::Put(true), WriteResult::Put(true)]));
+    let at_1 = e.visible_lsn();
+    assert_eq!(e.system(b"pos"), Some(b("1")));
+    assert_eq!(e.get(b"pos").unwrap().value, "user value");
+    e.commit(vec![], vec![Write::DeleteAll, system("pos", "2")])
+        .unwrap();
+    let s = e.snapshot();
+    assert_eq!((s.count(), s.iter().count()), (0, 0), "no user key is left");
+    assert_eq!(
+        s.system(b"pos"),
+        Some(&b("2")),
+        "DeleteAll leaves the system namespace"
+    );
+    assert_eq!(s.system(b"other"), None);
+    // A guard on the user key of the same name sees only the user key (now gone).
+    let guard = Guard {
+        key: b("pos"),
+        version: None,
+    };
+    assert!(matches!(
+        e.commit(vec![guard], vec![system("pos", "3")]).unwrap(),
+        Outcome::Committed { .. }
+    ));
+    e.close().unwrap();
+
+    // From the log, then from a snapshot.
+    for checkpoint in [true, false] {
+        let (e, _) = Engine::open(&db, small()).unwrap();
+        assert_eq!(e.system(b"pos"), Some(b("3")));
+        assert_eq!(e.get(b"pos"), None);
+        if checkpoint {
+            e.checkpoint().unwrap();
+        }
+        e.close().unwrap();
+    }
+    // Backups and point-in-time restores carry it, as of their point.
+    let (e, _) = Engine::open(&db, small()).unwrap();
+    let backup = dir.path().join("backup");
+    e.backup(&backup).unwrap();
+    assert_eq!(e.backup_view().system(b"pos"), Some(&b("3")));
+    e.close().unwrap();
+    let restored = dir.path().join("restored");
+    keel_engine::restore(
+        &db,
+        &restored,
+        keel_engine::RestoreTarget::Lsn(at_1),
+        &small(),
+    )
+    .unwrap();
+    for (path, pos, user) in [(&backup, "3", None), (&restored, "1", Some("user value"))] {
+        let (e, _) = Engine::open(path, small()).unwrap();
+        assert_eq!(e.system(b"pos"), Some(b(pos)), "{}", path.display());
+        assert_eq!(e.get(b"pos").map(|e| e.value), user.map(b));
+        e.close().unwrap();
+    }
+}
+
 #[test]
 fn reopen_replays_state_and_versions() {
     let dir = tempfile::tempdir().unwrap();

@@ -631,16 +631,43 @@ fn the_v1_fixture_opens_with_every_byte_of_its_state() {
     assert_state(&e);
     assert_requests_remembered(&e);
 
-    // The next checkpoint writes the current format; the state and the request ids survive it.
+    // The next checkpoint writes the current format (v2, with the system namespace); the state
+    // and the request ids survive it.
     assert_eq!(e.checkpoint().unwrap(), FINAL_LSN);
     e.close().unwrap();
+    let newest = db
+        .join("snapshots")
+        .join(format!("snap-{FINAL_LSN:020}.keel"));
+    let header = std::fs::read(&newest).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(header[8..12].try_into().unwrap()),
+        keel_engine::snapshot::SNAPSHOT_VERSION
+    );
+    assert_eq!(keel_engine::snapshot::SNAPSHOT_VERSION, 2);
     let (e, report) = Engine::open(&db, reader_options()).unwrap();
     assert_eq!(report.snapshot_lsn, FINAL_LSN);
     assert_eq!(report.records_replayed, 0);
     assert!(report.damaged.is_empty(), "{report}");
     assert_state(&e);
     assert_requests_remembered(&e);
+
+    // The system namespace, new in v2, works on the upgraded database: from the log, then from
+    // a snapshot.
+    let position = Write::System {
+        key: b(b"position"),
+        value: b(b"after the upgrade"),
+    };
+    e.commit(vec![], vec![position]).unwrap();
     e.close().unwrap();
+    for checkpoint in [true, false] {
+        let (e, _) = Engine::open(&db, reader_options()).unwrap();
+        assert_eq!(e.system(b"position"), Some(b(b"after the upgrade")));
+        assert_eq!(e.get(b"position"), None, "not a user key");
+        if checkpoint {
+            assert_eq!(e.checkpoint().unwrap(), FINAL_LSN + 1);
+        }
+        e.close().unwrap();
+    }
 
     assert_fixture_frozen();
 }
@@ -676,7 +703,7 @@ fn a_snapshot_of_a_newer_version_is_refused_not_taken_for_damage() {
     let crc = |b: &[u8]| crc32c::crc32c(b).to_le_bytes();
     let newest = db.join(FIXTURE_FILES[2].0);
     let mut snap = std::fs::read(&newest).unwrap();
-    snap[8..12].copy_from_slice(&2u32.to_le_bytes());
+    snap[8..12].copy_from_slice(&3u32.to_le_bytes());
     let end = snap.len() - 4;
     let snap_crc = crc(&snap[..end]);
     snap[end..].copy_from_slice(&snap_crc);
@@ -699,13 +726,13 @@ fn a_snapshot_of_a_newer_version_is_refused_not_taken_for_damage() {
             matches!(
                 &err,
                 keel_engine::Error::BadFile {
-                    source: keel_engine::snapshot::FileError::Version(2),
+                    source: keel_engine::snapshot::FileError::Version(3),
                     ..
                 }
             ),
             "{err}"
         );
-        assert!(err.to_string().contains("unsupported version 2"), "{err}");
+        assert!(err.to_string().contains("unsupported version 3"), "{err}");
     }
     assert_eq!(files(&db), before, "nothing moved or removed");
     assert_eq!(std::fs::read(&newest).unwrap(), snap);

@@ -239,21 +239,6 @@ impl Shared {
         }
     }
 
-    /// Whether `key` holds replication state that clients do not see listed.
-    fn hidden(&self, key: &[u8]) -> bool {
-        self.cluster().is_some() && key.starts_with(keel_cluster::RESERVED_PREFIX)
-    }
-
-    /// How many of `snap`'s keys are [hidden](Shared::hidden).
-    fn hidden_count(&self, snap: &keel_engine::Snapshot) -> usize {
-        match self.cluster() {
-            Some(_) => snap
-                .scan_prefix(keel_cluster::RESERVED_PREFIX, None, usize::MAX)
-                .len(),
-            None => 0,
-        }
-    }
-
     /// Asks the server to shut down gracefully.
     pub fn request_shutdown(&self) {
         self.shutdown.send_replace(true);
@@ -866,8 +851,7 @@ impl Conn {
             }
             "dbsize" => {
                 self.settle().await;
-                let snap = self.engine().snapshot();
-                Reply::Int((snap.count() - self.sh.hidden_count(&snap)) as i64)
+                Reply::Int(self.engine().snapshot().count() as i64)
             }
             "ttl" | "pttl" | "expiretime" | "pexpiretime" => {
                 self.settle().await;
@@ -900,7 +884,7 @@ impl Conn {
                     if !k.starts_with(prefix) {
                         break;
                     }
-                    if glob::matches(pat, k) && !self.sh.hidden(k) {
+                    if glob::matches(pat, k) {
                         keys.push(Reply::Bulk(k.clone()));
                     }
                 }
@@ -1272,9 +1256,7 @@ impl Conn {
         };
         let keys = page
             .into_iter()
-            .filter(|(k, _)| {
-                only_strings && pattern.is_none_or(|p| glob::matches(p, k)) && !self.sh.hidden(k)
-            })
+            .filter(|(k, _)| only_strings && pattern.is_none_or(|p| glob::matches(p, k)))
             .map(|(k, _)| Reply::Bulk(k))
             .collect();
         Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(keys)])
@@ -1496,7 +1478,7 @@ impl Conn {
         if want("keyspace") {
             let snap = e.snapshot();
             let (mut keys, mut expires) = (0, 0);
-            for (_, v) in snap.iter().filter(|(k, _)| !self.sh.hidden(k)) {
+            for (_, v) in snap.iter() {
                 keys += 1;
                 expires += v.expires_at_ms.is_some() as usize;
             }
