@@ -483,9 +483,11 @@ impl Cluster {
                 "transaction of {size} bytes exceeds the cluster's limit of {TXN_BYTES_MAX}"
             )));
         }
-        if txn.writes.iter().any(|w| matches!(w, Write::System { .. })) {
+        let raft_entry =
+            |w: &Write| matches!(w, Write::System { key, .. } if key.starts_with(b"raft."));
+        if txn.writes.iter().any(raft_entry) {
             return Err(ClusterError::Rejected(
-                "a client transaction cannot write the system namespace, which holds the replication state".into(),
+                "the system namespace's raft.* entries hold the replication state; a client transaction cannot write them".into(),
             ));
         }
         let (reply, rx) = tokio::sync::oneshot::channel();

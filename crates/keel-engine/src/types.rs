@@ -89,8 +89,9 @@ pub enum Write {
     /// cluster keeps its applied position and membership there), written atomically with the
     /// rest of the transaction and kept in the log, snapshots, backups and restores. It is
     /// apart from the user keyspace: no user read, scan, count, guard or `DeleteAll` sees or
-    /// touches it; read it with [`Snapshot::system`](crate::Snapshot::system). Result:
-    /// `Put(true)`.
+    /// touches it; read it with [`Snapshot::system`](crate::Snapshot::system). Entries are
+    /// never removed. Each embedder keeps to its own prefix: keel's cluster `raft.`, keel serve
+    /// `server.` (docs/FORMAT.md lists them). Result: `Put(true)`.
     System { key: Bytes, value: Bytes },
 }
 

@@ -165,6 +165,7 @@ pub const COMMANDS: &[Spec] = &[
     spec("lastsave", 1, CONN, NO_KEYS),
     spec("keel.backup", 2, ADMIN, NO_KEYS),
     spec("keel.cluster", -2, ADMIN, NO_KEYS),
+    spec("keel.maintenance", -2, ADMIN, NO_KEYS),
 ];
 
 /// What running `args` (`args[0]` the command, looked up as `spec`) needs: the table's flags,

@@ -348,6 +348,28 @@ pub const DOCS: &[Doc] = &[
             ),
             doc("remove-node", "cluster", "node-id", "Removes a node from the cluster."),
             doc("status", "cluster", "", "Describes the cluster as this node sees it."),
+            doc("help", "cluster", "", "Lists the subcommands."),
+        ],
+    ),
+    container(
+        "keel.maintenance",
+        "server",
+        "Maintenance mode: while on, writes are refused and reads go on. Durable and replicated.",
+        &[
+            doc(
+                "on",
+                "server",
+                "[reason]",
+                "Turns maintenance mode on; every write then gets -MAINTENANCE with the reason.",
+            ),
+            doc("off", "server", "", "Turns maintenance mode off."),
+            doc(
+                "status",
+                "server",
+                "",
+                "Returns whether maintenance mode is on, its reason and since when (Unix ms).",
+            ),
+            doc("help", "server", "", "Lists the subcommands."),
         ],
     ),
 ];

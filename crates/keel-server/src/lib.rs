@@ -12,6 +12,7 @@ pub mod config;
 pub mod docs;
 pub mod glob;
 pub mod heal;
+pub mod maintenance;
 pub mod metrics;
 pub mod server;
 pub mod tls;

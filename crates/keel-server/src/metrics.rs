@@ -207,6 +207,14 @@ impl Metrics {
             "LSN of the last write readers can see.",
         );
         let _ = writeln!(o, "keel_visible_lsn {}", e.visible_lsn());
+        header(
+            &mut o,
+            "keel_maintenance",
+            "gauge",
+            "1 while maintenance mode is on (KEEL.MAINTENANCE): writes are refused, reads go on.",
+        );
+        let on = crate::maintenance::current(&e).is_some();
+        let _ = writeln!(o, "keel_maintenance {}", on as u8);
         let h = sh.wal_health();
         header(
             &mut o,

@@ -27,6 +27,7 @@ use crate::cmd::{self, Flags, Part, NOT_INT, SYNTAX};
 use crate::config::Settings;
 use crate::glob;
 use crate::heal::{Health, Local};
+use crate::maintenance;
 use crate::metrics::{CommandTimer, Metrics};
 use crate::resp::{parse_i64, Parser, Reply};
 
@@ -120,7 +121,19 @@ async fn cluster_command(sh: Arc<Shared>, args: Vec<Bytes>) -> Reply {
             },
         },
         ("status", 2) => Reply::bulk(status_text(&c.status())),
-        ("init" | "add-node" | "remove-node" | "status", _) => cmd::wrong_args("keel.cluster"),
+        ("help", 2) => help(&[
+            "KEEL.CLUSTER INIT",
+            "    Make this node and its configured peers a new cluster.",
+            "KEEL.CLUSTER ADD-NODE <raft-address>",
+            "    Add a node, first as a learner, then as a voter.",
+            "KEEL.CLUSTER REMOVE-NODE <node-id>",
+            "    Remove a node from the cluster.",
+            "KEEL.CLUSTER STATUS",
+            "    Describe the cluster as this node sees it.",
+        ]),
+        ("init" | "add-node" | "remove-node" | "status" | "help", _) => {
+            cmd::wrong_args("keel.cluster")
+        }
         _ => unknown_subcommand(&args[1], "KEEL.CLUSTER"),
     }
 }
@@ -564,6 +577,11 @@ fn unknown_command(args: &[Bytes]) -> Reply {
     Reply::err(s)
 }
 
+/// A HELP subcommand's reply: its lines, as status replies (as Redis's HELP replies).
+fn help(lines: &[&str]) -> Reply {
+    Reply::Array(lines.iter().map(|l| Reply::Simple(l.to_string())).collect())
+}
+
 fn unknown_subcommand(sub: &[u8], cmd: &str) -> Reply {
     Reply::err(format!(
         "ERR unknown subcommand '{}'. Try {cmd} HELP.",
@@ -726,6 +744,15 @@ impl Conn {
             }
         }
         let need = cmd::flags(spec, &args);
+        if need.contains(Flags::WRITE) {
+            if let Some(m) = maintenance::current(&self.engine()) {
+                if self.multi.is_some() {
+                    self.multi_dirty = true;
+                }
+                self.reply(m.refusal());
+                return Flow::Continue;
+            }
+        }
         // While the log's queue is full, Engine::submit blocks its thread, and with it every
         // connection on this worker: wait for room here instead. (Cluster writes go to raft.)
         if ((need.contains(Flags::WRITE) && self.multi.is_none()) || name == "exec")
@@ -918,6 +945,38 @@ impl Conn {
                 Reply::Int(at.unwrap_or(started) as i64)
             }
             "keel.cluster" => cluster_command(self.sh.clone(), args).await,
+            "keel.maintenance" => {
+                let sub = lower(&args[1]);
+                match (sub.as_str(), args.len()) {
+                    ("on", 2 | 3) => match maintenance::on(args.get(2).map(|a| &a[..]), now_ms()) {
+                        Ok(m) => {
+                            let w = maintenance::write(Some(&m));
+                            self.submit(None, vec![], vec![w], Box::new(|_| Reply::ok()));
+                            return Flow::Continue;
+                        }
+                        Err(r) => r,
+                    },
+                    ("off", 2) => {
+                        let w = maintenance::write(None);
+                        self.submit(None, vec![], vec![w], Box::new(|_| Reply::ok()));
+                        return Flow::Continue;
+                    }
+                    ("status", 2) => {
+                        self.settle().await;
+                        maintenance::status(maintenance::current(&self.engine()).as_ref())
+                    }
+                    ("help", 2) => help(&[
+                        "KEEL.MAINTENANCE ON [reason]",
+                        "    Refuse every write with -MAINTENANCE <reason>; reads go on. Durable.",
+                        "KEEL.MAINTENANCE OFF",
+                        "    Take writes again.",
+                        "KEEL.MAINTENANCE STATUS",
+                        "    Whether it is on, the reason, and since when (Unix ms).",
+                    ]),
+                    ("on" | "off" | "status" | "help", _) => cmd::wrong_args("keel.maintenance"),
+                    _ => unknown_subcommand(&args[1], "KEEL.MAINTENANCE"),
+                }
+            }
             "keel.backup" => {
                 let engine = self.sh.engine();
                 let target =
@@ -1274,6 +1333,13 @@ impl Conn {
             ));
             return;
         }
+        // Maintenance turned on after the writes were queued: none of them runs.
+        if !parts.iter().all(Part::read_only) {
+            if let Some(m) = maintenance::current(&self.engine()) {
+                self.reply(m.refusal());
+                return;
+            }
+        }
         if parts.iter().all(Part::read_only) {
             // Nothing to write: answer from one durable snapshot, checking WATCH against it.
             self.settle().await;
@@ -1450,6 +1516,18 @@ impl Conn {
         if want("keel") {
             let r = e.recovery_report();
             o.push_str("# Keel\r\n");
+            let m = maintenance::current(&e);
+            line(&mut o, "maintenance", &(m.is_some() as u8));
+            line(
+                &mut o,
+                "maintenance_reason",
+                &m.as_ref().map_or("", |m| m.reason.as_str()),
+            );
+            line(
+                &mut o,
+                "maintenance_since_ms",
+                &m.as_ref().map_or(0, |m| m.since_ms),
+            );
             line(&mut o, "recovery_snapshot_lsn", &r.snapshot_lsn);
             line(&mut o, "recovery_snapshot_bytes", &r.snapshot_bytes);
             line(&mut o, "recovery_records_replayed", &r.records_replayed);

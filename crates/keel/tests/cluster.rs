@@ -1055,3 +1055,67 @@ fn nodes_talk_mutual_tls_and_refuse_plaintext_peers() {
         err.1
     );
 }
+
+/// KEEL.MAINTENANCE goes through the raft log: once the leader acknowledges ON, it refuses
+/// writes, every node reports the mode after applying it, a follower killed and restarted still
+/// has it, and OFF takes writes again.
+#[test]
+fn maintenance_mode_reaches_every_node_of_a_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = started_cluster(&[], tmp.path());
+    let lead = leader(&nodes);
+    let mut c = redis::Client::open(format!("redis://{lead}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query::<()>(&mut c)
+        .unwrap();
+    redis::cmd("KEEL.MAINTENANCE")
+        .arg("ON")
+        .arg("rolling upgrade")
+        .query::<()>(&mut c)
+        .unwrap();
+    let err = redis::cmd("SET")
+        .arg("k")
+        .arg("w")
+        .query::<()>(&mut c)
+        .unwrap_err();
+    assert_eq!(err.code(), Some("MAINTENANCE"), "{err}");
+    let got: String = redis::cmd("GET").arg("k").query(&mut c).unwrap();
+    assert_eq!(got, "v");
+
+    let mode_on = |n: &Node| {
+        let mut c = n.server.as_ref().unwrap().client();
+        let info: String = redis::cmd("INFO").arg("keel").query(&mut c).unwrap();
+        info.lines().any(|l| l.trim() == "maintenance:1")
+    };
+    let wait_for = |nodes: &[Node], want: bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while nodes.iter().any(|n| mode_on(n) != want) {
+            assert!(
+                Instant::now() < deadline,
+                "not every node has maintenance {want}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(&nodes, true);
+    let follower = nodes.iter().position(|n| n.addr() != lead).unwrap();
+    nodes[follower].server.take().unwrap().kill9();
+    nodes[follower].start();
+    wait_for(&nodes, true);
+
+    redis::cmd("KEEL.MAINTENANCE")
+        .arg("OFF")
+        .query::<()>(&mut c)
+        .unwrap();
+    redis::cmd("SET")
+        .arg("k")
+        .arg("w")
+        .query::<()>(&mut c)
+        .unwrap();
+    wait_for(&nodes, false);
+}
