@@ -95,5 +95,7 @@ pub use key::Key;
 pub use keyspace::Snapshot;
 pub use options::{Options, WAL_DIR};
 pub use record::{Mutation, RecordError, Request, REQUEST_ID_BYTES_MAX};
-pub use restore::{create_from_snapshot, restore, BackupView, RestoreReport, RestoreTarget};
+pub use restore::{
+    create_from_snapshot, read_system, restore, BackupView, RestoreReport, RestoreTarget,
+};
 pub use types::{Entry, ExpireIf, Guard, Outcome, PutIf, Ttl, Write, WriteError, WriteResult};

@@ -360,3 +360,56 @@ pub fn create_from_snapshot(
     Wal::create_at(target.join(WAL_DIR), lsn + 1, opts.wal.clone())?;
     Ok(lsn)
 }
+
+/// The system namespace of the database in `dir` as of the end of its log (see
+/// [`Write::System`](crate::Write::System)), read without opening the database: from the
+/// snapshot its MANIFEST names and the log after it. It takes no lock, so it reads a live
+/// database too; a checkpoint that prunes meanwhile can make it fail (run it again). It loads
+/// that snapshot whole.
+pub fn read_system(
+    dir: impl AsRef<Path>,
+    opts: &Options,
+) -> Result<std::collections::BTreeMap<Bytes, Bytes>> {
+    let dir = dir.as_ref();
+    let fs = &*opts.wal.fs;
+    let manifest = match crate::damage::read_manifest_state(fs, dir)? {
+        crate::damage::ManifestState::Valid(m) => m,
+        crate::damage::ManifestState::Missing => snapshot::Manifest::default(),
+        crate::damage::ManifestState::Damaged(why) => {
+            return Err(Error::NotRestorable(format!(
+                "{} is damaged ({why}); `keel verify` says more",
+                dir.join(snapshot::MANIFEST).display()
+            )))
+        }
+    };
+    let mut system = std::collections::BTreeMap::new();
+    let base = manifest.snapshot_lsn;
+    if base > 0 {
+        let path = snapshot::snapshot_path(dir, base);
+        let loaded = fs
+            .open(&path, OpenMode::Read)
+            .map_err(snapshot::FileError::from)
+            .and_then(|f| snapshot::read_snapshot(&*f, Some(&manifest)))
+            .map_err(|source| Error::BadFile { path, source })?;
+        system.extend(loaded.image.system);
+    }
+    let log = LogReader::open_from(dir.join(WAL_DIR), &opts.wal, base + 1, &mut |_, _| {})?;
+    if log.last_lsn() <= base {
+        return Ok(system);
+    }
+    for rec in log.iter_from(base + 1)? {
+        let rec = rec?;
+        let d = record::decode(&Bytes::from(rec.payload), rec.lsn).map_err(|source| {
+            Error::BadRecord {
+                lsn: rec.lsn,
+                source,
+            }
+        })?;
+        for m in d.mutations {
+            if let crate::record::Mutation::System { key, value } = m {
+                system.insert(key, value);
+            }
+        }
+    }
+    Ok(system)
+}

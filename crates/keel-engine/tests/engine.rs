@@ -240,8 +240,22 @@ fn the_system_namespace_is_durable_and_apart_from_user_keys() {
         }
         e.close().unwrap();
     }
-    // Backups and point-in-time restores carry it, as of their point.
+    // Backups and point-in-time restores carry it, as of their point; it can be read without
+    // opening the database, also while it is open.
     let (e, _) = Engine::open(&db, small()).unwrap();
+    e.commit(vec![], vec![system("pos", "4"), system("other", "x")])
+        .unwrap();
+    let read = keel_engine::read_system(&db, &small()).unwrap();
+    assert_eq!(
+        read.get(&b("pos")),
+        Some(&b("4")),
+        "from the log after the snapshot"
+    );
+    assert_eq!(read.get(&b("other")), Some(&b("x")));
+    e.checkpoint().unwrap();
+    let read = keel_engine::read_system(&db, &small()).unwrap();
+    assert_eq!(read.get(&b("pos")), Some(&b("4")), "from the snapshot");
+    e.commit(vec![], vec![system("pos", "3")]).unwrap();
     let backup = dir.path().join("backup");
     e.backup(&backup).unwrap();
     assert_eq!(e.backup_view().system(b"pos"), Some(&b("3")));

@@ -88,6 +88,10 @@ pub struct ServeArgs {
     /// [default: 100000].
     #[arg(long, env = "KEEL_RAFT_SNAPSHOT_EVERY")]
     pub raft_snapshot_every: Option<u64>,
+    /// Keep a hash-chained audit log of logins, refusals and admin commands in DIR/audit/ (see
+    /// the README) [default: off].
+    #[arg(long, env = "KEEL_AUDIT")]
+    pub audit: bool,
 }
 
 /// A password as given on the command line, in the environment or in the config file. Its
@@ -152,6 +156,12 @@ pub struct FileConfig {
     pub checkpoint_interval_secs: Option<u64>,
     /// Keep older snapshots and the log after them this long, for `keel restore` [default: 0].
     pub retention_secs: Option<u64>,
+    /// Keep the audit log in DIR/audit/ [default: false].
+    pub audit: Option<bool>,
+    /// Start a new audit file past this size [default: 64 MiB].
+    pub audit_file_bytes_max: Option<u64>,
+    /// Keep at most this many audit files; the oldest is removed first [default: 16].
+    pub audit_files_max: Option<usize>,
 }
 
 /// The engine's options from the config file's keys.
@@ -203,6 +213,8 @@ pub struct Settings {
     pub engine: keel_engine::Options,
     /// `Some`: run as a cluster node.
     pub cluster: Option<ClusterSettings>,
+    /// `Some`: keep the audit log.
+    pub audit: Option<crate::audit::Options>,
 }
 
 /// `keel serve --node-id` settings.
@@ -333,6 +345,13 @@ impl Settings {
             limits,
             engine,
             cluster,
+            audit: (args.audit || file.audit.unwrap_or(false)).then(|| {
+                let d = crate::audit::Options::default();
+                crate::audit::Options {
+                    file_bytes_max: file.audit_file_bytes_max.unwrap_or(d.file_bytes_max),
+                    files_max: file.audit_files_max.unwrap_or(d.files_max),
+                }
+            }),
         };
         s.validate()?;
         Ok(s)
@@ -356,6 +375,11 @@ impl Settings {
         }
         if self.scan_cursors_max == 0 {
             bail!("scan_cursors_max must be at least 1");
+        }
+        if let Some(a) = &self.audit {
+            if a.files_max == 0 || a.file_bytes_max < 4096 {
+                bail!("audit_files_max must be at least 1 and audit_file_bytes_max at least 4096");
+            }
         }
         Ok(())
     }

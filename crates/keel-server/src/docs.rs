@@ -653,6 +653,17 @@ pub fn reply(names: &[Bytes]) -> Reply {
     )
 }
 
+/// The subcommand `sub` of the container command `name`, as the table spells it, if it has one
+/// by that name (case-insensitive).
+pub fn subcommand(name: &str, sub: &[u8]) -> Option<&'static str> {
+    DOCS.iter()
+        .find(|d| d.name == name)?
+        .subcommands
+        .iter()
+        .find(|s| s.name.as_bytes().eq_ignore_ascii_case(sub))
+        .map(|s| s.name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

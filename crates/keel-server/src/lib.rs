@@ -6,6 +6,7 @@
 //! pipelines, and [`resp`] for the parser.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth;
 pub mod cmd;
 pub mod config;
@@ -83,6 +84,34 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         server::Backend::Local(l) => (Some(l.clone()), None),
         server::Backend::Cluster(c) => (None, Some(c.clone())),
     };
+    let audit = match &settings.audit {
+        None => None,
+        Some(opts) => {
+            let a = start_audit(&settings, opts, local.clone())?;
+            let engine = match (&local, &cluster) {
+                (Some(l), _) => l.engine(),
+                (None, Some(c)) => c.engine(),
+                (None, None) => unreachable!("a backend is local or a cluster"),
+            };
+            a.record(audit::Event {
+                event: "start",
+                detail: Some(format!(
+                    "keel {} pid {} on {local_addr}, data directory {}",
+                    env!("CARGO_PKG_VERSION"),
+                    std::process::id(),
+                    settings.dir.display()
+                )),
+                ..audit::Event::default()
+            });
+            let report = engine.recovery_report().to_string();
+            a.record(audit::Event {
+                event: "recovery",
+                detail: Some(report.split_whitespace().collect::<Vec<_>>().join(" ")),
+                ..audit::Event::default()
+            });
+            Some(Arc::new(a))
+        }
+    };
     let result = runtime.block_on(async {
         let client_certs = settings.tls.as_ref().is_some_and(|t| t.verifies_clients());
         if !settings.bind.is_loopback() && !settings.users.password_required() && !client_certs {
@@ -94,11 +123,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             eprintln!("\n******** WARNING ********\n{warning}\n*************************\n");
             tracing::warn!("{warning}");
         }
-        let shared = server::Shared::new(
-            backend,
-            settings.clone(),
-            local_addr.port(),
-        );
+        let shared = server::Shared::new(backend, settings.clone(), local_addr.port(), audit.clone());
         if let Some(port) = settings.metrics_port {
             metrics::spawn(SocketAddr::new(settings.bind, port), shared.clone()).await?;
         }
@@ -132,6 +157,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     // Dropping the runtime drops every connection task, and with them their engine handles.
     drop(runtime);
+    if let Some(a) = &audit {
+        // Synced (and anchored) while the engine is still open.
+        a.stop(audit::Event {
+            event: "stop",
+            detail: Some(match &result {
+                Ok(()) => "shutting down".into(),
+                Err(e) => format!("shutting down after an error: {e}"),
+            }),
+            ..audit::Event::default()
+        });
+    }
     if let Some(first) = engine.poisoned() {
         // Nothing more can be made durable: close without a sync (P5), and say what holds.
         let _ = engine.halt();
@@ -162,6 +198,29 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let lsn = durable.context("final sync")?;
     tracing::info!("shut down cleanly; durable LSN {lsn}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the audit log in DIR/audit/. On a single node, the chain's head is anchored in the
+/// engine's system namespace after each synced group; a cluster node's engine is replicated, so
+/// it has no anchor.
+fn start_audit(
+    settings: &Settings,
+    opts: &audit::Options,
+    local: Option<Arc<heal::Local>>,
+) -> anyhow::Result<audit::Audit> {
+    let anchor = local.map(|l| -> audit::Anchor {
+        Box::new(move |seq, hash| {
+            let w = keel_engine::Write::System {
+                key: bytes::Bytes::from_static(audit::ANCHOR_KEY),
+                value: audit::anchor_value(seq, hash).into(),
+            };
+            l.engine()
+                .commit(vec![], vec![w])
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    });
+    audit::Audit::start(&settings.dir.join(audit::DIR), opts.clone(), anchor)
 }
 
 /// Starts this process as a cluster node: recovers its raft log and engine, and listens for

@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::audit;
 use crate::auth::{User, Users, NOAUTH, WRONGPASS};
 use crate::cmd::{self, Flags, Part, NOT_INT, SYNTAX};
 use crate::config::Settings;
@@ -185,10 +186,17 @@ pub struct Shared {
     shutdown: watch::Sender<bool>,
     scans: Mutex<ScanCursors>,
     started: Instant,
+    /// The audit log, if kept.
+    pub audit: Option<Arc<audit::Audit>>,
 }
 
 impl Shared {
-    pub fn new(backend: Backend, settings: Settings, port: u16) -> Arc<Shared> {
+    pub fn new(
+        backend: Backend,
+        settings: Settings,
+        port: u16,
+        audit: Option<Arc<audit::Audit>>,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             backend,
             users: settings.users.clone(),
@@ -203,6 +211,7 @@ impl Shared {
             rejected_connections: AtomicU64::new(0),
             shutdown: watch::channel(false).0,
             started: Instant::now(),
+            audit,
         })
     }
 
@@ -549,7 +558,7 @@ fn observe(conn: &mut Conn, timer: CommandTimer, queued_before: usize) {
     timer.finish();
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -575,6 +584,18 @@ fn unknown_command(args: &[Bytes]) -> Reply {
         ));
     }
     Reply::err(s)
+}
+
+/// How the audit log names a command: its name, and for a command with subcommands the
+/// subcommand (`config|set`). Never an argument's value: that can be a password.
+fn audited_name(name: &str, args: &[Bytes]) -> String {
+    match args
+        .get(1)
+        .and_then(|sub| crate::docs::subcommand(name, sub))
+    {
+        Some(sub) => format!("{name}|{sub}"),
+        None => name.to_string(),
+    }
 }
 
 /// A HELP subcommand's reply: its lines, as status replies (as Redis's HELP replies).
@@ -739,11 +760,34 @@ impl Conn {
                 if self.multi.is_some() {
                     self.multi_dirty = true;
                 }
+                self.audit(audit::Event {
+                    event: "denied",
+                    command: Some(audited_name(spec.name, &args)),
+                    ..self.who(&user)
+                });
                 self.reply(Reply::err(e));
                 return Flow::Continue;
             }
         }
         let need = cmd::flags(spec, &args);
+        // An admin command is on record, durably, before it runs (fail closed).
+        if need.contains(Flags::ADMIN) {
+            if let Some(a) = self.sh.audit.clone() {
+                self.settle().await;
+                let ev = audit::Event {
+                    event: "admin",
+                    command: Some(audited_name(spec.name, &args)),
+                    ..self.who(&user)
+                };
+                if let Err(e) = a.record_durably(ev).await {
+                    if self.multi.is_some() {
+                        self.multi_dirty = true;
+                    }
+                    self.reply(Reply::err(format!("ERR {e}; admin commands are refused")));
+                    return Flow::Continue;
+                }
+            }
+        }
         if need.contains(Flags::WRITE) {
             if let Some(m) = maintenance::current(&self.engine()) {
                 if self.multi.is_some() {
@@ -1092,13 +1136,44 @@ impl Conn {
         if args.len() == 2 && !self.sh.users.password_required() {
             return Reply::err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?");
         }
-        match self.sh.users.authenticate(user, pass) {
+        let who = String::from_utf8_lossy(user).into_owned();
+        let ok = match self.sh.users.authenticate(user, pass) {
             Some(u) => {
                 self.user = Some(u);
-                Reply::ok()
+                true
             }
-            None => Reply::err(WRONGPASS),
+            None => false,
+        };
+        self.audit_auth(who, ok);
+        if ok {
+            Reply::ok()
+        } else {
+            Reply::err(WRONGPASS)
         }
+    }
+
+    /// Records an event in the audit log, if one is kept.
+    fn audit(&self, ev: audit::Event) {
+        if let Some(a) = &self.sh.audit {
+            a.record(ev);
+        }
+    }
+
+    /// An event's user and client address.
+    fn who(&self, user: &User) -> audit::Event {
+        audit::Event {
+            user: Some(user.0.clone()),
+            addr: Some(self.addr.clone()),
+            ..audit::Event::default()
+        }
+    }
+
+    fn audit_auth(&self, user: String, ok: bool) {
+        self.audit(audit::Event {
+            event: "auth",
+            ok: Some(ok),
+            ..self.who(&User(user))
+        });
     }
 
     fn hello(&mut self, args: &[Bytes]) -> Reply {
@@ -1130,9 +1205,16 @@ impl Conn {
             }
         }
         if let Some((u, p)) = auth {
+            let who = String::from_utf8_lossy(&u).into_owned();
             match self.sh.users.authenticate(&u, &p) {
-                Some(user) => self.user = Some(user),
-                None => return Reply::err(WRONGPASS),
+                Some(user) => {
+                    self.user = Some(user);
+                    self.audit_auth(who, true);
+                }
+                None => {
+                    self.audit_auth(who, false);
+                    return Reply::err(WRONGPASS);
+                }
             }
         }
         if self.user.is_none() {

@@ -1,6 +1,7 @@
 //! The `keel` command.
 #![forbid(unsafe_code)]
 
+mod audit_cmd;
 mod bench;
 mod bench_engine;
 mod cluster_cmd;
@@ -63,6 +64,10 @@ enum Command {
     /// Print the password_sha256 of a password read from standard input, for a [[users]] entry
     /// of the config file; or, with --generate, make a random password and print both.
     HashPassword(keel_server::auth::HashPasswordArgs),
+    /// The audit log a server started with --audit keeps in DIR/audit/: verify its hash chain,
+    /// or show its entries.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
 }
 
 #[derive(Subcommand)]
@@ -124,6 +129,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => Ok(db_cmd::verify(a)),
         Command::Restore(a) => Ok(db_cmd::restore_cmd(a)),
         Command::Cluster(a) => Ok(cluster_cmd::run(a)),
+        Command::Audit(c) => Ok(audit_cmd::run(c)),
         Command::HashPassword(a) => keel_server::auth::hash_password_cmd(a),
         Command::Bench(BenchCommand::Wal(a)) => bench::wal(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::Engine(a)) => {

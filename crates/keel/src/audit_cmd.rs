@@ -1,0 +1,133 @@
+//! `keel audit verify|show`: the audit log of a data directory (see the README's "Audit log").
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use keel_server::audit;
+
+#[derive(clap::Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of DIR/audit/ against the chain's head the database recorded.
+    /// Exit code 0: intact; 1: an entry was changed, removed, reordered or cut from the end
+    /// (the first bad one is named); 3: could not read.
+    Verify {
+        /// Data directory (the one `keel serve --dir` uses).
+        #[arg(default_value = "keel-data")]
+        dir: PathBuf,
+    },
+    /// Print the entries of DIR/audit/ as JSON lines, oldest first.
+    Show {
+        /// Data directory.
+        #[arg(default_value = "keel-data")]
+        dir: PathBuf,
+        /// Only entries at or after this Unix time in milliseconds.
+        #[arg(long)]
+        since: Option<u64>,
+    },
+}
+
+pub fn run(c: AuditCommand) -> ExitCode {
+    match c {
+        AuditCommand::Verify { dir } => verify(&dir),
+        AuditCommand::Show { dir, since } => show(&dir, since),
+    }
+}
+
+fn audit_dir(dir: &Path) -> Result<PathBuf, ExitCode> {
+    let a = dir.join(audit::DIR);
+    if a.is_dir() {
+        Ok(a)
+    } else {
+        eprintln!(
+            "error: {} does not exist: no audit log (start keel serve with --audit)",
+            a.display()
+        );
+        Err(ExitCode::from(3))
+    }
+}
+
+fn verify(dir: &Path) -> ExitCode {
+    let a = match audit_dir(dir) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let opts = keel_engine::Options::default();
+    let anchor = match keel_engine::read_system(dir, &opts) {
+        Ok(s) => s.get(audit::ANCHOR_KEY).cloned(),
+        Err(e) => {
+            eprintln!(
+                "warning: the chain's head recorded in the database could not be read ({e}); \
+                 a cut at the end cannot be detected"
+            );
+            None
+        }
+    };
+    let v = match audit::verify(&a, anchor.as_deref()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: reading {}: {e}", a.display());
+            return ExitCode::from(3);
+        }
+    };
+    let range = match (v.first_seq, v.last_seq) {
+        (Some(f), Some(l)) => format!("seq {f}..={l}"),
+        _ => "no entries".into(),
+    };
+    println!(
+        "{}: {} files, {} entries ({range})",
+        a.display(),
+        v.files,
+        v.entries
+    );
+    match v.anchor_seq {
+        Some(s) => println!("the database recorded the chain's head at seq {s}"),
+        None => println!("the database holds no chain head (a cluster node, or never written)"),
+    }
+    if let Some(t) = &v.torn_tail {
+        println!("note: {t} (a crash while writing it; keel serve cuts it at its next start)");
+    }
+    match &v.bad {
+        Some(b) => {
+            println!("TAMPERED: {b}");
+            ExitCode::from(1)
+        }
+        None => {
+            println!("intact");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn show(dir: &Path, since: Option<u64>) -> ExitCode {
+    let a = match audit_dir(dir) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let files = match audit::files(&a) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: reading {}: {e}", a.display());
+            return ExitCode::from(3);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for (_, path) in files {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: reading {}: {e}", path.display());
+                return ExitCode::from(3);
+            }
+        };
+        for line in text.lines() {
+            let at = serde_json::from_str::<audit::Entry>(line).map(|e| e.at_ms);
+            if since.is_none_or(|s| at.as_ref().is_ok_and(|&t| t >= s))
+                && writeln!(out, "{line}").is_err()
+            {
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
