@@ -157,6 +157,11 @@ struct Writer {
     /// The last entry's seq and the SHA-256 of its line.
     head: (u64, [u8; 32]),
     buf: Vec<u8>,
+    /// The file's length and the head as of the last successful sync.
+    synced: (u64, (u64, [u8; 32])),
+    /// A write or sync failed since: the file may hold bytes past `synced`, to be cut before
+    /// anything else is written.
+    dirty: bool,
 }
 
 impl Writer {
@@ -207,7 +212,33 @@ impl Writer {
             file_bytes: whole,
             head,
             buf: Vec::new(),
+            synced: (whole, head),
+            dirty: false,
         })
+    }
+
+    /// Appends and syncs `events`, all or none: after a failure the file is cut back to its
+    /// last synced length (before the next write, if not at once), and the chain goes on from
+    /// the last synced entry, so a disk that fails and then recovers (a full disk freed) leaves
+    /// no partial or unsynced entry behind (fsync errors drop pages: nothing after a failed
+    /// sync is trusted).
+    fn write_group(&mut self, events: Vec<Event>, at_ms: u64) -> std::io::Result<()> {
+        let r = (|| {
+            if self.dirty {
+                self.file.set_len(self.synced.0)?;
+                self.dirty = false;
+            }
+            for ev in events {
+                self.append(ev, at_ms)?;
+            }
+            self.sync()
+        })();
+        if r.is_err() {
+            self.dirty = true;
+            self.buf.clear();
+            (self.file_bytes, self.head) = self.synced;
+        }
+        r
     }
 
     fn append(&mut self, ev: Event, at_ms: u64) -> std::io::Result<()> {
@@ -239,7 +270,9 @@ impl Writer {
     fn sync(&mut self) -> std::io::Result<()> {
         self.file.write_all(&self.buf)?;
         self.buf.clear();
-        self.file.sync_data()
+        self.file.sync_data()?;
+        self.synced = (self.file_bytes, self.head);
+        Ok(())
     }
 
     /// Starts the file for entries from `next` on, and removes the oldest files past the limit.
@@ -250,6 +283,7 @@ impl Writer {
             .append(true)
             .open(self.dir.join(file_name(next)))?;
         self.file_bytes = 0;
+        self.synced.0 = 0;
         let all = files(&self.dir)?;
         for (_, old) in all
             .iter()
@@ -271,40 +305,30 @@ impl Audit {
         let thread = std::thread::Builder::new()
             .name("keel-audit".into())
             .spawn(move || {
-                // After a failure nothing more is written: every later record gets the error.
-                let mut failed: Option<String> = None;
                 while let Ok(first) = rx.recv() {
-                    let mut waiting = Vec::new();
+                    let (mut events, mut waiting) = (Vec::new(), Vec::new());
                     let mut stop = false;
                     for m in std::iter::once(first).chain(rx.try_iter()) {
                         match m {
                             Msg::Record(ev, done) => {
-                                if failed.is_none() {
-                                    if let Err(e) = w.append(ev, crate::server::now_ms()) {
-                                        failed = Some(e.to_string());
-                                    }
-                                }
+                                events.push(ev);
                                 waiting.extend(done);
                             }
                             Msg::Stop => stop = true,
                         }
                     }
-                    if failed.is_none() {
-                        if let Err(e) = w.sync() {
-                            failed = Some(e.to_string());
-                        }
-                    }
-                    let result = match &failed {
-                        Some(e) => Err(format!("the audit log cannot be written: {e}")),
-                        None => Ok(()),
-                    };
+                    // A failed group is lost whole, and its waiters hear why; the next group
+                    // tries again.
+                    let result = w
+                        .write_group(events, crate::server::now_ms())
+                        .map_err(|e| format!("the audit log cannot be written: {e}"));
                     if let Err(e) = &result {
                         tracing::error!("{e}");
                     }
                     for d in waiting {
                         let _ = d.send(result.clone());
                     }
-                    if let (None, Some(a)) = (&failed, anchor.as_mut()) {
+                    if let (Ok(()), Some(a)) = (&result, anchor.as_mut()) {
                         if let Err(e) = a(w.head.0, &w.head.1) {
                             tracing::warn!("audit: recording the chain's head failed: {e}");
                         }
@@ -476,17 +500,13 @@ mod tests {
     fn write_some(dir: &Path, opts: Options, n: u64) -> (u64, [u8; 32]) {
         let mut w = Writer::open(dir, opts).unwrap();
         for i in 0..n {
-            w.append(
-                Event {
-                    event: "auth",
-                    user: Some(format!("u{i}")),
-                    ok: Some(i % 2 == 0),
-                    ..Event::default()
-                },
-                1000 + i,
-            )
-            .unwrap();
-            w.sync().unwrap();
+            let ev = Event {
+                event: "auth",
+                user: Some(format!("u{i}")),
+                ok: Some(i % 2 == 0),
+                ..Event::default()
+            };
+            w.write_group(vec![ev], 1000 + i).unwrap();
         }
         w.head
     }
@@ -506,6 +526,35 @@ mod tests {
         assert!(v.bad.is_none(), "{v:?}");
         assert_eq!(v.last_seq, Some(20));
         assert!(v.first_seq.unwrap() > 1, "the oldest files were removed");
+    }
+
+    /// A group that fails (here: its file handle cannot write) is lost whole and its waiters
+    /// told; whatever reached the file after the last sync is cut before the next group, whose
+    /// entries continue the chain from the last synced one.
+    #[test]
+    fn after_a_failed_group_the_next_one_continues_from_the_last_synced_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_some(tmp.path(), Options::default(), 3);
+        let mut w = Writer::open(tmp.path(), Options::default()).unwrap();
+        let path = files(tmp.path()).unwrap()[0].1.clone();
+        let writable = std::mem::replace(&mut w.file, File::open(&path).unwrap());
+        let ev = || Event {
+            event: "admin",
+            command: Some("flushall".into()),
+            ..Event::default()
+        };
+        assert!(w.write_group(vec![ev(), ev()], 5).is_err());
+        assert_eq!(w.head.0, 3, "the failed group is not in the chain");
+        // As a short write or a failed sync can leave: bytes past the last synced length.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"seq\":4,\"at_ms\":5,\"event\":\"admin\",\"prev\":\"00\"}\n")
+            .unwrap();
+        w.file = writable;
+        w.write_group(vec![ev()], 6).unwrap();
+        assert_eq!(w.head.0, 4);
+        let v = verify(tmp.path(), Some(&anchor_value(w.head.0, &w.head.1))).unwrap();
+        assert!(v.bad.is_none() && v.torn_tail.is_none(), "{v:?}");
+        assert_eq!(v.entries, 4);
     }
 
     #[test]
