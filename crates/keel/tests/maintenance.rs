@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{http, metrics_port, Server};
+use common::{hash_password, http, metrics_port, Server};
 use redis::Value;
 
 /// The error code and text a command got, or `None` if it succeeded.
@@ -148,7 +148,7 @@ fn maintenance_needs_admin_and_checks_its_arguments() {
         format!(
             "requirepass = \"root-pw\"\n\n\
              [[users]]\nname = \"app\"\npassword_sha256 = \"{}\"\npermissions = [\"read\", \"write\"]\n",
-            hash_password("app-pw")
+            hash_password(&[], "app-pw").trim()
         ),
     )
     .unwrap();
@@ -196,25 +196,4 @@ fn maintenance_needs_admin_and_checks_its_arguments() {
     let e = refusal(&mut app, &["SET", "k", "v"]).unwrap();
     assert_eq!(e, "MAINTENANCE maintenance mode is on; writes are refused");
     assert_eq!(refusal(&mut app, &["GET", "k"]), None);
-}
-
-/// `keel hash-password` of `pw` (read from standard input).
-fn hash_password(pw: &str) -> String {
-    use std::io::Write as _;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(pw.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

@@ -24,27 +24,6 @@ fn noperm(user: &str, cmd: &str) -> String {
     format!("-NOPERM User {user} has no permissions to run the '{cmd}' command\r\n")
 }
 
-/// `keel hash-password` with `input` on standard input: its standard output.
-fn hash_password(args: &[&str], input: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .arg("hash-password")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn write_config(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("keel.toml");
     std::fs::write(&p, text).unwrap();
@@ -951,6 +930,7 @@ fn permissions_follow_what_each_command_does() {
         (&["LASTSAVE"], 0),
         (&["KEEL.BACKUP", "/nonexistent/keel-backup-target"], A),
         (&["KEEL.CLUSTER", "STATUS"], A),
+        (&["KEEL.MAINTENANCE", "STATUS"], A),
     ];
 
     let t = tempfile::tempdir().unwrap();

@@ -265,3 +265,24 @@ pub fn set_numbered(c: &mut redis::Connection, prefix: &str, n: usize) {
             .unwrap();
     }
 }
+
+/// `keel hash-password` with `input` on standard input: its standard output.
+pub fn hash_password(args: &[&str], input: &str) -> String {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .arg("hash-password")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
