@@ -90,6 +90,7 @@ pub const DOCS: &[Doc] = &[
                 "Accepted for client libraries; keel does not keep the value.",
             ),
             doc("info", "connection", "", "Describes the connection in one line."),
+            doc("help", "connection", "", "Lists the subcommands."),
         ],
     ),
     container(
@@ -111,6 +112,7 @@ pub const DOCS: &[Doc] = &[
                 "Returns the arity, flags and key positions of the named commands.",
             ),
             doc("list", "server", "", "Returns the names of all commands."),
+            doc("help", "server", "", "Lists the subcommands."),
         ],
     ),
     doc(
@@ -138,6 +140,7 @@ pub const DOCS: &[Doc] = &[
                 "Refused: keel's settings come from its config file, flags and environment.",
             ),
             doc("resetstat", "server", "", "Accepted; keel's counters are not reset."),
+            doc("help", "server", "", "Lists the subcommands."),
         ],
     ),
     doc(
@@ -662,6 +665,24 @@ pub fn subcommand(name: &str, sub: &[u8]) -> Option<&'static str> {
         .iter()
         .find(|s| s.name.as_bytes().eq_ignore_ascii_case(sub))
         .map(|s| s.name)
+}
+
+/// `NAME HELP`'s lines for a command with subcommands: each subcommand's syntax, then its
+/// summary indented, as Redis's HELP replies read.
+pub fn help_lines(name: &str) -> Option<Vec<String>> {
+    let d = DOCS
+        .iter()
+        .find(|d| d.name == name && !d.subcommands.is_empty())?;
+    let mut lines = Vec::new();
+    for sub in d.subcommands {
+        let head = format!("{} {}", name.to_uppercase(), sub.name.to_uppercase());
+        lines.push(match sub.syntax {
+            "" => head,
+            syntax => format!("{head} {syntax}"),
+        });
+        lines.push(format!("    {}", sub.summary));
+    }
+    Some(lines)
 }
 
 #[cfg(test)]

@@ -122,16 +122,6 @@ async fn cluster_command(sh: Arc<Shared>, args: Vec<Bytes>) -> Reply {
             },
         },
         ("status", 2) => Reply::bulk(status_text(&c.status())),
-        ("help", 2) => help(&[
-            "KEEL.CLUSTER INIT",
-            "    Make this node and its configured peers a new cluster.",
-            "KEEL.CLUSTER ADD-NODE <raft-address>",
-            "    Add a node, first as a learner, then as a voter.",
-            "KEEL.CLUSTER REMOVE-NODE <node-id>",
-            "    Remove a node from the cluster.",
-            "KEEL.CLUSTER STATUS",
-            "    Describe the cluster as this node sees it.",
-        ]),
         ("init" | "add-node" | "remove-node" | "status" | "help", _) => {
             cmd::wrong_args("keel.cluster")
         }
@@ -598,11 +588,6 @@ fn audited_name(name: &str, args: &[Bytes]) -> String {
     }
 }
 
-/// A HELP subcommand's reply: its lines, as status replies (as Redis's HELP replies).
-fn help(lines: &[&str]) -> Reply {
-    Reply::Array(lines.iter().map(|l| Reply::Simple(l.to_string())).collect())
-}
-
 fn unknown_subcommand(sub: &[u8], cmd: &str) -> Reply {
     Reply::err(format!(
         "ERR unknown subcommand '{}'. Try {cmd} HELP.",
@@ -880,6 +865,13 @@ impl Conn {
 
     /// Everything that is not a plain data command.
     async fn command(&mut self, name: &str, args: Vec<Bytes>) -> Flow {
+        // NAME HELP, for every command with subcommands, from the same table as COMMAND DOCS.
+        if args.len() == 2 && eq(&args[1], "help") {
+            if let Some(lines) = crate::docs::help_lines(name) {
+                self.reply(Reply::Array(lines.into_iter().map(Reply::Simple).collect()));
+                return Flow::Continue;
+            }
+        }
         let reply = match name {
             "ping" | "echo" | "time" => self.local(name, &args),
             "quit" => {
@@ -1009,14 +1001,6 @@ impl Conn {
                         self.settle().await;
                         maintenance::status(maintenance::current(&self.engine()).as_ref())
                     }
-                    ("help", 2) => help(&[
-                        "KEEL.MAINTENANCE ON [reason]",
-                        "    Refuse every write with -MAINTENANCE <reason>; reads go on. Durable.",
-                        "KEEL.MAINTENANCE OFF",
-                        "    Take writes again.",
-                        "KEEL.MAINTENANCE STATUS",
-                        "    Whether it is on, the reason, and since when (Unix ms).",
-                    ]),
                     ("on" | "off" | "status" | "help", _) => cmd::wrong_args("keel.maintenance"),
                     _ => unknown_subcommand(&args[1], "KEEL.MAINTENANCE"),
                 }

@@ -211,6 +211,31 @@ fn command_reply_table() {
     );
 }
 
+/// Every "Try X HELP" error leads somewhere: each command with subcommands answers HELP with
+/// a line per subcommand, HELP's own included.
+#[test]
+fn every_command_with_subcommands_answers_help() {
+    let t = tempdir();
+    let srv = Server::start(&data_dir(&t), &[]);
+    let mut c = srv.client();
+    let e = redis::cmd("CONFIG")
+        .arg("NOSUCH")
+        .query::<()>(&mut c)
+        .unwrap_err();
+    assert!(e.to_string().contains("Try CONFIG HELP"), "{e}");
+    for (cmd, sub) in [
+        ("CONFIG", "CONFIG GET"),
+        ("CLIENT", "CLIENT SETNAME"),
+        ("COMMAND", "COMMAND DOCS"),
+        ("KEEL.CLUSTER", "KEEL.CLUSTER ADD-NODE"),
+        ("KEEL.MAINTENANCE", "KEEL.MAINTENANCE ON"),
+    ] {
+        let lines: Vec<String> = redis::cmd(cmd).arg("help").query(&mut c).unwrap();
+        assert!(lines.iter().any(|l| l.starts_with(sub)), "{cmd}: {lines:?}");
+        assert!(lines.contains(&format!("{cmd} HELP")), "{cmd}: {lines:?}");
+    }
+}
+
 #[test]
 fn redis_crate_and_redis_cli() {
     let t = tempdir();
