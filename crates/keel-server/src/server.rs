@@ -1152,7 +1152,12 @@ impl Conn {
         }
     }
 
-    fn audit_auth(&self, user: String, ok: bool) {
+    /// Records a login. The name a client gave is cut to 128 characters: a failed login's
+    /// name is whatever the client sent, and must not grow the log without bound.
+    fn audit_auth(&self, mut user: String, ok: bool) {
+        if let Some((at, _)) = user.char_indices().nth(128) {
+            user.truncate(at);
+        }
         self.audit(audit::Event {
             event: "auth",
             ok: Some(ok),
