@@ -34,7 +34,7 @@ pub mod net;
 mod sm;
 
 pub use log::LogStore;
-pub use sm::{Engines, StateMachine};
+pub use sm::{Engines, StateMachine, LEGACY_PREFIX};
 
 pub type NodeId = u64;
 
@@ -489,6 +489,18 @@ impl Cluster {
             return Err(ClusterError::Rejected(
                 "the system namespace's raft.* entries hold the replication state; a client transaction cannot write them".into(),
             ));
+        }
+        let keys = txn
+            .guards
+            .iter()
+            .map(|g| &g.key)
+            .chain(txn.writes.iter().flat_map(Write::keys));
+        for k in keys {
+            if k.starts_with(LEGACY_PREFIX) {
+                return Err(ClusterError::Rejected(
+                    "keys starting with \\xffkeel.raft. are reserved: nodes from before the system namespace keep their replication state there".into(),
+                ));
+            }
         }
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.arrivals.fetch_add(1, Ordering::Release);

@@ -8,7 +8,8 @@
 //!
 //! Before the system namespace (snapshot format v2) they were user keys (`\xffkeel.raft.applied` and `\xffkeel.raft.membership`).
 //! An engine written then is read through them until its next applied transaction, which writes
-//! the system entries and deletes the old keys in one record. Because every replica decides the same transactions at
+//! the system entries and deletes the old keys in one record. Clients still cannot write keys
+//! under that prefix: older nodes of a cluster keep their position there. Because every replica decides the same transactions at
 //! the same times from the same state, every replica reaches the same state at the same LSNs,
 //! so WATCH and KEEL.CAS versions mean the same thing on every node.
 //!
@@ -36,6 +37,9 @@ use crate::{Applied, Node, NodeId, Results, TypeConfig};
 /// The system entries that hold the replication state inside the engine.
 const APPLIED_KEY: &[u8] = b"raft.applied";
 const MEMBERSHIP_KEY: &[u8] = b"raft.membership";
+/// The prefix of the user keys that held the replication state before the system namespace.
+/// Clients cannot write keys under it (older nodes of a cluster may still use them).
+pub const LEGACY_PREFIX: &[u8] = b"\xffkeel.raft.";
 /// Where engines written before the system namespace keep them, as user keys.
 const LEGACY_APPLIED_KEY: &[u8] = b"\xffkeel.raft.applied";
 const LEGACY_MEMBERSHIP_KEY: &[u8] = b"\xffkeel.raft.membership";
@@ -125,11 +129,17 @@ fn put(key: &'static [u8], value: Vec<u8>) -> Write {
 
 /// For an engine written before the system namespace: the writes that move its replication
 /// state there (the membership `m` into the system namespace, deletes of the legacy user keys),
-/// to go into its next applied transaction, beside the applied position. Empty otherwise.
+/// to go into the first transaction of the next applied batch, beside the applied position.
+/// Empty otherwise. It is decided on the membership's system entry, which only this and a
+/// membership entry write: if that transaction writes nothing (a client's guard failed), the
+/// next batch moves the state again. (Clients cannot write the legacy keys.)
 fn migration(e: &Engine, m: &Membership) -> Vec<Write> {
+    if e.system(MEMBERSHIP_KEY).is_some() {
+        return Vec::new();
+    }
     let legacy: Vec<Write> = [LEGACY_APPLIED_KEY, LEGACY_MEMBERSHIP_KEY]
         .into_iter()
-        .filter(|k| e.system(APPLIED_KEY).is_none() && e.get(k).is_some())
+        .filter(|k| e.get(k).is_some())
         .map(|k| Write::Delete {
             key: Bytes::from_static(k),
         })

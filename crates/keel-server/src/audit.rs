@@ -25,17 +25,26 @@
 //! compares the files with it, so entries cut from the end are detected up to the last anchor.
 //! (On a cluster node the engine is replicated, not this node's own: there is no anchor.)
 //!
+//! # Failures
+//!
+//! A group that cannot be written or synced is lost whole (its waiters hear why; an admin
+//! command is then refused). The file is cut back to its last synced length and the next group
+//! tries again, so a full disk that is freed heals without a restart. Unlike the engine's log
+//! (P5), the sync is retried on the same file: what a failed sync may have dropped is cut first,
+//! and nothing acknowledged depends on it.
+//!
 //! # Rotation and retention
 //!
 //! A file is closed past `audit_file_bytes_max`; past `audit_files_max` files the oldest is
-//! removed. The oldest retained entry's `prev` then points at a removed entry: verification
-//! starts from it.
+//! removed, but never the one that holds the head the database recorded. The oldest retained
+//! entry's `prev` then points at a removed entry: verification starts from it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use ring::digest::{digest, SHA256};
@@ -101,12 +110,17 @@ enum Msg {
     Stop,
 }
 
+/// Most events waiting to be written; past it [`Audit::record`] drops and counts them.
+const QUEUE_MAX: usize = 65_536;
+
 /// Writes the chain's head somewhere else than the audit files.
 pub type Anchor = Box<dyn FnMut(u64, &[u8; 32]) -> Result<(), String> + Send>;
 
 /// The running audit log.
 pub struct Audit {
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::SyncSender<Msg>,
+    /// Events [`Audit::record`] dropped because the queue was full.
+    dropped: Arc<AtomicU64>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -148,6 +162,82 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// An anchor value's seq and hash.
+fn parse_anchor(a: &[u8]) -> Option<(u64, [u8; 32])> {
+    (a.len() == 40).then(|| {
+        (
+            u64::from_le_bytes(a[..8].try_into().expect("8 bytes")),
+            a[8..].try_into().expect("32 bytes"),
+        )
+    })
+}
+
+/// What a file holds up to the first line that is not a whole entry continuing the chain.
+#[derive(Default)]
+struct Scanned {
+    /// The last good entry's seq and line hash.
+    head: Option<(u64, [u8; 32])>,
+    /// Bytes up to and including its newline.
+    whole: u64,
+}
+
+/// Reads `path` up to its first line that is not a whole entry or does not follow `after`
+/// (`None`: the first line is taken as it is).
+fn scan(path: &Path, mut after: Option<(u64, [u8; 32])>) -> std::io::Result<Scanned> {
+    let mut out = Scanned::default();
+    let mut r = BufReader::new(File::open(path)?);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = r.read_until(b'\n', &mut line)?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            return Ok(out);
+        }
+        let text = &line[..n - 1];
+        let Ok(e) = serde_json::from_slice::<Entry>(text) else {
+            return Ok(out);
+        };
+        if after.is_some_and(|(seq, h)| e.seq != seq + 1 || e.prev != hex(&h)) {
+            return Ok(out);
+        }
+        let h = (e.seq, sha256(text));
+        after = Some(h);
+        out.head = Some(h);
+        out.whole += n as u64;
+    }
+}
+
+/// The line hash of the entry with seq `seq`, if the files hold it.
+fn scan_for(dir: &Path, seq: u64) -> std::io::Result<Option<[u8; 32]>> {
+    let Some((_, path)) = files(dir)?
+        .into_iter()
+        .rev()
+        .find(|(first, _)| *first <= seq)
+    else {
+        return Ok(None);
+    };
+    let text = std::fs::read(path)?;
+    for line in text.split(|&b| b == b'\n') {
+        if let Ok(e) = serde_json::from_slice::<Entry>(line) {
+            if e.seq == seq {
+                return Ok(Some(sha256(line)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Creates `dir` and syncs it and its parent, so that the directory survives a power cut.
+fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    sync_dir(dir)
+}
+
 /// The appending side, owned by the writer thread.
 struct Writer {
     dir: PathBuf,
@@ -162,59 +252,105 @@ struct Writer {
     /// A write or sync failed since: the file may hold bytes past `synced`, to be cut before
     /// anything else is written.
     dirty: bool,
+    /// The seq of the head last written into the database (`None`: none is kept, as on a
+    /// cluster node): retention keeps the file that holds it.
+    anchored: Option<u64>,
 }
 
 impl Writer {
-    /// Opens `dir` for appending after its last whole entry. A last line without its newline
-    /// was being written when the process stopped and was never synced: it is cut.
-    fn open(dir: &Path, opts: Options) -> std::io::Result<Writer> {
-        std::fs::create_dir_all(dir)?;
+    /// Opens `dir` for appending after its last whole entry, and returns with it what opening
+    /// found that belongs on record: `torn` (a crash's unsynced tail) and `break` (entries the
+    /// database's head says existed are gone) events.
+    ///
+    /// - Bytes after the last entry that parses and continues the chain were being written when
+    ///   the process stopped (a torn group: a power cut can keep a later page and lose an
+    ///   earlier one). They are moved into `torn-<unix ms>.bytes` beside the files, never
+    ///   deleted, and cut.
+    /// - A newest file with no entry (a crash right after a rotation created it) continues from
+    ///   the file before it.
+    /// - `anchor` is the head the database recorded. Files that end before it, or whose entry at
+    ///   its seq has another hash, lost entries: that is recorded, and the chain goes on from
+    ///   what the files hold.
+    fn open(
+        dir: &Path,
+        opts: Options,
+        anchor: Option<&[u8]>,
+    ) -> std::io::Result<(Writer, Vec<(&'static str, String)>)> {
+        create_dir_durably(dir)?;
+        let mut notes = Vec::new();
         let existing = files(dir)?;
-        let (path, mut head) = match existing.last() {
-            None => (dir.join(file_name(1)), (0, [0u8; 32])),
-            Some((first, path)) => (path.clone(), (first - 1, [0u8; 32])),
-        };
-        let mut whole = 0u64;
-        if path.exists() {
-            let mut r = BufReader::new(File::open(&path)?);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                let n = r.read_until(b'\n', &mut line)?;
-                if n == 0 || line.last() != Some(&b'\n') {
-                    break;
-                }
-                let text = &line[..line.len() - 1];
-                let e: Entry = serde_json::from_slice(text).map_err(|e| {
-                    std::io::Error::other(format!(
-                        "{} holds an entry that is not one keel wrote ({e}); `keel audit verify` says more",
-                        path.display()
-                    ))
-                })?;
-                head = (e.seq, sha256(text));
-                whole += n as u64;
+        let mut head = (0, [0u8; 32]);
+        // The head before the newest file, in case that one holds no entry.
+        if existing.len() >= 2 {
+            if let Some(h) = scan(&existing[existing.len() - 2].1, None)?.head {
+                head = h;
             }
         }
+        let path = match existing.last() {
+            None => dir.join(file_name(1)),
+            Some((first, path)) => {
+                if head.0 + 1 != *first {
+                    head = (first - 1, [0u8; 32]);
+                }
+                path.clone()
+            }
+        };
+        let found = if path.exists() {
+            // The first entry of a file is taken as it is (its file was checked by name).
+            scan(&path, (head.1 != [0u8; 32] || head.0 == 0).then_some(head))?
+        } else {
+            Scanned::default()
+        };
+        let head = found.head.unwrap_or(head);
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        if file.metadata()?.len() > whole {
-            tracing::warn!(
-                "audit: cutting a partial last entry of {} (written, never synced, when the process stopped)",
-                path.display()
-            );
-            file.set_len(whole)?;
+        let len = file.metadata()?.len();
+        if len > found.whole {
+            let bytes = std::fs::read(&path)?;
+            let aside = dir.join(format!("torn-{}.bytes", crate::server::now_ms()));
+            std::fs::write(&aside, &bytes[found.whole as usize..])?;
+            File::open(&aside)?.sync_all()?;
+            file.set_len(found.whole)?;
             file.sync_data()?;
+            let note = format!(
+                "{} bytes after seq {} in {} did not continue the chain (a group being written when the process stopped); moved to {}",
+                len - found.whole,
+                head.0,
+                path.display(),
+                aside.display()
+            );
+            tracing::warn!("audit: {note}");
+            notes.push(("torn", note));
         }
         sync_dir(dir)?;
-        Ok(Writer {
+        let anchored = anchor.and_then(parse_anchor);
+        if let Some((seq, hash)) = anchored {
+            let lost = match scan_for(dir, seq)? {
+                Some(h) if h == hash => None,
+                Some(_) => Some("holds another entry there"),
+                None if seq > head.0 => Some("ends before it"),
+                None => Some("no longer holds it"),
+            };
+            if let Some(how) = lost {
+                let note = format!(
+                    "the database recorded seq {seq} as the chain's head, but the audit log {how} (it ends at seq {}): entries were lost or changed while the server was stopped",
+                    head.0
+                );
+                tracing::error!("audit: {note}");
+                notes.push(("break", note));
+            }
+        }
+        let w = Writer {
             dir: dir.to_path_buf(),
             opts,
             file,
-            file_bytes: whole,
+            file_bytes: found.whole,
             head,
             buf: Vec::new(),
-            synced: (whole, head),
+            synced: (found.whole, head),
             dirty: false,
-        })
+            anchored: anchored.map(|a| a.0),
+        };
+        Ok((w, notes))
     }
 
     /// Appends and syncs `events`, all or none: after a failure the file is cut back to its
@@ -284,24 +420,48 @@ impl Writer {
             .open(self.dir.join(file_name(next)))?;
         self.file_bytes = 0;
         self.synced.0 = 0;
+        sync_dir(&self.dir)?;
+        // Past files_max the oldest go, but never the one that holds the head the database
+        // recorded: verification needs it.
         let all = files(&self.dir)?;
-        for (_, old) in all
-            .iter()
-            .take(all.len().saturating_sub(self.opts.files_max))
-        {
-            std::fs::remove_file(old)?;
+        let mut removable = all.len().saturating_sub(self.opts.files_max);
+        for pair in all.windows(2) {
+            if removable == 0 || self.anchored.is_some_and(|a| pair[1].0 > a) {
+                break;
+            }
+            std::fs::remove_file(&pair[0].1)?;
+            removable -= 1;
         }
         sync_dir(&self.dir)
     }
 }
 
 impl Audit {
-    /// Opens `dir` (created if missing) and starts the writer thread. `anchor` is called after
-    /// each synced group with the chain's head.
-    pub fn start(dir: &Path, opts: Options, mut anchor: Option<Anchor>) -> anyhow::Result<Audit> {
-        let mut w = Writer::open(dir, opts)
+    /// Opens `dir` (created if missing) and starts the writer thread. `stored` is the head the
+    /// database recorded (see [`ANCHOR_KEY`]); `anchor` is called after each synced group with
+    /// the new head. What opening found wrong goes on record first, as `break` events.
+    pub fn start(
+        dir: &Path,
+        opts: Options,
+        stored: Option<&[u8]>,
+        mut anchor: Option<Anchor>,
+    ) -> anyhow::Result<Audit> {
+        let (mut w, notes) = Writer::open(dir, opts, stored)
             .map_err(|e| anyhow::anyhow!("audit log {}: {e}", dir.display()))?;
-        let (tx, rx) = mpsc::channel::<Msg>();
+        if anchor.is_some() {
+            w.anchored.get_or_insert(0);
+        }
+        let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE_MAX);
+        for (event, detail) in notes {
+            let ev = Event {
+                event,
+                detail: Some(detail),
+                ..Event::default()
+            };
+            let _ = tx.try_send(Msg::Record(ev, None));
+        }
+        let dropped = Arc::new(AtomicU64::new(0));
+        let lost = dropped.clone();
         let thread = std::thread::Builder::new()
             .name("keel-audit".into())
             .spawn(move || {
@@ -317,6 +477,16 @@ impl Audit {
                             Msg::Stop => stop = true,
                         }
                     }
+                    let n = lost.swap(0, Ordering::Relaxed);
+                    if n > 0 {
+                        events.push(Event {
+                            event: "dropped",
+                            detail: Some(format!(
+                                "{n} login or refusal events were dropped: more arrived than the disk took (the queue holds {QUEUE_MAX})"
+                            )),
+                            ..Event::default()
+                        });
+                    }
                     // A failed group is lost whole, and its waiters hear why; the next group
                     // tries again.
                     let result = w
@@ -329,8 +499,11 @@ impl Audit {
                         let _ = d.send(result.clone());
                     }
                     if let (Ok(()), Some(a)) = (&result, anchor.as_mut()) {
-                        if let Err(e) = a(w.head.0, &w.head.1) {
-                            tracing::warn!("audit: recording the chain's head failed: {e}");
+                        match a(w.head.0, &w.head.1) {
+                            Ok(()) => w.anchored = Some(w.head.0),
+                            Err(e) => {
+                                tracing::warn!("audit: recording the chain's head failed: {e}")
+                            }
                         }
                     }
                     if stop {
@@ -340,13 +513,18 @@ impl Audit {
             })?;
         Ok(Audit {
             tx,
+            dropped,
             thread: Mutex::new(Some(thread)),
         })
     }
 
-    /// Records `ev`; it is synced with the next group.
+    /// Records `ev`; it is synced with the next group. If the queue is full (more events than
+    /// the disk takes, a flood of failed logins, say), it is dropped and counted, and the count
+    /// goes on record instead.
     pub fn record(&self, ev: Event) {
-        let _ = self.tx.send(Msg::Record(ev, None));
+        if let Err(mpsc::TrySendError::Full(_)) = self.tx.try_send(Msg::Record(ev, None)) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Records `ev` and waits until it is synced.
@@ -424,7 +602,8 @@ pub fn verify(dir: &Path, anchor: Option<&[u8]>) -> std::io::Result<Verified> {
             let e: Entry = match serde_json::from_slice(text) {
                 Ok(e) => e,
                 Err(err) => {
-                    v.bad = Some(format!("{at}: not an audit entry ({err})"));
+                    v.bad
+                        .get_or_insert(format!("{at}: not an audit entry ({err})"));
                     return Ok(v);
                 }
             };
@@ -446,12 +625,12 @@ pub fn verify(dir: &Path, anchor: Option<&[u8]>) -> std::io::Result<Verified> {
                 _ => None,
             };
             if let Some(p) = problem {
-                v.bad = Some(format!("{at}: {p}"));
+                v.bad.get_or_insert(format!("{at}: {p}"));
                 return Ok(v);
             }
             let hash = sha256(text);
             if anchored.is_some_and(|(seq, h)| seq == e.seq && h != hash) {
-                v.bad = Some(format!(
+                v.bad.get_or_insert(format!(
                     "{at}: seq {} does not hash to what the database recorded for it (it was changed)",
                     e.seq
                 ));
@@ -459,6 +638,14 @@ pub fn verify(dir: &Path, anchor: Option<&[u8]>) -> std::io::Result<Verified> {
             }
             if anchored.is_some_and(|(seq, _)| seq == e.seq) {
                 anchored = None;
+            }
+            if e.event == "break" && v.bad.is_none() {
+                // Intact from here on, but the log itself says entries were lost before.
+                v.bad.get_or_insert(format!(
+                    "{at}: seq {} records a break: {}",
+                    e.seq,
+                    e.detail.as_deref().unwrap_or("")
+                ));
             }
             v.first_seq.get_or_insert(e.seq);
             v.last_seq = Some(e.seq);
@@ -473,7 +660,7 @@ pub fn verify(dir: &Path, anchor: Option<&[u8]>) -> std::io::Result<Verified> {
                     t.len()
                 ));
             } else {
-                v.bad = Some(format!(
+                v.bad.get_or_insert(format!(
                     "{}: a line without its newline in a file that is not the last",
                     path.display()
                 ));
@@ -482,13 +669,16 @@ pub fn verify(dir: &Path, anchor: Option<&[u8]>) -> std::io::Result<Verified> {
         }
     }
     if let Some((seq, _)) = anchored {
-        // The anchored entry was not met: cut from the end, unless retention removed it.
-        if v.first_seq.is_none_or(|f| seq >= f) {
-            v.bad = Some(format!(
+        // Retention never removes the file that holds the recorded head.
+        v.bad.get_or_insert(match v.first_seq {
+            Some(f) if seq < f => format!(
+                "the database recorded seq {seq} as the chain's head, but the files start at seq {f}: the entries up to it were removed"
+            ),
+            _ => format!(
                 "the database recorded seq {seq} as the chain's head, but the files end at {}: entries were cut from the end",
                 v.last_seq.map_or("no entry".into(), |s| format!("seq {s}"))
-            ));
-        }
+            ),
+        });
     }
     Ok(v)
 }
@@ -498,7 +688,7 @@ mod tests {
     use super::*;
 
     fn write_some(dir: &Path, opts: Options, n: u64) -> (u64, [u8; 32]) {
-        let mut w = Writer::open(dir, opts).unwrap();
+        let (mut w, _) = Writer::open(dir, opts, None).unwrap();
         for i in 0..n {
             let ev = Event {
                 event: "auth",
@@ -519,13 +709,33 @@ mod tests {
             files_max: 3,
         };
         write_some(tmp.path(), opts.clone(), 10);
-        let head = write_some(tmp.path(), opts, 10);
+        let head = write_some(tmp.path(), opts.clone(), 10);
         let all = files(tmp.path()).unwrap();
         assert_eq!(all.len(), 3, "retention keeps 3 files");
         let v = verify(tmp.path(), Some(&anchor_value(head.0, &head.1))).unwrap();
         assert!(v.bad.is_none(), "{v:?}");
         assert_eq!(v.last_seq, Some(20));
-        assert!(v.first_seq.unwrap() > 1, "the oldest files were removed");
+        let first = v.first_seq.unwrap();
+        assert!(first > 1, "the oldest files were removed");
+        // Retention never removes the file that holds the head the database recorded.
+        let (mut w, _) = Writer::open(tmp.path(), opts.clone(), None).unwrap();
+        w.anchored = Some(first);
+        for i in 0..10 {
+            w.write_group(
+                vec![Event {
+                    event: "auth",
+                    ..Event::default()
+                }],
+                i,
+            )
+            .unwrap();
+        }
+        assert_eq!(files(tmp.path()).unwrap()[0].0, first);
+        // A head the files no longer hold is reported, whatever removed it.
+        let mut gone = anchor_value(head.0, &head.1);
+        gone[..8].copy_from_slice(&(first - 1).to_le_bytes());
+        let v = verify(tmp.path(), Some(&gone)).unwrap();
+        assert!(v.bad.as_deref().unwrap().contains("were removed"), "{v:?}");
     }
 
     /// A group that fails (here: its file handle cannot write) is lost whole and its waiters
@@ -535,7 +745,7 @@ mod tests {
     fn after_a_failed_group_the_next_one_continues_from_the_last_synced_entry() {
         let tmp = tempfile::tempdir().unwrap();
         write_some(tmp.path(), Options::default(), 3);
-        let mut w = Writer::open(tmp.path(), Options::default()).unwrap();
+        let (mut w, _) = Writer::open(tmp.path(), Options::default(), None).unwrap();
         let path = files(tmp.path()).unwrap()[0].1.clone();
         let writable = std::mem::replace(&mut w.file, File::open(&path).unwrap());
         let ev = || Event {
@@ -555,6 +765,79 @@ mod tests {
         let v = verify(tmp.path(), Some(&anchor_value(w.head.0, &w.head.1))).unwrap();
         assert!(v.bad.is_none() && v.torn_tail.is_none(), "{v:?}");
         assert_eq!(v.entries, 4);
+    }
+
+    /// A crash right after a rotation created the next file leaves it empty: the chain goes
+    /// on from the file before it.
+    #[test]
+    fn an_empty_newest_file_continues_the_chain_of_the_one_before() {
+        let tmp = tempfile::tempdir().unwrap();
+        let head = write_some(tmp.path(), Options::default(), 5);
+        std::fs::write(tmp.path().join(file_name(6)), b"").unwrap();
+        let head2 = write_some(tmp.path(), Options::default(), 2);
+        assert_eq!(head2.0, 7);
+        let v = verify(tmp.path(), Some(&anchor_value(head2.0, &head2.1))).unwrap();
+        assert!(v.bad.is_none(), "{v:?}");
+        assert_ne!(head, head2);
+    }
+
+    /// A power cut can keep a later page of an unsynced group and lose an earlier one: bytes
+    /// that do not continue the chain, even ending in a newline, are moved aside and cut.
+    #[test]
+    fn bytes_that_do_not_continue_the_chain_are_moved_aside() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_some(tmp.path(), Options::default(), 3);
+        let path = files(tmp.path()).unwrap()[0].1.clone();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[0u8; 100]).unwrap();
+        f.write_all(b"{\"seq\":5,\"at_ms\":1,\"event\":\"auth\",\"prev\":\"ab\"}\n")
+            .unwrap();
+        let (mut w, notes) = Writer::open(tmp.path(), Options::default(), None).unwrap();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!(notes[0].0, "torn");
+        assert_eq!(w.head.0, 3);
+        w.write_group(vec![Event::default()], 9).unwrap();
+        let v = verify(tmp.path(), None).unwrap();
+        assert!(v.bad.is_none() && v.entries == 4, "{v:?}");
+        let aside: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("torn-")
+            })
+            .collect();
+        assert_eq!(aside.len(), 1, "the bytes are kept");
+    }
+
+    /// Entries cut from the end while the server was stopped: the head the database recorded
+    /// says so when the log is opened, and the chain carries a break from then on.
+    #[test]
+    fn a_cut_before_a_restart_is_recorded_as_a_break() {
+        let tmp = tempfile::tempdir().unwrap();
+        let head = write_some(tmp.path(), Options::default(), 6);
+        let path = files(tmp.path()).unwrap()[0].1.clone();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kept: Vec<&str> = text.lines().take(4).collect();
+        std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+        let stored = anchor_value(head.0, &head.1);
+        let (mut w, notes) = Writer::open(tmp.path(), Options::default(), Some(&stored)).unwrap();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!(notes[0].0, "break");
+        let ev = Event {
+            event: notes[0].0,
+            detail: Some(notes[0].1.clone()),
+            ..Event::default()
+        };
+        w.write_group(vec![ev], 9).unwrap();
+        let now = anchor_value(w.head.0, &w.head.1);
+        let v = verify(tmp.path(), Some(&now)).unwrap();
+        assert!(
+            v.bad.as_deref().unwrap().contains("records a break"),
+            "{v:?}"
+        );
     }
 
     #[test]

@@ -208,6 +208,9 @@ fn start_audit(
     opts: &audit::Options,
     local: Option<Arc<heal::Local>>,
 ) -> anyhow::Result<audit::Audit> {
+    let local_engine_head = local
+        .as_ref()
+        .and_then(|l| l.engine().system(audit::ANCHOR_KEY));
     let anchor = local.map(|l| -> audit::Anchor {
         Box::new(move |seq, hash| {
             let w = keel_engine::Write::System {
@@ -220,7 +223,13 @@ fn start_audit(
                 .map_err(|e| e.to_string())
         })
     });
-    audit::Audit::start(&settings.dir.join(audit::DIR), opts.clone(), anchor)
+    let stored = anchor.as_ref().and(local_engine_head);
+    audit::Audit::start(
+        &settings.dir.join(audit::DIR),
+        opts.clone(),
+        stored.as_deref(),
+        anchor,
+    )
 }
 
 /// Starts this process as a cluster node: recovers its raft log and engine, and listens for

@@ -1152,11 +1152,11 @@ impl Conn {
         }
     }
 
-    /// Records a login. The name a client gave is cut to 128 characters: a failed login's
-    /// name is whatever the client sent, and must not grow the log without bound.
+    /// Records a login. A name that is no configured user is recorded as `(unknown)`: it is
+    /// whatever the client sent, possibly a password typed in the wrong place (P14).
     fn audit_auth(&self, mut user: String, ok: bool) {
-        if let Some((at, _)) = user.char_indices().nth(128) {
-            user.truncate(at);
+        if !self.sh.users.names().contains(&user.as_str()) {
+            user = "(unknown)".into();
         }
         self.audit(audit::Event {
             event: "auth",

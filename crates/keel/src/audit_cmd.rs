@@ -9,8 +9,9 @@ use keel_server::audit;
 #[derive(clap::Subcommand)]
 pub enum AuditCommand {
     /// Check the hash chain of DIR/audit/ against the chain's head the database recorded.
-    /// Exit code 0: intact; 1: an entry was changed, removed, reordered or cut from the end
-    /// (the first bad one is named); 3: could not read.
+    /// Exit code 0: intact; 1: an entry was changed, removed, reordered or cut from the end, or
+    /// the log records such a break (the first bad entry is named); 2: the database's record of
+    /// the head could not be read, so the end was not checked; 3: could not read the files.
     Verify {
         /// Data directory (the one `keel serve --dir` uses).
         #[arg(default_value = "keel-data")]
@@ -52,15 +53,25 @@ fn verify(dir: &Path) -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
+    // A checkpoint of a live database can remove what read_system reads: try again.
     let opts = keel_engine::Options::default();
-    let anchor = match keel_engine::read_system(dir, &opts) {
+    let mut read = keel_engine::read_system(dir, &opts);
+    for _ in 0..3 {
+        if read.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        read = keel_engine::read_system(dir, &opts);
+    }
+    let anchor = match read {
         Ok(s) => s.get(audit::ANCHOR_KEY).cloned(),
         Err(e) => {
             eprintln!(
-                "warning: the chain's head recorded in the database could not be read ({e}); \
-                 a cut at the end cannot be detected"
+                "error: the chain's head recorded in the database could not be read ({e}); \
+                 `keel verify {}` says more",
+                dir.display()
             );
-            None
+            return ExitCode::from(2);
         }
     };
     let v = match audit::verify(&a, anchor.as_deref()) {

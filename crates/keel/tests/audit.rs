@@ -70,6 +70,12 @@ fn logins_refusals_and_admin_commands_are_on_record_and_the_chain_verifies() {
         .arg("not-it")
         .query::<()>(&mut c);
     assert!(wrong.is_err());
+    // A password typed where the user name goes is not recorded as a name.
+    let swapped = redis::cmd("AUTH")
+        .arg(ROOT_PW)
+        .arg("app")
+        .query::<()>(&mut c);
+    assert!(swapped.is_err());
     redis::cmd("AUTH")
         .arg("app")
         .arg(APP_PW)
@@ -101,6 +107,7 @@ fn logins_refusals_and_admin_commands_are_on_record_and_the_chain_verifies() {
     assert!(find("start", &|_| true), "{e:?}");
     assert!(find("recovery", &|_| true), "{e:?}");
     assert!(find("auth", &|x| x["user"] == "app" && x["ok"] == false));
+    assert!(find("auth", &|x| x["user"] == "(unknown)" && x["ok"] == false));
     assert!(find("auth", &|x| x["user"] == "app"
         && x["ok"] == true
         && x["addr"].as_str().unwrap().starts_with("127.0.0.1:")));
@@ -150,6 +157,9 @@ fn logins_refusals_and_admin_commands_are_on_record_and_the_chain_verifies() {
         .unwrap()
         .path();
     let n = lines.len();
+    // The first entry that names the app user: changing it breaks the next entry's prev.
+    let edit = lines.iter().position(|l| l.contains("\"app\"")).unwrap();
+    let edited_msg = format!("seq {}: prev does not match", edit + 2);
     let cases: Vec<(&str, Vec<String>, &str)> = vec![
         (
             "edited",
@@ -157,14 +167,14 @@ fn logins_refusals_and_admin_commands_are_on_record_and_the_chain_verifies() {
                 .iter()
                 .enumerate()
                 .map(|(i, l)| {
-                    if i == 3 {
+                    if i == edit {
                         l.replace("\"app\"", "\"eve\"")
                     } else {
                         l.clone()
                     }
                 })
                 .collect(),
-            "seq 5: prev does not match",
+            &edited_msg,
         ),
         (
             "removed",
