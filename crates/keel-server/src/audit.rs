@@ -119,9 +119,23 @@ pub type Anchor = Box<dyn FnMut(u64, &[u8; 32]) -> Result<(), String> + Send>;
 /// The running audit log.
 pub struct Audit {
     tx: mpsc::SyncSender<Msg>,
-    /// Events [`Audit::record`] dropped because the queue was full.
-    dropped: Arc<AtomicU64>,
+    stats: Arc<Stats>,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What INFO and the metrics show of the audit log.
+#[derive(Default)]
+pub struct Stats {
+    /// The last synced entry's seq.
+    pub seq: AtomicU64,
+    /// Groups that could not be written or synced.
+    pub write_failures: AtomicU64,
+    /// Events dropped because the queue was full, in all.
+    pub dropped: AtomicU64,
+    /// Dropped since the last `dropped` entry.
+    unrecorded_drops: AtomicU64,
+    /// The last failure's message, until a group is written again.
+    pub last_error: Mutex<Option<String>>,
 }
 
 fn sha256(b: &[u8]) -> [u8; 32] {
@@ -460,8 +474,9 @@ impl Audit {
             };
             let _ = tx.try_send(Msg::Record(ev, None));
         }
-        let dropped = Arc::new(AtomicU64::new(0));
-        let lost = dropped.clone();
+        let stats = Arc::new(Stats::default());
+        stats.seq.store(w.head.0, Ordering::Relaxed);
+        let st = stats.clone();
         let thread = std::thread::Builder::new()
             .name("keel-audit".into())
             .spawn(move || {
@@ -477,7 +492,7 @@ impl Audit {
                             Msg::Stop => stop = true,
                         }
                     }
-                    let n = lost.swap(0, Ordering::Relaxed);
+                    let n = st.unrecorded_drops.swap(0, Ordering::Relaxed);
                     if n > 0 {
                         events.push(Event {
                             event: "dropped",
@@ -492,9 +507,21 @@ impl Audit {
                     let result = w
                         .write_group(events, crate::server::now_ms())
                         .map_err(|e| format!("the audit log cannot be written: {e}"));
-                    if let Err(e) = &result {
-                        tracing::error!("{e}");
+                    let mut last_error = st.last_error.lock().unwrap_or_else(|p| p.into_inner());
+                    match &result {
+                        Ok(()) => {
+                            st.seq.store(w.head.0, Ordering::Relaxed);
+                            *last_error = None;
+                        }
+                        Err(e) => {
+                            tracing::error!("{e}");
+                            st.write_failures.fetch_add(1, Ordering::Relaxed);
+                            // The drops of a lost group are counted again in the next one.
+                            st.unrecorded_drops.fetch_add(n, Ordering::Relaxed);
+                            *last_error = Some(e.clone());
+                        }
                     }
+                    drop(last_error);
                     for d in waiting {
                         let _ = d.send(result.clone());
                     }
@@ -513,7 +540,7 @@ impl Audit {
             })?;
         Ok(Audit {
             tx,
-            dropped,
+            stats,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -523,8 +550,14 @@ impl Audit {
     /// goes on record instead.
     pub fn record(&self, ev: Event) {
         if let Err(mpsc::TrySendError::Full(_)) = self.tx.try_send(Msg::Record(ev, None)) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.stats.unrecorded_drops.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// What INFO and the metrics show.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// Records `ev` and waits until it is synced.

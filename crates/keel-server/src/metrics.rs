@@ -215,6 +215,38 @@ impl Metrics {
         );
         let on = crate::maintenance::current(&e).is_some();
         let _ = writeln!(o, "keel_maintenance {}", on as u8);
+        if let Some(a) = &sh.audit {
+            let st = a.stats();
+            header(
+                &mut o,
+                "keel_audit_seq",
+                "gauge",
+                "Seq of the last audit entry synced to disk.",
+            );
+            let _ = writeln!(o, "keel_audit_seq {}", st.seq.load(Ordering::Relaxed));
+            header(
+                &mut o,
+                "keel_audit_write_failures_total",
+                "counter",
+                "Groups of audit entries that could not be written or synced (admin commands are refused meanwhile).",
+            );
+            let _ = writeln!(
+                o,
+                "keel_audit_write_failures_total {}",
+                st.write_failures.load(Ordering::Relaxed)
+            );
+            header(
+                &mut o,
+                "keel_audit_dropped_total",
+                "counter",
+                "Login and refusal events dropped because the audit queue was full.",
+            );
+            let _ = writeln!(
+                o,
+                "keel_audit_dropped_total {}",
+                st.dropped.load(Ordering::Relaxed)
+            );
+        }
         let h = sh.wal_health();
         header(
             &mut o,

@@ -1587,6 +1587,23 @@ impl Conn {
         if want("keel") {
             let r = e.recovery_report();
             o.push_str("# Keel\r\n");
+            let a = self.sh.audit.as_ref().map(|a| a.stats());
+            line(&mut o, "audit", &(a.is_some() as u8));
+            if let Some(a) = a {
+                line(&mut o, "audit_seq", &a.seq.load(Ordering::Relaxed));
+                line(
+                    &mut o,
+                    "audit_write_failures",
+                    &a.write_failures.load(Ordering::Relaxed),
+                );
+                line(&mut o, "audit_dropped", &a.dropped.load(Ordering::Relaxed));
+                let err = a
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                line(&mut o, "audit_last_error", &err.unwrap_or_default());
+            }
             let m = maintenance::current(&e);
             line(&mut o, "maintenance", &(m.is_some() as u8));
             line(

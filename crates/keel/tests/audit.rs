@@ -97,6 +97,15 @@ fn logins_refusals_and_admin_commands_are_on_record_and_the_chain_verifies() {
         .query::<()>(&mut root)
         .unwrap();
     redis::cmd("FLUSHALL").query::<()>(&mut root).unwrap();
+    let info: String = redis::cmd("INFO").arg("keel").query(&mut root).unwrap();
+    for want in [
+        "audit:1\r\n",
+        "audit_write_failures:0\r\n",
+        "audit_dropped:0\r\n",
+    ] {
+        assert!(info.contains(want), "{want} not in {info}");
+    }
+    assert!(!info.contains("audit_seq:0\r\n"), "{info}");
     // Its entry was synced before the reply: a kill -9 now cannot take it.
     srv.kill9();
 
