@@ -405,7 +405,6 @@ impl Sequencer {
         seq.last_at_ms = at_ms;
         seq.last_lsn = lsn;
         seq.track_expiry(&mutations);
-        let mutations = Arc::new(mutations);
         seq.recent.record(&mutations, lsn);
         // Request-only records are published too, so the visible LSN moves in order.
         self.publisher.queue(lsn, at_ms, mutations);
