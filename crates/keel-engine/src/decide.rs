@@ -91,8 +91,9 @@ pub(crate) fn decide(
         changes: Changes::default(),
         now,
     };
-    let mut mutations = Vec::new();
     let n = writes.len();
+    // Most writes log one mutation (a rename logs two).
+    let mut mutations = Vec::with_capacity(n);
     // A transaction of plain puts (a bulk load, MSET) reads nothing back, so its writes need
     // not be laid over the state one by one.
     let reads = !writes.iter().all(|w| {
@@ -107,7 +108,9 @@ pub(crate) fn decide(
     });
     let mut results = Vec::with_capacity(n);
     for (i, w) in writes.into_iter().enumerate() {
-        let mut m = Vec::new();
+        // This write's mutations are pushed straight onto the transaction's.
+        let first = mutations.len();
+        let m = &mut mutations;
         let result = match w {
             Write::Put {
                 key,
@@ -247,9 +250,8 @@ pub(crate) fn decide(
             }
         };
         if reads && i + 1 < n {
-            work.apply(&m);
+            work.apply(&mutations[first..]);
         }
-        mutations.append(&mut m);
         results.push(result);
     }
     (Outcome::Committed { lsn: None, results }, mutations)

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
 use keel_wal::{Lsn, Wal};
@@ -66,7 +66,7 @@ impl Visible {
 struct Unpublished {
     lsn: Lsn,
     at_ms: u64,
-    mutations: Arc<Vec<Mutation>>,
+    mutations: Vec<Mutation>,
 }
 
 /// The visible state, and the decided transactions on their way into it.
@@ -100,7 +100,7 @@ impl Publisher {
 
     /// Queues the mutations of the record at `lsn`, decided at `at_ms`, to become visible once
     /// it is acknowledged. Records are queued in LSN order.
-    pub(crate) fn queue(&self, lsn: Lsn, at_ms: u64, mutations: Arc<Vec<Mutation>>) {
+    pub(crate) fn queue(&self, lsn: Lsn, at_ms: u64, mutations: Vec<Mutation>) {
         lock(&self.unpublished).push_back(Unpublished {
             lsn,
             at_ms,

@@ -134,7 +134,53 @@ pub(crate) fn encode_outcome(o: &Outcome, out: &mut Vec<u8>) {
     }
 }
 
+/// Bytes [`encode_outcome`] writes for `o`.
+fn outcome_len(o: &Outcome) -> usize {
+    match o {
+        Outcome::Committed { results, .. } => {
+            2 + 4
+                + results
+                    .iter()
+                    .map(|r| match r {
+                        WriteResult::Put(_) | WriteResult::Existed(_) | WriteResult::DeletedAll => {
+                            1
+                        }
+                        WriteResult::Int(_) => 1 + 8,
+                        WriteResult::Failed(_) => 2,
+                        WriteResult::Value(v) => 2 + v.as_ref().map_or(0, |v| 4 + v.len()),
+                    })
+                    .sum::<usize>()
+        }
+        Outcome::GuardFailed(_) => 1 + 4,
+    }
+}
+
+/// Bytes [`encode`] writes for this record.
+pub fn encoded_len(request: Option<&Request>, mutations: &[Mutation]) -> usize {
+    let request = request.map_or(0, |r| 2 + r.id.len() + 8 + outcome_len(&r.outcome));
+    let mutations: usize = mutations
+        .iter()
+        .map(|m| match m {
+            Mutation::Set { key, value, .. } => 1 + 4 + key.len() + 4 + value.len() + 8,
+            Mutation::Delete { key } => 1 + 4 + key.len(),
+            Mutation::DeleteAll => 1,
+            Mutation::System { key, value } => 1 + 4 + key.len() + 4 + value.len(),
+        })
+        .sum();
+    1 + 1 + 8 + request + 4 + mutations
+}
+
+/// Appends the record to `out`, which it first grows by exactly the record's size: growing it
+/// field by field reallocated and copied it several times per record.
 pub fn encode(at_ms: u64, request: Option<&Request>, mutations: &[Mutation], out: &mut Vec<u8>) {
+    let len = encoded_len(request, mutations);
+    out.reserve(len);
+    let start = out.len();
+    encode_fields(at_ms, request, mutations, out);
+    debug_assert_eq!(out.len() - start, len, "encoded_len is exact");
+}
+
+fn encode_fields(at_ms: u64, request: Option<&Request>, mutations: &[Mutation], out: &mut Vec<u8>) {
     out.push(RECORD_VERSION);
     out.push(if request.is_some() { FLAG_REQUEST } else { 0 });
     out.extend_from_slice(&at_ms.to_le_bytes());
@@ -397,6 +443,30 @@ mod tests {
                     WriteResult::Value(Some(Bytes::from_static(b"old"))),
                 ],
             },
+        }
+    }
+
+    #[test]
+    fn encoded_len_is_exact() {
+        let requests = [
+            None,
+            Some(request()),
+            Some(Request {
+                outcome: Outcome::GuardFailed(3),
+                ..request()
+            }),
+        ];
+        for req in &requests {
+            for n in 0..=sample().len() {
+                let muts = &sample()[..n];
+                let mut out = vec![0xaa; 3];
+                encode(5, req.as_ref(), muts, &mut out);
+                assert_eq!(
+                    out.len(),
+                    3 + encoded_len(req.as_ref(), muts),
+                    "{req:?} {muts:?}"
+                );
+            }
         }
     }
 

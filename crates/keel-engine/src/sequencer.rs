@@ -55,10 +55,21 @@ pub(crate) struct Sequencer {
     /// order is decision order. Taken through [`Sequencer::seq`] only.
     pending: Mutex<Seq>,
     /// Transactions of blocking writers, left for whoever holds `pending` to decide.
-    incoming: Mutex<Vec<Job>>,
+    incoming: Mutex<Incoming>,
     pub(crate) publisher: Publisher,
     /// Bytes logged since the last checkpoint, for the size trigger.
     pub(crate) logged_since_checkpoint: AtomicU64,
+}
+
+/// The combiner's queue.
+#[derive(Default)]
+struct Incoming {
+    /// Transactions waiting, in the order their writers pushed them.
+    jobs: Vec<Job>,
+    /// An empty queue with the capacity of an earlier one. The combiner swaps it in for the
+    /// jobs it takes and hands it back once it has decided them, so that the queue does not
+    /// start from nothing and grow by reallocation in every round.
+    spare: Vec<Job>,
 }
 
 /// A transaction left for the combiner.
@@ -129,13 +140,21 @@ impl Sequencer {
     /// the lock (and will do the same).
     fn combine<'a>(&'a self, mut seq: MutexGuard<'a, Seq>) {
         loop {
-            let jobs = mem::take(&mut *lock(&self.incoming));
-            for job in jobs {
+            let mut jobs = {
+                let mut q = lock(&self.incoming);
+                let spare = mem::take(&mut q.spare);
+                mem::replace(&mut q.jobs, spare)
+            };
+            for job in jobs.drain(..) {
                 self.decide_job(&mut seq, job);
             }
             drop(seq);
-            if lock(&self.incoming).is_empty() {
-                return;
+            {
+                let mut q = lock(&self.incoming);
+                q.spare = jobs;
+                if q.jobs.is_empty() {
+                    return;
+                }
             }
             match self.try_seq() {
                 Some(g) => seq = g,
@@ -170,7 +189,7 @@ impl Sequencer {
         writes: Vec<Write>,
     ) -> Result<Outcome> {
         let slot = Arc::new(Slot::default());
-        lock(&self.incoming).push(Job {
+        lock(&self.incoming).jobs.push(Job {
             id,
             guards,
             writes,
@@ -208,7 +227,7 @@ impl Sequencer {
             opts,
             wal,
             pending: Mutex::new(seq),
-            incoming: Mutex::new(Vec::new()),
+            incoming: Mutex::new(Incoming::default()),
             publisher,
             logged_since_checkpoint: AtomicU64::new(logged),
         }
@@ -386,7 +405,6 @@ impl Sequencer {
         seq.last_at_ms = at_ms;
         seq.last_lsn = lsn;
         seq.track_expiry(&mutations);
-        let mutations = Arc::new(mutations);
         seq.recent.record(&mutations, lsn);
         // Request-only records are published too, so the visible LSN moves in order.
         self.publisher.queue(lsn, at_ms, mutations);

@@ -166,6 +166,31 @@ pub(crate) struct Cell {
     pub(crate) ops_per_s: f64,
     pub(crate) h: Histogram<u64>,
     pub(crate) syncs_per_append: f64,
+    /// User + system CPU of the whole process per append, µs (`None` without /proc).
+    pub(crate) cpu_us_per_op: Option<f64>,
+}
+
+/// User + system CPU seconds this process has used so far, all its threads (also those that
+/// have exited) counted: fields 14 and 15 of /proc/self/stat, in USER_HZ (100 per second on
+/// Linux). `None` where there is no /proc. Resolution 10 ms: use it over seconds of work.
+pub(crate) fn process_cpu_secs() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces; field 3 follows it.
+    let rest = s.get(s.rfind(')')? + 1..)?;
+    let mut f = rest.split_whitespace().skip(11);
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// CPU µs per operation from the process CPU seconds before and after `ops` operations.
+pub(crate) fn cpu_us_per_op(before: Option<f64>, after: Option<f64>, ops: u64) -> Option<f64> {
+    Some((after? - before?) * 1e6 / ops.max(1) as f64)
+}
+
+/// A `cpu_us_per_op` figure for a table cell.
+pub(crate) fn cpu_cell(c: Option<f64>) -> String {
+    c.map_or_else(|| "–".to_string(), |c| format!("{c:.1}"))
 }
 
 /// Raw keel-wal appends of `size`-byte records by `writers` threads, each waiting for its own.
@@ -173,16 +198,19 @@ pub(crate) fn keel_cell(dir: &Path, writers: usize, size: usize, secs: f64) -> R
     let d = tempfile::tempdir_in(dir)?;
     let (wal, _) = Wal::open(d.path(), Options::default())?;
     let payloads: Vec<Vec<u8>> = (0..writers).map(|w| vec![(w % 251) as u8; size]).collect();
+    let cpu0 = process_cpu_secs();
     let (h, ops_per_s) = timed_writers(writers, secs, |w, _| {
         wal.append(&payloads[w])?;
         Ok(())
     })?;
+    let cpu_us_per_op = cpu_us_per_op(cpu0, process_cpu_secs(), h.len());
     let st = wal.stats();
     wal.close()?;
     Ok(Cell {
         ops_per_s,
         h,
         syncs_per_append: st.syncs as f64 / st.records.max(1) as f64,
+        cpu_us_per_op,
     })
 }
 

@@ -17,7 +17,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use keel_engine::record::{self, Mutation};
 use keel_engine::{Engine, Options, PutIf, RecoveryReport, Ttl, Write};
 
-use crate::bench::{drop_cache, keel_cell, progress, read_files, us, Common};
+use crate::bench::{
+    cpu_cell, cpu_us_per_op, drop_cache, keel_cell, process_cpu_secs, progress, read_files, us,
+    Common,
+};
 use keel_measure::{machine, timed_writers};
 
 /// Every key is this long.
@@ -144,6 +147,8 @@ struct PutCell {
     ops_per_s: f64,
     h: hdrhistogram::Histogram<u64>,
     syncs_per_put: f64,
+    /// User + system CPU of the whole process per put, µs.
+    cpu_us_per_op: Option<f64>,
 }
 
 /// `writers` threads, each putting its own keys and waiting for each put, into a fresh engine
@@ -154,18 +159,21 @@ fn engine_cell(dir: &Path, writers: usize, value_bytes: usize, secs: f64) -> Res
     let values: Vec<Bytes> = (0..writers)
         .map(|w| Bytes::from(vec![(w % 251) as u8; value_bytes]))
         .collect();
+    let cpu0 = process_cpu_secs();
     let (h, ops_per_s) = timed_writers(writers, secs, |w, i| {
         let key = format!("w{:03}{:012}", w % 1000, i);
         debug_assert_eq!(key.len(), KEY_BYTES);
         engine.put(key, values[w].clone())?;
         Ok(())
     })?;
+    let cpu_us_per_op = cpu_us_per_op(cpu0, process_cpu_secs(), h.len());
     let st = engine.wal_stats();
     engine.close()?;
     Ok(PutCell {
         ops_per_s,
         h,
         syncs_per_put: st.syncs as f64 / st.records.max(1) as f64,
+        cpu_us_per_op,
     })
 }
 
@@ -337,10 +345,11 @@ pub fn engine(a: EngineBenchArgs) -> Result<()> {
     println!(
         "Each writer waits for its own put (`engine.put`) before the next, into a fresh engine with the default options. \
          Baseline: raw keel-wal appends of the engine's record size ({rec_bytes} B) at the same writer count, \
-         measured just before, on the same disk.\n"
+         measured just before, on the same disk. \
+         CPU µs: user + system time of the whole process (every thread) over the point, per put or append.\n"
     );
-    println!("| writers | puts/s | p50 µs | p99 µs | p999 µs | fsyncs/put | keel-wal appends/s | wal p50 µs | wal p99 µs | wal p999 µs | wal fsyncs/append | engine ÷ wal |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| writers | puts/s | p50 µs | p99 µs | p999 µs | fsyncs/put | CPU µs/put | keel-wal appends/s | wal p50 µs | wal p99 µs | wal p999 µs | wal fsyncs/append | wal CPU µs/append | engine ÷ wal |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut at64 = None;
     for &w in &a.common.writers {
         progress(&format!("keel-wal, {w} writers, {rec_bytes} B"));
@@ -349,17 +358,19 @@ pub fn engine(a: EngineBenchArgs) -> Result<()> {
         let e = engine_cell(dir, w, a.value_bytes, secs_per)?;
         let ratio = e.ops_per_s / wal.ops_per_s;
         println!(
-            "| {w} | {:.0} | {} | {} | {} | {:.3} | {:.0} | {} | {} | {} | {:.3} | {:.0}% |",
+            "| {w} | {:.0} | {} | {} | {} | {:.3} | {} | {:.0} | {} | {} | {} | {:.3} | {} | {:.0}% |",
             e.ops_per_s,
             us(&e.h, 0.5),
             us(&e.h, 0.99),
             us(&e.h, 0.999),
             e.syncs_per_put,
+            cpu_cell(e.cpu_us_per_op),
             wal.ops_per_s,
             us(&wal.h, 0.5),
             us(&wal.h, 0.99),
             us(&wal.h, 0.999),
             wal.syncs_per_append,
+            cpu_cell(wal.cpu_us_per_op),
             100.0 * ratio
         );
         if w == 64 {
