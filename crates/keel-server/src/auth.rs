@@ -210,6 +210,11 @@ impl Users {
         v
     }
 
+    /// Whether `name` is a configured user.
+    pub fn exists(&self, name: &str) -> bool {
+        self.accounts.contains_key(name)
+    }
+
     /// The user, if `password` is theirs. Takes the same time whether or not the user exists
     /// and however much of the password matches.
     pub fn authenticate(&self, user: &[u8], password: &[u8]) -> Option<User> {

@@ -1155,7 +1155,7 @@ impl Conn {
     /// Records a login. A name that is no configured user is recorded as `(unknown)`: it is
     /// whatever the client sent, possibly a password typed in the wrong place (P14).
     fn audit_auth(&self, mut user: String, ok: bool) {
-        if !self.sh.users.names().contains(&user.as_str()) {
+        if !self.sh.users.exists(&user) {
             user = "(unknown)".into();
         }
         self.audit(audit::Event {
