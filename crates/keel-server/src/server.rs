@@ -773,6 +773,16 @@ impl Conn {
                 }
             }
         }
+        // While the log's queue is full, Engine::submit blocks its thread, and with it every
+        // connection on this worker: wait for room here instead. (Cluster writes go to raft.)
+        if ((need.contains(Flags::WRITE) && self.multi.is_none()) || name == "exec")
+            && self.sh.cluster().is_none()
+        {
+            let bytes = args.iter().map(Bytes::len).sum();
+            self.engine().room(bytes).await;
+        }
+        // Maintenance mode, checked after every wait above, so that on a single node nothing
+        // lies between the check and the write's decision.
         if need.contains(Flags::WRITE) {
             if let Some(m) = maintenance::current(&self.engine()) {
                 if self.multi.is_some() {
@@ -781,14 +791,6 @@ impl Conn {
                 self.reply(m.refusal());
                 return Flow::Continue;
             }
-        }
-        // While the log's queue is full, Engine::submit blocks its thread, and with it every
-        // connection on this worker: wait for room here instead. (Cluster writes go to raft.)
-        if ((need.contains(Flags::WRITE) && self.multi.is_none()) || name == "exec")
-            && self.sh.cluster().is_none()
-        {
-            let bytes = args.iter().map(Bytes::len).sum();
-            self.engine().room(bytes).await;
         }
         if self.multi.is_some()
             && !matches!(
