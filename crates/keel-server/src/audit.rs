@@ -92,6 +92,25 @@ pub struct Entry {
     pub prev: String,
 }
 
+/// An entry as written: [`Entry`]'s fields, in its order, borrowed.
+#[derive(Serialize)]
+struct Line<'a> {
+    seq: u64,
+    at_ms: u64,
+    event: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addr: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ok: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    prev: &'a str,
+}
+
 /// An event to record (an [`Entry`] without its place in the chain).
 #[derive(Clone, Debug, Default)]
 pub struct Event {
@@ -267,6 +286,8 @@ struct Writer {
     /// The last entry's seq and the SHA-256 of its line.
     head: (u64, [u8; 32]),
     buf: Vec<u8>,
+    /// The entry being encoded.
+    line: Vec<u8>,
     /// The file's length and the head as of the last successful sync.
     synced: (u64, (u64, [u8; 32])),
     /// A write or sync failed since: the file may hold bytes past `synced`, to be cut before
@@ -366,6 +387,7 @@ impl Writer {
             file_bytes: found.whole,
             head,
             buf: Vec::new(),
+            line: Vec::new(),
             synced: (found.whole, head),
             dirty: false,
             anchored: anchored.map(|a| a.0),
@@ -399,18 +421,22 @@ impl Writer {
 
     fn append(&mut self, ev: Event, at_ms: u64) -> std::io::Result<()> {
         let (seq, prev) = self.head;
-        let e = Entry {
+        let prev = hex(&prev);
+        let e = Line {
             seq: seq + 1,
             at_ms,
-            event: ev.event.into(),
-            user: ev.user,
-            addr: ev.addr,
+            event: ev.event,
+            user: ev.user.as_deref(),
+            addr: ev.addr.as_deref(),
             ok: ev.ok,
-            command: ev.command,
-            detail: ev.detail,
-            prev: hex(&prev),
+            command: ev.command.as_deref(),
+            detail: ev.detail.as_deref(),
+            prev: &prev,
         };
-        let line = serde_json::to_vec(&e).map_err(std::io::Error::other)?;
+        // Into a buffer kept between entries: one entry costs no allocation here.
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        serde_json::to_writer(&mut line, &e).map_err(std::io::Error::other)?;
         if self.file_bytes > 0 && self.file_bytes + line.len() as u64 + 1 > self.opts.file_bytes_max
         {
             self.rotate(e.seq)?;
@@ -419,6 +445,7 @@ impl Writer {
         self.buf.extend_from_slice(&line);
         self.buf.push(b'\n');
         self.file_bytes += line.len() as u64 + 1;
+        self.line = line;
         Ok(())
     }
 
