@@ -214,3 +214,85 @@ fn logins_refusals_and_admin_commands_are_on_record_and_the_chain_verifies() {
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
     assert_eq!(keel(&["audit", "verify", d]).0, 0);
 }
+
+/// A full disk: the audit log cannot grow, so admin commands are refused with an error that
+/// says why, while logins and writes go on (the log's segments are allocated ahead). Once there
+/// is room again, admin commands work without a restart and the chain is unbroken.
+#[test]
+fn a_full_disk_refuses_admin_commands_until_there_is_room_again() {
+    use common::loopfs::{fill, run, LoopFs};
+    let t = tempfile::Builder::new()
+        .prefix("keel-audit-full-")
+        .tempdir()
+        .unwrap();
+    let fs = match LoopFs::mount(t.path(), 160 << 20) {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let data = fs.mnt.join("data");
+    let ballast = fs.mnt.join("ballast");
+    let srv = Server::start(&data, &["--audit"]);
+    let mut c = srv.client();
+    redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("port")
+        .query::<redis::Value>(&mut c)
+        .unwrap();
+
+    assert!(fill(&ballast) > 0);
+    // Enough entries to need a new block of the audit file.
+    let mut refused = None;
+    for _ in 0..200 {
+        match redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("port")
+            .query::<redis::Value>(&mut c)
+        {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let e = refused.expect("an admin command is refused once the audit log cannot grow");
+    for part in [
+        "audit log cannot be written",
+        "No space left on device",
+        "refused",
+    ] {
+        assert!(e.contains(part), "the error names {part:?}: {e}");
+    }
+    // Writes and reads go on.
+    redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query::<()>(&mut c)
+        .unwrap();
+    let info: String = redis::cmd("INFO").arg("keel").query(&mut c).unwrap();
+    assert!(!info.contains("audit_write_failures:0\r\n"), "{info}");
+
+    std::fs::remove_file(&ballast).unwrap();
+    run("sync", &["-f", fs.mnt.to_str().unwrap()]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let ok = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("port")
+            .query::<redis::Value>(&mut c);
+        if ok.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still refused: {ok:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(srv.sigterm().code(), Some(0));
+    let (code, out) = keel(&["audit", "verify", data.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+}

@@ -10,12 +10,10 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::loopfs::{run, LoopFs};
+use common::loopfs::{fill, run, LoopFs};
 use common::{http, metrics_port, Server};
 use redis::Commands;
 
@@ -26,29 +24,6 @@ const BIG: usize = 1 << 20;
 const HEAL_DEADLINE: Duration = Duration::from_secs(30);
 /// `keel serve`'s exit code when it shut down with its log poisoned (see the README).
 const EXIT_POISONED: i32 = 4;
-
-/// Writes zeros into `path` until the file system has no block left, and syncs them.
-fn fill(path: &Path) -> u64 {
-    let mut f = std::fs::File::create(path).unwrap();
-    let mut written = 0u64;
-    // Big pieces first, then small ones for the last blocks; twice, since delayed allocation
-    // frees some reserved blocks once the data is synced.
-    for _ in 0..2 {
-        for piece in [1 << 20, 4 << 10] {
-            let zeros = vec![0u8; piece];
-            loop {
-                match f.write(&zeros) {
-                    Ok(0) => break,
-                    Ok(n) => written += n as u64,
-                    Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
-                    Err(e) => panic!("ballast: {e}"),
-                }
-            }
-        }
-        let _ = f.sync_all();
-    }
-    written
-}
 
 fn info(c: &mut redis::Connection) -> String {
     redis::cmd("INFO")

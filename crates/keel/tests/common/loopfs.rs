@@ -96,3 +96,27 @@ pub fn run(cmd: &str, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Writes zeros into `path` until the file system has no block left, and syncs them.
+pub fn fill(path: &Path) -> u64 {
+    let mut f = std::fs::File::create(path).unwrap();
+    use std::io::Write as _;
+    let mut written = 0u64;
+    // Big pieces first, then small ones for the last blocks; twice, since delayed allocation
+    // frees some reserved blocks once the data is synced.
+    for _ in 0..2 {
+        for piece in [1 << 20, 4 << 10] {
+            let zeros = vec![0u8; piece];
+            loop {
+                match f.write(&zeros) {
+                    Ok(0) => break,
+                    Ok(n) => written += n as u64,
+                    Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+                    Err(e) => panic!("ballast: {e}"),
+                }
+            }
+        }
+        let _ = f.sync_all();
+    }
+    written
+}
