@@ -296,3 +296,34 @@ fn a_full_disk_refuses_admin_commands_until_there_is_room_again() {
     let (code, out) = keel(&["audit", "verify", data.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// Bad audit settings, and an audit directory that cannot be one, stop the server at start-up
+/// with an error that names them.
+#[test]
+fn bad_audit_settings_stop_the_server_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let refused = |args: &[&str]| match Server::try_start(&data, args) {
+        Ok(_) => panic!("started with {args:?}"),
+        Err((status, log)) => (status.and_then(|s| s.code()), log.join("\n")),
+    };
+    for (text, want) in [
+        ("audit = true\naudit_files_max = 0\n", "audit_files_max"),
+        (
+            "audit = true\naudit_file_bytes_max = 10\n",
+            "audit_file_bytes_max",
+        ),
+        ("audit = \"yes\"\n", "audit"),
+    ] {
+        let config = dir.path().join("keel.toml");
+        std::fs::write(&config, text).unwrap();
+        let (code, log) = refused(&["--config", config.to_str().unwrap()]);
+        assert_eq!(code, Some(3), "{log}");
+        assert!(log.contains(want), "{text:?}: {log}");
+    }
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("audit"), b"not a directory").unwrap();
+    let (code, log) = refused(&["--audit"]);
+    assert_eq!(code, Some(3), "{log}");
+    assert!(log.contains("audit log") && log.contains("audit"), "{log}");
+}
