@@ -188,7 +188,9 @@ pub fn files(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
             .strip_prefix("audit-")
             .and_then(|n| n.strip_suffix(".jsonl"))
             .filter(|d| d.len() == 20)
-            .and_then(|d| d.parse().ok());
+            .and_then(|d| d.parse().ok())
+            // Entries count from 1: a file named for seq 0 is not one keel wrote.
+            .filter(|&seq: &u64| seq > 0);
         if let Some(seq) = seq {
             v.push((seq, e.path()));
         }
@@ -236,7 +238,7 @@ fn scan(path: &Path, mut after: Option<(u64, [u8; 32])>) -> std::io::Result<Scan
         let Ok(e) = serde_json::from_slice::<Entry>(text) else {
             return Ok(out);
         };
-        if after.is_some_and(|(seq, h)| e.seq != seq + 1 || e.prev != hex(&h)) {
+        if after.is_some_and(|(seq, h)| seq.checked_add(1) != Some(e.seq) || e.prev != hex(&h)) {
             return Ok(out);
         }
         let h = (e.seq, sha256(text));
@@ -350,6 +352,7 @@ impl Writer {
             let aside = dir.join(format!("torn-{}.bytes", crate::server::now_ms()));
             std::fs::write(&aside, &bytes[found.whole as usize..])?;
             File::open(&aside)?.sync_all()?;
+            sync_dir(dir)?;
             file.set_len(found.whole)?;
             file.sync_data()?;
             let note = format!(
@@ -423,7 +426,9 @@ impl Writer {
         let (seq, prev) = self.head;
         let prev = hex(&prev);
         let e = Line {
-            seq: seq + 1,
+            seq: seq
+                .checked_add(1)
+                .ok_or_else(|| std::io::Error::other("seq overflow"))?,
             at_ms,
             event: ev.event,
             user: ev.user.as_deref(),
@@ -476,7 +481,14 @@ impl Writer {
             if removable == 0 || self.anchored.is_some_and(|a| pair[1].0 > a) {
                 break;
             }
-            std::fs::remove_file(&pair[0].1)?;
+            // A file that cannot be removed is kept (and said); the group goes on.
+            if let Err(e) = std::fs::remove_file(&pair[0].1) {
+                tracing::warn!(
+                    "audit: retention could not remove {}: {e}",
+                    pair[0].1.display()
+                );
+                break;
+            }
             removable -= 1;
         }
         sync_dir(&self.dir)
@@ -657,27 +669,51 @@ pub fn verify(dir: &Path, anchor: Option<&[u8]>) -> std::io::Result<Verified> {
         None => None,
     };
     v.anchor_seq = anchored.map(|a| a.0);
+    let mut past_head = false;
     let all = files(dir)?;
     v.files = all.len();
     for (i, (named, path)) in all.iter().enumerate() {
         let bytes = std::fs::read(path)?;
         let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
         let torn = lines.pop().filter(|l| !l.is_empty());
+        let last_file = i + 1 == all.len();
         for (n, text) in lines.iter().enumerate() {
             let at = format!("{} line {}", path.display(), n + 1);
+            // In the last file, past the recorded head, bytes that do not continue the chain
+            // are a crash's unsynced tail, as keel serve treats them: it moves them aside at its
+            // next start. (Without a head, nothing tells a tail from an edit: it is reported.)
+            let tail = |v: &mut Verified| {
+                let rest: usize = lines[n..].iter().map(|l| l.len() + 1).sum();
+                v.torn_tail = Some(format!(
+                    "{}: {rest} bytes from line {} on do not continue the chain",
+                    path.display(),
+                    n + 1
+                ));
+            };
             let e: Entry = match serde_json::from_slice(text) {
                 Ok(e) => e,
+                Err(_) if last_file && past_head => {
+                    tail(&mut v);
+                    return Ok(v);
+                }
                 Err(err) => {
                     v.bad
                         .get_or_insert(format!("{at}: not an audit entry ({err})"));
                     return Ok(v);
                 }
             };
+            let chains = last.is_none_or(|(seq, hash)| {
+                seq.checked_add(1) == Some(e.seq) && e.prev == hex(&hash)
+            });
+            if !chains && last_file && past_head {
+                tail(&mut v);
+                return Ok(v);
+            }
             let problem = match last {
                 _ if n == 0 && e.seq != *named => {
                     Some(format!("seq {} in a file named for seq {named}", e.seq))
                 }
-                Some((seq, _)) if e.seq != seq + 1 => Some(format!(
+                Some((seq, _)) if seq.checked_add(1) != Some(e.seq) => Some(format!(
                     "seq {} follows seq {seq}: entries are missing or out of order",
                     e.seq
                 )),
@@ -704,6 +740,7 @@ pub fn verify(dir: &Path, anchor: Option<&[u8]>) -> std::io::Result<Verified> {
             }
             if anchored.is_some_and(|(seq, _)| seq == e.seq) {
                 anchored = None;
+                past_head = true;
             }
             if e.event == "break" && v.bad.is_none() {
                 // Intact from here on, but the log itself says entries were lost before.
@@ -904,6 +941,47 @@ mod tests {
             v.bad.as_deref().unwrap().contains("records a break"),
             "{v:?}"
         );
+    }
+
+    /// After a power cut, bytes past the recorded head that do not continue the chain are a
+    /// torn tail for verify too, not tampering; before the head they are tampering.
+    #[test]
+    fn verify_takes_bytes_past_the_head_for_a_torn_tail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let head = write_some(tmp.path(), Options::default(), 3);
+        let path = files(tmp.path()).unwrap()[0].1.clone();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[0u8; 100]).unwrap();
+        f.write_all(b"tail of an entry\"}\n").unwrap();
+        let v = verify(tmp.path(), Some(&anchor_value(head.0, &head.1))).unwrap();
+        assert!(v.bad.is_none() && v.torn_tail.is_some(), "{v:?}");
+        let mut older = anchor_value(head.0, &head.1);
+        older[..8].copy_from_slice(&(head.0 + 1).to_le_bytes());
+        let v = verify(tmp.path(), Some(&older)).unwrap();
+        assert!(v.bad.is_some(), "before the head it is not a tail: {v:?}");
+    }
+
+    /// Names and seqs at the ends of the range neither panic nor wrap around.
+    #[test]
+    fn files_named_for_seq_0_or_the_last_seq_are_refused_not_wrapped() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(file_name(0)), b"").unwrap();
+        assert!(files(tmp.path()).unwrap().is_empty());
+        let (w, _) = Writer::open(tmp.path(), Options::default(), None).unwrap();
+        assert_eq!(w.head.0, 0);
+        let max = u64::MAX;
+        let e = |seq: u64, prev: &str| {
+            format!("{{\"seq\":{seq},\"at_ms\":1,\"event\":\"auth\",\"prev\":\"{prev}\"}}")
+        };
+        let first = e(max, &hex(&[0; 32]));
+        let next = e(0, &hex(&sha256(first.as_bytes())));
+        std::fs::write(
+            tmp.path().join(file_name(max)),
+            format!("{first}\n{next}\n"),
+        )
+        .unwrap();
+        let v = verify(tmp.path(), None).unwrap();
+        assert!(v.bad.is_some(), "{v:?}");
     }
 
     #[test]

@@ -217,10 +217,14 @@ fn start_audit(
                 key: bytes::Bytes::from_static(audit::ANCHOR_KEY),
                 value: audit::anchor_value(seq, hash).into(),
             };
-            l.engine()
-                .commit(vec![], vec![w])
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            let e = l.engine();
+            e.commit(vec![], vec![w]).map_err(|e| e.to_string())?;
+            // Retention trusts the head once it is recorded: under a weaker sync policy the
+            // commit returned before the record was durable, so make it durable first.
+            if e.options().wal.sync_policy != keel_wal::SyncPolicy::Always {
+                e.sync().map_err(|e| e.to_string())?;
+            }
+            Ok(())
         })
     });
     let stored = anchor.as_ref().and(local_engine_head);
