@@ -120,7 +120,8 @@ struct Marker {
     partial: Option<(LogId<NodeId>, u32)>,
 }
 
-fn put(key: &'static [u8], value: Vec<u8>) -> Write {
+/// A write of the system entry `key`.
+fn system(key: &'static [u8], value: Vec<u8>) -> Write {
     Write::System {
         key: Bytes::from_static(key),
         value: value.into(),
@@ -148,7 +149,7 @@ fn migration(e: &Engine, m: &Membership) -> Vec<Write> {
         return legacy;
     }
     tracing::info!("moving the replication state out of the user keyspace (written before the system namespace)");
-    let mut w = vec![put(MEMBERSHIP_KEY, encode_checked(m))];
+    let mut w = vec![system(MEMBERSHIP_KEY, encode_checked(m))];
     w.extend(legacy);
     w
 }
@@ -289,15 +290,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match entry.payload {
                 EntryPayload::Blank => {
                     let mut w = std::mem::take(&mut legacy);
-                    w.push(put(APPLIED_KEY, encode_checked(&done)));
+                    w.push(system(APPLIED_KEY, encode_checked(&done)));
                     slots.push(self.submit(&engine, None, 0, vec![], w, None)?);
                 }
                 EntryPayload::Membership(m) => {
                     let stored = Membership::new(Some(id), m);
                     // The new membership is written after the migration's copy of the old.
                     let mut w = std::mem::take(&mut legacy);
-                    w.push(put(MEMBERSHIP_KEY, encode_checked(&stored)));
-                    w.push(put(APPLIED_KEY, encode_checked(&done)));
+                    w.push(system(MEMBERSHIP_KEY, encode_checked(&stored)));
+                    w.push(system(APPLIED_KEY, encode_checked(&done)));
                     *self.membership.lock().unwrap_or_else(|p| p.into_inner()) = stored;
                     slots.push(self.submit(&engine, None, 0, vec![], w, None)?);
                 }
@@ -327,7 +328,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         let mut writes = t.writes;
                         let user = writes.len();
                         // The client's results come first; the bookkeeping follows.
-                        writes.push(put(APPLIED_KEY, encode_checked(&progress)));
+                        writes.push(system(APPLIED_KEY, encode_checked(&progress)));
                         writes.append(&mut legacy);
                         slots.push(self.submit(
                             &engine,

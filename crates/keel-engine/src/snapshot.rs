@@ -471,18 +471,6 @@ pub struct Loaded {
     pub requests: Vec<(Lsn, Request)>,
 }
 
-impl Loaded {
-    /// The entry of user key `key`, expired or not.
-    pub fn get(&self, key: &[u8]) -> Option<&Entry> {
-        self.image.map.get(key)
-    }
-
-    /// The value of `key` in the system namespace.
-    pub fn system(&self, key: &[u8]) -> Option<&Bytes> {
-        self.image.system.get(key)
-    }
-}
-
 /// Verifies and loads a snapshot file. `expect` is the manifest that names it, when there is one:
 /// the file must then have its length, CRC and LSN.
 pub fn read_snapshot(file: &dyn FsFile, expect: Option<&Manifest>) -> Result<Loaded, FileError> {

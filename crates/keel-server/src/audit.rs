@@ -47,8 +47,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use ring::digest::{digest, SHA256};
+use keel_wal::Fs as _;
 use serde::{Deserialize, Serialize};
+
+use crate::auth::{hex, sha256};
 
 /// The audit directory under a data directory.
 pub const DIR: &str = "audit";
@@ -157,23 +159,6 @@ pub struct Stats {
     pub last_error: Mutex<Option<String>>,
 }
 
-fn sha256(b: &[u8]) -> [u8; 32] {
-    digest(&SHA256, b)
-        .as_ref()
-        .try_into()
-        .expect("SHA-256 is 32 bytes")
-}
-
-fn hex(b: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push(DIGITS[usize::from(x >> 4)] as char);
-        s.push(DIGITS[usize::from(x & 15)] as char);
-    }
-    s
-}
-
 fn file_name(first_seq: u64) -> String {
     format!("audit-{first_seq:020}.jsonl")
 }
@@ -200,7 +185,7 @@ pub fn files(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
+    keel_wal::StdFs.sync_dir(dir)
 }
 
 /// An anchor value's seq and hash.
@@ -268,17 +253,6 @@ fn scan_for(dir: &Path, seq: u64) -> std::io::Result<Option<[u8; 32]>> {
     Ok(None)
 }
 
-/// Creates `dir` and syncs it and its parent, so that the directory survives a power cut.
-fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
-    if !dir.exists() {
-        std::fs::create_dir_all(dir)?;
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
-        }
-    }
-    sync_dir(dir)
-}
-
 /// The appending side, owned by the writer thread.
 struct Writer {
     dir: PathBuf,
@@ -319,7 +293,7 @@ impl Writer {
         opts: Options,
         anchor: Option<&[u8]>,
     ) -> std::io::Result<(Writer, Vec<(&'static str, String)>)> {
-        create_dir_durably(dir)?;
+        keel_wal::fs::durable_create_dir_all(&keel_wal::StdFs, dir)?;
         let mut notes = Vec::new();
         let existing = files(dir)?;
         let mut head = (0, [0u8; 32]);
@@ -654,19 +628,12 @@ pub struct Verified {
 pub fn verify(dir: &Path, anchor: Option<&[u8]>) -> std::io::Result<Verified> {
     let mut v = Verified::default();
     let mut last: Option<(u64, [u8; 32])> = None;
-    let mut anchored: Option<(u64, [u8; 32])> = match anchor {
-        Some(a) if a.len() == 40 => Some((
-            u64::from_le_bytes(a[..8].try_into().expect("8 bytes")),
-            a[8..].try_into().expect("32 bytes"),
-        )),
-        Some(_) => {
-            v.bad = Some(format!(
-                "the anchor in the database is {} bytes, not 40",
-                anchor.map_or(0, <[u8]>::len)
-            ));
+    let mut anchored = match anchor.map(|a| (a.len(), parse_anchor(a))) {
+        Some((len, None)) => {
+            v.bad = Some(format!("the anchor in the database is {len} bytes, not 40"));
             return Ok(v);
         }
-        None => None,
+        other => other.and_then(|(_, a)| a),
     };
     v.anchor_seq = anchored.map(|a| a.0);
     let mut past_head = false;

@@ -1122,7 +1122,6 @@ impl Conn {
         if args.len() == 2 && !self.sh.users.password_required() {
             return Reply::err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?");
         }
-        let who = String::from_utf8_lossy(user).into_owned();
         let ok = match self.sh.users.authenticate(user, pass) {
             Some(u) => {
                 self.user = Some(u);
@@ -1130,7 +1129,7 @@ impl Conn {
             }
             None => false,
         };
-        self.audit_auth(who, ok);
+        self.audit_auth(user, ok);
         if ok {
             Reply::ok()
         } else {
@@ -1154,12 +1153,17 @@ impl Conn {
         }
     }
 
-    /// Records a login. A name that is no configured user is recorded as `(unknown)`: it is
-    /// whatever the client sent, possibly a password typed in the wrong place (P14).
-    fn audit_auth(&self, mut user: String, ok: bool) {
-        if !self.sh.users.exists(&user) {
-            user = "(unknown)".into();
+    /// Records a login, if an audit log is kept. A name that is no configured user is recorded
+    /// as `(unknown)`: it is whatever the client sent, possibly a password typed in the wrong
+    /// place (P14).
+    fn audit_auth(&self, user: &[u8], ok: bool) {
+        if self.sh.audit.is_none() {
+            return;
         }
+        let user = match std::str::from_utf8(user) {
+            Ok(u) if self.sh.users.exists(u) => u.to_string(),
+            _ => "(unknown)".into(),
+        };
         self.audit(audit::Event {
             event: "auth",
             ok: Some(ok),
@@ -1196,14 +1200,13 @@ impl Conn {
             }
         }
         if let Some((u, p)) = auth {
-            let who = String::from_utf8_lossy(&u).into_owned();
             match self.sh.users.authenticate(&u, &p) {
                 Some(user) => {
                     self.user = Some(user);
-                    self.audit_auth(who, true);
+                    self.audit_auth(&u, true);
                 }
                 None => {
-                    self.audit_auth(who, false);
+                    self.audit_auth(&u, false);
                     return Reply::err(WRONGPASS);
                 }
             }
