@@ -67,6 +67,7 @@ impl Seg {
             segment_id: id,
             first_lsn,
             created_unix_ms: 1_700_000_000_000,
+            encrypted: false,
         };
         Seg {
             id,
@@ -295,6 +296,7 @@ fn run(data: &[u8], dir: &Path) {
             segment_id: segs.last().expect("one segment").id + 1,
             first_lsn: next_lsn,
             created_unix_ms: 0,
+            encrypted: false,
         }
         .encode()
         .to_vec();

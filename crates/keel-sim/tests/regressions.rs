@@ -106,6 +106,7 @@ fn put_segment(fs: &SimFs, name: &str, first: u64, frames: &[(u64, u64, u8, &[u8
         segment_id: 1,
         first_lsn: first,
         created_unix_ms: 0,
+        encrypted: false,
     }
     .encode()
     .to_vec();

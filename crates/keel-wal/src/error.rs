@@ -42,6 +42,9 @@ pub enum Error {
     Locked { path: PathBuf },
     #[error("the log is closed")]
     Closed,
+    /// The encryption key is missing, unknown or wrong. Nothing was changed because of it.
+    #[error(transparent)]
+    Key(#[from] crate::crypt::KeyError),
     /// `repair --force` would cut the log below `needed_from`, the first LSN its owner needs
     /// (for a database: the LSN after the snapshot it opens from). Cutting would make things
     /// worse, so nothing was changed.
@@ -146,8 +149,9 @@ impl fmt::Display for CorruptionKind {
                 HeaderError::BadMagic => write!(f, "bad magic: not a keel log segment"),
                 HeaderError::UnsupportedVersion { found } => write!(
                     f,
-                    "unsupported format version {found} (this keel reads version {})",
-                    crate::format::FORMAT_VERSION
+                    "unsupported format version {found} (this keel reads versions {} and {})",
+                    crate::format::FORMAT_VERSION,
+                    crate::format::FORMAT_VERSION_ENCRYPTED
                 ),
                 HeaderError::Checksum { expected, found } => write!(
                     f,

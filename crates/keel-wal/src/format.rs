@@ -4,7 +4,8 @@
 //! Segment header, 64 bytes at offset 0, all integers little-endian
 //! offset size field
 //!      0    8 magic            "KEELWAL\0"
-//!      8    4 format_version   1
+//!      8    4 format_version   1 = frame payloads are plaintext; 2 = every data frame's payload
+//!                                 is sealed (encryption at rest, see `crypt`)
 //!     12    4 header_bytes     64
 //!     16    8 segment_id       1, 2, 3, ... consecutive within one log
 //!     24    8 first_lsn        LSN of the first frame this segment may hold
@@ -43,6 +44,12 @@
 //! after a sync returned success, so a mark that survives a crash never claims more than was
 //! durable.
 //!
+//! In a version 2 segment, a data frame's payload is the record sealed by [`crate::crypt`]:
+//! `key_id u32 | nonce 24 | ciphertext | tag 16`, with the associated data `lsn u64 LE | flags`,
+//! so a frame moved to another LSN, or with its batch flag changed, no longer opens. Both CRCs
+//! cover the sealed bytes: damage is told from a wrong key without any key. A version 2 payload
+//! may be up to `record_bytes_max + SEAL_BYTES` long.
+//!
 //! Frames are 8-byte aligned, so the length word never straddles a sector boundary. Both CRCs are
 //! seeded with the segment id, so a frame left over from another segment (a reused or recycled
 //! file, a misdirected write) never validates. An all-zero header is the end of the log: LSN 0 is
@@ -51,7 +58,11 @@
 use crate::Lsn;
 
 pub const MAGIC: [u8; 8] = *b"KEELWAL\0";
+/// A segment whose frame payloads are plaintext.
 pub const FORMAT_VERSION: u32 = 1;
+/// A segment whose data frames' payloads are sealed (encrypted). Older keel refuses it as an
+/// unsupported version instead of misreading it.
+pub const FORMAT_VERSION_ENCRYPTED: u32 = 2;
 pub const SEGMENT_HEADER_BYTES: usize = 64;
 pub const FRAME_HEADER_BYTES: usize = 32;
 pub const FRAME_ALIGN: usize = 8;
@@ -98,6 +109,8 @@ pub struct SegmentHeader {
     pub segment_id: u64,
     pub first_lsn: Lsn,
     pub created_unix_ms: u64,
+    /// Version 2: every data frame's payload is sealed.
+    pub encrypted: bool,
 }
 
 /// Why a segment header was refused.
@@ -114,7 +127,12 @@ impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut b = [0u8; SEGMENT_HEADER_BYTES];
         b[0..8].copy_from_slice(&MAGIC);
-        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let version = if self.encrypted {
+            FORMAT_VERSION_ENCRYPTED
+        } else {
+            FORMAT_VERSION
+        };
+        b[8..12].copy_from_slice(&version.to_le_bytes());
         b[12..16].copy_from_slice(&(SEGMENT_HEADER_BYTES as u32).to_le_bytes());
         b[16..24].copy_from_slice(&self.segment_id.to_le_bytes());
         b[24..32].copy_from_slice(&self.first_lsn.to_le_bytes());
@@ -134,7 +152,7 @@ impl SegmentHeader {
             return Err(HeaderError::BadMagic);
         }
         let version = u32_at(b, 8);
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_ENCRYPTED {
             return Err(HeaderError::UnsupportedVersion { found: version });
         }
         let expected = crc32c::crc32c(&b[0..60]);
@@ -146,6 +164,7 @@ impl SegmentHeader {
             segment_id: u64_at(b, 16),
             first_lsn: u64_at(b, 24),
             created_unix_ms: u64_at(b, 32),
+            encrypted: version == FORMAT_VERSION_ENCRYPTED,
         };
         if u32_at(b, 12) as usize != SEGMENT_HEADER_BYTES
             || b[40..60].iter().any(|&x| x != 0)
@@ -304,10 +323,12 @@ pub fn decode_frame(buf: &[u8], seed: u32, record_bytes_max: u32) -> Decoded<'_>
         return Decoded::Bad(FrameError::HeaderChecksum { expected, found });
     }
     let len = u32_at(h, 4);
-    if len > record_bytes_max {
+    // A sealed payload is longer than its record by SEAL_BYTES.
+    let max = record_bytes_max.saturating_add(crate::crypt::SEAL_BYTES as u32);
+    if len > max {
         return Decoded::Bad(FrameError::BadLength {
             len: len.into(),
-            max: record_bytes_max.into(),
+            max: max.into(),
         });
     }
     let lsn = u64_at(h, 8);
@@ -374,6 +395,7 @@ mod tests {
             segment_id: 7,
             first_lsn: 100,
             created_unix_ms: 42,
+            encrypted: false,
         };
         let b = h.encode();
         assert_eq!(SegmentHeader::decode(&b), Ok(h));
@@ -509,7 +531,7 @@ mod tests {
         let mut out = Vec::new();
         encode_frame(&mut out, seed, 1, 0, 0, &[7u8; 100]);
         assert_eq!(
-            decode_frame(&out, seed, 99),
+            decode_frame(&out, seed, 99 - crate::crypt::SEAL_BYTES as u32),
             Decoded::Bad(FrameError::BadLength { len: 100, max: 99 })
         );
         assert!(matches!(

@@ -21,6 +21,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod crypt;
 mod error;
 pub mod format;
 pub mod fs;
@@ -48,6 +49,7 @@ pub(crate) fn mutated(_: &str) -> bool {
 /// Log sequence number. The first record of a log is LSN 1; LSNs are consecutive.
 pub type Lsn = u64;
 
+pub use crypt::{KeyError, KeyId, Keyring};
 pub use error::{Corruption, CorruptionKind, Error, Result};
 pub use fs::{Fs, FsFile, OpenMode, StdFs};
 pub use needed::UnneededDamage;

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::crypt::Keyring;
 use crate::error::{Error, Result};
 use crate::format::{frame_bytes, MARK_BYTES, SEGMENT_HEADER_BYTES};
 use crate::fs::{Fs, StdFs};
@@ -48,6 +49,10 @@ pub struct Options {
     pub prepare_segments_in_background: bool,
     /// The file system everything goes through. Default: the real one.
     pub fs: Arc<dyn Fs>,
+    /// Encryption at rest. With a keyring, new segments are format version 2 and every record is
+    /// sealed with the keyring's first key; every key of it opens. Without one (the default),
+    /// records are plaintext and a log holding encrypted segments is refused at open.
+    pub keyring: Option<Arc<Keyring>>,
 }
 
 impl Default for Options {
@@ -61,6 +66,7 @@ impl Default for Options {
             zero_fill_segments: true,
             prepare_segments_in_background: true,
             fs: StdFs::shared(),
+            keyring: None,
         }
     }
 }
@@ -93,7 +99,7 @@ impl Options {
                 self.segment_bytes_max
             ));
         }
-        if frame_bytes(self.record_bytes_max as usize) > self.batch_bytes_max {
+        if frame_bytes(self.record_bytes_max as usize + self.seal_bytes()) > self.batch_bytes_max {
             return bad(format!(
                 "a record of record_bytes_max ({}) must fit in batch_bytes_max ({})",
                 self.record_bytes_max, self.batch_bytes_max
@@ -105,6 +111,15 @@ impl Options {
             }
         }
         Ok(())
+    }
+
+    /// Bytes sealing adds to each record's payload: 0 without a keyring.
+    pub fn seal_bytes(&self) -> usize {
+        if self.keyring.is_some() {
+            crate::crypt::SEAL_BYTES
+        } else {
+            0
+        }
     }
 
     /// Options for small logs in tests: 64 KiB segments, 16 KiB batches.

@@ -3,8 +3,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::crypt::{KeyError, Keyring};
 use crate::error::{Corruption, CorruptionKind, Error, Result};
-use crate::format::{decode_frame, segment_seed, Decoded, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::format::{
+    decode_frame, frame_bytes, segment_seed, Decoded, Frame, SegmentHeader, FRAME_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES,
+};
 use crate::fs::{read_exact_at, Fs, OpenMode};
 use crate::needed::{analyze_from, UnneededDamage};
 use crate::options::Options;
@@ -31,6 +35,7 @@ pub struct LogReader {
     end_mark: Option<EndMark>,
     bytes_scanned: u64,
     unneeded_damage: Vec<UnneededDamage>,
+    keyring: Option<Arc<Keyring>>,
 }
 
 impl LogReader {
@@ -74,7 +79,13 @@ impl LogReader {
             needed_from,
             progress,
         )?;
+        // Without a keyring the log is still checked (the checksums need no key); only reading
+        // an encrypted record needs one.
+        if let Some(ring) = &options.keyring {
+            check_keys(&*options.fs, &layout.segments, Some(ring))?;
+        }
         Ok(LogReader {
+            keyring: options.keyring.clone(),
             unneeded_damage,
             fs: options.fs.clone(),
             segments: layout.segments,
@@ -85,8 +96,14 @@ impl LogReader {
         })
     }
 
-    pub(crate) fn from_parts(fs: Arc<dyn Fs>, segments: Vec<SegmentInfo>, record_max: u32) -> Self {
+    pub(crate) fn from_parts(
+        fs: Arc<dyn Fs>,
+        segments: Vec<SegmentInfo>,
+        record_max: u32,
+        keyring: Option<Arc<Keyring>>,
+    ) -> Self {
         LogReader {
+            keyring,
             fs,
             segments,
             record_max,
@@ -158,6 +175,8 @@ impl LogReader {
             upper,
             next_lsn: self.segments.get(start).map_or(from, |s| s.first_lsn),
             record_max: self.record_max,
+            keyring: self.keyring.clone(),
+            encrypted: false,
             buf: Vec::new(),
             off: 0,
             seed: 0,
@@ -170,7 +189,7 @@ impl LogReader {
     /// `Ok(Err)` when `lsn` falls inside an atomic batch.
     pub(crate) fn offset_of(&self, seg: &SegmentInfo, lsn: Lsn) -> Result<Result<u64>> {
         let buf = load(&*self.fs, seg)?;
-        let seed = seed_of(seg, &buf)?;
+        let (seed, _) = seed_of(seg, &buf)?;
         let mut off = SEGMENT_HEADER_BYTES;
         let mut expected = seg.first_lsn;
         let mut inside_batch = false;
@@ -200,7 +219,8 @@ fn load(fs: &dyn Fs, seg: &SegmentInfo) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn seed_of(seg: &SegmentInfo, buf: &[u8]) -> Result<u32> {
+/// The segment's CRC seed, and whether its payloads are sealed.
+fn seed_of(seg: &SegmentInfo, buf: &[u8]) -> Result<(u32, bool)> {
     let h = SegmentHeader::decode(buf).map_err(|h| {
         Error::from(Corruption {
             file: seg.path.clone(),
@@ -210,7 +230,63 @@ fn seed_of(seg: &SegmentInfo, buf: &[u8]) -> Result<u32> {
             valid_frame_after: None,
         })
     })?;
-    Ok(segment_seed(h.segment_id))
+    Ok((segment_seed(h.segment_id), h.encrypted))
+}
+
+/// The associated data a data frame's payload is sealed with: its LSN and its flags, so that a
+/// sealed payload moved to another LSN or batch position no longer opens.
+pub(crate) fn frame_aad(lsn: Lsn, flags: u8) -> [u8; 9] {
+    let mut a = [0u8; 9];
+    a[..8].copy_from_slice(&lsn.to_le_bytes());
+    a[8] = flags;
+    a
+}
+
+/// Refuses a log the keyring cannot read before anything is changed: an encrypted segment and no
+/// keyring, a key id the keyring lacks, or a key that does not open the first frame sealed with
+/// it. Damage is not this check's business: recovery has already told it by the checksums.
+pub(crate) fn check_keys(
+    fs: &dyn Fs,
+    segments: &[SegmentInfo],
+    keyring: Option<&Keyring>,
+) -> Result<()> {
+    for s in segments.iter().filter(|s| s.encrypted) {
+        let Some(ring) = keyring else {
+            return Err(KeyError::Missing {
+                what: format!("the log segment {}", s.path.display()),
+            }
+            .into());
+        };
+        for &(id, offset) in &s.key_ids {
+            let what = format!("the log frame at offset {offset} of {}", s.path.display());
+            if !ring.contains(id) {
+                return Err(KeyError::Unknown {
+                    what,
+                    id,
+                    have: ring
+                        .ids()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
+                .into());
+            }
+            let file = fs
+                .open(&s.path, OpenMode::Read)
+                .map_err(|e| Error::io("open segment", &s.path, e))?;
+            let read_err = |e| Error::io("read segment", &s.path, e);
+            let mut head = [0u8; FRAME_HEADER_BYTES];
+            read_exact_at(&*file, &mut head, offset).map_err(read_err)?;
+            let len = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes")) as usize;
+            let room = s.end_offset.saturating_sub(offset) as usize;
+            let mut buf = vec![0u8; frame_bytes(len).min(room)];
+            read_exact_at(&*file, &mut buf, offset).map_err(read_err)?;
+            if let Decoded::Frame(f) = decode_frame(&buf, segment_seed(s.id), u32::MAX) {
+                ring.open(&what, &frame_aad(f.lsn, f.flags), f.payload)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The bytes no longer hold what recovery verified: damage since, or a concurrent truncation.
@@ -243,11 +319,24 @@ pub struct WalIter {
     upper: Lsn,
     next_lsn: Lsn,
     record_max: u32,
+    keyring: Option<Arc<Keyring>>,
+    /// The loaded segment's payloads are sealed.
+    encrypted: bool,
     buf: Vec<u8>,
     off: usize,
     seed: u32,
     loaded: bool,
     failed: bool,
+}
+
+impl WalIter {
+    fn open_payload(&self, seg: &SegmentInfo, f: &Frame<'_>) -> Result<Vec<u8>> {
+        let what = format!("the record at LSN {} in {}", f.lsn, seg.path.display());
+        let Some(ring) = &self.keyring else {
+            return Err(KeyError::Missing { what }.into());
+        };
+        Ok(ring.open(&what, &frame_aad(f.lsn, f.flags), f.payload)?)
+    }
 }
 
 impl Iterator for WalIter {
@@ -262,8 +351,9 @@ impl Iterator for WalIter {
             if !self.loaded {
                 let loaded = load(&*self.fs, seg).and_then(|b| Ok((seed_of(seg, &b)?, b)));
                 match loaded {
-                    Ok((seed, buf)) => {
+                    Ok(((seed, encrypted), buf)) => {
                         self.seed = seed;
+                        self.encrypted = encrypted;
                         self.buf = buf;
                         self.off = SEGMENT_HEADER_BYTES;
                         self.loaded = true;
@@ -284,9 +374,20 @@ impl Iterator for WalIter {
                     self.off += f.total_bytes;
                     self.next_lsn += 1;
                     if f.lsn >= self.from {
+                        let payload = if self.encrypted {
+                            match self.open_payload(seg, &f) {
+                                Ok(p) => p,
+                                Err(e) => {
+                                    self.failed = true;
+                                    return Some(Err(e));
+                                }
+                            }
+                        } else {
+                            f.payload.to_vec()
+                        };
                         return Some(Ok(Record {
                             lsn: f.lsn,
-                            payload: f.payload.to_vec(),
+                            payload,
                             more_in_batch: f.batch_continues(),
                         }));
                     }

@@ -28,6 +28,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::crypt::KeyId;
 use crate::error::{Corruption, CorruptionKind, Error, Result};
 use crate::format::{
     decode_frame, segment_seed, Decoded, FrameError, SegmentHeader, FRAME_ALIGN,
@@ -97,6 +98,11 @@ pub struct SegmentInfo {
     /// Offset just after the last complete frame.
     pub end_offset: u64,
     pub file_bytes: u64,
+    /// Format version 2: every data frame's payload is sealed.
+    pub encrypted: bool,
+    /// In an encrypted segment, the key ids its frames were sealed with, each with the offset of
+    /// its first frame, as recovery found them (empty for a segment created since).
+    pub key_ids: Vec<(KeyId, u64)>,
 }
 
 /// A torn tail that recovery would cut (or did cut).
@@ -216,6 +222,9 @@ struct Walk {
     last_complete: Lsn,
     stop_offset: usize,
     stop: Stop,
+    /// Each key id the complete frames' payloads begin with, and the offset of its first frame
+    /// (meaningful in an encrypted segment only).
+    keys: Vec<(KeyId, u64)>,
 }
 
 /// Bytes read from a segment at a time. Small enough to stay in cache: streaming a segment
@@ -240,6 +249,7 @@ enum Found {
         durable_lsn: Lsn,
         continues: bool,
         total: usize,
+        key: Option<KeyId>,
     },
     Mark {
         lsn: Lsn,
@@ -287,6 +297,7 @@ impl<'a> Window<'a> {
                 durable_lsn: f.durable_lsn,
                 continues: f.batch_continues(),
                 total: f.total_bytes,
+                key: crate::crypt::sealed_key_id(f.payload),
             },
             Decoded::Mark(m) => Found::Mark {
                 lsn: m.lsn,
@@ -375,6 +386,7 @@ impl<'a> Window<'a> {
             last_complete: first_lsn - 1,
             stop_offset: off,
             stop: Stop::End,
+            keys: Vec::new(),
         };
         loop {
             w.stop_offset = off;
@@ -387,8 +399,12 @@ impl<'a> Window<'a> {
                     lsn,
                     continues,
                     total,
+                    key,
                     ..
                 } if lsn == expected => {
+                    if let Some(k) = key.filter(|k| !w.keys.iter().any(|(i, _)| i == k)) {
+                        w.keys.push((k, off as u64));
+                    }
                     off += total;
                     expected += 1;
                     if !continues {
@@ -724,6 +740,8 @@ pub(crate) fn analyze_listed(
             sealed: matches!(l.name, SegName::Sealed { .. }),
             end_offset: w.complete_end as u64,
             file_bytes: len as u64,
+            encrypted: header.encrypted,
+            key_ids: if header.encrypted { w.keys } else { Vec::new() },
         });
         progress(layout.bytes_scanned, total);
     }

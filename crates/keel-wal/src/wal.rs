@@ -334,6 +334,7 @@ impl Shared {
             return Err(Error::EmptyBatch);
         }
         let mut bytes = 0usize;
+        let over = self.opts.seal_bytes();
         for r in records {
             let len = r.as_ref().len();
             if len > self.opts.record_bytes_max as usize {
@@ -342,7 +343,7 @@ impl Shared {
                     max: self.opts.record_bytes_max,
                 });
             }
-            bytes += frame_bytes(len);
+            bytes += frame_bytes(len + over);
         }
         if bytes > self.opts.batch_bytes_max {
             return Err(Error::BatchTooLarge {
@@ -549,6 +550,9 @@ struct Active {
     id: u64,
     first_lsn: Lsn,
     offset: u64,
+    /// Format version 2: payloads are sealed. Appends go only to a segment whose encryption
+    /// matches the log's options; otherwise the writer rotates first.
+    encrypted: bool,
 }
 
 /// Creates a blank segment file under a temporary name: zeros (or reserved space) up to
@@ -590,6 +594,7 @@ fn activate(
         segment_id: id,
         first_lsn,
         created_unix_ms: now_unix_ms(),
+        encrypted: opts.keyring.is_some(),
     };
     write_all_at(&*file, &header.encode(), 0).map_err(|e| io("write segment header", e))?;
     file.sync_data().map_err(|e| io("sync segment header", e))?;
@@ -601,6 +606,7 @@ fn activate(
         id,
         first_lsn,
         offset: SEGMENT_HEADER_BYTES as u64,
+        encrypted: header.encrypted,
     })
 }
 
@@ -672,6 +678,8 @@ impl Wal {
 
         let (mut layout, unneeded_damage) =
             analyze_from(&*fs, &dir, opts.record_bytes_max, needed_from, progress)?;
+        // A missing or wrong key stops here, before recovery changes anything.
+        crate::read::check_keys(&*fs, &layout.segments, opts.keyring.as_deref())?;
         for d in &unneeded_damage {
             tracing::warn!("{d}");
         }
@@ -705,12 +713,36 @@ impl Wal {
             tracing::warn!("{r}");
             report.torn_tail = Some(r);
         }
+        let (first_lsn, last_lsn) = match (layout.first_lsn(), layout.last_lsn()) {
+            (Some(f), Some(l)) => (f, l),
+            _ => (1, 0),
+        };
+        // Encryption was switched on or off since the active segment was written: new records
+        // go to a new segment. An empty one is replaced; one with records is sealed below.
+        let want_encrypted = opts.keyring.is_some();
+        let mut reuse_id = None;
+        let mut seal_last = false;
+        if let Some(s) = layout
+            .segments
+            .last()
+            .filter(|s| !s.sealed && s.encrypted != want_encrypted)
+        {
+            if s.last_lsn < s.first_lsn {
+                durable_remove(&*fs, &s.path)
+                    .map_err(|e| Error::io("replace empty segment", &s.path, e))?;
+                reuse_id = Some(s.id);
+                layout.segments.pop();
+                layout.end_mark = None;
+            } else {
+                seal_last = true;
+            }
+        }
         // Finish a rotation a crash interrupted: seal every complete segment but the last.
         let n = layout.segments.len();
         for s in layout
             .segments
             .iter_mut()
-            .take(n.saturating_sub(1))
+            .take(if seal_last { n } else { n.saturating_sub(1) })
             .filter(|s| !s.sealed)
         {
             let sealed = dir.join(sealed_name(s.first_lsn, s.last_lsn));
@@ -729,10 +761,6 @@ impl Wal {
             s.file_bytes = s.end_offset;
         }
 
-        let (first_lsn, last_lsn) = match (layout.first_lsn(), layout.last_lsn()) {
-            (Some(f), Some(l)) => (f, l),
-            _ => (1, 0),
-        };
         report.end_mark = layout.end_mark;
         let mut tail_mark = None;
         let active = match layout.segments.last() {
@@ -764,10 +792,11 @@ impl Wal {
                     id: s.id,
                     first_lsn: s.first_lsn,
                     offset: s.end_offset,
+                    encrypted: s.encrypted,
                 }
             }
             last => {
-                let id = last.map_or(1, |s| s.id + 1);
+                let id = reuse_id.unwrap_or_else(|| last.map_or(1, |s| s.id + 1));
                 let a = create_segment(&opts, &dir, id, last_lsn + 1)?;
                 report.created_segment = Some(a.path.clone());
                 layout.segments.push(SegmentInfo {
@@ -778,6 +807,8 @@ impl Wal {
                     sealed: false,
                     end_offset: a.offset,
                     file_bytes: opts.segment_bytes_max,
+                    encrypted: a.encrypted,
+                    key_ids: Vec::new(),
                 });
                 a
             }
@@ -848,6 +879,7 @@ impl Wal {
             durable_lsn: last_lsn,
             synced_offset,
             buf: Vec::new(),
+            sealed: Vec::new(),
             pending: Vec::new(),
             last_sync: Instant::now(),
             spare: None,
@@ -1057,6 +1089,7 @@ impl Wal {
             self.shared.opts.fs.clone(),
             segments,
             self.shared.opts.record_bytes_max,
+            self.shared.opts.keyring.clone(),
         )
         .iter_range(from, upper)
     }
@@ -1182,6 +1215,8 @@ struct Writer {
     synced_offset: u64,
     /// Frames encoded but not yet written; they start at `active.offset`.
     buf: Vec<u8>,
+    /// Scratch for one sealed payload.
+    sealed: Vec<u8>,
     /// Appends in `buf` (or written, awaiting their sync): completion and last LSN.
     pending: Vec<(Arc<Completion>, Lsn)>,
     last_sync: Instant,
@@ -1311,7 +1346,19 @@ impl Writer {
                 done,
             } => {
                 debug_assert_eq!(first_lsn, self.next_lsn, "queue and writer agree on LSNs");
-                let need: u64 = records.iter().map(|r| frame_bytes(r.len()) as u64).sum();
+                let keyring = self.shared.opts.keyring.clone();
+                let over = self.shared.opts.seal_bytes();
+                let need: u64 = records
+                    .iter()
+                    .map(|r| frame_bytes(r.len() + over) as u64)
+                    .sum();
+                // A truncation can leave the writer in a segment of the other kind.
+                if self.active.encrypted != keyring.is_some()
+                    && self.written_lsn >= self.active.first_lsn
+                {
+                    self.flush()?;
+                    self.rotate()?;
+                }
                 // Leave room for a mark after the batch (`Options::validate` makes sure a batch
                 // of any allowed size and its mark fit in an empty segment).
                 if self.active.offset + (self.buf.len() + MARK_BYTES) as u64 + need
@@ -1324,13 +1371,25 @@ impl Writer {
                 let n = records.len();
                 for (i, r) in records.iter().enumerate() {
                     let flags = if i + 1 < n { FLAG_BATCH_CONTINUES } else { 0 };
+                    let payload = match &keyring {
+                        Some(ring) => {
+                            self.sealed.clear();
+                            ring.seal_into(
+                                &crate::read::frame_aad(self.next_lsn, flags),
+                                r,
+                                &mut self.sealed,
+                            );
+                            &self.sealed[..]
+                        }
+                        None => &r[..],
+                    };
                     encode_frame(
                         &mut self.buf,
                         seed,
                         self.next_lsn,
                         self.durable_lsn,
                         flags,
-                        r,
+                        payload,
                     );
                     self.next_lsn += 1;
                 }
@@ -1606,6 +1665,8 @@ impl Writer {
             sealed: false,
             end_offset: new.offset,
             file_bytes: opts.segment_bytes_max,
+            encrypted: new.encrypted,
+            key_ids: Vec::new(),
         });
         drop(segs);
         self.synced_offset = new.offset;
@@ -1664,6 +1725,7 @@ impl Writer {
             fs.clone(),
             vec![target.clone()],
             self.shared.opts.record_bytes_max,
+            None,
         );
         let cut = match reader.offset_of(target, after + 1)? {
             Ok(off) => off,
@@ -1701,6 +1763,7 @@ impl Writer {
                 id: target.id,
                 first_lsn: target.first_lsn,
                 offset: cut,
+                encrypted: target.encrypted,
             };
             self.synced_offset = cut;
         }

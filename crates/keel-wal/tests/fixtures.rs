@@ -30,6 +30,7 @@ fn segment(
         segment_id: id,
         first_lsn: first,
         created_unix_ms: 1_700_000_000_000,
+        encrypted: false,
     }
     .encode()
     .to_vec();
@@ -94,7 +95,7 @@ fn fixtures() -> Vec<(&'static str, Vec<Seg>)> {
     let mut corrupt = good();
     corrupt[1].bytes[64 + 32 + 2] ^= 0x01; // payload of LSN 4; LSN 6 says 5 was durable
     let mut bad_version = good();
-    bad_version[0].bytes[8] = 2;
+    bad_version[0].bytes[8] = 3;
     let mut gap = good();
     gap[1] = segment(2, 5, &[(5, 3, 0, b"x")], 0, None);
     // As keel leaves it after a clean close: the last batch (LSN 6) is followed by a synced mark
@@ -223,7 +224,7 @@ fn damaged_fixtures_fail_closed() {
     let c = corruption("unknown-version");
     assert_eq!(
         c.kind,
-        CorruptionKind::SegmentHeader(HeaderError::UnsupportedVersion { found: 2 })
+        CorruptionKind::SegmentHeader(HeaderError::UnsupportedVersion { found: 3 })
     );
 
     let c = corruption("lsn-gap");

@@ -268,7 +268,7 @@ fn unknown_format_version_fails_closed() {
     let dir = tempfile::tempdir().unwrap();
     let (seg, _, _) = log_with_records(dir.path(), 3, 10);
     let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[8] = 2;
+    bytes[8] = 3;
     std::fs::write(&seg, &bytes).unwrap();
     let err = Wal::open(dir.path(), small()).unwrap_err();
     let c = err.corruption().unwrap();
@@ -276,10 +276,10 @@ fn unknown_format_version_fails_closed() {
     assert_eq!(
         c.kind,
         CorruptionKind::SegmentHeader(keel_wal::format::HeaderError::UnsupportedVersion {
-            found: 2
+            found: 3
         })
     );
-    assert!(err.to_string().contains("unsupported format version 2"));
+    assert!(err.to_string().contains("unsupported format version 3"));
 }
 
 #[test]
@@ -723,6 +723,7 @@ fn regression_fuzz_empty_sealed_segment_fails_closed() {
         segment_id: 1,
         first_lsn: 1,
         created_unix_ms: 0,
+        encrypted: false,
     };
     let name = "wal-00000000000000000001-00000000000000000000.sealed";
     std::fs::write(dir.path().join(name), header.encode()).unwrap();
