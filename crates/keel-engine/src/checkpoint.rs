@@ -126,6 +126,7 @@ pub(crate) fn write_snapshot_file(
     lsn: Lsn,
     at_ms: u64,
     compress: bool,
+    keyring: Option<&keel_wal::Keyring>,
 ) -> Result<Manifest> {
     let sdir = dir.join(SNAPSHOT_DIR);
     durable_create_dir_all(fs, &sdir).map_err(io("create directory", &sdir))?;
@@ -134,8 +135,9 @@ pub(crate) fn write_snapshot_file(
     let f = fs
         .open(&tmp, OpenMode::CreateTruncate)
         .map_err(io("create snapshot", &tmp))?;
-    let (bytes, crc) = snapshot::write_snapshot(&*f, image, requests, lsn, at_ms, compress)
-        .map_err(io("write snapshot", &tmp))?;
+    let (bytes, crc) =
+        snapshot::write_snapshot(&*f, image, requests, lsn, at_ms, compress, keyring)
+            .map_err(io("write snapshot", &tmp))?;
     f.sync_all().map_err(io("sync snapshot", &tmp))?;
     drop(f);
     durable_rename(fs, &tmp, &path).map_err(io("rename snapshot", &tmp))?;
@@ -250,6 +252,7 @@ fn checkpoint_locked(
         lsn,
         at_ms,
         seq.opts.compress_snapshots,
+        seq.opts.wal.keyring.as_deref(),
     )?;
     commit_manifest(fs, dir, &next)?;
     st.manifest = next;

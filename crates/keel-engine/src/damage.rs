@@ -195,7 +195,7 @@ pub(crate) fn choose<T>(
 /// for real damage.
 fn not_damage(e: FileError, path: &Path) -> Result<String> {
     match e {
-        FileError::Version(_) => Err(Error::BadFile {
+        FileError::Version(_) | FileError::Key(_) => Err(Error::BadFile {
             path: path.to_path_buf(),
             source: e,
         }),
@@ -300,6 +300,10 @@ pub struct Inspection {
     /// under the default sync policy).
     pub torn_tail: Option<String>,
     pub health: Health,
+    /// Encryption: the key ids the snapshots and the log's segments use, and how many of those
+    /// files are plaintext. A key can be retired once no file uses it (`keel rekey`).
+    pub key_ids: std::collections::BTreeSet<keel_wal::KeyId>,
+    pub plaintext_files: usize,
 }
 
 impl Inspection {
@@ -365,6 +369,17 @@ impl fmt::Display for Inspection {
         }
         if let Some(t) = &self.torn_tail {
             writeln!(f, "log: {t}")?;
+        }
+        if self.key_ids.is_empty() {
+            writeln!(f, "encryption: none")?;
+        } else {
+            let ids: Vec<String> = self.key_ids.iter().map(|i| i.to_string()).collect();
+            writeln!(
+                f,
+                "encryption: key ids in use: {}; plaintext files: {}",
+                ids.join(", "),
+                self.plaintext_files
+            )?;
         }
         let base = base_name(self.base);
         match &self.health {
@@ -459,10 +474,30 @@ pub fn inspect(dir: impl AsRef<Path>, opts: &Options) -> Result<Inspection> {
         log_unneeded_damage: Vec::new(),
         torn_tail: None,
         health: Health::Healthy,
+        key_ids: Default::default(),
+        plaintext_files: 0,
     };
+    for s in inspection.snapshots.iter().filter(|s| s.problem.is_none()) {
+        let id = fs
+            .open(&s.path, OpenMode::Read)
+            .map_err(FileError::from)
+            .and_then(|f| snapshot::snapshot_key_id(&*f));
+        match id {
+            Ok(Some(id)) => drop(inspection.key_ids.insert(id)),
+            Ok(None) => inspection.plaintext_files += 1,
+            Err(_) => {}
+        }
+    }
     let wal_dir = dir.join(WAL_DIR);
     match LogReader::open_from(&wal_dir, &opts.wal, choice.base + 1, &mut |_, _| {}) {
         Ok(r) => {
+            for s in r.segments() {
+                inspection.key_ids.extend(s.key_ids.iter().map(|k| k.0));
+                // A segment that holds no record yet says nothing about keys.
+                if !s.encrypted && s.last_lsn >= s.first_lsn {
+                    inspection.plaintext_files += 1;
+                }
+            }
             inspection.log_first = r.first_lsn();
             inspection.log_last = r.last_lsn();
             inspection.log_unneeded_damage = r.unneeded_damage().to_vec();

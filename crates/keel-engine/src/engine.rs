@@ -213,7 +213,7 @@ impl Engine {
         let choice = damage::choose(&*fs, &dir, &state, &mut |path, expect| {
             let f = fs.open(path, OpenMode::Read)?;
             let bytes = f.len()?;
-            let loaded = snapshot::read_snapshot(&*f, expect)?;
+            let loaded = snapshot::read_snapshot(&*f, expect, opts.wal.keyring.as_deref())?;
             // Its trailing CRC, which `read_snapshot` checked, for a manifest that names it.
             let mut crc = [0u8; 4];
             keel_wal::fs::read_exact_at(&*f, &mut crc, bytes - 4)?;

@@ -83,6 +83,7 @@ fn write_database(
             lsn,
             at_ms,
             opts.compress_snapshots,
+            opts.wal.keyring.as_deref(),
         )?;
         commit_manifest(fs, target, &m)?;
         bytes = m.snapshot_bytes;
@@ -179,11 +180,15 @@ pub fn restore(
         let loaded = fs
             .open(&path, OpenMode::Read)
             .map_err(crate::snapshot::FileError::from)
-            .and_then(|f| snapshot::read_snapshot(&*f, None));
+            .and_then(|f| snapshot::read_snapshot(&*f, None, opts.wal.keyring.as_deref()));
         match loaded {
             Ok(s) => {
                 chosen = Some((s.image, s.requests, l, s.header.at_ms));
                 break;
+            }
+            // A key problem is not damage: skipping the snapshot would hide it.
+            Err(source @ crate::snapshot::FileError::Key(_)) => {
+                return Err(Error::BadFile { path, source });
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "damaged snapshot skipped");
@@ -389,7 +394,9 @@ pub fn read_system(
         let loaded = fs
             .open(&path, OpenMode::Read)
             .map_err(snapshot::FileError::from)
-            .and_then(|f| snapshot::read_snapshot(&*f, Some(&manifest)))
+            .and_then(|f| {
+                snapshot::read_snapshot(&*f, Some(&manifest), opts.wal.keyring.as_deref())
+            })
             .map_err(|source| Error::BadFile { path, source })?;
         system.extend(loaded.image.system);
     }

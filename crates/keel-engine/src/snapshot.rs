@@ -13,9 +13,10 @@
 //!
 //! Snapshot file snapshots/snap-<lsn:020>.keel
 //!      0    8 magic           "KEELSNAP"
-//!      8    4 version         2 (1 is read too: it has no system section)
-//!     12    4 flags           bit 0 = blocks may be LZ4-compressed; other bits zero
-//!                             (informational: each block says whether it is compressed)
+//!      8    4 version         2; 3 = encrypted (1 is read too: it has no system section)
+//!     12    4 flags           bit 0 = blocks may be LZ4-compressed (informational: each
+//!                             block says whether it is compressed); bit 1 = encrypted, set
+//!                             exactly when the version is 3; other bits zero
 //!     16    8 lsn             every write up to this LSN is in the file, none after it
 //!     24    8 at_ms           the decision time of the record at `lsn` (0 if lsn is 0)
 //!     32    8 count           number of entries, expired ones included
@@ -23,6 +24,10 @@
 //!     48      blocks, each:   raw_len u32, stored_len u32, then stored_len bytes; the bytes
 //!                             are LZ4 block-compressed if stored_len < raw_len, raw if equal.
 //!                             raw_len is at most 1 MiB; a block with raw_len 0 ends the list.
+//!                             Version 3: the stored bytes are sealed (keel_wal::crypt:
+//!                             key_id, nonce, ciphertext, tag) with the associated data
+//!                             `header (48 bytes) | block index u64 | raw_len u32`; the
+//!                             plaintext is LZ4 if shorter than raw_len, raw if equal.
 //!             The blocks' raw bytes, concatenated, are:
 //!               entries, in key order: key_len u32, key, value_len u32, value,
 //!                 version u64, expires_at u64 (0 = never)
@@ -39,6 +44,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use keel_wal::crypt::{KeyError, KeyId, Keyring, SEAL_BYTES};
 use keel_wal::fs::{read_exact_at, write_all_at};
 use keel_wal::{FsFile, Lsn};
 
@@ -58,7 +64,10 @@ const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSNAP";
 pub const MANIFEST_VERSION: u32 = 2;
 /// The snapshot format this code writes. Version 1 (before the system namespace) is read too.
 pub const SNAPSHOT_VERSION: u32 = 2;
+/// The snapshot format of an encrypted snapshot: version 2's, with sealed blocks.
+pub const SNAPSHOT_VERSION_ENCRYPTED: u32 = 3;
 const FLAG_LZ4: u32 = 1;
+const FLAG_ENCRYPTED: u32 = 2;
 pub const MANIFEST_BYTES: usize = 40;
 pub const SNAPSHOT_HEADER_BYTES: usize = 48;
 const BLOCK_RAW_MAX: usize = 1 << 20;
@@ -108,6 +117,9 @@ pub enum FileError {
     },
     #[error("read: {0}")]
     Io(#[from] io::Error),
+    /// Not damage: the key is missing, unknown or wrong. Recovery never falls back over it.
+    #[error(transparent)]
+    Key(#[from] KeyError),
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -168,7 +180,7 @@ impl Manifest {
 /// What a snapshot file's header says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotHeader {
-    /// The format version (1 or 2).
+    /// The format version (1, 2, or 3 when encrypted).
     pub version: u32,
     pub lsn: Lsn,
     pub at_ms: u64,
@@ -178,11 +190,20 @@ pub struct SnapshotHeader {
 }
 
 impl SnapshotHeader {
+    pub fn encrypted(&self) -> bool {
+        self.version == SNAPSHOT_VERSION_ENCRYPTED
+    }
+}
+
+impl SnapshotHeader {
     fn encode(&self) -> [u8; SNAPSHOT_HEADER_BYTES] {
         let mut b = [0u8; SNAPSHOT_HEADER_BYTES];
         b[0..8].copy_from_slice(SNAPSHOT_MAGIC);
         b[8..12].copy_from_slice(&self.version.to_le_bytes());
-        let flags = if self.compressed { FLAG_LZ4 } else { 0 };
+        let mut flags = if self.compressed { FLAG_LZ4 } else { 0 };
+        if self.encrypted() {
+            flags |= FLAG_ENCRYPTED;
+        }
         b[12..16].copy_from_slice(&flags.to_le_bytes());
         b[16..24].copy_from_slice(&self.lsn.to_le_bytes());
         b[24..32].copy_from_slice(&self.at_ms.to_le_bytes());
@@ -197,11 +218,13 @@ impl SnapshotHeader {
             return Err(FileError::Magic);
         }
         let version = u32_at(b, 8);
-        if !(1..=SNAPSHOT_VERSION).contains(&version) {
+        if !(1..=SNAPSHOT_VERSION_ENCRYPTED).contains(&version) {
             return Err(FileError::Version(version));
         }
         let flags = u32_at(b, 12);
-        if flags & !FLAG_LZ4 != 0 {
+        if flags & !(FLAG_LZ4 | FLAG_ENCRYPTED) != 0
+            || (flags & FLAG_ENCRYPTED != 0) != (version == SNAPSHOT_VERSION_ENCRYPTED)
+        {
             return Err(FileError::BadField);
         }
         Ok(SnapshotHeader {
@@ -236,6 +259,19 @@ struct BlockWriter<'a> {
     crc: u32,
     raw: Vec<u8>,
     compress: bool,
+    /// Seals every block, bound to the header and the block's index.
+    seal: Option<(&'a Keyring, [u8; SNAPSHOT_HEADER_BYTES])>,
+    index: u64,
+}
+
+/// The associated data of an encrypted snapshot's block: the file's header, the block's index
+/// and its raw length, so that no block opens in another file or at another place.
+fn block_aad(header: &[u8; SNAPSHOT_HEADER_BYTES], index: u64, raw_len: usize) -> Vec<u8> {
+    let mut a = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + 12);
+    a.extend_from_slice(header);
+    a.extend_from_slice(&index.to_le_bytes());
+    a.extend_from_slice(&(raw_len as u32).to_le_bytes());
+    a
 }
 
 impl BlockWriter<'_> {
@@ -262,7 +298,13 @@ impl BlockWriter<'_> {
                 .compress
                 .then(|| lz4_flex::block::compress(&raw))
                 .filter(|c| c.len() < raw.len());
-            let stored = packed.as_deref().unwrap_or(&raw);
+            let mut stored = packed.as_deref().unwrap_or(&raw);
+            let sealed;
+            if let Some((ring, header)) = &self.seal {
+                sealed = ring.seal(&block_aad(header, self.index, raw.len()), stored);
+                stored = &sealed;
+            }
+            self.index += 1;
             let mut h = [0u8; 8];
             h[..4].copy_from_slice(&(raw.len() as u32).to_le_bytes());
             h[4..].copy_from_slice(&(stored.len() as u32).to_le_bytes());
@@ -282,10 +324,15 @@ pub(crate) fn write_snapshot(
     lsn: Lsn,
     at_ms: u64,
     compress: bool,
+    keyring: Option<&Keyring>,
 ) -> io::Result<(u64, u32)> {
     let map = &image.map;
     let header = SnapshotHeader {
-        version: SNAPSHOT_VERSION,
+        version: if keyring.is_some() {
+            SNAPSHOT_VERSION_ENCRYPTED
+        } else {
+            SNAPSHOT_VERSION
+        },
         lsn,
         at_ms,
         count: map.len() as u64,
@@ -298,6 +345,8 @@ pub(crate) fn write_snapshot(
         crc: 0,
         raw: Vec::with_capacity(BLOCK_RAW_MAX + 4096),
         compress,
+        seal: keyring.map(|k| (k, header.encode())),
+        index: 0,
     };
     w.out(&header.encode())?;
     for (k, e) in map.iter() {
@@ -367,6 +416,9 @@ struct BlockReader<'a> {
     block: Vec<u8>,
     pos: usize,
     done: bool,
+    /// An encrypted file's keyring and header bytes.
+    open: Option<(&'a Keyring, [u8; SNAPSHOT_HEADER_BYTES])>,
+    index: u64,
 }
 
 impl BlockReader<'_> {
@@ -386,13 +438,23 @@ impl BlockReader<'_> {
                 Err(FileError::BadField)
             };
         }
-        if raw > BLOCK_RAW_MAX || stored > raw || self.offset + stored as u64 > self.end {
+        let over = if self.open.is_some() { SEAL_BYTES } else { 0 };
+        if raw > BLOCK_RAW_MAX
+            || stored < over
+            || stored - over > raw
+            || self.offset + stored as u64 > self.end
+        {
             return Err(FileError::BadField);
         }
         let mut s = vec![0u8; stored];
         read_exact_at(self.file, &mut s, self.offset).map_err(short)?;
         self.offset += stored as u64;
-        self.block = if stored == raw {
+        if let Some((ring, header)) = &self.open {
+            let what = format!("snapshot block {}", self.index);
+            s = ring.open(&what, &block_aad(header, self.index, raw), &s)?;
+        }
+        self.index += 1;
+        self.block = if s.len() == raw {
             s
         } else {
             lz4_flex::block::decompress(&s, raw).map_err(|_| FileError::BadField)?
@@ -464,6 +526,17 @@ impl BlockReader<'_> {
     }
 }
 
+/// The key id an encrypted snapshot's first block was sealed with (every block uses the same
+/// key), or `None` for a plaintext snapshot. Needs no key; check the file's CRC first.
+pub fn snapshot_key_id(file: &dyn FsFile) -> Result<Option<KeyId>, FileError> {
+    if !SnapshotHeader::read(file)?.encrypted() {
+        return Ok(None);
+    }
+    let mut b = [0u8; 12];
+    read_exact_at(file, &mut b, SNAPSHOT_HEADER_BYTES as u64).map_err(short)?;
+    Ok(Some(u32_at(&b, 8)))
+}
+
 /// A decoded snapshot.
 pub struct Loaded {
     pub header: SnapshotHeader,
@@ -473,7 +546,11 @@ pub struct Loaded {
 
 /// Verifies and loads a snapshot file. `expect` is the manifest that names it, when there is one:
 /// the file must then have its length, CRC and LSN.
-pub fn read_snapshot(file: &dyn FsFile, expect: Option<&Manifest>) -> Result<Loaded, FileError> {
+pub fn read_snapshot(
+    file: &dyn FsFile,
+    expect: Option<&Manifest>,
+    keyring: Option<&Keyring>,
+) -> Result<Loaded, FileError> {
     if let Some(m) = expect {
         let len = file.len()?;
         if len != m.snapshot_bytes {
@@ -501,6 +578,17 @@ pub fn read_snapshot(file: &dyn FsFile, expect: Option<&Manifest>) -> Result<Loa
             });
         }
     }
+    let open = if header.encrypted() {
+        let Some(ring) = keyring else {
+            return Err(KeyError::Missing {
+                what: "the snapshot".into(),
+            }
+            .into());
+        };
+        Some((ring, header.encode()))
+    } else {
+        None
+    };
     let mut r = BlockReader {
         file,
         offset: SNAPSHOT_HEADER_BYTES as u64,
@@ -508,6 +596,8 @@ pub fn read_snapshot(file: &dyn FsFile, expect: Option<&Manifest>) -> Result<Loa
         block: Vec::new(),
         pos: 0,
         done: false,
+        open,
+        index: 0,
     };
     let mut map = Map::new();
     let mut last: Option<Bytes> = None;
@@ -600,9 +690,18 @@ mod tests {
     }
 
     fn write(dir: &Path, map: &Image, compress: bool) -> (PathBuf, Manifest) {
-        let path = dir.join(format!("s-{compress}"));
+        write_with(dir, map, compress, None)
+    }
+
+    fn write_with(
+        dir: &Path,
+        map: &Image,
+        compress: bool,
+        ring: Option<&Keyring>,
+    ) -> (PathBuf, Manifest) {
+        let path = dir.join(format!("s-{compress}-{}", ring.is_some()));
         let f = StdFs.open(&path, OpenMode::CreateTruncate).unwrap();
-        let (len, crc) = write_snapshot(&*f, map, &reqs(), 77_000, 1234, compress).unwrap();
+        let (len, crc) = write_snapshot(&*f, map, &reqs(), 77_000, 1234, compress, ring).unwrap();
         let m = Manifest {
             snapshot_lsn: 77_000,
             snapshot_bytes: len,
@@ -612,8 +711,112 @@ mod tests {
     }
 
     fn load(path: &Path, m: Option<&Manifest>) -> Result<Loaded, FileError> {
+        load_with(path, m, None)
+    }
+
+    fn load_with(
+        path: &Path,
+        m: Option<&Manifest>,
+        ring: Option<&Keyring>,
+    ) -> Result<Loaded, FileError> {
         let f = StdFs.open(path, OpenMode::Read).unwrap();
-        read_snapshot(&*f, m)
+        read_snapshot(&*f, m, ring)
+    }
+
+    fn ring(text: &str) -> Keyring {
+        Keyring::parse(text).unwrap()
+    }
+    const K1: &str = "1 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    #[test]
+    fn encrypted_snapshots_hold_no_plaintext_and_need_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut map = sample(20_000);
+        map.system.insert(
+            Bytes::from_static(b"secret"),
+            Bytes::from_static(b"TOPSECRET"),
+        );
+        let k1 = ring(K1);
+        for compress in [true, false] {
+            let (path, m) = write_with(dir.path(), &map, compress, Some(&k1));
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(!bytes.windows(9).any(|w| w == b"TOPSECRET"));
+            assert!(!bytes.windows(7).any(|w| w == b"k000123"));
+            let l = load_with(&path, Some(&m), Some(&k1)).unwrap();
+            assert_eq!(l.image.map, map.map);
+            assert_eq!(l.image.system, map.system);
+            assert_eq!(l.header.version, SNAPSHOT_VERSION_ENCRYPTED);
+            let f = StdFs.open(&path, OpenMode::Read).unwrap();
+            assert_eq!(snapshot_key_id(&*f).unwrap(), Some(1));
+            // The checksum needs no key.
+            assert_eq!(verify_snapshot(&*f).unwrap().2, m.snapshot_crc);
+            // Rotated: the old key still opens it.
+            let rotated = ring(&format!(
+                "2 ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100\n{K1}"
+            ));
+            assert!(load_with(&path, Some(&m), Some(&rotated)).is_ok());
+            for (keys, what) in [
+                (None, "no encryption key"),
+                (
+                    Some(ring(
+                        "1 1111111111111111111111111111111111111111111111111111111111111111",
+                    )),
+                    "does not decrypt",
+                ),
+                (
+                    Some(ring(
+                        "3 ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100",
+                    )),
+                    "not in the encryption keyring",
+                ),
+            ] {
+                let e = load_with(&path, Some(&m), keys.as_ref()).err().unwrap();
+                assert!(matches!(e, FileError::Key(_)), "{e}");
+                assert!(e.to_string().contains(what), "{e}");
+            }
+        }
+        let (plain, _) = write(dir.path(), &map, false);
+        let f = StdFs.open(&plain, OpenMode::Read).unwrap();
+        assert_eq!(snapshot_key_id(&*f).unwrap(), None);
+    }
+
+    /// Blocks swapped (or a ciphertext byte changed) with the CRC recomputed, as someone altering
+    /// the file would: the tags catch it, as a key error that names the block.
+    #[test]
+    fn altered_encrypted_blocks_with_a_good_crc_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let k1 = ring(K1);
+        let (path, _) = write_with(dir.path(), &sample(20_000), false, Some(&k1));
+        let bytes = std::fs::read(&path).unwrap();
+        let with_crc = |mut b: Vec<u8>| {
+            let n = b.len() - 4;
+            let crc = crc32c::crc32c(&b[..n]);
+            b[n..].copy_from_slice(&crc.to_le_bytes());
+            std::fs::write(&path, &b).unwrap();
+        };
+        let mut b = bytes.clone();
+        b[SNAPSHOT_HEADER_BYTES + 8 + 40] ^= 1;
+        with_crc(b);
+        let e = load_with(&path, None, Some(&k1)).err().unwrap();
+        assert!(e.to_string().contains("snapshot block 0"), "{e}");
+        // Swap two blocks of equal size.
+        let mut blocks = Vec::new();
+        let mut at = SNAPSHOT_HEADER_BYTES;
+        while u32_at(&bytes, at) != 0 {
+            blocks.push((at, u32_at(&bytes, at + 4) as usize));
+            at += 8 + blocks.last().unwrap().1;
+        }
+        let (a, stored) = blocks[0];
+        let (b2, _) = *blocks[1..].iter().find(|(_, n)| *n == stored).unwrap();
+        let mut b = bytes.clone();
+        let block_a = bytes[a..a + 8 + stored].to_vec();
+        b.copy_within(b2..b2 + 8 + stored, a);
+        b[b2..b2 + 8 + stored].copy_from_slice(&block_a);
+        with_crc(b);
+        assert!(matches!(
+            load_with(&path, None, Some(&k1)),
+            Err(FileError::Key(_))
+        ));
     }
 
     #[test]

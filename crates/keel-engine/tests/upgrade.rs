@@ -703,7 +703,7 @@ fn a_snapshot_of_a_newer_version_is_refused_not_taken_for_damage() {
     let crc = |b: &[u8]| crc32c::crc32c(b).to_le_bytes();
     let newest = db.join(FIXTURE_FILES[2].0);
     let mut snap = std::fs::read(&newest).unwrap();
-    snap[8..12].copy_from_slice(&3u32.to_le_bytes());
+    snap[8..12].copy_from_slice(&4u32.to_le_bytes());
     let end = snap.len() - 4;
     let snap_crc = crc(&snap[..end]);
     snap[end..].copy_from_slice(&snap_crc);
@@ -726,13 +726,13 @@ fn a_snapshot_of_a_newer_version_is_refused_not_taken_for_damage() {
             matches!(
                 &err,
                 keel_engine::Error::BadFile {
-                    source: keel_engine::snapshot::FileError::Version(3),
+                    source: keel_engine::snapshot::FileError::Version(4),
                     ..
                 }
             ),
             "{err}"
         );
-        assert!(err.to_string().contains("unsupported version 3"), "{err}");
+        assert!(err.to_string().contains("unsupported version 4"), "{err}");
     }
     assert_eq!(files(&db), before, "nothing moved or removed");
     assert_eq!(std::fs::read(&newest).unwrap(), snap);

@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// PEM CA certificates: every client must present a certificate one of them signed (mTLS).
     #[arg(long, env = "KEEL_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// Encrypt the log and snapshots with the keys in this file (`ID HEX64` a line, the first
+    /// one encrypts; `keel keygen` makes one). Mode 0600, outside the data directory.
+    #[arg(long, env = "KEEL_ENCRYPTION_KEY_FILE")]
+    pub encryption_key_file: Option<PathBuf>,
     /// error, warn, info, debug or trace [default: info].
     #[arg(long, env = "KEEL_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -129,6 +133,8 @@ pub struct FileConfig {
     pub tls_key_file: Option<PathBuf>,
     /// CA certificates (PEM) that must have signed every client's certificate [default: none].
     pub tls_ca_file: Option<PathBuf>,
+    /// Keyring for encryption at rest [default: none, no encryption].
+    pub encryption_key_file: Option<PathBuf>,
     pub log_level: Option<String>,
     pub max_clients: Option<usize>,
     pub idle_timeout_secs: Option<u64>,
@@ -322,12 +328,21 @@ impl Settings {
         )?;
         let port = args.port.or(file.port).unwrap_or(7379);
         let cluster = cluster_settings(args, port)?;
+        let dir = args
+            .dir
+            .clone()
+            .or(file.dir)
+            .unwrap_or_else(|| "keel-data".into());
+        let mut engine = engine;
+        if let Some(key_file) = args
+            .encryption_key_file
+            .clone()
+            .or(file.encryption_key_file)
+        {
+            engine.wal.keyring = Some(load_keyring(&key_file, &dir)?);
+        }
         let s = Settings {
-            dir: args
-                .dir
-                .clone()
-                .or(file.dir)
-                .unwrap_or_else(|| "keel-data".into()),
+            dir,
             bind,
             port,
             users: Arc::new(users),
@@ -383,6 +398,13 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// Loads the encryption keyring, refusing a key file others can read or one inside the data
+/// directory it protects.
+pub fn load_keyring(key_file: &Path, dir: &Path) -> anyhow::Result<Arc<keel_wal::Keyring>> {
+    keel_wal::crypt::check_key_outside(key_file, dir)?;
+    Ok(Arc::new(keel_wal::Keyring::load(key_file)?))
 }
 
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {

@@ -270,6 +270,7 @@ async fn start_node(
     };
     let mut cfg = keel_cluster::Config::new(cs.node_id, &settings.dir, node);
     cfg.engine = settings.engine.clone();
+    cfg.log.keyring = settings.engine.wal.keyring.clone();
     cfg.snapshot_every = cs.snapshot_every;
     cfg.source_ip = Some(settings.bind).filter(|ip| !ip.is_unspecified());
     cfg.tls = settings.tls.as_ref().map(|t| t.node_tls()).transpose()?;

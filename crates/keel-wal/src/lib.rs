@@ -29,6 +29,7 @@ mod needed;
 mod options;
 mod read;
 mod recovery;
+mod rekey;
 mod repair;
 mod report;
 mod wal;
@@ -58,6 +59,7 @@ pub use read::{LogReader, Record, WalIter};
 pub use recovery::{
     EndMark, SegmentInfo, TornReason, TornTail, LOCK_FILE, QUARANTINE_DIR, TORN_DIR,
 };
+pub use rekey::rekey;
 pub use repair::{repair, repair_from, ForcedCut, RepairReport};
 pub use report::{RecoveryReport, TornTailReport};
 pub use wal::{
