@@ -118,16 +118,17 @@ pub(crate) fn remove_uncommitted(fs: &dyn Fs, dir: &Path, current: Lsn) -> Resul
 
 /// Writes a snapshot file durably (temporary file, sync, rename, directory sync) and returns the
 /// manifest that would commit it. Nothing refers to the file until that manifest is written.
+/// Compression and encryption follow `opts`.
 pub(crate) fn write_snapshot_file(
-    fs: &dyn Fs,
     dir: &Path,
     image: &Image,
     requests: &[(Lsn, Request)],
     lsn: Lsn,
     at_ms: u64,
-    compress: bool,
-    keyring: Option<&keel_wal::Keyring>,
+    opts: &crate::Options,
 ) -> Result<Manifest> {
+    let fs = &*opts.wal.fs;
+    let (compress, keyring) = (opts.compress_snapshots, opts.wal.keyring.as_deref());
     let sdir = dir.join(SNAPSHOT_DIR);
     durable_create_dir_all(fs, &sdir).map_err(io("create directory", &sdir))?;
     let path = snapshot::snapshot_path(dir, lsn);
@@ -244,16 +245,7 @@ fn checkpoint_locked(
     }
     let fs = &*seq.opts.wal.fs;
     let (image, lsn, at_ms, requests) = seq.durable_view();
-    let next = write_snapshot_file(
-        fs,
-        dir,
-        &image,
-        &requests,
-        lsn,
-        at_ms,
-        seq.opts.compress_snapshots,
-        seq.opts.wal.keyring.as_deref(),
-    )?;
+    let next = write_snapshot_file(dir, &image, &requests, lsn, at_ms, &seq.opts)?;
     commit_manifest(fs, dir, &next)?;
     st.manifest = next;
     seq.logged_since_checkpoint

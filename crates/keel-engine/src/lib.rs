@@ -96,6 +96,6 @@ pub use keyspace::Snapshot;
 pub use options::{Options, WAL_DIR};
 pub use record::{Mutation, RecordError, Request, REQUEST_ID_BYTES_MAX};
 pub use restore::{
-    create_from_snapshot, read_system, restore, BackupView, RestoreReport, RestoreTarget,
+    create_from_snapshot, read_system, rekey, restore, BackupView, RestoreReport, RestoreTarget,
 };
 pub use types::{Entry, ExpireIf, Guard, Outcome, PutIf, Ttl, Write, WriteError, WriteResult};

@@ -75,16 +75,7 @@ fn write_database(
     keel_wal::fs::durable_create_dir_all(fs, target).map_err(io("create directory", target))?;
     let mut bytes = 0;
     if lsn > 0 {
-        let m = write_snapshot_file(
-            fs,
-            target,
-            image,
-            requests,
-            lsn,
-            at_ms,
-            opts.compress_snapshots,
-            opts.wal.keyring.as_deref(),
-        )?;
+        let m = write_snapshot_file(target, image, requests, lsn, at_ms, opts)?;
         commit_manifest(fs, target, &m)?;
         bytes = m.snapshot_bytes;
     }
@@ -419,4 +410,68 @@ pub fn read_system(
         }
     }
     Ok(system)
+}
+
+/// `keel rekey`: makes the keyring's first key the only one a closed database still needs. Opens
+/// the database (recovery runs), checkpoints it (the new snapshot is sealed with the first key),
+/// closes it, then rewrites every older snapshot and every log segment that holds plaintext or
+/// another key's ciphertext. Each file is replaced atomically (temporary file, sync, rename), so
+/// a crash leaves every file either old or new, and the keyring opens both. Returns the files
+/// rewritten; `inspect` then lists the key ids still in use.
+pub fn rekey(dir: impl AsRef<Path>, opts: &Options) -> Result<Vec<std::path::PathBuf>> {
+    let dir = dir.as_ref();
+    let Some(ring) = opts.wal.keyring.clone() else {
+        return Err(Error::InvalidOptions(
+            "rekey needs an encryption key file: its first key seals what is rewritten".into(),
+        ));
+    };
+    let opts = Options {
+        background: false,
+        ..opts.clone()
+    };
+    let (engine, _) = crate::Engine::open(dir, opts.clone())?;
+    // One system entry (`rekey.at_ms`, the time) moves the LSN on, so that the checkpoint
+    // writes a new snapshot with the first key even when the current one is up to date.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    engine.commit(
+        Vec::new(),
+        vec![crate::Write::System {
+            key: Bytes::from_static(b"rekey.at_ms"),
+            value: Bytes::from(now.to_string()),
+        }],
+    )?;
+    let newest = engine.checkpoint()?;
+    engine.close()?;
+    let fs = &*opts.wal.fs;
+    let mut rewritten = Vec::new();
+    for l in list_snapshots(fs, dir)? {
+        let path = snapshot::snapshot_path(dir, l);
+        let bad = |source| Error::BadFile {
+            path: path.clone(),
+            source,
+        };
+        let f = fs.open(&path, OpenMode::Read).map_err(|e| bad(e.into()))?;
+        // A damaged snapshot is `keel verify`'s business; leave it as it is.
+        if l == newest || snapshot::verify_snapshot(&*f).is_err() {
+            continue;
+        }
+        if snapshot::snapshot_key_id(&*f).map_err(bad)? == Some(ring.active()) {
+            continue;
+        }
+        let loaded = snapshot::read_snapshot(&*f, None, Some(&ring)).map_err(bad)?;
+        drop(f);
+        write_snapshot_file(
+            dir,
+            &loaded.image,
+            &loaded.requests,
+            l,
+            loaded.header.at_ms,
+            &opts,
+        )?;
+        rewritten.push(path);
+    }
+    rewritten.extend(keel_wal::rekey(dir.join(WAL_DIR), &opts.wal)?);
+    Ok(rewritten)
 }

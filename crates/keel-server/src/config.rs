@@ -47,9 +47,8 @@ pub struct ServeArgs {
     /// PEM CA certificates: every client must present a certificate one of them signed (mTLS).
     #[arg(long, env = "KEEL_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
-    /// Encrypt the log and snapshots with the keys in this file (`ID HEX64` a line, the first
-    /// one encrypts; `keel keygen` makes one). Mode 0600, outside the data directory.
-    #[arg(long, env = "KEEL_ENCRYPTION_KEY_FILE")]
+    /// Set from `keel --encryption-key-file` (a global flag, also `KEEL_ENCRYPTION_KEY_FILE`).
+    #[arg(skip)]
     pub encryption_key_file: Option<PathBuf>,
     /// error, warn, info, debug or trace [default: info].
     #[arg(long, env = "KEEL_LOG_LEVEL")]

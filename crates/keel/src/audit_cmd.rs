@@ -54,7 +54,7 @@ fn verify(dir: &Path) -> ExitCode {
         Err(code) => return code,
     };
     // A checkpoint of a live database can remove what read_system reads: try again.
-    let opts = keel_engine::Options::default();
+    let opts = crate::engine_options();
     let mut read = keel_engine::read_system(dir, &opts);
     for _ in 0..3 {
         if read.is_ok() {

@@ -8,6 +8,8 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_engine::{inspect, restore, Engine, Error, Options, RestoreTarget};
 
+use crate::engine_options;
+
 /// Exit codes shared by the three commands.
 const NOT_POSSIBLE: u8 = 1;
 const DAMAGED: u8 = 2;
@@ -23,6 +25,13 @@ pub struct SnapshotArgs {
 #[derive(clap::Args)]
 pub struct VerifyArgs {
     /// Database directory (the one `keel serve --dir` uses).
+    #[arg(default_value = "keel-data")]
+    dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct RekeyArgs {
+    /// Database directory.
     #[arg(default_value = "keel-data")]
     dir: PathBuf,
 }
@@ -76,7 +85,7 @@ fn open(dir: &Path) -> Result<Engine, Error> {
     let bar = crate::wal_cmd::scan_bar("recovering");
     let opts = Options {
         background: false,
-        ..Options::default()
+        ..engine_options()
     };
     let r = Engine::open_with_progress(dir, opts, &mut |done, total| {
         bar.set_length(total);
@@ -94,6 +103,7 @@ fn fail(e: Error) -> ExitCode {
         Error::NotRestorable(_) | Error::InvalidOptions(_) => NOT_POSSIBLE,
         Error::BadFile { .. } | Error::NoCompletePath { .. } | Error::BadRecord { .. } => DAMAGED,
         Error::Wal(keel_wal::Error::Corruption(_)) => DAMAGED,
+        Error::Wal(keel_wal::Error::Key(_)) => NOT_POSSIBLE,
         Error::Wal(keel_wal::Error::Locked { .. }) => {
             eprintln!("error: {e}");
             eprintln!("the database is in use by a running `keel serve`: ask the server instead (redis-cli SAVE, or KEEL.BACKUP <dir>)");
@@ -164,7 +174,7 @@ pub fn restore_cmd(a: RestoreArgs) -> ExitCode {
         _ => RestoreTarget::Latest,
     };
     let bar = spinner("restoring");
-    let r = restore(&a.source, &a.target, to, &Options::default());
+    let r = restore(&a.source, &a.target, to, &engine_options());
     bar.finish_and_clear();
     match r {
         Ok(r) => {
@@ -207,7 +217,7 @@ pub fn verify(a: VerifyArgs) -> ExitCode {
         return ExitCode::from(FAILED);
     }
     let bar = spinner("verifying");
-    let r = inspect(&a.dir, &Options::default());
+    let r = inspect(&a.dir, &engine_options());
     bar.finish_and_clear();
     match r {
         Ok(i) => {
@@ -218,5 +228,39 @@ pub fn verify(a: VerifyArgs) -> ExitCode {
             eprintln!("error: could not read {}: {e}", a.dir.display());
             ExitCode::from(FAILED)
         }
+    }
+}
+
+pub fn rekey(a: RekeyArgs) -> ExitCode {
+    let Some(ring) = crate::keyring() else {
+        eprintln!(
+            "error: keel rekey needs --encryption-key-file: its first key seals what is rewritten"
+        );
+        return ExitCode::from(NOT_POSSIBLE);
+    };
+    if !a.dir.join("wal").exists() {
+        eprintln!("error: {} holds no keel database", a.dir.display());
+        return ExitCode::from(NOT_POSSIBLE);
+    }
+    let opts = engine_options();
+    let bar = spinner("rekeying");
+    let r =
+        keel_engine::rekey(&a.dir, &opts).and_then(|files| Ok((files, inspect(&a.dir, &opts)?)));
+    bar.finish_and_clear();
+    match r {
+        Ok((files, i)) => {
+            for f in &files {
+                println!("rewritten with key id {}: {}", ring.active(), f.display());
+            }
+            let ids: Vec<String> = i.key_ids.iter().map(|k| k.to_string()).collect();
+            println!(
+                "{} files rewritten; key ids in use: {}; plaintext files: {}",
+                files.len(),
+                ids.join(", "),
+                i.plaintext_files
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }

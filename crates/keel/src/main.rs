@@ -10,6 +10,9 @@ mod wal_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+
+use keel_wal::Keyring;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +31,32 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Encryption keyring (`ID HEX64` a line; the first key encrypts, every key decrypts; mode
+    /// 0600). Needed to read or write an encrypted database; `keel keygen` makes a key.
+    #[arg(long, global = true, env = "KEEL_ENCRYPTION_KEY_FILE")]
+    encryption_key_file: Option<PathBuf>,
+}
+
+static KEYRING: OnceLock<Option<Arc<Keyring>>> = OnceLock::new();
+
+/// The keyring `--encryption-key-file` names, if any.
+pub(crate) fn keyring() -> Option<Arc<Keyring>> {
+    KEYRING.get().cloned().flatten()
+}
+
+/// Log options for offline tools: the defaults, with the keyring.
+pub(crate) fn wal_options() -> keel_wal::Options {
+    keel_wal::Options {
+        keyring: keyring(),
+        ..keel_wal::Options::default()
+    }
+}
+
+/// Database options for offline tools: the defaults, with the keyring.
+pub(crate) fn engine_options() -> keel_engine::Options {
+    let mut o = keel_engine::Options::default();
+    o.wal.keyring = keyring();
+    o
 }
 
 #[derive(Subcommand)]
@@ -68,6 +97,18 @@ enum Command {
     /// or show its entries.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// Print a new encryption key line, `ID HEX64`, for a key file. Put it first in the file
+    /// (mode 0600, outside the data directory) to encrypt new data with it.
+    Keygen {
+        /// The key's id, 1 to 4294967295 [default: random].
+        #[arg(long)]
+        id: Option<u32>,
+    },
+    /// Rewrite a database that no server has open so that only the key file's first key is
+    /// needed: checkpoint, then re-encrypt every older snapshot and log segment that uses
+    /// another key or none. Then `keel verify` lists the key ids still in use. Exit codes as
+    /// for snapshot.
+    Rekey(db_cmd::RekeyArgs),
 }
 
 #[derive(Subcommand)]
@@ -121,8 +162,24 @@ pub enum BenchCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Serve(_) = cli.command {
+        // keel serve loads it itself, with the data directory's check.
+    } else if let Some(path) = &cli.encryption_key_file {
+        match Keyring::load(path) {
+            Ok(k) => drop(KEYRING.set(Some(Arc::new(k)))),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let result = match cli.command {
-        Command::Serve(a) => keel_server::run(*a),
+        Command::Serve(mut a) => {
+            a.encryption_key_file = cli.encryption_key_file;
+            keel_server::run(*a)
+        }
+        Command::Keygen { id } => keygen(id),
+        Command::Rekey(a) => Ok(db_cmd::rekey(a)),
         Command::Wal(c) => wal_cmd::run(c),
         Command::Snapshot(a) => Ok(db_cmd::snapshot(a)),
         Command::Backup(a) => Ok(db_cmd::backup(a)),
@@ -143,4 +200,24 @@ fn main() -> ExitCode {
             ExitCode::from(3)
         }
     }
+}
+
+fn keygen(id: Option<u32>) -> anyhow::Result<ExitCode> {
+    let id = match id {
+        Some(0) => anyhow::bail!("key id 0 is not allowed; ids are 1 to 4294967295"),
+        Some(id) => id,
+        None => loop {
+            let mut b = [0u8; 4];
+            getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let id = u32::from_le_bytes(b);
+            if id != 0 {
+                break id;
+            }
+        },
+    };
+    println!(
+        "{}",
+        keel_wal::crypt::generate_line(id).map_err(anyhow::Error::msg)?
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use keel_wal::{Error, LogReader, Options, Wal};
+use keel_wal::{Error, LogReader, Wal};
 
 use crate::WalCommand;
 
@@ -31,7 +31,7 @@ pub(crate) fn scan_bar(what: &str) -> ProgressBar {
 
 fn open_reader(dir: &Path) -> std::result::Result<LogReader, Error> {
     let bar = scan_bar("scanning");
-    let r = LogReader::open_with_progress(dir, &Options::default(), &mut |done, total| {
+    let r = LogReader::open_with_progress(dir, &crate::wal_options(), &mut |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     });
@@ -120,7 +120,7 @@ fn database_needs(dir: &Path) -> Option<Result<(std::path::PathBuf, u64)>> {
         return None;
     }
     Some(
-        keel_engine::inspect(db, &keel_engine::Options::default())
+        keel_engine::inspect(db, &crate::engine_options())
             .map(|i| (db.to_path_buf(), i.base + 1))
             .with_context(|| format!("checking the database {} that owns this log", db.display())),
     )
@@ -180,7 +180,7 @@ fn verify(dir: &Path) -> Result<ExitCode> {
             if let Some(Ok((db, needed))) = database_needs(dir) {
                 let blocks = keel_wal::LogReader::open_from(
                     dir,
-                    &Options::default(),
+                    &crate::wal_options(),
                     needed,
                     &mut |_, _| {},
                 )
@@ -231,7 +231,7 @@ fn repair(dir: &Path, force: bool) -> Result<ExitCode> {
             needed
         }
     };
-    match keel_wal::repair_from(dir, Options::default(), force, needed) {
+    match keel_wal::repair_from(dir, crate::wal_options(), force, needed) {
         Ok(r) => {
             for cut in &r.forced_cuts {
                 if let Some(p) = &cut.restarted_at {
@@ -281,8 +281,8 @@ fn repair(dir: &Path, force: bool) -> Result<ExitCode> {
 }
 
 fn append(dir: &Path) -> Result<ExitCode> {
-    let (wal, report) =
-        Wal::open(dir, Options::default()).with_context(|| format!("opening {}", dir.display()))?;
+    let (wal, report) = Wal::open(dir, crate::wal_options())
+        .with_context(|| format!("opening {}", dir.display()))?;
     eprintln!("{report}");
     let (tx, rx) = std::sync::mpsc::sync_channel::<keel_wal::Ticket>(4096);
     // Print LSNs in order as their syncs complete, while the main thread keeps submitting: lines
