@@ -89,6 +89,16 @@ pub fn sim_options(fs: &SimFs, rng: &mut Rng) -> Options {
         zero_fill_segments: rng.chance(70),
         prepare_segments_in_background: false,
         fs: Arc::new(fs.clone()),
+        // Half the seeds with encryption at rest: sealed frames must keep every promise. Drawn
+        // from a copy, so that the rest of every seed's choices stay as they were.
+        keyring: Rng::new(rng.clone().next_u64()).chance(50).then(|| {
+            Arc::new(
+                keel_wal::Keyring::parse(
+                    "1 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+                )
+                .expect("a valid key line"),
+            )
+        }),
         ..Options::default()
     }
 }
@@ -318,9 +328,14 @@ struct Recovered {
     torn: bool,
 }
 
-fn recover(fs: &SimFs, rng_seed: u64) -> Result<Recovered, Error> {
+/// Recovery with `rng_seed`'s options, and the workload's keyring.
+fn recover(fs: &SimFs, rng_seed: u64, opts: &Options) -> Result<Recovered, Error> {
     let mut rng = Rng::new(rng_seed);
-    let (wal, report) = Wal::open(WAL_DIR, sim_options(fs, &mut rng))?;
+    let recovery_opts = Options {
+        keyring: opts.keyring.clone(),
+        ..sim_options(fs, &mut rng)
+    };
+    let (wal, report) = Wal::open(WAL_DIR, recovery_opts)?;
     let records = wal
         .read_from(wal.first_lsn())?
         .map(|r| r.map(|r| (r.lsn, r.payload)))
@@ -360,14 +375,14 @@ pub fn run(case: &Case) -> Result<Outcome, String> {
     let rec = if case.crash_during_recovery {
         // How many operations does recovery take? Then die at one of them, and recover again.
         let probe = image.fork();
-        let _ = recover(&probe, recovery_seed);
+        let _ = recover(&probe, recovery_seed, &opts);
         let n = probe.counts().total.max(1);
         let second = image.fork();
         second.crash_at(rng.below(n));
-        let _ = recover(&second, recovery_seed);
+        let _ = recover(&second, recovery_seed, &opts);
         let image2 = second.crash(case.seed ^ 0xC0FFEE);
-        let direct = recover(&image.fork(), recovery_seed);
-        let again = recover(&image2, recovery_seed);
+        let direct = recover(&image.fork(), recovery_seed, &opts);
+        let again = recover(&image2, recovery_seed, &opts);
         match (&direct, &again) {
             (Ok(a), Ok(b)) if a.records != b.records => {
                 return Err(format!(
@@ -381,7 +396,7 @@ pub fn run(case: &Case) -> Result<Outcome, String> {
         }
         direct
     } else {
-        recover(&image, recovery_seed)
+        recover(&image, recovery_seed, &opts)
     };
     // Bit rot and misdirected writes destroy data: failing closed is then the right answer.
     let damaged = case.rot_bits > 0 || case.faults.as_ref().is_some_and(|f| f.misdirect_write > 0);
