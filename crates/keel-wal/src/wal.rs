@@ -1352,12 +1352,15 @@ impl Writer {
                     .iter()
                     .map(|r| frame_bytes(r.len() + over) as u64)
                     .sum();
-                // A truncation can leave the writer in a segment of the other kind.
-                if self.active.encrypted != keyring.is_some()
-                    && self.written_lsn >= self.active.first_lsn
-                {
+                // A truncation can leave the writer in a segment of the other kind: rotate away
+                // from it, or replace it if the truncation left it empty.
+                if self.active.encrypted != keyring.is_some() {
                     self.flush()?;
-                    self.rotate()?;
+                    if self.written_lsn >= self.active.first_lsn {
+                        self.rotate()?;
+                    } else {
+                        self.replace_empty_active()?;
+                    }
                 }
                 // Leave room for a mark after the batch (`Options::validate` makes sure a batch
                 // of any allowed size and its mark fit in an empty segment).
@@ -1668,6 +1671,30 @@ impl Writer {
             encrypted: new.encrypted,
             key_ids: Vec::new(),
         });
+        drop(segs);
+        self.synced_offset = new.offset;
+        self.active = new;
+        self.tail_mark = None;
+        Ok(())
+    }
+
+    /// Replaces the active segment, which holds no record, with a new one of the log's kind
+    /// (encrypted or not), under the same id and first LSN. A crash in between leaves the log
+    /// without an active segment, and opening creates one.
+    fn replace_empty_active(&mut self) -> Result<()> {
+        debug_assert!(self.written_lsn < self.active.first_lsn);
+        let shared = self.shared.clone();
+        let (id, first) = (self.active.id, self.active.first_lsn);
+        durable_remove(&*shared.opts.fs, &self.active.path)
+            .map_err(|e| Error::io("replace empty segment", &self.active.path, e))?;
+        let new = create_segment(&shared.opts, &shared.dir, id, first)?;
+        let mut segs = shared.segments.write().unwrap_or_else(|p| p.into_inner());
+        let s = segs.last_mut().expect("the active segment is listed");
+        s.path = new.path.clone();
+        s.encrypted = new.encrypted;
+        s.end_offset = new.offset;
+        s.file_bytes = shared.opts.segment_bytes_max;
+        s.key_ids.clear();
         drop(segs);
         self.synced_offset = new.offset;
         self.active = new;

@@ -338,3 +338,42 @@ fn rekey_rewrites_plaintext_and_old_keys_so_old_keys_can_be_retired() {
     wal.append(&secret(5)).unwrap();
     wal.close().unwrap();
 }
+
+/// A truncation back into a plaintext segment, leaving it empty, after encryption was switched
+/// on: the next records go to an encrypted segment, never sealed into a version 1 one.
+#[test]
+fn a_truncation_into_an_empty_plaintext_segment_writes_encrypted_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), opts(None)).unwrap();
+    let mut i = 0;
+    while wal.segments().len() < 3 {
+        wal.append(&secret(i)).unwrap();
+        i += 1;
+    }
+    let second = wal.segments()[1].clone();
+    wal.close().unwrap();
+    let (wal, _) = Wal::open(dir.path(), opts(Some(K1))).unwrap();
+    wal.append(&secret(i)).unwrap();
+    // Back to the start of the second (plaintext) segment: it stays, empty.
+    wal.truncate_after(second.first_lsn - 1).unwrap();
+    assert!(!wal.segments().last().unwrap().encrypted);
+    let lsn = wal.append(b"AFTER-TRUNCATION").unwrap();
+    assert_eq!(lsn, second.first_lsn);
+    wal.close().unwrap();
+    let reader = LogReader::open(dir.path(), &opts(Some(K1))).unwrap();
+    let last = reader.segments().last().unwrap();
+    assert!(last.encrypted && last.first_lsn == lsn, "{last:?}");
+    let got = reader.iter_from(lsn).unwrap().next().unwrap().unwrap();
+    assert_eq!(got.payload, b"AFTER-TRUNCATION");
+    assert_nowhere_plain(dir.path(), b"AFTER-TRUNCATION");
+}
+
+fn assert_nowhere_plain(dir: &Path, needle: &[u8]) {
+    for (p, b) in files(dir) {
+        assert!(
+            !b.windows(needle.len()).any(|w| w == needle),
+            "{}",
+            p.display()
+        );
+    }
+}
