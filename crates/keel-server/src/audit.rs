@@ -33,6 +33,14 @@
 //! (P5), the sync is retried on the same file: what a failed sync may have dropped is cut first,
 //! and nothing acknowledged depends on it.
 //!
+//! # Encryption
+//!
+//! With an encryption keyring, an entry's line is `~` and then the lowercase hex of its JSON
+//! sealed with the keyring's first key (`keel_wal::crypt`, associated data `keel audit`). The
+//! chain hashes the JSON, not the line, so it is the same encrypted or not, and a log may hold
+//! both kinds of lines (encryption switched on). A sealed line whose key is missing, unknown or
+//! wrong stops opening and verification with a key error; it is never taken for a torn tail.
+//!
 //! # Rotation and retention
 //!
 //! A file is closed past `audit_file_bytes_max`; past `audit_files_max` files the oldest is
@@ -50,6 +58,8 @@ use std::thread::JoinHandle;
 use keel_wal::Fs as _;
 use serde::{Deserialize, Serialize};
 
+use keel_wal::Keyring;
+
 use crate::auth::{hex, sha256};
 
 /// The audit directory under a data directory.
@@ -58,11 +68,14 @@ pub const DIR: &str = "audit";
 /// that entry's line (32 bytes).
 pub const ANCHOR_KEY: &[u8] = b"server.audit_head";
 
-/// Settings (the config file's `audit`, `audit_file_bytes_max`, `audit_files_max`).
+/// Settings (the config file's `audit`, `audit_file_bytes_max`, `audit_files_max`; the
+/// keyring of `encryption_key_file`).
 #[derive(Clone, Debug)]
 pub struct Options {
     pub file_bytes_max: u64,
     pub files_max: usize,
+    /// Seal new entries with its first key; every key opens.
+    pub keyring: Option<Arc<Keyring>>,
 }
 
 impl Default for Options {
@@ -70,8 +83,70 @@ impl Default for Options {
         Options {
             file_bytes_max: 64 << 20,
             files_max: 16,
+            keyring: None,
         }
     }
+}
+
+/// The first byte of a sealed entry's line.
+const SEALED: u8 = b'~';
+const AAD: &[u8] = b"keel audit";
+
+/// The line that stores entry `json`: itself, or sealed.
+fn seal_line(json: &[u8], keyring: Option<&Keyring>, out: &mut Vec<u8>) {
+    match keyring {
+        None => out.extend_from_slice(json),
+        Some(k) => {
+            out.push(SEALED);
+            out.extend_from_slice(hex(&k.seal(AAD, json)).as_bytes());
+        }
+    }
+}
+
+/// The entry's JSON a stored line holds: `Ok(None)` if the line is not one keel wrote (damage,
+/// or a torn write), `Err` if it is sealed and the keyring cannot open it.
+pub fn open_line<'a>(
+    line: &'a [u8],
+    keyring: Option<&Keyring>,
+) -> Result<Option<std::borrow::Cow<'a, [u8]>>, keel_wal::KeyError> {
+    let Some(hexed) = line.strip_prefix(&[SEALED]) else {
+        return Ok(Some(line.into()));
+    };
+    let Some(sealed) = unhex(hexed) else {
+        return Ok(None);
+    };
+    if keel_wal::crypt::sealed_key_id(&sealed).is_none() {
+        return Ok(None);
+    }
+    let what = "an audit entry";
+    let Some(k) = keyring else {
+        return Err(keel_wal::KeyError::Missing { what: what.into() });
+    };
+    Ok(Some(k.open(&what, AAD, &sealed)?.into()))
+}
+
+fn unhex(h: &[u8]) -> Option<Vec<u8>> {
+    if !h.len().is_multiple_of(2) {
+        return None;
+    }
+    h.chunks(2)
+        .map(|c| u8::from_str_radix(std::str::from_utf8(c).ok()?, 16).ok())
+        .collect()
+}
+
+/// The entry a stored line holds, and the hash that chains it (of its JSON).
+fn parse_line(
+    line: &[u8],
+    keyring: Option<&Keyring>,
+) -> std::io::Result<Option<(Entry, [u8; 32])>> {
+    let json = match open_line(line, keyring) {
+        Ok(Some(j)) => j,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(std::io::Error::other(e)),
+    };
+    Ok(serde_json::from_slice::<Entry>(&json)
+        .ok()
+        .map(|e| (e, sha256(&json))))
 }
 
 /// One entry as stored.
@@ -209,7 +284,11 @@ struct Scanned {
 
 /// Reads `path` up to its first line that is not a whole entry or does not follow `after`
 /// (`None`: the first line is taken as it is).
-fn scan(path: &Path, mut after: Option<(u64, [u8; 32])>) -> std::io::Result<Scanned> {
+fn scan(
+    path: &Path,
+    mut after: Option<(u64, [u8; 32])>,
+    keyring: Option<&Keyring>,
+) -> std::io::Result<Scanned> {
     let mut out = Scanned::default();
     let mut r = BufReader::new(File::open(path)?);
     let mut line = Vec::new();
@@ -219,14 +298,13 @@ fn scan(path: &Path, mut after: Option<(u64, [u8; 32])>) -> std::io::Result<Scan
         if n == 0 || line.last() != Some(&b'\n') {
             return Ok(out);
         }
-        let text = &line[..n - 1];
-        let Ok(e) = serde_json::from_slice::<Entry>(text) else {
+        let Some((e, hash)) = parse_line(&line[..n - 1], keyring)? else {
             return Ok(out);
         };
         if after.is_some_and(|(seq, h)| seq.checked_add(1) != Some(e.seq) || e.prev != hex(&h)) {
             return Ok(out);
         }
-        let h = (e.seq, sha256(text));
+        let h = (e.seq, hash);
         after = Some(h);
         out.head = Some(h);
         out.whole += n as u64;
@@ -234,7 +312,7 @@ fn scan(path: &Path, mut after: Option<(u64, [u8; 32])>) -> std::io::Result<Scan
 }
 
 /// The line hash of the entry with seq `seq`, if the files hold it.
-fn scan_for(dir: &Path, seq: u64) -> std::io::Result<Option<[u8; 32]>> {
+fn scan_for(dir: &Path, seq: u64, keyring: Option<&Keyring>) -> std::io::Result<Option<[u8; 32]>> {
     let Some((_, path)) = files(dir)?
         .into_iter()
         .rev()
@@ -244,9 +322,9 @@ fn scan_for(dir: &Path, seq: u64) -> std::io::Result<Option<[u8; 32]>> {
     };
     let text = std::fs::read(path)?;
     for line in text.split(|&b| b == b'\n') {
-        if let Ok(e) = serde_json::from_slice::<Entry>(line) {
+        if let Some((e, hash)) = parse_line(line, keyring)? {
             if e.seq == seq {
-                return Ok(Some(sha256(line)));
+                return Ok(Some(hash));
             }
         }
     }
@@ -262,8 +340,9 @@ struct Writer {
     /// The last entry's seq and the SHA-256 of its line.
     head: (u64, [u8; 32]),
     buf: Vec<u8>,
-    /// The entry being encoded.
+    /// The entry being encoded, and its line as stored (sealed, with encryption).
     line: Vec<u8>,
+    stored: Vec<u8>,
     /// The file's length and the head as of the last successful sync.
     synced: (u64, (u64, [u8; 32])),
     /// A write or sync failed since: the file may hold bytes past `synced`, to be cut before
@@ -295,11 +374,12 @@ impl Writer {
     ) -> std::io::Result<(Writer, Vec<(&'static str, String)>)> {
         keel_wal::fs::durable_create_dir_all(&keel_wal::StdFs, dir)?;
         let mut notes = Vec::new();
+        let keyring = opts.keyring.as_deref();
         let existing = files(dir)?;
         let mut head = (0, [0u8; 32]);
         // The head before the newest file, in case that one holds no entry.
         if existing.len() >= 2 {
-            if let Some(h) = scan(&existing[existing.len() - 2].1, None)?.head {
+            if let Some(h) = scan(&existing[existing.len() - 2].1, None, keyring)?.head {
                 head = h;
             }
         }
@@ -314,7 +394,11 @@ impl Writer {
         };
         let found = if path.exists() {
             // The first entry of a file is taken as it is (its file was checked by name).
-            scan(&path, (head.1 != [0u8; 32] || head.0 == 0).then_some(head))?
+            scan(
+                &path,
+                (head.1 != [0u8; 32] || head.0 == 0).then_some(head),
+                keyring,
+            )?
         } else {
             Scanned::default()
         };
@@ -342,7 +426,7 @@ impl Writer {
         sync_dir(dir)?;
         let anchored = anchor.and_then(parse_anchor);
         if let Some((seq, hash)) = anchored {
-            let lost = match scan_for(dir, seq)? {
+            let lost = match scan_for(dir, seq, keyring)? {
                 Some(h) if h == hash => None,
                 Some(_) => Some("holds another entry there"),
                 None if seq > head.0 => Some("ends before it"),
@@ -365,6 +449,7 @@ impl Writer {
             head,
             buf: Vec::new(),
             line: Vec::new(),
+            stored: Vec::new(),
             synced: (found.whole, head),
             dirty: false,
             anchored: anchored.map(|a| a.0),
@@ -416,15 +501,20 @@ impl Writer {
         let mut line = std::mem::take(&mut self.line);
         line.clear();
         serde_json::to_writer(&mut line, &e).map_err(std::io::Error::other)?;
-        if self.file_bytes > 0 && self.file_bytes + line.len() as u64 + 1 > self.opts.file_bytes_max
+        let mut stored = std::mem::take(&mut self.stored);
+        stored.clear();
+        seal_line(&line, self.opts.keyring.as_deref(), &mut stored);
+        if self.file_bytes > 0
+            && self.file_bytes + stored.len() as u64 + 1 > self.opts.file_bytes_max
         {
             self.rotate(e.seq)?;
         }
         self.head = (e.seq, sha256(&line));
-        self.buf.extend_from_slice(&line);
+        self.buf.extend_from_slice(&stored);
         self.buf.push(b'\n');
-        self.file_bytes += line.len() as u64 + 1;
+        self.file_bytes += stored.len() as u64 + 1;
         self.line = line;
+        self.stored = stored;
         Ok(())
     }
 
@@ -625,7 +715,11 @@ pub struct Verified {
 /// [`ANCHOR_KEY`], if any): every line an entry, seqs without gaps, each `prev` the hash of
 /// the line before, file names matching their first seq, and the anchored entry present with
 /// the anchored hash.
-pub fn verify(dir: &Path, anchor: Option<&[u8]>) -> std::io::Result<Verified> {
+pub fn verify(
+    dir: &Path,
+    anchor: Option<&[u8]>,
+    keyring: Option<&Keyring>,
+) -> std::io::Result<Verified> {
     let mut v = Verified::default();
     let mut last: Option<(u64, [u8; 32])> = None;
     let mut anchored = match anchor.map(|a| (a.len(), parse_anchor(a))) {
@@ -657,15 +751,14 @@ pub fn verify(dir: &Path, anchor: Option<&[u8]>) -> std::io::Result<Verified> {
                     n + 1
                 ));
             };
-            let e: Entry = match serde_json::from_slice(text) {
-                Ok(e) => e,
-                Err(_) if last_file && past_head => {
+            let (e, hash) = match parse_line(text, keyring)? {
+                Some(e) => e,
+                None if last_file && past_head => {
                     tail(&mut v);
                     return Ok(v);
                 }
-                Err(err) => {
-                    v.bad
-                        .get_or_insert(format!("{at}: not an audit entry ({err})"));
+                None => {
+                    v.bad.get_or_insert(format!("{at}: not an audit entry"));
                     return Ok(v);
                 }
             };
@@ -697,7 +790,6 @@ pub fn verify(dir: &Path, anchor: Option<&[u8]>) -> std::io::Result<Verified> {
                 v.bad.get_or_insert(format!("{at}: {p}"));
                 return Ok(v);
             }
-            let hash = sha256(text);
             if anchored.is_some_and(|(seq, h)| seq == e.seq && h != hash) {
                 v.bad.get_or_insert(format!(
                     "{at}: seq {} does not hash to what the database recorded for it (it was changed)",
@@ -757,6 +849,56 @@ pub fn verify(dir: &Path, anchor: Option<&[u8]>) -> std::io::Result<Verified> {
 mod tests {
     use super::*;
 
+    fn ring(line: &str) -> Option<Arc<Keyring>> {
+        Some(Arc::new(Keyring::parse(line).unwrap()))
+    }
+    const K1: &str = "1 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    #[test]
+    fn encrypted_entries_chain_with_plaintext_ones_and_need_their_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_some(tmp.path(), Options::default(), 3);
+        let sealed = Options {
+            keyring: ring(K1),
+            ..Options::default()
+        };
+        let head = write_some(tmp.path(), sealed.clone(), 4);
+        let text = std::fs::read_to_string(&files(tmp.path()).unwrap()[0].1).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 7);
+        assert!(lines[..3].iter().all(|l| l.starts_with('{')));
+        assert!(lines[3..]
+            .iter()
+            .all(|l| l.starts_with('~') && !l.contains("auth")));
+        let anchor = anchor_value(head.0, &head.1);
+        let v = verify(tmp.path(), Some(&anchor), ring(K1).as_deref()).unwrap();
+        assert!(v.bad.is_none() && v.entries == 7, "{v:?}");
+        // Without the key, or with a wrong one: a key error, never damage or a torn tail.
+        let e = verify(tmp.path(), Some(&anchor), None).unwrap_err();
+        assert!(e.to_string().contains("no encryption key"), "{e}");
+        let wrong = ring("1 1111111111111111111111111111111111111111111111111111111111111111");
+        let e = verify(tmp.path(), Some(&anchor), wrong.as_deref()).unwrap_err();
+        assert!(e.to_string().contains("does not decrypt"), "{e}");
+        let before = std::fs::read(&files(tmp.path()).unwrap()[0].1).unwrap();
+        let e = Writer::open(
+            tmp.path(),
+            Options {
+                keyring: wrong,
+                ..Options::default()
+            },
+            None,
+        )
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("key"), "{e}");
+        assert_eq!(
+            std::fs::read(&files(tmp.path()).unwrap()[0].1).unwrap(),
+            before
+        );
+        // The right key goes on from the head.
+        assert_eq!(write_some(tmp.path(), sealed, 1).0, 8);
+    }
+
     fn write_some(dir: &Path, opts: Options, n: u64) -> (u64, [u8; 32]) {
         let (mut w, _) = Writer::open(dir, opts, None).unwrap();
         for i in 0..n {
@@ -777,12 +919,13 @@ mod tests {
         let opts = Options {
             file_bytes_max: 300,
             files_max: 3,
+            keyring: None,
         };
         write_some(tmp.path(), opts.clone(), 10);
         let head = write_some(tmp.path(), opts.clone(), 10);
         let all = files(tmp.path()).unwrap();
         assert_eq!(all.len(), 3, "retention keeps 3 files");
-        let v = verify(tmp.path(), Some(&anchor_value(head.0, &head.1))).unwrap();
+        let v = verify(tmp.path(), Some(&anchor_value(head.0, &head.1)), None).unwrap();
         assert!(v.bad.is_none(), "{v:?}");
         assert_eq!(v.last_seq, Some(20));
         let first = v.first_seq.unwrap();
@@ -804,7 +947,7 @@ mod tests {
         // A head the files no longer hold is reported, whatever removed it.
         let mut gone = anchor_value(head.0, &head.1);
         gone[..8].copy_from_slice(&(first - 1).to_le_bytes());
-        let v = verify(tmp.path(), Some(&gone)).unwrap();
+        let v = verify(tmp.path(), Some(&gone), None).unwrap();
         assert!(v.bad.as_deref().unwrap().contains("were removed"), "{v:?}");
     }
 
@@ -832,7 +975,7 @@ mod tests {
         w.file = writable;
         w.write_group(vec![ev()], 6).unwrap();
         assert_eq!(w.head.0, 4);
-        let v = verify(tmp.path(), Some(&anchor_value(w.head.0, &w.head.1))).unwrap();
+        let v = verify(tmp.path(), Some(&anchor_value(w.head.0, &w.head.1)), None).unwrap();
         assert!(v.bad.is_none() && v.torn_tail.is_none(), "{v:?}");
         assert_eq!(v.entries, 4);
     }
@@ -846,7 +989,7 @@ mod tests {
         std::fs::write(tmp.path().join(file_name(6)), b"").unwrap();
         let head2 = write_some(tmp.path(), Options::default(), 2);
         assert_eq!(head2.0, 7);
-        let v = verify(tmp.path(), Some(&anchor_value(head2.0, &head2.1))).unwrap();
+        let v = verify(tmp.path(), Some(&anchor_value(head2.0, &head2.1)), None).unwrap();
         assert!(v.bad.is_none(), "{v:?}");
         assert_ne!(head, head2);
     }
@@ -867,7 +1010,7 @@ mod tests {
         assert_eq!(notes[0].0, "torn");
         assert_eq!(w.head.0, 3);
         w.write_group(vec![Event::default()], 9).unwrap();
-        let v = verify(tmp.path(), None).unwrap();
+        let v = verify(tmp.path(), None, None).unwrap();
         assert!(v.bad.is_none() && v.entries == 4, "{v:?}");
         let aside: Vec<_> = std::fs::read_dir(tmp.path())
             .unwrap()
@@ -903,7 +1046,7 @@ mod tests {
         };
         w.write_group(vec![ev], 9).unwrap();
         let now = anchor_value(w.head.0, &w.head.1);
-        let v = verify(tmp.path(), Some(&now)).unwrap();
+        let v = verify(tmp.path(), Some(&now), None).unwrap();
         assert!(
             v.bad.as_deref().unwrap().contains("records a break"),
             "{v:?}"
@@ -920,11 +1063,11 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&[0u8; 100]).unwrap();
         f.write_all(b"tail of an entry\"}\n").unwrap();
-        let v = verify(tmp.path(), Some(&anchor_value(head.0, &head.1))).unwrap();
+        let v = verify(tmp.path(), Some(&anchor_value(head.0, &head.1)), None).unwrap();
         assert!(v.bad.is_none() && v.torn_tail.is_some(), "{v:?}");
         let mut older = anchor_value(head.0, &head.1);
         older[..8].copy_from_slice(&(head.0 + 1).to_le_bytes());
-        let v = verify(tmp.path(), Some(&older)).unwrap();
+        let v = verify(tmp.path(), Some(&older), None).unwrap();
         assert!(v.bad.is_some(), "before the head it is not a tail: {v:?}");
     }
 
@@ -947,7 +1090,7 @@ mod tests {
             format!("{first}\n{next}\n"),
         )
         .unwrap();
-        let v = verify(tmp.path(), None).unwrap();
+        let v = verify(tmp.path(), None, None).unwrap();
         assert!(v.bad.is_some(), "{v:?}");
     }
 
@@ -958,10 +1101,10 @@ mod tests {
         let path = &files(tmp.path()).unwrap()[0].1;
         let mut f = OpenOptions::new().append(true).open(path).unwrap();
         f.write_all(b"{\"seq\":4,\"at").unwrap();
-        assert!(verify(tmp.path(), None).unwrap().torn_tail.is_some());
+        assert!(verify(tmp.path(), None, None).unwrap().torn_tail.is_some());
         let head = write_some(tmp.path(), Options::default(), 1);
         assert_eq!(head.0, 4);
-        let v = verify(tmp.path(), None).unwrap();
+        let v = verify(tmp.path(), None, None).unwrap();
         assert!(v.bad.is_none() && v.torn_tail.is_none(), "{v:?}");
     }
 }

@@ -340,6 +340,7 @@ impl Settings {
         {
             engine.wal.keyring = Some(load_keyring(&key_file, &dir)?);
         }
+        let keyring = engine.wal.keyring.clone();
         let s = Settings {
             dir,
             bind,
@@ -364,6 +365,7 @@ impl Settings {
                 crate::audit::Options {
                     file_bytes_max: file.audit_file_bytes_max.unwrap_or(d.file_bytes_max),
                     files_max: file.audit_files_max.unwrap_or(d.files_max),
+                    keyring,
                 }
             }),
         };

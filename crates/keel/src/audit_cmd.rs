@@ -74,7 +74,7 @@ fn verify(dir: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let v = match audit::verify(&a, anchor.as_deref()) {
+    let v = match audit::verify(&a, anchor.as_deref(), crate::keyring().as_deref()) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("error: reading {}: {e}", a.display());
@@ -122,6 +122,7 @@ fn show(dir: &Path, since: Option<u64>) -> ExitCode {
             return ExitCode::from(3);
         }
     };
+    let keyring = crate::keyring();
     let mut out = std::io::stdout().lock();
     for (_, path) in files {
         let text = match std::fs::read_to_string(&path) {
@@ -131,8 +132,17 @@ fn show(dir: &Path, since: Option<u64>) -> ExitCode {
                 return ExitCode::from(3);
             }
         };
-        for line in text.lines() {
-            let at = serde_json::from_str::<audit::Entry>(line).map(|e| e.at_ms);
+        for stored in text.lines() {
+            // A sealed entry is shown as its JSON; one that cannot be read is shown as stored.
+            let line = match audit::open_line(stored.as_bytes(), keyring.as_deref()) {
+                Ok(Some(json)) => String::from_utf8_lossy(&json).into_owned(),
+                Ok(None) => stored.to_string(),
+                Err(e) => {
+                    eprintln!("error: {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let at = serde_json::from_str::<audit::Entry>(&line).map(|e| e.at_ms);
             if since.is_none_or(|s| at.as_ref().is_ok_and(|&t| t >= s))
                 && writeln!(out, "{line}").is_err()
             {

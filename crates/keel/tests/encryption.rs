@@ -92,7 +92,7 @@ fn an_encrypted_database_and_its_backup_hold_no_value_in_plaintext() {
     );
     write_keys(&keys, &[&keygen(1)]);
     let key_arg = ["--encryption-key-file", keys.to_str().unwrap()];
-    let srv = Server::start(&dir, &key_arg);
+    let srv = Server::start(&dir, &[key_arg[0], key_arg[1], "--audit"]);
     set_secrets(&srv, 0..300);
     let mut c = srv.client();
     let _: () = redis::cmd("SAVE").query(&mut c).unwrap();
@@ -104,6 +104,31 @@ fn an_encrypted_database_and_its_backup_hold_no_value_in_plaintext() {
     srv.kill9();
     assert_nowhere(&dir, b"TOPSECRET");
     assert_nowhere(&backup, b"TOPSECRET");
+    // The audit log is sealed too: no entry's JSON on disk, and reading it needs the key.
+    assert_nowhere(&dir.join("audit"), b"\"event\"");
+    let o = keel(&["audit", "verify", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("no encryption key"), "{}", text(&o));
+    let o = keel(&[
+        "audit",
+        "verify",
+        dir.to_str().unwrap(),
+        "--encryption-key-file",
+        keys.to_str().unwrap(),
+    ]);
+    assert!(
+        o.status.success() && text(&o).contains("intact"),
+        "{}",
+        text(&o)
+    );
+    let o = keel(&[
+        "audit",
+        "show",
+        dir.to_str().unwrap(),
+        "--encryption-key-file",
+        keys.to_str().unwrap(),
+    ]);
+    assert!(text(&o).contains("\"command\":\"save\""), "{}", text(&o));
     // The backup opens with the key, and so does the database after kill -9.
     let b = Server::start(&backup, &key_arg);
     assert_secrets(&b, 0..600);
