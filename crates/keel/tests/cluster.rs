@@ -1119,3 +1119,95 @@ fn maintenance_mode_reaches_every_node_of_a_cluster() {
         .unwrap();
     wait_for(&nodes, false);
 }
+
+/// Encryption at rest on a cluster: every node's raft log, engine log and snapshots (the one a
+/// lagging node receives included) hold no value in plaintext; a node without the key refuses
+/// to start, saying "key".
+#[test]
+fn an_encrypted_cluster_writes_no_value_in_plaintext_on_any_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    let line = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["keygen", "--id", "3"])
+        .output()
+        .unwrap()
+        .stdout;
+    std::fs::write(&keys, line).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let extra = [
+        "--encryption-key-file",
+        keys.to_str().unwrap(),
+        "--raft-snapshot-every",
+        "100",
+        "--stale-reads",
+    ];
+    let mut nodes = started_cluster(&extra, tmp.path());
+    let lead = leader(&nodes);
+    let lagger = nodes.iter().position(|n| n.addr() != lead).unwrap();
+    nodes[lagger].server.take().unwrap().kill9();
+    let mut c = redis::Client::open(format!("redis://{lead}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for i in 0..400 {
+        redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(format!("TOPSECRET-{i}"))
+            .query::<()>(&mut c)
+            .unwrap();
+    }
+    nodes[lagger].start();
+    let mut f = nodes[lagger].server.as_ref().unwrap().client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while redis::cmd("GET")
+        .arg("k399")
+        .query::<Option<String>>(&mut f)
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the lagging node never caught up"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_ne!(status(&nodes[lagger].addr())["snapshot_index"], "-");
+    for n in nodes.iter_mut() {
+        n.server.take().unwrap().sigterm();
+    }
+    fn search(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>, files: &mut usize) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                search(&p, found, files);
+            } else {
+                *files += 1;
+                if std::fs::read(&p)
+                    .unwrap()
+                    .windows(9)
+                    .any(|w| w == b"TOPSECRET")
+                {
+                    found.push(p);
+                }
+            }
+        }
+    }
+    let (mut found, mut files) = (Vec::new(), 0);
+    for n in &nodes {
+        search(&n.dir, &mut found, &mut files);
+    }
+    assert!(files > 10);
+    assert!(found.is_empty(), "plaintext values in {found:?}");
+    nodes[0].extra.drain(..2);
+    let (port, raft) = (nodes[0].port.to_string(), nodes[0].raft.to_string());
+    let (status, log) = Server::try_start(
+        &nodes[0].dir,
+        &["--port", &port, "--node-id", "1", "--raft-port", &raft],
+    )
+    .err()
+    .expect("a node without its key refuses to start");
+    let log = log.join("\n");
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{log}");
+    assert!(log.contains("no encryption key was given"), "{log}");
+}
