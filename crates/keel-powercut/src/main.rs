@@ -239,6 +239,16 @@ fn engine_options() -> keel_engine::Options {
     o.key_bytes_max = 1 << 10;
     o.value_bytes_max = 32 << 10;
     o.checkpoint_log_bytes = 4 << 20;
+    // tests/powercut/run --encrypt: the guest's init sets this from keelencrypt=1. A fixed test
+    // key: the campaign checks durability with sealed frames and snapshots, not secrecy.
+    if std::env::var("KEEL_POWERCUT_ENCRYPT").as_deref() == Ok("1") {
+        o.wal.keyring = Some(std::sync::Arc::new(
+            keel_wal::Keyring::parse(
+                "1 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+            )
+            .expect("a valid key line"),
+        ));
+    }
     o
 }
 
