@@ -17,7 +17,6 @@ use crate::fs::{durable_rename, read_exact_at, write_all_at, OpenMode};
 use crate::needed::analyze_from;
 use crate::options::Options;
 use crate::read::{check_keys, frame_aad};
-use crate::recovery::LOCK_FILE;
 
 /// Rewrites what the keyring's first key did not seal. Returns the segment files rewritten.
 pub fn rekey(dir: impl AsRef<Path>, opts: &Options) -> Result<Vec<PathBuf>> {
@@ -28,18 +27,7 @@ pub fn rekey(dir: impl AsRef<Path>, opts: &Options) -> Result<Vec<PathBuf>> {
             "rekey needs a keyring: its first key seals what is rewritten".into(),
         ));
     };
-    let lock_path = dir.join(LOCK_FILE);
-    let lock = fs
-        .open(&lock_path, OpenMode::CreateTruncate)
-        .map_err(|e| Error::io("open lock file", &lock_path, e))?;
-    if !lock
-        .try_lock()
-        .map_err(|e| Error::io("lock", &lock_path, e))?
-    {
-        return Err(Error::Locked {
-            path: dir.to_path_buf(),
-        });
-    }
+    let lock = crate::wal::lock_dir(fs, dir)?;
     let (layout, _) = analyze_from(fs, dir, opts.record_bytes_max, 1, &mut |_, _| {})?;
     if let Some(t) = &layout.torn {
         return Err(Error::InvalidOptions(format!(

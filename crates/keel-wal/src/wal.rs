@@ -622,6 +622,23 @@ fn segment_rename(fs: &dyn crate::fs::Fs, from: &Path, to: &Path) -> std::io::Re
     fs.rename(from, to)
 }
 
+/// Takes the log directory's lock: one open log (or offline tool that writes) at a time.
+pub(crate) fn lock_dir(fs: &dyn crate::fs::Fs, dir: &Path) -> Result<Box<dyn FsFile>> {
+    let lock_path = dir.join(LOCK_FILE);
+    let lock_file = fs
+        .open(&lock_path, OpenMode::CreateTruncate)
+        .map_err(|e| Error::io("open lock file", &lock_path, e))?;
+    if !lock_file
+        .try_lock()
+        .map_err(|e| Error::io("lock", &lock_path, e))?
+    {
+        return Err(Error::Locked {
+            path: dir.to_path_buf(),
+        });
+    }
+    Ok(lock_file)
+}
+
 fn create_segment(opts: &Options, dir: &Path, id: u64, first_lsn: Lsn) -> Result<Active> {
     let tmp = dir.join(tmp_name(first_lsn));
     let file = prepare_blank(opts, &tmp)?;
@@ -665,16 +682,7 @@ impl Wal {
         let dir = dir.as_ref().to_path_buf();
         let fs = opts.fs.clone();
         durable_create_dir_all(&*fs, &dir).map_err(|e| Error::io("create directory", &dir, e))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock_file = fs
-            .open(&lock_path, OpenMode::CreateTruncate)
-            .map_err(|e| Error::io("open lock file", &lock_path, e))?;
-        if !lock_file
-            .try_lock()
-            .map_err(|e| Error::io("lock", &lock_path, e))?
-        {
-            return Err(Error::Locked { path: dir });
-        }
+        let lock_file = lock_dir(&*fs, &dir)?;
 
         let (mut layout, unneeded_damage) =
             analyze_from(&*fs, &dir, opts.record_bytes_max, needed_from, progress)?;
