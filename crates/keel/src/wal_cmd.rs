@@ -143,6 +143,23 @@ fn verify(dir: &Path) -> Result<ExitCode> {
                 r.last_lsn(),
                 r.bytes_scanned()
             );
+            let ids: std::collections::BTreeSet<u32> = r
+                .segments()
+                .iter()
+                .flat_map(|s| s.key_ids.iter().map(|k| k.0))
+                .collect();
+            if !ids.is_empty() {
+                let plain = r
+                    .segments()
+                    .iter()
+                    .filter(|s| !s.encrypted && s.last_lsn >= s.first_lsn)
+                    .count();
+                let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+                println!(
+                    "encryption: key ids in use: {}; plaintext segments: {plain}",
+                    ids.join(", ")
+                );
+            }
             match r.end_mark() {
                 Some(m) if m.durable_lsn == r.last_lsn() && m.closed => {
                     println!("closed cleanly at LSN {}", m.durable_lsn)

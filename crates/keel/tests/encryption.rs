@@ -140,6 +140,11 @@ fn an_encrypted_database_and_its_backup_hold_no_value_in_plaintext() {
     let wal = dir.join("wal");
     let o = keel(&["wal", "verify", wal.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("key ids in use: 1; plaintext segments: 0"),
+        "{}",
+        text(&o)
+    );
     let o = keel(&["wal", "dump", wal.to_str().unwrap()]);
     assert!(
         !o.status.success() && text(&o).contains("key"),
