@@ -87,6 +87,16 @@ const _: () = assert!(FRAME_HEADER_BYTES.is_multiple_of(FRAME_ALIGN));
 // The length word sits at offset 4 of an 8-aligned frame: it can never cross a 512-byte sector.
 const _: () = assert!(512usize.is_multiple_of(FRAME_ALIGN));
 
+/// The longest payload a frame may declare in a segment of this kind: a sealed payload is its
+/// record and `SEAL_BYTES` more. Pass it to [`decode_frame`] as its `record_bytes_max`.
+pub fn payload_max(record_bytes_max: u32, encrypted: bool) -> u32 {
+    if encrypted {
+        record_bytes_max.saturating_add(crate::crypt::SEAL_BYTES as u32)
+    } else {
+        record_bytes_max
+    }
+}
+
 /// Bytes a frame with `payload_len` bytes of payload takes on disk, padding included.
 pub const fn frame_bytes(payload_len: usize) -> usize {
     (FRAME_HEADER_BYTES + payload_len).div_ceil(FRAME_ALIGN) * FRAME_ALIGN
@@ -323,12 +333,10 @@ pub fn decode_frame(buf: &[u8], seed: u32, record_bytes_max: u32) -> Decoded<'_>
         return Decoded::Bad(FrameError::HeaderChecksum { expected, found });
     }
     let len = u32_at(h, 4);
-    // A sealed payload is longer than its record by SEAL_BYTES.
-    let max = record_bytes_max.saturating_add(crate::crypt::SEAL_BYTES as u32);
-    if len > max {
+    if len > record_bytes_max {
         return Decoded::Bad(FrameError::BadLength {
             len: len.into(),
-            max: max.into(),
+            max: record_bytes_max.into(),
         });
     }
     let lsn = u64_at(h, 8);
@@ -531,7 +539,7 @@ mod tests {
         let mut out = Vec::new();
         encode_frame(&mut out, seed, 1, 0, 0, &[7u8; 100]);
         assert_eq!(
-            decode_frame(&out, seed, 99 - crate::crypt::SEAL_BYTES as u32),
+            decode_frame(&out, seed, 99),
             Decoded::Bad(FrameError::BadLength { len: 100, max: 99 })
         );
         assert!(matches!(

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use crate::crypt::{KeyError, Keyring};
 use crate::error::{Corruption, CorruptionKind, Error, Result};
 use crate::format::{
-    decode_frame, frame_bytes, segment_seed, Decoded, Frame, SegmentHeader, FRAME_HEADER_BYTES,
-    SEGMENT_HEADER_BYTES,
+    decode_frame, frame_bytes, payload_max, segment_seed, Decoded, Frame, SegmentHeader,
+    FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use crate::fs::{read_exact_at, Fs, OpenMode};
 use crate::needed::{analyze_from, UnneededDamage};
@@ -189,12 +189,13 @@ impl LogReader {
     /// `Ok(Err)` when `lsn` falls inside an atomic batch.
     pub(crate) fn offset_of(&self, seg: &SegmentInfo, lsn: Lsn) -> Result<Result<u64>> {
         let buf = load(&*self.fs, seg)?;
-        let (seed, _) = seed_of(seg, &buf)?;
+        let (seed, encrypted) = seed_of(seg, &buf)?;
+        let max = payload_max(self.record_max, encrypted);
         let mut off = SEGMENT_HEADER_BYTES;
         let mut expected = seg.first_lsn;
         let mut inside_batch = false;
         while expected < lsn {
-            match decode_frame(&buf[off..], seed, self.record_max) {
+            match decode_frame(&buf[off..], seed, max) {
                 Decoded::Frame(f) if f.lsn == expected => {
                     off += f.total_bytes;
                     expected += 1;
@@ -369,7 +370,8 @@ impl Iterator for WalIter {
                 self.loaded = false;
                 continue;
             }
-            match decode_frame(&self.buf[self.off..], self.seed, self.record_max) {
+            let max = payload_max(self.record_max, self.encrypted);
+            match decode_frame(&self.buf[self.off..], self.seed, max) {
                 Decoded::Frame(f) if f.lsn == self.next_lsn => {
                     self.off += f.total_bytes;
                     self.next_lsn += 1;

@@ -586,6 +586,7 @@ pub(crate) fn analyze_listed(
             }
         }
         let seed = segment_seed(header.segment_id);
+        let record_max = crate::format::payload_max(record_max, header.encrypted);
         let is_last = i + 1 == listed.len();
         // A segment with a successor or a sealed name was fully synced: it must be complete.
         let expected_last = match l.name {

@@ -219,7 +219,8 @@ fn split_at(
     // after the snapshot (a checkpoint at the last LSN, then a clean close), at the mark that
     // ends the log there: the restarted segment then holds only that mark.
     let start = (from..bytes.len()).step_by(FRAME_ALIGN).find(|&at| {
-        match decode_frame(&bytes[at..], seed, options.record_bytes_max) {
+        let max = crate::format::payload_max(options.record_bytes_max, header.encrypted);
+        match decode_frame(&bytes[at..], seed, max) {
             Decoded::Frame(f) => f.lsn == needed_from,
             Decoded::Mark(m) => m.lsn == needed_from,
             _ => false,
