@@ -18,11 +18,14 @@
 //!
 //! # Durability and the anchor
 //!
-//! One thread appends entries and syncs them in groups. An admin command is recorded, and the
-//! record synced, before the command runs; AUTH and denials are group-committed. After each
-//! synced group, the chain's head (seq and hash) is written into the engine's system namespace
-//! (`server.audit_head`), which the engine's log and checkpoints keep: `keel audit verify`
-//! compares the files with it, so entries cut from the end are detected up to the last anchor.
+//! One thread appends entries and syncs them in groups, at most every `GROUP_EVERY` (5 ms)
+//! unless an admin command waits. An admin command is recorded, and the record synced, before
+//! the command runs; AUTH and denials are group-committed, and identical ones in a group are one
+//! entry with their `count`. After a group an admin command waited for, and otherwise at most
+//! every `ANCHOR_EVERY` (50 ms), the chain's head (seq and hash) is written into the engine's
+//! system namespace (`server.audit_head`), which the engine's log and checkpoints keep: `keel
+//! audit verify` compares the files with it, so entries cut from the end are detected up to the
+//! last anchor.
 //! (On a cluster node the engine is replicated, not this node's own: there is no anchor.)
 //!
 //! # Failures
@@ -54,6 +57,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use keel_wal::Fs as _;
 use serde::{Deserialize, Serialize};
@@ -86,6 +90,32 @@ impl Default for Options {
             keyring: None,
         }
     }
+}
+
+/// A group's events as entries: identical logins and refusals (same event, user, address,
+/// outcome and command) become one entry with their count, in the place of the first. A flood
+/// of AUTH from a few connections so costs a few entries per group, not one per command. Every
+/// other event stays an entry of its own, in order.
+fn merge(events: Vec<Event>) -> Vec<(Event, u64)> {
+    // The last few distinct mergeable entries are searched, newest first: a flood comes from a
+    // few connections, and a wider search would cost more than the entries it saves.
+    const RECENT: usize = 16;
+    let mut out: Vec<(Event, u64)> = Vec::with_capacity(events.len().min(1024));
+    let mut recent: Vec<usize> = Vec::with_capacity(RECENT);
+    for ev in events {
+        if matches!(ev.event, "auth" | "denied") {
+            if let Some(&i) = recent.iter().rev().find(|&&i| out[i].0 == ev) {
+                out[i].1 += 1;
+                continue;
+            }
+            if recent.len() == RECENT {
+                recent.remove(0);
+            }
+            recent.push(out.len());
+        }
+        out.push((ev, 1));
+    }
+    out
 }
 
 /// The first byte of a sealed entry's line.
@@ -166,6 +196,9 @@ pub struct Entry {
     pub command: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// How many identical events this entry stands for (auth and denied only; absent = 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
     pub prev: String,
 }
 
@@ -185,15 +218,18 @@ struct Line<'a> {
     command: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<u64>,
     prev: &'a str,
 }
 
 /// An event to record (an [`Entry`] without its place in the chain).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Event {
     pub event: &'static str,
-    pub user: Option<String>,
-    pub addr: Option<String>,
+    /// Shared, so that recording a login copies no string.
+    pub user: Option<Arc<str>>,
+    pub addr: Option<Arc<str>>,
     pub ok: Option<bool>,
     pub command: Option<String>,
     pub detail: Option<String>,
@@ -201,10 +237,36 @@ pub struct Event {
 
 type Done = tokio::sync::oneshot::Sender<Result<(), String>>;
 
+/// The messages of one group.
+#[derive(Default)]
+struct Gathered {
+    events: Vec<Event>,
+    waiting: Vec<Done>,
+    stop: bool,
+}
+
+impl Gathered {
+    fn take(&mut self, m: Msg) {
+        match m {
+            Msg::Record(ev, done) => {
+                self.events.push(ev);
+                self.waiting.extend(done);
+            }
+            Msg::Stop => self.stop = true,
+        }
+    }
+}
+
 enum Msg {
     Record(Event, Option<Done>),
     Stop,
 }
+
+/// Between the starts of two groups of logins and refusals, unless an admin command waits.
+const GROUP_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Between two anchors of the chain's head, unless an admin command waits (see the writer).
+const ANCHOR_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Most events waiting to be written; past it [`Audit::record`] drops and counts them.
 const QUEUE_MAX: usize = 65_536;
@@ -468,8 +530,8 @@ impl Writer {
                 self.file.set_len(self.synced.0)?;
                 self.dirty = false;
             }
-            for ev in events {
-                self.append(ev, at_ms)?;
+            for (ev, count) in merge(events) {
+                self.append(ev, count, at_ms)?;
             }
             self.sync()
         })();
@@ -481,7 +543,7 @@ impl Writer {
         r
     }
 
-    fn append(&mut self, ev: Event, at_ms: u64) -> std::io::Result<()> {
+    fn append(&mut self, ev: Event, count: u64, at_ms: u64) -> std::io::Result<()> {
         let (seq, prev) = self.head;
         let prev = hex(&prev);
         let e = Line {
@@ -495,6 +557,7 @@ impl Writer {
             ok: ev.ok,
             command: ev.command.as_deref(),
             detail: ev.detail.as_deref(),
+            count: (count > 1).then_some(count),
             prev: &prev,
         };
         // Into a buffer kept between entries: one entry costs no allocation here.
@@ -561,8 +624,9 @@ impl Writer {
 
 impl Audit {
     /// Opens `dir` (created if missing) and starts the writer thread. `stored` is the head the
-    /// database recorded (see [`ANCHOR_KEY`]); `anchor` is called after each synced group with
-    /// the new head. What opening found wrong goes on record first, as `break` events.
+    /// database recorded (see [`ANCHOR_KEY`]); `anchor` is called with the new head after a
+    /// group an admin command waited for, and otherwise at most every `ANCHOR_EVERY`. What
+    /// opening found wrong goes on record first, as `break` events.
     pub fn start(
         dir: &Path,
         opts: Options,
@@ -589,18 +653,57 @@ impl Audit {
         let thread = std::thread::Builder::new()
             .name("keel-audit".into())
             .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let (mut events, mut waiting) = (Vec::new(), Vec::new());
-                    let mut stop = false;
-                    for m in std::iter::once(first).chain(rx.try_iter()) {
-                        match m {
-                            Msg::Record(ev, done) => {
-                                events.push(ev);
-                                waiting.extend(done);
+                // The head is anchored after a group that an admin command waits for, and
+                // otherwise at most every ANCHOR_EVERY (and then once the queue goes quiet): a
+                // flood of logins does not cost the database a write per group.
+                let mut anchor_due: Option<Instant> = None;
+                let mut anchor_now = |w: &mut Writer| {
+                    if let Some(a) = anchor.as_mut() {
+                        match a(w.head.0, &w.head.1) {
+                            Ok(()) => w.anchored = Some(w.head.0),
+                            Err(e) => {
+                                tracing::warn!("audit: recording the chain's head failed: {e}")
                             }
-                            Msg::Stop => stop = true,
                         }
                     }
+                };
+                let mut last_anchor = Instant::now();
+                let mut group_began = Instant::now();
+                loop {
+                    let first = match anchor_due {
+                        None => match rx.recv() {
+                            Ok(m) => m,
+                            Err(_) => break,
+                        },
+                        Some(due) => match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                            Ok(m) => m,
+                            Err(mpsc::RecvTimeoutError::Timeout) => {
+                                anchor_now(&mut w);
+                                (anchor_due, last_anchor) = (None, Instant::now());
+                                continue;
+                            }
+                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        },
+                    };
+                    let mut g = Gathered::default();
+                    g.take(first);
+                    // A group starts at most every GROUP_EVERY: each is a write and an fsync, so
+                    // a flood of logins gets a few hundred a second, and the events that arrive
+                    // meanwhile wake nobody (the thread sleeps instead of waiting on the queue).
+                    // An admin command that arrives then waits that much longer for its entry.
+                    rx.try_iter().for_each(|m| g.take(m));
+                    let pace_until = group_began + GROUP_EVERY;
+                    let now = Instant::now();
+                    if g.waiting.is_empty() && !g.stop && now < pace_until {
+                        std::thread::sleep(pace_until - now);
+                        rx.try_iter().for_each(|m| g.take(m));
+                    }
+                    group_began = Instant::now();
+                    let Gathered {
+                        mut events,
+                        waiting,
+                        stop,
+                    } = g;
                     let n = st.unrecorded_drops.swap(0, Ordering::Relaxed);
                     if n > 0 {
                         events.push(Event {
@@ -631,15 +734,16 @@ impl Audit {
                         }
                     }
                     drop(last_error);
+                    let durable = !waiting.is_empty();
                     for d in waiting {
                         let _ = d.send(result.clone());
                     }
-                    if let (Ok(()), Some(a)) = (&result, anchor.as_mut()) {
-                        match a(w.head.0, &w.head.1) {
-                            Ok(()) => w.anchored = Some(w.head.0),
-                            Err(e) => {
-                                tracing::warn!("audit: recording the chain's head failed: {e}")
-                            }
+                    if result.is_ok() {
+                        if durable || stop || last_anchor.elapsed() >= ANCHOR_EVERY {
+                            anchor_now(&mut w);
+                            (anchor_due, last_anchor) = (None, Instant::now());
+                        } else if anchor_due.is_none() {
+                            anchor_due = Some(last_anchor + ANCHOR_EVERY);
                         }
                     }
                     if stop {
@@ -855,6 +959,53 @@ mod tests {
     const K1: &str = "1 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
     #[test]
+    fn identical_logins_and_refusals_in_a_group_are_one_entry_with_their_count() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut w, _) = Writer::open(tmp.path(), Options::default(), None).unwrap();
+        let auth = |user: &str, ok| Event {
+            event: "auth",
+            user: Some(user.into()),
+            addr: Some("127.0.0.1:5000".into()),
+            ok: Some(ok),
+            ..Event::default()
+        };
+        let admin = Event {
+            event: "admin",
+            user: Some("a".into()),
+            command: Some("save".into()),
+            ..Event::default()
+        };
+        let group = vec![
+            auth("a", false),
+            auth("a", true),
+            admin.clone(),
+            auth("a", false),
+            admin.clone(),
+            auth("b", false),
+            auth("a", false),
+        ];
+        w.write_group(group, 7).unwrap();
+        let text = std::fs::read_to_string(&files(tmp.path()).unwrap()[0].1).unwrap();
+        let got: Vec<_> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Entry>(l).unwrap())
+            .map(|e| (e.event, e.user, e.ok, e.count))
+            .collect();
+        let e = |ev: &str, u: &str, ok, n| (ev.to_string(), Some(u.to_string()), ok, n);
+        assert_eq!(
+            got,
+            vec![
+                e("auth", "a", Some(false), Some(3)),
+                e("auth", "a", Some(true), None),
+                e("admin", "a", None, None),
+                e("admin", "a", None, None),
+                e("auth", "b", Some(false), None),
+            ]
+        );
+        assert!(verify(tmp.path(), None, None).unwrap().bad.is_none());
+    }
+
+    #[test]
     fn encrypted_entries_chain_with_plaintext_ones_and_need_their_key() {
         let tmp = tempfile::tempdir().unwrap();
         write_some(tmp.path(), Options::default(), 3);
@@ -904,7 +1055,7 @@ mod tests {
         for i in 0..n {
             let ev = Event {
                 event: "auth",
-                user: Some(format!("u{i}")),
+                user: Some(format!("u{i}").into()),
                 ok: Some(i % 2 == 0),
                 ..Event::default()
             };

@@ -111,7 +111,8 @@ struct Account {
 
 /// Every user the server knows, fixed at start-up.
 pub struct Users {
-    accounts: HashMap<String, Account>,
+    /// Names are shared, so that an audit entry can name a user without copying the name.
+    accounts: HashMap<std::sync::Arc<str>, Account>,
 }
 
 /// An authenticated user's name.
@@ -120,11 +121,7 @@ pub struct User(pub String);
 
 impl fmt::Debug for Users {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut names: Vec<_> = self
-            .accounts
-            .iter()
-            .map(|(n, a)| (n.as_str(), a.perms))
-            .collect();
+        let mut names: Vec<_> = self.accounts.iter().map(|(n, a)| (&**n, a.perms)).collect();
         names.sort_by_key(|(n, _)| *n);
         f.debug_struct("Users").field("accounts", &names).finish()
     }
@@ -156,7 +153,7 @@ impl Users {
                 password_sha256: Some(hash),
                 perms,
             };
-            if accounts.insert(u.name.clone(), account).is_some() {
+            if accounts.insert(u.name.as_str().into(), account).is_some() {
                 bail!("user {:?} is configured twice", u.name);
             }
         }
@@ -205,14 +202,14 @@ impl Users {
 
     /// Names of the configured users, sorted, for the start-up log.
     pub fn names(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.accounts.keys().map(String::as_str).collect();
+        let mut v: Vec<&str> = self.accounts.keys().map(|k| &**k).collect();
         v.sort_unstable();
         v
     }
 
-    /// Whether `name` is a configured user.
-    pub fn exists(&self, name: &str) -> bool {
-        self.accounts.contains_key(name)
+    /// The configured user's name, shared, if `name` is one.
+    pub fn name(&self, name: &str) -> Option<std::sync::Arc<str>> {
+        self.accounts.get_key_value(name).map(|(n, _)| n.clone())
     }
 
     /// The user, if `password` is theirs. Takes the same time whether or not the user exists
@@ -232,7 +229,7 @@ impl Users {
             None => true, // the default user without a password accepts any, as in Redis
         };
         match account {
-            Some((name, _)) if matched => Some(User(name.clone())),
+            Some((name, _)) if matched => Some(User(name.to_string())),
             _ => None,
         }
     }
@@ -242,7 +239,7 @@ impl Users {
         need.is_connection()
             || self
                 .accounts
-                .get(&user.0)
+                .get(user.0.as_str())
                 .is_some_and(|a| a.perms.allows(need))
     }
 

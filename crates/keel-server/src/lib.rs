@@ -201,7 +201,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Opens the audit log in DIR/audit/. On a single node, the chain's head is anchored in the
-/// engine's system namespace after each synced group; a cluster node's engine is replicated, so
+/// engine's system namespace (see `audit`); a cluster node's engine is replicated, so
 /// it has no anchor.
 fn start_audit(
     settings: &Settings,

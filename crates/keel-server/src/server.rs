@@ -388,7 +388,7 @@ enum Flow {
 struct Conn {
     sh: Arc<Shared>,
     id: u64,
-    addr: String,
+    addr: Arc<str>,
     proto: u8,
     user: Option<User>,
     name: Option<Bytes>,
@@ -438,7 +438,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let mut stop = sh.shutdown.subscribe();
     let mut conn = Conn {
         id: sh.next_client_id.fetch_add(1, Ordering::Relaxed),
-        addr,
+        addr: addr.into(),
         sh: sh.clone(),
         proto: 2,
         user: sh.users.initial(),
@@ -748,7 +748,7 @@ impl Conn {
                 self.audit(audit::Event {
                     event: "denied",
                     command: Some(audited_name(spec.name, &args)),
-                    ..self.who(&user)
+                    ..self.who(&user.0)
                 });
                 self.reply(Reply::err(e));
                 return Flow::Continue;
@@ -762,7 +762,7 @@ impl Conn {
                 let ev = audit::Event {
                     event: "admin",
                     command: Some(audited_name(spec.name, &args)),
-                    ..self.who(&user)
+                    ..self.who(&user.0)
                 };
                 if let Err(e) = a.record_durably(ev).await {
                     if self.multi.is_some() {
@@ -1145,9 +1145,9 @@ impl Conn {
     }
 
     /// An event's user and client address.
-    fn who(&self, user: &User) -> audit::Event {
+    fn who(&self, user: &str) -> audit::Event {
         audit::Event {
-            user: Some(user.0.clone()),
+            user: Some(user.into()),
             addr: Some(self.addr.clone()),
             ..audit::Event::default()
         }
@@ -1160,14 +1160,16 @@ impl Conn {
         if self.sh.audit.is_none() {
             return;
         }
-        let user = match std::str::from_utf8(user) {
-            Ok(u) if self.sh.users.exists(u) => u.to_string(),
-            _ => "(unknown)".into(),
-        };
+        let user = std::str::from_utf8(user)
+            .ok()
+            .and_then(|u| self.sh.users.name(u))
+            .unwrap_or_else(|| "(unknown)".into());
         self.audit(audit::Event {
             event: "auth",
             ok: Some(ok),
-            ..self.who(&User(user))
+            user: Some(user),
+            addr: Some(self.addr.clone()),
+            ..audit::Event::default()
         });
     }
 

@@ -13,13 +13,22 @@
 //!
 //! The caller's `aad` (associated data) binds a sealed string to its place, for example a log
 //! frame's LSN: moved elsewhere, it no longer opens.
+//!
+//! XChaCha20-Poly1305 is HChaCha20 of the key and the nonce's first 16 bytes, giving a subkey,
+//! then ChaCha20-Poly1305 (RFC 8439) under that subkey with the nonce `0u32 | nonce[16..24]`.
+//! Since a keyring's prefix is fixed, its sealing subkey is computed once; the AEAD itself is
+//! ring's (about 9× faster than RustCrypto's `chacha20poly1305` on 140-byte records here).
+//! HChaCha20 comes from RustCrypto's `chacha20`. A test checks the output against RustCrypto's
+//! `XChaCha20Poly1305`, both ways.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
+use chacha20::cipher::consts::U10;
+use chacha20::cipher::generic_array::GenericArray;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
 /// Names a key in the keyring (the `ID` of an `ID HEX64` line). Stored with every sealed string.
 pub type KeyId = u32;
@@ -51,9 +60,33 @@ pub enum KeyError {
 
 /// The keys keel encrypts with. Load it with [`Keyring::load`]; share it behind an `Arc`.
 pub struct Keyring {
-    keys: Vec<(KeyId, XChaCha20Poly1305)>,
+    keys: Vec<(KeyId, [u8; 32])>,
     prefix: [u8; 16],
     counter: AtomicU64,
+    /// The first key's subkey for `prefix`: what every seal uses.
+    sealer: LessSafeKey,
+    /// The subkey last used to open, by key id and nonce prefix (a log's records written by one
+    /// process share them).
+    opener: Mutex<Option<CachedSubkey>>,
+}
+
+/// A subkey, by key id and nonce prefix.
+type CachedSubkey = (KeyId, [u8; 16], Arc<LessSafeKey>);
+
+/// The XChaCha20 subkey of `key` for nonces that start with `prefix`.
+fn subkey(key: &[u8; 32], prefix: &[u8; 16]) -> LessSafeKey {
+    let sub = chacha20::hchacha::<U10>(
+        GenericArray::from_slice(key),
+        GenericArray::from_slice(prefix),
+    );
+    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &sub).expect("a 32-byte key"))
+}
+
+/// The ChaCha20-Poly1305 nonce under the subkey: four zero bytes, then the nonce's last eight.
+fn inner_nonce(nonce: &[u8]) -> Nonce {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&nonce[16..24]);
+    Nonce::assume_unique_for_key(n)
 }
 
 impl fmt::Debug for Keyring {
@@ -81,12 +114,11 @@ impl Keyring {
         let mut prefix = [0u8; 16];
         getrandom::fill(&mut prefix).map_err(|e| format!("no randomness for nonces: {e}"))?;
         Ok(Keyring {
-            keys: keys
-                .iter()
-                .map(|(id, k)| (*id, XChaCha20Poly1305::new(Key::from_slice(k))))
-                .collect(),
+            keys: keys.to_vec(),
+            sealer: subkey(&keys[0].1, &prefix),
             prefix,
             counter: AtomicU64::new(0),
+            opener: Mutex::new(None),
         })
     }
 
@@ -161,19 +193,19 @@ impl Keyring {
 
     /// Appends `plaintext`, sealed with the active key and bound to `aad`, to `out`.
     pub fn seal_into(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
-        let (id, cipher) = &self.keys[0];
         let mut nonce = [0u8; NONCE_BYTES];
         nonce[..16].copy_from_slice(&self.prefix);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         nonce[16..].copy_from_slice(&n.to_le_bytes());
-        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&self.keys[0].0.to_le_bytes());
         out.extend_from_slice(&nonce);
         let start = out.len();
         out.extend_from_slice(plaintext);
-        let tag = cipher
-            .encrypt_in_place_detached(XNonce::from_slice(&nonce), aad, &mut out[start..])
-            .expect("XChaCha20-Poly1305 seals any length keel writes");
-        out.extend_from_slice(&tag);
+        let tag = self
+            .sealer
+            .seal_in_place_separate_tag(inner_nonce(&nonce), Aad::from(aad), &mut out[start..])
+            .expect("ChaCha20-Poly1305 seals any length keel writes");
+        out.extend_from_slice(tag.as_ref());
     }
 
     /// `plaintext` sealed with the active key and bound to `aad`.
@@ -194,24 +226,36 @@ impl Keyring {
             what: what.to_string(),
             len: sealed.len(),
         })?;
-        let Some((_, cipher)) = self.keys.iter().find(|(k, _)| *k == id) else {
+        let Some((_, key)) = self.keys.iter().find(|(k, _)| *k == id) else {
             return Err(KeyError::Unknown {
                 what: what.to_string(),
                 id,
                 have: self.ids_text(),
             });
         };
-        let nonce = XNonce::from_slice(&sealed[4..4 + NONCE_BYTES]);
-        let body = &sealed[4 + NONCE_BYTES..sealed.len() - TAG_BYTES];
-        let tag = Tag::from_slice(&sealed[sealed.len() - TAG_BYTES..]);
-        let mut plain = body.to_vec();
-        cipher
-            .decrypt_in_place_detached(nonce, aad, &mut plain, tag)
+        let nonce = &sealed[4..4 + NONCE_BYTES];
+        let prefix: [u8; 16] = nonce[..16].try_into().expect("16 bytes");
+        let opener = {
+            let mut cached = self.opener.lock().unwrap_or_else(|p| p.into_inner());
+            match &*cached {
+                Some((i, p, k)) if *i == id && *p == prefix => k.clone(),
+                _ => {
+                    let k = Arc::new(subkey(key, &prefix));
+                    *cached = Some((id, prefix, k.clone()));
+                    k
+                }
+            }
+        };
+        let mut buf = sealed[4 + NONCE_BYTES..].to_vec();
+        let len = opener
+            .open_in_place(inner_nonce(nonce), Aad::from(aad), &mut buf)
             .map_err(|_| KeyError::Decrypt {
                 what: what.to_string(),
                 id,
-            })?;
-        Ok(plain)
+            })?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
     }
 }
 
@@ -303,6 +347,60 @@ mod tests {
             ring(K1).open(&"frame", b"", &sealed[..10]),
             Err(KeyError::Short { .. })
         ));
+    }
+
+    /// The construction is standard XChaCha20-Poly1305: RustCrypto's implementation opens what
+    /// keel seals, and keel opens what it seals.
+    #[test]
+    fn sealed_strings_are_xchacha20_poly1305() {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+        let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let reference = XChaCha20Poly1305::new(&key.into());
+        let k = ring(K1);
+        for len in [0, 1, 63, 64, 65, 140, 1000] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let sealed = k.seal(b"lsn", &plain);
+            let nonce = XNonce::from_slice(&sealed[4..28]);
+            let got = reference
+                .decrypt(
+                    nonce,
+                    Payload {
+                        msg: &sealed[28..],
+                        aad: b"lsn",
+                    },
+                )
+                .unwrap();
+            assert_eq!(got, plain, "len {len}");
+            let theirs = reference
+                .encrypt(
+                    nonce,
+                    Payload {
+                        msg: &plain,
+                        aad: b"lsn",
+                    },
+                )
+                .unwrap();
+            let mut s = sealed[..28].to_vec();
+            s.extend_from_slice(&theirs);
+            assert_eq!(s, sealed);
+            // A nonce prefix from another keyring (another process) opens too.
+            let mut other = sealed[..4].to_vec();
+            let n2: [u8; 24] = std::array::from_fn(|i| 200 - i as u8);
+            other.extend_from_slice(&n2);
+            other.extend_from_slice(
+                &reference
+                    .encrypt(
+                        XNonce::from_slice(&n2),
+                        Payload {
+                            msg: &plain,
+                            aad: b"x",
+                        },
+                    )
+                    .unwrap(),
+            );
+            assert_eq!(k.open(&"x", b"x", &other).unwrap(), plain);
+        }
     }
 
     #[test]
