@@ -235,13 +235,23 @@ fn a_missing_wrong_or_badly_kept_key_is_refused_and_changes_nothing() {
     );
     std::fs::remove_file(&inside).unwrap();
     assert_eq!(files(&dir), before);
-    // The environment variable works as the flag does.
+    // The environment variable works as the flag does...
     std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
     let srv = Server::start_env(
         &dir,
         &[],
         &[("KEEL_ENCRYPTION_KEY_FILE", keys.to_str().unwrap())],
     );
+    assert_secrets(&srv, 0..50);
+    srv.sigterm();
+    // So does the config file's key.
+    let config = tmp.path().join("keel.toml");
+    std::fs::write(
+        &config,
+        format!("encryption_key_file = {:?}\n", keys.to_str().unwrap()),
+    )
+    .unwrap();
+    let srv = Server::start(&dir, &["--config", config.to_str().unwrap()]);
     assert_secrets(&srv, 0..50);
     srv.sigterm();
 }
