@@ -142,7 +142,7 @@ pub fn open_line<'a>(
     let Some(hexed) = line.strip_prefix(&[SEALED]) else {
         return Ok(Some(line.into()));
     };
-    let Some(sealed) = unhex(hexed) else {
+    let Some(sealed) = keel_wal::crypt::unhex(hexed) else {
         return Ok(None);
     };
     if keel_wal::crypt::sealed_key_id(&sealed).is_none() {
@@ -153,15 +153,6 @@ pub fn open_line<'a>(
         return Err(keel_wal::KeyError::Missing { what: what.into() });
     };
     Ok(Some(k.open(&what, AAD, &sealed)?.into()))
-}
-
-fn unhex(h: &[u8]) -> Option<Vec<u8>> {
-    if !h.len().is_multiple_of(2) {
-        return None;
-    }
-    h.chunks(2)
-        .map(|c| u8::from_str_radix(std::str::from_utf8(c).ok()?, 16).ok())
-        .collect()
 }
 
 /// The entry a stored line holds, and the hash that chains it (of its JSON).

@@ -315,19 +315,13 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 fn parse_sha256_hex(s: &str) -> anyhow::Result<[u8; 32]> {
-    let s = s.as_bytes();
     if s.len() != 64 {
         bail!("not 64 characters long");
     }
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let mut out = [0; 32];
-    for (i, pair) in s.chunks_exact(2).enumerate() {
-        match (digit(pair[0]), digit(pair[1])) {
-            (Some(hi), Some(lo)) => out[i] = (hi << 4) | lo,
-            _ => bail!("not hexadecimal"),
-        }
+    match keel_wal::crypt::unhex(s.as_bytes()).map(<[u8; 32]>::try_from) {
+        Some(Ok(out)) => Ok(out),
+        _ => bail!("not hexadecimal"),
     }
-    Ok(out)
 }
 
 /// Compares without an early exit, so timing does not reveal a matching prefix.

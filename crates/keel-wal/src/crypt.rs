@@ -273,14 +273,19 @@ pub fn generate_line(id: KeyId) -> Result<String, String> {
 }
 
 fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 || !s.is_ascii() {
+    unhex(s.as_bytes())?.try_into().ok()
+}
+
+/// The bytes that hex digits (either case, two a byte) spell; `None` for anything else, a sign
+/// or an odd length included.
+pub fn unhex(h: &[u8]) -> Option<Vec<u8>> {
+    if !h.len().is_multiple_of(2) {
         return None;
     }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    let digit = |c: u8| (c as char).to_digit(16);
+    h.chunks_exact(2)
+        .map(|p| Some((digit(p[0])? << 4 | digit(p[1])?) as u8))
+        .collect()
 }
 
 /// Refuses a key file inside `data_dir`: a key kept beside the data it protects protects nothing.
@@ -413,6 +418,14 @@ mod tests {
                 let s = r.seal(b"same place", b"same value");
                 assert!(seen.insert(s[4..28].to_vec()), "a nonce repeated");
             }
+        }
+    }
+
+    #[test]
+    fn unhex_takes_hex_digits_only() {
+        assert_eq!(unhex(b"00ffA0"), Some(vec![0, 255, 160]));
+        for bad in [&b"0"[..], b"+f", b"-1", b"0g", b" 1"] {
+            assert_eq!(unhex(bad), None, "{bad:?}");
         }
     }
 

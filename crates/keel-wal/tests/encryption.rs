@@ -63,6 +63,21 @@ fn frames(path: &Path) -> Vec<(usize, u64, Vec<u8>)> {
     out
 }
 
+/// Flips a bit of the payload byte `at` of the frame at `off` in `seg` and recomputes both CRCs,
+/// as someone altering the file would. Returns the file's new bytes.
+fn alter_sealed(seg: &Path, off: usize, at: usize) -> Vec<u8> {
+    let mut b = std::fs::read(seg).unwrap();
+    let seed = segment_seed(SegmentHeader::decode(&b).unwrap().segment_id);
+    let len = u32::from_le_bytes(b[off + 4..off + 8].try_into().unwrap()) as usize;
+    b[off + 32 + at] ^= 0x40;
+    let pcrc = crc32c::crc32c_append(seed, &b[off + 32..off + 32 + len]);
+    b[off + 28..off + 32].copy_from_slice(&pcrc.to_le_bytes());
+    let hcrc = crc32c::crc32c_append(seed, &b[off + 4..off + 32]);
+    b[off..off + 4].copy_from_slice(&hcrc.to_le_bytes());
+    std::fs::write(seg, &b).unwrap();
+    b
+}
+
 #[test]
 fn an_encrypted_log_holds_no_plaintext_and_reads_back_with_its_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -146,17 +161,7 @@ fn altered_ciphertext_with_a_matching_checksum_is_refused_naming_the_file() {
     wal.close().unwrap();
     let seg = segment_files(dir.path()).pop().unwrap();
     let (off, lsn, _) = frames(&seg)[10];
-    // Flip a ciphertext byte and recompute both CRCs, as someone altering the file would.
-    let mut b = std::fs::read(&seg).unwrap();
-    let h = SegmentHeader::decode(&b).unwrap();
-    let seed = segment_seed(h.segment_id);
-    let len = u32::from_le_bytes(b[off + 4..off + 8].try_into().unwrap()) as usize;
-    b[off + 32 + 4 + 24] ^= 0x40;
-    let pcrc = crc32c::crc32c_append(seed, &b[off + 32..off + 32 + len]);
-    b[off + 28..off + 32].copy_from_slice(&pcrc.to_le_bytes());
-    let hcrc = crc32c::crc32c_append(seed, &b[off + 4..off + 32]);
-    b[off..off + 4].copy_from_slice(&hcrc.to_le_bytes());
-    std::fs::write(&seg, &b).unwrap();
+    let mut b = alter_sealed(&seg, off, 4 + 24);
     let e = read_all(dir.path(), &opts(Some(K1))).unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, Error::Key(KeyError::Decrypt { .. })), "{msg}");
@@ -433,15 +438,7 @@ fn a_long_read_comes_back_in_order_and_stops_at_an_altered_record() {
     assert_eq!(mid, vec![1501, 1502, 1503]);
 
     let (off, lsn, _) = frames(&seg)[1234];
-    let mut b = std::fs::read(&seg).unwrap();
-    let seed = segment_seed(SegmentHeader::decode(&b).unwrap().segment_id);
-    let len = u32::from_le_bytes(b[off + 4..off + 8].try_into().unwrap()) as usize;
-    b[off + 32 + 28] ^= 1;
-    let pcrc = crc32c::crc32c_append(seed, &b[off + 32..off + 32 + len]);
-    b[off + 28..off + 32].copy_from_slice(&pcrc.to_le_bytes());
-    let hcrc = crc32c::crc32c_append(seed, &b[off + 4..off + 32]);
-    b[off..off + 4].copy_from_slice(&hcrc.to_le_bytes());
-    std::fs::write(&seg, &b).unwrap();
+    alter_sealed(&seg, off, 28);
     let got: Vec<_> = LogReader::open(dir.path(), &o)
         .unwrap()
         .iter_from(1)
