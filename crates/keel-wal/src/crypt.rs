@@ -1,4 +1,4 @@
-//! Encryption at rest: a keyring of XChaCha20-Poly1305 keys, and sealed byte strings.
+//! Encryption at rest: a keyring of XAES-256-GCM keys, and sealed byte strings.
 //!
 //! A sealed string is `key_id u32 LE | nonce (24 bytes) | ciphertext | tag (16 bytes)`, so it
 //! names the key that opens it. Every key of the keyring opens; the first one seals.
@@ -14,21 +14,23 @@
 //! The caller's `aad` (associated data) binds a sealed string to its place, for example a log
 //! frame's LSN: moved elsewhere, it no longer opens.
 //!
-//! XChaCha20-Poly1305 is HChaCha20 of the key and the nonce's first 16 bytes, giving a subkey,
-//! then ChaCha20-Poly1305 (RFC 8439) under that subkey with the nonce `0u32 | nonce[16..24]`.
-//! Since a keyring's prefix is fixed, its sealing subkey is computed once; the AEAD itself is
-//! ring's (about 9× faster than RustCrypto's `chacha20poly1305` on 140-byte records here).
-//! HChaCha20 comes from RustCrypto's `chacha20`. A test checks the output against RustCrypto's
-//! `XChaCha20Poly1305`, both ways.
+//! XAES-256-GCM (C2SP, <https://c2sp.org/XAES-256-GCM>) derives a 256-bit key from the key and
+//! the nonce's first 12 bytes (two AES-256 blocks, a CMAC-style counter KDF), then runs
+//! AES-256-GCM under that key with the nonce's last 12 bytes. Since a keyring's prefix is fixed,
+//! its sealing key is derived once. The two blocks come from RustCrypto's `aes` (AES-NI when the
+//! CPU has it); the AEAD is ring's AES-256-GCM, which uses VAES/AVX2 where present: on this
+//! project's machine it opens 16 KiB at 8.6 GB/s, against 2.6 GB/s for ring's
+//! ChaCha20-Poly1305, the cipher before. Tests check the C2SP test vectors, intermediate values
+//! included.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use chacha20::cipher::consts::U10;
-use chacha20::cipher::generic_array::GenericArray;
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+use aes::cipher::{BlockEncrypt, KeyInit};
+use aes::Aes256;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 
 /// Names a key in the keyring (the `ID` of an `ID HEX64` line). Stored with every sealed string.
 pub type KeyId = u32;
@@ -60,33 +62,67 @@ pub enum KeyError {
 
 /// The keys keel encrypts with. Load it with [`Keyring::load`]; share it behind an `Arc`.
 pub struct Keyring {
-    keys: Vec<(KeyId, [u8; 32])>,
+    keys: Vec<(KeyId, Deriver)>,
+    /// The first 16 bytes of every nonce this keyring seals with: random, drawn once.
     prefix: [u8; 16],
     counter: AtomicU64,
-    /// The first key's subkey for `prefix`: what every seal uses.
+    /// The first key's derived key for `prefix`: what every seal uses.
     sealer: LessSafeKey,
-    /// The subkey last used to open, by key id and nonce prefix (a log's records written by one
-    /// process share them).
-    opener: Mutex<Option<CachedSubkey>>,
+    /// The derived key last used to open, by key id and nonce prefix (a log's records written
+    /// by one process share them).
+    opener: Mutex<Option<CachedKey>>,
 }
 
-/// A subkey, by key id and nonce prefix.
-type CachedSubkey = (KeyId, [u8; 16], Arc<LessSafeKey>);
+/// A derived key, by key id and nonce prefix.
+type CachedKey = (KeyId, Prefix, Arc<LessSafeKey>);
 
-/// The XChaCha20 subkey of `key` for nonces that start with `prefix`.
-fn subkey(key: &[u8; 32], prefix: &[u8; 16]) -> LessSafeKey {
-    let sub = chacha20::hchacha::<U10>(
-        GenericArray::from_slice(key),
-        GenericArray::from_slice(prefix),
-    );
-    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &sub).expect("a 32-byte key"))
+/// The nonce's first bytes, which choose the derived key.
+const PREFIX_BYTES: usize = 12;
+type Prefix = [u8; PREFIX_BYTES];
+
+/// XAES-256-GCM's key derivation for one key: AES-256 under the key, and the CMAC subkey K1.
+struct Deriver {
+    aes: Aes256,
+    k1: [u8; 16],
 }
 
-/// The ChaCha20-Poly1305 nonce under the subkey: four zero bytes, then the nonce's last eight.
+impl Deriver {
+    fn new(key: &[u8; 32]) -> Deriver {
+        let aes = Aes256::new(key.into());
+        let mut l = [0u8; 16].into();
+        aes.encrypt_block(&mut l);
+        // K1 = L doubled in GF(2^128): shift left one bit, and fold the carry back with 0x87.
+        let l = u128::from_be_bytes(l.into());
+        let k1 = (l << 1) ^ if l >> 127 == 1 { 0x87 } else { 0 };
+        Deriver {
+            aes,
+            k1: k1.to_be_bytes(),
+        }
+    }
+
+    /// The AES-256-GCM key for nonces that start with `prefix`:
+    /// `AES(K, M1 ⊕ K1) | AES(K, M2 ⊕ K1)` with `Mi = 0x00 | i | "X" | 0x00 | prefix`.
+    fn derive(&self, prefix: &Prefix) -> LessSafeKey {
+        let mut kx = [0u8; 32];
+        for (i, half) in kx.chunks_exact_mut(16).enumerate() {
+            let mut m = [0u8; 16];
+            m[1] = i as u8 + 1;
+            m[2] = b'X';
+            m[4..].copy_from_slice(prefix);
+            for (b, k) in m.iter_mut().zip(self.k1) {
+                *b ^= k;
+            }
+            let mut block = m.into();
+            self.aes.encrypt_block(&mut block);
+            half.copy_from_slice(&block);
+        }
+        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &kx).expect("a 32-byte key"))
+    }
+}
+
+/// The AES-256-GCM nonce under the derived key: the nonce's last 12 bytes.
 fn inner_nonce(nonce: &[u8]) -> Nonce {
-    let mut n = [0u8; 12];
-    n[4..].copy_from_slice(&nonce[16..24]);
-    Nonce::assume_unique_for_key(n)
+    Nonce::assume_unique_for_key(nonce[PREFIX_BYTES..].try_into().expect("24-byte nonce"))
 }
 
 impl fmt::Debug for Keyring {
@@ -113,9 +149,12 @@ impl Keyring {
         }
         let mut prefix = [0u8; 16];
         getrandom::fill(&mut prefix).map_err(|e| format!("no randomness for nonces: {e}"))?;
+        let keys: Vec<_> = keys.iter().map(|(id, k)| (*id, Deriver::new(k))).collect();
         Ok(Keyring {
-            keys: keys.to_vec(),
-            sealer: subkey(&keys[0].1, &prefix),
+            sealer: keys[0]
+                .1
+                .derive(prefix[..PREFIX_BYTES].try_into().expect("12")),
+            keys,
             prefix,
             counter: AtomicU64::new(0),
             opener: Mutex::new(None),
@@ -204,7 +243,7 @@ impl Keyring {
         let tag = self
             .sealer
             .seal_in_place_separate_tag(inner_nonce(&nonce), Aad::from(aad), &mut out[start..])
-            .expect("ChaCha20-Poly1305 seals any length keel writes");
+            .expect("AES-256-GCM seals any length keel writes");
         out.extend_from_slice(tag.as_ref());
     }
 
@@ -226,7 +265,7 @@ impl Keyring {
             what: what.to_string(),
             len: sealed.len(),
         })?;
-        let Some((_, key)) = self.keys.iter().find(|(k, _)| *k == id) else {
+        let Some((_, deriver)) = self.keys.iter().find(|(k, _)| *k == id) else {
             return Err(KeyError::Unknown {
                 what: what.to_string(),
                 id,
@@ -234,13 +273,13 @@ impl Keyring {
             });
         };
         let nonce = &sealed[4..4 + NONCE_BYTES];
-        let prefix: [u8; 16] = nonce[..16].try_into().expect("16 bytes");
+        let prefix: Prefix = nonce[..PREFIX_BYTES].try_into().expect("12 bytes");
         let opener = {
             let mut cached = self.opener.lock().unwrap_or_else(|p| p.into_inner());
             match &*cached {
                 Some((i, p, k)) if *i == id && *p == prefix => k.clone(),
                 _ => {
-                    let k = Arc::new(subkey(key, &prefix));
+                    let k = Arc::new(deriver.derive(&prefix));
                     *cached = Some((id, prefix, k.clone()));
                     k
                 }
@@ -354,57 +393,49 @@ mod tests {
         ));
     }
 
-    /// The construction is standard XChaCha20-Poly1305: RustCrypto's implementation opens what
-    /// keel seals, and keel opens what it seals.
+    /// The construction is XAES-256-GCM: C2SP's two test vectors (one for each branch of the
+    /// doubling of L), with their derived keys, seal and open.
     #[test]
-    fn sealed_strings_are_xchacha20_poly1305() {
-        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-        use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-        let key: [u8; 32] = std::array::from_fn(|i| i as u8);
-        let reference = XChaCha20Poly1305::new(&key.into());
-        let k = ring(K1);
-        for len in [0, 1, 63, 64, 65, 140, 1000] {
-            let plain: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
-            let sealed = k.seal(b"lsn", &plain);
-            let nonce = XNonce::from_slice(&sealed[4..28]);
-            let got = reference
-                .decrypt(
-                    nonce,
-                    Payload {
-                        msg: &sealed[28..],
-                        aad: b"lsn",
-                    },
-                )
-                .unwrap();
-            assert_eq!(got, plain, "len {len}");
-            let theirs = reference
-                .encrypt(
-                    nonce,
-                    Payload {
-                        msg: &plain,
-                        aad: b"lsn",
-                    },
-                )
-                .unwrap();
-            let mut s = sealed[..28].to_vec();
-            s.extend_from_slice(&theirs);
-            assert_eq!(s, sealed);
-            // A nonce prefix from another keyring (another process) opens too.
-            let mut other = sealed[..4].to_vec();
-            let n2: [u8; 24] = std::array::from_fn(|i| 200 - i as u8);
-            other.extend_from_slice(&n2);
-            other.extend_from_slice(
-                &reference
-                    .encrypt(
-                        XNonce::from_slice(&n2),
-                        Payload {
-                            msg: &plain,
-                            aad: b"x",
-                        },
-                    )
-                    .unwrap(),
-            );
-            assert_eq!(k.open(&"x", b"x", &other).unwrap(), plain);
+    fn sealed_strings_are_xaes_256_gcm() {
+        let hex = |s: &str| unhex(s.as_bytes()).unwrap();
+        for (byte, aad, kx, want) in [
+            (
+                1u8,
+                &b""[..],
+                "c8612c9ed53fe43e8e005b828a1631a0bbcb6ab2f46514ec4f439fcfd0fa969b",
+                "ce546ef63c9cc60765923609b33a9a1974e96e52daf2fcf7075e2271",
+            ),
+            (
+                3,
+                b"c2sp.org/XAES-256-GCM",
+                "e9c621d4cdd9b11b00a6427ad7e559aeedd66b3857646677748f8ca796cb3fd8",
+                "986ec1832593df5443a179437fd083bf3fdb41abd740a21f71eb769d",
+            ),
+        ] {
+            let nonce = *b"ABCDEFGHIJKLMNOPQRSTUVWX";
+            let deriver = Deriver::new(&[byte; 32]);
+            // The derived key, checked through the AEAD it keys: it must seal like one built
+            // from the spec's Kx.
+            let reference = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &hex(kx)).unwrap());
+            let seal = |k: &LessSafeKey| {
+                let mut b = b"XAES-256-GCM".to_vec();
+                k.seal_in_place_append_tag(inner_nonce(&nonce), Aad::from(aad), &mut b)
+                    .unwrap();
+                b
+            };
+            let derived = deriver.derive(nonce[..PREFIX_BYTES].try_into().unwrap());
+            assert_eq!(seal(&derived), hex(want), "key 0x{byte:02x}");
+            assert_eq!(seal(&reference), hex(want), "key 0x{byte:02x}");
+            // A keyring opens the vector's sealed string, though its own prefix differs.
+            let mut sealed = 7u32.to_le_bytes().to_vec();
+            sealed.extend_from_slice(&nonce);
+            sealed.extend_from_slice(&hex(want));
+            let k = Keyring::new(&[(7, [byte; 32])]).unwrap();
+            assert_eq!(k.open(&"x", aad, &sealed).unwrap(), b"XAES-256-GCM");
+            // And what it seals opens again, with a key derived afresh.
+            let own = k.seal(aad, b"XAES-256-GCM");
+            let fresh = Keyring::new(&[(7, [byte; 32])]).unwrap();
+            assert_eq!(fresh.open(&"x", aad, &own).unwrap(), b"XAES-256-GCM");
         }
     }
 
