@@ -195,10 +195,12 @@ pub(crate) fn choose<T>(
 /// for real damage.
 fn not_damage(e: FileError, path: &Path) -> Result<String> {
     match e {
-        FileError::Version(_) | FileError::Key(_) => Err(Error::BadFile {
-            path: path.to_path_buf(),
-            source: e,
-        }),
+        FileError::Version(_) | FileError::Unloadable(_) | FileError::Key(_) => {
+            Err(Error::BadFile {
+                path: path.to_path_buf(),
+                source: e,
+            })
+        }
         FileError::Io(e)
             if matches!(
                 e.kind(),

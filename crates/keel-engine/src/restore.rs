@@ -177,8 +177,13 @@ pub fn restore(
                 chosen = Some((s.image, s.requests, l, s.header.at_ms));
                 break;
             }
-            // A key problem is not damage: skipping the snapshot would hide it.
-            Err(source @ crate::snapshot::FileError::Key(_)) => {
+            // A key problem, or a newer keel's snapshot, is not damage: skipping the snapshot
+            // would hide it.
+            Err(
+                source @ (crate::snapshot::FileError::Key(_)
+                | crate::snapshot::FileError::Version(_)
+                | crate::snapshot::FileError::Unloadable(_)),
+            ) => {
                 return Err(Error::BadFile { path, source });
             }
             Err(e) => {

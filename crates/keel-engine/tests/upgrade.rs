@@ -9,8 +9,9 @@
 //! format change nor a regenerated fixture can pass unnoticed. docs/FORMAT.md names the
 //! fixture as the reference sample of v1.
 //!
-//! The last test goes the other way: a snapshot of a version this code does not know is refused,
-//! not taken for damage.
+//! A snapshot of a version this code does not know is refused, not taken for damage. And the
+//! release before snapshot v4 wrote v2 (v3 when encrypted): two more frozen fixtures open, and
+//! their next checkpoint writes v4.
 
 use std::path::{Path, PathBuf};
 
@@ -631,8 +632,8 @@ fn the_v1_fixture_opens_with_every_byte_of_its_state() {
     assert_state(&e);
     assert_requests_remembered(&e);
 
-    // The next checkpoint writes the current format (v2, with the system namespace); the state
-    // and the request ids survive it.
+    // The next checkpoint writes the current format (v4: typed entries and the system
+    // namespace); the state and the request ids survive it.
     assert_eq!(e.checkpoint().unwrap(), FINAL_LSN);
     e.close().unwrap();
     let newest = db
@@ -643,7 +644,7 @@ fn the_v1_fixture_opens_with_every_byte_of_its_state() {
         u32::from_le_bytes(header[8..12].try_into().unwrap()),
         keel_engine::snapshot::SNAPSHOT_VERSION
     );
-    assert_eq!(keel_engine::snapshot::SNAPSHOT_VERSION, 2);
+    assert_eq!(keel_engine::snapshot::SNAPSHOT_VERSION, 4);
     let (e, report) = Engine::open(&db, reader_options()).unwrap();
     assert_eq!(report.snapshot_lsn, FINAL_LSN);
     assert_eq!(report.records_replayed, 0);
@@ -703,7 +704,7 @@ fn a_snapshot_of_a_newer_version_is_refused_not_taken_for_damage() {
     let crc = |b: &[u8]| crc32c::crc32c(b).to_le_bytes();
     let newest = db.join(FIXTURE_FILES[2].0);
     let mut snap = std::fs::read(&newest).unwrap();
-    snap[8..12].copy_from_slice(&4u32.to_le_bytes());
+    snap[8..12].copy_from_slice(&5u32.to_le_bytes());
     let end = snap.len() - 4;
     let snap_crc = crc(&snap[..end]);
     snap[end..].copy_from_slice(&snap_crc);
@@ -726,14 +727,126 @@ fn a_snapshot_of_a_newer_version_is_refused_not_taken_for_damage() {
             matches!(
                 &err,
                 keel_engine::Error::BadFile {
-                    source: keel_engine::snapshot::FileError::Version(4),
+                    source: keel_engine::snapshot::FileError::Version(5),
                     ..
                 }
             ),
             "{err}"
         );
-        assert!(err.to_string().contains("unsupported version 4"), "{err}");
+        assert!(err.to_string().contains("unsupported version 5"), "{err}");
     }
     assert_eq!(files(&db), before, "nothing moved or removed");
     assert_eq!(std::fs::read(&newest).unwrap(), snap);
+}
+
+/// The release before snapshot v4 (commit 5fc2350) wrote snapshot v2, and v3 when encrypted.
+/// `tests/fixtures/v2-database/` and `v3-database/` were written by that release's `keel serve`
+/// (the second with `v3-database.keys`, a test key), frozen like the v1 fixture:
+///
+/// ```text
+/// SET plain value; SET bin <bytes 00..ff>; SET ttl far; PEXPIREAT ttl 4102444800000;
+/// SET counter 41; INCR counter; SET gone x; DEL gone; SET empty ""      (LSNs 1-9)
+/// SAVE                                                                  (snapshot at 9)
+/// SET after "in the log"; SHUTDOWN                                      (LSN 10, in the log)
+/// ```
+///
+/// The log's one segment is cut to its first 4 KiB (everything after is zeros), so that the
+/// fixture is not 64 MiB.
+const V2_V3_FILES: [(&str, &str, u64, u64); 6] = [
+    ("v2-database", "MANIFEST", 40, 0xb8c1846af08786e4),
+    (
+        "v2-database",
+        "snapshots/snap-00000000000000000009.keel",
+        439,
+        0x1154ea18b410ad22,
+    ),
+    (
+        "v2-database",
+        "wal/wal-00000000000000000001.open",
+        4096,
+        0xbacca451572c5db8,
+    ),
+    ("v3-database", "MANIFEST", 40, 0x7fbf80571016c761),
+    (
+        "v3-database",
+        "snapshots/snap-00000000000000000009.keel",
+        483,
+        0x662470fb478eaad3,
+    ),
+    (
+        "v3-database",
+        "wal/wal-00000000000000000001.open",
+        4096,
+        0x20be302508f8ccb8,
+    ),
+];
+
+fn assert_v2_v3_state(e: &Engine, fixture: &str) {
+    let want: [(&[u8], Option<Entry>); 7] = [
+        (b"plain", Some(entry(b"value", 1, None))),
+        (b"bin", Some(entry(&all_bytes(), 2, None))),
+        (b"ttl", Some(entry(b"far", 4, Some(FAR_FUTURE_MS)))),
+        (b"counter", Some(entry(b"42", 6, None))),
+        (b"gone", None),
+        (b"empty", Some(entry(b"", 9, None))),
+        (b"after", Some(entry(b"in the log", 10, None))),
+    ];
+    for (k, v) in want {
+        assert_eq!(e.get(k), v, "{fixture}: {}", String::from_utf8_lossy(k));
+    }
+    assert_eq!(e.snapshot().count(), 6, "{fixture}");
+}
+
+#[test]
+fn v2_and_encrypted_v3_databases_open_and_their_next_checkpoint_is_v4() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for (dir, name, len, hash) in V2_V3_FILES {
+        let bytes = std::fs::read(root.join(dir).join(name)).unwrap();
+        assert_eq!(
+            (bytes.len() as u64, fnv1a64(&bytes)),
+            (len, hash),
+            "{dir}/{name} is frozen"
+        );
+    }
+    let keys = std::fs::read_to_string(root.join("v3-database.keys")).unwrap();
+    for (fixture, encrypted) in [("v2-database", false), ("v3-database", true)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("db");
+        for name in files(&root.join(fixture)) {
+            let to = db.join(&name);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(root.join(fixture).join(&name), &to).unwrap();
+        }
+        let mut opts = reader_options();
+        if encrypted {
+            opts.wal.keyring = Some(std::sync::Arc::new(
+                keel_wal::crypt::Keyring::parse(&keys).unwrap(),
+            ));
+        }
+        let (e, report) = Engine::open(&db, opts.clone()).unwrap();
+        assert_eq!(
+            (report.snapshot_lsn, report.records_replayed),
+            (9, 1),
+            "{fixture}"
+        );
+        assert!(report.damaged.is_empty(), "{fixture}: {report}");
+        assert_v2_v3_state(&e, fixture);
+        assert_eq!(e.checkpoint().unwrap(), 10);
+        e.close().unwrap();
+        let snap = std::fs::read(db.join("snapshots/snap-00000000000000000010.keel")).unwrap();
+        let word = |at: usize| u32::from_le_bytes(snap[at..at + 4].try_into().unwrap());
+        assert_eq!(word(8), 4, "{fixture}: the next checkpoint writes v4");
+        assert_eq!(
+            word(12) & 2 != 0,
+            encrypted,
+            "{fixture}: the encrypted flag"
+        );
+        let (e, report) = Engine::open(&db, opts).unwrap();
+        assert_eq!(
+            (report.snapshot_lsn, report.records_replayed),
+            (10, 0),
+            "{fixture}"
+        );
+        assert_v2_v3_state(&e, fixture);
+    }
 }

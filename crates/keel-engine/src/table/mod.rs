@@ -60,7 +60,7 @@ mod list;
 pub(crate) mod packed;
 mod set;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod zset;
 
 use std::hash::BuildHasher;

@@ -8,25 +8,25 @@ use std::ops::Bound;
 
 use super::*;
 
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-    fn chance(&mut self, percent: u64) -> bool {
+    pub(crate) fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
     /// Bytes of a length chosen to hit the edges: empty, around the packed forms' 64-byte
     /// limit, and large; drawn from a small alphabet with 0 and 0xff so keys collide often.
-    fn bytes(&mut self, alphabet: usize) -> Vec<u8> {
+    pub(crate) fn bytes(&mut self, alphabet: usize) -> Vec<u8> {
         let len = match self.below(10) {
             0 => 0,
             1 => 63 + self.below(3) as usize,
@@ -39,7 +39,7 @@ impl Rng {
     }
 }
 
-fn seeds(n: u64) -> Vec<u64> {
+pub(crate) fn seeds(n: u64) -> Vec<u64> {
     match std::env::var("KEEL_TABLE_SEED") {
         Ok(s) => vec![s.parse().expect("KEEL_TABLE_SEED is a number")],
         Err(_) => (0..n).collect(),
@@ -47,7 +47,7 @@ fn seeds(n: u64) -> Vec<u64> {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-enum MValue {
+pub(crate) enum MValue {
     String(Vec<u8>),
     Hash(BTreeMap<Vec<u8>, Vec<u8>>),
     Set(BTreeSet<Vec<u8>>),
@@ -56,13 +56,13 @@ enum MValue {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-struct MEntry {
-    value: MValue,
-    version: u64,
-    expiry: Option<u64>,
+pub(crate) struct MEntry {
+    pub(crate) value: MValue,
+    pub(crate) version: u64,
+    pub(crate) expiry: Option<u64>,
 }
 
-fn observe(v: ValueRef<'_>) -> MValue {
+pub(crate) fn observe(v: ValueRef<'_>) -> MValue {
     match v {
         ValueRef::String(s) => MValue::String(s.to_vec()),
         ValueRef::Hash(h) => {
@@ -88,7 +88,7 @@ fn observe(v: ValueRef<'_>) -> MValue {
     }
 }
 
-fn build(m: &MValue) -> Value {
+pub(crate) fn build(m: &MValue) -> Value {
     match m {
         MValue::String(s) => Value::String(s.clone()),
         MValue::Hash(h) => {
@@ -122,7 +122,7 @@ fn build(m: &MValue) -> Value {
     }
 }
 
-fn random_value(r: &mut Rng) -> MValue {
+pub(crate) fn random_value(r: &mut Rng) -> MValue {
     let n = r.below(6) as usize;
     match r.below(5) {
         0 => MValue::String(r.bytes(6)),
@@ -133,7 +133,7 @@ fn random_value(r: &mut Rng) -> MValue {
     }
 }
 
-fn check_table(t: &Table, model: &BTreeMap<Vec<u8>, MEntry>, seed: u64) {
+pub(crate) fn check_table(t: &Table, model: &BTreeMap<Vec<u8>, MEntry>, seed: u64) {
     assert_eq!(t.len(), model.len(), "seed {seed}: len");
     for (k, e) in model {
         let got = t
