@@ -136,9 +136,9 @@ pub(crate) fn write_snapshot_file(
     let f = fs
         .open(&tmp, OpenMode::CreateTruncate)
         .map_err(io("create snapshot", &tmp))?;
-    let (bytes, crc) =
-        snapshot::write_snapshot(&*f, image, requests, lsn, at_ms, compress, keyring)
-            .map_err(io("write snapshot", &tmp))?;
+    let at = snapshot::Position { lsn, at_ms };
+    let (bytes, crc) = snapshot::write_snapshot(&*f, image, requests, at, compress, keyring)
+        .map_err(io("write snapshot", &tmp))?;
     f.sync_all().map_err(io("sync snapshot", &tmp))?;
     drop(f);
     durable_rename(fs, &tmp, &path).map_err(io("rename snapshot", &tmp))?;

@@ -182,6 +182,50 @@ impl Keyspace {
     }
 }
 
+/// Applies the mutations of the record at `lsn` to a snapshot's image whose entries may already
+/// hold it, or later records: a checkpoint that reads the keyspace shard by shard while writes go
+/// on. A key's version is the LSN of its last change, so the rule is, per key: the record applies
+/// to a key only if the key's entry before the record is older than it, or absent; a DeleteAll
+/// removes the entries older than the record and those the record itself wrote before it. In LSN
+/// order, the tail then leaves every key as of the tail's last record, as long as each record's
+/// effect on a key depends only on that key's prior state and on the record (docs/FORMAT.md,
+/// "Snapshot tail"). System entries are skipped: a snapshot's system namespace is taken as of its
+/// LSN.
+pub(crate) fn apply_by_version(map: &mut Map, mutations: &[Mutation], lsn: Lsn) {
+    // Whether the record applies to each key it touches, decided at the key's first mutation in
+    // the record, before the record changes the key's version to `lsn`.
+    let mut applies: HashMap<Bytes, bool> = HashMap::default();
+    for m in mutations {
+        match change(m, lsn) {
+            Change::Key(key, e) => {
+                let older = || map.get(&key[..]).is_none_or(|old| old.version < lsn);
+                if !*applies.entry(key.clone()).or_insert_with(older) {
+                    continue;
+                }
+                match e {
+                    Some(e) => {
+                        map.insert(Key::new(key.clone()), e);
+                    }
+                    None => {
+                        map.remove(&key[..]);
+                    }
+                }
+            }
+            Change::All => {
+                let gone: Vec<Key> = map
+                    .iter()
+                    .filter(|(k, e)| e.version < lsn || applies.get(&k[..]) == Some(&true))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in gone {
+                    map.remove(&k[..]);
+                }
+            }
+            Change::System(..) => {}
+        }
+    }
+}
+
 /// What one mutation does.
 pub(crate) enum Change<'a> {
     /// The entry it leaves under a user key (`None`: deleted).

@@ -37,6 +37,8 @@
 //!                 the engine record (record.rs)
 //!               v2 and later: the system namespace: count u32, then in key order
 //!                 key_len u32, key, value_len u32, value
+//!               v4: the tail: count u32, then in LSN order len u32, lsn u64, engine record
+//!                 (the records a shard-by-shard image may lack; applied by version)
 //!   end-4   4 crc             CRC32C of every byte before it
 //! ```
 //!
@@ -51,8 +53,8 @@ use keel_wal::fs::{read_exact_at, write_all_at};
 use keel_wal::{FsFile, Lsn};
 
 use crate::key::Key;
-use crate::keyspace::{Image, Map, System};
-use crate::record::{decode_request, encode_request, Request};
+use crate::keyspace::{apply_by_version, Image, Map, System};
+use crate::record::{decode_request, encode_request, Mutation, RecordError, Request};
 use crate::table::{HashValue, Kind, ListValue, SetValue, Value, ValueRef, ZSetValue};
 use crate::types::Entry;
 
@@ -404,30 +406,26 @@ pub(crate) type EntryOut<'a> = (&'a [u8], Lsn, Option<u64>, ValueRef<'a>);
 
 /// Writes the snapshot of `image` at `lsn` into `file` (from offset 0). Returns its length and
 /// its trailing CRC, which the manifest records. The caller syncs.
+///
+/// `image` is a consistent image at `lsn`, so the file has no tail.
 pub(crate) fn write_snapshot(
     file: &dyn FsFile,
     image: &Image,
     requests: &[(Lsn, Request)],
-    lsn: Lsn,
-    at_ms: u64,
+    at: Position,
     compress: bool,
     keyring: Option<&Keyring>,
 ) -> io::Result<(u64, u32)> {
     let entries = image.map.iter().map(|(k, e)| -> EntryOut<'_> {
         (k, e.version, e.expires_at_ms, ValueRef::String(&e.value))
     });
-    let at = Position { lsn, at_ms };
-    let sys = &image.system;
-    write_entries(
-        file,
-        image.map.len(),
-        entries,
-        sys,
-        requests,
+    let rest = Rest {
         at,
-        compress,
-        keyring,
-    )
+        requests,
+        system: &image.system,
+        tail: &[],
+    };
+    write_entries(file, image.map.len(), entries, &rest, compress, keyring)
 }
 
 /// Where a snapshot stands: its LSN and the decision time of the record at it.
@@ -437,24 +435,31 @@ pub(crate) struct Position {
     pub(crate) at_ms: u64,
 }
 
-/// Writes a version 4 snapshot of `count` entries, the system namespace and the requests.
-#[allow(clippy::too_many_arguments)]
+/// What a snapshot holds besides its entries, all of it as of `at`.
+pub(crate) struct Rest<'a> {
+    pub(crate) at: Position,
+    pub(crate) requests: &'a [(Lsn, Request)],
+    pub(crate) system: &'a System,
+    /// The engine records (LSN, encoded record) the entries may lack, in LSN order, all at or
+    /// before `at.lsn`: the records written while a shard-by-shard checkpoint ran.
+    pub(crate) tail: &'a [(Lsn, Bytes)],
+}
+
+/// Writes a version 4 snapshot: `count` entries, then the rest.
 pub(crate) fn write_entries<'a>(
     file: &dyn FsFile,
     count: usize,
     entries: impl Iterator<Item = EntryOut<'a>>,
-    system: &System,
-    requests: &[(Lsn, Request)],
-    at: Position,
+    rest: &Rest<'_>,
     compress: bool,
     keyring: Option<&Keyring>,
 ) -> io::Result<(u64, u32)> {
     let header = SnapshotHeader {
         version: SNAPSHOT_VERSION,
-        lsn: at.lsn,
-        at_ms: at.at_ms,
+        lsn: rest.at.lsn,
+        at_ms: rest.at.at_ms,
         count: count as u64,
-        request_count: requests.len() as u64,
+        request_count: rest.requests.len() as u64,
         compressed: compress,
         encrypted: keyring.is_some(),
     };
@@ -477,18 +482,26 @@ pub(crate) fn write_entries<'a>(
         written += 1;
     }
     assert_eq!(written, count, "the entries a snapshot header counts");
-    for (l, r) in requests {
+    for (l, r) in rest.requests {
         one.clear();
         encode_request(*l, r, &mut one);
         w.push(&(one.len() as u32).to_le_bytes())?;
         w.push(&one)?;
     }
-    w.push(&(system.len() as u32).to_le_bytes())?;
-    for (k, v) in system.iter() {
+    w.push(&(rest.system.len() as u32).to_le_bytes())?;
+    for (k, v) in rest.system.iter() {
         w.push(&(k.len() as u32).to_le_bytes())?;
         w.push(k)?;
         w.push(&(v.len() as u32).to_le_bytes())?;
         w.push(v)?;
+    }
+    debug_assert!(rest.tail.windows(2).all(|p| p[0].0 < p[1].0));
+    w.push(&(rest.tail.len() as u32).to_le_bytes())?;
+    for (l, record) in rest.tail {
+        debug_assert!(*l <= rest.at.lsn);
+        w.push(&(8 + record.len() as u32).to_le_bytes())?;
+        w.push(&l.to_le_bytes())?;
+        w.push(record)?;
     }
     w.flush_block()?;
     w.out(&[0u8; 8])?;
@@ -779,6 +792,9 @@ pub struct Loaded {
     pub header: SnapshotHeader,
     pub(crate) image: Image,
     pub requests: Vec<(Lsn, Request)>,
+    /// The tail's records (LSN, mutations), in LSN order, for the loader to apply by version
+    /// ([`crate::keyspace::apply_by_version`]). Empty once `read_snapshot` returns.
+    pub(crate) tail: Vec<(Lsn, Vec<Mutation>)>,
 }
 
 /// Verifies and loads a snapshot file. `expect` is the manifest that names it, when there is one:
@@ -818,6 +834,9 @@ pub fn read_snapshot(
             }
         },
     )?;
+    for (lsn, mutations) in std::mem::take(&mut loaded.tail) {
+        apply_by_version(&mut map, &mutations, lsn);
+    }
     loaded.image.map = map;
     Ok(loaded)
 }
@@ -910,6 +929,25 @@ pub(crate) fn read_snapshot_into(
             system.insert(key, value);
         }
     }
+    let mut tail = Vec::new();
+    if header.typed() {
+        for _ in 0..r.u32()? {
+            let n = r.u32()? as usize;
+            let lsn = r.u64()?;
+            let record = r.bytes(n.checked_sub(8).ok_or(FileError::BadField)?)?;
+            let after_last = tail.last().is_none_or(|(l, _)| *l < lsn);
+            if lsn == 0 || lsn > header.lsn || !after_last {
+                return Err(FileError::BadField);
+            }
+            let decoded = crate::record::decode(&record, lsn).map_err(|e| match e {
+                RecordError::Version(v) => {
+                    FileError::Unloadable(format!("engine record version {v}"))
+                }
+                _ => FileError::BadField,
+            })?;
+            tail.push((lsn, decoded.mutations));
+        }
+    }
     r.finish()?;
     Ok(Loaded {
         header,
@@ -918,6 +956,7 @@ pub(crate) fn read_snapshot_into(
             system,
         },
         requests,
+        tail,
     })
 }
 
@@ -926,6 +965,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::keyspace::{change, Change};
     use crate::table::tests::{build, check_table, random_value, seeds, MEntry, MValue, Rng};
     use crate::table::Table;
     use keel_wal::{Fs, OpenMode, StdFs};
@@ -971,7 +1011,11 @@ mod tests {
     ) -> (PathBuf, Manifest) {
         let path = dir.join(format!("s-{compress}-{}", ring.is_some()));
         let f = StdFs.open(&path, OpenMode::CreateTruncate).unwrap();
-        let (len, crc) = write_snapshot(&*f, map, &reqs(), 77_000, 1234, compress, ring).unwrap();
+        let at = Position {
+            lsn: 77_000,
+            at_ms: 1234,
+        };
+        let (len, crc) = write_snapshot(&*f, map, &reqs(), at, compress, ring).unwrap();
         let m = Manifest {
             snapshot_lsn: 77_000,
             snapshot_bytes: len,
@@ -1157,9 +1201,13 @@ mod tests {
             lsn: 77_000,
             at_ms: 1234,
         };
-        let sys = sample(0).system;
-        let (len, crc) =
-            write_entries(&*f, t.len(), entries, &sys, &reqs(), at, compress, ring).unwrap();
+        let rest = Rest {
+            at,
+            requests: &reqs(),
+            system: &sample(0).system,
+            tail: &[],
+        };
+        let (len, crc) = write_entries(&*f, t.len(), entries, &rest, compress, ring).unwrap();
         Manifest {
             snapshot_lsn: 77_000,
             snapshot_bytes: len,
@@ -1249,6 +1297,7 @@ mod tests {
             };
             let mut raw = entries.concat();
             raw.extend_from_slice(&0u32.to_le_bytes()); // no system entries
+            raw.extend_from_slice(&0u32.to_le_bytes()); // no tail
             let mut f = header.encode().to_vec();
             f.extend_from_slice(&(raw.len() as u32).to_le_bytes());
             f.extend_from_slice(&(raw.len() as u32).to_le_bytes());
@@ -1316,6 +1365,103 @@ mod tests {
         assert!(matches!(e, FileError::BadField), "{e}");
         std::fs::write(&path, file(&[good[0].clone()])).unwrap();
         assert_eq!(load(&path, None).unwrap().image.map.len(), 1);
+    }
+
+    /// A shard-by-shard checkpoint's file: each shard of the image read at its own moment while
+    /// records went on, and the records since the first moment as the tail. Loading it gives the
+    /// state at the file's LSN exactly, values, versions and expiries, over random histories of
+    /// sets, deletes, DeleteAlls and system entries, in records of one to four mutations (the
+    /// same key more than once in a record too).
+    #[test]
+    fn a_fuzzy_image_and_its_tail_load_as_of_the_snapshot_lsn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fuzzy");
+        let key = |i: u64| Bytes::from(format!("k{i}"));
+        for seed in seeds(300) {
+            let mut r = Rng(seed);
+            let n = 1 + r.below(40);
+            let records: Vec<Vec<Mutation>> = (1..=n)
+                .map(|lsn| {
+                    (0..1 + r.below(4))
+                        .map(|j| match r.below(20) {
+                            0 => Mutation::DeleteAll,
+                            1 => Mutation::System {
+                                key: key(r.below(2)),
+                                value: Bytes::from(format!("s{lsn}")),
+                            },
+                            2..=7 => Mutation::Delete {
+                                key: key(r.below(8)),
+                            },
+                            _ => Mutation::Set {
+                                key: key(r.below(8)),
+                                value: Bytes::from(format!("v{lsn}.{j}")),
+                                expires_at_ms: r.chance(30).then(|| 1 + r.below(1000)),
+                            },
+                        })
+                        .collect()
+                })
+                .collect();
+            // The true state after each LSN.
+            let mut states = vec![Map::new()];
+            for (i, muts) in records.iter().enumerate() {
+                let mut m = states[i].clone();
+                for mu in muts {
+                    match change(mu, i as u64 + 1) {
+                        Change::Key(k, Some(e)) => {
+                            m.insert(Key::new(k.clone()), e);
+                        }
+                        Change::Key(k, None) => {
+                            m.remove(&k[..]);
+                        }
+                        Change::All => m.clear(),
+                        Change::System(..) => {}
+                    }
+                }
+                states.push(m);
+            }
+            let start = r.below(n + 1);
+            let end = start + r.below(n - start + 1);
+            // Three shards (by key number), read in turn at non-decreasing moments in
+            // [start, end].
+            let mut moments: Vec<u64> = (0..3).map(|_| start + r.below(end - start + 1)).collect();
+            moments.sort_unstable();
+            let mut image = Map::new();
+            for (shard, at) in moments.iter().enumerate() {
+                for (k, e) in states[*at as usize].iter() {
+                    let number: usize = std::str::from_utf8(&k[1..]).unwrap().parse().unwrap();
+                    if number % 3 == shard {
+                        image.insert(k.clone(), e.clone());
+                    }
+                }
+            }
+            let tail: Vec<(Lsn, Bytes)> = (start + 1..=end)
+                .map(|lsn| {
+                    let mut out = Vec::new();
+                    crate::record::encode(lsn * 10, None, &records[lsn as usize - 1], &mut out);
+                    (lsn, Bytes::from(out))
+                })
+                .collect();
+            let entries = image.iter().map(|(k, e)| -> EntryOut<'_> {
+                (k, e.version, e.expires_at_ms, ValueRef::String(&e.value))
+            });
+            let f = StdFs.open(&path, OpenMode::CreateTruncate).unwrap();
+            let rest = Rest {
+                at: Position {
+                    lsn: end,
+                    at_ms: end * 10,
+                },
+                requests: &[],
+                system: &System::new(),
+                tail: &tail,
+            };
+            write_entries(&*f, image.len(), entries, &rest, seed % 2 == 0, None).unwrap();
+            let loaded = load(&path, None).unwrap();
+            assert_eq!(
+                loaded.image.map, states[end as usize],
+                "seed {seed}: start {start}, end {end}, shards read at {moments:?}"
+            );
+            assert!(loaded.tail.is_empty());
+        }
     }
 
     #[test]
