@@ -341,7 +341,7 @@ impl BlockWriter<'_> {
 /// - sorted set: `n | n × (len | member | score f64 LE)`, in the set's order.
 ///
 /// A collection is never empty (`n ≥ 1`), and holds each field or member once.
-pub(crate) fn encode_entry(
+fn encode_entry(
     out: &mut Vec<u8>,
     key: &[u8],
     version: Lsn,
@@ -352,14 +352,7 @@ pub(crate) fn encode_entry(
         out.extend_from_slice(&(b.len() as u32).to_le_bytes());
         out.extend_from_slice(b);
     }
-    let kind = match value {
-        ValueRef::String(_) => Kind::String,
-        ValueRef::Hash(_) => Kind::Hash,
-        ValueRef::Set(_) => Kind::Set,
-        ValueRef::List(_) => Kind::List,
-        ValueRef::ZSet(_) => Kind::ZSet,
-    };
-    out.push(kind as u8);
+    out.push(value.kind() as u8);
     bytes(out, key);
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&expires_at_ms.unwrap_or(0).to_le_bytes());
@@ -676,17 +669,6 @@ pub(crate) enum Stored {
     Collection(Value),
 }
 
-/// What a kind is called in messages.
-pub(crate) fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::String => "string",
-        Kind::Hash => "hash",
-        Kind::Set => "set",
-        Kind::List => "list",
-        Kind::ZSet => "sorted set",
-    }
-}
-
 /// Reads one entry (see [`encode_entry`] for version 4's layout): key, version, expiry, value.
 /// A version above the file's LSN, an empty collection, a field or member twice, or a NaN score
 /// is not a file keel wrote.
@@ -813,9 +795,7 @@ pub fn read_snapshot(
         &mut |header, key, version, expires_at_ms, value| {
             let value = match value {
                 Stored::String(v) => v,
-                Stored::Collection(c) => {
-                    return Err(FileError::Unloadable(kind_name(c.kind()).into()))
-                }
+                Stored::Collection(c) => return Err(FileError::Unloadable(c.kind().name().into())),
             };
             // Before version 4, keys are written in order; anything else is not a file keel
             // wrote.

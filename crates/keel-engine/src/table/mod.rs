@@ -90,6 +90,17 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// What the type is called in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::String => "string",
+            Kind::Hash => "hash",
+            Kind::Set => "set",
+            Kind::List => "list",
+            Kind::ZSet => "sorted set",
+        }
+    }
+
     fn from_flags(f: u8) -> Kind {
         match f & KIND_MASK {
             0 => Kind::String,
@@ -135,6 +146,18 @@ pub enum ValueRef<'a> {
     Set(&'a SetValue),
     List(&'a ListValue),
     ZSet(&'a ZSetValue),
+}
+
+impl ValueRef<'_> {
+    pub fn kind(&self) -> Kind {
+        match self {
+            ValueRef::String(_) => Kind::String,
+            ValueRef::Hash(_) => Kind::Hash,
+            ValueRef::Set(_) => Kind::Set,
+            ValueRef::List(_) => Kind::List,
+            ValueRef::ZSet(_) => Kind::ZSet,
+        }
+    }
 }
 
 /// A value to change in place. A string is replaced by inserting anew (its bytes are inline in
