@@ -489,6 +489,7 @@ impl Core {
         };
         match self.commit(Vec::new(), vec![w])? {
             Outcome::Committed { lsn: Some(l), .. } => Ok(l),
+            Outcome::Fenced => Err(Error::Fenced),
             other => unreachable!("an unconditional put always writes: {other:?}"),
         }
     }
@@ -497,6 +498,7 @@ impl Core {
     pub fn delete(&self, key: impl Into<Bytes>) -> Result<bool> {
         match self.commit(Vec::new(), vec![Write::Delete { key: key.into() }])? {
             Outcome::Committed { results, .. } => Ok(results[0] == WriteResult::Existed(true)),
+            Outcome::Fenced => Err(Error::Fenced),
             other => unreachable!("no guards: {other:?}"),
         }
     }
@@ -520,10 +522,11 @@ impl Core {
             ttl: Ttl::None,
             only: PutIf::Always,
         };
-        Ok(match self.commit(vec![guard], vec![w])? {
-            Outcome::Committed { lsn, .. } => lsn,
-            Outcome::GuardFailed(_) => None,
-        })
+        match self.commit(vec![guard], vec![w])? {
+            Outcome::Committed { lsn, .. } => Ok(lsn),
+            Outcome::GuardFailed(_) => Ok(None),
+            Outcome::Fenced => Err(Error::Fenced),
+        }
     }
 
     pub fn incr(&self, key: impl Into<Bytes>, by: i64) -> Result<i64> {
@@ -538,6 +541,7 @@ impl Core {
                 WriteResult::Failed(_) => Err(Error::NotAnInteger),
                 ref other => unreachable!("incr yields an integer: {other:?}"),
             },
+            Outcome::Fenced => Err(Error::Fenced),
             other => unreachable!("no guards: {other:?}"),
         }
     }

@@ -24,6 +24,10 @@ pub enum Error {
     NotAnInteger,
     #[error("increment or decrement would overflow")]
     Overflow,
+    /// The write fence ([`Options::write_fence`](crate::Options::write_fence)) was set when the
+    /// write was decided; nothing was written.
+    #[error("writes are fenced: the system entry named by Options::write_fence is set")]
+    Fenced,
     #[error("log record at LSN {lsn} is not a valid engine record: {source}")]
     BadRecord {
         lsn: Lsn,

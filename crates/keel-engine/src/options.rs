@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::error::{Error, Result};
 
 /// The log's subdirectory of an engine directory.
@@ -41,6 +43,13 @@ pub struct Options {
     pub retention: Duration,
     /// LZ4-compress snapshot blocks. Default true.
     pub compress_snapshots: bool,
+    /// A system entry that fences user writes: while its value's first byte is nonzero, every
+    /// transaction that writes a user key is decided as [`Outcome::Fenced`](crate::Outcome) and
+    /// writes nothing. Transactions that write only system entries (the one that lifts the fence
+    /// among them) and active expiry go on. Decided under the sequencer like a guard, so no write
+    /// decided after the fence is set gets through, even before the fence is visible. Default
+    /// `None`. keel serve's maintenance mode uses it.
+    pub write_fence: Option<Bytes>,
 }
 
 impl Default for Options {
@@ -57,6 +66,7 @@ impl Default for Options {
             checkpoint_interval: Some(Duration::from_secs(600)),
             retention: Duration::ZERO,
             compress_snapshots: true,
+            write_fence: None,
         }
     }
 }

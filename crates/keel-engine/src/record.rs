@@ -19,6 +19,7 @@
 //!                                     3 not a float, 4 not finite, 5 no such key,
 //!                                     6 value too large)
 //!                            2 = GuardFailed: 4 index
+//!                            3 = Fenced
 //!             4 count        number of mutations, u32 LE
 //!               mutations, each:
 //!             1 tag          1 = Set, 2 = Delete, 3 = DeleteAll, 4 = System
@@ -131,6 +132,7 @@ pub(crate) fn encode_outcome(o: &Outcome, out: &mut Vec<u8>) {
             out.push(2);
             out.extend_from_slice(&(*i as u32).to_le_bytes());
         }
+        Outcome::Fenced => out.push(3),
     }
 }
 
@@ -152,6 +154,7 @@ fn outcome_len(o: &Outcome) -> usize {
                     .sum::<usize>()
         }
         Outcome::GuardFailed(_) => 1 + 4,
+        Outcome::Fenced => 1,
     }
 }
 
@@ -312,6 +315,7 @@ impl Reader<'_> {
                 Ok(Outcome::Committed { lsn, results })
             }
             2 => Ok(Outcome::GuardFailed(self.u32()? as usize)),
+            3 => Ok(Outcome::Fenced),
             _ => Err(RecordError::Request("bad outcome kind")),
         }
     }

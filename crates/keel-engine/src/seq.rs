@@ -88,9 +88,20 @@ pub(crate) struct Recent {
     order: VecDeque<(Lsn, Bytes)>,
     /// LSN of a DeleteAll that may not be visible yet: keys not in `by_key` are gone.
     cleared: Option<Lsn>,
+    /// The newest decided value of each system entry written lately, with its LSN (the write
+    /// fence is one).
+    system: HashMap<Bytes, (Lsn, Bytes)>,
 }
 
 impl Recent {
+    /// The decided value of the system entry `key`, given `vis`, the visible state now.
+    pub(crate) fn system<'a>(&'a self, vis: &'a Visible, key: &[u8]) -> Option<&'a Bytes> {
+        match self.system.get(key) {
+            Some((_, v)) => Some(v),
+            None => vis.system(key),
+        }
+    }
+
     /// The decided entry of `key`, expired or not, given `vis`, the visible state now.
     pub(crate) fn get<'a>(&'a self, vis: &'a Visible, key: &[u8]) -> Option<&'a Entry> {
         match self.by_key.get(key) {
@@ -112,8 +123,9 @@ impl Recent {
                     self.order.clear();
                     self.cleared = Some(lsn);
                 }
-                // No decision reads the system namespace.
-                Change::System(..) => {}
+                Change::System(key, value) => {
+                    self.system.insert(key.clone(), (lsn, value.clone()));
+                }
             }
         }
     }
@@ -132,6 +144,7 @@ impl Recent {
         if self.cleared.is_some_and(|l| l <= visible_lsn) {
             self.cleared = None;
         }
+        self.system.retain(|_, (l, _)| *l > visible_lsn);
     }
 }
 

@@ -298,7 +298,16 @@ impl Sequencer {
                 recent: &seq.recent,
                 visible: &vis,
             };
-            decide(view, now, self.opts.value_bytes_max, guards, writes)
+            let fenced = || {
+                let fence = self.opts.write_fence.as_deref()?;
+                let value = seq.recent.system(&vis, fence)?;
+                Some(value.first().is_some_and(|b| *b != 0))
+            };
+            if writes.iter().any(Write::writes_user_keys) && fenced() == Some(true) {
+                (Outcome::Fenced, Vec::new())
+            } else {
+                decide(view, now, self.opts.value_bytes_max, guards, writes)
+            }
         };
         if mutations.is_empty() && id.is_none() {
             return Ok(Prepared::Done(outcome, seq.last_lsn));

@@ -111,6 +111,11 @@ impl Write {
         };
         a.into_iter().chain(b)
     }
+
+    /// Whether it may change the user keyspace: every write but `System` and `Get`.
+    pub fn writes_user_keys(&self) -> bool {
+        !matches!(self, Write::System { .. } | Write::Get { .. })
+    }
 }
 
 /// When an expiry change applies (Redis's EXPIRE options). A key without an expiry counts as
@@ -222,4 +227,7 @@ pub enum Outcome {
     },
     /// The guard at this index did not hold; nothing was written.
     GuardFailed(usize),
+    /// The transaction writes user keys and the write fence was set when it was decided
+    /// ([`Options::write_fence`](crate::Options::write_fence)); nothing was written.
+    Fenced,
 }

@@ -244,6 +244,9 @@ fn run(seed: u64, steps: usize, crash_at: Option<u64>) -> Result<u64, String> {
                         ));
                     }
                 }
+                Ok(Outcome::Fenced) => {
+                    return Err(format!("step {step}: fenced, but no fence is configured"))
+                }
                 Err(_) => {
                     in_flight = Some((id, guards, writes));
                     break;

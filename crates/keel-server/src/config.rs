@@ -171,7 +171,12 @@ pub struct FileConfig {
 
 /// The engine's options from the config file's keys.
 fn engine_options(file: &FileConfig) -> anyhow::Result<keel_engine::Options> {
-    let mut o = keel_engine::Options::default();
+    // Maintenance mode is the engine's write fence: a write decided after ON is refused, even
+    // before ON is visible, and on a cluster every node decides the same.
+    let mut o = keel_engine::Options {
+        write_fence: Some(bytes::Bytes::from_static(crate::maintenance::KEY)),
+        ..keel_engine::Options::default()
+    };
     o.wal.sync_policy = match (file.sync_policy.as_deref(), file.sync_interval_ms) {
         (None | Some("always"), None) => keel_wal::SyncPolicy::Always,
         (Some("interval"), Some(0)) => bail!("sync_interval_ms must be positive"),

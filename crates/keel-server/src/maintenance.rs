@@ -39,6 +39,17 @@ pub fn current(engine: &Engine) -> Option<Mode> {
     decode(&engine.system(KEY)?)
 }
 
+/// The reply to a write the engine's fence refused: the mode's reason, as the write was decided
+/// after ON. (ON is visible by then on a single node, and applied on a cluster node; the default
+/// reason stands in should it have been turned off again meanwhile.)
+pub fn refusal_now(engine: &Engine) -> Reply {
+    let mode = current(engine).unwrap_or_else(|| Mode {
+        since_ms: 0,
+        reason: DEFAULT_REASON.into(),
+    });
+    mode.refusal()
+}
+
 fn decode(v: &[u8]) -> Option<Mode> {
     match v {
         [1, rest @ ..] if rest.len() >= 8 => {

@@ -606,10 +606,12 @@ fn eval_reads(snap: &keel_engine::Snapshot, writes: &[Write]) -> Vec<WriteResult
         .collect()
 }
 
-fn render_outcome(render: cmd::Render, o: Outcome) -> Reply {
+fn render_outcome(render: cmd::Render, o: Outcome, sh: &Shared) -> Reply {
     match o {
         Outcome::Committed { results, .. } => render(Some(&results)),
         Outcome::GuardFailed(_) => render(None),
+        // Maintenance mode was on when the write was decided (the engine's write fence).
+        Outcome::Fenced => maintenance::refusal_now(&sh.engine()),
     }
 }
 
@@ -644,9 +646,10 @@ impl Conn {
                 guards,
                 writes,
             };
+            let sh = self.sh.clone();
             self.queue.push_back(Slot::Pending(Box::pin(async move {
                 match c.write(txn).await {
-                    Ok(o) => render_outcome(render, o),
+                    Ok(o) => render_outcome(render, o, &sh),
                     Err(e) => cluster_error(&e),
                 }
             })));
@@ -661,7 +664,7 @@ impl Conn {
                 let sh = self.sh.clone();
                 self.queue.push_back(Slot::Pending(Box::pin(async move {
                     match p.await {
-                        Ok(o) => render_outcome(render, o),
+                        Ok(o) => render_outcome(render, o, &sh),
                         Err(e) => sh.engine_error(&e),
                     }
                 })))
