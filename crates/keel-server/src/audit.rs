@@ -80,6 +80,9 @@ pub struct Options {
     pub files_max: usize,
     /// Seal new entries with its first key; every key opens.
     pub keyring: Option<Arc<Keyring>>,
+    /// Most events waiting to be written; past it [`Audit::record`] drops and counts them, so a
+    /// flood of failed logins cannot grow the server's memory. Default 65,536.
+    pub queue_max: usize,
 }
 
 impl Default for Options {
@@ -88,6 +91,7 @@ impl Default for Options {
             file_bytes_max: 64 << 20,
             files_max: 16,
             keyring: None,
+            queue_max: 65_536,
         }
     }
 }
@@ -258,9 +262,6 @@ const GROUP_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Between two anchors of the chain's head, unless an admin command waits (see the writer).
 const ANCHOR_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// Most events waiting to be written; past it [`Audit::record`] drops and counts them.
-const QUEUE_MAX: usize = 65_536;
 
 /// Writes the chain's head somewhere else than the audit files.
 pub type Anchor = Box<dyn FnMut(u64, &[u8; 32]) -> Result<(), String> + Send>;
@@ -624,12 +625,13 @@ impl Audit {
         stored: Option<&[u8]>,
         mut anchor: Option<Anchor>,
     ) -> anyhow::Result<Audit> {
+        let queue_max = opts.queue_max;
         let (mut w, notes) = Writer::open(dir, opts, stored)
             .map_err(|e| anyhow::anyhow!("audit log {}: {e}", dir.display()))?;
         if anchor.is_some() {
             w.anchored.get_or_insert(0);
         }
-        let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE_MAX);
+        let (tx, rx) = mpsc::sync_channel::<Msg>(queue_max);
         for (event, detail) in notes {
             let ev = Event {
                 event,
@@ -700,7 +702,7 @@ impl Audit {
                         events.push(Event {
                             event: "dropped",
                             detail: Some(format!(
-                                "{n} login or refusal events were dropped: more arrived than the disk took (the queue holds {QUEUE_MAX})"
+                                "{n} login or refusal events were dropped: more arrived than the disk took (the queue holds {queue_max})"
                             )),
                             ..Event::default()
                         });
@@ -1041,6 +1043,68 @@ mod tests {
         assert_eq!(write_some(tmp.path(), sealed, 1).0, 8);
     }
 
+    /// A flood of failed logins past the queue's bound: what does not fit is dropped and
+    /// counted, the count goes on record, the queue (so memory) stays bounded, and an admin
+    /// command's entry still becomes durable in the middle of it. Every event is accounted for:
+    /// written (an entry stands for `count` identical ones) or counted as dropped.
+    #[test]
+    fn a_flood_beyond_the_queue_is_dropped_counted_and_put_on_record() {
+        const N: u64 = 20_000;
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = Options {
+            queue_max: 32,
+            ..Options::default()
+        };
+        let audit = Audit::start(tmp.path(), opts, None, None).unwrap();
+        let users: Vec<Arc<str>> = (0..5).map(|i| format!("u{i}").into()).collect();
+        let auth = |i: u64| Event {
+            event: "auth",
+            user: Some(users[i as usize % users.len()].clone()),
+            ok: Some(false),
+            ..Event::default()
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for i in 0..N {
+            audit.record(auth(i));
+            if i == N / 2 {
+                let admin = Event {
+                    event: "admin",
+                    command: Some("flushall".into()),
+                    ..Event::default()
+                };
+                runtime.block_on(audit.record_durably(admin)).unwrap();
+            }
+        }
+        let dropped = audit.stats().dropped.load(Ordering::Relaxed);
+        assert!(dropped > 0, "a queue of 32 cannot hold {N} events at once");
+        audit.stop(Event {
+            event: "stop",
+            ..Event::default()
+        });
+        let (mut written, mut counted, mut admin) = (0, 0, 0);
+        for (_, path) in files(tmp.path()).unwrap() {
+            for line in std::fs::read_to_string(path).unwrap().lines() {
+                let e: Entry = serde_json::from_str(line).unwrap();
+                match e.event.as_str() {
+                    "auth" => written += e.count.unwrap_or(1),
+                    "dropped" => {
+                        let detail = e.detail.unwrap();
+                        counted += detail.split(' ').next().unwrap().parse::<u64>().unwrap();
+                        assert!(detail.contains("the queue holds 32"), "{detail}");
+                    }
+                    "admin" => admin += 1,
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(admin, 1, "the admin command's entry is there");
+        assert_eq!(counted, dropped, "every drop went on record");
+        assert_eq!(written + counted, N, "{written} written, {counted} dropped");
+        assert!(verify(tmp.path(), None, None).unwrap().bad.is_none());
+    }
+
     fn write_some(dir: &Path, opts: Options, n: u64) -> (u64, [u8; 32]) {
         let (mut w, _) = Writer::open(dir, opts, None).unwrap();
         for i in 0..n {
@@ -1061,7 +1125,7 @@ mod tests {
         let opts = Options {
             file_bytes_max: 300,
             files_max: 3,
-            keyring: None,
+            ..Options::default()
         };
         write_some(tmp.path(), opts.clone(), 10);
         let head = write_some(tmp.path(), opts.clone(), 10);

@@ -371,6 +371,7 @@ impl Settings {
                     file_bytes_max: file.audit_file_bytes_max.unwrap_or(d.file_bytes_max),
                     files_max: file.audit_files_max.unwrap_or(d.files_max),
                     keyring,
+                    ..d
                 }
             }),
         };
