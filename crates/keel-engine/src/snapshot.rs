@@ -31,7 +31,8 @@
 //!             The blocks' raw bytes, concatenated, are:
 //!               entries, each key once, in any order (v1-v3: in key order):
 //!                 v4: kind u8, key_len u32, key, version u64, expires_at u64 (0 = never),
-//!                     then the value by kind (see `encode_entry`)
+//!                     then the value by kind (see `encode_entry`); then the end byte 0xff
+//!                     (`count` is u64::MAX if the writer did not know it in advance)
 //!                 v1-v3: key_len u32, key, value_len u32, value, version u64, expires_at u64
 //!               requests, in LSN order: len u32, then lsn u64 and the request section of
 //!                 the engine record (record.rs)
@@ -72,6 +73,11 @@ pub const MANIFEST_VERSION: u32 = 2;
 pub const SNAPSHOT_VERSION: u32 = 4;
 /// The version that meant "version 2, encrypted" before encryption became a flag.
 const SNAPSHOT_VERSION_V2_ENCRYPTED: u32 = 3;
+/// Version 4's `count` when the writer did not know it before writing the entries (a checkpoint
+/// that reads the keyspace while writes go on).
+pub const COUNT_NOT_KNOWN: u64 = u64::MAX;
+/// The kind byte that ends version 4's entries.
+const END_OF_ENTRIES: u8 = 0xff;
 const FLAG_LZ4: u32 = 1;
 const FLAG_ENCRYPTED: u32 = 2;
 pub const MANIFEST_BYTES: usize = 40;
@@ -340,7 +346,8 @@ impl BlockWriter<'_> {
 /// - list: `n | n × (len | element)`, head to tail;
 /// - sorted set: `n | n × (len | member | score f64 LE)`, in the set's order.
 ///
-/// A collection is never empty (`n ≥ 1`), and holds each field or member once.
+/// A collection is never empty (`n ≥ 1`), and holds each field or member once. The entries end
+/// with the kind byte [`END_OF_ENTRIES`].
 fn encode_entry(
     out: &mut Vec<u8>,
     key: &[u8],
@@ -418,7 +425,14 @@ pub(crate) fn write_snapshot(
         system: &image.system,
         tail: &[],
     };
-    write_entries(file, image.map.len(), entries, &rest, compress, keyring)
+    write_entries(
+        file,
+        Some(image.map.len()),
+        entries,
+        &rest,
+        compress,
+        keyring,
+    )
 }
 
 /// Where a snapshot stands: its LSN and the decision time of the record at it.
@@ -438,10 +452,11 @@ pub(crate) struct Rest<'a> {
     pub(crate) tail: &'a [(Lsn, Bytes)],
 }
 
-/// Writes a version 4 snapshot: `count` entries, then the rest.
+/// Writes a version 4 snapshot: the entries, then the rest. `count` is the number of entries,
+/// if known before they are written (the header gives it; a reader checks it).
 pub(crate) fn write_entries<'a>(
     file: &dyn FsFile,
-    count: usize,
+    count: Option<usize>,
     entries: impl Iterator<Item = EntryOut<'a>>,
     rest: &Rest<'_>,
     compress: bool,
@@ -451,7 +466,7 @@ pub(crate) fn write_entries<'a>(
         version: SNAPSHOT_VERSION,
         lsn: rest.at.lsn,
         at_ms: rest.at.at_ms,
-        count: count as u64,
+        count: count.map_or(COUNT_NOT_KNOWN, |n| n as u64),
         request_count: rest.requests.len() as u64,
         compressed: compress,
         encrypted: keyring.is_some(),
@@ -474,7 +489,10 @@ pub(crate) fn write_entries<'a>(
         w.push(&one)?;
         written += 1;
     }
-    assert_eq!(written, count, "the entries a snapshot header counts");
+    if let Some(count) = count {
+        assert_eq!(written, count, "the entries a snapshot header counts");
+    }
+    w.push(&[END_OF_ENTRIES])?;
     for (l, r) in rest.requests {
         one.clear();
         encode_request(*l, r, &mut one);
@@ -663,22 +681,29 @@ impl BlockReader<'_> {
     }
 }
 
+/// One entry read: key, version, expiry and value.
+type EntryIn = (Bytes, Lsn, Option<u64>, Stored);
+
 /// A value as a snapshot file holds it.
 pub(crate) enum Stored {
     String(Bytes),
     Collection(Value),
 }
 
-/// Reads one entry (see [`encode_entry`] for version 4's layout): key, version, expiry, value.
+/// Reads one entry (see [`encode_entry`] for version 4's layout): key, version, expiry, value;
+/// `None` at version 4's end of the entries.
 /// A version above the file's LSN, an empty collection, a field or member twice, or a NaN score
 /// is not a file keel wrote.
 fn read_entry(
     r: &mut BlockReader<'_>,
     header: &SnapshotHeader,
-) -> Result<(Bytes, Lsn, Option<u64>, Stored), FileError> {
+) -> Result<Option<EntryIn>, FileError> {
     let (key, version, exp, value);
     if header.typed() {
         let kind = r.u8()?;
+        if kind == END_OF_ENTRIES {
+            return Ok(None);
+        }
         key = r.field()?;
         version = r.u64()?;
         exp = r.u64()?;
@@ -692,7 +717,7 @@ fn read_entry(
     if version > header.lsn {
         return Err(FileError::BadField);
     }
-    Ok((key, version, (exp != 0).then_some(exp), value))
+    Ok(Some((key, version, (exp != 0).then_some(exp), value)))
 }
 
 fn read_value(r: &mut BlockReader<'_>, kind: u8) -> Result<Stored, FileError> {
@@ -882,9 +907,17 @@ pub(crate) fn read_snapshot_into(
         open,
         index: 0,
     };
-    for _ in 0..header.count {
-        let (key, version, expires_at_ms, value) = read_entry(&mut r, &header)?;
+    // Before version 4 the header counts the entries. Version 4's end with a marker, and the
+    // header's count, when the writer knew it in advance, must match.
+    let mut n = 0;
+    while header.typed() || n < header.count {
+        let Some((key, version, expires_at_ms, value)) = read_entry(&mut r, &header)? else {
+            let counted = header.count == COUNT_NOT_KNOWN || header.count == n;
+            counted.then_some(()).ok_or(FileError::BadField)?;
+            break;
+        };
         sink(&header, key, version, expires_at_ms, value)?;
+        n += 1;
     }
     let mut requests = Vec::new();
     for _ in 0..header.request_count {
@@ -1187,7 +1220,7 @@ mod tests {
             system: &sample(0).system,
             tail: &[],
         };
-        let (len, crc) = write_entries(&*f, t.len(), entries, &rest, compress, ring).unwrap();
+        let (len, crc) = write_entries(&*f, Some(t.len()), entries, &rest, compress, ring).unwrap();
         Manifest {
             snapshot_lsn: 77_000,
             snapshot_bytes: len,
@@ -1276,6 +1309,7 @@ mod tests {
                 encrypted: false,
             };
             let mut raw = entries.concat();
+            raw.push(END_OF_ENTRIES);
             raw.extend_from_slice(&0u32.to_le_bytes()); // no system entries
             raw.extend_from_slice(&0u32.to_le_bytes()); // no tail
             let mut f = header.encode().to_vec();
@@ -1305,6 +1339,15 @@ mod tests {
             entry(4, b"z", 3, &[&n(1), &s(b"m"), &score(1.5)]),
         ];
         read(file(&good)).unwrap();
+        // The header's count must match the entries, unless it says it was not known.
+        for (count, ok) in [(4, false), (6, false), (COUNT_NOT_KNOWN, true)] {
+            let mut f = file(&good);
+            f[32..40].copy_from_slice(&count.to_le_bytes());
+            let end = f.len() - 4;
+            let crc = crc32c::crc32c(&f[..end]);
+            f[end..].copy_from_slice(&crc.to_le_bytes());
+            assert_eq!(read(f).is_ok(), ok, "count {count}");
+        }
         for (why, bad) in [
             ("empty hash", entry(1, b"h", 3, &[&n(0)])),
             ("empty list", entry(3, b"l", 3, &[&n(0)])),
@@ -1434,7 +1477,10 @@ mod tests {
                 system: &System::new(),
                 tail: &tail,
             };
-            write_entries(&*f, image.len(), entries, &rest, seed % 2 == 0, None).unwrap();
+            // A third of the files say their count; the others do not, as a checkpoint that
+            // reads the keyspace while writes go on cannot.
+            let count = (seed % 3 == 0).then_some(image.len());
+            write_entries(&*f, count, entries, &rest, seed % 2 == 0, None).unwrap();
             let loaded = load(&path, None).unwrap();
             assert_eq!(
                 loaded.image.map, states[end as usize],
