@@ -41,6 +41,8 @@ pub struct Snapshot {
     system: System,
     lsn: Lsn,
     now_ms: u64,
+    /// Entries of `map` that carry an expiry.
+    expiring: usize,
 }
 
 impl Snapshot {
@@ -110,12 +112,25 @@ impl Snapshot {
     pub fn count(&self) -> usize {
         self.map.values().filter(|e| e.live(self.now_ms)).count()
     }
+
+    /// Every entry held, in O(1), including expired ones that active expiry has not removed
+    /// yet: what Redis's INFO keyspace counts as `keys`.
+    pub fn held(&self) -> usize {
+        self.map.len()
+    }
+
+    /// The entries held that carry an expiry, in O(1): Redis's INFO keyspace `expires`.
+    pub fn expiring(&self) -> usize {
+        self.expiring
+    }
 }
 
 /// The keyspace readers see: the ordered map, and the same entries hashed.
 pub(crate) struct Keyspace {
     map: Map,
     system: System,
+    /// Entries that carry an expiry, kept as writes apply, so that counting them is O(1).
+    expiring: usize,
     /// The same entries as `map`, hashed: a point read is one hash probe instead of a descent
     /// through the ordered map, whose key comparisons were most of a GET's CPU. It costs about
     /// 90 bytes per key; key and value bytes are shared with `map`.
@@ -127,7 +142,13 @@ impl Keyspace {
         let Image { map, system } = image;
         let mut index = HashMap::with_capacity_and_hasher(map.len(), Default::default());
         index.extend(map.iter().map(|(k, e)| (Bytes::clone(k), e.clone())));
-        Keyspace { map, system, index }
+        let expiring = map.values().filter(|e| e.expires_at_ms.is_some()).count();
+        Keyspace {
+            map,
+            system,
+            expiring,
+            index,
+        }
     }
 
     /// The entry of `key`, expired or not.
@@ -155,7 +176,14 @@ impl Keyspace {
             system: self.system.clone(),
             lsn,
             now_ms,
+            expiring: self.expiring,
         }
+    }
+
+    /// Keeps `expiring` as a key's entry `old` is replaced by one that `expires` or not.
+    fn count_expiry(&mut self, old: Option<&Entry>, expires: bool) {
+        let had = old.is_some_and(|e| e.expires_at_ms.is_some());
+        self.expiring = self.expiring + usize::from(expires) - usize::from(had);
     }
 
     /// Applies `mutations`, giving every entry they write the version `version`.
@@ -164,15 +192,19 @@ impl Keyspace {
             match change(m, version) {
                 Change::Key(key, Some(e)) => {
                     self.map.insert(Key::new(key.clone()), e.clone());
-                    self.index.insert(key.clone(), e);
+                    let expires = e.expires_at_ms.is_some();
+                    let old = self.index.insert(key.clone(), e);
+                    self.count_expiry(old.as_ref(), expires);
                 }
                 Change::Key(key, None) => {
                     self.map.remove(&key[..]);
-                    self.index.remove(key);
+                    let old = self.index.remove(key);
+                    self.count_expiry(old.as_ref(), false);
                 }
                 Change::All => {
                     self.map.clear();
                     self.index = HashMap::default();
+                    self.expiring = 0;
                 }
                 Change::System(key, value) => {
                     self.system.insert(key.clone(), value.clone());

@@ -958,3 +958,58 @@ fn a_write_fence_refuses_every_user_write_decided_after_it() {
     e.commit(vec![], vec![system("fence", "\u{1}on")]).unwrap();
     e.put("a", "4").unwrap();
 }
+
+/// `Snapshot::held` and `Snapshot::expiring` (INFO keyspace's `keys` and `expires`, O(1)) follow
+/// every kind of write: puts with and without expiry, overwrites both ways, PERSIST, deletes, an
+/// expired key until active expiry removes it, a reopen, and a DeleteAll.
+#[test]
+fn held_and_expiring_counts_follow_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let opts = Options {
+        background: false,
+        ..small()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let (far, past) = (Ttl::At(now + 3_600_000), Ttl::At(1));
+    let (e, _) = Engine::open(&db, opts.clone()).unwrap();
+    let counts = |e: &Engine| {
+        let s = e.snapshot();
+        (s.held(), s.expiring(), s.count())
+    };
+    let set = |k: &str, ttl| put(k, "v", ttl, PutIf::Always);
+    e.commit(
+        vec![],
+        vec![
+            set("a", Ttl::None),
+            set("b", far),
+            set("c", far),
+            set("d", past),
+        ],
+    )
+    .unwrap();
+    assert_eq!(counts(&e), (4, 3, 3), "d is held, expired, not live");
+    e.commit(vec![], vec![set("b", Ttl::None), set("a", far)])
+        .unwrap();
+    assert_eq!(counts(&e), (4, 3, 3));
+    let persist = Write::Expire {
+        key: b("c"),
+        at_ms: None,
+        only: keel_engine::ExpireIf::Always,
+    };
+    e.commit(vec![], vec![persist]).unwrap();
+    assert_eq!(counts(&e), (4, 2, 3));
+    e.delete("a").unwrap();
+    assert_eq!(counts(&e), (3, 1, 2));
+    assert_eq!(e.remove_expired(100).unwrap(), 1);
+    assert_eq!(counts(&e), (2, 0, 2));
+    e.commit(vec![], vec![set("x", far)]).unwrap();
+    e.close().unwrap();
+    let (e, _) = Engine::open(&db, opts).unwrap();
+    assert_eq!(counts(&e), (3, 1, 3), "counted again at open");
+    e.commit(vec![], vec![Write::DeleteAll]).unwrap();
+    assert_eq!(counts(&e), (0, 0, 0));
+}

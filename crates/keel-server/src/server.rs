@@ -1652,12 +1652,10 @@ impl Conn {
             o.push_str("\r\n");
         }
         if want("keyspace") {
+            // Counted as Redis counts them, in O(1): every key held, expired ones that active
+            // expiry has not removed yet included.
             let snap = e.snapshot();
-            let (mut keys, mut expires) = (0, 0);
-            for (_, v) in snap.iter() {
-                keys += 1;
-                expires += v.expires_at_ms.is_some() as usize;
-            }
+            let (keys, expires) = (snap.held(), snap.expiring());
             o.push_str("# Keyspace\r\n");
             if keys > 0 {
                 line(
