@@ -459,6 +459,10 @@ mod tests {
                 outcome: Outcome::GuardFailed(3),
                 ..request()
             }),
+            Some(Request {
+                outcome: Outcome::Fenced,
+                ..request()
+            }),
         ];
         for req in &requests {
             for n in 0..=sample().len() {
@@ -490,6 +494,10 @@ mod tests {
             request(),
             Request {
                 outcome: Outcome::GuardFailed(3),
+                ..request()
+            },
+            Request {
+                outcome: Outcome::Fenced,
                 ..request()
             },
         ] {

@@ -850,3 +850,59 @@ fn v2_and_encrypted_v3_databases_open_and_their_next_checkpoint_is_v4() {
         assert_v2_v3_state(&e, fixture);
     }
 }
+
+/// A v4 snapshot whose checksum holds but which holds a value of a type this keel cannot (here a
+/// kind code past the five it knows, as a newer keel with streams would write) is refused as
+/// `Unloadable`, never set aside as damage: opening fails with nothing moved, and a restore
+/// from it fails rather than quietly falling back to an older base (P13).
+#[test]
+fn a_snapshot_with_a_value_this_keel_cannot_hold_is_refused_not_taken_for_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("db");
+    let opts = Options {
+        compress_snapshots: false,
+        ..reader_options()
+    };
+    let (e, _) = Engine::open(&db, opts.clone()).unwrap();
+    e.commit(vec![], vec![put(b"k", b"v", Ttl::None)]).unwrap();
+    let lsn = e.checkpoint().unwrap();
+    e.close().unwrap();
+    let snap_path = db.join(format!("snapshots/snap-{lsn:020}.keel"));
+    let mut snap = std::fs::read(&snap_path).unwrap();
+    // Uncompressed and unencrypted: the first entry's kind byte follows the 48-byte header and
+    // the first block's 8-byte header.
+    assert_eq!(snap[56], 0, "a string entry");
+    snap[56] = 5;
+    let crc = |b: &[u8]| crc32c::crc32c(b).to_le_bytes();
+    let end = snap.len() - 4;
+    let snap_crc = crc(&snap[..end]);
+    snap[end..].copy_from_slice(&snap_crc);
+    std::fs::write(&snap_path, &snap).unwrap();
+    let manifest = db.join("MANIFEST");
+    let mut m = std::fs::read(&manifest).unwrap();
+    m[32..36].copy_from_slice(&snap_crc);
+    let m_crc = crc(&m[..36]);
+    m[36..40].copy_from_slice(&m_crc);
+    std::fs::write(&manifest, &m).unwrap();
+    let before = files(&db);
+
+    let unloadable = |err: &keel_engine::Error| {
+        matches!(
+            err,
+            keel_engine::Error::BadFile {
+                source: keel_engine::snapshot::FileError::Unloadable(k),
+                ..
+            } if k == "kind 5"
+        )
+    };
+    let err = Engine::open(&db, opts.clone())
+        .err()
+        .expect("must not open");
+    assert!(unloadable(&err), "{err}");
+    assert!(err.to_string().contains("newer keel"), "{err}");
+    let target = tmp.path().join("restored");
+    let err = keel_engine::restore(&db, &target, keel_engine::RestoreTarget::Lsn(lsn), &opts)
+        .expect_err("a restore must not skip it");
+    assert!(unloadable(&err), "{err}");
+    assert_eq!(files(&db), before, "nothing moved or removed");
+}
