@@ -195,12 +195,10 @@ pub(crate) fn choose<T>(
 /// for real damage.
 fn not_damage(e: FileError, path: &Path) -> Result<String> {
     match e {
-        FileError::Version(_) | FileError::Unloadable(_) | FileError::Key(_) => {
-            Err(Error::BadFile {
-                path: path.to_path_buf(),
-                source: e,
-            })
-        }
+        e if !e.is_damage() => Err(Error::BadFile {
+            path: path.to_path_buf(),
+            source: e,
+        }),
         FileError::Io(e)
             if matches!(
                 e.kind(),

@@ -222,7 +222,10 @@ impl Keyspace {
 /// order, the tail then leaves every key as of the tail's last record, as long as each record's
 /// effect on a key depends only on that key's prior state and on the record (docs/FORMAT.md,
 /// "Snapshot tail"). System entries are skipped: a snapshot's system namespace is taken as of its
-/// LSN.
+/// LSN. The image must have been read between records, never in the middle of one (publishing
+/// applies a record whole under the write lock, so a reader holding the read lock sees whole
+/// records): a part read half-way through `[set k1, DeleteAll, set k2]` would hold k1 at the
+/// record's version, and the rule would then keep it.
 pub(crate) fn apply_by_version(map: &mut Map, mutations: &[Mutation], lsn: Lsn) {
     // Whether the record applies to each key it touches, decided at the key's first mutation in
     // the record, before the record changes the key's version to `lsn`.

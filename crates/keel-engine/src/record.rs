@@ -96,6 +96,8 @@ pub enum RecordError {
     Trailing { len: usize },
     #[error("bad request section: {0}")]
     Request(&'static str),
+    #[error("unknown outcome kind {0} in the request section")]
+    OutcomeKind(u8),
 }
 
 pub(crate) fn encode_outcome(o: &Outcome, out: &mut Vec<u8>) {
@@ -316,7 +318,7 @@ impl Reader<'_> {
             }
             2 => Ok(Outcome::GuardFailed(self.u32()? as usize)),
             3 => Ok(Outcome::Fenced),
-            _ => Err(RecordError::Request("bad outcome kind")),
+            kind => Err(RecordError::OutcomeKind(kind)),
         }
     }
 }

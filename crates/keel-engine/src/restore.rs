@@ -158,6 +158,7 @@ pub fn restore(
                     bases.push((l, Some(h)));
                 }
             }
+            Err(source) if !source.is_damage() => return Err(Error::BadFile { path, source }),
             _ => report.damaged_snapshots.push(l),
         }
     }
@@ -179,11 +180,7 @@ pub fn restore(
             }
             // A key problem, or a newer keel's snapshot, is not damage: skipping the snapshot
             // would hide it.
-            Err(
-                source @ (crate::snapshot::FileError::Key(_)
-                | crate::snapshot::FileError::Version(_)
-                | crate::snapshot::FileError::Unloadable(_)),
-            ) => {
+            Err(source) if !source.is_damage() => {
                 return Err(Error::BadFile { path, source });
             }
             Err(e) => {

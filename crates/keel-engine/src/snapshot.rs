@@ -122,7 +122,7 @@ pub enum FileError {
     #[error("reserved field, block or trailing bytes are not valid")]
     BadField,
     /// Not damage: a newer keel wrote a value of a type this one cannot hold.
-    #[error("it holds a {0} value, which this keel cannot load (a newer keel wrote it)")]
+    #[error("it holds {0}, which this keel cannot load (a newer keel wrote it)")]
     Unloadable(String),
     #[error("{field} is {found}, the manifest says {expected}")]
     Mismatch {
@@ -135,6 +135,18 @@ pub enum FileError {
     /// Not damage: the key is missing, unknown or wrong. Recovery never falls back over it.
     #[error(transparent)]
     Key(#[from] KeyError),
+}
+
+impl FileError {
+    /// Whether the file is damaged. A newer keel's format and a key problem are not: recovery and
+    /// restore refuse such a file instead of falling back past it, which would downgrade the
+    /// database or hide the key problem.
+    pub fn is_damage(&self) -> bool {
+        !matches!(
+            self,
+            FileError::Version(_) | FileError::Unloadable(_) | FileError::Key(_)
+        )
+    }
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -307,6 +319,11 @@ impl BlockWriter<'_> {
 
     fn push(&mut self, b: &[u8]) -> io::Result<()> {
         self.raw.extend_from_slice(b);
+        self.flush_if_full()
+    }
+
+    /// Writes out the raw bytes once they fill a block (after something was appended to `raw`).
+    fn flush_if_full(&mut self) -> io::Result<()> {
         if self.raw.len() >= BLOCK_RAW_MAX {
             self.flush_block()?;
         }
@@ -481,14 +498,13 @@ pub(crate) fn write_entries<'a>(
         index: 0,
     };
     w.out(&header.encode())?;
-    let mut one = Vec::new();
     let mut written = 0;
     for (key, version, expires_at_ms, value) in entries {
-        one.clear();
-        encode_entry(&mut one, key, version, expires_at_ms, value);
-        w.push(&one)?;
+        encode_entry(&mut w.raw, key, version, expires_at_ms, value);
+        w.flush_if_full()?;
         written += 1;
     }
+    let mut one = Vec::new();
     if let Some(count) = count {
         assert_eq!(written, count, "the entries a snapshot header counts");
     }
@@ -681,6 +697,18 @@ impl BlockReader<'_> {
     }
 }
 
+/// A record or request section in a snapshot that does not decode. The file's checksum held, so
+/// what a newer keel may write (a record version, mutation tag or outcome kind this one does not
+/// know) is `Unloadable`, never damage; anything else is not a file keel wrote.
+fn record_error(e: RecordError) -> FileError {
+    match e {
+        RecordError::Version(_) | RecordError::Tag { .. } | RecordError::OutcomeKind(_) => {
+            FileError::Unloadable(format!("an engine record it cannot read ({e})"))
+        }
+        _ => FileError::BadField,
+    }
+}
+
 /// One entry read: key, version, expiry and value.
 type EntryIn = (Bytes, Lsn, Option<u64>, Stored);
 
@@ -721,16 +749,14 @@ fn read_entry(
 }
 
 fn read_value(r: &mut BlockReader<'_>, kind: u8) -> Result<Stored, FileError> {
-    let kind = match kind {
-        0 => return Ok(Stored::String(r.field()?)),
-        1 => Kind::Hash,
-        2 => Kind::Set,
-        3 => Kind::List,
-        4 => Kind::ZSet,
-        // Kinds 5 to 7 are kept for streams; every code is a newer keel's, not damage: the
-        // file's checksum held.
-        k => return Err(FileError::Unloadable(format!("kind {k}"))),
+    // Kinds 5 to 7 are kept for streams; every unknown code is a newer keel's, not damage: the
+    // file's checksum held.
+    let Some(kind) = Kind::from_code(kind) else {
+        return Err(FileError::Unloadable(format!("a value of kind {kind}")));
     };
+    if kind == Kind::String {
+        return Ok(Stored::String(r.field()?));
+    }
     let n = r.u32()?;
     if n == 0 {
         return Err(FileError::BadField);
@@ -820,7 +846,10 @@ pub fn read_snapshot(
         &mut |header, key, version, expires_at_ms, value| {
             let value = match value {
                 Stored::String(v) => v,
-                Stored::Collection(c) => return Err(FileError::Unloadable(c.kind().name().into())),
+                Stored::Collection(c) => {
+                    let what = format!("a {} value", c.kind().name());
+                    return Err(FileError::Unloadable(what));
+                }
             };
             // Before version 4, keys are written in order; anything else is not a file keel
             // wrote.
@@ -923,7 +952,7 @@ pub(crate) fn read_snapshot_into(
     for _ in 0..header.request_count {
         let n = r.u32()? as usize;
         let one = r.bytes(n)?;
-        let (l, req, next) = decode_request(&one, 0).map_err(|_| FileError::BadField)?;
+        let (l, req, next) = decode_request(&one, 0).map_err(record_error)?;
         if next != one.len() || l > header.lsn {
             return Err(FileError::BadField);
         }
@@ -952,12 +981,7 @@ pub(crate) fn read_snapshot_into(
             if lsn == 0 || lsn > header.lsn || !after_last {
                 return Err(FileError::BadField);
             }
-            let decoded = crate::record::decode(&record, lsn).map_err(|e| match e {
-                RecordError::Version(v) => {
-                    FileError::Unloadable(format!("engine record version {v}"))
-                }
-                _ => FileError::BadField,
-            })?;
+            let decoded = crate::record::decode(&record, lsn).map_err(record_error)?;
             tail.push((lsn, decoded.mutations));
         }
     }
@@ -1278,7 +1302,10 @@ mod tests {
         t.insert(b"h", Value::Hash(h), None, 2);
         let m = write_table(&path, &t, false, None);
         let e = load(&path, Some(&m)).err().expect("a hash cannot load");
-        assert!(matches!(&e, FileError::Unloadable(k) if k == "hash"), "{e}");
+        assert!(
+            matches!(&e, FileError::Unloadable(k) if k == "a hash value"),
+            "{e}"
+        );
         assert!(e.to_string().contains("newer keel"), "{e}");
     }
 
@@ -1299,6 +1326,10 @@ mod tests {
             b
         }
         fn file(entries: &[Vec<u8>]) -> Vec<u8> {
+            file_with_tail(entries, &[])
+        }
+        /// `tail`: (LSN, record) pairs.
+        fn file_with_tail(entries: &[Vec<u8>], tail: &[(u64, Vec<u8>)]) -> Vec<u8> {
             let header = SnapshotHeader {
                 version: SNAPSHOT_VERSION,
                 lsn: 10,
@@ -1311,7 +1342,12 @@ mod tests {
             let mut raw = entries.concat();
             raw.push(END_OF_ENTRIES);
             raw.extend_from_slice(&0u32.to_le_bytes()); // no system entries
-            raw.extend_from_slice(&0u32.to_le_bytes()); // no tail
+            raw.extend_from_slice(&(tail.len() as u32).to_le_bytes());
+            for (lsn, record) in tail {
+                raw.extend_from_slice(&(8 + record.len() as u32).to_le_bytes());
+                raw.extend_from_slice(&lsn.to_le_bytes());
+                raw.extend_from_slice(record);
+            }
             let mut f = header.encode().to_vec();
             f.extend_from_slice(&(raw.len() as u32).to_le_bytes());
             f.extend_from_slice(&(raw.len() as u32).to_le_bytes());
@@ -1377,9 +1413,22 @@ mod tests {
             let e = read(file(&[good[0].clone(), bad])).expect_err(why);
             assert!(matches!(e, FileError::BadField), "{why}: {e}");
         }
+        // A tail record with a mutation tag this keel does not know is a newer keel's too.
+        let mut record = Vec::new();
+        let gone = Mutation::Delete {
+            key: Bytes::from_static(b"s"),
+        };
+        crate::record::encode(1, None, std::slice::from_ref(&gone), &mut record);
+        read(file_with_tail(&good, &[(5, record.clone())])).unwrap();
+        // Version, flags, at_ms and the mutation count come before the first tag.
+        assert_eq!(record[14], 2, "the delete's tag");
+        record[14] = 99;
+        let e = read(file_with_tail(&good, &[(5, record)])).unwrap_err();
+        assert!(matches!(&e, FileError::Unloadable(_)), "{e}");
+        assert!(e.to_string().contains("unknown mutation tag 99"), "{e}");
         let e = read(file(&[entry(5, b"x", 3, &[&n(1)])])).unwrap_err();
         assert!(
-            matches!(&e, FileError::Unloadable(k) if k == "kind 5"),
+            matches!(&e, FileError::Unloadable(k) if k == "a value of kind 5"),
             "{e}"
         );
         // A key twice is refused by the engine's loader.

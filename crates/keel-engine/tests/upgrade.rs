@@ -892,7 +892,7 @@ fn a_snapshot_with_a_value_this_keel_cannot_hold_is_refused_not_taken_for_damage
             keel_engine::Error::BadFile {
                 source: keel_engine::snapshot::FileError::Unloadable(k),
                 ..
-            } if k == "kind 5"
+            } if k == "a value of kind 5"
         )
     };
     let err = Engine::open(&db, opts.clone())

@@ -631,7 +631,9 @@ impl Audit {
         if anchor.is_some() {
             w.anchored.get_or_insert(0);
         }
-        let (tx, rx) = mpsc::sync_channel::<Msg>(queue_max);
+        // Room for every note of the opening at least (they are evidence), and never 0: a
+        // rendezvous channel would drop almost every event.
+        let (tx, rx) = mpsc::sync_channel::<Msg>(queue_max.max(notes.len()).max(1));
         for (event, detail) in notes {
             let ev = Event {
                 event,

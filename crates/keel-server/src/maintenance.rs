@@ -40,14 +40,16 @@ pub fn current(engine: &Engine) -> Option<Mode> {
 }
 
 /// The reply to a write the engine's fence refused: the mode's reason, as the write was decided
-/// after ON. (ON is visible by then on a single node, and applied on a cluster node; the default
-/// reason stands in should it have been turned off again meanwhile.)
+/// after ON (visible by then on a single node, applied on a cluster node). Should the mode have
+/// been turned off again meanwhile, or should this be a KEEL.IDEM retry of such a write, the
+/// reply says so instead of claiming the mode is on.
 pub fn refusal_now(engine: &Engine) -> Reply {
-    let mode = current(engine).unwrap_or_else(|| Mode {
-        since_ms: 0,
-        reason: DEFAULT_REASON.into(),
-    });
-    mode.refusal()
+    match current(engine) {
+        Some(mode) => mode.refusal(),
+        None => Reply::err(
+            "MAINTENANCE the write was decided while maintenance mode was on, and not applied",
+        ),
+    }
 }
 
 fn decode(v: &[u8]) -> Option<Mode> {

@@ -101,15 +101,21 @@ impl Kind {
         }
     }
 
-    fn from_flags(f: u8) -> Kind {
-        match f & KIND_MASK {
+    /// The kind a code stands for (`Kind as u8` the other way), if any.
+    pub fn from_code(code: u8) -> Option<Kind> {
+        Some(match code {
             0 => Kind::String,
             1 => Kind::Hash,
             2 => Kind::Set,
             3 => Kind::List,
             4 => Kind::ZSet,
-            k => unreachable!("kind {k} in a block the table encoded itself"),
-        }
+            _ => return None,
+        })
+    }
+
+    fn from_flags(f: u8) -> Kind {
+        Kind::from_code(f & KIND_MASK)
+            .unwrap_or_else(|| unreachable!("kind {f} in a block the table encoded itself"))
     }
 }
 
