@@ -11,10 +11,17 @@ use keel_wal::fs::{durable_create_dir_all, durable_remove, durable_rename, durab
 use keel_wal::{Fs, Lsn, OpenMode};
 
 use crate::error::{io, Error, Result};
+use bytes::Bytes;
+
+use crate::key::Key;
 use crate::keyspace::Image;
 use crate::record::Request;
 use crate::sequencer::Sequencer;
-use crate::snapshot::{self, FileError, Manifest, SnapshotHeader, MANIFEST, SNAPSHOT_DIR};
+use crate::snapshot::{
+    self, FileError, Manifest, Position, Rest, SnapshotHeader, SnapshotWriter, MANIFEST,
+    SNAPSHOT_DIR,
+};
+use crate::table::ValueRef;
 use crate::util::{lock, now_ms};
 
 /// What the last checkpoint did.
@@ -39,7 +46,21 @@ struct State {
     /// Set by `Engine::halt`: the directory may belong to another engine now, so this
     /// one writes no snapshot or manifest there again.
     halted: bool,
+    /// Entries a checkpoint reads under one hold of the visible state's read lock.
+    part_keys: usize,
+    /// A test's: what to do between parts.
+    #[cfg(test)]
+    between_parts: Option<BetweenParts>,
 }
+
+/// What a test does between a checkpoint's parts: wait for writes, or make them.
+#[cfg(test)]
+pub(crate) type BetweenParts = Box<dyn FnMut(&Sequencer) + Send>;
+
+/// Entries a checkpoint reads under one hold of the visible state's read lock: enough to
+/// amortize the seek into the ordered map, few enough (tens of microseconds) that publishing,
+/// which waits for the lock, hardly notices.
+const PART_KEYS: usize = 1024;
 
 impl Checkpoints {
     /// The bookkeeping of an engine whose manifest in force is `manifest`.
@@ -50,9 +71,20 @@ impl Checkpoints {
                 last_at: Instant::now(),
                 failures: 0,
                 halted: false,
+                part_keys: PART_KEYS,
+                #[cfg(test)]
+                between_parts: None,
             }),
             status: Mutex::new(Status::default()),
         }
+    }
+
+    /// Checkpoints read `n` entries at a time and call `between` between parts.
+    #[cfg(test)]
+    pub(crate) fn set_parts_for_test(&self, n: usize, between: BetweenParts) {
+        let mut st = lock(&self.state);
+        st.part_keys = n.max(1);
+        st.between_parts = Some(between);
     }
 
     /// Waits for a checkpoint in progress; none starts after this (see `Engine::halt`).
@@ -219,6 +251,117 @@ impl Checkpoints {
     }
 }
 
+/// The name a checkpoint's snapshot is written under until it knows its LSN. Opening removes it
+/// with the other uncommitted files.
+const FUZZY_TMP: &str = "snap-next.tmp";
+
+/// Writes a snapshot of the visible state as a **fuzzy checkpoint** (docs/KEYSPACE.md): it notes
+/// the visible LSN S, reads the keyspace a part of `part_keys` entries at a time, each part
+/// under the read lock only, while writes go on; then it notes the visible LSN E and puts the
+/// log's records S+1..=E in the file as its tail, with the system namespace and the request ids
+/// as of E. Loading applies the tail by version, so the file is the image at E, and P6's
+/// protocol is unchanged: the file is synced and renamed into place before the caller commits the
+/// manifest. Nothing holds a copy of the keyspace, so writes during the checkpoint copy nothing.
+/// Returns the manifest that would commit it and the number of entries.
+fn write_fuzzy_snapshot(
+    seq: &Sequencer,
+    dir: &Path,
+    part_keys: usize,
+    between_parts: &mut dyn FnMut(),
+) -> Result<(Manifest, usize)> {
+    let opts = &seq.opts;
+    let fs = &*opts.wal.fs;
+    let sdir = dir.join(SNAPSHOT_DIR);
+    durable_create_dir_all(fs, &sdir).map_err(io("create directory", &sdir))?;
+    let tmp = sdir.join(FUZZY_TMP);
+    let f = fs
+        .open(&tmp, OpenMode::CreateTruncate)
+        .map_err(io("create snapshot", &tmp))?;
+    let keyring = opts.wal.keyring.as_deref();
+    let mut w = SnapshotWriter::new(&*f, opts.compress_snapshots, keyring)
+        .map_err(io("write snapshot", &tmp))?;
+    let mut part = Vec::with_capacity(part_keys);
+    let mut after: Option<Key> = None;
+    let mut start = None;
+    loop {
+        part.clear();
+        {
+            let v = seq.publisher.visible();
+            start.get_or_insert(v.lsn());
+            v.part_after(after.as_ref().map(|k| &k[..]), part_keys, &mut part);
+        }
+        for (k, e) in &part {
+            let value = ValueRef::String(&e.value);
+            w.entry(k, e.version, e.expires_at_ms, value)
+                .map_err(io("write snapshot", &tmp))?;
+        }
+        match part.pop() {
+            Some((last, _)) if part.len() + 1 == part_keys => after = Some(last),
+            _ => break,
+        }
+        between_parts();
+    }
+    let start = start.expect("read at least once");
+    let (lsn, at_ms, system) = {
+        let v = seq.publisher.visible();
+        (v.lsn(), v.at_ms(), v.system_image())
+    };
+    // Under a weaker sync policy the visible state can be ahead of the durable log. A
+    // snapshot of it, then a power cut, would leave a log that ends before the snapshot,
+    // which the next open refuses (a gap). Sync, so the snapshot holds only what the log
+    // holds durably.
+    if opts.wal.sync_policy != keel_wal::SyncPolicy::Always {
+        seq.wal.sync()?;
+    }
+    let tail = read_tail(seq, start, lsn)?;
+    let requests = seq.seq().requests.up_to(lsn);
+    let rest = Rest {
+        at: Position { lsn, at_ms },
+        requests: &requests,
+        system: &system,
+        tail: &tail,
+    };
+    let keys = w.count() as usize;
+    let (bytes, crc) = w.finish(&rest).map_err(io("write snapshot", &tmp))?;
+    f.sync_all().map_err(io("sync snapshot", &tmp))?;
+    drop(f);
+    let path = snapshot::snapshot_path(dir, lsn);
+    durable_rename(fs, &tmp, &path).map_err(io("rename snapshot", &tmp))?;
+    let manifest = Manifest {
+        snapshot_lsn: lsn,
+        snapshot_bytes: bytes,
+        snapshot_crc: crc,
+    };
+    Ok((manifest, keys))
+}
+
+/// The log's records `after+1..=upto` (visible, so acknowledged, so readable), as a snapshot's
+/// tail.
+fn read_tail(seq: &Sequencer, after: Lsn, upto: Lsn) -> Result<Vec<(Lsn, Bytes)>> {
+    let mut tail = Vec::with_capacity((upto - after) as usize);
+    if upto > after {
+        for r in seq.wal.read_from(after + 1)? {
+            let r = r?;
+            if r.lsn > upto {
+                break;
+            }
+            tail.push((r.lsn, Bytes::from(r.payload)));
+        }
+    }
+    if tail.len() as u64 != upto - after {
+        let wal = seq.wal.dir();
+        let gap = format!(
+            "records {}..={upto} are visible but {} of them were read back",
+            after + 1,
+            tail.len()
+        );
+        return Err(io("read the log for a checkpoint's tail", wal)(
+            std::io::Error::other(gap),
+        ));
+    }
+    Ok(tail)
+}
+
 /// `None` when the current snapshot is already up to date.
 fn checkpoint_locked(
     seq: &Sequencer,
@@ -236,16 +379,18 @@ fn checkpoint_locked(
         return Ok(None);
     }
     let logged = seq.logged_since_checkpoint.load(Ordering::Relaxed);
-    // Under a weaker sync policy the visible state can be ahead of the durable log. A
-    // snapshot of it, then a power cut, would leave a log that ends before the snapshot,
-    // which the next open refuses (a gap). Sync first, so the snapshot holds only what the
-    // log holds durably.
-    if seq.opts.wal.sync_policy != keel_wal::SyncPolicy::Always {
-        seq.wal.sync()?;
-    }
     let fs = &*seq.opts.wal.fs;
-    let (image, lsn, at_ms, requests) = seq.durable_view();
-    let next = write_snapshot_file(dir, &image, &requests, lsn, at_ms, &seq.opts)?;
+    #[cfg(not(test))]
+    let mut between_parts = || {};
+    #[cfg(test)]
+    let mut between_parts = || {
+        if let Some(f) = st.between_parts.as_mut() {
+            f(seq)
+        }
+    };
+    let part_keys = st.part_keys;
+    let (next, keys) = write_fuzzy_snapshot(seq, dir, part_keys, &mut between_parts)?;
+    let lsn = next.snapshot_lsn;
     commit_manifest(fs, dir, &next)?;
     st.manifest = next;
     seq.logged_since_checkpoint
@@ -255,7 +400,7 @@ fn checkpoint_locked(
     let info = CheckpointInfo {
         lsn,
         snapshot_bytes: next.snapshot_bytes,
-        keys: image.map.len(),
+        keys,
         completed_ms: now_ms(),
         duration: started.elapsed(),
         segments_pruned,
@@ -371,6 +516,273 @@ impl Drop for Background {
         self.stop.1.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use keel_wal::LogReader;
+
+    use super::*;
+    use crate::keyspace::{change, Change, Map, System};
+    use crate::table::tests::Rng;
+    use crate::{Engine, Entry, Options, Ttl, Write, WAL_DIR};
+
+    /// Checkpoints taken while two writers run sets, expiring sets, deletes, DeleteAlls and
+    /// system writes, each checkpoint reading the keyspace two entries at a time and waiting
+    /// for a write between parts; under the durable policy and under one that never syncs
+    /// (whose checkpoints must sync what they include). Every snapshot must load to exactly the state the log gives
+    /// at the snapshot's LSN: entries with their versions and expiries, and the system
+    /// namespace. Reading the keyspace without the tail, or the tail from the wrong start, fails.
+    #[test]
+    fn fuzzy_checkpoints_under_writes_are_the_image_at_their_lsn() {
+        for policy in [keel_wal::SyncPolicy::Always, keel_wal::SyncPolicy::Never] {
+            checkpoints_under_writes(policy);
+        }
+    }
+
+    fn checkpoints_under_writes(policy: keel_wal::SyncPolicy) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = Options {
+            background: false,
+            checkpoint_interval: None,
+            checkpoint_log_bytes: 0,
+            retention: Duration::from_secs(3600),
+            ..Options::default()
+        };
+        opts.wal.sync_policy = policy;
+        let (engine, _) = Engine::open(dir.path(), opts.clone()).unwrap();
+        // Between parts, wait (at most a second) until some write becomes visible.
+        let wait = |seq: &Sequencer| {
+            let (seen, since) = (seq.publisher.published(), Instant::now());
+            while seq.publisher.published() == seen && since.elapsed() < Duration::from_secs(1) {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        };
+        engine.set_checkpoints_for_test(2, Box::new(wait));
+        let keys = 300;
+        let batch: Vec<Write> = (0..keys)
+            .map(|i| Write::Put {
+                key: Bytes::from(format!("k{i}")),
+                value: Bytes::from(format!("v{i}")),
+                ttl: Ttl::None,
+                only: Default::default(),
+            })
+            .collect();
+        engine.commit(vec![], batch).unwrap();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for t in 0..2u64 {
+                let (engine, stop) = (&engine, &stop);
+                s.spawn(move || {
+                    let mut r = Rng(t + 1);
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let key = Bytes::from(format!("k{}", r.below(keys + keys / 2)));
+                        let w = match r.below(100) {
+                            _ if r.chance(1) && r.chance(5) => Write::DeleteAll,
+                            1..=3 => Write::System {
+                                key: Bytes::from(format!("s{}", r.below(3))),
+                                value: Bytes::from(format!("{t}.{n}")),
+                            },
+                            4..=30 => Write::Delete { key },
+                            _ => Write::Put {
+                                key,
+                                value: Bytes::from(format!("{t}.{n}")),
+                                ttl: if r.chance(20) {
+                                    Ttl::At(4_000_000_000_000 + n)
+                                } else {
+                                    Ttl::None
+                                },
+                                only: Default::default(),
+                            },
+                        };
+                        engine.commit(vec![], vec![w]).unwrap();
+                    }
+                });
+            }
+            // The writers stop however this ends, a failed checkpoint included.
+            struct Stop<'a>(&'a AtomicBool);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Relaxed);
+                }
+            }
+            let _stop = Stop(&stop);
+            for _ in 0..12 {
+                engine.checkpoint().unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        drop(engine);
+        let fs = &*opts.wal.fs;
+        let lsns = list_snapshots(fs, dir.path()).unwrap();
+        assert!(lsns.len() >= 10, "{lsns:?}");
+        let log = LogReader::open(dir.path().join(WAL_DIR), &opts.wal).unwrap();
+        let mut records = log.iter_from(1).unwrap();
+        let (mut map, mut system, mut at) = (Map::new(), System::new(), 0);
+        let mut tails = 0;
+        for lsn in lsns {
+            while at < lsn {
+                let r = records.next().unwrap().unwrap();
+                at = r.lsn;
+                let decoded = crate::record::decode(&Bytes::from(r.payload), r.lsn).unwrap();
+                for m in &decoded.mutations {
+                    match change(m, r.lsn) {
+                        Change::Key(k, Some(e)) => {
+                            map.insert(Key::new(k.clone()), e);
+                        }
+                        Change::Key(k, None) => {
+                            map.remove(&k[..]);
+                        }
+                        Change::All => map.clear(),
+                        Change::System(k, v) => {
+                            system.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+            }
+            let path = snapshot::snapshot_path(dir.path(), lsn);
+            let f = fs.open(&path, OpenMode::Read).unwrap();
+            let mut entries = 0;
+            let raw = snapshot::read_snapshot_into(&*f, None, None, &mut |_, _, _, _, _| {
+                entries += 1;
+                Ok(())
+            })
+            .unwrap();
+            tails += raw.tail.len();
+            let loaded = snapshot::read_snapshot(&*f, None, None).unwrap();
+            assert_eq!(loaded.header.lsn, lsn);
+            assert_eq!(loaded.header.count, entries);
+            assert!(loaded.image.map == map, "the snapshot at {lsn}");
+            assert_eq!(loaded.image.system, system, "the snapshot at {lsn}");
+        }
+        assert!(tails > 100, "{tails} records in tails ({policy:?})");
+    }
+
+    /// A writes between a checkpoint's parts, in order: sets, an expiring set, deletes, a
+    /// DeleteAll and a system entry.
+    fn between_write(i: usize) -> Write {
+        let key = Bytes::from(format!("k{}", (i * 7) % 40));
+        match i % 4 {
+            _ if i == 5 => Write::DeleteAll,
+            1 => Write::Delete { key },
+            2 => Write::System {
+                key: Bytes::from_static(b"s"),
+                value: Bytes::from(format!("{i}")),
+            },
+            n => Write::Put {
+                key,
+                value: Bytes::from(format!("w{i}")),
+                ttl: if n == 3 {
+                    Ttl::At(4_000_000_000_000 + i as u64)
+                } else {
+                    Ttl::None
+                },
+                only: Default::default(),
+            },
+        }
+    }
+
+    /// Every entry and the system entry, expired or not, with versions.
+    fn full_state(e: &Engine) -> (Vec<(Bytes, Entry)>, Option<Bytes>) {
+        let snap = e.snapshot();
+        let entries = snap.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        (entries, e.system(b"s"))
+    }
+
+    /// P6 for a fuzzy checkpoint, exhaustively: a power cut at every file-system operation of a
+    /// checkpoint that has writes between its parts (so its file has a tail) recovers every write
+    /// acknowledged before the cut, and at most the one in flight besides, and the next
+    /// checkpoint works.
+    #[test]
+    fn a_crash_at_every_step_of_a_fuzzy_checkpoint_loses_no_acknowledged_write() {
+        use std::sync::atomic::AtomicUsize;
+
+        use keel_sim::SimFs;
+
+        const DIR: &str = "/db";
+        let options = |fs: &SimFs| Options {
+            wal: keel_wal::Options {
+                fs: Arc::new(fs.clone()),
+                prepare_segments_in_background: false,
+                segment_bytes_max: 4096,
+                record_bytes_max: 2048,
+                batch_bytes_max: 4000,
+                ..keel_wal::Options::default()
+            },
+            key_bytes_max: 64,
+            value_bytes_max: 1024,
+            background: false,
+            ..Options::default()
+        };
+        let prepare = |fs: &SimFs| -> (Engine, Arc<AtomicUsize>) {
+            let (e, _) = Engine::open(DIR, options(fs)).unwrap();
+            for i in 0..30 {
+                e.put(format!("k{i}"), format!("v{i}")).unwrap();
+            }
+            e.checkpoint().unwrap();
+            e.put("k0", "after").unwrap();
+            let acked = Arc::new(AtomicUsize::new(0));
+            let n = acked.clone();
+            let write = move |seq: &Sequencer| {
+                let i = n.load(Ordering::SeqCst);
+                if seq
+                    .commit_combined(None, vec![], vec![between_write(i)])
+                    .is_ok()
+                {
+                    n.fetch_add(1, Ordering::SeqCst);
+                }
+            };
+            e.set_checkpoints_for_test(4, Box::new(write));
+            (e, acked)
+        };
+        // The state after each number of writes between parts.
+        let fs = SimFs::new(3);
+        let (reference, _) = Engine::open(DIR, options(&fs)).unwrap();
+        for i in 0..30 {
+            reference.put(format!("k{i}"), format!("v{i}")).unwrap();
+        }
+        reference.put("k0", "after").unwrap();
+        let mut states = vec![full_state(&reference)];
+        for i in 0..20 {
+            reference.commit(vec![], vec![between_write(i)]).unwrap();
+            states.push(full_state(&reference));
+        }
+        drop(reference);
+        let fs = SimFs::new(3);
+        let (e, acked) = prepare(&fs);
+        let a = fs.counts().total;
+        e.checkpoint().unwrap();
+        let b = fs.counts().total;
+        let writes = acked.load(Ordering::SeqCst);
+        assert!(writes >= 6, "{writes} writes between parts");
+        assert_eq!(full_state(&e), states[writes]);
+        drop(e);
+        for k in a..=b {
+            let fs = SimFs::new(3);
+            let (e, acked) = prepare(&fs);
+            fs.crash_at(k);
+            let _ = e.checkpoint();
+            let acked = acked.load(Ordering::SeqCst);
+            drop(e);
+            let image = fs.crash(k);
+            let (e, _) = Engine::open(DIR, options(&image)).unwrap_or_else(|err| {
+                panic!("crash at op {k} of {a}..{b}: recovery failed: {err}")
+            });
+            let got = full_state(&e);
+            assert!(
+                got == states[acked] || got == states[acked + 1],
+                "crash at op {k} of {a}..{b}, {acked} writes acknowledged: {got:?}"
+            );
+            e.checkpoint().unwrap();
+            drop(e);
+            let (e, _) = Engine::open(DIR, options(&image)).unwrap();
+            assert_eq!(full_state(&e), got, "crash at op {k}: reopened");
         }
     }
 }

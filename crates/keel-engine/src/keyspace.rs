@@ -169,6 +169,24 @@ impl Keyspace {
         }
     }
 
+    /// Up to `limit` entries after the key `after` (from the first if `None`), in key order,
+    /// appended to `out`: a checkpoint reads the keyspace this way, a part at a time.
+    pub(crate) fn part_after(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+        out: &mut Vec<(Key, Entry)>,
+    ) {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let part = self.map.range::<_, [u8]>((start, Bound::Unbounded));
+        out.extend(part.take(limit).map(|(k, e)| (k.clone(), e.clone())));
+    }
+
+    /// The system namespace, in O(1).
+    pub(crate) fn system_image(&self) -> System {
+        self.system.clone()
+    }
+
     /// A view of the keyspace as of `lsn`, judging expiry at `now_ms`.
     pub(crate) fn snapshot(&self, lsn: Lsn, now_ms: u64) -> Snapshot {
         Snapshot {

@@ -8,7 +8,8 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use bytes::Bytes;
 use keel_wal::{Lsn, Wal};
 
-use crate::keyspace::{Image, Keyspace, Snapshot};
+use crate::key::Key;
+use crate::keyspace::{Image, Keyspace, Snapshot, System};
 use crate::record::Mutation;
 use crate::types::Entry;
 use crate::util::lock;
@@ -48,6 +49,26 @@ impl Visible {
     /// An O(1) image of this state, its LSN and the decision time at that LSN.
     pub(crate) fn image(&self) -> (Image, Lsn, u64) {
         (self.keyspace.image(), self.lsn, self.at_ms)
+    }
+
+    /// The decision time of the record at `lsn`.
+    pub(crate) fn at_ms(&self) -> u64 {
+        self.at_ms
+    }
+
+    /// See [`Keyspace::part_after`].
+    pub(crate) fn part_after(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+        out: &mut Vec<(Key, Entry)>,
+    ) {
+        self.keyspace.part_after(after, limit, out)
+    }
+
+    /// The system namespace, in O(1).
+    pub(crate) fn system_image(&self) -> System {
+        self.keyspace.system_image()
     }
 
     /// A reader's view of this state, judging expiry at `now_ms`.

@@ -21,29 +21,34 @@
 //!     24    8 at_ms           the decision time of the record at `lsn` (0 if lsn is 0)
 //!     32    8 count           number of entries, expired ones included
 //!     40    8 request_count   number of remembered request ids (P8)
-//!     48      blocks, each:   raw_len u32, stored_len u32, then stored_len bytes; the bytes
+//!     48   16 file_id         v4: random in an encrypted file (its blocks are bound to it),
+//!                             zero otherwise; v1-v3 have none, and their blocks start at 48
+//!     64      blocks, each:   raw_len u32, stored_len u32, then stored_len bytes; the bytes
 //!                             are LZ4 block-compressed if stored_len < raw_len, raw if equal.
 //!                             raw_len is at most 1 MiB; a block with raw_len 0 ends the list.
 //!                             Encrypted: the stored bytes are sealed (keel_wal::crypt:
 //!                             key_id, nonce, ciphertext, tag) with the associated data
-//!                             `header (48 bytes) | block index u64 | raw_len u32`; the
-//!                             plaintext is LZ4 if shorter than raw_len, raw if equal.
+//!                             `file_id (v4; v3: the 48-byte header) | block index u64 |
+//!                             raw_len u32`; the plaintext is LZ4 if shorter than raw_len,
+//!                             raw if equal.
 //!             The blocks' raw bytes, concatenated, are:
 //!               entries, each key once, in any order (v1-v3: in key order):
 //!                 v4: kind u8, key_len u32, key, version u64, expires_at u64 (0 = never),
 //!                     then the value by kind (see `encode_entry`); then the end byte 0xff
-//!                     (`count` is u64::MAX if the writer did not know it in advance)
 //!                 v1-v3: key_len u32, key, value_len u32, value, version u64, expires_at u64
 //!               requests, in LSN order: len u32, then lsn u64 and the request section of
 //!                 the engine record (record.rs)
 //!               v2 and later: the system namespace: count u32, then in key order
 //!                 key_len u32, key, value_len u32, value
 //!               v4: the tail: count u32, then in LSN order len u32, lsn u64, engine record
-//!                 (the records a shard-by-shard image may lack; applied by version)
+//!                 (the records a fuzzy checkpoint's image may lack; applied by version)
+//!               v4: the header's bytes 16..48 again, which must match it
 //!   end-4   4 crc             CRC32C of every byte before it
 //! ```
 //!
-//! Files are written and read as streams: neither side holds the whole file in memory.
+//! Files are written and read as streams: neither side holds the whole file in memory. Version 4
+//! is written header last (zeros first), so that a checkpoint can stream entries before it knows
+//! its LSN and count.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -73,9 +78,8 @@ pub const MANIFEST_VERSION: u32 = 2;
 pub const SNAPSHOT_VERSION: u32 = 4;
 /// The version that meant "version 2, encrypted" before encryption became a flag.
 const SNAPSHOT_VERSION_V2_ENCRYPTED: u32 = 3;
-/// Version 4's `count` when the writer did not know it before writing the entries (a checkpoint
-/// that reads the keyspace while writes go on).
-pub const COUNT_NOT_KNOWN: u64 = u64::MAX;
+/// Version 4's random file id, after the header: an encrypted file's blocks are bound to it.
+const FILE_ID_BYTES: usize = 16;
 /// The kind byte that ends version 4's entries.
 const END_OF_ENTRIES: u8 = 0xff;
 const FLAG_LZ4: u32 = 1;
@@ -287,23 +291,24 @@ fn short(e: io::Error) -> FileError {
     }
 }
 
-/// Streams blocks into a file, keeping the running CRC.
+/// Streams blocks into a file, keeping the running CRC of what it writes.
 struct BlockWriter<'a> {
     file: &'a dyn FsFile,
     offset: u64,
     crc: u32,
     raw: Vec<u8>,
     compress: bool,
-    /// Seals every block, bound to the header and the block's index.
-    seal: Option<(&'a Keyring, [u8; SNAPSHOT_HEADER_BYTES])>,
+    /// Seals every block, bound to the file (see [`block_aad`]) and the block's index.
+    seal: Option<(&'a Keyring, Vec<u8>)>,
     index: u64,
 }
 
-/// The associated data of an encrypted snapshot's block: the file's header, the block's index
-/// and its raw length, so that no block opens in another file or at another place.
-fn block_aad(header: &[u8; SNAPSHOT_HEADER_BYTES], index: u64, raw_len: usize) -> Vec<u8> {
-    let mut a = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + 12);
-    a.extend_from_slice(header);
+/// The associated data of an encrypted snapshot's block: what binds it to its file (version 4:
+/// the file id; version 3: the header), the block's index and its raw length, so that no block
+/// opens in another file or at another place.
+fn block_aad(file: &[u8], index: u64, raw_len: usize) -> Vec<u8> {
+    let mut a = Vec::with_capacity(file.len() + 12);
+    a.extend_from_slice(file);
     a.extend_from_slice(&index.to_le_bytes());
     a.extend_from_slice(&(raw_len as u32).to_le_bytes());
     a
@@ -340,8 +345,8 @@ impl BlockWriter<'_> {
                 .filter(|c| c.len() < raw.len());
             let mut stored = packed.as_deref().unwrap_or(&raw);
             let sealed;
-            if let Some((ring, header)) = &self.seal {
-                sealed = ring.seal(&block_aad(header, self.index, raw.len()), stored);
+            if let Some((ring, file)) = &self.seal {
+                sealed = ring.seal(&block_aad(file, self.index, raw.len()), stored);
                 stored = &sealed;
             }
             self.index += 1;
@@ -418,13 +423,8 @@ fn encode_entry(
     }
 }
 
-/// One entry to write: key, version, expiry and value.
-pub(crate) type EntryOut<'a> = (&'a [u8], Lsn, Option<u64>, ValueRef<'a>);
-
-/// Writes the snapshot of `image` at `lsn` into `file` (from offset 0). Returns its length and
-/// its trailing CRC, which the manifest records. The caller syncs.
-///
-/// `image` is a consistent image at `lsn`, so the file has no tail.
+/// Writes the snapshot of `image`, a consistent image at `at`, into `file` (from offset 0).
+/// Returns its length and its trailing CRC, which the manifest records. The caller syncs.
 pub(crate) fn write_snapshot(
     file: &dyn FsFile,
     image: &Image,
@@ -433,23 +433,16 @@ pub(crate) fn write_snapshot(
     compress: bool,
     keyring: Option<&Keyring>,
 ) -> io::Result<(u64, u32)> {
-    let entries = image.map.iter().map(|(k, e)| -> EntryOut<'_> {
-        (k, e.version, e.expires_at_ms, ValueRef::String(&e.value))
-    });
-    let rest = Rest {
+    let mut w = SnapshotWriter::new(file, compress, keyring)?;
+    for (k, e) in image.map.iter() {
+        w.entry(k, e.version, e.expires_at_ms, ValueRef::String(&e.value))?;
+    }
+    w.finish(&Rest {
         at,
         requests,
         system: &image.system,
         tail: &[],
-    };
-    write_entries(
-        file,
-        Some(image.map.len()),
-        entries,
-        &rest,
-        compress,
-        keyring,
-    )
+    })
 }
 
 /// Where a snapshot stands: its LSN and the decision time of the record at it.
@@ -465,76 +458,133 @@ pub(crate) struct Rest<'a> {
     pub(crate) requests: &'a [(Lsn, Request)],
     pub(crate) system: &'a System,
     /// The engine records (LSN, encoded record) the entries may lack, in LSN order, all at or
-    /// before `at.lsn`: the records written while a shard-by-shard checkpoint ran.
+    /// before `at.lsn`: the records written while a fuzzy checkpoint read the keyspace.
     pub(crate) tail: &'a [(Lsn, Bytes)],
 }
 
-/// Writes a version 4 snapshot: the entries, then the rest. `count` is the number of entries,
-/// if known before they are written (the header gives it; a reader checks it).
+/// Writes a version 4 snapshot as a stream: the entries one at a time, then the rest, and the
+/// header last, so that nothing the header says (LSN, count, request count) need be known when
+/// the first entry is written. Nothing refers to the file until a manifest names it; a file cut
+/// short before `finish` has a zero header, which no reader takes for a snapshot.
+pub(crate) struct SnapshotWriter<'a> {
+    w: BlockWriter<'a>,
+    header: SnapshotHeader,
+}
+
+impl<'a> SnapshotWriter<'a> {
+    pub(crate) fn new(
+        file: &'a dyn FsFile,
+        compress: bool,
+        keyring: Option<&'a Keyring>,
+    ) -> io::Result<Self> {
+        // The header's place, filled by `finish`; the running CRC starts after it.
+        write_all_at(file, &[0u8; SNAPSHOT_HEADER_BYTES], 0)?;
+        // Plaintext files need no id: nothing but the CRC binds their blocks.
+        let mut id = [0u8; FILE_ID_BYTES];
+        if keyring.is_some() {
+            getrandom::fill(&mut id).map_err(|e| io::Error::other(e.to_string()))?;
+        }
+        let mut w = BlockWriter {
+            file,
+            offset: SNAPSHOT_HEADER_BYTES as u64,
+            crc: 0,
+            raw: Vec::with_capacity(BLOCK_RAW_MAX + 4096),
+            compress,
+            seal: keyring.map(|k| (k, id.to_vec())),
+            index: 0,
+        };
+        w.out(&id)?;
+        let header = SnapshotHeader {
+            version: SNAPSHOT_VERSION,
+            lsn: 0,
+            at_ms: 0,
+            count: 0,
+            request_count: 0,
+            compressed: compress,
+            encrypted: keyring.is_some(),
+        };
+        Ok(SnapshotWriter { w, header })
+    }
+
+    /// Appends one entry: each key once, at a version no later than the LSN `finish` is given.
+    pub(crate) fn entry(
+        &mut self,
+        key: &[u8],
+        version: Lsn,
+        expires_at_ms: Option<u64>,
+        value: ValueRef<'_>,
+    ) -> io::Result<()> {
+        encode_entry(&mut self.w.raw, key, version, expires_at_ms, value);
+        self.header.count += 1;
+        self.w.flush_if_full()
+    }
+
+    /// Entries written so far.
+    pub(crate) fn count(&self) -> u64 {
+        self.header.count
+    }
+
+    /// Writes the rest, the header and the CRC. Returns the file's length and CRC.
+    pub(crate) fn finish(mut self, rest: &Rest<'_>) -> io::Result<(u64, u32)> {
+        self.header.lsn = rest.at.lsn;
+        self.header.at_ms = rest.at.at_ms;
+        self.header.request_count = rest.requests.len() as u64;
+        let w = &mut self.w;
+        w.push(&[END_OF_ENTRIES])?;
+        let mut one = Vec::new();
+        for (l, r) in rest.requests {
+            one.clear();
+            encode_request(*l, r, &mut one);
+            w.push(&(one.len() as u32).to_le_bytes())?;
+            w.push(&one)?;
+        }
+        w.push(&(rest.system.len() as u32).to_le_bytes())?;
+        for (k, v) in rest.system.iter() {
+            w.push(&(k.len() as u32).to_le_bytes())?;
+            w.push(k)?;
+            w.push(&(v.len() as u32).to_le_bytes())?;
+            w.push(v)?;
+        }
+        debug_assert!(rest.tail.windows(2).all(|p| p[0].0 < p[1].0));
+        w.push(&(rest.tail.len() as u32).to_le_bytes())?;
+        for (l, record) in rest.tail {
+            debug_assert!(*l <= rest.at.lsn);
+            w.push(&(8 + record.len() as u32).to_le_bytes())?;
+            w.push(&l.to_le_bytes())?;
+            w.push(record)?;
+        }
+        // The header's fields again, inside the blocks: an encrypted file's header is then
+        // authenticated too, though it is written last and bound to no block.
+        let header = self.header.encode();
+        w.push(&header[ECHOED])?;
+        w.flush_block()?;
+        w.out(&[0u8; 8])?;
+        write_all_at(w.file, &header, 0)?;
+        let body = w.offset - SNAPSHOT_HEADER_BYTES as u64;
+        let crc = crc32c::crc32c_combine(crc32c::crc32c(&header), w.crc, body as usize);
+        write_all_at(w.file, &crc.to_le_bytes(), w.offset)?;
+        Ok((w.offset + 4, crc))
+    }
+}
+
+/// The header's bytes that version 4 repeats at the end of its blocks: LSN, decision time,
+/// count and request count.
+const ECHOED: std::ops::Range<usize> = 16..SNAPSHOT_HEADER_BYTES;
+
+/// Writes a version 4 snapshot of `entries` (key, version, expiry, value) and `rest`.
+#[cfg(test)]
 pub(crate) fn write_entries<'a>(
     file: &dyn FsFile,
-    count: Option<usize>,
-    entries: impl Iterator<Item = EntryOut<'a>>,
+    entries: impl Iterator<Item = (&'a [u8], Lsn, Option<u64>, ValueRef<'a>)>,
     rest: &Rest<'_>,
     compress: bool,
     keyring: Option<&Keyring>,
 ) -> io::Result<(u64, u32)> {
-    let header = SnapshotHeader {
-        version: SNAPSHOT_VERSION,
-        lsn: rest.at.lsn,
-        at_ms: rest.at.at_ms,
-        count: count.map_or(COUNT_NOT_KNOWN, |n| n as u64),
-        request_count: rest.requests.len() as u64,
-        compressed: compress,
-        encrypted: keyring.is_some(),
-    };
-    let mut w = BlockWriter {
-        file,
-        offset: 0,
-        crc: 0,
-        raw: Vec::with_capacity(BLOCK_RAW_MAX + 4096),
-        compress,
-        seal: keyring.map(|k| (k, header.encode())),
-        index: 0,
-    };
-    w.out(&header.encode())?;
-    let mut written = 0;
+    let mut w = SnapshotWriter::new(file, compress, keyring)?;
     for (key, version, expires_at_ms, value) in entries {
-        encode_entry(&mut w.raw, key, version, expires_at_ms, value);
-        w.flush_if_full()?;
-        written += 1;
+        w.entry(key, version, expires_at_ms, value)?;
     }
-    let mut one = Vec::new();
-    if let Some(count) = count {
-        assert_eq!(written, count, "the entries a snapshot header counts");
-    }
-    w.push(&[END_OF_ENTRIES])?;
-    for (l, r) in rest.requests {
-        one.clear();
-        encode_request(*l, r, &mut one);
-        w.push(&(one.len() as u32).to_le_bytes())?;
-        w.push(&one)?;
-    }
-    w.push(&(rest.system.len() as u32).to_le_bytes())?;
-    for (k, v) in rest.system.iter() {
-        w.push(&(k.len() as u32).to_le_bytes())?;
-        w.push(k)?;
-        w.push(&(v.len() as u32).to_le_bytes())?;
-        w.push(v)?;
-    }
-    debug_assert!(rest.tail.windows(2).all(|p| p[0].0 < p[1].0));
-    w.push(&(rest.tail.len() as u32).to_le_bytes())?;
-    for (l, record) in rest.tail {
-        debug_assert!(*l <= rest.at.lsn);
-        w.push(&(8 + record.len() as u32).to_le_bytes())?;
-        w.push(&l.to_le_bytes())?;
-        w.push(record)?;
-    }
-    w.flush_block()?;
-    w.out(&[0u8; 8])?;
-    let crc = w.crc;
-    write_all_at(file, &crc.to_le_bytes(), w.offset)?;
-    Ok((w.offset + 4, crc))
+    w.finish(rest)
 }
 
 /// Checks a whole snapshot file's length and checksum in one streaming pass. Returns its header
@@ -575,8 +625,8 @@ struct BlockReader<'a> {
     block: Vec<u8>,
     pos: usize,
     done: bool,
-    /// An encrypted file's keyring and header bytes.
-    open: Option<(&'a Keyring, [u8; SNAPSHOT_HEADER_BYTES])>,
+    /// An encrypted file's keyring, and what its blocks are bound to (see [`block_aad`]).
+    open: Option<(&'a Keyring, Vec<u8>)>,
     index: u64,
 }
 
@@ -608,9 +658,9 @@ impl BlockReader<'_> {
         let mut s = vec![0u8; stored];
         read_exact_at(self.file, &mut s, self.offset).map_err(short)?;
         self.offset += stored as u64;
-        if let Some((ring, header)) = &self.open {
+        if let Some((ring, file)) = &self.open {
             let what = format!("snapshot block {}", self.index);
-            s = ring.open(&what, &block_aad(header, self.index, raw), &s)?;
+            s = ring.open(&what, &block_aad(file, self.index, raw), &s)?;
         }
         self.index += 1;
         self.block = if s.len() == raw {
@@ -812,11 +862,13 @@ fn read_value(r: &mut BlockReader<'_>, kind: u8) -> Result<Stored, FileError> {
 /// The key id an encrypted snapshot's first block was sealed with (every block uses the same
 /// key), or `None` for a plaintext snapshot. Needs no key; check the file's CRC first.
 pub fn snapshot_key_id(file: &dyn FsFile) -> Result<Option<KeyId>, FileError> {
-    if !SnapshotHeader::read(file)?.encrypted() {
+    let header = SnapshotHeader::read(file)?;
+    if !header.encrypted() {
         return Ok(None);
     }
+    let id = if header.typed() { FILE_ID_BYTES } else { 0 };
     let mut b = [0u8; 12];
-    read_exact_at(file, &mut b, SNAPSHOT_HEADER_BYTES as u64).map_err(short)?;
+    read_exact_at(file, &mut b, (SNAPSHOT_HEADER_BYTES + id) as u64).map_err(short)?;
     Ok(Some(u32_at(&b, 8)))
 }
 
@@ -915,6 +967,14 @@ pub(crate) fn read_snapshot_into(
             });
         }
     }
+    // Version 4's blocks follow its file id, and are bound to it; version 3's to the header.
+    let mut blocks = SNAPSHOT_HEADER_BYTES as u64;
+    let mut bound_to = header.encode().to_vec();
+    if header.typed() {
+        bound_to = vec![0u8; FILE_ID_BYTES];
+        read_exact_at(file, &mut bound_to, blocks).map_err(short)?;
+        blocks += FILE_ID_BYTES as u64;
+    }
     let open = if header.encrypted() {
         let Some(ring) = keyring else {
             return Err(KeyError::Missing {
@@ -922,13 +982,13 @@ pub(crate) fn read_snapshot_into(
             }
             .into());
         };
-        Some((ring, header.encode()))
+        Some((ring, bound_to))
     } else {
         None
     };
     let mut r = BlockReader {
         file,
-        offset: SNAPSHOT_HEADER_BYTES as u64,
+        offset: blocks,
         end: len - 4,
         block: Vec::new(),
         pos: 0,
@@ -937,12 +997,13 @@ pub(crate) fn read_snapshot_into(
         index: 0,
     };
     // Before version 4 the header counts the entries. Version 4's end with a marker, and the
-    // header's count, when the writer knew it in advance, must match.
+    // header's count must match.
     let mut n = 0;
     while header.typed() || n < header.count {
         let Some((key, version, expires_at_ms, value)) = read_entry(&mut r, &header)? else {
-            let counted = header.count == COUNT_NOT_KNOWN || header.count == n;
-            counted.then_some(()).ok_or(FileError::BadField)?;
+            (header.count == n)
+                .then_some(())
+                .ok_or(FileError::BadField)?;
             break;
         };
         sink(&header, key, version, expires_at_ms, value)?;
@@ -983,6 +1044,12 @@ pub(crate) fn read_snapshot_into(
             }
             let decoded = crate::record::decode(&record, lsn).map_err(record_error)?;
             tail.push((lsn, decoded.mutations));
+        }
+        // The header's fields, repeated: they must be the header's.
+        let mut echo = [0u8; ECHOED.end - ECHOED.start];
+        r.read(&mut echo)?;
+        if echo[..] != header.encode()[ECHOED] {
+            return Err(FileError::BadField);
         }
     }
     r.finish()?;
@@ -1149,13 +1216,13 @@ mod tests {
             std::fs::write(&path, &b).unwrap();
         };
         let mut b = bytes.clone();
-        b[SNAPSHOT_HEADER_BYTES + 8 + 40] ^= 1;
+        b[SNAPSHOT_HEADER_BYTES + FILE_ID_BYTES + 8 + 40] ^= 1;
         with_crc(b);
         let e = load_with(&path, None, Some(&k1)).err().unwrap();
         assert!(e.to_string().contains("snapshot block 0"), "{e}");
         // Swap two blocks of equal size.
         let mut blocks = Vec::new();
-        let mut at = SNAPSHOT_HEADER_BYTES;
+        let mut at = SNAPSHOT_HEADER_BYTES + FILE_ID_BYTES;
         while u32_at(&bytes, at) != 0 {
             blocks.push((at, u32_at(&bytes, at + 4) as usize));
             at += 8 + blocks.last().unwrap().1;
@@ -1171,6 +1238,29 @@ mod tests {
             load_with(&path, None, Some(&k1)),
             Err(FileError::Key(_))
         ));
+        // The header is written last and bound to no block, but its fields are repeated inside
+        // the sealed blocks: a header that says another LSN is refused.
+        let mut b = bytes.clone();
+        b[16] ^= 1;
+        with_crc(b);
+        assert!(matches!(
+            load_with(&path, None, Some(&k1)),
+            Err(FileError::BadField)
+        ));
+        // A block from another file of the same contents, under the same key and at the same
+        // place, does not open: each file's blocks are bound to its own random id.
+        let odir = dir.path().join("o");
+        std::fs::create_dir(&odir).unwrap();
+        let (other, _) = write_with(&odir, &sample(20_000), false, Some(&k1));
+        let other = std::fs::read(&other).unwrap();
+        let mut b = bytes.clone();
+        assert_ne!(other[48..64], bytes[48..64], "file ids differ");
+        b[a..a + 8 + stored].copy_from_slice(&other[a..a + 8 + stored]);
+        with_crc(b);
+        let e = load_with(&path, None, Some(&k1)).err().unwrap();
+        assert!(e.to_string().contains("snapshot block 0"), "{e}");
+        std::fs::write(&path, &bytes).unwrap();
+        load_with(&path, None, Some(&k1)).unwrap();
     }
 
     #[test]
@@ -1233,7 +1323,7 @@ mod tests {
         let f = StdFs.open(path, OpenMode::CreateTruncate).unwrap();
         let entries = t
             .iter()
-            .map(|e| -> EntryOut<'_> { (e.key(), e.version(), e.expires_at_ms(), e.value()) });
+            .map(|e| (e.key(), e.version(), e.expires_at_ms(), e.value()));
         let at = Position {
             lsn: 77_000,
             at_ms: 1234,
@@ -1244,7 +1334,7 @@ mod tests {
             system: &sample(0).system,
             tail: &[],
         };
-        let (len, crc) = write_entries(&*f, Some(t.len()), entries, &rest, compress, ring).unwrap();
+        let (len, crc) = write_entries(&*f, entries, &rest, compress, ring).unwrap();
         Manifest {
             snapshot_lsn: 77_000,
             snapshot_bytes: len,
@@ -1340,6 +1430,7 @@ mod tests {
                 encrypted: false,
             };
             let mut raw = entries.concat();
+            let echo = header.encode();
             raw.push(END_OF_ENTRIES);
             raw.extend_from_slice(&0u32.to_le_bytes()); // no system entries
             raw.extend_from_slice(&(tail.len() as u32).to_le_bytes());
@@ -1348,7 +1439,9 @@ mod tests {
                 raw.extend_from_slice(&lsn.to_le_bytes());
                 raw.extend_from_slice(record);
             }
+            raw.extend_from_slice(&echo[ECHOED]);
             let mut f = header.encode().to_vec();
+            f.extend_from_slice(&[0u8; FILE_ID_BYTES]);
             f.extend_from_slice(&(raw.len() as u32).to_le_bytes());
             f.extend_from_slice(&(raw.len() as u32).to_le_bytes());
             f.extend_from_slice(&raw);
@@ -1375,14 +1468,14 @@ mod tests {
             entry(4, b"z", 3, &[&n(1), &s(b"m"), &score(1.5)]),
         ];
         read(file(&good)).unwrap();
-        // The header's count must match the entries, unless it says it was not known.
-        for (count, ok) in [(4, false), (6, false), (COUNT_NOT_KNOWN, true)] {
+        // The header's count must match the entries, and its fields their echo after the tail.
+        for count in [4u64, 6, u64::MAX] {
             let mut f = file(&good);
             f[32..40].copy_from_slice(&count.to_le_bytes());
             let end = f.len() - 4;
             let crc = crc32c::crc32c(&f[..end]);
             f[end..].copy_from_slice(&crc.to_le_bytes());
-            assert_eq!(read(f).is_ok(), ok, "count {count}");
+            assert!(matches!(read(f), Err(FileError::BadField)), "count {count}");
         }
         for (why, bad) in [
             ("empty hash", entry(1, b"h", 3, &[&n(0)])),
@@ -1513,8 +1606,13 @@ mod tests {
                     (lsn, Bytes::from(out))
                 })
                 .collect();
-            let entries = image.iter().map(|(k, e)| -> EntryOut<'_> {
-                (k, e.version, e.expires_at_ms, ValueRef::String(&e.value))
+            let entries = image.iter().map(|(k, e)| {
+                (
+                    &k[..],
+                    e.version,
+                    e.expires_at_ms,
+                    ValueRef::String(&e.value),
+                )
             });
             let f = StdFs.open(&path, OpenMode::CreateTruncate).unwrap();
             let rest = Rest {
@@ -1526,10 +1624,7 @@ mod tests {
                 system: &System::new(),
                 tail: &tail,
             };
-            // A third of the files say their count; the others do not, as a checkpoint that
-            // reads the keyspace while writes go on cannot.
-            let count = (seed % 3 == 0).then_some(image.len());
-            write_entries(&*f, count, entries, &rest, seed % 2 == 0, None).unwrap();
+            write_entries(&*f, entries, &rest, seed % 2 == 0, None).unwrap();
             let loaded = load(&path, None).unwrap();
             assert_eq!(
                 loaded.image.map, states[end as usize],

@@ -869,10 +869,10 @@ fn a_snapshot_with_a_value_this_keel_cannot_hold_is_refused_not_taken_for_damage
     e.close().unwrap();
     let snap_path = db.join(format!("snapshots/snap-{lsn:020}.keel"));
     let mut snap = std::fs::read(&snap_path).unwrap();
-    // Uncompressed and unencrypted: the first entry's kind byte follows the 48-byte header and
-    // the first block's 8-byte header.
-    assert_eq!(snap[56], 0, "a string entry");
-    snap[56] = 5;
+    // Uncompressed and unencrypted: the first entry's kind byte follows the 48-byte header, the
+    // 16-byte file id and the first block's 8-byte header.
+    assert_eq!(snap[72], 0, "a string entry");
+    snap[72] = 5;
     let crc = |b: &[u8]| crc32c::crc32c(b).to_le_bytes();
     let end = snap.len() - 4;
     let snap_crc = crc(&snap[..end]);
