@@ -7,15 +7,17 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use keel_wal::fs::{durable_create_dir_all, durable_remove, durable_rename, durable_replace};
-use keel_wal::{Fs, Lsn, OpenMode};
+use keel_wal::{Fs, Lsn, OpenMode, Wal};
 
 use crate::error::{io, Error, Result};
-use bytes::Bytes;
-
 use crate::key::Key;
 use crate::keyspace::Image;
+use crate::options::WAL_DIR;
+use crate::publish::Publisher;
 use crate::record::Request;
+use crate::restore::{check_target, RestoreReport};
 use crate::sequencer::Sequencer;
 use crate::snapshot::{
     self, FileError, Manifest, Position, Rest, SnapshotHeader, SnapshotWriter, MANIFEST,
@@ -50,7 +52,17 @@ struct State {
     part_keys: usize,
     /// A test's: what to do between parts.
     #[cfg(test)]
-    between_parts: Option<BetweenParts>,
+    test_between_parts: Option<BetweenParts>,
+}
+
+impl State {
+    /// Between a snapshot's parts: nothing, or what a test asked for.
+    fn between_parts(&mut self, _seq: &Sequencer) {
+        #[cfg(test)]
+        if let Some(f) = self.test_between_parts.as_mut() {
+            f(_seq)
+        }
+    }
 }
 
 /// What a test does between a checkpoint's parts: wait for writes, or make them.
@@ -73,7 +85,7 @@ impl Checkpoints {
                 halted: false,
                 part_keys: PART_KEYS,
                 #[cfg(test)]
-                between_parts: None,
+                test_between_parts: None,
             }),
             status: Mutex::new(Status::default()),
         }
@@ -84,7 +96,7 @@ impl Checkpoints {
     pub(crate) fn set_parts_for_test(&self, n: usize, between: BetweenParts) {
         let mut st = lock(&self.state);
         st.part_keys = n.max(1);
-        st.between_parts = Some(between);
+        st.test_between_parts = Some(between);
     }
 
     /// Waits for a checkpoint in progress; none starts after this (see `Engine::halt`).
@@ -208,6 +220,46 @@ impl Checkpoints {
         r.map(|info| info.map_or(st.manifest.snapshot_lsn, |i| i.lsn))
     }
 
+    /// Writes a copy of the state `seq` publishes into the new directory `target` as a database
+    /// that opens normally: a snapshot written the way a checkpoint writes it (so writes go on
+    /// and copy nothing), its manifest, and an empty log that continues after it. It holds the
+    /// checkpoint lock, so that no checkpoint prunes the log its tail is read from.
+    pub(crate) fn backup(&self, seq: &Sequencer, target: &Path) -> Result<RestoreReport> {
+        let started = Instant::now();
+        let fs = &*seq.opts.wal.fs;
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        if st.halted {
+            return Err(halted(seq));
+        }
+        check_target(fs, target)?;
+        durable_create_dir_all(fs, target).map_err(io("create directory", target))?;
+        let part_keys = st.part_keys;
+        let w = at_low_priority(|| {
+            write_fuzzy_snapshot(seq, target, part_keys, &mut || st.between_parts(seq))
+        })?;
+        let lsn = w.manifest.snapshot_lsn;
+        let mut snapshot_bytes = w.manifest.snapshot_bytes;
+        if lsn > 0 {
+            commit_manifest(fs, target, &w.manifest)?;
+        } else {
+            // Nothing was ever written: a database without a snapshot.
+            let p = snapshot::snapshot_path(target, 0);
+            durable_remove(fs, &p).map_err(io("remove empty snapshot", &p))?;
+            snapshot_bytes = 0;
+        }
+        Wal::create_at(target.join(WAL_DIR), lsn + 1, seq.opts.wal.clone())?;
+        Ok(RestoreReport {
+            lsn,
+            at_ms: w.at_ms,
+            base_snapshot: lsn,
+            keys: w.keys,
+            snapshot_bytes,
+            duration: started.elapsed(),
+            ..RestoreReport::default()
+        })
+    }
+
     /// The last checkpoint's figures, and the last error if the latest attempt failed.
     pub(crate) fn last(&self) -> (Option<CheckpointInfo>, Option<String>) {
         let st = lock(&self.status);
@@ -251,6 +303,30 @@ impl Checkpoints {
     }
 }
 
+/// Runs `f` on a thread of its own at nice 10, so that a snapshot written while the machine is
+/// busy takes CPU mostly when requests leave it: on two cores, a checkpoint at normal priority
+/// halved the writes served meanwhile (BENCHMARKS.md). Runs it here if no thread can be started.
+fn at_low_priority<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    let f = Mutex::new(Some(f));
+    let run = || lock(&f).take().expect("runs once")();
+    std::thread::scope(|s| {
+        let thread = std::thread::Builder::new().name("keel-snapshot".into());
+        let spawned = thread.spawn_scoped(s, || {
+            // A thread id names one thread to setpriority on Linux. Failing to lower the
+            // priority (or being niced further already) changes nothing that matters.
+            let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
+            run()
+        });
+        match spawned {
+            Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread for the snapshot; writing it here");
+                run()
+            }
+        }
+    })
+}
+
 /// The name a checkpoint's snapshot is written under until it knows its LSN. Opening removes it
 /// with the other uncommitted files.
 const FUZZY_TMP: &str = "snap-next.tmp";
@@ -258,17 +334,17 @@ const FUZZY_TMP: &str = "snap-next.tmp";
 /// Writes a snapshot of the visible state as a **fuzzy checkpoint** (docs/KEYSPACE.md): it notes
 /// the visible LSN S, reads the keyspace a part of `part_keys` entries at a time, each part
 /// under the read lock only, while writes go on; then it notes the visible LSN E and puts the
-/// log's records S+1..=E in the file as its tail, with the system namespace and the request ids
-/// as of E. Loading applies the tail by version, so the file is the image at E, and P6's
+/// records S+1..=E, which the publisher kept as it published them, in the file as its tail, with
+/// the system namespace and the request ids as of E. Loading applies the tail by version, so the file is the image at E, and P6's
 /// protocol is unchanged: the file is synced and renamed into place before the caller commits the
 /// manifest. Nothing holds a copy of the keyspace, so writes during the checkpoint copy nothing.
-/// Returns the manifest that would commit it and the number of entries.
+/// `dir` is the engine's directory, or a backup's.
 fn write_fuzzy_snapshot(
     seq: &Sequencer,
     dir: &Path,
     part_keys: usize,
     between_parts: &mut dyn FnMut(),
-) -> Result<(Manifest, usize)> {
+) -> Result<Written> {
     let opts = &seq.opts;
     let fs = &*opts.wal.fs;
     let sdir = dir.join(SNAPSHOT_DIR);
@@ -280,6 +356,14 @@ fn write_fuzzy_snapshot(
     let keyring = opts.wal.keyring.as_deref();
     let mut w = SnapshotWriter::new(&*f, opts.compress_snapshots, keyring)
         .map_err(io("write snapshot", &tmp))?;
+    // However this ends, the publisher stops keeping records for the tail.
+    struct StopKeeping<'a>(&'a Publisher);
+    impl Drop for StopKeeping<'_> {
+        fn drop(&mut self) {
+            self.0.stop_keeping_tail()
+        }
+    }
+    let _stop = StopKeeping(&seq.publisher);
     let mut part = Vec::with_capacity(part_keys);
     let mut after: Option<Key> = None;
     let mut start = None;
@@ -287,7 +371,7 @@ fn write_fuzzy_snapshot(
         part.clear();
         {
             let v = seq.publisher.visible();
-            start.get_or_insert(v.lsn());
+            start.get_or_insert_with(|| seq.publisher.keep_tail(&v));
             v.part_after(after.as_ref().map(|k| &k[..]), part_keys, &mut part);
         }
         for (k, e) in &part {
@@ -295,6 +379,7 @@ fn write_fuzzy_snapshot(
             w.entry(k, e.version, e.expires_at_ms, value)
                 .map_err(io("write snapshot", &tmp))?;
         }
+        // A full part: there may be more after its last key.
         match part.pop() {
             Some((last, _)) if part.len() + 1 == part_keys => after = Some(last),
             _ => break,
@@ -302,10 +387,20 @@ fn write_fuzzy_snapshot(
         between_parts();
     }
     let start = start.expect("read at least once");
-    let (lsn, at_ms, system) = {
+    let (lsn, at_ms, system, kept) = {
         let v = seq.publisher.visible();
-        (v.lsn(), v.at_ms(), v.system_image())
+        (
+            v.lsn(),
+            v.at_ms(),
+            v.system_image(),
+            seq.publisher.take_tail(&v),
+        )
     };
+    debug_assert_eq!(
+        kept.len() as u64,
+        lsn - start,
+        "every record after S up to E"
+    );
     // Under a weaker sync policy the visible state can be ahead of the durable log. A
     // snapshot of it, then a power cut, would leave a log that ends before the snapshot,
     // which the next open refuses (a gap). Sync, so the snapshot holds only what the log
@@ -313,7 +408,14 @@ fn write_fuzzy_snapshot(
     if opts.wal.sync_policy != keel_wal::SyncPolicy::Always {
         seq.wal.sync()?;
     }
-    let tail = read_tail(seq, start, lsn)?;
+    let tail: Vec<(Lsn, Bytes)> = kept
+        .iter()
+        .map(|(l, at_ms, mutations)| {
+            let mut out = Vec::new();
+            crate::record::encode(*at_ms, None, mutations, &mut out);
+            (*l, Bytes::from(out))
+        })
+        .collect();
     let requests = seq.seq().requests.up_to(lsn);
     let rest = Rest {
         at: Position { lsn, at_ms },
@@ -332,34 +434,27 @@ fn write_fuzzy_snapshot(
         snapshot_bytes: bytes,
         snapshot_crc: crc,
     };
-    Ok((manifest, keys))
+    Ok(Written {
+        manifest,
+        at_ms,
+        keys,
+    })
 }
 
-/// The log's records `after+1..=upto` (visible, so acknowledged, so readable), as a snapshot's
-/// tail.
-fn read_tail(seq: &Sequencer, after: Lsn, upto: Lsn) -> Result<Vec<(Lsn, Bytes)>> {
-    let mut tail = Vec::with_capacity((upto - after) as usize);
-    if upto > after {
-        for r in seq.wal.read_from(after + 1)? {
-            let r = r?;
-            if r.lsn > upto {
-                break;
-            }
-            tail.push((r.lsn, Bytes::from(r.payload)));
-        }
-    }
-    if tail.len() as u64 != upto - after {
-        let wal = seq.wal.dir();
-        let gap = format!(
-            "records {}..={upto} are visible but {} of them were read back",
-            after + 1,
-            tail.len()
-        );
-        return Err(io("read the log for a checkpoint's tail", wal)(
-            std::io::Error::other(gap),
-        ));
-    }
-    Ok(tail)
+/// What [`write_fuzzy_snapshot`] wrote: the manifest that would commit it, the decision time at
+/// its LSN and its number of entries.
+struct Written {
+    manifest: Manifest,
+    at_ms: u64,
+    keys: usize,
+}
+
+/// The error for work asked of an engine that `Engine::halt` stopped.
+fn halted(seq: &Sequencer) -> Error {
+    Error::Wal(match seq.wal.poisoned() {
+        Some(first) => keel_wal::Error::Poisoned(first),
+        None => keel_wal::Error::Closed,
+    })
 }
 
 /// `None` when the current snapshot is already up to date.
@@ -370,26 +465,18 @@ fn checkpoint_locked(
 ) -> Result<Option<CheckpointInfo>> {
     let started = Instant::now();
     if st.halted {
-        return Err(Error::Wal(match seq.wal.poisoned() {
-            Some(first) => keel_wal::Error::Poisoned(first),
-            None => keel_wal::Error::Closed,
-        }));
+        return Err(halted(seq));
     }
     if seq.publisher.visible().lsn() == st.manifest.snapshot_lsn {
         return Ok(None);
     }
     let logged = seq.logged_since_checkpoint.load(Ordering::Relaxed);
     let fs = &*seq.opts.wal.fs;
-    #[cfg(not(test))]
-    let mut between_parts = || {};
-    #[cfg(test)]
-    let mut between_parts = || {
-        if let Some(f) = st.between_parts.as_mut() {
-            f(seq)
-        }
-    };
     let part_keys = st.part_keys;
-    let (next, keys) = write_fuzzy_snapshot(seq, dir, part_keys, &mut between_parts)?;
+    let written = at_low_priority(|| {
+        write_fuzzy_snapshot(seq, dir, part_keys, &mut || st.between_parts(seq))
+    })?;
+    let (next, keys) = (written.manifest, written.keys);
     let lsn = next.snapshot_lsn;
     commit_manifest(fs, dir, &next)?;
     st.manifest = next;
@@ -531,7 +618,7 @@ mod tests {
     use crate::table::tests::Rng;
     use crate::{Engine, Entry, Options, Ttl, Write, WAL_DIR};
 
-    /// Checkpoints taken while two writers run sets, expiring sets, deletes, DeleteAlls and
+    /// Checkpoints and backups taken while two writers run sets, expiring sets, deletes, DeleteAlls and
     /// system writes, each checkpoint reading the keyspace two entries at a time and waiting
     /// for a write between parts; under the durable policy and under one that never syncs
     /// (whose checkpoints must sync what they include). Every snapshot must load to exactly the state the log gives
@@ -574,6 +661,8 @@ mod tests {
             .collect();
         engine.commit(vec![], batch).unwrap();
         let stop = AtomicBool::new(false);
+        let backups = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
         std::thread::scope(|s| {
             for t in 0..2u64 {
                 let (engine, stop) = (&engine, &stop);
@@ -613,20 +702,27 @@ mod tests {
                 }
             }
             let _stop = Stop(&stop);
-            for _ in 0..12 {
-                engine.checkpoint().unwrap();
+            for i in 0..12 {
+                if i % 3 == 2 {
+                    let target = backups.path().join(format!("b{i}"));
+                    let r = engine.backup(&target).unwrap();
+                    files.push((r.lsn, snapshot::snapshot_path(&target, r.lsn)));
+                } else {
+                    let lsn = engine.checkpoint().unwrap();
+                    files.push((lsn, snapshot::snapshot_path(dir.path(), lsn)));
+                }
                 std::thread::sleep(Duration::from_millis(5));
             }
         });
         drop(engine);
         let fs = &*opts.wal.fs;
-        let lsns = list_snapshots(fs, dir.path()).unwrap();
-        assert!(lsns.len() >= 10, "{lsns:?}");
+        files.sort();
+        assert!(files.windows(2).all(|w| w[0].0 < w[1].0), "{files:?}");
         let log = LogReader::open(dir.path().join(WAL_DIR), &opts.wal).unwrap();
         let mut records = log.iter_from(1).unwrap();
         let (mut map, mut system, mut at) = (Map::new(), System::new(), 0);
         let mut tails = 0;
-        for lsn in lsns {
+        for (lsn, path) in files {
             while at < lsn {
                 let r = records.next().unwrap().unwrap();
                 at = r.lsn;
@@ -646,7 +742,6 @@ mod tests {
                     }
                 }
             }
-            let path = snapshot::snapshot_path(dir.path(), lsn);
             let f = fs.open(&path, OpenMode::Read).unwrap();
             let mut entries = 0;
             let raw = snapshot::read_snapshot_into(&*f, None, None, &mut |_, _, _, _, _| {

@@ -668,11 +668,11 @@ impl Core {
     }
 
     /// Writes a consistent copy of the durable state into the new directory `target` while
-    /// writes continue: the O(1) clone of the visible state at one LSN, as a snapshot, with an
-    /// empty log after it. `target` opens as a normal database.
+    /// writes continue: a snapshot written as a checkpoint writes it (the state at one LSN, read
+    /// a part at a time, with the log's records written meanwhile), with an empty log after it.
+    /// `target` opens as a normal database. A checkpoint waits for it, and it for a checkpoint.
     pub fn backup(&self, target: impl AsRef<Path>) -> Result<RestoreReport> {
-        self.backup_view()
-            .write_database(target, &self.sequencer.opts)
+        self.checkpoints.backup(&self.sequencer, target.as_ref())
     }
 
     /// The durable state now, to read and then write out with [`BackupView::write_database`].

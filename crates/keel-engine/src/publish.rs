@@ -2,7 +2,7 @@
 //! records are acknowledged (P10). Readers never wait on a sync: they read the visible state.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
@@ -97,7 +97,15 @@ pub(crate) struct Publisher {
     visible: RwLock<Visible>,
     /// `visible.lsn`, readable without the lock.
     published: AtomicU64,
+    /// While a fuzzy snapshot reads the keyspace: every record published since it began, as
+    /// (LSN, decision time, mutations), for its tail.
+    tail: Mutex<Option<Vec<Unpublished>>>,
+    /// Whether `tail` is being kept, readable without its lock.
+    keeping_tail: AtomicBool,
 }
+
+/// The records a fuzzy snapshot's tail holds: (LSN, decision time, mutations), in LSN order.
+pub(crate) type Tail = Vec<(Lsn, u64, Vec<Mutation>)>;
 
 impl Publisher {
     /// Publishes `image`, the state at `lsn` decided at `at_ms`.
@@ -106,6 +114,8 @@ impl Publisher {
             unpublished: Mutex::new(VecDeque::new()),
             visible: RwLock::new(Visible::new(image, lsn, at_ms)),
             published: AtomicU64::new(lsn),
+            tail: Mutex::new(None),
+            keeping_tail: AtomicBool::new(false),
         }
     }
 
@@ -144,10 +154,43 @@ impl Publisher {
             return;
         }
         let mut v = self.visible.write().unwrap_or_else(|p| p.into_inner());
+        let mut tail = self
+            .keeping_tail
+            .load(Ordering::Acquire)
+            .then(|| lock(&self.tail));
         while q.front().is_some_and(|u| u.lsn <= durable) {
             let u = q.pop_front().expect("front exists");
             v.apply(&u.mutations, u.lsn, u.at_ms);
+            if let Some(Some(t)) = tail.as_deref_mut() {
+                t.push(u);
+            }
         }
         self.published.store(v.lsn, Ordering::Release);
+    }
+
+    /// Starts keeping every record published from now on, for a fuzzy snapshot's tail, and
+    /// returns the visible LSN it starts after. Called with `visible` read-locked (so between
+    /// records), by one snapshot at a time.
+    pub(crate) fn keep_tail(&self, visible: &Visible) -> Lsn {
+        *lock(&self.tail) = Some(Vec::new());
+        self.keeping_tail.store(true, Ordering::Release);
+        visible.lsn
+    }
+
+    /// Stops keeping records and drops those kept: a snapshot that failed.
+    pub(crate) fn stop_keeping_tail(&self) {
+        self.keeping_tail.store(false, Ordering::Release);
+        *lock(&self.tail) = None;
+    }
+
+    /// Stops keeping records and returns those kept: every record after the LSN `keep_tail`
+    /// returned, up to `visible`'s LSN. Called with `visible` read-locked.
+    pub(crate) fn take_tail(&self, visible: &Visible) -> Tail {
+        self.keeping_tail.store(false, Ordering::Release);
+        let kept = lock(&self.tail).take().unwrap_or_default();
+        debug_assert!(kept.last().is_none_or(|u| u.lsn == visible.lsn));
+        kept.into_iter()
+            .map(|u| (u.lsn, u.at_ms, u.mutations))
+            .collect()
     }
 }

@@ -49,7 +49,8 @@ pub struct RestoreReport {
     pub duration: Duration,
 }
 
-fn check_target(fs: &dyn Fs, target: &Path) -> Result<()> {
+/// Refuses a target directory that exists and is not empty.
+pub(crate) fn check_target(fs: &dyn Fs, target: &Path) -> Result<()> {
     if fs.exists(target).map_err(io("stat", target))?
         && !fs.read_dir(target).map_err(io("list", target))?.is_empty()
     {
