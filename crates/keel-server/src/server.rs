@@ -919,7 +919,9 @@ impl Conn {
             }
             "dbsize" => {
                 self.settle().await;
-                Reply::Int(self.engine().snapshot().count() as i64)
+                // As Redis counts: every key held, in O(1), expired keys that active expiry has
+                // not removed yet (within about 100 ms) included.
+                Reply::Int(self.engine().snapshot().held() as i64)
             }
             "ttl" | "pttl" | "expiretime" | "pexpiretime" => {
                 self.settle().await;
