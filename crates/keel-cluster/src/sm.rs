@@ -600,36 +600,57 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 
 impl StateMachine {
     fn build_blocking(&self) -> Result<(Meta, PathBuf), StorageError<NodeId>> {
+        // One build at a time, so that one name serves: what a crash left there goes first.
+        static BUILDING: Mutex<()> = Mutex::new(());
+        let _one = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
         let engine = self.engines.get();
-        let view = engine.backup_view();
-        // Raft purges the log behind this snapshot, and the engine's log is not synced on
-        // apply: what the view holds must be durable in the engine too, or a power cut would
-        // leave the engine behind the purged log. (Applies go on meanwhile; syncing after
-        // taking the view covers all of it.)
-        engine.sync().map_err(snap_err)?;
-        let decode = |k: &[u8], legacy: &[u8]| {
-            (view.system(k).cloned()).or_else(|| view.get(legacy).map(|e| e.value.clone()))
+        let dir = self.snapshots();
+        let tmp = dir.join("next.building");
+        let _ = std::fs::remove_dir_all(&tmp);
+        // Where the replication state is in the system namespace, the engine writes the snapshot
+        // as it writes a checkpoint: it holds no copy of the keyspace, and the report gives the
+        // system namespace as of the snapshot's LSN. An engine written before the system
+        // namespace, not yet migrated, keeps that state in user keys: a view (an O(1) clone)
+        // reads them as of its LSN.
+        let (lsn, applied, membership) = if engine.system(MEMBERSHIP_KEY).is_some() {
+            let r = engine.backup(&tmp).map_err(snap_err)?;
+            let state = |k: &[u8]| r.system.get(k).cloned();
+            (r.lsn, state(APPLIED_KEY), state(MEMBERSHIP_KEY))
+        } else {
+            let view = engine.backup_view();
+            view.write_database(&tmp, &self.engines.opts)
+                .map_err(snap_err)?;
+            let state = |k: &[u8], legacy: &[u8]| {
+                (view.system(k).cloned()).or_else(|| view.get(legacy).map(|e| e.value.clone()))
+            };
+            let applied = state(APPLIED_KEY, LEGACY_APPLIED_KEY);
+            (
+                view.lsn(),
+                applied,
+                state(MEMBERSHIP_KEY, LEGACY_MEMBERSHIP_KEY),
+            )
         };
-        let last_log_id = decode(APPLIED_KEY, LEGACY_APPLIED_KEY)
+        // Raft purges the log behind this snapshot, and the engine's log is not synced on
+        // apply: what the snapshot holds must be durable in the engine too, or a power cut would
+        // leave the engine behind the purged log. (Applies go on meanwhile; syncing after
+        // the snapshot covers all of it.)
+        engine.sync().map_err(snap_err)?;
+        let last_log_id = applied
             .map(|v| decode_checked::<Marker>(&v))
             .transpose()
             .map_err(snap_err)?
             .and_then(|m| m.full);
-        let membership: Membership = decode(MEMBERSHIP_KEY, LEGACY_MEMBERSHIP_KEY)
+        let membership: Membership = membership
             .map(|v| decode_checked(&v))
             .transpose()
             .map_err(snap_err)?
             .unwrap_or_default();
         let Some(last) = last_log_id else {
+            let _ = std::fs::remove_dir_all(&tmp);
             return Err(snap_err("nothing applied yet: no snapshot to build"));
         };
-        let id = format!("{}-{}-{}", last.leader_id.term, last.index, view.lsn());
-        let dir = self.snapshots();
-        let tmp = dir.join(format!("{id}.building"));
-        let _ = std::fs::remove_dir_all(&tmp);
-        view.write_database(&tmp, &self.engines.opts)
-            .map_err(snap_err)?;
-        let file = keel_engine::snapshot::snapshot_path(&tmp, view.lsn());
+        let id = format!("{}-{}-{lsn}", last.leader_id.term, last.index);
+        let file = keel_engine::snapshot::snapshot_path(&tmp, lsn);
         let meta = SnapshotMeta {
             last_log_id: Some(last),
             last_membership: membership,

@@ -13,7 +13,7 @@ use keel_wal::{Fs, Lsn, OpenMode, Wal};
 
 use crate::error::{io, Error, Result};
 use crate::key::Key;
-use crate::keyspace::Image;
+use crate::keyspace::{Image, System};
 use crate::options::WAL_DIR;
 use crate::publish::Publisher;
 use crate::record::Request;
@@ -256,6 +256,7 @@ impl Checkpoints {
             keys: w.keys,
             snapshot_bytes,
             duration: started.elapsed(),
+            system: w.system.into_iter().collect(),
             ..RestoreReport::default()
         })
     }
@@ -438,15 +439,17 @@ fn write_fuzzy_snapshot(
         manifest,
         at_ms,
         keys,
+        system,
     })
 }
 
 /// What [`write_fuzzy_snapshot`] wrote: the manifest that would commit it, the decision time at
-/// its LSN and its number of entries.
+/// its LSN, its number of entries and its system namespace.
 struct Written {
     manifest: Manifest,
     at_ms: u64,
     keys: usize,
+    system: System,
 }
 
 /// The error for work asked of an engine that `Engine::halt` stopped.
@@ -706,10 +709,14 @@ mod tests {
                 if i % 3 == 2 {
                     let target = backups.path().join(format!("b{i}"));
                     let r = engine.backup(&target).unwrap();
-                    files.push((r.lsn, snapshot::snapshot_path(&target, r.lsn)));
+                    files.push((
+                        r.lsn,
+                        snapshot::snapshot_path(&target, r.lsn),
+                        Some(r.system),
+                    ));
                 } else {
                     let lsn = engine.checkpoint().unwrap();
-                    files.push((lsn, snapshot::snapshot_path(dir.path(), lsn)));
+                    files.push((lsn, snapshot::snapshot_path(dir.path(), lsn), None));
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -722,7 +729,7 @@ mod tests {
         let mut records = log.iter_from(1).unwrap();
         let (mut map, mut system, mut at) = (Map::new(), System::new(), 0);
         let mut tails = 0;
-        for (lsn, path) in files {
+        for (lsn, path, reported) in files {
             while at < lsn {
                 let r = records.next().unwrap().unwrap();
                 at = r.lsn;
@@ -755,6 +762,10 @@ mod tests {
             assert_eq!(loaded.header.count, entries);
             assert!(loaded.image.map == map, "the snapshot at {lsn}");
             assert_eq!(loaded.image.system, system, "the snapshot at {lsn}");
+            if let Some(reported) = reported {
+                let reported: System = reported.into_iter().collect();
+                assert_eq!(reported, system, "the backup's report at {lsn}");
+            }
         }
         assert!(tails > 100, "{tails} records in tails ({policy:?})");
     }

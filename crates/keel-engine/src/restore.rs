@@ -47,6 +47,9 @@ pub struct RestoreReport {
     pub keys: usize,
     pub snapshot_bytes: u64,
     pub duration: Duration,
+    /// The new database's system namespace (see [`Write::System`](crate::Write::System)), as
+    /// of `lsn`.
+    pub system: std::collections::BTreeMap<Bytes, Bytes>,
 }
 
 /// Refuses a target directory that exists and is not empty.
@@ -238,6 +241,7 @@ pub fn restore(
     report.lsn = lsn;
     report.at_ms = at_ms;
     report.keys = image.map.len();
+    report.system = image.system.into_iter().collect();
     report.duration = started.elapsed();
     Ok(report)
 }
@@ -302,6 +306,7 @@ impl BackupView {
             keys: self.image.map.len(),
             snapshot_bytes,
             duration: started.elapsed(),
+            system: self.image.system.clone().into_iter().collect(),
             ..RestoreReport::default()
         })
     }
