@@ -605,8 +605,13 @@ impl StateMachine {
         let _one = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
         let engine = self.engines.get();
         let dir = self.snapshots();
+        // Builds a crash interrupted (named by their snapshot id before this release) go too.
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().ends_with(".building") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
         let tmp = dir.join("next.building");
-        let _ = std::fs::remove_dir_all(&tmp);
         // Where the replication state is in the system namespace, the engine writes the snapshot
         // as it writes a checkpoint: it holds no copy of the keyspace, and the report gives the
         // system namespace as of the snapshot's LSN. An engine written before the system

@@ -2,7 +2,8 @@
 //! older snapshots for point-in-time restore; and the background thread that triggers them.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ use crate::snapshot::{
     SNAPSHOT_DIR,
 };
 use crate::table::ValueRef;
+use crate::types::Entry;
 use crate::util::{lock, now_ms};
 
 /// What the last checkpoint did.
@@ -32,6 +34,8 @@ pub struct CheckpointInfo {
     /// Every write up to this LSN is in the snapshot.
     pub lsn: Lsn,
     pub snapshot_bytes: u64,
+    /// The entries the file holds before its tail: the keys as the checkpoint read them, which
+    /// the records written meanwhile change (a DeleteAll among them can remove them all).
     pub keys: usize,
     /// Unix ms when it completed.
     pub completed_ms: u64,
@@ -88,6 +92,7 @@ impl Checkpoints {
                 test_between_parts: None,
             }),
             status: Mutex::new(Status::default()),
+            halting: AtomicBool::new(false),
         }
     }
 
@@ -99,8 +104,10 @@ impl Checkpoints {
         st.test_between_parts = Some(between);
     }
 
-    /// Waits for a checkpoint in progress; none starts after this (see `Engine::halt`).
+    /// Stops a checkpoint or backup in progress at its next part and waits for it; none starts
+    /// after this (see `Engine::halt`).
     pub(crate) fn halt(&self) {
+        self.halting.store(true, Ordering::Relaxed);
         let mut st = lock(&self.state);
         st.halted = true;
     }
@@ -112,6 +119,9 @@ pub(crate) struct Checkpoints {
     /// checkpoints do not overlap.
     state: Mutex<State>,
     status: Mutex<Status>,
+    /// Set by `Engine::halt` before it waits for `state`: a checkpoint or backup in progress
+    /// stops at its next part instead of finishing.
+    halting: AtomicBool,
 }
 
 /// What the last checkpoint did; readable while the next one runs.
@@ -202,7 +212,7 @@ impl Checkpoints {
     /// Checkpoints the state `seq` publishes into `dir`; see `Core::checkpoint`.
     pub(crate) fn checkpoint(&self, seq: &Sequencer, dir: &Path) -> Result<Lsn> {
         let mut st = lock(&self.state);
-        let r = checkpoint_locked(seq, dir, &mut st);
+        let r = checkpoint_locked(seq, dir, &mut st, &self.halting);
         st.last_at = Instant::now();
         let mut status = lock(&self.status);
         match &r {
@@ -223,7 +233,8 @@ impl Checkpoints {
     /// Writes a copy of the state `seq` publishes into the new directory `target` as a database
     /// that opens normally: a snapshot written the way a checkpoint writes it (so writes go on
     /// and copy nothing), its manifest, and an empty log that continues after it. It holds the
-    /// checkpoint lock, so that no checkpoint prunes the log its tail is read from.
+    /// checkpoint lock: the publisher keeps one snapshot's tail at a time. Background
+    /// checkpoints wait meanwhile; `Engine::halt` stops it at its next part.
     pub(crate) fn backup(&self, seq: &Sequencer, target: &Path) -> Result<RestoreReport> {
         let started = Instant::now();
         let fs = &*seq.opts.wal.fs;
@@ -235,9 +246,8 @@ impl Checkpoints {
         check_target(fs, target)?;
         durable_create_dir_all(fs, target).map_err(io("create directory", target))?;
         let part_keys = st.part_keys;
-        let w = at_low_priority(|| {
-            write_fuzzy_snapshot(seq, target, part_keys, &mut || st.between_parts(seq))
-        })?;
+        let between = &mut || st.between_parts(seq);
+        let w = write_fuzzy_snapshot(seq, target, part_keys, &self.halting, between)?;
         let lsn = w.manifest.snapshot_lsn;
         let mut snapshot_bytes = w.manifest.snapshot_bytes;
         if lsn > 0 {
@@ -304,28 +314,52 @@ impl Checkpoints {
     }
 }
 
-/// Runs `f` on a thread of its own at nice 10, so that a snapshot written while the machine is
-/// busy takes CPU mostly when requests leave it: on two cores, a checkpoint at normal priority
-/// halved the writes served meanwhile (BENCHMARKS.md). Runs it here if no thread can be started.
-fn at_low_priority<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    let f = Mutex::new(Some(f));
-    let run = || lock(&f).take().expect("runs once")();
-    std::thread::scope(|s| {
-        let thread = std::thread::Builder::new().name("keel-snapshot".into());
-        let spawned = thread.spawn_scoped(s, || {
-            // A thread id names one thread to setpriority on Linux. Failing to lower the
-            // priority (or being niced further already) changes nothing that matters.
-            let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
-            run()
-        });
-        match spawned {
-            Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-            Err(e) => {
-                tracing::warn!(error = %e, "no thread for the snapshot; writing it here");
-                run()
-            }
+/// Lowers this thread's CPU priority to nice 10, never raising it. Linux only (a thread id names
+/// one thread to setpriority there); elsewhere the thread keeps its priority. A failure changes
+/// nothing that matters.
+fn lower_priority() {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        let me = Some(rustix::thread::gettid());
+        if getpriority_process(me).is_ok_and(|now| now < 10) {
+            let _ = setpriority_process(me, 10);
         }
-    })
+    }
+}
+
+/// Reads the visible keyspace a part of `part_keys` entries at a time, each under the read lock
+/// only, and sends the parts to `parts`; notes the visible LSN S at the first part and has the
+/// publisher keep every record after it. Returns S. Stops early if the receiver is gone (its own
+/// error says why) or the engine is halting.
+fn read_parts(
+    seq: &Sequencer,
+    part_keys: usize,
+    halting: &AtomicBool,
+    between_parts: &mut dyn FnMut(),
+    parts: &mpsc::SyncSender<Vec<(Key, Entry)>>,
+) -> Result<Lsn> {
+    let mut after: Option<Key> = None;
+    let mut start = None;
+    loop {
+        if halting.load(Ordering::Relaxed) {
+            return Err(halted(seq));
+        }
+        let mut part = Vec::with_capacity(part_keys);
+        {
+            let v = seq.publisher.visible();
+            start.get_or_insert_with(|| seq.publisher.keep_tail(&v));
+            v.part_after(after.as_ref().map(|k| &k[..]), part_keys, &mut part);
+        }
+        // A full part: there may be more after its last key.
+        let full = part.len() == part_keys;
+        after = part.last().filter(|_| full).map(|(k, _)| k.clone());
+        if parts.send(part).is_err() || !full {
+            break;
+        }
+        between_parts();
+    }
+    Ok(start.expect("read at least once"))
 }
 
 /// The name a checkpoint's snapshot is written under until it knows its LSN. Opening removes it
@@ -344,6 +378,7 @@ fn write_fuzzy_snapshot(
     seq: &Sequencer,
     dir: &Path,
     part_keys: usize,
+    halting: &AtomicBool,
     between_parts: &mut dyn FnMut(),
 ) -> Result<Written> {
     let opts = &seq.opts;
@@ -365,29 +400,35 @@ fn write_fuzzy_snapshot(
         }
     }
     let _stop = StopKeeping(&seq.publisher);
-    let mut part = Vec::with_capacity(part_keys);
-    let mut after: Option<Key> = None;
-    let mut start = None;
-    loop {
-        part.clear();
-        {
-            let v = seq.publisher.visible();
-            start.get_or_insert_with(|| seq.publisher.keep_tail(&v));
-            v.part_after(after.as_ref().map(|k| &k[..]), part_keys, &mut part);
-        }
-        for (k, e) in &part {
-            let value = ValueRef::String(&e.value);
-            w.entry(k, e.version, e.expires_at_ms, value)
-                .map_err(io("write snapshot", &tmp))?;
-        }
-        // A full part: there may be more after its last key.
-        match part.pop() {
-            Some((last, _)) if part.len() + 1 == part_keys => after = Some(last),
-            _ => break,
-        }
-        between_parts();
-    }
-    let start = start.expect("read at least once");
+    // This thread reads the parts at its own priority, since it holds the read lock while it
+    // copies one: a thread at low priority, preempted there, would stall every writer and reader.
+    // A thread at nice 10 encodes, compresses and writes them, so that on a busy machine that
+    // work takes CPU mostly when requests leave it.
+    let (send, parts) = mpsc::sync_channel::<Vec<(Key, Entry)>>(2);
+    let (start, written) = std::thread::scope(|s| -> Result<_> {
+        let w = &mut w;
+        let encoder = std::thread::Builder::new()
+            .name("keel-snapshot".into())
+            .spawn_scoped(s, move || -> std::io::Result<()> {
+                lower_priority();
+                for part in parts {
+                    for (k, e) in &part {
+                        let value = ValueRef::String(&e.value);
+                        w.entry(k, e.version, e.expires_at_ms, value)?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(io("start a thread for snapshot", &tmp))?;
+        let start = read_parts(seq, part_keys, halting, between_parts, &send);
+        drop(send);
+        let written = encoder
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        Ok((start, written))
+    })?;
+    written.map_err(io("write snapshot", &tmp))?;
+    let start = start?;
     let (lsn, at_ms, system, kept) = {
         let v = seq.publisher.visible();
         (
@@ -397,11 +438,14 @@ fn write_fuzzy_snapshot(
             seq.publisher.take_tail(&v),
         )
     };
-    debug_assert_eq!(
-        kept.len() as u64,
-        lsn - start,
-        "every record after S up to E"
-    );
+    if kept.len() as u64 != lsn - start {
+        let gap = format!(
+            "records {}..={lsn} were published while it was read, but {} were kept for its tail",
+            start + 1,
+            kept.len()
+        );
+        return Err(io("write snapshot", &tmp)(std::io::Error::other(gap)));
+    }
     // Under a weaker sync policy the visible state can be ahead of the durable log. A
     // snapshot of it, then a power cut, would leave a log that ends before the snapshot,
     // which the next open refuses (a gap). Sync, so the snapshot holds only what the log
@@ -409,12 +453,14 @@ fn write_fuzzy_snapshot(
     if opts.wal.sync_policy != keel_wal::SyncPolicy::Always {
         seq.wal.sync()?;
     }
+    // Encoded as the log holds them, without their request sections (the requests are written
+    // apart); each record's mutations are dropped as it is encoded.
     let tail: Vec<(Lsn, Bytes)> = kept
-        .iter()
+        .into_iter()
         .map(|(l, at_ms, mutations)| {
             let mut out = Vec::new();
-            crate::record::encode(*at_ms, None, mutations, &mut out);
-            (*l, Bytes::from(out))
+            crate::record::encode(at_ms, None, &mutations, &mut out);
+            (l, Bytes::from(out))
         })
         .collect();
     let requests = seq.seq().requests.up_to(lsn);
@@ -465,6 +511,7 @@ fn checkpoint_locked(
     seq: &Sequencer,
     dir: &Path,
     st: &mut State,
+    halting: &AtomicBool,
 ) -> Result<Option<CheckpointInfo>> {
     let started = Instant::now();
     if st.halted {
@@ -476,9 +523,8 @@ fn checkpoint_locked(
     let logged = seq.logged_since_checkpoint.load(Ordering::Relaxed);
     let fs = &*seq.opts.wal.fs;
     let part_keys = st.part_keys;
-    let written = at_low_priority(|| {
-        write_fuzzy_snapshot(seq, dir, part_keys, &mut || st.between_parts(seq))
-    })?;
+    let between = &mut || st.between_parts(seq);
+    let written = write_fuzzy_snapshot(seq, dir, part_keys, halting, between)?;
     let (next, keys) = (written.manifest, written.keys);
     let lsn = next.snapshot_lsn;
     commit_manifest(fs, dir, &next)?;
@@ -890,5 +936,49 @@ mod tests {
             let (e, _) = Engine::open(DIR, options(&image)).unwrap();
             assert_eq!(full_state(&e), got, "crash at op {k}: reopened");
         }
+    }
+
+    /// `Engine::halt` first raises the halting flag, then waits for the checkpoint lock: a
+    /// checkpoint in progress stops at its next part, fails, and leaves no snapshot, instead of
+    /// reading the rest of the keyspace.
+    #[test]
+    fn a_halting_engine_stops_a_checkpoint_at_its_next_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            background: false,
+            ..Options::default()
+        };
+        let (engine, _) = Engine::open(dir.path(), opts).unwrap();
+        for i in 0..100 {
+            engine.put(format!("k{i}"), "v").unwrap();
+        }
+        let (parts, seen) = mpsc::channel();
+        let (go, wait) = mpsc::channel::<()>();
+        let wait = Mutex::new(wait);
+        engine.set_checkpoints_for_test(
+            1,
+            Box::new(move |_: &Sequencer| {
+                parts.send(()).unwrap();
+                lock(&wait).recv().unwrap();
+            }),
+        );
+        std::thread::scope(|s| {
+            let running = s.spawn(|| engine.checkpoint());
+            for _ in 0..3 {
+                seen.recv().unwrap();
+                go.send(()).unwrap();
+            }
+            seen.recv().unwrap();
+            engine.checkpoints().halting.store(true, Ordering::Relaxed);
+            go.send(()).unwrap();
+            // A part read after this would find no one to let it go on, and fail the test.
+            drop(go);
+            let r = running.join().unwrap();
+            assert!(r.is_err(), "{r:?}");
+        });
+        assert_eq!(seen.try_iter().count(), 0, "no part read after the flag");
+        assert!(list_snapshots(&*engine.options().wal.fs, dir.path())
+            .unwrap()
+            .is_empty());
     }
 }

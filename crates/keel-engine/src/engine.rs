@@ -640,14 +640,19 @@ impl Core {
     /// Makes checkpoints read the keyspace `n` entries at a time and call `between` between
     /// parts, so that a test sees many parts, with writes between them, over a small keyspace.
     #[cfg(test)]
+    pub(crate) fn checkpoints(&self) -> &Checkpoints {
+        &self.checkpoints
+    }
+
+    #[cfg(test)]
     pub(crate) fn set_checkpoints_for_test(&self, n: usize, between: checkpoint::BetweenParts) {
         self.checkpoints.set_parts_for_test(n, between)
     }
 
     /// Writes a snapshot of the durable state and makes it current, then prunes the log and the
     /// snapshots that retention no longer needs. Writers are not blocked: the snapshot is a fuzzy
-    /// checkpoint, which reads the visible state a part at a time and adds the log's records
-    /// written meanwhile, so the file is the image at its LSN (docs/FORMAT.md).
+    /// checkpoint, which reads the visible state a part at a time and adds the records
+    /// published meanwhile, so the file is the image at its LSN (docs/FORMAT.md).
     ///
     /// Order (P6): the snapshot holds only durable writes; it is written to a temporary file,
     /// synced, renamed and its directory synced; then the manifest is replaced atomically; only

@@ -234,7 +234,7 @@ impl Sequencer {
     }
 
     /// The visible state with its LSN and decision time, and the request ids it holds: what a
-    /// checkpoint or a backup writes.
+    /// [`BackupView`](crate::BackupView) holds.
     pub(crate) fn durable_view(&self) -> (Image, Lsn, u64, Vec<(Lsn, Request)>) {
         let (image, lsn, at_ms) = self.publisher.visible().image();
         let requests = self.seq().requests.up_to(lsn);

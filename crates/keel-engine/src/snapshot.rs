@@ -974,6 +974,10 @@ pub(crate) fn read_snapshot_into(
         bound_to = vec![0u8; FILE_ID_BYTES];
         read_exact_at(file, &mut bound_to, blocks).map_err(short)?;
         blocks += FILE_ID_BYTES as u64;
+        // A plaintext file's id is zero: keel writes nothing else there.
+        if !header.encrypted() && bound_to.iter().any(|&b| b != 0) {
+            return Err(FileError::BadField);
+        }
     }
     let open = if header.encrypted() {
         let Some(ring) = keyring else {
@@ -1420,11 +1424,15 @@ mod tests {
         }
         /// `tail`: (LSN, record) pairs.
         fn file_with_tail(entries: &[Vec<u8>], tail: &[(u64, Vec<u8>)]) -> Vec<u8> {
+            file_counted(entries, tail, entries.len() as u64)
+        }
+        /// A file whose header (and the header's echo) says `count` entries.
+        fn file_counted(entries: &[Vec<u8>], tail: &[(u64, Vec<u8>)], count: u64) -> Vec<u8> {
             let header = SnapshotHeader {
                 version: SNAPSHOT_VERSION,
                 lsn: 10,
                 at_ms: 1,
-                count: entries.len() as u64,
+                count,
                 request_count: 0,
                 compressed: false,
                 encrypted: false,
@@ -1468,15 +1476,32 @@ mod tests {
             entry(4, b"z", 3, &[&n(1), &s(b"m"), &score(1.5)]),
         ];
         read(file(&good)).unwrap();
-        // The header's count must match the entries, and its fields their echo after the tail.
-        for count in [4u64, 6, u64::MAX] {
-            let mut f = file(&good);
-            f[32..40].copy_from_slice(&count.to_le_bytes());
+        // The header's count must match the entries (here the echo agrees with the header), and
+        // the header's fields their echo after the tail; a plaintext file's id is zero.
+        let with_crc = |mut f: Vec<u8>| {
             let end = f.len() - 4;
             let crc = crc32c::crc32c(&f[..end]);
             f[end..].copy_from_slice(&crc.to_le_bytes());
-            assert!(matches!(read(f), Err(FileError::BadField)), "count {count}");
+            f
+        };
+        for count in [4u64, 6, u64::MAX] {
+            let e = read(file_counted(&good, &[], count)).unwrap_err();
+            assert!(matches!(e, FileError::BadField), "count {count}: {e}");
+            let mut f = file(&good);
+            f[32..40].copy_from_slice(&count.to_le_bytes());
+            let e = read(with_crc(f)).unwrap_err();
+            assert!(
+                matches!(e, FileError::BadField),
+                "header count {count}: {e}"
+            );
         }
+        let mut f = file(&good);
+        f[SNAPSHOT_HEADER_BYTES] = 1;
+        let e = read(with_crc(f)).unwrap_err();
+        assert!(
+            matches!(e, FileError::BadField),
+            "a plaintext file's id: {e}"
+        );
         for (why, bad) in [
             ("empty hash", entry(1, b"h", 3, &[&n(0)])),
             ("empty list", entry(3, b"l", 3, &[&n(0)])),
