@@ -768,14 +768,24 @@ impl Audit {
         &self.stats
     }
 
-    /// Records `ev` and waits until it is synced.
+    /// Records `ev` and waits until it is synced. A full queue (the disk, or the database the
+    /// head is anchored in, is slow) is waited out on a blocking thread, never on the async
+    /// worker that called this: every other connection goes on meanwhile.
     pub async fn record_durably(&self, ev: Event) -> Result<(), String> {
+        let closed = || "the audit log is closed".to_string();
         let (done, wait) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Msg::Record(ev, Some(done)))
-            .map_err(|_| "the audit log is closed".to_string())?;
-        wait.await
-            .unwrap_or_else(|_| Err("the audit log is closed".into()))
+        match self.tx.try_send(Msg::Record(ev, Some(done))) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(msg)) => {
+                let tx = self.tx.clone();
+                tokio::task::spawn_blocking(move || tx.send(msg))
+                    .await
+                    .map_err(|e| format!("the audit log's queue: {e}"))?
+                    .map_err(|_| closed())?;
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(closed()),
+        }
+        wait.await.unwrap_or_else(|_| Err(closed()))
     }
 
     /// Records `ev`, syncs everything, and stops the writer thread.
@@ -1105,6 +1115,83 @@ mod tests {
         assert_eq!(counted, dropped, "every drop went on record");
         assert_eq!(written + counted, N, "{written} written, {counted} dropped");
         assert!(verify(tmp.path(), None, None).unwrap().bad.is_none());
+    }
+
+    /// An admin command's entry that finds the queue full (here: the writer thread is stuck
+    /// anchoring the chain's head in a database that does not answer) waits for room without
+    /// holding the async worker: on a one-thread runtime, another task still runs. Once the
+    /// writer goes on, the entry is written and the command's wait returns.
+    #[test]
+    fn a_full_queue_does_not_stall_the_async_workers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = Options {
+            queue_max: 2,
+            ..Options::default()
+        };
+        let (release, gate) = mpsc::channel::<()>();
+        let anchor: Anchor = Box::new(move |_, _| {
+            let _ = gate.recv();
+            Ok(())
+        });
+        let audit = Arc::new(Audit::start(tmp.path(), opts, None, Some(anchor)).unwrap());
+        let admin = |c: &str| Event {
+            event: "admin",
+            command: Some(c.into()),
+            ..Event::default()
+        };
+        let (progress, progressed) = mpsc::channel();
+        let a = audit.clone();
+        let runner = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                // The first admin entry is written; the writer then blocks in the anchor.
+                let first = tokio::spawn({
+                    let a = a.clone();
+                    async move { a.record_durably(admin("first")).await }
+                });
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                for _ in 0..10 {
+                    a.record(Event {
+                        event: "auth",
+                        ..Event::default()
+                    });
+                }
+                // The queue is full: this one must wait for room.
+                let second = tokio::spawn({
+                    let a = a.clone();
+                    async move { a.record_durably(admin("second")).await }
+                });
+                tokio::task::yield_now().await;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                progress.send("the runtime still runs").unwrap();
+                (first.await.unwrap(), second.await.unwrap())
+            })
+        });
+        let got = progressed.recv_timeout(std::time::Duration::from_secs(30));
+        assert_eq!(
+            got,
+            Ok("the runtime still runs"),
+            "the async worker was blocked"
+        );
+        for _ in 0..10 {
+            let _ = release.send(());
+        }
+        drop(release);
+        let (first, second) = runner.join().unwrap();
+        assert_eq!((first, second), (Ok(()), Ok(())));
+        audit.stop(Event {
+            event: "stop",
+            ..Event::default()
+        });
+        let text: String = files(tmp.path())
+            .unwrap()
+            .iter()
+            .map(|(_, p)| std::fs::read_to_string(p).unwrap())
+            .collect();
+        assert!(text.contains("\"second\""), "{text}");
     }
 
     fn write_some(dir: &Path, opts: Options, n: u64) -> (u64, [u8; 32]) {
