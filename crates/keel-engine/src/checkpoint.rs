@@ -429,7 +429,7 @@ fn write_fuzzy_snapshot(
     })?;
     written.map_err(io("write snapshot", &tmp))?;
     let start = start?;
-    let (lsn, at_ms, system, kept) = {
+    let (lsn, at_ms, system, taken) = {
         let v = seq.publisher.visible();
         (
             v.lsn(),
@@ -438,6 +438,13 @@ fn write_fuzzy_snapshot(
             seq.publisher.take_tail(&v),
         )
     };
+    let kept = taken.map_err(|max| {
+        let why = format!(
+            "more than {max} bytes of records were written while it read the keyspace, more \
+             than its tail may hold; a later checkpoint tries again"
+        );
+        io("write snapshot", &tmp)(std::io::Error::other(why))
+    })?;
     if kept.len() as u64 != lsn - start {
         let gap = format!(
             "records {}..={lsn} were published while it was read, but {} were kept for its tail",
@@ -457,10 +464,10 @@ fn write_fuzzy_snapshot(
     // apart); each record's mutations are dropped as it is encoded.
     let tail: Vec<(Lsn, Bytes)> = kept
         .into_iter()
-        .map(|(l, at_ms, mutations)| {
+        .map(|u| {
             let mut out = Vec::new();
-            crate::record::encode(at_ms, None, &mutations, &mut out);
-            (l, Bytes::from(out))
+            crate::record::encode(u.at_ms, None, &u.mutations, &mut out);
+            (u.lsn, Bytes::from(out))
         })
         .collect();
     let requests = seq.seq().requests.up_to(lsn);
@@ -664,6 +671,7 @@ mod tests {
 
     use super::*;
     use crate::keyspace::{change, Change, Map, System};
+    use crate::publish::TAIL_BYTES_MAX;
     use crate::table::tests::Rng;
     use crate::{Engine, Entry, Options, Ttl, Write, WAL_DIR};
 
@@ -980,5 +988,44 @@ mod tests {
         assert!(list_snapshots(&*engine.options().wal.fs, dir.path())
             .unwrap()
             .is_empty());
+    }
+
+    /// P11 for a fuzzy snapshot's tail: the records kept while it reads the keyspace are bounded.
+    /// Past the bound the checkpoint fails with a reason, keeps nothing and writes no snapshot;
+    /// the next one, with room, succeeds and holds every write.
+    #[test]
+    fn a_tail_past_its_bound_fails_the_checkpoint_and_a_later_one_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            background: false,
+            ..Options::default()
+        };
+        let (engine, _) = Engine::open(dir.path(), opts.clone()).unwrap();
+        for i in 0..20 {
+            engine.put(format!("k{i}"), "v").unwrap();
+        }
+        let write = |seq: &Sequencer| {
+            let w = Write::Put {
+                key: Bytes::from_static(b"big"),
+                value: Bytes::from(vec![7u8; 1000]),
+                ttl: Ttl::None,
+                only: Default::default(),
+            };
+            seq.commit_combined(None, vec![], vec![w]).unwrap();
+        };
+        engine.set_checkpoints_for_test(2, Box::new(write));
+        engine.set_tail_bytes_max(4000);
+        let e = engine.checkpoint().unwrap_err().to_string();
+        assert!(e.contains("more than 4000 bytes"), "{e}");
+        let fs = &*opts.wal.fs;
+        assert!(list_snapshots(fs, dir.path()).unwrap().is_empty());
+        engine.set_tail_bytes_max(TAIL_BYTES_MAX);
+        let lsn = engine.checkpoint().unwrap();
+        let f = fs
+            .open(&snapshot::snapshot_path(dir.path(), lsn), OpenMode::Read)
+            .unwrap();
+        let loaded = snapshot::read_snapshot(&*f, None, None).unwrap();
+        assert_eq!(loaded.image.map.len(), 21);
+        assert_eq!(loaded.header.lsn, engine.visible_lsn());
     }
 }

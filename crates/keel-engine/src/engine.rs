@@ -637,13 +637,18 @@ impl Core {
         self.sequencer.remove_expired(limit)
     }
 
-    /// Makes checkpoints read the keyspace `n` entries at a time and call `between` between
-    /// parts, so that a test sees many parts, with writes between them, over a small keyspace.
     #[cfg(test)]
     pub(crate) fn checkpoints(&self) -> &Checkpoints {
         &self.checkpoints
     }
 
+    #[cfg(test)]
+    pub(crate) fn set_tail_bytes_max(&self, bytes: usize) {
+        self.sequencer.publisher.set_tail_bytes_max(bytes)
+    }
+
+    /// Makes checkpoints read the keyspace `n` entries at a time and call `between` between
+    /// parts, so that a test sees many parts, with writes between them, over a small keyspace.
     #[cfg(test)]
     pub(crate) fn set_checkpoints_for_test(&self, n: usize, between: checkpoint::BetweenParts) {
         self.checkpoints.set_parts_for_test(n, between)
@@ -674,7 +679,7 @@ impl Core {
 
     /// Writes a consistent copy of the durable state into the new directory `target` while
     /// writes continue: a snapshot written as a checkpoint writes it (the state at one LSN, read
-    /// a part at a time, with the log's records written meanwhile), with an empty log after it.
+    /// a part at a time, with the records published meanwhile), with an empty log after it.
     /// `target` opens as a normal database. A checkpoint waits for it, and it for a checkpoint.
     pub fn backup(&self, target: impl AsRef<Path>) -> Result<RestoreReport> {
         self.checkpoints.backup(&self.sequencer, target.as_ref())

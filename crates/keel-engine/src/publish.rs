@@ -2,7 +2,7 @@
 //! records are acknowledged (P10). Readers never wait on a sync: they read the visible state.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
@@ -10,7 +10,7 @@ use keel_wal::{Lsn, Wal};
 
 use crate::key::Key;
 use crate::keyspace::{Image, Keyspace, Snapshot, System};
-use crate::record::Mutation;
+use crate::record::{self, Mutation};
 use crate::types::Entry;
 use crate::util::lock;
 
@@ -83,11 +83,12 @@ impl Visible {
     }
 }
 
-/// A decided transaction's effects, waiting for its record to be acknowledged.
-struct Unpublished {
-    lsn: Lsn,
-    at_ms: u64,
-    mutations: Vec<Mutation>,
+/// A decided transaction's effects, waiting for its record to be acknowledged (or, published,
+/// kept for a fuzzy snapshot's tail).
+pub(crate) struct Unpublished {
+    pub(crate) lsn: Lsn,
+    pub(crate) at_ms: u64,
+    pub(crate) mutations: Vec<Mutation>,
 }
 
 /// The visible state, and the decided transactions on their way into it.
@@ -97,15 +98,42 @@ pub(crate) struct Publisher {
     visible: RwLock<Visible>,
     /// `visible.lsn`, readable without the lock.
     published: AtomicU64,
-    /// While a fuzzy snapshot reads the keyspace: every record published since it began, as
-    /// (LSN, decision time, mutations), for its tail.
-    tail: Mutex<Option<Vec<Unpublished>>>,
+    /// While a fuzzy snapshot reads the keyspace: every record published since it began, in LSN
+    /// order, for its tail.
+    tail: Mutex<Option<Kept>>,
     /// Whether `tail` is being kept, readable without its lock.
     keeping_tail: AtomicBool,
+    /// The most a tail may hold, in encoded bytes (P11); past it the snapshot fails.
+    tail_bytes_max: AtomicUsize,
 }
 
-/// The records a fuzzy snapshot's tail holds: (LSN, decision time, mutations), in LSN order.
-pub(crate) type Tail = Vec<(Lsn, u64, Vec<Mutation>)>;
+/// The most a fuzzy snapshot's tail may hold: 256 MiB of records, as encoded in the log.
+pub(crate) const TAIL_BYTES_MAX: usize = 256 << 20;
+
+/// The records kept for a fuzzy snapshot's tail.
+#[derive(Default)]
+struct Kept {
+    records: Vec<Unpublished>,
+    /// Their size as encoded in the log.
+    bytes: usize,
+    /// More than the bound arrived: the records were dropped, and the snapshot fails.
+    overflowed: bool,
+}
+
+impl Kept {
+    fn keep(&mut self, u: Unpublished, max: usize) {
+        if self.overflowed {
+            return;
+        }
+        self.bytes += record::encoded_len(None, &u.mutations);
+        if self.bytes > max {
+            self.records = Vec::new();
+            self.overflowed = true;
+        } else {
+            self.records.push(u);
+        }
+    }
+}
 
 impl Publisher {
     /// Publishes `image`, the state at `lsn` decided at `at_ms`.
@@ -116,6 +144,7 @@ impl Publisher {
             published: AtomicU64::new(lsn),
             tail: Mutex::new(None),
             keeping_tail: AtomicBool::new(false),
+            tail_bytes_max: AtomicUsize::new(TAIL_BYTES_MAX),
         }
     }
 
@@ -158,11 +187,12 @@ impl Publisher {
             .keeping_tail
             .load(Ordering::Acquire)
             .then(|| lock(&self.tail));
+        let max = self.tail_bytes_max.load(Ordering::Relaxed);
         while q.front().is_some_and(|u| u.lsn <= durable) {
             let u = q.pop_front().expect("front exists");
             v.apply(&u.mutations, u.lsn, u.at_ms);
             if let Some(Some(t)) = tail.as_deref_mut() {
-                t.push(u);
+                t.keep(u, max);
             }
         }
         self.published.store(v.lsn, Ordering::Release);
@@ -172,7 +202,7 @@ impl Publisher {
     /// returns the visible LSN it starts after. Called with `visible` read-locked (so between
     /// records), by one snapshot at a time.
     pub(crate) fn keep_tail(&self, visible: &Visible) -> Lsn {
-        *lock(&self.tail) = Some(Vec::new());
+        *lock(&self.tail) = Some(Kept::default());
         self.keeping_tail.store(true, Ordering::Release);
         visible.lsn
     }
@@ -184,13 +214,21 @@ impl Publisher {
     }
 
     /// Stops keeping records and returns those kept: every record after the LSN `keep_tail`
-    /// returned, up to `visible`'s LSN. Called with `visible` read-locked.
-    pub(crate) fn take_tail(&self, visible: &Visible) -> Tail {
+    /// returned, up to `visible`'s LSN. Called with `visible` read-locked. `Err` with the bound
+    /// if more than [`TAIL_BYTES_MAX`] bytes of records arrived (they were not kept).
+    pub(crate) fn take_tail(&self, visible: &Visible) -> Result<Vec<Unpublished>, usize> {
         self.keeping_tail.store(false, Ordering::Release);
         let kept = lock(&self.tail).take().unwrap_or_default();
-        debug_assert!(kept.last().is_none_or(|u| u.lsn == visible.lsn));
-        kept.into_iter()
-            .map(|u| (u.lsn, u.at_ms, u.mutations))
-            .collect()
+        if kept.overflowed {
+            return Err(self.tail_bytes_max.load(Ordering::Relaxed));
+        }
+        debug_assert!(kept.records.last().is_none_or(|u| u.lsn == visible.lsn));
+        Ok(kept.records)
+    }
+
+    /// Sets the bound of a fuzzy snapshot's tail.
+    #[cfg(test)]
+    pub(crate) fn set_tail_bytes_max(&self, bytes: usize) {
+        self.tail_bytes_max.store(bytes, Ordering::Relaxed);
     }
 }

@@ -701,21 +701,11 @@ fn the_v1_fixture_opens_from_its_older_snapshot_and_log() {
 #[test]
 fn a_snapshot_of_a_newer_version_is_refused_not_taken_for_damage() {
     let (_tmp, db) = copy_of_fixture();
-    let crc = |b: &[u8]| crc32c::crc32c(b).to_le_bytes();
     let newest = db.join(FIXTURE_FILES[2].0);
     let mut snap = std::fs::read(&newest).unwrap();
     snap[8..12].copy_from_slice(&5u32.to_le_bytes());
-    let end = snap.len() - 4;
-    let snap_crc = crc(&snap[..end]);
-    snap[end..].copy_from_slice(&snap_crc);
-    std::fs::write(&newest, &snap).unwrap();
     // The MANIFEST a newer keel would have written for it: same version, the new file's CRC.
-    let manifest = db.join("MANIFEST");
-    let mut m = std::fs::read(&manifest).unwrap();
-    m[32..36].copy_from_slice(&snap_crc);
-    let m_crc = crc(&m[..36]);
-    m[36..40].copy_from_slice(&m_crc);
-    std::fs::write(&manifest, &m).unwrap();
+    let snap = rewrite_named_snapshot(&db, &newest, snap);
     let before = files(&db);
 
     for opened in [
@@ -873,17 +863,7 @@ fn a_snapshot_with_a_value_this_keel_cannot_hold_is_refused_not_taken_for_damage
     // 16-byte file id and the first block's 8-byte header.
     assert_eq!(snap[72], 0, "a string entry");
     snap[72] = 5;
-    let crc = |b: &[u8]| crc32c::crc32c(b).to_le_bytes();
-    let end = snap.len() - 4;
-    let snap_crc = crc(&snap[..end]);
-    snap[end..].copy_from_slice(&snap_crc);
-    std::fs::write(&snap_path, &snap).unwrap();
-    let manifest = db.join("MANIFEST");
-    let mut m = std::fs::read(&manifest).unwrap();
-    m[32..36].copy_from_slice(&snap_crc);
-    let m_crc = crc(&m[..36]);
-    m[36..40].copy_from_slice(&m_crc);
-    std::fs::write(&manifest, &m).unwrap();
+    let _ = rewrite_named_snapshot(&db, &snap_path, snap);
     let before = files(&db);
 
     let unloadable = |err: &keel_engine::Error| {
@@ -905,4 +885,26 @@ fn a_snapshot_with_a_value_this_keel_cannot_hold_is_refused_not_taken_for_damage
         .expect_err("a restore must not skip it");
     assert!(unloadable(&err), "{err}");
     assert_eq!(files(&db), before, "nothing moved or removed");
+}
+
+/// Writes `snap` (an altered copy of the snapshot the MANIFEST of `db` names) to `path` with its
+/// trailing CRC recomputed, and the MANIFEST with that CRC and its own: files whose checksums
+/// hold, as a newer keel would write them. Returns the file's bytes.
+fn rewrite_named_snapshot(
+    db: &std::path::Path,
+    path: &std::path::Path,
+    mut snap: Vec<u8>,
+) -> Vec<u8> {
+    let crc = |b: &[u8]| crc32c::crc32c(b).to_le_bytes();
+    let end = snap.len() - 4;
+    let snap_crc = crc(&snap[..end]);
+    snap[end..].copy_from_slice(&snap_crc);
+    std::fs::write(path, &snap).unwrap();
+    let manifest = db.join("MANIFEST");
+    let mut m = std::fs::read(&manifest).unwrap();
+    m[32..36].copy_from_slice(&snap_crc);
+    let m_crc = crc(&m[..36]);
+    m[36..40].copy_from_slice(&m_crc);
+    std::fs::write(&manifest, &m).unwrap();
+    snap
 }
