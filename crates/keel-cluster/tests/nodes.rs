@@ -305,8 +305,9 @@ async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
     for s in &nodes {
         let n = s.node.as_ref().unwrap();
         wait_applied(n, "n", "14").await;
-        let snap = n.engine().snapshot();
-        let keys: Vec<_> = snap.iter().map(|(k, _)| k.clone()).collect();
+        let keys: Vec<_> = n
+            .engine()
+            .read(|v| v.iter().map(|(k, _)| k.clone()).collect());
         assert_eq!(keys, ["n"], "node {}: only the user's keys", n.id);
     }
     assert_same_lsns(&nodes);
@@ -621,11 +622,11 @@ fn make_legacy_engine(node_dir: &std::path::Path) {
         ttl: Ttl::None,
         only: PutIf::Always,
     };
-    let mut writes: Vec<Write> = e
-        .snapshot()
-        .iter()
-        .map(|(k, v)| plain(k.clone(), v.value.clone()))
-        .collect();
+    let mut writes: Vec<Write> = e.read(|v| {
+        v.iter()
+            .map(|(k, e)| plain(k.clone(), e.value.clone()))
+            .collect()
+    });
     for (system, legacy) in [
         (&b"raft.applied"[..], &b"\xffkeel.raft.applied"[..]),
         (b"raft.membership", b"\xffkeel.raft.membership"),
@@ -677,7 +678,7 @@ async fn engines_with_the_replication_state_in_user_keys_are_read_and_moved() {
         }
         assert!(e.system(b"raft.applied").is_some());
         assert!(e.system(b"raft.membership").is_some());
-        assert_eq!(e.snapshot().count(), 6, "k0..k4 and n");
+        assert_eq!(e.read(|v| v.count()), 6, "k0..k4 and n");
     }
     assert_same_lsns(&nodes);
     // And from the system namespace after a restart.

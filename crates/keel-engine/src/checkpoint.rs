@@ -850,8 +850,7 @@ mod tests {
 
     /// Every entry and the system entry, expired or not, with versions.
     fn full_state(e: &Engine) -> (Vec<(Bytes, Entry)>, Option<Bytes>) {
-        let snap = e.snapshot();
-        let entries = snap.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let entries = e.read(|v| v.iter().map(|(k, e)| (k.clone(), e.clone())).collect());
         (entries, e.system(b"s"))
     }
 

@@ -19,7 +19,7 @@ use crate::checkpoint::CheckpointInfo;
 use crate::checkpoint::{self, Checkpoints};
 use crate::damage::{self, DamagedFile};
 use crate::error::{io, Error, Result};
-use crate::keyspace::{Changes, Image, Snapshot};
+use crate::keyspace::{Changes, Image, ReadView};
 use crate::options::{Options, WAL_DIR};
 use crate::publish::Publisher;
 use crate::record::{self, REQUEST_ID_BYTES_MAX};
@@ -454,9 +454,16 @@ impl Core {
         self.sequencer.wal.stats()
     }
 
-    /// The durable state now.
-    pub fn snapshot(&self) -> Snapshot {
-        self.sequencer.publisher.visible().snapshot(now_ms())
+    /// Reads the durable state now: `f` sees one state, whole transactions only (P10), with
+    /// expiry judged as of the call. Several reads in one `f` (a multi-key read, a transaction's
+    /// reads, a check of versions) all see the same state.
+    ///
+    /// `f` runs under the visible state's read lock, so while it runs no write becomes
+    /// visible and no commit is acknowledged: keep it short, copy out what you need, and never
+    /// hold it across a wait. `f` must not call this engine (a commit inside it would wait
+    /// forever for itself); such a call panics instead of deadlocking.
+    pub fn read<R>(&self, f: impl FnOnce(&ReadView<'_>) -> R) -> R {
+        self.sequencer.publisher.read(now_ms(), f)
     }
 
     /// The live entry of `key` in the durable state now.

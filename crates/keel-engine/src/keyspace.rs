@@ -34,18 +34,25 @@ pub(crate) struct Image {
     pub(crate) system: System,
 }
 
-/// A consistent, durable view. Cloning it is O(1); it never changes.
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    map: Map,
-    system: System,
+/// A read of the durable state: what [`Engine::read`](crate::Engine::read) lends its closure.
+/// It borrows the visible keyspace under its read lock, so it sees one state, whole
+/// transactions only (P10), and lives no longer than the closure.
+#[derive(Clone, Copy)]
+pub struct ReadView<'a> {
+    keyspace: &'a Keyspace,
     lsn: Lsn,
     now_ms: u64,
-    /// Entries of `map` that carry an expiry.
-    expiring: usize,
 }
 
-impl Snapshot {
+impl<'a> ReadView<'a> {
+    pub(crate) fn new(keyspace: &'a Keyspace, lsn: Lsn, now_ms: u64) -> ReadView<'a> {
+        ReadView {
+            keyspace,
+            lsn,
+            now_ms,
+        }
+    }
+
     /// The LSN up to which this view includes every write.
     pub fn lsn(&self) -> Lsn {
         self.lsn
@@ -56,13 +63,14 @@ impl Snapshot {
         self.now_ms
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<&Entry> {
-        self.map.get(key).filter(|e| e.live(self.now_ms))
+    /// The live entry of `key`.
+    pub fn get(&self, key: &[u8]) -> Option<&'a Entry> {
+        self.keyspace.get(key).filter(|e| e.live(self.now_ms))
     }
 
     /// The value of `key` in the system namespace (see [`Write::System`](crate::Write::System)).
-    pub fn system(&self, key: &[u8]) -> Option<&Bytes> {
-        self.system.get(key)
+    pub fn system(&self, key: &[u8]) -> Option<&'a Bytes> {
+        self.keyspace.system(key)
     }
 
     /// Live entries in `range`, in key order, at most `limit`.
@@ -71,7 +79,8 @@ impl Snapshot {
             range.start_bound().map(|k| &k[..]),
             range.end_bound().map(|k| &k[..]),
         );
-        self.map
+        self.keyspace
+            .map
             .range::<_, [u8]>(range)
             .filter(|(_, e)| e.live(self.now_ms))
             .take(limit)
@@ -91,7 +100,8 @@ impl Snapshot {
             Some(a) => Bound::Excluded(a),
             None => Bound::Included(prefix),
         };
-        self.map
+        self.keyspace
+            .map
             .range::<_, [u8]>((start, Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .filter(|(_, e)| e.live(self.now_ms))
@@ -100,28 +110,33 @@ impl Snapshot {
             .collect()
     }
 
-    /// Every live entry, in key order, without copying the view.
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Entry)> {
-        self.map
+    /// Every live entry, in key order, without copying.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a Bytes, &'a Entry)> + 'a {
+        let now_ms = self.now_ms;
+        self.keyspace
+            .map
             .iter()
-            .filter(|(_, e)| e.live(self.now_ms))
+            .filter(move |(_, e)| e.live(now_ms))
             .map(|(k, e)| (&**k, e))
     }
 
     /// Number of live keys. O(n) when some keys carry an expiry.
     pub fn count(&self) -> usize {
-        self.map.values().filter(|e| e.live(self.now_ms)).count()
+        if self.keyspace.expiring == 0 {
+            return self.keyspace.map.len();
+        }
+        self.iter().count()
     }
 
     /// Every entry held, in O(1), including expired ones that active expiry has not removed
     /// yet: what Redis's INFO keyspace counts as `keys`.
     pub fn held(&self) -> usize {
-        self.map.len()
+        self.keyspace.map.len()
     }
 
     /// The entries held that carry an expiry, in O(1): Redis's INFO keyspace `expires`.
     pub fn expiring(&self) -> usize {
-        self.expiring
+        self.keyspace.expiring
     }
 }
 
@@ -185,17 +200,6 @@ impl Keyspace {
     /// The system namespace, in O(1).
     pub(crate) fn system_image(&self) -> System {
         self.system.clone()
-    }
-
-    /// A view of the keyspace as of `lsn`, judging expiry at `now_ms`.
-    pub(crate) fn snapshot(&self, lsn: Lsn, now_ms: u64) -> Snapshot {
-        Snapshot {
-            map: self.map.clone(),
-            system: self.system.clone(),
-            lsn,
-            now_ms,
-            expiring: self.expiring,
-        }
     }
 
     /// Keeps `expiring` as a key's entry `old` is replaced by one that `expires` or not.

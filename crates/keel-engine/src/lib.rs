@@ -34,7 +34,7 @@
 //! 1. the vocabulary: `types` (entries, writes, outcomes) and `util` (clock, locks, hashing);
 //! 2. `record`, the log record's format;
 //! 3. the keyspace: `key` and `keyspace` (the map, its index, the system namespace beside it,
-//!    [`Snapshot`], change sets). Reads and writes of single keys go through it; above it, only
+//!    [`ReadView`], change sets). Reads and writes of single keys go through it; above it, only
 //!    whole images of the state are handled (loaded, merged, cloned and written by recovery,
 //!    checkpoints, backup and restore);
 //! 4. `snapshot`, the snapshot file's and the manifest's format;
@@ -92,7 +92,7 @@ pub use damage::{inspect, DamagedFile, Health, Inspection, SnapshotCheck, DAMAGE
 pub use engine::{Core, Engine, Pending, RecoveryReport};
 pub use error::{Error, Result};
 pub use key::Key;
-pub use keyspace::Snapshot;
+pub use keyspace::ReadView;
 pub use options::{Options, WAL_DIR};
 pub use record::{Mutation, RecordError, Request, REQUEST_ID_BYTES_MAX};
 pub use restore::{

@@ -1,6 +1,7 @@
 //! Publishing: decided transactions become visible to readers strictly in LSN order, once their
 //! records are acknowledged (P10). Readers never wait on a sync: they read the visible state.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
@@ -9,10 +10,15 @@ use bytes::Bytes;
 use keel_wal::{Lsn, Wal};
 
 use crate::key::Key;
-use crate::keyspace::{Image, Keyspace, Snapshot, System};
+use crate::keyspace::{Image, Keyspace, ReadView, System};
 use crate::record::{self, Mutation};
 use crate::types::Entry;
 use crate::util::lock;
+
+thread_local! {
+    /// Whether this thread is inside [`Publisher::read`]'s closure.
+    static READING: Cell<bool> = const { Cell::new(false) };
+}
 
 /// The state readers see: every transaction up to `lsn`, applied in LSN order.
 pub(crate) struct Visible {
@@ -72,8 +78,8 @@ impl Visible {
     }
 
     /// A reader's view of this state, judging expiry at `now_ms`.
-    pub(crate) fn snapshot(&self, now_ms: u64) -> Snapshot {
-        self.keyspace.snapshot(self.lsn, now_ms)
+    pub(crate) fn view(&self, now_ms: u64) -> ReadView<'_> {
+        ReadView::new(&self.keyspace, self.lsn, now_ms)
     }
 
     fn apply(&mut self, mutations: &[Mutation], lsn: Lsn, at_ms: u64) {
@@ -149,8 +155,32 @@ impl Publisher {
     }
 
     /// The visible state, read-locked.
+    ///
+    /// # Panics
+    /// On a thread inside [`Publisher::read`]'s closure: taking the read lock a second time can
+    /// deadlock (a waiting writer may block new readers), and a commit from there would wait
+    /// for a publish that needs the write lock.
     pub(crate) fn visible(&self) -> RwLockReadGuard<'_, Visible> {
+        assert!(
+            !READING.get(),
+            "an Engine::read closure called its engine: that can deadlock (see Engine::read)"
+        );
         self.visible.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the visible state, read-locked, judging expiry at `now_ms`. The engine's
+    /// other calls panic on this thread until `f` returns (see [`Publisher::visible`]).
+    pub(crate) fn read<R>(&self, now_ms: u64, f: impl FnOnce(&ReadView<'_>) -> R) -> R {
+        let v = self.visible();
+        struct Reading;
+        impl Drop for Reading {
+            fn drop(&mut self) {
+                READING.set(false);
+            }
+        }
+        READING.set(true);
+        let _reading = Reading;
+        f(&v.view(now_ms))
     }
 
     /// The visible LSN, without the lock.

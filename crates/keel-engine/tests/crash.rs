@@ -19,7 +19,7 @@ fn system_model_key(key: &[u8]) -> Bytes {
 }
 
 /// What a reader of `snap` sees: every live user entry with its version, and the system entries.
-fn observed(snap: &keel_engine::Snapshot) -> Model {
+fn observed(snap: &keel_engine::ReadView<'_>) -> Model {
     let mut m: Model = snap
         .scan(.., usize::MAX)
         .into_iter()
@@ -252,24 +252,22 @@ fn run(seed: u64, steps: usize, crash_at: Option<u64>) -> Result<u64, String> {
                     break;
                 }
             }
-            seen_lsn = seen_lsn.max(e.snapshot().lsn());
+            seen_lsn = seen_lsn.max(e.read(|v| v.lsn()));
         }
     }
     let ops = fs.counts().total;
     let image = fs.crash(seed ^ 0x5EED);
     let (e, _) = Engine::open(DIR, options(&image)).map_err(|e| format!("recovery failed: {e}"))?;
-    let snap = e.snapshot();
-    if snap.lsn() < seen_lsn {
+    let (lsn, got) = e.read(|v| (v.lsn(), observed(v)));
+    if lsn < seen_lsn {
         return Err(format!(
-            "a reader saw LSN {seen_lsn}, but only {} survived (P10)",
-            snap.lsn()
+            "a reader saw LSN {seen_lsn}, but only {lsn} survived (P10)"
         ));
     }
-    let got = observed(&snap);
     // The one unacknowledged transaction may have made it, whole, or not at all.
     let with_in_flight = in_flight
         .as_ref()
-        .and_then(|(_, g, w)| model_apply(&model, g, w, snap.lsn()))
+        .and_then(|(_, g, w)| model_apply(&model, g, w, lsn))
         .map(|(m, _)| m);
     if got != model && Some(&got) != with_in_flight.as_ref() {
         return Err(format!(
@@ -283,7 +281,7 @@ fn run(seed: u64, steps: usize, crash_at: Option<u64>) -> Result<u64, String> {
     if let Some((Some(id), g, w)) = in_flight {
         e.commit_request(id, g.clone(), w.clone())
             .map_err(|e| format!("retry failed: {e}"))?;
-        let after = observed(&e.snapshot());
+        let after = e.read(observed);
         let once =
             model_apply(&model, &g, &w, 0).map_or_else(|| values(&model), |(m, _)| values(&m));
         if values(&after) != once {
@@ -314,7 +312,7 @@ fn engine_matches_the_model_across_power_cuts() {
 }
 
 fn state(e: &Engine) -> Model {
-    observed(&e.snapshot())
+    e.read(observed)
 }
 
 /// Puts enough to span several 4 KiB segments.

@@ -130,15 +130,16 @@ fn writes_reads_and_conditions() {
     assert_eq!(e.get(b"t").unwrap().expires_at_ms, Some(far));
 
     // scans and counts see live keys only
-    let snap = e.snapshot();
-    let keys: Vec<Bytes> = snap.scan(.., 100).into_iter().map(|(k, _)| k).collect();
-    assert_eq!(keys, vec![b("c"), b("max"), b("new"), b("t")]);
-    assert_eq!(snap.count(), 4);
-    assert_eq!(snap.scan_prefix(b"m", None, 10).len(), 1);
-    assert_eq!(snap.scan_prefix(b"", Some(b"max"), 10).len(), 2);
+    e.read(|snap| {
+        let keys: Vec<Bytes> = snap.scan(.., 100).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, vec![b("c"), b("max"), b("new"), b("t")]);
+        assert_eq!(snap.count(), 4);
+        assert_eq!(snap.scan_prefix(b"m", None, 10).len(), 1);
+        assert_eq!(snap.scan_prefix(b"", Some(b"max"), 10).len(), 2);
+    });
 
     e.commit(vec![], vec![Write::DeleteAll]).unwrap();
-    assert_eq!(e.snapshot().count(), 0);
+    assert_eq!(e.read(|v| v.count()), 0);
 }
 
 #[test]
@@ -166,7 +167,7 @@ fn limits_give_clear_errors() {
         Err(Error::TxnTooLarge { .. })
     ));
     assert_eq!(
-        e.snapshot().count(),
+        e.read(|v| v.count()),
         0,
         "nothing of a refused transaction is applied"
     );
@@ -211,14 +212,15 @@ fn the_system_namespace_is_durable_and_apart_from_user_keys() {
     assert_eq!(e.get(b"pos").unwrap().value, "user value");
     e.commit(vec![], vec![Write::DeleteAll, system("pos", "2")])
         .unwrap();
-    let s = e.snapshot();
-    assert_eq!((s.count(), s.iter().count()), (0, 0), "no user key is left");
-    assert_eq!(
-        s.system(b"pos"),
-        Some(&b("2")),
-        "DeleteAll leaves the system namespace"
-    );
-    assert_eq!(s.system(b"other"), None);
+    e.read(|s| {
+        assert_eq!((s.count(), s.iter().count()), (0, 0), "no user key is left");
+        assert_eq!(
+            s.system(b"pos"),
+            Some(&b("2")),
+            "DeleteAll leaves the system namespace"
+        );
+        assert_eq!(s.system(b"other"), None);
+    });
     // A guard on the user key of the same name sees only the user key (now gone).
     let guard = Guard {
         key: b("pos"),
@@ -289,13 +291,13 @@ fn reopen_replays_state_and_versions() {
             }
             e.incr("counter", 1).unwrap();
         }
-        let s = e.snapshot();
+        let s = e.read(|v| v.scan(.., usize::MAX));
         e.close().unwrap();
-        s.scan(.., usize::MAX)
+        s
     };
     let (e, report) = Engine::open(dir.path(), small()).unwrap();
     assert!(report.wal.segments > 1, "the workload should span segments");
-    assert_eq!(e.snapshot().scan(.., usize::MAX), before);
+    assert_eq!(e.read(|v| v.scan(.., usize::MAX)), before);
     assert_eq!(e.get(b"counter").unwrap().value, "300");
 }
 
@@ -308,12 +310,11 @@ fn concurrent_increments_lose_nothing_and_readers_see_only_durable_state() {
         s.spawn(|| {
             // P10: whatever a reader sees is durable.
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let snap = e.snapshot();
+                let seen = e.read(|v| v.lsn());
+                let durable = e.durable_lsn();
                 assert!(
-                    snap.lsn() <= e.durable_lsn(),
-                    "a reader saw LSN {} with only {} durable",
-                    snap.lsn(),
-                    e.durable_lsn()
+                    seen <= durable,
+                    "a reader saw LSN {seen} with only {durable} durable"
                 );
             }
         });
@@ -437,7 +438,7 @@ fn checkpoint_prunes_the_log_and_reopens_without_applying_twice() {
     for _ in 0..10 {
         e.incr("counter", 1).unwrap();
     }
-    let state = e.snapshot().scan(.., usize::MAX);
+    let state = e.read(|v| v.scan(.., usize::MAX));
     e.close().unwrap();
     let (e, _) = Engine::open(dir.path(), small()).unwrap();
     assert_eq!(
@@ -445,7 +446,7 @@ fn checkpoint_prunes_the_log_and_reopens_without_applying_twice() {
         "410",
         "increments the snapshot holds are not replayed (P7)"
     );
-    assert_eq!(e.snapshot().scan(.., usize::MAX), state);
+    assert_eq!(e.read(|v| v.scan(.., usize::MAX)), state);
     // By default a checkpoint keeps the snapshot before it (P13), and no older one.
     for i in 0..2 {
         e.put(format!("after{i}"), "1").unwrap();
@@ -720,7 +721,7 @@ fn a_transaction_sees_its_own_earlier_writes_and_failures_do_not_abort_it() {
             WriteResult::Value(Some(b("100000000000000000000"))),
         ]
     );
-    let keys: Vec<_> = e.snapshot().iter().map(|(k, _)| k.clone()).collect();
+    let keys: Vec<_> = e.read(|v| v.iter().map(|(k, _)| k.clone()).collect());
     assert_eq!(keys, vec![b("c"), b("f"), b("g")]);
     assert_eq!(e.get(b"f").unwrap().value, "1.75");
 }
@@ -878,11 +879,11 @@ fn replay_onto_a_snapshot_keeps_the_log_order_of_delete_all_deletes_and_rewrites
         report.snapshot_lsn > 0,
         "recovery must start from the snapshot"
     );
-    let keys: Vec<(Bytes, Bytes)> = e
-        .snapshot()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.value.clone()))
-        .collect();
+    let keys: Vec<(Bytes, Bytes)> = e.read(|v| {
+        v.iter()
+            .map(|(k, e)| (k.clone(), e.value.clone()))
+            .collect()
+    });
     assert_eq!(keys, vec![(b("after"), b("2")), (b("back"), b("y"))]);
     assert!(
         e.get(b"snap00").is_none(),
@@ -976,10 +977,7 @@ fn held_and_expiring_counts_follow_every_write() {
         .as_millis() as u64;
     let (far, past) = (Ttl::At(now + 3_600_000), Ttl::At(1));
     let (e, _) = Engine::open(&db, opts.clone()).unwrap();
-    let counts = |e: &Engine| {
-        let s = e.snapshot();
-        (s.held(), s.expiring(), s.count())
-    };
+    let counts = |e: &Engine| e.read(|s| (s.held(), s.expiring(), s.count()));
     let set = |k: &str, ttl| put(k, "v", ttl, PutIf::Always);
     e.commit(
         vec![],
@@ -1012,4 +1010,33 @@ fn held_and_expiring_counts_follow_every_write() {
     assert_eq!(counts(&e), (3, 1, 3), "counted again at open");
     e.commit(vec![], vec![Write::DeleteAll]).unwrap();
     assert_eq!(counts(&e), (0, 0, 0));
+}
+
+#[test]
+fn a_read_that_calls_its_engine_panics_instead_of_deadlocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    e.put("k", "v").unwrap();
+    // A commit inside a read would wait for a publish that needs the write lock the read
+    // blocks; a second read lock can block behind a waiting writer. Both must fail loudly.
+    for call in [
+        &(|e: &Engine| drop(e.put("k", "w"))) as &(dyn Fn(&Engine) + Sync),
+        &|e: &Engine| drop(e.get(b"k")),
+        &|e: &Engine| e.read(|_| ()),
+    ] {
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            e.read(|v| {
+                assert_eq!(v.get(b"k").unwrap().value, "v");
+                call(&e);
+            })
+        }));
+        let msg = panicked.expect_err("a nested call must panic");
+        let msg = (msg.downcast_ref::<&str>().copied())
+            .or(msg.downcast_ref::<String>().map(|s| s.as_str()))
+            .unwrap_or_default();
+        assert!(msg.contains("Engine::read closure"), "{msg}");
+    }
+    // The engine is unharmed: the flag was cleared on unwinding, and the write lock is free.
+    e.put("k", "x").unwrap();
+    assert_eq!(e.read(|v| v.get(b"k").unwrap().value.clone()), "x");
 }

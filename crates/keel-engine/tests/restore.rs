@@ -26,10 +26,11 @@ fn small() -> Options {
 }
 
 fn state(e: &Engine) -> Model {
-    e.snapshot()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.value.clone()))
-        .collect()
+    e.read(|v| {
+        v.iter()
+            .map(|(k, e)| (k.clone(), e.value.clone()))
+            .collect()
+    })
 }
 
 /// Every file under `dir` with its bytes.
@@ -476,7 +477,7 @@ fn an_outcome_that_depends_on_a_write_in_flight_waits_for_it() {
                 results: vec![WriteResult::Put(false)]
             }
         );
-        let lsn = e.snapshot().lsn();
+        let lsn = e.read(|v| v.lsn());
         assert!(
             e.durable_lsn() >= lsn && lsn as usize == round + 1,
             "round {round}: answered before the write it depends on was durable and visible"

@@ -567,21 +567,23 @@ const ABSENT: [&[u8]; 13] = [
 fn assert_state(e: &Engine) {
     assert_eq!(e.visible_lsn(), FINAL_LSN);
     assert_eq!(e.durable_lsn(), FINAL_LSN);
-    let snap = e.snapshot();
-    assert_eq!(snap.lsn(), FINAL_LSN);
-    let live: Vec<(Bytes, Entry)> = snap.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let (lsn, live, count) = e.read(|v| {
+        let live: Vec<(Bytes, Entry)> = v.iter().map(|(k, e)| (k.clone(), e.clone())).collect();
+        (v.lsn(), live, v.count())
+    });
+    assert_eq!(lsn, FINAL_LSN);
     let want = expected_entries();
     for (got, want) in live.iter().zip(&want) {
         assert_eq!(got, want);
     }
     assert_eq!(live, want);
-    assert_eq!(snap.count(), want.len());
+    assert_eq!(count, want.len());
     for (k, v) in &want {
         assert_eq!(e.get(k).as_ref(), Some(v), "{k:?}");
     }
     for k in EXPIRED.iter().chain(&ABSENT) {
         assert_eq!(e.get(k), None, "{:?}", b(k));
-        assert!(snap.get(k).is_none(), "{:?}", b(k));
+        assert!(e.read(|v| v.get(k).is_none()), "{:?}", b(k));
     }
 }
 
@@ -784,7 +786,7 @@ fn assert_v2_v3_state(e: &Engine, fixture: &str) {
     for (k, v) in want {
         assert_eq!(e.get(k), v, "{fixture}: {}", String::from_utf8_lossy(k));
     }
-    assert_eq!(e.snapshot().count(), 6, "{fixture}");
+    assert_eq!(e.read(|v| v.count()), 6, "{fixture}");
 }
 
 #[test]

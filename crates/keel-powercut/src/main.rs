@@ -469,9 +469,12 @@ fn dump(dir: &Path, out: &mut dyn std::io::Write) -> Result<()> {
                 report.lsn,
                 report.snapshot_lsn
             )?;
-            let snap = engine.snapshot();
-            for (k, e) in snap.iter() {
-                let v = &e.value;
+            let entries: Vec<(Bytes, Bytes)> = engine.read(|v| {
+                v.iter()
+                    .map(|(k, e)| (k.clone(), e.value.clone()))
+                    .collect()
+            });
+            for (k, v) in &entries {
                 let parsed = (v.len() >= HEADER_BYTES).then(|| {
                     let u = |a: usize, b: usize| {
                         let mut x = [0u8; 8];

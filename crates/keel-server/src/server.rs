@@ -595,12 +595,12 @@ fn unknown_subcommand(sub: &[u8], cmd: &str) -> Reply {
     ))
 }
 
-/// Evaluates a read-only part against a snapshot of the visible (durable) state.
-fn eval_reads(snap: &keel_engine::Snapshot, writes: &[Write]) -> Vec<WriteResult> {
+/// Evaluates a read-only part against a read of the visible (durable) state.
+fn eval_reads(view: &keel_engine::ReadView<'_>, writes: &[Write]) -> Vec<WriteResult> {
     writes
         .iter()
         .map(|w| match w {
-            Write::Get { key } => WriteResult::Value(snap.get(key).map(|e| e.value.clone())),
+            Write::Get { key } => WriteResult::Value(view.get(key).map(|e| e.value.clone())),
             other => unreachable!("read-only parts hold only gets: {other:?}"),
         })
         .collect()
@@ -921,7 +921,7 @@ impl Conn {
                 self.settle().await;
                 // As Redis counts: every key held, in O(1), expired keys that active expiry has
                 // not removed yet (within about 100 ms) included.
-                Reply::Int(self.engine().snapshot().held() as i64)
+                Reply::Int(self.engine().read(|v| v.held()) as i64)
             }
             "ttl" | "pttl" | "expiretime" | "pexpiretime" => {
                 self.settle().await;
@@ -943,21 +943,22 @@ impl Conn {
             }
             "keys" => {
                 self.settle().await;
-                let snap = self.engine().snapshot();
                 let pat = &args[1];
                 let prefix = glob::literal_prefix(pat);
                 let mut keys = Vec::new();
-                for (k, _) in snap.iter() {
-                    if k.as_ref() < prefix {
-                        continue;
+                self.engine().read(|v| {
+                    for (k, _) in v.iter() {
+                        if k.as_ref() < prefix {
+                            continue;
+                        }
+                        if !k.starts_with(prefix) {
+                            break;
+                        }
+                        if glob::matches(pat, k) {
+                            keys.push(Reply::Bulk(k.clone()));
+                        }
                     }
-                    if !k.starts_with(prefix) {
-                        break;
-                    }
-                    if glob::matches(pat, k) {
-                        keys.push(Reply::Bulk(k.clone()));
-                    }
-                }
+                });
                 Reply::Array(keys)
             }
             "scan" => {
@@ -1380,12 +1381,13 @@ impl Conn {
                 None => return Reply::err("ERR invalid cursor"),
             },
         };
-        let snap = self.engine().snapshot();
         let start = match after {
             Some(k) => std::ops::Bound::Excluded(k),
             None => std::ops::Bound::Unbounded,
         };
-        let page = snap.scan((start, std::ops::Bound::Unbounded), count);
+        let page = self
+            .engine()
+            .read(|v| v.scan((start, std::ops::Bound::Unbounded), count));
         let next = if page.len() < count {
             0
         } else {
@@ -1426,20 +1428,26 @@ impl Conn {
         if parts.iter().all(Part::read_only) {
             // Nothing to write: answer from one durable snapshot, checking WATCH against it.
             self.settle().await;
-            let snap = self.engine().snapshot();
-            if watched
-                .iter()
-                .any(|g| snap.get(&g.key).map(|e| e.version) != g.version)
-            {
+            // The reads are copied out under the read lock; the replies render after it.
+            let results = self.engine().read(|v| {
+                let changed = watched
+                    .iter()
+                    .any(|g| v.get(&g.key).map(|e| e.version) != g.version);
+                (!changed).then(|| {
+                    parts
+                        .iter()
+                        .map(|p| eval_reads(v, &p.writes))
+                        .collect::<Vec<_>>()
+                })
+            });
+            let Some(results) = results else {
                 self.reply(Reply::NilArray);
                 return;
-            }
+            };
             let replies = parts
                 .into_iter()
-                .map(|p| {
-                    let r = eval_reads(&snap, &p.writes);
-                    (p.render)(Some(&r))
-                })
+                .zip(results)
+                .map(|(p, r)| (p.render)(Some(&r)))
                 .collect();
             self.reply(Reply::Array(replies));
             return;
@@ -1656,8 +1664,7 @@ impl Conn {
         if want("keyspace") {
             // Counted as Redis counts them, in O(1): every key held, expired ones that active
             // expiry has not removed yet included.
-            let snap = e.snapshot();
-            let (keys, expires) = (snap.held(), snap.expiring());
+            let (keys, expires) = e.read(|v| (v.held(), v.expiring()));
             o.push_str("# Keyspace\r\n");
             if keys > 0 {
                 line(

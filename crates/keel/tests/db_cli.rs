@@ -23,7 +23,7 @@ fn opts() -> Options {
 
 fn keys(dir: &Path) -> usize {
     let (e, _) = Engine::open(dir, opts()).unwrap();
-    e.snapshot().count()
+    e.read(|v| v.count())
 }
 
 #[test]
