@@ -615,7 +615,7 @@ impl StateMachine {
         // Where the replication state is in the system namespace, the engine writes the snapshot
         // as it writes a checkpoint: it holds no copy of the keyspace, and the report gives the
         // system namespace as of the snapshot's LSN. An engine written before the system
-        // namespace, not yet migrated, keeps that state in user keys: a view (an O(1) clone)
+        // namespace, not yet migrated, keeps that state in user keys: a view (a copy of the keyspace)
         // reads them as of its LSN.
         let (lsn, applied, membership) = if engine.system(MEMBERSHIP_KEY).is_some() {
             let r = engine.backup(&tmp).map_err(snap_err)?;

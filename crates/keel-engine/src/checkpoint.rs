@@ -13,7 +13,6 @@ use keel_wal::fs::{durable_create_dir_all, durable_remove, durable_rename, durab
 use keel_wal::{Fs, Lsn, OpenMode, Wal};
 
 use crate::error::{io, Error, Result};
-use crate::key::Key;
 use crate::keyspace::{Image, System};
 use crate::options::WAL_DIR;
 use crate::publish::Publisher;
@@ -74,8 +73,8 @@ impl State {
 pub(crate) type BetweenParts = Box<dyn FnMut(&Sequencer) + Send>;
 
 /// Entries a checkpoint reads under one hold of the visible state's read lock: enough to
-/// amortize the seek into the ordered map, few enough (tens of microseconds) that publishing,
-/// which waits for the lock, hardly notices.
+/// amortize finding the place in the table (a part hashes every key of the shards it reads),
+/// few enough (tens of microseconds) that publishing, which waits for the lock, hardly notices.
 const PART_KEYS: usize = 1024;
 
 impl Checkpoints {
@@ -337,9 +336,9 @@ fn read_parts(
     part_keys: usize,
     halting: &AtomicBool,
     between_parts: &mut dyn FnMut(),
-    parts: &mpsc::SyncSender<Vec<(Key, Entry)>>,
+    parts: &mpsc::SyncSender<Vec<(Bytes, Entry)>>,
 ) -> Result<Lsn> {
-    let mut after: Option<Key> = None;
+    let mut cursor = 0;
     let mut start = None;
     loop {
         if halting.load(Ordering::Relaxed) {
@@ -349,12 +348,9 @@ fn read_parts(
         {
             let v = seq.publisher.visible();
             start.get_or_insert_with(|| seq.publisher.keep_tail(&v));
-            v.part_after(after.as_ref().map(|k| &k[..]), part_keys, &mut part);
+            cursor = v.part(cursor, part_keys, &mut part);
         }
-        // A full part: there may be more after its last key.
-        let full = part.len() == part_keys;
-        after = part.last().filter(|_| full).map(|(k, _)| k.clone());
-        if parts.send(part).is_err() || !full {
+        if parts.send(part).is_err() || cursor == 0 {
             break;
         }
         between_parts();
@@ -404,7 +400,7 @@ fn write_fuzzy_snapshot(
     // copies one: a thread at low priority, preempted there, would stall every writer and reader.
     // A thread at nice 10 encodes, compresses and writes them, so that on a busy machine that
     // work takes CPU mostly when requests leave it.
-    let (send, parts) = mpsc::sync_channel::<Vec<(Key, Entry)>>(2);
+    let (send, parts) = mpsc::sync_channel::<Vec<(Bytes, Entry)>>(2);
     let (start, written) = std::thread::scope(|s| -> Result<_> {
         let w = &mut w;
         let encoder = std::thread::Builder::new()
@@ -781,7 +777,7 @@ mod tests {
         assert!(files.windows(2).all(|w| w[0].0 < w[1].0), "{files:?}");
         let log = LogReader::open(dir.path().join(WAL_DIR), &opts.wal).unwrap();
         let mut records = log.iter_from(1).unwrap();
-        let (mut map, mut system, mut at) = (Map::new(), System::new(), 0);
+        let (mut map, mut system, mut at) = (Map::default(), System::new(), 0);
         let mut tails = 0;
         for (lsn, path, reported) in files {
             while at < lsn {
@@ -791,10 +787,10 @@ mod tests {
                 for m in &decoded.mutations {
                     match change(m, r.lsn) {
                         Change::Key(k, Some(e)) => {
-                            map.insert(Key::new(k.clone()), e);
+                            map.insert(k, &e);
                         }
                         Change::Key(k, None) => {
-                            map.remove(&k[..]);
+                            map.remove(k);
                         }
                         Change::All => map.clear(),
                         Change::System(k, v) => {
@@ -849,8 +845,8 @@ mod tests {
     }
 
     /// Every entry and the system entry, expired or not, with versions.
-    fn full_state(e: &Engine) -> (Vec<(Bytes, Entry)>, Option<Bytes>) {
-        let entries = e.read(|v| v.iter().map(|(k, e)| (k.clone(), e.clone())).collect());
+    fn full_state(e: &Engine) -> (std::collections::BTreeMap<Bytes, Entry>, Option<Bytes>) {
+        let entries = e.read(|v| v.iter().collect());
         (entries, e.system(b"s"))
     }
 

@@ -10,8 +10,8 @@ use crate::types::{Entry, Guard, Outcome, PutIf, Ttl, Write, WriteError, WriteRe
 
 /// The state a transaction is decided against: every earlier transaction, durable or not.
 pub(crate) trait Decided {
-    /// The decided entry of `key`, expired or not.
-    fn get(&self, key: &[u8]) -> Option<&Entry>;
+    /// The decided entry of `key`, expired or not, copied out.
+    fn get(&self, key: &[u8]) -> Option<Entry>;
 }
 
 fn parse_int(v: &[u8]) -> Option<i64> {
@@ -60,10 +60,10 @@ struct Overlay<S> {
 impl<S: Decided> Overlay<S> {
     fn live(&self, k: &[u8]) -> Option<Entry> {
         let e = match self.changes.get(k) {
-            Some(e) => e,
+            Some(e) => e.cloned(),
             None => self.base.get(k),
         };
-        e.filter(|e| e.live(self.now)).cloned()
+        e.filter(|e| e.live(self.now))
     }
 
     fn apply(&mut self, mutations: &[Mutation]) {

@@ -468,8 +468,7 @@ impl Core {
 
     /// The live entry of `key` in the durable state now.
     pub fn get(&self, key: &[u8]) -> Option<Entry> {
-        let v = self.sequencer.publisher.visible();
-        v.get(key).filter(|e| e.live(now_ms())).cloned()
+        self.read(|v| v.get(key))
     }
 
     /// The value of `key` in the durable state's system namespace (see [`Write::System`]).
@@ -477,14 +476,9 @@ impl Core {
         self.sequencer.publisher.visible().system(key).cloned()
     }
 
-    /// The live entries of `keys`, all read from one durable state (as one snapshot would,
-    /// without taking one).
+    /// The live entries of `keys`, all read from one durable state (one [`Engine::read`]).
     pub fn get_many<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) -> Vec<Option<Entry>> {
-        let now = now_ms();
-        let v = self.sequencer.publisher.visible();
-        keys.into_iter()
-            .map(|k| v.get(k).filter(|e| e.live(now)).cloned())
-            .collect()
+        self.read(|v| keys.into_iter().map(|k| v.get(k)).collect())
     }
 
     pub fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<Lsn> {
@@ -692,7 +686,9 @@ impl Core {
         self.checkpoints.backup(&self.sequencer, target.as_ref())
     }
 
-    /// The durable state now, to read and then write out with [`BackupView::write_database`].
+    /// A copy of the durable state now, to read and then write out with
+    /// [`BackupView::write_database`]. It copies the whole keyspace (O(n) memory while it
+    /// lives); [`Engine::backup`] writes the same database without a copy.
     pub fn backup_view(&self) -> BackupView {
         BackupView::of(&self.sequencer)
     }

@@ -1,33 +1,159 @@
-//! The keyspace: every key's entry, in an ordered map with a hash index beside it, and the views
-//! and change sets that read and update it.
+//! The keyspace: every user key's entry, in the typed hash table ([`crate::table`]), and the
+//! views and change sets that read and update it.
 //!
 //! The map's concrete type ([`Map`]) is this module's business. Other modules still name it
-//! where a whole image of the keyspace is cloned, loaded or written (checkpoints, backups,
+//! where a whole image of the keyspace is loaded or written (recovery, checkpoints, backups,
 //! restore and the snapshot file), and nowhere else.
 //!
 //! Beside the user keyspace lies the **system namespace** ([`System`]): a few entries an
 //! embedder keeps atomically with the state (the cluster's applied position and membership).
 //! User reads, scans, counts and `DeleteAll` never see it.
 
-use std::ops::{Bound, RangeBounds};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use imbl::OrdMap;
 use keel_wal::Lsn;
 
-use crate::key::Key;
 use crate::record::Mutation;
+use crate::table::{EntryRef, Table, ValueRef, KEYS_PER_SHARD_TARGET, SHARD_BITS_DEFAULT};
 use crate::types::Entry;
 use crate::util::HashMap;
 
-/// Every key's entry, in key order. Cloning it is O(1): a checkpoint or a backup holds an
-/// image of it while writes go on.
-pub(crate) type Map = OrdMap<Key, Entry>;
+/// Every user key's entry, in the typed table (strings only so far), and how many of them
+/// carry an expiry. Not a persistent structure: cloning it copies every entry, which only a
+/// legacy backup view and tests do.
+#[derive(Clone)]
+pub(crate) struct Map {
+    table: Table,
+    /// Entries that carry an expiry, kept as writes apply, so that counting them is O(1).
+    expiring: usize,
+}
 
-/// The system namespace: key to value, in key order. Cloning it is O(1), as for [`Map`].
-pub(crate) type System = OrdMap<Bytes, Bytes>;
+/// The fewest keys a map is sized for: the table's shard count is fixed when it is made, and a
+/// map that starts small may grow to millions (a shard is read whole by a SCAN call).
+const SIZED_FOR_KEYS_MIN: usize = KEYS_PER_SHARD_TARGET << SHARD_BITS_DEFAULT;
 
-/// A whole image of the state: the user keyspace and the system namespace. Cloning is O(1).
+/// The engine's entry of a stored one. The engine writes strings only (the data types that
+/// need collections are not built yet), and a snapshot holding a collection is refused as
+/// unloadable before anything reaches the map.
+pub(crate) fn entry_of(e: EntryRef<'_>) -> Entry {
+    match e.value() {
+        ValueRef::String(v) => Entry {
+            value: Bytes::copy_from_slice(v),
+            version: e.version(),
+            expires_at_ms: e.expires_at_ms(),
+        },
+        other => unreachable!("a {} in a keyspace of strings", other.kind().name()),
+    }
+}
+
+impl Default for Map {
+    fn default() -> Map {
+        Map::with_expected_keys(0)
+    }
+}
+
+impl Map {
+    /// A map for about `keys` keys (at least [`SIZED_FOR_KEYS_MIN`]).
+    pub(crate) fn with_expected_keys(keys: usize) -> Map {
+        Map {
+            table: Table::with_expected_keys(keys.max(SIZED_FOR_KEYS_MIN)),
+            expiring: 0,
+        }
+    }
+
+    /// Entries held, expired ones included.
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// The entry of `key`, expired or not.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<EntryRef<'_>> {
+        self.table.get(key)
+    }
+
+    /// The entry of `key`, expired or not, copied out.
+    pub(crate) fn entry(&self, key: &[u8]) -> Option<Entry> {
+        self.get(key).map(entry_of)
+    }
+
+    /// Sets `key`'s entry; true if it replaced one.
+    pub(crate) fn insert(&mut self, key: &[u8], e: &Entry) -> bool {
+        let old = self
+            .table
+            .replace_string(key, &e.value, e.expires_at_ms, e.version);
+        self.count_expiry(old, e.expires_at_ms.is_some());
+        old.is_some()
+    }
+
+    /// Removes `key`'s entry; true if there was one.
+    pub(crate) fn remove(&mut self, key: &[u8]) -> bool {
+        let old = self.table.delete(key);
+        self.count_expiry(old, false);
+        old.is_some()
+    }
+
+    /// Keeps `expiring` as an entry whose old expiry was `old` (`None`: no entry) is replaced
+    /// by one that `expires` or not.
+    fn count_expiry(&mut self, old: Option<Option<u64>>, expires: bool) {
+        let had = matches!(old, Some(Some(_)));
+        self.expiring = self.expiring + usize::from(expires) - usize::from(had);
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.table.clear();
+        self.expiring = 0;
+    }
+
+    /// Every entry, expired or not, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = EntryRef<'_>> + '_ {
+        self.table.iter()
+    }
+
+    /// See [`Table::scan`].
+    fn scan(&self, cursor: u64, count: usize) -> (Vec<EntryRef<'_>>, u64) {
+        self.table.scan(cursor, count)
+    }
+
+    /// Entries from the hash-order cursor `cursor` on (0: from the first), at least `limit`
+    /// unless the map runs out, copied into `out`; returns the next cursor, 0 when done. A key
+    /// present from the first call to the last comes exactly once (its hash does not change);
+    /// see [`Table::scan`].
+    pub(crate) fn part(&self, cursor: u64, limit: usize, out: &mut Vec<(Bytes, Entry)>) -> u64 {
+        let (found, next) = self.scan(cursor, limit);
+        out.extend(
+            found
+                .into_iter()
+                .map(|e| (Bytes::copy_from_slice(e.key()), entry_of(e))),
+        );
+        next
+    }
+}
+
+/// Two maps are equal when they hold the same entries (tests compare loaded images).
+impl PartialEq for Map {
+    fn eq(&self, other: &Map) -> bool {
+        self.len() == other.len()
+            && self
+                .iter()
+                .all(|e| other.entry(e.key()).is_some_and(|o| o == entry_of(e)))
+    }
+}
+
+impl std::fmt::Debug for Map {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut m = f.debug_map();
+        for e in self.iter().take(64) {
+            m.entry(&Bytes::copy_from_slice(e.key()), &entry_of(e));
+        }
+        m.finish()
+    }
+}
+
+/// The system namespace: key to value, in key order. A handful of entries.
+pub(crate) type System = BTreeMap<Bytes, Bytes>;
+
+/// A whole image of the state: the user keyspace and the system namespace.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Image {
     pub(crate) map: Map,
@@ -37,6 +163,9 @@ pub(crate) struct Image {
 /// A read of the durable state: what [`Engine::read`](crate::Engine::read) lends its closure.
 /// It borrows the visible keyspace under its read lock, so it sees one state, whole
 /// transactions only (P10), and lives no longer than the closure.
+///
+/// Keys are held in a hash table: [`ReadView::scan`] and [`ReadView::iter`] visit them in the
+/// order of their hash, not of their bytes.
 #[derive(Clone, Copy)]
 pub struct ReadView<'a> {
     keyspace: &'a Keyspace,
@@ -63,69 +192,70 @@ impl<'a> ReadView<'a> {
         self.now_ms
     }
 
-    /// The live entry of `key`.
-    pub fn get(&self, key: &[u8]) -> Option<&'a Entry> {
-        self.keyspace.get(key).filter(|e| e.live(self.now_ms))
+    fn live(&self, key: &[u8]) -> Option<EntryRef<'a>> {
+        let now = self.now_ms;
+        self.keyspace.map.get(key).filter(|e| e.live(now))
+    }
+
+    /// The live entry of `key`, copied out.
+    pub fn get(&self, key: &[u8]) -> Option<Entry> {
+        self.live(key).map(entry_of)
+    }
+
+    /// The version of `key`'s live entry, without copying its value (a WATCH check).
+    pub fn version(&self, key: &[u8]) -> Option<Lsn> {
+        self.live(key).map(|e| e.version())
     }
 
     /// The value of `key` in the system namespace (see [`Write::System`](crate::Write::System)).
     pub fn system(&self, key: &[u8]) -> Option<&'a Bytes> {
-        self.keyspace.system(key)
+        self.keyspace.system.get(key)
     }
 
-    /// Live entries in `range`, in key order, at most `limit`.
-    pub fn scan<R: RangeBounds<Bytes>>(&self, range: R, limit: usize) -> Vec<(Bytes, Entry)> {
-        let range: (Bound<&[u8]>, Bound<&[u8]>) = (
-            range.start_bound().map(|k| &k[..]),
-            range.end_bound().map(|k| &k[..]),
-        );
-        self.keyspace
-            .map
-            .range::<_, [u8]>(range)
-            .filter(|(_, e)| e.live(self.now_ms))
-            .take(limit)
-            .map(|(k, e)| (Bytes::clone(k), e.clone()))
-            .collect()
+    /// One step of a scan: live entries from `cursor` on (start with 0), at least `count`
+    /// unless the keyspace runs out, and the cursor to pass next, 0 when the scan is complete.
+    /// The cursor is a position in hash order, so it holds no state: a key present for the
+    /// whole scan is returned exactly once, whatever is written between the steps (Redis's
+    /// guarantee is at least once). A step costs O(keys of the shards it reads).
+    pub fn scan(&self, cursor: u64, count: usize) -> (Vec<(Bytes, Entry)>, u64) {
+        let (found, next) = self.keyspace.map.scan(cursor, count);
+        let live = found.into_iter().filter(|e| e.live(self.now_ms));
+        let page = live.map(|e| (Bytes::copy_from_slice(e.key()), entry_of(e)));
+        (page.collect(), next)
     }
 
-    /// Live entries whose key starts with `prefix`, starting after `after` (a cursor: the last
-    /// key of the previous page), at most `limit`.
-    pub fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Vec<(Bytes, Entry)> {
-        let start = match after {
-            Some(a) => Bound::Excluded(a),
-            None => Bound::Included(prefix),
-        };
-        self.keyspace
-            .map
-            .range::<_, [u8]>((start, Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .filter(|(_, e)| e.live(self.now_ms))
-            .take(limit)
-            .map(|(k, e)| (Bytes::clone(k), e.clone()))
-            .collect()
+    /// [`ReadView::scan`] without the values: the keys only (Redis's SCAN).
+    pub fn scan_keys(&self, cursor: u64, count: usize) -> (Vec<Bytes>, u64) {
+        let (found, next) = self.keyspace.map.scan(cursor, count);
+        let live = found.into_iter().filter(|e| e.live(self.now_ms));
+        (
+            live.map(|e| Bytes::copy_from_slice(e.key())).collect(),
+            next,
+        )
     }
 
-    /// Every live entry, in key order, without copying.
-    pub fn iter(&self) -> impl Iterator<Item = (&'a Bytes, &'a Entry)> + 'a {
-        let now_ms = self.now_ms;
-        self.keyspace
-            .map
-            .iter()
-            .filter(move |(_, e)| e.live(now_ms))
-            .map(|(k, e)| (&**k, e))
+    /// Every live key, in hash order, without copying.
+    pub fn keys(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let now = self.now_ms;
+        (self.keyspace.map.iter())
+            .filter(move |e| e.live(now))
+            .map(|e| e.key())
+    }
+
+    /// Every live entry, in hash order, each copied out.
+    pub fn iter(&self) -> impl Iterator<Item = (Bytes, Entry)> + 'a {
+        let now = self.now_ms;
+        (self.keyspace.map.iter())
+            .filter(move |e| e.live(now))
+            .map(|e| (Bytes::copy_from_slice(e.key()), entry_of(e)))
     }
 
     /// Number of live keys. O(n) when some keys carry an expiry.
     pub fn count(&self) -> usize {
-        if self.keyspace.expiring == 0 {
+        if self.keyspace.map.expiring == 0 {
             return self.keyspace.map.len();
         }
-        self.iter().count()
+        self.keys().count()
     }
 
     /// Every entry held, in O(1), including expired ones that active expiry has not removed
@@ -136,39 +266,25 @@ impl<'a> ReadView<'a> {
 
     /// The entries held that carry an expiry, in O(1): Redis's INFO keyspace `expires`.
     pub fn expiring(&self) -> usize {
-        self.keyspace.expiring
+        self.keyspace.map.expiring
     }
 }
 
-/// The keyspace readers see: the ordered map, and the same entries hashed.
+/// The keyspace readers see: the user keys' table and the system namespace.
 pub(crate) struct Keyspace {
     map: Map,
     system: System,
-    /// Entries that carry an expiry, kept as writes apply, so that counting them is O(1).
-    expiring: usize,
-    /// The same entries as `map`, hashed: a point read is one hash probe instead of a descent
-    /// through the ordered map, whose key comparisons were most of a GET's CPU. It costs about
-    /// 90 bytes per key; key and value bytes are shared with `map`.
-    index: HashMap<Bytes, Entry>,
 }
 
 impl Keyspace {
     pub(crate) fn new(image: Image) -> Keyspace {
         let Image { map, system } = image;
-        let mut index = HashMap::with_capacity_and_hasher(map.len(), Default::default());
-        index.extend(map.iter().map(|(k, e)| (Bytes::clone(k), e.clone())));
-        let expiring = map.values().filter(|e| e.expires_at_ms.is_some()).count();
-        Keyspace {
-            map,
-            system,
-            expiring,
-            index,
-        }
+        Keyspace { map, system }
     }
 
-    /// The entry of `key`, expired or not.
-    pub(crate) fn get(&self, key: &[u8]) -> Option<&Entry> {
-        self.index.get(key)
+    /// The entry of `key`, expired or not, copied out.
+    pub(crate) fn entry(&self, key: &[u8]) -> Option<Entry> {
+        self.map.entry(key)
     }
 
     /// The value of `key` in the system namespace.
@@ -176,7 +292,7 @@ impl Keyspace {
         self.system.get(key)
     }
 
-    /// An O(1) image of the whole state, as checkpoints and backups write it.
+    /// A copy of the whole state: O(n) time and memory. Only a legacy backup view takes one.
     pub(crate) fn image(&self) -> Image {
         Image {
             map: self.map.clone(),
@@ -184,28 +300,14 @@ impl Keyspace {
         }
     }
 
-    /// Up to `limit` entries after the key `after` (from the first if `None`), in key order,
-    /// appended to `out`: a checkpoint reads the keyspace this way, a part at a time.
-    pub(crate) fn part_after(
-        &self,
-        after: Option<&[u8]>,
-        limit: usize,
-        out: &mut Vec<(Key, Entry)>,
-    ) {
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let part = self.map.range::<_, [u8]>((start, Bound::Unbounded));
-        out.extend(part.take(limit).map(|(k, e)| (k.clone(), e.clone())));
+    /// See [`Map::part`].
+    pub(crate) fn part(&self, cursor: u64, limit: usize, out: &mut Vec<(Bytes, Entry)>) -> u64 {
+        self.map.part(cursor, limit, out)
     }
 
-    /// The system namespace, in O(1).
+    /// A copy of the system namespace (a handful of entries).
     pub(crate) fn system_image(&self) -> System {
         self.system.clone()
-    }
-
-    /// Keeps `expiring` as a key's entry `old` is replaced by one that `expires` or not.
-    fn count_expiry(&mut self, old: Option<&Entry>, expires: bool) {
-        let had = old.is_some_and(|e| e.expires_at_ms.is_some());
-        self.expiring = self.expiring + usize::from(expires) - usize::from(had);
     }
 
     /// Applies `mutations`, giving every entry they write the version `version`.
@@ -213,21 +315,12 @@ impl Keyspace {
         for m in mutations {
             match change(m, version) {
                 Change::Key(key, Some(e)) => {
-                    self.map.insert(Key::new(key.clone()), e.clone());
-                    let expires = e.expires_at_ms.is_some();
-                    let old = self.index.insert(key.clone(), e);
-                    self.count_expiry(old.as_ref(), expires);
+                    self.map.insert(key, &e);
                 }
                 Change::Key(key, None) => {
-                    self.map.remove(&key[..]);
-                    let old = self.index.remove(key);
-                    self.count_expiry(old.as_ref(), false);
+                    self.map.remove(key);
                 }
-                Change::All => {
-                    self.map.clear();
-                    self.index = HashMap::default();
-                    self.expiring = 0;
-                }
+                Change::All => self.map.clear(),
                 Change::System(key, value) => {
                     self.system.insert(key.clone(), value.clone());
                 }
@@ -255,27 +348,23 @@ pub(crate) fn apply_by_version(map: &mut Map, mutations: &[Mutation], lsn: Lsn) 
     for m in mutations {
         match change(m, lsn) {
             Change::Key(key, e) => {
-                let older = || map.get(&key[..]).is_none_or(|old| old.version < lsn);
+                let older = || map.get(key).is_none_or(|old| old.version() < lsn);
                 if !*applies.entry(key.clone()).or_insert_with(older) {
                     continue;
                 }
                 match e {
-                    Some(e) => {
-                        map.insert(Key::new(key.clone()), e);
-                    }
-                    None => {
-                        map.remove(&key[..]);
-                    }
-                }
+                    Some(e) => map.insert(key, &e),
+                    None => map.remove(key),
+                };
             }
             Change::All => {
-                let gone: Vec<Key> = map
+                let gone: Vec<Bytes> = map
                     .iter()
-                    .filter(|(k, e)| e.version < lsn || applies.get(&k[..]) == Some(&true))
-                    .map(|(k, _)| k.clone())
+                    .filter(|e| e.version() < lsn || applies.get(e.key()) == Some(&true))
+                    .map(|e| Bytes::copy_from_slice(e.key()))
                     .collect();
                 for k in gone {
-                    map.remove(&k[..]);
+                    map.remove(&k);
                 }
             }
             Change::System(..) => {}
@@ -316,8 +405,8 @@ pub(crate) fn change(m: &Mutation, version: Lsn) -> Change<'_> {
 
 /// Mutations gathered per key: the newest entry of each key written, and whether a DeleteAll
 /// came. A transaction's overlay uses it while deciding, and recovery and restore replay the log
-/// into it, then merge it into the map in key order: inserting random keys one by one into a
-/// large tree misses the cache at every level, while inserts in key order keep the path cached.
+/// into it, then merge it into the map: each key is then written once, however often the log
+/// rewrote it.
 #[derive(Default)]
 pub(crate) struct Changes {
     /// The newest entry of each key: `None` = deleted.
@@ -363,21 +452,11 @@ impl Changes {
         if self.cleared {
             map.clear();
         }
-        let mut changed: Vec<(Key, Option<Entry>)> = self
-            .changed
-            .into_iter()
-            .map(|(k, e)| (Key::new(k), e))
-            .collect();
-        changed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (k, e) in changed {
+        for (k, e) in self.changed {
             match e {
-                Some(e) => {
-                    map.insert(k, e);
-                }
-                None => {
-                    map.remove(&k[..]);
-                }
-            }
+                Some(e) => map.insert(&k, &e),
+                None => map.remove(&k),
+            };
         }
     }
 }

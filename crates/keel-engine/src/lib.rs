@@ -33,8 +33,8 @@
 //!
 //! 1. the vocabulary: `types` (entries, writes, outcomes) and `util` (clock, locks, hashing);
 //! 2. `record`, the log record's format;
-//! 3. the keyspace: `key` and `keyspace` (the map, its index, the system namespace beside it,
-//!    [`ReadView`], change sets). Reads and writes of single keys go through it; above it, only
+//! 3. the keyspace: `table` (the typed hash table) and `keyspace` (the map over it, the system
+//!    namespace beside it, [`ReadView`], change sets). Reads and writes of single keys go through it; above it, only
 //!    whole images of the state are handled (loaded, merged, cloned and written by recovery,
 //!    checkpoints, backup and restore);
 //! 4. `snapshot`, the snapshot file's and the manifest's format;
@@ -60,7 +60,6 @@ mod util;
 pub mod record;
 
 // The keyspace.
-mod key;
 mod keyspace;
 
 // The snapshot file.
@@ -91,7 +90,6 @@ pub use checkpoint::CheckpointInfo;
 pub use damage::{inspect, DamagedFile, Health, Inspection, SnapshotCheck, DAMAGED_DIR};
 pub use engine::{Core, Engine, Pending, RecoveryReport};
 pub use error::{Error, Result};
-pub use key::Key;
 pub use keyspace::ReadView;
 pub use options::{Options, WAL_DIR};
 pub use record::{Mutation, RecordError, Request, REQUEST_ID_BYTES_MAX};

@@ -9,7 +9,6 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use bytes::Bytes;
 use keel_wal::{Lsn, Wal};
 
-use crate::key::Key;
 use crate::keyspace::{Image, Keyspace, ReadView, System};
 use crate::record::{self, Mutation};
 use crate::types::Entry;
@@ -37,9 +36,9 @@ impl Visible {
         }
     }
 
-    /// The entry of `key`, expired or not.
-    pub(crate) fn get(&self, key: &[u8]) -> Option<&Entry> {
-        self.keyspace.get(key)
+    /// The entry of `key`, expired or not, copied out.
+    pub(crate) fn entry(&self, key: &[u8]) -> Option<Entry> {
+        self.keyspace.entry(key)
     }
 
     /// The value of `key` in the system namespace.
@@ -52,7 +51,7 @@ impl Visible {
         self.lsn
     }
 
-    /// An O(1) image of this state, its LSN and the decision time at that LSN.
+    /// A copy of this state (O(n)), its LSN and the decision time at that LSN.
     pub(crate) fn image(&self) -> (Image, Lsn, u64) {
         (self.keyspace.image(), self.lsn, self.at_ms)
     }
@@ -62,14 +61,9 @@ impl Visible {
         self.at_ms
     }
 
-    /// See [`Keyspace::part_after`].
-    pub(crate) fn part_after(
-        &self,
-        after: Option<&[u8]>,
-        limit: usize,
-        out: &mut Vec<(Key, Entry)>,
-    ) {
-        self.keyspace.part_after(after, limit, out)
+    /// See [`Keyspace::part`].
+    pub(crate) fn part(&self, cursor: u64, limit: usize, out: &mut Vec<(Bytes, Entry)>) -> u64 {
+        self.keyspace.part(cursor, limit, out)
     }
 
     /// The system namespace, in O(1).

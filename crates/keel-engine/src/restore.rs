@@ -246,7 +246,7 @@ pub fn restore(
     Ok(report)
 }
 
-/// The durable state at one LSN, held by an O(1) clone, that can be read and then written out
+/// The durable state at one LSN, held as a copy (O(n) memory), that can be read and then written out
 /// as a new database while writes continue. See [`Core::backup_view`](crate::Core::backup_view).
 pub struct BackupView {
     image: Image,
@@ -272,8 +272,8 @@ impl BackupView {
     }
 
     /// The entry of `key` in this state, expired or not.
-    pub fn get(&self, key: &[u8]) -> Option<&Entry> {
-        self.image.map.get(key)
+    pub fn get(&self, key: &[u8]) -> Option<Entry> {
+        self.image.map.entry(key)
     }
 
     /// The value of `key` in the system namespace of this state.

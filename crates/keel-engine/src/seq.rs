@@ -78,7 +78,7 @@ pub(crate) struct Seq {
 
 /// Writes decided but maybe not yet visible, laid over the visible state: the decided state
 /// is the visible state with these on top. A key absent here has its newest decided value in
-/// the visible state. This replaces a second copy of the whole ordered map, whose every insert
+/// the visible state. This replaced a second copy of the whole ordered map, whose every insert
 /// cost a descent and a path copy.
 #[derive(Default)]
 pub(crate) struct Recent {
@@ -103,11 +103,11 @@ impl Recent {
     }
 
     /// The decided entry of `key`, expired or not, given `vis`, the visible state now.
-    pub(crate) fn get<'a>(&'a self, vis: &'a Visible, key: &[u8]) -> Option<&'a Entry> {
+    pub(crate) fn get(&self, vis: &Visible, key: &[u8]) -> Option<Entry> {
         match self.by_key.get(key) {
-            Some((_, e)) => e.as_ref(),
+            Some((_, e)) => e.clone(),
             None if self.cleared.is_some_and(|l| l > vis.lsn()) => None,
-            None => vis.get(key),
+            None => vis.entry(key),
         }
     }
 
@@ -159,9 +159,9 @@ impl Seq {
             last_at_ms: at_ms,
             last_lsn: lsn,
         };
-        for (k, e) in map.iter() {
-            if let Some(t) = e.expires_at_ms {
-                seq.expiry.insert((t, Bytes::clone(k)));
+        for e in map.iter() {
+            if let Some(t) = e.expires_at_ms() {
+                seq.expiry.insert((t, Bytes::copy_from_slice(e.key())));
             }
         }
         seq
@@ -189,7 +189,7 @@ pub(crate) struct View<'a> {
 }
 
 impl Decided for View<'_> {
-    fn get(&self, key: &[u8]) -> Option<&Entry> {
+    fn get(&self, key: &[u8]) -> Option<Entry> {
         self.recent.get(self.visible, key)
     }
 }

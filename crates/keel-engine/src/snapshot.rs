@@ -58,7 +58,6 @@ use keel_wal::crypt::{KeyError, KeyId, Keyring, SEAL_BYTES};
 use keel_wal::fs::{read_exact_at, write_all_at};
 use keel_wal::{FsFile, Lsn};
 
-use crate::key::Key;
 use crate::keyspace::{apply_by_version, Image, Map, System};
 use crate::record::{decode_request, encode_request, Mutation, RecordError, Request};
 use crate::table::{HashValue, Kind, ListValue, SetValue, Value, ValueRef, ZSetValue};
@@ -434,8 +433,8 @@ pub(crate) fn write_snapshot(
     keyring: Option<&Keyring>,
 ) -> io::Result<(u64, u32)> {
     let mut w = SnapshotWriter::new(file, compress, keyring)?;
-    for (k, e) in image.map.iter() {
-        w.entry(k, e.version, e.expires_at_ms, ValueRef::String(&e.value))?;
+    for e in image.map.iter() {
+        w.entry(e.key(), e.version(), e.expires_at_ms(), e.value())?;
     }
     w.finish(&Rest {
         at,
@@ -889,7 +888,9 @@ pub fn read_snapshot(
     expect: Option<&Manifest>,
     keyring: Option<&Keyring>,
 ) -> Result<Loaded, FileError> {
-    let mut map = Map::new();
+    // Sized by the header's count once it is read (the table's shard count is fixed at birth);
+    // a false count costs at most the largest shard count's empty shards.
+    let mut map: Option<Map> = None;
     let mut last: Option<Bytes> = None;
     let mut loaded = read_snapshot_into(
         file,
@@ -914,12 +915,16 @@ pub fn read_snapshot(
                 version,
                 expires_at_ms,
             };
-            match map.insert(Key::new(key), entry) {
-                Some(_) => Err(FileError::BadField),
-                None => Ok(()),
+            let map = map.get_or_insert_with(|| {
+                Map::with_expected_keys(usize::try_from(header.count).unwrap_or(usize::MAX))
+            });
+            match map.insert(&key, &entry) {
+                true => Err(FileError::BadField),
+                false => Ok(()),
             }
         },
     )?;
+    let mut map = map.unwrap_or_default();
     for (lsn, mutations) in std::mem::take(&mut loaded.tail) {
         apply_by_version(&mut map, &mutations, lsn);
     }
@@ -1060,7 +1065,7 @@ pub(crate) fn read_snapshot_into(
     Ok(Loaded {
         header,
         image: Image {
-            map: Map::new(),
+            map: Map::default(),
             system,
         },
         requests,
@@ -1079,11 +1084,11 @@ mod tests {
     use keel_wal::{Fs, OpenMode, StdFs};
 
     fn sample(n: u64) -> Image {
-        let mut m = Map::new();
+        let mut m = Map::default();
         for i in 0..n {
             m.insert(
-                Key::new(Bytes::from(format!("k{i:06}"))),
-                Entry {
+                format!("k{i:06}").as_bytes(),
+                &Entry {
                     value: Bytes::from(vec![i as u8; (i % 300) as usize]),
                     version: i + 1,
                     expires_at_ms: (i % 3 == 0).then_some(1000 + i),
@@ -1292,7 +1297,7 @@ mod tests {
     /// draw it.
     fn typed_model(seed: u64) -> BTreeMap<Vec<u8>, MEntry> {
         let mut r = Rng(seed);
-        let mut model = BTreeMap::new();
+        let mut model = BTreeMap::default();
         for i in 0..400u64 {
             let mut key = r.bytes(6);
             key.extend_from_slice(&i.to_le_bytes());
@@ -1592,16 +1597,16 @@ mod tests {
                 })
                 .collect();
             // The true state after each LSN.
-            let mut states = vec![Map::new()];
+            let mut states = vec![Map::default()];
             for (i, muts) in records.iter().enumerate() {
                 let mut m = states[i].clone();
                 for mu in muts {
                     match change(mu, i as u64 + 1) {
                         Change::Key(k, Some(e)) => {
-                            m.insert(Key::new(k.clone()), e);
+                            m.insert(k, &e);
                         }
                         Change::Key(k, None) => {
-                            m.remove(&k[..]);
+                            m.remove(k);
                         }
                         Change::All => m.clear(),
                         Change::System(..) => {}
@@ -1615,12 +1620,13 @@ mod tests {
             // [start, end].
             let mut moments: Vec<u64> = (0..3).map(|_| start + r.below(end - start + 1)).collect();
             moments.sort_unstable();
-            let mut image = Map::new();
+            let mut image = Map::default();
             for (shard, at) in moments.iter().enumerate() {
-                for (k, e) in states[*at as usize].iter() {
+                for e in states[*at as usize].iter() {
+                    let k = e.key();
                     let number: usize = std::str::from_utf8(&k[1..]).unwrap().parse().unwrap();
                     if number % 3 == shard {
-                        image.insert(k.clone(), e.clone());
+                        image.insert(k, &crate::keyspace::entry_of(e));
                     }
                 }
             }
@@ -1631,14 +1637,9 @@ mod tests {
                     (lsn, Bytes::from(out))
                 })
                 .collect();
-            let entries = image.iter().map(|(k, e)| {
-                (
-                    &k[..],
-                    e.version,
-                    e.expires_at_ms,
-                    ValueRef::String(&e.value),
-                )
-            });
+            let entries = image
+                .iter()
+                .map(|e| (e.key(), e.version(), e.expires_at_ms(), e.value()));
             let f = StdFs.open(&path, OpenMode::CreateTruncate).unwrap();
             let rest = Rest {
                 at: Position {

@@ -21,8 +21,7 @@ fn system_model_key(key: &[u8]) -> Bytes {
 /// What a reader of `snap` sees: every live user entry with its version, and the system entries.
 fn observed(snap: &keel_engine::ReadView<'_>) -> Model {
     let mut m: Model = snap
-        .scan(.., usize::MAX)
-        .into_iter()
+        .iter()
         .map(|(k, v)| (k, (v.value, v.version)))
         .collect();
     for k in SYSTEM_KEYS {

@@ -568,7 +568,8 @@ fn assert_state(e: &Engine) {
     assert_eq!(e.visible_lsn(), FINAL_LSN);
     assert_eq!(e.durable_lsn(), FINAL_LSN);
     let (lsn, live, count) = e.read(|v| {
-        let live: Vec<(Bytes, Entry)> = v.iter().map(|(k, e)| (k.clone(), e.clone())).collect();
+        let mut live: Vec<(Bytes, Entry)> = v.iter().collect();
+        live.sort_by(|a, b| a.0.cmp(&b.0));
         (v.lsn(), live, v.count())
     });
     assert_eq!(lsn, FINAL_LSN);

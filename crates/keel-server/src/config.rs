@@ -147,7 +147,8 @@ pub struct FileConfig {
     pub max_inline_bytes: Option<usize>,
     /// Most unparsed request bytes buffered per connection [default: 32 MiB].
     pub max_request_bytes: Option<usize>,
-    /// SCAN cursors remembered server-wide; the oldest is forgotten first [default: 10,000].
+    /// Ignored: SCAN cursors hold no state since the keyspace became a hash table. Accepted so
+    /// that older configuration files still load.
     pub scan_cursors_max: Option<usize>,
     /// When a write is acknowledged: "always" (after its fsync; the default), "interval" (once
     /// written; an fsync at least every `sync_interval_ms`) or "never" (once written; fsync only
@@ -219,7 +220,6 @@ pub struct Settings {
     pub metrics_port: Option<u16>,
     pub limits: Limits,
     pub max_request_bytes: usize,
-    pub scan_cursors_max: usize,
     pub engine: keel_engine::Options,
     /// `Some`: run as a cluster node.
     pub cluster: Option<ClusterSettings>,
@@ -361,7 +361,6 @@ impl Settings {
                 .map(Duration::from_secs),
             metrics_port: args.metrics_port.or(file.metrics_port),
             max_request_bytes: file.max_request_bytes.unwrap_or(32 << 20),
-            scan_cursors_max: file.scan_cursors_max.unwrap_or(10_000),
             limits,
             engine,
             cluster,
@@ -394,9 +393,6 @@ impl Settings {
                 l.bulk_bytes_max,
                 l.inline_bytes_max
             );
-        }
-        if self.scan_cursors_max == 0 {
-            bail!("scan_cursors_max must be at least 1");
         }
         if let Some(a) = &self.audit {
             if a.files_max == 0 || a.file_bytes_max < 4096 {

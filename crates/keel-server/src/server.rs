@@ -7,11 +7,11 @@
 //! writes, so it sees them, and then reads the durable, visible state (P10). Replies leave in
 //! request order.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -174,7 +174,6 @@ pub struct Shared {
     commands_processed: AtomicU64,
     rejected_connections: AtomicU64,
     shutdown: watch::Sender<bool>,
-    scans: Mutex<ScanCursors>,
     started: Instant,
     /// The audit log, if kept.
     pub audit: Option<Arc<audit::Audit>>,
@@ -190,7 +189,6 @@ impl Shared {
         Arc::new(Shared {
             backend,
             users: settings.users.clone(),
-            scans: Mutex::new(ScanCursors::new(settings.scan_cursors_max)),
             settings,
             port,
             metrics: Arc::new(Metrics::new()),
@@ -268,52 +266,6 @@ impl Shared {
             self.connections_received.load(Ordering::Relaxed),
             self.rejected_connections.load(Ordering::Relaxed),
         )
-    }
-}
-
-/// SCAN cursors: numeric ids mapped to the last key returned. Keys are visited in order, so
-/// every key present for the whole scan is returned exactly once. Bounded: the oldest cursors
-/// are forgotten first, by count and by total key bytes.
-struct ScanCursors {
-    next: u64,
-    by_id: HashMap<u64, Bytes>,
-    order: VecDeque<u64>,
-    bytes: usize,
-    count_max: usize,
-}
-
-const SCAN_CURSOR_BYTES_MAX: usize = 64 << 20;
-
-impl ScanCursors {
-    fn new(count_max: usize) -> ScanCursors {
-        ScanCursors {
-            next: 1,
-            by_id: HashMap::new(),
-            order: VecDeque::new(),
-            bytes: 0,
-            count_max,
-        }
-    }
-
-    fn insert(&mut self, last: Bytes) -> u64 {
-        let id = self.next;
-        self.next += 1;
-        self.bytes += last.len();
-        self.by_id.insert(id, last);
-        self.order.push_back(id);
-        while self.order.len() > self.count_max || self.bytes > SCAN_CURSOR_BYTES_MAX {
-            let Some(old) = self.order.pop_front() else {
-                break;
-            };
-            if let Some(k) = self.by_id.remove(&old) {
-                self.bytes -= k.len();
-            }
-        }
-        id
-    }
-
-    fn get(&self, id: u64) -> Option<Bytes> {
-        self.by_id.get(&id).cloned()
     }
 }
 
@@ -944,20 +896,18 @@ impl Conn {
             "keys" => {
                 self.settle().await;
                 let pat = &args[1];
-                let prefix = glob::literal_prefix(pat);
-                let mut keys = Vec::new();
-                self.engine().read(|v| {
-                    for (k, _) in v.iter() {
-                        if k.as_ref() < prefix {
-                            continue;
-                        }
-                        if !k.starts_with(prefix) {
-                            break;
-                        }
-                        if glob::matches(pat, k) {
-                            keys.push(Reply::Bulk(k.clone()));
-                        }
+                // One read: KEYS sees one state, as Redis's blocks its server while it runs.
+                let keys: Vec<Reply> = self.engine().read(|v| {
+                    if glob::literal_prefix(pat).len() == pat.len() {
+                        // No wildcard: one lookup instead of a pass over every key.
+                        return (v.version(pat).map(|_| Reply::Bulk(pat.clone())))
+                            .into_iter()
+                            .collect();
                     }
+                    (v.keys())
+                        .filter(|k| glob::matches(pat, k))
+                        .map(|k| Reply::Bulk(Bytes::copy_from_slice(k)))
+                        .collect()
                 });
                 Reply::Array(keys)
             }
@@ -1368,40 +1318,13 @@ impl Conn {
             }
             i += 2;
         }
-        let after = match cursor {
-            0 => None,
-            id => match self
-                .sh
-                .scans
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(id)
-            {
-                Some(k) => Some(k),
-                None => return Reply::err("ERR invalid cursor"),
-            },
-        };
-        let start = match after {
-            Some(k) => std::ops::Bound::Excluded(k),
-            None => std::ops::Bound::Unbounded,
-        };
-        let page = self
-            .engine()
-            .read(|v| v.scan((start, std::ops::Bound::Unbounded), count));
-        let next = if page.len() < count {
-            0
-        } else {
-            let last = page.last().expect("count >= 1").0.clone();
-            self.sh
-                .scans
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(last)
-        };
+        // The cursor is a position in hash order: it holds no state, so any number is valid
+        // (a made-up one starts the scan part-way).
+        let (page, next) = self.engine().read(|v| v.scan_keys(cursor, count));
         let keys = page
             .into_iter()
-            .filter(|(k, _)| only_strings && pattern.is_none_or(|p| glob::matches(p, k)))
-            .map(|(k, _)| Reply::Bulk(k))
+            .filter(|k| only_strings && pattern.is_none_or(|p| glob::matches(p, k)))
+            .map(Reply::Bulk)
             .collect();
         Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(keys)])
     }
@@ -1430,9 +1353,7 @@ impl Conn {
             self.settle().await;
             // The reads are copied out under the read lock; the replies render after it.
             let results = self.engine().read(|v| {
-                let changed = watched
-                    .iter()
-                    .any(|g| v.get(&g.key).map(|e| e.version) != g.version);
+                let changed = watched.iter().any(|g| v.version(&g.key) != g.version);
                 (!changed).then(|| {
                     parts
                         .iter()

@@ -138,11 +138,14 @@ fn command_reply_table() {
         (&["FLUSHALL"], "+OK\r\n"),
         (&["DBSIZE"], ":0\r\n"),
         (&["MSET", "user:1", "a", "user:2", "b", "other", "c"], "+OK\r\n"),
-        (&["KEYS", "user:*"], "*2\r\n$6\r\nuser:1\r\n$6\r\nuser:2\r\n"),
-        (&["KEYS", "*er*"], "*3\r\n$5\r\nother\r\n$6\r\nuser:1\r\n$6\r\nuser:2\r\n"),
+        // Keys come in hash order: these patterns match one key each (see below for more).
+        (&["KEYS", "user:2"], "*1\r\n$6\r\nuser:2\r\n"),
+        (&["KEYS", "user:3"], "*0\r\n"),
+        (&["KEYS", "*th?r"], "*1\r\n$5\r\nother\r\n"),
+        (&["KEYS", "nosuch*"], "*0\r\n"),
         (&["DBSIZE"], ":3\r\n"),
-        (&["SCAN", "0", "COUNT", "100", "MATCH", "u*"], "*2\r\n$1\r\n0\r\n*2\r\n$6\r\nuser:1\r\n$6\r\nuser:2\r\n"),
-        (&["SCAN", "99999"], "-ERR invalid cursor\r\n"),
+        (&["SCAN", "0", "COUNT", "100", "MATCH", "o*"], "*2\r\n$1\r\n0\r\n*1\r\n$5\r\nother\r\n"),
+        (&["SCAN", "x"], "-ERR invalid cursor\r\n"),
         (&["KEEL.VERSION", "nosuch"], "$-1\r\n"),
         (&["KEEL.CAS", "nosuch", "5", "v"], ":0\r\n"),
         (&["KEEL.CAS", "cas", "0", "v"], ":1\r\n"),
@@ -514,6 +517,25 @@ fn scan_returns_every_stable_key_exactly_once() {
             .ignore();
     }
     let _: () = pipe.query(&mut con).unwrap();
+    // KEYS finds them all, in no promised order.
+    let mut all: Vec<String> = redis::cmd("KEYS").arg("stable:*").query(&mut con).unwrap();
+    all.sort();
+    assert_eq!(all, stable);
+    // Any number is a cursor (a position in hash order), as in Redis: a made-up one scans on
+    // from there, and the scan still ends at 0.
+    let mut cursor: u64 = u64::MAX / 2;
+    for step in 0.. {
+        let (next, _): (u64, Vec<String>) = redis::cmd("SCAN").arg(cursor).query(&mut con).unwrap();
+        if next == 0 {
+            break;
+        }
+        assert!(
+            next > cursor,
+            "a cursor moves forward: {cursor} then {next}"
+        );
+        assert!(step < 2000, "a scan from the middle does not end");
+        cursor = next;
+    }
     // Another client deletes the volatile keys and adds new ones while the scan runs.
     let stop = Arc::new(AtomicBool::new(false));
     let churn = {

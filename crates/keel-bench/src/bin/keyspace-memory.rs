@@ -7,7 +7,7 @@
 //!
 //! Workloads:
 //! - `table-strings`: the new `keel_engine::table::Table`, N keys of 16 bytes, values of 100;
-//! - `ordmap-strings`: today's visible state reproduced: `imbl::OrdMap<Key, Entry>` plus the
+//! - `ordmap-strings`: the engine's visible state before the table replaced it, reproduced: `imbl::OrdMap<Key, Entry>` plus the
 //!   `HashMap<Bytes, Entry>` index beside it, key and value bytes shared between the two;
 //! - `engine-strings`: a real `Engine` (no background thread, log never synced) given N puts,
 //!   which adds the sequencer's state and the log's buffers to the above;
@@ -19,6 +19,9 @@
 //! and reads every key, in a scattered order, and reports the time per key of each.
 //!
 //! `cargo run --release -p keel-bench --bin keyspace-memory -- [--keys N] [WORKLOAD...]`
+
+#[path = "../ordkey.rs"]
+mod ordkey;
 
 use std::process::Command;
 use std::time::Instant;
@@ -95,7 +98,7 @@ fn load(workload: &str, n: usize) -> Result<Loaded> {
         "ordmap-strings" => {
             type Index =
                 std::collections::HashMap<Bytes, keel_engine::Entry, foldhash::fast::RandomState>;
-            let mut map: imbl::OrdMap<keel_engine::Key, keel_engine::Entry> = imbl::OrdMap::new();
+            let mut map: imbl::OrdMap<ordkey::Key, keel_engine::Entry> = imbl::OrdMap::new();
             let mut index = Index::default();
             for i in 0..n {
                 let key = Bytes::copy_from_slice(&key16(i));
@@ -104,7 +107,7 @@ fn load(workload: &str, n: usize) -> Result<Loaded> {
                     version: i as u64 + 1,
                     expires_at_ms: None,
                 };
-                map.insert(keel_engine::Key::new(key.clone()), e.clone());
+                map.insert(ordkey::Key::new(key.clone()), e.clone());
                 index.insert(key, e);
             }
             Loaded {
@@ -233,7 +236,7 @@ fn scattered(i: usize, n: usize) -> usize {
 /// new key and value bytes arrive from a request) and per point read, in a scattered order.
 fn steady(workload: &str, keep: &mut dyn std::any::Any, n: usize) -> Option<(f64, f64)> {
     type OrdMapAndIndex = (
-        imbl::OrdMap<keel_engine::Key, keel_engine::Entry>,
+        imbl::OrdMap<ordkey::Key, keel_engine::Entry>,
         std::collections::HashMap<Bytes, keel_engine::Entry, foldhash::fast::RandomState>,
     );
     let per = |t: Instant| t.elapsed().as_secs_f64() * 1e9 / n as f64;
@@ -265,7 +268,7 @@ fn steady(workload: &str, keep: &mut dyn std::any::Any, n: usize) -> Option<(f64
                     version: 2,
                     expires_at_ms: None,
                 };
-                map.insert(keel_engine::Key::new(key.clone()), e.clone());
+                map.insert(ordkey::Key::new(key.clone()), e.clone());
                 index.insert(key, e);
             }
             let replace = per(t0);

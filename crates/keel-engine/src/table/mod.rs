@@ -1,7 +1,6 @@
 //! The typed keyspace's storage: a sharded hash table of entries, each one allocation.
 //!
-//! Not yet wired into [`Engine`](crate::Engine); this is the structure that will replace the
-//! persistent ordered map and the hash index beside it (issue 18).
+//! The engine's visible keyspace ([`crate::keyspace`]) keeps its user keys in one [`Table`].
 //!
 //! # Layout
 //!
@@ -407,6 +406,12 @@ impl Shard {
     }
 
     fn put_block(&mut self, hash: u64, key: &[u8], block: Box<[u8]>) -> bool {
+        self.replace_block(hash, key, block).is_some()
+    }
+
+    /// Puts `block` under `key`; the replaced entry's expiry (`Some(None)`: it had none), or
+    /// `None` if there was no entry.
+    fn replace_block(&mut self, hash: u64, key: &[u8], block: Box<[u8]>) -> Option<Option<u64>> {
         let state = &self.state;
         match self.slots.entry(
             probe_hash(hash),
@@ -416,11 +421,11 @@ impl Shard {
             hashbrown::hash_table::Entry::Occupied(mut o) => {
                 let old = std::mem::replace(o.get_mut(), block);
                 Self::release(&mut self.colls, &mut self.free, &old);
-                true
+                Some(header(&old).expiry)
             }
             hashbrown::hash_table::Entry::Vacant(v) => {
                 v.insert(block);
-                false
+                None
             }
         }
     }
@@ -444,18 +449,19 @@ impl Shard {
 
     /// Removes `key`; true if it was there.
     pub fn remove(&mut self, hash: u64, key: &[u8]) -> bool {
-        match self
+        self.delete(hash, key).is_some()
+    }
+
+    /// Removes `key`; its expiry (`Some(None)`: it had none), or `None` if it was not there.
+    pub fn delete(&mut self, hash: u64, key: &[u8]) -> Option<Option<u64>> {
+        let o = self
             .slots
             .find_entry(probe_hash(hash), |b| block_key(b) == key)
-        {
-            Ok(o) => {
-                let (old, _) = o.remove();
-                Self::release(&mut self.colls, &mut self.free, &old);
-                self.shrink_if_sparse();
-                true
-            }
-            Err(_) => false,
-        }
+            .ok()?;
+        let (old, _) = o.remove();
+        Self::release(&mut self.colls, &mut self.free, &old);
+        self.shrink_if_sparse();
+        Some(header(&old).expiry)
     }
 
     fn shrink_if_sparse(&mut self) {
@@ -840,6 +846,22 @@ impl Table {
         replaced
     }
 
+    /// Sets `key` to the string `value`, as [`Table::insert_string`]; the replaced entry's
+    /// expiry (`Some(None)`: it had none), or `None` if there was no entry.
+    pub fn replace_string(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        expires_at_ms: Option<u64>,
+        version: u64,
+    ) -> Option<Option<u64>> {
+        let (h, s) = self.route(key);
+        let block = encode_block(Kind::String, key, version, expires_at_ms, value);
+        let old = s.replace_block(h, key, block);
+        self.len += usize::from(old.is_none());
+        old
+    }
+
     pub fn get_or_insert_with(
         &mut self,
         key: &[u8],
@@ -856,10 +878,15 @@ impl Table {
     }
 
     pub fn remove(&mut self, key: &[u8]) -> bool {
+        self.delete(key).is_some()
+    }
+
+    /// Removes `key`; its expiry (`Some(None)`: it had none), or `None` if it was not there.
+    pub fn delete(&mut self, key: &[u8]) -> Option<Option<u64>> {
         let (h, s) = self.route(key);
-        let removed = s.remove(h, key);
-        self.len -= usize::from(removed);
-        removed
+        let old = s.delete(h, key);
+        self.len -= usize::from(old.is_some());
+        old
     }
 
     pub fn take(&mut self, key: &[u8]) -> Option<Removed> {

@@ -1,4 +1,5 @@
-//! The ordered map's key: the key's bytes, plus its first 16 bytes held inline.
+//! The key of the engine's former ordered map, kept here for `keyspace-memory`'s comparison:
+//! the key's bytes, plus its first 16 bytes held inline.
 //!
 //! Inserting into the ordered map compares the new key with a dozen or more keys on the way
 //! down. With plain `Bytes` keys each comparison follows a pointer to a key stored elsewhere on
