@@ -20,11 +20,9 @@ use crate::record::Request;
 use crate::restore::{check_target, RestoreReport};
 use crate::sequencer::Sequencer;
 use crate::snapshot::{
-    self, FileError, Manifest, Position, Rest, SnapshotHeader, SnapshotWriter, MANIFEST,
-    SNAPSHOT_DIR,
+    self, encode_entry, FileError, Manifest, Position, Rest, SnapshotHeader, SnapshotWriter,
+    MANIFEST, SNAPSHOT_DIR,
 };
-use crate::table::ValueRef;
-use crate::types::Entry;
 use crate::util::{lock, now_ms};
 
 /// What the last checkpoint did.
@@ -72,9 +70,10 @@ impl State {
 #[cfg(test)]
 pub(crate) type BetweenParts = Box<dyn FnMut(&Sequencer) + Send>;
 
-/// Entries a checkpoint reads under one hold of the visible state's read lock: enough to
-/// amortize finding the place in the table (a part hashes every key of the shards it reads),
-/// few enough (tens of microseconds) that publishing, which waits for the lock, hardly notices.
+/// Entries a checkpoint reads under one hold of the visible state's read lock, rounded up to
+/// whole shards of the table: few enough that publishing, which waits for the lock, hardly
+/// notices (each entry is one copy into the part's buffer; with about 1,000 keys per shard a
+/// part is tens of microseconds).
 const PART_KEYS: usize = 1024;
 
 impl Checkpoints {
@@ -327,8 +326,9 @@ fn lower_priority() {
     }
 }
 
-/// Reads the visible keyspace a part of `part_keys` entries at a time, each under the read lock
-/// only, and sends the parts to `parts`; notes the visible LSN S at the first part and has the
+/// Reads the visible keyspace a part of at least `part_keys` entries (whole shards of the table)
+/// at a time, each under the read lock only, encoded as the snapshot file holds them, and sends
+/// the parts with their entry counts to `parts`; notes the visible LSN S at the first part and has the
 /// publisher keep every record after it. Returns S. Stops early if the receiver is gone (its own
 /// error says why) or the engine is halting.
 fn read_parts(
@@ -336,21 +336,35 @@ fn read_parts(
     part_keys: usize,
     halting: &AtomicBool,
     between_parts: &mut dyn FnMut(),
-    parts: &mpsc::SyncSender<Vec<(Bytes, Entry)>>,
+    parts: &mpsc::SyncSender<(Vec<u8>, u64)>,
 ) -> Result<Lsn> {
-    let mut cursor = 0;
+    let mut shard = Some(0);
     let mut start = None;
     loop {
         if halting.load(Ordering::Relaxed) {
             return Err(halted(seq));
         }
-        let mut part = Vec::with_capacity(part_keys);
+        let (mut part, mut count) = (Vec::new(), 0);
+        let held = Instant::now();
         {
             let v = seq.publisher.visible();
             start.get_or_insert_with(|| seq.publisher.keep_tail(&v));
-            cursor = v.part(cursor, part_keys, &mut part);
+            let from = shard.expect("a shard is left");
+            shard = v.visit_part(from, part_keys, &mut |e| {
+                encode_entry(
+                    &mut part,
+                    e.key(),
+                    e.version(),
+                    e.expires_at_ms(),
+                    e.value(),
+                );
+                count += 1;
+            });
         }
-        if parts.send(part).is_err() || cursor == 0 {
+        // As long again off the lock: requests and publishing get at least half of the time
+        // a checkpoint reads, on a machine whose cores are busy.
+        std::thread::sleep(held.elapsed());
+        if parts.send((part, count)).is_err() || shard.is_none() {
             break;
         }
         between_parts();
@@ -396,22 +410,20 @@ fn write_fuzzy_snapshot(
         }
     }
     let _stop = StopKeeping(&seq.publisher);
-    // This thread reads the parts at its own priority, since it holds the read lock while it
-    // copies one: a thread at low priority, preempted there, would stall every writer and reader.
-    // A thread at nice 10 encodes, compresses and writes them, so that on a busy machine that
-    // work takes CPU mostly when requests leave it.
-    let (send, parts) = mpsc::sync_channel::<Vec<(Bytes, Entry)>>(2);
+    // This thread reads and encodes the parts at its own priority, since it holds the read lock
+    // meanwhile: a thread at low priority, preempted there, would stall every writer and reader.
+    // Encoding an entry is a copy into the part's buffer. A thread at nice 10 compresses,
+    // encrypts and writes the parts, so that on a busy machine that work takes CPU mostly when
+    // requests leave it.
+    let (send, parts) = mpsc::sync_channel::<(Vec<u8>, u64)>(2);
     let (start, written) = std::thread::scope(|s| -> Result<_> {
         let w = &mut w;
         let encoder = std::thread::Builder::new()
             .name("keel-snapshot".into())
             .spawn_scoped(s, move || -> std::io::Result<()> {
                 lower_priority();
-                for part in parts {
-                    for (k, e) in &part {
-                        let value = ValueRef::String(&e.value);
-                        w.entry(k, e.version, e.expires_at_ms, value)?;
-                    }
+                for (part, count) in parts {
+                    w.encoded_entries(&part, count)?;
                 }
                 Ok(())
             })

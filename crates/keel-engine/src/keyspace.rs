@@ -115,18 +115,26 @@ impl Map {
         self.table.scan(cursor, count)
     }
 
-    /// Entries from the hash-order cursor `cursor` on (0: from the first), at least `limit`
-    /// unless the map runs out, copied into `out`; returns the next cursor, 0 when done. A key
-    /// present from the first call to the last comes exactly once (its hash does not change);
-    /// see [`Table::scan`].
-    pub(crate) fn part(&self, cursor: u64, limit: usize, out: &mut Vec<(Bytes, Entry)>) -> u64 {
-        let (found, next) = self.scan(cursor, limit);
-        out.extend(
-            found
-                .into_iter()
-                .map(|e| (Bytes::copy_from_slice(e.key()), entry_of(e))),
-        );
-        next
+    /// Visits every entry of whole shards, from shard `from` on, until at least `limit` were
+    /// visited or the shards end; returns the shard to go on from, `None` when all are done.
+    /// A shard holds one range of key hashes for the table's life, so a pass visits each key
+    /// present for the whole pass exactly once, and no key twice, whatever is written between
+    /// calls. Nothing is hashed, sorted or copied: a checkpoint encodes the entries as it visits
+    /// them.
+    pub(crate) fn visit_part(
+        &self,
+        from: usize,
+        limit: usize,
+        visit: &mut dyn FnMut(EntryRef<'_>),
+    ) -> Option<usize> {
+        let (mut at, mut seen) = (from, 0);
+        while at < self.table.shard_count() && seen < limit {
+            let shard = self.table.shard(at);
+            shard.iter().for_each(&mut *visit);
+            seen += shard.len();
+            at += 1;
+        }
+        (at < self.table.shard_count()).then_some(at)
     }
 }
 
@@ -212,25 +220,40 @@ impl<'a> ReadView<'a> {
         self.keyspace.system.get(key)
     }
 
-    /// One step of a scan: live entries from `cursor` on (start with 0), at least `count`
-    /// unless the keyspace runs out, and the cursor to pass next, 0 when the scan is complete.
+    /// One step of a scan: live entries from `cursor` on (start with 0), about `count` of them
+    /// (at least `count` are read, fewer come back when some have expired), and the cursor to
+    /// pass next, 0 when the scan is complete.
     /// The cursor is a position in hash order, so it holds no state: a key present for the
     /// whole scan is returned exactly once, whatever is written between the steps (Redis's
     /// guarantee is at least once). A step costs O(keys of the shards it reads).
     pub fn scan(&self, cursor: u64, count: usize) -> (Vec<(Bytes, Entry)>, u64) {
-        let (found, next) = self.keyspace.map.scan(cursor, count);
-        let live = found.into_iter().filter(|e| e.live(self.now_ms));
-        let page = live.map(|e| (Bytes::copy_from_slice(e.key()), entry_of(e)));
+        let (found, next) = self.scan_live(cursor, count);
+        let page = found.map(|e| (Bytes::copy_from_slice(e.key()), entry_of(e)));
         (page.collect(), next)
     }
 
     /// [`ReadView::scan`] without the values: the keys only (Redis's SCAN).
     pub fn scan_keys(&self, cursor: u64, count: usize) -> (Vec<Bytes>, u64) {
-        let (found, next) = self.keyspace.map.scan(cursor, count);
-        let live = found.into_iter().filter(|e| e.live(self.now_ms));
+        let (found, next) = self.scan_live(cursor, count);
         (
-            live.map(|e| Bytes::copy_from_slice(e.key())).collect(),
+            found.map(|e| Bytes::copy_from_slice(e.key())).collect(),
             next,
+        )
+    }
+
+    /// One scan step's live entries and the next cursor. A cursor is the table's position (a key
+    /// hash) sealed by [`CursorSeal`], so that it tells the client no key's hash.
+    fn scan_live(
+        &self,
+        cursor: u64,
+        count: usize,
+    ) -> (impl Iterator<Item = EntryRef<'a>> + 'a, u64) {
+        let seal = &self.keyspace.seal;
+        let (found, next) = self.keyspace.map.scan(seal.open(cursor), count);
+        let now = self.now_ms;
+        (
+            found.into_iter().filter(move |e| e.live(now)),
+            seal.seal(next),
         )
     }
 
@@ -270,16 +293,74 @@ impl<'a> ReadView<'a> {
     }
 }
 
+/// SCAN cursors as clients see them: the table's scan position (a key's 64-bit hash) under a
+/// secret permutation of the 64-bit numbers. The raw position is a key's hash, and hashes
+/// collected through SCAN would help a client work out the table's hash seed (foldhash is fast,
+/// not built to keep its seed from someone who sees its outputs) and then aim keys at one shard
+/// or one probe chain. Four Feistel rounds over the 32-bit halves, with SipHash under random
+/// keys (std's `RandomState`) as the round function: a pseudo-random permutation
+/// (Luby–Rackoff). 0 stays 0 both ways, the start and the end of a scan; the number that 0
+/// would have become takes 0's place.
+struct CursorSeal(std::hash::RandomState);
+
+impl CursorSeal {
+    const ROUNDS: u32 = 4;
+
+    fn round(&self, i: u32, half: u32) -> u32 {
+        use std::hash::BuildHasher;
+        self.0.hash_one((i, half)) as u32
+    }
+
+    fn forward(&self, x: u64) -> u64 {
+        let (mut l, mut r) = ((x >> 32) as u32, x as u32);
+        for i in 0..Self::ROUNDS {
+            (l, r) = (r, l ^ self.round(i, r));
+        }
+        (u64::from(l) << 32) | u64::from(r)
+    }
+
+    fn backward(&self, y: u64) -> u64 {
+        let (mut l, mut r) = ((y >> 32) as u32, y as u32);
+        for i in (0..Self::ROUNDS).rev() {
+            (l, r) = (r ^ self.round(i, l), l);
+        }
+        (u64::from(l) << 32) | u64::from(r)
+    }
+
+    /// The cursor a client sees for the scan position `p`.
+    fn seal(&self, p: u64) -> u64 {
+        match (p, self.forward(p)) {
+            (0, _) => 0,
+            (_, 0) => self.forward(0),
+            (_, c) => c,
+        }
+    }
+
+    /// The scan position of the cursor `c`: [`CursorSeal::seal`] undone.
+    fn open(&self, c: u64) -> u64 {
+        match (c, self.backward(c)) {
+            (0, _) => 0,
+            (_, 0) => self.backward(0),
+            (_, p) => p,
+        }
+    }
+}
+
 /// The keyspace readers see: the user keys' table and the system namespace.
 pub(crate) struct Keyspace {
     map: Map,
     system: System,
+    seal: CursorSeal,
 }
 
 impl Keyspace {
     pub(crate) fn new(image: Image) -> Keyspace {
         let Image { map, system } = image;
-        Keyspace { map, system }
+        Keyspace {
+            map,
+            system,
+            seal: CursorSeal(std::hash::RandomState::new()),
+        }
     }
 
     /// The entry of `key`, expired or not, copied out.
@@ -300,9 +381,14 @@ impl Keyspace {
         }
     }
 
-    /// See [`Map::part`].
-    pub(crate) fn part(&self, cursor: u64, limit: usize, out: &mut Vec<(Bytes, Entry)>) -> u64 {
-        self.map.part(cursor, limit, out)
+    /// See [`Map::visit_part`].
+    pub(crate) fn visit_part(
+        &self,
+        from: usize,
+        limit: usize,
+        visit: &mut dyn FnMut(EntryRef<'_>),
+    ) -> Option<usize> {
+        self.map.visit_part(from, limit, visit)
     }
 
     /// A copy of the system namespace (a handful of entries).
@@ -458,5 +544,67 @@ impl Changes {
                 None => map.remove(&k),
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_cursors_are_a_permutation_that_keeps_zero_and_hides_positions() {
+        let seal = CursorSeal(std::hash::RandomState::new());
+        assert_eq!((seal.seal(0), seal.open(0)), (0, 0));
+        // The number whose image would be 0 takes 0's old image.
+        let z = seal.backward(0);
+        assert_eq!(seal.seal(z), seal.forward(0));
+        assert_eq!(seal.open(seal.forward(0)), z);
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut moved = 0;
+        for _ in 0..100_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let c = seal.seal(x);
+            assert_eq!(seal.open(c), x);
+            assert_eq!(seal.seal(seal.open(x)), x);
+            assert_ne!(c, 0, "only 0 seals to 0");
+            moved += usize::from(c != x);
+        }
+        assert!(moved > 99_990, "a cursor is not the position itself");
+        // Another key, another permutation.
+        let other = CursorSeal(std::hash::RandomState::new());
+        assert_ne!(other.seal(12345), seal.seal(12345));
+    }
+
+    #[test]
+    fn a_scan_through_sealed_cursors_returns_every_key_once() {
+        let mut image = Image::default();
+        for i in 0..5000u32 {
+            let e = Entry {
+                value: Bytes::from(i.to_string()),
+                version: 1,
+                expires_at_ms: None,
+            };
+            image.map.insert(format!("k{i}").as_bytes(), &e);
+        }
+        let ks = Keyspace::new(image);
+        let view = ReadView::new(&ks, 1, 0);
+        let (mut seen, mut cursor, mut steps) = (std::collections::HashSet::new(), 0, 0);
+        loop {
+            let (keys, next) = view.scan_keys(cursor, 100);
+            for k in keys {
+                assert!(seen.insert(k), "a key came twice");
+            }
+            steps += 1;
+            if next == 0 {
+                break;
+            }
+            // The raw position is never what the client sees.
+            assert_ne!(ks.seal.open(next), next);
+            cursor = next;
+        }
+        assert_eq!(seen.len(), 5000);
+        assert!(steps > 10, "{steps} steps of about 100 keys");
     }
 }

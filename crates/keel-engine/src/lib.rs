@@ -9,8 +9,9 @@
 //! - the *pending* state, which the sequencer alone uses: every decided transaction, durable or
 //!   not;
 //! - the *visible* state, which readers use: only transactions whose WAL record is durable,
-//!   applied strictly in LSN order (P10). Readers never wait on a sync; a snapshot is an O(1)
-//!   clone of a persistent map.
+//!   applied strictly in LSN order (P10). Readers never wait on a sync; they read under the
+//!   visible state's read lock ([`Engine::read`]), which publishing takes for writing once per
+//!   batch of records.
 //!
 //! [`Core::checkpoint`] writes a snapshot, commits it through an atomically replaced manifest
 //! and only then prunes the log (P6); a background thread does it by log size and by time.

@@ -11,6 +11,7 @@ use keel_wal::{Lsn, Wal};
 
 use crate::keyspace::{Image, Keyspace, ReadView, System};
 use crate::record::{self, Mutation};
+use crate::table::EntryRef;
 use crate::types::Entry;
 use crate::util::lock;
 
@@ -61,12 +62,17 @@ impl Visible {
         self.at_ms
     }
 
-    /// See [`Keyspace::part`].
-    pub(crate) fn part(&self, cursor: u64, limit: usize, out: &mut Vec<(Bytes, Entry)>) -> u64 {
-        self.keyspace.part(cursor, limit, out)
+    /// See [`Keyspace::visit_part`].
+    pub(crate) fn visit_part(
+        &self,
+        from: usize,
+        limit: usize,
+        visit: &mut dyn FnMut(EntryRef<'_>),
+    ) -> Option<usize> {
+        self.keyspace.visit_part(from, limit, visit)
     }
 
-    /// The system namespace, in O(1).
+    /// A copy of the system namespace (a handful of entries).
     pub(crate) fn system_image(&self) -> System {
         self.keyspace.system_image()
     }

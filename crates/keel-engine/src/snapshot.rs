@@ -300,7 +300,15 @@ struct BlockWriter<'a> {
     /// Seals every block, bound to the file (see [`block_aad`]) and the block's index.
     seal: Option<(&'a Keyring, Vec<u8>)>,
     index: u64,
+    /// Bytes written since the file was last synced.
+    unsynced: u64,
 }
+
+/// A snapshot being written is synced every this many bytes. Left to the end, the whole file's
+/// dirty pages are written back at once, and on a file system that orders data before its
+/// journal (ext4's default) the log's syncs wait behind them: acknowledgements stall while a
+/// checkpoint finishes. Synced as it goes, the file leaves little for any one sync.
+const SNAPSHOT_SYNC_EVERY: u64 = 8 << 20;
 
 /// The associated data of an encrypted snapshot's block: what binds it to its file (version 4:
 /// the file id; version 3: the header), the block's index and its raw length, so that no block
@@ -318,6 +326,11 @@ impl BlockWriter<'_> {
         write_all_at(self.file, b, self.offset)?;
         self.offset += b.len() as u64;
         self.crc = crc32c::crc32c_append(self.crc, b);
+        self.unsynced += b.len() as u64;
+        if self.unsynced >= SNAPSHOT_SYNC_EVERY {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
         Ok(())
     }
 
@@ -326,16 +339,25 @@ impl BlockWriter<'_> {
         self.flush_if_full()
     }
 
-    /// Writes out the raw bytes once they fill a block (after something was appended to `raw`).
+    /// Writes out the whole blocks the raw bytes fill (after something was appended to `raw`).
     fn flush_if_full(&mut self) -> io::Result<()> {
-        if self.raw.len() >= BLOCK_RAW_MAX {
-            self.flush_block()?;
+        while self.raw.len() >= BLOCK_RAW_MAX {
+            self.flush_one()?;
         }
         Ok(())
     }
 
+    /// Writes out every raw byte, the last block short.
     fn flush_block(&mut self) -> io::Result<()> {
         while !self.raw.is_empty() {
+            self.flush_one()?;
+        }
+        Ok(())
+    }
+
+    /// Writes out one block of up to [`BLOCK_RAW_MAX`] raw bytes.
+    fn flush_one(&mut self) -> io::Result<()> {
+        {
             let n = self.raw.len().min(BLOCK_RAW_MAX);
             let raw: Vec<u8> = self.raw.drain(..n).collect();
             let packed = self
@@ -369,7 +391,7 @@ impl BlockWriter<'_> {
 ///
 /// A collection is never empty (`n ≥ 1`), and holds each field or member once. The entries end
 /// with the kind byte [`END_OF_ENTRIES`].
-fn encode_entry(
+pub(crate) fn encode_entry(
     out: &mut Vec<u8>,
     key: &[u8],
     version: Lsn,
@@ -491,6 +513,7 @@ impl<'a> SnapshotWriter<'a> {
             compress,
             seal: keyring.map(|k| (k, id.to_vec())),
             index: 0,
+            unsynced: 0,
         };
         w.out(&id)?;
         let header = SnapshotHeader {
@@ -516,6 +539,13 @@ impl<'a> SnapshotWriter<'a> {
         encode_entry(&mut self.w.raw, key, version, expires_at_ms, value);
         self.header.count += 1;
         self.w.flush_if_full()
+    }
+
+    /// Appends `count` entries already encoded by [`encode_entry`], each key once, at versions
+    /// no later than the LSN `finish` is given.
+    pub(crate) fn encoded_entries(&mut self, entries: &[u8], count: u64) -> io::Result<()> {
+        self.header.count += count;
+        self.w.push(entries)
     }
 
     /// Entries written so far.

@@ -959,7 +959,7 @@ fn a_write_fence_refuses_every_user_write_decided_after_it() {
     e.put("a", "4").unwrap();
 }
 
-/// `Snapshot::held` and `Snapshot::expiring` (INFO keyspace's `keys` and `expires`, O(1)) follow
+/// `ReadView::held` and `ReadView::expiring` (INFO keyspace's `keys` and `expires`, O(1)) follow
 /// every kind of write: puts with and without expiry, overwrites both ways, PERSIST, deletes, an
 /// expired key until active expiry removes it, a reopen, and a DeleteAll.
 #[test]

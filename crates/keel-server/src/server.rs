@@ -999,7 +999,7 @@ impl Conn {
                 } else {
                     self.settle().await;
                     for k in &args[1..] {
-                        let version = self.engine().get(k).map(|e| e.version);
+                        let version = self.engine().read(|v| v.version(k));
                         self.watched.push(Guard {
                             key: k.clone(),
                             version,

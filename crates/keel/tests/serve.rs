@@ -521,19 +521,15 @@ fn scan_returns_every_stable_key_exactly_once() {
     let mut all: Vec<String> = redis::cmd("KEYS").arg("stable:*").query(&mut con).unwrap();
     all.sort();
     assert_eq!(all, stable);
-    // Any number is a cursor (a position in hash order), as in Redis: a made-up one scans on
-    // from there, and the scan still ends at 0.
+    // Any number is a cursor, as in Redis: a made-up one scans on from some position, and
+    // the scan still ends at 0.
     let mut cursor: u64 = u64::MAX / 2;
     for step in 0.. {
         let (next, _): (u64, Vec<String>) = redis::cmd("SCAN").arg(cursor).query(&mut con).unwrap();
         if next == 0 {
             break;
         }
-        assert!(
-            next > cursor,
-            "a cursor moves forward: {cursor} then {next}"
-        );
-        assert!(step < 2000, "a scan from the middle does not end");
+        assert!(step < 2000, "a scan from a made-up cursor does not end");
         cursor = next;
     }
     // Another client deletes the volatile keys and adds new ones while the scan runs.
