@@ -71,9 +71,9 @@ impl State {
 pub(crate) type BetweenParts = Box<dyn FnMut(&Sequencer) + Send>;
 
 /// Entries a checkpoint reads under one hold of the visible state's read lock, rounded up to
-/// whole shards of the table: few enough that publishing, which waits for the lock, hardly
-/// notices (each entry is one copy into the part's buffer; with about 1,000 keys per shard a
-/// part is tens of microseconds).
+/// whole shards of the table (at most 512 keys each): few enough that publishing, which waits
+/// for the lock, hardly notices (each entry is one copy into the part's buffer, so a part is
+/// tens of microseconds).
 const PART_KEYS: usize = 1024;
 
 impl Checkpoints {
@@ -338,7 +338,8 @@ fn read_parts(
     between_parts: &mut dyn FnMut(),
     parts: &mpsc::SyncSender<(Vec<u8>, u64)>,
 ) -> Result<Lsn> {
-    let mut shard = Some(0);
+    // The position in the pass: the start of the next shard's range of hashes (0: the first).
+    let mut at = 0;
     let mut start = None;
     loop {
         if halting.load(Ordering::Relaxed) {
@@ -349,8 +350,7 @@ fn read_parts(
         {
             let v = seq.publisher.visible();
             start.get_or_insert_with(|| seq.publisher.keep_tail(&v));
-            let from = shard.expect("a shard is left");
-            shard = v.visit_part(from, part_keys, &mut |e| {
+            at = v.visit_part(at, part_keys, &mut |e| {
                 encode_entry(
                     &mut part,
                     e.key(),
@@ -364,7 +364,7 @@ fn read_parts(
         // As long again off the lock: requests and publishing get at least half of the time
         // a checkpoint reads, on a machine whose cores are busy.
         std::thread::sleep(held.elapsed());
-        if parts.send((part, count)).is_err() || shard.is_none() {
+        if parts.send((part, count)).is_err() || at == 0 {
             break;
         }
         between_parts();

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use keel_wal::Lsn;
 
 use crate::record::Mutation;
-use crate::table::{EntryRef, Table, ValueRef, KEYS_PER_SHARD_TARGET, SHARD_BITS_DEFAULT};
+use crate::table::{EntryRef, Table, ValueRef, KEYS_PER_SHARD_TARGET};
 use crate::types::Entry;
 use crate::util::HashMap;
 
@@ -28,10 +28,6 @@ pub(crate) struct Map {
     /// Entries that carry an expiry, kept as writes apply, so that counting them is O(1).
     expiring: usize,
 }
-
-/// The fewest keys a map is sized for: the table's shard count is fixed when it is made, and a
-/// map that starts small may grow to millions (a shard is read whole by a SCAN call).
-const SIZED_FOR_KEYS_MIN: usize = KEYS_PER_SHARD_TARGET << SHARD_BITS_DEFAULT;
 
 /// The engine's entry of a stored one. The engine writes strings only (the data types that
 /// need collections are not built yet), and a snapshot holding a collection is refused as
@@ -54,10 +50,12 @@ impl Default for Map {
 }
 
 impl Map {
-    /// A map for about `keys` keys (at least [`SIZED_FOR_KEYS_MIN`]).
+    /// A map sized for about `keys` keys, in 64 shards at least (a checkpoint reads whole
+    /// shards a part at a time, so even a small keyspace is read in several parts); it splits
+    /// its shards as it grows past them.
     pub(crate) fn with_expected_keys(keys: usize) -> Map {
         Map {
-            table: Table::with_expected_keys(keys.max(SIZED_FOR_KEYS_MIN)),
+            table: Table::with_expected_keys(keys.max(KEYS_PER_SHARD_TARGET << 6)),
             expiring: 0,
         }
     }
@@ -115,26 +113,14 @@ impl Map {
         self.table.scan(cursor, count)
     }
 
-    /// Visits every entry of whole shards, from shard `from` on, until at least `limit` were
-    /// visited or the shards end; returns the shard to go on from, `None` when all are done.
-    /// A shard holds one range of key hashes for the table's life, so a pass visits each key
-    /// present for the whole pass exactly once, and no key twice, whatever is written between
-    /// calls. Nothing is hashed, sorted or copied: a checkpoint encodes the entries as it visits
-    /// them.
+    /// See [`Table::visit_from`]: a part of a checkpoint's pass over the keyspace.
     pub(crate) fn visit_part(
         &self,
-        from: usize,
+        from: u64,
         limit: usize,
         visit: &mut dyn FnMut(EntryRef<'_>),
-    ) -> Option<usize> {
-        let (mut at, mut seen) = (from, 0);
-        while at < self.table.shard_count() && seen < limit {
-            let shard = self.table.shard(at);
-            shard.iter().for_each(&mut *visit);
-            seen += shard.len();
-            at += 1;
-        }
-        (at < self.table.shard_count()).then_some(at)
+    ) -> u64 {
+        self.table.visit_from(from, limit, visit)
     }
 }
 
@@ -384,10 +370,10 @@ impl Keyspace {
     /// See [`Map::visit_part`].
     pub(crate) fn visit_part(
         &self,
-        from: usize,
+        from: u64,
         limit: usize,
         visit: &mut dyn FnMut(EntryRef<'_>),
-    ) -> Option<usize> {
+    ) -> u64 {
         self.map.visit_part(from, limit, visit)
     }
 

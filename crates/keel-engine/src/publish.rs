@@ -65,10 +65,10 @@ impl Visible {
     /// See [`Keyspace::visit_part`].
     pub(crate) fn visit_part(
         &self,
-        from: usize,
+        from: u64,
         limit: usize,
         visit: &mut dyn FnMut(EntryRef<'_>),
-    ) -> Option<usize> {
+    ) -> u64 {
         self.keyspace.visit_part(from, limit, visit)
     }
 

@@ -34,23 +34,27 @@
 //! value length. Collections sit in a slab and not behind a pointer in the block for the same
 //! reason: a pointer cannot be stored in a byte block without `unsafe`.
 //!
-//! # Locking
+//! # Shards: extendible hashing
 //!
-//! A [`Shard`] is a plain struct with `&mut` writes; the [`Table`] is the same over all shards.
-//! Locking is left to the owner: the engine can keep one `Table` behind one writer (its publish
-//! step) or split it with [`Table::into_parts`] and put each shard behind its own lock, using
-//! the [`Router`] to hash and route and the `Shard` methods that take the hash.
+//! A shard holds the keys whose hashes fall in one aligned range: those that share its top
+//! `depth` bits. A directory indexed by a hash's top bits (as many as the deepest shard uses)
+//! finds the shard. A shard that passes [`SHARD_SPLIT_KEYS`] keys splits in two by its next
+//! hash bit, doubling the directory first if it was the deepest, so shards stay at a few hundred
+//! keys however large the table grows, and growth costs a few hundred keys rehashed at a time,
+//! never the whole table at once. Shards never merge: a range only ever divides, so every range
+//! boundary handed out stays one. Locking is left to the owner (the engine keeps one `Table`
+//! behind one lock, written by its publish step).
 //!
 //! # SCAN
 //!
 //! Entries are visited in the order of their 64-bit hash, and the cursor is the next hash to
-//! visit: everything with a smaller hash has been returned. Because the shard is the hash's top
-//! bits, this is shard by shard. A key present for the whole scan keeps its hash, so it is
+//! visit: everything with a smaller hash has been returned. Because a shard is a range of
+//! hashes, this is shard by shard. A key present for the whole scan keeps its hash, so it is
 //! returned exactly once unless its hash collides in all 64 bits with another (then both come
-//! in the same call), whatever inserts, removes and table growths happen between calls.
+//! in the same call), whatever inserts, removes, table growths and splits happen between calls.
 //!
-//! The price: a call hashes every key of the shards it reads, O(shard length) per call, not
-//! O(COUNT) as in Redis (see [`Table::scan`]). Redis's bucket cursor does not carry over:
+//! The price: a call hashes every key of the shards it reads, O(shard length) per call (a few
+//! hundred keys), not O(COUNT) as in Redis (see [`Table::scan`]). Redis's bucket cursor does not carry over:
 //! hashbrown is open-addressed, so an entry need not sit in its home bucket, and a resize moves
 //! entries to positions that no cursor order predicts.
 
@@ -284,16 +288,64 @@ pub struct Shard {
     /// Free indices in `colls`.
     free: Vec<u32>,
     state: RandomState,
+    /// How many top bits of a hash all of this shard's keys share: the shard holds the hashes
+    /// of one aligned range of `2^(64 - depth)` (its "local depth" in extendible hashing).
+    depth: u32,
 }
 
 impl Shard {
-    fn with_state(state: RandomState) -> Shard {
+    fn with_state(state: RandomState, depth: u32) -> Shard {
         Shard {
             slots: HashTable::new(),
             colls: Vec::new(),
             free: Vec::new(),
             state,
+            depth,
         }
+    }
+
+    /// The range of hashes this shard holds, `[start, end)`, with `end` `None` for 2^64, given
+    /// any hash in it.
+    fn range(&self, hash: u64) -> (u64, Option<u64>) {
+        let size_log = 64 - self.depth;
+        let start = if size_log == 64 {
+            0
+        } else {
+            hash >> size_log << size_log
+        };
+        let end = if size_log == 64 {
+            None
+        } else {
+            start.checked_add(1 << size_log)
+        };
+        (start, end)
+    }
+
+    /// Moves the entries whose hash has the bit below this shard's prefix set into a new shard,
+    /// and deepens both by one bit: the split of extendible hashing. Collections move with their
+    /// blocks into the new shard's slab. O(entries).
+    fn split(&mut self) -> Shard {
+        self.depth += 1;
+        let mut upper = Shard::with_state(self.state.clone(), self.depth);
+        let bit = 1u64 << (64 - self.depth);
+        let state = &self.state;
+        let moving: Vec<Box<[u8]>> = self
+            .slots
+            .extract_if(|b| state.hash_one(block_key(b)) & bit != 0)
+            .collect();
+        for mut block in moving {
+            let h = header(&block);
+            if let Some(c) = Self::release(&mut self.colls, &mut self.free, &block) {
+                let i = upper.alloc(c);
+                block[h.value_at..].copy_from_slice(&i.to_le_bytes());
+            }
+            let hash = upper.hash_key(block_key(&block));
+            upper.slots.insert_unique(probe_hash(hash), block, |b| {
+                probe_hash(state.hash_one(block_key(b)))
+            });
+        }
+        self.shrink_if_sparse();
+        upper
     }
 
     pub fn len(&self) -> usize {
@@ -695,42 +747,36 @@ impl<'a> EntryMut<'a> {
     }
 }
 
-/// A table's hashing and routing, kept by an owner that has taken the shards apart
-/// ([`Table::into_parts`]).
-#[derive(Clone, Debug)]
-pub struct Router {
-    state: RandomState,
-    shard_bits: u32,
-}
-
-impl Router {
-    /// The key's hash, as [`Table::hash`].
-    pub fn hash(&self, key: &[u8]) -> u64 {
-        self.state.hash_one(key)
-    }
-
-    /// The shard of a hash, as [`Table::shard_index`].
-    pub fn shard_index(&self, hash: u64) -> usize {
-        (hash >> (64 - self.shard_bits)) as usize
-    }
-}
-
 /// Shard count when the expected size is unknown.
 pub const SHARD_BITS_DEFAULT: u32 = 10;
-/// Fewest and most shards (as powers of two).
+/// Fewest and most shards a table starts with (as powers of two).
 pub const SHARD_BITS_MIN: u32 = 1;
 pub const SHARD_BITS_MAX: u32 = 16;
 /// Keys per shard [`Table::with_expected_keys`] aims at: small enough that a SCAN call, which
-/// reads a whole shard, stays cheap, large enough that the shards' fixed costs vanish.
+/// hashes a whole shard, stays cheap, large enough that the shards' fixed costs vanish.
 pub const KEYS_PER_SHARD_TARGET: usize = 256;
+/// A shard that passes this many keys splits in two.
+pub const SHARD_SPLIT_KEYS: usize = 2 * KEYS_PER_SHARD_TARGET;
+/// The most hash bits the directory uses: 2^24 directory slots (64 MiB), past which shards
+/// stop splitting and grow instead (at `SHARD_SPLIT_KEYS` a shard, billions of keys).
+const DEPTH_MAX: u32 = 24;
 
-/// The keyspace: `2^shard_bits` shards, a key's shard chosen by its hash's top bits.
+/// The keyspace: shards, each holding the keys of one aligned range of hashes, found through a
+/// directory indexed by a hash's top `depth` bits (extendible hashing). A shard that grows past
+/// its bound splits in two, so shards stay small however large the table grows, and the cost is
+/// paid a shard at a time (a few hundred keys rehashed), never the whole table at once. A
+/// split only divides a range: every range boundary stays a boundary, which is what lets SCAN
+/// cursors and [`Table::visit_from`] positions stay valid while the table splits.
 #[derive(Clone, Debug)]
 pub struct Table {
-    shards: Box<[Shard]>,
-    shard_bits: u32,
+    shards: Vec<Shard>,
+    /// For each value of a hash's top `depth` bits, the index of its shard in `shards`.
+    dir: Vec<u32>,
+    depth: u32,
     state: RandomState,
     len: usize,
+    /// A shard splits when it holds more keys than this.
+    split_at: usize,
 }
 
 impl Default for Table {
@@ -744,17 +790,25 @@ impl Table {
         Table::default()
     }
 
-    /// `2^bits` shards, `bits` clamped to `SHARD_BITS_MIN..=SHARD_BITS_MAX`.
+    /// `2^bits` shards to start with, `bits` clamped to `SHARD_BITS_MIN..=SHARD_BITS_MAX`.
     pub fn with_shard_bits(bits: u32) -> Table {
+        Table::with_split_at(bits, SHARD_SPLIT_KEYS)
+    }
+
+    /// As [`Table::with_shard_bits`], with shards splitting past `split_at` keys (tests split
+    /// small shards often).
+    pub(crate) fn with_split_at(bits: u32, split_at: usize) -> Table {
         let bits = bits.clamp(SHARD_BITS_MIN, SHARD_BITS_MAX);
         let state = RandomState::default();
         Table {
             shards: (0..1usize << bits)
-                .map(|_| Shard::with_state(state.clone()))
+                .map(|_| Shard::with_state(state.clone(), bits))
                 .collect(),
-            shard_bits: bits,
+            dir: (0..1u32 << bits).collect(),
+            depth: bits,
             state,
             len: 0,
+            split_at: split_at.max(1),
         }
     }
 
@@ -769,28 +823,13 @@ impl Table {
         self.state.hash_one(key)
     }
 
-    /// The shard of a hash.
-    pub fn shard_index(&self, hash: u64) -> usize {
-        (hash >> (64 - self.shard_bits)) as usize
+    /// The index in `shards` of a hash's shard.
+    fn shard_index(&self, hash: u64) -> usize {
+        self.dir[(hash >> (64 - self.depth)) as usize] as usize
     }
 
     pub fn shard_count(&self) -> usize {
         self.shards.len()
-    }
-
-    pub fn shard(&self, i: usize) -> &Shard {
-        &self.shards[i]
-    }
-
-    /// The shards, in hash order, to lock separately (see the module's documentation).
-    pub fn into_parts(self) -> (Router, Box<[Shard]>) {
-        (
-            Router {
-                state: self.state,
-                shard_bits: self.shard_bits,
-            },
-            self.shards,
-        )
     }
 
     /// Entries stored, expired ones included: the table stores expiry, it does not judge it.
@@ -813,10 +852,49 @@ impl Table {
         self.shards[s].get_mut(h, key)
     }
 
-    fn route(&mut self, key: &[u8]) -> (u64, &mut Shard) {
+    fn route(&mut self, key: &[u8]) -> (u64, usize) {
         let h = self.hash(key);
-        let s = self.shard_index(h);
-        (h, &mut self.shards[s])
+        (h, self.shard_index(h))
+    }
+
+    /// After an insert into shard `s`: splits it if it passed its bound, and then either half
+    /// that is still past it (all of a shard's keys can share the next bit).
+    fn split_if_full(&mut self, s: usize) {
+        let Some(new) = self.split(s) else {
+            return;
+        };
+        let mut todo = vec![s, new];
+        while let Some(s) = todo.pop() {
+            if let Some(new) = self.split(s) {
+                todo.extend([s, new]);
+            }
+        }
+    }
+
+    /// Splits shard `s` if it is past its bound and can still split; the new shard's index.
+    fn split(&mut self, s: usize) -> Option<usize> {
+        let local = self.shards[s].depth;
+        if self.shards[s].len() <= self.split_at || local >= DEPTH_MAX {
+            return None;
+        }
+        // Any key of the shard gives its prefix.
+        let hash = self.hash(self.shards[s].iter().next().expect("a full shard").key());
+        if local == self.depth {
+            // The directory doubles: each slot becomes two with the same shard.
+            self.dir = self.dir.iter().flat_map(|&i| [i, i]).collect();
+            self.depth += 1;
+        }
+        let upper = self.shards[s].split();
+        let new = u32::try_from(self.shards.len()).expect("fewer than 2^32 shards");
+        // The directory slots of `s` are the run of 2^(depth - local) that start with its
+        // prefix; the upper half now belongs to the new shard.
+        let run = 1usize << (self.depth - local);
+        let first = ((hash >> (64 - local)) as usize) << (self.depth - local);
+        for slot in &mut self.dir[first + run / 2..first + run] {
+            *slot = new;
+        }
+        self.shards.push(upper);
+        Some(new as usize)
     }
 
     /// Sets `key` to `value` (replacing any entry, expiry included); true if one was replaced.
@@ -828,9 +906,17 @@ impl Table {
         version: u64,
     ) -> bool {
         let (h, s) = self.route(key);
-        let replaced = s.insert(h, key, value, expires_at_ms, version);
-        self.len += usize::from(!replaced);
+        let replaced = self.shards[s].insert(h, key, value, expires_at_ms, version);
+        self.added(s, !replaced);
         replaced
+    }
+
+    /// Counts an entry added to shard `s`, if one was, and splits the shard if it is full.
+    fn added(&mut self, s: usize, added: bool) {
+        if added {
+            self.len += 1;
+            self.split_if_full(s);
+        }
     }
 
     pub fn insert_string(
@@ -840,10 +926,8 @@ impl Table {
         expires_at_ms: Option<u64>,
         version: u64,
     ) -> bool {
-        let (h, s) = self.route(key);
-        let replaced = s.insert_string(h, key, value, expires_at_ms, version);
-        self.len += usize::from(!replaced);
-        replaced
+        self.replace_string(key, value, expires_at_ms, version)
+            .is_some()
     }
 
     /// Sets `key` to the string `value`, as [`Table::insert_string`]; the replaced entry's
@@ -857,8 +941,8 @@ impl Table {
     ) -> Option<Option<u64>> {
         let (h, s) = self.route(key);
         let block = encode_block(Kind::String, key, version, expires_at_ms, value);
-        let old = s.replace_block(h, key, block);
-        self.len += usize::from(old.is_none());
+        let old = self.shards[s].replace_block(h, key, block);
+        self.added(s, old.is_none());
         old
     }
 
@@ -868,13 +952,14 @@ impl Table {
         make: impl FnOnce() -> Value,
         version: u64,
     ) -> EntryMut<'_> {
-        let h = self.hash(key);
-        let s = self.shard_index(h);
-        let shard = &mut self.shards[s];
-        if shard.get(h, key).is_none() {
-            self.len += 1;
+        let (h, mut s) = self.route(key);
+        if self.shards[s].get(h, key).is_none() {
+            let block = self.shards[s].encode(key, make(), None, version);
+            self.shards[s].put_block(h, key, block);
+            self.added(s, true);
+            s = self.shard_index(h);
         }
-        shard.get_or_insert_with(h, key, make, version)
+        self.shards[s].get_mut(h, key).expect("present")
     }
 
     pub fn remove(&mut self, key: &[u8]) -> bool {
@@ -884,24 +969,25 @@ impl Table {
     /// Removes `key`; its expiry (`Some(None)`: it had none), or `None` if it was not there.
     pub fn delete(&mut self, key: &[u8]) -> Option<Option<u64>> {
         let (h, s) = self.route(key);
-        let old = s.delete(h, key);
+        let old = self.shards[s].delete(h, key);
         self.len -= usize::from(old.is_some());
         old
     }
 
     pub fn take(&mut self, key: &[u8]) -> Option<Removed> {
         let (h, s) = self.route(key);
-        let r = s.take(h, key);
+        let r = self.shards[s].take(h, key);
         self.len -= usize::from(r.is_some());
         r
     }
 
     pub fn set_expiry(&mut self, key: &[u8], expires_at_ms: Option<u64>, version: u64) -> bool {
         let (h, s) = self.route(key);
-        s.set_expiry(h, key, expires_at_ms, version)
+        self.shards[s].set_expiry(h, key, expires_at_ms, version)
     }
 
-    /// Removes every key.
+    /// Removes every key. The shards stay as they are, so that positions handed out before
+    /// (SCAN cursors, [`Table::visit_from`]) keep their meaning.
     pub fn clear(&mut self) {
         for s in self.shards.iter_mut() {
             s.clear();
@@ -939,40 +1025,66 @@ impl Table {
         self.iter().nth((rand() % self.len as u64) as usize)
     }
 
-    /// Every entry, shard by shard, in no particular order within a shard.
+    /// Every entry, shard by shard, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = EntryRef<'_>> + '_ {
         self.shards.iter().flat_map(Shard::iter)
+    }
+
+    /// The shard holding the hash `at`, and the start of the next shard's range (`None`: it is
+    /// the last).
+    fn shard_at(&self, at: u64) -> (&Shard, Option<u64>) {
+        let shard = &self.shards[self.shard_index(at)];
+        (shard, shard.range(at).1)
+    }
+
+    /// Visits every entry of whole shards, in hash order of the shards, from the position
+    /// `from` (0 to start, then what the previous call returned), until at least `limit` were
+    /// visited or the shards end; returns the position to go on from, 0 when all are done. A
+    /// position is always the start of a shard's range (ranges only ever divide), so a pass
+    /// visits each key present for the whole pass exactly once, and no key twice, whatever is
+    /// inserted, removed or split between calls. Nothing is hashed or sorted.
+    pub fn visit_from(&self, from: u64, limit: usize, visit: &mut dyn FnMut(EntryRef<'_>)) -> u64 {
+        let (mut at, mut seen) = (from, 0);
+        loop {
+            let (shard, next) = self.shard_at(at);
+            shard.iter().for_each(&mut *visit);
+            seen += shard.len();
+            match next {
+                None => return 0,
+                Some(n) if seen >= limit => return n,
+                Some(n) => at = n,
+            }
+        }
     }
 
     /// One SCAN step: entries from `cursor` on in hash order, at least `count` of them unless
     /// the table runs out (more when several share a hash), and the next cursor, 0 when the
     /// scan is complete. Start with cursor 0.
     ///
-    /// A key present from the first call to the last is returned at least once, whatever is
-    /// inserted or removed, and however the shards' tables grow or shrink, between calls: the
+    /// A key present from the first call to the last is returned exactly once (unless its hash
+    /// collides in all 64 bits with another's; then both come in one call), whatever is
+    /// inserted or removed, and however the shards grow, shrink or split, between calls: the
     /// cursor says "every hash below this one is done", and hashes never change.
     ///
-    /// Cost: O(length of each shard read) — a call reads whole shards (about
-    /// [`KEYS_PER_SHARD_TARGET`] keys each with [`Table::with_expected_keys`]), hashing every
-    /// key in them, where Redis reads O(COUNT) buckets.
+    /// Cost: O(keys of each shard read) — a call hashes every key of the shards it reads (at
+    /// most [`SHARD_SPLIT_KEYS`] each), where Redis reads O(COUNT) buckets.
     pub fn scan(&self, cursor: u64, count: usize) -> (Vec<EntryRef<'_>>, u64) {
         let count = count.max(1);
-        let shift = 64 - self.shard_bits;
         let mut out = Vec::new();
         let mut from = cursor;
         loop {
-            let s = self.shard_index(from);
-            let (found, more) = self.shards[s].scan_from(from, count - out.len());
+            let (shard, next) = self.shard_at(from);
+            let (found, more) = shard.scan_from(from, count - out.len());
             let last = found.last().map(|(h, _)| *h);
             out.extend(found.into_iter().map(|(_, e)| e));
             if more {
                 // `more` means a larger hash exists in this shard, so `last` < u64::MAX.
                 return (out, last.expect("more implies something was returned") + 1);
             }
-            if s + 1 == self.shards.len() {
+            let Some(n) = next else {
                 return (out, 0);
-            }
-            from = ((s + 1) as u64) << shift;
+            };
+            from = n;
             if out.len() >= count {
                 return (out, from);
             }
@@ -981,7 +1093,8 @@ impl Table {
 
     /// Heap bytes held, as requested from the allocator (its rounding is not counted).
     pub fn memory_bytes(&self) -> usize {
-        self.shards.len() * std::mem::size_of::<Shard>()
+        self.shards.capacity() * std::mem::size_of::<Shard>()
+            + self.dir.capacity() * 4
             + self.shards.iter().map(Shard::memory_bytes).sum::<usize>()
     }
 }
