@@ -346,9 +346,10 @@ fn read_parts(
             return Err(halted(seq));
         }
         let (mut part, mut count) = (Vec::new(), 0);
-        let held = Instant::now();
+        let held;
         {
             let v = seq.publisher.visible();
+            held = Instant::now();
             start.get_or_insert_with(|| seq.publisher.keep_tail(&v));
             at = v.visit_part(at, part_keys, &mut |e| {
                 encode_entry(

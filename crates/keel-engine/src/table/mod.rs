@@ -326,13 +326,16 @@ impl Shard {
     /// blocks into the new shard's slab. O(entries).
     fn split(&mut self) -> Shard {
         self.depth += 1;
-        let mut upper = Shard::with_state(self.state.clone(), self.depth);
         let bit = 1u64 << (64 - self.depth);
         let state = &self.state;
         let moving: Vec<Box<[u8]>> = self
             .slots
             .extract_if(|b| state.hash_one(block_key(b)) & bit != 0)
             .collect();
+        let mut upper = Shard::with_state(self.state.clone(), self.depth);
+        upper
+            .slots
+            .reserve(moving.len(), |b| probe_hash(state.hash_one(block_key(b))));
         for mut block in moving {
             let h = header(&block);
             if let Some(c) = Self::release(&mut self.colls, &mut self.free, &block) {
@@ -1067,7 +1070,8 @@ impl Table {
     /// cursor says "every hash below this one is done", and hashes never change.
     ///
     /// Cost: O(keys of each shard read) — a call hashes every key of the shards it reads (at
-    /// most [`SHARD_SPLIT_KEYS`] each), where Redis reads O(COUNT) buckets.
+    /// most [`SHARD_SPLIT_KEYS`] each, short of the deepest split), where Redis reads O(COUNT)
+    /// buckets.
     pub fn scan(&self, cursor: u64, count: usize) -> (Vec<EntryRef<'_>>, u64) {
         let count = count.max(1);
         let mut out = Vec::new();
