@@ -112,16 +112,6 @@ impl Map {
     fn scan(&self, cursor: u64, count: usize) -> (Vec<EntryRef<'_>>, u64) {
         self.table.scan(cursor, count)
     }
-
-    /// See [`Table::visit_from`]: a part of a checkpoint's pass over the keyspace.
-    pub(crate) fn visit_part(
-        &self,
-        from: u64,
-        limit: usize,
-        visit: &mut dyn FnMut(EntryRef<'_>),
-    ) -> u64 {
-        self.table.visit_from(from, limit, visit)
-    }
 }
 
 /// Two maps are equal when they hold the same entries (tests compare loaded images).
@@ -367,14 +357,14 @@ impl Keyspace {
         }
     }
 
-    /// See [`Map::visit_part`].
+    /// See [`Table::visit_from`]: a part of a checkpoint's pass over the keyspace.
     pub(crate) fn visit_part(
         &self,
         from: u64,
         limit: usize,
         visit: &mut dyn FnMut(EntryRef<'_>),
     ) -> u64 {
-        self.map.visit_part(from, limit, visit)
+        self.map.table.visit_from(from, limit, visit)
     }
 
     /// A copy of the system namespace (a handful of entries).
