@@ -6,12 +6,18 @@ use bytes::Bytes;
 
 use crate::keyspace::Changes;
 use crate::record::Mutation;
-use crate::types::{Entry, Guard, Outcome, PutIf, Ttl, Write, WriteError, WriteResult};
+use keel_wal::Lsn;
+
+use crate::types::{live_at, Entry, Guard, Outcome, PutIf, Ttl, Write, WriteError, WriteResult};
 
 /// The state a transaction is decided against: every earlier transaction, durable or not.
 pub(crate) trait Decided {
     /// The decided entry of `key`, expired or not, copied out.
     fn get(&self, key: &[u8]) -> Option<Entry>;
+
+    /// The version and expiry of `key`'s decided entry, expired or not, without copying its
+    /// value (a guard needs no more).
+    fn stamp(&self, key: &[u8]) -> Option<(Lsn, Option<u64>)>;
 }
 
 fn parse_int(v: &[u8]) -> Option<i64> {
@@ -82,7 +88,8 @@ pub(crate) fn decide(
     writes: Vec<Write>,
 ) -> (Outcome, Vec<Mutation>) {
     for (i, g) in guards.iter().enumerate() {
-        if state.get(&g.key).filter(|e| e.live(now)).map(|e| e.version) != g.version {
+        let stamp = state.stamp(&g.key).filter(|&(_, at)| live_at(at, now));
+        if stamp.map(|(version, _)| version) != g.version {
             return (Outcome::GuardFailed(i), Vec::new());
         }
     }

@@ -344,6 +344,11 @@ impl Keyspace {
         self.map.entry(key)
     }
 
+    /// The version and expiry of `key`'s entry, expired or not, without copying it.
+    pub(crate) fn stamp(&self, key: &[u8]) -> Option<(Lsn, Option<u64>)> {
+        self.map.get(key).map(|e| (e.version(), e.expires_at_ms()))
+    }
+
     /// The value of `key` in the system namespace.
     pub(crate) fn system(&self, key: &[u8]) -> Option<&Bytes> {
         self.system.get(key)

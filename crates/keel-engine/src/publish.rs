@@ -42,6 +42,11 @@ impl Visible {
         self.keyspace.entry(key)
     }
 
+    /// The version and expiry of `key`'s entry, expired or not, without copying it.
+    pub(crate) fn stamp(&self, key: &[u8]) -> Option<(Lsn, Option<u64>)> {
+        self.keyspace.stamp(key)
+    }
+
     /// The value of `key` in the system namespace.
     pub(crate) fn system(&self, key: &[u8]) -> Option<&Bytes> {
         self.keyspace.system(key)

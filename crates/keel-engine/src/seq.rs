@@ -102,6 +102,16 @@ impl Recent {
         }
     }
 
+    /// The version and expiry of `key`'s decided entry, expired or not, given `vis`, the
+    /// visible state now; nothing is copied.
+    pub(crate) fn stamp(&self, vis: &Visible, key: &[u8]) -> Option<(Lsn, Option<u64>)> {
+        match self.by_key.get(key) {
+            Some((_, e)) => e.as_ref().map(|e| (e.version, e.expires_at_ms)),
+            None if self.cleared.is_some_and(|l| l > vis.lsn()) => None,
+            None => vis.stamp(key),
+        }
+    }
+
     /// The decided entry of `key`, expired or not, given `vis`, the visible state now.
     pub(crate) fn get(&self, vis: &Visible, key: &[u8]) -> Option<Entry> {
         match self.by_key.get(key) {
@@ -191,5 +201,9 @@ pub(crate) struct View<'a> {
 impl Decided for View<'_> {
     fn get(&self, key: &[u8]) -> Option<Entry> {
         self.recent.get(self.visible, key)
+    }
+
+    fn stamp(&self, key: &[u8]) -> Option<(Lsn, Option<u64>)> {
+        self.recent.stamp(self.visible, key)
     }
 }

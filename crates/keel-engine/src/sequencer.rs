@@ -364,8 +364,8 @@ impl Sequencer {
                     // Stale if the key was rewritten since.
                     if seq
                         .recent
-                        .get(&vis, &key)
-                        .is_some_and(|e| e.expires_at_ms == Some(t))
+                        .stamp(&vis, &key)
+                        .is_some_and(|(_, at)| at == Some(t))
                     {
                         mutations.push(Mutation::Delete { key });
                     }

@@ -15,8 +15,13 @@ pub struct Entry {
 
 impl Entry {
     pub(crate) fn live(&self, now_ms: u64) -> bool {
-        self.expires_at_ms.is_none_or(|t| t > now_ms)
+        live_at(self.expires_at_ms, now_ms)
     }
+}
+
+/// Whether an entry that expires at `expires_at_ms` (`None`: never) is live at `now_ms`.
+pub(crate) fn live_at(expires_at_ms: Option<u64>, now_ms: u64) -> bool {
+    expires_at_ms.is_none_or(|t| t > now_ms)
 }
 
 /// When a put applies.
