@@ -31,7 +31,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::cmd::{self, Flags, Spec};
+use crate::cmd::{self, Command, Flags};
 
 pub const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 pub const NOAUTH: &str = "NOAUTH Authentication required.";
@@ -247,7 +247,7 @@ impl Users {
     /// `Err` holds Redis's NOPERM error text. What is needed comes from the command table,
     /// narrowed by the arguments ([`cmd::flags`]: SET without GET does not read). KEEL.IDEM
     /// also needs what the command it wraps needs, with that command's arguments.
-    pub fn check(&self, user: &User, spec: &Spec, args: &[Bytes]) -> Result<(), String> {
+    pub fn check(&self, user: &User, spec: &Command, args: &[Bytes]) -> Result<(), String> {
         let mut shown = spec.name.to_string();
         if !self.permits(user, cmd::flags(spec, args)) {
             // Redis names a subcommand as `container|sub`, for example 'config|get'.

@@ -10,8 +10,11 @@
 
 use bytes::Bytes;
 
+use crate::cmd;
 use crate::resp::Reply;
 
+/// A command's or a subcommand's docs. A command's are part of its registry entry
+/// ([`crate::cmd::Command`]).
 pub struct Doc {
     pub name: &'static str,
     /// redis-cli's command group (`help @string`).
@@ -21,7 +24,7 @@ pub struct Doc {
     pub subcommands: &'static [Doc],
 }
 
-const fn doc(
+pub const fn doc(
     name: &'static str,
     group: &'static str,
     syntax: &'static str,
@@ -35,347 +38,6 @@ const fn doc(
         subcommands: &[],
     }
 }
-
-const fn container(
-    name: &'static str,
-    group: &'static str,
-    summary: &'static str,
-    subcommands: &'static [Doc],
-) -> Doc {
-    Doc {
-        name,
-        group,
-        syntax: "",
-        summary,
-        subcommands,
-    }
-}
-
-/// One entry per command in [`crate::cmd::COMMANDS`], in the same order (a test checks).
-pub const DOCS: &[Doc] = &[
-    doc("ping", "connection", "[message]", "Replies PONG, or the message if one is given."),
-    doc("echo", "connection", "message", "Replies with the message."),
-    doc(
-        "hello",
-        "connection",
-        "[protover [AUTH username password] [SETNAME clientname]]",
-        "Chooses RESP2 or RESP3, optionally authenticates and names the connection, and describes the server.",
-    ),
-    doc(
-        "auth",
-        "connection",
-        "[username] password",
-        "Authenticates the connection as a user (the default user if none is named).",
-    ),
-    doc("select", "connection", "index", "Selects the database; keel has only database 0."),
-    doc("quit", "connection", "", "Closes the connection after the reply."),
-    doc(
-        "reset",
-        "connection",
-        "",
-        "Ends any transaction, forgets watched keys, returns to RESP2 and to the initial user.",
-    ),
-    container(
-        "client",
-        "connection",
-        "Inspects or names the connection.",
-        &[
-            doc("id", "connection", "", "Returns the connection's unique id."),
-            doc("getname", "connection", "", "Returns the connection's name, or nil."),
-            doc("setname", "connection", "connection-name", "Names the connection."),
-            doc(
-                "setinfo",
-                "connection",
-                "attribute value",
-                "Accepted for client libraries; keel does not keep the value.",
-            ),
-            doc("info", "connection", "", "Describes the connection in one line."),
-            doc("help", "connection", "", "Lists the subcommands."),
-        ],
-    ),
-    container(
-        "command",
-        "server",
-        "Describes the commands keel serves.",
-        &[
-            doc("count", "server", "", "Returns how many commands keel serves."),
-            doc(
-                "docs",
-                "server",
-                "[command-name [command-name ...]]",
-                "Returns the summary, group and arguments of the named commands, or of all.",
-            ),
-            doc(
-                "info",
-                "server",
-                "[command-name [command-name ...]]",
-                "Returns the arity, flags and key positions of the named commands.",
-            ),
-            doc("list", "server", "", "Returns the names of all commands."),
-            doc("help", "server", "", "Lists the subcommands."),
-        ],
-    ),
-    doc(
-        "info",
-        "server",
-        "[section [section ...]]",
-        "Reports server, client, persistence (durable LSN, fsyncs, group commit), stats, keyspace and keel sections.",
-    ),
-    doc("time", "server", "", "Returns the server's clock as seconds and microseconds."),
-    container(
-        "config",
-        "server",
-        "Reads the settings clients commonly ask about.",
-        &[
-            doc(
-                "get",
-                "server",
-                "parameter [parameter ...]",
-                "Returns the settings whose names match the glob patterns.",
-            ),
-            doc(
-                "set",
-                "server",
-                "parameter value [parameter value ...]",
-                "Refused: keel's settings come from its config file, flags and environment.",
-            ),
-            doc("resetstat", "server", "", "Accepted; keel's counters are not reset."),
-            doc("help", "server", "", "Lists the subcommands."),
-        ],
-    ),
-    doc(
-        "shutdown",
-        "server",
-        "[NOSAVE|SAVE] [NOW] [FORCE] [ABORT]",
-        "Stops accepting connections, answers what is in flight, syncs the log and exits.",
-    ),
-    doc("dbsize", "server", "", "Returns the number of keys."),
-    doc("flushdb", "server", "[ASYNC|SYNC]", "Deletes every key, durably, in one log record."),
-    doc("flushall", "server", "[ASYNC|SYNC]", "Deletes every key, durably, in one log record."),
-    doc("get", "string", "key", "Returns the value of a key, or nil."),
-    doc(
-        "set",
-        "string",
-        "key value [NX|XX] [GET] [EX seconds|PX milliseconds|EXAT unix-time-seconds|PXAT unix-time-milliseconds|KEEPTTL]",
-        "Sets a key's value, optionally only if it exists or not, with an expiry, returning the old value.",
-    ),
-    doc("setnx", "string", "key value", "Sets a key's value only if the key does not exist."),
-    doc("setex", "string", "key seconds value", "Sets a key's value with an expiry in seconds."),
-    doc(
-        "psetex",
-        "string",
-        "key milliseconds value",
-        "Sets a key's value with an expiry in milliseconds.",
-    ),
-    doc("getset", "string", "key value", "Sets a key's value and returns the old one."),
-    doc("getdel", "string", "key", "Returns a key's value and deletes the key."),
-    doc(
-        "getex",
-        "string",
-        "key [EX seconds|PX milliseconds|EXAT unix-time-seconds|PXAT unix-time-milliseconds|PERSIST]",
-        "Returns a key's value and changes or removes its expiry.",
-    ),
-    doc("mget", "string", "key [key ...]", "Returns the values of several keys."),
-    doc(
-        "mset",
-        "string",
-        "key value [key value ...]",
-        "Sets several keys in one atomic log record.",
-    ),
-    doc(
-        "msetnx",
-        "string",
-        "key value [key value ...]",
-        "Sets several keys atomically, only if none of them exists.",
-    ),
-    doc("incr", "string", "key", "Adds one to a key's integer value."),
-    doc("decr", "string", "key", "Subtracts one from a key's integer value."),
-    doc("incrby", "string", "key increment", "Adds an integer to a key's integer value."),
-    doc(
-        "decrby",
-        "string",
-        "key decrement",
-        "Subtracts an integer from a key's integer value.",
-    ),
-    doc(
-        "incrbyfloat",
-        "string",
-        "key increment:double",
-        "Adds a number to a key's numeric value; the log holds the result, not the increment.",
-    ),
-    doc("append", "string", "key value", "Appends to a key's value and returns the new length."),
-    doc("strlen", "string", "key", "Returns the length of a key's value."),
-    doc(
-        "getrange",
-        "string",
-        "key start end",
-        "Returns part of a key's value; negative offsets count from the end.",
-    ),
-    doc("del", "generic", "key [key ...]", "Deletes keys and returns how many existed."),
-    doc(
-        "unlink",
-        "generic",
-        "key [key ...]",
-        "Deletes keys and returns how many existed (the same as DEL in keel).",
-    ),
-    doc("exists", "generic", "key [key ...]", "Counts how many of the keys exist."),
-    doc("type", "generic", "key", "Returns the type of a key's value: string, or none."),
-    doc("rename", "generic", "key newkey", "Renames a key, replacing any key of the new name."),
-    doc(
-        "renamenx",
-        "generic",
-        "key newkey",
-        "Renames a key only if the new name is not taken.",
-    ),
-    doc(
-        "expire",
-        "generic",
-        "key seconds [NX|XX|GT|LT]",
-        "Sets a key's expiry in seconds from now.",
-    ),
-    doc(
-        "pexpire",
-        "generic",
-        "key milliseconds [NX|XX|GT|LT]",
-        "Sets a key's expiry in milliseconds from now.",
-    ),
-    doc(
-        "expireat",
-        "generic",
-        "key unix-time-seconds [NX|XX|GT|LT]",
-        "Sets a key's expiry to a Unix time in seconds.",
-    ),
-    doc(
-        "pexpireat",
-        "generic",
-        "key unix-time-milliseconds [NX|XX|GT|LT]",
-        "Sets a key's expiry to a Unix time in milliseconds.",
-    ),
-    doc("ttl", "generic", "key", "Returns a key's remaining time to live in seconds."),
-    doc("pttl", "generic", "key", "Returns a key's remaining time to live in milliseconds."),
-    doc(
-        "expiretime",
-        "generic",
-        "key",
-        "Returns the Unix time in seconds at which a key expires.",
-    ),
-    doc(
-        "pexpiretime",
-        "generic",
-        "key",
-        "Returns the Unix time in milliseconds at which a key expires.",
-    ),
-    doc("persist", "generic", "key", "Removes a key's expiry."),
-    doc("keys", "generic", "pattern", "Returns every key matching a glob pattern."),
-    doc(
-        "scan",
-        "generic",
-        "cursor [MATCH pattern] [COUNT count] [TYPE type]",
-        "Iterates over the keys in order with a cursor that stays valid across writes.",
-    ),
-    doc("multi", "transactions", "", "Starts a transaction: later commands are queued."),
-    doc(
-        "exec",
-        "transactions",
-        "",
-        "Runs the queued commands as one atomic log record, unless a watched key changed.",
-    ),
-    doc("discard", "transactions", "", "Drops the queued commands and the watched keys."),
-    doc(
-        "watch",
-        "transactions",
-        "key [key ...]",
-        "Makes the next EXEC fail if any of the keys changes before it.",
-    ),
-    doc("unwatch", "transactions", "", "Forgets the watched keys."),
-    doc(
-        "waitaof",
-        "generic",
-        "numlocal numreplicas timeout",
-        "Returns once earlier writes are on disk; in keel they already are when acknowledged.",
-    ),
-    doc(
-        "wait",
-        "generic",
-        "numreplicas timeout",
-        "Returns 0 at once: keel serve has no Redis-style replicas.",
-    ),
-    doc(
-        "keel.version",
-        "string",
-        "key",
-        "Returns the version of a key (for KEEL.CAS), or nil if it does not exist.",
-    ),
-    doc(
-        "keel.cas",
-        "string",
-        "key version value",
-        "Sets a key's value only if its version is still the one given; 0 means the key must not exist.",
-    ),
-    doc(
-        "keel.idem",
-        "string",
-        "request-id command [arg [arg ...]]",
-        "Runs a write once per request id; a retry, also after a restart, gets the first reply.",
-    ),
-    doc(
-        "save",
-        "server",
-        "",
-        "Writes a checkpoint (snapshot and manifest) and prunes the log behind it.",
-    ),
-    doc("bgsave", "server", "[SCHEDULE]", "Starts a checkpoint in the background."),
-    doc(
-        "lastsave",
-        "server",
-        "",
-        "Returns the Unix time in seconds of the last checkpoint.",
-    ),
-    doc(
-        "keel.backup",
-        "server",
-        "directory",
-        "Copies a consistent backup into a directory on the server and returns its LSN.",
-    ),
-    container(
-        "keel.cluster",
-        "cluster",
-        "Manages a keel cluster (a node started with --node-id).",
-        &[
-            doc("init", "cluster", "", "Makes this node and its peers a new cluster."),
-            doc(
-                "add-node",
-                "cluster",
-                "raft-address",
-                "Adds the node at a raft address, first as a learner, then as a voter.",
-            ),
-            doc("remove-node", "cluster", "node-id", "Removes a node from the cluster."),
-            doc("status", "cluster", "", "Describes the cluster as this node sees it."),
-            doc("help", "cluster", "", "Lists the subcommands."),
-        ],
-    ),
-    container(
-        "keel.maintenance",
-        "server",
-        "Maintenance mode: while on, writes are refused and reads go on. Durable and replicated.",
-        &[
-            doc(
-                "on",
-                "server",
-                "[reason]",
-                "Turns maintenance mode on; every write then gets -MAINTENANCE with the reason.",
-            ),
-            doc("off", "server", "", "Turns maintenance mode off."),
-            doc(
-                "status",
-                "server",
-                "",
-                "Returns whether maintenance mode is on, its reason and since when (Unix ms).",
-            ),
-            doc("help", "server", "", "Lists the subcommands."),
-        ],
-    ),
-];
 
 /// One argument in a command's syntax, as COMMAND DOCS describes it.
 #[derive(Clone, Debug, PartialEq)]
@@ -636,20 +298,24 @@ fn doc_reply(d: &Doc, parent: Option<&str>) -> (Reply, Reply) {
 /// Redis does.
 pub fn reply(names: &[Bytes]) -> Reply {
     if names.is_empty() {
-        return Reply::Map(DOCS.iter().map(|d| doc_reply(d, None)).collect());
+        return Reply::Map(
+            cmd::COMMANDS
+                .iter()
+                .map(|c| doc_reply(&c.doc, None))
+                .collect(),
+        );
     }
-    let find = |list: &'static [Doc], name: &[u8]| {
-        list.iter()
-            .find(|d| name.eq_ignore_ascii_case(d.name.as_bytes()))
-    };
+    let command = |name: &[u8]| cmd::find(name).map(|i| &cmd::COMMANDS[i].doc);
     Reply::Map(
         names
             .iter()
             .filter_map(|n| match n.iter().position(|&b| b == b'|') {
-                None => find(DOCS, n).map(|d| doc_reply(d, None)),
+                None => command(n).map(|d| doc_reply(d, None)),
                 Some(i) => {
-                    let parent = find(DOCS, &n[..i])?;
-                    find(parent.subcommands, &n[i + 1..]).map(|d| doc_reply(d, Some(parent.name)))
+                    let parent = command(&n[..i])?;
+                    (parent.subcommands.iter())
+                        .find(|d| n[i + 1..].eq_ignore_ascii_case(d.name.as_bytes()))
+                        .map(|d| doc_reply(d, Some(parent.name)))
                 }
             })
             .collect(),
@@ -659,8 +325,8 @@ pub fn reply(names: &[Bytes]) -> Reply {
 /// The subcommand `sub` of the container command `name`, as the table spells it, if it has one
 /// by that name (case-insensitive).
 pub fn subcommand(name: &str, sub: &[u8]) -> Option<&'static str> {
-    DOCS.iter()
-        .find(|d| d.name == name)?
+    cmd::lookup(name)?
+        .doc
         .subcommands
         .iter()
         .find(|s| s.name.as_bytes().eq_ignore_ascii_case(sub))
@@ -670,9 +336,10 @@ pub fn subcommand(name: &str, sub: &[u8]) -> Option<&'static str> {
 /// `NAME HELP`'s lines for a command with subcommands: each subcommand's syntax, then its
 /// summary indented, as Redis's HELP replies read.
 pub fn help_lines(name: &str) -> Option<Vec<String>> {
-    let d = DOCS
-        .iter()
-        .find(|d| d.name == name && !d.subcommands.is_empty())?;
+    let d = &cmd::lookup(name)?.doc;
+    if d.subcommands.is_empty() {
+        return None;
+    }
     let mut lines = Vec::new();
     for sub in d.subcommands {
         let head = format!("{} {}", name.to_uppercase(), sub.name.to_uppercase());
@@ -717,16 +384,9 @@ mod tests {
     }
 
     fn all_docs() -> Vec<&'static Doc> {
-        DOCS.iter()
-            .flat_map(|d| std::iter::once(d).chain(d.subcommands.iter()))
+        (cmd::COMMANDS.iter())
+            .flat_map(|c| std::iter::once(&c.doc).chain(c.doc.subcommands.iter()))
             .collect()
-    }
-
-    #[test]
-    fn every_command_has_docs_in_table_order() {
-        let names: Vec<&str> = DOCS.iter().map(|d| d.name).collect();
-        let served: Vec<&str> = crate::cmd::COMMANDS.iter().map(|s| s.name).collect();
-        assert_eq!(names, served);
     }
 
     #[test]
@@ -741,7 +401,7 @@ mod tests {
 
     #[test]
     fn set_parses_into_redis_shaped_arguments() {
-        let args = parse(DOCS.iter().find(|d| d.name == "set").unwrap().syntax).unwrap();
+        let args = parse(cmd::lookup("set").unwrap().doc.syntax).unwrap();
         assert_eq!(args.len(), 5);
         assert_eq!(args[0].kind, Kind::Value("key"));
         assert_eq!(args[1].kind, Kind::Value("string"));
@@ -798,7 +458,7 @@ mod tests {
         let Reply::Map(all) = reply(&[]) else {
             panic!()
         };
-        assert_eq!(all.len(), DOCS.len());
+        assert_eq!(all.len(), cmd::COMMANDS.len());
         let Reply::Map(some) = reply(&[Bytes::from("CLIENT"), Bytes::from("nosuch")]) else {
             panic!()
         };

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 
 use crate::audit;
 use crate::auth::{User, Users, NOAUTH, WRONGPASS};
-use crate::cmd::{self, Flags, Part, NOT_INT, SYNTAX};
+use crate::cmd::{self, Flags, InMulti, Part, Run, NOT_INT, SYNTAX};
 use crate::config::Settings;
 use crate::glob;
 use crate::heal::{Health, Local};
@@ -669,7 +669,7 @@ impl Conn {
 
     /// Executes one request; `found` is its command's index in [`cmd::COMMANDS`].
     async fn execute(&mut self, found: Option<usize>, args: Vec<Bytes>) -> Flow {
-        let Some(spec) = found.map(|i| &cmd::COMMANDS[i]) else {
+        let Some(spec) = found.map(|i| cmd::COMMANDS[i]) else {
             if self.multi.is_some() {
                 self.multi_dirty = true;
             }
@@ -686,7 +686,7 @@ impl Conn {
         }
         let user = match &self.user {
             Some(u) => u.clone(),
-            None if matches!(name, "auth" | "hello" | "quit") => User(String::new()),
+            None if spec.before_auth => User(String::new()),
             None => {
                 if self.multi.is_some() {
                     self.multi_dirty = true;
@@ -747,25 +747,20 @@ impl Conn {
                 return Flow::Continue;
             }
         }
-        if self.multi.is_some()
-            && !matches!(
-                name,
-                "exec" | "discard" | "multi" | "watch" | "quit" | "reset"
-            )
-        {
-            let queued = match name {
-                "ping" | "echo" | "time" => Ok(Part::fixed(self.local(name, &args))),
-                _ => match cmd::compile(name, &args, now_ms()) {
-                    Some(Ok(p)) if !p.guards.is_empty() => Err(Reply::err(format!(
+        if self.multi.is_some() && spec.in_multi != InMulti::Run {
+            let queued = match spec.run {
+                Run::Local(reply) => Ok(Part::fixed(reply(&args))),
+                Run::Data(compile) => match compile(name, &args, now_ms()) {
+                    Ok(p) if !p.guards.is_empty() => Err(Reply::err(format!(
                         "ERR {} is not supported inside MULTI by keel; use WATCH",
                         name.to_uppercase()
                     ))),
-                    Some(r) => r,
-                    None => Err(Reply::err(format!(
-                        "ERR {} is not supported inside MULTI by keel",
-                        name.to_uppercase()
-                    ))),
+                    r => r,
                 },
+                Run::Conn => Err(Reply::err(format!(
+                    "ERR {} is not supported inside MULTI by keel",
+                    name.to_uppercase()
+                ))),
             };
             match queued {
                 Ok(p) => {
@@ -788,39 +783,19 @@ impl Conn {
                 return Flow::Continue;
             }
         }
-        if let Some(part) = cmd::compile(name, &args, now_ms()) {
-            match part {
+        match spec.run {
+            Run::Data(compile) => match compile(name, &args, now_ms()) {
                 Err(e) => self.reply(e),
                 Ok(p) if p.read_only() => self.read(p).await,
                 Ok(p) => self.submit(None, p.guards, p.writes, p.render),
-            }
-            return Flow::Continue;
-        }
-        self.command(name, args).await
-    }
-
-    /// Replies that depend on nothing but the arguments.
-    fn local(&self, name: &str, args: &[Bytes]) -> Reply {
-        match name {
-            "ping" if args.len() > 2 => cmd::wrong_args("ping"),
-            "ping" => match args.get(1) {
-                Some(m) => Reply::Bulk(m.clone()),
-                None => Reply::Simple("PONG".into()),
             },
-            "echo" => Reply::Bulk(args[1].clone()),
-            _ => {
-                let d = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default();
-                Reply::Array(vec![
-                    Reply::bulk(d.as_secs().to_string()),
-                    Reply::bulk(d.subsec_micros().to_string()),
-                ])
-            }
+            Run::Local(reply) => self.reply(reply(&args)),
+            Run::Conn => return self.command(name, args).await,
         }
+        Flow::Continue
     }
 
-    /// Everything that is not a plain data command.
+    /// The commands the connection runs ([`Run::Conn`]).
     async fn command(&mut self, name: &str, args: Vec<Bytes>) -> Flow {
         // NAME HELP, for every command with subcommands, from the same table as COMMAND DOCS.
         if args.len() == 2 && eq(&args[1], "help") {
@@ -830,7 +805,6 @@ impl Conn {
             }
         }
         let reply = match name {
-            "ping" | "echo" | "time" => self.local(name, &args),
             "quit" => {
                 self.reply(Reply::ok());
                 return Flow::Close;
@@ -1048,7 +1022,7 @@ impl Conn {
                 let inner = lower(&args[2]);
                 let part = match cmd::lookup(&inner) {
                     Some(s) if !cmd::arity_ok(s, args.len() - 2) => Err(cmd::wrong_args(&inner)),
-                    Some(_) => cmd::compile(&inner, &args[2..], now_ms()).unwrap_or_else(|| {
+                    Some(s) => s.compile(&args[2..], now_ms()).unwrap_or_else(|| {
                         Err(Reply::err(format!(
                             "ERR KEEL.IDEM wraps a string or key command, not '{inner}'"
                         )))
@@ -1611,7 +1585,7 @@ fn check_client_name(n: &[u8]) -> Result<(), Reply> {
 
 /// COMMAND INFO for one command, from its flags in the command table: `write` for anything
 /// that can change data (GETEX too, as in Redis), `readonly` for the rest that reads.
-fn spec_info(s: &cmd::Spec) -> Reply {
+fn spec_info(s: &cmd::Command) -> Reply {
     let f = s.flags;
     let mut flags = Vec::new();
     let mut categories = Vec::new();
@@ -1634,9 +1608,9 @@ fn spec_info(s: &cmd::Spec) -> Reply {
         Reply::bulk(s.name),
         Reply::Int(s.arity),
         Reply::Array(flags.iter().map(|f| Reply::Simple(f.to_string())).collect()),
-        Reply::Int(s.first_key),
-        Reply::Int(s.last_key),
-        Reply::Int(s.step),
+        Reply::Int(s.keys.0),
+        Reply::Int(s.keys.1),
+        Reply::Int(s.keys.2),
         Reply::Array(
             categories
                 .iter()
@@ -1651,7 +1625,7 @@ fn spec_info(s: &cmd::Spec) -> Reply {
 
 fn command_info(args: &[Bytes]) -> Reply {
     let Some(sub) = args.get(1).map(|s| lower(s)) else {
-        return Reply::Array(cmd::COMMANDS.iter().map(spec_info).collect());
+        return Reply::Array(cmd::COMMANDS.iter().map(|c| spec_info(c)).collect());
     };
     match sub.as_str() {
         "count" => Reply::Int(cmd::COMMANDS.len() as i64),

@@ -1,0 +1,109 @@
+//! Connection and transaction commands. The connection runs them (`crate::server`): they read
+//! or change the session's state, not the data, except PING and ECHO, which answer from their
+//! arguments.
+
+use super::*;
+use crate::docs::doc;
+
+pub const COMMANDS: &[Command] = &[
+    Command::new("ping", -1, CONN, NO_KEYS)
+        .doc("connection", "[message]", "Replies PONG, or the message if one is given.")
+        .local(|a| match a.len() {
+            1 => Reply::Simple("PONG".into()),
+            2 => Reply::Bulk(a[1].clone()),
+            _ => wrong_args("ping"),
+        }),
+    Command::new("echo", 2, CONN, NO_KEYS)
+        .doc("connection", "message", "Replies with the message.")
+        .local(|a| Reply::Bulk(a[1].clone())),
+    Command::new("hello", -1, CONN, NO_KEYS)
+        .doc(
+            "connection",
+            "[protover [AUTH username password] [SETNAME clientname]]",
+            "Chooses RESP2 or RESP3, optionally authenticates and names the connection, and describes the server.",
+        )
+        .before_auth(),
+    Command::new("auth", -2, CONN, NO_KEYS)
+        .doc(
+            "connection",
+            "[username] password",
+            "Authenticates the connection as a user (the default user if none is named).",
+        )
+        .before_auth(),
+    Command::new("select", 2, CONN, NO_KEYS).doc(
+        "connection",
+        "index",
+        "Selects the database; keel has only database 0.",
+    ),
+    Command::new("quit", -1, CONN, NO_KEYS)
+        .doc("connection", "", "Closes the connection after the reply.")
+        .before_auth()
+        .runs_in_multi(),
+    Command::new("reset", 1, CONN, NO_KEYS)
+        .doc(
+            "connection",
+            "",
+            "Ends any transaction, forgets watched keys, returns to RESP2 and to the initial user.",
+        )
+        .runs_in_multi(),
+    Command::new("client", -2, CONN, NO_KEYS)
+        .doc("connection", "", "Inspects or names the connection.")
+        .subcommands(CLIENT_SUBCOMMANDS),
+    Command::new("multi", 1, CONN, NO_KEYS)
+        .doc("transactions", "", "Starts a transaction: later commands are queued.")
+        .runs_in_multi(),
+    // Each queued command was checked as it was queued.
+    Command::new("exec", 1, CONN, NO_KEYS)
+        .doc(
+            "transactions",
+            "",
+            "Runs the queued commands as one atomic log record, unless a watched key changed.",
+        )
+        .runs_in_multi(),
+    Command::new("discard", 1, CONN, NO_KEYS)
+        .doc("transactions", "", "Drops the queued commands and the watched keys.")
+        .runs_in_multi(),
+    // Reads the keys' versions (Redis: an RO key spec).
+    Command::new("watch", -2, R, ALL_KEYS)
+        .doc(
+            "transactions",
+            "key [key ...]",
+            "Makes the next EXEC fail if any of the keys changes before it.",
+        )
+        .runs_in_multi(),
+    Command::new("unwatch", 1, CONN, NO_KEYS).doc("transactions", "", "Forgets the watched keys."),
+];
+
+const CLIENT_SUBCOMMANDS: &[Doc] = &[
+    doc(
+        "id",
+        "connection",
+        "",
+        "Returns the connection's unique id.",
+    ),
+    doc(
+        "getname",
+        "connection",
+        "",
+        "Returns the connection's name, or nil.",
+    ),
+    doc(
+        "setname",
+        "connection",
+        "connection-name",
+        "Names the connection.",
+    ),
+    doc(
+        "setinfo",
+        "connection",
+        "attribute value",
+        "Accepted for client libraries; keel does not keep the value.",
+    ),
+    doc(
+        "info",
+        "connection",
+        "",
+        "Describes the connection in one line.",
+    ),
+    doc("help", "connection", "", "Lists the subcommands."),
+];

@@ -1,0 +1,215 @@
+//! Generic key commands: deleting, renaming, expiry, TYPE, KEYS and SCAN.
+
+use bytes::Bytes;
+use keel_engine::{ExpireIf, Write, WriteResult};
+
+use super::*;
+
+pub const COMMANDS: &[Command] = &[
+    Command::new("del", -2, W, ALL_KEYS)
+        .doc("generic", "key [key ...]", "Deletes keys and returns how many existed.")
+        .data(del),
+    Command::new("unlink", -2, W, ALL_KEYS)
+        .doc(
+            "generic",
+            "key [key ...]",
+            "Deletes keys and returns how many existed (the same as DEL in keel).",
+        )
+        .data(del),
+    Command::new("exists", -2, R, ALL_KEYS)
+        .doc("generic", "key [key ...]", "Counts how many of the keys exist.")
+        .data(|_, a, _| {
+            Ok(Part::new(a[1..].iter().map(get).collect(), |r| {
+                Reply::Int(
+                    r.iter()
+                        .filter(|x| matches!(x, WriteResult::Value(Some(_))))
+                        .count() as i64,
+                )
+            }))
+        }),
+    Command::new("type", 2, R, KEY1)
+        .doc("generic", "key", "Returns the type of a key's value: string, or none.")
+        .data(|_, a, _| {
+            Ok(Part::new(vec![get(&a[1])], |r| {
+                Reply::Simple(
+                    if matches!(r[0], WriteResult::Value(Some(_))) {
+                        "string"
+                    } else {
+                        "none"
+                    }
+                    .into(),
+                )
+            }))
+        }),
+    // Moving a value uses it (Redis: ACCESS on the source key).
+    Command::new("rename", 3, RW, (1, 2, 1))
+        .doc("generic", "key newkey", "Renames a key, replacing any key of the new name.")
+        .data(rename),
+    Command::new("renamenx", 3, RW, (1, 2, 1))
+        .doc(
+            "generic",
+            "key newkey",
+            "Renames a key only if the new name is not taken.",
+        )
+        .data(rename),
+    Command::new("expire", -3, W, KEY1)
+        .doc(
+            "generic",
+            "key seconds [NX|XX|GT|LT]",
+            "Sets a key's expiry in seconds from now.",
+        )
+        .data(expire),
+    Command::new("pexpire", -3, W, KEY1)
+        .doc(
+            "generic",
+            "key milliseconds [NX|XX|GT|LT]",
+            "Sets a key's expiry in milliseconds from now.",
+        )
+        .data(expire),
+    Command::new("expireat", -3, W, KEY1)
+        .doc(
+            "generic",
+            "key unix-time-seconds [NX|XX|GT|LT]",
+            "Sets a key's expiry to a Unix time in seconds.",
+        )
+        .data(expire),
+    Command::new("pexpireat", -3, W, KEY1)
+        .doc(
+            "generic",
+            "key unix-time-milliseconds [NX|XX|GT|LT]",
+            "Sets a key's expiry to a Unix time in milliseconds.",
+        )
+        .data(expire),
+    Command::new("ttl", 2, R, KEY1).doc(
+        "generic",
+        "key",
+        "Returns a key's remaining time to live in seconds.",
+    ),
+    Command::new("pttl", 2, R, KEY1).doc(
+        "generic",
+        "key",
+        "Returns a key's remaining time to live in milliseconds.",
+    ),
+    Command::new("expiretime", 2, R, KEY1).doc(
+        "generic",
+        "key",
+        "Returns the Unix time in seconds at which a key expires.",
+    ),
+    Command::new("pexpiretime", 2, R, KEY1).doc(
+        "generic",
+        "key",
+        "Returns the Unix time in milliseconds at which a key expires.",
+    ),
+    Command::new("persist", 2, W, KEY1)
+        .doc("generic", "key", "Removes a key's expiry.")
+        .data(|_, a, _| {
+            Ok(Part::new(
+                vec![Write::Expire {
+                    key: a[1].clone(),
+                    at_ms: None,
+                    only: ExpireIf::HasExpiry,
+                }],
+                |r| Reply::Int((r[0] == WriteResult::Existed(true)) as i64),
+            ))
+        }),
+    Command::new("keys", 2, R, NO_KEYS).doc(
+        "generic",
+        "pattern",
+        "Returns every key matching a glob pattern.",
+    ),
+    Command::new("scan", -2, R, NO_KEYS).doc(
+        "generic",
+        "cursor [MATCH pattern] [COUNT count] [TYPE type]",
+        "Iterates over the keys with a stateless cursor: every key present for the whole scan is returned.",
+    ),
+];
+
+fn del(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    Ok(Part::new(
+        a[1..]
+            .iter()
+            .map(|k| Write::Delete { key: k.clone() })
+            .collect(),
+        |r| {
+            Reply::Int(
+                r.iter()
+                    .filter(|x| **x == WriteResult::Existed(true))
+                    .count() as i64,
+            )
+        },
+    ))
+}
+
+fn rename(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    let nx = name == "renamenx";
+    Ok(Part::new(
+        vec![Write::Rename {
+            from: a[1].clone(),
+            to: a[2].clone(),
+            only_if_absent: nx,
+        }],
+        move |r| match r[0] {
+            WriteResult::Put(moved) if nx => Reply::Int(moved as i64),
+            WriteResult::Put(_) => Reply::ok(),
+            WriteResult::Failed(e) => write_error(e),
+            ref other => unexpected(other),
+        },
+    ))
+}
+
+fn expire(name: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
+    let only = expire_options(&a[3..])?;
+    let unit = if name.starts_with('p') { 1 } else { 1000 };
+    let absolute = name.ends_with("at");
+    let at = expiry_ms(name, int_arg(&a[2])?, unit, absolute, false, now_ms)?;
+    // A time already past deletes the key (if the option holds), as in Redis: the engine does
+    // that.
+    let w = Write::Expire {
+        key: a[1].clone(),
+        at_ms: Some(at.max(1) as u64),
+        only,
+    };
+    Ok(Part::new(vec![w], |r| {
+        Reply::Int((r[0] == WriteResult::Existed(true)) as i64)
+    }))
+}
+
+/// EXPIRE's NX, XX, GT and LT options, with Redis's error for the combinations it refuses.
+fn expire_options(opts: &[Bytes]) -> Result<ExpireIf, Reply> {
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for o in opts {
+        if eq(o, "nx") {
+            nx = true;
+        } else if eq(o, "xx") {
+            xx = true;
+        } else if eq(o, "gt") {
+            gt = true;
+        } else if eq(o, "lt") {
+            lt = true;
+        } else {
+            return Err(Reply::err(format!(
+                "ERR Unsupported option {}",
+                String::from_utf8_lossy(o)
+            )));
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return Err(Reply::err(
+            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        ));
+    }
+    if gt && lt {
+        return Err(Reply::err(
+            "ERR GT and LT options at the same time are not compatible",
+        ));
+    }
+    Ok(match (nx, xx, gt, lt) {
+        (true, ..) => ExpireIf::NoExpiry,
+        // GT already needs an expiry: no expiry counts as never, and nothing is later.
+        (_, _, true, _) => ExpireIf::Later,
+        (_, true, _, true) => ExpireIf::SoonerWithExpiry,
+        (_, _, _, true) => ExpireIf::Sooner,
+        (_, true, ..) => ExpireIf::HasExpiry,
+        _ => ExpireIf::Always,
+    })
+}

@@ -1,0 +1,582 @@
+//! The command registry: one entry per command keel serves, holding everything about it.
+//!
+//! An entry ([`Command`]) holds the command's spec (arity, [`Flags`], key positions), its docs
+//! (the syntax line and summary COMMAND DOCS and `help` show) and how it runs ([`Run`]). COMMAND
+//! INFO/DOCS/LIST/COUNT, the permission check ([`crate::auth`]), the MULTI rules and the
+//! dispatch all read from the entry; nothing else lists commands. The entries live with their
+//! family's code: [`connection`], [`server`], [`strings`], [`keys`].
+//!
+//! Every data command compiles to a [`Part`]: guards, a list of engine [`Write`]s (reads become
+//! `Write::Get`) and a function that renders the reply from the writes' results. The same
+//! translation serves a lone command, each command queued in MULTI (EXEC concatenates the parts
+//! into one engine transaction) and KEEL.IDEM (whose reply is rendered again from the outcome the
+//! engine stored, so a retry after a restart gets the same reply).
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use bytes::Bytes;
+use keel_engine::{Guard, PutIf, Ttl, Write, WriteError, WriteResult};
+
+use crate::docs::Doc;
+use crate::resp::{parse_i64, Reply};
+
+pub mod connection;
+pub mod keys;
+pub mod server;
+pub mod strings;
+
+/// What a command does with the data, which decides who may run it (see [`crate::auth`]) and
+/// what COMMAND INFO reports. One entry per command in [`COMMANDS`]; nothing else lists them.
+///
+/// The rule: a command that returns stored data needs `read`, one that changes data needs
+/// `write`, and many need both. It follows Redis 7.2's command table: `READ` is a readonly
+/// command, or a key spec with ACCESS ("returns, copies or uses the user data": GETSET, GETDEL,
+/// INCR, RENAME, SET … GET); `WRITE` is Redis's `write` flag. A write's reply may still say
+/// whether a key existed or a value's new length (DEL, SETNX, APPEND), as in Redis; it never
+/// holds a stored value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flags(u8);
+
+impl Flags {
+    /// Connection housekeeping: any authenticated user may run it.
+    pub const NONE: Flags = Flags(0);
+    /// Returns stored data: values, anything computed from one, key names, counts, TTLs.
+    pub const READ: Flags = Flags(1);
+    /// Changes stored data.
+    pub const WRITE: Flags = Flags(2);
+    /// Acts on the server as a whole (CONFIG, SHUTDOWN, SAVE, FLUSHALL, …).
+    pub const ADMIN: Flags = Flags(4);
+    /// The arguments decide whether READ or WRITE applies; the table holds the most a command
+    /// can need, and [`flags`] works out what a given invocation needs.
+    pub const VARIES: Flags = Flags(8);
+
+    pub const fn with(self, other: Flags) -> Flags {
+        Flags(self.0 | other.0)
+    }
+
+    pub const fn without(self, other: Flags) -> Flags {
+        Flags(self.0 & !other.0)
+    }
+
+    pub const fn contains(self, other: Flags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Neither READ, WRITE nor ADMIN.
+    pub const fn is_connection(self) -> bool {
+        self.0 & (Flags::READ.0 | Flags::WRITE.0 | Flags::ADMIN.0) == 0
+    }
+}
+
+/// Where a command's keys are, as COMMAND INFO reports them: first, last (negative: from the
+/// end) and step; all zero for none.
+pub type KeySpec = (i64, i64, i64);
+
+pub const NO_KEYS: KeySpec = (0, 0, 0);
+pub const KEY1: KeySpec = (1, 1, 1);
+pub const ALL_KEYS: KeySpec = (1, -1, 1);
+
+pub const CONN: Flags = Flags::NONE;
+pub const R: Flags = Flags::READ;
+pub const W: Flags = Flags::WRITE;
+pub const RW: Flags = Flags::READ.with(Flags::WRITE);
+pub const ADMIN: Flags = Flags::ADMIN;
+pub const ADMIN_W: Flags = Flags::ADMIN.with(Flags::WRITE);
+pub const VARIES: Flags = Flags::VARIES;
+
+/// Translates a data command (`name` as the registry spells it, `a[0]` the command itself,
+/// arity already checked) at the time `now_ms`.
+pub type Compile = fn(name: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply>;
+
+/// How a command runs.
+#[derive(Clone, Copy)]
+pub enum Run {
+    /// A data command: compiled to a [`Part`] and run by the engine, alone, in MULTI or under
+    /// KEEL.IDEM.
+    Data(Compile),
+    /// A reply from the arguments alone (PING, ECHO, TIME); queued in MULTI like data.
+    Local(fn(&[Bytes]) -> Reply),
+    /// Run by the connection ([`crate::server`]): it needs the session's state, the server's or
+    /// a read longer than a key.
+    Conn,
+}
+
+/// What a command does when sent inside MULTI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InMulti {
+    /// Queued for EXEC (data and local commands).
+    Queue,
+    /// Runs at once: it controls the transaction or the connection (EXEC, DISCARD, …).
+    Run,
+    /// Refused, and the transaction is marked failed.
+    Refuse,
+}
+
+/// One command: its spec, its docs and how it runs.
+pub struct Command {
+    pub name: &'static str,
+    /// Redis's convention: n > 0 exactly n arguments (the name included), n < 0 at least -n.
+    pub arity: i64,
+    /// The most this command can need; [`flags`] gives what one invocation needs.
+    pub flags: Flags,
+    pub keys: KeySpec,
+    pub doc: Doc,
+    pub run: Run,
+    pub in_multi: InMulti,
+    /// Runs before the connection has authenticated (AUTH, HELLO, QUIT).
+    pub before_auth: bool,
+}
+
+impl Command {
+    /// An entry run by the connection, refused in MULTI, without docs yet.
+    pub const fn new(name: &'static str, arity: i64, flags: Flags, keys: KeySpec) -> Command {
+        Command {
+            name,
+            arity,
+            flags,
+            keys,
+            doc: Doc {
+                name,
+                group: "",
+                syntax: "",
+                summary: "",
+                subcommands: &[],
+            },
+            run: Run::Conn,
+            in_multi: InMulti::Refuse,
+            before_auth: false,
+        }
+    }
+
+    /// Its docs: redis-cli's group, the syntax line after the name, a one-line summary.
+    pub const fn doc(
+        mut self,
+        group: &'static str,
+        syntax: &'static str,
+        summary: &'static str,
+    ) -> Command {
+        self.doc.group = group;
+        self.doc.syntax = syntax;
+        self.doc.summary = summary;
+        self
+    }
+
+    pub const fn subcommands(mut self, subcommands: &'static [Doc]) -> Command {
+        self.doc.subcommands = subcommands;
+        self
+    }
+
+    pub const fn data(mut self, compile: Compile) -> Command {
+        self.run = Run::Data(compile);
+        self.in_multi = InMulti::Queue;
+        self
+    }
+
+    pub const fn local(mut self, reply: fn(&[Bytes]) -> Reply) -> Command {
+        self.run = Run::Local(reply);
+        self.in_multi = InMulti::Queue;
+        self
+    }
+
+    pub const fn runs_in_multi(mut self) -> Command {
+        self.in_multi = InMulti::Run;
+        self
+    }
+
+    pub const fn before_auth(mut self) -> Command {
+        self.before_auth = true;
+        self
+    }
+
+    /// Compiles this data command; `None` when it is not one.
+    pub fn compile(&self, a: &[Bytes], now_ms: u64) -> Option<Result<Part, Reply>> {
+        match self.run {
+            Run::Data(compile) => Some(compile(self.name, a, now_ms)),
+            _ => None,
+        }
+    }
+}
+
+/// Every command keel serves, family by family. A command's index here is stable for the
+/// process (the metrics count by it).
+pub static COMMANDS: LazyLock<Vec<&'static Command>> = LazyLock::new(|| {
+    [
+        connection::COMMANDS,
+        server::COMMANDS,
+        strings::COMMANDS,
+        keys::COMMANDS,
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+});
+
+/// Longest command name the registry holds; longer names are unknown without a lookup.
+const NAME_MAX: usize = 32;
+
+static INDEX: LazyLock<HashMap<&'static [u8], usize>> = LazyLock::new(|| {
+    COMMANDS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_bytes(), i))
+        .collect()
+});
+
+/// What running `args` (`args[0]` the command, looked up as `spec`) needs: the table's flags,
+/// narrowed by the arguments for the commands marked [`Flags::VARIES`]. Any `args` is fine,
+/// arity-checked or not: an argument list it cannot make sense of gets the table's flags.
+pub fn flags(spec: &Command, args: &[Bytes]) -> Flags {
+    let f = spec.flags;
+    if !f.contains(Flags::VARIES) {
+        return f;
+    }
+    let f = f.without(Flags::VARIES);
+    let options = args.get(3..).unwrap_or_default();
+    match spec.name {
+        // An option token equal to GET may also be EX's amount ("SET k v EX get"), which
+        // fails to parse anyway: needing READ for it refuses nothing that would work.
+        "set" if !options.iter().any(|o| eq(o, "get")) => f.without(Flags::READ),
+        "getex" if args.len() <= 2 => f.without(Flags::WRITE),
+        _ => f,
+    }
+}
+
+/// The command a client named, in any case.
+pub fn lookup(name: &str) -> Option<&'static Command> {
+    find(name.as_bytes()).map(|i| COMMANDS[i])
+}
+
+/// The index in [`COMMANDS`] of the command a client named, in any case: one hash lookup.
+pub fn find(name: &[u8]) -> Option<usize> {
+    let mut lower = [0u8; NAME_MAX];
+    let lower = lower.get_mut(..name.len())?;
+    for (l, b) in lower.iter_mut().zip(name) {
+        *l = b.to_ascii_lowercase();
+    }
+    INDEX.get(&lower[..]).copied()
+}
+
+pub fn arity_ok(spec: &Command, argc: usize) -> bool {
+    let argc = argc as i64;
+    if spec.arity >= 0 {
+        argc == spec.arity
+    } else {
+        argc >= -spec.arity
+    }
+}
+
+pub fn wrong_args(name: &str) -> Reply {
+    Reply::err(format!(
+        "ERR wrong number of arguments for '{name}' command"
+    ))
+}
+
+pub const NOT_INT: &str = "ERR value is not an integer or out of range";
+pub const SYNTAX: &str = "ERR syntax error";
+
+/// Renders a reply from this part's write results; `None` when a guard failed.
+pub type Render = Box<dyn FnOnce(Option<&[WriteResult]>) -> Reply + Send>;
+
+pub struct Part {
+    pub guards: Vec<Guard>,
+    pub writes: Vec<Write>,
+    pub render: Render,
+}
+
+impl Part {
+    fn new(
+        writes: Vec<Write>,
+        render: impl FnOnce(&[WriteResult]) -> Reply + Send + 'static,
+    ) -> Part {
+        Part {
+            guards: Vec::new(),
+            writes,
+            render: Box::new(move |r| match r {
+                Some(r) => render(r),
+                None => Reply::NilArray,
+            }),
+        }
+    }
+
+    /// A part whose reply does not depend on the database (PING inside MULTI).
+    pub fn fixed(reply: Reply) -> Part {
+        Part::new(Vec::new(), move |_| reply)
+    }
+
+    /// Only `Get`s and no guards: it can be answered from a snapshot of the visible state.
+    pub fn read_only(&self) -> bool {
+        self.guards.is_empty() && self.writes.iter().all(|w| matches!(w, Write::Get { .. }))
+    }
+}
+
+pub fn write_error(e: WriteError) -> Reply {
+    Reply::err(match e {
+        WriteError::NotAnInteger => NOT_INT,
+        WriteError::Overflow => "ERR increment or decrement would overflow",
+        WriteError::NotAFloat => "ERR value is not a valid float",
+        WriteError::NotFinite => "ERR increment would produce NaN or Infinity",
+        WriteError::NoSuchKey => "ERR no such key",
+        WriteError::ValueTooLarge => "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
+    })
+}
+
+/// Redis-style error reply for an engine error.
+pub fn engine_error(e: &keel_engine::Error) -> Reply {
+    match e {
+        keel_engine::Error::Wal(w) => Reply::err(format!(
+            "IOERR the write was not made durable and is not acknowledged: {w}"
+        )),
+        keel_engine::Error::ValueTooLarge { .. } => {
+            Reply::err(format!("ERR string exceeds maximum allowed size ({e})"))
+        }
+        other => Reply::err(format!("ERR {other}")),
+    }
+}
+
+/// A result that does not fit the command. It happens when a KEEL.IDEM id is reused for
+/// another command: the retry gets the first command's stored outcome. Only the kind of result
+/// is named: its value may be stored data the caller has no permission to read.
+fn unexpected(r: &WriteResult) -> Reply {
+    let kind = match r {
+        WriteResult::Value(_) => "a value",
+        WriteResult::Int(_) => "an integer",
+        WriteResult::Put(_) => "a put",
+        WriteResult::Existed(_) => "an existence flag",
+        WriteResult::Failed(_) => "a failure",
+        WriteResult::DeletedAll => "a flush",
+    };
+    Reply::err(format!(
+        "ERR unexpected stored result ({kind}) for this command; was its KEEL.IDEM id used for \
+         another command?"
+    ))
+}
+
+fn value_reply(r: &WriteResult) -> Reply {
+    match r {
+        WriteResult::Value(Some(v)) => Reply::Bulk(v.clone()),
+        WriteResult::Value(None) => Reply::Nil,
+        other => unexpected(other),
+    }
+}
+
+fn int_arg(b: &[u8]) -> Result<i64, Reply> {
+    parse_i64(b).ok_or_else(|| Reply::err(NOT_INT))
+}
+
+fn eq(a: &[u8], b: &str) -> bool {
+    a.eq_ignore_ascii_case(b.as_bytes())
+}
+
+fn invalid_expire(cmd: &str) -> Reply {
+    Reply::err(format!("ERR invalid expire time in '{cmd}' command"))
+}
+
+/// An absolute expiry in Unix ms from an EX/PX/EXAT/PXAT-style amount. `positive`: the amount
+/// must be > 0 (SET, SETEX, GETEX); EXPIRE accepts any value and a past time deletes the key.
+fn expiry_ms(
+    cmd: &str,
+    amount: i64,
+    unit_ms: i64,
+    absolute: bool,
+    positive: bool,
+    now_ms: u64,
+) -> Result<i64, Reply> {
+    if positive && amount <= 0 {
+        return Err(invalid_expire(cmd));
+    }
+    let ms = amount
+        .checked_mul(unit_ms)
+        .ok_or_else(|| invalid_expire(cmd))?;
+    if absolute {
+        Ok(ms)
+    } else {
+        ms.checked_add(now_ms as i64)
+            .ok_or_else(|| invalid_expire(cmd))
+    }
+}
+
+/// An expiry in the future, or the time it has already passed.
+fn ttl_of(at_ms: i64) -> Ttl {
+    Ttl::At(at_ms.max(0) as u64)
+}
+
+fn get(key: &Bytes) -> Write {
+    Write::Get { key: key.clone() }
+}
+
+fn put(key: &Bytes, value: &Bytes, ttl: Ttl, only: PutIf) -> Write {
+    Write::Put {
+        key: key.clone(),
+        value: value.clone(),
+        ttl,
+        only,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn getrange_matches_redis_examples() {
+        use super::strings::getrange;
+        let v = Bytes::from_static(b"This is a string");
+        assert_eq!(getrange(&v, 0, 3), "This");
+        assert_eq!(getrange(&v, -3, -1), "ing");
+        assert_eq!(getrange(&v, 0, -1), "This is a string");
+        assert_eq!(getrange(&v, 10, 100), "string");
+        assert_eq!(getrange(&v, 5, 3), "");
+        assert_eq!(getrange(&v, -1, -5), "");
+    }
+
+    #[test]
+    fn every_command_has_a_sane_entry() {
+        for s in COMMANDS.iter() {
+            assert_eq!(s.name, s.name.to_lowercase());
+            assert!(s.name.len() <= NAME_MAX, "{}", s.name);
+            assert!(s.arity != 0);
+            assert_eq!(s.doc.name, s.name);
+            assert!(!s.doc.group.is_empty(), "{}: no group", s.name);
+            assert!(!s.doc.summary.is_empty(), "{}: no summary", s.name);
+            assert_eq!(
+                COMMANDS.iter().filter(|t| t.name == s.name).count(),
+                1,
+                "{}",
+                s.name
+            );
+            // Found by its name in any case, and at its own index.
+            let i = COMMANDS.iter().position(|t| t.name == s.name);
+            assert_eq!(find(s.name.as_bytes()), i);
+            assert_eq!(find(s.name.to_uppercase().as_bytes()), i);
+            // Data and local commands queue in MULTI; the rest run at once or are refused.
+            match s.run {
+                Run::Data(_) | Run::Local(_) => assert_eq!(s.in_multi, InMulti::Queue),
+                Run::Conn => assert_ne!(s.in_multi, InMulti::Queue, "{}", s.name),
+            }
+        }
+        assert_eq!(find(b"no-such-command"), None);
+        assert_eq!(find(&[b'g'; 200]), None);
+        assert_eq!(find(b""), None);
+    }
+
+    /// Every data command's flags agree with what its compiled writes do: any engine write or
+    /// guard needs WRITE, any read of a stored value needs READ, and a command that compiles
+    /// to reads only does not need WRITE. `cases` must cover every data command in the table.
+    #[test]
+    fn flags_agree_with_the_compiled_writes() {
+        let args = |v: &[&str]| -> Vec<Bytes> {
+            v.iter()
+                .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+                .collect()
+        };
+        // (invocation, whether it needs READ, whether it needs WRITE): said here, not read
+        // from the table.
+        let cases: &[(&[&str], bool, bool)] = &[
+            (&["get", "k"], true, false),
+            (&["set", "k", "v"], false, true),
+            (&["set", "k", "v", "nx", "px", "5"], false, true),
+            (&["set", "k", "v", "get"], true, true),
+            (&["set", "k", "v", "xx", "GET", "keepttl"], true, true),
+            (&["setnx", "k", "v"], false, true),
+            (&["setex", "k", "5", "v"], false, true),
+            (&["psetex", "k", "5", "v"], false, true),
+            (&["getset", "k", "v"], true, true),
+            (&["getdel", "k"], true, true),
+            (&["getex", "k"], true, false),
+            (&["getex", "k", "persist"], true, true),
+            (&["getex", "k", "pxat", "5"], true, true),
+            (&["mget", "a", "b"], true, false),
+            (&["mset", "a", "1", "b", "2"], false, true),
+            (&["msetnx", "a", "1"], false, true),
+            (&["incr", "n"], true, true),
+            (&["decr", "n"], true, true),
+            (&["incrby", "n", "2"], true, true),
+            (&["decrby", "n", "2"], true, true),
+            (&["incrbyfloat", "n", "0.5"], true, true),
+            (&["append", "k", "x"], false, true),
+            (&["strlen", "k"], true, false),
+            (&["getrange", "k", "0", "-1"], true, false),
+            (&["del", "a", "b"], false, true),
+            (&["unlink", "a"], false, true),
+            (&["exists", "a", "b"], true, false),
+            (&["type", "k"], true, false),
+            (&["rename", "a", "b"], true, true),
+            (&["renamenx", "a", "b"], true, true),
+            (&["expire", "k", "5", "nx"], false, true),
+            (&["pexpire", "k", "5"], false, true),
+            (&["expireat", "k", "5"], false, true),
+            (&["pexpireat", "k", "5"], false, true),
+            (&["persist", "k"], false, true),
+            (&["flushdb"], false, true),
+            (&["flushall", "sync"], false, true),
+            (&["keel.cas", "k", "0", "v"], false, true),
+        ];
+        for s in COMMANDS.iter() {
+            if matches!(s.run, Run::Data(_)) {
+                assert!(
+                    cases.iter().any(|(a, ..)| a[0] == s.name),
+                    "{}: a data command without a case",
+                    s.name
+                );
+            }
+        }
+        for &(a, read, write) in cases {
+            let spec = lookup(a[0]).unwrap();
+            let a = args(a);
+            assert!(arity_ok(spec, a.len()), "{a:?}");
+            let f = flags(spec, &a);
+            assert_eq!(f.contains(Flags::READ), read, "{a:?}: READ");
+            assert_eq!(f.contains(Flags::WRITE), write, "{a:?}: WRITE");
+            assert!(!f.contains(Flags::VARIES));
+            // The table holds the most a command can need.
+            assert!(spec.flags.contains(f), "{a:?}");
+            let p = spec.compile(&a, 1_000).unwrap().unwrap();
+            let gets = p.writes.iter().any(|w| matches!(w, Write::Get { .. }));
+            let changes = !p.guards.is_empty() || !p.read_only();
+            assert!(!gets || read, "{a:?} reads a stored value without READ");
+            assert!(!changes || write, "{a:?} writes without WRITE");
+            assert!(changes || !write, "{a:?} only reads, yet needs WRITE");
+        }
+        // Nonsense arguments get the table's flags, and never a panic.
+        for s in COMMANDS.iter() {
+            for n in 0..5 {
+                let f = flags(s, &args(&vec!["x"; n]));
+                assert!(s.flags.contains(f));
+            }
+        }
+    }
+
+    #[test]
+    fn set_options() {
+        let args = |v: &[&str]| -> Vec<Bytes> {
+            v.iter()
+                .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+                .collect()
+        };
+        let c = |v: &[&str]| lookup("set").unwrap().compile(&args(v), 1_000).unwrap();
+        assert!(c(&["set", "k", "v", "nx", "xx"]).is_err());
+        assert!(c(&["set", "k", "v", "ex", "1", "px", "1"]).is_err());
+        assert!(c(&["set", "k", "v", "ex"]).is_err());
+        assert_eq!(
+            c(&["set", "k", "v", "ex", "0"]).err(),
+            Some(Reply::err("ERR invalid expire time in 'set' command"))
+        );
+        assert_eq!(
+            c(&["set", "k", "v", "ex", "x"]).err(),
+            Some(Reply::err(NOT_INT))
+        );
+        let p = c(&["set", "k", "v", "NX", "GET", "PX", "5"]).unwrap();
+        assert_eq!(p.writes.len(), 2);
+        assert_eq!(
+            p.writes[1],
+            put(
+                &Bytes::from("k"),
+                &Bytes::from("v"),
+                Ttl::At(1_005),
+                PutIf::Absent
+            )
+        );
+        assert!(c(&["set", "k", "v", "ex", "9223372036854775807"]).is_err());
+    }
+}

@@ -1,0 +1,189 @@
+//! Server commands: introspection, settings, checkpoints, backups, maintenance and the
+//! cluster. The connection runs them (`crate::server`), except TIME and the flushes.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use keel_engine::Write;
+
+use super::*;
+use crate::docs::doc;
+
+pub const COMMANDS: &[Command] = &[
+    Command::new("command", -1, CONN, NO_KEYS)
+        .doc("server", "", "Describes the commands keel serves.")
+        .subcommands(COMMAND_SUBCOMMANDS),
+    Command::new("info", -1, CONN, NO_KEYS).doc(
+        "server",
+        "[section [section ...]]",
+        "Reports server, client, persistence (durable LSN, fsyncs, group commit), stats, keyspace and keel sections.",
+    ),
+    Command::new("time", 1, CONN, NO_KEYS)
+        .doc("server", "", "Returns the server's clock as seconds and microseconds.")
+        .local(|_| {
+            let d = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            Reply::Array(vec![
+                Reply::bulk(d.as_secs().to_string()),
+                Reply::bulk(d.subsec_micros().to_string()),
+            ])
+        }),
+    Command::new("config", -2, ADMIN, NO_KEYS)
+        .doc("server", "", "Reads the settings clients commonly ask about.")
+        .subcommands(CONFIG_SUBCOMMANDS),
+    Command::new("shutdown", -1, ADMIN, NO_KEYS).doc(
+        "server",
+        "[NOSAVE|SAVE] [NOW] [FORCE] [ABORT]",
+        "Stops accepting connections, answers what is in flight, syncs the log and exits.",
+    ),
+    Command::new("dbsize", 1, R, NO_KEYS).doc("server", "", "Returns the number of keys."),
+    Command::new("flushdb", -1, ADMIN_W, NO_KEYS)
+        .doc("server", "[ASYNC|SYNC]", "Deletes every key, durably, in one log record.")
+        .data(flush),
+    Command::new("flushall", -1, ADMIN_W, NO_KEYS)
+        .doc("server", "[ASYNC|SYNC]", "Deletes every key, durably, in one log record.")
+        .data(flush),
+    Command::new("waitaof", 4, CONN, NO_KEYS).doc(
+        "generic",
+        "numlocal numreplicas timeout",
+        "Returns once earlier writes are on disk; in keel they already are when acknowledged.",
+    ),
+    Command::new("wait", 3, CONN, NO_KEYS).doc(
+        "generic",
+        "numreplicas timeout",
+        "Returns 0 at once: keel serve has no Redis-style replicas.",
+    ),
+    Command::new("save", 1, ADMIN, NO_KEYS).doc(
+        "server",
+        "",
+        "Writes a checkpoint (snapshot and manifest) and prunes the log behind it.",
+    ),
+    // [SCHEDULE] is accepted and ignored.
+    Command::new("bgsave", -1, ADMIN, NO_KEYS).doc(
+        "server",
+        "[SCHEDULE]",
+        "Starts a checkpoint in the background.",
+    ),
+    Command::new("lastsave", 1, CONN, NO_KEYS).doc(
+        "server",
+        "",
+        "Returns the Unix time in seconds of the last checkpoint.",
+    ),
+    Command::new("keel.backup", 2, ADMIN, NO_KEYS).doc(
+        "server",
+        "directory",
+        "Copies a consistent backup into a directory on the server and returns its LSN.",
+    ),
+    Command::new("keel.cluster", -2, ADMIN, NO_KEYS)
+        .doc(
+            "cluster",
+            "",
+            "Manages a keel cluster (a node started with --node-id).",
+        )
+        .subcommands(KEEL_CLUSTER_SUBCOMMANDS),
+    Command::new("keel.maintenance", -2, ADMIN, NO_KEYS)
+        .doc(
+            "server",
+            "",
+            "Maintenance mode: while on, writes are refused and reads go on. Durable and replicated.",
+        )
+        .subcommands(KEEL_MAINTENANCE_SUBCOMMANDS),
+];
+
+fn flush(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    if a.len() > 2 || (a.len() == 2 && !eq(&a[1], "sync") && !eq(&a[1], "async")) {
+        return Err(Reply::err(SYNTAX));
+    }
+    Ok(Part::new(vec![Write::DeleteAll], |_| Reply::ok()))
+}
+
+const COMMAND_SUBCOMMANDS: &[Doc] = &[
+    doc(
+        "count",
+        "server",
+        "",
+        "Returns how many commands keel serves.",
+    ),
+    doc(
+        "docs",
+        "server",
+        "[command-name [command-name ...]]",
+        "Returns the summary, group and arguments of the named commands, or of all.",
+    ),
+    doc(
+        "info",
+        "server",
+        "[command-name [command-name ...]]",
+        "Returns the arity, flags and key positions of the named commands.",
+    ),
+    doc("list", "server", "", "Returns the names of all commands."),
+    doc("help", "server", "", "Lists the subcommands."),
+];
+
+const CONFIG_SUBCOMMANDS: &[Doc] = &[
+    doc(
+        "get",
+        "server",
+        "parameter [parameter ...]",
+        "Returns the settings whose names match the glob patterns.",
+    ),
+    doc(
+        "set",
+        "server",
+        "parameter value [parameter value ...]",
+        "Refused: keel's settings come from its config file, flags and environment.",
+    ),
+    doc(
+        "resetstat",
+        "server",
+        "",
+        "Accepted; keel's counters are not reset.",
+    ),
+    doc("help", "server", "", "Lists the subcommands."),
+];
+
+const KEEL_CLUSTER_SUBCOMMANDS: &[Doc] = &[
+    doc(
+        "init",
+        "cluster",
+        "",
+        "Makes this node and its peers a new cluster.",
+    ),
+    doc(
+        "add-node",
+        "cluster",
+        "raft-address",
+        "Adds the node at a raft address, first as a learner, then as a voter.",
+    ),
+    doc(
+        "remove-node",
+        "cluster",
+        "node-id",
+        "Removes a node from the cluster.",
+    ),
+    doc(
+        "status",
+        "cluster",
+        "",
+        "Describes the cluster as this node sees it.",
+    ),
+    doc("help", "cluster", "", "Lists the subcommands."),
+];
+
+const KEEL_MAINTENANCE_SUBCOMMANDS: &[Doc] = &[
+    doc(
+        "on",
+        "server",
+        "[reason]",
+        "Turns maintenance mode on; every write then gets -MAINTENANCE with the reason.",
+    ),
+    doc("off", "server", "", "Turns maintenance mode off."),
+    doc(
+        "status",
+        "server",
+        "",
+        "Returns whether maintenance mode is on, its reason and since when (Unix ms).",
+    ),
+    doc("help", "server", "", "Lists the subcommands."),
+];

@@ -1,0 +1,357 @@
+//! String commands, and keel's own versioned writes (KEEL.VERSION, KEEL.CAS, KEEL.IDEM).
+
+use bytes::Bytes;
+use keel_engine::{Guard, PutIf, Ttl, Write, WriteResult};
+
+use super::*;
+
+pub const COMMANDS: &[Command] = &[
+    Command::new("get", 2, R, KEY1)
+        .doc("string", "key", "Returns the value of a key, or nil.")
+        .data(|_, a, _| Ok(Part::new(vec![get(&a[1])], |r| value_reply(&r[0])))),
+    // READ only with GET.
+    Command::new("set", -3, RW.with(VARIES), KEY1)
+        .doc(
+            "string",
+            "key value [NX|XX] [GET] [EX seconds|PX milliseconds|EXAT unix-time-seconds|PXAT unix-time-milliseconds|KEEPTTL]",
+            "Sets a key's value, optionally only if it exists or not, with an expiry, returning the old value.",
+        )
+        .data(set),
+    Command::new("setnx", 3, W, KEY1)
+        .doc("string", "key value", "Sets a key's value only if the key does not exist.")
+        .data(|_, a, _| {
+            Ok(Part::new(
+                vec![put(&a[1], &a[2], Ttl::None, PutIf::Absent)],
+                |r| Reply::Int(matches!(r[0], WriteResult::Put(true)) as i64),
+            ))
+        }),
+    Command::new("setex", 4, W, KEY1)
+        .doc("string", "key seconds value", "Sets a key's value with an expiry in seconds.")
+        .data(setex),
+    Command::new("psetex", 4, W, KEY1)
+        .doc(
+            "string",
+            "key milliseconds value",
+            "Sets a key's value with an expiry in milliseconds.",
+        )
+        .data(setex),
+    Command::new("getset", 3, RW, KEY1)
+        .doc("string", "key value", "Sets a key's value and returns the old one.")
+        .data(|_, a, _| {
+            Ok(Part::new(
+                vec![get(&a[1]), put(&a[1], &a[2], Ttl::None, PutIf::Always)],
+                |r| value_reply(&r[0]),
+            ))
+        }),
+    Command::new("getdel", 2, RW, KEY1)
+        .doc("string", "key", "Returns a key's value and deletes the key.")
+        .data(|_, a, _| {
+            Ok(Part::new(
+                vec![get(&a[1]), Write::Delete { key: a[1].clone() }],
+                |r| value_reply(&r[0]),
+            ))
+        }),
+    // WRITE only with an option (EX, PX, EXAT, PXAT, PERSIST): without, it is a plain read.
+    // Redis flags GETEX `write` always; keel lets a read-only user run the pure read.
+    Command::new("getex", -2, RW.with(VARIES), KEY1)
+        .doc(
+            "string",
+            "key [EX seconds|PX milliseconds|EXAT unix-time-seconds|PXAT unix-time-milliseconds|PERSIST]",
+            "Returns a key's value and changes or removes its expiry.",
+        )
+        .data(getex),
+    Command::new("mget", -2, R, ALL_KEYS)
+        .doc("string", "key [key ...]", "Returns the values of several keys.")
+        .data(|_, a, _| {
+            Ok(Part::new(a[1..].iter().map(get).collect(), |r| {
+                Reply::Array(r.iter().map(value_reply).collect())
+            }))
+        }),
+    Command::new("mset", -3, W, (1, -1, 2))
+        .doc(
+            "string",
+            "key value [key value ...]",
+            "Sets several keys in one atomic log record.",
+        )
+        .data(mset),
+    Command::new("msetnx", -3, W, (1, -1, 2))
+        .doc(
+            "string",
+            "key value [key value ...]",
+            "Sets several keys atomically, only if none of them exists.",
+        )
+        .data(mset),
+    // The counters return the stored number plus the increment (Redis: ACCESS).
+    Command::new("incr", 2, RW, KEY1)
+        .doc("string", "key", "Adds one to a key's integer value.")
+        .data(incr),
+    Command::new("decr", 2, RW, KEY1)
+        .doc("string", "key", "Subtracts one from a key's integer value.")
+        .data(incr),
+    Command::new("incrby", 3, RW, KEY1)
+        .doc("string", "key increment", "Adds an integer to a key's integer value.")
+        .data(incr),
+    Command::new("decrby", 3, RW, KEY1)
+        .doc(
+            "string",
+            "key decrement",
+            "Subtracts an integer from a key's integer value.",
+        )
+        .data(incr),
+    Command::new("incrbyfloat", 3, RW, KEY1)
+        .doc(
+            "string",
+            "key increment:double",
+            "Adds a number to a key's numeric value; the log holds the result, not the increment.",
+        )
+        .data(incrbyfloat),
+    Command::new("append", 3, W, KEY1)
+        .doc("string", "key value", "Appends to a key's value and returns the new length.")
+        .data(|_, a, _| {
+            Ok(Part::new(
+                vec![Write::Append {
+                    key: a[1].clone(),
+                    suffix: a[2].clone(),
+                }],
+                int_reply,
+            ))
+        }),
+    Command::new("strlen", 2, R, KEY1)
+        .doc("string", "key", "Returns the length of a key's value.")
+        .data(|_, a, _| {
+            Ok(Part::new(vec![get(&a[1])], |r| match &r[0] {
+                WriteResult::Value(v) => Reply::Int(v.as_ref().map_or(0, |v| v.len() as i64)),
+                other => unexpected(other),
+            }))
+        }),
+    Command::new("getrange", 4, R, KEY1)
+        .doc(
+            "string",
+            "key start end",
+            "Returns part of a key's value; negative offsets count from the end.",
+        )
+        .data(|_, a, _| {
+            let (start, end) = (int_arg(&a[2])?, int_arg(&a[3])?);
+            Ok(Part::new(vec![get(&a[1])], move |r| match &r[0] {
+                WriteResult::Value(v) => {
+                    let v = v.clone().unwrap_or_default();
+                    Reply::Bulk(getrange(&v, start, end))
+                }
+                other => unexpected(other),
+            }))
+        }),
+    Command::new("keel.version", 2, R, KEY1).doc(
+        "string",
+        "key",
+        "Returns the version of a key (for KEEL.CAS), or nil if it does not exist.",
+    ),
+    Command::new("keel.cas", 4, W, KEY1)
+        .doc(
+            "string",
+            "key version value",
+            "Sets a key's value only if its version is still the one given; 0 means the key must not exist.",
+        )
+        .data(cas),
+    // Stores its outcome; also needs what the wrapped command needs (see `crate::auth`).
+    Command::new("keel.idem", -3, W, NO_KEYS).doc(
+        "string",
+        "request-id command [arg [arg ...]]",
+        "Runs a write once per request id; a retry, also after a restart, gets the first reply.",
+    ),
+];
+
+fn int_reply(r: &[WriteResult]) -> Reply {
+    match r[0] {
+        WriteResult::Int(v) => Reply::Int(v),
+        WriteResult::Failed(e) => write_error(e),
+        ref other => unexpected(other),
+    }
+}
+
+fn setex(name: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
+    let unit = if name == "setex" { 1000 } else { 1 };
+    let at = expiry_ms(name, int_arg(&a[2])?, unit, false, true, now_ms)?;
+    Ok(Part::new(
+        vec![put(&a[1], &a[3], ttl_of(at), PutIf::Always)],
+        |_| Reply::ok(),
+    ))
+}
+
+fn mset(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    if a.len().is_multiple_of(2) {
+        return Err(wrong_args(name));
+    }
+    let writes = a[1..]
+        .chunks(2)
+        .map(|kv| put(&kv[0], &kv[1], Ttl::None, PutIf::Always))
+        .collect();
+    if name == "mset" {
+        return Ok(Part::new(writes, |_| Reply::ok()));
+    }
+    let guards = a[1..]
+        .chunks(2)
+        .map(|kv| Guard {
+            key: kv[0].clone(),
+            version: None,
+        })
+        .collect();
+    Ok(Part {
+        guards,
+        writes,
+        render: Box::new(|r| Reply::Int(r.is_some() as i64)),
+    })
+}
+
+fn incr(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    let by = match name {
+        "incr" => 1,
+        "decr" => -1,
+        "incrby" => int_arg(&a[2])?,
+        _ => int_arg(&a[2])?
+            .checked_neg()
+            .ok_or_else(|| Reply::err("ERR decrement would overflow"))?,
+    };
+    Ok(Part::new(
+        vec![Write::Incr {
+            key: a[1].clone(),
+            by,
+        }],
+        int_reply,
+    ))
+}
+
+fn incrbyfloat(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    let by = std::str::from_utf8(&a[2])
+        .ok()
+        .filter(|s| !s.is_empty() && !s.starts_with(char::is_whitespace))
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|f| !f.is_nan())
+        .ok_or_else(|| Reply::err("ERR value is not a valid float"))?;
+    Ok(Part::new(
+        vec![Write::IncrFloat {
+            key: a[1].clone(),
+            by,
+        }],
+        |r| match &r[0] {
+            WriteResult::Failed(e) => write_error(*e),
+            other => value_reply(other),
+        },
+    ))
+}
+
+fn cas(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    let v = parse_i64(&a[2])
+        .filter(|v| *v >= 0)
+        .ok_or_else(|| Reply::err("ERR version must be a non-negative integer"))?;
+    Ok(Part {
+        guards: vec![Guard {
+            key: a[1].clone(),
+            version: (v > 0).then_some(v as u64),
+        }],
+        writes: vec![put(&a[1], &a[3], Ttl::None, PutIf::Always)],
+        render: Box::new(|r| Reply::Int(r.is_some() as i64)),
+    })
+}
+
+fn set(_: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
+    let (key, value) = (&a[1], &a[2]);
+    let mut only = PutIf::Always;
+    let mut ttl = Ttl::None;
+    let mut with_get = false;
+    let mut ttl_set = false;
+    let mut i = 3;
+    while i < a.len() {
+        let o = &a[i];
+        if eq(o, "nx") && only == PutIf::Always {
+            only = PutIf::Absent;
+        } else if eq(o, "xx") && only == PutIf::Always {
+            only = PutIf::Present;
+        } else if eq(o, "get") {
+            with_get = true;
+        } else if eq(o, "keepttl") && !ttl_set {
+            ttl = Ttl::Keep;
+            ttl_set = true;
+        } else if !ttl_set
+            && i + 1 < a.len()
+            && (eq(o, "ex") || eq(o, "px") || eq(o, "exat") || eq(o, "pxat"))
+        {
+            let unit = if eq(o, "ex") || eq(o, "exat") {
+                1000
+            } else {
+                1
+            };
+            let absolute = eq(o, "exat") || eq(o, "pxat");
+            let at = expiry_ms("set", int_arg(&a[i + 1])?, unit, absolute, true, now_ms)?;
+            ttl = ttl_of(at);
+            ttl_set = true;
+            i += 1;
+        } else {
+            return Err(Reply::err(SYNTAX));
+        }
+        i += 1;
+    }
+    let p = put(key, value, ttl, only);
+    Ok(if with_get {
+        Part::new(vec![get(key), p], |r| value_reply(&r[0]))
+    } else {
+        Part::new(vec![p], |r| match r[0] {
+            WriteResult::Put(true) => Reply::ok(),
+            WriteResult::Put(false) => Reply::Nil,
+            ref other => unexpected(other),
+        })
+    })
+}
+
+fn getex(_: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
+    let key = &a[1];
+    let mut writes = vec![get(key)];
+    match a.len() {
+        2 => {}
+        3 if eq(&a[2], "persist") => writes.push(Write::Expire {
+            key: key.clone(),
+            at_ms: None,
+            only: keel_engine::ExpireIf::Always,
+        }),
+        4 => {
+            let o = &a[2];
+            let (unit, absolute) = if eq(o, "ex") {
+                (1000, false)
+            } else if eq(o, "px") {
+                (1, false)
+            } else if eq(o, "exat") {
+                (1000, true)
+            } else if eq(o, "pxat") {
+                (1, true)
+            } else {
+                return Err(Reply::err(SYNTAX));
+            };
+            let at = expiry_ms("getex", int_arg(&a[3])?, unit, absolute, true, now_ms)?;
+            writes.push(Write::Expire {
+                key: key.clone(),
+                at_ms: Some(at.max(1) as u64),
+                only: keel_engine::ExpireIf::Always,
+            });
+        }
+        _ => return Err(Reply::err(SYNTAX)),
+    }
+    Ok(Part::new(writes, |r| value_reply(&r[0])))
+}
+
+/// Redis's GETRANGE index rules: negative indexes count from the end, out-of-range ends clamp.
+pub fn getrange(v: &Bytes, start: i64, end: i64) -> Bytes {
+    let len = v.len() as i64;
+    if len == 0 || (start < 0 && end < 0 && start > end) {
+        return Bytes::new();
+    }
+    let mut s = if start < 0 { len + start } else { start };
+    let mut e = if end < 0 { len + end } else { end };
+    s = s.max(0);
+    e = e.max(0);
+    if e >= len {
+        e = len - 1;
+    }
+    if s > e {
+        return Bytes::new();
+    }
+    v.slice(s as usize..=e as usize)
+}
