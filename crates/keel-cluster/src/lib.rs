@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use keel_engine::{Engine, Guard, Outcome, Write};
+use keel_engine::{Engine, Guard, Outcome, Read, Write};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState};
 use serde::{Deserialize, Serialize};
@@ -244,21 +244,45 @@ pub const TXN_BYTES_MAX: usize = 12 << 20;
 const MAX_PAYLOAD_ENTRIES: u64 = 32;
 
 fn txn_bytes(t: &Txn) -> usize {
-    t.writes
-        .iter()
-        .map(|w| match w {
-            Write::Put { key, value, .. } | Write::System { key, value } => key.len() + value.len(),
-            Write::Append { key, suffix } => key.len() + suffix.len(),
-            Write::Rename { from, to, .. } => from.len() + to.len(),
-            Write::Delete { key }
-            | Write::Incr { key, .. }
-            | Write::IncrFloat { key, .. }
-            | Write::Expire { key, .. }
-            | Write::Get { key } => key.len(),
-            Write::DeleteAll => 0,
-        } + 32)
-        .sum::<usize>()
+    t.writes.iter().map(write_bytes).sum::<usize>()
         + t.guards.iter().map(|g| g.key.len() + 16).sum::<usize>()
+}
+
+/// About how many bytes one write takes in a raft entry.
+fn write_bytes(w: &Write) -> usize {
+    32 + match w {
+        Write::Put { key, value, .. } | Write::System { key, value } => key.len() + value.len(),
+        Write::Append { key, suffix } => key.len() + suffix.len(),
+        Write::Rename { from, to, .. } => from.len() + to.len(),
+        Write::Delete { key }
+        | Write::Incr { key, .. }
+        | Write::IncrFloat { key, .. }
+        | Write::Expire { key, .. }
+        | Write::Get { key } => key.len(),
+        Write::HashSet { key, pairs, .. } => {
+            key.len()
+                + pairs
+                    .iter()
+                    .map(|(f, v)| f.len() + v.len() + 8)
+                    .sum::<usize>()
+        }
+        Write::HashDel { key, fields } => {
+            key.len() + fields.iter().map(|f| f.len() + 8).sum::<usize>()
+        }
+        Write::HashIncr { key, field, .. } | Write::HashIncrFloat { key, field, .. } => {
+            key.len() + field.len()
+        }
+        Write::Read { key, op } => {
+            key.len()
+                + match op {
+                    Read::HashGet { fields } => fields.iter().map(|f| f.len() + 8).sum(),
+                    Read::HashExists { field } | Read::HashStrlen { field } => field.len(),
+                    _ => 0,
+                }
+        }
+        Write::GetThen { key, then } => key.len() + write_bytes(then),
+        Write::DeleteAll => 0,
+    }
 }
 
 /// Proposes the waiting transactions as one entry, one entry at a time: those that arrive while

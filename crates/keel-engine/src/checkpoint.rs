@@ -805,6 +805,7 @@ mod tests {
                         Change::Key(k, None) => {
                             map.remove(k);
                         }
+                        Change::Edit(k, m) => map.edit(k, m, r.lsn),
                         Change::All => map.clear(),
                         Change::System(k, v) => {
                             system.insert(k.clone(), v.clone());

@@ -4,20 +4,17 @@
 
 use bytes::Bytes;
 
-use crate::keyspace::Changes;
+use crate::keyspace::{change, edit_typed, eval_get, eval_read, Change, Lent, Typed};
 use crate::record::Mutation;
-use keel_wal::Lsn;
+use crate::table::ValueRef;
+use crate::util::HashMap;
 
-use crate::types::{live_at, Entry, Guard, Outcome, PutIf, Ttl, Write, WriteError, WriteResult};
+use crate::types::{Guard, Outcome, PutIf, Ttl, Write, WriteError, WriteResult};
 
 /// The state a transaction is decided against: every earlier transaction, durable or not.
 pub(crate) trait Decided {
-    /// The decided entry of `key`, expired or not, copied out.
-    fn get(&self, key: &[u8]) -> Option<Entry>;
-
-    /// The version and expiry of `key`'s decided entry, expired or not, without copying its
-    /// value (a guard needs no more).
-    fn stamp(&self, key: &[u8]) -> Option<(Lsn, Option<u64>)>;
+    /// The decided entry of `key`, expired or not, lent without copying.
+    fn lend(&self, key: &[u8]) -> Option<Lent<'_>>;
 }
 
 fn parse_int(v: &[u8]) -> Option<i64> {
@@ -55,26 +52,64 @@ fn parse_float(v: &[u8]) -> Option<f64> {
 
 /// The state a transaction sees part-way through: the state before it, plus what its earlier
 /// writes changed. Cheaper than cloning the map: the common single-write transaction never
-/// touches the tree, and the sequencer's map is then updated in place, once.
+/// touches it, and the sequencer's state is then updated in place, once.
 struct Overlay<S> {
     base: S,
-    /// What the transaction wrote so far.
-    changes: Changes,
+    /// What the transaction wrote so far: the entry each key holds now (`None`: deleted).
+    changed: HashMap<Bytes, Option<Typed>>,
+    /// A DeleteAll came: keys not in `changed` are gone.
+    cleared: bool,
     now: u64,
 }
 
+/// A string value, its expiry, or the key holds another type.
+type Str = Result<Option<(Bytes, Option<u64>)>, WriteError>;
+
 impl<S: Decided> Overlay<S> {
-    fn live(&self, k: &[u8]) -> Option<Entry> {
-        let e = match self.changes.get(k) {
-            Some(e) => e.cloned(),
-            None => self.base.get(k),
-        };
-        e.filter(|e| e.live(self.now))
+    fn lend(&self, k: &[u8]) -> Option<Lent<'_>> {
+        match self.changed.get(k) {
+            Some(e) => e.as_ref().map(Typed::lend),
+            None if self.cleared => None,
+            None => self.base.lend(k),
+        }
+    }
+
+    /// The live entry of `key`, of any type.
+    fn live(&self, k: &[u8]) -> Option<Lent<'_>> {
+        self.lend(k).filter(|e| e.live(self.now))
+    }
+
+    /// The live string at `key` and its expiry, copied; `Err(WrongType)` for another type.
+    fn string(&self, k: &[u8]) -> Str {
+        match self.live(k) {
+            None => Ok(None),
+            Some(Lent {
+                value: ValueRef::String(v),
+                expires_at_ms,
+                ..
+            }) => Ok(Some((Bytes::copy_from_slice(v), expires_at_ms))),
+            Some(_) => Err(WriteError::WrongType),
+        }
     }
 
     fn apply(&mut self, mutations: &[Mutation]) {
         // The version is provisional: only liveness and values are read back.
-        self.changes.apply(mutations, 0);
+        for m in mutations {
+            match change(m, 0) {
+                Change::Key(k, e) => {
+                    self.changed.insert(k.clone(), e.map(Typed::from));
+                }
+                Change::Edit(k, m) => {
+                    let e = edit_typed(self.lend(k).map(|e| e.typed()), m, 0);
+                    self.changed.insert(k.clone(), e);
+                }
+                Change::All => {
+                    self.changed.clear();
+                    self.cleared = true;
+                }
+                Change::System(..) => {}
+            }
+        }
     }
 }
 
@@ -88,14 +123,18 @@ pub(crate) fn decide(
     writes: Vec<Write>,
 ) -> (Outcome, Vec<Mutation>) {
     for (i, g) in guards.iter().enumerate() {
-        let stamp = state.stamp(&g.key).filter(|&(_, at)| live_at(at, now));
-        if stamp.map(|(version, _)| version) != g.version {
+        let version = state
+            .lend(&g.key)
+            .filter(|e| e.live(now))
+            .map(|e| e.version);
+        if version != g.version {
             return (Outcome::GuardFailed(i), Vec::new());
         }
     }
     let mut work = Overlay {
         base: state,
-        changes: Changes::default(),
+        changed: HashMap::default(),
+        cleared: false,
         now,
     };
     let n = writes.len();
@@ -117,149 +156,306 @@ pub(crate) fn decide(
     for (i, w) in writes.into_iter().enumerate() {
         // This write's mutations are pushed straight onto the transaction's.
         let first = mutations.len();
-        let m = &mut mutations;
-        let result = match w {
-            Write::Put {
-                key,
-                value,
-                ttl,
-                only,
-            } => {
-                // A plain put reads nothing: skip the lookup.
-                let old = match (&only, &ttl) {
-                    (PutIf::Always, Ttl::None | Ttl::At(_)) => None,
-                    _ => work.live(&key),
-                };
-                let go = match only {
-                    PutIf::Always => true,
-                    PutIf::Absent => old.is_none(),
-                    PutIf::Present => old.is_some(),
-                };
-                let expires_at_ms = match ttl {
-                    Ttl::None => None,
-                    Ttl::At(t) => Some(t),
-                    Ttl::Keep => old.and_then(|e| e.expires_at_ms),
-                };
-                if go {
-                    m.push(Mutation::Set {
-                        key,
-                        value,
-                        expires_at_ms,
-                    });
-                }
-                WriteResult::Put(go)
-            }
-            Write::Delete { key } => {
-                let existed = work.live(&key).is_some();
-                if existed {
-                    m.push(Mutation::Delete { key });
-                }
-                WriteResult::Existed(existed)
-            }
-            Write::Incr { key, by } => {
-                let old = work.live(&key);
-                match old.as_ref().map_or(Some(0), |e| parse_int(&e.value)) {
-                    None => WriteResult::Failed(WriteError::NotAnInteger),
-                    Some(cur) => match cur.checked_add(by) {
-                        None => WriteResult::Failed(WriteError::Overflow),
-                        Some(new) => {
-                            m.push(Mutation::Set {
-                                key,
-                                value: Bytes::from(new.to_string()),
-                                expires_at_ms: old.and_then(|e| e.expires_at_ms),
-                            });
-                            WriteResult::Int(new)
-                        }
-                    },
-                }
-            }
-            Write::IncrFloat { key, by } => {
-                let old = work.live(&key);
-                match old.as_ref().map_or(Some(0.0), |e| parse_float(&e.value)) {
-                    None => WriteResult::Failed(WriteError::NotAFloat),
-                    Some(cur) if !(cur + by).is_finite() || !by.is_finite() => {
-                        WriteResult::Failed(WriteError::NotFinite)
-                    }
-                    Some(cur) => {
-                        let value = Bytes::from(format_float(cur + by));
-                        m.push(Mutation::Set {
-                            key,
-                            value: value.clone(),
-                            expires_at_ms: old.and_then(|e| e.expires_at_ms),
-                        });
-                        WriteResult::Value(Some(value))
-                    }
-                }
-            }
-            Write::Append { key, suffix } => {
-                let old = work.live(&key);
-                let len = old.as_ref().map_or(0, |e| e.value.len()) + suffix.len();
-                if len > value_max {
-                    WriteResult::Failed(WriteError::ValueTooLarge)
-                } else {
-                    let (value, expires_at_ms) = match old {
-                        Some(e) => {
-                            let mut v = Vec::with_capacity(len);
-                            v.extend_from_slice(&e.value);
-                            v.extend_from_slice(&suffix);
-                            (Bytes::from(v), e.expires_at_ms)
-                        }
-                        None => (suffix, None),
-                    };
-                    m.push(Mutation::Set {
-                        key,
-                        value,
-                        expires_at_ms,
-                    });
-                    WriteResult::Int(len as i64)
-                }
-            }
-            Write::Expire { key, at_ms, only } => match work.live(&key) {
-                Some(e) if only.holds(e.expires_at_ms, at_ms) => {
-                    m.push(match at_ms {
-                        Some(t) if t <= now => Mutation::Delete { key },
-                        _ => Mutation::Set {
-                            key,
-                            value: e.value,
-                            expires_at_ms: at_ms,
-                        },
-                    });
-                    WriteResult::Existed(true)
-                }
-                _ => WriteResult::Existed(false),
-            },
-            Write::Rename {
-                from,
-                to,
-                only_if_absent,
-            } => match work.live(&from) {
-                None => WriteResult::Failed(WriteError::NoSuchKey),
-                Some(_) if only_if_absent && work.live(&to).is_some() => WriteResult::Put(false),
-                Some(_) if from == to => WriteResult::Put(true),
-                Some(e) => {
-                    m.push(Mutation::Delete { key: from });
-                    m.push(Mutation::Set {
-                        key: to,
-                        value: e.value,
-                        expires_at_ms: e.expires_at_ms,
-                    });
-                    WriteResult::Put(true)
-                }
-            },
-            Write::Get { key } => WriteResult::Value(work.live(&key).map(|e| e.value)),
-            Write::DeleteAll => {
-                m.push(Mutation::DeleteAll);
-                WriteResult::DeletedAll
-            }
-            Write::System { key, value } => {
-                m.push(Mutation::System { key, value });
-                WriteResult::Put(true)
-            }
-        };
+        let result = decide_one(&work, value_max, w, &mut mutations);
         if reads && i + 1 < n {
             work.apply(&mutations[first..]);
         }
         results.push(result);
     }
     (Outcome::Committed { lsn: None, results }, mutations)
+}
+
+/// Decides one write against `work`, pushing its effects onto `m`.
+fn decide_one<S: Decided>(
+    work: &Overlay<S>,
+    value_max: usize,
+    w: Write,
+    m: &mut Vec<Mutation>,
+) -> WriteResult {
+    let now = work.now;
+    match w {
+        Write::Put {
+            key,
+            value,
+            ttl,
+            only,
+        } => {
+            // A plain put reads nothing: skip the lookup. A put replaces a value of any type.
+            let old = match (&only, &ttl) {
+                (PutIf::Always, Ttl::None | Ttl::At(_)) => None,
+                _ => work.live(&key).map(|e| e.expires_at_ms),
+            };
+            let go = match only {
+                PutIf::Always => true,
+                PutIf::Absent => old.is_none(),
+                PutIf::Present => old.is_some(),
+            };
+            let expires_at_ms = match ttl {
+                Ttl::None => None,
+                Ttl::At(t) => Some(t),
+                Ttl::Keep => old.flatten(),
+            };
+            if go {
+                m.push(Mutation::Set {
+                    key,
+                    value,
+                    expires_at_ms,
+                });
+            }
+            WriteResult::Put(go)
+        }
+        Write::Delete { key } => {
+            let existed = work.live(&key).is_some();
+            if existed {
+                m.push(Mutation::Delete { key });
+            }
+            WriteResult::Existed(existed)
+        }
+        Write::Incr { key, by } => {
+            let old = match work.string(&key) {
+                Ok(old) => old,
+                Err(e) => return WriteResult::Failed(e),
+            };
+            match old.as_ref().map_or(Some(0), |(v, _)| parse_int(v)) {
+                None => WriteResult::Failed(WriteError::NotAnInteger),
+                Some(cur) => match cur.checked_add(by) {
+                    None => WriteResult::Failed(WriteError::Overflow),
+                    Some(new) => {
+                        m.push(Mutation::Set {
+                            key,
+                            value: Bytes::from(new.to_string()),
+                            expires_at_ms: old.and_then(|(_, t)| t),
+                        });
+                        WriteResult::Int(new)
+                    }
+                },
+            }
+        }
+        Write::IncrFloat { key, by } => {
+            let old = match work.string(&key) {
+                Ok(old) => old,
+                Err(e) => return WriteResult::Failed(e),
+            };
+            let cur = old.as_ref().map_or(Some(0.0), |(v, _)| parse_float(v));
+            match add_float(cur, by) {
+                Err(e) => WriteResult::Failed(e),
+                Ok(value) => {
+                    m.push(Mutation::Set {
+                        key,
+                        value: value.clone(),
+                        expires_at_ms: old.and_then(|(_, t)| t),
+                    });
+                    WriteResult::Value(Some(value))
+                }
+            }
+        }
+        Write::Append { key, suffix } => {
+            let old = match work.string(&key) {
+                Ok(old) => old,
+                Err(e) => return WriteResult::Failed(e),
+            };
+            let len = old.as_ref().map_or(0, |(v, _)| v.len()) + suffix.len();
+            if len > value_max {
+                return WriteResult::Failed(WriteError::ValueTooLarge);
+            }
+            let (value, expires_at_ms) = match old {
+                Some((v, t)) => {
+                    let mut out = Vec::with_capacity(len);
+                    out.extend_from_slice(&v);
+                    out.extend_from_slice(&suffix);
+                    (Bytes::from(out), t)
+                }
+                None => (suffix, None),
+            };
+            m.push(Mutation::Set {
+                key,
+                value,
+                expires_at_ms,
+            });
+            WriteResult::Int(len as i64)
+        }
+        Write::Expire { key, at_ms, only } => match work.live(&key) {
+            Some(e) if only.holds(e.expires_at_ms, at_ms) => {
+                m.push(match at_ms {
+                    Some(t) if t <= now => Mutation::Delete { key },
+                    _ => Mutation::Expire {
+                        key,
+                        expires_at_ms: at_ms,
+                    },
+                });
+                WriteResult::Existed(true)
+            }
+            _ => WriteResult::Existed(false),
+        },
+        Write::Rename {
+            from,
+            to,
+            only_if_absent,
+        } => match work.live(&from) {
+            None => WriteResult::Failed(WriteError::NoSuchKey),
+            Some(_) if only_if_absent && work.live(&to).is_some() => WriteResult::Put(false),
+            Some(_) if from == to => WriteResult::Put(true),
+            Some(e) => {
+                let moved = recreate(to, e);
+                m.push(Mutation::Delete { key: from });
+                m.extend(moved);
+                WriteResult::Put(true)
+            }
+        },
+        Write::Get { key } => eval_get(work.live(&key).map(|e| e.value)),
+        Write::GetThen { key, then } => match eval_get(work.live(&key).map(|e| e.value)) {
+            r @ WriteResult::Failed(_) => r,
+            r => {
+                decide_one(work, value_max, *then, m);
+                r
+            }
+        },
+        Write::Read { key, op } => eval_read(work.live(&key).map(|e| e.value), &op),
+        Write::HashSet {
+            key,
+            pairs,
+            only_new,
+        } => {
+            let (create, h) = match work.live(&key).map(|e| e.value) {
+                None => (true, None),
+                Some(ValueRef::Hash(h)) => (false, Some(h)),
+                Some(_) => return WriteResult::Failed(WriteError::WrongType),
+            };
+            // A field is added once however often it is named; with `only_new` its first value
+            // is the one set, as if the pairs were set one by one.
+            let mut added = HashMap::<Bytes, ()>::default();
+            let mut kept = Vec::with_capacity(pairs.len());
+            for (f, v) in pairs {
+                let new = h.is_none_or(|h| h.get(&f).is_none()) && !added.contains_key(&f);
+                if new {
+                    added.insert(f.clone(), ());
+                }
+                if new || !only_new {
+                    kept.push((f, v));
+                }
+            }
+            let (added, pairs) = (added.len(), kept);
+            // HSETNX of a field that exists writes nothing.
+            if !pairs.is_empty() {
+                m.push(Mutation::HashSet { key, create, pairs });
+            }
+            WriteResult::Int(added as i64)
+        }
+        Write::HashDel { key, fields } => match work.live(&key).map(|e| e.value) {
+            None => WriteResult::Int(0),
+            Some(ValueRef::Hash(h)) => {
+                let mut seen = HashMap::<&[u8], ()>::default();
+                let fields: Vec<Bytes> = fields
+                    .iter()
+                    .filter(|f| h.get(f).is_some() && seen.insert(f, ()).is_none())
+                    .cloned()
+                    .collect();
+                let removed = fields.len();
+                if removed == h.len() {
+                    m.push(Mutation::Delete { key });
+                } else if removed > 0 {
+                    m.push(Mutation::HashDel { key, fields });
+                }
+                WriteResult::Int(removed as i64)
+            }
+            Some(_) => WriteResult::Failed(WriteError::WrongType),
+        },
+        Write::HashIncr { key, field, by } => {
+            let (create, old) = match hash_field(work, &key, &field) {
+                Ok(x) => x,
+                Err(e) => return WriteResult::Failed(e),
+            };
+            match old.as_deref().map_or(Some(0), parse_int) {
+                None => WriteResult::Failed(WriteError::NotAnInteger),
+                Some(cur) => match cur.checked_add(by) {
+                    None => WriteResult::Failed(WriteError::Overflow),
+                    Some(new) => {
+                        let pairs = vec![(field, Bytes::from(new.to_string()))];
+                        m.push(Mutation::HashSet { key, create, pairs });
+                        WriteResult::Int(new)
+                    }
+                },
+            }
+        }
+        Write::HashIncrFloat { key, field, by } => {
+            let (create, old) = match hash_field(work, &key, &field) {
+                Ok(x) => x,
+                Err(e) => return WriteResult::Failed(e),
+            };
+            match add_float(old.as_deref().map_or(Some(0.0), parse_float), by) {
+                Err(e) => WriteResult::Failed(e),
+                Ok(value) => {
+                    let pairs = vec![(field, value.clone())];
+                    m.push(Mutation::HashSet { key, create, pairs });
+                    WriteResult::Value(Some(value))
+                }
+            }
+        }
+        Write::DeleteAll => {
+            m.push(Mutation::DeleteAll);
+            WriteResult::DeletedAll
+        }
+        Write::System { key, value } => {
+            m.push(Mutation::System { key, value });
+            WriteResult::Put(true)
+        }
+    }
+}
+
+/// Whether a write to the hash at `key` creates it, and the value of its `field`, copied;
+/// `Err(WrongType)` if the key holds another type.
+fn hash_field<S: Decided>(
+    work: &Overlay<S>,
+    key: &[u8],
+    field: &[u8],
+) -> Result<(bool, Option<Bytes>), WriteError> {
+    match work.live(key).map(|e| e.value) {
+        None => Ok((true, None)),
+        Some(ValueRef::Hash(h)) => Ok((false, h.get(field).map(Bytes::copy_from_slice))),
+        Some(_) => Err(WriteError::WrongType),
+    }
+}
+
+/// `cur + by` as INCRBYFLOAT writes it; `cur` is `None` when the value is not a float.
+fn add_float(cur: Option<f64>, by: f64) -> Result<Bytes, WriteError> {
+    match cur {
+        None => Err(WriteError::NotAFloat),
+        Some(cur) if !(cur + by).is_finite() || !by.is_finite() => Err(WriteError::NotFinite),
+        Some(cur) => Ok(Bytes::from(format_float(cur + by))),
+    }
+}
+
+/// The mutations that make `key` hold what `e` holds, with its expiry: a rename's second half.
+/// O(the value): the log holds the moved value itself, not a reference to the old key, so that
+/// each record's effect on a key depends only on that key (docs/FORMAT.md).
+fn recreate(key: Bytes, e: Lent<'_>) -> Vec<Mutation> {
+    match e.value {
+        ValueRef::String(v) => vec![Mutation::Set {
+            key,
+            value: Bytes::copy_from_slice(v),
+            expires_at_ms: e.expires_at_ms,
+        }],
+        ValueRef::Hash(h) => {
+            let pairs = h
+                .iter()
+                .map(|(f, v)| (Bytes::copy_from_slice(f), Bytes::copy_from_slice(v)))
+                .collect();
+            let mut out = vec![Mutation::HashSet {
+                key: key.clone(),
+                create: true,
+                pairs,
+            }];
+            if let Some(t) = e.expires_at_ms {
+                out.push(Mutation::Expire {
+                    key,
+                    expires_at_ms: Some(t),
+                });
+            }
+            out
+        }
+        other => unreachable!(
+            "a {} in the keyspace: only strings and hashes load or are written",
+            other.kind().name()
+        ),
+    }
 }

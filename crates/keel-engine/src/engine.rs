@@ -466,7 +466,8 @@ impl Core {
         self.sequencer.publisher.read(now_ms(), f)
     }
 
-    /// The live entry of `key` in the durable state now.
+    /// The live string entry of `key` in the durable state now; `None` also when the key holds
+    /// another type (read those with [`Engine::read`] and [`ReadView::read`]).
     pub fn get(&self, key: &[u8]) -> Option<Entry> {
         self.read(|v| v.get(key))
     }

@@ -15,9 +15,236 @@ use bytes::Bytes;
 use keel_wal::Lsn;
 
 use crate::record::Mutation;
-use crate::table::{EntryRef, Table, ValueRef, KEYS_PER_SHARD_TARGET};
-use crate::types::Entry;
+use crate::table::{
+    EntryRef, HashValue, Kind, Table, Value, ValueMut, ValueRef, KEYS_PER_SHARD_TARGET,
+};
+use crate::types::{live_at, Entry, Read, WriteError, WriteResult};
 use crate::util::HashMap;
+
+/// A value of any type: a string, or a collection in the table's encoding.
+#[derive(Clone, Debug)]
+pub(crate) enum Stored {
+    String(Bytes),
+    Collection(Value),
+}
+
+impl Stored {
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            Stored::String(_) => Kind::String,
+            Stored::Collection(c) => c.kind(),
+        }
+    }
+}
+
+/// An entry of any type, as the decided state and the replay hold it.
+#[derive(Clone, Debug)]
+pub(crate) struct Typed {
+    pub(crate) value: Stored,
+    pub(crate) version: Lsn,
+    pub(crate) expires_at_ms: Option<u64>,
+}
+
+impl From<Entry> for Typed {
+    fn from(e: Entry) -> Typed {
+        Typed {
+            value: Stored::String(e.value),
+            version: e.version,
+            expires_at_ms: e.expires_at_ms,
+        }
+    }
+}
+
+impl Stored {
+    pub(crate) fn as_ref(&self) -> ValueRef<'_> {
+        match self {
+            Stored::String(v) => ValueRef::String(v),
+            Stored::Collection(Value::String(v)) => ValueRef::String(v),
+            Stored::Collection(Value::Hash(h)) => ValueRef::Hash(h),
+            Stored::Collection(Value::Set(x)) => ValueRef::Set(x),
+            Stored::Collection(Value::List(x)) => ValueRef::List(x),
+            Stored::Collection(Value::ZSet(x)) => ValueRef::ZSet(x),
+        }
+    }
+
+    fn of(v: ValueRef<'_>) -> Stored {
+        match v {
+            ValueRef::String(v) => Stored::String(Bytes::copy_from_slice(v)),
+            ValueRef::Hash(h) => Stored::Collection(Value::Hash(h.clone())),
+            ValueRef::Set(x) => Stored::Collection(Value::Set(x.clone())),
+            ValueRef::List(x) => Stored::Collection(Value::List(x.clone())),
+            ValueRef::ZSet(x) => Stored::Collection(Value::ZSet(x.clone())),
+        }
+    }
+}
+
+/// An entry of any type, lent without copying: what deciding reads, from the visible table or
+/// from the decided writes not yet visible.
+#[derive(Clone, Copy)]
+pub(crate) struct Lent<'a> {
+    pub(crate) value: ValueRef<'a>,
+    pub(crate) version: Lsn,
+    pub(crate) expires_at_ms: Option<u64>,
+}
+
+impl<'a> Lent<'a> {
+    pub(crate) fn live(&self, now_ms: u64) -> bool {
+        live_at(self.expires_at_ms, now_ms)
+    }
+
+    pub(crate) fn of(e: EntryRef<'a>) -> Lent<'a> {
+        Lent {
+            value: e.value(),
+            version: e.version(),
+            expires_at_ms: e.expires_at_ms(),
+        }
+    }
+
+    /// A copy: O(the value's size).
+    pub(crate) fn typed(&self) -> Typed {
+        Typed {
+            value: Stored::of(self.value),
+            version: self.version,
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+}
+
+impl Typed {
+    pub(crate) fn lend(&self) -> Lent<'_> {
+        Lent {
+            value: self.value.as_ref(),
+            version: self.version,
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+}
+
+/// The entry of a stored one, whatever its type, copied out.
+pub(crate) fn typed_of(e: EntryRef<'_>) -> Typed {
+    Typed {
+        value: Stored::of(e.value()),
+        version: e.version(),
+        expires_at_ms: e.expires_at_ms(),
+    }
+}
+
+/// Applies a relative mutation ([`Mutation::is_relative`]) to `entry`, the key's entry before
+/// it (`None`: absent, expired or not), at `version`; returns the entry it leaves. The one
+/// definition of what a relative mutation does to a copied-out entry; [`Map::edit`] does the
+/// same in place.
+pub(crate) fn edit_typed(entry: Option<Typed>, m: &Mutation, version: Lsn) -> Option<Typed> {
+    match m {
+        Mutation::HashSet { create, pairs, .. } => {
+            let mut e = match entry {
+                Some(e) if !*create && e.value.kind() == Kind::Hash => e,
+                _ => Typed {
+                    value: Stored::Collection(Value::Hash(HashValue::new())),
+                    version,
+                    expires_at_ms: None,
+                },
+            };
+            if let Stored::Collection(Value::Hash(h)) = &mut e.value {
+                for (f, v) in pairs {
+                    h.insert(f, v);
+                }
+            }
+            e.version = version;
+            Some(e)
+        }
+        Mutation::HashDel { fields, .. } => {
+            let mut e = entry?;
+            if let Stored::Collection(Value::Hash(h)) = &mut e.value {
+                for f in fields {
+                    h.remove(f);
+                }
+                if h.is_empty() {
+                    return None;
+                }
+            }
+            e.version = version;
+            Some(e)
+        }
+        Mutation::Expire { expires_at_ms, .. } => {
+            let mut e = entry?;
+            e.expires_at_ms = *expires_at_ms;
+            e.version = version;
+            Some(e)
+        }
+        other => unreachable!("not a relative mutation: {other:?}"),
+    }
+}
+
+/// Evaluates a read of a key whose live value is `value` (`None`: absent or expired). The one
+/// definition of every [`Read`], for reads of the visible state and for reads inside a
+/// transaction alike.
+pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
+    let copy = |b: &[u8]| Some(Bytes::copy_from_slice(b));
+    if let Read::Type = op {
+        return WriteResult::Value(
+            value.map(|v| Bytes::from_static(type_name(v.kind()).as_bytes())),
+        );
+    }
+    let hash = match value {
+        None => None,
+        Some(ValueRef::Hash(h)) => Some(h),
+        Some(_) => return WriteResult::Failed(WriteError::WrongType),
+    };
+    let empty = HashValue::new();
+    let h = hash.unwrap_or(&empty);
+    match op {
+        Read::Type => unreachable!("answered above"),
+        Read::HashGet { fields } => {
+            WriteResult::Values(fields.iter().map(|f| h.get(f).and_then(copy)).collect())
+        }
+        Read::HashAll => {
+            WriteResult::Values(h.iter().flat_map(|(f, v)| [copy(f), copy(v)]).collect())
+        }
+        Read::HashKeys => WriteResult::Values(h.iter().map(|(f, _)| copy(f)).collect()),
+        Read::HashVals => WriteResult::Values(h.iter().map(|(_, v)| copy(v)).collect()),
+        Read::HashLen => WriteResult::Int(h.len() as i64),
+        Read::HashExists { field } => WriteResult::Int(h.get(field).is_some() as i64),
+        Read::HashStrlen { field } => WriteResult::Int(h.get(field).map_or(0, |v| v.len()) as i64),
+    }
+}
+
+/// Whether two values hold the same contents, whatever their encodings.
+pub(crate) fn same_value(a: ValueRef<'_>, b: ValueRef<'_>) -> bool {
+    match (a, b) {
+        (ValueRef::String(a), ValueRef::String(b)) => a == b,
+        (ValueRef::Hash(a), ValueRef::Hash(b)) => {
+            a.len() == b.len() && a.iter().all(|(f, v)| b.get(f) == Some(v))
+        }
+        (ValueRef::Set(a), ValueRef::Set(b)) => {
+            a.len() == b.len() && a.iter().all(|m| b.contains(&m))
+        }
+        (ValueRef::List(a), ValueRef::List(b)) => a.iter().eq(b.iter()),
+        (ValueRef::ZSet(a), ValueRef::ZSet(b)) => {
+            a.len() == b.len() && a.iter().iter().all(|(m, s)| b.score(m) == Some(*s))
+        }
+        _ => false,
+    }
+}
+
+/// What TYPE answers for a kind.
+pub(crate) fn type_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::String => "string",
+        Kind::Hash => "hash",
+        Kind::Set => "set",
+        Kind::List => "list",
+        Kind::ZSet => "zset",
+    }
+}
+
+/// A string read ([`Write::Get`](crate::Write::Get)) of a live value.
+pub(crate) fn eval_get(value: Option<ValueRef<'_>>) -> WriteResult {
+    match value {
+        None => WriteResult::Value(None),
+        Some(ValueRef::String(v)) => WriteResult::Value(Some(Bytes::copy_from_slice(v))),
+        Some(_) => WriteResult::Failed(WriteError::WrongType),
+    }
+}
 
 /// Every user key's entry, in the typed table (strings only so far), and how many of them
 /// carry an expiry. Not a persistent structure: cloning it copies every entry, which only a
@@ -29,17 +256,15 @@ pub(crate) struct Map {
     expiring: usize,
 }
 
-/// The engine's entry of a stored one. The engine writes strings only (the data types that
-/// need collections are not built yet), and a snapshot holding a collection is refused as
-/// unloadable before anything reaches the map.
-pub(crate) fn entry_of(e: EntryRef<'_>) -> Entry {
+/// The string entry of a stored one, copied out; `None` for a collection.
+pub(crate) fn entry_of(e: EntryRef<'_>) -> Option<Entry> {
     match e.value() {
-        ValueRef::String(v) => Entry {
+        ValueRef::String(v) => Some(Entry {
             value: Bytes::copy_from_slice(v),
             version: e.version(),
             expires_at_ms: e.expires_at_ms(),
-        },
-        other => unreachable!("a {} in a keyspace of strings", other.kind().name()),
+        }),
+        _ => None,
     }
 }
 
@@ -70,18 +295,86 @@ impl Map {
         self.table.get(key)
     }
 
-    /// The entry of `key`, expired or not, copied out.
+    /// The string entry of `key`, expired or not, copied out; `None` for a collection.
     pub(crate) fn entry(&self, key: &[u8]) -> Option<Entry> {
-        self.get(key).map(entry_of)
+        self.get(key).and_then(entry_of)
     }
 
-    /// Sets `key`'s entry; true if it replaced one.
+    /// Sets `key`'s string entry; true if it replaced one.
     pub(crate) fn insert(&mut self, key: &[u8], e: &Entry) -> bool {
         let old = self
             .table
             .replace_string(key, &e.value, e.expires_at_ms, e.version);
         self.count_expiry(old, e.expires_at_ms.is_some());
         old.is_some()
+    }
+
+    /// Sets `key`'s entry, of any type; true if it replaced one.
+    pub(crate) fn insert_typed(&mut self, key: &[u8], e: Typed) -> bool {
+        match e.value {
+            Stored::String(v) => {
+                let old = self
+                    .table
+                    .replace_string(key, &v, e.expires_at_ms, e.version);
+                self.count_expiry(old, e.expires_at_ms.is_some());
+                old.is_some()
+            }
+            Stored::Collection(c) => {
+                let old = self.table.delete(key);
+                self.count_expiry(old, e.expires_at_ms.is_some());
+                self.table.insert(key, c, e.expires_at_ms, e.version);
+                old.is_some()
+            }
+        }
+    }
+
+    /// Applies a relative mutation ([`Mutation::is_relative`]) to `key`'s entry in place, at
+    /// `version`: O(the change), not O(the value). Does what [`edit_typed`] does to a copy.
+    pub(crate) fn edit(&mut self, key: &[u8], m: &Mutation, version: Lsn) {
+        match m {
+            Mutation::HashSet { create, pairs, .. } => {
+                let is_hash = self.get(key).is_some_and(|e| e.kind() == Kind::Hash);
+                if *create || !is_hash {
+                    let old = self.table.delete(key);
+                    self.count_expiry(old, false);
+                    self.table
+                        .insert(key, Value::Hash(HashValue::new()), None, version);
+                }
+                let mut e = self.table.get_mut(key).expect("a hash was made above");
+                e.set_version(version);
+                if let ValueMut::Hash(h) = e.value_mut() {
+                    for (f, v) in pairs {
+                        h.insert(f, v);
+                    }
+                }
+            }
+            Mutation::HashDel { fields, .. } => {
+                let Some(mut e) = self.table.get_mut(key) else {
+                    return;
+                };
+                e.set_version(version);
+                let emptied = match e.value_mut() {
+                    ValueMut::Hash(h) => {
+                        for f in fields {
+                            h.remove(f);
+                        }
+                        h.is_empty()
+                    }
+                    _ => false,
+                };
+                if emptied {
+                    self.remove(key);
+                }
+            }
+            Mutation::Expire { expires_at_ms, .. } => {
+                let Some(old) = self.get(key).map(|e| e.expires_at_ms()) else {
+                    return;
+                };
+                self.table.set_expiry(key, *expires_at_ms, version);
+                self.count_expiry(Some(old), expires_at_ms.is_some());
+            }
+            other => unreachable!("not a relative mutation: {other:?}"),
+        }
     }
 
     /// Removes `key`'s entry; true if there was one.
@@ -118,9 +411,12 @@ impl Map {
 impl PartialEq for Map {
     fn eq(&self, other: &Map) -> bool {
         self.len() == other.len()
-            && self
-                .iter()
-                .all(|e| other.entry(e.key()).is_some_and(|o| o == entry_of(e)))
+            && self.iter().all(|e| {
+                other.get(e.key()).is_some_and(|o| {
+                    (o.version(), o.expires_at_ms()) == (e.version(), e.expires_at_ms())
+                        && same_value(o.value(), e.value())
+                })
+            })
     }
 }
 
@@ -128,7 +424,7 @@ impl std::fmt::Debug for Map {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut m = f.debug_map();
         for e in self.iter().take(64) {
-            m.entry(&Bytes::copy_from_slice(e.key()), &entry_of(e));
+            m.entry(&Bytes::copy_from_slice(e.key()), &typed_of(e));
         }
         m.finish()
     }
@@ -181,14 +477,86 @@ impl<'a> ReadView<'a> {
         self.keyspace.map.get(key).filter(|e| e.live(now))
     }
 
-    /// The live entry of `key`, copied out.
+    /// The live string entry of `key`, copied out; `None` if it is absent, expired or holds
+    /// another type (see [`ReadView::kind`]).
     pub fn get(&self, key: &[u8]) -> Option<Entry> {
-        self.live(key).map(entry_of)
+        self.live(key).and_then(entry_of)
+    }
+
+    /// A read of `key`'s live value, of any type: the result the same [`Write::Get`] or
+    /// [`Write::Read`] would give inside a transaction.
+    ///
+    /// [`Write::Get`]: crate::Write::Get
+    /// [`Write::Read`]: crate::Write::Read
+    pub fn read(&self, key: &[u8], op: Option<&Read>) -> WriteResult {
+        let value = self.live(key).map(|e| e.value());
+        match op {
+            None => eval_get(value),
+            Some(op) => eval_read(value, op),
+        }
+    }
+
+    /// The type of `key`'s live value, if it has one: `string`, `hash`, `set`, `list` or
+    /// `zset`, as Redis's TYPE names them.
+    pub fn kind(&self, key: &[u8]) -> Option<&'static str> {
+        self.live(key).map(|e| type_name(e.kind()))
+    }
+
+    /// How `key`'s live value is stored, under Redis's names where keel's encoding is the same
+    /// idea: a string is `int` (a decimal integer of at most 20 bytes), `embstr` (at most 44
+    /// bytes) or `raw`, as Redis decides them (keel stores every string inline in its entry);
+    /// a hash `listpack` (one packed buffer) or `hashtable`.
+    pub fn encoding(&self, key: &[u8]) -> Option<&'static str> {
+        Some(match self.live(key)?.value() {
+            ValueRef::String(v) => {
+                let int = v.len() <= 20
+                    && std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok())
+                        .is_some_and(|n| n.to_string().as_bytes() == v);
+                match v.len() {
+                    _ if int => "int",
+                    0..=44 => "embstr",
+                    _ => "raw",
+                }
+            }
+            ValueRef::Hash(h) if h.is_packed() => "listpack",
+            ValueRef::Hash(_) => "hashtable",
+            ValueRef::Set(s) => match s.encoding() {
+                crate::table::SetEncoding::Ints => "intset",
+                crate::table::SetEncoding::Packed => "listpack",
+                crate::table::SetEncoding::Table => "hashtable",
+            },
+            ValueRef::List(_) => "quicklist",
+            ValueRef::ZSet(z) if z.is_packed() => "listpack",
+            ValueRef::ZSet(_) => "skiplist",
+        })
+    }
+
+    /// About how many bytes of memory `key`'s live entry takes (Redis's MEMORY USAGE): its
+    /// block (header, key and a string's bytes), its table slot, and a collection's own
+    /// allocations as requested from the allocator (its rounding is not counted).
+    pub fn memory_usage(&self, key: &[u8]) -> Option<usize> {
+        const HEADER_AND_SLOT: usize = 1 + 2 + 8 + 8 + 17;
+        let e = self.live(key)?;
+        let value = match e.value() {
+            ValueRef::String(v) => v.len(),
+            ValueRef::Hash(h) => 4 + h.memory_bytes(),
+            ValueRef::Set(x) => 4 + x.memory_bytes(),
+            ValueRef::List(x) => 4 + x.memory_bytes(),
+            ValueRef::ZSet(x) => 4 + x.memory_bytes(),
+        };
+        Some(HEADER_AND_SLOT + key.len() + value)
     }
 
     /// The version of `key`'s live entry, without copying its value (a WATCH check).
     pub fn version(&self, key: &[u8]) -> Option<Lsn> {
         self.live(key).map(|e| e.version())
+    }
+
+    /// The version and expiry (Unix ms) of `key`'s live entry, of any type, without copying it.
+    pub fn stamp(&self, key: &[u8]) -> Option<(Lsn, Option<u64>)> {
+        self.live(key).map(|e| (e.version(), e.expires_at_ms()))
     }
 
     /// The value of `key` in the system namespace (see [`Write::System`](crate::Write::System)).
@@ -202,9 +570,10 @@ impl<'a> ReadView<'a> {
     /// The cursor is a position in hash order, so it holds no state: a key present for the
     /// whole scan is returned exactly once, whatever is written between the steps (Redis's
     /// guarantee is at least once). A step costs O(keys of the shards it reads).
+    /// Only string entries come back with their values; [`ReadView::scan_keys`] gives every key.
     pub fn scan(&self, cursor: u64, count: usize) -> (Vec<(Bytes, Entry)>, u64) {
         let (found, next) = self.scan_live(cursor, count);
-        let page = found.map(|e| (Bytes::copy_from_slice(e.key()), entry_of(e)));
+        let page = found.filter_map(|e| Some((Bytes::copy_from_slice(e.key()), entry_of(e)?)));
         (page.collect(), next)
     }
 
@@ -241,12 +610,13 @@ impl<'a> ReadView<'a> {
             .map(|e| e.key())
     }
 
-    /// Every live entry, in no particular order, each copied out.
+    /// Every live string entry, in no particular order, each copied out (collections are left
+    /// out; [`ReadView::keys`] gives every key).
     pub fn iter(&self) -> impl Iterator<Item = (Bytes, Entry)> + 'a {
         let now = self.now_ms;
         (self.keyspace.map.iter())
             .filter(move |e| e.live(now))
-            .map(|e| (Bytes::copy_from_slice(e.key()), entry_of(e)))
+            .filter_map(|e| Some((Bytes::copy_from_slice(e.key()), entry_of(e)?)))
     }
 
     /// Number of live keys. O(n) when some keys carry an expiry.
@@ -339,14 +709,9 @@ impl Keyspace {
         }
     }
 
-    /// The entry of `key`, expired or not, copied out.
-    pub(crate) fn entry(&self, key: &[u8]) -> Option<Entry> {
-        self.map.entry(key)
-    }
-
-    /// The version and expiry of `key`'s entry, expired or not, without copying it.
-    pub(crate) fn stamp(&self, key: &[u8]) -> Option<(Lsn, Option<u64>)> {
-        self.map.get(key).map(|e| (e.version(), e.expires_at_ms()))
+    /// The entry of `key`, expired or not, lent.
+    pub(crate) fn lend(&self, key: &[u8]) -> Option<Lent<'_>> {
+        self.map.get(key).map(Lent::of)
     }
 
     /// The value of `key` in the system namespace.
@@ -387,6 +752,7 @@ impl Keyspace {
                 Change::Key(key, None) => {
                     self.map.remove(key);
                 }
+                Change::Edit(key, m) => self.map.edit(key, m, version),
                 Change::All => self.map.clear(),
                 Change::System(key, value) => {
                     self.system.insert(key.clone(), value.clone());
@@ -424,6 +790,12 @@ pub(crate) fn apply_by_version(map: &mut Map, mutations: &[Mutation], lsn: Lsn) 
                     None => map.remove(key),
                 };
             }
+            Change::Edit(key, m) => {
+                let older = || map.get(key).is_none_or(|old| old.version() < lsn);
+                if *applies.entry(key.clone()).or_insert_with(older) {
+                    map.edit(key, m, lsn);
+                }
+            }
             Change::All => {
                 let gone: Vec<Bytes> = map
                     .iter()
@@ -443,6 +815,8 @@ pub(crate) fn apply_by_version(map: &mut Map, mutations: &[Mutation], lsn: Lsn) 
 pub(crate) enum Change<'a> {
     /// The entry it leaves under a user key (`None`: deleted).
     Key(&'a Bytes, Option<Entry>),
+    /// A relative change to a user key's entry ([`Mutation::is_relative`]).
+    Edit(&'a Bytes, &'a Mutation),
     /// Every user key is gone.
     All,
     /// A system entry is set.
@@ -467,21 +841,30 @@ pub(crate) fn change(m: &Mutation, version: Lsn) -> Change<'_> {
         Mutation::Delete { key } => Change::Key(key, None),
         Mutation::DeleteAll => Change::All,
         Mutation::System { key, value } => Change::System(key, value),
+        Mutation::HashSet { key, .. }
+        | Mutation::HashDel { key, .. }
+        | Mutation::Expire { key, .. } => Change::Edit(key, m),
     }
 }
 
 /// Mutations gathered per key: the newest entry of each key written, and whether a DeleteAll
-/// came. A transaction's overlay uses it while deciding, and recovery and restore replay the log
-/// into it, then merge it into the map: each key is then written once, however often the log
-/// rewrote it.
+/// came. Recovery and restore replay the log into it, then merge it into the map: each key is
+/// then written once, however often the log rewrote it.
 #[derive(Default)]
 pub(crate) struct Changes {
-    /// The newest entry of each key: `None` = deleted.
-    changed: HashMap<Bytes, Option<Entry>>,
+    changed: HashMap<Bytes, Slot>,
     /// A DeleteAll came: entries not in `changed` are gone.
     cleared: bool,
     /// The newest value of each system entry written.
     system: HashMap<Bytes, Bytes>,
+}
+
+/// What the changes leave under one key.
+enum Slot {
+    /// This entry (`None`: deleted), whatever the map held.
+    Entry(Option<Typed>),
+    /// The map's entry, changed by these relative mutations at these versions, in order.
+    Edits(Vec<(Mutation, Lsn)>),
 }
 
 impl Changes {
@@ -489,8 +872,21 @@ impl Changes {
         for m in mutations {
             match change(m, version) {
                 Change::Key(key, e) => {
-                    self.changed.insert(key.clone(), e);
+                    self.changed
+                        .insert(key.clone(), Slot::Entry(e.map(Typed::from)));
                 }
+                Change::Edit(key, m) => match self.changed.get_mut(key) {
+                    Some(Slot::Entry(e)) => *e = edit_typed(e.take(), m, version),
+                    Some(Slot::Edits(edits)) => edits.push((m.clone(), version)),
+                    None if self.cleared => {
+                        let e = edit_typed(None, m, version);
+                        self.changed.insert(key.clone(), Slot::Entry(e));
+                    }
+                    None => {
+                        let edits = vec![(m.clone(), version)];
+                        self.changed.insert(key.clone(), Slot::Edits(edits));
+                    }
+                },
                 Change::All => {
                     self.changed.clear();
                     self.cleared = true;
@@ -499,16 +895,6 @@ impl Changes {
                     self.system.insert(key.clone(), value.clone());
                 }
             }
-        }
-    }
-
-    /// What the changes leave under `key`: `Some(None)` if they deleted it (or everything),
-    /// `None` if they leave it as it was.
-    pub(crate) fn get(&self, key: &[u8]) -> Option<Option<&Entry>> {
-        match self.changed.get(key) {
-            Some(e) => Some(e.as_ref()),
-            None if self.cleared => Some(None),
-            None => None,
         }
     }
 
@@ -526,15 +912,24 @@ impl Changes {
         }
         // In the order of the table's hashes, so that consecutive writes go to the same shard
         // while its table is in the cache, instead of a cache miss or three at every key.
-        let mut changed: Vec<(u64, Bytes, Option<Entry>)> = (self.changed.into_iter())
+        let mut changed: Vec<(u64, Bytes, Slot)> = (self.changed.into_iter())
             .map(|(k, e)| (map.table.hash(&k), k, e))
             .collect();
         changed.sort_unstable_by_key(|c| c.0);
-        for (_, k, e) in changed {
-            match e {
-                Some(e) => map.insert(&k, &e),
-                None => map.remove(&k),
-            };
+        for (_, k, slot) in changed {
+            match slot {
+                Slot::Entry(Some(e)) => {
+                    map.insert_typed(&k, e);
+                }
+                Slot::Entry(None) => {
+                    map.remove(&k);
+                }
+                Slot::Edits(edits) => {
+                    for (m, version) in edits {
+                        map.edit(&k, &m, version);
+                    }
+                }
+            }
         }
     }
 }

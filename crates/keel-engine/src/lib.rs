@@ -97,4 +97,6 @@ pub use record::{Mutation, RecordError, Request, REQUEST_ID_BYTES_MAX};
 pub use restore::{
     create_from_snapshot, read_system, rekey, restore, BackupView, RestoreReport, RestoreTarget,
 };
-pub use types::{Entry, ExpireIf, Guard, Outcome, PutIf, Ttl, Write, WriteError, WriteResult};
+pub use types::{
+    Entry, ExpireIf, Guard, Outcome, PutIf, Read, Ttl, Write, WriteError, WriteResult,
+};

@@ -9,10 +9,9 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use bytes::Bytes;
 use keel_wal::{Lsn, Wal};
 
-use crate::keyspace::{Image, Keyspace, ReadView, System};
+use crate::keyspace::{Image, Keyspace, Lent, ReadView, System};
 use crate::record::{self, Mutation};
 use crate::table::EntryRef;
-use crate::types::Entry;
 use crate::util::lock;
 
 thread_local! {
@@ -37,14 +36,9 @@ impl Visible {
         }
     }
 
-    /// The entry of `key`, expired or not, copied out.
-    pub(crate) fn entry(&self, key: &[u8]) -> Option<Entry> {
-        self.keyspace.entry(key)
-    }
-
-    /// The version and expiry of `key`'s entry, expired or not, without copying it.
-    pub(crate) fn stamp(&self, key: &[u8]) -> Option<(Lsn, Option<u64>)> {
-        self.keyspace.stamp(key)
+    /// The entry of `key`, expired or not, lent.
+    pub(crate) fn lend(&self, key: &[u8]) -> Option<Lent<'_>> {
+        self.keyspace.lend(key)
     }
 
     /// The value of `key` in the system namespace.

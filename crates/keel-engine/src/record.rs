@@ -17,12 +17,14 @@
 //!                                   7 Value: 1 present, then u32 len + bytes if 1,
 //!                                   8 Failed + 1 reason: 1 not an integer, 2 overflow,
 //!                                     3 not a float, 4 not finite, 5 no such key,
-//!                                     6 value too large)
+//!                                     6 value too large, 7 wrong type,
+//!                                   9 Values: u32 n, then n values as in tag 7)
 //!                            2 = GuardFailed: 4 index
 //!                            3 = Fenced
 //!             4 count        number of mutations, u32 LE
 //!               mutations, each:
-//!             1 tag          1 = Set, 2 = Delete, 3 = DeleteAll, 4 = System
+//!             1 tag          1 = Set, 2 = Delete, 3 = DeleteAll, 4 = System,
+//!                            5 = HashSet, 6 = HashDel, 7 = Expire
 //!   Set:      4 key_len      u32 LE, then key bytes
 //!             4 value_len    u32 LE, then value bytes
 //!             8 expires_at   Unix ms, u64 LE; 0 = never
@@ -30,7 +32,22 @@
 //!   DeleteAll: nothing (removes every user key; the system namespace stays)
 //!   System:   4 key_len      u32 LE, then key bytes   (an entry of the system namespace)
 //!             4 value_len    u32 LE, then value bytes
+//!   HashSet:  4 key_len      u32 LE, then key bytes
+//!             1 create       1: replace whatever the key holds by an empty hash first;
+//!                            0: set the fields in the hash the key holds
+//!             4 n            u32 LE, then n pairs of (u32 len + field, u32 len + value)
+//!   HashDel:  4 key_len      u32 LE, then key bytes
+//!             4 n            u32 LE, then n fields (u32 len + bytes); a hash left empty is
+//!                            deleted
+//!   Expire:   4 key_len      u32 LE, then key bytes
+//!             8 expires_at   Unix ms, u64 LE; 0 = never (the value stays as it is)
 //! ```
+//!
+//! Tags 5 to 7 are **relative**: their effect depends on the key's entry before the record
+//! (the hash it holds, the value whose expiry changes), and on nothing else. Every record still
+//! makes each key's new version its LSN, so the by-version rule (a record applies to a key only
+//! if the key's entry is older than it) keeps replay exact. They came with typed values and
+//! need no new record version: an older keel refuses them as unknown tags.
 //!
 //! Tag 4 came with the system namespace (snapshot format v2) and needs no new record version: an older keel meets it only in a
 //! log the new code wrote, and refuses it as an unknown tag instead of misreading it.
@@ -48,6 +65,9 @@ const TAG_SET: u8 = 1;
 const TAG_DELETE: u8 = 2;
 const TAG_DELETE_ALL: u8 = 3;
 const TAG_SYSTEM: u8 = 4;
+const TAG_HASH_SET: u8 = 5;
+const TAG_HASH_DEL: u8 = 6;
+const TAG_EXPIRE: u8 = 7;
 const FLAG_REQUEST: u8 = 1;
 /// Longest client request id.
 pub const REQUEST_ID_BYTES_MAX: usize = 256;
@@ -79,6 +99,33 @@ pub enum Mutation {
         key: Bytes,
         value: Bytes,
     },
+    /// Sets fields of the hash at `key`; with `create`, the key first becomes an empty hash
+    /// without an expiry, whatever it held.
+    HashSet {
+        key: Bytes,
+        create: bool,
+        pairs: Vec<(Bytes, Bytes)>,
+    },
+    /// Removes fields of the hash at `key`, and the key if the hash is left empty.
+    HashDel {
+        key: Bytes,
+        fields: Vec<Bytes>,
+    },
+    /// Sets (`Some`) or removes the expiry of the entry at `key`; its value stays.
+    Expire {
+        key: Bytes,
+        expires_at_ms: Option<u64>,
+    },
+}
+
+impl Mutation {
+    /// Whether its effect depends on the key's entry before it (see the module's docs).
+    pub fn is_relative(&self) -> bool {
+        matches!(
+            self,
+            Mutation::HashSet { .. } | Mutation::HashDel { .. } | Mutation::Expire { .. }
+        )
+    }
 }
 
 /// Why a record could not be decoded.
@@ -122,9 +169,13 @@ pub(crate) fn encode_outcome(o: &Outcome, out: &mut Vec<u8>) {
                     }
                     WriteResult::Value(v) => {
                         out.push(7);
-                        out.push(v.is_some() as u8);
-                        if let Some(v) = v {
-                            put_bytes(out, v);
+                        put_value(out, v);
+                    }
+                    WriteResult::Values(vs) => {
+                        out.push(9);
+                        out.extend_from_slice(&(vs.len() as u32).to_le_bytes());
+                        for v in vs {
+                            put_value(out, v);
                         }
                     }
                 }
@@ -151,7 +202,8 @@ fn outcome_len(o: &Outcome) -> usize {
                         }
                         WriteResult::Int(_) => 1 + 8,
                         WriteResult::Failed(_) => 2,
-                        WriteResult::Value(v) => 2 + v.as_ref().map_or(0, |v| 4 + v.len()),
+                        WriteResult::Value(v) => 1 + value_len(v),
+                        WriteResult::Values(vs) => 1 + 4 + vs.iter().map(value_len).sum::<usize>(),
                     })
                     .sum::<usize>()
         }
@@ -170,6 +222,20 @@ pub fn encoded_len(request: Option<&Request>, mutations: &[Mutation]) -> usize {
             Mutation::Delete { key } => 1 + 4 + key.len(),
             Mutation::DeleteAll => 1,
             Mutation::System { key, value } => 1 + 4 + key.len() + 4 + value.len(),
+            Mutation::HashSet { key, pairs, .. } => {
+                1 + 4
+                    + key.len()
+                    + 1
+                    + 4
+                    + pairs
+                        .iter()
+                        .map(|(f, v)| 8 + f.len() + v.len())
+                        .sum::<usize>()
+            }
+            Mutation::HashDel { key, fields } => {
+                1 + 4 + key.len() + 4 + fields.iter().map(|f| 4 + f.len()).sum::<usize>()
+            }
+            Mutation::Expire { key, .. } => 1 + 4 + key.len() + 8,
         })
         .sum();
     1 + 1 + 8 + request + 4 + mutations
@@ -219,6 +285,29 @@ fn encode_fields(at_ms: u64, request: Option<&Request>, mutations: &[Mutation], 
                 put_bytes(out, key);
                 put_bytes(out, value);
             }
+            Mutation::HashSet { key, create, pairs } => {
+                out.push(TAG_HASH_SET);
+                put_bytes(out, key);
+                out.push(*create as u8);
+                out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+                for (f, v) in pairs {
+                    put_bytes(out, f);
+                    put_bytes(out, v);
+                }
+            }
+            Mutation::HashDel { key, fields } => {
+                out.push(TAG_HASH_DEL);
+                put_bytes(out, key);
+                out.extend_from_slice(&(fields.len() as u32).to_le_bytes());
+                for f in fields {
+                    put_bytes(out, f);
+                }
+            }
+            Mutation::Expire { key, expires_at_ms } => {
+                out.push(TAG_EXPIRE);
+                put_bytes(out, key);
+                out.extend_from_slice(&expires_at_ms.unwrap_or(0).to_le_bytes());
+            }
         }
     }
 }
@@ -226,6 +315,18 @@ fn encode_fields(at_ms: u64, request: Option<&Request>, mutations: &[Mutation], 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&(b.len() as u32).to_le_bytes());
     out.extend_from_slice(b);
+}
+
+/// A value or nil: 1 present, then u32 len + bytes if 1.
+fn put_value(out: &mut Vec<u8>, v: &Option<Bytes>) {
+    out.push(v.is_some() as u8);
+    if let Some(v) = v {
+        put_bytes(out, v);
+    }
+}
+
+fn value_len(v: &Option<Bytes>) -> usize {
+    1 + v.as_ref().map_or(0, |v| 4 + v.len())
 }
 
 struct Reader<'a> {
@@ -262,6 +363,22 @@ impl Reader<'_> {
         let start = self.at;
         self.take(len)?;
         Ok(all.slice(start..start + len))
+    }
+    fn value(&mut self, all: &Bytes) -> Result<Option<Bytes>, RecordError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.bytes(all)?)),
+            _ => Err(RecordError::Request("bad value flag")),
+        }
+    }
+    /// A u32 count of items that take at least one byte each: a count beyond the bytes left is
+    /// a lie, refused before anything is allocated for it.
+    fn count(&mut self) -> Result<usize, RecordError> {
+        let n = self.u32()? as usize;
+        if n > self.buf.len() - self.at {
+            return Err(RecordError::Short(self.at));
+        }
+        Ok(n)
     }
     fn u16(&mut self) -> Result<u16, RecordError> {
         Ok(u16::from_le_bytes(
@@ -306,11 +423,15 @@ impl Reader<'_> {
                             WriteError::from_code(self.u8()?)
                                 .ok_or(RecordError::Request("bad failure code"))?,
                         ),
-                        7 => WriteResult::Value(match self.u8()? {
-                            0 => None,
-                            1 => Some(self.bytes(all)?),
-                            _ => return Err(RecordError::Request("bad value flag")),
-                        }),
+                        7 => WriteResult::Value(self.value(all)?),
+                        9 => {
+                            let n = self.count()?;
+                            let mut vs = Vec::with_capacity(n);
+                            for _ in 0..n {
+                                vs.push(self.value(all)?);
+                            }
+                            WriteResult::Values(vs)
+                        }
                         _ => return Err(RecordError::Request("bad result tag")),
                     });
                 }
@@ -391,6 +512,42 @@ pub fn decode(buf: &Bytes, lsn: u64) -> Result<Decoded, RecordError> {
                 key: r.bytes(buf)?,
                 value: r.bytes(buf)?,
             },
+            TAG_HASH_SET => {
+                let key = r.bytes(buf)?;
+                let create = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => {
+                        return Err(RecordError::Tag {
+                            tag: TAG_HASH_SET,
+                            at,
+                        })
+                    }
+                };
+                let n = r.count()?;
+                let mut pairs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    pairs.push((r.bytes(buf)?, r.bytes(buf)?));
+                }
+                Mutation::HashSet { key, create, pairs }
+            }
+            TAG_HASH_DEL => {
+                let key = r.bytes(buf)?;
+                let n = r.count()?;
+                let mut fields = Vec::with_capacity(n);
+                for _ in 0..n {
+                    fields.push(r.bytes(buf)?);
+                }
+                Mutation::HashDel { key, fields }
+            }
+            TAG_EXPIRE => {
+                let key = r.bytes(buf)?;
+                let exp = r.u64()?;
+                Mutation::Expire {
+                    key,
+                    expires_at_ms: (exp != 0).then_some(exp),
+                }
+            }
             tag => return Err(RecordError::Tag { tag, at }),
         });
     }
@@ -430,6 +587,31 @@ mod tests {
                 key: Bytes::from_static(b"applied"),
                 value: Bytes::from_static(b"\x00\x01"),
             },
+            Mutation::HashSet {
+                key: Bytes::from_static(b"h"),
+                create: true,
+                pairs: vec![
+                    (Bytes::from_static(b"f"), Bytes::from_static(b"v")),
+                    (Bytes::new(), Bytes::new()),
+                ],
+            },
+            Mutation::HashSet {
+                key: Bytes::from_static(b"h"),
+                create: false,
+                pairs: vec![],
+            },
+            Mutation::HashDel {
+                key: Bytes::from_static(b"h"),
+                fields: vec![Bytes::from_static(b"f"), Bytes::new()],
+            },
+            Mutation::Expire {
+                key: Bytes::from_static(b"h"),
+                expires_at_ms: Some(7),
+            },
+            Mutation::Expire {
+                key: Bytes::from_static(b"k"),
+                expires_at_ms: None,
+            },
         ]
     }
 
@@ -447,6 +629,9 @@ mod tests {
                     WriteResult::Value(None),
                     WriteResult::Failed(WriteError::NoSuchKey),
                     WriteResult::Value(Some(Bytes::from_static(b"old"))),
+                    WriteResult::Failed(WriteError::WrongType),
+                    WriteResult::Values(vec![]),
+                    WriteResult::Values(vec![None, Some(Bytes::from_static(b"v"))]),
                 ],
             },
         }

@@ -7,11 +7,10 @@ use bytes::Bytes;
 use keel_wal::Lsn;
 
 use crate::decide::Decided;
-use crate::keyspace::{change, Change, Map};
+use crate::keyspace::{change, edit_typed, Change, Lent, Map, Typed};
 use crate::options::Options;
 use crate::publish::Visible;
 use crate::record::{Mutation, Request};
-use crate::types::Entry;
 use crate::util::HashMap;
 
 /// Request ids kept for retries, with the LSN of the record that holds each (P8).
@@ -83,7 +82,9 @@ pub(crate) struct Seq {
 #[derive(Default)]
 pub(crate) struct Recent {
     /// The newest decided entry of each key written lately, with its LSN; `None` = deleted.
-    by_key: HashMap<Bytes, (Lsn, Option<Entry>)>,
+    /// A collection written lately is held here whole, changed in place by each write
+    /// decided on it until the visible state catches up.
+    by_key: HashMap<Bytes, (Lsn, Option<Typed>)>,
     /// (LSN, key) in LSN order, to forget entries once visible.
     order: VecDeque<(Lsn, Bytes)>,
     /// LSN of a DeleteAll that may not be visible yet: keys not in `by_key` are gone.
@@ -102,29 +103,33 @@ impl Recent {
         }
     }
 
-    /// The version and expiry of `key`'s decided entry, expired or not, given `vis`, the
-    /// visible state now; nothing is copied.
-    pub(crate) fn stamp(&self, vis: &Visible, key: &[u8]) -> Option<(Lsn, Option<u64>)> {
+    /// The decided entry of `key`, expired or not, given `vis`, the visible state now; lent.
+    pub(crate) fn lend<'a>(&'a self, vis: &'a Visible, key: &[u8]) -> Option<Lent<'a>> {
         match self.by_key.get(key) {
-            Some((_, e)) => e.as_ref().map(|e| (e.version, e.expires_at_ms)),
+            Some((_, e)) => e.as_ref().map(Typed::lend),
             None if self.cleared.is_some_and(|l| l > vis.lsn()) => None,
-            None => vis.stamp(key),
+            None => vis.lend(key),
         }
     }
 
-    /// The decided entry of `key`, expired or not, given `vis`, the visible state now.
-    pub(crate) fn get(&self, vis: &Visible, key: &[u8]) -> Option<Entry> {
-        match self.by_key.get(key) {
-            Some((_, e)) => e.clone(),
-            None if self.cleared.is_some_and(|l| l > vis.lsn()) => None,
-            None => vis.entry(key),
-        }
-    }
-
-    pub(crate) fn record(&mut self, mutations: &[Mutation], lsn: Lsn) {
+    /// Records the mutations decided at `lsn`; `vis` is the visible state now, which holds the
+    /// newest decided entry of every key not held here. A relative mutation of a key not held
+    /// here copies its visible entry first: O(the value), once per key until the visible
+    /// state catches up; later ones change the copy in place.
+    pub(crate) fn record(&mut self, mutations: &[Mutation], lsn: Lsn, vis: &Visible) {
         for m in mutations {
             match change(m, lsn) {
                 Change::Key(key, e) => {
+                    self.by_key.insert(key.clone(), (lsn, e.map(Typed::from)));
+                    self.order.push_back((lsn, key.clone()));
+                }
+                Change::Edit(key, m) => {
+                    let base = match self.by_key.remove(key) {
+                        Some((_, e)) => e,
+                        None if self.cleared.is_some_and(|l| l > vis.lsn()) => None,
+                        None => vis.lend(key).map(|e| e.typed()),
+                    };
+                    let e = edit_typed(base, m, lsn);
                     self.by_key.insert(key.clone(), (lsn, e));
                     self.order.push_back((lsn, key.clone()));
                 }
@@ -183,6 +188,10 @@ impl Seq {
                 key,
                 expires_at_ms: Some(t),
                 ..
+            }
+            | Mutation::Expire {
+                key,
+                expires_at_ms: Some(t),
             } = m
             {
                 self.expiry.insert((*t, key.clone()));
@@ -199,11 +208,7 @@ pub(crate) struct View<'a> {
 }
 
 impl Decided for View<'_> {
-    fn get(&self, key: &[u8]) -> Option<Entry> {
-        self.recent.get(self.visible, key)
-    }
-
-    fn stamp(&self, key: &[u8]) -> Option<(Lsn, Option<u64>)> {
-        self.recent.stamp(self.visible, key)
+    fn lend(&self, key: &[u8]) -> Option<Lent<'_>> {
+        self.recent.lend(self.visible, key)
     }
 }

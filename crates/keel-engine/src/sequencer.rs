@@ -364,8 +364,8 @@ impl Sequencer {
                     // Stale if the key was rewritten since.
                     if seq
                         .recent
-                        .stamp(&vis, &key)
-                        .is_some_and(|(_, at)| at == Some(t))
+                        .lend(&vis, &key)
+                        .is_some_and(|e| e.expires_at_ms == Some(t))
                     {
                         mutations.push(Mutation::Delete { key });
                     }
@@ -414,7 +414,8 @@ impl Sequencer {
         seq.last_at_ms = at_ms;
         seq.last_lsn = lsn;
         seq.track_expiry(&mutations);
-        seq.recent.record(&mutations, lsn);
+        seq.recent
+            .record(&mutations, lsn, &self.publisher.visible());
         // Request-only records are published too, so the visible LSN moves in order.
         self.publisher.queue(lsn, at_ms, mutations);
         Ok(ticket)

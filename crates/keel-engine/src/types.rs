@@ -13,12 +13,6 @@ pub struct Entry {
     pub expires_at_ms: Option<u64>,
 }
 
-impl Entry {
-    pub(crate) fn live(&self, now_ms: u64) -> bool {
-        live_at(self.expires_at_ms, now_ms)
-    }
-}
-
 /// Whether an entry that expires at `expires_at_ms` (`None`: never) is live at `now_ms`.
 pub(crate) fn live_at(expires_at_ms: Option<u64>, now_ms: u64) -> bool {
     expires_at_ms.is_none_or(|t| t > now_ms)
@@ -86,8 +80,34 @@ pub enum Write {
         to: Bytes,
         only_if_absent: bool,
     },
-    /// Reads the value as the transaction sees it at this point; writes nothing. Result: `Value`.
+    /// Reads the string value as the transaction sees it at this point; writes nothing. Result:
+    /// `Value`, or `Failed(WrongType)` if the key holds another type.
     Get { key: Bytes },
+    /// Reads the string value as [`Write::Get`] does, then does `then` unless the key holds
+    /// another type (GETSET, GETDEL, SET … GET, GETEX: Redis refuses them whole on a
+    /// collection). Result: the read's.
+    GetThen { key: Bytes, then: Box<Write> },
+    /// Reads anything else as the transaction sees it at this point; writes nothing. Result: see
+    /// [`Read`].
+    Read { key: Bytes, op: Read },
+    /// Sets fields of the hash at `key`, creating it if absent; the expiry stays. With
+    /// `only_new`, fields that exist keep their value (HSETNX). Logs the fields set. Result:
+    /// `Int(fields added)`, or `Failed(WrongType)`.
+    HashSet {
+        key: Bytes,
+        pairs: Vec<(Bytes, Bytes)>,
+        only_new: bool,
+    },
+    /// Removes fields of the hash at `key`; a hash left empty is deleted, as in Redis. Result:
+    /// `Int(fields removed)`, or `Failed(WrongType)`.
+    HashDel { key: Bytes, fields: Vec<Bytes> },
+    /// Adds `by` to a hash field's decimal integer (absent counts as 0). Logs the result, not
+    /// `by`. Result: `Int(new value)`, or `Failed(WrongType | NotAnInteger | Overflow)`.
+    HashIncr { key: Bytes, field: Bytes, by: i64 },
+    /// Adds `by` to a hash field's decimal float (absent counts as 0), written as
+    /// [`Write::IncrFloat`] writes. Result: `Value(new value as written)`, or
+    /// `Failed(WrongType | NotAFloat | NotFinite)`.
+    HashIncrFloat { key: Bytes, field: Bytes, by: f64 },
     /// Removes every user key; the system namespace stays. Result: `DeletedAll`.
     DeleteAll,
     /// Sets `key` of the **system namespace** to `value`: an embedder's own bookkeeping (the
@@ -110,17 +130,51 @@ impl Write {
             | Write::IncrFloat { key, .. }
             | Write::Append { key, .. }
             | Write::Expire { key, .. }
-            | Write::Get { key } => (Some(key), None),
+            | Write::Get { key }
+            | Write::GetThen { key, .. }
+            | Write::Read { key, .. }
+            | Write::HashSet { key, .. }
+            | Write::HashDel { key, .. }
+            | Write::HashIncr { key, .. }
+            | Write::HashIncrFloat { key, .. } => (Some(key), None),
             Write::Rename { from, to, .. } => (Some(from), Some(to)),
             Write::DeleteAll | Write::System { .. } => (None, None),
         };
         a.into_iter().chain(b)
     }
 
-    /// Whether it may change the user keyspace: every write but `System` and `Get`.
+    /// Whether it may change the user keyspace: every write but `System`, `Get` and `Read`.
     pub fn writes_user_keys(&self) -> bool {
-        !matches!(self, Write::System { .. } | Write::Get { .. })
+        !self.is_read() && !matches!(self, Write::System { .. })
     }
+
+    /// Whether it only reads: `Get` and `Read`.
+    pub fn is_read(&self) -> bool {
+        matches!(self, Write::Get { .. } | Write::Read { .. })
+    }
+}
+
+/// A read of one key of any type ([`Write::Read`]), and the result it gives.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// The type's name (`string`, `hash`, …). Result: `Value(Some(name))`, or `Value(None)`
+    /// when the key does not exist.
+    Type,
+    /// Result: `Values` with one value or nil per field.
+    HashGet { fields: Vec<Bytes> },
+    /// Result: `Values` of field, value, field, value, … in the hash's order.
+    HashAll,
+    /// Result: `Values` of the fields.
+    HashKeys,
+    /// Result: `Values` of the values.
+    HashVals,
+    /// Result: `Int(fields)`.
+    HashLen,
+    /// Result: `Int(1)` if the field exists, else `Int(0)`.
+    HashExists { field: Bytes },
+    /// Result: `Int(length of the field's value)`, 0 if absent.
+    HashStrlen { field: Bytes },
 }
 
 /// When an expiry change applies (Redis's EXPIRE options). A key without an expiry counts as
@@ -182,6 +236,8 @@ pub enum WriteError {
     NoSuchKey,
     #[error("the result would exceed value_bytes_max")]
     ValueTooLarge,
+    #[error("the key holds a value of another type")]
+    WrongType,
 }
 
 impl WriteError {
@@ -197,6 +253,7 @@ impl WriteError {
             NotFinite,
             NoSuchKey,
             ValueTooLarge,
+            WrongType,
         ]
         .get(usize::from(c).checked_sub(1)?)
         .copied()
@@ -215,6 +272,8 @@ pub enum WriteResult {
     Int(i64),
     /// A read, or the value a float increment produced.
     Value(Option<Bytes>),
+    /// A read of several values (a hash's fields, …).
+    Values(Vec<Option<Bytes>>),
     DeletedAll,
     /// The write did nothing, for this reason.
     Failed(WriteError),

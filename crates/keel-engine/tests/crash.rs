@@ -4,12 +4,39 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use keel_engine::{Engine, Guard, Options, Outcome, PutIf, Ttl, Write, WriteResult};
+use keel_engine::{Engine, Guard, Options, Outcome, PutIf, Read, Ttl, Write, WriteResult};
 use keel_sim::{Faults, Rng, SimFs};
 use keel_wal::Lsn;
 
 const DIR: &str = "/db";
+/// Every live key: its value and version. A hash's value is its fields in order, written out
+/// by [`hash_text`].
 type Model = BTreeMap<Bytes, (Bytes, Lsn)>;
+type Fields = BTreeMap<Bytes, Bytes>;
+
+fn hash_text(h: &Fields) -> Bytes {
+    let mut out = b"hash:".to_vec();
+    for (f, v) in h {
+        out.extend_from_slice(&[&f[..], b"=", &v[..], b";"].concat());
+    }
+    out.into()
+}
+
+fn hash_fields(text: &[u8]) -> Fields {
+    let body = text
+        .strip_prefix(b"hash:")
+        .expect("a hash key holds a hash");
+    body.split(|b| *b == b';')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let i = p.iter().position(|b| *b == b'=').unwrap();
+            (
+                Bytes::copy_from_slice(&p[..i]),
+                Bytes::copy_from_slice(&p[i + 1..]),
+            )
+        })
+        .collect()
+}
 
 /// System entries the workload writes, and the model key each stands under (user keys never
 /// start with `sys/`). System entries have no version: the model gives them 0.
@@ -24,6 +51,19 @@ fn observed(snap: &keel_engine::ReadView<'_>) -> Model {
         .iter()
         .map(|(k, v)| (k, (v.value, v.version)))
         .collect();
+    for k in snap.keys().filter(|k| snap.kind(k) == Some("hash")) {
+        let WriteResult::Values(all) = snap.read(k, Some(&Read::HashAll)) else {
+            panic!("a hash reads as values")
+        };
+        let h: Fields = all
+            .chunks(2)
+            .map(|p| (p[0].clone().unwrap(), p[1].clone().unwrap()))
+            .collect();
+        m.insert(
+            Bytes::copy_from_slice(k),
+            (hash_text(&h), snap.version(k).unwrap()),
+        );
+    }
     for k in SYSTEM_KEYS {
         if let Some(v) = snap.system(k.as_bytes()) {
             m.insert(system_model_key(k.as_bytes()), (v.clone(), 0));
@@ -107,6 +147,46 @@ fn model_apply(
                 m.insert(key.clone(), (Bytes::from((cur + by).to_string()), lsn));
                 results.push(WriteResult::Int(cur + by));
             }
+            Write::HashSet {
+                key,
+                pairs,
+                only_new,
+            } => {
+                let mut h = m.get(key).map_or_else(Fields::new, |(v, _)| hash_fields(v));
+                let mut added = 0;
+                let mut changed = false;
+                for (f, v) in pairs {
+                    let new = !h.contains_key(f);
+                    added += new as i64;
+                    if new || !only_new {
+                        h.insert(f.clone(), v.clone());
+                        changed = true;
+                    }
+                }
+                if changed {
+                    m.insert(key.clone(), (hash_text(&h), lsn));
+                }
+                results.push(WriteResult::Int(added));
+            }
+            Write::HashDel { key, fields } => {
+                let mut h = m.get(key).map_or_else(Fields::new, |(v, _)| hash_fields(v));
+                let removed = fields.iter().filter(|f| h.remove(*f).is_some()).count();
+                if h.is_empty() {
+                    m.remove(key);
+                } else if removed > 0 {
+                    m.insert(key.clone(), (hash_text(&h), lsn));
+                }
+                results.push(WriteResult::Int(removed as i64));
+            }
+            Write::HashIncr { key, field, by } => {
+                let mut h = m.get(key).map_or_else(Fields::new, |(v, _)| hash_fields(v));
+                let cur: i64 = h
+                    .get(field)
+                    .map_or(0, |v| std::str::from_utf8(v).unwrap().parse().unwrap());
+                h.insert(field.clone(), Bytes::from((cur + by).to_string()));
+                m.insert(key.clone(), (hash_text(&h), lsn));
+                results.push(WriteResult::Int(cur + by));
+            }
             other => unreachable!("not generated: {other:?}"),
         }
     }
@@ -114,9 +194,13 @@ fn model_apply(
 }
 
 fn random_txn(rng: &mut Rng, m: &Model, step: usize) -> (Vec<Guard>, Vec<Write>) {
-    // Keys are either counters (only incremented) or plain keys, so every increment is valid.
+    // Keys are counters (only incremented), hashes (only written as hashes) or plain keys, so
+    // every increment is valid and no write meets another type. A hash's field `n` is only
+    // incremented.
     let plain = |rng: &mut Rng| Bytes::from(format!("k{}", rng.below(12)));
     let counter = |rng: &mut Rng| Bytes::from(format!("n{}", rng.below(3)));
+    let hash = |rng: &mut Rng| Bytes::from(format!("h{}", rng.below(3)));
+    let field = |rng: &mut Rng| Bytes::from(format!("f{}", rng.below(6)));
     let mut guards = Vec::new();
     if rng.chance(25) {
         let key = plain(rng);
@@ -128,7 +212,29 @@ fn random_txn(rng: &mut Rng, m: &Model, step: usize) -> (Vec<Guard>, Vec<Write>)
         guards.push(Guard { key, version });
     }
     let writes = (0..1 + rng.below(3))
-        .map(|_| match rng.below(10) {
+        .map(|_| match rng.below(14) {
+            10 | 11 => Write::HashSet {
+                key: hash(rng),
+                pairs: (0..1 + rng.below(3))
+                    .map(|_| {
+                        let len = rng.below(200) as usize;
+                        (
+                            field(rng),
+                            Bytes::from(format!("s{step}-{}", "v".repeat(len))),
+                        )
+                    })
+                    .collect(),
+                only_new: rng.chance(20),
+            },
+            12 => Write::HashDel {
+                key: hash(rng),
+                fields: (0..1 + rng.below(3)).map(|_| field(rng)).collect(),
+            },
+            13 => Write::HashIncr {
+                key: hash(rng),
+                field: Bytes::from_static(b"n"),
+                by: rng.below(100) as i64 - 50,
+            },
             0..=4 => {
                 let len = rng.below(300) as usize;
                 Write::Put {
@@ -269,10 +375,20 @@ fn run(seed: u64, steps: usize, crash_at: Option<u64>) -> Result<u64, String> {
         .and_then(|(_, g, w)| model_apply(&model, g, w, lsn))
         .map(|(m, _)| m);
     if got != model && Some(&got) != with_in_flight.as_ref() {
+        let differs = (got.keys().chain(model.keys()))
+            .find(|k| got.get(*k) != model.get(*k))
+            .map(|k| {
+                format!(
+                    "{k:?}: recovered {:?}, model {:?}",
+                    got.get(k),
+                    model.get(k)
+                )
+            });
         return Err(format!(
-            "recovered state differs from the model: {} keys recovered, {} in the model",
+            "recovered state differs from the model: {} keys recovered, {} in the model; {}",
             got.len(),
-            model.len()
+            model.len(),
+            differs.unwrap_or_default()
         ));
     }
     // P8: the client retries the in-doubt transaction under its id. Whether or not it landed,

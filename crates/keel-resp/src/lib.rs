@@ -366,6 +366,9 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// A map in RESP3; a flat array of key, value, ... in RESP2.
     Map(Vec<(Reply, Reply)>),
+    /// An array of two-element arrays in RESP3; a flat array of both, pair by pair, in RESP2
+    /// (HRANDFIELD … WITHVALUES, ZRANGE … WITHSCORES).
+    Pairs(Vec<(Reply, Reply)>),
     /// Text (INFO): a verbatim string in RESP3, a bulk string in RESP2.
     Verbatim(String),
 }
@@ -421,6 +424,16 @@ impl Reply {
                 for (k, v) in pairs {
                     k.encode(proto, out);
                     v.encode(proto, out);
+                }
+            }
+            Reply::Pairs(pairs) => {
+                header(out, b'*', pairs.len() * if proto >= 3 { 1 } else { 2 });
+                for (a, b) in pairs {
+                    if proto >= 3 {
+                        header(out, b'*', 2);
+                    }
+                    a.encode(proto, out);
+                    b.encode(proto, out);
                 }
             }
             Reply::Verbatim(s) if proto >= 3 => {
@@ -651,6 +664,9 @@ mod tests {
         let m = Reply::Map(vec![(Reply::bulk("a"), Reply::Int(1))]);
         assert_eq!(enc(&m, 2), "*2\r\n$1\r\na\r\n:1\r\n");
         assert_eq!(enc(&m, 3), "%1\r\n$1\r\na\r\n:1\r\n");
+        let p = Reply::Pairs(vec![(Reply::bulk("a"), Reply::Int(1))]);
+        assert_eq!(enc(&p, 2), "*2\r\n$1\r\na\r\n:1\r\n");
+        assert_eq!(enc(&p, 3), "*1\r\n*2\r\n$1\r\na\r\n:1\r\n");
         assert_eq!(enc(&Reply::Verbatim("x".into()), 3), "=5\r\ntxt:x\r\n");
         assert_eq!(enc(&Reply::err("ERR a\r\nb"), 2), "-ERR a  b\r\n");
     }

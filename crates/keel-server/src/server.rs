@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use keel_cluster::{Cluster, ClusterError, Txn};
-use keel_engine::{Engine, Guard, Outcome, Write, WriteResult};
+use keel_engine::{table, Engine, Guard, Outcome, Write, WriteResult};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -552,8 +552,9 @@ fn eval_reads(view: &keel_engine::ReadView<'_>, writes: &[Write]) -> Vec<WriteRe
     writes
         .iter()
         .map(|w| match w {
-            Write::Get { key } => WriteResult::Value(view.get(key).map(|e| e.value.clone())),
-            other => unreachable!("read-only parts hold only gets: {other:?}"),
+            Write::Get { key } => view.read(key, None),
+            Write::Read { key, op } => view.read(key, Some(op)),
+            other => unreachable!("read-only parts hold only reads: {other:?}"),
         })
         .collect()
 }
@@ -654,16 +655,7 @@ impl Conn {
     /// Answers a read-only part from the visible state, after this connection's earlier writes.
     async fn read(&mut self, part: Part) {
         self.settle().await;
-        let keys = part.writes.iter().map(|w| match w {
-            Write::Get { key } => key.as_ref(),
-            other => unreachable!("read-only parts hold only gets: {other:?}"),
-        });
-        let results: Vec<_> = self
-            .engine()
-            .get_many(keys)
-            .into_iter()
-            .map(|e| WriteResult::Value(e.map(|e| e.value)))
-            .collect();
+        let results = self.engine().read(|v| eval_reads(v, &part.writes));
         self.reply((part.render)(Some(&results)));
     }
 
@@ -851,9 +843,10 @@ impl Conn {
             }
             "ttl" | "pttl" | "expiretime" | "pexpiretime" => {
                 self.settle().await;
-                match self.engine().get(&args[1]) {
+                // Any type: a stamp reads the expiry without copying the value.
+                match self.engine().read(|v| v.stamp(&args[1])) {
                     None => Reply::Int(-2),
-                    Some(e) => match e.expires_at_ms {
+                    Some((_, expires_at_ms)) => match expires_at_ms {
                         None => Reply::Int(-1),
                         Some(at) => {
                             let left = at.saturating_sub(now_ms()) as i64;
@@ -1011,10 +1004,58 @@ impl Conn {
                 (Some(_), Some(_)) => Reply::Int(0),
                 _ => Reply::err(NOT_INT),
             },
+            "memory" => {
+                let sub = lower(&args[1]);
+                let samples_ok = |a: &[Bytes]| match a {
+                    [] => Ok(()),
+                    [o, n] if eq(o, "samples") => {
+                        parse_i64(n).map(|_| ()).ok_or(Reply::err(NOT_INT))
+                    }
+                    _ => Err(Reply::err(SYNTAX)),
+                };
+                match sub.as_str() {
+                    "usage" if args.len() >= 3 => match samples_ok(&args[3..]) {
+                        Err(e) => e,
+                        Ok(()) => {
+                            self.settle().await;
+                            let n = self.engine().read(|v| v.memory_usage(&args[2]));
+                            n.map_or(Reply::Nil, |n| Reply::Int(n as i64))
+                        }
+                    },
+                    "usage" => cmd::wrong_args("memory|usage"),
+                    _ => unknown_subcommand(&args[1], "MEMORY"),
+                }
+            }
+            "object" => {
+                self.settle().await;
+                let sub = lower(&args[1]);
+                match (sub.as_str(), args.len()) {
+                    ("encoding", 3) => self
+                        .engine()
+                        .read(|v| v.encoding(&args[2]))
+                        .map_or(Reply::Nil, Reply::bulk),
+                    ("refcount", 3) => match self.engine().read(|v| v.version(&args[2])) {
+                        Some(_) => Reply::Int(1),
+                        None => Reply::Nil,
+                    },
+                    ("freq" | "idletime", 3) => match self.engine().read(|v| v.version(&args[2])) {
+                        Some(_) => Reply::err(format!(
+                            "ERR keel does not track access {}: it evicts nothing, so it needs \
+                             neither LRU nor LFU data",
+                            if sub == "freq" { "frequency" } else { "times" }
+                        )),
+                        None => Reply::Nil,
+                    },
+                    ("encoding" | "refcount" | "freq" | "idletime" | "help", _) => {
+                        cmd::wrong_args(&format!("object|{sub}"))
+                    }
+                    _ => unknown_subcommand(&args[1], "OBJECT"),
+                }
+            }
             "keel.version" => {
                 self.settle().await;
-                match self.engine().get(&args[1]) {
-                    Some(e) => Reply::Int(e.version as i64),
+                match self.engine().read(|v| v.version(&args[1])) {
+                    Some(version) => Reply::Int(version as i64),
                     None => Reply::Nil,
                 }
             }
@@ -1242,6 +1283,9 @@ impl Conn {
                         .into(),
                     ),
                 ];
+                let table = table
+                    .into_iter()
+                    .chain(SETTABLE.iter().map(|s| (s.name, (s.get)().to_string())));
                 let pairs = table
                     .into_iter()
                     .filter(|(k, _)| {
@@ -1253,9 +1297,7 @@ impl Conn {
                     .collect();
                 Reply::Map(pairs)
             }
-            "set" => Reply::err(
-                "ERR keel does not change settings at run time; edit the config file and restart",
-            ),
+            "set" => config_set(&args[2..]),
             "resetstat" => Reply::ok(),
             "get" => cmd::wrong_args("config|get"),
             _ => unknown_subcommand(&args[1], "CONFIG"),
@@ -1271,7 +1313,7 @@ impl Conn {
         };
         let mut pattern: Option<&Bytes> = None;
         let mut count = 10usize;
-        let mut only_strings = true;
+        let mut kind: Option<String> = None;
         let mut i = 2;
         while i < args.len() {
             if i + 1 >= args.len() {
@@ -1286,7 +1328,7 @@ impl Conn {
                     None => return Reply::err(NOT_INT),
                 }
             } else if eq(&args[i], "type") {
-                only_strings = eq(&args[i + 1], "string");
+                kind = Some(lower(&args[i + 1]));
             } else {
                 return Reply::err(SYNTAX);
             }
@@ -1294,10 +1336,16 @@ impl Conn {
         }
         // The cursor is a position in hash order: it holds no state, so any number is valid
         // (a made-up one starts the scan part-way).
-        let (page, next) = self.engine().read(|v| v.scan_keys(cursor, count));
+        let (page, next) = self.engine().read(|v| {
+            let (page, next) = v.scan_keys(cursor, count);
+            let page: Vec<Bytes> = (page.into_iter())
+                .filter(|k| kind.as_deref().is_none_or(|t| v.kind(k) == Some(t)))
+                .collect();
+            (page, next)
+        });
         let keys = page
             .into_iter()
-            .filter(|k| only_strings && pattern.is_none_or(|p| glob::matches(p, k)))
+            .filter(|k| pattern.is_none_or(|p| glob::matches(p, k)))
             .map(Reply::Bulk)
             .collect();
         Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(keys)])
@@ -1571,6 +1619,71 @@ impl Conn {
         }
         o
     }
+}
+
+/// A setting CONFIG SET changes at run time, for this process only (as Redis's, until a
+/// CONFIG REWRITE that keel does not have): a restart returns to the default.
+struct Settable {
+    name: &'static str,
+    get: fn() -> usize,
+    set: fn(usize),
+}
+
+/// The encoding thresholds of keel's compact collections, under Redis's names (and their old
+/// `ziplist` aliases): they change how a value is stored, never what it holds.
+const SETTABLE: &[Settable] = &[
+    Settable {
+        name: "hash-max-listpack-entries",
+        get: || table::hash_packed_limits().0,
+        set: |n| table::set_hash_packed_limits(n, table::hash_packed_limits().1),
+    },
+    Settable {
+        name: "hash-max-listpack-value",
+        get: || table::hash_packed_limits().1,
+        set: |n| table::set_hash_packed_limits(table::hash_packed_limits().0, n),
+    },
+    Settable {
+        name: "hash-max-ziplist-entries",
+        get: || table::hash_packed_limits().0,
+        set: |n| table::set_hash_packed_limits(n, table::hash_packed_limits().1),
+    },
+    Settable {
+        name: "hash-max-ziplist-value",
+        get: || table::hash_packed_limits().1,
+        set: |n| table::set_hash_packed_limits(table::hash_packed_limits().0, n),
+    },
+];
+
+/// CONFIG SET name value [name value ...]: all or nothing, as in Redis 7.
+fn config_set(pairs: &[Bytes]) -> Reply {
+    if pairs.is_empty() || !pairs.len().is_multiple_of(2) {
+        return cmd::wrong_args("config|set");
+    }
+    let mut changes = Vec::new();
+    for p in pairs.chunks(2) {
+        let name = lower(&p[0]);
+        let Some(s) = SETTABLE.iter().find(|s| s.name == name) else {
+            return Reply::err(format!(
+                "ERR Unknown option or number of arguments for CONFIG SET - '{name}' (keel \
+                 changes only the encoding thresholds at run time; the rest is in its config \
+                 file)"
+            ));
+        };
+        let Some(n) = std::str::from_utf8(&p[1])
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        else {
+            return Reply::err(format!(
+                "ERR CONFIG SET failed (possibly related to argument '{name}') - argument \
+                 couldn't be parsed into an integer"
+            ));
+        };
+        changes.push((s, n));
+    }
+    for (s, n) in changes {
+        (s.set)(n);
+    }
+    Reply::ok()
 }
 
 fn check_client_name(n: &[u8]) -> Result<(), Reply> {

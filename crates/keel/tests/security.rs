@@ -931,6 +931,25 @@ fn permissions_follow_what_each_command_does() {
         (&["KEEL.BACKUP", "/nonexistent/keel-backup-target"], A),
         (&["KEEL.CLUSTER", "STATUS"], A),
         (&["KEEL.MAINTENANCE", "STATUS"], A),
+        (&["MEMORY", "USAGE", "k"], R),
+        (&["OBJECT", "ENCODING", "k"], R),
+        // h is a hash whose field f holds the secret.
+        (&["HSET", "h", "f", "v", "g", "w"], W),
+        (&["HMSET", "h", "f", "v"], W),
+        (&["HSETNX", "h", "new", "v"], W),
+        (&["HGET", "h", "f"], R),
+        (&["HMGET", "h", "f", "g"], R),
+        (&["HGETALL", "h"], R),
+        (&["HKEYS", "h"], R),
+        (&["HVALS", "h"], R),
+        (&["HLEN", "h"], R),
+        (&["HEXISTS", "h", "f"], R),
+        (&["HSTRLEN", "h", "f"], R),
+        (&["HDEL", "h", "f"], W),
+        (&["HINCRBY", "h", "c", "2"], RW),
+        (&["HINCRBYFLOAT", "h", "c", "0.5"], RW),
+        (&["HRANDFIELD", "h", "2", "WITHVALUES"], R),
+        (&["HSCAN", "h", "0"], R),
     ];
 
     let t = tempfile::tempdir().unwrap();
@@ -991,6 +1010,7 @@ fn permissions_follow_what_each_command_does() {
             ],
             "+OK\r\n",
         );
+        boss.cmd(&["HSET", "h", "f", secret_value], ":1\r\n");
     };
     let login = |name: &str| {
         let mut c = srv.raw();

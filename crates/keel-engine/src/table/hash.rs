@@ -7,16 +7,37 @@
 //! Redis, to a `hashbrown` table of pairs: O(1) HSET, HGET and HDEL.
 
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 
 use super::packed::{self, element, get_varint, put_varint, varint_len, Elements};
 
-/// Redis's `hash-max-listpack-entries`.
+/// Redis's `hash-max-listpack-entries`, by default.
 pub const HASH_PACKED_ENTRIES_MAX: usize = 128;
-/// Redis's `hash-max-listpack-value`: a longer field or value converts the hash to a table.
+/// Redis's `hash-max-listpack-value` by default: a longer field or value converts the hash to
+/// a table.
 pub const HASH_PACKED_BYTES_MAX: usize = 64;
+
+static PACKED_ENTRIES: AtomicUsize = AtomicUsize::new(HASH_PACKED_ENTRIES_MAX);
+static PACKED_BYTES: AtomicUsize = AtomicUsize::new(HASH_PACKED_BYTES_MAX);
+
+/// The thresholds in force: (most pairs, longest field or value) a packed hash holds. One
+/// setting for the whole process, as Redis's are for its server.
+pub fn hash_packed_limits() -> (usize, usize) {
+    (
+        PACKED_ENTRIES.load(Ordering::Relaxed),
+        PACKED_BYTES.load(Ordering::Relaxed),
+    )
+}
+
+/// Sets [`hash_packed_limits`] (keel serve's CONFIG SET hash-max-listpack-entries and -value).
+/// Hashes already converted to a table stay tables; only the encoding changes, never a value.
+pub fn set_hash_packed_limits(entries: usize, bytes: usize) {
+    PACKED_ENTRIES.store(entries, Ordering::Relaxed);
+    PACKED_BYTES.store(bytes, Ordering::Relaxed);
+}
 
 /// A hash value. Empty hashes exist only transiently: the keyspace deletes a key whose hash
 /// becomes empty, as Redis does.
@@ -113,13 +134,14 @@ impl HashValue {
     /// HSET of one field; true if the field is new.
     pub fn insert(&mut self, field: &[u8], value: &[u8]) -> bool {
         if let Repr::Packed { buf, len } = &mut self.0 {
-            let fits = field.len() <= HASH_PACKED_BYTES_MAX && value.len() <= HASH_PACKED_BYTES_MAX;
+            let (entries_max, bytes_max) = hash_packed_limits();
+            let fits = field.len() <= bytes_max && value.len() <= bytes_max;
             match find_packed(buf, field) {
                 Some((start, end, _)) if fits => {
                     packed::splice(buf, start..end, &[field, value]);
                     return false;
                 }
-                None if fits && *len < HASH_PACKED_ENTRIES_MAX => {
+                None if fits && *len < entries_max => {
                     packed::push_element(buf, field);
                     packed::push_element(buf, value);
                     *len += 1;

@@ -71,7 +71,10 @@ use std::hash::BuildHasher;
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 
-pub use hash::{HashIter, HashValue, HASH_PACKED_BYTES_MAX, HASH_PACKED_ENTRIES_MAX};
+pub use hash::{
+    hash_packed_limits, set_hash_packed_limits, HashIter, HashValue, HASH_PACKED_BYTES_MAX,
+    HASH_PACKED_ENTRIES_MAX,
+};
 pub use list::{ListValue, LIST_CHUNK_BYTES_MAX};
 pub use set::{
     SetEncoding, SetIter, SetValue, SET_INTSET_ENTRIES_MAX, SET_PACKED_BYTES_MAX,

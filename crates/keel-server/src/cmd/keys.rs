@@ -1,9 +1,10 @@
 //! Generic key commands: deleting, renaming, expiry, TYPE, KEYS and SCAN.
 
 use bytes::Bytes;
-use keel_engine::{ExpireIf, Write, WriteResult};
+use keel_engine::{ExpireIf, Read, Write, WriteResult};
 
 use super::*;
+use crate::docs::doc;
 
 pub const COMMANDS: &[Command] = &[
     Command::new("del", -2, W, ALL_KEYS)
@@ -19,7 +20,8 @@ pub const COMMANDS: &[Command] = &[
     Command::new("exists", -2, R, ALL_KEYS)
         .doc("generic", "key [key ...]", "Counts how many of the keys exist.")
         .data(|_, a, _| {
-            Ok(Part::new(a[1..].iter().map(get).collect(), |r| {
+            let types = a[1..].iter().map(|k| read(k, Read::Type)).collect();
+            Ok(Part::new(types, |r| {
                 Reply::Int(
                     r.iter()
                         .filter(|x| matches!(x, WriteResult::Value(Some(_))))
@@ -28,17 +30,18 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("type", 2, R, KEY1)
-        .doc("generic", "key", "Returns the type of a key's value: string, or none.")
+        .doc(
+            "generic",
+            "key",
+            "Returns the type of a key's value: string, hash, or none.",
+        )
         .data(|_, a, _| {
-            Ok(Part::new(vec![get(&a[1])], |r| {
-                Reply::Simple(
-                    if matches!(r[0], WriteResult::Value(Some(_))) {
-                        "string"
-                    } else {
-                        "none"
-                    }
-                    .into(),
-                )
+            Ok(Part::new(vec![read(&a[1], Read::Type)], |r| match &r[0] {
+                WriteResult::Value(t) => Reply::Simple(
+                    t.as_ref()
+                        .map_or("none".into(), |t| String::from_utf8_lossy(t).into_owned()),
+                ),
+                other => unexpected(other),
             }))
         }),
     // Moving a value uses it (Redis: ACCESS on the source key).
@@ -112,6 +115,9 @@ pub const COMMANDS: &[Command] = &[
                 |r| Reply::Int((r[0] == WriteResult::Existed(true)) as i64),
             ))
         }),
+    Command::new("object", -2, R, (2, 2, 1))
+        .doc("generic", "", "Inspects how a key's value is stored.")
+        .subcommands(OBJECT_SUBCOMMANDS),
     Command::new("keys", 2, R, NO_KEYS).doc(
         "generic",
         "pattern",
@@ -122,6 +128,34 @@ pub const COMMANDS: &[Command] = &[
         "cursor [MATCH pattern] [COUNT count] [TYPE type]",
         "Iterates over the keys with a stateless cursor: every key present for the whole scan is returned.",
     ),
+];
+
+const OBJECT_SUBCOMMANDS: &[Doc] = &[
+    doc(
+        "encoding",
+        "generic",
+        "key",
+        "Returns how the value is stored: int, embstr or raw for a string, listpack or hashtable for a hash.",
+    ),
+    doc(
+        "refcount",
+        "generic",
+        "key",
+        "Returns 1: keel never shares a value between keys.",
+    ),
+    doc(
+        "freq",
+        "generic",
+        "key",
+        "Refused: keel keeps no access counts (it evicts nothing).",
+    ),
+    doc(
+        "idletime",
+        "generic",
+        "key",
+        "Refused: keel keeps no access times (it evicts nothing).",
+    ),
+    doc("help", "generic", "", "Lists the subcommands."),
 ];
 
 fn del(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {

@@ -16,12 +16,13 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use bytes::Bytes;
-use keel_engine::{Guard, PutIf, Ttl, Write, WriteError, WriteResult};
+use keel_engine::{Guard, PutIf, Read, Ttl, Write, WriteError, WriteResult};
 
 use crate::docs::Doc;
 use crate::resp::{parse_i64, Reply};
 
 pub mod connection;
+pub mod hashes;
 pub mod keys;
 pub mod server;
 pub mod strings;
@@ -206,6 +207,7 @@ pub static COMMANDS: LazyLock<Vec<&'static Command>> = LazyLock::new(|| {
         server::COMMANDS,
         strings::COMMANDS,
         keys::COMMANDS,
+        hashes::COMMANDS,
     ]
     .into_iter()
     .flatten()
@@ -274,6 +276,7 @@ pub fn wrong_args(name: &str) -> Reply {
 
 pub const NOT_INT: &str = "ERR value is not an integer or out of range";
 pub const SYNTAX: &str = "ERR syntax error";
+pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 
 /// Renders a reply from this part's write results; `None` when a guard failed.
 pub type Render = Box<dyn FnOnce(Option<&[WriteResult]>) -> Reply + Send>;
@@ -304,9 +307,9 @@ impl Part {
         Part::new(Vec::new(), move |_| reply)
     }
 
-    /// Only `Get`s and no guards: it can be answered from a snapshot of the visible state.
+    /// Only reads and no guards: it can be answered from a read of the visible state.
     pub fn read_only(&self) -> bool {
-        self.guards.is_empty() && self.writes.iter().all(|w| matches!(w, Write::Get { .. }))
+        self.guards.is_empty() && self.writes.iter().all(Write::is_read)
     }
 }
 
@@ -318,6 +321,7 @@ pub fn write_error(e: WriteError) -> Reply {
         WriteError::NotFinite => "ERR increment would produce NaN or Infinity",
         WriteError::NoSuchKey => "ERR no such key",
         WriteError::ValueTooLarge => "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
+        WriteError::WrongType => WRONGTYPE,
     })
 }
 
@@ -340,6 +344,7 @@ pub fn engine_error(e: &keel_engine::Error) -> Reply {
 fn unexpected(r: &WriteResult) -> Reply {
     let kind = match r {
         WriteResult::Value(_) => "a value",
+        WriteResult::Values(_) => "values",
         WriteResult::Int(_) => "an integer",
         WriteResult::Put(_) => "a put",
         WriteResult::Existed(_) => "an existence flag",
@@ -356,7 +361,33 @@ fn value_reply(r: &WriteResult) -> Reply {
     match r {
         WriteResult::Value(Some(v)) => Reply::Bulk(v.clone()),
         WriteResult::Value(None) => Reply::Nil,
+        WriteResult::Failed(e) => write_error(*e),
         other => unexpected(other),
+    }
+}
+
+/// An integer result, or the write's error.
+fn int_reply(r: &WriteResult) -> Reply {
+    match r {
+        WriteResult::Int(v) => Reply::Int(*v),
+        WriteResult::Failed(e) => write_error(*e),
+        other => unexpected(other),
+    }
+}
+
+/// Reads `key` of any type with `op`.
+fn read(key: &Bytes, op: Read) -> Write {
+    Write::Read {
+        key: key.clone(),
+        op,
+    }
+}
+
+/// Reads the string at `key`, then does `then` unless the key holds another type.
+fn get_then(key: &Bytes, then: Write) -> Write {
+    Write::GetThen {
+        key: key.clone(),
+        then: Box::new(then),
     }
 }
 
@@ -511,6 +542,26 @@ mod tests {
             (&["flushdb"], false, true),
             (&["flushall", "sync"], false, true),
             (&["keel.cas", "k", "0", "v"], false, true),
+            (&["hset", "h", "f", "v", "g", "w"], false, true),
+            (&["hmset", "h", "f", "v"], false, true),
+            (&["hsetnx", "h", "f", "v"], false, true),
+            (&["hget", "h", "f"], true, false),
+            (&["hmget", "h", "f", "g"], true, false),
+            (&["hgetall", "h"], true, false),
+            (&["hkeys", "h"], true, false),
+            (&["hvals", "h"], true, false),
+            (&["hlen", "h"], true, false),
+            (&["hexists", "h", "f"], true, false),
+            (&["hstrlen", "h", "f"], true, false),
+            (&["hdel", "h", "f", "g"], false, true),
+            (&["hincrby", "h", "f", "2"], true, true),
+            (&["hincrbyfloat", "h", "f", "0.5"], true, true),
+            (&["hrandfield", "h", "-3", "withvalues"], true, false),
+            (
+                &["hscan", "h", "0", "match", "f*", "count", "5"],
+                true,
+                false,
+            ),
         ];
         for s in COMMANDS.iter() {
             if matches!(s.run, Run::Data(_)) {
@@ -532,7 +583,12 @@ mod tests {
             // The table holds the most a command can need.
             assert!(spec.flags.contains(f), "{a:?}");
             let p = spec.compile(&a, 1_000).unwrap().unwrap();
-            let gets = p.writes.iter().any(|w| matches!(w, Write::Get { .. }));
+            let gets = p.writes.iter().any(|w| {
+                matches!(
+                    w,
+                    Write::Get { .. } | Write::GetThen { .. } | Write::Read { .. }
+                )
+            });
             let changes = !p.guards.is_empty() || !p.read_only();
             assert!(!gets || read, "{a:?} reads a stored value without READ");
             assert!(!changes || write, "{a:?} writes without WRITE");
@@ -567,15 +623,18 @@ mod tests {
             Some(Reply::err(NOT_INT))
         );
         let p = c(&["set", "k", "v", "NX", "GET", "PX", "5"]).unwrap();
-        assert_eq!(p.writes.len(), 2);
+        // GET with a write: the write happens only if the key holds no other type.
         assert_eq!(
-            p.writes[1],
-            put(
+            p.writes,
+            vec![get_then(
                 &Bytes::from("k"),
-                &Bytes::from("v"),
-                Ttl::At(1_005),
-                PutIf::Absent
-            )
+                put(
+                    &Bytes::from("k"),
+                    &Bytes::from("v"),
+                    Ttl::At(1_005),
+                    PutIf::Absent
+                )
+            )]
         );
         assert!(c(&["set", "k", "v", "ex", "9223372036854775807"]).is_err());
     }

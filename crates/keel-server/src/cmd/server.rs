@@ -75,6 +75,9 @@ pub const COMMANDS: &[Command] = &[
         "directory",
         "Copies a consistent backup into a directory on the server and returns its LSN.",
     ),
+    Command::new("memory", -2, R, (2, 2, 1))
+        .doc("server", "", "Reports memory use.")
+        .subcommands(MEMORY_SUBCOMMANDS),
     Command::new("keel.cluster", -2, ADMIN, NO_KEYS)
         .doc(
             "cluster",
@@ -89,6 +92,16 @@ pub const COMMANDS: &[Command] = &[
             "Maintenance mode: while on, writes are refused and reads go on. Durable and replicated.",
         )
         .subcommands(KEEL_MAINTENANCE_SUBCOMMANDS),
+];
+
+const MEMORY_SUBCOMMANDS: &[Doc] = &[
+    doc(
+        "usage",
+        "server",
+        "key [SAMPLES count]",
+        "Returns about how many bytes a key and its value take (SAMPLES is accepted; keel counts every element).",
+    ),
+    doc("help", "server", "", "Lists the subcommands."),
 ];
 
 fn flush(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {

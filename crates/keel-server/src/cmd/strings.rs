@@ -1,7 +1,7 @@
 //! String commands, and keel's own versioned writes (KEEL.VERSION, KEEL.CAS, KEEL.IDEM).
 
 use bytes::Bytes;
-use keel_engine::{Guard, PutIf, Ttl, Write, WriteResult};
+use keel_engine::{Guard, PutIf, Ttl, Write, WriteError, WriteResult};
 
 use super::*;
 
@@ -38,18 +38,18 @@ pub const COMMANDS: &[Command] = &[
     Command::new("getset", 3, RW, KEY1)
         .doc("string", "key value", "Sets a key's value and returns the old one.")
         .data(|_, a, _| {
-            Ok(Part::new(
-                vec![get(&a[1]), put(&a[1], &a[2], Ttl::None, PutIf::Always)],
-                |r| value_reply(&r[0]),
-            ))
+            let set = put(&a[1], &a[2], Ttl::None, PutIf::Always);
+            Ok(Part::new(vec![get_then(&a[1], set)], |r| {
+                value_reply(&r[0])
+            }))
         }),
     Command::new("getdel", 2, RW, KEY1)
         .doc("string", "key", "Returns a key's value and deletes the key.")
         .data(|_, a, _| {
-            Ok(Part::new(
-                vec![get(&a[1]), Write::Delete { key: a[1].clone() }],
-                |r| value_reply(&r[0]),
-            ))
+            let del = Write::Delete { key: a[1].clone() };
+            Ok(Part::new(vec![get_then(&a[1], del)], |r| {
+                value_reply(&r[0])
+            }))
         }),
     // WRITE only with an option (EX, PX, EXAT, PXAT, PERSIST): without, it is a plain read.
     // Redis flags GETEX `write` always; keel lets a read-only user run the pure read.
@@ -63,8 +63,13 @@ pub const COMMANDS: &[Command] = &[
     Command::new("mget", -2, R, ALL_KEYS)
         .doc("string", "key [key ...]", "Returns the values of several keys.")
         .data(|_, a, _| {
+            // A key of another type reads as nil, as in Redis.
             Ok(Part::new(a[1..].iter().map(get).collect(), |r| {
-                Reply::Array(r.iter().map(value_reply).collect())
+                let value = |r: &WriteResult| match r {
+                    WriteResult::Failed(WriteError::WrongType) => Reply::Nil,
+                    r => value_reply(r),
+                };
+                Reply::Array(r.iter().map(value).collect())
             }))
         }),
     Command::new("mset", -3, W, (1, -1, 2))
@@ -113,7 +118,7 @@ pub const COMMANDS: &[Command] = &[
                     key: a[1].clone(),
                     suffix: a[2].clone(),
                 }],
-                int_reply,
+                |r| int_reply(&r[0]),
             ))
         }),
     Command::new("strlen", 2, R, KEY1)
@@ -121,7 +126,7 @@ pub const COMMANDS: &[Command] = &[
         .data(|_, a, _| {
             Ok(Part::new(vec![get(&a[1])], |r| match &r[0] {
                 WriteResult::Value(v) => Reply::Int(v.as_ref().map_or(0, |v| v.len() as i64)),
-                other => unexpected(other),
+                other => value_reply(other),
             }))
         }),
     Command::new("getrange", 4, R, KEY1)
@@ -137,7 +142,7 @@ pub const COMMANDS: &[Command] = &[
                     let v = v.clone().unwrap_or_default();
                     Reply::Bulk(getrange(&v, start, end))
                 }
-                other => unexpected(other),
+                other => value_reply(other),
             }))
         }),
     Command::new("keel.version", 2, R, KEY1).doc(
@@ -159,14 +164,6 @@ pub const COMMANDS: &[Command] = &[
         "Runs a write once per request id; a retry, also after a restart, gets the first reply.",
     ),
 ];
-
-fn int_reply(r: &[WriteResult]) -> Reply {
-    match r[0] {
-        WriteResult::Int(v) => Reply::Int(v),
-        WriteResult::Failed(e) => write_error(e),
-        ref other => unexpected(other),
-    }
-}
 
 fn setex(name: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
     let unit = if name == "setex" { 1000 } else { 1 };
@@ -216,7 +213,7 @@ fn incr(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
             key: a[1].clone(),
             by,
         }],
-        int_reply,
+        |r| int_reply(&r[0]),
     ))
 }
 
@@ -292,7 +289,7 @@ fn set(_: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
     }
     let p = put(key, value, ttl, only);
     Ok(if with_get {
-        Part::new(vec![get(key), p], |r| value_reply(&r[0]))
+        Part::new(vec![get_then(key, p)], |r| value_reply(&r[0]))
     } else {
         Part::new(vec![p], |r| match r[0] {
             WriteResult::Put(true) => Reply::ok(),
@@ -304,14 +301,14 @@ fn set(_: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
 
 fn getex(_: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
     let key = &a[1];
-    let mut writes = vec![get(key)];
-    match a.len() {
-        2 => {}
-        3 if eq(&a[2], "persist") => writes.push(Write::Expire {
-            key: key.clone(),
-            at_ms: None,
-            only: keel_engine::ExpireIf::Always,
-        }),
+    let expire = |at_ms| Write::Expire {
+        key: key.clone(),
+        at_ms,
+        only: keel_engine::ExpireIf::Always,
+    };
+    let write = match a.len() {
+        2 => get(key),
+        3 if eq(&a[2], "persist") => get_then(key, expire(None)),
         4 => {
             let o = &a[2];
             let (unit, absolute) = if eq(o, "ex") {
@@ -326,15 +323,11 @@ fn getex(_: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
                 return Err(Reply::err(SYNTAX));
             };
             let at = expiry_ms("getex", int_arg(&a[3])?, unit, absolute, true, now_ms)?;
-            writes.push(Write::Expire {
-                key: key.clone(),
-                at_ms: Some(at.max(1) as u64),
-                only: keel_engine::ExpireIf::Always,
-            });
+            get_then(key, expire(Some(at.max(1) as u64)))
         }
         _ => return Err(Reply::err(SYNTAX)),
-    }
-    Ok(Part::new(writes, |r| value_reply(&r[0])))
+    };
+    Ok(Part::new(vec![write], |r| value_reply(&r[0])))
 }
 
 /// Redis's GETRANGE index rules: negative indexes count from the end, out-of-range ends clamp.

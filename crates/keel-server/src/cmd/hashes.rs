@@ -1,0 +1,353 @@
+//! Hash commands. Writes log the fields they set or remove (HINCRBY the value it produced), so a
+//! record stays the size of the change, not of the hash (docs/FORMAT.md).
+
+use std::hash::{BuildHasher, RandomState};
+
+use keel_engine::{Read, Write, WriteResult};
+
+use super::*;
+use crate::glob;
+
+pub const COMMANDS: &[Command] = &[
+    Command::new("hset", -4, W, KEY1)
+        .doc(
+            "hash",
+            "key field value [field value ...]",
+            "Sets fields of a hash, creating it, and returns how many fields were added.",
+        )
+        .data(hset),
+    Command::new("hmset", -4, W, KEY1)
+        .doc(
+            "hash",
+            "key field value [field value ...]",
+            "Sets fields of a hash, creating it (HSET that replies OK).",
+        )
+        .data(hset),
+    Command::new("hsetnx", 4, W, KEY1)
+        .doc(
+            "hash",
+            "key field value",
+            "Sets a field of a hash only if the field does not exist.",
+        )
+        .data(|_, a, _| {
+            let pairs = vec![(a[2].clone(), a[3].clone())];
+            Ok(Part::new(
+                vec![Write::HashSet {
+                    key: a[1].clone(),
+                    pairs,
+                    only_new: true,
+                }],
+                |r| int_reply(&r[0]),
+            ))
+        }),
+    Command::new("hget", 3, R, KEY1)
+        .doc("hash", "key field", "Returns the value of a field of a hash, or nil.")
+        .data(|_, a, _| {
+            let fields = vec![a[2].clone()];
+            Ok(Part::new(vec![read(&a[1], Read::HashGet { fields })], |r| {
+                match &r[0] {
+                    WriteResult::Values(v) if v.len() == 1 => {
+                        v[0].clone().map_or(Reply::Nil, Reply::Bulk)
+                    }
+                    other => values_reply(other),
+                }
+            }))
+        }),
+    Command::new("hmget", -3, R, KEY1)
+        .doc(
+            "hash",
+            "key field [field ...]",
+            "Returns the values of fields of a hash, nil for each one missing.",
+        )
+        .data(|_, a, _| {
+            let fields = a[2..].to_vec();
+            Ok(Part::new(vec![read(&a[1], Read::HashGet { fields })], |r| {
+                values_reply(&r[0])
+            }))
+        }),
+    Command::new("hgetall", 2, R, KEY1)
+        .doc("hash", "key", "Returns every field and value of a hash.")
+        .data(|_, a, _| {
+            Ok(Part::new(vec![read(&a[1], Read::HashAll)], |r| {
+                match &r[0] {
+                    WriteResult::Values(v) => Reply::Map(pairs(v)),
+                    other => values_reply(other),
+                }
+            }))
+        }),
+    Command::new("hkeys", 2, R, KEY1)
+        .doc("hash", "key", "Returns every field of a hash.")
+        .data(|_, a, _| {
+            Ok(Part::new(vec![read(&a[1], Read::HashKeys)], |r| {
+                values_reply(&r[0])
+            }))
+        }),
+    Command::new("hvals", 2, R, KEY1)
+        .doc("hash", "key", "Returns every value of a hash.")
+        .data(|_, a, _| {
+            Ok(Part::new(vec![read(&a[1], Read::HashVals)], |r| {
+                values_reply(&r[0])
+            }))
+        }),
+    Command::new("hlen", 2, R, KEY1)
+        .doc("hash", "key", "Returns the number of fields of a hash.")
+        .data(|_, a, _| {
+            Ok(Part::new(vec![read(&a[1], Read::HashLen)], |r| {
+                int_reply(&r[0])
+            }))
+        }),
+    Command::new("hexists", 3, R, KEY1)
+        .doc("hash", "key field", "Returns 1 if a hash has the field, else 0.")
+        .data(|_, a, _| {
+            let op = Read::HashExists {
+                field: a[2].clone(),
+            };
+            Ok(Part::new(vec![read(&a[1], op)], |r| int_reply(&r[0])))
+        }),
+    Command::new("hstrlen", 3, R, KEY1)
+        .doc(
+            "hash",
+            "key field",
+            "Returns the length of a field's value, 0 if it does not exist.",
+        )
+        .data(|_, a, _| {
+            let op = Read::HashStrlen {
+                field: a[2].clone(),
+            };
+            Ok(Part::new(vec![read(&a[1], op)], |r| int_reply(&r[0])))
+        }),
+    Command::new("hdel", -3, W, KEY1)
+        .doc(
+            "hash",
+            "key field [field ...]",
+            "Removes fields of a hash, and the hash once it is empty; returns how many were removed.",
+        )
+        .data(|_, a, _| {
+            Ok(Part::new(
+                vec![Write::HashDel {
+                    key: a[1].clone(),
+                    fields: a[2..].to_vec(),
+                }],
+                |r| int_reply(&r[0]),
+            ))
+        }),
+    // The counters return the stored number plus the increment (Redis: ACCESS).
+    Command::new("hincrby", 4, RW, KEY1)
+        .doc(
+            "hash",
+            "key field increment",
+            "Adds an integer to a field's integer value; the log holds the result.",
+        )
+        .data(|_, a, _| {
+            let by = int_arg(&a[3])?;
+            Ok(Part::new(
+                vec![Write::HashIncr {
+                    key: a[1].clone(),
+                    field: a[2].clone(),
+                    by,
+                }],
+                |r| match &r[0] {
+                    WriteResult::Failed(WriteError::NotAnInteger) => {
+                        Reply::err("ERR hash value is not an integer")
+                    }
+                    other => int_reply(other),
+                },
+            ))
+        }),
+    Command::new("hincrbyfloat", 4, RW, KEY1)
+        .doc(
+            "hash",
+            "key field increment:double",
+            "Adds a number to a field's numeric value; the log holds the result.",
+        )
+        .data(|_, a, _| {
+            let by = float_arg(&a[3])?;
+            if by.is_infinite() {
+                return Err(Reply::err("ERR value is NaN or Infinity"));
+            }
+            Ok(Part::new(
+                vec![Write::HashIncrFloat {
+                    key: a[1].clone(),
+                    field: a[2].clone(),
+                    by,
+                }],
+                |r| match &r[0] {
+                    WriteResult::Failed(WriteError::NotAFloat) => {
+                        Reply::err("ERR hash value is not a float")
+                    }
+                    other => value_reply(other),
+                },
+            ))
+        }),
+    Command::new("hrandfield", -2, R, KEY1)
+        .doc(
+            "hash",
+            "key [count [WITHVALUES]]",
+            "Returns random fields of a hash: distinct ones for a positive count, repeats allowed for a negative one.",
+        )
+        .data(hrandfield),
+    Command::new("hscan", -3, R, KEY1)
+        .doc(
+            "hash",
+            "key cursor [MATCH pattern] [COUNT count]",
+            "Iterates over the fields and values of a hash; keel returns them all in one call.",
+        )
+        .data(hscan),
+];
+
+fn hset(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    // The name, the key, then whole pairs.
+    if !a.len().is_multiple_of(2) {
+        return Err(wrong_args(name));
+    }
+    let pairs = a[2..]
+        .chunks(2)
+        .map(|fv| (fv[0].clone(), fv[1].clone()))
+        .collect();
+    let w = Write::HashSet {
+        key: a[1].clone(),
+        pairs,
+        only_new: false,
+    };
+    Ok(if name == "hmset" {
+        Part::new(vec![w], |r| match &r[0] {
+            WriteResult::Int(_) => Reply::ok(),
+            other => int_reply(other),
+        })
+    } else {
+        Part::new(vec![w], |r| int_reply(&r[0]))
+    })
+}
+
+/// Values as an array of bulk strings and nils, or the read's error.
+fn values_reply(r: &WriteResult) -> Reply {
+    match r {
+        WriteResult::Values(v) => Reply::Array(
+            v.iter()
+                .map(|v| v.clone().map_or(Reply::Nil, Reply::Bulk))
+                .collect(),
+        ),
+        other => value_reply(other),
+    }
+}
+
+/// Field, value, field, value, … as pairs.
+fn pairs(v: &[Option<Bytes>]) -> Vec<(Reply, Reply)> {
+    v.chunks(2)
+        .map(|p| {
+            let bulk = |b: &Option<Bytes>| b.clone().map_or(Reply::Nil, Reply::Bulk);
+            (bulk(&p[0]), bulk(&p[1]))
+        })
+        .collect()
+}
+
+fn float_arg(b: &[u8]) -> Result<f64, Reply> {
+    std::str::from_utf8(b)
+        .ok()
+        .filter(|s| !s.is_empty() && !s.starts_with(char::is_whitespace))
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|f| !f.is_nan())
+        .ok_or_else(|| Reply::err("ERR value is not a valid float"))
+}
+
+/// A random number; each call hashes a fresh counter with a per-process random key. A read's
+/// randomness needs no logging: it changes nothing.
+fn random() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::LazyLock;
+    static STATE: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    STATE.hash_one(COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+fn hrandfield(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    let count = match a.get(2) {
+        None => None,
+        Some(c) => Some(int_arg(c)?),
+    };
+    let with_values = match a.get(3) {
+        None => false,
+        Some(o) if eq(o, "withvalues") && a.len() == 4 => true,
+        Some(_) => return Err(Reply::err(SYNTAX)),
+    };
+    // Redis's bounds: a negative count's answer must fit in memory.
+    if let Some(c) = count {
+        if c < -i64::MAX / 2 && (with_values || c < -i64::MAX) {
+            return Err(Reply::err("ERR value is out of range"));
+        }
+    }
+    Ok(Part::new(vec![read(&a[1], Read::HashAll)], move |r| {
+        let all = match &r[0] {
+            WriteResult::Values(v) => pairs(v),
+            other => return values_reply(other),
+        };
+        let Some(count) = count else {
+            return match all.len() {
+                0 => Reply::Nil,
+                n => all[(random() % n as u64) as usize].0.clone(),
+            };
+        };
+        let picked: Vec<&(Reply, Reply)> = if all.is_empty() || count == 0 {
+            Vec::new()
+        } else if count < 0 {
+            (0..count.unsigned_abs())
+                .map(|_| &all[(random() % all.len() as u64) as usize])
+                .collect()
+        } else {
+            // Distinct fields: a partial Fisher–Yates shuffle of the indexes.
+            let mut order: Vec<usize> = (0..all.len()).collect();
+            let n = (count as usize).min(all.len());
+            for i in 0..n {
+                let j = i + (random() % (order.len() - i) as u64) as usize;
+                order.swap(i, j);
+            }
+            order[..n].iter().map(|&i| &all[i]).collect()
+        };
+        let picked = picked.into_iter().cloned();
+        match with_values {
+            true => Reply::Pairs(picked.collect()),
+            false => Reply::Array(picked.map(|(f, _)| f).collect()),
+        }
+    }))
+}
+
+fn hscan(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    std::str::from_utf8(&a[2])
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| Reply::err("ERR invalid cursor"))?;
+    let mut pattern: Option<Bytes> = None;
+    let mut i = 3;
+    while i < a.len() {
+        if i + 1 >= a.len() {
+            return Err(Reply::err(SYNTAX));
+        }
+        if eq(&a[i], "match") {
+            pattern = Some(a[i + 1].clone());
+        } else if eq(&a[i], "count") {
+            // Validated as Redis does; keel returns the whole hash in one call anyway.
+            match int_arg(&a[i + 1])? {
+                c if c >= 1 => {}
+                _ => return Err(Reply::err(SYNTAX)),
+            }
+        } else {
+            return Err(Reply::err(SYNTAX));
+        }
+        i += 2;
+    }
+    Ok(Part::new(vec![read(&a[1], Read::HashAll)], move |r| {
+        let all = match &r[0] {
+            WriteResult::Values(v) => pairs(v),
+            other => return values_reply(other),
+        };
+        let found = all
+            .into_iter()
+            .filter(|(f, _)| match (&pattern, f) {
+                (Some(p), Reply::Bulk(f)) => glob::matches(p, f),
+                _ => true,
+            })
+            .flat_map(|(f, v)| [f, v])
+            .collect();
+        Reply::Array(vec![Reply::bulk("0"), Reply::Array(found)])
+    }))
+}
