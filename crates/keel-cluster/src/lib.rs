@@ -275,12 +275,24 @@ fn write_bytes(w: &Write) -> usize {
         Write::Read { key, op } => {
             key.len()
                 + match op {
-                    Read::HashGet { fields } => fields.iter().map(|f| f.len() + 8).sum(),
-                    Read::HashExists { field } | Read::HashStrlen { field } => field.len(),
+                    Read::HashGet { fields } | Read::SetMisMember { members: fields } => {
+                        fields.iter().map(|f| f.len() + 8).sum()
+                    }
+                    Read::HashExists { field }
+                    | Read::HashStrlen { field }
+                    | Read::SetIsMember { member: field } => field.len(),
                     _ => 0,
                 }
         }
         Write::GetThen { key, then } => key.len() + write_bytes(then),
+        Write::SetAdd { key, members } | Write::SetRem { key, members } => {
+            key.len() + members.iter().map(|m| m.len() + 8).sum::<usize>()
+        }
+        Write::SetPop { key, .. } => key.len(),
+        Write::SetMove { from, to, member } => from.len() + to.len() + member.len(),
+        Write::SetStore { key, keys, .. } => {
+            key.len() + keys.iter().map(|k| k.len() + 8).sum::<usize>()
+        }
         Write::DeleteAll => 0,
     }
 }

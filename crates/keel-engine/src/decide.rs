@@ -6,10 +6,11 @@ use bytes::Bytes;
 
 use crate::keyspace::{change, edit_typed, eval_get, eval_read, Change, Lent, Typed};
 use crate::record::Mutation;
-use crate::table::ValueRef;
+use crate::table::{SetValue, ValueRef};
 use crate::util::HashMap;
 
-use crate::types::{Guard, Outcome, PutIf, Ttl, Write, WriteError, WriteResult};
+use crate::types::{Guard, Outcome, PutIf, SetOp, Ttl, Write, WriteError, WriteResult};
+use keel_wal::Lsn;
 
 /// The state a transaction is decided against: every earlier transaction, durable or not.
 pub(crate) trait Decided {
@@ -100,8 +101,14 @@ impl<S: Decided> Overlay<S> {
                     self.changed.insert(k.clone(), e.map(Typed::from));
                 }
                 Change::Edit(k, m) => {
-                    let e = edit_typed(self.lend(k).map(|e| e.typed()), m, 0);
-                    self.changed.insert(k.clone(), e);
+                    // A key this transaction already wrote is changed in place; only the first
+                    // write of a key copies its entry.
+                    let base = match self.changed.remove(k) {
+                        Some(e) => e,
+                        None if self.cleared => None,
+                        None => self.base.lend(k).map(|e| e.typed()),
+                    };
+                    self.changed.insert(k.clone(), edit_typed(base, m, 0));
                 }
                 Change::All => {
                     self.changed.clear();
@@ -391,6 +398,126 @@ fn decide_one<S: Decided>(
                 }
             }
         }
+        Write::SetAdd { key, members } => {
+            let (create, set) = match work.live(&key).map(|e| e.value) {
+                None => (true, None),
+                Some(ValueRef::Set(s)) => (false, Some(s)),
+                Some(_) => return WriteResult::Failed(WriteError::WrongType),
+            };
+            let members = new_members(members, |m| set.is_some_and(|s| s.contains(m)));
+            let added = members.len();
+            if added > 0 {
+                m.push(Mutation::SetAdd {
+                    key,
+                    create,
+                    members,
+                });
+            }
+            WriteResult::Int(added as i64)
+        }
+        Write::SetRem { key, members } => match work.live(&key).map(|e| e.value) {
+            None => WriteResult::Int(0),
+            Some(ValueRef::Set(set)) => {
+                let members = new_members(members, |m| !set.contains(m));
+                let removed = members.len();
+                if removed == set.len() {
+                    m.push(Mutation::Delete { key });
+                } else if removed > 0 {
+                    m.push(Mutation::SetRem { key, members });
+                }
+                WriteResult::Int(removed as i64)
+            }
+            Some(_) => WriteResult::Failed(WriteError::WrongType),
+        },
+        Write::SetPop { key, count } => {
+            let entry = work.live(&key);
+            let set = match entry.map(|e| e.value) {
+                None => None,
+                Some(ValueRef::Set(s)) => Some(s),
+                Some(_) => return WriteResult::Failed(WriteError::WrongType),
+            };
+            let want = count.unwrap_or(1);
+            let popped: Vec<Bytes> = match (set, entry) {
+                (Some(set), Some(e)) if want > 0 => {
+                    // Decided from the transaction's time, the key and its version: every
+                    // replica deciding this transaction picks the same members.
+                    let mut rng = Pick::new(now, &key, e.version);
+                    pick_distinct(set, want, &mut rng)
+                }
+                _ => Vec::new(),
+            };
+            if let Some(set) = set {
+                if popped.len() == set.len() {
+                    m.push(Mutation::Delete { key });
+                } else if !popped.is_empty() {
+                    m.push(Mutation::SetRem {
+                        key,
+                        members: popped.clone(),
+                    });
+                }
+            }
+            match count {
+                None => WriteResult::Value(popped.into_iter().next()),
+                Some(_) => WriteResult::Values(popped.into_iter().map(Some).collect()),
+            }
+        }
+        Write::SetMove { from, to, member } => {
+            let src = match work.live(&from).map(|e| e.value) {
+                None => None,
+                Some(ValueRef::Set(s)) => Some(s),
+                Some(_) => return WriteResult::Failed(WriteError::WrongType),
+            };
+            let (create, dst) = match work.live(&to).map(|e| e.value) {
+                None => (true, None),
+                Some(ValueRef::Set(s)) => (false, Some(s)),
+                Some(_) => return WriteResult::Failed(WriteError::WrongType),
+            };
+            let Some(src) = src.filter(|s| s.contains(&member)) else {
+                return WriteResult::Int(0);
+            };
+            if from == to {
+                return WriteResult::Int(1);
+            }
+            m.push(if src.len() == 1 {
+                Mutation::Delete { key: from }
+            } else {
+                Mutation::SetRem {
+                    key: from,
+                    members: vec![member.clone()],
+                }
+            });
+            if !dst.is_some_and(|d| d.contains(&member)) {
+                m.push(Mutation::SetAdd {
+                    key: to,
+                    create,
+                    members: vec![member],
+                });
+            }
+            WriteResult::Int(1)
+        }
+        Write::SetStore { key, op, keys } => {
+            let mut sets = Vec::with_capacity(keys.len());
+            for k in &keys {
+                match work.live(k).map(|e| e.value) {
+                    None => sets.push(None),
+                    Some(ValueRef::Set(s)) => sets.push(Some(s)),
+                    Some(_) => return WriteResult::Failed(WriteError::WrongType),
+                }
+            }
+            let members = combine(op, &sets);
+            let n = members.len();
+            if n > 0 {
+                // `create` replaces whatever the key held.
+                m.push(Mutation::SetAdd {
+                    key,
+                    create: true,
+                    members,
+                });
+            } else if work.live(&key).is_some() {
+                m.push(Mutation::Delete { key });
+            }
+            WriteResult::Int(n as i64)
+        }
         Write::DeleteAll => {
             m.push(Mutation::DeleteAll);
             WriteResult::DeletedAll
@@ -400,6 +527,107 @@ fn decide_one<S: Decided>(
             WriteResult::Put(true)
         }
     }
+}
+
+/// `items` without those `skip` says to leave out, each once, in their first order.
+fn new_members(items: Vec<Bytes>, skip: impl Fn(&[u8]) -> bool) -> Vec<Bytes> {
+    let mut seen = HashMap::<Bytes, ()>::default();
+    items
+        .into_iter()
+        .filter(|i| !skip(i) && seen.insert(i.clone(), ()).is_none())
+        .collect()
+}
+
+/// The members of the intersection, union or difference of `sets` (`None`: an absent key, an
+/// empty set), each once.
+pub(crate) fn combine(op: SetOp, sets: &[Option<&SetValue>]) -> Vec<Bytes> {
+    let owned = |m: std::borrow::Cow<'_, [u8]>| Bytes::from(m.into_owned());
+    match op {
+        SetOp::Union => {
+            let all = sets.iter().flatten().flat_map(|s| s.iter().map(owned));
+            new_members(all.collect(), |_| false)
+        }
+        SetOp::Inter => {
+            if sets.iter().any(Option::is_none) {
+                return Vec::new();
+            }
+            let mut sets: Vec<&SetValue> = sets.iter().flatten().copied().collect();
+            // From the smallest set, as Redis does.
+            sets.sort_by_key(|s| s.len());
+            let Some((first, rest)) = sets.split_first() else {
+                return Vec::new();
+            };
+            first
+                .iter()
+                .filter(|m| rest.iter().all(|s| s.contains(m)))
+                .map(owned)
+                .collect()
+        }
+        SetOp::Diff => {
+            let Some(Some(first)) = sets.first() else {
+                return Vec::new();
+            };
+            first
+                .iter()
+                .filter(|m| sets[1..].iter().flatten().all(|s| !s.contains(m)))
+                .map(owned)
+                .collect()
+        }
+    }
+}
+
+/// A deterministic pseudo-random sequence for decisions that must come out the same on every
+/// replica (SPOP): splitmix64 from a seed of the transaction's time, the key and its version.
+pub(crate) struct Pick(u64);
+
+impl Pick {
+    pub(crate) fn new(now: u64, key: &[u8], version: Lsn) -> Pick {
+        let mut seed = now ^ version.rotate_left(32);
+        for chunk in key.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            seed = seed.rotate_left(5) ^ u64::from_le_bytes(b);
+        }
+        Pick(seed)
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// Up to `want` distinct members of `set`, chosen by `rng`: those with the smallest keyed hash.
+/// The choice depends on the members and the seed only, never on the set's encoding or the
+/// order its table happens to keep (which differs between replicas: each table has its own
+/// random hash seed, and a replica that installed a snapshot inserted in another order). O(n).
+fn pick_distinct(set: &SetValue, want: usize, rng: &mut Pick) -> Vec<Bytes> {
+    let seed = rng.next();
+    let rank = |m: &[u8]| {
+        let mut h = Pick(seed);
+        for chunk in m.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            h.0 ^= u64::from_le_bytes(b);
+            h.next();
+        }
+        h.0 ^= m.len() as u64;
+        h.next()
+    };
+    let mut ranked: Vec<(u64, std::borrow::Cow<'_, [u8]>)> =
+        set.iter().map(|m| (rank(&m), m)).collect();
+    if want < ranked.len() {
+        ranked.select_nth_unstable_by(want, |a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        ranked.truncate(want);
+    }
+    ranked.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    ranked
+        .into_iter()
+        .map(|(_, m)| Bytes::from(m.into_owned()))
+        .collect()
 }
 
 /// Whether a write to the hash at `key` creates it, and the value of its `field`, copied;
@@ -453,8 +681,23 @@ fn recreate(key: Bytes, e: Lent<'_>) -> Vec<Mutation> {
             }
             out
         }
+        ValueRef::Set(set) => {
+            let members = set.iter().map(|m| Bytes::from(m.into_owned())).collect();
+            let mut out = vec![Mutation::SetAdd {
+                key: key.clone(),
+                create: true,
+                members,
+            }];
+            if let Some(t) = e.expires_at_ms {
+                out.push(Mutation::Expire {
+                    key,
+                    expires_at_ms: Some(t),
+                });
+            }
+            out
+        }
         other => unreachable!(
-            "a {} in the keyspace: only strings and hashes load or are written",
+            "a {} in the keyspace: only strings, hashes and sets load or are written",
             other.kind().name()
         ),
     }

@@ -592,12 +592,8 @@ impl Core {
                 max: self.sequencer.opts.key_bytes_max,
             });
         }
-        let value = match w {
-            Write::Put { value, .. } => Some(value),
-            Write::Append { suffix, .. } => Some(suffix),
-            _ => None,
-        };
-        if let Some(v) = value.filter(|v| v.len() > self.sequencer.opts.value_bytes_max) {
+        let max = self.sequencer.opts.value_bytes_max;
+        if let Some(v) = w.values().find(|v| v.len() > max) {
             return Err(Error::ValueTooLarge {
                 len: v.len(),
                 max: self.sequencer.opts.value_bytes_max,

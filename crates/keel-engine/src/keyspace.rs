@@ -16,7 +16,7 @@ use keel_wal::Lsn;
 
 use crate::record::Mutation;
 use crate::table::{
-    EntryRef, HashValue, Kind, Table, Value, ValueMut, ValueRef, KEYS_PER_SHARD_TARGET,
+    EntryRef, HashValue, Kind, SetValue, Table, Value, ValueMut, ValueRef, KEYS_PER_SHARD_TARGET,
 };
 use crate::types::{live_at, Entry, Read, WriteError, WriteResult};
 use crate::util::HashMap;
@@ -171,6 +171,38 @@ pub(crate) fn edit_typed(entry: Option<Typed>, m: &Mutation, version: Lsn) -> Op
             e.version = version;
             Some(e)
         }
+        Mutation::SetAdd {
+            create, members, ..
+        } => {
+            let mut e = match entry {
+                Some(e) if !*create && e.value.kind() == Kind::Set => e,
+                _ => Typed {
+                    value: Stored::Collection(Value::Set(SetValue::new())),
+                    version,
+                    expires_at_ms: None,
+                },
+            };
+            if let Stored::Collection(Value::Set(set)) = &mut e.value {
+                for m in members {
+                    set.insert(m);
+                }
+            }
+            e.version = version;
+            Some(e)
+        }
+        Mutation::SetRem { members, .. } => {
+            let mut e = entry?;
+            if let Stored::Collection(Value::Set(set)) = &mut e.value {
+                for m in members {
+                    set.remove(m);
+                }
+                if set.is_empty() {
+                    return None;
+                }
+            }
+            e.version = version;
+            Some(e)
+        }
         other => unreachable!("not a relative mutation: {other:?}"),
     }
 }
@@ -185,15 +217,48 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
             value.map(|v| Bytes::from_static(type_name(v.kind()).as_bytes())),
         );
     }
-    let hash = match value {
-        None => None,
-        Some(ValueRef::Hash(h)) => Some(h),
-        Some(_) => return WriteResult::Failed(WriteError::WrongType),
-    };
+    let wrong = WriteResult::Failed(WriteError::WrongType);
+    let is_set_read = matches!(
+        op,
+        Read::SetMembers | Read::SetIsMember { .. } | Read::SetMisMember { .. } | Read::SetCard
+    );
+    if is_set_read {
+        let empty = SetValue::new();
+        let set = match value {
+            None => &empty,
+            Some(ValueRef::Set(x)) => x,
+            Some(_) => return wrong,
+        };
+        return match op {
+            Read::SetMembers => WriteResult::Values(
+                set.iter()
+                    .map(|m| Some(Bytes::from(m.into_owned())))
+                    .collect(),
+            ),
+            Read::SetIsMember { member } => WriteResult::Int(set.contains(member) as i64),
+            Read::SetMisMember { members } => WriteResult::Values(
+                members
+                    .iter()
+                    .map(|m| {
+                        Some(Bytes::from_static(if set.contains(m) {
+                            b"1"
+                        } else {
+                            b"0"
+                        }))
+                    })
+                    .collect(),
+            ),
+            Read::SetCard => WriteResult::Int(set.len() as i64),
+            _ => unreachable!("a set read"),
+        };
+    }
     let empty = HashValue::new();
-    let h = hash.unwrap_or(&empty);
+    let h = match value {
+        None => &empty,
+        Some(ValueRef::Hash(h)) => h,
+        Some(_) => return wrong,
+    };
     match op {
-        Read::Type => unreachable!("answered above"),
         Read::HashGet { fields } => {
             WriteResult::Values(fields.iter().map(|f| h.get(f).and_then(copy)).collect())
         }
@@ -205,6 +270,11 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
         Read::HashLen => WriteResult::Int(h.len() as i64),
         Read::HashExists { field } => WriteResult::Int(h.get(field).is_some() as i64),
         Read::HashStrlen { field } => WriteResult::Int(h.get(field).map_or(0, |v| v.len()) as i64),
+        Read::Type
+        | Read::SetMembers
+        | Read::SetIsMember { .. }
+        | Read::SetMisMember { .. }
+        | Read::SetCard => unreachable!("answered above"),
     }
 }
 
@@ -246,7 +316,7 @@ pub(crate) fn eval_get(value: Option<ValueRef<'_>>) -> WriteResult {
     }
 }
 
-/// Every user key's entry, in the typed table (strings only so far), and how many of them
+/// Every user key's entry, in the typed table (strings, hashes and sets so far), and how many of them
 /// carry an expiry. Not a persistent structure: cloning it copies every entry, which only a
 /// legacy backup view and tests do.
 #[derive(Clone)]
@@ -372,6 +442,42 @@ impl Map {
                 };
                 self.table.set_expiry(key, *expires_at_ms, version);
                 self.count_expiry(Some(old), expires_at_ms.is_some());
+            }
+            Mutation::SetAdd {
+                create, members, ..
+            } => {
+                let is_set = self.get(key).is_some_and(|e| e.kind() == Kind::Set);
+                if *create || !is_set {
+                    let old = self.table.delete(key);
+                    self.count_expiry(old, false);
+                    self.table
+                        .insert(key, Value::Set(SetValue::new()), None, version);
+                }
+                let mut e = self.table.get_mut(key).expect("a set was made above");
+                e.set_version(version);
+                if let ValueMut::Set(set) = e.value_mut() {
+                    for m in members {
+                        set.insert(m);
+                    }
+                }
+            }
+            Mutation::SetRem { members, .. } => {
+                let Some(mut e) = self.table.get_mut(key) else {
+                    return;
+                };
+                e.set_version(version);
+                let emptied = match e.value_mut() {
+                    ValueMut::Set(set) => {
+                        for m in members {
+                            set.remove(m);
+                        }
+                        set.is_empty()
+                    }
+                    _ => false,
+                };
+                if emptied {
+                    self.remove(key);
+                }
             }
             other => unreachable!("not a relative mutation: {other:?}"),
         }
@@ -843,7 +949,9 @@ pub(crate) fn change(m: &Mutation, version: Lsn) -> Change<'_> {
         Mutation::System { key, value } => Change::System(key, value),
         Mutation::HashSet { key, .. }
         | Mutation::HashDel { key, .. }
-        | Mutation::Expire { key, .. } => Change::Edit(key, m),
+        | Mutation::Expire { key, .. }
+        | Mutation::SetAdd { key, .. }
+        | Mutation::SetRem { key, .. } => Change::Edit(key, m),
     }
 }
 

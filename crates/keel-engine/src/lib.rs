@@ -98,5 +98,5 @@ pub use restore::{
     create_from_snapshot, read_system, rekey, restore, BackupView, RestoreReport, RestoreTarget,
 };
 pub use types::{
-    Entry, ExpireIf, Guard, Outcome, PutIf, Read, Ttl, Write, WriteError, WriteResult,
+    Entry, ExpireIf, Guard, Outcome, PutIf, Read, SetOp, Ttl, Write, WriteError, WriteResult,
 };

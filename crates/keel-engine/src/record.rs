@@ -24,7 +24,7 @@
 //!             4 count        number of mutations, u32 LE
 //!               mutations, each:
 //!             1 tag          1 = Set, 2 = Delete, 3 = DeleteAll, 4 = System,
-//!                            5 = HashSet, 6 = HashDel, 7 = Expire
+//!                            5 = HashSet, 6 = HashDel, 7 = Expire, 8 = SetAdd, 9 = SetRem
 //!   Set:      4 key_len      u32 LE, then key bytes
 //!             4 value_len    u32 LE, then value bytes
 //!             8 expires_at   Unix ms, u64 LE; 0 = never
@@ -41,9 +41,14 @@
 //!                            deleted
 //!   Expire:   4 key_len      u32 LE, then key bytes
 //!             8 expires_at   Unix ms, u64 LE; 0 = never (the value stays as it is)
+//!   SetAdd:   4 key_len      u32 LE, then key bytes
+//!             1 create       1: replace whatever the key holds by an empty set first
+//!             4 n            u32 LE, then n members (u32 len + bytes)
+//!   SetRem:   4 key_len      u32 LE, then key bytes
+//!             4 n            u32 LE, then n members; a set left empty is deleted
 //! ```
 //!
-//! Tags 5 to 7 are **relative**: their effect depends on the key's entry before the record
+//! Tags 5 to 9 are **relative**: their effect depends on the key's entry before the record
 //! (the hash it holds, the value whose expiry changes), and on nothing else. Every record still
 //! makes each key's new version its LSN, so the by-version rule (a record applies to a key only
 //! if the key's entry is older than it) keeps replay exact. They came with typed values and
@@ -68,6 +73,8 @@ const TAG_SYSTEM: u8 = 4;
 const TAG_HASH_SET: u8 = 5;
 const TAG_HASH_DEL: u8 = 6;
 const TAG_EXPIRE: u8 = 7;
+const TAG_SET_ADD: u8 = 8;
+const TAG_SET_REM: u8 = 9;
 const FLAG_REQUEST: u8 = 1;
 /// Longest client request id.
 pub const REQUEST_ID_BYTES_MAX: usize = 256;
@@ -116,6 +123,18 @@ pub enum Mutation {
         key: Bytes,
         expires_at_ms: Option<u64>,
     },
+    /// Adds members to the set at `key`; with `create`, the key first becomes an empty set
+    /// without an expiry, whatever it held.
+    SetAdd {
+        key: Bytes,
+        create: bool,
+        members: Vec<Bytes>,
+    },
+    /// Removes members of the set at `key`, and the key if the set is left empty.
+    SetRem {
+        key: Bytes,
+        members: Vec<Bytes>,
+    },
 }
 
 impl Mutation {
@@ -123,7 +142,11 @@ impl Mutation {
     pub fn is_relative(&self) -> bool {
         matches!(
             self,
-            Mutation::HashSet { .. } | Mutation::HashDel { .. } | Mutation::Expire { .. }
+            Mutation::HashSet { .. }
+                | Mutation::HashDel { .. }
+                | Mutation::Expire { .. }
+                | Mutation::SetAdd { .. }
+                | Mutation::SetRem { .. }
         )
     }
 }
@@ -236,6 +259,12 @@ pub fn encoded_len(request: Option<&Request>, mutations: &[Mutation]) -> usize {
                 1 + 4 + key.len() + 4 + fields.iter().map(|f| 4 + f.len()).sum::<usize>()
             }
             Mutation::Expire { key, .. } => 1 + 4 + key.len() + 8,
+            Mutation::SetAdd { key, members, .. } => {
+                1 + 4 + key.len() + 1 + 4 + members.iter().map(|m| 4 + m.len()).sum::<usize>()
+            }
+            Mutation::SetRem { key, members } => {
+                1 + 4 + key.len() + 4 + members.iter().map(|m| 4 + m.len()).sum::<usize>()
+            }
         })
         .sum();
     1 + 1 + 8 + request + 4 + mutations
@@ -298,15 +327,27 @@ fn encode_fields(at_ms: u64, request: Option<&Request>, mutations: &[Mutation], 
             Mutation::HashDel { key, fields } => {
                 out.push(TAG_HASH_DEL);
                 put_bytes(out, key);
-                out.extend_from_slice(&(fields.len() as u32).to_le_bytes());
-                for f in fields {
-                    put_bytes(out, f);
-                }
+                put_list(out, fields);
             }
             Mutation::Expire { key, expires_at_ms } => {
                 out.push(TAG_EXPIRE);
                 put_bytes(out, key);
                 out.extend_from_slice(&expires_at_ms.unwrap_or(0).to_le_bytes());
+            }
+            Mutation::SetAdd {
+                key,
+                create,
+                members,
+            } => {
+                out.push(TAG_SET_ADD);
+                put_bytes(out, key);
+                out.push(*create as u8);
+                put_list(out, members);
+            }
+            Mutation::SetRem { key, members } => {
+                out.push(TAG_SET_REM);
+                put_bytes(out, key);
+                put_list(out, members);
             }
         }
     }
@@ -315,6 +356,14 @@ fn encode_fields(at_ms: u64, request: Option<&Request>, mutations: &[Mutation], 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&(b.len() as u32).to_le_bytes());
     out.extend_from_slice(b);
+}
+
+/// A count (u32 LE), then each item (u32 len + bytes).
+fn put_list(out: &mut Vec<u8>, items: &[Bytes]) {
+    out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+    for i in items {
+        put_bytes(out, i);
+    }
 }
 
 /// A value or nil: 1 present, then u32 len + bytes if 1.
@@ -379,6 +428,23 @@ impl Reader<'_> {
             return Err(RecordError::Short(self.at));
         }
         Ok(n)
+    }
+    /// A create flag (0 or 1) of the mutation with `tag` at `at`.
+    fn flag(&mut self, tag: u8, at: usize) -> Result<bool, RecordError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(RecordError::Tag { tag, at }),
+        }
+    }
+    /// A count, then that many byte strings.
+    fn list(&mut self, all: &Bytes) -> Result<Vec<Bytes>, RecordError> {
+        let n = self.count()?;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            items.push(self.bytes(all)?);
+        }
+        Ok(items)
     }
     fn u16(&mut self) -> Result<u16, RecordError> {
         Ok(u16::from_le_bytes(
@@ -531,15 +597,19 @@ pub fn decode(buf: &Bytes, lsn: u64) -> Result<Decoded, RecordError> {
                 }
                 Mutation::HashSet { key, create, pairs }
             }
-            TAG_HASH_DEL => {
-                let key = r.bytes(buf)?;
-                let n = r.count()?;
-                let mut fields = Vec::with_capacity(n);
-                for _ in 0..n {
-                    fields.push(r.bytes(buf)?);
-                }
-                Mutation::HashDel { key, fields }
-            }
+            TAG_HASH_DEL => Mutation::HashDel {
+                key: r.bytes(buf)?,
+                fields: r.list(buf)?,
+            },
+            TAG_SET_ADD => Mutation::SetAdd {
+                key: r.bytes(buf)?,
+                create: r.flag(TAG_SET_ADD, at)?,
+                members: r.list(buf)?,
+            },
+            TAG_SET_REM => Mutation::SetRem {
+                key: r.bytes(buf)?,
+                members: r.list(buf)?,
+            },
             TAG_EXPIRE => {
                 let key = r.bytes(buf)?;
                 let exp = r.u64()?;
@@ -611,6 +681,15 @@ mod tests {
             Mutation::Expire {
                 key: Bytes::from_static(b"k"),
                 expires_at_ms: None,
+            },
+            Mutation::SetAdd {
+                key: Bytes::from_static(b"s"),
+                create: true,
+                members: vec![Bytes::from_static(b"m"), Bytes::new()],
+            },
+            Mutation::SetRem {
+                key: Bytes::from_static(b"s"),
+                members: vec![Bytes::from_static(b"m")],
             },
         ]
     }

@@ -930,9 +930,10 @@ pub fn read_snapshot(
         expect,
         keyring,
         &mut |header, key, version, expires_at_ms, value| {
-            // Only strings and hashes have commands yet; any other type is a newer keel's.
+            // Only strings, hashes and sets have commands yet; any other type is a newer
+            // keel's.
             if let Stored::Collection(c) = &value {
-                if c.kind() != Kind::Hash {
+                if !matches!(c.kind(), Kind::Hash | Kind::Set) {
                     let what = format!("a {} value", c.kind().name());
                     return Err(FileError::Unloadable(what));
                 }
@@ -1471,10 +1472,10 @@ mod tests {
         }
     }
 
-    /// Today's engine holds strings and hashes: a snapshot with a hash loads, one with a set
-    /// is refused as a newer keel's file, which recovery never takes for damage.
+    /// Today's engine holds strings, hashes and sets: a snapshot with a hash loads, one with a
+    /// list is refused as a newer keel's file, which recovery never takes for damage.
     #[test]
-    fn a_hash_loads_and_a_set_is_unloadable_here_not_damage() {
+    fn a_hash_loads_and_a_list_is_unloadable_here_not_damage() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("typed");
         let mut t = Table::new();
@@ -1488,13 +1489,13 @@ mod tests {
         let h = map.get(b"h").unwrap();
         assert_eq!((h.version(), h.expires_at_ms()), (2, Some(9)));
         assert!(matches!(h.value(), ValueRef::Hash(h) if h.get(b"f") == Some(&b"v"[..])));
-        let mut set = SetValue::new();
-        set.insert(b"m");
-        t.insert(b"set", Value::Set(set), None, 3);
+        let mut list = ListValue::new();
+        list.push_back(b"e");
+        t.insert(b"list", Value::List(list), None, 3);
         let m = write_table(&path, &t, false, None);
-        let e = load(&path, Some(&m)).err().expect("a set cannot load");
+        let e = load(&path, Some(&m)).err().expect("a list cannot load");
         assert!(
-            matches!(&e, FileError::Unloadable(k) if k == "a set value"),
+            matches!(&e, FileError::Unloadable(k) if k == "a list value"),
             "{e}"
         );
         assert!(e.to_string().contains("newer keel"), "{e}");
@@ -1657,7 +1658,7 @@ mod tests {
     /// A shard-by-shard checkpoint's file: each shard of the image read at its own moment while
     /// records went on, and the records since the first moment as the tail. Loading it gives the
     /// state at the file's LSN exactly, values, versions and expiries, over random histories of
-    /// sets, deletes, DeleteAlls, system entries and the relative hash and expiry mutations, in
+    /// sets, deletes, DeleteAlls, system entries and the relative hash, set and expiry mutations, in
     /// records of one to four mutations (the same key more than once in a record too).
     #[test]
     fn a_fuzzy_image_and_its_tail_load_as_of_the_snapshot_lsn() {
@@ -1670,7 +1671,7 @@ mod tests {
             let records: Vec<Vec<Mutation>> = (1..=n)
                 .map(|lsn| {
                     (0..1 + r.below(4))
-                        .map(|j| match r.below(26) {
+                        .map(|j| match r.below(29) {
                             0 => Mutation::DeleteAll,
                             1 => Mutation::System {
                                 key: key(r.below(2)),
@@ -1699,6 +1700,19 @@ mod tests {
                             25 => Mutation::Expire {
                                 key: key(r.below(8)),
                                 expires_at_ms: r.chance(50).then(|| 1 + r.below(1000)),
+                            },
+                            26 | 27 => Mutation::SetAdd {
+                                key: key(r.below(8)),
+                                create: r.chance(30),
+                                members: (0..1 + r.below(3))
+                                    .map(|_| Bytes::from(format!("m{}", r.below(6))))
+                                    .collect(),
+                            },
+                            28 => Mutation::SetRem {
+                                key: key(r.below(8)),
+                                members: (0..1 + r.below(3))
+                                    .map(|_| Bytes::from(format!("m{}", r.below(6))))
+                                    .collect(),
                             },
                             _ => Mutation::Set {
                                 key: key(r.below(8)),

@@ -104,6 +104,34 @@ pub enum Write {
     /// Adds `by` to a hash field's decimal integer (absent counts as 0). Logs the result, not
     /// `by`. Result: `Int(new value)`, or `Failed(WrongType | NotAnInteger | Overflow)`.
     HashIncr { key: Bytes, field: Bytes, by: i64 },
+    /// Adds members to the set at `key`, creating it if absent; the expiry stays. Logs the
+    /// members added. Result: `Int(members added)`, or `Failed(WrongType)`.
+    SetAdd { key: Bytes, members: Vec<Bytes> },
+    /// Removes members of the set at `key`; a set left empty is deleted. Result: `Int(members
+    /// removed)`, or `Failed(WrongType)`.
+    SetRem { key: Bytes, members: Vec<Bytes> },
+    /// Removes random members (SPOP): one (`count: None`; result `Value`, nil when absent) or up
+    /// to `count` distinct ones (result `Values`). The choice is decided once, from the
+    /// transaction's time and the set's version (so every replica deciding the same
+    /// transaction picks the same members), and the log holds the members removed. Or
+    /// `Failed(WrongType)`.
+    SetPop { key: Bytes, count: Option<usize> },
+    /// Moves `member` from the set at `from` to the set at `to` (SMOVE). Result: `Int(1)` if it
+    /// moved, `Int(0)` if `from` did not hold it; `Failed(WrongType)` if either key holds another
+    /// type.
+    SetMove {
+        from: Bytes,
+        to: Bytes,
+        member: Bytes,
+    },
+    /// Stores at `key` the intersection, union or difference of the sets at `keys` (absent keys
+    /// are empty sets), replacing whatever `key` held; an empty result deletes `key`. Logs the
+    /// result's members. Result: `Int(members stored)`, or `Failed(WrongType)`.
+    SetStore {
+        key: Bytes,
+        op: SetOp,
+        keys: Vec<Bytes>,
+    },
     /// Adds `by` to a hash field's decimal float (absent counts as 0), written as
     /// [`Write::IncrFloat`] writes. Result: `Value(new value as written)`, or
     /// `Failed(WrongType | NotAFloat | NotFinite)`.
@@ -121,9 +149,10 @@ pub enum Write {
 }
 
 impl Write {
-    /// The user keys this write touches (none for `DeleteAll` and `System`, two for `Rename`).
-    pub fn keys(&self) -> impl Iterator<Item = &Bytes> {
-        let (a, b) = match self {
+    /// The user keys this write touches or reads (none for `DeleteAll` and `System`, two for
+    /// `Rename`, every set for `SetStore`).
+    pub fn keys(&self) -> Box<dyn Iterator<Item = &Bytes> + '_> {
+        match self {
             Write::Put { key, .. }
             | Write::Delete { key }
             | Write::Incr { key, .. }
@@ -131,16 +160,37 @@ impl Write {
             | Write::Append { key, .. }
             | Write::Expire { key, .. }
             | Write::Get { key }
-            | Write::GetThen { key, .. }
             | Write::Read { key, .. }
             | Write::HashSet { key, .. }
             | Write::HashDel { key, .. }
             | Write::HashIncr { key, .. }
-            | Write::HashIncrFloat { key, .. } => (Some(key), None),
-            Write::Rename { from, to, .. } => (Some(from), Some(to)),
-            Write::DeleteAll | Write::System { .. } => (None, None),
-        };
-        a.into_iter().chain(b)
+            | Write::HashIncrFloat { key, .. }
+            | Write::SetAdd { key, .. }
+            | Write::SetRem { key, .. }
+            | Write::SetPop { key, .. } => Box::new(std::iter::once(key)),
+            Write::GetThen { key, then } => Box::new(std::iter::once(key).chain(then.keys())),
+            Write::Rename { from, to, .. } | Write::SetMove { from, to, .. } => {
+                Box::new([from, to].into_iter())
+            }
+            Write::SetStore { key, keys, .. } => Box::new(std::iter::once(key).chain(keys)),
+            Write::DeleteAll | Write::System { .. } => Box::new(std::iter::empty()),
+        }
+    }
+
+    /// The values, fields and members it stores, each bounded by `value_bytes_max`.
+    pub fn values(&self) -> Box<dyn Iterator<Item = &Bytes> + '_> {
+        match self {
+            Write::Put { value, .. } => Box::new(std::iter::once(value)),
+            Write::Append { suffix, .. } => Box::new(std::iter::once(suffix)),
+            Write::HashSet { pairs, .. } => Box::new(pairs.iter().flat_map(|(f, v)| [f, v])),
+            Write::HashIncr { field, .. } | Write::HashIncrFloat { field, .. } => {
+                Box::new(std::iter::once(field))
+            }
+            Write::SetAdd { members, .. } => Box::new(members.iter()),
+            Write::SetMove { member, .. } => Box::new(std::iter::once(member)),
+            Write::GetThen { then, .. } => then.values(),
+            _ => Box::new(std::iter::empty()),
+        }
     }
 
     /// Whether it may change the user keyspace: every write but `System`, `Get` and `Read`.
@@ -175,6 +225,24 @@ pub enum Read {
     HashExists { field: Bytes },
     /// Result: `Int(length of the field's value)`, 0 if absent.
     HashStrlen { field: Bytes },
+    /// Result: `Values` of the members, in the set's order.
+    SetMembers,
+    /// Result: `Int(1)` if the set holds the member, else `Int(0)`.
+    SetIsMember { member: Bytes },
+    /// Result: `Values`, `1` or `0` per member.
+    SetMisMember { members: Vec<Bytes> },
+    /// Result: `Int(members)`.
+    SetCard,
+}
+
+/// How [`Write::SetStore`] combines its sets.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetOp {
+    Inter,
+    Union,
+    /// The first set less every other.
+    Diff,
 }
 
 /// When an expiry change applies (Redis's EXPIRE options). A key without an expiry counts as

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use keel_engine::{Engine, Guard, Options, Outcome, PutIf, Read, Ttl, Write, WriteResult};
+use keel_engine::{Engine, Guard, Options, Outcome, PutIf, Read, SetOp, Ttl, Write, WriteResult};
 use keel_sim::{Faults, Rng, SimFs};
 use keel_wal::Lsn;
 
@@ -20,6 +20,36 @@ fn hash_text(h: &Fields) -> Bytes {
         out.extend_from_slice(&[&f[..], b"=", &v[..], b";"].concat());
     }
     out.into()
+}
+
+type Members = std::collections::BTreeSet<Bytes>;
+
+fn set_text(s: &Members) -> Bytes {
+    let mut out = b"set:".to_vec();
+    for m in s {
+        out.extend_from_slice(&[&m[..], b";"].concat());
+    }
+    out.into()
+}
+
+fn set_members(m: &Model, key: &[u8]) -> Members {
+    let Some((text, _)) = m.get(key) else {
+        return Members::new();
+    };
+    let body = text.strip_prefix(b"set:").expect("a set key holds a set");
+    body.split(|b| *b == b';')
+        .filter(|p| !p.is_empty())
+        .map(Bytes::copy_from_slice)
+        .collect()
+}
+
+/// Writes the set `s` at `key` at `lsn`, or deletes the key if `s` is empty.
+fn put_set(m: &mut Model, key: &Bytes, s: &Members, lsn: Lsn) {
+    if s.is_empty() {
+        m.remove(key);
+    } else {
+        m.insert(key.clone(), (set_text(s), lsn));
+    }
 }
 
 fn hash_fields(text: &[u8]) -> Fields {
@@ -62,6 +92,16 @@ fn observed(snap: &keel_engine::ReadView<'_>) -> Model {
         m.insert(
             Bytes::copy_from_slice(k),
             (hash_text(&h), snap.version(k).unwrap()),
+        );
+    }
+    for k in snap.keys().filter(|k| snap.kind(k) == Some("set")) {
+        let WriteResult::Values(all) = snap.read(k, Some(&Read::SetMembers)) else {
+            panic!("a set reads as values")
+        };
+        let s: Members = all.into_iter().map(Option::unwrap).collect();
+        m.insert(
+            Bytes::copy_from_slice(k),
+            (set_text(&s), snap.version(k).unwrap()),
         );
     }
     for k in SYSTEM_KEYS {
@@ -178,6 +218,54 @@ fn model_apply(
                 }
                 results.push(WriteResult::Int(removed as i64));
             }
+            Write::SetAdd { key, members } => {
+                let mut s = set_members(&m, key);
+                let added = members.iter().filter(|x| s.insert((*x).clone())).count();
+                if added > 0 {
+                    put_set(&mut m, key, &s, lsn);
+                }
+                results.push(WriteResult::Int(added as i64));
+            }
+            Write::SetRem { key, members } => {
+                let mut s = set_members(&m, key);
+                let removed = members.iter().filter(|x| s.remove(*x)).count();
+                if removed > 0 {
+                    put_set(&mut m, key, &s, lsn);
+                }
+                results.push(WriteResult::Int(removed as i64));
+            }
+            Write::SetMove { from, to, member } => {
+                let (mut a, mut b) = (set_members(&m, from), set_members(&m, to));
+                let moved = a.contains(member);
+                if moved && from != to {
+                    a.remove(member);
+                    put_set(&mut m, from, &a, lsn);
+                    if b.insert(member.clone()) {
+                        put_set(&mut m, to, &b, lsn);
+                    }
+                }
+                results.push(WriteResult::Int(moved as i64));
+            }
+            Write::SetStore { key, op, keys } => {
+                let sets: Vec<Members> = keys.iter().map(|k| set_members(&m, k)).collect();
+                let out: Members = match op {
+                    SetOp::Union => sets.iter().flatten().cloned().collect(),
+                    SetOp::Inter => sets[0]
+                        .iter()
+                        .filter(|x| sets[1..].iter().all(|s| s.contains(*x)))
+                        .cloned()
+                        .collect(),
+                    SetOp::Diff => sets[0]
+                        .iter()
+                        .filter(|x| sets[1..].iter().all(|s| !s.contains(*x)))
+                        .cloned()
+                        .collect(),
+                };
+                if !out.is_empty() || m.contains_key(key) {
+                    put_set(&mut m, key, &out, lsn);
+                }
+                results.push(WriteResult::Int(out.len() as i64));
+            }
             Write::HashIncr { key, field, by } => {
                 let mut h = m.get(key).map_or_else(Fields::new, |(v, _)| hash_fields(v));
                 let cur: i64 = h
@@ -194,12 +282,14 @@ fn model_apply(
 }
 
 fn random_txn(rng: &mut Rng, m: &Model, step: usize) -> (Vec<Guard>, Vec<Write>) {
-    // Keys are counters (only incremented), hashes (only written as hashes) or plain keys, so
-    // every increment is valid and no write meets another type. A hash's field `n` is only
+    // Keys are counters (only incremented), hashes (only written as hashes), sets (only written
+    // as sets) or plain keys, so every increment is valid and no write meets another type. A hash's field `n` is only
     // incremented.
     let plain = |rng: &mut Rng| Bytes::from(format!("k{}", rng.below(12)));
     let counter = |rng: &mut Rng| Bytes::from(format!("n{}", rng.below(3)));
     let hash = |rng: &mut Rng| Bytes::from(format!("h{}", rng.below(3)));
+    let set = |rng: &mut Rng| Bytes::from(format!("s{}", rng.below(3)));
+    let member = |rng: &mut Rng| Bytes::from(format!("m{}", rng.below(8)));
     let field = |rng: &mut Rng| Bytes::from(format!("f{}", rng.below(6)));
     let mut guards = Vec::new();
     if rng.chance(25) {
@@ -212,7 +302,25 @@ fn random_txn(rng: &mut Rng, m: &Model, step: usize) -> (Vec<Guard>, Vec<Write>)
         guards.push(Guard { key, version });
     }
     let writes = (0..1 + rng.below(3))
-        .map(|_| match rng.below(14) {
+        .map(|_| match rng.below(18) {
+            14 => Write::SetAdd {
+                key: set(rng),
+                members: (0..1 + rng.below(4)).map(|_| member(rng)).collect(),
+            },
+            15 => Write::SetRem {
+                key: set(rng),
+                members: (0..1 + rng.below(3)).map(|_| member(rng)).collect(),
+            },
+            16 => Write::SetMove {
+                from: set(rng),
+                to: set(rng),
+                member: member(rng),
+            },
+            17 => Write::SetStore {
+                key: set(rng),
+                op: [SetOp::Inter, SetOp::Union, SetOp::Diff][rng.below(3) as usize],
+                keys: (0..1 + rng.below(3)).map(|_| set(rng)).collect(),
+            },
             10 | 11 => Write::HashSet {
                 key: hash(rng),
                 pairs: (0..1 + rng.below(3))

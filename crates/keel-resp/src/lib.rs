@@ -366,6 +366,8 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// A map in RESP3; a flat array of key, value, ... in RESP2.
     Map(Vec<(Reply, Reply)>),
+    /// A set in RESP3 (`~`); an array in RESP2 (SMEMBERS, SINTER, …).
+    Set(Vec<Reply>),
     /// An array of two-element arrays in RESP3; a flat array of both, pair by pair, in RESP2
     /// (HRANDFIELD … WITHVALUES, ZRANGE … WITHSCORES).
     Pairs(Vec<(Reply, Reply)>),
@@ -424,6 +426,12 @@ impl Reply {
                 for (k, v) in pairs {
                     k.encode(proto, out);
                     v.encode(proto, out);
+                }
+            }
+            Reply::Set(items) => {
+                header(out, if proto >= 3 { b'~' } else { b'*' }, items.len());
+                for r in items {
+                    r.encode(proto, out);
                 }
             }
             Reply::Pairs(pairs) => {
@@ -664,6 +672,9 @@ mod tests {
         let m = Reply::Map(vec![(Reply::bulk("a"), Reply::Int(1))]);
         assert_eq!(enc(&m, 2), "*2\r\n$1\r\na\r\n:1\r\n");
         assert_eq!(enc(&m, 3), "%1\r\n$1\r\na\r\n:1\r\n");
+        let set = Reply::Set(vec![Reply::bulk("a")]);
+        assert_eq!(enc(&set, 2), "*1\r\n$1\r\na\r\n");
+        assert_eq!(enc(&set, 3), "~1\r\n$1\r\na\r\n");
         let p = Reply::Pairs(vec![(Reply::bulk("a"), Reply::Int(1))]);
         assert_eq!(enc(&p, 2), "*2\r\n$1\r\na\r\n:1\r\n");
         assert_eq!(enc(&p, 3), "*1\r\n*2\r\n$1\r\na\r\n:1\r\n");

@@ -1635,22 +1635,37 @@ const SETTABLE: &[Settable] = &[
     Settable {
         name: "hash-max-listpack-entries",
         get: || table::hash_packed_limits().0,
-        set: |n| table::set_hash_packed_limits(n, table::hash_packed_limits().1),
+        set: table::set_hash_packed_entries,
     },
     Settable {
         name: "hash-max-listpack-value",
         get: || table::hash_packed_limits().1,
-        set: |n| table::set_hash_packed_limits(table::hash_packed_limits().0, n),
+        set: table::set_hash_packed_bytes,
     },
     Settable {
         name: "hash-max-ziplist-entries",
         get: || table::hash_packed_limits().0,
-        set: |n| table::set_hash_packed_limits(n, table::hash_packed_limits().1),
+        set: table::set_hash_packed_entries,
     },
     Settable {
         name: "hash-max-ziplist-value",
         get: || table::hash_packed_limits().1,
-        set: |n| table::set_hash_packed_limits(table::hash_packed_limits().0, n),
+        set: table::set_hash_packed_bytes,
+    },
+    Settable {
+        name: "set-max-intset-entries",
+        get: || table::set_packed_limits().0,
+        set: |n| table::set_set_packed_limit(0, n),
+    },
+    Settable {
+        name: "set-max-listpack-entries",
+        get: || table::set_packed_limits().1,
+        set: |n| table::set_set_packed_limit(1, n),
+    },
+    Settable {
+        name: "set-max-listpack-value",
+        get: || table::set_packed_limits().2,
+        set: |n| table::set_set_packed_limit(2, n),
     },
 ];
 
@@ -1662,6 +1677,17 @@ fn config_set(pairs: &[Bytes]) -> Reply {
     let mut changes = Vec::new();
     for p in pairs.chunks(2) {
         let name = lower(&p[0]);
+        // keel takes no RDB save points (it checkpoints by log size and time), which is what
+        // `save ""` asks for: accepted, and nothing else.
+        if name == "save" {
+            if p[1].is_empty() {
+                continue;
+            }
+            return Reply::err(
+                "ERR keel takes no RDB save points; it checkpoints by log size and by time \
+                 (checkpoint_interval_secs in its config file), so only save \"\" is accepted",
+            );
+        }
         let Some(s) = SETTABLE.iter().find(|s| s.name == name) else {
             return Reply::err(format!(
                 "ERR Unknown option or number of arguments for CONFIG SET - '{name}' (keel \

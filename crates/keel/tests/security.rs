@@ -950,6 +950,24 @@ fn permissions_follow_what_each_command_does() {
         (&["HINCRBYFLOAT", "h", "c", "0.5"], RW),
         (&["HRANDFIELD", "h", "2", "WITHVALUES"], R),
         (&["HSCAN", "h", "0"], R),
+        // z is a set whose member is the secret.
+        (&["SADD", "z", "m"], W),
+        (&["SREM", "z", "m"], W),
+        (&["SMEMBERS", "z"], R),
+        (&["SISMEMBER", "z", "m"], R),
+        (&["SMISMEMBER", "z", "m"], R),
+        (&["SCARD", "z"], R),
+        (&["SPOP", "z"], RW),
+        (&["SRANDMEMBER", "z", "2"], R),
+        (&["SMOVE", "z", "z2", "m"], W),
+        (&["SINTER", "z", "z2"], R),
+        (&["SUNION", "z", "z2"], R),
+        (&["SDIFF", "z", "z2"], R),
+        (&["SINTERCARD", "1", "z"], R),
+        (&["SINTERSTORE", "d", "z"], W),
+        (&["SUNIONSTORE", "d", "z"], W),
+        (&["SDIFFSTORE", "d", "z"], W),
+        (&["SSCAN", "z", "0"], R),
     ];
 
     let t = tempfile::tempdir().unwrap();
@@ -1011,6 +1029,7 @@ fn permissions_follow_what_each_command_does() {
             "+OK\r\n",
         );
         boss.cmd(&["HSET", "h", "f", secret_value], ":1\r\n");
+        boss.cmd(&["SADD", "z", secret_value], ":1\r\n");
     };
     let login = |name: &str| {
         let mut c = srv.raw();

@@ -32,11 +32,16 @@ pub fn hash_packed_limits() -> (usize, usize) {
     )
 }
 
-/// Sets [`hash_packed_limits`] (keel serve's CONFIG SET hash-max-listpack-entries and -value).
-/// Hashes already converted to a table stay tables; only the encoding changes, never a value.
-pub fn set_hash_packed_limits(entries: usize, bytes: usize) {
-    PACKED_ENTRIES.store(entries, Ordering::Relaxed);
-    PACKED_BYTES.store(bytes, Ordering::Relaxed);
+/// Sets the first of [`hash_packed_limits`] (keel serve's CONFIG SET
+/// hash-max-listpack-entries). Hashes already converted to a table stay tables; only the
+/// encoding changes, never a value.
+pub fn set_hash_packed_entries(n: usize) {
+    PACKED_ENTRIES.store(n, Ordering::Relaxed);
+}
+
+/// Sets the second of [`hash_packed_limits`] (hash-max-listpack-value).
+pub fn set_hash_packed_bytes(n: usize) {
+    PACKED_BYTES.store(n, Ordering::Relaxed);
 }
 
 /// A hash value. Empty hashes exist only transiently: the keyspace deletes a key whose hash

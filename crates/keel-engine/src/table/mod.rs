@@ -72,13 +72,13 @@ use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 
 pub use hash::{
-    hash_packed_limits, set_hash_packed_limits, HashIter, HashValue, HASH_PACKED_BYTES_MAX,
-    HASH_PACKED_ENTRIES_MAX,
+    hash_packed_limits, set_hash_packed_bytes, set_hash_packed_entries, HashIter, HashValue,
+    HASH_PACKED_BYTES_MAX, HASH_PACKED_ENTRIES_MAX,
 };
 pub use list::{ListValue, LIST_CHUNK_BYTES_MAX};
 pub use set::{
-    SetEncoding, SetIter, SetValue, SET_INTSET_ENTRIES_MAX, SET_PACKED_BYTES_MAX,
-    SET_PACKED_ENTRIES_MAX,
+    set_packed_limits, set_set_packed_limit, SetEncoding, SetIter, SetValue,
+    SET_INTSET_ENTRIES_MAX, SET_PACKED_BYTES_MAX, SET_PACKED_ENTRIES_MAX,
 };
 pub use zset::{ZSetValue, ZSET_PACKED_BYTES_MAX, ZSET_PACKED_ENTRIES_MAX};
 

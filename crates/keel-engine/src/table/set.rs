@@ -10,18 +10,40 @@
 
 use std::borrow::Cow;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 
 use super::packed::{self, canonical_i64, element, Elements};
 
-/// Redis's `set-max-intset-entries`.
+/// Redis's `set-max-intset-entries`, by default.
 pub const SET_INTSET_ENTRIES_MAX: usize = 512;
-/// Redis's `set-max-listpack-entries`.
+/// Redis's `set-max-listpack-entries`, by default.
 pub const SET_PACKED_ENTRIES_MAX: usize = 128;
-/// Redis's `set-max-listpack-value`.
+/// Redis's `set-max-listpack-value`, by default.
 pub const SET_PACKED_BYTES_MAX: usize = 64;
+
+static INTSET_ENTRIES: AtomicUsize = AtomicUsize::new(SET_INTSET_ENTRIES_MAX);
+static PACKED_ENTRIES: AtomicUsize = AtomicUsize::new(SET_PACKED_ENTRIES_MAX);
+static PACKED_BYTES: AtomicUsize = AtomicUsize::new(SET_PACKED_BYTES_MAX);
+
+/// The thresholds in force: (most members of an intset, most members of a packed set, longest
+/// member of a packed set). One setting for the whole process, as Redis's are for its server.
+pub fn set_packed_limits() -> (usize, usize, usize) {
+    (
+        INTSET_ENTRIES.load(Ordering::Relaxed),
+        PACKED_ENTRIES.load(Ordering::Relaxed),
+        PACKED_BYTES.load(Ordering::Relaxed),
+    )
+}
+
+/// Sets one of [`set_packed_limits`], by its place there (0, 1 or 2: keel serve's CONFIG SET
+/// set-max-intset-entries, set-max-listpack-entries and -value). Sets already converted stay as
+/// they are.
+pub fn set_set_packed_limit(which: usize, n: usize) {
+    [&INTSET_ENTRIES, &PACKED_ENTRIES, &PACKED_BYTES][which].store(n, Ordering::Relaxed);
+}
 
 #[derive(Clone, Debug)]
 pub struct SetValue(Repr);
@@ -102,12 +124,13 @@ impl SetValue {
 
     /// SADD of one member; true if it is new.
     pub fn insert(&mut self, member: &[u8]) -> bool {
+        let (intset_max, packed_max, bytes_max) = set_packed_limits();
         match &mut self.0 {
             Repr::Ints(ints) => {
                 if let Some(v) = canonical_i64(member) {
                     match ints.search(v) {
                         Ok(_) => return false,
-                        Err(_) if ints.len() < SET_INTSET_ENTRIES_MAX => {
+                        Err(_) if ints.len() < intset_max => {
                             ints.insert(v);
                             return true;
                         }
@@ -116,8 +139,8 @@ impl SetValue {
                 }
                 // Not an integer, or one integer too many: as Redis's setTypeAddAux, go to the
                 // packed form if everything would fit there, else to the table.
-                let fits = ints.len() < SET_PACKED_ENTRIES_MAX
-                    && member.len() <= SET_PACKED_BYTES_MAX
+                let fits = ints.len() < packed_max
+                    && member.len() <= bytes_max
                     && canonical_i64(member).is_none_or(|v| ints.search(v).is_err());
                 if fits {
                     let mut buf = Vec::new();
@@ -135,7 +158,7 @@ impl SetValue {
                 if Elements::new(buf).any(|m| m == member) {
                     return false;
                 }
-                if *len < SET_PACKED_ENTRIES_MAX && member.len() <= SET_PACKED_BYTES_MAX {
+                if *len < packed_max && member.len() <= bytes_max {
                     packed::push_element(buf, member);
                     *len += 1;
                     return true;

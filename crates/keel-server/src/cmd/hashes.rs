@@ -1,8 +1,6 @@
 //! Hash commands. Writes log the fields they set or remove (HINCRBY the value it produced), so a
 //! record stays the size of the change, not of the hash (docs/FORMAT.md).
 
-use std::hash::{BuildHasher, RandomState};
-
 use keel_engine::{Read, Write, WriteResult};
 
 use super::*;
@@ -219,18 +217,6 @@ fn hset(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
     })
 }
 
-/// Values as an array of bulk strings and nils, or the read's error.
-fn values_reply(r: &WriteResult) -> Reply {
-    match r {
-        WriteResult::Values(v) => Reply::Array(
-            v.iter()
-                .map(|v| v.clone().map_or(Reply::Nil, Reply::Bulk))
-                .collect(),
-        ),
-        other => value_reply(other),
-    }
-}
-
 /// Field, value, field, value, … as pairs.
 fn pairs(v: &[Option<Bytes>]) -> Vec<(Reply, Reply)> {
     v.chunks(2)
@@ -250,16 +236,6 @@ fn float_arg(b: &[u8]) -> Result<f64, Reply> {
         .ok_or_else(|| Reply::err("ERR value is not a valid float"))
 }
 
-/// A random number; each call hashes a fresh counter with a per-process random key. A read's
-/// randomness needs no logging: it changes nothing.
-fn random() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::LazyLock;
-    static STATE: LazyLock<RandomState> = LazyLock::new(RandomState::new);
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    STATE.hash_one(COUNTER.fetch_add(1, Ordering::Relaxed))
-}
-
 fn hrandfield(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
     let count = match a.get(2) {
         None => None,
@@ -270,10 +246,16 @@ fn hrandfield(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
         Some(o) if eq(o, "withvalues") && a.len() == 4 => true,
         Some(_) => return Err(Reply::err(SYNTAX)),
     };
-    // Redis's bounds: a negative count's answer must fit in memory.
+    // Redis's bounds, and keel's: a negative count's answer (repeats allowed) must fit in a
+    // reply.
     if let Some(c) = count {
         if c < -i64::MAX / 2 && (with_values || c < -i64::MAX) {
             return Err(Reply::err("ERR value is out of range"));
+        }
+        if c < -RANDOM_REPLY_MAX {
+            return Err(Reply::err(format!(
+                "ERR value is out of range: keel returns at most {RANDOM_REPLY_MAX} random fields"
+            )));
         }
     }
     Ok(Part::new(vec![read(&a[1], Read::HashAll)], move |r| {
@@ -312,29 +294,7 @@ fn hrandfield(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
 }
 
 fn hscan(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
-    std::str::from_utf8(&a[2])
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .ok_or_else(|| Reply::err("ERR invalid cursor"))?;
-    let mut pattern: Option<Bytes> = None;
-    let mut i = 3;
-    while i < a.len() {
-        if i + 1 >= a.len() {
-            return Err(Reply::err(SYNTAX));
-        }
-        if eq(&a[i], "match") {
-            pattern = Some(a[i + 1].clone());
-        } else if eq(&a[i], "count") {
-            // Validated as Redis does; keel returns the whole hash in one call anyway.
-            match int_arg(&a[i + 1])? {
-                c if c >= 1 => {}
-                _ => return Err(Reply::err(SYNTAX)),
-            }
-        } else {
-            return Err(Reply::err(SYNTAX));
-        }
-        i += 2;
-    }
+    let pattern = scan_options(a)?;
     Ok(Part::new(vec![read(&a[1], Read::HashAll)], move |r| {
         let all = match &r[0] {
             WriteResult::Values(v) => pairs(v),

@@ -25,6 +25,7 @@ pub mod connection;
 pub mod hashes;
 pub mod keys;
 pub mod server;
+pub mod sets;
 pub mod strings;
 
 /// What a command does with the data, which decides who may run it (see [`crate::auth`]) and
@@ -208,6 +209,7 @@ pub static COMMANDS: LazyLock<Vec<&'static Command>> = LazyLock::new(|| {
         strings::COMMANDS,
         keys::COMMANDS,
         hashes::COMMANDS,
+        sets::COMMANDS,
     ]
     .into_iter()
     .flatten()
@@ -373,6 +375,55 @@ fn int_reply(r: &WriteResult) -> Reply {
         WriteResult::Failed(e) => write_error(*e),
         other => unexpected(other),
     }
+}
+
+/// Values as an array of bulk strings and nils, or the read's error.
+fn values_reply(r: &WriteResult) -> Reply {
+    match r {
+        WriteResult::Values(v) => Reply::Array(v.iter().map(bulk_or_nil).collect()),
+        other => value_reply(other),
+    }
+}
+
+fn bulk_or_nil(v: &Option<Bytes>) -> Reply {
+    v.clone().map_or(Reply::Nil, Reply::Bulk)
+}
+
+/// The most elements HRANDFIELD and SRANDMEMBER return for a negative count (repeats
+/// allowed), so that a request cannot make the server build an unbounded reply (P11).
+const RANDOM_REPLY_MAX: i64 = 1 << 20;
+
+/// A random number for a read's reply (HRANDFIELD, SRANDMEMBER): each call hashes a fresh
+/// counter with a per-process random key. A read's randomness needs no logging: it changes
+/// nothing.
+fn random() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    STATE.hash_one(COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// HSCAN's and SSCAN's arguments after the key (`a[2]` the cursor): the MATCH pattern, if any.
+/// COUNT is checked as Redis checks it; keel returns the whole collection in one call anyway.
+fn scan_options(a: &[Bytes]) -> Result<Option<Bytes>, Reply> {
+    std::str::from_utf8(&a[2])
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| Reply::err("ERR invalid cursor"))?;
+    let mut pattern = None;
+    for o in a[3..].chunks(2) {
+        match o {
+            [name, p] if eq(name, "match") => pattern = Some(p.clone()),
+            [name, c] if eq(name, "count") => {
+                if int_arg(c)? < 1 {
+                    return Err(Reply::err(SYNTAX));
+                }
+            }
+            _ => return Err(Reply::err(SYNTAX)),
+        }
+    }
+    Ok(pattern)
 }
 
 /// Reads `key` of any type with `op`.
@@ -562,6 +613,23 @@ mod tests {
                 true,
                 false,
             ),
+            (&["sadd", "s", "a", "b"], false, true),
+            (&["srem", "s", "a"], false, true),
+            (&["smembers", "s"], true, false),
+            (&["sismember", "s", "a"], true, false),
+            (&["smismember", "s", "a", "b"], true, false),
+            (&["scard", "s"], true, false),
+            (&["spop", "s", "2"], true, true),
+            (&["srandmember", "s", "-2"], true, false),
+            (&["smove", "s", "t", "a"], false, true),
+            (&["sinter", "s", "t"], true, false),
+            (&["sunion", "s", "t"], true, false),
+            (&["sdiff", "s", "t"], true, false),
+            (&["sintercard", "2", "s", "t", "limit", "3"], true, false),
+            (&["sinterstore", "d", "s", "t"], false, true),
+            (&["sunionstore", "d", "s", "t"], false, true),
+            (&["sdiffstore", "d", "s", "t"], false, true),
+            (&["sscan", "s", "0", "match", "a*"], true, false),
         ];
         for s in COMMANDS.iter() {
             if matches!(s.run, Run::Data(_)) {
