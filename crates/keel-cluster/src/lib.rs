@@ -288,7 +288,22 @@ fn write_bytes(w: &Write) -> usize {
         Write::SetAdd { key, members } | Write::SetRem { key, members } => {
             key.len() + members.iter().map(|m| m.len() + 8).sum::<usize>()
         }
-        Write::SetPop { key, .. } => key.len(),
+        Write::SetPop { key, .. } | Write::ListPop { key, .. } | Write::ListTrim { key, .. } => {
+            key.len()
+        }
+        Write::ListPush { key, elements, .. } => {
+            key.len() + elements.iter().map(|e| e.len() + 8).sum::<usize>()
+        }
+        Write::ListSet { key, element, .. } | Write::ListRem { key, element, .. } => {
+            key.len() + element.len()
+        }
+        Write::ListInsert {
+            key,
+            pivot,
+            element,
+            ..
+        } => key.len() + pivot.len() + element.len(),
+        Write::ListMove { from, to, .. } => from.len() + to.len(),
         Write::SetMove { from, to, member } => from.len() + to.len() + member.len(),
         Write::SetStore { key, keys, .. } => {
             key.len() + keys.iter().map(|k| k.len() + 8).sum::<usize>()

@@ -4,9 +4,9 @@
 
 use bytes::Bytes;
 
-use crate::keyspace::{change, edit_typed, eval_get, eval_read, Change, Lent, Typed};
+use crate::keyspace::{change, edit_typed, eval_get, eval_read, list_bounds, Change, Lent, Typed};
 use crate::record::Mutation;
-use crate::table::{SetValue, ValueRef};
+use crate::table::{ListValue, SetValue, ValueRef};
 use crate::util::HashMap;
 
 use crate::types::{Guard, Outcome, PutIf, SetOp, Ttl, Write, WriteError, WriteResult};
@@ -518,6 +518,175 @@ fn decide_one<S: Decided>(
             }
             WriteResult::Int(n as i64)
         }
+        Write::ListPush {
+            key,
+            front,
+            elements,
+            only_existing,
+        } => {
+            let (create, len) = match work.live(&key).map(|e| e.value) {
+                None if only_existing => return WriteResult::Int(0),
+                None => (true, 0),
+                Some(ValueRef::List(l)) => (false, l.len()),
+                Some(_) => return WriteResult::Failed(WriteError::WrongType),
+            };
+            let len = len + elements.len();
+            m.push(Mutation::ListPush {
+                key,
+                create,
+                front,
+                elements,
+            });
+            WriteResult::Int(len as i64)
+        }
+        Write::ListPop { key, front, count } => {
+            let list = match work.live(&key).map(|e| e.value) {
+                None => return WriteResult::Value(None),
+                Some(ValueRef::List(l)) => l,
+                Some(_) => return WriteResult::Failed(WriteError::WrongType),
+            };
+            let n = count.unwrap_or(1).min(list.len());
+            let popped = list_end(list, front, n);
+            if n == list.len() {
+                m.push(Mutation::Delete { key });
+            } else if n > 0 {
+                m.push(Mutation::ListPop {
+                    key,
+                    front,
+                    count: n as u32,
+                });
+            }
+            match count {
+                None => WriteResult::Value(popped.into_iter().next()),
+                Some(_) => WriteResult::Values(popped.into_iter().map(Some).collect()),
+            }
+        }
+        Write::ListSet {
+            key,
+            index,
+            element,
+        } => match work.live(&key).map(|e| e.value) {
+            None => WriteResult::Failed(WriteError::NoSuchKey),
+            Some(ValueRef::List(l)) => {
+                let i = if index < 0 {
+                    l.len() as i64 + index
+                } else {
+                    index
+                };
+                if !(0..l.len() as i64).contains(&i) {
+                    return WriteResult::Failed(WriteError::IndexOutOfRange);
+                }
+                m.push(Mutation::ListSet {
+                    key,
+                    index: i as u64,
+                    element,
+                });
+                WriteResult::Put(true)
+            }
+            Some(_) => WriteResult::Failed(WriteError::WrongType),
+        },
+        Write::ListTrim { key, start, stop } => match work.live(&key).map(|e| e.value) {
+            None => WriteResult::Put(true),
+            Some(ValueRef::List(l)) => {
+                let (a, b) = list_bounds(l.len(), start, stop);
+                if a == b {
+                    m.push(Mutation::Delete { key });
+                } else if (a, b) != (0, l.len()) {
+                    m.push(Mutation::ListTrim {
+                        key,
+                        start: a as u64,
+                        end: b as u64,
+                    });
+                }
+                WriteResult::Put(true)
+            }
+            Some(_) => WriteResult::Failed(WriteError::WrongType),
+        },
+        Write::ListRem {
+            key,
+            count,
+            element,
+        } => match work.live(&key).map(|e| e.value) {
+            None => WriteResult::Int(0),
+            Some(ValueRef::List(l)) => {
+                let matching = l.iter().filter(|e| *e == &element[..]).count();
+                let removed = match count {
+                    0 => matching,
+                    c => matching.min(c.unsigned_abs() as usize),
+                };
+                if removed == l.len() {
+                    m.push(Mutation::Delete { key });
+                } else if removed > 0 {
+                    m.push(Mutation::ListRem {
+                        key,
+                        count,
+                        element,
+                    });
+                }
+                WriteResult::Int(removed as i64)
+            }
+            Some(_) => WriteResult::Failed(WriteError::WrongType),
+        },
+        Write::ListInsert {
+            key,
+            after,
+            pivot,
+            element,
+        } => match work.live(&key).map(|e| e.value) {
+            None => WriteResult::Int(0),
+            Some(ValueRef::List(l)) => {
+                if !l.iter().any(|e| e == &pivot[..]) {
+                    return WriteResult::Int(-1);
+                }
+                let len = l.len() + 1;
+                m.push(Mutation::ListInsert {
+                    key,
+                    after,
+                    pivot,
+                    element,
+                });
+                WriteResult::Int(len as i64)
+            }
+            Some(_) => WriteResult::Failed(WriteError::WrongType),
+        },
+        Write::ListMove {
+            from,
+            to,
+            from_front,
+            to_front,
+        } => {
+            let src = match work.live(&from).map(|e| e.value) {
+                None => return WriteResult::Value(None),
+                Some(ValueRef::List(l)) => l,
+                Some(_) => return WriteResult::Failed(WriteError::WrongType),
+            };
+            let create = match work.live(&to).map(|e| e.value) {
+                None => true,
+                Some(ValueRef::List(_)) => false,
+                Some(_) => return WriteResult::Failed(WriteError::WrongType),
+            };
+            let element = list_end(src, from_front, 1).remove(0);
+            if from == to && src.len() == 1 {
+                // Moving the only element of a list onto itself leaves it as it is.
+                return WriteResult::Value(Some(element));
+            }
+            m.push(if src.len() == 1 {
+                Mutation::Delete { key: from }
+            } else {
+                Mutation::ListPop {
+                    key: from,
+                    front: from_front,
+                    count: 1,
+                }
+            });
+            m.push(Mutation::ListPush {
+                key: to,
+                create,
+                front: to_front,
+                elements: vec![element.clone()],
+            });
+            WriteResult::Value(Some(element))
+        }
         Write::DeleteAll => {
             m.push(Mutation::DeleteAll);
             WriteResult::DeletedAll
@@ -526,6 +695,20 @@ fn decide_one<S: Decided>(
             m.push(Mutation::System { key, value });
             WriteResult::Put(true)
         }
+    }
+}
+
+/// The first `n` elements from the head (`front`) or the tail of `list`, in the order a pop
+/// takes them.
+fn list_end(list: &ListValue, front: bool, n: usize) -> Vec<Bytes> {
+    let len = list.len();
+    let copy = |e: &[u8]| Bytes::copy_from_slice(e);
+    if front {
+        list.range(0, n).map(copy).collect()
+    } else {
+        let mut tail: Vec<Bytes> = list.range(len - n, len).map(copy).collect();
+        tail.reverse();
+        tail
     }
 }
 
@@ -696,8 +879,24 @@ fn recreate(key: Bytes, e: Lent<'_>) -> Vec<Mutation> {
             }
             out
         }
+        ValueRef::List(list) => {
+            let elements = list.iter().map(Bytes::copy_from_slice).collect();
+            let mut out = vec![Mutation::ListPush {
+                key: key.clone(),
+                create: true,
+                front: false,
+                elements,
+            }];
+            if let Some(t) = e.expires_at_ms {
+                out.push(Mutation::Expire {
+                    key,
+                    expires_at_ms: Some(t),
+                });
+            }
+            out
+        }
         other => unreachable!(
-            "a {} in the keyspace: only strings, hashes and sets load or are written",
+            "a {} in the keyspace: only strings, hashes, sets and lists load or are written",
             other.kind().name()
         ),
     }

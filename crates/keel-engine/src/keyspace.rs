@@ -16,7 +16,8 @@ use keel_wal::Lsn;
 
 use crate::record::Mutation;
 use crate::table::{
-    EntryRef, HashValue, Kind, SetValue, Table, Value, ValueMut, ValueRef, KEYS_PER_SHARD_TARGET,
+    EntryRef, HashValue, Kind, ListValue, SetValue, Table, Value, ValueMut, ValueRef,
+    KEYS_PER_SHARD_TARGET,
 };
 use crate::types::{live_at, Entry, Read, WriteError, WriteResult};
 use crate::util::HashMap;
@@ -203,6 +204,28 @@ pub(crate) fn edit_typed(entry: Option<Typed>, m: &Mutation, version: Lsn) -> Op
             e.version = version;
             Some(e)
         }
+        m if is_list_mutation(m) => {
+            let create = matches!(m, Mutation::ListPush { create: true, .. });
+            let is_list = entry.as_ref().is_some_and(|e| e.value.kind() == Kind::List);
+            let mut e = match entry {
+                Some(e) if is_list && !create => e,
+                _ if matches!(m, Mutation::ListPush { .. }) => Typed {
+                    value: Stored::Collection(Value::List(ListValue::new())),
+                    version,
+                    expires_at_ms: None,
+                },
+                None => return None,
+                // Not a list: only its version moves, as in the table.
+                Some(e) => e,
+            };
+            if let Stored::Collection(Value::List(list)) = &mut e.value {
+                if edit_list(list, m) {
+                    return None;
+                }
+            }
+            e.version = version;
+            Some(e)
+        }
         other => unreachable!("not a relative mutation: {other:?}"),
     }
 }
@@ -252,6 +275,17 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
             _ => unreachable!("a set read"),
         };
     }
+    if let Read::ListRange { .. } | Read::ListIndex { .. } | Read::ListLen | Read::ListPos { .. } =
+        op
+    {
+        let empty = ListValue::new();
+        let list = match value {
+            None => &empty,
+            Some(ValueRef::List(l)) => l,
+            Some(_) => return wrong,
+        };
+        return eval_list_read(list, op);
+    }
     let empty = HashValue::new();
     let h = match value {
         None => &empty,
@@ -270,12 +304,150 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
         Read::HashLen => WriteResult::Int(h.len() as i64),
         Read::HashExists { field } => WriteResult::Int(h.get(field).is_some() as i64),
         Read::HashStrlen { field } => WriteResult::Int(h.get(field).map_or(0, |v| v.len()) as i64),
-        Read::Type
-        | Read::SetMembers
-        | Read::SetIsMember { .. }
-        | Read::SetMisMember { .. }
-        | Read::SetCard => unreachable!("answered above"),
+        _ => unreachable!("answered above"),
     }
+}
+
+/// A list index as Redis reads one (negative: from the tail) into a position, if in range.
+fn list_index(len: usize, index: i64) -> Option<usize> {
+    let i = if index < 0 { len as i64 + index } else { index };
+    (0..len as i64).contains(&i).then_some(i as usize)
+}
+
+/// Redis's inclusive, possibly negative bounds (LRANGE, LTRIM) as a half-open range of a list
+/// of `len` elements; empty when they cross or start past the end.
+pub(crate) fn list_bounds(len: usize, start: i64, stop: i64) -> (usize, usize) {
+    let len = len as i64;
+    let start = if start < 0 {
+        (len + start).max(0)
+    } else {
+        start
+    };
+    let stop = if stop < 0 {
+        len + stop
+    } else {
+        stop.min(len - 1)
+    };
+    if start > stop || start >= len {
+        (0, 0)
+    } else {
+        (start as usize, stop as usize + 1)
+    }
+}
+
+fn eval_list_read(list: &ListValue, op: &Read) -> WriteResult {
+    let copy = |b: &[u8]| Some(Bytes::copy_from_slice(b));
+    match op {
+        Read::ListRange { start, stop } => {
+            let (a, b) = list_bounds(list.len(), *start, *stop);
+            WriteResult::Values(list.range(a, b).map(copy).collect())
+        }
+        Read::ListIndex { index } => WriteResult::Value(
+            list_index(list.len(), *index).and_then(|i| list.get(i).and_then(copy)),
+        ),
+        Read::ListLen => WriteResult::Int(list.len() as i64),
+        Read::ListPos {
+            element,
+            rank,
+            count,
+            maxlen,
+        } => {
+            let len = list.len();
+            let look = if *maxlen == 0 {
+                len
+            } else {
+                (*maxlen).min(len)
+            };
+            let want = if *count == 0 { usize::MAX } else { *count };
+            let mut skip = (rank.unsigned_abs() as usize).saturating_sub(1);
+            let mut found = Vec::new();
+            let mut visit = |i: usize, e: &[u8]| {
+                if e == &element[..] {
+                    if skip > 0 {
+                        skip -= 1;
+                    } else {
+                        found.push(Some(Bytes::from(i.to_string())));
+                    }
+                }
+                found.len() < want
+            };
+            if *rank > 0 {
+                for (i, e) in list.iter().enumerate().take(look) {
+                    if !visit(i, e) {
+                        break;
+                    }
+                }
+            } else {
+                let all: Vec<&[u8]> = list.range(len - look, len).collect();
+                for (j, e) in all.iter().enumerate().rev() {
+                    if !visit(len - look + j, e) {
+                        break;
+                    }
+                }
+            }
+            WriteResult::Values(found)
+        }
+        other => unreachable!("not a list read: {other:?}"),
+    }
+}
+
+/// Applies a list mutation to `list`; returns whether the list is left empty. The one
+/// definition, for the table's lists and for copied entries alike.
+fn edit_list(list: &mut ListValue, m: &Mutation) -> bool {
+    match m {
+        Mutation::ListPush {
+            front, elements, ..
+        } => {
+            for e in elements {
+                if *front {
+                    list.push_front(e);
+                } else {
+                    list.push_back(e);
+                }
+            }
+        }
+        Mutation::ListPop { front, count, .. } => {
+            for _ in 0..*count {
+                let popped = if *front {
+                    list.pop_front()
+                } else {
+                    list.pop_back()
+                };
+                if popped.is_none() {
+                    break;
+                }
+            }
+        }
+        Mutation::ListSet { index, element, .. } => {
+            list.set(*index as usize, element);
+        }
+        Mutation::ListTrim { start, end, .. } => list.trim(*start as usize, *end as usize),
+        Mutation::ListRem { count, element, .. } => {
+            list.remove_matching(element, *count);
+        }
+        Mutation::ListInsert {
+            after,
+            pivot,
+            element,
+            ..
+        } => {
+            list.insert_at_pivot(pivot, *after, element);
+        }
+        other => unreachable!("not a list mutation: {other:?}"),
+    }
+    list.is_empty()
+}
+
+fn is_list_mutation(m: &Mutation) -> bool {
+    matches!(
+        m,
+        Mutation::ListPush { .. }
+            | Mutation::ListPop { .. }
+            | Mutation::ListSet { .. }
+            | Mutation::ListTrim { .. }
+            | Mutation::ListRem { .. }
+            | Mutation::ListInsert { .. }
+    )
 }
 
 /// Whether two values hold the same contents, whatever their encodings.
@@ -479,6 +651,29 @@ impl Map {
                     self.remove(key);
                 }
             }
+            m if is_list_mutation(m) => {
+                let is_list = self.get(key).is_some_and(|e| e.kind() == Kind::List);
+                let create = matches!(m, Mutation::ListPush { create: true, .. });
+                if let Mutation::ListPush { .. } = m {
+                    if create || !is_list {
+                        let old = self.table.delete(key);
+                        self.count_expiry(old, false);
+                        self.table
+                            .insert(key, Value::List(ListValue::new()), None, version);
+                    }
+                }
+                let Some(mut e) = self.table.get_mut(key) else {
+                    return;
+                };
+                e.set_version(version);
+                let emptied = match e.value_mut() {
+                    ValueMut::List(list) => edit_list(list, m),
+                    _ => false,
+                };
+                if emptied {
+                    self.remove(key);
+                }
+            }
             other => unreachable!("not a relative mutation: {other:?}"),
         }
     }
@@ -633,6 +828,7 @@ impl<'a> ReadView<'a> {
                 crate::table::SetEncoding::Packed => "listpack",
                 crate::table::SetEncoding::Table => "hashtable",
             },
+            ValueRef::List(l) if l.is_single_chunk() => "listpack",
             ValueRef::List(_) => "quicklist",
             ValueRef::ZSet(z) if z.is_packed() => "listpack",
             ValueRef::ZSet(_) => "skiplist",
@@ -951,7 +1147,13 @@ pub(crate) fn change(m: &Mutation, version: Lsn) -> Change<'_> {
         | Mutation::HashDel { key, .. }
         | Mutation::Expire { key, .. }
         | Mutation::SetAdd { key, .. }
-        | Mutation::SetRem { key, .. } => Change::Edit(key, m),
+        | Mutation::SetRem { key, .. }
+        | Mutation::ListPush { key, .. }
+        | Mutation::ListPop { key, .. }
+        | Mutation::ListSet { key, .. }
+        | Mutation::ListTrim { key, .. }
+        | Mutation::ListRem { key, .. }
+        | Mutation::ListInsert { key, .. } => Change::Edit(key, m),
     }
 }
 

@@ -18,13 +18,16 @@
 //!                                   8 Failed + 1 reason: 1 not an integer, 2 overflow,
 //!                                     3 not a float, 4 not finite, 5 no such key,
 //!                                     6 value too large, 7 wrong type,
+//!                                     8 index out of range,
 //!                                   9 Values: u32 n, then n values as in tag 7)
 //!                            2 = GuardFailed: 4 index
 //!                            3 = Fenced
 //!             4 count        number of mutations, u32 LE
 //!               mutations, each:
 //!             1 tag          1 = Set, 2 = Delete, 3 = DeleteAll, 4 = System,
-//!                            5 = HashSet, 6 = HashDel, 7 = Expire, 8 = SetAdd, 9 = SetRem
+//!                            5 = HashSet, 6 = HashDel, 7 = Expire, 8 = SetAdd, 9 = SetRem,
+//!                            10 = ListPush, 11 = ListPop, 12 = ListSet, 13 = ListTrim,
+//!                            14 = ListRem, 15 = ListInsert
 //!   Set:      4 key_len      u32 LE, then key bytes
 //!             4 value_len    u32 LE, then value bytes
 //!             8 expires_at   Unix ms, u64 LE; 0 = never
@@ -46,9 +49,20 @@
 //!             4 n            u32 LE, then n members (u32 len + bytes)
 //!   SetRem:   4 key_len      u32 LE, then key bytes
 //!             4 n            u32 LE, then n members; a set left empty is deleted
+//!   ListPush: 4 key_len      u32 LE, then key bytes
+//!             1 create       1: replace whatever the key holds by an empty list first
+//!             1 front        1: push each at the head, in order; 0: at the tail
+//!             4 n            u32 LE, then n elements (u32 len + bytes)
+//!   ListPop:  4 key_len      u32 LE, then key bytes
+//!             1 front        1: from the head; 0: from the tail
+//!             4 n            u32 LE: how many to remove; a list left empty is deleted
+//!   ListSet:  4 key_len, key; 8 index u64 LE (from the head); 4 len, element
+//!   ListTrim: 4 key_len, key; 8 start u64 LE; 8 end u64 LE: keeps start..end (half-open)
+//!   ListRem:  4 key_len, key; 8 count i64 LE (Redis's LREM count); 4 len, element
+//!   ListInsert: 4 key_len, key; 1 after (1) or before (0); 4 len, pivot; 4 len, element
 //! ```
 //!
-//! Tags 5 to 9 are **relative**: their effect depends on the key's entry before the record
+//! Tags 5 to 15 are **relative**: their effect depends on the key's entry before the record
 //! (the hash it holds, the value whose expiry changes), and on nothing else. Every record still
 //! makes each key's new version its LSN, so the by-version rule (a record applies to a key only
 //! if the key's entry is older than it) keeps replay exact. They came with typed values and
@@ -75,6 +89,12 @@ const TAG_HASH_DEL: u8 = 6;
 const TAG_EXPIRE: u8 = 7;
 const TAG_SET_ADD: u8 = 8;
 const TAG_SET_REM: u8 = 9;
+const TAG_LIST_PUSH: u8 = 10;
+const TAG_LIST_POP: u8 = 11;
+const TAG_LIST_SET: u8 = 12;
+const TAG_LIST_TRIM: u8 = 13;
+const TAG_LIST_REM: u8 = 14;
+const TAG_LIST_INSERT: u8 = 15;
 const FLAG_REQUEST: u8 = 1;
 /// Longest client request id.
 pub const REQUEST_ID_BYTES_MAX: usize = 256;
@@ -135,6 +155,47 @@ pub enum Mutation {
         key: Bytes,
         members: Vec<Bytes>,
     },
+    /// Pushes elements one by one onto the head (`front`) or tail of the list at `key`; with
+    /// `create`, the key first becomes an empty list without an expiry, whatever it held.
+    ListPush {
+        key: Bytes,
+        create: bool,
+        front: bool,
+        elements: Vec<Bytes>,
+    },
+    /// Removes `count` elements from the head (`front`) or tail of the list at `key`, and the
+    /// key if the list is left empty.
+    ListPop {
+        key: Bytes,
+        front: bool,
+        count: u32,
+    },
+    /// Sets the element at `index` (from the head) of the list at `key`.
+    ListSet {
+        key: Bytes,
+        index: u64,
+        element: Bytes,
+    },
+    /// Keeps the elements `start..end` of the list at `key`, and deletes it if none are left.
+    ListTrim {
+        key: Bytes,
+        start: u64,
+        end: u64,
+    },
+    /// Removes elements equal to `element`: at most `count` from the head if positive, from the
+    /// tail if negative, all if zero (Redis's LREM); a list left empty is deleted.
+    ListRem {
+        key: Bytes,
+        count: i64,
+        element: Bytes,
+    },
+    /// Puts `element` before or `after` the first element equal to `pivot`.
+    ListInsert {
+        key: Bytes,
+        after: bool,
+        pivot: Bytes,
+        element: Bytes,
+    },
 }
 
 impl Mutation {
@@ -147,6 +208,12 @@ impl Mutation {
                 | Mutation::Expire { .. }
                 | Mutation::SetAdd { .. }
                 | Mutation::SetRem { .. }
+                | Mutation::ListPush { .. }
+                | Mutation::ListPop { .. }
+                | Mutation::ListSet { .. }
+                | Mutation::ListTrim { .. }
+                | Mutation::ListRem { .. }
+                | Mutation::ListInsert { .. }
         )
     }
 }
@@ -265,6 +332,19 @@ pub fn encoded_len(request: Option<&Request>, mutations: &[Mutation]) -> usize {
             Mutation::SetRem { key, members } => {
                 1 + 4 + key.len() + 4 + members.iter().map(|m| 4 + m.len()).sum::<usize>()
             }
+            Mutation::ListPush { key, elements, .. } => {
+                1 + 4 + key.len() + 2 + 4 + elements.iter().map(|e| 4 + e.len()).sum::<usize>()
+            }
+            Mutation::ListPop { key, .. } => 1 + 4 + key.len() + 1 + 4,
+            Mutation::ListSet { key, element, .. } => 1 + 4 + key.len() + 8 + 4 + element.len(),
+            Mutation::ListTrim { key, .. } => 1 + 4 + key.len() + 16,
+            Mutation::ListRem { key, element, .. } => 1 + 4 + key.len() + 8 + 4 + element.len(),
+            Mutation::ListInsert {
+                key,
+                pivot,
+                element,
+                ..
+            } => 1 + 4 + key.len() + 1 + 4 + pivot.len() + 4 + element.len(),
         })
         .sum();
     1 + 1 + 8 + request + 4 + mutations
@@ -348,6 +428,62 @@ fn encode_fields(at_ms: u64, request: Option<&Request>, mutations: &[Mutation], 
                 out.push(TAG_SET_REM);
                 put_bytes(out, key);
                 put_list(out, members);
+            }
+            Mutation::ListPush {
+                key,
+                create,
+                front,
+                elements,
+            } => {
+                out.push(TAG_LIST_PUSH);
+                put_bytes(out, key);
+                out.push(*create as u8);
+                out.push(*front as u8);
+                put_list(out, elements);
+            }
+            Mutation::ListPop { key, front, count } => {
+                out.push(TAG_LIST_POP);
+                put_bytes(out, key);
+                out.push(*front as u8);
+                out.extend_from_slice(&count.to_le_bytes());
+            }
+            Mutation::ListSet {
+                key,
+                index,
+                element,
+            } => {
+                out.push(TAG_LIST_SET);
+                put_bytes(out, key);
+                out.extend_from_slice(&index.to_le_bytes());
+                put_bytes(out, element);
+            }
+            Mutation::ListTrim { key, start, end } => {
+                out.push(TAG_LIST_TRIM);
+                put_bytes(out, key);
+                out.extend_from_slice(&start.to_le_bytes());
+                out.extend_from_slice(&end.to_le_bytes());
+            }
+            Mutation::ListRem {
+                key,
+                count,
+                element,
+            } => {
+                out.push(TAG_LIST_REM);
+                put_bytes(out, key);
+                out.extend_from_slice(&count.to_le_bytes());
+                put_bytes(out, element);
+            }
+            Mutation::ListInsert {
+                key,
+                after,
+                pivot,
+                element,
+            } => {
+                out.push(TAG_LIST_INSERT);
+                put_bytes(out, key);
+                out.push(*after as u8);
+                put_bytes(out, pivot);
+                put_bytes(out, element);
             }
         }
     }
@@ -610,6 +746,38 @@ pub fn decode(buf: &Bytes, lsn: u64) -> Result<Decoded, RecordError> {
                 key: r.bytes(buf)?,
                 members: r.list(buf)?,
             },
+            TAG_LIST_PUSH => Mutation::ListPush {
+                key: r.bytes(buf)?,
+                create: r.flag(TAG_LIST_PUSH, at)?,
+                front: r.flag(TAG_LIST_PUSH, at)?,
+                elements: r.list(buf)?,
+            },
+            TAG_LIST_POP => Mutation::ListPop {
+                key: r.bytes(buf)?,
+                front: r.flag(TAG_LIST_POP, at)?,
+                count: r.u32()?,
+            },
+            TAG_LIST_SET => Mutation::ListSet {
+                key: r.bytes(buf)?,
+                index: r.u64()?,
+                element: r.bytes(buf)?,
+            },
+            TAG_LIST_TRIM => Mutation::ListTrim {
+                key: r.bytes(buf)?,
+                start: r.u64()?,
+                end: r.u64()?,
+            },
+            TAG_LIST_REM => Mutation::ListRem {
+                key: r.bytes(buf)?,
+                count: r.u64()? as i64,
+                element: r.bytes(buf)?,
+            },
+            TAG_LIST_INSERT => Mutation::ListInsert {
+                key: r.bytes(buf)?,
+                after: r.flag(TAG_LIST_INSERT, at)?,
+                pivot: r.bytes(buf)?,
+                element: r.bytes(buf)?,
+            },
             TAG_EXPIRE => {
                 let key = r.bytes(buf)?;
                 let exp = r.u64()?;
@@ -690,6 +858,38 @@ mod tests {
             Mutation::SetRem {
                 key: Bytes::from_static(b"s"),
                 members: vec![Bytes::from_static(b"m")],
+            },
+            Mutation::ListPush {
+                key: Bytes::from_static(b"l"),
+                create: true,
+                front: false,
+                elements: vec![Bytes::from_static(b"e"), Bytes::new()],
+            },
+            Mutation::ListPop {
+                key: Bytes::from_static(b"l"),
+                front: true,
+                count: 3,
+            },
+            Mutation::ListSet {
+                key: Bytes::from_static(b"l"),
+                index: 7,
+                element: Bytes::from_static(b"x"),
+            },
+            Mutation::ListTrim {
+                key: Bytes::from_static(b"l"),
+                start: 1,
+                end: 9,
+            },
+            Mutation::ListRem {
+                key: Bytes::from_static(b"l"),
+                count: -2,
+                element: Bytes::from_static(b"x"),
+            },
+            Mutation::ListInsert {
+                key: Bytes::from_static(b"l"),
+                after: true,
+                pivot: Bytes::from_static(b"p"),
+                element: Bytes::from_static(b"y"),
             },
         ]
     }

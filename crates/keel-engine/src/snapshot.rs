@@ -930,10 +930,10 @@ pub fn read_snapshot(
         expect,
         keyring,
         &mut |header, key, version, expires_at_ms, value| {
-            // Only strings, hashes and sets have commands yet; any other type is a newer
-            // keel's.
+            // Only strings, hashes, sets and lists have commands yet; any other type is a
+            // newer keel's.
             if let Stored::Collection(c) = &value {
-                if !matches!(c.kind(), Kind::Hash | Kind::Set) {
+                if !matches!(c.kind(), Kind::Hash | Kind::Set | Kind::List) {
                     let what = format!("a {} value", c.kind().name());
                     return Err(FileError::Unloadable(what));
                 }
@@ -1472,10 +1472,11 @@ mod tests {
         }
     }
 
-    /// Today's engine holds strings, hashes and sets: a snapshot with a hash loads, one with a
-    /// list is refused as a newer keel's file, which recovery never takes for damage.
+    /// Today's engine holds strings, hashes, sets and lists: a snapshot with a hash loads, one
+    /// with a sorted set is refused as a newer keel's file, which recovery never takes for
+    /// damage.
     #[test]
-    fn a_hash_loads_and_a_list_is_unloadable_here_not_damage() {
+    fn a_hash_loads_and_a_sorted_set_is_unloadable_here_not_damage() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("typed");
         let mut t = Table::new();
@@ -1489,13 +1490,15 @@ mod tests {
         let h = map.get(b"h").unwrap();
         assert_eq!((h.version(), h.expires_at_ms()), (2, Some(9)));
         assert!(matches!(h.value(), ValueRef::Hash(h) if h.get(b"f") == Some(&b"v"[..])));
-        let mut list = ListValue::new();
-        list.push_back(b"e");
-        t.insert(b"list", Value::List(list), None, 3);
+        let mut z = ZSetValue::new();
+        z.insert(b"m", 1.0);
+        t.insert(b"z", Value::ZSet(z), None, 3);
         let m = write_table(&path, &t, false, None);
-        let e = load(&path, Some(&m)).err().expect("a list cannot load");
+        let e = load(&path, Some(&m))
+            .err()
+            .expect("a sorted set cannot load");
         assert!(
-            matches!(&e, FileError::Unloadable(k) if k == "a list value"),
+            matches!(&e, FileError::Unloadable(k) if k == "a sorted set value"),
             "{e}"
         );
         assert!(e.to_string().contains("newer keel"), "{e}");
@@ -1671,7 +1674,7 @@ mod tests {
             let records: Vec<Vec<Mutation>> = (1..=n)
                 .map(|lsn| {
                     (0..1 + r.below(4))
-                        .map(|j| match r.below(29) {
+                        .map(|j| match r.below(33) {
                             0 => Mutation::DeleteAll,
                             1 => Mutation::System {
                                 key: key(r.below(2)),
@@ -1707,6 +1710,29 @@ mod tests {
                                 members: (0..1 + r.below(3))
                                     .map(|_| Bytes::from(format!("m{}", r.below(6))))
                                     .collect(),
+                            },
+                            29 => Mutation::ListPush {
+                                key: key(r.below(8)),
+                                create: r.chance(30),
+                                front: r.chance(50),
+                                elements: (0..1 + r.below(3))
+                                    .map(|e| Bytes::from(format!("e{lsn}.{j}.{e}")))
+                                    .collect(),
+                            },
+                            30 => Mutation::ListPop {
+                                key: key(r.below(8)),
+                                front: r.chance(50),
+                                count: r.below(3) as u32,
+                            },
+                            31 => Mutation::ListTrim {
+                                key: key(r.below(8)),
+                                start: r.below(2),
+                                end: r.below(4),
+                            },
+                            32 => Mutation::ListRem {
+                                key: key(r.below(8)),
+                                count: r.below(3) as i64 - 1,
+                                element: Bytes::from(format!("e{}.0.0", r.below(lsn))),
                             },
                             28 => Mutation::SetRem {
                                 key: key(r.below(8)),

@@ -132,6 +132,55 @@ pub enum Write {
         op: SetOp,
         keys: Vec<Bytes>,
     },
+    /// Pushes `elements` one by one onto the head (`front`: LPUSH, so the last ends first) or
+    /// the tail of the list at `key`, creating it unless `only_existing` (LPUSHX). Logs the
+    /// elements. Result: `Int(new length)` (0 when `only_existing` and absent), or
+    /// `Failed(WrongType)`.
+    ListPush {
+        key: Bytes,
+        front: bool,
+        elements: Vec<Bytes>,
+        only_existing: bool,
+    },
+    /// Pops from the head (`front`) or the tail: one element (`count: None`; result `Value`, nil
+    /// when absent) or up to `count` (result `Values`; `Value(None)` when absent). A list left
+    /// empty is deleted. Logs how many it popped, from which end. Or `Failed(WrongType)`.
+    ListPop {
+        key: Bytes,
+        front: bool,
+        count: Option<usize>,
+    },
+    /// LSET: result `Put(true)`, or `Failed(NoSuchKey | IndexOutOfRange | WrongType)`.
+    ListSet {
+        key: Bytes,
+        index: i64,
+        element: Bytes,
+    },
+    /// LTRIM with Redis's inclusive, possibly negative bounds. Result: `Put(true)`, or
+    /// `Failed(WrongType)`.
+    ListTrim { key: Bytes, start: i64, stop: i64 },
+    /// LREM: result `Int(removed)`, or `Failed(WrongType)`.
+    ListRem {
+        key: Bytes,
+        count: i64,
+        element: Bytes,
+    },
+    /// LINSERT: result `Int(new length)`, `Int(-1)` without the pivot, `Int(0)` when absent;
+    /// or `Failed(WrongType)`.
+    ListInsert {
+        key: Bytes,
+        after: bool,
+        pivot: Bytes,
+        element: Bytes,
+    },
+    /// LMOVE (RPOPLPUSH): pops from one end of `from` and pushes onto one end of `to`. Result:
+    /// `Value(the element)`, nil when `from` is absent; or `Failed(WrongType)`.
+    ListMove {
+        from: Bytes,
+        to: Bytes,
+        from_front: bool,
+        to_front: bool,
+    },
     /// Adds `by` to a hash field's decimal float (absent counts as 0), written as
     /// [`Write::IncrFloat`] writes. Result: `Value(new value as written)`, or
     /// `Failed(WrongType | NotAFloat | NotFinite)`.
@@ -167,11 +216,17 @@ impl Write {
             | Write::HashIncrFloat { key, .. }
             | Write::SetAdd { key, .. }
             | Write::SetRem { key, .. }
-            | Write::SetPop { key, .. } => Box::new(std::iter::once(key)),
+            | Write::SetPop { key, .. }
+            | Write::ListPush { key, .. }
+            | Write::ListPop { key, .. }
+            | Write::ListSet { key, .. }
+            | Write::ListTrim { key, .. }
+            | Write::ListRem { key, .. }
+            | Write::ListInsert { key, .. } => Box::new(std::iter::once(key)),
             Write::GetThen { key, then } => Box::new(std::iter::once(key).chain(then.keys())),
-            Write::Rename { from, to, .. } | Write::SetMove { from, to, .. } => {
-                Box::new([from, to].into_iter())
-            }
+            Write::Rename { from, to, .. }
+            | Write::SetMove { from, to, .. }
+            | Write::ListMove { from, to, .. } => Box::new([from, to].into_iter()),
             Write::SetStore { key, keys, .. } => Box::new(std::iter::once(key).chain(keys)),
             Write::DeleteAll | Write::System { .. } => Box::new(std::iter::empty()),
         }
@@ -188,6 +243,10 @@ impl Write {
             }
             Write::SetAdd { members, .. } => Box::new(members.iter()),
             Write::SetMove { member, .. } => Box::new(std::iter::once(member)),
+            Write::ListPush { elements, .. } => Box::new(elements.iter()),
+            Write::ListSet { element, .. } | Write::ListInsert { element, .. } => {
+                Box::new(std::iter::once(element))
+            }
             Write::GetThen { then, .. } => then.values(),
             _ => Box::new(std::iter::empty()),
         }
@@ -233,6 +292,21 @@ pub enum Read {
     SetMisMember { members: Vec<Bytes> },
     /// Result: `Int(members)`.
     SetCard,
+    /// LRANGE with Redis's inclusive, possibly negative bounds. Result: `Values`.
+    ListRange { start: i64, stop: i64 },
+    /// LINDEX. Result: `Value`.
+    ListIndex { index: i64 },
+    /// LLEN. Result: `Int`.
+    ListLen,
+    /// LPOS: the indexes of `element`, as decimal text in `Values`: from the `rank`-th match
+    /// (negative: counting from the tail; never 0), at most `count` of them (0: all), looking at
+    /// no more than `maxlen` elements (0: all).
+    ListPos {
+        element: Bytes,
+        rank: i64,
+        count: usize,
+        maxlen: usize,
+    },
 }
 
 /// How [`Write::SetStore`] combines its sets.
@@ -306,6 +380,8 @@ pub enum WriteError {
     ValueTooLarge,
     #[error("the key holds a value of another type")]
     WrongType,
+    #[error("index out of range")]
+    IndexOutOfRange,
 }
 
 impl WriteError {
@@ -322,6 +398,7 @@ impl WriteError {
             NoSuchKey,
             ValueTooLarge,
             WrongType,
+            IndexOutOfRange,
         ]
         .get(usize::from(c).checked_sub(1)?)
         .copied()

@@ -52,6 +52,36 @@ fn put_set(m: &mut Model, key: &Bytes, s: &Members, lsn: Lsn) {
     }
 }
 
+fn list_text(l: &[Bytes]) -> Bytes {
+    let mut out = b"list:".to_vec();
+    for e in l {
+        out.extend_from_slice(&[&e[..], b";"].concat());
+    }
+    out.into()
+}
+
+fn list_elements(m: &Model, key: &[u8]) -> Vec<Bytes> {
+    let Some((text, _)) = m.get(key) else {
+        return Vec::new();
+    };
+    let body = text
+        .strip_prefix(b"list:")
+        .expect("a list key holds a list");
+    body.split(|b| *b == b';')
+        .filter(|p| !p.is_empty())
+        .map(Bytes::copy_from_slice)
+        .collect()
+}
+
+/// Writes the list `l` at `key` at `lsn`, or deletes the key if `l` is empty.
+fn put_list(m: &mut Model, key: &Bytes, l: &[Bytes], lsn: Lsn) {
+    if l.is_empty() {
+        m.remove(key);
+    } else {
+        m.insert(key.clone(), (list_text(l), lsn));
+    }
+}
+
 fn hash_fields(text: &[u8]) -> Fields {
     let body = text
         .strip_prefix(b"hash:")
@@ -102,6 +132,17 @@ fn observed(snap: &keel_engine::ReadView<'_>) -> Model {
         m.insert(
             Bytes::copy_from_slice(k),
             (set_text(&s), snap.version(k).unwrap()),
+        );
+    }
+    for k in snap.keys().filter(|k| snap.kind(k) == Some("list")) {
+        let range = Read::ListRange { start: 0, stop: -1 };
+        let WriteResult::Values(all) = snap.read(k, Some(&range)) else {
+            panic!("a list reads as values")
+        };
+        let l: Vec<Bytes> = all.into_iter().map(Option::unwrap).collect();
+        m.insert(
+            Bytes::copy_from_slice(k),
+            (list_text(&l), snap.version(k).unwrap()),
         );
     }
     for k in SYSTEM_KEYS {
@@ -266,6 +307,98 @@ fn model_apply(
                 }
                 results.push(WriteResult::Int(out.len() as i64));
             }
+            Write::ListPush {
+                key,
+                front,
+                elements,
+                ..
+            } => {
+                let mut l = list_elements(&m, key);
+                for e in elements {
+                    if *front {
+                        l.insert(0, e.clone());
+                    } else {
+                        l.push(e.clone());
+                    }
+                }
+                put_list(&mut m, key, &l, lsn);
+                results.push(WriteResult::Int(l.len() as i64));
+            }
+            Write::ListPop { key, front, count } => {
+                let mut l = list_elements(&m, key);
+                if l.is_empty() {
+                    results.push(WriteResult::Value(None));
+                    continue;
+                }
+                let n = count.unwrap_or(1).min(l.len());
+                let popped: Vec<Bytes> = if *front {
+                    l.drain(..n).collect()
+                } else {
+                    l.drain(l.len() - n..).rev().collect()
+                };
+                if n > 0 {
+                    put_list(&mut m, key, &l, lsn);
+                }
+                results.push(match count {
+                    None => WriteResult::Value(popped.into_iter().next()),
+                    Some(_) => WriteResult::Values(popped.into_iter().map(Some).collect()),
+                });
+            }
+            Write::ListMove {
+                from,
+                to,
+                from_front,
+                to_front,
+            } => {
+                let mut src = list_elements(&m, from);
+                if src.is_empty() {
+                    results.push(WriteResult::Value(None));
+                    continue;
+                }
+                let e = if *from_front {
+                    src.remove(0)
+                } else {
+                    src.pop().unwrap()
+                };
+                if from == to && src.is_empty() {
+                    results.push(WriteResult::Value(Some(e)));
+                    continue;
+                }
+                put_list(&mut m, from, &src, lsn);
+                let mut dst = list_elements(&m, to);
+                if *to_front {
+                    dst.insert(0, e.clone());
+                } else {
+                    dst.push(e.clone());
+                }
+                put_list(&mut m, to, &dst, lsn);
+                results.push(WriteResult::Value(Some(e)));
+            }
+            Write::ListTrim { key, start, stop } => {
+                let l = list_elements(&m, key);
+                if !l.is_empty() {
+                    let len = l.len() as i64;
+                    let a = if *start < 0 {
+                        (len + start).max(0)
+                    } else {
+                        *start
+                    };
+                    let b = if *stop < 0 {
+                        len + stop
+                    } else {
+                        (*stop).min(len - 1)
+                    };
+                    let kept: Vec<Bytes> = if a > b || a >= len {
+                        Vec::new()
+                    } else {
+                        l[a as usize..=b as usize].to_vec()
+                    };
+                    if kept.len() != l.len() {
+                        put_list(&mut m, key, &kept, lsn);
+                    }
+                }
+                results.push(WriteResult::Put(true));
+            }
             Write::HashIncr { key, field, by } => {
                 let mut h = m.get(key).map_or_else(Fields::new, |(v, _)| hash_fields(v));
                 let cur: i64 = h
@@ -290,6 +423,7 @@ fn random_txn(rng: &mut Rng, m: &Model, step: usize) -> (Vec<Guard>, Vec<Write>)
     let hash = |rng: &mut Rng| Bytes::from(format!("h{}", rng.below(3)));
     let set = |rng: &mut Rng| Bytes::from(format!("s{}", rng.below(3)));
     let member = |rng: &mut Rng| Bytes::from(format!("m{}", rng.below(8)));
+    let list = |rng: &mut Rng| Bytes::from(format!("l{}", rng.below(3)));
     let field = |rng: &mut Rng| Bytes::from(format!("f{}", rng.below(6)));
     let mut guards = Vec::new();
     if rng.chance(25) {
@@ -302,7 +436,31 @@ fn random_txn(rng: &mut Rng, m: &Model, step: usize) -> (Vec<Guard>, Vec<Write>)
         guards.push(Guard { key, version });
     }
     let writes = (0..1 + rng.below(3))
-        .map(|_| match rng.below(18) {
+        .map(|_| match rng.below(22) {
+            18 => Write::ListPush {
+                key: list(rng),
+                front: rng.chance(50),
+                elements: (0..1 + rng.below(3))
+                    .map(|i| Bytes::from(format!("e{step}.{i}")))
+                    .collect(),
+                only_existing: false,
+            },
+            19 => Write::ListPop {
+                key: list(rng),
+                front: rng.chance(50),
+                count: rng.chance(50).then(|| rng.below(4) as usize),
+            },
+            20 => Write::ListMove {
+                from: list(rng),
+                to: list(rng),
+                from_front: rng.chance(50),
+                to_front: rng.chance(50),
+            },
+            21 => Write::ListTrim {
+                key: list(rng),
+                start: rng.below(5) as i64 - 2,
+                stop: rng.below(7) as i64 - 3,
+            },
             14 => Write::SetAdd {
                 key: set(rng),
                 members: (0..1 + rng.below(4)).map(|_| member(rng)).collect(),

@@ -113,6 +113,8 @@ pub fn parse(syntax: &str) -> Result<Vec<Arg>, String> {
     let spaced = syntax
         .replace('[', " [ ")
         .replace(']', " ] ")
+        .replace('<', " < ")
+        .replace('>', " > ")
         .replace('|', " | ");
     let words: Vec<&str> = spaced.split_whitespace().collect();
     let mut pos = 0;
@@ -127,7 +129,23 @@ fn seq(words: &[&str], pos: &mut usize) -> Result<Vec<Arg>, String> {
     let mut out: Vec<Arg> = Vec::new();
     while let Some(&w) = words.get(*pos) {
         match w {
-            "]" | "|" => break,
+            "]" | "|" | ">" => break,
+            // A required choice: <A|B>.
+            "<" => {
+                *pos += 1;
+                let mut alts = vec![seq(words, pos)?];
+                while words.get(*pos) == Some(&"|") {
+                    *pos += 1;
+                    alts.push(seq(words, pos)?);
+                }
+                if words.get(*pos) != Some(&">") || alts.len() < 2 {
+                    return Err("a '<' needs alternatives and a '>'".into());
+                }
+                *pos += 1;
+                let mut a = bracket(&mut out, alts)?;
+                a.optional = false;
+                out.push(a);
+            }
             "[" => {
                 *pos += 1;
                 let mut alts = vec![seq(words, pos)?];
@@ -159,7 +177,7 @@ fn seq(words: &[&str], pos: &mut usize) -> Result<Vec<Arg>, String> {
                 *pos += 1;
                 let mut values = Vec::new();
                 while let Some(&v) = words.get(*pos) {
-                    if matches!(v, "[" | "]" | "|" | "...") || is_token(v) {
+                    if matches!(v, "[" | "]" | "|" | "..." | "<" | ">") || is_token(v) {
                         break;
                     }
                     values.push(value(v)?);
@@ -379,6 +397,8 @@ mod tests {
         }
         if a.optional {
             s = format!("[{s}]");
+        } else if matches!(a.kind, Kind::OneOf(_)) {
+            s = format!("<{s}>");
         }
         s
     }
@@ -440,6 +460,9 @@ mod tests {
         for bad in [
             "[key",
             "key]",
+            "<A>",
+            "<A|B",
+            "key <A|B",
             "a [b ...]",
             "[ ]",
             "[a|]",

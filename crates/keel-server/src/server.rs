@@ -1625,47 +1625,88 @@ impl Conn {
 /// CONFIG REWRITE that keel does not have): a restart returns to the default.
 struct Settable {
     name: &'static str,
-    get: fn() -> usize,
-    set: fn(usize),
+    get: fn() -> i64,
+    /// Whether a value is in the setting's range.
+    valid: fn(i64) -> bool,
+    /// Sets a valid value.
+    set: fn(i64),
 }
+
+/// A count setting: any non-negative value.
+fn count(n: i64) -> bool {
+    n >= 0
+}
+
+/// The compression depth keel reports (it does not compress list chunks: CPU for memory it
+/// does not trade).
+static LIST_COMPRESS_DEPTH: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
 /// The encoding thresholds of keel's compact collections, under Redis's names (and their old
 /// `ziplist` aliases): they change how a value is stored, never what it holds.
 const SETTABLE: &[Settable] = &[
     Settable {
         name: "hash-max-listpack-entries",
-        get: || table::hash_packed_limits().0,
-        set: table::set_hash_packed_entries,
+        get: || table::hash_packed_limits().0 as i64,
+        valid: count,
+        set: |n| table::set_hash_packed_entries(n as usize),
     },
     Settable {
         name: "hash-max-listpack-value",
-        get: || table::hash_packed_limits().1,
-        set: table::set_hash_packed_bytes,
+        get: || table::hash_packed_limits().1 as i64,
+        valid: count,
+        set: |n| table::set_hash_packed_bytes(n as usize),
     },
     Settable {
         name: "hash-max-ziplist-entries",
-        get: || table::hash_packed_limits().0,
-        set: table::set_hash_packed_entries,
+        get: || table::hash_packed_limits().0 as i64,
+        valid: count,
+        set: |n| table::set_hash_packed_entries(n as usize),
     },
     Settable {
         name: "hash-max-ziplist-value",
-        get: || table::hash_packed_limits().1,
-        set: table::set_hash_packed_bytes,
+        get: || table::hash_packed_limits().1 as i64,
+        valid: count,
+        set: |n| table::set_hash_packed_bytes(n as usize),
     },
     Settable {
         name: "set-max-intset-entries",
-        get: || table::set_packed_limits().0,
-        set: |n| table::set_set_packed_limit(0, n),
+        get: || table::set_packed_limits().0 as i64,
+        valid: count,
+        set: |n| table::set_set_packed_limit(0, n as usize),
     },
     Settable {
         name: "set-max-listpack-entries",
-        get: || table::set_packed_limits().1,
-        set: |n| table::set_set_packed_limit(1, n),
+        get: || table::set_packed_limits().1 as i64,
+        valid: count,
+        set: |n| table::set_set_packed_limit(1, n as usize),
     },
     Settable {
         name: "set-max-listpack-value",
-        get: || table::set_packed_limits().2,
-        set: |n| table::set_set_packed_limit(2, n),
+        get: || table::set_packed_limits().2 as i64,
+        valid: count,
+        set: |n| table::set_set_packed_limit(2, n as usize),
+    },
+    Settable {
+        name: "list-max-listpack-size",
+        get: table::list_chunk_limit,
+        valid: |n| n >= -5 && n != 0,
+        set: |n| {
+            table::set_list_chunk_limit(n);
+        },
+    },
+    Settable {
+        name: "list-max-ziplist-size",
+        get: table::list_chunk_limit,
+        valid: |n| n >= -5 && n != 0,
+        set: |n| {
+            table::set_list_chunk_limit(n);
+        },
+    },
+    Settable {
+        name: "list-compress-depth",
+        get: || LIST_COMPRESS_DEPTH.load(std::sync::atomic::Ordering::Relaxed),
+        valid: count,
+        set: |n| LIST_COMPRESS_DEPTH.store(n, std::sync::atomic::Ordering::Relaxed),
     },
 ];
 
@@ -1697,13 +1738,19 @@ fn config_set(pairs: &[Bytes]) -> Reply {
         };
         let Some(n) = std::str::from_utf8(&p[1])
             .ok()
-            .and_then(|v| v.parse::<usize>().ok())
+            .and_then(|v| v.parse::<i64>().ok())
         else {
             return Reply::err(format!(
                 "ERR CONFIG SET failed (possibly related to argument '{name}') - argument \
                  couldn't be parsed into an integer"
             ));
         };
+        if !(s.valid)(n) {
+            return Reply::err(format!(
+                "ERR CONFIG SET failed (possibly related to argument '{name}') - argument must \
+                 be in the setting's range"
+            ));
+        }
         changes.push((s, n));
     }
     for (s, n) in changes {

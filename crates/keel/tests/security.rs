@@ -968,6 +968,23 @@ fn permissions_follow_what_each_command_does() {
         (&["SUNIONSTORE", "d", "z"], W),
         (&["SDIFFSTORE", "d", "z"], W),
         (&["SSCAN", "z", "0"], R),
+        // q is a list whose element is the secret.
+        (&["LPUSH", "q", "e"], W),
+        (&["RPUSH", "q", "e"], W),
+        (&["LPUSHX", "q", "e"], W),
+        (&["RPUSHX", "q", "e"], W),
+        (&["LPOP", "q"], RW),
+        (&["RPOP", "q", "1"], RW),
+        (&["LLEN", "q"], R),
+        (&["LRANGE", "q", "0", "-1"], R),
+        (&["LINDEX", "q", "0"], R),
+        (&["LSET", "q", "0", "e"], W),
+        (&["LINSERT", "q", "BEFORE", "x", "e"], W),
+        (&["LREM", "q", "0", "e"], W),
+        (&["LTRIM", "q", "0", "-1"], W),
+        (&["LPOS", "q", "e"], R),
+        (&["LMOVE", "q", "q2", "LEFT", "RIGHT"], RW),
+        (&["RPOPLPUSH", "q", "q2"], RW),
     ];
 
     let t = tempfile::tempdir().unwrap();
@@ -1030,6 +1047,7 @@ fn permissions_follow_what_each_command_does() {
         );
         boss.cmd(&["HSET", "h", "f", secret_value], ":1\r\n");
         boss.cmd(&["SADD", "z", secret_value], ":1\r\n");
+        boss.cmd(&["RPUSH", "q", secret_value], ":1\r\n");
     };
     let login = |name: &str| {
         let mut c = srv.raw();

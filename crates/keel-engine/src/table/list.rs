@@ -15,11 +15,40 @@
 //! chunk gets a chunk of its own.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::packed::{get_varint, put_varint, varint_len};
 
 /// Redis's `list-max-listpack-size -2`: chunks of at most 8 KiB.
 pub const LIST_CHUNK_BYTES_MAX: usize = 8192;
+
+/// Redis's `list-max-listpack-size` in force: -1 to -5, chunks of at most 4, 8, 16, 32 or 64 KiB;
+/// a positive n, at most n elements a chunk (and at most 8 KiB). One setting for the whole
+/// process, as Redis's is for its server.
+static CHUNK_LIMIT: AtomicI64 = AtomicI64::new(-2);
+
+/// See [`CHUNK_LIMIT`].
+pub fn list_chunk_limit() -> i64 {
+    CHUNK_LIMIT.load(Ordering::Relaxed)
+}
+
+/// Sets [`list_chunk_limit`]; false (and nothing changes) unless `n` is -5 to -1 or positive.
+/// Chunks already built keep their size.
+pub fn set_list_chunk_limit(n: i64) -> bool {
+    let ok = n >= -5 && n != 0;
+    if ok {
+        CHUNK_LIMIT.store(n, Ordering::Relaxed);
+    }
+    ok
+}
+
+/// The most bytes and elements a chunk holds under the limit in force.
+fn chunk_bounds() -> (usize, usize) {
+    match list_chunk_limit() {
+        n if n < 0 => (4096 << (-n - 1), usize::MAX),
+        n => (LIST_CHUNK_BYTES_MAX, n as usize),
+    }
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct ListValue {
@@ -79,13 +108,14 @@ impl Chunk {
         if self.buf.capacity() < need {
             let want = (self.buf.capacity() * 2)
                 .max(need)
-                .min(LIST_CHUNK_BYTES_MAX.max(need));
+                .min(chunk_bounds().0.max(need));
             self.buf.reserve_exact(want - self.buf.len());
         }
     }
 
     fn fits(&self, v: &[u8]) -> bool {
-        self.buf.len() + element_size(v.len()) <= LIST_CHUNK_BYTES_MAX
+        let (bytes, elements) = chunk_bounds();
+        self.buf.len() + element_size(v.len()) <= bytes && self.len < elements
     }
 
     /// Byte offset of element `i`.
@@ -107,6 +137,12 @@ impl Chunk {
 impl ListValue {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether the list fits one chunk (what Redis 7.2 calls the listpack encoding; past one
+    /// chunk, a quicklist).
+    pub fn is_single_chunk(&self) -> bool {
+        self.chunks.len() <= 1
     }
 
     /// LLEN.

@@ -75,7 +75,7 @@ pub use hash::{
     hash_packed_limits, set_hash_packed_bytes, set_hash_packed_entries, HashIter, HashValue,
     HASH_PACKED_BYTES_MAX, HASH_PACKED_ENTRIES_MAX,
 };
-pub use list::{ListValue, LIST_CHUNK_BYTES_MAX};
+pub use list::{list_chunk_limit, set_list_chunk_limit, ListValue, LIST_CHUNK_BYTES_MAX};
 pub use set::{
     set_packed_limits, set_set_packed_limit, SetEncoding, SetIter, SetValue,
     SET_INTSET_ENTRIES_MAX, SET_PACKED_BYTES_MAX, SET_PACKED_ENTRIES_MAX,

@@ -24,6 +24,7 @@ use crate::resp::{parse_i64, Reply};
 pub mod connection;
 pub mod hashes;
 pub mod keys;
+pub mod lists;
 pub mod server;
 pub mod sets;
 pub mod strings;
@@ -210,6 +211,7 @@ pub static COMMANDS: LazyLock<Vec<&'static Command>> = LazyLock::new(|| {
         keys::COMMANDS,
         hashes::COMMANDS,
         sets::COMMANDS,
+        lists::COMMANDS,
     ]
     .into_iter()
     .flatten()
@@ -324,6 +326,7 @@ pub fn write_error(e: WriteError) -> Reply {
         WriteError::NoSuchKey => "ERR no such key",
         WriteError::ValueTooLarge => "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
         WriteError::WrongType => WRONGTYPE,
+        WriteError::IndexOutOfRange => "ERR index out of range",
     })
 }
 
@@ -630,6 +633,26 @@ mod tests {
             (&["sunionstore", "d", "s", "t"], false, true),
             (&["sdiffstore", "d", "s", "t"], false, true),
             (&["sscan", "s", "0", "match", "a*"], true, false),
+            (&["lpush", "l", "a", "b"], false, true),
+            (&["rpush", "l", "a"], false, true),
+            (&["lpushx", "l", "a"], false, true),
+            (&["rpushx", "l", "a"], false, true),
+            (&["lpop", "l"], true, true),
+            (&["rpop", "l", "2"], true, true),
+            (&["llen", "l"], true, false),
+            (&["lrange", "l", "0", "-1"], true, false),
+            (&["lindex", "l", "0"], true, false),
+            (&["lset", "l", "0", "x"], false, true),
+            (&["linsert", "l", "before", "a", "x"], false, true),
+            (&["lrem", "l", "0", "a"], false, true),
+            (&["ltrim", "l", "0", "1"], false, true),
+            (
+                &["lpos", "l", "a", "rank", "-1", "count", "0", "maxlen", "9"],
+                true,
+                false,
+            ),
+            (&["lmove", "l", "m", "left", "right"], true, true),
+            (&["rpoplpush", "l", "m"], true, true),
         ];
         for s in COMMANDS.iter() {
             if matches!(s.run, Run::Data(_)) {

@@ -1,0 +1,286 @@
+//! List commands. Writes log the elements they push and how many elements they pop, so a record
+//! is the size of the change, not of the list. Blocking pops (BLPOP and the like) are not
+//! served yet.
+
+use keel_engine::{Read, Write, WriteResult};
+
+use super::*;
+
+pub const COMMANDS: &[Command] = &[
+    Command::new("lpush", -3, W, KEY1)
+        .doc(
+            "list",
+            "key element [element ...]",
+            "Pushes elements onto the head of a list, creating it; returns its length.",
+        )
+        .data(push),
+    Command::new("rpush", -3, W, KEY1)
+        .doc(
+            "list",
+            "key element [element ...]",
+            "Pushes elements onto the tail of a list, creating it; returns its length.",
+        )
+        .data(push),
+    Command::new("lpushx", -3, W, KEY1)
+        .doc(
+            "list",
+            "key element [element ...]",
+            "Pushes elements onto the head of a list only if it exists.",
+        )
+        .data(push),
+    Command::new("rpushx", -3, W, KEY1)
+        .doc(
+            "list",
+            "key element [element ...]",
+            "Pushes elements onto the tail of a list only if it exists.",
+        )
+        .data(push),
+    // Returns what it removed (Redis: ACCESS).
+    Command::new("lpop", -2, RW, KEY1)
+        .doc(
+            "list",
+            "key [count]",
+            "Removes and returns elements from the head of a list.",
+        )
+        .data(pop),
+    Command::new("rpop", -2, RW, KEY1)
+        .doc(
+            "list",
+            "key [count]",
+            "Removes and returns elements from the tail of a list.",
+        )
+        .data(pop),
+    Command::new("llen", 2, R, KEY1)
+        .doc("list", "key", "Returns the length of a list.")
+        .data(|_, a, _| {
+            Ok(Part::new(vec![read(&a[1], Read::ListLen)], |r| {
+                int_reply(&r[0])
+            }))
+        }),
+    Command::new("lrange", 4, R, KEY1)
+        .doc(
+            "list",
+            "key start stop",
+            "Returns the elements from start to stop, inclusive; negative indexes count from the tail.",
+        )
+        .data(|_, a, _| {
+            let op = Read::ListRange {
+                start: int_arg(&a[2])?,
+                stop: int_arg(&a[3])?,
+            };
+            Ok(Part::new(vec![read(&a[1], op)], |r| values_reply(&r[0])))
+        }),
+    Command::new("lindex", 3, R, KEY1)
+        .doc(
+            "list",
+            "key index",
+            "Returns the element at an index, or nil; negative indexes count from the tail.",
+        )
+        .data(|_, a, _| {
+            let op = Read::ListIndex {
+                index: int_arg(&a[2])?,
+            };
+            Ok(Part::new(vec![read(&a[1], op)], |r| value_reply(&r[0])))
+        }),
+    Command::new("lset", 4, W, KEY1)
+        .doc("list", "key index element", "Sets the element at an index.")
+        .data(|_, a, _| {
+            let w = Write::ListSet {
+                key: a[1].clone(),
+                index: int_arg(&a[2])?,
+                element: a[3].clone(),
+            };
+            Ok(Part::new(vec![w], |r| match &r[0] {
+                WriteResult::Put(_) => Reply::ok(),
+                other => value_reply(other),
+            }))
+        }),
+    Command::new("linsert", 5, W, KEY1)
+        .doc(
+            "list",
+            "key <BEFORE|AFTER> pivot element",
+            "Inserts an element before or after the first one equal to the pivot.",
+        )
+        .data(|_, a, _| {
+            let after = if eq(&a[2], "after") {
+                true
+            } else if eq(&a[2], "before") {
+                false
+            } else {
+                return Err(Reply::err(SYNTAX));
+            };
+            let w = Write::ListInsert {
+                key: a[1].clone(),
+                after,
+                pivot: a[3].clone(),
+                element: a[4].clone(),
+            };
+            Ok(Part::new(vec![w], |r| int_reply(&r[0])))
+        }),
+    Command::new("lrem", 4, W, KEY1)
+        .doc(
+            "list",
+            "key count element",
+            "Removes elements equal to one: count from the head, -count from the tail, 0 all.",
+        )
+        .data(|_, a, _| {
+            let w = Write::ListRem {
+                key: a[1].clone(),
+                count: int_arg(&a[2])?,
+                element: a[3].clone(),
+            };
+            Ok(Part::new(vec![w], |r| int_reply(&r[0])))
+        }),
+    Command::new("ltrim", 4, W, KEY1)
+        .doc(
+            "list",
+            "key start stop",
+            "Keeps only the elements from start to stop, inclusive.",
+        )
+        .data(|_, a, _| {
+            let w = Write::ListTrim {
+                key: a[1].clone(),
+                start: int_arg(&a[2])?,
+                stop: int_arg(&a[3])?,
+            };
+            Ok(Part::new(vec![w], |r| match &r[0] {
+                WriteResult::Put(_) => Reply::ok(),
+                other => value_reply(other),
+            }))
+        }),
+    Command::new("lpos", -3, R, KEY1)
+        .doc(
+            "list",
+            "key element [RANK rank] [COUNT num-matches] [MAXLEN len]",
+            "Returns the index of an element, or of several with COUNT.",
+        )
+        .data(lpos),
+    Command::new("lmove", 5, RW, (1, 2, 1))
+        .doc(
+            "list",
+            "source destination <LEFT|RIGHT> <LEFT|RIGHT>",
+            "Pops an element from one end of a list and pushes it onto an end of another, atomically.",
+        )
+        .data(|_, a, _| {
+            let (from_front, to_front) = (side(&a[3])?, side(&a[4])?);
+            Ok(lmove(a, from_front, to_front))
+        }),
+    Command::new("rpoplpush", 3, RW, (1, 2, 1))
+        .doc(
+            "list",
+            "source destination",
+            "Pops an element from the tail of a list and pushes it onto the head of another.",
+        )
+        .data(|_, a, _| Ok(lmove(a, false, true))),
+];
+
+/// LEFT (the head) or RIGHT.
+fn side(b: &[u8]) -> Result<bool, Reply> {
+    if eq(b, "left") {
+        Ok(true)
+    } else if eq(b, "right") {
+        Ok(false)
+    } else {
+        Err(Reply::err(SYNTAX))
+    }
+}
+
+fn push(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    let w = Write::ListPush {
+        key: a[1].clone(),
+        front: name.starts_with('l'),
+        elements: a[2..].to_vec(),
+        only_existing: name.ends_with('x'),
+    };
+    Ok(Part::new(vec![w], |r| int_reply(&r[0])))
+}
+
+fn pop(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    let count = match a.len() {
+        2 => None,
+        3 => match int_arg(&a[2])? {
+            n if n < 0 => return Err(Reply::err("ERR value is out of range, must be positive")),
+            n => Some(n as usize),
+        },
+        _ => return Err(wrong_args(name)),
+    };
+    let w = Write::ListPop {
+        key: a[1].clone(),
+        front: name == "lpop",
+        count,
+    };
+    Ok(Part::new(vec![w], move |r| match (&r[0], count) {
+        // With a count, an absent list is a nil array, as in Redis.
+        (WriteResult::Value(None), Some(_)) => Reply::NilArray,
+        (other, _) => values_reply(other),
+    }))
+}
+
+fn lmove(a: &[Bytes], from_front: bool, to_front: bool) -> Part {
+    let w = Write::ListMove {
+        from: a[1].clone(),
+        to: a[2].clone(),
+        from_front,
+        to_front,
+    };
+    Part::new(vec![w], |r| value_reply(&r[0]))
+}
+
+fn lpos(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    let (mut rank, mut count, mut maxlen) = (1i64, None, 0usize);
+    for o in a[3..].chunks(2) {
+        let [name, v] = o else {
+            return Err(Reply::err(SYNTAX));
+        };
+        let n = int_arg(v)?;
+        if eq(name, "rank") {
+            if n == i64::MIN {
+                return Err(Reply::err(
+                    "ERR value is out of range, value must between -9223372036854775807 and \
+                     9223372036854775807",
+                ));
+            }
+            if n == 0 {
+                return Err(Reply::err(
+                    "ERR RANK can't be zero: use 1 to start from the first match, 2 from the \
+                     second ... or use negative to start from the end of the list",
+                ));
+            }
+            rank = n;
+        } else if eq(name, "count") {
+            if n < 0 {
+                return Err(Reply::err("ERR COUNT can't be negative"));
+            }
+            count = Some(n as usize);
+        } else if eq(name, "maxlen") {
+            if n < 0 {
+                return Err(Reply::err("ERR MAXLEN can't be negative"));
+            }
+            maxlen = n as usize;
+        } else {
+            return Err(Reply::err(SYNTAX));
+        }
+    }
+    let op = Read::ListPos {
+        element: a[2].clone(),
+        rank,
+        count: count.unwrap_or(1),
+        maxlen,
+    };
+    Ok(Part::new(vec![read(&a[1], op)], move |r| match &r[0] {
+        WriteResult::Values(found) => {
+            let index = |v: &Option<Bytes>| {
+                Reply::Int(
+                    v.as_ref()
+                        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                        .unwrap_or(-1),
+                )
+            };
+            match count {
+                Some(_) => Reply::Array(found.iter().map(index).collect()),
+                None => found.first().map_or(Reply::Nil, index),
+            }
+        }
+        other => value_reply(other),
+    }))
+}
