@@ -304,6 +304,7 @@ fn write_bytes(w: &Write) -> usize {
             ..
         } => key.len() + pivot.len() + element.len(),
         Write::ListMove { from, to, .. } => from.len() + to.len(),
+        Write::ListPopFirst { keys, .. } => keys.iter().map(|k| k.len() + 8).sum::<usize>(),
         Write::SetMove { from, to, member } => from.len() + to.len() + member.len(),
         Write::SetStore { key, keys, .. } => {
             key.len() + keys.iter().map(|k| k.len() + 8).sum::<usize>()

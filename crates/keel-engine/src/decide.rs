@@ -649,6 +649,39 @@ fn decide_one<S: Decided>(
             }
             Some(_) => WriteResult::Failed(WriteError::WrongType),
         },
+        Write::ListPopFirst {
+            keys,
+            front,
+            count,
+            skip_other_types,
+        } => {
+            for key in keys {
+                match work.live(&key).map(|e| e.value) {
+                    None => continue,
+                    Some(ValueRef::List(_)) => {}
+                    Some(_) if skip_other_types => continue,
+                    Some(_) => return WriteResult::Failed(WriteError::WrongType),
+                }
+                let popped = decide_one(
+                    work,
+                    value_max,
+                    Write::ListPop {
+                        key: key.clone(),
+                        front,
+                        count: Some(count),
+                    },
+                    m,
+                );
+                let WriteResult::Values(elements) = popped else {
+                    unreachable!("a pop of a list that exists gives values: {popped:?}")
+                };
+                let mut out = Vec::with_capacity(1 + elements.len());
+                out.push(Some(key));
+                out.extend(elements);
+                return WriteResult::Values(out);
+            }
+            WriteResult::Value(None)
+        }
         Write::ListMove {
             from,
             to,

@@ -46,6 +46,24 @@ pub(crate) struct Typed {
     pub(crate) expires_at_ms: Option<u64>,
 }
 
+impl Typed {
+    pub(crate) fn is_collection(&self) -> bool {
+        matches!(self.value, Stored::Collection(_))
+    }
+
+    /// Heap bytes the value holds, about.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        match &self.value {
+            Stored::String(v) => v.len(),
+            Stored::Collection(Value::String(v)) => v.len(),
+            Stored::Collection(Value::Hash(h)) => h.memory_bytes(),
+            Stored::Collection(Value::Set(x)) => x.memory_bytes(),
+            Stored::Collection(Value::List(x)) => x.memory_bytes(),
+            Stored::Collection(Value::ZSet(x)) => x.memory_bytes(),
+        }
+    }
+}
+
 impl From<Entry> for Typed {
     fn from(e: Entry) -> Typed {
         Typed {

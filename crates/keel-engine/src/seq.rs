@@ -92,7 +92,16 @@ pub(crate) struct Recent {
     /// The newest decided value of each system entry written lately, with its LSN (the write
     /// fence is one).
     system: HashMap<Bytes, (Lsn, Bytes)>,
+    /// Collections still held after the visible state caught up with them: (the LSN that left
+    /// them here, key, their size when kept), oldest first. A hash, set or list written again
+    /// and again (a queue) is then copied out of the visible state once, not at every lull
+    /// between writes; at most [`KEPT_BYTES_MAX`] of them are held this way.
+    kept: VecDeque<(Lsn, Bytes, usize)>,
+    kept_bytes: usize,
 }
+
+/// The most bytes of collections [`Recent`] keeps after the visible state caught up with them.
+const KEPT_BYTES_MAX: usize = 64 << 20;
 
 impl Recent {
     /// The decided value of the system entry `key`, given `vis`, the visible state now.
@@ -136,6 +145,8 @@ impl Recent {
                 Change::All => {
                     self.by_key.clear();
                     self.order.clear();
+                    self.kept.clear();
+                    self.kept_bytes = 0;
                     self.cleared = Some(lsn);
                 }
                 Change::System(key, value) => {
@@ -152,6 +163,24 @@ impl Recent {
                 break;
             }
             let (lsn, key) = self.order.pop_front().expect("checked");
+            match self.by_key.get(&key) {
+                Some((l, Some(e))) if *l == lsn && e.is_collection() => {
+                    let size = e.memory_bytes();
+                    self.kept.push_back((lsn, key, size));
+                    self.kept_bytes += size;
+                }
+                Some((l, _)) if *l == lsn => {
+                    self.by_key.remove(&key);
+                }
+                _ => {}
+            }
+        }
+        while self.kept_bytes > KEPT_BYTES_MAX {
+            let Some((lsn, key, size)) = self.kept.pop_front() else {
+                break;
+            };
+            self.kept_bytes -= size;
+            // Written again since, it is held for that write now.
             if self.by_key.get(&key).is_some_and(|(l, _)| *l == lsn) {
                 self.by_key.remove(&key);
             }

@@ -173,6 +173,18 @@ pub enum Write {
         pivot: Bytes,
         element: Bytes,
     },
+    /// LMPOP (and the first try of BLPOP, BRPOP, BLMPOP): pops up to `count` elements from the
+    /// head (`front`) or tail of the first list among `keys` that exists. Result: `Values`
+    /// holding that key, then the elements; `Value(None)` when none exists; or
+    /// `Failed(WrongType)` when a key before the first list holds another type.
+    ListPopFirst {
+        keys: Vec<Bytes>,
+        front: bool,
+        count: usize,
+        /// Pass over keys of another type instead of failing (a blocked client's later tries:
+        /// only a list serves it).
+        skip_other_types: bool,
+    },
     /// LMOVE (RPOPLPUSH): pops from one end of `from` and pushes onto one end of `to`. Result:
     /// `Value(the element)`, nil when `from` is absent; or `Failed(WrongType)`.
     ListMove {
@@ -228,6 +240,7 @@ impl Write {
             | Write::SetMove { from, to, .. }
             | Write::ListMove { from, to, .. } => Box::new([from, to].into_iter()),
             Write::SetStore { key, keys, .. } => Box::new(std::iter::once(key).chain(keys)),
+            Write::ListPopFirst { keys, .. } => Box::new(keys.iter()),
             Write::DeleteAll | Write::System { .. } => Box::new(std::iter::empty()),
         }
     }

@@ -344,6 +344,25 @@ fn model_apply(
                     Some(_) => WriteResult::Values(popped.into_iter().map(Some).collect()),
                 });
             }
+            Write::ListPopFirst {
+                keys, front, count, ..
+            } => {
+                let Some(key) = keys.iter().find(|k| m.contains_key(*k)) else {
+                    results.push(WriteResult::Value(None));
+                    continue;
+                };
+                let mut l = list_elements(&m, key);
+                let n = (*count).min(l.len());
+                let popped: Vec<Bytes> = if *front {
+                    l.drain(..n).collect()
+                } else {
+                    l.drain(l.len() - n..).rev().collect()
+                };
+                put_list(&mut m, key, &l, lsn);
+                let mut out = vec![Some(key.clone())];
+                out.extend(popped.into_iter().map(Some));
+                results.push(WriteResult::Values(out));
+            }
             Write::ListMove {
                 from,
                 to,
@@ -436,7 +455,13 @@ fn random_txn(rng: &mut Rng, m: &Model, step: usize) -> (Vec<Guard>, Vec<Write>)
         guards.push(Guard { key, version });
     }
     let writes = (0..1 + rng.below(3))
-        .map(|_| match rng.below(22) {
+        .map(|_| match rng.below(23) {
+            22 => Write::ListPopFirst {
+                keys: (0..1 + rng.below(3)).map(|_| list(rng)).collect(),
+                front: rng.chance(50),
+                count: 1 + rng.below(3) as usize,
+                skip_other_types: false,
+            },
             18 => Write::ListPush {
                 key: list(rng),
                 front: rng.chance(50),

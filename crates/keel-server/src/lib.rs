@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod blocking;
 pub mod cmd;
 pub mod config;
 pub mod docs;

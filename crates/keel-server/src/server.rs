@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 
 use crate::audit;
 use crate::auth::{User, Users, NOAUTH, WRONGPASS};
+use crate::blocking;
 use crate::cmd::{self, Flags, InMulti, Part, Run, NOT_INT, SYNTAX};
 use crate::config::Settings;
 use crate::glob;
@@ -177,6 +178,8 @@ pub struct Shared {
     started: Instant,
     /// The audit log, if kept.
     pub audit: Option<Arc<audit::Audit>>,
+    /// Clients waiting in a blocking list command, by key.
+    pub blocked: blocking::Waiters,
 }
 
 impl Shared {
@@ -200,6 +203,7 @@ impl Shared {
             shutdown: watch::channel(false).0,
             started: Instant::now(),
             audit,
+            blocked: blocking::Waiters::default(),
         })
     }
 
@@ -335,6 +339,9 @@ enum Flow {
     Close,
     /// Send what is queued, close, and shut the server down.
     Shutdown,
+    /// A blocking command waits: send what is queued, then wait for this reply while watching
+    /// the socket (a client that goes away stops the wait, and takes nothing).
+    Block(Pin<Box<dyn Future<Output = Reply> + Send>>),
 }
 
 struct Conn {
@@ -429,6 +436,14 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     observe(&mut conn, timer, queued);
                     match flow {
                         Flow::Continue => {}
+                        Flow::Block(wait) => {
+                            conn.flush(&mut stream).await?;
+                            let max = sh.settings.max_request_bytes;
+                            match block(&mut stream, &mut buf, max, wait, stop.clone()).await? {
+                                Some(reply) => conn.reply(reply),
+                                None => return Ok(()),
+                            }
+                        }
                         Flow::Close => return conn.flush(&mut stream).await,
                         Flow::Shutdown => {
                             conn.flush(&mut stream).await?;
@@ -482,6 +497,76 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
             return Ok(());
         }
     }
+}
+
+/// Waits for a blocking command's reply while reading what the client sends meanwhile into
+/// `buf` (it runs after the reply, in order). `None`: the client went away or the server stops,
+/// and the wait is dropped before it took anything.
+async fn block<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    max: usize,
+    mut wait: Pin<Box<dyn Future<Output = Reply> + Send>>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<Option<Reply>> {
+    loop {
+        // What a client sends while it waits is bounded as any request is (P11): past the
+        // bound, nothing more is read until the reply.
+        if buf.len() >= max {
+            tokio::select! {
+                reply = &mut wait => return Ok(Some(reply)),
+                _ = stop.wait_for(|s| *s) => return Ok(None),
+            }
+        }
+        buf.reserve(16 << 10);
+        tokio::select! {
+            reply = &mut wait => return Ok(Some(reply)),
+            n = stream.read_buf(buf) => {
+                if n? == 0 {
+                    return Ok(None);
+                }
+            }
+            _ = stop.wait_for(|s| *s) => return Ok(None),
+        }
+    }
+}
+
+/// Runs a data command's part on its own (a blocking command's try): to its durable reply.
+async fn run_part(sh: Arc<Shared>, part: Part) -> Reply {
+    if part.read_only() {
+        let results = sh.engine().read(|v| eval_reads(v, &part.writes));
+        return (part.render)(Some(&results));
+    }
+    let woken = blocking::pushed_keys(&part.writes);
+    let reply = match sh.cluster().cloned() {
+        Some(c) => {
+            let txn = Txn {
+                id: None,
+                at_ms: now_ms(),
+                guards: part.guards,
+                writes: part.writes,
+            };
+            match c.write(txn).await {
+                Ok(o) => render_outcome(part.render, o, &sh),
+                Err(e) => return cluster_error(&e),
+            }
+        }
+        None => {
+            let engine = sh.engine();
+            engine.room(0).await;
+            match engine.submit(part.guards, part.writes) {
+                Ok(p) => match p.await {
+                    Ok(o) => render_outcome(part.render, o, &sh),
+                    Err(e) => return sh.engine_error(&e),
+                },
+                Err(e) => return sh.engine_error(&e),
+            }
+        }
+    };
+    if !woken.is_empty() && sh.blocked.any() {
+        sh.blocked.wake(&woken);
+    }
+    reply
 }
 
 /// Finishes a command's timer now if its reply is ready, or once it is durable if the command
@@ -592,6 +677,22 @@ impl Conn {
         writes: Vec<Write>,
         render: cmd::Render,
     ) {
+        // A write that may give a list an element wakes the clients waiting on it, once
+        // durable: whether any wait is asked then, so that a client that starts waiting while
+        // this write is on its way is not missed.
+        let woken = blocking::pushed_keys(&writes);
+        let render: cmd::Render = if woken.is_empty() {
+            render
+        } else {
+            let sh = self.sh.clone();
+            Box::new(move |r| {
+                let reply = render(r);
+                if sh.blocked.any() {
+                    sh.blocked.wake(&woken);
+                }
+                reply
+            })
+        };
         if let Some(c) = self.sh.cluster().cloned() {
             let txn = Txn {
                 id,
@@ -774,6 +875,40 @@ impl Conn {
                 self.reply(r);
                 return Flow::Continue;
             }
+        }
+        if let (Some(block), Run::Data(compile)) = (spec.block, spec.run) {
+            let timeout = match block.timeout(&args) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.reply(e);
+                    return Flow::Continue;
+                }
+            };
+            // Fails fast on bad arguments; the wait tries again with fresh parts.
+            if let Err(e) = compile(name, &args, now_ms()) {
+                self.reply(e);
+                return Flow::Continue;
+            }
+            self.settle().await;
+            let sh = self.sh.clone();
+            let keys = (block.keys)(&args);
+            return Flow::Block(Box::pin(async move {
+                let attempt = |later: bool| {
+                    let mut part = compile(name, &args, now_ms()).expect("compiled once already");
+                    // Once woken, only a list serves a pop: keys of another type are passed
+                    // over, as Redis does not serve a blocked client from them.
+                    for w in &mut part.writes {
+                        if let Write::ListPopFirst {
+                            skip_other_types, ..
+                        } = w
+                        {
+                            *skip_other_types = later;
+                        }
+                    }
+                    run_part(sh.clone(), part)
+                };
+                blocking::wait_for(&sh.blocked, keys, timeout, attempt).await
+            }));
         }
         match spec.run {
             Run::Data(compile) => match compile(name, &args, now_ms()) {
@@ -1454,6 +1589,7 @@ impl Conn {
                 &self.sh.clients.load(Ordering::Relaxed),
             );
             line(&mut o, "maxclients", &st.max_clients);
+            line(&mut o, "blocked_clients", &self.sh.blocked.waiting());
             o.push_str("\r\n");
         }
         if want("stats") {

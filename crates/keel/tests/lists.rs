@@ -119,7 +119,7 @@ fn list_commands_answer_as_redis_does() {
     );
 }
 
-/// Producers LPUSH unique jobs and consumers RPOP them, with checkpoints going on, until
+/// Producers LPUSH unique jobs and consumers RPOP or BRPOP them, with checkpoints going on, until
 /// `keel serve` is killed with -9. After a restart every acknowledged job was popped exactly
 /// once by an acknowledged RPOP or is still in the list, in the order it was pushed; only the
 /// one request in doubt per client may differ.
@@ -145,11 +145,18 @@ fn every_acknowledged_job_is_popped_once_or_still_queued_after_kill_9() {
                         .arg(&job)
                         .query::<i64>(&mut con)
                         .map(|_| pushed.push(job))
-                } else {
+                } else if role == 3 {
                     redis::cmd("RPOP")
                         .arg("jobs")
                         .query::<Option<String>>(&mut con)
                         .map(|job| popped.extend(job))
+                } else {
+                    // A blocking consumer: waits for a job, then takes it durably.
+                    redis::cmd("BRPOP")
+                        .arg("jobs")
+                        .arg(0.2)
+                        .query::<Option<(String, String)>>(&mut con)
+                        .map(|kv| popped.extend(kv.map(|(_, job)| job)))
                 };
                 if r.is_err() {
                     in_doubt = true;
@@ -160,7 +167,7 @@ fn every_acknowledged_job_is_popped_once_or_still_queued_after_kill_9() {
             (pushed, popped, in_doubt)
         })
     };
-    let clients: Vec<_> = (0..5).map(spawn).collect();
+    let clients: Vec<_> = (0..6).map(spawn).collect();
     let mut admin = srv.client();
     let deadline = Instant::now() + Duration::from_secs(60);
     while progress.load(Ordering::Relaxed) < 4000 && Instant::now() < deadline {
@@ -211,5 +218,100 @@ fn every_acknowledged_job_is_popped_once_or_still_queued_after_kill_9() {
             mine.windows(2).all(|w| w[0] > w[1]),
             "producer {p}'s jobs out of order"
         );
+    }
+}
+
+/// BLPOP and friends wait for an element, wake when one is pushed, time out with Redis's nil,
+/// do not block inside MULTI, and take nothing when their client goes away while waiting.
+#[test]
+fn blocking_pops_wait_wake_time_out_and_take_nothing_when_abandoned() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(&t.path().join("data"), &[]);
+    let mut c = srv.client();
+    // Timeouts: a nil array, as Redis answers every blocked list command that timed out.
+    let started = Instant::now();
+    assert_eq!(
+        query::<Option<Vec<String>>>(&mut c, &["BLPOP", "q", "0.2"]),
+        None
+    );
+    assert_eq!(
+        query::<Option<String>>(&mut c, &["BLMOVE", "q", "d", "LEFT", "LEFT", "0.2"]),
+        None
+    );
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    let mut raw = srv.raw();
+    raw.cmd(&["BRPOPLPUSH", "q", "d", "0.1"], "*-1\r\n");
+    raw.cmd(&["BLPOP", "q", "0.1"], "*-1\r\n");
+    assert!(error(&mut c, &["BLPOP", "q", "-1"]).contains("timeout is negative"));
+    assert!(error(&mut c, &["BLPOP", "q", "x"]).contains("not a float"));
+    // A waiting client is woken by a push on any of its keys, and gets key and element.
+    let url = srv.url();
+    let waiter = thread::spawn(move || {
+        let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+        redis::cmd("BLPOP")
+            .arg("a")
+            .arg("b")
+            .arg(0)
+            .query::<(String, String)>(&mut c)
+            .unwrap()
+    });
+    wait_until_blocked(&mut c, 1);
+    query::<i64>(&mut c, &["RPUSH", "b", "job"]);
+    assert_eq!(waiter.join().unwrap(), ("b".to_string(), "job".to_string()));
+    assert_eq!(query::<i64>(&mut c, &["EXISTS", "b"]), 0);
+    // Once waiting, a key that came to hold another type is passed over, not an error.
+    let url = srv.url();
+    let waiter = thread::spawn(move || {
+        let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+        redis::cmd("BLPOP")
+            .arg("x")
+            .arg("y")
+            .arg(0)
+            .query::<(String, String)>(&mut c)
+            .unwrap()
+    });
+    wait_until_blocked(&mut c, 1);
+    query::<()>(&mut c, &["SET", "x", "a string"]);
+    query::<i64>(&mut c, &["RPUSH", "y", "job"]);
+    assert_eq!(waiter.join().unwrap(), ("y".to_string(), "job".to_string()));
+    // BLMPOP takes up to COUNT from the first list that has elements.
+    query::<i64>(&mut c, &["RPUSH", "m", "1", "2", "3"]);
+    let (key, got): (String, Vec<String>) = query(
+        &mut c,
+        &["BLMPOP", "0", "2", "none", "m", "RIGHT", "COUNT", "2"],
+    );
+    assert_eq!(
+        (key.as_str(), got),
+        ("m", vec!["3".to_string(), "2".to_string()])
+    );
+    // Inside MULTI nothing blocks: an empty list gives nil at once.
+    let (v,): (Option<Vec<String>>,) = redis::pipe()
+        .atomic()
+        .cmd("BLPOP")
+        .arg("empty")
+        .arg(0)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(v, None);
+    // A client that goes away while it waits takes nothing.
+    let mut gone = srv.raw();
+    gone.send(&resp(&["BLPOP", "abandoned", "0"]));
+    wait_until_blocked(&mut c, 1);
+    drop(gone);
+    wait_until_blocked(&mut c, 0);
+    query::<i64>(&mut c, &["RPUSH", "abandoned", "job"]);
+    assert_eq!(query::<i64>(&mut c, &["LLEN", "abandoned"]), 1);
+}
+
+/// Polls INFO clients until `n` clients are blocked (a deadline fails the test).
+fn wait_until_blocked(c: &mut redis::Connection, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info: String = query(c, &["INFO", "clients"]);
+        if info.contains(&format!("blocked_clients:{n}\r\n")) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never {n} blocked: {info}");
+        thread::sleep(Duration::from_millis(10));
     }
 }

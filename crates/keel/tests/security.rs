@@ -985,6 +985,12 @@ fn permissions_follow_what_each_command_does() {
         (&["LPOS", "q", "e"], R),
         (&["LMOVE", "q", "q2", "LEFT", "RIGHT"], RW),
         (&["RPOPLPUSH", "q", "q2"], RW),
+        (&["LMPOP", "1", "q", "LEFT"], RW),
+        (&["BLPOP", "q", "0.01"], RW),
+        (&["BRPOP", "q", "0.01"], RW),
+        (&["BLMOVE", "q", "q2", "LEFT", "RIGHT", "0.01"], RW),
+        (&["BRPOPLPUSH", "q", "q2", "0.01"], RW),
+        (&["BLMPOP", "0.01", "1", "q", "LEFT"], RW),
     ];
 
     let t = tempfile::tempdir().unwrap();

@@ -1,6 +1,6 @@
 //! List commands. Writes log the elements they push and how many elements they pop, so a record
-//! is the size of the change, not of the list. Blocking pops (BLPOP and the like) are not
-//! served yet.
+//! is the size of the change, not of the list. The blocking pops (BLPOP and the like) compile to
+//! the same writes; the connection waits while they find nothing (`crate::blocking`).
 
 use keel_engine::{Read, Write, WriteResult};
 
@@ -165,6 +165,74 @@ pub const COMMANDS: &[Command] = &[
             let (from_front, to_front) = (side(&a[3])?, side(&a[4])?);
             Ok(lmove(a, from_front, to_front))
         }),
+    Command::new("lmpop", -4, RW, NO_KEYS)
+        .doc(
+            "list",
+            "numkeys key [key ...] <LEFT|RIGHT> [COUNT count]",
+            "Pops elements from the first of the lists that exists.",
+        )
+        .data(|_, a, _| mpop(&a[1..])),
+    Command::new("blpop", -3, RW, (1, -2, 1))
+        .doc(
+            "list",
+            "key [key ...] timeout:double",
+            "Pops the head of the first list that has an element, waiting up to timeout seconds (0: for ever) for one.",
+        )
+        .data(bpop)
+        .blocks(Block {
+            timeout: last,
+            keys: |a| a[1..a.len() - 1].to_vec(),
+        }),
+    Command::new("brpop", -3, RW, (1, -2, 1))
+        .doc(
+            "list",
+            "key [key ...] timeout:double",
+            "Pops the tail of the first list that has an element, waiting up to timeout seconds (0: for ever) for one.",
+        )
+        .data(bpop)
+        .blocks(Block {
+            timeout: last,
+            keys: |a| a[1..a.len() - 1].to_vec(),
+        }),
+    Command::new("blmove", 6, RW, (1, 2, 1))
+        .doc(
+            "list",
+            "source destination <LEFT|RIGHT> <LEFT|RIGHT> timeout:double",
+            "LMOVE, waiting up to timeout seconds (0: for ever) for the source to have an element.",
+        )
+        .data(|_, a, _| {
+            let (from_front, to_front) = (side(&a[3])?, side(&a[4])?);
+            Ok(lmove(a, from_front, to_front))
+        })
+        .blocks(Block {
+            timeout: last,
+            keys: |a| vec![a[1].clone()],
+        }),
+    Command::new("brpoplpush", 4, RW, (1, 2, 1))
+        .doc(
+            "list",
+            "source destination timeout:double",
+            "RPOPLPUSH, waiting up to timeout seconds (0: for ever) for the source to have an element.",
+        )
+        .data(|_, a, _| Ok(lmove(a, false, true)))
+        .blocks(Block {
+            timeout: last,
+            keys: |a| vec![a[1].clone()],
+        }),
+    Command::new("blmpop", -5, RW, NO_KEYS)
+        .doc(
+            "list",
+            "timeout:double numkeys key [key ...] <LEFT|RIGHT> [COUNT count]",
+            "LMPOP, waiting up to timeout seconds (0: for ever) for a list to have an element.",
+        )
+        .data(|_, a, _| mpop(&a[2..]))
+        .blocks(Block {
+            timeout: |a| &a[1],
+            keys: |a| {
+                let n = parse_i64(&a[2]).unwrap_or(0).max(0) as usize;
+                a[3..].iter().take(n).cloned().collect()
+            },
+        }),
     Command::new("rpoplpush", 3, RW, (1, 2, 1))
         .doc(
             "list",
@@ -173,6 +241,65 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(|_, a, _| Ok(lmove(a, false, true))),
 ];
+
+fn last(a: &[Bytes]) -> &Bytes {
+    &a[a.len() - 1]
+}
+
+/// BLPOP's and BRPOP's try: the first list among the keys, one element.
+fn bpop(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    Block {
+        timeout: last,
+        keys: |_| Vec::new(),
+    }
+    .timeout(a)?;
+    let w = Write::ListPopFirst {
+        keys: a[1..a.len() - 1].to_vec(),
+        front: name == "blpop",
+        count: 1,
+        skip_other_types: false,
+    };
+    Ok(Part::new(vec![w], |r| match &r[0] {
+        WriteResult::Value(None) => Reply::NilArray,
+        other => values_reply(other),
+    }))
+}
+
+/// LMPOP's arguments after the command (BLMPOP's after the timeout): numkeys, the keys, the
+/// side and an optional COUNT.
+fn mpop(a: &[Bytes]) -> Result<Part, Reply> {
+    let n = match parse_i64(&a[0]) {
+        Some(n) if n > 0 => n as usize,
+        _ => return Err(Reply::err("ERR numkeys should be greater than 0")),
+    };
+    if n + 1 >= a.len() {
+        return Err(Reply::err(SYNTAX));
+    }
+    let keys = a[1..1 + n].to_vec();
+    let front = side(&a[1 + n])?;
+    let count = match &a[2 + n..] {
+        [] => 1,
+        [o, c] if eq(o, "count") => match parse_i64(c) {
+            Some(c) if c > 0 => c as usize,
+            _ => return Err(Reply::err("ERR count should be greater than 0")),
+        },
+        _ => return Err(Reply::err(SYNTAX)),
+    };
+    let w = Write::ListPopFirst {
+        keys,
+        front,
+        count,
+        skip_other_types: false,
+    };
+    Ok(Part::new(vec![w], |r| match &r[0] {
+        WriteResult::Values(v) if !v.is_empty() => Reply::Array(vec![
+            bulk_or_nil(&v[0]),
+            Reply::Array(v[1..].iter().map(bulk_or_nil).collect()),
+        ]),
+        WriteResult::Value(None) => Reply::NilArray,
+        other => values_reply(other),
+    }))
+}
 
 /// LEFT (the head) or RIGHT.
 fn side(b: &[u8]) -> Result<bool, Reply> {

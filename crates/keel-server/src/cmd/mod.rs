@@ -129,6 +129,38 @@ pub struct Command {
     pub in_multi: InMulti,
     /// Runs before the connection has authenticated (AUTH, HELLO, QUIT).
     pub before_auth: bool,
+    /// A blocking command (BLPOP and friends): outside MULTI, the connection waits while its
+    /// data command finds nothing (see [`crate::blocking`]).
+    pub block: Option<Block>,
+}
+
+/// Where a blocking command's timeout and keys are.
+#[derive(Clone, Copy)]
+pub struct Block {
+    /// The timeout argument, in seconds (a float; 0: wait for ever).
+    pub timeout: fn(&[Bytes]) -> &Bytes,
+    /// The keys to wait on.
+    pub keys: fn(&[Bytes]) -> Vec<Bytes>,
+}
+
+impl Block {
+    /// The wait the arguments ask for (`None`: for ever), or Redis's error for a bad timeout.
+    pub fn timeout(&self, args: &[Bytes]) -> Result<Option<std::time::Duration>, Reply> {
+        let t = std::str::from_utf8((self.timeout)(args))
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|t| t.is_finite())
+            .ok_or_else(|| Reply::err("ERR timeout is not a float or out of range"))?;
+        if t < 0.0 {
+            return Err(Reply::err("ERR timeout is negative"));
+        }
+        // Redis holds timeouts as Unix milliseconds in an i64.
+        if t * 1000.0 >= i64::MAX as f64 {
+            return Err(Reply::err("ERR timeout is out of range"));
+        }
+        // Past about 30 years a timeout is as good as none.
+        Ok((t > 0.0 && t < 1e9).then(|| std::time::Duration::from_secs_f64(t)))
+    }
 }
 
 impl Command {
@@ -149,7 +181,13 @@ impl Command {
             run: Run::Conn,
             in_multi: InMulti::Refuse,
             before_auth: false,
+            block: None,
         }
+    }
+
+    pub const fn blocks(mut self, block: Block) -> Command {
+        self.block = Some(block);
+        self
     }
 
     /// Its docs: redis-cli's group, the syntax line after the name, a one-line summary.
@@ -653,6 +691,12 @@ mod tests {
             ),
             (&["lmove", "l", "m", "left", "right"], true, true),
             (&["rpoplpush", "l", "m"], true, true),
+            (&["lmpop", "2", "l", "m", "left", "count", "2"], true, true),
+            (&["blpop", "l", "m", "0"], true, true),
+            (&["brpop", "l", "0.5"], true, true),
+            (&["blmove", "l", "m", "left", "right", "0"], true, true),
+            (&["brpoplpush", "l", "m", "0"], true, true),
+            (&["blmpop", "0", "1", "l", "right"], true, true),
         ];
         for s in COMMANDS.iter() {
             if matches!(s.run, Run::Data(_)) {
