@@ -10,25 +10,6 @@ use std::time::{Duration, Instant};
 mod common;
 use common::*;
 
-fn query<T: redis::FromRedisValue>(c: &mut redis::Connection, args: &[&str]) -> T {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query(c).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn error(c: &mut redis::Connection, args: &[&str]) -> String {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    match cmd.query::<redis::Value>(c) {
-        Err(e) => e.to_string(),
-        Ok(v) => panic!("{args:?} answered {v:?}, not an error"),
-    }
-}
-
 #[test]
 fn list_commands_answer_as_redis_does() {
     let t = tempfile::tempdir().unwrap();

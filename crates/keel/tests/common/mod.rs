@@ -286,3 +286,24 @@ pub fn hash_password(args: &[&str], input: &str) -> String {
     assert!(out.status.success(), "{out:?}");
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// Runs a command with the `redis` crate; a failure fails the test.
+pub fn query<T: redis::FromRedisValue>(c: &mut redis::Connection, args: &[&str]) -> T {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(c).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// Runs a command that must fail; its error as the `redis` crate shows it.
+pub fn error(c: &mut redis::Connection, args: &[&str]) -> String {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    match cmd.query::<redis::Value>(c) {
+        Err(e) => e.to_string(),
+        Ok(v) => panic!("{args:?} answered {v:?}, not an error"),
+    }
+}
