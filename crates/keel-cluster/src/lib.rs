@@ -275,12 +275,13 @@ fn write_bytes(w: &Write) -> usize {
         Write::Read { key, op } => {
             key.len()
                 + match op {
-                    Read::HashGet { fields } | Read::SetMisMember { members: fields } => {
-                        fields.iter().map(|f| f.len() + 8).sum()
-                    }
+                    Read::HashGet { fields }
+                    | Read::SetMisMember { members: fields }
+                    | Read::ZScores { members: fields } => fields.iter().map(|f| f.len() + 8).sum(),
                     Read::HashExists { field }
                     | Read::HashStrlen { field }
-                    | Read::SetIsMember { member: field } => field.len(),
+                    | Read::SetIsMember { member: field }
+                    | Read::ZRank { member: field, .. } => field.len(),
                     _ => 0,
                 }
         }
@@ -308,6 +309,20 @@ fn write_bytes(w: &Write) -> usize {
         Write::SetMove { from, to, member } => from.len() + to.len() + member.len(),
         Write::SetStore { key, keys, .. } => {
             key.len() + keys.iter().map(|k| k.len() + 8).sum::<usize>()
+        }
+        Write::ZAdd { .. }
+        | Write::ZRem { .. }
+        | Write::ZRemRange { .. }
+        | Write::ZPopFirst { .. }
+        | Write::ZStore { .. }
+        | Write::ZRangeStore { .. } => {
+            let members = match w {
+                Write::ZRem { members, .. } => members.iter().map(|m| m.len() + 8).sum(),
+                _ => 0,
+            };
+            w.keys().map(|k| k.len() + 8).sum::<usize>()
+                + w.values().map(|v| v.len() + 16).sum::<usize>()
+                + members
         }
         Write::DeleteAll => 0,
     }

@@ -6,8 +6,9 @@ use bytes::Bytes;
 
 use crate::keyspace::{change, edit_typed, eval_get, eval_read, list_bounds, Change, Lent, Typed};
 use crate::record::Mutation;
-use crate::table::{ListValue, SetValue, ValueRef};
+use crate::table::{ListValue, SetValue, ValueRef, ZSetValue};
 use crate::util::HashMap;
+use crate::zsets::{self, format_score, zset_combine};
 
 use crate::types::{Guard, Outcome, PutIf, SetOp, Ttl, Write, WriteError, WriteResult};
 use keel_wal::Lsn;
@@ -688,7 +689,8 @@ fn decide_one<S: Decided>(
             from_front,
             to_front,
         } => {
-            let src = match work.live(&from).map(|e| e.value) {
+            let entry = work.live(&from);
+            let src = match entry.map(|e| e.value) {
                 None => return WriteResult::Value(None),
                 Some(ValueRef::List(l)) => l,
                 Some(_) => return WriteResult::Failed(WriteError::WrongType),
@@ -700,7 +702,13 @@ fn decide_one<S: Decided>(
             };
             let element = list_end(src, from_front, 1).remove(0);
             if from == to && src.len() == 1 {
-                // Moving the only element of a list onto itself leaves it as it is.
+                // Moving the only element of a list onto itself leaves it as it is, but it
+                // is a write of the key: its version moves (WATCH sees it), through an
+                // expiry change to the expiry it has.
+                m.push(Mutation::Expire {
+                    key: from,
+                    expires_at_ms: entry.and_then(|e| e.expires_at_ms),
+                });
                 return WriteResult::Value(Some(element));
             }
             m.push(if src.len() == 1 {
@@ -720,6 +728,125 @@ fn decide_one<S: Decided>(
             });
             WriteResult::Value(Some(element))
         }
+        Write::ZAdd {
+            key,
+            pairs,
+            only,
+            cmp,
+            ch,
+            incr,
+        } => {
+            let z = match work.live(&key).map(|e| e.value) {
+                None => None,
+                Some(ValueRef::ZSet(z)) => Some(z),
+                Some(_) => return WriteResult::Failed(WriteError::WrongType),
+            };
+            let added = match zsets::zadd(z, pairs, only, cmp, incr) {
+                Ok(a) => a,
+                Err(e) => return WriteResult::Failed(e),
+            };
+            if !added.set.is_empty() {
+                m.push(Mutation::ZAdd {
+                    key,
+                    create: z.is_none(),
+                    pairs: added.set,
+                });
+            }
+            if incr {
+                WriteResult::Value(added.incr_result.map(|s| Bytes::from(format_score(s))))
+            } else {
+                WriteResult::Int((added.added + if ch { added.changed } else { 0 }) as i64)
+            }
+        }
+        Write::ZRem { key, members } => match work.live(&key).map(|e| e.value) {
+            None => WriteResult::Int(0),
+            Some(ValueRef::ZSet(z)) => {
+                let members = new_members(members, |m| z.score(m).is_none());
+                zrem(key, z, members, m)
+            }
+            Some(_) => WriteResult::Failed(WriteError::WrongType),
+        },
+        Write::ZRemRange { key, range } => match work.live(&key).map(|e| e.value) {
+            None => WriteResult::Int(0),
+            Some(ValueRef::ZSet(z)) => {
+                let members = zsets::select(z, &range, false, None)
+                    .into_iter()
+                    .map(|(m, _)| Bytes::copy_from_slice(m))
+                    .collect();
+                zrem(key, z, members, m)
+            }
+            Some(_) => WriteResult::Failed(WriteError::WrongType),
+        },
+        Write::ZPopFirst {
+            keys,
+            max,
+            count,
+            skip_other_types,
+        } => {
+            for key in keys {
+                let z = match work.live(&key).map(|e| e.value) {
+                    None => continue,
+                    Some(ValueRef::ZSet(z)) => z,
+                    Some(_) if skip_other_types => continue,
+                    Some(_) => return WriteResult::Failed(WriteError::WrongType),
+                };
+                let n = count.min(z.len());
+                let mut popped = if max {
+                    z.range_by_rank(z.len() - n, z.len())
+                } else {
+                    z.range_by_rank(0, n)
+                };
+                if max {
+                    popped.reverse();
+                }
+                let mut out = Vec::with_capacity(1 + 2 * n);
+                out.push(Some(key.clone()));
+                let mut members = Vec::with_capacity(n);
+                for (member, score) in popped {
+                    let member = Bytes::copy_from_slice(member);
+                    out.push(Some(member.clone()));
+                    out.push(Some(Bytes::from(format_score(score))));
+                    members.push(member);
+                }
+                zrem(key, z, members, m);
+                return WriteResult::Values(out);
+            }
+            WriteResult::Value(None)
+        }
+        Write::ZStore {
+            key,
+            op,
+            keys,
+            weights,
+            aggregate,
+        } => {
+            let mut inputs = Vec::with_capacity(keys.len());
+            for k in &keys {
+                match zsets::input_of(work.live(k).map(|e| e.value)) {
+                    Ok(pairs) => inputs.push(pairs),
+                    Err(e) => return WriteResult::Failed(e),
+                }
+            }
+            let pairs = zset_combine(op, &inputs, &weights, aggregate);
+            zstore(work, key, pairs, m)
+        }
+        Write::ZRangeStore {
+            key,
+            src,
+            range,
+            rev,
+            limit,
+        } => {
+            let pairs = match work.live(&src).map(|e| e.value) {
+                None => Vec::new(),
+                Some(ValueRef::ZSet(z)) => zsets::select(z, &range, rev, limit)
+                    .into_iter()
+                    .map(|(m, s)| (Bytes::copy_from_slice(m), s))
+                    .collect(),
+                Some(_) => return WriteResult::Failed(WriteError::WrongType),
+            };
+            zstore(work, key, pairs, m)
+        }
         Write::DeleteAll => {
             m.push(Mutation::DeleteAll);
             WriteResult::DeletedAll
@@ -729,6 +856,39 @@ fn decide_one<S: Decided>(
             WriteResult::Put(true)
         }
     }
+}
+
+/// Removes `members` (each in the sorted set `z` at `key`, each once): logs a ZRem, or a Delete
+/// when none would be left. Result: `Int(removed)`.
+fn zrem(key: Bytes, z: &ZSetValue, members: Vec<Bytes>, m: &mut Vec<Mutation>) -> WriteResult {
+    let n = members.len();
+    if n == z.len() {
+        m.push(Mutation::Delete { key });
+    } else if n > 0 {
+        m.push(Mutation::ZRem { key, members });
+    }
+    WriteResult::Int(n as i64)
+}
+
+/// Makes `key` hold a sorted set of exactly `pairs`, whatever it held (none: deletes it).
+/// Result: `Int(members stored)`.
+fn zstore<S: Decided>(
+    work: &Overlay<S>,
+    key: Bytes,
+    pairs: Vec<(Bytes, f64)>,
+    m: &mut Vec<Mutation>,
+) -> WriteResult {
+    let n = pairs.len();
+    if n > 0 {
+        m.push(Mutation::ZAdd {
+            key,
+            create: true,
+            pairs,
+        });
+    } else if work.live(&key).is_some() {
+        m.push(Mutation::Delete { key });
+    }
+    WriteResult::Int(n as i64)
 }
 
 /// The first `n` elements from the head (`front`) or the tail of `list`, in the order a pop
@@ -928,9 +1088,24 @@ fn recreate(key: Bytes, e: Lent<'_>) -> Vec<Mutation> {
             }
             out
         }
-        other => unreachable!(
-            "a {} in the keyspace: only strings, hashes, sets and lists load or are written",
-            other.kind().name()
-        ),
+        ValueRef::ZSet(z) => {
+            let pairs = z
+                .iter()
+                .into_iter()
+                .map(|(m, s)| (Bytes::copy_from_slice(m), s))
+                .collect();
+            let mut out = vec![Mutation::ZAdd {
+                key: key.clone(),
+                create: true,
+                pairs,
+            }];
+            if let Some(t) = e.expires_at_ms {
+                out.push(Mutation::Expire {
+                    key,
+                    expires_at_ms: Some(t),
+                });
+            }
+            out
+        }
     }
 }

@@ -16,11 +16,12 @@ use keel_wal::Lsn;
 
 use crate::record::Mutation;
 use crate::table::{
-    EntryRef, HashValue, Kind, ListValue, SetValue, Table, Value, ValueMut, ValueRef,
+    EntryRef, HashValue, Kind, ListValue, SetValue, Table, Value, ValueMut, ValueRef, ZSetValue,
     KEYS_PER_SHARD_TARGET,
 };
 use crate::types::{live_at, Entry, Read, WriteError, WriteResult};
 use crate::util::HashMap;
+use crate::zsets;
 
 /// A value of any type: a string, or a collection in the table's encoding.
 #[derive(Clone, Debug)]
@@ -244,6 +245,27 @@ pub(crate) fn edit_typed(entry: Option<Typed>, m: &Mutation, version: Lsn) -> Op
             e.version = version;
             Some(e)
         }
+        Mutation::ZAdd { .. } | Mutation::ZRem { .. } => {
+            let create = matches!(m, Mutation::ZAdd { create: true, .. });
+            let is_zset = entry.as_ref().is_some_and(|e| e.value.kind() == Kind::ZSet);
+            let mut e = match entry {
+                Some(e) if is_zset && !create => e,
+                _ if matches!(m, Mutation::ZAdd { .. }) => Typed {
+                    value: Stored::Collection(Value::ZSet(ZSetValue::new())),
+                    version,
+                    expires_at_ms: None,
+                },
+                None => return None,
+                Some(e) => e,
+            };
+            if let Stored::Collection(Value::ZSet(z)) = &mut e.value {
+                if zsets::edit(z, m) {
+                    return None;
+                }
+            }
+            e.version = version;
+            Some(e)
+        }
         other => unreachable!("not a relative mutation: {other:?}"),
     }
 }
@@ -257,6 +279,9 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
         return WriteResult::Value(
             value.map(|v| Bytes::from_static(type_name(v.kind()).as_bytes())),
         );
+    }
+    if zsets::is_zset_read(op) {
+        return zsets::eval(value, op);
     }
     let wrong = WriteResult::Failed(WriteError::WrongType);
     let is_set_read = matches!(
@@ -686,6 +711,28 @@ impl Map {
                 e.set_version(version);
                 let emptied = match e.value_mut() {
                     ValueMut::List(list) => edit_list(list, m),
+                    _ => false,
+                };
+                if emptied {
+                    self.remove(key);
+                }
+            }
+            Mutation::ZAdd { .. } | Mutation::ZRem { .. } => {
+                let is_zset = self.get(key).is_some_and(|e| e.kind() == Kind::ZSet);
+                if let Mutation::ZAdd { create, .. } = m {
+                    if *create || !is_zset {
+                        let old = self.table.delete(key);
+                        self.count_expiry(old, false);
+                        self.table
+                            .insert(key, Value::ZSet(ZSetValue::new()), None, version);
+                    }
+                }
+                let Some(mut e) = self.table.get_mut(key) else {
+                    return;
+                };
+                e.set_version(version);
+                let emptied = match e.value_mut() {
+                    ValueMut::ZSet(z) => zsets::edit(z, m),
                     _ => false,
                 };
                 if emptied {
@@ -1171,7 +1218,9 @@ pub(crate) fn change(m: &Mutation, version: Lsn) -> Change<'_> {
         | Mutation::ListSet { key, .. }
         | Mutation::ListTrim { key, .. }
         | Mutation::ListRem { key, .. }
-        | Mutation::ListInsert { key, .. } => Change::Edit(key, m),
+        | Mutation::ListInsert { key, .. }
+        | Mutation::ZAdd { key, .. }
+        | Mutation::ZRem { key, .. } => Change::Edit(key, m),
     }
 }
 

@@ -62,6 +62,7 @@ pub mod record;
 
 // The keyspace.
 mod keyspace;
+mod zsets;
 
 // The snapshot file.
 pub mod snapshot;
@@ -98,5 +99,7 @@ pub use restore::{
     create_from_snapshot, read_system, rekey, restore, BackupView, RestoreReport, RestoreTarget,
 };
 pub use types::{
-    Entry, ExpireIf, Guard, Outcome, PutIf, Read, SetOp, Ttl, Write, WriteError, WriteResult,
+    Aggregate, Entry, ExpireIf, Guard, LexBound, Outcome, PutIf, Read, SetOp, Ttl, Write,
+    WriteError, WriteResult, ZCmp, ZRange,
 };
+pub use zsets::{format_score, zset_combine};

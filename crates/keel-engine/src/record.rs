@@ -18,7 +18,7 @@
 //!                                   8 Failed + 1 reason: 1 not an integer, 2 overflow,
 //!                                     3 not a float, 4 not finite, 5 no such key,
 //!                                     6 value too large, 7 wrong type,
-//!                                     8 index out of range,
+//!                                     8 index out of range, 9 score NaN,
 //!                                   9 Values: u32 n, then n values as in tag 7)
 //!                            2 = GuardFailed: 4 index
 //!                            3 = Fenced
@@ -27,7 +27,7 @@
 //!             1 tag          1 = Set, 2 = Delete, 3 = DeleteAll, 4 = System,
 //!                            5 = HashSet, 6 = HashDel, 7 = Expire, 8 = SetAdd, 9 = SetRem,
 //!                            10 = ListPush, 11 = ListPop, 12 = ListSet, 13 = ListTrim,
-//!                            14 = ListRem, 15 = ListInsert
+//!                            14 = ListRem, 15 = ListInsert, 16 = ZAdd, 17 = ZRem
 //!   Set:      4 key_len      u32 LE, then key bytes
 //!             4 value_len    u32 LE, then value bytes
 //!             8 expires_at   Unix ms, u64 LE; 0 = never
@@ -60,9 +60,15 @@
 //!   ListTrim: 4 key_len, key; 8 start u64 LE; 8 end u64 LE: keeps start..end (half-open)
 //!   ListRem:  4 key_len, key; 8 count i64 LE (Redis's LREM count); 4 len, element
 //!   ListInsert: 4 key_len, key; 1 after (1) or before (0); 4 len, pivot; 4 len, element
+//!   ZAdd:     4 key_len      u32 LE, then key bytes
+//!             1 create       1: replace whatever the key holds by an empty sorted set first
+//!             4 n            u32 LE, then n pairs of (u32 len + member, 8 score f64 LE); the
+//!                            member's score becomes that (never NaN)
+//!   ZRem:     4 key_len      u32 LE, then key bytes
+//!             4 n            u32 LE, then n members; a sorted set left empty is deleted
 //! ```
 //!
-//! Tags 5 to 15 are **relative**: their effect depends on the key's entry before the record
+//! Tags 5 to 17 are **relative**: their effect depends on the key's entry before the record
 //! (the hash it holds, the value whose expiry changes), and on nothing else. Every record still
 //! makes each key's new version its LSN, so the by-version rule (a record applies to a key only
 //! if the key's entry is older than it) keeps replay exact. They came with typed values and
@@ -95,6 +101,8 @@ const TAG_LIST_SET: u8 = 12;
 const TAG_LIST_TRIM: u8 = 13;
 const TAG_LIST_REM: u8 = 14;
 const TAG_LIST_INSERT: u8 = 15;
+const TAG_ZADD: u8 = 16;
+const TAG_ZREM: u8 = 17;
 const FLAG_REQUEST: u8 = 1;
 /// Longest client request id.
 pub const REQUEST_ID_BYTES_MAX: usize = 256;
@@ -109,7 +117,7 @@ pub struct Request {
 }
 
 /// One absolute effect on the state.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Mutation {
     Set {
         key: Bytes,
@@ -196,6 +204,18 @@ pub enum Mutation {
         pivot: Bytes,
         element: Bytes,
     },
+    /// Sets the scores of members of the sorted set at `key` (never NaN); with `create`, the
+    /// key first becomes an empty sorted set without an expiry, whatever it held.
+    ZAdd {
+        key: Bytes,
+        create: bool,
+        pairs: Vec<(Bytes, f64)>,
+    },
+    /// Removes members of the sorted set at `key`, and the key if it is left empty.
+    ZRem {
+        key: Bytes,
+        members: Vec<Bytes>,
+    },
 }
 
 impl Mutation {
@@ -214,6 +234,8 @@ impl Mutation {
                 | Mutation::ListTrim { .. }
                 | Mutation::ListRem { .. }
                 | Mutation::ListInsert { .. }
+                | Mutation::ZAdd { .. }
+                | Mutation::ZRem { .. }
         )
     }
 }
@@ -345,6 +367,16 @@ pub fn encoded_len(request: Option<&Request>, mutations: &[Mutation]) -> usize {
                 element,
                 ..
             } => 1 + 4 + key.len() + 1 + 4 + pivot.len() + 4 + element.len(),
+            Mutation::ZAdd { key, pairs, .. } => {
+                1 + 4
+                    + key.len()
+                    + 1
+                    + 4
+                    + pairs.iter().map(|(m, _)| 4 + m.len() + 8).sum::<usize>()
+            }
+            Mutation::ZRem { key, members } => {
+                1 + 4 + key.len() + 4 + members.iter().map(|m| 4 + m.len()).sum::<usize>()
+            }
         })
         .sum();
     1 + 1 + 8 + request + 4 + mutations
@@ -484,6 +516,21 @@ fn encode_fields(at_ms: u64, request: Option<&Request>, mutations: &[Mutation], 
                 out.push(*after as u8);
                 put_bytes(out, pivot);
                 put_bytes(out, element);
+            }
+            Mutation::ZAdd { key, create, pairs } => {
+                out.push(TAG_ZADD);
+                put_bytes(out, key);
+                out.push(*create as u8);
+                out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+                for (m, score) in pairs {
+                    put_bytes(out, m);
+                    out.extend_from_slice(&score.to_le_bytes());
+                }
+            }
+            Mutation::ZRem { key, members } => {
+                out.push(TAG_ZREM);
+                put_bytes(out, key);
+                put_list(out, members);
             }
         }
     }
@@ -664,7 +711,7 @@ pub(crate) fn decode_request(buf: &Bytes, at: usize) -> Result<(u64, Request, us
 }
 
 /// A decoded record.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Decoded {
     pub at_ms: u64,
     pub request: Option<Request>,
@@ -778,6 +825,25 @@ pub fn decode(buf: &Bytes, lsn: u64) -> Result<Decoded, RecordError> {
                 pivot: r.bytes(buf)?,
                 element: r.bytes(buf)?,
             },
+            TAG_ZADD => {
+                let key = r.bytes(buf)?;
+                let create = r.flag(TAG_ZADD, at)?;
+                let n = r.count()?;
+                let mut pairs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let m = r.bytes(buf)?;
+                    let score = f64::from_bits(r.u64()?);
+                    if score.is_nan() {
+                        return Err(RecordError::Tag { tag: TAG_ZADD, at });
+                    }
+                    pairs.push((m, score));
+                }
+                Mutation::ZAdd { key, create, pairs }
+            }
+            TAG_ZREM => Mutation::ZRem {
+                key: r.bytes(buf)?,
+                members: r.list(buf)?,
+            },
             TAG_EXPIRE => {
                 let key = r.bytes(buf)?;
                 let exp = r.u64()?;
@@ -890,6 +956,18 @@ mod tests {
                 after: true,
                 pivot: Bytes::from_static(b"p"),
                 element: Bytes::from_static(b"y"),
+            },
+            Mutation::ZAdd {
+                key: Bytes::from_static(b"z"),
+                create: true,
+                pairs: vec![
+                    (Bytes::from_static(b"a"), 1.5),
+                    (Bytes::from_static(b"b"), f64::NEG_INFINITY),
+                ],
+            },
+            Mutation::ZRem {
+                key: Bytes::from_static(b"z"),
+                members: vec![Bytes::from_static(b"a")],
             },
         ]
     }

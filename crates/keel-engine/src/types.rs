@@ -1,5 +1,7 @@
 //! The engine's vocabulary: entries, the writes a transaction holds, and what they did.
 
+use std::ops::Bound;
+
 use bytes::Bytes;
 use keel_wal::Lsn;
 
@@ -197,6 +199,62 @@ pub enum Write {
     /// [`Write::IncrFloat`] writes. Result: `Value(new value as written)`, or
     /// `Failed(WrongType | NotAFloat | NotFinite)`.
     HashIncrFloat { key: Bytes, field: Bytes, by: f64 },
+    /// ZADD (and ZINCRBY, as `incr`): sets the scores of members of the sorted set at `key`,
+    /// creating it unless nothing is added; the expiry stays. Pairs apply in order. `only`:
+    /// `Absent` adds new members only (NX), `Present` updates existing ones only (XX); `cmp`
+    /// updates an existing member only when its new score is greater or less (GT, LT). Logs
+    /// each changed member's final score. Result: `Int(added)`, or with `ch` `Int(added +
+    /// changed)`; with `incr` (one pair) `Value(new score as text)`, or nil when a condition
+    /// stopped it. Or `Failed(WrongType | NotANumber)`.
+    ZAdd {
+        key: Bytes,
+        pairs: Vec<(f64, Bytes)>,
+        only: PutIf,
+        cmp: ZCmp,
+        ch: bool,
+        incr: bool,
+    },
+    /// Removes members of the sorted set at `key`; a sorted set left empty is deleted. Result:
+    /// `Int(members removed)`, or `Failed(WrongType)`.
+    ZRem { key: Bytes, members: Vec<Bytes> },
+    /// ZREMRANGEBYRANK, ZREMRANGEBYSCORE, ZREMRANGEBYLEX: removes the members in `range`. Logs
+    /// the members removed. Result: `Int(removed)`, or `Failed(WrongType)`.
+    ZRemRange { key: Bytes, range: ZRange },
+    /// ZPOPMIN and ZPOPMAX (one key), ZMPOP and the first try of BZPOPMIN, BZPOPMAX, BZMPOP:
+    /// removes up to `count` members of lowest (or, with `max`, highest) score from the first
+    /// sorted set among `keys` that exists. Result: `Values` holding that key, then member,
+    /// score, member, score, … (scores as text, lowest or highest first); `Value(None)` when
+    /// none exists; or `Failed(WrongType)` when a key before the first sorted set holds another
+    /// type.
+    ZPopFirst {
+        keys: Vec<Bytes>,
+        max: bool,
+        count: usize,
+        /// Pass over keys of another type instead of failing (a blocked client's later tries).
+        skip_other_types: bool,
+    },
+    /// ZUNIONSTORE, ZINTERSTORE, ZDIFFSTORE: stores at `key` the combination of the sorted sets
+    /// (or sets, each member scoring 1) at `keys`, as [`zset_combine`](crate::zset_combine)
+    /// computes it, replacing whatever `key` held; an empty result deletes `key`. Logs the
+    /// result. Result: `Int(members stored)`, or `Failed(WrongType)`.
+    ZStore {
+        key: Bytes,
+        op: SetOp,
+        keys: Vec<Bytes>,
+        /// One per key (empty: all 1).
+        weights: Vec<f64>,
+        aggregate: Aggregate,
+    },
+    /// ZRANGESTORE: stores at `key` what [`Read::ZRange`] of `src` selects, replacing whatever
+    /// `key` held; an empty result deletes `key`. Result: `Int(members stored)`, or
+    /// `Failed(WrongType)`.
+    ZRangeStore {
+        key: Bytes,
+        src: Bytes,
+        range: ZRange,
+        rev: bool,
+        limit: Option<(usize, Option<usize>)>,
+    },
     /// Removes every user key; the system namespace stays. Result: `DeletedAll`.
     DeleteAll,
     /// Sets `key` of the **system namespace** to `value`: an embedder's own bookkeeping (the
@@ -234,7 +292,13 @@ impl Write {
             | Write::ListSet { key, .. }
             | Write::ListTrim { key, .. }
             | Write::ListRem { key, .. }
-            | Write::ListInsert { key, .. } => Box::new(std::iter::once(key)),
+            | Write::ListInsert { key, .. }
+            | Write::ZAdd { key, .. }
+            | Write::ZRem { key, .. }
+            | Write::ZRemRange { key, .. } => Box::new(std::iter::once(key)),
+            Write::ZRangeStore { key, src, .. } => Box::new([key, src].into_iter()),
+            Write::ZStore { key, keys, .. } => Box::new(std::iter::once(key).chain(keys)),
+            Write::ZPopFirst { keys, .. } => Box::new(keys.iter()),
             Write::GetThen { key, then } => Box::new(std::iter::once(key).chain(then.keys())),
             Write::Rename { from, to, .. }
             | Write::SetMove { from, to, .. }
@@ -261,6 +325,7 @@ impl Write {
                 Box::new(std::iter::once(element))
             }
             Write::GetThen { then, .. } => then.values(),
+            Write::ZAdd { pairs, .. } => Box::new(pairs.iter().map(|(_, m)| m)),
             _ => Box::new(std::iter::empty()),
         }
     }
@@ -278,7 +343,7 @@ impl Write {
 
 /// A read of one key of any type ([`Write::Read`]), and the result it gives.
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Read {
     /// The type's name (`string`, `hash`, …). Result: `Value(Some(name))`, or `Value(None)`
     /// when the key does not exist.
@@ -320,6 +385,73 @@ pub enum Read {
         count: usize,
         maxlen: usize,
     },
+    /// ZSCORE and ZMSCORE: each member's score as text, or nil. Result: `Values`.
+    ZScores { members: Vec<Bytes> },
+    /// ZCARD. Result: `Int`.
+    ZCard,
+    /// ZCOUNT (a score range) and ZLEXCOUNT (a lex range). Result: `Int`.
+    ZCount { range: ZRange },
+    /// ZRANK, or with `rev` ZREVRANK. Result: `Values` of the rank and the score as text, or
+    /// `Value(None)` when the member (or the key) is absent.
+    ZRank { member: Bytes, rev: bool },
+    /// ZRANGE and its legacy forms: the members `range` selects, in ascending order (with
+    /// `rev`, descending: ranks then count from the highest), then `limit`'s offset and count
+    /// (`None`: all the rest) applied. Result: `Values` of members, or with `with_scores` of
+    /// member, score, member, score, ….
+    ZRange {
+        range: ZRange,
+        rev: bool,
+        limit: Option<(usize, Option<usize>)>,
+        with_scores: bool,
+    },
+    /// Every member and score, ascending: of a sorted set, or of a set with each member scoring
+    /// 1 (ZUNION, ZINTER, ZDIFF and ZINTERCARD take both). Result: `Values` of member, score, ….
+    ZMembers,
+}
+
+/// Which members of a sorted set a range command means.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Debug, PartialEq)]
+pub enum ZRange {
+    /// By position, Redis's inclusive and possibly negative ranks.
+    Rank { start: i64, stop: i64 },
+    /// By score, each bound inclusive, exclusive or open.
+    Score { min: Bound<f64>, max: Bound<f64> },
+    /// By member, for members of equal score (Redis's lex ranges); `Unbounded` is `-` as a
+    /// minimum and `+` as a maximum.
+    Lex { min: LexBound, max: LexBound },
+}
+
+/// One end of a lex range: `-`, `+`, `[member` or `(member`.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LexBound {
+    /// `-`: below every member.
+    Min,
+    /// `+`: above every member.
+    Max,
+    Included(Bytes),
+    Excluded(Bytes),
+}
+
+/// ZADD's GT and LT.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ZCmp {
+    #[default]
+    Any,
+    Greater,
+    Less,
+}
+
+/// How ZUNION and ZINTER combine a member's scores (AGGREGATE).
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Aggregate {
+    #[default]
+    Sum,
+    Min,
+    Max,
 }
 
 /// How [`Write::SetStore`] combines its sets.
@@ -395,6 +527,8 @@ pub enum WriteError {
     WrongType,
     #[error("index out of range")]
     IndexOutOfRange,
+    #[error("resulting score is not a number (NaN)")]
+    NotANumber,
 }
 
 impl WriteError {
@@ -412,6 +546,7 @@ impl WriteError {
             ValueTooLarge,
             WrongType,
             IndexOutOfRange,
+            NotANumber,
         ]
         .get(usize::from(c).checked_sub(1)?)
         .copied()

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use keel_engine::{Engine, Guard, Options, Outcome, PutIf, Read, SetOp, Ttl, Write, WriteResult};
+use keel_engine::{
+    format_score, zset_combine, Aggregate, Engine, Guard, Options, Outcome, PutIf, Read, SetOp,
+    Ttl, Write, WriteResult, ZCmp, ZRange,
+};
 use keel_sim::{Faults, Rng, SimFs};
 use keel_wal::Lsn;
 
@@ -82,6 +85,49 @@ fn put_list(m: &mut Model, key: &Bytes, l: &[Bytes], lsn: Lsn) {
     }
 }
 
+type Scores = BTreeMap<Bytes, f64>;
+
+fn zset_text(z: &Scores) -> Bytes {
+    let mut out = b"zset:".to_vec();
+    for (m, s) in z {
+        out.extend_from_slice(&[&m[..], b"=", format_score(*s).as_bytes(), b";"].concat());
+    }
+    out.into()
+}
+
+fn zset_scores(m: &Model, key: &[u8]) -> Scores {
+    let Some((text, _)) = m.get(key) else {
+        return Scores::new();
+    };
+    let body = text
+        .strip_prefix(b"zset:")
+        .expect("a zset key holds a zset");
+    body.split(|b| *b == b';')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let i = p.iter().position(|b| *b == b'=').unwrap();
+            let score = std::str::from_utf8(&p[i + 1..]).unwrap().parse().unwrap();
+            (Bytes::copy_from_slice(&p[..i]), score)
+        })
+        .collect()
+}
+
+/// Writes the sorted set `z` at `key` at `lsn`, or deletes the key if `z` is empty.
+fn put_zset(m: &mut Model, key: &Bytes, z: &Scores, lsn: Lsn) {
+    if z.is_empty() {
+        m.remove(key);
+    } else {
+        m.insert(key.clone(), (zset_text(z), lsn));
+    }
+}
+
+/// A sorted set's members by (score, member).
+fn zset_order(z: &Scores) -> Vec<(Bytes, f64)> {
+    let mut v: Vec<(Bytes, f64)> = z.iter().map(|(m, s)| (m.clone(), *s)).collect();
+    v.sort_by(|a, b| a.1.partial_cmp(&b.1).unwrap().then_with(|| a.0.cmp(&b.0)));
+    v
+}
+
 fn hash_fields(text: &[u8]) -> Fields {
     let body = text
         .strip_prefix(b"hash:")
@@ -143,6 +189,28 @@ fn observed(snap: &keel_engine::ReadView<'_>) -> Model {
         m.insert(
             Bytes::copy_from_slice(k),
             (list_text(&l), snap.version(k).unwrap()),
+        );
+    }
+    for k in snap.keys().filter(|k| snap.kind(k) == Some("zset")) {
+        let range = Read::ZRange {
+            range: ZRange::Rank { start: 0, stop: -1 },
+            rev: false,
+            limit: None,
+            with_scores: true,
+        };
+        let WriteResult::Values(all) = snap.read(k, Some(&range)) else {
+            panic!("a sorted set reads as values")
+        };
+        let z: Scores = all
+            .chunks(2)
+            .map(|p| {
+                let score = std::str::from_utf8(p[1].as_ref().unwrap()).unwrap();
+                (p[0].clone().unwrap(), score.parse().unwrap())
+            })
+            .collect();
+        m.insert(
+            Bytes::copy_from_slice(k),
+            (zset_text(&z), snap.version(k).unwrap()),
         );
     }
     for k in SYSTEM_KEYS {
@@ -380,6 +448,8 @@ fn model_apply(
                     src.pop().unwrap()
                 };
                 if from == to && src.is_empty() {
+                    // The list stays as it is, but the key was written: its version moves.
+                    m.get_mut(from).unwrap().1 = lsn;
                     results.push(WriteResult::Value(Some(e)));
                     continue;
                 }
@@ -427,6 +497,127 @@ fn model_apply(
                 m.insert(key.clone(), (hash_text(&h), lsn));
                 results.push(WriteResult::Int(cur + by));
             }
+            Write::ZAdd {
+                key,
+                pairs,
+                only,
+                cmp,
+                ch,
+                incr,
+            } => {
+                let mut z = zset_scores(&m, key);
+                let (mut added, mut changed, mut touched, mut new_score) = (0, 0, false, None);
+                for (score, member) in pairs {
+                    match z.get(member).copied() {
+                        None if *only == PutIf::Present => {}
+                        None => {
+                            z.insert(member.clone(), *score);
+                            (added, touched, new_score) = (added + 1, true, Some(*score));
+                        }
+                        Some(_) if *only == PutIf::Absent => {}
+                        Some(cur) => {
+                            let new = if *incr { cur + score } else { *score };
+                            let stopped = match cmp {
+                                ZCmp::Any => false,
+                                ZCmp::Greater => new <= cur,
+                                ZCmp::Less => new >= cur,
+                            };
+                            if !stopped {
+                                new_score = Some(new);
+                                if new != cur {
+                                    z.insert(member.clone(), new);
+                                    (changed, touched) = (changed + 1, true);
+                                }
+                            }
+                        }
+                    }
+                }
+                if touched {
+                    put_zset(&mut m, key, &z, lsn);
+                }
+                results.push(if *incr {
+                    WriteResult::Value(new_score.map(|s| Bytes::from(format_score(s))))
+                } else {
+                    WriteResult::Int(added + if *ch { changed } else { 0 })
+                });
+            }
+            Write::ZRem { key, members } => {
+                let mut z = zset_scores(&m, key);
+                let removed = members.iter().filter(|x| z.remove(*x).is_some()).count();
+                if removed > 0 {
+                    put_zset(&mut m, key, &z, lsn);
+                }
+                results.push(WriteResult::Int(removed as i64));
+            }
+            Write::ZRemRange {
+                key,
+                range: ZRange::Rank { start, stop },
+            } => {
+                let mut z = zset_scores(&m, key);
+                let order = zset_order(&z);
+                let len = order.len() as i64;
+                let a = if *start < 0 {
+                    (len + start).max(0)
+                } else {
+                    *start
+                };
+                let b = if *stop < 0 {
+                    len + stop
+                } else {
+                    (*stop).min(len - 1)
+                };
+                let mut removed = 0;
+                if a <= b && a < len {
+                    for (member, _) in &order[a as usize..=b as usize] {
+                        z.remove(member);
+                        removed += 1;
+                    }
+                    put_zset(&mut m, key, &z, lsn);
+                }
+                results.push(WriteResult::Int(removed));
+            }
+            Write::ZPopFirst {
+                keys, max, count, ..
+            } => {
+                let Some(key) = keys.iter().find(|k| m.contains_key(*k)) else {
+                    results.push(WriteResult::Value(None));
+                    continue;
+                };
+                let mut z = zset_scores(&m, key);
+                let mut order = zset_order(&z);
+                if *max {
+                    order.reverse();
+                }
+                let mut out = vec![Some(key.clone())];
+                for (member, score) in order.into_iter().take(*count) {
+                    z.remove(&member);
+                    out.push(Some(member));
+                    out.push(Some(Bytes::from(format_score(score))));
+                }
+                put_zset(&mut m, key, &z, lsn);
+                results.push(WriteResult::Values(out));
+            }
+            Write::ZStore {
+                key,
+                op,
+                keys,
+                weights,
+                aggregate,
+            } => {
+                // The combining itself is zset_combine's (unit-tested against Redis's rules);
+                // here what matters is that its result is logged and survives.
+                let inputs: Vec<Vec<(Bytes, f64)>> = keys
+                    .iter()
+                    .map(|k| zset_scores(&m, k).into_iter().collect())
+                    .collect();
+                let out: Scores = zset_combine(*op, &inputs, weights, *aggregate)
+                    .into_iter()
+                    .collect();
+                if !out.is_empty() || m.contains_key(key) {
+                    put_zset(&mut m, key, &out, lsn);
+                }
+                results.push(WriteResult::Int(out.len() as i64));
+            }
             other => unreachable!("not generated: {other:?}"),
         }
     }
@@ -443,6 +634,9 @@ fn random_txn(rng: &mut Rng, m: &Model, step: usize) -> (Vec<Guard>, Vec<Write>)
     let set = |rng: &mut Rng| Bytes::from(format!("s{}", rng.below(3)));
     let member = |rng: &mut Rng| Bytes::from(format!("m{}", rng.below(8)));
     let list = |rng: &mut Rng| Bytes::from(format!("l{}", rng.below(3)));
+    let zset = |rng: &mut Rng| Bytes::from(format!("z{}", rng.below(3)));
+    // Halves and integers: sums stay exact, so the model's scores equal the engine's.
+    let score = |rng: &mut Rng| (rng.below(21) as f64 - 10.0) / 2.0;
     let field = |rng: &mut Rng| Bytes::from(format!("f{}", rng.below(6)));
     let mut guards = Vec::new();
     if rng.chance(25) {
@@ -455,7 +649,52 @@ fn random_txn(rng: &mut Rng, m: &Model, step: usize) -> (Vec<Guard>, Vec<Write>)
         guards.push(Guard { key, version });
     }
     let writes = (0..1 + rng.below(3))
-        .map(|_| match rng.below(23) {
+        .map(|_| match rng.below(29) {
+            23 | 24 => {
+                let incr = rng.chance(20);
+                let n = if incr { 1 } else { 1 + rng.below(3) };
+                Write::ZAdd {
+                    key: zset(rng),
+                    pairs: (0..n).map(|_| (score(rng), member(rng))).collect(),
+                    only: [PutIf::Always, PutIf::Always, PutIf::Absent, PutIf::Present]
+                        [rng.below(4) as usize],
+                    cmp: [ZCmp::Any, ZCmp::Any, ZCmp::Greater, ZCmp::Less][rng.below(4) as usize],
+                    ch: rng.chance(50),
+                    incr,
+                }
+            }
+            25 => Write::ZRem {
+                key: zset(rng),
+                members: (0..1 + rng.below(3)).map(|_| member(rng)).collect(),
+            },
+            26 => Write::ZPopFirst {
+                keys: (0..1 + rng.below(3)).map(|_| zset(rng)).collect(),
+                max: rng.chance(50),
+                count: 1 + rng.below(3) as usize,
+                skip_other_types: false,
+            },
+            27 => {
+                let keys: Vec<Bytes> = (0..1 + rng.below(3)).map(|_| zset(rng)).collect();
+                Write::ZStore {
+                    key: zset(rng),
+                    op: [SetOp::Inter, SetOp::Union, SetOp::Diff][rng.below(3) as usize],
+                    weights: if rng.chance(50) {
+                        keys.iter().map(|_| rng.below(4) as f64).collect()
+                    } else {
+                        Vec::new()
+                    },
+                    keys,
+                    aggregate: [Aggregate::Sum, Aggregate::Min, Aggregate::Max]
+                        [rng.below(3) as usize],
+                }
+            }
+            28 => Write::ZRemRange {
+                key: zset(rng),
+                range: ZRange::Rank {
+                    start: rng.below(5) as i64 - 2,
+                    stop: rng.below(7) as i64 - 3,
+                },
+            },
             22 => Write::ListPopFirst {
                 keys: (0..1 + rng.below(3)).map(|_| list(rng)).collect(),
                 front: rng.chance(50),

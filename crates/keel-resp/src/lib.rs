@@ -373,6 +373,9 @@ pub enum Reply {
     Pairs(Vec<(Reply, Reply)>),
     /// Text (INFO): a verbatim string in RESP3, a bulk string in RESP2.
     Verbatim(String),
+    /// A floating-point number written as text (a sorted set's score: `1.5`, `inf`): a double
+    /// (`,`) in RESP3, a bulk string in RESP2.
+    Double(Bytes),
 }
 
 impl Reply {
@@ -453,6 +456,12 @@ impl Reply {
             Reply::Verbatim(s) => {
                 header(out, b'$', s.len());
                 out.put_slice(s.as_bytes());
+                out.put_slice(b"\r\n");
+            }
+            Reply::Double(d) if proto >= 3 => line(out, b',', d),
+            Reply::Double(d) => {
+                header(out, b'$', d.len());
+                out.put_slice(d);
                 out.put_slice(b"\r\n");
             }
         }
@@ -679,6 +688,8 @@ mod tests {
         assert_eq!(enc(&p, 2), "*2\r\n$1\r\na\r\n:1\r\n");
         assert_eq!(enc(&p, 3), "*1\r\n*2\r\n$1\r\na\r\n:1\r\n");
         assert_eq!(enc(&Reply::Verbatim("x".into()), 3), "=5\r\ntxt:x\r\n");
+        assert_eq!(enc(&Reply::Double("1.5".into()), 2), "$3\r\n1.5\r\n");
+        assert_eq!(enc(&Reply::Double("-inf".into()), 3), ",-inf\r\n");
         assert_eq!(enc(&Reply::err("ERR a\r\nb"), 2), "-ERR a  b\r\n");
     }
 }

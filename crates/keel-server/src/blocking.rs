@@ -52,7 +52,10 @@ pub fn pushed_keys(writes: &[Write]) -> Vec<Bytes> {
     let mut keys = Vec::new();
     for w in writes {
         match w {
-            Write::ListPush { key, .. } => keys.push(key.clone()),
+            Write::ListPush { key, .. }
+            | Write::ZAdd { key, .. }
+            | Write::ZStore { key, .. }
+            | Write::ZRangeStore { key, .. } => keys.push(key.clone()),
             Write::ListMove { to, .. } | Write::Rename { to, .. } => keys.push(to.clone()),
             _ => {}
         }

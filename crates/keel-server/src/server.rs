@@ -895,10 +895,13 @@ impl Conn {
             return Flow::Block(Box::pin(async move {
                 let attempt = |later: bool| {
                     let mut part = compile(name, &args, now_ms()).expect("compiled once already");
-                    // Once woken, only a list serves a pop: keys of another type are passed
-                    // over, as Redis does not serve a blocked client from them.
+                    // Once woken, only a list (a sorted set) serves a pop: keys of another type
+                    // are passed over, as Redis does not serve a blocked client from them.
                     for w in &mut part.writes {
                         if let Write::ListPopFirst {
+                            skip_other_types, ..
+                        }
+                        | Write::ZPopFirst {
                             skip_other_types, ..
                         } = w
                         {
@@ -1821,6 +1824,30 @@ const SETTABLE: &[Settable] = &[
         get: || table::set_packed_limits().2 as i64,
         valid: count,
         set: |n| table::set_set_packed_limit(2, n as usize),
+    },
+    Settable {
+        name: "zset-max-listpack-entries",
+        get: || table::zset_packed_limits().0 as i64,
+        valid: count,
+        set: |n| table::set_zset_packed_limit(0, n as usize),
+    },
+    Settable {
+        name: "zset-max-listpack-value",
+        get: || table::zset_packed_limits().1 as i64,
+        valid: count,
+        set: |n| table::set_zset_packed_limit(1, n as usize),
+    },
+    Settable {
+        name: "zset-max-ziplist-entries",
+        get: || table::zset_packed_limits().0 as i64,
+        valid: count,
+        set: |n| table::set_zset_packed_limit(0, n as usize),
+    },
+    Settable {
+        name: "zset-max-ziplist-value",
+        get: || table::zset_packed_limits().1 as i64,
+        valid: count,
+        set: |n| table::set_zset_packed_limit(1, n as usize),
     },
     Settable {
         name: "list-max-listpack-size",

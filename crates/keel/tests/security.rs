@@ -991,6 +991,42 @@ fn permissions_follow_what_each_command_does() {
         (&["BLMOVE", "q", "q2", "LEFT", "RIGHT", "0.01"], RW),
         (&["BRPOPLPUSH", "q", "q2", "0.01"], RW),
         (&["BLMPOP", "0.01", "1", "q", "LEFT"], RW),
+        // o is a sorted set whose member is the secret.
+        (&["ZADD", "o", "1", "m"], W),
+        (&["ZINCRBY", "o", "1", "m"], W),
+        (&["ZREM", "o", "m"], W),
+        (&["ZCARD", "o"], R),
+        (&["ZCOUNT", "o", "-inf", "+inf"], R),
+        (&["ZLEXCOUNT", "o", "-", "+"], R),
+        (&["ZSCORE", "o", "m"], R),
+        (&["ZMSCORE", "o", "m"], R),
+        (&["ZRANK", "o", "m"], R),
+        (&["ZREVRANK", "o", "m"], R),
+        (&["ZRANGE", "o", "0", "-1"], R),
+        (&["ZREVRANGE", "o", "0", "-1"], R),
+        (&["ZRANGEBYSCORE", "o", "-inf", "+inf"], R),
+        (&["ZREVRANGEBYSCORE", "o", "+inf", "-inf"], R),
+        (&["ZRANGEBYLEX", "o", "-", "+"], R),
+        (&["ZREVRANGEBYLEX", "o", "+", "-"], R),
+        (&["ZRANGESTORE", "o2", "o", "0", "-1"], W),
+        (&["ZREMRANGEBYRANK", "o", "5", "6"], W),
+        (&["ZREMRANGEBYSCORE", "o", "5", "6"], W),
+        (&["ZREMRANGEBYLEX", "o", "[x", "[y"], W),
+        (&["ZPOPMIN", "o"], RW),
+        (&["ZPOPMAX", "o", "1"], RW),
+        (&["ZMPOP", "1", "o", "MIN"], RW),
+        (&["BZPOPMIN", "o", "0.01"], RW),
+        (&["BZPOPMAX", "o", "0.01"], RW),
+        (&["BZMPOP", "0.01", "1", "o", "MAX"], RW),
+        (&["ZUNION", "1", "o"], R),
+        (&["ZINTER", "1", "o"], R),
+        (&["ZDIFF", "1", "o"], R),
+        (&["ZUNIONSTORE", "o2", "1", "o"], W),
+        (&["ZINTERSTORE", "o2", "1", "o"], W),
+        (&["ZDIFFSTORE", "o2", "1", "o"], W),
+        (&["ZINTERCARD", "1", "o"], R),
+        (&["ZRANDMEMBER", "o"], R),
+        (&["ZSCAN", "o", "0"], R),
     ];
 
     let t = tempfile::tempdir().unwrap();
@@ -1054,6 +1090,7 @@ fn permissions_follow_what_each_command_does() {
         boss.cmd(&["HSET", "h", "f", secret_value], ":1\r\n");
         boss.cmd(&["SADD", "z", secret_value], ":1\r\n");
         boss.cmd(&["RPUSH", "q", secret_value], ":1\r\n");
+        boss.cmd(&["ZADD", "o", "1", secret_value], ":1\r\n");
     };
     let login = |name: &str| {
         let mut c = srv.raw();

@@ -14,16 +14,35 @@
 use std::cmp::Ordering;
 use std::hash::BuildHasher;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 
 use super::packed::{self, element, Elements};
 
-/// Redis's `zset-max-listpack-entries`.
+/// Redis's `zset-max-listpack-entries`, by default.
 pub const ZSET_PACKED_ENTRIES_MAX: usize = 128;
-/// Redis's `zset-max-listpack-value`.
+/// Redis's `zset-max-listpack-value`, by default.
 pub const ZSET_PACKED_BYTES_MAX: usize = 64;
+
+static PACKED_ENTRIES: AtomicUsize = AtomicUsize::new(ZSET_PACKED_ENTRIES_MAX);
+static PACKED_BYTES: AtomicUsize = AtomicUsize::new(ZSET_PACKED_BYTES_MAX);
+
+/// The thresholds in force: (most members, longest member) a packed sorted set holds. One
+/// setting for the whole process, as Redis's are for its server.
+pub fn zset_packed_limits() -> (usize, usize) {
+    (
+        PACKED_ENTRIES.load(AtomicOrdering::Relaxed),
+        PACKED_BYTES.load(AtomicOrdering::Relaxed),
+    )
+}
+
+/// Sets one of [`zset_packed_limits`], by its place there (0 or 1: keel serve's CONFIG SET
+/// zset-max-listpack-entries and -value). Sorted sets already converted stay skip lists.
+pub fn set_zset_packed_limit(which: usize, n: usize) {
+    [&PACKED_ENTRIES, &PACKED_BYTES][which].store(n, AtomicOrdering::Relaxed);
+}
 
 #[derive(Clone, Debug)]
 pub struct ZSetValue(Repr);
@@ -163,8 +182,8 @@ impl ZSetValue {
         assert!(!score.is_nan(), "the command layer rejects NaN scores");
         if let Repr::Packed { buf, len } = &mut self.0 {
             let old = packed_pairs(buf).find(|(_, _, m, _)| *m == member);
-            let fits = member.len() <= ZSET_PACKED_BYTES_MAX
-                && (old.is_some() || *len < ZSET_PACKED_ENTRIES_MAX);
+            let (most, longest) = zset_packed_limits();
+            let fits = member.len() <= longest && (old.is_some() || *len < most);
             if fits {
                 let existed = old.is_some();
                 if let Some((start, end, _, s)) = old {

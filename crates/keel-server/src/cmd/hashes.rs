@@ -227,15 +227,6 @@ fn pairs(v: &[Option<Bytes>]) -> Vec<(Reply, Reply)> {
         .collect()
 }
 
-fn float_arg(b: &[u8]) -> Result<f64, Reply> {
-    std::str::from_utf8(b)
-        .ok()
-        .filter(|s| !s.is_empty() && !s.starts_with(char::is_whitespace))
-        .and_then(|s| s.parse::<f64>().ok())
-        .filter(|f| !f.is_nan())
-        .ok_or_else(|| Reply::err("ERR value is not a valid float"))
-}
-
 fn hrandfield(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
     let count = match a.get(2) {
         None => None,
@@ -246,17 +237,8 @@ fn hrandfield(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
         Some(o) if eq(o, "withvalues") && a.len() == 4 => true,
         Some(_) => return Err(Reply::err(SYNTAX)),
     };
-    // Redis's bounds, and keel's: a negative count's answer (repeats allowed) must fit in a
-    // reply.
     if let Some(c) = count {
-        if c < -i64::MAX / 2 && (with_values || c < -i64::MAX) {
-            return Err(Reply::err("ERR value is out of range"));
-        }
-        if c < -RANDOM_REPLY_MAX {
-            return Err(Reply::err(format!(
-                "ERR value is out of range: keel returns at most {RANDOM_REPLY_MAX} random fields"
-            )));
-        }
+        random_count(c, with_values, "fields")?;
     }
     Ok(Part::new(vec![read(&a[1], Read::HashAll)], move |r| {
         let all = match &r[0] {
@@ -269,23 +251,9 @@ fn hrandfield(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
                 n => all[(random() % n as u64) as usize].0.clone(),
             };
         };
-        let picked: Vec<&(Reply, Reply)> = if all.is_empty() || count == 0 {
-            Vec::new()
-        } else if count < 0 {
-            (0..count.unsigned_abs())
-                .map(|_| &all[(random() % all.len() as u64) as usize])
-                .collect()
-        } else {
-            // Distinct fields: a partial Fisher–Yates shuffle of the indexes.
-            let mut order: Vec<usize> = (0..all.len()).collect();
-            let n = (count as usize).min(all.len());
-            for i in 0..n {
-                let j = i + (random() % (order.len() - i) as u64) as usize;
-                order.swap(i, j);
-            }
-            order[..n].iter().map(|&i| &all[i]).collect()
-        };
-        let picked = picked.into_iter().cloned();
+        let picked = random_indexes(all.len(), count)
+            .into_iter()
+            .map(|i| all[i].clone());
         match with_values {
             true => Reply::Pairs(picked.collect()),
             false => Reply::Array(picked.map(|(f, _)| f).collect()),

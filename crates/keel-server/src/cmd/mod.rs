@@ -4,7 +4,8 @@
 //! (the syntax line and summary COMMAND DOCS and `help` show) and how it runs ([`Run`]). COMMAND
 //! INFO/DOCS/LIST/COUNT, the permission check ([`crate::auth`]), the MULTI rules and the
 //! dispatch all read from the entry; nothing else lists commands. The entries live with their
-//! family's code: [`connection`], [`server`], [`strings`], [`keys`].
+//! family's code: [`connection`], [`server`], [`strings`], [`keys`], [`hashes`], [`sets`],
+//! [`lists`], [`zsets`].
 //!
 //! Every data command compiles to a [`Part`]: guards, a list of engine [`Write`]s (reads become
 //! `Write::Get`) and a function that renders the reply from the writes' results. The same
@@ -28,6 +29,7 @@ pub mod lists;
 pub mod server;
 pub mod sets;
 pub mod strings;
+pub mod zsets;
 
 /// What a command does with the data, which decides who may run it (see [`crate::auth`]) and
 /// what COMMAND INFO reports. One entry per command in [`COMMANDS`]; nothing else lists them.
@@ -250,6 +252,7 @@ pub static COMMANDS: LazyLock<Vec<&'static Command>> = LazyLock::new(|| {
         hashes::COMMANDS,
         sets::COMMANDS,
         lists::COMMANDS,
+        zsets::COMMANDS,
     ]
     .into_iter()
     .flatten()
@@ -365,6 +368,7 @@ pub fn write_error(e: WriteError) -> Reply {
         WriteError::ValueTooLarge => "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
         WriteError::WrongType => WRONGTYPE,
         WriteError::IndexOutOfRange => "ERR index out of range",
+        WriteError::NotANumber => "ERR resulting score is not a number (NaN)",
     })
 }
 
@@ -433,6 +437,51 @@ fn bulk_or_nil(v: &Option<Bytes>) -> Reply {
 /// The most elements HRANDFIELD and SRANDMEMBER return for a negative count (repeats
 /// allowed), so that a request cannot make the server build an unbounded reply (P11).
 const RANDOM_REPLY_MAX: i64 = 1 << 20;
+
+/// Checks a random read's count (HRANDFIELD, ZRANDMEMBER) against Redis's bounds, and keel's:
+/// a negative count's answer (repeats allowed) must fit in a reply.
+fn random_count(count: i64, with_values: bool, what: &str) -> Result<(), Reply> {
+    if count < -i64::MAX / 2 && (with_values || count < -i64::MAX) {
+        return Err(Reply::err("ERR value is out of range"));
+    }
+    if count < -RANDOM_REPLY_MAX {
+        return Err(Reply::err(format!(
+            "ERR value is out of range: keel returns at most {RANDOM_REPLY_MAX} random {what}"
+        )));
+    }
+    Ok(())
+}
+
+/// The indexes a random read with `count` picks from a collection of `len`: distinct ones for
+/// a positive count (a partial Fisher–Yates shuffle), `-count` with repeats for a negative one.
+fn random_indexes(len: usize, count: i64) -> Vec<usize> {
+    if len == 0 || count == 0 {
+        return Vec::new();
+    }
+    if count < 0 {
+        return (0..count.unsigned_abs())
+            .map(|_| (random() % len as u64) as usize)
+            .collect();
+    }
+    let mut order: Vec<usize> = (0..len).collect();
+    let n = (count as usize).min(len);
+    for i in 0..n {
+        let j = i + (random() % (len - i) as u64) as usize;
+        order.swap(i, j);
+    }
+    order.truncate(n);
+    order
+}
+
+/// A float argument as Redis reads one (no NaN, no leading space).
+fn float_arg(b: &[u8]) -> Result<f64, Reply> {
+    std::str::from_utf8(b)
+        .ok()
+        .filter(|s| !s.is_empty() && !s.starts_with(char::is_whitespace))
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|f| !f.is_nan())
+        .ok_or_else(|| Reply::err("ERR value is not a valid float"))
+}
 
 /// A random number for a read's reply (HRANDFIELD, SRANDMEMBER): each call hashes a fresh
 /// counter with a per-process random key. A read's randomness needs no logging: it changes

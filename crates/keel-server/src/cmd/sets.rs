@@ -215,36 +215,23 @@ fn srandmember(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
         3 => Some(int_arg(&a[2])?),
         _ => return Err(Reply::err(SYNTAX)),
     };
-    if count.is_some_and(|c| c < -RANDOM_REPLY_MAX) {
-        return Err(Reply::err(format!(
-            "ERR value is out of range: keel returns at most {RANDOM_REPLY_MAX} random members"
-        )));
+    if let Some(c) = count {
+        random_count(c, false, "members")?;
     }
     Ok(Part::new(vec![read(&a[1], Read::SetMembers)], move |r| {
         let all = match &r[0] {
             WriteResult::Values(v) => v,
             other => return values_reply(other),
         };
-        let pick = |n: usize| &all[(random() % n as u64) as usize];
         match count {
             None if all.is_empty() => Reply::Nil,
-            None => bulk_or_nil(pick(all.len())),
-            Some(_) if all.is_empty() => Reply::Array(Vec::new()),
-            Some(c) if c < 0 => Reply::Array(
-                (0..c.unsigned_abs())
-                    .map(|_| bulk_or_nil(pick(all.len())))
+            None => bulk_or_nil(&all[(random() % all.len() as u64) as usize]),
+            Some(c) => Reply::Array(
+                random_indexes(all.len(), c)
+                    .into_iter()
+                    .map(|i| bulk_or_nil(&all[i]))
                     .collect(),
             ),
-            Some(c) => {
-                // Distinct members: a partial Fisher–Yates shuffle of the indexes.
-                let n = (c as usize).min(all.len());
-                let mut order: Vec<usize> = (0..all.len()).collect();
-                for i in 0..n {
-                    let j = i + (random() % (order.len() - i) as u64) as usize;
-                    order.swap(i, j);
-                }
-                Reply::Array(order[..n].iter().map(|&i| bulk_or_nil(&all[i])).collect())
-            }
         }
     }))
 }
