@@ -310,7 +310,13 @@ fn write_bytes(w: &Write) -> usize {
         Write::SetStore { key, keys, .. } => {
             key.len() + keys.iter().map(|k| k.len() + 8).sum::<usize>()
         }
-        Write::ZAdd { .. }
+        Write::Copy { .. }
+        | Write::Sort { .. }
+        | Write::SetRange { .. }
+        | Write::SetBit { .. }
+        | Write::BitOp { .. }
+        | Write::BitField { .. }
+        | Write::ZAdd { .. }
         | Write::ZRem { .. }
         | Write::ZRemRange { .. }
         | Write::ZPopFirst { .. }

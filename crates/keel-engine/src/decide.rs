@@ -4,8 +4,10 @@
 
 use bytes::Bytes;
 
+use crate::bits;
 use crate::keyspace::{change, edit_typed, eval_get, eval_read, list_bounds, Change, Lent, Typed};
 use crate::record::Mutation;
+use crate::sort;
 use crate::table::{ListValue, SetValue, ValueRef, ZSetValue};
 use crate::util::HashMap;
 use crate::zsets::{self, format_score, zset_combine};
@@ -266,20 +268,21 @@ fn decide_one<S: Decided>(
             if len > value_max {
                 return WriteResult::Failed(WriteError::ValueTooLarge);
             }
-            let (value, expires_at_ms) = match old {
-                Some((v, t)) => {
-                    let mut out = Vec::with_capacity(len);
-                    out.extend_from_slice(&v);
-                    out.extend_from_slice(&suffix);
-                    (Bytes::from(out), t)
-                }
-                None => (suffix, None),
-            };
-            m.push(Mutation::Set {
-                key,
-                value,
-                expires_at_ms,
-            });
+            // The log holds the suffix, not the grown value.
+            match old {
+                Some((v, _)) if !suffix.is_empty() => m.push(Mutation::StringWrite {
+                    key,
+                    create: false,
+                    offset: v.len() as u64,
+                    bytes: suffix,
+                }),
+                Some(_) => {}
+                None => m.push(Mutation::Set {
+                    key,
+                    value: suffix,
+                    expires_at_ms: None,
+                }),
+            }
             WriteResult::Int(len as i64)
         }
         Write::Expire { key, at_ms, only } => match work.live(&key) {
@@ -308,6 +311,15 @@ fn decide_one<S: Decided>(
                 m.push(Mutation::Delete { key: from });
                 m.extend(moved);
                 WriteResult::Put(true)
+            }
+        },
+        Write::Copy { from, to, replace } => match work.live(&from) {
+            None => WriteResult::Int(0),
+            Some(_) if !replace && work.live(&to).is_some() => WriteResult::Int(0),
+            Some(_) if from == to => WriteResult::Int(0),
+            Some(e) => {
+                m.extend(recreate(to, e));
+                WriteResult::Int(1)
             }
         },
         Write::Get { key } => eval_get(work.live(&key).map(|e| e.value)),
@@ -846,6 +858,102 @@ fn decide_one<S: Decided>(
                 Some(_) => return WriteResult::Failed(WriteError::WrongType),
             };
             zstore(work, key, pairs, m)
+        }
+        Write::SetRange { key, offset, value } => {
+            let old = match work.string(&key) {
+                Ok(old) => old.map(|(v, _)| v),
+                Err(e) => return WriteResult::Failed(e),
+            };
+            if value.is_empty() {
+                return WriteResult::Int(old.map_or(0, |v| v.len()) as i64);
+            }
+            if offset.saturating_add(value.len() as u64) > value_max as u64 {
+                return WriteResult::Failed(WriteError::ValueTooLarge);
+            }
+            let new = bits::write_at(old.as_deref().unwrap_or_default(), offset as usize, &value);
+            m.extend(bits::diff_write(key, old.as_deref(), &new));
+            WriteResult::Int(new.len() as i64)
+        }
+        Write::SetBit { key, offset, on } => {
+            let old = match work.string(&key) {
+                Ok(old) => old.map(|(v, _)| v),
+                Err(e) => return WriteResult::Failed(e),
+            };
+            let len = (offset / 8 + 1) as usize;
+            if len > value_max {
+                return WriteResult::Failed(WriteError::ValueTooLarge);
+            }
+            let mut new = old.as_deref().unwrap_or_default().to_vec();
+            if new.len() < len {
+                new.resize(len, 0);
+            }
+            let was = bits::get_bit(&new, offset);
+            bits::set_bit(&mut new, offset, on);
+            m.extend(bits::diff_write(key, old.as_deref(), &new));
+            WriteResult::Int(was as i64)
+        }
+        Write::BitOp { dest, op, keys } => {
+            let mut inputs = Vec::with_capacity(keys.len());
+            for k in &keys {
+                match work.string(k) {
+                    Ok(v) => inputs.push(v.map(|(v, _)| v).unwrap_or_default()),
+                    Err(e) => return WriteResult::Failed(e),
+                }
+            }
+            let out = bits::bitop(op, &inputs);
+            if out.is_empty() {
+                if work.live(&dest).is_some() {
+                    m.push(Mutation::Delete { key: dest });
+                }
+                return WriteResult::Int(0);
+            }
+            let len = out.len();
+            m.push(Mutation::Set {
+                key: dest,
+                value: out.into(),
+                expires_at_ms: None,
+            });
+            WriteResult::Int(len as i64)
+        }
+        Write::BitField { key, ops } => {
+            let old = match work.string(&key) {
+                Ok(old) => old.map(|(v, _)| v),
+                Err(e) => return WriteResult::Failed(e),
+            };
+            if bits::bitfield_len(&ops) > value_max {
+                return WriteResult::Failed(WriteError::ValueTooLarge);
+            }
+            let mut new = old.as_deref().unwrap_or_default().to_vec();
+            let results = bits::bitfield_apply(&mut new, &ops);
+            m.extend(bits::diff_write(key, old.as_deref(), &new));
+            WriteResult::Values(
+                results
+                    .into_iter()
+                    .map(|r| r.map(|x| Bytes::from(x.to_string())))
+                    .collect(),
+            )
+        }
+        Write::Sort { spec, store } => {
+            let lookup = |k: &[u8]| work.live(k).map(|e| e.value);
+            let found = match sort::sort(&lookup, &spec) {
+                Ok(found) => found,
+                Err(e) => return WriteResult::Failed(e),
+            };
+            let Some(dest) = store else {
+                return WriteResult::Values(found);
+            };
+            let n = found.len();
+            if n > 0 {
+                m.push(Mutation::ListPush {
+                    key: dest,
+                    create: true,
+                    front: false,
+                    elements: found.into_iter().map(Option::unwrap_or_default).collect(),
+                });
+            } else if work.live(&dest).is_some() {
+                m.push(Mutation::Delete { key: dest });
+            }
+            WriteResult::Int(n as i64)
         }
         Write::DeleteAll => {
             m.push(Mutation::DeleteAll);

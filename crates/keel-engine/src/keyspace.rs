@@ -21,7 +21,7 @@ use crate::table::{
 };
 use crate::types::{live_at, Entry, Read, WriteError, WriteResult};
 use crate::util::HashMap;
-use crate::zsets;
+use crate::{bits, zsets};
 
 /// A value of any type: a string, or a collection in the table's encoding.
 #[derive(Clone, Debug)]
@@ -245,6 +245,26 @@ pub(crate) fn edit_typed(entry: Option<Typed>, m: &Mutation, version: Lsn) -> Op
             e.version = version;
             Some(e)
         }
+        Mutation::StringWrite {
+            create,
+            offset,
+            bytes,
+            ..
+        } => {
+            let (old, expires_at_ms): (&[u8], _) = match &entry {
+                Some(Typed {
+                    value: Stored::String(v),
+                    expires_at_ms,
+                    ..
+                }) if !*create => (v, *expires_at_ms),
+                _ => (&[], None),
+            };
+            Some(Typed {
+                value: Stored::String(bits::write_at(old, *offset as usize, bytes).into()),
+                version,
+                expires_at_ms,
+            })
+        }
         Mutation::ZAdd { .. } | Mutation::ZRem { .. } => {
             let create = matches!(m, Mutation::ZAdd { create: true, .. });
             let is_zset = entry.as_ref().is_some_and(|e| e.value.kind() == Kind::ZSet);
@@ -282,6 +302,15 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
     }
     if zsets::is_zset_read(op) {
         return zsets::eval(value, op);
+    }
+    if let Read::Substring { start, end } = op {
+        return match value {
+            None => WriteResult::Value(Some(Bytes::new())),
+            Some(ValueRef::String(v)) => WriteResult::Value(Some(Bytes::copy_from_slice(
+                bits::substring(v, *start, *end),
+            ))),
+            Some(_) => WriteResult::Failed(WriteError::WrongType),
+        };
     }
     let wrong = WriteResult::Failed(WriteError::WrongType);
     let is_set_read = matches!(
@@ -505,7 +534,8 @@ pub(crate) fn same_value(a: ValueRef<'_>, b: ValueRef<'_>) -> bool {
         }
         (ValueRef::List(a), ValueRef::List(b)) => a.iter().eq(b.iter()),
         (ValueRef::ZSet(a), ValueRef::ZSet(b)) => {
-            a.len() == b.len() && a.iter().iter().all(|(m, s)| b.score(m) == Some(*s))
+            a.len() == b.len()
+                && (a.iter().iter()).all(|(m, s)| b.score(m).map(f64::to_bits) == Some(s.to_bits()))
         }
         _ => false,
     }
@@ -717,6 +747,26 @@ impl Map {
                     self.remove(key);
                 }
             }
+            Mutation::StringWrite {
+                create,
+                offset,
+                bytes,
+                ..
+            } => {
+                let old = self.get(key).filter(|_| !*create);
+                let (value, expires_at_ms) = match old.map(|e| (e.value(), e.expires_at_ms())) {
+                    Some((ValueRef::String(v), t)) => {
+                        (bits::write_at(v, *offset as usize, bytes), t)
+                    }
+                    _ => (bits::write_at(&[], *offset as usize, bytes), None),
+                };
+                let entry = Entry {
+                    value: value.into(),
+                    version,
+                    expires_at_ms,
+                };
+                self.insert(key, &entry);
+            }
             Mutation::ZAdd { .. } | Mutation::ZRem { .. } => {
                 let is_zset = self.get(key).is_some_and(|e| e.kind() == Kind::ZSet);
                 if let Mutation::ZAdd { create, .. } = m {
@@ -859,6 +909,16 @@ impl<'a> ReadView<'a> {
         match op {
             None => eval_get(value),
             Some(op) => eval_read(value, op),
+        }
+    }
+
+    /// SORT without STORE (see [`Write::Sort`](crate::Write::Sort)) against this state: the
+    /// result a transaction would give.
+    pub fn sort(&self, spec: &crate::types::SortSpec) -> WriteResult {
+        let lookup = |k: &[u8]| self.live(k).map(|e| e.value());
+        match crate::sort::sort(&lookup, spec) {
+            Ok(found) => WriteResult::Values(found),
+            Err(e) => WriteResult::Failed(e),
         }
     }
 
@@ -1220,7 +1280,8 @@ pub(crate) fn change(m: &Mutation, version: Lsn) -> Change<'_> {
         | Mutation::ListRem { key, .. }
         | Mutation::ListInsert { key, .. }
         | Mutation::ZAdd { key, .. }
-        | Mutation::ZRem { key, .. } => Change::Edit(key, m),
+        | Mutation::ZRem { key, .. }
+        | Mutation::StringWrite { key, .. } => Change::Edit(key, m),
     }
 }
 

@@ -61,7 +61,9 @@ mod util;
 pub mod record;
 
 // The keyspace.
+mod bits;
 mod keyspace;
+mod sort;
 mod zsets;
 
 // The snapshot file.
@@ -88,6 +90,7 @@ mod restore;
 // The engine.
 mod engine;
 
+pub use bits::{bitfield_apply, bitfield_len};
 pub use checkpoint::CheckpointInfo;
 pub use damage::{inspect, DamagedFile, Health, Inspection, SnapshotCheck, DAMAGED_DIR};
 pub use engine::{Core, Engine, Pending, RecoveryReport};
@@ -99,7 +102,7 @@ pub use restore::{
     create_from_snapshot, read_system, rekey, restore, BackupView, RestoreReport, RestoreTarget,
 };
 pub use types::{
-    Aggregate, Entry, ExpireIf, Guard, LexBound, Outcome, PutIf, Read, SetOp, Ttl, Write,
-    WriteError, WriteResult, ZCmp, ZRange,
+    Aggregate, BitFieldAction, BitFieldOp, BitOp, Entry, ExpireIf, Guard, LexBound, Outcome,
+    Overflow, PutIf, Read, SetOp, SortSpec, Ttl, Write, WriteError, WriteResult, ZCmp, ZRange,
 };
 pub use zsets::{format_score, zset_combine};

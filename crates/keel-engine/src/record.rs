@@ -27,7 +27,8 @@
 //!             1 tag          1 = Set, 2 = Delete, 3 = DeleteAll, 4 = System,
 //!                            5 = HashSet, 6 = HashDel, 7 = Expire, 8 = SetAdd, 9 = SetRem,
 //!                            10 = ListPush, 11 = ListPop, 12 = ListSet, 13 = ListTrim,
-//!                            14 = ListRem, 15 = ListInsert, 16 = ZAdd, 17 = ZRem
+//!                            14 = ListRem, 15 = ListInsert, 16 = ZAdd, 17 = ZRem,
+//!                            18 = StringWrite
 //!   Set:      4 key_len      u32 LE, then key bytes
 //!             4 value_len    u32 LE, then value bytes
 //!             8 expires_at   Unix ms, u64 LE; 0 = never
@@ -66,9 +67,13 @@
 //!                            member's score becomes that (never NaN)
 //!   ZRem:     4 key_len      u32 LE, then key bytes
 //!             4 n            u32 LE, then n members; a sorted set left empty is deleted
+//!   StringWrite: 4 key_len, key; 1 create; 8 offset u64 LE; 4 len, bytes: writes the bytes
+//!                            at offset of the key's string, zero bytes filling a gap; with
+//!                            create (or a key that is absent or of another type) into an
+//!                            empty string without an expiry
 //! ```
 //!
-//! Tags 5 to 17 are **relative**: their effect depends on the key's entry before the record
+//! Tags 5 to 18 are **relative**: their effect depends on the key's entry before the record
 //! (the hash it holds, the value whose expiry changes), and on nothing else. Every record still
 //! makes each key's new version its LSN, so the by-version rule (a record applies to a key only
 //! if the key's entry is older than it) keeps replay exact. They came with typed values and
@@ -103,6 +108,7 @@ const TAG_LIST_REM: u8 = 14;
 const TAG_LIST_INSERT: u8 = 15;
 const TAG_ZADD: u8 = 16;
 const TAG_ZREM: u8 = 17;
+const TAG_STRING_WRITE: u8 = 18;
 const FLAG_REQUEST: u8 = 1;
 /// Longest client request id.
 pub const REQUEST_ID_BYTES_MAX: usize = 256;
@@ -216,6 +222,15 @@ pub enum Mutation {
         key: Bytes,
         members: Vec<Bytes>,
     },
+    /// Writes `bytes` at byte `offset` of the string at `key`, zero bytes filling any gap; the
+    /// string keeps its expiry. With `create`, or when the key is absent or holds another type,
+    /// it writes into an empty string without an expiry.
+    StringWrite {
+        key: Bytes,
+        create: bool,
+        offset: u64,
+        bytes: Bytes,
+    },
 }
 
 impl Mutation {
@@ -236,6 +251,7 @@ impl Mutation {
                 | Mutation::ListInsert { .. }
                 | Mutation::ZAdd { .. }
                 | Mutation::ZRem { .. }
+                | Mutation::StringWrite { .. }
         )
     }
 }
@@ -377,6 +393,7 @@ pub fn encoded_len(request: Option<&Request>, mutations: &[Mutation]) -> usize {
             Mutation::ZRem { key, members } => {
                 1 + 4 + key.len() + 4 + members.iter().map(|m| 4 + m.len()).sum::<usize>()
             }
+            Mutation::StringWrite { key, bytes, .. } => 1 + 4 + key.len() + 1 + 8 + 4 + bytes.len(),
         })
         .sum();
     1 + 1 + 8 + request + 4 + mutations
@@ -531,6 +548,18 @@ fn encode_fields(at_ms: u64, request: Option<&Request>, mutations: &[Mutation], 
                 out.push(TAG_ZREM);
                 put_bytes(out, key);
                 put_list(out, members);
+            }
+            Mutation::StringWrite {
+                key,
+                create,
+                offset,
+                bytes,
+            } => {
+                out.push(TAG_STRING_WRITE);
+                put_bytes(out, key);
+                out.push(*create as u8);
+                out.extend_from_slice(&offset.to_le_bytes());
+                put_bytes(out, bytes);
             }
         }
     }
@@ -844,6 +873,12 @@ pub fn decode(buf: &Bytes, lsn: u64) -> Result<Decoded, RecordError> {
                 key: r.bytes(buf)?,
                 members: r.list(buf)?,
             },
+            TAG_STRING_WRITE => Mutation::StringWrite {
+                key: r.bytes(buf)?,
+                create: r.flag(TAG_STRING_WRITE, at)?,
+                offset: r.u64()?,
+                bytes: r.bytes(buf)?,
+            },
             TAG_EXPIRE => {
                 let key = r.bytes(buf)?;
                 let exp = r.u64()?;
@@ -968,6 +1003,12 @@ mod tests {
             Mutation::ZRem {
                 key: Bytes::from_static(b"z"),
                 members: vec![Bytes::from_static(b"a")],
+            },
+            Mutation::StringWrite {
+                key: Bytes::from_static(b"s"),
+                create: false,
+                offset: 1 << 20,
+                bytes: Bytes::from_static(b"\x80"),
             },
         ]
     }

@@ -82,6 +82,14 @@ pub enum Write {
         to: Bytes,
         only_if_absent: bool,
     },
+    /// COPY: makes `to` hold a copy of `from`'s value and expiry, of any type; unless `replace`,
+    /// only if `to` does not exist. Logs the value under `to` (O(the value)). Result: `Int(1)`
+    /// if it copied, `Int(0)` if `from` does not exist or `to` does and `replace` is not set.
+    Copy {
+        from: Bytes,
+        to: Bytes,
+        replace: bool,
+    },
     /// Reads the string value as the transaction sees it at this point; writes nothing. Result:
     /// `Value`, or `Failed(WrongType)` if the key holds another type.
     Get { key: Bytes },
@@ -255,6 +263,41 @@ pub enum Write {
         rev: bool,
         limit: Option<(usize, Option<usize>)>,
     },
+    /// SETRANGE: writes `value` at byte `offset` of the string at `key`, zero bytes filling any
+    /// gap; an empty `value` changes nothing (and creates nothing). Logs only the bytes written.
+    /// Result: `Int(new length)`, or `Failed(WrongType | ValueTooLarge)`.
+    SetRange {
+        key: Bytes,
+        offset: u64,
+        value: Bytes,
+    },
+    /// SETBIT: sets or clears bit `offset` (bit 0 is the high bit of byte 0), growing the string
+    /// with zero bytes to hold it. Logs the byte it changed. Result: `Int(the bit's old value)`,
+    /// or `Failed(WrongType | ValueTooLarge)`.
+    SetBit { key: Bytes, offset: u64, on: bool },
+    /// BITOP: stores at `dest` the bitwise `op` of the strings at `keys` (absent keys are empty;
+    /// shorter ones read as zero bytes), replacing whatever `dest` held without an expiry; an
+    /// empty result deletes `dest`. Result: `Int(the result's length)`, or `Failed(WrongType)`.
+    BitOp {
+        dest: Bytes,
+        op: BitOp,
+        keys: Vec<Bytes>,
+    },
+    /// BITFIELD: applies `ops` in order to the string at `key` as
+    /// [`bitfield_apply`](crate::bitfield_apply) does, logging the bytes that changed. Result:
+    /// `Values` of each op's number as decimal text (nil where OVERFLOW FAIL stopped it), or
+    /// `Failed(WrongType | ValueTooLarge)`.
+    BitField { key: Bytes, ops: Vec<BitFieldOp> },
+    /// SORT and SORT_RO: the elements of the list, set or sorted set at `spec.key`, sorted as
+    /// [`SortSpec`] says. Without `store` it only reads; result `Values` (nil where a GET
+    /// pattern found nothing). With `store`, the result replaces whatever `store` held as a list
+    /// (nil elements stored as empty strings; an empty result deletes it); result `Int(length)`.
+    /// Or `Failed(WrongType)` (the source is another type), `Failed(NotAFloat)` (a weight is
+    /// not a number without ALPHA).
+    Sort {
+        spec: SortSpec,
+        store: Option<Bytes>,
+    },
     /// Removes every user key; the system namespace stays. Result: `DeletedAll`.
     DeleteAll,
     /// Sets `key` of the **system namespace** to `value`: an embedder's own bookkeeping (the
@@ -295,12 +338,18 @@ impl Write {
             | Write::ListInsert { key, .. }
             | Write::ZAdd { key, .. }
             | Write::ZRem { key, .. }
-            | Write::ZRemRange { key, .. } => Box::new(std::iter::once(key)),
+            | Write::ZRemRange { key, .. }
+            | Write::SetRange { key, .. }
+            | Write::SetBit { key, .. }
+            | Write::BitField { key, .. } => Box::new(std::iter::once(key)),
+            Write::BitOp { dest, keys, .. } => Box::new(std::iter::once(dest).chain(keys)),
             Write::ZRangeStore { key, src, .. } => Box::new([key, src].into_iter()),
             Write::ZStore { key, keys, .. } => Box::new(std::iter::once(key).chain(keys)),
             Write::ZPopFirst { keys, .. } => Box::new(keys.iter()),
+            Write::Sort { spec, store } => Box::new(std::iter::once(&spec.key).chain(store)),
             Write::GetThen { key, then } => Box::new(std::iter::once(key).chain(then.keys())),
             Write::Rename { from, to, .. }
+            | Write::Copy { from, to, .. }
             | Write::SetMove { from, to, .. }
             | Write::ListMove { from, to, .. } => Box::new([from, to].into_iter()),
             Write::SetStore { key, keys, .. } => Box::new(std::iter::once(key).chain(keys)),
@@ -313,7 +362,9 @@ impl Write {
     pub fn values(&self) -> Box<dyn Iterator<Item = &Bytes> + '_> {
         match self {
             Write::Put { value, .. } => Box::new(std::iter::once(value)),
-            Write::Append { suffix, .. } => Box::new(std::iter::once(suffix)),
+            Write::Append { suffix, .. } | Write::SetRange { value: suffix, .. } => {
+                Box::new(std::iter::once(suffix))
+            }
             Write::HashSet { pairs, .. } => Box::new(pairs.iter().flat_map(|(f, v)| [f, v])),
             Write::HashIncr { field, .. } | Write::HashIncrFloat { field, .. } => {
                 Box::new(std::iter::once(field))
@@ -335,9 +386,12 @@ impl Write {
         !self.is_read() && !matches!(self, Write::System { .. })
     }
 
-    /// Whether it only reads: `Get` and `Read`.
+    /// Whether it only reads: `Get`, `Read` and a `Sort` without `store`.
     pub fn is_read(&self) -> bool {
-        matches!(self, Write::Get { .. } | Write::Read { .. })
+        matches!(
+            self,
+            Write::Get { .. } | Write::Read { .. } | Write::Sort { store: None, .. }
+        )
     }
 }
 
@@ -385,6 +439,9 @@ pub enum Read {
         count: usize,
         maxlen: usize,
     },
+    /// GETRANGE of a string with Redis's inclusive, possibly negative bounds (absent: empty).
+    /// Result: `Value`.
+    Substring { start: i64, end: i64 },
     /// ZSCORE and ZMSCORE: each member's score as text, or nil. Result: `Values`.
     ZScores { members: Vec<Bytes> },
     /// ZCARD. Result: `Int`.
@@ -452,6 +509,67 @@ pub enum Aggregate {
     Sum,
     Min,
     Max,
+}
+
+/// What SORT sorts and returns. `by` and `get` are Redis's patterns: the first `*` stands
+/// for an element, `->field` after it reads a hash's field, and `#` (GET only) is the element
+/// itself; a `by` without `*` does not sort.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SortSpec {
+    pub key: Bytes,
+    pub by: Option<Bytes>,
+    /// LIMIT offset count (a negative count: to the end).
+    pub limit: Option<(i64, i64)>,
+    pub get: Vec<Bytes>,
+    pub desc: bool,
+    /// Compare as bytes; otherwise as numbers.
+    pub alpha: bool,
+}
+
+/// BITOP's operations.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BitOp {
+    And,
+    Or,
+    Xor,
+    /// Of one key.
+    Not,
+}
+
+/// One BITFIELD operation on the field of `bits` bits (1 to 64 signed, 1 to 63 unsigned) at
+/// bit `offset`.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BitFieldOp {
+    pub action: BitFieldAction,
+    pub signed: bool,
+    pub bits: u8,
+    pub offset: u64,
+    /// The OVERFLOW in force for a SET or INCRBY.
+    pub overflow: Overflow,
+}
+
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BitFieldAction {
+    Get,
+    Set(i64),
+    IncrBy(i64),
+}
+
+/// BITFIELD's OVERFLOW: what a SET or INCRBY does with a value the field cannot hold.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Keep the low bits (two's complement for signed fields).
+    #[default]
+    Wrap,
+    /// Clamp to the field's least or greatest value.
+    Sat,
+    /// Change nothing and answer nil.
+    Fail,
 }
 
 /// How [`Write::SetStore`] combines its sets.

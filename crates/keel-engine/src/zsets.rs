@@ -14,24 +14,48 @@ use crate::types::{
 };
 use crate::util::HashMap;
 
-/// A score as Redis 7.2 replies with it: the shortest text that reads back as the same double,
-/// in `%.17g`'s layout (an exponent below 1e-4 and from 1e17), `inf` and `-inf` for the
-/// infinities. 1.5 is "1.5", 0.1 "0.1", 1e20 "1e+20", `f64::MAX` "1.7976931348623157e+308".
+/// A score as Redis 7.2 replies with it (its `d2string`): `0` or `-0`; a whole number of
+/// magnitude up to 2^62 as an integer; otherwise the shortest digits that read back as the same
+/// double, laid out as Redis's `fpconv_dtoa` lays them out: plain when the exponent is small,
+/// else `d.ddde+E` with no padding of the exponent. 1.5 is "1.5", 1e17 "100000000000000000",
+/// 1e20 "1e+20", 0.00012345 "1.2345e-4", `f64::MAX` "1.7976931348623157e+308".
 pub fn format_score(x: f64) -> String {
     if x.is_infinite() {
         return if x > 0.0 { "inf" } else { "-inf" }.into();
     }
-    // Rust's `{:e}` gives the shortest round-trip digits: "1.5e0", "1.7976931348623157e308".
-    let sci = format!("{x:e}");
-    let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
-    let exp: i32 = exp.parse().expect("a decimal exponent");
-    if (-4..17).contains(&exp) {
-        // `{}` never writes an exponent and is also the shortest round trip.
-        format!("{x}")
-    } else {
-        let sign = if exp < 0 { '-' } else { '+' };
-        format!("{mantissa}e{sign}{:02}", exp.unsigned_abs())
+    if x == 0.0 {
+        return if x.is_sign_negative() { "-0" } else { "0" }.into();
     }
+    const WHOLE_MAX: f64 = (1u64 << 62) as f64;
+    if x.fract() == 0.0 && x.abs() <= WHOLE_MAX {
+        return (x as i64).to_string();
+    }
+    // Rust's `{:e}` gives the shortest round-trip digits: "-1.2345e-4".
+    let sci = format!("{:e}", x.abs());
+    let (mantissa, e) = sci.split_once('e').expect("{:e} has an exponent");
+    let e: i32 = e.parse().expect("a decimal exponent");
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let n = digits.len() as i32;
+    // x = digits * 10^k.
+    let k = e - (n - 1);
+    let sign = if x < 0.0 { "-" } else { "" };
+    let body = if k >= 0 && e.abs() < n + 7 {
+        format!("{digits}{}", "0".repeat(k as usize))
+    } else if k < 0 && (k > -7 || e.abs() < 4) {
+        let point = n + k;
+        if point <= 0 {
+            format!("0.{}{digits}", "0".repeat(point.unsigned_abs() as usize))
+        } else {
+            let (int, frac) = digits.split_at(point as usize);
+            format!("{int}.{frac}")
+        }
+    } else {
+        let (first, rest) = digits.split_at(1);
+        let dot = if rest.is_empty() { "" } else { "." };
+        let esign = if e < 0 { '-' } else { '+' };
+        format!("{first}{dot}{rest}e{esign}{}", e.unsigned_abs())
+    };
+    format!("{sign}{body}")
 }
 
 fn score_text(x: f64) -> Option<Bytes> {
@@ -307,8 +331,21 @@ pub fn zset_combine(
                 v
             }
         }
-        Aggregate::Min => a.min(b),
-        Aggregate::Max => a.max(b),
+        // On a tie the score already there stays (-0 against 0), as in Redis.
+        Aggregate::Min => {
+            if b < a {
+                b
+            } else {
+                a
+            }
+        }
+        Aggregate::Max => {
+            if b > a {
+                b
+            } else {
+                a
+            }
+        }
     };
     let lookup = |input: &Vec<(Bytes, f64)>| -> HashMap<Bytes, f64> {
         input.iter().map(|(m, s)| (m.clone(), *s)).collect()
@@ -317,7 +354,12 @@ pub fn zset_combine(
         SetOp::Union => {
             let mut at = HashMap::<Bytes, usize>::default();
             let mut out: Vec<(Bytes, f64)> = Vec::new();
-            for (i, input) in inputs.iter().enumerate() {
+            // Smallest input first, as Redis adds them: with inf and -inf (whose sum becomes
+            // 0) the order changes the result.
+            let mut order: Vec<usize> = (0..inputs.len()).collect();
+            order.sort_by_key(|&i| inputs[i].len());
+            for i in order {
+                let input = &inputs[i];
                 for (m, s) in input {
                     let v = weighted(*s, i);
                     match at.get(m) {
@@ -400,16 +442,27 @@ mod tests {
 
     #[test]
     fn scores_are_written_as_redis_writes_them() {
+        // Redis 7.2's replies (d2string: integers up to 2^62, then fpconv_dtoa's layout).
         for (x, text) in [
             (1.0, "1"),
             (1.5, "1.5"),
             (-2.0, "-2"),
+            (0.0, "0"),
+            (-0.0, "-0"),
             (0.1, "0.1"),
+            (-0.25, "-0.25"),
             (1e20, "1e+20"),
             (1e16, "10000000000000000"),
-            (1e17, "1e+17"),
+            (1e17, "100000000000000000"),
+            (9.223372036854776e18, "9223372036854776000"),
             (0.0001, "0.0001"),
-            (0.00001, "1e-05"),
+            (0.00001, "0.00001"),
+            (0.000012, "0.000012"),
+            (1e-7, "1e-7"),
+            (0.00012345, "1.2345e-4"),
+            (12345.6789012, "1.23456789012e+4"),
+            (1700000000.1234567, "1.7000000001234567e+9"),
+            (3.5e-300, "3.5e-300"),
             (f64::MAX, "1.7976931348623157e+308"),
             (f64::INFINITY, "inf"),
             (f64::NEG_INFINITY, "-inf"),

@@ -285,6 +285,46 @@ fn model_apply(
                 results.push(WriteResult::Put(true));
             }
             Write::Delete { key } => results.push(WriteResult::Existed(m.remove(key).is_some())),
+            Write::SetRange { key, offset, value } => {
+                let mut v = m.get(key).map_or_else(Vec::new, |(v, _)| v.to_vec());
+                let end = *offset as usize + value.len();
+                if v.len() < end {
+                    v.resize(end, 0);
+                }
+                v[*offset as usize..end].copy_from_slice(value);
+                let len = v.len() as i64;
+                if m.get(key).is_none_or(|(old, _)| old[..] != v[..]) {
+                    m.insert(key.clone(), (v.into(), lsn));
+                }
+                results.push(WriteResult::Int(len));
+            }
+            Write::SetBit { key, offset, on } => {
+                let mut v = m.get(key).map_or_else(Vec::new, |(v, _)| v.to_vec());
+                let byte = (*offset / 8) as usize;
+                if v.len() <= byte {
+                    v.resize(byte + 1, 0);
+                }
+                let mask = 0x80u8 >> (*offset % 8);
+                let was = v[byte] & mask != 0;
+                if *on {
+                    v[byte] |= mask;
+                } else {
+                    v[byte] &= !mask;
+                }
+                if m.get(key).is_none_or(|(old, _)| old[..] != v[..]) {
+                    m.insert(key.clone(), (v.into(), lsn));
+                }
+                results.push(WriteResult::Int(was as i64));
+            }
+            Write::Append { key, suffix } => {
+                let mut v = m.get(key).map_or_else(Vec::new, |(v, _)| v.to_vec());
+                v.extend_from_slice(suffix);
+                let len = v.len() as i64;
+                if !suffix.is_empty() || !m.contains_key(key) {
+                    m.insert(key.clone(), (v.into(), lsn));
+                }
+                results.push(WriteResult::Int(len));
+            }
             Write::System { key, value } => {
                 m.insert(system_model_key(key), (value.clone(), 0));
                 results.push(WriteResult::Put(true));
@@ -779,7 +819,25 @@ fn random_txn(rng: &mut Rng, m: &Model, step: usize) -> (Vec<Guard>, Vec<Write>)
                     only: PutIf::Always,
                 }
             }
-            5 | 6 => Write::Delete { key: plain(rng) },
+            5 => Write::Delete { key: plain(rng) },
+            // Byte-range writes of a plain key: only the changed bytes are logged, and a key
+            // whose expiry passed is written as a new string (the create flag).
+            6 => match rng.below(3) {
+                0 => Write::SetRange {
+                    key: plain(rng),
+                    offset: rng.below(40),
+                    value: Bytes::from(format!("r{step}")),
+                },
+                1 => Write::SetBit {
+                    key: plain(rng),
+                    offset: rng.below(400),
+                    on: rng.chance(70),
+                },
+                _ => Write::Append {
+                    key: plain(rng),
+                    suffix: Bytes::from(format!("a{step}")),
+                },
+            },
             // The cluster's bookkeeping: written beside user writes, in the same record.
             7 => Write::System {
                 key: Bytes::from_static(SYSTEM_KEYS[rng.below(2) as usize].as_bytes()),

@@ -215,6 +215,19 @@ fn bracket(before: &mut Vec<Arg>, mut alts: Vec<Vec<Arg>>) -> Result<Arg, String
         let mut repeated = alts.pop().expect("one");
         repeated.pop();
         let n = repeated.len();
+        // `TOKEN value [value ...]`: the token's value repeats (ZUNION's WEIGHTS).
+        let tokened = |l: &Arg| {
+            n == 1
+                && l.token.is_some()
+                && !l.multiple
+                && l.kind == repeated[0].kind
+                && l.name == repeated[0].name
+        };
+        if before.last().is_some_and(tokened) {
+            let mut a = before.pop().expect("checked");
+            a.multiple = true;
+            return Ok(a);
+        }
         if n == 0 || before.len() < n || before[before.len() - n..] != repeated[..] {
             return Err("'...' must repeat the arguments just before it".into());
         }

@@ -639,6 +639,7 @@ fn eval_reads(view: &keel_engine::ReadView<'_>, writes: &[Write]) -> Vec<WriteRe
         .map(|w| match w {
             Write::Get { key } => view.read(key, None),
             Write::Read { key, op } => view.read(key, Some(op)),
+            Write::Sort { spec, store: None } => view.sort(spec),
             other => unreachable!("read-only parts hold only reads: {other:?}"),
         })
         .collect()
@@ -1019,6 +1020,30 @@ impl Conn {
             "scan" => {
                 self.settle().await;
                 self.scan(&args)
+            }
+            "randomkey" => {
+                self.settle().await;
+                // From a random place in the keys' hash order: the first live key there, going
+                // round to the start once. Keys after a large gap come up more often; Redis's
+                // choice is not uniform either.
+                let start = cmd::random();
+                let key = self.engine().read(|v| {
+                    let (mut cursor, mut wrapped) = (start, false);
+                    loop {
+                        let (keys, next) = v.scan_keys(cursor, 1);
+                        if let Some(k) = keys.into_iter().next() {
+                            return Some(k);
+                        }
+                        if next == 0 {
+                            if wrapped {
+                                return None;
+                            }
+                            wrapped = true;
+                        }
+                        cursor = next;
+                    }
+                });
+                key.map_or(Reply::Nil, Reply::Bulk)
             }
             // A checkpoint (snapshot, manifest, prune) on a blocking thread: it can take seconds.
             "save" | "bgsave" => {

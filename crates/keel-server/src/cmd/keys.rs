@@ -1,7 +1,7 @@
 //! Generic key commands: deleting, renaming, expiry, TYPE, KEYS and SCAN.
 
 use bytes::Bytes;
-use keel_engine::{ExpireIf, Read, Write, WriteResult};
+use keel_engine::{ExpireIf, Read, SortSpec, Write, WriteError, WriteResult};
 
 use super::*;
 use crate::docs::doc;
@@ -29,6 +29,50 @@ pub const COMMANDS: &[Command] = &[
                 )
             }))
         }),
+    Command::new("touch", -2, R, ALL_KEYS)
+        .doc(
+            "generic",
+            "key [key ...]",
+            "Counts how many of the keys exist (keel keeps no access times to update).",
+        )
+        .data(|_, a, _| {
+            let types = a[1..].iter().map(|k| read(k, Read::Type)).collect();
+            Ok(Part::new(types, |r| {
+                Reply::Int(
+                    r.iter()
+                        .filter(|x| matches!(x, WriteResult::Value(Some(_))))
+                        .count() as i64,
+                )
+            }))
+        }),
+    // Reads the source (Redis: key spec RO ACCESS) and writes the destination.
+    Command::new("copy", -3, RW, (1, 2, 1))
+        .doc(
+            "generic",
+            "source destination [DB destination-db] [REPLACE]",
+            "Copies a key's value and expiry, of any type, to another key; returns 1 if it copied.",
+        )
+        .data(copy),
+    // WRITE only with STORE.
+    Command::new("sort", -2, RW.with(VARIES), KEY1)
+        .doc(
+            "generic",
+            "key [BY pattern] [LIMIT offset count] [GET pattern] [ASC|DESC] [ALPHA] [STORE destination]",
+            "Sorts a list, set or sorted set by its elements or by other keys' values (BY), returning elements or other keys' values (GET, any number of times), or storing them as a list.",
+        )
+        .data(sort),
+    Command::new("sort_ro", -2, R, KEY1)
+        .doc(
+            "generic",
+            "key [BY pattern] [LIMIT offset count] [GET pattern] [ASC|DESC] [ALPHA]",
+            "SORT without STORE.",
+        )
+        .data(sort),
+    Command::new("randomkey", 1, R, NO_KEYS).doc(
+        "generic",
+        "",
+        "Returns a random key, or nil when there is none.",
+    ),
     Command::new("type", 2, R, KEY1)
         .doc(
             "generic",
@@ -246,4 +290,83 @@ fn expire_options(opts: &[Bytes]) -> Result<ExpireIf, Reply> {
         (_, true, ..) => ExpireIf::HasExpiry,
         _ => ExpireIf::Always,
     })
+}
+
+fn copy(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    let mut replace = false;
+    let mut i = 3;
+    while i < a.len() {
+        if eq(&a[i], "replace") {
+            replace = true;
+        } else if eq(&a[i], "db") && i + 1 < a.len() {
+            if int_arg(&a[i + 1])? != 0 {
+                return Err(Reply::err(
+                    "ERR DB index is out of range (keel has one database, 0)",
+                ));
+            }
+            i += 1;
+        } else {
+            return Err(Reply::err(SYNTAX));
+        }
+        i += 1;
+    }
+    if a[1] == a[2] {
+        return Err(Reply::err(
+            "ERR source and destination objects are the same",
+        ));
+    }
+    let w = Write::Copy {
+        from: a[1].clone(),
+        to: a[2].clone(),
+        replace,
+    };
+    Ok(Part::new(vec![w], |r| int_reply(&r[0])))
+}
+
+fn sort(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    let mut spec = SortSpec {
+        key: a[1].clone(),
+        by: None,
+        limit: None,
+        get: Vec::new(),
+        desc: false,
+        alpha: false,
+    };
+    let mut store = None;
+    let mut i = 2;
+    while i < a.len() {
+        let left = a.len() - i - 1;
+        let o = &a[i];
+        if eq(o, "asc") {
+            spec.desc = false;
+        } else if eq(o, "desc") {
+            spec.desc = true;
+        } else if eq(o, "alpha") {
+            spec.alpha = true;
+        } else if eq(o, "limit") && left >= 2 {
+            spec.limit = Some((int_arg(&a[i + 1])?, int_arg(&a[i + 2])?));
+            i += 2;
+        } else if eq(o, "store") && left >= 1 && name == "sort" {
+            store = Some(a[i + 1].clone());
+            i += 1;
+        } else if eq(o, "by") && left >= 1 {
+            spec.by = Some(a[i + 1].clone());
+            i += 1;
+        } else if eq(o, "get") && left >= 1 {
+            spec.get.push(a[i + 1].clone());
+            i += 1;
+        } else {
+            return Err(Reply::err(SYNTAX));
+        }
+        i += 1;
+    }
+    let stores = store.is_some();
+    let w = Write::Sort { spec, store };
+    Ok(Part::new(vec![w], move |r| match &r[0] {
+        WriteResult::Failed(WriteError::NotAFloat) => {
+            Reply::err("ERR One or more scores can't be converted into double")
+        }
+        other if stores => int_reply(other),
+        other => values_reply(other),
+    }))
 }

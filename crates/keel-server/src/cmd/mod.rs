@@ -22,6 +22,7 @@ use keel_engine::{Guard, PutIf, Read, Ttl, Write, WriteError, WriteResult};
 use crate::docs::Doc;
 use crate::resp::{parse_i64, Reply};
 
+pub mod bits;
 pub mod connection;
 pub mod hashes;
 pub mod keys;
@@ -253,6 +254,7 @@ pub static COMMANDS: LazyLock<Vec<&'static Command>> = LazyLock::new(|| {
         sets::COMMANDS,
         lists::COMMANDS,
         zsets::COMMANDS,
+        bits::COMMANDS,
     ]
     .into_iter()
     .flatten()
@@ -285,6 +287,7 @@ pub fn flags(spec: &Command, args: &[Bytes]) -> Flags {
         // fails to parse anyway: needing READ for it refuses nothing that would work.
         "set" if !options.iter().any(|o| eq(o, "get")) => f.without(Flags::READ),
         "getex" if args.len() <= 2 => f.without(Flags::WRITE),
+        "sort" if !args.iter().skip(2).any(|o| eq(o, "store")) => f.without(Flags::WRITE),
         _ => f,
     }
 }
@@ -441,7 +444,8 @@ const RANDOM_REPLY_MAX: i64 = 1 << 20;
 /// Checks a random read's count (HRANDFIELD, ZRANDMEMBER) against Redis's bounds, and keel's:
 /// a negative count's answer (repeats allowed) must fit in a reply.
 fn random_count(count: i64, with_values: bool, what: &str) -> Result<(), Reply> {
-    if count < -i64::MAX / 2 && (with_values || count < -i64::MAX) {
+    let doubled_overflows = with_values && !(-i64::MAX / 2..=i64::MAX / 2).contains(&count);
+    if doubled_overflows || count < -i64::MAX {
         return Err(Reply::err("ERR value is out of range"));
     }
     if count < -RANDOM_REPLY_MAX {
@@ -473,20 +477,35 @@ fn random_indexes(len: usize, count: i64) -> Vec<usize> {
     order
 }
 
-/// A float argument as Redis reads one (no NaN, no leading space).
+/// A float argument as Redis reads one: no NaN, no leading space, and nothing out of a
+/// double's range (`1e400` is refused, not read as inf; `1e-400` is refused, not read as 0).
 fn float_arg(b: &[u8]) -> Result<f64, Reply> {
-    std::str::from_utf8(b)
+    let bad = || Reply::err("ERR value is not a valid float");
+    let s = std::str::from_utf8(b)
         .ok()
         .filter(|s| !s.is_empty() && !s.starts_with(char::is_whitespace))
-        .and_then(|s| s.parse::<f64>().ok())
+        .ok_or_else(bad)?;
+    let x = s
+        .parse::<f64>()
+        .ok()
         .filter(|f| !f.is_nan())
-        .ok_or_else(|| Reply::err("ERR value is not a valid float"))
+        .ok_or_else(bad)?;
+    let spelled_inf = s
+        .trim_start_matches(['+', '-'])
+        .to_ascii_lowercase()
+        .starts_with("inf");
+    let mantissa = s.split(['e', 'E']).next().unwrap_or_default();
+    let underflow = x == 0.0 && mantissa.bytes().any(|c| (b'1'..=b'9').contains(&c));
+    if (x.is_infinite() && !spelled_inf) || underflow {
+        return Err(bad());
+    }
+    Ok(x)
 }
 
 /// A random number for a read's reply (HRANDFIELD, SRANDMEMBER): each call hashes a fresh
 /// counter with a per-process random key. A read's randomness needs no logging: it changes
 /// nothing.
-fn random() -> u64 {
+pub(crate) fn random() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     use std::sync::atomic::{AtomicU64, Ordering};
     static STATE: LazyLock<RandomState> = LazyLock::new(RandomState::new);
@@ -589,18 +608,6 @@ fn put(key: &Bytes, value: &Bytes, ttl: Ttl, only: PutIf) -> Write {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn getrange_matches_redis_examples() {
-        use super::strings::getrange;
-        let v = Bytes::from_static(b"This is a string");
-        assert_eq!(getrange(&v, 0, 3), "This");
-        assert_eq!(getrange(&v, -3, -1), "ing");
-        assert_eq!(getrange(&v, 0, -1), "This is a string");
-        assert_eq!(getrange(&v, 10, 100), "string");
-        assert_eq!(getrange(&v, 5, 3), "");
-        assert_eq!(getrange(&v, -1, -5), "");
-    }
 
     #[test]
     fn every_command_has_a_sane_entry() {
@@ -746,6 +753,68 @@ mod tests {
             (&["blmove", "l", "m", "left", "right", "0"], true, true),
             (&["brpoplpush", "l", "m", "0"], true, true),
             (&["blmpop", "0", "1", "l", "right"], true, true),
+            (&["substr", "k", "0", "1"], true, false),
+            (&["setrange", "k", "1", "x"], false, true),
+            (&["lcs", "a", "b", "idx"], true, false),
+            (&["setbit", "k", "7", "1"], false, true),
+            (&["getbit", "k", "7"], true, false),
+            (&["bitcount", "k", "0", "-1", "bit"], true, false),
+            (&["bitpos", "k", "1", "2"], true, false),
+            (&["bitop", "and", "d", "a", "b"], false, true),
+            (&["bitfield", "k", "incrby", "u8", "#1", "5"], true, true),
+            (&["bitfield_ro", "k", "get", "i4", "0"], true, false),
+            (&["zadd", "z", "nx", "ch", "1", "m"], false, true),
+            (&["zincrby", "z", "1", "m"], false, true),
+            (&["zrem", "z", "m"], false, true),
+            (&["zcard", "z"], true, false),
+            (&["zcount", "z", "(1", "+inf"], true, false),
+            (&["zlexcount", "z", "-", "[b"], true, false),
+            (&["zscore", "z", "m"], true, false),
+            (&["zmscore", "z", "m", "n"], true, false),
+            (&["zrank", "z", "m", "withscore"], true, false),
+            (&["zrevrank", "z", "m"], true, false),
+            (&["zrange", "z", "0", "-1", "withscores"], true, false),
+            (&["zrangestore", "d", "z", "0", "1"], false, true),
+            (&["zrevrange", "z", "0", "1"], true, false),
+            (
+                &["zrangebyscore", "z", "0", "1", "limit", "0", "1"],
+                true,
+                false,
+            ),
+            (&["zrevrangebyscore", "z", "1", "0"], true, false),
+            (&["zrangebylex", "z", "-", "+"], true, false),
+            (&["zrevrangebylex", "z", "+", "-"], true, false),
+            (&["zremrangebyrank", "z", "0", "1"], false, true),
+            (&["zremrangebyscore", "z", "0", "1"], false, true),
+            (&["zremrangebylex", "z", "[a", "[b"], false, true),
+            (&["zpopmin", "z"], true, true),
+            (&["zpopmax", "z", "2"], true, true),
+            (&["zmpop", "1", "z", "min"], true, true),
+            (&["bzpopmin", "z", "0"], true, true),
+            (&["bzpopmax", "z", "y", "1"], true, true),
+            (&["bzmpop", "0", "1", "z", "max", "count", "2"], true, true),
+            (&["zunion", "2", "z", "y", "weights", "1", "2"], true, false),
+            (&["zinter", "1", "z", "withscores"], true, false),
+            (&["zdiff", "2", "z", "y"], true, false),
+            (&["zunionstore", "d", "2", "z", "y"], false, true),
+            (
+                &["zinterstore", "d", "1", "z", "aggregate", "max"],
+                false,
+                true,
+            ),
+            (&["zdiffstore", "d", "2", "z", "y"], false, true),
+            (&["zintercard", "2", "z", "y", "limit", "1"], true, false),
+            (&["zrandmember", "z", "2", "withscores"], true, false),
+            (&["zscan", "z", "0"], true, false),
+            (&["touch", "a", "b"], true, false),
+            (&["copy", "a", "b", "replace"], true, true),
+            (
+                &["sort", "l", "by", "w_*", "get", "#", "alpha"],
+                true,
+                false,
+            ),
+            (&["sort", "l", "limit", "0", "2", "store", "d"], true, true),
+            (&["sort_ro", "l", "desc"], true, false),
         ];
         for s in COMMANDS.iter() {
             if matches!(s.run, Run::Data(_)) {

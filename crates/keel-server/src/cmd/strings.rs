@@ -1,7 +1,7 @@
 //! String commands, and keel's own versioned writes (KEEL.VERSION, KEEL.CAS, KEEL.IDEM).
 
 use bytes::Bytes;
-use keel_engine::{Guard, PutIf, Ttl, Write, WriteError, WriteResult};
+use keel_engine::{Guard, PutIf, Read, Ttl, Write, WriteError, WriteResult};
 
 use super::*;
 
@@ -135,16 +135,39 @@ pub const COMMANDS: &[Command] = &[
             "key start end",
             "Returns part of a key's value; negative offsets count from the end.",
         )
+        .data(getrange),
+    Command::new("substr", 4, R, KEY1)
+        .doc(
+            "string",
+            "key start end",
+            "GETRANGE under its old name.",
+        )
+        .data(getrange),
+    Command::new("setrange", 4, W, KEY1)
+        .doc(
+            "string",
+            "key offset value",
+            "Overwrites part of a key's value from offset, zero bytes filling any gap; returns the new length.",
+        )
         .data(|_, a, _| {
-            let (start, end) = (int_arg(&a[2])?, int_arg(&a[3])?);
-            Ok(Part::new(vec![get(&a[1])], move |r| match &r[0] {
-                WriteResult::Value(v) => {
-                    let v = v.clone().unwrap_or_default();
-                    Reply::Bulk(getrange(&v, start, end))
-                }
-                other => value_reply(other),
-            }))
+            let offset = int_arg(&a[2])?;
+            if offset < 0 {
+                return Err(Reply::err("ERR offset is out of range"));
+            }
+            let w = Write::SetRange {
+                key: a[1].clone(),
+                offset: offset as u64,
+                value: a[3].clone(),
+            };
+            Ok(Part::new(vec![w], |r| int_reply(&r[0])))
         }),
+    Command::new("lcs", -3, R, (1, 2, 1))
+        .doc(
+            "string",
+            "key1 key2 [LEN] [IDX] [MINMATCHLEN min-match-len] [WITHMATCHLEN]",
+            "Returns the longest common subsequence of two strings, its length, or where it matches.",
+        )
+        .data(lcs),
     Command::new("keel.version", 2, R, KEY1).doc(
         "string",
         "key",
@@ -330,21 +353,139 @@ fn getex(_: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
     Ok(Part::new(vec![write], |r| value_reply(&r[0])))
 }
 
-/// Redis's GETRANGE index rules: negative indexes count from the end, out-of-range ends clamp.
-pub fn getrange(v: &Bytes, start: i64, end: i64) -> Bytes {
-    let len = v.len() as i64;
-    if len == 0 || (start < 0 && end < 0 && start > end) {
-        return Bytes::new();
+fn getrange(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    let op = Read::Substring {
+        start: int_arg(&a[2])?,
+        end: int_arg(&a[3])?,
+    };
+    Ok(Part::new(vec![read(&a[1], op)], |r| value_reply(&r[0])))
+}
+
+/// The most cells of LCS's table (4 bytes each): two strings whose lengths multiply past it are
+/// refused rather than let one request take gigabytes (P11).
+const LCS_CELLS_MAX: usize = 1 << 26;
+
+fn lcs(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    let (mut len, mut idx, mut min_len, mut with_len) = (false, false, 0usize, false);
+    let mut i = 3;
+    while i < a.len() {
+        if eq(&a[i], "len") {
+            len = true;
+        } else if eq(&a[i], "idx") {
+            idx = true;
+        } else if eq(&a[i], "withmatchlen") {
+            with_len = true;
+        } else if eq(&a[i], "minmatchlen") && i + 1 < a.len() {
+            min_len = int_arg(&a[i + 1])?.max(0) as usize;
+            i += 1;
+        } else {
+            return Err(Reply::err(SYNTAX));
+        }
+        i += 1;
     }
-    let mut s = if start < 0 { len + start } else { start };
-    let mut e = if end < 0 { len + end } else { end };
-    s = s.max(0);
-    e = e.max(0);
-    if e >= len {
-        e = len - 1;
+    if len && idx {
+        return Err(Reply::err(
+            "ERR If you want both the length and indexes, please just use IDX.",
+        ));
     }
-    if s > e {
-        return Bytes::new();
+    Ok(Part::new(vec![get(&a[1]), get(&a[2])], move |r| {
+        let mut strings = Vec::with_capacity(2);
+        for x in r {
+            match x {
+                WriteResult::Value(v) => strings.push(v.clone().unwrap_or_default()),
+                WriteResult::Failed(WriteError::WrongType) => {
+                    return Reply::err("ERR The specified keys must contain string values")
+                }
+                other => return value_reply(other),
+            }
+        }
+        let (x, y) = (&strings[0], &strings[1]);
+        if (x.len() + 1).saturating_mul(y.len() + 1) > LCS_CELLS_MAX {
+            return Reply::err(format!(
+                "ERR Insufficient memory, keel computes LCS of strings whose lengths (plus one) \
+                 multiply to at most {LCS_CELLS_MAX}"
+            ));
+        }
+        let found = longest_common(x, y);
+        if len {
+            return Reply::Int(found.text.len() as i64);
+        }
+        if !idx {
+            return Reply::Bulk(found.text.into());
+        }
+        let range =
+            |(s, e): (usize, usize)| Reply::Array(vec![Reply::Int(s as i64), Reply::Int(e as i64)]);
+        let matches = found
+            .ranges
+            .into_iter()
+            .filter(|(ra, _)| min_len == 0 || ra.1 - ra.0 + 1 >= min_len)
+            .map(|(ra, rb)| {
+                let mut m = vec![range(ra), range(rb)];
+                if with_len {
+                    m.push(Reply::Int((ra.1 - ra.0 + 1) as i64));
+                }
+                Reply::Array(m)
+            })
+            .collect();
+        Reply::Map(vec![
+            (Reply::bulk("matches"), Reply::Array(matches)),
+            (Reply::bulk("len"), Reply::Int(found.text.len() as i64)),
+        ])
+    }))
+}
+
+/// What LCS finds: the subsequence, and its matching runs as inclusive ranges of each string,
+/// the last run first.
+struct Common {
+    text: Vec<u8>,
+    ranges: Vec<((usize, usize), (usize, usize))>,
+}
+
+/// The longest common subsequence of `x` and `y` by Redis's dynamic programme, walked back from
+/// the end as Redis walks it (on a tie it steps back in `y`), so that among equally long
+/// subsequences it finds the one Redis finds.
+fn longest_common(x: &[u8], y: &[u8]) -> Common {
+    let w = y.len() + 1;
+    let mut t = vec![0u32; (x.len() + 1) * w];
+    for i in 1..=x.len() {
+        for j in 1..=y.len() {
+            t[i * w + j] = if x[i - 1] == y[j - 1] {
+                t[(i - 1) * w + j - 1] + 1
+            } else {
+                t[(i - 1) * w + j].max(t[i * w + j - 1])
+            };
+        }
     }
-    v.slice(s as usize..=e as usize)
+    let mut text = Vec::with_capacity(t[x.len() * w + y.len()] as usize);
+    let mut ranges = Vec::new();
+    // The run being matched, as (start in x, end in x, start in y, end in y).
+    let mut run: Option<(usize, usize, usize, usize)> = None;
+    let (mut i, mut j) = (x.len(), y.len());
+    while i > 0 && j > 0 {
+        if x[i - 1] == y[j - 1] {
+            text.push(x[i - 1]);
+            run = Some(match run {
+                Some((_, ae, _, be)) => (i - 1, ae, j - 1, be),
+                None => (i - 1, i - 1, j - 1, j - 1),
+            });
+            i -= 1;
+            j -= 1;
+            if i == 0 || j == 0 {
+                if let Some((as_, ae, bs, be)) = run.take() {
+                    ranges.push(((as_, ae), (bs, be)));
+                }
+            }
+        } else {
+            if t[(i - 1) * w + j] > t[i * w + j - 1] {
+                i -= 1;
+            } else {
+                j -= 1;
+            }
+            if let Some((as_, ae, bs, be)) = run.take() {
+                ranges.push(((as_, ae), (bs, be)));
+            }
+        }
+    }
+    text.reverse();
+    Common { text, ranges }
 }

@@ -476,7 +476,8 @@ fn zrank(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
     let with_score = match &a[3..] {
         [] => false,
         [o] if eq(o, "withscore") => true,
-        _ => return Err(Reply::err(SYNTAX)),
+        [_] => return Err(Reply::err(SYNTAX)),
+        _ => return Err(wrong_args(name)),
     };
     let op = Read::ZRank {
         member: a[2].clone(),
@@ -522,6 +523,8 @@ fn zrange(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
     let at = if store { 2 } else { 1 };
     let (key, mut min, mut max) = (&a[at], &a[at + 1], &a[at + 2]);
     let (mut with_scores, mut limit) = (false, None);
+    // Redis lets a rank range take LIMIT only as `LIMIT offset -1`, which changes nothing.
+    let mut limits_rank = false;
     let mut i = at + 3;
     while i < a.len() {
         let left = a.len() - i - 1;
@@ -535,6 +538,7 @@ fn zrange(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
                 usize::try_from(offset).unwrap_or(usize::MAX),
                 usize::try_from(count).ok(),
             ));
+            limits_rank = count != -1;
             i += 2;
         } else if rev.is_none() && eq(o, "rev") {
             rev = Some(true);
@@ -548,7 +552,7 @@ fn zrange(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
         i += 1;
     }
     let (by, rev) = (by.unwrap_or(By::Rank), rev.unwrap_or(false));
-    if limit.is_some() && by == By::Rank {
+    if limits_rank && by == By::Rank {
         return Err(Reply::err(
             "ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX",
         ));
@@ -569,6 +573,9 @@ fn zrange(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
         By::Score => score_range(min, max)?,
         By::Lex => lex_range(min, max)?,
     };
+    if by == By::Rank {
+        limit = None;
+    }
     if store {
         let w = Write::ZRangeStore {
             key: a[1].clone(),
