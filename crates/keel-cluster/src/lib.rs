@@ -326,9 +326,19 @@ fn write_bytes(w: &Write) -> usize {
                 Write::ZRem { members, .. } => members.iter().map(|m| m.len() + 8).sum(),
                 _ => 0,
             };
+            // What the keys and values leave out: SORT's patterns, BITFIELD's operations.
+            let other = match w {
+                Write::Sort { spec, .. } => {
+                    spec.by.as_ref().map_or(0, |b| b.len())
+                        + spec.get.iter().map(|g| g.len() + 8).sum::<usize>()
+                }
+                Write::BitField { ops, .. } => ops.len() * 24,
+                _ => 0,
+            };
             w.keys().map(|k| k.len() + 8).sum::<usize>()
                 + w.values().map(|v| v.len() + 16).sum::<usize>()
                 + members
+                + other
         }
         Write::DeleteAll => 0,
     }

@@ -81,8 +81,8 @@ pub(crate) fn set_bit(v: &mut [u8], bit: u64, on: bool) {
 
 /// BITOP of `inputs` (an absent key is empty); the result is as long as the longest input,
 /// shorter inputs reading as zero bytes.
-pub(crate) fn bitop(op: BitOp, inputs: &[Bytes]) -> Vec<u8> {
-    let len = inputs.iter().map(Bytes::len).max().unwrap_or(0);
+pub(crate) fn bitop(op: BitOp, inputs: &[&[u8]]) -> Vec<u8> {
+    let len = inputs.iter().map(|i| i.len()).max().unwrap_or(0);
     (0..len)
         .map(|i| {
             let at = |k: usize| inputs[k].get(i).copied().unwrap_or(0);
@@ -163,7 +163,13 @@ pub fn bitfield_apply(v: &mut Vec<u8>, ops: &[BitFieldOp]) -> Vec<Option<i64>> {
             match o.action {
                 BitFieldAction::Get => Some(old),
                 BitFieldAction::Set(x) => {
-                    let raw = fit(i128::from(x), o.bits, o.signed, o.overflow)?;
+                    // Redis reads an unsigned field's new value as a u64: -1 is 2^64 - 1.
+                    let x = if o.signed {
+                        i128::from(x)
+                    } else {
+                        i128::from(x as u64)
+                    };
+                    let raw = fit(x, o.bits, o.signed, o.overflow)?;
                     write_bits(v, o.offset, o.bits, raw);
                     Some(old)
                 }
@@ -280,11 +286,21 @@ mod tests {
 
     #[test]
     fn bitop_pads_shorter_inputs_with_zeros() {
-        let a = Bytes::from_static(&[0xff, 0x0f]);
-        let b = Bytes::from_static(&[0x0f]);
-        assert_eq!(bitop(BitOp::And, &[a.clone(), b.clone()]), vec![0x0f, 0]);
-        assert_eq!(bitop(BitOp::Or, &[a.clone(), b.clone()]), vec![0xff, 0x0f]);
-        assert_eq!(bitop(BitOp::Xor, &[a.clone(), b]), vec![0xf0, 0x0f]);
+        let (a, b): (&[u8], &[u8]) = (&[0xff, 0x0f], &[0x0f]);
+        assert_eq!(bitop(BitOp::And, &[a, b]), vec![0x0f, 0]);
+        assert_eq!(bitop(BitOp::Or, &[a, b]), vec![0xff, 0x0f]);
+        assert_eq!(bitop(BitOp::Xor, &[a, b]), vec![0xf0, 0x0f]);
         assert_eq!(bitop(BitOp::Not, &[a]), vec![0, 0xf0]);
+        // An unsigned SET of a negative value is a huge one, as Redis reads it (u64).
+        let mut v = Vec::new();
+        let sat = BitFieldOp {
+            action: BitFieldAction::Set(-1),
+            signed: false,
+            bits: 8,
+            offset: 0,
+            overflow: Overflow::Sat,
+        };
+        bitfield_apply(&mut v, &[sat]);
+        assert_eq!(v, vec![255]);
     }
 }

@@ -893,11 +893,13 @@ fn decide_one<S: Decided>(
             WriteResult::Int(was as i64)
         }
         Write::BitOp { dest, op, keys } => {
-            let mut inputs = Vec::with_capacity(keys.len());
+            // Lent, not copied: BITOP OR d k k k … names one large key many times for free.
+            let mut inputs: Vec<&[u8]> = Vec::with_capacity(keys.len());
             for k in &keys {
-                match work.string(k) {
-                    Ok(v) => inputs.push(v.map(|(v, _)| v).unwrap_or_default()),
-                    Err(e) => return WriteResult::Failed(e),
+                match work.live(k).map(|e| e.value) {
+                    None => inputs.push(&[]),
+                    Some(ValueRef::String(v)) => inputs.push(v),
+                    Some(_) => return WriteResult::Failed(WriteError::WrongType),
                 }
             }
             let out = bits::bitop(op, &inputs);

@@ -644,7 +644,9 @@ impl Map {
     }
 
     /// Applies a relative mutation ([`Mutation::is_relative`]) to `key`'s entry in place, at
-    /// `version`: O(the change), not O(the value). Does what [`edit_typed`] does to a copy.
+    /// `version`: O(the change) for a collection, O(the value) for a string's byte-range write
+    /// (the table rewrites the string; the log holds only the bytes). Does what [`edit_typed`]
+    /// does to a copy.
     pub(crate) fn edit(&mut self, key: &[u8], m: &Mutation, version: Lsn) {
         match m {
             Mutation::HashSet { create, pairs, .. } => {

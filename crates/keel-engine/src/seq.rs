@@ -101,7 +101,11 @@ pub(crate) struct Recent {
 }
 
 /// The most bytes of collections [`Recent`] keeps after the visible state caught up with them.
-const KEPT_BYTES_MAX: usize = 64 << 20;
+/// Each kept collection is a second copy of one the table holds, so this is memory on top of the
+/// keyspace: at 64 MiB, 100k hashes of 20 fields took 2.1× Redis's RSS (every one held twice);
+/// at 8 MiB the copies add at most 8 MiB, while a hot queue or leaderboard of up to a few MiB
+/// is still copied once, not at every lull between writes (BENCHMARKS.md).
+const KEPT_BYTES_MAX: usize = 8 << 20;
 
 impl Recent {
     /// The decided value of the system entry `key`, given `vis`, the visible state now.

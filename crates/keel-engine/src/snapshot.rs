@@ -1661,7 +1661,13 @@ mod tests {
             let records: Vec<Vec<Mutation>> = (1..=n)
                 .map(|lsn| {
                     (0..1 + r.below(4))
-                        .map(|j| match r.below(36) {
+                        .map(|j| match r.below(37) {
+                            36 => Mutation::StringWrite {
+                                key: key(r.below(8)),
+                                create: r.chance(30),
+                                offset: r.below(6),
+                                bytes: Bytes::from(format!("w{lsn}")),
+                            },
                             33 | 34 => Mutation::ZAdd {
                                 key: key(r.below(8)),
                                 create: r.chance(30),

@@ -38,15 +38,37 @@ fn by_pattern<'a>(
 }
 
 /// A weight as Redis reads one for a numeric sort (strtod: leading spaces allowed, nothing
-/// after the number, no NaN).
+/// after the number, no NaN, nothing out of a double's range; an empty value is 0).
 fn number(v: &[u8]) -> Option<f64> {
     let s = std::str::from_utf8(v).ok()?.trim_start();
-    s.parse::<f64>().ok().filter(|x| !x.is_nan())
+    if s.is_empty() {
+        return Some(0.0);
+    }
+    parse_double(s)
 }
+
+/// A double as Redis reads one (strtod with its checks): no NaN, and nothing out of a double's
+/// range: `1e400` is not inf and `1e-400` is not 0, while `inf` and `-inf` are.
+pub fn parse_double(s: &str) -> Option<f64> {
+    let x = s.parse::<f64>().ok().filter(|x| !x.is_nan())?;
+    let spelled_inf = s
+        .trim_start_matches(['+', '-'])
+        .to_ascii_lowercase()
+        .starts_with("inf");
+    let mantissa = s.split(['e', 'E']).next().unwrap_or_default();
+    let underflow = x == 0.0 && mantissa.bytes().any(|c| (b'1'..=b'9').contains(&c));
+    let overflow = x.is_infinite() && !spelled_inf;
+    (!overflow && !underflow).then_some(x)
+}
+
+/// The most bytes SORT's result may hold: GET patterns can make a short list return a large
+/// value for every element (P11).
+const SORT_BYTES_MAX: usize = 64 << 20;
 
 /// SORT's result: the elements (or what the GET patterns find for them, nil where nothing),
 /// sorted and limited; `Err(WrongType)` when the key holds no list, set or sorted set,
-/// `Err(NotAFloat)` when a weight is not a number without ALPHA.
+/// `Err(NotAFloat)` when a weight is not a number without ALPHA, `Err(ValueTooLarge)` past
+/// [`SORT_BYTES_MAX`].
 pub(crate) fn sort<'a>(
     lookup: &dyn Fn(&[u8]) -> Option<ValueRef<'a>>,
     spec: &SortSpec,
@@ -72,7 +94,7 @@ pub(crate) fn sort<'a>(
                     elements.reverse();
                 }
             }
-            Some(ValueRef::ZSet(_)) if spec.desc => elements.reverse(),
+            Some(ValueRef::ZSet(_) | ValueRef::List(_)) if spec.desc => elements.reverse(),
             _ => {}
         }
     } else {
@@ -97,12 +119,14 @@ pub(crate) fn sort<'a>(
         }
         sorted.sort_by(|a, b| {
             let cmp = if spec.alpha {
+                // Ties fall back to the elements, so that every node sorts a set alike.
                 match (&a.1, &b.1) {
                     (Some(x), Some(y)) => x.cmp(y),
                     (None, None) => Ordering::Equal,
                     (None, Some(_)) => Ordering::Less,
                     (Some(_), None) => Ordering::Greater,
                 }
+                .then_with(|| a.0.cmp(&b.0))
             } else {
                 a.2.partial_cmp(&b.2)
                     .unwrap_or(Ordering::Equal)
@@ -134,13 +158,38 @@ pub(crate) fn sort<'a>(
     } else {
         &elements[start as usize..=end as usize]
     };
-    Ok(if spec.get.is_empty() {
-        picked.iter().cloned().map(Some).collect()
-    } else {
-        picked
-            .iter()
-            .flat_map(|e| spec.get.iter().map(move |p| (p, e)))
-            .map(|(p, e)| by_pattern(lookup, p, e))
-            .collect()
-    })
+    let mut bytes = 0usize;
+    let mut out = Vec::with_capacity(picked.len() * spec.get.len().max(1));
+    for e in picked {
+        let found: Vec<Option<Bytes>> = if spec.get.is_empty() {
+            vec![Some(e.clone())]
+        } else {
+            spec.get.iter().map(|p| by_pattern(lookup, p, e)).collect()
+        };
+        bytes += found.iter().flatten().map(|v| v.len() + 16).sum::<usize>();
+        if bytes > SORT_BYTES_MAX {
+            return Err(WriteError::ValueTooLarge);
+        }
+        out.extend(found);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_out_of_range_are_refused_as_redis_refuses_them() {
+        assert_eq!(parse_double("1.5"), Some(1.5));
+        assert_eq!(parse_double("-inf"), Some(f64::NEG_INFINITY));
+        assert_eq!(parse_double("+Infinity"), Some(f64::INFINITY));
+        assert_eq!(parse_double("0e5"), Some(0.0));
+        assert_eq!(parse_double("1e400"), None);
+        assert_eq!(parse_double("1e-400"), None);
+        assert_eq!(parse_double("nan"), None);
+        assert_eq!(number(b""), Some(0.0));
+        assert_eq!(number(b"  7"), Some(7.0));
+        assert_eq!(number(b"7x"), None);
+    }
 }

@@ -9,6 +9,10 @@
 //!   time, each tries its pop and then passes the turn to the next, so the longest-waiting
 //!   client is served first, as in Redis.
 //! - A wake-up that comes while a client is trying is not lost: the client tries once more.
+//! - The write that woke clients is answered only after they have tried, as Redis serves
+//!   blocked clients before it replies to the push: a client that pushes and then reads sees
+//!   what the blocked clients took. A served client that pushed in turn (BLMOVE) waits the same
+//!   way for the clients it woke, so a chain of moves completes before the first push's reply.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -28,7 +32,13 @@ pub struct Waiters {
     state: Mutex<State>,
     /// Clients waiting now: a write checks this before it takes the lock.
     waiting: AtomicUsize,
+    /// Told whenever a client finishes a try or stops waiting.
+    progress: Notify,
 }
+
+/// Clients a write woke, each with the number of tries it will have finished once it has
+/// seen the write: what the writer's reply waits for ([`Waiters::settled`]).
+pub type Woken = Vec<(u64, u64)>;
 
 #[derive(Default)]
 struct State {
@@ -45,6 +55,10 @@ struct Waiter {
     wake: Arc<Notify>,
     /// Woken again while in `turns`: it must try once more after its turn.
     again: bool,
+    /// Tries it finished without being served.
+    tries: u64,
+    /// Served, and waiting only for the clients its own write woke: no longer woken.
+    served: bool,
 }
 
 /// The keys in `writes` that may get an element: what a push, a move or a rename writes to.
@@ -56,7 +70,12 @@ pub fn pushed_keys(writes: &[Write]) -> Vec<Bytes> {
             | Write::ZAdd { key, .. }
             | Write::ZStore { key, .. }
             | Write::ZRangeStore { key, .. } => keys.push(key.clone()),
-            Write::ListMove { to, .. } | Write::Rename { to, .. } => keys.push(to.clone()),
+            Write::ListMove { to, .. } | Write::Rename { to, .. } | Write::Copy { to, .. } => {
+                keys.push(to.clone())
+            }
+            Write::Sort {
+                store: Some(dest), ..
+            } => keys.push(dest.clone()),
             _ => {}
         }
     }
@@ -87,23 +106,54 @@ impl Waiters {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// Wakes the clients waiting on any of `keys`, oldest first, one turn at a time.
-    pub fn wake(&self, keys: &[Bytes]) {
+    /// Wakes the clients waiting on any of `keys`, oldest first, one turn at a time; returns
+    /// them, for [`Waiters::settled`].
+    pub fn wake(&self, keys: &[Bytes]) -> Woken {
         let mut s = self.lock();
         let was_idle = s.turns.is_empty();
         let State { waiters, turns, .. } = &mut *s;
+        let mut woken = Vec::new();
         for (ticket, w) in waiters.iter_mut() {
-            if !w.keys.iter().any(|k| keys.contains(k)) {
+            if w.served || !w.keys.iter().any(|k| keys.contains(k)) {
                 continue;
             }
             if turns.contains(ticket) {
+                // A try under way may have missed the write: the one after it will not.
                 w.again = true;
+                woken.push((*ticket, w.tries + 2));
             } else {
                 turns.push_back(*ticket);
+                woken.push((*ticket, w.tries + 1));
             }
         }
         if was_idle {
             s.pass_turn();
+        }
+        woken
+    }
+
+    /// Waits until every client in `woken` has tried after the write that woke it (or stopped
+    /// waiting), served clients including the clients they woke in turn.
+    pub async fn settled(&self, woken: &Woken) {
+        if woken.is_empty() {
+            return;
+        }
+        loop {
+            let progress = self.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            let done = {
+                let s = self.lock();
+                woken.iter().all(|(t, tries)| {
+                    s.waiters
+                        .get(t)
+                        .is_none_or(|w| !w.served && w.tries >= *tries)
+                })
+            };
+            if done {
+                return;
+            }
+            progress.await;
         }
     }
 
@@ -118,6 +168,8 @@ impl Waiters {
                 keys,
                 wake: wake.clone(),
                 again: false,
+                tries: 0,
+                served: false,
             },
         );
         self.waiting.fetch_add(1, Ordering::Relaxed);
@@ -133,11 +185,28 @@ impl Waiters {
         }
         s.turns.pop_front();
         if let Some(w) = s.waiters.get_mut(&ticket) {
+            w.tries += 1;
             if std::mem::take(&mut w.again) {
                 s.turns.push_back(ticket);
             }
         }
         s.pass_turn();
+        drop(s);
+        self.progress.notify_waiters();
+    }
+
+    /// Ends `ticket`'s turn after a try that served it: the next client's turn comes, and no
+    /// write wakes it again.
+    fn served(&self, ticket: u64) {
+        let mut s = self.lock();
+        if let Some(w) = s.waiters.get_mut(&ticket) {
+            w.served = true;
+        }
+        let had_turn = s.turns.front() == Some(&ticket);
+        s.turns.retain(|t| *t != ticket);
+        if had_turn {
+            s.pass_turn();
+        }
     }
 
     /// Forgets `ticket` (served, timed out or gone), passing its turn on if it had it.
@@ -149,7 +218,9 @@ impl Waiters {
         if had_turn {
             s.pass_turn();
         }
+        drop(s);
         self.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.progress.notify_waiters();
     }
 }
 
@@ -172,7 +243,8 @@ pub fn is_empty_reply(r: &Reply) -> bool {
 
 /// Tries `attempt` (told whether it is a later try) until it gives a reply that is not empty,
 /// waiting for its turn between tries; after `timeout` (`None`: never) gives a nil array, as
-/// Redis answers every blocked list command that timed out.
+/// Redis answers every blocked list command that timed out. An attempt also gives the clients
+/// its write woke: once served, the reply waits for them (a chain of BLMOVEs).
 pub async fn wait_for<F>(
     waiters: &Waiters,
     keys: Vec<Bytes>,
@@ -180,16 +252,20 @@ pub async fn wait_for<F>(
     mut attempt: impl FnMut(bool) -> F,
 ) -> Reply
 where
-    F: Future<Output = Reply>,
+    F: Future<Output = (Reply, Woken)>,
 {
     let (ticket, wake) = waiters.register(keys);
     let _registered = Registered { waiters, ticket };
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut later = false;
     loop {
-        let reply = attempt(later).await;
+        let (reply, mut woken) = attempt(later).await;
         later = true;
         if !is_empty_reply(&reply) {
+            waiters.served(ticket);
+            // A move onto its own key woke this very client: it has seen its own write.
+            woken.retain(|(t, _)| *t != ticket);
+            waiters.settled(&woken).await;
             return reply;
         }
         waiters.end_turn(ticket);

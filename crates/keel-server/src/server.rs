@@ -531,11 +531,12 @@ async fn block<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Runs a data command's part on its own (a blocking command's try): to its durable reply.
-async fn run_part(sh: Arc<Shared>, part: Part) -> Reply {
+/// Runs a data command's part on its own (a blocking command's try): to its durable reply, and
+/// the blocked clients its write woke.
+async fn run_part(sh: Arc<Shared>, part: Part) -> (Reply, blocking::Woken) {
     if part.read_only() {
         let results = sh.engine().read(|v| eval_reads(v, &part.writes));
-        return (part.render)(Some(&results));
+        return ((part.render)(Some(&results)), Vec::new());
     }
     let woken = blocking::pushed_keys(&part.writes);
     let reply = match sh.cluster().cloned() {
@@ -548,7 +549,7 @@ async fn run_part(sh: Arc<Shared>, part: Part) -> Reply {
             };
             match c.write(txn).await {
                 Ok(o) => render_outcome(part.render, o, &sh),
-                Err(e) => return cluster_error(&e),
+                Err(e) => return (cluster_error(&e), Vec::new()),
             }
         }
         None => {
@@ -557,16 +558,20 @@ async fn run_part(sh: Arc<Shared>, part: Part) -> Reply {
             match engine.submit(part.guards, part.writes) {
                 Ok(p) => match p.await {
                     Ok(o) => render_outcome(part.render, o, &sh),
-                    Err(e) => return sh.engine_error(&e),
+                    Err(e) => return (sh.engine_error(&e), Vec::new()),
                 },
-                Err(e) => return sh.engine_error(&e),
+                Err(e) => return (sh.engine_error(&e), Vec::new()),
             }
         }
     };
-    if !woken.is_empty() && sh.blocked.any() {
-        sh.blocked.wake(&woken);
-    }
-    reply
+    // A try that found nothing moved nothing: waking its own keys would wake this very client
+    // again, for ever (BRPOPLPUSH k k on an empty list).
+    let woken = if !woken.is_empty() && !blocking::is_empty_reply(&reply) && sh.blocked.any() {
+        sh.blocked.wake(&woken)
+    } else {
+        Vec::new()
+    };
+    (reply, woken)
 }
 
 /// Finishes a command's timer now if its reply is ready, or once it is durable if the command
@@ -680,19 +685,14 @@ impl Conn {
     ) {
         // A write that may give a list an element wakes the clients waiting on it, once
         // durable: whether any wait is asked then, so that a client that starts waiting while
-        // this write is on its way is not missed.
-        let woken = blocking::pushed_keys(&writes);
-        let render: cmd::Render = if woken.is_empty() {
-            render
-        } else {
-            let sh = self.sh.clone();
-            Box::new(move |r| {
-                let reply = render(r);
-                if sh.blocked.any() {
-                    sh.blocked.wake(&woken);
-                }
-                reply
-            })
+        // this write is on its way is not missed. Its reply waits until they have tried.
+        let pushed = blocking::pushed_keys(&writes);
+        let woken = move |sh: &Shared| {
+            if !pushed.is_empty() && sh.blocked.any() {
+                sh.blocked.wake(&pushed)
+            } else {
+                Vec::new()
+            }
         };
         if let Some(c) = self.sh.cluster().cloned() {
             let txn = Txn {
@@ -703,10 +703,12 @@ impl Conn {
             };
             let sh = self.sh.clone();
             self.queue.push_back(Slot::Pending(Box::pin(async move {
-                match c.write(txn).await {
+                let reply = match c.write(txn).await {
                     Ok(o) => render_outcome(render, o, &sh),
                     Err(e) => cluster_error(&e),
-                }
+                };
+                sh.blocked.settled(&woken(&sh)).await;
+                reply
             })));
             return;
         }
@@ -718,10 +720,12 @@ impl Conn {
             Ok(p) => {
                 let sh = self.sh.clone();
                 self.queue.push_back(Slot::Pending(Box::pin(async move {
-                    match p.await {
+                    let reply = match p.await {
                         Ok(o) => render_outcome(render, o, &sh),
                         Err(e) => sh.engine_error(&e),
-                    }
+                    };
+                    sh.blocked.settled(&woken(&sh)).await;
+                    reply
                 })))
             }
             Err(e) => {

@@ -11,7 +11,8 @@ use super::*;
 const BITS_MAX: i64 = 1 << 32;
 
 pub const COMMANDS: &[Command] = &[
-    Command::new("setbit", 4, W, KEY1)
+    // Returns the bit's old value (Redis: ACCESS).
+    Command::new("setbit", 4, RW, KEY1)
         .doc(
             "bitmap",
             "key offset value",
@@ -75,9 +76,9 @@ pub const COMMANDS: &[Command] = &[
             "Returns the position of the first bit set to 1 or 0, in a byte (or BIT) range.",
         )
         .data(|_, a, _| {
-            let bit = match &a[2][..] {
-                b"1" => true,
-                b"0" => false,
+            let bit = match int_arg(&a[2])? {
+                1 => true,
+                0 => false,
                 _ => return Err(Reply::err("ERR The bit argument must be 1 or 0.")),
             };
             let (start, end, in_bits) = match &a[3..] {
@@ -93,7 +94,8 @@ pub const COMMANDS: &[Command] = &[
                 other => value_reply(other),
             }))
         }),
-    Command::new("bitop", -4, W, (2, -1, 1))
+    // Reads its sources (Redis: ACCESS).
+    Command::new("bitop", -4, RW, (2, -1, 1))
         .doc(
             "bitmap",
             "<AND|OR|XOR|NOT> destkey key [key ...]",
@@ -239,7 +241,7 @@ fn bitfield_ops(a: &[Bytes], read_only: bool) -> Result<Vec<BitFieldOp>, Reply> 
         if a.len() - i - 1 < wants {
             return Err(Reply::err(SYNTAX));
         }
-        if read_only && sub != "get" {
+        if read_only && (sub == "set" || sub == "incrby") {
             return Err(Reply::err(
                 "ERR BITFIELD_RO only supports the GET subcommand",
             ));
@@ -288,8 +290,8 @@ fn encoding(b: &[u8]) -> Result<(bool, u8), Reply> {
         )
     };
     let (signed, digits) = match b.split_first() {
-        Some((b'i' | b'I', d)) => (true, d),
-        Some((b'u' | b'U', d)) => (false, d),
+        Some((b'i', d)) => (true, d),
+        Some((b'u', d)) => (false, d),
         _ => return Err(bad()),
     };
     let bits = parse_i64(digits).ok_or_else(bad)?;

@@ -366,6 +366,9 @@ fn sort(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
         WriteResult::Failed(WriteError::NotAFloat) => {
             Reply::err("ERR One or more scores can't be converted into double")
         }
+        WriteResult::Failed(WriteError::ValueTooLarge) => Reply::err(
+            "ERR SORT's result would exceed 64 MiB: narrow it with LIMIT or fewer GET patterns",
+        ),
         other if stores => int_reply(other),
         other => values_reply(other),
     }))
