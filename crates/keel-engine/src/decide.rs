@@ -1143,79 +1143,44 @@ fn add_float(cur: Option<f64>, by: f64) -> Result<Bytes, WriteError> {
 /// O(the value): the log holds the moved value itself, not a reference to the old key, so that
 /// each record's effect on a key depends only on that key (docs/FORMAT.md).
 fn recreate(key: Bytes, e: Lent<'_>) -> Vec<Mutation> {
-    match e.value {
-        ValueRef::String(v) => vec![Mutation::Set {
+    let copy = |b: &[u8]| Bytes::copy_from_slice(b);
+    let contents = match e.value {
+        ValueRef::String(v) => {
+            return vec![Mutation::Set {
+                key,
+                value: copy(v),
+                expires_at_ms: e.expires_at_ms,
+            }]
+        }
+        ValueRef::Hash(h) => Mutation::HashSet {
+            key: key.clone(),
+            create: true,
+            pairs: h.iter().map(|(f, v)| (copy(f), copy(v))).collect(),
+        },
+        ValueRef::Set(set) => Mutation::SetAdd {
+            key: key.clone(),
+            create: true,
+            members: set.iter().map(|m| Bytes::from(m.into_owned())).collect(),
+        },
+        ValueRef::List(list) => Mutation::ListPush {
+            key: key.clone(),
+            create: true,
+            front: false,
+            elements: list.iter().map(copy).collect(),
+        },
+        ValueRef::ZSet(z) => Mutation::ZAdd {
+            key: key.clone(),
+            create: true,
+            pairs: z.iter().into_iter().map(|(m, s)| (copy(m), s)).collect(),
+        },
+    };
+    // A collection's `create` leaves it without an expiry: its expiry follows.
+    let mut out = vec![contents];
+    if let Some(t) = e.expires_at_ms {
+        out.push(Mutation::Expire {
             key,
-            value: Bytes::copy_from_slice(v),
-            expires_at_ms: e.expires_at_ms,
-        }],
-        ValueRef::Hash(h) => {
-            let pairs = h
-                .iter()
-                .map(|(f, v)| (Bytes::copy_from_slice(f), Bytes::copy_from_slice(v)))
-                .collect();
-            let mut out = vec![Mutation::HashSet {
-                key: key.clone(),
-                create: true,
-                pairs,
-            }];
-            if let Some(t) = e.expires_at_ms {
-                out.push(Mutation::Expire {
-                    key,
-                    expires_at_ms: Some(t),
-                });
-            }
-            out
-        }
-        ValueRef::Set(set) => {
-            let members = set.iter().map(|m| Bytes::from(m.into_owned())).collect();
-            let mut out = vec![Mutation::SetAdd {
-                key: key.clone(),
-                create: true,
-                members,
-            }];
-            if let Some(t) = e.expires_at_ms {
-                out.push(Mutation::Expire {
-                    key,
-                    expires_at_ms: Some(t),
-                });
-            }
-            out
-        }
-        ValueRef::List(list) => {
-            let elements = list.iter().map(Bytes::copy_from_slice).collect();
-            let mut out = vec![Mutation::ListPush {
-                key: key.clone(),
-                create: true,
-                front: false,
-                elements,
-            }];
-            if let Some(t) = e.expires_at_ms {
-                out.push(Mutation::Expire {
-                    key,
-                    expires_at_ms: Some(t),
-                });
-            }
-            out
-        }
-        ValueRef::ZSet(z) => {
-            let pairs = z
-                .iter()
-                .into_iter()
-                .map(|(m, s)| (Bytes::copy_from_slice(m), s))
-                .collect();
-            let mut out = vec![Mutation::ZAdd {
-                key: key.clone(),
-                create: true,
-                pairs,
-            }];
-            if let Some(t) = e.expires_at_ms {
-                out.push(Mutation::Expire {
-                    key,
-                    expires_at_ms: Some(t),
-                });
-            }
-            out
-        }
+            expires_at_ms: Some(t),
+        });
     }
+    out
 }

@@ -245,19 +245,7 @@ fn hrandfield(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
             WriteResult::Values(v) => pairs(v),
             other => return values_reply(other),
         };
-        let Some(count) = count else {
-            return match all.len() {
-                0 => Reply::Nil,
-                n => all[(random() % n as u64) as usize].0.clone(),
-            };
-        };
-        let picked = random_indexes(all.len(), count)
-            .into_iter()
-            .map(|i| all[i].clone());
-        match with_values {
-            true => Reply::Pairs(picked.collect()),
-            false => Reply::Array(picked.map(|(f, _)| f).collect()),
-        }
+        random_pairs_reply(&all, count, with_values)
     }))
 }
 

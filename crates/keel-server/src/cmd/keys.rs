@@ -19,32 +19,14 @@ pub const COMMANDS: &[Command] = &[
         .data(del),
     Command::new("exists", -2, R, ALL_KEYS)
         .doc("generic", "key [key ...]", "Counts how many of the keys exist.")
-        .data(|_, a, _| {
-            let types = a[1..].iter().map(|k| read(k, Read::Type)).collect();
-            Ok(Part::new(types, |r| {
-                Reply::Int(
-                    r.iter()
-                        .filter(|x| matches!(x, WriteResult::Value(Some(_))))
-                        .count() as i64,
-                )
-            }))
-        }),
+        .data(count_existing),
     Command::new("touch", -2, R, ALL_KEYS)
         .doc(
             "generic",
             "key [key ...]",
             "Counts how many of the keys exist (keel keeps no access times to update).",
         )
-        .data(|_, a, _| {
-            let types = a[1..].iter().map(|k| read(k, Read::Type)).collect();
-            Ok(Part::new(types, |r| {
-                Reply::Int(
-                    r.iter()
-                        .filter(|x| matches!(x, WriteResult::Value(Some(_))))
-                        .count() as i64,
-                )
-            }))
-        }),
+        .data(count_existing),
     // Reads the source (Redis: key spec RO ACCESS) and writes the destination.
     Command::new("copy", -3, RW, (1, 2, 1))
         .doc(
@@ -371,5 +353,17 @@ fn sort(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
         ),
         other if stores => int_reply(other),
         other => values_reply(other),
+    }))
+}
+
+/// EXISTS and TOUCH: how many of the keys exist, a key named twice counting twice.
+fn count_existing(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    let types = a[1..].iter().map(|k| read(k, Read::Type)).collect();
+    Ok(Part::new(types, |r| {
+        Reply::Int(
+            r.iter()
+                .filter(|x| matches!(x, WriteResult::Value(Some(_))))
+                .count() as i64,
+        )
     }))
 }

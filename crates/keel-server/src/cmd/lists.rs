@@ -268,23 +268,7 @@ fn bpop(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
 /// LMPOP's arguments after the command (BLMPOP's after the timeout): numkeys, the keys, the
 /// side and an optional COUNT.
 fn mpop(a: &[Bytes]) -> Result<Part, Reply> {
-    let n = match parse_i64(&a[0]) {
-        Some(n) if n > 0 => n as usize,
-        _ => return Err(Reply::err("ERR numkeys should be greater than 0")),
-    };
-    if n + 1 >= a.len() {
-        return Err(Reply::err(SYNTAX));
-    }
-    let keys = a[1..1 + n].to_vec();
-    let front = side(&a[1 + n])?;
-    let count = match &a[2 + n..] {
-        [] => 1,
-        [o, c] if eq(o, "count") => match parse_i64(c) {
-            Some(c) if c > 0 => c as usize,
-            _ => return Err(Reply::err("ERR count should be greater than 0")),
-        },
-        _ => return Err(Reply::err(SYNTAX)),
-    };
+    let (keys, front, count) = mpop_args(a, ["right", "left"])?;
     let w = Write::ListPopFirst {
         keys,
         front,

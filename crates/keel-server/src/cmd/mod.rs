@@ -477,6 +477,24 @@ fn random_indexes(len: usize, count: i64) -> Vec<usize> {
     order
 }
 
+/// HRANDFIELD's and ZRANDMEMBER's reply from every (name, value) pair: one random name without
+/// a count, else [`random_indexes`]' picks, as pairs `with_values` or names alone.
+fn random_pairs_reply(all: &[(Reply, Reply)], count: Option<i64>, with_values: bool) -> Reply {
+    let Some(count) = count else {
+        return match all.len() {
+            0 => Reply::Nil,
+            n => all[(random() % n as u64) as usize].0.clone(),
+        };
+    };
+    let picked = random_indexes(all.len(), count)
+        .into_iter()
+        .map(|i| all[i].clone());
+    match with_values {
+        true => Reply::Pairs(picked.collect()),
+        false => Reply::Array(picked.map(|(name, _)| name).collect()),
+    }
+}
+
 /// A float argument as Redis reads one: no NaN, no leading space, and nothing out of a
 /// double's range (`1e400` is refused, not read as inf; `1e-400` is refused, not read as 0).
 fn float_arg(b: &[u8]) -> Result<f64, Reply> {
@@ -518,6 +536,33 @@ fn scan_options(a: &[Bytes]) -> Result<Option<Bytes>, Reply> {
         }
     }
     Ok(pattern)
+}
+
+/// LMPOP's and ZMPOP's arguments after the command (their blocking forms' after the timeout):
+/// numkeys, the keys, one of `sides` and an optional COUNT. Returns the keys, whether the side
+/// named is the second of `sides`, and the count.
+fn mpop_args(a: &[Bytes], sides: [&str; 2]) -> Result<(Vec<Bytes>, bool, usize), Reply> {
+    let n = match parse_i64(&a[0]) {
+        Some(n) if n > 0 => n as usize,
+        _ => return Err(Reply::err("ERR numkeys should be greater than 0")),
+    };
+    if n + 1 >= a.len() {
+        return Err(Reply::err(SYNTAX));
+    }
+    let second = match &a[1 + n] {
+        s if eq(s, sides[0]) => false,
+        s if eq(s, sides[1]) => true,
+        _ => return Err(Reply::err(SYNTAX)),
+    };
+    let count = match &a[2 + n..] {
+        [] => 1,
+        [o, c] if eq(o, "count") => match parse_i64(c) {
+            Some(c) if c > 0 => c as usize,
+            _ => return Err(Reply::err("ERR count should be greater than 0")),
+        },
+        _ => return Err(Reply::err(SYNTAX)),
+    };
+    Ok((a[1..1 + n].to_vec(), second, count))
 }
 
 /// Reads `key` of any type with `op`.

@@ -657,27 +657,7 @@ fn bzpop(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
 /// ZMPOP's arguments after the command (BZMPOP's after the timeout): numkeys, the keys, MIN or
 /// MAX and an optional COUNT. The reply is the key, then its members and scores as pairs.
 fn mpop(a: &[Bytes]) -> Result<Part, Reply> {
-    let n = match parse_i64(&a[0]) {
-        Some(n) if n > 0 => n as usize,
-        _ => return Err(Reply::err("ERR numkeys should be greater than 0")),
-    };
-    if n + 1 >= a.len() {
-        return Err(Reply::err(SYNTAX));
-    }
-    let keys = a[1..1 + n].to_vec();
-    let max = match &a[1 + n] {
-        w if eq(w, "min") => false,
-        w if eq(w, "max") => true,
-        _ => return Err(Reply::err(SYNTAX)),
-    };
-    let count = match &a[2 + n..] {
-        [] => 1,
-        [o, c] if eq(o, "count") => match parse_i64(c) {
-            Some(c) if c > 0 => c as usize,
-            _ => return Err(Reply::err("ERR count should be greater than 0")),
-        },
-        _ => return Err(Reply::err(SYNTAX)),
-    };
+    let (keys, max, count) = mpop_args(a, ["min", "max"])?;
     let w = Write::ZPopFirst {
         keys,
         max,
@@ -837,18 +817,6 @@ fn zrandmember(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
             WriteResult::Values(v) => scored(v),
             other => return values_reply(other),
         };
-        let Some(count) = count else {
-            return match all.len() {
-                0 => Reply::Nil,
-                n => all[(random() % n as u64) as usize].0.clone(),
-            };
-        };
-        let picked = random_indexes(all.len(), count)
-            .into_iter()
-            .map(|i| all[i].clone());
-        match with_scores {
-            true => Reply::Pairs(picked.collect()),
-            false => Reply::Array(picked.map(|(m, _)| m).collect()),
-        }
+        random_pairs_reply(&all, count, with_scores)
     }))
 }
