@@ -100,12 +100,18 @@ pub(crate) struct Recent {
     kept_bytes: usize,
 }
 
-/// The most bytes of collections [`Recent`] keeps after the visible state caught up with them.
-/// Each kept collection is a second copy of one the table holds, so this is memory on top of the
-/// keyspace: at 64 MiB, 100k hashes of 20 fields took 2.1× Redis's RSS (every one held twice);
-/// at 8 MiB the copies add at most 8 MiB, while a hot queue or leaderboard of up to a few MiB
-/// is still copied once, not at every lull between writes (BENCHMARKS.md).
+/// The most bytes of collections [`Recent`] keeps after the visible state caught up with them,
+/// counting each with [`KEPT_ENTRY_BYTES`] of bookkeeping. Each kept collection is a second copy
+/// of one the table holds, so this is memory on top of the keyspace: at 64 MiB, 100k hashes of
+/// 20 fields took 2.1× Redis's RSS (every one held twice). The newest kept collection stays
+/// whatever its size, so that one hot queue or hash larger than the bound is still copied once,
+/// not at every lull between writes (BENCHMARKS.md).
 const KEPT_BYTES_MAX: usize = 8 << 20;
+
+/// What keeping one collection costs besides its value: its key, its entry in `by_key` (the
+/// entry's struct and the map's slot) and its place in `kept`. Estimated, not measured
+/// exactly: counting values alone, 8 MiB of small sorted sets took about 24 MiB of RSS.
+const KEPT_ENTRY_BYTES: usize = 192;
 
 impl Recent {
     /// The decided value of the system entry `key`, given `vis`, the visible state now.
@@ -169,7 +175,7 @@ impl Recent {
             let (lsn, key) = self.order.pop_front().expect("checked");
             match self.by_key.get(&key) {
                 Some((l, Some(e))) if *l == lsn && e.is_collection() => {
-                    let size = e.memory_bytes();
+                    let size = e.memory_bytes() + key.len() + KEPT_ENTRY_BYTES;
                     self.kept.push_back((lsn, key, size));
                     self.kept_bytes += size;
                 }
@@ -179,7 +185,8 @@ impl Recent {
                 _ => {}
             }
         }
-        while self.kept_bytes > KEPT_BYTES_MAX {
+        // The newest stays, however large: it is the one most likely written next.
+        while self.kept_bytes > KEPT_BYTES_MAX && self.kept.len() > 1 {
             let Some((lsn, key, size)) = self.kept.pop_front() else {
                 break;
             };
