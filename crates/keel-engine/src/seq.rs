@@ -108,10 +108,11 @@ pub(crate) struct Recent {
 /// not at every lull between writes (BENCHMARKS.md).
 const KEPT_BYTES_MAX: usize = 8 << 20;
 
-/// What keeping one collection costs besides its value: its key, its entry in `by_key` (the
-/// entry's struct and the map's slot) and its place in `kept`. Estimated, not measured
-/// exactly: counting values alone, 8 MiB of small sorted sets took about 24 MiB of RSS.
-const KEPT_ENTRY_BYTES: usize = 192;
+/// What keeping one collection costs besides its value's buffers: its key, its entry in
+/// `by_key` (the entry's struct and the map's slot), its place in `kept` and the allocator's
+/// rounding. Set from RSS, not from the code: counting 192 bytes, 8 MiB of kept sorted sets of
+/// 20 members took about 16.5 MiB, about 890 bytes each for a value of about 250 (BENCHMARKS.md).
+const KEPT_ENTRY_BYTES: usize = 640;
 
 impl Recent {
     /// The decided value of the system entry `key`, given `vis`, the visible state now.
