@@ -192,3 +192,42 @@ fn byte_range_writes_log_the_bytes_they_change_not_the_value() {
     assert_eq!(query::<i64>(&mut c, &["STRLEN", "bitmap"]), (1 << 20) + 100);
     assert_eq!(query::<i64>(&mut c, &["GETBIT", "bitmap", "7920000"]), 1);
 }
+
+/// The bounds that keep one request from taking unbounded memory (P11): LCS refuses strings
+/// whose table would pass 2^26 cells, SORT a result past 64 MiB; both change nothing.
+#[test]
+fn lcs_and_sort_refuse_results_past_their_bounds() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(&t.path().join("data"), &[]);
+    let mut c = srv.client();
+    let long = "a".repeat(10_000);
+    query::<()>(&mut c, &["MSET", "x", &long, "y", &long]);
+    assert!(error(&mut c, &["LCS", "x", "y"]).contains("Insufficient memory"));
+    let big = vec![b'v'; 1 << 20];
+    redis::cmd("SET")
+        .arg("bigx")
+        .arg(&big)
+        .query::<()>(&mut c)
+        .unwrap();
+    let ids: Vec<String> = vec!["x".to_string(); 70];
+    let mut push = vec!["RPUSH", "ids"];
+    push.extend(ids.iter().map(String::as_str));
+    query::<i64>(&mut c, &push);
+    assert!(
+        error(&mut c, &["SORT", "ids", "BY", "nosort", "GET", "big*"]).contains("exceed 64 MiB")
+    );
+    assert!(error(
+        &mut c,
+        &["SORT", "ids", "BY", "nosort", "GET", "big*", "STORE", "d"]
+    )
+    .contains("exceed 64 MiB"));
+    assert_eq!(query::<i64>(&mut c, &["EXISTS", "d"]), 0);
+    assert_eq!(
+        query::<Vec<String>>(
+            &mut c,
+            &["SORT", "ids", "BY", "nosort", "GET", "big*", "LIMIT", "0", "2"]
+        )
+        .len(),
+        2
+    );
+}
