@@ -1,0 +1,144 @@
+//! The seam between the connections and where writes go: the local engine, or the cluster
+//! through raft. Everything that differs between a single node and a cluster node is here.
+
+use super::*;
+
+/// Where writes go: the local engine (which the healer replaces after a failure poisons its
+/// log, see [`crate::heal`]), or the cluster (through raft).
+pub enum Backend {
+    Local(Arc<Local>),
+    Cluster(Arc<Cluster>),
+}
+
+/// A submitted write: its outcome once durable (in a cluster: held durably by a quorum and
+/// applied on this node), or the reply to its failure.
+pub(super) type Durable = Pin<Box<dyn Future<Output = Result<Outcome, Reply>> + Send>>;
+
+impl Backend {
+    /// The engine reads come from (in a cluster, this node's replica).
+    pub fn engine(&self) -> Arc<Engine> {
+        match self {
+            Backend::Local(l) => l.engine(),
+            Backend::Cluster(c) => c.engine(),
+        }
+    }
+
+    /// The single-node engine and its healer.
+    pub fn local(&self) -> Option<&Arc<Local>> {
+        match self {
+            Backend::Local(l) => Some(l),
+            Backend::Cluster(_) => None,
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        match self {
+            Backend::Local(_) => None,
+            Backend::Cluster(c) => Some(c),
+        }
+    }
+
+    /// The log's health: poisoned or not, and the healer's reopen attempts. A cluster node does
+    /// not reopen its engine (see the README): its counters stay 0.
+    pub fn health(&self) -> Health {
+        match self {
+            Backend::Local(l) => l.health(),
+            Backend::Cluster(c) => Health {
+                poisoned: c
+                    .engine()
+                    .poisoned()
+                    .map(|e| crate::heal::one_line(e.root())),
+                ..Health::default()
+            },
+        }
+    }
+
+    /// The reply to an engine error: a poisoned log's refusal names its cause and the healer's
+    /// retry interval.
+    pub fn engine_error(&self, e: &keel_engine::Error) -> Reply {
+        match self {
+            Backend::Local(l) => refusal(l, e),
+            Backend::Cluster(_) => cmd::engine_error(e),
+        }
+    }
+
+    /// Submits a transaction (with `id`, as a KEEL.IDEM request). On a single node it is in the
+    /// engine's queue when this returns, so writes keep the order they were submitted in; in a
+    /// cluster it is proposed when the future is first polled, and a connection polls its
+    /// writes one after another, in order.
+    pub(super) fn write(
+        &self,
+        id: Option<Bytes>,
+        guards: Vec<Guard>,
+        writes: Vec<Write>,
+    ) -> Durable {
+        match self {
+            Backend::Cluster(c) => {
+                let c = c.clone();
+                let txn = Txn {
+                    id,
+                    at_ms: now_ms(),
+                    guards,
+                    writes,
+                };
+                Box::pin(async move { c.write(txn).await.map_err(|e| cluster_error(&e)) })
+            }
+            Backend::Local(l) => {
+                let engine = l.engine();
+                let submitted = match id {
+                    Some(id) => engine.submit_request(id, guards, writes),
+                    None => engine.submit(guards, writes),
+                };
+                match submitted {
+                    Ok(p) => {
+                        let l = l.clone();
+                        Box::pin(async move { p.await.map_err(|e| refusal(&l, &e)) })
+                    }
+                    Err(e) => {
+                        let r = self.engine_error(&e);
+                        Box::pin(std::future::ready(Err(r)))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until the log's queue has room for `bytes` more. While it is full,
+    /// `Engine::submit` blocks its thread, and with it every connection on this worker, so a
+    /// connection waits here instead. (A cluster's writes go to raft, which bounds its own.)
+    pub(super) async fn room(&self, bytes: usize) {
+        if let Backend::Local(l) = self {
+            l.engine().room(bytes).await;
+        }
+    }
+
+    /// Makes the next read linearizable. In a cluster this node must be the leader, confirmed by
+    /// a quorum, with everything committed applied; with `stale_ok`, a follower reads its own
+    /// state instead. A single node's visible state is durable already.
+    pub(super) async fn read_barrier(&self, stale_ok: bool) -> Result<(), Reply> {
+        let Backend::Cluster(c) = self else {
+            return Ok(());
+        };
+        if stale_ok && c.leader().is_none_or(|(id, _)| id != c.id) {
+            return Ok(());
+        }
+        c.read_barrier().await.map_err(|e| cluster_error(&e))
+    }
+
+    /// What Redis's `appendfsync` would be: a cluster node's raft log syncs every write (its
+    /// engine's log need not).
+    pub(super) fn appendfsync(&self) -> &'static str {
+        match self {
+            Backend::Cluster(_) => "always",
+            Backend::Local(l) => match l.engine().options().wal.sync_policy {
+                keel_wal::SyncPolicy::Always => "always",
+                keel_wal::SyncPolicy::Interval(_) => "everysec",
+                keel_wal::SyncPolicy::Never => "no",
+            },
+        }
+    }
+}
+
+fn refusal(l: &Local, e: &keel_engine::Error) -> Reply {
+    l.refusal(e).unwrap_or_else(|| cmd::engine_error(e))
+}

@@ -1,0 +1,325 @@
+//! The listener and the connections.
+//!
+//! A connection parses every complete request it has buffered and executes them in order.
+//! Writes are submitted to the engine at once, without waiting, so a pipeline's writes (and the
+//! writes of every other connection) share group commit; their replies wait in an ordered queue
+//! until the engine reports them durable (P1). A read first waits for the connection's earlier
+//! writes, so it sees them, and then reads the durable, visible state (P10). Replies leave in
+//! request order.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use keel_cluster::{Cluster, ClusterError, Txn};
+use keel_engine::{table, Engine, Guard, Outcome, Write, WriteResult};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::audit;
+use crate::auth::{User, Users, NOAUTH, WRONGPASS};
+use crate::blocking;
+use crate::cmd::{self, Flags, InMulti, Part, Run, NOT_INT, SYNTAX};
+use crate::config::Settings;
+use crate::glob;
+use crate::heal::{Health, Local};
+use crate::maintenance;
+use crate::metrics::{CommandTimer, Metrics};
+use crate::resp::{parse_i64, Parser, Reply};
+
+mod admin;
+mod backend;
+mod keyspace;
+mod pipeline;
+mod session;
+mod transactions;
+
+pub use backend::Backend;
+use pipeline::{eval_reads, observe};
+use session::session;
+
+/// Replies are written out once this many bytes are ready, so a long pipeline of large reads
+/// holds a bounded amount of reply memory per connection.
+const FLUSH_BYTES: usize = 1 << 20;
+/// Writes in flight per connection before the connection waits for them.
+const PENDING_MAX: usize = 4096;
+/// How long shutdown waits for connections to finish what they were doing.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The Redis version keel reports, for clients that check features by version.
+pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
+
+/// The reply to a cluster operation that did not happen (or may not have). A follower answers
+/// `-MOVED 0 HOST:PORT` with the leader's client address (slot 0: keel has no slots).
+pub fn cluster_error(e: &ClusterError) -> Reply {
+    Reply::err(match e {
+        ClusterError::NotLeader(Some((_, node))) => format!("MOVED 0 {}", node.client),
+        ClusterError::NotLeader(None) => "CLUSTERDOWN no leader is known; retry shortly".into(),
+        ClusterError::Timeout(d) => format!(
+            "CLUSTERDOWN not confirmed by a quorum within {} ms; a write may still be applied",
+            d.as_millis()
+        ),
+        ClusterError::NoQuorum(m) => format!("CLUSTERDOWN {m}; retry shortly"),
+        ClusterError::Rejected(m) => format!("ERR {m}"),
+        ClusterError::Failed(m) => format!("ERR cluster: {m}"),
+    })
+}
+
+/// Makes the next read linearizable (see [`Backend::read_barrier`]).
+async fn linearize(sh: Arc<Shared>) -> Result<(), Reply> {
+    let stale_ok = sh.settings.cluster.as_ref().is_some_and(|s| s.stale_reads);
+    sh.backend.read_barrier(stale_ok).await
+}
+
+/// State every connection shares.
+pub struct Shared {
+    backend: Backend,
+    pub settings: Settings,
+    pub users: Arc<Users>,
+    pub port: u16,
+    pub metrics: Arc<Metrics>,
+    clients: AtomicUsize,
+    next_client_id: AtomicU64,
+    connections_received: AtomicU64,
+    commands_processed: AtomicU64,
+    rejected_connections: AtomicU64,
+    shutdown: watch::Sender<bool>,
+    started: Instant,
+    /// The audit log, if kept.
+    pub audit: Option<Arc<audit::Audit>>,
+    /// Clients waiting in a blocking list command, by key.
+    pub blocked: blocking::Waiters,
+}
+
+impl Shared {
+    pub fn new(
+        backend: Backend,
+        settings: Settings,
+        port: u16,
+        audit: Option<Arc<audit::Audit>>,
+    ) -> Arc<Shared> {
+        Arc::new(Shared {
+            backend,
+            users: settings.users.clone(),
+            settings,
+            port,
+            metrics: Arc::new(Metrics::new()),
+            clients: AtomicUsize::new(0),
+            next_client_id: AtomicU64::new(1),
+            connections_received: AtomicU64::new(0),
+            commands_processed: AtomicU64::new(0),
+            rejected_connections: AtomicU64::new(0),
+            shutdown: watch::channel(false).0,
+            started: Instant::now(),
+            audit,
+            blocked: blocking::Waiters::default(),
+        })
+    }
+
+    /// The engine reads come from (in a cluster, this node's replica).
+    pub fn engine(&self) -> Arc<Engine> {
+        self.backend.engine()
+    }
+
+    pub fn local(&self) -> Option<&Arc<Local>> {
+        self.backend.local()
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.backend.cluster()
+    }
+
+    pub fn wal_health(&self) -> Health {
+        self.backend.health()
+    }
+
+    pub fn engine_error(&self, e: &keel_engine::Error) -> Reply {
+        self.backend.engine_error(e)
+    }
+
+    /// Asks the server to shut down gracefully.
+    pub fn request_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Turns true when the server starts shutting down.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Client connections open now, accepted since start, and refused at `max_clients`.
+    pub fn connection_counts(&self) -> (usize, u64, u64) {
+        (
+            self.clients.load(Ordering::Relaxed),
+            self.connections_received.load(Ordering::Relaxed),
+            self.rejected_connections.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Accepts connections until a signal or SHUTDOWN, then drains them.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let mut stop = shared.shutdown.subscribe();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut conns = JoinSet::new();
+    loop {
+        while conns.try_join_next().is_some() {}
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    shared.connections_received.fetch_add(1, Ordering::Relaxed);
+                    let sh = shared.clone();
+                    conns.spawn(async move {
+                        if let Err(e) = connection(stream, sh).await {
+                            tracing::debug!("connection {peer}: {e}");
+                        }
+                    });
+                }
+                // Out of file descriptors and the like: keep serving the clients we have.
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = stop.wait_for(|s| *s) => { tracing::info!("SHUTDOWN: shutting down"); break; }
+        }
+    }
+    drop(listener);
+    shared.request_shutdown();
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "{} connections still busy after {DRAIN_TIMEOUT:?}; closing them",
+            conns.len()
+        );
+        conns.shutdown().await;
+    }
+    Ok(())
+}
+
+struct ClientSlot<'a>(&'a Shared);
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+enum Slot {
+    Ready(Reply),
+    Pending(ReplyFuture),
+}
+
+enum Flow {
+    Continue,
+    /// Send what is queued, then close (QUIT, protocol errors).
+    Close,
+    /// Send what is queued, close, and shut the server down.
+    Shutdown,
+    /// A blocking command waits: send what is queued, then wait for this reply while watching
+    /// the socket (a client that goes away stops the wait, and takes nothing).
+    Block(Pin<Box<dyn Future<Output = Reply> + Send>>),
+}
+
+struct Conn {
+    sh: Arc<Shared>,
+    id: u64,
+    addr: Arc<str>,
+    proto: u8,
+    user: Option<User>,
+    name: Option<Bytes>,
+    /// Commands queued since MULTI.
+    multi: Option<Vec<Part>>,
+    /// A command queued since MULTI was rejected: EXEC must abort.
+    multi_dirty: bool,
+    /// WATCHed keys with their versions when watched.
+    watched: Vec<Guard>,
+    out: BytesMut,
+    queue: VecDeque<Slot>,
+}
+
+async fn connection(mut stream: TcpStream, sh: Arc<Shared>) -> std::io::Result<()> {
+    if sh.clients.fetch_add(1, Ordering::Relaxed) >= sh.settings.max_clients {
+        sh.clients.fetch_sub(1, Ordering::Relaxed);
+        sh.rejected_connections.fetch_add(1, Ordering::Relaxed);
+        stream
+            .write_all(b"-ERR max number of clients reached\r\n")
+            .await?;
+        return Ok(());
+    }
+    let _slot = ClientSlot(&sh);
+    stream.set_nodelay(true)?;
+    let addr = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    match &sh.settings.tls {
+        None => session(&mut stream, addr, sh.clone()).await,
+        Some(tls) => {
+            // The handshake holds the client slot taken above, and has a deadline.
+            let mut stream = tls.accept(stream).await?;
+            let r = session(&mut stream, addr, sh.clone()).await;
+            crate::tls::close(&mut stream).await;
+            r
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn lower(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_lowercase()
+}
+
+fn eq(a: &[u8], b: &str) -> bool {
+    a.eq_ignore_ascii_case(b.as_bytes())
+}
+
+fn unknown_command(args: &[Bytes]) -> Reply {
+    let mut s = format!(
+        "ERR unknown command '{}', with args beginning with: ",
+        String::from_utf8_lossy(&args[0][..args[0].len().min(128)])
+    );
+    for a in args[1..].iter().take(10) {
+        s.push_str(&format!(
+            "'{}' ",
+            String::from_utf8_lossy(&a[..a.len().min(128)])
+        ));
+    }
+    Reply::err(s)
+}
+
+/// How the audit log names a command: its name, and for a command with subcommands the
+/// subcommand (`config|set`). Never an argument's value: that can be a password.
+fn audited_name(name: &str, args: &[Bytes]) -> String {
+    match args
+        .get(1)
+        .and_then(|sub| crate::docs::subcommand(name, sub))
+    {
+        Some(sub) => format!("{name}|{sub}"),
+        None => name.to_string(),
+    }
+}
+
+fn unknown_subcommand(sub: &[u8], cmd: &str) -> Reply {
+    Reply::err(format!(
+        "ERR unknown subcommand '{}'. Try {cmd} HELP.",
+        String::from_utf8_lossy(sub)
+    ))
+}

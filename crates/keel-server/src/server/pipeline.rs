@@ -1,0 +1,357 @@
+//! The pipeline: one request at a time, in order, from the registry to a reply. Writes are
+//! submitted at once and their replies wait, in order, until durable.
+
+use super::*;
+
+/// Runs a data command's part on its own (a blocking command's try): to its durable reply, and
+/// the blocked clients its write woke.
+pub(super) async fn run_part(sh: Arc<Shared>, part: Part) -> (Reply, blocking::Woken) {
+    if part.read_only() {
+        let results = sh.engine().read(|v| eval_reads(v, &part.writes));
+        return ((part.render)(Some(&results)), Vec::new());
+    }
+    let woken = blocking::pushed_keys(&part.writes);
+    sh.backend.room(0).await;
+    let reply = match sh.backend.write(None, part.guards, part.writes).await {
+        Ok(o) => render_outcome(part.render, o, &sh),
+        Err(r) => return (r, Vec::new()),
+    };
+    // A try that found nothing moved nothing: waking its own keys would wake this very client
+    // again, for ever (BRPOPLPUSH k k on an empty list).
+    let woken = if !woken.is_empty() && !blocking::is_empty_reply(&reply) && sh.blocked.any() {
+        sh.blocked.wake(&woken)
+    } else {
+        Vec::new()
+    };
+    (reply, woken)
+}
+
+/// Finishes a command's timer now if its reply is ready, or once it is durable if the command
+/// left a pending write at the back of the queue.
+pub(super) fn observe(conn: &mut Conn, timer: CommandTimer, queued_before: usize) {
+    if conn.queue.len() > queued_before && matches!(conn.queue.back(), Some(Slot::Pending(_))) {
+        if let Some(Slot::Pending(f)) = conn.queue.pop_back() {
+            conn.queue.push_back(Slot::Pending(Box::pin(async move {
+                let reply = f.await;
+                timer.finish();
+                reply
+            })));
+        }
+        return;
+    }
+    timer.finish();
+}
+
+/// Evaluates a read-only part against a read of the visible (durable) state.
+pub(super) fn eval_reads(view: &keel_engine::ReadView<'_>, writes: &[Write]) -> Vec<WriteResult> {
+    writes
+        .iter()
+        .map(|w| match w {
+            Write::Get { key } => view.read(key, None),
+            Write::Read { key, op } => view.read(key, Some(op)),
+            Write::Sort { spec, store: None } => view.sort(spec),
+            other => unreachable!("read-only parts hold only reads: {other:?}"),
+        })
+        .collect()
+}
+
+pub(super) fn render_outcome(render: cmd::Render, o: Outcome, sh: &Shared) -> Reply {
+    match o {
+        Outcome::Committed { results, .. } => render(Some(&results)),
+        Outcome::GuardFailed(_) => render(None),
+        // Maintenance mode was on when the write was decided (the engine's write fence).
+        Outcome::Fenced => maintenance::refusal_now(&sh.engine()),
+    }
+}
+
+impl Conn {
+    pub(super) fn engine(&self) -> Arc<Engine> {
+        self.sh.engine()
+    }
+
+    /// Queues a reply behind everything already queued.
+    pub(super) fn reply(&mut self, r: Reply) {
+        if self.queue.is_empty() {
+            r.encode(self.proto, &mut self.out);
+        } else {
+            self.queue.push_back(Slot::Ready(r));
+        }
+    }
+
+    /// Submits a transaction now (with `id`, as a KEEL.IDEM request); its reply waits in the
+    /// queue until it is durable. In a cluster: until a quorum holds it durably and this node
+    /// applied it; the connection's writes are proposed one after another, in order.
+    pub(super) fn submit(
+        &mut self,
+        id: Option<Bytes>,
+        guards: Vec<Guard>,
+        writes: Vec<Write>,
+        render: cmd::Render,
+    ) {
+        // A write that may give a list an element wakes the clients waiting on it, once
+        // durable: whether any wait is asked then, so that a client that starts waiting while
+        // this write is on its way is not missed. Its reply waits until they have tried.
+        let pushed = blocking::pushed_keys(&writes);
+        let woken = move |sh: &Shared| {
+            if !pushed.is_empty() && sh.blocked.any() {
+                sh.blocked.wake(&pushed)
+            } else {
+                Vec::new()
+            }
+        };
+        let durable = self.sh.backend.write(id, guards, writes);
+        let sh = self.sh.clone();
+        self.queue.push_back(Slot::Pending(Box::pin(async move {
+            match durable.await {
+                Ok(o) => {
+                    let reply = render_outcome(render, o, &sh);
+                    sh.blocked.settled(&woken(&sh)).await;
+                    reply
+                }
+                Err(r) => r,
+            }
+        })));
+    }
+
+    /// Waits for every queued write and encodes every queued reply, in order.
+    pub(super) async fn settle(&mut self) {
+        while let Some(slot) = self.queue.pop_front() {
+            let r = match slot {
+                Slot::Ready(r) => r,
+                Slot::Pending(f) => f.await,
+            };
+            r.encode(self.proto, &mut self.out);
+        }
+    }
+
+    pub(super) async fn flush<W: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut W,
+    ) -> std::io::Result<()> {
+        self.settle().await;
+        if !self.out.is_empty() {
+            stream.write_all(&self.out).await?;
+            self.out.clear();
+            if self.out.capacity() > 4 * FLUSH_BYTES {
+                self.out = BytesMut::new();
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a read-only part from the visible state, after this connection's earlier writes.
+    pub(super) async fn read(&mut self, part: Part) {
+        self.settle().await;
+        let results = self.engine().read(|v| eval_reads(v, &part.writes));
+        self.reply((part.render)(Some(&results)));
+    }
+
+    /// Executes one request; `found` is its command's index in [`cmd::COMMANDS`].
+    pub(super) async fn execute(&mut self, found: Option<usize>, args: Vec<Bytes>) -> Flow {
+        let Some(spec) = found.map(|i| cmd::COMMANDS[i]) else {
+            if self.multi.is_some() {
+                self.multi_dirty = true;
+            }
+            self.reply(unknown_command(&args));
+            return Flow::Continue;
+        };
+        let name = spec.name;
+        if !cmd::arity_ok(spec, args.len()) {
+            if self.multi.is_some() {
+                self.multi_dirty = true;
+            }
+            self.reply(cmd::wrong_args(name));
+            return Flow::Continue;
+        }
+        let user = match &self.user {
+            Some(u) => u.clone(),
+            None if spec.before_auth => User(String::new()),
+            None => {
+                if self.multi.is_some() {
+                    self.multi_dirty = true;
+                }
+                self.reply(Reply::err(NOAUTH));
+                return Flow::Continue;
+            }
+        };
+        if self.user.is_some() {
+            if let Err(e) = self.sh.users.check(&user, spec, &args) {
+                if self.multi.is_some() {
+                    self.multi_dirty = true;
+                }
+                self.audit(audit::Event {
+                    event: "denied",
+                    command: Some(audited_name(spec.name, &args)),
+                    ..self.who(&user.0)
+                });
+                self.reply(Reply::err(e));
+                return Flow::Continue;
+            }
+        }
+        let need = cmd::flags(spec, &args);
+        // An admin command is on record, durably, before it runs (fail closed).
+        if need.contains(Flags::ADMIN) {
+            if let Some(a) = self.sh.audit.clone() {
+                self.settle().await;
+                let ev = audit::Event {
+                    event: "admin",
+                    command: Some(audited_name(spec.name, &args)),
+                    ..self.who(&user.0)
+                };
+                if let Err(e) = a.record_durably(ev).await {
+                    if self.multi.is_some() {
+                        self.multi_dirty = true;
+                    }
+                    self.reply(Reply::err(format!("ERR {e}; admin commands are refused")));
+                    return Flow::Continue;
+                }
+            }
+        }
+        // While the log's queue is full, Engine::submit blocks its thread, and with it every
+        // connection on this worker: wait for room here instead (see Backend::room).
+        if (need.contains(Flags::WRITE) && self.multi.is_none()) || name == "exec" {
+            let bytes = args.iter().map(Bytes::len).sum();
+            self.sh.backend.room(bytes).await;
+        }
+        // Maintenance mode, checked after every wait above, so that on a single node nothing
+        // lies between the check and the write's decision.
+        if need.contains(Flags::WRITE) {
+            if let Some(m) = maintenance::current(&self.engine()) {
+                if self.multi.is_some() {
+                    self.multi_dirty = true;
+                }
+                self.reply(m.refusal());
+                return Flow::Continue;
+            }
+        }
+        if self.multi.is_some() && spec.in_multi != InMulti::Run {
+            let queued = match spec.run {
+                Run::Local(reply) => Ok(Part::fixed(reply(&args))),
+                Run::Data(compile) => match compile(name, &args, now_ms()) {
+                    Ok(p) if !p.guards.is_empty() => Err(Reply::err(format!(
+                        "ERR {} is not supported inside MULTI by keel; use WATCH",
+                        name.to_uppercase()
+                    ))),
+                    r => r,
+                },
+                Run::Conn => Err(Reply::err(format!(
+                    "ERR {} is not supported inside MULTI by keel",
+                    name.to_uppercase()
+                ))),
+            };
+            match queued {
+                Ok(p) => {
+                    self.multi.as_mut().expect("in MULTI").push(p);
+                    self.reply(Reply::Simple("QUEUED".into()));
+                }
+                Err(e) => {
+                    self.multi_dirty = true;
+                    self.reply(e);
+                }
+            }
+            return Flow::Continue;
+        }
+        // A pure read (GETEX without an option too) is answered from this node's state. WATCH
+        // is one: a version read before the leader applied everything committed would fail the
+        // EXEC of a key that did not change while watched.
+        if need.contains(Flags::READ) && !need.contains(Flags::WRITE) {
+            if let Err(r) = linearize(self.sh.clone()).await {
+                self.reply(r);
+                return Flow::Continue;
+            }
+        }
+        if let (Some(block), Run::Data(compile)) = (spec.block, spec.run) {
+            let timeout = match block.timeout(&args) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.reply(e);
+                    return Flow::Continue;
+                }
+            };
+            // Fails fast on bad arguments; the wait tries again with fresh parts.
+            if let Err(e) = compile(name, &args, now_ms()) {
+                self.reply(e);
+                return Flow::Continue;
+            }
+            self.settle().await;
+            let sh = self.sh.clone();
+            let keys = (block.keys)(&args);
+            return Flow::Block(Box::pin(async move {
+                let attempt = |later: bool| {
+                    let mut part = compile(name, &args, now_ms()).expect("compiled once already");
+                    // Once woken, only a list (a sorted set) serves a pop: keys of another type
+                    // are passed over, as Redis does not serve a blocked client from them.
+                    for w in &mut part.writes {
+                        if let Write::ListPopFirst {
+                            skip_other_types, ..
+                        }
+                        | Write::ZPopFirst {
+                            skip_other_types, ..
+                        } = w
+                        {
+                            *skip_other_types = later;
+                        }
+                    }
+                    run_part(sh.clone(), part)
+                };
+                blocking::wait_for(&sh.blocked, keys, timeout, attempt).await
+            }));
+        }
+        match spec.run {
+            Run::Data(compile) => match compile(name, &args, now_ms()) {
+                Err(e) => self.reply(e),
+                Ok(p) if p.read_only() => self.read(p).await,
+                Ok(p) => self.submit(None, p.guards, p.writes, p.render),
+            },
+            Run::Local(reply) => self.reply(reply(&args)),
+            Run::Conn => return self.command(name, args).await,
+        }
+        Flow::Continue
+    }
+
+    /// The commands the connection runs ([`Run::Conn`]), by family.
+    async fn command(&mut self, name: &str, args: Vec<Bytes>) -> Flow {
+        // NAME HELP, for every command with subcommands, from the same table as COMMAND DOCS.
+        if args.len() == 2 && eq(&args[1], "help") {
+            if let Some(lines) = crate::docs::help_lines(name) {
+                self.reply(Reply::Array(lines.into_iter().map(Reply::Simple).collect()));
+                return Flow::Continue;
+            }
+        }
+        match name {
+            "quit" | "auth" | "hello" | "select" | "reset" | "client" => {
+                self.session_command(name, args).await
+            }
+            "multi" | "discard" | "exec" | "watch" | "unwatch" => {
+                self.transaction_command(name, args).await
+            }
+            "dbsize" | "ttl" | "pttl" | "expiretime" | "pexpiretime" | "keys" | "scan"
+            | "randomkey" | "memory" | "object" | "keel.version" => {
+                self.keyspace_command(name, args).await
+            }
+            "keel.idem" => {
+                self.idem(args);
+                Flow::Continue
+            }
+            _ => self.admin_command(name, args).await,
+        }
+    }
+
+    /// KEEL.IDEM id command [arg ...]: the command, applied once per id.
+    fn idem(&mut self, args: Vec<Bytes>) {
+        let inner = lower(&args[2]);
+        let part = match cmd::lookup(&inner) {
+            Some(s) if !cmd::arity_ok(s, args.len() - 2) => Err(cmd::wrong_args(&inner)),
+            Some(s) => s.compile(&args[2..], now_ms()).unwrap_or_else(|| {
+                Err(Reply::err(format!(
+                    "ERR KEEL.IDEM wraps a string or key command, not '{inner}'"
+                )))
+            }),
+            None => Err(unknown_command(&args[2..])),
+        };
+        match part {
+            Err(e) => self.reply(e),
+            Ok(p) => self.submit(Some(args[1].clone()), p.guards, p.writes, p.render),
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! A client's session: reading requests and writing replies, logging in, HELLO and CLIENT.
+
+use super::*;
+
+/// Serves one client over a plain or TLS stream until it leaves or the server shuts down.
+pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    mut stream: S,
+    addr: String,
+    sh: Arc<Shared>,
+) -> std::io::Result<()> {
+    let mut stop = sh.shutdown.subscribe();
+    let mut conn = Conn {
+        id: sh.next_client_id.fetch_add(1, Ordering::Relaxed),
+        addr: addr.into(),
+        sh: sh.clone(),
+        proto: 2,
+        user: sh.users.initial(),
+        name: None,
+        multi: None,
+        multi_dirty: false,
+        watched: Vec::new(),
+        out: BytesMut::new(),
+        queue: VecDeque::new(),
+    };
+    let limits = sh.settings.limits.clone();
+    let mut parser = Parser::default();
+    let mut buf = BytesMut::with_capacity(16 << 10);
+    // Time spent waiting for the bytes of the request now arriving. The idle timeout bounds
+    // this sum, not the gap between two reads: a client that dribbles a byte at a time
+    // (slowloris) is cut off once its request has taken the timeout in all.
+    let mut waited = Duration::ZERO;
+    loop {
+        // Execute every complete request buffered.
+        loop {
+            // Until the client logs in, a request is bounded tightly (Redis's 10 arguments of
+            // 16 KiB), so nobody who cannot authenticate makes us hold megabytes.
+            parser.set_unauthenticated(conn.user.is_none());
+            match parser.parse(&buf, &limits) {
+                Ok(Some((frame, n))) => {
+                    buf.advance(n);
+                    waited = Duration::ZERO;
+                    if frame.args.is_empty() {
+                        continue;
+                    }
+                    sh.commands_processed.fetch_add(1, Ordering::Relaxed);
+                    let found = cmd::find(&frame.args[0]);
+                    let timer = sh.metrics.start(found);
+                    let queued = conn.queue.len();
+                    let flow = conn.execute(found, frame.args).await;
+                    observe(&mut conn, timer, queued);
+                    match flow {
+                        Flow::Continue => {}
+                        Flow::Block(wait) => {
+                            conn.flush(&mut stream).await?;
+                            let max = sh.settings.max_request_bytes;
+                            match block(&mut stream, &mut buf, max, wait, stop.clone()).await? {
+                                Some(reply) => conn.reply(reply),
+                                None => return Ok(()),
+                            }
+                        }
+                        Flow::Close => return conn.flush(&mut stream).await,
+                        Flow::Shutdown => {
+                            conn.flush(&mut stream).await?;
+                            sh.request_shutdown();
+                            return Ok(());
+                        }
+                    }
+                    if conn.out.len() >= FLUSH_BYTES || conn.queue.len() >= PENDING_MAX {
+                        conn.flush(&mut stream).await?;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    conn.reply(Reply::err(format!("ERR Protocol error: {e}")));
+                    tracing::debug!("client {}: protocol error: {e}", conn.addr);
+                    return conn.flush(&mut stream).await;
+                }
+            }
+        }
+        conn.flush(&mut stream).await?;
+        if buf.len() >= sh.settings.max_request_bytes {
+            conn.reply(Reply::err(format!(
+                "ERR Protocol error: request exceeds max_request_bytes ({})",
+                sh.settings.max_request_bytes
+            )));
+            return conn.flush(&mut stream).await;
+        }
+        if *stop.borrow() {
+            return Ok(());
+        }
+        if buf.is_empty() {
+            waited = Duration::ZERO;
+        }
+        buf.reserve(16 << 10);
+        let read = stream.read_buf(&mut buf);
+        let read_started = Instant::now();
+        let n = tokio::select! {
+            r = async {
+                match sh.settings.idle_timeout {
+                    Some(t) => tokio::time::timeout(t.saturating_sub(waited), read).await.ok(),
+                    None => Some(read.await),
+                }
+            } => match r {
+                Some(r) => r?,
+                None => return Ok(()), // idle, or a request not complete in time
+            },
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        };
+        waited += read_started.elapsed();
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Waits for a blocking command's reply while reading what the client sends meanwhile into
+/// `buf` (it runs after the reply, in order). `None`: the client went away or the server stops,
+/// and the wait is dropped before it took anything.
+pub(super) async fn block<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    max: usize,
+    mut wait: Pin<Box<dyn Future<Output = Reply> + Send>>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<Option<Reply>> {
+    loop {
+        // What a client sends while it waits is bounded as any request is (P11): past the
+        // bound, nothing more is read until the reply.
+        if buf.len() >= max {
+            tokio::select! {
+                reply = &mut wait => return Ok(Some(reply)),
+                _ = stop.wait_for(|s| *s) => return Ok(None),
+            }
+        }
+        buf.reserve(16 << 10);
+        tokio::select! {
+            reply = &mut wait => return Ok(Some(reply)),
+            n = stream.read_buf(buf) => {
+                if n? == 0 {
+                    return Ok(None);
+                }
+            }
+            _ = stop.wait_for(|s| *s) => return Ok(None),
+        }
+    }
+}
+
+impl Conn {
+    /// QUIT, AUTH, HELLO, SELECT, RESET and CLIENT.
+    pub(super) async fn session_command(&mut self, name: &str, args: Vec<Bytes>) -> Flow {
+        let reply = match name {
+            "quit" => {
+                self.reply(Reply::ok());
+                return Flow::Close;
+            }
+            "auth" => self.auth(&args),
+            "hello" => {
+                self.settle().await;
+                self.hello(&args)
+            }
+            "select" => match parse_i64(&args[1]) {
+                None => Reply::err(NOT_INT),
+                Some(0) => Reply::ok(),
+                Some(_) => Reply::err("ERR DB index is out of range"),
+            },
+            "reset" => {
+                self.settle().await;
+                self.multi = None;
+                self.multi_dirty = false;
+                self.watched.clear();
+                self.proto = 2;
+                self.name = None;
+                self.user = self.sh.users.initial();
+                Reply::Simple("RESET".into())
+            }
+            "client" => self.client(&args),
+            other => Reply::err(format!("ERR internal: no handler for '{other}'")),
+        };
+        self.reply(reply);
+        Flow::Continue
+    }
+
+    pub(super) fn auth(&mut self, args: &[Bytes]) -> Reply {
+        let (user, pass) = match args.len() {
+            2 => (&b"default"[..], &args[1]),
+            3 => (&args[1][..], &args[2]),
+            _ => return Reply::err(SYNTAX),
+        };
+        if args.len() == 2 && !self.sh.users.password_required() {
+            return Reply::err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?");
+        }
+        let ok = match self.sh.users.authenticate(user, pass) {
+            Some(u) => {
+                self.user = Some(u);
+                true
+            }
+            None => false,
+        };
+        self.audit_auth(user, ok);
+        if ok {
+            Reply::ok()
+        } else {
+            Reply::err(WRONGPASS)
+        }
+    }
+
+    /// Records an event in the audit log, if one is kept.
+    pub(super) fn audit(&self, ev: audit::Event) {
+        if let Some(a) = &self.sh.audit {
+            a.record(ev);
+        }
+    }
+
+    /// An event's user and client address.
+    pub(super) fn who(&self, user: &str) -> audit::Event {
+        audit::Event {
+            user: Some(user.into()),
+            addr: Some(self.addr.clone()),
+            ..audit::Event::default()
+        }
+    }
+
+    /// Records a login, if an audit log is kept. A name that is no configured user is recorded
+    /// as `(unknown)`: it is whatever the client sent, possibly a password typed in the wrong
+    /// place (P14).
+    pub(super) fn audit_auth(&self, user: &[u8], ok: bool) {
+        if self.sh.audit.is_none() {
+            return;
+        }
+        let user = std::str::from_utf8(user)
+            .ok()
+            .and_then(|u| self.sh.users.name(u))
+            .unwrap_or_else(|| "(unknown)".into());
+        self.audit(audit::Event {
+            event: "auth",
+            ok: Some(ok),
+            user: Some(user),
+            addr: Some(self.addr.clone()),
+            ..audit::Event::default()
+        });
+    }
+
+    pub(super) fn hello(&mut self, args: &[Bytes]) -> Reply {
+        let mut proto = self.proto;
+        if let Some(v) = args.get(1) {
+            match parse_i64(v) {
+                None => {
+                    return Reply::err("ERR Protocol version is not an integer or out of range")
+                }
+                Some(v @ (2 | 3)) => proto = v as u8,
+                Some(_) => return Reply::err("NOPROTO unsupported protocol version"),
+            }
+        }
+        let mut i = 2;
+        let mut auth = None;
+        let mut setname = None;
+        while i < args.len() {
+            if eq(&args[i], "auth") && i + 2 < args.len() {
+                auth = Some((args[i + 1].clone(), args[i + 2].clone()));
+                i += 3;
+            } else if eq(&args[i], "setname") && i + 1 < args.len() {
+                setname = Some(args[i + 1].clone());
+                i += 2;
+            } else {
+                return Reply::err(format!(
+                    "ERR Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(&args[i])
+                ));
+            }
+        }
+        if let Some((u, p)) = auth {
+            match self.sh.users.authenticate(&u, &p) {
+                Some(user) => {
+                    self.user = Some(user);
+                    self.audit_auth(&u, true);
+                }
+                None => {
+                    self.audit_auth(&u, false);
+                    return Reply::err(WRONGPASS);
+                }
+            }
+        }
+        if self.user.is_none() {
+            return Reply::err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        }
+        if let Some(n) = setname {
+            if let Err(e) = check_client_name(&n) {
+                return e;
+            }
+            self.name = Some(n).filter(|n| !n.is_empty());
+        }
+        self.proto = proto;
+        let s = |x: &str| Reply::bulk(x.to_string());
+        Reply::Map(vec![
+            (s("server"), s("keel")),
+            (s("version"), s(REDIS_COMPAT_VERSION)),
+            (s("proto"), Reply::Int(proto as i64)),
+            (s("id"), Reply::Int(self.id as i64)),
+            (s("mode"), s("standalone")),
+            (s("role"), s("master")),
+            (s("modules"), Reply::Array(Vec::new())),
+        ])
+    }
+
+    pub(super) fn client(&mut self, args: &[Bytes]) -> Reply {
+        let sub = lower(&args[1]);
+        match (sub.as_str(), args.len()) {
+            ("id", 2) => Reply::Int(self.id as i64),
+            ("getname", 2) => self.name.clone().map_or(Reply::Nil, Reply::Bulk),
+            ("setname", 3) => match check_client_name(&args[2]) {
+                Ok(()) => {
+                    self.name = Some(args[2].clone()).filter(|n| !n.is_empty());
+                    Reply::ok()
+                }
+                Err(e) => e,
+            },
+            ("setinfo", 4) => Reply::ok(),
+            ("info", 2) => Reply::Verbatim(format!(
+                "id={} addr={} name={} db=0 multi={} resp={}\n",
+                self.id,
+                self.addr,
+                self.name
+                    .as_ref()
+                    .map(|n| String::from_utf8_lossy(n).into_owned())
+                    .unwrap_or_default(),
+                self.multi.as_ref().map_or(-1, |m| m.len() as i64),
+                self.proto
+            )),
+            ("id" | "getname" | "setname" | "setinfo" | "info", _) => {
+                cmd::wrong_args(&format!("client|{sub}"))
+            }
+            _ => unknown_subcommand(&args[1], "CLIENT"),
+        }
+    }
+}
+
+pub(super) fn check_client_name(n: &[u8]) -> Result<(), Reply> {
+    if n.iter().all(|&c| (b'!'..=b'~').contains(&c)) {
+        Ok(())
+    } else {
+        Err(Reply::err(
+            "ERR Client names cannot contain spaces, newlines or special characters.",
+        ))
+    }
+}

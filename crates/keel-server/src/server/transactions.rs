@@ -1,0 +1,121 @@
+//! MULTI, EXEC, DISCARD, WATCH and UNWATCH: a transaction is one engine write (one log
+//! record) guarded by the watched keys' versions, or one read of one durable state.
+
+use super::*;
+
+impl Conn {
+    /// MULTI, DISCARD, EXEC, WATCH and UNWATCH.
+    pub(super) async fn transaction_command(&mut self, name: &str, args: Vec<Bytes>) -> Flow {
+        let reply = match name {
+            "multi" => {
+                if self.multi.is_some() {
+                    Reply::err("ERR MULTI calls can not be nested")
+                } else {
+                    self.multi = Some(Vec::new());
+                    self.multi_dirty = false;
+                    Reply::ok()
+                }
+            }
+            "discard" => match self.multi.take() {
+                None => Reply::err("ERR DISCARD without MULTI"),
+                Some(_) => {
+                    self.watched.clear();
+                    Reply::ok()
+                }
+            },
+            "exec" => {
+                self.exec().await;
+                return Flow::Continue;
+            }
+            "watch" => {
+                if self.multi.is_some() {
+                    Reply::err("ERR WATCH inside MULTI is not allowed")
+                } else {
+                    self.settle().await;
+                    for k in &args[1..] {
+                        let version = self.engine().read(|v| v.version(k));
+                        self.watched.push(Guard {
+                            key: k.clone(),
+                            version,
+                        });
+                    }
+                    Reply::ok()
+                }
+            }
+            "unwatch" => {
+                self.watched.clear();
+                Reply::ok()
+            }
+            other => Reply::err(format!("ERR internal: no handler for '{other}'")),
+        };
+        self.reply(reply);
+        Flow::Continue
+    }
+
+    pub(super) async fn exec(&mut self) {
+        let Some(parts) = self.multi.take() else {
+            self.reply(Reply::err("ERR EXEC without MULTI"));
+            return;
+        };
+        let watched = std::mem::take(&mut self.watched);
+        if std::mem::take(&mut self.multi_dirty) {
+            self.reply(Reply::err(
+                "EXECABORT Transaction discarded because of previous errors.",
+            ));
+            return;
+        }
+        // Maintenance turned on after the writes were queued: none of them runs.
+        if !parts.iter().all(Part::read_only) {
+            if let Some(m) = maintenance::current(&self.engine()) {
+                self.reply(m.refusal());
+                return;
+            }
+        }
+        if parts.iter().all(Part::read_only) {
+            // Nothing to write: answer from one durable snapshot, checking WATCH against it.
+            self.settle().await;
+            // The reads are copied out under the read lock; the replies render after it.
+            let results = self.engine().read(|v| {
+                let changed = watched.iter().any(|g| v.version(&g.key) != g.version);
+                (!changed).then(|| {
+                    parts
+                        .iter()
+                        .map(|p| eval_reads(v, &p.writes))
+                        .collect::<Vec<_>>()
+                })
+            });
+            let Some(results) = results else {
+                self.reply(Reply::NilArray);
+                return;
+            };
+            let replies = parts
+                .into_iter()
+                .zip(results)
+                .map(|(p, r)| (p.render)(Some(&r)))
+                .collect();
+            self.reply(Reply::Array(replies));
+            return;
+        }
+        // One engine transaction: one WAL record, WATCH versions as its guards.
+        let mut writes = Vec::new();
+        let mut renders = Vec::with_capacity(parts.len());
+        for p in parts {
+            let n = p.writes.len();
+            writes.extend(p.writes);
+            renders.push((n, p.render));
+        }
+        let render: cmd::Render = Box::new(move |results| {
+            let Some(results) = results else {
+                return Reply::NilArray;
+            };
+            let mut at = 0;
+            let mut replies = Vec::with_capacity(renders.len());
+            for (n, r) in renders {
+                replies.push(r(Some(&results[at..at + n])));
+                at += n;
+            }
+            Reply::Array(replies)
+        });
+        self.submit(None, watched, writes, render);
+    }
+}
