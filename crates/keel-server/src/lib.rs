@@ -17,6 +17,7 @@ pub mod heal;
 pub mod maintenance;
 pub mod metrics;
 pub mod server;
+pub mod slowlog;
 pub mod tls;
 
 /// The protocol, in its own small crate so that it can be fuzzed without the server.
@@ -32,6 +33,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keel_engine::Engine;
 
 pub use config::{ServeArgs, Settings};
+pub use server::{set_allocator_stats, AllocatorStats};
 
 /// Exit code when the database refuses to open (it failed closed, or is locked).
 pub const EXIT_OPEN_FAILED: u8 = 2;

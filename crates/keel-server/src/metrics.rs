@@ -57,12 +57,51 @@ impl Histogram {
     }
 }
 
-/// Counters the server keeps for the metrics endpoint.
+/// Most distinct error codes counted (Redis's bound for its errorstats); errors of further
+/// codes count under `ERRORSTATS_OVERFLOW`.
+const ERROR_CODES_MAX: usize = 128;
+
+/// Counters the server keeps for the metrics endpoint and INFO.
 pub struct Metrics {
     /// One counter per entry of [`cmd::COMMANDS`], then one for every other name.
     commands: Box<[AtomicU64]>,
+    /// Per command, as `commands`: [µs spent, calls that failed, calls refused before they ran].
+    outcomes: Box<[[AtomicU64; 3]]>,
     /// One histogram per entry of [`FAMILIES`].
     latency: [Histogram; FAMILIES.len()],
+    /// Error replies by code (their first word: ERR, WRONGTYPE, …).
+    errors: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+/// How a command ended, for INFO commandstats.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    Ok,
+    /// It ran and replied with an error.
+    Failed,
+    /// It was refused before it ran (arity, permissions, NOAUTH, maintenance, …).
+    Rejected,
+}
+
+/// One command's counters: calls, µs spent, failed calls, rejected calls.
+#[derive(Clone, Copy, Default)]
+pub struct CommandStat {
+    pub calls: u64,
+    pub usec: u64,
+    pub failed: u64,
+    pub rejected: u64,
+}
+
+impl std::ops::Sub for CommandStat {
+    type Output = CommandStat;
+    fn sub(self, b: CommandStat) -> CommandStat {
+        CommandStat {
+            calls: self.calls.saturating_sub(b.calls),
+            usec: self.usec.saturating_sub(b.usec),
+            failed: self.failed.saturating_sub(b.failed),
+            rejected: self.rejected.saturating_sub(b.rejected),
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -77,8 +116,46 @@ impl Metrics {
             commands: (0..=cmd::COMMANDS.len())
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            outcomes: (0..=cmd::COMMANDS.len())
+                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+                .collect(),
             latency: std::array::from_fn(|_| Histogram::new()),
+            errors: Default::default(),
         }
+    }
+
+    /// Every command's counters, as [`cmd::COMMANDS`] (then the commands keel does not serve).
+    pub fn command_stats(&self) -> Vec<CommandStat> {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        (self.commands.iter().zip(self.outcomes.iter()))
+            .map(|(calls, [usec, failed, rejected])| CommandStat {
+                calls: load(calls),
+                usec: load(usec),
+                failed: load(failed),
+                rejected: load(rejected),
+            })
+            .collect()
+    }
+
+    /// Counts an error reply by its code.
+    pub fn error(&self, message: &str) {
+        let code = message.split(' ').next().unwrap_or_default();
+        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = errors.get_mut(code) {
+            *n += 1;
+        } else if errors.len() < ERROR_CODES_MAX {
+            errors.insert(code.to_string(), 1);
+        } else {
+            *errors.entry("ERRORSTATS_OVERFLOW".into()).or_default() += 1;
+        }
+    }
+
+    /// Error replies so far, by code.
+    pub fn error_stats(&self) -> std::collections::BTreeMap<String, u64> {
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Counts a command (its index in `cmd::COMMANDS`; `None`: one keel does not serve) and
@@ -91,6 +168,7 @@ impl Metrics {
             metrics: self.clone(),
             index,
             started: Instant::now(),
+            then: None,
         }
     }
 
@@ -367,17 +445,46 @@ pub struct CommandTimer {
     metrics: Arc<Metrics>,
     index: usize,
     started: Instant,
+    /// Told how long the command took, when it finishes (the slow log).
+    then: Option<Box<dyn FnOnce(Duration) + Send>>,
 }
 
 impl CommandTimer {
-    pub fn finish(self) {
+    /// Calls `f` with the command's duration when it finishes.
+    pub fn then(mut self, f: impl FnOnce(Duration) + Send + 'static) -> CommandTimer {
+        self.then = Some(Box::new(f));
+        self
+    }
+
+    /// Leaves `d` out of the command's time (a blocking command's wait).
+    pub fn excluding(mut self, d: Duration) -> CommandTimer {
+        self.started += d;
+        self
+    }
+
+    pub fn finish(mut self, done: Done) {
+        let [usec, failed, rejected] = &self.metrics.outcomes[self.index];
+        let spent = self.started.elapsed();
+        usec.fetch_add(spent.as_micros() as u64, Ordering::Relaxed);
+        match done {
+            Done::Ok => {}
+            Done::Failed => {
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+            Done::Rejected => {
+                rejected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let family = match cmd::COMMANDS.get(self.index).map(|s| s.flags) {
             Some(f) if f.contains(Flags::ADMIN) => 2,
             Some(f) if f.contains(Flags::WRITE) => 1,
             Some(f) if f.contains(Flags::READ) => 0,
             _ => 2,
         };
-        self.metrics.latency[family].observe(self.started.elapsed());
+        self.metrics.latency[family].observe(spent);
+        if let Some(f) = self.then.take() {
+            f(spent);
+        }
     }
 }
 
@@ -540,10 +647,10 @@ mod tests {
     #[test]
     fn commands_count_by_name_and_unknown_names_share_one_label() {
         let m = Arc::new(Metrics::new());
-        m.start(cmd::find(b"SET")).finish();
-        m.start(cmd::find(b"set")).finish();
-        m.start(cmd::find(b"no-such-command")).finish();
-        m.start(cmd::find(b"\xff\x00")).finish();
+        m.start(cmd::find(b"SET")).finish(Done::Ok);
+        m.start(cmd::find(b"set")).finish(Done::Ok);
+        m.start(cmd::find(b"no-such-command")).finish(Done::Ok);
+        m.start(cmd::find(b"\xff\x00")).finish(Done::Ok);
         let set = cmd::COMMANDS.iter().position(|s| s.name == "set").unwrap();
         assert_eq!(m.commands[set].load(Ordering::Relaxed), 2);
         assert_eq!(m.commands[cmd::COMMANDS.len()].load(Ordering::Relaxed), 2);

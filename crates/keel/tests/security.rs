@@ -944,6 +944,7 @@ fn permissions_follow_what_each_command_does() {
         (&["SAVE"], A),
         (&["BGSAVE"], A),
         (&["LASTSAVE"], 0),
+        (&["SLOWLOG", "LEN"], A),
         (&["KEEL.BACKUP", "/nonexistent/keel-backup-target"], A),
         (&["KEEL.CLUSTER", "STATUS"], A),
         (&["KEEL.MAINTENANCE", "STATUS"], A),

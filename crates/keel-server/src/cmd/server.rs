@@ -30,13 +30,22 @@ pub const COMMANDS: &[Command] = &[
             ])
         }),
     Command::new("config", -2, ADMIN, NO_KEYS)
-        .doc("server", "", "Reads the settings clients commonly ask about.")
-        .subcommands(CONFIG_SUBCOMMANDS),
+        .doc("server", "", "Reads and changes keel's parameters.")
+        .subcommands(CONFIG_SUBCOMMANDS)
+        .queued_in_multi(),
     Command::new("shutdown", -1, ADMIN, NO_KEYS).doc(
         "server",
         "[NOSAVE|SAVE] [NOW] [FORCE] [ABORT]",
         "Stops accepting connections, answers what is in flight, syncs the log and exits.",
-    ),
+    )
+    .no_multi(),
+    Command::new("slowlog", -2, ADMIN, NO_KEYS)
+        .doc(
+            "server",
+            "",
+            "The commands that took at least slowlog-log-slower-than µs, to their reply (for a write: durable).",
+        )
+        .subcommands(SLOWLOG_SUBCOMMANDS),
     Command::new("dbsize", 1, R, NO_KEYS).doc("server", "", "Returns the number of keys."),
     Command::new("flushdb", -1, ADMIN_W, NO_KEYS)
         .doc("server", "[ASYNC|SYNC]", "Deletes every key, durably, in one log record.")
@@ -58,7 +67,8 @@ pub const COMMANDS: &[Command] = &[
         "server",
         "",
         "Writes a checkpoint (snapshot and manifest) and prunes the log behind it.",
-    ),
+    )
+    .no_multi(),
     // [SCHEDULE] is accepted and ignored.
     Command::new("bgsave", -1, ADMIN, NO_KEYS).doc(
         "server",
@@ -139,19 +149,25 @@ const CONFIG_SUBCOMMANDS: &[Doc] = &[
         "get",
         "server",
         "parameter [parameter ...]",
-        "Returns the settings whose names match the glob patterns.",
+        "Returns every parameter whose name matches one of the glob patterns, with its value.",
     ),
     doc(
         "set",
         "server",
         "parameter value [parameter value ...]",
-        "Refused: keel's settings come from its config file, flags and environment.",
+        "Changes parameters that can change at run time, until restart; all or none.",
     ),
     doc(
         "resetstat",
         "server",
         "",
-        "Accepted; keel's counters are not reset.",
+        "Starts INFO's counters (stats, commandstats, errorstats) again from 0.",
+    ),
+    doc(
+        "rewrite",
+        "server",
+        "",
+        "Refused: keel does not rewrite its config file.",
     ),
     doc("help", "server", "", "Lists the subcommands."),
 ];
@@ -198,5 +214,17 @@ const KEEL_MAINTENANCE_SUBCOMMANDS: &[Doc] = &[
         "",
         "Returns whether maintenance mode is on, its reason and since when (Unix ms).",
     ),
+    doc("help", "server", "", "Lists the subcommands."),
+];
+
+const SLOWLOG_SUBCOMMANDS: &[Doc] = &[
+    doc(
+        "get",
+        "server",
+        "[count]",
+        "Returns the newest entries (10, or count; -1 for all): id, Unix time, µs, arguments, client address and name.",
+    ),
+    doc("len", "server", "", "Returns how many entries the slow log holds."),
+    doc("reset", "server", "", "Empties the slow log."),
     doc("help", "server", "", "Lists the subcommands."),
 ];

@@ -30,17 +30,23 @@ use crate::config::Settings;
 use crate::glob;
 use crate::heal::{Health, Local};
 use crate::maintenance;
-use crate::metrics::{CommandTimer, Metrics};
+use crate::metrics::{CommandStat, CommandTimer, Done, Metrics};
 use crate::resp::{parse_i64, Parser, Reply};
 
 mod admin;
 mod backend;
+mod info;
 mod keyspace;
+mod params;
 mod pipeline;
 mod session;
 mod transactions;
 
 pub use backend::Backend;
+pub use info::{set_allocator_stats, AllocatorStats};
+use params::config;
+pub use params::Live;
+pub use pipeline::queues_in_multi;
 use pipeline::{eval_reads, observe};
 use session::session;
 
@@ -94,6 +100,28 @@ pub struct Shared {
     pub audit: Option<Arc<audit::Audit>>,
     /// Clients waiting in a blocking list command, by key.
     pub blocked: blocking::Waiters,
+    /// Bytes read from and written to clients.
+    net_in: AtomicU64,
+    net_out: AtomicU64,
+    /// Every 100 ms, the last 1.6 s of (time, commands, bytes in, bytes out), for INFO's
+    /// instantaneous rates (as Redis samples them).
+    samples: std::sync::Mutex<VecDeque<(Instant, u64, u64, u64)>>,
+    pub slowlog: crate::slowlog::SlowLog,
+    /// The settings CONFIG SET changes.
+    pub live: Live,
+    /// The counters as CONFIG RESETSTAT found them: INFO reports what was counted since. (The
+    /// metrics endpoint's counters never go back.)
+    stat_base: std::sync::Mutex<StatBase>,
+}
+
+/// See [`Shared::reset_stats`].
+#[derive(Clone, Default)]
+pub struct StatBase {
+    pub connections_received: u64,
+    pub commands_processed: u64,
+    pub rejected_connections: u64,
+    pub commands: Vec<CommandStat>,
+    pub errors: std::collections::BTreeMap<String, u64>,
 }
 
 impl Shared {
@@ -103,6 +131,7 @@ impl Shared {
         port: u16,
         audit: Option<Arc<audit::Audit>>,
     ) -> Arc<Shared> {
+        let settings_live = settings.clone();
         Arc::new(Shared {
             backend,
             users: settings.users.clone(),
@@ -118,6 +147,12 @@ impl Shared {
             started: Instant::now(),
             audit,
             blocked: blocking::Waiters::default(),
+            net_in: AtomicU64::new(0),
+            net_out: AtomicU64::new(0),
+            samples: Default::default(),
+            slowlog: Default::default(),
+            live: Live::new(&settings_live),
+            stat_base: Default::default(),
         })
     }
 
@@ -140,6 +175,78 @@ impl Shared {
 
     pub fn engine_error(&self, e: &keel_engine::Error) -> Reply {
         self.backend.engine_error(e)
+    }
+
+    /// The counters INFO reports, as counted since start or the last CONFIG RESETSTAT.
+    pub fn stats(&self) -> StatBase {
+        let base = self
+            .stat_base
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let now = self.stats_since_start();
+        StatBase {
+            connections_received: now.connections_received - base.connections_received,
+            commands_processed: now.commands_processed - base.commands_processed,
+            rejected_connections: now.rejected_connections - base.rejected_connections,
+            commands: (now.commands.iter().enumerate())
+                .map(|(i, c)| *c - base.commands.get(i).copied().unwrap_or_default())
+                .collect(),
+            errors: (now.errors.into_iter())
+                .map(|(k, n)| {
+                    let b = base.errors.get(&k).copied().unwrap_or(0);
+                    (k, n - b)
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        }
+    }
+
+    fn stats_since_start(&self) -> StatBase {
+        StatBase {
+            connections_received: self.connections_received.load(Ordering::Relaxed),
+            commands_processed: self.commands_processed.load(Ordering::Relaxed),
+            rejected_connections: self.rejected_connections.load(Ordering::Relaxed),
+            commands: self.metrics.command_stats(),
+            errors: self.metrics.error_stats(),
+        }
+    }
+
+    /// Takes one sample of the counters INFO's instantaneous rates come from.
+    fn sample(&self) {
+        let mut s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        if s.len() == 16 {
+            s.pop_front();
+        }
+        s.push_back((
+            Instant::now(),
+            self.commands_processed.load(Ordering::Relaxed),
+            self.net_in.load(Ordering::Relaxed),
+            self.net_out.load(Ordering::Relaxed),
+        ));
+    }
+
+    /// Commands per second, and kilobytes per second in and out, over the last samples.
+    pub fn rates(&self) -> (u64, f64, f64) {
+        let s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let (Some(a), Some(b)) = (s.front(), s.back()) else {
+            return (0, 0.0, 0.0);
+        };
+        let secs = b.0.duration_since(a.0).as_secs_f64();
+        if secs == 0.0 {
+            return (0, 0.0, 0.0);
+        }
+        (
+            ((b.1 - a.1) as f64 / secs) as u64,
+            (b.2 - a.2) as f64 / secs / 1024.0,
+            (b.3 - a.3) as f64 / secs / 1024.0,
+        )
+    }
+
+    /// CONFIG RESETSTAT: INFO's counters start again from 0.
+    pub fn reset_stats(&self) {
+        let now = self.stats_since_start();
+        *self.stat_base.lock().unwrap_or_else(|p| p.into_inner()) = now;
     }
 
     /// Asks the server to shut down gracefully.
@@ -167,6 +274,15 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> anyhow::Result
     let mut stop = shared.shutdown.subscribe();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut conns = JoinSet::new();
+    let sampler = {
+        let sh = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            while let Some(sh) = (tick.tick().await, sh.upgrade()).1 {
+                sh.sample();
+            }
+        })
+    };
     loop {
         while conns.try_join_next().is_some() {}
         tokio::select! {
@@ -191,6 +307,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> anyhow::Result
             _ = stop.wait_for(|s| *s) => { tracing::info!("SHUTDOWN: shutting down"); break; }
         }
     }
+    sampler.abort();
     drop(listener);
     shared.request_shutdown();
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
@@ -248,10 +365,13 @@ struct Conn {
     watched: Vec<Guard>,
     out: BytesMut,
     queue: VecDeque<Slot>,
+    /// How the command being executed ended so far (INFO commandstats).
+    done: Done,
 }
 
 async fn connection(mut stream: TcpStream, sh: Arc<Shared>) -> std::io::Result<()> {
-    if sh.clients.fetch_add(1, Ordering::Relaxed) >= sh.settings.max_clients {
+    let max = Live::get(&sh.live.maxclients).max(1) as usize;
+    if sh.clients.fetch_add(1, Ordering::Relaxed) >= max {
         sh.clients.fetch_sub(1, Ordering::Relaxed);
         sh.rejected_connections.fetch_add(1, Ordering::Relaxed);
         stream

@@ -29,17 +29,38 @@ pub(super) async fn run_part(sh: Arc<Shared>, part: Part) -> (Reply, blocking::W
 /// Finishes a command's timer now if its reply is ready, or once it is durable if the command
 /// left a pending write at the back of the queue.
 pub(super) fn observe(conn: &mut Conn, timer: CommandTimer, queued_before: usize) {
+    let done = std::mem::replace(&mut conn.done, Done::Ok);
     if conn.queue.len() > queued_before && matches!(conn.queue.back(), Some(Slot::Pending(_))) {
         if let Some(Slot::Pending(f)) = conn.queue.pop_back() {
+            let metrics = conn.sh.metrics.clone();
             conn.queue.push_back(Slot::Pending(Box::pin(async move {
                 let reply = f.await;
-                timer.finish();
+                match &reply {
+                    Reply::Error(e) => {
+                        metrics.error(e);
+                        timer.finish(Done::Failed);
+                    }
+                    _ => timer.finish(done),
+                }
                 reply
             })));
         }
         return;
     }
-    timer.finish();
+    timer.finish(done);
+}
+
+/// Whether a command the connection runs is queued by MULTI (see [`run_at_exec`]).
+pub fn queues_in_multi(name: &str) -> bool {
+    matches!(name, "config")
+}
+
+/// Runs a connection command queued in MULTI, at EXEC.
+fn run_at_exec(sh: &Arc<Shared>, name: &str, args: &[Bytes]) -> Reply {
+    match name {
+        "config" => config(sh, args),
+        other => Reply::err(format!("ERR internal: '{other}' is not queued in MULTI")),
+    }
 }
 
 /// Evaluates a read-only part against a read of the visible (durable) state.
@@ -69,8 +90,23 @@ impl Conn {
         self.sh.engine()
     }
 
+    /// Refuses a command before it runs; inside MULTI, EXEC will abort.
+    fn reject(&mut self, r: Reply) {
+        if self.multi.is_some() {
+            self.multi_dirty = true;
+        }
+        self.done = Done::Rejected;
+        self.reply(r);
+    }
+
     /// Queues a reply behind everything already queued.
     pub(super) fn reply(&mut self, r: Reply) {
+        if let Reply::Error(e) = &r {
+            self.sh.metrics.error(e);
+            if self.done == Done::Ok {
+                self.done = Done::Failed;
+            }
+        }
         if self.queue.is_empty() {
             r.encode(self.proto, &mut self.out);
         } else {
@@ -131,6 +167,7 @@ impl Conn {
         self.settle().await;
         if !self.out.is_empty() {
             stream.write_all(&self.out).await?;
+            (self.sh.net_out).fetch_add(self.out.len() as u64, Ordering::Relaxed);
             self.out.clear();
             if self.out.capacity() > 4 * FLUSH_BYTES {
                 self.out = BytesMut::new();
@@ -149,42 +186,30 @@ impl Conn {
     /// Executes one request; `found` is its command's index in [`cmd::COMMANDS`].
     pub(super) async fn execute(&mut self, found: Option<usize>, args: Vec<Bytes>) -> Flow {
         let Some(spec) = found.map(|i| cmd::COMMANDS[i]) else {
-            if self.multi.is_some() {
-                self.multi_dirty = true;
-            }
-            self.reply(unknown_command(&args));
+            self.reject(unknown_command(&args));
             return Flow::Continue;
         };
         let name = spec.name;
         if !cmd::arity_ok(spec, args.len()) {
-            if self.multi.is_some() {
-                self.multi_dirty = true;
-            }
-            self.reply(cmd::wrong_args(name));
+            self.reject(cmd::wrong_args(name));
             return Flow::Continue;
         }
         let user = match &self.user {
             Some(u) => u.clone(),
             None if spec.before_auth => User(String::new()),
             None => {
-                if self.multi.is_some() {
-                    self.multi_dirty = true;
-                }
-                self.reply(Reply::err(NOAUTH));
+                self.reject(Reply::err(NOAUTH));
                 return Flow::Continue;
             }
         };
         if self.user.is_some() {
             if let Err(e) = self.sh.users.check(&user, spec, &args) {
-                if self.multi.is_some() {
-                    self.multi_dirty = true;
-                }
                 self.audit(audit::Event {
                     event: "denied",
                     command: Some(audited_name(spec.name, &args)),
                     ..self.who(&user.0)
                 });
-                self.reply(Reply::err(e));
+                self.reject(Reply::err(e));
                 return Flow::Continue;
             }
         }
@@ -199,10 +224,7 @@ impl Conn {
                     ..self.who(&user.0)
                 };
                 if let Err(e) = a.record_durably(ev).await {
-                    if self.multi.is_some() {
-                        self.multi_dirty = true;
-                    }
-                    self.reply(Reply::err(format!("ERR {e}; admin commands are refused")));
+                    self.reject(Reply::err(format!("ERR {e}; admin commands are refused")));
                     return Flow::Continue;
                 }
             }
@@ -217,24 +239,28 @@ impl Conn {
         // lies between the check and the write's decision.
         if need.contains(Flags::WRITE) {
             if let Some(m) = maintenance::current(&self.engine()) {
-                if self.multi.is_some() {
-                    self.multi_dirty = true;
-                }
-                self.reply(m.refusal());
+                self.reject(m.refusal());
                 return Flow::Continue;
             }
         }
         if self.multi.is_some() && spec.in_multi != InMulti::Run {
-            let queued = match spec.run {
-                Run::Local(reply) => Ok(Part::fixed(reply(&args))),
-                Run::Data(compile) => match compile(name, &args, now_ms()) {
+            let queued = match (spec.run, spec.in_multi) {
+                (_, InMulti::Forbid) => {
+                    Err(Reply::err("ERR Command not allowed inside a transaction"))
+                }
+                (Run::Local(reply), _) => Ok(Part::deferred(move || reply(&args))),
+                (Run::Data(compile), _) => match compile(name, &args, now_ms()) {
                     Ok(p) if !p.guards.is_empty() => Err(Reply::err(format!(
                         "ERR {} is not supported inside MULTI by keel; use WATCH",
                         name.to_uppercase()
                     ))),
                     r => r,
                 },
-                Run::Conn => Err(Reply::err(format!(
+                (Run::Conn, InMulti::Queue) => {
+                    let sh = self.sh.clone();
+                    Ok(Part::deferred(move || run_at_exec(&sh, name, &args)))
+                }
+                (Run::Conn, _) => Err(Reply::err(format!(
                     "ERR {} is not supported inside MULTI by keel",
                     name.to_uppercase()
                 ))),
@@ -244,10 +270,7 @@ impl Conn {
                     self.multi.as_mut().expect("in MULTI").push(p);
                     self.reply(Reply::Simple("QUEUED".into()));
                 }
-                Err(e) => {
-                    self.multi_dirty = true;
-                    self.reply(e);
-                }
+                Err(e) => self.reject(e),
             }
             return Flow::Continue;
         }

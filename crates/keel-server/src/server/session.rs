@@ -21,6 +21,7 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
         watched: Vec::new(),
         out: BytesMut::new(),
         queue: VecDeque::new(),
+        done: Done::Ok,
     };
     let limits = sh.settings.limits.clone();
     let mut parser = Parser::default();
@@ -44,17 +45,41 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     }
                     sh.commands_processed.fetch_add(1, Ordering::Relaxed);
                     let found = cmd::find(&frame.args[0]);
-                    let timer = sh.metrics.start(found);
+                    let mut timer = sh.metrics.start(found);
+                    if Live::get(&sh.live.slowlog_log_slower_than) >= 0 {
+                        let (sh, args) = (sh.clone(), frame.args.clone());
+                        let (addr, name) = (conn.addr.clone(), conn.name.clone());
+                        timer = timer.then(move |took| {
+                            let min = Live::get(&sh.live.slowlog_log_slower_than);
+                            if min >= 0 && took.as_micros() >= min as u128 {
+                                let max = Live::get(&sh.live.slowlog_max_len).max(0) as usize;
+                                sh.slowlog
+                                    .record(max, took, &args, addr, name.unwrap_or_default());
+                            }
+                        });
+                    }
                     let queued = conn.queue.len();
                     let flow = conn.execute(found, frame.args).await;
-                    observe(&mut conn, timer, queued);
+                    // A blocking command's timer stops once it is served, and leaves its
+                    // wait out (as Redis's slow log does).
+                    let mut timer = Some(timer);
+                    if !matches!(flow, Flow::Block(_)) {
+                        observe(&mut conn, timer.take().expect("not blocked"), queued);
+                    }
                     match flow {
                         Flow::Continue => {}
                         Flow::Block(wait) => {
                             conn.flush(&mut stream).await?;
                             let max = sh.settings.max_request_bytes;
+                            let waiting = Instant::now();
                             match block(&mut stream, &mut buf, max, wait, stop.clone()).await? {
-                                Some(reply) => conn.reply(reply),
+                                Some(reply) => {
+                                    let timer = timer.take().expect("blocked");
+                                    let timer = timer.excluding(waiting.elapsed());
+                                    let queued = conn.queue.len();
+                                    conn.reply(reply);
+                                    observe(&mut conn, timer, queued);
+                                }
                                 None => return Ok(()),
                             }
                         }
@@ -110,6 +135,7 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
         if n == 0 {
             return Ok(());
         }
+        sh.net_in.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
