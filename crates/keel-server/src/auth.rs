@@ -251,10 +251,8 @@ impl Users {
         let mut shown = spec.name.to_string();
         if !self.permits(user, cmd::flags(spec, args)) {
             // Redis names a subcommand as `container|sub`, for example 'config|get'.
-            if spec.name == "config" {
-                if let Some(sub) = args.get(1) {
-                    shown = format!("config|{}", lossy_lower(sub));
-                }
+            if let Some(sub) = args.get(1).and_then(|s| crate::docs::subcommand(spec.name, s)) {
+                shown = format!("{}|{sub}", spec.name);
             }
             return Err(noperm(user, &shown));
         }

@@ -121,7 +121,7 @@ fn trim(a: &Bytes) -> Bytes {
 
 /// `(redacted)` in place of a secret: a password given to AUTH, HELLO … AUTH or CONFIG SET
 /// requirepass/masterauth. Secrets never reach the slow log (P14).
-fn redact(args: &[Bytes], i: usize) -> Option<Bytes> {
+pub(crate) fn redact(args: &[Bytes], i: usize) -> Option<Bytes> {
     let is = |j: usize, s: &str| {
         args.get(j)
             .is_some_and(|a| a.eq_ignore_ascii_case(s.as_bytes()))

@@ -203,7 +203,10 @@ fn multi_queues_config_and_refuses_what_redis_refuses() {
         query::<String>(&mut c, &["SET", "b", "2"]);
         assert!(error(&mut c, &[cmd]).contains("Command not allowed inside a transaction"));
         let e = error(&mut c, &["EXEC"]);
-        assert!(e.contains("Transaction discarded because of previous errors"), "{e}");
+        assert!(
+            e.contains("Transaction discarded because of previous errors"),
+            "{e}"
+        );
         assert_eq!(query::<Option<String>>(&mut c, &["GET", "b"]), None);
     }
 }
@@ -247,4 +250,222 @@ fn slowlog_keeps_slow_commands_without_secrets() {
     query::<()>(&mut c, &["CONFIG", "SET", "slowlog-log-slower-than", "0"]);
     query::<()>(&mut c, &["PING"]);
     assert_eq!(query::<i64>(&mut c, &["SLOWLOG", "LEN"]), 1);
+}
+
+/// `field=value` pairs of one CLIENT LIST line.
+fn fields(line: &str) -> std::collections::HashMap<String, String> {
+    line.split(' ')
+        .filter_map(|f| f.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn client_list_info_setinfo_and_kill() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(&t.path().join("data"), &[]);
+    let mut c = srv.client();
+    let mut other = srv.client();
+    query::<()>(&mut other, &["CLIENT", "SETNAME", "worker"]);
+    query::<()>(&mut c, &["CLIENT", "SETINFO", "LIB-NAME", "redis-rs"]);
+    query::<()>(&mut c, &["CLIENT", "SETINFO", "lib-ver", "1.2.3"]);
+    assert!(
+        error(&mut c, &["CLIENT", "SETINFO", "lib-name", "redis py"])
+            .contains("cannot contain spaces")
+    );
+    assert!(
+        error(&mut c, &["CLIENT", "SETINFO", "badger", "hamster"]).contains("Unrecognized option")
+    );
+    let me: i64 = query(&mut c, &["CLIENT", "ID"]);
+    let info: String = query(&mut c, &["CLIENT", "INFO"]);
+    let f = fields(info.trim_end());
+    // Redis 7.2's fields, in its order.
+    let names: Vec<&str> = info
+        .trim_end()
+        .split(' ')
+        .map(|f| f.split('=').next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "id",
+            "addr",
+            "laddr",
+            "fd",
+            "name",
+            "age",
+            "idle",
+            "flags",
+            "db",
+            "sub",
+            "psub",
+            "ssub",
+            "multi",
+            "qbuf",
+            "qbuf-free",
+            "argv-mem",
+            "multi-mem",
+            "rbs",
+            "rbp",
+            "obl",
+            "oll",
+            "omem",
+            "tot-mem",
+            "events",
+            "cmd",
+            "user",
+            "redir",
+            "resp",
+            "lib-name",
+            "lib-ver"
+        ]
+    );
+    assert_eq!(f["id"], me.to_string());
+    assert_eq!(f["laddr"], format!("127.0.0.1:{}", srv.port));
+    assert_eq!(f["cmd"], "client|info");
+    assert_eq!(f["flags"], "N");
+    assert_eq!(f["multi"], "-1");
+    assert_eq!(f["user"], "default");
+    assert_eq!(
+        (f["lib-name"].as_str(), f["lib-ver"].as_str()),
+        ("redis-rs", "1.2.3")
+    );
+    // RESET keeps the library's name and version, as Redis does.
+    query::<String>(&mut c, &["RESET"]);
+    let info: String = query(&mut c, &["CLIENT", "INFO"]);
+    assert_eq!(fields(info.trim_end())["lib-name"], "redis-rs");
+
+    let list: String = query(&mut c, &["CLIENT", "LIST"]);
+    assert_eq!(list.lines().count(), 2, "{list}");
+    let worker = list
+        .lines()
+        .map(fields)
+        .find(|f| f["name"] == "worker")
+        .unwrap();
+    assert_eq!(worker["cmd"], "client|setname");
+    let only: String = query(&mut c, &["CLIENT", "LIST", "ID", &worker["id"]]);
+    assert_eq!(only.lines().count(), 1);
+    assert!(error(&mut c, &["CLIENT", "LIST", "ID", "x"]).contains("Invalid client ID"));
+
+    // KILL: bad filters are refused; a filter closes the connections it matches.
+    assert!(error(&mut c, &["CLIENT", "KILL", "ID", "0"]).contains("greater than 0"));
+    assert!(error(&mut c, &["CLIENT", "KILL", "TYPE", "x"]).contains("Unknown client type"));
+    assert!(error(&mut c, &["CLIENT", "KILL", "USER", "nobody"]).contains("No such user"));
+    assert!(error(&mut c, &["CLIENT", "KILL", "ID", "1", "x"]).contains("syntax error"));
+    assert_eq!(
+        query::<i64>(&mut c, &["CLIENT", "KILL", "ID", &worker["id"]]),
+        1
+    );
+    assert!(
+        redis::cmd("PING").query::<String>(&mut other).is_err(),
+        "killed"
+    );
+    assert_eq!(
+        query::<i64>(&mut c, &["CLIENT", "KILL", "SKIPME", "yes"]),
+        0
+    );
+    // The old form, and killing oneself: the reply comes first, then the connection closes.
+    assert!(error(&mut c, &["CLIENT", "KILL", "127.0.0.1:1"]).contains("No such client"));
+    assert_eq!(query::<i64>(&mut c, &["CLIENT", "KILL", "SKIPME", "no"]), 1);
+    assert!(redis::cmd("PING").query::<String>(&mut c).is_err());
+}
+
+#[test]
+fn client_reply_off_skip_on() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(&t.path().join("data"), &[]);
+    let mut raw = srv.raw();
+    // OFF: nothing until ON, whose OK is the first reply; the writes still happen.
+    raw.send(&resp(&["CLIENT", "REPLY", "OFF"]));
+    raw.send(&resp(&["SET", "a", "1"]));
+    raw.send(&resp(&["GET", "nosuch-command-yet"]));
+    raw.cmd(&["CLIENT", "REPLY", "ON"], "+OK\r\n");
+    raw.cmd(&["GET", "a"], "$1\r\n1\r\n");
+    // SKIP: the next command only.
+    raw.send(&resp(&["CLIENT", "REPLY", "SKIP"]));
+    raw.send(&resp(&["PING", "skipped"]));
+    raw.cmd(&["PING", "seen"], "$4\r\nseen\r\n");
+}
+
+#[test]
+fn client_pause_holds_writes_until_unpause() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(&t.path().join("data"), &[]);
+    let mut c = srv.client();
+    query::<()>(&mut c, &["CLIENT", "PAUSE", "100000", "WRITE"]);
+    // Reads go on; a write waits, counted as blocked, and runs after UNPAUSE.
+    assert_eq!(query::<Option<String>>(&mut c, &["GET", "k"]), None);
+    let mut w = srv.raw();
+    w.send(&resp(&["SET", "k", "v"]));
+    let blocked = || {
+        let info: String = query(&mut srv.client(), &["INFO", "clients"]);
+        info.contains("blocked_clients:1")
+    };
+    while !blocked() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(query::<Option<String>>(&mut c, &["GET", "k"]), None, "held");
+    // A command with bad arguments is answered at once.
+    assert!(error(&mut c, &["SET", "k"]).contains("wrong number of arguments"));
+    query::<()>(&mut c, &["CLIENT", "UNPAUSE"]);
+    w.cmd(&["GET", "k"], "+OK\r\n$1\r\nv\r\n");
+    assert!(error(&mut c, &["CLIENT", "PAUSE", "x"]).contains("timeout is not an integer"));
+}
+
+#[test]
+fn monitor_streams_commands_with_secrets_redacted() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start_env(
+        &t.path().join("data"),
+        &[],
+        &[("KEEL_REQUIREPASS", "s3cret")],
+    );
+    let mut m = srv.raw();
+    m.cmd(&["AUTH", "s3cret"], "+OK\r\n");
+    m.cmd(&["MONITOR"], "+OK\r\n");
+    let mut c = srv.client();
+    query::<()>(&mut c, &["AUTH", "s3cret"]);
+    query::<()>(&mut c, &["SET", "k", "a \"quoted\"\nvalue"]);
+    query::<()>(&mut c, &["MULTI"]);
+    query::<String>(&mut c, &["INCR", "n"]);
+    query::<Vec<i64>>(&mut c, &["EXEC"]);
+    // A command refused for its arguments never runs, and is not shown.
+    assert!(error(&mut c, &["GET"]).contains("wrong number"));
+    query::<Option<String>>(&mut c, &["GET", "k"]);
+    let mut lines = Vec::new();
+    while lines.len() < 6 {
+        let mut line = Vec::new();
+        while !line.ends_with(b"\r\n") {
+            line.extend(m.read_exact_len(1));
+        }
+        lines.push(String::from_utf8(line).unwrap());
+    }
+    let tail: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split_once("] ").expect("a monitor line").1.trim_end())
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            r#""AUTH" "(redacted)""#,
+            r#""SET" "k" "a \"quoted\"\nvalue""#,
+            r#""MULTI""#,
+            r#""INCR" "n""#,
+            r#""EXEC""#,
+            r#""GET" "k""#,
+        ]
+    );
+    assert!(
+        lines[0].starts_with('+') && lines[0].contains(" [0 127.0.0.1:"),
+        "{}",
+        lines[0]
+    );
+    // Only QUIT and RESET are served; RESET leaves monitor mode.
+    m.cmd(
+        &["GET", "k"],
+        "-ERR this connection is in MONITOR mode: only QUIT and RESET are served\r\n",
+    );
+    m.cmd(&["RESET"], "+RESET\r\n");
+    m.cmd(&["AUTH", "s3cret"], "+OK\r\n");
+    m.cmd(&["PING"], "+PONG\r\n");
 }

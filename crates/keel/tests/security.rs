@@ -859,6 +859,9 @@ fn permissions_follow_what_each_command_does() {
         (&["QUIT"], 0),
         (&["RESET"], 0),
         (&["CLIENT", "ID"], 0),
+        (&["CLIENT", "INFO"], 0),
+        (&["CLIENT", "LIST"], A),
+        (&["CLIENT", "NO-EVICT", "off"], A),
         (&["COMMAND", "COUNT"], 0),
         (&["INFO", "server"], 0),
         (&["TIME"], 0),
@@ -945,6 +948,7 @@ fn permissions_follow_what_each_command_does() {
         (&["BGSAVE"], A),
         (&["LASTSAVE"], 0),
         (&["SLOWLOG", "LEN"], A),
+        (&["MONITOR"], A),
         (&["KEEL.BACKUP", "/nonexistent/keel-backup-target"], A),
         (&["KEEL.CLUSTER", "STATUS"], A),
         (&["KEEL.MAINTENANCE", "STATUS"], A),
@@ -1124,7 +1128,11 @@ fn permissions_follow_what_each_command_does() {
             let denied = needs & !has != 0;
             if denied {
                 let shown = match args[0] {
-                    "CONFIG" => "config|get".to_string(),
+                    // Redis names a subcommand as `container|sub`.
+                    "CONFIG" | "CLIENT" | "SLOWLOG" | "KEEL.CLUSTER" | "KEEL.MAINTENANCE"
+                    | "MEMORY" | "OBJECT" | "COMMAND" => {
+                        format!("{}|{}", args[0], args[1]).to_lowercase()
+                    }
                     // KEEL.IDEM's own need (write) first, then the wrapped command's.
                     "KEEL.IDEM" if has & W != 0 => args[2].to_lowercase(),
                     other => other.to_lowercase(),

@@ -46,9 +46,20 @@ pub const COMMANDS: &[Command] = &[
             "Ends any transaction, forgets watched keys, returns to RESP2 and to the initial user.",
         )
         .runs_in_multi(),
-    Command::new("client", -2, CONN, NO_KEYS)
-        .doc("connection", "", "Inspects or names the connection.")
+    Command::new("client", -2, ADMIN.with(VARIES), NO_KEYS)
+        .doc(
+            "connection",
+            "",
+            "Inspects or names the connection; lists, kills and pauses clients (those need admin).",
+        )
         .subcommands(CLIENT_SUBCOMMANDS),
+    Command::new("monitor", 1, ADMIN, NO_KEYS)
+        .doc(
+            "server",
+            "",
+            "Streams every command clients run, one line each, until QUIT or RESET; passwords are redacted.",
+        )
+        .no_multi(),
     Command::new("multi", 1, CONN, NO_KEYS)
         .doc("transactions", "", "Starts a transaction: later commands are queued.")
         .runs_in_multi(),
@@ -96,14 +107,62 @@ const CLIENT_SUBCOMMANDS: &[Doc] = &[
     doc(
         "setinfo",
         "connection",
-        "attribute value",
-        "Accepted for client libraries; keel does not keep the value.",
+        "<LIB-NAME libname|LIB-VER libver>",
+        "Records the client library's name or version; CLIENT LIST shows them.",
     ),
     doc(
         "info",
         "connection",
         "",
-        "Describes the connection in one line.",
+        "Describes the connection in one line, as CLIENT LIST does.",
+    ),
+    doc(
+        "list",
+        "connection",
+        "[TYPE <NORMAL|MASTER|REPLICA|PUBSUB>] [ID client-id [client-id ...]]",
+        "Describes every connection, one line each.",
+    ),
+    doc(
+        "kill",
+        "connection",
+        "[ID client-id] [TYPE <NORMAL|MASTER|SLAVE|REPLICA|PUBSUB>] [USER username] [ADDR addr] [LADDR laddr] [SKIPME <YES|NO>] [MAXAGE maxage]",
+        "Closes the connections the filters match (not this one unless SKIPME NO) and returns how many; CLIENT KILL addr closes one.",
+    ),
+    doc(
+        "reply",
+        "connection",
+        "<ON|OFF|SKIP>",
+        "Turns this connection's replies off, on, or off for the next command.",
+    ),
+    doc(
+        "pause",
+        "connection",
+        "timeout [WRITE|ALL]",
+        "Holds every client's commands (or only writes) for timeout ms; CLIENT is never held.",
+    ),
+    doc(
+        "unpause",
+        "connection",
+        "",
+        "Ends CLIENT PAUSE.",
+    ),
+    doc(
+        "no-evict",
+        "connection",
+        "<ON|OFF>",
+        "Accepted and shown in CLIENT LIST; keel evicts nothing.",
+    ),
+    doc(
+        "no-touch",
+        "connection",
+        "<ON|OFF>",
+        "Accepted and shown in CLIENT LIST; keel keeps no access times.",
+    ),
+    doc(
+        "getredir",
+        "connection",
+        "",
+        "Returns -1: keel has no client-side caching redirection.",
     ),
     doc("help", "connection", "", "Lists the subcommands."),
 ];

@@ -304,6 +304,16 @@ pub fn flags(spec: &Command, args: &[Bytes]) -> Flags {
         "set" if !options.iter().any(|o| eq(o, "get")) => f.without(Flags::READ),
         "getex" if args.len() <= 2 => f.without(Flags::WRITE),
         "sort" if !args.iter().skip(2).any(|o| eq(o, "store")) => f.without(Flags::WRITE),
+        // CLIENT's subcommands that see or act on other connections need admin.
+        "client"
+            if !args.get(1).is_some_and(|s| {
+                ["list", "kill", "pause", "unpause", "no-evict"]
+                    .iter()
+                    .any(|a| eq(s, a))
+            }) =>
+        {
+            f.without(Flags::ADMIN)
+        }
         _ => f,
     }
 }

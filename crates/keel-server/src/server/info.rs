@@ -148,7 +148,12 @@ impl Conn {
             );
             line(&mut o, "cluster_connections", &0);
             line(&mut o, "maxclients", &Live::get(&self.sh.live.maxclients));
-            line(&mut o, "blocked_clients", &self.sh.blocked.waiting());
+            let paused = self.sh.paused_clients.load(Ordering::Relaxed);
+            line(
+                &mut o,
+                "blocked_clients",
+                &(self.sh.blocked.waiting() + paused),
+            );
             line(&mut o, "tracking_clients", &0);
             line(&mut o, "pubsub_clients", &0);
             o.push_str("\r\n");

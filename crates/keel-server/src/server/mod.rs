@@ -35,15 +35,19 @@ use crate::resp::{parse_i64, Parser, Reply};
 
 mod admin;
 mod backend;
+mod clients;
 mod info;
 mod keyspace;
+mod monitor;
 mod params;
 mod pipeline;
 mod session;
 mod transactions;
 
 pub use backend::Backend;
+use clients::{Client, Clients, Pause, Silence};
 pub use info::{set_allocator_stats, AllocatorStats};
+use monitor::Monitors;
 use params::config;
 pub use params::Live;
 pub use pipeline::queues_in_multi;
@@ -107,6 +111,12 @@ pub struct Shared {
     /// instantaneous rates (as Redis samples them).
     samples: std::sync::Mutex<VecDeque<(Instant, u64, u64, u64)>>,
     pub slowlog: crate::slowlog::SlowLog,
+    monitors: Monitors,
+    /// Every client connected now (CLIENT LIST and KILL).
+    registry: Clients,
+    /// CLIENT PAUSE, and how many clients wait in it.
+    pause: watch::Sender<Pause>,
+    paused_clients: AtomicUsize,
     /// The settings CONFIG SET changes.
     pub live: Live,
     /// The counters as CONFIG RESETSTAT found them: INFO reports what was counted since. (The
@@ -151,6 +161,10 @@ impl Shared {
             net_out: AtomicU64::new(0),
             samples: Default::default(),
             slowlog: Default::default(),
+            registry: Clients::default(),
+            monitors: Monitors::default(),
+            pause: watch::channel(Pause::default()).0,
+            paused_clients: AtomicUsize::new(0),
             live: Live::new(&settings_live),
             stat_base: Default::default(),
         })
@@ -337,6 +351,8 @@ type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
 enum Slot {
     Ready(Reply),
     Pending(ReplyFuture),
+    /// Awaited in order, but not sent (CLIENT REPLY OFF or SKIP).
+    Silent(ReplyFuture),
 }
 
 enum Flow {
@@ -348,15 +364,20 @@ enum Flow {
     /// A blocking command waits: send what is queued, then wait for this reply while watching
     /// the socket (a client that goes away stops the wait, and takes nothing).
     Block(Pin<Box<dyn Future<Output = Reply> + Send>>),
+    /// MONITOR: send what is queued, then stream the monitor's lines until QUIT or RESET.
+    Monitor,
 }
 
 struct Conn {
     sh: Arc<Shared>,
     id: u64,
-    addr: Arc<str>,
+    /// What other connections see of this one.
+    client: Arc<Client>,
     proto: u8,
     user: Option<User>,
-    name: Option<Bytes>,
+    /// CLIENT REPLY, and whether the command running now is answered.
+    silence: Silence,
+    quiet: bool,
     /// Commands queued since MULTI.
     multi: Option<Vec<Part>>,
     /// A command queued since MULTI was rejected: EXEC must abort.
@@ -385,12 +406,19 @@ async fn connection(mut stream: TcpStream, sh: Arc<Shared>) -> std::io::Result<(
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    let laddr = stream
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let id = sh.next_client_id.fetch_add(1, Ordering::Relaxed);
+    let client = Client::new(id, addr.into(), laddr, fd);
     match &sh.settings.tls {
-        None => session(&mut stream, addr, sh.clone()).await,
+        None => session(&mut stream, client, sh.clone()).await,
         Some(tls) => {
             // The handshake holds the client slot taken above, and has a deadline.
             let mut stream = tls.accept(stream).await?;
-            let r = session(&mut stream, addr, sh.clone()).await;
+            let r = session(&mut stream, client, sh.clone()).await;
             crate::tls::close(&mut stream).await;
             r
         }

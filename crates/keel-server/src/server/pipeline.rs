@@ -107,6 +107,9 @@ impl Conn {
                 self.done = Done::Failed;
             }
         }
+        if self.quiet {
+            return;
+        }
         if self.queue.is_empty() {
             r.encode(self.proto, &mut self.out);
         } else {
@@ -137,7 +140,8 @@ impl Conn {
         };
         let durable = self.sh.backend.write(id, guards, writes);
         let sh = self.sh.clone();
-        self.queue.push_back(Slot::Pending(Box::pin(async move {
+        let quiet = self.quiet;
+        let reply = Box::pin(async move {
             match durable.await {
                 Ok(o) => {
                     let reply = render_outcome(render, o, &sh);
@@ -146,7 +150,12 @@ impl Conn {
                 }
                 Err(r) => r,
             }
-        })));
+        });
+        self.queue.push_back(if quiet {
+            Slot::Silent(reply)
+        } else {
+            Slot::Pending(reply)
+        });
     }
 
     /// Waits for every queued write and encodes every queued reply, in order.
@@ -155,6 +164,10 @@ impl Conn {
             let r = match slot {
                 Slot::Ready(r) => r,
                 Slot::Pending(f) => f.await,
+                Slot::Silent(f) => {
+                    f.await;
+                    continue;
+                }
             };
             r.encode(self.proto, &mut self.out);
         }
@@ -214,6 +227,16 @@ impl Conn {
             }
         }
         let need = cmd::flags(spec, &args);
+        // CLIENT PAUSE holds a command here, once it is known to be valid. CLIENT itself is
+        // never held, so that UNPAUSE can be sent.
+        if name != "client" && (self.multi.is_none() || name == "exec") {
+            let writes = need.contains(Flags::WRITE)
+                || (name == "exec" && self.multi.iter().flatten().any(|p| !p.read_only()));
+            self.sh.paused(&self.client, writes).await;
+        }
+        if name != "monitor" {
+            self.sh.monitors.feed(&self.client, &args);
+        }
         // An admin command is on record, durably, before it runs (fail closed).
         if need.contains(Flags::ADMIN) {
             if let Some(a) = self.sh.audit.clone() {
@@ -267,7 +290,9 @@ impl Conn {
             };
             match queued {
                 Ok(p) => {
-                    self.multi.as_mut().expect("in MULTI").push(p);
+                    let queued = self.multi.as_mut().expect("in MULTI");
+                    queued.push(p);
+                    (self.client.multi).store(queued.len() as i64, Ordering::Relaxed);
                     self.reply(Reply::Simple("QUEUED".into()));
                 }
                 Err(e) => self.reject(e),
@@ -342,7 +367,7 @@ impl Conn {
             }
         }
         match name {
-            "quit" | "auth" | "hello" | "select" | "reset" | "client" => {
+            "quit" | "auth" | "hello" | "select" | "reset" | "client" | "monitor" => {
                 self.session_command(name, args).await
             }
             "multi" | "discard" | "exec" | "watch" | "unwatch" => {

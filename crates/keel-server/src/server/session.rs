@@ -5,17 +5,22 @@ use super::*;
 /// Serves one client over a plain or TLS stream until it leaves or the server shuts down.
 pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     mut stream: S,
-    addr: String,
+    client: Client,
     sh: Arc<Shared>,
 ) -> std::io::Result<()> {
     let mut stop = sh.shutdown.subscribe();
+    let client = Arc::new(client);
+    let user = sh.users.initial();
+    client.set_user(user.as_ref().map_or("", |u| u.0.as_str()));
+    let _registered = sh.registry.add(client.clone());
     let mut conn = Conn {
-        id: sh.next_client_id.fetch_add(1, Ordering::Relaxed),
-        addr: addr.into(),
+        id: client.id,
+        client,
         sh: sh.clone(),
         proto: 2,
-        user: sh.users.initial(),
-        name: None,
+        user,
+        silence: Silence::Never,
+        quiet: false,
         multi: None,
         multi_dirty: false,
         watched: Vec::new(),
@@ -38,6 +43,7 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
             parser.set_unauthenticated(conn.user.is_none());
             match parser.parse(&buf, &limits) {
                 Ok(Some((frame, n))) => {
+                    let qbuf = buf.len();
                     buf.advance(n);
                     waited = Duration::ZERO;
                     if frame.args.is_empty() {
@@ -45,14 +51,25 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     }
                     sh.commands_processed.fetch_add(1, Ordering::Relaxed);
                     let found = cmd::find(&frame.args[0]);
+                    conn.client.started(found, &frame.args, qbuf);
+                    // CLIENT REPLY: whether this command's reply is sent.
+                    conn.quiet = match conn.silence {
+                        Silence::Never => false,
+                        Silence::Always => true,
+                        Silence::Next => {
+                            conn.silence = Silence::Never;
+                            true
+                        }
+                    };
                     let mut timer = sh.metrics.start(found);
                     if Live::get(&sh.live.slowlog_log_slower_than) >= 0 {
                         let (sh, args) = (sh.clone(), frame.args.clone());
-                        let (addr, name) = (conn.addr.clone(), conn.name.clone());
+                        let client = conn.client.clone();
                         timer = timer.then(move |took| {
                             let min = Live::get(&sh.live.slowlog_log_slower_than);
                             if min >= 0 && took.as_micros() >= min as u128 {
                                 let max = Live::get(&sh.live.slowlog_max_len).max(0) as usize;
+                                let (addr, name) = (client.addr.clone(), client.name());
                                 sh.slowlog
                                     .record(max, took, &args, addr, name.unwrap_or_default());
                             }
@@ -72,7 +89,12 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                             conn.flush(&mut stream).await?;
                             let max = sh.settings.max_request_bytes;
                             let waiting = Instant::now();
-                            match block(&mut stream, &mut buf, max, wait, stop.clone()).await? {
+                            conn.client.blocked.store(true, Ordering::Relaxed);
+                            let served =
+                                block(&mut stream, &mut buf, max, wait, stop.clone(), &conn.client)
+                                    .await?;
+                            conn.client.blocked.store(false, Ordering::Relaxed);
+                            match served {
                                 Some(reply) => {
                                     let timer = timer.take().expect("blocked");
                                     let timer = timer.excluding(waiting.elapsed());
@@ -83,12 +105,32 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                                 None => return Ok(()),
                             }
                         }
+                        Flow::Monitor => {
+                            conn.flush(&mut stream).await?;
+                            let (c, st) = (conn.client.clone(), stop.clone());
+                            let m = monitor::monitor(
+                                &mut stream,
+                                &mut buf,
+                                &mut parser,
+                                &limits,
+                                &sh,
+                                &c,
+                                st,
+                            );
+                            if let monitor::Ended::Gone = m.await? {
+                                return Ok(());
+                            }
+                        }
                         Flow::Close => return conn.flush(&mut stream).await,
                         Flow::Shutdown => {
                             conn.flush(&mut stream).await?;
                             sh.request_shutdown();
                             return Ok(());
                         }
+                    }
+                    // CLIENT KILL: the command that killed it (its own) is answered first.
+                    if conn.client.killed() {
+                        return conn.flush(&mut stream).await;
                     }
                     if conn.out.len() >= FLUSH_BYTES || conn.queue.len() >= PENDING_MAX {
                         conn.flush(&mut stream).await?;
@@ -97,7 +139,7 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 Ok(None) => break,
                 Err(e) => {
                     conn.reply(Reply::err(format!("ERR Protocol error: {e}")));
-                    tracing::debug!("client {}: protocol error: {e}", conn.addr);
+                    tracing::debug!("client {}: protocol error: {e}", conn.client.addr);
                     return conn.flush(&mut stream).await;
                 }
             }
@@ -130,6 +172,7 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 None => return Ok(()), // idle, or a request not complete in time
             },
             _ = stop.wait_for(|s| *s) => return Ok(()),
+            _ = conn.client.until_killed() => return Ok(()),
         };
         waited += read_started.elapsed();
         if n == 0 {
@@ -148,6 +191,7 @@ pub(super) async fn block<S: AsyncRead + AsyncWrite + Unpin>(
     max: usize,
     mut wait: Pin<Box<dyn Future<Output = Reply> + Send>>,
     mut stop: watch::Receiver<bool>,
+    client: &Client,
 ) -> std::io::Result<Option<Reply>> {
     loop {
         // What a client sends while it waits is bounded as any request is (P11): past the
@@ -156,6 +200,7 @@ pub(super) async fn block<S: AsyncRead + AsyncWrite + Unpin>(
             tokio::select! {
                 reply = &mut wait => return Ok(Some(reply)),
                 _ = stop.wait_for(|s| *s) => return Ok(None),
+                _ = client.until_killed() => return Ok(None),
             }
         }
         buf.reserve(16 << 10);
@@ -167,6 +212,7 @@ pub(super) async fn block<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             _ = stop.wait_for(|s| *s) => return Ok(None),
+            _ = client.until_killed() => return Ok(None),
         }
     }
 }
@@ -195,11 +241,21 @@ impl Conn {
                 self.multi_dirty = false;
                 self.watched.clear();
                 self.proto = 2;
-                self.name = None;
+                self.client.resp.store(2, Ordering::Relaxed);
+                self.client.multi.store(-1, Ordering::Relaxed);
+                self.client.set_name(None);
+                self.silence = Silence::Never;
+                self.quiet = false;
                 self.user = self.sh.users.initial();
+                let user = self.user.as_ref().map_or("", |u| u.0.as_str());
+                self.client.set_user(user);
                 Reply::Simple("RESET".into())
             }
             "client" => self.client(&args),
+            "monitor" => {
+                self.reply(Reply::ok());
+                return Flow::Monitor;
+            }
             other => Reply::err(format!("ERR internal: no handler for '{other}'")),
         };
         self.reply(reply);
@@ -217,6 +273,7 @@ impl Conn {
         }
         let ok = match self.sh.users.authenticate(user, pass) {
             Some(u) => {
+                self.client.set_user(&u.0);
                 self.user = Some(u);
                 true
             }
@@ -241,7 +298,7 @@ impl Conn {
     pub(super) fn who(&self, user: &str) -> audit::Event {
         audit::Event {
             user: Some(user.into()),
-            addr: Some(self.addr.clone()),
+            addr: Some(self.client.addr.clone()),
             ..audit::Event::default()
         }
     }
@@ -261,7 +318,7 @@ impl Conn {
             event: "auth",
             ok: Some(ok),
             user: Some(user),
-            addr: Some(self.addr.clone()),
+            addr: Some(self.client.addr.clone()),
             ..audit::Event::default()
         });
     }
@@ -297,6 +354,7 @@ impl Conn {
         if let Some((u, p)) = auth {
             match self.sh.users.authenticate(&u, &p) {
                 Some(user) => {
+                    self.client.set_user(&user.0);
                     self.user = Some(user);
                     self.audit_auth(&u, true);
                 }
@@ -313,9 +371,10 @@ impl Conn {
             if let Err(e) = check_client_name(&n) {
                 return e;
             }
-            self.name = Some(n).filter(|n| !n.is_empty());
+            self.client.set_name(Some(n));
         }
         self.proto = proto;
+        self.client.resp.store(proto, Ordering::Relaxed);
         let s = |x: &str| Reply::bulk(x.to_string());
         Reply::Map(vec![
             (s("server"), s("keel")),
@@ -326,37 +385,6 @@ impl Conn {
             (s("role"), s("master")),
             (s("modules"), Reply::Array(Vec::new())),
         ])
-    }
-
-    pub(super) fn client(&mut self, args: &[Bytes]) -> Reply {
-        let sub = lower(&args[1]);
-        match (sub.as_str(), args.len()) {
-            ("id", 2) => Reply::Int(self.id as i64),
-            ("getname", 2) => self.name.clone().map_or(Reply::Nil, Reply::Bulk),
-            ("setname", 3) => match check_client_name(&args[2]) {
-                Ok(()) => {
-                    self.name = Some(args[2].clone()).filter(|n| !n.is_empty());
-                    Reply::ok()
-                }
-                Err(e) => e,
-            },
-            ("setinfo", 4) => Reply::ok(),
-            ("info", 2) => Reply::Verbatim(format!(
-                "id={} addr={} name={} db=0 multi={} resp={}\n",
-                self.id,
-                self.addr,
-                self.name
-                    .as_ref()
-                    .map(|n| String::from_utf8_lossy(n).into_owned())
-                    .unwrap_or_default(),
-                self.multi.as_ref().map_or(-1, |m| m.len() as i64),
-                self.proto
-            )),
-            ("id" | "getname" | "setname" | "setinfo" | "info", _) => {
-                cmd::wrong_args(&format!("client|{sub}"))
-            }
-            _ => unknown_subcommand(&args[1], "CLIENT"),
-        }
     }
 }
 

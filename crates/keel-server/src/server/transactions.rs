@@ -12,11 +12,16 @@ impl Conn {
                     Reply::err("ERR MULTI calls can not be nested")
                 } else {
                     self.multi = Some(Vec::new());
+                    self.client.multi.store(0, Ordering::Relaxed);
                     self.multi_dirty = false;
                     Reply::ok()
                 }
             }
-            "discard" => match self.multi.take() {
+            "discard" => match self
+                .multi
+                .take()
+                .inspect(|_| self.client.multi.store(-1, Ordering::Relaxed))
+            {
                 None => Reply::err("ERR DISCARD without MULTI"),
                 Some(_) => {
                     self.watched.clear();
@@ -53,6 +58,7 @@ impl Conn {
     }
 
     pub(super) async fn exec(&mut self) {
+        self.client.multi.store(-1, Ordering::Relaxed);
         let Some(parts) = self.multi.take() else {
             self.reply(Reply::err("ERR EXEC without MULTI"));
             return;
