@@ -7,6 +7,7 @@ use crate::docs::doc;
 
 pub const COMMANDS: &[Command] = &[
     Command::new("ping", -1, CONN, NO_KEYS)
+        .redis("fast", "@connection")
         .doc("connection", "[message]", "Replies PONG, or the message if one is given.")
         .local(|a| match a.len() {
             1 => Reply::Simple("PONG".into()),
@@ -14,9 +15,11 @@ pub const COMMANDS: &[Command] = &[
             _ => wrong_args("ping"),
         }),
     Command::new("echo", 2, CONN, NO_KEYS)
+        .redis("loading stale fast", "@connection")
         .doc("connection", "message", "Replies with the message.")
         .local(|a| Reply::Bulk(a[1].clone())),
     Command::new("hello", -1, CONN, NO_KEYS)
+        .redis("noscript loading stale fast no_auth allow_busy", "@connection")
         .doc(
             "connection",
             "[protover [AUTH username password] [SETNAME clientname]]",
@@ -24,22 +27,27 @@ pub const COMMANDS: &[Command] = &[
         )
         .before_auth(),
     Command::new("auth", -2, CONN, NO_KEYS)
+        .redis("noscript loading stale fast no_auth allow_busy", "@connection")
         .doc(
             "connection",
             "[username] password",
             "Authenticates the connection as a user (the default user if none is named).",
         )
         .before_auth(),
-    Command::new("select", 2, CONN, NO_KEYS).doc(
-        "connection",
-        "index",
-        "Selects the database; keel has only database 0.",
-    ),
+    Command::new("select", 2, CONN, NO_KEYS)
+        .redis("loading stale fast", "@connection")
+        .doc(
+            "connection",
+            "index",
+            "Selects the database; keel has only database 0.",
+        ),
     Command::new("quit", -1, CONN, NO_KEYS)
+        .redis("noscript loading stale fast no_auth allow_busy", "@connection")
         .doc("connection", "", "Closes the connection after the reply.")
         .before_auth()
         .runs_in_multi(),
     Command::new("reset", 1, CONN, NO_KEYS)
+        .redis("noscript loading stale fast no_auth allow_busy", "@connection")
         .doc(
             "connection",
             "",
@@ -47,13 +55,16 @@ pub const COMMANDS: &[Command] = &[
         )
         .runs_in_multi(),
     Command::new("client", -2, CONN, NO_KEYS)
+        .redis("", "")
         .doc("connection", "", "Inspects or names the connection.")
         .subcommands(CLIENT_SUBCOMMANDS),
     Command::new("multi", 1, CONN, NO_KEYS)
+        .redis("noscript loading stale fast allow_busy", "@transaction")
         .doc("transactions", "", "Starts a transaction: later commands are queued.")
         .runs_in_multi(),
     // Each queued command was checked as it was queued.
     Command::new("exec", 1, CONN, NO_KEYS)
+        .redis("noscript loading stale skip_slowlog", "@transaction")
         .doc(
             "transactions",
             "",
@@ -61,17 +72,22 @@ pub const COMMANDS: &[Command] = &[
         )
         .runs_in_multi(),
     Command::new("discard", 1, CONN, NO_KEYS)
+        .redis("noscript loading stale fast allow_busy", "@transaction")
         .doc("transactions", "", "Drops the queued commands and the watched keys.")
         .runs_in_multi(),
     // Reads the keys' versions (Redis: an RO key spec).
     Command::new("watch", -2, R, ALL_KEYS)
+        .redis("noscript loading stale fast allow_busy", "@transaction")
+        .key_flags("RO")
         .doc(
             "transactions",
             "key [key ...]",
             "Makes the next EXEC fail if any of the keys changes before it.",
         )
         .runs_in_multi(),
-    Command::new("unwatch", 1, CONN, NO_KEYS).doc("transactions", "", "Forgets the watched keys."),
+    Command::new("unwatch", 1, CONN, NO_KEYS)
+        .redis("noscript loading stale fast allow_busy", "@transaction")
+        .doc("transactions", "", "Forgets the watched keys."),
 ];
 
 const CLIENT_SUBCOMMANDS: &[Doc] = &[
@@ -80,30 +96,35 @@ const CLIENT_SUBCOMMANDS: &[Doc] = &[
         "connection",
         "",
         "Returns the connection's unique id.",
-    ),
+    )
+    .redis("noscript loading stale", "@connection"),
     doc(
         "getname",
         "connection",
         "",
         "Returns the connection's name, or nil.",
-    ),
+    )
+    .redis("noscript loading stale", "@connection"),
     doc(
         "setname",
         "connection",
         "connection-name",
         "Names the connection.",
-    ),
+    )
+    .redis("noscript loading stale", "@connection"),
     doc(
         "setinfo",
         "connection",
         "attribute value",
         "Accepted for client libraries; keel does not keep the value.",
-    ),
+    )
+    .redis("noscript loading stale", "@connection"),
     doc(
         "info",
         "connection",
         "",
         "Describes the connection in one line.",
-    ),
-    doc("help", "connection", "", "Lists the subcommands."),
+    )
+    .redis("noscript loading stale", "@connection"),
+    doc("help", "connection", "", "Lists the subcommands.").redis("loading stale", "@connection"),
 ];

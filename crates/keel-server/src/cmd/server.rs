@@ -11,14 +11,18 @@ use crate::docs::doc;
 
 pub const COMMANDS: &[Command] = &[
     Command::new("command", -1, CONN, NO_KEYS)
+        .redis("loading stale", "@connection")
         .doc("server", "", "Describes the commands keel serves.")
         .subcommands(COMMAND_SUBCOMMANDS),
-    Command::new("info", -1, CONN, NO_KEYS).doc(
-        "server",
-        "[section [section ...]]",
-        "Reports server, client, persistence (durable LSN, fsyncs, group commit), stats, keyspace and keel sections.",
-    ),
+    Command::new("info", -1, CONN, NO_KEYS)
+        .redis("loading stale", "@dangerous")
+        .doc(
+            "server",
+            "[section [section ...]]",
+            "Reports server, client, persistence (durable LSN, fsyncs, group commit), stats, keyspace and keel sections.",
+        ),
     Command::new("time", 1, CONN, NO_KEYS)
+        .redis("loading stale fast", "")
         .doc("server", "", "Returns the server's clock as seconds and microseconds.")
         .local(|_| {
             let d = SystemTime::now()
@@ -30,55 +34,76 @@ pub const COMMANDS: &[Command] = &[
             ])
         }),
     Command::new("config", -2, ADMIN, NO_KEYS)
+        .redis("", "")
         .doc("server", "", "Reads the settings clients commonly ask about.")
         .subcommands(CONFIG_SUBCOMMANDS),
-    Command::new("shutdown", -1, ADMIN, NO_KEYS).doc(
-        "server",
-        "[NOSAVE|SAVE] [NOW] [FORCE] [ABORT]",
-        "Stops accepting connections, answers what is in flight, syncs the log and exits.",
-    ),
-    Command::new("dbsize", 1, R, NO_KEYS).doc("server", "", "Returns the number of keys."),
+    Command::new("shutdown", -1, ADMIN, NO_KEYS)
+        .redis("admin noscript loading stale no_multi allow_busy", "")
+        .doc(
+            "server",
+            "[NOSAVE|SAVE] [NOW] [FORCE] [ABORT]",
+            "Stops accepting connections, answers what is in flight, syncs the log and exits.",
+        ),
+    Command::new("dbsize", 1, R, NO_KEYS)
+        .redis("readonly fast", "@keyspace")
+        .doc("server", "", "Returns the number of keys."),
     Command::new("flushdb", -1, ADMIN_W, NO_KEYS)
+        .redis("write", "@keyspace @dangerous")
         .doc("server", "[ASYNC|SYNC]", "Deletes every key, durably, in one log record.")
         .data(flush),
     Command::new("flushall", -1, ADMIN_W, NO_KEYS)
+        .redis("write", "@keyspace @dangerous")
         .doc("server", "[ASYNC|SYNC]", "Deletes every key, durably, in one log record.")
         .data(flush),
-    Command::new("waitaof", 4, CONN, NO_KEYS).doc(
-        "generic",
-        "numlocal numreplicas timeout",
-        "Returns once earlier writes are on disk; in keel they already are when acknowledged.",
-    ),
-    Command::new("wait", 3, CONN, NO_KEYS).doc(
-        "generic",
-        "numreplicas timeout",
-        "Returns 0 at once: keel serve has no Redis-style replicas.",
-    ),
-    Command::new("save", 1, ADMIN, NO_KEYS).doc(
-        "server",
-        "",
-        "Writes a checkpoint (snapshot and manifest) and prunes the log behind it.",
-    ),
+    Command::new("waitaof", 4, CONN, NO_KEYS)
+        .redis("noscript", "@connection")
+        .doc(
+            "generic",
+            "numlocal numreplicas timeout",
+            "Returns once earlier writes are on disk; in keel they already are when acknowledged.",
+        ),
+    Command::new("wait", 3, CONN, NO_KEYS)
+        .redis("", "@connection")
+        .doc(
+            "generic",
+            "numreplicas timeout",
+            "Returns 0 at once: keel serve has no Redis-style replicas.",
+        ),
+    Command::new("save", 1, ADMIN, NO_KEYS)
+        .redis("admin noscript no_async_loading no_multi", "")
+        .doc(
+            "server",
+            "",
+            "Writes a checkpoint (snapshot and manifest) and prunes the log behind it.",
+        ),
     // [SCHEDULE] is accepted and ignored.
-    Command::new("bgsave", -1, ADMIN, NO_KEYS).doc(
-        "server",
-        "[SCHEDULE]",
-        "Starts a checkpoint in the background.",
-    ),
-    Command::new("lastsave", 1, CONN, NO_KEYS).doc(
-        "server",
-        "",
-        "Returns the Unix time in seconds of the last checkpoint.",
-    ),
-    Command::new("keel.backup", 2, ADMIN, NO_KEYS).doc(
-        "server",
-        "directory",
-        "Copies a consistent backup into a directory on the server and returns its LSN.",
-    ),
-    Command::new("memory", -2, R, (2, 2, 1))
+    Command::new("bgsave", -1, ADMIN, NO_KEYS)
+        .redis("admin noscript no_async_loading", "")
+        .doc(
+            "server",
+            "[SCHEDULE]",
+            "Starts a checkpoint in the background.",
+        ),
+    Command::new("lastsave", 1, CONN, NO_KEYS)
+        .redis("loading stale fast", "@admin @dangerous")
+        .doc(
+            "server",
+            "",
+            "Returns the Unix time in seconds of the last checkpoint.",
+        ),
+    Command::new("keel.backup", 2, ADMIN, NO_KEYS)
+        .redis("admin noscript", "")
+        .doc(
+            "server",
+            "directory",
+            "Copies a consistent backup into a directory on the server and returns its LSN.",
+        ),
+    Command::new("memory", -2, R, NO_KEYS)
+        .redis("", "")
         .doc("server", "", "Reports memory use.")
         .subcommands(MEMORY_SUBCOMMANDS),
     Command::new("keel.cluster", -2, ADMIN, NO_KEYS)
+        .redis("admin noscript", "")
         .doc(
             "cluster",
             "",
@@ -86,6 +111,7 @@ pub const COMMANDS: &[Command] = &[
         )
         .subcommands(KEEL_CLUSTER_SUBCOMMANDS),
     Command::new("keel.maintenance", -2, ADMIN, NO_KEYS)
+        .redis("admin noscript", "")
         .doc(
             "server",
             "",
@@ -100,8 +126,11 @@ const MEMORY_SUBCOMMANDS: &[Doc] = &[
         "server",
         "key [SAMPLES count]",
         "Returns about how many bytes a key and its value take (SAMPLES is accepted; keel counts every element).",
-    ),
-    doc("help", "server", "", "Lists the subcommands."),
+    )
+    .redis("readonly", "")
+    .key_specs(&[Keys::at(2, "RO")]),
+    doc("help", "server", "", "Lists the subcommands.")
+    .redis("loading stale", ""),
 ];
 
 fn flush(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
@@ -117,21 +146,45 @@ const COMMAND_SUBCOMMANDS: &[Doc] = &[
         "server",
         "",
         "Returns how many commands keel serves.",
-    ),
+    )
+    .redis("loading stale", "@connection"),
     doc(
         "docs",
         "server",
         "[command-name [command-name ...]]",
         "Returns the summary, group and arguments of the named commands, or of all.",
-    ),
+    )
+    .redis("loading stale", "@connection"),
+    doc(
+        "getkeys",
+        "server",
+        "command [arg [arg ...]]",
+        "Returns the keys a command would use with the arguments.",
+    )
+    .redis("loading stale", "@connection"),
+    doc(
+        "getkeysandflags",
+        "server",
+        "command [arg [arg ...]]",
+        "Returns the keys a command would use with the arguments, and what it would do to each.",
+    )
+    .redis("loading stale", "@connection"),
     doc(
         "info",
         "server",
         "[command-name [command-name ...]]",
-        "Returns the arity, flags and key positions of the named commands.",
-    ),
-    doc("list", "server", "", "Returns the names of all commands."),
-    doc("help", "server", "", "Lists the subcommands."),
+        "Returns the arity, flags, key positions, ACL categories, key specs and subcommands of the named commands, or of all.",
+    )
+    .redis("loading stale", "@connection"),
+    doc(
+        "list",
+        "server",
+        "[FILTERBY <MODULE module-name|ACLCAT category|PATTERN pattern>]",
+        "Returns the names of all commands and subcommands, or of those in an ACL category or matching a pattern.",
+    )
+    .redis("loading stale", "@connection"),
+    doc("help", "server", "", "Lists the subcommands.")
+    .redis("loading stale", "@connection"),
 ];
 
 const CONFIG_SUBCOMMANDS: &[Doc] = &[
@@ -140,20 +193,23 @@ const CONFIG_SUBCOMMANDS: &[Doc] = &[
         "server",
         "parameter [parameter ...]",
         "Returns the settings whose names match the glob patterns.",
-    ),
+    )
+    .redis("admin noscript loading stale", ""),
     doc(
         "set",
         "server",
         "parameter value [parameter value ...]",
         "Refused: keel's settings come from its config file, flags and environment.",
-    ),
+    )
+    .redis("admin noscript loading stale", ""),
     doc(
         "resetstat",
         "server",
         "",
         "Accepted; keel's counters are not reset.",
-    ),
-    doc("help", "server", "", "Lists the subcommands."),
+    )
+    .redis("admin noscript loading stale", ""),
+    doc("help", "server", "", "Lists the subcommands.").redis("loading stale", ""),
 ];
 
 const KEEL_CLUSTER_SUBCOMMANDS: &[Doc] = &[
@@ -162,26 +218,30 @@ const KEEL_CLUSTER_SUBCOMMANDS: &[Doc] = &[
         "cluster",
         "",
         "Makes this node and its peers a new cluster.",
-    ),
+    )
+    .redis("admin noscript", ""),
     doc(
         "add-node",
         "cluster",
         "raft-address",
         "Adds the node at a raft address, first as a learner, then as a voter.",
-    ),
+    )
+    .redis("admin noscript", ""),
     doc(
         "remove-node",
         "cluster",
         "node-id",
         "Removes a node from the cluster.",
-    ),
+    )
+    .redis("admin noscript", ""),
     doc(
         "status",
         "cluster",
         "",
         "Describes the cluster as this node sees it.",
-    ),
-    doc("help", "cluster", "", "Lists the subcommands."),
+    )
+    .redis("admin noscript", ""),
+    doc("help", "cluster", "", "Lists the subcommands.").redis("loading stale", ""),
 ];
 
 const KEEL_MAINTENANCE_SUBCOMMANDS: &[Doc] = &[
@@ -190,13 +250,15 @@ const KEEL_MAINTENANCE_SUBCOMMANDS: &[Doc] = &[
         "server",
         "[reason]",
         "Turns maintenance mode on; every write then gets -MAINTENANCE with the reason.",
-    ),
-    doc("off", "server", "", "Turns maintenance mode off."),
+    )
+    .redis("admin noscript", ""),
+    doc("off", "server", "", "Turns maintenance mode off.").redis("admin noscript", ""),
     doc(
         "status",
         "server",
         "",
         "Returns whether maintenance mode is on, its reason and since when (Unix ms).",
-    ),
-    doc("help", "server", "", "Lists the subcommands."),
+    )
+    .redis("admin noscript", ""),
+    doc("help", "server", "", "Lists the subcommands.").redis("loading stale", ""),
 ];
