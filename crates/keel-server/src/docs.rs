@@ -423,22 +423,28 @@ pub fn arity(syntax: &str) -> i64 {
     }
 }
 
-/// `NAME HELP`'s lines for a command with subcommands: each subcommand's syntax, then its
-/// summary indented, as Redis's HELP replies read.
+/// `NAME HELP`'s lines for a command with subcommands, as Redis's HELP replies read: a first
+/// line naming the command, then each subcommand with its arguments and its summary indented
+/// below, and HELP last.
 pub fn help_lines(name: &str) -> Option<Vec<String>> {
     let d = &cmd::lookup(name)?.doc;
     if d.subcommands.is_empty() {
         return None;
     }
-    let mut lines = Vec::new();
-    for sub in d.subcommands {
-        let head = format!("{} {}", name.to_uppercase(), sub.name.to_uppercase());
+    let mut lines = vec![format!(
+        "{} <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+        name.to_uppercase()
+    )];
+    for sub in d.subcommands.iter().filter(|s| s.name != "help") {
+        let head = sub.name.to_uppercase();
         lines.push(match sub.syntax {
             "" => head,
             syntax => format!("{head} {syntax}"),
         });
         lines.push(format!("    {}", sub.summary));
     }
+    lines.push("HELP".into());
+    lines.push("    Print this help.".into());
     Some(lines)
 }
 
@@ -576,6 +582,20 @@ mod tests {
         assert_eq!(arity("key <LEFT|COUNT count>"), -4);
         assert_eq!(arity("numkeys key [key ...]"), -4);
         assert_eq!(arity("AUTH username password"), 5);
+    }
+
+    #[test]
+    fn help_reads_as_redis_s() {
+        let lines = help_lines("object").unwrap();
+        assert_eq!(
+            lines[0],
+            "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:"
+        );
+        assert_eq!(lines[1], "ENCODING key");
+        assert!(lines[2].starts_with("    ") && lines[2].len() > 4);
+        assert_eq!(&lines[lines.len() - 2..], ["HELP", "    Print this help."]);
+        assert_eq!(lines.iter().filter(|l| l.starts_with("HELP")).count(), 1);
+        assert!(help_lines("get").is_none());
     }
 
     #[test]
