@@ -251,7 +251,10 @@ impl Users {
         let mut shown = spec.name.to_string();
         if !self.permits(user, cmd::flags(spec, args)) {
             // Redis names a subcommand as `container|sub`, for example 'config|get'.
-            if let Some(sub) = args.get(1).and_then(|s| crate::docs::subcommand(spec.name, s)) {
+            if let Some(sub) = args
+                .get(1)
+                .and_then(|s| crate::docs::subcommand(spec.name, s))
+            {
                 shown = format!("{}|{sub}", spec.name);
             }
             return Err(noperm(user, &shown));

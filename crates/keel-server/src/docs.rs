@@ -10,11 +10,12 @@
 
 use bytes::Bytes;
 
-use crate::cmd;
+use crate::cmd::{self, Keys};
 use crate::resp::Reply;
 
 /// A command's or a subcommand's docs. A command's are part of its registry entry
-/// ([`crate::cmd::Command`]).
+/// ([`crate::cmd::Command`]). A subcommand's entry is its docs, and what COMMAND reports of it
+/// (see [`crate::cmd::introspect`]): its arity follows from its syntax line.
 pub struct Doc {
     pub name: &'static str,
     /// redis-cli's command group (`help @string`).
@@ -22,6 +23,11 @@ pub struct Doc {
     pub syntax: &'static str,
     pub summary: &'static str,
     pub subcommands: &'static [Doc],
+    /// A subcommand's Redis flags and ACL categories, as [`crate::cmd::Command::redis`] takes
+    /// them; `None`: its container's.
+    pub redis: Option<(&'static str, &'static str)>,
+    /// A subcommand's key specs (OBJECT ENCODING's key).
+    pub key_specs: &'static [Keys],
 }
 
 pub const fn doc(
@@ -36,6 +42,21 @@ pub const fn doc(
         syntax,
         summary,
         subcommands: &[],
+        redis: None,
+        key_specs: &[],
+    }
+}
+
+impl Doc {
+    /// A subcommand's Redis flags and ACL categories (see [`crate::cmd::Command::redis`]).
+    pub const fn redis(mut self, flags: &'static str, acl: &'static str) -> Doc {
+        self.redis = Some((flags, acl));
+        self
+    }
+
+    pub const fn key_specs(mut self, specs: &'static [Keys]) -> Doc {
+        self.key_specs = specs;
+        self
     }
 }
 
@@ -364,22 +385,66 @@ pub fn subcommand(name: &str, sub: &[u8]) -> Option<&'static str> {
         .map(|s| s.name)
 }
 
-/// `NAME HELP`'s lines for a command with subcommands: each subcommand's syntax, then its
-/// summary indented, as Redis's HELP replies read.
+/// A subcommand's arity, Redis's way (the command and the subcommand included; negative: at
+/// least), from its syntax line: what must be given, and whether more may follow.
+pub fn arity(syntax: &str) -> i64 {
+    // (least number of words, whether there can be more)
+    fn least(a: &Arg) -> (i64, bool) {
+        let token = a.token.is_some() as i64;
+        let (n, more) = match &a.kind {
+            Kind::Value(_) => (1, false),
+            Kind::PureToken => (1 - token, false),
+            Kind::Block(xs) => all(xs),
+            Kind::OneOf(xs) => {
+                let each: Vec<_> = xs.iter().map(least).collect();
+                let min = each.iter().map(|e| e.0).min().unwrap_or(0);
+                let more = each.iter().any(|e| e.1 || e.0 != min);
+                (min, more)
+            }
+            Kind::Ellipsis => (0, true),
+        };
+        (n + token, more || a.multiple)
+    }
+    fn all(args: &[Arg]) -> (i64, bool) {
+        args.iter().fold((0, false), |(n, more), a| {
+            if a.optional {
+                (n, true)
+            } else {
+                let (m, x) = least(a);
+                (n + m, more || x)
+            }
+        })
+    }
+    // The table's lines are checked by the tests; a bad one admits anything.
+    let (n, more) = parse(syntax).map_or((0, true), |args| all(&args));
+    match more {
+        true => -(n + 2),
+        false => n + 2,
+    }
+}
+
+/// `NAME HELP`'s lines for a command with subcommands, as Redis's HELP replies read: a first
+/// line naming the command, then each subcommand with its arguments and its summary indented
+/// below, and HELP last.
 pub fn help_lines(name: &str) -> Option<Vec<String>> {
     let d = &cmd::lookup(name)?.doc;
     if d.subcommands.is_empty() {
         return None;
     }
-    let mut lines = Vec::new();
-    for sub in d.subcommands {
-        let head = format!("{} {}", name.to_uppercase(), sub.name.to_uppercase());
+    let mut lines = vec![format!(
+        "{} <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+        name.to_uppercase()
+    )];
+    for sub in d.subcommands.iter().filter(|s| s.name != "help") {
+        let head = sub.name.to_uppercase();
         lines.push(match sub.syntax {
             "" => head,
             syntax => format!("{head} {syntax}"),
         });
         lines.push(format!("    {}", sub.summary));
     }
+    lines.push("HELP".into());
+    lines.push("    Print this help.".into());
     Some(lines)
 }
 
@@ -487,6 +552,50 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn subcommand_arity_follows_the_syntax_as_redis_counts_it() {
+        let sub = |c: &str, s: &str| {
+            let d = cmd::lookup(c).unwrap().doc.subcommands;
+            arity(d.iter().find(|d| d.name == s).unwrap().syntax)
+        };
+        for (c, s, want) in [
+            ("config", "get", -3),
+            ("config", "set", -4),
+            ("config", "resetstat", 2),
+            ("config", "help", 2),
+            ("command", "count", 2),
+            ("command", "docs", -2),
+            ("command", "getkeys", -3),
+            ("command", "getkeysandflags", -3),
+            ("command", "list", -2),
+            ("memory", "usage", -3),
+            ("object", "encoding", 3),
+            ("client", "setname", 3),
+            ("client", "setinfo", 4),
+        ] {
+            assert_eq!(sub(c, s), want, "{c}|{s}");
+        }
+        assert_eq!(arity("key [EX seconds|PERSIST]"), -3);
+        assert_eq!(arity("key <LEFT|RIGHT>"), 4);
+        assert_eq!(arity("key <LEFT|COUNT count>"), -4);
+        assert_eq!(arity("numkeys key [key ...]"), -4);
+        assert_eq!(arity("AUTH username password"), 5);
+    }
+
+    #[test]
+    fn help_reads_as_redis_s() {
+        let lines = help_lines("object").unwrap();
+        assert_eq!(
+            lines[0],
+            "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:"
+        );
+        assert_eq!(lines[1], "ENCODING key");
+        assert!(lines[2].starts_with("    ") && lines[2].len() > 4);
+        assert_eq!(&lines[lines.len() - 2..], ["HELP", "    Print this help."]);
+        assert_eq!(lines.iter().filter(|l| l.starts_with("HELP")).count(), 1);
+        assert!(help_lines("get").is_none());
     }
 
     #[test]

@@ -184,10 +184,7 @@ fn maintenance_needs_admin_and_checks_its_arguments() {
         .arg("HELP")
         .query(&mut root)
         .unwrap();
-    assert!(
-        help.iter().any(|l| l.contains("KEEL.MAINTENANCE ON")),
-        "{help:?}"
-    );
+    assert!(help.iter().any(|l| l.starts_with("ON ")), "{help:?}");
     // ON without a reason names one; the app user's writes are refused with it, reads go on.
     redis::cmd("KEEL.MAINTENANCE")
         .arg("ON")

@@ -13,6 +13,8 @@ const BITS_MAX: i64 = 1 << 32;
 pub const COMMANDS: &[Command] = &[
     // Returns the bit's old value (Redis: ACCESS).
     Command::new("setbit", 4, RW, KEY1)
+        .redis("write denyoom", "@bitmap")
+        .key_flags("RW access update")
         .doc(
             "bitmap",
             "key offset value",
@@ -33,6 +35,8 @@ pub const COMMANDS: &[Command] = &[
             Ok(Part::new(vec![w], |r| int_reply(&r[0])))
         }),
     Command::new("getbit", 3, R, KEY1)
+        .redis("readonly fast", "@bitmap")
+        .key_flags("RO access")
         .doc("bitmap", "key offset", "Returns the bit at offset (0 past the end).")
         .data(|_, a, _| {
             let offset = bit_offset(&a[2])?;
@@ -50,6 +54,8 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("bitcount", -2, R, KEY1)
+        .redis("readonly", "@bitmap")
+        .key_flags("RO access")
         .doc(
             "bitmap",
             "key [start end [BYTE|BIT]]",
@@ -70,6 +76,8 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("bitpos", -3, R, KEY1)
+        .redis("readonly", "@bitmap")
+        .key_flags("RO access")
         .doc(
             "bitmap",
             "key bit [start [end [BYTE|BIT]]]",
@@ -96,6 +104,8 @@ pub const COMMANDS: &[Command] = &[
         }),
     // Reads its sources (Redis: ACCESS).
     Command::new("bitop", -4, RW, (2, -1, 1))
+        .redis("write denyoom", "@bitmap")
+        .key_specs(&[Keys::at(2, "OW update"), Keys::range(3, -1, 1, "RO access")])
         .doc(
             "bitmap",
             "<AND|OR|XOR|NOT> destkey key [key ...]",
@@ -123,6 +133,9 @@ pub const COMMANDS: &[Command] = &[
         }),
     // Returns the fields it reads (Redis: ACCESS).
     Command::new("bitfield", -2, RW, KEY1)
+        .redis("write denyoom", "@bitmap")
+        .key_flags("RW update access variable_flags")
+        .get_keys(bitfield_keys)
         .doc(
             "bitmap",
             "key [GET encoding offset] [SET encoding offset value] [INCRBY encoding offset increment] [OVERFLOW <WRAP|SAT|FAIL>]",
@@ -136,6 +149,8 @@ pub const COMMANDS: &[Command] = &[
             Ok(Part::new(vec![w], |r| fields_reply(&r[0])))
         }),
     Command::new("bitfield_ro", -2, R, KEY1)
+        .redis("readonly fast", "@bitmap")
+        .key_flags("RO access")
         .doc(
             "bitmap",
             "key [GET encoding offset]",
@@ -153,6 +168,21 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
 ];
+
+/// BITFIELD's key: only read while every operation is a GET (OVERFLOW changes nothing);
+/// anything else, an unparsable operation too, may write.
+fn bitfield_keys(a: &[Bytes]) -> Vec<(usize, KeyFlags)> {
+    let mut i = 2;
+    while i < a.len() {
+        let rest = a.len() - i - 1;
+        match &a[i] {
+            op if eq(op, "get") && rest >= 2 => i += 3,
+            op if eq(op, "overflow") && rest >= 1 => i += 2,
+            _ => return vec![key_at(1, "RW access update")],
+        }
+    }
+    vec![key_at(1, "RO access")]
+}
 
 fn lower(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_ascii_lowercase()

@@ -8,6 +8,8 @@ use crate::glob;
 
 pub const COMMANDS: &[Command] = &[
     Command::new("hset", -4, W, KEY1)
+        .redis("write denyoom fast", "@hash")
+        .key_flags("RW update")
         .doc(
             "hash",
             "key field value [field value ...]",
@@ -15,6 +17,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(hset),
     Command::new("hmset", -4, W, KEY1)
+        .redis("write denyoom fast", "@hash")
+        .key_flags("RW update")
         .doc(
             "hash",
             "key field value [field value ...]",
@@ -22,6 +26,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(hset),
     Command::new("hsetnx", 4, W, KEY1)
+        .redis("write denyoom fast", "@hash")
+        .key_flags("RW insert")
         .doc(
             "hash",
             "key field value",
@@ -39,6 +45,8 @@ pub const COMMANDS: &[Command] = &[
             ))
         }),
     Command::new("hget", 3, R, KEY1)
+        .redis("readonly fast", "@hash")
+        .key_flags("RO access")
         .doc("hash", "key field", "Returns the value of a field of a hash, or nil.")
         .data(|_, a, _| {
             let fields = vec![a[2].clone()];
@@ -52,6 +60,8 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("hmget", -3, R, KEY1)
+        .redis("readonly fast", "@hash")
+        .key_flags("RO access")
         .doc(
             "hash",
             "key field [field ...]",
@@ -64,6 +74,8 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("hgetall", 2, R, KEY1)
+        .redis("readonly", "@hash")
+        .key_flags("RO access")
         .doc("hash", "key", "Returns every field and value of a hash.")
         .data(|_, a, _| {
             Ok(Part::new(vec![read(&a[1], Read::HashAll)], |r| {
@@ -74,6 +86,8 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("hkeys", 2, R, KEY1)
+        .redis("readonly", "@hash")
+        .key_flags("RO access")
         .doc("hash", "key", "Returns every field of a hash.")
         .data(|_, a, _| {
             Ok(Part::new(vec![read(&a[1], Read::HashKeys)], |r| {
@@ -81,6 +95,8 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("hvals", 2, R, KEY1)
+        .redis("readonly", "@hash")
+        .key_flags("RO access")
         .doc("hash", "key", "Returns every value of a hash.")
         .data(|_, a, _| {
             Ok(Part::new(vec![read(&a[1], Read::HashVals)], |r| {
@@ -88,6 +104,8 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("hlen", 2, R, KEY1)
+        .redis("readonly fast", "@hash")
+        .key_flags("RO")
         .doc("hash", "key", "Returns the number of fields of a hash.")
         .data(|_, a, _| {
             Ok(Part::new(vec![read(&a[1], Read::HashLen)], |r| {
@@ -95,6 +113,8 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("hexists", 3, R, KEY1)
+        .redis("readonly fast", "@hash")
+        .key_flags("RO")
         .doc("hash", "key field", "Returns 1 if a hash has the field, else 0.")
         .data(|_, a, _| {
             let op = Read::HashExists {
@@ -103,6 +123,8 @@ pub const COMMANDS: &[Command] = &[
             Ok(Part::new(vec![read(&a[1], op)], |r| int_reply(&r[0])))
         }),
     Command::new("hstrlen", 3, R, KEY1)
+        .redis("readonly fast", "@hash")
+        .key_flags("RO")
         .doc(
             "hash",
             "key field",
@@ -115,6 +137,8 @@ pub const COMMANDS: &[Command] = &[
             Ok(Part::new(vec![read(&a[1], op)], |r| int_reply(&r[0])))
         }),
     Command::new("hdel", -3, W, KEY1)
+        .redis("write fast", "@hash")
+        .key_flags("RW delete")
         .doc(
             "hash",
             "key field [field ...]",
@@ -131,6 +155,8 @@ pub const COMMANDS: &[Command] = &[
         }),
     // The counters return the stored number plus the increment (Redis: ACCESS).
     Command::new("hincrby", 4, RW, KEY1)
+        .redis("write denyoom fast", "@hash")
+        .key_flags("RW access update")
         .doc(
             "hash",
             "key field increment",
@@ -153,6 +179,8 @@ pub const COMMANDS: &[Command] = &[
             ))
         }),
     Command::new("hincrbyfloat", 4, RW, KEY1)
+        .redis("write denyoom fast", "@hash")
+        .key_flags("RW access update")
         .doc(
             "hash",
             "key field increment:double",
@@ -178,6 +206,8 @@ pub const COMMANDS: &[Command] = &[
             ))
         }),
     Command::new("hrandfield", -2, R, KEY1)
+        .redis("readonly", "@hash")
+        .key_flags("RO access")
         .doc(
             "hash",
             "key [count [WITHVALUES]]",
@@ -185,6 +215,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(hrandfield),
     Command::new("hscan", -3, R, KEY1)
+        .redis("readonly", "@hash")
+        .key_flags("RO access")
         .doc(
             "hash",
             "key cursor [MATCH pattern] [COUNT count]",

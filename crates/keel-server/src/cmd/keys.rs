@@ -8,9 +8,13 @@ use crate::docs::doc;
 
 pub const COMMANDS: &[Command] = &[
     Command::new("del", -2, W, ALL_KEYS)
+        .redis("write", "@keyspace")
+        .key_flags("RM delete")
         .doc("generic", "key [key ...]", "Deletes keys and returns how many existed.")
         .data(del),
     Command::new("unlink", -2, W, ALL_KEYS)
+        .redis("write fast", "@keyspace")
+        .key_flags("RM delete")
         .doc(
             "generic",
             "key [key ...]",
@@ -18,9 +22,13 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(del),
     Command::new("exists", -2, R, ALL_KEYS)
+        .redis("readonly fast", "@keyspace")
+        .key_flags("RO")
         .doc("generic", "key [key ...]", "Counts how many of the keys exist.")
         .data(count_existing),
     Command::new("touch", -2, R, ALL_KEYS)
+        .redis("readonly fast", "@keyspace")
+        .key_flags("RO")
         .doc(
             "generic",
             "key [key ...]",
@@ -29,6 +37,8 @@ pub const COMMANDS: &[Command] = &[
         .data(count_existing),
     // Reads the source (Redis: key spec RO ACCESS) and writes the destination.
     Command::new("copy", -3, RW, (1, 2, 1))
+        .redis("write denyoom", "@keyspace")
+        .key_specs(&[Keys::at(1, "RO access"), Keys::at(2, "OW update")])
         .doc(
             "generic",
             "source destination [DB destination-db] [REPLACE]",
@@ -37,6 +47,14 @@ pub const COMMANDS: &[Command] = &[
         .data(copy),
     // WRITE only with STORE.
     Command::new("sort", -2, RW.with(VARIES), KEY1)
+        .redis("write denyoom", "@set @sortedset @list @dangerous")
+        .key_specs(&[
+            Keys::at(1, "RO access"),
+            // BY and GET patterns: keys named by the sorted values.
+            Keys::unknown("RO access"),
+            Keys::unknown("OW update"),
+        ])
+        .get_keys(sort_keys)
         .doc(
             "generic",
             "key [BY pattern] [LIMIT offset count] [GET pattern] [ASC|DESC] [ALPHA] [STORE destination]",
@@ -44,18 +62,25 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(sort),
     Command::new("sort_ro", -2, R, KEY1)
+        .redis("readonly", "@set @sortedset @list @dangerous")
+        .key_specs(&[Keys::at(1, "RO access"), Keys::unknown("RO access")])
+        .get_keys(sort_ro_keys)
         .doc(
             "generic",
             "key [BY pattern] [LIMIT offset count] [GET pattern] [ASC|DESC] [ALPHA]",
             "SORT without STORE.",
         )
         .data(sort),
-    Command::new("randomkey", 1, R, NO_KEYS).doc(
-        "generic",
-        "",
-        "Returns a random key, or nil when there is none.",
-    ),
+    Command::new("randomkey", 1, R, NO_KEYS)
+        .redis("readonly", "@keyspace")
+        .doc(
+            "generic",
+            "",
+            "Returns a random key, or nil when there is none.",
+        ),
     Command::new("type", 2, R, KEY1)
+        .redis("readonly fast", "@keyspace")
+        .key_flags("RO")
         .doc(
             "generic",
             "key",
@@ -72,9 +97,13 @@ pub const COMMANDS: &[Command] = &[
         }),
     // Moving a value uses it (Redis: ACCESS on the source key).
     Command::new("rename", 3, RW, (1, 2, 1))
+        .redis("write", "@keyspace")
+        .key_specs(&[Keys::at(1, "RW access delete"), Keys::at(2, "OW update")])
         .doc("generic", "key newkey", "Renames a key, replacing any key of the new name.")
         .data(rename),
     Command::new("renamenx", 3, RW, (1, 2, 1))
+        .redis("write fast", "@keyspace")
+        .key_specs(&[Keys::at(1, "RW access delete"), Keys::at(2, "OW insert")])
         .doc(
             "generic",
             "key newkey",
@@ -82,6 +111,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(rename),
     Command::new("expire", -3, W, KEY1)
+        .redis("write fast", "@keyspace")
+        .key_flags("RW update")
         .doc(
             "generic",
             "key seconds [NX|XX|GT|LT]",
@@ -89,6 +120,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(expire),
     Command::new("pexpire", -3, W, KEY1)
+        .redis("write fast", "@keyspace")
+        .key_flags("RW update")
         .doc(
             "generic",
             "key milliseconds [NX|XX|GT|LT]",
@@ -96,6 +129,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(expire),
     Command::new("expireat", -3, W, KEY1)
+        .redis("write fast", "@keyspace")
+        .key_flags("RW update")
         .doc(
             "generic",
             "key unix-time-seconds [NX|XX|GT|LT]",
@@ -103,33 +138,49 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(expire),
     Command::new("pexpireat", -3, W, KEY1)
+        .redis("write fast", "@keyspace")
+        .key_flags("RW update")
         .doc(
             "generic",
             "key unix-time-milliseconds [NX|XX|GT|LT]",
             "Sets a key's expiry to a Unix time in milliseconds.",
         )
         .data(expire),
-    Command::new("ttl", 2, R, KEY1).doc(
-        "generic",
-        "key",
-        "Returns a key's remaining time to live in seconds.",
-    ),
-    Command::new("pttl", 2, R, KEY1).doc(
-        "generic",
-        "key",
-        "Returns a key's remaining time to live in milliseconds.",
-    ),
-    Command::new("expiretime", 2, R, KEY1).doc(
-        "generic",
-        "key",
-        "Returns the Unix time in seconds at which a key expires.",
-    ),
-    Command::new("pexpiretime", 2, R, KEY1).doc(
-        "generic",
-        "key",
-        "Returns the Unix time in milliseconds at which a key expires.",
-    ),
+    Command::new("ttl", 2, R, KEY1)
+        .redis("readonly fast", "@keyspace")
+        .key_flags("RO access")
+        .doc(
+            "generic",
+            "key",
+            "Returns a key's remaining time to live in seconds.",
+        ),
+    Command::new("pttl", 2, R, KEY1)
+        .redis("readonly fast", "@keyspace")
+        .key_flags("RO access")
+        .doc(
+            "generic",
+            "key",
+            "Returns a key's remaining time to live in milliseconds.",
+        ),
+    Command::new("expiretime", 2, R, KEY1)
+        .redis("readonly fast", "@keyspace")
+        .key_flags("RO access")
+        .doc(
+            "generic",
+            "key",
+            "Returns the Unix time in seconds at which a key expires.",
+        ),
+    Command::new("pexpiretime", 2, R, KEY1)
+        .redis("readonly fast", "@keyspace")
+        .key_flags("RO access")
+        .doc(
+            "generic",
+            "key",
+            "Returns the Unix time in milliseconds at which a key expires.",
+        ),
     Command::new("persist", 2, W, KEY1)
+        .redis("write fast", "@keyspace")
+        .key_flags("RW update")
         .doc("generic", "key", "Removes a key's expiry.")
         .data(|_, a, _| {
             Ok(Part::new(
@@ -141,19 +192,24 @@ pub const COMMANDS: &[Command] = &[
                 |r| Reply::Int((r[0] == WriteResult::Existed(true)) as i64),
             ))
         }),
-    Command::new("object", -2, R, (2, 2, 1))
+    Command::new("object", -2, R, NO_KEYS)
+        .redis("", "")
         .doc("generic", "", "Inspects how a key's value is stored.")
         .subcommands(OBJECT_SUBCOMMANDS),
-    Command::new("keys", 2, R, NO_KEYS).doc(
-        "generic",
-        "pattern",
-        "Returns every key matching a glob pattern.",
-    ),
-    Command::new("scan", -2, R, NO_KEYS).doc(
-        "generic",
-        "cursor [MATCH pattern] [COUNT count] [TYPE type]",
-        "Iterates over the keys with a stateless cursor: every key present for the whole scan is returned.",
-    ),
+    Command::new("keys", 2, R, NO_KEYS)
+        .redis("readonly", "@keyspace @dangerous")
+        .doc(
+            "generic",
+            "pattern",
+            "Returns every key matching a glob pattern.",
+        ),
+    Command::new("scan", -2, R, NO_KEYS)
+        .redis("readonly", "@keyspace")
+        .doc(
+            "generic",
+            "cursor [MATCH pattern] [COUNT count] [TYPE type]",
+            "Iterates over the keys with a stateless cursor: every key present for the whole scan is returned.",
+        ),
 ];
 
 const OBJECT_SUBCOMMANDS: &[Doc] = &[
@@ -162,26 +218,35 @@ const OBJECT_SUBCOMMANDS: &[Doc] = &[
         "generic",
         "key",
         "Returns how the value is stored: int, embstr or raw for a string, listpack or hashtable for a hash.",
-    ),
+    )
+    .redis("readonly", "@keyspace")
+    .key_specs(&[Keys::at(2, "RO")]),
     doc(
         "refcount",
         "generic",
         "key",
         "Returns 1: keel never shares a value between keys.",
-    ),
+    )
+    .redis("readonly", "@keyspace")
+    .key_specs(&[Keys::at(2, "RO")]),
     doc(
         "freq",
         "generic",
         "key",
         "Refused: keel keeps no access counts (it evicts nothing).",
-    ),
+    )
+    .redis("readonly", "@keyspace")
+    .key_specs(&[Keys::at(2, "RO")]),
     doc(
         "idletime",
         "generic",
         "key",
         "Refused: keel keeps no access times (it evicts nothing).",
-    ),
-    doc("help", "generic", "", "Lists the subcommands."),
+    )
+    .redis("readonly", "@keyspace")
+    .key_specs(&[Keys::at(2, "RO")]),
+    doc("help", "generic", "", "Lists the subcommands.")
+    .redis("loading stale", "@keyspace"),
 ];
 
 fn del(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
@@ -357,6 +422,32 @@ fn sort(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
 }
 
 /// EXISTS and TOUCH: how many of the keys exist, a key named twice counting twice.
+/// SORT's keys: the key sorted, and STORE's destination. LIMIT's two arguments and BY's and
+/// GET's one are skipped; of several STOREs the last counts, as in SORT itself.
+fn sort_keys(a: &[Bytes]) -> Vec<(usize, KeyFlags)> {
+    let mut store = None;
+    let mut i = 2;
+    while i < a.len() {
+        let o = &a[i];
+        if eq(o, "limit") {
+            i += 2;
+        } else if eq(o, "by") || eq(o, "get") {
+            i += 1;
+        } else if eq(o, "store") && i + 1 < a.len() {
+            store = Some(i + 1);
+        }
+        i += 1;
+    }
+    let mut keys = vec![key_at(1, "RO access")];
+    keys.extend(store.map(|i| key_at(i, "OW update")));
+    keys
+}
+
+/// SORT_RO's key: the key sorted (BY and GET name keys only the sorted values know).
+fn sort_ro_keys(_: &[Bytes]) -> Vec<(usize, KeyFlags)> {
+    vec![key_at(1, "RO access")]
+}
+
 fn count_existing(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
     let types = a[1..].iter().map(|k| read(k, Read::Type)).collect();
     Ok(Part::new(types, |r| {

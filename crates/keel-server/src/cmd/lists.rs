@@ -8,6 +8,8 @@ use super::*;
 
 pub const COMMANDS: &[Command] = &[
     Command::new("lpush", -3, W, KEY1)
+        .redis("write denyoom fast", "@list")
+        .key_flags("RW insert")
         .doc(
             "list",
             "key element [element ...]",
@@ -15,6 +17,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(push),
     Command::new("rpush", -3, W, KEY1)
+        .redis("write denyoom fast", "@list")
+        .key_flags("RW insert")
         .doc(
             "list",
             "key element [element ...]",
@@ -22,6 +26,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(push),
     Command::new("lpushx", -3, W, KEY1)
+        .redis("write denyoom fast", "@list")
+        .key_flags("RW insert")
         .doc(
             "list",
             "key element [element ...]",
@@ -29,6 +35,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(push),
     Command::new("rpushx", -3, W, KEY1)
+        .redis("write denyoom fast", "@list")
+        .key_flags("RW insert")
         .doc(
             "list",
             "key element [element ...]",
@@ -37,6 +45,8 @@ pub const COMMANDS: &[Command] = &[
         .data(push),
     // Returns what it removed (Redis: ACCESS).
     Command::new("lpop", -2, RW, KEY1)
+        .redis("write fast", "@list")
+        .key_flags("RW access delete")
         .doc(
             "list",
             "key [count]",
@@ -44,6 +54,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(pop),
     Command::new("rpop", -2, RW, KEY1)
+        .redis("write fast", "@list")
+        .key_flags("RW access delete")
         .doc(
             "list",
             "key [count]",
@@ -51,6 +63,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(pop),
     Command::new("llen", 2, R, KEY1)
+        .redis("readonly fast", "@list")
+        .key_flags("RO")
         .doc("list", "key", "Returns the length of a list.")
         .data(|_, a, _| {
             Ok(Part::new(vec![read(&a[1], Read::ListLen)], |r| {
@@ -58,6 +72,8 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("lrange", 4, R, KEY1)
+        .redis("readonly", "@list")
+        .key_flags("RO access")
         .doc(
             "list",
             "key start stop",
@@ -71,6 +87,8 @@ pub const COMMANDS: &[Command] = &[
             Ok(Part::new(vec![read(&a[1], op)], |r| values_reply(&r[0])))
         }),
     Command::new("lindex", 3, R, KEY1)
+        .redis("readonly", "@list")
+        .key_flags("RO access")
         .doc(
             "list",
             "key index",
@@ -83,6 +101,8 @@ pub const COMMANDS: &[Command] = &[
             Ok(Part::new(vec![read(&a[1], op)], |r| value_reply(&r[0])))
         }),
     Command::new("lset", 4, W, KEY1)
+        .redis("write denyoom", "@list")
+        .key_flags("RW update")
         .doc("list", "key index element", "Sets the element at an index.")
         .data(|_, a, _| {
             let w = Write::ListSet {
@@ -96,6 +116,8 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("linsert", 5, W, KEY1)
+        .redis("write denyoom", "@list")
+        .key_flags("RW insert")
         .doc(
             "list",
             "key <BEFORE|AFTER> pivot element",
@@ -118,6 +140,8 @@ pub const COMMANDS: &[Command] = &[
             Ok(Part::new(vec![w], |r| int_reply(&r[0])))
         }),
     Command::new("lrem", 4, W, KEY1)
+        .redis("write", "@list")
+        .key_flags("RW delete")
         .doc(
             "list",
             "key count element",
@@ -132,6 +156,8 @@ pub const COMMANDS: &[Command] = &[
             Ok(Part::new(vec![w], |r| int_reply(&r[0])))
         }),
     Command::new("ltrim", 4, W, KEY1)
+        .redis("write", "@list")
+        .key_flags("RW delete")
         .doc(
             "list",
             "key start stop",
@@ -149,6 +175,8 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("lpos", -3, R, KEY1)
+        .redis("readonly", "@list")
+        .key_flags("RO access")
         .doc(
             "list",
             "key element [RANK rank] [COUNT num-matches] [MAXLEN len]",
@@ -156,6 +184,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(lpos),
     Command::new("lmove", 5, RW, (1, 2, 1))
+        .redis("write denyoom", "@list")
+        .key_specs(&[Keys::at(1, "RW access delete"), Keys::at(2, "RW insert")])
         .doc(
             "list",
             "source destination <LEFT|RIGHT> <LEFT|RIGHT>",
@@ -166,6 +196,8 @@ pub const COMMANDS: &[Command] = &[
             Ok(lmove(a, from_front, to_front))
         }),
     Command::new("lmpop", -4, RW, NO_KEYS)
+        .redis("write", "@list")
+        .key_specs(&[Keys::keynum(1, "RW access delete")])
         .doc(
             "list",
             "numkeys key [key ...] <LEFT|RIGHT> [COUNT count]",
@@ -173,6 +205,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(|_, a, _| mpop(&a[1..])),
     Command::new("blpop", -3, RW, (1, -2, 1))
+        .redis("write blocking", "@list")
+        .key_flags("RW access delete")
         .doc(
             "list",
             "key [key ...] timeout:double",
@@ -184,6 +218,8 @@ pub const COMMANDS: &[Command] = &[
             keys: |a| a[1..a.len() - 1].to_vec(),
         }),
     Command::new("brpop", -3, RW, (1, -2, 1))
+        .redis("write blocking", "@list")
+        .key_flags("RW access delete")
         .doc(
             "list",
             "key [key ...] timeout:double",
@@ -195,6 +231,8 @@ pub const COMMANDS: &[Command] = &[
             keys: |a| a[1..a.len() - 1].to_vec(),
         }),
     Command::new("blmove", 6, RW, (1, 2, 1))
+        .redis("write denyoom blocking", "@list")
+        .key_specs(&[Keys::at(1, "RW access delete"), Keys::at(2, "RW insert")])
         .doc(
             "list",
             "source destination <LEFT|RIGHT> <LEFT|RIGHT> timeout:double",
@@ -209,6 +247,8 @@ pub const COMMANDS: &[Command] = &[
             keys: |a| vec![a[1].clone()],
         }),
     Command::new("brpoplpush", 4, RW, (1, 2, 1))
+        .redis("write denyoom blocking", "@list")
+        .key_specs(&[Keys::at(1, "RW access delete"), Keys::at(2, "RW insert")])
         .doc(
             "list",
             "source destination timeout:double",
@@ -220,6 +260,8 @@ pub const COMMANDS: &[Command] = &[
             keys: |a| vec![a[1].clone()],
         }),
     Command::new("blmpop", -5, RW, NO_KEYS)
+        .redis("write blocking", "@list")
+        .key_specs(&[Keys::keynum(2, "RW access delete")])
         .doc(
             "list",
             "timeout:double numkeys key [key ...] <LEFT|RIGHT> [COUNT count]",
@@ -234,6 +276,8 @@ pub const COMMANDS: &[Command] = &[
             },
         }),
     Command::new("rpoplpush", 3, RW, (1, 2, 1))
+        .redis("write denyoom", "@list")
+        .key_specs(&[Keys::at(1, "RW access delete"), Keys::at(2, "RW insert")])
         .doc(
             "list",
             "source destination",

@@ -1,11 +1,12 @@
 //! The command registry: one entry per command keel serves, holding everything about it.
 //!
-//! An entry ([`Command`]) holds the command's spec (arity, [`Flags`], key positions), its docs
-//! (the syntax line and summary COMMAND DOCS and `help` show) and how it runs ([`Run`]). COMMAND
-//! INFO/DOCS/LIST/COUNT, the permission check ([`crate::auth`]), the MULTI rules and the
-//! dispatch all read from the entry; nothing else lists commands. The entries live with their
-//! family's code: [`connection`], [`server`], [`strings`], [`keys`], [`hashes`], [`sets`],
-//! [`lists`], [`zsets`].
+//! An entry ([`Command`]) holds the command's spec (arity, [`Flags`], key positions), what Redis
+//! 7.2's command table says of it (its flags, ACL categories and key specs), its docs (the syntax
+//! line and summary COMMAND DOCS and `help` show) and how it runs ([`Run`]). COMMAND
+//! ([`introspect`]), the permission check ([`crate::auth`]), the MULTI rules and the dispatch
+//! all read from the entry; nothing else lists commands. The entries live with their family's
+//! code: [`connection`], [`server`], [`strings`], [`keys`], [`hashes`], [`sets`], [`lists`],
+//! [`zsets`], [`bits`].
 //!
 //! Every data command compiles to a [`Part`]: guards, a list of engine [`Write`]s (reads become
 //! `Write::Get`) and a function that renders the reply from the writes' results. The same
@@ -22,9 +23,12 @@ use keel_engine::{Guard, PutIf, Read, Ttl, Write, WriteError, WriteResult};
 use crate::docs::Doc;
 use crate::resp::{parse_i64, Reply};
 
+pub use introspect::{key_at, GetKeys, KeyFlags, Keys};
+
 pub mod bits;
 pub mod connection;
 pub mod hashes;
+pub mod introspect;
 pub mod keys;
 pub mod lists;
 pub mod server;
@@ -76,7 +80,9 @@ impl Flags {
 }
 
 /// Where a command's keys are, as COMMAND INFO reports them: first, last (negative: from the
-/// end) and step; all zero for none.
+/// end) and step; all zero for none. Keys a single range cannot describe are given by
+/// [`Command::key_specs`] (and [`Command::get_keys`]); this range is then the part of them one
+/// range covers, as Redis reports it.
 pub type KeySpec = (i64, i64, i64);
 
 pub const NO_KEYS: KeySpec = (0, 0, 0);
@@ -130,6 +136,18 @@ pub struct Command {
     /// The most this command can need; [`flags`] gives what one invocation needs.
     pub flags: Flags,
     pub keys: KeySpec,
+    /// Redis's flags for the command, as COMMAND INFO shows them (`write denyoom fast`).
+    pub redis_flags: &'static str,
+    /// The ACL categories Redis names for it (`@string`); those its flags imply are added (see
+    /// [`introspect`]). They describe the command; they decide no permission.
+    pub acl: &'static str,
+    /// What the command does to the keys at `keys` (`RO access`), when one range holds them.
+    pub key_flags: &'static str,
+    /// Its key specs, when one range with `key_flags` cannot describe its keys.
+    pub key_specs: &'static [Keys],
+    /// Finds its keys where the specs cannot, or where what it does to them depends on the
+    /// arguments (SET … GET).
+    pub get_keys: Option<GetKeys>,
     pub doc: Doc,
     pub run: Run,
     pub in_multi: InMulti,
@@ -177,18 +195,41 @@ impl Command {
             arity,
             flags,
             keys,
-            doc: Doc {
-                name,
-                group: "",
-                syntax: "",
-                summary: "",
-                subcommands: &[],
-            },
+            redis_flags: "",
+            acl: "",
+            key_flags: "",
+            key_specs: &[],
+            get_keys: None,
+            doc: crate::docs::doc(name, "", "", ""),
             run: Run::Conn,
             in_multi: InMulti::Refuse,
             before_auth: false,
             block: None,
         }
+    }
+
+    /// What Redis 7.2's command table says of it: its flags (`write denyoom fast`) and the ACL
+    /// categories it names (`@string`).
+    pub const fn redis(mut self, flags: &'static str, acl: &'static str) -> Command {
+        self.redis_flags = flags;
+        self.acl = acl;
+        self
+    }
+
+    /// What it does to the keys at [`Command::keys`], as Redis's key spec flags say it.
+    pub const fn key_flags(mut self, flags: &'static str) -> Command {
+        self.key_flags = flags;
+        self
+    }
+
+    pub const fn key_specs(mut self, specs: &'static [Keys]) -> Command {
+        self.key_specs = specs;
+        self
+    }
+
+    pub const fn get_keys(mut self, get_keys: GetKeys) -> Command {
+        self.get_keys = Some(get_keys);
+        self
     }
 
     pub const fn blocks(mut self, block: Block) -> Command {

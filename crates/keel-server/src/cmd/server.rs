@@ -11,14 +11,18 @@ use crate::docs::doc;
 
 pub const COMMANDS: &[Command] = &[
     Command::new("command", -1, CONN, NO_KEYS)
+        .redis("loading stale", "@connection")
         .doc("server", "", "Describes the commands keel serves.")
         .subcommands(COMMAND_SUBCOMMANDS),
-    Command::new("info", -1, CONN, NO_KEYS).doc(
-        "server",
-        "[section [section ...]]",
-        "Reports server, client, persistence (durable LSN, fsyncs, group commit), stats, keyspace and keel sections.",
-    ),
+    Command::new("info", -1, CONN, NO_KEYS)
+        .redis("loading stale", "@dangerous")
+        .doc(
+            "server",
+            "[section [section ...]]",
+            "Reports server, client, persistence (durable LSN, fsyncs, group commit), stats, keyspace and keel sections.",
+        ),
     Command::new("time", 1, CONN, NO_KEYS)
+        .redis("loading stale fast", "")
         .doc("server", "", "Returns the server's clock as seconds and microseconds.")
         .local(|_| {
             let d = SystemTime::now()
@@ -30,65 +34,87 @@ pub const COMMANDS: &[Command] = &[
             ])
         }),
     Command::new("config", -2, ADMIN, NO_KEYS)
+        .redis("", "")
         .doc("server", "", "Reads and changes keel's parameters.")
         .subcommands(CONFIG_SUBCOMMANDS)
         .queued_in_multi(),
-    Command::new("shutdown", -1, ADMIN, NO_KEYS).doc(
-        "server",
-        "[NOSAVE|SAVE] [NOW] [FORCE] [ABORT]",
-        "Stops accepting connections, answers what is in flight, syncs the log and exits.",
-    )
-    .no_multi(),
+    Command::new("shutdown", -1, ADMIN, NO_KEYS)
+        .redis("admin noscript loading stale no_multi allow_busy", "")
+        .doc(
+            "server",
+            "[NOSAVE|SAVE] [NOW] [FORCE] [ABORT]",
+            "Stops accepting connections, answers what is in flight, syncs the log and exits.",
+        )
+        .no_multi(),
     Command::new("slowlog", -2, ADMIN, NO_KEYS)
+        .redis("", "")
         .doc(
             "server",
             "",
             "The commands that took at least slowlog-log-slower-than µs, to their reply (for a write: durable).",
         )
         .subcommands(SLOWLOG_SUBCOMMANDS),
-    Command::new("dbsize", 1, R, NO_KEYS).doc("server", "", "Returns the number of keys."),
+    Command::new("dbsize", 1, R, NO_KEYS)
+        .redis("readonly fast", "@keyspace")
+        .doc("server", "", "Returns the number of keys."),
     Command::new("flushdb", -1, ADMIN_W, NO_KEYS)
+        .redis("write", "@keyspace @dangerous")
         .doc("server", "[ASYNC|SYNC]", "Deletes every key, durably, in one log record.")
         .data(flush),
     Command::new("flushall", -1, ADMIN_W, NO_KEYS)
+        .redis("write", "@keyspace @dangerous")
         .doc("server", "[ASYNC|SYNC]", "Deletes every key, durably, in one log record.")
         .data(flush),
-    Command::new("waitaof", 4, CONN, NO_KEYS).doc(
-        "generic",
-        "numlocal numreplicas timeout",
-        "Returns once earlier writes are on disk; in keel they already are when acknowledged.",
-    ),
-    Command::new("wait", 3, CONN, NO_KEYS).doc(
-        "generic",
-        "numreplicas timeout",
-        "Returns 0 at once: keel serve has no Redis-style replicas.",
-    ),
-    Command::new("save", 1, ADMIN, NO_KEYS).doc(
-        "server",
-        "",
-        "Writes a checkpoint (snapshot and manifest) and prunes the log behind it.",
-    )
-    .no_multi(),
+    Command::new("waitaof", 4, CONN, NO_KEYS)
+        .redis("noscript", "@connection")
+        .doc(
+            "generic",
+            "numlocal numreplicas timeout",
+            "Returns once earlier writes are on disk; in keel they already are when acknowledged.",
+        ),
+    Command::new("wait", 3, CONN, NO_KEYS)
+        .redis("", "@connection")
+        .doc(
+            "generic",
+            "numreplicas timeout",
+            "Returns 0 at once: keel serve has no Redis-style replicas.",
+        ),
+    Command::new("save", 1, ADMIN, NO_KEYS)
+        .redis("admin noscript no_async_loading no_multi", "")
+        .doc(
+            "server",
+            "",
+            "Writes a checkpoint (snapshot and manifest) and prunes the log behind it.",
+        )
+        .no_multi(),
     // [SCHEDULE] is accepted and ignored.
-    Command::new("bgsave", -1, ADMIN, NO_KEYS).doc(
-        "server",
-        "[SCHEDULE]",
-        "Starts a checkpoint in the background.",
-    ),
-    Command::new("lastsave", 1, CONN, NO_KEYS).doc(
-        "server",
-        "",
-        "Returns the Unix time in seconds of the last checkpoint.",
-    ),
-    Command::new("keel.backup", 2, ADMIN, NO_KEYS).doc(
-        "server",
-        "directory",
-        "Copies a consistent backup into a directory on the server and returns its LSN.",
-    ),
-    Command::new("memory", -2, R, (2, 2, 1))
+    Command::new("bgsave", -1, ADMIN, NO_KEYS)
+        .redis("admin noscript no_async_loading", "")
+        .doc(
+            "server",
+            "[SCHEDULE]",
+            "Starts a checkpoint in the background.",
+        ),
+    Command::new("lastsave", 1, CONN, NO_KEYS)
+        .redis("loading stale fast", "@admin @dangerous")
+        .doc(
+            "server",
+            "",
+            "Returns the Unix time in seconds of the last checkpoint.",
+        ),
+    Command::new("keel.backup", 2, ADMIN, NO_KEYS)
+        .redis("admin noscript", "")
+        .doc(
+            "server",
+            "directory",
+            "Copies a consistent backup into a directory on the server and returns its LSN.",
+        ),
+    Command::new("memory", -2, R, NO_KEYS)
+        .redis("", "")
         .doc("server", "", "Reports memory use.")
         .subcommands(MEMORY_SUBCOMMANDS),
     Command::new("keel.cluster", -2, ADMIN, NO_KEYS)
+        .redis("admin noscript", "")
         .doc(
             "cluster",
             "",
@@ -96,6 +122,7 @@ pub const COMMANDS: &[Command] = &[
         )
         .subcommands(KEEL_CLUSTER_SUBCOMMANDS),
     Command::new("keel.maintenance", -2, ADMIN, NO_KEYS)
+        .redis("admin noscript", "")
         .doc(
             "server",
             "",
@@ -110,8 +137,11 @@ const MEMORY_SUBCOMMANDS: &[Doc] = &[
         "server",
         "key [SAMPLES count]",
         "Returns about how many bytes a key and its value take (SAMPLES is accepted; keel counts every element).",
-    ),
-    doc("help", "server", "", "Lists the subcommands."),
+    )
+    .redis("readonly", "")
+    .key_specs(&[Keys::at(2, "RO")]),
+    doc("help", "server", "", "Lists the subcommands.")
+    .redis("loading stale", ""),
 ];
 
 fn flush(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
@@ -127,21 +157,45 @@ const COMMAND_SUBCOMMANDS: &[Doc] = &[
         "server",
         "",
         "Returns how many commands keel serves.",
-    ),
+    )
+    .redis("loading stale", "@connection"),
     doc(
         "docs",
         "server",
         "[command-name [command-name ...]]",
         "Returns the summary, group and arguments of the named commands, or of all.",
-    ),
+    )
+    .redis("loading stale", "@connection"),
+    doc(
+        "getkeys",
+        "server",
+        "command [arg [arg ...]]",
+        "Returns the keys a command would use with the arguments.",
+    )
+    .redis("loading stale", "@connection"),
+    doc(
+        "getkeysandflags",
+        "server",
+        "command [arg [arg ...]]",
+        "Returns the keys a command would use with the arguments, and what it would do to each.",
+    )
+    .redis("loading stale", "@connection"),
     doc(
         "info",
         "server",
         "[command-name [command-name ...]]",
-        "Returns the arity, flags and key positions of the named commands.",
-    ),
-    doc("list", "server", "", "Returns the names of all commands."),
-    doc("help", "server", "", "Lists the subcommands."),
+        "Returns the arity, flags, key positions, ACL categories, key specs and subcommands of the named commands, or of all.",
+    )
+    .redis("loading stale", "@connection"),
+    doc(
+        "list",
+        "server",
+        "[FILTERBY <MODULE module-name|ACLCAT category|PATTERN pattern>]",
+        "Returns the names of all commands and subcommands, or of those in an ACL category or matching a pattern.",
+    )
+    .redis("loading stale", "@connection"),
+    doc("help", "server", "", "Lists the subcommands.")
+    .redis("loading stale", "@connection"),
 ];
 
 const CONFIG_SUBCOMMANDS: &[Doc] = &[
@@ -150,71 +204,30 @@ const CONFIG_SUBCOMMANDS: &[Doc] = &[
         "server",
         "parameter [parameter ...]",
         "Returns every parameter whose name matches one of the glob patterns, with its value.",
-    ),
+    )
+    .redis("admin noscript loading stale", ""),
     doc(
         "set",
         "server",
         "parameter value [parameter value ...]",
         "Changes parameters that can change at run time, until restart; all or none.",
-    ),
+    )
+    .redis("admin noscript loading stale", ""),
     doc(
         "resetstat",
         "server",
         "",
         "Starts INFO's counters (stats, commandstats, errorstats) again from 0.",
-    ),
+    )
+    .redis("admin noscript loading stale", ""),
     doc(
         "rewrite",
         "server",
         "",
         "Refused: keel does not rewrite its config file.",
-    ),
-    doc("help", "server", "", "Lists the subcommands."),
-];
-
-const KEEL_CLUSTER_SUBCOMMANDS: &[Doc] = &[
-    doc(
-        "init",
-        "cluster",
-        "",
-        "Makes this node and its peers a new cluster.",
-    ),
-    doc(
-        "add-node",
-        "cluster",
-        "raft-address",
-        "Adds the node at a raft address, first as a learner, then as a voter.",
-    ),
-    doc(
-        "remove-node",
-        "cluster",
-        "node-id",
-        "Removes a node from the cluster.",
-    ),
-    doc(
-        "status",
-        "cluster",
-        "",
-        "Describes the cluster as this node sees it.",
-    ),
-    doc("help", "cluster", "", "Lists the subcommands."),
-];
-
-const KEEL_MAINTENANCE_SUBCOMMANDS: &[Doc] = &[
-    doc(
-        "on",
-        "server",
-        "[reason]",
-        "Turns maintenance mode on; every write then gets -MAINTENANCE with the reason.",
-    ),
-    doc("off", "server", "", "Turns maintenance mode off."),
-    doc(
-        "status",
-        "server",
-        "",
-        "Returns whether maintenance mode is on, its reason and since when (Unix ms).",
-    ),
-    doc("help", "server", "", "Lists the subcommands."),
+    )
+    .redis("admin noscript loading stale", ""),
+    doc("help", "server", "", "Lists the subcommands.").redis("loading stale", ""),
 ];
 
 const SLOWLOG_SUBCOMMANDS: &[Doc] = &[
@@ -223,8 +236,61 @@ const SLOWLOG_SUBCOMMANDS: &[Doc] = &[
         "server",
         "[count]",
         "Returns the newest entries (10, or count; -1 for all): id, Unix time, µs, arguments, client address and name.",
-    ),
-    doc("len", "server", "", "Returns how many entries the slow log holds."),
-    doc("reset", "server", "", "Empties the slow log."),
-    doc("help", "server", "", "Lists the subcommands."),
+    )
+    .redis("admin loading stale", ""),
+    doc("len", "server", "", "Returns how many entries the slow log holds.")
+        .redis("admin loading stale", ""),
+    doc("reset", "server", "", "Empties the slow log.").redis("admin loading stale", ""),
+    doc("help", "server", "", "Lists the subcommands.").redis("loading stale", ""),
+];
+
+const KEEL_CLUSTER_SUBCOMMANDS: &[Doc] = &[
+    doc(
+        "init",
+        "cluster",
+        "",
+        "Makes this node and its peers a new cluster.",
+    )
+    .redis("admin noscript", ""),
+    doc(
+        "add-node",
+        "cluster",
+        "raft-address",
+        "Adds the node at a raft address, first as a learner, then as a voter.",
+    )
+    .redis("admin noscript", ""),
+    doc(
+        "remove-node",
+        "cluster",
+        "node-id",
+        "Removes a node from the cluster.",
+    )
+    .redis("admin noscript", ""),
+    doc(
+        "status",
+        "cluster",
+        "",
+        "Describes the cluster as this node sees it.",
+    )
+    .redis("admin noscript", ""),
+    doc("help", "cluster", "", "Lists the subcommands.").redis("loading stale", ""),
+];
+
+const KEEL_MAINTENANCE_SUBCOMMANDS: &[Doc] = &[
+    doc(
+        "on",
+        "server",
+        "[reason]",
+        "Turns maintenance mode on; every write then gets -MAINTENANCE with the reason.",
+    )
+    .redis("admin noscript", ""),
+    doc("off", "server", "", "Turns maintenance mode off.").redis("admin noscript", ""),
+    doc(
+        "status",
+        "server",
+        "",
+        "Returns whether maintenance mode is on, its reason and since when (Unix ms).",
+    )
+    .redis("admin noscript", ""),
+    doc("help", "server", "", "Lists the subcommands.").redis("loading stale", ""),
 ];

@@ -10,6 +10,8 @@ use crate::glob;
 
 pub const COMMANDS: &[Command] = &[
     Command::new("sadd", -3, W, KEY1)
+        .redis("write denyoom fast", "@set")
+        .key_flags("RW insert")
         .doc(
             "set",
             "key member [member ...]",
@@ -23,6 +25,8 @@ pub const COMMANDS: &[Command] = &[
             Ok(Part::new(vec![w], |r| int_reply(&r[0])))
         }),
     Command::new("srem", -3, W, KEY1)
+        .redis("write fast", "@set")
+        .key_flags("RW delete")
         .doc(
             "set",
             "key member [member ...]",
@@ -36,6 +40,8 @@ pub const COMMANDS: &[Command] = &[
             Ok(Part::new(vec![w], |r| int_reply(&r[0])))
         }),
     Command::new("smembers", 2, R, KEY1)
+        .redis("readonly", "@set")
+        .key_flags("RO access")
         .doc("set", "key", "Returns every member of a set.")
         .data(|_, a, _| {
             Ok(Part::new(vec![read(&a[1], Read::SetMembers)], |r| {
@@ -43,6 +49,8 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("sismember", 3, R, KEY1)
+        .redis("readonly fast", "@set")
+        .key_flags("RO")
         .doc("set", "key member", "Returns 1 if the set holds the member, else 0.")
         .data(|_, a, _| {
             let op = Read::SetIsMember {
@@ -51,6 +59,8 @@ pub const COMMANDS: &[Command] = &[
             Ok(Part::new(vec![read(&a[1], op)], |r| int_reply(&r[0])))
         }),
     Command::new("smismember", -3, R, KEY1)
+        .redis("readonly fast", "@set")
+        .key_flags("RO access")
         .doc(
             "set",
             "key member [member ...]",
@@ -70,6 +80,8 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("scard", 2, R, KEY1)
+        .redis("readonly fast", "@set")
+        .key_flags("RO")
         .doc("set", "key", "Returns the number of members of a set.")
         .data(|_, a, _| {
             Ok(Part::new(vec![read(&a[1], Read::SetCard)], |r| {
@@ -78,6 +90,8 @@ pub const COMMANDS: &[Command] = &[
         }),
     // Returns the members it removed (Redis: ACCESS).
     Command::new("spop", -2, RW, KEY1)
+        .redis("write fast", "@set")
+        .key_flags("RW access delete")
         .doc(
             "set",
             "key [count]",
@@ -85,6 +99,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(spop),
     Command::new("srandmember", -2, R, KEY1)
+        .redis("readonly", "@set")
+        .key_flags("RO access")
         .doc(
             "set",
             "key [count]",
@@ -92,6 +108,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(srandmember),
     Command::new("smove", 4, W, (1, 2, 1))
+        .redis("write fast", "@set")
+        .key_specs(&[Keys::at(1, "RW access delete"), Keys::at(2, "RW insert")])
         .doc(
             "set",
             "source destination member",
@@ -106,12 +124,18 @@ pub const COMMANDS: &[Command] = &[
             Ok(Part::new(vec![w], |r| int_reply(&r[0])))
         }),
     Command::new("sinter", -2, R, ALL_KEYS)
+        .redis("readonly", "@set")
+        .key_flags("RO access")
         .doc("set", "key [key ...]", "Returns the members every set holds.")
         .data(combine),
     Command::new("sunion", -2, R, ALL_KEYS)
+        .redis("readonly", "@set")
+        .key_flags("RO access")
         .doc("set", "key [key ...]", "Returns the members any of the sets holds.")
         .data(combine),
     Command::new("sdiff", -2, R, ALL_KEYS)
+        .redis("readonly", "@set")
+        .key_flags("RO access")
         .doc(
             "set",
             "key [key ...]",
@@ -119,6 +143,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(combine),
     Command::new("sintercard", -3, R, NO_KEYS)
+        .redis("readonly", "@set")
+        .key_specs(&[Keys::keynum(1, "RO access")])
         .doc(
             "set",
             "numkeys key [key ...] [LIMIT limit]",
@@ -126,6 +152,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(sintercard),
     Command::new("sinterstore", -3, W, ALL_KEYS)
+        .redis("write denyoom", "@set")
+        .key_specs(&[Keys::at(1, "RW update"), Keys::range(2, -1, 1, "RO access")])
         .doc(
             "set",
             "destination key [key ...]",
@@ -133,6 +161,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(store),
     Command::new("sunionstore", -3, W, ALL_KEYS)
+        .redis("write denyoom", "@set")
+        .key_specs(&[Keys::at(1, "OW update"), Keys::range(2, -1, 1, "RO access")])
         .doc(
             "set",
             "destination key [key ...]",
@@ -140,6 +170,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(store),
     Command::new("sdiffstore", -3, W, ALL_KEYS)
+        .redis("write denyoom", "@set")
+        .key_specs(&[Keys::at(1, "OW update"), Keys::range(2, -1, 1, "RO access")])
         .doc(
             "set",
             "destination key [key ...]",
@@ -147,6 +179,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(store),
     Command::new("sscan", -3, R, KEY1)
+        .redis("readonly", "@set")
+        .key_flags("RO access")
         .doc(
             "set",
             "key cursor [MATCH pattern] [COUNT count]",

@@ -7,10 +7,15 @@ use super::*;
 
 pub const COMMANDS: &[Command] = &[
     Command::new("get", 2, R, KEY1)
+        .redis("readonly fast", "@string")
+        .key_flags("RO access")
         .doc("string", "key", "Returns the value of a key, or nil.")
         .data(|_, a, _| Ok(Part::new(vec![get(&a[1])], |r| value_reply(&r[0])))),
     // READ only with GET.
     Command::new("set", -3, RW.with(VARIES), KEY1)
+        .redis("write denyoom", "@string")
+        .key_flags("RW access update variable_flags")
+        .get_keys(set_keys)
         .doc(
             "string",
             "key value [NX|XX] [GET] [EX seconds|PX milliseconds|EXAT unix-time-seconds|PXAT unix-time-milliseconds|KEEPTTL]",
@@ -18,6 +23,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(set),
     Command::new("setnx", 3, W, KEY1)
+        .redis("write denyoom fast", "@string")
+        .key_flags("OW insert")
         .doc("string", "key value", "Sets a key's value only if the key does not exist.")
         .data(|_, a, _| {
             Ok(Part::new(
@@ -26,9 +33,13 @@ pub const COMMANDS: &[Command] = &[
             ))
         }),
     Command::new("setex", 4, W, KEY1)
+        .redis("write denyoom", "@string")
+        .key_flags("OW update")
         .doc("string", "key seconds value", "Sets a key's value with an expiry in seconds.")
         .data(setex),
     Command::new("psetex", 4, W, KEY1)
+        .redis("write denyoom", "@string")
+        .key_flags("OW update")
         .doc(
             "string",
             "key milliseconds value",
@@ -36,6 +47,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(setex),
     Command::new("getset", 3, RW, KEY1)
+        .redis("write denyoom fast", "@string")
+        .key_flags("RW access update")
         .doc("string", "key value", "Sets a key's value and returns the old one.")
         .data(|_, a, _| {
             let set = put(&a[1], &a[2], Ttl::None, PutIf::Always);
@@ -44,6 +57,8 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("getdel", 2, RW, KEY1)
+        .redis("write fast", "@string")
+        .key_flags("RW access delete")
         .doc("string", "key", "Returns a key's value and deletes the key.")
         .data(|_, a, _| {
             let del = Write::Delete { key: a[1].clone() };
@@ -54,6 +69,8 @@ pub const COMMANDS: &[Command] = &[
     // WRITE only with an option (EX, PX, EXAT, PXAT, PERSIST): without, it is a plain read.
     // Redis flags GETEX `write` always; keel lets a read-only user run the pure read.
     Command::new("getex", -2, RW.with(VARIES), KEY1)
+        .redis("write fast", "@string")
+        .key_flags("RW access update")
         .doc(
             "string",
             "key [EX seconds|PX milliseconds|EXAT unix-time-seconds|PXAT unix-time-milliseconds|PERSIST]",
@@ -61,6 +78,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(getex),
     Command::new("mget", -2, R, ALL_KEYS)
+        .redis("readonly fast", "@string")
+        .key_flags("RO access")
         .doc("string", "key [key ...]", "Returns the values of several keys.")
         .data(|_, a, _| {
             // A key of another type reads as nil, as in Redis.
@@ -73,6 +92,8 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("mset", -3, W, (1, -1, 2))
+        .redis("write denyoom", "@string")
+        .key_flags("OW update")
         .doc(
             "string",
             "key value [key value ...]",
@@ -80,6 +101,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(mset),
     Command::new("msetnx", -3, W, (1, -1, 2))
+        .redis("write denyoom", "@string")
+        .key_flags("OW insert")
         .doc(
             "string",
             "key value [key value ...]",
@@ -88,15 +111,23 @@ pub const COMMANDS: &[Command] = &[
         .data(mset),
     // The counters return the stored number plus the increment (Redis: ACCESS).
     Command::new("incr", 2, RW, KEY1)
+        .redis("write denyoom fast", "@string")
+        .key_flags("RW access update")
         .doc("string", "key", "Adds one to a key's integer value.")
         .data(incr),
     Command::new("decr", 2, RW, KEY1)
+        .redis("write denyoom fast", "@string")
+        .key_flags("RW access update")
         .doc("string", "key", "Subtracts one from a key's integer value.")
         .data(incr),
     Command::new("incrby", 3, RW, KEY1)
+        .redis("write denyoom fast", "@string")
+        .key_flags("RW access update")
         .doc("string", "key increment", "Adds an integer to a key's integer value.")
         .data(incr),
     Command::new("decrby", 3, RW, KEY1)
+        .redis("write denyoom fast", "@string")
+        .key_flags("RW access update")
         .doc(
             "string",
             "key decrement",
@@ -104,6 +135,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(incr),
     Command::new("incrbyfloat", 3, RW, KEY1)
+        .redis("write denyoom fast", "@string")
+        .key_flags("RW access update")
         .doc(
             "string",
             "key increment:double",
@@ -111,6 +144,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(incrbyfloat),
     Command::new("append", 3, W, KEY1)
+        .redis("write denyoom fast", "@string")
+        .key_flags("RW insert")
         .doc("string", "key value", "Appends to a key's value and returns the new length.")
         .data(|_, a, _| {
             Ok(Part::new(
@@ -122,6 +157,8 @@ pub const COMMANDS: &[Command] = &[
             ))
         }),
     Command::new("strlen", 2, R, KEY1)
+        .redis("readonly fast", "@string")
+        .key_flags("RO")
         .doc("string", "key", "Returns the length of a key's value.")
         .data(|_, a, _| {
             Ok(Part::new(vec![get(&a[1])], |r| match &r[0] {
@@ -130,6 +167,8 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("getrange", 4, R, KEY1)
+        .redis("readonly", "@string")
+        .key_flags("RO access")
         .doc(
             "string",
             "key start end",
@@ -137,6 +176,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(getrange),
     Command::new("substr", 4, R, KEY1)
+        .redis("readonly", "@string")
+        .key_flags("RO access")
         .doc(
             "string",
             "key start end",
@@ -144,6 +185,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(getrange),
     Command::new("setrange", 4, W, KEY1)
+        .redis("write denyoom", "@string")
+        .key_flags("RW update")
         .doc(
             "string",
             "key offset value",
@@ -162,18 +205,25 @@ pub const COMMANDS: &[Command] = &[
             Ok(Part::new(vec![w], |r| int_reply(&r[0])))
         }),
     Command::new("lcs", -3, R, (1, 2, 1))
+        .redis("readonly", "@string")
+        .key_flags("RO access")
         .doc(
             "string",
             "key1 key2 [LEN] [IDX] [MINMATCHLEN min-match-len] [WITHMATCHLEN]",
             "Returns the longest common subsequence of two strings, its length, or where it matches.",
         )
         .data(lcs),
-    Command::new("keel.version", 2, R, KEY1).doc(
-        "string",
-        "key",
-        "Returns the version of a key (for KEEL.CAS), or nil if it does not exist.",
-    ),
+    Command::new("keel.version", 2, R, KEY1)
+        .redis("readonly fast", "@keyspace")
+        .key_flags("RO")
+        .doc(
+            "string",
+            "key",
+            "Returns the version of a key (for KEEL.CAS), or nil if it does not exist.",
+        ),
     Command::new("keel.cas", 4, W, KEY1)
+        .redis("write denyoom fast", "@string")
+        .key_flags("RW update")
         .doc(
             "string",
             "key version value",
@@ -181,11 +231,14 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(cas),
     // Stores its outcome; also needs what the wrapped command needs (see `crate::auth`).
-    Command::new("keel.idem", -3, W, NO_KEYS).doc(
-        "string",
-        "request-id command [arg [arg ...]]",
-        "Runs a write once per request id; a retry, also after a restart, gets the first reply.",
-    ),
+    Command::new("keel.idem", -3, W, NO_KEYS)
+        .redis("write", "")
+        .get_keys(idem_keys)
+        .doc(
+            "string",
+            "request-id command [arg [arg ...]]",
+            "Runs a write once per request id; a retry, also after a restart, gets the first reply.",
+        ),
 ];
 
 fn setex(name: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
@@ -271,6 +324,23 @@ fn cas(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
         writes: vec![put(&a[1], &a[3], Ttl::None, PutIf::Always)],
         render: Box::new(|r| Reply::Int(r.is_some() as i64)),
     })
+}
+
+/// SET's key: with GET it also returns the old value (Redis's key spec for it is RW access
+/// update, marked as varying with the arguments).
+fn set_keys(a: &[Bytes]) -> Vec<(usize, KeyFlags)> {
+    match a.iter().skip(3).any(|o| eq(o, "get")) {
+        true => vec![key_at(1, "RW access update")],
+        false => vec![key_at(1, "OW update")],
+    }
+}
+
+/// KEEL.IDEM's keys: those of the command it wraps.
+fn idem_keys(a: &[Bytes]) -> Vec<(usize, KeyFlags)> {
+    let wrapped = a.get(2..).unwrap_or_default();
+    (introspect::keys(wrapped).into_iter())
+        .map(|(i, flags)| (i + 2, flags))
+        .collect()
 }
 
 fn set(_: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {

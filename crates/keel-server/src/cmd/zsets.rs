@@ -14,6 +14,8 @@ use crate::glob;
 
 pub const COMMANDS: &[Command] = &[
     Command::new("zadd", -4, W, KEY1)
+        .redis("write denyoom fast", "@sortedset")
+        .key_flags("RW update")
         .doc(
             "sorted-set",
             "key [NX|XX] [GT|LT] [CH] [INCR] score member [score member ...]",
@@ -21,6 +23,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(zadd),
     Command::new("zincrby", 4, W, KEY1)
+        .redis("write denyoom fast", "@sortedset")
+        .key_flags("RW access update")
         .doc(
             "sorted-set",
             "key increment member",
@@ -38,6 +42,8 @@ pub const COMMANDS: &[Command] = &[
             Ok(Part::new(vec![w], |r| score_reply(&r[0])))
         }),
     Command::new("zrem", -3, W, KEY1)
+        .redis("write fast", "@sortedset")
+        .key_flags("RW delete")
         .doc(
             "sorted-set",
             "key member [member ...]",
@@ -51,9 +57,13 @@ pub const COMMANDS: &[Command] = &[
             Ok(Part::new(vec![w], |r| int_reply(&r[0])))
         }),
     Command::new("zcard", 2, R, KEY1)
+        .redis("readonly fast", "@sortedset")
+        .key_flags("RO")
         .doc("sorted-set", "key", "Returns the number of members.")
         .data(|_, a, _| Ok(Part::new(vec![read(&a[1], Read::ZCard)], |r| int_reply(&r[0])))),
     Command::new("zcount", 4, R, KEY1)
+        .redis("readonly fast", "@sortedset")
+        .key_flags("RO access")
         .doc(
             "sorted-set",
             "key min max",
@@ -66,6 +76,8 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("zlexcount", 4, R, KEY1)
+        .redis("readonly fast", "@sortedset")
+        .key_flags("RO access")
         .doc(
             "sorted-set",
             "key min max",
@@ -78,6 +90,8 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("zscore", 3, R, KEY1)
+        .redis("readonly fast", "@sortedset")
+        .key_flags("RO access")
         .doc("sorted-set", "key member", "Returns a member's score, or nil.")
         .data(|_, a, _| {
             let op = Read::ZScores {
@@ -89,6 +103,8 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("zmscore", -3, R, KEY1)
+        .redis("readonly fast", "@sortedset")
+        .key_flags("RO access")
         .doc(
             "sorted-set",
             "key member [member ...]",
@@ -104,6 +120,8 @@ pub const COMMANDS: &[Command] = &[
             }))
         }),
     Command::new("zrank", -3, R, KEY1)
+        .redis("readonly fast", "@sortedset")
+        .key_flags("RO access")
         .doc(
             "sorted-set",
             "key member [WITHSCORE]",
@@ -111,6 +129,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(zrank),
     Command::new("zrevrank", -3, R, KEY1)
+        .redis("readonly fast", "@sortedset")
+        .key_flags("RO access")
         .doc(
             "sorted-set",
             "key member [WITHSCORE]",
@@ -118,6 +138,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(zrank),
     Command::new("zrange", -4, R, KEY1)
+        .redis("readonly", "@sortedset")
+        .key_flags("RO access")
         .doc(
             "sorted-set",
             "key start stop [BYSCORE|BYLEX] [REV] [LIMIT offset count] [WITHSCORES]",
@@ -125,6 +147,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(zrange),
     Command::new("zrangestore", -5, W, (1, 2, 1))
+        .redis("write denyoom", "@sortedset")
+        .key_specs(&[Keys::at(1, "OW update"), Keys::at(2, "RO access")])
         .doc(
             "sorted-set",
             "dst src min max [BYSCORE|BYLEX] [REV] [LIMIT offset count]",
@@ -132,6 +156,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(zrange),
     Command::new("zrevrange", -4, R, KEY1)
+        .redis("readonly", "@sortedset")
+        .key_flags("RO access")
         .doc(
             "sorted-set",
             "key start stop [WITHSCORES]",
@@ -139,6 +165,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(zrange),
     Command::new("zrangebyscore", -4, R, KEY1)
+        .redis("readonly", "@sortedset")
+        .key_flags("RO access")
         .doc(
             "sorted-set",
             "key min max [WITHSCORES] [LIMIT offset count]",
@@ -146,6 +174,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(zrange),
     Command::new("zrevrangebyscore", -4, R, KEY1)
+        .redis("readonly", "@sortedset")
+        .key_flags("RO access")
         .doc(
             "sorted-set",
             "key max min [WITHSCORES] [LIMIT offset count]",
@@ -153,6 +183,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(zrange),
     Command::new("zrangebylex", -4, R, KEY1)
+        .redis("readonly", "@sortedset")
+        .key_flags("RO access")
         .doc(
             "sorted-set",
             "key min max [LIMIT offset count]",
@@ -160,6 +192,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(zrange),
     Command::new("zrevrangebylex", -4, R, KEY1)
+        .redis("readonly", "@sortedset")
+        .key_flags("RO access")
         .doc(
             "sorted-set",
             "key max min [LIMIT offset count]",
@@ -167,6 +201,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(zrange),
     Command::new("zremrangebyrank", 4, W, KEY1)
+        .redis("write", "@sortedset")
+        .key_flags("RW delete")
         .doc(
             "sorted-set",
             "key start stop",
@@ -180,6 +216,8 @@ pub const COMMANDS: &[Command] = &[
             Ok(remrange(&a[1], range))
         }),
     Command::new("zremrangebyscore", 4, W, KEY1)
+        .redis("write", "@sortedset")
+        .key_flags("RW delete")
         .doc(
             "sorted-set",
             "key min max",
@@ -187,6 +225,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(|_, a, _| Ok(remrange(&a[1], score_range(&a[2], &a[3])?))),
     Command::new("zremrangebylex", 4, W, KEY1)
+        .redis("write", "@sortedset")
+        .key_flags("RW delete")
         .doc(
             "sorted-set",
             "key min max",
@@ -195,6 +235,8 @@ pub const COMMANDS: &[Command] = &[
         .data(|_, a, _| Ok(remrange(&a[1], lex_range(&a[2], &a[3])?))),
     // The pops return what they removed (Redis: ACCESS).
     Command::new("zpopmin", -2, RW, KEY1)
+        .redis("write fast", "@sortedset")
+        .key_flags("RW access delete")
         .doc(
             "sorted-set",
             "key [count]",
@@ -202,6 +244,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(zpop),
     Command::new("zpopmax", -2, RW, KEY1)
+        .redis("write fast", "@sortedset")
+        .key_flags("RW access delete")
         .doc(
             "sorted-set",
             "key [count]",
@@ -209,6 +253,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(zpop),
     Command::new("zmpop", -4, RW, NO_KEYS)
+        .redis("write", "@sortedset")
+        .key_specs(&[Keys::keynum(1, "RW access delete")])
         .doc(
             "sorted-set",
             "numkeys key [key ...] <MIN|MAX> [COUNT count]",
@@ -216,6 +262,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(|_, a, _| mpop(&a[1..])),
     Command::new("bzpopmin", -3, RW, (1, -2, 1))
+        .redis("write fast blocking", "@sortedset")
+        .key_flags("RW access delete")
         .doc(
             "sorted-set",
             "key [key ...] timeout:double",
@@ -227,6 +275,8 @@ pub const COMMANDS: &[Command] = &[
             keys: |a| a[1..a.len() - 1].to_vec(),
         }),
     Command::new("bzpopmax", -3, RW, (1, -2, 1))
+        .redis("write fast blocking", "@sortedset")
+        .key_flags("RW access delete")
         .doc(
             "sorted-set",
             "key [key ...] timeout:double",
@@ -238,6 +288,8 @@ pub const COMMANDS: &[Command] = &[
             keys: |a| a[1..a.len() - 1].to_vec(),
         }),
     Command::new("bzmpop", -5, RW, NO_KEYS)
+        .redis("write blocking", "@sortedset")
+        .key_specs(&[Keys::keynum(2, "RW access delete")])
         .doc(
             "sorted-set",
             "timeout:double numkeys key [key ...] <MIN|MAX> [COUNT count]",
@@ -252,6 +304,8 @@ pub const COMMANDS: &[Command] = &[
             },
         }),
     Command::new("zunion", -3, R, NO_KEYS)
+        .redis("readonly", "@sortedset")
+        .key_specs(&[Keys::keynum(1, "RO access")])
         .doc(
             "sorted-set",
             "numkeys key [key ...] [WEIGHTS weight [weight ...]] [AGGREGATE SUM|MIN|MAX] [WITHSCORES]",
@@ -259,6 +313,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(combine),
     Command::new("zinter", -3, R, NO_KEYS)
+        .redis("readonly", "@sortedset")
+        .key_specs(&[Keys::keynum(1, "RO access")])
         .doc(
             "sorted-set",
             "numkeys key [key ...] [WEIGHTS weight [weight ...]] [AGGREGATE SUM|MIN|MAX] [WITHSCORES]",
@@ -266,6 +322,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(combine),
     Command::new("zdiff", -3, R, NO_KEYS)
+        .redis("readonly", "@sortedset")
+        .key_specs(&[Keys::keynum(1, "RO access")])
         .doc(
             "sorted-set",
             "numkeys key [key ...] [WITHSCORES]",
@@ -273,6 +331,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(combine),
     Command::new("zunionstore", -4, W, KEY1)
+        .redis("write denyoom", "@sortedset")
+        .key_specs(&[Keys::at(1, "OW update"), Keys::keynum(2, "RO access")])
         .doc(
             "sorted-set",
             "destination numkeys key [key ...] [WEIGHTS weight [weight ...]] [AGGREGATE SUM|MIN|MAX]",
@@ -280,6 +340,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(combine),
     Command::new("zinterstore", -4, W, KEY1)
+        .redis("write denyoom", "@sortedset")
+        .key_specs(&[Keys::at(1, "OW update"), Keys::keynum(2, "RO access")])
         .doc(
             "sorted-set",
             "destination numkeys key [key ...] [WEIGHTS weight [weight ...]] [AGGREGATE SUM|MIN|MAX]",
@@ -287,6 +349,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(combine),
     Command::new("zdiffstore", -4, W, KEY1)
+        .redis("write denyoom", "@sortedset")
+        .key_specs(&[Keys::at(1, "OW update"), Keys::keynum(2, "RO access")])
         .doc(
             "sorted-set",
             "destination numkeys key [key ...]",
@@ -294,6 +358,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(combine),
     Command::new("zintercard", -3, R, NO_KEYS)
+        .redis("readonly", "@sortedset")
+        .key_specs(&[Keys::keynum(1, "RO access")])
         .doc(
             "sorted-set",
             "numkeys key [key ...] [LIMIT limit]",
@@ -301,6 +367,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(zintercard),
     Command::new("zrandmember", -2, R, KEY1)
+        .redis("readonly", "@sortedset")
+        .key_flags("RO access")
         .doc(
             "sorted-set",
             "key [count [WITHSCORES]]",
@@ -308,6 +376,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(zrandmember),
     Command::new("zscan", -3, R, KEY1)
+        .redis("readonly", "@sortedset")
+        .key_flags("RO access")
         .doc(
             "sorted-set",
             "key cursor [MATCH pattern] [COUNT count]",

@@ -7,7 +7,7 @@ impl Conn {
     /// COMMAND, INFO, CONFIG, SHUTDOWN, SAVE, BGSAVE, LASTSAVE, the KEEL.* admin commands, WAITAOF and WAIT.
     pub(super) async fn admin_command(&mut self, name: &str, args: Vec<Bytes>) -> Flow {
         let reply = match name {
-            "command" => command_info(&args),
+            "command" => cmd::introspect::command(&args),
             "info" => {
                 self.settle().await;
                 Reply::Verbatim(self.info(&args))
@@ -190,62 +190,4 @@ pub fn status_text(s: &keel_cluster::Status) -> String {
         o.push_str("\r\n");
     }
     o
-}
-
-/// COMMAND INFO for one command, from its flags in the command table: `write` for anything
-/// that can change data (GETEX too, as in Redis), `readonly` for the rest that reads.
-pub(super) fn spec_info(s: &cmd::Command) -> Reply {
-    let f = s.flags;
-    let mut flags = Vec::new();
-    let mut categories = Vec::new();
-    if f.contains(Flags::WRITE) {
-        flags.extend(["write", "denyoom"]);
-        categories.push("@write");
-    } else if f.contains(Flags::READ) {
-        flags.extend(["readonly", "fast"]);
-        categories.push("@read");
-    }
-    if f.contains(Flags::ADMIN) {
-        flags.extend(["admin", "noscript"]);
-        categories.extend(["@admin", "@dangerous"]);
-    }
-    if f.is_connection() {
-        flags.push("fast");
-        categories.push("@connection");
-    }
-    Reply::Array(vec![
-        Reply::bulk(s.name),
-        Reply::Int(s.arity),
-        Reply::Array(flags.iter().map(|f| Reply::Simple(f.to_string())).collect()),
-        Reply::Int(s.keys.0),
-        Reply::Int(s.keys.1),
-        Reply::Int(s.keys.2),
-        Reply::Array(
-            categories
-                .iter()
-                .map(|c| Reply::Simple(c.to_string()))
-                .collect(),
-        ),
-        Reply::Array(Vec::new()),
-        Reply::Array(Vec::new()),
-        Reply::Array(Vec::new()),
-    ])
-}
-
-pub(super) fn command_info(args: &[Bytes]) -> Reply {
-    let Some(sub) = args.get(1).map(|s| lower(s)) else {
-        return Reply::Array(cmd::COMMANDS.iter().map(|c| spec_info(c)).collect());
-    };
-    match sub.as_str() {
-        "count" => Reply::Int(cmd::COMMANDS.len() as i64),
-        "docs" => crate::docs::reply(&args[2..]),
-        "list" => Reply::Array(cmd::COMMANDS.iter().map(|s| Reply::bulk(s.name)).collect()),
-        "info" => Reply::Array(
-            args[2..]
-                .iter()
-                .map(|n| cmd::lookup(&lower(n)).map_or(Reply::Nil, spec_info))
-                .collect(),
-        ),
-        _ => unknown_subcommand(&args[1], "COMMAND"),
-    }
 }

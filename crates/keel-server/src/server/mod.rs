@@ -364,8 +364,9 @@ enum Flow {
     /// A blocking command waits: send what is queued, then wait for this reply while watching
     /// the socket (a client that goes away stops the wait, and takes nothing).
     Block(Pin<Box<dyn Future<Output = Reply> + Send>>),
-    /// MONITOR: send what is queued, then stream the monitor's lines until QUIT or RESET.
-    Monitor,
+    /// MONITOR: send what is queued, then stream the monitor's lines (subscribed before its
+    /// +OK, so that every command after it is seen) until QUIT or RESET.
+    Monitor(tokio::sync::broadcast::Receiver<Arc<str>>),
 }
 
 struct Conn {

@@ -21,6 +21,11 @@ impl Default for Monitors {
 }
 
 impl Monitors {
+    /// A new monitor's lines: every command fed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.0.subscribe()
+    }
+
     /// Feeds a command to the monitors, if there are any.
     pub fn feed(&self, client: &Client, args: &[Bytes]) {
         if self.0.receiver_count() == 0 {
@@ -80,9 +85,9 @@ pub(super) async fn monitor<S: AsyncRead + AsyncWrite + Unpin>(
     limits: &crate::resp::Limits,
     sh: &Shared,
     client: &Client,
-    mut stop: watch::Receiver<bool>,
+    mut lines: broadcast::Receiver<Arc<str>>,
 ) -> std::io::Result<Ended> {
-    let mut lines = sh.monitors.0.subscribe();
+    let mut stop = sh.stopping();
     let mut out = Vec::new();
     loop {
         // What the client sent meanwhile.

@@ -105,9 +105,9 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                                 None => return Ok(()),
                             }
                         }
-                        Flow::Monitor => {
+                        Flow::Monitor(lines) => {
                             conn.flush(&mut stream).await?;
-                            let (c, st) = (conn.client.clone(), stop.clone());
+                            let c = conn.client.clone();
                             let m = monitor::monitor(
                                 &mut stream,
                                 &mut buf,
@@ -115,7 +115,7 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                                 &limits,
                                 &sh,
                                 &c,
-                                st,
+                                lines,
                             );
                             if let monitor::Ended::Gone = m.await? {
                                 return Ok(());
@@ -253,8 +253,9 @@ impl Conn {
             }
             "client" => self.client(&args),
             "monitor" => {
+                let lines = self.sh.monitors.subscribe();
                 self.reply(Reply::ok());
-                return Flow::Monitor;
+                return Flow::Monitor(lines);
             }
             other => Reply::err(format!("ERR internal: no handler for '{other}'")),
         };
