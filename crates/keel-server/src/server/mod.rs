@@ -35,6 +35,7 @@ use crate::resp::{parse_i64, Parser, Reply};
 
 mod admin;
 mod backend;
+mod cluster;
 mod keyspace;
 mod pipeline;
 mod session;
