@@ -56,10 +56,14 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
 
 /// The reply to a cluster operation that did not happen (or may not have). A follower answers
-/// `-MOVED 0 HOST:PORT` with the leader's client address (slot 0: keel has no slots).
-pub fn cluster_error(e: &ClusterError) -> Reply {
+/// `-MOVED SLOT HOST:PORT` with the leader's client address, as a Redis Cluster node does:
+/// `SLOT` is the hash slot of `key`, the command's first key (0 for a command without keys;
+/// see [`cluster::key_slot`]).
+pub fn cluster_error(e: &ClusterError, key: Option<&[u8]>) -> Reply {
     Reply::err(match e {
-        ClusterError::NotLeader(Some((_, node))) => format!("MOVED 0 {}", node.client),
+        ClusterError::NotLeader(Some((_, node))) => {
+            format!("MOVED {} {}", key.map_or(0, cluster::key_slot), node.client)
+        }
         ClusterError::NotLeader(None) => "CLUSTERDOWN no leader is known; retry shortly".into(),
         ClusterError::Timeout(d) => format!(
             "CLUSTERDOWN not confirmed by a quorum within {} ms; a write may still be applied",
@@ -71,10 +75,14 @@ pub fn cluster_error(e: &ClusterError) -> Reply {
     })
 }
 
-/// Makes the next read linearizable (see [`Backend::read_barrier`]).
-async fn linearize(sh: Arc<Shared>) -> Result<(), Reply> {
+/// Makes the next read of `args` (a command run as `spec`) linearizable (see
+/// [`Backend::read_barrier`]). A `-MOVED` names the slot of the command's first key.
+async fn linearize(sh: Arc<Shared>, spec: &cmd::Command, args: &[Bytes]) -> Result<(), Reply> {
     let stale_ok = sh.settings.cluster.as_ref().is_some_and(|s| s.stale_reads);
-    sh.backend.read_barrier(stale_ok).await
+    sh.backend
+        .read_barrier(stale_ok)
+        .await
+        .map_err(|e| cluster_error(&e, cluster::first_key(spec, args).as_deref()))
 }
 
 /// State every connection shares.

@@ -255,7 +255,7 @@ impl Conn {
         // is one: a version read before the leader applied everything committed would fail the
         // EXEC of a key that did not change while watched.
         if need.contains(Flags::READ) && !need.contains(Flags::WRITE) {
-            if let Err(r) = linearize(self.sh.clone()).await {
+            if let Err(r) = linearize(self.sh.clone(), spec, &args).await {
                 self.reply(r);
                 return Flow::Continue;
             }
