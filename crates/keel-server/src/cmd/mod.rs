@@ -4,8 +4,8 @@
 //! (the syntax line and summary COMMAND DOCS and `help` show) and how it runs ([`Run`]). COMMAND
 //! INFO/DOCS/LIST/COUNT, the permission check ([`crate::auth`]), the MULTI rules and the
 //! dispatch all read from the entry; nothing else lists commands. The entries live with their
-//! family's code: [`connection`], [`server`], [`strings`], [`keys`], [`hashes`], [`sets`],
-//! [`lists`], [`zsets`].
+//! family's code: [`connection`], [`server`], [`cluster`], [`strings`], [`keys`], [`hashes`],
+//! [`sets`], [`lists`], [`zsets`].
 //!
 //! Every data command compiles to a [`Part`]: guards, a list of engine [`Write`]s (reads become
 //! `Write::Get`) and a function that renders the reply from the writes' results. The same
@@ -23,6 +23,7 @@ use crate::docs::Doc;
 use crate::resp::{parse_i64, Reply};
 
 pub mod bits;
+pub mod cluster;
 pub mod connection;
 pub mod hashes;
 pub mod keys;
@@ -248,6 +249,7 @@ pub static COMMANDS: LazyLock<Vec<&'static Command>> = LazyLock::new(|| {
     [
         connection::COMMANDS,
         server::COMMANDS,
+        cluster::COMMANDS,
         strings::COMMANDS,
         keys::COMMANDS,
         hashes::COMMANDS,

@@ -42,7 +42,6 @@ impl Conn {
                 let started = now_ms() / 1000 - self.sh.started.elapsed().as_secs();
                 Reply::Int(at.unwrap_or(started) as i64)
             }
-            "keel.cluster" => cluster::keel_cluster(self.sh.clone(), args).await,
             "keel.maintenance" => {
                 let sub = lower(&args[1]);
                 match (sub.as_str(), args.len()) {
@@ -186,7 +185,7 @@ impl Conn {
             o.push_str("# Server\r\n");
             line(&mut o, "redis_version", &REDIS_COMPAT_VERSION);
             line(&mut o, "keel_version", &env!("CARGO_PKG_VERSION"));
-            line(&mut o, "redis_mode", &"standalone");
+            line(&mut o, "redis_mode", &redis_mode(self.sh.cluster()));
             line(&mut o, "os", &std::env::consts::OS);
             line(&mut o, "arch_bits", &64);
             line(&mut o, "process_id", &std::process::id());
@@ -293,11 +292,8 @@ impl Conn {
             );
             o.push_str("\r\n");
         }
-        if let Some(c) = self.sh.cluster().filter(|_| want("cluster")) {
-            o.push_str("# Cluster\r\n");
-            line(&mut o, "cluster_enabled", &1);
-            o.push_str(&cluster::status_text(&c.status()));
-            o.push_str("\r\n");
+        if want("cluster") {
+            o.push_str(&cluster::info_section(self.sh.cluster()));
         }
         if want("keel") {
             let r = e.recovery_report();

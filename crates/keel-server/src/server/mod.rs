@@ -42,6 +42,7 @@ mod session;
 mod transactions;
 
 pub use backend::Backend;
+use cluster::redis_mode;
 use pipeline::{eval_reads, observe};
 use session::session;
 
@@ -76,9 +77,16 @@ pub fn cluster_error(e: &ClusterError, key: Option<&[u8]>) -> Reply {
 }
 
 /// Makes the next read of `args` (a command run as `spec`) linearizable (see
-/// [`Backend::read_barrier`]). A `-MOVED` names the slot of the command's first key.
-async fn linearize(sh: Arc<Shared>, spec: &cmd::Command, args: &[Bytes]) -> Result<(), Reply> {
-    let stale_ok = sh.settings.cluster.as_ref().is_some_and(|s| s.stale_reads);
+/// [`Backend::read_barrier`]). `stale_ok`: the connection has not asked for READWRITE, so a
+/// follower started with `--stale-reads` answers from its own state instead. A `-MOVED` names
+/// the slot of the command's first key.
+async fn linearize(
+    sh: Arc<Shared>,
+    stale_ok: bool,
+    spec: &cmd::Command,
+    args: &[Bytes],
+) -> Result<(), Reply> {
+    let stale_ok = stale_ok && sh.settings.cluster.as_ref().is_some_and(|s| s.stale_reads);
     sh.backend
         .read_barrier(stale_ok)
         .await
@@ -255,6 +263,9 @@ struct Conn {
     multi_dirty: bool,
     /// WATCHed keys with their versions when watched.
     watched: Vec<Guard>,
+    /// Whether reads may be answered from a follower's own state, where the node allows it
+    /// (`--stale-reads`): READWRITE clears it, READONLY and RESET set it again.
+    stale_reads: bool,
     out: BytesMut,
     queue: VecDeque<Slot>,
 }
