@@ -72,7 +72,8 @@ pub fn run(a: ClusterArgs) -> ExitCode {
         }
         Ok(Err(err)) => {
             eprintln!("error: {err}");
-            if let Some(leader) = err.strip_prefix("MOVED 0 ") {
+            // -MOVED SLOT LEADER (the slot is 0 for KEEL.CLUSTER, which names no key).
+            if let Some((_, leader)) = err.strip_prefix("MOVED ").and_then(|m| m.split_once(' ')) {
                 eprintln!("hint: the leader is {leader}; run again with --addr {leader}");
             }
             ExitCode::from(1)

@@ -255,10 +255,10 @@ fn leader_loss_under_load_loses_no_acknowledged_write() {
     let mut nodes = started_cluster(&[], tmp.path());
     let first = leader(&nodes);
 
-    // A follower names the leader.
+    // A follower names the leader, and the hash slot of the key (CRC16 of "k", mod 16384).
     let follower = nodes.iter().find(|n| n.addr() != first).unwrap();
     let out = follower.server.as_ref().unwrap().cli(&["SET", "k", "v"]);
-    assert_eq!(out.trim(), format!("MOVED 0 {first}"));
+    assert_eq!(out.trim(), format!("MOVED 7629 {first}"));
 
     let stop = Arc::new(AtomicBool::new(false));
     let ledgers: Vec<_> = (0..16)
@@ -1210,4 +1210,260 @@ fn an_encrypted_cluster_writes_no_value_in_plaintext_on_any_node() {
     let log = log.join("\n");
     assert_eq!(status.and_then(|s| s.code()), Some(2), "{log}");
     assert!(log.contains("no encryption key was given"), "{log}");
+}
+
+/// What a cluster-aware client sees: a follower describes one shard owning slots 0-16383 whose
+/// master is the leader, names each node by its id as 40 hex digits, and redirects with the
+/// key's real slot. redis-rs's ClusterClient, bootstrapped from a follower, writes and reads;
+/// it keeps writing once the leader is killed, and every write it had acknowledged is there.
+/// The restarted old leader, now a follower with --stale-reads, reads locally until READWRITE.
+#[test]
+fn a_cluster_client_follows_the_leader_through_a_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = started_cluster(&[], tmp.path());
+    let lead = leader(&nodes);
+    let li = nodes.iter().position(|n| n.addr() == lead).unwrap();
+    let fi = (li + 1) % 3;
+    let name = |i: usize| format!("{:040x}", nodes[i].id);
+
+    // The follower knows the leader once its state is ok.
+    let mut f = nodes[fi].server.as_ref().unwrap().client();
+    let info = (0..600)
+        .map(|_| {
+            let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut f).unwrap();
+            if !info.contains("cluster_state:ok\r\n") {
+                thread::sleep(Duration::from_millis(100));
+            }
+            info
+        })
+        .find(|i| i.contains("cluster_state:ok\r\n"))
+        .expect("the follower never learned the leader");
+    for field in [
+        "cluster_slots_assigned:16384",
+        "cluster_slots_ok:16384",
+        "cluster_slots_fail:0",
+        "cluster_known_nodes:3",
+        "cluster_size:1",
+    ] {
+        assert!(info.contains(&format!("{field}\r\n")), "{info}");
+    }
+    let term = status(&lead)["term"].clone();
+    assert!(
+        info.contains(&format!("cluster_current_epoch:{term}\r\n")),
+        "{info}"
+    );
+    let id: String = redis::cmd("CLUSTER").arg("MYID").query(&mut f).unwrap();
+    assert_eq!(id, name(fi));
+
+    // SLOTS: one range, the leader first, then the two followers.
+    let slots: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut f).unwrap();
+    let redis::Value::Array(ranges) = slots else {
+        panic!("{slots:?}")
+    };
+    assert_eq!(ranges.len(), 1);
+    let redis::Value::Array(range) = &ranges[0] else {
+        panic!("{ranges:?}")
+    };
+    assert_eq!(range.len(), 5, "{range:?}");
+    assert_eq!(range[..2], [redis::Value::Int(0), redis::Value::Int(16383)]);
+    let node = |v: &redis::Value| -> (String, u16, String) {
+        let redis::Value::Array(n) = v else {
+            panic!("{v:?}")
+        };
+        redis::from_redis_value(redis::Value::Array(n[..3].to_vec())).unwrap()
+    };
+    assert_eq!(
+        node(&range[2]),
+        ("127.0.0.1".into(), nodes[li].port, name(li))
+    );
+    let mut replicas: Vec<_> = range[3..].iter().map(node).collect();
+    replicas.sort_by_key(|r| r.1);
+    let mut want: Vec<_> = (0..3)
+        .filter(|&i| i != li)
+        .map(|i| ("127.0.0.1".to_string(), nodes[i].port, name(i)))
+        .collect();
+    want.sort_by_key(|r| r.1);
+    assert_eq!(replicas, want);
+
+    // NODES: Redis's line format; the leader a master owning every slot.
+    let text: String = redis::cmd("CLUSTER").arg("NODES").query(&mut f).unwrap();
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for (i, n) in nodes.iter().enumerate() {
+        let l = lines.iter().find(|l| l[0] == name(i)).expect(&text);
+        assert_eq!(l[1], format!("127.0.0.1:{}@{}", n.port, n.raft));
+        let (flags, of, slots) = match (i == li, i == fi) {
+            (true, _) => ("master", "-".to_string(), vec!["0-16383"]),
+            (_, true) => ("myself,slave", name(li), vec![]),
+            _ => ("slave", name(li), vec![]),
+        };
+        assert_eq!((l[2], l[3]), (flags, of.as_str()), "{text}");
+        assert_eq!(l[6], term, "{text}");
+        assert_eq!(l[7], "connected");
+        assert_eq!(l[8..], slots[..], "{text}");
+    }
+
+    // SHARDS: one shard, with every node and one master.
+    let shards: redis::Value = redis::cmd("CLUSTER").arg("SHARDS").query(&mut f).unwrap();
+    let shown = format!("{shards:?}").to_lowercase();
+    assert!(shown.contains("[int(0), int(16383)]"), "{shown}");
+    assert_eq!(shown.matches("\"master\"").count(), 1, "{shown}");
+    assert_eq!(shown.matches("\"replica\"").count(), 2, "{shown}");
+
+    // -MOVED names the real slot of the command's first key; 0 for a command without keys.
+    let keyslot = |f: &mut redis::Connection, k: &str| -> i64 {
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(k)
+            .query(f)
+            .unwrap()
+    };
+    assert_eq!(keyslot(&mut f, "foo"), 12182);
+    assert_eq!(keyslot(&mut f, "{user1000}.following"), 3443);
+    assert_eq!(keyslot(&mut f, "{user1000}.followers"), 3443);
+    let mut raw = nodes[fi].server.as_ref().unwrap().raw();
+    raw.cmd(&["SET", "foo", "bar"], &format!("-MOVED 12182 {lead}\r\n"));
+    raw.cmd(&["GET", "foo"], &format!("-MOVED 12182 {lead}\r\n"));
+    raw.cmd(
+        &["SET", "{user1000}.following", "x"],
+        &format!("-MOVED 3443 {lead}\r\n"),
+    );
+    raw.cmd(
+        &["LRANGE", "{user1000}.followers", "0", "-1"],
+        &format!("-MOVED 3443 {lead}\r\n"),
+    );
+    raw.cmd(&["DBSIZE"], &format!("-MOVED 0 {lead}\r\n"));
+    // Without --stale-reads, READONLY is accepted and reads still go to the leader.
+    raw.cmd(&["READONLY"], "+OK\r\n");
+    raw.cmd(&["GET", "foo"], &format!("-MOVED 12182 {lead}\r\n"));
+    raw.cmd(&["READWRITE"], "+OK\r\n");
+    let info: String = redis::cmd("INFO").query(&mut f).unwrap();
+    assert!(info.contains("\r\nredis_mode:cluster\r\n"), "{info}");
+    assert!(
+        info.contains("# Cluster\r\ncluster_enabled:1\r\n"),
+        "{info}"
+    );
+
+    // The client asks the follower for the topology, then writes to the leader.
+    let client =
+        redis::cluster::ClusterClient::new(vec![format!("redis://{}/", nodes[fi].addr())]).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let (mut acked, mut unknown) = (Vec::new(), Vec::new());
+    let kv = |i: usize| (format!("{{user{}}}.c{i}", i % 7), format!("v{i}"));
+    for i in 0..100 {
+        let (k, v) = kv(i);
+        redis::cmd("SET")
+            .arg(&k)
+            .arg(&v)
+            .query::<()>(&mut conn)
+            .unwrap();
+        acked.push((k, v));
+    }
+    for (k, v) in &acked {
+        let got: String = redis::cmd("GET").arg(k).query(&mut conn).unwrap();
+        assert_eq!(&got, v);
+    }
+
+    // Kill the leader; write on until 20 more writes are acknowledged. A write whose reply was
+    // lost may or may not have been applied. A connection that keeps failing (routed to the
+    // dead node) is replaced by a new one, which asks the follower for the topology again.
+    nodes[li].server.take().unwrap().kill9();
+    let (mut i, mut after, mut failures) = (100, 0, 0);
+    let mut conn = Some(conn);
+    while after < 20 {
+        assert!(failures < 600, "the client never found the new leader");
+        let Some(c) = conn.as_mut() else {
+            conn = client.get_connection().ok();
+            failures += conn.is_none() as usize;
+            thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let (k, v) = kv(i);
+        i += 1;
+        match redis::cmd("SET").arg(&k).arg(&v).query::<()>(c) {
+            Ok(()) => {
+                acked.push((k, v));
+                after += 1;
+            }
+            Err(e) => {
+                unknown.push((k, v));
+                failures += 1;
+                if failures % 5 == 0 || e.is_io_error() {
+                    conn = None;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    eprintln!(
+        "after the kill: {failures} failed attempts, {} writes of unknown outcome",
+        unknown.len()
+    );
+    let c = conn.as_mut().unwrap();
+    for (k, v) in &acked {
+        let got: Option<String> = redis::cmd("GET").arg(k).query(c).unwrap();
+        assert_eq!(got.as_ref(), Some(v), "acknowledged {k} lost");
+    }
+    for (k, v) in &unknown {
+        let got: Option<String> = redis::cmd("GET").arg(k).query(c).unwrap();
+        assert!(got.is_none() || got.as_ref() == Some(v), "{k}: {got:?}");
+    }
+    let lead = leader(&nodes);
+    assert_ne!(lead, nodes[li].addr());
+
+    // The old leader comes back as a follower that allows stale reads: a connection reads its
+    // state until it asks for READWRITE, and again after READONLY. (Until it hears from the new
+    // leader it may take itself for the leader of its old term, and redirect.)
+    nodes[li].extra.push("--stale-reads".into());
+    nodes[li].start();
+    let mut old = nodes[li].server.as_ref().unwrap().client();
+    let (k, v) = acked.last().unwrap().clone();
+    let caught_up = (0..600).any(|_| {
+        let got: Option<String> = redis::cmd("GET").arg(&k).query(&mut old).unwrap_or(None);
+        got.as_ref() == Some(&v) || {
+            thread::sleep(Duration::from_millis(100));
+            false
+        }
+    });
+    assert!(caught_up, "the old leader never caught up");
+    redis::cmd("READWRITE").query::<()>(&mut old).unwrap();
+    let err = redis::cmd("GET")
+        .arg("foo")
+        .query::<Option<String>>(&mut old)
+        .unwrap_err();
+    assert_eq!(err.code(), Some("MOVED"), "{err}");
+    assert_eq!(err.detail(), Some(format!("12182 {lead}").as_str()));
+    redis::cmd("READONLY").query::<()>(&mut old).unwrap();
+    let got: Option<String> = redis::cmd("GET").arg(&k).query(&mut old).unwrap();
+    assert_eq!(got, Some(v));
+}
+
+/// A single node is a Redis without cluster mode: every CLUSTER subcommand, READONLY and
+/// READWRITE get Redis's error, and INFO says cluster_enabled:0.
+#[test]
+fn a_single_node_has_cluster_support_disabled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = Server::start(tmp.path(), &[]);
+    let mut r = srv.raw();
+    for args in [
+        &["CLUSTER", "INFO"][..],
+        &["CLUSTER", "SLOTS"],
+        &["CLUSTER", "SHARDS"],
+        &["CLUSTER", "NODES"],
+        &["CLUSTER", "MYID"],
+        &["CLUSTER", "KEYSLOT", "foo"],
+        &["CLUSTER", "HELP"],
+        &["CLUSTER", "NO-SUCH-THING"],
+        &["READONLY"],
+        &["READWRITE"],
+    ] {
+        r.cmd(args, "-ERR This instance has cluster support disabled\r\n");
+    }
+    let mut c = srv.client();
+    let info: String = redis::cmd("INFO").query(&mut c).unwrap();
+    assert!(
+        info.contains("# Cluster\r\ncluster_enabled:0\r\n"),
+        "{info}"
+    );
+    assert!(info.contains("\r\nredis_mode:standalone\r\n"), "{info}");
 }

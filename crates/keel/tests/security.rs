@@ -951,6 +951,11 @@ fn permissions_follow_what_each_command_does() {
         (&["MONITOR"], A),
         (&["KEEL.BACKUP", "/nonexistent/keel-backup-target"], A),
         (&["KEEL.CLUSTER", "STATUS"], A),
+        // The topology cluster clients ask for first, and KEYSLOT, a hash of the argument.
+        (&["CLUSTER", "SLOTS"], 0),
+        (&["CLUSTER", "KEYSLOT", "k"], 0),
+        (&["READONLY"], 0),
+        (&["READWRITE"], 0),
         (&["KEEL.MAINTENANCE", "STATUS"], A),
         (&["MEMORY", "USAGE", "k"], R),
         (&["OBJECT", "ENCODING", "k"], R),

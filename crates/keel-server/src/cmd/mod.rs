@@ -5,7 +5,7 @@
 //! line and summary COMMAND DOCS and `help` show) and how it runs ([`Run`]). COMMAND
 //! ([`introspect`]), the permission check ([`crate::auth`]), the MULTI rules and the dispatch
 //! all read from the entry; nothing else lists commands. The entries live with their family's
-//! code: [`connection`], [`server`], [`strings`], [`keys`], [`hashes`], [`sets`], [`lists`],
+//! code: [`connection`], [`server`], [`cluster`], [`strings`], [`keys`], [`hashes`], [`sets`], [`lists`],
 //! [`zsets`], [`bits`].
 //!
 //! Every data command compiles to a [`Part`]: guards, a list of engine [`Write`]s (reads become
@@ -26,6 +26,7 @@ use crate::resp::{parse_i64, Reply};
 pub use introspect::{key_at, GetKeys, KeyFlags, Keys};
 
 pub mod bits;
+pub mod cluster;
 pub mod connection;
 pub mod hashes;
 pub mod introspect;
@@ -305,6 +306,7 @@ pub static COMMANDS: LazyLock<Vec<&'static Command>> = LazyLock::new(|| {
     [
         connection::COMMANDS,
         server::COMMANDS,
+        cluster::COMMANDS,
         strings::COMMANDS,
         keys::COMMANDS,
         hashes::COMMANDS,

@@ -75,13 +75,22 @@ impl Backend {
         match self {
             Backend::Cluster(c) => {
                 let c = c.clone();
+                // The first key, which a follower's -MOVED names the hash slot of.
+                let key = (writes.iter().flat_map(Write::keys))
+                    .chain(guards.iter().map(|g| &g.key))
+                    .next()
+                    .cloned();
                 let txn = Txn {
                     id,
                     at_ms: now_ms(),
                     guards,
                     writes,
                 };
-                Box::pin(async move { c.write(txn).await.map_err(|e| cluster_error(&e)) })
+                Box::pin(async move {
+                    c.write(txn)
+                        .await
+                        .map_err(|e| cluster_error(&e, key.as_deref()))
+                })
             }
             Backend::Local(l) => {
                 let engine = l.engine();
@@ -115,14 +124,14 @@ impl Backend {
     /// Makes the next read linearizable. In a cluster this node must be the leader, confirmed by
     /// a quorum, with everything committed applied; with `stale_ok`, a follower reads its own
     /// state instead. A single node's visible state is durable already.
-    pub(super) async fn read_barrier(&self, stale_ok: bool) -> Result<(), Reply> {
+    pub(super) async fn read_barrier(&self, stale_ok: bool) -> Result<(), ClusterError> {
         let Backend::Cluster(c) = self else {
             return Ok(());
         };
         if stale_ok && c.leader().is_none_or(|(id, _)| id != c.id) {
             return Ok(());
         }
-        c.read_barrier().await.map_err(|e| cluster_error(&e))
+        c.read_barrier().await
     }
 
     /// What Redis's `appendfsync` would be: a cluster node's raft log syncs every write (its

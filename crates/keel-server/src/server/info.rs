@@ -2,7 +2,7 @@
 //! own section. `INFO` and `INFO default` give the default sections, `INFO all` adds
 //! commandstats, `INFO everything` is all of them.
 
-use super::admin::status_text;
+use super::cluster;
 use super::*;
 
 /// Redis 7.2's default sections, in its order, then keel's.
@@ -114,12 +114,7 @@ impl Conn {
             line(&mut o, "redis_git_sha1", &0);
             line(&mut o, "redis_git_dirty", &0);
             line(&mut o, "keel_version", &env!("CARGO_PKG_VERSION"));
-            let mode = if cluster.is_some() {
-                "cluster"
-            } else {
-                "standalone"
-            };
-            line(&mut o, "redis_mode", &mode);
+            line(&mut o, "redis_mode", &redis_mode(cluster));
             line(&mut o, "os", &std::env::consts::OS);
             line(&mut o, "arch_bits", &(usize::BITS));
             line(&mut o, "multiplexing_api", &"epoll");
@@ -363,12 +358,7 @@ impl Conn {
             o.push_str("\r\n");
         }
         if want("cluster") {
-            o.push_str("# Cluster\r\n");
-            line(&mut o, "cluster_enabled", &(cluster.is_some() as u8));
-            if let Some(c) = cluster {
-                o.push_str(&status_text(&c.status()));
-            }
-            o.push_str("\r\n");
+            o.push_str(&cluster::info_section(cluster));
         }
         if want("keyspace") {
             // Counted as Redis counts them, in O(1): every key held, expired ones that active

@@ -36,6 +36,7 @@ use crate::resp::{parse_i64, Parser, Reply};
 mod admin;
 mod backend;
 mod clients;
+mod cluster;
 mod info;
 mod keyspace;
 mod monitor;
@@ -46,6 +47,7 @@ mod transactions;
 
 pub use backend::Backend;
 use clients::{Client, Clients, Pause, Silence};
+use cluster::redis_mode;
 pub use info::{set_allocator_stats, AllocatorStats};
 use monitor::Monitors;
 use params::config;
@@ -65,10 +67,14 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
 
 /// The reply to a cluster operation that did not happen (or may not have). A follower answers
-/// `-MOVED 0 HOST:PORT` with the leader's client address (slot 0: keel has no slots).
-pub fn cluster_error(e: &ClusterError) -> Reply {
+/// `-MOVED SLOT HOST:PORT` with the leader's client address, as a Redis Cluster node does:
+/// `SLOT` is the hash slot of `key`, the command's first key (0 for a command without keys;
+/// see [`cluster::key_slot`]).
+pub fn cluster_error(e: &ClusterError, key: Option<&[u8]>) -> Reply {
     Reply::err(match e {
-        ClusterError::NotLeader(Some((_, node))) => format!("MOVED 0 {}", node.client),
+        ClusterError::NotLeader(Some((_, node))) => {
+            format!("MOVED {} {}", key.map_or(0, cluster::key_slot), node.client)
+        }
         ClusterError::NotLeader(None) => "CLUSTERDOWN no leader is known; retry shortly".into(),
         ClusterError::Timeout(d) => format!(
             "CLUSTERDOWN not confirmed by a quorum within {} ms; a write may still be applied",
@@ -80,10 +86,21 @@ pub fn cluster_error(e: &ClusterError) -> Reply {
     })
 }
 
-/// Makes the next read linearizable (see [`Backend::read_barrier`]).
-async fn linearize(sh: Arc<Shared>) -> Result<(), Reply> {
-    let stale_ok = sh.settings.cluster.as_ref().is_some_and(|s| s.stale_reads);
-    sh.backend.read_barrier(stale_ok).await
+/// Makes the next read of `args` (a command run as `spec`) linearizable (see
+/// [`Backend::read_barrier`]). `stale_ok`: the connection has not asked for READWRITE, so a
+/// follower started with `--stale-reads` answers from its own state instead. A `-MOVED` names
+/// the slot of the command's first key.
+async fn linearize(
+    sh: Arc<Shared>,
+    stale_ok: bool,
+    spec: &cmd::Command,
+    args: &[Bytes],
+) -> Result<(), Reply> {
+    let stale_ok = stale_ok && sh.settings.cluster.as_ref().is_some_and(|s| s.stale_reads);
+    sh.backend
+        .read_barrier(stale_ok)
+        .await
+        .map_err(|e| cluster_error(&e, cluster::first_key(spec, args).as_deref()))
 }
 
 /// State every connection shares.
@@ -385,6 +402,9 @@ struct Conn {
     multi_dirty: bool,
     /// WATCHed keys with their versions when watched.
     watched: Vec<Guard>,
+    /// Whether reads may be answered from a follower's own state, where the node allows it
+    /// (`--stale-reads`): READWRITE clears it, READONLY and RESET set it again.
+    stale_reads: bool,
     out: BytesMut,
     queue: VecDeque<Slot>,
     /// How the command being executed ended so far (INFO commandstats).

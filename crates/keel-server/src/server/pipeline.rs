@@ -303,7 +303,7 @@ impl Conn {
         // is one: a version read before the leader applied everything committed would fail the
         // EXEC of a key that did not change while watched.
         if need.contains(Flags::READ) && !need.contains(Flags::WRITE) {
-            if let Err(r) = linearize(self.sh.clone()).await {
+            if let Err(r) = linearize(self.sh.clone(), self.stale_reads, spec, &args).await {
                 self.reply(r);
                 return Flow::Continue;
             }
@@ -359,6 +359,10 @@ impl Conn {
 
     /// The commands the connection runs ([`Run::Conn`]), by family.
     async fn command(&mut self, name: &str, args: Vec<Bytes>) -> Flow {
+        // Before HELP: on a single node CLUSTER answers even HELP with its error, as Redis does.
+        if name == "cluster" {
+            return self.cluster_command(name, args).await;
+        }
         // NAME HELP, for every command with subcommands, from the same table as COMMAND DOCS.
         if args.len() == 2 && eq(&args[1], "help") {
             if let Some(lines) = crate::docs::help_lines(name) {
@@ -377,6 +381,7 @@ impl Conn {
             | "randomkey" | "memory" | "object" | "keel.version" => {
                 self.keyspace_command(name, args).await
             }
+            "readonly" | "readwrite" | "keel.cluster" => self.cluster_command(name, args).await,
             "keel.idem" => {
                 self.idem(args);
                 Flow::Continue

@@ -24,6 +24,7 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
         multi: None,
         multi_dirty: false,
         watched: Vec::new(),
+        stale_reads: true,
         out: BytesMut::new(),
         queue: VecDeque::new(),
         done: Done::Ok,
@@ -240,6 +241,7 @@ impl Conn {
                 self.multi = None;
                 self.multi_dirty = false;
                 self.watched.clear();
+                self.stale_reads = true;
                 self.proto = 2;
                 self.client.resp.store(2, Ordering::Relaxed);
                 self.client.multi.store(-1, Ordering::Relaxed);
@@ -382,7 +384,7 @@ impl Conn {
             (s("version"), s(REDIS_COMPAT_VERSION)),
             (s("proto"), Reply::Int(proto as i64)),
             (s("id"), Reply::Int(self.id as i64)),
-            (s("mode"), s("standalone")),
+            (s("mode"), s(redis_mode(self.sh.cluster()))),
             (s("role"), s("master")),
             (s("modules"), Reply::Array(Vec::new())),
         ])
