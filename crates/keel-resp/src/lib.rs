@@ -376,6 +376,9 @@ pub enum Reply {
     /// A floating-point number written as text (a sorted set's score: `1.5`, `inf`): a double
     /// (`,`) in RESP3, a bulk string in RESP2.
     Double(Bytes),
+    /// Out-of-band data (a Pub/Sub message, a subscription's confirmation): a push (`>`) in
+    /// RESP3, an array in RESP2.
+    Push(Vec<Reply>),
 }
 
 impl Reply {
@@ -416,6 +419,12 @@ impl Reply {
             Reply::NilArray => out.put_slice(b"*-1\r\n"),
             Reply::Array(items) => {
                 header(out, b'*', items.len());
+                for r in items {
+                    r.encode(proto, out);
+                }
+            }
+            Reply::Push(items) => {
+                header(out, if proto >= 3 { b'>' } else { b'*' }, items.len());
                 for r in items {
                     r.encode(proto, out);
                 }

@@ -32,6 +32,7 @@ pub mod hashes;
 pub mod introspect;
 pub mod keys;
 pub mod lists;
+pub mod pubsub;
 pub mod server;
 pub mod sets;
 pub mod strings;
@@ -314,6 +315,7 @@ pub static COMMANDS: LazyLock<Vec<&'static Command>> = LazyLock::new(|| {
         lists::COMMANDS,
         zsets::COMMANDS,
         bits::COMMANDS,
+        pubsub::COMMANDS,
     ]
     .into_iter()
     .flatten()

@@ -42,6 +42,7 @@ mod keyspace;
 mod monitor;
 mod params;
 mod pipeline;
+mod pubsub;
 mod session;
 mod transactions;
 
@@ -54,6 +55,7 @@ use params::config;
 pub use params::Live;
 pub use pipeline::queues_in_multi;
 use pipeline::{eval_reads, observe};
+use pubsub::{PubSub, Subs};
 use session::session;
 
 /// Replies are written out once this many bytes are ready, so a long pipeline of large reads
@@ -129,6 +131,7 @@ pub struct Shared {
     samples: std::sync::Mutex<VecDeque<(Instant, u64, u64, u64)>>,
     pub slowlog: crate::slowlog::SlowLog,
     monitors: Monitors,
+    pubsub: PubSub,
     /// Every client connected now (CLIENT LIST and KILL).
     registry: Clients,
     /// CLIENT PAUSE, and how many clients wait in it.
@@ -180,6 +183,7 @@ impl Shared {
             slowlog: Default::default(),
             registry: Clients::default(),
             monitors: Monitors::default(),
+            pubsub: PubSub::default(),
             pause: watch::channel(Pause::default()).0,
             paused_clients: AtomicUsize::new(0),
             live: Live::new(&settings_live),
@@ -409,6 +413,8 @@ struct Conn {
     queue: VecDeque<Slot>,
     /// How the command being executed ended so far (INFO commandstats).
     done: Done,
+    /// Pub/Sub subscriptions, once the connection has subscribed.
+    subs: Option<Subs>,
 }
 
 async fn connection(mut stream: TcpStream, sh: Arc<Shared>) -> std::io::Result<()> {

@@ -52,13 +52,17 @@ pub(super) fn observe(conn: &mut Conn, timer: CommandTimer, queued_before: usize
 
 /// Whether a command the connection runs is queued by MULTI (see [`run_at_exec`]).
 pub fn queues_in_multi(name: &str) -> bool {
-    matches!(name, "config")
+    matches!(name, "config" | "publish" | "spublish" | "pubsub")
 }
 
 /// Runs a connection command queued in MULTI, at EXEC.
 fn run_at_exec(sh: &Arc<Shared>, name: &str, args: &[Bytes]) -> Reply {
     match name {
         "config" => config(sh, args),
+        "publish" | "spublish" => {
+            Reply::Int(sh.pubsub.publish(name == "spublish", &args[1], &args[2]) as i64)
+        }
+        "pubsub" => sh.pubsub.command(args),
         other => Reply::err(format!("ERR internal: '{other}' is not queued in MULTI")),
     }
 }
@@ -226,6 +230,10 @@ impl Conn {
                 return Flow::Continue;
             }
         }
+        if let Some(r) = self.refused_while_subscribed(name) {
+            self.reject(r);
+            return Flow::Continue;
+        }
         let need = cmd::flags(spec, &args);
         // CLIENT PAUSE holds a command here, once it is known to be valid. CLIENT itself is
         // never held, so that UNPAUSE can be sent.
@@ -351,7 +359,13 @@ impl Conn {
                 Ok(p) if p.read_only() => self.read(p).await,
                 Ok(p) => self.submit(None, p.guards, p.writes, p.render),
             },
-            Run::Local(reply) => self.reply(reply(&args)),
+            Run::Local(reply) => {
+                let r = (name == "ping")
+                    .then(|| self.subscribed_ping(&args))
+                    .flatten()
+                    .unwrap_or_else(|| reply(&args));
+                self.reply(r)
+            }
             Run::Conn => return self.command(name, args).await,
         }
         Flow::Continue
@@ -376,6 +390,11 @@ impl Conn {
             }
             "multi" | "discard" | "exec" | "watch" | "unwatch" => {
                 self.transaction_command(name, args).await
+            }
+            "subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ssubscribe"
+            | "sunsubscribe" | "publish" | "spublish" | "pubsub" => {
+                self.pubsub_command(name, &args);
+                Flow::Continue
             }
             "dbsize" | "ttl" | "pttl" | "expiretime" | "pexpiretime" | "keys" | "scan"
             | "randomkey" | "memory" | "object" | "keel.version" => {

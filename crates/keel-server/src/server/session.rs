@@ -28,6 +28,7 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
         out: BytesMut::new(),
         queue: VecDeque::new(),
         done: Done::Ok,
+        subs: None,
     };
     let limits = sh.settings.limits.clone();
     let mut parser = Parser::default();
@@ -129,6 +130,9 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                             return Ok(());
                         }
                     }
+                    if conn.subs.is_some() {
+                        conn.push_waiting();
+                    }
                     // CLIENT KILL: the command that killed it (its own) is answered first.
                     if conn.client.killed() {
                         return conn.flush(&mut stream).await;
@@ -162,18 +166,39 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
         buf.reserve(16 << 10);
         let read = stream.read_buf(&mut buf);
         let read_started = Instant::now();
-        let n = tokio::select! {
+        // A subscriber waits for messages as long as it likes: no idle timeout.
+        let idle_timeout = sh.settings.idle_timeout.filter(|_| conn.subs.is_none());
+        let client = conn.client.clone();
+        let woke = tokio::select! {
             r = async {
-                match sh.settings.idle_timeout {
+                match idle_timeout {
                     Some(t) => tokio::time::timeout(t.saturating_sub(waited), read).await.ok(),
                     None => Some(read.await),
                 }
             } => match r {
-                Some(r) => r?,
+                Some(r) => Ok(r?),
                 None => return Ok(()), // idle, or a request not complete in time
             },
+            message = pubsub::next_message(&mut conn.subs) => Err(message),
             _ = stop.wait_for(|s| *s) => return Ok(()),
-            _ = conn.client.until_killed() => return Ok(()),
+            _ = client.until_killed() => return Ok(()),
+        };
+        // A Pub/Sub message arrived first: out it goes, and the read starts again.
+        let n = match woke {
+            Ok(n) => n,
+            Err(message) => {
+                if let Some(m) = message {
+                    conn.push(m);
+                    conn.push_waiting();
+                }
+                // A subscriber that stops reading blocks this write; past its bound the
+                // publishers kill it, and that ends the wait.
+                tokio::select! {
+                    r = conn.flush(&mut stream) => r?,
+                    _ = client.until_killed() => return Ok(()),
+                }
+                continue;
+            }
         };
         waited += read_started.elapsed();
         if n == 0 {
@@ -246,6 +271,7 @@ impl Conn {
                 self.client.resp.store(2, Ordering::Relaxed);
                 self.client.multi.store(-1, Ordering::Relaxed);
                 self.client.set_name(None);
+                self.unsubscribe_all();
                 self.silence = Silence::Never;
                 self.quiet = false;
                 self.user = self.sh.users.initial();

@@ -307,3 +307,38 @@ pub fn error(c: &mut redis::Connection, args: &[&str]) -> String {
         Ok(v) => panic!("{args:?} answered {v:?}, not an error"),
     }
 }
+
+/// Reads one RESP2/RESP3 reply and returns its bytes (an error or a closed connection ends it).
+pub fn read_reply<S: std::io::Read + std::io::Write>(c: &mut Raw<S>) -> Vec<u8> {
+    fn line<S: std::io::Read + std::io::Write>(c: &mut Raw<S>, out: &mut Vec<u8>) -> Vec<u8> {
+        let start = out.len();
+        while !out[start..].ends_with(b"\r\n") {
+            let b = c.read_exact_len(1);
+            assert_eq!(
+                b.len(),
+                1,
+                "closed mid-reply: {}",
+                String::from_utf8_lossy(out)
+            );
+            out.extend(b);
+        }
+        out[start + 1..out.len() - 2].to_vec()
+    }
+    fn one<S: std::io::Read + std::io::Write>(c: &mut Raw<S>, out: &mut Vec<u8>) {
+        let tag = out.len();
+        let head = line(c, out);
+        let n: i64 = std::str::from_utf8(&head)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        match out[tag] {
+            b'$' | b'=' if n >= 0 => out.extend(c.read_exact_len(n as usize + 2)),
+            b'*' | b'~' | b'>' => (0..n).for_each(|_| one(c, out)),
+            b'%' => (0..2 * n).for_each(|_| one(c, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    one(c, &mut out);
+    out
+}

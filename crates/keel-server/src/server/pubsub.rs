@@ -1,0 +1,355 @@
+//! Pub/Sub: SUBSCRIBE, PSUBSCRIBE and SSUBSCRIBE with their UN- forms, PUBLISH, SPUBLISH and
+//! PUBSUB.
+//!
+//! Messages are not durable, as in Redis: a message reaches the clients subscribed when it is
+//! published, and nothing keeps it. A message waits in its subscriber's queue until the
+//! connection writes it; a subscriber with more than [`QUEUED_BYTES_MAX`] waiting (Redis's
+//! `client-output-buffer-limit pubsub` hard limit) is disconnected, so a subscriber that does
+//! not read cannot grow the server's memory without bound.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use tokio::sync::mpsc;
+
+use super::*;
+
+/// Bytes of messages that may wait for one subscriber.
+pub const QUEUED_BYTES_MAX: usize = 32 << 20;
+
+/// What Redis's RESP2 subscribed mode lets a client send.
+const ALLOWED_WHILE_SUBSCRIBED: &[&str] = &[
+    "subscribe",
+    "psubscribe",
+    "ssubscribe",
+    "unsubscribe",
+    "punsubscribe",
+    "sunsubscribe",
+    "ping",
+    "quit",
+    "reset",
+];
+
+/// One subscribed connection, as publishers see it.
+pub struct Subscriber {
+    client: Arc<Client>,
+    tx: mpsc::UnboundedSender<(Reply, usize)>,
+    queued: AtomicUsize,
+}
+
+impl Subscriber {
+    fn deliver(&self, push: Reply, size: usize) {
+        if self.queued.fetch_add(size, Ordering::Relaxed) + size > QUEUED_BYTES_MAX {
+            tracing::warn!(
+                "client {}: disconnected: more than {QUEUED_BYTES_MAX} bytes of Pub/Sub messages waiting",
+                self.client.addr
+            );
+            self.client.kill();
+            return;
+        }
+        let _ = self.tx.send((push, size));
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Channel,
+    Pattern,
+    Shard,
+}
+
+type Table = HashMap<Bytes, HashMap<u64, Arc<Subscriber>>>;
+
+/// Every subscription of every client.
+#[derive(Default)]
+pub struct PubSub {
+    channels: Mutex<Table>,
+    patterns: Mutex<Table>,
+    shard: Mutex<Table>,
+}
+
+impl PubSub {
+    fn table(&self, kind: Kind) -> std::sync::MutexGuard<'_, Table> {
+        match kind {
+            Kind::Channel => &self.channels,
+            Kind::Pattern => &self.patterns,
+            Kind::Shard => &self.shard,
+        }
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends a message to every client subscribed to the channel (or, for PUBLISH, to a
+    /// pattern it matches); returns how many it reached.
+    pub fn publish(&self, shard: bool, channel: &Bytes, message: &Bytes) -> usize {
+        let size = channel.len() + message.len() + 64;
+        let bulk = |b: &Bytes| Reply::Bulk(b.clone());
+        let mut n = 0;
+        let kind = if shard { Kind::Shard } else { Kind::Channel };
+        let word = if shard { "smessage" } else { "message" };
+        if let Some(subs) = self.table(kind).get(channel) {
+            for s in subs.values() {
+                s.deliver(
+                    Reply::Push(vec![Reply::bulk(word), bulk(channel), bulk(message)]),
+                    size,
+                );
+                n += 1;
+            }
+        }
+        if !shard {
+            for (pattern, subs) in self.table(Kind::Pattern).iter() {
+                if !glob::matches(pattern, channel) {
+                    continue;
+                }
+                for s in subs.values() {
+                    let push = vec![
+                        Reply::bulk("pmessage"),
+                        bulk(pattern),
+                        bulk(channel),
+                        bulk(message),
+                    ];
+                    s.deliver(Reply::Push(push), size + pattern.len());
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// `PUBSUB CHANNELS | NUMSUB | NUMPAT | SHARDCHANNELS | SHARDNUMSUB`.
+    pub fn command(&self, args: &[Bytes]) -> Reply {
+        let sub = lower(&args[1]);
+        let names = |kind: Kind, pattern: Option<&Bytes>| {
+            let t = self.table(kind);
+            let mut v: Vec<Bytes> = (t.keys())
+                .filter(|c| pattern.is_none_or(|p| glob::matches(p, c)))
+                .cloned()
+                .collect();
+            v.sort();
+            Reply::Array(v.into_iter().map(Reply::Bulk).collect())
+        };
+        let counts = |kind: Kind| {
+            let t = self.table(kind);
+            let pairs = args[2..]
+                .iter()
+                .map(|c| {
+                    let n = t.get(c).map_or(0, |s| s.len());
+                    (Reply::Bulk(c.clone()), Reply::Int(n as i64))
+                })
+                .collect();
+            Reply::Map(pairs)
+        };
+        match (sub.as_str(), args.len()) {
+            ("channels", 2 | 3) => names(Kind::Channel, args.get(2)),
+            ("shardchannels", 2 | 3) => names(Kind::Shard, args.get(2)),
+            ("numsub", _) => counts(Kind::Channel),
+            ("shardnumsub", _) => counts(Kind::Shard),
+            ("numpat", 2) => Reply::Int(self.table(Kind::Pattern).len() as i64),
+            ("channels" | "shardchannels" | "numpat", _) => {
+                cmd::wrong_args(&format!("pubsub|{sub}"))
+            }
+            _ => unknown_subcommand(&args[1], "PUBSUB"),
+        }
+    }
+}
+
+/// A connection's subscriptions, and the messages waiting for it.
+pub(super) struct Subs {
+    sh: Arc<Shared>,
+    me: Arc<Subscriber>,
+    rx: mpsc::UnboundedReceiver<(Reply, usize)>,
+    names: [HashSet<Bytes>; 3],
+}
+
+impl Subs {
+    fn new(sh: Arc<Shared>, client: Arc<Client>) -> Subs {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let me = Arc::new(Subscriber {
+            client,
+            tx,
+            queued: AtomicUsize::new(0),
+        });
+        Subs {
+            sh,
+            me,
+            rx,
+            names: Default::default(),
+        }
+    }
+
+    fn names(&mut self, kind: Kind) -> &mut HashSet<Bytes> {
+        &mut self.names[kind as usize]
+    }
+
+    /// Channels and patterns: what SUBSCRIBE's and PSUBSCRIBE's replies count.
+    pub fn count(&self) -> usize {
+        self.names[Kind::Channel as usize].len() + self.names[Kind::Pattern as usize].len()
+    }
+
+    fn subscribe(&mut self, kind: Kind, name: &Bytes) {
+        if self.names(kind).insert(name.clone()) {
+            let (id, me) = (self.me.client.id, self.me.clone());
+            let mut t = self.sh.pubsub.table(kind);
+            t.entry(name.clone()).or_default().insert(id, me);
+        }
+    }
+
+    fn unsubscribe(&mut self, kind: Kind, name: &Bytes) {
+        if self.names(kind).remove(name) {
+            forget(&mut self.sh.pubsub.table(kind), name, self.me.client.id);
+        }
+    }
+
+    /// The next message, once one arrives.
+    pub async fn next(&mut self) -> Option<Reply> {
+        let (r, size) = self.rx.recv().await?;
+        self.me.queued.fetch_sub(size, Ordering::Relaxed);
+        Some(r)
+    }
+
+    /// A message already waiting, if any.
+    pub fn ready(&mut self) -> Option<Reply> {
+        let (r, size) = self.rx.try_recv().ok()?;
+        self.me.queued.fetch_sub(size, Ordering::Relaxed);
+        Some(r)
+    }
+}
+
+/// Removes one client's subscription from a table, and the name once nobody is subscribed.
+fn forget(t: &mut Table, name: &Bytes, id: u64) {
+    if let Some(subs) = t.get_mut(name) {
+        subs.remove(&id);
+        if subs.is_empty() {
+            t.remove(name);
+        }
+    }
+}
+
+/// A connection that closes, or RESETs, leaves no subscription behind.
+impl Drop for Subs {
+    fn drop(&mut self) {
+        for kind in [Kind::Channel, Kind::Pattern, Kind::Shard] {
+            let names = std::mem::take(self.names(kind));
+            let mut t = self.sh.pubsub.table(kind);
+            for name in &names {
+                forget(&mut t, name, self.me.client.id);
+            }
+        }
+    }
+}
+
+/// Waits for the next message of a subscribed connection (never, for one that is not).
+pub(super) async fn next_message(subs: &mut Option<Subs>) -> Option<Reply> {
+    match subs {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Conn {
+    /// Whether RESP2's subscribed mode refuses this command.
+    pub(super) fn refused_while_subscribed(&self, name: &str) -> Option<Reply> {
+        let subscribed = self.subs.as_ref().is_some_and(|s| s.count() > 0);
+        (subscribed && self.proto == 2 && !ALLOWED_WHILE_SUBSCRIBED.contains(&name)).then(|| {
+            Reply::err(format!(
+                "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+            ))
+        })
+    }
+
+    /// PING in RESP2's subscribed mode answers as Redis's does there.
+    pub(super) fn subscribed_ping(&self, args: &[Bytes]) -> Option<Reply> {
+        let subscribed = self.subs.as_ref().is_some_and(|s| s.count() > 0);
+        (subscribed && self.proto == 2).then(|| {
+            let msg = args.get(1).cloned().unwrap_or_default();
+            Reply::Array(vec![Reply::bulk("pong"), Reply::Bulk(msg)])
+        })
+    }
+
+    /// Writes a message out of band: after the replies already queued, even with CLIENT
+    /// REPLY OFF.
+    pub(super) fn push(&mut self, r: Reply) {
+        if self.queue.is_empty() {
+            r.encode(self.proto, &mut self.out);
+        } else {
+            self.queue.push_back(Slot::Ready(r));
+        }
+    }
+
+    /// Writes every message waiting for this connection.
+    pub(super) fn push_waiting(&mut self) {
+        while let Some(r) = self.subs.as_mut().and_then(Subs::ready) {
+            self.push(r);
+        }
+    }
+
+    /// Drops every subscription (RESET).
+    pub(super) fn unsubscribe_all(&mut self) {
+        self.subs = None;
+    }
+
+    /// The Pub/Sub commands.
+    pub(super) fn pubsub_command(&mut self, name: &str, args: &[Bytes]) {
+        let (kind, on) = match name {
+            "publish" | "spublish" => {
+                let n = self
+                    .sh
+                    .pubsub
+                    .publish(name == "spublish", &args[1], &args[2]);
+                self.reply(Reply::Int(n as i64));
+                self.push_waiting();
+                return;
+            }
+            "pubsub" => {
+                let r = self.sh.pubsub.command(args);
+                self.reply(r);
+                return;
+            }
+            "subscribe" => (Kind::Channel, true),
+            "psubscribe" => (Kind::Pattern, true),
+            "ssubscribe" => (Kind::Shard, true),
+            "unsubscribe" => (Kind::Channel, false),
+            "punsubscribe" => (Kind::Pattern, false),
+            _ => (Kind::Shard, false),
+        };
+        let subs = self
+            .subs
+            .get_or_insert_with(|| Subs::new(self.sh.clone(), self.client.clone()));
+        // Each channel gets its own confirmation; UNSUBSCRIBE without names drops them all.
+        let names: Vec<Bytes> = if args.len() > 1 {
+            args[1..].to_vec()
+        } else {
+            subs.names(kind).iter().cloned().collect()
+        };
+        let mut replies = Vec::new();
+        let count = |subs: &Subs| {
+            if kind == Kind::Shard {
+                subs.names[Kind::Shard as usize].len()
+            } else {
+                subs.count()
+            }
+        };
+        for n in &names {
+            if on {
+                subs.subscribe(kind, n);
+            } else {
+                subs.unsubscribe(kind, n);
+            }
+            replies.push(Reply::Push(vec![
+                Reply::bulk(name.to_string()),
+                Reply::Bulk(n.clone()),
+                Reply::Int(count(subs) as i64),
+            ]));
+        }
+        if names.is_empty() {
+            replies.push(Reply::Push(vec![
+                Reply::bulk(name.to_string()),
+                Reply::Nil,
+                Reply::Int(count(subs) as i64),
+            ]));
+        }
+        for r in replies {
+            self.push(r);
+        }
+    }
+}
