@@ -948,6 +948,8 @@ fn permissions_follow_what_each_command_does() {
         (&["BGSAVE"], A),
         (&["LASTSAVE"], 0),
         (&["SLOWLOG", "LEN"], A),
+        (&["LATENCY", "LATEST"], A),
+        (&["LATENCY", "HISTOGRAM"], A),
         (&["MONITOR"], A),
         (&["KEEL.BACKUP", "/nonexistent/keel-backup-target"], A),
         (&["KEEL.CLUSTER", "STATUS"], A),
@@ -1135,8 +1137,8 @@ fn permissions_follow_what_each_command_does() {
             if denied {
                 let shown = match args[0] {
                     // Redis names a subcommand as `container|sub`.
-                    "CONFIG" | "CLIENT" | "SLOWLOG" | "KEEL.CLUSTER" | "KEEL.MAINTENANCE"
-                    | "MEMORY" | "OBJECT" | "COMMAND" => {
+                    "CONFIG" | "CLIENT" | "SLOWLOG" | "LATENCY" | "KEEL.CLUSTER"
+                    | "KEEL.MAINTENANCE" | "MEMORY" | "OBJECT" | "COMMAND" => {
                         format!("{}|{}", args[0], args[1]).to_lowercase()
                     }
                     // KEEL.IDEM's own need (write) first, then the wrapped command's.
