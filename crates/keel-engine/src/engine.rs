@@ -454,6 +454,11 @@ impl Core {
         self.sequencer.wal.stats()
     }
 
+    /// The WAL's slowest data sync since the last call (see [`keel_wal::Wal::take_slowest_sync`]).
+    pub fn take_slowest_wal_sync(&self) -> Duration {
+        self.sequencer.wal.take_slowest_sync()
+    }
+
     /// Reads the durable state now: `f` sees one state, whole transactions only (P10), with
     /// expiry judged as of the call. Several reads in one `f` (a multi-key read, a transaction's
     /// reads, a check of versions) all see the same state.

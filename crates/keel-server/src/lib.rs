@@ -14,6 +14,7 @@ pub mod config;
 pub mod docs;
 pub mod glob;
 pub mod heal;
+pub mod latency;
 pub mod maintenance;
 pub mod metrics;
 pub mod server;

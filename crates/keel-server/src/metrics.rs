@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::cmd::{self, Flags};
+use crate::latency;
 use crate::server::Shared;
 
 /// Upper bounds of the command latency buckets, in µs; a `+Inf` bucket follows them.
@@ -71,6 +72,11 @@ pub struct Metrics {
     latency: [Histogram; FAMILIES.len()],
     /// Error replies by code (their first word: ERR, WRONGTYPE, …).
     errors: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Per command and subcommand: a histogram of its durations (INFO latencystats, LATENCY
+    /// HISTOGRAM).
+    pub histograms: latency::Histograms,
+    /// The latency monitor (LATENCY): what took at least `latency-monitor-threshold`.
+    pub events: latency::Events,
 }
 
 /// How a command ended, for INFO commandstats.
@@ -121,6 +127,8 @@ impl Metrics {
                 .collect(),
             latency: std::array::from_fn(|_| Histogram::new()),
             errors: Default::default(),
+            histograms: Default::default(),
+            events: Default::default(),
         }
     }
 
@@ -158,15 +166,16 @@ impl Metrics {
             .clone()
     }
 
-    /// Counts a command (its index in `cmd::COMMANDS`; `None`: one keel does not serve) and
-    /// starts its timer; the caller finishes the timer when the reply is ready, for a write once
-    /// it is durable.
-    pub fn start(self: &Arc<Self>, found: Option<usize>) -> CommandTimer {
+    /// Counts a command (its index in `cmd::COMMANDS`; `None`: one keel does not serve; `args`
+    /// the request, for a subcommand's name) and starts its timer; the caller finishes the
+    /// timer when the reply is ready, for a write once it is durable.
+    pub fn start(self: &Arc<Self>, found: Option<usize>, args: &[bytes::Bytes]) -> CommandTimer {
         let index = found.unwrap_or(cmd::COMMANDS.len());
         self.commands[index].fetch_add(1, Ordering::Relaxed);
         CommandTimer {
             metrics: self.clone(),
             index,
+            slot: found.and_then(|i| latency::slot(i, args)),
             started: Instant::now(),
             then: None,
         }
@@ -444,6 +453,8 @@ fn raft_metrics(o: &mut String, st: &keel_cluster::Status) {
 pub struct CommandTimer {
     metrics: Arc<Metrics>,
     index: usize,
+    /// Its histogram (see [`latency::slot`]).
+    slot: Option<usize>,
     started: Instant,
     /// Told how long the command took, when it finishes (the slow log).
     then: Option<Box<dyn FnOnce(Duration) + Send>>,
@@ -482,6 +493,13 @@ impl CommandTimer {
             _ => 2,
         };
         self.metrics.latency[family].observe(spent);
+        // A command refused before it ran is not a call (Redis's histograms skip it too).
+        if done != Done::Rejected && self.index < cmd::COMMANDS.len() {
+            if let Some(slot) = self.slot {
+                self.metrics.histograms.record(slot, spent);
+            }
+            self.metrics.events.command(self.index, self.slot, spent);
+        }
         if let Some(f) = self.then.take() {
             f(spent);
         }
@@ -647,10 +665,10 @@ mod tests {
     #[test]
     fn commands_count_by_name_and_unknown_names_share_one_label() {
         let m = Arc::new(Metrics::new());
-        m.start(cmd::find(b"SET")).finish(Done::Ok);
-        m.start(cmd::find(b"set")).finish(Done::Ok);
-        m.start(cmd::find(b"no-such-command")).finish(Done::Ok);
-        m.start(cmd::find(b"\xff\x00")).finish(Done::Ok);
+        m.start(cmd::find(b"SET"), &[]).finish(Done::Ok);
+        m.start(cmd::find(b"set"), &[]).finish(Done::Ok);
+        m.start(cmd::find(b"no-such-command"), &[]).finish(Done::Ok);
+        m.start(cmd::find(b"\xff\x00"), &[]).finish(Done::Ok);
         let set = cmd::COMMANDS.iter().position(|s| s.name == "set").unwrap();
         assert_eq!(m.commands[set].load(Ordering::Relaxed), 2);
         assert_eq!(m.commands[cmd::COMMANDS.len()].load(Ordering::Relaxed), 2);

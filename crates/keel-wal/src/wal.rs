@@ -314,6 +314,8 @@ struct Counters {
     bytes_written: AtomicU64,
     segments_created: AtomicU64,
     marks: AtomicU64,
+    /// The slowest sync since [`Wal::take_slowest_sync`] last looked, in ns.
+    slowest_sync_nanos: AtomicU64,
 }
 
 struct Shared {
@@ -1140,6 +1142,14 @@ impl Wal {
         }
     }
 
+    /// The slowest data sync since the last call (zero if none), and starts over: for one
+    /// observer that samples it (the server's latency monitor); a second one would see only
+    /// what the first left.
+    pub fn take_slowest_sync(&self) -> Duration {
+        let c = &self.shared.counters;
+        Duration::from_nanos(c.slowest_sync_nanos.swap(0, Ordering::Relaxed))
+    }
+
     /// The first failure, if a failed write or sync has poisoned the log. A poisoned log
     /// acknowledges nothing more; [`Wal::halt`] it and open the directory again to recover.
     pub fn poisoned(&self) -> Option<Arc<Error>> {
@@ -1554,6 +1564,8 @@ impl Writer {
         c.sync_nanos
             .fetch_add(self.last_sync_time.as_nanos() as u64, Ordering::Relaxed);
         c.sync_latency_buckets[sync_bucket(self.last_sync_time)].fetch_add(1, Ordering::Relaxed);
+        c.slowest_sync_nanos
+            .fetch_max(self.last_sync_time.as_nanos() as u64, Ordering::Relaxed);
         self.durable_lsn = self.written_lsn;
         self.last_sync = Instant::now();
         if let Some(m) = &mut self.tail_mark {

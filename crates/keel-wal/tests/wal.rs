@@ -47,7 +47,14 @@ fn concurrent_writers_every_ack_survives_reopen() {
                 });
             }
         });
+        // The slowest sync is one of those counted.
+        let slowest = wal.take_slowest_sync();
         let stats = wal.stats();
+        assert!(stats.syncs > 0 && !slowest.is_zero(), "{stats:?}");
+        assert!(
+            slowest.as_nanos() <= u128::from(stats.sync_nanos),
+            "{slowest:?}"
+        );
         assert!(
             stats.segments_created > 0,
             "the workload should rotate: {stats:?}"

@@ -469,3 +469,191 @@ fn monitor_streams_commands_with_secrets_redacted() {
     m.cmd(&["AUTH", "s3cret"], "+OK\r\n");
     m.cmd(&["PING"], "+PONG\r\n");
 }
+
+/// A map reply as the `redis` crate gives it over RESP2: key, value, key, value, …
+fn pairs(v: redis::Value) -> Vec<(redis::Value, redis::Value)> {
+    let redis::Value::Array(items) = v else {
+        panic!("not an array: {v:?}")
+    };
+    assert!(items.len().is_multiple_of(2), "{items:?}");
+    let mut it = items.into_iter();
+    std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
+}
+
+fn text(v: &redis::Value) -> String {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        other => panic!("not a string: {other:?}"),
+    }
+}
+
+fn int(v: &redis::Value) -> i64 {
+    match v {
+        redis::Value::Int(n) => *n,
+        other => panic!("not an integer: {other:?}"),
+    }
+}
+
+/// One command in LATENCY HISTOGRAM's reply: name, calls, (µs bound, cumulative count)s.
+type CommandHistogram = (String, i64, Vec<(i64, i64)>);
+
+/// LATENCY HISTOGRAM's reply.
+fn latency_histogram(c: &mut redis::Connection, names: &[&str]) -> Vec<CommandHistogram> {
+    let mut args = vec!["LATENCY", "HISTOGRAM"];
+    args.extend_from_slice(names);
+    let reply: redis::Value = query(c, &args);
+    pairs(reply)
+        .into_iter()
+        .map(|(name, body)| {
+            let body = pairs(body);
+            assert_eq!(text(&body[0].0), "calls");
+            assert_eq!(text(&body[1].0), "histogram_usec");
+            let buckets = pairs(body[1].1.clone())
+                .iter()
+                .map(|(us, n)| (int(us), int(n)))
+                .collect();
+            (text(&name), int(&body[0].1), buckets)
+        })
+        .collect()
+}
+
+#[test]
+fn latency_monitor_histograms_and_latencystats() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(&t.path().join("data"), &[]);
+    let mut c = srv.client();
+    let threshold: Vec<String> = query(&mut c, &["CONFIG", "GET", "latency-monitor-threshold"]);
+    assert_eq!(
+        threshold,
+        ["latency-monitor-threshold", "0"],
+        "off by default"
+    );
+    assert!(query::<Vec<redis::Value>>(&mut c, &["LATENCY", "LATEST"]).is_empty());
+    assert!(query::<String>(&mut c, &["LATENCY", "DOCTOR"]).contains("monitoring is off"));
+
+    // A list big enough that sorting it takes a millisecond or more, whatever the machine.
+    for chunk in 0..20 {
+        let mut cmd = redis::cmd("RPUSH");
+        cmd.arg("big");
+        for i in 0..10_000 {
+            cmd.arg((chunk * 7919 + i * 104_729) % 1_000_003);
+        }
+        let _: i64 = cmd.query(&mut c).unwrap();
+    }
+    query::<()>(&mut c, &["CONFIG", "SET", "latency-monitor-threshold", "1"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut latest = Vec::new();
+    for _ in 0..50 {
+        let _: Vec<redis::Value> = query(&mut c, &["SORT", "big", "LIMIT", "0", "1"]);
+        latest = query::<Vec<(String, i64, i64, i64)>>(&mut c, &["LATENCY", "LATEST"]);
+        if latest.iter().any(|e| e.0 == "command") {
+            break;
+        }
+    }
+    let command = latest.iter().find(|e| e.0 == "command");
+    let (_, at, ms, max) = command.unwrap_or_else(|| panic!("no command event: {latest:?}"));
+    assert!((at - now).abs() < 3600, "{at} vs {now}");
+    assert!(*ms >= 1 && max >= ms, "{latest:?}");
+    for (name, _, ms, max) in &latest {
+        assert!(
+            ["command", "fast-command", "wal-fsync", "checkpoint"].contains(&name.as_str()),
+            "{name}"
+        );
+        assert!(*ms >= 1 && max >= ms, "{latest:?}");
+    }
+
+    let history: Vec<(i64, i64)> = query(&mut c, &["LATENCY", "HISTORY", "command"]);
+    assert!(!history.is_empty());
+    assert!(history.iter().all(|&(_, ms)| ms >= 1), "{history:?}");
+    assert!(
+        history.windows(2).all(|w| w[0].0 < w[1].0),
+        "one a second, oldest first"
+    );
+    assert!(query::<Vec<redis::Value>>(&mut c, &["LATENCY", "HISTORY", "nope"]).is_empty());
+    let graph: String = query(&mut c, &["LATENCY", "GRAPH", "command"]);
+    assert!(graph.starts_with("command - high "), "{graph}");
+    assert!(error(&mut c, &["LATENCY", "GRAPH", "nope"]).contains("No samples"));
+    let doctor: String = query(&mut c, &["LATENCY", "DOCTOR"]);
+    assert!(doctor.contains("command: "), "{doctor}");
+    assert!(error(&mut c, &["LATENCY", "HELP", "x"]).contains("'latency|help'"));
+    assert!(error(&mut c, &["LATENCY", "NOPE"]).contains("Try LATENCY HELP"));
+    let help: Vec<String> = query(&mut c, &["LATENCY", "HELP"]);
+    assert!(help.iter().any(|l| l.starts_with("HISTOGRAM")), "{help:?}");
+
+    // Per-command histograms: calls, and cumulative counts under doubling µs bounds.
+    let h = latency_histogram(&mut c, &["sort", "nope", "config|set", "slowlog"]);
+    let names: Vec<&str> = h.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(
+        names,
+        ["sort", "config|set"],
+        "unknown and unused names are skipped"
+    );
+    for (name, calls, buckets) in &h {
+        assert!(*calls >= 1, "{name}");
+        assert_eq!(
+            buckets.last().map(|b| b.1),
+            Some(*calls),
+            "{name}: {buckets:?}"
+        );
+        assert!(
+            buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1),
+            "{name}: {buckets:?}"
+        );
+        assert!(buckets
+            .iter()
+            .all(|b| [1, 2, 4, 8, 16, 32, 65, 131, 262, 524].contains(&b.0) || b.0 >= 1048));
+    }
+    let all = latency_histogram(&mut c, &[]);
+    assert!(all.iter().any(|e| e.0 == "rpush" && e.1 == 20), "{all:?}");
+    assert!(
+        all.iter().any(|e| e.0 == "latency|latest"),
+        "subcommands by their full name"
+    );
+
+    // INFO latencystats: in `all` and `everything`, not in the default sections.
+    let (sections, _) = info(&mut c, &[]);
+    assert!(!sections.contains(&"Latencystats".to_string()));
+    let (sections, f) = info(&mut c, &["all"]);
+    assert!(
+        sections.contains(&"Latencystats".to_string()),
+        "{sections:?}"
+    );
+    let sort = &f["latency_percentiles_usec_sort"];
+    let p: Vec<(String, f64)> = sort
+        .split(',')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            let (_, decimals) = v.split_once('.').unwrap();
+            assert_eq!(decimals.len(), 3, "{sort}");
+            (k.to_string(), v.parse().unwrap())
+        })
+        .collect();
+    let labels: Vec<&str> = p.iter().map(|x| x.0.as_str()).collect();
+    assert_eq!(labels, ["p50", "p99", "p99.9"]);
+    assert!(
+        p[0].1 > 0.0 && p[0].1 <= p[1].1 && p[1].1 <= p[2].1,
+        "{sort}"
+    );
+    assert!(f.contains_key("latency_percentiles_usec_config|set"));
+    let (_, f) = info(&mut c, &["latencystats"]);
+    assert!(f.contains_key("latency_percentiles_usec_rpush"));
+
+    // LATENCY RESET forgets events; CONFIG RESETSTAT the histograms.
+    assert!(query::<i64>(&mut c, &["LATENCY", "RESET"]) >= 1);
+    assert!(query::<Vec<redis::Value>>(&mut c, &["LATENCY", "LATEST"]).is_empty());
+    assert_eq!(query::<i64>(&mut c, &["LATENCY", "RESET", "nope"]), 0);
+    query::<()>(&mut c, &["CONFIG", "RESETSTAT"]);
+    let names: Vec<String> = latency_histogram(&mut c, &[])
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(names, ["config|resetstat"], "as Redis: only what ran since");
+    let (_, f) = info(&mut c, &["latencystats"]);
+    assert!(!f.contains_key("latency_percentiles_usec_sort"));
+    assert!(f.contains_key("latency_percentiles_usec_latency|histogram"));
+}

@@ -913,6 +913,8 @@ fn permissions_follow_what_each_command_does() {
         (&["BGSAVE"], A),
         (&["LASTSAVE"], 0),
         (&["SLOWLOG", "LEN"], A),
+        (&["LATENCY", "LATEST"], A),
+        (&["LATENCY", "HISTOGRAM"], A),
         (&["MONITOR"], A),
         // Pub/Sub needs no permission: a message is never stored data.
         (&["SUBSCRIBE", "ch"], 0),
@@ -1110,8 +1112,8 @@ fn permissions_follow_what_each_command_does() {
             if denied {
                 let shown = match args[0] {
                     // Redis names a subcommand as `container|sub`.
-                    "CONFIG" | "CLIENT" | "SLOWLOG" | "KEEL.CLUSTER" | "KEEL.MAINTENANCE"
-                    | "MEMORY" | "OBJECT" | "COMMAND" => {
+                    "CONFIG" | "CLIENT" | "SLOWLOG" | "LATENCY" | "KEEL.CLUSTER"
+                    | "KEEL.MAINTENANCE" | "MEMORY" | "OBJECT" | "COMMAND" => {
                         format!("{}|{}", args[0], args[1]).to_lowercase()
                     }
                     // KEEL.IDEM's own need (write) first, then the wrapped command's.

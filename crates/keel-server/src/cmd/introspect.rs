@@ -291,7 +291,8 @@ impl Info {
         }
     }
 
-    fn has_flag(&self, flag: &str) -> bool {
+    /// Whether Redis gives it this flag (`fast`, `write`, …).
+    pub fn has_flag(&self, flag: &str) -> bool {
         self.flags.split_whitespace().any(|f| f == flag)
     }
 

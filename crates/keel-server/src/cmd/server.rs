@@ -54,6 +54,14 @@ pub const COMMANDS: &[Command] = &[
             "The commands that took at least slowlog-log-slower-than µs, to their reply (for a write: durable).",
         )
         .subcommands(SLOWLOG_SUBCOMMANDS),
+    Command::new("latency", -2, ADMIN, NO_KEYS)
+        .redis("", "")
+        .doc(
+            "server",
+            "",
+            "The latency monitor (commands, WAL syncs and checkpoints over latency-monitor-threshold ms) and per-command latency histograms.",
+        )
+        .subcommands(LATENCY_SUBCOMMANDS),
     Command::new("dbsize", 1, R, NO_KEYS)
         .redis("readonly fast", "@keyspace")
         .doc("server", "", "Returns the number of keys."),
@@ -241,6 +249,52 @@ const SLOWLOG_SUBCOMMANDS: &[Doc] = &[
     doc("len", "server", "", "Returns how many entries the slow log holds.")
         .redis("admin loading stale", ""),
     doc("reset", "server", "", "Empties the slow log.").redis("admin loading stale", ""),
+    doc("help", "server", "", "Lists the subcommands.").redis("loading stale", ""),
+];
+
+const LATENCY_SUBCOMMANDS: &[Doc] = &[
+    doc(
+        "latest",
+        "server",
+        "",
+        "Returns each event's name, Unix time and ms of its latest sample, and its largest.",
+    )
+    .redis("admin noscript loading stale", ""),
+    doc(
+        "history",
+        "server",
+        "event",
+        "Returns an event's samples (Unix time, ms), oldest first: the last 160, one a second at most.",
+    )
+    .redis("admin noscript loading stale", ""),
+    doc(
+        "reset",
+        "server",
+        "[event [event ...]]",
+        "Forgets the named events, or all; returns how many there were.",
+    )
+    .redis("admin noscript loading stale", ""),
+    doc(
+        "doctor",
+        "server",
+        "",
+        "Describes the events recorded, in words, with what to look at.",
+    )
+    .redis("admin noscript loading stale", ""),
+    doc(
+        "graph",
+        "server",
+        "event",
+        "Draws an event's samples as a text graph.",
+    )
+    .redis("admin noscript loading stale", ""),
+    doc(
+        "histogram",
+        "server",
+        "[command [command ...]]",
+        "Returns each command's calls and the count under each power-of-two µs bound (all commands that ran, or the named ones).",
+    )
+    .redis("admin noscript loading stale", ""),
     doc("help", "server", "", "Lists the subcommands.").redis("loading stale", ""),
 ];
 

@@ -1,5 +1,5 @@
-//! The operator's commands: COMMAND, INFO, CONFIG, SHUTDOWN, checkpoints and backups,
-//! maintenance mode and WAIT/WAITAOF. The cluster's are in `cluster`.
+//! The operator's commands: COMMAND, INFO, CONFIG, SLOWLOG, LATENCY, SHUTDOWN, checkpoints and
+//! backups, maintenance mode and WAIT/WAITAOF. The cluster's are in `cluster`.
 
 use super::*;
 
@@ -14,6 +14,10 @@ impl Conn {
             }
             "config" => config(&self.sh, &args),
             "slowlog" => self.sh.slowlog.command(&args),
+            "latency" => {
+                let m = &self.sh.metrics;
+                crate::latency::command(&m.events, &m.histograms, &args)
+            }
             "shutdown" => {
                 if args.len() > 1 && args[1..].iter().any(|a| eq(a, "abort")) {
                     Reply::err("ERR No shutdown in progress.")

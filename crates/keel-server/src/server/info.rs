@@ -1,6 +1,6 @@
 //! INFO: Redis's sections under Redis's field names where the meaning is the same, and keel's
 //! own section. `INFO` and `INFO default` give the default sections, `INFO all` adds
-//! commandstats, `INFO everything` is all of them.
+//! commandstats and latencystats, `INFO everything` is all of them.
 
 use super::cluster;
 use super::*;
@@ -21,7 +21,7 @@ const DEFAULT: &[&str] = &[
     "keel",
 ];
 /// What `all` adds to the default sections.
-const MORE: &[&str] = &["commandstats"];
+const MORE: &[&str] = &["commandstats", "latencystats"];
 
 /// Memory as the allocator sees it, if the binary can tell (`keel serve` runs under mimalloc).
 #[derive(Clone, Copy, Debug, Default)]
@@ -349,6 +349,9 @@ impl Conn {
                 ));
             }
             o.push_str("\r\n");
+        }
+        if want("latencystats") {
+            o.push_str(&crate::latency::info_section(&self.sh.metrics.histograms));
         }
         if want("errorstats") {
             o.push_str("# Errorstats\r\n");

@@ -259,6 +259,8 @@ impl Shared {
             self.net_in.load(Ordering::Relaxed),
             self.net_out.load(Ordering::Relaxed),
         ));
+        drop(s);
+        self.metrics.events.sample_engine(&self.engine());
     }
 
     /// Commands per second, and kilobytes per second in and out, over the last samples.
@@ -278,10 +280,11 @@ impl Shared {
         )
     }
 
-    /// CONFIG RESETSTAT: INFO's counters start again from 0.
+    /// CONFIG RESETSTAT: INFO's counters start again from 0, and its latencystats.
     pub fn reset_stats(&self) {
         let now = self.stats_since_start();
         *self.stat_base.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        self.metrics.histograms.reset();
     }
 
     /// Asks the server to shut down gracefully.

@@ -170,6 +170,23 @@ const PARAMS: &[Param] = &[
         |_| true,
         |sh, n| sh.live.slowlog_log_slower_than.store(n, Ordering::Relaxed),
     ),
+    // Kept by the latency monitor itself, which the command timer reaches without Shared.
+    int(
+        "latency-monitor-threshold",
+        |sh| sh.metrics.events.threshold_ms(),
+        count,
+        |sh, n| sh.metrics.events.threshold_ms.store(n, Ordering::Relaxed),
+    ),
+    constant(
+        "latency-tracking",
+        |_| "yes".into(),
+        "keel always keeps per-command latency histograms (INFO latencystats)",
+    ),
+    constant(
+        "latency-tracking-info-percentiles",
+        |_| "50 99 99.9".into(),
+        "keel's INFO latencystats reports p50, p99 and p99.9",
+    ),
     int(
         "slowlog-max-len",
         |sh| Live::get(&sh.live.slowlog_max_len),

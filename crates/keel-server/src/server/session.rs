@@ -63,7 +63,7 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                             true
                         }
                     };
-                    let mut timer = sh.metrics.start(found);
+                    let mut timer = sh.metrics.start(found, &frame.args);
                     if Live::get(&sh.live.slowlog_log_slower_than) >= 0 {
                         let (sh, args) = (sh.clone(), frame.args.clone());
                         let client = conn.client.clone();
