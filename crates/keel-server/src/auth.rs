@@ -244,37 +244,119 @@ impl Users {
     }
 
     /// Whether `user` may run the command `args` (already looked up as `spec` and arity-checked).
-    /// `Err` holds Redis's NOPERM error text. What is needed comes from the command table,
-    /// narrowed by the arguments ([`cmd::flags`]: SET without GET does not read). KEEL.IDEM
-    /// also needs what the command it wraps needs, with that command's arguments.
-    pub fn check(&self, user: &User, spec: &Command, args: &[Bytes]) -> Result<(), String> {
-        let mut shown = spec.name.to_string();
+    /// What is needed comes from the command table, narrowed by the arguments ([`cmd::flags`]:
+    /// SET without GET does not read). KEEL.IDEM also needs what the command it wraps needs,
+    /// with that command's arguments. The pipeline and ACL DRYRUN both ask this.
+    pub fn check(&self, user: &User, spec: &Command, args: &[Bytes]) -> Result<(), Denied> {
         if !self.permits(user, cmd::flags(spec, args)) {
             // Redis names a subcommand as `container|sub`, for example 'config|get'.
-            if let Some(sub) = args
+            let command = match args
                 .get(1)
                 .and_then(|s| crate::docs::subcommand(spec.name, s))
             {
-                shown = format!("{}|{sub}", spec.name);
-            }
-            return Err(noperm(user, &shown));
+                Some(sub) => format!("{}|{sub}", spec.name),
+                None => spec.name.to_string(),
+            };
+            return Err(Denied {
+                user: user.0.clone(),
+                command,
+            });
         }
         if spec.name == "keel.idem" {
             if let Some(inner) = args.get(2).and_then(|n| cmd::lookup(&lossy_lower(n))) {
                 if !self.permits(user, cmd::flags(inner, &args[2..])) {
-                    return Err(noperm(user, inner.name));
+                    return Err(Denied {
+                        user: user.0.clone(),
+                        command: inner.name.to_string(),
+                    });
                 }
             }
         }
         Ok(())
     }
+
+    /// Every user as ACL USERS, LIST and GETUSER show them, sorted by name. The default user is
+    /// always there, as in Redis: when the config file leaves it out it is shown disabled, with
+    /// no password and no permission, which is what it amounts to (nobody can log in as it).
+    pub fn views(&self) -> Vec<UserView<'_>> {
+        let mut v: Vec<UserView<'_>> = (self.accounts.iter())
+            .map(|(name, a)| UserView {
+                name,
+                enabled: true,
+                password_sha256: a.password_sha256.as_ref(),
+                read: a.perms.read,
+                write: a.perms.write,
+                admin: a.perms.admin,
+            })
+            .collect();
+        if !self.accounts.contains_key(DEFAULT_USER) {
+            v.push(UserView {
+                name: DEFAULT_USER,
+                enabled: false,
+                password_sha256: None,
+                read: false,
+                write: false,
+                admin: false,
+            });
+        }
+        v.sort_unstable_by_key(|u| u.name);
+        v
+    }
 }
 
-fn noperm(user: &User, command: &str) -> String {
-    format!(
-        "NOPERM User {} has no permissions to run the '{command}' command",
-        user.0
-    )
+/// One user as the ACL commands describe it (see [`Users::views`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserView<'a> {
+    pub name: &'a str,
+    /// False only for a default user the config file leaves disabled.
+    pub enabled: bool,
+    /// `None`: no password is needed (the default user of a server without users), or, when
+    /// not enabled, none can work.
+    pub password_sha256: Option<&'a [u8; 32]>,
+    pub read: bool,
+    pub write: bool,
+    pub admin: bool,
+}
+
+impl UserView<'_> {
+    /// Whether this user may run what needs `need`: [`Users::permits`]'s rule, from the view.
+    pub fn permits(&self, need: Flags) -> bool {
+        let perms = Perms {
+            read: self.read,
+            write: self.write,
+            admin: self.admin,
+        };
+        need.is_connection() || (self.enabled && perms.allows(need))
+    }
+
+    /// Whether it holds every permission (the default user of `requirepass`, for one).
+    pub fn is_all(&self) -> bool {
+        self.read && self.write && self.admin
+    }
+}
+
+/// A command refused by [`Users::check`]: who ran what (`config|get` for a subcommand).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denied {
+    pub user: String,
+    pub command: String,
+}
+
+impl Denied {
+    /// Redis's text without its error code, as ACL DRYRUN replies with it.
+    pub fn message(&self) -> String {
+        format!(
+            "User {} has no permissions to run the '{}' command",
+            self.user, self.command
+        )
+    }
+}
+
+/// Redis's NOPERM error, as the client gets it.
+impl fmt::Display for Denied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NOPERM {}", self.message())
+    }
 }
 
 fn lossy_lower(b: &[u8]) -> String {
@@ -469,13 +551,16 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            u.check(&r, set, &args(&["SET", "k", "v"])).unwrap_err(),
+            u.check(&r, set, &args(&["SET", "k", "v"]))
+                .unwrap_err()
+                .to_string(),
             "NOPERM User reader has no permissions to run the 'set' command"
         );
         let config = cmd::lookup("config").unwrap();
         assert_eq!(
             u.check(&w, config, &args(&["CONFIG", "GET", "port"]))
-                .unwrap_err(),
+                .unwrap_err()
+                .to_string(),
             "NOPERM User writer has no permissions to run the 'config|get' command"
         );
         // KEEL.IDEM needs the wrapped command's permission too.
@@ -485,7 +570,8 @@ mod tests {
             .is_ok());
         assert_eq!(
             u.check(&w, idem, &args(&["KEEL.IDEM", "id", "GET", "k"]))
-                .unwrap_err(),
+                .unwrap_err()
+                .to_string(),
             "NOPERM User writer has no permissions to run the 'get' command"
         );
     }

@@ -90,7 +90,7 @@ fn value_type(name: &str) -> &'static str {
         "unix-time-seconds" | "unix-time-milliseconds" => "unix-time",
         "seconds" | "milliseconds" | "count" | "increment" | "decrement" | "start" | "end"
         | "cursor" | "version" | "numlocal" | "numreplicas" | "timeout" | "protover" | "index"
-        | "node-id" => "integer",
+        | "node-id" | "bits" => "integer",
         _ => "string",
     }
 }

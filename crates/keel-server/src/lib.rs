@@ -6,6 +6,7 @@
 //! pipelines, and [`resp`] for the parser.
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod audit;
 pub mod auth;
 pub mod blocking;

@@ -120,7 +120,9 @@ fn trim(a: &Bytes) -> Bytes {
 }
 
 /// `(redacted)` in place of a secret: a password given to AUTH, HELLO … AUTH or CONFIG SET
-/// requirepass/masterauth. Secrets never reach the slow log (P14).
+/// requirepass/masterauth, every argument of ACL SETUSER (its rules can hold `>password`; keel
+/// refuses it, but it is logged before it is refused), and the same in a command ACL DRYRUN
+/// names. Secrets never reach the slow log (P14).
 pub(crate) fn redact(args: &[Bytes], i: usize) -> Option<Bytes> {
     let is = |j: usize, s: &str| {
         args.get(j)
@@ -136,7 +138,9 @@ pub(crate) fn redact(args: &[Bytes], i: usize) -> Option<Bytes> {
             && is(1, "set")
             && i >= 3
             && i % 2 == 1
-            && (is(i - 1, "requirepass") || is(i - 1, "masterauth")));
+            && (is(i - 1, "requirepass") || is(i - 1, "masterauth")))
+        || (is(0, "acl") && is(1, "setuser") && i >= 2)
+        || (is(0, "acl") && is(1, "dryrun") && i >= 3 && redact(&args[3..], i - 3).is_some());
     secret.then(|| Bytes::from_static(b"(redacted)"))
 }
 
@@ -185,6 +189,22 @@ mod tests {
                 "maxclients",
                 "5"
             ])
+        );
+    }
+
+    #[test]
+    fn acl_secrets_are_redacted() {
+        assert_eq!(
+            logged(&["acl", "setuser", "u", "on", ">pw"]),
+            b(&["acl", "setuser", "(redacted)", "(redacted)", "(redacted)"])
+        );
+        assert_eq!(
+            logged(&["ACL", "DRYRUN", "u", "AUTH", "v", "pw"]),
+            b(&["ACL", "DRYRUN", "u", "AUTH", "(redacted)", "(redacted)"])
+        );
+        assert_eq!(
+            logged(&["acl", "dryrun", "u", "get", "k"]),
+            b(&["acl", "dryrun", "u", "get", "k"])
         );
     }
 

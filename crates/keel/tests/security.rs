@@ -915,6 +915,21 @@ fn permissions_follow_what_each_command_does() {
         (&["SLOWLOG", "LEN"], A),
         (&["LATENCY", "LATEST"], A),
         (&["LATENCY", "HISTOGRAM"], A),
+        // ACL: the caller's own name, the categories and a random password for anyone; every
+        // user, the log and the rest for admins, as in Redis.
+        (&["ACL", "WHOAMI"], 0),
+        (&["ACL", "CAT", "read"], 0),
+        (&["ACL", "GENPASS"], 0),
+        (&["ACL", "HELP"], 0),
+        (&["ACL", "USERS"], A),
+        (&["ACL", "LIST"], A),
+        (&["ACL", "GETUSER", "boss"], A),
+        (&["ACL", "DRYRUN", "boss", "GET", "k"], A),
+        (&["ACL", "LOG"], A),
+        (&["ACL", "SETUSER", "eve", "on", ">pw"], A),
+        (&["ACL", "DELUSER", "boss"], A),
+        (&["ACL", "SAVE"], A),
+        (&["ACL", "LOAD"], A),
         (&["MONITOR"], A),
         // Pub/Sub needs no permission: a message is never stored data.
         (&["SUBSCRIBE", "ch"], 0),
@@ -1113,7 +1128,7 @@ fn permissions_follow_what_each_command_does() {
                 let shown = match args[0] {
                     // Redis names a subcommand as `container|sub`.
                     "CONFIG" | "CLIENT" | "SLOWLOG" | "LATENCY" | "KEEL.CLUSTER"
-                    | "KEEL.MAINTENANCE" | "MEMORY" | "OBJECT" | "COMMAND" => {
+                    | "KEEL.MAINTENANCE" | "MEMORY" | "OBJECT" | "COMMAND" | "ACL" => {
                         format!("{}|{}", args[0], args[1]).to_lowercase()
                     }
                     // KEEL.IDEM's own need (write) first, then the wrapped command's.

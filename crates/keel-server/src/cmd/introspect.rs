@@ -516,6 +516,16 @@ fn everything() -> impl Iterator<Item = Info> {
     })
 }
 
+/// The commands and subcommands in the category `CATEGORIES[i]`, in the registry's order, as
+/// COMMAND LIST FILTERBY ACLCAT and ACL CAT name them (`config|get`). A container is listed when
+/// it is in the category itself (CONFIG is @slow), and each of its subcommands that is.
+pub fn in_category(i: usize) -> Vec<String> {
+    everything()
+        .filter(|info| info.categories().contains(&CATEGORIES[i]))
+        .map(|info| info.name)
+        .collect()
+}
+
 /// COMMAND LIST [FILTERBY MODULE name | ACLCAT category | PATTERN pattern].
 fn list(args: &[Bytes]) -> Reply {
     let names = |keep: &dyn Fn(&Info) -> bool| {
@@ -533,10 +543,12 @@ fn list(args: &[Bytes]) -> Reply {
                 // keel loads no modules.
                 Reply::Array(Vec::new())
             } else if eq(kind, "aclcat") {
-                match std::str::from_utf8(arg).ok().and_then(category) {
-                    Some(c) => names(&|i| i.categories().contains(&CATEGORIES[c])),
-                    None => Reply::Array(Vec::new()),
-                }
+                let found = std::str::from_utf8(arg).ok().and_then(category);
+                Reply::Array(
+                    (found.map(in_category).unwrap_or_default().into_iter())
+                        .map(Reply::bulk)
+                        .collect(),
+                )
             } else if eq(kind, "pattern") {
                 let pattern = arg.to_ascii_lowercase();
                 names(&|i| crate::glob::matches(&pattern, i.name.as_bytes()))

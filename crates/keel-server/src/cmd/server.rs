@@ -110,6 +110,16 @@ pub const COMMANDS: &[Command] = &[
             "",
             "Returns the Unix time in seconds of the last checkpoint.",
         ),
+    // Most subcommands need admin; WHOAMI, CAT, GENPASS and HELP need nothing, as in Redis
+    // (see `flags`).
+    Command::new("acl", -2, ADMIN.with(VARIES), NO_KEYS)
+        .redis("", "")
+        .doc(
+            "server",
+            "",
+            "Shows keel's users and permissions in Redis's ACL terms, read-only (they come from the config file), and the log of denied commands and failed logins.",
+        )
+        .subcommands(ACL_SUBCOMMANDS),
     Command::new("keel.backup", 2, ADMIN, NO_KEYS)
         .redis("admin noscript", "")
         .doc(
@@ -346,5 +356,95 @@ const KEEL_MAINTENANCE_SUBCOMMANDS: &[Doc] = &[
         "Returns whether maintenance mode is on, its reason and since when (Unix ms).",
     )
     .redis("admin noscript", ""),
+    doc("help", "server", "", "Lists the subcommands.").redis("loading stale", ""),
+];
+
+/// ACL's subcommands. Redis's facts: WHOAMI, CAT and GENPASS are `noscript loading stale`
+/// (@slow), HELP `loading stale`; every other one is `admin noscript loading stale`.
+const ACL_SUBCOMMANDS: &[Doc] = &[
+    doc(
+        "whoami",
+        "server",
+        "",
+        "Returns the name of the connection's user.",
+    )
+    .redis("noscript loading stale", ""),
+    doc(
+        "users",
+        "server",
+        "",
+        "Returns the names of the users, sorted (the default user always, as in Redis).",
+    )
+    .redis("admin noscript loading stale", ""),
+    doc(
+        "list",
+        "server",
+        "",
+        "Describes each user in one line of Redis's ACL rules: its permissions as categories (read: +@read, write: +@write, admin: +@admin +@dangerous) and the commands keel decides otherwise, its password as #<sha256>.",
+    )
+    .redis("admin noscript loading stale", ""),
+    doc(
+        "getuser",
+        "server",
+        "username",
+        "Describes a user as Redis 7.2 does: flags, password hashes, commands, keys, channels and selectors; nil for no such user.",
+    )
+    .redis("admin noscript loading stale", ""),
+    doc(
+        "cat",
+        "server",
+        "[category]",
+        "Returns the ACL categories, or the commands and subcommands in one.",
+    )
+    .redis("noscript loading stale", ""),
+    doc(
+        "dryrun",
+        "server",
+        "username command [arg [arg ...]]",
+        "Returns OK if the user may run the command with these arguments, or why not; runs nothing.",
+    )
+    .redis("admin noscript loading stale", ""),
+    doc(
+        "log",
+        "server",
+        "[count|RESET]",
+        "Returns the latest denied commands and failed logins (10, or count), newest first, or empties the log; never a password.",
+    )
+    .redis("admin noscript loading stale", ""),
+    doc(
+        "genpass",
+        "server",
+        "[bits]",
+        "Returns a random password of 256 bits, or bits, as hexadecimal digits.",
+    )
+    .redis("noscript loading stale", ""),
+    doc(
+        "setuser",
+        "server",
+        "username [rule [rule ...]]",
+        "Refused: keel's users come from its config file.",
+    )
+    .redis("admin noscript loading stale", ""),
+    doc(
+        "deluser",
+        "server",
+        "username [username ...]",
+        "Refused: keel's users come from its config file.",
+    )
+    .redis("admin noscript loading stale", ""),
+    doc(
+        "save",
+        "server",
+        "",
+        "Refused: keel's users come from its config file.",
+    )
+    .redis("admin noscript loading stale", ""),
+    doc(
+        "load",
+        "server",
+        "",
+        "Refused: keel's users come from its config file.",
+    )
+    .redis("admin noscript loading stale", ""),
     doc("help", "server", "", "Lists the subcommands.").redis("loading stale", ""),
 ];

@@ -8,6 +8,7 @@ impl Conn {
     pub(super) async fn admin_command(&mut self, name: &str, args: Vec<Bytes>) -> Flow {
         let reply = match name {
             "command" => cmd::introspect::command(&args),
+            "acl" => self.acl(&args),
             "info" => {
                 self.settle().await;
                 Reply::Verbatim(self.info(&args))

@@ -33,6 +33,7 @@ use crate::maintenance;
 use crate::metrics::{CommandStat, CommandTimer, Done, Metrics};
 use crate::resp::{parse_i64, Parser, Reply};
 
+mod acl;
 mod admin;
 mod backend;
 mod clients;
@@ -130,6 +131,8 @@ pub struct Shared {
     /// instantaneous rates (as Redis samples them).
     samples: std::sync::Mutex<VecDeque<(Instant, u64, u64, u64)>>,
     pub slowlog: crate::slowlog::SlowLog,
+    /// Refused commands and failed logins (ACL LOG).
+    pub acl_log: crate::acl::Log,
     monitors: Monitors,
     pubsub: PubSub,
     /// Every client connected now (CLIENT LIST and KILL).
@@ -181,6 +184,7 @@ impl Shared {
             net_out: AtomicU64::new(0),
             samples: Default::default(),
             slowlog: Default::default(),
+            acl_log: Default::default(),
             registry: Clients::default(),
             monitors: Monitors::default(),
             pubsub: PubSub::default(),

@@ -221,12 +221,13 @@ impl Conn {
         };
         if self.user.is_some() {
             if let Err(e) = self.sh.users.check(&user, spec, &args) {
+                self.acl_log_denied(&e);
                 self.audit(audit::Event {
                     event: "denied",
                     command: Some(audited_name(spec.name, &args)),
                     ..self.who(&user.0)
                 });
-                self.reject(Reply::err(e));
+                self.reject(Reply::err(e.to_string()));
                 return Flow::Continue;
             }
         }

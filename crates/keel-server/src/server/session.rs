@@ -336,6 +336,9 @@ impl Conn {
     /// as `(unknown)`: it is whatever the client sent, possibly a password typed in the wrong
     /// place (P14).
     pub(super) fn audit_auth(&self, user: &[u8], ok: bool) {
+        if !ok {
+            self.acl_log_failed_auth(user);
+        }
         if self.sh.audit.is_none() {
             return;
         }
