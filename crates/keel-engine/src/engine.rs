@@ -633,6 +633,12 @@ impl Core {
         self.sequencer.publisher.visible().lsn()
     }
 
+    /// Keys active expiry has removed since the engine opened (INFO's `expired_keys`: every
+    /// expired key is removed within about 100 ms, read or not).
+    pub fn expired_keys(&self) -> u64 {
+        (self.sequencer.expired_keys).load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Deletes up to `limit` keys whose expiry has passed, in one log record. Returns how many.
     /// Expired keys are never visible; this only frees their memory (the background thread
     /// calls it).

@@ -59,6 +59,8 @@ pub(crate) struct Sequencer {
     pub(crate) publisher: Publisher,
     /// Bytes logged since the last checkpoint, for the size trigger.
     pub(crate) logged_since_checkpoint: AtomicU64,
+    /// Keys active expiry has removed since the engine opened.
+    pub(crate) expired_keys: AtomicU64,
 }
 
 /// The combiner's queue.
@@ -230,6 +232,7 @@ impl Sequencer {
             incoming: Mutex::new(Incoming::default()),
             publisher,
             logged_since_checkpoint: AtomicU64::new(logged),
+            expired_keys: AtomicU64::new(0),
         }
     }
 
@@ -380,6 +383,8 @@ impl Sequencer {
         };
         let lsns = ticket.wait()?;
         self.publish(*lsns.end());
+        self.expired_keys
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(n)
     }
 

@@ -114,6 +114,15 @@ fn info_has_redis_sections_and_field_names() {
     let (_, f) = info(&mut c, &["commandstats"]);
     assert!(f["cmdstat_get"].ends_with(",rejected_calls=1,failed_calls=0"));
 
+    // Active expiry's removals count in expired_keys.
+    query::<()>(&mut c, &["SET", "short", "v", "PX", "1"]);
+    let mut tries = 0;
+    while info(&mut c, &["stats"]).1["expired_keys"] == "0" {
+        tries += 1;
+        assert!(tries < 1000, "the expired key was never counted");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+
     // CONFIG RESETSTAT starts INFO's counters again.
     query::<()>(&mut c, &["CONFIG", "RESETSTAT"]);
     let (_, f) = info(&mut c, &["everything"]);

@@ -280,6 +280,7 @@ impl Conn {
                 &format!("{:.2}", rates.2),
             );
             line(&mut o, "rejected_connections", &stats.rejected_connections);
+            line(&mut o, "expired_keys", &stats.expired_keys);
             line(&mut o, "evicted_keys", &0);
             line(&mut o, "total_forks", &0);
             let errors: u64 = stats.errors.values().sum();

@@ -153,6 +153,7 @@ pub struct StatBase {
     pub connections_received: u64,
     pub commands_processed: u64,
     pub rejected_connections: u64,
+    pub expired_keys: u64,
     pub commands: Vec<CommandStat>,
     pub errors: std::collections::BTreeMap<String, u64>,
 }
@@ -228,6 +229,7 @@ impl Shared {
             connections_received: now.connections_received - base.connections_received,
             commands_processed: now.commands_processed - base.commands_processed,
             rejected_connections: now.rejected_connections - base.rejected_connections,
+            expired_keys: now.expired_keys.saturating_sub(base.expired_keys),
             commands: (now.commands.iter().enumerate())
                 .map(|(i, c)| *c - base.commands.get(i).copied().unwrap_or_default())
                 .collect(),
@@ -246,6 +248,7 @@ impl Shared {
             connections_received: self.connections_received.load(Ordering::Relaxed),
             commands_processed: self.commands_processed.load(Ordering::Relaxed),
             rejected_connections: self.rejected_connections.load(Ordering::Relaxed),
+            expired_keys: self.engine().expired_keys(),
             commands: self.metrics.command_stats(),
             errors: self.metrics.error_stats(),
         }
