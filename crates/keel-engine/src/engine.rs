@@ -639,6 +639,13 @@ impl Core {
         (self.sequencer.expired_keys).load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The keys active expiry removed since the last call, kept while `wanted` (client-side
+    /// caching's invalidations); `None` when more expired than are kept (65,536), so that any
+    /// key may have.
+    pub fn take_expired(&self, wanted: bool) -> Option<Vec<Bytes>> {
+        self.sequencer.take_expired(wanted)
+    }
+
     /// Deletes up to `limit` keys whose expiry has passed, in one log record. Returns how many.
     /// Expired keys are never visible; this only frees their memory (the background thread
     /// calls it).

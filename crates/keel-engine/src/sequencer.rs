@@ -61,7 +61,22 @@ pub(crate) struct Sequencer {
     pub(crate) logged_since_checkpoint: AtomicU64,
     /// Keys active expiry has removed since the engine opened.
     pub(crate) expired_keys: AtomicU64,
+    /// While someone wants them (client-side caching's invalidations), the keys active expiry
+    /// removed since they were last taken: see [`Sequencer::take_expired`].
+    pub(crate) expired_log: Mutex<ExpiredLog>,
 }
+
+/// See [`Sequencer::take_expired`].
+#[derive(Default)]
+pub(crate) struct ExpiredLog {
+    pub(crate) wanted: bool,
+    pub(crate) keys: Vec<Bytes>,
+    /// More keys expired than the log holds: whoever takes them must assume any key did.
+    pub(crate) overflowed: bool,
+}
+
+/// The most expired keys kept for [`Sequencer::take_expired`].
+const EXPIRED_LOG_MAX: usize = 1 << 16;
 
 /// The combiner's queue.
 #[derive(Default)]
@@ -233,6 +248,7 @@ impl Sequencer {
             publisher,
             logged_since_checkpoint: AtomicU64::new(logged),
             expired_keys: AtomicU64::new(0),
+            expired_log: Mutex::default(),
         }
     }
 
@@ -355,7 +371,7 @@ impl Sequencer {
     /// calls it).
     pub(crate) fn remove_expired(&self, limit: usize) -> Result<usize> {
         let now = now_ms();
-        let (ticket, n) = {
+        let (ticket, n, removed) = {
             let mut seq = self.seq();
             let mut mutations = Vec::new();
             {
@@ -378,14 +394,43 @@ impl Sequencer {
                 return Ok(0);
             }
             let n = mutations.len();
+            let removed: Vec<Bytes> = (mutations.iter())
+                .filter_map(|m| match m {
+                    Mutation::Delete { key } => Some(key.clone()),
+                    _ => None,
+                })
+                .collect();
             let at_ms = now.max(seq.last_at_ms);
-            (self.log_locked(&mut seq, at_ms, None, mutations, None)?, n)
+            (
+                self.log_locked(&mut seq, at_ms, None, mutations, None)?,
+                n,
+                removed,
+            )
         };
         let lsns = ticket.wait()?;
         self.publish(*lsns.end());
         self.expired_keys
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        let mut log = self.expired_log.lock().unwrap_or_else(|p| p.into_inner());
+        if log.wanted {
+            if log.keys.len() + removed.len() > EXPIRED_LOG_MAX {
+                log.overflowed = true;
+                log.keys.clear();
+            } else {
+                log.keys.extend(removed);
+            }
+        }
         Ok(n)
+    }
+
+    /// Keeps the keys active expiry removes from now on (`true`) or stops (`false`), and returns
+    /// those kept since the last call, or `None` when more expired than were kept (then any key
+    /// may have).
+    pub(crate) fn take_expired(&self, wanted: bool) -> Option<Vec<Bytes>> {
+        let mut log = self.expired_log.lock().unwrap_or_else(|p| p.into_inner());
+        log.wanted = wanted;
+        let keys = std::mem::take(&mut log.keys);
+        (!std::mem::take(&mut log.overflowed)).then_some(keys)
     }
 
     /// Logs one record under the held sequencer lock, then applies its mutations to the pending

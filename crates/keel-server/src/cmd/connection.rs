@@ -191,7 +191,28 @@ const CLIENT_SUBCOMMANDS: &[Doc] = &[
         "getredir",
         "connection",
         "",
-        "Returns -1: keel has no client-side caching redirection.",
+        "Returns the client tracking invalidations go to: its id, 0 for this one, -1 when not tracking.",
+    )
+    .redis("noscript loading stale", "@connection"),
+    doc(
+        "tracking",
+        "connection",
+        "<ON|OFF> [REDIRECT client-id] [PREFIX prefix] [BCAST] [OPTIN] [OPTOUT] [NOLOOP]",
+        "Client-side caching: invalidations of the keys this connection read (or, with BCAST, of every key with a prefix; PREFIX may repeat), sent once the write is durable.",
+    )
+    .redis("noscript loading stale", "@connection"),
+    doc(
+        "caching",
+        "connection",
+        "<YES|NO>",
+        "With OPTIN or OPTOUT: whether the next command's reads are tracked.",
+    )
+    .redis("noscript loading stale", "@connection"),
+    doc(
+        "trackinginfo",
+        "connection",
+        "",
+        "Returns this connection's tracking: flags, redirect and prefixes.",
     )
     .redis("noscript loading stale", "@connection"),
     doc("help", "connection", "", "Lists the subcommands.").redis("loading stale", "@connection"),

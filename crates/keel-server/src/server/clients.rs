@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8};
 use std::sync::Mutex;
 
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
 use super::session::check_client_name;
 use super::*;
@@ -36,7 +36,16 @@ pub struct Client {
     text: Mutex<Text>,
     killed: AtomicBool,
     kill: Notify,
+    /// Out-of-band replies for this connection (Pub/Sub messages, invalidations), and the bytes
+    /// waiting in it.
+    pushes: mpsc::UnboundedSender<(Reply, usize)>,
+    pushed_bytes: AtomicUsize,
 }
+
+/// Bytes of out-of-band replies that may wait for one connection (Redis's
+/// `client-output-buffer-limit pubsub` hard limit): past it the connection is closed, so one that
+/// does not read cannot grow the server's memory without bound.
+pub const PUSHED_BYTES_MAX: usize = 32 << 20;
 
 #[derive(Default)]
 struct Text {
@@ -47,8 +56,15 @@ struct Text {
 }
 
 impl Client {
-    pub fn new(id: u64, addr: Arc<str>, laddr: String, fd: i32) -> Client {
-        Client {
+    /// A client, and the receiving end of its out-of-band replies.
+    pub fn new(
+        id: u64,
+        addr: Arc<str>,
+        laddr: String,
+        fd: i32,
+    ) -> (Client, mpsc::UnboundedReceiver<(Reply, usize)>) {
+        let (pushes, rx) = mpsc::unbounded_channel();
+        let c = Client {
             id,
             addr,
             laddr,
@@ -66,7 +82,29 @@ impl Client {
             text: Mutex::default(),
             killed: AtomicBool::new(false),
             kill: Notify::new(),
+            pushes,
+            pushed_bytes: AtomicUsize::new(0),
+        };
+        (c, rx)
+    }
+
+    /// Queues an out-of-band reply of about `size` bytes for the connection to write when it
+    /// can; past [`PUSHED_BYTES_MAX`] waiting, closes the connection instead.
+    pub fn push(&self, r: Reply, size: usize) {
+        if self.pushed_bytes.fetch_add(size, Ordering::Relaxed) + size > PUSHED_BYTES_MAX {
+            tracing::warn!(
+                "client {}: disconnected: more than {PUSHED_BYTES_MAX} bytes of messages waiting",
+                self.addr
+            );
+            self.kill();
+            return;
         }
+        let _ = self.pushes.send((r, size));
+    }
+
+    /// The connection took `size` bytes of out-of-band replies from its queue.
+    pub fn pushed(&self, size: usize) {
+        self.pushed_bytes.fetch_sub(size, Ordering::Relaxed);
     }
 
     fn text(&self) -> std::sync::MutexGuard<'_, Text> {
@@ -200,6 +238,10 @@ impl Clients {
         let id = c.id;
         self.map().insert(id, c);
         Registered(self, id)
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<Client>> {
+        self.map().get(&id).cloned()
     }
 
     pub fn all(&self) -> Vec<Arc<Client>> {
@@ -454,7 +496,10 @@ impl Conn {
                 }
                 Reply::ok()
             }
-            ("getredir", 2) => Reply::Int(-1),
+            ("getredir", 2) => self.client_getredir(),
+            ("tracking", 3..) => self.client_tracking(args),
+            ("caching", 3) => self.client_caching(&args[2]),
+            ("trackinginfo", 2) => self.client_trackinginfo(),
             ("pause", 3 | 4) => {
                 let Some(ms) = parse_i64(&args[2]).filter(|&n| n >= 0) else {
                     return Reply::err("ERR timeout is not an integer or out of range");
@@ -473,7 +518,8 @@ impl Conn {
             }
             (
                 "id" | "getname" | "setname" | "setinfo" | "info" | "kill" | "reply" | "no-evict"
-                | "no-touch" | "getredir" | "pause" | "unpause",
+                | "no-touch" | "getredir" | "pause" | "unpause" | "tracking" | "caching"
+                | "trackinginfo",
                 _,
             ) => cmd::wrong_args(&format!("client|{sub}")),
             _ => unknown_subcommand(&args[1], "CLIENT"),

@@ -149,7 +149,7 @@ impl Conn {
                 "blocked_clients",
                 &(self.sh.blocked.waiting() + paused),
             );
-            line(&mut o, "tracking_clients", &0);
+            line(&mut o, "tracking_clients", &self.sh.tracking.figures().0);
             line(&mut o, "pubsub_clients", &0);
             o.push_str("\r\n");
         }
@@ -285,6 +285,10 @@ impl Conn {
             line(&mut o, "total_forks", &0);
             let errors: u64 = stats.errors.values().sum();
             line(&mut o, "total_error_replies", &errors);
+            let (_, keys, items, prefixes) = self.sh.tracking.figures();
+            line(&mut o, "tracking_total_keys", &keys);
+            line(&mut o, "tracking_total_items", &items);
+            line(&mut o, "tracking_total_prefixes", &prefixes);
             o.push_str("\r\n");
         }
         if want("replication") {

@@ -45,6 +45,7 @@ mod params;
 mod pipeline;
 mod pubsub;
 mod session;
+mod tracking;
 mod transactions;
 
 pub use backend::Backend;
@@ -55,9 +56,10 @@ use monitor::Monitors;
 use params::config;
 pub use params::Live;
 pub use pipeline::queues_in_multi;
-use pipeline::{eval_reads, observe};
+use pipeline::{eval_reads, observe, Touched};
 use pubsub::{PubSub, Subs};
 use session::session;
+use tracking::{touched_keys, Tracked, Tracking};
 
 /// Replies are written out once this many bytes are ready, so a long pipeline of large reads
 /// holds a bounded amount of reply memory per connection.
@@ -135,6 +137,7 @@ pub struct Shared {
     pub acl_log: crate::acl::Log,
     monitors: Monitors,
     pubsub: PubSub,
+    tracking: Tracking,
     /// Every client connected now (CLIENT LIST and KILL).
     registry: Clients,
     /// CLIENT PAUSE, and how many clients wait in it.
@@ -189,6 +192,7 @@ impl Shared {
             registry: Clients::default(),
             monitors: Monitors::default(),
             pubsub: PubSub::default(),
+            tracking: Tracking::default(),
             pause: watch::channel(Pause::default()).0,
             paused_clients: AtomicUsize::new(0),
             live: Live::new(&settings_live),
@@ -270,6 +274,15 @@ impl Shared {
         self.metrics.events.sample_engine(&self.engine());
     }
 
+    /// Tracking clients learn of the keys active expiry removed (within the sampler's 100 ms).
+    pub(super) fn invalidate_expired(&self) {
+        match self.engine().take_expired(self.tracking.active()) {
+            Some(keys) if keys.is_empty() => {}
+            Some(keys) => self.tracking.invalidate(&keys, 0, &self.registry),
+            None => self.tracking.invalidate_all(0, &self.registry),
+        }
+    }
+
     /// Commands per second, and kilobytes per second in and out, over the last samples.
     pub fn rates(&self) -> (u64, f64, f64) {
         let s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
@@ -325,6 +338,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> anyhow::Result
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             while let Some(sh) = (tick.tick().await, sh.upgrade()).1 {
                 sh.sample();
+                sh.invalidate_expired();
             }
         })
     };
@@ -425,6 +439,19 @@ struct Conn {
     done: Done,
     /// Pub/Sub subscriptions, once the connection has subscribed.
     subs: Option<Subs>,
+    /// CLIENT TRACKING, and CLIENT CACHING's choice for the command running and the next.
+    tracking: Option<Tracked>,
+    caching: Option<bool>,
+    caching_next: Option<bool>,
+    /// With tracking on anywhere: the keys the queued MULTI commands change, and the queued
+    /// reads (their arguments), for invalidations and tracking at EXEC.
+    multi_touched: Vec<Bytes>,
+    multi_flush: bool,
+    multi_reads: Vec<Vec<Bytes>>,
+    /// What the next submitted write tells tracking clients.
+    touched: Touched,
+    /// Out-of-band replies for this connection ([`Client::push`]).
+    pushes: tokio::sync::mpsc::UnboundedReceiver<(Reply, usize)>,
 }
 
 async fn connection(mut stream: TcpStream, sh: Arc<Shared>) -> std::io::Result<()> {

@@ -193,6 +193,15 @@ const PARAMS: &[Param] = &[
         count,
         |sh, n| sh.live.slowlog_max_len.store(n, Ordering::Relaxed),
     ),
+    int(
+        "tracking-table-max-keys",
+        |sh| sh.tracking.max_keys.load(Ordering::Relaxed),
+        count,
+        |sh, n| {
+            sh.tracking.max_keys.store(n, Ordering::Relaxed);
+            sh.tracking.enforce_max(&sh.registry);
+        },
+    ),
     // The encoding thresholds of keel's compact collections: they change how a value is
     // stored, never what it holds.
     int(

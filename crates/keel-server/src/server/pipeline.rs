@@ -3,9 +3,70 @@
 
 use super::*;
 
+/// What a write tells tracking clients once it is durable: the keys it changed, or that it
+/// flushed everything, and who wrote it (NOLOOP).
+pub(super) struct Touched {
+    keys: Vec<Bytes>,
+    flush: bool,
+    writer: u64,
+}
+
+impl Touched {
+    /// Nothing, while no client tracks (the common case costs one load).
+    pub(super) fn of(sh: &Shared, writer: u64, args: &[Bytes], writes: &[Write]) -> Touched {
+        let active = sh.tracking.active();
+        Touched {
+            keys: if active {
+                touched_keys(args)
+            } else {
+                Vec::new()
+            },
+            flush: active && writes.iter().any(|w| matches!(w, Write::DeleteAll)),
+            writer,
+        }
+    }
+
+    pub(super) fn new(keys: Vec<Bytes>, flush: bool, writer: u64) -> Touched {
+        Touched {
+            keys,
+            flush,
+            writer,
+        }
+    }
+
+    pub(super) fn none(writer: u64) -> Touched {
+        Touched {
+            keys: Vec::new(),
+            flush: false,
+            writer,
+        }
+    }
+
+    pub(super) fn parts(self) -> (Vec<Bytes>, bool) {
+        (self.keys, self.flush)
+    }
+
+    /// After the write is durable: the invalidations it causes.
+    fn send(&self, sh: &Shared, o: &Outcome) {
+        if !matches!(o, Outcome::Committed { .. }) {
+            return;
+        }
+        if self.flush {
+            sh.tracking.invalidate_all(self.writer, &sh.registry);
+        } else if !self.keys.is_empty() {
+            sh.tracking
+                .invalidate(&self.keys, self.writer, &sh.registry);
+        }
+    }
+}
+
 /// Runs a data command's part on its own (a blocking command's try): to its durable reply, and
 /// the blocked clients its write woke.
-pub(super) async fn run_part(sh: Arc<Shared>, part: Part) -> (Reply, blocking::Woken) {
+pub(super) async fn run_part(
+    sh: Arc<Shared>,
+    part: Part,
+    touched: &Touched,
+) -> (Reply, blocking::Woken) {
     if part.read_only() {
         let results = sh.engine().read(|v| eval_reads(v, &part.writes));
         return ((part.render)(Some(&results)), Vec::new());
@@ -13,7 +74,10 @@ pub(super) async fn run_part(sh: Arc<Shared>, part: Part) -> (Reply, blocking::W
     let woken = blocking::pushed_keys(&part.writes);
     sh.backend.room(0).await;
     let reply = match sh.backend.write(None, part.guards, part.writes).await {
-        Ok(o) => render_outcome(part.render, o, &sh),
+        Ok(o) => {
+            touched.send(&sh, &o);
+            render_outcome(part.render, o, &sh)
+        }
         Err(r) => return (r, Vec::new()),
     };
     // A try that found nothing moved nothing: waking its own keys would wake this very client
@@ -142,12 +206,14 @@ impl Conn {
                 Vec::new()
             }
         };
+        let touched = std::mem::replace(&mut self.touched, Touched::none(self.id));
         let durable = self.sh.backend.write(id, guards, writes);
         let sh = self.sh.clone();
         let quiet = self.quiet;
         let reply = Box::pin(async move {
             match durable.await {
                 Ok(o) => {
+                    touched.send(&sh, &o);
                     let reply = render_outcome(render, o, &sh);
                     sh.blocked.settled(&woken(&sh)).await;
                     reply
@@ -280,7 +346,10 @@ impl Conn {
                 (_, InMulti::Forbid) => {
                     Err(Reply::err("ERR Command not allowed inside a transaction"))
                 }
-                (Run::Local(reply), _) => Ok(Part::deferred(move || reply(&args))),
+                (Run::Local(reply), _) => {
+                    let args = args.clone();
+                    Ok(Part::deferred(move || reply(&args)))
+                }
                 (Run::Data(compile), _) => match compile(name, &args, now_ms()) {
                     Ok(p) if !p.guards.is_empty() => Err(Reply::err(format!(
                         "ERR {} is not supported inside MULTI by keel; use WATCH",
@@ -290,6 +359,7 @@ impl Conn {
                 },
                 (Run::Conn, InMulti::Queue) => {
                     let sh = self.sh.clone();
+                    let args = args.clone();
                     Ok(Part::deferred(move || run_at_exec(&sh, name, &args)))
                 }
                 (Run::Conn, _) => Err(Reply::err(format!(
@@ -299,6 +369,16 @@ impl Conn {
             };
             match queued {
                 Ok(p) => {
+                    if self.sh.tracking.active() {
+                        if p.read_only() {
+                            self.multi_reads.push(args.clone());
+                        } else {
+                            let t = Touched::of(&self.sh, self.id, &args, &p.writes);
+                            let (keys, flush) = t.parts();
+                            self.multi_touched.extend(keys);
+                            self.multi_flush |= flush;
+                        }
+                    }
                     let queued = self.multi.as_mut().expect("in MULTI");
                     queued.push(p);
                     (self.client.multi).store(queued.len() as i64, Ordering::Relaxed);
@@ -333,6 +413,7 @@ impl Conn {
             self.settle().await;
             let sh = self.sh.clone();
             let keys = (block.keys)(&args);
+            let touched = Touched::of(&sh, self.id, &args, &[]);
             return Flow::Block(Box::pin(async move {
                 let attempt = |later: bool| {
                     let mut part = compile(name, &args, now_ms()).expect("compiled once already");
@@ -349,7 +430,8 @@ impl Conn {
                             *skip_other_types = later;
                         }
                     }
-                    run_part(sh.clone(), part)
+                    let (sh, touched) = (sh.clone(), &touched);
+                    async move { run_part(sh, part, touched).await }
                 };
                 blocking::wait_for(&sh.blocked, keys, timeout, attempt).await
             }));
@@ -357,8 +439,16 @@ impl Conn {
         match spec.run {
             Run::Data(compile) => match compile(name, &args, now_ms()) {
                 Err(e) => self.reply(e),
-                Ok(p) if p.read_only() => self.read(p).await,
-                Ok(p) => self.submit(None, p.guards, p.writes, p.render),
+                Ok(p) if p.read_only() => {
+                    self.read(p).await;
+                    if self.tracking.is_some() {
+                        self.track_read(&args);
+                    }
+                }
+                Ok(p) => {
+                    self.touched = Touched::of(&self.sh, self.id, &args, &p.writes);
+                    self.submit(None, p.guards, p.writes, p.render)
+                }
             },
             Run::Local(reply) => {
                 let r = (name == "ping")
@@ -424,7 +514,10 @@ impl Conn {
         };
         match part {
             Err(e) => self.reply(e),
-            Ok(p) => self.submit(Some(args[1].clone()), p.guards, p.writes, p.render),
+            Ok(p) => {
+                self.touched = Touched::of(&self.sh, self.id, &args[2..], &p.writes);
+                self.submit(Some(args[1].clone()), p.guards, p.writes, p.render)
+            }
         }
     }
 }

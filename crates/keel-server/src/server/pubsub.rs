@@ -2,20 +2,13 @@
 //! PUBSUB.
 //!
 //! Messages are not durable, as in Redis: a message reaches the clients subscribed when it is
-//! published, and nothing keeps it. A message waits in its subscriber's queue until the
-//! connection writes it; a subscriber with more than [`QUEUED_BYTES_MAX`] waiting (Redis's
-//! `client-output-buffer-limit pubsub` hard limit) is disconnected, so a subscriber that does
-//! not read cannot grow the server's memory without bound.
+//! published, and nothing keeps it. A message waits in its subscriber's push queue
+//! ([`Client::push`]) until the connection writes it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use tokio::sync::mpsc;
-
 use super::*;
-
-/// Bytes of messages that may wait for one subscriber.
-pub const QUEUED_BYTES_MAX: usize = 32 << 20;
 
 /// What Redis's RESP2 subscribed mode lets a client send.
 const ALLOWED_WHILE_SUBSCRIBED: &[&str] = &[
@@ -30,27 +23,6 @@ const ALLOWED_WHILE_SUBSCRIBED: &[&str] = &[
     "reset",
 ];
 
-/// One subscribed connection, as publishers see it.
-pub struct Subscriber {
-    client: Arc<Client>,
-    tx: mpsc::UnboundedSender<(Reply, usize)>,
-    queued: AtomicUsize,
-}
-
-impl Subscriber {
-    fn deliver(&self, push: Reply, size: usize) {
-        if self.queued.fetch_add(size, Ordering::Relaxed) + size > QUEUED_BYTES_MAX {
-            tracing::warn!(
-                "client {}: disconnected: more than {QUEUED_BYTES_MAX} bytes of Pub/Sub messages waiting",
-                self.client.addr
-            );
-            self.client.kill();
-            return;
-        }
-        let _ = self.tx.send((push, size));
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Channel,
@@ -58,7 +30,7 @@ enum Kind {
     Shard,
 }
 
-type Table = HashMap<Bytes, HashMap<u64, Arc<Subscriber>>>;
+type Table = HashMap<Bytes, HashMap<u64, Arc<Client>>>;
 
 /// Every subscription of every client.
 #[derive(Default)]
@@ -89,7 +61,7 @@ impl PubSub {
         let word = if shard { "smessage" } else { "message" };
         if let Some(subs) = self.table(kind).get(channel) {
             for s in subs.values() {
-                s.deliver(
+                s.push(
                     Reply::Push(vec![Reply::bulk(word), bulk(channel), bulk(message)]),
                     size,
                 );
@@ -108,7 +80,7 @@ impl PubSub {
                         bulk(channel),
                         bulk(message),
                     ];
-                    s.deliver(Reply::Push(push), size + pattern.len());
+                    s.push(Reply::Push(push), size + pattern.len());
                     n += 1;
                 }
             }
@@ -153,26 +125,18 @@ impl PubSub {
     }
 }
 
-/// A connection's subscriptions, and the messages waiting for it.
+/// A connection's subscriptions.
 pub(super) struct Subs {
     sh: Arc<Shared>,
-    me: Arc<Subscriber>,
-    rx: mpsc::UnboundedReceiver<(Reply, usize)>,
+    me: Arc<Client>,
     names: [HashSet<Bytes>; 3],
 }
 
 impl Subs {
-    fn new(sh: Arc<Shared>, client: Arc<Client>) -> Subs {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let me = Arc::new(Subscriber {
-            client,
-            tx,
-            queued: AtomicUsize::new(0),
-        });
+    fn new(sh: Arc<Shared>, me: Arc<Client>) -> Subs {
         Subs {
             sh,
             me,
-            rx,
             names: Default::default(),
         }
     }
@@ -188,7 +152,7 @@ impl Subs {
 
     fn subscribe(&mut self, kind: Kind, name: &Bytes) {
         if self.names(kind).insert(name.clone()) {
-            let (id, me) = (self.me.client.id, self.me.clone());
+            let (id, me) = (self.me.id, self.me.clone());
             let mut t = self.sh.pubsub.table(kind);
             t.entry(name.clone()).or_default().insert(id, me);
         }
@@ -196,22 +160,8 @@ impl Subs {
 
     fn unsubscribe(&mut self, kind: Kind, name: &Bytes) {
         if self.names(kind).remove(name) {
-            forget(&mut self.sh.pubsub.table(kind), name, self.me.client.id);
+            forget(&mut self.sh.pubsub.table(kind), name, self.me.id);
         }
-    }
-
-    /// The next message, once one arrives.
-    pub async fn next(&mut self) -> Option<Reply> {
-        let (r, size) = self.rx.recv().await?;
-        self.me.queued.fetch_sub(size, Ordering::Relaxed);
-        Some(r)
-    }
-
-    /// A message already waiting, if any.
-    pub fn ready(&mut self) -> Option<Reply> {
-        let (r, size) = self.rx.try_recv().ok()?;
-        self.me.queued.fetch_sub(size, Ordering::Relaxed);
-        Some(r)
     }
 }
 
@@ -232,17 +182,9 @@ impl Drop for Subs {
             let names = std::mem::take(self.names(kind));
             let mut t = self.sh.pubsub.table(kind);
             for name in &names {
-                forget(&mut t, name, self.me.client.id);
+                forget(&mut t, name, self.me.id);
             }
         }
-    }
-}
-
-/// Waits for the next message of a subscribed connection (never, for one that is not).
-pub(super) async fn next_message(subs: &mut Option<Subs>) -> Option<Reply> {
-    match subs {
-        Some(s) => s.next().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -278,7 +220,8 @@ impl Conn {
 
     /// Writes every message waiting for this connection.
     pub(super) fn push_waiting(&mut self) {
-        while let Some(r) = self.subs.as_mut().and_then(Subs::ready) {
+        while let Ok((r, size)) = self.pushes.try_recv() {
+            self.client.pushed(size);
             self.push(r);
         }
     }

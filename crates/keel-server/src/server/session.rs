@@ -5,7 +5,7 @@ use super::*;
 /// Serves one client over a plain or TLS stream until it leaves or the server shuts down.
 pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     mut stream: S,
-    client: Client,
+    (client, pushes): (Client, tokio::sync::mpsc::UnboundedReceiver<(Reply, usize)>),
     sh: Arc<Shared>,
 ) -> std::io::Result<()> {
     let mut stop = sh.shutdown.subscribe();
@@ -13,6 +13,7 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let user = sh.users.initial();
     client.set_user(user.as_ref().map_or("", |u| u.0.as_str()));
     let _registered = sh.registry.add(client.clone());
+    let client_id = client.id;
     let mut conn = Conn {
         id: client.id,
         client,
@@ -29,6 +30,14 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
         queue: VecDeque::new(),
         done: Done::Ok,
         subs: None,
+        pushes,
+        tracking: None,
+        caching: None,
+        caching_next: None,
+        multi_touched: Vec::new(),
+        multi_flush: false,
+        multi_reads: Vec::new(),
+        touched: Touched::none(client_id),
     };
     let limits = sh.settings.limits.clone();
     let mut parser = Parser::default();
@@ -54,6 +63,7 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     sh.commands_processed.fetch_add(1, Ordering::Relaxed);
                     let found = cmd::find(&frame.args[0]);
                     conn.client.started(found, &frame.args, qbuf);
+                    conn.caching = conn.caching_next.take();
                     // CLIENT REPLY: whether this command's reply is sent.
                     conn.quiet = match conn.silence {
                         Silence::Never => false,
@@ -130,9 +140,7 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                             return Ok(());
                         }
                     }
-                    if conn.subs.is_some() {
-                        conn.push_waiting();
-                    }
+                    conn.push_waiting();
                     // CLIENT KILL: the command that killed it (its own) is answered first.
                     if conn.client.killed() {
                         return conn.flush(&mut stream).await;
@@ -179,7 +187,7 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 Some(r) => Ok(r?),
                 None => return Ok(()), // idle, or a request not complete in time
             },
-            message = pubsub::next_message(&mut conn.subs) => Err(message),
+            message = conn.pushes.recv() => Err(message),
             _ = stop.wait_for(|s| *s) => return Ok(()),
             _ = client.until_killed() => return Ok(()),
         };
@@ -187,7 +195,8 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
         let n = match woke {
             Ok(n) => n,
             Err(message) => {
-                if let Some(m) = message {
+                if let Some((m, size)) = message {
+                    conn.client.pushed(size);
                     conn.push(m);
                     conn.push_waiting();
                 }
@@ -272,6 +281,7 @@ impl Conn {
                 self.client.multi.store(-1, Ordering::Relaxed);
                 self.client.set_name(None);
                 self.unsubscribe_all();
+                self.tracking = None;
                 self.silence = Silence::Never;
                 self.quiet = false;
                 self.user = self.sh.users.initial();

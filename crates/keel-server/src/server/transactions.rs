@@ -12,6 +12,9 @@ impl Conn {
                     Reply::err("ERR MULTI calls can not be nested")
                 } else {
                     self.multi = Some(Vec::new());
+                    self.multi_touched.clear();
+                    self.multi_flush = false;
+                    self.multi_reads.clear();
                     self.client.multi.store(0, Ordering::Relaxed);
                     self.multi_dirty = false;
                     Reply::ok()
@@ -64,6 +67,9 @@ impl Conn {
             return;
         };
         let watched = std::mem::take(&mut self.watched);
+        let touched = std::mem::take(&mut self.multi_touched);
+        let flush = std::mem::take(&mut self.multi_flush);
+        let reads = std::mem::take(&mut self.multi_reads);
         if std::mem::take(&mut self.multi_dirty) {
             self.reply(Reply::err(
                 "EXECABORT Transaction discarded because of previous errors.",
@@ -100,6 +106,9 @@ impl Conn {
                 .map(|(p, r)| (p.render)(Some(&r)))
                 .collect();
             self.reply(Reply::Array(replies));
+            for args in reads {
+                self.track_read(&args);
+            }
             return;
         }
         // One engine transaction: one WAL record, WATCH versions as its guards.
@@ -122,6 +131,10 @@ impl Conn {
             }
             Reply::Array(replies)
         });
+        self.touched = Touched::new(touched, flush, self.id);
         self.submit(None, watched, writes, render);
+        for args in reads {
+            self.track_read(&args);
+        }
     }
 }
