@@ -53,7 +53,7 @@ fn redirect_bcast_noloop_optin_and_trackinginfo() {
         .trim()
         .trim_start_matches(':')
         .to_string();
-    read_reply_after(&mut sink, &["SUBSCRIBE", "__redis__:invalidate"]);
+    cmd_reply(&mut sink, &["SUBSCRIBE", "__redis__:invalidate"]);
     let mut c = srv.raw();
     let mut w = srv.client();
     let message = |keys: &[&str]| {
@@ -130,8 +130,4 @@ fn redirect_bcast_noloop_optin_and_trackinginfo() {
 fn cmd_reply(c: &mut Raw, args: &[&str]) -> Vec<u8> {
     c.send(&resp(args));
     read_reply(c)
-}
-
-fn read_reply_after(c: &mut Raw, args: &[&str]) -> Vec<u8> {
-    cmd_reply(c, args)
 }
