@@ -275,7 +275,7 @@ impl Log {
             client_info.truncate(cut);
             client_info.push_str("...");
         }
-        let mut log = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut log = crate::lock(&self.0);
         let similar = log.entries.iter().position(|e| {
             e.reason == reason
                 && e.context == context
@@ -311,11 +311,7 @@ impl Log {
     }
 
     pub fn len(&self) -> usize {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entries
-            .len()
+        crate::lock(&self.0).entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -324,7 +320,7 @@ impl Log {
 
     /// ACL LOG [count | RESET]: `arg` is the argument after LOG.
     fn command(&self, arg: Option<&Bytes>, now_ms: u64) -> Reply {
-        let mut log = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut log = crate::lock(&self.0);
         let count = match arg {
             None => 10,
             Some(a) if a.eq_ignore_ascii_case(b"reset") => {

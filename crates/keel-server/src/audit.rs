@@ -714,7 +714,7 @@ impl Audit {
                     let result = w
                         .write_group(events, crate::server::now_ms())
                         .map_err(|e| format!("the audit log cannot be written: {e}"));
-                    let mut last_error = st.last_error.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut last_error = crate::lock(&st.last_error);
                     match &result {
                         Ok(()) => {
                             st.seq.store(w.head.0, Ordering::Relaxed);
@@ -792,7 +792,7 @@ impl Audit {
     pub fn stop(&self, ev: Event) {
         let _ = self.tx.send(Msg::Record(ev, None));
         let _ = self.tx.send(Msg::Stop);
-        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(t) = crate::lock(&self.thread).take() {
             let _ = t.join();
         }
     }

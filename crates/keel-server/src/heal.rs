@@ -16,9 +16,10 @@
 //! segment (`segment_bytes_max`): recovery itself needs no space, so without the check a log
 //! that failed for want of room would reopen at once and fail again on the next write.
 
+use crate::lock;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use keel_engine::Engine;
@@ -39,10 +40,6 @@ const RETRY_RESET_AFTER: Duration = Duration::from_secs(60);
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// The file the space check allocates and removes, in the data directory.
 pub const SPACE_PROBE: &str = "reopen-space-probe.tmp";
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The engine of a single-node server, which the healer can replace.
 pub struct Local {

@@ -371,7 +371,7 @@ impl Events {
     }
 
     fn add(&self, event: &'static str, s: Sample) {
-        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let mut series = crate::lock(&self.series);
         series
             .entry(event)
             .or_insert_with(|| Series {
@@ -415,7 +415,7 @@ impl Events {
 
     /// LATENCY RESET: forgets the named events (all, if none named); how many there were.
     pub fn reset(&self, names: &[Bytes]) -> usize {
-        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let mut series = crate::lock(&self.series);
         if names.is_empty() {
             let n = series.len();
             series.clear();
@@ -437,7 +437,7 @@ impl Events {
 
     /// Every event: (name, latest sample, largest).
     pub fn latest(&self) -> Vec<(&'static str, Sample, u64)> {
-        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let series = crate::lock(&self.series);
         series
             .iter()
             .map(|(k, s)| (*k, s.latest(), s.max_ms))
@@ -446,7 +446,7 @@ impl Events {
 
     /// An event's samples, oldest first (empty for an event with none).
     pub fn history(&self, name: &[u8]) -> (Vec<Sample>, u64) {
-        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let series = crate::lock(&self.series);
         series
             .iter()
             .find(|(k, _)| k.as_bytes().eq_ignore_ascii_case(name))

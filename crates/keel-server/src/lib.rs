@@ -37,6 +37,12 @@ use keel_engine::Engine;
 pub use config::{ServeArgs, Settings};
 pub use server::{set_allocator_stats, AllocatorStats};
 
+/// Takes a mutex even if a thread panicked while holding it: every state kept behind one in the
+/// server (counters, logs, registries) stays usable as it was left.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Exit code when the database refuses to open (it failed closed, or is locked).
 pub const EXIT_OPEN_FAILED: u8 = 2;
 /// Exit code of a shutdown while the log was poisoned (a write or sync had failed and no reopen

@@ -148,7 +148,7 @@ impl Metrics {
     /// Counts an error reply by its code.
     pub fn error(&self, message: &str) {
         let code = message.split(' ').next().unwrap_or_default();
-        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut errors = crate::lock(&self.errors);
         if let Some(n) = errors.get_mut(code) {
             *n += 1;
         } else if errors.len() < ERROR_CODES_MAX {
@@ -160,10 +160,7 @@ impl Metrics {
 
     /// Error replies so far, by code.
     pub fn error_stats(&self) -> std::collections::BTreeMap<String, u64> {
-        self.errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::lock(&self.errors).clone()
     }
 
     /// Counts a command (its index in `cmd::COMMANDS`; `None`: one keel does not serve; `args`

@@ -62,7 +62,7 @@ impl SlowLog {
             addr,
             name,
         };
-        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut e = crate::lock(&self.entries);
         e.push_front(entry);
         e.truncate(max_len);
     }
@@ -70,7 +70,7 @@ impl SlowLog {
     /// `SLOWLOG GET [count] | LEN | RESET`.
     pub fn command(&self, args: &[Bytes]) -> Reply {
         let sub = String::from_utf8_lossy(&args[1]).to_lowercase();
-        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut e = crate::lock(&self.entries);
         match (sub.as_str(), args.len()) {
             ("len", 2) => Reply::Int(e.len() as i64),
             ("reset", 2) => {

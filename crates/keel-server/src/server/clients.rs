@@ -108,7 +108,7 @@ impl Client {
     }
 
     fn text(&self) -> std::sync::MutexGuard<'_, Text> {
-        self.text.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.text)
     }
 
     pub fn name(&self) -> Option<Bytes> {
@@ -230,7 +230,7 @@ pub struct Clients(Mutex<BTreeMap<u64, Arc<Client>>>);
 
 impl Clients {
     fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Client>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.0)
     }
 
     /// Registers a client until the guard is dropped.
@@ -373,7 +373,7 @@ impl Conn {
         let sub = lower(&args[1]);
         let me = &self.client;
         match (sub.as_str(), args.len()) {
-            ("id", 2) => Reply::Int(self.id as i64),
+            ("id", 2) => Reply::Int(self.client.id as i64),
             ("getname", 2) => me.name().map_or(Reply::Nil, Reply::Bulk),
             ("setname", 3) => match check_client_name(&args[2]) {
                 Ok(()) => {
@@ -449,7 +449,7 @@ impl Conn {
                     None => Reply::err("ERR No such client"),
                 }
             }
-            ("kill", 4..) => match kill_filter(&self.sh, self.id, &args[2..]) {
+            ("kill", 4..) => match kill_filter(&self.sh, self.client.id, &args[2..]) {
                 Err(e) => e,
                 Ok(keep) => {
                     let hit: Vec<_> = self

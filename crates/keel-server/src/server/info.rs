@@ -394,11 +394,7 @@ impl Conn {
                     &a.write_failures.load(Ordering::Relaxed),
                 );
                 line(&mut o, "audit_dropped", &a.dropped.load(Ordering::Relaxed));
-                let err = a
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
+                let err = crate::lock(&a.last_error).clone();
                 line(&mut o, "audit_last_error", &err.unwrap_or_default());
             }
             let m = maintenance::current(&e);

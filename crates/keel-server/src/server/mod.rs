@@ -223,11 +223,7 @@ impl Shared {
 
     /// The counters INFO reports, as counted since start or the last CONFIG RESETSTAT.
     pub fn stats(&self) -> StatBase {
-        let base = self
-            .stat_base
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let base = crate::lock(&self.stat_base).clone();
         let now = self.stats_since_start();
         StatBase {
             connections_received: now.connections_received - base.connections_received,
@@ -260,7 +256,7 @@ impl Shared {
 
     /// Takes one sample of the counters INFO's instantaneous rates come from.
     fn sample(&self) {
-        let mut s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = crate::lock(&self.samples);
         if s.len() == 16 {
             s.pop_front();
         }
@@ -285,7 +281,7 @@ impl Shared {
 
     /// Commands per second, and kilobytes per second in and out, over the last samples.
     pub fn rates(&self) -> (u64, f64, f64) {
-        let s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let s = crate::lock(&self.samples);
         let (Some(a), Some(b)) = (s.front(), s.back()) else {
             return (0, 0.0, 0.0);
         };
@@ -303,7 +299,7 @@ impl Shared {
     /// CONFIG RESETSTAT: INFO's counters start again from 0, and its latencystats.
     pub fn reset_stats(&self) {
         let now = self.stats_since_start();
-        *self.stat_base.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        *crate::lock(&self.stat_base) = now;
         self.metrics.histograms.reset();
     }
 
@@ -416,8 +412,7 @@ enum Flow {
 
 struct Conn {
     sh: Arc<Shared>,
-    id: u64,
-    /// What other connections see of this one.
+    /// What other connections see of this one (its id too).
     client: Arc<Client>,
     proto: u8,
     user: Option<User>,

@@ -206,7 +206,7 @@ impl Conn {
                 Vec::new()
             }
         };
-        let touched = std::mem::replace(&mut self.touched, Touched::none(self.id));
+        let touched = std::mem::replace(&mut self.touched, Touched::none(self.client.id));
         let durable = self.sh.backend.write(id, guards, writes);
         let sh = self.sh.clone();
         let quiet = self.quiet;
@@ -373,7 +373,7 @@ impl Conn {
                         if p.read_only() {
                             self.multi_reads.push(args.clone());
                         } else {
-                            let t = Touched::of(&self.sh, self.id, &args, &p.writes);
+                            let t = Touched::of(&self.sh, self.client.id, &args, &p.writes);
                             let (keys, flush) = t.parts();
                             self.multi_touched.extend(keys);
                             self.multi_flush |= flush;
@@ -413,7 +413,7 @@ impl Conn {
             self.settle().await;
             let sh = self.sh.clone();
             let keys = (block.keys)(&args);
-            let touched = Touched::of(&sh, self.id, &args, &[]);
+            let touched = Touched::of(&sh, self.client.id, &args, &[]);
             return Flow::Block(Box::pin(async move {
                 let attempt = |later: bool| {
                     let mut part = compile(name, &args, now_ms()).expect("compiled once already");
@@ -446,7 +446,7 @@ impl Conn {
                     }
                 }
                 Ok(p) => {
-                    self.touched = Touched::of(&self.sh, self.id, &args, &p.writes);
+                    self.touched = Touched::of(&self.sh, self.client.id, &args, &p.writes);
                     self.submit(None, p.guards, p.writes, p.render)
                 }
             },
@@ -515,7 +515,7 @@ impl Conn {
         match part {
             Err(e) => self.reply(e),
             Ok(p) => {
-                self.touched = Touched::of(&self.sh, self.id, &args[2..], &p.writes);
+                self.touched = Touched::of(&self.sh, self.client.id, &args[2..], &p.writes);
                 self.submit(Some(args[1].clone()), p.guards, p.writes, p.render)
             }
         }

@@ -42,13 +42,11 @@ pub struct PubSub {
 
 impl PubSub {
     fn table(&self, kind: Kind) -> std::sync::MutexGuard<'_, Table> {
-        match kind {
+        crate::lock(match kind {
             Kind::Channel => &self.channels,
             Kind::Pattern => &self.patterns,
             Kind::Shard => &self.shard,
-        }
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+        })
     }
 
     /// Sends a message to every client subscribed to the channel (or, for PUBLISH, to a

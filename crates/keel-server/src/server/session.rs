@@ -13,9 +13,8 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let user = sh.users.initial();
     client.set_user(user.as_ref().map_or("", |u| u.0.as_str()));
     let _registered = sh.registry.add(client.clone());
-    let client_id = client.id;
+    let conn_id = client.id;
     let mut conn = Conn {
-        id: client.id,
         client,
         sh: sh.clone(),
         proto: 2,
@@ -37,7 +36,7 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
         multi_touched: Vec::new(),
         multi_flush: false,
         multi_reads: Vec::new(),
-        touched: Touched::none(client_id),
+        touched: Touched::none(conn_id),
     };
     let limits = sh.settings.limits.clone();
     let mut parser = Parser::default();
@@ -422,7 +421,7 @@ impl Conn {
             (s("server"), s("keel")),
             (s("version"), s(REDIS_COMPAT_VERSION)),
             (s("proto"), Reply::Int(proto as i64)),
-            (s("id"), Reply::Int(self.id as i64)),
+            (s("id"), Reply::Int(self.client.id as i64)),
             (s("mode"), s(redis_mode(self.sh.cluster()))),
             (s("role"), s("master")),
             (s("modules"), Reply::Array(Vec::new())),

@@ -6,6 +6,7 @@
 //! once the write is durable: a client never drops a cached value for a write that may not
 //! survive. A key read again after its invalidation is remembered again.
 
+use crate::lock;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicI64;
 use std::sync::Mutex;
@@ -45,10 +46,6 @@ impl Default for Tracking {
             max_keys: AtomicI64::new(1_000_000),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Tracking {
@@ -250,7 +247,9 @@ impl Conn {
                 .into_iter()
                 .filter_map(|(i, _)| args.get(i).cloned())
                 .collect();
-            self.sh.tracking.remember(self.id, keys, &self.sh.registry);
+            self.sh
+                .tracking
+                .remember(self.client.id, keys, &self.sh.registry);
         }
     }
 
@@ -300,7 +299,7 @@ impl Conn {
             return Reply::err("ERR OPTIN and OPTOUT are not compatible with BCAST");
         }
         if let Some(id) = redirect {
-            if id != self.id && self.sh.registry.get(id).is_none() {
+            if id != self.client.id && self.sh.registry.get(id).is_none() {
                 return Reply::err("ERR The client ID you want redirect to does not exist");
             }
         }
@@ -334,7 +333,7 @@ impl Conn {
         }
         let t = Arc::new(Tracker {
             client: self.client.clone(),
-            redirect: redirect.filter(|&id| id != self.id),
+            redirect: redirect.filter(|&id| id != self.client.id),
             bcast,
             prefixes,
             optin,

@@ -131,7 +131,7 @@ impl Conn {
             }
             Reply::Array(replies)
         });
-        self.touched = Touched::new(touched, flush, self.id);
+        self.touched = Touched::new(touched, flush, self.client.id);
         self.submit(None, watched, writes, render);
         for args in reads {
             self.track_read(&args);
