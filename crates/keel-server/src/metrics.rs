@@ -166,15 +166,19 @@ impl Metrics {
     /// Counts a command (its index in `cmd::COMMANDS`; `None`: one keel does not serve; `args`
     /// the request, for a subcommand's name) and starts its timer; the caller finishes the
     /// timer when the reply is ready, for a write once it is durable.
-    pub fn start(self: &Arc<Self>, found: Option<usize>, args: &[bytes::Bytes]) -> CommandTimer {
+    pub fn start(
+        self: &Arc<Self>,
+        found: Option<usize>,
+        args: &[bytes::Bytes],
+        started: Instant,
+    ) -> CommandTimer {
         let index = found.unwrap_or(cmd::COMMANDS.len());
         self.commands[index].fetch_add(1, Ordering::Relaxed);
         CommandTimer {
             metrics: self.clone(),
             index,
             slot: found.and_then(|i| latency::slot(i, args)),
-            started: Instant::now(),
-            then: None,
+            started,
         }
     }
 
@@ -453,24 +457,17 @@ pub struct CommandTimer {
     /// Its histogram (see [`latency::slot`]).
     slot: Option<usize>,
     started: Instant,
-    /// Told how long the command took, when it finishes (the slow log).
-    then: Option<Box<dyn FnOnce(Duration) + Send>>,
 }
 
 impl CommandTimer {
-    /// Calls `f` with the command's duration when it finishes.
-    pub fn then(mut self, f: impl FnOnce(Duration) + Send + 'static) -> CommandTimer {
-        self.then = Some(Box::new(f));
-        self
-    }
-
     /// Leaves `d` out of the command's time (a blocking command's wait).
     pub fn excluding(mut self, d: Duration) -> CommandTimer {
         self.started += d;
         self
     }
 
-    pub fn finish(mut self, done: Done) {
+    /// Records the command's latency, and returns it.
+    pub fn finish(self, done: Done) -> Duration {
         let [usec, failed, rejected] = &self.metrics.outcomes[self.index];
         let spent = self.started.elapsed();
         usec.fetch_add(spent.as_micros() as u64, Ordering::Relaxed);
@@ -497,9 +494,7 @@ impl CommandTimer {
             }
             self.metrics.events.command(self.index, self.slot, spent);
         }
-        if let Some(f) = self.then.take() {
-            f(spent);
-        }
+        spent
     }
 }
 
@@ -662,10 +657,12 @@ mod tests {
     #[test]
     fn commands_count_by_name_and_unknown_names_share_one_label() {
         let m = Arc::new(Metrics::new());
-        m.start(cmd::find(b"SET"), &[]).finish(Done::Ok);
-        m.start(cmd::find(b"set"), &[]).finish(Done::Ok);
-        m.start(cmd::find(b"no-such-command"), &[]).finish(Done::Ok);
-        m.start(cmd::find(b"\xff\x00"), &[]).finish(Done::Ok);
+        let now = Instant::now();
+        m.start(cmd::find(b"SET"), &[], now).finish(Done::Ok);
+        m.start(cmd::find(b"set"), &[], now).finish(Done::Ok);
+        m.start(cmd::find(b"no-such-command"), &[], now)
+            .finish(Done::Ok);
+        m.start(cmd::find(b"\xff\x00"), &[], now).finish(Done::Ok);
         let set = cmd::COMMANDS.iter().position(|s| s.name == "set").unwrap();
         assert_eq!(m.commands[set].load(Ordering::Relaxed), 2);
         assert_eq!(m.commands[cmd::COMMANDS.len()].load(Ordering::Relaxed), 2);

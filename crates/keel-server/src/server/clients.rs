@@ -123,10 +123,10 @@ impl Client {
         self.text().user = user.to_string();
     }
 
-    /// A command starts: `index` in [`cmd::COMMANDS`], its arguments, and the bytes of the
+    /// A command starts `now`: `index` in [`cmd::COMMANDS`], its arguments, and the bytes of the
     /// request and of those buffered behind it.
-    pub fn started(&self, index: Option<usize>, args: &[Bytes], qbuf: usize) {
-        let ms = self.created.elapsed().as_millis() as u64;
+    pub fn started(&self, now: Instant, index: Option<usize>, args: &[Bytes], qbuf: usize) {
+        let ms = now.saturating_duration_since(self.created).as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
         self.qbuf.store(qbuf, Ordering::Relaxed);
         let index = index.unwrap_or(usize::MAX);
@@ -290,6 +290,9 @@ impl Shared {
 
     /// Waits while CLIENT PAUSE holds a command that `writes` (or not).
     pub(super) async fn paused(&self, client: &Client, writes: bool) {
+        if !self.pause.borrow().holds(writes) {
+            return;
+        }
         let mut rx = self.pause.subscribe();
         loop {
             let p = *rx.borrow_and_update();

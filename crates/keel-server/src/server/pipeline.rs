@@ -91,27 +91,44 @@ pub(super) async fn run_part(
 }
 
 /// Finishes a command's timer now if its reply is ready, or once it is durable if the command
-/// left a pending write at the back of the queue.
-pub(super) fn observe(conn: &mut Conn, timer: CommandTimer, queued_before: usize) {
+/// left a pending write at the back of the queue; the slow log then sees its arguments.
+pub(super) fn observe(
+    conn: &mut Conn,
+    timer: CommandTimer,
+    queued_before: usize,
+    args: Vec<Bytes>,
+) {
     let done = std::mem::replace(&mut conn.done, Done::Ok);
     if conn.queue.len() > queued_before && matches!(conn.queue.back(), Some(Slot::Pending(_))) {
         if let Some(Slot::Pending(f)) = conn.queue.pop_back() {
-            let metrics = conn.sh.metrics.clone();
+            let (sh, client) = (conn.sh.clone(), conn.client.clone());
             conn.queue.push_back(Slot::Pending(Box::pin(async move {
                 let reply = f.await;
-                match &reply {
+                let took = match &reply {
                     Reply::Error(e) => {
-                        metrics.error(e);
-                        timer.finish(Done::Failed);
+                        sh.metrics.error(e);
+                        timer.finish(Done::Failed)
                     }
                     _ => timer.finish(done),
-                }
+                };
+                slow(&sh, &client, took, &args);
                 reply
             })));
         }
         return;
     }
-    timer.finish(done);
+    let took = timer.finish(done);
+    slow(&conn.sh, &conn.client, took, &args);
+}
+
+/// Puts a command in the slow log if it took at least `slowlog-log-slower-than` µs.
+fn slow(sh: &Shared, client: &Client, took: Duration, args: &[Bytes]) {
+    let min = Live::get(&sh.live.slowlog_log_slower_than);
+    if min >= 0 && took.as_micros() >= min as u128 {
+        let max = Live::get(&sh.live.slowlog_max_len).max(0) as usize;
+        let name = client.name().unwrap_or_default();
+        (sh.slowlog).record(max, took, args, client.addr.clone(), name);
+    }
 }
 
 /// Whether a command the connection runs is queued by MULTI (see [`run_at_exec`]).
@@ -267,9 +284,9 @@ impl Conn {
     }
 
     /// Executes one request; `found` is its command's index in [`cmd::COMMANDS`].
-    pub(super) async fn execute(&mut self, found: Option<usize>, args: Vec<Bytes>) -> Flow {
+    pub(super) async fn execute(&mut self, found: Option<usize>, args: &[Bytes]) -> Flow {
         let Some(spec) = found.map(|i| cmd::COMMANDS[i]) else {
-            self.reject(unknown_command(&args));
+            self.reject(unknown_command(args));
             return Flow::Continue;
         };
         let name = spec.name;
@@ -277,21 +294,18 @@ impl Conn {
             self.reject(cmd::wrong_args(name));
             return Flow::Continue;
         }
-        let user = match &self.user {
-            Some(u) => u.clone(),
-            None if spec.before_auth => User(String::new()),
-            None => {
-                self.reject(Reply::err(NOAUTH));
-                return Flow::Continue;
-            }
-        };
-        if self.user.is_some() {
-            if let Err(e) = self.sh.users.check(&user, spec, &args) {
+        if self.user.is_none() && !spec.before_auth {
+            self.reject(Reply::err(NOAUTH));
+            return Flow::Continue;
+        }
+        if let Some(user) = &self.user {
+            if let Err(e) = self.sh.users.check(user, spec, args) {
+                let who = self.who(&user.0);
                 self.acl_log_denied(&e);
                 self.audit(audit::Event {
                     event: "denied",
-                    command: Some(audited_name(spec.name, &args)),
-                    ..self.who(&user.0)
+                    command: Some(audited_name(spec.name, args)),
+                    ..who
                 });
                 self.reject(Reply::err(e.to_string()));
                 return Flow::Continue;
@@ -301,7 +315,7 @@ impl Conn {
             self.reject(r);
             return Flow::Continue;
         }
-        let need = cmd::flags(spec, &args);
+        let need = cmd::flags(spec, args);
         // CLIENT PAUSE holds a command here, once it is known to be valid. CLIENT itself is
         // never held, so that UNPAUSE can be sent.
         if name != "client" && (self.multi.is_none() || name == "exec") {
@@ -310,7 +324,7 @@ impl Conn {
             self.sh.paused(&self.client, writes).await;
         }
         if name != "monitor" {
-            self.sh.monitors.feed(&self.client, &args);
+            self.sh.monitors.feed(&self.client, args);
         }
         // An admin command is on record, durably, before it runs (fail closed).
         if need.contains(Flags::ADMIN) {
@@ -318,8 +332,8 @@ impl Conn {
                 self.settle().await;
                 let ev = audit::Event {
                     event: "admin",
-                    command: Some(audited_name(spec.name, &args)),
-                    ..self.who(&user.0)
+                    command: Some(audited_name(spec.name, args)),
+                    ..self.who(self.user.as_ref().map_or("", |u| &u.0))
                 };
                 if let Err(e) = a.record_durably(ev).await {
                     self.reject(Reply::err(format!("ERR {e}; admin commands are refused")));
@@ -347,10 +361,10 @@ impl Conn {
                     Err(Reply::err("ERR Command not allowed inside a transaction"))
                 }
                 (Run::Local(reply), _) => {
-                    let args = args.clone();
+                    let args = args.to_vec();
                     Ok(Part::deferred(move || reply(&args)))
                 }
-                (Run::Data(compile), _) => match compile(name, &args, now_ms()) {
+                (Run::Data(compile), _) => match compile(name, args, now_ms()) {
                     Ok(p) if !p.guards.is_empty() => Err(Reply::err(format!(
                         "ERR {} is not supported inside MULTI by keel; use WATCH",
                         name.to_uppercase()
@@ -359,7 +373,7 @@ impl Conn {
                 },
                 (Run::Conn, InMulti::Queue) => {
                     let sh = self.sh.clone();
-                    let args = args.clone();
+                    let args = args.to_vec();
                     Ok(Part::deferred(move || run_at_exec(&sh, name, &args)))
                 }
                 (Run::Conn, _) => Err(Reply::err(format!(
@@ -371,9 +385,9 @@ impl Conn {
                 Ok(p) => {
                     if self.sh.tracking.active() {
                         if p.read_only() {
-                            self.multi_reads.push(args.clone());
+                            self.multi_reads.push(args.to_vec());
                         } else {
-                            let t = Touched::of(&self.sh, self.client.id, &args, &p.writes);
+                            let t = Touched::of(&self.sh, self.client.id, args, &p.writes);
                             let (keys, flush) = t.parts();
                             self.multi_touched.extend(keys);
                             self.multi_flush |= flush;
@@ -392,13 +406,13 @@ impl Conn {
         // is one: a version read before the leader applied everything committed would fail the
         // EXEC of a key that did not change while watched.
         if need.contains(Flags::READ) && !need.contains(Flags::WRITE) {
-            if let Err(r) = linearize(self.sh.clone(), self.stale_reads, spec, &args).await {
+            if let Err(r) = linearize(self.sh.clone(), self.stale_reads, spec, args).await {
                 self.reply(r);
                 return Flow::Continue;
             }
         }
         if let (Some(block), Run::Data(compile)) = (spec.block, spec.run) {
-            let timeout = match block.timeout(&args) {
+            let timeout = match block.timeout(args) {
                 Ok(t) => t,
                 Err(e) => {
                     self.reply(e);
@@ -406,14 +420,15 @@ impl Conn {
                 }
             };
             // Fails fast on bad arguments; the wait tries again with fresh parts.
-            if let Err(e) = compile(name, &args, now_ms()) {
+            if let Err(e) = compile(name, args, now_ms()) {
                 self.reply(e);
                 return Flow::Continue;
             }
             self.settle().await;
             let sh = self.sh.clone();
-            let keys = (block.keys)(&args);
-            let touched = Touched::of(&sh, self.client.id, &args, &[]);
+            let keys = (block.keys)(args);
+            let touched = Touched::of(&sh, self.client.id, args, &[]);
+            let args = args.to_vec();
             return Flow::Block(Box::pin(async move {
                 let attempt = |later: bool| {
                     let mut part = compile(name, &args, now_ms()).expect("compiled once already");
@@ -437,27 +452,27 @@ impl Conn {
             }));
         }
         match spec.run {
-            Run::Data(compile) => match compile(name, &args, now_ms()) {
+            Run::Data(compile) => match compile(name, args, now_ms()) {
                 Err(e) => self.reply(e),
                 Ok(p) if p.read_only() => {
                     self.read(p).await;
                     if self.tracking.is_some() {
-                        self.track_read(&args);
+                        self.track_read(args);
                     }
                 }
                 Ok(p) => {
-                    self.touched = Touched::of(&self.sh, self.client.id, &args, &p.writes);
+                    self.touched = Touched::of(&self.sh, self.client.id, args, &p.writes);
                     self.submit(None, p.guards, p.writes, p.render)
                 }
             },
             Run::Local(reply) => {
                 let r = (name == "ping")
-                    .then(|| self.subscribed_ping(&args))
+                    .then(|| self.subscribed_ping(args))
                     .flatten()
-                    .unwrap_or_else(|| reply(&args));
+                    .unwrap_or_else(|| reply(args));
                 self.reply(r)
             }
-            Run::Conn => return self.command(name, args).await,
+            Run::Conn => return self.command(name, args.to_vec()).await,
         }
         Flow::Continue
     }

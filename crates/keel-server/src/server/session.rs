@@ -61,7 +61,8 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     }
                     sh.commands_processed.fetch_add(1, Ordering::Relaxed);
                     let found = cmd::find(&frame.args[0]);
-                    conn.client.started(found, &frame.args, qbuf);
+                    let now = Instant::now();
+                    conn.client.started(now, found, &frame.args, qbuf);
                     conn.caching = conn.caching_next.take();
                     // CLIENT REPLY: whether this command's reply is sent.
                     conn.quiet = match conn.silence {
@@ -72,27 +73,15 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                             true
                         }
                     };
-                    let mut timer = sh.metrics.start(found, &frame.args);
-                    if Live::get(&sh.live.slowlog_log_slower_than) >= 0 {
-                        let (sh, args) = (sh.clone(), frame.args.clone());
-                        let client = conn.client.clone();
-                        timer = timer.then(move |took| {
-                            let min = Live::get(&sh.live.slowlog_log_slower_than);
-                            if min >= 0 && took.as_micros() >= min as u128 {
-                                let max = Live::get(&sh.live.slowlog_max_len).max(0) as usize;
-                                let (addr, name) = (client.addr.clone(), client.name());
-                                sh.slowlog
-                                    .record(max, took, &args, addr, name.unwrap_or_default());
-                            }
-                        });
-                    }
+                    let timer = sh.metrics.start(found, &frame.args, now);
                     let queued = conn.queue.len();
-                    let flow = conn.execute(found, frame.args).await;
+                    let flow = conn.execute(found, &frame.args).await;
                     // A blocking command's timer stops once it is served, and leaves its
                     // wait out (as Redis's slow log does).
-                    let mut timer = Some(timer);
+                    let mut timer = Some((timer, frame.args));
                     if !matches!(flow, Flow::Block(_)) {
-                        observe(&mut conn, timer.take().expect("not blocked"), queued);
+                        let (timer, args) = timer.take().expect("not blocked");
+                        observe(&mut conn, timer, queued, args);
                     }
                     match flow {
                         Flow::Continue => {}
@@ -107,11 +96,11 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                             conn.client.blocked.store(false, Ordering::Relaxed);
                             match served {
                                 Some(reply) => {
-                                    let timer = timer.take().expect("blocked");
+                                    let (timer, args) = timer.take().expect("blocked");
                                     let timer = timer.excluding(waiting.elapsed());
                                     let queued = conn.queue.len();
                                     conn.reply(reply);
-                                    observe(&mut conn, timer, queued);
+                                    observe(&mut conn, timer, queued, args);
                                 }
                                 None => return Ok(()),
                             }
