@@ -5,14 +5,16 @@
 use bytes::Bytes;
 
 use crate::bits;
-use crate::keyspace::{change, edit_typed, eval_get, eval_read, list_bounds, Change, Lent, Typed};
+use crate::keyspace::{
+    change, edit_typed, eval_get, eval_read, expiry, list_bounds, Change, Lent, Typed,
+};
 use crate::record::Mutation;
 use crate::sort;
 use crate::table::{ListValue, SetValue, ValueRef, ZSetValue};
 use crate::util::HashMap;
 use crate::zsets::{self, format_score, zset_combine};
 
-use crate::types::{Guard, Outcome, PutIf, SetOp, Ttl, Write, WriteError, WriteResult};
+use crate::types::{Guard, Outcome, PutIf, Read, SetOp, Ttl, Write, WriteError, WriteResult};
 use keel_wal::Lsn;
 
 /// The state a transaction is decided against: every earlier transaction, durable or not.
@@ -175,6 +177,38 @@ pub(crate) fn decide(
     (Outcome::Committed { lsn: None, results }, mutations)
 }
 
+/// A transaction decided one call at a time (a script's): each step is decided against the
+/// state every earlier transaction and the earlier steps leave, and its effects join the
+/// transaction's, which are logged together.
+pub(crate) struct Deciding<S> {
+    work: Overlay<S>,
+    value_max: usize,
+    pub(crate) mutations: Vec<Mutation>,
+}
+
+impl<S: Decided> Deciding<S> {
+    pub(crate) fn new(state: S, now: u64, value_max: usize) -> Self {
+        Deciding {
+            work: Overlay {
+                base: state,
+                changed: HashMap::default(),
+                cleared: false,
+                now,
+            },
+            value_max,
+            mutations: Vec::new(),
+        }
+    }
+
+    /// Decides `w` after every earlier step.
+    pub(crate) fn step(&mut self, w: Write) -> WriteResult {
+        let first = self.mutations.len();
+        let result = decide_one(&self.work, self.value_max, w, &mut self.mutations);
+        self.work.apply(&self.mutations[first..]);
+        result
+    }
+}
+
 /// Decides one write against `work`, pushing its effects onto `m`.
 fn decide_one<S: Decided>(
     work: &Overlay<S>,
@@ -330,6 +364,10 @@ fn decide_one<S: Decided>(
                 r
             }
         },
+        Write::Read {
+            key,
+            op: Read::Expiry,
+        } => expiry(work.live(&key).map(|e| e.expires_at_ms)),
         Write::Read { key, op } => eval_read(work.live(&key).map(|e| e.value), &op),
         Write::HashSet {
             key,

@@ -25,7 +25,7 @@ use crate::publish::Publisher;
 use crate::record::{self, REQUEST_ID_BYTES_MAX};
 use crate::restore::{BackupView, RestoreReport};
 use crate::seq::{Requests, Seq};
-use crate::sequencer::{Prepared, Sequencer};
+use crate::sequencer::{check_limits, Prepared, Script, Sequencer};
 use crate::snapshot::{self, Manifest};
 use crate::types::{Entry, Guard, Outcome, PutIf, Ttl, Write, WriteError, WriteResult};
 use crate::util::{lock, now_ms};
@@ -392,6 +392,29 @@ impl Engine {
         })
     }
 
+    /// A script's transaction, decided as of `now_ms`: `run` gets a [`Script`] and calls
+    /// [`Script::call`] once per command, each decided against the state every earlier
+    /// transaction and the script's earlier calls leave. Everything it wrote is logged as one
+    /// record, which the returned [`Pending`] waits for; a script that wrote nothing waits for
+    /// every earlier transaction instead, as a read-only transaction does. Replay applies the
+    /// record's effects and never runs the script again.
+    ///
+    /// `run` holds the sequencer lock: every other writer waits until it returns.
+    pub fn submit_script<R>(
+        &self,
+        now_ms: u64,
+        run: impl FnOnce(&mut Script<'_>) -> R,
+    ) -> Result<(R, Pending)> {
+        let seq = &self.core.sequencer;
+        let (r, p) = seq.prepare_script(&mut seq.seq(), now_ms, run)?;
+        let pending = Pending {
+            core: self.core.clone(),
+            state: Some(p),
+            waiting: None,
+        };
+        Ok((r, pending))
+    }
+
     fn pending(
         &self,
         id: Option<Bytes>,
@@ -588,23 +611,7 @@ impl Core {
     }
 
     fn check_limits(&self, w: &Write) -> Result<()> {
-        if let Some(k) = w
-            .keys()
-            .find(|k| k.len() > self.sequencer.opts.key_bytes_max)
-        {
-            return Err(Error::KeyTooLarge {
-                len: k.len(),
-                max: self.sequencer.opts.key_bytes_max,
-            });
-        }
-        let max = self.sequencer.opts.value_bytes_max;
-        if let Some(v) = w.values().find(|v| v.len() > max) {
-            return Err(Error::ValueTooLarge {
-                len: v.len(),
-                max: self.sequencer.opts.value_bytes_max,
-            });
-        }
-        Ok(())
+        check_limits(&self.sequencer.opts, w)
     }
 
     /// Waits, without blocking a thread, until the log would queue a transaction of about

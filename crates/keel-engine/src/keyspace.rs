@@ -293,6 +293,15 @@ pub(crate) fn edit_typed(entry: Option<Typed>, m: &Mutation, version: Lsn) -> Op
 /// Evaluates a read of a key whose live value is `value` (`None`: absent or expired). The one
 /// definition of every [`Read`], for reads of the visible state and for reads inside a
 /// transaction alike.
+/// [`Read::Expiry`]'s result for a live key's expiry (`None`: no key).
+pub(crate) fn expiry(at: Option<Option<u64>>) -> WriteResult {
+    WriteResult::Int(match at {
+        None => -2,
+        Some(None) => -1,
+        Some(Some(t)) => t as i64,
+    })
+}
+
 pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
     let copy = |b: &[u8]| Some(Bytes::copy_from_slice(b));
     if let Read::Type = op {
@@ -907,6 +916,9 @@ impl<'a> ReadView<'a> {
     /// [`Write::Get`]: crate::Write::Get
     /// [`Write::Read`]: crate::Write::Read
     pub fn read(&self, key: &[u8], op: Option<&Read>) -> WriteResult {
+        if let Some(Read::Expiry) = op {
+            return expiry(self.stamp(key).map(|(_, at)| at));
+        }
         let value = self.live(key).map(|e| e.value());
         match op {
             None => eval_get(value),

@@ -25,14 +25,14 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use bytes::Bytes;
 use keel_wal::{Completion, Lsn, Ticket, Wal};
 
-use crate::decide::decide;
+use crate::decide::{decide, Deciding};
 use crate::error::{Error, Result};
 use crate::keyspace::Image;
 use crate::options::Options;
 use crate::publish::Publisher;
 use crate::record::{self, Mutation, Request};
 use crate::seq::{Seq, View};
-use crate::types::{Guard, Outcome, Write};
+use crate::types::{Guard, Outcome, Write, WriteResult};
 use crate::util::{lock, now_ms};
 
 /// A prepared transaction: decided and queued, not yet acknowledged.
@@ -64,6 +64,53 @@ pub(crate) struct Sequencer {
     /// While someone wants them (client-side caching's invalidations), the keys active expiry
     /// removed since they were last taken: see [`Sequencer::take_expired`].
     pub(crate) expired_log: Mutex<ExpiredLog>,
+}
+
+/// A script's transaction while it runs: see [`Engine::submit_script`].
+///
+/// [`Engine::submit_script`]: crate::Engine::submit_script
+pub struct Script<'a> {
+    deciding: Deciding<View<'a>>,
+    opts: &'a Options,
+    /// The write fence was set when the script started: it writes no user key.
+    fenced: bool,
+}
+
+impl Script<'_> {
+    /// Decides one call's writes (one command's), after every earlier call of the script, and
+    /// returns their results. A call that breaks a size limit, or writes a user key while the
+    /// write fence is set, is refused whole, and the script may go on.
+    pub fn call(&mut self, writes: Vec<Write>) -> std::result::Result<Vec<WriteResult>, Error> {
+        for w in &writes {
+            check_limits(self.opts, w)?;
+        }
+        if self.fenced && writes.iter().any(Write::writes_user_keys) {
+            return Err(Error::Fenced);
+        }
+        Ok(writes.into_iter().map(|w| self.deciding.step(w)).collect())
+    }
+
+    /// Whether an earlier call wrote anything: a script that has cannot be stopped part-way.
+    pub fn wrote(&self) -> bool {
+        !self.deciding.mutations.is_empty()
+    }
+}
+
+/// A write's keys and values against the configured limits.
+pub(crate) fn check_limits(opts: &Options, w: &Write) -> Result<()> {
+    if let Some(k) = w.keys().find(|k| k.len() > opts.key_bytes_max) {
+        return Err(Error::KeyTooLarge {
+            len: k.len(),
+            max: opts.key_bytes_max,
+        });
+    }
+    if let Some(v) = w.values().find(|v| v.len() > opts.value_bytes_max) {
+        return Err(Error::ValueTooLarge {
+            len: v.len(),
+            max: opts.value_bytes_max,
+        });
+    }
+    Ok(())
 }
 
 /// See [`Sequencer::take_expired`].
@@ -359,6 +406,50 @@ impl Sequencer {
             seq.requests.insert(lsn, r, &self.opts, now);
         }
         Ok(Prepared::Wait(ticket, outcome))
+    }
+
+    /// Runs a script's transaction under the lock (see [`Engine::submit_script`]): `run`
+    /// decides its calls one by one, and their effects are logged as one record.
+    ///
+    /// [`Engine::submit_script`]: crate::Engine::submit_script
+    pub(crate) fn prepare_script<R>(
+        &self,
+        seq: &mut Seq,
+        now: u64,
+        run: impl FnOnce(&mut Script<'_>) -> R,
+    ) -> Result<(R, Prepared)> {
+        let (r, mutations) = {
+            let vis = self.publisher.visible();
+            seq.recent.forget_up_to(vis.lsn());
+            let fenced = (self.opts.write_fence.as_deref())
+                .and_then(|fence| seq.recent.system(&vis, fence))
+                .is_some_and(|v| v.first().is_some_and(|b| *b != 0));
+            let view = View {
+                recent: &seq.recent,
+                visible: &vis,
+            };
+            let mut script = Script {
+                deciding: Deciding::new(view, now, self.opts.value_bytes_max),
+                opts: &self.opts,
+                fenced,
+            };
+            let r = run(&mut script);
+            (r, script.deciding.mutations)
+        };
+        if mutations.is_empty() {
+            let outcome = Outcome::Committed {
+                lsn: None,
+                results: Vec::new(),
+            };
+            return Ok((r, Prepared::Done(outcome, seq.last_lsn)));
+        }
+        let at_ms = now.max(seq.last_at_ms);
+        let ticket = self.log_locked(seq, at_ms, None, mutations, None)?;
+        let outcome = Outcome::Committed {
+            lsn: Some(*ticket.lsns().end()),
+            results: Vec::new(),
+        };
+        Ok((r, Prepared::Wait(ticket, outcome)))
     }
 
     /// Publishes every acknowledged transaction up to `upto` (see [`Publisher::publish`]).

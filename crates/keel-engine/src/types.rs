@@ -464,6 +464,9 @@ pub enum Read {
     /// Every member and score, ascending: of a sorted set, or of a set with each member scoring
     /// 1 (ZUNION, ZINTER, ZDIFF and ZINTERCARD take both). Result: `Values` of member, score, ….
     ZMembers,
+    /// The key's expiry, of any type (TTL and its friends). Result: `Int(Unix ms)`, `Int(-1)`
+    /// for a key without one, `Int(-2)` for no key.
+    Expiry,
 }
 
 /// Which members of a sorted set a range command means.

@@ -1039,3 +1039,69 @@ fn a_read_that_calls_its_engine_panics_instead_of_deadlocking() {
     e.put("k", "x").unwrap();
     assert_eq!(e.read(|v| v.get(b"k").unwrap().value.clone()), "x");
 }
+
+/// A script's calls see the earlier calls' effects; everything it wrote is one record,
+/// replayed after a restart without the script; a call over a limit is refused alone.
+#[test]
+fn a_script_is_one_transaction_decided_call_by_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    e.put("n", "41").unwrap();
+    let before = e.durable_lsn();
+    let now = keel_engine_now();
+    let (seen, pending) = e
+        .submit_script(now, |s| {
+            assert!(!s.wrote());
+            let incr = s.call(vec![Write::Incr { key: b("n"), by: 1 }]).unwrap();
+            let got = s.call(vec![Write::Get { key: b("n") }]).unwrap();
+            s.call(vec![put("copy", "x", Ttl::None, PutIf::Always)])
+                .unwrap();
+            let too_big = s.call(vec![put(
+                "big",
+                &"v".repeat(5000),
+                Ttl::None,
+                PutIf::Always,
+            )]);
+            assert!(
+                matches!(too_big, Err(Error::ValueTooLarge { .. })),
+                "{too_big:?}"
+            );
+            assert!(s.wrote());
+            (incr, got)
+        })
+        .unwrap();
+    assert_eq!(seen.0, vec![WriteResult::Int(42)]);
+    assert_eq!(seen.1, vec![WriteResult::Value(Some(b("42")))]);
+    let Outcome::Committed { lsn: Some(lsn), .. } = pending.wait().unwrap() else {
+        panic!("the script wrote");
+    };
+    assert_eq!(lsn, before + 1, "one record for the whole script");
+    assert_eq!(e.get(b"n").unwrap().value, "42");
+    assert!(e.get(b"big").is_none());
+
+    // A script that only reads logs nothing.
+    let (_, pending) = e
+        .submit_script(now, |s| s.call(vec![Write::Get { key: b("n") }]).unwrap())
+        .unwrap();
+    assert_eq!(
+        pending.wait().unwrap(),
+        Outcome::Committed {
+            lsn: None,
+            results: vec![]
+        }
+    );
+    assert_eq!(e.durable_lsn(), lsn);
+
+    drop(e);
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    assert_eq!(e.get(b"n").unwrap().value, "42");
+    assert_eq!(e.get(b"copy").unwrap().value, "x");
+    assert_eq!(e.durable_lsn(), lsn);
+}
+
+fn keel_engine_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
