@@ -18,6 +18,7 @@ pub mod heal;
 pub mod latency;
 pub mod maintenance;
 pub mod metrics;
+pub mod scripting;
 pub mod server;
 pub mod slowlog;
 pub mod tls;

@@ -941,6 +941,29 @@ fn permissions_follow_what_each_command_does() {
         (&["PUBLISH", "ch", "m"], 0),
         (&["SPUBLISH", "ch", "m"], 0),
         (&["PUBSUB", "NUMPAT"], 0),
+        // A script needs nothing of its own; each command it calls is checked (tests/scripts.rs).
+        (&["EVAL", "return 1", "0"], 0),
+        (
+            &["EVALSHA", "e0e1f9fabfc9d4800c877a703b823ac0578ff8db", "0"],
+            0,
+        ),
+        (&["EVAL_RO", "return 1", "0"], R),
+        (
+            &[
+                "EVALSHA_RO",
+                "e0e1f9fabfc9d4800c877a703b823ac0578ff8db",
+                "0",
+            ],
+            R,
+        ),
+        (
+            &[
+                "SCRIPT",
+                "EXISTS",
+                "e0e1f9fabfc9d4800c877a703b823ac0578ff8db",
+            ],
+            0,
+        ),
         (&["KEEL.BACKUP", "/nonexistent/keel-backup-target"], A),
         (&["KEEL.CLUSTER", "STATUS"], A),
         // The topology cluster clients ask for first, and KEYSLOT, a hash of the argument.

@@ -153,7 +153,8 @@ pub const COMMANDS: &[Command] = &[
             "generic",
             "key",
             "Returns a key's remaining time to live in seconds.",
-        ),
+        )
+        .data(expiry),
     Command::new("pttl", 2, R, KEY1)
         .redis("readonly fast", "@keyspace")
         .key_flags("RO access")
@@ -161,7 +162,8 @@ pub const COMMANDS: &[Command] = &[
             "generic",
             "key",
             "Returns a key's remaining time to live in milliseconds.",
-        ),
+        )
+        .data(expiry),
     Command::new("expiretime", 2, R, KEY1)
         .redis("readonly fast", "@keyspace")
         .key_flags("RO access")
@@ -169,7 +171,8 @@ pub const COMMANDS: &[Command] = &[
             "generic",
             "key",
             "Returns the Unix time in seconds at which a key expires.",
-        ),
+        )
+        .data(expiry),
     Command::new("pexpiretime", 2, R, KEY1)
         .redis("readonly fast", "@keyspace")
         .key_flags("RO access")
@@ -177,7 +180,8 @@ pub const COMMANDS: &[Command] = &[
             "generic",
             "key",
             "Returns the Unix time in milliseconds at which a key expires.",
-        ),
+        )
+        .data(expiry),
     Command::new("persist", 2, W, KEY1)
         .redis("write fast", "@keyspace")
         .key_flags("RW update")
@@ -457,4 +461,25 @@ fn count_existing(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
                 .count() as i64,
         )
     }))
+}
+
+/// TTL, PTTL, EXPIRETIME and PEXPIRETIME: a key's expiry, of any type, as the command gives it
+/// (-2: no key, -1: no expiry). TTL rounds to the nearest second, as Redis does.
+fn expiry(name: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
+    Ok(Part::new(
+        vec![read(&a[1], Read::Expiry)],
+        move |r| match r[0] {
+            WriteResult::Int(at) if at < 0 => Reply::Int(at),
+            WriteResult::Int(at) => {
+                let left = (at as u64).saturating_sub(now_ms) as i64;
+                Reply::Int(match name {
+                    "ttl" => (left + 500) / 1000,
+                    "pttl" => left,
+                    "expiretime" => at / 1000,
+                    _ => at,
+                })
+            }
+            ref other => unexpected(other),
+        },
+    ))
 }

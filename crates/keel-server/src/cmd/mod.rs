@@ -33,6 +33,7 @@ pub mod introspect;
 pub mod keys;
 pub mod lists;
 pub mod pubsub;
+pub mod scripting;
 pub mod server;
 pub mod sets;
 pub mod strings;
@@ -316,6 +317,7 @@ pub static COMMANDS: LazyLock<Vec<&'static Command>> = LazyLock::new(|| {
         zsets::COMMANDS,
         bits::COMMANDS,
         pubsub::COMMANDS,
+        scripting::COMMANDS,
     ]
     .into_iter()
     .flatten()
@@ -923,6 +925,10 @@ mod tests {
             (&["zrandmember", "z", "2", "withscores"], true, false),
             (&["zscan", "z", "0"], true, false),
             (&["touch", "a", "b"], true, false),
+            (&["ttl", "a"], true, false),
+            (&["pttl", "a"], true, false),
+            (&["expiretime", "a"], true, false),
+            (&["pexpiretime", "a"], true, false),
             (&["copy", "a", "b", "replace"], true, true),
             (
                 &["sort", "l", "by", "w_*", "get", "#", "alpha"],

@@ -1,10 +1,10 @@
 //! Reads over the keyspace that are longer than a key's: KEYS, SCAN, RANDOMKEY, DBSIZE, and
-//! a key's metadata (TTL and friends, OBJECT, MEMORY USAGE, KEEL.VERSION).
+//! a key's metadata (OBJECT, MEMORY USAGE, KEEL.VERSION).
 
 use super::*;
 
 impl Conn {
-    /// DBSIZE, the TTLs, KEYS, SCAN, RANDOMKEY, MEMORY, OBJECT and KEEL.VERSION.
+    /// DBSIZE, KEYS, SCAN, RANDOMKEY, MEMORY, OBJECT and KEEL.VERSION.
     pub(super) async fn keyspace_command(&mut self, name: &str, args: Vec<Bytes>) -> Flow {
         let reply = match name {
             "dbsize" => {
@@ -12,25 +12,6 @@ impl Conn {
                 // As Redis counts: every key held, in O(1), expired keys that active expiry has
                 // not removed yet (within about 100 ms) included.
                 Reply::Int(self.engine().read(|v| v.held()) as i64)
-            }
-            "ttl" | "pttl" | "expiretime" | "pexpiretime" => {
-                self.settle().await;
-                // Any type: a stamp reads the expiry without copying the value.
-                match self.engine().read(|v| v.stamp(&args[1])) {
-                    None => Reply::Int(-2),
-                    Some((_, expires_at_ms)) => match expires_at_ms {
-                        None => Reply::Int(-1),
-                        Some(at) => {
-                            let left = at.saturating_sub(now_ms()) as i64;
-                            Reply::Int(match name {
-                                "ttl" => (left + 500) / 1000,
-                                "pttl" => left,
-                                "expiretime" => (at / 1000) as i64,
-                                _ => at as i64,
-                            })
-                        }
-                    },
-                }
             }
             "keys" => {
                 self.settle().await;

@@ -44,6 +44,7 @@ mod monitor;
 mod params;
 mod pipeline;
 mod pubsub;
+mod scripts;
 mod session;
 mod tracking;
 mod transactions;
@@ -133,6 +134,8 @@ pub struct Shared {
     /// instantaneous rates (as Redis samples them).
     samples: std::sync::Mutex<VecDeque<(Instant, u64, u64, u64)>>,
     pub slowlog: crate::slowlog::SlowLog,
+    /// The script cache and the running script (EVAL).
+    pub scripts: crate::scripting::Scripts,
     /// Refused commands and failed logins (ACL LOG).
     pub acl_log: crate::acl::Log,
     monitors: Monitors,
@@ -188,6 +191,7 @@ impl Shared {
             net_out: AtomicU64::new(0),
             samples: Default::default(),
             slowlog: Default::default(),
+            scripts: Default::default(),
             acl_log: Default::default(),
             registry: Clients::default(),
             monitors: Monitors::default(),

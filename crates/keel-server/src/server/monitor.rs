@@ -28,18 +28,18 @@ impl Monitors {
 
     /// Feeds a command to the monitors, if there are any.
     pub fn feed(&self, client: &Client, args: &[Bytes]) {
+        self.feed_as(&client.addr, args)
+    }
+
+    /// Feeds a command sent by `who` (a client's address, or `lua` for a script's call).
+    pub fn feed_as(&self, who: &str, args: &[Bytes]) {
         if self.0.receiver_count() == 0 {
             return;
         }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        let mut line = format!(
-            "{}.{:06} [0 {}]",
-            now.as_secs(),
-            now.subsec_micros(),
-            client.addr
-        );
+        let mut line = format!("{}.{:06} [0 {}]", now.as_secs(), now.subsec_micros(), who);
         for (i, a) in args.iter().enumerate() {
             line.push(' ');
             let shown = crate::slowlog::redact(args, i);

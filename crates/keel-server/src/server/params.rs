@@ -17,6 +17,8 @@ pub struct Live {
     pub slowlog_log_slower_than: AtomicI64,
     /// The most entries SLOWLOG keeps.
     pub slowlog_max_len: AtomicI64,
+    /// After a script has run this many ms, other clients get -BUSY (0: at once).
+    pub busy_reply_threshold: AtomicI64,
 }
 
 impl Live {
@@ -25,6 +27,7 @@ impl Live {
             maxclients: AtomicI64::new(settings.max_clients as i64),
             slowlog_log_slower_than: AtomicI64::new(10_000),
             slowlog_max_len: AtomicI64::new(128),
+            busy_reply_threshold: AtomicI64::new(5_000),
         }
     }
 
@@ -192,6 +195,18 @@ const PARAMS: &[Param] = &[
         |sh| Live::get(&sh.live.slowlog_max_len),
         count,
         |sh, n| sh.live.slowlog_max_len.store(n, Ordering::Relaxed),
+    ),
+    int(
+        "busy-reply-threshold",
+        |sh| Live::get(&sh.live.busy_reply_threshold),
+        count,
+        |sh, n| sh.live.busy_reply_threshold.store(n, Ordering::Relaxed),
+    ),
+    int(
+        "lua-time-limit",
+        |sh| Live::get(&sh.live.busy_reply_threshold),
+        count,
+        |sh, n| sh.live.busy_reply_threshold.store(n, Ordering::Relaxed),
     ),
     int(
         "tracking-table-max-keys",

@@ -47,7 +47,7 @@ impl Touched {
     }
 
     /// After the write is durable: the invalidations it causes.
-    fn send(&self, sh: &Shared, o: &Outcome) {
+    pub(super) fn send(&self, sh: &Shared, o: &Outcome) {
         if !matches!(o, Outcome::Committed { .. }) {
             return;
         }
@@ -294,6 +294,15 @@ impl Conn {
             self.reject(cmd::wrong_args(name));
             return Flow::Continue;
         }
+        if let Some(r) = self.busy(spec, args) {
+            if name == "exec" && self.multi.is_some() {
+                self.done = Done::Rejected;
+                self.exec_abort(r);
+            } else {
+                self.reject(r);
+            }
+            return Flow::Continue;
+        }
         if self.user.is_none() && !spec.before_auth {
             self.reject(Reply::err(NOAUTH));
             return Flow::Continue;
@@ -320,7 +329,8 @@ impl Conn {
         // never held, so that UNPAUSE can be sent.
         if name != "client" && (self.multi.is_none() || name == "exec") {
             let writes = need.contains(Flags::WRITE)
-                || (name == "exec" && self.multi.iter().flatten().any(|p| !p.read_only()));
+                || (name == "exec" && self.multi.iter().flatten().any(|p| !p.read_only()))
+                || self.script_may_write(name, args);
             self.sh.paused(&self.client, writes).await;
         }
         if name != "monitor" {
@@ -344,6 +354,8 @@ impl Conn {
         // While the log's queue is full, Engine::submit blocks its thread, and with it every
         // connection on this worker: wait for room here instead (see Backend::room).
         if (need.contains(Flags::WRITE) && self.multi.is_none()) || name == "exec" {
+            // A running script holds the sequencer: wait for it here, not on its lock.
+            self.sh.scripts.idle().await;
             let bytes = args.iter().map(Bytes::len).sum();
             self.sh.backend.room(bytes).await;
         }
@@ -502,11 +514,13 @@ impl Conn {
                 self.pubsub_command(name, &args);
                 Flow::Continue
             }
-            "dbsize" | "ttl" | "pttl" | "expiretime" | "pexpiretime" | "keys" | "scan"
-            | "randomkey" | "memory" | "object" | "keel.version" => {
+            "dbsize" | "keys" | "scan" | "randomkey" | "memory" | "object" | "keel.version" => {
                 self.keyspace_command(name, args).await
             }
             "readonly" | "readwrite" | "keel.cluster" => self.cluster_command(name, args).await,
+            "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "script" => {
+                self.scripts_command(name, args).await
+            }
             "keel.idem" => {
                 self.idem(args);
                 Flow::Continue

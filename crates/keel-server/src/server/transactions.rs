@@ -60,6 +60,24 @@ impl Conn {
         Flow::Continue
     }
 
+    /// EXEC refused before it could run (a busy script): the transaction is discarded, and
+    /// the reply says why, as Redis's does.
+    pub(super) fn exec_abort(&mut self, cause: Reply) {
+        self.client.multi.store(-1, Ordering::Relaxed);
+        self.multi = None;
+        self.watched.clear();
+        self.multi_touched.clear();
+        self.multi_flush = false;
+        self.multi_reads.clear();
+        self.multi_dirty = false;
+        let Reply::Error(e) = cause else {
+            unreachable!("an abort has an error for its cause")
+        };
+        self.reply(Reply::err(format!(
+            "EXECABORT Transaction discarded because of: {e}"
+        )));
+    }
+
     pub(super) async fn exec(&mut self) {
         self.client.multi.store(-1, Ordering::Relaxed);
         let Some(parts) = self.multi.take() else {

@@ -1,0 +1,89 @@
+//! Scripts: EVAL, EVALSHA, their read-only forms and SCRIPT. The connection runs them
+//! (`crate::server`'s scripts module, on [`crate::scripting`]). EVAL needs no permission of
+//! its own (EVAL_RO: read); each command a script calls is checked as it would be alone.
+
+use super::*;
+use crate::docs::doc;
+
+pub const COMMANDS: &[Command] = &[
+    Command::new("eval", -3, CONN, NO_KEYS)
+        .redis(
+            "noscript skip_monitor may_replicate no_mandatory_keys stale",
+            "@scripting",
+        )
+        .key_specs(&[Keys::keynum(2, "RW access update")])
+        .doc(
+            "scripting",
+            "script numkeys [key [key ...]] [arg [arg ...]]",
+            "Runs a Lua script as one transaction: its writes are logged as one record, and its reply leaves once that record is durable.",
+        ),
+    Command::new("evalsha", -3, CONN, NO_KEYS)
+        .redis(
+            "noscript skip_monitor may_replicate no_mandatory_keys stale",
+            "@scripting",
+        )
+        .key_specs(&[Keys::keynum(2, "RW access update")])
+        .doc(
+            "scripting",
+            "sha1 numkeys [key [key ...]] [arg [arg ...]]",
+            "Runs a script loaded before (by EVAL or SCRIPT LOAD), by its SHA-1.",
+        ),
+    Command::new("eval_ro", -3, R, NO_KEYS)
+        .redis(
+            "readonly noscript skip_monitor no_mandatory_keys stale",
+            "@scripting",
+        )
+        .key_specs(&[Keys::keynum(2, "RO access")])
+        .doc(
+            "scripting",
+            "script numkeys [key [key ...]] [arg [arg ...]]",
+            "Runs a Lua script that may only read.",
+        ),
+    Command::new("evalsha_ro", -3, R, NO_KEYS)
+        .redis(
+            "readonly noscript skip_monitor no_mandatory_keys stale",
+            "@scripting",
+        )
+        .key_specs(&[Keys::keynum(2, "RO access")])
+        .doc(
+            "scripting",
+            "sha1 numkeys [key [key ...]] [arg [arg ...]]",
+            "Runs a loaded script that may only read, by its SHA-1.",
+        ),
+    Command::new("script", -2, CONN, NO_KEYS)
+        .redis("", "")
+        .doc("scripting", "", "Manages the script cache.")
+        .subcommands(SCRIPT_SUBCOMMANDS),
+];
+
+const SCRIPT_SUBCOMMANDS: &[Doc] = &[
+    doc(
+        "load",
+        "scripting",
+        "script",
+        "Compiles a script and keeps it (not durably: the cache is empty after a restart); returns its SHA-1.",
+    )
+    .redis("noscript stale", "@slow @scripting"),
+    doc(
+        "exists",
+        "scripting",
+        "sha1 [sha1 ...]",
+        "Returns 1 or 0 per SHA-1: whether the script is cached.",
+    )
+    .redis("noscript", "@slow @scripting"),
+    doc(
+        "flush",
+        "scripting",
+        "[ASYNC|SYNC]",
+        "Empties the script cache.",
+    )
+    .redis("noscript may_replicate", "@slow @scripting"),
+    doc(
+        "kill",
+        "scripting",
+        "",
+        "Stops the running script, if it has not written yet.",
+    )
+    .redis("noscript allow_busy", "@slow @scripting"),
+    doc("help", "scripting", "", "Lists the subcommands.").redis("loading stale", "@slow @scripting"),
+];

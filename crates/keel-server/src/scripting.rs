@@ -1,0 +1,966 @@
+//! Scripts (EVAL, EVALSHA, SCRIPT): Lua 5.1, as Redis embeds it, through mlua.
+//!
+//! A script runs inside one engine transaction ([`keel_engine::Engine::submit_script`]): each
+//! `redis.call` is compiled by the command registry exactly as the same command sent alone,
+//! decided at once against the state every earlier transaction and the script's earlier calls
+//! leave, and its reply handed back to Lua. Everything the script wrote is logged as one record
+//! and its reply leaves once that record is durable. Replay, PITR and backups apply the
+//! record's effects; the script never runs again, as Redis 7 replicates effects.
+//!
+//! The sandbox is Redis's: the base, table, string and math libraries, no `io`, `os`, `debug`
+//! or `package`, a global table that refuses new names (`Attempt to modify a readonly table`)
+//! and reads of missing ones, a `math.random` that starts from the same seed every run, and the
+//! `redis`, `bit` and `cjson` libraries. `cmsgpack` and `struct` are not provided.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use mlua::{
+    Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Table, Value, Variadic, VmState,
+};
+
+use crate::resp::Reply;
+
+/// How often (in Lua instructions) a running script looks for SCRIPT KILL.
+const KILL_CHECK_EVERY: u32 = 100_000;
+
+/// The script names Redis's error messages give (`user_script:1: …`).
+const CHUNK_NAME: &str = "@user_script";
+
+/// What a script's `redis.call` runs: one command, with the script's transaction.
+pub trait Caller {
+    /// Runs `args` (the command's name first) and returns its reply, or an error reply (also
+    /// for a command a script may not run).
+    fn call(&mut self, args: Vec<Bytes>) -> Reply;
+    /// Whether the script has written: from then on it cannot be killed.
+    fn wrote(&self) -> bool;
+}
+
+/// A script's flags from its `#!lua` line (Redis 7's shebang).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScriptFlags {
+    /// `flags=no-writes`: it may only read, like EVAL_RO.
+    pub no_writes: bool,
+    /// A shebang was given: scripts then declare what they do (Redis: no flags = may write).
+    pub declared: bool,
+}
+
+struct Cached {
+    function: Function,
+    flags: ScriptFlags,
+}
+
+/// The scripting engine: one Lua state and the scripts it compiled, by SHA-1.
+pub struct Scripts {
+    vm: Mutex<Vm>,
+    /// The running script, if any: SCRIPT KILL and busy replies look at it.
+    running: Mutex<Option<Running>>,
+    kill: Arc<AtomicBool>,
+    /// Wakes whoever waits for the running script to end.
+    done: tokio::sync::Notify,
+}
+
+/// A running script, as SCRIPT KILL and busy replies see it.
+#[derive(Clone)]
+pub struct Running {
+    pub started: Instant,
+    pub wrote: Arc<AtomicBool>,
+}
+
+struct Vm {
+    lua: Lua,
+    cache: HashMap<String, Cached>,
+}
+
+/// SHA-1 of `body`, in lowercase hex: a script's name.
+pub fn sha1_hex(body: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, body);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What SCRIPT KILL found.
+pub enum Kill {
+    NotBusy,
+    Unkillable,
+    Killed,
+}
+
+impl Scripts {
+    pub fn new() -> Scripts {
+        let lua = sandbox().expect("the Lua sandbox is built from constants");
+        Scripts {
+            vm: Mutex::new(Vm {
+                lua,
+                cache: HashMap::new(),
+            }),
+            running: Mutex::new(None),
+            kill: Arc::new(AtomicBool::new(false)),
+            done: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Compiles `body` and keeps it; returns its SHA-1, or Redis's error for a script that
+    /// does not compile.
+    pub fn load(&self, body: &[u8]) -> Result<String, Reply> {
+        let sha = sha1_hex(body);
+        let mut vm = crate::lock(&self.vm);
+        if !vm.cache.contains_key(&sha) {
+            let (flags, code) = shebang(body)?;
+            let function = (vm.lua.load(code))
+                .set_name(CHUNK_NAME)
+                .into_function()
+                .map_err(|e| {
+                    Reply::err(format!(
+                        "ERR Error compiling script (new function): {}",
+                        lua_message(&e)
+                    ))
+                })?;
+            vm.cache.insert(sha.clone(), Cached { function, flags });
+        }
+        Ok(sha)
+    }
+
+    pub fn exists(&self, sha: &[u8]) -> bool {
+        let sha = String::from_utf8_lossy(sha).to_ascii_lowercase();
+        crate::lock(&self.vm).cache.contains_key(&sha)
+    }
+
+    /// The flags of a cached script, or `None` if it is not cached.
+    pub fn flags(&self, sha: &str) -> Option<ScriptFlags> {
+        crate::lock(&self.vm).cache.get(sha).map(|c| c.flags)
+    }
+
+    /// SCRIPT FLUSH: forgets every script and starts a fresh Lua state.
+    pub fn flush(&self) {
+        let mut vm = crate::lock(&self.vm);
+        vm.cache.clear();
+        vm.lua = sandbox().expect("the Lua sandbox is built from constants");
+    }
+
+    pub fn running(&self) -> Option<Running> {
+        crate::lock(&self.running).clone()
+    }
+
+    /// Waits until no script runs.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.done.notified();
+            if self.running().is_none() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// SCRIPT KILL: stops the running script if it has not written.
+    pub fn kill(&self) -> Kill {
+        match self.running() {
+            None => Kill::NotBusy,
+            Some(r) if r.wrote.load(Ordering::SeqCst) => Kill::Unkillable,
+            Some(_) => {
+                self.kill.store(true, Ordering::SeqCst);
+                Kill::Killed
+            }
+        }
+    }
+
+    /// Runs the cached script `sha` with `keys` and `argv`; `caller` runs its `redis.call`s.
+    /// Blocks the thread while the script runs.
+    pub fn run(&self, sha: &str, keys: &[Bytes], argv: &[Bytes], caller: &mut dyn Caller) -> Reply {
+        let vm = crate::lock(&self.vm);
+        let Some(cached) = vm.cache.get(sha) else {
+            return noscript();
+        };
+        let running = Running {
+            started: Instant::now(),
+            wrote: Arc::new(AtomicBool::new(false)),
+        };
+        self.kill.store(false, Ordering::SeqCst);
+        *crate::lock(&self.running) = Some(running.clone());
+        let reply = match run_in(
+            &vm.lua,
+            &cached.function,
+            keys,
+            argv,
+            caller,
+            &running,
+            &self.kill,
+        ) {
+            Ok(r) => r,
+            Err(e) => error_reply(&e, sha),
+        };
+        *crate::lock(&self.running) = None;
+        self.done.notify_waiters();
+        reply
+    }
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Scripts::new()
+    }
+}
+
+pub fn noscript() -> Reply {
+    Reply::err("NOSCRIPT No matching script. Please use EVAL.")
+}
+
+/// Whether a script's body may write: not when its `#!lua` line says `no-writes`.
+pub fn body_may_write(body: &[u8]) -> bool {
+    shebang(body).map_or(true, |(flags, _)| !flags.no_writes)
+}
+
+/// Splits a `#!lua flags=…` line off the body.
+fn shebang(body: &[u8]) -> Result<(ScriptFlags, Vec<u8>), Reply> {
+    if !body.starts_with(b"#!") {
+        return Ok((ScriptFlags::default(), body.to_vec()));
+    }
+    let end = body.iter().position(|&b| b == b'\n').unwrap_or(body.len());
+    let line = String::from_utf8_lossy(&body[2..end]).into_owned();
+    let mut words = line.split_ascii_whitespace();
+    let engine = words.next().unwrap_or("");
+    if engine != "lua" {
+        return Err(Reply::err(format!(
+            "ERR Could not find scripting engine '{engine}'"
+        )));
+    }
+    let mut flags = ScriptFlags {
+        declared: true,
+        ..ScriptFlags::default()
+    };
+    for w in words {
+        let Some(list) = w.strip_prefix("flags=") else {
+            return Err(Reply::err(format!("ERR Unknown lua shebang option: {w}")));
+        };
+        for f in list.split(',').filter(|f| !f.is_empty()) {
+            match f {
+                "no-writes" => flags.no_writes = true,
+                "allow-oom" | "allow-stale" | "no-cluster" | "allow-cross-slot-keys" => {}
+                _ => {
+                    return Err(Reply::err(format!(
+                        "ERR Unexpected flag in script shebang: {f}"
+                    )))
+                }
+            }
+        }
+    }
+    // The line stays, commented out, so that line numbers in errors stay right.
+    let mut code = b"--".to_vec();
+    code.extend_from_slice(body);
+    Ok((flags, code))
+}
+
+/// Builds the sandboxed Lua state: libraries, `redis`, `bit`, `cjson`, and the read-only
+/// global table.
+fn sandbox() -> mlua::Result<Lua> {
+    let lua = Lua::new_with(
+        StdLib::TABLE | StdLib::STRING | StdLib::MATH,
+        LuaOptions::default(),
+    )?;
+    let g = lua.globals();
+    // Lua 5.1's base library comes whole; take out what reaches outside the sandbox.
+    for name in [
+        "dofile",
+        "loadfile",
+        "load",
+        "loadstring",
+        "module",
+        "require",
+        "print",
+        "gcinfo",
+        "collectgarbage",
+        "newproxy",
+        "getfenv",
+        "setfenv",
+    ] {
+        g.raw_set(name, Value::Nil)?;
+    }
+    g.raw_set("redis", redis_library(&lua)?)?;
+    g.raw_set("bit", bit_library(&lua)?)?;
+    g.raw_set("cjson", cjson_library(&lua)?)?;
+    deterministic_random(&lua)?;
+    // KEYS and ARGV are set with raw_set before each run; anything else is refused.
+    let meta = lua.create_table()?;
+    meta.raw_set(
+        "__newindex",
+        lua.create_function(
+            |_, (_t, _k, _v): (Value, Value, Value)| -> mlua::Result<()> {
+                Err(mlua::Error::runtime("Attempt to modify a readonly table"))
+            },
+        )?,
+    )?;
+    meta.raw_set(
+        "__index",
+        lua.create_function(|_, (_t, k): (Value, Value)| -> mlua::Result<Value> {
+            let name = match &k {
+                Value::String(s) => s.to_string_lossy(),
+                other => format!("{other:?}"),
+            };
+            Err(mlua::Error::runtime(format!(
+                "Script attempted to access nonexistent global variable '{name}'"
+            )))
+        })?,
+    )?;
+    g.set_metatable(Some(meta))?;
+    Ok(lua)
+}
+
+fn run_in(
+    lua: &Lua,
+    function: &Function,
+    keys: &[Bytes],
+    argv: &[Bytes],
+    caller: &mut dyn Caller,
+    running: &Running,
+    kill: &Arc<AtomicBool>,
+) -> mlua::Result<Reply> {
+    let g = lua.globals();
+    g.raw_set(
+        "KEYS",
+        lua.create_sequence_from(
+            keys.iter()
+                .map(|k| lua.create_string(k))
+                .collect::<mlua::Result<Vec<_>>>()?,
+        )?,
+    )?;
+    g.raw_set(
+        "ARGV",
+        lua.create_sequence_from(
+            argv.iter()
+                .map(|a| lua.create_string(a))
+                .collect::<mlua::Result<Vec<_>>>()?,
+        )?,
+    )?;
+    let reseed: Function = lua.named_registry_value("keel_reseed")?;
+    reseed.call::<()>(())?;
+    let redis: Table = g.raw_get("redis")?;
+    let resp = std::cell::Cell::new(2u8);
+    {
+        let (wrote, kill) = (running.wrote.clone(), kill.clone());
+        lua.set_hook(
+            HookTriggers::new().every_nth_instruction(KILL_CHECK_EVERY),
+            move |_, _| {
+                // A script that has written runs to its end (Redis: UNKILLABLE).
+                if kill.load(Ordering::SeqCst) && !wrote.load(Ordering::SeqCst) {
+                    return Err(mlua::Error::runtime(
+                        "ERR Script killed by user with SCRIPT KILL...",
+                    ));
+                }
+                Ok(VmState::Continue)
+            },
+        )?;
+    }
+    let caller = std::cell::RefCell::new(caller);
+    let result = lua.scope(|scope| {
+        let call = |raise: bool| {
+            let (caller, resp, wrote) = (&caller, &resp, &running.wrote);
+            scope.create_function(move |lua, args: Variadic<Value>| {
+                let args = call_args(&args)?;
+                let mut c = caller.borrow_mut();
+                let reply = c.call(args);
+                wrote.store(c.wrote(), Ordering::SeqCst);
+                drop(c);
+                if raise {
+                    if let Reply::Error(e) = &reply {
+                        return Err(mlua::Error::external(CallError(e.clone())));
+                    }
+                }
+                to_lua(lua, reply, resp.get())
+            })
+        };
+        redis.raw_set("call", call(true)?)?;
+        redis.raw_set("pcall", call(false)?)?;
+        let resp = &resp;
+        redis.raw_set(
+            "setresp",
+            scope.create_function(move |_, v: i64| match v {
+                2 | 3 => {
+                    resp.set(v as u8);
+                    Ok(())
+                }
+                _ => Err(mlua::Error::runtime("RESP version must be 2 or 3.")),
+            })?,
+        )?;
+        let out: Value = function.call(())?;
+        from_lua(&out, 0)
+    });
+    lua.remove_hook();
+    let _ = redis.raw_set("call", Value::Nil);
+    let _ = redis.raw_set("pcall", Value::Nil);
+    result
+}
+
+/// A `redis.call` whose command failed: the script stops with that error, unless it caught it
+/// with `pcall` (Lua's).
+#[derive(Debug)]
+struct CallError(String);
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CallError {}
+
+fn call_args(args: &[Value]) -> mlua::Result<Vec<Bytes>> {
+    if args.is_empty() {
+        return Err(mlua::Error::runtime(
+            "Please specify at least one argument for this redis lib call",
+        ));
+    }
+    args.iter()
+        .map(|a| match a {
+            Value::String(s) => Ok(Bytes::copy_from_slice(&s.as_bytes())),
+            Value::Integer(i) => Ok(Bytes::from(i.to_string())),
+            Value::Number(n) => Ok(Bytes::from(lua_number(*n))),
+            _ => Err(mlua::Error::runtime(
+                "Lua redis lib command arguments must be strings or integers",
+            )),
+        })
+        .collect()
+}
+
+/// A number as Lua 5.1's `tostring` writes it (`%.14g`).
+fn lua_number(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        let s = format!("{n:.14e}");
+        let v: f64 = s.parse().unwrap_or(n);
+        v.to_string()
+    }
+}
+
+/// A command's reply as Lua sees it (Redis's conversion rules).
+fn to_lua(lua: &Lua, r: Reply, resp: u8) -> mlua::Result<Value> {
+    let seq = |items: Vec<Reply>| -> mlua::Result<Value> {
+        let t = lua.create_table_with_capacity(items.len(), 0)?;
+        for (i, item) in items.into_iter().enumerate() {
+            t.raw_set(i + 1, to_lua(lua, item, resp)?)?;
+        }
+        Ok(Value::Table(t))
+    };
+    let field = |name: &str, v: Value| -> mlua::Result<Value> {
+        let t = lua.create_table()?;
+        t.raw_set(name, v)?;
+        Ok(Value::Table(t))
+    };
+    Ok(match r {
+        Reply::Simple(s) => field("ok", Value::String(lua.create_string(&s)?))?,
+        Reply::Error(e) => field("err", Value::String(lua.create_string(&e)?))?,
+        Reply::Int(i) => Value::Integer(i),
+        Reply::Bulk(b) => Value::String(lua.create_string(&b)?),
+        Reply::Verbatim(s) => Value::String(lua.create_string(&s)?),
+        Reply::Nil | Reply::NilArray if resp == 3 => Value::Nil,
+        Reply::Nil | Reply::NilArray => Value::Boolean(false),
+        Reply::Array(v) | Reply::Push(v) => seq(v)?,
+        Reply::Set(v) if resp == 3 => {
+            let t = lua.create_table()?;
+            for item in v {
+                t.raw_set(to_lua(lua, item, resp)?, true)?;
+            }
+            field("set", Value::Table(t))?
+        }
+        Reply::Set(v) => seq(v)?,
+        Reply::Map(pairs) if resp == 3 => {
+            let t = lua.create_table()?;
+            for (k, v) in pairs {
+                t.raw_set(to_lua(lua, k, resp)?, to_lua(lua, v, resp)?)?;
+            }
+            field("map", Value::Table(t))?
+        }
+        Reply::Pairs(pairs) if resp == 3 => seq((pairs.into_iter())
+            .map(|(a, b)| Reply::Array(vec![a, b]))
+            .collect())?,
+        Reply::Map(pairs) | Reply::Pairs(pairs) => {
+            seq(pairs.into_iter().flat_map(|(a, b)| [a, b]).collect())?
+        }
+        Reply::Double(d) if resp == 3 => {
+            let n = std::str::from_utf8(&d)
+                .ok()
+                .and_then(keel_engine::parse_double)
+                .unwrap_or(0.0);
+            field("double", Value::Number(n))?
+        }
+        Reply::Double(d) => Value::String(lua.create_string(&d)?),
+    })
+}
+
+/// How deep a script's reply may nest; deeper (a table that holds itself) ends in an error.
+const REPLY_DEPTH_MAX: usize = 1000;
+
+/// A script's return value as a reply (Redis's conversion rules).
+fn from_lua(v: &Value, depth: usize) -> mlua::Result<Reply> {
+    if depth > REPLY_DEPTH_MAX {
+        return Ok(Reply::err("ERR reached lua stack limit"));
+    }
+    Ok(match v {
+        Value::Nil => Reply::Nil,
+        Value::Boolean(true) => Reply::Int(1),
+        Value::Boolean(false) => Reply::Nil,
+        Value::Integer(i) => Reply::Int(*i),
+        Value::Number(n) => Reply::Int(*n as i64),
+        Value::String(s) => Reply::Bulk(Bytes::copy_from_slice(&s.as_bytes())),
+        Value::Table(t) => {
+            if let Ok(Value::String(e)) = t.raw_get::<Value>("err") {
+                return Ok(Reply::Error(e.to_string_lossy()));
+            }
+            if let Ok(Value::String(s)) = t.raw_get::<Value>("ok") {
+                return Ok(Reply::Simple(s.to_string_lossy()));
+            }
+            if let Ok(Value::Number(d)) = t.raw_get::<Value>("double") {
+                return Ok(Reply::Double(Bytes::from(lua_number(d))));
+            }
+            let mut items = Vec::new();
+            for i in 1.. {
+                match t.raw_get::<Value>(i)? {
+                    Value::Nil => break,
+                    v => items.push(from_lua(&v, depth + 1)?),
+                }
+            }
+            Reply::Array(items)
+        }
+        _ => Reply::Nil,
+    })
+}
+
+/// The text of a Lua error, without mlua's wrapping.
+fn lua_message(e: &mlua::Error) -> String {
+    match e {
+        mlua::Error::CallbackError { cause, .. } => lua_message(cause),
+        mlua::Error::RuntimeError(m) | mlua::Error::SyntaxError { message: m, .. } => m.clone(),
+        mlua::Error::ExternalError(e) => e.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The reply to a script that failed: a failed `redis.call`'s own error, or Redis's ERR with the
+/// Lua message; both name the script.
+fn error_reply(e: &mlua::Error, sha: &str) -> Reply {
+    if let Some(CallError(msg)) = find_call_error(e) {
+        return Reply::Error(format!("{msg} script: {sha}"));
+    }
+    let msg = lua_message(e);
+    // An error raised with a table (error({err=…}) or redis.error_reply's) is its own reply.
+    if let Some(rest) = msg.strip_prefix("ERR Script killed") {
+        return Reply::Error(format!("ERR Script killed{rest}"));
+    }
+    let msg = msg.strip_prefix("runtime error: ").unwrap_or(&msg);
+    Reply::Error(format!("ERR {msg} script: {sha}"))
+}
+
+fn find_call_error(e: &mlua::Error) -> Option<&CallError> {
+    match e {
+        mlua::Error::CallbackError { cause, .. } => find_call_error(cause),
+        mlua::Error::ExternalError(x) => x.downcast_ref::<CallError>(),
+        _ => None,
+    }
+}
+
+fn redis_library(lua: &Lua) -> mlua::Result<Table> {
+    let r = lua.create_table()?;
+    r.raw_set(
+        "status_reply",
+        lua.create_function(|lua, s: mlua::LuaString| {
+            let t = lua.create_table()?;
+            t.raw_set("ok", s)?;
+            Ok(t)
+        })?,
+    )?;
+    r.raw_set(
+        "error_reply",
+        lua.create_function(|lua, s: mlua::LuaString| {
+            let t = lua.create_table()?;
+            t.raw_set("err", s)?;
+            Ok(t)
+        })?,
+    )?;
+    r.raw_set(
+        "sha1hex",
+        lua.create_function(|_, s: mlua::LuaString| Ok(sha1_hex(&s.as_bytes())))?,
+    )?;
+    r.raw_set(
+        "log",
+        lua.create_function(|_, (level, parts): (i64, Variadic<Value>)| {
+            let text: Vec<String> = (parts.iter())
+                .map(|p| match p {
+                    Value::String(s) => s.to_string_lossy(),
+                    other => format!("{other:?}"),
+                })
+                .collect();
+            let text = text.join(" ");
+            match level {
+                3 => tracing::warn!(target: "keel::script", "{text}"),
+                2 => tracing::info!(target: "keel::script", "{text}"),
+                _ => tracing::debug!(target: "keel::script", "{text}"),
+            }
+            Ok(())
+        })?,
+    )?;
+    // Effects are always what keel logs; these are accepted for scripts written for Redis.
+    r.raw_set("set_repl", lua.create_function(|_, _: Value| Ok(()))?)?;
+    r.raw_set("replicate_commands", lua.create_function(|_, ()| Ok(true))?)?;
+    for (name, v) in [
+        ("LOG_DEBUG", 0),
+        ("LOG_VERBOSE", 1),
+        ("LOG_NOTICE", 2),
+        ("LOG_WARNING", 3),
+        ("REPL_NONE", 0),
+        ("REPL_AOF", 1),
+        ("REPL_SLAVE", 2),
+        ("REPL_REPLICA", 2),
+        ("REPL_ALL", 3),
+    ] {
+        r.raw_set(name, v)?;
+    }
+    Ok(r)
+}
+
+/// Lua 5.1 numbers are doubles; `bit` works on their low 32 bits, as LuaBitOp does.
+fn tobit(n: f64) -> i32 {
+    (n.rem_euclid(4294967296.0) as u64 as u32) as i32
+}
+
+fn bit_library(lua: &Lua) -> mlua::Result<Table> {
+    let b = lua.create_table()?;
+    let fold = |lua: &Lua, f: fn(i32, i32) -> i32| {
+        lua.create_function(move |_, args: Variadic<f64>| {
+            let mut it = args.iter();
+            let first = it
+                .next()
+                .ok_or_else(|| mlua::Error::runtime("bad argument #1 (number expected)"))?;
+            Ok(it.fold(tobit(*first), |acc, x| f(acc, tobit(*x))))
+        })
+    };
+    b.raw_set("band", fold(lua, |a, x| a & x)?)?;
+    b.raw_set("bor", fold(lua, |a, x| a | x)?)?;
+    b.raw_set("bxor", fold(lua, |a, x| a ^ x)?)?;
+    b.raw_set("tobit", lua.create_function(|_, x: f64| Ok(tobit(x)))?)?;
+    b.raw_set("bnot", lua.create_function(|_, x: f64| Ok(!tobit(x)))?)?;
+    b.raw_set(
+        "bswap",
+        lua.create_function(|_, x: f64| Ok(tobit(x).swap_bytes()))?,
+    )?;
+    let shift = |lua: &Lua, f: fn(i32, u32) -> i32| {
+        lua.create_function(move |_, (x, n): (f64, f64)| Ok(f(tobit(x), (tobit(n) & 31) as u32)))
+    };
+    b.raw_set("lshift", shift(lua, |x, n| ((x as u32) << n) as i32)?)?;
+    b.raw_set("rshift", shift(lua, |x, n| ((x as u32) >> n) as i32)?)?;
+    b.raw_set("arshift", shift(lua, |x, n| x >> n)?)?;
+    b.raw_set("rol", shift(lua, |x, n| (x as u32).rotate_left(n) as i32)?)?;
+    b.raw_set("ror", shift(lua, |x, n| (x as u32).rotate_right(n) as i32)?)?;
+    b.raw_set(
+        "tohex",
+        lua.create_function(|_, (x, n): (f64, Option<f64>)| {
+            let n = n.map_or(8, tobit);
+            let (upper, digits) = (n < 0, n.unsigned_abs().min(8) as usize);
+            let v = tobit(x) as u32 as u64;
+            let s = format!("{v:08x}");
+            let s = s[8 - digits..].to_string();
+            Ok(if upper { s.to_uppercase() } else { s })
+        })?,
+    )?;
+    Ok(b)
+}
+
+fn cjson_library(lua: &Lua) -> mlua::Result<Table> {
+    let c = lua.create_table()?;
+    c.raw_set(
+        "encode",
+        lua.create_function(|_, v: Value| {
+            let j = to_json(&v, 0)?;
+            serde_json::to_string(&j).map_err(mlua::Error::external)
+        })?,
+    )?;
+    c.raw_set(
+        "decode",
+        lua.create_function(|lua, s: mlua::LuaString| {
+            let j: serde_json::Value = serde_json::from_slice(&s.as_bytes()).map_err(|e| {
+                mlua::Error::runtime(format!("Expected value but found invalid token: {e}"))
+            })?;
+            from_json(lua, &j)
+        })?,
+    )?;
+    c.raw_set("null", Value::NULL)?;
+    Ok(c)
+}
+
+fn to_json(v: &Value, depth: usize) -> mlua::Result<serde_json::Value> {
+    use serde_json::Value as J;
+    if depth > 1000 {
+        return Err(mlua::Error::runtime(
+            "Cannot serialise, excessive nesting (1001)",
+        ));
+    }
+    Ok(match v {
+        Value::Nil => J::Null,
+        Value::LightUserData(p) if p.0.is_null() => J::Null,
+        Value::Boolean(b) => J::Bool(*b),
+        Value::Integer(i) => J::from(*i),
+        Value::Number(n) if n.fract() == 0.0 && n.abs() < 1e15 => J::from(*n as i64),
+        Value::Number(n) => serde_json::Number::from_f64(*n)
+            .map(J::Number)
+            .ok_or_else(|| {
+                mlua::Error::runtime("Cannot serialise number: must not be NaN or Inf")
+            })?,
+        Value::String(s) => J::String(s.to_string_lossy()),
+        Value::Table(t) => {
+            let n = t.raw_len();
+            let count = t.clone().pairs::<Value, Value>().count();
+            if n > 0 && count == n {
+                let mut a = Vec::with_capacity(n);
+                for i in 1..=n {
+                    a.push(to_json(&t.raw_get::<Value>(i)?, depth + 1)?);
+                }
+                J::Array(a)
+            } else if count == 0 {
+                J::Object(serde_json::Map::new())
+            } else {
+                let mut o = serde_json::Map::new();
+                for pair in t.clone().pairs::<Value, Value>() {
+                    let (k, v) = pair?;
+                    let key = match &k {
+                        Value::String(s) => s.to_string_lossy(),
+                        Value::Integer(i) => i.to_string(),
+                        Value::Number(n) => lua_number(*n),
+                        _ => {
+                            return Err(mlua::Error::runtime(
+                                "Cannot serialise table: table key must be a number or string",
+                            ))
+                        }
+                    };
+                    o.insert(key, to_json(&v, depth + 1)?);
+                }
+                J::Object(o)
+            }
+        }
+        _ => return Err(mlua::Error::runtime("Cannot serialise: type not supported")),
+    })
+}
+
+fn from_json(lua: &Lua, j: &serde_json::Value) -> mlua::Result<Value> {
+    use serde_json::Value as J;
+    Ok(match j {
+        J::Null => Value::NULL,
+        J::Bool(b) => Value::Boolean(*b),
+        J::Number(n) => Value::Number(n.as_f64().unwrap_or(0.0)),
+        J::String(s) => Value::String(lua.create_string(s)?),
+        J::Array(a) => {
+            let t = lua.create_table_with_capacity(a.len(), 0)?;
+            for (i, v) in a.iter().enumerate() {
+                t.raw_set(i + 1, from_json(lua, v)?)?;
+            }
+            Value::Table(t)
+        }
+        J::Object(o) => {
+            let t = lua.create_table_with_capacity(0, o.len())?;
+            for (k, v) in o {
+                t.raw_set(k.as_str(), from_json(lua, v)?)?;
+            }
+            Value::Table(t)
+        }
+    })
+}
+
+/// `math.random` and `math.randomseed` on a 48-bit generator (drand48's constants) that every
+/// run restarts from the same seed, so a script's choices do not depend on earlier runs.
+fn deterministic_random(lua: &Lua) -> mlua::Result<()> {
+    let state = Arc::new(Mutex::new(0u64));
+    let math: Table = lua.globals().raw_get("math")?;
+    let next = {
+        let state = state.clone();
+        move || {
+            let mut s = crate::lock(&state);
+            *s = (s.wrapping_mul(0x5DEECE66D).wrapping_add(0xB)) & ((1 << 48) - 1);
+            *s as f64 / (1u64 << 48) as f64
+        }
+    };
+    let seed = |state: &Mutex<u64>, x: u64| {
+        *crate::lock(state) = ((x & 0xFFFF_FFFF) << 16) | 0x330E;
+    };
+    math.raw_set(
+        "random",
+        lua.create_function(move |_, args: MultiValue| {
+            let r = next();
+            let n: Vec<f64> = args
+                .iter()
+                .map(|v| match v {
+                    Value::Integer(i) => Ok(*i as f64),
+                    Value::Number(n) => Ok(*n),
+                    _ => Err(mlua::Error::runtime(
+                        "bad argument to 'random' (number expected)",
+                    )),
+                })
+                .collect::<mlua::Result<_>>()?;
+            match n[..] {
+                [] => Ok(Value::Number(r)),
+                [m] if m >= 1.0 => Ok(Value::Number((r * m).floor() + 1.0)),
+                [l, u] if l <= u => Ok(Value::Number((r * (u - l + 1.0)).floor() + l)),
+                [_] | [_, _] => Err(mlua::Error::runtime(
+                    "bad argument to 'random' (interval is empty)",
+                )),
+                _ => Err(mlua::Error::runtime("wrong number of arguments")),
+            }
+        })?,
+    )?;
+    let s2 = state.clone();
+    math.raw_set(
+        "randomseed",
+        lua.create_function(move |_, x: f64| {
+            seed(&s2, x as i64 as u64);
+            Ok(())
+        })?,
+    )?;
+    let s3 = state;
+    lua.set_named_registry_value(
+        "keel_reseed",
+        lua.create_function(move |_, ()| {
+            seed(&s3, 0);
+            Ok(())
+        })?,
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `body` with a caller that answers every command with its arguments joined.
+    fn eval(body: &str, keys: &[&str], argv: &[&str]) -> Reply {
+        struct Echo(bool);
+        impl Caller for Echo {
+            fn call(&mut self, args: Vec<Bytes>) -> Reply {
+                if args[0].eq_ignore_ascii_case(b"fail") {
+                    return Reply::err("ERR failed on purpose");
+                }
+                self.0 = true;
+                Reply::Bulk(Bytes::from(args.join(&b' ')))
+            }
+            fn wrote(&self) -> bool {
+                self.0
+            }
+        }
+        let s = Scripts::new();
+        let sha = match s.load(body.as_bytes()) {
+            Ok(sha) => sha,
+            Err(e) => return e,
+        };
+        let b = |v: &[&str]| {
+            v.iter()
+                .map(|x| Bytes::from(x.to_string()))
+                .collect::<Vec<_>>()
+        };
+        s.run(&sha, &b(keys), &b(argv), &mut Echo(false))
+    }
+
+    #[test]
+    fn conversions_follow_redis() {
+        assert_eq!(eval("return 1.9", &[], &[]), Reply::Int(1));
+        assert_eq!(eval("return true", &[], &[]), Reply::Int(1));
+        assert_eq!(eval("return false", &[], &[]), Reply::Nil);
+        assert_eq!(
+            eval("return {1, 'a', nil, 3}", &[], &[]),
+            Reply::Array(vec![Reply::Int(1), Reply::Bulk("a".into())])
+        );
+        assert_eq!(
+            eval("return redis.status_reply('FINE')", &[], &[]),
+            Reply::Simple("FINE".into())
+        );
+        assert_eq!(
+            eval("return redis.error_reply('MY err')", &[], &[]),
+            Reply::Error("MY err".into())
+        );
+        assert_eq!(
+            eval("return {KEYS[1], ARGV[2]}", &["k"], &["a", "b"]),
+            Reply::Array(vec![Reply::Bulk("k".into()), Reply::Bulk("b".into())])
+        );
+        assert_eq!(
+            eval("return redis.call('set', KEYS[1], 5)", &["k"], &[]),
+            Reply::Bulk("set k 5".into())
+        );
+    }
+
+    #[test]
+    fn errors_name_the_script() {
+        let Reply::Error(e) = eval("return redis.call('fail')", &[], &[]) else {
+            panic!()
+        };
+        assert!(e.starts_with("ERR failed on purpose script: "), "{e}");
+        let r = eval("local ok = redis.pcall('fail'); return ok['err']", &[], &[]);
+        assert_eq!(r, Reply::Bulk("ERR failed on purpose".into()));
+        let Reply::Error(e) = eval("x = 1", &[], &[]) else {
+            panic!()
+        };
+        assert!(e.contains("Attempt to modify a readonly table"), "{e}");
+        let Reply::Error(e) = eval("return y", &[], &[]) else {
+            panic!()
+        };
+        assert!(
+            e.contains("Script attempted to access nonexistent global variable 'y'"),
+            "{e}"
+        );
+        let Reply::Error(e) = eval("return +", &[], &[]) else {
+            panic!()
+        };
+        assert!(e.starts_with("ERR Error compiling script"), "{e}");
+        let Reply::Error(e) = eval("return os.time()", &[], &[]) else {
+            panic!()
+        };
+        assert!(e.contains("'os'"), "{e}");
+    }
+
+    #[test]
+    fn libraries() {
+        assert_eq!(
+            eval("return bit.band(0xff, 0x0f)", &[], &[]),
+            Reply::Int(15)
+        );
+        assert_eq!(
+            eval("return bit.tohex(255, 4)", &[], &[]),
+            Reply::Bulk("00ff".into())
+        );
+        assert_eq!(eval("return bit.bnot(0)", &[], &[]), Reply::Int(-1));
+        assert_eq!(
+            eval(
+                "return cjson.encode(cjson.decode('{\"a\":[1,2,3]}'))",
+                &[],
+                &[]
+            ),
+            Reply::Bulk("{\"a\":[1,2,3]}".into())
+        );
+        assert_eq!(
+            eval("return redis.sha1hex('')", &[], &[]),
+            Reply::Bulk("da39a3ee5e6b4b0d3255bfef95601890afd80709".into())
+        );
+        // The same sequence every run.
+        let a = eval("return {math.random(100), math.random(100)}", &[], &[]);
+        assert_eq!(
+            a,
+            eval("return {math.random(100), math.random(100)}", &[], &[])
+        );
+    }
+
+    #[test]
+    fn shebang_flags() {
+        let s = Scripts::new();
+        let sha = s.load(b"#!lua flags=no-writes\nreturn 1").unwrap();
+        assert_eq!(
+            s.flags(&sha),
+            Some(ScriptFlags {
+                no_writes: true,
+                declared: true
+            })
+        );
+        assert!(
+            matches!(s.load(b"#!python\nreturn 1"), Err(Reply::Error(e)) if e.contains("Could not find scripting engine"))
+        );
+        assert!(
+            matches!(s.load(b"#!lua flags=bogus\nreturn 1"), Err(Reply::Error(e)) if e.contains("Unexpected flag"))
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! EVAL, EVALSHA, their read-only forms and SCRIPT on a connection (see [`crate::scripting`]).
+//!
+//! A script runs on its worker thread (`block_in_place`, so the runtime's other tasks move on)
+//! inside one engine transaction, holding the sequencer: other writes wait, asynchronously,
+//! until it ends, and once it has run `busy-reply-threshold` ms every command but SCRIPT KILL
+//! and SHUTDOWN gets -BUSY. Reads of other clients are served meanwhile, from the durable state
+//! (Redis serves nothing while a script runs).
+
+use super::*;
+use crate::cmd::Command;
+use crate::scripting::{Caller, Kill};
+use keel_engine::Script;
+
+/// Runs a script's `redis.call`s: compiled by the registry as if sent alone, checked against
+/// the user's permissions, decided in the script's transaction.
+struct ScriptCaller<'s, 't> {
+    tx: &'s mut Script<'t>,
+    sh: &'s Shared,
+    user: Option<&'s User>,
+    read_only: bool,
+    now: u64,
+    /// For tracking's invalidations and blocked clients, once the script is durable.
+    touched: Vec<Bytes>,
+    flushed: bool,
+    pushed: Vec<Bytes>,
+    /// The calls that read, for the caller's own tracking (`None`: it does not track).
+    reads: Option<Vec<Vec<Bytes>>>,
+}
+
+impl Caller for ScriptCaller<'_, '_> {
+    fn call(&mut self, args: Vec<Bytes>) -> Reply {
+        let Some(spec) = cmd::find(&args[0]).map(|i| cmd::COMMANDS[i]) else {
+            return Reply::err("ERR Unknown Redis command called from script");
+        };
+        if !cmd::arity_ok(spec, args.len()) {
+            return Reply::err("ERR Wrong number of args calling Redis command from script");
+        }
+        let redis_flag = |f: &str| spec.redis_flags.split(' ').any(|g| g == f);
+        // Redis refuses what may replicate (PUBLISH) from a read-only script this way too.
+        if self.read_only
+            && (cmd::flags(spec, &args).contains(Flags::WRITE) || redis_flag("may_replicate"))
+        {
+            return Reply::err("ERR Write commands are not allowed from read-only scripts.");
+        }
+        if redis_flag("noscript") || matches!(spec.run, Run::Conn) {
+            return Reply::err("ERR This Redis command is not allowed from script");
+        }
+        if let Some(u) = self.user {
+            if let Err(e) = self.sh.users.check(u, spec, &args) {
+                return Reply::err(e.to_string());
+            }
+        }
+        self.sh.monitors.feed_as("lua", &args);
+        let compile = match spec.run {
+            Run::Local(reply) => return reply(&args),
+            Run::Data(compile) => compile,
+            Run::Conn => unreachable!("refused above"),
+        };
+        let part = match compile(spec.name, &args, self.now) {
+            Ok(p) => p,
+            Err(e) => return e,
+        };
+        if !part.guards.is_empty() {
+            return Reply::err(format!(
+                "ERR keel does not run {} inside a script",
+                spec.name.to_uppercase()
+            ));
+        }
+        if part.read_only() {
+            if let Some(reads) = &mut self.reads {
+                reads.push(args.clone());
+            }
+        } else {
+            if self.sh.tracking.active() {
+                self.touched.extend(tracking::touched_keys(&args));
+                self.flushed |= part.writes.iter().any(|w| matches!(w, Write::DeleteAll));
+            }
+            self.pushed.extend(blocking::pushed_keys(&part.writes));
+        }
+        match self.tx.call(part.writes) {
+            Ok(results) => (part.render)(Some(&results)),
+            Err(e) => self.sh.backend.engine_error(&e),
+        }
+    }
+
+    fn wrote(&self) -> bool {
+        self.tx.wrote()
+    }
+}
+
+impl Conn {
+    pub(super) async fn scripts_command(&mut self, name: &str, args: Vec<Bytes>) -> Flow {
+        match name {
+            "script" => self.script(&args),
+            _ => self.eval(name, &args).await,
+        }
+        Flow::Continue
+    }
+
+    /// Whether EVAL or EVALSHA may write (CLIENT PAUSE WRITE holds it): unless its script
+    /// says `#!lua flags=no-writes`.
+    pub(super) fn script_may_write(&self, name: &str, args: &[Bytes]) -> bool {
+        match name {
+            "eval" => crate::scripting::body_may_write(&args[1]),
+            "evalsha" => (self.sh.scripts.flags(&lower(&args[1]))).is_none_or(|f| !f.no_writes),
+            _ => false,
+        }
+    }
+
+    /// -BUSY for a command sent while a script has run past `busy-reply-threshold`.
+    pub(super) fn busy(&self, spec: &Command, args: &[Bytes]) -> Option<Reply> {
+        let running = self.sh.scripts.running()?;
+        let threshold = Live::get(&self.sh.live.busy_reply_threshold).max(0) as u128;
+        if running.started.elapsed().as_millis() < threshold {
+            return None;
+        }
+        let sub = args.get(1).map(|a| lower(a));
+        let allowed = spec.name == "shutdown"
+            || (spec.name == "script" && sub.as_deref() == Some("kill"))
+            || spec.redis_flags.split(' ').any(|f| f == "allow_busy");
+        (!allowed).then(|| {
+            Reply::err(
+                "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+            )
+        })
+    }
+
+    fn script(&mut self, args: &[Bytes]) {
+        let scripts = &self.sh.scripts;
+        let sub = lower(&args[1]);
+        let r = match (sub.as_str(), args.len()) {
+            ("load", 3) => match scripts.load(&args[2]) {
+                Ok(sha) => Reply::Bulk(sha.into()),
+                Err(e) => e,
+            },
+            ("exists", n) if n >= 3 => Reply::Array(
+                (args[2..].iter())
+                    .map(|s| Reply::Int(scripts.exists(s) as i64))
+                    .collect(),
+            ),
+            ("flush", 2) => {
+                scripts.flush();
+                Reply::ok()
+            }
+            ("flush", 3) if eq(&args[2], "async") || eq(&args[2], "sync") => {
+                scripts.flush();
+                Reply::ok()
+            }
+            ("flush", 3) => Reply::err("ERR SCRIPT FLUSH only support SYNC|ASYNC option"),
+            ("kill", 2) => match scripts.kill() {
+                Kill::NotBusy => Reply::err("NOTBUSY No scripts in execution right now."),
+                Kill::Unkillable => Reply::err(
+                    "UNKILLABLE Sorry the script already executed write commands against the dataset. You can either wait the script termination or kill the server in a hard way using the SHUTDOWN NOSAVE command.",
+                ),
+                Kill::Killed => Reply::ok(),
+            },
+            ("load" | "exists" | "flush" | "kill", _) => cmd::wrong_args(&format!("script|{sub}")),
+            _ => unknown_subcommand(&args[1], "SCRIPT"),
+        };
+        self.reply(r);
+    }
+
+    async fn eval(&mut self, name: &str, args: &[Bytes]) {
+        let by_sha = name.starts_with("evalsha");
+        let numkeys = match std::str::from_utf8(&args[2])
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+        {
+            None => return self.reply(Reply::err("ERR value is not an integer or out of range")),
+            Some(n) if n < 0 => {
+                return self.reply(Reply::err("ERR Number of keys can't be negative"))
+            }
+            Some(n) if n as usize > args.len() - 3 => {
+                return self.reply(Reply::err(
+                    "ERR Number of keys can't be greater than number of args",
+                ))
+            }
+            Some(n) => n as usize,
+        };
+        let scripts = &self.sh.scripts;
+        let sha = if by_sha {
+            let sha = lower(&args[1]);
+            if !scripts.exists(sha.as_bytes()) {
+                return self.reply(crate::scripting::noscript());
+            }
+            sha
+        } else {
+            match scripts.load(&args[1]) {
+                Ok(sha) => sha,
+                Err(e) => return self.reply(e),
+            }
+        };
+        let flags = scripts.flags(&sha).unwrap_or_default();
+        if self.sh.backend.cluster().is_some() {
+            return self.reply(Reply::err(
+                "ERR keel cluster does not run scripts yet: send the script's commands in MULTI/EXEC",
+            ));
+        }
+        let read_only = name.ends_with("_ro") || flags.no_writes;
+        // Scripts run one at a time; a script waits for the one running to end, without
+        // holding a thread.
+        self.sh.scripts.idle().await;
+        if !read_only {
+            self.sh
+                .backend
+                .room(args.iter().map(Bytes::len).sum())
+                .await;
+        }
+        let (keys, argv) = args[3..].split_at(numkeys);
+        let sh = self.sh.clone();
+        let engine = self.engine();
+        let user = self.user.as_ref();
+        let now = now_ms();
+        let tracks = self.tracking.is_some();
+        let ran = tokio::task::block_in_place(|| {
+            engine.submit_script(now, |tx| {
+                let mut caller = ScriptCaller {
+                    tx,
+                    sh: &sh,
+                    user,
+                    read_only,
+                    now,
+                    touched: Vec::new(),
+                    flushed: false,
+                    pushed: Vec::new(),
+                    reads: tracks.then(Vec::new),
+                };
+                let reply = sh.scripts.run(&sha, keys, argv, &mut caller);
+                let ScriptCaller {
+                    touched,
+                    flushed,
+                    pushed,
+                    reads,
+                    ..
+                } = caller;
+                (reply, touched, flushed, pushed, reads)
+            })
+        });
+        let ((reply, touched, flushed, pushed, reads), pending) = match ran {
+            Ok(r) => r,
+            Err(e) => return self.reply(self.sh.backend.engine_error(&e)),
+        };
+        for args in reads.iter().flatten() {
+            self.track_read(args);
+        }
+        let touched = Touched::new(touched, flushed, self.client.id);
+        let quiet = self.quiet;
+        let durable = Box::pin(async move {
+            match pending.await {
+                Ok(o) => {
+                    touched.send(&sh, &o);
+                    if !pushed.is_empty() && sh.blocked.any() {
+                        sh.blocked.settled(&sh.blocked.wake(&pushed)).await;
+                    }
+                    reply
+                }
+                Err(e) => sh.backend.engine_error(&e),
+            }
+        });
+        self.queue.push_back(if quiet {
+            Slot::Silent(durable)
+        } else {
+            Slot::Pending(durable)
+        });
+    }
+}

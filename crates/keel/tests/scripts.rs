@@ -1,0 +1,308 @@
+//! Scripts (EVAL, EVALSHA, SCRIPT) through a real `keel serve`: Redis's conversions, a script
+//! as one durable transaction across kill -9, writes kept by a script that fails, SCRIPT KILL
+//! and -BUSY, read-only scripts, and each call checked against the user's permissions.
+
+mod common;
+use std::time::{Duration, Instant};
+
+use common::*;
+use redis::Value;
+
+fn eval<T: redis::FromRedisValue>(
+    c: &mut redis::Connection,
+    script: &str,
+    keys: &[&str],
+    argv: &[&str],
+) -> T {
+    let n = keys.len().to_string();
+    let mut args = vec!["EVAL", script, &n];
+    args.extend_from_slice(keys);
+    args.extend_from_slice(argv);
+    query(c, &args)
+}
+
+/// A command's error reply, exactly as sent (the `redis` crate rewrites some).
+fn err(r: &mut Raw, args: &[&str]) -> String {
+    r.send(&resp(args));
+    let reply = String::from_utf8(read_reply(r)).unwrap();
+    match reply.strip_prefix('-') {
+        Some(e) => e.trim_end().to_string(),
+        None => panic!("{args:?} answered {reply:?}, not an error"),
+    }
+}
+
+fn eval_err(r: &mut Raw, script: &str) -> String {
+    err(r, &["EVAL", script, "0"])
+}
+
+#[test]
+fn eval_runs_commands_and_converts_replies_as_redis_does() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(&t.path().join("data"), &[]);
+    let mut c = srv.client();
+    let mut r = srv.raw();
+    let ok: String = eval(
+        &mut c,
+        "return redis.call('SET', KEYS[1], ARGV[1])",
+        &["k"],
+        &["v"],
+    );
+    assert_eq!(ok, "OK");
+    assert_eq!(query::<String>(&mut c, &["GET", "k"]), "v");
+    // Each call sees the ones before it.
+    let n: i64 = eval(
+        &mut c,
+        "redis.call('INCR', KEYS[1]); redis.call('INCRBY', KEYS[1], 10); return tonumber(redis.call('GET', KEYS[1]))",
+        &["n"],
+        &[],
+    );
+    assert_eq!(n, 11);
+    // Numbers become integers (truncated), false and nil become nil, tables arrays up to the
+    // first nil, and status and error tables replies of their own.
+    let v: Value = eval(&mut c, "return {1, 2.9, 'x', false, nil, 5}", &[], &[]);
+    assert_eq!(
+        v,
+        Value::Array(vec![
+            Value::Int(1),
+            Value::Int(2),
+            Value::BulkString(b"x".to_vec()),
+            Value::Nil
+        ])
+    );
+    let v: Value = eval(&mut c, "return redis.status_reply('FINE')", &[], &[]);
+    assert_eq!(v, Value::SimpleString("FINE".into()));
+    assert_eq!(
+        eval_err(&mut r, "return redis.error_reply('MINE went wrong')"),
+        "MINE went wrong"
+    );
+    // Collections and reads of every kind.
+    let _: i64 = eval(
+        &mut c,
+        "return redis.call('RPUSH', 'l', 'a', 'b', 'c')",
+        &[],
+        &[],
+    );
+    let l: Vec<String> = eval(&mut c, "return redis.call('LRANGE', 'l', 0, -1)", &[], &[]);
+    assert_eq!(l, ["a", "b", "c"]);
+    query::<()>(&mut c, &["SET", "e", "1", "EX", "100"]);
+    let ttl: i64 = eval(&mut c, "return redis.call('TTL', 'e')", &[], &[]);
+    assert!((99..=100).contains(&ttl), "{ttl}");
+    // A failed call stops the script with the command's error; pcall catches it.
+    let e = eval_err(&mut r, "return redis.call('GET', 'l')");
+    assert!(e.starts_with("WRONGTYPE Operation against a key"), "{e}");
+    let caught: String = eval(
+        &mut c,
+        "local r = redis.pcall('GET', 'l'); return r['err']",
+        &[],
+        &[],
+    );
+    assert!(caught.starts_with("WRONGTYPE"), "{caught}");
+    // The sandbox.
+    assert!(eval_err(&mut r, "x = 1").contains("Attempt to modify a readonly table"));
+    assert!(eval_err(&mut r, "return undefined_name").contains("nonexistent global variable"));
+    assert!(eval_err(&mut r, "return os.time()").contains("'os'"));
+    assert!(
+        eval_err(&mut r, "return redis.call('SUBSCRIBE', 'x')").contains("not allowed from script")
+    );
+    assert!(eval_err(&mut r, "return +").starts_with("ERR Error compiling script"));
+    // Bad numbers of keys.
+    assert_eq!(
+        err(&mut r, &["EVAL", "return 1", "2", "a"]),
+        "ERR Number of keys can't be greater than number of args"
+    );
+    assert_eq!(
+        err(&mut r, &["EVAL", "return 1", "-1"]),
+        "ERR Number of keys can't be negative"
+    );
+}
+
+#[test]
+fn script_load_evalsha_exists_and_flush() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(&t.path().join("data"), &[]);
+    let mut c = srv.client();
+    let mut r = srv.raw();
+    let sha: String = query(&mut c, &["SCRIPT", "LOAD", "return ARGV[1] .. '!'"]);
+    assert_eq!(sha.len(), 40);
+    assert_eq!(
+        query::<String>(&mut c, &["EVALSHA", &sha, "0", "hi"]),
+        "hi!"
+    );
+    assert_eq!(
+        query::<String>(&mut c, &["EVALSHA", &sha.to_uppercase(), "0", "x"]),
+        "x!"
+    );
+    assert_eq!(
+        query::<Vec<i64>>(
+            &mut c,
+            &[
+                "SCRIPT",
+                "EXISTS",
+                &sha,
+                "0000000000000000000000000000000000000000"
+            ]
+        ),
+        [1, 0]
+    );
+    // EVAL caches its script under the same name.
+    let _: i64 = eval(&mut c, "return 7", &[], &[]);
+    let seven: String = query(&mut c, &["SCRIPT", "LOAD", "return 7"]);
+    assert_eq!(query::<i64>(&mut c, &["EVALSHA", &seven, "0"]), 7);
+    query::<()>(&mut c, &["SCRIPT", "FLUSH"]);
+    assert_eq!(
+        err(&mut r, &["EVALSHA", &sha, "0"]),
+        "NOSCRIPT No matching script. Please use EVAL."
+    );
+    assert_eq!(query::<Vec<i64>>(&mut c, &["SCRIPT", "EXISTS", &sha]), [0]);
+}
+
+/// Everything a script wrote is one log record: acknowledged, it survives kill -9 whole. A
+/// script that fails after writing keeps what it wrote, as in Redis.
+#[test]
+fn a_script_is_one_durable_transaction() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let srv = Server::start(&data, &[]);
+    let mut c = srv.client();
+    let n: i64 = eval(
+        &mut c,
+        "for i = 1, 100 do redis.call('SET', 'k' .. i, i) end; redis.call('HSET', 'h', 'f', 'v'); return 101",
+        &[],
+        &[],
+    );
+    assert_eq!(n, 101);
+    let mut r = srv.raw();
+    let e = eval_err(&mut r, "redis.call('SET', 'kept', '1'); error('boom')");
+    assert!(e.contains("boom"), "{e}");
+    srv.kill9();
+    let srv = Server::start(&data, &[]);
+    let mut c = srv.client();
+    for i in [1, 50, 100] {
+        assert_eq!(
+            query::<String>(&mut c, &["GET", &format!("k{i}")]),
+            i.to_string()
+        );
+    }
+    assert_eq!(query::<String>(&mut c, &["HGET", "h", "f"]), "v");
+    assert_eq!(query::<String>(&mut c, &["GET", "kept"]), "1");
+}
+
+#[test]
+fn read_only_scripts_and_permissions() {
+    let t = tempfile::tempdir().unwrap();
+    let sha = |pw: &str| hash_password(&[], pw).trim().to_string();
+    let conf = t.path().join("keel.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "requirepass = \"pw-default-81\"\n\n[[users]]\nname = \"reader\"\npassword_sha256 = \"{}\"\npermissions = [\"read\"]\n",
+            sha("pw-reader-82")
+        ),
+    )
+    .unwrap();
+    let srv = Server::start(
+        &t.path().join("data"),
+        &["--config", conf.to_str().unwrap()],
+    );
+    let mut admin = srv.client();
+    query::<()>(&mut admin, &["AUTH", "pw-default-81"]);
+    let mut ra = srv.raw();
+    ra.cmd(&["AUTH", "pw-default-81"], "+OK\r\n");
+    query::<()>(&mut admin, &["SET", "k", "v"]);
+    let e = err(
+        &mut ra,
+        &["EVAL_RO", "return redis.call('SET', 'k', 'x')", "0"],
+    );
+    assert!(
+        e.starts_with("ERR Write commands are not allowed from read-only scripts"),
+        "{e}"
+    );
+    let e = eval_err(
+        &mut ra,
+        "#!lua flags=no-writes\nreturn redis.call('DEL', 'k')",
+    );
+    assert!(
+        e.starts_with("ERR Write commands are not allowed from read-only scripts"),
+        "{e}"
+    );
+    assert_eq!(
+        query::<String>(
+            &mut admin,
+            &["EVAL_RO", "return redis.call('GET', 'k')", "0"]
+        ),
+        "v"
+    );
+
+    let mut reader = srv.client();
+    query::<()>(&mut reader, &["AUTH", "reader", "pw-reader-82"]);
+    let mut rr = srv.raw();
+    rr.cmd(&["AUTH", "reader", "pw-reader-82"], "+OK\r\n");
+    assert_eq!(
+        query::<String>(&mut reader, &["EVAL", "return redis.call('GET', 'k')", "0"]),
+        "v"
+    );
+    // A script runs with its caller's permissions, call by call.
+    let e = eval_err(&mut rr, "return redis.call('SET', 'k', 'mine')");
+    assert!(e.starts_with("NOPERM"), "{e}");
+    assert_eq!(query::<String>(&mut admin, &["GET", "k"]), "v");
+}
+
+/// A script past busy-reply-threshold makes other clients' commands -BUSY; SCRIPT KILL stops
+/// one that has not written, and one that has written runs to its end.
+#[test]
+fn busy_scripts_and_script_kill() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(&t.path().join("data"), &[]);
+    let mut c = srv.client();
+    let mut r = srv.raw();
+    query::<()>(&mut c, &["CONFIG", "SET", "busy-reply-threshold", "50"]);
+    assert_eq!(
+        err(&mut r, &["SCRIPT", "KILL"]),
+        "NOTBUSY No scripts in execution right now."
+    );
+    let mut looping = srv.raw();
+    looping.send(&resp(&["EVAL", "while true do end", "0"]));
+    let started = Instant::now();
+    let busy = loop {
+        let e = match redis::cmd("PING").query::<Value>(&mut c) {
+            Err(e) => e.to_string(),
+            Ok(_) => {
+                assert!(started.elapsed() < Duration::from_secs(30), "never busy");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        break e;
+    };
+    assert!(busy.contains("BUSY"), "{busy}");
+    query::<()>(&mut c, &["SCRIPT", "KILL"]);
+    let killed = String::from_utf8(read_reply(&mut looping)).unwrap();
+    assert!(
+        killed.starts_with("-ERR Script killed by user with SCRIPT KILL"),
+        "{killed}"
+    );
+    assert_eq!(query::<String>(&mut c, &["PING"]), "PONG");
+
+    // After a write, a script cannot be killed.
+    looping.send(&resp(&[
+        "EVAL",
+        "redis.call('SET', 'w', '1'); local t = redis.call('TIME'); local s = tonumber(t[1]); while tonumber(redis.call('TIME')[1]) < s + 1 do end; return 'done'",
+        "0",
+    ]));
+    let started = Instant::now();
+    let unkillable = loop {
+        r.send(&resp(&["SCRIPT", "KILL"]));
+        let reply = String::from_utf8(read_reply(&mut r)).unwrap();
+        if !reply.starts_with("-NOTBUSY") {
+            break reply;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "never ran");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(unkillable.contains("UNKILLABLE"), "{unkillable}");
+    assert_eq!(
+        String::from_utf8(read_reply(&mut looping)).unwrap(),
+        "$4\r\ndone\r\n"
+    );
+    assert_eq!(query::<String>(&mut c, &["GET", "w"]), "1");
+}
