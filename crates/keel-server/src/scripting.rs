@@ -56,16 +56,21 @@ struct Cached {
 /// The scripting engine: one Lua state and the scripts it compiled, by SHA-1.
 pub struct Scripts {
     vm: Mutex<Vm>,
+    /// The loaded function libraries (FUNCTION, FCALL).
+    functions: Mutex<FunctionVm>,
     /// The running script, if any: SCRIPT KILL and busy replies look at it.
     running: Mutex<Option<Running>>,
     kill: Arc<AtomicBool>,
     /// Wakes whoever waits for the running script to end.
     done: tokio::sync::Notify,
+    editing: tokio::sync::Mutex<()>,
 }
 
 /// A running script, as SCRIPT KILL and busy replies see it.
 #[derive(Clone)]
 pub struct Running {
+    /// The script's SHA-1, or the function's name.
+    pub name: String,
     pub started: Instant,
     pub wrote: Arc<AtomicBool>,
 }
@@ -96,9 +101,13 @@ impl Scripts {
                 lua,
                 cache: HashMap::new(),
             }),
+            functions: Mutex::new(
+                compile_libraries(&Libraries::new()).expect("no libraries compile"),
+            ),
             running: Mutex::new(None),
             kill: Arc::new(AtomicBool::new(false)),
             done: tokio::sync::Notify::new(),
+            editing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -174,28 +183,371 @@ impl Scripts {
         let Some(cached) = vm.cache.get(sha) else {
             return noscript();
         };
+        self.running_while(sha, || {
+            run_in(
+                &vm.lua,
+                &cached.function,
+                Args::Globals,
+                keys,
+                argv,
+                caller,
+                self,
+            )
+        })
+    }
+
+    /// Runs the loaded function `name` (FCALL), as [`Scripts::run`] runs a script.
+    pub fn call_function(
+        &self,
+        name: &str,
+        keys: &[Bytes],
+        argv: &[Bytes],
+        caller: &mut dyn Caller,
+    ) -> Reply {
+        let functions = crate::lock(&self.functions);
+        let Some(f) = functions.function(name) else {
+            return Reply::err("ERR Function not found");
+        };
+        self.running_while(name, || {
+            run_in(
+                &functions.lua,
+                &f.function,
+                Args::Parameters,
+                keys,
+                argv,
+                caller,
+                self,
+            )
+        })
+    }
+
+    fn running_while(&self, name: &str, run: impl FnOnce() -> mlua::Result<Reply>) -> Reply {
         let running = Running {
+            name: name.to_string(),
             started: Instant::now(),
             wrote: Arc::new(AtomicBool::new(false)),
         };
         self.kill.store(false, Ordering::SeqCst);
-        *crate::lock(&self.running) = Some(running.clone());
-        let reply = match run_in(
-            &vm.lua,
-            &cached.function,
-            keys,
-            argv,
-            caller,
-            &running,
-            &self.kill,
-        ) {
-            Ok(r) => r,
-            Err(e) => error_reply(&e, sha),
-        };
+        *crate::lock(&self.running) = Some(running);
+        let reply = run().unwrap_or_else(|e| error_reply(&e, name));
         *crate::lock(&self.running) = None;
         self.done.notify_waiters();
         reply
     }
+
+    /// The flags of the loaded function `name`, or `None` if there is none.
+    pub fn function_flags(&self, name: &str) -> Option<ScriptFlags> {
+        crate::lock(&self.functions).function(name).map(|f| f.flags)
+    }
+
+    /// The libraries' sources, by name (what FUNCTION DUMP and the durable copy hold).
+    pub fn library_sources(&self) -> Libraries {
+        crate::lock(&self.functions).sources()
+    }
+
+    /// Serializes changes to the libraries: each reads them, changes them and stores them.
+    pub async fn editing(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.editing.lock().await
+    }
+
+    /// Installs `libraries`, compiled by [`compile_libraries`], in place of the loaded ones.
+    pub fn install(&self, libraries: FunctionVm) {
+        *crate::lock(&self.functions) = libraries;
+    }
+
+    /// FUNCTION LIST: every library matching `pattern`, with its code if asked.
+    pub fn list(&self, pattern: Option<&[u8]>, with_code: bool) -> Reply {
+        let functions = crate::lock(&self.functions);
+        let text = |s: &str| Reply::Bulk(Bytes::copy_from_slice(s.as_bytes()));
+        let libraries = (functions.libraries.iter())
+            .filter(|(name, _)| pattern.is_none_or(|p| crate::glob::matches(p, name.as_bytes())))
+            .map(|(name, lib)| {
+                let fs = (lib.functions.iter())
+                    .map(|(fname, f)| {
+                        let flags = [(f.flags.no_writes, "no-writes")]
+                            .into_iter()
+                            .filter(|(on, _)| *on)
+                            .map(|(_, n)| text(n))
+                            .collect();
+                        Reply::Map(vec![
+                            (text("name"), text(fname)),
+                            (
+                                text("description"),
+                                f.description.as_deref().map_or(Reply::Nil, text),
+                            ),
+                            (text("flags"), Reply::Set(flags)),
+                        ])
+                    })
+                    .collect();
+                let mut m = vec![
+                    (text("library_name"), text(name)),
+                    (text("engine"), text("LUA")),
+                    (text("functions"), Reply::Array(fs)),
+                ];
+                if with_code {
+                    m.push((text("library_code"), Reply::Bulk(lib.code.clone())));
+                }
+                Reply::Map(m)
+            })
+            .collect();
+        Reply::Array(libraries)
+    }
+
+    /// FUNCTION STATS' counts: libraries and functions.
+    pub fn function_counts(&self) -> (usize, usize) {
+        let f = crate::lock(&self.functions);
+        let n = f.libraries.values().map(|l| l.functions.len()).sum();
+        (f.libraries.len(), n)
+    }
+}
+
+/// Libraries' sources by name: what is stored durably and what FUNCTION DUMP gives.
+pub type Libraries = std::collections::BTreeMap<String, Bytes>;
+
+/// The loaded libraries, compiled in a Lua state of their own (SCRIPT FLUSH does not touch
+/// them, as in Redis).
+pub struct FunctionVm {
+    lua: Lua,
+    libraries: std::collections::BTreeMap<String, Library>,
+}
+
+struct Library {
+    code: Bytes,
+    functions: std::collections::BTreeMap<String, LoadedFunction>,
+}
+
+struct LoadedFunction {
+    function: Function,
+    flags: ScriptFlags,
+    description: Option<String>,
+}
+
+impl FunctionVm {
+    fn function(&self, name: &str) -> Option<&LoadedFunction> {
+        self.libraries.values().find_map(|l| l.functions.get(name))
+    }
+
+    fn sources(&self) -> Libraries {
+        (self.libraries.iter())
+            .map(|(n, l)| (n.clone(), l.code.clone()))
+            .collect()
+    }
+}
+
+/// A library's name from its `#!lua name=…` line, and its code.
+pub fn library_name(code: &[u8]) -> Result<String, Reply> {
+    let end = code.iter().position(|&b| b == b'\n').unwrap_or(code.len());
+    let Some(line) = code[..end].strip_prefix(b"#!") else {
+        return Err(Reply::err("ERR Missing library metadata"));
+    };
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split_ascii_whitespace();
+    let engine = words.next().unwrap_or("");
+    if !engine.eq_ignore_ascii_case("lua") {
+        return Err(Reply::err(format!("ERR Engine '{engine}' not found")));
+    }
+    let mut name = None;
+    for w in words {
+        match w.strip_prefix("name=") {
+            Some(n) => name = Some(n.to_string()),
+            None => return Err(Reply::err(format!("ERR Invalid metadata value given: {w}"))),
+        }
+    }
+    let name = name.ok_or_else(|| Reply::err("ERR Library name was not given"))?;
+    if !valid_name(&name) {
+        return Err(Reply::err(
+            "ERR Library names can only contain letters, numbers, or underscores(_) and must be at least one character long",
+        ));
+    }
+    Ok(name)
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Compiles `libraries` into a fresh Lua state: each library's code runs once, registering its
+/// functions with `redis.register_function`. Redis's errors for a library that registers
+/// nothing, a function name taken twice, or code that does not compile or fails.
+pub fn compile_libraries(libraries: &Libraries) -> Result<FunctionVm, Reply> {
+    let lua = sandbox().map_err(|e| Reply::err(format!("ERR {e}")))?;
+    let mut vm = FunctionVm {
+        lua,
+        libraries: Default::default(),
+    };
+    for (name, code) in libraries {
+        let functions = load_library(&vm.lua, code)?;
+        for f in functions.keys() {
+            if vm.function(f).is_some() {
+                return Err(Reply::err(format!("ERR Function {f} already exists")));
+            }
+        }
+        vm.libraries.insert(
+            name.clone(),
+            Library {
+                code: code.clone(),
+                functions,
+            },
+        );
+    }
+    Ok(vm)
+}
+
+fn load_library(
+    lua: &Lua,
+    code: &[u8],
+) -> Result<std::collections::BTreeMap<String, LoadedFunction>, Reply> {
+    let registered = std::cell::RefCell::new(std::collections::BTreeMap::new());
+    let redis: Table = lua
+        .globals()
+        .raw_get("redis")
+        .map_err(|e| Reply::err(format!("ERR {e}")))?;
+    // The #! line stays, commented out, so that line numbers in errors stay right.
+    let mut body = b"--".to_vec();
+    body.extend_from_slice(code);
+    let loaded = lua.scope(|scope| {
+        let register = scope.create_function(|_, args: MultiValue| {
+            let (name, callback, flags, description) = match args.len() {
+                1 => {
+                    let Some(Value::Table(t)) = args.front() else {
+                        return Err(mlua::Error::runtime(
+                            "calling redis.register_function with a single argument is only applicable to Lua table (representing named arguments).",
+                        ));
+                    };
+                    for pair in t.clone().pairs::<Value, Value>() {
+                        let (k, _) = pair?;
+                        let key = match &k {
+                            Value::String(s) => s.to_string_lossy(),
+                            _ => String::new(),
+                        };
+                        if !["function_name", "callback", "flags", "description"].contains(&key.as_str()) {
+                            return Err(mlua::Error::runtime(
+                                "unknown argument given to redis.register_function",
+                            ));
+                        }
+                    }
+                    let name: Option<String> = t.raw_get("function_name")?;
+                    let callback: Option<Function> = t.raw_get("callback")?;
+                    let flags: Option<Table> = t.raw_get("flags")?;
+                    let description: Option<String> = t.raw_get("description")?;
+                    (
+                        name.ok_or_else(|| mlua::Error::runtime("redis.register_function must get a function name argument"))?,
+                        callback.ok_or_else(|| mlua::Error::runtime("redis.register_function must get a callback argument"))?,
+                        flags,
+                        description,
+                    )
+                }
+                2 => {
+                    let mut it = args.into_iter();
+                    let name = match it.next() {
+                        Some(Value::String(s)) => s.to_string_lossy(),
+                        _ => return Err(mlua::Error::runtime("first argument to redis.register_function must be a string")),
+                    };
+                    let callback = match it.next() {
+                        Some(Value::Function(f)) => f,
+                        _ => return Err(mlua::Error::runtime("second argument to redis.register_function must be a function")),
+                    };
+                    (name, callback, None, None)
+                }
+                _ => {
+                    return Err(mlua::Error::runtime(
+                        "wrong number of arguments to redis.register_function",
+                    ))
+                }
+            };
+            if !valid_name(&name) {
+                return Err(mlua::Error::runtime(
+                    "Function names can only contain letters, numbers, or underscores(_) and must be at least one character long",
+                ));
+            }
+            let mut parsed = ScriptFlags {
+                declared: true,
+                ..ScriptFlags::default()
+            };
+            let flags: Vec<String> = match flags {
+                Some(t) => t.sequence_values::<String>().collect::<mlua::Result<_>>()?,
+                None => Vec::new(),
+            };
+            for flag in flags {
+                match flag.as_str() {
+                    "no-writes" => parsed.no_writes = true,
+                    "allow-oom" | "allow-stale" | "no-cluster" | "allow-cross-slot-keys" => {}
+                    other => return Err(mlua::Error::runtime(format!("unknown flag given: {other}"))),
+                }
+            }
+            let mut r = registered.borrow_mut();
+            if r.contains_key(&name) {
+                return Err(mlua::Error::runtime(format!("Function {name} already exists")));
+            }
+            r.insert(
+                name,
+                LoadedFunction {
+                    function: callback,
+                    flags: parsed,
+                    description,
+                },
+            );
+            Ok(())
+        })?;
+        redis.raw_set("register_function", register)?;
+        let chunk = lua.load(&body[..]).set_name("@user_function").into_function()?;
+        chunk.call::<()>(())
+    });
+    let _ = redis.raw_set("register_function", Value::Nil);
+    if let Err(e) = loaded {
+        return Err(Reply::err(format!(
+            "ERR Error registering functions: {}",
+            lua_message(&e)
+        )));
+    }
+    let functions = registered.into_inner();
+    if functions.is_empty() {
+        return Err(Reply::err("ERR No functions registered"));
+    }
+    Ok(functions)
+}
+
+/// The durable form of the libraries (also FUNCTION DUMP's payload): `KEELFN1\n`, the count
+/// (u32 LE), then per library its name and code, each a u32 LE length and the bytes, and last
+/// a CRC-32C of everything before it (u32 LE). docs/FORMAT.md describes it.
+pub fn encode_libraries(libraries: &Libraries) -> Bytes {
+    let mut o = b"KEELFN1\n".to_vec();
+    o.extend_from_slice(&(libraries.len() as u32).to_le_bytes());
+    for (name, code) in libraries {
+        o.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        o.extend_from_slice(name.as_bytes());
+        o.extend_from_slice(&(code.len() as u32).to_le_bytes());
+        o.extend_from_slice(code);
+    }
+    let crc = CRC32C.checksum(&o);
+    o.extend_from_slice(&crc.to_le_bytes());
+    o.into()
+}
+
+const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+
+/// Reads [`encode_libraries`]'s form; `None` if it is not that form or its checksum is wrong.
+pub fn decode_libraries(b: &[u8]) -> Option<Libraries> {
+    let (body, crc) = b.split_at_checked(b.len().checked_sub(4)?)?;
+    if CRC32C.checksum(body).to_le_bytes() != crc {
+        return None;
+    }
+    let mut rest = body.strip_prefix(b"KEELFN1\n")?;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (a, b) = rest.split_at_checked(n)?;
+        rest = b;
+        Some(a)
+    };
+    let count = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+    let mut libraries = Libraries::new();
+    for _ in 0..count {
+        let n = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+        let name = String::from_utf8(take(n)?.to_vec()).ok()?;
+        let n = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+        let code = Bytes::copy_from_slice(take(n)?);
+        libraries.insert(name, code);
+    }
+    rest.is_empty().then_some(libraries)
 }
 
 impl Default for Scripts {
@@ -308,32 +660,39 @@ fn sandbox() -> mlua::Result<Lua> {
     Ok(lua)
 }
 
+/// How a script gets its keys and arguments: EVAL's as the globals KEYS and ARGV, a
+/// function's (FCALL) as its two parameters.
+enum Args {
+    Globals,
+    Parameters,
+}
+
 fn run_in(
     lua: &Lua,
     function: &Function,
+    args: Args,
     keys: &[Bytes],
     argv: &[Bytes],
     caller: &mut dyn Caller,
-    running: &Running,
-    kill: &Arc<AtomicBool>,
+    scripts: &Scripts,
 ) -> mlua::Result<Reply> {
+    let running = crate::lock(&scripts.running)
+        .clone()
+        .expect("set by running_while");
+    let kill = &scripts.kill;
     let g = lua.globals();
-    g.raw_set(
-        "KEYS",
+    let table = |items: &[Bytes]| -> mlua::Result<Table> {
         lua.create_sequence_from(
-            keys.iter()
+            (items.iter())
                 .map(|k| lua.create_string(k))
                 .collect::<mlua::Result<Vec<_>>>()?,
-        )?,
-    )?;
-    g.raw_set(
-        "ARGV",
-        lua.create_sequence_from(
-            argv.iter()
-                .map(|a| lua.create_string(a))
-                .collect::<mlua::Result<Vec<_>>>()?,
-        )?,
-    )?;
+        )
+    };
+    let (keys, argv) = (table(keys)?, table(argv)?);
+    if let Args::Globals = args {
+        g.raw_set("KEYS", keys.clone())?;
+        g.raw_set("ARGV", argv.clone())?;
+    }
     let reseed: Function = lua.named_registry_value("keel_reseed")?;
     reseed.call::<()>(())?;
     let redis: Table = g.raw_get("redis")?;
@@ -384,7 +743,10 @@ fn run_in(
                 _ => Err(mlua::Error::runtime("RESP version must be 2 or 3.")),
             })?,
         )?;
-        let out: Value = function.call(())?;
+        let out: Value = match args {
+            Args::Globals => function.call(())?,
+            Args::Parameters => function.call((keys, argv))?,
+        };
         from_lua(&out, 0)
     });
     lua.remove_hook();

@@ -306,3 +306,133 @@ fn busy_scripts_and_script_kill() {
     );
     assert_eq!(query::<String>(&mut c, &["GET", "w"]), "1");
 }
+
+const LIBRARY: &str = "#!lua name=mylib
+local function set(keys, args) return redis.call('SET', keys[1], args[1]) end
+redis.register_function('myset', set)
+redis.register_function{function_name='myget', callback=function(keys) return redis.call('GET', keys[1]) end, flags={'no-writes'}}";
+
+/// FUNCTION libraries are durable: they survive kill -9 and a checkpoint, DUMP and RESTORE
+/// carry them, and FCALL runs them as EVAL runs a script.
+#[test]
+fn function_libraries_are_durable() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let srv = Server::start(&data, &[]);
+    let mut c = srv.client();
+    let mut r = srv.raw();
+    assert_eq!(
+        query::<String>(&mut c, &["FUNCTION", "LOAD", LIBRARY]),
+        "mylib"
+    );
+    assert_eq!(
+        err(&mut r, &["FUNCTION", "LOAD", LIBRARY]),
+        "ERR Library 'mylib' already exists"
+    );
+    assert_eq!(
+        query::<String>(&mut c, &["FUNCTION", "LOAD", "REPLACE", LIBRARY]),
+        "mylib"
+    );
+    assert_eq!(
+        query::<String>(&mut c, &["FCALL", "myset", "1", "k", "v"]),
+        "OK"
+    );
+    assert_eq!(
+        query::<String>(&mut c, &["FCALL_RO", "myget", "1", "k"]),
+        "v"
+    );
+    assert_eq!(
+        err(&mut r, &["FCALL_RO", "myset", "1", "k", "x"]),
+        "ERR Can not execute a script with write flag using *_ro command."
+    );
+    assert_eq!(
+        err(&mut r, &["FCALL", "nosuch", "0"]),
+        "ERR Function not found"
+    );
+    // A library that registers nothing, or a name taken by another library, changes nothing.
+    assert_eq!(
+        err(
+            &mut r,
+            &["FUNCTION", "LOAD", "#!lua name=empty\nlocal x = 1"]
+        ),
+        "ERR No functions registered"
+    );
+    let e = err(
+        &mut r,
+        &[
+            "FUNCTION",
+            "LOAD",
+            "#!lua name=other\nredis.register_function('myset', function() return 1 end)",
+        ],
+    );
+    assert_eq!(e, "ERR Function myset already exists");
+    assert_eq!(
+        err(&mut r, &["FUNCTION", "LOAD", "return 1"]),
+        "ERR Missing library metadata"
+    );
+    let e = err(
+        &mut r,
+        &[
+            "FUNCTION",
+            "LOAD",
+            "#!lua name=bad\nredis.call('SET', 'x', 1)",
+        ],
+    );
+    assert!(e.starts_with("ERR Error registering functions"), "{e}");
+    let dump: Vec<u8> = query(&mut c, &["FUNCTION", "DUMP"]);
+
+    srv.kill9();
+    let srv = Server::start(&data, &[]);
+    let mut c = srv.client();
+    let mut r = srv.raw();
+    assert_eq!(
+        query::<String>(&mut c, &["FCALL", "myset", "1", "k", "after"]),
+        "OK"
+    );
+    let listed: Value = query(
+        &mut c,
+        &["FUNCTION", "LIST", "LIBRARYNAME", "my*", "WITHCODE"],
+    );
+    let text = format!("{listed:?}");
+    assert!(
+        text.contains("myget") && text.contains("no-writes") && text.contains("register_function"),
+        "{text}"
+    );
+    query::<()>(&mut c, &["FUNCTION", "FLUSH"]);
+    assert_eq!(
+        err(&mut r, &["FCALL", "myset", "1", "k", "v"]),
+        "ERR Function not found"
+    );
+    let restore = |c: &mut redis::Connection, payload: &[u8], policy: Option<&str>| {
+        let mut cmd = redis::cmd("FUNCTION");
+        cmd.arg("RESTORE").arg(payload);
+        if let Some(p) = policy {
+            cmd.arg(p);
+        }
+        cmd.query::<()>(c).map_err(|e| e.to_string())
+    };
+    let mut bad = dump.clone();
+    bad[10] ^= 1;
+    let e = restore(&mut c, &bad, None).unwrap_err();
+    assert!(e.contains("payload version or checksum are wrong"), "{e}");
+    restore(&mut c, &dump, None).unwrap();
+    let e = restore(&mut c, &dump, Some("APPEND")).unwrap_err();
+    assert!(e.contains("Library mylib already exists"), "{e}");
+    restore(&mut c, &dump, Some("REPLACE")).unwrap();
+    // A checkpoint keeps them too.
+    query::<()>(&mut c, &["SAVE"]);
+    drop(c);
+    assert!(srv.sigterm().success());
+    let srv = Server::start(&data, &[]);
+    let mut c = srv.client();
+    assert_eq!(
+        query::<String>(&mut c, &["FCALL_RO", "myget", "1", "k"]),
+        "after"
+    );
+    query::<()>(&mut c, &["FUNCTION", "DELETE", "mylib"]);
+    let mut r = srv.raw();
+    assert_eq!(
+        err(&mut r, &["FUNCTION", "DELETE", "mylib"]),
+        "ERR Library not found"
+    );
+}

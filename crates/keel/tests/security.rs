@@ -964,6 +964,10 @@ fn permissions_follow_what_each_command_does() {
             ],
             0,
         ),
+        (&["FCALL", "nosuch", "0"], 0),
+        (&["FCALL_RO", "nosuch", "0"], R),
+        (&["FUNCTION", "LIST"], 0),
+        (&["FUNCTION", "DELETE", "nosuch"], A),
         (&["KEEL.BACKUP", "/nonexistent/keel-backup-target"], A),
         (&["KEEL.CLUSTER", "STATUS"], A),
         // The topology cluster clients ask for first, and KEYSLOT, a hash of the argument.
@@ -1151,7 +1155,7 @@ fn permissions_follow_what_each_command_does() {
                 let shown = match args[0] {
                     // Redis names a subcommand as `container|sub`.
                     "CONFIG" | "CLIENT" | "SLOWLOG" | "LATENCY" | "KEEL.CLUSTER"
-                    | "KEEL.MAINTENANCE" | "MEMORY" | "OBJECT" | "COMMAND" | "ACL" => {
+                    | "KEEL.MAINTENANCE" | "MEMORY" | "OBJECT" | "COMMAND" | "ACL" | "FUNCTION" => {
                         format!("{}|{}", args[0], args[1]).to_lowercase()
                     }
                     // KEEL.IDEM's own need (write) first, then the wrapped command's.

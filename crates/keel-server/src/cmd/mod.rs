@@ -361,6 +361,14 @@ pub fn flags(spec: &Command, args: &[Bytes]) -> Flags {
         {
             f.without(Flags::ADMIN)
         }
+        // FUNCTION's subcommands that only read what is loaded need nothing.
+        "function"
+            if args
+                .get(1)
+                .is_some_and(|s| ["list", "stats", "help"].iter().any(|a| eq(s, a))) =>
+        {
+            f.without(Flags::ADMIN)
+        }
         // ACL's subcommands that show only the caller or fixed facts need nothing; the rest
         // show every user and the log of refusals, and need admin.
         "acl"

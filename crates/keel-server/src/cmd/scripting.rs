@@ -50,6 +50,36 @@ pub const COMMANDS: &[Command] = &[
             "sha1 numkeys [key [key ...]] [arg [arg ...]]",
             "Runs a loaded script that may only read, by its SHA-1.",
         ),
+    Command::new("fcall", -3, CONN, NO_KEYS)
+        .redis(
+            "noscript skip_monitor may_replicate no_mandatory_keys stale",
+            "@scripting",
+        )
+        .key_specs(&[Keys::keynum(2, "RW access update")])
+        .doc(
+            "scripting",
+            "function numkeys [key [key ...]] [arg [arg ...]]",
+            "Runs a loaded function as one transaction, as EVAL runs a script.",
+        ),
+    Command::new("fcall_ro", -3, R, NO_KEYS)
+        .redis(
+            "readonly noscript skip_monitor no_mandatory_keys stale",
+            "@scripting",
+        )
+        .key_specs(&[Keys::keynum(2, "RO access")])
+        .doc(
+            "scripting",
+            "function numkeys [key [key ...]] [arg [arg ...]]",
+            "Runs a loaded function that may only read.",
+        ),
+    Command::new("function", -2, ADMIN.with(VARIES), NO_KEYS)
+        .redis("", "")
+        .doc(
+            "scripting",
+            "",
+            "Loads, lists, deletes, dumps and restores function libraries, kept durably (changing them needs admin).",
+        )
+        .subcommands(FUNCTION_SUBCOMMANDS),
     Command::new("script", -2, CONN, NO_KEYS)
         .redis("", "")
         .doc("scripting", "", "Manages the script cache.")
@@ -86,4 +116,65 @@ const SCRIPT_SUBCOMMANDS: &[Doc] = &[
     )
     .redis("noscript allow_busy", "@slow @scripting"),
     doc("help", "scripting", "", "Lists the subcommands.").redis("loading stale", "@slow @scripting"),
+];
+
+const FUNCTION_SUBCOMMANDS: &[Doc] = &[
+    doc(
+        "load",
+        "scripting",
+        "[REPLACE] function-code",
+        "Loads a library (`#!lua name=…`), durably: it survives restarts, checkpoints and backups.",
+    )
+    .redis("write denyoom noscript", "@write @slow @scripting"),
+    doc(
+        "delete",
+        "scripting",
+        "library-name",
+        "Deletes a library and its functions, durably.",
+    )
+    .redis("write noscript", "@write @slow @scripting"),
+    doc(
+        "flush",
+        "scripting",
+        "[ASYNC|SYNC]",
+        "Deletes every library, durably.",
+    )
+    .redis("write noscript", "@write @slow @scripting"),
+    doc(
+        "list",
+        "scripting",
+        "[LIBRARYNAME library-name-pattern] [WITHCODE]",
+        "Lists the libraries and their functions.",
+    )
+    .redis("noscript", "@slow @scripting"),
+    doc(
+        "dump",
+        "scripting",
+        "",
+        "Returns every library in keel's own payload (see docs/FORMAT.md), for FUNCTION RESTORE.",
+    )
+    .redis("noscript", "@slow @scripting"),
+    doc(
+        "restore",
+        "scripting",
+        "serialized-value [FLUSH|APPEND|REPLACE]",
+        "Loads the libraries of a FUNCTION DUMP payload, durably.",
+    )
+    .redis("write denyoom noscript", "@write @slow @scripting"),
+    doc(
+        "stats",
+        "scripting",
+        "",
+        "Returns the running script or function, and how many libraries and functions are loaded.",
+    )
+    .redis("noscript allow_busy", "@slow @scripting"),
+    doc(
+        "kill",
+        "scripting",
+        "",
+        "Stops the running function, if it has not written yet.",
+    )
+    .redis("noscript allow_busy", "@slow @scripting"),
+    doc("help", "scripting", "", "Lists the subcommands.")
+        .redis("loading stale", "@slow @scripting"),
 ];

@@ -172,7 +172,7 @@ impl Shared {
         audit: Option<Arc<audit::Audit>>,
     ) -> Arc<Shared> {
         let settings_live = settings.clone();
-        Arc::new(Shared {
+        let sh = Arc::new(Shared {
             backend,
             users: settings.users.clone(),
             settings,
@@ -201,7 +201,9 @@ impl Shared {
             paused_clients: AtomicUsize::new(0),
             live: Live::new(&settings_live),
             stat_base: Default::default(),
-        })
+        });
+        sh.load_functions();
+        sh
     }
 
     /// The engine reads come from (in a cluster, this node's replica).

@@ -518,9 +518,8 @@ impl Conn {
                 self.keyspace_command(name, args).await
             }
             "readonly" | "readwrite" | "keel.cluster" => self.cluster_command(name, args).await,
-            "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "script" => {
-                self.scripts_command(name, args).await
-            }
+            "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" | "script"
+            | "function" => self.scripts_command(name, args).await,
             "keel.idem" => {
                 self.idem(args);
                 Flow::Continue

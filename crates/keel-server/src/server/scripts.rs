@@ -8,7 +8,43 @@
 
 use super::*;
 use crate::cmd::Command;
-use crate::scripting::{Caller, Kill};
+use crate::scripting::{
+    compile_libraries, decode_libraries, encode_libraries, library_name, Caller, Kill, Libraries,
+};
+
+/// The system entry that holds the function libraries (docs/FORMAT.md).
+pub(super) const FUNCTIONS_KEY: &[u8] = b"server.functions";
+
+const NO_SCRIPTS_ON_A_CLUSTER: &str =
+    "ERR keel cluster does not run scripts or functions yet: send the commands in MULTI/EXEC";
+
+fn kill_reply(k: Kill) -> Reply {
+    match k {
+        Kill::NotBusy => Reply::err("NOTBUSY No scripts in execution right now."),
+        Kill::Unkillable => Reply::err(
+            "UNKILLABLE Sorry the script already executed write commands against the dataset. You can either wait the script termination or kill the server in a hard way using the SHUTDOWN NOSAVE command.",
+        ),
+        Kill::Killed => Reply::ok(),
+    }
+}
+
+impl Shared {
+    /// Loads the function libraries stored durably, at start-up. A stored entry that does not
+    /// decode or compile (which no keel wrote) is logged and left alone: FCALL then finds no
+    /// function, and the next FUNCTION LOAD replaces it.
+    pub(super) fn load_functions(&self) {
+        let Some(stored) = self.engine().system(FUNCTIONS_KEY) else {
+            return;
+        };
+        match decode_libraries(&stored).ok_or_else(|| Reply::err("not keel's format")) {
+            Ok(libs) => match compile_libraries(&libs) {
+                Ok(vm) => self.scripts.install(vm),
+                Err(e) => tracing::error!("the stored function libraries do not load: {e:?}"),
+            },
+            Err(e) => tracing::error!("the stored function libraries do not decode: {e:?}"),
+        }
+    }
+}
 use keel_engine::Script;
 
 /// Runs a script's `redis.call`s: compiled by the registry as if sent alone, checked against
@@ -92,9 +128,169 @@ impl Conn {
     pub(super) async fn scripts_command(&mut self, name: &str, args: Vec<Bytes>) -> Flow {
         match name {
             "script" => self.script(&args),
+            "function" => {
+                let r = self.function(&args).await;
+                self.reply(r);
+            }
             _ => self.eval(name, &args).await,
         }
         Flow::Continue
+    }
+
+    /// FUNCTION and its subcommands.
+    async fn function(&mut self, args: &[Bytes]) -> Reply {
+        let scripts = &self.sh.scripts;
+        let sub = lower(&args[1]);
+        let n = args.len();
+        match sub.as_str() {
+            "load" if n == 3 || (n == 4 && eq(&args[2], "replace")) => {
+                let code = args[n - 1].clone();
+                let replace = n == 4;
+                let name = match library_name(&code) {
+                    Ok(name) => name,
+                    Err(e) => return e,
+                };
+                let reply = Reply::Bulk(Bytes::from(name.clone()));
+                self.edit_functions(|libs| {
+                    if !replace && libs.contains_key(&name) {
+                        return Err(Reply::err(format!("ERR Library '{name}' already exists")));
+                    }
+                    libs.insert(name, code);
+                    Ok(())
+                })
+                .await
+                .map_or_else(|e| e, |()| reply)
+            }
+            "load" if n == 4 => Reply::err(format!(
+                "ERR Unknown option given: {}",
+                String::from_utf8_lossy(&args[2])
+            )),
+            "delete" if n == 3 => {
+                let name = String::from_utf8_lossy(&args[2]).into_owned();
+                self.edit_functions(|libs| match libs.remove(&name) {
+                    Some(_) => Ok(()),
+                    None => Err(Reply::err("ERR Library not found")),
+                })
+                .await
+                .map_or_else(|e| e, |()| Reply::ok())
+            }
+            "flush" if n == 2 || (n == 3 && (eq(&args[2], "async") || eq(&args[2], "sync"))) => {
+                (self.edit_functions(|libs| {
+                    libs.clear();
+                    Ok(())
+                }))
+                .await
+                .map_or_else(|e| e, |()| Reply::ok())
+            }
+            "flush" if n == 3 => Reply::err("ERR FUNCTION FLUSH only supports SYNC|ASYNC option"),
+            "list" => {
+                let (mut pattern, mut with_code, mut i) = (None, false, 2);
+                while i < n {
+                    if eq(&args[i], "withcode") && !with_code {
+                        with_code = true;
+                    } else if eq(&args[i], "libraryname") && pattern.is_none() && i + 1 < n {
+                        pattern = Some(&args[i + 1][..]);
+                        i += 1;
+                    } else if eq(&args[i], "libraryname") && i + 1 >= n {
+                        return Reply::err("ERR library name argument was not given");
+                    } else {
+                        return Reply::err(format!(
+                            "ERR Unknown argument {}",
+                            String::from_utf8_lossy(&args[i])
+                        ));
+                    }
+                    i += 1;
+                }
+                scripts.list(pattern, with_code)
+            }
+            "dump" if n == 2 => Reply::Bulk(encode_libraries(&scripts.library_sources())),
+            "restore" if n == 3 || n == 4 => {
+                let policy = if n == 4 {
+                    lower(&args[3])
+                } else {
+                    "append".into()
+                };
+                if !["append", "replace", "flush"].contains(&policy.as_str()) {
+                    return Reply::err("ERR Wrong restore policy given, value should be either FLUSH, APPEND or REPLACE.");
+                }
+                let Some(restored) = decode_libraries(&args[2]) else {
+                    return Reply::err("ERR payload version or checksum are wrong");
+                };
+                self.edit_functions(|libs| {
+                    if policy == "flush" {
+                        libs.clear();
+                    }
+                    for (name, code) in restored {
+                        if policy == "append" && libs.contains_key(&name) {
+                            return Err(Reply::err(format!("ERR Library {name} already exists")));
+                        }
+                        libs.insert(name, code);
+                    }
+                    Ok(())
+                })
+                .await
+                .map_or_else(|e| e, |()| Reply::ok())
+            }
+            "stats" if n == 2 => {
+                let text = |s: &str| Reply::Bulk(Bytes::copy_from_slice(s.as_bytes()));
+                let running = match scripts.running() {
+                    None => Reply::Nil,
+                    Some(r) => Reply::Map(vec![
+                        (text("name"), text(&r.name)),
+                        (text("command"), Reply::Array(Vec::new())),
+                        (
+                            text("duration_ms"),
+                            Reply::Int(r.started.elapsed().as_millis() as i64),
+                        ),
+                    ]),
+                };
+                let (libraries, functions) = scripts.function_counts();
+                Reply::Map(vec![
+                    (text("running_script"), running),
+                    (
+                        text("engines"),
+                        Reply::Map(vec![(
+                            text("LUA"),
+                            Reply::Map(vec![
+                                (text("libraries_count"), Reply::Int(libraries as i64)),
+                                (text("functions_count"), Reply::Int(functions as i64)),
+                            ]),
+                        )]),
+                    ),
+                ])
+            }
+            "kill" if n == 2 => kill_reply(scripts.kill()),
+            "load" | "delete" | "flush" | "dump" | "restore" | "stats" | "kill" => {
+                cmd::wrong_args(&format!("function|{sub}"))
+            }
+            _ => unknown_subcommand(&args[1], "FUNCTION"),
+        }
+    }
+
+    /// Changes the libraries with `edit`, stores them durably (one system entry), then loads
+    /// them: a change is answered once it is durable, and one that does not compile changes
+    /// nothing.
+    async fn edit_functions(
+        &mut self,
+        edit: impl FnOnce(&mut Libraries) -> Result<(), Reply>,
+    ) -> Result<(), Reply> {
+        if self.sh.backend.cluster().is_some() {
+            return Err(Reply::err(NO_SCRIPTS_ON_A_CLUSTER));
+        }
+        let sh = self.sh.clone();
+        let _editing = sh.scripts.editing().await;
+        let mut libs = sh.scripts.library_sources();
+        edit(&mut libs)?;
+        let compiled = compile_libraries(&libs)?;
+        let write = Write::System {
+            key: Bytes::from_static(FUNCTIONS_KEY),
+            value: encode_libraries(&libs),
+        };
+        sh.scripts.idle().await;
+        sh.backend.room(0).await;
+        sh.backend.write(None, Vec::new(), vec![write]).await?;
+        sh.scripts.install(compiled);
+        Ok(())
     }
 
     /// Whether EVAL or EVALSHA may write (CLIENT PAUSE WRITE holds it): unless its script
@@ -103,6 +299,11 @@ impl Conn {
         match name {
             "eval" => crate::scripting::body_may_write(&args[1]),
             "evalsha" => (self.sh.scripts.flags(&lower(&args[1]))).is_none_or(|f| !f.no_writes),
+            "fcall" => (self
+                .sh
+                .scripts
+                .function_flags(&String::from_utf8_lossy(&args[1])))
+            .is_none_or(|f| !f.no_writes),
             _ => false,
         }
     }
@@ -147,13 +348,7 @@ impl Conn {
                 Reply::ok()
             }
             ("flush", 3) => Reply::err("ERR SCRIPT FLUSH only support SYNC|ASYNC option"),
-            ("kill", 2) => match scripts.kill() {
-                Kill::NotBusy => Reply::err("NOTBUSY No scripts in execution right now."),
-                Kill::Unkillable => Reply::err(
-                    "UNKILLABLE Sorry the script already executed write commands against the dataset. You can either wait the script termination or kill the server in a hard way using the SHUTDOWN NOSAVE command.",
-                ),
-                Kill::Killed => Reply::ok(),
-            },
+            ("kill", 2) => kill_reply(scripts.kill()),
             ("load" | "exists" | "flush" | "kill", _) => cmd::wrong_args(&format!("script|{sub}")),
             _ => unknown_subcommand(&args[1], "SCRIPT"),
         };
@@ -178,7 +373,10 @@ impl Conn {
             Some(n) => n as usize,
         };
         let scripts = &self.sh.scripts;
-        let sha = if by_sha {
+        let function = name.starts_with("fcall");
+        let sha = if function {
+            String::from_utf8_lossy(&args[1]).into_owned()
+        } else if by_sha {
             let sha = lower(&args[1]);
             if !scripts.exists(sha.as_bytes()) {
                 return self.reply(crate::scripting::noscript());
@@ -190,10 +388,20 @@ impl Conn {
                 Err(e) => return self.reply(e),
             }
         };
-        let flags = scripts.flags(&sha).unwrap_or_default();
+        let flags = if function {
+            match scripts.function_flags(&sha) {
+                Some(f) => f,
+                None => return self.reply(Reply::err("ERR Function not found")),
+            }
+        } else {
+            scripts.flags(&sha).unwrap_or_default()
+        };
         if self.sh.backend.cluster().is_some() {
+            return self.reply(Reply::err(NO_SCRIPTS_ON_A_CLUSTER));
+        }
+        if name.ends_with("_ro") && flags.declared && !flags.no_writes {
             return self.reply(Reply::err(
-                "ERR keel cluster does not run scripts yet: send the script's commands in MULTI/EXEC",
+                "ERR Can not execute a script with write flag using *_ro command.",
             ));
         }
         let read_only = name.ends_with("_ro") || flags.no_writes;
@@ -225,7 +433,11 @@ impl Conn {
                     pushed: Vec::new(),
                     reads: tracks.then(Vec::new),
                 };
-                let reply = sh.scripts.run(&sha, keys, argv, &mut caller);
+                let reply = if function {
+                    sh.scripts.call_function(&sha, keys, argv, &mut caller)
+                } else {
+                    sh.scripts.run(&sha, keys, argv, &mut caller)
+                };
                 let ScriptCaller {
                     touched,
                     flushed,
