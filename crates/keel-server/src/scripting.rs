@@ -71,6 +71,8 @@ pub struct Scripts {
 pub struct Running {
     /// The script's SHA-1, or the function's name.
     pub name: String,
+    /// A function (FCALL), not a script (EVAL): FUNCTION KILL stops it, SCRIPT KILL does not.
+    pub function: bool,
     pub started: Instant,
     pub wrote: Arc<AtomicBool>,
 }
@@ -89,6 +91,8 @@ pub fn sha1_hex(body: &[u8]) -> String {
 /// What SCRIPT KILL found.
 pub enum Kill {
     NotBusy,
+    /// A function runs and SCRIPT KILL was sent, or the other way round.
+    OtherKind,
     Unkillable,
     Killed,
 }
@@ -120,6 +124,7 @@ impl Scripts {
             let (flags, code) = shebang(body)?;
             let function = (vm.lua.load(code))
                 .set_name(CHUNK_NAME)
+                .set_environment(env(&vm.lua))
                 .into_function()
                 .map_err(|e| {
                     Reply::err(format!(
@@ -164,10 +169,12 @@ impl Scripts {
         }
     }
 
-    /// SCRIPT KILL: stops the running script if it has not written.
-    pub fn kill(&self) -> Kill {
+    /// SCRIPT KILL (`function` false) or FUNCTION KILL: stops the running script or function
+    /// if it has not written.
+    pub fn kill(&self, function: bool) -> Kill {
         match self.running() {
             None => Kill::NotBusy,
+            Some(r) if r.function != function => Kill::OtherKind,
             Some(r) if r.wrote.load(Ordering::SeqCst) => Kill::Unkillable,
             Some(_) => {
                 self.kill.store(true, Ordering::SeqCst);
@@ -183,7 +190,7 @@ impl Scripts {
         let Some(cached) = vm.cache.get(sha) else {
             return noscript();
         };
-        self.running_while(sha, || {
+        self.running_while(sha, false, || {
             run_in(
                 &vm.lua,
                 &cached.function,
@@ -208,7 +215,7 @@ impl Scripts {
         let Some(f) = functions.function(name) else {
             return Reply::err("ERR Function not found");
         };
-        self.running_while(name, || {
+        self.running_while(name, true, || {
             run_in(
                 &functions.lua,
                 &f.function,
@@ -221,9 +228,15 @@ impl Scripts {
         })
     }
 
-    fn running_while(&self, name: &str, run: impl FnOnce() -> mlua::Result<Reply>) -> Reply {
+    fn running_while(
+        &self,
+        name: &str,
+        function: bool,
+        run: impl FnOnce() -> mlua::Result<Reply>,
+    ) -> Reply {
         let running = Running {
             name: name.to_string(),
+            function,
             started: Instant::now(),
             wrote: Arc::new(AtomicBool::new(false)),
         };
@@ -323,8 +336,12 @@ struct LoadedFunction {
 }
 
 impl FunctionVm {
+    /// Function names are case-insensitive, as in Redis.
     fn function(&self, name: &str) -> Option<&LoadedFunction> {
-        self.libraries.values().find_map(|l| l.functions.get(name))
+        (self.libraries.values())
+            .flat_map(|l| l.functions.iter())
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, f)| f)
     }
 
     fn sources(&self) -> Libraries {
@@ -398,10 +415,8 @@ fn load_library(
     code: &[u8],
 ) -> Result<std::collections::BTreeMap<String, LoadedFunction>, Reply> {
     let registered = std::cell::RefCell::new(std::collections::BTreeMap::new());
-    let redis: Table = lua
-        .globals()
-        .raw_get("redis")
-        .map_err(|e| Reply::err(format!("ERR {e}")))?;
+    let redis: Table =
+        (lua.named_registry_value("keel_redis")).map_err(|e| Reply::err(format!("ERR {e}")))?;
     // The #! line stays, commented out, so that line numbers in errors stay right.
     let mut body = b"--".to_vec();
     body.extend_from_slice(code);
@@ -490,15 +505,27 @@ fn load_library(
             Ok(())
         })?;
         redis.raw_set("register_function", register)?;
-        let chunk = lua.load(&body[..]).set_name("@user_function").into_function()?;
+        let chunk = (lua.load(&body[..]))
+            .set_name("@user_function")
+            .set_environment(env(lua))
+            .into_function()?;
         chunk.call::<()>(())
     });
     let _ = redis.raw_set("register_function", Value::Nil);
-    if let Err(e) = loaded {
-        return Err(Reply::err(format!(
-            "ERR Error registering functions: {}",
-            lua_message(&e)
-        )));
+    match loaded {
+        Err(e @ mlua::Error::SyntaxError { .. }) => {
+            return Err(Reply::err(format!(
+                "ERR Error compiling function: {}",
+                lua_message(&e)
+            )))
+        }
+        Err(e) => {
+            return Err(Reply::err(format!(
+                "ERR Error registering functions: {}",
+                lua_message(&e)
+            )))
+        }
+        Ok(()) => {}
     }
     let functions = registered.into_inner();
     if functions.is_empty() {
@@ -605,6 +632,12 @@ fn shebang(body: &[u8]) -> Result<(ScriptFlags, Vec<u8>), Reply> {
     Ok((flags, code))
 }
 
+/// The read-only view of the globals scripts run in (see [`sandbox`]).
+fn env(lua: &Lua) -> Table {
+    lua.named_registry_value("keel_env")
+        .expect("the sandbox keeps its environment in the registry")
+}
+
 /// Builds the sandboxed Lua state: libraries, `redis`, `bit`, `cjson`, and the read-only
 /// global table.
 fn sandbox() -> mlua::Result<Lua> {
@@ -618,7 +651,6 @@ fn sandbox() -> mlua::Result<Lua> {
         "dofile",
         "loadfile",
         "load",
-        "loadstring",
         "module",
         "require",
         "print",
@@ -630,33 +662,62 @@ fn sandbox() -> mlua::Result<Lua> {
     ] {
         g.raw_set(name, Value::Nil)?;
     }
-    g.raw_set("redis", redis_library(&lua)?)?;
+    let redis = redis_library(&lua)?;
+    // The real table, where each run sets `call` and `pcall`; scripts see a read-only view.
+    lua.set_named_registry_value("keel_redis", redis.clone())?;
+    g.raw_set("redis", redis)?;
     g.raw_set("bit", bit_library(&lua)?)?;
     g.raw_set("cjson", cjson_library(&lua)?)?;
     deterministic_random(&lua)?;
-    // KEYS and ARGV are set with raw_set before each run; anything else is refused.
-    let meta = lua.create_table()?;
-    meta.raw_set(
-        "__newindex",
-        lua.create_function(
-            |_, (_t, _k, _v): (Value, Value, Value)| -> mlua::Result<()> {
-                Err(mlua::Error::runtime("Attempt to modify a readonly table"))
-            },
-        )?,
-    )?;
-    meta.raw_set(
-        "__index",
-        lua.create_function(|_, (_t, k): (Value, Value)| -> mlua::Result<Value> {
-            let name = match &k {
-                Value::String(s) => s.to_string_lossy(),
-                other => format!("{other:?}"),
-            };
-            Err(mlua::Error::runtime(format!(
-                "Script attempted to access nonexistent global variable '{name}'"
-            )))
-        })?,
-    )?;
-    g.set_metatable(Some(meta))?;
+    // Scripts run in `env`, a read-only view of the globals: assigning any global, or a field
+    // of a library, fails; reading a global that does not exist fails too. KEYS and ARGV are
+    // set on the real table before each run. setmetatable and rawset refuse the views.
+    let env: Table = lua
+        .load(
+            r#"
+            local G, rawget, error, tostring = _G, rawget, error, tostring
+            local real_setmetatable, real_rawset, real_getmetatable =
+                setmetatable, rawset, getmetatable
+            local loadstring = loadstring
+            local function refuse() error("Attempt to modify a readonly table", 2) end
+            local marker = real_setmetatable({}, {__newindex = refuse, __metatable = false})
+            local function readonly(t)
+                return real_setmetatable({}, {__index = t, __newindex = refuse, __metatable = marker})
+            end
+            G.setmetatable = function(t, m)
+                if real_getmetatable(t) == marker then refuse() end
+                return real_setmetatable(t, m)
+            end
+            G.rawset = function(t, k, v)
+                if real_getmetatable(t) == marker then refuse() end
+                return real_rawset(t, k, v)
+            end
+            -- Text only: a precompiled chunk could break out of the sandbox.
+            G.loadstring = function(code, name)
+                if type(code) == "string" and code:byte(1) == 27 then return nil, "binary code" end
+                return loadstring(code, name)
+            end
+            for _, name in ipairs({"redis", "bit", "cjson", "string", "table", "math"}) do
+                G[name] = readonly(G[name])
+            end
+            local env = real_setmetatable({}, {
+                __index = function(_, k)
+                    local v = rawget(G, k)
+                    if v == nil then
+                        error("Script attempted to access nonexistent global variable '" .. tostring(k) .. "'", 2)
+                    end
+                    return v
+                end,
+                __newindex = refuse,
+                __metatable = marker,
+            })
+            G._G = env
+            return env
+            "#,
+        )
+        .set_name("=sandbox")
+        .eval()?;
+    lua.set_named_registry_value("keel_env", env)?;
     Ok(lua)
 }
 
@@ -695,7 +756,7 @@ fn run_in(
     }
     let reseed: Function = lua.named_registry_value("keel_reseed")?;
     reseed.call::<()>(())?;
-    let redis: Table = g.raw_get("redis")?;
+    let redis: Table = lua.named_registry_value("keel_redis")?;
     let resp = std::cell::Cell::new(2u8);
     {
         let (wrote, kill) = (running.wrote.clone(), kill.clone());
@@ -877,6 +938,21 @@ fn from_lua(v: &Value, depth: usize) -> mlua::Result<Reply> {
             if let Ok(Value::Number(d)) = t.raw_get::<Value>("double") {
                 return Ok(Reply::Double(Bytes::from(lua_number(d))));
             }
+            if let Ok(Value::Table(m)) = t.raw_get::<Value>("map") {
+                let mut pairs = Vec::new();
+                for pair in m.pairs::<Value, Value>() {
+                    let (k, v) = pair?;
+                    pairs.push((from_lua(&k, depth + 1)?, from_lua(&v, depth + 1)?));
+                }
+                return Ok(Reply::Map(pairs));
+            }
+            if let Ok(Value::Table(m)) = t.raw_get::<Value>("set") {
+                let mut items = Vec::new();
+                for pair in m.pairs::<Value, Value>() {
+                    items.push(from_lua(&pair?.0, depth + 1)?);
+                }
+                return Ok(Reply::Set(items));
+            }
             let mut items = Vec::new();
             for i in 1.. {
                 match t.raw_get::<Value>(i)? {
@@ -943,7 +1019,10 @@ fn redis_library(lua: &Lua) -> mlua::Result<Table> {
     )?;
     r.raw_set(
         "sha1hex",
-        lua.create_function(|_, s: mlua::LuaString| Ok(sha1_hex(&s.as_bytes())))?,
+        lua.create_function(|_, args: Variadic<mlua::LuaString>| match &args[..] {
+            [s] => Ok(sha1_hex(&s.as_bytes())),
+            _ => Err(mlua::Error::runtime("wrong number of arguments")),
+        })?,
     )?;
     r.raw_set(
         "log",
@@ -1047,6 +1126,8 @@ fn cjson_library(lua: &Lua) -> mlua::Result<Table> {
             from_json(lua, &j)
         })?,
     )?;
+    let encode: Function = c.raw_get("encode")?;
+    c.raw_set("encode_keep_buffer", encode)?;
     c.raw_set("null", Value::NULL)?;
     Ok(c)
 }
@@ -1274,6 +1355,49 @@ mod tests {
             panic!()
         };
         assert!(e.contains("'os'"), "{e}");
+    }
+
+    #[test]
+    fn globals_and_libraries_are_read_only() {
+        for body in [
+            "redis = 1",
+            "_G = {}",
+            "redis.call = nil",
+            "bit.band = nil",
+            "cjson.encode = nil",
+            "string.rep = nil",
+            "setmetatable(_G, {})",
+            "getmetatable(_G).__index = {}",
+            "rawset(_G, 'x', 1)",
+            "rawset(redis, 'call', 1)",
+        ] {
+            let Reply::Error(e) = eval(body, &[], &[]) else {
+                panic!("{body}: ran")
+            };
+            assert!(
+                e.contains("Attempt to modify a readonly table"),
+                "{body}: {e}"
+            );
+        }
+        // Local tables stay the script's own.
+        let r = eval(
+            "local t = setmetatable({}, {}); rawset(t, 'a', 1); return t.a",
+            &[],
+            &[],
+        );
+        assert_eq!(r, Reply::Int(1));
+        let Reply::Error(e) = eval(
+            "return loadstring(string.dump(function() return 1 end))()",
+            &[],
+            &[],
+        ) else {
+            panic!("binary code ran")
+        };
+        assert!(e.contains("attempt to call a nil value"), "{e}");
+        assert_eq!(
+            eval("return loadstring('return 2')()", &[], &[]),
+            Reply::Int(2)
+        );
     }
 
     #[test]

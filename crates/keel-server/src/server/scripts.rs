@@ -25,6 +25,9 @@ fn kill_reply(k: Kill) -> Reply {
             "UNKILLABLE Sorry the script already executed write commands against the dataset. You can either wait the script termination or kill the server in a hard way using the SHUTDOWN NOSAVE command.",
         ),
         Kill::Killed => Reply::ok(),
+        Kill::OtherKind => Reply::err(
+            "BUSY Redis is busy running a script of the other kind: use SCRIPT KILL for a script, FUNCTION KILL for a function.",
+        ),
     }
 }
 
@@ -143,7 +146,14 @@ impl Conn {
         let sub = lower(&args[1]);
         let n = args.len();
         match sub.as_str() {
-            "load" if n == 3 || (n == 4 && eq(&args[2], "replace")) => {
+            "load" if n >= 4 && !args[2..n - 1].iter().all(|a| eq(a, "replace")) => {
+                let bad = args[2..n - 1].iter().find(|a| !eq(a, "replace"));
+                Reply::err(format!(
+                    "ERR Unknown option given: {}",
+                    String::from_utf8_lossy(bad.expect("one is not REPLACE"))
+                ))
+            }
+            "load" if n == 3 || n == 4 => {
                 let code = args[n - 1].clone();
                 let replace = n == 4;
                 let name = match library_name(&code) {
@@ -161,10 +171,6 @@ impl Conn {
                 .await
                 .map_or_else(|e| e, |()| reply)
             }
-            "load" if n == 4 => Reply::err(format!(
-                "ERR Unknown option given: {}",
-                String::from_utf8_lossy(&args[2])
-            )),
             "delete" if n == 3 => {
                 let name = String::from_utf8_lossy(&args[2]).into_owned();
                 self.edit_functions(|libs| match libs.remove(&name) {
@@ -259,10 +265,12 @@ impl Conn {
                     ),
                 ])
             }
-            "kill" if n == 2 => kill_reply(scripts.kill()),
-            "load" | "delete" | "flush" | "dump" | "restore" | "stats" | "kill" => {
-                cmd::wrong_args(&format!("function|{sub}"))
-            }
+            "kill" if n == 2 => kill_reply(scripts.kill(true)),
+            "load" | "delete" | "flush" | "dump" | "restore" | "stats" | "kill" => Reply::err(
+                format!(
+                    "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try FUNCTION HELP."
+                ),
+            ),
             _ => unknown_subcommand(&args[1], "FUNCTION"),
         }
     }
@@ -316,13 +324,22 @@ impl Conn {
             return None;
         }
         let sub = args.get(1).map(|a| lower(a));
+        let kill = sub.as_deref() == Some("kill");
+        // A subcommand's own flags (FUNCTION STATS: allow_busy), else its command's.
+        let flags = (spec.doc.subcommands.iter())
+            .find(|d| sub.as_deref() == Some(d.name))
+            .and_then(|d| d.redis)
+            .map_or(spec.redis_flags, |(f, _)| f);
         let allowed = spec.name == "shutdown"
-            || (spec.name == "script" && sub.as_deref() == Some("kill"))
-            || spec.redis_flags.split(' ').any(|f| f == "allow_busy");
+            || (spec.name == "script" && kill && !running.function)
+            || (spec.name == "function" && kill && running.function)
+            || (!kill && flags.split(' ').any(|f| f == "allow_busy"));
         (!allowed).then(|| {
-            Reply::err(
-                "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
-            )
+            Reply::err(if running.function {
+                "BUSY Redis is busy running a script. You can only call FUNCTION KILL or SHUTDOWN NOSAVE."
+            } else {
+                "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE."
+            })
         })
     }
 
@@ -348,7 +365,7 @@ impl Conn {
                 Reply::ok()
             }
             ("flush", 3) => Reply::err("ERR SCRIPT FLUSH only support SYNC|ASYNC option"),
-            ("kill", 2) => kill_reply(scripts.kill()),
+            ("kill", 2) => kill_reply(scripts.kill(false)),
             ("load" | "exists" | "flush" | "kill", _) => cmd::wrong_args(&format!("script|{sub}")),
             _ => unknown_subcommand(&args[1], "SCRIPT"),
         };
@@ -361,6 +378,9 @@ impl Conn {
             .ok()
             .and_then(|s| s.parse::<i64>().ok())
         {
+            None if name.starts_with("fcall") => {
+                return self.reply(Reply::err("ERR Bad number of keys provided"))
+            }
             None => return self.reply(Reply::err("ERR value is not an integer or out of range")),
             Some(n) if n < 0 => {
                 return self.reply(Reply::err("ERR Number of keys can't be negative"))
