@@ -58,7 +58,7 @@ use keel_wal::crypt::{KeyError, KeyId, Keyring, SEAL_BYTES};
 use keel_wal::fs::{read_exact_at, write_all_at};
 use keel_wal::{FsFile, Lsn};
 
-use crate::keyspace::{apply_by_version, Image, Map, Stored, System, Typed};
+use crate::keyspace::{apply_by_version, Image, Map, MapLoader, System};
 use crate::record::{decode_request, encode_request, Mutation, RecordError, Request};
 use crate::table::{HashValue, Kind, ListValue, SetValue, Value, ValueRef, ZSetValue};
 
@@ -750,6 +750,23 @@ impl BlockReader<'_> {
         self.bytes(len)
     }
 
+    /// A length-prefixed byte string, into `out` (cleared first): no allocation once `out`
+    /// has grown to the longest.
+    fn field_into(&mut self, out: &mut Vec<u8>) -> Result<(), FileError> {
+        let mut left = self.u32()? as usize;
+        out.clear();
+        while left > 0 {
+            if self.pos == self.block.len() {
+                self.next_block()?;
+            }
+            let n = left.min(self.block.len() - self.pos);
+            out.extend_from_slice(&self.block[self.pos..self.pos + n]);
+            self.pos += n;
+            left -= n;
+        }
+        Ok(())
+    }
+
     /// `len` bytes, copied out so that no block stays alive behind a value.
     fn bytes(&mut self, len: usize) -> Result<Bytes, FileError> {
         if self.pos + len <= self.block.len() {
@@ -797,47 +814,72 @@ fn record_error(e: RecordError) -> FileError {
     }
 }
 
-/// One entry read: key, version, expiry and value.
-type EntryIn = (Bytes, Lsn, Option<u64>, Stored);
+/// A value as read: a string's bytes (in the reader's buffer), or a collection.
+pub(crate) enum ValueIn<'a> {
+    String(&'a [u8]),
+    Collection(Value),
+}
 
-/// Reads one entry (see [`encode_entry`] for version 4's layout): key, version, expiry, value;
-/// `None` at version 4's end of the entries.
+/// Buffers the entries are read into, reused from one entry to the next.
+#[derive(Default)]
+struct EntryBuf {
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+/// One entry read: key, version, expiry and value.
+type EntryIn<'a> = (&'a [u8], Lsn, Option<u64>, ValueIn<'a>);
+
+/// Reads one entry (see [`encode_entry`] for version 4's layout) into `buf`: key, version,
+/// expiry, value; `None` at version 4's end of the entries.
 /// A version above the file's LSN, an empty collection, a field or member twice, or a NaN score
 /// is not a file keel wrote.
-fn read_entry(
+fn read_entry<'a>(
     r: &mut BlockReader<'_>,
     header: &SnapshotHeader,
-) -> Result<Option<EntryIn>, FileError> {
-    let (key, version, exp, value);
+    buf: &'a mut EntryBuf,
+) -> Result<Option<EntryIn<'a>>, FileError> {
+    let (version, exp, collection);
     if header.typed() {
         let kind = r.u8()?;
         if kind == END_OF_ENTRIES {
             return Ok(None);
         }
-        key = r.field()?;
+        r.field_into(&mut buf.key)?;
         version = r.u64()?;
         exp = r.u64()?;
-        value = read_value(r, kind)?;
+        collection = read_value(r, kind, &mut buf.value)?;
     } else {
-        key = r.field()?;
-        value = Stored::String(r.field()?);
+        r.field_into(&mut buf.key)?;
+        r.field_into(&mut buf.value)?;
+        collection = None;
         version = r.u64()?;
         exp = r.u64()?;
     }
     if version > header.lsn {
         return Err(FileError::BadField);
     }
-    Ok(Some((key, version, (exp != 0).then_some(exp), value)))
+    let value = match collection {
+        Some(c) => ValueIn::Collection(c),
+        None => ValueIn::String(&buf.value),
+    };
+    Ok(Some((&buf.key, version, (exp != 0).then_some(exp), value)))
 }
 
-fn read_value(r: &mut BlockReader<'_>, kind: u8) -> Result<Stored, FileError> {
+/// Reads a value of `kind`: a string into `string` (and `None`), or a collection.
+fn read_value(
+    r: &mut BlockReader<'_>,
+    kind: u8,
+    string: &mut Vec<u8>,
+) -> Result<Option<Value>, FileError> {
     // Kinds 5 to 7 are kept for streams; every unknown code is a newer keel's, not damage: the
     // file's checksum held.
     let Some(kind) = Kind::from_code(kind) else {
         return Err(FileError::Unloadable(format!("a value of kind {kind}")));
     };
     if kind == Kind::String {
-        return Ok(Stored::String(r.field()?));
+        r.field_into(string)?;
+        return Ok(None);
     }
     let n = r.u32()?;
     if n == 0 {
@@ -888,7 +930,7 @@ fn read_value(r: &mut BlockReader<'_>, kind: u8) -> Result<Stored, FileError> {
             Value::ZSet(z)
         }
     };
-    Ok(Stored::Collection(value))
+    Ok(Some(value))
 }
 
 /// The key id an encrypted snapshot's first block was sealed with (every block uses the same
@@ -922,9 +964,10 @@ pub fn read_snapshot(
     keyring: Option<&Keyring>,
 ) -> Result<Loaded, FileError> {
     // Sized by the header's count once it is read (the table's shard count is fixed at birth);
-    // a false count costs at most the largest shard count's empty shards.
-    let mut map: Option<Map> = None;
-    let mut last: Option<Bytes> = None;
+    // a false count costs at most the largest shard count's empty shards, and a table sized
+    // for KEYS_PER_SHARD_TARGET keys for each shard that gets a key (table::Loader).
+    let mut map: Option<MapLoader> = None;
+    let mut last: Option<Vec<u8>> = None;
     let mut loaded = read_snapshot_into(
         file,
         expect,
@@ -932,25 +975,29 @@ pub fn read_snapshot(
         &mut |header, key, version, expires_at_ms, value| {
             // Before version 4, keys are written in order; anything else is not a file keel
             // wrote.
-            if !header.typed() && last.as_ref().is_some_and(|l| *l >= key) {
-                return Err(FileError::BadField);
+            if !header.typed() {
+                if last.as_deref().is_some_and(|l| l >= key) {
+                    return Err(FileError::BadField);
+                }
+                let l = last.get_or_insert_with(Vec::new);
+                l.clear();
+                l.extend_from_slice(key);
             }
-            last = Some(key.clone());
-            let entry = Typed {
-                value,
-                version,
-                expires_at_ms,
-            };
             let map = map.get_or_insert_with(|| {
-                Map::with_expected_keys(usize::try_from(header.count).unwrap_or(usize::MAX))
+                Map::loader(usize::try_from(header.count).unwrap_or(usize::MAX))
             });
-            match map.insert_typed(&key, entry) {
-                true => Err(FileError::BadField),
-                false => Ok(()),
+            match value {
+                ValueIn::String(v) => map.insert_string(key, v, expires_at_ms, version),
+                ValueIn::Collection(c) => map.insert(key, c, expires_at_ms, version),
             }
+            // A key twice is not a file keel wrote.
+            .map_err(|_| FileError::BadField)
         },
     )?;
-    let mut map = map.unwrap_or_default();
+    let mut map = match map {
+        Some(m) => m.finish().map_err(|_| FileError::BadField)?,
+        None => Map::default(),
+    };
     for (lsn, mutations) in std::mem::take(&mut loaded.tail) {
         apply_by_version(&mut map, &mutations, lsn);
     }
@@ -961,7 +1008,7 @@ pub fn read_snapshot(
 /// Receives a snapshot's entries one by one: the header, then key, version, expiry and value.
 /// Each key comes once; the sink refuses a second one.
 pub(crate) type EntrySink<'a> =
-    dyn FnMut(&SnapshotHeader, Bytes, Lsn, Option<u64>, Stored) -> Result<(), FileError> + 'a;
+    dyn FnMut(&SnapshotHeader, &[u8], Lsn, Option<u64>, ValueIn<'_>) -> Result<(), FileError> + 'a;
 
 /// Verifies a snapshot file and hands its entries to `sink`. Returns the rest: the header, the
 /// requests and the system namespace (the image's map is left empty).
@@ -1034,8 +1081,10 @@ pub(crate) fn read_snapshot_into(
     // Before version 4 the header counts the entries. Version 4's end with a marker, and the
     // header's count must match.
     let mut n = 0;
+    let mut buf = EntryBuf::default();
     while header.typed() || n < header.count {
-        let Some((key, version, expires_at_ms, value)) = read_entry(&mut r, &header)? else {
+        let Some((key, version, expires_at_ms, value)) = read_entry(&mut r, &header, &mut buf)?
+        else {
             (header.count == n)
                 .then_some(())
                 .ok_or(FileError::BadField)?;
@@ -1430,10 +1479,10 @@ mod tests {
     fn read_table(path: &Path, m: &Manifest, ring: Option<&Keyring>) -> Result<Table, FileError> {
         let f = StdFs.open(path, OpenMode::Read).unwrap();
         let mut t = Table::new();
-        let mut sink = |_: &SnapshotHeader, key: Bytes, version, exp, value| {
+        let mut sink = |_: &SnapshotHeader, key: &[u8], version, exp, value: ValueIn<'_>| {
             let fresh = match value {
-                Stored::String(v) => !t.insert_string(&key, &v, exp, version),
-                Stored::Collection(c) => !t.insert(&key, c, exp, version),
+                ValueIn::String(v) => !t.insert_string(key, v, exp, version),
+                ValueIn::Collection(c) => !t.insert(key, c, exp, version),
             };
             fresh.then_some(()).ok_or(FileError::BadField)
         };
