@@ -655,6 +655,11 @@ impl Map {
         self.table.len()
     }
 
+    /// Entries that carry an expiry, expired ones included.
+    pub(crate) fn expiring(&self) -> usize {
+        self.expiring
+    }
+
     /// The entry of `key`, expired or not.
     pub(crate) fn get(&self, key: &[u8]) -> Option<EntryRef<'_>> {
         self.table.get(key)
