@@ -1733,6 +1733,160 @@ mod tests {
         assert_eq!(load(&path, None).unwrap().image.map.len(), 1);
     }
 
+    /// `n` random records (LSNs 1 to n) of one to four mutations over keys `k0` to `k<keys - 1>`:
+    /// sets, deletes, DeleteAlls, system entries and every relative mutation.
+    fn random_records(r: &mut Rng, n: u64, keys: u64) -> Vec<Vec<Mutation>> {
+        let key = |i: u64| Bytes::from(format!("k{i}"));
+        (1..=n)
+            .map(|lsn| {
+                (0..1 + r.below(4))
+                    .map(|j| match r.below(37) {
+                        36 => Mutation::StringWrite {
+                            key: key(r.below(keys)),
+                            create: r.chance(30),
+                            offset: r.below(6),
+                            bytes: Bytes::from(format!("w{lsn}")),
+                        },
+                        33 | 34 => Mutation::ZAdd {
+                            key: key(r.below(keys)),
+                            create: r.chance(30),
+                            pairs: (0..1 + r.below(3))
+                                .map(|_| {
+                                    let m = Bytes::from(format!("m{}", r.below(6)));
+                                    (m, r.below(5) as f64 - 2.0)
+                                })
+                                .collect(),
+                        },
+                        35 => Mutation::ZRem {
+                            key: key(r.below(keys)),
+                            members: (0..1 + r.below(3))
+                                .map(|_| Bytes::from(format!("m{}", r.below(6))))
+                                .collect(),
+                        },
+                        0 => Mutation::DeleteAll,
+                        1 => Mutation::System {
+                            key: key(r.below(2)),
+                            value: Bytes::from(format!("s{lsn}")),
+                        },
+                        2..=7 => Mutation::Delete {
+                            key: key(r.below(keys)),
+                        },
+                        // The relative ones: their effect depends on the key's entry.
+                        20..=22 => Mutation::HashSet {
+                            key: key(r.below(keys)),
+                            create: r.chance(30),
+                            pairs: (0..1 + r.below(3))
+                                .map(|f| {
+                                    let f = Bytes::from(format!("f{}", r.below(4) + f));
+                                    (f, Bytes::from(format!("h{lsn}.{j}")))
+                                })
+                                .collect(),
+                        },
+                        23 | 24 => Mutation::HashDel {
+                            key: key(r.below(keys)),
+                            fields: (0..1 + r.below(3))
+                                .map(|_| Bytes::from(format!("f{}", r.below(6))))
+                                .collect(),
+                        },
+                        25 => Mutation::Expire {
+                            key: key(r.below(keys)),
+                            expires_at_ms: r.chance(50).then(|| 1 + r.below(1000)),
+                        },
+                        26 | 27 => Mutation::SetAdd {
+                            key: key(r.below(keys)),
+                            create: r.chance(30),
+                            members: (0..1 + r.below(3))
+                                .map(|_| Bytes::from(format!("m{}", r.below(6))))
+                                .collect(),
+                        },
+                        29 => Mutation::ListPush {
+                            key: key(r.below(keys)),
+                            create: r.chance(30),
+                            front: r.chance(50),
+                            elements: (0..1 + r.below(3))
+                                .map(|e| Bytes::from(format!("e{lsn}.{j}.{e}")))
+                                .collect(),
+                        },
+                        30 => Mutation::ListPop {
+                            key: key(r.below(keys)),
+                            front: r.chance(50),
+                            count: r.below(3) as u32,
+                        },
+                        31 => Mutation::ListTrim {
+                            key: key(r.below(keys)),
+                            start: r.below(2),
+                            end: r.below(4),
+                        },
+                        32 => Mutation::ListRem {
+                            key: key(r.below(keys)),
+                            count: r.below(3) as i64 - 1,
+                            element: Bytes::from(format!("e{}.0.0", r.below(lsn))),
+                        },
+                        28 => Mutation::SetRem {
+                            key: key(r.below(keys)),
+                            members: (0..1 + r.below(3))
+                                .map(|_| Bytes::from(format!("m{}", r.below(6))))
+                                .collect(),
+                        },
+                        _ => Mutation::Set {
+                            key: key(r.below(keys)),
+                            value: Bytes::from(format!("v{lsn}.{j}")),
+                            expires_at_ms: r.chance(30).then(|| 1 + r.below(1000)),
+                        },
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The true state after each of `records` (LSN i + 1 each), from the empty state.
+    fn states_of(records: &[Vec<Mutation>]) -> Vec<Map> {
+        let mut states = vec![Map::default()];
+        for (i, muts) in records.iter().enumerate() {
+            let mut m = states[i].clone();
+            for mu in muts {
+                match change(mu, i as u64 + 1) {
+                    Change::Key(k, Some(e)) => {
+                        m.insert(k, &e);
+                    }
+                    Change::Key(k, None) => {
+                        m.remove(k);
+                    }
+                    Change::Edit(k, e) => m.edit(k, e, i as u64 + 1),
+                    Change::All => m.clear(),
+                    Change::System(..) => {}
+                }
+            }
+            states.push(m);
+        }
+        states
+    }
+
+    /// A log replayed into an empty keyspace (recovery without a snapshot, through the map's
+    /// loader) or onto an image (through inserts) gives the true state: many keys, so that the
+    /// loader's test-sized batches fill several times.
+    #[test]
+    fn a_log_replayed_onto_nothing_or_an_image_gives_the_true_state() {
+        for seed in seeds(100) {
+            let mut r = Rng(seed);
+            let n = 1 + r.below(300);
+            let keys = 1 + r.below(400);
+            let records = random_records(&mut r, n, keys);
+            let states = states_of(&records);
+            let from = r.below(n + 1) as usize;
+            let mut changes = crate::keyspace::Changes::default();
+            for (i, muts) in records.iter().enumerate().skip(from) {
+                changes.apply(muts, i as u64 + 1);
+            }
+            let mut image = Image {
+                map: states[from].clone(),
+                system: System::new(),
+            };
+            changes.merge_into(&mut image);
+            assert_eq!(image.map, states[n as usize], "seed {seed}: from {from}");
+        }
+    }
+
     /// A shard-by-shard checkpoint's file: each shard of the image read at its own moment while
     /// records went on, and the records since the first moment as the tail. Loading it gives the
     /// state at the file's LSN exactly, values, versions and expiries, over random histories of
@@ -1742,129 +1896,12 @@ mod tests {
     fn a_fuzzy_image_and_its_tail_load_as_of_the_snapshot_lsn() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fuzzy");
-        let key = |i: u64| Bytes::from(format!("k{i}"));
         for seed in seeds(300) {
             let mut r = Rng(seed);
             let n = 1 + r.below(40);
-            let records: Vec<Vec<Mutation>> = (1..=n)
-                .map(|lsn| {
-                    (0..1 + r.below(4))
-                        .map(|j| match r.below(37) {
-                            36 => Mutation::StringWrite {
-                                key: key(r.below(8)),
-                                create: r.chance(30),
-                                offset: r.below(6),
-                                bytes: Bytes::from(format!("w{lsn}")),
-                            },
-                            33 | 34 => Mutation::ZAdd {
-                                key: key(r.below(8)),
-                                create: r.chance(30),
-                                pairs: (0..1 + r.below(3))
-                                    .map(|_| {
-                                        let m = Bytes::from(format!("m{}", r.below(6)));
-                                        (m, r.below(5) as f64 - 2.0)
-                                    })
-                                    .collect(),
-                            },
-                            35 => Mutation::ZRem {
-                                key: key(r.below(8)),
-                                members: (0..1 + r.below(3))
-                                    .map(|_| Bytes::from(format!("m{}", r.below(6))))
-                                    .collect(),
-                            },
-                            0 => Mutation::DeleteAll,
-                            1 => Mutation::System {
-                                key: key(r.below(2)),
-                                value: Bytes::from(format!("s{lsn}")),
-                            },
-                            2..=7 => Mutation::Delete {
-                                key: key(r.below(8)),
-                            },
-                            // The relative ones: their effect depends on the key's entry.
-                            20..=22 => Mutation::HashSet {
-                                key: key(r.below(8)),
-                                create: r.chance(30),
-                                pairs: (0..1 + r.below(3))
-                                    .map(|f| {
-                                        let f = Bytes::from(format!("f{}", r.below(4) + f));
-                                        (f, Bytes::from(format!("h{lsn}.{j}")))
-                                    })
-                                    .collect(),
-                            },
-                            23 | 24 => Mutation::HashDel {
-                                key: key(r.below(8)),
-                                fields: (0..1 + r.below(3))
-                                    .map(|_| Bytes::from(format!("f{}", r.below(6))))
-                                    .collect(),
-                            },
-                            25 => Mutation::Expire {
-                                key: key(r.below(8)),
-                                expires_at_ms: r.chance(50).then(|| 1 + r.below(1000)),
-                            },
-                            26 | 27 => Mutation::SetAdd {
-                                key: key(r.below(8)),
-                                create: r.chance(30),
-                                members: (0..1 + r.below(3))
-                                    .map(|_| Bytes::from(format!("m{}", r.below(6))))
-                                    .collect(),
-                            },
-                            29 => Mutation::ListPush {
-                                key: key(r.below(8)),
-                                create: r.chance(30),
-                                front: r.chance(50),
-                                elements: (0..1 + r.below(3))
-                                    .map(|e| Bytes::from(format!("e{lsn}.{j}.{e}")))
-                                    .collect(),
-                            },
-                            30 => Mutation::ListPop {
-                                key: key(r.below(8)),
-                                front: r.chance(50),
-                                count: r.below(3) as u32,
-                            },
-                            31 => Mutation::ListTrim {
-                                key: key(r.below(8)),
-                                start: r.below(2),
-                                end: r.below(4),
-                            },
-                            32 => Mutation::ListRem {
-                                key: key(r.below(8)),
-                                count: r.below(3) as i64 - 1,
-                                element: Bytes::from(format!("e{}.0.0", r.below(lsn))),
-                            },
-                            28 => Mutation::SetRem {
-                                key: key(r.below(8)),
-                                members: (0..1 + r.below(3))
-                                    .map(|_| Bytes::from(format!("m{}", r.below(6))))
-                                    .collect(),
-                            },
-                            _ => Mutation::Set {
-                                key: key(r.below(8)),
-                                value: Bytes::from(format!("v{lsn}.{j}")),
-                                expires_at_ms: r.chance(30).then(|| 1 + r.below(1000)),
-                            },
-                        })
-                        .collect()
-                })
-                .collect();
+            let records = random_records(&mut r, n, 8);
             // The true state after each LSN.
-            let mut states = vec![Map::default()];
-            for (i, muts) in records.iter().enumerate() {
-                let mut m = states[i].clone();
-                for mu in muts {
-                    match change(mu, i as u64 + 1) {
-                        Change::Key(k, Some(e)) => {
-                            m.insert(k, &e);
-                        }
-                        Change::Key(k, None) => {
-                            m.remove(k);
-                        }
-                        Change::Edit(k, e) => m.edit(k, e, i as u64 + 1),
-                        Change::All => m.clear(),
-                        Change::System(..) => {}
-                    }
-                }
-                states.push(m);
-            }
+            let states = states_of(&records);
             let start = r.below(n + 1);
             let end = start + r.below(n - start + 1);
             // Three shards (by key number), read in turn at non-decreasing moments in
