@@ -1401,32 +1401,9 @@ impl Changes {
             map.clear();
         }
         if map.len() == 0 {
-            // A log replayed without a snapshot (or after a DeleteAll): the entries go into a
-            // new map through its loader, shard by shard into shards sized for them at once;
-            // growing to them from empty would split every shard many times over, rehashing
-            // each key as often. Edits of keys the map lacks apply after, each to its own key.
-            let mut loader = Map::loader(self.changed.len());
-            let mut edits = Vec::new();
-            for (k, slot) in self.changed {
-                match slot {
-                    Slot::Entry(Some(e)) => match e.value {
-                        Stored::String(v) => {
-                            loader.insert_string(&k, &v, e.expires_at_ms, e.version)
-                        }
-                        Stored::Collection(c) => loader.insert(&k, c, e.expires_at_ms, e.version),
-                    }
-                    .expect("a hash map holds each key once"),
-                    Slot::Entry(None) => {}
-                    Slot::Edits(list) => edits.push((k, list)),
-                }
-            }
-            *map = loader.finish().expect("a hash map holds each key once");
-            for (k, list) in edits {
-                for (m, version) in list {
-                    map.edit(&k, &m, version);
-                }
-            }
-            return;
+            // Sized for the keys at once (a log replayed without a snapshot): growing to them
+            // from empty would split every shard many times over, rehashing each key as often.
+            *map = Map::with_expected_keys(self.changed.len());
         }
         // In the order of the table's hashes, so that consecutive writes go to the same shard
         // while its table is in the cache, instead of a cache miss or three at every key.

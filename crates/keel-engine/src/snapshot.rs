@@ -1862,9 +1862,8 @@ mod tests {
         states
     }
 
-    /// A log replayed into an empty keyspace (recovery without a snapshot, through the map's
-    /// loader) or onto an image (through inserts) gives the true state: many keys, so that the
-    /// loader's test-sized batches fill several times.
+    /// A log replayed into an empty keyspace (recovery without a snapshot) or onto an image
+    /// gives the true state, over up to 400 keys.
     #[test]
     fn a_log_replayed_onto_nothing_or_an_image_gives_the_true_state() {
         for seed in seeds(100) {
