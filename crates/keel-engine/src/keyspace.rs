@@ -16,8 +16,8 @@ use keel_wal::Lsn;
 
 use crate::record::Mutation;
 use crate::table::{
-    EntryRef, HashValue, Kind, ListValue, SetValue, Table, Value, ValueMut, ValueRef, ZSetValue,
-    KEYS_PER_SHARD_TARGET,
+    DuplicateKey, EntryRef, HashValue, Kind, ListValue, Loader, SetValue, Table, Value, ValueMut,
+    ValueRef, ZSetValue, KEYS_PER_SHARD_TARGET,
 };
 use crate::types::{live_at, Entry, Read, WriteError, WriteResult};
 use crate::util::HashMap;
@@ -580,6 +580,47 @@ pub(crate) struct Map {
     expiring: usize,
 }
 
+/// Fills a new [`Map`] (see [`Map::loader`]).
+pub(crate) struct MapLoader {
+    loader: Loader,
+    expiring: usize,
+}
+
+impl MapLoader {
+    /// Adds the string entry `key` = `value`; an error if `key` came before.
+    pub(crate) fn insert_string(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        expires_at_ms: Option<u64>,
+        version: Lsn,
+    ) -> Result<(), DuplicateKey> {
+        self.expiring += usize::from(expires_at_ms.is_some());
+        self.loader
+            .insert_string(key, value, expires_at_ms, version)
+    }
+
+    /// Adds `key`'s entry, of any type; an error if `key` came before.
+    pub(crate) fn insert(
+        &mut self,
+        key: &[u8],
+        value: Value,
+        expires_at_ms: Option<u64>,
+        version: Lsn,
+    ) -> Result<(), DuplicateKey> {
+        self.expiring += usize::from(expires_at_ms.is_some());
+        self.loader.insert(key, value, expires_at_ms, version)
+    }
+
+    /// The map, every entry in it; an error if a key came twice.
+    pub(crate) fn finish(self) -> Result<Map, DuplicateKey> {
+        Ok(Map {
+            table: self.loader.finish()?,
+            expiring: self.expiring,
+        })
+    }
+}
+
 /// The string entry of a stored one, copied out; `None` for a collection.
 pub(crate) fn entry_of(e: EntryRef<'_>) -> Option<Entry> {
     match e.value() {
@@ -609,9 +650,23 @@ impl Map {
         }
     }
 
+    /// A loader that fills a new map, sized as [`Map::with_expected_keys`], with about `keys`
+    /// keys, each once: the fast way to load a snapshot ([`crate::table::Loader`]).
+    pub(crate) fn loader(keys: usize) -> MapLoader {
+        MapLoader {
+            loader: Loader::new(Map::with_expected_keys(keys).table, keys),
+            expiring: 0,
+        }
+    }
+
     /// Entries held, expired ones included.
     pub(crate) fn len(&self) -> usize {
         self.table.len()
+    }
+
+    /// Entries that carry an expiry, expired ones included.
+    pub(crate) fn expiring(&self) -> usize {
+        self.expiring
     }
 
     /// The entry of `key`, expired or not.

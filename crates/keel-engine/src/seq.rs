@@ -215,7 +215,12 @@ impl Seq {
             last_at_ms: at_ms,
             last_lsn: lsn,
         };
-        for e in map.iter() {
+        // Most keyspaces have few keys with an expiry, or none: then there is nothing to find,
+        // and no need to read every entry (a cache miss each) to find it.
+        let entries = map
+            .iter()
+            .take(if map.expiring() == 0 { 0 } else { usize::MAX });
+        for e in entries {
             if let Some(t) = e.expires_at_ms() {
                 seq.expiry.insert((t, Bytes::copy_from_slice(e.key())));
             }

@@ -1011,6 +1011,45 @@ fn held_and_expiring_counts_follow_every_write() {
     assert_eq!(counts(&e), (0, 0, 0));
 }
 
+/// Opened from a snapshot, the keyspace counts its expiring keys again and active expiry finds
+/// the expired ones (the expiry index is rebuilt only when some key has an expiry); with none, it
+/// starts empty and takes new ones.
+#[test]
+fn expiry_is_indexed_again_after_opening_from_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let opts = Options {
+        background: false,
+        ..small()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let (far, past) = (Ttl::At(now + 3_600_000), Ttl::At(1));
+    let counts = |e: &Engine| e.read(|s| (s.held(), s.expiring(), s.count()));
+    let set = |k: &str, ttl| put(k, "v", ttl, PutIf::Always);
+    let (e, _) = Engine::open(&db, opts.clone()).unwrap();
+    let mut writes: Vec<Write> = (0..300).map(|i| set(&format!("k{i}"), Ttl::None)).collect();
+    writes.extend([set("far", far), set("past1", past), set("past2", past)]);
+    e.commit(vec![], writes).unwrap();
+    e.checkpoint().unwrap();
+    e.close().unwrap();
+    let (e, report) = Engine::open(&db, opts.clone()).unwrap();
+    assert!(report.snapshot_lsn > 0 && report.records_replayed == 0);
+    assert_eq!(counts(&e), (303, 3, 301), "counted again at open");
+    assert_eq!(e.remove_expired(100).unwrap(), 2, "both expired keys found");
+    assert_eq!(counts(&e), (301, 1, 301));
+    e.delete("far").unwrap();
+    e.checkpoint().unwrap();
+    e.close().unwrap();
+    let (e, _) = Engine::open(&db, opts).unwrap();
+    assert_eq!(counts(&e), (300, 0, 300));
+    assert_eq!(e.remove_expired(100).unwrap(), 0);
+    e.commit(vec![], vec![set("p", past)]).unwrap();
+    assert_eq!(e.remove_expired(100).unwrap(), 1);
+}
+
 #[test]
 fn a_read_that_calls_its_engine_panics_instead_of_deadlocking() {
     let dir = tempfile::tempdir().unwrap();

@@ -941,3 +941,105 @@ fn tables_shrink_after_most_entries_are_removed() {
         assert_eq!(z.score(&k), Some(f64::from(i)));
     }
 }
+
+/// A loader fills a table with what one insert at a time would: every kind, with and without
+/// expiry, across many of its (test-sized) batches, whether the expected count is right, far
+/// too low or far too high, and with shards that split while it loads. The table keeps working
+/// afterwards: its shards grow, split and find their keys as any table's.
+#[test]
+fn a_loader_fills_a_table_as_inserts_do() {
+    for seed in seeds(20) {
+        let mut r = Rng(seed);
+        let n = r.below(3000) as usize;
+        let mut model: BTreeMap<Vec<u8>, MEntry> = BTreeMap::new();
+        while model.len() < n {
+            let mut key = r.bytes(6);
+            key.extend_from_slice(&(model.len() as u64).to_le_bytes());
+            let value = random_value(&mut r);
+            let expiry = r.chance(30).then(|| r.next());
+            let version = r.next();
+            model.insert(
+                key,
+                MEntry {
+                    value,
+                    version,
+                    expiry,
+                },
+            );
+        }
+        let expected = match seed % 4 {
+            0 => n,
+            1 => 0,
+            2 => n / 10,
+            _ => n * 100,
+        };
+        let table = if seed % 3 == 0 {
+            Table::with_split_at(1, 4 + r.below(8) as usize)
+        } else {
+            Table::with_expected_keys(expected)
+        };
+        let mut loader = Loader::new(table, expected);
+        for (k, e) in &model {
+            let built = build(&e.value);
+            let ok = if r.chance(50) {
+                loader.insert(k, built, e.expiry, e.version)
+            } else if let (MValue::String(s), false) = (&e.value, r.chance(20)) {
+                loader.insert_string(k, s, e.expiry, e.version)
+            } else {
+                loader.insert(k, built, e.expiry, e.version)
+            };
+            ok.unwrap_or_else(|d| panic!("seed {seed}: {d:?}"));
+        }
+        let mut t = loader.finish().unwrap();
+        check_table(&t, &model, seed);
+        assert!(
+            t.shards.iter().all(|s| s.len() <= t.split_at),
+            "seed {seed}: a shard past its bound"
+        );
+        for i in 0..500u64 {
+            let key = format!("after{i}").into_bytes();
+            let value = random_value(&mut r);
+            t.insert(&key, build(&value), None, i);
+            model.insert(
+                key,
+                MEntry {
+                    value,
+                    version: i,
+                    expiry: None,
+                },
+            );
+        }
+        check_table(&t, &model, seed);
+    }
+}
+
+/// A key given twice is refused, whatever the kinds and wherever the two fall: in one batch, in
+/// two, a string after a collection and the other way round.
+#[test]
+fn a_loader_refuses_a_key_twice() {
+    let string = || Value::String(b"v".to_vec());
+    let set = || {
+        let mut s = SetValue::new();
+        s.insert(b"m");
+        Value::Set(s)
+    };
+    for (first, second) in [(true, true), (true, false), (false, true), (false, false)] {
+        for gap in [0, 1, LOAD_BATCH - 1, LOAD_BATCH, 3 * LOAD_BATCH + 5] {
+            let mut l = Loader::new(Table::new(), gap + 2);
+            let value = |s: bool| if s { string() } else { set() };
+            l.insert(b"twice", value(first), None, 1).unwrap();
+            for i in 0..gap {
+                l.insert_string(format!("k{i}").as_bytes(), b"x", None, 1)
+                    .unwrap();
+            }
+            let e = l
+                .insert(b"twice", value(second), Some(5), 2)
+                .and_then(|()| l.finish().map(|_| ()));
+            assert_eq!(
+                e,
+                Err(DuplicateKey(b"twice".to_vec())),
+                "first string {first}, second string {second}, {gap} keys between"
+            );
+        }
+    }
+}
