@@ -73,6 +73,8 @@ pub struct Running {
     pub name: String,
     /// A function (FCALL), not a script (EVAL): FUNCTION KILL stops it, SCRIPT KILL does not.
     pub function: bool,
+    /// The command that runs it (FUNCTION STATS).
+    pub command: Vec<Bytes>,
     pub started: Instant,
     pub wrote: Arc<AtomicBool>,
 }
@@ -185,12 +187,13 @@ impl Scripts {
 
     /// Runs the cached script `sha` with `keys` and `argv`; `caller` runs its `redis.call`s.
     /// Blocks the thread while the script runs.
-    pub fn run(&self, sha: &str, keys: &[Bytes], argv: &[Bytes], caller: &mut dyn Caller) -> Reply {
+    pub fn run(&self, sha: &str, command: &[Bytes], caller: &mut dyn Caller) -> Reply {
+        let (keys, argv) = keys_and_args(command);
         let vm = crate::lock(&self.vm);
         let Some(cached) = vm.cache.get(sha) else {
             return noscript();
         };
-        self.running_while(sha, false, || {
+        self.running_while(sha, false, command, || {
             run_in(
                 &vm.lua,
                 &cached.function,
@@ -204,18 +207,13 @@ impl Scripts {
     }
 
     /// Runs the loaded function `name` (FCALL), as [`Scripts::run`] runs a script.
-    pub fn call_function(
-        &self,
-        name: &str,
-        keys: &[Bytes],
-        argv: &[Bytes],
-        caller: &mut dyn Caller,
-    ) -> Reply {
+    pub fn call_function(&self, name: &str, command: &[Bytes], caller: &mut dyn Caller) -> Reply {
+        let (keys, argv) = keys_and_args(command);
         let functions = crate::lock(&self.functions);
         let Some(f) = functions.function(name) else {
             return Reply::err("ERR Function not found");
         };
-        self.running_while(name, true, || {
+        self.running_while(name, true, command, || {
             run_in(
                 &functions.lua,
                 &f.function,
@@ -232,11 +230,13 @@ impl Scripts {
         &self,
         name: &str,
         function: bool,
+        command: &[Bytes],
         run: impl FnOnce() -> mlua::Result<Reply>,
     ) -> Reply {
         let running = Running {
             name: name.to_string(),
             function,
+            command: command.to_vec(),
             started: Instant::now(),
             wrote: Arc::new(AtomicBool::new(false)),
         };
@@ -583,6 +583,16 @@ impl Default for Scripts {
     }
 }
 
+/// The keys and arguments of `EVAL script numkeys key … arg …` (or EVALSHA, FCALL), whose key
+/// count the caller has checked.
+fn keys_and_args(command: &[Bytes]) -> (&[Bytes], &[Bytes]) {
+    let n = std::str::from_utf8(&command[2])
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .expect("the key count is checked before a script runs");
+    command[3..].split_at(n)
+}
+
 pub fn noscript() -> Reply {
     Reply::err("NOSCRIPT No matching script. Please use EVAL.")
 }
@@ -678,7 +688,25 @@ fn sandbox() -> mlua::Result<Lua> {
             local G, rawget, error, tostring = _G, rawget, error, tostring
             local real_setmetatable, real_rawset, real_getmetatable =
                 setmetatable, rawset, getmetatable
-            local loadstring = loadstring
+            local loadstring, real_pcall, real_xpcall, unpack = loadstring, pcall, xpcall, unpack
+            -- SCRIPT KILL's error cannot be caught: pcall and xpcall raise it again.
+            local function killed(e)
+                return tostring(e):find("Script killed by user", 1, true) ~= nil
+            end
+            G.pcall = function(...)
+                local r = {real_pcall(...)}
+                if not r[1] and killed(r[2]) then error(r[2], 0) end
+                return unpack(r)
+            end
+            G.xpcall = function(f, handler)
+                local kill
+                local r = {real_xpcall(f, function(e)
+                    if killed(e) then kill = e end
+                    return handler(e)
+                end)}
+                if kill then error(kill, 0) end
+                return unpack(r)
+            end
             local function refuse() error("Attempt to modify a readonly table", 2) end
             local marker = real_setmetatable({}, {__newindex = refuse, __metatable = false})
             local function readonly(t)
@@ -970,10 +998,21 @@ fn from_lua(v: &Value, depth: usize) -> mlua::Result<Reply> {
 fn lua_message(e: &mlua::Error) -> String {
     match e {
         mlua::Error::CallbackError { cause, .. } => lua_message(cause),
-        mlua::Error::RuntimeError(m) | mlua::Error::SyntaxError { message: m, .. } => m.clone(),
+        mlua::Error::RuntimeError(m) | mlua::Error::SyntaxError { message: m, .. } => {
+            without_traceback(m)
+        }
         mlua::Error::ExternalError(e) => e.to_string(),
-        other => other.to_string(),
+        other => without_traceback(&other.to_string()),
     }
+}
+
+/// A Lua error's message without the stack traceback mlua appends (Redis sends none).
+fn without_traceback(m: &str) -> String {
+    m.split("stack traceback:")
+        .next()
+        .unwrap_or(m)
+        .trim_end()
+        .to_string()
 }
 
 /// The reply to a script that failed: a failed `redis.call`'s own error, or Redis's ERR with the
@@ -1293,12 +1332,14 @@ mod tests {
             Ok(sha) => sha,
             Err(e) => return e,
         };
-        let b = |v: &[&str]| {
-            v.iter()
-                .map(|x| Bytes::from(x.to_string()))
-                .collect::<Vec<_>>()
-        };
-        s.run(&sha, &b(keys), &b(argv), &mut Echo(false))
+        let n = keys.len().to_string();
+        let command: Vec<Bytes> = ["EVAL", body, &n]
+            .iter()
+            .chain(keys)
+            .chain(argv)
+            .map(|x| Bytes::from(x.to_string()))
+            .collect();
+        s.run(&sha, &command, &mut Echo(false))
     }
 
     #[test]

@@ -283,6 +283,26 @@ fn busy_scripts_and_script_kill() {
     );
     assert_eq!(query::<String>(&mut c, &["PING"]), "PONG");
 
+    // pcall does not catch SCRIPT KILL's error.
+    looping.send(&resp(&[
+        "EVAL",
+        "while true do pcall(function() while true do end end) end",
+        "0",
+    ]));
+    let started = Instant::now();
+    loop {
+        r.send(&resp(&["SCRIPT", "KILL"]));
+        let reply = String::from_utf8(read_reply(&mut r)).unwrap();
+        if reply == "+OK\r\n" {
+            break;
+        }
+        assert!(reply.starts_with("-NOTBUSY"), "{reply}");
+        assert!(started.elapsed() < Duration::from_secs(30), "never ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let killed = String::from_utf8(read_reply(&mut looping)).unwrap();
+    assert!(killed.starts_with("-ERR Script killed by user"), "{killed}");
+
     // After a write, a script cannot be killed.
     looping.send(&resp(&[
         "EVAL",

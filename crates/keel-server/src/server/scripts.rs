@@ -243,7 +243,10 @@ impl Conn {
                     None => Reply::Nil,
                     Some(r) => Reply::Map(vec![
                         (text("name"), text(&r.name)),
-                        (text("command"), Reply::Array(Vec::new())),
+                        (
+                            text("command"),
+                            Reply::Array(r.command.iter().cloned().map(Reply::Bulk).collect()),
+                        ),
                         (
                             text("duration_ms"),
                             Reply::Int(r.started.elapsed().as_millis() as i64),
@@ -374,7 +377,8 @@ impl Conn {
 
     async fn eval(&mut self, name: &str, args: &[Bytes]) {
         let by_sha = name.starts_with("evalsha");
-        let numkeys = match std::str::from_utf8(&args[2])
+        // The key count, checked here; the script's run splits keys from arguments by it.
+        match std::str::from_utf8(&args[2])
             .ok()
             .and_then(|s| s.parse::<i64>().ok())
         {
@@ -390,8 +394,8 @@ impl Conn {
                     "ERR Number of keys can't be greater than number of args",
                 ))
             }
-            Some(n) => n as usize,
-        };
+            Some(_) => {}
+        }
         let scripts = &self.sh.scripts;
         let function = name.starts_with("fcall");
         let sha = if function {
@@ -434,7 +438,6 @@ impl Conn {
                 .room(args.iter().map(Bytes::len).sum())
                 .await;
         }
-        let (keys, argv) = args[3..].split_at(numkeys);
         let sh = self.sh.clone();
         let engine = self.engine();
         let user = self.user.as_ref();
@@ -454,9 +457,9 @@ impl Conn {
                     reads: tracks.then(Vec::new),
                 };
                 let reply = if function {
-                    sh.scripts.call_function(&sha, keys, argv, &mut caller)
+                    sh.scripts.call_function(&sha, args, &mut caller)
                 } else {
-                    sh.scripts.run(&sha, keys, argv, &mut caller)
+                    sh.scripts.run(&sha, args, &mut caller)
                 };
                 let ScriptCaller {
                     touched,
