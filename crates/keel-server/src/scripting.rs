@@ -189,40 +189,33 @@ impl Scripts {
     /// Blocks the thread while the script runs.
     pub fn run(&self, sha: &str, command: &[Bytes], caller: &mut dyn Caller) -> Reply {
         let (keys, argv) = keys_and_args(command);
-        let vm = crate::lock(&self.vm);
-        let Some(cached) = vm.cache.get(sha) else {
-            return noscript();
+        // Handles, so that the cache is not locked while the script runs (SCRIPT LOAD from
+        // another client waits for nothing).
+        let (lua, function) = {
+            let vm = crate::lock(&self.vm);
+            let Some(cached) = vm.cache.get(sha) else {
+                return noscript();
+            };
+            (vm.lua.clone(), cached.function.clone())
         };
         self.running_while(sha, false, command, || {
-            run_in(
-                &vm.lua,
-                &cached.function,
-                Args::Globals,
-                keys,
-                argv,
-                caller,
-                self,
-            )
+            run_in(&lua, &function, Args::Globals, keys, argv, caller, self)
         })
     }
 
     /// Runs the loaded function `name` (FCALL), as [`Scripts::run`] runs a script.
     pub fn call_function(&self, name: &str, command: &[Bytes], caller: &mut dyn Caller) -> Reply {
         let (keys, argv) = keys_and_args(command);
-        let functions = crate::lock(&self.functions);
-        let Some(f) = functions.function(name) else {
-            return Reply::err("ERR Function not found");
+        // Handles, so that FUNCTION STATS and LIST are served while the function runs.
+        let (lua, function) = {
+            let functions = crate::lock(&self.functions);
+            let Some(f) = functions.function(name) else {
+                return Reply::err("ERR Function not found");
+            };
+            (functions.lua.clone(), f.function.clone())
         };
         self.running_while(name, true, command, || {
-            run_in(
-                &functions.lua,
-                &f.function,
-                Args::Parameters,
-                keys,
-                argv,
-                caller,
-                self,
-            )
+            run_in(&lua, &function, Args::Parameters, keys, argv, caller, self)
         })
     }
 

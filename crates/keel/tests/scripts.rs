@@ -275,6 +275,10 @@ fn busy_scripts_and_script_kill() {
         break e;
     };
     assert!(busy.contains("BUSY"), "{busy}");
+    // FUNCTION STATS is served meanwhile, and names what runs.
+    r.send(&resp(&["FUNCTION", "STATS"]));
+    let stats = String::from_utf8(read_reply(&mut r)).unwrap();
+    assert!(stats.contains("while true do end"), "{stats}");
     query::<()>(&mut c, &["SCRIPT", "KILL"]);
     let killed = String::from_utf8(read_reply(&mut looping)).unwrap();
     assert!(
