@@ -353,9 +353,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     Slot::Ready(a) => a,
                     Slot::Wait(p, user) => {
                         match p.await.map_err(|e| sm_err(ErrorVerb::Write, e))? {
-                            Outcome::Committed { lsn, mut results } => {
+                            Outcome::Committed {
+                                lsn,
+                                mut results,
+                                mut effects,
+                            } => {
                                 results.truncate(user);
-                                Applied::Done(Outcome::Committed { lsn, results })
+                                effects.retain(|e| (e.write as usize) < user);
+                                Applied::Done(Outcome::Committed {
+                                    lsn,
+                                    results,
+                                    effects,
+                                })
                             }
                             g => Applied::Done(g),
                         }

@@ -14,7 +14,9 @@ use crate::table::{ListValue, SetValue, ValueRef, ZSetValue};
 use crate::util::HashMap;
 use crate::zsets::{self, format_score, zset_combine};
 
-use crate::types::{Guard, Outcome, PutIf, Read, SetOp, Ttl, Write, WriteError, WriteResult};
+use crate::types::{
+    Guard, KeyEffect, Outcome, PutIf, Read, SetOp, Ttl, Write, WriteError, WriteResult,
+};
 use keel_wal::Lsn;
 
 /// The state a transaction is decided against: every earlier transaction, durable or not.
@@ -126,13 +128,15 @@ impl<S: Decided> Overlay<S> {
 }
 
 /// Decides a transaction against `state`: the guards, then every write against the state the
-/// earlier writes leave. Returns the outcome (without an LSN) and the absolute effects to log.
+/// earlier writes leave. Returns the outcome (without an LSN, with the keys each write changed
+/// if `effects`) and the absolute effects to log.
 pub(crate) fn decide(
     state: impl Decided,
     now: u64,
     value_max: usize,
     guards: &[Guard],
     writes: Vec<Write>,
+    effects: bool,
 ) -> (Outcome, Vec<Mutation>) {
     for (i, g) in guards.iter().enumerate() {
         let version = state
@@ -153,28 +157,73 @@ pub(crate) fn decide(
     // Most writes log one mutation (a rename logs two).
     let mut mutations = Vec::with_capacity(n);
     // A transaction of plain puts (a bulk load, MSET) reads nothing back, so its writes need
-    // not be laid over the state one by one.
-    let reads = !writes.iter().all(|w| {
-        matches!(
-            w,
-            Write::Put {
-                only: PutIf::Always,
-                ttl: Ttl::None | Ttl::At(_),
-                ..
-            }
-        )
-    });
+    // not be laid over the state one by one (unless each write's effects are wanted).
+    let reads = effects
+        || !writes.iter().all(|w| {
+            matches!(
+                w,
+                Write::Put {
+                    only: PutIf::Always,
+                    ttl: Ttl::None | Ttl::At(_),
+                    ..
+                }
+            )
+        });
     let mut results = Vec::with_capacity(n);
+    let mut changed = Vec::new();
     for (i, w) in writes.into_iter().enumerate() {
         // This write's mutations are pushed straight onto the transaction's.
         let first = mutations.len();
         let result = decide_one(&work, value_max, w, &mut mutations);
+        if effects {
+            key_effects(&work, i, &mutations[first..], &mut changed);
+        }
         if reads && i + 1 < n {
             work.apply(&mutations[first..]);
         }
         results.push(result);
     }
-    (Outcome::Committed { lsn: None, results }, mutations)
+    let outcome = Outcome::Committed {
+        lsn: None,
+        results,
+        effects: changed,
+    };
+    (outcome, mutations)
+}
+
+/// Adds the keys the `i`th write changed, through its `mutations`, to `out`: whether each was
+/// created or deleted is read from `work`, which does not hold the write yet. A removal that
+/// leaves a collection empty is logged as a delete, so a key's last mutation says whether it
+/// is left live.
+fn key_effects<S: Decided>(
+    work: &Overlay<S>,
+    i: usize,
+    mutations: &[Mutation],
+    out: &mut Vec<KeyEffect>,
+) {
+    let from = out.len();
+    for m in mutations {
+        let Some(key) = m.user_key() else { continue };
+        let live = !matches!(m, Mutation::Delete { .. });
+        match out[from..].iter_mut().find(|e| e.key == key) {
+            // `deleted` holds whether it is live for now; settled below.
+            Some(e) => e.deleted = live,
+            None => {
+                let before = work.live(key).is_some();
+                out.push(KeyEffect {
+                    write: i as u32,
+                    key: key.clone(),
+                    created: before,
+                    deleted: live,
+                });
+            }
+        }
+    }
+    for e in &mut out[from..] {
+        let (before, after) = (e.created, e.deleted);
+        e.created = !before && after;
+        e.deleted = before && !after;
+    }
 }
 
 /// A transaction decided one call at a time (a script's): each step is decided against the
@@ -184,10 +233,13 @@ pub(crate) struct Deciding<S> {
     work: Overlay<S>,
     value_max: usize,
     pub(crate) mutations: Vec<Mutation>,
+    /// The keys each step changed, when asked for (`write` counts steps from the first).
+    pub(crate) effects: Option<Vec<KeyEffect>>,
+    steps: usize,
 }
 
 impl<S: Decided> Deciding<S> {
-    pub(crate) fn new(state: S, now: u64, value_max: usize) -> Self {
+    pub(crate) fn new(state: S, now: u64, value_max: usize, effects: bool) -> Self {
         Deciding {
             work: Overlay {
                 base: state,
@@ -197,6 +249,8 @@ impl<S: Decided> Deciding<S> {
             },
             value_max,
             mutations: Vec::new(),
+            effects: effects.then(Vec::new),
+            steps: 0,
         }
     }
 
@@ -204,6 +258,10 @@ impl<S: Decided> Deciding<S> {
     pub(crate) fn step(&mut self, w: Write) -> WriteResult {
         let first = self.mutations.len();
         let result = decide_one(&self.work, self.value_max, w, &mut self.mutations);
+        if let Some(out) = &mut self.effects {
+            key_effects(&self.work, self.steps, &self.mutations[first..], out);
+        }
+        self.steps += 1;
         self.work.apply(&self.mutations[first..]);
         result
     }

@@ -640,6 +640,14 @@ impl Core {
         self.sequencer.publisher.visible().lsn()
     }
 
+    /// Makes the outcomes of transactions decided from now on carry the keys each write
+    /// changed, and whether it created or deleted them ([`Outcome::Committed`]'s `effects`;
+    /// [`Script::take_effects`](crate::Script::take_effects)), or stops. Off by default: it
+    /// costs a lookup per changed key. Keyspace notifications are made from them.
+    pub fn report_effects(&self, on: bool) {
+        (self.sequencer.report_effects).store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Keys active expiry has removed since the engine opened (INFO's `expired_keys`: every
     /// expired key is removed within about 100 ms, read or not).
     pub fn expired_keys(&self) -> u64 {

@@ -234,6 +234,29 @@ pub enum Mutation {
 }
 
 impl Mutation {
+    /// The user key it changes; `None` for [`Mutation::DeleteAll`] and system entries.
+    pub fn user_key(&self) -> Option<&Bytes> {
+        match self {
+            Mutation::DeleteAll | Mutation::System { .. } => None,
+            Mutation::Set { key, .. }
+            | Mutation::Delete { key }
+            | Mutation::HashSet { key, .. }
+            | Mutation::HashDel { key, .. }
+            | Mutation::Expire { key, .. }
+            | Mutation::SetAdd { key, .. }
+            | Mutation::SetRem { key, .. }
+            | Mutation::ListPush { key, .. }
+            | Mutation::ListPop { key, .. }
+            | Mutation::ListSet { key, .. }
+            | Mutation::ListTrim { key, .. }
+            | Mutation::ListRem { key, .. }
+            | Mutation::ListInsert { key, .. }
+            | Mutation::ZAdd { key, .. }
+            | Mutation::ZRem { key, .. }
+            | Mutation::StringWrite { key, .. } => Some(key),
+        }
+    }
+
     /// Whether its effect depends on the key's entry before it (see the module's docs).
     pub fn is_relative(&self) -> bool {
         matches!(
@@ -277,7 +300,8 @@ pub enum RecordError {
 
 pub(crate) fn encode_outcome(o: &Outcome, out: &mut Vec<u8>) {
     match o {
-        Outcome::Committed { lsn, results } => {
+        // The effects are not kept: a retry is answered, not notified again.
+        Outcome::Committed { lsn, results, .. } => {
             out.push(1);
             // A committed outcome's LSN is always that of the record that holds it.
             out.push(lsn.is_some() as u8);
@@ -713,7 +737,11 @@ impl Reader<'_> {
                         _ => return Err(RecordError::Request("bad result tag")),
                     });
                 }
-                Ok(Outcome::Committed { lsn, results })
+                Ok(Outcome::Committed {
+                    lsn,
+                    results,
+                    effects: Vec::new(),
+                })
             }
             2 => Ok(Outcome::GuardFailed(self.u32()? as usize)),
             3 => Ok(Outcome::Fenced),
@@ -1031,6 +1059,7 @@ mod tests {
                     WriteResult::Values(vec![]),
                     WriteResult::Values(vec![None, Some(Bytes::from_static(b"v"))]),
                 ],
+                effects: vec![],
             },
         }
     }

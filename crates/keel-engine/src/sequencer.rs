@@ -19,7 +19,7 @@
 
 use std::mem;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use bytes::Bytes;
@@ -32,7 +32,7 @@ use crate::options::Options;
 use crate::publish::Publisher;
 use crate::record::{self, Mutation, Request};
 use crate::seq::{Seq, View};
-use crate::types::{Guard, Outcome, Write, WriteResult};
+use crate::types::{Guard, KeyEffect, Outcome, Write, WriteResult};
 use crate::util::{lock, now_ms};
 
 /// A prepared transaction: decided and queued, not yet acknowledged.
@@ -64,6 +64,10 @@ pub(crate) struct Sequencer {
     /// While someone wants them (client-side caching's invalidations), the keys active expiry
     /// removed since they were last taken: see [`Sequencer::take_expired`].
     pub(crate) expired_log: Mutex<ExpiredLog>,
+    /// Whether outcomes carry the keys each write changed ([`Engine::report_effects`]).
+    ///
+    /// [`Engine::report_effects`]: crate::Engine::report_effects
+    pub(crate) report_effects: AtomicBool,
 }
 
 /// A script's transaction while it runs: see [`Engine::submit_script`].
@@ -88,6 +92,19 @@ impl Script<'_> {
             return Err(Error::Fenced);
         }
         Ok(writes.into_iter().map(|w| self.deciding.step(w)).collect())
+    }
+
+    /// The keys the calls since the last take changed, when the engine reports effects
+    /// ([`Engine::report_effects`]); each [`KeyEffect::write`] counts the script's writes from
+    /// its first call.
+    ///
+    /// [`Engine::report_effects`]: crate::Engine::report_effects
+    pub fn take_effects(&mut self) -> Vec<KeyEffect> {
+        self.deciding
+            .effects
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Whether an earlier call wrote anything: a script that has cannot be stopped part-way.
@@ -296,6 +313,7 @@ impl Sequencer {
             logged_since_checkpoint: AtomicU64::new(logged),
             expired_keys: AtomicU64::new(0),
             expired_log: Mutex::default(),
+            report_effects: AtomicBool::new(false),
         }
     }
 
@@ -372,7 +390,15 @@ impl Sequencer {
             if writes.iter().any(Write::writes_user_keys) && fenced() == Some(true) {
                 (Outcome::Fenced, Vec::new())
             } else {
-                decide(view, now, self.opts.value_bytes_max, guards, writes)
+                let effects = self.report_effects.load(Ordering::Relaxed);
+                decide(
+                    view,
+                    now,
+                    self.opts.value_bytes_max,
+                    guards,
+                    writes,
+                    effects,
+                )
             }
         };
         if mutations.is_empty() && id.is_none() {
@@ -388,6 +414,7 @@ impl Sequencer {
                 Outcome::Committed { results, .. } if wrote => Outcome::Committed {
                     lsn: Some(0),
                     results: results.clone(),
+                    effects: Vec::new(),
                 },
                 o => o.clone(),
             },
@@ -395,9 +422,12 @@ impl Sequencer {
         let ticket = self.log_locked(seq, at_ms, request.as_ref(), mutations, done)?;
         let lsn = *ticket.lsns().end();
         let outcome = match outcome {
-            Outcome::Committed { results, .. } if wrote => Outcome::Committed {
+            Outcome::Committed {
+                results, effects, ..
+            } if wrote => Outcome::Committed {
                 lsn: Some(lsn),
                 results,
+                effects,
             },
             o => o,
         };
@@ -429,7 +459,12 @@ impl Sequencer {
                 visible: &vis,
             };
             let mut script = Script {
-                deciding: Deciding::new(view, now, self.opts.value_bytes_max),
+                deciding: Deciding::new(
+                    view,
+                    now,
+                    self.opts.value_bytes_max,
+                    self.report_effects.load(Ordering::Relaxed),
+                ),
                 opts: &self.opts,
                 fenced,
             };
@@ -440,6 +475,7 @@ impl Sequencer {
             let outcome = Outcome::Committed {
                 lsn: None,
                 results: Vec::new(),
+                effects: Vec::new(),
             };
             return Ok((r, Prepared::Done(outcome, seq.last_lsn)));
         }
@@ -448,6 +484,7 @@ impl Sequencer {
         let outcome = Outcome::Committed {
             lsn: Some(*ticket.lsns().end()),
             results: Vec::new(),
+            effects: Vec::new(),
         };
         Ok((r, Prepared::Wait(ticket, outcome)))
     }

@@ -693,6 +693,21 @@ pub enum WriteResult {
     Failed(WriteError),
 }
 
+/// A key one write of a committed transaction changed (see [`Outcome::Committed`]): what
+/// keyspace notifications are made from.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyEffect {
+    /// The write's index in the transaction.
+    pub write: u32,
+    pub key: Bytes,
+    /// The key held no live value before the write and holds one after it.
+    pub created: bool,
+    /// The key held a live value before the write and holds none after it: deleted, expired
+    /// by an expiry in the past, or emptied (a list's last element popped, say).
+    pub deleted: bool,
+}
+
 /// The outcome of a transaction.
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -702,6 +717,10 @@ pub enum Outcome {
     Committed {
         lsn: Option<Lsn>,
         results: Vec<WriteResult>,
+        /// What the writes did to each key they changed, in order; empty unless the engine
+        /// was asked for them ([`Engine::report_effects`](crate::Engine::report_effects)).
+        #[cfg_attr(feature = "serde", serde(default))]
+        effects: Vec<KeyEffect>,
     },
     /// The guard at this index did not hold; nothing was written.
     GuardFailed(usize),

@@ -910,6 +910,7 @@ fn run(seed: u64, steps: usize, crash_at: Option<u64>) -> Result<u64, String> {
                 Ok(Outcome::Committed {
                     lsn: Some(lsn),
                     results,
+                    ..
                 }) => {
                     let (m, expected) = model_apply(&model, &guards, &writes, lsn).ok_or(
                         format!("step {step}: committed but the model's guard failed"),

@@ -49,7 +49,8 @@ fn writes_reads_and_conditions() {
         r,
         Outcome::Committed {
             lsn: None,
-            results: vec![WriteResult::Put(false), WriteResult::Put(false)]
+            results: vec![WriteResult::Put(false), WriteResult::Put(false)],
+            effects: vec![],
         }
     );
     assert_eq!(e.get(b"a").unwrap().value, "1");
@@ -97,6 +98,7 @@ fn writes_reads_and_conditions() {
         Outcome::Committed {
             lsn: Some(_),
             results,
+            ..
         } => {
             assert_eq!(
                 results,
@@ -374,6 +376,7 @@ fn combined_commits_from_many_threads_decide_in_log_order() {
                             Outcome::Committed {
                                 lsn: Some(lsn),
                                 results,
+                                ..
                             } => match results[..] {
                                 [WriteResult::Int(v)] => (lsn, v),
                                 ref r => panic!("{r:?}"),
@@ -567,7 +570,7 @@ fn retries_with_a_request_id_return_the_first_outcome_and_apply_nothing() {
     let (e, _) = Engine::open(dir.path(), opts.clone()).unwrap();
     let first = e.commit_request("r1", vec![], incr()).unwrap();
     assert!(
-        matches!(&first, Outcome::Committed { lsn: Some(_), results } if results == &[WriteResult::Int(5)])
+        matches!(&first, Outcome::Committed { lsn: Some(_), results, .. } if results == &[WriteResult::Int(5)])
     );
     assert_eq!(e.commit_request("r1", vec![], incr()).unwrap(), first);
     assert_eq!(e.get(b"n").unwrap().value, "5", "the retry applied nothing");
@@ -697,6 +700,7 @@ fn a_transaction_sees_its_own_earlier_writes_and_failures_do_not_abort_it() {
     let Outcome::Committed {
         lsn: Some(_),
         results,
+        ..
     } = r
     else {
         panic!("{r:?}")
@@ -1126,7 +1130,8 @@ fn a_script_is_one_transaction_decided_call_by_call() {
         pending.wait().unwrap(),
         Outcome::Committed {
             lsn: None,
-            results: vec![]
+            results: vec![],
+            effects: vec![],
         }
     );
     assert_eq!(e.durable_lsn(), lsn);
@@ -1143,4 +1148,82 @@ fn keel_engine_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+/// Outcomes say which keys each write changed, and whether it created or deleted them, only
+/// while effects are asked for; a script's calls report theirs one by one.
+#[test]
+fn effects_name_the_keys_each_write_created_changed_or_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let effects = |o: Outcome| match o {
+        Outcome::Committed { effects, .. } => effects
+            .into_iter()
+            .map(|x| {
+                let k = String::from_utf8(x.key.to_vec()).unwrap();
+                (x.write, k, x.created, x.deleted)
+            })
+            .collect::<Vec<_>>(),
+        o => panic!("{o:?}"),
+    };
+    let push = |k: &str, v: &str| Write::ListPush {
+        key: b(k),
+        front: false,
+        elements: vec![b(v)],
+        only_existing: false,
+    };
+    let pop = |k: &str| Write::ListPop {
+        key: b(k),
+        front: true,
+        count: None,
+    };
+    let o = e.commit(vec![], vec![push("l", "a")]).unwrap();
+    assert_eq!(effects(o), [], "not asked for");
+    e.report_effects(true);
+    let o = e
+        .commit(
+            vec![],
+            vec![
+                put("a", "1", Ttl::None, PutIf::Always),
+                put("a", "2", Ttl::None, PutIf::Always),
+                put("a", "3", Ttl::None, PutIf::Absent),
+                push("l", "b"),
+                pop("l"),
+                pop("l"),
+                Write::Rename {
+                    from: b("a"),
+                    to: b("z"),
+                    only_if_absent: false,
+                },
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        effects(o),
+        [
+            (0, "a".into(), true, false),
+            (1, "a".into(), false, false),
+            // write 2 changed nothing
+            (3, "l".into(), false, false),
+            (4, "l".into(), false, false),
+            (5, "l".into(), false, true),
+            (6, "a".into(), false, true),
+            (6, "z".into(), true, false),
+        ]
+    );
+    let (calls, pending) = e
+        .submit_script(keel_engine_now(), |s| {
+            s.call(vec![push("s", "x")]).unwrap();
+            let first = s.take_effects();
+            s.call(vec![pop("s")]).unwrap();
+            (first, s.take_effects())
+        })
+        .unwrap();
+    pending.wait().unwrap();
+    assert_eq!(calls.0.len(), 1);
+    assert!(calls.0[0].created && calls.0[0].write == 0);
+    assert!(calls.1[0].deleted && calls.1[0].write == 1);
+    e.report_effects(false);
+    let o = e.commit(vec![], vec![push("l", "a")]).unwrap();
+    assert_eq!(effects(o), []);
 }

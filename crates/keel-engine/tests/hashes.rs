@@ -91,7 +91,8 @@ fn hash_writes_and_reads_follow_redis() {
         e.commit(vec![], vec![nx("a", "x")]).unwrap(),
         Outcome::Committed {
             lsn: None,
-            results: vec![WriteResult::Int(0)]
+            results: vec![WriteResult::Int(0)],
+            effects: vec![],
         }
     );
     assert_eq!(e.read(|v| v.version(b"h")), before);

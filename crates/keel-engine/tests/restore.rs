@@ -474,7 +474,8 @@ fn an_outcome_that_depends_on_a_write_in_flight_waits_for_it() {
             o,
             Outcome::Committed {
                 lsn: None,
-                results: vec![WriteResult::Put(false)]
+                results: vec![WriteResult::Put(false)],
+                effects: vec![],
             }
         );
         let lsn = e.read(|v| v.lsn());

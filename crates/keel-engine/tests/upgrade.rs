@@ -172,6 +172,7 @@ fn write_v1_fixture() {
                 WriteResult::Int(3),
                 WriteResult::Existed(false),
             ],
+            effects: vec![],
         }
     );
     // 22..=27: idempotent requests, one of each outcome encoding.
@@ -276,7 +277,11 @@ const FINAL_LSN: u64 = 50;
 type Req = (&'static str, Vec<Guard>, Vec<Write>, Outcome);
 
 fn committed(lsn: Option<u64>, results: Vec<WriteResult>) -> Outcome {
-    Outcome::Committed { lsn, results }
+    Outcome::Committed {
+        lsn,
+        results,
+        effects: vec![],
+    }
 }
 
 /// LSNs 22..=27.

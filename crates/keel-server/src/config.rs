@@ -168,6 +168,9 @@ pub struct FileConfig {
     pub audit_file_bytes_max: Option<u64>,
     /// Keep at most this many audit files; the oldest is removed first [default: 16].
     pub audit_files_max: Option<usize>,
+    /// Keyspace notifications, in Redis's `notify-keyspace-events` syntax ("KEA", say)
+    /// [default: "", none].
+    pub notify_keyspace_events: Option<String>,
 }
 
 /// The engine's options from the config file's keys.
@@ -225,6 +228,8 @@ pub struct Settings {
     pub cluster: Option<ClusterSettings>,
     /// `Some`: keep the audit log.
     pub audit: Option<crate::audit::Options>,
+    /// The keyspace notifications on at start (see `server::notify`).
+    pub notify_keyspace_events: u32,
 }
 
 /// `keel serve --node-id` settings.
@@ -346,6 +351,13 @@ impl Settings {
             engine.wal.keyring = Some(load_keyring(&key_file, &dir)?);
         }
         let keyring = engine.wal.keyring.clone();
+        let notify = file.notify_keyspace_events.as_deref().unwrap_or("");
+        let Some(notify_keyspace_events) = crate::server::notify::parse(notify.as_bytes()) else {
+            bail!(
+                "notify_keyspace_events {notify:?}: {}",
+                crate::server::notify::INVALID
+            );
+        };
         let s = Settings {
             dir,
             bind,
@@ -373,6 +385,7 @@ impl Settings {
                     ..d
                 }
             }),
+            notify_keyspace_events,
         };
         s.validate()?;
         Ok(s)

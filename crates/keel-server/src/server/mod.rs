@@ -41,6 +41,7 @@ mod cluster;
 mod info;
 mod keyspace;
 mod monitor;
+pub(crate) mod notify;
 mod params;
 mod pipeline;
 mod pubsub;
@@ -140,6 +141,8 @@ pub struct Shared {
     pub acl_log: crate::acl::Log,
     monitors: Monitors,
     pubsub: PubSub,
+    /// The keyspace notifications switched on (`notify-keyspace-events`).
+    notify: notify::Notify,
     tracking: Tracking,
     /// Every client connected now (CLIENT LIST and KILL).
     registry: Clients,
@@ -196,6 +199,7 @@ impl Shared {
             registry: Clients::default(),
             monitors: Monitors::default(),
             pubsub: PubSub::default(),
+            notify: notify::Notify::default(),
             tracking: Tracking::default(),
             pause: watch::channel(Pause::default()).0,
             paused_clients: AtomicUsize::new(0),
@@ -203,6 +207,7 @@ impl Shared {
             stat_base: Default::default(),
         });
         sh.load_functions();
+        sh.set_notify(sh.settings.notify_keyspace_events);
         sh
     }
 
@@ -276,12 +281,34 @@ impl Shared {
         self.metrics.events.sample_engine(&self.engine());
     }
 
-    /// Tracking clients learn of the keys active expiry removed (within the sampler's 100 ms).
+    /// Switches keyspace notifications to the classes in `flags`.
+    pub(super) fn set_notify(&self, flags: u32) {
+        self.notify.set(flags, &self.engine());
+        // From now on active expiry keeps the keys it removes, for `expired` events.
+        self.invalidate_expired();
+    }
+
+    /// Tracking clients learn of the keys active expiry removed (within the sampler's 100 ms),
+    /// and subscribers get their `expired` events.
     pub(super) fn invalidate_expired(&self) {
-        match self.engine().take_expired(self.tracking.active()) {
+        let (tracking, notify) = (self.tracking.active(), self.notify.expired());
+        match self.engine().take_expired(tracking || notify) {
             Some(keys) if keys.is_empty() => {}
-            Some(keys) => self.tracking.invalidate(&keys, 0, &self.registry),
-            None => self.tracking.invalidate_all(0, &self.registry),
+            Some(keys) => {
+                if tracking {
+                    self.tracking.invalidate(&keys, 0, &self.registry);
+                }
+                if notify {
+                    let events: Vec<notify::Event> = (keys.into_iter())
+                        .map(|k| (notify::EXPIRED, "expired", k))
+                        .collect();
+                    notify::publish(self, &events);
+                }
+            }
+            // More expired than were kept: tracking clients drop everything; the events of
+            // the keys not kept are lost (as a slow subscriber's would be).
+            None if tracking => self.tracking.invalidate_all(0, &self.registry),
+            None => {}
         }
     }
 
@@ -449,6 +476,8 @@ struct Conn {
     multi_touched: Vec<Bytes>,
     multi_flush: bool,
     multi_reads: Vec<Vec<Bytes>>,
+    /// Each queued command's arguments while notifications are on, for EXEC's events.
+    multi_args: Vec<Option<Vec<Bytes>>>,
     /// What the next submitted write tells tracking clients.
     touched: Touched,
     /// Out-of-band replies for this connection ([`Client::push`]).

@@ -49,6 +49,12 @@ enum Value {
         valid: fn(i64) -> bool,
         set: fn(&Shared, i64),
     },
+    /// Text that changes at run time: `parse` reads it into what `set` takes, or says why not.
+    Text {
+        get: fn(&Shared) -> String,
+        parse: fn(&[u8]) -> Result<u32, &'static str>,
+        set: fn(&Shared, u32),
+    },
 }
 
 struct Param {
@@ -208,6 +214,14 @@ const PARAMS: &[Param] = &[
         count,
         |sh, n| sh.live.busy_reply_threshold.store(n, Ordering::Relaxed),
     ),
+    Param {
+        name: "notify-keyspace-events",
+        value: Value::Text {
+            get: |sh| notify::render(sh.notify.flags()),
+            parse: |v| notify::parse(v).ok_or(notify::INVALID),
+            set: |sh, flags| sh.set_notify(flags),
+        },
+    },
     int(
         "tracking-table-max-keys",
         |sh| sh.tracking.max_keys.load(Ordering::Relaxed),
@@ -374,6 +388,7 @@ fn get(sh: &Shared, patterns: &[Bytes]) -> Reply {
             let v = match &p.value {
                 Value::Fixed { get, .. } => get(sh),
                 Value::Int { get, .. } => get(sh).to_string(),
+                Value::Text { get, .. } => get(sh),
             };
             (Reply::bulk(p.name), Reply::bulk(v))
         })
@@ -393,6 +408,7 @@ fn set(sh: &Shared, pairs: &[Bytes]) -> Reply {
         ))
     };
     let mut changes = Vec::new();
+    let mut texts = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
     for p in pairs.chunks(2) {
         let name = lower(&p[0]);
@@ -423,10 +439,17 @@ fn set(sh: &Shared, pairs: &[Bytes]) -> Reply {
                 }
                 changes.push((set, n));
             }
+            Value::Text { parse, set, .. } => match parse(&p[1]) {
+                Ok(v) => texts.push((set, v)),
+                Err(why) => return failed(param.name, why),
+            },
         }
     }
     for (set, n) in changes {
         set(sh, n);
+    }
+    for (set, v) in texts {
+        set(sh, v);
     }
     Reply::ok()
 }

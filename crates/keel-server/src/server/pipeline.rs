@@ -3,16 +3,24 @@
 
 use super::*;
 
-/// What a write tells tracking clients once it is durable: the keys it changed, or that it
-/// flushed everything, and who wrote it (NOLOOP).
+/// What a write tells once it is durable: tracking clients the keys it changed, or that it
+/// flushed everything, and who wrote it (NOLOOP); subscribers its keyspace notifications.
 pub(super) struct Touched {
     keys: Vec<Bytes>,
     flush: bool,
     writer: u64,
+    /// While notifications are on: each command's arguments and the index of its first write
+    /// in the transaction, whose effects the events are made from.
+    commands: Vec<(Vec<Bytes>, u32)>,
+    /// Events made already (a script's, call by call).
+    events: Vec<notify::Event>,
+    /// Messages a script published: (shard, channel, message).
+    published: Vec<(bool, Bytes, Bytes)>,
 }
 
 impl Touched {
-    /// Nothing, while no client tracks (the common case costs one load).
+    /// Nothing, while no client tracks and notifications are off (the common case costs two
+    /// loads).
     pub(super) fn of(sh: &Shared, writer: u64, args: &[Bytes], writes: &[Write]) -> Touched {
         let active = sh.tracking.active();
         Touched {
@@ -23,6 +31,13 @@ impl Touched {
             },
             flush: active && writes.iter().any(|w| matches!(w, Write::DeleteAll)),
             writer,
+            commands: if sh.notify.active() {
+                vec![(args.to_vec(), 0)]
+            } else {
+                Vec::new()
+            },
+            events: Vec::new(),
+            published: Vec::new(),
         }
     }
 
@@ -31,31 +46,64 @@ impl Touched {
             keys,
             flush,
             writer,
+            commands: Vec::new(),
+            events: Vec::new(),
+            published: Vec::new(),
         }
     }
 
     pub(super) fn none(writer: u64) -> Touched {
-        Touched {
-            keys: Vec::new(),
-            flush: false,
-            writer,
-        }
+        Touched::new(Vec::new(), false, writer)
+    }
+
+    /// With the commands of a transaction, for its notifications.
+    pub(super) fn commands(mut self, commands: Vec<(Vec<Bytes>, u32)>) -> Touched {
+        self.commands = commands;
+        self
+    }
+
+    /// With messages to publish.
+    pub(super) fn published(mut self, messages: Vec<(bool, Bytes, Bytes)>) -> Touched {
+        self.published = messages;
+        self
+    }
+
+    /// With notifications already made.
+    pub(super) fn events(mut self, events: Vec<notify::Event>) -> Touched {
+        self.events = events;
+        self
     }
 
     pub(super) fn parts(self) -> (Vec<Bytes>, bool) {
         (self.keys, self.flush)
     }
 
-    /// After the write is durable: the invalidations it causes.
+    /// After the write is durable: the invalidations and notifications it causes.
     pub(super) fn send(&self, sh: &Shared, o: &Outcome) {
-        if !matches!(o, Outcome::Committed { .. }) {
+        let Outcome::Committed { effects, .. } = o else {
             return;
-        }
+        };
         if self.flush {
             sh.tracking.invalidate_all(self.writer, &sh.registry);
         } else if !self.keys.is_empty() {
             sh.tracking
                 .invalidate(&self.keys, self.writer, &sh.registry);
+        }
+        if !self.events.is_empty() {
+            notify::publish(sh, &self.events);
+        }
+        for (shard, channel, message) in &self.published {
+            sh.pubsub.publish(*shard, channel, message);
+        }
+        if !self.commands.is_empty() && !effects.is_empty() {
+            let mut events = Vec::new();
+            for (i, (args, first)) in self.commands.iter().enumerate() {
+                let next = self.commands.get(i + 1).map_or(u32::MAX, |c| c.1);
+                let from = effects.partition_point(|e| e.write < *first);
+                let to = effects.partition_point(|e| e.write < next);
+                notify::events(args, &effects[from..to], &mut events);
+            }
+            notify::publish(sh, &events);
         }
     }
 }
@@ -395,6 +443,8 @@ impl Conn {
             };
             match queued {
                 Ok(p) => {
+                    let notify = self.sh.notify.active() && !p.read_only();
+                    self.multi_args.push(notify.then(|| args.to_vec()));
                     if self.sh.tracking.active() {
                         if p.read_only() {
                             self.multi_reads.push(args.to_vec());

@@ -86,6 +86,20 @@ impl PubSub {
         n
     }
 
+    /// How many clients a message published now would reach (see [`PubSub::publish`]).
+    pub fn receivers(&self, shard: bool, channel: &Bytes) -> usize {
+        let kind = if shard { Kind::Shard } else { Kind::Channel };
+        let direct = self.table(kind).get(channel).map_or(0, HashMap::len);
+        let patterns = match shard {
+            true => 0,
+            false => (self.table(Kind::Pattern).iter())
+                .filter(|(p, _)| glob::matches(p, channel))
+                .map(|(_, subs)| subs.len())
+                .sum(),
+        };
+        direct + patterns
+    }
+
     /// `PUBSUB CHANNELS | NUMSUB | NUMPAT | SHARDCHANNELS | SHARDNUMSUB`.
     pub fn command(&self, args: &[Bytes]) -> Reply {
         let sub = lower(&args[1]);

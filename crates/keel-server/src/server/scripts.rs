@@ -64,6 +64,10 @@ struct ScriptCaller<'s, 't> {
     pushed: Vec<Bytes>,
     /// The calls that read, for the caller's own tracking (`None`: it does not track).
     reads: Option<Vec<Vec<Bytes>>>,
+    /// The keyspace notifications of the calls so far, sent once the script is durable.
+    events: Vec<notify::Event>,
+    /// What the script published (shard, channel, message), sent once it is durable too.
+    published: Vec<(bool, Bytes, Bytes)>,
 }
 
 impl Caller for ScriptCaller<'_, '_> {
@@ -81,7 +85,8 @@ impl Caller for ScriptCaller<'_, '_> {
         {
             return Reply::err("ERR Write commands are not allowed from read-only scripts.");
         }
-        if redis_flag("noscript") || matches!(spec.run, Run::Conn) {
+        let publish = matches!(spec.name, "publish" | "spublish");
+        if redis_flag("noscript") || (matches!(spec.run, Run::Conn) && !publish) {
             return Reply::err("ERR This Redis command is not allowed from script");
         }
         if let Some(u) = self.user {
@@ -90,6 +95,15 @@ impl Caller for ScriptCaller<'_, '_> {
             }
         }
         self.sh.monitors.feed_as("lua", &args);
+        if publish {
+            // Sent with the script's other effects, once it is durable; the count is of the
+            // subscribers now.
+            let shard = spec.name == "spublish";
+            let n = self.sh.pubsub.receivers(shard, &args[1]);
+            let [_, channel, message] = <[Bytes; 3]>::try_from(args).expect("arity checked");
+            self.published.push((shard, channel, message));
+            return Reply::Int(n as i64);
+        }
         let compile = match spec.run {
             Run::Local(reply) => return reply(&args),
             Run::Data(compile) => compile,
@@ -117,7 +131,11 @@ impl Caller for ScriptCaller<'_, '_> {
             self.pushed.extend(blocking::pushed_keys(&part.writes));
         }
         match self.tx.call(part.writes) {
-            Ok(results) => (part.render)(Some(&results)),
+            Ok(results) => {
+                let effects = self.tx.take_effects();
+                notify::events(&args, &effects, &mut self.events);
+                (part.render)(Some(&results))
+            }
             Err(e) => self.sh.backend.engine_error(&e),
         }
     }
@@ -455,6 +473,8 @@ impl Conn {
                     flushed: false,
                     pushed: Vec::new(),
                     reads: tracks.then(Vec::new),
+                    events: Vec::new(),
+                    published: Vec::new(),
                 };
                 let reply = if function {
                     sh.scripts.call_function(&sha, args, &mut caller)
@@ -466,19 +486,23 @@ impl Conn {
                     flushed,
                     pushed,
                     reads,
+                    events,
+                    published,
                     ..
                 } = caller;
-                (reply, touched, flushed, pushed, reads)
+                (reply, touched, flushed, pushed, reads, (events, published))
             })
         });
-        let ((reply, touched, flushed, pushed, reads), pending) = match ran {
+        let ((reply, touched, flushed, pushed, reads, (events, published)), pending) = match ran {
             Ok(r) => r,
             Err(e) => return self.reply(self.sh.backend.engine_error(&e)),
         };
         for args in reads.iter().flatten() {
             self.track_read(args);
         }
-        let touched = Touched::new(touched, flushed, self.client.id);
+        let touched = Touched::new(touched, flushed, self.client.id)
+            .events(events)
+            .published(published);
         let quiet = self.quiet;
         let durable = Box::pin(async move {
             match pending.await {

@@ -36,6 +36,7 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
         multi_touched: Vec::new(),
         multi_flush: false,
         multi_reads: Vec::new(),
+        multi_args: Vec::new(),
         touched: Touched::none(conn_id),
     };
     let limits = sh.settings.limits.clone();

@@ -15,6 +15,7 @@ impl Conn {
                     self.multi_touched.clear();
                     self.multi_flush = false;
                     self.multi_reads.clear();
+                    self.multi_args.clear();
                     self.client.multi.store(0, Ordering::Relaxed);
                     self.multi_dirty = false;
                     Reply::ok()
@@ -69,6 +70,7 @@ impl Conn {
         self.multi_touched.clear();
         self.multi_flush = false;
         self.multi_reads.clear();
+        self.multi_args.clear();
         self.multi_dirty = false;
         let Reply::Error(e) = cause else {
             unreachable!("an abort has an error for its cause")
@@ -88,6 +90,7 @@ impl Conn {
         let touched = std::mem::take(&mut self.multi_touched);
         let flush = std::mem::take(&mut self.multi_flush);
         let reads = std::mem::take(&mut self.multi_reads);
+        let queued_args = std::mem::take(&mut self.multi_args);
         if std::mem::take(&mut self.multi_dirty) {
             self.reply(Reply::err(
                 "EXECABORT Transaction discarded because of previous errors.",
@@ -132,8 +135,12 @@ impl Conn {
         // One engine transaction: one WAL record, WATCH versions as its guards.
         let mut writes = Vec::new();
         let mut renders = Vec::with_capacity(parts.len());
-        for p in parts {
+        let mut commands = Vec::new();
+        for (p, args) in parts.into_iter().zip(queued_args) {
             let n = p.writes.len();
+            if let Some(args) = args {
+                commands.push((args, writes.len() as u32));
+            }
             writes.extend(p.writes);
             renders.push((n, p.render));
         }
@@ -149,7 +156,7 @@ impl Conn {
             }
             Reply::Array(replies)
         });
-        self.touched = Touched::new(touched, flush, self.client.id);
+        self.touched = Touched::new(touched, flush, self.client.id).commands(commands);
         self.submit(None, watched, writes, render);
         for args in reads {
             self.track_read(&args);
