@@ -62,6 +62,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // A script runs on a worker thread, and turning its nested tables into a reply (or
+        // JSON) recurses up to 1,000 levels, as Redis allows: room for that in any build.
+        .thread_stack_size(16 << 20)
         .build()
         .context("starting the async runtime")?;
     // Bound before recovery, so that a cluster node can advertise its real client port.

@@ -183,6 +183,9 @@ fn a_script_publishes_once_durable() {
     assert_eq!(n, 1);
     let push = String::from_utf8(read_reply(&mut sub)).unwrap();
     assert_eq!(push, "*3\r\n$7\r\nmessage\r\n$4\r\nchan\r\n$1\r\nm\r\n");
-    let e = error(&mut c, &["EVAL_RO", "return redis.call('publish', 'chan', 'm')", "0"]);
+    let e = error(
+        &mut c,
+        &["EVAL_RO", "return redis.call('publish', 'chan', 'm')", "0"],
+    );
     assert!(e.contains("not allowed from read-only scripts"), "{e}");
 }

@@ -460,3 +460,27 @@ fn function_libraries_are_durable() {
         "ERR Library not found"
     );
 }
+
+/// A table that holds itself, returned or encoded as JSON, is cut off at Redis's depth with an
+/// error instead of taking the server down (a stack overflow aborts the process).
+#[test]
+fn self_referencing_tables_end_in_an_error_not_a_crash() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(t.path(), &[]);
+    let mut r = srv.raw();
+    r.send(&resp(&[
+        "EVAL",
+        "local a = {}; local b = {a}; a[1] = b; return a",
+        "0",
+    ]));
+    let reply = String::from_utf8(read_reply(&mut r)).unwrap();
+    assert!(reply.starts_with("*1\r\n*1\r\n"), "{}", &reply[..40]);
+    assert!(
+        reply.ends_with("-ERR reached lua stack limit\r\n"),
+        "{}",
+        &reply[reply.len() - 60..]
+    );
+    let e = eval_err(&mut r, "local a = {}; a[1] = a; return cjson.encode(a)");
+    assert!(e.contains("excessive nesting"), "{e}");
+    r.cmd(&["PING"], "+PONG\r\n");
+}
