@@ -175,6 +175,17 @@ fn config_reports_every_parameter_and_changes_the_live_ones() {
         "{e}"
     );
     assert!(error(&mut c, &["CONFIG", "REWRITE"]).contains("does not rewrite"));
+    // A name given twice is refused before any value is looked at.
+    let e = error(
+        &mut c,
+        &["CONFIG", "SET", "maxmemory", "1", "maxmemory", "2"],
+    );
+    assert!(e.contains("duplicate parameter"), "{e}");
+    let e = error(&mut c, &["CONFIG", "SET", "daemonize", "yes"]);
+    assert!(
+        e.contains("can't set immutable config: keel serve runs in the foreground"),
+        "{e}"
+    );
 
     // maxclients applies to the next connection.
     query::<()>(&mut c, &["CONFIG", "SET", "maxclients", "1"]);
@@ -419,6 +430,21 @@ fn client_pause_holds_writes_until_unpause() {
     query::<()>(&mut c, &["CLIENT", "UNPAUSE"]);
     w.cmd(&["GET", "k"], "+OK\r\n$1\r\nv\r\n");
     assert!(error(&mut c, &["CLIENT", "PAUSE", "x"]).contains("timeout is not an integer"));
+
+    // Under PAUSE ALL, CLIENT commands wait too (a WRITE pause sent meanwhile cannot weaken
+    // it), but UNPAUSE is always served.
+    query::<()>(&mut c, &["CLIENT", "PAUSE", "100000", "ALL"]);
+    w.send(&resp(&["CLIENT", "PAUSE", "10", "WRITE"]));
+    let short = Some(std::time::Duration::from_millis(300));
+    w.s.set_read_timeout(short).unwrap();
+    assert_eq!(
+        w.read_exact_len(1),
+        b"",
+        "CLIENT PAUSE answered under PAUSE ALL"
+    );
+    w.s.set_read_timeout(None).unwrap();
+    query::<()>(&mut c, &["CLIENT", "UNPAUSE"]);
+    w.cmd(&["GET", "k"], "+OK\r\n$1\r\nv\r\n");
 }
 
 #[test]

@@ -158,6 +158,21 @@ const PARAMS: &[Param] = &[
     ),
     constant("databases", |_| "1".into(), "keel has one database"),
     constant(
+        "daemonize",
+        |_| "no".into(),
+        "keel serve runs in the foreground; a service manager runs it in the background",
+    ),
+    constant(
+        "replicaof",
+        |_| String::new(),
+        "keel replicates through its raft cluster (keel serve --node-id), not REPLICAOF",
+    ),
+    constant(
+        "slaveof",
+        |_| String::new(),
+        "keel replicates through its raft cluster (keel serve --node-id), not REPLICAOF",
+    ),
+    constant(
         "maxmemory",
         |_| "0".into(),
         "keel evicts nothing: memory is bounded by what clients write",
@@ -166,6 +181,16 @@ const PARAMS: &[Param] = &[
         "maxmemory-policy",
         |_| "noeviction".into(),
         "keel evicts nothing: memory is bounded by what clients write",
+    ),
+    constant(
+        "maxmemory-samples",
+        |_| "5".into(),
+        "keel evicts nothing: memory is bounded by what clients write",
+    ),
+    constant(
+        "maxmemory-clients",
+        |_| "0".into(),
+        "keel evicts no clients by memory; it bounds each client's buffers instead",
     ),
     int(
         "maxclients",
@@ -407,9 +432,8 @@ fn set(sh: &Shared, pairs: &[Bytes]) -> Reply {
             "ERR CONFIG SET failed (possibly related to argument '{name}') - {why}"
         ))
     };
-    let mut changes = Vec::new();
-    let mut texts = Vec::new();
-    let mut seen: Vec<&str> = Vec::new();
+    // Every name first, so that a duplicate or an unknown name is found before any value.
+    let mut params: Vec<(&Param, &Bytes)> = Vec::new();
     for p in pairs.chunks(2) {
         let name = lower(&p[0]);
         let Some(param) = PARAMS.iter().find(|x| x.name == name) else {
@@ -417,18 +441,22 @@ fn set(sh: &Shared, pairs: &[Bytes]) -> Reply {
                 "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
             ));
         };
-        if seen.contains(&param.name) {
+        if params.iter().any(|(q, _)| q.name == param.name) {
             return failed(param.name, "duplicate parameter");
         }
-        seen.push(param.name);
+        params.push((param, &p[1]));
+    }
+    let mut changes = Vec::new();
+    let mut texts = Vec::new();
+    for (param, value) in params {
         match &param.value {
             Value::Fixed { get, why } => {
-                if get(sh).as_bytes() != &p[1][..] {
+                if get(sh).as_bytes() != &value[..] {
                     return failed(param.name, &format!("can't set immutable config: {why}"));
                 }
             }
             Value::Int { valid, set, .. } => {
-                let Some(n) = std::str::from_utf8(&p[1])
+                let Some(n) = std::str::from_utf8(value)
                     .ok()
                     .and_then(|v| v.parse::<i64>().ok())
                 else {
@@ -439,7 +467,7 @@ fn set(sh: &Shared, pairs: &[Bytes]) -> Reply {
                 }
                 changes.push((set, n));
             }
-            Value::Text { parse, set, .. } => match parse(&p[1]) {
+            Value::Text { parse, set, .. } => match parse(value) {
                 Ok(v) => texts.push((set, v)),
                 Err(why) => return failed(param.name, why),
             },

@@ -373,9 +373,10 @@ impl Conn {
             return Flow::Continue;
         }
         let need = cmd::flags(spec, args);
-        // CLIENT PAUSE holds a command here, once it is known to be valid. CLIENT itself is
-        // never held, so that UNPAUSE can be sent.
-        if name != "client" && (self.multi.is_none() || name == "exec") {
+        // CLIENT PAUSE holds a command here, once it is known to be valid: under PAUSE ALL every
+        // command, CLIENT's too as in Redis, but CLIENT UNPAUSE, so that it can always be sent.
+        let unpause = name == "client" && args.get(1).is_some_and(|a| eq(a, "unpause"));
+        if !unpause && (self.multi.is_none() || name == "exec") {
             let writes = need.contains(Flags::WRITE)
                 || (name == "exec" && self.multi.iter().flatten().any(|p| !p.read_only()))
                 || self.script_may_write(name, args);
