@@ -254,6 +254,14 @@ impl<S: Decided> Deciding<S> {
         }
     }
 
+    /// Whether every guard holds against the state the steps so far leave (as [`decide`]
+    /// checks a transaction's guards).
+    pub(crate) fn guards_hold(&self, guards: &[Guard]) -> bool {
+        guards
+            .iter()
+            .all(|g| self.work.live(&g.key).map(|e| e.version) == g.version)
+    }
+
     /// Decides `w` after every earlier step.
     pub(crate) fn step(&mut self, w: Write) -> WriteResult {
         let first = self.mutations.len();

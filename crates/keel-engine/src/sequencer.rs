@@ -107,6 +107,12 @@ impl Script<'_> {
             .unwrap_or_default()
     }
 
+    /// Whether every guard holds (the versions WATCH read), checked before the first call: a
+    /// MULTI/EXEC that queued a script runs as one, its WATCH checked here.
+    pub fn guards_hold(&self, guards: &[Guard]) -> bool {
+        self.deciding.guards_hold(guards)
+    }
+
     /// Whether an earlier call wrote anything: a script that has cannot be stopped part-way.
     pub fn wrote(&self) -> bool {
         !self.deciding.mutations.is_empty()

@@ -403,6 +403,9 @@ pub fn compile_libraries(libraries: &Libraries) -> Result<FunctionVm, Reply> {
     Ok(vm)
 }
 
+/// The longest a library's code may run at FUNCTION LOAD (Redis's limit).
+const LOAD_TIME_MAX: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn load_library(
     lua: &Lua,
     code: &[u8],
@@ -502,8 +505,19 @@ fn load_library(
             .set_name("@user_function")
             .set_environment(env(lua))
             .into_function()?;
+        // A library's code runs at most LOAD_TIME_MAX, as in Redis: an endless loop there
+        // would otherwise hold FUNCTION LOAD (and every later edit) for ever.
+        let started = std::time::Instant::now();
+        lua.set_hook(
+            HookTriggers::new().every_nth_instruction(KILL_CHECK_EVERY),
+            move |_, _| match started.elapsed() > LOAD_TIME_MAX {
+                true => Err(mlua::Error::runtime("FUNCTION LOAD timeout")),
+                false => Ok(VmState::Continue),
+            },
+        )?;
         chunk.call::<()>(())
     });
+    lua.remove_hook();
     let _ = redis.raw_set("register_function", Value::Nil);
     match loaded {
         Err(e @ mlua::Error::SyntaxError { .. }) => {

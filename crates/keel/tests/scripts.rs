@@ -484,3 +484,107 @@ fn self_referencing_tables_end_in_an_error_not_a_crash() {
     assert!(e.contains("excessive nesting"), "{e}");
     r.cmd(&["PING"], "+PONG\r\n");
 }
+
+/// EVAL and FCALL queued in MULTI run at EXEC with the other commands, in order, as one
+/// record; WATCH holds for the whole, and a script's error is its own reply only.
+#[test]
+fn scripts_inside_multi_run_at_exec_as_one_transaction() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let srv = Server::start(&data, &[]);
+    let mut r = srv.raw();
+    let exec = |r: &mut Raw, cmds: &[&[&str]]| {
+        r.cmd(&["MULTI"], "+OK\r\n");
+        for c in cmds {
+            r.cmd(c, "+QUEUED\r\n");
+        }
+        r.send(&resp(&["EXEC"]));
+        String::from_utf8(read_reply(r)).unwrap()
+    };
+    let got = exec(
+        &mut r,
+        &[
+            &["SET", "n", "1"],
+            &["EVAL", "return redis.call('INCR', KEYS[1])", "1", "n"],
+            &["EVALSHA", "0000000000000000000000000000000000000000", "0"],
+            &["EVAL_RO", "return redis.call('GET', KEYS[1])", "1", "n"],
+            &[
+                "EVAL",
+                "redis.call('SET', 'after', 'x'); error('boom')",
+                "0",
+            ],
+            &["INCR", "n"],
+        ],
+    );
+    let lines: Vec<&str> = got.split("\r\n").collect();
+    assert_eq!(
+        &lines[..4],
+        [
+            "*6",
+            "+OK",
+            ":2",
+            "-NOSCRIPT No matching script. Please use EVAL."
+        ]
+    );
+    assert_eq!(&lines[4..6], ["$1", "2"]);
+    assert!(
+        lines[6].starts_with("-") && lines[6].contains("boom"),
+        "{got}"
+    );
+    assert_eq!(lines[7], ":3", "{got}");
+    r.cmd(&["GET", "after"], "$1\r\nx\r\n");
+
+    // WATCH: a key changed since holds the whole EXEC back, scripts included.
+    r.cmd(&["WATCH", "n"], "+OK\r\n");
+    query::<()>(&mut srv.client(), &["SET", "n", "100"]);
+    let got = exec(
+        &mut r,
+        &[&["EVAL", "return redis.call('SET', 'w', '1')", "0"]],
+    );
+    assert_eq!(got, "*-1\r\n");
+    r.cmd(&["EXISTS", "w"], ":0\r\n");
+
+    // One record: after kill -9, all of it or none.
+    let got = exec(
+        &mut r,
+        &[
+            &["EVAL", "return redis.call('SET', 'a', '1')", "0"],
+            &["SET", "b", "2"],
+        ],
+    );
+    assert_eq!(got, "*2\r\n+OK\r\n+OK\r\n");
+    srv.kill9();
+    let srv = Server::start(&data, &[]);
+    let mut c = srv.client();
+    assert_eq!(
+        query::<Vec<String>>(&mut c, &["MGET", "a", "b", "after"]),
+        ["1", "2", "x"]
+    );
+}
+
+/// A library whose code never ends is stopped after Redis's 500 ms with its error, and the
+/// next FUNCTION LOAD is served.
+#[test]
+fn an_endless_library_load_times_out() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(t.path(), &[]);
+    let mut r = srv.raw();
+    let e = err(
+        &mut r,
+        &[
+            "FUNCTION",
+            "LOAD",
+            "#!lua name=lib\nlocal a = 1\nwhile 1 do a = a + 1 end",
+        ],
+    );
+    assert!(e.contains("FUNCTION LOAD timeout"), "{e}");
+    r.cmd(
+        &[
+            "FUNCTION",
+            "LOAD",
+            "#!lua name=lib\nredis.register_function('f', function() return 1 end)",
+        ],
+        "$3\r\nlib\r\n",
+    );
+    r.cmd(&["FCALL", "f", "0"], ":1\r\n");
+}

@@ -425,6 +425,16 @@ pub struct Part {
     pub guards: Vec<Guard>,
     pub writes: Vec<Write>,
     pub render: Render,
+    /// A script queued in MULTI (EVAL, FCALL and their kin), run at EXEC in the transaction;
+    /// it has no writes of its own.
+    pub script: Option<QueuedScript>,
+}
+
+/// A script command queued in MULTI: its arguments, and whether it may write (which CLIENT
+/// PAUSE WRITE holds).
+pub struct QueuedScript {
+    pub args: Vec<Bytes>,
+    pub may_write: bool,
 }
 
 impl Part {
@@ -439,6 +449,23 @@ impl Part {
                 Some(r) => render(r),
                 None => Reply::NilArray,
             }),
+            script: None,
+        }
+    }
+
+    /// A script command queued in MULTI.
+    pub fn script(args: Vec<Bytes>, may_write: bool) -> Part {
+        Part {
+            script: Some(QueuedScript { args, may_write }),
+            ..Part::new(Vec::new(), |_| Reply::NilArray)
+        }
+    }
+
+    /// Whether it may write when EXEC runs it.
+    pub fn may_write(&self) -> bool {
+        match &self.script {
+            Some(s) => s.may_write,
+            None => !self.read_only(),
         }
     }
 
@@ -448,9 +475,10 @@ impl Part {
         Part::new(Vec::new(), move |_| reply())
     }
 
-    /// Only reads and no guards: it can be answered from a read of the visible state.
+    /// Only reads and no guards: it can be answered from a read of the visible state (never a
+    /// script, which runs in a transaction).
     pub fn read_only(&self) -> bool {
-        self.guards.is_empty() && self.writes.iter().all(Write::is_read)
+        self.script.is_none() && self.guards.is_empty() && self.writes.iter().all(Write::is_read)
     }
 }
 

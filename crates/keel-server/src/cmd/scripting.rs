@@ -16,7 +16,8 @@ pub const COMMANDS: &[Command] = &[
             "scripting",
             "script numkeys [key [key ...]] [arg [arg ...]]",
             "Runs a Lua script as one transaction: its writes are logged as one record, and its reply leaves once that record is durable.",
-        ),
+        )
+        .queued_in_multi(),
     Command::new("evalsha", -3, CONN, NO_KEYS)
         .redis(
             "noscript skip_monitor may_replicate no_mandatory_keys stale",
@@ -27,7 +28,8 @@ pub const COMMANDS: &[Command] = &[
             "scripting",
             "sha1 numkeys [key [key ...]] [arg [arg ...]]",
             "Runs a script loaded before (by EVAL or SCRIPT LOAD), by its SHA-1.",
-        ),
+        )
+        .queued_in_multi(),
     Command::new("eval_ro", -3, R, NO_KEYS)
         .redis(
             "readonly noscript skip_monitor no_mandatory_keys stale",
@@ -38,7 +40,8 @@ pub const COMMANDS: &[Command] = &[
             "scripting",
             "script numkeys [key [key ...]] [arg [arg ...]]",
             "Runs a Lua script that may only read.",
-        ),
+        )
+        .queued_in_multi(),
     Command::new("evalsha_ro", -3, R, NO_KEYS)
         .redis(
             "readonly noscript skip_monitor no_mandatory_keys stale",
@@ -49,7 +52,8 @@ pub const COMMANDS: &[Command] = &[
             "scripting",
             "sha1 numkeys [key [key ...]] [arg [arg ...]]",
             "Runs a loaded script that may only read, by its SHA-1.",
-        ),
+        )
+        .queued_in_multi(),
     Command::new("fcall", -3, CONN, NO_KEYS)
         .redis(
             "noscript skip_monitor may_replicate no_mandatory_keys stale",
@@ -60,7 +64,8 @@ pub const COMMANDS: &[Command] = &[
             "scripting",
             "function numkeys [key [key ...]] [arg [arg ...]]",
             "Runs a loaded function as one transaction, as EVAL runs a script.",
-        ),
+        )
+        .queued_in_multi(),
     Command::new("fcall_ro", -3, R, NO_KEYS)
         .redis(
             "readonly noscript skip_monitor no_mandatory_keys stale",
@@ -71,7 +76,8 @@ pub const COMMANDS: &[Command] = &[
             "scripting",
             "function numkeys [key [key ...]] [arg [arg ...]]",
             "Runs a loaded function that may only read.",
-        ),
+        )
+        .queued_in_multi(),
     Command::new("function", -2, ADMIN.with(VARIES), NO_KEYS)
         .redis("", "")
         .doc(

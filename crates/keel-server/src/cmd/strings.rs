@@ -272,6 +272,7 @@ fn mset(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
         guards,
         writes,
         render: Box::new(|r| Reply::Int(r.is_some() as i64)),
+        script: None,
     })
 }
 
@@ -323,6 +324,7 @@ fn cas(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
         }],
         writes: vec![put(&a[1], &a[3], Ttl::None, PutIf::Always)],
         render: Box::new(|r| Reply::Int(r.is_some() as i64)),
+        script: None,
     })
 }
 

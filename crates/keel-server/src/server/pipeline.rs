@@ -74,6 +74,13 @@ impl Touched {
         self
     }
 
+    /// With more keys changed, or a flush.
+    pub(super) fn add(mut self, keys: Vec<Bytes>, flush: bool) -> Touched {
+        self.keys.extend(keys);
+        self.flush |= flush;
+        self
+    }
+
     pub(super) fn parts(self) -> (Vec<Bytes>, bool) {
         (self.keys, self.flush)
     }
@@ -181,7 +188,15 @@ fn slow(sh: &Shared, client: &Client, took: Duration, args: &[Bytes]) {
 
 /// Whether a command the connection runs is queued by MULTI (see [`run_at_exec`]).
 pub fn queues_in_multi(name: &str) -> bool {
-    matches!(name, "config" | "publish" | "spublish" | "pubsub")
+    matches!(name, "config" | "publish" | "spublish" | "pubsub") || is_script(name)
+}
+
+/// EVAL, FCALL and their kin: queued in MULTI, they run at EXEC inside its transaction.
+fn is_script(name: &str) -> bool {
+    matches!(
+        name,
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro"
+    )
 }
 
 /// Runs a connection command queued in MULTI, at EXEC.
@@ -378,7 +393,7 @@ impl Conn {
         let unpause = name == "client" && args.get(1).is_some_and(|a| eq(a, "unpause"));
         if !unpause && (self.multi.is_none() || name == "exec") {
             let writes = need.contains(Flags::WRITE)
-                || (name == "exec" && self.multi.iter().flatten().any(|p| !p.read_only()))
+                || (name == "exec" && self.multi.iter().flatten().any(Part::may_write))
                 || self.script_may_write(name, args);
             self.sh.paused(&self.client, writes).await;
         }
@@ -432,6 +447,14 @@ impl Conn {
                     ))),
                     r => r,
                 },
+                // A cluster's EXEC goes through raft, which runs no scripts.
+                (Run::Conn, InMulti::Queue) if is_script(name) && self.sh.cluster().is_some() => {
+                    Err(Reply::err(scripts::NO_SCRIPTS_ON_A_CLUSTER))
+                }
+                (Run::Conn, InMulti::Queue) if is_script(name) => {
+                    let may_write = self.script_may_write(name, args);
+                    Ok(Part::script(args.to_vec(), may_write))
+                }
                 (Run::Conn, InMulti::Queue) => {
                     let sh = self.sh.clone();
                     let args = args.to_vec();

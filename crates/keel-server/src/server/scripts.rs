@@ -15,7 +15,7 @@ use crate::scripting::{
 /// The system entry that holds the function libraries (docs/FORMAT.md).
 pub(super) const FUNCTIONS_KEY: &[u8] = b"server.functions";
 
-const NO_SCRIPTS_ON_A_CLUSTER: &str =
+pub(super) const NO_SCRIPTS_ON_A_CLUSTER: &str =
     "ERR keel cluster does not run scripts or functions yet: send the commands in MULTI/EXEC";
 
 fn kill_reply(k: Kill) -> Reply {
@@ -49,6 +49,21 @@ impl Shared {
     }
 }
 use keel_engine::Script;
+
+/// A script command checked, with its script found (see [`Conn::resolve`]).
+struct Resolved {
+    /// The script's SHA-1, or the function's name.
+    sha: String,
+    function: bool,
+    read_only: bool,
+}
+
+/// One command of a script transaction: a script (or why it cannot run), or a data command
+/// queued in MULTI with its arguments while notifications are on.
+enum Step {
+    Script(Result<Resolved, Reply>, Vec<Bytes>),
+    Part(Part, Option<Vec<Bytes>>),
+}
 
 /// Runs a script's `redis.call`s: compiled by the registry as if sent alone, checked against
 /// the user's permissions, decided in the script's transaction.
@@ -142,6 +157,23 @@ impl Caller for ScriptCaller<'_, '_> {
 
     fn wrote(&self) -> bool {
         self.tx.wrote()
+    }
+}
+
+impl ScriptCaller<'_, '_> {
+    /// A data command queued in MULTI, compiled when it was queued, decided now.
+    fn run_part(&mut self, part: Part, args: Option<&[Bytes]>) -> Reply {
+        self.pushed.extend(blocking::pushed_keys(&part.writes));
+        match self.tx.call(part.writes) {
+            Ok(results) => {
+                let effects = self.tx.take_effects();
+                if let Some(args) = args {
+                    notify::events(args, &effects, &mut self.events);
+                }
+                (part.render)(Some(&results))
+            }
+            Err(e) => self.sh.backend.engine_error(&e),
+        }
     }
 }
 
@@ -393,22 +425,21 @@ impl Conn {
         self.reply(r);
     }
 
-    async fn eval(&mut self, name: &str, args: &[Bytes]) {
-        let by_sha = name.starts_with("evalsha");
+    /// Checks a script command's arguments and finds its script (EVAL loads it into the
+    /// cache first).
+    fn resolve(&self, name: &str, args: &[Bytes]) -> Result<Resolved, Reply> {
         // The key count, checked here; the script's run splits keys from arguments by it.
         match std::str::from_utf8(&args[2])
             .ok()
             .and_then(|s| s.parse::<i64>().ok())
         {
             None if name.starts_with("fcall") => {
-                return self.reply(Reply::err("ERR Bad number of keys provided"))
+                return Err(Reply::err("ERR Bad number of keys provided"))
             }
-            None => return self.reply(Reply::err("ERR value is not an integer or out of range")),
-            Some(n) if n < 0 => {
-                return self.reply(Reply::err("ERR Number of keys can't be negative"))
-            }
+            None => return Err(Reply::err("ERR value is not an integer or out of range")),
+            Some(n) if n < 0 => return Err(Reply::err("ERR Number of keys can't be negative")),
             Some(n) if n as usize > args.len() - 3 => {
-                return self.reply(Reply::err(
+                return Err(Reply::err(
                     "ERR Number of keys can't be greater than number of args",
                 ))
             }
@@ -418,44 +449,97 @@ impl Conn {
         let function = name.starts_with("fcall");
         let sha = if function {
             String::from_utf8_lossy(&args[1]).into_owned()
-        } else if by_sha {
+        } else if name.starts_with("evalsha") {
             let sha = lower(&args[1]);
             if !scripts.exists(sha.as_bytes()) {
-                return self.reply(crate::scripting::noscript());
+                return Err(crate::scripting::noscript());
             }
             sha
         } else {
-            match scripts.load(&args[1]) {
-                Ok(sha) => sha,
-                Err(e) => return self.reply(e),
-            }
+            scripts.load(&args[1])?
         };
         let flags = if function {
-            match scripts.function_flags(&sha) {
-                Some(f) => f,
-                None => return self.reply(Reply::err("ERR Function not found")),
-            }
+            scripts
+                .function_flags(&sha)
+                .ok_or_else(|| Reply::err("ERR Function not found"))?
         } else {
             scripts.flags(&sha).unwrap_or_default()
         };
         if self.sh.backend.cluster().is_some() {
-            return self.reply(Reply::err(NO_SCRIPTS_ON_A_CLUSTER));
+            return Err(Reply::err(NO_SCRIPTS_ON_A_CLUSTER));
         }
         if name.ends_with("_ro") && flags.declared && !flags.no_writes {
-            return self.reply(Reply::err(
+            return Err(Reply::err(
                 "ERR Can not execute a script with write flag using *_ro command.",
             ));
         }
-        let read_only = name.ends_with("_ro") || flags.no_writes;
+        Ok(Resolved {
+            sha,
+            function,
+            read_only: name.ends_with("_ro") || flags.no_writes,
+        })
+    }
+
+    async fn eval(&mut self, name: &str, args: &[Bytes]) {
+        let resolved = match self.resolve(name, args) {
+            Ok(r) => r,
+            Err(e) => return self.reply(e),
+        };
         // Scripts run one at a time; a script waits for the one running to end, without
         // holding a thread.
         self.sh.scripts.idle().await;
-        if !read_only {
+        if !resolved.read_only {
             self.sh
                 .backend
                 .room(args.iter().map(Bytes::len).sum())
                 .await;
         }
+        let step = Step::Script(Ok(resolved), args.to_vec());
+        let render: Box<dyn FnOnce(Option<Vec<Reply>>) -> Reply + Send> = Box::new(|r| {
+            r.and_then(|r| r.into_iter().next())
+                .expect("one step, and no guard")
+        });
+        self.run_steps(
+            vec![step],
+            Vec::new(),
+            Touched::none(self.client.id),
+            render,
+        );
+    }
+
+    /// EXEC of a transaction that queued a script: every command, scripts and data alike, in
+    /// one engine transaction (one log record), decided call by call under WATCH's guards.
+    pub(super) fn exec_scripted(
+        &mut self,
+        parts: Vec<Part>,
+        queued_args: Vec<Option<Vec<Bytes>>>,
+        watched: Vec<Guard>,
+        touched: Touched,
+    ) {
+        let steps = (parts.into_iter().zip(queued_args))
+            .map(|(p, args)| match p.script {
+                Some(s) => {
+                    let name = lower(&s.args[0]);
+                    Step::Script(self.resolve(&name, &s.args), s.args)
+                }
+                None => Step::Part(p, args),
+            })
+            .collect();
+        let render: Box<dyn FnOnce(Option<Vec<Reply>>) -> Reply + Send> =
+            Box::new(|r| r.map_or(Reply::NilArray, Reply::Array));
+        self.run_steps(steps, watched, touched, render);
+    }
+
+    /// Runs `steps` as one script transaction (see [`Engine::submit_script`]), unless a guard
+    /// fails; queues the reply `render` makes of the steps' replies (`None`: a guard failed),
+    /// once the transaction is durable.
+    fn run_steps(
+        &mut self,
+        steps: Vec<Step>,
+        watched: Vec<Guard>,
+        touched: Touched,
+        render: Box<dyn FnOnce(Option<Vec<Reply>>) -> Reply + Send>,
+    ) {
         let sh = self.sh.clone();
         let engine = self.engine();
         let user = self.user.as_ref();
@@ -463,11 +547,14 @@ impl Conn {
         let tracks = self.tracking.is_some();
         let ran = tokio::task::block_in_place(|| {
             engine.submit_script(now, |tx| {
+                if !tx.guards_hold(&watched) {
+                    return None;
+                }
                 let mut caller = ScriptCaller {
                     tx,
                     sh: &sh,
                     user,
-                    read_only,
+                    read_only: false,
                     now,
                     touched: Vec::new(),
                     flushed: false,
@@ -476,33 +563,49 @@ impl Conn {
                     events: Vec::new(),
                     published: Vec::new(),
                 };
-                let reply = if function {
-                    sh.scripts.call_function(&sha, args, &mut caller)
-                } else {
-                    sh.scripts.run(&sha, args, &mut caller)
-                };
-                let ScriptCaller {
-                    touched,
-                    flushed,
-                    pushed,
-                    reads,
-                    events,
-                    published,
-                    ..
-                } = caller;
-                (reply, touched, flushed, pushed, reads, (events, published))
+                let replies = (steps.into_iter())
+                    .map(|step| match step {
+                        Step::Script(Err(e), _) => e,
+                        Step::Script(Ok(r), args) => {
+                            caller.read_only = r.read_only;
+                            if r.function {
+                                sh.scripts.call_function(&r.sha, &args, &mut caller)
+                            } else {
+                                sh.scripts.run(&r.sha, &args, &mut caller)
+                            }
+                        }
+                        Step::Part(p, args) => caller.run_part(p, args.as_deref()),
+                    })
+                    .collect();
+                let c = caller;
+                let effects = (
+                    c.touched,
+                    c.flushed,
+                    c.pushed,
+                    c.reads,
+                    c.events,
+                    c.published,
+                );
+                Some((replies, effects))
             })
         });
-        let ((reply, touched, flushed, pushed, reads, (events, published)), pending) = match ran {
+        let (ran, pending) = match ran {
             Ok(r) => r,
             Err(e) => return self.reply(self.sh.backend.engine_error(&e)),
         };
-        for args in reads.iter().flatten() {
-            self.track_read(args);
-        }
-        let touched = Touched::new(touched, flushed, self.client.id)
-            .events(events)
-            .published(published);
+        let (replies, touched, pushed) = match ran {
+            None => (None, touched, Vec::new()),
+            Some((replies, (keys, flushed, pushed, reads, events, published))) => {
+                for args in reads.iter().flatten() {
+                    self.track_read(args);
+                }
+                let touched = touched
+                    .add(keys, flushed)
+                    .events(events)
+                    .published(published);
+                (Some(replies), touched, pushed)
+            }
+        };
         let quiet = self.quiet;
         let durable = Box::pin(async move {
             match pending.await {
@@ -511,7 +614,7 @@ impl Conn {
                     if !pushed.is_empty() && sh.blocked.any() {
                         sh.blocked.settled(&sh.blocked.wake(&pushed)).await;
                     }
-                    reply
+                    render(replies)
                 }
                 Err(e) => sh.backend.engine_error(&e),
             }

@@ -132,6 +132,14 @@ impl Conn {
             }
             return;
         }
+        if parts.iter().any(|p| p.script.is_some()) {
+            let touched = Touched::new(touched, flush, self.client.id);
+            self.exec_scripted(parts, queued_args, watched, touched);
+            for args in reads {
+                self.track_read(&args);
+            }
+            return;
+        }
         // One engine transaction: one WAL record, WATCH versions as its guards.
         let mut writes = Vec::new();
         let mut renders = Vec::with_capacity(parts.len());
