@@ -144,6 +144,11 @@ impl Scripts {
         crate::lock(&self.vm).cache.contains_key(&sha)
     }
 
+    /// How many scripts the cache holds (INFO's `number_of_cached_scripts`).
+    pub fn cached(&self) -> usize {
+        crate::lock(&self.vm).cache.len()
+    }
+
     /// The flags of a cached script, or `None` if it is not cached.
     pub fn flags(&self, sha: &str) -> Option<ScriptFlags> {
         crate::lock(&self.vm).cache.get(sha).map(|c| c.flags)
@@ -488,7 +493,7 @@ fn load_library(
             }
             let mut r = registered.borrow_mut();
             if r.contains_key(&name) {
-                return Err(mlua::Error::runtime(format!("Function {name} already exists")));
+                return Err(mlua::Error::runtime("Function already exists in the library"));
             }
             r.insert(
                 name,
@@ -515,7 +520,11 @@ fn load_library(
                 false => Ok(VmState::Continue),
             },
         )?;
-        chunk.call::<()>(())
+        let set_loading: Function = lua.named_registry_value("keel_set_loading")?;
+        set_loading.call::<()>(true)?;
+        let ran = chunk.call::<()>(());
+        set_loading.call::<()>(false)?;
+        ran
     });
     lua.remove_hook();
     let _ = redis.raw_set("register_function", Value::Nil);
@@ -620,7 +629,7 @@ fn shebang(body: &[u8]) -> Result<(ScriptFlags, Vec<u8>), Reply> {
     let engine = words.next().unwrap_or("");
     if engine != "lua" {
         return Err(Reply::err(format!(
-            "ERR Could not find scripting engine '{engine}'"
+            "ERR Unexpected engine in script shebang: '{engine}'"
         )));
     }
     let mut flags = ScriptFlags {
@@ -689,7 +698,7 @@ fn sandbox() -> mlua::Result<Lua> {
     // Scripts run in `env`, a read-only view of the globals: assigning any global, or a field
     // of a library, fails; reading a global that does not exist fails too. KEYS and ARGV are
     // set on the real table before each run. setmetatable and rawset refuse the views.
-    let env: Table = lua
+    let env = lua
         .load(
             r#"
             local G, rawget, error, tostring = _G, rawget, error, tostring
@@ -735,24 +744,46 @@ fn sandbox() -> mlua::Result<Lua> {
             for _, name in ipairs({"redis", "bit", "cjson", "string", "table", "math"}) do
                 G[name] = readonly(G[name])
             end
+            local function missing(k)
+                error("Script attempted to access nonexistent global variable '" .. tostring(k) .. "'", 3)
+            end
+            -- While a library loads (FUNCTION LOAD), its code sees only Redis's library API:
+            -- `redis` with register_function, log and the constants, as in Redis.
+            local R = rawget(G, "redis")
+            local api = {register_function = true, log = true, LOG_DEBUG = true,
+                LOG_VERBOSE = true, LOG_NOTICE = true, LOG_WARNING = true,
+                REDIS_VERSION = true, REDIS_VERSION_NUM = true}
+            local load_redis = real_setmetatable({}, {
+                __index = function(_, k)
+                    if not api[k] then missing(k) end
+                    return R[k]
+                end,
+                __newindex = refuse,
+                __metatable = marker,
+            })
+            local loading = false
             local env = real_setmetatable({}, {
                 __index = function(_, k)
-                    local v = rawget(G, k)
-                    if v == nil then
-                        error("Script attempted to access nonexistent global variable '" .. tostring(k) .. "'", 2)
+                    if loading then
+                        if k ~= "redis" then missing(k) end
+                        return load_redis
                     end
+                    local v = rawget(G, k)
+                    if v == nil then missing(k) end
                     return v
                 end,
                 __newindex = refuse,
                 __metatable = marker,
             })
             G._G = env
-            return env
+            return env, function(on) loading = on end
             "#,
         )
         .set_name("=sandbox")
-        .eval()?;
+        .eval::<(Table, Function)>()?;
+    let (env, set_loading) = env;
     lua.set_named_registry_value("keel_env", env)?;
+    lua.set_named_registry_value("keel_set_loading", set_loading)?;
     Ok(lua)
 }
 
@@ -791,6 +822,8 @@ fn run_in(
     }
     let reseed: Function = lua.named_registry_value("keel_reseed")?;
     reseed.call::<()>(())?;
+    let json_reset: Function = lua.named_registry_value("keel_json_reset")?;
+    json_reset.call::<()>(())?;
     let redis: Table = lua.named_registry_value("keel_redis")?;
     let resp = std::cell::Cell::new(2u8);
     {
@@ -965,7 +998,9 @@ fn from_lua(v: &Value, depth: usize) -> mlua::Result<Reply> {
         Value::String(s) => Reply::Bulk(Bytes::copy_from_slice(&s.as_bytes())),
         Value::Table(t) => {
             if let Ok(Value::String(e)) = t.raw_get::<Value>("err") {
-                return Ok(Reply::Error(e.to_string_lossy()));
+                // An empty error is Redis's generic one.
+                let e = e.to_string_lossy();
+                return Ok(Reply::Error(if e.is_empty() { "ERR".into() } else { e }));
             }
             if let Ok(Value::String(s)) = t.raw_get::<Value>("ok") {
                 return Ok(Reply::Simple(s.to_string_lossy()));
@@ -1155,35 +1190,86 @@ fn bit_library(lua: &Lua) -> mlua::Result<Table> {
 }
 
 fn cjson_library(lua: &Lua) -> mlua::Result<Table> {
+    use std::sync::atomic::AtomicUsize;
     let c = lua.create_table()?;
+    // The deepest nesting encode and decode accept (cjson's encode_max_depth and
+    // decode_max_depth, 1,000 each by default), for the script that set them: each run starts
+    // from the defaults again (`keel_json_reset`), so one script's setting does not leak.
+    let (encode_max, decode_max) = (
+        Arc::new(AtomicUsize::new(1000)),
+        Arc::new(AtomicUsize::new(1000)),
+    );
+    let max = encode_max.clone();
     c.raw_set(
         "encode",
-        lua.create_function(|_, v: Value| {
-            let j = to_json(&v, 0)?;
+        lua.create_function(move |_, v: Value| {
+            let j = to_json(&v, 0, max.load(Ordering::Relaxed))?;
             serde_json::to_string(&j).map_err(mlua::Error::external)
         })?,
     )?;
+    let max = decode_max.clone();
     c.raw_set(
         "decode",
-        lua.create_function(|lua, s: mlua::LuaString| {
+        lua.create_function(move |lua, s: mlua::LuaString| {
             let j: serde_json::Value = serde_json::from_slice(&s.as_bytes()).map_err(|e| {
                 mlua::Error::runtime(format!("Expected value but found invalid token: {e}"))
             })?;
+            let max = max.load(Ordering::Relaxed);
+            if json_depth(&j) > max {
+                return Err(mlua::Error::runtime(format!(
+                    "Found too many nested data structures ({})",
+                    max + 1
+                )));
+            }
             from_json(lua, &j)
         })?,
     )?;
+    let limits = (encode_max.clone(), decode_max.clone());
+    let reset = lua.create_function(move |_, ()| {
+        limits.0.store(1000, Ordering::Relaxed);
+        limits.1.store(1000, Ordering::Relaxed);
+        Ok(())
+    })?;
+    lua.set_named_registry_value("keel_json_reset", reset)?;
+    for (name, max) in [
+        ("encode_max_depth", encode_max),
+        ("decode_max_depth", decode_max),
+    ] {
+        let set = lua.create_function(move |_, n: Option<i64>| {
+            if let Some(n) = n {
+                if !(1..=i32::MAX as i64).contains(&n) {
+                    return Err(mlua::Error::runtime(
+                        "bad argument #1 (expected integer between 1 and 2147483647)",
+                    ));
+                }
+                max.store(n as usize, Ordering::Relaxed);
+            }
+            Ok(max.load(Ordering::Relaxed) as i64)
+        })?;
+        c.raw_set(name, set)?;
+    }
     let encode: Function = c.raw_get("encode")?;
     c.raw_set("encode_keep_buffer", encode)?;
     c.raw_set("null", Value::NULL)?;
     Ok(c)
 }
 
-fn to_json(v: &Value, depth: usize) -> mlua::Result<serde_json::Value> {
+/// How deep a JSON value nests: 0 for a scalar, 1 for a flat array or object.
+fn json_depth(j: &serde_json::Value) -> usize {
+    match j {
+        serde_json::Value::Array(a) => 1 + a.iter().map(json_depth).max().unwrap_or(0),
+        serde_json::Value::Object(o) => 1 + o.values().map(json_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn to_json(v: &Value, depth: usize, max: usize) -> mlua::Result<serde_json::Value> {
     use serde_json::Value as J;
-    if depth > 1000 {
-        return Err(mlua::Error::runtime(
-            "Cannot serialise, excessive nesting (1001)",
-        ));
+    if depth >= max && matches!(v, Value::Table(_)) {
+        return Err(mlua::Error::runtime(format!(
+            "Cannot serialise, excessive nesting ({})",
+            depth + 1
+        )));
     }
     Ok(match v {
         Value::Nil => J::Null,
@@ -1203,7 +1289,7 @@ fn to_json(v: &Value, depth: usize) -> mlua::Result<serde_json::Value> {
             if n > 0 && count == n {
                 let mut a = Vec::with_capacity(n);
                 for i in 1..=n {
-                    a.push(to_json(&t.raw_get::<Value>(i)?, depth + 1)?);
+                    a.push(to_json(&t.raw_get::<Value>(i)?, depth + 1, max)?);
                 }
                 J::Array(a)
             } else if count == 0 {
@@ -1222,7 +1308,7 @@ fn to_json(v: &Value, depth: usize) -> mlua::Result<serde_json::Value> {
                             ))
                         }
                     };
-                    o.insert(key, to_json(&v, depth + 1)?);
+                    o.insert(key, to_json(&v, depth + 1, max)?);
                 }
                 J::Object(o)
             }
@@ -1347,6 +1433,35 @@ mod tests {
             .map(|x| Bytes::from(x.to_string()))
             .collect();
         s.run(&sha, &command, &mut Echo(false))
+    }
+
+    #[test]
+    fn a_library_loads_with_only_the_library_api_and_its_functions_see_everything() {
+        let load = |code: &str| {
+            let mut libs = Libraries::new();
+            libs.insert("lib".into(), Bytes::from(format!("#!lua name=lib\n{code}")));
+            compile_libraries(&libs).map(|_| ())
+        };
+        for (code, missing) in [
+            ("return math.random()", "math"),
+            ("return redis.call('ping')", "call"),
+            ("return redis.setresp(3)", "setresp"),
+            ("local x = redis.math.random()", "math"),
+        ] {
+            let Err(Reply::Error(e)) = load(code) else {
+                panic!("{code} loaded")
+            };
+            let want = format!("attempted to access nonexistent global variable '{missing}'");
+            assert!(e.contains(&want), "{code}: {e}");
+        }
+        let f = "redis.register_function('f', function() return math.floor(redis.call('x')) end)";
+        assert!(load(f).is_ok());
+        let twice = "local f = function() return 1 end\n\
+                     redis.register_function('f', f)\nredis.register_function('f', f)";
+        let Err(Reply::Error(e)) = load(twice) else {
+            panic!("a name registered twice")
+        };
+        assert!(e.contains("Function already exists in the library"), "{e}");
     }
 
     #[test]
@@ -1491,7 +1606,7 @@ mod tests {
             })
         );
         assert!(
-            matches!(s.load(b"#!python\nreturn 1"), Err(Reply::Error(e)) if e.contains("Could not find scripting engine"))
+            matches!(s.load(b"#!python\nreturn 1"), Err(Reply::Error(e)) if e.contains("Unexpected engine in script shebang"))
         );
         assert!(
             matches!(s.load(b"#!lua flags=bogus\nreturn 1"), Err(Reply::Error(e)) if e.contains("Unexpected flag"))

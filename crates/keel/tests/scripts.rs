@@ -588,3 +588,33 @@ fn an_endless_library_load_times_out() {
     );
     r.cmd(&["FCALL", "f", "0"], ":1\r\n");
 }
+
+/// Details scripts' users meet: an empty error reply is Redis's generic one, cjson's depth
+/// limits, an unknown engine, and the cache size in INFO.
+#[test]
+fn error_replies_cjson_limits_engines_and_the_cache_size() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(t.path(), &[]);
+    let mut r = srv.raw();
+    r.cmd(&["EVAL", "return redis.error_reply('')", "0"], "-ERR\r\n");
+    let e = eval_err(
+        &mut r,
+        "cjson.encode_max_depth(1); return cjson.encode({a = {1}})",
+    );
+    assert!(e.contains("excessive nesting"), "{e}");
+    let e = eval_err(
+        &mut r,
+        "cjson.decode_max_depth(1); return cjson.decode('{\"a\": [1]}')",
+    );
+    assert!(e.contains("too many nested data structures"), "{e}");
+    // The next script starts from the default limits.
+    r.cmd(
+        &["EVAL", "return cjson.encode({{1}, 2})", "0"],
+        "$7\r\n[[1],2]\r\n",
+    );
+    let e = eval_err(&mut r, "#!python\nreturn 1");
+    assert!(e.contains("Unexpected engine in script shebang"), "{e}");
+    let mut c = srv.client();
+    let info: String = query(&mut c, &["INFO", "memory"]);
+    assert!(info.contains("number_of_cached_scripts:4"), "{info}");
+}

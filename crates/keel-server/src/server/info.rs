@@ -177,6 +177,11 @@ impl Conn {
             line(&mut o, "maxmemory_human", &"0B");
             line(&mut o, "maxmemory_policy", &"noeviction");
             line(&mut o, "mem_allocator", &a.name);
+            line(
+                &mut o,
+                "number_of_cached_scripts",
+                &self.sh.scripts.cached(),
+            );
             o.push_str("\r\n");
         }
         let ws = e.wal_stats();
