@@ -278,7 +278,7 @@ impl Checkpoints {
     /// One round of background work: active expiry, then a checkpoint if one is due.
     pub(crate) fn maintain(&self, seq: &Sequencer, dir: &Path, stopping: &dyn Fn() -> bool) {
         for _ in 0..20 {
-            if !seq.opts.active_expiry {
+            if !seq.opts.active_expiry || seq.expiry_paused.load(Ordering::Relaxed) {
                 break;
             }
             match seq.remove_expired(1000) {

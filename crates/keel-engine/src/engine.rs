@@ -648,6 +648,18 @@ impl Core {
         (self.sequencer.report_effects).store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Holds active expiry back (`true`) or lets it go on (`false`): while held, expired keys
+    /// stay invisible but are not removed, so nothing is logged for them (Redis's CLIENT PAUSE
+    /// WRITE, which keeps the data set still).
+    pub fn pause_expiry(&self, paused: bool) {
+        (self.sequencer.expiry_paused).store(paused, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether active expiry is held back ([`Engine::pause_expiry`]).
+    pub fn expiry_paused(&self) -> bool {
+        (self.sequencer.expiry_paused).load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Keys active expiry has removed since the engine opened (INFO's `expired_keys`: every
     /// expired key is removed within about 100 ms, read or not).
     pub fn expired_keys(&self) -> u64 {

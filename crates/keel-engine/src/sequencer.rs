@@ -68,6 +68,10 @@ pub(crate) struct Sequencer {
     ///
     /// [`Engine::report_effects`]: crate::Engine::report_effects
     pub(crate) report_effects: AtomicBool,
+    /// Active expiry waits while this is set ([`Engine::pause_expiry`]).
+    ///
+    /// [`Engine::pause_expiry`]: crate::Engine::pause_expiry
+    pub(crate) expiry_paused: AtomicBool,
 }
 
 /// A script's transaction while it runs: see [`Engine::submit_script`].
@@ -320,6 +324,7 @@ impl Sequencer {
             expired_keys: AtomicU64::new(0),
             expired_log: Mutex::default(),
             report_effects: AtomicBool::new(false),
+            expiry_paused: AtomicBool::new(false),
         }
     }
 

@@ -445,6 +445,36 @@ fn client_pause_holds_writes_until_unpause() {
     w.s.set_read_timeout(None).unwrap();
     query::<()>(&mut c, &["CLIENT", "UNPAUSE"]);
     w.cmd(&["GET", "k"], "+OK\r\n$1\r\nv\r\n");
+
+    // PAUSE queued in MULTI starts once EXEC's writes are in; while it holds writes, active
+    // expiry waits (an expired key reads as gone, but nothing is removed), and UNPAUSE lets it
+    // catch up at once.
+    let expired = |c: &mut redis::Connection| {
+        let info: String = query(c, &["INFO", "stats"]);
+        let line = info
+            .lines()
+            .find(|l| l.starts_with("expired_keys:"))
+            .unwrap();
+        line["expired_keys:".len()..].trim().parse::<u64>().unwrap()
+    };
+    let before = expired(&mut c);
+    w.cmd(&["MULTI"], "+OK\r\n");
+    w.cmd(&["SET", "short", "v", "PX", "10"], "+QUEUED\r\n");
+    w.cmd(&["CLIENT", "PAUSE", "50000", "WRITE"], "+QUEUED\r\n");
+    w.cmd(&["EXEC"], "*2\r\n+OK\r\n+OK\r\n");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(query::<Option<String>>(&mut c, &["GET", "short"]), None);
+    assert_eq!(expired(&mut c), before, "removed during the pause");
+    query::<()>(&mut c, &["CLIENT", "UNPAUSE"]);
+    assert_eq!(expired(&mut c), before + 1);
+    w.cmd(&["MULTI"], "+OK\r\n");
+    w.send(&resp(&["CLIENT", "SETNAME", "x"]));
+    let e = String::from_utf8(read_reply(&mut w)).unwrap();
+    assert!(
+        e.contains("CLIENT SETNAME is not supported inside MULTI"),
+        "{e}"
+    );
+    w.cmd(&["DISCARD"], "+OK\r\n");
 }
 
 #[test]

@@ -61,7 +61,8 @@ pub const COMMANDS: &[Command] = &[
             "",
             "Inspects or names the connection; lists, kills and pauses clients (those need admin).",
         )
-        .subcommands(CLIENT_SUBCOMMANDS),
+        .subcommands(CLIENT_SUBCOMMANDS)
+        .queued_in_multi(),
     Command::new("monitor", 1, ADMIN, NO_KEYS)
         .redis("admin noscript loading stale", "")
         .doc(

@@ -272,8 +272,40 @@ impl Pause {
 }
 
 impl Shared {
+    /// CLIENT PAUSE ms [ALL|WRITE] and CLIENT UNPAUSE (`args` from CLIENT on, arity checked),
+    /// sent alone or queued in MULTI (which pauses once EXEC's writes are in).
+    pub(super) fn client_pause(&self, args: &[Bytes]) -> Reply {
+        if eq(&args[1], "unpause") {
+            self.pause.send_replace(Pause::default());
+            self.resume_expiry();
+            return Reply::ok();
+        }
+        let Some(ms) = parse_i64(&args[2]).filter(|&n| n >= 0) else {
+            return Reply::err("ERR timeout is not an integer or out of range");
+        };
+        let all = match args.get(3).map(|a| lower(a)).as_deref() {
+            None | Some("all") => true,
+            Some("write") => false,
+            Some(_) => return Reply::err(SYNTAX),
+        };
+        self.pause(ms as u64, all);
+        Reply::ok()
+    }
+
+    /// Active expiry goes on once no pause holds writes, and catches up at once.
+    pub(super) fn resume_expiry(&self) {
+        let engine = self.engine();
+        if !engine.expiry_paused() || self.pause.borrow().holds(true) {
+            return;
+        }
+        engine.pause_expiry(false);
+        while matches!(engine.remove_expired(1000), Ok(1000)) {}
+    }
+
     /// CLIENT PAUSE: the longer of the two pauses, and ALL over WRITE while the old one lasts.
+    /// Active expiry waits too, as in Redis: a pause keeps the data set still.
     fn pause(&self, for_ms: u64, all: bool) {
+        self.engine().pause_expiry(true);
         let until = Instant::now() + Duration::from_millis(for_ms);
         self.pause.send_modify(|p| {
             let active = p.until.is_some_and(|u| u > Instant::now());
@@ -503,22 +535,7 @@ impl Conn {
             ("tracking", 3..) => self.client_tracking(args),
             ("caching", 3) => self.client_caching(&args[2]),
             ("trackinginfo", 2) => self.client_trackinginfo(),
-            ("pause", 3 | 4) => {
-                let Some(ms) = parse_i64(&args[2]).filter(|&n| n >= 0) else {
-                    return Reply::err("ERR timeout is not an integer or out of range");
-                };
-                let all = match args.get(3).map(|a| lower(a)).as_deref() {
-                    None | Some("all") => true,
-                    Some("write") => false,
-                    Some(_) => return Reply::err(SYNTAX),
-                };
-                self.sh.pause(ms as u64, all);
-                Reply::ok()
-            }
-            ("unpause", 2) => {
-                self.sh.pause.send_replace(Pause::default());
-                Reply::ok()
-            }
+            ("pause", 3 | 4) | ("unpause", 2) => self.sh.client_pause(args),
             (
                 "id" | "getname" | "setname" | "setinfo" | "info" | "kill" | "reply" | "no-evict"
                 | "no-touch" | "getredir" | "pause" | "unpause" | "tracking" | "caching"

@@ -367,6 +367,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> anyhow::Result
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             while let Some(sh) = (tick.tick().await, sh.upgrade()).1 {
                 sh.sample();
+                sh.resume_expiry();
                 sh.invalidate_expired();
             }
         })

@@ -188,7 +188,10 @@ fn slow(sh: &Shared, client: &Client, took: Duration, args: &[Bytes]) {
 
 /// Whether a command the connection runs is queued by MULTI (see [`run_at_exec`]).
 pub fn queues_in_multi(name: &str) -> bool {
-    matches!(name, "config" | "publish" | "spublish" | "pubsub") || is_script(name)
+    matches!(
+        name,
+        "config" | "publish" | "spublish" | "pubsub" | "client"
+    ) || is_script(name)
 }
 
 /// EVAL, FCALL and their kin: queued in MULTI, they run at EXEC inside its transaction.
@@ -207,6 +210,7 @@ fn run_at_exec(sh: &Arc<Shared>, name: &str, args: &[Bytes]) -> Reply {
             Reply::Int(sh.pubsub.publish(name == "spublish", &args[1], &args[2]) as i64)
         }
         "pubsub" => sh.pubsub.command(args),
+        "client" => sh.client_pause(args),
         other => Reply::err(format!("ERR internal: '{other}' is not queued in MULTI")),
     }
 }
@@ -450,6 +454,22 @@ impl Conn {
                 // A cluster's EXEC goes through raft, which runs no scripts.
                 (Run::Conn, InMulti::Queue) if is_script(name) && self.sh.cluster().is_some() => {
                     Err(Reply::err(scripts::NO_SCRIPTS_ON_A_CLUSTER))
+                }
+                // Of CLIENT, only PAUSE and UNPAUSE queue (they need no connection state).
+                (Run::Conn, InMulti::Queue) if name == "client" => {
+                    match (lower(&args[1]).as_str(), args.len()) {
+                        ("pause", 3 | 4) | ("unpause", 2) => {
+                            let (sh, args) = (self.sh.clone(), args.to_vec());
+                            Ok(Part::deferred(move || run_at_exec(&sh, name, &args)))
+                        }
+                        (sub @ ("pause" | "unpause"), _) => {
+                            Err(cmd::wrong_args(&format!("client|{sub}")))
+                        }
+                        (sub, _) => Err(Reply::err(format!(
+                            "ERR CLIENT {} is not supported inside MULTI by keel",
+                            sub.to_uppercase()
+                        ))),
+                    }
                 }
                 (Run::Conn, InMulti::Queue) if is_script(name) => {
                     let may_write = self.script_may_write(name, args);
