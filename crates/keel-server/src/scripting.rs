@@ -694,6 +694,7 @@ fn sandbox() -> mlua::Result<Lua> {
     g.raw_set("redis", redis)?;
     g.raw_set("bit", bit_library(&lua)?)?;
     g.raw_set("cjson", cjson_library(&lua)?)?;
+    g.raw_set("cmsgpack", cmsgpack_library(&lua)?)?;
     deterministic_random(&lua)?;
     // Scripts run in `env`, a read-only view of the globals: assigning any global, or a field
     // of a library, fails; reading a global that does not exist fails too. KEYS and ARGV are
@@ -741,7 +742,7 @@ fn sandbox() -> mlua::Result<Lua> {
                 if type(code) == "string" and code:byte(1) == 27 then return nil, "binary code" end
                 return loadstring(code, name)
             end
-            for _, name in ipairs({"redis", "bit", "cjson", "string", "table", "math"}) do
+            for _, name in ipairs({"redis", "bit", "cjson", "cmsgpack", "string", "table", "math"}) do
                 G[name] = readonly(G[name])
             end
             local function missing(k)
@@ -1187,6 +1188,181 @@ fn bit_library(lua: &Lua) -> mlua::Result<Table> {
         })?,
     )?;
     Ok(b)
+}
+
+/// Tables nested deeper than this pack as nil (lua_cmsgpack's LUACMSGPACK_MAX_NESTING).
+const MSGPACK_NESTING_MAX: usize = 16;
+
+/// Redis's cmsgpack library: `pack(...)`, `unpack(s)`, `unpack_one(s, offset)` and
+/// `unpack_limit(s, limit, offset)`, mapping Lua values to MessagePack as lua_cmsgpack does:
+/// an integral number as the smallest integer, another as a float32 when that is exact (else
+/// a float64), a table whose keys are 1..n as an array and any other as a map.
+fn cmsgpack_library(lua: &Lua) -> mlua::Result<Table> {
+    let c = lua.create_table()?;
+    c.raw_set(
+        "pack",
+        lua.create_function(|lua, args: MultiValue| {
+            if args.is_empty() {
+                return Err(mlua::Error::runtime("MessagePack pack needs input."));
+            }
+            let mut out = Vec::new();
+            for v in args.iter() {
+                msgpack_encode(v, 0, &mut out)?;
+            }
+            lua.create_string(&out)
+        })?,
+    )?;
+    c.raw_set(
+        "unpack",
+        lua.create_function(|lua, s: mlua::LuaString| {
+            let (_, values) = msgpack_decode(lua, &s.as_bytes(), 0, 0)?;
+            Ok(MultiValue::from_vec(values))
+        })?,
+    )?;
+    c.raw_set(
+        "unpack_one",
+        lua.create_function(|lua, (s, offset): (mlua::LuaString, Option<i64>)| {
+            let (next, values) = msgpack_decode(lua, &s.as_bytes(), 1, offset.unwrap_or(0))?;
+            let mut out = vec![Value::Number(next as f64)];
+            out.extend(values);
+            Ok(MultiValue::from_vec(out))
+        })?,
+    )?;
+    c.raw_set(
+        "unpack_limit",
+        lua.create_function(
+            |lua, (s, limit, offset): (mlua::LuaString, i64, Option<i64>)| {
+                let limit = limit.max(0) as usize;
+                let (next, values) =
+                    msgpack_decode(lua, &s.as_bytes(), limit, offset.unwrap_or(0))?;
+                let mut out = vec![Value::Number(next as f64)];
+                out.extend(values);
+                Ok(MultiValue::from_vec(out))
+            },
+        )?,
+    )?;
+    Ok(c)
+}
+
+fn msgpack_encode(v: &Value, depth: usize, out: &mut Vec<u8>) -> mlua::Result<()> {
+    use rmp::encode as e;
+    // Writing into a Vec cannot fail; the errors are mapped all the same.
+    fn w<T, E: std::fmt::Display>(r: Result<T, E>) -> mlua::Result<()> {
+        r.map(|_| ())
+            .map_err(|e| mlua::Error::runtime(e.to_string()))
+    }
+    let int = |n: i64, out: &mut Vec<u8>| match n >= 0 {
+        true => w(e::write_uint(out, n as u64)),
+        false => w(e::write_sint(out, n)),
+    };
+    match v {
+        Value::Boolean(b) => w(e::write_bool(out, *b)),
+        Value::Integer(n) => int(*n, out),
+        Value::Number(n) if n.is_finite() && (*n as i64) as f64 == *n => int(*n as i64, out),
+        Value::Number(n) if (*n as f32) as f64 == *n || n.is_nan() => {
+            w(e::write_f32(out, *n as f32))
+        }
+        Value::Number(n) => w(e::write_f64(out, *n)),
+        Value::String(s) => {
+            let b = s.as_bytes();
+            w(e::write_str_len(out, b.len() as u32))?;
+            out.extend_from_slice(&b);
+            Ok(())
+        }
+        Value::Table(t) if depth < MSGPACK_NESTING_MAX => {
+            let (mut count, mut max, mut array) = (0usize, 0usize, true);
+            for pair in t.clone().pairs::<Value, Value>() {
+                count += 1;
+                match pair?.0 {
+                    Value::Integer(i) if i > 0 => max = max.max(i as usize),
+                    Value::Number(n) if n > 0.0 && n.fract() == 0.0 => max = max.max(n as usize),
+                    _ => array = false,
+                }
+            }
+            if array && max == count {
+                w(e::write_array_len(out, count as u32))?;
+                for i in 1..=count {
+                    msgpack_encode(&t.raw_get::<Value>(i)?, depth + 1, out)?;
+                }
+            } else {
+                w(e::write_map_len(out, count as u32))?;
+                for pair in t.clone().pairs::<Value, Value>() {
+                    let (k, v) = pair?;
+                    msgpack_encode(&k, depth + 1, out)?;
+                    msgpack_encode(&v, depth + 1, out)?;
+                }
+            }
+            Ok(())
+        }
+        // Nil, tables nested too deep, functions and the rest: nil.
+        _ => w(e::write_nil(out)),
+    }
+}
+
+/// Reads up to `limit` values (0: all) from `bytes` at `offset`; returns the offset of the
+/// next value, or -1 when none is left, and the values.
+fn msgpack_decode(
+    lua: &Lua,
+    bytes: &[u8],
+    limit: usize,
+    offset: i64,
+) -> mlua::Result<(i64, Vec<Value>)> {
+    if offset < 0 || offset as usize > bytes.len() {
+        return Err(mlua::Error::runtime(format!(
+            "Start offset {offset} greater than input length {}.",
+            bytes.len()
+        )));
+    }
+    let mut cur = std::io::Cursor::new(&bytes[offset as usize..]);
+    let mut values = Vec::new();
+    while (cur.position() as usize) < cur.get_ref().len() && (limit == 0 || values.len() < limit) {
+        // 0xc1 is never used; rmpv would read it as nil.
+        if cur.get_ref()[cur.position() as usize] == 0xc1 {
+            return Err(mlua::Error::runtime("Bad data format in input."));
+        }
+        let v = rmpv::decode::read_value(&mut cur).map_err(|e| {
+            mlua::Error::runtime(match e {
+                rmpv::decode::Error::InvalidMarkerRead(_)
+                | rmpv::decode::Error::InvalidDataRead(_) => "Missing bytes in input.",
+                _ => "Bad data format in input.",
+            })
+        })?;
+        values.push(from_msgpack(lua, v)?);
+    }
+    let at = offset as usize + cur.position() as usize;
+    let next = if at < bytes.len() { at as i64 } else { -1 };
+    Ok((next, values))
+}
+
+fn from_msgpack(lua: &Lua, v: rmpv::Value) -> mlua::Result<Value> {
+    use rmpv::Value as M;
+    Ok(match v {
+        M::Nil => Value::Nil,
+        M::Boolean(b) => Value::Boolean(b),
+        M::Integer(i) => Value::Number(i.as_f64().unwrap_or(0.0)),
+        M::F32(f) => Value::Number(f as f64),
+        M::F64(f) => Value::Number(f),
+        M::String(s) => Value::String(lua.create_string(s.as_bytes())?),
+        M::Binary(b) => Value::String(lua.create_string(&b)?),
+        M::Array(items) => {
+            let t = lua.create_table_with_capacity(items.len(), 0)?;
+            for (i, item) in items.into_iter().enumerate() {
+                t.raw_set(i + 1, from_msgpack(lua, item)?)?;
+            }
+            Value::Table(t)
+        }
+        M::Map(pairs) => {
+            let t = lua.create_table_with_capacity(0, pairs.len())?;
+            for (k, v) in pairs {
+                let k = from_msgpack(lua, k)?;
+                if !k.is_nil() {
+                    t.raw_set(k, from_msgpack(lua, v)?)?;
+                }
+            }
+            Value::Table(t)
+        }
+        M::Ext(..) => return Err(mlua::Error::runtime("Bad data format in input.")),
+    })
 }
 
 fn cjson_library(lua: &Lua) -> mlua::Result<Table> {

@@ -618,3 +618,64 @@ fn error_replies_cjson_limits_engines_and_the_cache_size() {
     let info: String = query(&mut c, &["INFO", "memory"]);
     assert!(info.contains("number_of_cached_scripts:4"), "{info}");
 }
+
+/// cmsgpack packs as Redis's lua_cmsgpack does, byte for byte, and reads back what it packs:
+/// BullMQ-style scripts pass their options as MessagePack in ARGV.
+#[test]
+fn cmsgpack_packs_as_redis_does_and_round_trips() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(t.path(), &[]);
+    let mut c = srv.client();
+    let hex = "local s = cmsgpack.pack(...); local h = '' \
+               for i = 1, #s do h = h .. string.format('%02x', s:byte(i)) end return h";
+    let packed = |c: &mut redis::Connection, expr: &str| -> String {
+        eval(
+            c,
+            &format!("return (function(...) {hex} end)({expr})"),
+            &[],
+            &[],
+        )
+    };
+    assert_eq!(packed(&mut c, "0.1"), "cb3fb999999999999a");
+    assert_eq!(packed(&mut c, "1.5"), "ca3fc00000");
+    assert_eq!(packed(&mut c, "-1099511627776"), "d3ffffff0000000000");
+    assert_eq!(packed(&mut c, "200"), "ccc8");
+    assert_eq!(packed(&mut c, "-5, true, nil"), "fbc3c0");
+    assert_eq!(packed(&mut c, "{1, 2}"), "920102");
+    assert_eq!(packed(&mut c, "{a = 'x'}"), "81a161a178");
+    let n: i64 = eval(
+        &mut c,
+        "local big = {} for i = 1, 70000 do big[i] = i end \
+         local s = cmsgpack.pack({s = string.rep('x', 300), a = big, m = {k = {1.25, false}}}) \
+         local v = cmsgpack.unpack(s) \
+         assert(#v.s == 300 and #v.a == 70000 and v.a[70000] == 70000) \
+         assert(v.m.k[1] == 1.25 and v.m.k[2] == false) \
+         local two = cmsgpack.pack('a', 'bb') \
+         local at, one = cmsgpack.unpack_one(two, 0) \
+         assert(one == 'a' and at == 2) \
+         local last, b = cmsgpack.unpack_limit(two, 1, at) \
+         assert(b == 'bb' and last == -1) \
+         local x = {y = 5} x.x = x \
+         local r = cmsgpack.unpack(cmsgpack.pack(x)) \
+         assert(r.x.x.x.y == 5) \
+         return #s",
+        &[],
+        &[],
+    );
+    assert!(n > 70000);
+    // MessagePack from a client, read by a script.
+    let from_client = [0x82u8, 0xa1, b'n', 0x07, 0xa1, b't', 0x91, 0xa2, b'o', b'k'];
+    let got: String = redis::cmd("EVAL")
+        .arg("local o = cmsgpack.unpack(ARGV[1]) return o.t[1] .. o.n")
+        .arg(0)
+        .arg(&from_client[..])
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(got, "ok7");
+    let mut r = srv.raw();
+    let e = eval_err(&mut r, "cmsgpack.foo = 1");
+    assert!(e.contains("Attempt to modify a readonly table"), "{e}");
+    // 0xc1 is the one marker MessagePack never uses (Lua 5.1 escapes are decimal).
+    let e = eval_err(&mut r, "return cmsgpack.unpack('\\193')");
+    assert!(e.contains("Bad data format"), "{e}");
+}
