@@ -131,3 +131,23 @@ fn cmd_reply(c: &mut Raw, args: &[&str]) -> Vec<u8> {
     c.send(&resp(args));
     read_reply(c)
 }
+
+/// RESP2 has no pushes: a client that tracks its own reads without REDIRECT, and is not
+/// subscribed, gets no invalidation messages mixed into its replies (as in Redis).
+#[test]
+fn resp2_tracking_without_redirect_sends_nothing_unasked() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(t.path(), &[]);
+    let mut c = srv.raw();
+    c.cmd(&["CLIENT", "TRACKING", "on"], "+OK\r\n");
+    c.cmd(&["GET", "foo"], "$-1\r\n");
+    query::<()>(&mut srv.client(), &["SET", "foo", "bar"]);
+    c.cmd(&["PING"], "+PONG\r\n");
+    // Subscribed (to anything), it gets them as messages, and CLIENT LIST counts what it holds.
+    c.send(&resp(&["SUBSCRIBE", "__redis__:invalidate", "other"]));
+    read_reply(&mut c);
+    read_reply(&mut c);
+    let list: String = query(&mut srv.client(), &["CLIENT", "LIST"]);
+    assert!(list.contains(" sub=2 psub=0 ssub=0 "), "{list}");
+    c.cmd(&["PING"], "*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+}

@@ -33,6 +33,8 @@ pub struct Client {
     pub blocked: AtomicBool,
     pub no_evict: AtomicBool,
     pub no_touch: AtomicBool,
+    /// Its channels, patterns and shard channels (CLIENT LIST's sub, psub and ssub).
+    pub subscriptions: [AtomicUsize; 3],
     text: Mutex<Text>,
     killed: AtomicBool,
     kill: Notify,
@@ -79,6 +81,7 @@ impl Client {
             blocked: AtomicBool::new(false),
             no_evict: AtomicBool::new(false),
             no_touch: AtomicBool::new(false),
+            subscriptions: Default::default(),
             text: Mutex::default(),
             killed: AtomicBool::new(false),
             kill: Notify::new(),
@@ -189,7 +192,7 @@ impl Client {
         }
         format!(
             "id={} addr={} laddr={} fd={} name={name} age={} idle={idle} flags={flags} db=0 \
-             sub=0 psub=0 ssub=0 multi={multi} qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 \
+             sub={} psub={} ssub={} multi={multi} qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 \
              rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} \
              lib-name={} lib-ver={}",
             self.id,
@@ -197,6 +200,9 @@ impl Client {
             self.laddr,
             self.fd,
             self.age(),
+            self.subscriptions[0].load(Ordering::Relaxed),
+            self.subscriptions[1].load(Ordering::Relaxed),
+            self.subscriptions[2].load(Ordering::Relaxed),
             self.qbuf.load(Ordering::Relaxed),
             self.command(),
             t.user,
@@ -204,6 +210,13 @@ impl Client {
             t.lib_name,
             t.lib_ver,
         )
+    }
+
+    /// Whether it is subscribed to anything (Redis's pubsub flag).
+    pub fn subscribed(&self) -> bool {
+        self.subscriptions
+            .iter()
+            .any(|n| n.load(Ordering::Relaxed) > 0)
     }
 
     /// Closes the connection: after the command it is running, or at once if it is waiting.

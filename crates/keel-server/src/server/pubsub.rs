@@ -164,6 +164,7 @@ impl Subs {
 
     fn subscribe(&mut self, kind: Kind, name: &Bytes) {
         if self.names(kind).insert(name.clone()) {
+            self.me.subscriptions[kind as usize].fetch_add(1, Ordering::Relaxed);
             let (id, me) = (self.me.id, self.me.clone());
             let mut t = self.sh.pubsub.table(kind);
             t.entry(name.clone()).or_default().insert(id, me);
@@ -172,6 +173,7 @@ impl Subs {
 
     fn unsubscribe(&mut self, kind: Kind, name: &Bytes) {
         if self.names(kind).remove(name) {
+            self.me.subscriptions[kind as usize].fetch_sub(1, Ordering::Relaxed);
             forget(&mut self.sh.pubsub.table(kind), name, self.me.id);
         }
     }
@@ -192,6 +194,7 @@ impl Drop for Subs {
     fn drop(&mut self) {
         for kind in [Kind::Channel, Kind::Pattern, Kind::Shard] {
             let names = std::mem::take(self.names(kind));
+            self.me.subscriptions[kind as usize].store(0, Ordering::Relaxed);
             let mut t = self.sh.pubsub.table(kind);
             for name in &names {
                 forget(&mut t, name, self.me.id);

@@ -204,6 +204,9 @@ fn deliver(t: &Tracker, keys: Option<Vec<Reply>>, registry: &Clients) {
             Reply::bulk("invalidate"),
             keys.map_or(Reply::Nil, Reply::Array),
         ])
+    } else if !target.subscribed() {
+        // RESP2 has no pushes: only a subscribed client can take the message, as in Redis.
+        return;
     } else {
         Reply::Push(vec![
             Reply::bulk("message"),
