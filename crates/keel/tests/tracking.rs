@@ -151,3 +151,19 @@ fn resp2_tracking_without_redirect_sends_nothing_unasked() {
     assert!(list.contains(" sub=2 psub=0 ssub=0 "), "{list}");
     c.cmd(&["PING"], "*2\r\n$4\r\npong\r\n$0\r\n\r\n");
 }
+
+/// Once the last tracking client stops, no key it read stays in the table.
+#[test]
+fn the_table_empties_when_nobody_tracks() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(t.path(), &[]);
+    let mut c = srv.raw();
+    c.cmd(&["CLIENT", "TRACKING", "on"], "+OK\r\n");
+    c.cmd(&["GET", "k1"], "$-1\r\n");
+    c.cmd(&["CLIENT", "TRACKING", "off"], "+OK\r\n");
+    c.cmd(&["CLIENT", "TRACKING", "on"], "+OK\r\n");
+    c.cmd(&["GET", "k2"], "$-1\r\n");
+    let info: String = query(&mut srv.client(), &["INFO", "stats"]);
+    assert!(info.contains("tracking_total_items:1\r\n"), "{info}");
+    assert!(info.contains("tracking_total_keys:1\r\n"), "{info}");
+}

@@ -68,7 +68,11 @@ impl Tracking {
             .is_some_and(|now| Arc::ptr_eq(now, t))
         {
             trackers.remove(&t.client.id);
-            self.active.fetch_sub(1, Ordering::Relaxed);
+            // The last tracker gone, nobody is left to tell: forget every key (FLUSHALL
+            // would, and it does nothing while nobody tracks).
+            if self.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+                lock(&self.keys).clear();
+            }
         }
     }
 
