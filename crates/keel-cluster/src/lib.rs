@@ -286,6 +286,11 @@ fn write_bytes(w: &Write) -> usize {
                 }
         }
         Write::GetThen { key, then } => key.len() + write_bytes(then),
+        Write::StreamAdd { key, fields, .. } => {
+            key.len() + fields.iter().map(|f| f.len() + 8).sum::<usize>()
+        }
+        Write::StreamDel { key, ids } => key.len() + 16 * ids.len(),
+        Write::StreamTrimTo { key, .. } | Write::StreamSetId { key, .. } => key.len() + 32,
         Write::SetAdd { key, members } | Write::SetRem { key, members } => {
             key.len() + members.iter().map(|m| m.len() + 8).sum::<usize>()
         }

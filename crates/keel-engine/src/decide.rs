@@ -2,6 +2,8 @@
 //! leave, into an outcome and the absolute effects to log. Nothing here locks, logs or
 //! publishes: the sequencer calls [`decide`] under its lock, against its decided state.
 
+use std::ops::Bound;
+
 use bytes::Bytes;
 
 use crate::bits;
@@ -15,7 +17,8 @@ use crate::util::HashMap;
 use crate::zsets::{self, format_score, zset_combine};
 
 use crate::types::{
-    Guard, KeyEffect, Outcome, PutIf, Read, SetOp, Ttl, Write, WriteError, WriteResult,
+    Guard, KeyEffect, Outcome, PutIf, Read, SetOp, StreamId, StreamIdSpec, StreamTrim,
+    StreamTrimBy, Ttl, Write, WriteError, WriteResult,
 };
 use keel_wal::Lsn;
 
@@ -1069,6 +1072,138 @@ fn decide_one<S: Decided>(
             m.push(Mutation::System { key, value });
             WriteResult::Put(true)
         }
+        Write::StreamAdd {
+            key,
+            id,
+            fields,
+            no_create,
+            trim,
+        } => {
+            let x = match work.live(&key).map(|e| e.value) {
+                None if no_create => return WriteResult::Value(None),
+                None => None,
+                Some(ValueRef::Stream(x)) => Some(x),
+                Some(_) => return WriteResult::Failed(WriteError::WrongType),
+            };
+            let last = x.map_or(StreamId::MIN, |x| x.last_id);
+            let id = match stream_id(id, last, now) {
+                Ok(id) => id,
+                Err(e) => return WriteResult::Failed(e),
+            };
+            m.push(Mutation::StreamAdd {
+                key: key.clone(),
+                create: x.is_none(),
+                id,
+                fields: fields.clone(),
+            });
+            if let Some(trim) = trim {
+                // Trimmed as if the entry were in: it counts toward MAXLEN, and may itself
+                // fall below MINID.
+                let mut after = x.cloned().unwrap_or_default();
+                after.add(id, fields);
+                if let Some(keep_from) = trim_point(&after, trim) {
+                    m.push(Mutation::StreamTrim { key, keep_from });
+                }
+            }
+            WriteResult::Value(Some(Bytes::from(id.to_string())))
+        }
+        Write::StreamDel { key, ids } => match work.live(&key).map(|e| e.value) {
+            None => WriteResult::Int(0),
+            Some(ValueRef::Stream(x)) => {
+                let mut ids: Vec<StreamId> =
+                    ids.into_iter().filter(|id| x.get(*id).is_some()).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                let n = ids.len();
+                if n > 0 {
+                    m.push(Mutation::StreamDel { key, ids });
+                }
+                WriteResult::Int(n as i64)
+            }
+            Some(_) => WriteResult::Failed(WriteError::WrongType),
+        },
+        Write::StreamTrimTo { key, trim } => match work.live(&key).map(|e| e.value) {
+            None => WriteResult::Int(0),
+            Some(ValueRef::Stream(x)) => match trim_point(x, trim) {
+                None => WriteResult::Int(0),
+                Some(keep_from) => {
+                    let n = x
+                        .range(Bound::Unbounded, Bound::Excluded(keep_from), false)
+                        .count();
+                    m.push(Mutation::StreamTrim { key, keep_from });
+                    WriteResult::Int(n as i64)
+                }
+            },
+            Some(_) => WriteResult::Failed(WriteError::WrongType),
+        },
+        Write::StreamSetId {
+            key,
+            id,
+            entries_added,
+            max_deleted,
+        } => match work.live(&key).map(|e| e.value) {
+            None => WriteResult::Failed(WriteError::NoSuchKey),
+            Some(ValueRef::Stream(x)) => {
+                if max_deleted.is_some_and(|d| id < d) {
+                    return WriteResult::Failed(WriteError::StreamSetIdMaxDeleted);
+                }
+                if entries_added.is_some_and(|n| n < x.len() as u64) {
+                    return WriteResult::Failed(WriteError::StreamSetIdEntriesAdded);
+                }
+                if x.last().is_some_and(|(top, _)| id < top) {
+                    return WriteResult::Failed(WriteError::StreamSetIdTooSmall);
+                }
+                m.push(Mutation::StreamMeta {
+                    key,
+                    create: false,
+                    last_id: id,
+                    entries_added: entries_added.unwrap_or(x.entries_added),
+                    max_deleted: max_deleted.unwrap_or(x.max_deleted),
+                });
+                WriteResult::Put(true)
+            }
+            Some(_) => WriteResult::Failed(WriteError::WrongType),
+        },
+    }
+}
+
+/// The ID XADD gives an entry, from its spec, the stream's last ID and the transaction's time.
+fn stream_id(spec: StreamIdSpec, last: StreamId, now: u64) -> Result<StreamId, WriteError> {
+    let id = match spec {
+        // The clock may step back: the ID still increases.
+        StreamIdSpec::Auto if now > last.ms => StreamId::new(now, 0),
+        StreamIdSpec::Auto => last.next().ok_or(WriteError::StreamIdTooSmall)?,
+        StreamIdSpec::Seq(ms) if ms == last.ms => {
+            last.next().ok_or(WriteError::StreamIdTooSmall)?
+        }
+        StreamIdSpec::Seq(ms) => StreamId::new(ms, u64::from(ms == 0)),
+        StreamIdSpec::Exact(id) => id,
+    };
+    if id == StreamId::MIN {
+        return Err(WriteError::StreamIdZero);
+    }
+    if id <= last {
+        return Err(WriteError::StreamIdTooSmall);
+    }
+    Ok(id)
+}
+
+/// The lowest ID a trim keeps (every entry below it goes), or `None` when nothing goes.
+fn trim_point(x: &crate::table::StreamValue, trim: StreamTrim) -> Option<StreamId> {
+    let all = x.len();
+    let mut gone = match trim.by {
+        StreamTrimBy::MaxLen(max) => all.saturating_sub(max as usize),
+        StreamTrimBy::MinId(min) => x
+            .range(Bound::Unbounded, Bound::Excluded(min), false)
+            .count(),
+    };
+    if let Some(limit) = trim.limit.filter(|&l| l > 0) {
+        gone = gone.min(limit as usize);
+    }
+    match gone {
+        0 => None,
+        n if n >= all => x.last().and_then(|(id, _)| id.next()),
+        n => x.nth_id(n),
     }
 }
 
@@ -1277,6 +1412,35 @@ fn recreate(key: Bytes, e: Lent<'_>) -> Vec<Mutation> {
             create: true,
             pairs: z.iter().into_iter().map(|(m, s)| (copy(m), s)).collect(),
         },
+        ValueRef::Stream(x) => {
+            // An empty stream with the metadata, the entries, then the metadata again (each
+            // added entry moved it).
+            let meta = |create| Mutation::StreamMeta {
+                key: key.clone(),
+                create,
+                last_id: x.last_id,
+                entries_added: x.entries_added,
+                max_deleted: x.max_deleted,
+            };
+            let mut out = vec![meta(true)];
+            let all = (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded);
+            for (id, fields) in x.range(all.0, all.1, false) {
+                out.push(Mutation::StreamAdd {
+                    key: key.clone(),
+                    create: false,
+                    id,
+                    fields: fields.to_vec(),
+                });
+            }
+            out.push(meta(false));
+            if let Some(t) = e.expires_at_ms {
+                out.push(Mutation::Expire {
+                    key,
+                    expires_at_ms: Some(t),
+                });
+            }
+            return out;
+        }
     };
     // A collection's `create` leaves it without an expiry: its expiry follows.
     let mut out = vec![contents];

@@ -16,8 +16,8 @@ use keel_wal::Lsn;
 
 use crate::record::Mutation;
 use crate::table::{
-    DuplicateKey, EntryRef, HashValue, Kind, ListValue, Loader, SetValue, Table, Value, ValueMut,
-    ValueRef, ZSetValue, KEYS_PER_SHARD_TARGET,
+    DuplicateKey, EntryRef, HashValue, Kind, ListValue, Loader, SetValue, StreamValue, Table,
+    Value, ValueMut, ValueRef, ZSetValue, KEYS_PER_SHARD_TARGET,
 };
 use crate::types::{live_at, Entry, Read, WriteError, WriteResult};
 use crate::util::HashMap;
@@ -61,6 +61,7 @@ impl Typed {
             Stored::Collection(Value::Set(x)) => x.memory_bytes(),
             Stored::Collection(Value::List(x)) => x.memory_bytes(),
             Stored::Collection(Value::ZSet(x)) => x.memory_bytes(),
+            Stored::Collection(Value::Stream(x)) => x.memory_bytes(),
         }
     }
 }
@@ -84,6 +85,7 @@ impl Stored {
             Stored::Collection(Value::Set(x)) => ValueRef::Set(x),
             Stored::Collection(Value::List(x)) => ValueRef::List(x),
             Stored::Collection(Value::ZSet(x)) => ValueRef::ZSet(x),
+            Stored::Collection(Value::Stream(x)) => ValueRef::Stream(x),
         }
     }
 
@@ -94,6 +96,7 @@ impl Stored {
             ValueRef::Set(x) => Stored::Collection(Value::Set(x.clone())),
             ValueRef::List(x) => Stored::Collection(Value::List(x.clone())),
             ValueRef::ZSet(x) => Stored::Collection(Value::ZSet(x.clone())),
+            ValueRef::Stream(x) => Stored::Collection(Value::Stream(x.clone())),
         }
     }
 }
@@ -286,6 +289,29 @@ pub(crate) fn edit_typed(entry: Option<Typed>, m: &Mutation, version: Lsn) -> Op
             e.version = version;
             Some(e)
         }
+        Mutation::StreamAdd { .. }
+        | Mutation::StreamDel { .. }
+        | Mutation::StreamTrim { .. }
+        | Mutation::StreamMeta { .. } => {
+            let is_stream = entry
+                .as_ref()
+                .is_some_and(|e| e.value.kind() == Kind::Stream);
+            let mut e = match entry {
+                Some(e) if is_stream && !stream_create(m) => e,
+                _ if stream_create(m) => Typed {
+                    value: Stored::Collection(Value::Stream(StreamValue::new())),
+                    version,
+                    expires_at_ms: None,
+                },
+                // Not a stream: the mutation was decided against one, so this cannot be.
+                other => return other,
+            };
+            if let Stored::Collection(Value::Stream(x)) = &mut e.value {
+                edit_stream(x, m);
+            }
+            e.version = version;
+            Some(e)
+        }
         other => unreachable!("not a relative mutation: {other:?}"),
     }
 }
@@ -311,6 +337,33 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
     }
     if zsets::is_zset_read(op) {
         return zsets::eval(value, op);
+    }
+    if let Read::StreamLen | Read::StreamRange { .. } | Read::StreamLastId = op {
+        let x = match value {
+            None => None,
+            Some(ValueRef::Stream(x)) => Some(x),
+            Some(_) => return WriteResult::Failed(WriteError::WrongType),
+        };
+        return match op {
+            Read::StreamLen => WriteResult::Int(x.map_or(0, |x| x.len() as i64)),
+            Read::StreamLastId => WriteResult::Value(x.map(|x| Bytes::from(x.last_id.to_string()))),
+            Read::StreamRange {
+                start,
+                end,
+                count,
+                rev,
+            } => {
+                let mut out = Vec::new();
+                let entries = x.into_iter().flat_map(|x| x.range(*start, *end, *rev));
+                for (id, fields) in entries.take(count.unwrap_or(usize::MAX)) {
+                    out.push(Some(Bytes::from(id.to_string())));
+                    out.extend(fields.iter().map(|f| Some(f.clone())));
+                    out.push(None);
+                }
+                WriteResult::Values(out)
+            }
+            _ => unreachable!("a stream read"),
+        };
     }
     if let Read::Substring { start, end } = op {
         return match value {
@@ -558,6 +611,7 @@ pub(crate) fn type_name(kind: Kind) -> &'static str {
         Kind::Set => "set",
         Kind::List => "list",
         Kind::ZSet => "zset",
+        Kind::Stream => "stream",
     }
 }
 
@@ -855,6 +909,28 @@ impl Map {
                     self.remove(key);
                 }
             }
+            Mutation::StreamAdd { .. }
+            | Mutation::StreamDel { .. }
+            | Mutation::StreamTrim { .. }
+            | Mutation::StreamMeta { .. } => {
+                let is_stream = self.get(key).is_some_and(|e| e.kind() == Kind::Stream);
+                if stream_create(m) || !is_stream {
+                    if !stream_create(m) {
+                        return;
+                    }
+                    let old = self.table.delete(key);
+                    self.count_expiry(old, false);
+                    self.table
+                        .insert(key, Value::Stream(StreamValue::new()), None, version);
+                }
+                let Some(mut e) = self.table.get_mut(key) else {
+                    return;
+                };
+                e.set_version(version);
+                if let ValueMut::Stream(x) = e.value_mut() {
+                    edit_stream(x, m);
+                }
+            }
             other => unreachable!("not a relative mutation: {other:?}"),
         }
     }
@@ -1026,6 +1102,7 @@ impl<'a> ReadView<'a> {
             ValueRef::List(_) => "quicklist",
             ValueRef::ZSet(z) if z.is_packed() => "listpack",
             ValueRef::ZSet(_) => "skiplist",
+            ValueRef::Stream(_) => "stream",
         })
     }
 
@@ -1041,6 +1118,7 @@ impl<'a> ReadView<'a> {
             ValueRef::Set(x) => 4 + x.memory_bytes(),
             ValueRef::List(x) => 4 + x.memory_bytes(),
             ValueRef::ZSet(x) => 4 + x.memory_bytes(),
+            ValueRef::Stream(x) => 4 + x.memory_bytes(),
         };
         Some(HEADER_AND_SLOT + key.len() + value)
     }
@@ -1350,7 +1428,43 @@ pub(crate) fn change(m: &Mutation, version: Lsn) -> Change<'_> {
         | Mutation::ListInsert { key, .. }
         | Mutation::ZAdd { key, .. }
         | Mutation::ZRem { key, .. }
-        | Mutation::StringWrite { key, .. } => Change::Edit(key, m),
+        | Mutation::StringWrite { key, .. }
+        | Mutation::StreamAdd { key, .. }
+        | Mutation::StreamDel { key, .. }
+        | Mutation::StreamTrim { key, .. }
+        | Mutation::StreamMeta { key, .. } => Change::Edit(key, m),
+    }
+}
+
+/// Whether the mutation makes the key a new empty stream first (whatever it held).
+fn stream_create(m: &Mutation) -> bool {
+    matches!(
+        m,
+        Mutation::StreamAdd { create: true, .. } | Mutation::StreamMeta { create: true, .. }
+    )
+}
+
+/// Applies a stream mutation to the stream it edits.
+fn edit_stream(x: &mut StreamValue, m: &Mutation) {
+    match m {
+        Mutation::StreamAdd { id, fields, .. } => x.add(*id, fields.clone()),
+        Mutation::StreamDel { ids, .. } => {
+            x.delete(ids);
+        }
+        Mutation::StreamTrim { keep_from, .. } => {
+            x.trim_below(*keep_from);
+        }
+        Mutation::StreamMeta {
+            last_id,
+            entries_added,
+            max_deleted,
+            ..
+        } => {
+            x.last_id = *last_id;
+            x.entries_added = *entries_added;
+            x.max_deleted = *max_deleted;
+        }
+        other => unreachable!("not a stream mutation: {other:?}"),
     }
 }
 

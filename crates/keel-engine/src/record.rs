@@ -28,7 +28,8 @@
 //!                            5 = HashSet, 6 = HashDel, 7 = Expire, 8 = SetAdd, 9 = SetRem,
 //!                            10 = ListPush, 11 = ListPop, 12 = ListSet, 13 = ListTrim,
 //!                            14 = ListRem, 15 = ListInsert, 16 = ZAdd, 17 = ZRem,
-//!                            18 = StringWrite
+//!                            18 = StringWrite, 19 = StreamAdd, 20 = StreamDel,
+//!                            21 = StreamTrim, 22 = StreamMeta
 //!   Set:      4 key_len      u32 LE, then key bytes
 //!             4 value_len    u32 LE, then value bytes
 //!             8 expires_at   Unix ms, u64 LE; 0 = never
@@ -71,9 +72,18 @@
 //!                            at offset of the key's string, zero bytes filling a gap; with
 //!                            create (or a key that is absent or of another type) into an
 //!                            empty string without an expiry
+//!   StreamAdd: 4 key_len, key; 1 create (1: the key first becomes an empty stream, whatever it
+//!                            held); 8 ms, 8 seq (u64 LE): the entry's ID, above every ID in
+//!                            the stream; 4 n, then n fields and values interleaved (u32 len +
+//!                            bytes). The stream's last ID becomes the ID; entries-added + 1.
+//!   StreamDel: 4 key_len, key; 4 n, then n IDs (8 ms, 8 seq): deletes those entries; the
+//!                            greatest deleted ID is kept. A stream left empty stays.
+//!   StreamTrim: 4 key_len, key; 8 ms, 8 seq: deletes every entry below that ID.
+//!   StreamMeta: 4 key_len, key; 1 create (1: an empty stream first); 8+8 last ID;
+//!                            8 entries-added; 8+8 greatest deleted ID (XSETID, a copy)
 //! ```
 //!
-//! Tags 5 to 18 are **relative**: their effect depends on the key's entry before the record
+//! Tags 5 to 22 are **relative**: their effect depends on the key's entry before the record
 //! (the hash it holds, the value whose expiry changes), and on nothing else. Every record still
 //! makes each key's new version its LSN, so the by-version rule (a record applies to a key only
 //! if the key's entry is older than it) keeps replay exact. They came with typed values and
@@ -88,6 +98,7 @@
 
 use bytes::Bytes;
 
+use crate::table::StreamId;
 use crate::types::{Outcome, WriteError, WriteResult};
 
 pub const RECORD_VERSION: u8 = 1;
@@ -109,6 +120,10 @@ const TAG_LIST_INSERT: u8 = 15;
 const TAG_ZADD: u8 = 16;
 const TAG_ZREM: u8 = 17;
 const TAG_STRING_WRITE: u8 = 18;
+const TAG_STREAM_ADD: u8 = 19;
+const TAG_STREAM_DEL: u8 = 20;
+const TAG_STREAM_TRIM: u8 = 21;
+const TAG_STREAM_META: u8 = 22;
 const FLAG_REQUEST: u8 = 1;
 /// Longest client request id.
 pub const REQUEST_ID_BYTES_MAX: usize = 256;
@@ -231,6 +246,31 @@ pub enum Mutation {
         offset: u64,
         bytes: Bytes,
     },
+    /// Adds an entry to the stream at `key` (with `create`, an empty stream first).
+    StreamAdd {
+        key: Bytes,
+        create: bool,
+        id: StreamId,
+        fields: Vec<Bytes>,
+    },
+    /// Deletes entries of the stream at `key`; the stream stays, even empty.
+    StreamDel {
+        key: Bytes,
+        ids: Vec<StreamId>,
+    },
+    /// Deletes every entry of the stream at `key` below `keep_from`.
+    StreamTrim {
+        key: Bytes,
+        keep_from: StreamId,
+    },
+    /// Sets the stream's metadata (with `create`, an empty stream first).
+    StreamMeta {
+        key: Bytes,
+        create: bool,
+        last_id: StreamId,
+        entries_added: u64,
+        max_deleted: StreamId,
+    },
 }
 
 impl Mutation {
@@ -253,7 +293,11 @@ impl Mutation {
             | Mutation::ListInsert { key, .. }
             | Mutation::ZAdd { key, .. }
             | Mutation::ZRem { key, .. }
-            | Mutation::StringWrite { key, .. } => Some(key),
+            | Mutation::StringWrite { key, .. }
+            | Mutation::StreamAdd { key, .. }
+            | Mutation::StreamDel { key, .. }
+            | Mutation::StreamTrim { key, .. }
+            | Mutation::StreamMeta { key, .. } => Some(key),
         }
     }
 
@@ -275,6 +319,10 @@ impl Mutation {
                 | Mutation::ZAdd { .. }
                 | Mutation::ZRem { .. }
                 | Mutation::StringWrite { .. }
+                | Mutation::StreamAdd { .. }
+                | Mutation::StreamDel { .. }
+                | Mutation::StreamTrim { .. }
+                | Mutation::StreamMeta { .. }
         )
     }
 }
@@ -418,6 +466,12 @@ pub fn encoded_len(request: Option<&Request>, mutations: &[Mutation]) -> usize {
                 1 + 4 + key.len() + 4 + members.iter().map(|m| 4 + m.len()).sum::<usize>()
             }
             Mutation::StringWrite { key, bytes, .. } => 1 + 4 + key.len() + 1 + 8 + 4 + bytes.len(),
+            Mutation::StreamAdd { key, fields, .. } => {
+                1 + 4 + key.len() + 1 + 16 + 4 + fields.iter().map(|f| 4 + f.len()).sum::<usize>()
+            }
+            Mutation::StreamDel { key, ids } => 1 + 4 + key.len() + 4 + 16 * ids.len(),
+            Mutation::StreamTrim { key, .. } => 1 + 4 + key.len() + 16,
+            Mutation::StreamMeta { key, .. } => 1 + 4 + key.len() + 1 + 16 + 8 + 16,
         })
         .sum();
     1 + 1 + 8 + request + 4 + mutations
@@ -585,8 +639,52 @@ fn encode_fields(at_ms: u64, request: Option<&Request>, mutations: &[Mutation], 
                 out.extend_from_slice(&offset.to_le_bytes());
                 put_bytes(out, bytes);
             }
+            Mutation::StreamAdd {
+                key,
+                create,
+                id,
+                fields,
+            } => {
+                out.push(TAG_STREAM_ADD);
+                put_bytes(out, key);
+                out.push(*create as u8);
+                put_id(out, *id);
+                put_list(out, fields);
+            }
+            Mutation::StreamDel { key, ids } => {
+                out.push(TAG_STREAM_DEL);
+                put_bytes(out, key);
+                out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+                for id in ids {
+                    put_id(out, *id);
+                }
+            }
+            Mutation::StreamTrim { key, keep_from } => {
+                out.push(TAG_STREAM_TRIM);
+                put_bytes(out, key);
+                put_id(out, *keep_from);
+            }
+            Mutation::StreamMeta {
+                key,
+                create,
+                last_id,
+                entries_added,
+                max_deleted,
+            } => {
+                out.push(TAG_STREAM_META);
+                put_bytes(out, key);
+                out.push(*create as u8);
+                put_id(out, *last_id);
+                out.extend_from_slice(&entries_added.to_le_bytes());
+                put_id(out, *max_deleted);
+            }
         }
     }
+}
+
+fn put_id(out: &mut Vec<u8>, id: StreamId) {
+    out.extend_from_slice(&id.ms.to_le_bytes());
+    out.extend_from_slice(&id.seq.to_le_bytes());
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -915,6 +1013,44 @@ pub fn decode(buf: &Bytes, lsn: u64) -> Result<Decoded, RecordError> {
                     expires_at_ms: (exp != 0).then_some(exp),
                 }
             }
+            TAG_STREAM_ADD => {
+                let key = r.bytes(buf)?;
+                let create = r.flag(TAG_STREAM_ADD, at)?;
+                let id = StreamId::new(r.u64()?, r.u64()?);
+                let fields = r.list(buf)?;
+                if fields.is_empty() || fields.len() % 2 != 0 {
+                    return Err(RecordError::Tag {
+                        tag: TAG_STREAM_ADD,
+                        at,
+                    });
+                }
+                Mutation::StreamAdd {
+                    key,
+                    create,
+                    id,
+                    fields,
+                }
+            }
+            TAG_STREAM_DEL => {
+                let key = r.bytes(buf)?;
+                let n = r.count()?;
+                let mut ids = Vec::with_capacity(n.min(1 << 16));
+                for _ in 0..n {
+                    ids.push(StreamId::new(r.u64()?, r.u64()?));
+                }
+                Mutation::StreamDel { key, ids }
+            }
+            TAG_STREAM_TRIM => Mutation::StreamTrim {
+                key: r.bytes(buf)?,
+                keep_from: StreamId::new(r.u64()?, r.u64()?),
+            },
+            TAG_STREAM_META => Mutation::StreamMeta {
+                key: r.bytes(buf)?,
+                create: r.flag(TAG_STREAM_META, at)?,
+                last_id: StreamId::new(r.u64()?, r.u64()?),
+                entries_added: r.u64()?,
+                max_deleted: StreamId::new(r.u64()?, r.u64()?),
+            },
             tag => return Err(RecordError::Tag { tag, at }),
         });
     }
@@ -1037,6 +1173,27 @@ mod tests {
                 create: false,
                 offset: 1 << 20,
                 bytes: Bytes::from_static(b"\x80"),
+            },
+            Mutation::StreamAdd {
+                key: Bytes::from_static(b"x"),
+                create: true,
+                id: StreamId::new(1_700_000_000_000, 3),
+                fields: vec![Bytes::from_static(b"f"), Bytes::from_static(b"v")],
+            },
+            Mutation::StreamDel {
+                key: Bytes::from_static(b"x"),
+                ids: vec![StreamId::new(1, 0), StreamId::new(u64::MAX, u64::MAX)],
+            },
+            Mutation::StreamTrim {
+                key: Bytes::from_static(b"x"),
+                keep_from: StreamId::new(5, 5),
+            },
+            Mutation::StreamMeta {
+                key: Bytes::from_static(b"x"),
+                create: false,
+                last_id: StreamId::new(9, 1),
+                entries_added: 12,
+                max_deleted: StreamId::new(2, 0),
             },
         ]
     }

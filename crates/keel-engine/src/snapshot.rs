@@ -60,7 +60,9 @@ use keel_wal::{FsFile, Lsn};
 
 use crate::keyspace::{apply_by_version, Image, Map, MapLoader, System};
 use crate::record::{decode_request, encode_request, Mutation, RecordError, Request};
-use crate::table::{HashValue, Kind, ListValue, SetValue, Value, ValueRef, ZSetValue};
+use crate::table::{
+    HashValue, Kind, ListValue, SetValue, StreamId, StreamValue, Value, ValueRef, ZSetValue,
+};
 
 pub const MANIFEST: &str = "MANIFEST";
 pub const SNAPSHOT_DIR: &str = "snapshots";
@@ -449,6 +451,30 @@ pub(crate) fn encode_entry(
                 bytes(out, m);
                 out.extend_from_slice(&score.to_le_bytes());
             }
+        }
+        // A stream may be empty: its metadata first, then its entries (any number), then its
+        // consumer groups (none yet; the count keeps the place for them).
+        ValueRef::Stream(x) => {
+            let id = |out: &mut Vec<u8>, id: StreamId| {
+                out.extend_from_slice(&id.ms.to_le_bytes());
+                out.extend_from_slice(&id.seq.to_le_bytes());
+            };
+            id(out, x.last_id);
+            out.extend_from_slice(&x.entries_added.to_le_bytes());
+            id(out, x.max_deleted);
+            out.extend_from_slice(&(x.len() as u32).to_le_bytes());
+            for (entry, fields) in x.range(
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Unbounded,
+                false,
+            ) {
+                id(out, entry);
+                out.extend_from_slice(&(fields.len() as u32).to_le_bytes());
+                for f in fields {
+                    bytes(out, f);
+                }
+            }
+            out.extend_from_slice(&0u32.to_le_bytes());
         }
     }
 }
@@ -872,7 +898,7 @@ fn read_value(
     kind: u8,
     string: &mut Vec<u8>,
 ) -> Result<Option<Value>, FileError> {
-    // Kinds 5 to 7 are kept for streams; every unknown code is a newer keel's, not damage: the
+    // Kinds 6 and 7 are free; every unknown code is a newer keel's, not damage: the
     // file's checksum held.
     let Some(kind) = Kind::from_code(kind) else {
         return Err(FileError::Unloadable(format!("a value of kind {kind}")));
@@ -880,6 +906,9 @@ fn read_value(
     if kind == Kind::String {
         r.field_into(string)?;
         return Ok(None);
+    }
+    if kind == Kind::Stream {
+        return read_stream(r).map(|x| Some(Value::Stream(x)));
     }
     let n = r.u32()?;
     if n == 0 {
@@ -916,7 +945,7 @@ fn read_value(
             }
             Value::List(l)
         }
-        Kind::String => unreachable!("a string returned above"),
+        Kind::String | Kind::Stream => unreachable!("returned above"),
         Kind::ZSet => {
             let mut z = ZSetValue::new();
             for _ in 0..n {
@@ -931,6 +960,40 @@ fn read_value(
         }
     };
     Ok(Some(value))
+}
+
+/// A stream, as [`write_entry`] lays it out: its IDs in increasing order, none above its last
+/// ID, each entry's fields in pairs.
+fn read_stream(r: &mut BlockReader<'_>) -> Result<StreamValue, FileError> {
+    let id = |r: &mut BlockReader<'_>| -> Result<StreamId, FileError> {
+        Ok(StreamId::new(r.u64()?, r.u64()?))
+    };
+    let last_id = id(r)?;
+    let entries_added = r.u64()?;
+    let max_deleted = id(r)?;
+    let n = r.u32()?;
+    let mut x = StreamValue::new();
+    let mut prev = None;
+    for _ in 0..n {
+        let entry = id(r)?;
+        let fields = r.u32()?;
+        if prev.is_some_and(|p| entry <= p) || entry > last_id || fields == 0 || fields % 2 != 0 {
+            return Err(FileError::BadField);
+        }
+        let fields = (0..fields)
+            .map(|_| r.field())
+            .collect::<Result<Vec<_>, _>>()?;
+        x.add(entry, fields);
+        prev = Some(entry);
+    }
+    if r.u32()? != 0 {
+        // Consumer groups: a newer keel's.
+        return Err(FileError::Unloadable("a stream's consumer groups".into()));
+    }
+    x.last_id = last_id;
+    x.entries_added = entries_added;
+    x.max_deleted = max_deleted;
+    Ok(x)
 }
 
 /// The key id an encrypted snapshot's first block was sealed with (every block uses the same
@@ -1473,6 +1536,7 @@ mod tests {
                     MValue::Set(m) => m.is_empty(),
                     MValue::List(l) => l.is_empty(),
                     MValue::ZSet(z) => z.is_empty(),
+                    MValue::Stream(_) => false,
                 };
                 if !empty {
                     break v;
@@ -1652,6 +1716,27 @@ mod tests {
             entry(4, b"z", 3, &[&n(1), &s(b"m"), &score(1.5)]),
         ];
         read(file(&good)).unwrap();
+        // Streams: metadata, entries (maybe none), then no consumer groups.
+        let id = |ms: u64, seq: u64| [ms.to_le_bytes(), seq.to_le_bytes()].concat();
+        let u = |x: u64| x.to_le_bytes().to_vec();
+        let stream = |entry_id: Vec<u8>, m: u32| {
+            let (last, zero, one, groups) = (id(2, 0), id(0, 0), u(1), n(0));
+            let parts = [
+                &last,
+                &one,
+                &zero,
+                &n(1),
+                &entry_id,
+                &n(m),
+                &s(b"f"),
+                &s(b"v"),
+                &groups,
+            ];
+            entry(5, b"x", 3, &parts.map(|p| &p[..]))
+        };
+        read(file(&[stream(id(2, 0), 2)])).unwrap();
+        let empty = entry(5, b"e", 3, &[&id(0, 0), &u(0), &id(0, 0), &n(0), &n(0)]);
+        read(file(&[empty])).unwrap();
         // The header's count must match the entries (here the echo agrees with the header), and
         // the header's fields their echo after the tail; a plaintext file's id is zero.
         let with_crc = |mut f: Vec<u8>| {
@@ -1703,6 +1788,8 @@ mod tests {
                 ),
             ),
             ("version after the LSN", entry(0, b"s", 11, &[&s(b"v")])),
+            ("stream entry above its last ID", stream(id(3, 0), 2)),
+            ("stream entry with an odd field count", stream(id(1, 0), 1)),
         ] {
             let e = read(file(&[good[0].clone(), bad])).expect_err(why);
             assert!(matches!(e, FileError::BadField), "{why}: {e}");
@@ -1720,9 +1807,9 @@ mod tests {
         let e = read(file_with_tail(&good, &[(5, record)])).unwrap_err();
         assert!(matches!(&e, FileError::Unloadable(_)), "{e}");
         assert!(e.to_string().contains("unknown mutation tag 99"), "{e}");
-        let e = read(file(&[entry(5, b"x", 3, &[&n(1)])])).unwrap_err();
+        let e = read(file(&[entry(6, b"x", 3, &[&n(1)])])).unwrap_err();
         assert!(
-            matches!(&e, FileError::Unloadable(k) if k == "a value of kind 5"),
+            matches!(&e, FileError::Unloadable(k) if k == "a value of kind 6"),
             "{e}"
         );
         // A key twice is refused by the engine's loader.

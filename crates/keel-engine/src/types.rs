@@ -5,6 +5,8 @@ use std::ops::Bound;
 use bytes::Bytes;
 use keel_wal::Lsn;
 
+pub use crate::table::StreamId;
+
 /// A stored value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -308,6 +310,59 @@ pub enum Write {
     /// never removed. Each embedder keeps to its own prefix: keel's cluster `raft.`, keel serve
     /// `server.` (docs/FORMAT.md lists them). Result: `Put(true)`.
     System { key: Bytes, value: Bytes },
+    /// XADD: adds an entry of `fields` (field, value, … ; at least one pair) to the stream at
+    /// `key`, creating it unless `no_create`, under the ID `id` names; decided here, above
+    /// the stream's last ID, from the transaction's time. Then trims as `trim` says.
+    /// Result: `Value(Some(ID))`, `Value(None)` (no stream and `no_create`), or
+    /// `Failed(WrongType | StreamIdTooSmall | StreamIdZero)`.
+    StreamAdd {
+        key: Bytes,
+        id: StreamIdSpec,
+        fields: Vec<Bytes>,
+        no_create: bool,
+        trim: Option<StreamTrim>,
+    },
+    /// XDEL. Result: `Int(deleted)`, or `Failed(WrongType)`.
+    StreamDel { key: Bytes, ids: Vec<StreamId> },
+    /// XTRIM. Result: `Int(deleted)`, or `Failed(WrongType)`.
+    StreamTrimTo { key: Bytes, trim: StreamTrim },
+    /// XSETID: the stream's last ID, and optionally its entries-added count and greatest
+    /// deleted ID. Result: `Put(true)`, or `Failed(NoSuchKey | WrongType | StreamSetId…)`.
+    StreamSetId {
+        key: Bytes,
+        id: StreamId,
+        entries_added: Option<u64>,
+        max_deleted: Option<StreamId>,
+    },
+}
+
+/// How XADD names the new entry.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamIdSpec {
+    /// `*`: the transaction's time in ms, and the next sequence number if that is not above
+    /// the last ID's time (so IDs increase strictly even when the clock steps back).
+    Auto,
+    /// `ms-*`: these ms, and the next sequence number within them.
+    Seq(u64),
+    /// `ms-seq`.
+    Exact(StreamId),
+}
+
+/// XADD's and XTRIM's trimming: by length or by lowest ID to keep, deleting at most `limit`
+/// entries if given. keel trims exactly (Redis's `~` lets it keep more; exact is within that).
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamTrim {
+    pub by: StreamTrimBy,
+    pub limit: Option<u64>,
+}
+
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamTrimBy {
+    MaxLen(u64),
+    MinId(StreamId),
 }
 
 impl Write {
@@ -341,7 +396,11 @@ impl Write {
             | Write::ZRemRange { key, .. }
             | Write::SetRange { key, .. }
             | Write::SetBit { key, .. }
-            | Write::BitField { key, .. } => Box::new(std::iter::once(key)),
+            | Write::BitField { key, .. }
+            | Write::StreamAdd { key, .. }
+            | Write::StreamDel { key, .. }
+            | Write::StreamTrimTo { key, .. }
+            | Write::StreamSetId { key, .. } => Box::new(std::iter::once(key)),
             Write::BitOp { dest, keys, .. } => Box::new(std::iter::once(dest).chain(keys)),
             Write::ZRangeStore { key, src, .. } => Box::new([key, src].into_iter()),
             Write::ZStore { key, keys, .. } => Box::new(std::iter::once(key).chain(keys)),
@@ -377,6 +436,7 @@ impl Write {
             }
             Write::GetThen { then, .. } => then.values(),
             Write::ZAdd { pairs, .. } => Box::new(pairs.iter().map(|(_, m)| m)),
+            Write::StreamAdd { fields, .. } => Box::new(fields.iter()),
             _ => Box::new(std::iter::empty()),
         }
     }
@@ -467,6 +527,20 @@ pub enum Read {
     /// The key's expiry, of any type (TTL and its friends). Result: `Int(Unix ms)`, `Int(-1)`
     /// for a key without one, `Int(-2)` for no key.
     Expiry,
+    /// XLEN. Result: `Int(entries)`.
+    StreamLen,
+    /// XRANGE and XREVRANGE (and XREAD's reads): the entries between the bounds, at most
+    /// `count`, in ID order or with `rev` the reverse. Result: `Values`: for each entry its ID,
+    /// then its fields and values, then a nil that ends it.
+    StreamRange {
+        start: Bound<StreamId>,
+        end: Bound<StreamId>,
+        count: Option<usize>,
+        rev: bool,
+    },
+    /// The stream's last ID (XREAD's `$`). Result: `Value(Some(ID))`, `Value(None)` when no
+    /// stream.
+    StreamLastId,
 }
 
 /// Which members of a sorted set a range command means.
@@ -650,6 +724,16 @@ pub enum WriteError {
     IndexOutOfRange,
     #[error("resulting score is not a number (NaN)")]
     NotANumber,
+    #[error("the ID specified in XADD is equal or smaller than the target stream top item")]
+    StreamIdTooSmall,
+    #[error("the ID specified in XADD must be greater than 0-0")]
+    StreamIdZero,
+    #[error("the ID specified in XSETID is smaller than the target stream top item")]
+    StreamSetIdTooSmall,
+    #[error("the entries_added specified in XSETID is smaller than the target stream length")]
+    StreamSetIdEntriesAdded,
+    #[error("the ID specified in XSETID is smaller than the provided max_deleted_entry_id")]
+    StreamSetIdMaxDeleted,
 }
 
 impl WriteError {
@@ -668,6 +752,11 @@ impl WriteError {
             WrongType,
             IndexOutOfRange,
             NotANumber,
+            StreamIdTooSmall,
+            StreamIdZero,
+            StreamSetIdTooSmall,
+            StreamSetIdEntriesAdded,
+            StreamSetIdMaxDeleted,
         ]
         .get(usize::from(c).checked_sub(1)?)
         .copied()

@@ -870,7 +870,7 @@ fn a_snapshot_with_a_value_this_keel_cannot_hold_is_refused_not_taken_for_damage
     // Uncompressed and unencrypted: the first entry's kind byte follows the 48-byte header, the
     // 16-byte file id and the first block's 8-byte header.
     assert_eq!(snap[72], 0, "a string entry");
-    snap[72] = 5;
+    snap[72] = 6;
     let _ = rewrite_named_snapshot(&db, &snap_path, snap);
     let before = files(&db);
 
@@ -880,7 +880,7 @@ fn a_snapshot_with_a_value_this_keel_cannot_hold_is_refused_not_taken_for_damage
             keel_engine::Error::BadFile {
                 source: keel_engine::snapshot::FileError::Unloadable(k),
                 ..
-            } if k == "a value of kind 5"
+            } if k == "a value of kind 6"
         )
     };
     let err = Engine::open(&db, opts.clone())

@@ -62,6 +62,7 @@ mod hash;
 mod list;
 pub(crate) mod packed;
 mod set;
+mod stream;
 #[cfg(test)]
 pub(crate) mod tests;
 mod zset;
@@ -80,6 +81,7 @@ pub use set::{
     set_packed_limits, set_set_packed_limit, SetEncoding, SetIter, SetValue,
     SET_INTSET_ENTRIES_MAX, SET_PACKED_BYTES_MAX, SET_PACKED_ENTRIES_MAX,
 };
+pub use stream::{StreamId, StreamValue};
 pub use zset::{
     set_zset_packed_limit, zset_packed_limits, ZSetValue, ZSET_PACKED_BYTES_MAX,
     ZSET_PACKED_ENTRIES_MAX,
@@ -96,6 +98,7 @@ pub enum Kind {
     Set = 2,
     List = 3,
     ZSet = 4,
+    Stream = 5,
 }
 
 impl Kind {
@@ -107,6 +110,7 @@ impl Kind {
             Kind::Set => "set",
             Kind::List => "list",
             Kind::ZSet => "sorted set",
+            Kind::Stream => "stream",
         }
     }
 
@@ -118,6 +122,7 @@ impl Kind {
             2 => Kind::Set,
             3 => Kind::List,
             4 => Kind::ZSet,
+            5 => Kind::Stream,
             _ => return None,
         })
     }
@@ -139,6 +144,7 @@ pub enum Value {
     Set(SetValue),
     List(ListValue),
     ZSet(ZSetValue),
+    Stream(StreamValue),
 }
 
 impl Value {
@@ -149,6 +155,7 @@ impl Value {
             Value::Set(_) => Kind::Set,
             Value::List(_) => Kind::List,
             Value::ZSet(_) => Kind::ZSet,
+            Value::Stream(_) => Kind::Stream,
         }
     }
 }
@@ -161,6 +168,7 @@ pub enum ValueRef<'a> {
     Set(&'a SetValue),
     List(&'a ListValue),
     ZSet(&'a ZSetValue),
+    Stream(&'a StreamValue),
 }
 
 impl ValueRef<'_> {
@@ -171,6 +179,7 @@ impl ValueRef<'_> {
             ValueRef::Set(_) => Kind::Set,
             ValueRef::List(_) => Kind::List,
             ValueRef::ZSet(_) => Kind::ZSet,
+            ValueRef::Stream(_) => Kind::Stream,
         }
     }
 }
@@ -184,6 +193,7 @@ pub enum ValueMut<'a> {
     Set(&'a mut SetValue),
     List(&'a mut ListValue),
     ZSet(&'a mut ZSetValue),
+    Stream(&'a mut StreamValue),
 }
 
 /// A collection in a shard's slab.
@@ -193,6 +203,7 @@ enum Coll {
     Set(SetValue),
     List(ListValue),
     ZSet(ZSetValue),
+    Stream(StreamValue),
 }
 
 impl Coll {
@@ -202,6 +213,7 @@ impl Coll {
             Coll::Set(s) => s.memory_bytes(),
             Coll::List(l) => l.memory_bytes(),
             Coll::ZSet(z) => z.memory_bytes(),
+            Coll::Stream(x) => x.memory_bytes(),
         }
     }
 }
@@ -425,6 +437,7 @@ impl Shard {
             Value::Set(s) => self.encode_coll(kind, key, version, expiry, Coll::Set(s)),
             Value::List(l) => self.encode_coll(kind, key, version, expiry, Coll::List(l)),
             Value::ZSet(z) => self.encode_coll(kind, key, version, expiry, Coll::ZSet(z)),
+            Value::Stream(x) => self.encode_coll(kind, key, version, expiry, Coll::Stream(x)),
         }
     }
 
@@ -564,6 +577,7 @@ impl Shard {
             Some(Coll::Set(x)) => Value::Set(x),
             Some(Coll::List(x)) => Value::List(x),
             Some(Coll::ZSet(x)) => Value::ZSet(x),
+            Some(Coll::Stream(x)) => Value::Stream(x),
         };
         Some(Removed {
             value,
@@ -683,6 +697,7 @@ fn value_of<'a>(block: &'a [u8], colls: &'a [Option<Coll>]) -> ValueRef<'a> {
                 Coll::Set(x) => ValueRef::Set(x),
                 Coll::List(x) => ValueRef::List(x),
                 Coll::ZSet(x) => ValueRef::ZSet(x),
+                Coll::Stream(x) => ValueRef::Stream(x),
             }
         }
     }
@@ -767,6 +782,7 @@ impl<'a> EntryMut<'a> {
                     Coll::Set(x) => ValueMut::Set(x),
                     Coll::List(x) => ValueMut::List(x),
                     Coll::ZSet(x) => ValueMut::ZSet(x),
+                    Coll::Stream(x) => ValueMut::Stream(x),
                 }
             }
         }

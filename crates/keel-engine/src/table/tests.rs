@@ -53,6 +53,7 @@ pub(crate) enum MValue {
     Set(BTreeSet<Vec<u8>>),
     List(VecDeque<Vec<u8>>),
     ZSet(BTreeMap<Vec<u8>, f64>),
+    Stream(StreamValue),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -85,6 +86,7 @@ pub(crate) fn observe(v: ValueRef<'_>) -> MValue {
             assert_eq!(m.len(), z.len());
             MValue::ZSet(m)
         }
+        ValueRef::Stream(x) => MValue::Stream(x.clone()),
     }
 }
 
@@ -119,13 +121,27 @@ pub(crate) fn build(m: &MValue) -> Value {
             }
             Value::ZSet(x)
         }
+        MValue::Stream(x) => Value::Stream(x.clone()),
     }
 }
 
 pub(crate) fn random_value(r: &mut Rng) -> MValue {
     let n = r.below(6) as usize;
-    match r.below(5) {
+    match r.below(6) {
         0 => MValue::String(r.bytes(6)),
+        5 => {
+            // Entries at increasing IDs, maybe none: a stream may be empty.
+            let mut x = StreamValue::new();
+            for i in 0..n as u64 {
+                x.add(
+                    StreamId::new(i + 1, r.below(3)),
+                    vec![r.bytes(4).into(), r.bytes(6).into()],
+                );
+            }
+            x.entries_added += r.below(4);
+            x.max_deleted = StreamId::new(0, r.below(2));
+            MValue::Stream(x)
+        }
         4 => MValue::ZSet((0..n).map(|_| (r.bytes(6), r.below(5) as f64)).collect()),
         1 => MValue::Hash((0..n).map(|_| (r.bytes(6), r.bytes(6))).collect()),
         2 => MValue::Set((0..n).map(|_| r.bytes(6)).collect()),
@@ -203,6 +219,7 @@ fn the_table_matches_a_map_model() {
                             Value::Set(s) => ValueRef::Set(s),
                             Value::List(l) => ValueRef::List(l),
                             Value::ZSet(z) => ValueRef::ZSet(z),
+                            Value::Stream(x) => ValueRef::Stream(x),
                         }),
                         version: r.version,
                         expiry: r.expires_at_ms,
@@ -256,6 +273,11 @@ fn the_table_matches_a_map_model() {
                             assert_eq!(z.insert(&f, 1.0), mz.insert(f, 1.0).is_none());
                         }
                         (ValueMut::String(s), MValue::String(ms)) => assert_eq!(s, &ms[..]),
+                        (ValueMut::Stream(x), MValue::Stream(mx)) => {
+                            let id = x.last_id.next().expect("room above");
+                            x.add(id, vec![f.clone().into(), f.clone().into()]);
+                            mx.add(id, vec![f.clone().into(), f.into()]);
+                        }
                         (got, want) => panic!("seed {seed}: {got:?} vs {want:?}"),
                     }
                 }

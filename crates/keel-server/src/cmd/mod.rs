@@ -493,6 +493,19 @@ pub fn write_error(e: WriteError) -> Reply {
         WriteError::WrongType => WRONGTYPE,
         WriteError::IndexOutOfRange => "ERR index out of range",
         WriteError::NotANumber => "ERR resulting score is not a number (NaN)",
+        WriteError::StreamIdTooSmall => {
+            "ERR The ID specified in XADD is equal or smaller than the target stream top item"
+        }
+        WriteError::StreamIdZero => "ERR The ID specified in XADD must be greater than 0-0",
+        WriteError::StreamSetIdTooSmall => {
+            "ERR The ID specified in XSETID is smaller than the target stream top item"
+        }
+        WriteError::StreamSetIdEntriesAdded => {
+            "ERR The entries_added specified in XSETID is smaller than the target stream length"
+        }
+        WriteError::StreamSetIdMaxDeleted => {
+            "ERR The ID specified in XSETID is smaller than the provided max_deleted_entry_id"
+        }
     })
 }
 

@@ -1,0 +1,229 @@
+//! Streams in keel-engine, on the real disk: IDs decided at the sequencer, trimming, deletes,
+//! XSETID's metadata, a rename, and the same stream after replay and after a checkpoint.
+
+use std::ops::Bound;
+
+use bytes::Bytes;
+use keel_engine::{
+    Engine, Options, Outcome, Read, StreamId, StreamIdSpec, StreamTrim, StreamTrimBy, Write,
+    WriteError, WriteResult,
+};
+
+fn small() -> Options {
+    Options {
+        wal: keel_wal::Options::small_for_tests(),
+        key_bytes_max: 256,
+        value_bytes_max: 4096,
+        ..Options::default()
+    }
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn one(e: &Engine, w: Write) -> WriteResult {
+    match e.commit(vec![], vec![w]).unwrap() {
+        Outcome::Committed { mut results, .. } => results.remove(0),
+        o => panic!("expected a commit, got {o:?}"),
+    }
+}
+
+fn xadd(key: &str, id: StreamIdSpec, fields: &[&str], trim: Option<StreamTrim>) -> Write {
+    Write::StreamAdd {
+        key: b(key),
+        id,
+        fields: fields.iter().map(|f| b(f)).collect(),
+        no_create: false,
+        trim,
+    }
+}
+
+fn id(ms: u64, seq: u64) -> StreamId {
+    StreamId::new(ms, seq)
+}
+
+/// The stream as "id f v f v" lines, and its length and last ID.
+fn dump(e: &Engine, key: &str) -> (Vec<String>, WriteResult, WriteResult) {
+    let range = Read::StreamRange {
+        start: Bound::Unbounded,
+        end: Bound::Unbounded,
+        count: None,
+        rev: false,
+    };
+    let WriteResult::Values(all) = e.read(|v| v.read(key.as_bytes(), Some(&range))) else {
+        panic!("not a stream")
+    };
+    let lines = all
+        .split(Option::is_none)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            e.iter()
+                .map(|x| String::from_utf8(x.clone().unwrap().to_vec()).unwrap())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let len = e.read(|v| v.read(key.as_bytes(), Some(&Read::StreamLen)));
+    let last = e.read(|v| v.read(key.as_bytes(), Some(&Read::StreamLastId)));
+    (lines, len, last)
+}
+
+#[test]
+fn ids_trims_deletes_and_metadata_survive_replay_and_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let ok = |s: &str| WriteResult::Value(Some(b(s)));
+    assert_eq!(
+        one(
+            &e,
+            xadd("s", StreamIdSpec::Exact(id(5, 1)), &["a", "1"], None)
+        ),
+        ok("5-1")
+    );
+    // `ms-*` takes the next sequence number within the ms; `*` is at least the next ID.
+    assert_eq!(
+        one(&e, xadd("s", StreamIdSpec::Seq(5), &["a", "2"], None)),
+        ok("5-2")
+    );
+    assert_eq!(
+        one(&e, xadd("s", StreamIdSpec::Seq(7), &["a", "3"], None)),
+        ok("7-0")
+    );
+    let WriteResult::Value(Some(auto)) = one(&e, xadd("a", StreamIdSpec::Auto, &["a", "4"], None))
+    else {
+        panic!()
+    };
+    assert!(
+        auto.starts_with(b"17") || auto.starts_with(b"18"),
+        "now in ms: {auto:?}"
+    );
+    // Two at once, in one transaction: the second still above the first.
+    let o = e
+        .commit(
+            vec![],
+            vec![
+                xadd("t", StreamIdSpec::Auto, &["x", "1"], None),
+                xadd("t", StreamIdSpec::Auto, &["x", "2"], None),
+            ],
+        )
+        .unwrap();
+    let Outcome::Committed { results, .. } = o else {
+        panic!()
+    };
+    let ids: Vec<StreamId> = results
+        .iter()
+        .map(|r| match r {
+            WriteResult::Value(Some(v)) => StreamId::parse(v, 0).unwrap(),
+            r => panic!("{r:?}"),
+        })
+        .collect();
+    assert!(ids[1] > ids[0], "{ids:?}");
+    // Refusals.
+    let small_id = xadd("s", StreamIdSpec::Exact(id(6, 0)), &["a", "x"], None);
+    assert_eq!(
+        one(&e, small_id),
+        WriteResult::Failed(WriteError::StreamIdTooSmall)
+    );
+    let zero = xadd("z", StreamIdSpec::Exact(id(0, 0)), &["a", "x"], None);
+    assert_eq!(one(&e, zero), WriteResult::Failed(WriteError::StreamIdZero));
+    let mut absent = xadd("none", StreamIdSpec::Auto, &["a", "x"], None);
+    if let Write::StreamAdd { no_create, .. } = &mut absent {
+        *no_create = true;
+    }
+    assert_eq!(one(&e, absent), WriteResult::Value(None));
+    one(
+        &e,
+        Write::Put {
+            key: b("str"),
+            value: b("v"),
+            ttl: keel_engine::Ttl::None,
+            only: keel_engine::PutIf::Always,
+        },
+    );
+    let wrong = xadd("str", StreamIdSpec::Auto, &["a", "x"], None);
+    assert_eq!(one(&e, wrong), WriteResult::Failed(WriteError::WrongType));
+
+    // MAXLEN counts the new entry; XDEL keeps the greatest deleted ID; a stream left empty
+    // stays.
+    let trim = StreamTrim {
+        by: StreamTrimBy::MaxLen(3),
+        limit: None,
+    };
+    one(
+        &e,
+        xadd("s", StreamIdSpec::Exact(id(9, 0)), &["a", "5"], Some(trim)),
+    );
+    let del = Write::StreamDel {
+        key: b("s"),
+        ids: vec![id(7, 0), id(7, 0), id(1, 1)],
+    };
+    assert_eq!(one(&e, del), WriteResult::Int(1));
+    let (lines, len, _) = dump(&e, "s");
+    assert_eq!(len, WriteResult::Int(2));
+    assert_eq!(lines[1], "9-0 a 5");
+    let set_id = Write::StreamSetId {
+        key: b("s"),
+        id: id(100, 0),
+        entries_added: Some(50),
+        max_deleted: Some(id(8, 0)),
+    };
+    assert_eq!(one(&e, set_id), WriteResult::Put(true));
+    let low = Write::StreamSetId {
+        key: b("s"),
+        id: id(1, 0),
+        entries_added: None,
+        max_deleted: None,
+    };
+    assert_eq!(
+        one(&e, low),
+        WriteResult::Failed(WriteError::StreamSetIdTooSmall)
+    );
+    let all = Write::StreamTrimTo {
+        key: b("t"),
+        trim: StreamTrim {
+            by: StreamTrimBy::MinId(StreamId::MAX),
+            limit: None,
+        },
+    };
+    assert_eq!(one(&e, all), WriteResult::Int(2));
+    assert_eq!(dump(&e, "t").1, WriteResult::Int(0), "empty, still there");
+    let rename = Write::Rename {
+        from: b("s"),
+        to: b("moved"),
+        only_if_absent: false,
+    };
+    one(&e, rename);
+    let before = (dump(&e, "moved"), dump(&e, "t"));
+    assert_eq!(before.0 .2, WriteResult::Value(Some(b("100-0"))));
+    assert_eq!(
+        e.read(|v| v.read(b"t", Some(&Read::Type))),
+        WriteResult::Value(Some(b("stream")))
+    );
+    e.close().unwrap();
+
+    // From the log, then from a snapshot.
+    for checkpoint in [false, true] {
+        let (e, _) = Engine::open(dir.path(), small()).unwrap();
+        assert_eq!(
+            (dump(&e, "moved"), dump(&e, "t")),
+            before,
+            "checkpoint {checkpoint}"
+        );
+        // The metadata came back too: an ID at or below 100-0 is refused.
+        let again = xadd("moved", StreamIdSpec::Exact(id(100, 0)), &["a", "x"], None);
+        assert_eq!(
+            one(&e, again),
+            WriteResult::Failed(WriteError::StreamIdTooSmall)
+        );
+        // The second round opens from this snapshot.
+        e.checkpoint().unwrap();
+        e.close().unwrap();
+    }
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    assert_eq!(
+        (dump(&e, "moved"), dump(&e, "t")),
+        before,
+        "after a checkpoint"
+    );
+}
