@@ -1173,9 +1173,10 @@ fn stream_id(spec: StreamIdSpec, last: StreamId, now: u64) -> Result<StreamId, W
         // The clock may step back: the ID still increases.
         StreamIdSpec::Auto if now > last.ms => StreamId::new(now, 0),
         StreamIdSpec::Auto => last.next().ok_or(WriteError::StreamIdTooSmall)?,
-        StreamIdSpec::Seq(ms) if ms == last.ms => {
-            last.next().ok_or(WriteError::StreamIdTooSmall)?
-        }
+        // Within the same ms only: a sequence that would overflow is refused.
+        StreamIdSpec::Seq(ms) if ms == last.ms => (last.seq.checked_add(1))
+            .map(|seq| StreamId::new(ms, seq))
+            .ok_or(WriteError::StreamIdTooSmall)?,
         StreamIdSpec::Seq(ms) => StreamId::new(ms, u64::from(ms == 0)),
         StreamIdSpec::Exact(id) => id,
     };

@@ -371,6 +371,8 @@ pub enum Reply {
     /// An array of two-element arrays in RESP3; a flat array of both, pair by pair, in RESP2
     /// (HRANDFIELD … WITHVALUES, ZRANGE … WITHSCORES).
     Pairs(Vec<(Reply, Reply)>),
+    /// A map in RESP3; an array of two-element arrays in RESP2 (XREAD's streams).
+    Nested(Vec<(Reply, Reply)>),
     /// Text (INFO): a verbatim string in RESP3, a bulk string in RESP2.
     Verbatim(String),
     /// A floating-point number written as text (a sorted set's score: `1.5`, `inf`): a double
@@ -454,6 +456,16 @@ impl Reply {
                     }
                     a.encode(proto, out);
                     b.encode(proto, out);
+                }
+            }
+            Reply::Nested(pairs) => {
+                header(out, if proto >= 3 { b'%' } else { b'*' }, pairs.len());
+                for (k, v) in pairs {
+                    if proto < 3 {
+                        header(out, b'*', 2);
+                    }
+                    k.encode(proto, out);
+                    v.encode(proto, out);
                 }
             }
             Reply::Verbatim(s) if proto >= 3 => {

@@ -69,7 +69,8 @@ pub fn pushed_keys(writes: &[Write]) -> Vec<Bytes> {
             Write::ListPush { key, .. }
             | Write::ZAdd { key, .. }
             | Write::ZStore { key, .. }
-            | Write::ZRangeStore { key, .. } => keys.push(key.clone()),
+            | Write::ZRangeStore { key, .. }
+            | Write::StreamAdd { key, .. } => keys.push(key.clone()),
             Write::ListMove { to, .. } | Write::Rename { to, .. } | Write::Copy { to, .. } => {
                 keys.push(to.clone())
             }

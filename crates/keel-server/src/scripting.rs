@@ -958,7 +958,7 @@ fn to_lua(lua: &Lua, r: Reply, resp: u8) -> mlua::Result<Value> {
             field("set", Value::Table(t))?
         }
         Reply::Set(v) => seq(v)?,
-        Reply::Map(pairs) if resp == 3 => {
+        Reply::Map(pairs) | Reply::Nested(pairs) if resp == 3 => {
             let t = lua.create_table()?;
             for (k, v) in pairs {
                 t.raw_set(to_lua(lua, k, resp)?, to_lua(lua, v, resp)?)?;
@@ -971,6 +971,9 @@ fn to_lua(lua: &Lua, r: Reply, resp: u8) -> mlua::Result<Value> {
         Reply::Map(pairs) | Reply::Pairs(pairs) => {
             seq(pairs.into_iter().flat_map(|(a, b)| [a, b]).collect())?
         }
+        Reply::Nested(pairs) => seq((pairs.into_iter())
+            .map(|(a, b)| Reply::Array(vec![a, b]))
+            .collect())?,
         Reply::Double(d) if resp == 3 => {
             let n = std::str::from_utf8(&d)
                 .ok()

@@ -105,8 +105,19 @@ impl StreamValue {
         self.entries.get(&id).map(|f| &f[..])
     }
 
-    /// Adds an entry; `id` is above every ID before (the caller checked).
+    /// Adds an entry; `id` is above every ID before (the caller checked). The fields are
+    /// copied into one allocation of their own: they may be slices of a request or a log
+    /// record, which the stream must not keep alive.
     pub fn add(&mut self, id: StreamId, fields: Vec<Bytes>) {
+        let all = Bytes::from(fields.concat());
+        let mut at = 0;
+        let fields = fields
+            .iter()
+            .map(|f| {
+                at += f.len();
+                all.slice(at - f.len()..at)
+            })
+            .collect();
         self.entries.insert(id, fields);
         self.last_id = self.last_id.max(id);
         self.entries_added += 1;

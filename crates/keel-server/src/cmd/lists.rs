@@ -214,7 +214,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(bpop)
         .blocks(Block {
-            timeout: last,
+            wait: |a| Block::seconds(last(a)),
+            prepare: None,
             keys: |a| a[1..a.len() - 1].to_vec(),
         }),
     Command::new("brpop", -3, RW, (1, -2, 1))
@@ -227,7 +228,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(bpop)
         .blocks(Block {
-            timeout: last,
+            wait: |a| Block::seconds(last(a)),
+            prepare: None,
             keys: |a| a[1..a.len() - 1].to_vec(),
         }),
     Command::new("blmove", 6, RW, (1, 2, 1))
@@ -243,7 +245,8 @@ pub const COMMANDS: &[Command] = &[
             Ok(lmove(a, from_front, to_front))
         })
         .blocks(Block {
-            timeout: last,
+            wait: |a| Block::seconds(last(a)),
+            prepare: None,
             keys: |a| vec![a[1].clone()],
         }),
     Command::new("brpoplpush", 4, RW, (1, 2, 1))
@@ -256,7 +259,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(|_, a, _| Ok(lmove(a, false, true)))
         .blocks(Block {
-            timeout: last,
+            wait: |a| Block::seconds(last(a)),
+            prepare: None,
             keys: |a| vec![a[1].clone()],
         }),
     Command::new("blmpop", -5, RW, NO_KEYS)
@@ -269,7 +273,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(|_, a, _| mpop(&a[2..]))
         .blocks(Block {
-            timeout: |a| &a[1],
+            wait: |a| Block::seconds(&a[1]),
+            prepare: None,
             keys: |a| {
                 let n = parse_i64(&a[2]).unwrap_or(0).max(0) as usize;
                 a[3..].iter().take(n).cloned().collect()
@@ -292,11 +297,7 @@ fn last(a: &[Bytes]) -> &Bytes {
 
 /// BLPOP's and BRPOP's try: the first list among the keys, one element.
 fn bpop(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
-    Block {
-        timeout: last,
-        keys: |_| Vec::new(),
-    }
-    .timeout(a)?;
+    Block::seconds(last(a))?;
     let w = Write::ListPopFirst {
         keys: a[1..a.len() - 1].to_vec(),
         front: name == "blpop",

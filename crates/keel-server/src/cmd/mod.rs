@@ -36,6 +36,7 @@ pub mod pubsub;
 pub mod scripting;
 pub mod server;
 pub mod sets;
+pub mod streams;
 pub mod strings;
 pub mod zsets;
 
@@ -161,19 +162,30 @@ pub struct Command {
     pub block: Option<Block>,
 }
 
+/// How long a blocking command waits: `None` not at all (XREAD without BLOCK), `Some(None)`
+/// for ever, `Some(Some(d))` at most `d`.
+pub type Wait = Option<Option<std::time::Duration>>;
+
+/// Rewrites a blocking command's arguments against the state, before it waits.
+pub type Prepare = fn(&keel_engine::ReadView<'_>, &[Bytes]) -> Vec<Bytes>;
+
 /// Where a blocking command's timeout and keys are.
 #[derive(Clone, Copy)]
 pub struct Block {
-    /// The timeout argument, in seconds (a float; 0: wait for ever).
-    pub timeout: fn(&[Bytes]) -> &Bytes,
+    /// The wait the arguments ask for, or Redis's error for a bad timeout.
+    pub wait: fn(&[Bytes]) -> Result<Wait, Reply>,
     /// The keys to wait on.
     pub keys: fn(&[Bytes]) -> Vec<Bytes>,
+    /// Rewrites the arguments against the state once, before the first try (XREAD's `$`
+    /// becomes the stream's last ID, so that what comes after is what it waits for).
+    pub prepare: Option<Prepare>,
 }
 
 impl Block {
-    /// The wait the arguments ask for (`None`: for ever), or Redis's error for a bad timeout.
-    pub fn timeout(&self, args: &[Bytes]) -> Result<Option<std::time::Duration>, Reply> {
-        let t = std::str::from_utf8((self.timeout)(args))
+    /// A list or sorted set command's wait: a timeout argument in seconds (a float; 0: for
+    /// ever), always.
+    pub fn seconds(t: &[u8]) -> Result<Wait, Reply> {
+        let t = std::str::from_utf8(t)
             .ok()
             .and_then(|s| s.parse::<f64>().ok())
             .filter(|t| t.is_finite())
@@ -186,7 +198,9 @@ impl Block {
             return Err(Reply::err("ERR timeout is out of range"));
         }
         // Past about 30 years a timeout is as good as none.
-        Ok((t > 0.0 && t < 1e9).then(|| std::time::Duration::from_secs_f64(t)))
+        Ok(Some(
+            (t > 0.0 && t < 1e9).then(|| std::time::Duration::from_secs_f64(t)),
+        ))
     }
 }
 
@@ -315,6 +329,7 @@ pub static COMMANDS: LazyLock<Vec<&'static Command>> = LazyLock::new(|| {
         sets::COMMANDS,
         lists::COMMANDS,
         zsets::COMMANDS,
+        streams::COMMANDS,
         bits::COMMANDS,
         pubsub::COMMANDS,
         scripting::COMMANDS,
@@ -942,6 +957,33 @@ mod tests {
             (&["zrevrank", "z", "m"], true, false),
             (&["zrange", "z", "0", "-1", "withscores"], true, false),
             (&["zrangestore", "d", "z", "0", "1"], false, true),
+            (&["xadd", "s", "*", "f", "v"], false, true),
+            (
+                &[
+                    "xadd",
+                    "s",
+                    "nomkstream",
+                    "maxlen",
+                    "~",
+                    "5",
+                    "1-*",
+                    "f",
+                    "v",
+                ],
+                false,
+                true,
+            ),
+            (&["xlen", "s"], true, false),
+            (&["xrange", "s", "-", "+"], true, false),
+            (&["xrevrange", "s", "+", "-", "count", "2"], true, false),
+            (&["xdel", "s", "1-1"], false, true),
+            (&["xtrim", "s", "minid", "5"], false, true),
+            (&["xsetid", "s", "5-5", "entriesadded", "3"], false, true),
+            (
+                &["xread", "count", "2", "streams", "s", "t", "0", "$"],
+                true,
+                false,
+            ),
             (&["zrevrange", "z", "0", "1"], true, false),
             (
                 &["zrangebyscore", "z", "0", "1", "limit", "0", "1"],

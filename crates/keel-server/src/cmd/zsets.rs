@@ -271,7 +271,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(bzpop)
         .blocks(Block {
-            timeout: |a| &a[a.len() - 1],
+            wait: |a| Block::seconds(&a[a.len() - 1]),
+            prepare: None,
             keys: |a| a[1..a.len() - 1].to_vec(),
         }),
     Command::new("bzpopmax", -3, RW, (1, -2, 1))
@@ -284,7 +285,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(bzpop)
         .blocks(Block {
-            timeout: |a| &a[a.len() - 1],
+            wait: |a| Block::seconds(&a[a.len() - 1]),
+            prepare: None,
             keys: |a| a[1..a.len() - 1].to_vec(),
         }),
     Command::new("bzmpop", -5, RW, NO_KEYS)
@@ -297,7 +299,8 @@ pub const COMMANDS: &[Command] = &[
         )
         .data(|_, a, _| mpop(&a[2..]))
         .blocks(Block {
-            timeout: |a| &a[1],
+            wait: |a| Block::seconds(&a[1]),
+            prepare: None,
             keys: |a| {
                 let n = parse_i64(&a[2]).unwrap_or(0).max(0) as usize;
                 a[3..].iter().take(n).cloned().collect()

@@ -266,6 +266,10 @@ fn named(name: &str, args: &[Bytes], source: bool) -> Vec<(u32, &'static str)> {
         "zinterstore" => one(ZSET, "zinterstore"),
         "zdiffstore" => one(ZSET, "zdiffstore"),
         "zrangestore" => one(ZSET, "zrangestore"),
+        "xadd" => one(STREAM, "xadd"),
+        "xdel" => one(STREAM, "xdel"),
+        "xtrim" => one(STREAM, "xtrim"),
+        "xsetid" => one(STREAM, "xsetid"),
         // FLUSHALL and FLUSHDB report nothing per key, as in Redis.
         _ => Vec::new(),
     }

@@ -517,14 +517,15 @@ impl Conn {
                 return Flow::Continue;
             }
         }
-        if let (Some(block), Run::Data(compile)) = (spec.block, spec.run) {
-            let timeout = match block.timeout(args) {
-                Ok(t) => t,
-                Err(e) => {
-                    self.reply(e);
-                    return Flow::Continue;
-                }
-            };
+        let wait = match spec.block.map(|b| (b.wait)(args)) {
+            Some(Err(e)) => {
+                self.reply(e);
+                return Flow::Continue;
+            }
+            Some(Ok(wait)) => wait,
+            None => None,
+        };
+        if let (Some(block), Some(timeout), Run::Data(compile)) = (spec.block, wait, spec.run) {
             // Fails fast on bad arguments; the wait tries again with fresh parts.
             if let Err(e) = compile(name, args, now_ms()) {
                 self.reply(e);
@@ -534,7 +535,10 @@ impl Conn {
             let sh = self.sh.clone();
             let keys = (block.keys)(args);
             let touched = Touched::of(&sh, self.client.id, args, &[]);
-            let args = args.to_vec();
+            let args = match block.prepare {
+                Some(prepare) => sh.engine().read(|v| prepare(v, args)),
+                None => args.to_vec(),
+            };
             return Flow::Block(Box::pin(async move {
                 let attempt = |later: bool| {
                     let mut part = compile(name, &args, now_ms()).expect("compiled once already");
