@@ -1144,7 +1144,7 @@ fn decide_one<S: Decided>(
         } => match work.live(&key).map(|e| e.value) {
             None => WriteResult::Failed(WriteError::NoSuchKey),
             Some(ValueRef::Stream(x)) => {
-                if max_deleted.is_some_and(|d| id < d) {
+                if id < max_deleted.unwrap_or(x.max_deleted) {
                     return WriteResult::Failed(WriteError::StreamSetIdMaxDeleted);
                 }
                 if entries_added.is_some_and(|n| n < x.len() as u64) {
@@ -1198,8 +1198,15 @@ fn trim_point(x: &crate::table::StreamValue, trim: StreamTrim) -> Option<StreamI
             .range(Bound::Unbounded, Bound::Excluded(min), false)
             .count(),
     };
-    if let Some(limit) = trim.limit.filter(|&l| l > 0) {
-        gone = gone.min(limit as usize);
+    if trim.node > 0 {
+        let node = trim.node as usize;
+        let limit = match trim.limit {
+            Some(0) => usize::MAX,
+            Some(l) => l as usize,
+            None => node.saturating_mul(100),
+        };
+        gone = gone.min(limit);
+        gone -= gone % node;
     }
     match gone {
         0 => None,

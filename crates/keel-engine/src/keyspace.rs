@@ -16,8 +16,8 @@ use keel_wal::Lsn;
 
 use crate::record::Mutation;
 use crate::table::{
-    DuplicateKey, EntryRef, HashValue, Kind, ListValue, Loader, SetValue, StreamValue, Table,
-    Value, ValueMut, ValueRef, ZSetValue, KEYS_PER_SHARD_TARGET,
+    DuplicateKey, EntryRef, HashValue, Kind, ListValue, Loader, SetValue, StreamId, StreamValue,
+    Table, Value, ValueMut, ValueRef, ZSetValue, KEYS_PER_SHARD_TARGET,
 };
 use crate::types::{live_at, Entry, Read, WriteError, WriteResult};
 use crate::util::HashMap;
@@ -338,7 +338,11 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
     if zsets::is_zset_read(op) {
         return zsets::eval(value, op);
     }
-    if let Read::StreamLen | Read::StreamRange { .. } | Read::StreamLastId = op {
+    if let Read::StreamLen
+    | Read::StreamRange { .. }
+    | Read::StreamLastId
+    | Read::StreamInfo { .. } = op
+    {
         let x = match value {
             None => None,
             Some(ValueRef::Stream(x)) => Some(x),
@@ -359,6 +363,41 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
                     out.push(Some(Bytes::from(id.to_string())));
                     out.extend(fields.iter().map(|f| Some(f.clone())));
                     out.push(None);
+                }
+                WriteResult::Values(out)
+            }
+            Read::StreamInfo { entries } => {
+                let Some(x) = x else {
+                    return WriteResult::Failed(WriteError::NoSuchKey);
+                };
+                let text = |s: String| Some(Bytes::from(s));
+                let first = x.first().map_or(StreamId::MIN, |(id, _)| id);
+                let mut out = vec![
+                    text(x.len().to_string()),
+                    text(x.last_id.to_string()),
+                    text(x.max_deleted.to_string()),
+                    text(x.entries_added.to_string()),
+                    text(first.to_string()),
+                ];
+                let mut entry = |(id, fields): (StreamId, &[Bytes])| {
+                    out.push(text(id.to_string()));
+                    out.extend(fields.iter().map(|f| Some(f.clone())));
+                    out.push(None);
+                };
+                match entries {
+                    None => {
+                        x.first().into_iter().for_each(&mut entry);
+                        x.last().into_iter().for_each(&mut entry);
+                    }
+                    Some(n) => {
+                        let all = x.range(
+                            std::ops::Bound::Unbounded,
+                            std::ops::Bound::Unbounded,
+                            false,
+                        );
+                        all.take(if *n == 0 { usize::MAX } else { *n })
+                            .for_each(entry);
+                    }
                 }
                 WriteResult::Values(out)
             }

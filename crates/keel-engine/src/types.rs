@@ -349,13 +349,15 @@ pub enum StreamIdSpec {
     Exact(StreamId),
 }
 
-/// XADD's and XTRIM's trimming: by length or by lowest ID to keep, deleting at most `limit`
-/// entries if given. keel trims exactly (Redis's `~` lets it keep more; exact is within that).
+/// XADD's and XTRIM's trimming: by length or by lowest ID to keep. Exact (`node` 0), or as
+/// Redis's `~`: only whole nodes of `node` entries go, at most `limit` entries (0: no limit;
+/// none given: 100 nodes), so a stream may keep more than asked.
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StreamTrim {
     pub by: StreamTrimBy,
     pub limit: Option<u64>,
+    pub node: u64,
 }
 
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -541,6 +543,11 @@ pub enum Read {
     /// The stream's last ID (XREAD's `$`). Result: `Value(Some(ID))`, `Value(None)` when no
     /// stream.
     StreamLastId,
+    /// XINFO STREAM: `Values` of the length, the last ID, the greatest deleted ID, the
+    /// entries ever added and the first entry's ID (`0-0` for none), then entries as
+    /// [`Read::StreamRange`] gives them: the first and the last (`entries: None`), or the
+    /// first `n` (0: all). `Failed(NoSuchKey)` when no stream.
+    StreamInfo { entries: Option<usize> },
 }
 
 /// Which members of a sorted set a range command means.
@@ -732,7 +739,7 @@ pub enum WriteError {
     StreamSetIdTooSmall,
     #[error("the entries_added specified in XSETID is smaller than the target stream length")]
     StreamSetIdEntriesAdded,
-    #[error("the ID specified in XSETID is smaller than the provided max_deleted_entry_id")]
+    #[error("the ID specified in XSETID is smaller than the max_deleted_entry_id")]
     StreamSetIdMaxDeleted,
 }
 

@@ -149,6 +149,7 @@ fn ids_trims_deletes_and_metadata_survive_replay_and_checkpoints() {
     let trim = StreamTrim {
         by: StreamTrimBy::MaxLen(3),
         limit: None,
+        node: 0,
     };
     one(
         &e,
@@ -175,15 +176,17 @@ fn ids_trims_deletes_and_metadata_survive_replay_and_checkpoints() {
         entries_added: None,
         max_deleted: None,
     };
+    // Below the greatest deleted ID (8-0) as well as the top entry: the first check says.
     assert_eq!(
         one(&e, low),
-        WriteResult::Failed(WriteError::StreamSetIdTooSmall)
+        WriteResult::Failed(WriteError::StreamSetIdMaxDeleted)
     );
     let all = Write::StreamTrimTo {
         key: b("t"),
         trim: StreamTrim {
             by: StreamTrimBy::MinId(StreamId::MAX),
             limit: None,
+            node: 0,
         },
     };
     assert_eq!(one(&e, all), WriteResult::Int(2));

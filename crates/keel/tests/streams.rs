@@ -74,8 +74,11 @@ fn xadd_xrange_xdel_xtrim_and_xsetid() {
     add(&mut c, &["MAXLEN", "=", "1", "*", "f", "v"]);
     assert_eq!(query::<i64>(&mut c, &["XLEN", "s"]), 1);
     // Below the top entry: refused (an empty stream takes any ID, as in Redis).
-    let e = error(&mut c, &["XSETID", "s", "1-1"]);
+    let e = error(&mut c, &["XSETID", "s", "5-0"]);
     assert!(e.contains("smaller than the target stream top item"), "{e}");
+    // Below the greatest ID XDEL deleted (1-2): refused too.
+    let e = error(&mut c, &["XSETID", "s", "1-1"]);
+    assert!(e.contains("smaller than the max_deleted_entry_id"), "{e}");
     assert_eq!(
         query::<i64>(&mut c, &["XTRIM", "s", "MINID", "99999999999999"]),
         1
@@ -88,6 +91,34 @@ fn xadd_xrange_xdel_xtrim_and_xsetid() {
         error(&mut c, &["XADD", "s", "99999999999999-5", "f", "v"]).contains("equal or smaller")
     );
     assert!(error(&mut c, &["XSETID", "missing", "1-1"]).contains("no such key"));
+    // XINFO STREAM: the metadata XSETID set, an empty stream's nil entries.
+    let info: Vec<Value> = query(&mut c, &["XINFO", "STREAM", "s"]);
+    let field = |name: &str| {
+        let at = info
+            .iter()
+            .position(|v| v == &Value::BulkString(name.into()))
+            .unwrap();
+        info[at + 1].clone()
+    };
+    assert_eq!(field("length"), Value::Int(0));
+    assert_eq!(
+        field("last-generated-id"),
+        Value::BulkString(b"99999999999999-5".to_vec())
+    );
+    assert_eq!(field("first-entry"), Value::Nil);
+    let groups: Vec<Value> = query(&mut c, &["XINFO", "GROUPS", "s"]);
+    assert!(groups.is_empty());
+    assert!(error(&mut c, &["XINFO", "STREAM", "missing"]).contains("no such key"));
+    assert!(error(
+        &mut c,
+        &[
+            "XRANGE",
+            "s",
+            "(18446744073709551615-18446744073709551615",
+            "+"
+        ]
+    )
+    .contains("invalid start ID"));
     query::<()>(&mut c, &["SET", "str", "v"]);
     assert!(error(&mut c, &["XADD", "str", "*", "f", "v"]).contains("wrong kind of value"));
     assert!(error(&mut c, &["XLEN", "str"]).contains("wrong kind of value"));

@@ -76,7 +76,7 @@ pub struct StreamValue {
     pub last_id: StreamId,
     /// Entries ever added (XADD), deleted or not.
     pub entries_added: u64,
-    /// The greatest ID deleted or trimmed away.
+    /// The greatest ID XDEL deleted (a trim leaves it).
     pub max_deleted: StreamId,
 }
 
@@ -135,14 +135,11 @@ impl StreamValue {
         n
     }
 
-    /// Deletes every entry below `keep_from`; returns how many.
+    /// Deletes every entry below `keep_from`; returns how many. As in Redis, a trim leaves
+    /// the greatest deleted ID (XDEL's) as it is.
     pub fn trim_below(&mut self, keep_from: StreamId) -> usize {
         let kept = self.entries.split_off(&keep_from);
-        let gone = std::mem::replace(&mut self.entries, kept);
-        if let Some((last, _)) = gone.iter().next_back() {
-            self.max_deleted = self.max_deleted.max(*last);
-        }
-        gone.len()
+        std::mem::replace(&mut self.entries, kept).len()
     }
 
     /// The entries between two bounds, in order (or in reverse).

@@ -724,8 +724,8 @@ mod tests {
             let reads_only =
                 f.contains(Flags::READ) && !f.contains(Flags::WRITE) && !f.contains(Flags::ADMIN);
             // WATCH needs READ in keel (what it reveals is whether a key changed); Redis
-            // files it under @transaction. OBJECT and MEMORY: their subcommands read.
-            if reads_only && !["watch", "object", "memory"].contains(&c.name) {
+            // files it under @transaction. OBJECT, MEMORY and XINFO: their subcommands read.
+            if reads_only && !["watch", "object", "memory", "xinfo"].contains(&c.name) {
                 assert!(cats.contains(&"@read"), "{}: reads, not @read", c.name);
             }
             // What keel keeps to admins Redis calls @admin or @dangerous (for a container

@@ -519,7 +519,7 @@ pub fn write_error(e: WriteError) -> Reply {
             "ERR The entries_added specified in XSETID is smaller than the target stream length"
         }
         WriteError::StreamSetIdMaxDeleted => {
-            "ERR The ID specified in XSETID is smaller than the provided max_deleted_entry_id"
+            "ERR The ID specified in XSETID is smaller than the max_deleted_entry_id"
         }
     })
 }
@@ -984,6 +984,8 @@ mod tests {
                 true,
                 false,
             ),
+            (&["xinfo", "stream", "s", "full", "count", "5"], true, false),
+            (&["xinfo", "groups", "s"], true, false),
             (&["zrevrange", "z", "0", "1"], true, false),
             (
                 &["zrangebyscore", "z", "0", "1", "limit", "0", "1"],

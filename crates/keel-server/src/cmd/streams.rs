@@ -109,7 +109,139 @@ pub const COMMANDS: &[Command] = &[
             "Returns the entries after the given IDs ($: the last) of one or more streams.",
         )
         .data(xread),
+    Command::new("xinfo", -2, R, NO_KEYS)
+        .redis("", "")
+        .doc(
+            "stream",
+            "",
+            "Describes a stream (its consumer groups: none, in this release).",
+        )
+        .subcommands(XINFO_SUBCOMMANDS)
+        .data(xinfo),
 ];
+
+const XINFO_SUBCOMMANDS: &[Doc] = &[
+    crate::docs::doc(
+        "stream",
+        "stream",
+        "key [FULL [COUNT count]]",
+        "Returns a stream's length, IDs and first and last entries (FULL: its entries).",
+    )
+    .redis("readonly", "@stream")
+    .key_specs(&[Keys::at(2, "RO access")]),
+    crate::docs::doc(
+        "groups",
+        "stream",
+        "key",
+        "Returns a stream's consumer groups (none: keel does not serve them yet).",
+    )
+    .redis("readonly", "@stream")
+    .key_specs(&[Keys::at(2, "RO access")]),
+    crate::docs::doc(
+        "consumers",
+        "stream",
+        "key group",
+        "Returns a consumer group's consumers (keel does not serve groups yet).",
+    )
+    .redis("readonly", "@stream")
+    .key_specs(&[Keys::at(2, "RO access")]),
+    crate::docs::doc("help", "stream", "", "Lists the subcommands.")
+        .redis("loading stale", "@stream"),
+];
+
+/// XINFO STREAM, GROUPS, CONSUMERS and HELP.
+fn xinfo(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    let sub = String::from_utf8_lossy(&a[1]).to_ascii_lowercase();
+    match (sub.as_str(), a.len()) {
+        ("help", 2) => {
+            let lines = crate::docs::help_lines("xinfo").unwrap_or_default();
+            Ok(Part::deferred(move || {
+                Reply::Array(lines.into_iter().map(Reply::Simple).collect())
+            }))
+        }
+        ("stream", 3) => {
+            let op = Read::StreamInfo { entries: None };
+            Ok(Part::new(vec![read(&a[2], op)], |r| {
+                info_reply(&r[0], false)
+            }))
+        }
+        ("stream", 4..=6) => {
+            let count = match &a[3..] {
+                [f] if eq(f, "full") => 10,
+                [f, c, n] if eq(f, "full") && eq(c, "count") => int_arg(n)?.max(0) as usize,
+                _ => return Err(Reply::err(SYNTAX)),
+            };
+            let op = Read::StreamInfo {
+                entries: Some(count),
+            };
+            Ok(Part::new(vec![read(&a[2], op)], |r| {
+                info_reply(&r[0], true)
+            }))
+        }
+        ("groups" | "consumers", 3 | 4) if (sub == "groups") == (a.len() == 3) => {
+            let (key, group) = (a[2].clone(), a.get(3).cloned());
+            Ok(Part::new(vec![read(&a[2], Read::Type)], move |r| {
+                match (&r[0], group) {
+                    (WriteResult::Value(Some(t)), _) if &t[..] != b"stream" => {
+                        Reply::err(WRONGTYPE)
+                    }
+                    (WriteResult::Value(Some(_)), None) => Reply::Array(Vec::new()),
+                    (WriteResult::Value(Some(_)), Some(group)) => Reply::err(format!(
+                        "NOGROUP No such consumer group '{}' for key name '{}'",
+                        String::from_utf8_lossy(&group),
+                        String::from_utf8_lossy(&key)
+                    )),
+                    _ => Reply::err("ERR no such key"),
+                }
+            }))
+        }
+        ("stream" | "groups" | "consumers" | "help", _) => Err(wrong_args(&format!("xinfo|{sub}"))),
+        _ => Err(Reply::err(format!(
+            "ERR unknown subcommand '{}'. Try XINFO HELP.",
+            String::from_utf8_lossy(&a[1])
+        ))),
+    }
+}
+
+/// XINFO STREAM's reply, from [`Read::StreamInfo`]'s values. keel keeps no radix tree: the
+/// radix-tree figures are those of Redis's 100-entry nodes for this many entries.
+fn info_reply(r: &WriteResult, full: bool) -> Reply {
+    let v = match r {
+        WriteResult::Values(v) if v.len() >= 5 => v,
+        WriteResult::Failed(WriteError::NoSuchKey) => return Reply::err("ERR no such key"),
+        other => return value_reply(other),
+    };
+    let text = |i: usize| String::from_utf8_lossy(v[i].as_deref().unwrap_or_default()).into_owned();
+    let int = |i: usize| Reply::Int(text(i).parse().unwrap_or(0));
+    let len: i64 = text(0).parse().unwrap_or(0);
+    let nodes = Reply::Int((len + 99) / 100);
+    let mut out = vec![
+        (Reply::bulk("length"), int(0)),
+        (Reply::bulk("radix-tree-keys"), nodes.clone()),
+        (Reply::bulk("radix-tree-nodes"), nodes),
+        (Reply::bulk("last-generated-id"), Reply::bulk(text(1))),
+        (Reply::bulk("max-deleted-entry-id"), Reply::bulk(text(2))),
+        (Reply::bulk("entries-added"), int(3)),
+        (Reply::bulk("recorded-first-entry-id"), Reply::bulk(text(4))),
+    ];
+    let mut listed = entries(&v[5..]);
+    if full {
+        out.push((Reply::bulk("entries"), Reply::Array(listed)));
+        out.push((Reply::bulk("groups"), Reply::Array(Vec::new())));
+    } else {
+        out.push((Reply::bulk("groups"), Reply::Int(0)));
+        let last = listed.pop().unwrap_or(Reply::Nil);
+        let first = listed.pop().unwrap_or(Reply::Nil);
+        out.push((Reply::bulk("first-entry"), first));
+        out.push((Reply::bulk("last-entry"), last));
+    }
+    Reply::Map(out)
+}
+
+/// `stream-node-max-entries`: keel keeps no nodes, but `~` trims as if it did, in whole nodes
+/// of this many entries (0: exactly), as Redis trims.
+pub static STREAM_NODE_MAX_ENTRIES: std::sync::atomic::AtomicI64 =
+    std::sync::atomic::AtomicI64::new(100);
 
 fn invalid_id() -> Reply {
     Reply::err("ERR Invalid stream ID specified as stream command argument")
@@ -118,28 +250,28 @@ fn invalid_id() -> Reply {
 /// An XRANGE bound: `-`, `+`, an ID (`ms` alone is `ms-0` at the start, `ms-max` at the
 /// end), or `(` and an ID to exclude it.
 fn range_bound(b: &[u8], start: bool) -> Result<Bound<StreamId>, Reply> {
+    let parse =
+        |id: &[u8]| StreamId::parse(id, if start { 0 } else { u64::MAX }).ok_or_else(invalid_id);
     match b {
-        b"-" => Ok(Bound::Unbounded),
-        b"+" => Ok(Bound::Unbounded),
+        b"-" => Ok(Bound::Included(StreamId::MIN)),
+        b"+" => Ok(Bound::Included(StreamId::MAX)),
         [b'(', id @ ..] => {
-            let id =
-                StreamId::parse(id, if start { 0 } else { u64::MAX }).ok_or_else(invalid_id)?;
+            let id = parse(id)?;
+            // Nothing lies past the greatest ID, or before 0-0.
+            if start && id == StreamId::MAX {
+                return Err(Reply::err("ERR invalid start ID for the interval"));
+            }
+            if !start && id == StreamId::MIN {
+                return Err(Reply::err("ERR invalid end ID for the interval"));
+            }
             Ok(Bound::Excluded(id))
         }
-        id => {
-            let id =
-                StreamId::parse(id, if start { 0 } else { u64::MAX }).ok_or_else(invalid_id)?;
-            Ok(Bound::Included(id))
-        }
+        id => Ok(Bound::Included(parse(id)?)),
     }
 }
 
 fn xrange(a: &[Bytes], rev: bool) -> Result<Part, Reply> {
     let (first, second) = (range_bound(&a[2], !rev)?, range_bound(&a[3], rev)?);
-    // `-` only starts and `+` only ends a range: swapped, nothing matches.
-    let open = |b: &[u8], wanted: &[u8]| b == wanted || !(b == b"-" || b == b"+");
-    let sane =
-        open(&a[2], if rev { b"+" } else { b"-" }) && open(&a[3], if rev { b"-" } else { b"+" });
     let (start, end) = if rev {
         (second, first)
     } else {
@@ -150,7 +282,7 @@ fn xrange(a: &[Bytes], rev: bool) -> Result<Part, Reply> {
         [c, n] if eq(c, "count") => Some(int_arg(n)?.max(0) as usize),
         _ => return Err(Reply::err(SYNTAX)),
     };
-    if !sane || count == Some(0) {
+    if count == Some(0) {
         return Ok(Part::new(Vec::new(), |_| Reply::Array(Vec::new())));
     }
     let op = Read::StreamRange {
@@ -225,7 +357,14 @@ fn trim_args(a: &[Bytes], mut at: usize) -> Result<(Option<StreamTrim>, usize), 
         limit = Some(n as u64);
         at += 2;
     }
-    Ok((Some(StreamTrim { by, limit }), at))
+    let node = if approx {
+        STREAM_NODE_MAX_ENTRIES
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(0) as u64
+    } else {
+        0
+    };
+    Ok((Some(StreamTrim { by, limit, node }), at))
 }
 
 fn xadd(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {

@@ -341,6 +341,12 @@ const PARAMS: &[Param] = &[
         },
     ),
     int(
+        "stream-node-max-entries",
+        |_| cmd::streams::STREAM_NODE_MAX_ENTRIES.load(Ordering::Relaxed),
+        count,
+        |_, n| cmd::streams::STREAM_NODE_MAX_ENTRIES.store(n, Ordering::Relaxed),
+    ),
+    int(
         "list-compress-depth",
         |_| LIST_COMPRESS_DEPTH.load(Ordering::Relaxed),
         count,
