@@ -137,6 +137,8 @@ pub struct Shared {
     pub slowlog: crate::slowlog::SlowLog,
     /// The script cache and the running script (EVAL).
     pub scripts: crate::scripting::Scripts,
+    /// The thread scripts run on, one at a time (see [`scripts::ScriptThread`]).
+    script_thread: scripts::ScriptThread,
     /// Refused commands and failed logins (ACL LOG).
     pub acl_log: crate::acl::Log,
     monitors: Monitors,
@@ -195,6 +197,7 @@ impl Shared {
             samples: Default::default(),
             slowlog: Default::default(),
             scripts: Default::default(),
+            script_thread: scripts::ScriptThread::start(),
             acl_log: Default::default(),
             registry: Clients::default(),
             monitors: Monitors::default(),

@@ -50,6 +50,45 @@ impl Shared {
 }
 use keel_engine::Script;
 
+/// The one thread scripts run on. A script holds the sequencer until it ends and may run
+/// long, so it cannot run on a worker; scripts run one at a time anyway, so one thread, fed
+/// in order, is enough, and a burst of scripts does not grow a pool of threads.
+pub(super) struct ScriptThread {
+    jobs: std::sync::Mutex<std::sync::mpsc::Sender<ScriptJob>>,
+}
+
+type ScriptJob = Box<dyn FnOnce() + Send>;
+
+impl ScriptThread {
+    pub(super) fn start() -> ScriptThread {
+        let (tx, rx) = std::sync::mpsc::channel::<ScriptJob>();
+        std::thread::Builder::new()
+            .name("keel-scripts".into())
+            // Room for a reply nested 1,000 deep, as on the workers.
+            .stack_size(16 << 20)
+            .spawn(move || {
+                for job in rx {
+                    // A job that panics (a bug) fails its own script, not the ones after.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })
+            .expect("starting the scripts' thread");
+        ScriptThread {
+            jobs: std::sync::Mutex::new(tx),
+        }
+    }
+
+    /// Runs `job` on the scripts' thread, after the jobs before it; `None` if it panicked.
+    async fn run<R: Send + 'static>(&self, job: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Box::new(move || {
+            let _ = tx.send(job());
+        });
+        crate::lock(&self.jobs).send(job).ok()?;
+        rx.await.ok()
+    }
+}
+
 /// A script command checked, with its script found (see [`Conn::resolve`]).
 struct Resolved {
     /// The script's SHA-1, or the function's name.
@@ -504,12 +543,13 @@ impl Conn {
             Vec::new(),
             Touched::none(self.client.id),
             render,
-        );
+        )
+        .await;
     }
 
     /// EXEC of a transaction that queued a script: every command, scripts and data alike, in
     /// one engine transaction (one log record), decided call by call under WATCH's guards.
-    pub(super) fn exec_scripted(
+    pub(super) async fn exec_scripted(
         &mut self,
         parts: Vec<Part>,
         queued_args: Vec<Option<Vec<Bytes>>>,
@@ -527,13 +567,13 @@ impl Conn {
             .collect();
         let render: Box<dyn FnOnce(Option<Vec<Reply>>) -> Reply + Send> =
             Box::new(|r| r.map_or(Reply::NilArray, Reply::Array));
-        self.run_steps(steps, watched, touched, render);
+        self.run_steps(steps, watched, touched, render).await;
     }
 
     /// Runs `steps` as one script transaction (see [`Engine::submit_script`]), unless a guard
     /// fails; queues the reply `render` makes of the steps' replies (`None`: a guard failed),
     /// once the transaction is durable.
-    fn run_steps(
+    async fn run_steps(
         &mut self,
         steps: Vec<Step>,
         watched: Vec<Guard>,
@@ -542,56 +582,63 @@ impl Conn {
     ) {
         let sh = self.sh.clone();
         let engine = self.engine();
-        let user = self.user.as_ref();
+        let user = self.user.clone();
         let now = now_ms();
         let tracks = self.tracking.is_some();
-        let ran = tokio::task::block_in_place(|| {
-            engine.submit_script(now, |tx| {
-                if !tx.guards_hold(&watched) {
-                    return None;
-                }
-                let mut caller = ScriptCaller {
-                    tx,
-                    sh: &sh,
-                    user,
-                    read_only: false,
-                    now,
-                    touched: Vec::new(),
-                    flushed: false,
-                    pushed: Vec::new(),
-                    reads: tracks.then(Vec::new),
-                    events: Vec::new(),
-                    published: Vec::new(),
-                };
-                let replies = (steps.into_iter())
-                    .map(|step| match step {
-                        Step::Script(Err(e), _) => e,
-                        Step::Script(Ok(r), args) => {
-                            caller.read_only = r.read_only;
-                            if r.function {
-                                sh.scripts.call_function(&r.sha, &args, &mut caller)
-                            } else {
-                                sh.scripts.run(&r.sha, &args, &mut caller)
+        // On the scripts' thread: this worker goes on serving its other connections.
+        let run_sh = sh.clone();
+        let ran = sh
+            .script_thread
+            .run(move || {
+                let (sh, user) = (run_sh, user.as_ref());
+                engine.submit_script(now, |tx| {
+                    if !tx.guards_hold(&watched) {
+                        return None;
+                    }
+                    let mut caller = ScriptCaller {
+                        tx,
+                        sh: &sh,
+                        user,
+                        read_only: false,
+                        now,
+                        touched: Vec::new(),
+                        flushed: false,
+                        pushed: Vec::new(),
+                        reads: tracks.then(Vec::new),
+                        events: Vec::new(),
+                        published: Vec::new(),
+                    };
+                    let replies = (steps.into_iter())
+                        .map(|step| match step {
+                            Step::Script(Err(e), _) => e,
+                            Step::Script(Ok(r), args) => {
+                                caller.read_only = r.read_only;
+                                if r.function {
+                                    sh.scripts.call_function(&r.sha, &args, &mut caller)
+                                } else {
+                                    sh.scripts.run(&r.sha, &args, &mut caller)
+                                }
                             }
-                        }
-                        Step::Part(p, args) => caller.run_part(p, args.as_deref()),
-                    })
-                    .collect();
-                let c = caller;
-                let effects = (
-                    c.touched,
-                    c.flushed,
-                    c.pushed,
-                    c.reads,
-                    c.events,
-                    c.published,
-                );
-                Some((replies, effects))
+                            Step::Part(p, args) => caller.run_part(p, args.as_deref()),
+                        })
+                        .collect();
+                    let c = caller;
+                    let effects = (
+                        c.touched,
+                        c.flushed,
+                        c.pushed,
+                        c.reads,
+                        c.events,
+                        c.published,
+                    );
+                    Some((replies, effects))
+                })
             })
-        });
+            .await;
         let (ran, pending) = match ran {
-            Ok(r) => r,
-            Err(e) => return self.reply(self.sh.backend.engine_error(&e)),
+            Some(Ok(r)) => r,
+            Some(Err(e)) => return self.reply(self.sh.backend.engine_error(&e)),
+            None => return self.reply(Reply::err("ERR the script failed: see keel's log")),
         };
         let (replies, touched, pushed) = match ran {
             None => (None, touched, Vec::new()),

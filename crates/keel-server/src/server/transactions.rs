@@ -134,7 +134,8 @@ impl Conn {
         }
         if parts.iter().any(|p| p.script.is_some()) {
             let touched = Touched::new(touched, flush, self.client.id);
-            self.exec_scripted(parts, queued_args, watched, touched);
+            self.exec_scripted(parts, queued_args, watched, touched)
+                .await;
             for args in reads {
                 self.track_read(&args);
             }
