@@ -154,6 +154,18 @@ fn xread_returns_what_follows_and_block_waits_for_it() {
     let got = String::from_utf8(read_reply(&mut r)).unwrap();
     assert!(got.contains("9-1") && got.contains("new"), "{got}");
     assert!(start.elapsed() < Duration::from_secs(5));
+
+    // A key that becomes a list does not end the wait (Redis does not wake XREAD for it);
+    // a stream there again does.
+    r.send(&resp(&["XREAD", "BLOCK", "0", "STREAMS", "a", "$"]));
+    std::thread::sleep(Duration::from_millis(100));
+    query::<i64>(&mut c, &["DEL", "a"]);
+    query::<i64>(&mut c, &["LPUSH", "a", "x"]);
+    std::thread::sleep(Duration::from_millis(200));
+    query::<i64>(&mut c, &["DEL", "a"]);
+    query::<String>(&mut c, &["XADD", "a", "10-1", "back", "y"]);
+    let got = String::from_utf8(read_reply(&mut r)).unwrap();
+    assert!(got.contains("10-1") && got.contains("back"), "{got}");
 }
 
 #[test]

@@ -556,7 +556,19 @@ impl Conn {
                         }
                     }
                     let (sh, touched) = (sh.clone(), &touched);
-                    async move { run_part(sh, part, touched).await }
+                    async move {
+                        let (reply, woken) = run_part(sh, part, touched).await;
+                        // A stream read woken by a key that became another type waits on,
+                        // as Redis's blocked XREAD is not woken by it.
+                        match reply {
+                            Reply::Error(e)
+                                if later && name == "xread" && e.starts_with("WRONGTYPE") =>
+                            {
+                                (Reply::NilArray, woken)
+                            }
+                            reply => (reply, woken),
+                        }
+                    }
                 };
                 blocking::wait_for(&sh.blocked, keys, timeout, attempt).await
             }));
