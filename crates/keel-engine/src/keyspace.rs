@@ -1454,24 +1454,8 @@ pub(crate) fn change(m: &Mutation, version: Lsn) -> Change<'_> {
         Mutation::Delete { key } => Change::Key(key, None),
         Mutation::DeleteAll => Change::All,
         Mutation::System { key, value } => Change::System(key, value),
-        Mutation::HashSet { key, .. }
-        | Mutation::HashDel { key, .. }
-        | Mutation::Expire { key, .. }
-        | Mutation::SetAdd { key, .. }
-        | Mutation::SetRem { key, .. }
-        | Mutation::ListPush { key, .. }
-        | Mutation::ListPop { key, .. }
-        | Mutation::ListSet { key, .. }
-        | Mutation::ListTrim { key, .. }
-        | Mutation::ListRem { key, .. }
-        | Mutation::ListInsert { key, .. }
-        | Mutation::ZAdd { key, .. }
-        | Mutation::ZRem { key, .. }
-        | Mutation::StringWrite { key, .. }
-        | Mutation::StreamAdd { key, .. }
-        | Mutation::StreamDel { key, .. }
-        | Mutation::StreamTrim { key, .. }
-        | Mutation::StreamMeta { key, .. } => Change::Edit(key, m),
+        // Every other mutation is relative, and has a user key.
+        m => Change::Edit(m.user_key().expect("a relative mutation's key"), m),
     }
 }
 

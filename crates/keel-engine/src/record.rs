@@ -303,26 +303,12 @@ impl Mutation {
 
     /// Whether its effect depends on the key's entry before it (see the module's docs).
     pub fn is_relative(&self) -> bool {
-        matches!(
+        !matches!(
             self,
-            Mutation::HashSet { .. }
-                | Mutation::HashDel { .. }
-                | Mutation::Expire { .. }
-                | Mutation::SetAdd { .. }
-                | Mutation::SetRem { .. }
-                | Mutation::ListPush { .. }
-                | Mutation::ListPop { .. }
-                | Mutation::ListSet { .. }
-                | Mutation::ListTrim { .. }
-                | Mutation::ListRem { .. }
-                | Mutation::ListInsert { .. }
-                | Mutation::ZAdd { .. }
-                | Mutation::ZRem { .. }
-                | Mutation::StringWrite { .. }
-                | Mutation::StreamAdd { .. }
-                | Mutation::StreamDel { .. }
-                | Mutation::StreamTrim { .. }
-                | Mutation::StreamMeta { .. }
+            Mutation::Set { .. }
+                | Mutation::Delete { .. }
+                | Mutation::DeleteAll
+                | Mutation::System { .. }
         )
     }
 }
