@@ -55,6 +55,15 @@ fn getkeys_finds_keys_fixed_and_movable() {
         keys(&mut c, &["SORT", "abc", "STORE", "invalid", "STORE", "def"]),
         strings(&["abc", "def"])
     );
+    // A command that may have no keys: none is an answer.
+    assert!(keys(&mut c, &["EVAL", "return 1", "0"]).is_empty());
+    assert_eq!(
+        keys(
+            &mut c,
+            &["XREAD", "COUNT", "1", "STREAMS", "s1", "s2", "0", "$"]
+        ),
+        strings(&["s1", "s2"])
+    );
     let mut many = vec!["ZUNIONSTORE".to_string(), "target".into(), "300".into()];
     many.extend((0..300).map(|i| format!("key{i}")));
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
