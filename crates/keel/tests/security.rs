@@ -1072,6 +1072,15 @@ fn permissions_follow_what_each_command_does() {
         (&["ZINTERCARD", "1", "o"], R),
         (&["ZRANDMEMBER", "o"], R),
         (&["ZSCAN", "o", "0"], R),
+        (&["XADD", "x", "*", "f", "v"], W),
+        (&["XLEN", "x"], R),
+        (&["XRANGE", "x", "-", "+"], R),
+        (&["XREVRANGE", "x", "+", "-", "COUNT", "1"], R),
+        (&["XDEL", "x", "1-1"], W),
+        (&["XTRIM", "x", "MAXLEN", "0"], W),
+        (&["XSETID", "x", "9-9"], W),
+        (&["XREAD", "STREAMS", "x", "0"], R),
+        (&["XINFO", "STREAM", "x"], R),
     ];
 
     let t = tempfile::tempdir().unwrap();
@@ -1137,6 +1146,7 @@ fn permissions_follow_what_each_command_does() {
         boss.cmd(&["SADD", "z", secret_value], ":1\r\n");
         boss.cmd(&["RPUSH", "q", secret_value], ":1\r\n");
         boss.cmd(&["ZADD", "o", "1", secret_value], ":1\r\n");
+        boss.cmd(&["XADD", "x", "1-1", "f", secret_value], "$3\r\n1-1\r\n");
     };
     let login = |name: &str| {
         let mut c = srv.raw();
@@ -1155,9 +1165,8 @@ fn permissions_follow_what_each_command_does() {
                 let shown = match args[0] {
                     // Redis names a subcommand as `container|sub`.
                     "CONFIG" | "CLIENT" | "SLOWLOG" | "LATENCY" | "KEEL.CLUSTER"
-                    | "KEEL.MAINTENANCE" | "MEMORY" | "OBJECT" | "COMMAND" | "ACL" | "FUNCTION" => {
-                        format!("{}|{}", args[0], args[1]).to_lowercase()
-                    }
+                    | "KEEL.MAINTENANCE" | "MEMORY" | "OBJECT" | "COMMAND" | "ACL" | "FUNCTION"
+                    | "XINFO" => format!("{}|{}", args[0], args[1]).to_lowercase(),
                     // KEEL.IDEM's own need (write) first, then the wrapped command's.
                     "KEEL.IDEM" if has & W != 0 => args[2].to_lowercase(),
                     other => other.to_lowercase(),
