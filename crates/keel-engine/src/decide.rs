@@ -1094,16 +1094,12 @@ fn decide_one<S: Decided>(
                 key: key.clone(),
                 create: x.is_none(),
                 id,
-                fields: fields.clone(),
+                fields,
             });
-            if let Some(trim) = trim {
-                // Trimmed as if the entry were in: it counts toward MAXLEN, and may itself
-                // fall below MINID.
-                let mut after = x.cloned().unwrap_or_default();
-                after.add(id, fields);
-                if let Some(keep_from) = trim_point(&after, trim) {
-                    m.push(Mutation::StreamTrim { key, keep_from });
-                }
+            // Trimmed as if the entry were in (it counts toward MAXLEN, and may itself fall
+            // below MINID), without copying the stream to add it.
+            if let Some(keep_from) = trim.and_then(|t| trim_point(x, Some(id), t)) {
+                m.push(Mutation::StreamTrim { key, keep_from });
             }
             WriteResult::Value(Some(Bytes::from(id.to_string())))
         }
@@ -1124,7 +1120,7 @@ fn decide_one<S: Decided>(
         },
         Write::StreamTrimTo { key, trim } => match work.live(&key).map(|e| e.value) {
             None => WriteResult::Int(0),
-            Some(ValueRef::Stream(x)) => match trim_point(x, trim) {
+            Some(ValueRef::Stream(x)) => match trim_point(Some(x), None, trim) {
                 None => WriteResult::Int(0),
                 Some(keep_from) => {
                     let n = x
@@ -1190,13 +1186,25 @@ fn stream_id(spec: StreamIdSpec, last: StreamId, now: u64) -> Result<StreamId, W
 }
 
 /// The lowest ID a trim keeps (every entry below it goes), or `None` when nothing goes.
-fn trim_point(x: &crate::table::StreamValue, trim: StreamTrim) -> Option<StreamId> {
-    let all = x.len();
+/// The lowest ID a trim keeps (every entry below it goes), or `None` when nothing goes: of the
+/// stream's entries, followed by the entry XADD is `adding` (the greatest ID) if any. Reads
+/// only the entries that go.
+fn trim_point(
+    x: Option<&crate::table::StreamValue>,
+    adding: Option<StreamId>,
+    trim: StreamTrim,
+) -> Option<StreamId> {
+    let len = x.map_or(0, |x| x.len());
+    let all = len + usize::from(adding.is_some());
     let mut gone = match trim.by {
         StreamTrimBy::MaxLen(max) => all.saturating_sub(max as usize),
-        StreamTrimBy::MinId(min) => x
-            .range(Bound::Unbounded, Bound::Excluded(min), false)
-            .count(),
+        StreamTrimBy::MinId(min) => {
+            let old = x.map_or(0, |x| {
+                x.range(Bound::Unbounded, Bound::Excluded(min), false)
+                    .count()
+            });
+            old + usize::from(adding.is_some_and(|id| id < min))
+        }
     };
     if trim.node > 0 {
         let node = trim.node as usize;
@@ -1208,10 +1216,13 @@ fn trim_point(x: &crate::table::StreamValue, trim: StreamTrim) -> Option<StreamI
         gone = gone.min(limit);
         gone -= gone % node;
     }
+    let last = || adding.or_else(|| x.and_then(|x| x.last()).map(|(id, _)| id));
     match gone {
         0 => None,
-        n if n >= all => x.last().and_then(|(id, _)| id.next()),
-        n => x.nth_id(n),
+        n if n < len => x.and_then(|x| x.nth_id(n)),
+        // Every entry that was there goes; the one added stays.
+        n if n == len && adding.is_some() => adding,
+        _ => last().and_then(StreamId::next),
     }
 }
 
