@@ -291,6 +291,43 @@ fn write_bytes(w: &Write) -> usize {
         }
         Write::StreamDel { key, ids } => key.len() + 16 * ids.len(),
         Write::StreamTrimTo { key, .. } | Write::StreamSetId { key, .. } => key.len() + 32,
+        Write::StreamGroupCreate { key, group, .. }
+        | Write::StreamGroupSetId { key, group, .. }
+        | Write::StreamGroupDestroy { key, group } => key.len() + group.len() + 32,
+        Write::StreamConsumerCreate {
+            key,
+            group,
+            consumer,
+        }
+        | Write::StreamConsumerDelete {
+            key,
+            group,
+            consumer,
+        } => key.len() + group.len() + consumer.len(),
+        Write::StreamReadGroup {
+            group,
+            consumer,
+            streams,
+            ..
+        } => {
+            group.len() + consumer.len() + streams.iter().map(|(k, _)| k.len() + 24).sum::<usize>()
+        }
+        Write::StreamAck { key, group, ids } => key.len() + group.len() + 16 * ids.len(),
+        Write::StreamClaim {
+            key,
+            group,
+            consumer,
+            claim,
+            ..
+        } => {
+            key.len()
+                + group.len()
+                + consumer.len()
+                + match claim {
+                    keel_engine::Claim::Ids { ids, .. } => 16 * ids.len() + 64,
+                    keel_engine::Claim::Scan { .. } => 32,
+                }
+        }
         Write::SetAdd { key, members } | Write::SetRem { key, members } => {
             key.len() + members.iter().map(|m| m.len() + 8).sum::<usize>()
         }

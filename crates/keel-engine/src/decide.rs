@@ -12,13 +12,13 @@ use crate::keyspace::{
 };
 use crate::record::Mutation;
 use crate::sort;
-use crate::table::{ListValue, SetValue, ValueRef, ZSetValue};
+use crate::table::{ListValue, SetValue, StreamGroup, StreamValue, ValueRef, ZSetValue};
 use crate::util::HashMap;
 use crate::zsets::{self, format_score, zset_combine};
 
 use crate::types::{
-    Guard, KeyEffect, Outcome, PutIf, Read, SetOp, StreamId, StreamIdSpec, StreamTrim,
-    StreamTrimBy, Ttl, Write, WriteError, WriteResult,
+    Claim, ClaimTime, Guard, KeyEffect, Outcome, PutIf, Read, SetOp, StreamId, StreamIdSpec,
+    StreamTrim, StreamTrimBy, Ttl, Write, WriteError, WriteResult,
 };
 use keel_wal::Lsn;
 
@@ -208,9 +208,12 @@ fn key_effects<S: Decided>(
     for m in mutations {
         let Some(key) = m.user_key() else { continue };
         let live = !matches!(m, Mutation::Delete { .. });
-        match out[from..].iter_mut().find(|e| e.key == key) {
+        let e = match out[from..].iter().position(|e| e.key == key) {
             // `deleted` holds whether it is live for now; settled below.
-            Some(e) => e.deleted = live,
+            Some(at) => {
+                out[from + at].deleted = live;
+                &mut out[from + at]
+            }
             None => {
                 let before = work.live(key).is_some();
                 out.push(KeyEffect {
@@ -218,8 +221,22 @@ fn key_effects<S: Decided>(
                     key: key.clone(),
                     created: before,
                     deleted: live,
+                    consumer_created: false,
                 });
+                out.last_mut().expect("pushed")
             }
+        };
+        if let Mutation::StreamConsumer {
+            group, consumer, ..
+        } = m
+        {
+            let had = work.live(key).is_some_and(|e| match e.value {
+                ValueRef::Stream(x) => {
+                    (x.groups.get(group)).is_some_and(|g| g.consumers.contains_key(consumer))
+                }
+                _ => false,
+            });
+            e.consumer_created |= !had;
         }
     }
     for e in &mut out[from..] {
@@ -1160,7 +1177,350 @@ fn decide_one<S: Decided>(
             }
             Some(_) => WriteResult::Failed(WriteError::WrongType),
         },
+        Write::StreamGroupCreate {
+            key,
+            group,
+            id,
+            entries_read,
+            mkstream,
+        } => {
+            let last_id = match work.live(&key).map(|e| e.value) {
+                Some(ValueRef::Stream(x)) if x.groups.contains_key(&group) => {
+                    return WriteResult::Failed(WriteError::GroupExists)
+                }
+                Some(ValueRef::Stream(x)) => id.unwrap_or(x.last_id),
+                Some(_) => return WriteResult::Failed(WriteError::WrongType),
+                None if mkstream => {
+                    m.push(Mutation::StreamMeta {
+                        key: key.clone(),
+                        create: true,
+                        last_id: StreamId::MIN,
+                        entries_added: 0,
+                        max_deleted: StreamId::MIN,
+                    });
+                    id.unwrap_or(StreamId::MIN)
+                }
+                None => return WriteResult::Failed(WriteError::NoSuchKey),
+            };
+            m.push(Mutation::StreamGroup {
+                key,
+                group,
+                last_id,
+                entries_read,
+            });
+            WriteResult::Put(true)
+        }
+        Write::StreamGroupSetId {
+            key,
+            group,
+            id,
+            entries_read,
+        } => match stream_group(work, &key, &group) {
+            Err(e) => WriteResult::Failed(e),
+            Ok((_, None)) => WriteResult::Failed(WriteError::NoGroup),
+            Ok((x, Some(_))) => {
+                m.push(Mutation::StreamGroup {
+                    key,
+                    group,
+                    last_id: id.unwrap_or(x.last_id),
+                    entries_read,
+                });
+                WriteResult::Put(true)
+            }
+        },
+        Write::StreamGroupDestroy { key, group } => match stream_group(work, &key, &group) {
+            Err(e) => WriteResult::Failed(e),
+            Ok((_, None)) => WriteResult::Int(0),
+            Ok((_, Some(_))) => {
+                m.push(Mutation::StreamGroupDel { key, group });
+                WriteResult::Int(1)
+            }
+        },
+        Write::StreamConsumerCreate {
+            key,
+            group,
+            consumer,
+        } => match stream_group(work, &key, &group) {
+            Err(e) => WriteResult::Failed(e),
+            Ok((_, None)) => WriteResult::Failed(WriteError::NoGroup),
+            Ok((_, Some(g))) if g.consumers.contains_key(&consumer) => WriteResult::Int(0),
+            Ok((_, Some(_))) => {
+                m.push(Mutation::StreamConsumer {
+                    key,
+                    group,
+                    consumer,
+                    seen_ms: now,
+                    active_ms: None,
+                });
+                WriteResult::Int(1)
+            }
+        },
+        Write::StreamConsumerDelete {
+            key,
+            group,
+            consumer,
+        } => match stream_group(work, &key, &group) {
+            Err(e) => WriteResult::Failed(e),
+            Ok((_, None)) => WriteResult::Failed(WriteError::NoGroup),
+            Ok((_, Some(g))) => match g.consumers.get(&consumer) {
+                None => WriteResult::Int(0),
+                Some(c) => {
+                    let n = c.pending.len();
+                    m.push(Mutation::StreamConsumerDel {
+                        key,
+                        group,
+                        consumer,
+                    });
+                    WriteResult::Int(n as i64)
+                }
+            },
+        },
+        Write::StreamReadGroup {
+            group,
+            consumer,
+            streams,
+            count,
+            no_ack,
+        } => {
+            // Every stream first: an error delivers nothing.
+            let mut found = Vec::with_capacity(streams.len());
+            for (key, _) in &streams {
+                match stream_group(work, key, &group) {
+                    Ok((x, Some(g))) => found.push((x, g)),
+                    Ok((_, None)) | Err(WriteError::NoSuchKey) => {
+                        return WriteResult::Failed(WriteError::NoGroup)
+                    }
+                    Err(e) => return WriteResult::Failed(e),
+                }
+            }
+            let limit = count.unwrap_or(usize::MAX);
+            let mut out = Vec::new();
+            for ((key, after), (x, g)) in streams.into_iter().zip(found) {
+                let known = g.consumers.get(&consumer);
+                let mut active_ms = known.and_then(|c| c.active_ms);
+                let mut pending = Vec::new();
+                match after {
+                    // `>`: what the group has not read yet.
+                    None => {
+                        let (mut last_id, mut entries_read) = (g.last_id, g.entries_read);
+                        let new = x.range(Bound::Excluded(g.last_id), Bound::Unbounded, false);
+                        for (id, fields) in new.take(limit) {
+                            entries_read = x.read_one(entries_read, id);
+                            last_id = id;
+                            push_entry(&mut out, id, Some(fields));
+                            if !no_ack {
+                                pending.push((id, now, 1));
+                            }
+                        }
+                        if last_id != g.last_id {
+                            active_ms = Some(now);
+                            m.push(Mutation::StreamGroup {
+                                key: key.clone(),
+                                group: group.clone(),
+                                last_id,
+                                entries_read,
+                            });
+                        }
+                    }
+                    // The consumer's own pending entries, delivered again.
+                    Some(after) => {
+                        let mine = known.into_iter().flat_map(|c| {
+                            c.pending.range((Bound::Excluded(after), Bound::Unbounded))
+                        });
+                        for id in mine.take(limit) {
+                            let fields = x.get(*id);
+                            push_entry(&mut out, *id, fields);
+                            if fields.is_some() {
+                                pending.push((*id, now, g.pending[id].deliveries + 1));
+                            }
+                        }
+                    }
+                }
+                m.push(Mutation::StreamConsumer {
+                    key: key.clone(),
+                    group: group.clone(),
+                    consumer: consumer.clone(),
+                    seen_ms: now,
+                    active_ms,
+                });
+                if !pending.is_empty() {
+                    m.push(Mutation::StreamPending {
+                        key,
+                        group: group.clone(),
+                        consumer: consumer.clone(),
+                        entries: pending,
+                    });
+                }
+                out.push(None);
+            }
+            WriteResult::Values(out)
+        }
+        Write::StreamAck { key, group, ids } => match stream_group(work, &key, &group) {
+            Err(WriteError::NoSuchKey) | Ok((_, None)) => WriteResult::Int(0),
+            Err(e) => WriteResult::Failed(e),
+            Ok((_, Some(g))) => {
+                let mut ids: Vec<StreamId> = (ids.into_iter())
+                    .filter(|id| g.pending.contains_key(id))
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                let n = ids.len();
+                if n > 0 {
+                    m.push(Mutation::StreamAck { key, group, ids });
+                }
+                WriteResult::Int(n as i64)
+            }
+        },
+        Write::StreamClaim {
+            key,
+            group,
+            consumer,
+            min_idle_ms,
+            claim,
+        } => {
+            let (x, g) = match stream_group(work, &key, &group) {
+                Ok((x, Some(g))) => (x, g),
+                Ok((_, None)) | Err(WriteError::NoSuchKey) => {
+                    return WriteResult::Failed(WriteError::NoGroup)
+                }
+                Err(e) => return WriteResult::Failed(e),
+            };
+            let idle =
+                |p: &crate::table::Pending| now.saturating_sub(p.delivered_ms) >= min_idle_ms;
+            let (mut claimed, mut taken, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+            let mut cursor = None;
+            match claim {
+                Claim::Ids {
+                    ids,
+                    delivered,
+                    deliveries,
+                    force,
+                    just_id,
+                    last_id,
+                } => {
+                    if let Some(last_id) = last_id.filter(|l| *l > g.last_id) {
+                        m.push(Mutation::StreamGroup {
+                            key: key.clone(),
+                            group: group.clone(),
+                            last_id,
+                            entries_read: g.entries_read,
+                        });
+                    }
+                    let at = match delivered {
+                        None => now,
+                        Some(ClaimTime::Idle(ms)) => now.saturating_sub(ms),
+                        Some(ClaimTime::At(t)) => t.min(now),
+                    };
+                    let mut done = std::collections::HashSet::new();
+                    for id in ids {
+                        if !done.insert(id) {
+                            continue;
+                        }
+                        let p = g.pending.get(&id);
+                        let Some(fields) = x.get(id) else {
+                            // Gone from the stream: no longer pending.
+                            gone.extend(p.map(|_| id));
+                            continue;
+                        };
+                        let before = match p {
+                            Some(p) if !idle(p) => continue,
+                            Some(p) => p.deliveries,
+                            // FORCE: pending with no one until now, delivered once.
+                            None if force => 1,
+                            None => continue,
+                        };
+                        let n = deliveries.unwrap_or(before + u64::from(!just_id));
+                        taken.push((id, at, n));
+                        push_entry(&mut claimed, id, (!just_id).then_some(fields));
+                    }
+                }
+                Claim::Scan {
+                    start,
+                    count,
+                    just_id,
+                } => {
+                    let (mut attempts, mut left) = (count.saturating_mul(10), count);
+                    let mut it = g.pending.range(start..);
+                    cursor = Some(StreamId::MIN);
+                    loop {
+                        if attempts == 0 || left == 0 {
+                            cursor = Some(it.next().map_or(StreamId::MIN, |(id, _)| *id));
+                            break;
+                        }
+                        let Some((id, p)) = it.next() else {
+                            break;
+                        };
+                        attempts -= 1;
+                        let Some(fields) = x.get(*id) else {
+                            gone.push(*id);
+                            left -= 1;
+                            continue;
+                        };
+                        if !idle(p) {
+                            continue;
+                        }
+                        taken.push((*id, now, p.deliveries + u64::from(!just_id)));
+                        push_entry(&mut claimed, *id, (!just_id).then_some(fields));
+                        left -= 1;
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            if let Some(c) = cursor {
+                out.push(Some(Bytes::from(c.to_string())));
+            }
+            out.append(&mut claimed);
+            if !taken.is_empty() {
+                m.push(Mutation::StreamConsumer {
+                    key: key.clone(),
+                    group: group.clone(),
+                    consumer: consumer.clone(),
+                    seen_ms: now,
+                    active_ms: Some(now),
+                });
+                m.push(Mutation::StreamPending {
+                    key: key.clone(),
+                    group: group.clone(),
+                    consumer,
+                    entries: taken,
+                });
+            }
+            if cursor.is_some() {
+                out.push(None);
+                out.extend(gone.iter().map(|id| Some(Bytes::from(id.to_string()))));
+            }
+            if !gone.is_empty() {
+                m.push(Mutation::StreamAck {
+                    key,
+                    group,
+                    ids: gone,
+                });
+            }
+            WriteResult::Values(out)
+        }
     }
+}
+
+/// The stream at `key` and its consumer group `group` (`None`: no such group), or
+/// `NoSuchKey` (no stream) or `WrongType`.
+fn stream_group<'a, S: Decided>(
+    work: &'a Overlay<S>,
+    key: &[u8],
+    group: &[u8],
+) -> Result<(&'a StreamValue, Option<&'a StreamGroup>), WriteError> {
+    match work.live(key).map(|e| e.value) {
+        Some(ValueRef::Stream(x)) => Ok((x, x.groups.get(group))),
+        Some(_) => Err(WriteError::WrongType),
+        None => Err(WriteError::NoSuchKey),
+    }
+}
+
+/// Pushes a stream entry as reads lay it out: its ID, its fields and values (none for an
+/// entry since deleted, or for JUSTID), then a nil.
+fn push_entry(out: &mut Vec<Option<Bytes>>, id: StreamId, fields: Option<&[Bytes]>) {
+    out.push(Some(Bytes::from(id.to_string())));
+    out.extend(fields.into_iter().flatten().map(|f| Some(f.clone())));
+    out.push(None);
 }
 
 /// The ID XADD gives an entry, from its spec, the stream's last ID and the transaction's time.
@@ -1452,6 +1812,34 @@ fn recreate(key: Bytes, e: Lent<'_>) -> Vec<Mutation> {
                 });
             }
             out.push(meta(false));
+            for (name, g) in &x.groups {
+                out.push(Mutation::StreamGroup {
+                    key: key.clone(),
+                    group: name.clone(),
+                    last_id: g.last_id,
+                    entries_read: g.entries_read,
+                });
+                for (consumer, c) in &g.consumers {
+                    out.push(Mutation::StreamConsumer {
+                        key: key.clone(),
+                        group: name.clone(),
+                        consumer: consumer.clone(),
+                        seen_ms: c.seen_ms,
+                        active_ms: c.active_ms,
+                    });
+                    if !c.pending.is_empty() {
+                        let entries = (c.pending.iter())
+                            .map(|id| (*id, g.pending[id].delivered_ms, g.pending[id].deliveries))
+                            .collect();
+                        out.push(Mutation::StreamPending {
+                            key: key.clone(),
+                            group: name.clone(),
+                            consumer: consumer.clone(),
+                            entries,
+                        });
+                    }
+                }
+            }
             if let Some(t) = e.expires_at_ms {
                 out.push(Mutation::Expire {
                     key,

@@ -10,6 +10,7 @@
 //! User reads, scans, counts and `DeleteAll` never see it.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use bytes::Bytes;
 use keel_wal::Lsn;
@@ -289,10 +290,7 @@ pub(crate) fn edit_typed(entry: Option<Typed>, m: &Mutation, version: Lsn) -> Op
             e.version = version;
             Some(e)
         }
-        Mutation::StreamAdd { .. }
-        | Mutation::StreamDel { .. }
-        | Mutation::StreamTrim { .. }
-        | Mutation::StreamMeta { .. } => {
+        m if is_stream_mutation(m) => {
             let is_stream = entry
                 .as_ref()
                 .is_some_and(|e| e.value.kind() == Kind::Stream);
@@ -341,7 +339,10 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
     if let Read::StreamLen
     | Read::StreamRange { .. }
     | Read::StreamLastId
-    | Read::StreamInfo { .. } = op
+    | Read::StreamInfo { .. }
+    | Read::StreamGroups
+    | Read::StreamConsumers { .. }
+    | Read::StreamPending { .. } = op
     {
         let x = match value {
             None => None,
@@ -378,6 +379,7 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
                     text(x.max_deleted.to_string()),
                     text(x.entries_added.to_string()),
                     text(first.to_string()),
+                    text(x.groups.len().to_string()),
                 ];
                 let mut entry = |(id, fields): (StreamId, &[Bytes])| {
                     out.push(text(id.to_string()));
@@ -398,6 +400,79 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
                         all.take(if *n == 0 { usize::MAX } else { *n })
                             .for_each(entry);
                     }
+                }
+                if let Some(n) = entries {
+                    out.push(None);
+                    info_groups(x, if *n == 0 { usize::MAX } else { *n }, &mut out);
+                }
+                WriteResult::Values(out)
+            }
+            Read::StreamGroups => {
+                let Some(x) = x else {
+                    return WriteResult::Failed(WriteError::NoSuchKey);
+                };
+                let num = |n: usize| Some(Bytes::from(n.to_string()));
+                let mut out = Vec::with_capacity(6 * x.groups.len());
+                for (name, g) in &x.groups {
+                    out.push(Some(name.clone()));
+                    out.push(num(g.consumers.len()));
+                    out.push(num(g.pending.len()));
+                    out.push(Some(Bytes::from(g.last_id.to_string())));
+                    out.push(g.entries_read.map(|n| Bytes::from(n.to_string())));
+                    out.push(x.lag(g).map(|n| Bytes::from(n.to_string())));
+                }
+                WriteResult::Values(out)
+            }
+            Read::StreamConsumers { group } => {
+                let Some(x) = x else {
+                    return WriteResult::Failed(WriteError::NoSuchKey);
+                };
+                let Some(g) = x.groups.get(group) else {
+                    return WriteResult::Failed(WriteError::NoGroup);
+                };
+                let num = |n: u64| Some(Bytes::from(n.to_string()));
+                let mut out = Vec::with_capacity(4 * g.consumers.len());
+                for (name, c) in &g.consumers {
+                    out.push(Some(name.clone()));
+                    out.push(num(c.pending.len() as u64));
+                    out.push(num(c.seen_ms));
+                    out.push(c.active_ms.and_then(num));
+                }
+                WriteResult::Values(out)
+            }
+            Read::StreamPending { group, range } => {
+                let Some(g) = x.and_then(|x| x.groups.get(group)) else {
+                    return WriteResult::Failed(WriteError::NoGroup);
+                };
+                let num = |n: u64| Some(Bytes::from(n.to_string()));
+                let id = |id: &StreamId| Some(Bytes::from(id.to_string()));
+                let Some(r) = range else {
+                    let mut out = vec![num(g.pending.len() as u64)];
+                    if let (Some((lo, _)), Some((hi, _))) =
+                        (g.pending.first_key_value(), g.pending.last_key_value())
+                    {
+                        out.extend([id(lo), id(hi)]);
+                        for (name, c) in g.consumers.iter().filter(|(_, c)| !c.pending.is_empty()) {
+                            out.extend([Some(name.clone()), num(c.pending.len() as u64)]);
+                        }
+                    }
+                    return WriteResult::Values(out);
+                };
+                if stream_range_is_empty(r.start, r.end) {
+                    return WriteResult::Values(Vec::new());
+                }
+                let mut out = Vec::new();
+                let pending = g.pending.range((r.start, r.end)).filter(|(_, p)| {
+                    r.consumer.as_ref().is_none_or(|c| p.consumer == c)
+                        && r.delivered_by.is_none_or(|t| p.delivered_ms <= t)
+                });
+                for (entry, p) in pending.take(r.count) {
+                    out.extend([
+                        id(entry),
+                        Some(p.consumer.clone()),
+                        num(p.delivered_ms),
+                        num(p.deliveries),
+                    ]);
                 }
                 WriteResult::Values(out)
             }
@@ -948,10 +1023,7 @@ impl Map {
                     self.remove(key);
                 }
             }
-            Mutation::StreamAdd { .. }
-            | Mutation::StreamDel { .. }
-            | Mutation::StreamTrim { .. }
-            | Mutation::StreamMeta { .. } => {
+            m if is_stream_mutation(m) => {
                 let is_stream = self.get(key).is_some_and(|e| e.kind() == Kind::Stream);
                 if stream_create(m) || !is_stream {
                     if !stream_create(m) {
@@ -1467,9 +1539,122 @@ fn stream_create(m: &Mutation) -> bool {
     )
 }
 
-/// Applies a stream mutation to the stream it edits.
+/// Whether a range of stream IDs is empty (`BTreeMap::range` panics on one that ends before
+/// it starts).
+pub(crate) fn stream_range_is_empty(start: Bound<StreamId>, end: Bound<StreamId>) -> bool {
+    let point = |b: Bound<StreamId>| match b {
+        Bound::Included(x) => Some((x, false)),
+        Bound::Excluded(x) => Some((x, true)),
+        Bound::Unbounded => None,
+    };
+    match (point(start), point(end)) {
+        (Some((a, ax)), Some((b, bx))) => a > b || (a == b && (ax || bx)),
+        _ => false,
+    }
+}
+
+/// XINFO STREAM FULL's groups, as [`Read::StreamInfo`] lays them out; at most `n` pending
+/// entries listed per group and per consumer.
+fn info_groups(x: &StreamValue, n: usize, out: &mut Vec<Option<Bytes>>) {
+    let num = |n: u64| Some(Bytes::from(n.to_string()));
+    let id = |id: &StreamId| Some(Bytes::from(id.to_string()));
+    for (name, g) in &x.groups {
+        out.push(Some(name.clone()));
+        out.push(id(&g.last_id));
+        out.push(g.entries_read.and_then(num));
+        out.push(x.lag(g).and_then(num));
+        out.push(num(g.pending.len() as u64));
+        out.push(num(g.pending.len().min(n) as u64));
+        for (entry, p) in g.pending.iter().take(n) {
+            out.extend([
+                id(entry),
+                Some(p.consumer.clone()),
+                num(p.delivered_ms),
+                num(p.deliveries),
+            ]);
+        }
+        out.push(num(g.consumers.len() as u64));
+        for (name, c) in &g.consumers {
+            out.push(Some(name.clone()));
+            out.push(num(c.seen_ms));
+            out.push(c.active_ms.and_then(num));
+            out.push(num(c.pending.len() as u64));
+            out.push(num(c.pending.len().min(n) as u64));
+            for entry in c.pending.iter().take(n) {
+                let p = &g.pending[entry];
+                out.extend([id(entry), num(p.delivered_ms), num(p.deliveries)]);
+            }
+        }
+    }
+}
+
+/// Whether the mutation edits a stream (its entries, metadata or consumer groups).
+fn is_stream_mutation(m: &Mutation) -> bool {
+    matches!(
+        m,
+        Mutation::StreamAdd { .. }
+            | Mutation::StreamDel { .. }
+            | Mutation::StreamTrim { .. }
+            | Mutation::StreamMeta { .. }
+            | Mutation::StreamGroup { .. }
+            | Mutation::StreamGroupDel { .. }
+            | Mutation::StreamConsumer { .. }
+            | Mutation::StreamConsumerDel { .. }
+            | Mutation::StreamPending { .. }
+            | Mutation::StreamAck { .. }
+    )
+}
+
+/// Applies a stream mutation to the stream it edits. A consumer-group mutation whose group is
+/// gone does nothing (it was decided against the group, so this cannot be).
 fn edit_stream(x: &mut StreamValue, m: &Mutation) {
     match m {
+        Mutation::StreamGroup {
+            group,
+            last_id,
+            entries_read,
+            ..
+        } => x.set_group(group, *last_id, *entries_read),
+        Mutation::StreamGroupDel { group, .. } => {
+            x.groups.remove(group);
+        }
+        Mutation::StreamConsumer {
+            group,
+            consumer,
+            seen_ms,
+            active_ms,
+            ..
+        } => {
+            if let Some(g) = x.groups.get_mut(group) {
+                g.set_consumer(consumer, *seen_ms, *active_ms);
+            }
+        }
+        Mutation::StreamConsumerDel {
+            group, consumer, ..
+        } => {
+            if let Some(g) = x.groups.get_mut(group) {
+                g.delete_consumer(consumer);
+            }
+        }
+        Mutation::StreamPending {
+            group,
+            consumer,
+            entries,
+            ..
+        } => {
+            if let Some(g) = x.groups.get_mut(group) {
+                for (id, at, n) in entries {
+                    g.set_pending(*id, consumer, *at, *n);
+                }
+            }
+        }
+        Mutation::StreamAck { group, ids, .. } => {
+            if let Some(g) = x.groups.get_mut(group) {
+                for id in ids {
+                    g.ack(*id);
+                }
+            }
+        }
         Mutation::StreamAdd { id, fields, .. } => x.add(*id, fields.clone()),
         Mutation::StreamDel { ids, .. } => {
             x.delete(ids);

@@ -104,8 +104,8 @@ pub use restore::{
 pub use sequencer::Script;
 pub use sort::parse_double;
 pub use types::{
-    Aggregate, BitFieldAction, BitFieldOp, BitOp, Entry, ExpireIf, Guard, KeyEffect, LexBound,
-    Outcome, Overflow, PutIf, Read, SetOp, SortSpec, StreamId, StreamIdSpec, StreamTrim,
-    StreamTrimBy, Ttl, Write, WriteError, WriteResult, ZCmp, ZRange,
+    Aggregate, BitFieldAction, BitFieldOp, BitOp, Claim, ClaimTime, Entry, ExpireIf, Guard,
+    KeyEffect, LexBound, Outcome, Overflow, PendingRange, PutIf, Read, SetOp, SortSpec, StreamId,
+    StreamIdSpec, StreamTrim, StreamTrimBy, Ttl, Write, WriteError, WriteResult, ZCmp, ZRange,
 };
 pub use zsets::{format_score, zset_combine};

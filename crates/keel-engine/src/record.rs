@@ -19,6 +19,9 @@
 //!                                     3 not a float, 4 not finite, 5 no such key,
 //!                                     6 value too large, 7 wrong type,
 //!                                     8 index out of range, 9 score NaN,
+//!                                     10-14 stream ID refused (XADD too small, XADD 0-0,
+//!                                     XSETID too small, entries-added, max-deleted),
+//!                                     15 no such consumer group, 16 group exists,
 //!                                   9 Values: u32 n, then n values as in tag 7)
 //!                            2 = GuardFailed: 4 index
 //!                            3 = Fenced
@@ -29,7 +32,9 @@
 //!                            10 = ListPush, 11 = ListPop, 12 = ListSet, 13 = ListTrim,
 //!                            14 = ListRem, 15 = ListInsert, 16 = ZAdd, 17 = ZRem,
 //!                            18 = StringWrite, 19 = StreamAdd, 20 = StreamDel,
-//!                            21 = StreamTrim, 22 = StreamMeta
+//!                            21 = StreamTrim, 22 = StreamMeta, 23 = StreamGroup,
+//!                            24 = StreamGroupDel, 25 = StreamConsumer,
+//!                            26 = StreamConsumerDel, 27 = StreamPending, 28 = StreamAck
 //!   Set:      4 key_len      u32 LE, then key bytes
 //!             4 value_len    u32 LE, then value bytes
 //!             8 expires_at   Unix ms, u64 LE; 0 = never
@@ -81,9 +86,23 @@
 //!   StreamTrim: 4 key_len, key; 8 ms, 8 seq: deletes every entry below that ID.
 //!   StreamMeta: 4 key_len, key; 1 create (1: an empty stream first); 8+8 last ID;
 //!                            8 entries-added; 8+8 greatest deleted ID (XSETID, a copy)
+//!   StreamGroup: 4 key_len, key; 4 len, group; 8+8 last ID; 8 entries-read (u64::MAX: not
+//!                            known): creates the consumer group, or sets where it read to
+//!   StreamGroupDel: 4 key_len, key; 4 len, group: deletes the group, its consumers and its
+//!                            pending entries
+//!   StreamConsumer: 4 key_len, key; 4 len, group; 4 len, consumer; 8 seen (Unix ms);
+//!                            8 active (Unix ms; u64::MAX: never): creates the consumer, or
+//!                            sets its times
+//!   StreamConsumerDel: 4 key_len, key; 4 len, group; 4 len, consumer: deletes the consumer
+//!                            and its pending entries
+//!   StreamPending: 4 key_len, key; 4 len, group; 4 len, consumer; 4 n, then n of (8+8 ID,
+//!                            8 delivered at (Unix ms), 8 deliveries): each entry becomes
+//!                            pending with the consumer (created if absent), from whichever
+//!                            consumer had it
+//!   StreamAck: 4 key_len, key; 4 len, group; 4 n, then n IDs: no longer pending
 //! ```
 //!
-//! Tags 5 to 22 are **relative**: their effect depends on the key's entry before the record
+//! Tags 5 to 28 are **relative**: their effect depends on the key's entry before the record
 //! (the hash it holds, the value whose expiry changes), and on nothing else. Every record still
 //! makes each key's new version its LSN, so the by-version rule (a record applies to a key only
 //! if the key's entry is older than it) keeps replay exact. They came with typed values and
@@ -124,6 +143,14 @@ const TAG_STREAM_ADD: u8 = 19;
 const TAG_STREAM_DEL: u8 = 20;
 const TAG_STREAM_TRIM: u8 = 21;
 const TAG_STREAM_META: u8 = 22;
+const TAG_STREAM_GROUP: u8 = 23;
+const TAG_STREAM_GROUP_DEL: u8 = 24;
+const TAG_STREAM_CONSUMER: u8 = 25;
+const TAG_STREAM_CONSUMER_DEL: u8 = 26;
+const TAG_STREAM_PENDING: u8 = 27;
+const TAG_STREAM_ACK: u8 = 28;
+/// An absent u64 (a group's unknown entries-read, a consumer never active).
+const NONE_U64: u64 = u64::MAX;
 const FLAG_REQUEST: u8 = 1;
 /// Longest client request id.
 pub const REQUEST_ID_BYTES_MAX: usize = 256;
@@ -271,6 +298,46 @@ pub enum Mutation {
         entries_added: u64,
         max_deleted: StreamId,
     },
+    /// Creates consumer group `group` of the stream at `key`, or sets where it read to.
+    StreamGroup {
+        key: Bytes,
+        group: Bytes,
+        last_id: StreamId,
+        entries_read: Option<u64>,
+    },
+    /// Deletes consumer group `group`, its consumers and its pending entries.
+    StreamGroupDel {
+        key: Bytes,
+        group: Bytes,
+    },
+    /// Creates consumer `consumer` of `group`, or sets its times (Unix ms).
+    StreamConsumer {
+        key: Bytes,
+        group: Bytes,
+        consumer: Bytes,
+        seen_ms: u64,
+        active_ms: Option<u64>,
+    },
+    /// Deletes consumer `consumer` of `group` and its pending entries.
+    StreamConsumerDel {
+        key: Bytes,
+        group: Bytes,
+        consumer: Bytes,
+    },
+    /// Makes entries pending with `consumer` (created if absent): each `(ID, delivered at
+    /// (Unix ms), deliveries)`.
+    StreamPending {
+        key: Bytes,
+        group: Bytes,
+        consumer: Bytes,
+        entries: Vec<(StreamId, u64, u64)>,
+    },
+    /// Acknowledges entries of `group`: they are no longer pending.
+    StreamAck {
+        key: Bytes,
+        group: Bytes,
+        ids: Vec<StreamId>,
+    },
 }
 
 impl Mutation {
@@ -297,7 +364,13 @@ impl Mutation {
             | Mutation::StreamAdd { key, .. }
             | Mutation::StreamDel { key, .. }
             | Mutation::StreamTrim { key, .. }
-            | Mutation::StreamMeta { key, .. } => Some(key),
+            | Mutation::StreamMeta { key, .. }
+            | Mutation::StreamGroup { key, .. }
+            | Mutation::StreamGroupDel { key, .. }
+            | Mutation::StreamConsumer { key, .. }
+            | Mutation::StreamConsumerDel { key, .. }
+            | Mutation::StreamPending { key, .. }
+            | Mutation::StreamAck { key, .. } => Some(key),
         }
     }
 
@@ -458,6 +531,28 @@ pub fn encoded_len(request: Option<&Request>, mutations: &[Mutation]) -> usize {
             Mutation::StreamDel { key, ids } => 1 + 4 + key.len() + 4 + 16 * ids.len(),
             Mutation::StreamTrim { key, .. } => 1 + 4 + key.len() + 16,
             Mutation::StreamMeta { key, .. } => 1 + 4 + key.len() + 1 + 16 + 8 + 16,
+            Mutation::StreamGroup { key, group, .. } => 1 + 4 + key.len() + 4 + group.len() + 24,
+            Mutation::StreamGroupDel { key, group } => 1 + 4 + key.len() + 4 + group.len(),
+            Mutation::StreamConsumer {
+                key,
+                group,
+                consumer,
+                ..
+            } => 1 + 4 + key.len() + 4 + group.len() + 4 + consumer.len() + 16,
+            Mutation::StreamConsumerDel {
+                key,
+                group,
+                consumer,
+            } => 1 + 4 + key.len() + 4 + group.len() + 4 + consumer.len(),
+            Mutation::StreamPending {
+                key,
+                group,
+                consumer,
+                entries,
+            } => 1 + 4 + key.len() + 4 + group.len() + 4 + consumer.len() + 4 + 32 * entries.len(),
+            Mutation::StreamAck { key, group, ids } => {
+                1 + 4 + key.len() + 4 + group.len() + 4 + 16 * ids.len()
+            }
         })
         .sum();
     1 + 1 + 8 + request + 4 + mutations
@@ -663,6 +758,73 @@ fn encode_fields(at_ms: u64, request: Option<&Request>, mutations: &[Mutation], 
                 put_id(out, *last_id);
                 out.extend_from_slice(&entries_added.to_le_bytes());
                 put_id(out, *max_deleted);
+            }
+            Mutation::StreamGroup {
+                key,
+                group,
+                last_id,
+                entries_read,
+            } => {
+                out.push(TAG_STREAM_GROUP);
+                put_bytes(out, key);
+                put_bytes(out, group);
+                put_id(out, *last_id);
+                out.extend_from_slice(&entries_read.unwrap_or(NONE_U64).to_le_bytes());
+            }
+            Mutation::StreamGroupDel { key, group } => {
+                out.push(TAG_STREAM_GROUP_DEL);
+                put_bytes(out, key);
+                put_bytes(out, group);
+            }
+            Mutation::StreamConsumer {
+                key,
+                group,
+                consumer,
+                seen_ms,
+                active_ms,
+            } => {
+                out.push(TAG_STREAM_CONSUMER);
+                put_bytes(out, key);
+                put_bytes(out, group);
+                put_bytes(out, consumer);
+                out.extend_from_slice(&seen_ms.to_le_bytes());
+                out.extend_from_slice(&active_ms.unwrap_or(NONE_U64).to_le_bytes());
+            }
+            Mutation::StreamConsumerDel {
+                key,
+                group,
+                consumer,
+            } => {
+                out.push(TAG_STREAM_CONSUMER_DEL);
+                put_bytes(out, key);
+                put_bytes(out, group);
+                put_bytes(out, consumer);
+            }
+            Mutation::StreamPending {
+                key,
+                group,
+                consumer,
+                entries,
+            } => {
+                out.push(TAG_STREAM_PENDING);
+                put_bytes(out, key);
+                put_bytes(out, group);
+                put_bytes(out, consumer);
+                out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+                for (id, at, n) in entries {
+                    put_id(out, *id);
+                    out.extend_from_slice(&at.to_le_bytes());
+                    out.extend_from_slice(&n.to_le_bytes());
+                }
+            }
+            Mutation::StreamAck { key, group, ids } => {
+                out.push(TAG_STREAM_ACK);
+                put_bytes(out, key);
+                put_bytes(out, group);
+                out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+                for id in ids {
+                    put_id(out, *id);
+                }
             }
         }
     }
@@ -1037,6 +1199,52 @@ pub fn decode(buf: &Bytes, lsn: u64) -> Result<Decoded, RecordError> {
                 entries_added: r.u64()?,
                 max_deleted: StreamId::new(r.u64()?, r.u64()?),
             },
+            TAG_STREAM_GROUP => Mutation::StreamGroup {
+                key: r.bytes(buf)?,
+                group: r.bytes(buf)?,
+                last_id: StreamId::new(r.u64()?, r.u64()?),
+                entries_read: Some(r.u64()?).filter(|n| *n != NONE_U64),
+            },
+            TAG_STREAM_GROUP_DEL => Mutation::StreamGroupDel {
+                key: r.bytes(buf)?,
+                group: r.bytes(buf)?,
+            },
+            TAG_STREAM_CONSUMER => Mutation::StreamConsumer {
+                key: r.bytes(buf)?,
+                group: r.bytes(buf)?,
+                consumer: r.bytes(buf)?,
+                seen_ms: r.u64()?,
+                active_ms: Some(r.u64()?).filter(|t| *t != NONE_U64),
+            },
+            TAG_STREAM_CONSUMER_DEL => Mutation::StreamConsumerDel {
+                key: r.bytes(buf)?,
+                group: r.bytes(buf)?,
+                consumer: r.bytes(buf)?,
+            },
+            TAG_STREAM_PENDING => {
+                let (key, group, consumer) = (r.bytes(buf)?, r.bytes(buf)?, r.bytes(buf)?);
+                let n = r.count()?;
+                let mut entries = Vec::with_capacity(n.min(1 << 16));
+                for _ in 0..n {
+                    let id = StreamId::new(r.u64()?, r.u64()?);
+                    entries.push((id, r.u64()?, r.u64()?));
+                }
+                Mutation::StreamPending {
+                    key,
+                    group,
+                    consumer,
+                    entries,
+                }
+            }
+            TAG_STREAM_ACK => {
+                let (key, group) = (r.bytes(buf)?, r.bytes(buf)?);
+                let n = r.count()?;
+                let mut ids = Vec::with_capacity(n.min(1 << 16));
+                for _ in 0..n {
+                    ids.push(StreamId::new(r.u64()?, r.u64()?));
+                }
+                Mutation::StreamAck { key, group, ids }
+            }
             tag => return Err(RecordError::Tag { tag, at }),
         });
     }
@@ -1180,6 +1388,45 @@ mod tests {
                 last_id: StreamId::new(9, 1),
                 entries_added: 12,
                 max_deleted: StreamId::new(2, 0),
+            },
+            Mutation::StreamGroup {
+                key: Bytes::from_static(b"x"),
+                group: Bytes::from_static(b"g"),
+                last_id: StreamId::new(9, 1),
+                entries_read: None,
+            },
+            Mutation::StreamGroup {
+                key: Bytes::from_static(b"x"),
+                group: Bytes::from_static(b"g2"),
+                last_id: StreamId::new(3, 0),
+                entries_read: Some(7),
+            },
+            Mutation::StreamConsumer {
+                key: Bytes::from_static(b"x"),
+                group: Bytes::from_static(b"g"),
+                consumer: Bytes::from_static(b"alice"),
+                seen_ms: 1_700_000_000_000,
+                active_ms: None,
+            },
+            Mutation::StreamPending {
+                key: Bytes::from_static(b"x"),
+                group: Bytes::from_static(b"g"),
+                consumer: Bytes::from_static(b"alice"),
+                entries: vec![(StreamId::new(9, 1), 1_700_000_000_001, 3)],
+            },
+            Mutation::StreamAck {
+                key: Bytes::from_static(b"x"),
+                group: Bytes::from_static(b"g"),
+                ids: vec![StreamId::new(9, 1), StreamId::new(9, 2)],
+            },
+            Mutation::StreamConsumerDel {
+                key: Bytes::from_static(b"x"),
+                group: Bytes::from_static(b"g"),
+                consumer: Bytes::from_static(b"alice"),
+            },
+            Mutation::StreamGroupDel {
+                key: Bytes::from_static(b"x"),
+                group: Bytes::from_static(b"g"),
             },
         ]
     }

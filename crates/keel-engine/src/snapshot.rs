@@ -61,7 +61,8 @@ use keel_wal::{FsFile, Lsn};
 use crate::keyspace::{apply_by_version, Image, Map, MapLoader, System};
 use crate::record::{decode_request, encode_request, Mutation, RecordError, Request};
 use crate::table::{
-    HashValue, Kind, ListValue, SetValue, StreamId, StreamValue, Value, ValueRef, ZSetValue,
+    HashValue, Kind, ListValue, SetValue, StreamGroup, StreamId, StreamValue, Value, ValueRef,
+    ZSetValue,
 };
 
 pub const MANIFEST: &str = "MANIFEST";
@@ -453,7 +454,7 @@ pub(crate) fn encode_entry(
             }
         }
         // A stream may be empty: its metadata first, then its entries (any number), then its
-        // consumer groups (none yet; the count keeps the place for them).
+        // consumer groups (any number).
         ValueRef::Stream(x) => {
             let id = |out: &mut Vec<u8>, id: StreamId| {
                 out.extend_from_slice(&id.ms.to_le_bytes());
@@ -474,7 +475,35 @@ pub(crate) fn encode_entry(
                     bytes(out, f);
                 }
             }
-            out.extend_from_slice(&0u32.to_le_bytes());
+            let u32 =
+                |out: &mut Vec<u8>, n: usize| out.extend_from_slice(&(n as u32).to_le_bytes());
+            let u64 = |out: &mut Vec<u8>, n: Option<u64>| {
+                out.extend_from_slice(&n.unwrap_or(u64::MAX).to_le_bytes())
+            };
+            u32(out, x.groups.len());
+            for (name, g) in &x.groups {
+                bytes(out, name);
+                id(out, g.last_id);
+                u64(out, g.entries_read);
+                u32(out, g.consumers.len());
+                for (name, c) in &g.consumers {
+                    bytes(out, name);
+                    u64(out, Some(c.seen_ms));
+                    u64(out, c.active_ms);
+                }
+                // Each pending entry names its consumer by its place in the list above.
+                let place: std::collections::HashMap<&[u8], usize> =
+                    (g.consumers.keys().enumerate())
+                        .map(|(i, n)| (&n[..], i))
+                        .collect();
+                u32(out, g.pending.len());
+                for (entry, p) in &g.pending {
+                    id(out, *entry);
+                    u32(out, place[&p.consumer[..]]);
+                    u64(out, Some(p.delivered_ms));
+                    u64(out, Some(p.deliveries));
+                }
+            }
         }
     }
 }
@@ -986,9 +1015,37 @@ fn read_stream(r: &mut BlockReader<'_>) -> Result<StreamValue, FileError> {
         x.add(entry, fields);
         prev = Some(entry);
     }
-    if r.u32()? != 0 {
-        // Consumer groups: a newer keel's.
-        return Err(FileError::Unloadable("a stream's consumer groups".into()));
+    let opt = |n: u64| (n != u64::MAX).then_some(n);
+    let mut group_name: Option<Bytes> = None;
+    for _ in 0..r.u32()? {
+        let name = r.field()?;
+        if group_name.as_ref().is_some_and(|p| name <= *p) {
+            return Err(FileError::BadField);
+        }
+        let mut g = StreamGroup::new(id(r)?, opt(r.u64()?));
+        let mut names: Vec<Bytes> = Vec::new();
+        for _ in 0..r.u32()? {
+            let c = r.field()?;
+            if names.last().is_some_and(|p| c <= *p) {
+                return Err(FileError::BadField);
+            }
+            let seen = r.u64()?;
+            g.set_consumer(&c, seen, opt(r.u64()?));
+            names.push(c);
+        }
+        let mut prev = None;
+        for _ in 0..r.u32()? {
+            let entry = id(r)?;
+            let owner = names.get(r.u32()? as usize).ok_or(FileError::BadField)?;
+            if prev.is_some_and(|p| entry <= p) {
+                return Err(FileError::BadField);
+            }
+            let (at, n) = (r.u64()?, r.u64()?);
+            g.set_pending(entry, owner, at, n);
+            prev = Some(entry);
+        }
+        x.groups.insert(Bytes::copy_from_slice(&name), g);
+        group_name = Some(name);
     }
     x.last_id = last_id;
     x.entries_added = entries_added;

@@ -334,6 +334,108 @@ pub enum Write {
         entries_added: Option<u64>,
         max_deleted: Option<StreamId>,
     },
+    /// XGROUP CREATE: consumer group `group` of the stream at `key`, having read up to `id`
+    /// (`None`: the stream's last ID, `$`), with `entries_read` (`None`: not known). With
+    /// `mkstream`, an empty stream first if there is none. Result: `Put(true)`, or
+    /// `Failed(NoSuchKey | WrongType | GroupExists)`.
+    StreamGroupCreate {
+        key: Bytes,
+        group: Bytes,
+        id: Option<StreamId>,
+        entries_read: Option<u64>,
+        mkstream: bool,
+    },
+    /// XGROUP SETID: where the group has read to, as in `StreamGroupCreate`. Result:
+    /// `Put(true)`, or `Failed(NoSuchKey | WrongType | NoGroup)`.
+    StreamGroupSetId {
+        key: Bytes,
+        group: Bytes,
+        id: Option<StreamId>,
+        entries_read: Option<u64>,
+    },
+    /// XGROUP DESTROY. Result: `Int(1)` (destroyed) or `Int(0)`, or
+    /// `Failed(NoSuchKey | WrongType)`.
+    StreamGroupDestroy { key: Bytes, group: Bytes },
+    /// XGROUP CREATECONSUMER. Result: `Int(1)` (created) or `Int(0)` (it was there), or
+    /// `Failed(NoSuchKey | WrongType | NoGroup)`.
+    StreamConsumerCreate {
+        key: Bytes,
+        group: Bytes,
+        consumer: Bytes,
+    },
+    /// XGROUP DELCONSUMER. Result: `Int(entries it had pending)`, or
+    /// `Failed(NoSuchKey | WrongType | NoGroup)`.
+    StreamConsumerDelete {
+        key: Bytes,
+        group: Bytes,
+        consumer: Bytes,
+    },
+    /// XREADGROUP: for each stream, with `None` the entries after the group's last ID (`>`),
+    /// at most `count`, which become pending with `consumer` (not with `no_ack`) and move the
+    /// group on; with `Some(id)` the consumer's own pending entries after `id`, delivered
+    /// again. The consumer is created if absent, and seen now. Every stream is checked first:
+    /// `Failed(WrongType | NoGroup)` delivers nothing. Result: `Values`: for each stream, its
+    /// entries (an ID, its fields and values, then a nil; a pending entry since deleted is its
+    /// ID and a nil), then a nil that ends the stream.
+    StreamReadGroup {
+        group: Bytes,
+        consumer: Bytes,
+        streams: Vec<(Bytes, Option<StreamId>)>,
+        count: Option<usize>,
+        no_ack: bool,
+    },
+    /// XACK. Result: `Int(acknowledged)` (0 when no stream or group), or `Failed(WrongType)`.
+    StreamAck {
+        key: Bytes,
+        group: Bytes,
+        ids: Vec<StreamId>,
+    },
+    /// XCLAIM and XAUTOCLAIM: pending entries idle at least `min_idle_ms` become `consumer`'s,
+    /// delivered at the time `claim.delivered` says, their delivery count set or raised.
+    /// Pending entries deleted from the stream are acknowledged instead. Result: `Values`:
+    /// XAUTOCLAIM's cursor first (the next pending ID, `0-0` at the end); the claimed entries
+    /// (an ID, its fields and values unless `just_id`, then a nil); for XAUTOCLAIM a nil, then
+    /// the deleted IDs. Or `Failed(WrongType | NoGroup)`.
+    StreamClaim {
+        key: Bytes,
+        group: Bytes,
+        consumer: Bytes,
+        min_idle_ms: u64,
+        claim: Claim,
+    },
+}
+
+/// Which pending entries XCLAIM or XAUTOCLAIM take, and how.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Claim {
+    /// XCLAIM: these IDs. `delivered`: when they count as delivered (`None`: now; never
+    /// later than now); `deliveries`: the delivery count to set (`None`: one more, or the
+    /// same with `just_id`); `force`: an ID pending with no one (but in the stream) is
+    /// claimed too; `last_id`: the group's last ID moves up to it.
+    Ids {
+        ids: Vec<StreamId>,
+        delivered: Option<ClaimTime>,
+        deliveries: Option<u64>,
+        force: bool,
+        just_id: bool,
+        last_id: Option<StreamId>,
+    },
+    /// XAUTOCLAIM: pending entries from `start`, at most `count` claimed or deleted, looking
+    /// at most at `10 × count`.
+    Scan {
+        start: StreamId,
+        count: usize,
+        just_id: bool,
+    },
+}
+
+/// XCLAIM's IDLE (ms before now) or TIME (Unix ms).
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimTime {
+    Idle(u64),
+    At(u64),
 }
 
 /// How XADD names the new entry.
@@ -402,7 +504,15 @@ impl Write {
             | Write::StreamAdd { key, .. }
             | Write::StreamDel { key, .. }
             | Write::StreamTrimTo { key, .. }
-            | Write::StreamSetId { key, .. } => Box::new(std::iter::once(key)),
+            | Write::StreamSetId { key, .. }
+            | Write::StreamGroupCreate { key, .. }
+            | Write::StreamGroupSetId { key, .. }
+            | Write::StreamGroupDestroy { key, .. }
+            | Write::StreamConsumerCreate { key, .. }
+            | Write::StreamConsumerDelete { key, .. }
+            | Write::StreamAck { key, .. }
+            | Write::StreamClaim { key, .. } => Box::new(std::iter::once(key)),
+            Write::StreamReadGroup { streams, .. } => Box::new(streams.iter().map(|(k, _)| k)),
             Write::BitOp { dest, keys, .. } => Box::new(std::iter::once(dest).chain(keys)),
             Write::ZRangeStore { key, src, .. } => Box::new([key, src].into_iter()),
             Write::ZStore { key, keys, .. } => Box::new(std::iter::once(key).chain(keys)),
@@ -439,6 +549,16 @@ impl Write {
             Write::GetThen { then, .. } => then.values(),
             Write::ZAdd { pairs, .. } => Box::new(pairs.iter().map(|(_, m)| m)),
             Write::StreamAdd { fields, .. } => Box::new(fields.iter()),
+            Write::StreamGroupCreate { group, .. } => Box::new(std::iter::once(group)),
+            Write::StreamConsumerCreate {
+                group, consumer, ..
+            }
+            | Write::StreamReadGroup {
+                group, consumer, ..
+            }
+            | Write::StreamClaim {
+                group, consumer, ..
+            } => Box::new([group, consumer].into_iter()),
             _ => Box::new(std::iter::empty()),
         }
     }
@@ -544,10 +664,42 @@ pub enum Read {
     /// stream.
     StreamLastId,
     /// XINFO STREAM: `Values` of the length, the last ID, the greatest deleted ID, the
-    /// entries ever added and the first entry's ID (`0-0` for none), then entries as
-    /// [`Read::StreamRange`] gives them: the first and the last (`entries: None`), or the
-    /// first `n` (0: all). `Failed(NoSuchKey)` when no stream.
+    /// entries ever added, the first entry's ID (`0-0` for none) and the number of consumer
+    /// groups, then entries as [`Read::StreamRange`] gives them: the first and the last
+    /// (`entries: None`), or the first `n` (0: all). With `Some(n)` (FULL), a nil, then each
+    /// group: its name, last ID, entries-read (nil: not known), lag (nil: not known), number
+    /// of pending entries, how many of them follow (at most `n`, 0: all), each as ID,
+    /// consumer, delivery time (Unix ms), deliveries; then its number of consumers and each:
+    /// name, seen time, active time (nil: never), number pending, how many follow (as
+    /// above), each as ID, delivery time, deliveries. `Failed(NoSuchKey)` when no stream.
     StreamInfo { entries: Option<usize> },
+    /// XINFO GROUPS: `Values`, six per group in name order: name, consumers, pending, last
+    /// ID, entries-read (nil: not known), lag (nil: not known). `Failed(NoSuchKey)` when no
+    /// stream.
+    StreamGroups,
+    /// XINFO CONSUMERS: `Values`, four per consumer in name order: name, pending, seen time
+    /// and active time (Unix ms; nil: never). `Failed(NoSuchKey | NoGroup)`.
+    StreamConsumers { group: Bytes },
+    /// XPENDING. Without `range`, `Values` of the number pending, then (if any) the lowest
+    /// and greatest pending ID and each consumer with entries pending and how many. With it,
+    /// four per entry: ID, consumer, delivery time (Unix ms), deliveries. `Failed(NoGroup)`
+    /// when no stream or group.
+    StreamPending {
+        group: Bytes,
+        range: Option<PendingRange>,
+    },
+}
+
+/// XPENDING's extended form: pending entries between two bounds, at most `count`, of one
+/// consumer if given, delivered at or before `delivered_by` (Unix ms) if given (IDLE).
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingRange {
+    pub start: Bound<StreamId>,
+    pub end: Bound<StreamId>,
+    pub count: usize,
+    pub consumer: Option<Bytes>,
+    pub delivered_by: Option<u64>,
 }
 
 /// Which members of a sorted set a range command means.
@@ -741,6 +893,10 @@ pub enum WriteError {
     StreamSetIdEntriesAdded,
     #[error("the ID specified in XSETID is smaller than the max_deleted_entry_id")]
     StreamSetIdMaxDeleted,
+    #[error("no such consumer group")]
+    NoGroup,
+    #[error("the consumer group already exists")]
+    GroupExists,
 }
 
 impl WriteError {
@@ -764,6 +920,8 @@ impl WriteError {
             StreamSetIdTooSmall,
             StreamSetIdEntriesAdded,
             StreamSetIdMaxDeleted,
+            NoGroup,
+            GroupExists,
         ]
         .get(usize::from(c).checked_sub(1)?)
         .copied()
@@ -802,6 +960,10 @@ pub struct KeyEffect {
     /// The key held a live value before the write and holds none after it: deleted, expired
     /// by an expiry in the past, or emptied (a list's last element popped, say).
     pub deleted: bool,
+    /// The write created a consumer of one of the stream's consumer groups (XREADGROUP and
+    /// the claims create the consumer they name).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub consumer_created: bool,
 }
 
 /// The outcome of a transaction.

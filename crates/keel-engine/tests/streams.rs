@@ -230,3 +230,154 @@ fn ids_trims_deletes_and_metadata_survive_replay_and_checkpoints() {
         "after a checkpoint"
     );
 }
+
+fn texts(r: WriteResult) -> Vec<String> {
+    let WriteResult::Values(v) = r else {
+        panic!("not values: {r:?}")
+    };
+    v.into_iter()
+        .map(|x| x.map_or("nil".into(), |x| String::from_utf8(x.to_vec()).unwrap()))
+        .collect()
+}
+
+fn read_group(consumer: &str, after: Option<StreamId>, count: Option<usize>) -> Write {
+    Write::StreamReadGroup {
+        group: b("g"),
+        consumer: b(consumer),
+        streams: vec![(b("s"), after)],
+        count,
+        no_ack: false,
+    }
+}
+
+#[test]
+fn consumer_groups_change_only_through_the_log_and_survive_replay_checkpoints_and_a_rename() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    for i in 1..=3 {
+        one(
+            &e,
+            xadd("s", StreamIdSpec::Exact(id(i, 0)), &["f", "v"], None),
+        );
+    }
+    let create = |key: &str, mkstream| Write::StreamGroupCreate {
+        key: b(key),
+        group: b("g"),
+        id: Some(StreamId::MIN),
+        entries_read: None,
+        mkstream,
+    };
+    assert_eq!(one(&e, create("s", false)), WriteResult::Put(true));
+    assert_eq!(
+        one(&e, create("s", false)),
+        WriteResult::Failed(WriteError::GroupExists)
+    );
+    assert_eq!(
+        one(&e, create("new", false)),
+        WriteResult::Failed(WriteError::NoSuchKey)
+    );
+    assert_eq!(one(&e, create("new", true)), WriteResult::Put(true));
+
+    // `>` delivers what the group has not read; each delivery becomes pending.
+    let got = texts(one(&e, read_group("alice", None, Some(2))));
+    assert_eq!(got, ["1-0", "f", "v", "nil", "2-0", "f", "v", "nil", "nil"]);
+    let got = texts(one(&e, read_group("bob", None, None)));
+    assert_eq!(got, ["3-0", "f", "v", "nil", "nil"]);
+    assert_eq!(texts(one(&e, read_group("bob", None, None))), ["nil"]);
+    // Its own history, delivered again: the count goes up.
+    let got = texts(one(&e, read_group("alice", Some(StreamId::MIN), None)));
+    assert_eq!(got, ["1-0", "f", "v", "nil", "2-0", "f", "v", "nil", "nil"]);
+    let other = Write::StreamReadGroup {
+        group: b("nope"),
+        consumer: b("alice"),
+        streams: vec![(b("s"), None)],
+        count: None,
+        no_ack: false,
+    };
+    assert_eq!(one(&e, other), WriteResult::Failed(WriteError::NoGroup));
+
+    let ack = Write::StreamAck {
+        key: b("s"),
+        group: b("g"),
+        ids: vec![id(1, 0), id(9, 9), id(1, 0)],
+    };
+    assert_eq!(one(&e, ack), WriteResult::Int(1));
+    let claim = Write::StreamClaim {
+        key: b("s"),
+        group: b("g"),
+        consumer: b("bob"),
+        min_idle_ms: 0,
+        claim: keel_engine::Claim::Ids {
+            ids: vec![id(2, 0), id(1, 0)],
+            delivered: None,
+            deliveries: None,
+            force: false,
+            just_id: false,
+            last_id: None,
+        },
+    };
+    assert_eq!(texts(one(&e, claim)), ["2-0", "f", "v", "nil"]);
+    let summary = Read::StreamPending {
+        group: b("g"),
+        range: None,
+    };
+    let pending = |e: &Engine, key: &str| texts(e.read(|v| v.read(key.as_bytes(), Some(&summary))));
+    assert_eq!(pending(&e, "s"), ["2", "2-0", "3-0", "bob", "2"]);
+    // Deleted from the stream, a pending entry is acknowledged by the next claim that meets it.
+    one(
+        &e,
+        Write::StreamDel {
+            key: b("s"),
+            ids: vec![id(3, 0)],
+        },
+    );
+    let autoclaim = Write::StreamClaim {
+        key: b("s"),
+        group: b("g"),
+        consumer: b("alice"),
+        min_idle_ms: 0,
+        claim: keel_engine::Claim::Scan {
+            start: StreamId::MIN,
+            count: 10,
+            just_id: true,
+        },
+    };
+    assert_eq!(
+        texts(one(&e, autoclaim)),
+        ["0-0", "2-0", "nil", "nil", "3-0"]
+    );
+    assert_eq!(pending(&e, "s"), ["1", "2-0", "2-0", "alice", "1"]);
+    let groups = texts(e.read(|v| v.read(b"s", Some(&Read::StreamGroups))));
+    // Name, consumers, pending, last ID, entries read, lag (unknown after the XDEL).
+    assert_eq!(groups, ["g", "2", "1", "3-0", "3", "0"]);
+
+    // A rename moves the groups with the stream.
+    let rename = Write::Rename {
+        from: b("s"),
+        to: b("r"),
+        only_if_absent: false,
+    };
+    one(&e, rename);
+    let full = Read::StreamInfo { entries: Some(0) };
+    let state = |e: &Engine| {
+        (
+            texts(e.read(|v| v.read(b"r", Some(&full)))),
+            texts(e.read(|v| v.read(b"new", Some(&full)))),
+        )
+    };
+    let before = state(&e);
+    assert_eq!(pending(&e, "r"), ["1", "2-0", "2-0", "alice", "1"]);
+    assert!(before.0.contains(&"alice".to_string()), "{before:?}");
+    e.close().unwrap();
+
+    // From the log, then from a snapshot: the same groups, consumers, pending entries, times
+    // and delivery counts.
+    for checkpoint in [false, true] {
+        let (e, _) = Engine::open(dir.path(), small()).unwrap();
+        assert_eq!(state(&e), before, "checkpoint {checkpoint}");
+        e.checkpoint().unwrap();
+        e.close().unwrap();
+    }
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    assert_eq!(state(&e), before, "after a checkpoint");
+}

@@ -14,7 +14,7 @@
 //!   what the blocked clients took. A served client that pushed in turn (BLMOVE) waits the same
 //!   way for the clients it woke, so a chain of moves completes before the first push's reply.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,6 +52,9 @@ struct State {
 
 struct Waiter {
     keys: Vec<Bytes>,
+    /// It waits on its keys' existence too (XREADGROUP: a deleted stream ends its wait with
+    /// NOGROUP), Redis's "blocked on nokey".
+    on_nokey: bool,
     wake: Arc<Notify>,
     /// Woken again while in `turns`: it must try once more after its turn.
     again: bool,
@@ -83,6 +86,18 @@ pub fn pushed_keys(writes: &[Write]) -> Vec<Bytes> {
     keys
 }
 
+/// The keys whose stream a write may take away, or a consumer group of it (DEL, SET, XGROUP
+/// DESTROY): a client blocked in XREADGROUP on one answers NOGROUP or WRONGTYPE once woken (a
+/// blocked pop tries, finds nothing and waits on). Worth asking only while a client waits.
+pub fn emptied_keys(writes: &[Write]) -> impl Iterator<Item = &Bytes> {
+    writes.iter().filter_map(|w| match w {
+        Write::Delete { key } | Write::Put { key, .. } | Write::StreamGroupDestroy { key, .. } => {
+            Some(key)
+        }
+        _ => None,
+    })
+}
+
 impl State {
     /// Gives the turn to the front of `turns`, if any.
     fn pass_turn(&self) {
@@ -110,12 +125,21 @@ impl Waiters {
     /// Wakes the clients waiting on any of `keys`, oldest first, one turn at a time; returns
     /// them, for [`Waiters::settled`].
     pub fn wake(&self, keys: &[Bytes]) -> Woken {
+        self.wake_if(|w| w.keys.iter().any(|k| keys.contains(k)))
+    }
+
+    /// Wakes every waiting client (FLUSHALL), as [`Waiters::wake`] does.
+    pub fn wake_all(&self) -> Woken {
+        self.wake_if(|_| true)
+    }
+
+    fn wake_if(&self, waits_on: impl Fn(&Waiter) -> bool) -> Woken {
         let mut s = self.lock();
         let was_idle = s.turns.is_empty();
         let State { waiters, turns, .. } = &mut *s;
         let mut woken = Vec::new();
         for (ticket, w) in waiters.iter_mut() {
-            if w.served || !w.keys.iter().any(|k| keys.contains(k)) {
+            if w.served || !waits_on(w) {
                 continue;
             }
             if turns.contains(ticket) {
@@ -158,7 +182,20 @@ impl Waiters {
         }
     }
 
-    fn register(&self, keys: Vec<Bytes>) -> (u64, Arc<Notify>) {
+    /// INFO clients' `total_blocking_keys` (distinct keys clients wait on) and
+    /// `total_blocking_keys_on_nokey` (those of them a client waits on for their existence).
+    pub fn blocking_keys(&self) -> (usize, usize) {
+        let s = self.lock();
+        let mut keys: HashMap<&Bytes, bool> = HashMap::new();
+        for w in s.waiters.values() {
+            for k in &w.keys {
+                *keys.entry(k).or_default() |= w.on_nokey;
+            }
+        }
+        (keys.len(), keys.values().filter(|n| **n).count())
+    }
+
+    fn register(&self, keys: Vec<Bytes>, on_nokey: bool) -> (u64, Arc<Notify>) {
         let mut s = self.lock();
         let ticket = s.next_ticket;
         s.next_ticket += 1;
@@ -167,6 +204,7 @@ impl Waiters {
             ticket,
             Waiter {
                 keys,
+                on_nokey,
                 wake: wake.clone(),
                 again: false,
                 tries: 0,
@@ -249,13 +287,14 @@ pub fn is_empty_reply(r: &Reply) -> bool {
 pub async fn wait_for<F>(
     waiters: &Waiters,
     keys: Vec<Bytes>,
+    on_nokey: bool,
     timeout: Option<Duration>,
     mut attempt: impl FnMut(bool) -> F,
 ) -> Reply
 where
     F: Future<Output = (Reply, Woken)>,
 {
-    let (ticket, wake) = waiters.register(keys);
+    let (ticket, wake) = waiters.register(keys, on_nokey);
     let _registered = Registered { waiters, ticket };
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut later = false;

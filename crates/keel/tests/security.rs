@@ -1081,6 +1081,20 @@ fn permissions_follow_what_each_command_does() {
         (&["XSETID", "x", "9-9"], W),
         (&["XREAD", "STREAMS", "x", "0"], R),
         (&["XINFO", "STREAM", "x"], R),
+        (&["XINFO", "GROUPS", "x"], R),
+        (&["XINFO", "CONSUMERS", "x", "g"], R),
+        (&["XGROUP", "CREATE", "x", "g2", "$"], W),
+        (&["XGROUP", "SETID", "x", "g", "0"], W),
+        (&["XGROUP", "CREATECONSUMER", "x", "g", "c2"], W),
+        (&["XGROUP", "DELCONSUMER", "x", "g", "c"], W),
+        (&["XGROUP", "DESTROY", "x", "g"], W),
+        (&["XREADGROUP", "GROUP", "g", "c", "STREAMS", "x", ">"], RW),
+        (&["XREADGROUP", "GROUP", "g", "c", "STREAMS", "x", "0"], RW),
+        (&["XACK", "x", "g", "1-1"], W),
+        (&["XPENDING", "x", "g"], R),
+        (&["XPENDING", "x", "g", "-", "+", "10"], R),
+        (&["XCLAIM", "x", "g", "c", "0", "1-1"], RW),
+        (&["XAUTOCLAIM", "x", "g", "c", "0", "0"], RW),
     ];
 
     let t = tempfile::tempdir().unwrap();
@@ -1147,6 +1161,13 @@ fn permissions_follow_what_each_command_does() {
         boss.cmd(&["RPUSH", "q", secret_value], ":1\r\n");
         boss.cmd(&["ZADD", "o", "1", secret_value], ":1\r\n");
         boss.cmd(&["XADD", "x", "1-1", "f", secret_value], "$3\r\n1-1\r\n");
+        // A consumer group whose consumer `c` has the entry pending.
+        boss.cmd(&["XGROUP", "CREATE", "x", "g", "0"], "+OK\r\n");
+        boss.cmd(&["XGROUP", "CREATECONSUMER", "x", "g", "c"], ":1\r\n");
+        boss.cmd(
+            &["XCLAIM", "x", "g", "c", "0", "1-1", "FORCE", "JUSTID"],
+            "*1\r\n$3\r\n1-1\r\n",
+        );
     };
     let login = |name: &str| {
         let mut c = srv.raw();
@@ -1166,7 +1187,7 @@ fn permissions_follow_what_each_command_does() {
                     // Redis names a subcommand as `container|sub`.
                     "CONFIG" | "CLIENT" | "SLOWLOG" | "LATENCY" | "KEEL.CLUSTER"
                     | "KEEL.MAINTENANCE" | "MEMORY" | "OBJECT" | "COMMAND" | "ACL" | "FUNCTION"
-                    | "XINFO" => format!("{}|{}", args[0], args[1]).to_lowercase(),
+                    | "XINFO" | "XGROUP" => format!("{}|{}", args[0], args[1]).to_lowercase(),
                     // KEEL.IDEM's own need (write) first, then the wrapped command's.
                     "KEEL.IDEM" if has & W != 0 => args[2].to_lowercase(),
                     other => other.to_lowercase(),

@@ -81,7 +81,7 @@ pub use set::{
     set_packed_limits, set_set_packed_limit, SetEncoding, SetIter, SetValue,
     SET_INTSET_ENTRIES_MAX, SET_PACKED_BYTES_MAX, SET_PACKED_ENTRIES_MAX,
 };
-pub use stream::{StreamId, StreamValue};
+pub use stream::{Consumer, Pending, StreamGroup, StreamId, StreamValue};
 pub use zset::{
     set_zset_packed_limit, zset_packed_limits, ZSetValue, ZSET_PACKED_BYTES_MAX,
     ZSET_PACKED_ENTRIES_MAX,

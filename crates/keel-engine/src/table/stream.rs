@@ -2,7 +2,7 @@
 //! (the last ID given out, how many entries were ever added, the greatest ID deleted). A
 //! stream stays when its last entry is deleted, as in Redis.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::Bound;
 
@@ -78,6 +78,124 @@ pub struct StreamValue {
     pub entries_added: u64,
     /// The greatest ID XDEL deleted (a trim leaves it).
     pub max_deleted: StreamId,
+    /// Consumer groups by name.
+    pub groups: BTreeMap<Bytes, StreamGroup>,
+}
+
+/// A consumer group: where it has read to, what it delivered and no consumer acknowledged
+/// yet (its pending entries), and its consumers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StreamGroup {
+    /// The greatest ID delivered to the group: `>` reads after it.
+    pub last_id: StreamId,
+    /// How many entries the group read, counted from the stream's first entry ever; `None`
+    /// when not known (Redis's entries-read).
+    pub entries_read: Option<u64>,
+    /// Delivered, not acknowledged: by ID, whom to and when.
+    pub pending: BTreeMap<StreamId, Pending>,
+    pub consumers: BTreeMap<Bytes, Consumer>,
+}
+
+/// A pending entry: delivered to `consumer` at `delivered_ms` (Unix ms), `deliveries` times.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pending {
+    pub consumer: Bytes,
+    pub delivered_ms: u64,
+    pub deliveries: u64,
+}
+
+/// A consumer of a group: when it last asked (`seen_ms`), when it last was given entries
+/// (`active_ms`, `None`: never), and the IDs pending with it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Consumer {
+    pub seen_ms: u64,
+    pub active_ms: Option<u64>,
+    pub pending: BTreeSet<StreamId>,
+}
+
+impl StreamGroup {
+    pub fn new(last_id: StreamId, entries_read: Option<u64>) -> StreamGroup {
+        StreamGroup {
+            last_id,
+            entries_read,
+            ..StreamGroup::default()
+        }
+    }
+
+    /// Creates or updates consumer `name`'s times. Names are copied: they may be slices of a
+    /// request or a log record.
+    pub fn set_consumer(&mut self, name: &[u8], seen_ms: u64, active_ms: Option<u64>) {
+        match self.consumers.get_mut(name) {
+            Some(c) => {
+                c.seen_ms = seen_ms;
+                c.active_ms = active_ms;
+            }
+            None => {
+                let c = Consumer {
+                    seen_ms,
+                    active_ms,
+                    pending: BTreeSet::new(),
+                };
+                self.consumers.insert(Bytes::copy_from_slice(name), c);
+            }
+        }
+    }
+
+    /// Removes consumer `name` and its pending entries; returns how many it had.
+    pub fn delete_consumer(&mut self, name: &[u8]) -> usize {
+        let Some(c) = self.consumers.remove(name) else {
+            return 0;
+        };
+        for id in &c.pending {
+            self.pending.remove(id);
+        }
+        c.pending.len()
+    }
+
+    /// Makes entry `id` pending with consumer `name` (created if absent), delivered at
+    /// `delivered_ms`, `deliveries` times; from whichever consumer had it before.
+    pub fn set_pending(&mut self, id: StreamId, name: &[u8], delivered_ms: u64, deliveries: u64) {
+        if !self.consumers.contains_key(name) {
+            self.set_consumer(name, delivered_ms, Some(delivered_ms));
+        }
+        let owner = (self.consumers.get_key_value(name))
+            .map(|(k, _)| k.clone())
+            .expect("created above");
+        if let Some(old) = self.pending.get(&id).filter(|p| p.consumer != owner) {
+            if let Some(prev) = self.consumers.get_mut(&old.consumer) {
+                prev.pending.remove(&id);
+            }
+        }
+        if let Some(c) = self.consumers.get_mut(name) {
+            c.pending.insert(id);
+        }
+        self.pending.insert(
+            id,
+            Pending {
+                consumer: owner,
+                delivered_ms,
+                deliveries,
+            },
+        );
+    }
+
+    /// Acknowledges entry `id`; whether it was pending.
+    pub fn ack(&mut self, id: StreamId) -> bool {
+        let Some(p) = self.pending.remove(&id) else {
+            return false;
+        };
+        if let Some(c) = self.consumers.get_mut(&p.consumer) {
+            c.pending.remove(&id);
+        }
+        true
+    }
+
+    fn memory_bytes(&self) -> usize {
+        96 + self.pending.len() * 64
+            + (self.consumers.iter())
+                .map(|(n, c)| 96 + n.len() + c.pending.len() * 24)
+                .sum::<usize>()
+    }
 }
 
 impl StreamValue {
@@ -183,5 +301,80 @@ impl StreamValue {
             .map(|f| 48 + f.capacity() * 32 + f.iter().map(Bytes::len).sum::<usize>())
             .sum::<usize>()
             + 48
+            + (self.groups.iter())
+                .map(|(n, g)| n.len() + g.memory_bytes())
+                .sum::<usize>()
+    }
+
+    /// Creates consumer group `name`, or moves it to `last_id` and `entries_read`. Names are
+    /// copied: they may be slices of a request or a log record.
+    pub fn set_group(&mut self, name: &[u8], last_id: StreamId, entries_read: Option<u64>) {
+        match self.groups.get_mut(name) {
+            Some(g) => {
+                g.last_id = last_id;
+                g.entries_read = entries_read;
+            }
+            None => {
+                let g = StreamGroup::new(last_id, entries_read);
+                self.groups.insert(Bytes::copy_from_slice(name), g);
+            }
+        }
+    }
+
+    /// Whether some entry at or after `start` was deleted by XDEL (Redis's tombstones): a
+    /// group's read count cannot then be known by counting.
+    pub fn tombstones_from(&self, start: StreamId) -> bool {
+        let Some((first, _)) = self.first() else {
+            return false;
+        };
+        self.max_deleted != StreamId::MIN && first <= self.max_deleted && start <= self.max_deleted
+    }
+
+    /// How many entries lie from the first ever added up to `id`, if that can be known:
+    /// Redis's estimate of a group's entries-read at `id`.
+    pub fn entries_read_at(&self, id: StreamId) -> Option<u64> {
+        if self.entries_added == 0 {
+            return Some(0);
+        }
+        if self.is_empty() && id <= self.last_id {
+            return Some(self.entries_added);
+        }
+        match id.cmp(&self.last_id) {
+            std::cmp::Ordering::Equal => return Some(self.entries_added),
+            std::cmp::Ordering::Greater => return None,
+            std::cmp::Ordering::Less => {}
+        }
+        let first = self.first().map_or(StreamId::MIN, |(f, _)| f);
+        if self.max_deleted == StreamId::MIN || self.max_deleted < first {
+            let before = self.entries_added - self.len() as u64;
+            match id.cmp(&first) {
+                std::cmp::Ordering::Less => return Some(before),
+                std::cmp::Ordering::Equal => return Some(before + 1),
+                std::cmp::Ordering::Greater => {}
+            }
+        }
+        None
+    }
+
+    /// The entries-read count after a group at `last_id` and `entries_read` reads `id`, the
+    /// next entry after `last_id`, as Redis keeps it.
+    pub fn read_one(&self, entries_read: Option<u64>, id: StreamId) -> Option<u64> {
+        match entries_read {
+            Some(n) if !self.tombstones_from(id) => Some(n + 1),
+            _ if self.entries_added > 0 => self.entries_read_at(id),
+            other => other,
+        }
+    }
+
+    /// A group's lag: the entries added that it has not read, if that can be known.
+    pub fn lag(&self, g: &StreamGroup) -> Option<u64> {
+        if self.entries_added == 0 {
+            return Some(0);
+        }
+        let read = match g.entries_read {
+            Some(n) if !self.tombstones_from(g.last_id) => Some(n),
+            _ => self.entries_read_at(g.last_id),
+        };
+        read.map(|n| self.entries_added.saturating_sub(n))
     }
 }

@@ -366,6 +366,7 @@ pub fn flags(spec: &Command, args: &[Bytes]) -> Flags {
         "set" if !options.iter().any(|o| eq(o, "get")) => f.without(Flags::READ),
         "getex" if args.len() <= 2 => f.without(Flags::WRITE),
         "sort" if !args.iter().skip(2).any(|o| eq(o, "store")) => f.without(Flags::WRITE),
+        "xgroup" if args.get(1).is_some_and(|s| eq(s, "help")) => f.without(Flags::WRITE),
         // CLIENT's subcommands that see or act on other connections need admin.
         "client"
             if !args.get(1).is_some_and(|s| {
@@ -521,6 +522,8 @@ pub fn write_error(e: WriteError) -> Reply {
         WriteError::StreamSetIdMaxDeleted => {
             "ERR The ID specified in XSETID is smaller than the max_deleted_entry_id"
         }
+        WriteError::NoGroup => "NOGROUP No such key or consumer group",
+        WriteError::GroupExists => "BUSYGROUP Consumer Group name already exists",
     })
 }
 
@@ -734,7 +737,7 @@ fn int_arg(b: &[u8]) -> Result<i64, Reply> {
     parse_i64(b).ok_or_else(|| Reply::err(NOT_INT))
 }
 
-fn eq(a: &[u8], b: &str) -> bool {
+pub(crate) fn eq(a: &[u8], b: &str) -> bool {
     a.eq_ignore_ascii_case(b.as_bytes())
 }
 
@@ -986,6 +989,53 @@ mod tests {
             ),
             (&["xinfo", "stream", "s", "full", "count", "5"], true, false),
             (&["xinfo", "groups", "s"], true, false),
+            (&["xinfo", "consumers", "s", "g"], true, false),
+            (
+                &["xgroup", "create", "s", "g", "$", "mkstream"],
+                false,
+                true,
+            ),
+            (
+                &["xgroup", "setid", "s", "g", "0", "entriesread", "3"],
+                false,
+                true,
+            ),
+            (&["xgroup", "destroy", "s", "g"], false, true),
+            (&["xgroup", "createconsumer", "s", "g", "c"], false, true),
+            (&["xgroup", "delconsumer", "s", "g", "c"], false, true),
+            (
+                &[
+                    "xreadgroup",
+                    "group",
+                    "g",
+                    "c",
+                    "count",
+                    "2",
+                    "noack",
+                    "streams",
+                    "s",
+                    ">",
+                ],
+                true,
+                true,
+            ),
+            (&["xack", "s", "g", "1-1", "2"], false, true),
+            (&["xpending", "s", "g"], true, false),
+            (
+                &["xpending", "s", "g", "idle", "5", "-", "+", "10", "c"],
+                true,
+                false,
+            ),
+            (
+                &["xclaim", "s", "g", "c", "0", "1-1", "justid", "force"],
+                true,
+                true,
+            ),
+            (
+                &["xautoclaim", "s", "g", "c", "0", "-", "count", "5"],
+                true,
+                true,
+            ),
             (&["zrevrange", "z", "0", "1"], true, false),
             (
                 &["zrangebyscore", "z", "0", "1", "limit", "0", "1"],

@@ -1,10 +1,15 @@
-//! Stream commands: XADD, XLEN, XRANGE, XREVRANGE, XDEL, XTRIM, XSETID and XREAD. An entry's
-//! ID is decided by the engine when the write is decided (from the transaction's time, above
-//! the stream's last ID) and logged, so replay and replicas never pick one again.
+//! Stream commands: XADD, XLEN, XRANGE, XREVRANGE, XDEL, XTRIM, XSETID, XREAD, XINFO, and the
+//! consumer groups' XGROUP, XREADGROUP, XACK, XPENDING, XCLAIM and XAUTOCLAIM. An entry's ID
+//! is decided by the engine when the write is decided (from the transaction's time, above the
+//! stream's last ID) and logged, so replay and replicas never pick one again. A group's state
+//! (where it read to, its pending entries and their delivery counts, its consumers) changes
+//! only through the log too: XREADGROUP and the claims reply once their record is durable.
 
 use std::ops::Bound;
 
-use keel_engine::{StreamId, StreamIdSpec, StreamTrim, StreamTrimBy};
+use keel_engine::{
+    Claim, ClaimTime, PendingRange, StreamId, StreamIdSpec, StreamTrim, StreamTrimBy,
+};
 
 use super::*;
 
@@ -109,12 +114,78 @@ pub const COMMANDS: &[Command] = &[
             "Returns the entries after the given IDs ($: the last) of one or more streams.",
         )
         .data(xread),
+    Command::new("xreadgroup", -7, RW, NO_KEYS)
+        .redis("write blocking", "@stream")
+        .key_specs(&[Keys::unknown("RW access")])
+        .get_keys(xreadgroup_keys)
+        .blocks(Block {
+            wait: |a| Ok(read_args(a, true)?.block_ms.map(block_wait)),
+            keys: |a| {
+                let keys = xreadgroup_keys(a);
+                keys.into_iter().map(|(i, _)| a[i].clone()).collect()
+            },
+            prepare: None,
+        })
+        .doc(
+            "stream",
+            "GROUP group consumer [COUNT count] [BLOCK milliseconds] [NOACK] STREAMS key [key ...] id [id ...]",
+            "Reads for a consumer of a group: new entries (>), which become pending with it once durable, or its own pending entries after an ID.",
+        )
+        .data(xreadgroup),
+    Command::new("xack", -4, W, KEY1)
+        .redis("write fast", "@stream")
+        .key_flags("RW update")
+        .doc(
+            "stream",
+            "key group id [id ...]",
+            "Acknowledges pending entries of a consumer group; returns how many were pending.",
+        )
+        .data(|_, a, _| {
+            let w = Write::StreamAck {
+                key: a[1].clone(),
+                group: a[2].clone(),
+                ids: ids(&a[3..])?,
+            };
+            Ok(Part::new(vec![w], |r| int_reply(&r[0])))
+        }),
+    Command::new("xpending", -3, R, KEY1)
+        .redis("readonly", "@stream")
+        .key_flags("RO access")
+        .doc(
+            "stream",
+            "key group [[IDLE min-idle-time] start end count [consumer]]",
+            "Summarizes a consumer group's pending entries, or lists those in a range.",
+        )
+        .data(xpending),
+    Command::new("xclaim", -6, RW, KEY1)
+        .redis("write fast", "@stream")
+        .key_flags("RW update")
+        .doc(
+            "stream",
+            "key group consumer min-idle-time id [id ...] [IDLE ms] [TIME unix-time-milliseconds] [RETRYCOUNT count] [FORCE] [JUSTID] [LASTID lastid]",
+            "Gives pending entries idle long enough to another consumer; returns them.",
+        )
+        .data(xclaim),
+    Command::new("xautoclaim", -6, RW, KEY1)
+        .redis("write fast", "@stream")
+        .key_flags("RW update")
+        .doc(
+            "stream",
+            "key group consumer min-idle-time start [COUNT count] [JUSTID]",
+            "Gives the pending entries idle long enough, from an ID on, to another consumer; returns a cursor, them and the IDs deleted meanwhile.",
+        )
+        .data(xautoclaim),
+    Command::new("xgroup", -2, W.with(VARIES), NO_KEYS)
+        .redis("", "@write @stream")
+        .doc("stream", "", "Manages a stream's consumer groups and their consumers.")
+        .subcommands(XGROUP_SUBCOMMANDS)
+        .data(xgroup),
     Command::new("xinfo", -2, R, NO_KEYS)
         .redis("", "")
         .doc(
             "stream",
             "",
-            "Describes a stream (its consumer groups: none, in this release).",
+            "Describes a stream, its consumer groups and their consumers.",
         )
         .subcommands(XINFO_SUBCOMMANDS)
         .data(xinfo),
@@ -133,7 +204,7 @@ const XINFO_SUBCOMMANDS: &[Doc] = &[
         "groups",
         "stream",
         "key",
-        "Returns a stream's consumer groups (none: keel does not serve them yet).",
+        "Returns a stream's consumer groups: consumers, pending entries, last ID, entries read and lag.",
     )
     .redis("readonly", "@stream")
     .key_specs(&[Keys::at(2, "RO access")]),
@@ -141,7 +212,7 @@ const XINFO_SUBCOMMANDS: &[Doc] = &[
         "consumers",
         "stream",
         "key group",
-        "Returns a consumer group's consumers (keel does not serve groups yet).",
+        "Returns a consumer group's consumers: pending entries, idle and inactive times.",
     )
     .redis("readonly", "@stream")
     .key_specs(&[Keys::at(2, "RO access")]),
@@ -149,8 +220,53 @@ const XINFO_SUBCOMMANDS: &[Doc] = &[
         .redis("loading stale", "@stream"),
 ];
 
+const XGROUP_SUBCOMMANDS: &[Doc] = &[
+    crate::docs::doc(
+        "create",
+        "stream",
+        "key group <id|$> [MKSTREAM] [ENTRIESREAD entries-read]",
+        "Creates a consumer group that has read up to an ID ($: the last), and the stream with MKSTREAM.",
+    )
+    .redis("write denyoom", "@stream")
+    .key_specs(&[Keys::at(2, "RW insert")]),
+    crate::docs::doc(
+        "setid",
+        "stream",
+        "key group <id|$> [ENTRIESREAD entries-read]",
+        "Sets the ID a consumer group has read up to.",
+    )
+    .redis("write", "@stream")
+    .key_specs(&[Keys::at(2, "RW update")]),
+    crate::docs::doc(
+        "destroy",
+        "stream",
+        "key group",
+        "Deletes a consumer group, its consumers and its pending entries.",
+    )
+    .redis("write", "@stream")
+    .key_specs(&[Keys::at(2, "RW delete")]),
+    crate::docs::doc(
+        "createconsumer",
+        "stream",
+        "key group consumer",
+        "Creates a consumer in a group; returns 1, or 0 if it was there.",
+    )
+    .redis("write denyoom", "@stream")
+    .key_specs(&[Keys::at(2, "RW insert")]),
+    crate::docs::doc(
+        "delconsumer",
+        "stream",
+        "key group consumer",
+        "Deletes a consumer and its pending entries; returns how many it had.",
+    )
+    .redis("write", "@stream")
+    .key_specs(&[Keys::at(2, "RW delete")]),
+    crate::docs::doc("help", "stream", "", "Lists the subcommands.")
+        .redis("loading stale", "@stream"),
+];
+
 /// XINFO STREAM, GROUPS, CONSUMERS and HELP.
-fn xinfo(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+fn xinfo(_: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
     let sub = String::from_utf8_lossy(&a[1]).to_ascii_lowercase();
     match (sub.as_str(), a.len()) {
         ("help", 2) => {
@@ -178,21 +294,49 @@ fn xinfo(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
                 info_reply(&r[0], true)
             }))
         }
-        ("groups" | "consumers", 3 | 4) if (sub == "groups") == (a.len() == 3) => {
-            let (key, group) = (a[2].clone(), a.get(3).cloned());
-            Ok(Part::new(vec![read(&a[2], Read::Type)], move |r| {
-                match (&r[0], group) {
-                    (WriteResult::Value(Some(t)), _) if &t[..] != b"stream" => {
-                        Reply::err(WRONGTYPE)
+        ("groups", 3) => Ok(Part::new(vec![read(&a[2], Read::StreamGroups)], |r| {
+            let v = match &r[0] {
+                WriteResult::Values(v) => v,
+                other => return value_reply(other),
+            };
+            let groups = v.chunks(6).map(|g| {
+                Reply::Map(vec![
+                    (Reply::bulk("name"), bulk_or_nil(&g[0])),
+                    (Reply::bulk("consumers"), int_or_nil(&g[1])),
+                    (Reply::bulk("pending"), int_or_nil(&g[2])),
+                    (Reply::bulk("last-delivered-id"), bulk_or_nil(&g[3])),
+                    (Reply::bulk("entries-read"), int_or_nil(&g[4])),
+                    (Reply::bulk("lag"), int_or_nil(&g[5])),
+                ])
+            });
+            Reply::Array(groups.collect())
+        })),
+        ("consumers", 4) => {
+            let (key, group) = (a[2].clone(), a[3].clone());
+            let op = Read::StreamConsumers {
+                group: group.clone(),
+            };
+            Ok(Part::new(vec![read(&a[2], op)], move |r| {
+                let v = match &r[0] {
+                    WriteResult::Values(v) => v,
+                    WriteResult::Failed(WriteError::NoGroup) => {
+                        return no_group_for_key(&key, &group)
                     }
-                    (WriteResult::Value(Some(_)), None) => Reply::Array(Vec::new()),
-                    (WriteResult::Value(Some(_)), Some(group)) => Reply::err(format!(
-                        "NOGROUP No such consumer group '{}' for key name '{}'",
-                        String::from_utf8_lossy(&group),
-                        String::from_utf8_lossy(&key)
-                    )),
-                    _ => Reply::err("ERR no such key"),
-                }
+                    other => return value_reply(other),
+                };
+                let since = |t: &Option<Bytes>| match number(t) {
+                    Some(t) => Reply::Int(now_ms.saturating_sub(t as u64) as i64),
+                    None => Reply::Int(-1),
+                };
+                let consumers = v.chunks(4).map(|c| {
+                    Reply::Map(vec![
+                        (Reply::bulk("name"), bulk_or_nil(&c[0])),
+                        (Reply::bulk("pending"), int_or_nil(&c[1])),
+                        (Reply::bulk("idle"), since(&c[2])),
+                        (Reply::bulk("inactive"), since(&c[3])),
+                    ])
+                });
+                Reply::Array(consumers.collect())
             }))
         }
         ("stream" | "groups" | "consumers" | "help", _) => Err(wrong_args(&format!("xinfo|{sub}"))),
@@ -207,7 +351,7 @@ fn xinfo(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
 /// radix-tree figures are those of Redis's 100-entry nodes for this many entries.
 fn info_reply(r: &WriteResult, full: bool) -> Reply {
     let v = match r {
-        WriteResult::Values(v) if v.len() >= 5 => v,
+        WriteResult::Values(v) if v.len() >= 6 => v,
         WriteResult::Failed(WriteError::NoSuchKey) => return Reply::err("ERR no such key"),
         other => return value_reply(other),
     };
@@ -224,12 +368,14 @@ fn info_reply(r: &WriteResult, full: bool) -> Reply {
         (Reply::bulk("entries-added"), int(3)),
         (Reply::bulk("recorded-first-entry-id"), Reply::bulk(text(4))),
     ];
-    let mut listed = entries(&v[5..]);
     if full {
+        let mut it = v[6..].iter();
+        let listed = next_entries(&mut it).into_iter().map(entry_reply).collect();
         out.push((Reply::bulk("entries"), Reply::Array(listed)));
-        out.push((Reply::bulk("groups"), Reply::Array(Vec::new())));
+        out.push((Reply::bulk("groups"), Reply::Array(full_groups(&mut it))));
     } else {
-        out.push((Reply::bulk("groups"), Reply::Int(0)));
+        let mut listed = entries(&v[6..]);
+        out.push((Reply::bulk("groups"), int(5)));
         let last = listed.pop().unwrap_or(Reply::Nil);
         let first = listed.pop().unwrap_or(Reply::Nil);
         out.push((Reply::bulk("first-entry"), first));
@@ -440,43 +586,63 @@ fn xsetid(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
     }))
 }
 
-/// XREAD's options: COUNT, BLOCK (ms), and where STREAMS' keys start; `Err` for Redis's
-/// errors.
-struct XreadArgs {
+/// XREAD's and XREADGROUP's options: COUNT, BLOCK (ms), GROUP and NOACK (XREADGROUP's), and
+/// where STREAMS' keys start; `Err` for Redis's errors.
+struct ReadArgs {
     count: Option<usize>,
     block_ms: Option<u64>,
+    /// XREADGROUP's group and consumer.
+    group: Option<(Bytes, Bytes)>,
+    no_ack: bool,
     /// The keys, then as many IDs.
     streams: usize,
     n: usize,
 }
 
-fn xread_args(a: &[Bytes]) -> Result<XreadArgs, Reply> {
-    let (mut count, mut block_ms) = (None, None);
+fn read_args(a: &[Bytes], xreadgroup: bool) -> Result<ReadArgs, Reply> {
+    let (mut count, mut block_ms, mut group, mut no_ack) = (None, None, None, false);
     let mut at = 1;
+    let arg = |i: usize| a.get(i).ok_or_else(|| Reply::err(SYNTAX));
     while at < a.len() {
         let o = &a[at];
         if eq(o, "count") {
-            let n = int_arg(a.get(at + 1).ok_or_else(|| Reply::err(SYNTAX))?)?;
+            let n = int_arg(arg(at + 1)?)?;
             count = (n > 0).then_some(n as usize);
             at += 2;
         } else if eq(o, "block") {
-            let ms = int_arg(a.get(at + 1).ok_or_else(|| Reply::err(SYNTAX))?)
+            let ms = int_arg(arg(at + 1)?)
                 .map_err(|_| Reply::err("ERR timeout is not an integer or out of range"))?;
             if ms < 0 {
                 return Err(Reply::err("ERR timeout is negative"));
             }
             block_ms = Some(ms as u64);
             at += 2;
+        } else if xreadgroup && eq(o, "group") {
+            group = Some((arg(at + 1)?.clone(), arg(at + 2)?.clone()));
+            at += 3;
+        } else if xreadgroup && eq(o, "noack") {
+            no_ack = true;
+            at += 1;
         } else if eq(o, "streams") {
             let rest = a.len() - at - 1;
             if rest == 0 || !rest.is_multiple_of(2) {
-                return Err(Reply::err(
-                    "ERR Unbalanced 'xread' list of streams: for each stream key an ID or '$' must be specified.",
-                ));
+                let (name, id) = if xreadgroup {
+                    ("xreadgroup", '>')
+                } else {
+                    ("xread", '$')
+                };
+                return Err(Reply::err(format!(
+                    "ERR Unbalanced '{name}' list of streams: for each stream key an ID or '{id}' must be specified."
+                )));
             }
-            return Ok(XreadArgs {
+            if xreadgroup && group.is_none() {
+                return Err(Reply::err("ERR Missing GROUP option for XREADGROUP"));
+            }
+            return Ok(ReadArgs {
                 count,
                 block_ms,
+                group,
+                no_ack,
                 streams: at + 1,
                 n: rest / 2,
             });
@@ -487,18 +653,21 @@ fn xread_args(a: &[Bytes]) -> Result<XreadArgs, Reply> {
     Err(Reply::err(SYNTAX))
 }
 
+/// BLOCK's wait: 0 for ever.
+fn block_wait(ms: u64) -> Option<std::time::Duration> {
+    (ms > 0).then(|| std::time::Duration::from_millis(ms))
+}
+
 /// XREAD waits only with BLOCK (0: for ever).
 fn xread_wait(a: &[Bytes]) -> Result<Wait, Reply> {
-    Ok(xread_args(a)?
-        .block_ms
-        .map(|ms| (ms > 0).then(|| std::time::Duration::from_millis(ms))))
+    Ok(read_args(a, false)?.block_ms.map(block_wait))
 }
 
 /// Before XREAD BLOCK waits: each `$` becomes its stream's last ID (`0-0` for none), so that
 /// every try reads only what came after the wait began.
 fn xread_prepare(view: &keel_engine::ReadView<'_>, a: &[Bytes]) -> Vec<Bytes> {
     let mut a = a.to_vec();
-    if let Ok(x) = xread_args(&a) {
+    if let Ok(x) = read_args(&a, false) {
         for i in 0..x.n {
             let (key, id) = (x.streams + i, x.streams + x.n + i);
             if &a[id][..] == b"$" {
@@ -513,9 +682,18 @@ fn xread_prepare(view: &keel_engine::ReadView<'_>, a: &[Bytes]) -> Vec<Bytes> {
 }
 
 fn xread_keys(a: &[Bytes]) -> Vec<(usize, KeyFlags)> {
-    match xread_args(a) {
+    match read_args(a, false) {
         Ok(x) => (x.streams..x.streams + x.n)
             .map(|i| key_at(i, "RO access"))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn xreadgroup_keys(a: &[Bytes]) -> Vec<(usize, KeyFlags)> {
+    match read_args(a, true) {
+        Ok(x) => (x.streams..x.streams + x.n)
+            .map(|i| key_at(i, "RW access"))
             .collect(),
         Err(_) => Vec::new(),
     }
@@ -525,7 +703,7 @@ fn xread_keys(a: &[Bytes]) -> Vec<(usize, KeyFlags)> {
 /// nil when no stream has any. BLOCK waits for one (`crate::blocking`, which resolves `$`
 /// to the last ID before it waits).
 fn xread(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
-    let x = xread_args(a)?;
+    let x = read_args(a, false)?;
     let keys = a[x.streams..x.streams + x.n].to_vec();
     let mut writes = Vec::with_capacity(x.n);
     for (key, id) in keys.iter().zip(&a[x.streams + x.n..]) {
@@ -561,5 +739,472 @@ fn xread(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
         } else {
             Reply::Nested(streams)
         }
+    }))
+}
+
+/// XREADGROUP: for each stream, the entries the group has not read (`>`), which become
+/// pending with the consumer, or the consumer's own pending entries after an ID. The reply
+/// leaves once the record of the delivery is durable. With `>` only streams that gave
+/// entries are listed (nil when none did: BLOCK then waits); a history read lists its
+/// stream always, so it never waits.
+fn xreadgroup(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    let x = read_args(a, true)?;
+    let (group, consumer) = x.group.expect("read_args asks for GROUP");
+    let keys = a[x.streams..x.streams + x.n].to_vec();
+    let mut streams = Vec::with_capacity(x.n);
+    for (key, id) in keys.iter().zip(&a[x.streams + x.n..]) {
+        let after = match &id[..] {
+            b">" => None,
+            b"$" => return Err(Reply::err(
+                "ERR The $ ID is meaningless in the context of XREADGROUP: you want to read the history of this consumer by specifying a proper ID, or use the > ID to get new messages. The $ ID would just return an empty result set.",
+            )),
+            id => Some(StreamId::parse(id, 0).ok_or_else(invalid_id)?),
+        };
+        streams.push((key.clone(), after));
+    }
+    let history: Vec<bool> = streams.iter().map(|(_, after)| after.is_some()).collect();
+    let w = Write::StreamReadGroup {
+        group: group.clone(),
+        consumer,
+        streams,
+        count: x.count,
+        no_ack: x.no_ack,
+    };
+    Ok(Part::new(vec![w], move |r| {
+        let v = match &r[0] {
+            WriteResult::Values(v) => v,
+            // The first stream named: the engine does not say which one lacks the group.
+            WriteResult::Failed(WriteError::NoGroup) => return Reply::err(format!(
+                "NOGROUP No such key '{}' or consumer group '{}' in XREADGROUP with GROUP option",
+                String::from_utf8_lossy(&keys[0]),
+                String::from_utf8_lossy(&group)
+            )),
+            other => return value_reply(other),
+        };
+        let mut it = v.iter();
+        let mut out = Vec::new();
+        for (key, history) in keys.into_iter().zip(history) {
+            let listed: Vec<Reply> = next_entries(&mut it).into_iter().map(entry_reply).collect();
+            if history || !listed.is_empty() {
+                out.push((Reply::Bulk(key), Reply::Array(listed)));
+            }
+        }
+        if out.is_empty() {
+            Reply::NilArray
+        } else {
+            Reply::Nested(out)
+        }
+    }))
+}
+
+/// Stream IDs, each given in full or as `ms`.
+fn ids(a: &[Bytes]) -> Result<Vec<StreamId>, Reply> {
+    a.iter()
+        .map(|id| StreamId::parse(id, 0).ok_or_else(invalid_id))
+        .collect()
+}
+
+/// Entries as stream reads lay them out (an ID, its fields and values, then a nil), up to a
+/// nil where an ID would be (which ends a stream's) or the end. An entry without fields is
+/// a pending entry since deleted, or a JUSTID claim.
+fn next_entries<'a>(it: &mut impl Iterator<Item = &'a Option<Bytes>>) -> Vec<(Bytes, Vec<Bytes>)> {
+    let mut out = Vec::new();
+    while let Some(Some(id)) = it.next() {
+        let fields = it.by_ref().map_while(|f| f.clone()).collect();
+        out.push((id.clone(), fields));
+    }
+    out
+}
+
+/// `[id, [field, value, ...]]`, or `[id, nil]` for an entry since deleted.
+fn entry_reply((id, fields): (Bytes, Vec<Bytes>)) -> Reply {
+    let fields = if fields.is_empty() {
+        Reply::NilArray
+    } else {
+        Reply::Array(fields.into_iter().map(Reply::Bulk).collect())
+    };
+    Reply::Array(vec![Reply::Bulk(id), fields])
+}
+
+fn bulk_or_nil(v: &Option<Bytes>) -> Reply {
+    v.clone().map_or(Reply::Nil, Reply::Bulk)
+}
+
+fn number(v: &Option<Bytes>) -> Option<i64> {
+    std::str::from_utf8(v.as_deref()?).ok()?.parse().ok()
+}
+
+fn int_or_nil(v: &Option<Bytes>) -> Reply {
+    number(v).map_or(Reply::Nil, Reply::Int)
+}
+
+fn no_group_for_key(key: &[u8], group: &[u8]) -> Reply {
+    Reply::err(format!(
+        "NOGROUP No such consumer group '{}' for key name '{}'",
+        String::from_utf8_lossy(group),
+        String::from_utf8_lossy(key)
+    ))
+}
+
+fn no_key_or_group(key: &[u8], group: &[u8]) -> Reply {
+    Reply::err(format!(
+        "NOGROUP No such key '{}' or consumer group '{}'",
+        String::from_utf8_lossy(key),
+        String::from_utf8_lossy(group)
+    ))
+}
+
+/// XINFO STREAM FULL's groups, as [`Read::StreamInfo`] lays them out.
+fn full_groups<'a>(it: &mut impl Iterator<Item = &'a Option<Bytes>>) -> Vec<Reply> {
+    let mut next = || it.next().cloned().flatten();
+    let mut groups = Vec::new();
+    while let Some(name) = next() {
+        let last_id = next();
+        let (entries_read, lag) = (next(), next());
+        let pel_count = next();
+        let listed = number(&next()).unwrap_or(0);
+        let pending = (0..listed)
+            .map(|_| {
+                let (id, consumer, at, n) = (next(), next(), next(), next());
+                Reply::Array(vec![
+                    bulk_or_nil(&id),
+                    bulk_or_nil(&consumer),
+                    int_or_nil(&at),
+                    int_or_nil(&n),
+                ])
+            })
+            .collect();
+        let consumers = (0..number(&next()).unwrap_or(0))
+            .map(|_| {
+                let (name, seen, active, pel_count) = (next(), next(), next(), next());
+                let listed = number(&next()).unwrap_or(0);
+                let pending = (0..listed)
+                    .map(|_| {
+                        let (id, at, n) = (next(), next(), next());
+                        Reply::Array(vec![bulk_or_nil(&id), int_or_nil(&at), int_or_nil(&n)])
+                    })
+                    .collect();
+                Reply::Map(vec![
+                    (Reply::bulk("name"), bulk_or_nil(&name)),
+                    (Reply::bulk("seen-time"), int_or_nil(&seen)),
+                    (
+                        Reply::bulk("active-time"),
+                        Reply::Int(number(&active).unwrap_or(-1)),
+                    ),
+                    (Reply::bulk("pel-count"), int_or_nil(&pel_count)),
+                    (Reply::bulk("pending"), Reply::Array(pending)),
+                ])
+            })
+            .collect();
+        groups.push(Reply::Map(vec![
+            (Reply::bulk("name"), Reply::Bulk(name)),
+            (Reply::bulk("last-delivered-id"), bulk_or_nil(&last_id)),
+            (Reply::bulk("entries-read"), int_or_nil(&entries_read)),
+            (Reply::bulk("lag"), int_or_nil(&lag)),
+            (Reply::bulk("pel-count"), int_or_nil(&pel_count)),
+            (Reply::bulk("pending"), Reply::Array(pending)),
+            (Reply::bulk("consumers"), Reply::Array(consumers)),
+        ]));
+    }
+    groups
+}
+
+/// XPENDING: the summary, or the pending entries in a range (IDLE: delivered at least that
+/// long ago).
+fn xpending(_: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
+    let (key, group) = (a[1].clone(), a[2].clone());
+    let mut rest = &a[3..];
+    let mut idle = None;
+    if rest.len() > 1 && eq(&rest[0], "idle") {
+        idle = Some(int_arg(&rest[1])?.max(0) as u64);
+        rest = &rest[2..];
+        if rest.is_empty() {
+            return Err(Reply::err(SYNTAX));
+        }
+    }
+    let range = match rest {
+        [] => None,
+        [start, end, count, consumer @ ..] if consumer.len() <= 1 => Some(PendingRange {
+            start: range_bound(start, true)?,
+            end: range_bound(end, false)?,
+            count: int_arg(count)?.max(0) as usize,
+            consumer: consumer.first().cloned(),
+            delivered_by: idle.map(|ms| now_ms.saturating_sub(ms)),
+        }),
+        _ => return Err(Reply::err(SYNTAX)),
+    };
+    let detail = range.is_some();
+    let op = Read::StreamPending {
+        group: group.clone(),
+        range,
+    };
+    Ok(Part::new(vec![read(&a[1], op)], move |r| {
+        let v = match &r[0] {
+            WriteResult::Values(v) => v,
+            WriteResult::Failed(WriteError::NoGroup) => return no_key_or_group(&key, &group),
+            other => return value_reply(other),
+        };
+        if detail {
+            let entries = v.chunks(4).map(|p| {
+                let at = number(&p[2]).unwrap_or(0);
+                Reply::Array(vec![
+                    bulk_or_nil(&p[0]),
+                    bulk_or_nil(&p[1]),
+                    Reply::Int((now_ms as i64).saturating_sub(at).max(0)),
+                    int_or_nil(&p[3]),
+                ])
+            });
+            return Reply::Array(entries.collect());
+        }
+        if v.len() < 3 {
+            return Reply::Array(vec![
+                int_or_nil(&v[0]),
+                Reply::Nil,
+                Reply::Nil,
+                Reply::NilArray,
+            ]);
+        }
+        let consumers = v[3..]
+            .chunks(2)
+            .map(|c| Reply::Array(vec![bulk_or_nil(&c[0]), bulk_or_nil(&c[1])]))
+            .collect();
+        Reply::Array(vec![
+            int_or_nil(&v[0]),
+            bulk_or_nil(&v[1]),
+            bulk_or_nil(&v[2]),
+            Reply::Array(consumers),
+        ])
+    }))
+}
+
+/// A claim's non-negative number argument, or Redis's error naming the option.
+fn claim_number(a: Option<&Bytes>, what: &str, command: &str) -> Result<u64, Reply> {
+    let bad = || Reply::err(format!("ERR Invalid {what} argument for {command}"));
+    let n = int_arg(a.ok_or_else(|| Reply::err(SYNTAX))?).map_err(|_| bad())?;
+    Ok(n.max(0) as u64)
+}
+
+/// A claim's reply: the entries, or only their IDs (JUSTID).
+fn claimed<'a>(it: &mut impl Iterator<Item = &'a Option<Bytes>>, just_id: bool) -> Reply {
+    let entries = next_entries(it).into_iter();
+    Reply::Array(if just_id {
+        entries.map(|(id, _)| Reply::Bulk(id)).collect()
+    } else {
+        entries.map(entry_reply).collect()
+    })
+}
+
+fn xclaim(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    let (key, group) = (a[1].clone(), a[2].clone());
+    let min_idle_ms = claim_number(a.get(4), "min-idle-time", "XCLAIM")?;
+    let mut at = 5;
+    let mut ids = Vec::new();
+    while let Some(id) = a.get(at).and_then(|id| StreamId::parse(id, 0)) {
+        ids.push(id);
+        at += 1;
+    }
+    let (mut delivered, mut deliveries, mut force, mut just_id, mut last_id) =
+        (None, None, false, false, None);
+    while let Some(o) = a.get(at) {
+        let value = a.get(at + 1);
+        at += 2;
+        if eq(o, "idle") {
+            delivered = Some(ClaimTime::Idle(claim_number(
+                value,
+                "IDLE option",
+                "XCLAIM",
+            )?));
+        } else if eq(o, "time") {
+            delivered = Some(ClaimTime::At(claim_number(value, "TIME option", "XCLAIM")?));
+        } else if eq(o, "retrycount") {
+            deliveries = Some(claim_number(value, "RETRYCOUNT option", "XCLAIM")?);
+        } else if eq(o, "lastid") {
+            let id = value.ok_or_else(|| Reply::err(SYNTAX))?;
+            last_id = Some(StreamId::parse(id, 0).ok_or_else(invalid_id)?);
+        } else {
+            at -= 1;
+            if eq(o, "force") {
+                force = true;
+            } else if eq(o, "justid") {
+                just_id = true;
+            } else {
+                return Err(Reply::err(format!(
+                    "ERR Unrecognized XCLAIM option '{}'",
+                    String::from_utf8_lossy(o)
+                )));
+            }
+        }
+    }
+    let w = Write::StreamClaim {
+        key: key.clone(),
+        group: group.clone(),
+        consumer: a[3].clone(),
+        min_idle_ms,
+        claim: Claim::Ids {
+            ids,
+            delivered,
+            deliveries,
+            force,
+            just_id,
+            last_id,
+        },
+    };
+    Ok(Part::new(vec![w], move |r| match &r[0] {
+        WriteResult::Values(v) => claimed(&mut v.iter(), just_id),
+        WriteResult::Failed(WriteError::NoGroup) => no_key_or_group(&key, &group),
+        other => value_reply(other),
+    }))
+}
+
+fn xautoclaim(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    let (key, group) = (a[1].clone(), a[2].clone());
+    let min_idle_ms = claim_number(a.get(4), "min-idle-time", "XAUTOCLAIM")?;
+    let start = match range_bound(&a[5], true)? {
+        Bound::Excluded(id) => id.next().ok_or_else(invalid_id)?,
+        Bound::Included(id) => id,
+        Bound::Unbounded => StreamId::MIN,
+    };
+    let (mut count, mut just_id) = (100, false);
+    let mut at = 6;
+    while let Some(o) = a.get(at) {
+        if eq(o, "count") {
+            let n = int_arg(a.get(at + 1).ok_or_else(|| Reply::err(SYNTAX))?)?;
+            // Redis looks at up to 10 × COUNT entries, in a long.
+            if !(1..=i64::MAX / 10).contains(&n) {
+                return Err(Reply::err("ERR COUNT must be > 0"));
+            }
+            count = n as usize;
+            at += 2;
+        } else if eq(o, "justid") {
+            just_id = true;
+            at += 1;
+        } else {
+            return Err(Reply::err(SYNTAX));
+        }
+    }
+    let w = Write::StreamClaim {
+        key: key.clone(),
+        group: group.clone(),
+        consumer: a[3].clone(),
+        min_idle_ms,
+        claim: Claim::Scan {
+            start,
+            count,
+            just_id,
+        },
+    };
+    Ok(Part::new(vec![w], move |r| {
+        let v = match &r[0] {
+            WriteResult::Values(v) if !v.is_empty() => v,
+            WriteResult::Failed(WriteError::NoGroup) => return no_key_or_group(&key, &group),
+            other => return value_reply(other),
+        };
+        let mut it = v[1..].iter();
+        let entries = claimed(&mut it, just_id);
+        let deleted = it.map(bulk_or_nil).collect();
+        Reply::Array(vec![bulk_or_nil(&v[0]), entries, Reply::Array(deleted)])
+    }))
+}
+
+/// XGROUP CREATE's and SETID's ID: `$` (`None`: the stream's last), `-`, `+` or an ID.
+fn group_id(id: &[u8]) -> Result<Option<StreamId>, Reply> {
+    match id {
+        b"$" => Ok(None),
+        b"-" => Ok(Some(StreamId::MIN)),
+        b"+" => Ok(Some(StreamId::MAX)),
+        id => Ok(Some(StreamId::parse(id, 0).ok_or_else(invalid_id)?)),
+    }
+}
+
+/// XGROUP CREATE, SETID, DESTROY, CREATECONSUMER, DELCONSUMER and HELP.
+fn xgroup(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
+    let sub = String::from_utf8_lossy(&a[1]).to_ascii_lowercase();
+    let arity = match sub.as_str() {
+        "help" => 2..=2,
+        "create" => 5..=8,
+        "setid" => 5..=7,
+        "destroy" => 4..=4,
+        "createconsumer" | "delconsumer" => 5..=5,
+        _ => {
+            return Err(Reply::err(format!(
+                "ERR unknown subcommand '{}'. Try XGROUP HELP.",
+                String::from_utf8_lossy(&a[1])
+            )))
+        }
+    };
+    if !arity.contains(&a.len()) {
+        return Err(wrong_args(&format!("xgroup|{sub}")));
+    }
+    if sub == "help" {
+        let lines = crate::docs::help_lines("xgroup").unwrap_or_default();
+        return Ok(Part::deferred(move || {
+            Reply::Array(lines.into_iter().map(Reply::Simple).collect())
+        }));
+    }
+    let (key, group) = (a[2].clone(), a[3].clone());
+    let w = match sub.as_str() {
+        "create" | "setid" => {
+            let id = group_id(&a[4])?;
+            let (mut mkstream, mut entries_read) = (false, None);
+            let mut at = 5;
+            while let Some(o) = a.get(at) {
+                if sub == "create" && eq(o, "mkstream") {
+                    mkstream = true;
+                    at += 1;
+                } else if eq(o, "entriesread") {
+                    let n = int_arg(a.get(at + 1).ok_or_else(|| Reply::err(SYNTAX))?)?;
+                    if n < -1 {
+                        return Err(Reply::err(
+                            "ERR value for ENTRIESREAD must be positive or -1",
+                        ));
+                    }
+                    entries_read = (n >= 0).then_some(n as u64);
+                    at += 2;
+                } else {
+                    return Err(Reply::err(SYNTAX));
+                }
+            }
+            if sub == "create" {
+                Write::StreamGroupCreate {
+                    key: key.clone(),
+                    group: group.clone(),
+                    id,
+                    entries_read,
+                    mkstream,
+                }
+            } else {
+                Write::StreamGroupSetId {
+                    key: key.clone(),
+                    group: group.clone(),
+                    id,
+                    entries_read,
+                }
+            }
+        }
+        "destroy" => Write::StreamGroupDestroy {
+            key: key.clone(),
+            group: group.clone(),
+        },
+        "createconsumer" => Write::StreamConsumerCreate {
+            key: key.clone(),
+            group: group.clone(),
+            consumer: a[4].clone(),
+        },
+        _ => Write::StreamConsumerDelete {
+            key: key.clone(),
+            group: group.clone(),
+            consumer: a[4].clone(),
+        },
+    };
+    Ok(Part::new(vec![w], move |r| {
+        match &r[0] {
+        WriteResult::Put(_) => Reply::ok(),
+        WriteResult::Int(n) => Reply::Int(*n),
+        WriteResult::Failed(WriteError::NoSuchKey) => Reply::err(
+            "ERR The XGROUP subcommand requires the key to exist. Note that for CREATE you may want to use the MKSTREAM option to create an empty stream automatically.",
+        ),
+        WriteResult::Failed(WriteError::NoGroup) => no_group_for_key(&key, &group),
+        other => value_reply(other),
+    }
     }))
 }

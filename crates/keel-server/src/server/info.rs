@@ -149,6 +149,9 @@ impl Conn {
                 "blocked_clients",
                 &(self.sh.blocked.waiting() + paused),
             );
+            let (keys, on_nokey) = self.sh.blocked.blocking_keys();
+            line(&mut o, "total_blocking_keys", &keys);
+            line(&mut o, "total_blocking_keys_on_nokey", &on_nokey);
             line(&mut o, "tracking_clients", &self.sh.tracking.figures().0);
             line(&mut o, "pubsub_clients", &0);
             o.push_str("\r\n");

@@ -145,7 +145,14 @@ pub fn events(args: &[Bytes], effects: &[KeyEffect], out: &mut Vec<Event>) {
             out.push((NEW, "new", e.key.clone()));
         }
         let source = args.get(1) == Some(&e.key);
-        let own = named(&name, args, source);
+        let own = match name.as_str() {
+            // Redis reports only the consumer they create, if they create one.
+            "xreadgroup" | "xclaim" | "xautoclaim" if e.consumer_created => {
+                vec![(STREAM, "xgroup-createconsumer")]
+            }
+            "xreadgroup" | "xclaim" | "xautoclaim" | "xack" => continue,
+            _ => named(&name, args, source),
+        };
         let removal = own.iter().any(|(_, ev)| REMOVALS.contains(ev));
         if e.deleted && !removal && !own.iter().any(|(_, ev)| ev.starts_with("rename")) {
             out.push((GENERIC, "del", e.key.clone()));
@@ -270,6 +277,14 @@ fn named(name: &str, args: &[Bytes], source: bool) -> Vec<(u32, &'static str)> {
         "xdel" => one(STREAM, "xdel"),
         "xtrim" => one(STREAM, "xtrim"),
         "xsetid" => one(STREAM, "xsetid"),
+        "xgroup" => match args.get(1).map(|s| lower(s)).as_deref() {
+            Some("create") => one(STREAM, "xgroup-create"),
+            Some("setid") => one(STREAM, "xgroup-setid"),
+            Some("destroy") => one(STREAM, "xgroup-destroy"),
+            Some("createconsumer") => one(STREAM, "xgroup-createconsumer"),
+            Some("delconsumer") => one(STREAM, "xgroup-delconsumer"),
+            _ => Vec::new(),
+        },
         // FLUSHALL and FLUSHDB report nothing per key, as in Redis.
         _ => Vec::new(),
     }
@@ -317,6 +332,7 @@ mod tests {
             key: Bytes::copy_from_slice(key.as_bytes()),
             created,
             deleted,
+            consumer_created: false,
         }
     }
 
@@ -337,6 +353,16 @@ mod tests {
         for c in cmd::COMMANDS.iter() {
             let writes = c.flags.contains(Flags::WRITE) && matches!(c.run, Run::Data(_));
             if !writes || ["flushall", "flushdb", "keel.idem"].contains(&c.name) {
+                continue;
+            }
+            // Redis reports these only when they create a consumer (`events` names that from
+            // the write's effect), and XACK never.
+            if ["xreadgroup", "xack", "xclaim", "xautoclaim"].contains(&c.name) {
+                continue;
+            }
+            if c.name == "xgroup" {
+                let args = [&b"xgroup"[..], b"create"].map(Bytes::from_static);
+                assert!(!named(c.name, &args, true).is_empty());
                 continue;
             }
             let args = [Bytes::from_static(c.name.as_bytes())];

@@ -126,7 +126,8 @@ pub(super) async fn run_part(
         let results = sh.engine().read(|v| eval_reads(v, &part.writes));
         return ((part.render)(Some(&results)), Vec::new());
     }
-    let woken = blocking::pushed_keys(&part.writes);
+    let mut woken = blocking::pushed_keys(&part.writes);
+    woken.extend(blocking::emptied_keys(&part.writes).cloned());
     sh.backend.room(0).await;
     let reply = match sh.backend.write(None, part.guards, part.writes).await {
         Ok(o) => {
@@ -282,13 +283,16 @@ impl Conn {
         // A write that may give a list an element wakes the clients waiting on it, once
         // durable: whether any wait is asked then, so that a client that starts waiting while
         // this write is on its way is not missed. Its reply waits until they have tried.
-        let pushed = blocking::pushed_keys(&writes);
-        let woken = move |sh: &Shared| {
-            if !pushed.is_empty() && sh.blocked.any() {
-                sh.blocked.wake(&pushed)
-            } else {
-                Vec::new()
-            }
+        let mut pushed = blocking::pushed_keys(&writes);
+        let flush = writes.iter().any(|w| matches!(w, Write::DeleteAll));
+        if self.sh.blocked.any() {
+            pushed.extend(blocking::emptied_keys(&writes).cloned());
+        }
+        let woken = move |sh: &Shared| match () {
+            _ if !sh.blocked.any() => Vec::new(),
+            _ if flush => sh.blocked.wake_all(),
+            _ if !pushed.is_empty() => sh.blocked.wake(&pushed),
+            _ => Vec::new(),
         };
         let touched = std::mem::replace(&mut self.touched, Touched::none(self.client.id));
         let durable = self.sh.backend.write(id, guards, writes);
@@ -570,7 +574,8 @@ impl Conn {
                         }
                     }
                 };
-                blocking::wait_for(&sh.blocked, keys, timeout, attempt).await
+                let on_nokey = name == "xreadgroup";
+                blocking::wait_for(&sh.blocked, keys, on_nokey, timeout, attempt).await
             }));
         }
         match spec.run {

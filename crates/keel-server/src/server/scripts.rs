@@ -143,6 +143,15 @@ impl Caller for ScriptCaller<'_, '_> {
         if redis_flag("noscript") || (matches!(spec.run, Run::Conn) && !publish) {
             return Reply::err("ERR This Redis command is not allowed from script");
         }
+        // A script never waits: XREAD and XREADGROUP with BLOCK are refused (the other
+        // blocking commands run as if they timed out at once, as in MULTI).
+        let mut options = args.iter().take_while(|a| !cmd::eq(a, "streams"));
+        if matches!(spec.name, "xread" | "xreadgroup") && options.any(|a| cmd::eq(a, "block")) {
+            return Reply::err(format!(
+                "ERR {} command is not allowed with BLOCK option from scripts",
+                spec.name
+            ));
+        }
         if let Some(u) = self.user {
             if let Err(e) = self.sh.users.check(u, spec, &args) {
                 return Reply::err(e.to_string());
