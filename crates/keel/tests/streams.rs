@@ -1,5 +1,7 @@
 //! Streams through a real `keel serve`: XADD's IDs, XRANGE and XREVRANGE, XDEL, XTRIM,
-//! XSETID, XREAD with and without BLOCK, and every acknowledged XADD there after kill -9.
+//! XSETID, XREAD with and without BLOCK, and every acknowledged XADD there after kill -9;
+//! consumer groups (XGROUP, XREADGROUP, XACK, XPENDING, XCLAIM, XAUTOCLAIM, XINFO) and their
+//! pending entries after kill -9.
 
 mod common;
 use common::*;
@@ -211,4 +213,181 @@ fn every_acknowledged_xadd_survives_kill_9_with_its_id() {
         (a.parse().unwrap(), b.parse().unwrap())
     };
     assert!(parse(&next) > parse(&got[201]));
+}
+
+#[test]
+fn consumer_groups_deliver_acknowledge_claim_and_keep_their_pending_entries_across_kill_9() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let srv = Server::start(&data, &[]);
+    let mut c = srv.client();
+    // Errors first: Redis's texts.
+    assert!(error(&mut c, &["XGROUP", "CREATE", "jobs", "g", "$"])
+        .contains("requires the key to exist"));
+    let ok: String = query(&mut c, &["XGROUP", "CREATE", "jobs", "g", "$", "MKSTREAM"]);
+    assert_eq!(ok, "OK");
+    assert!(error(&mut c, &["XGROUP", "CREATE", "jobs", "g", "$"])
+        .contains("Consumer Group name already exists"));
+    assert!(error(
+        &mut c,
+        &["XREADGROUP", "GROUP", "nope", "a", "STREAMS", "jobs", ">"]
+    )
+    .contains("No such key 'jobs' or consumer group 'nope'"));
+    assert!(error(
+        &mut c,
+        &["XREADGROUP", "GROUP", "g", "a", "STREAMS", "jobs", "$"]
+    )
+    .contains("meaningless"));
+    assert!(error(
+        &mut c,
+        &["XGROUP", "CREATE", "jobs", "h", "$", "ENTRIESREAD", "-3"]
+    )
+    .contains("must be positive or -1"));
+    assert!(error(
+        &mut c,
+        &["XAUTOCLAIM", "jobs", "g", "a", "0", "0", "COUNT", "0"]
+    )
+    .contains("COUNT must be > 0"));
+    assert!(error(&mut c, &["XACK", "jobs", "g", "1-1", "bad"]).contains("Invalid stream ID"));
+    query::<()>(&mut c, &["SET", "str", "v"]);
+    assert!(error(
+        &mut c,
+        &["XREADGROUP", "GROUP", "g", "a", "STREAMS", "str", ">"]
+    )
+    .contains("WRONGTYPE"));
+
+    for i in 1..=10 {
+        query::<String>(
+            &mut c,
+            &["XADD", "jobs", &format!("{i}-0"), "n", &i.to_string()],
+        );
+    }
+    // Alice takes 4, Bob the rest; Alice acknowledges two.
+    let got: Value = query(
+        &mut c,
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "alice",
+            "COUNT",
+            "4",
+            "STREAMS",
+            "jobs",
+            ">",
+        ],
+    );
+    let Value::Array(streams) = &got else {
+        panic!("{got:?}")
+    };
+    let Value::Array(pair) = &streams[0] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(ids(&pair[1]), ["1-0", "2-0", "3-0", "4-0"]);
+    let _: Value = query(
+        &mut c,
+        &["XREADGROUP", "GROUP", "g", "bob", "STREAMS", "jobs", ">"],
+    );
+    let nothing: Value = query(
+        &mut c,
+        &["XREADGROUP", "GROUP", "g", "bob", "STREAMS", "jobs", ">"],
+    );
+    assert_eq!(nothing, Value::Nil);
+    let acked: i64 = query(&mut c, &["XACK", "jobs", "g", "1-0", "2-0", "2-0", "99-0"]);
+    assert_eq!(acked, 2);
+    // Bob claims one of Alice's; XAUTOCLAIM gives Carol the rest that are idle at all.
+    let claimed: Value = query(
+        &mut c,
+        &["XCLAIM", "jobs", "g", "bob", "0", "3-0", "JUSTID"],
+    );
+    assert_eq!(
+        claimed,
+        Value::Array(vec![Value::BulkString(b"3-0".to_vec())])
+    );
+    let auto: Value = query(
+        &mut c,
+        &[
+            "XAUTOCLAIM",
+            "jobs",
+            "g",
+            "carol",
+            "0",
+            "0",
+            "COUNT",
+            "2",
+            "JUSTID",
+        ],
+    );
+    let Value::Array(parts) = &auto else {
+        panic!("{auto:?}")
+    };
+    assert_eq!(
+        parts[0],
+        Value::BulkString(b"5-0".to_vec()),
+        "the cursor: {auto:?}"
+    );
+    let summary: Value = query(&mut c, &["XPENDING", "jobs", "g"]);
+    let before_kill = format!("{summary:?}");
+    assert!(
+        before_kill.contains("carol") && before_kill.contains("bob"),
+        "{before_kill}"
+    );
+    let detail: Value = query(&mut c, &["XPENDING", "jobs", "g", "-", "+", "100"]);
+    let pending_before = ids(&detail);
+    assert_eq!(
+        pending_before,
+        ["3-0", "4-0", "5-0", "6-0", "7-0", "8-0", "9-0", "10-0"]
+    );
+    let groups: Value = query(&mut c, &["XINFO", "GROUPS", "jobs"]);
+    let consumers: Value = query(&mut c, &["XINFO", "CONSUMERS", "jobs", "g"]);
+    let text = format!("{groups:?} {consumers:?}");
+    assert!(text.contains("10-0") && text.contains("alice"), "{text}");
+
+    // Every acknowledgement and delivery was durable before its reply: after kill -9 the
+    // same entries are pending with the same consumers and counts, none acknowledged is back.
+    srv.kill9();
+    let srv = Server::start(&data, &[]);
+    let mut c = srv.client();
+    let summary: Value = query(&mut c, &["XPENDING", "jobs", "g"]);
+    assert_eq!(format!("{summary:?}"), before_kill);
+    let detail: Value = query(&mut c, &["XPENDING", "jobs", "g", "-", "+", "100"]);
+    assert_eq!(ids(&detail), pending_before);
+    let again: Value = query(
+        &mut c,
+        &["XREADGROUP", "GROUP", "g", "dave", "STREAMS", "jobs", ">"],
+    );
+    assert_eq!(again, Value::Nil, "the group's last ID came back too");
+    // A blocked XREADGROUP is served by the next XADD, and answers NOGROUP once the group goes.
+    let mut r = srv.raw();
+    r.send(&resp(&[
+        "XREADGROUP",
+        "GROUP",
+        "g",
+        "erin",
+        "BLOCK",
+        "0",
+        "STREAMS",
+        "jobs",
+        ">",
+    ]));
+    std::thread::sleep(Duration::from_millis(100));
+    query::<String>(&mut c, &["XADD", "jobs", "11-0", "n", "11"]);
+    let got = String::from_utf8(read_reply(&mut r)).unwrap();
+    assert!(got.contains("11-0"), "{got}");
+    r.send(&resp(&[
+        "XREADGROUP",
+        "GROUP",
+        "g",
+        "erin",
+        "BLOCK",
+        "0",
+        "STREAMS",
+        "jobs",
+        ">",
+    ]));
+    std::thread::sleep(Duration::from_millis(100));
+    let destroyed: i64 = query(&mut c, &["XGROUP", "DESTROY", "jobs", "g"]);
+    assert_eq!(destroyed, 1);
+    let got = String::from_utf8(read_reply(&mut r)).unwrap();
+    assert!(got.starts_with("-NOGROUP"), "{got}");
 }
