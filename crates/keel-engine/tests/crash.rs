@@ -1,12 +1,14 @@
 //! keel-engine against a model, through simulated power cuts (keel-sim).
 
 use std::collections::BTreeMap;
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use keel_engine::{
-    format_score, zset_combine, Aggregate, Engine, Guard, Options, Outcome, PutIf, Read, SetOp,
-    Ttl, Write, WriteResult, ZCmp, ZRange,
+    format_score, zset_combine, Aggregate, Claim, Engine, Guard, Options, Outcome, PutIf, Read,
+    SetOp, StreamId, StreamIdSpec, StreamTrim, StreamTrimBy, Ttl, Write, WriteError, WriteResult,
+    ZCmp, ZRange,
 };
 use keel_sim::{Faults, Rng, SimFs};
 use keel_wal::Lsn;
@@ -128,6 +130,170 @@ fn zset_order(z: &Scores) -> Vec<(Bytes, f64)> {
     v
 }
 
+/// A stream as the model keeps it: what a power cut must keep, without the times a group's
+/// deliveries and consumers carry (the engine takes those from its clock) and without Redis's
+/// entries-read estimate. Written out by [`stream_text`]; a stream stays when emptied.
+#[derive(Clone, Default)]
+struct Stream {
+    entries: BTreeMap<StreamId, Vec<Bytes>>,
+    last: StreamId,
+    added: u64,
+    max_deleted: StreamId,
+    groups: BTreeMap<Bytes, Group>,
+}
+
+/// A consumer group: its last delivered ID, its pending entries (ID to consumer and
+/// deliveries) and its consumers, each with the IDs pending with it.
+#[derive(Clone, Default)]
+struct Group {
+    last: StreamId,
+    pending: BTreeMap<StreamId, (Bytes, u64)>,
+    consumers: BTreeMap<Bytes, std::collections::BTreeSet<StreamId>>,
+}
+
+impl Group {
+    /// Makes `id` pending with `consumer` (created if absent), delivered `n` times.
+    fn give(&mut self, id: StreamId, consumer: &Bytes, n: u64) {
+        if let Some((old, _)) = self.pending.insert(id, (consumer.clone(), n)) {
+            self.consumers.get_mut(&old).unwrap().remove(&id);
+        }
+        self.consumers
+            .entry(consumer.clone())
+            .or_default()
+            .insert(id);
+    }
+
+    /// Acknowledges `id`; whether it was pending.
+    fn ack(&mut self, id: StreamId) -> bool {
+        let Some((owner, _)) = self.pending.remove(&id) else {
+            return false;
+        };
+        self.consumers.get_mut(&owner).unwrap().remove(&id);
+        true
+    }
+}
+
+/// One line per part: `stream: last added max-deleted`, then `e ID field value …` per entry,
+/// `g name last` per group, followed by its `p ID consumer deliveries` and `c name ID …`.
+fn stream_text(x: &Stream) -> Bytes {
+    let mut out = format!("stream: {} {} {}\n", x.last, x.added, x.max_deleted).into_bytes();
+    for (id, fields) in &x.entries {
+        out.extend_from_slice(format!("e {id}").as_bytes());
+        for f in fields {
+            out.extend_from_slice(&[&b" "[..], f].concat());
+        }
+        out.push(b'\n');
+    }
+    for (name, g) in &x.groups {
+        out.extend_from_slice(&[&b"g "[..], name, format!(" {}\n", g.last).as_bytes()].concat());
+        for (id, (c, n)) in &g.pending {
+            out.extend_from_slice(
+                &[
+                    format!("p {id} ").as_bytes(),
+                    c,
+                    format!(" {n}\n").as_bytes(),
+                ]
+                .concat(),
+            );
+        }
+        for (c, ids) in &g.consumers {
+            out.extend_from_slice(&[&b"c "[..], c].concat());
+            for id in ids {
+                out.extend_from_slice(format!(" {id}").as_bytes());
+            }
+            out.push(b'\n');
+        }
+    }
+    out.into()
+}
+
+/// The stream at `key` in the model, if there is one.
+fn stream_of(m: &Model, key: &[u8]) -> Option<Stream> {
+    let (text, _) = m.get(key)?;
+    let text = std::str::from_utf8(text).unwrap();
+    let body = text
+        .strip_prefix("stream: ")
+        .expect("a stream key holds a stream");
+    let id = |s: &str| StreamId::parse(s.as_bytes(), 0).unwrap();
+    let mut x = Stream::default();
+    let mut group = None;
+    for line in body.lines() {
+        let mut words = line.split(' ');
+        match words.next().unwrap() {
+            "e" => {
+                let fields = words
+                    .clone()
+                    .skip(1)
+                    .map(|w| Bytes::copy_from_slice(w.as_bytes()));
+                x.entries
+                    .insert(id(words.next().unwrap()), fields.collect());
+            }
+            "g" => {
+                let name = Bytes::copy_from_slice(words.next().unwrap().as_bytes());
+                let g = Group {
+                    last: id(words.next().unwrap()),
+                    ..Group::default()
+                };
+                x.groups.insert(name.clone(), g);
+                group = Some(name);
+            }
+            "p" => {
+                let g = x.groups.get_mut(group.as_ref().unwrap()).unwrap();
+                let (at, c, n) = (
+                    words.next().unwrap(),
+                    words.next().unwrap(),
+                    words.next().unwrap(),
+                );
+                g.pending.insert(
+                    id(at),
+                    (Bytes::copy_from_slice(c.as_bytes()), n.parse().unwrap()),
+                );
+            }
+            "c" => {
+                let g = x.groups.get_mut(group.as_ref().unwrap()).unwrap();
+                let c = Bytes::copy_from_slice(words.next().unwrap().as_bytes());
+                g.consumers.insert(c, words.map(id).collect());
+            }
+            header => {
+                x.last = id(header);
+                x.added = words.next().unwrap().parse().unwrap();
+                x.max_deleted = id(words.next().unwrap());
+            }
+        }
+    }
+    Some(x)
+}
+
+/// The stream at `key` with its group `group`, or why a group command finds neither.
+fn stream_group(m: &Model, key: &[u8], group: &[u8]) -> Result<Stream, WriteError> {
+    match stream_of(m, key) {
+        None => Err(WriteError::NoSuchKey),
+        Some(x) if x.groups.contains_key(group) => Ok(x),
+        Some(_) => Err(WriteError::NoGroup),
+    }
+}
+
+/// Trims `x` exactly (XTRIM, and XADD's trim after its entry is in); returns how many
+/// entries went. The greatest deleted ID stays as it is.
+fn stream_trim(x: &mut Stream, trim: &StreamTrim) -> usize {
+    let gone = match trim.by {
+        StreamTrimBy::MaxLen(n) => x.entries.len().saturating_sub(n as usize),
+        StreamTrimBy::MinId(min) => x.entries.range(..min).count(),
+    };
+    for _ in 0..gone {
+        x.entries.pop_first();
+    }
+    gone
+}
+
+/// Pushes an entry as stream reads lay it out: its ID, its fields and values (none for an
+/// entry deleted since, or for JUSTID), then a nil.
+fn stream_entry(out: &mut Vec<Option<Bytes>>, id: StreamId, fields: Option<&Vec<Bytes>>) {
+    out.push(Some(Bytes::from(id.to_string())));
+    out.extend(fields.into_iter().flatten().cloned().map(Some));
+    out.push(None);
+}
+
 fn hash_fields(text: &[u8]) -> Fields {
     let body = text
         .strip_prefix(b"hash:")
@@ -211,6 +377,61 @@ fn observed(snap: &keel_engine::ReadView<'_>) -> Model {
         m.insert(
             Bytes::copy_from_slice(k),
             (zset_text(&z), snap.version(k).unwrap()),
+        );
+    }
+    for k in snap.keys().filter(|k| snap.kind(k) == Some("stream")) {
+        let full = Read::StreamInfo { entries: Some(0) };
+        let WriteResult::Values(all) = snap.read(k, Some(&full)) else {
+            panic!("a stream reads as values")
+        };
+        let mut all = all.into_iter();
+        let mut next = || all.next().expect("XINFO STREAM FULL's layout");
+        let text = |v: Option<Bytes>| String::from_utf8(v.unwrap().to_vec()).unwrap();
+        let id = |v: Option<Bytes>| StreamId::parse(&v.unwrap(), 0).unwrap();
+        let num = |v: Option<Bytes>| text(v).parse::<u64>().unwrap();
+        let mut x = Stream::default();
+        next(); // the length: the entries' count
+        x.last = id(next());
+        x.max_deleted = id(next());
+        x.added = num(next());
+        next(); // the first entry's ID
+        let groups = num(next());
+        while let Some(at) = next() {
+            let fields = std::iter::from_fn(&mut next).collect();
+            x.entries.insert(id(Some(at)), fields);
+        }
+        for _ in 0..groups {
+            let name = next().unwrap();
+            let mut g = Group {
+                last: id(next()),
+                ..Group::default()
+            };
+            next(); // entries-read and lag, left out
+            next();
+            next(); // the number pending, all of which follow
+            for _ in 0..num(next()) {
+                let (at, c) = (id(next()), next().unwrap());
+                next(); // the delivery time
+                g.pending.insert(at, (c, num(next())));
+            }
+            for _ in 0..num(next()) {
+                let c = next().unwrap();
+                next(); // seen and active times
+                next();
+                next(); // the number pending with it, all of which follow
+                let mine = (0..num(next())).map(|_| {
+                    let at = id(next());
+                    next(); // the delivery time, and deliveries as the group's
+                    next();
+                    at
+                });
+                g.consumers.insert(c, mine.collect());
+            }
+            x.groups.insert(name, g);
+        }
+        m.insert(
+            Bytes::copy_from_slice(k),
+            (stream_text(&x), snap.version(k).unwrap()),
         );
     }
     for k in SYSTEM_KEYS {
@@ -658,6 +879,278 @@ fn model_apply(
                 }
                 results.push(WriteResult::Int(out.len() as i64));
             }
+            Write::StreamAdd {
+                key,
+                id: StreamIdSpec::Exact(id),
+                fields,
+                no_create: false,
+                trim,
+            } => {
+                let mut x = stream_of(&m, key).unwrap_or_default();
+                if *id == StreamId::MIN {
+                    results.push(WriteResult::Failed(WriteError::StreamIdZero));
+                    continue;
+                }
+                if *id <= x.last {
+                    results.push(WriteResult::Failed(WriteError::StreamIdTooSmall));
+                    continue;
+                }
+                x.entries.insert(*id, fields.clone());
+                (x.last, x.added) = (*id, x.added + 1);
+                if let Some(t) = trim {
+                    stream_trim(&mut x, t);
+                }
+                m.insert(key.clone(), (stream_text(&x), lsn));
+                results.push(WriteResult::Value(Some(Bytes::from(id.to_string()))));
+            }
+            Write::StreamDel { key, ids } => {
+                let mut x = stream_of(&m, key).unwrap_or_default();
+                let mut n = 0;
+                for id in ids {
+                    if x.entries.remove(id).is_some() {
+                        x.max_deleted = x.max_deleted.max(*id);
+                        n += 1;
+                    }
+                }
+                if n > 0 {
+                    m.insert(key.clone(), (stream_text(&x), lsn));
+                }
+                results.push(WriteResult::Int(n));
+            }
+            Write::StreamTrimTo { key, trim } => {
+                let mut x = stream_of(&m, key).unwrap_or_default();
+                let n = stream_trim(&mut x, trim);
+                if n > 0 {
+                    m.insert(key.clone(), (stream_text(&x), lsn));
+                }
+                results.push(WriteResult::Int(n as i64));
+            }
+            Write::StreamGroupCreate {
+                key,
+                group,
+                id,
+                mkstream,
+                ..
+            } => {
+                let mut x = match stream_of(&m, key) {
+                    Some(x) if x.groups.contains_key(group) => {
+                        results.push(WriteResult::Failed(WriteError::GroupExists));
+                        continue;
+                    }
+                    Some(x) => x,
+                    None if *mkstream => Stream::default(),
+                    None => {
+                        results.push(WriteResult::Failed(WriteError::NoSuchKey));
+                        continue;
+                    }
+                };
+                let g = Group {
+                    last: id.unwrap_or(x.last),
+                    ..Group::default()
+                };
+                x.groups.insert(group.clone(), g);
+                m.insert(key.clone(), (stream_text(&x), lsn));
+                results.push(WriteResult::Put(true));
+            }
+            Write::StreamGroupSetId { key, group, id, .. } => {
+                let mut x = match stream_group(&m, key, group) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        results.push(WriteResult::Failed(e));
+                        continue;
+                    }
+                };
+                let last = x.last;
+                x.groups.get_mut(group).unwrap().last = id.unwrap_or(last);
+                m.insert(key.clone(), (stream_text(&x), lsn));
+                results.push(WriteResult::Put(true));
+            }
+            Write::StreamGroupDestroy { key, group } => {
+                let result = match stream_group(&m, key, group) {
+                    Ok(mut x) => {
+                        x.groups.remove(group);
+                        m.insert(key.clone(), (stream_text(&x), lsn));
+                        WriteResult::Int(1)
+                    }
+                    Err(WriteError::NoGroup) => WriteResult::Int(0),
+                    Err(e) => WriteResult::Failed(e),
+                };
+                results.push(result);
+            }
+            Write::StreamConsumerCreate {
+                key,
+                group,
+                consumer,
+            } => {
+                let result = match stream_group(&m, key, group) {
+                    Ok(mut x) => {
+                        let g = x.groups.get_mut(group).unwrap();
+                        let new = !g.consumers.contains_key(consumer);
+                        if new {
+                            g.consumers.insert(consumer.clone(), Default::default());
+                            m.insert(key.clone(), (stream_text(&x), lsn));
+                        }
+                        WriteResult::Int(new as i64)
+                    }
+                    Err(e) => WriteResult::Failed(e),
+                };
+                results.push(result);
+            }
+            Write::StreamConsumerDelete {
+                key,
+                group,
+                consumer,
+            } => {
+                let result = match stream_group(&m, key, group) {
+                    Ok(mut x) => {
+                        let g = x.groups.get_mut(group).unwrap();
+                        // Its pending entries go with it, never acknowledged.
+                        let had = g.consumers.remove(consumer);
+                        for id in had.iter().flatten() {
+                            g.pending.remove(id);
+                        }
+                        if had.is_some() {
+                            m.insert(key.clone(), (stream_text(&x), lsn));
+                        }
+                        WriteResult::Int(had.map_or(0, |ids| ids.len() as i64))
+                    }
+                    Err(e) => WriteResult::Failed(e),
+                };
+                results.push(result);
+            }
+            Write::StreamReadGroup {
+                group,
+                consumer,
+                streams,
+                count,
+                no_ack,
+            } => {
+                let found: Result<Vec<Stream>, _> = streams
+                    .iter()
+                    .map(|(k, _)| stream_group(&m, k, group))
+                    .collect();
+                let Ok(found) = found else {
+                    results.push(WriteResult::Failed(WriteError::NoGroup));
+                    continue;
+                };
+                let limit = count.unwrap_or(usize::MAX);
+                let mut out = Vec::new();
+                for ((key, after), mut x) in streams.iter().zip(found) {
+                    let g = x.groups.get_mut(group).unwrap();
+                    let mine = g.consumers.entry(consumer.clone()).or_default().clone();
+                    match after {
+                        // Past the group's last ID: delivered, pending unless NOACK.
+                        None => {
+                            let new = x.entries.range((Excluded(g.last), Unbounded));
+                            for (id, fields) in new.take(limit) {
+                                stream_entry(&mut out, *id, Some(fields));
+                                g.last = *id;
+                                if !no_ack {
+                                    g.give(*id, consumer, 1);
+                                }
+                            }
+                        }
+                        // The consumer's own pending entries: those still in the stream
+                        // delivered once more, the others as an ID alone.
+                        Some(after) => {
+                            for id in mine.range((Excluded(*after), Unbounded)).take(limit) {
+                                let fields = x.entries.get(id);
+                                stream_entry(&mut out, *id, fields);
+                                if fields.is_some() {
+                                    g.pending.get_mut(id).unwrap().1 += 1;
+                                }
+                            }
+                        }
+                    }
+                    out.push(None);
+                    m.insert(key.clone(), (stream_text(&x), lsn));
+                }
+                results.push(WriteResult::Values(out));
+            }
+            Write::StreamAck { key, group, ids } => {
+                let Ok(mut x) = stream_group(&m, key, group) else {
+                    results.push(WriteResult::Int(0));
+                    continue;
+                };
+                let g = x.groups.get_mut(group).unwrap();
+                let n = ids.iter().filter(|id| g.ack(**id)).count();
+                if n > 0 {
+                    m.insert(key.clone(), (stream_text(&x), lsn));
+                }
+                results.push(WriteResult::Int(n as i64));
+            }
+            Write::StreamClaim {
+                key,
+                group,
+                consumer,
+                claim,
+                ..
+            } => {
+                let Ok(mut x) = stream_group(&m, key, group) else {
+                    results.push(WriteResult::Failed(WriteError::NoGroup));
+                    continue;
+                };
+                let g = x.groups.get_mut(group).unwrap();
+                let (mut out, mut gone, mut changed) = (Vec::new(), Vec::new(), false);
+                // Each pending entry met: claimed if still in the stream (from whoever had it,
+                // delivered once more unless JUSTID), else acknowledged.
+                let mut meet = |g: &mut Group, id: StreamId, was: u64, just_id: bool| {
+                    changed = true;
+                    match x.entries.get(&id) {
+                        Some(fields) => {
+                            g.give(id, consumer, was + u64::from(!just_id));
+                            stream_entry(&mut out, id, (!just_id).then_some(fields));
+                        }
+                        None => {
+                            g.ack(id);
+                            gone.push(Some(Bytes::from(id.to_string())));
+                        }
+                    }
+                };
+                match claim {
+                    Claim::Ids {
+                        ids,
+                        force,
+                        just_id,
+                        ..
+                    } => {
+                        for id in ids {
+                            match g.pending.get(id) {
+                                Some((_, n)) => meet(g, *id, *n, *just_id),
+                                // FORCE: an entry of the stream pending with no one, as if
+                                // delivered once.
+                                None if *force && x.entries.contains_key(id) => {
+                                    meet(g, *id, 1, *just_id)
+                                }
+                                None => {}
+                            }
+                        }
+                    }
+                    Claim::Scan {
+                        start,
+                        count,
+                        just_id,
+                    } => {
+                        // At most `count` claimed or acknowledged, of at most 10 × `count`
+                        // looked at (every one is, at min-idle 0); the next ID is the cursor.
+                        let from: Vec<(StreamId, u64)> = (g.pending.range(start..))
+                            .map(|(id, (_, n))| (*id, *n))
+                            .collect();
+                        let met = from.len().min(*count);
+                        for (id, n) in &from[..met] {
+                            meet(g, *id, *n, *just_id);
+                        }
+                        let cursor = from.get(met).map_or(StreamId::MIN, |(id, _)| *id);
+                        out.insert(0, Some(Bytes::from(cursor.to_string())));
+                        out.push(None);
+                        out.append(&mut gone);
+                    }
+                }
+                if changed {
+                    m.insert(key.clone(), (stream_text(&x), lsn));
+                }
+                results.push(WriteResult::Values(out));
+            }
             other => unreachable!("not generated: {other:?}"),
         }
     }
@@ -666,8 +1159,8 @@ fn model_apply(
 
 fn random_txn(rng: &mut Rng, m: &Model, step: usize) -> (Vec<Guard>, Vec<Write>) {
     // Keys are counters (only incremented), hashes (only written as hashes), sets (only written
-    // as sets) or plain keys, so every increment is valid and no write meets another type. A hash's field `n` is only
-    // incremented.
+    // as sets), and so on for lists, sorted sets and streams, or plain keys, so every increment
+    // is valid and no write meets another type. A hash's field `n` is only incremented.
     let plain = |rng: &mut Rng| Bytes::from(format!("k{}", rng.below(12)));
     let counter = |rng: &mut Rng| Bytes::from(format!("n{}", rng.below(3)));
     let hash = |rng: &mut Rng| Bytes::from(format!("h{}", rng.below(3)));
@@ -689,7 +1182,8 @@ fn random_txn(rng: &mut Rng, m: &Model, step: usize) -> (Vec<Guard>, Vec<Write>)
         guards.push(Guard { key, version });
     }
     let writes = (0..1 + rng.below(3))
-        .map(|_| match rng.below(29) {
+        .map(|_| match rng.below(45) {
+            29..=44 => stream_write(rng, m, step),
             23 | 24 => {
                 let incr = rng.chance(20);
                 let n = if incr { 1 } else { 1 + rng.below(3) };
@@ -850,6 +1344,185 @@ fn random_txn(rng: &mut Rng, m: &Model, step: usize) -> (Vec<Guard>, Vec<Write>)
         })
         .collect();
     (guards, writes)
+}
+
+/// A stream or consumer-group write on one of two streams (keys `x0`, `x1`, which hold
+/// nothing else), naming entries and pending entries there more often than not. XADD's IDs
+/// grow with `step`, and are sometimes at or below the stream's last.
+fn stream_write(rng: &mut Rng, m: &Model, step: usize) -> Write {
+    let key = Bytes::from(format!("x{}", rng.below(2)));
+    let x = stream_of(m, &key).unwrap_or_default();
+    // Mostly a group the stream has.
+    let group = match x
+        .groups
+        .keys()
+        .nth(rng.below(x.groups.len().max(1) as u64) as usize)
+    {
+        Some(g) if rng.chance(85) => g.clone(),
+        _ => Bytes::from(format!("g{}", rng.below(2))),
+    };
+    let pick = |rng: &mut Rng, ids: &[StreamId]| match ids.len() as u64 {
+        n if n > 0 && rng.chance(80) => ids[rng.below(n) as usize],
+        _ => StreamId::new(rng.below(step as u64 + 2), rng.below(3)),
+    };
+    let entries: Vec<StreamId> = x.entries.keys().copied().collect();
+    let pending: Vec<(StreamId, Bytes)> = (x.groups.get(&group).into_iter())
+        .flat_map(|g| g.pending.iter().map(|(id, (c, _))| (*id, c.clone())))
+        .collect();
+    let anyone = |rng: &mut Rng| Bytes::from(format!("c{}", rng.below(3)));
+    // Often a consumer with entries pending (its history is then worth reading); claims are
+    // by anyone.
+    let consumer = match pending.len() as u64 {
+        n if n > 0 && rng.chance(60) => pending[rng.below(n) as usize].1.clone(),
+        _ => anyone(rng),
+    };
+    let pending: Vec<StreamId> = pending.into_iter().map(|(id, _)| id).collect();
+    let id = |rng: &mut Rng| pick(rng, &entries);
+    // Distinct IDs, mostly of `from` (XCLAIM is given each pending entry once).
+    let distinct = |rng: &mut Rng, from: &[StreamId]| {
+        let ids: std::collections::BTreeSet<StreamId> =
+            (0..1 + rng.below(3)).map(|_| pick(rng, from)).collect();
+        ids.into_iter().collect::<Vec<_>>()
+    };
+    let trim = |rng: &mut Rng| StreamTrim {
+        by: if rng.chance(70) {
+            StreamTrimBy::MaxLen(rng.below(6))
+        } else {
+            StreamTrimBy::MinId(id(rng))
+        },
+        limit: None,
+        node: 0,
+    };
+    // A stream without groups gets one sooner.
+    let op = match rng.below(20) {
+        _ if x.groups.is_empty() && rng.chance(30) => 7,
+        op => op,
+    };
+    match op {
+        0..=4 => {
+            let at = if rng.chance(10) {
+                rng.below(step as u64 + 1)
+            } else {
+                step as u64
+            };
+            Write::StreamAdd {
+                key,
+                id: StreamIdSpec::Exact(StreamId::new(at, rng.below(3))),
+                fields: (0..1 + rng.below(2))
+                    .flat_map(|i| {
+                        [
+                            Bytes::from(format!("f{i}")),
+                            Bytes::from(format!("v{step}")),
+                        ]
+                    })
+                    .collect(),
+                no_create: false,
+                trim: rng.chance(15).then(|| trim(rng)),
+            }
+        }
+        5 => Write::StreamDel {
+            key,
+            ids: (0..1 + rng.below(3)).map(|_| id(rng)).collect(),
+        },
+        6 => Write::StreamTrimTo {
+            key,
+            trim: trim(rng),
+        },
+        7 => Write::StreamGroupCreate {
+            key,
+            group,
+            // `$`, or from the start, or from an entry.
+            id: match rng.below(3) {
+                0 => None,
+                1 => Some(StreamId::MIN),
+                _ => Some(id(rng)),
+            },
+            entries_read: None,
+            mkstream: rng.chance(50),
+        },
+        8 | 9 => match rng.below(5) {
+            0 => Write::StreamGroupSetId {
+                key,
+                group,
+                id: rng.chance(50).then_some(StreamId::MIN),
+                entries_read: None,
+            },
+            1 => Write::StreamGroupDestroy { key, group },
+            2 => Write::StreamConsumerCreate {
+                key,
+                group,
+                consumer,
+            },
+            3 => Write::StreamConsumerDelete {
+                key,
+                group,
+                consumer,
+            },
+            _ => Write::Delete { key },
+        },
+        10..=13 => {
+            let history = rng.chance(30);
+            let after = |rng: &mut Rng| {
+                history.then(|| {
+                    if rng.chance(60) {
+                        StreamId::MIN
+                    } else {
+                        pick(rng, &pending)
+                    }
+                })
+            };
+            let mut streams = vec![(key, after(rng))];
+            if rng.chance(20) {
+                let other = Bytes::from(if streams[0].0 == "x0" { "x1" } else { "x0" });
+                streams.push((other, after(rng)));
+            }
+            Write::StreamReadGroup {
+                group,
+                consumer,
+                streams,
+                count: rng.chance(70).then(|| 1 + rng.below(3) as usize),
+                no_ack: rng.chance(15),
+            }
+        }
+        14..=16 => Write::StreamAck {
+            key,
+            group,
+            ids: distinct(rng, &pending),
+        },
+        17 | 18 => {
+            // FORCE also takes entries pending with no one.
+            let force = rng.chance(20);
+            Write::StreamClaim {
+                key,
+                group,
+                consumer: anyone(rng),
+                min_idle_ms: 0,
+                claim: Claim::Ids {
+                    ids: distinct(rng, if force { &entries } else { &pending }),
+                    delivered: None,
+                    deliveries: None,
+                    force,
+                    just_id: rng.chance(30),
+                    last_id: None,
+                },
+            }
+        }
+        _ => Write::StreamClaim {
+            key,
+            group,
+            consumer: anyone(rng),
+            min_idle_ms: 0,
+            claim: Claim::Scan {
+                start: if rng.chance(70) {
+                    StreamId::MIN
+                } else {
+                    pick(rng, &pending)
+                },
+                count: 1 + rng.below(2) as usize,
+                just_id: rng.chance(30),
+            },
+        },
+    }
 }
 
 fn values(m: &Model) -> BTreeMap<Bytes, Bytes> {
