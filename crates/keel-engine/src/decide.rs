@@ -1123,8 +1123,7 @@ fn decide_one<S: Decided>(
         Write::StreamDel { key, ids } => match work.live(&key).map(|e| e.value) {
             None => WriteResult::Int(0),
             Some(ValueRef::Stream(x)) => {
-                let mut ids: Vec<StreamId> =
-                    ids.into_iter().filter(|id| x.get(*id).is_some()).collect();
+                let mut ids: Vec<StreamId> = ids.into_iter().filter(|id| x.contains(*id)).collect();
                 ids.sort_unstable();
                 ids.dedup();
                 let n = ids.len();
@@ -1140,9 +1139,7 @@ fn decide_one<S: Decided>(
             Some(ValueRef::Stream(x)) => match trim_point(Some(x), None, trim) {
                 None => WriteResult::Int(0),
                 Some(keep_from) => {
-                    let n = x
-                        .range(Bound::Unbounded, Bound::Excluded(keep_from), false)
-                        .count();
+                    let n = x.count_below(keep_from);
                     m.push(Mutation::StreamTrim { key, keep_from });
                     WriteResult::Int(n as i64)
                 }
@@ -1163,7 +1160,7 @@ fn decide_one<S: Decided>(
                 if entries_added.is_some_and(|n| n < x.len() as u64) {
                     return WriteResult::Failed(WriteError::StreamSetIdEntriesAdded);
                 }
-                if x.last().is_some_and(|(top, _)| id < top) {
+                if x.last_entry_id().is_some_and(|top| id < top) {
                     return WriteResult::Failed(WriteError::StreamSetIdTooSmall);
                 }
                 m.push(Mutation::StreamMeta {
@@ -1295,6 +1292,8 @@ fn decide_one<S: Decided>(
             }
             let limit = count.unwrap_or(usize::MAX);
             let mut out = Vec::new();
+            // Where a stream named twice was read to by its first `>` (Redis reads on).
+            let mut read_to: HashMap<Bytes, (StreamId, Option<u64>)> = HashMap::default();
             for ((key, after), (x, g)) in streams.into_iter().zip(found) {
                 let known = g.consumers.get(&consumer);
                 let mut active_ms = known.and_then(|c| c.active_ms);
@@ -1302,17 +1301,20 @@ fn decide_one<S: Decided>(
                 match after {
                     // `>`: what the group has not read yet.
                     None => {
-                        let (mut last_id, mut entries_read) = (g.last_id, g.entries_read);
-                        let new = x.range(Bound::Excluded(g.last_id), Bound::Unbounded, false);
+                        let from =
+                            (read_to.get(&key).copied()).unwrap_or((g.last_id, g.entries_read));
+                        let (mut last_id, mut entries_read) = from;
+                        let new = x.range(Bound::Excluded(from.0), Bound::Unbounded, false);
                         for (id, fields) in new.take(limit) {
                             entries_read = x.read_one(entries_read, id);
                             last_id = id;
-                            push_entry(&mut out, id, Some(fields));
+                            push_entry(&mut out, id, Some(&fields));
                             if !no_ack {
                                 pending.push((id, now, 1));
                             }
                         }
-                        if last_id != g.last_id {
+                        if last_id != from.0 {
+                            read_to.insert(key.clone(), (last_id, entries_read));
                             active_ms = Some(now);
                             m.push(Mutation::StreamGroup {
                                 key: key.clone(),
@@ -1329,7 +1331,7 @@ fn decide_one<S: Decided>(
                         });
                         for id in mine.take(limit) {
                             let fields = x.get(*id);
-                            push_entry(&mut out, *id, fields);
+                            push_entry(&mut out, *id, fields.as_deref());
                             if fields.is_some() {
                                 pending.push((*id, now, g.pending[id].deliveries + 1));
                             }
@@ -1411,27 +1413,31 @@ fn decide_one<S: Decided>(
                         Some(ClaimTime::Idle(ms)) => now.saturating_sub(ms),
                         Some(ClaimTime::At(t)) => t.min(now),
                     };
-                    let mut done = std::collections::HashSet::new();
+                    // An ID named twice is claimed again as this claim left it (Redis goes
+                    // through the IDs one by one): at `at`, with the count it gave.
+                    let mut claimed_here: HashMap<StreamId, u64> = HashMap::default();
                     for id in ids {
-                        if !done.insert(id) {
-                            continue;
-                        }
                         let p = g.pending.get(&id);
                         let Some(fields) = x.get(id) else {
                             // Gone from the stream: no longer pending.
-                            gone.extend(p.map(|_| id));
+                            if p.is_some() && !gone.contains(&id) {
+                                gone.push(id);
+                            }
                             continue;
                         };
-                        let before = match p {
-                            Some(p) if !idle(p) => continue,
-                            Some(p) => p.deliveries,
+                        let before = match (claimed_here.get(&id), p) {
+                            (Some(_), _) if now.saturating_sub(at) < min_idle_ms => continue,
+                            (Some(n), _) => *n,
+                            (None, Some(p)) if !idle(p) => continue,
+                            (None, Some(p)) => p.deliveries,
                             // FORCE: pending with no one until now, delivered once.
-                            None if force => 1,
-                            None => continue,
+                            (None, None) if force => 1,
+                            (None, None) => continue,
                         };
                         let n = deliveries.unwrap_or(before + u64::from(!just_id));
+                        claimed_here.insert(id, n);
                         taken.push((id, at, n));
-                        push_entry(&mut claimed, id, (!just_id).then_some(fields));
+                        push_entry(&mut claimed, id, (!just_id).then_some(&fields[..]));
                     }
                 }
                 Claim::Scan {
@@ -1460,7 +1466,7 @@ fn decide_one<S: Decided>(
                             continue;
                         }
                         taken.push((*id, now, p.deliveries + u64::from(!just_id)));
-                        push_entry(&mut claimed, *id, (!just_id).then_some(fields));
+                        push_entry(&mut claimed, *id, (!just_id).then_some(&fields[..]));
                         left -= 1;
                     }
                 }
@@ -1545,7 +1551,6 @@ fn stream_id(spec: StreamIdSpec, last: StreamId, now: u64) -> Result<StreamId, W
     Ok(id)
 }
 
-/// The lowest ID a trim keeps (every entry below it goes), or `None` when nothing goes.
 /// The lowest ID a trim keeps (every entry below it goes), or `None` when nothing goes: of the
 /// stream's entries, followed by the entry XADD is `adding` (the greatest ID) if any. Reads
 /// only the entries that go.
@@ -1559,10 +1564,7 @@ fn trim_point(
     let mut gone = match trim.by {
         StreamTrimBy::MaxLen(max) => all.saturating_sub(max as usize),
         StreamTrimBy::MinId(min) => {
-            let old = x.map_or(0, |x| {
-                x.range(Bound::Unbounded, Bound::Excluded(min), false)
-                    .count()
-            });
+            let old = x.map_or(0, |x| x.count_below(min));
             old + usize::from(adding.is_some_and(|id| id < min))
         }
     };
@@ -1576,7 +1578,7 @@ fn trim_point(
         gone = gone.min(limit);
         gone -= gone % node;
     }
-    let last = || adding.or_else(|| x.and_then(|x| x.last()).map(|(id, _)| id));
+    let last = || adding.or_else(|| x.and_then(|x| x.last_entry_id()));
     match gone {
         0 => None,
         n if n < len => x.and_then(|x| x.nth_id(n)),
@@ -1808,7 +1810,7 @@ fn recreate(key: Bytes, e: Lent<'_>) -> Vec<Mutation> {
                     key: key.clone(),
                     create: false,
                     id,
-                    fields: fields.to_vec(),
+                    fields,
                 });
             }
             out.push(meta(false));

@@ -49,8 +49,10 @@ pub(crate) struct Typed {
 }
 
 impl Typed {
-    pub(crate) fn is_collection(&self) -> bool {
-        matches!(self.value, Stored::Collection(_))
+    /// Whether copying it out of the visible state costs a copy of all it holds: a
+    /// collection, but a stream (whose nodes a copy shares).
+    pub(crate) fn is_costly_to_copy(&self) -> bool {
+        matches!(&self.value, Stored::Collection(v) if !matches!(v, Value::Stream(_)))
     }
 
     /// Heap bytes the value holds, about.
@@ -372,7 +374,7 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
                     return WriteResult::Failed(WriteError::NoSuchKey);
                 };
                 let text = |s: String| Some(Bytes::from(s));
-                let first = x.first().map_or(StreamId::MIN, |(id, _)| id);
+                let first = x.first_id().unwrap_or(StreamId::MIN);
                 let mut out = vec![
                     text(x.len().to_string()),
                     text(x.last_id.to_string()),
@@ -381,7 +383,7 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
                     text(first.to_string()),
                     text(x.groups.len().to_string()),
                 ];
-                let mut entry = |(id, fields): (StreamId, &[Bytes])| {
+                let mut entry = |(id, fields): (StreamId, Vec<Bytes>)| {
                     out.push(text(id.to_string()));
                     out.extend(fields.iter().map(|f| Some(f.clone())));
                     out.push(None);

@@ -175,7 +175,10 @@ impl Recent {
             }
             let (lsn, key) = self.order.pop_front().expect("checked");
             match self.by_key.get(&key) {
-                Some((l, Some(e))) if *l == lsn && e.is_collection() => {
+                // A stream is not kept: a copy shares its nodes, so the next write copies it
+                // out of the visible state at little cost, and a kept copy would grow nodes
+                // of its own beside the visible state's (twice the memory of a hot stream).
+                Some((l, Some(e))) if *l == lsn && e.is_costly_to_copy() => {
                     let size = e.memory_bytes() + key.len() + KEPT_ENTRY_BYTES;
                     self.kept.push_back((lsn, key, size));
                     self.kept_bytes += size;

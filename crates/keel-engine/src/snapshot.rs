@@ -471,7 +471,7 @@ pub(crate) fn encode_entry(
             ) {
                 id(out, entry);
                 out.extend_from_slice(&(fields.len() as u32).to_le_bytes());
-                for f in fields {
+                for f in &fields {
                     bytes(out, f);
                 }
             }

@@ -774,11 +774,13 @@ fn xreadgroup(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
         let v = match &r[0] {
             WriteResult::Values(v) => v,
             // The first stream named: the engine does not say which one lacks the group.
-            WriteResult::Failed(WriteError::NoGroup) => return Reply::err(format!(
+            WriteResult::Failed(WriteError::NoGroup) => {
+                return Reply::err(format!(
                 "NOGROUP No such key '{}' or consumer group '{}' in XREADGROUP with GROUP option",
                 String::from_utf8_lossy(&keys[0]),
                 String::from_utf8_lossy(&group)
-            )),
+            ))
+            }
             other => return value_reply(other),
         };
         let mut it = v.iter();
