@@ -36,7 +36,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keel_engine::Engine;
 
 pub use config::{ServeArgs, Settings};
-pub use server::{set_allocator_stats, AllocatorStats};
+pub use server::{set_allocator_stats, set_allocator_trim, AllocatorStats};
 
 /// Takes a mutex even if a thread panicked while holding it: every state kept behind one in the
 /// server (counters, logs, registries) stays usable as it was left.
@@ -315,5 +315,6 @@ fn open_engine(settings: &Settings) -> Result<Engine, keel_engine::Error> {
     for line in report.to_string().lines() {
         tracing::info!("recovery: {line}");
     }
+    server::trim_allocator();
     Ok(engine)
 }

@@ -179,8 +179,17 @@ fn allocator_stats() -> keel_server::AllocatorStats {
     }
 }
 
+/// Makes mimalloc give back to the system the memory freed so far, the memory of threads that
+/// ended too (recovery's). Without it, 100,000 XADDs replayed left about 65 MiB committed.
+#[allow(unsafe_code)]
+fn allocator_trim() {
+    // SAFETY: mi_collect takes no pointers; forcing it only costs time.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
 fn main() -> ExitCode {
     keel_server::set_allocator_stats(allocator_stats);
+    keel_server::set_allocator_trim(allocator_trim);
     let cli = Cli::parse();
     if let Command::Serve(_) = cli.command {
         // keel serve loads it itself, with the data directory's check.

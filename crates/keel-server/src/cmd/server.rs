@@ -158,6 +158,13 @@ const MEMORY_SUBCOMMANDS: &[Doc] = &[
     )
     .redis("readonly", "")
     .key_specs(&[Keys::at(2, "RO")]),
+    doc(
+        "purge",
+        "server",
+        "",
+        "Makes the allocator give the memory it holds freed back to the system.",
+    )
+    .redis("", ""),
     doc("help", "server", "", "Lists the subcommands.")
     .redis("loading stale", ""),
 ];

@@ -39,6 +39,22 @@ pub fn set_allocator_stats(f: fn() -> AllocatorStats) {
     let _ = ALLOCATOR.set(f);
 }
 
+static ALLOCATOR_TRIM: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Tells the server how to make the allocator give freed memory back to the system (called
+/// once, by the binary).
+pub fn set_allocator_trim(f: fn()) {
+    let _ = ALLOCATOR_TRIM.set(f);
+}
+
+/// Gives freed memory back to the system, if the binary said how: after recovery, whose
+/// transient buffers (every record replayed) the allocator would otherwise keep committed.
+pub(crate) fn trim_allocator() {
+    if let Some(f) = ALLOCATOR_TRIM.get() {
+        f();
+    }
+}
+
 /// The process's resident set size in bytes, from /proc (0 where there is none).
 fn rss_bytes() -> u64 {
     let pages = std::fs::read_to_string("/proc/self/statm")

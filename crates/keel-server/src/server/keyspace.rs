@@ -79,6 +79,13 @@ impl Conn {
                         }
                     },
                     "usage" => cmd::wrong_args("memory|usage"),
+                    "purge" if args.len() == 2 => {
+                        tokio::task::spawn_blocking(crate::server::trim_allocator)
+                            .await
+                            .ok();
+                        Reply::ok()
+                    }
+                    "purge" => cmd::wrong_args("memory|purge"),
                     _ => unknown_subcommand(&args[1], "MEMORY"),
                 }
             }
