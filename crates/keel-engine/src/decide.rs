@@ -282,6 +282,11 @@ impl<S: Decided> Deciding<S> {
             .all(|g| self.work.live(&g.key).map(|e| e.version) == g.version)
     }
 
+    /// The version of `key`'s live entry after every earlier step (`None`: no live entry).
+    pub(crate) fn live_version(&self, key: &[u8]) -> Option<Lsn> {
+        self.work.live(key).map(|e| e.version)
+    }
+
     /// Decides `w` after every earlier step.
     pub(crate) fn step(&mut self, w: Write) -> WriteResult {
         let first = self.mutations.len();

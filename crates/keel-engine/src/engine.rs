@@ -415,6 +415,16 @@ impl Engine {
         Ok((r, pending))
     }
 
+    /// Runs `run` as [`Engine::submit_script`] does, but against the visible (durable)
+    /// state, without the sequencer lock, and keeps nothing: a dry run. The script's
+    /// [`Script::take_recorded`] then gives the writes it made and the versions of the keys it
+    /// touched. A cluster's leader runs a script so, then proposes those writes guarded by
+    /// those versions at the same time: every replica decides them as the dry run did, or the
+    /// guards fail and the leader runs the script again.
+    pub fn try_script<R>(&self, now_ms: u64, run: impl FnOnce(&mut Script<'_>) -> R) -> R {
+        self.core.sequencer.try_script(now_ms, run)
+    }
+
     fn pending(
         &self,
         id: Option<Bytes>,

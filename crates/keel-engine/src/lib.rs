@@ -101,7 +101,7 @@ pub use record::{Mutation, RecordError, Request, REQUEST_ID_BYTES_MAX};
 pub use restore::{
     create_from_snapshot, read_system, rekey, restore, BackupView, RestoreReport, RestoreTarget,
 };
-pub use sequencer::Script;
+pub use sequencer::{Recorded, Script};
 pub use sort::parse_double;
 pub use types::{
     Aggregate, BitFieldAction, BitFieldOp, BitOp, Claim, ClaimTime, Entry, ExpireIf, Guard,

@@ -82,6 +82,18 @@ pub struct Script<'a> {
     opts: &'a Options,
     /// The write fence was set when the script started: it writes no user key.
     fenced: bool,
+    /// A dry run's record ([`Engine::try_script`](crate::Engine::try_script)).
+    recorded: Option<Recorded>,
+}
+
+/// What a dry run of a script did ([`Engine::try_script`](crate::Engine::try_script)): the
+/// writes its calls made, in order (reads left out), and for every key a call read or wrote,
+/// its version before the script touched it. A transaction of these writes under these
+/// guards, decided at the dry run's time, decides every write as the dry run did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Recorded {
+    pub guards: Vec<Guard>,
+    pub writes: Vec<Write>,
 }
 
 impl Script<'_> {
@@ -95,7 +107,28 @@ impl Script<'_> {
         if self.fenced && writes.iter().any(Write::writes_user_keys) {
             return Err(Error::Fenced);
         }
+        if let Some(rec) = &mut self.recorded {
+            for w in &writes {
+                for key in w.keys() {
+                    if !rec.guards.iter().any(|g| g.key == *key) {
+                        let version = self.deciding.live_version(key);
+                        rec.guards.push(Guard {
+                            key: key.clone(),
+                            version,
+                        });
+                    }
+                }
+                if !w.is_read() {
+                    rec.writes.push(w.clone());
+                }
+            }
+        }
         Ok(writes.into_iter().map(|w| self.deciding.step(w)).collect())
+    }
+
+    /// A dry run's record so far (`None` for a script that runs for real).
+    pub fn take_recorded(&mut self) -> Option<Recorded> {
+        self.recorded.take()
     }
 
     /// The keys the calls since the last take changed, when the engine reports effects
@@ -478,6 +511,7 @@ impl Sequencer {
                 ),
                 opts: &self.opts,
                 fenced,
+                recorded: None,
             };
             let r = run(&mut script);
             (r, script.deciding.mutations)
@@ -498,6 +532,32 @@ impl Sequencer {
             effects: Vec::new(),
         };
         Ok((r, Prepared::Wait(ticket, outcome)))
+    }
+
+    /// Runs a script against the visible state and keeps nothing (see
+    /// [`Engine::try_script`](crate::Engine::try_script)); takes no lock.
+    pub(crate) fn try_script<R>(&self, now: u64, run: impl FnOnce(&mut Script<'_>) -> R) -> R {
+        let vis = self.publisher.visible();
+        let recent = crate::seq::Recent::default();
+        let fenced = (self.opts.write_fence.as_deref())
+            .and_then(|fence| recent.system(&vis, fence))
+            .is_some_and(|v| v.first().is_some_and(|b| *b != 0));
+        let view = View {
+            recent: &recent,
+            visible: &vis,
+        };
+        let mut script = Script {
+            deciding: Deciding::new(
+                view,
+                now,
+                self.opts.value_bytes_max,
+                self.report_effects.load(Ordering::Relaxed),
+            ),
+            opts: &self.opts,
+            fenced,
+            recorded: Some(Recorded::default()),
+        };
+        run(&mut script)
     }
 
     /// Publishes every acknowledged transaction up to `upto` (see [`Publisher::publish`]).

@@ -72,6 +72,19 @@ impl Backend {
         guards: Vec<Guard>,
         writes: Vec<Write>,
     ) -> Durable {
+        self.write_at(id, now_ms(), guards, writes)
+    }
+
+    /// [`Backend::write`], decided as of `at_ms` in a cluster (a script's dry run's time: its
+    /// writes must be decided as the dry run decided them). A single node decides a write when
+    /// it takes it.
+    pub(super) fn write_at(
+        &self,
+        id: Option<Bytes>,
+        at_ms: u64,
+        guards: Vec<Guard>,
+        writes: Vec<Write>,
+    ) -> Durable {
         match self {
             Backend::Cluster(c) => {
                 let c = c.clone();
@@ -82,7 +95,7 @@ impl Backend {
                     .cloned();
                 let txn = Txn {
                     id,
-                    at_ms: now_ms(),
+                    at_ms,
                     guards,
                     writes,
                 };

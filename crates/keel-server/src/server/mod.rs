@@ -140,6 +140,10 @@ pub struct Shared {
     pub scripts: crate::scripting::Scripts,
     /// The thread scripts run on, one at a time (see [`scripts::ScriptThread`]).
     script_thread: scripts::ScriptThread,
+    /// The stored function libraries the scripts have loaded (see `Shared::sync_functions`).
+    functions_loaded: std::sync::Mutex<Option<Bytes>>,
+    /// Held by a cluster node's script from its dry run until its writes are applied.
+    cluster_scripts: tokio::sync::Mutex<()>,
     /// Refused commands and failed logins (ACL LOG).
     pub acl_log: crate::acl::Log,
     monitors: Monitors,
@@ -199,6 +203,8 @@ impl Shared {
             slowlog: Default::default(),
             scripts: Default::default(),
             script_thread: scripts::ScriptThread::start(),
+            functions_loaded: std::sync::Mutex::new(None),
+            cluster_scripts: tokio::sync::Mutex::new(()),
             acl_log: Default::default(),
             registry: Clients::default(),
             monitors: Monitors::default(),

@@ -14,9 +14,12 @@ use crate::scripting::{
 
 /// The system entry that holds the function libraries (docs/FORMAT.md).
 pub(super) const FUNCTIONS_KEY: &[u8] = b"server.functions";
+/// How often a cluster's leader runs a script again when other writes keep changing its keys
+/// between its dry run and its proposal.
+const CLUSTER_SCRIPT_TRIES: usize = 16;
 
 pub(super) const NO_SCRIPTS_ON_A_CLUSTER: &str =
-    "ERR keel cluster does not run scripts or functions yet: send the commands in MULTI/EXEC";
+    "ERR keel cluster does not queue scripts in MULTI: send the script on its own (a script is atomic)";
 
 fn kill_reply(k: Kill) -> Reply {
     match k {
@@ -36,7 +39,22 @@ impl Shared {
     /// decode or compile (which no keel wrote) is logged and left alone: FCALL then finds no
     /// function, and the next FUNCTION LOAD replaces it.
     pub(super) fn load_functions(&self) {
-        let Some(stored) = self.engine().system(FUNCTIONS_KEY) else {
+        self.sync_functions();
+    }
+
+    /// Loads the stored libraries if they are not the ones loaded: on a cluster another node
+    /// may have changed them (FUNCTION LOAD on an earlier leader), and this node's engine then
+    /// holds them but its scripts do not.
+    pub(super) fn sync_functions(&self) {
+        let stored = self.engine().system(FUNCTIONS_KEY);
+        let mut loaded = (self.functions_loaded.lock()).unwrap_or_else(|p| p.into_inner());
+        if *loaded == stored {
+            return;
+        }
+        *loaded = stored.clone();
+        let Some(stored) = stored else {
+            self.scripts
+                .install(compile_libraries(&Libraries::default()).expect("none"));
             return;
         };
         match decode_libraries(&stored).ok_or_else(|| Reply::err("not keel's format")) {
@@ -90,6 +108,7 @@ impl ScriptThread {
 }
 
 /// A script command checked, with its script found (see [`Conn::resolve`]).
+#[derive(Clone)]
 struct Resolved {
     /// The script's SHA-1, or the function's name.
     sha: String,
@@ -230,6 +249,9 @@ impl Conn {
         match name {
             "script" => self.script(&args),
             "function" => {
+                if self.sh.backend.cluster().is_some() {
+                    self.sh.sync_functions();
+                }
                 let r = self.function(&args).await;
                 self.reply(r);
             }
@@ -383,11 +405,12 @@ impl Conn {
         &mut self,
         edit: impl FnOnce(&mut Libraries) -> Result<(), Reply>,
     ) -> Result<(), Reply> {
-        if self.sh.backend.cluster().is_some() {
-            return Err(Reply::err(NO_SCRIPTS_ON_A_CLUSTER));
-        }
         let sh = self.sh.clone();
         let _editing = sh.scripts.editing().await;
+        if sh.backend.cluster().is_some() {
+            // Another node may have changed them since this one last looked.
+            sh.sync_functions();
+        }
         let mut libs = sh.scripts.library_sources();
         edit(&mut libs)?;
         let compiled = compile_libraries(&libs)?;
@@ -397,8 +420,13 @@ impl Conn {
         };
         sh.scripts.idle().await;
         sh.backend.room(0).await;
+        let stored = match &write {
+            Write::System { value, .. } => value.clone(),
+            _ => unreachable!("a system entry"),
+        };
         sh.backend.write(None, Vec::new(), vec![write]).await?;
         sh.scripts.install(compiled);
+        *(sh.functions_loaded.lock()).unwrap_or_else(|p| p.into_inner()) = Some(stored);
         Ok(())
     }
 
@@ -513,9 +541,6 @@ impl Conn {
         } else {
             scripts.flags(&sha).unwrap_or_default()
         };
-        if self.sh.backend.cluster().is_some() {
-            return Err(Reply::err(NO_SCRIPTS_ON_A_CLUSTER));
-        }
         if name.ends_with("_ro") && flags.declared && !flags.no_writes {
             return Err(Reply::err(
                 "ERR Can not execute a script with write flag using *_ro command.",
@@ -529,10 +554,16 @@ impl Conn {
     }
 
     async fn eval(&mut self, name: &str, args: &[Bytes]) {
+        if self.sh.backend.cluster().is_some() && name.starts_with("fcall") {
+            self.sh.sync_functions();
+        }
         let resolved = match self.resolve(name, args) {
             Ok(r) => r,
             Err(e) => return self.reply(e),
         };
+        if self.sh.backend.cluster().is_some() {
+            return self.eval_on_cluster(resolved, args.to_vec()).await;
+        }
         // Scripts run one at a time; a script waits for the one running to end, without
         // holding a thread.
         self.sh.scripts.idle().await;
@@ -554,6 +585,102 @@ impl Conn {
             render,
         )
         .await;
+    }
+
+    /// A script on a cluster node. The leader runs it as a dry run against everything
+    /// committed (`Engine::try_script`), then proposes the writes it made, guarded by the
+    /// versions of every key it touched and decided as of the dry run's time: every replica
+    /// then decides them as the dry run did, and the dry run's reply is the script's. If
+    /// another write changed one of those keys in between, the guards fail, nothing is
+    /// written, and the script runs again (at most [`CLUSTER_SCRIPT_TRIES`] times). A script
+    /// that wrote nothing answers after the read barrier, as a read does.
+    async fn eval_on_cluster(&mut self, resolved: Resolved, args: Vec<Bytes>) {
+        self.settle().await;
+        // One script at a time, from its dry run until its writes are applied: scripts would
+        // otherwise keep failing each other's guards (each dry run sees the state before the
+        // others' writes in flight), as Redis runs one script at a time.
+        let sh = self.sh.clone();
+        let _one = sh.cluster_scripts.lock().await;
+        let tracks = self.tracking.is_some();
+        for _ in 0..CLUSTER_SCRIPT_TRIES {
+            if let Err(e) = self.sh.backend.read_barrier(false).await {
+                let key = args
+                    .get(3)
+                    .filter(|_| args.get(2).is_some_and(|n| &n[..] != b"0"));
+                return self.reply(cluster_error(&e, key.map(|k| &k[..])));
+            }
+            self.sh.scripts.idle().await;
+            let (sh, engine, user) = (self.sh.clone(), self.engine(), self.user.clone());
+            let (r, a) = (resolved.clone(), args.clone());
+            let now = now_ms();
+            let ran = (self.sh.script_thread)
+                .run(move || {
+                    engine.try_script(now, |tx| {
+                        let mut caller = ScriptCaller {
+                            tx,
+                            sh: &sh,
+                            user: user.as_ref(),
+                            read_only: r.read_only,
+                            now,
+                            touched: Vec::new(),
+                            flushed: false,
+                            pushed: Vec::new(),
+                            reads: tracks.then(Vec::new),
+                            events: Vec::new(),
+                            published: Vec::new(),
+                        };
+                        let reply = if r.function {
+                            sh.scripts.call_function(&r.sha, &a, &mut caller)
+                        } else {
+                            sh.scripts.run(&r.sha, &a, &mut caller)
+                        };
+                        let recorded = caller.tx.take_recorded().unwrap_or_default();
+                        let c = caller;
+                        let touched = (c.touched, c.flushed, c.events, c.published);
+                        (reply, recorded, touched, c.pushed, c.reads)
+                    })
+                })
+                .await;
+            let Some((reply, recorded, (keys, flushed, events, published), pushed, reads)) = ran
+            else {
+                return self.reply(Reply::err("ERR the script failed: see keel's log"));
+            };
+            let touched = Touched::none(self.client.id)
+                .add(keys, flushed)
+                .events(events)
+                .published(published);
+            let outcome = if recorded.writes.is_empty() {
+                Outcome::Committed {
+                    lsn: None,
+                    results: Vec::new(),
+                    effects: Vec::new(),
+                }
+            } else {
+                let written = self
+                    .sh
+                    .backend
+                    .write_at(None, now, recorded.guards, recorded.writes);
+                match written.await {
+                    Ok(Outcome::GuardFailed(_)) => continue,
+                    Ok(o) => o,
+                    Err(e) => return self.reply(e),
+                }
+            };
+            for a in reads.iter().flatten() {
+                self.track_read(a);
+            }
+            touched.send(&self.sh, &outcome);
+            if !pushed.is_empty() && self.sh.blocked.any() {
+                self.sh
+                    .blocked
+                    .settled(&self.sh.blocked.wake(&pushed))
+                    .await;
+            }
+            return self.reply(reply);
+        }
+        self.reply(Reply::err(
+            "ERR the script's keys kept changing while it ran on the cluster's leader; try again",
+        ))
     }
 
     /// EXEC of a transaction that queued a script: every command, scripts and data alike, in
