@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 
 mod log;
 pub mod net;
+pub mod pubsub;
 mod sm;
 
 pub use log::LogStore;
@@ -191,6 +192,7 @@ pub struct Cluster {
     arrivals: Arc<AtomicU64>,
     reads: tokio::sync::mpsc::Sender<ReadWaiter>,
     transport: net::Transport,
+    broadcast: pubsub::Broadcast,
 }
 
 /// Confirms leadership for every read that arrived before the confirmation started.
@@ -569,11 +571,13 @@ impl Cluster {
         ));
         let (reads, rx) = tokio::sync::mpsc::channel(BATCH_TXNS_MAX);
         tokio::spawn(read_barriers(raft.clone(), rx, cfg.write_timeout));
+        let broadcast = pubsub::Broadcast::new(cfg.id, transport.clone(), raft.server_metrics());
         let listener = tokio::spawn(net::serve(
             listener,
             raft.clone(),
             (cfg.id, cfg.node.clone()),
             cfg.tls.as_ref().map(|t| t.acceptor.clone()),
+            broadcast.inbox.clone(),
         ));
         Ok(Arc::new(Cluster {
             listener,
@@ -581,6 +585,7 @@ impl Cluster {
             arrivals,
             reads,
             transport,
+            broadcast,
             raft,
             id: cfg.id,
             node: cfg.node,
@@ -652,6 +657,22 @@ impl Cluster {
             .map_err(|_| ClusterError::Failed("the node is shutting down".into()))?;
         rx.await
             .unwrap_or_else(|_| Err(ClusterError::Failed("the node is shutting down".into())))
+    }
+
+    /// Forwards a PUBLISH (or, with `shard`, SPUBLISH) to every other member, best effort
+    /// (see [`pubsub`]): returns at once, whether or not the peers get it.
+    pub fn publish(&self, shard: bool, channel: &[u8], message: &[u8]) {
+        self.broadcast.publish(shard, channel, message);
+    }
+
+    /// Where messages other members forward go (once; later calls change nothing).
+    pub fn on_message(&self, deliver: pubsub::Deliver) {
+        self.broadcast.on_message(deliver);
+    }
+
+    /// Messages forwarded to peers and dropped since start.
+    pub fn pubsub_counts(&self) -> pubsub::Counts {
+        self.broadcast.counts()
     }
 
     /// The leader as this node knows it.

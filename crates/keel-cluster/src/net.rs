@@ -8,7 +8,8 @@
 //! Each outgoing connection carries one call at a time (openraft holds one client per target
 //! and awaits each call), is opened lazily, and is dropped on any error so the next call
 //! reconnects. Every call is bounded by openraft's deadline for it. Snapshots travel in chunks
-//! (`snapshot_max_chunk_size`) through openraft's chunked transport.
+//! (`snapshot_max_chunk_size`) through openraft's chunked transport. Pub/Sub messages forwarded
+//! to peers ([`crate::pubsub`]) travel on connections of their own.
 
 use std::collections::HashMap;
 use std::io;
@@ -30,6 +31,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::rustls;
 
+use crate::pubsub::{Inbox, Message};
 use crate::{Node, NodeId, TypeConfig};
 
 /// The largest frame accepted: bounds the memory one peer can make this node allocate. An
@@ -43,6 +45,8 @@ enum Request {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Messages published on the sending node, in order, for this node's subscribers.
+    Publish(Vec<Message>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -51,6 +55,7 @@ enum Response {
     Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    Published,
 }
 
 /// A connection between nodes: plain TCP, or TLS over it.
@@ -164,12 +169,33 @@ pub async fn hello(addr: &str, transport: &Transport) -> io::Result<(NodeId, Nod
     }
 }
 
+/// Sends a batch of Pub/Sub messages on `conn` (connecting first if there is none), and waits
+/// for the peer to acknowledge it; an error leaves the connection to be dropped.
+pub(crate) async fn publish(
+    conn: &mut Option<Conn>,
+    transport: &Transport,
+    addr: &str,
+    batch: Vec<Message>,
+) -> io::Result<()> {
+    let s = match conn {
+        Some(s) => s,
+        None => conn.insert(transport.connect(addr).await?),
+    };
+    write_frame(s, &Request::Publish(batch)).await?;
+    match read_frame(s).await? {
+        Response::Published => Ok(()),
+        _ => Err(io::Error::other("unexpected reply to publish")),
+    }
+}
+
 /// Serves raft RPCs from peers until the listener fails; with `tls`, only over mutual TLS.
-pub async fn serve(
+/// Forwarded Pub/Sub messages go to `inbox`.
+pub(crate) async fn serve(
     listener: TcpListener,
     raft: Raft<TypeConfig>,
     me: (NodeId, Node),
     tls: Option<tokio_rustls::TlsAcceptor>,
+    inbox: Inbox,
 ) {
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -184,6 +210,7 @@ pub async fn serve(
         let raft = raft.clone();
         let me = me.clone();
         let tls = tls.clone();
+        let inbox = inbox.clone();
         tokio::spawn(async move {
             let mut s: Conn = match tls {
                 None => Box::new(tcp),
@@ -214,6 +241,10 @@ pub async fn serve(
                     Request::Append(r) => Response::Append(raft.append_entries(r).await),
                     Request::Vote(r) => Response::Vote(raft.vote(r).await),
                     Request::Snapshot(r) => Response::Snapshot(raft.install_snapshot(r).await),
+                    Request::Publish(batch) => {
+                        inbox.deliver(batch);
+                        Response::Published
+                    }
                 };
                 if write_frame(&mut s, &resp).await.is_err() {
                     return;

@@ -80,7 +80,8 @@ pub(super) fn redis_mode(cluster: Option<&Arc<Cluster>>) -> &'static str {
 }
 
 /// INFO's cluster section: `cluster_enabled` as Redis reports it, and on a cluster node the
-/// raft state (KEEL.CLUSTER STATUS's lines).
+/// raft state (KEEL.CLUSTER STATUS's lines) and the Pub/Sub messages forwarded to other members
+/// and dropped on the way.
 pub(super) fn info_section(cluster: Option<&Arc<Cluster>>) -> String {
     let mut o = String::from("# Cluster\r\n");
     match cluster {
@@ -88,6 +89,11 @@ pub(super) fn info_section(cluster: Option<&Arc<Cluster>>) -> String {
         Some(c) => {
             o.push_str("cluster_enabled:1\r\n");
             o.push_str(&status_text(&c.status()));
+            let p = c.pubsub_counts();
+            o.push_str(&format!(
+                "pubsub_forwarded:{}\r\npubsub_forward_dropped:{}\r\n",
+                p.forwarded, p.dropped
+            ));
         }
     }
     o.push_str("\r\n");

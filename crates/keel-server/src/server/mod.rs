@@ -218,6 +218,7 @@ impl Shared {
         });
         sh.load_functions();
         sh.set_notify(sh.settings.notify_keyspace_events);
+        sh.receive_forwarded();
         sh
     }
 

@@ -100,7 +100,7 @@ impl Touched {
             notify::publish(sh, &self.events);
         }
         for (shard, channel, message) in &self.published {
-            sh.pubsub.publish(*shard, channel, message);
+            sh.publish(*shard, channel, message);
         }
         if !self.commands.is_empty() && !effects.is_empty() {
             let mut events = Vec::new();
@@ -208,7 +208,7 @@ fn run_at_exec(sh: &Arc<Shared>, name: &str, args: &[Bytes]) -> Reply {
     match name {
         "config" => config(sh, args),
         "publish" | "spublish" => {
-            Reply::Int(sh.pubsub.publish(name == "spublish", &args[1], &args[2]) as i64)
+            Reply::Int(sh.publish(name == "spublish", &args[1], &args[2]) as i64)
         }
         "pubsub" => sh.pubsub.command(args),
         "client" => sh.client_pause(args),

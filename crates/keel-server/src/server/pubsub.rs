@@ -3,7 +3,9 @@
 //!
 //! Messages are not durable, as in Redis: a message reaches the clients subscribed when it is
 //! published, and nothing keeps it. A message waits in its subscriber's push queue
-//! ([`Client::push`]) until the connection writes it.
+//! ([`Client::push`]) until the connection writes it. On a cluster, PUBLISH and SPUBLISH are
+//! also forwarded to every other member, best effort ([`keel_cluster::pubsub`]); keyspace
+//! notifications are not, since each node publishes those of the writes it takes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -137,6 +139,31 @@ impl PubSub {
     }
 }
 
+impl Shared {
+    /// PUBLISH and SPUBLISH: to this node's subscribers and, on a cluster, forwarded to the
+    /// other members'. The count is this node's receivers only, as in Redis Cluster: the
+    /// publisher never waits for its peers.
+    pub(super) fn publish(&self, shard: bool, channel: &Bytes, message: &Bytes) -> usize {
+        let n = self.pubsub.publish(shard, channel, message);
+        if let Some(c) = self.cluster() {
+            c.publish(shard, channel, message);
+        }
+        n
+    }
+
+    /// Publishes what other members forward to this node's subscribers.
+    pub(super) fn receive_forwarded(self: &Arc<Self>) {
+        let Some(c) = self.cluster() else { return };
+        // Weak: the cluster, which the server holds, must not keep the server alive.
+        let sh = Arc::downgrade(self);
+        c.on_message(Box::new(move |m| {
+            if let Some(sh) = sh.upgrade() {
+                sh.pubsub.publish(m.shard, &m.channel, &m.message);
+            }
+        }));
+    }
+}
+
 /// A connection's subscriptions.
 pub(super) struct Subs {
     sh: Arc<Shared>,
@@ -250,10 +277,7 @@ impl Conn {
     pub(super) fn pubsub_command(&mut self, name: &str, args: &[Bytes]) {
         let (kind, on) = match name {
             "publish" | "spublish" => {
-                let n = self
-                    .sh
-                    .pubsub
-                    .publish(name == "spublish", &args[1], &args[2]);
+                let n = self.sh.publish(name == "spublish", &args[1], &args[2]);
                 self.reply(Reply::Int(n as i64));
                 self.push_waiting();
                 return;
