@@ -143,6 +143,32 @@ struct ScriptCaller<'s, 't> {
     published: Vec<(bool, Bytes, Bytes)>,
 }
 
+impl<'s, 't> ScriptCaller<'s, 't> {
+    /// A caller for a script transaction of `user` decided as of `now`; `tracks`: the client
+    /// tracks its reads.
+    fn new(
+        tx: &'s mut Script<'t>,
+        sh: &'s Shared,
+        user: Option<&'s User>,
+        now: u64,
+        tracks: bool,
+    ) -> Self {
+        ScriptCaller {
+            tx,
+            sh,
+            user,
+            read_only: false,
+            now,
+            touched: Vec::new(),
+            flushed: false,
+            pushed: Vec::new(),
+            reads: tracks.then(Vec::new),
+            events: Vec::new(),
+            published: Vec::new(),
+        }
+    }
+}
+
 impl Caller for ScriptCaller<'_, '_> {
     fn call(&mut self, args: Vec<Bytes>) -> Reply {
         let Some(spec) = cmd::find(&args[0]).map(|i| cmd::COMMANDS[i]) else {
@@ -616,19 +642,8 @@ impl Conn {
             let ran = (self.sh.script_thread)
                 .run(move || {
                     engine.try_script(now, |tx| {
-                        let mut caller = ScriptCaller {
-                            tx,
-                            sh: &sh,
-                            user: user.as_ref(),
-                            read_only: r.read_only,
-                            now,
-                            touched: Vec::new(),
-                            flushed: false,
-                            pushed: Vec::new(),
-                            reads: tracks.then(Vec::new),
-                            events: Vec::new(),
-                            published: Vec::new(),
-                        };
+                        let mut caller = ScriptCaller::new(tx, &sh, user.as_ref(), now, tracks);
+                        caller.read_only = r.read_only;
                         let reply = if r.function {
                             sh.scripts.call_function(&r.sha, &a, &mut caller)
                         } else {
@@ -731,19 +746,7 @@ impl Conn {
                     if !tx.guards_hold(&watched) {
                         return None;
                     }
-                    let mut caller = ScriptCaller {
-                        tx,
-                        sh: &sh,
-                        user,
-                        read_only: false,
-                        now,
-                        touched: Vec::new(),
-                        flushed: false,
-                        pushed: Vec::new(),
-                        reads: tracks.then(Vec::new),
-                        events: Vec::new(),
-                        published: Vec::new(),
-                    };
+                    let mut caller = ScriptCaller::new(tx, &sh, user, now, tracks);
                     let replies = (steps.into_iter())
                         .map(|step| match step {
                             Step::Script(Err(e), _) => e,
