@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -364,6 +364,545 @@ fn leader_loss_under_load_loses_no_acknowledged_write() {
     }
     eprintln!("10 leader kills: {n_acked} acknowledged writes all present; {n_unknown} unknown ({unknown_present} applied)");
     assert!(n_acked > 100);
+}
+
+/// How a command sent through a [`ToLeader`] failed.
+enum Failed {
+    /// Never sent: not applied.
+    NotSent,
+    /// Refused by a follower before it was proposed (-MOVED, or -CLUSTERDOWN where it knows
+    /// no leader): not applied. (Of a transaction, EXEC or a queued command was refused:
+    /// nothing was applied.)
+    Refused,
+    /// The reply was lost or an error: it may or may not have taken effect.
+    Unknown,
+}
+
+/// A connection to whichever node leads: it follows -MOVED to the leader, and tries the next
+/// node of `addrs` when one fails. Errors other than a lost connection, -MOVED and
+/// -CLUSTERDOWN (or a cluster failure) are kept in `surprises`.
+struct ToLeader {
+    addrs: Vec<String>,
+    next: usize,
+    addr: String,
+    conn: Option<redis::Connection>,
+    surprises: Vec<String>,
+}
+
+impl ToLeader {
+    fn new(t: usize, addrs: Vec<String>) -> ToLeader {
+        ToLeader {
+            addr: addrs[t % addrs.len()].clone(),
+            next: t,
+            addrs,
+            conn: None,
+            surprises: Vec::new(),
+        }
+    }
+
+    fn try_next(&mut self) {
+        self.conn = None;
+        self.next += 1;
+        self.addr = self.addrs[self.next % self.addrs.len()].clone();
+    }
+
+    fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, Failed> {
+        self.run(|c| cmd.query(c))
+    }
+
+    /// Runs `f` (one command, or a transaction: see [`transaction`]) on the node taken for
+    /// the leader.
+    fn run<T>(
+        &mut self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, Failed> {
+        let c = match self.conn.as_mut() {
+            Some(c) => c,
+            None => match redis::Client::open(format!("redis://{}/", self.addr))
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+            {
+                Ok(c) => {
+                    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    self.conn.insert(c)
+                }
+                Err(_) => {
+                    self.try_next();
+                    thread::sleep(Duration::from_millis(50));
+                    return Err(Failed::NotSent);
+                }
+            },
+        };
+        let e = match f(c) {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        // A pipeline's error is its first failed command's.
+        let errs = e.clone().into_server_errors().unwrap_or_default();
+        let expected = match errs
+            .first()
+            .map(|(_, s)| (s.code(), s.details().unwrap_or("")))
+        {
+            Some(("MOVED", detail)) => {
+                match detail.split_whitespace().nth(1) {
+                    Some(leader) => {
+                        self.addr = leader.to_string();
+                        self.conn = None;
+                    }
+                    None => self.try_next(),
+                }
+                // Until they elect another, followers name a leader just killed.
+                thread::sleep(Duration::from_millis(10));
+                return Err(Failed::Refused);
+            }
+            Some(("CLUSTERDOWN", detail)) if detail.starts_with("no leader is known") => {
+                self.try_next();
+                thread::sleep(Duration::from_millis(20));
+                return Err(Failed::Refused);
+            }
+            Some(("CLUSTERDOWN", _)) => true,
+            Some(("ERR", detail)) => detail.starts_with("cluster:"),
+            Some(_) => false,
+            None => e.is_io_error() || e.is_connection_dropped() || e.is_timeout(),
+        };
+        if !expected {
+            self.surprises.push(e.to_string());
+        }
+        self.try_next();
+        thread::sleep(Duration::from_millis(20));
+        Err(Failed::Unknown)
+    }
+}
+
+/// What the producer and the consumers of the stream `jobs` were told.
+#[derive(Default)]
+struct Jobs {
+    /// XADDs acknowledged: the entry's ID and its payload.
+    added: Vec<(String, u64)>,
+    /// Payloads of XADDs whose reply was lost: each may or may not be in the stream.
+    unknown: Vec<u64>,
+    /// What XREADGROUP delivered: the entry's ID, its payload and the consumer.
+    delivered: Vec<(String, u64, usize)>,
+    /// IDs whose XACK answered 1.
+    acked: Vec<String>,
+    /// IDs whose XACK answered 0 after an earlier attempt's reply was lost (that attempt acked).
+    acked_before: Vec<String>,
+    /// IDs whose XACK answered 0 at the first attempt: a delivery the group had no record of.
+    not_pending: Vec<String>,
+    /// XREADGROUPs whose reply was lost: what they delivered stays pending.
+    lost_reads: usize,
+    /// Consumers with an XREADGROUP in flight now.
+    reading: usize,
+    /// Unexpected error replies.
+    surprises: Vec<String>,
+}
+
+/// XADDs `jobs * n <n>` with n counting up, ten in a MULTI, to whichever node leads; it
+/// keeps a backlog of a few hundred entries not yet delivered, so that each XREADGROUP
+/// delivers a full batch.
+fn producer(addrs: Vec<String>, stop: Arc<AtomicBool>, jobs: Arc<Mutex<Jobs>>) {
+    let mut to = ToLeader::new(0, addrs);
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let backlog = {
+            let j = jobs.lock().unwrap();
+            j.added.len().saturating_sub(j.delivered.len())
+        };
+        if backlog > 300 {
+            thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        let batch: Vec<u64> = (n..n + 10).collect();
+        n += 10;
+        let add = transaction(batch.iter().map(|n| {
+            redis::cmd("XADD")
+                .arg("jobs")
+                .arg("*")
+                .arg("n")
+                .arg(n)
+                .clone()
+        }));
+        match to.run(|c| add.query::<(Vec<String>,)>(c)) {
+            Ok((ids,)) => jobs
+                .lock()
+                .unwrap()
+                .added
+                .extend(ids.into_iter().zip(batch)),
+            Err(Failed::NotSent | Failed::Refused) => {}
+            Err(Failed::Unknown) => jobs.lock().unwrap().unknown.extend(batch),
+        }
+    }
+    jobs.lock().unwrap().surprises.append(&mut to.surprises);
+}
+
+/// MULTI, `cmds`, EXEC, as a pipeline whose one reply is EXEC's. (redis-rs's atomic pipeline
+/// hides the code of an error EXEC answers, such as a follower's -MOVED.)
+fn transaction(cmds: impl Iterator<Item = redis::Cmd>) -> redis::Pipeline {
+    let mut p = redis::pipe();
+    p.cmd("MULTI").ignore();
+    for c in cmds {
+        p.add_command(c).ignore();
+    }
+    p.cmd("EXEC");
+    p
+}
+
+/// One entry of a stream reply: its ID and fields.
+type Entry = (String, Vec<String>);
+
+/// The payload of a job entry (`n <n>`).
+fn payload((id, fields): &Entry) -> u64 {
+    match &fields[..] {
+        [f, n] if f == "n" => n.parse().unwrap(),
+        _ => panic!("entry {id}: {fields:?}"),
+    }
+}
+
+/// Consumer `c{t}` of group `g`: reads new entries five at a time and XACKs each one (one
+/// XACK per ID, in a MULTI), retrying the XACKs not answered until they are; it finishes its
+/// batch after `stop`.
+fn consumer(t: usize, addrs: Vec<String>, stop: Arc<AtomicBool>, jobs: Arc<Mutex<Jobs>>) {
+    let mut to = ToLeader::new(t, addrs);
+    let read = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg(format!("c{t}"))
+        .arg("COUNT")
+        .arg(5)
+        .arg("BLOCK")
+        .arg(200)
+        .arg("STREAMS")
+        .arg("jobs")
+        .arg(">")
+        .clone();
+    while !stop.load(Ordering::Relaxed) {
+        jobs.lock().unwrap().reading += 1;
+        let got = to.query::<Option<Vec<(String, Vec<Entry>)>>>(&read);
+        jobs.lock().unwrap().reading -= 1;
+        let got = match got {
+            Ok(got) => got.unwrap_or_default(),
+            Err(Failed::NotSent | Failed::Refused) => continue,
+            Err(Failed::Unknown) => {
+                jobs.lock().unwrap().lost_reads += 1;
+                continue;
+            }
+        };
+        let mut ids = Vec::new();
+        for (key, entries) in got {
+            assert_eq!(key, "jobs");
+            for e in entries {
+                jobs.lock()
+                    .unwrap()
+                    .delivered
+                    .push((e.0.clone(), payload(&e), t));
+                ids.push(e.0);
+            }
+        }
+        // Whether an XACK of the ID was sent before, its reply lost.
+        let mut lost = vec![false; ids.len()];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ids.is_empty() {
+            assert!(Instant::now() < deadline, "XACKs of {ids:?} never answered");
+            let ack = transaction(
+                ids.iter()
+                    .map(|id| redis::cmd("XACK").arg("jobs").arg("g").arg(id).clone()),
+            );
+            let replies = match to.run(|c| ack.query::<(Vec<i64>,)>(c)) {
+                Ok((replies,)) => replies,
+                Err(Failed::NotSent | Failed::Refused) => continue,
+                Err(Failed::Unknown) => {
+                    lost.iter_mut().for_each(|l| *l = true);
+                    continue;
+                }
+            };
+            let mut j = jobs.lock().unwrap();
+            for ((id, lost), r) in ids.drain(..).zip(lost.drain(..)).zip(replies) {
+                match (r, lost) {
+                    (1, _) => j.acked.push(id),
+                    (0, true) => j.acked_before.push(id),
+                    (0, false) => j.not_pending.push(id),
+                    _ => panic!("XACK {id} answered {r}"),
+                }
+            }
+        }
+    }
+    jobs.lock().unwrap().surprises.append(&mut to.surprises);
+}
+
+/// A stream ID as (ms, seq), for ordering.
+fn stream_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap();
+    (ms.parse().unwrap(), seq.parse().unwrap())
+}
+
+/// What one node holds of `jobs` and its group `g`: the entries, the pending entries (ID,
+/// consumer and delivery count; not the idle time, which each node measures), the XPENDING
+/// summary, and the group's last-delivered ID and entries-read.
+type StreamState = (
+    Vec<Entry>,
+    Vec<(String, String, i64)>,
+    redis::Value,
+    String,
+    Option<i64>,
+);
+
+fn stream_state(mut q: impl FnMut(&redis::Cmd) -> redis::Value) -> StreamState {
+    let entries: Vec<Entry> =
+        redis::from_redis_value(q(redis::cmd("XRANGE").arg("jobs").arg("-").arg("+"))).unwrap();
+    let pending: Vec<(String, String, i64, i64)> =
+        redis::from_redis_value(q(redis::cmd("XPENDING")
+            .arg("jobs")
+            .arg("g")
+            .arg("-")
+            .arg("+")
+            .arg(100_000)))
+        .unwrap();
+    let pending = pending
+        .into_iter()
+        .map(|(id, c, _, n)| (id, c, n))
+        .collect();
+    let summary = q(redis::cmd("XPENDING").arg("jobs").arg("g"));
+    let groups: Vec<HashMap<String, redis::Value>> =
+        redis::from_redis_value(q(redis::cmd("XINFO").arg("GROUPS").arg("jobs"))).unwrap();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    let field = |k: &str| groups[0].get(k).cloned().unwrap_or(redis::Value::Nil);
+    (
+        entries,
+        pending,
+        summary,
+        redis::from_redis_value(field("last-delivered-id")).unwrap(),
+        redis::from_redis_value(field("entries-read")).unwrap(),
+    )
+}
+
+/// Consumers of a stream's group through leader kills (issue #20). A producer XADDs numbered
+/// jobs while three consumers XREADGROUP and XACK them, each following the leader; twice, the
+/// leader is killed -9 while a consumer waits for XREADGROUP's reply, and restarted once the
+/// work goes on under a new one. Then, on the
+/// leader: every acknowledged XADD is in the stream, and nothing else but XADDs of unknown
+/// outcome, once each; no entry was delivered twice, or past the group's last-delivered ID;
+/// no XACKed entry is pending; and every entry up to the last-delivered ID is either XACKed
+/// or still pending (an XREADGROUP whose reply was lost in the kill leaves its entries
+/// pending: their delivery was durable before the reply), none skipped. Every node then
+/// holds the same stream and group.
+#[test]
+fn stream_consumers_through_a_leader_kill_lose_no_delivery_and_no_ack() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = started_cluster(&["--stale-reads"], tmp.path());
+    let mut c = None;
+    let create = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("jobs")
+        .arg("g")
+        .arg("$")
+        .arg("MKSTREAM")
+        .clone();
+    assert_eq!(on_leader::<String>(&nodes, &mut c, &create), "OK");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let jobs = Arc::new(Mutex::new(Jobs::default()));
+    let addrs: Vec<String> = nodes.iter().map(Node::addr).collect();
+    let mut threads = vec![{
+        let (addrs, stop, jobs) = (addrs.clone(), stop.clone(), jobs.clone());
+        thread::spawn(move || producer(addrs, stop, jobs))
+    }];
+    for t in 1..=3 {
+        let (addrs, stop, jobs) = (addrs.clone(), stop.clone(), jobs.clone());
+        threads.push(thread::spawn(move || consumer(t, addrs, stop, jobs)));
+    }
+    // Waits until `more` further XADDs were acknowledged and XACKs answered.
+    let progress = |nodes: &[Node], more: usize, what: &str| {
+        let counts = || {
+            let j = jobs.lock().unwrap();
+            let answered = j.acked.len() + j.acked_before.len() + j.not_pending.len();
+            (j.added.len(), answered)
+        };
+        let (added, acked) = counts();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while counts().0 < added + more || counts().1 < acked + more {
+            if Instant::now() > deadline {
+                dump(nodes);
+                let (a, b) = counts();
+                panic!("{what}: XADDs acknowledged {added} -> {a}, XACKs answered {acked} -> {b}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    progress(&nodes, 200, "at the start");
+    for cycle in 0..2 {
+        // Killed while a consumer waits for XREADGROUP's reply, when likely its delivery is
+        // in the leader's log, maybe in a follower's, and not yet committed.
+        let lead = leader(&nodes);
+        let vi = nodes.iter().position(|n| n.addr() == lead).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while jobs.lock().unwrap().reading == 0 && Instant::now() < deadline {
+            thread::yield_now();
+        }
+        nodes[vi].server.take().unwrap().kill9();
+        progress(&nodes, 100, &format!("kill {cycle}: under a new leader"));
+        nodes[vi].start();
+        progress(
+            &nodes,
+            100,
+            &format!("kill {cycle}: with the old leader back"),
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+
+    let j = jobs.lock().unwrap();
+    assert!(
+        j.surprises.is_empty(),
+        "unexpected errors: {:?}",
+        j.surprises
+    );
+    let (entries, pending, summary, last, entries_read) =
+        stream_state(|cmd| on_leader(&nodes, &mut c, cmd));
+
+    // (1) Every acknowledged XADD is there; nothing but XADDs is, once each.
+    let by_id: HashMap<&str, u64> = entries.iter().map(|e| (e.0.as_str(), payload(e))).collect();
+    for (id, n) in &j.added {
+        assert_eq!(
+            by_id.get(id.as_str()),
+            Some(n),
+            "acknowledged XADD {id} (n {n}) lost"
+        );
+    }
+    let sent: HashSet<u64> = j
+        .added
+        .iter()
+        .map(|a| a.1)
+        .chain(j.unknown.clone())
+        .collect();
+    let mut seen = HashSet::new();
+    for e in &entries {
+        let n = payload(e);
+        assert!(sent.contains(&n), "entry {} holds n {n}, never sent", e.0);
+        assert!(seen.insert(n), "n {n} added twice");
+    }
+
+    // No entry delivered twice, or past the group's last-delivered ID, or unlike the stream's.
+    let last_id = stream_id(&last);
+    let mut delivered = HashMap::new();
+    for (id, n, t) in &j.delivered {
+        assert_eq!(
+            by_id.get(id.as_str()),
+            Some(n),
+            "{id} delivered to c{t} as n {n}"
+        );
+        assert!(stream_id(id) <= last_id, "{id} delivered past {last}");
+        if let Some(first) = delivered.insert(id.as_str(), *t) {
+            panic!("{id} delivered twice: to c{first} and to c{t}");
+        }
+    }
+    assert!(
+        j.not_pending.is_empty(),
+        "delivered, yet not pending at its first XACK: {:?}",
+        j.not_pending
+    );
+
+    // (2) No XACKed entry is pending.
+    let pending_ids: HashMap<&str, &str> = pending
+        .iter()
+        .map(|(id, c, _)| (id.as_str(), c.as_str()))
+        .collect();
+    let acked: HashSet<&str> = j
+        .acked
+        .iter()
+        .chain(&j.acked_before)
+        .map(String::as_str)
+        .collect();
+    for id in &acked {
+        assert!(!pending_ids.contains_key(id), "{id} XACKed, yet pending");
+    }
+    // What is pending was delivered by XREADGROUPs whose reply was lost (five at most each).
+    for (id, c, count) in &pending {
+        assert!(
+            by_id.contains_key(id.as_str()),
+            "pending {id} not in the stream"
+        );
+        if let Some(t) = delivered.get(id.as_str()) {
+            panic!("{id} pending with {c}, yet c{t} had it and XACKed it");
+        }
+        assert_eq!(*count, 1, "{id} pending with {c}, delivered {count} times");
+    }
+    assert!(
+        pending.len() <= 5 * j.lost_reads,
+        "{} pending after {} XREADGROUP replies were lost",
+        pending.len(),
+        j.lost_reads
+    );
+
+    // (3) Every entry up to the last-delivered ID is XACKed or pending; none after it is
+    // either. entries-read counts the entries delivered.
+    let mut upto = 0;
+    for (id, _) in &entries {
+        let (a, p) = (
+            acked.contains(id.as_str()),
+            pending_ids.contains_key(id.as_str()),
+        );
+        if stream_id(id) <= last_id {
+            upto += 1;
+            assert!(
+                a || p,
+                "{id} (up to {last}) neither XACKed nor pending: skipped"
+            );
+        } else {
+            assert!(
+                !a && !p,
+                "{id} after {last}, yet XACKed ({a}) or pending ({p})"
+            );
+        }
+    }
+    assert_eq!(entries_read, Some(upto), "entries-read of the group");
+
+    // (4) Every node holds the same stream and group, once caught up.
+    let want = (
+        entries.clone(),
+        pending.clone(),
+        summary.clone(),
+        last.clone(),
+        entries_read,
+    );
+    for n in &nodes {
+        let mut f = n.server.as_ref().unwrap().client();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = stream_state(|cmd| cmd.query(&mut f).unwrap());
+            if got == want {
+                break;
+            }
+            if Instant::now() > deadline {
+                dump(&nodes);
+                panic!(
+                    "node {} differs: XLEN {} vs {}, XPENDING {:?} vs {:?}, last {} vs {}, entries-read {:?} vs {:?}",
+                    n.id,
+                    got.0.len(),
+                    want.0.len(),
+                    got.2,
+                    want.2,
+                    got.3,
+                    want.3,
+                    got.4,
+                    want.4
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    eprintln!(
+        "{} XADDs acknowledged, {} unknown; stream of {}; {} delivered, {} XACKed (+{} whose \
+         first reply was lost); {} XREADGROUP replies lost, {} entries left pending; last {last}",
+        j.added.len(),
+        j.unknown.len(),
+        entries.len(),
+        j.delivered.len(),
+        j.acked.len(),
+        j.acked_before.len(),
+        j.lost_reads,
+        pending.len()
+    );
 }
 
 #[test]
