@@ -449,6 +449,11 @@ thread_local! {
     static ENCRYPT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// The size limits of [`options`], which a script now and then breaks.
+const KEY_BYTES_MAX: usize = 64;
+const VALUE_BYTES_MAX: usize = 1024;
+const RECORD_BYTES_MAX: usize = 2048;
+
 fn options(fs: &SimFs) -> Options {
     let keyring = ENCRYPT.get().then(|| {
         Arc::new(
@@ -464,14 +469,14 @@ fn options(fs: &SimFs) -> Options {
             fs: Arc::new(fs.clone()),
             prepare_segments_in_background: false,
             segment_bytes_max: 4096,
-            record_bytes_max: 2048,
+            record_bytes_max: RECORD_BYTES_MAX as u32,
             batch_bytes_max: 4000,
             queue_bytes_max: 64 << 10,
             keyring,
             ..keel_wal::Options::default()
         },
-        key_bytes_max: 64,
-        value_bytes_max: 1024,
+        key_bytes_max: KEY_BYTES_MAX,
+        value_bytes_max: VALUE_BYTES_MAX,
         // All I/O from the test's own thread, in a reproducible order.
         background: false,
         ..Options::default()
@@ -506,6 +511,13 @@ fn model_apply(
                 results.push(WriteResult::Put(true));
             }
             Write::Delete { key } => results.push(WriteResult::Existed(m.remove(key).is_some())),
+            Write::Get { key } => results.push(WriteResult::Value(m.get(key).map(|e| e.0.clone()))),
+            Write::Read {
+                key,
+                op: Read::SetIsMember { member },
+            } => results.push(WriteResult::Int(
+                set_members(&m, key).contains(member) as i64
+            )),
             Write::SetRange { key, offset, value } => {
                 let mut v = m.get(key).map_or_else(Vec::new, |(v, _)| v.to_vec());
                 let end = *offset as usize + value.len();
@@ -1157,20 +1169,27 @@ fn model_apply(
     Some((m, results))
 }
 
+// Keys are counters (only incremented, or reset by a script), hashes (only written as hashes),
+// sets (only written as sets), and so on for lists, sorted sets and streams, or plain keys, so
+// every increment is valid and no write meets another type. A hash's field `n` is only
+// incremented.
+fn plain(rng: &mut Rng) -> Bytes {
+    Bytes::from(format!("k{}", rng.below(12)))
+}
+fn counter(rng: &mut Rng) -> Bytes {
+    Bytes::from(format!("n{}", rng.below(3)))
+}
+fn set(rng: &mut Rng) -> Bytes {
+    Bytes::from(format!("s{}", rng.below(3)))
+}
+fn member(rng: &mut Rng) -> Bytes {
+    Bytes::from(format!("m{}", rng.below(8)))
+}
+fn list(rng: &mut Rng) -> Bytes {
+    Bytes::from(format!("l{}", rng.below(3)))
+}
+
 fn random_txn(rng: &mut Rng, m: &Model, step: usize) -> (Vec<Guard>, Vec<Write>) {
-    // Keys are counters (only incremented), hashes (only written as hashes), sets (only written
-    // as sets), and so on for lists, sorted sets and streams, or plain keys, so every increment
-    // is valid and no write meets another type. A hash's field `n` is only incremented.
-    let plain = |rng: &mut Rng| Bytes::from(format!("k{}", rng.below(12)));
-    let counter = |rng: &mut Rng| Bytes::from(format!("n{}", rng.below(3)));
-    let hash = |rng: &mut Rng| Bytes::from(format!("h{}", rng.below(3)));
-    let set = |rng: &mut Rng| Bytes::from(format!("s{}", rng.below(3)));
-    let member = |rng: &mut Rng| Bytes::from(format!("m{}", rng.below(8)));
-    let list = |rng: &mut Rng| Bytes::from(format!("l{}", rng.below(3)));
-    let zset = |rng: &mut Rng| Bytes::from(format!("z{}", rng.below(3)));
-    // Halves and integers: sums stay exact, so the model's scores equal the engine's.
-    let score = |rng: &mut Rng| (rng.below(21) as f64 - 10.0) / 2.0;
-    let field = |rng: &mut Rng| Bytes::from(format!("f{}", rng.below(6)));
     let mut guards = Vec::new();
     if rng.chance(25) {
         let key = plain(rng);
@@ -1182,168 +1201,177 @@ fn random_txn(rng: &mut Rng, m: &Model, step: usize) -> (Vec<Guard>, Vec<Write>)
         guards.push(Guard { key, version });
     }
     let writes = (0..1 + rng.below(3))
-        .map(|_| match rng.below(45) {
-            29..=44 => stream_write(rng, m, step),
-            23 | 24 => {
-                let incr = rng.chance(20);
-                let n = if incr { 1 } else { 1 + rng.below(3) };
-                Write::ZAdd {
-                    key: zset(rng),
-                    pairs: (0..n).map(|_| (score(rng), member(rng))).collect(),
-                    only: [PutIf::Always, PutIf::Always, PutIf::Absent, PutIf::Present]
-                        [rng.below(4) as usize],
-                    cmp: [ZCmp::Any, ZCmp::Any, ZCmp::Greater, ZCmp::Less][rng.below(4) as usize],
-                    ch: rng.chance(50),
-                    incr,
-                }
-            }
-            25 => Write::ZRem {
+        .map(|_| random_write(rng, m, step))
+        .collect();
+    (guards, writes)
+}
+
+/// One write, of any type the model knows.
+fn random_write(rng: &mut Rng, m: &Model, step: usize) -> Write {
+    let hash = |rng: &mut Rng| Bytes::from(format!("h{}", rng.below(3)));
+    let zset = |rng: &mut Rng| Bytes::from(format!("z{}", rng.below(3)));
+    // Halves and integers: sums stay exact, so the model's scores equal the engine's.
+    let score = |rng: &mut Rng| (rng.below(21) as f64 - 10.0) / 2.0;
+    let field = |rng: &mut Rng| Bytes::from(format!("f{}", rng.below(6)));
+    match rng.below(45) {
+        29..=44 => stream_write(rng, m, step),
+        23 | 24 => {
+            let incr = rng.chance(20);
+            let n = if incr { 1 } else { 1 + rng.below(3) };
+            Write::ZAdd {
                 key: zset(rng),
-                members: (0..1 + rng.below(3)).map(|_| member(rng)).collect(),
-            },
-            26 => Write::ZPopFirst {
-                keys: (0..1 + rng.below(3)).map(|_| zset(rng)).collect(),
-                max: rng.chance(50),
-                count: 1 + rng.below(3) as usize,
-                skip_other_types: false,
-            },
-            27 => {
-                let keys: Vec<Bytes> = (0..1 + rng.below(3)).map(|_| zset(rng)).collect();
-                Write::ZStore {
-                    key: zset(rng),
-                    op: [SetOp::Inter, SetOp::Union, SetOp::Diff][rng.below(3) as usize],
-                    weights: if rng.chance(50) {
-                        keys.iter().map(|_| rng.below(4) as f64).collect()
-                    } else {
-                        Vec::new()
-                    },
-                    keys,
-                    aggregate: [Aggregate::Sum, Aggregate::Min, Aggregate::Max]
-                        [rng.below(3) as usize],
-                }
+                pairs: (0..n).map(|_| (score(rng), member(rng))).collect(),
+                only: [PutIf::Always, PutIf::Always, PutIf::Absent, PutIf::Present]
+                    [rng.below(4) as usize],
+                cmp: [ZCmp::Any, ZCmp::Any, ZCmp::Greater, ZCmp::Less][rng.below(4) as usize],
+                ch: rng.chance(50),
+                incr,
             }
-            28 => Write::ZRemRange {
+        }
+        25 => Write::ZRem {
+            key: zset(rng),
+            members: (0..1 + rng.below(3)).map(|_| member(rng)).collect(),
+        },
+        26 => Write::ZPopFirst {
+            keys: (0..1 + rng.below(3)).map(|_| zset(rng)).collect(),
+            max: rng.chance(50),
+            count: 1 + rng.below(3) as usize,
+            skip_other_types: false,
+        },
+        27 => {
+            let keys: Vec<Bytes> = (0..1 + rng.below(3)).map(|_| zset(rng)).collect();
+            Write::ZStore {
                 key: zset(rng),
-                range: ZRange::Rank {
-                    start: rng.below(5) as i64 - 2,
-                    stop: rng.below(7) as i64 - 3,
+                op: [SetOp::Inter, SetOp::Union, SetOp::Diff][rng.below(3) as usize],
+                weights: if rng.chance(50) {
+                    keys.iter().map(|_| rng.below(4) as f64).collect()
+                } else {
+                    Vec::new()
                 },
-            },
-            22 => Write::ListPopFirst {
-                keys: (0..1 + rng.below(3)).map(|_| list(rng)).collect(),
-                front: rng.chance(50),
-                count: 1 + rng.below(3) as usize,
-                skip_other_types: false,
-            },
-            18 => Write::ListPush {
-                key: list(rng),
-                front: rng.chance(50),
-                elements: (0..1 + rng.below(3))
-                    .map(|i| Bytes::from(format!("e{step}.{i}")))
-                    .collect(),
-                only_existing: false,
-            },
-            19 => Write::ListPop {
-                key: list(rng),
-                front: rng.chance(50),
-                count: rng.chance(50).then(|| rng.below(4) as usize),
-            },
-            20 => Write::ListMove {
-                from: list(rng),
-                to: list(rng),
-                from_front: rng.chance(50),
-                to_front: rng.chance(50),
-            },
-            21 => Write::ListTrim {
-                key: list(rng),
+                keys,
+                aggregate: [Aggregate::Sum, Aggregate::Min, Aggregate::Max][rng.below(3) as usize],
+            }
+        }
+        28 => Write::ZRemRange {
+            key: zset(rng),
+            range: ZRange::Rank {
                 start: rng.below(5) as i64 - 2,
                 stop: rng.below(7) as i64 - 3,
             },
-            14 => Write::SetAdd {
-                key: set(rng),
-                members: (0..1 + rng.below(4)).map(|_| member(rng)).collect(),
-            },
-            15 => Write::SetRem {
-                key: set(rng),
-                members: (0..1 + rng.below(3)).map(|_| member(rng)).collect(),
-            },
-            16 => Write::SetMove {
-                from: set(rng),
-                to: set(rng),
-                member: member(rng),
-            },
-            17 => Write::SetStore {
-                key: set(rng),
-                op: [SetOp::Inter, SetOp::Union, SetOp::Diff][rng.below(3) as usize],
-                keys: (0..1 + rng.below(3)).map(|_| set(rng)).collect(),
-            },
-            10 | 11 => Write::HashSet {
-                key: hash(rng),
-                pairs: (0..1 + rng.below(3))
-                    .map(|_| {
-                        let len = rng.below(200) as usize;
-                        (
-                            field(rng),
-                            Bytes::from(format!("s{step}-{}", "v".repeat(len))),
-                        )
-                    })
-                    .collect(),
-                only_new: rng.chance(20),
-            },
-            12 => Write::HashDel {
-                key: hash(rng),
-                fields: (0..1 + rng.below(3)).map(|_| field(rng)).collect(),
-            },
-            13 => Write::HashIncr {
-                key: hash(rng),
-                field: Bytes::from_static(b"n"),
-                by: rng.below(100) as i64 - 50,
-            },
-            0..=4 => {
-                let len = rng.below(300) as usize;
-                Write::Put {
-                    key: plain(rng),
-                    value: Bytes::from(format!("s{step}-{}", "v".repeat(len))),
-                    // Expiry without wall-clock races: never, far away, or already past.
-                    ttl: match rng.below(10) {
-                        0 => Ttl::At(PAST),
-                        1 => Ttl::At(u64::MAX / 2),
-                        _ => Ttl::None,
-                    },
-                    only: PutIf::Always,
-                }
+        },
+        22 => Write::ListPopFirst {
+            keys: (0..1 + rng.below(3)).map(|_| list(rng)).collect(),
+            front: rng.chance(50),
+            count: 1 + rng.below(3) as usize,
+            skip_other_types: false,
+        },
+        18 => Write::ListPush {
+            key: list(rng),
+            front: rng.chance(50),
+            elements: (0..1 + rng.below(3))
+                .map(|i| Bytes::from(format!("e{step}.{i}")))
+                .collect(),
+            only_existing: false,
+        },
+        19 => Write::ListPop {
+            key: list(rng),
+            front: rng.chance(50),
+            count: rng.chance(50).then(|| rng.below(4) as usize),
+        },
+        20 => Write::ListMove {
+            from: list(rng),
+            to: list(rng),
+            from_front: rng.chance(50),
+            to_front: rng.chance(50),
+        },
+        21 => Write::ListTrim {
+            key: list(rng),
+            start: rng.below(5) as i64 - 2,
+            stop: rng.below(7) as i64 - 3,
+        },
+        14 => Write::SetAdd {
+            key: set(rng),
+            members: (0..1 + rng.below(4)).map(|_| member(rng)).collect(),
+        },
+        15 => Write::SetRem {
+            key: set(rng),
+            members: (0..1 + rng.below(3)).map(|_| member(rng)).collect(),
+        },
+        16 => Write::SetMove {
+            from: set(rng),
+            to: set(rng),
+            member: member(rng),
+        },
+        17 => Write::SetStore {
+            key: set(rng),
+            op: [SetOp::Inter, SetOp::Union, SetOp::Diff][rng.below(3) as usize],
+            keys: (0..1 + rng.below(3)).map(|_| set(rng)).collect(),
+        },
+        10 | 11 => Write::HashSet {
+            key: hash(rng),
+            pairs: (0..1 + rng.below(3))
+                .map(|_| {
+                    let len = rng.below(200) as usize;
+                    (
+                        field(rng),
+                        Bytes::from(format!("s{step}-{}", "v".repeat(len))),
+                    )
+                })
+                .collect(),
+            only_new: rng.chance(20),
+        },
+        12 => Write::HashDel {
+            key: hash(rng),
+            fields: (0..1 + rng.below(3)).map(|_| field(rng)).collect(),
+        },
+        13 => Write::HashIncr {
+            key: hash(rng),
+            field: Bytes::from_static(b"n"),
+            by: rng.below(100) as i64 - 50,
+        },
+        0..=4 => {
+            let len = rng.below(300) as usize;
+            Write::Put {
+                key: plain(rng),
+                value: Bytes::from(format!("s{step}-{}", "v".repeat(len))),
+                // Expiry without wall-clock races: never, far away, or already past.
+                ttl: match rng.below(10) {
+                    0 => Ttl::At(PAST),
+                    1 => Ttl::At(u64::MAX / 2),
+                    _ => Ttl::None,
+                },
+                only: PutIf::Always,
             }
-            5 => Write::Delete { key: plain(rng) },
-            // Byte-range writes of a plain key: only the changed bytes are logged, and a key
-            // whose expiry passed is written as a new string (the create flag).
-            6 => match rng.below(3) {
-                0 => Write::SetRange {
-                    key: plain(rng),
-                    offset: rng.below(40),
-                    value: Bytes::from(format!("r{step}")),
-                },
-                1 => Write::SetBit {
-                    key: plain(rng),
-                    offset: rng.below(400),
-                    on: rng.chance(70),
-                },
-                _ => Write::Append {
-                    key: plain(rng),
-                    suffix: Bytes::from(format!("a{step}")),
-                },
+        }
+        5 => Write::Delete { key: plain(rng) },
+        // Byte-range writes of a plain key: only the changed bytes are logged, and a key
+        // whose expiry passed is written as a new string (the create flag).
+        6 => match rng.below(3) {
+            0 => Write::SetRange {
+                key: plain(rng),
+                offset: rng.below(40),
+                value: Bytes::from(format!("r{step}")),
             },
-            // The cluster's bookkeeping: written beside user writes, in the same record.
-            7 => Write::System {
-                key: Bytes::from_static(SYSTEM_KEYS[rng.below(2) as usize].as_bytes()),
-                value: Bytes::from(format!("at step {step}")),
+            1 => Write::SetBit {
+                key: plain(rng),
+                offset: rng.below(400),
+                on: rng.chance(70),
             },
-            _ => Write::Incr {
-                key: counter(rng),
-                by: rng.below(100) as i64 - 50,
+            _ => Write::Append {
+                key: plain(rng),
+                suffix: Bytes::from(format!("a{step}")),
             },
-        })
-        .collect();
-    (guards, writes)
+        },
+        // The cluster's bookkeeping: written beside user writes, in the same record.
+        7 => Write::System {
+            key: Bytes::from_static(SYSTEM_KEYS[rng.below(2) as usize].as_bytes()),
+            value: Bytes::from(format!("at step {step}")),
+        },
+        _ => Write::Incr {
+            key: counter(rng),
+            by: rng.below(100) as i64 - 50,
+        },
+    }
 }
 
 /// A stream or consumer-group write on one of two streams (keys `x0`, `x1`, which hold
@@ -1525,8 +1553,240 @@ fn stream_write(rng: &mut Rng, m: &Model, step: usize) -> Write {
     }
 }
 
+/// A script's calls as it made them, each with what it returned: the results, or the error
+/// that refused the call whole.
+type Calls = Vec<(Vec<Write>, Result<Vec<WriteResult>, String>)>;
+
+/// A script (EVAL): its calls made one by one in one transaction, logged as one record. It is
+/// drawn from its own seed, so the engine's run and the model's make the same calls for as long
+/// as they return the same results.
+#[derive(Clone, Copy, Debug)]
+struct ScriptTxn {
+    seed: u64,
+    step: usize,
+}
+
+impl ScriptTxn {
+    /// Makes the script's calls through `decide` (the engine's `Script::call`, or the model's),
+    /// against `m` as it was before the script. Some branch on what an earlier call read or
+    /// wrote, as a script's control flow does; some are refused by a limit; and the script may
+    /// stop half-way as one that raises an error does, keeping what it wrote so far.
+    fn run(
+        self,
+        m: &Model,
+        decide: &mut dyn FnMut(Vec<Write>) -> Result<Vec<WriteResult>, String>,
+    ) -> Calls {
+        let (mut rng, step) = (Rng::new(self.seed), self.step);
+        let mut calls = Calls::new();
+        let mut call = |writes: Vec<Write>| {
+            let r = decide(writes.clone());
+            calls.push((writes, r.clone()));
+            r.ok()
+        };
+        for _ in 0..1 + rng.below(4) {
+            // Six kinds of call, 4 in 25 each, and a seventh 1 in 25.
+            match rng.below(25) / 4 {
+                // GET, then SET if absent or APPEND if not; a value grown long raises an error.
+                0 => {
+                    let key = plain(&mut rng);
+                    let then = match call(vec![Write::Get { key: key.clone() }]).as_deref() {
+                        Some([WriteResult::Value(None)]) => Write::Put {
+                            key,
+                            value: Bytes::from(format!("script{step}")),
+                            ttl: Ttl::None,
+                            only: PutIf::Always,
+                        },
+                        Some([WriteResult::Value(Some(v))]) if v.len() < 250 => Write::Append {
+                            key,
+                            suffix: Bytes::from(format!("+{step}")),
+                        },
+                        _ => break,
+                    };
+                    call(vec![then]);
+                }
+                // INCR, then GET of the same counter: one gone negative is reset.
+                1 => {
+                    let key = counter(&mut rng);
+                    let by = rng.below(100) as i64 - 50;
+                    call(vec![Write::Incr {
+                        key: key.clone(),
+                        by,
+                    }]);
+                    let got = call(vec![Write::Get { key: key.clone() }]);
+                    if let Some([WriteResult::Value(Some(v))]) = got.as_deref() {
+                        if v.starts_with(b"-") {
+                            call(vec![Write::Put {
+                                key,
+                                value: Bytes::from_static(b"0"),
+                                ttl: Ttl::None,
+                                only: PutIf::Always,
+                            }]);
+                        }
+                    }
+                }
+                // SISMEMBER, then SMOVE the member elsewhere if it is there, else SADD it.
+                2 => {
+                    let (key, member) = (set(&mut rng), member(&mut rng));
+                    let op = Read::SetIsMember {
+                        member: member.clone(),
+                    };
+                    let then = match call(vec![Write::Read {
+                        key: key.clone(),
+                        op,
+                    }])
+                    .as_deref()
+                    {
+                        Some([WriteResult::Int(1)]) => Write::SetMove {
+                            from: key,
+                            to: set(&mut rng),
+                            member,
+                        },
+                        _ => Write::SetAdd {
+                            key,
+                            members: vec![member],
+                        },
+                    };
+                    call(vec![then]);
+                }
+                // A pop, and the element popped pushed onto a list or added to a set.
+                3 => {
+                    let popped = call(vec![Write::ListPop {
+                        key: list(&mut rng),
+                        front: rng.chance(50),
+                        count: None,
+                    }]);
+                    if let Some([WriteResult::Value(Some(e))]) = popped.as_deref() {
+                        call(vec![if rng.chance(50) {
+                            Write::ListPush {
+                                key: list(&mut rng),
+                                front: rng.chance(50),
+                                elements: vec![e.clone()],
+                                only_existing: false,
+                            }
+                        } else {
+                            Write::SetAdd {
+                                key: set(&mut rng),
+                                members: vec![e.clone()],
+                            }
+                        }]);
+                    }
+                }
+                // A call with a put over a limit, refused whole (its other write too); the error
+                // is then raised (redis.call) or caught (redis.pcall) and the script goes on.
+                4 => {
+                    let big = if rng.chance(50) {
+                        Write::Put {
+                            key: Bytes::from(format!("k{}", "x".repeat(KEY_BYTES_MAX))),
+                            value: Bytes::from_static(b"v"),
+                            ttl: Ttl::None,
+                            only: PutIf::Always,
+                        }
+                    } else {
+                        let len = VALUE_BYTES_MAX + 1 + rng.below(100) as usize;
+                        Write::Put {
+                            key: plain(&mut rng),
+                            value: Bytes::from("v".repeat(len)),
+                            ttl: Ttl::None,
+                            only: PutIf::Always,
+                        }
+                    };
+                    let mut writes = vec![random_write(&mut rng, m, step)];
+                    writes.insert(rng.below(2) as usize, big);
+                    if call(writes).is_none() && rng.chance(50) {
+                        break;
+                    }
+                }
+                5 => {
+                    let writes = (0..1 + rng.below(2))
+                        .map(|_| random_write(&mut rng, m, step))
+                        .collect();
+                    call(writes);
+                }
+                // Puts within the limits, but too big for one log record between them: the
+                // whole script is refused when it ends, with what it wrote before.
+                _ => {
+                    let writes = (0..3)
+                        .map(|_| Write::Put {
+                            key: plain(&mut rng),
+                            value: Bytes::from("v".repeat(VALUE_BYTES_MAX)),
+                            ttl: Ttl::None,
+                            only: PutIf::Always,
+                        })
+                        .collect();
+                    call(writes);
+                }
+            }
+            // An error raised half-way.
+            if rng.chance(10) {
+                break;
+            }
+        }
+        calls
+    }
+
+    /// The model's run: the state the script leaves, its writes at `lsn`, and its calls.
+    fn model(self, m: &Model, lsn: Lsn) -> (Model, Calls) {
+        let mut after = m.clone();
+        let calls = self.run(m, &mut |writes| {
+            if let Some(err) = over_limit(&writes) {
+                return Err(err.to_string());
+            }
+            let (next, results) = model_apply(&after, &[], &writes, lsn).expect("no guards");
+            after = next;
+            Ok(results)
+        });
+        (after, calls)
+    }
+}
+
+/// Whether the puts a script made (those not refused) are already more than one log record
+/// holds.
+fn too_big(calls: &Calls) -> bool {
+    let put = |w: &Write| match w {
+        Write::Put { value, .. } => value.len(),
+        _ => 0,
+    };
+    let bytes: usize = (calls.iter())
+        .filter(|(_, r)| r.is_ok())
+        .flat_map(|(writes, _)| writes.iter().map(put))
+        .sum();
+    bytes > RECORD_BYTES_MAX
+}
+
+/// The limit a call breaks, which `Script::call` refuses it for: of the writes the workload
+/// makes, only a script's oversized puts do.
+fn over_limit(writes: &[Write]) -> Option<keel_engine::Error> {
+    writes.iter().find_map(|w| match w {
+        Write::Put { key, .. } if key.len() > KEY_BYTES_MAX => {
+            Some(keel_engine::Error::KeyTooLarge {
+                len: key.len(),
+                max: KEY_BYTES_MAX,
+            })
+        }
+        Write::Put { value, .. } if value.len() > VALUE_BYTES_MAX => {
+            Some(keel_engine::Error::ValueTooLarge {
+                len: value.len(),
+                max: VALUE_BYTES_MAX,
+            })
+        }
+        _ => None,
+    })
+}
+
 fn values(m: &Model) -> BTreeMap<Bytes, Bytes> {
     m.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect()
+}
+
+/// The transaction the engine failed on: it may have landed, whole, or not at all.
+enum InFlight {
+    /// Guarded writes, under a request id or not.
+    Writes(Option<Bytes>, Vec<Guard>, Vec<Write>),
+    Script(ScriptTxn),
+}
+
+fn now_ms() -> u64 {
+    let since = std::time::UNIX_EPOCH.elapsed().unwrap();
+    since.as_millis() as u64
 }
 
 /// Runs `steps` transactions, crashing at operation `crash_at`; returns the operations issued.
@@ -1573,6 +1833,51 @@ fn run(seed: u64, steps: usize, crash_at: Option<u64>) -> Result<u64, String> {
                 }
                 continue;
             }
+            // A script now and then: its calls decided one by one, and logged as one record.
+            if rng.chance(15) {
+                let script = ScriptTxn {
+                    seed: rng.next_u64(),
+                    step,
+                };
+                let submitted = e.submit_script(now_ms(), |s| {
+                    script.run(&model, &mut |w| s.call(w).map_err(|e| e.to_string()))
+                });
+                match submitted.and_then(|(calls, p)| Ok((calls, p.wait()?))) {
+                    Ok((calls, Outcome::Committed { lsn, .. })) => {
+                        let (m, expected) = script.model(&model, lsn.unwrap_or(0));
+                        if too_big(&expected) {
+                            return Err(format!("step {step}: {script:?}: committed, too big"));
+                        }
+                        if calls != expected {
+                            return Err(format!(
+                                "step {step}: {script:?}: calls {calls:?}, model {expected:?}"
+                            ));
+                        }
+                        match lsn {
+                            Some(_) => model = m,
+                            None if values(&m) != values(&model) => {
+                                return Err(format!(
+                                    "step {step}: {script:?} logged nothing, yet the model changed"
+                                ))
+                            }
+                            None => {}
+                        }
+                    }
+                    Ok((_, other)) => return Err(format!("step {step}: {script:?}: {other:?}")),
+                    // Too big for one record: refused whole, and nothing of it applies.
+                    Err(keel_engine::Error::TxnTooLarge { .. }) => {
+                        if e.read(observed) != model {
+                            return Err(format!("step {step}: {script:?}: refused, yet applied"));
+                        }
+                    }
+                    Err(_) => {
+                        in_flight = Some(InFlight::Script(script));
+                        break;
+                    }
+                }
+                seen_lsn = seen_lsn.max(e.read(|v| v.lsn()));
+                continue;
+            }
             let (guards, writes) = random_txn(&mut rng, &model, step);
             let id = rng.chance(50).then(|| Bytes::from(format!("q{step}")));
             let result = match &id {
@@ -1615,7 +1920,7 @@ fn run(seed: u64, steps: usize, crash_at: Option<u64>) -> Result<u64, String> {
                     return Err(format!("step {step}: fenced, but no fence is configured"))
                 }
                 Err(_) => {
-                    in_flight = Some((id, guards, writes));
+                    in_flight = Some(InFlight::Writes(id, guards, writes));
                     break;
                 }
             }
@@ -1631,11 +1936,12 @@ fn run(seed: u64, steps: usize, crash_at: Option<u64>) -> Result<u64, String> {
             "a reader saw LSN {seen_lsn}, but only {lsn} survived (P10)"
         ));
     }
-    // The one unacknowledged transaction may have made it, whole, or not at all.
-    let with_in_flight = in_flight
-        .as_ref()
-        .and_then(|(_, g, w)| model_apply(&model, g, w, lsn))
-        .map(|(m, _)| m);
+    // The one unacknowledged transaction (a script too) may have made it, whole, or not at all.
+    let with_in_flight = match &in_flight {
+        Some(InFlight::Writes(_, g, w)) => model_apply(&model, g, w, lsn).map(|(m, _)| m),
+        Some(InFlight::Script(script)) => Some(script.model(&model, lsn).0),
+        None => None,
+    };
     if got != model && Some(&got) != with_in_flight.as_ref() {
         let differs = (got.keys().chain(model.keys()))
             .find(|k| got.get(*k) != model.get(*k))
@@ -1654,8 +1960,9 @@ fn run(seed: u64, steps: usize, crash_at: Option<u64>) -> Result<u64, String> {
         ));
     }
     // P8: the client retries the in-doubt transaction under its id. Whether or not it landed,
-    // afterwards its effects are there exactly once.
-    if let Some((Some(id), g, w)) = in_flight {
+    // afterwards its effects are there exactly once. (A script has no id: its client is told
+    // of the failure, and the check above found it applied once or not at all.)
+    if let Some(InFlight::Writes(Some(id), g, w)) = in_flight {
         e.commit_request(id, g.clone(), w.clone())
             .map_err(|e| format!("retry failed: {e}"))?;
         let after = e.read(observed);
