@@ -11,20 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::cluster::*;
 use common::Server;
-
-/// A port below the kernel's ephemeral range (32768 and up here), so that no outgoing
-/// connection takes it while its node is down between a kill and a restart.
-fn free_port() -> u16 {
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
-    loop {
-        let p = base + NEXT.fetch_add(1, Ordering::Relaxed) % 10_000;
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-}
 
 /// Runs `cmd` on whichever node leads, retrying through elections (a connection error, -MOVED
 /// or -CLUSTERDOWN). Only for commands that are safe to repeat: reads, and KEEL.IDEM.
@@ -65,131 +53,6 @@ fn get_from_leader(
     k: &str,
 ) -> Option<String> {
     on_leader(nodes, conn, redis::cmd("GET").arg(k))
-}
-
-struct Node {
-    id: u64,
-    port: u16,
-    raft: u16,
-    dir: std::path::PathBuf,
-    peers: String,
-    extra: Vec<String>,
-    server: Option<Server>,
-}
-
-impl Node {
-    fn start(&mut self) {
-        let (port, raft, id) = (
-            self.port.to_string(),
-            self.raft.to_string(),
-            self.id.to_string(),
-        );
-        let mut args = vec!["--port", &port, "--node-id", &id, "--raft-port", &raft];
-        if !self.peers.is_empty() {
-            args.extend(["--peers", &self.peers]);
-        }
-        args.extend(self.extra.iter().map(String::as_str));
-        self.server = Some(Server::start(&self.dir, &args));
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-fn cluster_cli(addr: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .arg("cluster")
-        .args(args)
-        .args(["--addr", addr])
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
-fn status(addr: &str) -> HashMap<String, String> {
-    let (_, text) = cluster_cli(addr, &["status"]);
-    text.lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn make(n: u64, extra: &[&str], tmp: &std::path::Path) -> Vec<Node> {
-    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-    (1..=n)
-        .map(|id| {
-            let peers = (1..=n)
-                .filter(|&j| j != id)
-                .map(|j| format!("{j}=127.0.0.1:{}", ports[j as usize - 1].1))
-                .collect::<Vec<_>>()
-                .join(",");
-            Node {
-                id,
-                port: ports[id as usize - 1].0,
-                raft: ports[id as usize - 1].1,
-                dir: tmp.join(format!("n{id}")),
-                peers,
-                extra: extra.iter().map(|s| s.to_string()).collect(),
-                server: None,
-            }
-        })
-        .collect()
-}
-
-/// Three nodes started with `extra` flags and formed into a cluster with `keel cluster init`.
-fn started_cluster(extra: &[&str], tmp: &std::path::Path) -> Vec<Node> {
-    let mut nodes = make(3, extra, tmp);
-    for n in nodes.iter_mut() {
-        n.start();
-    }
-    let (ok, text) = cluster_cli(&nodes[0].addr(), &["init"]);
-    assert!(ok, "{text}");
-    nodes
-}
-
-/// Prints every running node's status and the end of its log, for a failure message.
-fn dump(nodes: &[Node]) {
-    for n in nodes.iter().filter(|n| n.server.is_some()) {
-        let log = n.server.as_ref().unwrap().log_text();
-        let tail: Vec<&str> = log.lines().rev().take(20).collect();
-        eprintln!(
-            "node {}: {:?}\n{}",
-            n.id,
-            status(&n.addr()),
-            tail.join("\n")
-        );
-    }
-}
-
-/// The leader's client address, once some node knows it.
-fn leader(nodes: &[Node]) -> String {
-    // Generous: two cluster tests run at once on two shared cores.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        for n in nodes.iter().filter(|n| n.server.is_some()) {
-            let st = status(&n.addr());
-            if let Some(l) = st.get("leader").and_then(|l| l.parse::<u64>().ok()) {
-                if let Some(m) = st.get(&format!("member_{l}")) {
-                    let client = m
-                        .split("client=")
-                        .nth(1)
-                        .unwrap()
-                        .split(',')
-                        .next()
-                        .unwrap();
-                    return client.to_string();
-                }
-            }
-        }
-        if Instant::now() > deadline {
-            dump(nodes);
-            panic!("no leader elected");
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// What one writer was told about each key.

@@ -10,26 +10,13 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::cluster::free_port;
 use common::{read_reply, resp, Raw, Server};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-
-/// A port below the kernel's ephemeral range (32768 and up here), so that no outgoing
-/// connection takes it while its node is down between a kill and a restart.
-fn free_port() -> u16 {
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
-    loop {
-        let p = base + NEXT.fetch_add(1, Ordering::Relaxed) % 10_000;
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-}
 
 struct Node {
     id: u64,

@@ -1,6 +1,7 @@
 //! The real `keel serve` as a child process on an ephemeral port, for the integration tests.
 #![allow(dead_code)] // each test file uses a different part of it
 
+pub mod cluster;
 pub mod files;
 pub mod loopfs;
 
