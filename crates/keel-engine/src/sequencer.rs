@@ -495,24 +495,11 @@ impl Sequencer {
         let (r, mutations) = {
             let vis = self.publisher.visible();
             seq.recent.forget_up_to(vis.lsn());
-            let fenced = (self.opts.write_fence.as_deref())
-                .and_then(|fence| seq.recent.system(&vis, fence))
-                .is_some_and(|v| v.first().is_some_and(|b| *b != 0));
             let view = View {
                 recent: &seq.recent,
                 visible: &vis,
             };
-            let mut script = Script {
-                deciding: Deciding::new(
-                    view,
-                    now,
-                    self.opts.value_bytes_max,
-                    self.report_effects.load(Ordering::Relaxed),
-                ),
-                opts: &self.opts,
-                fenced,
-                recorded: None,
-            };
+            let mut script = self.script(view, now, None);
             let r = run(&mut script);
             (r, script.deciding.mutations)
         };
@@ -539,14 +526,19 @@ impl Sequencer {
     pub(crate) fn try_script<R>(&self, now: u64, run: impl FnOnce(&mut Script<'_>) -> R) -> R {
         let vis = self.publisher.visible();
         let recent = crate::seq::Recent::default();
-        let fenced = (self.opts.write_fence.as_deref())
-            .and_then(|fence| recent.system(&vis, fence))
-            .is_some_and(|v| v.first().is_some_and(|b| *b != 0));
         let view = View {
             recent: &recent,
             visible: &vis,
         };
-        let mut script = Script {
+        run(&mut self.script(view, now, Some(Recorded::default())))
+    }
+
+    /// A script transaction over `view` as of `now` (`recorded`: a dry run's record).
+    fn script<'a>(&'a self, view: View<'a>, now: u64, recorded: Option<Recorded>) -> Script<'a> {
+        let fenced = (self.opts.write_fence.as_deref())
+            .and_then(|fence| view.recent.system(view.visible, fence))
+            .is_some_and(|v| v.first().is_some_and(|b| *b != 0));
+        Script {
             deciding: Deciding::new(
                 view,
                 now,
@@ -555,9 +547,8 @@ impl Sequencer {
             ),
             opts: &self.opts,
             fenced,
-            recorded: Some(Recorded::default()),
-        };
-        run(&mut script)
+            recorded,
+        }
     }
 
     /// Publishes every acknowledged transaction up to `upto` (see [`Publisher::publish`]).
