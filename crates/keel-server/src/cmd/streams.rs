@@ -775,11 +775,8 @@ fn xreadgroup(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
             WriteResult::Values(v) => v,
             // The first stream named: the engine does not say which one lacks the group.
             WriteResult::Failed(WriteError::NoGroup) => {
-                return Reply::err(format!(
-                "NOGROUP No such key '{}' or consumer group '{}' in XREADGROUP with GROUP option",
-                String::from_utf8_lossy(&keys[0]),
-                String::from_utf8_lossy(&group)
-            ))
+                let e = no_key_or_group(&keys[0], &group);
+                return Reply::err(e + " in XREADGROUP with GROUP option");
             }
             other => return value_reply(other),
         };
@@ -848,12 +845,13 @@ fn no_group_for_key(key: &[u8], group: &[u8]) -> Reply {
     ))
 }
 
-fn no_key_or_group(key: &[u8], group: &[u8]) -> Reply {
-    Reply::err(format!(
+/// Redis's NOGROUP for a stream or consumer group that does not exist.
+fn no_key_or_group(key: &[u8], group: &[u8]) -> String {
+    format!(
         "NOGROUP No such key '{}' or consumer group '{}'",
         String::from_utf8_lossy(key),
         String::from_utf8_lossy(group)
-    ))
+    )
 }
 
 /// XINFO STREAM FULL's groups, as [`Read::StreamInfo`] lays them out.
@@ -943,7 +941,9 @@ fn xpending(_: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
     Ok(Part::new(vec![read(&a[1], op)], move |r| {
         let v = match &r[0] {
             WriteResult::Values(v) => v,
-            WriteResult::Failed(WriteError::NoGroup) => return no_key_or_group(&key, &group),
+            WriteResult::Failed(WriteError::NoGroup) => {
+                return Reply::err(no_key_or_group(&key, &group))
+            }
             other => return value_reply(other),
         };
         if detail {
@@ -1053,7 +1053,7 @@ fn xclaim(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
     };
     Ok(Part::new(vec![w], move |r| match &r[0] {
         WriteResult::Values(v) => claimed(&mut v.iter(), just_id),
-        WriteResult::Failed(WriteError::NoGroup) => no_key_or_group(&key, &group),
+        WriteResult::Failed(WriteError::NoGroup) => Reply::err(no_key_or_group(&key, &group)),
         other => value_reply(other),
     }))
 }
@@ -1098,7 +1098,9 @@ fn xautoclaim(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
     Ok(Part::new(vec![w], move |r| {
         let v = match &r[0] {
             WriteResult::Values(v) if !v.is_empty() => v,
-            WriteResult::Failed(WriteError::NoGroup) => return no_key_or_group(&key, &group),
+            WriteResult::Failed(WriteError::NoGroup) => {
+                return Reply::err(no_key_or_group(&key, &group))
+            }
             other => return value_reply(other),
         };
         let mut it = v[1..].iter();
