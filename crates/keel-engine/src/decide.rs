@@ -1283,6 +1283,7 @@ fn decide_one<S: Decided>(
             streams,
             count,
             no_ack,
+            retry,
         } => {
             // Every stream first: an error delivers nothing.
             let mut found = Vec::with_capacity(streams.len());
@@ -1343,13 +1344,18 @@ fn decide_one<S: Decided>(
                         }
                     }
                 }
-                m.push(Mutation::StreamConsumer {
-                    key: key.clone(),
-                    group: group.clone(),
-                    consumer: consumer.clone(),
-                    seen_ms: now,
-                    active_ms,
-                });
+                // A blocked read's try that finds nothing for a consumer that exists logs
+                // nothing: every consumer woken by one entry would log a record otherwise.
+                let idle = retry && known.is_some_and(|c| c.active_ms == active_ms);
+                if !idle || !pending.is_empty() {
+                    m.push(Mutation::StreamConsumer {
+                        key: key.clone(),
+                        group: group.clone(),
+                        consumer: consumer.clone(),
+                        seen_ms: now,
+                        active_ms,
+                    });
+                }
                 if !pending.is_empty() {
                     m.push(Mutation::StreamPending {
                         key,

@@ -373,7 +373,9 @@ pub enum Write {
     /// XREADGROUP: for each stream, with `None` the entries after the group's last ID (`>`),
     /// at most `count`, which become pending with `consumer` (not with `no_ack`) and move the
     /// group on; with `Some(id)` the consumer's own pending entries after `id`, delivered
-    /// again. The consumer is created if absent, and seen now. Every stream is checked first:
+    /// again. The consumer is created if absent, and seen now; with `retry` (a blocked
+    /// XREADGROUP's try after a wake-up), a read that gives an existing consumer nothing logs
+    /// nothing, not even that. Every stream is checked first:
     /// `Failed(WrongType | NoGroup)` delivers nothing. Result: `Values`: for each stream, its
     /// entries (an ID, its fields and values, then a nil; a pending entry since deleted is its
     /// ID and a nil), then a nil that ends the stream.
@@ -383,6 +385,7 @@ pub enum Write {
         streams: Vec<(Bytes, Option<StreamId>)>,
         count: Option<usize>,
         no_ack: bool,
+        retry: bool,
     },
     /// XACK. Result: `Int(acknowledged)` (0 when no stream or group), or `Failed(WrongType)`.
     StreamAck {

@@ -769,6 +769,7 @@ fn xreadgroup(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
         streams,
         count: x.count,
         no_ack: x.no_ack,
+        retry: false,
     };
     Ok(Part::new(vec![w], move |r| {
         let v = match &r[0] {

@@ -549,14 +549,16 @@ impl Conn {
                     // Once woken, only a list (a sorted set) serves a pop: keys of another type
                     // are passed over, as Redis does not serve a blocked client from them.
                     for w in &mut part.writes {
-                        if let Write::ListPopFirst {
-                            skip_other_types, ..
-                        }
-                        | Write::ZPopFirst {
-                            skip_other_types, ..
-                        } = w
-                        {
-                            *skip_other_types = later;
+                        match w {
+                            Write::ListPopFirst {
+                                skip_other_types, ..
+                            }
+                            | Write::ZPopFirst {
+                                skip_other_types, ..
+                            } => *skip_other_types = later,
+                            // A later try that finds nothing logs nothing (see the engine).
+                            Write::StreamReadGroup { retry, .. } => *retry = later,
+                            _ => {}
                         }
                     }
                     let (sh, touched) = (sh.clone(), &touched);
