@@ -12,6 +12,8 @@
 //! and reads of missing ones, a `math.random` that starts from the same seed every run, and the
 //! `redis`, `bit` and `cjson` libraries. `cmsgpack` and `struct` are not provided.
 
+mod lua_struct;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -695,6 +697,7 @@ fn sandbox() -> mlua::Result<Lua> {
     g.raw_set("bit", bit_library(&lua)?)?;
     g.raw_set("cjson", cjson_library(&lua)?)?;
     g.raw_set("cmsgpack", cmsgpack_library(&lua)?)?;
+    g.raw_set("struct", lua_struct::library(&lua)?)?;
     deterministic_random(&lua)?;
     // Scripts run in `env`, a read-only view of the globals: assigning any global, or a field
     // of a library, fails; reading a global that does not exist fails too. KEYS and ARGV are
@@ -742,7 +745,7 @@ fn sandbox() -> mlua::Result<Lua> {
                 if type(code) == "string" and code:byte(1) == 27 then return nil, "binary code" end
                 return loadstring(code, name)
             end
-            for _, name in ipairs({"redis", "bit", "cjson", "cmsgpack", "string", "table", "math"}) do
+            for _, name in ipairs({"redis", "bit", "cjson", "cmsgpack", "struct", "string", "table", "math"}) do
                 G[name] = readonly(G[name])
             end
             local function missing(k)
@@ -917,7 +920,7 @@ fn call_args(args: &[Value]) -> mlua::Result<Vec<Bytes>> {
 }
 
 /// A number as Lua 5.1's `tostring` writes it (`%.14g`).
-fn lua_number(n: f64) -> String {
+pub(crate) fn lua_number(n: f64) -> String {
     if n.fract() == 0.0 && n.abs() < 1e15 {
         format!("{}", n as i64)
     } else {

@@ -679,3 +679,43 @@ fn cmsgpack_packs_as_redis_does_and_round_trips() {
     let e = eval_err(&mut r, "return cmsgpack.unpack('\\193')");
     assert!(e.contains("Bad data format"), "{e}");
 }
+
+/// The `struct` library packs and unpacks binary data as Redis's does, and is read-only.
+#[test]
+fn struct_packs_and_unpacks_binary_data() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(t.path(), &[]);
+    let mut c = srv.client();
+    let got: Vec<i64> = eval(
+        &mut c,
+        "return {struct.unpack('>I2i', struct.pack('>I2i', 258, -7))}",
+        &[],
+        &[],
+    );
+    assert_eq!(got, [258, -7, 7]);
+    let size: i64 = eval(&mut c, "return struct.size('!4bi')", &[], &[]);
+    assert_eq!(size, 8);
+    // Through a key: what a script packs is stored as is.
+    let _: () = eval(
+        &mut c,
+        "redis.call('SET', KEYS[1], struct.pack('<H', 0x4142))",
+        &["packed"],
+        &[],
+    );
+    let stored: String = query(&mut c, &["GET", "packed"]);
+    assert_eq!(stored, "BA");
+    let e = redis::cmd("EVAL")
+        .arg("struct.pack = nil")
+        .arg(0)
+        .query::<redis::Value>(&mut c)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("readonly table"), "{e}");
+    let e = redis::cmd("EVAL")
+        .arg("return struct.pack('q', 1)")
+        .arg(0)
+        .query::<redis::Value>(&mut c)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("invalid format option 'q'"), "{e}");
+}
