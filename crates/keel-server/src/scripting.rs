@@ -1381,12 +1381,48 @@ fn cjson_library(lua: &Lua) -> mlua::Result<Table> {
         Arc::new(AtomicUsize::new(1000)),
         Arc::new(AtomicUsize::new(1000)),
     );
-    let max = encode_max.clone();
+    // encode_invalid_numbers, for the script that set it too.
+    let invalid = Arc::new(Mutex::new(InvalidNumbers::Refuse));
+    let (max, setting) = (encode_max.clone(), invalid.clone());
     c.raw_set(
         "encode",
         lua.create_function(move |_, v: Value| {
-            let j = to_json(&v, 0, max.load(Ordering::Relaxed))?;
-            serde_json::to_string(&j).map_err(mlua::Error::external)
+            let mut out = String::new();
+            let invalid = *crate::lock(&setting);
+            encode_json(&v, 0, max.load(Ordering::Relaxed), invalid, &mut out)?;
+            Ok(out)
+        })?,
+    )?;
+    let setting = invalid.clone();
+    c.raw_set(
+        "encode_invalid_numbers",
+        lua.create_function(move |_, v: Option<Value>| {
+            let mut current = crate::lock(&setting);
+            *current = match &v {
+                None => *current,
+                Some(Value::Boolean(true)) => InvalidNumbers::Allow,
+                Some(Value::Boolean(false)) => InvalidNumbers::Refuse,
+                Some(Value::String(s)) => match &s.as_bytes()[..] {
+                    b"on" => InvalidNumbers::Allow,
+                    b"off" => InvalidNumbers::Refuse,
+                    b"null" => InvalidNumbers::Null,
+                    _ => {
+                        return Err(mlua::Error::runtime(
+                            "bad argument #1 to 'encode_invalid_numbers' (invalid option)",
+                        ))
+                    }
+                },
+                Some(_) => {
+                    return Err(mlua::Error::runtime(
+                        "bad argument #1 to 'encode_invalid_numbers' (invalid option)",
+                    ))
+                }
+            };
+            Ok(match *current {
+                InvalidNumbers::Refuse => Value::Boolean(false),
+                InvalidNumbers::Allow => Value::Boolean(true),
+                InvalidNumbers::Null => Value::NULL,
+            })
         })?,
     )?;
     let max = decode_max.clone();
@@ -1410,6 +1446,7 @@ fn cjson_library(lua: &Lua) -> mlua::Result<Table> {
     let reset = lua.create_function(move |_, ()| {
         limits.0.store(1000, Ordering::Relaxed);
         limits.1.store(1000, Ordering::Relaxed);
+        *crate::lock(&invalid) = InvalidNumbers::Refuse;
         Ok(())
     })?;
     lua.set_named_registry_value("keel_json_reset", reset)?;
@@ -1430,8 +1467,11 @@ fn cjson_library(lua: &Lua) -> mlua::Result<Table> {
         })?;
         c.raw_set(name, set)?;
     }
-    let encode: Function = c.raw_get("encode")?;
-    c.raw_set("encode_keep_buffer", encode)?;
+    // keel keeps no encode buffer between calls: the setting is accepted and echoed.
+    c.raw_set(
+        "encode_keep_buffer",
+        lua.create_function(|_, v: Option<bool>| Ok(v.unwrap_or(true)))?,
+    )?;
     c.raw_set("null", Value::NULL)?;
     Ok(c)
 }
@@ -1445,39 +1485,71 @@ fn json_depth(j: &serde_json::Value) -> usize {
     }
 }
 
-fn to_json(v: &Value, depth: usize, max: usize) -> mlua::Result<serde_json::Value> {
-    use serde_json::Value as J;
+/// What cjson.encode does with NaN and the infinities (`encode_invalid_numbers`): refuses
+/// them (the default), writes them as `nan`, `inf` and `-inf` (not JSON, as lua-cjson does),
+/// or as `null`.
+#[derive(Clone, Copy, PartialEq)]
+enum InvalidNumbers {
+    Refuse,
+    Allow,
+    Null,
+}
+
+/// cjson.encode: `v` as JSON text, appended to `out`; tables nested deeper than `max` refused.
+fn encode_json(
+    v: &Value,
+    depth: usize,
+    max: usize,
+    invalid: InvalidNumbers,
+    out: &mut String,
+) -> mlua::Result<()> {
     if depth >= max && matches!(v, Value::Table(_)) {
         return Err(mlua::Error::runtime(format!(
             "Cannot serialise, excessive nesting ({})",
             depth + 1
         )));
     }
-    Ok(match v {
-        Value::Nil => J::Null,
-        Value::LightUserData(p) if p.0.is_null() => J::Null,
-        Value::Boolean(b) => J::Bool(*b),
-        Value::Integer(i) => J::from(*i),
-        Value::Number(n) if n.fract() == 0.0 && n.abs() < 1e15 => J::from(*n as i64),
-        Value::Number(n) => serde_json::Number::from_f64(*n)
-            .map(J::Number)
-            .ok_or_else(|| {
-                mlua::Error::runtime("Cannot serialise number: must not be NaN or Inf")
-            })?,
-        Value::String(s) => J::String(s.to_string_lossy()),
+    let text = |s: &str, out: &mut String| {
+        out.push_str(&serde_json::to_string(s).expect("a string serialises"));
+    };
+    match v {
+        Value::Nil => out.push_str("null"),
+        Value::LightUserData(p) if p.0.is_null() => out.push_str("null"),
+        Value::Boolean(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Integer(i) => out.push_str(&i.to_string()),
+        Value::Number(n) if !n.is_finite() => match invalid {
+            InvalidNumbers::Refuse => {
+                return Err(mlua::Error::runtime(
+                    "Cannot serialise number: must not be NaN or Inf",
+                ))
+            }
+            InvalidNumbers::Null => out.push_str("null"),
+            InvalidNumbers::Allow if n.is_nan() => out.push_str("nan"),
+            InvalidNumbers::Allow => out.push_str(if *n > 0.0 { "inf" } else { "-inf" }),
+        },
+        Value::Number(n) if n.fract() == 0.0 && n.abs() < 1e15 => {
+            out.push_str(&(*n as i64).to_string())
+        }
+        Value::Number(n) => {
+            let j = serde_json::Number::from_f64(*n).expect("finite");
+            out.push_str(&j.to_string());
+        }
+        Value::String(s) => text(&s.to_string_lossy(), out),
         Value::Table(t) => {
             let n = t.raw_len();
             let count = t.clone().pairs::<Value, Value>().count();
             if n > 0 && count == n {
-                let mut a = Vec::with_capacity(n);
+                out.push('[');
                 for i in 1..=n {
-                    a.push(to_json(&t.raw_get::<Value>(i)?, depth + 1, max)?);
+                    if i > 1 {
+                        out.push(',');
+                    }
+                    encode_json(&t.raw_get::<Value>(i)?, depth + 1, max, invalid, out)?;
                 }
-                J::Array(a)
-            } else if count == 0 {
-                J::Object(serde_json::Map::new())
+                out.push(']');
             } else {
-                let mut o = serde_json::Map::new();
+                // Keys in order; a key given twice (1 and "1") keeps its last value.
+                let mut fields = std::collections::BTreeMap::new();
                 for pair in t.clone().pairs::<Value, Value>() {
                     let (k, v) = pair?;
                     let key = match &k {
@@ -1490,13 +1562,25 @@ fn to_json(v: &Value, depth: usize, max: usize) -> mlua::Result<serde_json::Valu
                             ))
                         }
                     };
-                    o.insert(key, to_json(&v, depth + 1, max)?);
+                    let mut value = String::new();
+                    encode_json(&v, depth + 1, max, invalid, &mut value)?;
+                    fields.insert(key, value);
                 }
-                J::Object(o)
+                out.push('{');
+                for (i, (k, v)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    text(k, out);
+                    out.push(':');
+                    out.push_str(v);
+                }
+                out.push('}');
             }
         }
         _ => return Err(mlua::Error::runtime("Cannot serialise: type not supported")),
-    })
+    }
+    Ok(())
 }
 
 fn from_json(lua: &Lua, j: &serde_json::Value) -> mlua::Result<Value> {

@@ -612,11 +612,32 @@ fn error_replies_cjson_limits_engines_and_the_cache_size() {
         &["EVAL", "return cjson.encode({{1}, 2})", "0"],
         "$7\r\n[[1],2]\r\n",
     );
+    // NaN and the infinities: refused, then written as lua-cjson writes them, or as null.
+    let e = eval_err(&mut r, "return cjson.encode({0/0})");
+    assert!(e.contains("must not be NaN or Inf"), "{e}");
+    r.cmd(
+        &[
+            "EVAL",
+            "cjson.encode_invalid_numbers(true) return cjson.encode({1/0, -1/0, 0/0, 1.5})",
+            "0",
+        ],
+        "$18\r\n[inf,-inf,nan,1.5]\r\n",
+    );
+    r.cmd(
+        &[
+            "EVAL",
+            "cjson.encode_invalid_numbers('null') return cjson.encode({x = 1/0})",
+            "0",
+        ],
+        "$10\r\n{\"x\":null}\r\n",
+    );
+    let e = eval_err(&mut r, "return cjson.encode({1/0})");
+    assert!(e.contains("must not be NaN or Inf"), "{e}");
     let e = eval_err(&mut r, "#!python\nreturn 1");
     assert!(e.contains("Unexpected engine in script shebang"), "{e}");
     let mut c = srv.client();
     let info: String = query(&mut c, &["INFO", "memory"]);
-    assert!(info.contains("number_of_cached_scripts:4"), "{info}");
+    assert!(info.contains("number_of_cached_scripts:8"), "{info}");
 }
 
 /// cmsgpack packs as Redis's lua_cmsgpack does, byte for byte, and reads back what it packs:
