@@ -155,6 +155,19 @@ impl<'a> Format<'a> {
         (a - (len & (a - 1))) & (a - 1)
     }
 
+    /// Up to 8 bytes of data, least significant first.
+    fn get(&self, raw: &[u8]) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        if self.little {
+            b[..raw.len()].copy_from_slice(raw);
+        } else {
+            b.iter_mut()
+                .zip(raw.iter().rev())
+                .for_each(|(d, s)| *d = *s);
+        }
+        b
+    }
+
     fn put(&self, out: &mut Vec<u8>, bytes: &[u8]) {
         if self.little {
             out.extend_from_slice(bytes);
@@ -267,17 +280,7 @@ fn unpack(lua: &Lua, fmt: &[u8], data: &[u8], init: usize) -> mlua::Result<Multi
                 continue;
             }
             Item::Int { size, signed } => {
-                let mut b = [0u8; 8];
-                let raw = take(pos, size)?;
-                if f.little {
-                    b[..size].copy_from_slice(raw);
-                } else {
-                    b[..size]
-                        .iter_mut()
-                        .zip(raw.iter().rev())
-                        .for_each(|(d, s)| *d = *s);
-                }
-                let mut v = u64::from_le_bytes(b);
+                let mut v = u64::from_le_bytes(f.get(take(pos, size)?));
                 if signed && size < 8 && v >> (size * 8 - 1) & 1 == 1 {
                     v |= u64::MAX << (size * 8);
                 }
@@ -286,16 +289,7 @@ fn unpack(lua: &Lua, fmt: &[u8], data: &[u8], init: usize) -> mlua::Result<Multi
             }
             Item::Float | Item::Double => {
                 let size = item.size();
-                let mut b = [0u8; 8];
-                let raw = take(pos, size)?;
-                if f.little {
-                    b[..size].copy_from_slice(raw);
-                } else {
-                    b[..size]
-                        .iter_mut()
-                        .zip(raw.iter().rev())
-                        .for_each(|(d, s)| *d = *s);
-                }
+                let b = f.get(take(pos, size)?);
                 pos += size;
                 Value::Number(if size == 4 {
                     f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64
