@@ -451,7 +451,7 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
                 let Some(r) = range else {
                     let mut out = vec![num(g.pending.len() as u64)];
                     if let (Some((lo, _)), Some((hi, _))) =
-                        (g.pending.first_key_value(), g.pending.last_key_value())
+                        (g.pending.get_min(), g.pending.get_max())
                     {
                         out.extend([id(lo), id(hi)]);
                         for (name, c) in g.consumers.iter().filter(|(_, c)| !c.pending.is_empty()) {

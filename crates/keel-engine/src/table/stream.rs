@@ -2,7 +2,6 @@
 //! (the last ID given out, how many entries were ever added, the greatest ID deleted). A
 //! stream stays when its last entry is deleted, as in Redis.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::Bound;
 use std::ops::RangeBounds;
@@ -87,8 +86,10 @@ pub struct StreamValue {
     pub entries_added: u64,
     /// The greatest ID XDEL deleted (a trim leaves it).
     pub max_deleted: StreamId,
-    /// Consumer groups by name.
-    pub groups: BTreeMap<Bytes, StreamGroup>,
+    /// Consumer groups by name. Persistent maps, as the nodes: a copy of the stream shares its
+    /// groups, and a write copies only the paths it changes (a group's pending list can hold
+    /// millions of entries).
+    pub groups: imbl::OrdMap<Bytes, StreamGroup>,
 }
 
 /// The most entries a node holds (Redis's `stream-node-max-entries`).
@@ -301,8 +302,8 @@ pub struct StreamGroup {
     /// when not known (Redis's entries-read).
     pub entries_read: Option<u64>,
     /// Delivered, not acknowledged: by ID, whom to and when.
-    pub pending: BTreeMap<StreamId, Pending>,
-    pub consumers: BTreeMap<Bytes, Consumer>,
+    pub pending: imbl::OrdMap<StreamId, Pending>,
+    pub consumers: imbl::OrdMap<Bytes, Consumer>,
 }
 
 /// A pending entry: delivered to `consumer` at `delivered_ms` (Unix ms), `deliveries` times.
@@ -319,7 +320,7 @@ pub struct Pending {
 pub struct Consumer {
     pub seen_ms: u64,
     pub active_ms: Option<u64>,
-    pub pending: BTreeSet<StreamId>,
+    pub pending: imbl::OrdSet<StreamId>,
 }
 
 impl StreamGroup {
@@ -343,7 +344,7 @@ impl StreamGroup {
                 let c = Consumer {
                     seen_ms,
                     active_ms,
-                    pending: BTreeSet::new(),
+                    pending: imbl::OrdSet::new(),
                 };
                 self.consumers.insert(Bytes::copy_from_slice(name), c);
             }
@@ -690,6 +691,7 @@ impl StreamValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     /// A small deterministic generator (xorshift): the test needs no crate.
     struct Gen(u64);
