@@ -1273,51 +1273,10 @@ fn reads_writes_and_cas_stay_linearizable_while_leaders_are_killed() {
     assert!(verdict.is_linearizable(), "{verdict:?}");
 }
 
-/// A CA, and a certificate it signed for 127.0.0.1 and localhost that serves and identifies a
-/// node; written as PEM files into `dir`. Returns (ca, cert, key) paths.
-fn node_pki(dir: &std::path::Path) -> (String, String, String) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "keel cluster test CA");
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let mut leaf =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()]).unwrap();
-    leaf.distinguished_name
-        .push(DnType::CommonName, "keel node");
-    leaf.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    leaf.use_authority_key_identifier_extension = true;
-    let key = KeyPair::generate().unwrap();
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    let write = |name: &str, pem: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, pem).unwrap();
-        p.to_str().unwrap().to_string()
-    };
-    (
-        write("ca.pem", ca_cert.pem()),
-        write("node.pem", cert.pem()),
-        write("node-key.pem", key.serialize_pem()),
-    )
-}
-
 #[test]
 fn nodes_talk_mutual_tls_and_refuse_plaintext_peers() {
     let tmp = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = node_pki(tmp.path());
+    let NodePki { ca, cert, key, .. } = node_pki(tmp.path());
     let tls = ["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca];
     let mut nodes = make(3, &tls, tmp.path());
     for n in nodes.iter_mut() {

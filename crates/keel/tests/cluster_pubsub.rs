@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::cluster::free_port;
+use common::cluster::{free_port, node_pki};
 use common::{read_reply, resp, Raw, Server};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 
@@ -435,53 +435,21 @@ struct ClientPki {
     key: Vec<u8>,
 }
 
-/// A CA, and a certificate it signed for 127.0.0.1 and localhost that serves and identifies a
-/// node, written as PEM files into `dir`: the flags that use them, and the same for the test's
-/// clients (the certificate allows client authentication).
-fn node_pki(dir: &std::path::Path) -> (Vec<String>, ClientPki) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "keel cluster test CA");
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let mut leaf =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()]).unwrap();
-    leaf.distinguished_name
-        .push(DnType::CommonName, "keel node");
-    leaf.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    leaf.use_authority_key_identifier_extension = true;
-    let key = KeyPair::generate().unwrap();
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    let write = |name: &str, pem: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, pem).unwrap();
-        p.to_str().unwrap().to_string()
-    };
+/// The flags that make a node use [`node_pki`]'s files, and the same for the test's clients.
+fn tls_setup(dir: &std::path::Path) -> (Vec<String>, ClientPki) {
+    let pki = node_pki(dir);
     let flags = vec![
         "--tls-cert".into(),
-        write("node.pem", cert.pem()),
+        pki.cert,
         "--tls-key".into(),
-        write("node-key.pem", key.serialize_pem()),
+        pki.key,
         "--tls-ca".into(),
-        write("ca.pem", ca_cert.pem()),
+        pki.ca,
     ];
     let client = ClientPki {
-        ca: ca_cert.der().clone(),
-        cert: cert.der().clone(),
-        key: key.serialize_der(),
+        ca: pki.ca_der.into(),
+        cert: pki.cert_der.into(),
+        key: pki.key_der,
     };
     (flags, client)
 }
@@ -515,7 +483,7 @@ fn tls_connect(port: u16, pki: &ClientPki) -> TlsRaw {
 #[test]
 fn messages_travel_over_mutual_tls() {
     let t = tempfile::tempdir().unwrap();
-    let (tls, pki) = node_pki(t.path());
+    let (tls, pki) = tls_setup(t.path());
     let nodes = started_cluster(t.path(), &tls);
     let connect = |i: usize| tls_connect(nodes[i].server().port, &pki);
     let mut subs: Vec<TlsRaw> = (0..2).map(connect).collect();
