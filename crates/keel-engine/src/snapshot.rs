@@ -1794,6 +1794,44 @@ mod tests {
         read(file(&[stream(id(2, 0), 2)])).unwrap();
         let empty = entry(5, b"e", 3, &[&id(0, 0), &u(0), &id(0, 0), &n(0), &n(0)]);
         read(file(&[empty])).unwrap();
+        // An empty stream with consumer groups: each a name, last ID, entries-read, consumers
+        // (name, seen, active) and pending entries (ID, consumer's place, time, count).
+        let grouped = |groups: &[(&[u8], u32, &[(u64, u32)])]| {
+            let mut v = [id(5, 0), u(1), id(0, 0), n(0), n(groups.len() as u32)].concat();
+            for (name, consumers, pending) in groups {
+                v.extend([s(name), id(5, 0), u(1), n(*consumers)].concat());
+                for c in 0..*consumers {
+                    v.extend([s(&[b'c', b'0' + c as u8]), u(7), u(u64::MAX)].concat());
+                }
+                v.extend(n(pending.len() as u32));
+                for (ms, owner) in *pending {
+                    v.extend([id(*ms, 0), n(*owner), u(9), u(1)].concat());
+                }
+            }
+            entry(5, b"g", 3, &[&v[..]])
+        };
+        read(file(&[grouped(&[
+            (b"a", 2, &[(1, 0), (2, 1)]),
+            (b"b", 0, &[]),
+        ])]))
+        .unwrap();
+        for (why, bad) in [
+            (
+                "a pending entry of no consumer",
+                grouped(&[(b"a", 1, &[(1, 1)])]),
+            ),
+            (
+                "pending IDs not increasing",
+                grouped(&[(b"a", 1, &[(2, 0), (1, 0)])]),
+            ),
+            (
+                "group names not increasing",
+                grouped(&[(b"b", 0, &[]), (b"a", 0, &[])]),
+            ),
+        ] {
+            let e = read(file(&[bad])).expect_err(why);
+            assert!(matches!(e, FileError::BadField), "{why}: {e}");
+        }
         // The header's count must match the entries (here the echo agrees with the header), and
         // the header's fields their echo after the tail; a plaintext file's id is zero.
         let with_crc = |mut f: Vec<u8>| {
