@@ -1796,7 +1796,9 @@ mod tests {
         read(file(&[empty])).unwrap();
         // An empty stream with consumer groups: each a name, last ID, entries-read, consumers
         // (name, seen, active) and pending entries (ID, consumer's place, time, count).
-        let grouped = |groups: &[(&[u8], u32, &[(u64, u32)])]| {
+        // (name, consumers, pending entries as (ID's ms, consumer's place)).
+        type Group<'a> = (&'a [u8], u32, &'a [(u64, u32)]);
+        let grouped = |groups: &[Group]| {
             let mut v = [id(5, 0), u(1), id(0, 0), n(0), n(groups.len() as u32)].concat();
             for (name, consumers, pending) in groups {
                 v.extend([s(name), id(5, 0), u(1), n(*consumers)].concat());
