@@ -173,6 +173,14 @@ pub struct FileConfig {
     pub notify_keyspace_events: Option<String>,
 }
 
+static LOG_THREAD_START: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Tells the server what the logs' own threads run first ([`keel_wal::Options::thread_start`]):
+/// called once, by the binary, before the settings are read.
+pub fn set_log_thread_start(f: fn()) {
+    let _ = LOG_THREAD_START.set(f);
+}
+
 /// The engine's options from the config file's keys.
 fn engine_options(file: &FileConfig) -> anyhow::Result<keel_engine::Options> {
     // Maintenance mode is the engine's write fence: a write decided after ON is refused, even
@@ -181,6 +189,7 @@ fn engine_options(file: &FileConfig) -> anyhow::Result<keel_engine::Options> {
         write_fence: Some(bytes::Bytes::from_static(crate::maintenance::KEY)),
         ..keel_engine::Options::default()
     };
+    o.wal.thread_start = LOG_THREAD_START.get().copied();
     o.wal.sync_policy = match (file.sync_policy.as_deref(), file.sync_interval_ms) {
         (None | Some("always"), None) => keel_wal::SyncPolicy::Always,
         (Some("interval"), Some(0)) => bail!("sync_interval_ms must be positive"),

@@ -35,7 +35,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keel_engine::Engine;
 
-pub use config::{ServeArgs, Settings};
+pub use config::{set_log_thread_start, ServeArgs, Settings};
 pub use server::{set_allocator_stats, set_allocator_trim, AllocatorStats};
 
 /// Takes a mutex even if a thread panicked while holding it: every state kept behind one in the
@@ -286,6 +286,7 @@ async fn start_node(
     let mut cfg = keel_cluster::Config::new(cs.node_id, &settings.dir, node);
     cfg.engine = settings.engine.clone();
     cfg.log.keyring = settings.engine.wal.keyring.clone();
+    cfg.log.thread_start = settings.engine.wal.thread_start;
     cfg.snapshot_every = cs.snapshot_every;
     cfg.source_ip = Some(settings.bind).filter(|ip| !ip.is_unspecified());
     cfg.tls = settings.tls.as_ref().map(|t| t.node_tls()).transpose()?;

@@ -53,6 +53,13 @@ pub struct Options {
     /// sealed with the keyring's first key; every key of it opens. Without one (the default),
     /// records are plaintext and a log holding encrypted segments is refused at open.
     pub keyring: Option<Arc<Keyring>>,
+    /// Run first on each thread the log starts (its I/O thread, its ack thread, and the thread
+    /// that prepares the next segment), on that thread. `keel serve` passes one that makes them
+    /// `SCHED_BATCH`: such a thread, woken, does not preempt the running thread but waits for it
+    /// to block or for the scheduler's tick, so that on a busy core the thread that queued an
+    /// append goes on to queue the appends of the other requests it has in hand, and they share
+    /// one sync. Default `None`.
+    pub thread_start: Option<fn()>,
 }
 
 impl Default for Options {
@@ -67,6 +74,7 @@ impl Default for Options {
             prepare_segments_in_background: true,
             fs: StdFs::shared(),
             keyring: None,
+            thread_start: None,
         }
     }
 }

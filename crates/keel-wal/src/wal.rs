@@ -867,9 +867,11 @@ impl Wal {
             counters: Counters::default(),
         });
         let (ack_tx, ack_rx) = std::sync::mpsc::channel::<Acks>();
+        let thread_start = shared.opts.thread_start;
         let acker_thread = std::thread::Builder::new()
             .name("keel-wal-ack".into())
             .spawn(move || {
+                thread_start.inspect(|f| f());
                 for acks in ack_rx {
                     for (done, lsn) in acks {
                         done.complete(Ok(lsn));
@@ -899,7 +901,10 @@ impl Wal {
         };
         let handle = std::thread::Builder::new()
             .name("keel-wal-io".into())
-            .spawn(move || writer.run())
+            .spawn(move || {
+                thread_start.inspect(|f| f());
+                writer.run()
+            })
             .map_err(|e| Error::io("spawn I/O thread", &dir, e))?;
         Ok((
             Wal {
@@ -1525,8 +1530,10 @@ impl Writer {
         let p = path.clone();
         match std::thread::Builder::new()
             .name("keel-wal-prep".into())
-            .spawn(move || prepare_blank(&shared.opts, &p))
-        {
+            .spawn(move || {
+                shared.opts.thread_start.inspect(|f| f());
+                prepare_blank(&shared.opts, &p)
+            }) {
             Ok(thread) => self.spare = Some(Spare { path, thread }),
             Err(e) => tracing::warn!("cannot start segment preparation, rotation will do it: {e}"),
         }

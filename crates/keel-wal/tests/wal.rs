@@ -103,6 +103,44 @@ fn appends_continue_after_reopen() {
     }
 }
 
+/// Names of the threads [`note_thread`] ran on.
+static STARTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn note_thread() {
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .to_string();
+    STARTED.lock().unwrap().push(name);
+}
+
+#[test]
+fn thread_start_runs_on_every_thread_the_log_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        thread_start: Some(note_thread),
+        ..small()
+    };
+    let (wal, _) = Wal::open(dir.path(), opts).unwrap();
+    // 200 KB through 64 KiB segments: the log prepares the next segments on a helper thread.
+    for i in 0..200 {
+        wal.append(&payload(i, 1000)).unwrap();
+    }
+    assert!(wal.segments().len() > 2);
+    wal.close().unwrap();
+    let started = STARTED.lock().unwrap().clone();
+    for name in ["keel-wal-io", "keel-wal-ack", "keel-wal-prep"] {
+        assert!(
+            started.iter().any(|s| s == name),
+            "{name} did not run thread_start: {started:?}"
+        );
+    }
+    assert!(
+        started.iter().all(|s| s.starts_with("keel-wal-")),
+        "thread_start ran on a thread that is not the log's: {started:?}"
+    );
+}
+
 /// Writes `n` records of `len` bytes in separate appends (separate syncs), closes, and returns
 /// the path of the segment holding them and the offset where the last record starts.
 fn log_with_records(dir: &std::path::Path, n: u64, len: usize) -> (std::path::PathBuf, u64, u64) {

@@ -1461,3 +1461,54 @@ fn a_weaker_sync_policy_from_the_config_file_is_reported_and_a_clean_stop_keeps_
         .expect("refused");
     assert!(err.1.join("\n").contains("sometimes"), "{:?}", err.1);
 }
+
+/// The scheduling policy of each of a process's threads, by thread name (Linux's
+/// /proc/PID/task/TID/stat, field 41).
+#[cfg(target_os = "linux")]
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        out.push((comm.trim().to_string(), fields[41 - 3].parse().unwrap()));
+    }
+    out
+}
+
+/// The log's own threads run SCHED_BATCH (3), so that waking them does not preempt the thread
+/// serving requests (BENCHMARKS.md: a third fewer syncs per SET); the request threads stay
+/// SCHED_OTHER (0).
+#[cfg(target_os = "linux")]
+#[test]
+fn log_threads_run_sched_batch_and_request_threads_do_not() {
+    let t = tempdir();
+    let srv = Server::start(&data_dir(&t), &[]);
+    let mut c = srv.client();
+    let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut c).unwrap();
+    let policies = thread_policies(srv.child.id());
+    for name in ["keel-wal-io", "keel-wal-ack"] {
+        let p: Vec<_> = policies.iter().filter(|(n, _)| n == name).collect();
+        assert!(!p.is_empty(), "no thread {name}: {policies:?}");
+        assert!(
+            p.iter().all(|(_, p)| *p == 3),
+            "{name} is not SCHED_BATCH: {policies:?}"
+        );
+    }
+    let workers: Vec<_> = policies
+        .iter()
+        .filter(|(n, _)| n == "tokio-rt-worker")
+        .collect();
+    assert!(!workers.is_empty(), "no tokio worker: {policies:?}");
+    assert!(workers.iter().all(|(_, p)| *p == 0), "{policies:?}");
+}
