@@ -203,7 +203,9 @@ enum Coll {
     Set(SetValue),
     List(ListValue),
     ZSet(ZSetValue),
-    Stream(StreamValue),
+    /// Boxed: a stream's value is twice the size of the others', and every slab slot is the
+    /// size of the largest (a small sorted set's slot went from 96 bytes to 48).
+    Stream(Box<StreamValue>),
 }
 
 impl Coll {
@@ -437,7 +439,9 @@ impl Shard {
             Value::Set(s) => self.encode_coll(kind, key, version, expiry, Coll::Set(s)),
             Value::List(l) => self.encode_coll(kind, key, version, expiry, Coll::List(l)),
             Value::ZSet(z) => self.encode_coll(kind, key, version, expiry, Coll::ZSet(z)),
-            Value::Stream(x) => self.encode_coll(kind, key, version, expiry, Coll::Stream(x)),
+            Value::Stream(x) => {
+                self.encode_coll(kind, key, version, expiry, Coll::Stream(Box::new(x)))
+            }
         }
     }
 
@@ -577,7 +581,7 @@ impl Shard {
             Some(Coll::Set(x)) => Value::Set(x),
             Some(Coll::List(x)) => Value::List(x),
             Some(Coll::ZSet(x)) => Value::ZSet(x),
-            Some(Coll::Stream(x)) => Value::Stream(x),
+            Some(Coll::Stream(x)) => Value::Stream(*x),
         };
         Some(Removed {
             value,

@@ -1065,3 +1065,11 @@ fn a_loader_refuses_a_key_twice() {
         }
     }
 }
+
+/// Every collection's slab slot is as large as the largest variant, so a large one (a stream's
+/// value) stays boxed: 96 bytes a slot for every small sorted set, before.
+#[test]
+fn a_collection_slot_stays_small() {
+    let slot = std::mem::size_of::<Option<super::Coll>>();
+    assert!(slot <= 48, "a collection slot takes {slot} bytes");
+}
