@@ -407,7 +407,7 @@ impl Reply {
             Reply::Error(s) => line(out, b'-', s.as_bytes()),
             Reply::Int(i) => {
                 out.put_u8(b':');
-                out.put_slice(i.to_string().as_bytes());
+                out.put_slice(itoa::Buffer::new().format(*i).as_bytes());
                 out.put_slice(b"\r\n");
             }
             Reply::Bulk(b) => {
@@ -491,7 +491,7 @@ impl Reply {
 
 fn header(out: &mut BytesMut, tag: u8, n: usize) {
     out.put_u8(tag);
-    out.put_slice(n.to_string().as_bytes());
+    out.put_slice(itoa::Buffer::new().format(n).as_bytes());
     out.put_slice(b"\r\n");
 }
 
