@@ -70,7 +70,7 @@ pub const COMMANDS: &[Command] = &[
         .data(|_, a, _| {
             let fields = a[2..].to_vec();
             Ok(Part::new(vec![read(&a[1], Read::HashGet { fields })], |r| {
-                values_reply(&r[0])
+                take_values_reply(&mut r[0])
             }))
         }),
     Command::new("hgetall", 2, R, KEY1)
@@ -91,7 +91,7 @@ pub const COMMANDS: &[Command] = &[
         .doc("hash", "key", "Returns every field of a hash.")
         .data(|_, a, _| {
             Ok(Part::new(vec![read(&a[1], Read::HashKeys)], |r| {
-                values_reply(&r[0])
+                take_values_reply(&mut r[0])
             }))
         }),
     Command::new("hvals", 2, R, KEY1)
@@ -100,7 +100,7 @@ pub const COMMANDS: &[Command] = &[
         .doc("hash", "key", "Returns every value of a hash.")
         .data(|_, a, _| {
             Ok(Part::new(vec![read(&a[1], Read::HashVals)], |r| {
-                values_reply(&r[0])
+                take_values_reply(&mut r[0])
             }))
         }),
     Command::new("hlen", 2, R, KEY1)

@@ -84,7 +84,7 @@ pub const COMMANDS: &[Command] = &[
                 start: int_arg(&a[2])?,
                 stop: int_arg(&a[3])?,
             };
-            Ok(Part::new(vec![read(&a[1], op)], |r| values_reply(&r[0])))
+            Ok(Part::new(vec![read(&a[1], op)], |r| take_values_reply(&mut r[0])))
         }),
     Command::new("lindex", 3, R, KEY1)
         .redis("readonly", "@list")
@@ -98,7 +98,7 @@ pub const COMMANDS: &[Command] = &[
             let op = Read::ListIndex {
                 index: int_arg(&a[2])?,
             };
-            Ok(Part::new(vec![read(&a[1], op)], |r| value_reply(&r[0])))
+            Ok(Part::new(vec![read(&a[1], op)], |r| take_value_reply(&mut r[0])))
         }),
     Command::new("lset", 4, W, KEY1)
         .redis("write denyoom", "@list")
@@ -379,7 +379,7 @@ fn lmove(a: &[Bytes], from_front: bool, to_front: bool) -> Part {
         from_front,
         to_front,
     };
-    Part::new(vec![w], |r| value_reply(&r[0]))
+    Part::new(vec![w], |r| take_value_reply(&mut r[0]))
 }
 
 fn lpos(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {

@@ -435,7 +435,9 @@ pub const SYNTAX: &str = "ERR syntax error";
 pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 
 /// Renders a reply from this part's write results; `None` when a guard failed.
-pub type Render = Box<dyn FnOnce(Option<&[WriteResult]>) -> Reply + Send>;
+/// Makes a part's reply from its results, which it may take apart (moving values out rather
+/// than copying them), or from `None` when a guard failed.
+pub type Render = Box<dyn FnOnce(Option<&mut [WriteResult]>) -> Reply + Send>;
 
 pub struct Part {
     pub guards: Vec<Guard>,
@@ -456,7 +458,7 @@ pub struct QueuedScript {
 impl Part {
     fn new(
         writes: Vec<Write>,
-        render: impl FnOnce(&[WriteResult]) -> Reply + Send + 'static,
+        render: impl FnOnce(&mut [WriteResult]) -> Reply + Send + 'static,
     ) -> Part {
         Part {
             guards: Vec::new(),
@@ -578,6 +580,27 @@ fn int_reply(r: &WriteResult) -> Reply {
 }
 
 /// Values as an array of bulk strings and nils, or the read's error.
+/// [`value_reply`], moving the value out of the result: a clone of a freshly copied `Bytes`
+/// allocates (it becomes shared), a move does not.
+fn take_value_reply(r: &mut WriteResult) -> Reply {
+    match r {
+        WriteResult::Value(v) => v.take().map_or(Reply::Nil, Reply::Bulk),
+        other => value_reply(other),
+    }
+}
+
+/// [`values_reply`], moving the values out of the result (see [`take_value_reply`]).
+fn take_values_reply(r: &mut WriteResult) -> Reply {
+    match r {
+        WriteResult::Values(v) => Reply::Array(
+            v.iter_mut()
+                .map(|v| v.take().map_or(Reply::Nil, Reply::Bulk))
+                .collect(),
+        ),
+        other => value_reply(other),
+    }
+}
+
 fn values_reply(r: &WriteResult) -> Reply {
     match r {
         WriteResult::Values(v) => Reply::Array(v.iter().map(bulk_or_nil).collect()),

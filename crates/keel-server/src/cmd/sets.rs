@@ -190,7 +190,7 @@ pub const COMMANDS: &[Command] = &[
             let pattern = scan_options(a)?;
             Ok(Part::new(vec![read(&a[1], Read::SetMembers)], move |r| {
                 let WriteResult::Values(v) = &r[0] else {
-                    return values_reply(&r[0]);
+                    return take_values_reply(&mut r[0]);
                 };
                 let found = v
                     .iter()

@@ -551,7 +551,7 @@ fn xadd(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
         no_create,
         trim,
     };
-    Ok(Part::new(vec![w], |r| value_reply(&r[0])))
+    Ok(Part::new(vec![w], |r| take_value_reply(&mut r[0])))
 }
 
 fn xsetid(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {

@@ -10,7 +10,7 @@ pub const COMMANDS: &[Command] = &[
         .redis("readonly fast", "@string")
         .key_flags("RO access")
         .doc("string", "key", "Returns the value of a key, or nil.")
-        .data(|_, a, _| Ok(Part::new(vec![get(&a[1])], |r| value_reply(&r[0])))),
+        .data(|_, a, _| Ok(Part::new(vec![get(&a[1])], |r| take_value_reply(&mut r[0])))),
     // READ only with GET.
     Command::new("set", -3, RW.with(VARIES), KEY1)
         .redis("write denyoom", "@string")
@@ -53,7 +53,7 @@ pub const COMMANDS: &[Command] = &[
         .data(|_, a, _| {
             let set = put(&a[1], &a[2], Ttl::None, PutIf::Always);
             Ok(Part::new(vec![get_then(&a[1], set)], |r| {
-                value_reply(&r[0])
+                take_value_reply(&mut r[0])
             }))
         }),
     Command::new("getdel", 2, RW, KEY1)
@@ -63,7 +63,7 @@ pub const COMMANDS: &[Command] = &[
         .data(|_, a, _| {
             let del = Write::Delete { key: a[1].clone() };
             Ok(Part::new(vec![get_then(&a[1], del)], |r| {
-                value_reply(&r[0])
+                take_value_reply(&mut r[0])
             }))
         }),
     // WRITE only with an option (EX, PX, EXAT, PXAT, PERSIST): without, it is a plain read.
@@ -384,7 +384,7 @@ fn set(_: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
     }
     let p = put(key, value, ttl, only);
     Ok(if with_get {
-        Part::new(vec![get_then(key, p)], |r| value_reply(&r[0]))
+        Part::new(vec![get_then(key, p)], |r| take_value_reply(&mut r[0]))
     } else {
         Part::new(vec![p], |r| match r[0] {
             WriteResult::Put(true) => Reply::ok(),
@@ -422,7 +422,7 @@ fn getex(_: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
         }
         _ => return Err(Reply::err(SYNTAX)),
     };
-    Ok(Part::new(vec![write], |r| value_reply(&r[0])))
+    Ok(Part::new(vec![write], |r| take_value_reply(&mut r[0])))
 }
 
 fn getrange(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
@@ -430,7 +430,9 @@ fn getrange(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
         start: int_arg(&a[2])?,
         end: int_arg(&a[3])?,
     };
-    Ok(Part::new(vec![read(&a[1], op)], |r| value_reply(&r[0])))
+    Ok(Part::new(vec![read(&a[1], op)], |r| {
+        take_value_reply(&mut r[0])
+    }))
 }
 
 /// The most cells of LCS's table (4 bytes each): two strings whose lengths multiply past it are

@@ -396,7 +396,7 @@ pub const COMMANDS: &[Command] = &[
             };
             Ok(Part::new(vec![read(&a[1], op)], move |r| {
                 let WriteResult::Values(v) = &r[0] else {
-                    return values_reply(&r[0]);
+                    return take_values_reply(&mut r[0]);
                 };
                 let found = v
                     .chunks(2)

@@ -123,8 +123,8 @@ pub(super) async fn run_part(
     touched: &Touched,
 ) -> (Reply, blocking::Woken) {
     if part.read_only() {
-        let results = sh.engine().read(|v| eval_reads(v, &part.writes));
-        return ((part.render)(Some(&results)), Vec::new());
+        let mut results = sh.engine().read(|v| eval_reads(v, &part.writes));
+        return ((part.render)(Some(&mut results)), Vec::new());
     }
     let mut woken = blocking::pushed_keys(&part.writes);
     woken.extend(blocking::emptied_keys(&part.writes).cloned());
@@ -231,7 +231,7 @@ pub(super) fn eval_reads(view: &keel_engine::ReadView<'_>, writes: &[Write]) -> 
 
 pub(super) fn render_outcome(render: cmd::Render, o: Outcome, sh: &Shared) -> Reply {
     match o {
-        Outcome::Committed { results, .. } => render(Some(&results)),
+        Outcome::Committed { mut results, .. } => render(Some(&mut results)),
         Outcome::GuardFailed(_) => render(None),
         // Maintenance mode was on when the write was decided (the engine's write fence).
         Outcome::Fenced => maintenance::refusal_now(&sh.engine()),
@@ -350,8 +350,8 @@ impl Conn {
     /// Answers a read-only part from the visible state, after this connection's earlier writes.
     pub(super) async fn read(&mut self, part: Part) {
         self.settle().await;
-        let results = self.engine().read(|v| eval_reads(v, &part.writes));
-        self.reply((part.render)(Some(&results)));
+        let mut results = self.engine().read(|v| eval_reads(v, &part.writes));
+        self.reply((part.render)(Some(&mut results)));
     }
 
     /// Executes one request; `found` is its command's index in [`cmd::COMMANDS`].

@@ -239,10 +239,10 @@ impl Caller for ScriptCaller<'_, '_> {
             self.pushed.extend(blocking::pushed_keys(&part.writes));
         }
         match self.tx.call(part.writes) {
-            Ok(results) => {
+            Ok(mut results) => {
                 let effects = self.tx.take_effects();
                 notify::events(&args, &effects, &mut self.events);
-                (part.render)(Some(&results))
+                (part.render)(Some(&mut results))
             }
             Err(e) => self.sh.backend.engine_error(&e),
         }
@@ -258,12 +258,12 @@ impl ScriptCaller<'_, '_> {
     fn run_part(&mut self, part: Part, args: Option<&[Bytes]>) -> Reply {
         self.pushed.extend(blocking::pushed_keys(&part.writes));
         match self.tx.call(part.writes) {
-            Ok(results) => {
+            Ok(mut results) => {
                 let effects = self.tx.take_effects();
                 if let Some(args) = args {
                     notify::events(args, &effects, &mut self.events);
                 }
-                (part.render)(Some(&results))
+                (part.render)(Some(&mut results))
             }
             Err(e) => self.sh.backend.engine_error(&e),
         }

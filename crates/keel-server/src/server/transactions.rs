@@ -124,7 +124,7 @@ impl Conn {
             let replies = parts
                 .into_iter()
                 .zip(results)
-                .map(|(p, r)| (p.render)(Some(&r)))
+                .map(|(p, mut r)| (p.render)(Some(&mut r)))
                 .collect();
             self.reply(Reply::Array(replies));
             for args in reads {
@@ -160,7 +160,7 @@ impl Conn {
             let mut at = 0;
             let mut replies = Vec::with_capacity(renders.len());
             for (n, r) in renders {
-                replies.push(r(Some(&results[at..at + n])));
+                replies.push(r(Some(&mut results[at..at + n])));
                 at += n;
             }
             Reply::Array(replies)
