@@ -413,7 +413,7 @@ fn sort(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
     }
     let stores = store.is_some();
     let w = Write::Sort { spec, store };
-    Ok(Part::new(vec![w], move |r| match &r[0] {
+    Ok(Part::new(vec![w], move |r| match &mut r[0] {
         WriteResult::Failed(WriteError::NotAFloat) => {
             Reply::err("ERR One or more scores can't be converted into double")
         }
@@ -421,7 +421,7 @@ fn sort(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
             "ERR SORT's result would exceed 64 MiB: narrow it with LIMIT or fewer GET patterns",
         ),
         other if stores => int_reply(other),
-        other => values_reply(other),
+        other => take_values_reply(other),
     }))
 }
 

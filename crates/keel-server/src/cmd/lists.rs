@@ -304,9 +304,9 @@ fn bpop(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
         count: 1,
         skip_other_types: false,
     };
-    Ok(Part::new(vec![w], |r| match &r[0] {
+    Ok(Part::new(vec![w], |r| match &mut r[0] {
         WriteResult::Value(None) => Reply::NilArray,
-        other => values_reply(other),
+        other => take_values_reply(other),
     }))
 }
 
@@ -365,10 +365,10 @@ fn pop(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
         front: name == "lpop",
         count,
     };
-    Ok(Part::new(vec![w], move |r| match (&r[0], count) {
+    Ok(Part::new(vec![w], move |r| match (&mut r[0], count) {
         // With a count, an absent list is a nil array, as in Redis.
         (WriteResult::Value(None), Some(_)) => Reply::NilArray,
-        (other, _) => values_reply(other),
+        (other, _) => take_values_reply(other),
     }))
 }
 

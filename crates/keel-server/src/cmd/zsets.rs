@@ -432,10 +432,10 @@ fn scored(v: &[Option<Bytes>]) -> Vec<(Reply, Reply)> {
 
 /// Members (and scores): pairs with scores (an array of pairs in RESP3, flat in RESP2), else
 /// an array of members.
-fn members_reply(r: &WriteResult, with_scores: bool) -> Reply {
+fn members_reply(r: &mut WriteResult, with_scores: bool) -> Reply {
     match r {
         WriteResult::Values(v) if with_scores => Reply::Pairs(scored(v)),
-        other => values_reply(other),
+        other => take_values_reply(other),
     }
 }
 
@@ -666,7 +666,7 @@ fn zrange(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
         with_scores,
     };
     Ok(Part::new(vec![read(key, op)], move |r| {
-        members_reply(&r[0], with_scores)
+        members_reply(&mut r[0], with_scores)
     }))
 }
 
