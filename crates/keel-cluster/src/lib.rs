@@ -498,6 +498,7 @@ impl Cluster {
         std::fs::create_dir_all(&cfg.dir).map_err(Error::io(&cfg.dir))?;
         // Active expiry would log deletions only this replica decided.
         cfg.engine.active_expiry = false;
+        cfg.engine.replicas_decide = true;
         // The raft log makes each entry durable before raft counts it; the engine's log is a
         // redo of entries raft still holds, so syncing it on every apply would be a second fsync
         // per batch on every node for nothing. The applied position travels inside each engine

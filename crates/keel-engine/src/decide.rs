@@ -13,7 +13,7 @@ use crate::keyspace::{
 use crate::record::Mutation;
 use crate::sort;
 use crate::table::{ListValue, SetValue, StreamGroup, StreamValue, ValueRef, ZSetValue};
-use crate::util::HashMap;
+use crate::util::{HashMap, Pick};
 use crate::zsets::{self, format_score, zset_combine};
 
 use crate::types::{
@@ -130,13 +130,32 @@ impl<S: Decided> Overlay<S> {
     }
 }
 
+/// What a decision depends on besides the state and the writes: the engine's options.
+#[derive(Clone, Copy)]
+pub(crate) struct Rules {
+    /// [`Options::value_bytes_max`](crate::Options).
+    pub(crate) value_max: usize,
+    /// [`Options::replicas_decide`](crate::Options): a random pick (SPOP's) must come out
+    /// the same on every replica, whatever order its tables keep.
+    pub(crate) replicas_decide: bool,
+}
+
+impl Rules {
+    pub(crate) fn of(opts: &crate::Options) -> Rules {
+        Rules {
+            value_max: opts.value_bytes_max,
+            replicas_decide: opts.replicas_decide,
+        }
+    }
+}
+
 /// Decides a transaction against `state`: the guards, then every write against the state the
 /// earlier writes leave. Returns the outcome (without an LSN, with the keys each write changed
 /// if `effects`) and the absolute effects to log.
 pub(crate) fn decide(
     state: impl Decided,
     now: u64,
-    value_max: usize,
+    rules: Rules,
     guards: &[Guard],
     writes: Vec<Write>,
     effects: bool,
@@ -177,7 +196,7 @@ pub(crate) fn decide(
     for (i, w) in writes.into_iter().enumerate() {
         // This write's mutations are pushed straight onto the transaction's.
         let first = mutations.len();
-        let result = decide_one(&work, value_max, w, &mut mutations);
+        let result = decide_one(&work, rules, w, &mut mutations);
         if effects {
             key_effects(&work, i, &mutations[first..], &mut changed);
         }
@@ -251,7 +270,7 @@ fn key_effects<S: Decided>(
 /// transaction's, which are logged together.
 pub(crate) struct Deciding<S> {
     work: Overlay<S>,
-    value_max: usize,
+    rules: Rules,
     pub(crate) mutations: Vec<Mutation>,
     /// The keys each step changed, when asked for (`write` counts steps from the first).
     pub(crate) effects: Option<Vec<KeyEffect>>,
@@ -259,7 +278,7 @@ pub(crate) struct Deciding<S> {
 }
 
 impl<S: Decided> Deciding<S> {
-    pub(crate) fn new(state: S, now: u64, value_max: usize, effects: bool) -> Self {
+    pub(crate) fn new(state: S, now: u64, rules: Rules, effects: bool) -> Self {
         Deciding {
             work: Overlay {
                 base: state,
@@ -267,7 +286,7 @@ impl<S: Decided> Deciding<S> {
                 cleared: false,
                 now,
             },
-            value_max,
+            rules,
             mutations: Vec::new(),
             effects: effects.then(Vec::new),
             steps: 0,
@@ -290,7 +309,7 @@ impl<S: Decided> Deciding<S> {
     /// Decides `w` after every earlier step.
     pub(crate) fn step(&mut self, w: Write) -> WriteResult {
         let first = self.mutations.len();
-        let result = decide_one(&self.work, self.value_max, w, &mut self.mutations);
+        let result = decide_one(&self.work, self.rules, w, &mut self.mutations);
         if let Some(out) = &mut self.effects {
             key_effects(&self.work, self.steps, &self.mutations[first..], out);
         }
@@ -303,11 +322,12 @@ impl<S: Decided> Deciding<S> {
 /// Decides one write against `work`, pushing its effects onto `m`.
 fn decide_one<S: Decided>(
     work: &Overlay<S>,
-    value_max: usize,
+    rules: Rules,
     w: Write,
     m: &mut Vec<Mutation>,
 ) -> WriteResult {
     let now = work.now;
+    let value_max = rules.value_max;
     match w {
         Write::Put {
             key,
@@ -451,7 +471,7 @@ fn decide_one<S: Decided>(
         Write::GetThen { key, then } => match eval_get(work.live(&key).map(|e| e.value)) {
             r @ WriteResult::Failed(_) => r,
             r => {
-                decide_one(work, value_max, *then, m);
+                decide_one(work, rules, *then, m);
                 r
             }
         },
@@ -581,10 +601,19 @@ fn decide_one<S: Decided>(
             let want = count.unwrap_or(1);
             let popped: Vec<Bytes> = match (set, entry) {
                 (Some(set), Some(e)) if want > 0 => {
-                    // Decided from the transaction's time, the key and its version: every
-                    // replica deciding this transaction picks the same members.
+                    // Seeded by the transaction's time, the key and its version: every
+                    // replica deciding this transaction draws the same numbers.
                     let mut rng = Pick::new(now, &key, e.version);
-                    pick_distinct(set, want, &mut rng)
+                    if rules.replicas_decide {
+                        pick_distinct(set, want, &mut rng)
+                    } else {
+                        // Only this engine decides, and it logs the members picked: they
+                        // may depend on its table's order.
+                        let count = i64::try_from(want).unwrap_or(i64::MAX);
+                        (set.sample(count, &mut || rng.next()).into_iter())
+                            .map(|m| Bytes::from(m.into_owned()))
+                            .collect()
+                    }
                 }
                 _ => Vec::new(),
             };
@@ -806,7 +835,7 @@ fn decide_one<S: Decided>(
                 }
                 let popped = decide_one(
                     work,
-                    value_max,
+                    rules,
                     Write::ListPop {
                         key: key.clone(),
                         front,
@@ -1693,31 +1722,8 @@ pub(crate) fn combine(op: SetOp, sets: &[Option<&SetValue>]) -> Vec<Bytes> {
     }
 }
 
-/// A deterministic pseudo-random sequence for decisions that must come out the same on every
-/// replica (SPOP): splitmix64 from a seed of the transaction's time, the key and its version.
-pub(crate) struct Pick(u64);
-
-impl Pick {
-    pub(crate) fn new(now: u64, key: &[u8], version: Lsn) -> Pick {
-        let mut seed = now ^ version.rotate_left(32);
-        for chunk in key.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            seed = seed.rotate_left(5) ^ u64::from_le_bytes(b);
-        }
-        Pick(seed)
-    }
-
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
-/// Up to `want` distinct members of `set`, chosen by `rng`: those with the smallest keyed hash.
+/// Up to `want` distinct members of `set`, chosen by `rng`, when every replica decides:
+/// those with the smallest keyed hash.
 /// The choice depends on the members and the seed only, never on the set's encoding or the
 /// order its table happens to keep (which differs between replicas: each table has its own
 /// random hash seed, and a replica that installed a snapshot inserted in another order). O(n).

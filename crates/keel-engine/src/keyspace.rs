@@ -21,7 +21,7 @@ use crate::table::{
     Table, Value, ValueMut, ValueRef, ZSetValue, KEYS_PER_SHARD_TARGET,
 };
 use crate::types::{live_at, Entry, Read, WriteError, WriteResult};
-use crate::util::HashMap;
+use crate::util::{HashMap, Pick};
 use crate::{bits, zsets};
 
 /// A value of any type: a string, or a collection in the table's encoding.
@@ -493,7 +493,11 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
     let wrong = WriteResult::Failed(WriteError::WrongType);
     let is_set_read = matches!(
         op,
-        Read::SetMembers | Read::SetIsMember { .. } | Read::SetMisMember { .. } | Read::SetCard
+        Read::SetMembers
+            | Read::SetIsMember { .. }
+            | Read::SetMisMember { .. }
+            | Read::SetCard
+            | Read::SetRandom { .. }
     );
     if is_set_read {
         let empty = SetValue::new();
@@ -522,6 +526,14 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
                     .collect(),
             ),
             Read::SetCard => WriteResult::Int(set.len() as i64),
+            Read::SetRandom { count, seed } => {
+                let mut rng = Pick(*seed);
+                WriteResult::Values(
+                    (set.sample(*count, &mut || rng.next()).into_iter())
+                        .map(|m| Some(Bytes::from(m.into_owned())))
+                        .collect(),
+                )
+            }
             _ => unreachable!("a set read"),
         };
     }
@@ -554,6 +566,14 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
         Read::HashLen => WriteResult::Int(h.len() as i64),
         Read::HashExists { field } => WriteResult::Int(h.get(field).is_some() as i64),
         Read::HashStrlen { field } => WriteResult::Int(h.get(field).map_or(0, |v| v.len()) as i64),
+        Read::HashRandom { count, seed } => {
+            let mut rng = Pick(*seed);
+            WriteResult::Values(
+                (h.sample(*count, &mut || rng.next()).into_iter())
+                    .flat_map(|(f, v)| [copy(f), copy(v)])
+                    .collect(),
+            )
+        }
         _ => unreachable!("answered above"),
     }
 }

@@ -50,6 +50,12 @@ pub struct Options {
     /// decided after the fence is set gets through, even before the fence is visible. Default
     /// `None`. keel serve's maintenance mode uses it.
     pub write_fence: Option<Bytes>,
+    /// Every replica decides each transaction itself (a raft cluster's state machines), so
+    /// SPOP must pick the same members on each, whatever order its tables keep: it ranks every
+    /// member of the set, O(n). Default false: the engine decides alone and picks in O(count)
+    /// from its own table; the members picked are logged, and recovery, restore and PITR
+    /// apply them without deciding again.
+    pub replicas_decide: bool,
 }
 
 impl Default for Options {
@@ -67,6 +73,7 @@ impl Default for Options {
             retention: Duration::ZERO,
             compress_snapshots: true,
             write_fence: None,
+            replicas_decide: false,
         }
     }
 }

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use bytes::Bytes;
 use keel_wal::{Completion, Lsn, Ticket, Wal};
 
-use crate::decide::{decide, Deciding};
+use crate::decide::{decide, Deciding, Rules};
 use crate::error::{Error, Result};
 use crate::keyspace::Image;
 use crate::options::Options;
@@ -435,14 +435,7 @@ impl Sequencer {
                 (Outcome::Fenced, Vec::new())
             } else {
                 let effects = self.report_effects.load(Ordering::Relaxed);
-                decide(
-                    view,
-                    now,
-                    self.opts.value_bytes_max,
-                    guards,
-                    writes,
-                    effects,
-                )
+                decide(view, now, Rules::of(&self.opts), guards, writes, effects)
             }
         };
         if mutations.is_empty() && id.is_none() {
@@ -542,7 +535,7 @@ impl Sequencer {
             deciding: Deciding::new(
                 view,
                 now,
-                self.opts.value_bytes_max,
+                Rules::of(&self.opts),
                 self.report_effects.load(Ordering::Relaxed),
             ),
             opts: &self.opts,

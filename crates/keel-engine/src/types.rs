@@ -691,6 +691,17 @@ pub enum Read {
         group: Bytes,
         range: Option<PendingRange>,
     },
+    /// SRANDMEMBER: `count` distinct random members (all of them when the set has no more),
+    /// or for a negative count `-count` picks that may repeat. `seed` is the randomness (a
+    /// read logs nothing, so any seed will do). Result: `Values` of the members. O(count)
+    /// expected; O(n) when `count` is a third of the set or more, as in Redis.
+    SetRandom { count: i64, seed: u64 },
+    /// HRANDFIELD, picking as [`Read::SetRandom`] does. Result: `Values` of field, value,
+    /// field, value, ….
+    HashRandom { count: i64, seed: u64 },
+    /// ZRANDMEMBER, picking as [`Read::SetRandom`] does. Result: `Values` of member, score
+    /// (as text), member, score, ….
+    ZRandom { count: i64, seed: u64 },
 }
 
 /// XPENDING's extended form: pending entries between two bounds, at most `count`, of one

@@ -12,7 +12,7 @@ use crate::table::{ValueRef, ZSetValue};
 use crate::types::{
     Aggregate, LexBound, PutIf, Read, SetOp, WriteError, WriteResult, ZCmp, ZRange,
 };
-use crate::util::HashMap;
+use crate::util::{HashMap, Pick};
 
 /// A score as Redis 7.2 replies with it (its `d2string`): `0` or `-0`; a whole number of
 /// magnitude up to 2^62 as an integer; otherwise the shortest digits that read back as the same
@@ -148,6 +148,7 @@ pub(crate) fn is_zset_read(op: &Read) -> bool {
             | Read::ZRank { .. }
             | Read::ZRange { .. }
             | Read::ZMembers
+            | Read::ZRandom { .. }
     )
 }
 
@@ -197,6 +198,10 @@ pub(crate) fn eval(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
             limit,
             with_scores,
         } => pairs_result(select(z, range, *rev, *limit), *with_scores),
+        Read::ZRandom { count, seed } => {
+            let mut rng = Pick(*seed);
+            pairs_result(z.sample(*count, &mut || rng.next()), true)
+        }
         _ => unreachable!("not a sorted set read: {op:?}"),
     }
 }

@@ -194,12 +194,17 @@ fn set_writes_and_reads_follow_redis() {
     assert_eq!(all(&e), before);
 }
 
-/// SPOP's choice depends only on the state and the transaction's time: two replicas deciding
-/// the same transactions at the same times pop the same members.
+/// With `replicas_decide`, SPOP's choice depends only on the state and the transaction's time:
+/// two replicas deciding the same transactions at the same times pop the same members, though
+/// each table keeps its own order (its own random hash seed).
 #[test]
 fn spop_decides_the_same_members_on_every_replica() {
     let pops = |dir: &std::path::Path| {
-        let (e, _) = Engine::open(dir, small()).unwrap();
+        let opts = Options {
+            replicas_decide: true,
+            ..small()
+        };
+        let (e, _) = Engine::open(dir, opts).unwrap();
         let members: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
         let ms: Vec<&str> = members.iter().map(String::as_str).collect();
         e.submit_at(None, 1_000, vec![], vec![sadd("s", &ms)])
@@ -228,4 +233,61 @@ fn spop_decides_the_same_members_on_every_replica() {
     assert_eq!(first, pops(b2.path()));
     // And the picks are not all the same members.
     assert_ne!(first[0], first[1]);
+}
+
+/// On its own, the engine pops from a large set by drawing from its table, and logs what it
+/// took: pops of one and of many take distinct members that were there, the random reads pick
+/// from what is left, and a reopen (replaying the pops) and a checkpoint leave exactly the set
+/// the pops acknowledged.
+#[test]
+fn spop_from_a_large_set_takes_distinct_members_and_logs_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let all: Vec<String> = (0..5000).map(|i| format!("member:{i}")).collect();
+    for chunk in all.chunks(200) {
+        let ms: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        one(&e, sadd("big", &ms));
+    }
+    let mut left: BTreeSet<Bytes> = all.iter().map(|m| b(m)).collect();
+    let pop = |count| Write::SetPop {
+        key: b("big"),
+        count,
+    };
+    for _ in 0..200 {
+        let WriteResult::Value(Some(m)) = one(&e, pop(None)) else {
+            panic!("a member")
+        };
+        assert!(left.remove(&m), "{m:?} popped twice or never there");
+    }
+    for count in [1, 7, 100, 400] {
+        let WriteResult::Values(ms) = one(&e, pop(Some(count))) else {
+            panic!("members")
+        };
+        assert_eq!(ms.len(), count);
+        for m in ms {
+            assert!(left.remove(&m.unwrap()));
+        }
+    }
+    assert_eq!(members(&e, "big"), left);
+    let random = |count| {
+        let read = Write::Read {
+            key: b("big"),
+            op: Read::SetRandom { count, seed: 42 },
+        };
+        match one(&e, read) {
+            WriteResult::Values(v) => v.into_iter().map(Option::unwrap).collect::<Vec<_>>(),
+            r => panic!("{r:?}"),
+        }
+    };
+    let picked = random(50);
+    assert_eq!(picked.iter().collect::<BTreeSet<_>>().len(), 50);
+    assert!(picked.iter().all(|m| left.contains(m)));
+    assert_eq!(random(-20).len(), 20);
+    drop(e);
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    assert_eq!(members(&e, "big"), left);
+    e.checkpoint().unwrap();
+    drop(e);
+    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    assert_eq!(members(&e, "big"), left);
 }

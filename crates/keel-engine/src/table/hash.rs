@@ -211,6 +211,19 @@ impl HashValue {
         }
     }
 
+    /// HRANDFIELD's picks ([`super::sample`]): `count` distinct (field, value) pairs, or for a
+    /// negative count `-count` that may repeat.
+    pub fn sample(&self, count: i64, rand: &mut dyn FnMut() -> u64) -> Vec<(&[u8], &[u8])> {
+        super::sample(
+            self.len(),
+            count,
+            rand,
+            |r| self.random(r).expect("the hash is not empty"),
+            || self.iter().collect(),
+            |p| p.0,
+        )
+    }
+
     /// HGETALL: every (field, value), in no particular order.
     pub fn iter(&self) -> HashIter<'_> {
         HashIter(match &self.0 {

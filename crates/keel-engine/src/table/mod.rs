@@ -89,6 +89,53 @@ pub use zset::{
 
 use packed::{get_varint, put_varint, varint_len};
 
+/// Random picks among a collection's `len` items (SRANDMEMBER, HRANDFIELD, ZRANDMEMBER and
+/// SPOP): `count` distinct ones (every item when there are no more), or for a negative count
+/// `-count` that may repeat. `pick` draws one item uniformly, O(1) expected or O(log n);
+/// `all` lists every item and is called only when the answer is a third of the collection or
+/// more, where a partial shuffle costs no more than the answer itself (Redis's SRANDMEMBER
+/// switches likewise). `name` is what makes two items the same.
+pub(crate) fn sample<T>(
+    len: usize,
+    count: i64,
+    rand: &mut dyn FnMut() -> u64,
+    mut pick: impl FnMut(&mut dyn FnMut() -> u64) -> T,
+    all: impl FnOnce() -> Vec<T>,
+    name: impl Fn(&T) -> &[u8],
+) -> Vec<T> {
+    if len == 0 || count == 0 {
+        return Vec::new();
+    }
+    if count < 0 {
+        return (0..count.unsigned_abs()).map(|_| pick(rand)).collect();
+    }
+    let want = usize::try_from(count).map_or(len, |c| c.min(len));
+    if want == len {
+        return all();
+    }
+    if want > len / 3 {
+        let mut items = all();
+        for i in 0..want {
+            let j = i + (rand() % (len - i) as u64) as usize;
+            items.swap(i, j);
+        }
+        items.truncate(want);
+        return items;
+    }
+    let state = RandomState::default();
+    let mut seen: HashTable<usize> = HashTable::with_capacity(want);
+    let mut out = Vec::with_capacity(want);
+    while out.len() < want {
+        let x = pick(rand);
+        let h = state.hash_one(name(&x));
+        if seen.find(h, |&i| name(&out[i]) == name(&x)).is_none() {
+            seen.insert_unique(h, out.len(), |&i| state.hash_one(name(&out[i])));
+            out.push(x);
+        }
+    }
+    out
+}
+
 /// The type of a key's value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]

@@ -235,6 +235,19 @@ impl SetValue {
         }
     }
 
+    /// SRANDMEMBER's and SPOP's picks ([`super::sample`]): `count` distinct members, or for a
+    /// negative count `-count` that may repeat.
+    pub fn sample(&self, count: i64, rand: &mut dyn FnMut() -> u64) -> Vec<Cow<'_, [u8]>> {
+        super::sample(
+            self.len(),
+            count,
+            rand,
+            |r| self.random(r).expect("the set is not empty"),
+            || self.iter().collect(),
+            |m| &m[..],
+        )
+    }
+
     /// SMEMBERS: every member, in no particular order (an intset's in ascending order).
     pub fn iter(&self) -> SetIter<'_> {
         SetIter(match &self.0 {

@@ -852,6 +852,88 @@ fn random_picks_are_uniform_in_every_encoding() {
     assert!(Table::new().random(&mut rand).is_none());
 }
 
+/// SRANDMEMBER's, HRANDFIELD's, ZRANDMEMBER's and SPOP's picks: a positive count gives that
+/// many distinct members that are there (all of them past the length) by each of its three
+/// ways (drawing, a partial shuffle, everything); a negative count gives that many, repeats
+/// allowed; and small counts drawn often reach every member of a large set.
+#[test]
+fn samples_are_distinct_members_of_the_count_asked() {
+    let mut r = Rng(11);
+    let mut rand = move || r.next();
+    for n in [0usize, 1, 2, 7, 150, 3000] {
+        let (mut s, mut h, mut z) = (SetValue::new(), HashValue::new(), ZSetValue::new());
+        let members: BTreeSet<Vec<u8>> = (0..n).map(|i| format!("m{i}").into_bytes()).collect();
+        for (i, m) in members.iter().enumerate() {
+            s.insert(m);
+            h.insert(m, format!("v{i}").as_bytes());
+            z.insert(m, i as f64);
+        }
+        let third = n as i64 / 3;
+        for count in [
+            1,
+            2,
+            third,
+            third + 1,
+            n as i64 - 1,
+            n as i64,
+            n as i64 + 5,
+            i64::MAX,
+        ] {
+            let what = format!("{n} members, count {count}");
+            let want = (count.max(0) as usize).min(n);
+            let picks: Vec<Vec<u8>> = s
+                .sample(count, &mut rand)
+                .iter()
+                .map(|m| m.to_vec())
+                .collect();
+            let hp = h.sample(count, &mut rand);
+            let zp = z.sample(count, &mut rand);
+            assert_eq!(picks.len(), want, "set, {what}");
+            assert_eq!(hp.len(), want, "hash, {what}");
+            assert_eq!(zp.len(), want, "sorted set, {what}");
+            let distinct: BTreeSet<Vec<u8>> = picks.into_iter().collect();
+            assert_eq!(distinct.len(), want, "set, {what}: distinct");
+            assert!(distinct.is_subset(&members), "set, {what}");
+            let fields: BTreeSet<&[u8]> = hp.iter().map(|p| p.0).collect();
+            assert_eq!(fields.len(), want, "hash, {what}: distinct");
+            for (f, v) in hp {
+                assert_eq!(h.get(f), Some(v), "hash, {what}: a field with its value");
+            }
+            let names: BTreeSet<&[u8]> = zp.iter().map(|p| p.0).collect();
+            assert_eq!(names.len(), want, "sorted set, {what}: distinct");
+            for (m, score) in zp {
+                assert_eq!(
+                    z.score(m),
+                    Some(score),
+                    "sorted set, {what}: a member with its score"
+                );
+            }
+        }
+        for count in [0i64, -1, -7, -(n as i64) * 2] {
+            let want = if n == 0 {
+                0
+            } else {
+                count.unsigned_abs() as usize
+            };
+            let picks = s.sample(count, &mut rand);
+            assert_eq!(picks.len(), want, "{n} members, count {count}");
+            assert!(picks.iter().all(|m| members.contains(&m[..])));
+            assert_eq!(h.sample(count, &mut rand).len(), want);
+            assert_eq!(z.sample(count, &mut rand).len(), want);
+        }
+    }
+    // Small counts from a large set (the drawing way) reach all of it.
+    let mut s = SetValue::new();
+    for i in 0..300 {
+        s.insert(format!("m{i}").as_bytes());
+    }
+    let mut seen = BTreeSet::new();
+    for _ in 0..1000 {
+        seen.extend(s.sample(10, &mut rand).into_iter().map(|m| m.into_owned()));
+    }
+    assert_eq!(seen.len(), 300);
+}
+
 /// Shards split as the table grows: every key stays findable with its value (collections too,
 /// whose slab slots move with them), the shard count follows the key count, removals and
 /// clears leave the split shards in place, and a whole pass of `visit_from` with splits between

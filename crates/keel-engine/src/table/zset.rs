@@ -309,6 +309,19 @@ impl ZSetValue {
         self.range_by_rank(i, i + 1).pop()
     }
 
+    /// ZRANDMEMBER's picks ([`super::sample`]): `count` distinct (member, score) pairs, or for
+    /// a negative count `-count` that may repeat.
+    pub fn sample(&self, count: i64, rand: &mut dyn FnMut() -> u64) -> Vec<(&[u8], f64)> {
+        super::sample(
+            self.len(),
+            count,
+            rand,
+            |r| self.random(r).expect("the sorted set is not empty"),
+            || self.iter(),
+            |p| p.0,
+        )
+    }
+
     /// ZCOUNT: how many members have a score within `min` and `max`. O(log n) in the large
     /// form.
     pub fn count_by_score(&self, min: Bound<f64>, max: Bound<f64>) -> usize {

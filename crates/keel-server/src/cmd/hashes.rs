@@ -272,12 +272,13 @@ fn hrandfield(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
     if let Some(c) = count {
         random_count(c, with_values, "fields")?;
     }
-    Ok(Part::new(vec![read(&a[1], Read::HashAll)], move |r| {
-        let all = match &r[0] {
-            WriteResult::Values(v) => pairs(v),
-            other => return values_reply(other),
-        };
-        random_pairs_reply(&all, count, with_values)
+    let op = Read::HashRandom {
+        count: count.unwrap_or(1),
+        seed: random(),
+    };
+    Ok(Part::new(vec![read(&a[1], op)], move |r| match &r[0] {
+        WriteResult::Values(v) => random_pairs_reply(pairs(v), count, with_values),
+        other => values_reply(other),
     }))
 }
 

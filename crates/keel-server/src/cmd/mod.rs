@@ -631,42 +631,14 @@ fn random_count(count: i64, with_values: bool, what: &str) -> Result<(), Reply> 
     Ok(())
 }
 
-/// The indexes a random read with `count` picks from a collection of `len`: distinct ones for
-/// a positive count (a partial Fisher–Yates shuffle), `-count` with repeats for a negative one.
-fn random_indexes(len: usize, count: i64) -> Vec<usize> {
-    if len == 0 || count == 0 {
-        return Vec::new();
-    }
-    if count < 0 {
-        return (0..count.unsigned_abs())
-            .map(|_| (random() % len as u64) as usize)
-            .collect();
-    }
-    let mut order: Vec<usize> = (0..len).collect();
-    let n = (count as usize).min(len);
-    for i in 0..n {
-        let j = i + (random() % (len - i) as u64) as usize;
-        order.swap(i, j);
-    }
-    order.truncate(n);
-    order
-}
-
-/// HRANDFIELD's and ZRANDMEMBER's reply from every (name, value) pair: one random name without
-/// a count, else [`random_indexes`]' picks, as pairs `with_values` or names alone.
-fn random_pairs_reply(all: &[(Reply, Reply)], count: Option<i64>, with_values: bool) -> Reply {
-    let Some(count) = count else {
-        return match all.len() {
-            0 => Reply::Nil,
-            n => all[(random() % n as u64) as usize].0.clone(),
-        };
-    };
-    let picked = random_indexes(all.len(), count)
-        .into_iter()
-        .map(|i| all[i].clone());
-    match with_values {
-        true => Reply::Pairs(picked.collect()),
-        false => Reply::Array(picked.map(|(name, _)| name).collect()),
+/// HRANDFIELD's and ZRANDMEMBER's reply from the engine's picks, as (name, value) pairs: the
+/// first name alone (nil for none) without a count, else the pairs `with_values` or the names.
+fn random_pairs_reply(picked: Vec<(Reply, Reply)>, count: Option<i64>, with_values: bool) -> Reply {
+    let mut picked = picked.into_iter();
+    match (count, with_values) {
+        (None, _) => picked.next().map_or(Reply::Nil, |(name, _)| name),
+        (Some(_), true) => Reply::Pairs(picked.collect()),
+        (Some(_), false) => Reply::Array(picked.map(|(name, _)| name).collect()),
     }
 }
 

@@ -252,20 +252,14 @@ fn srandmember(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
     if let Some(c) = count {
         random_count(c, false, "members")?;
     }
-    Ok(Part::new(vec![read(&a[1], Read::SetMembers)], move |r| {
-        let all = match &r[0] {
-            WriteResult::Values(v) => v,
-            other => return values_reply(other),
-        };
-        match count {
-            None if all.is_empty() => Reply::Nil,
-            None => bulk_or_nil(&all[(random() % all.len() as u64) as usize]),
-            Some(c) => Reply::Array(
-                random_indexes(all.len(), c)
-                    .into_iter()
-                    .map(|i| bulk_or_nil(&all[i]))
-                    .collect(),
-            ),
+    let op = Read::SetRandom {
+        count: count.unwrap_or(1),
+        seed: random(),
+    };
+    Ok(Part::new(vec![read(&a[1], op)], move |r| {
+        match (&mut r[0], count) {
+            (WriteResult::Values(v), None) => v.pop().flatten().map_or(Reply::Nil, Reply::Bulk),
+            (other, _) => take_values_reply(other),
         }
     }))
 }

@@ -879,17 +879,12 @@ fn zrandmember(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
     if let Some(c) = count {
         random_count(c, with_scores, "members")?;
     }
-    let op = Read::ZRange {
-        range: ZRange::Rank { start: 0, stop: -1 },
-        rev: false,
-        limit: None,
-        with_scores: true,
+    let op = Read::ZRandom {
+        count: count.unwrap_or(1),
+        seed: random(),
     };
-    Ok(Part::new(vec![read(&a[1], op)], move |r| {
-        let all = match &r[0] {
-            WriteResult::Values(v) => scored(v),
-            other => return values_reply(other),
-        };
-        random_pairs_reply(&all, count, with_scores)
+    Ok(Part::new(vec![read(&a[1], op)], move |r| match &r[0] {
+        WriteResult::Values(v) => random_pairs_reply(scored(v), count, with_scores),
+        other => values_reply(other),
     }))
 }
