@@ -759,7 +759,9 @@ fn sorted_sets_match_a_model_and_convert_as_redis_does() {
             }
             assert_eq!(z.len(), m.len(), "seed {seed} step {step}");
             assert_eq!(z.is_packed(), should_be_packed, "seed {seed} step {step}");
-            z.check();
+            if step % 10 == 0 {
+                z.check();
+            }
         }
     }
 }

@@ -173,7 +173,7 @@ impl ZSetValue {
             Repr::Packed { buf, .. } => packed_pairs(buf)
                 .find(|(_, _, m, _)| *m == member)
                 .map(|(_, _, _, s)| s),
-            Repr::Skip(s) => s.find(member).map(|i| s.nodes[i as usize].score),
+            Repr::Skip(s) => s.find(member).map(|b| s.score(b)),
         }
     }
 
@@ -207,7 +207,7 @@ impl ZSetValue {
             unreachable!("converted above")
         };
         match s.find(member) {
-            Some(i) if s.nodes[i as usize].score == score => false,
+            Some(i) if s.score(i) == score => false,
             Some(i) => {
                 s.rescore(i, score);
                 false
@@ -252,7 +252,7 @@ impl ZSetValue {
             Repr::Packed { buf, .. } => packed_pairs(buf).position(|(_, _, m, _)| m == member),
             Repr::Skip(s) => {
                 let i = s.find(member)?;
-                Some(s.rank(s.nodes[i as usize].score, member))
+                Some(s.rank(s.score(i), member))
             }
         }
     }
@@ -369,48 +369,51 @@ impl ZSetValue {
 }
 
 const NIL: u32 = u32::MAX;
+/// The head's block: the first in the arena, with every level.
 const HEAD: u32 = 0;
 /// Redis's ZSKIPLIST_MAXLEVEL and ZSKIPLIST_P.
 const LEVEL_MAX: usize = 32;
 const LEVEL_P_PERCENT: u64 = 25;
 
+/// One slot of the skip list's arena. A node is a block of slots: a header, then one link per
+/// level. A link leads to another node's block, so moving along a level reads one slot of
+/// the next block and nothing else.
 #[derive(Clone, Copy, Debug)]
-struct Level {
-    forward: u32,
-    /// Nodes this link jumps over, counting its target: what ranks are summed from.
+struct Slot {
+    /// A link: the target's block (NIL at the end). A header: the node's index in `members`.
+    to: u32,
+    /// A link: nodes it jumps over, counting its target (what ranks are summed from). A
+    /// header: the node's number of levels.
     span: u32,
-    /// The score of the node `forward` leads to (0 at NIL). A search compares with it without
-    /// reading that node, which it needs only on a tie (for the member) or to move on: one
-    /// cache miss fewer at every level than Redis's zskiplist, which reads the next node to
-    /// learn that it should stop.
+    /// A link: the target's score (0 at NIL), so that a search compares with it without
+    /// reading the target, which it needs only on a tie (for the member) or to move on: one
+    /// cache miss fewer at every level than Redis's zskiplist. A header: the node's score.
     score: f64,
 }
 
-const LINK_NIL: Level = Level {
-    forward: NIL,
+const LINK_NIL: Slot = Slot {
+    to: NIL,
     span: 0,
     score: 0.0,
 };
 
-#[derive(Clone, Debug)]
-struct Node {
-    member: Box<[u8]>,
-    score: f64,
-    levels: Box<[Level]>,
-}
-
-/// Redis's zskiplist with an arena for nodes (node 0 is the head) and a member index. No
-/// backward links: reverse ranges go by rank.
+/// Redis's zskiplist, its nodes in one arena of [`Slot`]s (a block of 1 + levels slots each,
+/// the head's first), with a member index. No backward links: reverse ranges go by rank.
 #[derive(Clone, Debug)]
 struct SkipList {
-    nodes: Vec<Node>,
-    free: Vec<u32>,
+    arena: Vec<Slot>,
+    /// Freed blocks by number of levels (index 0: one level), reused by the next node of as
+    /// many.
+    free_blocks: Vec<Vec<u32>>,
+    /// Each node's member and block; the head's member is empty.
+    members: Vec<(Box<[u8]>, u32)>,
+    free_members: Vec<u32>,
     level: usize,
     len: usize,
-    /// The live nodes' members' and levels' bytes, kept as they change so that
-    /// [`SkipList::memory_bytes`] is O(1): the sequencer asks after every round of writes.
-    heap_bytes: usize,
-    /// member → node.
+    /// The live members' bytes, kept as they change so that [`SkipList::memory_bytes`] is
+    /// O(1): the sequencer asks after every round of writes.
+    member_bytes: usize,
+    /// member → block.
     dict: HashTable<u32>,
     state: RandomState,
     /// xorshift state for node levels. Levels only shape the list, never its contents, so
@@ -418,26 +421,26 @@ struct SkipList {
     rng: u64,
 }
 
-fn node_heap_bytes(member_len: usize, levels: usize) -> usize {
-    member_len + levels * std::mem::size_of::<Level>()
-}
-
-// The level loops index `update`, `rank` and each node's levels in step, as Redis's zskiplist
-// code does; iterators over one of them would hide that.
+// The level loops index `update` and `rank` in step, as Redis's zskiplist code does;
+// iterators over one of them would hide that.
 #[allow(clippy::needless_range_loop)]
 impl SkipList {
     fn new() -> SkipList {
         let state = RandomState::default();
+        let mut arena = vec![LINK_NIL; 1 + LEVEL_MAX];
+        arena[0] = Slot {
+            to: 0,
+            span: LEVEL_MAX as u32,
+            score: 0.0,
+        };
         SkipList {
-            nodes: vec![Node {
-                member: Box::new([]),
-                score: 0.0,
-                levels: vec![LINK_NIL; LEVEL_MAX].into_boxed_slice(),
-            }],
-            free: Vec::new(),
+            arena,
+            free_blocks: Vec::new(),
+            members: vec![(Box::new([]), HEAD)],
+            free_members: Vec::new(),
             level: 1,
             len: 0,
-            heap_bytes: node_heap_bytes(0, LEVEL_MAX),
+            member_bytes: 0,
             dict: HashTable::new(),
             rng: state.hash_one(0u64) | 1,
             state,
@@ -458,37 +461,49 @@ impl SkipList {
         }
     }
 
-    fn node(&self, i: u32) -> &Node {
-        &self.nodes[i as usize]
+    /// Block `b`'s link at level `l`.
+    fn link(&self, b: u32, l: usize) -> Slot {
+        self.arena[b as usize + 1 + l]
     }
 
-    fn link(&self, i: u32, l: usize) -> Level {
-        self.nodes[i as usize].levels[l]
+    fn link_mut(&mut self, b: u32, l: usize) -> &mut Slot {
+        &mut self.arena[b as usize + 1 + l]
     }
 
-    fn fwd(&self, i: u32, l: usize) -> u32 {
-        self.link(i, l).forward
+    fn fwd(&self, b: u32, l: usize) -> u32 {
+        self.link(b, l).to
+    }
+
+    fn score(&self, b: u32) -> f64 {
+        self.arena[b as usize].score
+    }
+
+    fn levels(&self, b: u32) -> usize {
+        self.arena[b as usize].span as usize
+    }
+
+    fn member(&self, b: u32) -> &[u8] {
+        &self.members[self.arena[b as usize].to as usize].0
     }
 
     /// How the node link `l` leads to compares with (score, member); `None` at the end.
-    fn target_cmp(&self, l: Level, score: f64, member: &[u8]) -> Option<Ordering> {
-        (l.forward != NIL).then(|| {
-            match l.score.partial_cmp(&score).expect("scores are never NaN") {
-                Ordering::Equal => self.node(l.forward).member[..].cmp(member),
+    fn target_cmp(&self, l: Slot, score: f64, member: &[u8]) -> Option<Ordering> {
+        (l.to != NIL).then(
+            || match l.score.partial_cmp(&score).expect("scores are never NaN") {
+                Ordering::Equal => self.member(l.to).cmp(member),
                 o => o,
-            }
-        })
+            },
+        )
     }
 
+    /// The block of `member`, if present.
     fn find(&self, member: &[u8]) -> Option<u32> {
         self.dict
-            .find(self.state.hash_one(member), |&i| {
-                &self.nodes[i as usize].member[..] == member
-            })
+            .find(self.state.hash_one(member), |&b| self.member(b) == member)
             .copied()
     }
 
-    /// For each level, the last node before (score, member) and its rank (the head's is 0).
+    /// For each level, the last block before (score, member) and its rank (the head's is 0).
     fn path(&self, score: f64, member: &[u8]) -> ([u32; LEVEL_MAX], [u32; LEVEL_MAX]) {
         let mut update = [HEAD; LEVEL_MAX];
         let mut rank = [0u32; LEVEL_MAX];
@@ -498,7 +513,7 @@ impl SkipList {
             let mut l = self.link(x, i);
             while self.target_cmp(l, score, member) == Some(Ordering::Less) {
                 r += l.span;
-                x = l.forward;
+                x = l.to;
                 l = self.link(x, i);
             }
             update[i] = x;
@@ -507,54 +522,50 @@ impl SkipList {
         (update, rank)
     }
 
-    /// Links node `x` (its member, score and number of levels set, its links not) in order.
-    fn link_in(&mut self, x: u32) {
-        let (score, levels) = (self.node(x).score, self.node(x).levels.len());
-        let (mut update, mut rank) = self.path(score, &self.nodes[x as usize].member);
+    /// Links block `b` (its header set, its links not) in order.
+    fn link_in(&mut self, b: u32) {
+        let (score, levels) = (self.score(b), self.levels(b));
+        let (mut update, mut rank) = self.path(score, self.member(b));
         if levels > self.level {
             for i in self.level..levels {
                 rank[i] = 0;
                 update[i] = HEAD;
-                self.nodes[HEAD as usize].levels[i].span = self.len as u32;
+                self.link_mut(HEAD, i).span = self.len as u32;
             }
             self.level = levels;
         }
         for i in 0..levels {
-            let u = update[i] as usize;
-            let ul = self.nodes[u].levels[i];
-            self.nodes[x as usize].levels[i] = Level {
+            let ul = self.link(update[i], i);
+            *self.link_mut(b, i) = Slot {
                 span: ul.span - (rank[0] - rank[i]),
                 ..ul
             };
-            self.nodes[u].levels[i] = Level {
-                forward: x,
+            *self.link_mut(update[i], i) = Slot {
+                to: b,
                 span: rank[0] - rank[i] + 1,
                 score,
             };
         }
         for i in levels..self.level {
-            self.nodes[update[i] as usize].levels[i].span += 1;
+            self.link_mut(update[i], i).span += 1;
         }
         self.len += 1;
     }
 
-    /// Unlinks node `x`, which is present; its member, score and levels stay.
-    fn unlink(&mut self, x: u32) {
-        let update = self
-            .path(self.node(x).score, &self.nodes[x as usize].member)
-            .0;
-        assert_eq!(self.fwd(update[0], 0), x, "unlinking a node that is linked");
+    /// Unlinks block `b`, which is linked; its header stays.
+    fn unlink(&mut self, b: u32) {
+        let update = self.path(self.score(b), self.member(b)).0;
+        assert_eq!(self.fwd(update[0], 0), b, "unlinking a node that is linked");
         for i in 0..self.level {
-            let u = update[i] as usize;
-            if self.nodes[u].levels[i].forward == x {
-                let xl = self.nodes[x as usize].levels[i];
-                let ul = &mut self.nodes[u].levels[i];
-                *ul = Level {
-                    span: ul.span + xl.span - 1,
-                    ..xl
+            if self.fwd(update[i], i) == b {
+                let bl = self.link(b, i);
+                let ul = self.link_mut(update[i], i);
+                *ul = Slot {
+                    span: ul.span + bl.span - 1,
+                    ..bl
                 };
             } else {
-                self.nodes[u].levels[i].span -= 1;
+                self.link_mut(update[i], i).span -= 1;
             }
         }
         while self.level > 1 && self.fwd(HEAD, self.level - 1) == NIL {
@@ -566,54 +577,68 @@ impl SkipList {
     /// Inserts a member that is not present.
     fn insert(&mut self, member: &[u8], score: f64) {
         let levels = self.random_level();
-        self.heap_bytes += node_heap_bytes(member.len(), levels);
-        let node = Node {
-            member: member.into(),
-            score,
-            levels: vec![LINK_NIL; levels].into_boxed_slice(),
+        let node = match self.free_members.pop() {
+            Some(n) => n,
+            None => {
+                self.members.push((Box::new([]), NIL));
+                u32::try_from(self.members.len() - 1).expect("fewer than 2^32 members")
+            }
         };
-        let new = match self.free.pop() {
-            Some(i) => {
-                self.nodes[i as usize] = node;
-                i
+        let header = Slot {
+            to: node,
+            span: levels as u32,
+            score,
+        };
+        let b = match self.free_blocks.get_mut(levels - 1).and_then(Vec::pop) {
+            Some(b) => {
+                self.arena[b as usize] = header;
+                b
             }
             None => {
-                self.nodes.push(node);
-                u32::try_from(self.nodes.len() - 1).expect("fewer than 2^32 members")
+                let b = u32::try_from(self.arena.len()).expect("an arena under 2^32 slots");
+                self.arena.push(header);
+                self.arena.extend(std::iter::repeat_n(LINK_NIL, levels));
+                b
             }
         };
-        self.link_in(new);
-        let (nodes, state) = (&self.nodes, &self.state);
-        self.dict.insert_unique(state.hash_one(member), new, |&i| {
-            state.hash_one(&nodes[i as usize].member[..])
+        self.members[node as usize] = (member.into(), b);
+        self.member_bytes += member.len();
+        self.link_in(b);
+        let hash = self.state.hash_one(member);
+        let (arena, members, state) = (&self.arena, &self.members, &self.state);
+        self.dict.insert_unique(hash, b, |&b| {
+            state.hash_one(&members[arena[b as usize].to as usize].0[..])
         });
     }
 
-    /// Gives present node `x` a new score: moved in place, keeping its levels and its index
+    /// Gives present block `b` a new score: moved in place, keeping its levels and its index
     /// entry (Redis's zslUpdateScore reuses its node likewise).
-    fn rescore(&mut self, x: u32, score: f64) {
-        self.unlink(x);
-        self.nodes[x as usize].score = score;
-        self.link_in(x);
+    fn rescore(&mut self, b: u32, score: f64) {
+        self.unlink(b);
+        self.arena[b as usize].score = score;
+        self.link_in(b);
     }
 
-    /// Removes present node `x`.
-    fn remove(&mut self, x: u32) {
-        self.unlink(x);
-        let hash = self.state.hash_one(&self.nodes[x as usize].member[..]);
+    /// Removes present block `b`.
+    fn remove(&mut self, b: u32) {
+        self.unlink(b);
+        let hash = self.state.hash_one(self.member(b));
         self.dict
-            .find_entry(hash, |&i| i == x)
+            .find_entry(hash, |&x| x == b)
             .unwrap_or_else(|_| panic!("a present member is in the index"))
             .remove();
-        let (nodes, state) = (&self.nodes, &self.state);
-        packed::shrink_if_sparse(&mut self.dict, |&i| {
-            state.hash_one(&nodes[i as usize].member[..])
+        let (arena, members, state) = (&self.arena, &self.members, &self.state);
+        packed::shrink_if_sparse(&mut self.dict, |&b| {
+            state.hash_one(&members[arena[b as usize].to as usize].0[..])
         });
-        let n = &mut self.nodes[x as usize];
-        self.heap_bytes -= node_heap_bytes(n.member.len(), n.levels.len());
-        n.member = Box::new([]);
-        n.levels = Box::new([]);
-        self.free.push(x);
+        let (node, levels) = (self.arena[b as usize].to, self.levels(b));
+        let member = std::mem::take(&mut self.members[node as usize].0);
+        self.member_bytes -= member.len();
+        self.free_members.push(node);
+        if self.free_blocks.len() < levels {
+            self.free_blocks.resize_with(levels, Vec::new);
+        }
+        self.free_blocks[levels - 1].push(b);
     }
 
     /// 0-based rank of a present (score, member).
@@ -627,17 +652,17 @@ impl SkipList {
                 .is_some_and(|o| o != Ordering::Greater)
             {
                 rank += l.span as usize;
-                x = l.forward;
+                x = l.to;
                 l = self.link(x, i);
             }
-            if x != HEAD && &self.node(x).member[..] == member {
+            if x != HEAD && self.member(x) == member {
                 return rank - 1;
             }
         }
         unreachable!("the member is present")
     }
 
-    /// The node at 0-based rank `r` (< len).
+    /// The block at 0-based rank `r` (< len).
     fn by_rank(&self, r: usize) -> u32 {
         let target = r + 1;
         let mut x = HEAD;
@@ -645,11 +670,11 @@ impl SkipList {
         for i in (0..self.level).rev() {
             loop {
                 let l = self.link(x, i);
-                if l.forward == NIL || traversed + l.span as usize > target {
+                if l.to == NIL || traversed + l.span as usize > target {
                     break;
                 }
                 traversed += l.span as usize;
-                x = l.forward;
+                x = l.to;
             }
             if traversed == target {
                 return x;
@@ -658,12 +683,12 @@ impl SkipList {
         unreachable!("rank {r} is below the length {}", self.len)
     }
 
-    /// The first node whose score is within `min`, or NIL.
+    /// The first block whose score is within `min`, or NIL.
     fn first_at_least(&self, min: Bound<f64>) -> u32 {
         self.first_where(|s| above_min(s, min)).0
     }
 
-    /// The first node whose score satisfies `at_or_past` (which must hold from some node on,
+    /// The first block whose score satisfies `at_or_past` (which must hold from some node on,
     /// in order), and its 0-based rank (`len` if there is none). O(log n).
     fn first_where(&self, at_or_past: impl Fn(f64) -> bool) -> (u32, usize) {
         let mut x = HEAD;
@@ -671,20 +696,20 @@ impl SkipList {
         for i in (0..self.level).rev() {
             loop {
                 let l = self.link(x, i);
-                if l.forward == NIL || at_or_past(l.score) {
+                if l.to == NIL || at_or_past(l.score) {
                     break;
                 }
                 rank += l.span as usize;
-                x = l.forward;
+                x = l.to;
             }
         }
         (self.fwd(x, 0), rank)
     }
 
-    /// Rebuilds the list when most of its node arena is free slots, so that a sorted set that
+    /// Rebuilds the list when most of its members' slots are free, so that a sorted set that
     /// shrank gives its memory back: O(n log n) once per n/2 removals.
     fn compact_if_sparse(&mut self) {
-        if self.nodes.len() > 64 && self.free.len() > self.nodes.len() / 2 {
+        if self.members.len() > 64 && self.free_members.len() > self.members.len() / 2 {
             let mut fresh = SkipList::new();
             for (m, s) in self.walk_from(self.fwd(HEAD, 0)) {
                 fresh.insert(m, s);
@@ -696,58 +721,60 @@ impl SkipList {
     fn walk_from(&self, mut x: u32) -> impl Iterator<Item = (&[u8], f64)> + '_ {
         std::iter::from_fn(move || {
             (x != NIL).then(|| {
-                let n = self.node(x);
-                x = n.levels[0].forward;
-                (&n.member[..], n.score)
+                let (m, s) = (self.member(x), self.score(x));
+                x = self.fwd(x, 0);
+                (m, s)
             })
         })
     }
 
     /// Panics unless every link carries its target's score and the span to it, each level is
-    /// in order, and the counts kept (length, heap bytes) are what the nodes hold.
+    /// in order, every member's block names it, and the counts kept (length, bytes) are what
+    /// the nodes hold.
     #[cfg(test)]
     fn check(&self) {
-        let mut rank_of = vec![usize::MAX; self.nodes.len()];
-        rank_of[HEAD as usize] = 0;
+        let mut rank_of = std::collections::HashMap::new();
+        rank_of.insert(HEAD, 0usize);
         let first = Some(self.fwd(HEAD, 0)).filter(|&x| x != NIL);
         let next = |&x: &u32| Some(self.fwd(x, 0)).filter(|&f| f != NIL);
         for (r, x) in std::iter::successors(first, next).enumerate() {
-            rank_of[x as usize] = r + 1;
+            rank_of.insert(x, r + 1);
         }
-        assert_eq!(
-            rank_of.iter().filter(|&&r| r != usize::MAX).count(),
-            self.len + 1
-        );
-        let mut heap = 0;
-        for (i, n) in self.nodes.iter().enumerate() {
-            if i != HEAD as usize && n.levels.is_empty() {
-                continue;
-            }
-            heap += node_heap_bytes(n.member.len(), n.levels.len());
-            for (lv, l) in n.levels.iter().enumerate() {
-                if l.forward == NIL || lv >= self.level {
+        assert_eq!(rank_of.len(), self.len + 1);
+        let mut bytes = 0;
+        for (&b, &rank) in &rank_of {
+            let node = self.arena[b as usize].to;
+            assert_eq!(self.members[node as usize].1, b, "a member names its block");
+            bytes += self.member(b).len();
+            for i in 0..self.levels(b).min(self.level) {
+                let l = self.link(b, i);
+                if l.to == NIL {
                     continue;
                 }
-                let t = self.node(l.forward);
-                assert_eq!(l.score.to_bits(), t.score.to_bits(), "a link's score");
                 assert_eq!(
-                    rank_of[l.forward as usize] - rank_of[i],
-                    l.span as usize,
-                    "a span"
+                    l.score.to_bits(),
+                    self.score(l.to).to_bits(),
+                    "a link's score"
                 );
-                if i != HEAD as usize {
-                    assert_eq!(cmp(n.score, &n.member, t.score, &t.member), Ordering::Less);
+                assert_eq!(rank_of[&l.to] - rank, l.span as usize, "a span");
+                if b != HEAD {
+                    let (s, m, t) = (self.score(b), self.member(b), l.to);
+                    assert_eq!(cmp(s, m, self.score(t), self.member(t)), Ordering::Less);
                 }
             }
         }
-        assert_eq!(heap, self.heap_bytes, "heap bytes");
+        assert_eq!(bytes, self.member_bytes, "member bytes");
+        assert_eq!(self.dict.len(), self.len);
     }
 
     /// O(1).
     fn memory_bytes(&self) -> usize {
-        self.nodes.capacity() * std::mem::size_of::<Node>()
-            + self.heap_bytes
-            + self.free.capacity() * 4
+        self.arena.capacity() * std::mem::size_of::<Slot>()
+            + self.members.capacity() * std::mem::size_of::<(Box<[u8]>, u32)>()
+            + self.member_bytes
+            + (self.free_blocks.iter().map(|f| f.capacity()).sum::<usize>()
+                + self.free_members.capacity())
+                * 4
             + self.dict.allocation_size()
     }
 }
