@@ -243,6 +243,18 @@ impl HashValue {
         }
     }
 
+    /// [`memory_bytes`](Self::memory_bytes) in O(1): a table's pairs' bytes are estimated
+    /// from 16 of them.
+    pub fn memory_estimate(&self) -> usize {
+        match &self.0 {
+            Repr::Table { pairs, .. } => {
+                let lens = pairs.iter().map(|p| p.len());
+                pairs.allocation_size() + packed::sampled_total(lens, pairs.len())
+            }
+            _ => self.memory_bytes(),
+        }
+    }
+
     fn convert_to_table(&mut self) {
         let Repr::Packed { buf, len } = &self.0 else {
             return;

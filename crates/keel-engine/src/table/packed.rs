@@ -121,6 +121,14 @@ pub(crate) fn random_in<'a, T>(
     t.iter().nth((rand() % t.len() as u64) as usize)
 }
 
+/// The total of `n` lengths estimated from the first 16 of `lens` (a table's, in its order,
+/// which is no order in particular): O(1), where summing them all is O(n). Redis's MEMORY
+/// USAGE samples likewise.
+pub(crate) fn sampled_total(lens: impl Iterator<Item = usize>, n: usize) -> usize {
+    let (sum, k) = lens.take(16).fold((0, 0), |(s, k), len| (s + len, k + 1));
+    (sum * n).checked_div(k).unwrap_or(0)
+}
+
 /// Gives memory back after removals, as Redis shrinks a dict under 1/8 full (hashbrown never
 /// shrinks by itself): when a table of more than 64 slots holds under an eighth of its
 /// capacity, it shrinks to twice its length, so that growing back costs as much as the shrink.

@@ -1158,3 +1158,31 @@ fn a_collection_slot_stays_small() {
     let slot = std::mem::size_of::<Option<super::Coll>>();
     assert!(slot <= 48, "a collection slot takes {slot} bytes");
 }
+
+/// The O(1) memory estimates the sequencer's kept budget reads: exact for members of one
+/// length, within a factor of two of the exact count for lengths that vary.
+#[test]
+fn memory_estimates_follow_the_exact_count() {
+    for varied in [false, true] {
+        let (mut s, mut h) = (SetValue::new(), HashValue::new());
+        for i in 0..5000usize {
+            let len = if varied { 10 + i % 50 } else { 30 };
+            let m = format!("{i:0len$}");
+            s.insert(m.as_bytes());
+            h.insert(m.as_bytes(), b"value");
+        }
+        for (what, exact, estimate) in [
+            ("set", s.memory_bytes(), s.memory_estimate()),
+            ("hash", h.memory_bytes(), h.memory_estimate()),
+        ] {
+            if varied {
+                assert!(
+                    estimate > exact / 2 && estimate < exact * 2,
+                    "{what}: {estimate} for {exact}"
+                );
+            } else {
+                assert_eq!(estimate, exact, "{what}");
+            }
+        }
+    }
+}
