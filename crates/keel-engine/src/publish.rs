@@ -236,6 +236,15 @@ impl Publisher {
         visible.lsn
     }
 
+    /// Whether the records kept for a fuzzy snapshot's tail fill more than a quarter of their
+    /// bound.
+    pub(crate) fn tail_filling(&self) -> bool {
+        let max = self.tail_bytes_max.load(Ordering::Relaxed);
+        lock(&self.tail)
+            .as_ref()
+            .is_some_and(|k| k.overflowed || k.bytes > max / 4)
+    }
+
     /// Stops keeping records and drops those kept: a snapshot that failed.
     pub(crate) fn stop_keeping_tail(&self) {
         self.keeping_tail.store(false, Ordering::Release);
