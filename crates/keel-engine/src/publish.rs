@@ -115,27 +115,31 @@ pub(crate) struct Publisher {
 /// The most a fuzzy snapshot's tail may hold: 256 MiB of records, as encoded in the log.
 pub(crate) const TAIL_BYTES_MAX: usize = 256 << 20;
 
-/// The records kept for a fuzzy snapshot's tail.
+/// The records kept for a fuzzy snapshot's tail, encoded as the log holds them (without their
+/// request sections) as they are published: a mutation's values can be slices of a
+/// connection's read buffer, which keeping the mutations would hold on to.
 #[derive(Default)]
 struct Kept {
-    records: Vec<Unpublished>,
-    /// Their size as encoded in the log.
+    records: Vec<(Lsn, Bytes)>,
+    /// Their size as encoded.
     bytes: usize,
     /// More than the bound arrived: the records were dropped, and the snapshot fails.
     overflowed: bool,
 }
 
 impl Kept {
-    fn keep(&mut self, u: Unpublished, max: usize) {
+    fn keep(&mut self, u: &Unpublished, max: usize) {
         if self.overflowed {
             return;
         }
-        self.bytes += record::encoded_len(None, &u.mutations);
+        let mut out = Vec::new();
+        record::encode(u.at_ms, None, &u.mutations, &mut out);
+        self.bytes += out.len();
         if self.bytes > max {
             self.records = Vec::new();
             self.overflowed = true;
         } else {
-            self.records.push(u);
+            self.records.push((u.lsn, Bytes::from(out)));
         }
     }
 }
@@ -221,7 +225,7 @@ impl Publisher {
             let u = q.pop_front().expect("front exists");
             v.apply(&u.mutations, u.lsn, u.at_ms);
             if let Some(Some(t)) = tail.as_deref_mut() {
-                t.keep(u, max);
+                t.keep(&u, max);
             }
         }
         self.published.store(v.lsn, Ordering::Release);
@@ -254,13 +258,16 @@ impl Publisher {
     /// Stops keeping records and returns those kept: every record after the LSN `keep_tail`
     /// returned, up to `visible`'s LSN. Called with `visible` read-locked. `Err` with the bound
     /// if more than [`TAIL_BYTES_MAX`] bytes of records arrived (they were not kept).
-    pub(crate) fn take_tail(&self, visible: &Visible) -> Result<Vec<Unpublished>, usize> {
+    pub(crate) fn take_tail(&self, visible: &Visible) -> Result<Vec<(Lsn, Bytes)>, usize> {
         self.keeping_tail.store(false, Ordering::Release);
         let kept = lock(&self.tail).take().unwrap_or_default();
         if kept.overflowed {
             return Err(self.tail_bytes_max.load(Ordering::Relaxed));
         }
-        debug_assert!(kept.records.last().is_none_or(|u| u.lsn == visible.lsn));
+        debug_assert!(kept
+            .records
+            .last()
+            .is_none_or(|(lsn, _)| *lsn == visible.lsn));
         Ok(kept.records)
     }
 
