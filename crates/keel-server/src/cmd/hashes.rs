@@ -260,26 +260,8 @@ fn pairs(v: &[Option<Bytes>]) -> Vec<(Reply, Reply)> {
 }
 
 fn hrandfield(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
-    let count = match a.get(2) {
-        None => None,
-        Some(c) => Some(int_arg(c)?),
-    };
-    let with_values = match a.get(3) {
-        None => false,
-        Some(o) if eq(o, "withvalues") && a.len() == 4 => true,
-        Some(_) => return Err(Reply::err(SYNTAX)),
-    };
-    if let Some(c) = count {
-        random_count(c, with_values, "fields")?;
-    }
-    let op = Read::HashRandom {
-        count: count.unwrap_or(1),
-        seed: random(),
-    };
-    Ok(Part::new(vec![read(&a[1], op)], move |r| match &r[0] {
-        WriteResult::Values(v) => random_pairs_reply(pairs(v), count, with_values),
-        other => values_reply(other),
-    }))
+    let op = |count, seed| Read::HashRandom { count, seed };
+    random_pairs(a, "withvalues", "fields", op, pairs)
 }
 
 fn hscan(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {

@@ -434,7 +434,6 @@ pub const NOT_INT: &str = "ERR value is not an integer or out of range";
 pub const SYNTAX: &str = "ERR syntax error";
 pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 
-/// Renders a reply from this part's write results; `None` when a guard failed.
 /// Makes a part's reply from its results, which it may take apart (moving values out rather
 /// than copying them), or from `None` when a guard failed.
 pub type Render = Box<dyn FnOnce(Option<&mut [WriteResult]>) -> Reply + Send>;
@@ -579,7 +578,6 @@ fn int_reply(r: &WriteResult) -> Reply {
     }
 }
 
-/// Values as an array of bulk strings and nils, or the read's error.
 /// [`value_reply`], moving the value out of the result: a clone of a freshly copied `Bytes`
 /// allocates (it becomes shared), a move does not.
 fn take_value_reply(r: &mut WriteResult) -> Reply {
@@ -601,6 +599,7 @@ fn take_values_reply(r: &mut WriteResult) -> Reply {
     }
 }
 
+/// Values as an array of bulk strings and nils, or the read's error.
 fn values_reply(r: &WriteResult) -> Reply {
     match r {
         WriteResult::Values(v) => Reply::Array(v.iter().map(bulk_or_nil).collect()),
@@ -631,15 +630,44 @@ fn random_count(count: i64, with_values: bool, what: &str) -> Result<(), Reply> 
     Ok(())
 }
 
-/// HRANDFIELD's and ZRANDMEMBER's reply from the engine's picks, as (name, value) pairs: the
-/// first name alone (nil for none) without a count, else the pairs `with_values` or the names.
-fn random_pairs_reply(picked: Vec<(Reply, Reply)>, count: Option<i64>, with_values: bool) -> Reply {
-    let mut picked = picked.into_iter();
-    match (count, with_values) {
-        (None, _) => picked.next().map_or(Reply::Nil, |(name, _)| name),
-        (Some(_), true) => Reply::Pairs(picked.collect()),
-        (Some(_), false) => Reply::Array(picked.map(|(name, _)| name).collect()),
+/// What makes (name, value) reply pairs of a read's flat values (a hash's, a sorted set's).
+type PairsOf = fn(&[Option<Bytes>]) -> Vec<(Reply, Reply)>;
+
+/// HRANDFIELD and ZRANDMEMBER: `a` is the command (key, then an optional count and `option`,
+/// WITHVALUES or WITHSCORES), `op` the engine's read for a count and a seed, `pairs` what
+/// makes (name, value) pairs of its result. The reply: one name (nil for none) without a
+/// count, else the pairs with `option`, or the names.
+fn random_pairs(
+    a: &[Bytes],
+    option: &str,
+    what: &str,
+    op: fn(i64, u64) -> Read,
+    pairs: PairsOf,
+) -> Result<Part, Reply> {
+    let count = match a.get(2) {
+        None => None,
+        Some(c) => Some(int_arg(c)?),
+    };
+    let with_values = match a.get(3) {
+        None => false,
+        Some(o) if eq(o, option) && a.len() == 4 => true,
+        Some(_) => return Err(Reply::err(SYNTAX)),
+    };
+    if let Some(c) = count {
+        random_count(c, with_values, what)?;
     }
+    let read_op = op(count.unwrap_or(1), random());
+    Ok(Part::new(vec![read(&a[1], read_op)], move |r| {
+        let mut picked = match &r[0] {
+            WriteResult::Values(v) => pairs(v).into_iter(),
+            other => return values_reply(other),
+        };
+        match (count, with_values) {
+            (None, _) => picked.next().map_or(Reply::Nil, |(name, _)| name),
+            (Some(_), true) => Reply::Pairs(picked.collect()),
+            (Some(_), false) => Reply::Array(picked.map(|(name, _)| name).collect()),
+        }
+    }))
 }
 
 /// A float argument as Redis reads one: no NaN, no leading space, and nothing out of a

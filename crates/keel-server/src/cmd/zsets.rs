@@ -867,24 +867,6 @@ fn zintercard(name: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
 }
 
 fn zrandmember(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
-    let count = match a.get(2) {
-        None => None,
-        Some(c) => Some(int_arg(c)?),
-    };
-    let with_scores = match a.get(3) {
-        None => false,
-        Some(o) if eq(o, "withscores") && a.len() == 4 => true,
-        Some(_) => return Err(Reply::err(SYNTAX)),
-    };
-    if let Some(c) = count {
-        random_count(c, with_scores, "members")?;
-    }
-    let op = Read::ZRandom {
-        count: count.unwrap_or(1),
-        seed: random(),
-    };
-    Ok(Part::new(vec![read(&a[1], op)], move |r| match &r[0] {
-        WriteResult::Values(v) => random_pairs_reply(scored(v), count, with_scores),
-        other => values_reply(other),
-    }))
+    let op = |count, seed| Read::ZRandom { count, seed };
+    random_pairs(a, "withscores", "members", op, scored)
 }
