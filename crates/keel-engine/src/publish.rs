@@ -116,8 +116,8 @@ pub(crate) struct Publisher {
 pub(crate) const TAIL_BYTES_MAX: usize = 256 << 20;
 
 /// The records kept for a fuzzy snapshot's tail, encoded as the log holds them (without their
-/// request sections) as they are published: a mutation's values can be slices of a
-/// connection's read buffer, which keeping the mutations would hold on to.
+/// request sections) as they are published: one allocation a record rather than its
+/// mutations' several, and the encoding the snapshot needs anyway.
 #[derive(Default)]
 struct Kept {
     records: Vec<(Lsn, Bytes)>,
@@ -220,15 +220,27 @@ impl Publisher {
             .keeping_tail
             .load(Ordering::Acquire)
             .then(|| lock(&self.tail));
-        let max = self.tail_bytes_max.load(Ordering::Relaxed);
+        let keeping = matches!(tail.as_deref(), Some(Some(_)));
+        let mut kept = Vec::new();
         while q.front().is_some_and(|u| u.lsn <= durable) {
             let u = q.pop_front().expect("front exists");
             v.apply(&u.mutations, u.lsn, u.at_ms);
-            if let Some(Some(t)) = tail.as_deref_mut() {
-                t.keep(&u, max);
+            if keeping {
+                kept.push(u);
             }
         }
         self.published.store(v.lsn, Ordering::Release);
+        // Encoded for the tail with the readers' lock and the queue let go; the tail's lock,
+        // still held, keeps a snapshot from taking the tail before these records are in it
+        // (it takes the tail under the read lock, after this publish), and keeps them in order
+        // before any later publish's.
+        drop((v, q));
+        if let Some(Some(t)) = tail.as_deref_mut() {
+            let max = self.tail_bytes_max.load(Ordering::Relaxed);
+            for u in &kept {
+                t.keep(u, max);
+            }
+        }
     }
 
     /// Starts keeping every record published from now on, for a fuzzy snapshot's tail, and
