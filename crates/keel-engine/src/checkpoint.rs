@@ -1096,7 +1096,11 @@ mod tests {
         for i in 0..20 {
             engine.put(format!("k{i}"), "v").unwrap();
         }
-        let write = |seq: &Sequencer| {
+        // Whether the tail filled a quarter of its bound (which ends a checkpoint's pacing),
+        // after each write between parts.
+        let filling = Arc::new(Mutex::new(Vec::new()));
+        let seen = filling.clone();
+        let write = move |seq: &Sequencer| {
             let w = Write::Put {
                 key: Bytes::from_static(b"big"),
                 value: Bytes::from(vec![7u8; 1000]),
@@ -1104,15 +1108,20 @@ mod tests {
                 only: Default::default(),
             };
             seq.commit_combined(None, vec![], vec![w]).unwrap();
+            lock(&seen).push(seq.publisher.tail_filling());
         };
         engine.set_checkpoints_for_test(2, Box::new(write));
-        engine.set_tail_bytes_max(4000);
+        engine.set_tail_bytes_max(8000);
         let e = engine.checkpoint().unwrap_err().to_string();
-        assert!(e.contains("more than 4000 bytes"), "{e}");
+        assert!(e.contains("more than 8000 bytes"), "{e}");
+        // One record of about 1 KB is under a quarter of 8,000 bytes; two are over.
+        assert_eq!(lock(&filling)[..2], [false, true]);
         let fs = &*opts.wal.fs;
         assert!(list_snapshots(fs, dir.path()).unwrap().is_empty());
         engine.set_tail_bytes_max(TAIL_BYTES_MAX);
+        lock(&filling).clear();
         let lsn = engine.checkpoint().unwrap();
+        assert!(lock(&filling).iter().all(|f| !f), "far under 256 MiB");
         let f = fs
             .open(&snapshot::snapshot_path(dir.path(), lsn), OpenMode::Read)
             .unwrap();
