@@ -55,6 +55,20 @@ impl Typed {
         matches!(&self.value, Stored::Collection(v) if !matches!(v, Value::Stream(_)))
     }
 
+    pub(crate) fn is_packed_zset(&self) -> bool {
+        matches!(&self.value, Stored::Collection(Value::ZSet(z)) if z.is_packed())
+    }
+
+    /// A sorted set in the skip list form becomes a working copy without order
+    /// ([`ZSetValue::working_copy`]); anything else stays as it is.
+    pub(crate) fn drop_zset_order(&mut self) {
+        if let Stored::Collection(Value::ZSet(z)) = &mut self.value {
+            if z.is_ordered() {
+                *z = z.working_copy();
+            }
+        }
+    }
+
     /// Heap bytes the value holds, about; O(1) for a hash, a set or a sorted set, however
     /// large (the sequencer asks after every round of writes to one).
     pub(crate) fn memory_bytes(&self) -> usize {
@@ -133,6 +147,19 @@ impl<'a> Lent<'a> {
             value: Stored::of(self.value),
             version: self.version,
             expires_at_ms: self.expires_at_ms,
+        }
+    }
+
+    /// The sequencer's copy to decide writes on: as [`Lent::typed`], but
+    /// a large sorted set comes without its order ([`ZSetValue::working_copy`]).
+    pub(crate) fn working_copy(&self) -> Typed {
+        match self.value {
+            ValueRef::ZSet(z) => Typed {
+                value: Stored::Collection(Value::ZSet(z.working_copy())),
+                version: self.version,
+                expires_at_ms: self.expires_at_ms,
+            },
+            _ => self.typed(),
         }
     }
 }

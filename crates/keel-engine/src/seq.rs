@@ -135,7 +135,8 @@ impl Recent {
     /// Records the mutations decided at `lsn`; `vis` is the visible state now, which holds the
     /// newest decided entry of every key not held here. A relative mutation of a key not held
     /// here copies its visible entry first: O(the value), once per key until the visible
-    /// state catches up; later ones change the copy in place.
+    /// state catches up; later ones change the copy in place. A large sorted set's copy has no
+    /// order until a decision needs it (see [`Lent::working_copy`]).
     pub(crate) fn record(&mut self, mutations: &[Mutation], lsn: Lsn, vis: &Visible) {
         for m in mutations {
             match change(m, lsn) {
@@ -147,9 +148,15 @@ impl Recent {
                     let base = match self.by_key.remove(key) {
                         Some((_, e)) => e,
                         None if self.cleared.is_some_and(|l| l > vis.lsn()) => None,
-                        None => vis.lend(key).map(|e| e.typed()),
+                        None => vis.lend(key).map(|e| e.working_copy()),
                     };
-                    let e = edit_typed(base, m, lsn);
+                    let packed = base.as_ref().is_none_or(Typed::is_packed_zset);
+                    let mut e = edit_typed(base, m, lsn);
+                    // A sorted set that outgrew the packed form here is the sequencer's own:
+                    // it goes without order, as a copy from the visible state would.
+                    if let Some(e) = e.as_mut().filter(|_| packed) {
+                        e.drop_zset_order();
+                    }
                     self.by_key.insert(key.clone(), (lsn, e));
                     self.order.push_back((lsn, key.clone()));
                 }

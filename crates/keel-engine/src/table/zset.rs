@@ -8,6 +8,12 @@
 //! an arena of nodes addressed by `u32`, so the table holds 4-byte indices and no code is
 //! unsafe.
 //!
+//! The sequencer's copy of a large sorted set (see [`ZSetValue::working_copy`]) keeps members and
+//! scores in one table and no order: a ZADD or ZREM that it decides then changes the table
+//! alone, where the skip list would take a second O(log n) search (the visible state's copy
+//! takes the first). A read that needs the order builds it once, and the copy is a skip list
+//! again from its next write.
+//!
 //! Scores are never NaN: the command layer rejects NaN, as Redis does, before it gets here.
 //! Packed, an integral score takes as few bytes as hold it (see `encode_score`).
 
@@ -15,6 +21,7 @@ use std::cmp::Ordering;
 use std::hash::BuildHasher;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::OnceLock;
 
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
@@ -55,6 +62,32 @@ enum Repr {
         len: usize,
     },
     Skip(Box<SkipList>),
+    Unordered(Box<Unordered>),
+}
+
+/// A large sorted set without its order: see [`ZSetValue::working_copy`].
+#[derive(Clone, Debug)]
+struct Unordered {
+    scores: hashbrown::HashMap<Box<[u8]>, f64, RandomState>,
+    member_bytes: usize,
+    /// The skip list of `scores`, built by the first read that needs the order; the next write
+    /// takes it and keeps it in order.
+    ordered: OnceLock<Box<SkipList>>,
+}
+
+impl Unordered {
+    fn skip_list(&self) -> &SkipList {
+        self.ordered.get_or_init(|| {
+            let mut pairs: Vec<(&[u8], f64)> =
+                self.scores.iter().map(|(m, s)| (&m[..], *s)).collect();
+            pairs.sort_unstable_by(|a, b| cmp(a.1, a.0, b.1, b.0));
+            let mut s = SkipList::new();
+            for (m, sc) in pairs {
+                s.insert(m, sc);
+            }
+            Box::new(s)
+        })
+    }
 }
 
 impl std::fmt::Debug for Repr {
@@ -62,6 +95,7 @@ impl std::fmt::Debug for Repr {
         match self {
             Repr::Packed { len, .. } => write!(f, "Packed({len} members)"),
             Repr::Skip(s) => write!(f, "SkipList({} members)", s.len),
+            Repr::Unordered(u) => write!(f, "Unordered({} members)", u.scores.len()),
         }
     }
 }
@@ -156,6 +190,7 @@ impl ZSetValue {
         match &self.0 {
             Repr::Packed { len, .. } => *len,
             Repr::Skip(s) => s.len,
+            Repr::Unordered(u) => u.scores.len(),
         }
     }
 
@@ -167,6 +202,11 @@ impl ZSetValue {
         matches!(self.0, Repr::Packed { .. })
     }
 
+    /// In the skip list form (not packed, not a working copy without order).
+    pub fn is_ordered(&self) -> bool {
+        matches!(self.0, Repr::Skip(_))
+    }
+
     /// ZSCORE.
     pub fn score(&self, member: &[u8]) -> Option<f64> {
         match &self.0 {
@@ -174,12 +214,65 @@ impl ZSetValue {
                 .find(|(_, _, m, _)| *m == member)
                 .map(|(_, _, _, s)| s),
             Repr::Skip(s) => s.find(member).map(|b| s.score(b)),
+            Repr::Unordered(u) => u.scores.get(member).copied(),
+        }
+    }
+
+    /// A copy to decide writes on, for the sequencer: a large sorted set comes as a table of
+    /// members and scores without the skip list, and stays so while only ZADD and ZREM change
+    /// it (O(1) each instead of O(log n)); the first read that needs the order (a rank, a
+    /// range, a pop) builds it, O(n log n) once. O(n) like any copy.
+    pub fn working_copy(&self) -> ZSetValue {
+        match &self.0 {
+            Repr::Skip(s) => {
+                let mut scores =
+                    hashbrown::HashMap::with_capacity_and_hasher(s.len, RandomState::default());
+                scores.extend(s.walk_from(s.fwd(HEAD, 0)).map(|(m, sc)| (m.into(), sc)));
+                ZSetValue(Repr::Unordered(Box::new(Unordered {
+                    scores,
+                    member_bytes: s.member_bytes,
+                    ordered: OnceLock::new(),
+                })))
+            }
+            _ => self.clone(),
+        }
+    }
+
+    /// The skip list of the large forms (built now for an unordered copy); `None` packed.
+    fn skip_list(&self) -> Option<&SkipList> {
+        match &self.0 {
+            Repr::Packed { .. } => None,
+            Repr::Skip(s) => Some(s),
+            Repr::Unordered(u) => Some(u.skip_list()),
+        }
+    }
+
+    /// An unordered copy whose order a read has built becomes that skip list, before a write.
+    fn keep_order(&mut self) {
+        if let Repr::Unordered(u) = &mut self.0 {
+            if let Some(s) = u.ordered.take() {
+                self.0 = Repr::Skip(s);
+            }
         }
     }
 
     /// ZADD of one member: sets its score; true if the member is new.
     pub fn insert(&mut self, member: &[u8], score: f64) -> bool {
         assert!(!score.is_nan(), "the command layer rejects NaN scores");
+        self.keep_order();
+        if let Repr::Unordered(u) = &mut self.0 {
+            return match u.scores.get_mut(member) {
+                Some(s) => {
+                    *s = score;
+                    false
+                }
+                None => {
+                    u.scores.insert(member.into(), score);
+                    u.member_bytes += member.len();
+                    true
+                }
+            };
+        }
         if let Repr::Packed { buf, len } = &mut self.0 {
             let old = packed_pairs(buf).find(|(_, _, m, _)| *m == member);
             let (most, longest) = zset_packed_limits();
@@ -221,6 +314,7 @@ impl ZSetValue {
 
     /// ZREM of one member; true if it was there.
     pub fn remove(&mut self, member: &[u8]) -> bool {
+        self.keep_order();
         match &mut self.0 {
             Repr::Packed { buf, len } => {
                 let found = packed_pairs(buf)
@@ -243,6 +337,13 @@ impl ZSetValue {
                 }
                 None => false,
             },
+            Repr::Unordered(u) => {
+                let gone = u.scores.remove(member).is_some();
+                if gone {
+                    u.member_bytes -= member.len();
+                }
+                gone
+            }
         }
     }
 
@@ -250,7 +351,8 @@ impl ZSetValue {
     pub fn rank(&self, member: &[u8]) -> Option<usize> {
         match &self.0 {
             Repr::Packed { buf, .. } => packed_pairs(buf).position(|(_, _, m, _)| m == member),
-            Repr::Skip(s) => {
+            _ => {
+                let s = self.skip_list()?;
                 let i = s.find(member)?;
                 Some(s.rank(s.score(i), member))
             }
@@ -269,7 +371,10 @@ impl ZSetValue {
                 .take(end - start)
                 .map(|(_, _, m, s)| (m, s))
                 .collect(),
-            Repr::Skip(s) => s.walk_from(s.by_rank(start)).take(end - start).collect(),
+            _ => {
+                let s = self.skip_list().expect("a large form");
+                s.walk_from(s.by_rank(start)).take(end - start).collect()
+            }
         }
     }
 
@@ -288,11 +393,13 @@ impl ZSetValue {
                 .take_while(|(_, s)| below_max(*s, max))
                 .take(limit)
                 .collect(),
-            Repr::Skip(s) => s
-                .walk_from(s.first_at_least(min))
-                .take_while(|(_, sc)| below_max(*sc, max))
-                .take(limit)
-                .collect(),
+            _ => {
+                let s = self.skip_list().expect("a large form");
+                s.walk_from(s.first_at_least(min))
+                    .take_while(|(_, sc)| below_max(*sc, max))
+                    .take(limit)
+                    .collect()
+            }
         }
     }
 
@@ -326,7 +433,8 @@ impl ZSetValue {
             Repr::Packed { buf, .. } => packed_pairs(buf)
                 .filter(|(_, _, _, s)| above_min(*s, min) && below_max(*s, max))
                 .count(),
-            Repr::Skip(s) => {
+            _ => {
+                let s = self.skip_list().expect("a large form");
                 let (_, first) = s.first_where(|sc| above_min(sc, min));
                 let (_, past) = s.first_where(|sc| !below_max(sc, max));
                 past.saturating_sub(first)
@@ -344,14 +452,27 @@ impl ZSetValue {
         match &self.0 {
             Repr::Packed { buf, .. } => buf.capacity(),
             Repr::Skip(s) => s.memory_bytes(),
+            Repr::Unordered(u) => {
+                u.scores.allocation_size()
+                    + u.member_bytes
+                    + u.ordered.get().map_or(0, |s| s.memory_bytes())
+            }
         }
     }
 
     /// Panics unless the skip list's links, spans and counts are consistent.
     #[cfg(test)]
     pub(crate) fn check(&self) {
-        if let Repr::Skip(s) = &self.0 {
-            s.check();
+        match &self.0 {
+            Repr::Skip(s) => s.check(),
+            Repr::Unordered(u) => {
+                let bytes: usize = u.scores.keys().map(|m| m.len()).sum();
+                assert_eq!(bytes, u.member_bytes, "member bytes");
+                if let Some(s) = u.ordered.get() {
+                    s.check();
+                }
+            }
+            Repr::Packed { .. } => {}
         }
     }
 
