@@ -2,6 +2,7 @@
 //! leave, into an outcome and the absolute effects to log. Nothing here locks, logs or
 //! publishes: the sequencer calls [`decide`] under its lock, against its decided state.
 
+use std::cell::OnceCell;
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -66,11 +67,31 @@ fn parse_float(v: &[u8]) -> Option<f64> {
 /// touches it, and the sequencer's state is then updated in place, once.
 struct Overlay<S> {
     base: S,
-    /// What the transaction wrote so far: the entry each key holds now (`None`: deleted).
-    changed: HashMap<Bytes, Option<Typed>>,
+    /// What the transaction wrote so far, by key.
+    changed: HashMap<Bytes, Written>,
     /// A DeleteAll came: keys not in `changed` are gone.
     cleared: bool,
     now: u64,
+}
+
+/// A key a transaction wrote: the entry it holds now, or, while nothing has read it since, the
+/// relative mutations it took over the state before the transaction. A write reads only what
+/// it needs of the entry before it (LPUSH, the list's length), so a transaction that writes a
+/// key once never copies it: the copy is made, O(the value), by the first read after.
+struct Written {
+    /// `None`: deleted.
+    entry: OnceCell<Option<Typed>>,
+    /// Pending while `entry` is unset; applied to a copy of the base's entry when it is set.
+    edits: Vec<Mutation>,
+}
+
+impl Written {
+    fn now(e: Option<Typed>) -> Written {
+        Written {
+            entry: OnceCell::from(e),
+            edits: Vec::new(),
+        }
+    }
 }
 
 /// A string value, its expiry, or the key holds another type.
@@ -79,7 +100,14 @@ type Str = Result<Option<(Bytes, Option<u64>)>, WriteError>;
 impl<S: Decided> Overlay<S> {
     fn lend(&self, k: &[u8]) -> Option<Lent<'_>> {
         match self.changed.get(k) {
-            Some(e) => e.as_ref().map(Typed::lend),
+            Some(w) => {
+                // Pending edits are over the base: a DeleteAll drops every key's.
+                let e = w.entry.get_or_init(|| {
+                    let base = self.base.lend(k).map(|e| e.typed());
+                    (w.edits.iter()).fold(base, |e, m| edit_typed(e, m, 0))
+                });
+                e.as_ref().map(Typed::lend)
+            }
             None if self.cleared => None,
             None => self.base.lend(k),
         }
@@ -108,18 +136,28 @@ impl<S: Decided> Overlay<S> {
         for m in mutations {
             match change(m, 0) {
                 Change::Key(k, e) => {
-                    self.changed.insert(k.clone(), e.map(Typed::from));
+                    self.changed
+                        .insert(k.clone(), Written::now(e.map(Typed::from)));
                 }
-                Change::Edit(k, m) => {
-                    // A key this transaction already wrote is changed in place; only the first
-                    // write of a key copies its entry.
-                    let base = match self.changed.remove(k) {
-                        Some(e) => e,
-                        None if self.cleared => None,
-                        None => self.base.lend(k).map(|e| e.typed()),
-                    };
-                    self.changed.insert(k.clone(), edit_typed(base, m, 0));
-                }
+                // A key this transaction read since it wrote it is changed in place; otherwise
+                // the mutation waits for a read (see `Written`).
+                Change::Edit(k, m) => match self.changed.get_mut(k) {
+                    Some(w) => match w.entry.get_mut() {
+                        Some(e) => *e = edit_typed(e.take(), m, 0),
+                        None => w.edits.push(m.clone()),
+                    },
+                    None if self.cleared => {
+                        let w = Written::now(edit_typed(None, m, 0));
+                        self.changed.insert(k.clone(), w);
+                    }
+                    None => {
+                        let w = Written {
+                            entry: OnceCell::new(),
+                            edits: vec![m.clone()],
+                        };
+                        self.changed.insert(k.clone(), w);
+                    }
+                },
                 Change::All => {
                     self.changed.clear();
                     self.cleared = true;
