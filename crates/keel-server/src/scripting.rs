@@ -15,7 +15,7 @@
 mod lua_struct;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -61,15 +61,14 @@ pub struct Scripts {
     /// The loaded function libraries (FUNCTION, FCALL).
     functions: Mutex<FunctionVm>,
     /// The running script, if any: SCRIPT KILL and busy replies look at it.
-    running: Mutex<Option<Running>>,
-    kill: Arc<AtomicBool>,
+    running: Mutex<Option<Arc<Running>>>,
+    flags: Arc<RunFlags>,
     /// Wakes whoever waits for the running script to end.
     done: tokio::sync::Notify,
     editing: tokio::sync::Mutex<()>,
 }
 
 /// A running script, as SCRIPT KILL and busy replies see it.
-#[derive(Clone)]
 pub struct Running {
     /// The script's SHA-1, or the function's name.
     pub name: String,
@@ -78,7 +77,20 @@ pub struct Running {
     /// The command that runs it (FUNCTION STATS).
     pub command: Vec<Bytes>,
     pub started: Instant,
-    pub wrote: Arc<AtomicBool>,
+}
+
+/// What the running script shares with the functions its Lua state keeps from one run to the
+/// next (the kill hook, `redis.setresp`: see [`prepare`]).
+#[derive(Default)]
+struct RunFlags {
+    /// A script or function runs.
+    running: AtomicBool,
+    /// SCRIPT KILL or FUNCTION KILL asked it to stop.
+    kill: AtomicBool,
+    /// It has written: it runs to its end (Redis: UNKILLABLE).
+    wrote: AtomicBool,
+    /// The protocol `redis.call` answers in (`redis.setresp`): 2 or 3.
+    resp: AtomicU8,
 }
 
 struct Vm {
@@ -113,7 +125,7 @@ impl Scripts {
                 compile_libraries(&Libraries::new()).expect("no libraries compile"),
             ),
             running: Mutex::new(None),
-            kill: Arc::new(AtomicBool::new(false)),
+            flags: Arc::default(),
             done: tokio::sync::Notify::new(),
             editing: tokio::sync::Mutex::new(()),
         }
@@ -163,7 +175,10 @@ impl Scripts {
         vm.lua = sandbox().expect("the Lua sandbox is built from constants");
     }
 
-    pub fn running(&self) -> Option<Running> {
+    pub fn running(&self) -> Option<Arc<Running>> {
+        if !self.flags.running.load(Ordering::SeqCst) {
+            return None;
+        }
         crate::lock(&self.running).clone()
     }
 
@@ -184,9 +199,9 @@ impl Scripts {
         match self.running() {
             None => Kill::NotBusy,
             Some(r) if r.function != function => Kill::OtherKind,
-            Some(r) if r.wrote.load(Ordering::SeqCst) => Kill::Unkillable,
+            Some(_) if self.flags.wrote.load(Ordering::SeqCst) => Kill::Unkillable,
             Some(_) => {
-                self.kill.store(true, Ordering::SeqCst);
+                self.flags.kill.store(true, Ordering::SeqCst);
                 Kill::Killed
             }
         }
@@ -238,11 +253,14 @@ impl Scripts {
             function,
             command: command.to_vec(),
             started: Instant::now(),
-            wrote: Arc::new(AtomicBool::new(false)),
         };
-        self.kill.store(false, Ordering::SeqCst);
-        *crate::lock(&self.running) = Some(running);
+        let flags = &self.flags;
+        flags.kill.store(false, Ordering::SeqCst);
+        flags.wrote.store(false, Ordering::SeqCst);
+        *crate::lock(&self.running) = Some(Arc::new(running));
+        flags.running.store(true, Ordering::SeqCst);
         let reply = run().unwrap_or_else(|e| error_reply(&e, name));
+        flags.running.store(false, Ordering::SeqCst);
         *crate::lock(&self.running) = None;
         self.done.notify_waiters();
         reply
@@ -807,10 +825,8 @@ fn run_in(
     caller: &mut dyn Caller,
     scripts: &Scripts,
 ) -> mlua::Result<Reply> {
-    let running = crate::lock(&scripts.running)
-        .clone()
-        .expect("set by running_while");
-    let kill = &scripts.kill;
+    let flags = &scripts.flags;
+    prepare(lua, flags)?;
     let g = lua.globals();
     let table = |items: &[Bytes]| -> mlua::Result<Table> {
         lua.create_sequence_from(
@@ -824,68 +840,81 @@ fn run_in(
         g.raw_set("KEYS", keys.clone())?;
         g.raw_set("ARGV", argv.clone())?;
     }
-    let reseed: Function = lua.named_registry_value("keel_reseed")?;
-    reseed.call::<()>(())?;
-    let json_reset: Function = lua.named_registry_value("keel_json_reset")?;
-    json_reset.call::<()>(())?;
-    let redis: Table = lua.named_registry_value("keel_redis")?;
-    let resp = std::cell::Cell::new(2u8);
-    {
-        let (wrote, kill) = (running.wrote.clone(), kill.clone());
-        lua.set_hook(
-            HookTriggers::new().every_nth_instruction(KILL_CHECK_EVERY),
-            move |_, _| {
-                // A script that has written runs to its end (Redis: UNKILLABLE).
-                if kill.load(Ordering::SeqCst) && !wrote.load(Ordering::SeqCst) {
-                    return Err(mlua::Error::runtime(
-                        "ERR Script killed by user with SCRIPT KILL...",
-                    ));
-                }
-                Ok(VmState::Continue)
-            },
-        )?;
+    // Every run starts from the same state: math.random's seed, cjson's settings, RESP2.
+    if let Some(d) = lua.app_data_ref::<Drand48>() {
+        d.seed(0);
     }
+    if let Some(j) = lua.app_data_ref::<JsonSettings>() {
+        j.reset();
+    }
+    flags.resp.store(2, Ordering::SeqCst);
+    let redis: Table = lua.named_registry_value("keel_redis")?;
     let caller = std::cell::RefCell::new(caller);
     let result = lua.scope(|scope| {
         let call = |raise: bool| {
-            let (caller, resp, wrote) = (&caller, &resp, &running.wrote);
+            let caller = &caller;
             scope.create_function(move |lua, args: Variadic<Value>| {
                 let args = call_args(&args)?;
                 let mut c = caller.borrow_mut();
                 let reply = c.call(args);
-                wrote.store(c.wrote(), Ordering::SeqCst);
+                flags.wrote.store(c.wrote(), Ordering::SeqCst);
                 drop(c);
                 if raise {
                     if let Reply::Error(e) = &reply {
                         return Err(mlua::Error::external(CallError(e.clone())));
                     }
                 }
-                to_lua(lua, reply, resp.get())
+                to_lua(lua, reply, flags.resp.load(Ordering::SeqCst))
             })
         };
         redis.raw_set("call", call(true)?)?;
         redis.raw_set("pcall", call(false)?)?;
-        let resp = &resp;
-        redis.raw_set(
-            "setresp",
-            scope.create_function(move |_, v: i64| match v {
-                2 | 3 => {
-                    resp.set(v as u8);
-                    Ok(())
-                }
-                _ => Err(mlua::Error::runtime("RESP version must be 2 or 3.")),
-            })?,
-        )?;
         let out: Value = match args {
             Args::Globals => function.call(())?,
             Args::Parameters => function.call((keys, argv))?,
         };
         from_lua(&out, 0)
     });
-    lua.remove_hook();
     let _ = redis.raw_set("call", Value::Nil);
     let _ = redis.raw_set("pcall", Value::Nil);
     result
+}
+
+/// Gives a Lua state, once, what runs share through `flags`: the hook that stops a killed
+/// script (every [`KILL_CHECK_EVERY`] instructions), and `redis.setresp`.
+fn prepare(lua: &Lua, flags: &Arc<RunFlags>) -> mlua::Result<()> {
+    if lua.app_data_ref::<Arc<RunFlags>>().is_some() {
+        return Ok(());
+    }
+    lua.set_app_data(flags.clone());
+    let f = flags.clone();
+    lua.set_hook(
+        HookTriggers::new().every_nth_instruction(KILL_CHECK_EVERY),
+        move |_, _| {
+            // A script that has written runs to its end (Redis: UNKILLABLE).
+            let killed = f.running.load(Ordering::SeqCst)
+                && f.kill.load(Ordering::SeqCst)
+                && !f.wrote.load(Ordering::SeqCst);
+            if killed {
+                return Err(mlua::Error::runtime(
+                    "ERR Script killed by user with SCRIPT KILL...",
+                ));
+            }
+            Ok(VmState::Continue)
+        },
+    )?;
+    let redis: Table = lua.named_registry_value("keel_redis")?;
+    let f = flags.clone();
+    redis.raw_set(
+        "setresp",
+        lua.create_function(move |_, v: i64| match v {
+            2 | 3 => {
+                f.resp.store(v as u8, Ordering::SeqCst);
+                Ok(())
+            }
+            _ => Err(mlua::Error::runtime("RESP version must be 2 or 3.")),
+        })?,
+    )
 }
 
 /// A `redis.call` whose command failed: the script stops with that error, unless it caught it
@@ -1376,7 +1405,7 @@ fn cjson_library(lua: &Lua) -> mlua::Result<Table> {
     let c = lua.create_table()?;
     // The deepest nesting encode and decode accept (cjson's encode_max_depth and
     // decode_max_depth, 1,000 each by default), for the script that set them: each run starts
-    // from the defaults again (`keel_json_reset`), so one script's setting does not leak.
+    // from the defaults again (`JsonSettings::reset`), so one script's setting does not leak.
     let (encode_max, decode_max) = (
         Arc::new(AtomicUsize::new(1000)),
         Arc::new(AtomicUsize::new(1000)),
@@ -1442,14 +1471,11 @@ fn cjson_library(lua: &Lua) -> mlua::Result<Table> {
             from_json(lua, &j)
         })?,
     )?;
-    let limits = (encode_max.clone(), decode_max.clone());
-    let reset = lua.create_function(move |_, ()| {
-        limits.0.store(1000, Ordering::Relaxed);
-        limits.1.store(1000, Ordering::Relaxed);
-        *crate::lock(&invalid) = InvalidNumbers::Refuse;
-        Ok(())
-    })?;
-    lua.set_named_registry_value("keel_json_reset", reset)?;
+    lua.set_app_data(JsonSettings {
+        encode_max: encode_max.clone(),
+        decode_max: decode_max.clone(),
+        invalid,
+    });
     for (name, max) in [
         ("encode_max_depth", encode_max),
         ("decode_max_depth", decode_max),
@@ -1607,6 +1633,30 @@ fn from_json(lua: &Lua, j: &serde_json::Value) -> mlua::Result<Value> {
     })
 }
 
+/// cjson's settings a script may change, which every run starts from again.
+struct JsonSettings {
+    encode_max: Arc<std::sync::atomic::AtomicUsize>,
+    decode_max: Arc<std::sync::atomic::AtomicUsize>,
+    invalid: Arc<Mutex<InvalidNumbers>>,
+}
+
+impl JsonSettings {
+    fn reset(&self) {
+        self.encode_max.store(1000, Ordering::Relaxed);
+        self.decode_max.store(1000, Ordering::Relaxed);
+        *crate::lock(&self.invalid) = InvalidNumbers::Refuse;
+    }
+}
+
+/// The state of `math.random`: drand48's 48 bits.
+struct Drand48(Arc<Mutex<u64>>);
+
+impl Drand48 {
+    fn seed(&self, x: u64) {
+        *crate::lock(&self.0) = ((x & 0xFFFF_FFFF) << 16) | 0x330E;
+    }
+}
+
 /// `math.random` and `math.randomseed` on a 48-bit generator (drand48's constants) that every
 /// run restarts from the same seed, so a script's choices do not depend on earlier runs.
 fn deterministic_random(lua: &Lua) -> mlua::Result<()> {
@@ -1619,9 +1669,6 @@ fn deterministic_random(lua: &Lua) -> mlua::Result<()> {
             *s = (s.wrapping_mul(0x5DEECE66D).wrapping_add(0xB)) & ((1 << 48) - 1);
             *s as f64 / (1u64 << 48) as f64
         }
-    };
-    let seed = |state: &Mutex<u64>, x: u64| {
-        *crate::lock(state) = ((x & 0xFFFF_FFFF) << 16) | 0x330E;
     };
     math.raw_set(
         "random",
@@ -1648,22 +1695,15 @@ fn deterministic_random(lua: &Lua) -> mlua::Result<()> {
             }
         })?,
     )?;
-    let s2 = state.clone();
+    let seeded = Drand48(state.clone());
     math.raw_set(
         "randomseed",
         lua.create_function(move |_, x: f64| {
-            seed(&s2, x as i64 as u64);
+            seeded.seed(x as i64 as u64);
             Ok(())
         })?,
     )?;
-    let s3 = state;
-    lua.set_named_registry_value(
-        "keel_reseed",
-        lua.create_function(move |_, ()| {
-            seed(&s3, 0);
-            Ok(())
-        })?,
-    )?;
+    lua.set_app_data(Drand48(state));
     Ok(())
 }
 
