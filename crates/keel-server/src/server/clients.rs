@@ -40,8 +40,40 @@ pub struct Client {
     kill: Notify,
     /// Out-of-band replies for this connection (Pub/Sub messages, invalidations), and the bytes
     /// waiting in it.
-    pushes: mpsc::UnboundedSender<(Reply, usize)>,
+    pushes: mpsc::UnboundedSender<(Pushed, usize)>,
     pushed_bytes: AtomicUsize,
+}
+
+/// An out-of-band reply waiting for its connection.
+pub enum Pushed {
+    Reply(Reply),
+    /// A Pub/Sub message, shared by all its subscribers.
+    Message(Arc<Message>),
+}
+
+/// A message many connections write: encoded once for each protocol, by the first that writes
+/// it in that protocol.
+pub struct Message {
+    pub reply: Reply,
+    encoded: [std::sync::OnceLock<Bytes>; 2],
+}
+
+impl Message {
+    pub fn new(reply: Reply) -> Arc<Message> {
+        Arc::new(Message {
+            reply,
+            encoded: Default::default(),
+        })
+    }
+
+    /// The message in RESP `proto` (2 or 3).
+    pub fn encoded(&self, proto: u8) -> &Bytes {
+        self.encoded[usize::from(proto == 3)].get_or_init(|| {
+            let mut out = bytes::BytesMut::new();
+            self.reply.encode(proto, &mut out);
+            out.freeze()
+        })
+    }
 }
 
 /// Bytes of out-of-band replies that may wait for one connection (Redis's
@@ -64,7 +96,7 @@ impl Client {
         addr: Arc<str>,
         laddr: String,
         fd: i32,
-    ) -> (Client, mpsc::UnboundedReceiver<(Reply, usize)>) {
+    ) -> (Client, mpsc::UnboundedReceiver<(Pushed, usize)>) {
         let (pushes, rx) = mpsc::unbounded_channel();
         let c = Client {
             id,
@@ -93,7 +125,7 @@ impl Client {
 
     /// Queues an out-of-band reply of about `size` bytes for the connection to write when it
     /// can; past [`PUSHED_BYTES_MAX`] waiting, closes the connection instead.
-    pub fn push(&self, r: Reply, size: usize) {
+    pub fn push(&self, r: Pushed, size: usize) {
         if self.pushed_bytes.fetch_add(size, Ordering::Relaxed) + size > PUSHED_BYTES_MAX {
             tracing::warn!(
                 "client {}: disconnected: more than {PUSHED_BYTES_MAX} bytes of messages waiting",

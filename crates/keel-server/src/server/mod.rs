@@ -51,7 +51,7 @@ mod tracking;
 mod transactions;
 
 pub use backend::Backend;
-use clients::{Client, Clients, Pause, Silence};
+use clients::{Client, Clients, Message, Pause, Pushed, Silence};
 use cluster::redis_mode;
 pub(crate) use info::trim_allocator;
 pub use info::{set_allocator_stats, set_allocator_trim, AllocatorStats};
@@ -493,7 +493,7 @@ struct Conn {
     /// What the next submitted write tells tracking clients.
     touched: Touched,
     /// Out-of-band replies for this connection ([`Client::push`]).
-    pushes: tokio::sync::mpsc::UnboundedReceiver<(Reply, usize)>,
+    pushes: tokio::sync::mpsc::UnboundedReceiver<(Pushed, usize)>,
 }
 
 async fn connection(mut stream: TcpStream, sh: Arc<Shared>) -> std::io::Result<()> {

@@ -60,11 +60,13 @@ impl PubSub {
         let kind = if shard { Kind::Shard } else { Kind::Channel };
         let word = if shard { "smessage" } else { "message" };
         if let Some(subs) = self.table(kind).get(channel) {
+            let m = Message::new(Reply::Push(vec![
+                Reply::bulk(word),
+                bulk(channel),
+                bulk(message),
+            ]));
             for s in subs.values() {
-                s.push(
-                    Reply::Push(vec![Reply::bulk(word), bulk(channel), bulk(message)]),
-                    size,
-                );
+                s.push(Pushed::Message(m.clone()), size);
                 n += 1;
             }
         }
@@ -73,14 +75,14 @@ impl PubSub {
                 if !glob::matches(pattern, channel) {
                     continue;
                 }
+                let m = Message::new(Reply::Push(vec![
+                    Reply::bulk("pmessage"),
+                    bulk(pattern),
+                    bulk(channel),
+                    bulk(message),
+                ]));
                 for s in subs.values() {
-                    let push = vec![
-                        Reply::bulk("pmessage"),
-                        bulk(pattern),
-                        bulk(channel),
-                        bulk(message),
-                    ];
-                    s.push(Reply::Push(push), size + pattern.len());
+                    s.push(Pushed::Message(m.clone()), size + pattern.len());
                     n += 1;
                 }
             }
@@ -260,11 +262,22 @@ impl Conn {
         }
     }
 
+    /// Writes an out-of-band reply taken from the connection's queue of them.
+    pub(super) fn push_out(&mut self, p: Pushed) {
+        match p {
+            Pushed::Reply(r) => self.push(r),
+            Pushed::Message(m) if self.queue.is_empty() => {
+                self.out.extend_from_slice(m.encoded(self.proto));
+            }
+            Pushed::Message(m) => self.queue.push_back(Slot::Ready(m.reply.clone())),
+        }
+    }
+
     /// Writes every message waiting for this connection.
     pub(super) fn push_waiting(&mut self) {
-        while let Ok((r, size)) = self.pushes.try_recv() {
+        while let Ok((p, size)) = self.pushes.try_recv() {
             self.client.pushed(size);
-            self.push(r);
+            self.push_out(p);
         }
     }
 

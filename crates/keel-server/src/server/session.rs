@@ -5,7 +5,10 @@ use super::*;
 /// Serves one client over a plain or TLS stream until it leaves or the server shuts down.
 pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     mut stream: S,
-    (client, pushes): (Client, tokio::sync::mpsc::UnboundedReceiver<(Reply, usize)>),
+    (client, pushes): (
+        Client,
+        tokio::sync::mpsc::UnboundedReceiver<(Pushed, usize)>,
+    ),
     sh: Arc<Shared>,
 ) -> std::io::Result<()> {
     let mut stop = sh.shutdown.subscribe();
@@ -186,7 +189,7 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
             Err(message) => {
                 if let Some((m, size)) = message {
                     conn.client.pushed(size);
-                    conn.push(m);
+                    conn.push_out(m);
                     conn.push_waiting();
                 }
                 // A subscriber that stops reading blocks this write; past its bound the

@@ -197,7 +197,7 @@ fn deliver(t: &Tracker, keys: Option<Vec<Reply>>, registry: &Clients) {
                         Reply::bulk("tracking-redir-broken"),
                         Reply::Int(id as i64),
                     ]);
-                    t.client.push(r, 64);
+                    t.client.push(Pushed::Reply(r), 64);
                 }
                 return;
             }
@@ -218,7 +218,7 @@ fn deliver(t: &Tracker, keys: Option<Vec<Reply>>, registry: &Clients) {
             keys.map_or(Reply::NilArray, Reply::Array),
         ])
     };
-    target.push(push, size);
+    target.push(Pushed::Reply(push), size);
 }
 
 /// A connection's tracking; turning it off, or closing, ends it.
