@@ -139,6 +139,10 @@ pub(super) fn publish(sh: &Shared, events: &[Event]) {
 /// when a removal left the key empty. A command that deletes a key any other way (EXPIRE with a
 /// time past, a store of an empty result) reports only `del`.
 pub fn events(args: &[Bytes], effects: &[KeyEffect], out: &mut Vec<Event>) {
+    // No key changed (effects are reported only while notifications are on): nothing to name.
+    if effects.is_empty() {
+        return;
+    }
     let name = lower(&args[0]);
     for e in effects {
         if e.created {
