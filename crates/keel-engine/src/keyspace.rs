@@ -21,7 +21,7 @@ use crate::table::{
     Table, Value, ValueMut, ValueRef, ZSetValue, KEYS_PER_SHARD_TARGET,
 };
 use crate::types::{live_at, Entry, Read, WriteError, WriteResult};
-use crate::util::{HashMap, Pick};
+use crate::util::{Copies, HashMap, Pick};
 use crate::{bits, zsets};
 
 /// A value of any type: a string, or a collection in the table's encoding.
@@ -344,9 +344,6 @@ pub(crate) fn edit_typed(entry: Option<Typed>, m: &Mutation, version: Lsn) -> Op
     }
 }
 
-/// Evaluates a read of a key whose live value is `value` (`None`: absent or expired). The one
-/// definition of every [`Read`], for reads of the visible state and for reads inside a
-/// transaction alike.
 /// [`Read::Expiry`]'s result for a live key's expiry (`None`: no key).
 pub(crate) fn expiry(at: Option<Option<u64>>) -> WriteResult {
     WriteResult::Int(match at {
@@ -356,6 +353,9 @@ pub(crate) fn expiry(at: Option<Option<u64>>) -> WriteResult {
     })
 }
 
+/// Evaluates a read of a key whose live value is `value` (`None`: absent or expired). The one
+/// definition of every [`Read`], for reads of the visible state and for reads inside a
+/// transaction alike.
 pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
     let copy = |b: &[u8]| Some(Bytes::copy_from_slice(b));
     if let Read::Type = op {
@@ -535,11 +535,7 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
             Some(_) => return wrong,
         };
         return match op {
-            Read::SetMembers => WriteResult::Values(
-                set.iter()
-                    .map(|m| Some(Bytes::from(m.into_owned())))
-                    .collect(),
-            ),
+            Read::SetMembers => WriteResult::Values(Copies::of(set.iter())),
             Read::SetIsMember { member } => WriteResult::Int(set.contains(member) as i64),
             Read::SetMisMember { members } => WriteResult::Values(
                 members
@@ -586,11 +582,9 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
         Read::HashGet { fields } => {
             WriteResult::Values(fields.iter().map(|f| h.get(f).and_then(copy)).collect())
         }
-        Read::HashAll => {
-            WriteResult::Values(h.iter().flat_map(|(f, v)| [copy(f), copy(v)]).collect())
-        }
-        Read::HashKeys => WriteResult::Values(h.iter().map(|(f, _)| copy(f)).collect()),
-        Read::HashVals => WriteResult::Values(h.iter().map(|(_, v)| copy(v)).collect()),
+        Read::HashAll => WriteResult::Values(Copies::of(h.iter().flat_map(|(f, v)| [f, v]))),
+        Read::HashKeys => WriteResult::Values(Copies::of(h.iter().map(|(f, _)| f))),
+        Read::HashVals => WriteResult::Values(Copies::of(h.iter().map(|(_, v)| v))),
         Read::HashLen => WriteResult::Int(h.len() as i64),
         Read::HashExists { field } => WriteResult::Int(h.get(field).is_some() as i64),
         Read::HashStrlen { field } => WriteResult::Int(h.get(field).map_or(0, |v| v.len()) as i64),
@@ -638,7 +632,7 @@ fn eval_list_read(list: &ListValue, op: &Read) -> WriteResult {
     match op {
         Read::ListRange { start, stop } => {
             let (a, b) = list_bounds(list.len(), *start, *stop);
-            WriteResult::Values(list.range(a, b).map(copy).collect())
+            WriteResult::Values(Copies::of(list.range(a, b)))
         }
         Read::ListIndex { index } => WriteResult::Value(
             list_index(list.len(), *index).and_then(|i| list.get(i).and_then(copy)),

@@ -4,6 +4,8 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+
 /// Every hash map keyed by client bytes: foldhash is several times cheaper than SipHash on
 /// short keys and is seeded at random per map, so clients cannot aim collisions at it.
 pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
@@ -40,5 +42,58 @@ impl Pick {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+}
+
+/// Copies of many byte strings in one buffer, handed out as slices of it: a read that returns
+/// n members (LRANGE, HGETALL, SMEMBERS, ZRANGE) makes one allocation instead of n. A slice
+/// keeps the whole buffer alive, so this is for results that are written out and dropped.
+#[derive(Default)]
+pub(crate) struct Copies {
+    buf: bytes::BytesMut,
+    ends: Vec<usize>,
+}
+
+impl Copies {
+    pub(crate) fn push(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(b);
+        self.ends.push(self.buf.len());
+    }
+
+    pub(crate) fn of<B: AsRef<[u8]>>(items: impl IntoIterator<Item = B>) -> Vec<Option<Bytes>> {
+        let mut c = Copies::default();
+        for b in items {
+            c.push(b.as_ref());
+        }
+        c.finish()
+    }
+
+    pub(crate) fn finish(self) -> Vec<Option<Bytes>> {
+        let buf = self.buf.freeze();
+        let mut start = 0;
+        (self.ends.into_iter())
+            .map(|end| Some(buf.slice(std::mem::replace(&mut start, end)..end)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Copies;
+    use std::borrow::Cow;
+
+    #[test]
+    fn copies_are_the_items_in_order_empty_ones_too() {
+        let items: Vec<Cow<[u8]>> = vec![
+            Cow::Borrowed(b"a"),
+            Cow::Borrowed(b""),
+            Cow::Owned(b"12345".to_vec()),
+            Cow::Borrowed(b""),
+            Cow::Borrowed(b"xyz"),
+        ];
+        let got = Copies::of(items.iter());
+        let want: Vec<Option<&[u8]>> = items.iter().map(|c| Some(&c[..])).collect();
+        assert_eq!(got.iter().map(|b| b.as_deref()).collect::<Vec<_>>(), want);
+        assert!(Copies::of(Vec::<&[u8]>::new()).is_empty());
     }
 }

@@ -12,7 +12,7 @@ use crate::table::{ValueRef, ZSetValue};
 use crate::types::{
     Aggregate, LexBound, PutIf, Read, SetOp, WriteError, WriteResult, ZCmp, ZRange,
 };
-use crate::util::{HashMap, Pick};
+use crate::util::{Copies, HashMap, Pick};
 
 /// A score as Redis 7.2 replies with it (its `d2string`): `0` or `-0`; a whole number of
 /// magnitude up to 2^62 as an integer; otherwise the shortest digits that read back as the same
@@ -209,12 +209,14 @@ pub(crate) fn eval(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
 /// Members, or members and scores, as a read's `Values`.
 fn pairs_result(pairs: Vec<(&[u8], f64)>, with_scores: bool) -> WriteResult {
     WriteResult::Values(if with_scores {
-        pairs
-            .into_iter()
-            .flat_map(|(m, s)| [owned(m), score_text(s)])
-            .collect()
+        let mut c = Copies::default();
+        for (m, s) in pairs {
+            c.push(m);
+            c.push(format_score(s).as_bytes());
+        }
+        c.finish()
     } else {
-        pairs.into_iter().map(|(m, _)| owned(m)).collect()
+        Copies::of(pairs.into_iter().map(|(m, _)| m))
     })
 }
 
