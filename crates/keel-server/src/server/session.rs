@@ -190,6 +190,10 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 if let Some((m, size)) = message {
                     conn.client.pushed(size);
                     conn.push_out(m);
+                    // Let the publishers that are ready run first: the messages they publish
+                    // meanwhile go out in this one write (as Redis writes a subscriber's
+                    // messages once per turn of its event loop) instead of a write each.
+                    tokio::task::yield_now().await;
                     conn.push_waiting();
                 }
                 // A subscriber that stops reading blocks this write; past its bound the
