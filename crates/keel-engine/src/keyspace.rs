@@ -69,15 +69,15 @@ impl Typed {
         }
     }
 
-    /// Heap bytes the value holds, about; O(1) for a hash, a set or a sorted set, however
-    /// large (the sequencer asks after every round of writes to one).
+    /// Heap bytes the value holds, about; O(1) for a hash, a set, a list or a sorted set,
+    /// however large (the sequencer asks after every round of writes to one).
     pub(crate) fn memory_bytes(&self) -> usize {
         match &self.value {
             Stored::String(v) => v.len(),
             Stored::Collection(Value::String(v)) => v.len(),
             Stored::Collection(Value::Hash(h)) => h.memory_estimate(),
             Stored::Collection(Value::Set(x)) => x.memory_estimate(),
-            Stored::Collection(Value::List(x)) => x.memory_bytes(),
+            Stored::Collection(Value::List(x)) => x.memory_estimate(),
             Stored::Collection(Value::ZSet(x)) => x.memory_bytes(),
             Stored::Collection(Value::Stream(x)) => x.memory_bytes(),
         }

@@ -1169,22 +1169,32 @@ fn a_collection_slot_stays_small() {
 }
 
 /// The O(1) memory estimates the sequencer's kept budget reads: exact for members of one
-/// length, within a factor of two of the exact count for lengths that vary.
+/// length (a list: while it has at most 16 chunks), within a factor of two of the exact count
+/// for lengths that vary.
 #[test]
 fn memory_estimates_follow_the_exact_count() {
     for varied in [false, true] {
-        let (mut s, mut h) = (SetValue::new(), HashValue::new());
+        let (mut s, mut h, mut l) = (SetValue::new(), HashValue::new(), ListValue::new());
         for i in 0..5000usize {
             let len = if varied { 10 + i % 50 } else { 30 };
             let m = format!("{i:0len$}");
             s.insert(m.as_bytes());
             h.insert(m.as_bytes(), b"value");
+            if i % 2 == 0 {
+                l.push_front(m.as_bytes());
+            } else {
+                l.push_back(m.as_bytes());
+            }
+            if i == 100 {
+                assert_eq!(l.memory_estimate(), l.memory_bytes(), "a short list");
+            }
         }
         for (what, exact, estimate) in [
             ("set", s.memory_bytes(), s.memory_estimate()),
             ("hash", h.memory_bytes(), h.memory_estimate()),
+            ("list", l.memory_bytes(), l.memory_estimate()),
         ] {
-            if varied {
+            if varied || what == "list" {
                 assert!(
                     estimate > exact / 2 && estimate < exact * 2,
                     "{what}: {estimate} for {exact}"
