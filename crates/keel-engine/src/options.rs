@@ -79,6 +79,17 @@ impl Default for Options {
 }
 
 impl Options {
+    /// Options for small engines in tests: the log's [`keel_wal::Options::small_for_tests`],
+    /// keys up to 256 bytes and values up to 4 KiB.
+    pub fn small_for_tests() -> Self {
+        Options {
+            wal: keel_wal::Options::small_for_tests(),
+            key_bytes_max: 256,
+            value_bytes_max: 4096,
+            ..Options::default()
+        }
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         let max_record = self.wal.record_bytes_max as usize;
         if self.key_bytes_max + self.value_bytes_max + 64 > max_record {

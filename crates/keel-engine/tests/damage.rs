@@ -7,11 +7,8 @@ use keel_engine::{inspect, Engine, Error, Health, Options};
 
 fn small() -> Options {
     Options {
-        wal: keel_wal::Options::small_for_tests(),
-        key_bytes_max: 256,
-        value_bytes_max: 4096,
         background: false,
-        ..Options::default()
+        ..Options::small_for_tests()
     }
 }
 

@@ -5,15 +5,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use keel_engine::{Engine, Error, Guard, Options, Outcome, PutIf, Ttl, Write, WriteResult};
 
-fn small() -> Options {
-    Options {
-        wal: keel_wal::Options::small_for_tests(),
-        key_bytes_max: 256,
-        value_bytes_max: 4096,
-        ..Options::default()
-    }
-}
-
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
@@ -30,7 +21,7 @@ fn put(key: &str, value: &str, ttl: Ttl, only: PutIf) -> Write {
 #[test]
 fn writes_reads_and_conditions() {
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     let v1 = e.put("a", "1").unwrap();
     assert_eq!(e.get(b"a").unwrap().value, "1");
     assert_eq!(e.get(b"a").unwrap().version, v1);
@@ -150,7 +141,7 @@ fn writes_reads_and_conditions() {
 #[test]
 fn limits_give_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     assert!(matches!(
         e.put(vec![0u8; 257], "v"),
         Err(Error::KeyTooLarge { len: 257, max: 256 })
@@ -178,7 +169,7 @@ fn limits_give_clear_errors() {
     );
     let bad = Options {
         value_bytes_max: 1 << 30,
-        ..small()
+        ..Options::small_for_tests()
     };
     assert!(matches!(
         Engine::open(dir.path().join("x"), bad),
@@ -200,7 +191,7 @@ fn system(key: &str, value: &str) -> Write {
 fn the_system_namespace_is_durable_and_apart_from_user_keys() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
-    let (e, _) = Engine::open(&db, small()).unwrap();
+    let (e, _) = Engine::open(&db, Options::small_for_tests()).unwrap();
     let o = e
         .commit(
             vec![],
@@ -239,7 +230,7 @@ fn the_system_namespace_is_durable_and_apart_from_user_keys() {
 
     // From the log, then from a snapshot.
     for checkpoint in [true, false] {
-        let (e, _) = Engine::open(&db, small()).unwrap();
+        let (e, _) = Engine::open(&db, Options::small_for_tests()).unwrap();
         assert_eq!(e.system(b"pos"), Some(b("3")));
         assert_eq!(e.get(b"pos"), None);
         if checkpoint {
@@ -249,10 +240,10 @@ fn the_system_namespace_is_durable_and_apart_from_user_keys() {
     }
     // Backups and point-in-time restores carry it, as of their point; it can be read without
     // opening the database, also while it is open.
-    let (e, _) = Engine::open(&db, small()).unwrap();
+    let (e, _) = Engine::open(&db, Options::small_for_tests()).unwrap();
     e.commit(vec![], vec![system("pos", "4"), system("other", "x")])
         .unwrap();
-    let read = keel_engine::read_system(&db, &small()).unwrap();
+    let read = keel_engine::read_system(&db, &Options::small_for_tests()).unwrap();
     assert_eq!(
         read.get(&b("pos")),
         Some(&b("4")),
@@ -260,7 +251,7 @@ fn the_system_namespace_is_durable_and_apart_from_user_keys() {
     );
     assert_eq!(read.get(&b("other")), Some(&b("x")));
     e.checkpoint().unwrap();
-    let read = keel_engine::read_system(&db, &small()).unwrap();
+    let read = keel_engine::read_system(&db, &Options::small_for_tests()).unwrap();
     assert_eq!(read.get(&b("pos")), Some(&b("4")), "from the snapshot");
     e.commit(vec![], vec![system("pos", "3")]).unwrap();
     let backup = dir.path().join("backup");
@@ -272,11 +263,11 @@ fn the_system_namespace_is_durable_and_apart_from_user_keys() {
         &db,
         &restored,
         keel_engine::RestoreTarget::Lsn(at_1),
-        &small(),
+        &Options::small_for_tests(),
     )
     .unwrap();
     for (path, pos, user) in [(&backup, "3", None), (&restored, "1", Some("user value"))] {
-        let (e, _) = Engine::open(path, small()).unwrap();
+        let (e, _) = Engine::open(path, Options::small_for_tests()).unwrap();
         assert_eq!(e.system(b"pos"), Some(b(pos)), "{}", path.display());
         assert_eq!(e.get(b"pos").map(|e| e.value), user.map(b));
         e.close().unwrap();
@@ -287,7 +278,7 @@ fn the_system_namespace_is_durable_and_apart_from_user_keys() {
 fn reopen_replays_state_and_versions() {
     let dir = tempfile::tempdir().unwrap();
     let before = {
-        let (e, _) = Engine::open(dir.path(), small()).unwrap();
+        let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
         for i in 0..300 {
             e.put(format!("k{}", i % 50), format!("v{i}-{}", "x".repeat(200)))
                 .unwrap();
@@ -300,7 +291,7 @@ fn reopen_replays_state_and_versions() {
         e.close().unwrap();
         s
     };
-    let (e, report) = Engine::open(dir.path(), small()).unwrap();
+    let (e, report) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     assert!(report.wal.segments > 1, "the workload should span segments");
     assert_eq!(e.read(|v| v.iter().collect::<BTreeMap<_, _>>()), before);
     assert_eq!(e.get(b"counter").unwrap().value, "300");
@@ -309,7 +300,7 @@ fn reopen_replays_state_and_versions() {
 #[test]
 fn concurrent_increments_lose_nothing_and_readers_see_only_durable_state() {
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -364,7 +355,7 @@ fn combined_commits_from_many_threads_decide_in_log_order() {
     const THREADS: usize = 32;
     const EACH: usize = 100;
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     let incr = || Write::Incr { key: b("c"), by: 1 };
     let mut seen: Vec<(u64, i64)> = std::thread::scope(|s| {
         let threads: Vec<_> = (0..THREADS)
@@ -404,7 +395,7 @@ fn combined_commits_from_many_threads_decide_in_log_order() {
     let last = seen.last().unwrap().0;
     assert_eq!(e.get(b"c").unwrap().version, last);
     drop(e);
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     let c = e.get(b"c").unwrap();
     assert_eq!((c.value, c.version), (b(&total.to_string()), last));
 }
@@ -422,7 +413,7 @@ fn wal_segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn checkpoint_prunes_the_log_and_reopens_without_applying_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     for i in 0..400 {
         e.put(format!("k{}", i % 40), "x".repeat(300)).unwrap();
         e.incr("counter", 1).unwrap();
@@ -446,7 +437,7 @@ fn checkpoint_prunes_the_log_and_reopens_without_applying_twice() {
     }
     let state = e.read(|v| v.iter().collect::<BTreeMap<_, _>>());
     e.close().unwrap();
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     assert_eq!(
         e.get(b"counter").unwrap().value,
         "410",
@@ -468,7 +459,7 @@ fn checkpoint_prunes_the_log_and_reopens_without_applying_twice() {
 fn damaged_snapshot_or_manifest_falls_back_and_a_missing_path_fails_closed() {
     let setup = || {
         let dir = tempfile::tempdir().unwrap();
-        let (e, _) = Engine::open(dir.path(), small()).unwrap();
+        let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
         for i in 0..300 {
             e.put(format!("k{i}"), "y".repeat(300)).unwrap();
         }
@@ -488,7 +479,7 @@ fn damaged_snapshot_or_manifest_falls_back_and_a_missing_path_fails_closed() {
         std::fs::write(p, &b).unwrap();
     };
     let all_there = |dir: &std::path::Path| {
-        let (e, report) = Engine::open(dir, small()).unwrap();
+        let (e, report) = Engine::open(dir, Options::small_for_tests()).unwrap();
         for i in 0..300 {
             assert!(e.get(format!("k{i}").as_bytes()).is_some(), "k{i}");
             assert!(e.get(format!("j{i}").as_bytes()).is_some(), "j{i}");
@@ -519,7 +510,9 @@ fn damaged_snapshot_or_manifest_falls_back_and_a_missing_path_fails_closed() {
     let (dir, lsn) = setup();
     flip(&snap(dir.path(), lsn), 100);
     std::fs::remove_file(&wal_segments(dir.path())[0]).unwrap();
-    let err = Engine::open(dir.path(), small()).err().unwrap();
+    let err = Engine::open(dir.path(), Options::small_for_tests())
+        .err()
+        .unwrap();
     assert!(matches!(err, Error::NoCompletePath { .. }), "{err}");
     let msg = err.to_string();
     assert!(
@@ -533,7 +526,7 @@ fn damaged_snapshot_or_manifest_falls_back_and_a_missing_path_fails_closed() {
 fn stale_files_from_a_crashed_checkpoint_are_removed() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let (e, _) = Engine::open(dir.path(), small()).unwrap();
+        let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
         e.put("a", "1").unwrap();
         e.checkpoint().unwrap();
         e.put("b", "2").unwrap();
@@ -547,7 +540,7 @@ fn stale_files_from_a_crashed_checkpoint_are_removed() {
     .unwrap();
     std::fs::write(sdir.join(format!("snap-{:020}.tmp", 98)), b"half").unwrap();
     std::fs::write(dir.path().join("MANIFEST.tmp"), b"half").unwrap();
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     assert_eq!(std::fs::read_dir(&sdir).unwrap().count(), 1);
     assert!(!dir.path().join("MANIFEST.tmp").exists());
     assert_eq!(e.get(b"b").unwrap().value, "2");
@@ -558,7 +551,7 @@ fn retries_with_a_request_id_return_the_first_outcome_and_apply_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {
         request_retention_count: 3,
-        ..small()
+        ..Options::small_for_tests()
     };
     let incr = || vec![Write::Incr { key: b("n"), by: 5 }];
     let absent = || {
@@ -620,7 +613,7 @@ fn a_retry_under_a_weaker_sync_policy_does_not_wait_forever() {
             sync_policy: keel_wal::SyncPolicy::Never,
             ..keel_wal::Options::small_for_tests()
         },
-        ..small()
+        ..Options::small_for_tests()
     };
     let (e, _) = Engine::open(dir.path(), opts).unwrap();
     let e = std::sync::Arc::new(e);
@@ -643,7 +636,7 @@ fn a_retry_under_a_weaker_sync_policy_does_not_wait_forever() {
 #[test]
 fn a_transaction_sees_its_own_earlier_writes_and_failures_do_not_abort_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     e.put("old", "1").unwrap();
     e.put("text", "abc").unwrap();
     let get = |k: &str| Write::Get { key: b(k) };
@@ -737,7 +730,7 @@ fn a_transaction_sees_its_own_earlier_writes_and_failures_do_not_abort_it() {
 fn conditional_expiry_follows_redis_options() {
     use keel_engine::ExpireIf::*;
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     let far = u64::MAX / 4;
     let expire = |at: Option<u64>, only| match e
         .commit(
@@ -775,7 +768,7 @@ fn conditional_expiry_follows_redis_options() {
     assert!(expire(Some(1), Always), "a time already past deletes");
     assert!(e.get(b"k").is_none());
     e.close().unwrap();
-    let (e, report) = Engine::open(dir.path(), small()).unwrap();
+    let (e, report) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     assert_eq!(report.keys, 0, "the delete was logged, not just hidden");
     assert!(e.get(b"k").is_none());
 }
@@ -792,7 +785,7 @@ fn results(o: Outcome) -> Vec<WriteResult> {
 #[test]
 fn decisions_see_writes_still_in_flight() {
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     let incr = |key: &str| Write::Incr { key: b(key), by: 1 };
     let one = |w: Write| e.submit(vec![], vec![w]).unwrap();
     e.put("k", "5").unwrap();
@@ -853,7 +846,7 @@ fn decisions_see_writes_still_in_flight() {
     });
     assert_eq!(e.get(b"c").unwrap().value, "800");
     drop(e);
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     assert_eq!(e.get(b"c").unwrap().value, "800");
     assert_eq!(e.get(b"k").unwrap().value, "1");
 }
@@ -865,7 +858,7 @@ fn decisions_see_writes_still_in_flight() {
 fn replay_onto_a_snapshot_keeps_the_log_order_of_delete_all_deletes_and_rewrites() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let (e, _) = Engine::open(dir.path(), small()).unwrap();
+        let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
         for i in 0..50 {
             e.put(format!("snap{i:02}"), "s").unwrap();
         }
@@ -881,7 +874,7 @@ fn replay_onto_a_snapshot_keeps_the_log_order_of_delete_all_deletes_and_rewrites
         e.delete("back").unwrap();
         e.put("back", "y").unwrap();
     }
-    let (e, report) = Engine::open(dir.path(), small()).unwrap();
+    let (e, report) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     assert!(
         report.snapshot_lsn > 0,
         "recovery must start from the snapshot"
@@ -906,7 +899,7 @@ fn a_write_fence_refuses_every_user_write_decided_after_it() {
     let opts = Options {
         write_fence: Some(b("fence")),
         background: false,
-        ..small()
+        ..Options::small_for_tests()
     };
     let (e, _) = Engine::open(&db, opts.clone()).unwrap();
     e.put("a", "1").unwrap();
@@ -958,7 +951,7 @@ fn a_write_fence_refuses_every_user_write_decided_after_it() {
     e.close().unwrap();
 
     // Without the option, the same system entry fences nothing.
-    let (e, _) = Engine::open(&db, small()).unwrap();
+    let (e, _) = Engine::open(&db, Options::small_for_tests()).unwrap();
     e.commit(vec![], vec![system("fence", "\u{1}on")]).unwrap();
     e.put("a", "4").unwrap();
 }
@@ -972,7 +965,7 @@ fn held_and_expiring_counts_follow_every_write() {
     let db = dir.path().join("db");
     let opts = Options {
         background: false,
-        ..small()
+        ..Options::small_for_tests()
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1024,7 +1017,7 @@ fn expiry_is_indexed_again_after_opening_from_a_snapshot() {
     let db = dir.path().join("db");
     let opts = Options {
         background: false,
-        ..small()
+        ..Options::small_for_tests()
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1057,7 +1050,7 @@ fn expiry_is_indexed_again_after_opening_from_a_snapshot() {
 #[test]
 fn a_read_that_calls_its_engine_panics_instead_of_deadlocking() {
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     e.put("k", "v").unwrap();
     // A commit inside a read would wait for a publish that needs the write lock the read
     // blocks; a second read lock can block behind a waiting writer. Both must fail loudly.
@@ -1088,7 +1081,7 @@ fn a_read_that_calls_its_engine_panics_instead_of_deadlocking() {
 #[test]
 fn a_script_is_one_transaction_decided_call_by_call() {
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     e.put("n", "41").unwrap();
     let before = e.durable_lsn();
     let now = keel_engine_now();
@@ -1137,7 +1130,7 @@ fn a_script_is_one_transaction_decided_call_by_call() {
     assert_eq!(e.durable_lsn(), lsn);
 
     drop(e);
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     assert_eq!(e.get(b"n").unwrap().value, "42");
     assert_eq!(e.get(b"copy").unwrap().value, "x");
     assert_eq!(e.durable_lsn(), lsn);
@@ -1155,7 +1148,7 @@ fn keel_engine_now() -> u64 {
 #[test]
 fn effects_name_the_keys_each_write_created_changed_or_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     let effects = |o: Outcome| match o {
         Outcome::Committed { effects, .. } => effects
             .into_iter()

@@ -6,15 +6,6 @@ use keel_engine::{
     Engine, ExpireIf, Options, Outcome, PutIf, Read, Ttl, Write, WriteError, WriteResult,
 };
 
-fn small() -> Options {
-    Options {
-        wal: keel_wal::Options::small_for_tests(),
-        key_bytes_max: 256,
-        value_bytes_max: 4096,
-        ..Options::default()
-    }
-}
-
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
@@ -66,7 +57,7 @@ fn fields(e: &Engine, key: &str) -> Vec<(Bytes, Bytes)> {
 #[test]
 fn hash_writes_and_reads_follow_redis() {
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     // HSET counts the fields it adds, a field named twice once.
     assert_eq!(
         one(&e, hset("h", &[("a", "1"), ("b", "2"), ("a", "3")])),
@@ -219,7 +210,7 @@ fn hash_writes_and_reads_follow_redis() {
 #[test]
 fn other_types_meet_a_hash_as_redis_says() {
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     one(&e, hset("h", &[("f", "v")]));
     e.put("s", "text").unwrap();
     let wrong = WriteResult::Failed(WriteError::WrongType);
@@ -369,11 +360,11 @@ fn other_types_meet_a_hash_as_redis_says() {
     };
     let before = state(&e);
     drop(e);
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     assert_eq!(state(&e), before);
     e.checkpoint().unwrap();
     drop(e);
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     assert_eq!(state(&e), before);
 }
 
@@ -383,7 +374,7 @@ fn other_types_meet_a_hash_as_redis_says() {
 #[test]
 fn hash_writes_in_flight_see_each_other_and_survive() {
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     let incr = |f: &str| Write::HashIncr {
         key: b("h"),
         field: b(f),
@@ -454,10 +445,10 @@ fn hash_writes_in_flight_see_each_other_and_survive() {
     };
     expect(&e);
     drop(e);
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     expect(&e);
     e.checkpoint().unwrap();
     drop(e);
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     expect(&e);
 }

@@ -9,11 +9,8 @@ use keel_engine::{
 
 fn opts() -> Options {
     Options {
-        wal: keel_wal::Options::small_for_tests(),
-        key_bytes_max: 256,
-        value_bytes_max: 4096,
         background: false,
-        ..Options::default()
+        ..Options::small_for_tests()
     }
 }
 

@@ -17,11 +17,8 @@ type Model = BTreeMap<Bytes, Bytes>;
 
 fn small() -> Options {
     Options {
-        wal: keel_wal::Options::small_for_tests(),
-        key_bytes_max: 256,
-        value_bytes_max: 4096,
         background: false,
-        ..Options::default()
+        ..Options::small_for_tests()
     }
 }
 

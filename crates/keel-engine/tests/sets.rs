@@ -6,15 +6,6 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use keel_engine::{Engine, Options, Outcome, Read, SetOp, Write, WriteError, WriteResult};
 
-fn small() -> Options {
-    Options {
-        wal: keel_wal::Options::small_for_tests(),
-        key_bytes_max: 256,
-        value_bytes_max: 4096,
-        ..Options::default()
-    }
-}
-
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
@@ -47,7 +38,7 @@ fn set(ms: &[&str]) -> BTreeSet<Bytes> {
 #[test]
 fn set_writes_and_reads_follow_redis() {
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     assert_eq!(
         one(&e, sadd("s", &["a", "b", "a", "1"])),
         WriteResult::Int(3)
@@ -186,11 +177,11 @@ fn set_writes_and_reads_follow_redis() {
     };
     let before = all(&e);
     drop(e);
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     assert_eq!(all(&e), before);
     e.checkpoint().unwrap();
     drop(e);
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     assert_eq!(all(&e), before);
 }
 
@@ -202,7 +193,7 @@ fn spop_decides_the_same_members_on_every_replica() {
     let pops = |dir: &std::path::Path| {
         let opts = Options {
             replicas_decide: true,
-            ..small()
+            ..Options::small_for_tests()
         };
         let (e, _) = Engine::open(dir, opts).unwrap();
         let members: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
@@ -242,7 +233,7 @@ fn spop_decides_the_same_members_on_every_replica() {
 #[test]
 fn spop_from_a_large_set_takes_distinct_members_and_logs_them() {
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     let all: Vec<String> = (0..5000).map(|i| format!("member:{i}")).collect();
     for chunk in all.chunks(200) {
         let ms: Vec<&str> = chunk.iter().map(String::as_str).collect();
@@ -284,10 +275,10 @@ fn spop_from_a_large_set_takes_distinct_members_and_logs_them() {
     assert!(picked.iter().all(|m| left.contains(m)));
     assert_eq!(random(-20).len(), 20);
     drop(e);
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     assert_eq!(members(&e, "big"), left);
     e.checkpoint().unwrap();
     drop(e);
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     assert_eq!(members(&e, "big"), left);
 }

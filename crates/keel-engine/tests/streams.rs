@@ -9,15 +9,6 @@ use keel_engine::{
     WriteError, WriteResult,
 };
 
-fn small() -> Options {
-    Options {
-        wal: keel_wal::Options::small_for_tests(),
-        key_bytes_max: 256,
-        value_bytes_max: 4096,
-        ..Options::default()
-    }
-}
-
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
@@ -72,7 +63,7 @@ fn dump(e: &Engine, key: &str) -> (Vec<String>, WriteResult, WriteResult) {
 #[test]
 fn ids_trims_deletes_and_metadata_survive_replay_and_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     let ok = |s: &str| WriteResult::Value(Some(b(s)));
     assert_eq!(
         one(
@@ -207,7 +198,7 @@ fn ids_trims_deletes_and_metadata_survive_replay_and_checkpoints() {
 
     // From the log, then from a snapshot.
     for checkpoint in [false, true] {
-        let (e, _) = Engine::open(dir.path(), small()).unwrap();
+        let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
         assert_eq!(
             (dump(&e, "moved"), dump(&e, "t")),
             before,
@@ -223,7 +214,7 @@ fn ids_trims_deletes_and_metadata_survive_replay_and_checkpoints() {
         e.checkpoint().unwrap();
         e.close().unwrap();
     }
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     assert_eq!(
         (dump(&e, "moved"), dump(&e, "t")),
         before,
@@ -254,7 +245,7 @@ fn read_group(consumer: &str, after: Option<StreamId>, count: Option<usize>) -> 
 #[test]
 fn consumer_groups_change_only_through_the_log_and_survive_replay_checkpoints_and_a_rename() {
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     for i in 1..=3 {
         one(
             &e,
@@ -392,11 +383,11 @@ fn consumer_groups_change_only_through_the_log_and_survive_replay_checkpoints_an
     // From the log, then from a snapshot: the same groups, consumers, pending entries, times
     // and delivery counts.
     for checkpoint in [false, true] {
-        let (e, _) = Engine::open(dir.path(), small()).unwrap();
+        let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
         assert_eq!(state(&e), before, "checkpoint {checkpoint}");
         e.checkpoint().unwrap();
         e.close().unwrap();
     }
-    let (e, _) = Engine::open(dir.path(), small()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     assert_eq!(state(&e), before, "after a checkpoint");
 }

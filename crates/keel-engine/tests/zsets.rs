@@ -9,15 +9,6 @@ use keel_engine::{
     format_score, Engine, Options, Outcome, PutIf, Read, Write, WriteResult, ZCmp, ZRange,
 };
 
-fn opts() -> Options {
-    Options {
-        wal: keel_wal::Options::small_for_tests(),
-        key_bytes_max: 256,
-        value_bytes_max: 4096,
-        ..Options::default()
-    }
-}
-
 /// member → score.
 type Model = BTreeMap<Bytes, f64>;
 
@@ -153,7 +144,7 @@ fn stored(e: &Engine) -> WriteResult {
 #[test]
 fn a_hot_sorted_set_decides_every_write_as_the_model_does() {
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), opts()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     let mut m = Model::new();
     let mut r = 0x9e37_79b9_7f4a_7c15u64;
     // Past the packed form first (128 members), so that the rest runs on the large one.
@@ -181,10 +172,10 @@ fn a_hot_sorted_set_decides_every_write_as_the_model_does() {
     let want = WriteResult::Values(as_values(&ascending(&m)));
     assert_eq!(stored(&e), want);
     drop(e);
-    let (e, _) = Engine::open(dir.path(), opts()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     assert_eq!(stored(&e), want, "after replay");
     e.checkpoint().unwrap();
     drop(e);
-    let (e, _) = Engine::open(dir.path(), opts()).unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     assert_eq!(stored(&e), want, "after a checkpoint");
 }
