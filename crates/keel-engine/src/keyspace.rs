@@ -1471,6 +1471,11 @@ impl Keyspace {
         self.system.clone()
     }
 
+    /// See [`Table::warm`].
+    pub(crate) fn warm<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) -> usize {
+        self.map.table.warm(keys)
+    }
+
     /// Applies `mutations`, giving every entry they write the version `version`.
     pub(crate) fn apply(&mut self, mutations: &[Mutation], version: Lsn) {
         for m in mutations {

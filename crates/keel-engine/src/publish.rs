@@ -221,6 +221,15 @@ impl Publisher {
             .load(Ordering::Acquire)
             .then(|| lock(&self.tail));
         let keeping = matches!(tail.as_deref(), Some(Some(_)));
+        // The keys the records write are looked up all together first (see Table::warm),
+        // unless there is only one.
+        let records = q.iter().take_while(|u| u.lsn <= durable);
+        if records.clone().map(|u| u.mutations.len()).sum::<usize>() > 1 {
+            let keys = records
+                .flat_map(|u| &u.mutations)
+                .filter_map(Mutation::user_key);
+            std::hint::black_box(v.keyspace.warm(keys.map(|k| &k[..])));
+        }
         let mut kept = Vec::new();
         while q.front().is_some_and(|u| u.lsn <= durable) {
             let u = q.pop_front().expect("front exists");

@@ -939,6 +939,30 @@ impl Table {
         self.shards[self.shard_index(h)].get(h, key)
     }
 
+    /// Looks up every key of `keys` and returns how many are present: called before a batch of
+    /// writes to those keys (publishing a group commit's records), so that the writes find their
+    /// slots cached. The lookups of different keys do not wait on each other, so the processor
+    /// overlaps their cache misses, which the writes, one after another, would each take alone.
+    /// In two passes, every key's shard and then every key's slot, because within one key each
+    /// load waits for the one before. With 1M keys, publishing a SET costs 0.2 µs of CPU
+    /// instead of 0.7 (BENCHMARKS.md).
+    pub fn warm<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) -> usize {
+        let keys: Vec<(usize, u64, &[u8])> = keys
+            .map(|k| {
+                let h = self.hash(k);
+                (self.shard_index(h), h, k)
+            })
+            .collect();
+        std::hint::black_box(
+            keys.iter()
+                .map(|&(s, _, _)| self.shards[s].len())
+                .sum::<usize>(),
+        );
+        keys.iter()
+            .filter(|&&(s, h, k)| self.shards[s].get(h, k).is_some())
+            .count()
+    }
+
     pub fn get_mut(&mut self, key: &[u8]) -> Option<EntryMut<'_>> {
         let h = self.hash(key);
         let s = self.shard_index(h);

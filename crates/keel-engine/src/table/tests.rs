@@ -283,6 +283,10 @@ fn the_table_matches_a_map_model() {
                 8 => {
                     let got = t.get(&key).map(|e| observe(e.value()));
                     assert_eq!(got, model.get(&key).map(|m| m.value.clone()), "seed {seed}");
+                    let batch = [key.clone(), r.bytes(4), r.bytes(4), key];
+                    let present = batch.iter().filter(|k| model.contains_key(*k)).count();
+                    let warm = t.warm(batch.iter().map(|k| &k[..]));
+                    assert_eq!(warm, present, "seed {seed}");
                 }
                 _ => {
                     if r.chance(3) {
