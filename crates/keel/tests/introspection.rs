@@ -390,6 +390,52 @@ fn client_list_info_setinfo_and_kill() {
     assert!(redis::cmd("PING").query::<String>(&mut c).is_err());
 }
 
+/// A request that arrives after CLIENT KILL replied is not answered, however the killed
+/// connection's task is scheduled: its wake-up may find both the request and the kill ready.
+#[test]
+fn a_killed_client_answers_nothing_after_the_kill() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(&t.path().join("data"), &[]);
+    let mut c = srv.client();
+    // Threads that keep the cores busy, so that the killed connection's task often runs only
+    // once the request is there too.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let _stop = Stop(stop, spinners);
+    for round in 0..100 {
+        let mut victim = srv.client();
+        let id: i64 = query(&mut victim, &["CLIENT", "ID"]);
+        let killed: i64 = query(&mut c, &["CLIENT", "KILL", "ID", &id.to_string()]);
+        assert_eq!(killed, 1);
+        let answer = redis::cmd("PING").query::<String>(&mut victim);
+        assert!(answer.is_err(), "round {round}: {answer:?}");
+    }
+}
+
+/// Stops and joins the spinning threads, also when the test fails.
+struct Stop(
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    Vec<std::thread::JoinHandle<()>>,
+);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.1.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 #[test]
 fn client_reply_off_skip_on() {
     let t = tempfile::tempdir().unwrap();

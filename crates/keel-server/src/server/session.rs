@@ -57,6 +57,12 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
             parser.set_unauthenticated(conn.user.is_none());
             match parser.parse(&buf, &limits) {
                 Ok(Some((frame, n))) => {
+                    // Killed by another client (CLIENT KILL) while its request arrived: the
+                    // request is not run, and the connection closes (in Redis it closes before
+                    // the KILL's reply; here the kill can wake this task after the request).
+                    if conn.client.killed() {
+                        return Ok(());
+                    }
                     let qbuf = buf.len();
                     buf.advance(n);
                     waited = Duration::ZERO;
