@@ -436,9 +436,18 @@ type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
 
 enum Slot {
     Ready(Reply),
-    Pending(ReplyFuture),
+    /// A reply on its way, and the timer of the command it ends (see `pipeline::observe`).
+    Pending(ReplyFuture, Option<Timed>),
     /// Awaited in order, but not sent (CLIENT REPLY OFF or SKIP).
     Silent(ReplyFuture),
+}
+
+/// A command whose time ends when its pending reply is ready: its timer, how it went so far,
+/// and its arguments, for the slow log.
+struct Timed {
+    timer: CommandTimer,
+    done: Done,
+    args: Vec<Bytes>,
 }
 
 enum Flow {

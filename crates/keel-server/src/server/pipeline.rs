@@ -146,8 +146,9 @@ pub(super) async fn run_part(
     (reply, woken)
 }
 
-/// Finishes a command's timer now if its reply is ready, or once it is durable if the command
-/// left a pending write at the back of the queue; the slow log then sees its arguments.
+/// Finishes a command's timer now if its reply is ready, or, if the command left a pending
+/// write at the back of the queue, gives the timer to that slot, for [`Conn::settle`] to finish
+/// once the write is durable; the slow log then sees its arguments.
 pub(super) fn observe(
     conn: &mut Conn,
     timer: CommandTimer,
@@ -155,23 +156,11 @@ pub(super) fn observe(
     args: Vec<Bytes>,
 ) {
     let done = std::mem::replace(&mut conn.done, Done::Ok);
-    if conn.queue.len() > queued_before && matches!(conn.queue.back(), Some(Slot::Pending(_))) {
-        if let Some(Slot::Pending(f)) = conn.queue.pop_back() {
-            let (sh, client) = (conn.sh.clone(), conn.client.clone());
-            conn.queue.push_back(Slot::Pending(Box::pin(async move {
-                let reply = f.await;
-                let took = match &reply {
-                    Reply::Error(e) => {
-                        sh.metrics.error(e);
-                        timer.finish(Done::Failed)
-                    }
-                    _ => timer.finish(done),
-                };
-                slow(&sh, &client, took, &args);
-                reply
-            })));
+    if conn.queue.len() > queued_before {
+        if let Some(Slot::Pending(_, timed)) = conn.queue.back_mut() {
+            *timed = Some(Timed { timer, done, args });
+            return;
         }
-        return;
     }
     let took = timer.finish(done);
     slow(&conn.sh, &conn.client, took, &args);
@@ -312,7 +301,7 @@ impl Conn {
         self.queue.push_back(if quiet {
             Slot::Silent(reply)
         } else {
-            Slot::Pending(reply)
+            Slot::Pending(reply, None)
         });
     }
 
@@ -321,7 +310,20 @@ impl Conn {
         while let Some(slot) = self.queue.pop_front() {
             let r = match slot {
                 Slot::Ready(r) => r,
-                Slot::Pending(f) => f.await,
+                Slot::Pending(f, timed) => {
+                    let r = f.await;
+                    if let Some(t) = timed {
+                        let done = match &r {
+                            Reply::Error(e) => {
+                                self.sh.metrics.error(e);
+                                Done::Failed
+                            }
+                            _ => t.done,
+                        };
+                        slow(&self.sh, &self.client, t.timer.finish(done), &t.args);
+                    }
+                    r
+                }
                 Slot::Silent(f) => {
                     f.await;
                     continue;

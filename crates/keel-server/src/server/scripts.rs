@@ -808,7 +808,7 @@ impl Conn {
         self.queue.push_back(if quiet {
             Slot::Silent(durable)
         } else {
-            Slot::Pending(durable)
+            Slot::Pending(durable, None)
         });
     }
 }
