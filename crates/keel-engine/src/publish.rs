@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
 use keel_wal::{Lsn, Wal};
@@ -205,13 +205,27 @@ impl Publisher {
     /// `SyncPolicy::Always` acknowledged means durable (P10); under a weaker policy readers can
     /// see what a power cut may take away, as the user chose.
     /// Returns at once if `upto` is already visible: of the many writers one sync acknowledges,
-    /// the first publishes for all, and the others take no lock.
+    /// the first publishes for all, and the others take no lock. (When many threads wait on
+    /// one sync, the log's ack thread publishes for them all before it wakes them: see
+    /// [`Publisher::acked`].)
     pub(crate) fn publish(&self, wal: &Wal, upto: Lsn) {
         if self.published.load(Ordering::Acquire) >= upto {
             return;
         }
-        let mut q = lock(&self.unpublished);
-        let durable = wal.last_lsn();
+        self.publish_acked(lock(&self.unpublished), wal.last_lsn());
+    }
+
+    /// Publishes every transaction up to `acked`, which the log has acknowledged: the log's ack
+    /// thread does so (see [`Wal::on_acks`]) before it wakes the writers it acknowledges, so
+    /// that they find their writes visible rather than all queueing here for the first of them
+    /// to publish.
+    pub(crate) fn acked(&self, acked: Lsn) {
+        if self.published.load(Ordering::Acquire) < acked {
+            self.publish_acked(lock(&self.unpublished), acked);
+        }
+    }
+
+    fn publish_acked(&self, mut q: MutexGuard<'_, VecDeque<Unpublished>>, durable: Lsn) {
         if q.front().is_none_or(|u| u.lsn > durable) {
             return;
         }

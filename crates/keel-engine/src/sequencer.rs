@@ -56,7 +56,7 @@ pub(crate) struct Sequencer {
     pending: Mutex<Seq>,
     /// Transactions of blocking writers, left for whoever holds `pending` to decide.
     incoming: Mutex<Incoming>,
-    pub(crate) publisher: Publisher,
+    pub(crate) publisher: Arc<Publisher>,
     /// Bytes logged since the last checkpoint, for the size trigger.
     pub(crate) logged_since_checkpoint: AtomicU64,
     /// Keys active expiry has removed since the engine opened.
@@ -347,6 +347,9 @@ impl Sequencer {
         publisher: Publisher,
         logged: u64,
     ) -> Sequencer {
+        let publisher = Arc::new(publisher);
+        let p = publisher.clone();
+        wal.on_acks(move |acked| p.acked(acked));
         Sequencer {
             opts,
             wal,

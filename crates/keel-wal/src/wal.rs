@@ -19,7 +19,7 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -328,7 +328,12 @@ struct Shared {
     progress_cv: Condvar,
     segments: RwLock<Vec<SegmentInfo>>,
     counters: Counters,
+    /// Runs on the ack thread before it wakes a batch of blocked threads (see [`Wal::on_acks`]).
+    on_acks: OnceLock<AckHook>,
 }
+
+/// See [`Wal::on_acks`].
+type AckHook = Box<dyn Fn(Lsn) + Send + Sync>;
 
 impl Shared {
     fn batch_bytes<T: AsRef<[u8]>>(&self, records: &[T]) -> Result<usize> {
@@ -865,14 +870,21 @@ impl Wal {
             progress_cv: Condvar::new(),
             segments: RwLock::new(layout.segments),
             counters: Counters::default(),
+            on_acks: OnceLock::new(),
         });
         let (ack_tx, ack_rx) = std::sync::mpsc::channel::<Acks>();
         let thread_start = shared.opts.thread_start;
+        let hooks = shared.clone();
         let acker_thread = std::thread::Builder::new()
             .name("keel-wal-ack".into())
             .spawn(move || {
                 thread_start.inspect(|f| f());
                 for acks in ack_rx {
+                    if let (Some(hook), Some(upto)) =
+                        (hooks.on_acks.get(), acks.iter().map(|a| a.1).max())
+                    {
+                        hook(upto);
+                    }
                     for (done, lsn) in acks {
                         done.complete(Ok(lsn));
                     }
@@ -1018,6 +1030,16 @@ impl Wal {
     /// Highest LSN known durable: on the durable side of a completed sync.
     pub fn durable_lsn(&self) -> Lsn {
         lock(&self.shared.progress).durable_lsn
+    }
+
+    /// Sets `hook`, which the ack thread runs with the highest LSN of a batch of acknowledged
+    /// appends before it wakes their blocked threads (many threads waiting in
+    /// [`Completion::wait`]; tasks and a few threads are woken by the I/O thread without it).
+    /// Work that every woken thread would otherwise start with, or wait for, can be done once
+    /// there. The hook must not wait for the log. Only the first call sets it; later ones
+    /// return false.
+    pub fn on_acks(&self, hook: impl Fn(Lsn) + Send + Sync + 'static) -> bool {
+        self.shared.on_acks.set(Box::new(hook)).is_ok()
     }
 
     /// Highest LSN acknowledged to an appender. Equal to `durable_lsn()` under

@@ -359,6 +359,79 @@ fn eio_on_sync_poisons_and_reopen_recovers_every_ack() {
     assert_eq!(&got[..acked.len()], &acked[..]);
 }
 
+/// Whether every thread of this process named `name` is asleep (state `S` in /proc).
+fn all_asleep(name: &str, count: usize) -> bool {
+    let mut asleep = 0;
+    for t in std::fs::read_dir("/proc/self/task").unwrap() {
+        let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
+        // "tid (comm) state ...": the name is between the first '(' and the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if &stat[open + 1..close] == name {
+            if stat[close + 1..].trim_start().starts_with('S') {
+                asleep += 1;
+            } else {
+                return false;
+            }
+        }
+    }
+    asleep == count
+}
+
+#[test]
+fn the_ack_hook_runs_before_a_batch_of_blocked_writers_wakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ffs = FaultFs::new();
+    let (wal, _) = Wal::open(dir.path(), ffs.options(small())).unwrap();
+    let hooked = Arc::new(Mutex::new(Vec::new()));
+    let h = hooked.clone();
+    assert!(wal.on_acks(move |lsn| h.lock().unwrap().push(lsn)));
+    assert!(!wal.on_acks(|_| {}), "only the first hook is set");
+    wal.append(b"first").unwrap();
+    // Hold the next sync, so that the writers below all queue behind it and block.
+    ffs.faults.close_gate();
+    let held = wal.submit(b"held".to_vec()).unwrap();
+    while ffs.faults.syncs_blocked.load(Ordering::SeqCst) == 0 {
+        std::thread::yield_now();
+    }
+    const WRITERS: usize = 16;
+    let lsns = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..WRITERS as u64)
+            .map(|i| {
+                let (wal, hooked) = (&wal, &hooked);
+                std::thread::Builder::new()
+                    .name("hooked-writer".into())
+                    .spawn_scoped(s, move || {
+                        let lsn = wal.append(&payload(i, 10)).unwrap();
+                        // Woken only after the hook ran for its batch.
+                        let seen = hooked.lock().unwrap().iter().max().copied();
+                        assert!(seen >= Some(lsn), "woken before the hook: {seen:?} < {lsn}");
+                        lsn
+                    })
+                    .unwrap()
+            })
+            .collect();
+        while !all_asleep("hooked-writer", WRITERS) {
+            std::thread::yield_now();
+        }
+        // Every writer is blocked in its append (the queue's lock is free: the I/O thread is
+        // in its sync). Let the sync finish.
+        ffs.faults.open_gate();
+        assert_eq!(held.wait().unwrap(), 2..=2);
+        writers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let hooked = hooked.lock().unwrap();
+    assert_eq!(hooked.iter().max(), lsns.iter().max(), "{hooked:?}");
+    assert!(
+        hooked.iter().all(|l| *l <= wal.durable_lsn()),
+        "only acknowledged LSNs: {hooked:?}"
+    );
+}
+
 #[test]
 fn waiters_in_the_failing_batch_all_get_errors() {
     let dir = tempfile::tempdir().unwrap();
