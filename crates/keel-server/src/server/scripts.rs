@@ -1,7 +1,7 @@
 //! EVAL, EVALSHA, their read-only forms and SCRIPT on a connection (see [`crate::scripting`]).
 //!
-//! A script runs on its worker thread (`block_in_place`, so the runtime's other tasks move on)
-//! inside one engine transaction, holding the sequencer: other writes wait, asynchronously,
+//! A script runs on the scripts' own thread ([`ScriptThread`], so the runtime's workers move
+//! on) inside one engine transaction, holding the sequencer: other writes wait, asynchronously,
 //! until it ends, and once it has run `busy-reply-threshold` ms every command but SCRIPT KILL
 //! and SHUTDOWN gets -BUSY. Reads of other clients are served meanwhile, from the durable state
 //! (Redis serves nothing while a script runs).
