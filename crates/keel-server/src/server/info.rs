@@ -27,9 +27,16 @@ const MORE: &[&str] = &["commandstats", "latencystats"];
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AllocatorStats {
     pub name: &'static str,
-    /// Bytes the allocator holds from the system for the process's allocations.
+    /// Bytes the process's allocations hold (as requested, without the allocator's rounding
+    /// and free memory).
     pub used: u64,
+    /// The highest `used` the allocator has reported (INFO and the server's 100 ms sampler ask).
     pub peak: u64,
+}
+
+/// The allocator's figures, if the binary told INFO how to ask (see [`set_allocator_stats`]).
+pub(super) fn allocator_stats() -> Option<AllocatorStats> {
+    ALLOCATOR.get().map(|f| f())
 }
 
 static ALLOCATOR: std::sync::OnceLock<fn() -> AllocatorStats> = std::sync::OnceLock::new();
@@ -174,7 +181,7 @@ impl Conn {
         }
         if want("memory") {
             let rss = rss_bytes();
-            let a = ALLOCATOR.get().map(|f| f()).unwrap_or(AllocatorStats {
+            let a = allocator_stats().unwrap_or(AllocatorStats {
                 name: "libc",
                 used: rss,
                 peak: rss,

@@ -290,6 +290,8 @@ impl Shared {
         ));
         drop(s);
         self.metrics.events.sample_engine(&self.engine());
+        // The allocator keeps its peak from what it is asked.
+        info::allocator_stats();
     }
 
     /// Switches keyspace notifications to the classes in `flags`.
