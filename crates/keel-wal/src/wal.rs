@@ -1239,6 +1239,10 @@ impl Drop for Wal {
 /// and sync. (Tasks are always woken by the I/O thread: that is cheap.)
 const INLINE_ACKS: usize = 4;
 
+/// The most of the write buffer's capacity kept between batches: a pipelined batch of small
+/// records fits, and a rare large one is not held in memory afterwards.
+const BUF_KEPT_BYTES: usize = 256 << 10;
+
 /// Batches up to this many items wait briefly for stragglers (see `run`).
 const GATHER_BATCH_MAX: usize = 8;
 
@@ -1496,6 +1500,8 @@ impl Writer {
                 .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
             self.active.offset += self.buf.len() as u64;
             self.buf.clear();
+            // One large batch (a command of a million arguments) leaves no megabytes behind.
+            self.buf.shrink_to(BUF_KEPT_BYTES);
             let opts = &self.shared.opts;
             if opts.prepare_segments_in_background
                 && self.spare.is_none()

@@ -71,6 +71,19 @@ fn used_memory_follows_what_the_keyspace_holds() {
         "{loaded} -> {flushed} after FLUSHALL"
     );
     assert!(peak >= loaded, "the peak stays: {peak} < {loaded}");
+    // One request of 100,000 arguments, then its set deleted: the buffers it grew (the
+    // connection's, the log's) do not keep the megabytes, though the connection stays.
+    let mut sadd = vec!["SADD".to_string(), "big".to_string()];
+    sadd.extend((0..100_000).map(|i| i.to_string()));
+    let sadd: Vec<&str> = sadd.iter().map(String::as_str).collect();
+    assert_eq!(query::<u64>(&mut c, &sadd), 100_000);
+    let (with_set, _) = used(&mut c);
+    assert_eq!(query::<u64>(&mut c, &["UNLINK", "big"]), 1);
+    let (unlinked, _) = used(&mut c);
+    assert!(
+        unlinked < flushed + (1 << 20),
+        "{flushed} -> {with_set} with the set -> {unlinked} after UNLINK"
+    );
 }
 
 #[test]

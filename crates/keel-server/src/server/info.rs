@@ -203,6 +203,9 @@ impl Conn {
             line(&mut o, "maxmemory_human", &"0B");
             line(&mut o, "maxmemory_policy", &"noeviction");
             line(&mut o, "mem_allocator", &a.name);
+            // keel frees a deleted value where it publishes the delete, never later on a
+            // thread of its own: nothing is ever waiting to be freed.
+            line(&mut o, "lazyfree_pending_objects", &0);
             line(
                 &mut o,
                 "number_of_cached_scripts",
@@ -313,6 +316,7 @@ impl Conn {
             line(&mut o, "rejected_connections", &stats.rejected_connections);
             line(&mut o, "expired_keys", &stats.expired_keys);
             line(&mut o, "evicted_keys", &0);
+            line(&mut o, "lazyfreed_objects", &0);
             line(&mut o, "total_forks", &0);
             let errors: u64 = stats.errors.values().sum();
             line(&mut o, "total_error_replies", &errors);

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Room made in a connection's read buffer before each read.
+const READ_BYTES: usize = 16 << 10;
+
 /// Serves one client over a plain or TLS stream until it leaves or the server shuts down.
 pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     mut stream: S,
@@ -44,7 +47,7 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     };
     let limits = sh.settings.limits.clone();
     let mut parser = Parser::default();
-    let mut buf = BytesMut::with_capacity(16 << 10);
+    let mut buf = BytesMut::with_capacity(READ_BYTES);
     // Time spent waiting for the bytes of the request now arriving. The idle timeout bounds
     // this sum, not the gap between two reads: a client that dribbles a byte at a time
     // (slowloris) is cut off once its request has taken the timeout in all.
@@ -168,8 +171,13 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
         }
         if buf.is_empty() {
             waited = Duration::ZERO;
+            // A large request (100,000 arguments) grew the buffer; an idle connection does
+            // not keep the megabytes (Redis shrinks its query buffers too).
+            if buf.capacity() > 4 * READ_BYTES {
+                buf = BytesMut::with_capacity(READ_BYTES);
+            }
         }
-        buf.reserve(16 << 10);
+        buf.reserve(READ_BYTES);
         let read = stream.read_buf(&mut buf);
         let read_started = Instant::now();
         // A subscriber waits for messages as long as it likes: no idle timeout.
@@ -240,7 +248,7 @@ pub(super) async fn block<S: AsyncRead + AsyncWrite + Unpin>(
                 _ = client.until_killed() => return Ok(None),
             }
         }
-        buf.reserve(16 << 10);
+        buf.reserve(READ_BYTES);
         tokio::select! {
             reply = &mut wait => return Ok(Some(reply)),
             n = stream.read_buf(buf) => {
