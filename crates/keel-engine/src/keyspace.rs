@@ -1202,14 +1202,23 @@ impl<'a> ReadView<'a> {
     /// [`Write::Get`]: crate::Write::Get
     /// [`Write::Read`]: crate::Write::Read
     pub fn read(&self, key: &[u8], op: Option<&Read>) -> WriteResult {
+        self.read_found(key, op).0
+    }
+
+    /// [`ReadView::read`], and whether `key` has a live value (of any type): a hit or a miss,
+    /// as Redis's INFO counts them.
+    pub fn read_found(&self, key: &[u8], op: Option<&Read>) -> (WriteResult, bool) {
         if let Some(Read::Expiry) = op {
-            return expiry(self.stamp(key).map(|(_, at)| at));
+            let stamp = self.stamp(key);
+            return (expiry(stamp.map(|(_, at)| at)), stamp.is_some());
         }
         let value = self.live(key).map(|e| e.value());
-        match op {
+        let found = value.is_some();
+        let r = match op {
             None => eval_get(value),
             Some(op) => eval_read(value, op),
-        }
+        };
+        (r, found)
     }
 
     /// SORT without STORE (see [`Write::Sort`](crate::Write::Sort)) against this state: the

@@ -86,6 +86,44 @@ fn used_memory_follows_what_the_keyspace_holds() {
     );
 }
 
+/// keyspace_hits and keyspace_misses count the keys read-only commands look up, by whether
+/// they had a live value, as Redis counts them (what a cache's hit ratio is read from).
+#[test]
+fn keyspace_hits_and_misses_count_the_keys_reads_find() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(&t.path().join("data"), &[]);
+    let mut c = srv.client();
+    let counts = |c: &mut redis::Connection| -> (u64, u64) {
+        let (_, f) = info(c, &["stats"]);
+        (
+            f["keyspace_hits"].parse().unwrap(),
+            f["keyspace_misses"].parse().unwrap(),
+        )
+    };
+    assert_eq!(counts(&mut c), (0, 0));
+    // Writes count nothing.
+    query::<()>(&mut c, &["SET", "k", "v"]);
+    query::<()>(&mut c, &["HSET", "h", "f", "1"]);
+    query::<()>(&mut c, &["SET", "gone", "v", "PX", "1"]);
+    assert_eq!(counts(&mut c), (0, 0));
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    query::<Option<String>>(&mut c, &["GET", "k"]); // hit
+    query::<Option<String>>(&mut c, &["GET", "nope"]); // miss
+    query::<Option<String>>(&mut c, &["GET", "gone"]); // expired: a miss
+    query::<Vec<Option<String>>>(&mut c, &["MGET", "k", "nope", "h"]); // 2 hits, 1 miss
+    query::<Option<String>>(&mut c, &["HGET", "h", "nofield"]); // the key is there: a hit
+    assert!(error(&mut c, &["GET", "h"]).contains("WRONGTYPE")); // found: a hit
+    assert_eq!(counts(&mut c), (5, 3));
+    // In a transaction of reads too.
+    query::<()>(&mut c, &["MULTI"]);
+    query::<()>(&mut c, &["GET", "k"]);
+    query::<()>(&mut c, &["GET", "nope"]);
+    query::<Vec<Option<String>>>(&mut c, &["EXEC"]);
+    assert_eq!(counts(&mut c), (6, 4));
+    query::<()>(&mut c, &["CONFIG", "RESETSTAT"]);
+    assert_eq!(counts(&mut c), (0, 0));
+}
+
 #[test]
 fn info_has_redis_sections_and_field_names() {
     let t = tempfile::tempdir().unwrap();

@@ -316,6 +316,8 @@ impl Conn {
             line(&mut o, "rejected_connections", &stats.rejected_connections);
             line(&mut o, "expired_keys", &stats.expired_keys);
             line(&mut o, "evicted_keys", &0);
+            line(&mut o, "keyspace_hits", &stats.keyspace_hits);
+            line(&mut o, "keyspace_misses", &stats.keyspace_misses);
             line(&mut o, "lazyfreed_objects", &0);
             line(&mut o, "total_forks", &0);
             let errors: u64 = stats.errors.values().sum();

@@ -123,6 +123,10 @@ pub struct Shared {
     connections_received: AtomicU64,
     commands_processed: AtomicU64,
     rejected_connections: AtomicU64,
+    /// Keys read-only commands found with a live value, and found without (INFO's
+    /// `keyspace_hits` and `keyspace_misses`).
+    keyspace_hits: AtomicU64,
+    keyspace_misses: AtomicU64,
     shutdown: watch::Sender<bool>,
     started: Instant,
     /// The audit log, if kept.
@@ -170,6 +174,8 @@ pub struct StatBase {
     pub commands_processed: u64,
     pub rejected_connections: u64,
     pub expired_keys: u64,
+    pub keyspace_hits: u64,
+    pub keyspace_misses: u64,
     pub commands: Vec<CommandStat>,
     pub errors: std::collections::BTreeMap<String, u64>,
 }
@@ -193,6 +199,8 @@ impl Shared {
             connections_received: AtomicU64::new(0),
             commands_processed: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
+            keyspace_hits: AtomicU64::new(0),
+            keyspace_misses: AtomicU64::new(0),
             shutdown: watch::channel(false).0,
             started: Instant::now(),
             audit,
@@ -252,6 +260,8 @@ impl Shared {
             commands_processed: now.commands_processed - base.commands_processed,
             rejected_connections: now.rejected_connections - base.rejected_connections,
             expired_keys: now.expired_keys.saturating_sub(base.expired_keys),
+            keyspace_hits: now.keyspace_hits - base.keyspace_hits,
+            keyspace_misses: now.keyspace_misses - base.keyspace_misses,
             commands: (now.commands.iter().enumerate())
                 .map(|(i, c)| *c - base.commands.get(i).copied().unwrap_or_default())
                 .collect(),
@@ -271,8 +281,20 @@ impl Shared {
             commands_processed: self.commands_processed.load(Ordering::Relaxed),
             rejected_connections: self.rejected_connections.load(Ordering::Relaxed),
             expired_keys: self.engine().expired_keys(),
+            keyspace_hits: self.keyspace_hits.load(Ordering::Relaxed),
+            keyspace_misses: self.keyspace_misses.load(Ordering::Relaxed),
             commands: self.metrics.command_stats(),
             errors: self.metrics.error_stats(),
+        }
+    }
+
+    /// Counts keys read-only commands read: `hits` had a live value, `misses` did not.
+    pub(super) fn keyspace_reads(&self, hits: u64, misses: u64) {
+        if hits > 0 {
+            self.keyspace_hits.fetch_add(hits, Ordering::Relaxed);
+        }
+        if misses > 0 {
+            self.keyspace_misses.fetch_add(misses, Ordering::Relaxed);
         }
     }
 

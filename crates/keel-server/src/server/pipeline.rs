@@ -123,7 +123,7 @@ pub(super) async fn run_part(
     touched: &Touched,
 ) -> (Reply, blocking::Woken) {
     if part.read_only() {
-        let mut results = sh.engine().read(|v| eval_reads(v, &part.writes));
+        let mut results = sh.engine().read(|v| eval_reads(&sh, v, &part.writes));
         return ((part.render)(Some(&mut results)), Vec::new());
     }
     let mut woken = blocking::pushed_keys(&part.writes);
@@ -205,17 +205,31 @@ fn run_at_exec(sh: &Arc<Shared>, name: &str, args: &[Bytes]) -> Reply {
     }
 }
 
-/// Evaluates a read-only part against a read of the visible (durable) state.
-pub(super) fn eval_reads(view: &keel_engine::ReadView<'_>, writes: &[Write]) -> Vec<WriteResult> {
-    writes
+/// Evaluates a read-only part against a read of the visible (durable) state, counting its
+/// keys' hits and misses for INFO.
+pub(super) fn eval_reads(
+    sh: &Shared,
+    view: &keel_engine::ReadView<'_>,
+    writes: &[Write],
+) -> Vec<WriteResult> {
+    let mut hits = [0u64; 2];
+    let mut count = |(r, found): (WriteResult, bool)| {
+        hits[usize::from(!found)] += 1;
+        r
+    };
+    let results = writes
         .iter()
         .map(|w| match w {
-            Write::Get { key } => view.read(key, None),
-            Write::Read { key, op } => view.read(key, Some(op)),
-            Write::Sort { spec, store: None } => view.sort(spec),
+            Write::Get { key } => count(view.read_found(key, None)),
+            Write::Read { key, op } => count(view.read_found(key, Some(op))),
+            Write::Sort { spec, store: None } => {
+                count((view.sort(spec), view.kind(&spec.key).is_some()))
+            }
             other => unreachable!("read-only parts hold only reads: {other:?}"),
         })
-        .collect()
+        .collect();
+    sh.keyspace_reads(hits[0], hits[1]);
+    results
 }
 
 pub(super) fn render_outcome(render: cmd::Render, o: Outcome, sh: &Shared) -> Reply {
@@ -352,7 +366,9 @@ impl Conn {
     /// Answers a read-only part from the visible state, after this connection's earlier writes.
     pub(super) async fn read(&mut self, part: Part) {
         self.settle().await;
-        let mut results = self.engine().read(|v| eval_reads(v, &part.writes));
+        let mut results = self
+            .engine()
+            .read(|v| eval_reads(&self.sh, v, &part.writes));
         self.reply((part.render)(Some(&mut results)));
     }
 

@@ -113,7 +113,7 @@ impl Conn {
                 (!changed).then(|| {
                     parts
                         .iter()
-                        .map(|p| eval_reads(v, &p.writes))
+                        .map(|p| eval_reads(&self.sh, v, &p.writes))
                         .collect::<Vec<_>>()
                 })
             });
