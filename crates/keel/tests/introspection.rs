@@ -25,6 +25,13 @@ fn info(
     (sections, fields)
 }
 
+/// Two numeric fields of one INFO section.
+fn two(c: &mut redis::Connection, section: &str, fields: [&str; 2]) -> (u64, u64) {
+    let (_, f) = info(c, &[section]);
+    let field = |name: &str| f[name].parse().unwrap();
+    (field(fields[0]), field(fields[1]))
+}
+
 /// `used_memory` follows the data: it grows by about what is stored and comes back down once
 /// it is deleted, and the peak keeps the high point. (mimalloc's committed memory, which INFO
 /// used to report, said 1 GiB for an empty server and for a loaded one alike.)
@@ -33,13 +40,7 @@ fn used_memory_follows_what_the_keyspace_holds() {
     let t = tempfile::tempdir().unwrap();
     let srv = Server::start(&t.path().join("data"), &[]);
     let mut c = srv.client();
-    let used = |c: &mut redis::Connection| -> (u64, u64) {
-        let (_, f) = info(c, &["memory"]);
-        (
-            f["used_memory"].parse().unwrap(),
-            f["used_memory_peak"].parse().unwrap(),
-        )
-    };
+    let used = |c: &mut redis::Connection| two(c, "memory", ["used_memory", "used_memory_peak"]);
     let (empty, _) = used(&mut c);
     assert!(empty < 64 << 20, "an empty server uses {empty} bytes");
     // 32 MiB of values, in 64 KiB pieces.
@@ -93,13 +94,7 @@ fn keyspace_hits_and_misses_count_the_keys_reads_find() {
     let t = tempfile::tempdir().unwrap();
     let srv = Server::start(&t.path().join("data"), &[]);
     let mut c = srv.client();
-    let counts = |c: &mut redis::Connection| -> (u64, u64) {
-        let (_, f) = info(c, &["stats"]);
-        (
-            f["keyspace_hits"].parse().unwrap(),
-            f["keyspace_misses"].parse().unwrap(),
-        )
-    };
+    let counts = |c: &mut redis::Connection| two(c, "stats", ["keyspace_hits", "keyspace_misses"]);
     assert_eq!(counts(&mut c), (0, 0));
     // Writes count nothing.
     query::<()>(&mut c, &["SET", "k", "v"]);
