@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
 use keel_wal::{Lsn, Wal};
@@ -209,10 +209,9 @@ impl Publisher {
     /// one sync, the log's ack thread publishes for them all before it wakes them: see
     /// [`Publisher::acked`].)
     pub(crate) fn publish(&self, wal: &Wal, upto: Lsn) {
-        if self.published.load(Ordering::Acquire) >= upto {
-            return;
+        if self.published() < upto {
+            self.publish_acked(wal.last_lsn());
         }
-        self.publish_acked(lock(&self.unpublished), wal.last_lsn());
     }
 
     /// Publishes every transaction up to `acked`, which the log has acknowledged: the log's ack
@@ -220,12 +219,14 @@ impl Publisher {
     /// that they find their writes visible rather than all queueing here for the first of them
     /// to publish.
     pub(crate) fn acked(&self, acked: Lsn) {
-        if self.published.load(Ordering::Acquire) < acked {
-            self.publish_acked(lock(&self.unpublished), acked);
+        if self.published() < acked {
+            self.publish_acked(acked);
         }
     }
 
-    fn publish_acked(&self, mut q: MutexGuard<'_, VecDeque<Unpublished>>, durable: Lsn) {
+    /// Applies the queued records up to `durable`, an LSN the log has acknowledged.
+    fn publish_acked(&self, durable: Lsn) {
+        let mut q = lock(&self.unpublished);
         if q.front().is_none_or(|u| u.lsn > durable) {
             return;
         }

@@ -297,6 +297,47 @@ fn reopen_replays_state_and_versions() {
     assert_eq!(e.get(b"counter").unwrap().value, "300");
 }
 
+/// P10 when many writers share each sync: the log's ack thread then publishes their round
+/// before it wakes them (`Wal::on_acks`), and must publish only what that sync made durable,
+/// not what was queued behind it meanwhile.
+#[test]
+fn many_writers_sharing_syncs_show_readers_only_durable_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let seen = e.read(|v| v.lsn());
+                let durable = e.durable_lsn();
+                assert!(
+                    seen <= durable,
+                    "a reader saw LSN {seen} with only {durable} durable"
+                );
+                reads += 1;
+            }
+            reads
+        });
+        let writers: Vec<_> = (0..32)
+            .map(|w| {
+                let e = &e;
+                s.spawn(move || {
+                    for i in 0..200 {
+                        e.put(format!("w{w}-{i}"), "v").unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+    });
+    assert_eq!(e.read(|v| v.iter().count()), 32 * 200);
+}
+
 #[test]
 fn concurrent_increments_lose_nothing_and_readers_see_only_durable_state() {
     let dir = tempfile::tempdir().unwrap();
