@@ -273,9 +273,15 @@ impl Conn {
         }
     }
 
-    /// Writes every message waiting for this connection.
+    /// Writes the messages waiting for this connection, up to [`FLUSH_BYTES`] of output: the
+    /// rest stay in the queue, where they count against the connection's bound (P11). Taking
+    /// them all would move them out of the bound's sight into the output buffer, and a
+    /// subscriber that stops reading could then hold more than the bound.
     pub(super) fn push_waiting(&mut self) {
-        while let Ok((p, size)) = self.pushes.try_recv() {
+        while self.out.len() < FLUSH_BYTES {
+            let Ok((p, size)) = self.pushes.try_recv() else {
+                break;
+            };
             self.client.pushed(size);
             self.push_out(p);
         }
