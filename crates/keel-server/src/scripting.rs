@@ -79,16 +79,28 @@ pub struct Running {
     pub started: Instant,
 }
 
+/// The script has not written and is not inside a `redis.call`: SCRIPT KILL may stop it.
+const FREE: u8 = 0;
+/// The script is inside a `redis.call`, which may write: SCRIPT KILL waits for it to end.
+const IN_CALL: u8 = 1;
+/// The script has written: it runs to its end (Redis: UNKILLABLE).
+const WROTE: u8 = 2;
+/// SCRIPT KILL stopped it: its next `redis.call` or kill check raises the kill error.
+const KILLED: u8 = 3;
+
+/// The error a killed script stops with.
+const KILLED_ERROR: &str = "ERR Script killed by user with SCRIPT KILL...";
+
 /// What the running script shares with the functions its Lua state keeps from one run to the
 /// next (the kill hook, `redis.setresp`: see [`prepare`]).
 #[derive(Default)]
 struct RunFlags {
     /// A script or function runs.
     running: AtomicBool,
-    /// SCRIPT KILL or FUNCTION KILL asked it to stop.
-    kill: AtomicBool,
-    /// It has written: it runs to its end (Redis: UNKILLABLE).
-    wrote: AtomicBool,
+    /// Where the running script stands against SCRIPT KILL: [`FREE`], [`IN_CALL`], [`WROTE`]
+    /// or [`KILLED`]. It moves by compare-and-swap, so that a KILL and a call that writes
+    /// cannot both win: a KILL that finds a call under way waits for it to end.
+    state: AtomicU8,
     /// The protocol `redis.call` answers in (`redis.setresp`): 2 or 3.
     resp: AtomicU8,
 }
@@ -199,11 +211,16 @@ impl Scripts {
         match self.running() {
             None => Kill::NotBusy,
             Some(r) if r.function != function => Kill::OtherKind,
-            Some(_) if self.flags.wrote.load(Ordering::SeqCst) => Kill::Unkillable,
-            Some(_) => {
-                self.flags.kill.store(true, Ordering::SeqCst);
-                Kill::Killed
-            }
+            Some(_) => loop {
+                let state = &self.flags.state;
+                match state.compare_exchange(FREE, KILLED, Ordering::SeqCst, Ordering::SeqCst) {
+                    Ok(_) | Err(KILLED) => return Kill::Killed,
+                    Err(WROTE) => return Kill::Unkillable,
+                    // One command: it ends within its own run time, and then either wrote
+                    // (unkillable) or did not (killed now, before its next call).
+                    Err(_) => std::thread::yield_now(),
+                }
+            },
         }
     }
 
@@ -255,11 +272,16 @@ impl Scripts {
             started: Instant::now(),
         };
         let flags = &self.flags;
-        flags.kill.store(false, Ordering::SeqCst);
-        flags.wrote.store(false, Ordering::SeqCst);
+        flags.state.store(FREE, Ordering::SeqCst);
         *crate::lock(&self.running) = Some(Arc::new(running));
         flags.running.store(true, Ordering::SeqCst);
         let reply = run().unwrap_or_else(|e| error_reply(&e, name));
+        // SCRIPT KILL answered OK: a script that ended before its next kill check is killed
+        // all the same (it has not written).
+        let reply = match flags.state.load(Ordering::SeqCst) {
+            KILLED => Reply::err(KILLED_ERROR),
+            _ => reply,
+        };
         flags.running.store(false, Ordering::SeqCst);
         *crate::lock(&self.running) = None;
         self.done.notify_waiters();
@@ -855,9 +877,20 @@ fn run_in(
             let caller = &caller;
             scope.create_function(move |lua, args: Variadic<Value>| {
                 let args = call_args(&args)?;
+                // A call may write: SCRIPT KILL cannot stop the script while it runs.
+                let state = &flags.state;
+                let entered =
+                    match state.compare_exchange(FREE, IN_CALL, Ordering::SeqCst, Ordering::SeqCst)
+                    {
+                        Ok(_) => true,
+                        Err(KILLED) => return Err(mlua::Error::runtime(KILLED_ERROR)),
+                        Err(_) => false, // it wrote before: nothing can stop it now
+                    };
                 let mut c = caller.borrow_mut();
                 let reply = c.call(args);
-                flags.wrote.store(c.wrote(), Ordering::SeqCst);
+                if entered {
+                    state.store(if c.wrote() { WROTE } else { FREE }, Ordering::SeqCst);
+                }
                 drop(c);
                 if raise {
                     if let Reply::Error(e) = &reply {
@@ -892,13 +925,10 @@ fn prepare(lua: &Lua, flags: &Arc<RunFlags>) -> mlua::Result<()> {
         HookTriggers::new().every_nth_instruction(KILL_CHECK_EVERY),
         move |_, _| {
             // A script that has written runs to its end (Redis: UNKILLABLE).
-            let killed = f.running.load(Ordering::SeqCst)
-                && f.kill.load(Ordering::SeqCst)
-                && !f.wrote.load(Ordering::SeqCst);
+            let killed =
+                f.running.load(Ordering::SeqCst) && f.state.load(Ordering::SeqCst) == KILLED;
             if killed {
-                return Err(mlua::Error::runtime(
-                    "ERR Script killed by user with SCRIPT KILL...",
-                ));
+                return Err(mlua::Error::runtime(KILLED_ERROR));
             }
             Ok(VmState::Continue)
         },
@@ -1768,6 +1798,62 @@ mod tests {
             panic!("a name registered twice")
         };
         assert!(e.contains("Function already exists in the library"), "{e}");
+    }
+
+    #[test]
+    fn script_kill_during_a_call_answers_by_what_the_call_did() {
+        use std::sync::mpsc;
+        // A caller that stops inside each call until told whether the call wrote.
+        struct Gate {
+            inside: mpsc::Sender<()>,
+            wrote_now: mpsc::Receiver<bool>,
+            wrote: bool,
+        }
+        impl Caller for Gate {
+            fn call(&mut self, _: Vec<Bytes>) -> Reply {
+                self.inside.send(()).unwrap();
+                self.wrote |= self.wrote_now.recv().unwrap();
+                Reply::ok()
+            }
+            fn wrote(&self) -> bool {
+                self.wrote
+            }
+        }
+        for call_writes in [true, false] {
+            let scripts = Arc::new(Scripts::new());
+            let body = "redis.call('set', 'k', 'v') return 'ran to its end'";
+            let sha = scripts.load(body.as_bytes()).unwrap();
+            let (inside, entered) = mpsc::channel();
+            let (tell, wrote_now) = mpsc::channel();
+            let s = scripts.clone();
+            let script = std::thread::spawn(move || {
+                let command = ["EVAL", body, "0"].map(|x| Bytes::from(x.to_string()));
+                let mut gate = Gate {
+                    inside,
+                    wrote_now,
+                    wrote: false,
+                };
+                s.run(&sha, &command, &mut gate)
+            });
+            entered.recv().unwrap();
+            let s = scripts.clone();
+            let kill = std::thread::spawn(move || s.kill(false));
+            // The KILL must wait for the call to end: it cannot yet know whether it writes.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(!kill.is_finished(), "SCRIPT KILL answered during a call");
+            tell.send(call_writes).unwrap();
+            let (kill, reply) = (kill.join().unwrap(), script.join().unwrap());
+            if call_writes {
+                assert!(matches!(kill, Kill::Unkillable));
+                assert_eq!(reply, Reply::Bulk("ran to its end".into()));
+            } else {
+                assert!(matches!(kill, Kill::Killed));
+                let Reply::Error(e) = reply else {
+                    panic!("a killed script answered {reply:?}")
+                };
+                assert!(e.starts_with("ERR Script killed by user"), "{e}");
+            }
+        }
     }
 
     #[test]
