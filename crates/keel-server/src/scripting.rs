@@ -391,33 +391,51 @@ impl FunctionVm {
     }
 }
 
-/// A library's name from its `#!lua name=…` line, and its code.
+/// A library's name from its `#!lua name=…` line, and its code. The line is split into words
+/// as Redis splits it (`sdssplitargs`: `name="foo"` is `name=foo`), and its errors come in
+/// Redis's order: the words first, then the engine, then the name's characters.
 pub fn library_name(code: &[u8]) -> Result<String, Reply> {
     let end = code.iter().position(|&b| b == b'\n').unwrap_or(code.len());
-    let Some(line) = code[..end].strip_prefix(b"#!") else {
+    let line = &code[..end];
+    if !line.starts_with(b"#!") {
         return Err(Reply::err("ERR Missing library metadata"));
-    };
-    let line = String::from_utf8_lossy(line);
-    let mut words = line.split_ascii_whitespace();
-    let engine = words.next().unwrap_or("");
-    if !engine.eq_ignore_ascii_case("lua") {
-        return Err(Reply::err(format!("ERR Engine '{engine}' not found")));
     }
+    let words = keel_resp::split_args(line)
+        .filter(|w| !w.is_empty())
+        .ok_or_else(|| Reply::err("ERR Invalid library metadata"))?;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let mut name = None;
-    for w in words {
-        match w.strip_prefix("name=") {
-            Some(n) => name = Some(n.to_string()),
-            None => return Err(Reply::err(format!("ERR Invalid metadata value given: {w}"))),
+    for w in &words[1..] {
+        let is_name = w.len() >= 5 && w[..5].eq_ignore_ascii_case(b"name=");
+        match (is_name, &name) {
+            (true, None) => name = Some(text(&w[5..])),
+            (true, Some(_)) => {
+                return Err(Reply::err(
+                    "ERR Invalid metadata value, name argument was given multiple times",
+                ))
+            }
+            (false, _) => {
+                return Err(Reply::err(format!(
+                    "ERR Invalid metadata value given: {}",
+                    text(w)
+                )))
+            }
         }
     }
     let name = name.ok_or_else(|| Reply::err("ERR Library name was not given"))?;
+    let engine = text(&words[0][2..]);
+    if !engine.eq_ignore_ascii_case("lua") {
+        return Err(Reply::err(format!("ERR Engine '{engine}' not found")));
+    }
     if !valid_name(&name) {
-        return Err(Reply::err(
-            "ERR Library names can only contain letters, numbers, or underscores(_) and must be at least one character long",
-        ));
+        return Err(Reply::err(format!("ERR {BAD_NAME}")));
     }
     Ok(name)
 }
+
+/// Redis's error for a bad library name, and (Redis 7.2 says "Library" there too) for a bad
+/// function name.
+const BAD_NAME: &str = "Library names can only contain letters, numbers, or underscores(_) and must be at least one character long";
 
 fn valid_name(n: &str) -> bool {
     !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -484,16 +502,31 @@ fn load_library(
                             ));
                         }
                     }
-                    let name: Option<String> = t.raw_get("function_name")?;
-                    let callback: Option<Function> = t.raw_get("callback")?;
-                    let flags: Option<Table> = t.raw_get("flags")?;
-                    let description: Option<String> = t.raw_get("description")?;
-                    (
-                        name.ok_or_else(|| mlua::Error::runtime("redis.register_function must get a function name argument"))?,
-                        callback.ok_or_else(|| mlua::Error::runtime("redis.register_function must get a callback argument"))?,
-                        flags,
-                        description,
-                    )
+                    // Redis's errors for a named argument of the wrong type.
+                    let wrong = |what: &str| mlua::Error::runtime(format!("{what} argument given to redis.register_function must be a {}", if what == "callback" { "function" } else { "string" }));
+                    let name = match t.raw_get::<Value>("function_name")? {
+                        Value::Nil => return Err(mlua::Error::runtime("redis.register_function must get a function name argument")),
+                        Value::String(s) => s.to_string_lossy(),
+                        Value::Integer(n) => n.to_string(),
+                        Value::Number(n) => n.to_string(),
+                        _ => return Err(wrong("function_name")),
+                    };
+                    let callback = match t.raw_get::<Value>("callback")? {
+                        Value::Nil => return Err(mlua::Error::runtime("redis.register_function must get a callback argument")),
+                        Value::Function(f) => f,
+                        _ => return Err(wrong("callback")),
+                    };
+                    let flags = match t.raw_get::<Value>("flags")? {
+                        Value::Nil => None,
+                        Value::Table(t) => Some(t),
+                        _ => return Err(mlua::Error::runtime("flags argument to redis.register_function must be a table representing function flags")),
+                    };
+                    let description = match t.raw_get::<Value>("description")? {
+                        Value::Nil => None,
+                        Value::String(s) => Some(s.to_string_lossy()),
+                        _ => return Err(wrong("description")),
+                    };
+                    (name, callback, flags, description)
                 }
                 2 => {
                     let mut it = args.into_iter();
@@ -514,22 +547,25 @@ fn load_library(
                 }
             };
             if !valid_name(&name) {
-                return Err(mlua::Error::runtime(
-                    "Function names can only contain letters, numbers, or underscores(_) and must be at least one character long",
-                ));
+                return Err(mlua::Error::runtime(BAD_NAME));
             }
             let mut parsed = ScriptFlags {
                 declared: true,
                 ..ScriptFlags::default()
             };
-            let flags: Vec<String> = match flags {
-                Some(t) => t.sequence_values::<String>().collect::<mlua::Result<_>>()?,
+            let flags: Vec<Value> = match flags {
+                Some(t) => t.sequence_values::<Value>().collect::<mlua::Result<_>>()?,
                 None => Vec::new(),
             };
             for flag in flags {
+                let flag = match &flag {
+                    Value::String(s) => s.to_string_lossy(),
+                    _ => String::new(),
+                };
                 match flag.as_str() {
                     "no-writes" => parsed.no_writes = true,
                     "allow-oom" | "allow-stale" | "no-cluster" | "allow-cross-slot-keys" => {}
+                    "" => return Err(mlua::Error::runtime("unknown flag given")),
                     other => return Err(mlua::Error::runtime(format!("unknown flag given: {other}"))),
                 }
             }
@@ -794,18 +830,23 @@ fn sandbox() -> mlua::Result<Lua> {
             -- While a library loads (FUNCTION LOAD), its code sees only Redis's library API:
             -- `redis` with register_function, log and the constants, as in Redis.
             local R = rawget(G, "redis")
+            local loading = false
             local api = {register_function = true, log = true, LOG_DEBUG = true,
                 LOG_VERBOSE = true, LOG_NOTICE = true, LOG_WARNING = true,
                 REDIS_VERSION = true, REDIS_VERSION_NUM = true}
+            -- A function that kept the library API's table finds register_function refusing.
+            local function not_loading()
+                error("redis.register_function can only be called on FUNCTION LOAD command", 2)
+            end
             local load_redis = real_setmetatable({}, {
                 __index = function(_, k)
                     if not api[k] then missing(k) end
+                    if k == "register_function" and not loading then return not_loading end
                     return R[k]
                 end,
                 __newindex = refuse,
                 __metatable = marker,
             })
-            local loading = false
             local env = real_setmetatable({}, {
                 __index = function(_, k)
                     if loading then
@@ -1205,6 +1246,13 @@ fn redis_library(lua: &Lua) -> mlua::Result<Table> {
     ] {
         r.raw_set(name, v)?;
     }
+    // The Redis version keel answers as, as a string and as 0x00MMmmpp.
+    let version = crate::server::REDIS_COMPAT_VERSION;
+    let num = (version.split('.'))
+        .map(|p| p.parse::<i64>().unwrap_or(0))
+        .fold(0, |n, p| (n << 8) | p);
+    r.raw_set("REDIS_VERSION", version)?;
+    r.raw_set("REDIS_VERSION_NUM", num)?;
     Ok(r)
 }
 
@@ -1854,6 +1902,87 @@ mod tests {
                 assert!(e.starts_with("ERR Script killed by user"), "{e}");
             }
         }
+    }
+
+    #[test]
+    fn library_metadata_and_registration_errors_follow_redis() {
+        let name = |line: &str| match library_name(format!("{line}\nreturn").as_bytes()) {
+            Ok(n) => n,
+            Err(Reply::Error(e)) => e,
+            Err(r) => panic!("{r:?}"),
+        };
+        assert_eq!(name("#!lua name=lib"), "lib");
+        assert_eq!(name("#!LUA NAME=\"lib\""), "lib");
+        assert_eq!(name("#! name=lib"), "ERR Engine '' not found");
+        assert_eq!(name("#!js name=lib"), "ERR Engine 'js' not found");
+        assert_eq!(
+            name("#!lua name=a name=b"),
+            "ERR Invalid metadata value, name argument was given multiple times"
+        );
+        assert_eq!(
+            name("#!lua name=a x=y"),
+            "ERR Invalid metadata value given: x=y"
+        );
+        assert_eq!(name("#!lua"), "ERR Library name was not given");
+        assert_eq!(name("#!lua name=\"a"), "ERR Invalid library metadata");
+        assert_eq!(name("return 1"), "ERR Missing library metadata");
+        assert!(name("#!lua name=a-b").starts_with("ERR Library names can only contain"));
+
+        let load = |code: &str| {
+            let mut libs = Libraries::new();
+            libs.insert("lib".into(), Bytes::from(format!("#!lua name=lib\n{code}")));
+            match compile_libraries(&libs) {
+                Ok(_) => String::new(),
+                Err(Reply::Error(e)) => e,
+                Err(r) => panic!("{r:?}"),
+            }
+        };
+        let f = "function() return 1 end";
+        for (code, want) in [
+            ("redis.register_function('', F)", "Library names can only contain"),
+            ("redis.register_function{function_name=F, callback=F}", "function_name argument given to redis.register_function must be a string"),
+            ("redis.register_function{function_name='f', callback='x'}", "callback argument given to redis.register_function must be a function"),
+            ("redis.register_function{function_name='f', callback=F, description=F}", "description argument given to redis.register_function must be a string"),
+            ("redis.register_function{function_name='f', callback=F, flags='no-writes'}", "flags argument to redis.register_function must be a table representing function flags"),
+            ("redis.register_function{function_name='f', callback=F, flags={F}}", "unknown flag given"),
+        ] {
+            let e = load(&code.replace('F', f));
+            assert!(e.starts_with("ERR Error registering functions: "), "{code}: {e}");
+            assert!(e.contains(want), "{code}: {e}");
+        }
+        // The version constants are there at load time, and the library API's
+        // register_function refuses once the load is over.
+        let mut libs = Libraries::new();
+        let code = "#!lua name=lib\nlocal lib = redis\nlocal v = redis.REDIS_VERSION_NUM\n\
+                    lib.register_function('version', function() return {v, lib.REDIS_VERSION} end)\n\
+                    lib.register_function('late', function() lib.register_function('x', function() end) end)";
+        libs.insert("lib".into(), Bytes::from(code));
+        let scripts = Scripts::new();
+        scripts.install(compile_libraries(&libs).unwrap());
+        struct NoCalls;
+        impl Caller for NoCalls {
+            fn call(&mut self, _: Vec<Bytes>) -> Reply {
+                unreachable!()
+            }
+            fn wrote(&self) -> bool {
+                false
+            }
+        }
+        let fcall = |name: &str| {
+            let command = ["FCALL", name, "0"].map(|x| Bytes::from(x.to_string()));
+            scripts.call_function(name, &command, &mut NoCalls)
+        };
+        assert_eq!(
+            fcall("version"),
+            Reply::Array(vec![Reply::Int(0x070200), Reply::Bulk("7.2.0".into())])
+        );
+        let Reply::Error(e) = fcall("late") else {
+            panic!("registered a function after its library loaded")
+        };
+        assert!(
+            e.contains("redis.register_function can only be called on FUNCTION LOAD command"),
+            "{e}"
+        );
     }
 
     #[test]
