@@ -562,6 +562,17 @@ struct Active {
     encrypted: bool,
 }
 
+/// The zeros that take a write ending at `end` to the end of its page (but not past the
+/// segment). A segment is zero-filled past the page cache ([`FsFile::write_zeros`]), so a write
+/// that stopped inside a page the cache does not hold would make the kernel read that page
+/// from the disk first; a write that runs to the page's end never does, and the next write
+/// starts inside a page the cache now holds. Past the last frame a segment holds zeros, so
+/// the padding changes no byte.
+fn page_padding(end: u64, segment_bytes_max: u64) -> usize {
+    let page = crate::fs::ZERO_FILL_ALIGN;
+    (end.next_multiple_of(page).min(segment_bytes_max.max(end)) - end) as usize
+}
+
 /// Creates a blank segment file under a temporary name: zeros (or reserved space) up to
 /// `segment_bytes_max`, synced. It has no header yet, so it can never be mistaken for a segment.
 fn prepare_blank(opts: &Options, tmp: &Path) -> Result<Box<dyn FsFile>> {
@@ -571,13 +582,8 @@ fn prepare_blank(opts: &Options, tmp: &Path) -> Result<Box<dyn FsFile>> {
         .open(tmp, OpenMode::CreateTruncate)
         .map_err(|e| io("create segment", e))?;
     if opts.zero_fill_segments {
-        let zeros = vec![0u8; 1 << 20];
-        let mut at = 0;
-        while at < opts.segment_bytes_max {
-            let n = ((opts.segment_bytes_max - at) as usize).min(zeros.len());
-            write_all_at(&*file, &zeros[..n], at).map_err(|e| io("zero-fill segment", e))?;
-            at += n as u64;
-        }
+        file.write_zeros(0, opts.segment_bytes_max)
+            .map_err(|e| io("zero-fill segment", e))?;
     } else {
         file.allocate(0, opts.segment_bytes_max)
             .map_err(|e| io("preallocate segment", e))?;
@@ -603,7 +609,12 @@ fn activate(
         created_unix_ms: now_unix_ms(),
         encrypted: opts.keyring.is_some(),
     };
-    write_all_at(&*file, &header.encode(), 0).map_err(|e| io("write segment header", e))?;
+    let mut h = header.encode().to_vec();
+    h.resize(
+        h.len() + page_padding(h.len() as u64, opts.segment_bytes_max),
+        0,
+    );
+    write_all_at(&*file, &h, 0).map_err(|e| io("write segment header", e))?;
     file.sync_data().map_err(|e| io("sync segment header", e))?;
     let path = dir.join(open_name(first_lsn));
     segment_rename(&*opts.fs, tmp, &path).map_err(|e| io("rename new segment", e))?;
@@ -1492,13 +1503,15 @@ impl Writer {
             let a = &self.active;
             // Overwrites the mark at the tail, if any, with the frames that follow it.
             self.tail_mark = None;
+            let len = self.buf.len();
+            let pad = page_padding(a.offset + len as u64, self.shared.opts.segment_bytes_max);
+            self.buf.resize(len + pad, 0);
             write_all_at(&*a.file, &self.buf, a.offset)
                 .map_err(|e| Error::io("write", &a.path, e))?;
             let c = &self.shared.counters;
             c.writes.fetch_add(1, Ordering::Relaxed);
-            c.bytes_written
-                .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
-            self.active.offset += self.buf.len() as u64;
+            c.bytes_written.fetch_add(len as u64, Ordering::Relaxed);
+            self.active.offset += len as u64;
             self.buf.clear();
             // One large batch (a command of a million arguments) leaves no megabytes behind.
             self.buf.shrink_to(BUF_KEPT_BYTES);
@@ -1625,7 +1638,13 @@ impl Writer {
             return Ok(());
         }
         let a = &self.active;
-        let m = encode_mark(segment_seed(a.id), self.next_lsn, self.durable_lsn, closed);
+        let mut m =
+            encode_mark(segment_seed(a.id), self.next_lsn, self.durable_lsn, closed).to_vec();
+        let pad = page_padding(
+            a.offset + m.len() as u64,
+            self.shared.opts.segment_bytes_max,
+        );
+        m.resize(m.len() + pad, 0);
         write_all_at(&*a.file, &m, a.offset).map_err(|e| Error::io("write mark", &a.path, e))?;
         self.tail_mark = Some(TailMark {
             durable_lsn: self.durable_lsn,

@@ -359,6 +359,36 @@ fn eio_on_sync_poisons_and_reopen_recovers_every_ack() {
     assert_eq!(&got[..acked.len()], &acked[..]);
 }
 
+/// Segments are zero-filled past the page cache, so the log's writes run to the end of a page:
+/// a write that stopped inside a page the cache does not hold would make the kernel read that
+/// page from the disk before each later write into it.
+#[test]
+fn every_write_of_the_log_runs_to_the_end_of_a_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let ffs = FaultFs::new();
+    let opts = ffs.options(small());
+    let segment = opts.segment_bytes_max;
+    *ffs.faults.writes.lock().unwrap() = Some(Vec::new());
+    let (wal, _) = Wal::open(dir.path(), opts.clone()).unwrap();
+    let mut acked = Vec::new();
+    // Odd sizes, across several segments (64 KiB each), and one record per batch.
+    for i in 0..400 {
+        let p = payload(i, 37 + (i as usize * 13) % 700);
+        acked.push((wal.append(&p).unwrap(), p));
+    }
+    wal.close().unwrap();
+    let writes = ffs.faults.writes.lock().unwrap().take().unwrap();
+    assert!(writes.len() > 400, "{} writes", writes.len());
+    for (offset, len) in writes {
+        let end = offset + len as u64;
+        assert!(
+            end.is_multiple_of(4096) || end == segment,
+            "a write of {len} bytes at {offset} stops inside a page"
+        );
+    }
+    assert_eq!(read_all(dir.path(), &opts), acked);
+}
+
 /// Whether every thread of this process named `name` is asleep (state `S` in /proc).
 fn all_asleep(name: &str, count: usize) -> bool {
     let mut asleep = 0;

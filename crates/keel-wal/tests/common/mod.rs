@@ -25,6 +25,8 @@ pub struct Faults {
     gate: Condvar,
     pub syncs_blocked: AtomicU64,
     pub fail_reads: AtomicBool,
+    /// Every write's offset and length, in order, while `Some`.
+    pub writes: Mutex<Option<Vec<(u64, usize)>>>,
 }
 
 impl Faults {
@@ -107,6 +109,9 @@ impl FsFile for FaultFile {
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        if let Some(w) = self.faults.writes.lock().unwrap().as_mut() {
+            w.push((offset, buf.len()));
+        }
         let mut n = buf.len();
         let mut budget = self.faults.write_budget.lock().unwrap();
         if let Some(left) = budget.as_mut() {
