@@ -72,7 +72,12 @@ impl Backend {
         guards: Vec<Guard>,
         writes: Vec<Write>,
     ) -> Durable {
-        self.write_at(id, now_ms(), guards, writes)
+        // A single node decides the write's time itself: no clock read here for it.
+        let at_ms = match self {
+            Backend::Cluster(_) => now_ms(),
+            Backend::Local(_) => 0,
+        };
+        self.write_at(id, at_ms, guards, writes)
     }
 
     /// [`Backend::write`], decided as of `at_ms` in a cluster (a script's dry run's time: its
