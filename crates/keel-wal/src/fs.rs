@@ -86,7 +86,11 @@ pub fn read_exact_at(file: &dyn FsFile, mut buf: &mut [u8], mut offset: u64) -> 
 
 /// Writes all of `buf` at `offset`, continuing after short writes. An error is returned as is and
 /// the write is not retried: the caller decides what a failure means (the log poisons itself).
-pub fn write_all_at(file: &dyn FsFile, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+pub fn write_all_at<F: FsFile + ?Sized>(
+    file: &F,
+    mut buf: &[u8],
+    mut offset: u64,
+) -> io::Result<()> {
     while !buf.is_empty() {
         match file.write_at(buf, offset) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -116,18 +120,8 @@ fn zeros_through<F: FsFile + ?Sized>(
     let mut at = offset;
     while at < offset + len {
         let n = ((offset + len - at) as usize).min(zeros.len());
-        let mut buf = &zeros[..n];
-        while !buf.is_empty() {
-            match file.write_at(buf, at) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(w) => {
-                    buf = &buf[w..];
-                    at += w as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        write_all_at(file, &zeros[..n], at)?;
+        at += n as u64;
     }
     Ok(())
 }
