@@ -53,11 +53,11 @@ pub trait FsFile: Send + Sync + fmt::Debug {
     /// Reserves space for `[offset, offset + len)` without writing it (`fallocate` where the
     /// platform has it, otherwise extends the file).
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()>;
-    /// Writes zeros over `[offset, offset + len)`, so that its blocks exist and hold zeros;
-    /// both must be multiples of [`ZERO_FILL_ALIGN`]. The default writes them as any write;
-    /// [`StdFs`] on Linux writes them past the page cache (`O_DIRECT`), so that a segment's
-    /// zero fill neither copies 64 MiB through the kernel nor fills the cache with pages that
-    /// the log then writes over.
+    /// Writes zeros over `[offset, offset + len)`, so that its blocks exist and hold zeros.
+    /// The default writes them as any write; [`StdFs`] on Linux writes them past the page
+    /// cache (`O_DIRECT`) where the range is aligned to [`ZERO_FILL_ALIGN`] and the file
+    /// system takes it, so that a segment's zero fill neither copies 64 MiB through the kernel
+    /// nor fills the cache with pages that the log then writes over.
     fn write_zeros(&self, offset: u64, len: u64) -> io::Result<()> {
         zeros_through(self, offset, len, &vec![0u8; ZERO_CHUNK])
     }
@@ -298,12 +298,17 @@ impl FsFile for StdFile {
         {
             use rustix::fs::{fcntl_getfl, fcntl_setfl, OFlags};
             let flags = fcntl_getfl(&self.0)?;
-            // File systems without O_DIRECT (tmpfs before 6.6, some FUSE) refuse the flag:
-            // then the zeros go through the page cache, as any write.
+            // File systems without O_DIRECT (tmpfs before 6.6, some FUSE) refuse the flag, and
+            // a device whose blocks are larger than ZERO_FILL_ALIGN refuses the writes
+            // (EINVAL): then the zeros go through the page cache, as any write.
             if fcntl_setfl(&self.0, flags | OFlags::DIRECT).is_ok() {
                 let written = zeros_through(self, offset, len, zeros);
                 fcntl_setfl(&self.0, flags)?;
-                return written;
+                let einval = Some(rustix::io::Errno::INVAL.raw_os_error());
+                match written {
+                    Err(e) if e.raw_os_error() == einval => {}
+                    done => return done,
+                }
             }
         }
         zeros_through(self, offset, len, zeros)
@@ -354,12 +359,17 @@ mod tests {
             .unwrap();
         assert_eq!(f.len().unwrap(), 4 * 4096 + ZERO_CHUNK as u64);
         write_all_at(&*f, b"abc", 4097).unwrap();
+        // A range O_DIRECT refuses (not aligned) gets its zeros through the page cache.
+        write_all_at(&*f, &[0xCD; 4], 4200).unwrap();
+        f.write_zeros(4201, 2).unwrap();
         f.sync_all().unwrap();
         let got = std::fs::read(&path).unwrap();
         assert!(got[..4096].iter().all(|&b| b == 0xAB));
         assert_eq!(&got[4096..4097], &[0]);
         assert_eq!(&got[4097..4100], b"abc");
-        assert!(got[4100..2 * 4096].iter().all(|&b| b == 0));
+        assert!(got[4100..4200].iter().all(|&b| b == 0));
+        assert_eq!(&got[4200..4204], &[0xCD, 0, 0, 0xCD]);
+        assert!(got[4204..2 * 4096].iter().all(|&b| b == 0));
         assert!(got[2 * 4096..3 * 4096].iter().all(|&b| b == 0xAB));
         assert!(got[3 * 4096..].iter().all(|&b| b == 0));
     }
