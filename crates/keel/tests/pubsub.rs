@@ -131,6 +131,60 @@ fn resp3_pushes_interleave_with_replies_and_multi_publishes() {
     assert_eq!(query::<i64>(&mut p, &["PUBLISH", "foo", "x"]), 0);
 }
 
+/// CLIENT LIST's omem of the first client subscribed to something.
+fn subscriber_omem(c: &mut redis::Connection) -> u64 {
+    let list: String = query(c, &["CLIENT", "LIST"]);
+    let line = list
+        .lines()
+        .find(|l| l.contains(" sub=1 "))
+        .expect("the subscriber is listed");
+    let field = |name: &str| -> u64 {
+        (line.split(' '))
+            .find_map(|f| f.strip_prefix(name))
+            .expect("the field is there")
+            .parse()
+            .unwrap()
+    };
+    let omem = field("omem=");
+    assert_eq!(field("tot-mem="), omem + field("qbuf="), "{line}");
+    omem
+}
+
+/// CLIENT LIST's omem shows what waits for a subscriber that stopped reading, within the
+/// bound, and goes back to 0 once it has read everything.
+#[test]
+fn client_list_shows_what_waits_for_a_subscriber() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(&t.path().join("data"), &[]);
+    let mut sub = srv.raw();
+    sub.cmd(
+        &["SUBSCRIBE", "slow"],
+        "*3\r\n$9\r\nsubscribe\r\n$4\r\nslow\r\n:1\r\n",
+    );
+    let mut c = srv.client();
+    assert_eq!(subscriber_omem(&mut c), 0);
+    // 24 MiB published, under the 32 MiB bound; the sockets hold a few MiB at most, so most
+    // of it waits in keel.
+    let chunk = "x".repeat(1 << 20);
+    for _ in 0..24 {
+        assert_eq!(query::<i64>(&mut c, &["PUBLISH", "slow", &chunk]), 1);
+    }
+    let waiting = subscriber_omem(&mut c);
+    assert!(
+        (8 << 20..=33 << 20).contains(&waiting),
+        "omem {waiting} after 24 MiB published to a client that reads nothing"
+    );
+    for _ in 0..24 {
+        let m = read_reply(&mut sub);
+        assert!(m.ends_with(format!("{chunk}\r\n").as_bytes()));
+    }
+    let started = std::time::Instant::now();
+    while subscriber_omem(&mut c) != 0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn a_subscriber_that_does_not_read_is_disconnected_not_buffered() {
     let t = tempfile::tempdir().unwrap();

@@ -42,6 +42,9 @@ pub struct Client {
     /// waiting in it.
     pushes: mpsc::UnboundedSender<(Pushed, usize)>,
     pushed_bytes: AtomicUsize,
+    /// Replies encoded and not yet written to the socket (with `pushed_bytes`, CLIENT LIST's
+    /// omem).
+    pub out_bytes: AtomicUsize,
 }
 
 /// An out-of-band reply waiting for its connection.
@@ -119,6 +122,7 @@ impl Client {
             kill: Notify::new(),
             pushes,
             pushed_bytes: AtomicUsize::new(0),
+            out_bytes: AtomicUsize::new(0),
         };
         (c, rx)
     }
@@ -197,6 +201,9 @@ impl Client {
     /// accounting: the memory fields are 0 but for the query buffer.
     pub fn line(&self) -> String {
         let t = self.text();
+        // What waits to be written: replies encoded, and messages queued behind them.
+        let omem =
+            self.out_bytes.load(Ordering::Relaxed) + self.pushed_bytes.load(Ordering::Relaxed);
         let name = t
             .name
             .as_ref()
@@ -225,7 +232,7 @@ impl Client {
         format!(
             "id={} addr={} laddr={} fd={} name={name} age={} idle={idle} flags={flags} db=0 \
              sub={} psub={} ssub={} multi={multi} qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 \
-             rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} \
+             rbp=0 obl=0 oll=0 omem={omem} tot-mem={} events=r cmd={} user={} redir=-1 resp={} \
              lib-name={} lib-ver={}",
             self.id,
             self.addr,
@@ -236,6 +243,7 @@ impl Client {
             self.subscriptions[1].load(Ordering::Relaxed),
             self.subscriptions[2].load(Ordering::Relaxed),
             self.qbuf.load(Ordering::Relaxed),
+            self.qbuf.load(Ordering::Relaxed) + omem,
             self.command(),
             t.user,
             self.resp.load(Ordering::Relaxed),

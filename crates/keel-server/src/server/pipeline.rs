@@ -353,7 +353,10 @@ impl Conn {
     ) -> std::io::Result<()> {
         self.settle().await;
         if !self.out.is_empty() {
+            let out_bytes = &self.client.out_bytes;
+            out_bytes.store(self.out.len(), Ordering::Relaxed);
             stream.write_all(&self.out).await?;
+            out_bytes.store(0, Ordering::Relaxed);
             (self.sh.net_out).fetch_add(self.out.len() as u64, Ordering::Relaxed);
             self.out.clear();
             if self.out.capacity() > 4 * FLUSH_BYTES {
