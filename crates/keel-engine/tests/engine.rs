@@ -297,6 +297,22 @@ fn reopen_replays_state_and_versions() {
     assert_eq!(e.get(b"counter").unwrap().value, "300");
 }
 
+/// Reads until `stop`, asserting each time that what a reader sees is durable (P10); returns
+/// how many reads it made.
+fn read_only_durable_until(e: &Engine, stop: &std::sync::atomic::AtomicBool) -> u64 {
+    let mut reads = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let seen = e.read(|v| v.lsn());
+        let durable = e.durable_lsn();
+        assert!(
+            seen <= durable,
+            "a reader saw LSN {seen} with only {durable} durable"
+        );
+        reads += 1;
+    }
+    reads
+}
+
 /// P10 when many writers share each sync: the log's ack thread then publishes their round
 /// before it wakes them (`Wal::on_acks`), and must publish only what that sync made durable,
 /// not what was queued behind it meanwhile.
@@ -306,19 +322,7 @@ fn many_writers_sharing_syncs_show_readers_only_durable_writes() {
     let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
-        let reader = s.spawn(|| {
-            let mut reads = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let seen = e.read(|v| v.lsn());
-                let durable = e.durable_lsn();
-                assert!(
-                    seen <= durable,
-                    "a reader saw LSN {seen} with only {durable} durable"
-                );
-                reads += 1;
-            }
-            reads
-        });
+        let reader = s.spawn(|| read_only_durable_until(&e, &stop));
         let writers: Vec<_> = (0..32)
             .map(|w| {
                 let e = &e;
@@ -344,17 +348,8 @@ fn concurrent_increments_lose_nothing_and_readers_see_only_durable_state() {
     let (e, _) = Engine::open(dir.path(), Options::small_for_tests()).unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
-        s.spawn(|| {
-            // P10: whatever a reader sees is durable.
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let seen = e.read(|v| v.lsn());
-                let durable = e.durable_lsn();
-                assert!(
-                    seen <= durable,
-                    "a reader saw LSN {seen} with only {durable} durable"
-                );
-            }
-        });
+        // P10: whatever a reader sees is durable.
+        s.spawn(|| read_only_durable_until(&e, &stop));
         let writers: Vec<_> = (0..8)
             .map(|_| {
                 s.spawn(|| {

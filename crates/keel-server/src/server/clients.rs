@@ -197,11 +197,12 @@ impl Client {
         self.created.elapsed().as_secs()
     }
 
-    /// CLIENT LIST's line, with Redis 7.2's fields. keel keeps no per-client buffer
-    /// accounting: the memory fields are 0 but for the query buffer.
+    /// CLIENT LIST's line, with Redis 7.2's fields. Of the memory fields keel reports the query
+    /// buffer (qbuf), what waits to be written (omem: replies encoded, and messages queued
+    /// behind them) and their sum (tot-mem); the others are 0.
     pub fn line(&self) -> String {
         let t = self.text();
-        // What waits to be written: replies encoded, and messages queued behind them.
+        let qbuf = self.qbuf.load(Ordering::Relaxed);
         let omem =
             self.out_bytes.load(Ordering::Relaxed) + self.pushed_bytes.load(Ordering::Relaxed);
         let name = t
@@ -231,7 +232,7 @@ impl Client {
         }
         format!(
             "id={} addr={} laddr={} fd={} name={name} age={} idle={idle} flags={flags} db=0 \
-             sub={} psub={} ssub={} multi={multi} qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 \
+             sub={} psub={} ssub={} multi={multi} qbuf={qbuf} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 \
              rbp=0 obl=0 oll=0 omem={omem} tot-mem={} events=r cmd={} user={} redir=-1 resp={} \
              lib-name={} lib-ver={}",
             self.id,
@@ -242,8 +243,7 @@ impl Client {
             self.subscriptions[0].load(Ordering::Relaxed),
             self.subscriptions[1].load(Ordering::Relaxed),
             self.subscriptions[2].load(Ordering::Relaxed),
-            self.qbuf.load(Ordering::Relaxed),
-            self.qbuf.load(Ordering::Relaxed) + omem,
+            qbuf + omem,
             self.command(),
             t.user,
             self.resp.load(Ordering::Relaxed),
