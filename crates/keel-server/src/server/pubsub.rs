@@ -273,15 +273,14 @@ impl Conn {
         }
     }
 
-    /// Writes the messages waiting for this connection, up to [`FLUSH_BYTES`] of output: the
-    /// rest stay in the queue, where they count against the connection's bound (P11). Taking
-    /// them all would move them out of the bound's sight into the output buffer, and a
-    /// subscriber that stops reading could then hold more than the bound.
+    /// Writes the messages waiting for this connection while what it holds to send stays
+    /// under [`FLUSH_BYTES`]: the rest stay in the queue, where they count against the
+    /// connection's bound (P11). Taking them all would move them out of the bound's sight, into
+    /// the output buffer or behind a reply still pending, and a subscriber that stops reading
+    /// could then hold more than the bound.
     pub(super) fn push_waiting(&mut self) {
-        while self.out.len() < FLUSH_BYTES {
-            let Ok((p, size)) = self.pushes.try_recv() else {
-                break;
-            };
+        let mut held = self.out.len();
+        while let Some((p, size)) = next_waiting(&mut self.pushes, &mut held) {
             self.client.pushed(size);
             self.push_out(p);
         }
@@ -352,5 +351,63 @@ impl Conn {
         for r in replies {
             self.push(r);
         }
+    }
+}
+
+/// The next message waiting on `pushes`, with its size, unless what the connection holds
+/// (`held` bytes, to which the message is added) has reached [`FLUSH_BYTES`]: a drain leaves it
+/// holding at most that plus one message. A message counts whether it goes to the output
+/// buffer or behind a reply not yet ready.
+fn next_waiting(
+    pushes: &mut tokio::sync::mpsc::UnboundedReceiver<(Pushed, usize)>,
+    held: &mut usize,
+) -> Option<(Pushed, usize)> {
+    if *held >= FLUSH_BYTES {
+        return None;
+    }
+    let (p, size) = pushes.try_recv().ok()?;
+    *held += size;
+    Some((p, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// P11: a drain takes no more than [`FLUSH_BYTES`] and one message, whatever waits, and
+    /// what the connection already holds counts.
+    #[test]
+    fn a_drain_of_waiting_messages_stops_at_the_flush_bound() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let size = 1000;
+        let message = || Pushed::Reply(Reply::Bulk(Bytes::from(vec![b'm'; size])));
+        for _ in 0..10 * FLUSH_BYTES / size {
+            tx.send((message(), size)).unwrap();
+        }
+        let drain = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<_>, mut held| {
+            let mut taken = 0;
+            while let Some((_, size)) = next_waiting(rx, &mut held) {
+                taken += size;
+            }
+            taken
+        };
+        let first = drain(&mut rx, 0);
+        assert!(
+            (FLUSH_BYTES..FLUSH_BYTES + size).contains(&first),
+            "took {first}"
+        );
+        // Half the bound held already (output, or replies not ready): half as much is taken.
+        let second = drain(&mut rx, FLUSH_BYTES / 2);
+        assert!(
+            (FLUSH_BYTES / 2..FLUSH_BYTES / 2 + size).contains(&second),
+            "took {second}"
+        );
+        assert_eq!(drain(&mut rx, FLUSH_BYTES), 0);
+        // Nothing was lost: the rest still waits, in order, for the next turns.
+        let mut rest = 0;
+        while drain(&mut rx, 0) > 0 {
+            rest += 1;
+        }
+        assert!(rest >= 8, "{rest} more drains");
     }
 }
