@@ -421,9 +421,11 @@ impl Conn {
         // command, CLIENT's too as in Redis, but CLIENT UNPAUSE, so that it can always be sent.
         let unpause = name == "client" && args.get(1).is_some_and(|a| eq(a, "unpause"));
         if !unpause && (self.multi.is_none() || name == "exec") {
-            let writes = need.contains(Flags::WRITE)
-                || (name == "exec" && self.multi.iter().flatten().any(Part::may_write))
-                || self.script_may_write(name, args);
+            // Asked only while a pause is on: a script's flags take a lookup.
+            let writes = self.sh.pause_on()
+                && (need.contains(Flags::WRITE)
+                    || (name == "exec" && self.multi.iter().flatten().any(Part::may_write))
+                    || self.script_may_write(name, args));
             self.sh.paused(&self.client, writes).await;
         }
         if name != "monitor" {

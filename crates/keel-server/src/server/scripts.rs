@@ -549,23 +549,19 @@ impl Conn {
         }
         let scripts = &self.sh.scripts;
         let function = name.starts_with("fcall");
-        let sha = if function {
-            String::from_utf8_lossy(&args[1]).into_owned()
-        } else if name.starts_with("evalsha") {
-            let sha = lower(&args[1]);
-            if !scripts.exists(sha.as_bytes()) {
-                return Err(crate::scripting::noscript());
-            }
-            sha
+        let (sha, flags) = if function {
+            let name = String::from_utf8_lossy(&args[1]).into_owned();
+            let flags = (scripts.function_flags(&name))
+                .ok_or_else(|| Reply::err("ERR Function not found"))?;
+            (name, flags)
         } else {
-            scripts.load(&args[1])?
-        };
-        let flags = if function {
-            scripts
-                .function_flags(&sha)
-                .ok_or_else(|| Reply::err("ERR Function not found"))?
-        } else {
-            scripts.flags(&sha).unwrap_or_default()
+            let sha = match name.starts_with("evalsha") {
+                true => lower(&args[1]),
+                false => scripts.load(&args[1])?,
+            };
+            // Absent: not loaded, or flushed since EVAL loaded it (the run would answer so too).
+            let flags = scripts.flags(&sha).ok_or_else(crate::scripting::noscript)?;
+            (sha, flags)
         };
         if name.ends_with("_ro") && flags.declared && !flags.no_writes {
             return Err(Reply::err(
