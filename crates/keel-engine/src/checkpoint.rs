@@ -1110,7 +1110,10 @@ mod tests {
             seq.commit_combined(None, vec![], vec![w]).unwrap();
             lock(&seen).push(seq.publisher.tail_filling());
         };
-        engine.set_checkpoints_for_test(2, Box::new(write));
+        // A key a part (a shard, rounded up): 13 to 20 writes of 1 KB while the keyspace is
+        // read in 15 runs. Two keys a part gave 7 to 10, by where the random hash seed put the
+        // keys, and 7 KB stayed under the bound: the test failed now and then.
+        engine.set_checkpoints_for_test(1, Box::new(write));
         engine.set_tail_bytes_max(8000);
         let e = engine.checkpoint().unwrap_err().to_string();
         assert!(e.contains("more than 8000 bytes"), "{e}");
