@@ -373,12 +373,12 @@ impl Shared {
         });
     }
 
-    /// Waits while CLIENT PAUSE holds a command that `writes` (or not).
     /// Whether CLIENT PAUSE was given and not yet lifted (it may have run out).
     pub(super) fn pause_on(&self) -> bool {
         self.pause.borrow().until.is_some()
     }
 
+    /// Waits while CLIENT PAUSE holds a command that `writes` (or not).
     pub(super) async fn paused(&self, client: &Client, writes: bool) {
         if !self.pause.borrow().holds(writes) {
             return;

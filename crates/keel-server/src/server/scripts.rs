@@ -550,14 +550,15 @@ impl Conn {
         let scripts = &self.sh.scripts;
         let function = name.starts_with("fcall");
         let (sha, flags) = if function {
-            let name = String::from_utf8_lossy(&args[1]).into_owned();
-            let flags = (scripts.function_flags(&name))
+            let function_name = String::from_utf8_lossy(&args[1]).into_owned();
+            let flags = (scripts.function_flags(&function_name))
                 .ok_or_else(|| Reply::err("ERR Function not found"))?;
-            (name, flags)
+            (function_name, flags)
         } else {
-            let sha = match name.starts_with("evalsha") {
-                true => lower(&args[1]),
-                false => scripts.load(&args[1])?,
+            let sha = if name.starts_with("evalsha") {
+                lower(&args[1])
+            } else {
+                scripts.load(&args[1])?
             };
             // Absent: not loaded, or flushed since EVAL loaded it (the run would answer so too).
             let flags = scripts.flags(&sha).ok_or_else(crate::scripting::noscript)?;
