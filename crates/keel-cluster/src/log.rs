@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use keel_wal::{Lsn, Wal};
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -43,6 +43,11 @@ struct Inner {
     dir: PathBuf,
     meta: Mutex<Meta>,
     recent: Mutex<Recent>,
+    /// Reads of the log hold it shared, a truncation exclusively. A read loads a segment up to
+    /// the end it saw when it started, and keel-wal answers a segment cut shorter meanwhile
+    /// with an error (the bytes are not what it verified): raft would take that for a broken
+    /// disk and stop the node, although the entries read were never cut.
+    cutting: RwLock<()>,
 }
 
 /// The newest entries, by index, with their encoded sizes. Every entry appended but not yet
@@ -148,6 +153,7 @@ impl LogStore {
                 dir: dir.to_path_buf(),
                 meta: Mutex::new(meta),
                 recent: Mutex::default(),
+                cutting: RwLock::default(),
             }),
         })
     }
@@ -170,6 +176,11 @@ impl LogStore {
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
         self.inner.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Held while reading the log: no truncation runs meanwhile (see `Inner::cutting`).
+    fn reading(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.inner.cutting.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The last LSN the log's readers can reach now.
@@ -237,6 +248,48 @@ impl LogStore {
         self.inner.wal.stats()
     }
 
+    /// Writes `entries` (raft's append), one record each; `None` if there were none, else what
+    /// completes once they are durable.
+    fn submit_entries(
+        &self,
+        entries: Vec<Entry<TypeConfig>>,
+    ) -> Result<Option<keel_wal::AckedFuture>, StorageError<NodeId>> {
+        let Some(first) = entries.first().map(|e| e.log_id.index) else {
+            return Ok(None);
+        };
+        let records: Vec<Vec<u8>> = entries
+            .iter()
+            .map(|e| postcard::to_allocvec(e).map_err(write_err))
+            .collect::<Result<_, _>>()?;
+        self.place(first)?;
+        {
+            let mut r = self.recent();
+            for (e, rec) in entries.into_iter().zip(&records) {
+                r.bytes += rec.len();
+                if let Some((_, n)) = r.entries.insert(e.log_id.index, (e, rec.len())) {
+                    r.bytes -= n;
+                }
+            }
+        }
+        // One record per entry, not one atomic batch: raft may later cut the log between any
+        // two entries (keel-wal refuses to cut inside a batch). They still share a sync.
+        let expect = self.lsn(first);
+        let mut end = 0;
+        for (k, rec) in records.into_iter().enumerate() {
+            let ticket = self.inner.wal.submit(rec).map_err(write_err)?;
+            let lsn = *ticket.lsns().start();
+            if lsn != expect + k as u64 {
+                return Err(write_err(format!(
+                    "entry {} landed at LSN {lsn} instead of {}; the log and its index disagree",
+                    first + k as u64,
+                    expect + k as u64
+                )));
+            }
+            end = lsn;
+        }
+        Ok(Some(self.inner.wal.acked(end)))
+    }
+
     fn last_entry(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
         if let Some((_, (e, _))) = self.recent().entries.last_key_value() {
             return Ok(Some(e.log_id));
@@ -250,6 +303,7 @@ impl LogStore {
         if last < first_live || last < self.inner.wal.first_lsn() {
             return Ok(None);
         }
+        let _reading = self.reading();
         let mut it = self.inner.wal.read_from(last).map_err(read_err)?;
         match it.next() {
             Some(r) => {
@@ -301,6 +355,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         let mut out: Vec<Entry<TypeConfig>> = Vec::new();
         if first_cached.is_none_or(|f| start < f) && from <= self.readable_lsn() {
+            let _reading = self.reading();
             for r in wal.read_from(from).map_err(read_err)? {
                 let r = r.map_err(read_err)?;
                 let index = (r.lsn as i64 - offset) as u64;
@@ -352,42 +407,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let Some(first) = entries.first().map(|e| e.log_id.index) else {
+        let Some(acked) = self.submit_entries(entries.into_iter().collect())? else {
             callback.log_io_completed(Ok(()));
             return Ok(());
         };
-        let records: Vec<Vec<u8>> = entries
-            .iter()
-            .map(|e| postcard::to_allocvec(e).map_err(write_err))
-            .collect::<Result<_, _>>()?;
-        self.place(first)?;
-        {
-            let mut r = self.recent();
-            for (e, rec) in entries.into_iter().zip(&records) {
-                r.bytes += rec.len();
-                if let Some((_, n)) = r.entries.insert(e.log_id.index, (e, rec.len())) {
-                    r.bytes -= n;
-                }
-            }
-        }
-        // One record per entry, not one atomic batch: raft may later cut the log between any
-        // two entries (keel-wal refuses to cut inside a batch). They still share a sync.
-        let expect = self.lsn(first);
-        let mut end = 0;
-        for (k, rec) in records.into_iter().enumerate() {
-            let ticket = self.inner.wal.submit(rec).map_err(write_err)?;
-            let lsn = *ticket.lsns().start();
-            if lsn != expect + k as u64 {
-                return Err(write_err(format!(
-                    "entry {} landed at LSN {lsn} instead of {}; the log and its index disagree",
-                    first + k as u64,
-                    expect + k as u64
-                )));
-            }
-            end = lsn;
-        }
-        let acked = self.inner.wal.acked(end);
         // Weak: a task waiting here must not keep the log (and its lock) open after raft stops.
         let this = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
@@ -413,6 +436,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if keep >= wal.last_lsn() {
             return Ok(());
         }
+        let _cutting = (self.inner.cutting.write()).unwrap_or_else(|p| p.into_inner());
         wal.truncate_after(keep.max(wal.first_lsn() - 1))
             .map_err(write_err)
     }
@@ -442,5 +466,56 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         *self.meta() = m;
         self.inner.wal.prune_before(upto + 1).map_err(write_err)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use openraft::testing::{blank_ent, log_id};
+
+    use super::*;
+
+    /// Raft reads committed entries (to apply them, to replicate them) while its core cuts
+    /// uncommitted ones off the end of the log. A read of entries the cut keeps must not fail
+    /// because the segment it reads shrank under it: raft would take the error for a broken
+    /// disk and stop the node (CI saw a node stop so after a leader kill).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_of_kept_entries_are_not_failed_by_a_concurrent_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = keel_wal::Options::small_for_tests();
+        let mut log = LogStore::open(&dir.path().join("raft"), opts).unwrap();
+        let entries = |range: std::ops::Range<u64>| range.map(|i| blank_ent(1, 1, i)).collect();
+        // Read back from the log itself, not from the cache of recent entries.
+        let appended = |log: &LogStore, range| {
+            let acked = log.submit_entries(entries(range)).unwrap().unwrap();
+            let log = log.clone();
+            async move {
+                acked.await.unwrap();
+                log.recent().entries.clear();
+            }
+        };
+        appended(&log, 0..200).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let reads = Arc::new(AtomicUsize::new(0));
+        let reader = {
+            let (mut log, stop, reads) = (log.clone(), stop.clone(), reads.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let got = log.try_get_log_entries(0..100).await.unwrap();
+                    assert_eq!(got.len(), 100);
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        for _ in 0..100 {
+            log.truncate(log_id(1, 1, 100)).await.unwrap();
+            appended(&log, 100..200).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        reader.await.unwrap();
+        assert!(reads.load(Ordering::Relaxed) > 0);
     }
 }

@@ -1122,7 +1122,10 @@ impl Wal {
 
     /// Durably drops every record after `lsn`; the next append gets `lsn + 1`. `lsn` must lie in
     /// `first_lsn() - 1 ..= last_lsn()` and must not fall inside an atomic batch. Appends wait
-    /// while a truncation runs.
+    /// while a truncation runs. A read that started before it may fail (with an error that
+    /// names the segment) if the segment it reads is cut meanwhile, even for records the cut
+    /// keeps: a caller that reads and truncates at once keeps the two apart (keel-cluster's
+    /// raft log does, with a lock).
     pub fn truncate_after(&self, lsn: Lsn) -> Result<()> {
         self.shared
             .control(|d| Item::Truncate(lsn, d), true)
