@@ -420,12 +420,12 @@ impl Conn {
         // CLIENT PAUSE holds a command here, once it is known to be valid: under PAUSE ALL every
         // command, CLIENT's too as in Redis, but CLIENT UNPAUSE, so that it can always be sent.
         let unpause = name == "client" && args.get(1).is_some_and(|a| eq(a, "unpause"));
-        if !unpause && (self.multi.is_none() || name == "exec") {
-            // Asked only while a pause is on: a script's flags take a lookup.
-            let writes = self.sh.pause_on()
-                && (need.contains(Flags::WRITE)
-                    || (name == "exec" && self.multi.iter().flatten().any(Part::may_write))
-                    || self.script_may_write(name, args));
+        // Only while a pause is on is it asked whether the command writes (a script's flags
+        // take a lookup), and the wait entered.
+        if !unpause && (self.multi.is_none() || name == "exec") && self.sh.pause_on() {
+            let writes = need.contains(Flags::WRITE)
+                || (name == "exec" && self.multi.iter().flatten().any(Part::may_write))
+                || self.script_may_write(name, args);
             self.sh.paused(&self.client, writes).await;
         }
         if name != "monitor" {
