@@ -561,7 +561,13 @@ fn client_pause_holds_writes_until_unpause() {
         let info: String = query(&mut srv.client(), &["INFO", "clients"]);
         info.contains("blocked_clients:1")
     };
+    let started = std::time::Instant::now();
     while !blocked() {
+        let waited = started.elapsed();
+        assert!(
+            waited.as_secs() < 10,
+            "the SET under PAUSE WRITE never blocked"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     assert_eq!(query::<Option<String>>(&mut c, &["GET", "k"]), None, "held");
