@@ -1,6 +1,6 @@
 //! ACL against a real `keel serve` with users from a config file: WHOAMI, USERS, LIST, GETUSER,
 //! CAT, DRYRUN, GENPASS, HELP, the ACL log after refused commands and failed logins (never a
-//! password in it), and SETUSER, DELUSER, SAVE and LOAD refused.
+//! password in it), SETUSER, DELUSER, SAVE and LOAD refused, and MODULE's permissions.
 
 mod common;
 
@@ -369,4 +369,43 @@ fn changing_users_is_refused_and_never_logged_in_clear() {
     let mut reader = login(&srv, "reader", READER_PW);
     let e = error(&mut reader, &["ACL", "SETUSER", "eve"]);
     assert!(e.contains("'acl|setuser'"), "{e}");
+}
+
+/// MODULE: keel loads no modules. LIST says so (dashboards and client libraries ask it), LOAD
+/// and LOADEX are refused with the reason, and only HELP is open to users without admin.
+#[test]
+fn module_lists_no_module_and_refuses_to_load_one() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = start(&t);
+    let mut boss = login(&srv, "boss", BOSS_PW);
+    let loaded: Vec<Value> = query(&mut boss, &["MODULE", "LIST"]);
+    assert!(loaded.is_empty(), "{loaded:?}");
+    for args in [
+        &["MODULE", "LOAD", "/tmp/rejson.so"][..],
+        &["MODULE", "LOADEX", "/tmp/rejson.so", "ARGS", "x"],
+    ] {
+        let e = error(&mut boss, args);
+        assert!(e.contains("cannot load Redis modules"), "{e}");
+    }
+    let e = error(&mut boss, &["MODULE", "UNLOAD", "ReJSON"]);
+    assert!(e.contains("no such module"), "{e}");
+    let e = error(&mut boss, &["MODULE", "LIST", "extra"]);
+    assert!(
+        e.contains("wrong number of arguments for 'module|list'"),
+        "{e}"
+    );
+    let e = error(&mut boss, &["MODULE", "NOSUCH"]);
+    assert!(e.contains("unknown subcommand"), "{e}");
+    let loaded: Vec<Value> = query(&mut boss, &["MODULE", "LIST"]);
+    assert!(loaded.is_empty(), "{loaded:?}");
+
+    let mut reader = login(&srv, "reader", READER_PW);
+    let help: Vec<String> = query(&mut reader, &["MODULE", "HELP"]);
+    assert!(help[0].starts_with("MODULE <subcommand>"), "{help:?}");
+    assert!(help.iter().any(|l| l == "LIST"), "{help:?}");
+    let e = error(&mut reader, &["MODULE", "LIST"]);
+    assert!(
+        e.contains("no permissions") && e.contains("'module|list'"),
+        "{e}"
+    );
 }

@@ -385,6 +385,7 @@ pub fn flags(spec: &Command, args: &[Bytes]) -> Flags {
         {
             f.without(Flags::ADMIN)
         }
+        "module" if args.get(1).is_some_and(|s| eq(s, "help")) => f.without(Flags::ADMIN),
         // ACL's subcommands that show only the caller or fixed facts need nothing; the rest
         // show every user and the log of refusals, and need admin.
         "acl"

@@ -139,6 +139,16 @@ pub const COMMANDS: &[Command] = &[
             "Manages a keel cluster (a node started with --node-id).",
         )
         .subcommands(KEEL_CLUSTER_SUBCOMMANDS),
+    // keel loads no modules: LIST answers truthfully (none), so that dashboards and client
+    // libraries that ask which modules a server has work, and LOAD is refused.
+    Command::new("module", -2, ADMIN.with(VARIES), NO_KEYS)
+        .redis("", "")
+        .doc(
+            "server",
+            "",
+            "Lists loaded modules (keel loads none); LOAD, LOADEX and UNLOAD are refused.",
+        )
+        .subcommands(MODULE_SUBCOMMANDS),
     Command::new("keel.maintenance", -2, ADMIN, NO_KEYS)
         .redis("admin noscript", "")
         .doc(
@@ -147,6 +157,38 @@ pub const COMMANDS: &[Command] = &[
             "Maintenance mode: while on, writes are refused and reads go on. Durable and replicated.",
         )
         .subcommands(KEEL_MAINTENANCE_SUBCOMMANDS),
+];
+
+const MODULE_SUBCOMMANDS: &[Doc] = &[
+    doc(
+        "list",
+        "server",
+        "",
+        "Returns the loaded modules: always an empty list, as keel loads none.",
+    )
+    .redis("admin noscript", "@admin @dangerous"),
+    doc(
+        "load",
+        "server",
+        "path [arg [arg ...]]",
+        "Refused: keel cannot load Redis modules (they are C code written against Redis's internals).",
+    )
+    .redis("admin noscript no_async_loading", "@admin @dangerous"),
+    doc(
+        "loadex",
+        "server",
+        "path [CONFIG name value] [ARGS arg [arg ...]]",
+        "Refused, as LOAD is.",
+    )
+    .redis("admin noscript no_async_loading", "@admin @dangerous"),
+    doc(
+        "unload",
+        "server",
+        "name",
+        "Refused: no module is loaded.",
+    )
+    .redis("admin noscript no_async_loading", "@admin @dangerous"),
+    doc("help", "server", "", "Lists the subcommands.").redis("loading stale", ""),
 ];
 
 const MEMORY_SUBCOMMANDS: &[Doc] = &[

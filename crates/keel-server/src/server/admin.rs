@@ -1,4 +1,4 @@
-//! The operator's commands: COMMAND, INFO, CONFIG, SLOWLOG, LATENCY, SHUTDOWN, checkpoints and
+//! The operator's commands: COMMAND, INFO, CONFIG, SLOWLOG, LATENCY, MODULE, SHUTDOWN, checkpoints and
 //! backups, maintenance mode and WAIT/WAITAOF. The cluster's are in `cluster`.
 
 use super::*;
@@ -72,6 +72,17 @@ impl Conn {
                     _ => unknown_subcommand(&args[1], "KEEL.MAINTENANCE"),
                 }
             }
+            "module" => match (lower(&args[1]).as_str(), args.len()) {
+                ("list", 2) => Reply::Array(vec![]),
+                ("load" | "loadex", 3..) => Reply::err(
+                    "ERR keel cannot load Redis modules: a module is C code built against Redis's internals",
+                ),
+                ("unload", 3) => Reply::err("ERR Error unloading module: no such module with that name"),
+                ("list" | "load" | "loadex" | "unload", _) => {
+                    cmd::wrong_args(&format!("module|{}", lower(&args[1])))
+                }
+                _ => unknown_subcommand(&args[1], "MODULE"),
+            },
             "keel.backup" => {
                 let engine = self.sh.engine();
                 let target =
