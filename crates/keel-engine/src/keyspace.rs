@@ -1481,8 +1481,8 @@ impl Keyspace {
     }
 
     /// See [`Table::warm`].
-    pub(crate) fn warm<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) -> usize {
-        self.map.table.warm(keys)
+    pub(crate) fn warm<'k>(&self, keys: impl Iterator<Item = &'k [u8]>, count: usize) -> usize {
+        self.map.table.warm(keys, count)
     }
 
     /// Applies `mutations`, giving every entry they write the version `version`.

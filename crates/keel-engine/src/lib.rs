@@ -105,7 +105,8 @@ pub use sequencer::{Recorded, Script};
 pub use sort::parse_double;
 pub use types::{
     Aggregate, BitFieldAction, BitFieldOp, BitOp, Claim, ClaimTime, Entry, ExpireIf, Guard,
-    KeyEffect, LexBound, Outcome, Overflow, PendingRange, PutIf, Read, SetOp, SortSpec, StreamId,
-    StreamIdSpec, StreamTrim, StreamTrimBy, Ttl, Write, WriteError, WriteResult, ZCmp, ZRange,
+    KeyEffect, LexBound, Outcome, Overflow, PendingRange, PutIf, Read, Refs, SetOp, SortSpec,
+    StreamId, StreamIdSpec, StreamTrim, StreamTrimBy, Ttl, Write, WriteError, WriteResult, ZCmp,
+    ZRange,
 };
 pub use zsets::{format_score, zset_combine};

@@ -239,11 +239,12 @@ impl Publisher {
         // The keys the records write are looked up all together first (see Table::warm),
         // unless there is only one.
         let records = q.iter().take_while(|u| u.lsn <= durable);
-        if records.clone().map(|u| u.mutations.len()).sum::<usize>() > 1 {
+        let count = records.clone().map(|u| u.mutations.len()).sum::<usize>();
+        if count > 1 {
             let keys = records
                 .flat_map(|u| &u.mutations)
                 .filter_map(Mutation::user_key);
-            std::hint::black_box(v.keyspace.warm(keys.map(|k| &k[..])));
+            std::hint::black_box(v.keyspace.warm(keys.map(|k| &k[..]), count));
         }
         let mut kept = Vec::new();
         while q.front().is_some_and(|u| u.lsn <= durable) {

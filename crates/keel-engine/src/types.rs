@@ -472,10 +472,37 @@ pub enum StreamTrimBy {
     MinId(StreamId),
 }
 
+/// The keys or values of a write ([`Write::keys`], [`Write::values`]): allocation-free for
+/// writes of one key or value or of a list of them, which are most (the limits are checked on
+/// every write).
+pub enum Refs<'a> {
+    One(Option<&'a Bytes>),
+    Slice(std::slice::Iter<'a, Bytes>),
+    Other(Box<dyn Iterator<Item = &'a Bytes> + 'a>),
+}
+
+impl<'a> Refs<'a> {
+    fn one(b: &'a Bytes) -> Refs<'a> {
+        Refs::One(Some(b))
+    }
+}
+
+impl<'a> Iterator for Refs<'a> {
+    type Item = &'a Bytes;
+
+    fn next(&mut self) -> Option<&'a Bytes> {
+        match self {
+            Refs::One(b) => b.take(),
+            Refs::Slice(i) => i.next(),
+            Refs::Other(i) => i.next(),
+        }
+    }
+}
+
 impl Write {
     /// The user keys this write touches or reads (none for `DeleteAll` and `System`, two for
     /// `Rename`, every set for `SetStore`).
-    pub fn keys(&self) -> Box<dyn Iterator<Item = &Bytes> + '_> {
+    pub fn keys(&self) -> Refs<'_> {
         match self {
             Write::Put { key, .. }
             | Write::Delete { key }
@@ -514,45 +541,57 @@ impl Write {
             | Write::StreamConsumerCreate { key, .. }
             | Write::StreamConsumerDelete { key, .. }
             | Write::StreamAck { key, .. }
-            | Write::StreamClaim { key, .. } => Box::new(std::iter::once(key)),
-            Write::StreamReadGroup { streams, .. } => Box::new(streams.iter().map(|(k, _)| k)),
-            Write::BitOp { dest, keys, .. } => Box::new(std::iter::once(dest).chain(keys)),
-            Write::ZRangeStore { key, src, .. } => Box::new([key, src].into_iter()),
-            Write::ZStore { key, keys, .. } => Box::new(std::iter::once(key).chain(keys)),
-            Write::ZPopFirst { keys, .. } => Box::new(keys.iter()),
-            Write::Sort { spec, store } => Box::new(std::iter::once(&spec.key).chain(store)),
-            Write::GetThen { key, then } => Box::new(std::iter::once(key).chain(then.keys())),
+            | Write::StreamClaim { key, .. } => Refs::one(key),
+            Write::StreamReadGroup { streams, .. } => {
+                Refs::Other(Box::new(streams.iter().map(|(k, _)| k)))
+            }
+            Write::BitOp { dest, keys, .. } => {
+                Refs::Other(Box::new(std::iter::once(dest).chain(keys)))
+            }
+            Write::ZRangeStore { key, src, .. } => Refs::Other(Box::new([key, src].into_iter())),
+            Write::ZStore { key, keys, .. } => {
+                Refs::Other(Box::new(std::iter::once(key).chain(keys)))
+            }
+            Write::ZPopFirst { keys, .. } => Refs::Slice(keys.iter()),
+            Write::Sort { spec, store } => {
+                Refs::Other(Box::new(std::iter::once(&spec.key).chain(store)))
+            }
+            Write::GetThen { key, then } => {
+                Refs::Other(Box::new(std::iter::once(key).chain(then.keys())))
+            }
             Write::Rename { from, to, .. }
             | Write::Copy { from, to, .. }
             | Write::SetMove { from, to, .. }
-            | Write::ListMove { from, to, .. } => Box::new([from, to].into_iter()),
-            Write::SetStore { key, keys, .. } => Box::new(std::iter::once(key).chain(keys)),
-            Write::ListPopFirst { keys, .. } => Box::new(keys.iter()),
-            Write::DeleteAll | Write::System { .. } => Box::new(std::iter::empty()),
+            | Write::ListMove { from, to, .. } => Refs::Other(Box::new([from, to].into_iter())),
+            Write::SetStore { key, keys, .. } => {
+                Refs::Other(Box::new(std::iter::once(key).chain(keys)))
+            }
+            Write::ListPopFirst { keys, .. } => Refs::Slice(keys.iter()),
+            Write::DeleteAll | Write::System { .. } => Refs::Slice([].iter()),
         }
     }
 
     /// The values, fields and members it stores, each bounded by `value_bytes_max`.
-    pub fn values(&self) -> Box<dyn Iterator<Item = &Bytes> + '_> {
+    pub fn values(&self) -> Refs<'_> {
         match self {
-            Write::Put { value, .. } => Box::new(std::iter::once(value)),
+            Write::Put { value, .. } => Refs::one(value),
             Write::Append { suffix, .. } | Write::SetRange { value: suffix, .. } => {
-                Box::new(std::iter::once(suffix))
+                Refs::one(suffix)
             }
-            Write::HashSet { pairs, .. } => Box::new(pairs.iter().flat_map(|(f, v)| [f, v])),
-            Write::HashIncr { field, .. } | Write::HashIncrFloat { field, .. } => {
-                Box::new(std::iter::once(field))
+            Write::HashSet { pairs, .. } => {
+                Refs::Other(Box::new(pairs.iter().flat_map(|(f, v)| [f, v])))
             }
-            Write::SetAdd { members, .. } => Box::new(members.iter()),
-            Write::SetMove { member, .. } => Box::new(std::iter::once(member)),
-            Write::ListPush { elements, .. } => Box::new(elements.iter()),
+            Write::HashIncr { field, .. } | Write::HashIncrFloat { field, .. } => Refs::one(field),
+            Write::SetAdd { members, .. } => Refs::Slice(members.iter()),
+            Write::SetMove { member, .. } => Refs::one(member),
+            Write::ListPush { elements, .. } => Refs::Slice(elements.iter()),
             Write::ListSet { element, .. } | Write::ListInsert { element, .. } => {
-                Box::new(std::iter::once(element))
+                Refs::one(element)
             }
             Write::GetThen { then, .. } => then.values(),
-            Write::ZAdd { pairs, .. } => Box::new(pairs.iter().map(|(_, m)| m)),
-            Write::StreamAdd { fields, .. } => Box::new(fields.iter()),
-            Write::StreamGroupCreate { group, .. } => Box::new(std::iter::once(group)),
+            Write::ZAdd { pairs, .. } => Refs::Other(Box::new(pairs.iter().map(|(_, m)| m))),
+            Write::StreamAdd { fields, .. } => Refs::Slice(fields.iter()),
+            Write::StreamGroupCreate { group, .. } => Refs::one(group),
             Write::StreamConsumerCreate {
                 group, consumer, ..
             }
@@ -561,8 +600,8 @@ impl Write {
             }
             | Write::StreamClaim {
                 group, consumer, ..
-            } => Box::new([group, consumer].into_iter()),
-            _ => Box::new(std::iter::empty()),
+            } => Refs::Other(Box::new([group, consumer].into_iter())),
+            _ => Refs::Slice([].iter()),
         }
     }
 

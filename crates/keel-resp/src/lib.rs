@@ -353,8 +353,9 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Bytes>> {
 /// A reply, encoded for the connection's protocol version.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Reply {
-    /// `+text`. Must not contain CR or LF.
-    Simple(String),
+    /// `+text`. Must not contain CR or LF. Borrowed for fixed texts (`OK`, `PONG`, …): a
+    /// reply sent for most writes costs no allocation.
+    Simple(std::borrow::Cow<'static, str>),
     /// `-CODE text`, for example `ERR syntax error`. CR and LF are replaced by spaces.
     Error(String),
     Int(i64),
@@ -386,6 +387,11 @@ pub enum Reply {
 impl Reply {
     pub fn ok() -> Reply {
         Reply::Simple("OK".into())
+    }
+
+    /// `+text`, from a fixed text or a built one.
+    pub fn simple(text: impl Into<std::borrow::Cow<'static, str>>) -> Reply {
+        Reply::Simple(text.into())
     }
 
     pub fn err(s: impl Into<String>) -> Reply {

@@ -462,7 +462,7 @@ pub fn command(users: &Users, log: &Log, me: &User, args: &[Bytes], now_ms: u64)
         // HELP with its one argument is answered before this (see the pipeline).
         _ => Reply::Array(
             (docs::help_lines("acl").unwrap_or_default().into_iter())
-                .map(Reply::Simple)
+                .map(Reply::simple)
                 .collect(),
         ),
     }

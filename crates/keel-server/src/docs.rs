@@ -302,7 +302,7 @@ fn arg_reply(a: &Arg) -> Reply {
     let flags: Vec<Reply> = [("optional", a.optional), ("multiple", a.multiple)]
         .iter()
         .filter(|(_, on)| *on)
-        .map(|(f, _)| Reply::Simple(f.to_string()))
+        .map(|(f, _)| Reply::simple(f.to_string()))
         .collect();
     if !flags.is_empty() {
         fields.push((bulk("flags"), Reply::Array(flags)));

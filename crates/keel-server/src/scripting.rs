@@ -1059,7 +1059,7 @@ fn to_lua(lua: &Lua, r: Reply, resp: u8) -> mlua::Result<Value> {
         Ok(Value::Table(t))
     };
     Ok(match r {
-        Reply::Simple(s) => field("ok", Value::String(lua.create_string(&s)?))?,
+        Reply::Simple(s) => field("ok", Value::String(lua.create_string(s.as_bytes())?))?,
         Reply::Error(e) => field("err", Value::String(lua.create_string(&e)?))?,
         Reply::Int(i) => Value::Integer(i),
         Reply::Bulk(b) => Value::String(lua.create_string(&b)?),
@@ -1124,7 +1124,7 @@ fn from_lua(v: &Value, depth: usize) -> mlua::Result<Reply> {
                 return Ok(Reply::Error(if e.is_empty() { "ERR".into() } else { e }));
             }
             if let Ok(Value::String(s)) = t.raw_get::<Value>("ok") {
-                return Ok(Reply::Simple(s.to_string_lossy()));
+                return Ok(Reply::simple(s.to_string_lossy()));
             }
             if let Ok(Value::Number(d)) = t.raw_get::<Value>("double") {
                 return Ok(Reply::Double(Bytes::from(lua_number(d))));

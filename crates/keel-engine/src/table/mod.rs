@@ -947,23 +947,26 @@ impl Table {
     /// of a pass, which the writes, one key after another, would each take alone. The passes
     /// only load: the last one is the plain lookup, from the cache. With 1M keys, the lookups
     /// of a SET's publishing cost about 0.1 µs of CPU instead of 0.7 (BENCHMARKS.md).
-    pub fn warm<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) -> usize {
+    /// `count` is about how many keys there are: the room the passes' vectors start with.
+    pub fn warm<'k>(&self, keys: impl Iterator<Item = &'k [u8]>, count: usize) -> usize {
         use std::hint::black_box;
-        let keys: Vec<(&Shard, u64, &[u8])> = keys
-            .map(|k| {
-                let h = self.hash(k);
-                (&self.shards[self.shard_index(h)], h, k)
-            })
-            .collect();
+        let mut found: Vec<(&Shard, u64, &[u8])> = Vec::with_capacity(count);
+        found.extend(keys.map(|k| {
+            let h = self.hash(k);
+            (&self.shards[self.shard_index(h)], h, k)
+        }));
+        let keys = found;
         black_box(keys.iter().map(|(s, _, _)| s.len()).sum::<usize>());
         // The first bucket whose control byte matches: the key's, most likely.
         let buckets: Vec<Option<usize>> = (keys.iter())
             .map(|(s, h, _)| s.slots.iter_hash_buckets(probe_hash(*h)).next())
             .collect();
-        let blocks: Vec<&[u8]> = (keys.iter().zip(&buckets))
-            .filter_map(|((s, _, _), b)| s.slots.get_bucket((*b)?))
-            .map(|b| &b[..])
-            .collect();
+        let mut blocks: Vec<&[u8]> = Vec::with_capacity(keys.len());
+        blocks.extend(
+            (keys.iter().zip(&buckets))
+                .filter_map(|((s, _, _), b)| s.slots.get_bucket((*b)?))
+                .map(|b| &b[..]),
+        );
         black_box(blocks.iter().map(|b| usize::from(b[0])).sum::<usize>());
         keys.iter()
             .filter(|(s, h, k)| s.get(*h, k).is_some())

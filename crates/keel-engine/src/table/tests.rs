@@ -285,7 +285,7 @@ fn the_table_matches_a_map_model() {
                     assert_eq!(got, model.get(&key).map(|m| m.value.clone()), "seed {seed}");
                     let batch = [key.clone(), r.bytes(4), r.bytes(4), key];
                     let present = batch.iter().filter(|k| model.contains_key(*k)).count();
-                    let warm = t.warm(batch.iter().map(|k| &k[..]));
+                    let warm = t.warm(batch.iter().map(|k| &k[..]), batch.len());
                     assert_eq!(warm, present, "seed {seed}");
                 }
                 _ => {

@@ -368,7 +368,7 @@ impl Info {
 
     fn reply(&self) -> Reply {
         let (first, last, step) = self.legacy_range();
-        let status = |s: &str| Reply::Simple(s.to_string());
+        let status = |s: &str| Reply::simple(s.to_string());
         Reply::Array(vec![
             Reply::bulk(self.name.clone()),
             Reply::Int(self.arity),
@@ -627,7 +627,7 @@ pub fn command(args: &[Bytes]) -> Reply {
         "getkeysandflags" => getkeys(rest, true),
         "help" => Reply::Array(
             (docs::help_lines("command").unwrap_or_default().into_iter())
-                .map(Reply::Simple)
+                .map(Reply::simple)
                 .collect(),
         ),
         _ => Reply::err(format!("ERR COMMAND {} is not served", d.name)),

@@ -90,7 +90,7 @@ pub const COMMANDS: &[Command] = &[
             Ok(Part::new(vec![read(&a[1], Read::Type)], |r| match &r[0] {
                 WriteResult::Value(t) => Reply::Simple(
                     t.as_ref()
-                        .map_or("none".into(), |t| String::from_utf8_lossy(t).into_owned()),
+                        .map_or("none".into(), |t| String::from_utf8_lossy(t).into_owned().into()),
                 ),
                 other => unexpected(other),
             }))

@@ -272,7 +272,7 @@ fn xinfo(_: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
         ("help", 2) => {
             let lines = crate::docs::help_lines("xinfo").unwrap_or_default();
             Ok(Part::deferred(move || {
-                Reply::Array(lines.into_iter().map(Reply::Simple).collect())
+                Reply::Array(lines.into_iter().map(Reply::simple).collect())
             }))
         }
         ("stream", 3) => {
@@ -1143,7 +1143,7 @@ fn xgroup(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
     if sub == "help" {
         let lines = crate::docs::help_lines("xgroup").unwrap_or_default();
         return Ok(Part::deferred(move || {
-            Reply::Array(lines.into_iter().map(Reply::Simple).collect())
+            Reply::Array(lines.into_iter().map(Reply::simple).collect())
         }));
     }
     let (key, group) = (a[2].clone(), a[3].clone());

@@ -129,7 +129,7 @@ fn cluster(c: &Cluster, tls: bool, args: &[Bytes]) -> Reply {
     match (sub.as_str(), args.len()) {
         ("help", 2) => {
             let lines = crate::docs::help_lines("cluster").unwrap_or_default();
-            Reply::Array(lines.into_iter().map(Reply::Simple).collect())
+            Reply::Array(lines.into_iter().map(Reply::simple).collect())
         }
         ("myid", 2) => Reply::bulk(node_name(c.id)),
         ("keyslot", 3) => Reply::Int(key_slot(&args[2]).into()),

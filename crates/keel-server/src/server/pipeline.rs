@@ -638,7 +638,7 @@ impl Conn {
         // NAME HELP, for every command with subcommands, from the same table as COMMAND DOCS.
         if args.len() == 2 && eq(&args[1], "help") {
             if let Some(lines) = crate::docs::help_lines(name) {
-                self.reply(Reply::Array(lines.into_iter().map(Reply::Simple).collect()));
+                self.reply(Reply::Array(lines.into_iter().map(Reply::simple).collect()));
                 return Flow::Continue;
             }
         }
