@@ -255,6 +255,7 @@ fn write_bytes(w: &Write) -> usize {
     32 + match w {
         Write::Put { key, value, .. } | Write::System { key, value } => key.len() + value.len(),
         Write::Append { key, suffix } => key.len() + suffix.len(),
+        Write::Restore { key, payload, .. } => key.len() + payload.len(),
         Write::Rename { from, to, .. } => from.len() + to.len(),
         Write::Delete { key }
         | Write::Incr { key, .. }

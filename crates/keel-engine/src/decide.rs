@@ -505,6 +505,34 @@ fn decide_one<S: Decided>(
                 WriteResult::Int(1)
             }
         },
+        Write::Restore {
+            key,
+            payload,
+            expires_at_ms,
+            replace,
+        } => {
+            // The key first, as Redis: BUSYKEY whatever the payload.
+            let exists = work.live(&key).is_some();
+            if exists && !replace {
+                return WriteResult::Failed(WriteError::BusyKey);
+            }
+            let Ok(value) = crate::snapshot::undump(&payload) else {
+                return WriteResult::Failed(WriteError::BadPayload);
+            };
+            if exists {
+                m.push(Mutation::Delete { key: key.clone() });
+            }
+            // Already expired: nothing to create (Redis answers OK too).
+            if expires_at_ms.is_none_or(|t| t > now) {
+                let e = Lent {
+                    value: value.as_ref(),
+                    version: 0,
+                    expires_at_ms,
+                };
+                m.extend(recreate(key, e));
+            }
+            WriteResult::Put(true)
+        }
         Write::Get { key } => eval_get(work.live(&key).map(|e| e.value)),
         Write::GetThen { key, then } => match eval_get(work.live(&key).map(|e| e.value)) {
             r @ WriteResult::Failed(_) => r,

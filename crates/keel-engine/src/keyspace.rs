@@ -98,12 +98,7 @@ impl Stored {
     pub(crate) fn as_ref(&self) -> ValueRef<'_> {
         match self {
             Stored::String(v) => ValueRef::String(v),
-            Stored::Collection(Value::String(v)) => ValueRef::String(v),
-            Stored::Collection(Value::Hash(h)) => ValueRef::Hash(h),
-            Stored::Collection(Value::Set(x)) => ValueRef::Set(x),
-            Stored::Collection(Value::List(x)) => ValueRef::List(x),
-            Stored::Collection(Value::ZSet(x)) => ValueRef::ZSet(x),
-            Stored::Collection(Value::Stream(x)) => ValueRef::Stream(x),
+            Stored::Collection(v) => v.as_ref(),
         }
     }
 
@@ -362,6 +357,9 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
         return WriteResult::Value(
             value.map(|v| Bytes::from_static(type_name(v.kind()).as_bytes())),
         );
+    }
+    if let Read::Dump = op {
+        return WriteResult::Value(value.map(|v| Bytes::from(crate::snapshot::dump(v))));
     }
     if zsets::is_zset_read(op) {
         return zsets::eval(value, op);

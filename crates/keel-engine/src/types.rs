@@ -92,6 +92,17 @@ pub enum Write {
         to: Bytes,
         replace: bool,
     },
+    /// RESTORE: makes `key` hold the value of a DUMP payload ([`Read::Dump`]), with the
+    /// expiry `expires_at_ms`; unless `replace`, only if `key` does not exist. Logs the value
+    /// (O(the value)), as COPY does. An expiry already past writes nothing (with `replace` it
+    /// deletes the key). Result: `Put(true)`; `Failed(BusyKey)` if the key exists and `replace`
+    /// is not set; `Failed(BadPayload)` for a payload that is not a keel DUMP payload.
+    Restore {
+        key: Bytes,
+        payload: Bytes,
+        expires_at_ms: Option<u64>,
+        replace: bool,
+    },
     /// Reads the string value as the transaction sees it at this point; writes nothing. Result:
     /// `Value`, or `Failed(WrongType)` if the key holds another type.
     Get { key: Bytes },
@@ -541,7 +552,8 @@ impl Write {
             | Write::StreamConsumerCreate { key, .. }
             | Write::StreamConsumerDelete { key, .. }
             | Write::StreamAck { key, .. }
-            | Write::StreamClaim { key, .. } => Refs::one(key),
+            | Write::StreamClaim { key, .. }
+            | Write::Restore { key, .. } => Refs::one(key),
             Write::StreamReadGroup { streams, .. } => {
                 Refs::Other(Box::new(streams.iter().map(|(k, _)| k)))
             }
@@ -574,7 +586,7 @@ impl Write {
     /// The values, fields and members it stores, each bounded by `value_bytes_max`.
     pub fn values(&self) -> Refs<'_> {
         match self {
-            Write::Put { value, .. } => Refs::one(value),
+            Write::Put { value, .. } | Write::Restore { payload: value, .. } => Refs::one(value),
             Write::Append { suffix, .. } | Write::SetRange { value: suffix, .. } => {
                 Refs::one(suffix)
             }
@@ -626,6 +638,10 @@ pub enum Read {
     /// The type's name (`string`, `hash`, …). Result: `Value(Some(name))`, or `Value(None)`
     /// when the key does not exist.
     Type,
+    /// DUMP: the value serialized as keel's DUMP payload (docs/FORMAT.md), without its expiry,
+    /// for [`Write::Restore`]. Result: `Value(Some(payload))`, or `Value(None)` when the key does
+    /// not exist.
+    Dump,
     /// Result: `Values` with one value or nil per field.
     HashGet { fields: Vec<Bytes> },
     /// Result: `Values` of field, value, field, value, … in the hash's order.
@@ -950,6 +966,10 @@ pub enum WriteError {
     NoGroup,
     #[error("the consumer group already exists")]
     GroupExists,
+    #[error("the target key already exists")]
+    BusyKey,
+    #[error("the payload is not a DUMP payload of this keel")]
+    BadPayload,
 }
 
 impl WriteError {
@@ -975,6 +995,8 @@ impl WriteError {
             StreamSetIdMaxDeleted,
             NoGroup,
             GroupExists,
+            BusyKey,
+            BadPayload,
         ]
         .get(usize::from(c).checked_sub(1)?)
         .copied()

@@ -195,6 +195,18 @@ pub enum Value {
 }
 
 impl Value {
+    /// The value, borrowed as a stored one is.
+    pub fn as_ref(&self) -> ValueRef<'_> {
+        match self {
+            Value::String(v) => ValueRef::String(v),
+            Value::Hash(h) => ValueRef::Hash(h),
+            Value::Set(x) => ValueRef::Set(x),
+            Value::List(x) => ValueRef::List(x),
+            Value::ZSet(x) => ValueRef::ZSet(x),
+            Value::Stream(x) => ValueRef::Stream(x),
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         match self {
             Value::String(_) => Kind::String,

@@ -1,4 +1,4 @@
-//! Generic key commands: deleting, renaming, expiry, TYPE, KEYS and SCAN.
+//! Generic key commands: deleting, renaming, expiry, TYPE, DUMP and RESTORE, KEYS and SCAN.
 
 use bytes::Bytes;
 use keel_engine::{ExpireIf, Read, SortSpec, Write, WriteError, WriteResult};
@@ -45,6 +45,29 @@ pub const COMMANDS: &[Command] = &[
             "Copies a key's value and expiry, of any type, to another key; returns 1 if it copied.",
         )
         .data(copy),
+    Command::new("dump", 2, R, KEY1)
+        .redis("readonly", "@keyspace")
+        .key_flags("RO")
+        .doc(
+            "generic",
+            "key",
+            "Returns a key's value serialized in keel's own DUMP payload (not Redis's RDB format), for RESTORE on a keel server; nil if the key does not exist.",
+        )
+        .data(|_, a, _| {
+            Ok(Part::new(vec![read(&a[1], Read::Dump)], |r| match &mut r[0] {
+                WriteResult::Value(v) => v.take().map_or(Reply::Nil, Reply::Bulk),
+                other => unexpected(other),
+            }))
+        }),
+    Command::new("restore", -4, W, KEY1)
+        .redis("write denyoom", "@keyspace @dangerous")
+        .key_flags("OW update")
+        .doc(
+            "generic",
+            "key ttl serialized-value [REPLACE] [ABSTTL] [IDLETIME seconds] [FREQ frequency]",
+            "Creates a key from a keel DUMP payload, with a time to live in ms (0: none); IDLETIME and FREQ are accepted and ignored.",
+        )
+        .data(restore),
     // WRITE only with STORE.
     Command::new("sort", -2, RW.with(VARIES), KEY1)
         .redis("write denyoom", "@set @sortedset @list @dangerous")
@@ -341,6 +364,58 @@ fn expire_options(opts: &[Bytes]) -> Result<ExpireIf, Reply> {
         (_, true, ..) => ExpireIf::HasExpiry,
         _ => ExpireIf::Always,
     })
+}
+
+/// RESTORE key ttl payload [REPLACE] [ABSTTL] [IDLETIME seconds] [FREQ frequency], with
+/// Redis's errors. keel keeps no access times, so IDLETIME and FREQ are checked and ignored.
+fn restore(_: &'static str, a: &[Bytes], now_ms: u64) -> Result<Part, Reply> {
+    let ttl = int_arg(&a[2])?;
+    let (mut replace, mut absolute, mut idle, mut freq) = (false, false, false, false);
+    let mut i = 4;
+    while i < a.len() {
+        let more = i + 1 < a.len();
+        if eq(&a[i], "replace") {
+            replace = true;
+        } else if eq(&a[i], "absttl") {
+            absolute = true;
+        } else if eq(&a[i], "idletime") && more && !freq {
+            if int_arg(&a[i + 1])? < 0 {
+                return Err(Reply::err("ERR Invalid IDLETIME value, must be >= 0"));
+            }
+            idle = true;
+            i += 1;
+        } else if eq(&a[i], "freq") && more && !idle {
+            if !(0..=255).contains(&int_arg(&a[i + 1])?) {
+                return Err(Reply::err(
+                    "ERR Invalid FREQ value, must be >= 0 and <= 255",
+                ));
+            }
+            freq = true;
+            i += 1;
+        } else {
+            return Err(Reply::err(SYNTAX));
+        }
+        i += 1;
+    }
+    if ttl < 0 {
+        return Err(Reply::err("ERR Invalid TTL value, must be >= 0"));
+    }
+    let expires_at_ms = match (ttl, absolute) {
+        (0, _) => None,
+        (t, true) => Some(t as u64),
+        (t, false) => Some(now_ms.saturating_add(t as u64)),
+    };
+    let w = Write::Restore {
+        key: a[1].clone(),
+        payload: a[3].clone(),
+        expires_at_ms,
+        replace,
+    };
+    Ok(Part::new(vec![w], |r| match &r[0] {
+        WriteResult::Put(true) => Reply::ok(),
+        WriteResult::Failed(e) => write_error(*e),
+        other => unexpected(other),
+    }))
 }
 
 fn copy(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {

@@ -526,6 +526,8 @@ pub fn write_error(e: WriteError) -> Reply {
         }
         WriteError::NoGroup => "NOGROUP No such key or consumer group",
         WriteError::GroupExists => "BUSYGROUP Consumer Group name already exists",
+        WriteError::BusyKey => "BUSYKEY Target key name already exists.",
+        WriteError::BadPayload => "ERR DUMP payload version or checksum are wrong",
     })
 }
 
@@ -1097,6 +1099,8 @@ mod tests {
             (&["expiretime", "a"], true, false),
             (&["pexpiretime", "a"], true, false),
             (&["copy", "a", "b", "replace"], true, true),
+            (&["dump", "a"], true, false),
+            (&["restore", "a", "0", "payload", "replace"], false, true),
             (
                 &["sort", "l", "by", "w_*", "get", "#", "alpha"],
                 true,
