@@ -872,6 +872,9 @@ fn permissions_follow_what_each_command_does() {
         (&["BITFIELD", "k", "GET", "u8", "0"], RW),
         (&["BITFIELD_RO", "k", "GET", "u8", "0"], R),
         (&["COPY", "k", "k3"], RW),
+        (&["DUMP", "k"], R),
+        // A payload that is not one: refused after the permission check, writing nothing.
+        (&["RESTORE", "k9", "0", "not-a-payload"], W),
         (&["TOUCH", "k"], R),
         (&["RANDOMKEY"], R),
         (&["SORT", "q"], R),
@@ -917,6 +920,9 @@ fn permissions_follow_what_each_command_does() {
         (&["LATENCY", "HISTOGRAM"], A),
         // ACL: the caller's own name, the categories and a random password for anyone; every
         // user, the log and the rest for admins, as in Redis.
+        (&["MODULE", "HELP"], 0),
+        (&["MODULE", "LIST"], A),
+        (&["MODULE", "LOAD", "/tmp/no-such-module.so"], A),
         (&["ACL", "WHOAMI"], 0),
         (&["ACL", "CAT", "read"], 0),
         (&["ACL", "GENPASS"], 0),
@@ -1187,7 +1193,9 @@ fn permissions_follow_what_each_command_does() {
                     // Redis names a subcommand as `container|sub`.
                     "CONFIG" | "CLIENT" | "SLOWLOG" | "LATENCY" | "KEEL.CLUSTER"
                     | "KEEL.MAINTENANCE" | "MEMORY" | "OBJECT" | "COMMAND" | "ACL" | "FUNCTION"
-                    | "XINFO" | "XGROUP" => format!("{}|{}", args[0], args[1]).to_lowercase(),
+                    | "XINFO" | "XGROUP" | "MODULE" => {
+                        format!("{}|{}", args[0], args[1]).to_lowercase()
+                    }
                     // KEEL.IDEM's own need (write) first, then the wrapped command's.
                     "KEEL.IDEM" if has & W != 0 => args[2].to_lowercase(),
                     other => other.to_lowercase(),
