@@ -1218,7 +1218,7 @@ fn decide_one<S: Decided>(
             if let Some(keep_from) = trim.and_then(|t| trim_point(x, Some(id), t)) {
                 m.push(Mutation::StreamTrim { key, keep_from });
             }
-            WriteResult::Value(Some(Bytes::from(id.to_string())))
+            WriteResult::Value(Some(id.to_bytes()))
         }
         Write::StreamDel { key, ids } => match work.live(&key).map(|e| e.value) {
             None => WriteResult::Int(0),

@@ -47,6 +47,15 @@ impl StreamId {
         }
     }
 
+    /// `ms-seq`, as [`fmt::Display`] writes it, in one allocation (`to_string` grows its
+    /// buffer part-way through: two).
+    pub fn to_bytes(self) -> Bytes {
+        use std::fmt::Write as _;
+        let mut s = String::with_capacity(41);
+        write!(s, "{self}").expect("a String takes any text");
+        Bytes::from(s)
+    }
+
     /// Redis's `ms-seq`, or just `ms` (sequence `default_seq`); `None` if it is neither.
     pub fn parse(s: &[u8], default_seq: u64) -> Option<StreamId> {
         let s = std::str::from_utf8(s).ok()?;
@@ -104,12 +113,27 @@ const SAME_FIELDS: u8 = 1;
 /// bytes), then each entry: a flag byte, its ms and seq less the node's base's ms (varints;
 /// seq whole), then its fields and values (a count unless [`SAME_FIELDS`], each as a length
 /// and bytes; with [`SAME_FIELDS`] only the values).
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 struct Node {
     buf: Vec<u8>,
     count: usize,
     /// Where the entries start (after the field names).
     entries_at: usize,
+}
+
+/// A copy keeps the buffer's spare room: a node is copied (`Arc::make_mut`) to take the next
+/// entry, so a copy at the exact length would be grown again at once, a second allocation and
+/// copy of up to 4 KiB per XADD. A full node has no spare room ([`StreamValue::add`] trims it).
+impl Clone for Node {
+    fn clone(&self) -> Node {
+        let mut buf = Vec::with_capacity(self.buf.capacity());
+        buf.extend_from_slice(&self.buf);
+        Node {
+            buf,
+            count: self.count,
+            entries_at: self.entries_at,
+        }
+    }
 }
 
 fn put_varint(out: &mut Vec<u8>, mut n: u64) {
