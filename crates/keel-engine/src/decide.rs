@@ -1599,7 +1599,7 @@ fn decide_one<S: Decided>(
             }
             if cursor.is_some() {
                 out.push(None);
-                out.extend(gone.iter().map(|id| Some(Bytes::from(id.to_string()))));
+                out.extend(gone.iter().map(|id| Some(id.to_bytes())));
             }
             if !gone.is_empty() {
                 m.push(Mutation::StreamAck {
@@ -1630,7 +1630,7 @@ fn stream_group<'a, S: Decided>(
 /// Pushes a stream entry as reads lay it out: its ID, its fields and values (none for an
 /// entry since deleted, or for JUSTID), then a nil.
 fn push_entry(out: &mut Vec<Option<Bytes>>, id: StreamId, fields: Option<&[Bytes]>) {
-    out.push(Some(Bytes::from(id.to_string())));
+    out.push(Some(id.to_bytes()));
     out.extend(fields.into_iter().flatten().map(|f| Some(f.clone())));
     out.push(None);
 }

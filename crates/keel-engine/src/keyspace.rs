@@ -379,7 +379,7 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
         };
         return match op {
             Read::StreamLen => WriteResult::Int(x.map_or(0, |x| x.len() as i64)),
-            Read::StreamLastId => WriteResult::Value(x.map(|x| Bytes::from(x.last_id.to_string()))),
+            Read::StreamLastId => WriteResult::Value(x.map(|x| x.last_id.to_bytes())),
             Read::StreamRange {
                 start,
                 end,
@@ -389,7 +389,7 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
                 let mut out = Vec::new();
                 let entries = x.into_iter().flat_map(|x| x.range(*start, *end, *rev));
                 for (id, fields) in entries.take(count.unwrap_or(usize::MAX)) {
-                    out.push(Some(Bytes::from(id.to_string())));
+                    out.push(Some(id.to_bytes()));
                     out.extend(fields.iter().map(|f| Some(f.clone())));
                     out.push(None);
                 }
@@ -445,7 +445,7 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
                     out.push(Some(name.clone()));
                     out.push(num(g.consumers.len()));
                     out.push(num(g.pending.len()));
-                    out.push(Some(Bytes::from(g.last_id.to_string())));
+                    out.push(Some(g.last_id.to_bytes()));
                     out.push(g.entries_read.map(|n| Bytes::from(n.to_string())));
                     out.push(x.lag(g).map(|n| Bytes::from(n.to_string())));
                 }
@@ -473,7 +473,7 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
                     return WriteResult::Failed(WriteError::NoGroup);
                 };
                 let num = |n: u64| Some(Bytes::from(n.to_string()));
-                let id = |id: &StreamId| Some(Bytes::from(id.to_string()));
+                let id = |id: &StreamId| Some(id.to_bytes());
                 let Some(r) = range else {
                     let mut out = vec![num(g.pending.len() as u64)];
                     if let (Some((lo, _)), Some((hi, _))) =
@@ -1613,7 +1613,7 @@ pub(crate) fn stream_range_is_empty(start: Bound<StreamId>, end: Bound<StreamId>
 /// entries listed per group and per consumer.
 fn info_groups(x: &StreamValue, n: usize, out: &mut Vec<Option<Bytes>>) {
     let num = |n: u64| Some(Bytes::from(n.to_string()));
-    let id = |id: &StreamId| Some(Bytes::from(id.to_string()));
+    let id = |id: &StreamId| Some(id.to_bytes());
     for (name, g) in &x.groups {
         out.push(Some(name.clone()));
         out.push(id(&g.last_id));

@@ -261,3 +261,28 @@ fn restore_takes_a_ttl_absttl_and_redis_s_options() {
     }
     assert_eq!(query::<i64>(&mut c, &["EXISTS", "bad"]), 0);
 }
+
+/// A payload is one argument, bounded as any value (P11): one past `value_bytes_max` (8 MiB) is
+/// refused with the limit named, and nothing is written. (`max_bulk_bytes` is raised here so
+/// that the request itself is read.)
+#[test]
+fn a_payload_past_the_value_limit_is_refused_with_the_limit_named() {
+    let t = tempfile::tempdir().unwrap();
+    let conf = t.path().join("keel.toml");
+    std::fs::write(&conf, "max_bulk_bytes = 33554432\n").unwrap();
+    let srv = Server::start(
+        &t.path().join("data"),
+        &["--config", conf.to_str().unwrap()],
+    );
+    let mut c = srv.client();
+    let element = "e".repeat(100_000);
+    for _ in 0..90 {
+        query::<()>(&mut c, &["RPUSH", "big", &element]);
+    }
+    let payload = dump(&mut c, "big").unwrap();
+    assert!(payload.len() > 8 << 20, "{}", payload.len());
+    let e = restore(&mut c, "copy", &payload, &["0"]).unwrap_err();
+    assert!(e.contains("value_bytes_max"), "{e}");
+    assert_eq!(query::<i64>(&mut c, &["EXISTS", "copy"]), 0);
+    assert_eq!(query::<i64>(&mut c, &["LLEN", "big"]), 90);
+}
