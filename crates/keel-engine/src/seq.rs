@@ -26,7 +26,9 @@ impl Requests {
         self.by_id.get(id)
     }
 
-    pub(crate) fn insert(&mut self, lsn: Lsn, req: Request, opts: &Options, now: u64) {
+    pub(crate) fn insert(&mut self, lsn: Lsn, mut req: Request, opts: &Options, now: u64) {
+        // Kept long after its request: a copy, not a slice that keeps the request's buffer.
+        req.id = Bytes::copy_from_slice(&req.id);
         self.order.push_back((lsn, req.id.clone()));
         self.by_id.insert(req.id.clone(), (lsn, req));
         while let Some((l, id)) = self.order.front() {
@@ -187,7 +189,11 @@ impl Recent {
                 // of its own beside the visible state's (twice the memory of a hot stream).
                 Some((l, Some(e))) if *l == lsn && e.is_costly_to_copy() => {
                     let size = e.memory_bytes() + key.len() + KEPT_ENTRY_BYTES;
-                    self.kept.push_back((lsn, key, size));
+                    // Kept past its request: the key's own copy, not a slice of the request.
+                    let kept = Bytes::copy_from_slice(&key);
+                    let entry = self.by_key.remove(&key).expect("found above");
+                    self.by_key.insert(kept.clone(), entry);
+                    self.kept.push_back((lsn, kept, size));
                     self.kept_bytes += size;
                 }
                 Some((l, _)) if *l == lsn => {
@@ -250,7 +256,9 @@ impl Seq {
                 expires_at_ms: Some(t),
             } = m
             {
-                self.expiry.insert((*t, key.clone()));
+                // Kept until the key expires or is written again: the key's own copy, not a
+                // slice that keeps its request's buffer (the value too) alive.
+                self.expiry.insert((*t, Bytes::copy_from_slice(key)));
             }
         }
     }
@@ -266,5 +274,87 @@ pub(crate) struct View<'a> {
 impl Decided for View<'_> {
     fn lend(&self, key: &[u8]) -> Option<Lent<'_>> {
         self.recent.lend(self.visible, key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyspace::Image;
+    use crate::publish::Publisher;
+    use crate::Outcome;
+
+    /// Whether `part` points into `whole`'s buffer.
+    fn within(part: &Bytes, whole: &Bytes) -> bool {
+        let (p, w) = (part.as_ptr() as usize, whole.as_ptr() as usize);
+        p >= w && p < w + whole.len()
+    }
+
+    /// A request's arguments are slices of one buffer (keel-resp's parser), so whatever keeps
+    /// an argument long after its request keeps a copy: a slice would keep the request's other
+    /// arguments alive with it (a 100-byte value for every key in the expiry index).
+    #[test]
+    fn what_outlives_its_request_keeps_no_slice_of_it() {
+        let request = Bytes::from(vec![b'x'; 4096]);
+        let key = request.slice(0..8);
+        let mut seq = Seq {
+            recent: Recent::default(),
+            requests: Requests::default(),
+            expiry: BTreeSet::new(),
+            last_at_ms: 0,
+            last_lsn: 0,
+        };
+        seq.track_expiry(&[
+            Mutation::Set {
+                key: key.clone(),
+                value: request.slice(8..),
+                expires_at_ms: Some(5),
+            },
+            Mutation::Expire {
+                key: key.clone(),
+                expires_at_ms: Some(6),
+            },
+        ]);
+        assert_eq!(seq.expiry.len(), 2);
+        assert!(seq
+            .expiry
+            .iter()
+            .all(|(_, k)| *k == key && !within(k, &request)));
+
+        let outcome = Outcome::Committed {
+            lsn: None,
+            results: Vec::new(),
+            effects: Vec::new(),
+        };
+        let req = Request {
+            id: key.clone(),
+            at_ms: 0,
+            outcome,
+        };
+        seq.requests.insert(1, req, &Options::default(), 0);
+        let (kept, (_, req)) = seq.requests.by_id.get_key_value(&key).expect("kept");
+        assert!(!within(kept, &request) && !within(&req.id, &request));
+        assert!(seq
+            .requests
+            .order
+            .iter()
+            .all(|(_, id)| !within(id, &request)));
+
+        // A hash written at LSN 1 stays in `Recent` once visible (it is costly to copy).
+        let publisher = Publisher::new(Image::default(), 0, 0);
+        let set = Mutation::HashSet {
+            key: key.clone(),
+            create: true,
+            pairs: vec![(request.slice(8..9), request.slice(9..10))],
+        };
+        seq.recent.record(&[set], 1, &publisher.visible());
+        seq.recent.forget_up_to(1);
+        assert_eq!(seq.recent.kept.len(), 1);
+        assert!(seq
+            .recent
+            .by_key
+            .keys()
+            .all(|k| *k == key && !within(k, &request)));
+        assert!(seq.recent.kept.iter().all(|(_, k, _)| !within(k, &request)));
     }
 }

@@ -99,7 +99,11 @@ pub struct Parser {
     pos: usize,
     /// Arguments the current multibulk declared (0: not inside one).
     expected: usize,
-    args: Vec<Bytes>,
+    /// Where each argument parsed so far lies in the buffer: (start, length). The arguments
+    /// are copied out together once the request is whole (see [`gather`]).
+    found: Vec<(usize, usize)>,
+    /// Their total length.
+    found_bytes: usize,
     /// The client has not authenticated: the tighter `UNAUTHENTICATED_*` bounds apply too.
     unauthenticated: bool,
 }
@@ -190,10 +194,10 @@ impl Parser {
             }
             self.expected = n as usize;
             self.pos = end + 2;
-            // Capacity grows with the bytes that actually arrive, not with the declared count.
-            self.args = Vec::with_capacity(self.expected.min(64));
+            self.found.clear();
+            self.found_bytes = 0;
         }
-        while self.args.len() < self.expected {
+        while self.found.len() < self.expected {
             let Some(&first) = buf.get(self.pos) else {
                 return Ok(None);
             };
@@ -223,17 +227,22 @@ impl Parser {
             if &buf[start + len..start + len + 2] != b"\r\n" {
                 return Err(self.fail(ProtocolError::MissingCrlf));
             }
-            self.args
-                .push(Bytes::copy_from_slice(&buf[start..start + len]));
+            // Capacity grows with the bytes that actually arrive, not with the declared count.
+            self.found.push((start, len));
+            self.found_bytes += len;
             self.pos = start + len + 2;
         }
         let frame = Frame {
-            args: std::mem::take(&mut self.args),
+            args: gather(buf, &self.found, self.found_bytes),
             inline: false,
         };
         let consumed = self.pos;
         self.expected = 0;
         self.pos = 0;
+        // A request of a million arguments does not leave its 16 MiB of positions behind.
+        if self.found.capacity() > FOUND_KEPT_MAX {
+            self.found = Vec::new();
+        }
         Ok(Some((frame, consumed)))
     }
 
@@ -244,6 +253,62 @@ impl Parser {
         };
         e
     }
+}
+
+/// Most argument positions a [`Parser`] keeps room for between requests.
+const FOUND_KEPT_MAX: usize = 1024;
+
+/// The arguments at `found` in `buf` (`bytes` in all), copied into one buffer and handed out
+/// as slices of it: one allocation for a request's arguments instead of one each. A short
+/// request's buffer holds its reference count too (a [`Bytes`] made from a `Vec` pays a second
+/// allocation for it at its first clone). A slice keeps the whole buffer alive, so whatever
+/// keeps one argument long after its request (an expiry index, a retry's id, a slow-log entry)
+/// copies it out instead, or it would keep the request's other arguments too.
+fn gather(buf: &[u8], found: &[(usize, usize)], bytes: usize) -> Vec<Bytes> {
+    let all = match bytes {
+        0..=64 => inline::<64>(buf, found),
+        65..=128 => inline::<128>(buf, found),
+        129..=256 => inline::<256>(buf, found),
+        257..=512 => inline::<512>(buf, found),
+        _ => {
+            let mut all = Vec::with_capacity(bytes);
+            for &(start, len) in found {
+                all.extend_from_slice(&buf[start..start + len]);
+            }
+            Bytes::from(all)
+        }
+    };
+    let mut args = Vec::with_capacity(found.len());
+    let mut at = 0;
+    for &(_, len) in found {
+        args.push(all.slice(at..at + len));
+        at += len;
+    }
+    args
+}
+
+/// Up to `N` bytes and their reference count, in one allocation (see [`gather`]).
+struct Inline<const N: usize> {
+    len: usize,
+    bytes: [u8; N],
+}
+
+impl<const N: usize> AsRef<[u8]> for Inline<N> {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+fn inline<const N: usize>(buf: &[u8], found: &[(usize, usize)]) -> Bytes {
+    let mut i = Inline {
+        len: 0,
+        bytes: [0; N],
+    };
+    for &(start, len) in found {
+        i.bytes[i.len..i.len + len].copy_from_slice(&buf[start..start + len]);
+        i.len += len;
+    }
+    Bytes::from_owner(i)
 }
 
 fn parse_inline(buf: &[u8], inline_max: usize) -> Result<Option<(Frame, usize)>, ProtocolError> {
@@ -551,6 +616,45 @@ mod tests {
             }
         }
         assert_eq!(frames, vec![args(&["SET", "k", "hello"]), args(&["PING"])]);
+    }
+
+    /// The arguments are copied into one buffer of a size class (or one `Vec` past them):
+    /// every class and its edges, empty arguments among them, come back whole and in order,
+    /// parsed at once or fed a byte at a time.
+    #[test]
+    fn arguments_of_every_size_come_back_whole() {
+        for total in [0, 1, 63, 64, 65, 128, 129, 256, 257, 512, 513, 5000] {
+            // Three arguments sharing `total` bytes, the middle one empty, each byte distinct.
+            let a: Vec<u8> = (0..total / 2).map(|i| (i % 251) as u8).collect();
+            let c: Vec<u8> = (0..total - total / 2)
+                .map(|i| (i % 241) as u8 + 7)
+                .collect();
+            let want = vec![Bytes::from(a), Bytes::new(), Bytes::from(c)];
+            let mut req = b"*3\r\n".to_vec();
+            for w in &want {
+                req.extend_from_slice(format!("${}\r\n", w.len()).as_bytes());
+                req.extend_from_slice(w);
+                req.extend_from_slice(b"\r\n");
+            }
+            let (f, n) = one(&req).unwrap().unwrap();
+            assert_eq!(
+                (f.args, n),
+                (want.clone(), req.len()),
+                "{total} bytes at once"
+            );
+            let mut p = Parser::default();
+            let mut got = None;
+            for end in 1..=req.len() {
+                if let Some((f, n)) = p.parse(&req[..end], &Limits::default()).unwrap() {
+                    got = Some((f.args, n, end));
+                }
+            }
+            assert_eq!(
+                got,
+                Some((want, req.len(), req.len())),
+                "{total} bytes, fed slowly"
+            );
+        }
     }
 
     #[test]

@@ -80,7 +80,15 @@ impl Tracking {
     fn remember(&self, id: u64, keys: Vec<Bytes>, registry: &Clients) {
         let mut table = lock(&self.keys);
         for k in keys {
-            table.entry(k).or_default().insert(id);
+            match table.get_mut(&k) {
+                Some(readers) => {
+                    readers.insert(id);
+                }
+                // A copy, not a slice that keeps the request's other arguments alive.
+                None => {
+                    table.insert(Bytes::copy_from_slice(&k), [id].into());
+                }
+            }
         }
         drop(table);
         self.enforce_max(registry);
@@ -455,4 +463,33 @@ pub(super) fn touched_keys(args: &[Bytes]) -> Vec<Bytes> {
         .filter(|(_, f)| !f.contains(ro))
         .filter_map(|(i, _)| args.get(i).cloned())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request's arguments are slices of one buffer: the table keeps its own copy of a key
+    /// read, or a key kept until it is written would keep the read's other arguments alive.
+    #[test]
+    fn the_table_keeps_no_slice_of_a_request() {
+        let request = Bytes::from(vec![b'k'; 4096]);
+        let t = Tracking::default();
+        t.remember(
+            1,
+            vec![request.slice(0..2), request.slice(2..4)],
+            &Clients::default(),
+        );
+        t.remember(2, vec![request.slice(0..2)], &Clients::default());
+        let keys = lock(&t.keys);
+        let (start, end) = (
+            request.as_ptr() as usize,
+            request.as_ptr() as usize + request.len(),
+        );
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys.get(&b"kk"[..]).map(HashSet::len), Some(2));
+        assert!(keys
+            .keys()
+            .all(|k| !(start..end).contains(&(k.as_ptr() as usize))));
+    }
 }
