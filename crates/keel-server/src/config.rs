@@ -14,6 +14,19 @@ use crate::tls::{self, Tls};
 
 /// `keel serve` options. Every flag also reads the `KEEL_*` variable named in its help; a flag
 /// on the command line wins over the variable, and both win over the config file.
+/// Most worker threads `workers` may ask for.
+const WORKERS_MAX: usize = 1024;
+
+/// One worker per CPU this process may run on, less one for the log's threads (its writes,
+/// syncs and acknowledgements), and at least one. On two CPUs shared with the clients, a second
+/// worker cost more CPU per command than it gave, reads included (BENCHMARKS.md, session 21):
+/// each worker that sleeps and wakes is a context switch, and the log's syncs took smaller
+/// batches.
+fn default_workers() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    cpus.saturating_sub(1).max(1)
+}
+
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct ServeArgs {
     /// TOML config file (keys: see the README).
@@ -56,6 +69,10 @@ pub struct ServeArgs {
     /// Most client connections at once [default: 1000].
     #[arg(long, env = "KEEL_MAX_CLIENTS")]
     pub max_clients: Option<usize>,
+    /// Threads that serve connections [default: one per CPU this process may use, less one
+    /// for the log, at least one].
+    #[arg(long, env = "KEEL_WORKERS")]
+    pub workers: Option<usize>,
     /// Close a connection idle this many seconds, or whose request has not arrived whole
     /// within this many seconds of waiting for it (slow clients); 0 = never [default: 0].
     #[arg(long, env = "KEEL_IDLE_TIMEOUT_SECS")]
@@ -136,6 +153,8 @@ pub struct FileConfig {
     pub encryption_key_file: Option<PathBuf>,
     pub log_level: Option<String>,
     pub max_clients: Option<usize>,
+    /// Threads that serve connections [default: one per CPU this process may use, less one].
+    pub workers: Option<usize>,
     pub idle_timeout_secs: Option<u64>,
     /// Port of the Prometheus metrics endpoint, on the same address as the server [default: off].
     pub metrics_port: Option<u16>,
@@ -227,6 +246,8 @@ pub struct Settings {
     pub tls: Option<Tls>,
     pub log_level: tracing::Level,
     pub max_clients: usize,
+    /// The runtime's worker threads.
+    pub workers: usize,
     pub idle_timeout: Option<Duration>,
     /// Port of the Prometheus endpoint (`None`: no endpoint).
     pub metrics_port: Option<u16>,
@@ -375,6 +396,7 @@ impl Settings {
             tls,
             log_level,
             max_clients: args.max_clients.or(file.max_clients).unwrap_or(1000),
+            workers: (args.workers.or(file.workers)).unwrap_or_else(default_workers),
             idle_timeout: args
                 .idle_timeout_secs
                 .or(file.idle_timeout_secs)
@@ -403,6 +425,9 @@ impl Settings {
     fn validate(&self) -> anyhow::Result<()> {
         if self.max_clients == 0 {
             bail!("max_clients must be at least 1");
+        }
+        if !(1..=WORKERS_MAX).contains(&self.workers) {
+            bail!("workers must be from 1 to {WORKERS_MAX}");
         }
         let l = &self.limits;
         if l.bulk_bytes_max == 0 || l.multibulk_len_max == 0 || l.inline_bytes_max == 0 {

@@ -61,6 +61,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .try_init();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.workers)
         .enable_all()
         // A script runs on a worker thread, and turning its nested tables into a reply (or
         // JSON) recurses up to 1,000 levels, as Redis allows: room for that in any build.

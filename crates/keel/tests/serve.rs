@@ -1520,3 +1520,45 @@ fn log_threads_run_sched_batch_and_request_threads_do_not() {
     assert!(!workers.is_empty(), "no tokio worker: {policies:?}");
     assert!(workers.iter().all(|(_, p)| *p == 0), "{policies:?}");
 }
+
+/// `workers` (flag, environment or config file) sets the threads that serve connections:
+/// INFO reports it and the process has that many; 0 is refused with the setting named.
+#[cfg(target_os = "linux")]
+#[test]
+fn workers_set_the_threads_that_serve_connections() {
+    let t = tempdir();
+    let info_workers = |srv: &Server| {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query(&mut srv.client())
+            .unwrap();
+        let line = info.lines().find(|l| l.starts_with("workers:")).unwrap();
+        let threads = thread_policies(srv.child.id())
+            .iter()
+            .filter(|(n, _)| n == "tokio-rt-worker")
+            .count();
+        (line.to_string(), threads)
+    };
+    // By default one per CPU, less one for the log's threads, at least one.
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let want = cpus.saturating_sub(1).max(1);
+    let srv = Server::start(&data_dir(&t), &[]);
+    assert_eq!(info_workers(&srv), (format!("workers:{want}"), want));
+    drop(srv);
+    let srv = Server::start(&data_dir(&t), &["--workers", "2"]);
+    assert_eq!(info_workers(&srv), ("workers:2".to_string(), 2));
+    drop(srv);
+    let conf = t.path().join("keel.toml");
+    std::fs::write(&conf, "workers = 3\n").unwrap();
+    let srv = Server::start(&data_dir(&t), &["--config", conf.to_str().unwrap()]);
+    assert_eq!(info_workers(&srv), ("workers:3".to_string(), 3));
+    drop(srv);
+    let err = Server::try_start(&data_dir(&t), &["--workers", "0"])
+        .err()
+        .expect("refused");
+    assert!(
+        err.1.join("\n").contains("workers must be from 1 to"),
+        "{:?}",
+        err.1
+    );
+}

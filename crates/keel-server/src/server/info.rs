@@ -155,6 +155,7 @@ impl Conn {
             let exe = std::env::current_exe().unwrap_or_default();
             line(&mut o, "executable", &exe.display());
             line(&mut o, "data_dir", &st.dir.display());
+            line(&mut o, "workers", &st.workers);
             o.push_str("\r\n");
         }
         if want("clients") {
