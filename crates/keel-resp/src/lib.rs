@@ -102,8 +102,6 @@ pub struct Parser {
     /// Where each argument parsed so far lies in the buffer: (start, length). The arguments
     /// are copied out together once the request is whole (see [`gather`]).
     found: Vec<(usize, usize)>,
-    /// Their total length.
-    found_bytes: usize,
     /// The client has not authenticated: the tighter `UNAUTHENTICATED_*` bounds apply too.
     unauthenticated: bool,
 }
@@ -195,7 +193,6 @@ impl Parser {
             self.expected = n as usize;
             self.pos = end + 2;
             self.found.clear();
-            self.found_bytes = 0;
         }
         while self.found.len() < self.expected {
             let Some(&first) = buf.get(self.pos) else {
@@ -229,11 +226,10 @@ impl Parser {
             }
             // Capacity grows with the bytes that actually arrive, not with the declared count.
             self.found.push((start, len));
-            self.found_bytes += len;
             self.pos = start + len + 2;
         }
         let frame = Frame {
-            args: gather(buf, &self.found, self.found_bytes),
+            args: gather(buf, &self.found),
             inline: false,
         };
         let consumed = self.pos;
@@ -258,13 +254,14 @@ impl Parser {
 /// Most argument positions a [`Parser`] keeps room for between requests.
 const FOUND_KEPT_MAX: usize = 1024;
 
-/// The arguments at `found` in `buf` (`bytes` in all), copied into one buffer and handed out
+/// The arguments at `found` in `buf`, copied into one buffer and handed out
 /// as slices of it: one allocation for a request's arguments instead of one each. A short
 /// request's buffer holds its reference count too (a [`Bytes`] made from a `Vec` pays a second
 /// allocation for it at its first clone). A slice keeps the whole buffer alive, so whatever
 /// keeps one argument long after its request (an expiry index, a retry's id, a slow-log entry)
 /// copies it out instead, or it would keep the request's other arguments too.
-fn gather(buf: &[u8], found: &[(usize, usize)], bytes: usize) -> Vec<Bytes> {
+fn gather(buf: &[u8], found: &[(usize, usize)]) -> Vec<Bytes> {
+    let bytes = found.iter().map(|(_, len)| len).sum();
     let all = match bytes {
         0..=64 => inline::<64>(buf, found),
         65..=128 => inline::<128>(buf, found),
