@@ -10,14 +10,19 @@
 //! The sandbox is Redis's: the base, table, string and math libraries, no `io`, `os`, `debug`
 //! or `package`, a global table that refuses new names (`Attempt to modify a readonly table`)
 //! and reads of missing ones, a `math.random` that starts from the same seed every run, and the
-//! `redis`, `bit` and `cjson` libraries. `cmsgpack` and `struct` are not provided.
+//! `redis`, `bit`, `cjson`, `cmsgpack` and `struct` libraries.
+//!
+//! A script runs on the thread that calls [`Scripts::run`]: keel serve's runtime worker that
+//! read the command, so that a short script costs no trip to another thread. One that runs long
+//! hands the worker's other connections to another thread ([`release_worker`]) and goes on
+//! where it is.
 
 mod lua_struct;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mlua::{
@@ -28,6 +33,10 @@ use crate::resp::Reply;
 
 /// How often (in Lua instructions) a running script looks for SCRIPT KILL.
 const KILL_CHECK_EVERY: u32 = 100_000;
+
+/// How long a script runs before it first hands its worker's other connections to another
+/// thread ([`release_worker`]); it tries again after twice as long, and so on.
+const RELEASE_AFTER: Duration = Duration::from_millis(5);
 
 /// The script names Redis's error messages give (`user_script:1: …`).
 const CHUNK_NAME: &str = "@user_script";
@@ -66,6 +75,8 @@ pub struct Scripts {
     /// Wakes whoever waits for the running script to end.
     done: tokio::sync::Notify,
     editing: tokio::sync::Mutex<()>,
+    /// Held by the script that runs (see [`Scripts::turn`]).
+    turn: tokio::sync::Mutex<()>,
 }
 
 /// A running script, as SCRIPT KILL and busy replies see it.
@@ -106,6 +117,47 @@ struct RunFlags {
     state: AtomicU8,
     /// The protocol `redis.call` answers in (`redis.setresp`): 2 or 3.
     resp: AtomicU8,
+    /// When the running script started, and how long after that it next calls
+    /// [`release_worker`].
+    release: Mutex<Option<(Instant, Duration)>>,
+}
+
+impl RunFlags {
+    /// Whether the running script has run long enough to call [`release_worker`] (again).
+    fn release_due(&self) -> bool {
+        let mut release = crate::lock(&self.release);
+        match &mut *release {
+            Some((started, after)) if started.elapsed() >= *after => {
+                *after *= 2;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Called by a script that has run long. If this thread is a worker of a multi-threaded tokio
+/// runtime (keel serve's), hands the worker's other tasks (its connections) to another thread
+/// with `block_in_place`, so that they are served meanwhile: other clients get -BUSY, and SCRIPT
+/// KILL reaches the script. This thread goes on running the script, outside the runtime's pool,
+/// and gives up its place there. Waits (at most a second) for a task spawned here to run, which
+/// shows the runtime is served again: until the other thread has taken the worker over, the end
+/// of `block_in_place` would take it back. Elsewhere (the scripts' thread of a cluster node, a
+/// test) it does nothing.
+fn release_worker() {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        return;
+    }
+    let (served, wait) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = served.send(());
+    });
+    tokio::task::block_in_place(|| {
+        let _ = wait.recv_timeout(Duration::from_secs(1));
+    });
 }
 
 struct Vm {
@@ -143,6 +195,7 @@ impl Scripts {
             flags: Arc::default(),
             done: tokio::sync::Notify::new(),
             editing: tokio::sync::Mutex::new(()),
+            turn: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -270,13 +323,15 @@ impl Scripts {
         command: &[Bytes],
         run: impl FnOnce() -> mlua::Result<Reply>,
     ) -> Reply {
+        let started = Instant::now();
         let running = Running {
             name: name.to_string(),
             function,
             command: command.to_vec(),
-            started: Instant::now(),
+            started,
         };
         let flags = &self.flags;
+        *crate::lock(&flags.release) = Some((started, RELEASE_AFTER));
         flags.state.store(FREE, Ordering::SeqCst);
         *crate::lock(&self.running) = Some(Arc::new(running));
         flags.running.store(true, Ordering::SeqCst);
@@ -302,6 +357,12 @@ impl Scripts {
     /// The libraries' sources, by name (what FUNCTION DUMP and the durable copy hold).
     pub fn library_sources(&self) -> Libraries {
         crate::lock(&self.functions).sources()
+    }
+
+    /// A turn to run scripts: they run one at a time, and one that waits for its turn holds
+    /// no thread.
+    pub async fn turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.turn.lock().await
     }
 
     /// Serializes changes to the libraries: each reads them, changes them and stores them.
@@ -979,11 +1040,14 @@ fn prepare(lua: &Lua, flags: &Arc<RunFlags>) -> mlua::Result<()> {
     lua.set_hook(
         HookTriggers::new().every_nth_instruction(KILL_CHECK_EVERY),
         move |_, _| {
-            // A script that has written runs to its end (Redis: UNKILLABLE).
-            let killed =
-                f.running.load(Ordering::SeqCst) && f.state.load(Ordering::SeqCst) == KILLED;
-            if killed {
-                return Err(mlua::Error::runtime(KILLED_ERROR));
+            if f.running.load(Ordering::SeqCst) {
+                // A script that has written runs to its end (Redis: UNKILLABLE).
+                if f.state.load(Ordering::SeqCst) == KILLED {
+                    return Err(mlua::Error::runtime(KILLED_ERROR));
+                }
+                if f.release_due() {
+                    release_worker();
+                }
             }
             Ok(VmState::Continue)
         },

@@ -249,10 +249,19 @@ fn read_only_scripts_and_permissions() {
 
 /// A script past busy-reply-threshold makes other clients' commands -BUSY; SCRIPT KILL stops
 /// one that has not written, and one that has written runs to its end.
+/// A long script runs on the worker that read it. With one worker, the other connections are
+/// served only because the script hands them to another thread: without that, PING below would
+/// never be answered.
 #[test]
 fn busy_scripts_and_script_kill() {
+    for workers in ["1", "2"] {
+        busy_scripts_and_script_kill_with(workers);
+    }
+}
+
+fn busy_scripts_and_script_kill_with(workers: &str) {
     let t = tempfile::tempdir().unwrap();
-    let srv = Server::start(&t.path().join("data"), &[]);
+    let srv = Server::start(&t.path().join("data"), &["--workers", workers]);
     let mut c = srv.client();
     let mut r = srv.raw();
     query::<()>(&mut c, &["CONFIG", "SET", "busy-reply-threshold", "50"]);

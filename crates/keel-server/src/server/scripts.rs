@@ -1,10 +1,13 @@
 //! EVAL, EVALSHA, their read-only forms and SCRIPT on a connection (see [`crate::scripting`]).
 //!
-//! A script runs on the scripts' own thread ([`ScriptThread`], so the runtime's workers move
-//! on) inside one engine transaction, holding the sequencer: other writes wait, asynchronously,
-//! until it ends, and once it has run `busy-reply-threshold` ms every command but SCRIPT KILL
-//! and SHUTDOWN gets -BUSY. Reads of other clients are served meanwhile, from the durable state
-//! (Redis serves nothing while a script runs).
+//! A script runs on the worker that read it, inside one engine transaction, holding the
+//! sequencer: other writes wait, asynchronously, until it ends. Scripts take turns without
+//! holding a thread. A script that runs past a few milliseconds hands the worker's other
+//! connections to another thread and runs on (see [`crate::scripting`]), and once it has run
+//! `busy-reply-threshold` ms every command but SCRIPT KILL and SHUTDOWN gets -BUSY. Reads of
+//! other clients are served meanwhile, from the durable state (Redis serves nothing while a
+//! script runs). On a cluster, the leader's dry runs go to the scripts' own thread
+//! ([`ScriptThread`]).
 
 use super::*;
 use crate::cmd::Command;
@@ -68,9 +71,8 @@ impl Shared {
 }
 use keel_engine::Script;
 
-/// The one thread scripts run on. A script holds the sequencer until it ends and may run
-/// long, so it cannot run on a worker; scripts run one at a time anyway, so one thread, fed
-/// in order, is enough, and a burst of scripts does not grow a pool of threads.
+/// The one thread a cluster node's scripts run on (their dry runs, see `eval_on_cluster`): one
+/// at a time, in order, so a burst of scripts does not grow a pool of threads.
 pub(super) struct ScriptThread {
     jobs: std::sync::Mutex<std::sync::mpsc::Sender<ScriptJob>>,
 }
@@ -731,46 +733,46 @@ impl Conn {
         let sh = self.sh.clone();
         let engine = self.engine();
         let user = self.user.clone();
-        let now = now_ms();
         let tracks = self.tracking.is_some();
-        // On the scripts' thread: this worker goes on serving its other connections.
-        let run_sh = sh.clone();
-        let ran = sh
-            .script_thread
-            .run(move || {
-                let (sh, user) = (run_sh, user.as_ref());
-                engine.submit_script(now, |tx| {
-                    if !tx.guards_hold(&watched) {
-                        return None;
-                    }
-                    let mut caller = ScriptCaller::new(tx, &sh, user, now, tracks);
-                    let replies = (steps.into_iter())
-                        .map(|step| match step {
-                            Step::Script(Err(e), _) => e,
-                            Step::Script(Ok(r), args) => {
-                                caller.read_only = r.read_only;
-                                if r.function {
-                                    sh.scripts.call_function(&r.sha, &args, &mut caller)
-                                } else {
-                                    sh.scripts.run(&r.sha, &args, &mut caller)
-                                }
+        // On this worker: going to another thread and back cost more CPU than a short script
+        // (BENCHMARKS.md). A long one hands this worker's other connections to another thread.
+        let turn = sh.scripts.turn().await;
+        let now = now_ms();
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let user = user.as_ref();
+            engine.submit_script(now, |tx| {
+                if !tx.guards_hold(&watched) {
+                    return None;
+                }
+                let mut caller = ScriptCaller::new(tx, &sh, user, now, tracks);
+                let replies = (steps.into_iter())
+                    .map(|step| match step {
+                        Step::Script(Err(e), _) => e,
+                        Step::Script(Ok(r), args) => {
+                            caller.read_only = r.read_only;
+                            if r.function {
+                                sh.scripts.call_function(&r.sha, &args, &mut caller)
+                            } else {
+                                sh.scripts.run(&r.sha, &args, &mut caller)
                             }
-                            Step::Part(p, args) => caller.run_part(p, args.as_deref()),
-                        })
-                        .collect();
-                    let c = caller;
-                    let effects = (
-                        c.touched,
-                        c.flushed,
-                        c.pushed,
-                        c.reads,
-                        c.events,
-                        c.published,
-                    );
-                    Some((replies, effects))
-                })
+                        }
+                        Step::Part(p, args) => caller.run_part(p, args.as_deref()),
+                    })
+                    .collect();
+                let c = caller;
+                let effects = (
+                    c.touched,
+                    c.flushed,
+                    c.pushed,
+                    c.reads,
+                    c.events,
+                    c.published,
+                );
+                Some((replies, effects))
             })
-            .await;
+        }))
+        .ok();
+        drop(turn);
         let (ran, pending) = match ran {
             Some(Ok(r)) => r,
             Some(Err(e)) => return self.reply(self.sh.backend.engine_error(&e)),
