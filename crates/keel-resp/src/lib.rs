@@ -254,34 +254,38 @@ impl Parser {
 /// Most argument positions a [`Parser`] keeps room for between requests.
 const FOUND_KEPT_MAX: usize = 1024;
 
-/// The arguments at `found` in `buf`, copied into one buffer and handed out
-/// as slices of it: one allocation for a request's arguments instead of one each. A short
-/// request's buffer holds its reference count too (a [`Bytes`] made from a `Vec` pays a second
-/// allocation for it at its first clone). A slice keeps the whole buffer alive, so whatever
-/// keeps one argument long after its request (an expiry index, a retry's id, a slow-log entry)
-/// copies it out instead, or it would keep the request's other arguments too.
+/// The arguments at `found` in `buf`, copied into one buffer and handed out as slices of it
+/// (see [`one_buffer`]).
 fn gather(buf: &[u8], found: &[(usize, usize)]) -> Vec<Bytes> {
-    let bytes = found.iter().map(|(_, len)| len).sum();
+    one_buffer(found.iter().map(|&(start, len)| &buf[start..start + len]))
+}
+
+/// `parts` copied into one buffer and handed out as slices of it: one allocation for a
+/// request's arguments instead of one each. A short request's buffer holds its reference count
+/// too (a [`Bytes`] made from a `Vec` pays a second allocation for it at its first clone). A
+/// slice keeps the whole buffer alive, so whatever keeps one argument long after its request
+/// (an expiry index, a retry's id, a slow-log entry) copies it out instead, or it would keep
+/// the request's other arguments too.
+pub fn one_buffer<'a>(parts: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<Bytes> {
+    let bytes = parts.clone().map(<[u8]>::len).sum();
     let all = match bytes {
-        0..=64 => inline::<64>(buf, found),
-        65..=128 => inline::<128>(buf, found),
-        129..=256 => inline::<256>(buf, found),
-        257..=512 => inline::<512>(buf, found),
+        0..=64 => inline::<64>(parts.clone()),
+        65..=128 => inline::<128>(parts.clone()),
+        129..=256 => inline::<256>(parts.clone()),
+        257..=512 => inline::<512>(parts.clone()),
         _ => {
             let mut all = Vec::with_capacity(bytes);
-            for &(start, len) in found {
-                all.extend_from_slice(&buf[start..start + len]);
-            }
+            parts.clone().for_each(|p| all.extend_from_slice(p));
             Bytes::from(all)
         }
     };
-    let mut args = Vec::with_capacity(found.len());
     let mut at = 0;
-    for &(_, len) in found {
-        args.push(all.slice(at..at + len));
-        at += len;
-    }
-    args
+    parts
+        .map(|p| {
+            at += p.len();
+            all.slice(at - p.len()..at)
+        })
+        .collect()
 }
 
 /// Up to `N` bytes and their reference count, in one allocation (see [`gather`]).
@@ -296,14 +300,14 @@ impl<const N: usize> AsRef<[u8]> for Inline<N> {
     }
 }
 
-fn inline<const N: usize>(buf: &[u8], found: &[(usize, usize)]) -> Bytes {
+fn inline<'a, const N: usize>(parts: impl Iterator<Item = &'a [u8]>) -> Bytes {
     let mut i = Inline {
         len: 0,
         bytes: [0; N],
     };
-    for &(start, len) in found {
-        i.bytes[i.len..i.len + len].copy_from_slice(&buf[start..start + len]);
-        i.len += len;
+    for p in parts {
+        i.bytes[i.len..i.len + p.len()].copy_from_slice(p);
+        i.len += p.len();
     }
     Bytes::from_owner(i)
 }

@@ -167,8 +167,13 @@ struct Vm {
 
 /// SHA-1 of `body`, in lowercase hex: a script's name.
 pub fn sha1_hex(body: &[u8]) -> String {
+    use std::fmt::Write;
     let d = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, body);
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    let mut hex = String::with_capacity(2 * d.as_ref().len());
+    for b in d.as_ref() {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
 }
 
 /// What SCRIPT KILL found.
@@ -991,7 +996,7 @@ fn run_in(
     let result = lua.scope(|scope| {
         let call = |raise: bool| {
             let caller = &caller;
-            scope.create_function(move |lua, args: Variadic<Value>| {
+            scope.create_function(move |lua, args: MultiValue| {
                 let args = call_args(&args)?;
                 // A call may write: SCRIPT KILL cannot stop the script while it runs.
                 let state = &flags.state;
@@ -1079,22 +1084,32 @@ impl std::fmt::Display for CallError {
 
 impl std::error::Error for CallError {}
 
-fn call_args(args: &[Value]) -> mlua::Result<Vec<Bytes>> {
+fn call_args(args: &MultiValue) -> mlua::Result<Vec<Bytes>> {
     if args.is_empty() {
         return Err(mlua::Error::runtime(
             "Please specify at least one argument for this redis lib call",
         ));
     }
-    args.iter()
+    /// An argument's bytes: a Lua string's own, or a number's text.
+    enum Arg {
+        Lua(mlua::BorrowedBytes),
+        Text(String),
+    }
+    let args = (args.iter())
         .map(|a| match a {
-            Value::String(s) => Ok(Bytes::copy_from_slice(&s.as_bytes())),
-            Value::Integer(i) => Ok(Bytes::from(i.to_string())),
-            Value::Number(n) => Ok(Bytes::from(lua_number(*n))),
+            Value::String(s) => Ok(Arg::Lua(s.as_bytes())),
+            Value::Integer(i) => Ok(Arg::Text(i.to_string())),
+            Value::Number(n) => Ok(Arg::Text(lua_number(*n))),
             _ => Err(mlua::Error::runtime(
                 "Lua redis lib command arguments must be strings or integers",
             )),
         })
-        .collect()
+        .collect::<mlua::Result<Vec<_>>>()?;
+    // In one buffer, as a request's arguments are (see keel_resp::one_buffer).
+    Ok(keel_resp::one_buffer(args.iter().map(|a| match a {
+        Arg::Lua(b) => &b[..],
+        Arg::Text(t) => t.as_bytes(),
+    })))
 }
 
 /// A number as Lua 5.1's `tostring` writes it (`%.14g`).
