@@ -1711,7 +1711,7 @@ fn edit_stream(x: &mut StreamValue, m: &Mutation) {
                 }
             }
         }
-        Mutation::StreamAdd { id, fields, .. } => x.add(*id, fields.clone()),
+        Mutation::StreamAdd { id, fields, .. } => x.add(*id, fields),
         Mutation::StreamDel { ids, .. } => {
             x.delete(ids);
         }

@@ -1086,7 +1086,7 @@ fn read_stream(r: &mut BlockReader<'_>) -> Result<StreamValue, FileError> {
         let fields = (0..fields)
             .map(|_| r.field())
             .collect::<Result<Vec<_>, _>>()?;
-        x.add(entry, fields);
+        x.add(entry, &fields);
         prev = Some(entry);
     }
     let opt = |n: u64| (n != u64::MAX).then_some(n);

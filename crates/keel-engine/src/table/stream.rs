@@ -484,7 +484,7 @@ impl StreamValue {
     /// Adds an entry; `id` is above every ID before (the caller checked). The fields are
     /// copied into the stream's own buffers: they may be slices of a request or a log record,
     /// which the stream must not keep alive.
-    pub fn add(&mut self, id: StreamId, fields: Vec<Bytes>) {
+    pub fn add(&mut self, id: StreamId, fields: &[Bytes]) {
         let last = (self.nodes.get_max()).map(|(base, n)| {
             (
                 *base,
@@ -494,7 +494,7 @@ impl StreamValue {
         match last {
             Some((base, true)) => {
                 let node = self.nodes.get_mut(&base).expect("the last node");
-                Arc::make_mut(node).push(base, id, &fields);
+                Arc::make_mut(node).push(base, id, fields);
             }
             _ => {
                 // The node before is full: it keeps no spare capacity.
@@ -503,8 +503,8 @@ impl StreamValue {
                         Arc::make_mut(node).buf.shrink_to_fit();
                     }
                 }
-                let mut node = Node::new(&fields);
-                node.push(id, id, &fields);
+                let mut node = Node::new(fields);
+                node.push(id, id, fields);
                 self.nodes.insert(id, Arc::new(node));
             }
         }
@@ -762,7 +762,7 @@ mod tests {
                             fields.push(b(&name));
                             fields.push(Bytes::from(vec![b'a' + (step % 26) as u8; len]));
                         }
-                        x.add(next, fields.clone());
+                        x.add(next, &fields);
                         model.insert(next, fields);
                         next = if g.below(3) == 0 {
                             StreamId::new(next.ms + 1 + g.below(1 << 20), g.below(3))
@@ -832,7 +832,7 @@ mod tests {
             }
             // A copy shares its nodes; writing one leaves the other as it was.
             let copy = x.clone();
-            x.add(next, vec![b("f0"), b("late")]);
+            x.add(next, &[b("f0"), b("late")]);
             assert_eq!(copy.len(), model.len());
             assert_eq!(
                 copy.range(Bound::Unbounded, Bound::Unbounded, false)

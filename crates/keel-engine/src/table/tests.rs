@@ -134,7 +134,7 @@ pub(crate) fn random_value(r: &mut Rng) -> MValue {
             for i in 0..n as u64 {
                 x.add(
                     StreamId::new(i + 1, r.below(3)),
-                    vec![r.bytes(4).into(), r.bytes(6).into()],
+                    &[r.bytes(4).into(), r.bytes(6).into()],
                 );
             }
             x.entries_added += r.below(4);
@@ -274,8 +274,8 @@ fn the_table_matches_a_map_model() {
                         (ValueMut::String(s), MValue::String(ms)) => assert_eq!(s, &ms[..]),
                         (ValueMut::Stream(x), MValue::Stream(mx)) => {
                             let id = x.last_id.next().expect("room above");
-                            x.add(id, vec![f.clone().into(), f.clone().into()]);
-                            mx.add(id, vec![f.clone().into(), f.into()]);
+                            x.add(id, &[f.clone().into(), f.clone().into()]);
+                            mx.add(id, &[f.clone().into(), f.into()]);
                         }
                         (got, want) => panic!("seed {seed}: {got:?} vs {want:?}"),
                     }
