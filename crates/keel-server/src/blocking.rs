@@ -40,6 +40,9 @@ pub struct Waiters {
 /// seen the write: what the writer's reply waits for ([`Waiters::settled`]).
 pub type Woken = Vec<(u64, u64)>;
 
+/// Keys a write may wake clients on: one, nearly always, held without an allocation.
+pub type Keys = smallvec::SmallVec<[Bytes; 1]>;
+
 #[derive(Default)]
 struct State {
     next_ticket: u64,
@@ -65,8 +68,8 @@ struct Waiter {
 }
 
 /// The keys in `writes` that may get an element: what a push, a move or a rename writes to.
-pub fn pushed_keys(writes: &[Write]) -> Vec<Bytes> {
-    let mut keys = Vec::new();
+pub fn pushed_keys(writes: &[Write]) -> Keys {
+    let mut keys = Keys::new();
     for w in writes {
         match w {
             Write::ListPush { key, .. }
