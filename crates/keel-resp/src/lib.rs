@@ -288,7 +288,7 @@ pub fn one_buffer<'a>(parts: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<Byte
         .collect()
 }
 
-/// Up to `N` bytes and their reference count, in one allocation (see [`gather`]).
+/// Up to `N` bytes and their reference count, in one allocation (see [`one_buffer`]).
 struct Inline<const N: usize> {
     len: usize,
     bytes: [u8; N],
