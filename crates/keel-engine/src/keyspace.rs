@@ -21,7 +21,7 @@ use crate::table::{
     Table, Value, ValueMut, ValueRef, ZSetValue, KEYS_PER_SHARD_TARGET,
 };
 use crate::types::{live_at, Entry, Read, WriteError, WriteResult};
-use crate::util::{Copies, HashMap, Pick};
+use crate::util::{scan_result, Copies, HashMap, Pick};
 use crate::{bits, zsets};
 
 /// A value of any type: a string, or a collection in the table's encoding.
@@ -524,6 +524,7 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
             | Read::SetMisMember { .. }
             | Read::SetCard
             | Read::SetRandom { .. }
+            | Read::SetScan { .. }
     );
     if is_set_read {
         let empty = SetValue::new();
@@ -548,6 +549,12 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
                     .collect(),
             ),
             Read::SetCard => WriteResult::Int(set.len() as i64),
+            Read::SetScan { cursor, count } => {
+                let mut c = Copies::default();
+                c.push(b"");
+                let next = set.scan(*cursor, *count, |m| c.push(m));
+                scan_result(next, c)
+            }
             Read::SetRandom { count, seed } => {
                 let mut rng = Pick(*seed);
                 WriteResult::Values(
@@ -584,6 +591,15 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
         Read::HashKeys => WriteResult::Values(Copies::of(h.iter().map(|(f, _)| f))),
         Read::HashVals => WriteResult::Values(Copies::of(h.iter().map(|(_, v)| v))),
         Read::HashLen => WriteResult::Int(h.len() as i64),
+        Read::HashScan { cursor, count } => {
+            let mut c = Copies::default();
+            c.push(b"");
+            let next = h.scan(*cursor, *count, |f, v| {
+                c.push(f);
+                c.push(v);
+            });
+            scan_result(next, c)
+        }
         Read::HashExists { field } => WriteResult::Int(h.get(field).is_some() as i64),
         Read::HashStrlen { field } => WriteResult::Int(h.get(field).map_or(0, |v| v.len()) as i64),
         Read::HashRandom { count, seed } => {

@@ -757,6 +757,16 @@ pub enum Read {
     /// ZRANDMEMBER, picking as [`Read::SetRandom`] does. Result: `Values` of member, score
     /// (as text), member, score, ….
     ZRandom { count: i64, seed: u64 },
+    /// HSCAN: the pairs from `cursor` on, at least `count` of them unless the hash ends first
+    /// (a small hash comes whole). Result: `Values` of the next cursor (as text, `0` once the
+    /// scan is over), then field, value, …. Every pair present from a scan's first call to its
+    /// last comes at least once; some may come twice.
+    HashScan { cursor: u64, count: usize },
+    /// SSCAN, as [`Read::HashScan`]. Result: `Values` of the next cursor, then the members.
+    SetScan { cursor: u64, count: usize },
+    /// ZSCAN, as [`Read::HashScan`]. Result: `Values` of the next cursor, then member, score
+    /// (as text), ….
+    ZScan { cursor: u64, count: usize },
 }
 
 /// XPENDING's extended form: pending entries between two bounds, at most `count`, of one

@@ -77,6 +77,14 @@ impl Copies {
     }
 }
 
+/// A scan's result from its copies, the first of which was pushed empty as the cursor's place:
+/// the next cursor as text, then the elements.
+pub(crate) fn scan_result(next: u64, found: Copies) -> crate::WriteResult {
+    let mut v = found.finish();
+    v[0] = Some(Bytes::from(next.to_string()));
+    crate::WriteResult::Values(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::Copies;

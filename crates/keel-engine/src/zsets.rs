@@ -12,7 +12,7 @@ use crate::table::{ValueRef, ZSetValue};
 use crate::types::{
     Aggregate, LexBound, PutIf, Read, SetOp, WriteError, WriteResult, ZCmp, ZRange,
 };
-use crate::util::{Copies, HashMap, Pick};
+use crate::util::{scan_result, Copies, HashMap, Pick};
 
 /// A score as Redis 7.2 replies with it (its `d2string`): `0` or `-0`; a whole number of
 /// magnitude up to 2^62 as an integer; otherwise the shortest digits that read back as the same
@@ -149,6 +149,7 @@ pub(crate) fn is_zset_read(op: &Read) -> bool {
             | Read::ZRange { .. }
             | Read::ZMembers
             | Read::ZRandom { .. }
+            | Read::ZScan { .. }
     )
 }
 
@@ -201,6 +202,15 @@ pub(crate) fn eval(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
         Read::ZRandom { count, seed } => {
             let mut rng = Pick(*seed);
             pairs_result(z.sample(*count, &mut || rng.next()), true)
+        }
+        Read::ZScan { cursor, count } => {
+            let mut c = Copies::default();
+            c.push(b"");
+            let next = z.scan(*cursor, *count, |m, s| {
+                c.push(m);
+                c.push(format_score(s).as_bytes());
+            });
+            scan_result(next, c)
         }
         _ => unreachable!("not a sorted set read: {op:?}"),
     }

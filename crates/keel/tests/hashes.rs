@@ -218,3 +218,105 @@ fn acknowledged_hash_writes_survive_kill_9() {
         }
     }
 }
+
+/// HSCAN, SSCAN and ZSCAN page a large collection by COUNT and, while other clients add and
+/// remove elements (growing and shrinking the table between calls), still return every element
+/// present throughout, with its value. A small collection comes whole.
+#[test]
+fn collection_scans_page_by_count_and_miss_nothing_while_writes_run() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start(&t.path().join("data"), &[]);
+    let mut c = srv.client();
+    let mut w = srv.client();
+    let n = 2000;
+    let mut hset = vec!["HSET".to_string(), "h".into()];
+    let mut sadd = vec!["SADD".to_string(), "s".into()];
+    let mut zadd = vec!["ZADD".to_string(), "z".into()];
+    for i in 0..n {
+        hset.extend([format!("f{i}"), format!("v{i}")]);
+        sadd.push(format!("f{i}"));
+        zadd.extend([format!("{i}"), format!("f{i}")]);
+    }
+    for cmd in [&hset, &sadd, &zadd] {
+        let args: Vec<&str> = cmd.iter().map(|s| s.as_str()).collect();
+        assert_eq!(query::<i64>(&mut c, &args), n as i64);
+    }
+    for (key, cmd, add, del, group) in [
+        ("h", "HSCAN", "HSET", "HDEL", 2),
+        ("s", "SSCAN", "SADD", "SREM", 1),
+        ("z", "ZSCAN", "ZADD", "ZREM", 2),
+    ] {
+        let (mut seen, mut cursor, mut calls) = (HashMap::new(), "0".to_string(), 0);
+        loop {
+            let (next, found): (String, Vec<String>) =
+                query(&mut c, &[cmd, key, &cursor, "COUNT", "50"]);
+            assert!(
+                found.len() <= 2 * 60 * group,
+                "{cmd}: a call returns about COUNT"
+            );
+            for e in found.chunks(group) {
+                seen.insert(e[0].clone(), e.get(1).cloned());
+            }
+            calls += 1;
+            // Between calls, another client grows the collection tenfold, then removes what
+            // it added, which shrinks the table: elements move both times.
+            let extras = (0..20_000).map(|i| format!("x{i}"));
+            let args: Vec<String> = match calls {
+                2 => (extras.flat_map(|x| match add {
+                    "HSET" => vec![x, "v".into()],
+                    "ZADD" => vec!["0.5".into(), x],
+                    _ => vec![x],
+                }))
+                .collect(),
+                4 => extras.collect(),
+                _ => vec![],
+            };
+            if !args.is_empty() {
+                let verb = if calls == 2 { add } else { del };
+                let mut all = vec![verb, key];
+                all.extend(args.iter().map(|s| s.as_str()));
+                assert_eq!(query::<i64>(&mut w, &all), 20_000);
+            }
+            cursor = next;
+            if cursor == "0" {
+                break;
+            }
+            assert!(calls < 10_000, "{cmd}: the scan ends");
+        }
+        assert!(
+            calls > 10,
+            "{cmd}: {calls} calls: a large collection is paged"
+        );
+        for i in 0..n {
+            let value = seen.get(&format!("f{i}"));
+            let want = match cmd {
+                "HSCAN" => Some(format!("v{i}")),
+                "ZSCAN" => Some(format!("{i}")),
+                _ => None,
+            };
+            assert_eq!(value, Some(&want), "{cmd}: f{i} missed or wrong");
+        }
+    }
+    // MATCH filters what a call visits; a small collection comes whole with cursor 0.
+    let mut cursor = "0".to_string();
+    loop {
+        let (next, found): (String, Vec<String>) = query(
+            &mut c,
+            &["HSCAN", "h", &cursor, "MATCH", "f1*", "COUNT", "100"],
+        );
+        assert!(found.chunks(2).all(|p| p[0].starts_with("f1")));
+        cursor = next;
+        if cursor == "0" {
+            break;
+        }
+    }
+    query::<i64>(&mut c, &["HSET", "small", "a", "1", "b", "2"]);
+    let (next, found): (String, Vec<String>) =
+        query(&mut c, &["HSCAN", "small", "0", "COUNT", "1"]);
+    assert_eq!((next.as_str(), found.len()), ("0", 4));
+    let (next, found): (String, Vec<String>) = query(&mut c, &["SSCAN", "nokey", "0"]);
+    assert_eq!((next.as_str(), found.len()), ("0", 0));
+    assert!(error(&mut c, &["HSCAN", "h", "abc"]).contains("invalid cursor"));
+    assert!(error(&mut c, &["ZSCAN", "z", "0", "COUNT", "0"]).contains("syntax error"));
+    assert!(error(&mut c, &["SSCAN", "h", "0"]).contains("WRONGTYPE"));
+}

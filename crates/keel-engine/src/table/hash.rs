@@ -9,9 +9,9 @@
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 
+use super::cursor::TableState;
 use super::packed::{self, element, get_varint, put_varint, varint_len, Elements};
 
 /// Redis's `hash-max-listpack-entries`, by default.
@@ -56,7 +56,7 @@ enum Repr {
     /// One allocation per pair: varint(field length), field, value.
     Table {
         pairs: HashTable<Box<[u8]>>,
-        state: RandomState,
+        state: TableState,
     },
 }
 
@@ -130,7 +130,7 @@ impl HashValue {
     pub fn get(&self, field: &[u8]) -> Option<&[u8]> {
         match &self.0 {
             Repr::Packed { buf, .. } => find_packed(buf, field).map(|(_, _, v)| v),
-            Repr::Table { pairs, state } => pairs
+            Repr::Table { pairs, state, .. } => pairs
                 .find(state.hash_one(field), |p| split_pair(p).0 == field)
                 .map(|p| split_pair(p).1),
         }
@@ -158,6 +158,7 @@ impl HashValue {
         let Repr::Table { pairs, state } = &mut self.0 else {
             unreachable!("converted above")
         };
+        state.layout.before_insert(pairs);
         let h = state.hash_one(field);
         match pairs.entry(
             h,
@@ -190,7 +191,9 @@ impl HashValue {
                 match pairs.find_entry(state.hash_one(field), |p| split_pair(p).0 == field) {
                     Ok(o) => {
                         o.remove();
-                        packed::shrink_if_sparse(pairs, |p| state.hash_one(split_pair(p).0));
+                        if packed::shrink_if_sparse(pairs, |p| state.hash_one(split_pair(p).0)) {
+                            state.layout.changed();
+                        }
                         true
                     }
                     Err(_) => false,
@@ -259,7 +262,7 @@ impl HashValue {
         let Repr::Packed { buf, len } = &self.0 else {
             return;
         };
-        let state = RandomState::default();
+        let state = TableState::new();
         let mut pairs = HashTable::with_capacity(len + 1);
         let mut e = Elements::new(buf);
         while let (Some(f), Some(v)) = (e.next(), e.next()) {
@@ -268,6 +271,22 @@ impl HashValue {
             });
         }
         self.0 = Repr::Table { pairs, state };
+    }
+
+    /// HSCAN: from `cursor`, at least `count` pairs (or the rest) to `found`, and the cursor to
+    /// go on from, 0 at the end. A packed hash comes whole, as Redis's listpack does. See
+    /// [`super::cursor`] for what a cursor promises.
+    pub fn scan(&self, cursor: u64, count: usize, mut found: impl FnMut(&[u8], &[u8])) -> u64 {
+        match &self.0 {
+            Repr::Table { pairs, state } => state.layout.scan(pairs, cursor, count, |p| {
+                let (f, v) = split_pair(p);
+                found(f, v)
+            }),
+            Repr::Packed { .. } => {
+                self.iter().for_each(|(f, v)| found(f, v));
+                0
+            }
+        }
     }
 }
 

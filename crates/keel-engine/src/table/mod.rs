@@ -58,6 +58,7 @@
 //! hashbrown is open-addressed, so an entry need not sit in its home bucket, and a resize moves
 //! entries to positions that no cursor order predicts.
 
+mod cursor;
 mod hash;
 mod list;
 pub(crate) mod packed;

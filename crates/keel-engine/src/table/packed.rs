@@ -132,10 +132,16 @@ pub(crate) fn sampled_total(lens: impl Iterator<Item = usize>, n: usize) -> usiz
 /// Gives memory back after removals, as Redis shrinks a dict under 1/8 full (hashbrown never
 /// shrinks by itself): when a table of more than 64 slots holds under an eighth of its
 /// capacity, it shrinks to twice its length, so that growing back costs as much as the shrink.
-pub(crate) fn shrink_if_sparse<T>(t: &mut hashbrown::HashTable<T>, hasher: impl Fn(&T) -> u64) {
-    if t.capacity() > 64 && t.len() < t.capacity() / 8 {
+/// Returns whether it shrank (which moves elements: scan cursors must know).
+pub(crate) fn shrink_if_sparse<T>(
+    t: &mut hashbrown::HashTable<T>,
+    hasher: impl Fn(&T) -> u64,
+) -> bool {
+    let sparse = t.capacity() > 64 && t.len() < t.capacity() / 8;
+    if sparse {
         t.shrink_to(t.len() * 2, hasher);
     }
+    sparse
 }
 
 /// Redis's test for a member an intset may hold: the canonical decimal form of an `i64` (no

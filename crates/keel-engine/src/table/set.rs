@@ -12,9 +12,9 @@ use std::borrow::Cow;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 
+use super::cursor::TableState;
 use super::packed::{self, canonical_i64, element, Elements};
 
 /// Redis's `set-max-intset-entries`, by default.
@@ -57,7 +57,7 @@ enum Repr {
     },
     Table {
         members: HashTable<Box<[u8]>>,
-        state: RandomState,
+        state: TableState,
     },
 }
 
@@ -116,7 +116,7 @@ impl SetValue {
         match &self.0 {
             Repr::Ints(i) => canonical_i64(member).is_some_and(|v| i.search(v).is_ok()),
             Repr::Packed { buf, .. } => Elements::new(buf).any(|m| m == member),
-            Repr::Table { members, state } => members
+            Repr::Table { members, state, .. } => members
                 .find(state.hash_one(member), |m| &m[..] == member)
                 .is_some(),
         }
@@ -167,6 +167,7 @@ impl SetValue {
                 self.insert(member)
             }
             Repr::Table { members, state } => {
+                state.layout.before_insert(members);
                 let h = state.hash_one(member);
                 match members.entry(h, |m| &m[..] == member, |m| state.hash_one(&m[..])) {
                     hashbrown::hash_table::Entry::Occupied(_) => false,
@@ -206,7 +207,9 @@ impl SetValue {
                 match members.find_entry(state.hash_one(member), |m| &m[..] == member) {
                     Ok(o) => {
                         o.remove();
-                        packed::shrink_if_sparse(members, |m| state.hash_one(&m[..]));
+                        if packed::shrink_if_sparse(members, |m| state.hash_one(&m[..])) {
+                            state.layout.changed();
+                        }
                         true
                     }
                     Err(_) => false,
@@ -281,13 +284,28 @@ impl SetValue {
     }
 
     fn convert_to_table(&mut self) {
-        let state = RandomState::default();
+        let state = TableState::new();
         let mut members = HashTable::with_capacity(self.len() + 1);
         for m in self.iter() {
             let m: Box<[u8]> = m.into_owned().into_boxed_slice();
             members.insert_unique(state.hash_one(&m[..]), m, |m| state.hash_one(&m[..]));
         }
         self.0 = Repr::Table { members, state };
+    }
+
+    /// SSCAN: from `cursor`, at least `count` members (or the rest) to `found`, and the cursor
+    /// to go on from, 0 at the end. An intset or a packed set comes whole, as in Redis. See
+    /// [`super::cursor`] for what a cursor promises.
+    pub fn scan(&self, cursor: u64, count: usize, mut found: impl FnMut(&[u8])) -> u64 {
+        match &self.0 {
+            Repr::Table { members, state } => {
+                state.layout.scan(members, cursor, count, |m| found(m))
+            }
+            _ => {
+                self.iter().for_each(|m| found(&m));
+                0
+            }
+        }
     }
 }
 

@@ -26,6 +26,7 @@ use std::sync::OnceLock;
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 
+use super::cursor::Layout;
 use super::packed::{self, element, Elements};
 
 /// Redis's `zset-max-listpack-entries`, by default.
@@ -442,6 +443,21 @@ impl ZSetValue {
         }
     }
 
+    /// ZSCAN: from `cursor`, at least `count` (member, score) pairs (or the rest) to `found`,
+    /// and the cursor to go on from, 0 at the end. A packed sorted set comes whole, as Redis's
+    /// listpack does. See [`super::cursor`] for what a cursor promises.
+    pub fn scan(&self, cursor: u64, count: usize, mut found: impl FnMut(&[u8], f64)) -> u64 {
+        match &self.0 {
+            Repr::Skip(s) => {
+                (s.layout).scan(&s.dict, cursor, count, |&b| found(s.member(b), s.score(b)))
+            }
+            Repr::Packed { .. } | Repr::Unordered(_) => {
+                self.iter().into_iter().for_each(|(m, s)| found(m, s));
+                0
+            }
+        }
+    }
+
     /// Every (member, score), ascending.
     pub fn iter(&self) -> Vec<(&[u8], f64)> {
         self.range_by_rank(0, self.len())
@@ -536,6 +552,8 @@ struct SkipList {
     member_bytes: usize,
     /// member → block.
     dict: HashTable<u32>,
+    /// `dict`'s reorganizations, for ZSCAN's cursors.
+    layout: Layout,
     state: RandomState,
     /// xorshift state for node levels. Levels only shape the list, never its contents, so
     /// they need not be reproducible.
@@ -563,6 +581,7 @@ impl SkipList {
             len: 0,
             member_bytes: 0,
             dict: HashTable::new(),
+            layout: Layout::new(state.hash_one(1u64)),
             rng: state.hash_one(0u64) | 1,
             state,
         }
@@ -726,6 +745,7 @@ impl SkipList {
         self.member_bytes += member.len();
         self.link_in(b);
         let hash = self.state.hash_one(member);
+        self.layout.before_insert(&self.dict);
         let (arena, members, state) = (&self.arena, &self.members, &self.state);
         self.dict.insert_unique(hash, b, |&b| {
             state.hash_one(&members[arena[b as usize].to as usize].0[..])
@@ -749,9 +769,12 @@ impl SkipList {
             .unwrap_or_else(|_| panic!("a present member is in the index"))
             .remove();
         let (arena, members, state) = (&self.arena, &self.members, &self.state);
-        packed::shrink_if_sparse(&mut self.dict, |&b| {
+        let shrunk = packed::shrink_if_sparse(&mut self.dict, |&b| {
             state.hash_one(&members[arena[b as usize].to as usize].0[..])
         });
+        if shrunk {
+            self.layout.changed();
+        }
         let (node, levels) = (self.arena[b as usize].to, self.levels(b));
         let member = std::mem::take(&mut self.members[node as usize].0);
         self.member_bytes -= member.len();
@@ -835,6 +858,9 @@ impl SkipList {
             for (m, s) in self.walk_from(self.fwd(HEAD, 0)) {
                 fresh.insert(m, s);
             }
+            // Every element moved: no cursor of the old list may pass for one of the new.
+            fresh.layout = self.layout;
+            fresh.layout.changed();
             *self = fresh;
         }
     }

@@ -4,7 +4,6 @@
 use keel_engine::{Read, Write, WriteResult};
 
 use super::*;
-use crate::glob;
 
 pub const COMMANDS: &[Command] = &[
     Command::new("hset", -4, W, KEY1)
@@ -220,7 +219,7 @@ pub const COMMANDS: &[Command] = &[
         .doc(
             "hash",
             "key cursor [MATCH pattern] [COUNT count]",
-            "Iterates over the fields and values of a hash; keel returns them all in one call.",
+            "Incrementally iterates over the fields and values of a hash.",
         )
         .data(hscan),
 ];
@@ -265,20 +264,12 @@ fn hrandfield(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
 }
 
 fn hscan(_: &'static str, a: &[Bytes], _: u64) -> Result<Part, Reply> {
-    let pattern = scan_options(a)?;
-    Ok(Part::new(vec![read(&a[1], Read::HashAll)], move |r| {
-        let all = match &r[0] {
-            WriteResult::Values(v) => pairs(v),
-            other => return values_reply(other),
-        };
-        let found = all
-            .into_iter()
-            .filter(|(f, _)| match (&pattern, f) {
-                (Some(p), Reply::Bulk(f)) => glob::matches(p, f),
-                _ => true,
-            })
-            .flat_map(|(f, v)| [f, v])
-            .collect();
-        Reply::Array(vec![Reply::bulk("0"), Reply::Array(found)])
+    let s = ScanArgs::parse(a)?;
+    let op = Read::HashScan {
+        cursor: s.cursor,
+        count: s.count,
+    };
+    Ok(Part::new(vec![read(&a[1], op)], move |r| {
+        s.reply(&mut r[0], 2)
     }))
 }

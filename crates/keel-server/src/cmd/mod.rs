@@ -694,26 +694,59 @@ pub(crate) fn random() -> u64 {
     STATE.hash_one(COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-/// HSCAN's and SSCAN's arguments after the key (`a[2]` the cursor): the MATCH pattern, if any.
-/// COUNT is checked as Redis checks it; keel returns the whole collection in one call anyway.
-fn scan_options(a: &[Bytes]) -> Result<Option<Bytes>, Reply> {
-    std::str::from_utf8(&a[2])
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .ok_or_else(|| Reply::err("ERR invalid cursor"))?;
-    let mut pattern = None;
-    for o in a[3..].chunks(2) {
-        match o {
-            [name, p] if eq(name, "match") => pattern = Some(p.clone()),
-            [name, c] if eq(name, "count") => {
-                if int_arg(c)? < 1 {
-                    return Err(Reply::err(SYNTAX));
-                }
+/// HSCAN's, SSCAN's and ZSCAN's arguments after the key.
+struct ScanArgs {
+    cursor: u64,
+    pattern: Option<Bytes>,
+    /// COUNT, 10 by default as in Redis: how many elements a call visits (MATCH filters them
+    /// afterwards, so fewer may come back).
+    count: usize,
+}
+
+impl ScanArgs {
+    /// From `a[2]` (the cursor) on, checked as Redis checks them.
+    fn parse(a: &[Bytes]) -> Result<ScanArgs, Reply> {
+        let cursor = std::str::from_utf8(&a[2])
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| Reply::err("ERR invalid cursor"))?;
+        let mut s = ScanArgs {
+            cursor,
+            pattern: None,
+            count: 10,
+        };
+        for o in a[3..].chunks(2) {
+            match o {
+                [name, p] if eq(name, "match") => s.pattern = Some(p.clone()),
+                [name, c] if eq(name, "count") => match int_arg(c)? {
+                    n if n < 1 => return Err(Reply::err(SYNTAX)),
+                    n => s.count = usize::try_from(n).unwrap_or(usize::MAX),
+                },
+                _ => return Err(Reply::err(SYNTAX)),
             }
-            _ => return Err(Reply::err(SYNTAX)),
         }
+        Ok(s)
     }
-    Ok(pattern)
+
+    /// The reply to a scan read's result (the next cursor, then the elements, `group` values
+    /// to an element: 2 for a field and its value): the cursor and the elements whose first
+    /// value matches the pattern.
+    fn reply(&self, r: &mut WriteResult, group: usize) -> Reply {
+        let WriteResult::Values(v) = r else {
+            return take_values_reply(r);
+        };
+        let cursor = bulk_or_nil(&v[0]);
+        let found = v[1..]
+            .chunks(group)
+            .filter(|e| match (&self.pattern, &e[0]) {
+                (Some(p), Some(first)) => crate::glob::matches(p, first),
+                _ => true,
+            })
+            .flatten()
+            .map(bulk_or_nil)
+            .collect();
+        Reply::Array(vec![cursor, Reply::Array(found)])
+    }
 }
 
 /// LMPOP's and ZMPOP's arguments after the command (their blocking forms' after the timeout):

@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use keel_engine::{Read, SetOp, Write, WriteResult};
 
 use super::*;
-use crate::glob;
 
 pub const COMMANDS: &[Command] = &[
     Command::new("sadd", -3, W, KEY1)
@@ -184,22 +183,15 @@ pub const COMMANDS: &[Command] = &[
         .doc(
             "set",
             "key cursor [MATCH pattern] [COUNT count]",
-            "Iterates over the members of a set; keel returns them all in one call.",
+            "Incrementally iterates over the members of a set.",
         )
         .data(|_, a, _| {
-            let pattern = scan_options(a)?;
-            Ok(Part::new(vec![read(&a[1], Read::SetMembers)], move |r| {
-                let WriteResult::Values(v) = &r[0] else {
-                    return take_values_reply(&mut r[0]);
-                };
-                let found = v
-                    .iter()
-                    .flatten()
-                    .filter(|m| pattern.as_ref().is_none_or(|p| glob::matches(p, m)))
-                    .map(|m| Reply::Bulk(m.clone()))
-                    .collect();
-                Reply::Array(vec![Reply::bulk("0"), Reply::Array(found)])
-            }))
+            let s = ScanArgs::parse(a)?;
+            let op = Read::SetScan {
+                cursor: s.cursor,
+                count: s.count,
+            };
+            Ok(Part::new(vec![read(&a[1], op)], move |r| s.reply(&mut r[0], 1)))
         }),
 ];
 

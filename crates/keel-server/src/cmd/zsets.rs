@@ -10,7 +10,6 @@ use keel_engine::{
 };
 
 use super::*;
-use crate::glob;
 
 pub const COMMANDS: &[Command] = &[
     Command::new("zadd", -4, W, KEY1)
@@ -384,30 +383,15 @@ pub const COMMANDS: &[Command] = &[
         .doc(
             "sorted-set",
             "key cursor [MATCH pattern] [COUNT count]",
-            "Iterates over the members and scores; keel returns them all in one call.",
+            "Incrementally iterates over the members and scores of a sorted set.",
         )
         .data(|_, a, _| {
-            let pattern = scan_options(a)?;
-            let op = Read::ZRange {
-                range: ZRange::Rank { start: 0, stop: -1 },
-                rev: false,
-                limit: None,
-                with_scores: true,
+            let s = ScanArgs::parse(a)?;
+            let op = Read::ZScan {
+                cursor: s.cursor,
+                count: s.count,
             };
-            Ok(Part::new(vec![read(&a[1], op)], move |r| {
-                let WriteResult::Values(v) = &r[0] else {
-                    return take_values_reply(&mut r[0]);
-                };
-                let found = v
-                    .chunks(2)
-                    .filter(|p| match (&pattern, &p[0]) {
-                        (Some(pat), Some(m)) => glob::matches(pat, m),
-                        _ => true,
-                    })
-                    .flat_map(|p| [bulk_or_nil(&p[0]), bulk_or_nil(&p[1])])
-                    .collect();
-                Reply::Array(vec![Reply::bulk("0"), Reply::Array(found)])
-            }))
+            Ok(Part::new(vec![read(&a[1], op)], move |r| s.reply(&mut r[0], 2)))
         }),
 ];
 
