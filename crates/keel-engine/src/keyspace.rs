@@ -550,10 +550,7 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
             ),
             Read::SetCard => WriteResult::Int(set.len() as i64),
             Read::SetScan { cursor, count } => {
-                let mut c = Copies::default();
-                c.push(b"");
-                let next = set.scan(*cursor, *count, |m| c.push(m));
-                scan_result(next, c)
+                scan_result(|c| set.scan(*cursor, *count, |m| c.push(m)))
             }
             Read::SetRandom { count, seed } => {
                 let mut rng = Pick(*seed);
@@ -591,15 +588,12 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
         Read::HashKeys => WriteResult::Values(Copies::of(h.iter().map(|(f, _)| f))),
         Read::HashVals => WriteResult::Values(Copies::of(h.iter().map(|(_, v)| v))),
         Read::HashLen => WriteResult::Int(h.len() as i64),
-        Read::HashScan { cursor, count } => {
-            let mut c = Copies::default();
-            c.push(b"");
-            let next = h.scan(*cursor, *count, |f, v| {
+        Read::HashScan { cursor, count } => scan_result(|c| {
+            h.scan(*cursor, *count, |f, v| {
                 c.push(f);
                 c.push(v);
-            });
-            scan_result(next, c)
-        }
+            })
+        }),
         Read::HashExists { field } => WriteResult::Int(h.get(field).is_some() as i64),
         Read::HashStrlen { field } => WriteResult::Int(h.get(field).map_or(0, |v| v.len()) as i64),
         Read::HashRandom { count, seed } => {

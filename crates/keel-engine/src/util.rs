@@ -77,9 +77,12 @@ impl Copies {
     }
 }
 
-/// A scan's result from its copies, the first of which was pushed empty as the cursor's place:
-/// the next cursor as text, then the elements.
-pub(crate) fn scan_result(next: u64, found: Copies) -> crate::WriteResult {
+/// A scan's result: `scan` pushes the elements it visits and returns the next cursor, which
+/// comes first, as text, before them.
+pub(crate) fn scan_result(scan: impl FnOnce(&mut Copies) -> u64) -> crate::WriteResult {
+    let mut found = Copies::default();
+    found.push(b"");
+    let next = scan(&mut found);
     let mut v = found.finish();
     v[0] = Some(Bytes::from(next.to_string()));
     crate::WriteResult::Values(v)

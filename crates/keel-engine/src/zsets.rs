@@ -203,15 +203,12 @@ pub(crate) fn eval(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
             let mut rng = Pick(*seed);
             pairs_result(z.sample(*count, &mut || rng.next()), true)
         }
-        Read::ZScan { cursor, count } => {
-            let mut c = Copies::default();
-            c.push(b"");
-            let next = z.scan(*cursor, *count, |m, s| {
+        Read::ZScan { cursor, count } => scan_result(|c| {
+            z.scan(*cursor, *count, |m, s| {
                 c.push(m);
                 c.push(format_score(s).as_bytes());
-            });
-            scan_result(next, c)
-        }
+            })
+        }),
         _ => unreachable!("not a sorted set read: {op:?}"),
     }
 }

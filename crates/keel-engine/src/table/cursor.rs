@@ -146,8 +146,7 @@ mod tests {
                 } else if let Some(&x) = t.iter().find(|&&x| x > 1_000_000) {
                     let h = hash(&x);
                     t.find_entry(h, |&y| y == x).ok().unwrap().remove();
-                    if t.capacity() > 64 && t.len() < t.capacity() / 8 {
-                        t.shrink_to(t.len() * 2, hash);
+                    if super::super::packed::shrink_if_sparse(&mut t, hash) {
                         l.changed();
                     }
                 }
