@@ -12,6 +12,9 @@ use crate::options::Options;
 use crate::publish::Visible;
 use crate::record::{Mutation, Request};
 use crate::util::HashMap;
+use foldhash::fast::RandomState;
+use hashbrown::hash_table::{self, HashTable};
+use std::hash::BuildHasher;
 
 /// Request ids kept for retries, with the LSN of the record that holds each (P8).
 #[derive(Clone, Debug, Default)]
@@ -86,20 +89,36 @@ pub(crate) struct Recent {
     /// The newest decided entry of each key written lately, with its LSN; `None` = deleted.
     /// A collection written lately is held here whole, changed in place by each write
     /// decided on it until the visible state catches up.
-    by_key: HashMap<Bytes, (Lsn, Option<Typed>)>,
-    /// (LSN, key) in LSN order, to forget entries once visible.
-    order: VecDeque<(Lsn, Bytes)>,
+    by_key: HashTable<Held>,
+    hasher: RandomState,
+    /// (LSN, the key's hash) in LSN order, to forget entries once visible. The hash and the LSN
+    /// find the entry again without a copy of the key (a reference count taken and let go for
+    /// every write) or hashing it a second time.
+    order: VecDeque<(Lsn, u64)>,
     /// LSN of a DeleteAll that may not be visible yet: keys not in `by_key` are gone.
     cleared: Option<Lsn>,
     /// The newest decided value of each system entry written lately, with its LSN (the write
     /// fence is one).
     system: HashMap<Bytes, (Lsn, Bytes)>,
     /// Collections still held after the visible state caught up with them: (the LSN that left
-    /// them here, key, their size when kept), oldest first. A hash, set or list written again
-    /// and again (a queue) is then copied out of the visible state once, not at every lull
-    /// between writes; at most [`KEPT_BYTES_MAX`] of them are held this way.
-    kept: VecDeque<(Lsn, Bytes, usize)>,
+    /// them here, their key's hash, their size when kept), oldest first. A hash, set or list
+    /// written again and again (a queue) is then copied out of the visible state once, not at
+    /// every lull between writes; at most [`KEPT_BYTES_MAX`] of them are held this way.
+    kept: VecDeque<(Lsn, u64, usize)>,
     kept_bytes: usize,
+}
+
+/// What a mutation decides of its key: a whole entry, or a change to the one before.
+enum New<'m> {
+    Entry(Option<Typed>),
+    Edit(&'m Mutation),
+}
+
+/// A key's newest decided entry in [`Recent`], decided at `lsn`.
+struct Held {
+    key: Bytes,
+    lsn: Lsn,
+    entry: Option<Typed>,
 }
 
 /// The most bytes of collections [`Recent`] keeps after the visible state caught up with them,
@@ -127,8 +146,11 @@ impl Recent {
 
     /// The decided entry of `key`, expired or not, given `vis`, the visible state now; lent.
     pub(crate) fn lend<'a>(&'a self, vis: &'a Visible, key: &[u8]) -> Option<Lent<'a>> {
-        match self.by_key.get(key) {
-            Some((_, e)) => e.as_ref().map(Typed::lend),
+        match self
+            .by_key
+            .find(self.hasher.hash_one(key), |h| h.key == key)
+        {
+            Some(h) => h.entry.as_ref().map(Typed::lend),
             None if self.cleared.is_some_and(|l| l > vis.lsn()) => None,
             None => vis.lend(key),
         }
@@ -141,17 +163,52 @@ impl Recent {
     /// order until a decision needs it (see [`Lent::working_copy`]).
     pub(crate) fn record(&mut self, mutations: &[Mutation], lsn: Lsn, vis: &Visible) {
         for m in mutations {
-            match change(m, lsn) {
-                Change::Key(key, e) => {
-                    self.by_key.insert(key.clone(), (lsn, e.map(Typed::from)));
-                    self.order.push_back((lsn, key.clone()));
+            let (key, decided) = match change(m, lsn) {
+                Change::Key(key, e) => (key, New::Entry(e.map(Typed::from))),
+                Change::Edit(key, m) => (key, New::Edit(m)),
+                Change::All => {
+                    self.by_key.clear();
+                    self.order.clear();
+                    self.kept.clear();
+                    self.kept_bytes = 0;
+                    self.cleared = Some(lsn);
+                    continue;
                 }
-                Change::Edit(key, m) => {
-                    let base = match self.by_key.remove(key) {
-                        Some((_, e)) => e,
-                        None if self.cleared.is_some_and(|l| l > vis.lsn()) => None,
-                        None => vis.lend(key).map(|e| e.working_copy()),
+                Change::System(key, value) => {
+                    self.system.insert(key.clone(), (lsn, value.clone()));
+                    continue;
+                }
+            };
+            let hash = self.hasher.hash_one(&key[..]);
+            let hasher = &self.hasher;
+            let held = self
+                .by_key
+                .entry(hash, |h| h.key == key, |h| hasher.hash_one(&h.key[..]));
+            // An entry held already keeps its key: the same bytes, already paid for.
+            let (held, base) = match held {
+                hash_table::Entry::Occupied(o) => {
+                    let h = o.into_mut();
+                    let base = h.entry.take();
+                    (h, base)
+                }
+                hash_table::Entry::Vacant(v) => {
+                    let base = match decided {
+                        New::Entry(_) => None,
+                        New::Edit(_) if self.cleared.is_some_and(|l| l > vis.lsn()) => None,
+                        New::Edit(_) => vis.lend(key).map(|e| e.working_copy()),
                     };
+                    let h = v.insert(Held {
+                        key: key.clone(),
+                        lsn,
+                        entry: None,
+                    });
+                    (h.into_mut(), base)
+                }
+            };
+            held.lsn = lsn;
+            held.entry = match decided {
+                New::Entry(e) => e,
+                New::Edit(m) => {
                     let packed = base.as_ref().is_none_or(Typed::is_packed_zset);
                     let mut e = edit_typed(base, m, lsn);
                     // A sorted set that outgrew the packed form here is the sequencer's own:
@@ -159,58 +216,52 @@ impl Recent {
                     if let Some(e) = e.as_mut().filter(|_| packed) {
                         e.drop_zset_order();
                     }
-                    self.by_key.insert(key.clone(), (lsn, e));
-                    self.order.push_back((lsn, key.clone()));
+                    e
                 }
-                Change::All => {
-                    self.by_key.clear();
-                    self.order.clear();
-                    self.kept.clear();
-                    self.kept_bytes = 0;
-                    self.cleared = Some(lsn);
-                }
-                Change::System(key, value) => {
-                    self.system.insert(key.clone(), (lsn, value.clone()));
-                }
-            }
+            };
+            self.order.push_back((lsn, hash));
         }
     }
 
     /// Forgets entries that `visible_lsn` covers: the visible state holds them (or newer).
     pub(crate) fn forget_up_to(&mut self, visible_lsn: Lsn) {
-        while let Some((lsn, _)) = self.order.front() {
-            if *lsn > visible_lsn {
+        while let Some(&(lsn, hash)) = self.order.front() {
+            if lsn > visible_lsn {
                 break;
             }
-            let (lsn, key) = self.order.pop_front().expect("checked");
-            match self.by_key.get(&key) {
+            self.order.pop_front();
+            // The entry this write left, unless the key was written again since. Two keys of
+            // one record with the same hash are told apart in either order: each is forgotten
+            // once, by one of the two.
+            let Ok(held) = self.by_key.find_entry(hash, |h| h.lsn == lsn) else {
+                continue;
+            };
+            match &held.get().entry {
                 // A stream is not kept: a copy shares its nodes, so the next write copies it
                 // out of the visible state at little cost, and a kept copy would grow nodes
                 // of its own beside the visible state's (twice the memory of a hot stream).
-                Some((l, Some(e))) if *l == lsn && e.is_costly_to_copy() => {
-                    let size = e.memory_bytes() + key.len() + KEPT_ENTRY_BYTES;
+                Some(e) if e.is_costly_to_copy() => {
+                    let h = held.into_mut();
+                    let size = kept_size(h);
                     // Kept past its request: the key's own copy, not a slice of the request.
-                    let kept = Bytes::copy_from_slice(&key);
-                    let entry = self.by_key.remove(&key).expect("found above");
-                    self.by_key.insert(kept.clone(), entry);
-                    self.kept.push_back((lsn, kept, size));
+                    h.key = Bytes::copy_from_slice(&h.key);
+                    self.kept.push_back((lsn, hash, size));
                     self.kept_bytes += size;
                 }
-                Some((l, _)) if *l == lsn => {
-                    self.by_key.remove(&key);
+                _ => {
+                    held.remove();
                 }
-                _ => {}
             }
         }
         // The newest stays, however large: it is the one most likely written next.
         while self.kept_bytes > KEPT_BYTES_MAX && self.kept.len() > 1 {
-            let Some((lsn, key, size)) = self.kept.pop_front() else {
+            let Some((lsn, hash, size)) = self.kept.pop_front() else {
                 break;
             };
             self.kept_bytes -= size;
             // Written again since, it is held for that write now.
-            if self.by_key.get(&key).is_some_and(|(l, _)| *l == lsn) {
-                self.by_key.remove(&key);
+            if let Ok(held) = self.by_key.find_entry(hash, |h| h.lsn == lsn) {
+                held.remove();
             }
         }
         if self.cleared.is_some_and(|l| l <= visible_lsn) {
@@ -218,6 +269,11 @@ impl Recent {
         }
         self.system.retain(|_, (l, _)| *l > visible_lsn);
     }
+}
+
+/// What keeping `h` costs: its value, its key and [`KEPT_ENTRY_BYTES`] of bookkeeping.
+fn kept_size(h: &Held) -> usize {
+    h.entry.as_ref().map_or(0, Typed::memory_bytes) + h.key.len() + KEPT_ENTRY_BYTES
 }
 
 impl Seq {
@@ -353,8 +409,7 @@ mod tests {
         assert!(seq
             .recent
             .by_key
-            .keys()
-            .all(|k| *k == key && !within(k, &request)));
-        assert!(seq.recent.kept.iter().all(|(_, k, _)| !within(k, &request)));
+            .iter()
+            .all(|h| h.key == key && !within(&h.key, &request)));
     }
 }
