@@ -147,9 +147,31 @@ impl Completion {
     }
 }
 
+/// The records of one append, to be written together: one, the common case, without a vector
+/// of its own (an allocation less per write), or a batch.
+enum Records {
+    One(Vec<u8>),
+    Batch(Vec<Vec<u8>>),
+}
+
+impl Records {
+    fn as_slice(&self) -> &[Vec<u8>] {
+        match self {
+            Records::One(r) => std::slice::from_ref(r),
+            Records::Batch(b) => b,
+        }
+    }
+}
+
+impl Default for Records {
+    fn default() -> Records {
+        Records::Batch(Vec::new())
+    }
+}
+
 enum Item {
     Append {
-        records: Vec<Vec<u8>>,
+        records: Records,
         first_lsn: Lsn,
         done: Arc<Completion>,
     },
@@ -361,15 +383,9 @@ impl Shared {
         Ok(bytes)
     }
 
-    fn push(
-        &self,
-        q: &mut Queue,
-        records: Vec<Vec<u8>>,
-        bytes: usize,
-        done: Arc<Completion>,
-    ) -> Ticket {
+    fn push(&self, q: &mut Queue, records: Records, bytes: usize, done: Arc<Completion>) -> Ticket {
         let first = q.next_lsn;
-        let last = first + records.len() as u64 - 1;
+        let last = first + records.as_slice().len() as u64 - 1;
         q.next_lsn = last + 1;
         q.bytes += bytes;
         q.items.push(Item::Append {
@@ -493,7 +509,7 @@ pub struct AppendFuture {
 }
 
 enum AppendState {
-    Queue(Vec<Vec<u8>>, usize),
+    Queue(Records, usize),
     Wait(Ticket),
     Failed(Option<Error>),
 }
@@ -985,23 +1001,23 @@ impl Wal {
     /// Queues one record and returns at once with a [`Ticket`]. Blocks only while the queue is
     /// full (backpressure), never on a sync.
     pub fn submit(&self, record: Vec<u8>) -> Result<Ticket> {
-        self.submit_batch(vec![record])
+        self.submit_records(Records::One(record), Completion::new())
     }
 
     /// Queues an atomic batch; see [`Wal::submit`].
     pub fn submit_batch(&self, records: Vec<Vec<u8>>) -> Result<Ticket> {
-        self.submit_batch_to(records, Completion::new())
+        self.submit_records(Records::Batch(records), Completion::new())
     }
 
     /// [`Wal::submit`], delivering the acknowledgement to `done`, a fresh [`Completion`] (one
     /// already completed never hears of the append). On an error `done` is left alone.
     pub fn submit_to(&self, record: Vec<u8>, done: Arc<Completion>) -> Result<Ticket> {
-        self.submit_batch_to(vec![record], done)
+        self.submit_records(Records::One(record), done)
     }
 
-    fn submit_batch_to(&self, records: Vec<Vec<u8>>, done: Arc<Completion>) -> Result<Ticket> {
+    fn submit_records(&self, records: Records, done: Arc<Completion>) -> Result<Ticket> {
         let s = &self.shared;
-        let bytes = s.batch_bytes(&records)?;
+        let bytes = s.batch_bytes(records.as_slice())?;
         let mut q = lock(&s.queue);
         loop {
             q.check_open()?;
@@ -1024,12 +1040,16 @@ impl Wal {
 
     /// Appends one record without blocking the calling thread, for async code.
     pub fn append_async(&self, record: Vec<u8>) -> AppendFuture {
-        self.append_batch_async(vec![record])
+        self.append_records_async(Records::One(record))
     }
 
     /// Appends an atomic batch without blocking the calling thread, for async code.
     pub fn append_batch_async(&self, records: Vec<Vec<u8>>) -> AppendFuture {
-        let state = match self.shared.batch_bytes(&records) {
+        self.append_records_async(Records::Batch(records))
+    }
+
+    fn append_records_async(&self, records: Records) -> AppendFuture {
+        let state = match self.shared.batch_bytes(records.as_slice()) {
             Ok(bytes) => AppendState::Queue(records, bytes),
             Err(e) => AppendState::Failed(Some(e)),
         };
@@ -1424,6 +1444,7 @@ impl Writer {
                 debug_assert_eq!(first_lsn, self.next_lsn, "queue and writer agree on LSNs");
                 let keyring = self.shared.opts.keyring.clone();
                 let over = self.shared.opts.seal_bytes();
+                let records = records.as_slice();
                 let need: u64 = records
                     .iter()
                     .map(|r| frame_bytes(r.len() + over) as u64)
