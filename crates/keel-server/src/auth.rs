@@ -23,7 +23,8 @@
 //! Passwords never reach a log or an error message, and neither do rejected user names (people
 //! type passwords into user name fields).
 
-use std::collections::HashMap;
+/// Hashed with foldhash: the users are looked in at every command.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::fmt;
 use std::io::{IsTerminal, Read};
 
@@ -131,7 +132,7 @@ impl Users {
     /// Builds the user table from `requirepass` and the config file's `[[users]]`. Errors name
     /// the offending user and say what to change; they never contain a password or hash.
     pub fn new(requirepass: Option<String>, users: &[UserConfig]) -> anyhow::Result<Users> {
-        let mut accounts = HashMap::new();
+        let mut accounts = HashMap::default();
         for (i, u) in users.iter().enumerate() {
             check_user_name(&u.name).with_context(|| format!("[[users]] entry {}", i + 1))?;
             let hash = parse_sha256_hex(&u.password_sha256).with_context(|| {

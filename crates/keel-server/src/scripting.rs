@@ -19,7 +19,8 @@
 
 mod lua_struct;
 
-use std::collections::HashMap;
+/// Hashed with foldhash: the script cache is looked in at every EVALSHA.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -191,7 +192,7 @@ impl Scripts {
         Scripts {
             vm: Mutex::new(Vm {
                 lua,
-                cache: HashMap::new(),
+                cache: HashMap::default(),
             }),
             functions: Mutex::new(
                 compile_libraries(&Libraries::new()).expect("no libraries compile"),
@@ -257,6 +258,10 @@ impl Scripts {
 
     /// Waits until no script runs.
     pub async fn idle(&self) {
+        // Nearly always: nothing runs, and no waiter need be made.
+        if !self.flags.running.load(Ordering::SeqCst) {
+            return;
+        }
         loop {
             let notified = self.done.notified();
             if self.running().is_none() {

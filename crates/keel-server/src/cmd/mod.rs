@@ -14,7 +14,8 @@
 //! into one engine transaction) and KEEL.IDEM (whose reply is rendered again from the outcome the
 //! engine stored, so a retry after a restart gets the same reply).
 
-use std::collections::HashMap;
+/// Hashed with foldhash: the command table is looked in at every command.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::LazyLock;
 
 use bytes::Bytes;
@@ -404,6 +405,31 @@ pub fn flags(spec: &Command, args: &[Bytes]) -> Flags {
 /// The command a client named, in any case.
 pub fn lookup(name: &str) -> Option<&'static Command> {
     find(name.as_bytes()).map(|i| COMMANDS[i])
+}
+
+/// Of the command at `index` in [`COMMANDS`], whether Redis flags it `noscript` (no script may
+/// call it) and `may_replicate` (no read-only script may): read once per command, not split out
+/// of its flags at every `redis.call`.
+pub fn script_flags(index: usize) -> ScriptFlags {
+    static FLAGS: LazyLock<Vec<ScriptFlags>> = LazyLock::new(|| {
+        (COMMANDS.iter())
+            .map(|c| {
+                let has = |f: &str| c.redis_flags.split(' ').any(|g| g == f);
+                ScriptFlags {
+                    noscript: has("noscript"),
+                    may_replicate: has("may_replicate"),
+                }
+            })
+            .collect()
+    });
+    FLAGS[index]
+}
+
+/// See [`script_flags`].
+#[derive(Clone, Copy, Debug)]
+pub struct ScriptFlags {
+    pub noscript: bool,
+    pub may_replicate: bool,
 }
 
 /// The index in [`COMMANDS`] of the command a client named, in any case: one hash lookup.

@@ -173,21 +173,22 @@ impl<'s, 't> ScriptCaller<'s, 't> {
 
 impl Caller for ScriptCaller<'_, '_> {
     fn call(&mut self, args: Vec<Bytes>) -> Reply {
-        let Some(spec) = cmd::find(&args[0]).map(|i| cmd::COMMANDS[i]) else {
+        let Some(index) = cmd::find(&args[0]) else {
             return Reply::err("ERR Unknown Redis command called from script");
         };
+        let spec = cmd::COMMANDS[index];
         if !cmd::arity_ok(spec, args.len()) {
             return Reply::err("ERR Wrong number of args calling Redis command from script");
         }
-        let redis_flag = |f: &str| spec.redis_flags.split(' ').any(|g| g == f);
+        let limits = cmd::script_flags(index);
         // Redis refuses what may replicate (PUBLISH) from a read-only script this way too.
         if self.read_only
-            && (cmd::flags(spec, &args).contains(Flags::WRITE) || redis_flag("may_replicate"))
+            && (cmd::flags(spec, &args).contains(Flags::WRITE) || limits.may_replicate)
         {
             return Reply::err("ERR Write commands are not allowed from read-only scripts.");
         }
         let publish = matches!(spec.name, "publish" | "spublish");
-        if redis_flag("noscript") || (matches!(spec.run, Run::Conn) && !publish) {
+        if limits.noscript || (matches!(spec.run, Run::Conn) && !publish) {
             return Reply::err("ERR This Redis command is not allowed from script");
         }
         // A script never waits: XREAD and XREADGROUP with BLOCK are refused (the other
