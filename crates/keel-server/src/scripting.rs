@@ -924,21 +924,22 @@ fn sandbox() -> mlua::Result<Lua> {
                 __newindex = refuse,
                 __metatable = marker,
             })
-            local env = real_setmetatable({}, {
-                __index = function(_, k)
-                    if loading then
-                        if k ~= "redis" then missing(k) end
-                        return load_redis
-                    end
-                    local v = rawget(G, k)
-                    if v == nil then missing(k) end
-                    return v
-                end,
-                __newindex = refuse,
-                __metatable = marker,
-            })
+            -- A script reads its globals through `env`, whose __index is the globals table
+            -- itself, not a function: every read of `redis`, KEYS or ARGV stays in the VM
+            -- instead of calling Lua (a script of two redis.call reads five). The globals
+            -- table refuses a name it lacks; while a library loads, __index is a function.
+            local function loading_index(_, k)
+                if k ~= "redis" then missing(k) end
+                return load_redis
+            end
+            local env_meta = {__index = G, __newindex = refuse, __metatable = marker}
+            local env = real_setmetatable({}, env_meta)
             G._G = env
-            return env, function(on) loading = on end
+            real_setmetatable(G, {__index = function(_, k) missing(k) end, __metatable = marker})
+            return env, function(on)
+                loading = on
+                env_meta.__index = on and loading_index or G
+            end
             "#,
         )
         .set_name("=sandbox")
@@ -2159,9 +2160,13 @@ mod tests {
             panic!()
         };
         assert!(
-            e.contains("Script attempted to access nonexistent global variable 'y'"),
+            e.contains("user_script:1: Script attempted to access nonexistent global variable 'y'"),
             "{e}"
         );
+        // The globals table itself refuses a missing name, for a chunk loadstring made too.
+        let r = eval("return loadstring('return z')()", &[], &[]);
+        let Reply::Error(e) = r else { panic!("{r:?}") };
+        assert!(e.contains("nonexistent global variable 'z'"), "{e}");
         let Reply::Error(e) = eval("return +", &[], &[]) else {
             panic!()
         };
