@@ -999,7 +999,10 @@ fn run_in(
     flags.resp.store(2, Ordering::SeqCst);
     let redis: Table = lua.named_registry_value("keel_redis")?;
     let caller = std::cell::RefCell::new(caller);
-    let result = lua.scope(|scope| {
+    // The run's call and pcall stay in `redis` after it, destroyed with the scope (calling one
+    // is an error): every run sets its own before the script starts, and a library's code
+    // never sees them while it loads. Taking them out cost two more protected calls a run.
+    lua.scope(|scope| {
         let call = |raise: bool| {
             let caller = &caller;
             scope.create_function(move |lua, args: MultiValue| {
@@ -1034,10 +1037,7 @@ fn run_in(
             Args::Parameters => function.call((keys, argv))?,
         };
         from_lua(&out, 0)
-    });
-    let _ = redis.raw_set("call", Value::Nil);
-    let _ = redis.raw_set("pcall", Value::Nil);
-    result
+    })
 }
 
 /// Gives a Lua state, once, what runs share through `flags`: the hook that stops a killed
