@@ -2,8 +2,11 @@
 //! under its lock. See the `sequencer` module for how it is used.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::hash::BuildHasher;
 
 use bytes::Bytes;
+use foldhash::fast::RandomState;
+use hashbrown::hash_table::{self, HashTable};
 use keel_wal::Lsn;
 
 use crate::decide::Decided;
@@ -12,9 +15,6 @@ use crate::options::Options;
 use crate::publish::Visible;
 use crate::record::{Mutation, Request};
 use crate::util::HashMap;
-use foldhash::fast::RandomState;
-use hashbrown::hash_table::{self, HashTable};
-use std::hash::BuildHasher;
 
 /// Request ids kept for retries, with the LSN of the record that holds each (P8).
 #[derive(Clone, Debug, Default)]

@@ -23,8 +23,6 @@
 //! Passwords never reach a log or an error message, and neither do rejected user names (people
 //! type passwords into user name fields).
 
-/// Hashed with foldhash: the users are looked in at every command.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::fmt;
 use std::io::{IsTerminal, Read};
 
@@ -33,6 +31,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::cmd::{self, Command, Flags};
+use crate::HashMap;
 
 pub const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 pub const NOAUTH: &str = "NOAUTH Authentication required.";

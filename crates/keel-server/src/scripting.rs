@@ -19,8 +19,6 @@
 
 mod lua_struct;
 
-/// Hashed with foldhash: the script cache is looked in at every EVALSHA.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,6 +29,7 @@ use mlua::{
 };
 
 use crate::resp::Reply;
+use crate::HashMap;
 
 /// How often (in Lua instructions) a running script looks for SCRIPT KILL.
 const KILL_CHECK_EVERY: u32 = 100_000;

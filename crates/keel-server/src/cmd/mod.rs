@@ -14,8 +14,6 @@
 //! into one engine transaction) and KEEL.IDEM (whose reply is rendered again from the outcome the
 //! engine stored, so a retry after a restart gets the same reply).
 
-/// Hashed with foldhash: the command table is looked in at every command.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::LazyLock;
 
 use bytes::Bytes;
@@ -23,6 +21,7 @@ use keel_engine::{Guard, PutIf, Read, Ttl, Write, WriteError, WriteResult};
 
 use crate::docs::Doc;
 use crate::resp::{parse_i64, Reply};
+use crate::HashMap;
 
 pub use introspect::{key_at, GetKeys, KeyFlags, Keys};
 
