@@ -277,6 +277,8 @@ async fn start_node(
             settings.bind
         );
     }
+    // Configuration errors first: a node without a CA is refused whatever its ports hold.
+    let tls = settings.tls.as_ref().map(|t| t.node_tls()).transpose()?;
     let raft_addr = SocketAddr::new(settings.bind, cs.raft_port);
     let listener = tokio::net::TcpListener::bind(raft_addr)
         .await
@@ -294,7 +296,7 @@ async fn start_node(
     cfg.log.thread_start = settings.engine.wal.thread_start;
     cfg.snapshot_every = cs.snapshot_every;
     cfg.source_ip = Some(settings.bind).filter(|ip| !ip.is_unspecified());
-    cfg.tls = settings.tls.as_ref().map(|t| t.node_tls()).transpose()?;
+    cfg.tls = tls;
     cfg.keep_behind_snapshot = (cs.snapshot_every / 10).max(1);
     tracing::info!(
         "cluster node {} opening {} (raft on {raft_addr})",

@@ -942,6 +942,52 @@ fn sigterm_drains_and_loses_nothing_acknowledged() {
     assert!(status.success());
 }
 
+/// A connection waiting for its next request, subscribed or not, closes as soon as it is
+/// killed (CLIENT KILL) or the server stops: it need not send anything to notice, and the
+/// server's drain does not wait its 30 s for it.
+#[test]
+fn idle_connections_close_at_once_when_killed_or_when_the_server_stops() {
+    let t = tempdir();
+    let srv = Server::start(&data_dir(&t), &[]);
+    // Within 20 s, less than the drain's 30: true if the server closed the connection.
+    let closes = |c: &mut Raw| {
+        c.s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut b = [0u8; 256];
+        loop {
+            match c.s.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    };
+    let mut admin = srv.raw();
+    let mut idle = srv.raw();
+    idle.send(&resp(&["CLIENT", "ID"]));
+    let line = idle.read_line();
+    let id = line.trim_start_matches(':');
+    admin.roundtrip(&resp(&["CLIENT", "KILL", "ID", id]), b":1\r\n");
+    assert!(closes(&mut idle), "the killed connection stayed open");
+    let mut waiting = srv.raw();
+    waiting.roundtrip(&resp(&["PING"]), b"+PONG\r\n");
+    let mut subscriber = srv.raw();
+    subscriber.roundtrip(
+        &resp(&["SUBSCRIBE", "ch"]),
+        b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n",
+    );
+    let log = srv.log.clone();
+    let status = srv.sigterm();
+    assert!(status.success(), "{status:?}");
+    assert!(closes(&mut waiting) && closes(&mut subscriber));
+    thread::sleep(Duration::from_millis(100)); // let the log reader catch the last line
+    let log = log.lock().unwrap();
+    assert!(!log.iter().any(|l| l.contains("still busy")), "{log:?}");
+    assert!(
+        log.iter().any(|l| l.contains("shut down cleanly")),
+        "{log:?}"
+    );
+}
+
 #[test]
 fn keel_idem_returns_the_first_reply_even_after_restart() {
     let t = tempdir();

@@ -52,6 +52,10 @@ pub enum Pushed {
     Reply(Reply),
     /// A Pub/Sub message, shared by all its subscribers.
     Message(Arc<Message>),
+    /// Nothing to write: the connection was killed or the server stops. A connection waiting
+    /// for its next request waits on its pushes alone, so that each wait does not also
+    /// register with the kill and shutdown signals (see `session`).
+    Wake,
 }
 
 /// A message many connections write: encoded once for each protocol, by the first that writes
@@ -263,6 +267,13 @@ impl Client {
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Relaxed);
         self.kill.notify_one();
+        self.wake();
+    }
+
+    /// Wakes the connection if it waits for its next request, to look at whether it was
+    /// killed or the server stops.
+    pub fn wake(&self) {
+        let _ = self.pushes.send((Pushed::Wake, 0));
     }
 
     pub fn killed(&self) -> bool {

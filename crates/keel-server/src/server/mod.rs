@@ -374,6 +374,10 @@ impl Shared {
     /// Asks the server to shut down gracefully.
     pub fn request_shutdown(&self) {
         self.shutdown.send_replace(true);
+        // A connection that registers after this sees the flag before it waits.
+        for c in self.registry.all() {
+            c.wake();
+        }
     }
 
     /// Turns true when the server starts shutting down.

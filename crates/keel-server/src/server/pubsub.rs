@@ -270,6 +270,7 @@ impl Conn {
                 self.out.extend_from_slice(m.encoded(self.proto));
             }
             Pushed::Message(m) => self.queue.push_back(Slot::Ready(m.reply.clone())),
+            Pushed::Wake => {}
         }
     }
 

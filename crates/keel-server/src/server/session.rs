@@ -14,7 +14,7 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     ),
     sh: Arc<Shared>,
 ) -> std::io::Result<()> {
-    let mut stop = sh.shutdown.subscribe();
+    let stop = sh.shutdown.subscribe();
     let client = Arc::new(client);
     let user = sh.users.initial();
     client.set_user(user.as_ref().map_or("", |u| u.0.as_str()));
@@ -166,7 +166,7 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
             )));
             return conn.flush(&mut stream).await;
         }
-        if *stop.borrow() {
+        if *stop.borrow() || conn.client.killed() {
             return Ok(());
         }
         if buf.is_empty() {
@@ -182,7 +182,8 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
         let read_started = Instant::now();
         // A subscriber waits for messages as long as it likes: no idle timeout.
         let idle_timeout = sh.settings.idle_timeout.filter(|_| conn.subs.is_none());
-        let client = conn.client.clone();
+        // A kill and a shutdown come as `Pushed::Wake`: one wait less to register each time
+        // (checked before this wait, so none is missed).
         let woke = tokio::select! {
             r = async {
                 match idle_timeout {
@@ -194,13 +195,15 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 None => return Ok(()), // idle, or a request not complete in time
             },
             message = conn.pushes.recv() => Err(message),
-            _ = stop.wait_for(|s| *s) => return Ok(()),
-            _ = client.until_killed() => return Ok(()),
         };
         // A Pub/Sub message arrived first: out it goes, and the read starts again.
         let n = match woke {
             Ok(n) => n,
             Err(message) => {
+                let client = conn.client.clone();
+                if client.killed() || *stop.borrow() {
+                    return Ok(());
+                }
                 if let Some((m, size)) = message {
                     conn.client.pushed(size);
                     conn.push_out(m);
