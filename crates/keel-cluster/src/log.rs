@@ -487,12 +487,18 @@ mod tests {
         let opts = keel_wal::Options::small_for_tests();
         let mut log = LogStore::open(&dir.path().join("raft"), opts).unwrap();
         let entries = |range: std::ops::Range<u64>| range.map(|i| blank_ent(1, 1, i)).collect();
-        // Read back from the log itself, not from the cache of recent entries.
-        let appended = |log: &LogStore, range| {
+        // Read back from the log itself, not from the cache of recent entries. An append is
+        // acknowledged once durable, and readable a moment later (`Wal::readable_lsn`): the
+        // cache lets go of it only then, as `evict` does.
+        let appended = |log: &LogStore, range: std::ops::Range<u64>| {
+            let last = log.lsn(range.end - 1);
             let acked = log.submit_entries(entries(range)).unwrap().unwrap();
             let log = log.clone();
             async move {
                 acked.await.unwrap();
+                while log.readable_lsn() < last {
+                    tokio::task::yield_now().await;
+                }
                 log.recent().entries.clear();
             }
         };

@@ -409,24 +409,24 @@ pub fn lookup(name: &str) -> Option<&'static Command> {
 /// Of the command at `index` in [`COMMANDS`], whether Redis flags it `noscript` (no script may
 /// call it) and `may_replicate` (no read-only script may): read once per command, not split out
 /// of its flags at every `redis.call`.
-pub fn script_flags(index: usize) -> ScriptFlags {
-    static FLAGS: LazyLock<Vec<ScriptFlags>> = LazyLock::new(|| {
+pub fn script_limits(index: usize) -> ScriptLimits {
+    static LIMITS: LazyLock<Vec<ScriptLimits>> = LazyLock::new(|| {
         (COMMANDS.iter())
             .map(|c| {
                 let has = |f: &str| c.redis_flags.split(' ').any(|g| g == f);
-                ScriptFlags {
+                ScriptLimits {
                     noscript: has("noscript"),
                     may_replicate: has("may_replicate"),
                 }
             })
             .collect()
     });
-    FLAGS[index]
+    LIMITS[index]
 }
 
-/// See [`script_flags`].
+/// See [`script_limits`].
 #[derive(Clone, Copy, Debug)]
-pub struct ScriptFlags {
+pub struct ScriptLimits {
     pub noscript: bool,
     pub may_replicate: bool,
 }

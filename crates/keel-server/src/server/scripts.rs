@@ -180,7 +180,7 @@ impl Caller for ScriptCaller<'_, '_> {
         if !cmd::arity_ok(spec, args.len()) {
             return Reply::err("ERR Wrong number of args calling Redis command from script");
         }
-        let limits = cmd::script_flags(index);
+        let limits = cmd::script_limits(index);
         // Redis refuses what may replicate (PUBLISH) from a read-only script this way too.
         if self.read_only
             && (cmd::flags(spec, &args).contains(Flags::WRITE) || limits.may_replicate)

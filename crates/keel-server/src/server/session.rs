@@ -183,8 +183,10 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
         // A subscriber waits for messages as long as it likes: no idle timeout.
         let idle_timeout = sh.settings.idle_timeout.filter(|_| conn.subs.is_none());
         // A kill and a shutdown come as `Pushed::Wake`: one wait less to register each time
-        // (checked before this wait, so none is missed).
+        // (checked before this wait, so none is missed). The socket first, without drawing a
+        // random number each time: the pushes are also taken after every command.
         let woke = tokio::select! {
+            biased;
             r = async {
                 match idle_timeout {
                     Some(t) => tokio::time::timeout(t.saturating_sub(waited), read).await.ok(),
