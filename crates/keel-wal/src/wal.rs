@@ -1168,7 +1168,8 @@ impl Wal {
 
     /// The last LSN [`Wal::read_from`] can reach now. The segment list is updated only after a
     /// write (and, under `Always`, its sync), so this can trail [`Wal::last_lsn`] for a moment,
-    /// and every record up to it is readable.
+    /// and every record up to it is readable. It never trails [`Wal::durable_lsn`]: a sync lists
+    /// what it covers before anyone learns it is durable.
     pub fn readable_lsn(&self) -> Lsn {
         self.shared
             .segments
@@ -1570,16 +1571,7 @@ impl Writer {
                 SyncPolicy::Interval(d) if self.last_sync.elapsed() >= d => self.sync(true)?,
                 _ => {}
             }
-            {
-                let mut segs = self
-                    .shared
-                    .segments
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner());
-                let last = segs.last_mut().expect("the active segment is listed");
-                last.last_lsn = self.written_lsn;
-                last.end_offset = self.active.offset;
-            }
+            self.list_written();
             self.publish();
         }
         // Only now, with durable_lsn published, may anyone learn that their append is done.
@@ -1659,8 +1651,19 @@ impl Writer {
         if mark && self.buf.is_empty() && lock(&self.shared.queue).items.is_empty() {
             self.write_mark(false)?;
         }
+        // Readable before anyone learns it is durable: a reader woken by this sync finds
+        // what it covers (`readable_lsn`, `read_from`).
+        self.list_written();
         self.publish();
         Ok(())
+    }
+
+    /// Lists every record written as readable: the active segment's last LSN and end.
+    fn list_written(&self) {
+        let mut segs = (self.shared.segments.write()).unwrap_or_else(|p| p.into_inner());
+        let last = segs.last_mut().expect("the active segment is listed");
+        last.last_lsn = self.written_lsn;
+        last.end_offset = self.active.offset;
     }
 
     /// Writes a mark after the last frame, saying that everything up to `durable_lsn` is

@@ -83,6 +83,35 @@ fn concurrent_writers_every_ack_survives_reopen() {
     );
 }
 
+/// A durable append is readable at once: once `wait_durable` (or `acked`, or `durable_lsn`)
+/// says so, `readable_lsn` covers it and `read_from` finds it. The log once published a sync's
+/// durability a moment before it listed the records as readable, and a reader woken by it
+/// could find nothing (keel-cluster's raft log test caught it under load).
+#[test]
+fn a_durable_append_is_readable_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), small()).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u8 {
+            let wal = &wal;
+            s.spawn(move || {
+                for i in 0..400u32 {
+                    let record = [&[t][..], &i.to_le_bytes()].concat();
+                    let lsn = *wal.submit(record.clone()).unwrap().lsns().start();
+                    wal.wait_durable(lsn).unwrap();
+                    assert!(
+                        wal.readable_lsn() >= lsn,
+                        "LSN {lsn} durable, readable only up to {}",
+                        wal.readable_lsn()
+                    );
+                    let first = wal.read_from(lsn).unwrap().next();
+                    assert_eq!(first.map(|r| r.unwrap().payload), Some(record));
+                }
+            });
+        }
+    });
+}
+
 #[test]
 fn appends_continue_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
