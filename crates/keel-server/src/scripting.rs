@@ -843,7 +843,8 @@ fn sandbox() -> mlua::Result<Lua> {
         g.raw_set(name, Value::Nil)?;
     }
     let redis = redis_library(&lua)?;
-    // The real table, where each run sets `call` and `pcall`; scripts see a read-only view.
+    // The real table (its `call` and `pcall` are set by the sandbox below); scripts see a
+    // read-only view.
     lua.set_named_registry_value("keel_redis", redis.clone())?;
     g.raw_set("redis", redis)?;
     g.raw_set("bit", bit_library(&lua)?)?;
