@@ -1566,13 +1566,15 @@ impl Writer {
                     done.complete(Ok(lsn));
                 }
             }
+            // A sync lists and publishes what it covers; without one, the write is listed here.
             match self.shared.opts.sync_policy {
                 SyncPolicy::Always => self.sync(true)?,
                 SyncPolicy::Interval(d) if self.last_sync.elapsed() >= d => self.sync(true)?,
-                _ => {}
+                _ => {
+                    self.list_written();
+                    self.publish();
+                }
             }
-            self.list_written();
-            self.publish();
         }
         // Only now, with durable_lsn published, may anyone learn that their append is done.
         // Tasks are woken here; blocked threads, if there are more than a few, by the ack

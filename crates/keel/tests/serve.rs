@@ -964,8 +964,8 @@ fn idle_connections_close_at_once_when_killed_or_when_the_server_stops() {
     let mut admin = srv.raw();
     let mut idle = srv.raw();
     idle.send(&resp(&["CLIENT", "ID"]));
-    let line = idle.read_line();
-    let id = line.trim_start_matches(':');
+    let reply = String::from_utf8(read_reply(&mut idle)).unwrap();
+    let id = reply.trim_start_matches(':').trim_end();
     admin.roundtrip(&resp(&["CLIENT", "KILL", "ID", id]), b":1\r\n");
     assert!(closes(&mut idle), "the killed connection stayed open");
     let mut waiting = srv.raw();

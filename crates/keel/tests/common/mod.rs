@@ -199,17 +199,6 @@ impl<S: Read + Write> Raw<S> {
     }
 
     /// Reads whatever arrives until the server closes the connection.
-    /// Reads one line, up to and without its CRLF.
-    pub fn read_line(&mut self) -> String {
-        let mut line = Vec::new();
-        let mut b = [0u8];
-        while !line.ends_with(b"\r\n") && self.s.read(&mut b).unwrap() == 1 {
-            line.push(b[0]);
-        }
-        line.truncate(line.len().saturating_sub(2));
-        String::from_utf8(line).unwrap()
-    }
-
     pub fn read_to_close(&mut self) -> Vec<u8> {
         let mut v = Vec::new();
         let _ = self.s.read_to_end(&mut v);
