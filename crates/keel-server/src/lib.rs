@@ -4,7 +4,7 @@
 //! readers see only durable state (P10); a client can make a write retryable with
 //! `KEEL.IDEM` (P8); every input has a bound (P11). See [`server`] for how a connection
 //! pipelines, and [`resp`] for the parser.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod acl;
 pub mod audit;
