@@ -14,7 +14,7 @@ use crate::keyspace::{
 use crate::record::Mutation;
 use crate::sort;
 use crate::table::{ListValue, SetValue, StreamGroup, StreamValue, ValueRef, ZSetValue};
-use crate::util::{HashMap, Pick};
+use crate::util::{int_text, HashMap, Pick};
 use crate::zsets::{self, format_score, zset_combine};
 
 use crate::types::{
@@ -416,7 +416,7 @@ fn decide_one<S: Decided>(
                     Some(new) => {
                         m.push(Mutation::Set {
                             key,
-                            value: Bytes::from(new.to_string()),
+                            value: int_text(new),
                             expires_at_ms: old.and_then(|(_, t)| t),
                         });
                         WriteResult::Int(new)
@@ -605,7 +605,7 @@ fn decide_one<S: Decided>(
                 Some(cur) => match cur.checked_add(by) {
                     None => WriteResult::Failed(WriteError::Overflow),
                     Some(new) => {
-                        let pairs = vec![(field, Bytes::from(new.to_string()))];
+                        let pairs = vec![(field, int_text(new))];
                         m.push(Mutation::HashSet { key, create, pairs });
                         WriteResult::Int(new)
                     }
@@ -1579,7 +1579,7 @@ fn decide_one<S: Decided>(
             }
             let mut out = Vec::new();
             if let Some(c) = cursor {
-                out.push(Some(Bytes::from(c.to_string())));
+                out.push(Some(c.to_bytes()));
             }
             out.append(&mut claimed);
             if !taken.is_empty() {

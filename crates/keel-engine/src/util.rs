@@ -10,6 +10,11 @@ use bytes::Bytes;
 /// short keys and is seeded at random per map, so clients cannot aim collisions at it.
 pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// An integer's decimal text.
+pub(crate) fn int_text(i: impl itoa::Integer) -> Bytes {
+    Bytes::copy_from_slice(itoa::Buffer::new().format(i).as_bytes())
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -153,7 +153,7 @@ pub(crate) fn canonical_i64(b: &[u8]) -> Option<i64> {
     }
     let s = std::str::from_utf8(b).ok()?;
     let v: i64 = s.parse().ok()?;
-    (v.to_string().as_bytes() == b).then_some(v)
+    (itoa::Buffer::new().format(v).as_bytes() == b).then_some(v)
 }
 
 #[cfg(test)]

@@ -145,7 +145,7 @@ impl SetValue {
                 if fits {
                     let mut buf = Vec::new();
                     for v in ints.iter() {
-                        packed::push_element(&mut buf, v.to_string().as_bytes());
+                        packed::push_element(&mut buf, itoa::Buffer::new().format(v).as_bytes());
                     }
                     let len = ints.len();
                     self.0 = Repr::Packed { buf, len };
@@ -227,7 +227,10 @@ impl SetValue {
         let len = self.len() as u64;
         match &self.0 {
             Repr::Ints(i) => Some(Cow::Owned(
-                i.get((rand() % len) as usize).to_string().into_bytes(),
+                itoa::Buffer::new()
+                    .format(i.get((rand() % len) as usize))
+                    .as_bytes()
+                    .to_vec(),
             )),
             Repr::Packed { buf, .. } => Elements::new(buf)
                 .nth((rand() % len) as usize)
@@ -325,7 +328,9 @@ impl<'a> Iterator for SetIter<'a> {
             IterRepr::Ints(set, i) => {
                 let v = (*i < set.len()).then(|| set.get(*i))?;
                 *i += 1;
-                Some(Cow::Owned(v.to_string().into_bytes()))
+                Some(Cow::Owned(
+                    itoa::Buffer::new().format(v).as_bytes().to_vec(),
+                ))
             }
             IterRepr::Packed(e) => e.next().map(Cow::Borrowed),
             IterRepr::Table(t) => t.next().map(|m| Cow::Borrowed(&m[..])),
