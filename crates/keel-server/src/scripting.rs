@@ -1131,16 +1131,10 @@ impl Arg<'_> {
         }
     }
 
-    /// A number as a command gets it: a whole one as an integer (mlua's `Value::Integer`),
-    /// another as Lua prints it.
+    /// A number as Redis 7.2 passes it to a command: C's `%.17g`, the shortest text that
+    /// reads back as the same double in most cases (Lua's own `tostring` keeps 14 digits).
     fn number(n: f64) -> Arg<'static> {
-        const BOUND: f64 = 9_223_372_036_854_775_808.0; // 2^63
-        let text = if (-BOUND..BOUND).contains(&n) && ((n as i64) as f64).to_bits() == n.to_bits() {
-            (n as i64).to_string()
-        } else {
-            lua_number(n)
-        };
-        Arg::Owned(text.into_bytes())
+        Arg::Owned(printf_g(n, 17).into_bytes())
     }
 }
 
@@ -1211,9 +1205,14 @@ impl FromLuaMulti for CallArgs {
     }
 }
 
-/// A number as Lua 5.1's `tostring` writes it: C's `%.14g`, 14 significant digits, in
-/// exponent form below 1e-4 and from 1e14.
+/// A number as Lua 5.1's `tostring` writes it: C's `%.14g`.
 pub(crate) fn lua_number(n: f64) -> String {
+    printf_g(n, 14)
+}
+
+/// C's `%.{digits}g`: `digits` significant digits, trailing zeros dropped, in exponent form
+/// below 1e-4 and from 10^digits.
+fn printf_g(n: f64, digits: usize) -> String {
     if !n.is_finite() {
         return match (n.is_nan(), n.is_sign_negative()) {
             (true, false) => "nan",
@@ -1223,8 +1222,8 @@ pub(crate) fn lua_number(n: f64) -> String {
         }
         .into();
     }
-    // Rounded to 14 digits first: the exponent is the rounded number's (9.99999999999999 is 10).
-    let scientific = format!("{n:.13e}");
+    // Rounded to `digits` first: the exponent is the rounded number's (9.99...9 is 10).
+    let scientific = format!("{n:.*e}", digits - 1);
     let (mantissa, exponent) = scientific.split_once('e').expect("{:e} has an exponent");
     let exponent: i32 = exponent.parse().expect("{:e}'s exponent is a number");
     // Trailing zeros of a fraction go, and then a bare point.
@@ -1235,8 +1234,12 @@ pub(crate) fn lua_number(n: f64) -> String {
             s.to_string()
         }
     };
-    if (-4..14).contains(&exponent) {
-        trim(&format!("{:.*}", (13 - exponent) as usize, n))
+    if (-4..digits as i32).contains(&exponent) {
+        trim(&format!(
+            "{:.*}",
+            (digits as i32 - 1 - exponent) as usize,
+            n
+        ))
     } else {
         let sign = if exponent < 0 { '-' } else { '+' };
         format!("{}e{sign}{:02}", trim(mantissa), exponent.abs())
@@ -2258,17 +2261,22 @@ mod tests {
         );
     }
 
-    /// Numbers passed to redis.call: whole ones as integers, others as Lua prints them; strings
-    /// byte for byte; anything else refused with Redis's error.
+    /// Numbers passed to redis.call: as Redis 7.2 writes them (`%.17g`; checked against
+    /// redis-server 7.0.15, which does the same); strings byte for byte; anything else
+    /// refused with Redis's error.
     #[test]
     fn call_arguments_follow_redis() {
         assert_eq!(
             eval(
-                "return redis.call('x', 5, -7, 2^53, 0.1 + 0.2, 1e300, 1e-7, 2.5, KEYS[1], '')",
+                "return redis.call('x', 5, -7, 2^53, 0.1 + 0.2, 1e300, 1e-7, 2.5, -0.0, 2^60, KEYS[1], '')",
                 &["k\0\x01"],
                 &[]
             ),
-            Reply::Bulk("x 5 -7 9007199254740992 0.3 1e+300 1e-07 2.5 k\0\x01 ".into())
+            Reply::Bulk(
+                "x 5 -7 9007199254740992 0.30000000000000004 1.0000000000000001e+300 \
+                 9.9999999999999995e-08 2.5 -0 1.152921504606847e+18 k\0\x01 "
+                    .into()
+            )
         );
         for call in ["redis.call", "redis.pcall"] {
             for args in ["'set', {}", "'set', nil", "'set', true", "redis.call"] {
@@ -2310,7 +2318,10 @@ mod tests {
         ]);
         let CallArgs { raise, args } = CallArgs::from_lua_multi(values, &lua).unwrap();
         assert!(raise);
-        assert_eq!(args, ["k\0\x01", "-7", "2.5", "1e+300"].map(Bytes::from));
+        assert_eq!(
+            args,
+            ["k\0\x01", "-7", "2.5", "1.0000000000000001e+300"].map(Bytes::from)
+        );
         let table = Value::Table(lua.create_table().unwrap());
         let refused = MultiValue::from_vec(vec![Value::Boolean(false), table]);
         assert!(CallArgs::from_lua_multi(refused, &lua).is_err());
