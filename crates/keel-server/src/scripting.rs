@@ -1134,6 +1134,11 @@ impl Arg<'_> {
     /// A number as Redis 7.2 passes it to a command: C's `%.17g`, the shortest text that
     /// reads back as the same double in most cases (Lua's own `tostring` keeps 14 digits).
     fn number(n: f64) -> Arg<'static> {
+        // A whole number below 1e17 has the same text as an integer (-0 aside), without
+        // core::fmt: scripts pass counts, TTLs and timestamps.
+        if n.fract() == 0.0 && n.abs() < 1e17 && !(n == 0.0 && n.is_sign_negative()) {
+            return Arg::Owned(itoa::Buffer::new().format(n as i64).as_bytes().to_vec());
+        }
         Arg::Owned(printf_g(n, 17).into_bytes())
     }
 }
