@@ -133,6 +133,33 @@ unsafe impl GlobalAlloc for Counting {
 mod tests {
     use super::*;
 
+    /// Every layout gets a block of its alignment, whichever of mimalloc's calls serves it,
+    /// and a reallocation keeps the bytes and the alignment.
+    #[test]
+    #[allow(unsafe_code)]
+    fn blocks_have_the_alignment_their_layouts_ask_for() {
+        for align in [1, 2, 4, 8, 16, 32, 64, 4096] {
+            for size in (1..=96).chain([127, 1000, 1024, 1025, 4000, 70_000, 1 << 20]) {
+                let layout = Layout::from_size_align(size, align).unwrap();
+                // SAFETY: a layout of non-zero size; each block is freed with its own layout.
+                unsafe {
+                    let p = Counting.alloc(layout);
+                    assert!(!p.is_null());
+                    assert_eq!(p as usize % align, 0, "alloc({size}, {align})");
+                    std::ptr::write_bytes(p, 0xa5, size);
+                    let grown = Counting.realloc(p, layout, size * 3);
+                    assert_eq!(grown as usize % align, 0, "realloc({size}, {align})");
+                    assert!((0..size).all(|i| *grown.add(i) == 0xa5));
+                    Counting.dealloc(grown, Layout::from_size_align(size * 3, align).unwrap());
+                    let z = Counting.alloc_zeroed(layout);
+                    assert_eq!(z as usize % align, 0, "alloc_zeroed({size}, {align})");
+                    assert!((0..size).all(|i| *z.add(i) == 0));
+                    Counting.dealloc(z, layout);
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_sum_follows_what_threads_allocate_and_free_even_across_threads() {
         // This binary's allocator is the counting one. Other tests allocate meanwhile, so the
