@@ -19,13 +19,12 @@
 
 mod lua_struct;
 
+use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use std::ffi::c_int;
-
 use mlua::{
     ffi, FromLuaMulti, Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Table, Value,
     Variadic, VmState,
@@ -1131,8 +1130,8 @@ impl Arg<'_> {
         }
     }
 
-    /// A number as Redis 7.2 passes it to a command: C's `%.17g`, the shortest text that
-    /// reads back as the same double in most cases (Lua's own `tostring` keeps 14 digits).
+    /// A number as Redis 7.2 passes it to a command: C's `%.17g`, enough digits to read back
+    /// the same double (Lua's own `tostring` keeps 14).
     fn number(n: f64) -> Arg<'static> {
         // A whole number below 1e17 has the same text as an integer (-0 aside), without
         // core::fmt: scripts pass counts, TTLs and timestamps.
@@ -1167,7 +1166,8 @@ impl FromLuaMulti for CallArgs {
         let args = values
             .map(|v| match v {
                 Value::String(s) => Ok(Arg::Owned(s.as_bytes().to_vec())),
-                Value::Integer(i) => Ok(Arg::Owned(i.to_string().into_bytes())),
+                // Lua 5.1 has only doubles: mlua's integers are whole ones among them.
+                Value::Integer(i) => Ok(Arg::number(*i as f64)),
                 Value::Number(n) => Ok(Arg::number(*n)),
                 _ => Err(bad_argument()),
             })
@@ -2318,6 +2318,7 @@ mod tests {
             Value::Boolean(true),
             Value::String(lua.create_string(b"k\0\x01").unwrap()),
             Value::Integer(-7),
+            Value::Integer(1 << 60),
             Value::Number(2.5),
             Value::Number(1e300),
         ]);
@@ -2325,7 +2326,14 @@ mod tests {
         assert!(raise);
         assert_eq!(
             args,
-            ["k\0\x01", "-7", "2.5", "1.0000000000000001e+300"].map(Bytes::from)
+            [
+                "k\0\x01",
+                "-7",
+                "1.152921504606847e+18",
+                "2.5",
+                "1.0000000000000001e+300"
+            ]
+            .map(Bytes::from)
         );
         let table = Value::Table(lua.create_table().unwrap());
         let refused = MultiValue::from_vec(vec![Value::Boolean(false), table]);
