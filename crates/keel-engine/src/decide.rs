@@ -1152,12 +1152,7 @@ fn decide_one<S: Decided>(
             let mut new = old.as_deref().unwrap_or_default().to_vec();
             let results = bits::bitfield_apply(&mut new, &ops);
             m.extend(bits::diff_write(key, old.as_deref(), &new));
-            WriteResult::Values(
-                results
-                    .into_iter()
-                    .map(|r| r.map(|x| Bytes::from(x.to_string())))
-                    .collect(),
-            )
+            WriteResult::Values(results.into_iter().map(|r| r.map(int_text)).collect())
         }
         Write::Sort { spec, store } => {
             let lookup = |k: &[u8]| work.live(k).map(|e| e.value);

@@ -21,7 +21,7 @@ use crate::table::{
     Table, Value, ValueMut, ValueRef, ZSetValue, KEYS_PER_SHARD_TARGET,
 };
 use crate::types::{live_at, Entry, Read, WriteError, WriteResult};
-use crate::util::{scan_result, Copies, HashMap, Pick};
+use crate::util::{int_text, scan_result, Copies, HashMap, Pick};
 use crate::{bits, zsets};
 
 /// A value of any type: a string, or a collection in the table's encoding.
@@ -439,15 +439,15 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
                 let Some(x) = x else {
                     return WriteResult::Failed(WriteError::NoSuchKey);
                 };
-                let num = |n: usize| Some(Bytes::from(n.to_string()));
+                let num = |n: usize| Some(int_text(n));
                 let mut out = Vec::with_capacity(6 * x.groups.len());
                 for (name, g) in &x.groups {
                     out.push(Some(name.clone()));
                     out.push(num(g.consumers.len()));
                     out.push(num(g.pending.len()));
                     out.push(Some(g.last_id.to_bytes()));
-                    out.push(g.entries_read.map(|n| Bytes::from(n.to_string())));
-                    out.push(x.lag(g).map(|n| Bytes::from(n.to_string())));
+                    out.push(g.entries_read.map(int_text));
+                    out.push(x.lag(g).map(int_text));
                 }
                 WriteResult::Values(out)
             }
@@ -458,7 +458,7 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
                 let Some(g) = x.groups.get(group) else {
                     return WriteResult::Failed(WriteError::NoGroup);
                 };
-                let num = |n: u64| Some(Bytes::from(n.to_string()));
+                let num = |n: u64| Some(int_text(n));
                 let mut out = Vec::with_capacity(4 * g.consumers.len());
                 for (name, c) in &g.consumers {
                     out.push(Some(name.clone()));
@@ -472,7 +472,7 @@ pub(crate) fn eval_read(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
                 let Some(g) = x.and_then(|x| x.groups.get(group)) else {
                     return WriteResult::Failed(WriteError::NoGroup);
                 };
-                let num = |n: u64| Some(Bytes::from(n.to_string()));
+                let num = |n: u64| Some(int_text(n));
                 let id = |id: &StreamId| Some(id.to_bytes());
                 let Some(r) = range else {
                     let mut out = vec![num(g.pending.len() as u64)];
@@ -666,7 +666,7 @@ fn eval_list_read(list: &ListValue, op: &Read) -> WriteResult {
                     if skip > 0 {
                         skip -= 1;
                     } else {
-                        found.push(Some(Bytes::from(i.to_string())));
+                        found.push(Some(int_text(i)));
                     }
                 }
                 found.len() < want
@@ -1622,7 +1622,7 @@ pub(crate) fn stream_range_is_empty(start: Bound<StreamId>, end: Bound<StreamId>
 /// XINFO STREAM FULL's groups, as [`Read::StreamInfo`] lays them out; at most `n` pending
 /// entries listed per group and per consumer.
 fn info_groups(x: &StreamValue, n: usize, out: &mut Vec<Option<Bytes>>) {
-    let num = |n: u64| Some(Bytes::from(n.to_string()));
+    let num = |n: u64| Some(int_text(n));
     let id = |id: &StreamId| Some(id.to_bytes());
     for (name, g) in &x.groups {
         out.push(Some(name.clone()));

@@ -16,7 +16,7 @@ use crate::seq::Requests;
 use crate::sequencer::Sequencer;
 use crate::snapshot::{self, SnapshotHeader};
 use crate::types::Entry;
-use crate::util::now_ms;
+use crate::util::{int_text, now_ms};
 
 /// The point a restore rebuilds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -447,7 +447,7 @@ pub fn rekey(dir: impl AsRef<Path>, opts: &Options) -> Result<Vec<std::path::Pat
         Vec::new(),
         vec![crate::Write::System {
             key: Bytes::from_static(b"rekey.at_ms"),
-            value: Bytes::from(now.to_string()),
+            value: int_text(now),
         }],
     )?;
     let newest = engine.checkpoint()?;

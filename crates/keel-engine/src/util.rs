@@ -89,7 +89,7 @@ pub(crate) fn scan_result(scan: impl FnOnce(&mut Copies) -> u64) -> crate::Write
     found.push(b"");
     let next = scan(&mut found);
     let mut v = found.finish();
-    v[0] = Some(Bytes::from(next.to_string()));
+    v[0] = Some(int_text(next));
     crate::WriteResult::Values(v)
 }
 

@@ -12,7 +12,7 @@ use crate::table::{ValueRef, ZSetValue};
 use crate::types::{
     Aggregate, LexBound, PutIf, Read, SetOp, WriteError, WriteResult, ZCmp, ZRange,
 };
-use crate::util::{scan_result, Copies, HashMap, Pick};
+use crate::util::{int_text, scan_result, Copies, HashMap, Pick};
 
 /// A score as Redis 7.2 replies with it (its `d2string`): `0` or `-0`; a whole number of
 /// magnitude up to 2^62 as an integer; otherwise the shortest digits that read back as the same
@@ -189,7 +189,7 @@ pub(crate) fn eval(value: Option<ValueRef<'_>>, op: &Read) -> WriteResult {
         Read::ZRank { member, rev } => match (z.rank(member), z.score(member)) {
             (Some(r), Some(s)) => {
                 let r = if *rev { z.len() - 1 - r } else { r };
-                WriteResult::Values(vec![Some(Bytes::from(r.to_string())), score_text(s)])
+                WriteResult::Values(vec![Some(int_text(r)), score_text(s)])
             }
             _ => WriteResult::Value(None),
         },
