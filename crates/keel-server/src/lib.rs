@@ -4,8 +4,9 @@
 //! readers see only durable state (P10); a client can make a write retryable with
 //! `KEEL.IDEM` (P8); every input has a bound (P11). See [`server`] for how a connection
 //! pipelines, and [`resp`] for the parser.
-// Denied, not forbidden: one method reads a script's redis.call arguments off Lua's stack
-// through its C API (`scripting::CallArgs`).
+// Denied, not forbidden, for two places in `scripting`: one method reads a script's
+// redis.call arguments off Lua's stack through its C API (`CallArgs`), and `redis.call`, one
+// function for every run, reaches the run's caller through a pointer (`make_call`).
 #![deny(unsafe_code)]
 
 pub mod acl;

@@ -19,6 +19,7 @@
 
 mod lua_struct;
 
+use std::cell::{Cell, RefCell};
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -964,7 +965,11 @@ fn sandbox() -> mlua::Result<Lua> {
     let (env, set_loading, script, function) = env;
     lua.set_named_registry_value("keel_env", env)?;
     lua.set_named_registry_value("keel_set_loading", set_loading)?;
-    lua.set_app_data(Runners { script, function });
+    lua.set_app_data(Runners {
+        script,
+        function,
+        call: None,
+    });
     Ok(lua)
 }
 
@@ -981,6 +986,39 @@ enum Args {
 struct Runners {
     script: Function,
     function: Function,
+    /// The run's `call` (see [`make_call`]), made once by [`prepare`].
+    call: Option<Function>,
+}
+
+/// A run's caller as `redis.call` reaches it.
+type RunCaller<'c> = RefCell<&'c mut dyn Caller>;
+
+thread_local! {
+    /// The caller of the run this thread is in (a [`RunCaller`]), which `redis.call` reaches;
+    /// null outside runs. Set only by [`Entered`]. Per thread, because a Lua state calls its
+    /// Rust functions on the thread that called into it, the one whose run they serve.
+    static CALLER: Cell<*const ()> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Makes a run's caller this thread's [`CALLER`] while it lives, and puts back the one before
+/// when dropped, unwinding included.
+struct Entered {
+    before: *const (),
+}
+
+impl Entered {
+    fn new(caller: &RunCaller<'_>) -> Entered {
+        let p = std::ptr::from_ref(caller).cast::<()>();
+        Entered {
+            before: CALLER.replace(p),
+        }
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        CALLER.set(self.before);
+    }
 }
 
 fn run_in(
@@ -1018,43 +1056,64 @@ fn run_in(
         j.reset();
     }
     flags.resp.store(2, Ordering::SeqCst);
-    let runner = {
+    let (runner, call) = {
         let runners = (lua.app_data_ref::<Runners>()).expect("the sandbox keeps its runners");
-        match args {
+        let runner = match args {
             Args::Globals => runners.script.clone(),
             Args::Parameters => runners.function.clone(),
-        }
+        };
+        (runner, runners.call.clone().expect("prepared above"))
     };
-    let caller = std::cell::RefCell::new(caller);
-    // One Rust function a run, destroyed with the scope: `redis.call` and `redis.pcall` call
-    // it (see `sandbox`) and say whether an error reply raises. Calling it after its run
-    // ended is an error. Two functions set as fields of `redis` cost some 5,000 more
-    // instructions a run.
-    lua.scope(|scope| {
-        let call = scope.create_function(|lua, CallArgs { raise, args }| {
-            // A call may write: SCRIPT KILL cannot stop the script while it runs.
-            let state = &flags.state;
-            let entered =
-                match state.compare_exchange(FREE, IN_CALL, Ordering::SeqCst, Ordering::SeqCst) {
-                    Ok(_) => true,
-                    Err(KILLED) => return Err(mlua::Error::runtime(KILLED_ERROR)),
-                    Err(_) => false, // it wrote before: nothing can stop it now
-                };
-            let mut c = caller.borrow_mut();
-            let reply = c.call(args);
-            if entered {
-                state.store(if c.wrote() { WROTE } else { FREE }, Ordering::SeqCst);
+    let caller: RunCaller<'_> = RefCell::new(caller);
+    let _entered = Entered::new(&caller);
+    let out: Value = runner.call((call, function, keys, argv))?;
+    from_lua(&out, 0)
+}
+
+/// The function `redis.call` and `redis.pcall` call (see `sandbox`), with whether an error
+/// reply raises: one for every run of a Lua state, reaching the run's caller through
+/// [`CALLER`]. (A function made for each run in an mlua scope, which makes the borrow safe
+/// without unsafe code, cost some 2,200 instructions a run to make and destroy.) Called
+/// outside a run, it is an error.
+fn make_call(lua: &Lua, flags: Arc<RunFlags>) -> mlua::Result<Function> {
+    lua.create_function(move |lua, CallArgs { raise, args }| {
+        let p = CALLER.get();
+        if p.is_null() {
+            return Err(mlua::Error::runtime(
+                "redis.call and redis.pcall work only while their script runs",
+            ));
+        }
+        // SAFETY: this thread's `CALLER` is non-null only while an `Entered` made on this
+        // thread lives. An `Entered` lives in `run_in`'s frame, made after the `RunCaller` it
+        // points to and dropped before it, and puts back the pointer before it when dropped
+        // (unwinding too). Lua runs this function on the thread that called into Lua, inside
+        // that call: the frame that set `p` is below this one on this thread's stack, so its
+        // `RunCaller` is alive. The reference does not outlive this call; a nested call finds
+        // the cell borrowed and errs.
+        #[allow(unsafe_code)]
+        let caller = unsafe { &*p.cast::<RunCaller<'static>>() };
+        let Ok(mut c) = caller.try_borrow_mut() else {
+            return Err(mlua::Error::runtime("redis.call may not call itself"));
+        };
+        // A call may write: SCRIPT KILL cannot stop the script while it runs.
+        let state = &flags.state;
+        let entered =
+            match state.compare_exchange(FREE, IN_CALL, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => true,
+                Err(KILLED) => return Err(mlua::Error::runtime(KILLED_ERROR)),
+                Err(_) => false, // it wrote before: nothing can stop it now
+            };
+        let reply = c.call(args);
+        if entered {
+            state.store(if c.wrote() { WROTE } else { FREE }, Ordering::SeqCst);
+        }
+        drop(c);
+        if raise {
+            if let Reply::Error(e) = &reply {
+                return Err(mlua::Error::external(CallError(e.clone())));
             }
-            drop(c);
-            if raise {
-                if let Reply::Error(e) = &reply {
-                    return Err(mlua::Error::external(CallError(e.clone())));
-                }
-            }
-            to_lua(lua, reply, flags.resp.load(Ordering::SeqCst))
-        })?;
-        let out: Value = runner.call((call, function, keys, argv))?;
-        from_lua(&out, 0)
+        }
+        to_lua(lua, reply, flags.resp.load(Ordering::SeqCst))
     })
 }
 
@@ -1065,6 +1124,10 @@ fn prepare(lua: &Lua, flags: &Arc<RunFlags>) -> mlua::Result<()> {
         return Ok(());
     }
     lua.set_app_data(flags.clone());
+    let call = make_call(lua, flags.clone())?;
+    (lua.app_data_mut::<Runners>())
+        .expect("the sandbox keeps its runners")
+        .call = Some(call);
     let f = flags.clone();
     lua.set_hook(
         HookTriggers::new().every_nth_instruction(KILL_CHECK_EVERY),
@@ -2041,6 +2104,84 @@ mod tests {
             .map(Bytes::from)
             .collect();
         s.run(&sha, &command, &mut Echo(false))
+    }
+
+    /// A caller that answers every command with its name and keeps what it was called with.
+    struct Named(&'static str, Vec<Vec<Bytes>>);
+
+    impl Caller for Named {
+        fn call(&mut self, args: Vec<Bytes>) -> Reply {
+            self.1.push(args);
+            Reply::Bulk(Bytes::from_static(self.0.as_bytes()))
+        }
+        fn wrote(&self) -> bool {
+            false
+        }
+    }
+
+    fn evalsha(sha: &str, key: &str) -> Vec<Bytes> {
+        ["EVALSHA", sha, "1", key]
+            .map(|x| Bytes::copy_from_slice(x.as_bytes()))
+            .to_vec()
+    }
+
+    /// `redis.call` is one Rust function for every run of a Lua state: it reaches the caller
+    /// of the run in progress (after a run that failed too), and outside a run none.
+    #[test]
+    fn redis_call_reaches_the_run_in_progress_and_no_caller_outside_one() {
+        let s = Scripts::new();
+        let get = s.load(b"return redis.call('get', KEYS[1])").expect("loads");
+        let fail = s
+            .load(b"redis.call('get', KEYS[1]); error('stop')")
+            .expect("loads");
+        let (mut a, mut b) = (Named("a", Vec::new()), Named("b", Vec::new()));
+        assert_eq!(
+            s.run(&get, &evalsha(&get, "k1"), &mut a),
+            Reply::Bulk("a".into())
+        );
+        assert!(matches!(
+            s.run(&fail, &evalsha(&fail, "k2"), &mut b),
+            Reply::Error(_)
+        ));
+        assert_eq!(
+            s.run(&get, &evalsha(&get, "k3"), &mut b),
+            Reply::Bulk("b".into())
+        );
+        let keys = |c: &Named| c.1.iter().map(|args| args[1].clone()).collect::<Vec<_>>();
+        assert_eq!(keys(&a), ["k1"]);
+        assert_eq!(keys(&b), ["k2", "k3"]);
+
+        let lua = crate::lock(&s.vm).lua.clone();
+        let call = (lua.app_data_ref::<Runners>())
+            .and_then(|r| r.call.clone())
+            .expect("made by the first run");
+        let err = (call.call::<Value>((true, "get", "k4"))).expect_err("no run in progress");
+        assert!(
+            err.to_string().contains("only while their script runs"),
+            "{err}"
+        );
+        assert_eq!(keys(&b), ["k2", "k3"]);
+    }
+
+    /// Scripts run on two threads at once each reach their own caller.
+    #[test]
+    fn runs_on_two_threads_reach_their_own_callers() {
+        std::thread::scope(|scope| {
+            for name in ["a", "b"] {
+                scope.spawn(move || {
+                    let s = Scripts::new();
+                    let sha = s
+                        .load(b"for i = 1, 50 do redis.call('get', KEYS[1]) end")
+                        .expect("loads");
+                    let mut c = Named(name, Vec::new());
+                    for _ in 0..100 {
+                        s.run(&sha, &evalsha(&sha, name), &mut c);
+                    }
+                    assert_eq!(c.1.len(), 5_000);
+                    assert!(c.1.iter().all(|args| args[1] == name.as_bytes()));
+                });
+            }
+        });
     }
 
     /// KEYS and ARGV hold what the client sent, text or not, and `redis.call` passes it on
