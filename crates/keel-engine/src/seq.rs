@@ -1,8 +1,10 @@
 //! The sequencer's state: every decided transaction, durable or not, as the sequencer sees it
 //! under its lock. See the `sequencer` module for how it is used.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeSet, VecDeque};
 use std::hash::BuildHasher;
+use std::mem;
 
 use bytes::Bytes;
 use foldhash::fast::RandomState;
@@ -86,9 +88,10 @@ pub(crate) struct Seq {
 /// cost a descent and a path copy.
 #[derive(Default)]
 pub(crate) struct Recent {
-    /// The newest decided entry of each key written lately, with its LSN; `None` = deleted.
-    /// A collection written lately is held here whole, changed in place by each write
-    /// decided on it until the visible state catches up.
+    /// The newest decided entry of each key written lately, with its LSN. A relative write
+    /// (LPUSH, XADD) is held as a change to the visible entry until a decision reads the key;
+    /// from then on the collection is held here whole, changed in place by each write decided
+    /// on it, until the visible state catches up (see [`HeldEntry`]).
     by_key: HashTable<Held>,
     hasher: RandomState,
     /// (LSN, the key's hash) in LSN order, to forget entries once visible. The hash and the LSN
@@ -118,7 +121,54 @@ enum New<'m> {
 struct Held {
     key: Bytes,
     lsn: Lsn,
-    entry: Option<Typed>,
+    entry: HeldEntry,
+}
+
+/// The decided entry of a [`Held`] key.
+enum HeldEntry {
+    /// The entry itself (`None`: deleted).
+    Whole(Option<Typed>),
+    /// The visible entry with these changes (and their LSNs) on top, the ones the visible
+    /// state does not hold yet. Most relative writes (an XADD to one of many streams) are
+    /// never read back before they are visible: then the entry is never made, and each change
+    /// is applied once, to the visible state, instead of to a copy here as well. A decision
+    /// that reads the key makes it, once ([`Recent::lend`]); the next change is applied to it.
+    Edits(Vec<(Lsn, Mutation)>, OnceCell<Option<Typed>>),
+}
+
+impl HeldEntry {
+    /// The entry, if made.
+    fn made(&self) -> Option<&Option<Typed>> {
+        match self {
+            HeldEntry::Whole(e) => Some(e),
+            HeldEntry::Edits(_, made) => made.get(),
+        }
+    }
+
+    /// The entry, made from `vis` (the visible state now) and `key`'s changes if need be.
+    fn get(&self, key: &[u8], vis: &Visible) -> &Option<Typed> {
+        match self {
+            HeldEntry::Whole(e) => e,
+            HeldEntry::Edits(edits, made) => made.get_or_init(|| {
+                let base = vis.lend(key).map(|e| e.working_copy());
+                (edits.iter())
+                    .filter(|(lsn, _)| *lsn > vis.lsn())
+                    .fold(base, |e, (lsn, m)| edit(e, m, *lsn))
+            }),
+        }
+    }
+}
+
+/// `base` changed by the relative mutation `m`, decided at `lsn`.
+fn edit(base: Option<Typed>, m: &Mutation, lsn: Lsn) -> Option<Typed> {
+    let packed = base.as_ref().is_none_or(Typed::is_packed_zset);
+    let mut e = edit_typed(base, m, lsn);
+    // A sorted set that outgrew the packed form here is the sequencer's own: it goes
+    // without order, as a copy from the visible state would.
+    if let Some(e) = e.as_mut().filter(|_| packed) {
+        e.drop_zset_order();
+    }
+    e
 }
 
 /// The most bytes of collections [`Recent`] keeps after the visible state caught up with them,
@@ -150,7 +200,7 @@ impl Recent {
             .by_key
             .find(self.hasher.hash_one(key), |h| h.key == key)
         {
-            Some(h) => h.entry.as_ref().map(Typed::lend),
+            Some(h) => h.entry.get(key, vis).as_ref().map(Typed::lend),
             None if self.cleared.is_some_and(|l| l > vis.lsn()) => None,
             None => vis.lend(key),
         }
@@ -158,8 +208,9 @@ impl Recent {
 
     /// Records the mutations decided at `lsn`; `vis` is the visible state now, which holds the
     /// newest decided entry of every key not held here. A relative mutation of a key not held
-    /// here copies its visible entry first: O(the value), once per key until the visible
-    /// state catches up; later ones change the copy in place. A large sorted set's copy has no
+    /// here is kept as it is; the first decision that reads the key copies its visible entry
+    /// and applies the changes on it (O(the value), once per key until the visible state
+    /// catches up), and later ones change the copy in place. A large sorted set's copy has no
     /// order until a decision needs it (see [`Lent::working_copy`]).
     pub(crate) fn record(&mut self, mutations: &[Mutation], lsn: Lsn, vis: &Visible) {
         for m in mutations {
@@ -184,41 +235,45 @@ impl Recent {
             let held = self
                 .by_key
                 .entry(hash, |h| h.key == key, |h| hasher.hash_one(&h.key[..]));
-            // An entry held already keeps its key: the same bytes, already paid for.
-            let (held, base) = match held {
+            match held {
+                // An entry held already keeps its key: the same bytes, already paid for.
                 hash_table::Entry::Occupied(o) => {
                     let h = o.into_mut();
-                    let base = h.entry.take();
-                    (h, base)
+                    let before = mem::replace(&mut h.entry, HeldEntry::Whole(None));
+                    h.lsn = lsn;
+                    h.entry = match (before, decided) {
+                        (_, New::Entry(e)) => HeldEntry::Whole(e),
+                        (HeldEntry::Whole(base), New::Edit(m)) => {
+                            HeldEntry::Whole(edit(base, m, lsn))
+                        }
+                        (HeldEntry::Edits(mut edits, made), New::Edit(m)) => {
+                            match made.into_inner() {
+                                Some(base) => HeldEntry::Whole(edit(base, m, lsn)),
+                                None => {
+                                    edits.push((lsn, m.clone()));
+                                    HeldEntry::Edits(edits, OnceCell::new())
+                                }
+                            }
+                        }
+                    };
                 }
                 hash_table::Entry::Vacant(v) => {
-                    let base = match decided {
-                        New::Entry(_) => None,
-                        New::Edit(_) if self.cleared.is_some_and(|l| l > vis.lsn()) => None,
-                        New::Edit(_) => vis.lend(key).map(|e| e.working_copy()),
+                    let entry = match decided {
+                        New::Entry(e) => HeldEntry::Whole(e),
+                        // After a DeleteAll the visible state may not hold yet, the key's
+                        // visible entry is not what it changes.
+                        New::Edit(m) if self.cleared.is_some_and(|l| l > vis.lsn()) => {
+                            HeldEntry::Whole(edit(None, m, lsn))
+                        }
+                        New::Edit(m) => HeldEntry::Edits(vec![(lsn, m.clone())], OnceCell::new()),
                     };
-                    let h = v.insert(Held {
+                    v.insert(Held {
                         key: key.clone(),
                         lsn,
-                        entry: None,
+                        entry,
                     });
-                    (h.into_mut(), base)
                 }
-            };
-            held.lsn = lsn;
-            held.entry = match decided {
-                New::Entry(e) => e,
-                New::Edit(m) => {
-                    let packed = base.as_ref().is_none_or(Typed::is_packed_zset);
-                    let mut e = edit_typed(base, m, lsn);
-                    // A sorted set that outgrew the packed form here is the sequencer's own:
-                    // it goes without order, as a copy from the visible state would.
-                    if let Some(e) = e.as_mut().filter(|_| packed) {
-                        e.drop_zset_order();
-                    }
-                    e
-                }
-            };
+            }
             self.order.push_back((lsn, hash));
         }
     }
@@ -236,12 +291,17 @@ impl Recent {
             let Ok(held) = self.by_key.find_entry(hash, |h| h.lsn == lsn) else {
                 continue;
             };
-            match &held.get().entry {
+            match held.get().entry.made() {
                 // A stream is not kept: a copy shares its nodes, so the next write copies it
                 // out of the visible state at little cost, and a kept copy would grow nodes
                 // of its own beside the visible state's (twice the memory of a hot stream).
-                Some(e) if e.is_costly_to_copy() => {
+                // Changes never made into an entry have nothing to keep.
+                Some(Some(e)) if e.is_costly_to_copy() => {
                     let h = held.into_mut();
+                    // Kept whole: its changes (slices of their requests) go.
+                    if let HeldEntry::Edits(_, made) = &mut h.entry {
+                        h.entry = HeldEntry::Whole(made.take().flatten());
+                    }
                     let size = kept_size(h);
                     // Kept past its request: the key's own copy, not a slice of the request.
                     h.key = Bytes::copy_from_slice(&h.key);
@@ -273,7 +333,8 @@ impl Recent {
 
 /// What keeping `h` costs: its value, its key and [`KEPT_ENTRY_BYTES`] of bookkeeping.
 fn kept_size(h: &Held) -> usize {
-    h.entry.as_ref().map_or(0, Typed::memory_bytes) + h.key.len() + KEPT_ENTRY_BYTES
+    let entry = h.entry.made().and_then(Option::as_ref);
+    entry.map_or(0, Typed::memory_bytes) + h.key.len() + KEPT_ENTRY_BYTES
 }
 
 impl Seq {
@@ -340,6 +401,73 @@ mod tests {
     use crate::publish::Publisher;
     use crate::Outcome;
 
+    /// The list at `key` as `recent` decides it over `publisher`'s visible state.
+    fn decided_list(recent: &Recent, publisher: &Publisher, key: &[u8]) -> Vec<Vec<u8>> {
+        let vis = publisher.visible();
+        match recent.lend(&vis, key).map(|e| e.value) {
+            Some(crate::table::ValueRef::List(l)) => {
+                l.range(0, usize::MAX).map(<[u8]>::to_vec).collect()
+            }
+            _ => panic!("no list at the key"),
+        }
+    }
+
+    /// A relative write is held as a change, not applied to a copy, until a decision reads its
+    /// key. The entry is then made from the visible state and the changes that state does not
+    /// hold yet, however far it has moved since they were recorded; the next change is
+    /// applied to that entry.
+    #[test]
+    fn held_changes_are_made_over_the_visible_state_each_once() {
+        let publisher = Publisher::new(Image::default(), 0, 0);
+        let mut recent = Recent::default();
+        let (key, other) = (Bytes::from_static(b"list"), Bytes::from_static(b"other"));
+        let push = |key: &Bytes, e: &'static [u8]| Mutation::ListPush {
+            key: key.clone(),
+            create: false,
+            front: true,
+            elements: vec![Bytes::from_static(e)],
+        };
+        let log = |recent: &mut Recent, lsn: Lsn, m: Mutation| {
+            recent.record(std::slice::from_ref(&m), lsn, &publisher.visible());
+            publisher.queue(lsn, 0, vec![m]);
+        };
+        let made = |recent: &Recent, key: &Bytes| {
+            let held = recent.by_key.iter().find(|h| h.key == key);
+            held.map(|h| h.entry.made().is_some())
+        };
+        log(&mut recent, 1, push(&key, b"a"));
+        log(&mut recent, 2, push(&key, b"b"));
+        log(&mut recent, 3, push(&key, b"c"));
+        assert_eq!(made(&recent, &key), Some(false));
+        publisher.acked(2);
+        assert_eq!(publisher.visible().lsn(), 2);
+        // a and b are visible, c is not: made from [b, a] and c alone.
+        assert_eq!(decided_list(&recent, &publisher, &key), [b"c", b"b", b"a"]);
+        assert_eq!(made(&recent, &key), Some(true));
+        log(&mut recent, 4, push(&key, b"d"));
+        publisher.acked(3);
+        assert_eq!(
+            decided_list(&recent, &publisher, &key),
+            [b"d", b"c", b"b", b"a"]
+        );
+        // Made, a list stays once visible (kept: it is costly to copy).
+        publisher.acked(4);
+        recent.forget_up_to(4);
+        assert_eq!(made(&recent, &key), Some(true));
+        // Changes never read are never made, and go once visible.
+        log(&mut recent, 5, push(&other, b"x"));
+        log(&mut recent, 6, push(&other, b"y"));
+        assert_eq!(made(&recent, &other), Some(false));
+        publisher.acked(6);
+        recent.forget_up_to(6);
+        assert_eq!(made(&recent, &other), None);
+        assert_eq!(decided_list(&recent, &publisher, &other), [b"y", b"x"]);
+        assert_eq!(
+            decided_list(&recent, &publisher, &key),
+            [b"d", b"c", b"b", b"a"]
+        );
+    }
+
     /// Whether `part` points into `whole`'s buffer.
     fn within(part: &Bytes, whole: &Bytes) -> bool {
         let (p, w) = (part.as_ptr() as usize, whole.as_ptr() as usize);
@@ -396,7 +524,8 @@ mod tests {
             .iter()
             .all(|(_, id)| !within(id, &request)));
 
-        // A hash written at LSN 1 stays in `Recent` once visible (it is costly to copy).
+        // A hash written at LSN 1 and read before it is visible stays in `Recent` once
+        // visible (it is costly to copy).
         let publisher = Publisher::new(Image::default(), 0, 0);
         let set = Mutation::HashSet {
             key: key.clone(),
@@ -404,6 +533,7 @@ mod tests {
             pairs: vec![(request.slice(8..9), request.slice(9..10))],
         };
         seq.recent.record(&[set], 1, &publisher.visible());
+        assert!(seq.recent.lend(&publisher.visible(), &key).is_some());
         seq.recent.forget_up_to(1);
         assert_eq!(seq.recent.kept.len(), 1);
         assert!(seq
