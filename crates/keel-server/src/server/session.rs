@@ -179,9 +179,10 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
         }
         buf.reserve(READ_BYTES);
         let read = stream.read_buf(&mut buf);
-        let read_started = Instant::now();
         // A subscriber waits for messages as long as it likes: no idle timeout.
         let idle_timeout = sh.settings.idle_timeout.filter(|_| conn.subs.is_none());
+        // Timed only for the idle timeout: two clock reads a command less without one.
+        let read_started = idle_timeout.map(|_| Instant::now());
         // A kill and a shutdown come as `Pushed::Wake`: one wait less to register each time
         // (checked before this wait, so none is missed). The socket first, without drawing a
         // random number each time: the pushes are also taken after every command.
@@ -224,7 +225,9 @@ pub(super) async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 continue;
             }
         };
-        waited += read_started.elapsed();
+        if let Some(t) = read_started {
+            waited += t.elapsed();
+        }
         if n == 0 {
             return Ok(());
         }
