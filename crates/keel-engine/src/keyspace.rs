@@ -713,7 +713,7 @@ fn edit_list(list: &mut ListValue, m: &Mutation) -> bool {
                 } else {
                     list.pop_back()
                 };
-                if popped.is_none() {
+                if !popped {
                     break;
                 }
             }

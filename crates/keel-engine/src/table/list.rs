@@ -160,10 +160,12 @@ impl ListValue {
             self.chunks.push_front(Chunk::default());
         }
         let c = self.chunks.front_mut().expect("pushed above");
-        let mut e = Vec::with_capacity(element_size(v.len()));
-        encode(v, &mut e);
-        c.grow(e.len());
-        replace_bytes(&mut c.buf, 0, 0, &e);
+        // Encoded at the end, then rotated to the front: no buffer of its own.
+        let (old, size) = (c.buf.len(), element_size(v.len()));
+        c.grow(size);
+        encode(v, &mut c.buf);
+        c.buf.rotate_right(size);
+        debug_assert_eq!(c.buf.len(), old + size);
         c.len += 1;
         self.len += 1;
     }
@@ -180,11 +182,13 @@ impl ListValue {
         self.len += 1;
     }
 
-    /// LPOP of one element.
-    pub fn pop_front(&mut self) -> Option<Vec<u8>> {
-        let c = self.chunks.front_mut()?;
-        let (v, next) = forward(&c.buf, 0);
-        let v = v.to_vec();
+    /// LPOP of one element, which goes uncopied (a decision read it before); false if the
+    /// list is empty.
+    pub fn pop_front(&mut self) -> bool {
+        let Some(c) = self.chunks.front_mut() else {
+            return false;
+        };
+        let next = forward(&c.buf, 0).1;
         c.buf.drain(..next);
         c.len -= 1;
         if c.len == 0 {
@@ -193,14 +197,15 @@ impl ListValue {
             c.shrink_if_sparse();
         }
         self.len -= 1;
-        Some(v)
+        true
     }
 
-    /// RPOP of one element.
-    pub fn pop_back(&mut self) -> Option<Vec<u8>> {
-        let c = self.chunks.back_mut()?;
-        let (v, start) = backward(&c.buf, c.buf.len());
-        let v = v.to_vec();
+    /// RPOP of one element, as [`ListValue::pop_front`].
+    pub fn pop_back(&mut self) -> bool {
+        let Some(c) = self.chunks.back_mut() else {
+            return false;
+        };
+        let start = backward(&c.buf, c.buf.len()).1;
         c.buf.truncate(start);
         c.len -= 1;
         if c.len == 0 {
@@ -209,7 +214,7 @@ impl ListValue {
             c.shrink_if_sparse();
         }
         self.len -= 1;
-        Some(v)
+        true
     }
 
     /// (chunk index, element index within it) of element `i`, walking from the nearer end.

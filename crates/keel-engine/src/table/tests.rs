@@ -436,8 +436,15 @@ fn lists_match_a_deque_model() {
                         m.push_back(v);
                     }
                 }
-                x if x < push_bias + 15 => assert_eq!(l.pop_front(), m.pop_front()),
-                x if x < push_bias + 30 => assert_eq!(l.pop_back(), m.pop_back()),
+                x if x < push_bias + 15 => {
+                    assert_eq!(l.get(0), m.front().map(Vec::as_slice));
+                    assert_eq!(l.pop_front(), m.pop_front().is_some());
+                }
+                x if x < push_bias + 30 => {
+                    let last = l.len().checked_sub(1).and_then(|i| l.get(i));
+                    assert_eq!(last, m.back().map(Vec::as_slice));
+                    assert_eq!(l.pop_back(), m.pop_back().is_some());
+                }
                 x if x < push_bias + 35 => {
                     let i = r.below(m.len() as u64 + 2) as usize;
                     assert_eq!(l.set(i, &v), i < m.len());
