@@ -128,8 +128,8 @@ struct Held {
 enum HeldEntry {
     /// The entry itself (`None`: deleted).
     Whole(Option<Typed>),
-    /// The visible entry with these changes (and their LSNs) on top, the ones the visible
-    /// state does not hold yet. Most relative writes (an XADD to one of many streams) are
+    /// The visible entry with these changes (and their LSNs) on top: those the visible state
+    /// did not hold when the last of them was recorded, some of which it may hold by now. Most relative writes (an XADD to one of many streams) are
     /// never read back before they are visible: then the entry is never made, and each change
     /// is applied once, to the visible state, instead of to a copy here as well. A decision
     /// that reads the key makes it, once ([`Recent::lend`]); the next change is applied to it.
@@ -250,6 +250,11 @@ impl Recent {
                             match made.into_inner() {
                                 Some(base) => HeldEntry::Whole(edit(base, m, lsn)),
                                 None => {
+                                    // Those visible already go: a key written again and again
+                                    // without being read (the destination of ZUNIONSTORE or
+                                    // RENAME) holds only the changes in flight, not one per
+                                    // write since the first.
+                                    edits.retain(|(l, _)| *l > vis.lsn());
                                     edits.push((lsn, m.clone()));
                                     HeldEntry::Edits(edits, OnceCell::new())
                                 }
@@ -466,6 +471,41 @@ mod tests {
             decided_list(&recent, &publisher, &key),
             [b"d", b"c", b"b", b"a"]
         );
+    }
+
+    /// A key written again and again without a decision reading it (the destination of
+    /// ZUNIONSTORE, say) holds only the changes the visible state lacks, not one per write.
+    #[test]
+    fn changes_to_a_key_never_read_stay_bounded() {
+        let publisher = Publisher::new(Image::default(), 0, 0);
+        let mut recent = Recent::default();
+        let key = Bytes::from_static(b"dest");
+        for lsn in 1..=100 {
+            let m = Mutation::SetAdd {
+                key: key.clone(),
+                create: true,
+                members: vec![Bytes::from(lsn.to_string())],
+            };
+            recent.record(std::slice::from_ref(&m), lsn, &publisher.visible());
+            publisher.queue(lsn, 0, vec![m]);
+            // The visible state one record behind, as under group commit.
+            publisher.acked(lsn - 1);
+            recent.forget_up_to(lsn - 1);
+            let held = recent.by_key.iter().find(|h| h.key == key).expect("held");
+            let HeldEntry::Edits(edits, _) = &held.entry else {
+                panic!("never read, never made");
+            };
+            assert!(
+                edits.len() <= 2,
+                "{} changes held at LSN {lsn}",
+                edits.len()
+            );
+        }
+        let vis = publisher.visible();
+        match recent.lend(&vis, &key).map(|e| e.value) {
+            Some(crate::table::ValueRef::Set(s)) => assert_eq!(s.len(), 1),
+            _ => panic!("no set at the key"),
+        }
     }
 
     /// Whether `part` points into `whole`'s buffer.

@@ -902,7 +902,8 @@ fn sandbox() -> mlua::Result<Lua> {
                 if type(code) == "string" and code:byte(1) == 27 then return nil, "binary code" end
                 return loadstring(code, name)
             end
-            -- redis.call and redis.pcall call the function each run passes in (see run_in):
+            -- redis.call and redis.pcall call the function each run passes in (run_in's, the
+            -- same one at every run, which finds the run's caller; see make_call):
             -- the run sets an upvalue, not fields of tables, and KEYS and ARGV the same way.
             local current
             G.redis.call = function(...) return current(true, ...) end
@@ -981,8 +982,9 @@ enum Args {
 }
 
 /// The sandbox's two Lua functions that start a run, `(call, f, keys, argv)`: each makes
-/// `call` the run's `redis.call` and `redis.pcall`, then calls `f` with KEYS and ARGV as
-/// globals (a script) or as its parameters (a function).
+/// `call` (the same [`make_call`] function at every run of a state) what `redis.call` and
+/// `redis.pcall` call, then calls `f` with KEYS and ARGV as globals (a script) or as its
+/// parameters (a function).
 struct Runners {
     script: Function,
     function: Function,
@@ -1001,21 +1003,24 @@ thread_local! {
 }
 
 /// Makes a run's caller this thread's [`CALLER`] while it lives, and puts back the one before
-/// when dropped, unwinding included.
-struct Entered {
+/// when dropped, unwinding included. It borrows the caller, so the borrow checker sees that it
+/// goes first.
+struct Entered<'a> {
     before: *const (),
+    _caller: std::marker::PhantomData<&'a RunCaller<'a>>,
 }
 
-impl Entered {
-    fn new(caller: &RunCaller<'_>) -> Entered {
+impl<'a> Entered<'a> {
+    fn new(caller: &'a RunCaller<'a>) -> Entered<'a> {
         let p = std::ptr::from_ref(caller).cast::<()>();
         Entered {
             before: CALLER.replace(p),
+            _caller: std::marker::PhantomData,
         }
     }
 }
 
-impl Drop for Entered {
+impl Drop for Entered<'_> {
     fn drop(&mut self) {
         CALLER.set(self.before);
     }
@@ -1088,8 +1093,10 @@ fn make_call(lua: &Lua, flags: Arc<RunFlags>) -> mlua::Result<Function> {
         // points to and dropped before it, and puts back the pointer before it when dropped
         // (unwinding too). Lua runs this function on the thread that called into Lua, inside
         // that call: the frame that set `p` is below this one on this thread's stack, so its
-        // `RunCaller` is alive. The reference does not outlive this call; a nested call finds
-        // the cell borrowed and errs.
+        // `RunCaller` is alive, whichever Lua state or frame made this call (guards are put
+        // back in stack order). Its lifetime is written as 'static only because neither the
+        // reference nor the cell's borrow leaves this call (the reply is owned); a nested call
+        // finds the cell borrowed and errs.
         #[allow(unsafe_code)]
         let caller = unsafe { &*p.cast::<RunCaller<'static>>() };
         let Ok(mut c) = caller.try_borrow_mut() else {
@@ -1123,7 +1130,6 @@ fn prepare(lua: &Lua, flags: &Arc<RunFlags>) -> mlua::Result<()> {
     if lua.app_data_ref::<Arc<RunFlags>>().is_some() {
         return Ok(());
     }
-    lua.set_app_data(flags.clone());
     let call = make_call(lua, flags.clone())?;
     (lua.app_data_mut::<Runners>())
         .expect("the sandbox keeps its runners")
@@ -1155,7 +1161,10 @@ fn prepare(lua: &Lua, flags: &Arc<RunFlags>) -> mlua::Result<()> {
             }
             _ => Err(mlua::Error::runtime("RESP version must be 2 or 3.")),
         })?,
-    )
+    )?;
+    // Last: a state whose preparation failed part way is prepared again at its next run.
+    lua.set_app_data(flags.clone());
+    Ok(())
 }
 
 /// A `redis.call` whose command failed: the script stops with that error, unless it caught it
