@@ -129,10 +129,11 @@ enum HeldEntry {
     /// The entry itself (`None`: deleted).
     Whole(Option<Typed>),
     /// The visible entry with these changes (and their LSNs) on top: those the visible state
-    /// did not hold when the last of them was recorded, some of which it may hold by now. Most relative writes (an XADD to one of many streams) are
-    /// never read back before they are visible: then the entry is never made, and each change
-    /// is applied once, to the visible state, instead of to a copy here as well. A decision
-    /// that reads the key makes it, once ([`Recent::lend`]); the next change is applied to it.
+    /// did not hold when the last of them was recorded, some of which it may hold by now.
+    /// Most relative writes (an XADD to one of many streams) are never read back before they
+    /// are visible: then the entry is never made, and each change is applied once, to the
+    /// visible state, instead of to a copy here as well. A decision that reads the key makes
+    /// it, once ([`Recent::lend`]); the next change is applied to it.
     Edits(Vec<(Lsn, Mutation)>, OnceCell<Option<Typed>>),
 }
 
