@@ -902,19 +902,18 @@ fn sandbox() -> mlua::Result<Lua> {
                 if type(code) == "string" and code:byte(1) == 27 then return nil, "binary code" end
                 return loadstring(code, name)
             end
-            -- redis.call and redis.pcall call the function each run passes in (run_in's, the
-            -- same one at every run, which finds the run's caller; see make_call):
-            -- the run sets an upvalue, not fields of tables, and KEYS and ARGV the same way.
+            -- redis.call and redis.pcall call `current`, the state's one Rust function that
+            -- finds the run's caller (make_call), set once by `prepare` through set_call: an
+            -- upvalue, not a field of a table. A run sets KEYS and ARGV.
             local current
             G.redis.call = function(...) return current(true, ...) end
             G.redis.pcall = function(...) return current(false, ...) end
-            local function run_script(call, f, keys, argv)
-                current = call
+            local function set_call(call) current = call end
+            local function run_script(f, keys, argv)
                 G.KEYS, G.ARGV = keys, argv
                 return f()
             end
-            local function run_function(call, f, keys, argv)
-                current = call
+            local function run_function(f, keys, argv)
                 return f(keys, argv)
             end
             for _, name in ipairs({"redis", "bit", "cjson", "cmsgpack", "struct", "string", "table", "math"}) do
@@ -958,19 +957,16 @@ fn sandbox() -> mlua::Result<Lua> {
             return env, function(on)
                 loading = on
                 env_meta.__index = on and loading_index or G
-            end, run_script, run_function
+            end, run_script, run_function, set_call
             "#,
         )
         .set_name("=sandbox")
-        .eval::<(Table, Function, Function, Function)>()?;
-    let (env, set_loading, script, function) = env;
+        .eval::<(Table, Function, Function, Function, Function)>()?;
+    let (env, set_loading, script, function, set_call) = env;
     lua.set_named_registry_value("keel_env", env)?;
     lua.set_named_registry_value("keel_set_loading", set_loading)?;
-    lua.set_app_data(Runners {
-        script,
-        function,
-        call: None,
-    });
+    lua.set_named_registry_value("keel_set_call", set_call)?;
+    lua.set_app_data(Runners { script, function });
     Ok(lua)
 }
 
@@ -981,15 +977,11 @@ enum Args {
     Parameters,
 }
 
-/// The sandbox's two Lua functions that start a run, `(call, f, keys, argv)`: each makes
-/// `call` (the same [`make_call`] function at every run of a state) what `redis.call` and
-/// `redis.pcall` call, then calls `f` with KEYS and ARGV as globals (a script) or as its
-/// parameters (a function).
+/// The sandbox's two Lua functions that start a run, `(f, keys, argv)`: each calls `f` with
+/// KEYS and ARGV as globals (a script) or as its parameters (a function).
 struct Runners {
     script: Function,
     function: Function,
-    /// The run's `call` (see [`make_call`]), made once by [`prepare`].
-    call: Option<Function>,
 }
 
 /// A run's caller as `redis.call` reaches it.
@@ -1061,17 +1053,16 @@ fn run_in(
         j.reset();
     }
     flags.resp.store(2, Ordering::SeqCst);
-    let (runner, call) = {
+    let runner = {
         let runners = (lua.app_data_ref::<Runners>()).expect("the sandbox keeps its runners");
-        let runner = match args {
+        match args {
             Args::Globals => runners.script.clone(),
             Args::Parameters => runners.function.clone(),
-        };
-        (runner, runners.call.clone().expect("prepared above"))
+        }
     };
     let caller: RunCaller<'_> = RefCell::new(caller);
     let _entered = Entered::new(&caller);
-    let out: Value = runner.call((call, function, keys, argv))?;
+    let out: Value = runner.call((function, keys, argv))?;
     from_lua(&out, 0)
 }
 
@@ -1130,10 +1121,8 @@ fn prepare(lua: &Lua, flags: &Arc<RunFlags>) -> mlua::Result<()> {
     if lua.app_data_ref::<Arc<RunFlags>>().is_some() {
         return Ok(());
     }
-    let call = make_call(lua, flags.clone())?;
-    (lua.app_data_mut::<Runners>())
-        .expect("the sandbox keeps its runners")
-        .call = Some(call);
+    let set_call: Function = lua.named_registry_value("keel_set_call")?;
+    set_call.call::<()>(make_call(lua, flags.clone())?)?;
     let f = flags.clone();
     lua.set_hook(
         HookTriggers::new().every_nth_instruction(KILL_CHECK_EVERY),
@@ -2160,11 +2149,13 @@ mod tests {
         assert_eq!(keys(&a), ["k1"]);
         assert_eq!(keys(&b), ["k2", "k3"]);
 
+        // redis.call itself, called from Rust between runs.
         let lua = crate::lock(&s.vm).lua.clone();
-        let call = (lua.app_data_ref::<Runners>())
-            .and_then(|r| r.call.clone())
-            .expect("made by the first run");
-        let err = (call.call::<Value>((true, "get", "k4"))).expect_err("no run in progress");
+        let redis: Table = lua
+            .named_registry_value("keel_redis")
+            .expect("the sandbox's");
+        let call: Function = redis.get("call").expect("set by the sandbox");
+        let err = (call.call::<Value>(("get", "k4"))).expect_err("no run in progress");
         assert!(
             err.to_string().contains("only while their script runs"),
             "{err}"
