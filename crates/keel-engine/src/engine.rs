@@ -54,17 +54,19 @@ pub struct RecoveryReport {
 impl fmt::Display for RecoveryReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}", self.wal)?;
+        if self.snapshot_lsn == 0 {
+            write!(f, "engine: no snapshot yet")?;
+        } else {
+            write!(
+                f,
+                "engine: snapshot at LSN {} ({} bytes, loaded in {:.2?})",
+                self.snapshot_lsn, self.snapshot_bytes, self.snapshot_load
+            )?;
+        }
         write!(
             f,
-            "engine: snapshot at LSN {} ({} bytes, loaded in {:.2?}), replayed {} records ({} bytes), {} keys at LSN {}, in {:.2?}",
-            self.snapshot_lsn,
-            self.snapshot_bytes,
-            self.snapshot_load,
-            self.records_replayed,
-            self.bytes_replayed,
-            self.keys,
-            self.lsn,
-            self.duration
+            ", replayed {} records ({} bytes), {} keys at LSN {}, in {:.2?}",
+            self.records_replayed, self.bytes_replayed, self.keys, self.lsn, self.duration
         )?;
         for d in &self.damaged {
             write!(
@@ -754,4 +756,33 @@ fn check_id(id: Bytes) -> Result<Bytes> {
         });
     }
     Ok(id)
+}
+
+#[cfg(test)]
+mod report_tests {
+    use super::*;
+
+    /// A recovery without a snapshot says so, rather than a snapshot at LSN 0 loaded in 0 ns.
+    #[test]
+    fn a_report_without_a_snapshot_says_so() {
+        let mut r = RecoveryReport {
+            records_replayed: 5,
+            keys: 4,
+            lsn: 5,
+            ..RecoveryReport::default()
+        };
+        let text = r.to_string();
+        assert!(
+            text.contains("engine: no snapshot yet, replayed 5 records"),
+            "{text}"
+        );
+        r.snapshot_lsn = 3;
+        r.snapshot_bytes = 100;
+        let text = r.to_string();
+        assert!(
+            text.contains("engine: snapshot at LSN 3 (100 bytes, loaded in"),
+            "{text}"
+        );
+        assert!(text.contains("), replayed 5 records"), "{text}");
+    }
 }
