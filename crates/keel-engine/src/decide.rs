@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::bits;
 use crate::keyspace::{
-    change, edit_typed, eval_get, eval_read, expiry, list_bounds, Change, Lent, Typed,
+    change, edit_typed, eval_get, eval_read, expiry, list_bounds, Change, Lent, Shape, Typed,
 };
 use crate::record::Mutation;
 use crate::sort;
@@ -27,6 +27,11 @@ use keel_wal::Lsn;
 pub(crate) trait Decided {
     /// The decided entry of `key`, expired or not, lent without copying.
     fn lend(&self, key: &[u8]) -> Option<Lent<'_>>;
+
+    /// The shape of the decided entry of `key`, expired or not.
+    fn shape(&self, key: &[u8]) -> Option<Shape> {
+        self.lend(key).map(|e| Shape::of(&e))
+    }
 }
 
 fn parse_int(v: &[u8]) -> Option<i64> {
@@ -116,6 +121,26 @@ impl<S: Decided> Overlay<S> {
     /// The live entry of `key`, of any type.
     fn live(&self, k: &[u8]) -> Option<Lent<'_>> {
         self.lend(k).filter(|e| e.live(self.now))
+    }
+
+    /// The shape of `key`'s entry, expired or not; an entry this transaction changed but has
+    /// not read is not made for it, if its changes tell their shape (see [`Shape`]).
+    fn shape(&self, k: &[u8]) -> Option<Shape> {
+        match self.changed.get(k) {
+            Some(w) => match w.entry.get() {
+                Some(e) => e.as_ref().map(|e| Shape::of(&e.lend())),
+                None => (w.edits.iter())
+                    .try_fold(self.base.shape(k), Shape::edit)
+                    .unwrap_or_else(|| self.lend(k).map(|e| Shape::of(&e))),
+            },
+            None if self.cleared => None,
+            None => self.base.shape(k),
+        }
+    }
+
+    /// The shape of `key`'s live entry, of any type.
+    fn live_shape(&self, k: &[u8]) -> Option<Shape> {
+        self.shape(k).filter(|s| s.live(self.now))
     }
 
     /// The live string at `key` and its expiry, copied; `Err(WrongType)` for another type.
@@ -761,10 +786,14 @@ fn decide_one<S: Decided>(
             elements,
             only_existing,
         } => {
-            let (create, len) = match work.live(&key).map(|e| e.value) {
+            // Only the list's length: a push does not make a copy of a list it has not read.
+            let (create, len) = match work.live_shape(&key) {
                 None if only_existing => return WriteResult::Int(0),
                 None => (true, 0),
-                Some(ValueRef::List(l)) => (false, l.len()),
+                Some(Shape {
+                    list_len: Some(len),
+                    ..
+                }) => (false, len),
                 Some(_) => return WriteResult::Failed(WriteError::WrongType),
             };
             let len = len + elements.len();

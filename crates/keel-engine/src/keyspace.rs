@@ -691,6 +691,71 @@ fn eval_list_read(list: &ListValue, op: &Read) -> WriteResult {
     }
 }
 
+/// What a push onto a list is decided from: whether the key holds a list and how long, and the
+/// key's expiry. Told from a key's entry and the changes held over it without making the list
+/// ([`Recent`](crate::seq::Recent), a transaction's overlay): making it copies the list, O(its
+/// length), and every later push is then applied twice, to that copy and to the visible state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Shape {
+    /// The list's length; `None`: the key holds another type.
+    pub(crate) list_len: Option<usize>,
+    pub(crate) expires_at_ms: Option<u64>,
+}
+
+impl Shape {
+    pub(crate) fn of(e: &Lent<'_>) -> Shape {
+        Shape {
+            list_len: match e.value {
+                ValueRef::List(l) => Some(l.len()),
+                _ => None,
+            },
+            expires_at_ms: e.expires_at_ms,
+        }
+    }
+
+    pub(crate) fn live(&self, now_ms: u64) -> bool {
+        live_at(self.expires_at_ms, now_ms)
+    }
+
+    /// The shape of what [`edit_typed`] leaves when it applies `m` to an entry of shape `s`
+    /// (`None`: no entry); `None` for a mutation whose effect is not told here (the entry is
+    /// then made).
+    pub(crate) fn edit(s: Option<Shape>, m: &Mutation) -> Option<Option<Shape>> {
+        let list = |len: usize, expires_at_ms| {
+            (len > 0).then_some(Shape {
+                list_len: Some(len),
+                expires_at_ms,
+            })
+        };
+        Some(match (s, m) {
+            (
+                Some(Shape {
+                    list_len: Some(len),
+                    expires_at_ms,
+                }),
+                Mutation::ListPush {
+                    create: false,
+                    elements,
+                    ..
+                },
+            ) => list(len + elements.len(), expires_at_ms),
+            // A new list, whatever the key held.
+            (_, Mutation::ListPush { elements, .. }) => list(elements.len(), None),
+            (None, Mutation::ListPop { .. }) => None,
+            (Some(s), Mutation::ListPop { count, .. }) => match s.list_len {
+                Some(len) => list(len - len.min(*count as usize), s.expires_at_ms),
+                // Not a list: only its version moves.
+                None => Some(s),
+            },
+            (s, Mutation::Expire { expires_at_ms, .. }) => s.map(|s| Shape {
+                expires_at_ms: *expires_at_ms,
+                ..s
+            }),
+            _ => return None,
+        })
+    }
+}
+
 /// Applies a list mutation to `list`; returns whether the list is left empty. The one
 /// definition, for the table's lists and for copied entries alike.
 fn edit_list(list: &mut ListValue, m: &Mutation) -> bool {
@@ -1832,6 +1897,82 @@ impl Changes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`Shape::edit`] tells what [`edit_typed`] leaves, for every sequence of up to three
+    /// list changes and expiries over no entry, lists of 0-3 elements and a string, with and
+    /// without an expiry; and tells nothing of a change it does not model.
+    #[test]
+    fn a_shape_follows_the_entry_its_changes_make() {
+        let key = Bytes::from_static(b"k");
+        let push = |create, n| Mutation::ListPush {
+            key: key.clone(),
+            create,
+            front: n % 2 == 0,
+            elements: vec![Bytes::from_static(b"e"); n],
+        };
+        let mut changes = Vec::new();
+        for n in 0..3 {
+            changes.extend([push(false, n), push(true, n)]);
+        }
+        for count in 0..4 {
+            for front in [false, true] {
+                changes.push(Mutation::ListPop {
+                    key: key.clone(),
+                    front,
+                    count,
+                });
+            }
+        }
+        for expires_at_ms in [None, Some(7)] {
+            changes.push(Mutation::Expire {
+                key: key.clone(),
+                expires_at_ms,
+            });
+        }
+        let string = |expires_at_ms| match change(
+            &Mutation::Set {
+                key: key.clone(),
+                value: Bytes::from_static(b"v"),
+                expires_at_ms,
+            },
+            1,
+        ) {
+            Change::Key(_, e) => e.map(Typed::from),
+            _ => unreachable!(),
+        };
+        let mut bases = vec![None, string(None), string(Some(9))];
+        for n in 1..4 {
+            for expires_at_ms in [None, Some(9)] {
+                let mut e = edit_typed(None, &push(true, n), 1);
+                e.as_mut().expect("a list").expires_at_ms = expires_at_ms;
+                bases.push(e);
+            }
+        }
+        let shape = |e: &Option<Typed>| e.as_ref().map(|e| Shape::of(&e.lend()));
+        let mut checked = 0;
+        for base in &bases {
+            for a in &changes {
+                for b in &changes {
+                    for c in &changes {
+                        let (mut entry, mut told) = (base.clone(), shape(base));
+                        for m in [a, b, c] {
+                            entry = edit_typed(entry, m, 2);
+                            told = Shape::edit(told, m).expect("a list change or an expiry");
+                            assert_eq!(told, shape(&entry), "{base:?} then {a:?}, {b:?}, {c:?}");
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, bases.len() * changes.len().pow(3));
+        let set = Mutation::ListSet {
+            key: key.clone(),
+            index: 0,
+            element: Bytes::from_static(b"s"),
+        };
+        assert_eq!(Shape::edit(shape(&bases[3]), &set), None);
+    }
 
     #[test]
     fn sealed_cursors_are_a_permutation_that_keeps_zero_and_hides_positions() {

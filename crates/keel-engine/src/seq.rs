@@ -1,7 +1,7 @@
 //! The sequencer's state: every decided transaction, durable or not, as the sequencer sees it
 //! under its lock. See the `sequencer` module for how it is used.
 
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::collections::{BTreeSet, VecDeque};
 use std::hash::BuildHasher;
 use std::mem;
@@ -12,7 +12,7 @@ use hashbrown::hash_table::{self, HashTable};
 use keel_wal::Lsn;
 
 use crate::decide::Decided;
-use crate::keyspace::{change, edit_typed, Change, Lent, Map, Typed};
+use crate::keyspace::{change, edit_typed, Change, Lent, Map, Shape, Typed};
 use crate::options::Options;
 use crate::publish::Visible;
 use crate::record::{Mutation, Request};
@@ -134,15 +134,24 @@ enum HeldEntry {
     /// are visible: then the entry is never made, and each change is applied once, to the
     /// visible state, instead of to a copy here as well. A decision that reads the key makes
     /// it, once ([`Recent::lend`]); the next change is applied to it.
-    Edits(Vec<(Lsn, Mutation)>, OnceCell<Option<Typed>>),
+    Edits(
+        VecDeque<(Lsn, Mutation)>,
+        OnceCell<Option<Typed>>,
+        ShapeCache,
+    ),
 }
+
+/// The shape of a [`HeldEntry::Edits`] entry once told ([`Recent::shape`]), kept up to date
+/// as changes are recorded (publishing does not change a decided entry), so that each push
+/// onto a hot list is decided in O(1), not over every change in flight.
+type ShapeCache = Cell<Option<Option<Shape>>>;
 
 impl HeldEntry {
     /// The entry, if made.
     fn made(&self) -> Option<&Option<Typed>> {
         match self {
             HeldEntry::Whole(e) => Some(e),
-            HeldEntry::Edits(_, made) => made.get(),
+            HeldEntry::Edits(_, made, _) => made.get(),
         }
     }
 
@@ -150,7 +159,7 @@ impl HeldEntry {
     fn get(&self, key: &[u8], vis: &Visible) -> &Option<Typed> {
         match self {
             HeldEntry::Whole(e) => e,
-            HeldEntry::Edits(edits, made) => made.get_or_init(|| {
+            HeldEntry::Edits(edits, made, _) => made.get_or_init(|| {
                 let base = vis.lend(key).map(|e| e.working_copy());
                 (edits.iter())
                     .filter(|(lsn, _)| *lsn > vis.lsn())
@@ -207,6 +216,32 @@ impl Recent {
         }
     }
 
+    /// The shape of `key`'s decided entry, expired or not, given `vis`: told from its held
+    /// changes without making the entry when they tell it (see [`Shape`]).
+    pub(crate) fn shape(&self, vis: &Visible, key: &[u8]) -> Option<Shape> {
+        let held = self
+            .by_key
+            .find(self.hasher.hash_one(key), |h| h.key == key);
+        match held.map(|h| (&h.entry, h.entry.made())) {
+            Some((_, Some(e))) => e.as_ref().map(|e| Shape::of(&e.lend())),
+            Some((HeldEntry::Edits(edits, _, cache), None)) => match cache.get() {
+                Some(s) => s,
+                None => {
+                    let told = (edits.iter())
+                        .filter(|(lsn, _)| *lsn > vis.lsn())
+                        .try_fold(vis.lend(key).map(|e| Shape::of(&e)), |s, (_, m)| {
+                            Shape::edit(s, m)
+                        });
+                    cache.set(told);
+                    told.unwrap_or_else(|| self.lend(vis, key).map(|e| Shape::of(&e)))
+                }
+            },
+            Some((HeldEntry::Whole(_), None)) => unreachable!("a whole entry is made"),
+            None if self.cleared.is_some_and(|l| l > vis.lsn()) => None,
+            None => vis.lend(key).map(|e| Shape::of(&e)),
+        }
+    }
+
     /// Records the mutations decided at `lsn`; `vis` is the visible state now, which holds the
     /// newest decided entry of every key not held here. A relative mutation of a key not held
     /// here is kept as it is; the first decision that reads the key copies its visible entry
@@ -247,7 +282,7 @@ impl Recent {
                         (HeldEntry::Whole(base), New::Edit(m)) => {
                             HeldEntry::Whole(edit(base, m, lsn))
                         }
-                        (HeldEntry::Edits(mut edits, made), New::Edit(m)) => {
+                        (HeldEntry::Edits(mut edits, made, cache), New::Edit(m)) => {
                             match made.into_inner() {
                                 Some(base) => HeldEntry::Whole(edit(base, m, lsn)),
                                 None => {
@@ -255,9 +290,12 @@ impl Recent {
                                     // without being read (the destination of ZUNIONSTORE or
                                     // RENAME) holds only the changes in flight, not one per
                                     // write since the first.
-                                    edits.retain(|(l, _)| *l > vis.lsn());
-                                    edits.push((lsn, m.clone()));
-                                    HeldEntry::Edits(edits, OnceCell::new())
+                                    while edits.front().is_some_and(|(l, _)| *l <= vis.lsn()) {
+                                        edits.pop_front();
+                                    }
+                                    edits.push_back((lsn, m.clone()));
+                                    let shape = cache.get().and_then(|s| Shape::edit(s, m));
+                                    HeldEntry::Edits(edits, OnceCell::new(), Cell::new(shape))
                                 }
                             }
                         }
@@ -271,7 +309,11 @@ impl Recent {
                         New::Edit(m) if self.cleared.is_some_and(|l| l > vis.lsn()) => {
                             HeldEntry::Whole(edit(None, m, lsn))
                         }
-                        New::Edit(m) => HeldEntry::Edits(vec![(lsn, m.clone())], OnceCell::new()),
+                        New::Edit(m) => HeldEntry::Edits(
+                            VecDeque::from([(lsn, m.clone())]),
+                            OnceCell::new(),
+                            Cell::new(None),
+                        ),
                     };
                     v.insert(Held {
                         key: key.clone(),
@@ -305,7 +347,7 @@ impl Recent {
                 Some(Some(e)) if e.is_costly_to_copy() => {
                     let h = held.into_mut();
                     // Kept whole: its changes (slices of their requests) go.
-                    if let HeldEntry::Edits(_, made) = &mut h.entry {
+                    if let HeldEntry::Edits(_, made, _) = &mut h.entry {
                         h.entry = HeldEntry::Whole(made.take().flatten());
                     }
                     let size = kept_size(h);
@@ -398,14 +440,19 @@ impl Decided for View<'_> {
     fn lend(&self, key: &[u8]) -> Option<Lent<'_>> {
         self.recent.lend(self.visible, key)
     }
+
+    fn shape(&self, key: &[u8]) -> Option<Shape> {
+        self.recent.shape(self.visible, key)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decide::decide;
     use crate::keyspace::Image;
     use crate::publish::Publisher;
-    use crate::Outcome;
+    use crate::{Outcome, Write};
 
     /// The list at `key` as `recent` decides it over `publisher`'s visible state.
     fn decided_list(recent: &Recent, publisher: &Publisher, key: &[u8]) -> Vec<Vec<u8>> {
@@ -474,6 +521,77 @@ mod tests {
         );
     }
 
+    /// A push onto a list held as changes is decided from their shape (the list's length),
+    /// without making the list: once the shape is told, each later change keeps it current,
+    /// across publishing. A change whose shape is not told (LSET) makes the list.
+    #[test]
+    fn pushes_onto_a_held_list_are_decided_without_making_it() {
+        let publisher = Publisher::new(Image::default(), 0, 0);
+        let mut recent = Recent::default();
+        let key = Bytes::from_static(b"list");
+        let push = |n: usize| Mutation::ListPush {
+            key: key.clone(),
+            create: false,
+            front: true,
+            elements: vec![Bytes::from_static(b"e"); n],
+        };
+        let log = |recent: &mut Recent, lsn: Lsn, m: Mutation| {
+            recent.record(std::slice::from_ref(&m), lsn, &publisher.visible());
+            publisher.queue(lsn, 0, vec![m]);
+        };
+        let made = |recent: &Recent| {
+            let held = recent.by_key.iter().find(|h| h.key == key);
+            held.map(|h| h.entry.made().is_some())
+        };
+        // LPUSHX: pushes only onto a list that exists.
+        let lpushx = |recent: &Recent| {
+            let vis = publisher.visible();
+            let view = View {
+                recent,
+                visible: &vis,
+            };
+            let write = Write::ListPush {
+                key: key.clone(),
+                front: true,
+                elements: vec![Bytes::from_static(b"x")],
+                only_existing: true,
+            };
+            let rules = crate::decide::Rules::of(&Options::default());
+            match decide(view, 0, rules, &[], vec![write], false) {
+                (Outcome::Committed { results, .. }, _) => results[0].clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        log(&mut recent, 1, push(2));
+        log(&mut recent, 2, push(3));
+        assert_eq!(lpushx(&recent), crate::WriteResult::Int(6));
+        assert_eq!(made(&recent), Some(false));
+        log(&mut recent, 3, push(1));
+        publisher.acked(2);
+        assert_eq!(lpushx(&recent), crate::WriteResult::Int(7));
+        log(&mut recent, 4, push(1));
+        publisher.acked(4);
+        assert_eq!(lpushx(&recent), crate::WriteResult::Int(8));
+        assert_eq!(made(&recent), Some(false));
+        assert_eq!(publisher.visible().lsn(), 4);
+        // Forgotten once visible: told from the visible state alone.
+        recent.forget_up_to(4);
+        assert_eq!(made(&recent), None);
+        assert_eq!(lpushx(&recent), crate::WriteResult::Int(8));
+        log(
+            &mut recent,
+            5,
+            Mutation::ListSet {
+                key: key.clone(),
+                index: 0,
+                element: Bytes::from_static(b"s"),
+            },
+        );
+        log(&mut recent, 6, push(2));
+        assert_eq!(lpushx(&recent), crate::WriteResult::Int(10));
+        assert_eq!(made(&recent), Some(true));
+    }
+
     /// A key written again and again without a decision reading it (the destination of
     /// ZUNIONSTORE, say) holds only the changes the visible state lacks, not one per write.
     #[test]
@@ -493,7 +611,7 @@ mod tests {
             publisher.acked(lsn - 1);
             recent.forget_up_to(lsn - 1);
             let held = recent.by_key.iter().find(|h| h.key == key).expect("held");
-            let HeldEntry::Edits(edits, _) = &held.entry else {
+            let HeldEntry::Edits(edits, _, _) = &held.entry else {
                 panic!("never read, never made");
             };
             assert!(
