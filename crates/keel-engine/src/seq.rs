@@ -133,7 +133,8 @@ enum HeldEntry {
     /// Most relative writes (an XADD to one of many streams) are never read back before they
     /// are visible: then the entry is never made, and each change is applied once, to the
     /// visible state, instead of to a copy here as well. A decision that reads the key makes
-    /// it, once ([`Recent::lend`]); the next change is applied to it.
+    /// it, once ([`Recent::lend`]); the next change is applied to it. A push onto a list reads
+    /// only its [`Shape`], which does not make it ([`Recent::shape`]).
     Edits(
         VecDeque<(Lsn, Mutation)>,
         OnceCell<Option<Typed>>,

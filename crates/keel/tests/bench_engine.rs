@@ -41,3 +41,51 @@ fn bench_engine_prints_its_tables() {
     // The scratch directory is removed.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// With --rounds, each round prints its row, and the target line takes the median of the
+/// rounds' ratios at 64 writers, listing them all.
+#[test]
+fn bench_engine_rounds_give_a_row_each_and_a_median() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["bench", "engine", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--seconds",
+            "0.1",
+            "--keys",
+            "0",
+            "--writers",
+            "64",
+            "--rounds",
+            "3",
+        ])
+        .output()
+        .expect("run keel");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(stdout.matches("\n| 64 | ").count(), 3, "{stdout}");
+    let target = (stdout.lines())
+        .find(|l| l.starts_with("Target (issue #4)"))
+        .unwrap_or_else(|| panic!("no target line in:\n{stdout}"));
+    let all = target
+        .split_once("the median of 3 rounds (")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .unwrap_or_else(|| panic!("no rounds in {target:?}"))
+        .0;
+    let mut ratios: Vec<u32> = (all.split(", "))
+        .map(|r| r.trim_end_matches('%').parse().expect("a percentage"))
+        .collect();
+    assert!(ratios.is_sorted(), "{target}");
+    let median = ratios.remove(1);
+    assert!(target.contains(&format!("= **{median}%**")), "{target}");
+    // Out of range.
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["bench", "engine", "--dir"])
+        .arg(dir.path())
+        .args(["--rounds", "0"])
+        .output()
+        .expect("run keel");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rounds"));
+}
