@@ -99,6 +99,9 @@ impl Written {
     }
 }
 
+/// The most changes a transaction's overlay folds to tell a key's shape (see [`Overlay::shape`]).
+const SHAPE_EDITS_MAX: usize = 8;
+
 /// A string value, its expiry, or the key holds another type.
 type Str = Result<Option<(Bytes, Option<u64>)>, WriteError>;
 
@@ -124,14 +127,18 @@ impl<S: Decided> Overlay<S> {
     }
 
     /// The shape of `key`'s entry, expired or not; an entry this transaction changed but has
-    /// not read is not made for it, if its changes tell their shape (see [`Shape`]).
+    /// not read is not made for it, if its few changes tell their shape (see [`Shape`]). Past
+    /// [`SHAPE_EDITS_MAX`] of them the entry is made, and later changes edit it in place: a
+    /// script pushing in a loop onto one list would otherwise fold every earlier push again at
+    /// each one.
     fn shape(&self, k: &[u8]) -> Option<Shape> {
         match self.changed.get(k) {
             Some(w) => match w.entry.get() {
                 Some(e) => e.as_ref().map(|e| Shape::of(&e.lend())),
-                None => (w.edits.iter())
+                None if w.edits.len() <= SHAPE_EDITS_MAX => (w.edits.iter())
                     .try_fold(self.base.shape(k), Shape::edit)
                     .unwrap_or_else(|| self.lend(k).map(|e| Shape::of(&e))),
+                None => self.lend(k).map(|e| Shape::of(&e)),
             },
             None if self.cleared => None,
             None => self.base.shape(k),
@@ -297,7 +304,8 @@ fn key_effects<S: Decided>(
                 &mut out[from + at]
             }
             None => {
-                let before = work.live(key).is_some();
+                // Whether it was live only: a pushed list is not made for this.
+                let before = work.live_shape(key).is_some();
                 out.push(KeyEffect {
                     write: i as u32,
                     key: key.clone(),
@@ -1967,4 +1975,43 @@ fn recreate(key: Bytes, e: Lent<'_>) -> Vec<Mutation> {
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No key holds anything.
+    struct Empty;
+
+    impl Decided for Empty {
+        fn lend(&self, _: &[u8]) -> Option<Lent<'_>> {
+            None
+        }
+    }
+
+    /// A transaction's pushes onto one list are told from their shape while they are few; past
+    /// SHAPE_EDITS_MAX the entry is made, so that a loop of pushes is not quadratic.
+    #[test]
+    fn a_transaction_makes_a_list_it_pushes_onto_many_times() {
+        let mut work = Overlay {
+            base: Empty,
+            changed: HashMap::default(),
+            cleared: false,
+            now: 0,
+        };
+        let key = Bytes::from_static(b"list");
+        let made = |work: &Overlay<Empty>| work.changed[&key[..]].entry.get().is_some();
+        for n in 1..=SHAPE_EDITS_MAX + 3 {
+            work.apply(&[Mutation::ListPush {
+                key: key.clone(),
+                create: n == 1,
+                front: true,
+                elements: vec![Bytes::from_static(b"e")],
+            }]);
+            let shape = work.live_shape(&key).expect("a list");
+            assert_eq!(shape.list_len, Some(n));
+            assert_eq!(made(&work), n > SHAPE_EDITS_MAX, "after {n} pushes");
+        }
+    }
 }

@@ -229,7 +229,7 @@ impl Recent {
                 Some(s) => s,
                 None => {
                     let told = (edits.iter())
-                        .filter(|(lsn, _)| *lsn > vis.lsn())
+                        .skip_while(|(lsn, _)| *lsn <= vis.lsn())
                         .try_fold(vis.lend(key).map(|e| Shape::of(&e)), |s, (_, m)| {
                             Shape::edit(s, m)
                         });
@@ -563,11 +563,23 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         };
+        // The shape the held entry keeps, once told.
+        let cached = |recent: &Recent| {
+            let held = recent.by_key.iter().find(|h| h.key == key).expect("held");
+            match &held.entry {
+                HeldEntry::Edits(_, _, cache) => cache.get().map(|s| s.and_then(|s| s.list_len)),
+                HeldEntry::Whole(_) => panic!("made"),
+            }
+        };
         log(&mut recent, 1, push(2));
         log(&mut recent, 2, push(3));
+        assert_eq!(cached(&recent), None);
         assert_eq!(lpushx(&recent), crate::WriteResult::Int(6));
         assert_eq!(made(&recent), Some(false));
+        assert_eq!(cached(&recent), Some(Some(5)));
         log(&mut recent, 3, push(1));
+        // Kept current by the change, not told again.
+        assert_eq!(cached(&recent), Some(Some(6)));
         publisher.acked(2);
         assert_eq!(lpushx(&recent), crate::WriteResult::Int(7));
         log(&mut recent, 4, push(1));
