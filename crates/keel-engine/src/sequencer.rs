@@ -566,11 +566,12 @@ impl Sequencer {
                 while mutations.len() < limit && seq.expiry.first().is_some_and(|(t, _)| *t <= now)
                 {
                     let (t, key) = seq.expiry.pop_first().expect("checked");
-                    // Stale if the key was rewritten since.
+                    // Stale if the key was rewritten since. Its shape tells the expiry without
+                    // making a list that pushes in flight hold as changes.
                     if seq
                         .recent
-                        .lend(&vis, &key)
-                        .is_some_and(|e| e.expires_at_ms == Some(t))
+                        .shape(&vis, &key)
+                        .is_some_and(|s| s.expires_at_ms == Some(t))
                     {
                         mutations.push(Mutation::Delete { key });
                     }
