@@ -136,7 +136,7 @@ impl<S: Decided> Overlay<S> {
             Some(w) => match w.entry.get() {
                 Some(e) => e.as_ref().map(|e| Shape::of(&e.lend())),
                 None if w.edits.len() <= SHAPE_EDITS_MAX => (w.edits.iter())
-                    .try_fold(self.base.shape(k), Shape::edit)
+                    .try_fold(self.base.shape(k), |s, m| Shape::edit(s, m, 0))
                     .unwrap_or_else(|| self.lend(k).map(|e| Shape::of(&e))),
                 None => self.lend(k).map(|e| Shape::of(&e)),
             },
@@ -232,9 +232,9 @@ pub(crate) fn decide(
 ) -> (Outcome, Vec<Mutation>) {
     for (i, g) in guards.iter().enumerate() {
         let version = state
-            .lend(&g.key)
-            .filter(|e| e.live(now))
-            .map(|e| e.version);
+            .shape(&g.key)
+            .filter(|s| s.live(now))
+            .map(|s| s.version);
         if version != g.version {
             return (Outcome::GuardFailed(i), Vec::new());
         }
@@ -369,12 +369,12 @@ impl<S: Decided> Deciding<S> {
     pub(crate) fn guards_hold(&self, guards: &[Guard]) -> bool {
         guards
             .iter()
-            .all(|g| self.work.live(&g.key).map(|e| e.version) == g.version)
+            .all(|g| self.work.live_shape(&g.key).map(|s| s.version) == g.version)
     }
 
     /// The version of `key`'s live entry after every earlier step (`None`: no live entry).
     pub(crate) fn live_version(&self, key: &[u8]) -> Option<Lsn> {
-        self.work.live(key).map(|e| e.version)
+        self.work.live_shape(key).map(|s| s.version)
     }
 
     /// Decides `w` after every earlier step.

@@ -692,7 +692,7 @@ fn eval_list_read(list: &ListValue, op: &Read) -> WriteResult {
 }
 
 /// What a push onto a list is decided from: whether the key holds a list and how long, and the
-/// key's expiry. Told from a key's entry and the changes held over it without making the list
+/// key's expiry; and its version, which a guard (WATCH) reads. Told from a key's entry and the changes held over it without making the list
 /// ([`Recent`](crate::seq::Recent), a transaction's overlay): making it copies the list, O(its
 /// length), and every later push is then applied twice, to that copy and to the visible state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -700,6 +700,7 @@ pub(crate) struct Shape {
     /// The list's length; `None`: the key holds another type.
     pub(crate) list_len: Option<usize>,
     pub(crate) expires_at_ms: Option<u64>,
+    pub(crate) version: Lsn,
 }
 
 impl Shape {
@@ -710,6 +711,7 @@ impl Shape {
                 _ => None,
             },
             expires_at_ms: e.expires_at_ms,
+            version: e.version,
         }
     }
 
@@ -717,21 +719,23 @@ impl Shape {
         live_at(self.expires_at_ms, now_ms)
     }
 
-    /// The shape of what [`edit_typed`] leaves when it applies `m` to an entry of shape `s`
-    /// (`None`: no entry); `None` for a mutation whose effect is not told here (the entry is
-    /// then made).
-    pub(crate) fn edit(s: Option<Shape>, m: &Mutation) -> Option<Option<Shape>> {
+    /// The shape of what [`edit_typed`] leaves when it applies `m`, decided at `version`, to an
+    /// entry of shape `s` (`None`: no entry); `None` for a mutation whose effect is not told
+    /// here (the entry is then made).
+    pub(crate) fn edit(s: Option<Shape>, m: &Mutation, version: Lsn) -> Option<Option<Shape>> {
         let list = |len: usize, expires_at_ms| {
             (len > 0).then_some(Shape {
                 list_len: Some(len),
                 expires_at_ms,
+                version,
             })
         };
-        Some(match (s, m) {
+        let told = match (s, m) {
             (
                 Some(Shape {
                     list_len: Some(len),
                     expires_at_ms,
+                    ..
                 }),
                 Mutation::ListPush {
                     create: false,
@@ -752,7 +756,9 @@ impl Shape {
                 ..s
             }),
             _ => return None,
-        })
+        };
+        // Whatever the change, an entry it leaves has its version.
+        Some(told.map(|s| Shape { version, ..s }))
     }
 }
 
@@ -1957,7 +1963,7 @@ mod tests {
                         let (mut entry, mut told) = (base.clone(), shape(base));
                         for m in [a, b, c] {
                             entry = edit_typed(entry, m, 2);
-                            told = Shape::edit(told, m).expect("a list change or an expiry");
+                            told = Shape::edit(told, m, 2).expect("a list change or an expiry");
                             assert_eq!(told, shape(&entry), "{base:?} then {a:?}, {b:?}, {c:?}");
                         }
                         checked += 1;
@@ -1971,7 +1977,7 @@ mod tests {
             index: 0,
             element: Bytes::from_static(b"s"),
         };
-        assert_eq!(Shape::edit(shape(&bases[3]), &set), None);
+        assert_eq!(Shape::edit(shape(&bases[3]), &set, 2), None);
     }
 
     #[test]

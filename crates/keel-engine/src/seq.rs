@@ -230,8 +230,8 @@ impl Recent {
                 None => {
                     let told = (edits.iter())
                         .skip_while(|(lsn, _)| *lsn <= vis.lsn())
-                        .try_fold(vis.lend(key).map(|e| Shape::of(&e)), |s, (_, m)| {
-                            Shape::edit(s, m)
+                        .try_fold(vis.lend(key).map(|e| Shape::of(&e)), |s, (lsn, m)| {
+                            Shape::edit(s, m, *lsn)
                         });
                     cache.set(told);
                     told.unwrap_or_else(|| self.lend(vis, key).map(|e| Shape::of(&e)))
@@ -295,7 +295,7 @@ impl Recent {
                                         edits.pop_front();
                                     }
                                     edits.push_back((lsn, m.clone()));
-                                    let shape = cache.get().and_then(|s| Shape::edit(s, m));
+                                    let shape = cache.get().and_then(|s| Shape::edit(s, m, lsn));
                                     HeldEntry::Edits(edits, OnceCell::new(), Cell::new(shape))
                                 }
                             }
@@ -571,15 +571,34 @@ mod tests {
                 HeldEntry::Whole(_) => panic!("made"),
             }
         };
+        // Whether a guard (WATCH) on the list at `version` holds.
+        let holds = |recent: &Recent, version: Lsn| {
+            let vis = publisher.visible();
+            let view = View {
+                recent,
+                visible: &vis,
+            };
+            let guard = crate::Guard {
+                key: key.clone(),
+                version: Some(version),
+            };
+            let rules = crate::decide::Rules::of(&Options::default());
+            !matches!(
+                decide(view, 0, rules, &[guard], Vec::new(), false).0,
+                Outcome::GuardFailed(0)
+            )
+        };
         log(&mut recent, 1, push(2));
         log(&mut recent, 2, push(3));
         assert_eq!(cached(&recent), None);
+        assert!(holds(&recent, 2) && !holds(&recent, 1));
         assert_eq!(lpushx(&recent), crate::WriteResult::Int(6));
         assert_eq!(made(&recent), Some(false));
         assert_eq!(cached(&recent), Some(Some(5)));
         log(&mut recent, 3, push(1));
         // Kept current by the change, not told again.
         assert_eq!(cached(&recent), Some(Some(6)));
+        assert!(holds(&recent, 3) && !holds(&recent, 2));
         publisher.acked(2);
         assert_eq!(lpushx(&recent), crate::WriteResult::Int(7));
         log(&mut recent, 4, push(1));
