@@ -692,9 +692,10 @@ fn eval_list_read(list: &ListValue, op: &Read) -> WriteResult {
 }
 
 /// What a push onto a list is decided from: whether the key holds a list and how long, and the
-/// key's expiry; and its version, which a guard (WATCH) reads. Told from a key's entry and the changes held over it without making the list
-/// ([`Recent`](crate::seq::Recent), a transaction's overlay): making it copies the list, O(its
-/// length), and every later push is then applied twice, to that copy and to the visible state.
+/// key's expiry; and its version, which a guard (WATCH) reads. Told from a key's entry and the
+/// changes held over it without making the list ([`Recent`](crate::seq::Recent), a
+/// transaction's overlay): making it copies the list, O(its length), and every later push is
+/// then applied twice, to that copy and to the visible state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Shape {
     /// The list's length; `None`: the key holds another type.
