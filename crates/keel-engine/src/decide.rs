@@ -30,7 +30,7 @@ pub(crate) trait Decided {
 
     /// The shape of the decided entry of `key`, expired or not.
     fn shape(&self, key: &[u8]) -> Option<Shape> {
-        self.lend(key).map(|e| Shape::of(&e))
+        self.lend(key).map(Shape::of)
     }
 }
 
@@ -134,11 +134,13 @@ impl<S: Decided> Overlay<S> {
     fn shape(&self, k: &[u8]) -> Option<Shape> {
         match self.changed.get(k) {
             Some(w) => match w.entry.get() {
-                Some(e) => e.as_ref().map(|e| Shape::of(&e.lend())),
-                None if w.edits.len() <= SHAPE_EDITS_MAX => (w.edits.iter())
-                    .try_fold(self.base.shape(k), |s, m| Shape::edit(s, m, 0))
-                    .unwrap_or_else(|| self.lend(k).map(|e| Shape::of(&e))),
-                None => self.lend(k).map(|e| Shape::of(&e)),
+                Some(e) => e.as_ref().map(Typed::shape),
+                None => (w.edits.len() <= SHAPE_EDITS_MAX)
+                    .then(|| {
+                        (w.edits.iter()).try_fold(self.base.shape(k), |s, m| Shape::edit(s, m, 0))
+                    })
+                    .flatten()
+                    .unwrap_or_else(|| self.lend(k).map(Shape::of)),
             },
             None if self.cleared => None,
             None => self.base.shape(k),

@@ -167,6 +167,10 @@ impl Typed {
             expires_at_ms: self.expires_at_ms,
         }
     }
+
+    pub(crate) fn shape(&self) -> Shape {
+        Shape::of(self.lend())
+    }
 }
 
 /// The entry of a stored one, whatever its type, copied out.
@@ -705,7 +709,7 @@ pub(crate) struct Shape {
 }
 
 impl Shape {
-    pub(crate) fn of(e: &Lent<'_>) -> Shape {
+    pub(crate) fn of(e: Lent<'_>) -> Shape {
         Shape {
             list_len: match e.value {
                 ValueRef::List(l) => Some(l.len()),
@@ -1955,7 +1959,7 @@ mod tests {
                 bases.push(e);
             }
         }
-        let shape = |e: &Option<Typed>| e.as_ref().map(|e| Shape::of(&e.lend()));
+        let shape = |e: &Option<Typed>| e.as_ref().map(Typed::shape);
         let mut checked = 0;
         for base in &bases {
             for a in &changes {

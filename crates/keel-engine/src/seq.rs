@@ -163,7 +163,7 @@ impl HeldEntry {
             HeldEntry::Edits(edits, made, _) => made.get_or_init(|| {
                 let base = vis.lend(key).map(|e| e.working_copy());
                 (edits.iter())
-                    .filter(|(lsn, _)| *lsn > vis.lsn())
+                    .skip_while(|(lsn, _)| *lsn <= vis.lsn())
                     .fold(base, |e, (lsn, m)| edit(e, m, *lsn))
             }),
         }
@@ -224,22 +224,22 @@ impl Recent {
             .by_key
             .find(self.hasher.hash_one(key), |h| h.key == key);
         match held.map(|h| (&h.entry, h.entry.made())) {
-            Some((_, Some(e))) => e.as_ref().map(|e| Shape::of(&e.lend())),
+            Some((_, Some(e))) => e.as_ref().map(Typed::shape),
             Some((HeldEntry::Edits(edits, _, cache), None)) => match cache.get() {
                 Some(s) => s,
                 None => {
                     let told = (edits.iter())
                         .skip_while(|(lsn, _)| *lsn <= vis.lsn())
-                        .try_fold(vis.lend(key).map(|e| Shape::of(&e)), |s, (lsn, m)| {
+                        .try_fold(vis.lend(key).map(Shape::of), |s, (lsn, m)| {
                             Shape::edit(s, m, *lsn)
                         });
                     cache.set(told);
-                    told.unwrap_or_else(|| self.lend(vis, key).map(|e| Shape::of(&e)))
+                    told.unwrap_or_else(|| self.lend(vis, key).map(Shape::of))
                 }
             },
             Some((HeldEntry::Whole(_), None)) => unreachable!("a whole entry is made"),
             None if self.cleared.is_some_and(|l| l > vis.lsn()) => None,
-            None => vis.lend(key).map(|e| Shape::of(&e)),
+            None => vis.lend(key).map(Shape::of),
         }
     }
 
@@ -544,22 +544,26 @@ mod tests {
             let held = recent.by_key.iter().find(|h| h.key == key);
             held.map(|h| h.entry.made().is_some())
         };
-        // LPUSHX: pushes only onto a list that exists.
-        let lpushx = |recent: &Recent| {
+        // The outcome of a transaction decided against `recent` over the visible state.
+        let decided = |recent: &Recent, guards: &[crate::Guard], writes| {
             let vis = publisher.visible();
             let view = View {
                 recent,
                 visible: &vis,
             };
+            let rules = crate::decide::Rules::of(&Options::default());
+            decide(view, 0, rules, guards, writes, false).0
+        };
+        // LPUSHX: pushes only onto a list that exists.
+        let lpushx = |recent: &Recent| {
             let write = Write::ListPush {
                 key: key.clone(),
                 front: true,
                 elements: vec![Bytes::from_static(b"x")],
                 only_existing: true,
             };
-            let rules = crate::decide::Rules::of(&Options::default());
-            match decide(view, 0, rules, &[], vec![write], false) {
-                (Outcome::Committed { results, .. }, _) => results[0].clone(),
+            match decided(recent, &[], vec![write]) {
+                Outcome::Committed { results, .. } => results[0].clone(),
                 other => panic!("{other:?}"),
             }
         };
@@ -573,18 +577,12 @@ mod tests {
         };
         // Whether a guard (WATCH) on the list at `version` holds.
         let holds = |recent: &Recent, version: Lsn| {
-            let vis = publisher.visible();
-            let view = View {
-                recent,
-                visible: &vis,
-            };
             let guard = crate::Guard {
                 key: key.clone(),
                 version: Some(version),
             };
-            let rules = crate::decide::Rules::of(&Options::default());
             !matches!(
-                decide(view, 0, rules, &[guard], Vec::new(), false).0,
+                decided(recent, &[guard], Vec::new()),
                 Outcome::GuardFailed(0)
             )
         };

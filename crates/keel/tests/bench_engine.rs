@@ -1,16 +1,25 @@
 //! `keel bench engine` runs end to end with tiny parameters. No timing is asserted.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// `keel bench engine --dir DIR ARGS...`.
+fn bench_engine(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["bench", "engine", "--dir"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run keel")
+}
 
 #[test]
 fn bench_engine_prints_its_tables() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["bench", "engine", "--dir"])
-        .arg(dir.path())
-        .args(["--seconds", "0.2", "--keys", "2000", "--writers", "1,2"])
-        .output()
-        .expect("run keel");
+    let out = bench_engine(
+        dir.path(),
+        &["--seconds", "0.2", "--keys", "2000", "--writers", "1,2"],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -47,10 +56,9 @@ fn bench_engine_prints_its_tables() {
 #[test]
 fn bench_engine_rounds_give_a_row_each_and_a_median() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["bench", "engine", "--dir"])
-        .arg(dir.path())
-        .args([
+    let out = bench_engine(
+        dir.path(),
+        &[
             "--seconds",
             "0.1",
             "--keys",
@@ -59,9 +67,8 @@ fn bench_engine_rounds_give_a_row_each_and_a_median() {
             "64",
             "--rounds",
             "3",
-        ])
-        .output()
-        .expect("run keel");
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert_eq!(stdout.matches("\n| 64 | ").count(), 3, "{stdout}");
@@ -80,12 +87,7 @@ fn bench_engine_rounds_give_a_row_each_and_a_median() {
     let median = ratios.remove(1);
     assert!(target.contains(&format!("= **{median}%**")), "{target}");
     // Out of range.
-    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["bench", "engine", "--dir"])
-        .arg(dir.path())
-        .args(["--rounds", "0"])
-        .output()
-        .expect("run keel");
+    let out = bench_engine(dir.path(), &["--rounds", "0"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--rounds"));
 }
